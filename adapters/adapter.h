@@ -1,0 +1,81 @@
+/*
+ * The adapter interface: how a mechanism (TCP, UDP, Unix socket, exec, and
+ * on Windows named pipes, mailslots, DDE, ...) plugs into the broker.
+ *
+ * An adapter type is a versioned struct of function pointers plus capability
+ * flags, registered once in the registry (adapters/registry.c), which rejects
+ * duplicate names. An adapter instance is created from its config, started on
+ * the loop thread, and may act as a source (it publishes with
+ * sb_broker_publish) and/or a sink (routes deliver to it through the consumer
+ * it attaches with sb_broker_attach). Adapters that need their own thread
+ * talk to the loop only through the thread-safe calls in service/broker.h.
+ */
+#ifndef SB_ADAPTER_H
+#define SB_ADAPTER_H
+
+#include "config/config.h"
+#include "service/error.h"
+
+#include <uv.h>
+
+#define SB_ADAPTER_VERSION 1
+
+enum {
+    SB_CAP_SOURCE = 1 << 0,  /* can publish what it receives */
+    SB_CAP_SINK = 1 << 1,    /* can be a route destination */
+    SB_CAP_DESKTOP = 1 << 2, /* needs an interactive session (runs in the agent) */
+    SB_CAP_THREAD = 1 << 3   /* runs its own thread */
+};
+
+typedef struct sb_broker sb_broker;
+typedef struct sb_adapter sb_adapter;
+typedef struct sb_adapter_type sb_adapter_type;
+
+/* Common head of every adapter instance (embed as the first member). */
+struct sb_adapter {
+    const sb_adapter_type *type;
+    sb_broker *broker;
+    uv_loop_t *loop;
+    sb_adapter_config *cfg; /* the adapter's own deep copy */
+    const char *name;       /* == cfg->name */
+    int stopping;
+};
+
+typedef void (*sb_adapter_stopped_cb)(sb_adapter *a);
+
+struct sb_adapter_type {
+    int version;      /* SB_ADAPTER_VERSION */
+    const char *name; /* the config `type` */
+    unsigned caps;
+    /* Checks type-specific settings that the config schema cannot (address
+     * syntax, framing/protocol combinations). Writes a one-line reason. */
+    int (*validate)(const sb_adapter_config *cfg, sb_error *err);
+    /* Allocates the instance (nothing is opened yet). */
+    int (*create)(sb_adapter **out, const sb_adapter_config *cfg, sb_error *err);
+    /* Opens listeners / connects / spawns. Logs where it listens. */
+    int (*start)(sb_adapter *a, sb_error *err);
+    /* Closes everything; calls cb once all handles are closed. */
+    void (*stop)(sb_adapter *a, sb_adapter_stopped_cb cb);
+    /* Frees the instance after stop completed. */
+    void (*destroy)(sb_adapter *a);
+};
+
+/* Registers a type. Returns SB_EEXIST for a duplicate name, SB_EVERSION for
+ * an unknown interface version. */
+int sb_adapter_register(const sb_adapter_type *type);
+
+/* Finds a registered type by name, or NULL. */
+const sb_adapter_type *sb_adapter_find(const char *name);
+
+/* Registers the built-in types for this platform (idempotent). */
+void sb_adapters_register_builtin(void);
+
+/* Creates an instance through its type, filling the common head (deep-copies
+ * cfg). */
+int sb_adapter_create(sb_adapter **out, sb_broker *broker, uv_loop_t *loop,
+                      const sb_adapter_config *cfg, sb_error *err);
+
+/* Stops (if started) and destroys; cb (may be NULL) runs after destroy. */
+void sb_adapter_close(sb_adapter *a, sb_adapter_stopped_cb cb);
+
+#endif

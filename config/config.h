@@ -1,0 +1,144 @@
+/*
+ * Configuration: YAML (libyaml) -> typed, validated structs.
+ *
+ * Parsing is table-driven: every section has a schema of {key, type,
+ * required, default, min, max}, checked in one place. Unknown keys are errors.
+ * Every error names file:line:column and the key path, e.g.
+ *   switchboard.yaml:12:5: adapters[2].max_message: must be between 1 and 67108864
+ * and all errors are collected before returning.
+ */
+#ifndef SB_CONFIG_H
+#define SB_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum { SB_DURABILITY_FSYNC = 0, SB_DURABILITY_BATCHED, SB_DURABILITY_MEMORY } sb_durability;
+typedef enum { SB_OVERFLOW_REJECT = 0, SB_OVERFLOW_DROP_OLDEST } sb_overflow;
+typedef enum { SB_RESTART_NEVER = 0, SB_RESTART_ON_FAILURE, SB_RESTART_ALWAYS } sb_restart;
+
+/* Where a YAML node was declared (1-based). */
+typedef struct sb_config_pos {
+    int line;
+    int col;
+} sb_config_pos;
+
+typedef struct sb_broker_config {
+    char *data_dir;           /* default "./data" */
+    int commit_max_batch;     /* store.commit_max_batch, default 1024, 1..65536 */
+    int commit_max_delay_us;  /* store.commit_max_delay_us, default 0, 0..1000000 */
+    int64_t max_db_bytes;     /* store.max_db_bytes, default 0 (unlimited) */
+    int log_level;            /* log.level: sb_log_level, default info */
+    char *log_file;           /* log.file, default NULL */
+    int log_stderr;           /* log.stderr, default 1 */
+    char *admin_endpoint;     /* admin.endpoint, default "default" (data_dir/admin.sock
+                                 on POSIX, \\.\pipe\switchboard-admin on Windows);
+                                 "off" disables it */
+} sb_broker_config;
+
+typedef struct sb_adapter_config {
+    sb_config_pos pos;
+    char *name;          /* required, unique, [A-Za-z0-9_.-]+ */
+    char *type;          /* required: tcp | udp | unix | pipe | exec */
+    char *listen;        /* tcp/udp server: "host:port" */
+    char *connect;       /* tcp/udp client "host:port"; unix/pipe client: path */
+    char *path;          /* unix/pipe server: socket path or pipe name */
+    char *protocol;      /* raw (default) | jsonl */
+    char *framing;       /* raw only: line (default for streams) | length |
+                            datagram (default and only choice for udp) | message */
+    char *topic;         /* raw source: topic template, default "{adapter}";
+                            placeholders {adapter} {peer} */
+    int64_t max_message; /* bytes, default 1048576, 1..67108864 */
+    int max_connections; /* servers, default 64, 1..100000 */
+    char **command;      /* exec: argv (list of strings), required for exec */
+    size_t command_count;
+    sb_restart restart;  /* exec: never | on-failure (default) | always */
+    int64_t restart_backoff_ms;     /* exec: first restart delay, default 1s */
+    int64_t restart_max_backoff_ms; /* exec: cap, default 1m */
+    int64_t reconnect_backoff_ms;     /* clients: default 500ms */
+    int64_t reconnect_max_backoff_ms; /* clients: default 30s */
+    char *security;      /* pipe (Windows): SDDL; NULL = safe default */
+    int inflight;        /* sink: deliveries outstanding at once, default 64, 1..65536 */
+} sb_adapter_config;
+
+typedef struct sb_route_config {
+    sb_config_pos pos;
+    char *name;              /* required, unique */
+    char **from;             /* topic filters (string or list), >= 1 */
+    size_t from_count;
+    char **to;               /* destination adapter names (string or list), may be 0:
+                                then the route is a queue that clients subscribe to */
+    size_t to_count;
+    sb_durability durability;  /* fsync (default) | batched | memory */
+    int max_attempts;          /* retry.max_attempts, default 10, 1..1000000 */
+    int64_t backoff_ms;        /* retry.backoff, default 100ms */
+    int64_t max_backoff_ms;    /* retry.max_backoff, default 1m */
+    int64_t ttl_ms;            /* default 0 = no expiry */
+    int64_t max_depth;         /* default 0 = unlimited */
+    int64_t max_bytes;         /* default 0 = unlimited */
+    sb_overflow overflow;      /* reject (default) | drop-oldest */
+    int retain;                /* keep the last value of each matched topic, default 0 */
+    char *dedup_header;        /* dedup.header: header key; NULL = no dedup */
+    int64_t dedup_window_ms;   /* dedup.window, default 10m when header set */
+    int64_t lease_ms;          /* ack timeout before redelivery, default 30s */
+} sb_route_config;
+
+typedef struct sb_config {
+    char *path; /* the file it was read from */
+    sb_broker_config broker;
+    sb_adapter_config *adapters;
+    size_t adapter_count;
+    sb_route_config *routes;
+    size_t route_count;
+} sb_config;
+
+typedef struct sb_config_error {
+    char *file;
+    int line, col; /* 0 when unknown */
+    char *key;     /* key path, e.g. "routes[1].retry.max_attempts" */
+    char *message;
+} sb_config_error;
+
+typedef struct sb_config_errors {
+    sb_config_error *items;
+    size_t count;
+} sb_config_errors;
+
+/* Reads and validates the YAML file at path. On success *out is a new config
+ * (free with sb_config_free) and errs is empty. On failure returns
+ * SB_ECONFIG (or SB_ENOMEM / SB_ENOTFOUND), *out is NULL, and errs holds
+ * every problem found. */
+int sb_config_load(sb_config **out, const char *path, sb_config_errors *errs);
+
+/* Same, from a buffer; `name` is used as the file name in errors. */
+int sb_config_parse(sb_config **out, const char *name, const char *text, size_t len,
+                    sb_config_errors *errs);
+
+void sb_config_free(sb_config *cfg);
+
+/* Writes each error as "FILE:LINE:COL: key: message\n". */
+void sb_config_errors_print(const sb_config_errors *errs, FILE *f);
+
+void sb_config_errors_clear(sb_config_errors *errs);
+
+/* Finds an adapter/route by name, or NULL. */
+const sb_adapter_config *sb_config_adapter(const sb_config *cfg, const char *name);
+const sb_route_config *sb_config_route(const sb_config *cfg, const char *name);
+
+/* Deep copy / free / equality of one adapter or route config (the broker
+ * keeps copies across reloads; reload keeps an adapter whose config is equal).
+ * copy returns 0 or SB_ENOMEM (out is then left freeable). */
+int sb_adapter_config_copy(sb_adapter_config *out, const sb_adapter_config *in);
+void sb_adapter_config_free(sb_adapter_config *cfg);
+int sb_adapter_config_equal(const sb_adapter_config *a, const sb_adapter_config *b);
+int sb_route_config_equal(const sb_route_config *a, const sb_route_config *b);
+
+/* Parses "250ms", "10s", "5m", "2h", "1d" or a bare number of milliseconds.
+ * Returns 0 or SB_EINVAL. */
+int sb_config_parse_duration(const char *s, int64_t *out_ms);
+
+/* Parses "4096", "64KiB", "1MiB", "2GiB" (also KB/MB/GB as powers of 1000). */
+int sb_config_parse_size(const char *s, int64_t *out_bytes);
+
+#endif

@@ -1,0 +1,66 @@
+/* Allocation wrappers with test-time failure injection. */
+#include "service/alloc.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local long fail_countdown = -1;
+
+static int should_fail(void)
+{
+    if (fail_countdown < 0)
+        return 0;
+    if (fail_countdown == 0)
+        return 1;
+    fail_countdown--;
+    return 0;
+}
+
+void sb_alloc_fail_after(long n)
+{
+    fail_countdown = n;
+}
+
+void *sb_malloc(size_t n)
+{
+    if (should_fail())
+        return NULL;
+    return malloc(n == 0 ? 1 : n);
+}
+
+void *sb_calloc(size_t count, size_t size)
+{
+    if (should_fail())
+        return NULL;
+    return calloc(count == 0 ? 1 : count, size == 0 ? 1 : size);
+}
+
+void *sb_realloc(void *p, size_t n)
+{
+    if (should_fail())
+        return NULL;
+    return realloc(p, n == 0 ? 1 : n);
+}
+
+void sb_free(void *p)
+{
+    free(p);
+}
+
+char *sb_strndup(const char *s, size_t n)
+{
+    char *copy;
+    if (s == NULL)
+        return NULL;
+    copy = sb_malloc(n + 1);
+    if (copy == NULL)
+        return NULL;
+    memcpy(copy, s, n);
+    copy[n] = '\0';
+    return copy;
+}
+
+char *sb_strdup(const char *s)
+{
+    return s == NULL ? NULL : sb_strndup(s, strlen(s));
+}

@@ -1,0 +1,110 @@
+/* The broker log (see log.h). A mutex serialises lines from all threads. */
+#include "service/log.h"
+#include "service/error.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+static uv_once_t log_once = UV_ONCE_INIT;
+static uv_mutex_t log_mutex;
+static sb_log_level log_level = SB_LOG_INFO;
+static int log_to_stderr = 1;
+static FILE *log_file;
+
+static const char *const level_names[] = {"debug", "info", "warn", "error", "off"};
+
+static void log_init(void)
+{
+    uv_mutex_init(&log_mutex);
+}
+
+int sb_log_level_parse(const char *s)
+{
+    for (int i = 0; i <= SB_LOG_OFF; i++)
+        if (strcmp(s, level_names[i]) == 0)
+            return i;
+    if (strcmp(s, "warning") == 0)
+        return SB_LOG_WARN;
+    return -1;
+}
+
+int sb_log_configure(sb_log_level level, int to_stderr, const char *file)
+{
+    FILE *f = NULL;
+    uv_once(&log_once, log_init);
+    if (file != NULL && file[0] != '\0') {
+        f = fopen(file, "a");
+        if (f == NULL) {
+            sb_log(SB_LOG_ERROR, "log", "cannot open log file %s: %s", file, strerror(errno));
+            return SB_EIO;
+        }
+    }
+    uv_mutex_lock(&log_mutex);
+    if (log_file != NULL)
+        fclose(log_file);
+    log_file = f;
+    log_level = level;
+    log_to_stderr = to_stderr;
+    uv_mutex_unlock(&log_mutex);
+    return 0;
+}
+
+void sb_log_close(void)
+{
+    uv_once(&log_once, log_init);
+    uv_mutex_lock(&log_mutex);
+    if (log_file != NULL)
+        fclose(log_file);
+    log_file = NULL;
+    uv_mutex_unlock(&log_mutex);
+}
+
+int sb_log_enabled(sb_log_level level)
+{
+    return level >= log_level && level < SB_LOG_OFF;
+}
+
+void sb_log(sb_log_level level, const char *who, const char *fmt, ...)
+{
+    char line[2048];
+    char stamp[32];
+    uv_timeval64_t tv;
+    struct tm tm;
+    time_t secs;
+    size_t n;
+    va_list ap;
+
+    if (!sb_log_enabled(level))
+        return;
+    uv_once(&log_once, log_init);
+    uv_gettimeofday(&tv);
+    secs = (time_t)tv.tv_sec;
+#ifdef _WIN32
+    gmtime_s(&tm, &secs);
+#else
+    gmtime_r(&secs, &tm);
+#endif
+    strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+    n = (size_t)snprintf(line, sizeof(line), "%s.%03dZ %s [%s] ", stamp, (int)(tv.tv_usec / 1000),
+                         level_names[level], who != NULL ? who : "broker");
+    if (n < sizeof(line)) {
+        va_start(ap, fmt);
+        vsnprintf(line + n, sizeof(line) - n, fmt, ap);
+        va_end(ap);
+    }
+    uv_mutex_lock(&log_mutex);
+    if (log_to_stderr) {
+        fputs(line, stderr);
+        fputc('\n', stderr);
+    }
+    if (log_file != NULL) {
+        fputs(line, log_file);
+        fputc('\n', log_file);
+        fflush(log_file);
+    }
+    uv_mutex_unlock(&log_mutex);
+}

@@ -1,0 +1,144 @@
+/* Reference-counted messages and header encoding. */
+#include "service/message.h"
+#include "service/alloc.h"
+#include "service/error.h"
+
+#include <string.h>
+#include <uv.h>
+
+int64_t sb_now_ms(void)
+{
+    uv_timeval64_t tv;
+    uv_gettimeofday(&tv);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+sb_message *sb_message_new_owned(const char *topic, unsigned char *payload, size_t payload_len)
+{
+    sb_message *m = sb_calloc(1, sizeof(*m));
+    if (m == NULL) {
+        sb_free(payload);
+        return NULL;
+    }
+    m->topic = sb_strdup(topic != NULL ? topic : "");
+    if (m->topic == NULL) {
+        sb_free(payload);
+        sb_free(m);
+        return NULL;
+    }
+    m->payload = payload;
+    m->payload_len = payload_len;
+    m->created_ms = sb_now_ms();
+    m->refs = 1;
+    return m;
+}
+
+sb_message *sb_message_new(const char *topic, const void *payload, size_t payload_len)
+{
+    unsigned char *copy = sb_malloc(payload_len);
+    if (copy == NULL)
+        return NULL;
+    if (payload_len > 0)
+        memcpy(copy, payload, payload_len);
+    return sb_message_new_owned(topic, copy, payload_len);
+}
+
+int sb_message_add_header(sb_message *m, const char *key, const char *value)
+{
+    sb_header *h = sb_realloc(m->headers, (m->header_count + 1) * sizeof(*h));
+    if (h == NULL)
+        return SB_ENOMEM;
+    m->headers = h;
+    h[m->header_count].key = sb_strdup(key);
+    h[m->header_count].value = sb_strdup(value);
+    if (h[m->header_count].key == NULL || h[m->header_count].value == NULL) {
+        sb_free(h[m->header_count].key);
+        sb_free(h[m->header_count].value);
+        return SB_ENOMEM;
+    }
+    m->header_count++;
+    return 0;
+}
+
+const char *sb_message_header(const sb_message *m, const char *key)
+{
+    for (size_t i = 0; i < m->header_count; i++)
+        if (strcmp(m->headers[i].key, key) == 0)
+            return m->headers[i].value;
+    return NULL;
+}
+
+sb_message *sb_message_ref(sb_message *m)
+{
+    m->refs++;
+    return m;
+}
+
+void sb_message_unref(sb_message *m)
+{
+    if (m == NULL || --m->refs > 0)
+        return;
+    for (size_t i = 0; i < m->header_count; i++) {
+        sb_free(m->headers[i].key);
+        sb_free(m->headers[i].value);
+    }
+    sb_free(m->headers);
+    sb_free(m->topic);
+    sb_free(m->payload);
+    sb_free(m);
+}
+
+size_t sb_message_size(const sb_message *m)
+{
+    size_t n = m->payload_len + strlen(m->topic);
+    for (size_t i = 0; i < m->header_count; i++)
+        n += strlen(m->headers[i].key) + strlen(m->headers[i].value) + 2;
+    return n;
+}
+
+int sb_message_headers_encode(const sb_message *m, unsigned char **out, size_t *out_len)
+{
+    size_t n = 0, off = 0;
+    unsigned char *buf;
+    *out = NULL;
+    *out_len = 0;
+    if (m->header_count == 0)
+        return 0;
+    for (size_t i = 0; i < m->header_count; i++)
+        n += strlen(m->headers[i].key) + strlen(m->headers[i].value) + 2;
+    buf = sb_malloc(n);
+    if (buf == NULL)
+        return SB_ENOMEM;
+    for (size_t i = 0; i < m->header_count; i++) {
+        size_t kl = strlen(m->headers[i].key) + 1, vl = strlen(m->headers[i].value) + 1;
+        memcpy(buf + off, m->headers[i].key, kl);
+        off += kl;
+        memcpy(buf + off, m->headers[i].value, vl);
+        off += vl;
+    }
+    *out = buf;
+    *out_len = n;
+    return 0;
+}
+
+int sb_message_headers_decode(sb_message *m, const unsigned char *blob, size_t len)
+{
+    size_t off = 0;
+    while (off < len) {
+        const char *key = (const char *)blob + off;
+        const unsigned char *kend = memchr(blob + off, '\0', len - off);
+        const unsigned char *vend;
+        int rc;
+        if (kend == NULL)
+            return SB_ECORRUPT;
+        off = (size_t)(kend - blob) + 1;
+        vend = off < len ? memchr(blob + off, '\0', len - off) : NULL;
+        if (vend == NULL)
+            return SB_ECORRUPT;
+        rc = sb_message_add_header(m, key, (const char *)blob + off);
+        if (rc != 0)
+            return rc;
+        off = (size_t)(vend - blob) + 1;
+    }
+    return 0;
+}

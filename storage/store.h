@@ -1,0 +1,220 @@
+/*
+ * The durable store: subscription queues, retained values, dead letters and
+ * dedup keys, behind one interface.
+ *
+ * The store is used from the core loop thread. Loading (sb_store_load_*) is
+ * synchronous and happens once, after open and before start. After
+ * sb_store_start, all changes are asynchronous operations (sb_store_op):
+ * the caller fills an op, sb_store_submit() queues it (thread-safe), the store
+ * thread executes queued ops in groups, one transaction per group ("group
+ * commit": at most max_batch ops, waiting at most max_delay_us for more), and
+ * then calls each op's callback on the loop thread, in submission order.
+ *
+ * Durability: an op with `sync` set is completed only after a commit with
+ * synchronous=FULL (the WAL is fsync'ed). A group without any sync op commits
+ * with synchronous=NORMAL (survives a process crash, not a power cut). The
+ * store counts both kinds (sb_store_stats).
+ *
+ * Message ids and queue ids are assigned by the caller (monotonic; the
+ * maximums in use are returned by sb_store_max_ids at load). The store keeps
+ * one row per (queue, message): a message fanned out to N queues is written
+ * N times, which keeps acknowledgement a single-table delete.
+ *
+ * Failure: if a group's transaction fails (disk full, I/O error), it is rolled
+ * back; PUBLISH and REDRIVE ops complete with SB_ENOSPC / SB_EIO and the store
+ * becomes "degraded" (sb_store_degraded), while all other ops are kept and
+ * retried, with the next group, until a commit succeeds again. Nothing that
+ * was committed is lost; the store recovers by itself when space returns.
+ */
+#ifndef SB_STORE_H
+#define SB_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "service/error.h"
+#include "service/message.h"
+
+#define SB_STORE_SCHEMA_VERSION 1
+/* PRAGMA application_id of a Switchboard database: 'SBOX'. */
+#define SB_STORE_APPLICATION_ID 0x53424F58
+
+typedef struct sb_store sb_store;
+
+typedef struct sb_store_options {
+    const char *path;        /* database file; created if missing */
+    int commit_max_batch;    /* ops per transaction, >= 1 (default 1024) */
+    int commit_max_delay_us; /* wait for more ops before committing (default 0) */
+    int64_t max_db_bytes;    /* 0 = unlimited; else SQLITE_FULL past this size */
+} sb_store_options;
+
+typedef enum {
+    SB_OP_PUBLISH = 1,  /* insert msg into queues; optional retain, dedup, drops */
+    SB_OP_ACK,          /* delete entries [first_id, last_id] of a queue */
+    SB_OP_ATTEMPTS,     /* record an entry's failed attempt count */
+    SB_OP_DEADLETTER,   /* move an entry to the dead-letter table */
+    SB_OP_QUEUE_PUT,    /* create or update a queue's definition */
+    SB_OP_QUEUE_DELETE, /* delete a queue and all its entries */
+    SB_OP_DLQ_LIST,     /* read dead letters (no change) */
+    SB_OP_DLQ_REDRIVE,  /* move dead letters back into queues as new entries */
+    SB_OP_DLQ_PURGE,    /* delete dead letters */
+    SB_OP_DEDUP_PRUNE,  /* delete dedup keys that expired before now_ms */
+    SB_OP_RETAIN_PUT    /* set (or, with an empty payload, clear) a retained value */
+} sb_store_op_type;
+
+/* An entry to remove as part of a publish (overflow: drop-oldest). */
+typedef struct sb_store_entry_ref {
+    uint32_t queue_id;
+    uint64_t msg_id;
+} sb_store_entry_ref;
+
+/* A dead letter as read back by SB_OP_DLQ_LIST / redriven by SB_OP_DLQ_REDRIVE. */
+typedef struct sb_dead_letter {
+    int64_t dlq_id;      /* row id in the dead-letter table */
+    char *queue_name;    /* the subscription it died in */
+    sb_message *msg;     /* topic, payload, headers, created, original id */
+    int64_t dead_ms;
+    char *reason;
+    char *source;        /* adapter/peer that published it, if known */
+    int attempts;
+    /* For REDRIVE: the queue and the new message id to insert it under. */
+    uint32_t target_queue_id;
+    uint64_t new_msg_id;
+} sb_dead_letter;
+
+typedef struct sb_store_op sb_store_op;
+typedef void (*sb_store_cb)(sb_store_op *op, void *ctx);
+
+struct sb_store_op {
+    sb_store_op_type type;
+    int sync;       /* 1: complete only after an fsync'ed commit */
+    int status;     /* set by the store before the callback: 0 or SB_E* */
+    sb_store_cb cb; /* called on the loop thread; may free the op */
+    void *ctx;
+    sb_store_op *next; /* private to the store */
+    union {
+        struct {
+            sb_message *msg;       /* caller keeps its reference */
+            const uint32_t *queue_ids;
+            size_t queue_count;
+            int retain;            /* also set msg as the topic's retained value */
+            const char *dedup_key; /* NULL: no dedup; else insert key */
+            int64_t dedup_expires_ms;
+            const sb_store_entry_ref *drops;
+            size_t drop_count;
+        } publish;
+        struct {
+            uint32_t queue_id;
+            uint64_t first_id, last_id; /* inclusive; caller guarantees every
+                                           entry of the queue in range is done */
+        } ack;
+        struct {
+            uint32_t queue_id;
+            uint64_t msg_id;
+            int attempts;
+        } attempts;
+        struct {
+            uint32_t queue_id;
+            uint64_t msg_id;
+            const char *queue_name;
+            const char *reason;
+            const char *source;
+            int attempts;
+        } deadletter;
+        struct {
+            uint32_t queue_id;
+            const char *name;
+            const char *filter;
+            const char *settings; /* opaque text (JSON) kept for the caller */
+        } queue_put;
+        struct {
+            uint32_t queue_id;
+        } queue_delete;
+        struct {
+            const char *queue_name; /* NULL: all queues */
+            int64_t after_dlq_id;   /* paging: rows with dlq_id > this */
+            int limit;
+            /* results, owned by the op; free with sb_store_dlq_list_free */
+            sb_dead_letter *rows;
+            size_t row_count;
+        } dlq_list;
+        struct {
+            sb_dead_letter *rows; /* dlq_id, target_queue_id, new_msg_id set */
+            size_t row_count;
+        } dlq_redrive;
+        struct {
+            const char *queue_name; /* NULL: all queues */
+            int64_t max_dlq_id;     /* 0: no bound; else only dlq_id <= this */
+            int64_t purged;         /* result */
+        } dlq_purge;
+        struct {
+            int64_t now_ms;
+        } dedup_prune;
+        struct {
+            sb_message *msg;
+        } retain_put;
+    } u;
+};
+
+typedef struct sb_store_stats {
+    uint64_t commits;         /* successful transactions */
+    uint64_t fsync_commits;   /* of which synchronous=FULL */
+    uint64_t ops;             /* ops completed */
+    uint64_t failed_commits;
+    uint64_t max_batch_seen;
+    int64_t db_bytes;         /* page_count * page_size at the last commit */
+    int degraded;             /* 1 while commits fail */
+    char last_error[256];
+} sb_store_stats;
+
+/* Opens (creating if needed) the database, checks it is a Switchboard
+ * database (application_id), runs schema migrations up to
+ * SB_STORE_SCHEMA_VERSION, and sets WAL mode. Refuses a foreign file
+ * (SB_EFOREIGN), a corrupt one (SB_ECORRUPT), one from a newer version
+ * (SB_EVERSION), or one another process holds (SB_EBUSY), with a message
+ * naming the path. */
+int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err);
+
+/* Largest message id and queue id in use (0 if none). */
+int sb_store_max_ids(sb_store *s, uint64_t *out_msg_id, uint32_t *out_queue_id, sb_error *err);
+
+typedef int (*sb_store_queue_cb)(void *ctx, uint32_t queue_id, const char *name,
+                                 const char *filter, const char *settings);
+typedef int (*sb_store_entry_cb)(void *ctx, uint32_t queue_id, sb_message *msg, int attempts);
+typedef int (*sb_store_retained_cb)(void *ctx, sb_message *msg);
+typedef int (*sb_store_dedup_cb)(void *ctx, const char *key, int64_t expires_ms);
+
+/* Loaders: call cb once per row; a non-zero return from cb stops and is
+ * returned. Entries come in insertion order per queue; the callback receives
+ * a new message reference it must unref. */
+int sb_store_load_queues(sb_store *s, sb_store_queue_cb cb, void *ctx, sb_error *err);
+int sb_store_load_entries(sb_store *s, sb_store_entry_cb cb, void *ctx, sb_error *err);
+int sb_store_load_retained(sb_store *s, sb_store_retained_cb cb, void *ctx, sb_error *err);
+int sb_store_load_dedup(sb_store *s, sb_store_dedup_cb cb, void *ctx, sb_error *err);
+
+/* Starts the store thread; completions are delivered on `loop`. */
+int sb_store_start(sb_store *s, uv_loop_t *loop, sb_error *err);
+
+/* Queues an op (thread-safe). Returns 0, or SB_ESHUTDOWN after stop began,
+ * in which case the callback is never called. */
+int sb_store_submit(sb_store *s, sb_store_op *op);
+
+/* 1 while the last commit failed (disk full, I/O error). */
+int sb_store_degraded(sb_store *s);
+
+/* Copies the current counters. */
+void sb_store_get_stats(sb_store *s, sb_store_stats *out);
+
+/* Executes everything queued, stops the thread, and delivers remaining
+ * callbacks (runs the loop's pending completions itself if needed). Must be
+ * called from the loop thread. */
+void sb_store_stop(sb_store *s);
+
+/* Closes the database and frees the store. */
+void sb_store_close(sb_store *s);
+
+/* Frees the rows of an SB_OP_DLQ_LIST result. */
+void sb_store_dlq_rows_free(sb_dead_letter *rows, size_t count);
+
+#endif
