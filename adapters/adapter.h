@@ -30,6 +30,8 @@ enum {
 typedef struct sb_broker sb_broker;
 typedef struct sb_adapter sb_adapter;
 typedef struct sb_adapter_type sb_adapter_type;
+typedef struct sb_delivery sb_delivery;
+typedef void (*sb_adapter_stopped_cb)(sb_adapter *a);
 
 /* Common head of every adapter instance (embed as the first member). */
 struct sb_adapter {
@@ -39,9 +41,9 @@ struct sb_adapter {
     sb_adapter_config *cfg; /* the adapter's own deep copy */
     const char *name;       /* == cfg->name */
     int stopping;
+    sb_adapter *next;       /* private: the broker's list */
+    sb_adapter_stopped_cb on_closed; /* private */
 };
-
-typedef void (*sb_adapter_stopped_cb)(sb_adapter *a);
 
 struct sb_adapter_type {
     int version;      /* SB_ADAPTER_VERSION */
@@ -54,6 +56,11 @@ struct sb_adapter_type {
     int (*create)(sb_adapter **out, const sb_adapter_config *cfg, sb_error *err);
     /* Opens listeners / connects / spawns. Logs where it listens. */
     int (*start)(sb_adapter *a, sb_error *err);
+    /* Sink: takes one delivery (the payload to write is d->msg). Returns 0
+     * if taken (call sb_delivery_done when written / acknowledged), or
+     * SB_EBUSY if it cannot take one now (then call sb_adapter_sink_ready
+     * when it can). NULL for source-only types. */
+    int (*deliver)(sb_adapter *a, sb_delivery *d);
     /* Closes everything; calls cb once all handles are closed. */
     void (*stop)(sb_adapter *a, sb_adapter_stopped_cb cb);
     /* Frees the instance after stop completed. */
@@ -75,7 +82,11 @@ void sb_adapters_register_builtin(void);
 int sb_adapter_create(sb_adapter **out, sb_broker *broker, uv_loop_t *loop,
                       const sb_adapter_config *cfg, sb_error *err);
 
-/* Stops (if started) and destroys; cb (may be NULL) runs after destroy. */
+/* A sink adapter can take deliveries again (a client connected, a write
+ * completed, a child restarted). */
+void sb_adapter_sink_ready(sb_adapter *a);
+
+/* Stops (if started) and destroys; cb (may be NULL) runs just before destroy. */
 void sb_adapter_close(sb_adapter *a, sb_adapter_stopped_cb cb);
 
 #endif

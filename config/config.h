@@ -134,6 +134,11 @@ void sb_adapter_config_free(sb_adapter_config *cfg);
 int sb_adapter_config_equal(const sb_adapter_config *a, const sb_adapter_config *b);
 int sb_route_config_equal(const sb_route_config *a, const sb_route_config *b);
 
+/* The same for routes: copy returns 0 or SB_ENOMEM (out is then left
+ * freeable); free releases what the route owns, not the struct itself. */
+int sb_route_config_copy(sb_route_config *out, const sb_route_config *in);
+void sb_route_config_free(sb_route_config *cfg);
+
 /* Parses "250ms", "10s", "5m", "2h", "1d" or a bare number of milliseconds.
  * Returns 0 or SB_EINVAL. */
 int sb_config_parse_duration(const char *s, int64_t *out_ms);

@@ -99,16 +99,17 @@ int sb_filter_validate(const char *filter, size_t len, const char **why)
     return 0;
 }
 
-int sb_topic_match(const char *filter, const char *topic)
+/* Matches the filter filter[0..flen) against topic. */
+static int match_n(const char *filter, size_t flen, const char *topic)
 {
-    const char *f = filter, *t = topic;
+    const char *f = filter, *fend = filter + flen, *t = topic;
 
-    if (topic[0] == '$' && (filter[0] == '+' || filter[0] == '#'))
+    if (topic[0] == '$' && flen > 0 && (filter[0] == '+' || filter[0] == '#'))
         return 0;
     for (;;) {
-        const char *fe = strchr(f, '/');
+        const char *fe = memchr(f, '/', (size_t)(fend - f));
         const char *te = strchr(t, '/');
-        size_t fl = fe ? (size_t)(fe - f) : strlen(f);
+        size_t fl = fe ? (size_t)(fe - f) : (size_t)(fend - f);
         size_t tl = te ? (size_t)(te - t) : strlen(t);
 
         if (fl == 1 && f[0] == '#')
@@ -118,10 +119,28 @@ int sb_topic_match(const char *filter, const char *topic)
         if (fe == NULL || te == NULL) {
             /* "a/#" also matches "a" (the parent level), as in MQTT. */
             if (fe != NULL && te == NULL)
-                return strcmp(fe, "/#") == 0;
+                return fend - fe == 2 && fe[1] == '#';
             return fe == NULL && te == NULL;
         }
         f = fe + 1;
         t = te + 1;
+    }
+}
+
+int sb_topic_match(const char *filter, const char *topic)
+{
+    return match_n(filter, strlen(filter), topic);
+}
+
+int sb_topic_match_any(const char *filters, const char *topic)
+{
+    for (;;) {
+        const char *nl = strchr(filters, '\n');
+        size_t len = nl != NULL ? (size_t)(nl - filters) : strlen(filters);
+        if (match_n(filters, len, topic))
+            return 1;
+        if (nl == NULL)
+            return 0;
+        filters = nl + 1;
     }
 }

@@ -22,6 +22,9 @@ int sb_filter_validate(const char *filter, size_t len, const char **why);
 /* 1 if topic matches filter, else 0. Both must be valid. */
 int sb_topic_match(const char *filter, const char *topic);
 
+/* 1 if topic matches any of the '\n'-separated filters in `filters`. */
+int sb_topic_match_any(const char *filters, const char *topic);
+
 /* Checks that s[0..len) is well-formed UTF-8 (no overlongs, no surrogates). */
 int sb_utf8_valid(const char *s, size_t len);
 

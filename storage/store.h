@@ -53,7 +53,7 @@ typedef enum {
     SB_OP_PUBLISH = 1,  /* insert msg into queues; optional retain, dedup, drops */
     SB_OP_ACK,          /* delete entries [first_id, last_id] of a queue */
     SB_OP_ATTEMPTS,     /* record an entry's failed attempt count */
-    SB_OP_DEADLETTER,   /* move an entry to the dead-letter table */
+    SB_OP_DEADLETTER,   /* write msg to the dead-letter table, delete its entry */
     SB_OP_QUEUE_PUT,    /* create or update a queue's definition */
     SB_OP_QUEUE_DELETE, /* delete a queue and all its entries */
     SB_OP_DLQ_LIST,     /* read dead letters (no change) */
@@ -117,6 +117,8 @@ struct sb_store_op {
         struct {
             uint32_t queue_id;
             uint64_t msg_id;
+            sb_message *msg; /* always set: the dead letter is written from it
+                                (memory-class queues have no entry row) */
             const char *queue_name;
             const char *reason;
             const char *source;

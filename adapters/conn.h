@@ -1,0 +1,92 @@
+/*
+ * A connection: one byte stream (TCP, Unix socket, a child's stdout/stdin,
+ * and on Windows a named pipe) carrying one protocol session.
+ *
+ * The transport creates the connection and feeds it bytes; the protocol
+ * (raw, jsonl) parses them and writes replies or deliveries through
+ * sb_conn_send, which coalesces everything sent in one loop turn into one
+ * write. Deliveries passed to sb_conn_send are acknowledged when the write
+ * completes (the raw sink's meaning of "delivered"), or nacked if the
+ * connection closes first. Connections are reference counted: a protocol
+ * holds a reference while a publish callback may still arrive.
+ */
+#ifndef SB_CONN_H
+#define SB_CONN_H
+
+#include "adapters/adapter.h"
+#include "service/broker.h"
+
+#include <uv.h>
+
+typedef struct sb_conn sb_conn;
+
+typedef struct sb_protocol {
+    const char *name;
+    /* A connection opened: allocate c->session. */
+    int (*open)(sb_conn *c);
+    /* Bytes arrived. Return 0, or an SB_E* code to close the connection
+     * (the protocol logs why). */
+    int (*data)(sb_conn *c, const char *buf, size_t len);
+    /* The transport closed; release the session (it may outlive the
+     * connection's handles until its own callbacks finish). */
+    void (*closed)(sb_conn *c);
+    /* The connection may read again after being paused by backpressure. */
+    void (*drained)(sb_conn *c);
+} sb_protocol;
+
+struct sb_conn {
+    sb_adapter *adapter;
+    const sb_protocol *proto;
+    void *session;
+    char peer[128];
+    uv_stream_t *in, *out; /* may be the same handle; out may be NULL */
+    int refs;
+    int closing;
+    int paused;       /* reading stopped by the protocol */
+    int out_paused;   /* reading stopped because output is backed up */
+    /* output not yet handed to the OS */
+    char *obuf;
+    size_t olen, ocap;
+    sb_delivery *odel_head, *odel_tail;
+    /* the write in flight */
+    uv_write_t wreq;
+    int writing;
+    char *wbuf;
+    sb_delivery *wdel;
+    /* transport hooks */
+    void (*on_closed)(sb_conn *c); /* handles closed; unlink from lists */
+    void *transport;
+    sb_conn *next; /* the transport's list */
+};
+
+/* Output beyond this pauses reading until it drains. */
+#define SB_CONN_MAX_OUTPUT (4 * 1024 * 1024)
+
+/* Initialises c (zeroed by the caller) and starts the protocol. */
+int sb_conn_start(sb_conn *c, sb_adapter *a, const sb_protocol *proto, uv_stream_t *in,
+                  uv_stream_t *out, const char *peer);
+
+/* Queues bytes; d (may be NULL) is acked when they are written. Returns 0,
+ * SB_ECLOSED (d is not taken), or SB_ENOMEM. */
+int sb_conn_send(sb_conn *c, const void *data, size_t len, sb_delivery *d);
+
+/* Queues two pieces as one frame (header + payload) without joining them. */
+int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t blen,
+                  sb_delivery *d);
+
+void sb_conn_pause(sb_conn *c);
+void sb_conn_resume(sb_conn *c);
+
+/* Closes the connection (idempotent); `why` is logged if not NULL. */
+void sb_conn_close(sb_conn *c, const char *why);
+
+void sb_conn_ref(sb_conn *c);
+void sb_conn_unref(sb_conn *c);
+
+/* The protocols, by config name ("raw", "jsonl"); NULL if unknown. */
+const sb_protocol *sb_protocol_find(const char *name);
+
+extern const sb_protocol sb_protocol_raw;
+extern const sb_protocol sb_protocol_jsonl;
+
+#endif

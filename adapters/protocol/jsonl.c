@@ -1,0 +1,697 @@
+/*
+ * The jsonl protocol (docs/protocol.md): one JSON object per line. Replies
+ * go out in request order through a queue of reply slots, so pipelined
+ * publishes are acknowledged in order even when other requests finish first;
+ * deliveries queue behind pending replies so a "subscribed" reply always
+ * precedes the subscription's first message.
+ */
+#include "adapters/conn.h"
+#include "service/alloc.h"
+#include "service/base64.h"
+#include "service/log.h"
+#include "service/topic.h"
+
+#include <jansson.h>
+#include <string.h>
+
+typedef struct jsonl_session jsonl_session;
+
+typedef struct reply {
+    struct reply *next;
+    jsonl_session *s;
+    json_t *id;  /* the request's id (new reference) or NULL */
+    char *line;  /* ready when not NULL */
+    size_t len;
+    int orphan;  /* the session closed before it was ready */
+} reply;
+
+typedef struct jsub {
+    sb_consumer consumer;
+    jsonl_session *s;
+    char *name;
+    sb_delivery *out; /* outstanding deliveries (oldest first) */
+    sb_delivery *out_tail;
+    struct jsub *next;
+} jsub;
+
+struct jsonl_session {
+    sb_conn *conn;
+    size_t max;
+    char *buf;
+    size_t len, cap;
+    reply *rhead, *rtail;
+    jsub *subs;
+    int pending; /* async callbacks outstanding */
+    int closed;
+    char source[200];
+    char who[160];
+};
+
+/* ---- reply queue ---- */
+
+static void session_maybe_free(jsonl_session *s);
+
+static void flush_replies(jsonl_session *s)
+{
+    reply *r;
+    while ((r = s->rhead) != NULL && r->line != NULL) {
+        s->rhead = r->next;
+        if (s->rhead == NULL)
+            s->rtail = NULL;
+        if (!s->closed)
+            sb_conn_send(s->conn, r->line, r->len, NULL);
+        json_decref(r->id);
+        sb_free(r->line);
+        sb_free(r);
+    }
+}
+
+static reply *reply_new(jsonl_session *s, json_t *id)
+{
+    reply *r = sb_calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->s = s;
+    r->id = id != NULL ? json_incref(id) : NULL;
+    if (s->rtail != NULL)
+        s->rtail->next = r;
+    else
+        s->rhead = r;
+    s->rtail = r;
+    return r;
+}
+
+/* Completes r with obj (consumes the reference; adds "id"). */
+static void reply_set(reply *r, json_t *obj)
+{
+    char *text;
+    if (obj == NULL)
+        obj = json_pack("{s:s, s:s, s:s}", "op", "error", "code", "SB_ENOMEM", "message",
+                        "out of memory");
+    if (r->id != NULL && obj != NULL)
+        json_object_set(obj, "id", r->id);
+    text = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    if (text == NULL) {
+        r->line = sb_strdup("{\"op\":\"error\",\"code\":\"SB_ENOMEM\"}\n");
+        r->len = r->line != NULL ? strlen(r->line) : 0;
+    } else {
+        size_t n = strlen(text);
+        r->line = sb_malloc(n + 2);
+        if (r->line != NULL) {
+            memcpy(r->line, text, n);
+            r->line[n] = '\n';
+            r->line[n + 1] = '\0';
+            r->len = n + 1;
+        }
+        free(text);
+    }
+    if (r->line == NULL) {
+        r->line = sb_strdup("\n");
+        r->len = 1;
+    }
+    flush_replies(r->s);
+}
+
+static json_t *error_obj(int code, const char *msg)
+{
+    return json_pack("{s:s, s:s, s:s}", "op", "error", "code", sb_errname(code), "message", msg);
+}
+
+static void reply_error(jsonl_session *s, json_t *id, int code, const char *msg)
+{
+    reply *r = reply_new(s, id);
+    if (r != NULL)
+        reply_set(r, error_obj(code, msg));
+}
+
+/* ---- publish ---- */
+
+static void on_puback(void *ctx, int status, uint64_t msg_id, int queues, const char *why)
+{
+    reply *r = ctx;
+    jsonl_session *s = r->s;
+    s->pending--;
+    if (status == 0)
+        reply_set(r, json_pack("{s:s, s:I, s:i}", "op", "puback", "msg_id", (json_int_t)msg_id,
+                               "queues", queues));
+    else
+        reply_set(r, error_obj(status, why != NULL ? why : sb_strerror(status)));
+    session_maybe_free(s);
+}
+
+static int get_duration(json_t *v, int64_t *out)
+{
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+        return *out >= 0 ? 0 : SB_EINVAL;
+    }
+    if (json_is_string(v))
+        return sb_config_parse_duration(json_string_value(v), out);
+    return SB_EINVAL;
+}
+
+static void do_pub(jsonl_session *s, json_t *req, json_t *id)
+{
+    json_t *topic = json_object_get(req, "topic"), *payload = json_object_get(req, "payload"),
+           *b64 = json_object_get(req, "payload_b64"), *headers = json_object_get(req, "headers"),
+           *ttl = json_object_get(req, "ttl"), *prio = json_object_get(req, "priority");
+    sb_publish_opts opts = {s->source, json_is_true(json_object_get(req, "retain"))};
+    sb_message *m = NULL;
+    sb_error err;
+    reply *r;
+    const char *key;
+    json_t *val;
+
+    if (!json_is_string(topic))
+        return reply_error(s, id, SB_EINVAL, "pub: \"topic\" (a string) is required");
+    if ((payload != NULL) == (b64 != NULL) || (payload != NULL && !json_is_string(payload)) ||
+        (b64 != NULL && !json_is_string(b64)))
+        return reply_error(s, id, SB_EINVAL,
+                           "pub: exactly one of \"payload\" or \"payload_b64\" (a string) is required");
+    if (payload != NULL) {
+        m = sb_message_new(json_string_value(topic), json_string_value(payload),
+                           json_string_length(payload));
+    } else {
+        unsigned char *bytes;
+        size_t n;
+        if (sb_base64_decode(json_string_value(b64), json_string_length(b64), &bytes, &n) != 0)
+            return reply_error(s, id, SB_EINVAL, "pub: payload_b64 is not valid base64");
+        m = sb_message_new_owned(json_string_value(topic), bytes, n);
+    }
+    if (m == NULL)
+        return reply_error(s, id, SB_ENOMEM, "out of memory");
+    if (m->payload_len > s->max) {
+        sb_message_unref(m);
+        return reply_error(s, id, SB_ETOOBIG, "pub: payload larger than max_message");
+    }
+    if (headers != NULL) {
+        if (!json_is_object(headers)) {
+            sb_message_unref(m);
+            return reply_error(s, id, SB_EINVAL, "pub: \"headers\" must be an object of strings");
+        }
+        json_object_foreach(headers, key, val)
+        {
+            if (!json_is_string(val) || sb_message_add_header(m, key, json_string_value(val)) != 0) {
+                sb_message_unref(m);
+                return reply_error(s, id, SB_EINVAL, "pub: header values must be strings");
+            }
+        }
+    }
+    if (ttl != NULL) {
+        int64_t ms;
+        if (get_duration(ttl, &ms) != 0) {
+            sb_message_unref(m);
+            return reply_error(s, id, SB_EINVAL, "pub: \"ttl\" must be a duration like \"10s\"");
+        }
+        m->expires_ms = m->created_ms + ms;
+    }
+    if (prio != NULL) {
+        if (!json_is_integer(prio) || json_integer_value(prio) < 0 || json_integer_value(prio) > 9) {
+            sb_message_unref(m);
+            return reply_error(s, id, SB_EINVAL, "pub: \"priority\" must be 0..9");
+        }
+        m->priority = (int)json_integer_value(prio);
+    }
+    r = reply_new(s, id);
+    if (r == NULL) {
+        sb_message_unref(m);
+        return;
+    }
+    if (sb_broker_publish(s->conn->adapter->broker, m, &opts, on_puback, r, &err) != 0)
+        reply_set(r, error_obj(err.code, err.msg));
+    else
+        s->pending++;
+    sb_message_unref(m);
+}
+
+/* ---- subscriptions ---- */
+
+static json_t *message_json(const sb_delivery *d)
+{
+    const sb_message *m = d->msg;
+    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:i, s:I}", "op", "msg", "sub", d->sub, "msg_id",
+                          (json_int_t)m->id, "topic", m->topic, "attempt", d->attempt, "created",
+                          (json_int_t)m->created_ms);
+    if (o == NULL)
+        return NULL;
+    if (sb_utf8_valid((const char *)m->payload, m->payload_len) &&
+        memchr(m->payload, '\0', m->payload_len) == NULL) {
+        json_object_set_new(o, "payload", json_stringn((const char *)m->payload, m->payload_len));
+    } else {
+        char *b = sb_base64_encode(m->payload, m->payload_len);
+        json_object_set_new(o, "payload_b64", b != NULL ? json_string(b) : json_null());
+        sb_free(b);
+    }
+    if (m->header_count > 0) {
+        json_t *h = json_object();
+        for (size_t i = 0; i < m->header_count; i++)
+            json_object_set_new(h, m->headers[i].key, json_string(m->headers[i].value));
+        json_object_set_new(o, "headers", h);
+    }
+    return o;
+}
+
+static int jsub_deliver(sb_consumer *c, sb_delivery *d)
+{
+    jsub *js = c->ctx;
+    jsonl_session *s = js->s;
+    json_t *o;
+    if (s->closed || s->conn->out_paused)
+        return SB_EBUSY;
+    o = message_json(d);
+    if (o == NULL)
+        return SB_ENOMEM;
+    d->next = NULL;
+    if (js->out_tail != NULL)
+        js->out_tail->next = d;
+    else
+        js->out = d;
+    js->out_tail = d;
+    if (s->rhead != NULL) {
+        reply *r = reply_new(s, NULL);
+        if (r != NULL)
+            reply_set(r, o);
+        else
+            json_decref(o);
+    } else {
+        char *text = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        if (text != NULL) {
+            sb_conn_send2(s->conn, text, strlen(text), "\n", 1, NULL);
+            free(text);
+        }
+    }
+    return 0;
+}
+
+static jsub *find_sub(jsonl_session *s, const char *name)
+{
+    for (jsub *js = s->subs; js != NULL; js = js->next)
+        if (strcmp(js->name, name) == 0)
+            return js;
+    return NULL;
+}
+
+static void jsub_free_detached(jsonl_session *s, jsub *js)
+{
+    jsub **p;
+    sb_broker_detach(s->conn->adapter->broker, &js->consumer);
+    for (p = &s->subs; *p != NULL; p = &(*p)->next)
+        if (*p == js) {
+            *p = js->next;
+            break;
+        }
+    sb_free(js->name);
+    sb_free(js);
+}
+
+static int parse_settings(json_t *req, sb_sub_settings *st, const char **bad)
+{
+    json_t *v;
+    sb_sub_settings_default(st);
+    if ((v = json_object_get(req, "durability")) != NULL) {
+        const char *d = json_string_value(v);
+        if (d == NULL)
+            return (*bad = "durability", SB_EINVAL);
+        if (strcmp(d, "fsync") == 0)
+            st->durability = SB_DURABILITY_FSYNC;
+        else if (strcmp(d, "batched") == 0)
+            st->durability = SB_DURABILITY_BATCHED;
+        else if (strcmp(d, "memory") == 0)
+            st->durability = SB_DURABILITY_MEMORY;
+        else
+            return (*bad = "durability", SB_EINVAL);
+    }
+    if ((v = json_object_get(req, "max_attempts")) != NULL) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1)
+            return (*bad = "max_attempts", SB_EINVAL);
+        st->max_attempts = (int)json_integer_value(v);
+    }
+    if ((v = json_object_get(req, "lease")) != NULL && get_duration(v, &st->lease_ms) != 0)
+        return (*bad = "lease", SB_EINVAL);
+    if ((v = json_object_get(req, "ttl")) != NULL && get_duration(v, &st->ttl_ms) != 0)
+        return (*bad = "ttl", SB_EINVAL);
+    if ((v = json_object_get(req, "max_depth")) != NULL) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0)
+            return (*bad = "max_depth", SB_EINVAL);
+        st->max_depth = json_integer_value(v);
+    }
+    return 0;
+}
+
+static void do_sub(jsonl_session *s, json_t *req, json_t *id)
+{
+    const char *name = json_string_value(json_object_get(req, "sub"));
+    json_t *f = json_object_get(req, "filter"), *w = json_object_get(req, "window");
+    sb_broker *b = s->conn->adapter->broker;
+    sb_sub_settings st;
+    const char *bad = NULL;
+    sb_error err;
+    jsub *js;
+    reply *r;
+    char msg[300];
+
+    if (name == NULL)
+        return reply_error(s, id, SB_EINVAL, "sub: \"sub\" (the subscription name) is required");
+    if (f != NULL && !json_is_string(f))
+        return reply_error(s, id, SB_EINVAL, "sub: \"filter\" must be a string");
+    if (w != NULL && (!json_is_integer(w) || json_integer_value(w) < 1 ||
+                      json_integer_value(w) > 100000))
+        return reply_error(s, id, SB_EINVAL, "sub: \"window\" must be 1..100000");
+    if (parse_settings(req, &st, &bad) != 0) {
+        snprintf(msg, sizeof(msg), "sub: invalid \"%s\"", bad);
+        return reply_error(s, id, SB_EINVAL, msg);
+    }
+    if (find_sub(s, name) != NULL)
+        return reply_error(s, id, SB_EEXIST, "sub: already subscribed on this connection");
+    if (sb_broker_subscribe(b, name, json_string_value(f), &st, &err) != 0)
+        return reply_error(s, id, err.code, err.msg);
+    js = sb_calloc(1, sizeof(*js));
+    if (js == NULL || (js->name = sb_strdup(name)) == NULL) {
+        sb_free(js);
+        return reply_error(s, id, SB_ENOMEM, "out of memory");
+    }
+    js->s = s;
+    js->consumer.deliver = jsub_deliver;
+    js->consumer.ctx = js;
+    js->consumer.name = s->who;
+    js->consumer.window = w != NULL ? (int)json_integer_value(w) : 100;
+    r = reply_new(s, id);
+    if (r == NULL) {
+        sb_free(js->name);
+        sb_free(js);
+        return;
+    }
+    js->next = s->subs;
+    s->subs = js;
+    /* The reply is queued before attaching so it precedes the first message. */
+    r->line = NULL;
+    {
+        json_t *o = json_pack("{s:s, s:s}", "op", "subscribed", "sub", name);
+        if (o != NULL && r->id != NULL)
+            json_object_set(o, "id", r->id);
+        if (o != NULL) {
+            char *text = json_dumps(o, JSON_COMPACT);
+            json_decref(o);
+            if (text != NULL) {
+                size_t n = strlen(text);
+                r->line = sb_malloc(n + 2);
+                if (r->line != NULL) {
+                    memcpy(r->line, text, n);
+                    r->line[n] = '\n';
+                    r->len = n + 1;
+                }
+                free(text);
+            }
+        }
+    }
+    if (r->line == NULL) {
+        reply_set(r, NULL); /* out of memory: an error reply */
+        jsub_free_detached(s, js);
+        return;
+    }
+    if (sb_broker_attach(b, name, &js->consumer, &err) != 0) {
+        sb_free(r->line);
+        r->line = NULL;
+        reply_set(r, error_obj(err.code, err.msg));
+        jsub_free_detached(s, js);
+        return;
+    }
+    /* r may already be written (and freed) by a delivery flushing the queue. */
+    flush_replies(s);
+}
+
+static void do_ack(jsonl_session *s, json_t *req, json_t *id, int ack)
+{
+    const char *name = json_string_value(json_object_get(req, "sub"));
+    json_t *mid = json_object_get(req, "msg_id");
+    const char *reason = json_string_value(json_object_get(req, "reason"));
+    jsub *js;
+    sb_delivery *d, *prev = NULL;
+
+    if (name == NULL || !json_is_integer(mid)) {
+        reply_error(s, id, SB_EINVAL, "ack/nack: \"sub\" and \"msg_id\" are required");
+        return;
+    }
+    js = find_sub(s, name);
+    if (js == NULL) {
+        reply_error(s, id, SB_ENOTFOUND, "ack/nack: not subscribed to that subscription here");
+        return;
+    }
+    for (d = js->out; d != NULL; prev = d, d = d->next)
+        if (d->msg->id == (uint64_t)json_integer_value(mid))
+            break;
+    if (d == NULL) {
+        if (id != NULL)
+            reply_error(s, id, SB_ENOTFOUND, "ack/nack: no such outstanding message");
+        return;
+    }
+    if (prev != NULL)
+        prev->next = d->next;
+    else
+        js->out = d->next;
+    if (js->out_tail == d)
+        js->out_tail = prev;
+    sb_delivery_done(d, ack ? 0 : SB_EINVAL, reason != NULL ? reason : "nack from client");
+    if (id != NULL) {
+        reply *r = reply_new(s, id);
+        if (r != NULL)
+            reply_set(r, json_pack("{s:s}", "op", "ok"));
+    }
+}
+
+static void do_unsub(jsonl_session *s, json_t *req, json_t *id)
+{
+    const char *name = json_string_value(json_object_get(req, "sub"));
+    jsub *js;
+    sb_error err;
+    reply *r;
+    if (name == NULL)
+        return reply_error(s, id, SB_EINVAL, "unsub: \"sub\" is required");
+    js = find_sub(s, name);
+    if (js != NULL)
+        jsub_free_detached(s, js);
+    if (json_is_true(json_object_get(req, "delete")) &&
+        sb_broker_unsubscribe(s->conn->adapter->broker, name, &err) != 0)
+        return reply_error(s, id, err.code, err.msg);
+    if (js == NULL && !json_is_true(json_object_get(req, "delete")))
+        return reply_error(s, id, SB_ENOTFOUND, "unsub: not subscribed to that subscription here");
+    r = reply_new(s, id);
+    if (r != NULL)
+        reply_set(r, json_pack("{s:s, s:s}", "op", "unsubscribed", "sub", name));
+}
+
+/* ---- admin ---- */
+
+typedef struct admin_call {
+    reply *r;
+    const char *op;
+} admin_call;
+
+static void on_admin_done(void *ctx, int status, void *result, const char *why)
+{
+    admin_call *a = ctx;
+    jsonl_session *s = a->r->s;
+    s->pending--;
+    if (status != 0) {
+        reply_set(a->r, error_obj(status, why != NULL ? why : sb_strerror(status)));
+    } else {
+        json_t *o = result;
+        json_object_set_new(o, "op", json_string(a->op));
+        reply_set(a->r, o);
+    }
+    sb_free(a);
+    session_maybe_free(s);
+}
+
+static void do_admin(jsonl_session *s, const char *op, json_t *req, json_t *id)
+{
+    sb_broker *b = s->conn->adapter->broker;
+    const char *sub = json_string_value(json_object_get(req, "sub"));
+    admin_call *a = sb_malloc(sizeof(*a));
+    sb_error err;
+    int rc;
+    if (a == NULL)
+        return reply_error(s, id, SB_ENOMEM, "out of memory");
+    a->r = reply_new(s, id);
+    if (a->r == NULL) {
+        sb_free(a);
+        return;
+    }
+    if (strcmp(op, "dlq.list") == 0) {
+        a->op = "dlq.list";
+        rc = sb_broker_dlq_list(b, sub, json_integer_value(json_object_get(req, "after")),
+                                (int)json_integer_value(json_object_get(req, "limit")),
+                                on_admin_done, a, &err);
+    } else if (strcmp(op, "dlq.redrive") == 0) {
+        a->op = "dlq.redrive";
+        rc = sb_broker_dlq_redrive(b, sub, on_admin_done, a, &err);
+    } else {
+        a->op = "dlq.purge";
+        rc = sb_broker_dlq_purge(b, sub, on_admin_done, a, &err);
+    }
+    if (rc != 0) {
+        reply_set(a->r, error_obj(err.code, err.msg));
+        sb_free(a);
+        return;
+    }
+    s->pending++;
+}
+
+/* ---- lines ---- */
+
+static void handle_line(jsonl_session *s, const char *line, size_t len)
+{
+    json_error_t jerr;
+    json_t *req = json_loadb(line, len, 0, &jerr), *id;
+    const char *op;
+    char msg[300];
+
+    if (req == NULL || !json_is_object(req)) {
+        if (req == NULL)
+            snprintf(msg, sizeof(msg), "invalid JSON at column %d: %s", jerr.column, jerr.text);
+        else
+            snprintf(msg, sizeof(msg), "a request must be a JSON object");
+        sb_log(SB_LOG_WARN, s->conn->adapter->name, "peer %s: %s", s->conn->peer, msg);
+        json_decref(req);
+        reply_error(s, NULL, SB_EPROTO, msg);
+        return;
+    }
+    id = json_object_get(req, "id");
+    op = json_string_value(json_object_get(req, "op"));
+    if (op == NULL) {
+        reply_error(s, id, SB_EPROTO, "missing \"op\"");
+    } else if (strcmp(op, "pub") == 0) {
+        do_pub(s, req, id);
+    } else if (strcmp(op, "ack") == 0 || strcmp(op, "nack") == 0) {
+        do_ack(s, req, id, op[0] == 'a');
+    } else if (strcmp(op, "sub") == 0) {
+        do_sub(s, req, id);
+    } else if (strcmp(op, "unsub") == 0) {
+        do_unsub(s, req, id);
+    } else if (strcmp(op, "ping") == 0) {
+        reply *r = reply_new(s, id);
+        if (r != NULL)
+            reply_set(r, json_pack("{s:s}", "op", "pong"));
+    } else if (strcmp(op, "stats") == 0) {
+        reply *r = reply_new(s, id);
+        if (r != NULL) {
+            json_t *o = sb_broker_stats_json(s->conn->adapter->broker);
+            if (o != NULL)
+                json_object_set_new(o, "op", json_string("stats"));
+            reply_set(r, o);
+        }
+    } else if (strcmp(op, "dlq.list") == 0 || strcmp(op, "dlq.redrive") == 0 ||
+               strcmp(op, "dlq.purge") == 0) {
+        do_admin(s, op, req, id);
+    } else {
+        snprintf(msg, sizeof(msg), "unknown op \"%.100s\"", op);
+        reply_error(s, id, SB_EPROTO, msg);
+    }
+    json_decref(req);
+}
+
+static int jsonl_data(sb_conn *c, const char *data, size_t len)
+{
+    jsonl_session *s = c->session;
+    size_t start = 0;
+    if (s->len + len > s->cap) {
+        size_t cap = s->cap == 0 ? 65536 : s->cap;
+        char *n;
+        while (cap < s->len + len)
+            cap *= 2;
+        n = sb_realloc(s->buf, cap);
+        if (n == NULL)
+            return SB_ENOMEM;
+        s->buf = n;
+        s->cap = cap;
+    }
+    memcpy(s->buf + s->len, data, len);
+    s->len += len;
+    for (;;) {
+        char *nl = memchr(s->buf + start, '\n', s->len - start);
+        size_t n;
+        if (nl == NULL)
+            break;
+        n = (size_t)(nl - (s->buf + start));
+        if (n > s->max) {
+            reply_error(s, NULL, SB_ETOOBIG, "line longer than max_message; closing");
+            sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: line longer than max_message %zu",
+                   c->peer, s->max);
+            return SB_ETOOBIG;
+        }
+        if (n > 0 && s->buf[start + n - 1] == '\r')
+            n--;
+        if (n > 0)
+            handle_line(s, s->buf + start, n);
+        start = (size_t)(nl - s->buf) + 1;
+        if (s->closed || c->closing)
+            return 0;
+    }
+    memmove(s->buf, s->buf + start, s->len - start);
+    s->len -= start;
+    if (s->len > s->max + 2) {
+        reply_error(s, NULL, SB_ETOOBIG, "line longer than max_message; closing");
+        sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: line longer than max_message %zu",
+               c->peer, s->max);
+        return SB_ETOOBIG;
+    }
+    return 0;
+}
+
+static int jsonl_open(sb_conn *c)
+{
+    jsonl_session *s = sb_calloc(1, sizeof(*s));
+    if (s == NULL)
+        return SB_ENOMEM;
+    s->conn = c;
+    s->max = c->adapter->cfg->max_message > 0 ? (size_t)c->adapter->cfg->max_message : 1048576;
+    /* A line carries JSON escaping and base64 around the payload. */
+    s->max = s->max * 2 + 65536;
+    snprintf(s->source, sizeof(s->source), "%s %s", c->adapter->name, c->peer);
+    snprintf(s->who, sizeof(s->who), "%s %s", c->adapter->name, c->peer);
+    sb_conn_ref(c);
+    c->session = s;
+    return 0;
+}
+
+static void session_maybe_free(jsonl_session *s)
+{
+    if (!s->closed || s->pending > 0)
+        return;
+    while (s->rhead != NULL) {
+        reply *r = s->rhead;
+        s->rhead = r->next;
+        json_decref(r->id);
+        sb_free(r->line);
+        sb_free(r);
+    }
+    sb_free(s->buf);
+    sb_conn_unref(s->conn);
+    sb_free(s);
+}
+
+static void jsonl_closed(sb_conn *c)
+{
+    jsonl_session *s = c->session;
+    while (s->subs != NULL)
+        jsub_free_detached(s, s->subs);
+    s->closed = 1;
+    session_maybe_free(s);
+}
+
+static void jsonl_drained(sb_conn *c)
+{
+    jsonl_session *s = c->session;
+    for (jsub *js = s->subs; js != NULL; js = js->next)
+        sb_consumer_ready(&js->consumer);
+}
+
+const sb_protocol sb_protocol_jsonl = {
+    .name = "jsonl",
+    .open = jsonl_open,
+    .data = jsonl_data,
+    .closed = jsonl_closed,
+    .drained = jsonl_drained,
+};

@@ -1,0 +1,421 @@
+/*
+ * The raw protocol, for programs that know nothing of the broker: every frame
+ * (a line, or a 4-byte big-endian length + bytes) is one message published to
+ * the adapter's topic template; deliveries are written as frames.
+ *
+ * What a raw producer can rely on: frames are published in the order they
+ * arrive; a frame is committed before the broker reads much further (at most
+ * RAW_MAX_PENDING frames are in flight, then reading pauses, so a fast
+ * producer is slowed to the store's pace); if a queue is full or the store
+ * refuses writes, the broker holds the frame and stops reading until it can
+ * be stored (the producer's writes block); a frame longer than max_message
+ * closes the connection; bytes of an unfinished frame at disconnect are
+ * discarded and logged.
+ */
+#include "adapters/conn.h"
+#include "adapters/protocol/raw.h"
+#include "service/alloc.h"
+#include "service/log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define RAW_MAX_PENDING 1024
+#define RAW_RETRY_MS 200
+
+typedef struct raw_session {
+    sb_conn *conn;
+    int framing;
+    size_t max;
+    char *topic;
+    char source[200];
+    char *buf;
+    size_t len, cap, off;
+    int pending;
+    sb_message **held; /* frames to (re)publish before reading on */
+    size_t held_count;
+    uv_timer_t *retry;
+    int warned;
+    int closed;
+} raw_session;
+
+int sb_raw_framing_parse(const char *name, int is_datagram)
+{
+    if (name == NULL)
+        return is_datagram ? SB_FRAMING_DATAGRAM : SB_FRAMING_LINE;
+    if (strcmp(name, "line") == 0)
+        return SB_FRAMING_LINE;
+    if (strcmp(name, "length") == 0)
+        return SB_FRAMING_LENGTH;
+    if (strcmp(name, "datagram") == 0)
+        return SB_FRAMING_DATAGRAM;
+    if (strcmp(name, "message") == 0)
+        return SB_FRAMING_MESSAGE;
+    return -1;
+}
+
+char *sb_raw_topic(const char *tmpl, const char *adapter, const char *peer)
+{
+    char out[1024];
+    size_t o = 0;
+    if (tmpl == NULL)
+        tmpl = "{adapter}";
+    for (const char *p = tmpl; *p != '\0' && o < sizeof(out) - 1;) {
+        const char *sub = NULL;
+        size_t skip = 0;
+        if (strncmp(p, "{adapter}", 9) == 0) {
+            sub = adapter;
+            skip = 9;
+        } else if (strncmp(p, "{peer}", 6) == 0) {
+            sub = peer;
+            skip = 6;
+        }
+        if (sub != NULL) {
+            /* '/' '+' '#' in a peer name would change the topic's shape. */
+            for (; *sub != '\0' && o < sizeof(out) - 1; sub++)
+                out[o++] = (*sub == '/' || *sub == '+' || *sub == '#') ? '_' : *sub;
+            p += skip;
+        } else {
+            out[o++] = *p++;
+        }
+    }
+    out[o] = '\0';
+    return sb_strdup(out);
+}
+
+static void try_resume(raw_session *s);
+
+static void session_free(raw_session *s)
+{
+    for (size_t i = 0; i < s->held_count; i++)
+        sb_message_unref(s->held[i]);
+    sb_free(s->held);
+    sb_free(s->topic);
+    sb_free(s->buf);
+    sb_free(s);
+}
+
+static void on_retry_closed(uv_handle_t *h)
+{
+    raw_session *s = h->data;
+    sb_free(h);
+    s->retry = NULL;
+    if (s->pending == 0)
+        session_free(s);
+}
+
+static void maybe_free(raw_session *s)
+{
+    if (!s->closed || s->pending > 0)
+        return;
+    if (s->retry != NULL) {
+        if (!uv_is_closing((uv_handle_t *)s->retry))
+            uv_close((uv_handle_t *)s->retry, on_retry_closed);
+        return;
+    }
+    session_free(s);
+}
+
+static int hold(raw_session *s, sb_message *m)
+{
+    sb_message **n = sb_realloc(s->held, (s->held_count + 1) * sizeof(*n));
+    if (n == NULL)
+        return SB_ENOMEM;
+    s->held = n;
+    s->held[s->held_count++] = m;
+    return 0;
+}
+
+typedef struct raw_pub {
+    raw_session *s;
+    sb_message *m;
+} raw_pub;
+
+static void arm_retry(raw_session *s);
+static int hold(raw_session *s, sb_message *m);
+
+static void on_published(void *ctx, int status, uint64_t id, int queues, const char *why)
+{
+    raw_pub *p = ctx;
+    raw_session *s = p->s;
+    sb_conn *c = s->conn;
+    (void)id;
+    (void)queues;
+    s->pending--;
+    if (status != 0 && !s->closed) {
+        /* The commit failed after the publish was accepted (disk full, I/O
+         * error): keep the frame and publish it again. */
+        sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: frame not committed (%s); will retry",
+               c->peer, why != NULL ? why : sb_strerror(status));
+        if (hold(s, p->m) == 0)
+            p->m = NULL;
+        sb_conn_pause(c);
+        arm_retry(s);
+    } else if (status != 0) {
+        sb_log(SB_LOG_ERROR, c->adapter->name,
+               "peer %s: frame not committed (%s) and the producer is gone", c->peer,
+               why != NULL ? why : sb_strerror(status));
+    }
+    sb_message_unref(p->m);
+    sb_free(p);
+    if (!s->closed && status == 0)
+        try_resume(s);
+    maybe_free(s);
+    sb_conn_unref(c);
+}
+
+static int is_retryable(int rc)
+{
+    return rc == SB_EFULL || rc == SB_ENOSPC || rc == SB_ESTORE || rc == SB_ENOMEM;
+}
+
+/* Publishes m; returns 0 if accepted or dropped, 1 if it must be held. */
+static int publish(raw_session *s, sb_message *m)
+{
+    sb_conn *c = s->conn;
+    sb_publish_opts opts = {s->source, 0};
+    sb_error err;
+    raw_pub *p = sb_malloc(sizeof(*p));
+    int rc;
+    if (p == NULL)
+        return 1;
+    p->s = s;
+    p->m = sb_message_ref(m);
+    rc = sb_broker_publish(c->adapter->broker, m, &opts, on_published, p, &err);
+    if (rc != 0) {
+        sb_message_unref(p->m);
+        sb_free(p);
+    }
+    if (rc == 0) {
+        s->pending++;
+        sb_conn_ref(c);
+        if (s->warned) {
+            sb_log(SB_LOG_INFO, c->adapter->name, "peer %s: publishing again", c->peer);
+            s->warned = 0;
+        }
+        return 0;
+    }
+    if (is_retryable(rc)) {
+        if (!s->warned)
+            sb_log(SB_LOG_WARN, c->adapter->name, "peer %s: holding the producer: %s", c->peer,
+                   err.msg);
+        s->warned = 1;
+        return 1;
+    }
+    sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: frame dropped: %s", c->peer, err.msg);
+    return 0;
+}
+
+static void on_retry(uv_timer_t *t)
+{
+    try_resume(t->data);
+}
+
+static void arm_retry(raw_session *s)
+{
+    if (s->retry == NULL) {
+        s->retry = sb_malloc(sizeof(*s->retry));
+        if (s->retry == NULL)
+            return;
+        uv_timer_init(s->conn->adapter->loop, s->retry);
+        s->retry->data = s;
+    }
+    uv_timer_start(s->retry, on_retry, RAW_RETRY_MS, 0);
+}
+
+static int parse(raw_session *s);
+
+/* Publishes held frames, then parses what is buffered, then reads on. */
+static void try_resume(raw_session *s)
+{
+    size_t done = 0;
+    if (s->closed)
+        return;
+    while (done < s->held_count) {
+        sb_message *m = s->held[done];
+        if (publish(s, m) != 0)
+            break;
+        sb_message_unref(m);
+        done++;
+    }
+    memmove(s->held, s->held + done, (s->held_count - done) * sizeof(*s->held));
+    s->held_count -= done;
+    if (s->held_count > 0) {
+        sb_conn_pause(s->conn);
+        arm_retry(s);
+        return;
+    }
+    if (parse(s) != 0) {
+        sb_conn_close(s->conn, NULL);
+        return;
+    }
+    if (s->held_count == 0 && s->pending < RAW_MAX_PENDING / 2 && s->conn->paused)
+        sb_conn_resume(s->conn);
+}
+
+static int frame(raw_session *s, const char *data, size_t len)
+{
+    sb_message *m = sb_message_new(s->topic, data, len);
+    if (m == NULL || publish(s, m) != 0) {
+        if (m == NULL || hold(s, m) != 0) {
+            sb_message_unref(m);
+            sb_log(SB_LOG_ERROR, s->conn->adapter->name, "peer %s: out of memory", s->conn->peer);
+            return SB_ENOMEM;
+        }
+        sb_conn_pause(s->conn);
+        arm_retry(s);
+        return 1;
+    }
+    sb_message_unref(m);
+    if (s->pending >= RAW_MAX_PENDING)
+        sb_conn_pause(s->conn);
+    return 0;
+}
+
+/* Extracts and publishes complete frames. Returns 0, or an error to close. */
+static int parse(raw_session *s)
+{
+    sb_conn *c = s->conn;
+    while (s->held_count == 0 && s->off < s->len) {
+        const char *p = s->buf + s->off;
+        size_t avail = s->len - s->off, flen, skip;
+        int rc;
+        if (s->framing == SB_FRAMING_LENGTH) {
+            const unsigned char *u = (const unsigned char *)p;
+            uint64_t n;
+            if (avail < 4)
+                break;
+            n = ((uint64_t)u[0] << 24) | ((uint64_t)u[1] << 16) | ((uint64_t)u[2] << 8) | u[3];
+            if (n > s->max) {
+                sb_log(SB_LOG_ERROR, c->adapter->name,
+                       "peer %s: frame length %llu exceeds max_message %zu; closing",
+                       c->peer, (unsigned long long)n, s->max);
+                return SB_ETOOBIG;
+            }
+            if (avail < 4 + n)
+                break;
+            p += 4;
+            flen = (size_t)n;
+            skip = 4 + flen;
+        } else {
+            const char *nl = memchr(p, '\n', avail);
+            if (nl == NULL) {
+                if (avail > s->max) {
+                    sb_log(SB_LOG_ERROR, c->adapter->name,
+                           "peer %s: line longer than max_message %zu; closing", c->peer, s->max);
+                    return SB_ETOOBIG;
+                }
+                break;
+            }
+            flen = (size_t)(nl - p);
+            skip = flen + 1;
+            if (flen > 0 && p[flen - 1] == '\r')
+                flen--;
+            if (flen > s->max) {
+                sb_log(SB_LOG_ERROR, c->adapter->name,
+                       "peer %s: line longer than max_message %zu; closing", c->peer, s->max);
+                return SB_ETOOBIG;
+            }
+        }
+        s->off += skip;
+        rc = frame(s, p, flen);
+        if (rc < 0)
+            return rc;
+        if (rc > 0 || c->paused)
+            break;
+    }
+    if (s->off == s->len)
+        s->off = s->len = 0;
+    return 0;
+}
+
+static int raw_data(sb_conn *c, const char *data, size_t len)
+{
+    raw_session *s = c->session;
+    if (s->off > 0 && s->off == s->len)
+        s->off = s->len = 0;
+    if (s->len + len > s->cap) {
+        size_t need = s->len - s->off + len, cap = s->cap == 0 ? 65536 : s->cap;
+        char *n;
+        if (s->off > 0) {
+            memmove(s->buf, s->buf + s->off, s->len - s->off);
+            s->len -= s->off;
+            s->off = 0;
+        }
+        while (cap < need)
+            cap *= 2;
+        if (cap != s->cap) {
+            n = sb_realloc(s->buf, cap);
+            if (n == NULL)
+                return SB_ENOMEM;
+            s->buf = n;
+            s->cap = cap;
+        }
+    }
+    memcpy(s->buf + s->len, data, len);
+    s->len += len;
+    if (s->held_count > 0)
+        return 0; /* reading is paused; this was already in flight */
+    return parse(s);
+}
+
+static int raw_open(sb_conn *c)
+{
+    raw_session *s = sb_calloc(1, sizeof(*s));
+    const sb_adapter_config *cfg = c->adapter->cfg;
+    if (s == NULL)
+        return SB_ENOMEM;
+    s->conn = c;
+    s->framing = sb_raw_framing_parse(cfg->framing, 0);
+    s->max = cfg->max_message > 0 ? (size_t)cfg->max_message : 1048576;
+    s->topic = sb_raw_topic(cfg->topic, c->adapter->name, c->peer);
+    snprintf(s->source, sizeof(s->source), "%s %s", c->adapter->name, c->peer);
+    if (s->topic == NULL) {
+        sb_free(s);
+        return SB_ENOMEM;
+    }
+    c->session = s;
+    return 0;
+}
+
+static void raw_closed(sb_conn *c)
+{
+    raw_session *s = c->session;
+    if (s->len > s->off)
+        sb_log(SB_LOG_WARN, c->adapter->name,
+               "peer %s: disconnected in the middle of a frame; %zu bytes discarded", c->peer,
+               s->len - s->off);
+    if (s->held_count > 0)
+        sb_log(SB_LOG_ERROR, c->adapter->name,
+               "peer %s: disconnected while %zu frames waited for room; they were not stored",
+               c->peer, s->held_count);
+    s->closed = 1;
+    maybe_free(s);
+}
+
+int sb_raw_deliver(sb_conn *c, sb_delivery *d)
+{
+    const raw_session *s = c->session;
+    const sb_message *m = d->msg;
+    if (s->framing == SB_FRAMING_LENGTH) {
+        unsigned char hdr[4];
+        if (m->payload_len > 0xFFFFFFFFu)
+            return SB_ETOOBIG;
+        hdr[0] = (unsigned char)(m->payload_len >> 24);
+        hdr[1] = (unsigned char)(m->payload_len >> 16);
+        hdr[2] = (unsigned char)(m->payload_len >> 8);
+        hdr[3] = (unsigned char)m->payload_len;
+        return sb_conn_send2(c, hdr, 4, m->payload, m->payload_len, d);
+    }
+    if (memchr(m->payload, '\n', m->payload_len) != NULL)
+        return SB_EINVAL;
+    return sb_conn_send2(c, m->payload, m->payload_len, "\n", 1, d);
+}
+
+const sb_protocol sb_protocol_raw = {
+    .name = "raw",
+    .open = raw_open,
+    .data = raw_data,
+    .closed = raw_closed,
+    .drained = NULL,
+};

@@ -1,0 +1,584 @@
+/*
+ * The configuration schema: one table per section, {key, type, flags,
+ * adapter types, default, min, max}, and the few checks a table cannot say
+ * (listen XOR connect, framing by adapter type, names unique, route
+ * destinations declared, backoff <= max backoff).
+ *
+ * Every field of sb_adapter_config and sb_route_config except `pos` must
+ * have a row here: copy, free and equality are driven by these tables.
+ * To add an adapter type, add it to adapter_types, adapter_kinds and the
+ * `types` bits of the keys it accepts.
+ */
+#include "config/internal.h"
+#include "service/alloc.h"
+#include "service/error.h"
+#include "service/log.h"
+#include "service/topic.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#define SECONDS 1000
+#define MINUTES (60 * SECONDS)
+#define HOURS (60 * MINUTES)
+#define DAYS ((int64_t)24 * HOURS)
+
+#define TABLE(fields) {fields, sizeof fields / sizeof fields[0]}
+
+/* Enum members are stored through int *. */
+_Static_assert(sizeof(sb_durability) == sizeof(int), "enum size");
+_Static_assert(sizeof(sb_overflow) == sizeof(int), "enum size");
+_Static_assert(sizeof(sb_restart) == sizeof(int), "enum size");
+
+/* ---- choices (the index is the stored value for SB_CT_ENUM) ---- */
+
+static const char *const log_levels[] = {"debug", "info", "warn", "error", "off", NULL};
+_Static_assert(SB_LOG_DEBUG == 0 && SB_LOG_INFO == 1 && SB_LOG_WARN == 2 && SB_LOG_ERROR == 3 &&
+                   SB_LOG_OFF == 4,
+               "log_levels follows sb_log_level");
+
+static const char *const restarts[] = {"never", "on-failure", "always", NULL};
+_Static_assert(SB_RESTART_NEVER == 0 && SB_RESTART_ON_FAILURE == 1 && SB_RESTART_ALWAYS == 2,
+               "restarts follows sb_restart");
+
+static const char *const durabilities[] = {"fsync", "batched", "memory", NULL};
+_Static_assert(SB_DURABILITY_FSYNC == 0 && SB_DURABILITY_BATCHED == 1 &&
+                   SB_DURABILITY_MEMORY == 2,
+               "durabilities follows sb_durability");
+
+static const char *const overflows[] = {"reject", "drop-oldest", NULL};
+_Static_assert(SB_OVERFLOW_REJECT == 0 && SB_OVERFLOW_DROP_OLDEST == 1,
+               "overflows follows sb_overflow");
+
+static const char *const protocols[] = {"raw", "jsonl", NULL};
+static const char *const framings[] = {"line", "length", "datagram", "message", NULL};
+
+/* ---- adapter types ---- */
+
+enum { TYPE_TCP, TYPE_UDP, TYPE_UNIX, TYPE_PIPE, TYPE_EXEC };
+static const char *const adapter_types[] = {"tcp", "udp", "unix", "pipe", "exec", NULL};
+
+#define TCP (1u << TYPE_TCP)
+#define UDP (1u << TYPE_UDP)
+#define UNIX (1u << TYPE_UNIX)
+#define PIPE (1u << TYPE_PIPE)
+#define EXEC (1u << TYPE_EXEC)
+
+#define UDP_MAX_MESSAGE 65507 /* largest UDP payload over IPv4 */
+
+static const struct adapter_kind {
+    const char *server_key; /* the key that makes it a server; NULL: exec */
+    int stream;             /* a byte stream (can carry jsonl) */
+} adapter_kinds[] = {
+    [TYPE_TCP] = {"listen", 1}, [TYPE_UDP] = {"listen", 0}, [TYPE_UNIX] = {"path", 1},
+    [TYPE_PIPE] = {"path", 1},  [TYPE_EXEC] = {NULL, 1},
+};
+
+/* ---- broker ---- */
+
+#define B(member) offsetof(sb_broker_config, member)
+
+static const sb_config__field store_fields[] = {
+    {.key = "commit_max_batch", .type = SB_CT_INT, .offset = B(commit_max_batch), .def = 1024,
+     .min = 1, .max = 65536},
+    {.key = "commit_max_delay_us", .type = SB_CT_INT, .offset = B(commit_max_delay_us), .def = 0,
+     .min = 0, .max = 1000000},
+    {.key = "max_db_bytes", .type = SB_CT_SIZE, .offset = B(max_db_bytes), .def = 0, .min = 0,
+     .max = INT64_MAX},
+};
+static const sb_config__section store_section = TABLE(store_fields);
+
+static const sb_config__field log_fields[] = {
+    {.key = "level", .type = SB_CT_ENUM, .offset = B(log_level), .def = SB_LOG_INFO,
+     .choices = log_levels},
+    {.key = "file", .type = SB_CT_STRING, .offset = B(log_file)},
+    {.key = "stderr", .type = SB_CT_BOOL, .offset = B(log_stderr), .def = 1},
+};
+static const sb_config__section log_section = TABLE(log_fields);
+
+static const sb_config__field admin_fields[] = {
+    {.key = "endpoint", .type = SB_CT_STRING, .offset = B(admin_endpoint), .def_str = "default"},
+};
+static const sb_config__section admin_section = TABLE(admin_fields);
+
+static const sb_config__field broker_fields[] = {
+    {.key = "data_dir", .type = SB_CT_STRING, .offset = B(data_dir), .def_str = "./data"},
+    {.key = "store", .type = SB_CT_SECTION, .section = &store_section},
+    {.key = "log", .type = SB_CT_SECTION, .section = &log_section},
+    {.key = "admin", .type = SB_CT_SECTION, .section = &admin_section},
+};
+static const sb_config__section broker_section = TABLE(broker_fields);
+
+/* ---- adapters ---- */
+
+#define A(member) offsetof(sb_adapter_config, member)
+
+static const sb_config__field adapter_fields[] = {
+    {.key = "name", .type = SB_CT_NAME, .flags = SB_CF_REQUIRED, .offset = A(name)},
+    {.key = "type", .type = SB_CT_CHOICE, .flags = SB_CF_REQUIRED, .offset = A(type),
+     .choices = adapter_types},
+    {.key = "listen", .type = SB_CT_STRING, .types = TCP | UDP, .offset = A(listen)},
+    {.key = "connect", .type = SB_CT_STRING, .types = TCP | UDP | UNIX | PIPE,
+     .offset = A(connect)},
+    {.key = "path", .type = SB_CT_STRING, .types = UNIX | PIPE, .offset = A(path)},
+    {.key = "protocol", .type = SB_CT_CHOICE, .offset = A(protocol), .def_str = "raw",
+     .choices = protocols},
+    {.key = "framing", .type = SB_CT_CHOICE, .offset = A(framing), .choices = framings},
+    {.key = "topic", .type = SB_CT_STRING, .offset = A(topic), .def_str = "{adapter}"},
+    {.key = "max_message", .type = SB_CT_SIZE, .offset = A(max_message), .def = 1048576,
+     .min = 1, .max = 67108864},
+    {.key = "max_connections", .type = SB_CT_INT, .types = TCP | UNIX | PIPE,
+     .offset = A(max_connections), .def = 64, .min = 1, .max = 100000},
+    {.key = "command", .type = SB_CT_STRLIST, .types = EXEC, .offset = A(command),
+     .count_off = A(command_count)},
+    {.key = "restart", .type = SB_CT_ENUM, .types = EXEC, .offset = A(restart),
+     .def = SB_RESTART_ON_FAILURE, .choices = restarts},
+    {.key = "restart_backoff", .type = SB_CT_DURATION, .types = EXEC,
+     .offset = A(restart_backoff_ms), .def = 1 * SECONDS, .min = 1, .max = DAYS},
+    {.key = "restart_max_backoff", .type = SB_CT_DURATION, .types = EXEC,
+     .offset = A(restart_max_backoff_ms), .def = 1 * MINUTES, .min = 1, .max = DAYS},
+    {.key = "reconnect_backoff", .type = SB_CT_DURATION, .types = TCP | UNIX | PIPE,
+     .offset = A(reconnect_backoff_ms), .def = 500, .min = 1, .max = DAYS},
+    {.key = "reconnect_max_backoff", .type = SB_CT_DURATION, .types = TCP | UNIX | PIPE,
+     .offset = A(reconnect_max_backoff_ms), .def = 30 * SECONDS, .min = 1, .max = DAYS},
+    {.key = "security", .type = SB_CT_STRING, .types = PIPE, .offset = A(security)},
+    {.key = "inflight", .type = SB_CT_INT, .offset = A(inflight), .def = 64, .min = 1,
+     .max = 65536},
+};
+static const sb_config__section adapter_section = TABLE(adapter_fields);
+
+/* ---- routes ---- */
+
+#define R(member) offsetof(sb_route_config, member)
+
+static const sb_config__field retry_fields[] = {
+    {.key = "max_attempts", .type = SB_CT_INT, .offset = R(max_attempts), .def = 10, .min = 1,
+     .max = 1000000},
+    {.key = "backoff", .type = SB_CT_DURATION, .offset = R(backoff_ms), .def = 100, .min = 1,
+     .max = DAYS},
+    {.key = "max_backoff", .type = SB_CT_DURATION, .offset = R(max_backoff_ms),
+     .def = 1 * MINUTES, .min = 1, .max = DAYS},
+};
+static const sb_config__section retry_section = TABLE(retry_fields);
+
+static const sb_config__field dedup_fields[] = {
+    {.key = "header", .type = SB_CT_STRING, .flags = SB_CF_REQUIRED, .offset = R(dedup_header)},
+    {.key = "window", .type = SB_CT_DURATION, .offset = R(dedup_window_ms), .def = 10 * MINUTES,
+     .min = 1, .max = 365 * DAYS},
+};
+static const sb_config__section dedup_section = TABLE(dedup_fields);
+
+static const sb_config__field route_fields[] = {
+    {.key = "name", .type = SB_CT_NAME, .flags = SB_CF_REQUIRED, .offset = R(name)},
+    {.key = "from", .type = SB_CT_FILTERS, .flags = SB_CF_REQUIRED, .offset = R(from),
+     .count_off = R(from_count)},
+    {.key = "to", .type = SB_CT_NAMES, .offset = R(to), .count_off = R(to_count)},
+    {.key = "durability", .type = SB_CT_ENUM, .offset = R(durability),
+     .def = SB_DURABILITY_FSYNC, .choices = durabilities},
+    {.key = "retry", .type = SB_CT_SECTION, .section = &retry_section},
+    {.key = "ttl", .type = SB_CT_DURATION, .offset = R(ttl_ms), .def = 0, .min = 0,
+     .max = 3650 * DAYS},
+    {.key = "max_depth", .type = SB_CT_INT64, .offset = R(max_depth), .def = 0, .min = 0,
+     .max = INT64_MAX},
+    {.key = "max_bytes", .type = SB_CT_SIZE, .offset = R(max_bytes), .def = 0, .min = 0,
+     .max = INT64_MAX},
+    {.key = "overflow", .type = SB_CT_ENUM, .offset = R(overflow), .def = SB_OVERFLOW_REJECT,
+     .choices = overflows},
+    {.key = "retain", .type = SB_CT_BOOL, .offset = R(retain), .def = 0},
+    {.key = "dedup", .type = SB_CT_SECTION, .section = &dedup_section},
+    {.key = "lease", .type = SB_CT_DURATION, .offset = R(lease_ms), .def = 30 * SECONDS,
+     .min = 1, .max = DAYS},
+};
+static const sb_config__section route_section = TABLE(route_fields);
+
+/* ---- helpers for the checks ---- */
+
+static const sb_config__seen *seen(sb_config__ctx *ctx, const void *target)
+{
+    return sb_config__seen_find(ctx, target);
+}
+
+static void sub_path(char *out, const char *path, const char *key)
+{
+    sb_config__path(out, path, ".", key);
+}
+
+static int type_index(const char *type)
+{
+    for (int i = 0; type != NULL && adapter_types[i] != NULL; i++)
+        if (strcmp(adapter_types[i], type) == 0)
+            return i;
+    return -1;
+}
+
+static sb_config_pos node_pos(const yaml_node_t *node)
+{
+    sb_config_pos pos = {(int)node->start_mark.line + 1, (int)node->start_mark.column + 1};
+    return pos;
+}
+
+/* lo must not exceed hi (a backoff and its cap). The error points at the
+ * key the user wrote; nothing is said if either value was already bad. */
+static void check_backoff(sb_config__ctx *ctx, const char *path, const int64_t *lo,
+                          const char *lo_key, const int64_t *hi, const char *hi_key)
+{
+    const sb_config__seen *sl = seen(ctx, lo), *sh = seen(ctx, hi);
+    char p[SB_CONFIG__PATH_MAX], d[32];
+    if (*lo <= *hi || (sl != NULL && !sl->ok) || (sh != NULL && !sh->ok))
+        return;
+    if (sh != NULL) {
+        sub_path(p, path, hi_key);
+        sb_config__error(ctx, sh->value, p, "must be at least %s (%s)", lo_key,
+                         sb_config__fmt_duration(d, sizeof d, *lo));
+    } else if (sl != NULL) {
+        sub_path(p, path, lo_key);
+        sb_config__error(ctx, sl->value, p, "must be at most %s (%s)", hi_key,
+                         sb_config__fmt_duration(d, sizeof d, *hi));
+    }
+}
+
+/* "host:port" or "[v6]:port"; port 0 (any free port) only for listen. */
+static void check_host_port(sb_config__ctx *ctx, const sb_config__seen *s, const char *path,
+                            const char *addr, int listen)
+{
+    const char *colon;
+    char q[96];
+    int64_t port;
+    if (s == NULL || !s->ok)
+        return;
+    colon = strrchr(addr, ':');
+    if (colon == NULL || colon == addr) {
+        sb_config__error(ctx, s->value, path, "expected host:port, got %s",
+                         sb_config__quote(q, sizeof q, addr));
+        return;
+    }
+    if (addr[0] == '[' ? colon[-1] != ']' : memchr(addr, ':', (size_t)(colon - addr)) != NULL) {
+        sb_config__error(ctx, s->value, path,
+                         "expected host:port, got %s (write IPv6 addresses as [::1]:port)",
+                         sb_config__quote(q, sizeof q, addr));
+        return;
+    }
+    if (sb_config__parse_int64(colon + 1, &port) != SB_NUM_OK || port < !listen ||
+        port > 65535) {
+        sb_config__error(ctx, s->value, path, "invalid port %s (must be %d..65535)",
+                         sb_config__quote(q, sizeof q, colon + 1), !listen);
+    }
+}
+
+/* A raw source's topic template: a valid publish topic once the
+ * placeholders {adapter} and {peer} are filled in. */
+static void check_topic_template(sb_config__ctx *ctx, const sb_config__seen *s, const char *path,
+                                 const char *topic)
+{
+    static const char *const placeholders[] = {"{adapter}", "{peer}"};
+    const char *why = NULL, *p = topic;
+    char q[96];
+    if (s == NULL || !s->ok)
+        return;
+    while ((p = strchr(p, '{')) != NULL) {
+        size_t i, n = sizeof placeholders / sizeof placeholders[0];
+        for (i = 0; i < n; i++)
+            if (strncmp(p, placeholders[i], strlen(placeholders[i])) == 0)
+                break;
+        if (i == n) {
+            const char *end = strchr(p, '}');
+            char name[80];
+            snprintf(name, sizeof name, "%.*s", end ? (int)(end - p + 1) : 1, p);
+            sb_config__error(ctx, s->value, path,
+                             "unknown placeholder %s (known: {adapter}, {peer})",
+                             sb_config__quote(q, sizeof q, name));
+            return;
+        }
+        p += strlen(placeholders[i]);
+    }
+    if (topic[0] == '$') {
+        sb_config__error(ctx, s->value, path, "must not start with '$' (reserved for the broker)");
+    } else if (sb_topic_validate(topic, strlen(topic), &why) != 0) {
+        sb_config__error(ctx, s->value, path, "invalid topic %s: %s",
+                         sb_config__quote(q, sizeof q, topic), why);
+    }
+}
+
+/* ---- adapters ---- */
+
+static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapter_config *all,
+                          size_t index, const char *path, int type)
+{
+    sb_adapter_config *a = &all[index];
+    const struct adapter_kind *kind;
+    const sb_config__seen *s;
+    char p[SB_CONFIG__PATH_MAX], q[96];
+    int jsonl;
+
+    for (size_t j = 0; a->name != NULL && j < index; j++) {
+        if (all[j].name != NULL && strcmp(all[j].name, a->name) == 0) {
+            s = seen(ctx, &a->name);
+            sub_path(p, path, "name");
+            sb_config__error(ctx, s ? s->value : node, p,
+                             "duplicate adapter name %s (first declared at line %d)",
+                             sb_config__quote(q, sizeof q, a->name), all[j].pos.line);
+            break;
+        }
+    }
+    if (type < 0)
+        return; /* missing or unknown type, already reported */
+    kind = &adapter_kinds[type];
+
+    if (kind->server_key != NULL) {
+        int is_listen = strcmp(kind->server_key, "listen") == 0;
+        char **server = is_listen ? &a->listen : &a->path;
+        const sb_config__seen *ss = seen(ctx, server), *cs = seen(ctx, &a->connect);
+        if (ss != NULL && cs != NULL) {
+            sub_path(p, path, "connect");
+            sb_config__error(ctx, cs->key, p, "cannot be combined with %s", kind->server_key);
+        } else if (ss == NULL && cs == NULL) {
+            sb_config__error(ctx, node, path, "needs %s (server) or connect (client)",
+                             kind->server_key);
+        } else if (ss != NULL) {
+            if ((s = seen(ctx, &a->reconnect_backoff_ms)) != NULL ||
+                (s = seen(ctx, &a->reconnect_max_backoff_ms)) != NULL) {
+                sub_path(p, path, (const char *)s->key->data.scalar.value);
+                sb_config__error(ctx, s->key, p, "only for clients (connect), not with %s",
+                                 kind->server_key);
+            }
+        } else if ((s = seen(ctx, &a->max_connections)) != NULL) {
+            sub_path(p, path, "max_connections");
+            sb_config__error(ctx, s->key, p, "only for servers (%s), not with connect",
+                             kind->server_key);
+        }
+        if (type == TYPE_TCP || type == TYPE_UDP) {
+            sub_path(p, path, "listen");
+            check_host_port(ctx, seen(ctx, &a->listen), p, a->listen, 1);
+            sub_path(p, path, "connect");
+            check_host_port(ctx, seen(ctx, &a->connect), p, a->connect, 0);
+        }
+    }
+
+    jsonl = a->protocol != NULL && strcmp(a->protocol, "jsonl") == 0;
+    s = seen(ctx, &a->framing);
+    if (jsonl && !kind->stream) {
+        sub_path(p, path, "protocol");
+        sb_config__error(ctx, seen(ctx, &a->protocol)->value, p,
+                         "jsonl needs a stream adapter (tcp, unix, pipe or exec), not %s",
+                         adapter_types[type]);
+    } else if (jsonl && s != NULL) {
+        sub_path(p, path, "framing");
+        sb_config__error(ctx, s->key, p,
+                         "not allowed with protocol jsonl (one JSON object per line)");
+    } else if (s != NULL && s->ok) {
+        const char *why = NULL;
+        if (type == TYPE_UDP && strcmp(a->framing, "datagram") != 0)
+            why = "must be datagram for type udp";
+        else if (type != TYPE_UDP && strcmp(a->framing, "datagram") == 0)
+            why = "datagram framing is only valid for type udp";
+        else if (type != TYPE_PIPE && strcmp(a->framing, "message") == 0)
+            why = "message framing is only valid for type pipe";
+        if (why != NULL) {
+            sub_path(p, path, "framing");
+            sb_config__error(ctx, s->value, p, "%s", why);
+        }
+    }
+    if (a->framing == NULL) {
+        /* jsonl is line-delimited; streams default to lines, udp to datagrams */
+        a->framing = sb_strdup(type == TYPE_UDP ? "datagram" : "line");
+        if (a->framing == NULL)
+            ctx->nomem = 1;
+    }
+
+    if (type == TYPE_UDP) {
+        s = seen(ctx, &a->max_message);
+        if (s == NULL) {
+            a->max_message = UDP_MAX_MESSAGE;
+        } else if (s->ok && a->max_message > UDP_MAX_MESSAGE) {
+            sub_path(p, path, "max_message");
+            sb_config__error(ctx, s->value, p, "must be between 1 and %d for type udp",
+                             UDP_MAX_MESSAGE);
+        }
+    }
+
+    if (type == TYPE_EXEC && seen(ctx, &a->command) == NULL) {
+        sub_path(p, path, "command");
+        sb_config__error(ctx, node, p, "required for type exec");
+    }
+
+    check_backoff(ctx, path, &a->restart_backoff_ms, "restart_backoff", &a->restart_max_backoff_ms,
+                  "restart_max_backoff");
+    check_backoff(ctx, path, &a->reconnect_backoff_ms, "reconnect_backoff",
+                  &a->reconnect_max_backoff_ms, "reconnect_max_backoff");
+    sub_path(p, path, "topic");
+    check_topic_template(ctx, seen(ctx, &a->topic), p, a->topic);
+}
+
+static int parse_adapter(sb_config__ctx *ctx, const yaml_node_t *node, void *array, size_t index,
+                         const char *path)
+{
+    sb_adapter_config *a = (sb_adapter_config *)array + index;
+    const yaml_node_t *type_node;
+    int type = -1, rc;
+
+    sb_config__seen_reset(ctx);
+    a->pos = node_pos(node);
+    rc = sb_config__defaults(ctx, &adapter_section, a);
+    if (rc != 0)
+        return rc;
+
+    /* The type decides which keys are allowed, so it is read first. */
+    type_node = sb_config__lookup(ctx, node, "type");
+    if (type_node != NULL && type_node->type == YAML_SCALAR_NODE)
+        type = type_index((const char *)type_node->data.scalar.value);
+    ctx->mask = type >= 0 ? 1u << type : ~0u;
+    ctx->type_name = type >= 0 ? adapter_types[type] : NULL;
+    rc = sb_config__mapping(ctx, node, &adapter_section, a, path);
+    ctx->mask = ~0u;
+    ctx->type_name = NULL;
+    if (rc != 0)
+        return rc;
+    if (node->type == YAML_MAPPING_NODE)
+        check_adapter(ctx, node, array, index, path, type);
+    return ctx->nomem ? SB_ENOMEM : 0;
+}
+
+/* ---- routes ---- */
+
+static void check_route_targets(sb_config__ctx *ctx, sb_route_config *r, const char *path)
+{
+    const sb_config__seen *s = seen(ctx, &r->to);
+    const sb_config *cfg = ctx->cfg;
+    char p[SB_CONFIG__PATH_MAX], q[96];
+
+    if (s == NULL || !s->ok || !ctx->adapters_ok)
+        return;
+    /* An adapter whose name was rejected would make every route naming it
+     * report a second, misleading error. */
+    for (size_t i = 0; i < cfg->adapter_count; i++)
+        if (cfg->adapters[i].name == NULL)
+            return;
+    for (size_t i = 0; i < r->to_count; i++) {
+        const yaml_node_t *el = s->value;
+        if (el->type == YAML_SEQUENCE_NODE) {
+            el = yaml_document_get_node(ctx->doc, el->data.sequence.items.start[i]);
+            char idx[40];
+            snprintf(idx, sizeof idx, "to[%zu]", i);
+            sub_path(p, path, idx);
+        } else {
+            sub_path(p, path, "to");
+        }
+        if (sb_config_adapter(cfg, r->to[i]) == NULL) {
+            sb_config__error(ctx, el, p, "unknown adapter %s (not declared under adapters)",
+                             sb_config__quote(q, sizeof q, r->to[i]));
+            continue;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(r->to[j], r->to[i]) == 0) {
+                sb_config__error(ctx, el, p, "adapter %s listed twice",
+                                 sb_config__quote(q, sizeof q, r->to[i]));
+                break;
+            }
+        }
+    }
+}
+
+static void check_route(sb_config__ctx *ctx, const yaml_node_t *node, sb_route_config *all,
+                        size_t index, const char *path)
+{
+    sb_route_config *r = &all[index];
+    char p[SB_CONFIG__PATH_MAX], q[96];
+
+    for (size_t j = 0; r->name != NULL && j < index; j++) {
+        if (all[j].name != NULL && strcmp(all[j].name, r->name) == 0) {
+            const sb_config__seen *s = seen(ctx, &r->name);
+            sub_path(p, path, "name");
+            sb_config__error(ctx, s ? s->value : node, p,
+                             "duplicate route name %s (first declared at line %d)",
+                             sb_config__quote(q, sizeof q, r->name), all[j].pos.line);
+            break;
+        }
+    }
+    check_route_targets(ctx, r, path);
+    sub_path(p, path, "retry");
+    check_backoff(ctx, p, &r->backoff_ms, "backoff", &r->max_backoff_ms, "max_backoff");
+    if (r->dedup_header == NULL)
+        r->dedup_window_ms = 0; /* the window only means something with a header */
+}
+
+static int parse_route(sb_config__ctx *ctx, const yaml_node_t *node, void *array, size_t index,
+                       const char *path)
+{
+    sb_route_config *r = (sb_route_config *)array + index;
+    int rc;
+
+    sb_config__seen_reset(ctx);
+    r->pos = node_pos(node);
+    rc = sb_config__defaults(ctx, &route_section, r);
+    if (rc == 0)
+        rc = sb_config__mapping(ctx, node, &route_section, r, path);
+    if (rc != 0)
+        return rc;
+    if (node->type == YAML_MAPPING_NODE)
+        check_route(ctx, node, array, index, path);
+    return ctx->nomem ? SB_ENOMEM : 0;
+}
+
+/* ---- the root ---- */
+
+static void free_adapter(void *elem)
+{
+    sb_adapter_config_free(elem);
+}
+
+static void free_route(void *elem)
+{
+    sb_route_config_free(elem);
+}
+
+#define C(member) offsetof(sb_config, member)
+
+static const sb_config__field root_fields[] = {
+    {.key = "broker", .type = SB_CT_SECTION, .offset = C(broker), .section = &broker_section},
+    /* adapters before routes: a route's `to` is checked against them */
+    {.key = "adapters", .type = SB_CT_LIST, .offset = C(adapters), .count_off = C(adapter_count),
+     .elem_size = sizeof(sb_adapter_config), .item = parse_adapter, .item_free = free_adapter},
+    {.key = "routes", .type = SB_CT_LIST, .offset = C(routes), .count_off = C(route_count),
+     .elem_size = sizeof(sb_route_config), .item = parse_route, .item_free = free_route},
+};
+const sb_config__section sb_config__root = TABLE(root_fields);
+
+/* ---- public: copies, equality ---- */
+
+void sb_adapter_config_free(sb_adapter_config *cfg)
+{
+    if (cfg != NULL)
+        sb_config__release(&adapter_section, cfg);
+}
+
+void sb_route_config_free(sb_route_config *cfg)
+{
+    if (cfg != NULL)
+        sb_config__release(&route_section, cfg);
+}
+
+int sb_adapter_config_copy(sb_adapter_config *out, const sb_adapter_config *in)
+{
+    memset(out, 0, sizeof *out);
+    out->pos = in->pos;
+    return sb_config__copy(&adapter_section, out, in) == 0 ? 0 : SB_ENOMEM;
+}
+
+int sb_route_config_copy(sb_route_config *out, const sb_route_config *in)
+{
+    memset(out, 0, sizeof *out);
+    out->pos = in->pos;
+    return sb_config__copy(&route_section, out, in) == 0 ? 0 : SB_ENOMEM;
+}
+
+int sb_adapter_config_equal(const sb_adapter_config *a, const sb_adapter_config *b)
+{
+    return sb_config__equal(&adapter_section, a, b);
+}
+
+int sb_route_config_equal(const sb_route_config *a, const sb_route_config *b)
+{
+    return sb_config__equal(&route_section, a, b);
+}

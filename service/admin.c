@@ -1,0 +1,323 @@
+/* Administration: stats as JSON and dead-letter list / redrive / purge. */
+#include "service/alloc.h"
+#include "service/broker_int.h"
+#include "service/base64.h"
+#include "service/log.h"
+#include "service/topic.h"
+
+#include <jansson.h>
+#include <string.h>
+
+static const char *const durability_names[] = {"fsync", "batched", "memory"};
+
+void *sb_broker_stats_json(sb_broker *b)
+{
+    json_t *root = json_object(), *queues = json_array(), *store = json_object(),
+           *broker = json_object(), *adapters = json_array(), *classes = json_object();
+    int64_t now = sb_now_ms(), now_sec = (int64_t)(uv_now(&b->loop) / 1000);
+    sb_store_stats st;
+
+    if (root == NULL || queues == NULL || store == NULL || broker == NULL || adapters == NULL ||
+        classes == NULL)
+        goto oom;
+    for (sb_queue *q = b->queues; q != NULL; q = q->next) {
+        int consumers = 0, inflight = 0;
+        json_t *o;
+        for (sb_consumer *c = q->consumers; c != NULL; c = c->next) {
+            consumers++;
+            inflight += c->inflight;
+        }
+        o = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, "
+                      "s:f, s:f}",
+                      "name", q->name, "filter", q->filter, "durability",
+                      durability_names[q->durability], "kind",
+                      !q->from_config ? "client" : q->route != NULL ? "route" : "orphaned",
+                      "depth", (json_int_t)q->depth, "bytes", (json_int_t)q->bytes, "inflight",
+                      inflight, "consumers", consumers, "oldest_age_ms",
+                      (json_int_t)(q->fifo.head != NULL ? now - q->fifo.head->msg->created_ms : 0),
+                      "published", (json_int_t)q->published, "delivered",
+                      (json_int_t)q->delivered, "acked", (json_int_t)q->acked, "dead",
+                      (json_int_t)q->dead, "dropped", (json_int_t)q->dropped, "in_rate",
+                      sb_rate__per_sec(&q->in_rate, now_sec), "out_rate",
+                      sb_rate__per_sec(&q->out_rate, now_sec));
+        if (o == NULL || json_array_append_new(queues, o) != 0)
+            goto oom;
+    }
+    sb_store_get_stats(b->store, &st);
+    json_object_set_new(store, "commits", json_integer((json_int_t)st.commits));
+    json_object_set_new(store, "fsync_commits", json_integer((json_int_t)st.fsync_commits));
+    json_object_set_new(store, "ops", json_integer((json_int_t)st.ops));
+    json_object_set_new(store, "failed_commits", json_integer((json_int_t)st.failed_commits));
+    json_object_set_new(store, "max_batch", json_integer((json_int_t)st.max_batch_seen));
+    json_object_set_new(store, "db_bytes", json_integer((json_int_t)st.db_bytes));
+    json_object_set_new(store, "degraded", json_boolean(st.degraded));
+    json_object_set_new(store, "last_error", json_string(st.last_error));
+    for (sb_adapter *a = b->adapters; a != NULL; a = a->next)
+        json_array_append_new(adapters, json_string(a->name));
+    for (int c = 0; c < 3; c++)
+        json_object_set_new(classes, durability_names[c],
+                            json_integer((json_int_t)b->published_class[c]));
+    json_object_set_new(broker, "version", json_string(SB_VERSION_STRING));
+    json_object_set_new(broker, "uptime_ms", json_integer((json_int_t)(now - b->started_ms)));
+    json_object_set_new(broker, "published", json_integer((json_int_t)b->published));
+    json_object_set_new(broker, "refused", json_integer((json_int_t)b->refused));
+    json_object_set_new(broker, "retained", json_integer((json_int_t)b->retained.count));
+    json_object_set_new(broker, "durability", classes);
+    json_object_set_new(broker, "adapters", adapters);
+    json_object_set_new(root, "queues", queues);
+    json_object_set_new(root, "store", store);
+    json_object_set_new(root, "broker", broker);
+    return root;
+oom:
+    json_decref(root);
+    json_decref(queues);
+    json_decref(store);
+    json_decref(broker);
+    json_decref(adapters);
+    json_decref(classes);
+    return NULL;
+}
+
+/* ---- dead letters ---- */
+
+typedef struct admin_req {
+    sb_store_op op;
+    sb_broker *b;
+    sb_admin_cb cb;
+    void *ctx;
+    char *sub;
+    int64_t redriven;
+} admin_req;
+
+static json_t *payload_json(const sb_message *m, const char **key);
+
+static void admin_req_free(admin_req *r)
+{
+    sb_free(r->sub);
+    sb_free(r);
+}
+
+json_t *sb_admin__message_fields(json_t *o, const sb_message *m);
+json_t *sb_admin__message_fields(json_t *o, const sb_message *m)
+{
+    const char *key;
+    json_t *headers = json_object();
+    json_object_set_new(o, "topic", json_string(m->topic));
+    json_t *p = payload_json(m, &key);
+    json_object_set_new(o, key, p);
+    for (size_t i = 0; i < m->header_count; i++)
+        json_object_set_new(headers, m->headers[i].key, json_string(m->headers[i].value));
+    json_object_set_new(o, "headers", headers);
+    return o;
+}
+
+
+static json_t *payload_json(const sb_message *m, const char **key)
+{
+    if (sb_utf8_valid((const char *)m->payload, m->payload_len) &&
+        memchr(m->payload, '\0', m->payload_len) == NULL) {
+        *key = "payload";
+        return json_stringn((const char *)m->payload, m->payload_len);
+    } else {
+        char *s = sb_base64_encode(m->payload, m->payload_len);
+        json_t *j = s != NULL ? json_string(s) : NULL;
+        sb_free(s);
+        *key = "payload_b64";
+        return j;
+    }
+}
+
+static void on_dlq_list(sb_store_op *op, void *ctx)
+{
+    admin_req *r = ctx;
+    json_t *res = NULL, *items;
+    if (op->status == 0 && (res = json_object()) != NULL && (items = json_array()) != NULL) {
+        for (size_t i = 0; i < op->u.dlq_list.row_count; i++) {
+            sb_dead_letter *d = &op->u.dlq_list.rows[i];
+            json_t *o = json_pack("{s:I, s:s, s:I, s:s?, s:s?, s:i, s:I}", "dlq_id",
+                                  (json_int_t)d->dlq_id, "sub", d->queue_name, "msg_id",
+                                  (json_int_t)d->msg->id, "reason", d->reason, "source",
+                                  d->source, "attempts", d->attempts, "dead_at",
+                                  (json_int_t)d->dead_ms);
+            if (o != NULL) {
+                sb_admin__message_fields(o, d->msg);
+                json_array_append_new(items, o);
+            }
+        }
+        json_object_set_new(res, "items", items);
+        if (op->u.dlq_list.row_count > 0 && (int)op->u.dlq_list.row_count == op->u.dlq_list.limit)
+            json_object_set_new(
+                res, "next",
+                json_integer(
+                    (json_int_t)op->u.dlq_list.rows[op->u.dlq_list.row_count - 1].dlq_id));
+    }
+    r->cb(r->ctx, op->status, res, op->status != 0 ? sb_strerror(op->status) : NULL);
+    sb_store_dlq_rows_free(op->u.dlq_list.rows, op->u.dlq_list.row_count);
+    admin_req_free(r);
+}
+
+static admin_req *new_req(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx)
+{
+    admin_req *r = sb_calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->b = b;
+    r->cb = cb;
+    r->ctx = ctx;
+    if (sub != NULL && (r->sub = sb_strdup(sub)) == NULL) {
+        sb_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+int sb_broker_dlq_list(sb_broker *b, const char *sub, int64_t after, int limit, sb_admin_cb cb,
+                       void *ctx, sb_error *err)
+{
+    admin_req *r = new_req(b, sub, cb, ctx);
+    if (r == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    r->op.type = SB_OP_DLQ_LIST;
+    r->op.u.dlq_list.queue_name = r->sub;
+    r->op.u.dlq_list.after_dlq_id = after;
+    r->op.u.dlq_list.limit = limit > 0 && limit <= 10000 ? limit : 100;
+    r->op.cb = on_dlq_list;
+    r->op.ctx = r;
+    if (sb_store_submit(b->store, &r->op) != 0) {
+        admin_req_free(r);
+        return sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
+    }
+    return 0;
+}
+
+static void redrive_next(admin_req *r, int64_t after);
+
+static void on_redrive_done(sb_store_op *op, void *ctx)
+{
+    admin_req *r = ctx;
+    int64_t last = 0;
+    for (size_t i = 0; i < op->u.dlq_redrive.row_count; i++) {
+        sb_dead_letter *d = &op->u.dlq_redrive.rows[i];
+        last = d->dlq_id;
+        if (op->status == 0 && d->target_queue_id != 0) {
+            for (sb_queue *q = r->b->queues; q != NULL; q = q->next)
+                if (q->id == d->target_queue_id && q->live) {
+                    d->msg->id = d->new_msg_id;
+                    sb_queue__append(q, d->msg, 0);
+                    sb_queue__dispatch(q);
+                    r->redriven++;
+                    break;
+                }
+        }
+    }
+    sb_store_dlq_rows_free(op->u.dlq_redrive.rows, op->u.dlq_redrive.row_count);
+    if (op->status != 0) {
+        r->cb(r->ctx, op->status, NULL, sb_strerror(op->status));
+        admin_req_free(r);
+        return;
+    }
+    redrive_next(r, last);
+}
+
+static void on_redrive_listed(sb_store_op *op, void *ctx)
+{
+    admin_req *r = ctx;
+    sb_dead_letter *rows = op->u.dlq_list.rows;
+    size_t n = op->u.dlq_list.row_count;
+    int64_t last = n > 0 ? rows[n - 1].dlq_id : 0;
+    size_t usable = 0;
+
+    if (op->status != 0 || n == 0) {
+        json_t *res = json_pack("{s:I}", "count", (json_int_t)r->redriven);
+        r->cb(r->ctx, op->status, op->status == 0 ? res : NULL,
+              op->status != 0 ? sb_strerror(op->status) : NULL);
+        if (op->status != 0)
+            json_decref(res);
+        sb_store_dlq_rows_free(rows, n);
+        admin_req_free(r);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        sb_queue *q = sb_broker__find_queue(r->b, rows[i].queue_name);
+        if (q == NULL || !q->live) {
+            rows[i].target_queue_id = 0; /* the subscription is gone: left in the DLQ */
+            continue;
+        }
+        rows[i].target_queue_id = q->id;
+        rows[i].new_msg_id = ++r->b->last_msg_id;
+        usable++;
+    }
+    if (usable == 0) {
+        sb_store_dlq_rows_free(rows, n);
+        redrive_next(r, last);
+        return;
+    }
+    /* Reuse the op as the REDRIVE of these rows (rows without a target are skipped). */
+    r->op.type = SB_OP_DLQ_REDRIVE;
+    r->op.sync = 1;
+    r->op.u.dlq_redrive.rows = rows;
+    r->op.u.dlq_redrive.row_count = n;
+    r->op.cb = on_redrive_done;
+    if (sb_store_submit(r->b->store, &r->op) != 0) {
+        sb_store_dlq_rows_free(rows, n);
+        r->cb(r->ctx, SB_ESHUTDOWN, NULL, "broker is shutting down");
+        admin_req_free(r);
+    }
+}
+
+static void redrive_next(admin_req *r, int64_t after)
+{
+    memset(&r->op, 0, sizeof(r->op));
+    r->op.type = SB_OP_DLQ_LIST;
+    r->op.u.dlq_list.queue_name = r->sub;
+    r->op.u.dlq_list.after_dlq_id = after;
+    r->op.u.dlq_list.limit = 500;
+    r->op.cb = on_redrive_listed;
+    r->op.ctx = r;
+    if (sb_store_submit(r->b->store, &r->op) != 0) {
+        r->cb(r->ctx, SB_ESHUTDOWN, NULL, "broker is shutting down");
+        admin_req_free(r);
+    }
+}
+
+int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx,
+                          sb_error *err)
+{
+    admin_req *r;
+    if (sub != NULL && sb_broker__find_queue(b, sub) == NULL)
+        return sb_error_set(err, SB_ENOTFOUND, 0, "no subscription %s", sub);
+    r = new_req(b, sub, cb, ctx);
+    if (r == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    redrive_next(r, 0);
+    return 0;
+}
+
+static void on_purged(sb_store_op *op, void *ctx)
+{
+    admin_req *r = ctx;
+    json_t *res = op->status == 0 ? json_pack("{s:I}", "count", (json_int_t)op->u.dlq_purge.purged)
+                                  : NULL;
+    if (op->status == 0 && op->u.dlq_purge.purged > 0)
+        sb_info(r->sub != NULL ? r->sub : "dlq", "purged %lld dead letters",
+                (long long)op->u.dlq_purge.purged);
+    r->cb(r->ctx, op->status, res, op->status != 0 ? sb_strerror(op->status) : NULL);
+    admin_req_free(r);
+}
+
+int sb_broker_dlq_purge(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err)
+{
+    admin_req *r = new_req(b, sub, cb, ctx);
+    if (r == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    r->op.type = SB_OP_DLQ_PURGE;
+    r->op.sync = 1;
+    r->op.u.dlq_purge.queue_name = r->sub;
+    r->op.cb = on_purged;
+    r->op.ctx = r;
+    if (sb_store_submit(b->store, &r->op) != 0) {
+        admin_req_free(r);
+        return sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
+    }
+    return 0;
+}

@@ -1,0 +1,864 @@
+/*
+ * Broker lifecycle: open the store and load what it holds, turn the config
+ * into queues, adapters and sink bindings, run the loop, reload, and stop in
+ * order (adapters first, then in-flight commits, then the store).
+ */
+#include "service/alloc.h"
+#include "service/broker_int.h"
+#include "service/log.h"
+#include "service/platform.h"
+#include "service/topic.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+int sb_broker__load_retained(void *ctx, sb_message *msg);
+int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
+
+void sb_sub_settings_default(sb_sub_settings *s)
+{
+    s->durability = SB_DURABILITY_FSYNC;
+    s->max_attempts = 10;
+    s->lease_ms = 30000;
+    s->ttl_ms = 0;
+    s->max_depth = 0;
+}
+
+uv_loop_t *sb_broker_loop(sb_broker *b)
+{
+    return &b->loop;
+}
+
+const sb_config *sb_broker_get_config(sb_broker *b)
+{
+    return b->cfg;
+}
+
+static void on_wakeup(uv_async_t *h);
+static void on_housekeeping(uv_timer_t *t);
+
+int sb_broker_new(sb_broker **out, sb_config *cfg, sb_error *err)
+{
+    sb_broker *b = sb_calloc(1, sizeof(*b));
+    *out = NULL;
+    if (b == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    if (uv_loop_init(&b->loop) != 0) {
+        sb_free(b);
+        return sb_error_set(err, SB_EIO, 0, "cannot create the event loop");
+    }
+    b->cfg = cfg;
+    uv_mutex_init(&b->request_lock);
+    uv_async_init(&b->loop, &b->wakeup, on_wakeup);
+    b->wakeup.data = b;
+    uv_idle_init(&b->loop, &b->flush_idle);
+    b->flush_idle.data = b;
+    uv_timer_init(&b->loop, &b->housekeeping);
+    b->housekeeping.data = b;
+    sb_adapters_register_builtin();
+    *out = b;
+    return 0;
+}
+
+/* ---- queues ---- */
+
+static char *settings_json(const sb_queue *q)
+{
+    static const char *const classes[] = {"fsync", "batched", "memory"};
+    json_t *o;
+    char *s;
+    if (q->from_config)
+        return sb_strdup("{\"kind\":\"route\"}");
+    o = json_pack("{s:s, s:s, s:i, s:I, s:I, s:I}", "kind", "client", "durability",
+                  classes[q->durability], "max_attempts", q->max_attempts, "lease_ms",
+                  (json_int_t)q->lease_ms, "ttl_ms", (json_int_t)q->ttl_ms, "max_depth",
+                  (json_int_t)q->max_depth);
+    if (o == NULL)
+        return NULL;
+    s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}
+
+static void on_queue_put_done(sb_store_op *op, void *ctx)
+{
+    sb_queue *q = ctx;
+    if (op->status != 0)
+        sb_errlog(q->name, "cannot save the subscription definition: %s (retried at next start)",
+                  sb_strerror(op->status));
+    sb_free((char *)op->u.queue_put.name);
+    sb_free((char *)op->u.queue_put.filter);
+    free((char *)op->u.queue_put.settings); /* from jansson */
+    sb_free(op);
+}
+
+int sb_broker__put_queue(sb_broker *b, sb_queue *q)
+{
+    sb_store_op *op = sb_calloc(1, sizeof(*op));
+    char *settings = settings_json(q);
+    if (op == NULL || settings == NULL) {
+        sb_free(op);
+        free(settings);
+        return SB_ENOMEM;
+    }
+    op->type = SB_OP_QUEUE_PUT;
+    op->sync = 1;
+    op->u.queue_put.queue_id = q->id;
+    op->u.queue_put.name = sb_strdup(q->name);
+    op->u.queue_put.filter = sb_strdup(q->filter);
+    op->u.queue_put.settings = settings;
+    op->cb = on_queue_put_done;
+    op->ctx = q;
+    if (op->u.queue_put.name == NULL || op->u.queue_put.filter == NULL ||
+        sb_store_submit(b->store, op) != 0) {
+        op->status = SB_ENOMEM;
+        on_queue_put_done(op, q);
+        return SB_ENOMEM;
+    }
+    return 0;
+}
+
+sb_queue *sb_broker__add_queue(sb_broker *b, uint32_t id, const char *name, const char *filter,
+                               sb_error *err)
+{
+    sb_queue *q = sb_queue__new(b, id, name, filter);
+    if (q == NULL || sb_map_put(&b->queues_by_name, name, q, NULL) != 0) {
+        if (q != NULL)
+            sb_queue__close(q);
+        sb_error_set(err, SB_ENOMEM, 0, "out of memory creating queue %s", name);
+        return NULL;
+    }
+    q->next = b->queues;
+    b->queues = q;
+    return q;
+}
+
+static void remove_queue(sb_broker *b, sb_queue *q)
+{
+    sb_queue **p;
+    sb_map_remove(&b->queues_by_name, q->name);
+    for (p = &b->queues; *p != NULL; p = &(*p)->next)
+        if (*p == q) {
+            *p = q->next;
+            break;
+        }
+    for (p = &b->ack_flush; *p != NULL; p = &(*p)->ack_next)
+        if (*p == q) {
+            *p = q->ack_next;
+            break;
+        }
+    q->live = 0;
+    if (q->pending == 0)
+        sb_queue__close(q);
+    else
+        sb_queue__clear(q); /* closed by the last pending completion */
+}
+
+static int load_queue(void *ctx, uint32_t id, const char *name, const char *filter,
+                      const char *settings)
+{
+    sb_broker *b = ctx;
+    json_error_t jerr;
+    json_t *o = settings != NULL ? json_loads(settings, 0, &jerr) : NULL;
+    const char *kind = o != NULL ? json_string_value(json_object_get(o, "kind")) : NULL;
+    sb_queue *q = sb_broker__add_queue(b, id, name, filter, NULL);
+    if (q == NULL) {
+        json_decref(o);
+        return SB_ENOMEM;
+    }
+    if (kind != NULL && strcmp(kind, "client") == 0) {
+        sb_sub_settings s;
+        const char *dur = json_string_value(json_object_get(o, "durability"));
+        sb_sub_settings_default(&s);
+        if (dur != NULL)
+            s.durability = strcmp(dur, "memory") == 0    ? SB_DURABILITY_MEMORY
+                           : strcmp(dur, "batched") == 0 ? SB_DURABILITY_BATCHED
+                                                         : SB_DURABILITY_FSYNC;
+        if (json_integer_value(json_object_get(o, "max_attempts")) > 0)
+            s.max_attempts = (int)json_integer_value(json_object_get(o, "max_attempts"));
+        if (json_integer_value(json_object_get(o, "lease_ms")) > 0)
+            s.lease_ms = json_integer_value(json_object_get(o, "lease_ms"));
+        s.ttl_ms = json_integer_value(json_object_get(o, "ttl_ms"));
+        s.max_depth = json_integer_value(json_object_get(o, "max_depth"));
+        sb_queue__apply_settings(q, &s);
+    } else {
+        q->from_config = 1; /* bound to its route in apply_routes, else orphaned */
+    }
+    json_decref(o);
+    return 0;
+}
+
+typedef struct load_ctx {
+    sb_broker *b;
+    uint64_t count;
+} load_ctx;
+
+static int load_entry(void *ctx, uint32_t queue_id, sb_message *msg, int attempts)
+{
+    load_ctx *l = ctx;
+    int rc = 0;
+    for (sb_queue *q = l->b->queues; q != NULL; q = q->next)
+        if (q->id == queue_id) {
+            rc = sb_queue__append(q, msg, attempts);
+            break;
+        }
+    sb_message_unref(msg);
+    if (++l->count % 100000 == 0)
+        sb_info("store", "loaded %llu queued messages...", (unsigned long long)l->count);
+    return rc;
+}
+
+/* Queue name for a route's destination. */
+static void route_queue_name(char *out, size_t n, const sb_route_config *r, size_t dest)
+{
+    if (r->to_count == 0)
+        snprintf(out, n, "%s", r->name);
+    else
+        snprintf(out, n, "%s:%s", r->name, r->to[dest]);
+}
+
+/* Joins a route's filters with '\n' (the queue matches any of them). */
+static char *route_filter(const sb_route_config *r)
+{
+    size_t n = 1;
+    char *s;
+    for (size_t i = 0; i < r->from_count; i++)
+        n += strlen(r->from[i]) + 1;
+    s = sb_malloc(n);
+    if (s == NULL)
+        return NULL;
+    s[0] = '\0';
+    for (size_t i = 0; i < r->from_count; i++) {
+        if (i > 0)
+            strcat(s, "\n");
+        strcat(s, r->from[i]);
+    }
+    return s;
+}
+
+/* ---- sink bindings ---- */
+
+static int binding_deliver(sb_consumer *c, sb_delivery *d)
+{
+    sb_sink_binding *bind = c->ctx;
+    return bind->adapter->type->deliver(bind->adapter, d);
+}
+
+void sb_broker__adapter_ready(sb_broker *b, sb_adapter *a)
+{
+    for (sb_sink_binding *s = b->bindings; s != NULL; s = s->next)
+        if (s->adapter == a)
+            sb_consumer_ready(&s->consumer);
+}
+
+static void unbind_all(sb_broker *b, sb_adapter *only)
+{
+    sb_sink_binding **p = &b->bindings;
+    while (*p != NULL) {
+        sb_sink_binding *s = *p;
+        if (only != NULL && s->adapter != only) {
+            p = &s->next;
+            continue;
+        }
+        *p = s->next;
+        if (s->consumer.queue != NULL)
+            sb_broker_detach(b, &s->consumer);
+        sb_free(s->queue_name);
+        sb_free(s);
+    }
+}
+
+static sb_adapter *find_adapter(sb_broker *b, const char *name)
+{
+    for (sb_adapter *a = b->adapters; a != NULL; a = a->next)
+        if (strcmp(a->name, name) == 0)
+            return a;
+    return NULL;
+}
+
+static int bind_sink(sb_broker *b, sb_adapter *a, const char *queue_name, sb_error *err)
+{
+    sb_sink_binding *s = sb_calloc(1, sizeof(*s));
+    if (s == NULL || (s->queue_name = sb_strdup(queue_name)) == NULL) {
+        sb_free(s);
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    }
+    s->adapter = a;
+    s->consumer.deliver = binding_deliver;
+    s->consumer.ctx = s;
+    s->consumer.name = a->name;
+    s->consumer.window = a->cfg->inflight > 0 ? a->cfg->inflight : 64;
+    s->next = b->bindings;
+    b->bindings = s;
+    return sb_broker_attach(b, queue_name, &s->consumer, err);
+}
+
+/* Checks what the config schema cannot: destinations must be sinks. */
+static int check_config(const sb_config *cfg, sb_error *err)
+{
+    for (size_t i = 0; i < cfg->route_count; i++) {
+        const sb_route_config *r = &cfg->routes[i];
+        for (size_t f = 0; f < r->from_count; f++)
+            if (strchr(r->from[f], '\n') != NULL)
+                return sb_error_set(err, SB_ECONFIG, 0, "%s:%d:%d: routes[%zu].from: filter contains a newline",
+                                    cfg->path, r->pos.line, r->pos.col, i);
+        for (size_t t = 0; t < r->to_count; t++) {
+            const sb_adapter_config *a = sb_config_adapter(cfg, r->to[t]);
+            const sb_adapter_type *type = a != NULL ? sb_adapter_find(a->type) : NULL;
+            if (a == NULL || type == NULL)
+                continue; /* the config loader reported it */
+            if (!(type->caps & SB_CAP_SINK) || type->deliver == NULL ||
+                (a->protocol != NULL && strcmp(a->protocol, "jsonl") == 0))
+                return sb_error_set(err, SB_ECONFIG, 0,
+                                    "%s:%d:%d: routes[%zu].to: adapter %s (type %s, protocol %s) "
+                                    "cannot be a destination; jsonl clients subscribe by name",
+                                    cfg->path, r->pos.line, r->pos.col, i, a->name, a->type,
+                                    a->protocol != NULL ? a->protocol : "raw");
+        }
+    }
+    for (size_t i = 0; i < cfg->adapter_count; i++) {
+        const sb_adapter_type *type = sb_adapter_find(cfg->adapters[i].type);
+        if (type == NULL)
+            return sb_error_set(err, SB_ECONFIG, 0, "%s:%d:%d: adapters[%zu].type: %s is not available on this platform",
+                                cfg->path, cfg->adapters[i].pos.line, cfg->adapters[i].pos.col, i,
+                                cfg->adapters[i].type);
+        if (type->validate != NULL) {
+            sb_error verr;
+            if (type->validate(&cfg->adapters[i], &verr) != 0)
+                return sb_error_set(err, SB_ECONFIG, 0, "%s:%d:%d: adapters[%zu]: %s", cfg->path,
+                                    cfg->adapters[i].pos.line, cfg->adapters[i].pos.col, i,
+                                    verr.msg);
+        }
+    }
+    return 0;
+}
+
+/* Creates/updates the queues of cfg's routes; orphans route queues no longer
+ * declared. */
+static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
+{
+    char name[512];
+    for (sb_queue *q = b->queues; q != NULL; q = q->next)
+        if (q->from_config)
+            q->route = NULL;
+    for (size_t i = 0; i < cfg->route_count; i++) {
+        const sb_route_config *r = &cfg->routes[i];
+        size_t dests = r->to_count == 0 ? 1 : r->to_count;
+        char *filter = route_filter(r);
+        if (filter == NULL)
+            return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+        for (size_t d = 0; d < dests; d++) {
+            sb_queue *q;
+            int created = 0;
+            route_queue_name(name, sizeof(name), r, d);
+            q = sb_broker__find_queue(b, name);
+            if (q == NULL) {
+                q = sb_broker__add_queue(b, ++b->last_queue_id, name, filter, err);
+                if (q == NULL) {
+                    sb_free(filter);
+                    return err != NULL ? err->code : SB_ENOMEM;
+                }
+                created = 1;
+                q->from_config = 1;
+            }
+            if (!q->from_config)
+                sb_warn(q->name, "client subscription %s is now declared by route %s", name,
+                        r->name);
+            q->from_config = 1;
+            sb_queue__apply_route(q, r);
+            if (created || strcmp(q->filter, filter) != 0) {
+                char *f = sb_strdup(filter);
+                if (f != NULL) {
+                    sb_free(q->filter);
+                    q->filter = f;
+                }
+                sb_broker__put_queue(b, q);
+                if (created)
+                    sb_broker__enqueue_retained(b, q);
+            }
+        }
+        sb_free(filter);
+    }
+    for (sb_queue *q = b->queues; q != NULL; q = q->next)
+        if (q->from_config && q->route == NULL && q->depth > 0)
+            sb_warn(q->name, "no route declares this queue any more; its %lld messages are kept "
+                             "(drain with sbctl sub %s, or delete it)",
+                    (long long)q->depth, q->name);
+    return 0;
+}
+
+static int bind_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
+{
+    char name[512];
+    for (size_t i = 0; i < cfg->route_count; i++) {
+        const sb_route_config *r = &cfg->routes[i];
+        for (size_t d = 0; d < r->to_count; d++) {
+            sb_adapter *a = find_adapter(b, r->to[d]);
+            int rc;
+            if (a == NULL)
+                continue; /* failed to start: logged */
+            route_queue_name(name, sizeof(name), r, d);
+            if ((rc = bind_sink(b, a, name, err)) != 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+static int start_adapter(sb_broker *b, const sb_adapter_config *cfg, sb_adapter **out,
+                         sb_error *err)
+{
+    sb_adapter *a;
+    int rc = sb_adapter_create(&a, b, &b->loop, cfg, err);
+    if (rc != 0)
+        return rc;
+    rc = a->type->start(a, err);
+    if (rc != 0) {
+        sb_adapter_close(a, NULL);
+        return rc;
+    }
+    a->next = b->adapters;
+    b->adapters = a;
+    if (out != NULL)
+        *out = a;
+    return 0;
+}
+
+static void on_adapter_closed(sb_adapter *a)
+{
+    a->broker->adapters_closing--;
+}
+
+static void close_adapter(sb_broker *b, sb_adapter *a)
+{
+    sb_adapter **p;
+    unbind_all(b, a);
+    for (p = &b->adapters; *p != NULL; p = &(*p)->next)
+        if (*p == a) {
+            *p = a->next;
+            break;
+        }
+    b->adapters_closing++;
+    sb_adapter_close(a, on_adapter_closed);
+}
+
+static int start_admin(sb_broker *b, sb_error *err)
+{
+    sb_adapter_config cfg;
+    char path[1024];
+    const char *ep = b->cfg->broker.admin_endpoint;
+    int rc;
+
+    if (ep != NULL && strcmp(ep, "off") == 0)
+        return 0;
+    if (ep == NULL || strcmp(ep, "default") == 0)
+        sb_platform_default_admin_endpoint(path, sizeof(path), b->cfg->broker.data_dir);
+    else
+        snprintf(path, sizeof(path), "%s", ep);
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.name = "admin";
+    cfg.type = "pipe";
+    cfg.path = path;
+    cfg.protocol = "jsonl";
+    cfg.max_message = 16 * 1024 * 1024;
+    cfg.max_connections = 64;
+    cfg.inflight = 64;
+    rc = start_adapter(b, &cfg, &b->admin, err);
+    if (rc == 0) {
+        /* The admin endpoint is not a config adapter: keep it off the list. */
+        b->adapters = b->admin->next;
+        b->admin->next = NULL;
+    }
+    return rc;
+}
+
+int sb_broker_start(sb_broker *b, sb_error *err)
+{
+    sb_store_options so;
+    char dbpath[1024];
+    load_ctx lc = {b, 0};
+    int rc;
+
+    if ((rc = check_config(b->cfg, err)) != 0)
+        return rc;
+    if ((rc = sb_platform_mkdir_p(b->cfg->broker.data_dir, err)) != 0)
+        return rc;
+    snprintf(dbpath, sizeof(dbpath), "%s/switchboard.db", b->cfg->broker.data_dir);
+    memset(&so, 0, sizeof(so));
+    so.path = dbpath;
+    so.commit_max_batch = b->cfg->broker.commit_max_batch;
+    so.commit_max_delay_us = b->cfg->broker.commit_max_delay_us;
+    so.max_db_bytes = b->cfg->broker.max_db_bytes;
+    if ((rc = sb_store_open(&b->store, &so, err)) != 0)
+        return rc;
+    if ((rc = sb_store_max_ids(b->store, &b->last_msg_id, &b->last_queue_id, err)) != 0 ||
+        (rc = sb_store_load_queues(b->store, load_queue, b, err)) != 0 ||
+        (rc = sb_store_load_entries(b->store, load_entry, &lc, err)) != 0 ||
+        (rc = sb_store_load_retained(b->store, sb_broker__load_retained, b, err)) != 0 ||
+        (rc = sb_store_load_dedup(b->store, sb_broker__load_dedup, b, err)) != 0)
+        goto fail;
+    for (sb_queue *q = b->queues; q != NULL; q = q->next)
+        q->published = 0;
+    if (lc.count > 0)
+        sb_info("store", "recovered %llu queued messages from %s", (unsigned long long)lc.count,
+                dbpath);
+    if ((rc = sb_store_start(b->store, &b->loop, err)) != 0)
+        goto fail;
+    if ((rc = apply_routes(b, b->cfg, err)) != 0)
+        goto fail;
+    for (size_t i = 0; i < b->cfg->adapter_count; i++)
+        if ((rc = start_adapter(b, &b->cfg->adapters[i], NULL, err)) != 0)
+            goto fail;
+    if ((rc = start_admin(b, err)) != 0)
+        goto fail;
+    if ((rc = bind_routes(b, b->cfg, err)) != 0)
+        goto fail;
+    b->started = 1;
+    b->started_ms = sb_now_ms();
+    uv_timer_start(&b->housekeeping, on_housekeeping, 1000, 1000);
+    sb_info(NULL, "Switchboard %s ready: %zu adapters, %zu routes, data in %s",
+            SB_VERSION_STRING, b->cfg->adapter_count, b->cfg->route_count,
+            b->cfg->broker.data_dir);
+    return 0;
+fail:
+    sb_broker_stop(b);
+    uv_run(&b->loop, UV_RUN_DEFAULT);
+    return rc;
+}
+
+/* ---- consumers ---- */
+
+int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
+                        const sb_sub_settings *settings, sb_error *err)
+{
+    sb_queue *q = sb_broker__find_queue(b, name);
+    const char *why;
+    sb_sub_settings defaults;
+
+    if (q != NULL) {
+        if (filter != NULL && strcmp(filter, q->filter) != 0)
+            return sb_error_set(err, SB_EEXIST, 0,
+                                "subscription %s exists with filter %s (not %s)", name, q->filter,
+                                filter);
+        return 0;
+    }
+    if (filter == NULL)
+        return sb_error_set(err, SB_ENOTFOUND, 0,
+                            "no subscription %s (give a filter to create it)", name);
+    if (name[0] == '\0' || strlen(name) > 200 || strchr(name, '\n') != NULL)
+        return sb_error_set(err, SB_EINVAL, 0, "invalid subscription name");
+    if (sb_filter_validate(filter, strlen(filter), &why) != 0)
+        return sb_error_set(err, SB_EINVAL, 0, "filter %s", why);
+    if (b->stopping)
+        return sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
+    q = sb_broker__add_queue(b, ++b->last_queue_id, name, filter, err);
+    if (q == NULL)
+        return SB_ENOMEM;
+    if (settings == NULL) {
+        sb_sub_settings_default(&defaults);
+        settings = &defaults;
+    }
+    sb_queue__apply_settings(q, settings);
+    sb_broker__put_queue(b, q);
+    sb_broker__enqueue_retained(b, q);
+    sb_info(name, "created subscription with filter %s", filter);
+    return 0;
+}
+
+int sb_broker_unsubscribe(sb_broker *b, const char *name, sb_error *err)
+{
+    sb_queue *q = sb_broker__find_queue(b, name);
+    sb_store_op *op;
+    if (q == NULL)
+        return sb_error_set(err, SB_ENOTFOUND, 0, "no subscription %s", name);
+    if (q->from_config && q->route != NULL)
+        return sb_error_set(err, SB_EACCES, 0,
+                            "subscription %s is declared by route %s in the config", name,
+                            q->route->name);
+    op = sb_calloc(1, sizeof(*op));
+    if (op == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    op->type = SB_OP_QUEUE_DELETE;
+    op->sync = 1;
+    op->u.queue_delete.queue_id = q->id;
+    op->cb = sb_broker__free_op;
+    if (sb_store_submit(b->store, op) != 0)
+        sb_free(op);
+    sb_info(name, "deleted subscription (%lld messages discarded)", (long long)q->depth);
+    remove_queue(b, q);
+    return 0;
+}
+
+void sb_broker__free_op(sb_store_op *o, void *ctx)
+{
+    (void)ctx;
+    sb_free(o);
+}
+
+int sb_broker_attach(sb_broker *b, const char *name, sb_consumer *c, sb_error *err)
+{
+    sb_queue *q = sb_broker__find_queue(b, name);
+    if (q == NULL)
+        return sb_error_set(err, SB_ENOTFOUND, 0, "no subscription %s", name);
+    if (c->window < 1)
+        c->window = 1;
+    c->queue = q;
+    c->inflight = 0;
+    c->busy = 0;
+    c->outstanding = NULL;
+    c->next = q->consumers;
+    q->consumers = c;
+    sb_queue__dispatch(q);
+    return 0;
+}
+
+void sb_broker_detach(sb_broker *b, sb_consumer *c)
+{
+    (void)b;
+    if (c->queue != NULL)
+        sb_queue__detach_consumer(c->queue, c);
+}
+
+/* ---- reload ---- */
+
+int sb_broker_reload(sb_broker *b, sb_config *cfg, sb_error *err)
+{
+    sb_config *old = b->cfg;
+    int rc;
+
+    if ((rc = check_config(cfg, err)) != 0)
+        return rc;
+    if (strcmp(cfg->broker.data_dir, old->broker.data_dir) != 0)
+        sb_warn(NULL, "broker.data_dir changed to %s: takes effect after a restart",
+                cfg->broker.data_dir);
+    sb_log_configure(cfg->broker.log_level, cfg->broker.log_stderr, cfg->broker.log_file);
+
+    unbind_all(b, NULL);
+    /* Adapters that changed or disappeared close; new or changed ones start. */
+    for (sb_adapter *a = b->adapters, *next; a != NULL; a = next) {
+        const sb_adapter_config *n = sb_config_adapter(cfg, a->name);
+        next = a->next;
+        if (n == NULL || !sb_adapter_config_equal(n, a->cfg)) {
+            sb_info(a->name, n == NULL ? "removed by reload" : "changed by reload: restarting");
+            close_adapter(b, a);
+        }
+    }
+    b->cfg = cfg;
+    rc = apply_routes(b, cfg, err);
+    for (size_t i = 0; i < cfg->adapter_count; i++) {
+        sb_error aerr;
+        if (find_adapter(b, cfg->adapters[i].name) != NULL)
+            continue;
+        if (start_adapter(b, &cfg->adapters[i], NULL, &aerr) != 0)
+            sb_errlog(cfg->adapters[i].name, "cannot start after reload: %s", aerr.msg);
+    }
+    if (rc == 0)
+        rc = bind_routes(b, cfg, err);
+    sb_config_free(old);
+    sb_info(NULL, "configuration reloaded from %s: %zu adapters, %zu routes", cfg->path,
+            cfg->adapter_count, cfg->route_count);
+    return rc;
+}
+
+/* ---- stop ---- */
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void finish_stop(sb_broker *b)
+{
+    /* Adapters are closed: nothing new comes in. Let commits finish. */
+    while (b->ack_flush != NULL) {
+        sb_queue *q = b->ack_flush;
+        b->ack_flush = q->ack_next;
+        q->ack_queued = 0;
+        sb_queue__flush_acks(q);
+    }
+    if (b->store != NULL) {
+        sb_store_stop(b->store);
+        sb_broker__drain_pending(b);
+        sb_store_close(b->store);
+        b->store = NULL;
+    }
+    while (b->queues != NULL) {
+        sb_queue *q = b->queues;
+        b->queues = q->next;
+        sb_map_remove(&b->queues_by_name, q->name);
+        q->live = 0;
+        sb_queue__close(q);
+    }
+    uv_walk(&b->loop, close_walk, NULL);
+}
+
+
+static void on_stop_tick(uv_timer_t *t)
+{
+    sb_broker *b = t->data;
+    if (b->adapters == NULL && b->adapters_closing == 0) {
+        uv_timer_stop(t);
+        finish_stop(b);
+    }
+}
+
+void sb_broker_stop(sb_broker *b)
+{
+    if (b->stopping)
+        return;
+    b->stopping = 1;
+    if (b->started)
+        sb_info(NULL, "stopping: closing adapters, finishing commits");
+    unbind_all(b, NULL);
+    while (b->adapters != NULL)
+        close_adapter(b, b->adapters);
+    if (b->admin != NULL) {
+        b->adapters_closing++;
+        sb_adapter_close(b->admin, on_adapter_closed);
+        b->admin = NULL;
+    }
+    /* Adapter close callbacks run on the next loop turns; finish after them. */
+    uv_timer_stop(&b->housekeeping);
+    uv_timer_start(&b->housekeeping, on_stop_tick, 0, 10);
+}
+
+void sb_broker_request_stop(sb_broker *b)
+{
+    uv_mutex_lock(&b->request_lock);
+    b->stop_requested = 1;
+    uv_mutex_unlock(&b->request_lock);
+    uv_async_send(&b->wakeup);
+}
+
+void sb_broker_request_reload(sb_broker *b)
+{
+    uv_mutex_lock(&b->request_lock);
+    b->reload_requested = 1;
+    uv_mutex_unlock(&b->request_lock);
+    uv_async_send(&b->wakeup);
+}
+
+static void on_wakeup(uv_async_t *h)
+{
+    sb_broker *b = h->data;
+    int stop, reload;
+    uv_mutex_lock(&b->request_lock);
+    stop = b->stop_requested;
+    reload = b->reload_requested;
+    b->reload_requested = 0;
+    uv_mutex_unlock(&b->request_lock);
+    if (stop) {
+        sb_broker_stop(b);
+        return;
+    }
+    if (reload && !b->stopping) {
+        sb_config *cfg = NULL;
+        sb_config_errors errs = {0};
+        sb_error err;
+        sb_info(NULL, "reloading configuration from %s", b->cfg->path);
+        if (sb_config_load(&cfg, b->cfg->path, &errs) != 0) {
+            for (size_t i = 0; i < errs.count; i++)
+                sb_errlog("config", "%s:%d:%d: %s: %s", errs.items[i].file, errs.items[i].line,
+                          errs.items[i].col, errs.items[i].key, errs.items[i].message);
+            sb_errlog("config", "reload rejected (%zu errors); the running configuration is kept",
+                      errs.count);
+            sb_config_errors_clear(&errs);
+            return;
+        }
+        if (check_config(cfg, &err) != 0) {
+            sb_errlog("config", "%s", err.msg);
+            sb_errlog("config", "reload rejected; the running configuration is kept");
+            sb_config_free(cfg);
+            return;
+        }
+        if (sb_broker_reload(b, cfg, &err) != 0)
+            sb_errlog("config", "reload applied with errors: %s", err.msg);
+    }
+}
+
+static void collect_expired_dedup(const char *key, void *value, void *ctx)
+{
+    void **state = ctx;
+    int64_t now = *(int64_t *)state[0];
+    char ***keys = state[1];
+    size_t *n = state[2];
+    if (*(int64_t *)value <= now) {
+        char **k = sb_realloc(*keys, (*n + 1) * sizeof(**keys));
+        if (k == NULL)
+            return;
+        *keys = k;
+        k[*n] = sb_strdup(key);
+        if (k[*n] != NULL)
+            (*n)++;
+    }
+}
+
+static void on_housekeeping(uv_timer_t *t)
+{
+    sb_broker *b = t->data;
+    int64_t now = sb_now_ms();
+    for (sb_queue *q = b->queues; q != NULL; q = q->next)
+        if (q->ttl_ms > 0 || q->fifo.head != NULL)
+            sb_queue__expire(q, now);
+    if (now - b->last_prune_ms > 60000) {
+        char **keys = NULL;
+        size_t n = 0;
+        void *state[3] = {&now, &keys, &n};
+        sb_store_op *op;
+        b->last_prune_ms = now;
+        sb_map_each(&b->dedup, collect_expired_dedup, state);
+        for (size_t i = 0; i < n; i++) {
+            sb_free(sb_map_remove(&b->dedup, keys[i]));
+            sb_free(keys[i]);
+        }
+        sb_free(keys);
+        op = sb_calloc(1, sizeof(*op));
+        if (op != NULL) {
+            op->type = SB_OP_DEDUP_PRUNE;
+            op->u.dedup_prune.now_ms = now;
+            op->cb = sb_broker__free_op;
+            if (sb_store_submit(b->store, op) != 0)
+                sb_free(op);
+        }
+    }
+}
+
+int sb_broker_run(sb_broker *b)
+{
+    return uv_run(&b->loop, UV_RUN_DEFAULT);
+}
+
+static void free_retained(const char *key, void *value, void *ctx)
+{
+    (void)key;
+    (void)ctx;
+    sb_message_unref(value);
+}
+
+static void free_dedup(const char *key, void *value, void *ctx)
+{
+    (void)key;
+    (void)ctx;
+    sb_free(value);
+}
+
+void sb_broker_free(sb_broker *b)
+{
+    if (b == NULL)
+        return;
+    uv_walk(&b->loop, close_walk, NULL);
+    uv_run(&b->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&b->loop) != 0)
+        sb_warn(NULL, "event loop closed with handles still open");
+    sb_map_each(&b->retained, free_retained, NULL);
+    sb_map_clear(&b->retained);
+    sb_map_each(&b->dedup, free_dedup, NULL);
+    sb_map_clear(&b->dedup);
+    sb_map_clear(&b->queues_by_name);
+    uv_mutex_destroy(&b->request_lock);
+    sb_config_free(b->cfg);
+    sb_free(b);
+}

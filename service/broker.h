@@ -1,0 +1,162 @@
+/*
+ * The broker: owns the loop, the store, the subscription queues and the
+ * adapters, and is what adapters and protocols talk to.
+ *
+ * Everything here runs on the loop thread, except the functions marked
+ * thread-safe. Producers call sb_broker_publish; the callback fires once the
+ * message is committed with the durability its queues require (or fails).
+ * Consumers (adapter sinks, jsonl/MQTT sessions) attach to a subscription and
+ * receive deliveries within their window; each delivery ends with
+ * sb_delivery_done (ack or nack).
+ */
+#ifndef SB_BROKER_H
+#define SB_BROKER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "config/config.h"
+#include "service/error.h"
+#include "service/message.h"
+
+typedef struct sb_broker sb_broker;
+typedef struct sb_queue sb_queue;
+typedef struct sb_entry sb_entry;
+typedef struct sb_consumer sb_consumer;
+typedef struct sb_delivery sb_delivery;
+
+/* ---- lifecycle (main.c, the Windows service) ---- */
+
+/* Creates a broker for cfg (takes ownership of cfg). Opens nothing yet. */
+int sb_broker_new(sb_broker **out, sb_config *cfg, sb_error *err);
+
+/* Opens the store, loads queues, starts adapters and the admin endpoint.
+ * On failure everything opened is closed again and err says what failed. */
+int sb_broker_start(sb_broker *b, sb_error *err);
+
+/* Runs the loop until sb_broker_stop is called and everything has drained. */
+int sb_broker_run(sb_broker *b);
+
+/* Begins an orderly stop: adapters close, in-flight commits finish. */
+void sb_broker_stop(sb_broker *b);
+
+/* Thread-safe: asks the loop to stop (signal handlers, the SCM). */
+void sb_broker_request_stop(sb_broker *b);
+
+/* Thread-safe: asks the loop to reload the config file (SIGHUP, PARAMCHANGE). */
+void sb_broker_request_reload(sb_broker *b);
+
+/* Applies a new config (takes ownership of cfg on success): adapters added,
+ * removed or changed; routes' settings updated; queues and their messages
+ * kept. Returns SB_ECONFIG with err set if cfg cannot be applied (the old
+ * config keeps running). */
+int sb_broker_reload(sb_broker *b, sb_config *cfg, sb_error *err);
+
+void sb_broker_free(sb_broker *b);
+
+uv_loop_t *sb_broker_loop(sb_broker *b);
+const sb_config *sb_broker_get_config(sb_broker *b);
+
+/* ---- publishing ---- */
+
+typedef struct sb_publish_opts {
+    const char *source; /* "adapter peer", recorded with dead letters; may be NULL */
+    int retain;         /* also keep as the topic's retained value */
+} sb_publish_opts;
+
+/* status: 0 or SB_E*; msg_id: the committed id; queues: how many queues got it
+ * (0: no route matched); why: a one-line reason when status != 0. */
+typedef void (*sb_publish_cb)(void *ctx, int status, uint64_t msg_id, int queues,
+                              const char *why);
+
+/* Routes msg to every matching subscription and commits it. Takes a new
+ * reference on msg. Returns 0 if accepted (cb will be called exactly once,
+ * never before this returns), or an SB_E* error with err set (cb not called):
+ * SB_EINVAL (bad topic), SB_EFULL (a queue with overflow reject is full),
+ * SB_ENOSPC / SB_ESTORE (store refusing writes), SB_ESHUTDOWN. */
+int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts,
+                      sb_publish_cb cb, void *ctx, sb_error *err);
+
+/* ---- consuming ---- */
+
+struct sb_delivery {
+    sb_message *msg;    /* borrowed; valid until sb_delivery_done */
+    const char *sub;    /* subscription name */
+    int attempt;        /* 1 for a first delivery */
+    sb_consumer *consumer;
+    sb_entry *entry;    /* private: NULL once the lease expired */
+    sb_delivery *next;  /* free for the consumer's own lists */
+    sb_delivery *onext, *oprev; /* private: the consumer's outstanding list */
+};
+
+struct sb_consumer {
+    /* Offers a delivery. Return 0 if taken (sb_delivery_done must follow,
+     * exactly once), non-zero if it cannot be taken now (call
+     * sb_consumer_ready when it can). */
+    int (*deliver)(sb_consumer *c, sb_delivery *d);
+    void *ctx;
+    const char *name; /* for logs, e.g. "clients 127.0.0.1:50312" */
+    int window;       /* max deliveries outstanding, >= 1 */
+    /* private to the broker */
+    sb_queue *queue;
+    int inflight;
+    int busy; /* refused the last offer; skipped until sb_consumer_ready */
+    sb_delivery *outstanding;
+    sb_consumer *next;
+};
+
+/* Ends a delivery: status 0 acks it (removed from the queue); otherwise it
+ * is retried after the queue's backoff, or dead-lettered with `reason` after
+ * max_attempts. Frees d. */
+void sb_delivery_done(sb_delivery *d, int status, const char *reason);
+
+/* Settings of a subscription created by a client (routes have theirs in
+ * the config). */
+typedef struct sb_sub_settings {
+    sb_durability durability;
+    int max_attempts;
+    int64_t lease_ms, ttl_ms, max_depth;
+} sb_sub_settings;
+
+void sb_sub_settings_default(sb_sub_settings *s);
+
+/* Creates the client subscription `name` with filter if it does not exist
+ * (retained values matching the filter are queued into it). If it exists,
+ * filter (when not NULL) must equal its filter. */
+int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
+                        const sb_sub_settings *settings, sb_error *err);
+
+/* Deletes a client-created subscription and its messages. */
+int sb_broker_unsubscribe(sb_broker *b, const char *name, sb_error *err);
+
+/* Attaches a consumer to an existing subscription (deliveries start at once). */
+int sb_broker_attach(sb_broker *b, const char *name, sb_consumer *c, sb_error *err);
+
+/* Detaches: its outstanding deliveries return to the queue (as redeliveries),
+ * and are freed (do not call sb_delivery_done for them afterwards). */
+void sb_broker_detach(sb_broker *b, sb_consumer *c);
+
+/* The consumer can take deliveries again (window freed, became writable). */
+void sb_consumer_ready(sb_consumer *c);
+
+/* ---- admin (jsonl) ---- */
+
+
+/* Builds the stats object of the protocol (`queues`, `store`, `broker`);
+ * returns a new jansson reference (json_t *) or NULL on out-of-memory. */
+void *sb_broker_stats_json(sb_broker *b);
+
+typedef void (*sb_admin_cb)(void *ctx, int status, void *result_json, const char *why);
+
+/* Dead-letter operations; cb gets a new jansson object (or NULL on error). */
+int sb_broker_dlq_list(sb_broker *b, const char *sub, int64_t after, int limit, sb_admin_cb cb,
+                       void *ctx, sb_error *err);
+int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx,
+                          sb_error *err);
+int sb_broker_dlq_purge(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err);
+
+/* Internal: a sink adapter can take deliveries again (adapters/registry.c). */
+struct sb_adapter;
+void sb_broker__adapter_ready(sb_broker *b, struct sb_adapter *a);
+
+#endif

@@ -1,0 +1,89 @@
+/*
+ * Broker internals shared by broker.c (lifecycle, config, adapters),
+ * publish.c (routing and commit), admin.c (stats and dead letters).
+ */
+#ifndef SB_BROKER_INT_H
+#define SB_BROKER_INT_H
+
+#include "adapters/adapter.h"
+#include "service/broker.h"
+#include "service/map.h"
+#include "service/queue.h"
+#include "storage/store.h"
+
+/* A publish waiting for its commit; completed strictly in publish order. */
+typedef struct sb_pending {
+    sb_store_op op;
+    sb_broker *broker;
+    sb_message *msg;
+    sb_queue **queues; /* queues to append to once committed */
+    uint32_t *queue_ids;
+    size_t queue_count;
+    sb_store_entry_ref *drops;
+    int retain;
+    char *dedup_key;
+    int64_t dedup_expires_ms;
+    int durability_mask; /* bit per sb_durability of the queues */
+    int done;
+    int status;
+    char why[200];
+    sb_publish_cb cb;
+    void *ctx;
+    struct sb_pending *next;
+} sb_pending;
+
+/* A route destination bound to a sink adapter. */
+typedef struct sb_sink_binding {
+    sb_consumer consumer; /* first: the consumer's ctx points back here */
+    sb_adapter *adapter;
+    char *queue_name;
+    struct sb_sink_binding *next;
+} sb_sink_binding;
+
+struct sb_broker {
+    uv_loop_t loop;
+    sb_config *cfg;
+    sb_store *store;
+    int started, stopping;
+    int64_t started_ms;
+
+    sb_queue *queues; /* every queue, live or orphaned */
+    sb_map queues_by_name;
+    uint64_t last_msg_id;
+    uint32_t last_queue_id;
+
+    sb_adapter *adapters;
+    sb_adapter *admin;
+    sb_sink_binding *bindings;
+    int adapters_closing;
+
+    sb_map retained;  /* topic -> sb_message* */
+    sb_map dedup;     /* key -> int64_t* expiry */
+
+    sb_pending *pending_head, *pending_tail;
+    sb_queue *ack_flush; /* queues with acks to send */
+    uv_idle_t flush_idle;
+    int flush_armed;
+
+    uv_async_t wakeup; /* stop / reload requests from other threads */
+    uv_mutex_t request_lock;
+    int stop_requested, reload_requested;
+    uv_timer_t housekeeping;
+    int64_t last_prune_ms;
+
+    uint64_t published, published_class[3], refused;
+};
+
+/* publish.c */
+void sb_broker__drain_pending(sb_broker *b);
+void sb_broker__arm_flush(sb_broker *b);
+int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q);
+sb_queue *sb_broker__find_queue(sb_broker *b, const char *name);
+
+/* broker.c */
+void sb_broker__free_op(sb_store_op *o, void *ctx);
+sb_queue *sb_broker__add_queue(sb_broker *b, uint32_t id, const char *name, const char *filter,
+                               sb_error *err);
+int sb_broker__put_queue(sb_broker *b, sb_queue *q);
+
+#endif

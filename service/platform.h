@@ -1,0 +1,25 @@
+/*
+ * The few things the portable core needs from the OS, implemented once per
+ * platform in service/platform/posix/ and service/platform/win/ (CMake picks
+ * the folder; no #ifdef in the core).
+ */
+#ifndef SB_PLATFORM_H
+#define SB_PLATFORM_H
+
+#include <stddef.h>
+
+#include "service/error.h"
+
+#ifndef SB_VERSION_STRING
+#define SB_VERSION_STRING "0.0.0"
+#endif
+
+/* Creates a directory and its parents (like mkdir -p), private to the
+ * broker's account where the platform allows. */
+int sb_platform_mkdir_p(const char *path, sb_error *err);
+
+/* The default admin endpoint for a data directory: "<data_dir>/admin.sock"
+ * on POSIX, a named pipe on Windows. */
+void sb_platform_default_admin_endpoint(char *out, size_t n, const char *data_dir);
+
+#endif

@@ -1,0 +1,35 @@
+/* POSIX implementation of service/platform.h. */
+#include "service/platform.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+int sb_platform_mkdir_p(const char *path, sb_error *err)
+{
+    char buf[1024];
+    size_t len = strlen(path);
+
+    if (len == 0 || len >= sizeof(buf))
+        return sb_error_set(err, SB_EINVAL, 0, "invalid directory path '%s'", path);
+    memcpy(buf, path, len + 1);
+    for (char *p = buf + 1; *p != '\0'; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0750) != 0 && errno != EEXIST)
+            return sb_error_set(err, sb_error_from_errno(errno), errno, "cannot create %s: %s",
+                                buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0750) != 0 && errno != EEXIST)
+        return sb_error_set(err, sb_error_from_errno(errno), errno, "cannot create %s: %s", buf,
+                            strerror(errno));
+    return 0;
+}
+
+void sb_platform_default_admin_endpoint(char *out, size_t n, const char *data_dir)
+{
+    snprintf(out, n, "%s/admin.sock", data_dir);
+}

@@ -1,0 +1,542 @@
+/*
+ * The publish path: route a message to every matching queue, check limits,
+ * hand it to the store, and, once committed, append it to the queues and
+ * acknowledge the producer — strictly in publish order, whatever mix of
+ * durability classes the messages had. Also the store writes that follow a
+ * delivery: coalesced acks, attempt counts, dead letters.
+ */
+#include "service/alloc.h"
+#include "service/broker_int.h"
+#include "service/log.h"
+#include "service/topic.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MATCH_INLINE 16
+
+sb_queue *sb_broker__find_queue(sb_broker *b, const char *name)
+{
+    return sb_map_get(&b->queues_by_name, name);
+}
+
+static int routed(const sb_queue *q)
+{
+    return q->live && (q->route != NULL || !q->from_config);
+}
+
+/* ---- flush: acks and memory-only completions, once per loop turn ---- */
+
+static void on_flush(uv_idle_t *h)
+{
+    sb_broker *b = h->data;
+    uv_idle_stop(h);
+    b->flush_armed = 0;
+    while (b->ack_flush != NULL) {
+        sb_queue *q = b->ack_flush;
+        b->ack_flush = q->ack_next;
+        q->ack_next = NULL;
+        q->ack_queued = 0;
+        sb_queue__flush_acks(q);
+    }
+    sb_broker__drain_pending(b);
+}
+
+void sb_broker__arm_flush(sb_broker *b)
+{
+    if (!b->flush_armed) {
+        b->flush_armed = 1;
+        uv_idle_start(&b->flush_idle, on_flush);
+    }
+}
+
+void sb_broker__schedule_ack_flush(sb_broker *b, sb_queue *q)
+{
+    if (!q->ack_queued) {
+        q->ack_queued = 1;
+        q->ack_next = b->ack_flush;
+        b->ack_flush = q;
+    }
+    sb_broker__arm_flush(b);
+}
+
+static void on_simple_op_done(sb_store_op *op, void *ctx)
+{
+    (void)ctx;
+    if (op->type == SB_OP_DEADLETTER) {
+        sb_message_unref(op->u.deadletter.msg);
+        sb_free((char *)op->u.deadletter.queue_name);
+        sb_free((char *)op->u.deadletter.reason);
+    }
+    sb_free(op);
+}
+
+static void submit_simple(sb_broker *b, sb_store_op *op)
+{
+    op->cb = on_simple_op_done;
+    op->ctx = b;
+    if (sb_store_submit(b->store, op) != 0)
+        on_simple_op_done(op, b);
+}
+
+void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t last)
+{
+    sb_store_op *op = sb_calloc(1, sizeof(*op));
+    if (op == NULL) {
+        /* The rows stay; they are redelivered after a restart (at-least-once). */
+        sb_errlog(q->name, "out of memory recording an acknowledgement");
+        return;
+    }
+    op->type = SB_OP_ACK;
+    op->u.ack.queue_id = q->id;
+    op->u.ack.first_id = first;
+    op->u.ack.last_id = last;
+    submit_simple(b, op);
+}
+
+void sb_broker__store_attempts(sb_broker *b, sb_queue *q, sb_entry *e)
+{
+    sb_store_op *op = sb_calloc(1, sizeof(*op));
+    if (op == NULL)
+        return; /* the count is advisory; losing one update only allows a retry more */
+    op->type = SB_OP_ATTEMPTS;
+    op->u.attempts.queue_id = q->id;
+    op->u.attempts.msg_id = e->msg->id;
+    op->u.attempts.attempts = e->attempts;
+    submit_simple(b, op);
+}
+
+void sb_broker__deadletter(sb_broker *b, sb_queue *q, sb_entry *e, const char *reason)
+{
+    sb_store_op *op = sb_calloc(1, sizeof(*op));
+    const char *source = sb_message_header(e->msg, "source");
+
+    q->dead++;
+    sb_log(SB_LOG_WARN, q->name, "message %llu (topic %s) moved to the dead-letter queue: %s",
+           (unsigned long long)e->msg->id, e->msg->topic, reason);
+    if (op == NULL)
+        goto oom;
+    op->type = SB_OP_DEADLETTER;
+    op->u.deadletter.queue_id = q->id;
+    op->u.deadletter.msg_id = e->msg->id;
+    op->u.deadletter.msg = sb_message_ref(e->msg);
+    op->u.deadletter.queue_name = sb_strdup(q->name);
+    op->u.deadletter.reason = sb_strdup(reason);
+    op->u.deadletter.source = source;
+    op->u.deadletter.attempts = e->attempts;
+    if (op->u.deadletter.queue_name == NULL || op->u.deadletter.reason == NULL) {
+        on_simple_op_done(op, b);
+        goto oom;
+    }
+    submit_simple(b, op);
+    return;
+oom:
+    sb_errlog(q->name, "out of memory dead-lettering message %llu; it stays stored",
+              (unsigned long long)e->msg->id);
+}
+
+/* ---- retained values and dedup keys (in memory, mirrored in the store) ---- */
+
+static void retain_set(sb_broker *b, sb_message *msg)
+{
+    void *old = NULL;
+    if (msg->payload_len == 0) {
+        old = sb_map_remove(&b->retained, msg->topic);
+    } else if (sb_map_put(&b->retained, msg->topic, sb_message_ref(msg), &old) != 0) {
+        sb_message_unref(msg);
+        sb_errlog("retain", "out of memory keeping the retained value of %s", msg->topic);
+    }
+    if (old != NULL)
+        sb_message_unref(old);
+}
+
+static int dedup_seen(sb_broker *b, const char *key, int64_t now)
+{
+    int64_t *exp = sb_map_get(&b->dedup, key);
+    return exp != NULL && *exp > now;
+}
+
+static void dedup_add(sb_broker *b, const char *key, int64_t expires)
+{
+    int64_t *exp = sb_malloc(sizeof(*exp));
+    void *old = NULL;
+    if (exp == NULL)
+        return;
+    *exp = expires;
+    if (sb_map_put(&b->dedup, key, exp, &old) != 0)
+        sb_free(exp);
+    sb_free(old);
+}
+
+/* ---- pending publishes ---- */
+
+static void pending_free(sb_pending *p)
+{
+    sb_message_unref(p->msg);
+    sb_free(p->queues);
+    sb_free(p->queue_ids);
+    sb_free(p->drops);
+    sb_free(p->dedup_key);
+    sb_free(p);
+}
+
+static void complete(sb_broker *b, sb_pending *p)
+{
+    int appended = 0;
+    for (size_t i = 0; i < p->queue_count; i++) {
+        sb_queue *q = p->queues[i];
+        q->pending--;
+        q->pending_bytes -= (int64_t)sb_message_size(p->msg);
+        if (p->status == 0 && q->live) {
+            if (sb_queue__append(q, p->msg, 0) != 0)
+                sb_errlog(q->name, "out of memory queueing message %llu; it is delivered after a restart",
+                          (unsigned long long)p->msg->id);
+            appended++;
+        }
+        if (!q->live && q->pending == 0)
+            sb_queue__close(q); /* deferred close of a deleted queue */
+    }
+    if (p->status == 0) {
+        if (p->retain)
+            retain_set(b, p->msg);
+        if (p->dedup_key != NULL)
+            dedup_add(b, p->dedup_key, p->dedup_expires_ms);
+        b->published++;
+        for (int c = 0; c < 3; c++)
+            if (p->durability_mask & (1 << c))
+                b->published_class[c]++;
+        for (size_t i = 0; i < p->queue_count; i++)
+            if (p->queues[i]->live)
+                sb_queue__dispatch(p->queues[i]);
+    }
+    if (p->cb != NULL)
+        p->cb(p->ctx, p->status, p->status == 0 ? p->msg->id : 0, (int)p->queue_count,
+              p->status == 0 ? NULL : p->why);
+}
+
+void sb_broker__drain_pending(sb_broker *b)
+{
+    sb_pending *p;
+    while ((p = b->pending_head) != NULL && p->done) {
+        b->pending_head = p->next;
+        if (b->pending_head == NULL)
+            b->pending_tail = NULL;
+        complete(b, p);
+        pending_free(p);
+    }
+}
+
+static void on_publish_committed(sb_store_op *op, void *ctx)
+{
+    sb_pending *p = ctx;
+    p->done = 1;
+    p->status = op->status;
+    if (op->status == SB_EDUPLICATE) {
+        p->status = 0; /* idempotent: the first copy was committed */
+        p->queue_count = 0;
+    } else if (op->status != 0) {
+        snprintf(p->why, sizeof(p->why), "store refused the message: %s",
+                 sb_strerror(op->status));
+    }
+    sb_broker__drain_pending(p->broker);
+}
+
+static void pending_push(sb_broker *b, sb_pending *p)
+{
+    if (b->pending_tail != NULL)
+        b->pending_tail->next = p;
+    else
+        b->pending_head = p;
+    b->pending_tail = p;
+}
+
+/* Checks limits of q for one more message; fills drops for drop-oldest. */
+static int check_limits(sb_queue *q, sb_message *msg, sb_pending *p, sb_error *err)
+{
+    int64_t size = (int64_t)sb_message_size(msg);
+    int over_depth = q->max_depth > 0 && q->depth + q->pending + 1 > q->max_depth;
+    int over_bytes = q->max_bytes > 0 && q->bytes + q->pending_bytes + size > q->max_bytes;
+    uint64_t ids[64];
+    size_t n, want;
+
+    if (!over_depth && !over_bytes)
+        return 0;
+    if (q->overflow == SB_OVERFLOW_REJECT || q->durability == SB_DURABILITY_MEMORY) {
+        if (q->overflow != SB_OVERFLOW_REJECT) {
+            /* memory queues drop in memory only */
+            n = sb_queue__drop_oldest(q, ids, 1);
+            if (n > 0)
+                return 0;
+        }
+        return sb_error_set(err, SB_EFULL, 0, "queue %s is full (%s %lld)", q->name,
+                            over_depth ? "max_depth" : "max_bytes",
+                            (long long)(over_depth ? q->max_depth : q->max_bytes));
+    }
+    /* drop-oldest: enough committed entries to make room */
+    want = over_depth ? (size_t)(q->depth + q->pending + 1 - q->max_depth) : 1;
+    if (want > 64)
+        want = 64;
+    n = sb_queue__drop_oldest(q, ids, want);
+    if (n == 0)
+        return sb_error_set(err, SB_EFULL, 0,
+                            "queue %s is full and nothing can be dropped (all in flight)",
+                            q->name);
+    {
+        sb_store_entry_ref *d = sb_realloc(p->drops, (p->op.u.publish.drop_count + n) * sizeof(*d));
+        if (d == NULL)
+            return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+        for (size_t i = 0; i < n; i++) {
+            d[p->op.u.publish.drop_count + i].queue_id = q->id;
+            d[p->op.u.publish.drop_count + i].msg_id = ids[i];
+        }
+        p->drops = d;
+        p->op.u.publish.drop_count += n;
+    }
+    return 0;
+}
+
+int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts,
+                      sb_publish_cb cb, void *ctx, sb_error *err)
+{
+    const char *why = NULL;
+    sb_pending *p;
+    size_t cap = 0, ndurable = 0;
+    int needs_store = 0, sync = 0, rc, retain = opts != NULL && opts->retain;
+    int64_t now = sb_now_ms();
+
+    if (b->stopping)
+        return sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
+    if (sb_topic_validate(msg->topic, strlen(msg->topic), &why) != 0)
+        return sb_error_set(err, SB_EINVAL, 0, "topic %s", why);
+    if (opts != NULL && opts->source != NULL && sb_message_header(msg, "source") == NULL &&
+        sb_message_add_header(msg, "source", opts->source) != 0)
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+
+    p = sb_calloc(1, sizeof(*p));
+    if (p == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    p->broker = b;
+    p->cb = cb;
+    p->ctx = ctx;
+
+    for (sb_queue *q = b->queues; q != NULL; q = q->next) {
+        if (!routed(q) || !sb_topic_match_any(q->filter, msg->topic))
+            continue;
+        if (q->dedup_header != NULL && p->dedup_key == NULL) {
+            const char *v = sb_message_header(msg, q->dedup_header);
+            if (v != NULL) {
+                size_t n = strlen(q->dedup_header) + strlen(v) + 2;
+                p->dedup_key = sb_malloc(n);
+                if (p->dedup_key == NULL) {
+                    rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+                    goto fail;
+                }
+                snprintf(p->dedup_key, n, "%s=%s", q->dedup_header, v);
+                p->dedup_expires_ms = now + q->dedup_window_ms;
+                if (dedup_seen(b, p->dedup_key, now)) {
+                    /* A duplicate within the window: acknowledge, store nothing. */
+                    p->queue_count = 0;
+                    sb_free(p->dedup_key);
+                    p->dedup_key = NULL;
+                    p->msg = sb_message_ref(msg);
+                    p->done = 1;
+                    pending_push(b, p);
+                    sb_broker__arm_flush(b);
+                    return 0;
+                }
+            }
+        }
+        if (p->queue_count == cap) {
+            size_t ncap = cap == 0 ? MATCH_INLINE : cap * 2;
+            sb_queue **nq = sb_realloc(p->queues, ncap * sizeof(*nq));
+            uint32_t *ni;
+            if (nq == NULL) {
+                rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+                goto fail;
+            }
+            p->queues = nq;
+            ni = sb_realloc(p->queue_ids, ncap * sizeof(*ni));
+            if (ni == NULL) {
+                rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+                goto fail;
+            }
+            p->queue_ids = ni;
+            cap = ncap;
+        }
+        if ((rc = check_limits(q, msg, p, err)) != 0)
+            goto fail;
+        p->queues[p->queue_count++] = q;
+        p->durability_mask |= 1 << q->durability;
+        if (q->durability != SB_DURABILITY_MEMORY) {
+            p->queue_ids[ndurable++] = q->id;
+            needs_store = 1;
+            sync |= q->durability == SB_DURABILITY_FSYNC;
+        }
+        retain |= q->retain;
+    }
+    if (p->queue_count == 0 && p->op.u.publish.drop_count == 0)
+        p->durability_mask = 0;
+    if (retain && strncmp(msg->topic, "$SYS/", 5) != 0) {
+        needs_store = 1; /* retained values are always kept on disk */
+        sync |= ndurable == 0 || (p->durability_mask & (1 << SB_DURABILITY_FSYNC));
+    }
+    if (p->dedup_key != NULL)
+        needs_store = 1;
+    if (needs_store && sb_store_degraded(b->store)) {
+        sb_store_stats st;
+        sb_store_get_stats(b->store, &st);
+        rc = sb_error_set(err, SB_ENOSPC, 0, "store is refusing writes: %s",
+                          st.last_error[0] != '\0' ? st.last_error : "commit failed");
+        goto fail;
+    }
+
+    msg->id = ++b->last_msg_id;
+    p->msg = sb_message_ref(msg);
+    p->retain = retain;
+    for (size_t i = 0; i < p->queue_count; i++) {
+        p->queues[i]->pending++;
+        p->queues[i]->pending_bytes += (int64_t)sb_message_size(msg);
+    }
+    pending_push(b, p);
+    if (!needs_store) {
+        p->done = 1;
+        sb_broker__arm_flush(b);
+        return 0;
+    }
+    p->op.type = SB_OP_PUBLISH;
+    p->op.sync = sync;
+    p->op.cb = on_publish_committed;
+    p->op.ctx = p;
+    p->op.u.publish.msg = msg;
+    p->op.u.publish.queue_ids = p->queue_ids;
+    p->op.u.publish.queue_count = ndurable;
+    p->op.u.publish.retain = retain && strncmp(msg->topic, "$SYS/", 5) != 0;
+    p->op.u.publish.dedup_key = p->dedup_key;
+    p->op.u.publish.dedup_expires_ms = p->dedup_expires_ms;
+    p->op.u.publish.drops = p->drops;
+    if (sb_store_submit(b->store, &p->op) != 0) {
+        p->done = 1;
+        p->status = SB_ESHUTDOWN;
+        snprintf(p->why, sizeof(p->why), "broker is shutting down");
+        sb_broker__arm_flush(b);
+    }
+    return 0;
+
+fail:
+    b->refused++;
+    pending_free(p);
+    return rc;
+}
+
+/* Queues the retained values matching q's filter into q, oldest first, so a
+ * late subscriber starts with the current state. */
+typedef struct retained_match {
+    sb_queue *q;
+    sb_message **items;
+    size_t count, cap;
+    int failed;
+} retained_match;
+
+static void collect_retained(const char *topic, void *value, void *ctx)
+{
+    retained_match *m = ctx;
+    if (m->failed || !sb_topic_match_any(m->q->filter, topic))
+        return;
+    if (m->count == m->cap) {
+        size_t ncap = m->cap == 0 ? 16 : m->cap * 2;
+        sb_message **n = sb_realloc(m->items, ncap * sizeof(*n));
+        if (n == NULL) {
+            m->failed = 1;
+            return;
+        }
+        m->items = n;
+        m->cap = ncap;
+    }
+    m->items[m->count++] = value;
+}
+
+static int by_id(const void *a, const void *b)
+{
+    const sb_message *x = *(sb_message *const *)a, *y = *(sb_message *const *)b;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q)
+{
+    retained_match m = {q, NULL, 0, 0, 0};
+    sb_map_each(&b->retained, collect_retained, &m);
+    if (m.failed) {
+        sb_free(m.items);
+        return SB_ENOMEM;
+    }
+    if (m.count > 1)
+        qsort(m.items, m.count, sizeof(*m.items), by_id);
+    for (size_t i = 0; i < m.count; i++) {
+        /* A retained copy gets a new id so the queue stays in id order. */
+        sb_message *copy = sb_message_new(m.items[i]->topic, m.items[i]->payload,
+                                          m.items[i]->payload_len);
+        sb_pending *p = copy != NULL ? sb_calloc(1, sizeof(*p)) : NULL;
+        if (p == NULL) {
+            sb_message_unref(copy);
+            sb_free(m.items);
+            return SB_ENOMEM;
+        }
+        for (size_t h = 0; h < m.items[i]->header_count; h++)
+            sb_message_add_header(copy, m.items[i]->headers[h].key, m.items[i]->headers[h].value);
+        sb_message_add_header(copy, "retained", "true");
+        copy->created_ms = m.items[i]->created_ms;
+        copy->id = ++b->last_msg_id;
+        p->broker = b;
+        p->msg = copy;
+        p->queues = sb_malloc(sizeof(*p->queues));
+        p->queue_ids = sb_malloc(sizeof(*p->queue_ids));
+        if (p->queues == NULL || p->queue_ids == NULL) {
+            pending_free(p);
+            sb_free(m.items);
+            return SB_ENOMEM;
+        }
+        p->queues[0] = q;
+        p->queue_ids[0] = q->id;
+        p->queue_count = 1;
+        q->pending++;
+        q->pending_bytes += (int64_t)sb_message_size(copy);
+        pending_push(b, p);
+        if (q->durability == SB_DURABILITY_MEMORY) {
+            p->done = 1;
+            sb_broker__arm_flush(b);
+            continue;
+        }
+        p->op.type = SB_OP_PUBLISH;
+        p->op.sync = q->durability == SB_DURABILITY_FSYNC;
+        p->op.cb = on_publish_committed;
+        p->op.ctx = p;
+        p->op.u.publish.msg = copy;
+        p->op.u.publish.queue_ids = p->queue_ids;
+        p->op.u.publish.queue_count = 1;
+        if (sb_store_submit(b->store, &p->op) != 0) {
+            p->done = 1;
+            p->status = SB_ESHUTDOWN;
+            sb_broker__arm_flush(b);
+        }
+    }
+    sb_free(m.items);
+    return 0;
+}
+
+/* Loader callbacks (broker.c calls the store loaders with these). */
+int sb_broker__load_retained(void *ctx, sb_message *msg);
+int sb_broker__load_retained(void *ctx, sb_message *msg)
+{
+    sb_broker *b = ctx;
+    retain_set(b, msg);
+    sb_message_unref(msg);
+    return 0;
+}
+
+int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
+int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms)
+{
+    dedup_add(ctx, key, expires_ms);
+    return 0;
+}

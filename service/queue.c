@@ -1,0 +1,551 @@
+/* Subscription queues: delivery order, leases, retries, acks (see queue.h). */
+#include "service/queue.h"
+#include "service/alloc.h"
+#include "service/log.h"
+
+#include <string.h>
+
+/* ---- intrusive lists ---- */
+
+static void fifo_push(sb_entry_list *l, sb_entry *e)
+{
+    e->next = NULL;
+    e->prev = l->tail;
+    if (l->tail != NULL)
+        l->tail->next = e;
+    else
+        l->head = e;
+    l->tail = e;
+}
+
+static void fifo_unlink(sb_entry_list *l, sb_entry *e)
+{
+    if (e->prev != NULL)
+        e->prev->next = e->next;
+    else
+        l->head = e->next;
+    if (e->next != NULL)
+        e->next->prev = e->prev;
+    else
+        l->tail = e->prev;
+    e->next = e->prev = NULL;
+}
+
+static void state_unlink(sb_entry_list *l, sb_entry *e)
+{
+    if (e->sprev != NULL)
+        e->sprev->snext = e->snext;
+    else
+        l->head = e->snext;
+    if (e->snext != NULL)
+        e->snext->sprev = e->sprev;
+    else
+        l->tail = e->sprev;
+    e->snext = e->sprev = NULL;
+}
+
+/* Inserts by deadline (stable: after equal deadlines). Usually appends. */
+static void state_insert(sb_entry_list *l, sb_entry *e)
+{
+    sb_entry *at = l->tail;
+    while (at != NULL && at->deadline > e->deadline)
+        at = at->sprev;
+    e->sprev = at;
+    e->snext = at != NULL ? at->snext : l->head;
+    if (e->snext != NULL)
+        e->snext->sprev = e;
+    else
+        l->tail = e;
+    if (at != NULL)
+        at->snext = e;
+    else
+        l->head = e;
+}
+
+/* ---- rates ---- */
+
+void sb_rate__add(sb_rate *r, int64_t now_sec, uint64_t n)
+{
+    int i = (int)(now_sec % SB_RATE_SLOTS);
+    if (r->slot_sec[i] != now_sec) {
+        r->slot_sec[i] = now_sec;
+        r->slot_count[i] = 0;
+    }
+    r->slot_count[i] += n;
+}
+
+double sb_rate__per_sec(const sb_rate *r, int64_t now_sec)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < SB_RATE_SLOTS; i++)
+        if (r->slot_sec[i] > now_sec - SB_RATE_SLOTS && r->slot_sec[i] <= now_sec)
+            total += r->slot_count[i];
+    return (double)total / SB_RATE_SLOTS;
+}
+
+/* ---- queue ---- */
+
+static void on_timer(uv_timer_t *t);
+
+sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const char *filter)
+{
+    sb_queue *q = sb_calloc(1, sizeof(*q));
+    sb_sub_settings defaults;
+    if (q == NULL)
+        return NULL;
+    q->broker = b;
+    q->id = id;
+    q->name = sb_strdup(name);
+    q->filter = sb_strdup(filter);
+    if (q->name == NULL || q->filter == NULL) {
+        sb_free(q->name);
+        sb_free(q->filter);
+        sb_free(q);
+        return NULL;
+    }
+    sb_sub_settings_default(&defaults);
+    sb_queue__apply_settings(q, &defaults);
+    uv_timer_init(sb_broker_loop(b), &q->timer);
+    q->timer.data = q;
+    q->live = 1;
+    return q;
+}
+
+void sb_queue__apply_settings(sb_queue *q, const sb_sub_settings *s)
+{
+    q->durability = s->durability;
+    q->max_attempts = s->max_attempts;
+    q->backoff_ms = 100;
+    q->max_backoff_ms = 60000;
+    q->ttl_ms = s->ttl_ms;
+    q->max_depth = s->max_depth;
+    q->max_bytes = 0;
+    q->lease_ms = s->lease_ms;
+    q->overflow = SB_OVERFLOW_REJECT;
+    q->retain = 0;
+}
+
+void sb_queue__apply_route(sb_queue *q, const sb_route_config *r)
+{
+    q->route = r;
+    q->durability = r->durability;
+    q->max_attempts = r->max_attempts;
+    q->backoff_ms = r->backoff_ms;
+    q->max_backoff_ms = r->max_backoff_ms;
+    q->ttl_ms = r->ttl_ms;
+    q->max_depth = r->max_depth;
+    q->max_bytes = r->max_bytes;
+    q->overflow = r->overflow;
+    q->lease_ms = r->lease_ms;
+    q->retain = r->retain;
+    sb_free(q->dedup_header);
+    q->dedup_header = r->dedup_header != NULL ? sb_strdup(r->dedup_header) : NULL;
+    q->dedup_window_ms = r->dedup_window_ms;
+}
+
+static int64_t entry_expiry(const sb_queue *q, const sb_message *m)
+{
+    int64_t exp = m->expires_ms;
+    if (q->ttl_ms > 0 && (exp == 0 || m->created_ms + q->ttl_ms < exp))
+        exp = m->created_ms + q->ttl_ms;
+    return exp;
+}
+
+int sb_queue__append(sb_queue *q, sb_message *msg, int attempts)
+{
+    sb_entry *e = sb_calloc(1, sizeof(*e));
+    if (e == NULL)
+        return SB_ENOMEM;
+    e->msg = sb_message_ref(msg);
+    e->queue = q;
+    e->attempts = attempts;
+    e->expires_ms = entry_expiry(q, msg);
+    e->state = SB_ENTRY_READY;
+    fifo_push(&q->fifo, e);
+    if (q->cursor == NULL)
+        q->cursor = e;
+    q->depth++;
+    q->bytes += (int64_t)sb_message_size(msg);
+    q->published++;
+    sb_rate__add(&q->in_rate, (int64_t)(uv_now(sb_broker_loop(q->broker)) / 1000), 1);
+    return 0;
+}
+
+static void free_entry(sb_entry *e)
+{
+    sb_message_unref(e->msg);
+    sb_free(e);
+}
+
+/* Removes finished entries from the head, extending the pending ack range. */
+static void pop_done(sb_queue *q)
+{
+    sb_entry *e;
+    int durable = q->durability != SB_DURABILITY_MEMORY;
+    while ((e = q->fifo.head) != NULL && e->state == SB_ENTRY_DONE) {
+        fifo_unlink(&q->fifo, e);
+        if (durable && !e->persisted_done) {
+            if (!q->ack_queued || q->ack_last == 0) {
+                q->ack_first = e->msg->id;
+            }
+            q->ack_last = e->msg->id;
+            sb_broker__schedule_ack_flush(q->broker, q);
+        }
+        free_entry(e);
+    }
+}
+
+void sb_queue__flush_acks(sb_queue *q)
+{
+    if (q->ack_last != 0)
+        sb_broker__store_ack(q->broker, q, q->ack_first, q->ack_last);
+    q->ack_first = q->ack_last = 0;
+}
+
+/* Marks e finished: it leaves every list but the FIFO (popped when at head). */
+static void finish(sb_queue *q, sb_entry *e)
+{
+    if (e->state == SB_ENTRY_LEASED)
+        state_unlink(&q->leased, e);
+    else if (e->state == SB_ENTRY_RETRY)
+        state_unlink(&q->retry, e);
+    if (q->cursor == e) {
+        sb_entry *n = e->next;
+        while (n != NULL && n->state != SB_ENTRY_READY)
+            n = n->next;
+        q->cursor = n;
+    }
+    e->state = SB_ENTRY_DONE;
+    q->depth--;
+    q->bytes -= (int64_t)sb_message_size(e->msg);
+}
+
+static void settle(sb_queue *q, sb_entry *e, int persisted)
+{
+    int at_head = q->fifo.head == e;
+    finish(q, e);
+    if (persisted) {
+        e->persisted_done = 1;
+    } else if (!at_head && q->durability != SB_DURABILITY_MEMORY) {
+        /* Out-of-order ack: delete this row now rather than wait for the head. */
+        sb_broker__store_ack(q->broker, q, e->msg->id, e->msg->id);
+        e->persisted_done = 1;
+    }
+    pop_done(q);
+}
+
+static int64_t backoff_for(const sb_queue *q, int attempts)
+{
+    int64_t d = q->backoff_ms;
+    for (int i = 1; i < attempts && d < q->max_backoff_ms; i++)
+        d *= 2;
+    return d > q->max_backoff_ms ? q->max_backoff_ms : d;
+}
+
+static sb_consumer *pick_consumer(sb_queue *q);
+
+static int has_capacity(const sb_queue *q)
+{
+    for (const sb_consumer *c = q->consumers; c != NULL; c = c->next)
+        if (!c->busy && c->inflight < c->window)
+            return 1;
+    return 0;
+}
+
+static void arm_timer(sb_queue *q)
+{
+    int64_t next = -1, now = (int64_t)uv_now(sb_broker_loop(q->broker));
+    if (q->leased.head != NULL)
+        next = q->leased.head->deadline;
+    /* Retries wait for a consumer with room; sb_consumer_ready re-dispatches. */
+    if (q->retry.head != NULL && has_capacity(q) &&
+        (next < 0 || q->retry.head->deadline < next))
+        next = q->retry.head->deadline;
+    if (next < 0) {
+        if (q->timer_armed)
+            uv_timer_stop(&q->timer);
+        q->timer_armed = 0;
+        return;
+    }
+    uv_timer_start(&q->timer, on_timer, (uint64_t)(next > now ? next - now : 0), 0);
+    q->timer_armed = 1;
+}
+
+/* A failed attempt: retry after backoff, or dead-letter. */
+static void fail_entry(sb_queue *q, sb_entry *e, const char *reason, int count_attempt)
+{
+    if (count_attempt)
+        e->attempts++;
+    if (e->state == SB_ENTRY_LEASED)
+        state_unlink(&q->leased, e);
+    if (count_attempt && e->attempts >= q->max_attempts) {
+        char why[300];
+        snprintf(why, sizeof(why), "%s (after %d attempts)", reason, e->attempts);
+        e->state = SB_ENTRY_READY; /* finish() handles it from here */
+        sb_broker__deadletter(q->broker, q, e, why);
+        settle(q, e, 1);
+        return;
+    }
+    e->state = SB_ENTRY_RETRY;
+    e->deadline = (int64_t)uv_now(sb_broker_loop(q->broker)) +
+                  (count_attempt ? backoff_for(q, e->attempts) : 0);
+    state_insert(&q->retry, e);
+    if (count_attempt && q->durability != SB_DURABILITY_MEMORY)
+        sb_broker__store_attempts(q->broker, q, e);
+}
+
+static sb_entry *next_entry(sb_queue *q, int64_t now)
+{
+    sb_entry *e = q->retry.head;
+    if (e != NULL && e->deadline <= now) {
+        state_unlink(&q->retry, e);
+        e->state = SB_ENTRY_READY;
+        return e;
+    }
+    e = q->cursor;
+    if (e != NULL) {
+        sb_entry *n = e->next;
+        while (n != NULL && n->state != SB_ENTRY_READY)
+            n = n->next;
+        q->cursor = n;
+    }
+    return e;
+}
+
+static sb_consumer *pick_consumer(sb_queue *q)
+{
+    sb_consumer *start = q->rr != NULL ? q->rr : q->consumers, *c = start;
+    if (c == NULL)
+        return NULL;
+    do {
+        sb_consumer *next = c->next != NULL ? c->next : q->consumers;
+        if (!c->busy && c->inflight < c->window) {
+            q->rr = next;
+            return c;
+        }
+        c = next;
+    } while (c != start);
+    return NULL;
+}
+
+static void outstanding_add(sb_consumer *c, sb_delivery *d)
+{
+    d->oprev = NULL;
+    d->onext = c->outstanding;
+    if (c->outstanding != NULL)
+        c->outstanding->oprev = d;
+    c->outstanding = d;
+    c->inflight++;
+}
+
+static void outstanding_remove(sb_consumer *c, sb_delivery *d)
+{
+    if (d->oprev != NULL)
+        d->oprev->onext = d->onext;
+    else
+        c->outstanding = d->onext;
+    if (d->onext != NULL)
+        d->onext->oprev = d->oprev;
+    c->inflight--;
+}
+
+void sb_queue__dispatch(sb_queue *q)
+{
+    int64_t now = (int64_t)uv_now(sb_broker_loop(q->broker));
+    int64_t wall = 0;
+
+    if (q->dispatching || !q->live)
+        return;
+    q->dispatching = 1;
+    for (;;) {
+        sb_consumer *c = pick_consumer(q);
+        sb_entry *e;
+        sb_delivery *d;
+        if (c == NULL)
+            break;
+        e = next_entry(q, now);
+        if (e == NULL)
+            break;
+        if (e->expires_ms != 0) {
+            if (wall == 0)
+                wall = sb_now_ms();
+            if (wall >= e->expires_ms) {
+                sb_broker__deadletter(q->broker, q, e, "expired (ttl)");
+                q->expired++;
+                settle(q, e, 1);
+                continue;
+            }
+        }
+        d = sb_calloc(1, sizeof(*d));
+        if (d == NULL) {
+            /* Out of memory: put it back and try again on the next event. */
+            e->deadline = now + 100;
+            e->state = SB_ENTRY_RETRY;
+            state_insert(&q->retry, e);
+            break;
+        }
+        d->msg = e->msg;
+        d->sub = q->name;
+        d->attempt = e->attempts + 1;
+        d->consumer = c;
+        d->entry = e;
+        e->delivery = d;
+        e->state = SB_ENTRY_LEASED;
+        e->deadline = now + q->lease_ms;
+        state_insert(&q->leased, e);
+        outstanding_add(c, d);
+        q->delivered++;
+        if (c->deliver(c, d) != 0) {
+            /* Not taken: undo without counting an attempt. */
+            outstanding_remove(c, d);
+            q->delivered--;
+            e->delivery = NULL;
+            sb_free(d);
+            state_unlink(&q->leased, e);
+            e->state = SB_ENTRY_RETRY;
+            e->deadline = now;
+            state_insert(&q->retry, e);
+            c->busy = 1;
+        }
+    }
+    q->dispatching = 0;
+    arm_timer(q);
+}
+
+void sb_delivery_done(sb_delivery *d, int status, const char *reason)
+{
+    sb_consumer *c = d->consumer;
+    sb_entry *e = d->entry;
+    sb_queue *q = c->queue;
+
+    outstanding_remove(c, d);
+    sb_free(d);
+    if (e != NULL) {
+        e->delivery = NULL;
+        if (status == 0) {
+            q->acked++;
+            sb_rate__add(&q->out_rate, (int64_t)(uv_now(sb_broker_loop(q->broker)) / 1000), 1);
+            settle(q, e, 0);
+        } else {
+            q->nacked++;
+            fail_entry(q, e, reason != NULL ? reason : "rejected by the consumer", 1);
+        }
+    }
+    if (q != NULL)
+        sb_queue__dispatch(q);
+}
+
+void sb_consumer_ready(sb_consumer *c)
+{
+    c->busy = 0;
+    if (c->queue != NULL)
+        sb_queue__dispatch(c->queue);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    sb_queue *q = t->data;
+    int64_t now = (int64_t)uv_now(sb_broker_loop(q->broker));
+    sb_entry *e;
+
+    q->timer_armed = 0;
+    while ((e = q->leased.head) != NULL && e->deadline <= now) {
+        if (e->delivery != NULL) {
+            sb_log(SB_LOG_WARN, q->name, "delivery of message %llu to %s not acknowledged within %lld ms; will retry",
+                   (unsigned long long)e->msg->id, e->delivery->consumer->name,
+                   (long long)q->lease_ms);
+            e->delivery->entry = NULL; /* the consumer's late ack is ignored */
+            e->delivery = NULL;
+        }
+        fail_entry(q, e, "lease expired", 1);
+    }
+    sb_queue__dispatch(q);
+}
+
+void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c)
+{
+    sb_consumer **p;
+    while (c->outstanding != NULL) {
+        sb_delivery *d = c->outstanding;
+        sb_entry *e = d->entry;
+        outstanding_remove(c, d);
+        if (e != NULL) {
+            e->delivery = NULL;
+            fail_entry(q, e, "consumer went away", 0);
+        }
+        sb_free(d);
+    }
+    for (p = &q->consumers; *p != NULL; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    if (q->rr == c)
+        q->rr = NULL;
+    c->queue = NULL;
+    c->next = NULL;
+    sb_queue__dispatch(q);
+}
+
+size_t sb_queue__drop_oldest(sb_queue *q, uint64_t *out, size_t n)
+{
+    size_t k = 0;
+    for (sb_entry *e = q->fifo.head; e != NULL && k < n;) {
+        sb_entry *next = e->next;
+        if (e->state == SB_ENTRY_READY || e->state == SB_ENTRY_RETRY) {
+            out[k++] = e->msg->id;
+            q->dropped++;
+            finish(q, e);
+            e->persisted_done = 1;
+        }
+        e = next;
+    }
+    pop_done(q);
+    return k;
+}
+
+void sb_queue__expire(sb_queue *q, int64_t now_ms)
+{
+    for (sb_entry *e = q->fifo.head; e != NULL;) {
+        sb_entry *next = e->next;
+        if (e->expires_ms == 0 || e->expires_ms > now_ms)
+            break; /* entries expire roughly in FIFO order; dispatch catches the rest */
+        if (e->state == SB_ENTRY_READY || e->state == SB_ENTRY_RETRY) {
+            sb_broker__deadletter(q->broker, q, e, "expired (ttl)");
+            q->expired++;
+            settle(q, e, 1);
+        }
+        e = next;
+    }
+}
+
+void sb_queue__clear(sb_queue *q)
+{
+    while (q->consumers != NULL)
+        sb_queue__detach_consumer(q, q->consumers);
+    while (q->fifo.head != NULL) {
+        sb_entry *e = q->fifo.head;
+        fifo_unlink(&q->fifo, e);
+        free_entry(e);
+    }
+    q->leased.head = q->leased.tail = NULL;
+    q->retry.head = q->retry.tail = NULL;
+    q->cursor = NULL;
+    q->depth = q->bytes = 0;
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    sb_queue *q = h->data;
+    sb_free(q->name);
+    sb_free(q->filter);
+    sb_free(q->dedup_header);
+    sb_free(q);
+}
+
+void sb_queue__close(sb_queue *q)
+{
+    sb_queue__clear(q);
+    q->live = 0;
+    uv_close((uv_handle_t *)&q->timer, on_timer_closed);
+}

@@ -1,0 +1,125 @@
+/*
+ * Subscription queues (internal to the broker).
+ *
+ * A queue is the in-memory working set of one durable subscription: its
+ * entries in FIFO (= message id) order, the consumers attached to it, and the
+ * timers for leases and retries. The store holds the durable copy; this file
+ * decides what to deliver next and tells the store what was acknowledged,
+ * coalescing in-order acks into one range delete per queue and loop turn.
+ */
+#ifndef SB_QUEUE_H
+#define SB_QUEUE_H
+
+#include "config/config.h"
+#include "service/broker.h"
+
+#include <stdint.h>
+#include <uv.h>
+
+enum { SB_ENTRY_READY = 0, SB_ENTRY_LEASED, SB_ENTRY_RETRY, SB_ENTRY_DONE };
+
+struct sb_entry {
+    sb_message *msg;
+    sb_queue *queue;
+    int state;
+    int attempts;       /* deliveries that failed so far */
+    int persisted_done; /* its row was already deleted (individual ack or dlq) */
+    int64_t deadline;   /* LEASED: lease end; RETRY: not before (loop ms) */
+    int64_t expires_ms; /* wall clock ms, 0 = never */
+    sb_delivery *delivery;
+    sb_entry *next, *prev;     /* FIFO: all entries */
+    sb_entry *snext, *sprev;   /* the LEASED or RETRY list */
+};
+
+typedef struct sb_entry_list {
+    sb_entry *head, *tail;
+} sb_entry_list;
+
+/* Per-second counters over the last 10 s, for in/out rates. */
+#define SB_RATE_SLOTS 10
+typedef struct sb_rate {
+    int64_t slot_sec[SB_RATE_SLOTS];
+    uint64_t slot_count[SB_RATE_SLOTS];
+} sb_rate;
+
+struct sb_queue {
+    sb_broker *broker;
+    uint32_t id;
+    char *name;
+    char *filter;
+    int from_config;       /* declared by a route (else client-created) */
+    int live;              /* still in the current config / not deleted */
+    const sb_route_config *route; /* NULL for client queues */
+    /* effective settings */
+    sb_durability durability;
+    int max_attempts;
+    int64_t backoff_ms, max_backoff_ms, ttl_ms, max_depth, max_bytes, lease_ms;
+    sb_overflow overflow;
+    int retain;
+    char *dedup_header;
+    int64_t dedup_window_ms;
+
+    sb_entry_list fifo;   /* every entry not yet removed */
+    sb_entry *cursor;     /* first entry never delivered (READY), or NULL */
+    sb_entry_list leased; /* by lease deadline */
+    sb_entry_list retry;  /* by not-before */
+    int64_t depth;        /* entries not DONE */
+    int64_t bytes;
+    int64_t pending;      /* publishes routed here, not yet committed */
+    int64_t pending_bytes;
+    sb_consumer *consumers;
+    sb_consumer *rr;      /* round-robin position */
+    uv_timer_t timer;
+    int timer_armed;
+    int dispatching;
+
+    /* in-order acks not yet sent to the store: [ack_first, ack_last] */
+    uint64_t ack_first, ack_last;
+    int ack_queued;       /* on the broker's flush list */
+    sb_queue *ack_next;
+
+    /* counters */
+    uint64_t published, delivered, acked, nacked, dead, expired, dropped;
+    sb_rate in_rate, out_rate;
+    sb_queue *next;       /* broker's list */
+};
+
+/* Creates a queue (not yet in the broker's lists); settings from route
+ * (config queues) or s (client queues). */
+sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const char *filter);
+void sb_queue__apply_route(sb_queue *q, const sb_route_config *r);
+void sb_queue__apply_settings(sb_queue *q, const sb_sub_settings *s);
+
+/* Appends a committed message (takes a new reference). */
+int sb_queue__append(sb_queue *q, sb_message *msg, int attempts);
+
+/* Delivers what can be delivered now. */
+void sb_queue__dispatch(sb_queue *q);
+
+/* Removes all entries without touching the store (queue deletion). */
+void sb_queue__clear(sb_queue *q);
+
+/* Closes the timer; frees the queue when the handle is closed. */
+void sb_queue__close(sb_queue *q);
+
+/* The oldest entries to drop for the drop-oldest overflow policy: marks
+ * up to n entries DONE (not leased ones) and writes their ids to out. */
+size_t sb_queue__drop_oldest(sb_queue *q, uint64_t *out, size_t n);
+
+/* Sends the coalesced ack range to the store. */
+void sb_queue__flush_acks(sb_queue *q);
+
+/* Expires entries past their TTL (dead-letters them). */
+void sb_queue__expire(sb_queue *q, int64_t now_ms);
+
+void sb_rate__add(sb_rate *r, int64_t now_sec, uint64_t n);
+double sb_rate__per_sec(const sb_rate *r, int64_t now_sec);
+
+/* Broker internals used by queue.c (defined in broker.c). */
+void sb_broker__deadletter(sb_broker *b, sb_queue *q, sb_entry *e, const char *reason);
+void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t last);
+void sb_broker__schedule_ack_flush(sb_broker *b, sb_queue *q);
+void sb_broker__store_attempts(sb_broker *b, sb_queue *q, sb_entry *e);
+void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c);
+
+#endif

@@ -1,0 +1,1572 @@
+/*
+ * The SQLite store (see store.h).
+ *
+ * One connection, opened in WAL mode with an exclusive lock (a second broker
+ * on the same file gets SB_EBUSY), is used by the loop thread for open and
+ * loading, then owned by the store thread. Ops queue under a mutex; the store
+ * thread takes a group (retried ops first, then new ones up to max_batch,
+ * waiting up to max_delay_us for more), runs it in one transaction with every
+ * statement prepared once at open, commits with synchronous=FULL if any op
+ * asked for sync (NORMAL otherwise), and appends the group to a "done" list
+ * that a uv_async_t hands to the loop thread, which calls the callbacks in
+ * order.
+ *
+ * Errors come in two kinds. An error that concerns one op's data (a duplicate
+ * entry, a value too big, a row not found) sets that op's status and the group
+ * goes on; a publish undoes its own partial inserts with deletes instead of a
+ * savepoint per op, which would copy every touched page into a sub-journal.
+ * Any other error (disk full, I/O, corruption, out of memory inside SQLite, a
+ * failed COMMIT) rolls the whole group back: PUBLISH and DLQ_REDRIVE ops
+ * complete with SB_ENOSPC (SQLITE_FULL) or SB_EIO, the others are retried,
+ * in order, ahead of newer ops. When publishes failed, the survivors are
+ * retried at once on their own, so acknowledgements that free space are not
+ * held hostage by publishes that need it; otherwise every 200 ms.
+ */
+#include "storage/store.h"
+
+#include <limits.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "service/alloc.h"
+#include "service/log.h"
+#include "storage/schema.h"
+#include "storage/store_test.h"
+
+#define WHO "store"
+/* While degraded, retry the kept ops this often. */
+#define RETRY_DELAY_NS (200ull * 1000 * 1000)
+/* At most one "degraded" line per this many ms when commits flap. */
+#define DEGRADED_LOG_INTERVAL_MS 5000
+/* The WAL is reused from its start after each checkpoint; it is truncated to
+ * this size only after a huge transaction made it grow. Rewriting existing
+ * WAL pages makes an fsync about half as costly as growing the file. */
+#define JOURNAL_SIZE_LIMIT (16 * 1024 * 1024)
+/* PRAGMA quick_check reads every page: about 0.1 s for 64 MiB here. Larger
+ * databases skip it; the loaders read every row of every table anyway and
+ * report corruption there (SB_ECORRUPT), so only index pages go unchecked. */
+#define QUICK_CHECK_MAX_BYTES (64 * 1024 * 1024)
+#define LOAD_PROGRESS_ROWS 100000
+
+enum stmt_id {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_SYNC_NORMAL,
+    ST_SYNC_FULL,
+    ST_PAGE_COUNT,
+    ST_SAVEPOINT,
+    ST_RELEASE,
+    ST_ROLLBACK_TO,
+    ST_ENTRY_INSERT,
+    ST_ENTRY_DELETE,
+    ST_ENTRY_ATTEMPTS,
+    ST_RETAIN_SET,
+    ST_RETAIN_CLEAR,
+    ST_DEDUP_GET,
+    ST_DEDUP_PUT,
+    ST_DEDUP_PRUNE,
+    ST_DEADLETTER_COPY,
+    ST_QUEUE_PUT,
+    ST_QUEUE_DELETE_ENTRIES,
+    ST_QUEUE_DELETE,
+    ST_DLQ_LIST_ALL,
+    ST_DLQ_LIST_QUEUE,
+    ST_DLQ_REDRIVE_COPY,
+    ST_DLQ_DELETE,
+    ST_DLQ_EXISTS,
+    ST_DLQ_PURGE_ALL,
+    ST_DLQ_PURGE_QUEUE,
+    ST_META_PUT,
+    ST_COUNT
+};
+
+#define DLQ_COLUMNS                                                                                \
+    "id, queue_name, msg_id, topic, payload, headers, created_ms, expires_ms, priority, dead_ms,"  \
+    " reason, source, attempts"
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_BEGIN] = "BEGIN",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_SYNC_NORMAL] = "PRAGMA synchronous = NORMAL",
+    [ST_SYNC_FULL] = "PRAGMA synchronous = FULL",
+    [ST_PAGE_COUNT] = "PRAGMA page_count",
+    [ST_SAVEPOINT] = "SAVEPOINT op",
+    [ST_RELEASE] = "RELEASE op",
+    [ST_ROLLBACK_TO] = "ROLLBACK TO op",
+    [ST_ENTRY_INSERT] = "INSERT OR IGNORE INTO entries(queue_id, msg_id, topic, payload, headers,"
+                        " created_ms, expires_ms, priority) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [ST_ENTRY_DELETE] = "DELETE FROM entries WHERE queue_id = ?1 AND msg_id BETWEEN ?2 AND ?3",
+    [ST_ENTRY_ATTEMPTS] = "UPDATE entries SET attempts = ?3 WHERE queue_id = ?1 AND msg_id = ?2",
+    [ST_RETAIN_SET] = "INSERT OR REPLACE INTO retained(topic, msg_id, payload, headers, created_ms,"
+                      " expires_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+    [ST_RETAIN_CLEAR] = "DELETE FROM retained WHERE topic = ?1",
+    [ST_DEDUP_GET] = "SELECT expires_ms FROM dedup WHERE key = ?1",
+    [ST_DEDUP_PUT] = "INSERT OR REPLACE INTO dedup(key, expires_ms) VALUES(?1, ?2)",
+    [ST_DEDUP_PRUNE] = "DELETE FROM dedup WHERE expires_ms > 0 AND expires_ms <= ?1",
+    [ST_DEADLETTER_COPY] =
+        "INSERT INTO dlq(queue_name, msg_id, topic, payload, headers, created_ms, expires_ms,"
+        " priority, dead_ms, reason, source, attempts)"
+        " SELECT coalesce(?3, (SELECT name FROM queues WHERE id = ?1)), msg_id, topic, payload,"
+        " headers, created_ms, expires_ms, priority, ?4, ?5, ?6, ?7"
+        " FROM entries WHERE queue_id = ?1 AND msg_id = ?2",
+    [ST_QUEUE_PUT] = "INSERT INTO queues(id, name, filter, settings) VALUES(?1, ?2, ?3, ?4)"
+                     " ON CONFLICT(id) DO UPDATE SET name = excluded.name,"
+                     " filter = excluded.filter, settings = excluded.settings",
+    [ST_QUEUE_DELETE_ENTRIES] = "DELETE FROM entries WHERE queue_id = ?1",
+    [ST_QUEUE_DELETE] = "DELETE FROM queues WHERE id = ?1",
+    [ST_DLQ_LIST_ALL] = "SELECT " DLQ_COLUMNS " FROM dlq WHERE id > ?1 ORDER BY id LIMIT ?2",
+    [ST_DLQ_LIST_QUEUE] = "SELECT " DLQ_COLUMNS " FROM dlq WHERE queue_name = ?3 AND id > ?1"
+                          " ORDER BY id LIMIT ?2",
+    [ST_DLQ_REDRIVE_COPY] =
+        "INSERT OR IGNORE INTO entries(queue_id, msg_id, topic, payload, headers, created_ms,"
+        " expires_ms, priority, attempts) SELECT ?1, ?2, coalesce(topic, ''), payload, headers,"
+        " created_ms, expires_ms, priority, 0 FROM dlq WHERE id = ?3",
+    [ST_DLQ_DELETE] = "DELETE FROM dlq WHERE id = ?1",
+    [ST_DLQ_EXISTS] = "SELECT 1 FROM dlq WHERE id = ?1",
+    [ST_DLQ_PURGE_ALL] = "DELETE FROM dlq WHERE id <= ?1",
+    [ST_DLQ_PURGE_QUEUE] = "DELETE FROM dlq WHERE queue_name = ?2 AND id <= ?1",
+    [ST_META_PUT] = "INSERT INTO meta(key, value) VALUES(?1, ?2)"
+                    " ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+};
+
+struct sb_store {
+    sqlite3 *db;
+    char *path;
+    int max_batch;
+    int max_delay_us;
+    int64_t page_size;
+    sqlite3_stmt *st[ST_COUNT];
+    int cur_sync;         /* PRAGMA synchronous last set: 1 NORMAL, 2 FULL */
+    uint64_t hw_msg_id;   /* id high-water marks as committed in meta */
+    uint32_t hw_queue_id; /* (store thread, or loop thread before start) */
+
+    uv_mutex_t mu;
+    uv_cond_t cond;
+    int sync_init; /* mu and cond initialised */
+    uv_thread_t thread;
+    uv_loop_t *loop;
+    uv_async_t *async; /* freed by its close callback */
+    int started, stopped;
+
+    /* Under mu. */
+    int stopping;
+    sb_store_op *q_head, *q_tail; /* submitted, not yet taken */
+    size_t q_count;
+    int waiting;    /* the thread sleeps until q_count >= wake_at */
+    size_t wake_at;
+    sb_store_op *done_head, *done_tail; /* executed, callbacks pending */
+    sb_store_stats stats;
+    int test_fail_armed;
+    long test_fail_after;
+
+    /* Loop thread. */
+    sb_store_op *deliver_head; /* being delivered; sb_store_stop finishes it */
+    int delivering;            /* nesting depth of deliver() */
+    int free_pending;          /* sb_store_close ran inside a callback */
+
+    /* Store thread. */
+    sb_store_op *retry_head, *retry_tail;
+    size_t retry_count;
+    int retry_alone;   /* run the retried ops now, without new ones */
+    uint64_t retry_at; /* uv_hrtime() of the next retry */
+    int fail_rc;       /* SQLite code that failed the current group */
+    char fail_msg[200];
+    int degraded_logged;      /* "degraded" was logged, "recovered" not yet */
+    int64_t degraded_log_ms;  /* when a degraded line was last logged */
+    uint64_t unlogged_flaps;  /* degraded episodes not logged (rate limit) */
+    uint64_t episode_failures;
+    uint64_t group_msg_id; /* largest ids the current group wrote */
+    uint32_t group_queue_id;
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void list_append(sb_store_op **head, sb_store_op **tail, sb_store_op *op)
+{
+    op->next = NULL;
+    if (*tail != NULL)
+        (*tail)->next = op;
+    else
+        *head = op;
+    *tail = op;
+}
+
+static void list_concat(sb_store_op **head, sb_store_op **tail, sb_store_op *h, sb_store_op *t)
+{
+    if (h == NULL)
+        return;
+    if (*tail != NULL)
+        (*tail)->next = h;
+    else
+        *head = h;
+    *tail = t;
+}
+
+/* Binds parameters 1.. from fmt: 'i' int64_t, 't' text (NULL binds NULL),
+ * 'b' blob as (const void *, size_t) (NULL binds NULL). Values must stay
+ * valid until the statement is reset. Returns SQLITE_OK or the bind error. */
+static int bind_args(sqlite3_stmt *st, const char *fmt, ...)
+{
+    va_list ap;
+    int rc = SQLITE_OK, i = 1;
+    va_start(ap, fmt);
+    for (const char *f = fmt; *f != '\0' && rc == SQLITE_OK; f++, i++) {
+        switch (*f) {
+        case 'i':
+            rc = sqlite3_bind_int64(st, i, (sqlite3_int64)va_arg(ap, int64_t));
+            break;
+        case 't': {
+            const char *t = va_arg(ap, const char *);
+            rc = t != NULL ? sqlite3_bind_text(st, i, t, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
+            break;
+        }
+        case 'b': {
+            const void *p = va_arg(ap, const void *);
+            size_t n = va_arg(ap, size_t);
+            rc = p != NULL ? sqlite3_bind_blob64(st, i, p, (sqlite3_uint64)n, SQLITE_STATIC)
+                           : sqlite3_bind_null(st, i);
+            break;
+        }
+        default:
+            rc = SQLITE_MISUSE;
+        }
+    }
+    va_end(ap);
+    return rc;
+}
+
+/* Steps a statement that returns no rows, then resets it. Returns SQLITE_OK
+ * or the step's error (reset reports the same error again, so its result
+ * adds nothing). */
+static int run(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    (void)sqlite3_reset(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+}
+
+static int bind_run(sqlite3_stmt *st, int bind_rc)
+{
+    if (bind_rc != SQLITE_OK) {
+        (void)sqlite3_clear_bindings(st); /* always SQLITE_OK */
+        return bind_rc;
+    }
+    return run(st);
+}
+
+static int is_op_local(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_CONSTRAINT:
+    case SQLITE_TOOBIG:
+    case SQLITE_RANGE:
+    case SQLITE_MISMATCH:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Records the error that fails the current group; returns rc. */
+static int fail(sb_store *s, int rc, const char *what)
+{
+    s->fail_rc = rc;
+    snprintf(s->fail_msg, sizeof(s->fail_msg), "%s: %s", what, sqlite3_errmsg(s->db));
+    return rc;
+}
+
+/* An error from a statement of one op: if it concerns only that op's data and
+ * the transaction is still open, the op fails and the group goes on (returns
+ * SQLITE_OK); otherwise the group fails. */
+static int op_error(sb_store *s, sb_store_op *op, int rc, const char *what)
+{
+    if (is_op_local(rc) && !sqlite3_get_autocommit(s->db)) {
+        op->status = sb_store__error_from_sqlite(rc);
+        sb_warn(WHO, "database %s: %s failed: %s", s->path, what, sqlite3_errmsg(s->db));
+        return SQLITE_OK;
+    }
+    return fail(s, rc, what);
+}
+
+static void note_msg_id(sb_store *s, uint64_t id)
+{
+    if (id > s->group_msg_id)
+        s->group_msg_id = id;
+}
+
+/* ---- ops ---------------------------------------------------------------- */
+
+static int delete_range(sb_store *s, uint32_t queue_id, uint64_t first, uint64_t last)
+{
+    sqlite3_stmt *st = s->st[ST_ENTRY_DELETE];
+    return bind_run(st, bind_args(st, "iii", (int64_t)queue_id, (int64_t)first, (int64_t)last));
+}
+
+/* Sets or (empty payload) clears the retained value of m's topic. */
+static int retain_write(sb_store *s, const sb_message *m, const unsigned char *hdr, size_t hdr_len)
+{
+    const char *topic = m->topic != NULL ? m->topic : "";
+    sqlite3_stmt *st;
+    if (m->payload_len == 0) {
+        st = s->st[ST_RETAIN_CLEAR];
+        return bind_run(st, bind_args(st, "t", topic));
+    }
+    st = s->st[ST_RETAIN_SET];
+    return bind_run(st, bind_args(st, "tibbii", topic, (int64_t)m->id, (const void *)m->payload,
+                             m->payload_len, (const void *)hdr, hdr_len, m->created_ms,
+                             m->expires_ms));
+}
+
+/* *out_dup = 1 if key is present and unexpired (expires_ms 0 never expires). */
+static int dedup_lookup(sb_store *s, const char *key, int *out_dup)
+{
+    sqlite3_stmt *st = s->st[ST_DEDUP_GET];
+    int rc = bind_args(st, "t", key);
+    *out_dup = 0;
+    if (rc != SQLITE_OK)
+        return bind_run(st, rc);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        int64_t exp = sqlite3_column_int64(st, 0);
+        *out_dup = exp == 0 || exp > sb_now_ms();
+        rc = SQLITE_DONE;
+    }
+    (void)sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int exec_publish(sb_store *s, sb_store_op *op)
+{
+    const sb_message *m = op->u.publish.msg;
+    const char *key = op->u.publish.dedup_key;
+    sqlite3_stmt *ins = s->st[ST_ENTRY_INSERT];
+    unsigned char *hdr = NULL;
+    size_t hdr_len = 0, inserted = 0;
+    int rc = SQLITE_OK;
+
+    if (m == NULL || (op->u.publish.queue_count > 0 && op->u.publish.queue_ids == NULL) ||
+        (op->u.publish.drop_count > 0 && op->u.publish.drops == NULL)) {
+        op->status = SB_EINVAL;
+        return SQLITE_OK;
+    }
+    if (key != NULL) {
+        int dup;
+        rc = dedup_lookup(s, key, &dup);
+        if (rc != SQLITE_OK)
+            return fail(s, rc, "publish: dedup lookup");
+        if (dup) {
+            op->status = SB_EDUPLICATE;
+            return SQLITE_OK;
+        }
+    }
+    if (sb_message_headers_encode(m, &hdr, &hdr_len) != 0) {
+        op->status = SB_ENOMEM;
+        return SQLITE_OK;
+    }
+    for (size_t i = 0; i < op->u.publish.queue_count; i++) {
+        uint32_t qid = op->u.publish.queue_ids[i];
+        rc = bind_run(ins, bind_args(ins, "iitbbiii", (int64_t)qid, (int64_t)m->id,
+                                m->topic != NULL ? m->topic : "",
+                                m->payload != NULL ? (const void *)m->payload : (const void *)"",
+                                m->payload_len, (const void *)hdr, hdr_len, m->created_ms,
+                                m->expires_ms, (int64_t)m->priority));
+        if (rc == SQLITE_OK && sqlite3_changes(s->db) == 1) {
+            inserted++;
+            continue;
+        }
+        /* Fail only this op: report, then delete what it inserted so far. */
+        if (rc != SQLITE_OK) {
+            if (!is_op_local(rc) || sqlite3_get_autocommit(s->db)) {
+                rc = fail(s, rc, "publish: insert");
+                goto out;
+            }
+            op->status = sb_store__error_from_sqlite(rc);
+            sb_warn(WHO, "database %s: publish of message %llu failed: %s", s->path,
+                    (unsigned long long)m->id, sqlite3_errmsg(s->db));
+        } else {
+            op->status = SB_EEXIST;
+            sb_warn(WHO, "database %s: message %llu is already in queue %u", s->path,
+                    (unsigned long long)m->id, (unsigned)qid);
+        }
+        rc = SQLITE_OK;
+        for (size_t j = 0; j < inserted && rc == SQLITE_OK; j++)
+            rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id);
+        if (rc != SQLITE_OK)
+            rc = fail(s, rc, "publish: undo of a partial insert");
+        goto out;
+    }
+    /* Past this point an error fails the group: undoing drops and a replaced
+     * retained value is not worth it for errors that cannot happen here once
+     * the entries were inserted. */
+    for (size_t i = 0; i < op->u.publish.drop_count; i++) {
+        const sb_store_entry_ref *d = &op->u.publish.drops[i];
+        rc = delete_range(s, d->queue_id, d->msg_id, d->msg_id);
+        if (rc != SQLITE_OK) {
+            rc = fail(s, rc, "publish: drop");
+            goto out;
+        }
+    }
+    if (op->u.publish.retain) {
+        rc = retain_write(s, m, hdr, hdr_len);
+        if (rc != SQLITE_OK) {
+            rc = fail(s, rc, "publish: retain");
+            goto out;
+        }
+    }
+    if (key != NULL) {
+        sqlite3_stmt *st = s->st[ST_DEDUP_PUT];
+        rc = bind_run(st, bind_args(st, "ti", key, op->u.publish.dedup_expires_ms));
+        if (rc != SQLITE_OK) {
+            rc = fail(s, rc, "publish: dedup insert");
+            goto out;
+        }
+    }
+    note_msg_id(s, m->id);
+out:
+    sb_free(hdr);
+    return rc;
+}
+
+static int exec_retain_put(sb_store *s, sb_store_op *op)
+{
+    const sb_message *m = op->u.retain_put.msg;
+    unsigned char *hdr = NULL;
+    size_t hdr_len = 0;
+    int rc;
+    if (m == NULL) {
+        op->status = SB_EINVAL;
+        return SQLITE_OK;
+    }
+    if (sb_message_headers_encode(m, &hdr, &hdr_len) != 0) {
+        op->status = SB_ENOMEM;
+        return SQLITE_OK;
+    }
+    rc = retain_write(s, m, hdr, hdr_len);
+    sb_free(hdr);
+    if (rc != SQLITE_OK)
+        return op_error(s, op, rc, "retain");
+    note_msg_id(s, m->id);
+    return SQLITE_OK;
+}
+
+static int exec_deadletter(sb_store *s, sb_store_op *op)
+{
+    sqlite3_stmt *st = s->st[ST_DEADLETTER_COPY];
+    int rc = bind_run(st, bind_args(st, "iititti", (int64_t)op->u.deadletter.queue_id,
+                               (int64_t)op->u.deadletter.msg_id, op->u.deadletter.queue_name,
+                               sb_now_ms(), op->u.deadletter.reason, op->u.deadletter.source,
+                               (int64_t)op->u.deadletter.attempts));
+    if (rc != SQLITE_OK)
+        return op_error(s, op, rc, "dead-letter");
+    if (sqlite3_changes(s->db) == 0) {
+        op->status = SB_ENOTFOUND;
+        return SQLITE_OK;
+    }
+    rc = delete_range(s, op->u.deadletter.queue_id, op->u.deadletter.msg_id,
+                      op->u.deadletter.msg_id);
+    return rc != SQLITE_OK ? fail(s, rc, "dead-letter: delete entry") : SQLITE_OK;
+}
+
+static int exec_queue_put(sb_store *s, sb_store_op *op)
+{
+    sqlite3_stmt *st = s->st[ST_QUEUE_PUT];
+    int rc;
+    if (op->u.queue_put.name == NULL || op->u.queue_put.filter == NULL) {
+        op->status = SB_EINVAL;
+        return SQLITE_OK;
+    }
+    rc = bind_run(st, bind_args(st, "ittt", (int64_t)op->u.queue_put.queue_id, op->u.queue_put.name,
+                           op->u.queue_put.filter, op->u.queue_put.settings));
+    if (rc != SQLITE_OK)
+        return op_error(s, op, rc, "queue definition");
+    if (op->u.queue_put.queue_id > s->group_queue_id)
+        s->group_queue_id = op->u.queue_put.queue_id;
+    return SQLITE_OK;
+}
+
+static int exec_queue_delete(sb_store *s, sb_store_op *op)
+{
+    sqlite3_stmt *st = s->st[ST_QUEUE_DELETE_ENTRIES];
+    int rc = bind_run(st, bind_args(st, "i", (int64_t)op->u.queue_delete.queue_id));
+    if (rc != SQLITE_OK)
+        return fail(s, rc, "queue delete: entries");
+    st = s->st[ST_QUEUE_DELETE];
+    rc = bind_run(st, bind_args(st, "i", (int64_t)op->u.queue_delete.queue_id));
+    return rc != SQLITE_OK ? fail(s, rc, "queue delete") : SQLITE_OK;
+}
+
+static char *column_strdup(sqlite3_stmt *st, int col, int *oom)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    char *copy;
+    if (t == NULL) {
+        /* NULL column, or SQLite could not allocate the text. */
+        if (sqlite3_column_type(st, col) != SQLITE_NULL)
+            *oom = 1;
+        return NULL;
+    }
+    copy = sb_strndup((const char *)t, (size_t)sqlite3_column_bytes(st, col));
+    if (copy == NULL)
+        *oom = 1;
+    return copy;
+}
+
+/* Builds a message from a row. Column indexes < 0 are absent. Returns 0,
+ * SB_ENOMEM, or SB_ECORRUPT (malformed header blob). */
+static int message_from_row(sb_message **out, sqlite3_stmt *st, int c_id, int c_topic,
+                            int c_payload, int c_headers, int c_created, int c_expires,
+                            int c_priority)
+{
+    const unsigned char *topic = sqlite3_column_text(st, c_topic);
+    const void *payload = sqlite3_column_blob(st, c_payload);
+    size_t payload_len = (size_t)sqlite3_column_bytes(st, c_payload);
+    sb_message *m;
+    int rc = 0;
+
+    *out = NULL;
+    if ((topic == NULL && sqlite3_column_type(st, c_topic) != SQLITE_NULL) ||
+        (payload == NULL && payload_len > 0))
+        return SB_ENOMEM;
+    m = sb_message_new(topic != NULL ? (const char *)topic : "", payload, payload_len);
+    if (m == NULL)
+        return SB_ENOMEM;
+    m->id = (uint64_t)sqlite3_column_int64(st, c_id);
+    m->created_ms = sqlite3_column_int64(st, c_created);
+    m->expires_ms = c_expires >= 0 ? sqlite3_column_int64(st, c_expires) : 0;
+    m->priority = c_priority >= 0 ? sqlite3_column_int(st, c_priority) : 0;
+    if (sqlite3_column_type(st, c_headers) != SQLITE_NULL) {
+        const unsigned char *blob = sqlite3_column_blob(st, c_headers);
+        size_t len = (size_t)sqlite3_column_bytes(st, c_headers);
+        if (blob == NULL && len > 0)
+            rc = SB_ENOMEM;
+        else if (len > 0)
+            rc = sb_message_headers_decode(m, blob, len);
+    }
+    if (rc != 0) {
+        sb_message_unref(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+/* Fills a dead letter from a row of DLQ_COLUMNS. */
+static int dead_letter_from_row(sb_dead_letter *row, sqlite3_stmt *st)
+{
+    int oom = 0, rc;
+    memset(row, 0, sizeof(*row));
+    row->dlq_id = sqlite3_column_int64(st, 0);
+    row->dead_ms = sqlite3_column_int64(st, 9);
+    row->attempts = sqlite3_column_int(st, 12);
+    row->queue_name = column_strdup(st, 1, &oom);
+    row->reason = column_strdup(st, 10, &oom);
+    row->source = column_strdup(st, 11, &oom);
+    rc = oom ? SB_ENOMEM : message_from_row(&row->msg, st, 2, 3, 4, 5, 6, 7, 8);
+    if (rc != 0) {
+        sb_free(row->queue_name);
+        sb_free(row->reason);
+        sb_free(row->source);
+        memset(row, 0, sizeof(*row));
+    }
+    return rc;
+}
+
+static int exec_dlq_list(sb_store *s, sb_store_op *op)
+{
+    const char *name = op->u.dlq_list.queue_name;
+    sqlite3_stmt *st = s->st[name != NULL ? ST_DLQ_LIST_QUEUE : ST_DLQ_LIST_ALL];
+    sb_dead_letter *rows = NULL;
+    size_t count = 0, cap = 0;
+    int64_t limit = op->u.dlq_list.limit > 0 ? op->u.dlq_list.limit : -1;
+    int rc, status = 0;
+
+    rc = name != NULL ? bind_args(st, "iit", op->u.dlq_list.after_dlq_id, limit, name)
+                      : bind_args(st, "ii", op->u.dlq_list.after_dlq_id, limit);
+    if (rc != SQLITE_OK)
+        return op_error(s, op, bind_run(st, rc), "dead-letter list");
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (count == cap) {
+            size_t ncap = cap == 0 ? 16 : cap * 2;
+            sb_dead_letter *n = sb_realloc(rows, ncap * sizeof(*rows));
+            if (n == NULL) {
+                status = SB_ENOMEM;
+                break;
+            }
+            rows = n;
+            cap = ncap;
+        }
+        status = dead_letter_from_row(&rows[count], st);
+        if (status != 0)
+            break;
+        count++;
+    }
+    (void)sqlite3_reset(st);
+    if (status == 0 && rc != SQLITE_DONE) {
+        sb_store_dlq_rows_free(rows, count);
+        return op_error(s, op, rc, "dead-letter list");
+    }
+    if (status != 0) {
+        /* Out of memory, or a malformed header blob in a dead letter. */
+        sb_store_dlq_rows_free(rows, count);
+        op->status = status;
+        return SQLITE_OK;
+    }
+    op->u.dlq_list.rows = rows;
+    op->u.dlq_list.row_count = count;
+    return SQLITE_OK;
+}
+
+static int exec_dlq_redrive(sb_store *s, sb_store_op *op)
+{
+    int rc = run(s->st[ST_SAVEPOINT]);
+    int status = 0;
+    if (rc != SQLITE_OK)
+        return fail(s, rc, "redrive: savepoint");
+    for (size_t i = 0; i < op->u.dlq_redrive.row_count && status == 0; i++) {
+        const sb_dead_letter *r = &op->u.dlq_redrive.rows[i];
+        sqlite3_stmt *st = s->st[ST_DLQ_REDRIVE_COPY];
+        rc = bind_run(st, bind_args(st, "iii", (int64_t)r->target_queue_id, (int64_t)r->new_msg_id,
+                               r->dlq_id));
+        if (rc != SQLITE_OK) {
+            if (!is_op_local(rc) || sqlite3_get_autocommit(s->db))
+                return fail(s, rc, "redrive: insert");
+            status = sb_store__error_from_sqlite(rc);
+            break;
+        }
+        if (sqlite3_changes(s->db) == 0) {
+            /* Gone (purged or redriven already), or the new id is taken. */
+            st = s->st[ST_DLQ_EXISTS];
+            rc = bind_args(st, "i", r->dlq_id);
+            if (rc == SQLITE_OK)
+                rc = sqlite3_step(st);
+            (void)sqlite3_reset(st);
+            if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+                return fail(s, rc, "redrive: lookup");
+            status = rc == SQLITE_ROW ? SB_EEXIST : SB_ENOTFOUND;
+            break;
+        }
+        st = s->st[ST_DLQ_DELETE];
+        rc = bind_run(st, bind_args(st, "i", r->dlq_id));
+        if (rc != SQLITE_OK)
+            return fail(s, rc, "redrive: delete");
+        note_msg_id(s, r->new_msg_id);
+    }
+    if (status != 0) {
+        op->status = status;
+        rc = run(s->st[ST_ROLLBACK_TO]);
+        if (rc != SQLITE_OK)
+            return fail(s, rc, "redrive: rollback to savepoint");
+    }
+    rc = run(s->st[ST_RELEASE]);
+    return rc != SQLITE_OK ? fail(s, rc, "redrive: release") : SQLITE_OK;
+}
+
+static int exec_dlq_purge(sb_store *s, sb_store_op *op)
+{
+    const char *name = op->u.dlq_purge.queue_name;
+    int64_t max = op->u.dlq_purge.max_dlq_id > 0 ? op->u.dlq_purge.max_dlq_id : INT64_MAX;
+    sqlite3_stmt *st = s->st[name != NULL ? ST_DLQ_PURGE_QUEUE : ST_DLQ_PURGE_ALL];
+    int rc = bind_run(st, name != NULL ? bind_args(st, "it", max, name) : bind_args(st, "i", max));
+    if (rc != SQLITE_OK)
+        return op_error(s, op, rc, "dead-letter purge");
+    op->u.dlq_purge.purged = sqlite3_changes(s->db);
+    return SQLITE_OK;
+}
+
+/* Executes one op inside the group's transaction. Returns SQLITE_OK (the op's
+ * own outcome is in op->status) or the error that fails the group. */
+static int exec_op(sb_store *s, sb_store_op *op)
+{
+    sqlite3_stmt *st;
+    int rc;
+    switch (op->type) {
+    case SB_OP_PUBLISH:
+        return exec_publish(s, op);
+    case SB_OP_ACK:
+        rc = delete_range(s, op->u.ack.queue_id, op->u.ack.first_id, op->u.ack.last_id);
+        return rc != SQLITE_OK ? fail(s, rc, "ack") : SQLITE_OK;
+    case SB_OP_ATTEMPTS:
+        st = s->st[ST_ENTRY_ATTEMPTS];
+        rc = bind_run(st, bind_args(st, "iii", (int64_t)op->u.attempts.queue_id,
+                               (int64_t)op->u.attempts.msg_id, (int64_t)op->u.attempts.attempts));
+        if (rc != SQLITE_OK)
+            return fail(s, rc, "attempts");
+        if (sqlite3_changes(s->db) == 0)
+            op->status = SB_ENOTFOUND;
+        return SQLITE_OK;
+    case SB_OP_DEADLETTER:
+        return exec_deadletter(s, op);
+    case SB_OP_QUEUE_PUT:
+        return exec_queue_put(s, op);
+    case SB_OP_QUEUE_DELETE:
+        return exec_queue_delete(s, op);
+    case SB_OP_DLQ_LIST:
+        return exec_dlq_list(s, op);
+    case SB_OP_DLQ_REDRIVE:
+        return exec_dlq_redrive(s, op);
+    case SB_OP_DLQ_PURGE:
+        return exec_dlq_purge(s, op);
+    case SB_OP_DEDUP_PRUNE:
+        st = s->st[ST_DEDUP_PRUNE];
+        rc = bind_run(st, bind_args(st, "i", op->u.dedup_prune.now_ms));
+        return rc != SQLITE_OK ? fail(s, rc, "dedup prune") : SQLITE_OK;
+    case SB_OP_RETAIN_PUT:
+        return exec_retain_put(s, op);
+    }
+    op->status = SB_EINVAL;
+    return SQLITE_OK;
+}
+
+/* ---- the store thread --------------------------------------------------- */
+
+static int set_sync(sb_store *s, int level)
+{
+    int rc;
+    if (s->cur_sync == level)
+        return SQLITE_OK;
+    rc = run(s->st[level == 2 ? ST_SYNC_FULL : ST_SYNC_NORMAL]);
+    if (rc != SQLITE_OK)
+        return fail(s, rc, "PRAGMA synchronous");
+    s->cur_sync = level;
+    return SQLITE_OK;
+}
+
+/* Persists the id high-water marks the group raised (one statement per group
+ * at most, none for groups of acks). */
+static int update_meta(sb_store *s)
+{
+    sqlite3_stmt *st = s->st[ST_META_PUT];
+    int rc;
+    if (s->group_msg_id > s->hw_msg_id) {
+        rc = bind_run(st, bind_args(st, "ti", "msg_id", (int64_t)s->group_msg_id));
+        if (rc != SQLITE_OK)
+            return fail(s, rc, "id high-water mark");
+    }
+    if (s->group_queue_id > s->hw_queue_id) {
+        rc = bind_run(st, bind_args(st, "ti", "queue_id", (int64_t)s->group_queue_id));
+        if (rc != SQLITE_OK)
+            return fail(s, rc, "id high-water mark");
+    }
+    return SQLITE_OK;
+}
+
+static void wake_loop(sb_store *s)
+{
+    int rc = uv_async_send(s->async);
+    if (rc != 0)
+        sb_errlog(WHO, "database %s: cannot wake the loop: %s", s->path, uv_strerror(rc));
+}
+
+static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t n,
+                            int fsynced)
+{
+    sqlite3_stmt *st = s->st[ST_PAGE_COUNT];
+    int64_t bytes = -1;
+    int was_degraded, rc;
+
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        bytes = sqlite3_column_int64(st, 0) * s->page_size;
+    (void)sqlite3_reset(st);
+    if (rc != SQLITE_ROW)
+        sb_warn(WHO, "database %s: PRAGMA page_count failed: %s", s->path, sqlite3_errmsg(s->db));
+    if (s->group_msg_id > s->hw_msg_id)
+        s->hw_msg_id = s->group_msg_id;
+    if (s->group_queue_id > s->hw_queue_id)
+        s->hw_queue_id = s->group_queue_id;
+
+    uv_mutex_lock(&s->mu);
+    s->stats.commits++;
+    if (fsynced)
+        s->stats.fsync_commits++;
+    s->stats.ops += n;
+    if (n > s->stats.max_batch_seen)
+        s->stats.max_batch_seen = n;
+    if (bytes >= 0)
+        s->stats.db_bytes = bytes;
+    was_degraded = s->stats.degraded;
+    s->stats.degraded = 0;
+    list_concat(&s->done_head, &s->done_tail, head, tail);
+    uv_mutex_unlock(&s->mu);
+
+    if (was_degraded && s->degraded_logged) {
+        sb_info(WHO, "database %s: commits succeed again after %llu failed; store recovered",
+                s->path, (unsigned long long)s->episode_failures);
+        s->degraded_logged = 0;
+        s->degraded_log_ms = sb_now_ms();
+    }
+    if (was_degraded)
+        s->episode_failures = 0;
+    wake_loop(s);
+}
+
+/* The group's transaction failed: roll back, complete the ops that report
+ * the failure, keep the others for a retry. */
+static void group_failed(sb_store *s, sb_store_op *group)
+{
+    sb_store_op *done_h = NULL, *done_t = NULL, *op, *next;
+    int status = (s->fail_rc & 0xff) == SQLITE_FULL ? SB_ENOSPC : SB_EIO;
+    int stopping, was_degraded, rc;
+    size_t completed = 0;
+
+    /* Some errors (and a failed COMMIT) may have ended the transaction. */
+    if (!sqlite3_get_autocommit(s->db)) {
+        rc = run(s->st[ST_ROLLBACK]);
+        if (rc != SQLITE_OK)
+            sb_errlog(WHO, "database %s: ROLLBACK failed: %s", s->path, sqlite3_errmsg(s->db));
+    }
+    uv_mutex_lock(&s->mu);
+    stopping = s->stopping;
+    uv_mutex_unlock(&s->mu);
+
+    int publishes_failed = 0;
+    for (op = group; op != NULL; op = next) {
+        next = op->next;
+        if (op->type == SB_OP_PUBLISH || op->type == SB_OP_DLQ_REDRIVE) {
+            op->status = status;
+            list_append(&done_h, &done_t, op);
+            completed++;
+            publishes_failed = 1;
+            continue;
+        }
+        if (op->type == SB_OP_DLQ_LIST) {
+            sb_store_dlq_rows_free(op->u.dlq_list.rows, op->u.dlq_list.row_count);
+            op->u.dlq_list.rows = NULL;
+            op->u.dlq_list.row_count = 0;
+        }
+        op->status = 0;
+        list_append(&s->retry_head, &s->retry_tail, op);
+        s->retry_count++;
+    }
+    /* Retry at once, alone, if publishes (that may need the space acks would
+     * free) were in the way; else later. Stopping: a retry that would have to
+     * wait gives up instead. */
+    s->retry_alone = publishes_failed && s->retry_head != NULL;
+    if (stopping && !s->retry_alone) {
+        for (op = s->retry_head; op != NULL; op = next) {
+            next = op->next;
+            op->status = status;
+            list_append(&done_h, &done_t, op);
+            completed++;
+        }
+        s->retry_head = s->retry_tail = NULL;
+        s->retry_count = 0;
+    }
+    s->retry_at = uv_hrtime() + (s->retry_alone ? 0 : RETRY_DELAY_NS);
+
+    uv_mutex_lock(&s->mu);
+    s->stats.failed_commits++;
+    s->stats.ops += completed;
+    was_degraded = s->stats.degraded;
+    s->stats.degraded = 1;
+    snprintf(s->stats.last_error, sizeof(s->stats.last_error), "database %s: %s", s->path,
+             s->fail_msg);
+    list_concat(&s->done_head, &s->done_tail, done_h, done_t);
+    uv_mutex_unlock(&s->mu);
+
+    s->episode_failures++;
+    if (!s->degraded_logged) {
+        int64_t now = sb_now_ms();
+        if (now - s->degraded_log_ms >= DEGRADED_LOG_INTERVAL_MS) {
+            sb_errlog(WHO,
+                      "database %s: commit failed (%s); store degraded: publishes are refused, "
+                      "other changes are retried (%llu short episode(s) not reported before)",
+                      s->path, s->fail_msg, (unsigned long long)s->unlogged_flaps);
+            s->degraded_logged = 1;
+            s->degraded_log_ms = now;
+            s->unlogged_flaps = 0;
+        } else if (!was_degraded) {
+            s->unlogged_flaps++;
+        }
+    }
+    if (done_h != NULL)
+        wake_loop(s);
+}
+
+static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t n)
+{
+    int want_sync = 0, rc;
+    sb_store_op *op;
+
+    for (op = head; op != NULL; op = op->next)
+        want_sync |= op->sync != 0;
+    s->group_msg_id = 0;
+    s->group_queue_id = 0;
+    s->fail_rc = SQLITE_OK;
+    s->fail_msg[0] = '\0';
+    /* The setting is read when the transaction commits. */
+    rc = set_sync(s, want_sync ? 2 : 1);
+    if (rc == SQLITE_OK) {
+        rc = run(s->st[ST_BEGIN]);
+        if (rc != SQLITE_OK)
+            fail(s, rc, "BEGIN");
+    }
+    for (op = head; op != NULL && rc == SQLITE_OK; op = op->next) {
+        op->status = 0;
+        rc = exec_op(s, op);
+    }
+    if (rc == SQLITE_OK)
+        rc = update_meta(s);
+    if (rc == SQLITE_OK) {
+        rc = run(s->st[ST_COMMIT]);
+        if (rc != SQLITE_OK)
+            fail(s, rc, "COMMIT");
+    }
+    if (rc == SQLITE_OK)
+        group_committed(s, head, tail, n, want_sync);
+    else
+        group_failed(s, head);
+}
+
+/* Moves up to max ops from the submission queue to the group. Under mu. */
+static size_t take_ops(sb_store *s, sb_store_op **head, sb_store_op **tail, size_t max)
+{
+    size_t n = 0;
+    while (n < max && s->q_head != NULL) {
+        sb_store_op *op = s->q_head;
+        s->q_head = op->next;
+        list_append(head, tail, op);
+        n++;
+    }
+    if (s->q_head == NULL)
+        s->q_tail = NULL;
+    s->q_count -= n;
+    return n;
+}
+
+static void store_thread(void *arg)
+{
+    sb_store *s = arg;
+    size_t max = (size_t)s->max_batch;
+
+    for (;;) {
+        sb_store_op *head = NULL, *tail = NULL;
+        size_t n = 0;
+
+        uv_mutex_lock(&s->mu);
+        for (;;) {
+            if (s->retry_head != NULL) {
+                uint64_t now = uv_hrtime();
+                if (s->stopping || s->retry_alone || now >= s->retry_at)
+                    break;
+                (void)uv_cond_timedwait(&s->cond, &s->mu, s->retry_at - now);
+                continue;
+            }
+            if (s->q_head != NULL)
+                break;
+            if (s->stopping) {
+                uv_mutex_unlock(&s->mu);
+                return;
+            }
+            s->waiting = 1;
+            s->wake_at = 1;
+            uv_cond_wait(&s->cond, &s->mu);
+            s->waiting = 0;
+        }
+        if (s->retry_head != NULL) {
+            head = s->retry_head;
+            tail = s->retry_tail;
+            n = s->retry_count;
+            s->retry_head = s->retry_tail = NULL;
+            s->retry_count = 0;
+        }
+        if (!s->retry_alone && n < max) {
+            n += take_ops(s, &head, &tail, max - n);
+            if (s->max_delay_us > 0 && n < max && !s->stopping) {
+                uint64_t deadline = uv_hrtime() + (uint64_t)s->max_delay_us * 1000;
+                for (;;) {
+                    uint64_t now = uv_hrtime();
+                    if (n >= max || s->stopping || now >= deadline)
+                        break;
+                    s->waiting = 1;
+                    s->wake_at = max - n;
+                    (void)uv_cond_timedwait(&s->cond, &s->mu, deadline - now);
+                    s->waiting = 0;
+                    n += take_ops(s, &head, &tail, max - n);
+                }
+            }
+        }
+        s->retry_alone = 0;
+        if (head == NULL) {
+            uv_mutex_unlock(&s->mu);
+            continue;
+        }
+        if (s->test_fail_armed) {
+            sb_alloc_fail_after(s->test_fail_after);
+            s->test_fail_armed = 0;
+        }
+        uv_mutex_unlock(&s->mu);
+        run_group(s, head, tail, n);
+    }
+}
+
+/* ---- the loop side ------------------------------------------------------ */
+
+static void store_free(sb_store *s)
+{
+    for (int i = 0; i < ST_COUNT; i++)
+        (void)sqlite3_finalize(s->st[i]); /* reports the last step's error only */
+    if (s->db != NULL) {
+        int rc = sqlite3_close(s->db);
+        if (rc != SQLITE_OK)
+            sb_errlog(WHO, "database %s: close failed: %s", s->path, sqlite3_errstr(rc));
+    }
+    if (s->sync_init) {
+        uv_cond_destroy(&s->cond);
+        uv_mutex_destroy(&s->mu);
+    }
+    sb_free(s->path);
+    sb_free(s);
+}
+
+/* Calls the callbacks of executed ops, in order. Re-entrant: a callback may
+ * call sb_store_stop (which finishes the list) or sb_store_close (whose free
+ * is then deferred to the outermost call). */
+static void deliver(sb_store *s)
+{
+    sb_store_op *op;
+    uv_mutex_lock(&s->mu);
+    if (s->done_head != NULL) {
+        if (s->deliver_head == NULL) {
+            s->deliver_head = s->done_head;
+        } else {
+            for (op = s->deliver_head; op->next != NULL; op = op->next)
+                ;
+            op->next = s->done_head;
+        }
+        s->done_head = s->done_tail = NULL;
+    }
+    uv_mutex_unlock(&s->mu);
+    s->delivering++;
+    while ((op = s->deliver_head) != NULL) {
+        s->deliver_head = op->next; /* the callback may free op */
+        op->next = NULL;
+        if (op->cb != NULL)
+            op->cb(op, op->ctx);
+    }
+    s->delivering--;
+    if (s->delivering == 0 && s->free_pending)
+        store_free(s);
+}
+
+static void on_async(uv_async_t *h)
+{
+    deliver(h->data);
+}
+
+static void on_async_closed(uv_handle_t *h)
+{
+    sb_free(h);
+}
+
+int sb_store_start(sb_store *s, uv_loop_t *loop, sb_error *err)
+{
+    int rc;
+    if (s->started || s->stopped)
+        return sb_error_set(err, SB_EINVAL, 0, "database %s: store already started", s->path);
+    s->async = sb_malloc(sizeof(*s->async));
+    if (s->async == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "database %s: out of memory", s->path);
+    rc = uv_async_init(loop, s->async, on_async);
+    if (rc != 0) {
+        sb_free(s->async);
+        s->async = NULL;
+        return sb_error_set(err, SB_EIO, 0, "database %s: uv_async_init: %s", s->path,
+                            uv_strerror(rc));
+    }
+    s->async->data = s;
+    s->loop = loop;
+    rc = uv_thread_create(&s->thread, store_thread, s);
+    if (rc != 0) {
+        uv_close((uv_handle_t *)s->async, on_async_closed);
+        s->async = NULL;
+        return sb_error_set(err, SB_EIO, 0, "database %s: cannot start the store thread: %s",
+                            s->path, uv_strerror(rc));
+    }
+    s->started = 1;
+    return 0;
+}
+
+int sb_store_submit(sb_store *s, sb_store_op *op)
+{
+    if (s == NULL || op == NULL)
+        return SB_EINVAL;
+    uv_mutex_lock(&s->mu);
+    if (s->stopping) {
+        uv_mutex_unlock(&s->mu);
+        return SB_ESHUTDOWN;
+    }
+    op->status = 0;
+    list_append(&s->q_head, &s->q_tail, op);
+    s->q_count++;
+    if (s->waiting && s->q_count >= s->wake_at) {
+        s->waiting = 0;
+        uv_cond_signal(&s->cond);
+    }
+    uv_mutex_unlock(&s->mu);
+    return 0;
+}
+
+int sb_store_degraded(sb_store *s)
+{
+    int d;
+    uv_mutex_lock(&s->mu);
+    d = s->stats.degraded;
+    uv_mutex_unlock(&s->mu);
+    return d;
+}
+
+void sb_store_get_stats(sb_store *s, sb_store_stats *out)
+{
+    uv_mutex_lock(&s->mu);
+    *out = s->stats;
+    uv_mutex_unlock(&s->mu);
+}
+
+void sb_store__test_alloc_fail_after(sb_store *s, long n)
+{
+    uv_mutex_lock(&s->mu);
+    s->test_fail_after = n;
+    s->test_fail_armed = 1;
+    uv_mutex_unlock(&s->mu);
+}
+
+void sb_store_stop(sb_store *s)
+{
+    if (s == NULL || s->stopped)
+        return;
+    s->stopped = 1;
+    uv_mutex_lock(&s->mu);
+    s->stopping = 1;
+    if (!s->started) {
+        /* Never started: nothing will execute what was queued. */
+        sb_store_op *op, *next;
+        for (op = s->q_head; op != NULL; op = next) {
+            next = op->next;
+            op->status = SB_ESHUTDOWN;
+            list_append(&s->done_head, &s->done_tail, op);
+        }
+        s->q_head = s->q_tail = NULL;
+        s->q_count = 0;
+    }
+    uv_cond_signal(&s->cond);
+    uv_mutex_unlock(&s->mu);
+    if (s->started) {
+        int rc = uv_thread_join(&s->thread);
+        if (rc != 0)
+            sb_errlog(WHO, "database %s: joining the store thread: %s", s->path, uv_strerror(rc));
+    }
+    /* The thread is gone: run the completions it posted ourselves. */
+    deliver(s);
+    if (s->async != NULL) {
+        uv_close((uv_handle_t *)s->async, on_async_closed);
+        s->async = NULL;
+    }
+}
+
+void sb_store_close(sb_store *s)
+{
+    if (s == NULL)
+        return;
+    sb_store_stop(s);
+    if (s->delivering > 0) {
+        s->free_pending = 1;
+        return;
+    }
+    store_free(s);
+}
+
+void sb_store_dlq_rows_free(sb_dead_letter *rows, size_t count)
+{
+    if (rows == NULL)
+        return;
+    for (size_t i = 0; i < count; i++) {
+        sb_free(rows[i].queue_name);
+        sb_free(rows[i].reason);
+        sb_free(rows[i].source);
+        sb_message_unref(rows[i].msg);
+    }
+    sb_free(rows);
+}
+
+/* ---- open --------------------------------------------------------------- */
+
+/* Maps an error met while opening or loading to SB_E* with a message naming
+ * the database. */
+static int db_error(sb_store *s, int rc, const char *what, sb_error *err)
+{
+    int code = sb_store__error_from_sqlite(rc);
+    if (code == SB_EBUSY)
+        return sb_error_set(err, code, 0, "database %s is in use by another process", s->path);
+    if (code == SB_ECORRUPT)
+        return sb_error_set(err, code, 0, "database %s is corrupt: %s", s->path,
+                            sqlite3_errmsg(s->db));
+    return sb_error_set(err, code, 0, "database %s: %s: %s", s->path, what,
+                        s->db != NULL ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+}
+
+/* Runs a statement that returns one row and reads its first column: as an
+ * integer into *out_int, or as text into out_text (size n), if not NULL. */
+static int query(sb_store *s, const char *sql, int64_t *out_int, char *out_text, size_t n)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        if (out_int != NULL)
+            *out_int = sqlite3_column_int64(st, 0);
+        if (out_text != NULL) {
+            const unsigned char *t = sqlite3_column_text(st, 0);
+            snprintf(out_text, n, "%s", t != NULL ? (const char *)t : "");
+        }
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        if (out_int != NULL)
+            *out_int = 0;
+        if (out_text != NULL && n > 0)
+            out_text[0] = '\0';
+        rc = SQLITE_OK;
+    }
+    (void)sqlite3_finalize(st); /* repeats the step's error, already in rc */
+    return rc;
+}
+
+/* A non-empty file that does not start with SQLite's magic is refused before
+ * SQLite touches it (SQLite would call it "not a database", the same words
+ * it uses for a SQLite file whose header is damaged). */
+static int check_file_header(const char *path, sb_error *err)
+{
+    static const char magic[16] = "SQLite format 3";
+    char buf[16];
+    uv_buf_t b = uv_buf_init(buf, sizeof(buf));
+    uv_fs_t req;
+    int fd, n;
+
+    fd = uv_fs_open(NULL, &req, path, UV_FS_O_RDONLY, 0, NULL);
+    uv_fs_req_cleanup(&req);
+    if (fd == UV_ENOENT)
+        return 0;
+    if (fd < 0)
+        return sb_error_set(err, fd == UV_EACCES || fd == UV_EPERM ? SB_EACCES : SB_EIO, 0,
+                            "cannot open database %s: %s", path, uv_strerror(fd));
+    n = uv_fs_read(NULL, &req, fd, &b, 1, 0, NULL);
+    uv_fs_req_cleanup(&req);
+    (void)uv_fs_close(NULL, &req, fd, NULL); /* read-only: nothing to lose */
+    uv_fs_req_cleanup(&req);
+    if (n < 0)
+        return sb_error_set(err, SB_EIO, 0, "cannot read database %s: %s", path, uv_strerror(n));
+    if (n > 0 && (n < (int)sizeof(magic) || memcmp(buf, magic, sizeof(magic)) != 0))
+        return sb_error_set(err, SB_EFOREIGN, 0,
+                            "%s is not a Switchboard database (not a SQLite file)", path);
+    return 0;
+}
+
+static int open_db(sb_store *s, sb_error *err)
+{
+    char text[256], sql[96];
+    int64_t app_id = 0, version = 0, objects = 0, pages = 0;
+    int rc;
+
+    rc = sqlite3_open_v2(s->path, &s->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, "open", err);
+    (void)sqlite3_extended_result_codes(s->db, 1); /* fails only for a NULL db */
+
+    rc = query(s, "PRAGMA locking_mode = EXCLUSIVE", NULL, text, sizeof(text));
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, "PRAGMA locking_mode", err);
+    /* The first read takes the lock (kept until close): SQLITE_BUSY here
+     * means another process has the database. */
+    rc = query(s, "PRAGMA application_id", &app_id, NULL, 0);
+    if (rc == SQLITE_OK)
+        rc = query(s, "PRAGMA user_version", &version, NULL, 0);
+    if (rc == SQLITE_OK)
+        rc = query(s, "SELECT count(*) FROM sqlite_master", &objects, NULL, 0);
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, "reading the header", err);
+    if (app_id != SB_STORE_APPLICATION_ID && app_id != 0)
+        return sb_error_set(err, SB_EFOREIGN, 0,
+                            "%s is not a Switchboard database (application_id 0x%08llx)",
+                            s->path, (unsigned long long)(uint32_t)app_id);
+    if (app_id == 0 && objects > 0)
+        return sb_error_set(err, SB_EFOREIGN, 0,
+                            "%s is not a Switchboard database (a SQLite database of another "
+                            "application)",
+                            s->path);
+    if (version > SB_STORE_SCHEMA_VERSION)
+        return sb_error_set(err, SB_EVERSION, 0,
+                            "database %s has schema version %lld, newer than this broker's "
+                            "(%d); use a newer broker",
+                            s->path, (long long)version, SB_STORE_SCHEMA_VERSION);
+
+    rc = query(s, "PRAGMA journal_mode = WAL", NULL, text, sizeof(text));
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, "PRAGMA journal_mode", err);
+    if (strcmp(text, "wal") != 0)
+        return sb_error_set(err, SB_EIO, 0, "database %s: cannot use WAL mode (journal mode %s)",
+                            s->path, text);
+    /* Set explicitly: distributions build SQLite with different defaults. */
+    rc = query(s, "PRAGMA synchronous = FULL", NULL, NULL, 0);
+    if (rc == SQLITE_OK) {
+        s->cur_sync = 2;
+        snprintf(sql, sizeof(sql), "PRAGMA journal_size_limit = %d", JOURNAL_SIZE_LIMIT);
+        rc = query(s, sql, NULL, NULL, 0);
+    }
+    /* Debian's default is secure_delete=ON, which also zeroes freed pages on
+     * disk; FAST still wipes deleted cells but skips the extra I/O. */
+    if (rc == SQLITE_OK)
+        rc = query(s, "PRAGMA secure_delete = FAST", NULL, NULL, 0);
+    if (rc == SQLITE_OK)
+        rc = query(s, "PRAGMA page_size", &s->page_size, NULL, 0);
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, "setting up the connection", err);
+    rc = sb_store__schema_migrate(s->db, s->path, (int)version, err);
+    if (rc != 0)
+        return rc;
+    rc = query(s, "PRAGMA page_count", &pages, NULL, 0);
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, "PRAGMA page_count", err);
+    if (pages * s->page_size <= QUICK_CHECK_MAX_BYTES) {
+        rc = query(s, "PRAGMA quick_check(1)", NULL, text, sizeof(text));
+        if (rc != SQLITE_OK)
+            return db_error(s, rc, "PRAGMA quick_check", err);
+        if (strcmp(text, "ok") != 0)
+            return sb_error_set(err, SB_ECORRUPT, 0, "database %s is corrupt: %s", s->path,
+                                text);
+    }
+    s->stats.db_bytes = pages * s->page_size;
+    return 0;
+}
+
+static int set_max_size(sb_store *s, int64_t max_db_bytes, sb_error *err)
+{
+    char sql[96];
+    int64_t max_pages = max_db_bytes / s->page_size;
+    int rc;
+    if (max_db_bytes <= 0)
+        return 0;
+    /* The limit is per connection, so it is set at every open. SQLite will not
+     * set it below the current size: a database already past the limit
+     * refuses growth from its current size. */
+    snprintf(sql, sizeof(sql), "PRAGMA max_page_count = %lld",
+             (long long)(max_pages > 0 ? max_pages : 1));
+    rc = query(s, sql, NULL, NULL, 0);
+    return rc != SQLITE_OK ? db_error(s, rc, "PRAGMA max_page_count", err) : 0;
+}
+
+static int read_high_water(sb_store *s, sb_error *err)
+{
+    int64_t msg_id = 0, queue_id = 0, max_queue = 0;
+    int rc = query(s, "SELECT value FROM meta WHERE key = 'msg_id'", &msg_id, NULL, 0);
+    if (rc == SQLITE_OK)
+        rc = query(s, "SELECT value FROM meta WHERE key = 'queue_id'", &queue_id, NULL, 0);
+    if (rc == SQLITE_OK)
+        rc = query(s, "SELECT coalesce(max(id), 0) FROM queues", &max_queue, NULL, 0);
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, "reading id high-water marks", err);
+    s->hw_msg_id = (uint64_t)msg_id;
+    s->hw_queue_id = (uint32_t)(queue_id > max_queue ? queue_id : max_queue);
+    return 0;
+}
+
+int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err)
+{
+    sb_store *s;
+    int rc;
+
+    if (out == NULL)
+        return sb_error_set(err, SB_EINVAL, 0, "store: no output pointer");
+    *out = NULL;
+    if (opts == NULL || opts->path == NULL || opts->path[0] == '\0')
+        return sb_error_set(err, SB_EINVAL, 0, "store: no database path");
+    s = sb_calloc(1, sizeof(*s));
+    if (s == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "database %s: out of memory", opts->path);
+    s->path = sb_strdup(opts->path);
+    if (s->path == NULL) {
+        sb_free(s);
+        return sb_error_set(err, SB_ENOMEM, 0, "database %s: out of memory", opts->path);
+    }
+    s->max_batch = opts->commit_max_batch > 0 ? opts->commit_max_batch : 1024;
+    s->max_delay_us = opts->commit_max_delay_us > 0 ? opts->commit_max_delay_us : 0;
+    if (uv_mutex_init(&s->mu) != 0) {
+        rc = sb_error_set(err, SB_ENOMEM, 0, "database %s: cannot create a mutex", s->path);
+        goto fail;
+    }
+    if (uv_cond_init(&s->cond) != 0) {
+        uv_mutex_destroy(&s->mu);
+        rc = sb_error_set(err, SB_ENOMEM, 0, "database %s: cannot create a condition", s->path);
+        goto fail;
+    }
+    s->sync_init = 1;
+
+    rc = check_file_header(s->path, err);
+    if (rc == 0)
+        rc = open_db(s, err);
+    if (rc == 0)
+        rc = set_max_size(s, opts->max_db_bytes, err);
+    if (rc == 0)
+        rc = read_high_water(s, err);
+    for (int i = 0; i < ST_COUNT && rc == 0; i++) {
+        int src = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
+                                     NULL);
+        if (src != SQLITE_OK)
+            rc = db_error(s, src, "preparing statements", err);
+    }
+    if (rc != 0)
+        goto fail;
+    *out = s;
+    return 0;
+
+fail:
+    store_free(s);
+    return rc;
+}
+
+int sb_store_max_ids(sb_store *s, uint64_t *out_msg_id, uint32_t *out_queue_id, sb_error *err)
+{
+    if (s->started)
+        return sb_error_set(err, SB_EINVAL, 0, "database %s: max ids are read before start",
+                            s->path);
+    if (out_msg_id != NULL)
+        *out_msg_id = s->hw_msg_id;
+    if (out_queue_id != NULL)
+        *out_queue_id = s->hw_queue_id;
+    return 0;
+}
+
+/* ---- loaders ------------------------------------------------------------ */
+
+static int load_prepare(sb_store *s, const char *sql, sqlite3_stmt **out, sb_error *err)
+{
+    int rc;
+    *out = NULL;
+    if (s->started)
+        return sb_error_set(err, SB_EINVAL, 0, "database %s: loaders run before sb_store_start",
+                            s->path);
+    rc = sqlite3_prepare_v2(s->db, sql, -1, out, NULL);
+    return rc != SQLITE_OK ? db_error(s, rc, "loading", err) : 0;
+}
+
+/* Ends a loader's scan: maps the last step code to 0 or an error. */
+static int load_finish(sb_store *s, sqlite3_stmt *st, int step_rc, int rc, sb_error *err)
+{
+    if (rc == 0 && step_rc != SQLITE_DONE)
+        rc = db_error(s, step_rc, "loading", err);
+    (void)sqlite3_finalize(st); /* repeats the step's error, handled above */
+    return rc;
+}
+
+static int row_error(sb_store *s, int rc, const char *table, sb_error *err)
+{
+    if (rc == SB_ENOMEM)
+        return sb_error_set(err, rc, 0, "database %s: out of memory loading %s", s->path, table);
+    return sb_error_set(err, rc, 0, "database %s is corrupt: malformed headers in %s", s->path,
+                        table);
+}
+
+int sb_store_load_queues(sb_store *s, sb_store_queue_cb cb, void *ctx, sb_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = load_prepare(s, "SELECT id, name, filter, settings FROM queues ORDER BY id", &st, err);
+    int step_rc = SQLITE_DONE;
+    if (rc != 0)
+        return rc;
+    while (rc == 0 && (step_rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *name = sqlite3_column_text(st, 1);
+        const unsigned char *filter = sqlite3_column_text(st, 2);
+        const unsigned char *settings = sqlite3_column_text(st, 3);
+        if (name == NULL || filter == NULL ||
+            (settings == NULL && sqlite3_column_type(st, 3) != SQLITE_NULL)) {
+            rc = row_error(s, SB_ENOMEM, "queues", err);
+            break;
+        }
+        rc = cb(ctx, (uint32_t)sqlite3_column_int64(st, 0), (const char *)name,
+                (const char *)filter, (const char *)settings);
+    }
+    return load_finish(s, st, step_rc, rc, err);
+}
+
+int sb_store_load_entries(sb_store *s, sb_store_entry_cb cb, void *ctx, sb_error *err)
+{
+    sqlite3_stmt *st;
+    sb_message *last = NULL;
+    uint64_t rows = 0;
+    int step_rc = SQLITE_DONE;
+    int rc = load_prepare(s,
+                          "SELECT queue_id, msg_id, topic, payload, headers, created_ms,"
+                          " expires_ms, priority, attempts FROM entries ORDER BY rowid",
+                          &st, err);
+    if (rc != 0)
+        return rc;
+    while (rc == 0 && (step_rc = sqlite3_step(st)) == SQLITE_ROW) {
+        uint64_t msg_id = (uint64_t)sqlite3_column_int64(st, 1);
+        /* A message fanned out to several queues was inserted as consecutive
+         * rows: share one sb_message between them. */
+        if (last == NULL || last->id != msg_id) {
+            sb_message *m;
+            rc = message_from_row(&m, st, 1, 2, 3, 4, 5, 6, 7);
+            if (rc != 0) {
+                rc = row_error(s, rc, "entries", err);
+                break;
+            }
+            sb_message_unref(last);
+            last = m;
+        }
+        rc = cb(ctx, (uint32_t)sqlite3_column_int64(st, 0), sb_message_ref(last),
+                sqlite3_column_int(st, 8));
+        if (++rows % LOAD_PROGRESS_ROWS == 0)
+            sb_info(WHO, "loading queues: %llu entries...", (unsigned long long)rows);
+    }
+    sb_message_unref(last);
+    if (rows >= LOAD_PROGRESS_ROWS && rc == 0 && step_rc == SQLITE_DONE)
+        sb_info(WHO, "loaded %llu entries", (unsigned long long)rows);
+    return load_finish(s, st, step_rc, rc, err);
+}
+
+int sb_store_load_retained(sb_store *s, sb_store_retained_cb cb, void *ctx, sb_error *err)
+{
+    sqlite3_stmt *st;
+    int step_rc = SQLITE_DONE;
+    int rc = load_prepare(s,
+                          "SELECT msg_id, topic, payload, headers, created_ms, expires_ms"
+                          " FROM retained ORDER BY topic",
+                          &st, err);
+    if (rc != 0)
+        return rc;
+    while (rc == 0 && (step_rc = sqlite3_step(st)) == SQLITE_ROW) {
+        sb_message *m;
+        rc = message_from_row(&m, st, 0, 1, 2, 3, 4, 5, -1);
+        if (rc != 0) {
+            rc = row_error(s, rc, "retained", err);
+            break;
+        }
+        rc = cb(ctx, m);
+    }
+    return load_finish(s, st, step_rc, rc, err);
+}
+
+int sb_store_load_dedup(sb_store *s, sb_store_dedup_cb cb, void *ctx, sb_error *err)
+{
+    sqlite3_stmt *st;
+    int step_rc = SQLITE_DONE;
+    int rc = load_prepare(s, "SELECT key, expires_ms FROM dedup", &st, err);
+    if (rc != 0)
+        return rc;
+    while (rc == 0 && (step_rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *key = sqlite3_column_text(st, 0);
+        if (key == NULL) {
+            rc = row_error(s, SB_ENOMEM, "dedup", err);
+            break;
+        }
+        rc = cb(ctx, (const char *)key, sqlite3_column_int64(st, 1));
+    }
+    return load_finish(s, st, step_rc, rc, err);
+}

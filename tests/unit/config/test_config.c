@@ -1,0 +1,1058 @@
+/*
+ * Config: values land in the structs, defaults, every class of error with its
+ * exact position and key path, durations and sizes, copy/equal/free, the
+ * shipped examples, the golden bad inputs in tests/data/config, and
+ * out-of-memory at every allocation.
+ *
+ * Set SB_UPDATE_GOLDEN=1 to rewrite the .expected files from the current
+ * output (then review the diff).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+
+#include "config/config.h"
+#include "service/alloc.h"
+#include "service/error.h"
+#include "service/log.h"
+
+/* ---- helpers ---- */
+
+static char *data_path(const char *rel)
+{
+    const char *root = getenv("SB_TEST_DATA");
+    size_t n;
+    char *p;
+    if (root == NULL)
+        root = "tests/data";
+    n = strlen(root) + strlen(rel) + 2;
+    p = malloc(n);
+    assert_non_null(p);
+    snprintf(p, n, "%s/%s", root, rel);
+    return p;
+}
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf;
+    size_t cap = 1 << 16, n = 0, got;
+    if (f == NULL)
+        return NULL;
+    buf = malloc(cap + 1);
+    assert_non_null(buf);
+    while ((got = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap) {
+            cap *= 2;
+            buf = realloc(buf, cap + 1);
+            assert_non_null(buf);
+        }
+    }
+    fclose(f);
+    buf[n] = '\0';
+    if (len != NULL)
+        *len = n;
+    return buf;
+}
+
+/* Drops '\r' so files checked out with CRLF compare equal. */
+static void strip_cr(char *s)
+{
+    char *w = s;
+    for (; *s != '\0'; s++)
+        if (*s != '\r')
+            *w++ = *s;
+    *w = '\0';
+}
+
+/* What sb_config_errors_print writes, as a string (through a file in the
+ * working directory: portable, unlike open_memstream). */
+static char *printed(const sb_config_errors *errs)
+{
+    const char *tmp = "test_config.out";
+    FILE *f = fopen(tmp, "wb");
+    char *s;
+    assert_non_null(f);
+    sb_config_errors_print(errs, f);
+    fclose(f);
+    s = read_file(tmp, NULL);
+    assert_non_null(s);
+    remove(tmp);
+    strip_cr(s);
+    return s;
+}
+
+static int parse(sb_config **out, const char *yaml, sb_config_errors *errs)
+{
+    return sb_config_parse(out, "t.yaml", yaml, strlen(yaml), errs);
+}
+
+/* Parses yaml, which must fail with exactly `expected` printed. */
+static void expect_errors(const char *yaml, const char *expected)
+{
+    sb_config_errors errs = {0};
+    sb_config *cfg = (sb_config *)1;
+    char *got;
+    assert_int_equal(parse(&cfg, yaml, &errs), SB_ECONFIG);
+    assert_null(cfg);
+    got = printed(&errs);
+    if (strcmp(got, expected) != 0)
+        fail_msg("for:\n%s\nexpected:\n%s\ngot:\n%s", yaml, expected, got);
+    free(got);
+    sb_config_errors_clear(&errs);
+}
+
+/* Parses yaml, which must succeed. */
+static sb_config *parse_ok(const char *yaml)
+{
+    sb_config_errors errs = {0};
+    sb_config *cfg = NULL;
+    int rc = parse(&cfg, yaml, &errs);
+    if (rc != 0) {
+        char *got = printed(&errs);
+        fail_msg("rc %d for:\n%s\n%s", rc, yaml, got);
+    }
+    assert_int_equal(errs.count, 0);
+    assert_non_null(cfg);
+    return cfg;
+}
+
+static const char full_config[] =
+    "broker:\n"
+    "  data_dir: /var/lib/sb\n"
+    "  store: { commit_max_batch: 256, commit_max_delay_us: 750, max_db_bytes: 2GiB }\n"
+    "  log: { level: debug, file: /var/log/sb.log, stderr: off }\n"
+    "  admin: { endpoint: \"off\" }\n"
+    "adapters:\n"
+    "  - name: in\n"
+    "    type: tcp\n"
+    "    listen: 127.0.0.1:7000\n"
+    "    protocol: raw\n"
+    "    framing: length\n"
+    "    topic: in/{adapter}/{peer}\n"
+    "    max_message: 64KiB\n"
+    "    max_connections: 100000\n"
+    "    inflight: 8\n"
+    "  - name: out\n"
+    "    type: tcp\n"
+    "    connect: \"[::1]:7001\"\n"
+    "    reconnect_backoff: 250ms\n"
+    "    reconnect_max_backoff: 2m\n"
+    "  - name: dgram\n"
+    "    type: udp\n"
+    "    listen: 0.0.0.0:0\n"
+    "  - name: sock\n"
+    "    type: unix\n"
+    "    path: /tmp/sb.sock\n"
+    "    protocol: jsonl\n"
+    "  - name: orders\n"
+    "    type: pipe\n"
+    "    path: orders\n"
+    "    framing: message\n"
+    "    security: \"D:P(A;;GA;;;SY)\"\n"
+    "  - name: child\n"
+    "    type: exec\n"
+    "    command: [sh, -c, \"cat > /dev/null\"]\n"
+    "    restart: always\n"
+    "    restart_backoff: 2s\n"
+    "    restart_max_backoff: 1h\n"
+    "routes:\n"
+    "  - name: r1\n"
+    "    from: [in/#, \"+/x\"]\n"
+    "    to: [child, out]\n"
+    "    durability: batched\n"
+    "    retry: { max_attempts: 3, backoff: 1s, max_backoff: 10s }\n"
+    "    ttl: 1d\n"
+    "    max_depth: 5000\n"
+    "    max_bytes: 1MB\n"
+    "    overflow: drop-oldest\n"
+    "    retain: yes\n"
+    "    dedup: { header: x-id, window: 90s }\n"
+    "    lease: 45s\n"
+    "  - name: queue\n"
+    "    from: a\n"
+    "    dedup: { header: k }\n";
+
+/* ---- values ---- */
+
+static void test_full_values(void **state)
+{
+    sb_config *cfg = parse_ok(full_config);
+    const sb_adapter_config *a;
+    const sb_route_config *r;
+    (void)state;
+
+    assert_string_equal(cfg->path, "t.yaml");
+    assert_string_equal(cfg->broker.data_dir, "/var/lib/sb");
+    assert_int_equal(cfg->broker.commit_max_batch, 256);
+    assert_int_equal(cfg->broker.commit_max_delay_us, 750);
+    assert_true(cfg->broker.max_db_bytes == (int64_t)2 << 30);
+    assert_int_equal(cfg->broker.log_level, SB_LOG_DEBUG);
+    assert_string_equal(cfg->broker.log_file, "/var/log/sb.log");
+    assert_int_equal(cfg->broker.log_stderr, 0);
+    assert_string_equal(cfg->broker.admin_endpoint, "off");
+    assert_int_equal(cfg->adapter_count, 6);
+    assert_int_equal(cfg->route_count, 2);
+
+    a = sb_config_adapter(cfg, "in");
+    assert_non_null(a);
+    assert_int_equal(a->pos.line, 7);
+    assert_int_equal(a->pos.col, 5);
+    assert_string_equal(a->type, "tcp");
+    assert_string_equal(a->listen, "127.0.0.1:7000");
+    assert_null(a->connect);
+    assert_string_equal(a->protocol, "raw");
+    assert_string_equal(a->framing, "length");
+    assert_string_equal(a->topic, "in/{adapter}/{peer}");
+    assert_int_equal(a->max_message, 65536);
+    assert_int_equal(a->max_connections, 100000);
+    assert_int_equal(a->inflight, 8);
+
+    a = sb_config_adapter(cfg, "out");
+    assert_string_equal(a->connect, "[::1]:7001");
+    assert_int_equal(a->reconnect_backoff_ms, 250);
+    assert_int_equal(a->reconnect_max_backoff_ms, 120000);
+    assert_string_equal(a->framing, "line");
+
+    a = sb_config_adapter(cfg, "dgram");
+    assert_string_equal(a->framing, "datagram");
+    assert_int_equal(a->max_message, 65507);
+
+    a = sb_config_adapter(cfg, "sock");
+    assert_string_equal(a->path, "/tmp/sb.sock");
+    assert_string_equal(a->protocol, "jsonl");
+    assert_string_equal(a->framing, "line");
+
+    a = sb_config_adapter(cfg, "orders");
+    assert_string_equal(a->framing, "message");
+    assert_string_equal(a->security, "D:P(A;;GA;;;SY)");
+
+    a = sb_config_adapter(cfg, "child");
+    assert_int_equal(a->command_count, 3);
+    assert_string_equal(a->command[0], "sh");
+    assert_string_equal(a->command[1], "-c");
+    assert_string_equal(a->command[2], "cat > /dev/null");
+    assert_int_equal(a->restart, SB_RESTART_ALWAYS);
+    assert_int_equal(a->restart_backoff_ms, 2000);
+    assert_int_equal(a->restart_max_backoff_ms, 3600000);
+
+    r = sb_config_route(cfg, "r1");
+    assert_non_null(r);
+    assert_int_equal(r->pos.line, 40);
+    assert_int_equal(r->from_count, 2);
+    assert_string_equal(r->from[0], "in/#");
+    assert_string_equal(r->from[1], "+/x");
+    assert_int_equal(r->to_count, 2);
+    assert_string_equal(r->to[0], "child");
+    assert_string_equal(r->to[1], "out");
+    assert_int_equal(r->durability, SB_DURABILITY_BATCHED);
+    assert_int_equal(r->max_attempts, 3);
+    assert_int_equal(r->backoff_ms, 1000);
+    assert_int_equal(r->max_backoff_ms, 10000);
+    assert_int_equal(r->ttl_ms, 86400000);
+    assert_int_equal(r->max_depth, 5000);
+    assert_int_equal(r->max_bytes, 1000000);
+    assert_int_equal(r->overflow, SB_OVERFLOW_DROP_OLDEST);
+    assert_int_equal(r->retain, 1);
+    assert_string_equal(r->dedup_header, "x-id");
+    assert_int_equal(r->dedup_window_ms, 90000);
+    assert_int_equal(r->lease_ms, 45000);
+
+    r = sb_config_route(cfg, "queue");
+    assert_int_equal(r->to_count, 0);
+    assert_string_equal(r->dedup_header, "k");
+    assert_int_equal(r->dedup_window_ms, 600000); /* default once a header is set */
+
+    assert_null(sb_config_adapter(cfg, "nope"));
+    assert_null(sb_config_route(cfg, "nope"));
+    assert_null(sb_config_adapter(NULL, "in"));
+    sb_config_free(cfg);
+}
+
+static void check_broker_defaults(const sb_broker_config *b)
+{
+    assert_string_equal(b->data_dir, "./data");
+    assert_int_equal(b->commit_max_batch, 1024);
+    assert_int_equal(b->commit_max_delay_us, 0);
+    assert_int_equal(b->max_db_bytes, 0);
+    assert_int_equal(b->log_level, SB_LOG_INFO);
+    assert_null(b->log_file);
+    assert_int_equal(b->log_stderr, 1);
+    assert_string_equal(b->admin_endpoint, "default");
+}
+
+static void test_defaults(void **state)
+{
+    sb_config *cfg;
+    const sb_adapter_config *a;
+    const sb_route_config *r;
+    (void)state;
+
+    cfg = parse_ok("{}");
+    check_broker_defaults(&cfg->broker);
+    assert_int_equal(cfg->adapter_count, 0);
+    assert_int_equal(cfg->route_count, 0);
+    sb_config_free(cfg);
+
+    /* Empty values keep the defaults. */
+    cfg = parse_ok("broker:\nadapters: ~\nroutes: []\n");
+    check_broker_defaults(&cfg->broker);
+    sb_config_free(cfg);
+    cfg = parse_ok("broker: { data_dir: ~, log: { file: } }\n");
+    check_broker_defaults(&cfg->broker);
+    sb_config_free(cfg);
+
+    cfg = parse_ok("adapters:\n"
+                   "  - { name: t, type: tcp, listen: \"localhost:1\" }\n"
+                   "  - { name: e, type: exec, command: [cat] }\n"
+                   "routes:\n"
+                   "  - { name: r, from: \"#\" }\n");
+    check_broker_defaults(&cfg->broker);
+    a = sb_config_adapter(cfg, "t");
+    assert_string_equal(a->protocol, "raw");
+    assert_string_equal(a->framing, "line");
+    assert_string_equal(a->topic, "{adapter}");
+    assert_int_equal(a->max_message, 1048576);
+    assert_int_equal(a->max_connections, 64);
+    assert_int_equal(a->inflight, 64);
+    assert_int_equal(a->reconnect_backoff_ms, 500);
+    assert_int_equal(a->reconnect_max_backoff_ms, 30000);
+    assert_null(a->security);
+    a = sb_config_adapter(cfg, "e");
+    assert_int_equal(a->restart, SB_RESTART_ON_FAILURE);
+    assert_int_equal(a->restart_backoff_ms, 1000);
+    assert_int_equal(a->restart_max_backoff_ms, 60000);
+    r = sb_config_route(cfg, "r");
+    assert_int_equal(r->from_count, 1);
+    assert_int_equal(r->to_count, 0);
+    assert_int_equal(r->durability, SB_DURABILITY_FSYNC);
+    assert_int_equal(r->max_attempts, 10);
+    assert_int_equal(r->backoff_ms, 100);
+    assert_int_equal(r->max_backoff_ms, 60000);
+    assert_int_equal(r->ttl_ms, 0);
+    assert_int_equal(r->max_depth, 0);
+    assert_int_equal(r->max_bytes, 0);
+    assert_int_equal(r->overflow, SB_OVERFLOW_REJECT);
+    assert_int_equal(r->retain, 0);
+    assert_null(r->dedup_header);
+    assert_int_equal(r->dedup_window_ms, 0);
+    assert_int_equal(r->lease_ms, 30000);
+    sb_config_free(cfg);
+}
+
+static void test_scalars(void **state)
+{
+    static const struct {
+        const char *text;
+        int value;
+    } bools[] = {{"true", 1}, {"True", 1}, {"yes", 1}, {"on", 1}, {"ON", 1},
+                 {"false", 0}, {"no", 0}, {"off", 0}, {"FALSE", 0}};
+    char yaml[128];
+    sb_config *cfg;
+    (void)state;
+
+    for (size_t i = 0; i < sizeof bools / sizeof bools[0]; i++) {
+        snprintf(yaml, sizeof yaml, "broker: { log: { stderr: %s } }", bools[i].text);
+        cfg = parse_ok(yaml);
+        assert_int_equal(cfg->broker.log_stderr, bools[i].value);
+        sb_config_free(cfg);
+    }
+    /* Quoted numbers, anchors and aliases are fine. */
+    cfg = parse_ok("broker: { store: { commit_max_batch: \"65536\" } }\n"
+                   "routes:\n"
+                   "  - { name: a, from: x, retry: &r { max_attempts: 2 } }\n"
+                   "  - { name: b, from: y, retry: *r }\n");
+    assert_int_equal(cfg->broker.commit_max_batch, 65536);
+    assert_int_equal(cfg->routes[1].max_attempts, 2);
+    sb_config_free(cfg);
+    /* Numbers at the limits. */
+    cfg = parse_ok("routes: [{ name: a, from: x, max_depth: 9223372036854775807, "
+                   "max_bytes: 8388607TiB }]");
+    sb_config_free(cfg);
+}
+
+/* ---- errors: one case per class, exact position and key path ---- */
+
+static void test_error_unknown_keys(void **state)
+{
+    (void)state;
+    expect_errors("broker:\n"
+                  "  data_dir: x\n"
+                  "  stroe: {}\n",
+                  "t.yaml:3:3: broker.stroe: unknown key (known: data_dir, store, log, admin)\n");
+    expect_errors("brokers: {}\n",
+                  "t.yaml:1:1: brokers: unknown key (known: broker, adapters, routes)\n");
+    /* Only the keys of the adapter's type are suggested. */
+    expect_errors("adapters:\n"
+                  "  - name: e\n"
+                  "    type: exec\n"
+                  "    command: [x]\n"
+                  "    cmd: [x]\n",
+                  "t.yaml:5:5: adapters[0].cmd: unknown key (known: name, type, protocol, "
+                  "framing, topic, max_message, command, restart, restart_backoff, "
+                  "restart_max_backoff, inflight)\n");
+    /* Odd keys are quoted safely; non-string keys are refused. */
+    expect_errors("? [a]\n: 1\n\"a\\tb\": 2\n",
+                  "t.yaml:1:3: keys must be strings, got a list\n"
+                  "t.yaml:3:1: a?b: unknown key (known: broker, adapters, routes)\n");
+}
+
+static void test_error_not_allowed(void **state)
+{
+    (void)state;
+    expect_errors("adapters:\n"
+                  "  - name: e\n"
+                  "    type: exec\n"
+                  "    command: [cat]\n"
+                  "    listen: 127.0.0.1:1\n"
+                  "  - name: u\n"
+                  "    type: udp\n"
+                  "    listen: 127.0.0.1:1\n"
+                  "    max_connections: 3\n"
+                  "  - name: t\n"
+                  "    type: tcp\n"
+                  "    listen: 127.0.0.1:1\n"
+                  "    security: x\n",
+                  "t.yaml:5:5: adapters[0].listen: not allowed for type exec\n"
+                  "t.yaml:9:5: adapters[1].max_connections: not allowed for type udp\n"
+                  "t.yaml:13:5: adapters[2].security: not allowed for type tcp\n");
+}
+
+static void test_error_type(void **state)
+{
+    (void)state;
+    expect_errors("adapters:\n"
+                  "  - name: a\n"
+                  "    type: mqtt\n",
+                  "t.yaml:3:11: adapters[0].type: must be one of tcp, udp, unix, pipe, exec "
+                  "(got \"mqtt\")\n");
+    expect_errors("adapters:\n"
+                  "  - name: a\n",
+                  "t.yaml:2:5: adapters[0].type: required\n");
+}
+
+static void test_error_syntax(void **state)
+{
+    (void)state;
+    expect_errors("broker:\n"
+                  "  data_dir: a\n"
+                  "  log: x: y\n",
+                  "t.yaml:3:9: syntax: mapping values are not allowed in this context\n");
+    expect_errors("broker:\n"
+                  "  data_dir: a\n"
+                  " x: 1\n",
+                  "t.yaml:3:2: syntax: did not find expected key (while parsing a block "
+                  "mapping at line 1, column 1)\n");
+    expect_errors("routes: [\n", "t.yaml:2:1: syntax: did not find expected node content "
+                                 "(while parsing a flow node at line 2, column 1)\n");
+    expect_errors("a: \"\xff\"\n", "t.yaml:1:5: syntax: invalid leading UTF-8 octet (#FF)\n");
+}
+
+static void test_error_kinds(void **state)
+{
+    (void)state;
+    expect_errors("broker: [a]\n", "t.yaml:1:9: broker: expected a mapping, got a list\n");
+    expect_errors("broker: { store: 5 }\n",
+                  "t.yaml:1:18: broker.store: expected a mapping, got a scalar\n");
+    expect_errors("adapters: { a: 1 }\n",
+                  "t.yaml:1:11: adapters: expected a list, got a mapping\n");
+    expect_errors("broker: { store: { commit_max_batch: [1] } }\n",
+                  "t.yaml:1:38: broker.store.commit_max_batch: expected an integer, got a list\n");
+    expect_errors("adapters: [{ name: e, type: exec, command: cat }]\n",
+                  "t.yaml:1:44: adapters[0].command: expected a list of strings, got a scalar\n");
+    expect_errors("adapters: [{ name: e, type: exec, command: [cat, [x]] }]\n",
+                  "t.yaml:1:50: adapters[0].command[1]: expected a string, got a list\n");
+    expect_errors("routes: [5]\n", "t.yaml:1:10: routes[0]: expected a mapping, got a scalar\n");
+}
+
+static void test_error_document(void **state)
+{
+    (void)state;
+    expect_errors("", "t.yaml:1:1: empty configuration (expected a mapping with broker, "
+                      "adapters and routes)\n");
+    expect_errors("# only a comment\n", "t.yaml:1:1: empty configuration (expected a mapping "
+                                        "with broker, adapters and routes)\n");
+    expect_errors("just text\n", "t.yaml:1:1: expected a mapping, got a scalar\n");
+    expect_errors("- a\n", "t.yaml:1:1: expected a mapping, got a list\n");
+    expect_errors("{}\n---\n{}\n", "t.yaml:2:1: only one YAML document is allowed\n");
+}
+
+static void test_error_numbers(void **state)
+{
+    (void)state;
+    expect_errors("broker: { store: { commit_max_batch: 10x } }\n",
+                  "t.yaml:1:38: broker.store.commit_max_batch: expected an integer, got \"10x\"\n");
+    expect_errors("broker: { store: { commit_max_batch: 99999999999999999999 } }\n",
+                  "t.yaml:1:38: broker.store.commit_max_batch: must be between 1 and 65536\n");
+    expect_errors("broker: { store: { commit_max_batch: 65537 } }\n",
+                  "t.yaml:1:38: broker.store.commit_max_batch: must be between 1 and 65536\n");
+    expect_errors("broker: { store: { commit_max_batch: \" 5\" } }\n",
+                  "t.yaml:1:38: broker.store.commit_max_batch: expected an integer, got \" 5\"\n");
+    expect_errors("routes: [{ name: r, from: x, max_depth: -1 }]\n",
+                  "t.yaml:1:41: routes[0].max_depth: must be at least 0\n");
+    expect_errors("routes: [{ name: r, from: x, max_bytes: 8EiB }]\n",
+                  "t.yaml:1:41: routes[0].max_bytes: expected a size (4096, 64KiB, 1MiB), got "
+                  "\"8EiB\"\n");
+    expect_errors("routes: [{ name: r, from: x, max_bytes: 9999999TiB }]\n",
+                  "t.yaml:1:41: routes[0].max_bytes: too large\n");
+    expect_errors("routes: [{ name: r, from: x, lease: 2d }]\n",
+                  "t.yaml:1:37: routes[0].lease: must be between 1ms and 1d\n");
+    expect_errors("routes: [{ name: r, from: x, retain: 1 }]\n",
+                  "t.yaml:1:38: routes[0].retain: expected true or false, got \"1\"\n");
+    expect_errors("broker: { store: { commit_max_batch: 0 } }\n"
+                  "adapters: [{ name: a, type: tcp, listen: \"h:1\", max_connections: 100001 }]\n",
+                  "t.yaml:1:38: broker.store.commit_max_batch: must be between 1 and 65536\n"
+                  "t.yaml:2:66: adapters[0].max_connections: must be between 1 and 100000\n");
+}
+
+static void test_error_required_and_names(void **state)
+{
+    (void)state;
+    expect_errors("routes:\n"
+                  "  - to: x\n",
+                  "t.yaml:2:5: routes[0].name: required\n"
+                  "t.yaml:2:5: routes[0].from: required\n"
+                  "t.yaml:2:9: routes[0].to: unknown adapter \"x\" (not declared under "
+                  "adapters)\n");
+    expect_errors("adapters:\n"
+                  "  - { name: a, type: exec, command: [x] }\n"
+                  "  - { name: b, type: exec, command: [x] }\n"
+                  "  - { name: a, type: exec, command: [x] }\n"
+                  "routes:\n"
+                  "  - { name: q, from: x }\n"
+                  "  - { name: q, from: y }\n",
+                  "t.yaml:4:13: adapters[2].name: duplicate adapter name \"a\" (first declared at "
+                  "line 2)\n"
+                  "t.yaml:7:13: routes[1].name: duplicate route name \"q\" (first declared at line "
+                  "6)\n");
+    /* Adapters and routes are separate name spaces. */
+    sb_config_free(parse_ok("adapters: [{ name: a, type: exec, command: [x] }]\n"
+                            "routes: [{ name: a, from: x, to: a }]\n"));
+    expect_errors("routes: [{ name: \"a b\", from: x }]\n",
+                  "t.yaml:1:18: routes[0].name: invalid name \"a b\" (use letters, digits, '_', "
+                  "'.' and '-')\n");
+    expect_errors("routes: [{ name: \"\", from: x }]\n",
+                  "t.yaml:1:18: routes[0].name: must not be empty\n");
+    expect_errors("broker: { data_dir: \"a\\0b\" }\n",
+                  "t.yaml:1:21: broker.data_dir: must not contain a NUL character\n");
+    expect_errors("broker:\n  data_dir: a\n  data_dir: b\n",
+                  "t.yaml:3:3: broker.data_dir: duplicate key (first at line 2)\n");
+}
+
+static void test_error_routes(void **state)
+{
+    (void)state;
+    /* Routes may come before the adapters they name. */
+    expect_errors("routes:\n"
+                  "  - name: r\n"
+                  "    from: [a/#, a/+b]\n"
+                  "    to: [sink, gone]\n"
+                  "  - name: s\n"
+                  "    from: x\n"
+                  "    to: gone\n"
+                  "adapters:\n"
+                  "  - { name: sink, type: exec, command: [cat] }\n",
+                  "t.yaml:3:17: routes[0].from[1]: invalid topic filter \"a/+b\": '+' must occupy "
+                  "a whole level\n"
+                  "t.yaml:4:16: routes[0].to[1]: unknown adapter \"gone\" (not declared under "
+                  "adapters)\n"
+                  "t.yaml:7:9: routes[1].to: unknown adapter \"gone\" (not declared under "
+                  "adapters)\n");
+    expect_errors("routes: [{ name: r, from: [] }]\n",
+                  "t.yaml:1:27: routes[0].from: must not be empty\n");
+    expect_errors("routes: [{ name: r, from: x, retry: { backoff: 10s, max_backoff: 5s } }]\n",
+                  "t.yaml:1:66: routes[0].retry.max_backoff: must be at least backoff (10s)\n");
+    expect_errors("routes: [{ name: r, from: x, dedup: { window: 1m } }]\n",
+                  "t.yaml:1:37: routes[0].dedup.header: required\n");
+    expect_errors("routes: [{ name: r, from: x, durability: lazy, overflow: no }]\n",
+                  "t.yaml:1:42: routes[0].durability: must be one of fsync, batched, memory (got "
+                  "\"lazy\")\n"
+                  "t.yaml:1:58: routes[0].overflow: must be one of reject, drop-oldest (got "
+                  "\"no\")\n");
+}
+
+static void test_error_adapter_rules(void **state)
+{
+    (void)state;
+    expect_errors("adapters: [{ name: a, type: tcp, listen: \"h:1\", connect: \"h:2\" }]\n",
+                  "t.yaml:1:49: adapters[0].connect: cannot be combined with listen\n");
+    expect_errors("adapters: [{ name: a, type: pipe }]\n",
+                  "t.yaml:1:12: adapters[0]: needs path (server) or connect (client)\n");
+    expect_errors("adapters: [{ name: a, type: tcp, listen: \"h:1\", framing: message }]\n",
+                  "t.yaml:1:58: adapters[0].framing: message framing is only valid for type "
+                  "pipe\n");
+    expect_errors("adapters: [{ name: a, type: unix, path: p, framing: datagram }]\n",
+                  "t.yaml:1:53: adapters[0].framing: datagram framing is only valid for type "
+                  "udp\n");
+    expect_errors("adapters: [{ name: a, type: udp, listen: \"h:1\", framing: line }]\n",
+                  "t.yaml:1:58: adapters[0].framing: must be datagram for type udp\n");
+    expect_errors("adapters: [{ name: a, type: udp, listen: \"h:1\", protocol: jsonl }]\n",
+                  "t.yaml:1:59: adapters[0].protocol: jsonl needs a stream adapter (tcp, unix, "
+                  "pipe or exec), not udp\n");
+    expect_errors("adapters: [{ name: a, type: tcp, listen: \"h:1\", protocol: jsonl, "
+                  "framing: line }]\n",
+                  "t.yaml:1:66: adapters[0].framing: not allowed with protocol jsonl (one JSON "
+                  "object per line)\n");
+    expect_errors("adapters: [{ name: a, type: udp, listen: \"h:1\", max_message: 64KiB }]\n",
+                  "t.yaml:1:62: adapters[0].max_message: must be between 1 and 65507 for type "
+                  "udp\n");
+    expect_errors("adapters: [{ name: a, type: exec }]\n",
+                  "t.yaml:1:12: adapters[0].command: required for type exec\n");
+    expect_errors("adapters: [{ name: a, type: exec, command: [] }]\n",
+                  "t.yaml:1:44: adapters[0].command: must not be empty\n");
+    expect_errors("adapters: [{ name: a, type: exec, command: [x],"
+                  " restart_backoff: 1m, restart_max_backoff: 30s }]\n",
+                  "t.yaml:1:91: adapters[0].restart_max_backoff: must be at least "
+                  "restart_backoff (1m)\n");
+    expect_errors("adapters: [{ name: a, type: tcp, listen: \"::1:80\" }]\n",
+                  "t.yaml:1:42: adapters[0].listen: expected host:port, got \"::1:80\" (write "
+                  "IPv6 addresses as [::1]:port)\n");
+    expect_errors("adapters: [{ name: a, type: tcp, connect: \"h:0\" }]\n",
+                  "t.yaml:1:43: adapters[0].connect: invalid port \"0\" (must be 1..65535)\n");
+    expect_errors("adapters: [{ name: a, type: tcp, listen: \"h:1\", topic: \"x/{who}\" }]\n",
+                  "t.yaml:1:56: adapters[0].topic: unknown placeholder \"{who}\" (known: "
+                  "{adapter}, {peer})\n");
+    expect_errors("adapters: [{ name: a, type: tcp, listen: \"h:1\", topic: \"a/#\" }]\n",
+                  "t.yaml:1:56: adapters[0].topic: invalid topic \"a/#\": contains a wildcard "
+                  "('+' or '#')\n");
+    expect_errors("adapters: [{ name: a, type: tcp, listen: \"h:1\", topic: \"$SYS/x\" }]\n",
+                  "t.yaml:1:56: adapters[0].topic: must not start with '$' (reserved for the "
+                  "broker)\n");
+    expect_errors("adapters: [{ name: a, type: unix, path: p, reconnect_backoff: 1s }]\n",
+                  "t.yaml:1:44: adapters[0].reconnect_backoff: only for clients (connect), not "
+                  "with path\n");
+    expect_errors("adapters: [{ name: a, type: tcp, connect: \"h:1\", max_connections: 2 }]\n",
+                  "t.yaml:1:50: adapters[0].max_connections: only for servers (listen), not with "
+                  "connect\n");
+}
+
+static void test_error_many(void **state)
+{
+    /* Every error is collected, then the list is cut with a final note. */
+    size_t n = 300, len = 0, cap = n * 16 + 32;
+    char *yaml = malloc(cap);
+    sb_config_errors errs = {0};
+    sb_config *cfg;
+    (void)state;
+    assert_non_null(yaml);
+    for (size_t i = 0; i < n; i++)
+        len += (size_t)snprintf(yaml + len, cap - len, "k%zu: 1\n", i);
+    assert_int_equal(sb_config_parse(&cfg, "t.yaml", yaml, len, &errs), SB_ECONFIG);
+    assert_int_equal(errs.count, 201);
+    assert_int_equal(errs.items[0].line, 1);
+    assert_int_equal(errs.items[199].line, 200);
+    assert_string_equal(errs.items[200].message, "too many errors (more than 200), giving up");
+    sb_config_errors_clear(&errs);
+    assert_int_equal(errs.count, 0);
+    /* Without an error list, the code alone. */
+    assert_int_equal(sb_config_parse(&cfg, "t.yaml", yaml, len, NULL), SB_ECONFIG);
+    assert_null(cfg);
+    free(yaml);
+}
+
+static void test_load_missing(void **state)
+{
+    sb_config_errors errs = {0};
+    sb_config *cfg = (sb_config *)1;
+    char *got;
+    (void)state;
+    assert_int_equal(sb_config_load(&cfg, "no/such/file.yaml", &errs), SB_ENOTFOUND);
+    assert_null(cfg);
+    assert_int_equal(errs.count, 1);
+    assert_int_equal(errs.items[0].line, 0);
+    got = printed(&errs);
+    assert_true(strncmp(got, "no/such/file.yaml: cannot open: ", 32) == 0);
+    free(got);
+    sb_config_errors_clear(&errs);
+}
+
+static void test_print(void **state)
+{
+    sb_config_error items[3] = {
+        {"a.yaml", 3, 7, "broker.x", "bad"},
+        {"a.yaml", 0, 0, NULL, "cannot open: nope"},
+        {"a.yaml", 2, 1, NULL, "expected a mapping"},
+    };
+    sb_config_errors errs = {items, 3};
+    char *got;
+    (void)state;
+    got = printed(&errs);
+    assert_string_equal(got, "a.yaml:3:7: broker.x: bad\n"
+                             "a.yaml: cannot open: nope\n"
+                             "a.yaml:2:1: expected a mapping\n");
+    free(got);
+}
+
+/* ---- durations and sizes ---- */
+
+static void test_durations(void **state)
+{
+    static const struct {
+        const char *text;
+        int64_t ms;
+    } good[] = {{"0", 0},          {"250", 250},          {"250ms", 250},
+                {"10s", 10000},    {"5m", 300000},        {"2h", 7200000},
+                {"1d", 86400000},  {"0s", 0},             {"106751991167d", 106751991167 * 86400000LL},
+                {"9223372036854775807", INT64_MAX}};
+    static const char *const bad[] = {"",      "ms",   "-1s", "1.5s", "10 s", "10S",
+                                      "1w",    "1h30m", "+1s", "s1",   "1sec", "106751991168d",
+                                      "99999999999999999999", " 1s", "1s "};
+    int64_t v;
+    (void)state;
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        v = -1;
+        assert_int_equal(sb_config_parse_duration(good[i].text, &v), 0);
+        assert_true(v == good[i].ms);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        v = 42;
+        if (sb_config_parse_duration(bad[i], &v) != SB_EINVAL)
+            fail_msg("accepted duration \"%s\"", bad[i]);
+        assert_true(v == 42);
+    }
+    assert_int_equal(sb_config_parse_duration(NULL, &v), SB_EINVAL);
+}
+
+static void test_sizes(void **state)
+{
+    static const struct {
+        const char *text;
+        int64_t bytes;
+    } good[] = {{"0", 0},
+                {"4096", 4096},
+                {"512B", 512},
+                {"64KiB", 65536},
+                {"1MiB", 1048576},
+                {"2GiB", (int64_t)2 << 30},
+                {"1TiB", (int64_t)1 << 40},
+                {"1KB", 1000},
+                {"1kB", 1000},
+                {"3MB", 3000000},
+                {"2GB", 2000000000},
+                {"1TB", 1000000000000LL},
+                {"8388607TiB", (int64_t)8388607 << 40}};
+    static const char *const bad[] = {"",     "KiB",  "1K",   "1 MiB", "-1",     "1.5MiB",
+                                      "1MiBs", "0x10", "1e6", "8388608TiB", "99999999999999999999"};
+    int64_t v;
+    (void)state;
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        v = -1;
+        assert_int_equal(sb_config_parse_size(good[i].text, &v), 0);
+        assert_true(v == good[i].bytes);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        v = 42;
+        if (sb_config_parse_size(bad[i], &v) != SB_EINVAL)
+            fail_msg("accepted size \"%s\"", bad[i]);
+        assert_true(v == 42);
+    }
+}
+
+/* ---- copy, equal, free ---- */
+
+static void test_copy_equal(void **state)
+{
+    sb_config *cfg = parse_ok(full_config), *again = parse_ok(full_config);
+    sb_adapter_config ac;
+    sb_route_config rc;
+    (void)state;
+
+    for (size_t i = 0; i < cfg->adapter_count; i++) {
+        assert_int_equal(sb_adapter_config_copy(&ac, &cfg->adapters[i]), 0);
+        assert_true(sb_adapter_config_equal(&ac, &cfg->adapters[i]));
+        assert_true(sb_adapter_config_equal(&ac, &again->adapters[i]));
+        assert_int_equal(ac.pos.line, cfg->adapters[i].pos.line);
+        for (size_t j = 0; j < cfg->adapter_count; j++)
+            assert_int_equal(sb_adapter_config_equal(&ac, &cfg->adapters[j]), i == j);
+        /* The copy owns its strings. */
+        assert_ptr_not_equal(ac.name, cfg->adapters[i].name);
+        ac.pos.line += 10; /* where it was declared does not matter */
+        assert_true(sb_adapter_config_equal(&ac, &cfg->adapters[i]));
+        ac.inflight++;
+        assert_false(sb_adapter_config_equal(&ac, &cfg->adapters[i]));
+        sb_adapter_config_free(&ac);
+    }
+    assert_int_equal(sb_adapter_config_copy(&ac, sb_config_adapter(cfg, "child")), 0);
+    ac.command[2][0] = 'C';
+    assert_false(sb_adapter_config_equal(&ac, sb_config_adapter(cfg, "child")));
+    ac.command_count--;
+    assert_false(sb_adapter_config_equal(&ac, sb_config_adapter(cfg, "child")));
+    ac.command_count++;
+    sb_adapter_config_free(&ac);
+    sb_adapter_config_free(NULL);
+
+    for (size_t i = 0; i < cfg->route_count; i++) {
+        assert_int_equal(sb_route_config_copy(&rc, &cfg->routes[i]), 0);
+        assert_true(sb_route_config_equal(&rc, &again->routes[i]));
+        assert_false(sb_route_config_equal(&rc, &cfg->routes[1 - i]));
+        rc.max_backoff_ms++;
+        assert_false(sb_route_config_equal(&rc, &cfg->routes[i]));
+        sb_route_config_free(&rc);
+    }
+    assert_int_equal(sb_route_config_copy(&rc, &cfg->routes[0]), 0);
+    rc.to_count = 1;
+    assert_false(sb_route_config_equal(&rc, &cfg->routes[0]));
+    rc.to_count = 2;
+    sb_route_config_free(&rc);
+    sb_config_free(cfg);
+    sb_config_free(again);
+    sb_config_free(NULL);
+}
+
+static void test_copy_oom(void **state)
+{
+    sb_config *cfg = parse_ok(full_config);
+    (void)state;
+    for (size_t i = 0; i < cfg->adapter_count; i++) {
+        for (long n = 0;; n++) {
+            sb_adapter_config ac;
+            int rc;
+            sb_alloc_fail_after(n);
+            rc = sb_adapter_config_copy(&ac, &cfg->adapters[i]);
+            sb_alloc_fail_after(-1);
+            sb_adapter_config_free(&ac); /* freeable either way */
+            if (rc == 0)
+                break;
+            assert_int_equal(rc, SB_ENOMEM);
+        }
+    }
+    for (size_t i = 0; i < cfg->route_count; i++) {
+        for (long n = 0;; n++) {
+            sb_route_config rc;
+            int r;
+            sb_alloc_fail_after(n);
+            r = sb_route_config_copy(&rc, &cfg->routes[i]);
+            sb_alloc_fail_after(-1);
+            sb_route_config_free(&rc);
+            if (r == 0)
+                break;
+            assert_int_equal(r, SB_ENOMEM);
+        }
+    }
+    sb_config_free(cfg);
+}
+
+/* ---- out of memory while parsing ---- */
+
+static void parse_oom(const char *yaml, size_t len, int want)
+{
+    long n;
+    for (n = 0;; n++) {
+        sb_config_errors errs = {0};
+        sb_config *cfg = (sb_config *)1;
+        int rc;
+        sb_alloc_fail_after(n);
+        rc = sb_config_parse(&cfg, "oom.yaml", yaml, len, &errs);
+        sb_alloc_fail_after(-1);
+        sb_config_errors_clear(&errs);
+        if (rc == want) {
+            if (rc == 0)
+                sb_config_free(cfg);
+            break;
+        }
+        assert_int_equal(rc, SB_ENOMEM);
+        assert_null(cfg);
+    }
+    assert_true(n > 10); /* the injection did hit allocations */
+}
+
+static void test_oom(void **state)
+{
+    char *path = data_path("../../config/examples/full.yaml");
+    size_t len;
+    char *text = read_file(path, &len);
+    (void)state;
+    assert_non_null(text);
+    parse_oom(full_config, strlen(full_config), 0);
+    parse_oom(text, len, 0);
+    free(text);
+    free(path);
+
+    path = data_path("config/bad-adapters.yaml");
+    text = read_file(path, &len);
+    assert_non_null(text);
+    parse_oom(text, len, SB_ECONFIG);
+    free(text);
+
+    /* sb_config_load's own buffer. */
+    for (long n = 0;; n++) {
+        sb_config *cfg;
+        int rc;
+        sb_alloc_fail_after(n);
+        rc = sb_config_load(&cfg, path, NULL);
+        sb_alloc_fail_after(-1);
+        if (rc == SB_ECONFIG)
+            break;
+        assert_int_equal(rc, SB_ENOMEM);
+    }
+    free(path);
+}
+
+/* ---- the shipped examples ---- */
+
+static sb_config *load_example(const char *name)
+{
+    char rel[128];
+    char *path;
+    sb_config_errors errs = {0};
+    sb_config *cfg = NULL;
+    int rc;
+    snprintf(rel, sizeof rel, "../../config/examples/%s", name);
+    path = data_path(rel);
+    rc = sb_config_load(&cfg, path, &errs);
+    if (rc != 0) {
+        char *got = printed(&errs);
+        fail_msg("%s: rc %d\n%s", path, rc, got);
+    }
+    assert_string_equal(cfg->path, path);
+    free(path);
+    return cfg;
+}
+
+static void test_example_quickstart(void **state)
+{
+    sb_config *cfg = load_example("quickstart.yaml");
+    const sb_adapter_config *a;
+    const sb_route_config *r;
+    (void)state;
+    assert_string_equal(cfg->broker.data_dir, "./data");
+    a = sb_config_adapter(cfg, "clients");
+    assert_non_null(a);
+    assert_string_equal(a->type, "tcp");
+    assert_string_equal(a->listen, "127.0.0.1:7878");
+    assert_string_equal(a->protocol, "jsonl");
+    a = sb_config_adapter(cfg, "lines-in");
+    assert_non_null(a);
+    assert_string_equal(a->listen, "127.0.0.1:7879");
+    assert_string_equal(a->protocol, "raw");
+    assert_string_equal(a->framing, "line");
+    assert_string_equal(a->topic, "lines/{adapter}");
+    a = sb_config_adapter(cfg, "archive");
+    assert_non_null(a);
+    assert_string_equal(a->type, "exec");
+    assert_true(a->command_count > 0);
+    r = sb_config_route(cfg, "lines-to-audit");
+    assert_non_null(r);
+    assert_string_equal(r->from[0], "lines/#");
+    assert_int_equal(r->to_count, 0);
+    r = sb_config_route(cfg, "lines-to-archive");
+    assert_non_null(r);
+    assert_int_equal(r->to_count, 1);
+    assert_string_equal(r->to[0], "archive");
+    sb_config_free(cfg);
+}
+
+static void test_example_full(void **state)
+{
+    sb_config *cfg = load_example("full.yaml");
+    (void)state;
+    /* It shows every adapter type and sets non-default values. */
+    for (const char *const *t = (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", NULL};
+         *t != NULL; t++) {
+        int found = 0;
+        for (size_t i = 0; i < cfg->adapter_count; i++)
+            found |= strcmp(cfg->adapters[i].type, *t) == 0;
+        assert_true(found);
+    }
+    assert_non_null(cfg->broker.log_file);
+    assert_true(cfg->broker.max_db_bytes > 0);
+    assert_non_null(sb_config_route(cfg, "orders-to-archive")->dedup_header);
+    sb_config_free(cfg);
+}
+
+/* ---- golden bad inputs: tests/data/config/bad-*.yaml + .expected ---- */
+
+static void check_golden(const char *dir, const char *name, int update)
+{
+    char path[1024], expected_path[1024];
+    size_t len;
+    char *text, *got, *want;
+    sb_config_errors errs = {0};
+    sb_config *cfg = NULL;
+    int rc;
+
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(expected_path, sizeof expected_path, "%.*s.expected", (int)(strlen(path) - 5), path);
+    text = read_file(path, &len);
+    assert_non_null(text);
+    rc = sb_config_parse(&cfg, name, text, len, &errs);
+    if (rc != SB_ECONFIG)
+        fail_msg("%s: expected SB_ECONFIG, got %d", name, rc);
+    got = printed(&errs);
+    if (update) {
+        FILE *f = fopen(expected_path, "wb");
+        assert_non_null(f);
+        fputs(got, f);
+        fclose(f);
+    }
+    want = read_file(expected_path, NULL);
+    if (want == NULL)
+        fail_msg("%s: missing %s", name, expected_path);
+    strip_cr(want);
+    if (strcmp(got, want) != 0)
+        fail_msg("%s: expected:\n%s\ngot:\n%s", name, want, got);
+    free(want);
+    free(got);
+    free(text);
+    sb_config_errors_clear(&errs);
+}
+
+static void test_golden(void **state)
+{
+    char *dir = data_path("config");
+    int update = getenv("SB_UPDATE_GOLDEN") != NULL;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int count = 0;
+    (void)state;
+    assert_non_null(d);
+    while ((e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, "bad-", 4) != 0 || n < 5 || strcmp(e->d_name + n - 5, ".yaml"))
+            continue;
+        check_golden(dir, e->d_name, update);
+        count++;
+    }
+    closedir(d);
+    free(dir);
+    assert_true(count >= 10);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_full_values),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_scalars),
+        cmocka_unit_test(test_error_unknown_keys),
+        cmocka_unit_test(test_error_not_allowed),
+        cmocka_unit_test(test_error_type),
+        cmocka_unit_test(test_error_syntax),
+        cmocka_unit_test(test_error_kinds),
+        cmocka_unit_test(test_error_document),
+        cmocka_unit_test(test_error_numbers),
+        cmocka_unit_test(test_error_required_and_names),
+        cmocka_unit_test(test_error_routes),
+        cmocka_unit_test(test_error_adapter_rules),
+        cmocka_unit_test(test_error_many),
+        cmocka_unit_test(test_load_missing),
+        cmocka_unit_test(test_print),
+        cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_copy_equal),
+        cmocka_unit_test(test_copy_oom),
+        cmocka_unit_test(test_oom),
+        cmocka_unit_test(test_example_quickstart),
+        cmocka_unit_test(test_example_full),
+        cmocka_unit_test(test_golden),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,444 @@
+/*
+ * Administration commands: ping, stats, dlq list / redrive / purge. Each is
+ * one request and one reply on the admin endpoint (docs/protocol.md,
+ * "Administration").
+ */
+#include "tools/sbctl/format.h"
+#include "tools/sbctl/sbctl.h"
+
+#include "service/alloc.h"
+#include "service/message.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- ping ------------------------------------------------------------- */
+
+static const sbctl_opt ping_opts[] = {SBCTL_COMMON_OPTS};
+
+static int run_ping(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
+{
+    sb_client *c = NULL;
+    json_t *req, *reply = NULL;
+    unsigned long long t0;
+    char took[32];
+    const char *op;
+    int rc;
+
+    rc = sbctl_connect(&c, ctx->endpoints[0]);
+    if (rc != 0)
+        return rc;
+    req = json_pack("{s:s}", "op", "ping");
+    t0 = sbctl_now_ns();
+    rc = sbctl_call(c, req, &reply, "ping");
+    if (rc == 0) {
+        op = json_string_value(json_object_get(reply, "op"));
+        if (op == NULL || strcmp(op, "pong") != 0) {
+            sbctl_errorf("ping: unexpected reply (op %s)", op != NULL ? op : "missing");
+            rc = SBCTL_EXIT_ERROR;
+        } else {
+            sbctl_fmt_ns(took, sizeof(took), (int64_t)(sbctl_now_ns() - t0));
+            printf("pong from %s in %s\n", sb_client_endpoint(c), took);
+        }
+    }
+    json_decref(req);
+    json_decref(reply);
+    sb_client_free(c);
+    return rc;
+}
+
+const sbctl_cmd sbctl_cmd_ping = {
+    "ping", "", "check that the broker answers",
+    "Sends a ping and prints the round-trip time. Exit status 0 means the broker\n"
+    "is up and serving its endpoint.\n",
+    ping_opts, sizeof(ping_opts) / sizeof(ping_opts[0]), 0, 0, run_ping};
+
+/* ---- stats ------------------------------------------------------------ */
+
+static const sbctl_opt stats_opts[] = {
+    SBCTL_COMMON_OPTS,
+    {"json", 0, SBCTL_OPT_FLAG, 0, NULL, "print the broker's reply as it is (one JSON line)", 0,
+     0},
+};
+
+static void cell_int(char *buf, size_t len, const json_t *o, const char *key)
+{
+    const json_t *v = json_object_get(o, key);
+    if (json_is_integer(v))
+        snprintf(buf, len, "%lld", (long long)json_integer_value(v));
+    else if (json_is_real(v))
+        snprintf(buf, len, "%.0f", json_real_value(v));
+    else
+        snprintf(buf, len, "-");
+}
+
+static void cell_rate(char *buf, size_t len, const json_t *o, const char *key)
+{
+    const json_t *v = json_object_get(o, key);
+    if (json_is_number(v))
+        sbctl_fmt_rate(buf, len, json_number_value(v));
+    else
+        snprintf(buf, len, "-");
+}
+
+static int print_queues(const json_t *queues)
+{
+    static const char *const headers[] = {"QUEUE",  "DEPTH", "BYTES", "INFLIGHT", "CONSUMERS",
+                                          "OLDEST", "IN/S",  "OUT/S", "DEAD"};
+    static const sbctl_align align[] = {SBCTL_ALIGN_LEFT,  SBCTL_ALIGN_RIGHT, SBCTL_ALIGN_RIGHT,
+                                        SBCTL_ALIGN_RIGHT, SBCTL_ALIGN_RIGHT, SBCTL_ALIGN_RIGHT,
+                                        SBCTL_ALIGN_RIGHT, SBCTL_ALIGN_RIGHT, SBCTL_ALIGN_RIGHT};
+    sbctl_table *t = sbctl_table_new(9, headers, align);
+    char *text = NULL;
+    size_t i;
+    json_t *q;
+
+    if (t == NULL)
+        return SB_ENOMEM;
+    json_array_foreach(queues, i, q)
+    {
+        char depth[32], bytes[32], inflight[32], consumers[32], oldest[32], in[32], out[32],
+            dead[32];
+        const char *name = json_string_value(json_object_get(q, "name"));
+        const json_t *b = json_object_get(q, "bytes");
+        const json_t *age = json_object_get(q, "oldest_age_ms");
+        const char *cells[9];
+        cell_int(depth, sizeof(depth), q, "depth");
+        if (json_is_number(b))
+            sbctl_fmt_bytes(bytes, sizeof(bytes), (int64_t)json_number_value(b));
+        else
+            snprintf(bytes, sizeof(bytes), "-");
+        cell_int(inflight, sizeof(inflight), q, "inflight");
+        cell_int(consumers, sizeof(consumers), q, "consumers");
+        /* No oldest message (empty queue) is reported as null or absent. */
+        sbctl_fmt_ms(oldest, sizeof(oldest), json_is_number(age) ? (int64_t)json_number_value(age)
+                                                                   : -1);
+        cell_rate(in, sizeof(in), q, "in_rate");
+        cell_rate(out, sizeof(out), q, "out_rate");
+        cell_int(dead, sizeof(dead), q, "dead");
+        cells[0] = name != NULL ? name : "?";
+        cells[1] = depth;
+        cells[2] = bytes;
+        cells[3] = inflight;
+        cells[4] = consumers;
+        cells[5] = oldest;
+        cells[6] = in;
+        cells[7] = out;
+        cells[8] = dead;
+        if (sbctl_table_add(t, cells) != 0) {
+            sbctl_table_free(t);
+            return SB_ENOMEM;
+        }
+    }
+    if (sbctl_table_rows(t) == 0) {
+        printf("no queues\n");
+    } else if (sbctl_table_render(t, 0, &text) == 0) {
+        fputs(text, stdout);
+        sb_free(text);
+    }
+    sbctl_table_free(t);
+    return 0;
+}
+
+static void print_store(const json_t *s)
+{
+    char db[32];
+    const json_t *bytes = json_object_get(s, "db_bytes");
+    const char *last = json_string_value(json_object_get(s, "last_error"));
+
+    if (!json_is_object(s))
+        return;
+    sbctl_fmt_bytes(db, sizeof(db), json_is_number(bytes) ? (int64_t)json_number_value(bytes) : -1);
+    printf("store:  %lld commits (%lld fsync), %lld ops, %lld failed commits, database %s%s\n",
+           (long long)sbctl_json_int(s, "commits", 0),
+           (long long)sbctl_json_int(s, "fsync_commits", 0), (long long)sbctl_json_int(s, "ops", 0),
+           (long long)sbctl_json_int(s, "failed_commits", 0), db,
+           json_is_true(json_object_get(s, "degraded")) ? ", DEGRADED" : "");
+    if (last != NULL && *last != '\0')
+        printf("        last error: %s\n", last);
+}
+
+static void print_broker(const json_t *b)
+{
+    const char *version = json_string_value(json_object_get(b, "version"));
+    const json_t *adapters = json_object_get(b, "adapters");
+    const json_t *dur = json_object_get(b, "durability");
+    char up[32];
+    size_t i;
+    json_t *v;
+
+    if (!json_is_object(b))
+        return;
+    sbctl_fmt_ms(up, sizeof(up), sbctl_json_int(b, "uptime_ms", -1));
+    printf("broker: version %s, up %s, %lld published", version != NULL ? version : "?", up,
+           (long long)sbctl_json_int(b, "published", 0));
+    if (json_is_object(dur))
+        printf(" (committed: fsync %lld, batched %lld, memory %lld)",
+               (long long)sbctl_json_int(dur, "fsync", 0),
+               (long long)sbctl_json_int(dur, "batched", 0),
+               (long long)sbctl_json_int(dur, "memory", 0));
+    printf("\n");
+    if (json_is_array(adapters)) {
+        printf("        %zu adapter%s", json_array_size(adapters),
+               json_array_size(adapters) == 1 ? "" : "s");
+        json_array_foreach(adapters, i, v)
+        {
+            const char *name = json_string_value(v);
+            if (name == NULL && json_is_object(v))
+                name = json_string_value(json_object_get(v, "name"));
+            printf("%s%s", i == 0 ? ": " : ", ", name != NULL ? name : "?");
+        }
+        printf("\n");
+    }
+}
+
+static int run_stats(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
+{
+    sb_client *c = NULL;
+    json_t *req, *reply = NULL;
+    int rc;
+
+    rc = sbctl_connect(&c, ctx->endpoints[0]);
+    if (rc != 0)
+        return rc;
+    req = json_pack("{s:s}", "op", "stats");
+    rc = sbctl_call(c, req, &reply, "stats");
+    if (rc == 0) {
+        if (sbctl_arg_flag(a, "json")) {
+            size_t len;
+            const char *raw = sb_client_last_line(c, &len);
+            fwrite(raw, 1, len, stdout);
+            fputc('\n', stdout);
+        } else {
+            const json_t *queues = json_object_get(reply, "queues");
+            if (json_is_array(queues) && print_queues(queues) != 0) {
+                sbctl_errorf("stats: out of memory");
+                rc = SBCTL_EXIT_ERROR;
+            }
+            printf("\n");
+            print_store(json_object_get(reply, "store"));
+            print_broker(json_object_get(reply, "broker"));
+        }
+    }
+    json_decref(req);
+    json_decref(reply);
+    sb_client_free(c);
+    return rc;
+}
+
+const sbctl_cmd sbctl_cmd_stats = {
+    "stats", "", "show queues, store and broker counters",
+    "Prints one row per subscription queue: messages waiting (DEPTH) and their\n"
+    "size, deliveries not yet acknowledged (INFLIGHT), attached consumers, the age\n"
+    "of the oldest waiting message, messages in and out per second over the last\n"
+    "10 s, and dead letters; then the store's commit counters and the broker's.\n",
+    stats_opts, sizeof(stats_opts) / sizeof(stats_opts[0]), 0, 0, run_stats};
+
+/* ---- dlq -------------------------------------------------------------- */
+
+static json_t *dlq_request(const char *op, const sbctl_args *a)
+{
+    json_t *req = json_pack("{s:s}", "op", op);
+    if (req != NULL && a->npos > 0)
+        json_object_set_new(req, "sub", json_string(a->pos[0]));
+    return req;
+}
+
+static const sbctl_opt dlq_list_opts[] = {
+    SBCTL_COMMON_OPTS,
+    {"limit", 'n', SBCTL_OPT_INT, 0, "N", "show at most N dead letters (default 100)", 1,
+     1000000},
+    {"after", 0, SBCTL_OPT_INT, 0, "DLQ_ID", "start after this dlq_id (paging)", 0, INT64_MAX},
+    {"json", 0, SBCTL_OPT_FLAG, 0, NULL, "print each dead letter as one JSON line", 0, 0},
+};
+
+static int run_dlq_list(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
+{
+    static const char *const headers[] = {"DLQ_ID", "SUB",    "MSG_ID", "TOPIC",
+                                          "ATTEMPTS", "AGE", "REASON", "PAYLOAD"};
+    static const sbctl_align align[] = {SBCTL_ALIGN_RIGHT, SBCTL_ALIGN_LEFT,  SBCTL_ALIGN_RIGHT,
+                                        SBCTL_ALIGN_LEFT,  SBCTL_ALIGN_RIGHT, SBCTL_ALIGN_RIGHT,
+                                        SBCTL_ALIGN_LEFT,  SBCTL_ALIGN_LEFT};
+    sb_client *c = NULL;
+    json_t *req, *reply = NULL, *items, *it;
+    sbctl_table *t = NULL;
+    int64_t now = sb_now_ms();
+    size_t i;
+    int rc;
+
+    rc = sbctl_connect(&c, ctx->endpoints[0]);
+    if (rc != 0)
+        return rc;
+    req = dlq_request("dlq.list", a);
+    json_object_set_new(req, "limit", json_integer(sbctl_arg_num(a, "limit", 100)));
+    if (sbctl_arg_flag(a, "after"))
+        json_object_set_new(req, "after", json_integer(sbctl_arg_num(a, "after", 0)));
+    rc = sbctl_call(c, req, &reply, "dlq list");
+    if (rc != 0)
+        goto done;
+    items = json_object_get(reply, "items");
+    if (!json_is_array(items)) {
+        sbctl_errorf("dlq list: reply has no \"items\" array");
+        rc = SBCTL_EXIT_ERROR;
+        goto done;
+    }
+    if (sbctl_arg_flag(a, "json")) {
+        json_array_foreach(items, i, it)
+        {
+            char *s = json_dumps(it, JSON_COMPACT | JSON_PRESERVE_ORDER);
+            if (s != NULL)
+                puts(s);
+            free(s);
+        }
+    } else if (json_array_size(items) == 0) {
+        if (a->npos > 0)
+            printf("no dead letters in %s\n", a->pos[0]);
+        else
+            printf("no dead letters\n");
+    } else {
+        char *text = NULL;
+        t = sbctl_table_new(8, headers, align);
+        if (t == NULL)
+            goto oom;
+        json_array_foreach(items, i, it)
+        {
+            char id[32], msg_id[32], attempts[32], age[32], reason[128], payload[128];
+            const char *cells[8];
+            const json_t *dead_at = json_object_get(it, "dead_at");
+            const json_t *p = json_object_get(it, "payload");
+            const char *r = json_string_value(json_object_get(it, "reason"));
+            cell_int(id, sizeof(id), it, "dlq_id");
+            cell_int(msg_id, sizeof(msg_id), it, "msg_id");
+            cell_int(attempts, sizeof(attempts), it, "attempts");
+            sbctl_fmt_ms(age, sizeof(age),
+                         json_is_number(dead_at) ? now - (int64_t)json_number_value(dead_at) : -1);
+            sbctl_fmt_preview(reason, sizeof(reason), r != NULL ? r : "", r != NULL ? strlen(r) : 0,
+                              40);
+            if (json_is_string(p))
+                sbctl_fmt_preview(payload, sizeof(payload), json_string_value(p),
+                                  json_string_length(p), 30);
+            else if (json_is_string(json_object_get(it, "payload_b64")))
+                snprintf(payload, sizeof(payload), "(binary)");
+            else
+                snprintf(payload, sizeof(payload), "-");
+            cells[0] = id;
+            cells[1] = json_string_value(json_object_get(it, "sub"));
+            cells[2] = msg_id;
+            cells[3] = json_string_value(json_object_get(it, "topic"));
+            cells[4] = attempts;
+            cells[5] = age;
+            cells[6] = reason;
+            cells[7] = payload;
+            if (sbctl_table_add(t, cells) != 0)
+                goto oom;
+        }
+        if (sbctl_table_render(t, 0, &text) != 0)
+            goto oom;
+        fputs(text, stdout);
+        sb_free(text);
+    }
+    if (json_is_integer(json_object_get(reply, "next")))
+        fprintf(stderr, "sbctl: more dead letters: sbctl dlq list%s%s --after %lld\n",
+                a->npos > 0 ? " " : "", a->npos > 0 ? a->pos[0] : "",
+                (long long)json_integer_value(json_object_get(reply, "next")));
+    goto done;
+oom:
+    sbctl_errorf("dlq list: out of memory");
+    rc = SBCTL_EXIT_ERROR;
+done:
+    sbctl_table_free(t);
+    json_decref(req);
+    json_decref(reply);
+    sb_client_free(c);
+    return rc;
+}
+
+const sbctl_cmd sbctl_cmd_dlq_list = {
+    "dlq list", "[SUB]", "list dead letters",
+    "Lists the dead letters of subscription SUB (of every subscription if SUB is\n"
+    "omitted), oldest first: why each one died, after how many attempts, and a\n"
+    "preview of its payload. When more are left, prints the --after value that\n"
+    "shows the next page.\n",
+    dlq_list_opts, sizeof(dlq_list_opts) / sizeof(dlq_list_opts[0]), 0, 1, run_dlq_list};
+
+/* redrive and purge: one request, a count in the reply. */
+static int dlq_count_op(sbctl_ctx *ctx, const sbctl_args *a, const char *op, const char *what,
+                        const char *verb)
+{
+    sb_client *c = NULL;
+    json_t *req, *reply = NULL;
+    int rc;
+
+    rc = sbctl_connect(&c, ctx->endpoints[0]);
+    if (rc != 0)
+        return rc;
+    req = dlq_request(op, a);
+    rc = sbctl_call(c, req, &reply, what);
+    if (rc == 0) {
+        long long n = (long long)sbctl_json_int(reply, "count", -1);
+        if (n < 0)
+            printf("%s dead letters%s%s\n", verb, a->npos > 0 ? " of " : "",
+                   a->npos > 0 ? a->pos[0] : "");
+        else
+            printf("%s %lld dead letter%s%s%s\n", verb, n, n == 1 ? "" : "s",
+                   a->npos > 0 ? " of " : "", a->npos > 0 ? a->pos[0] : "");
+    }
+    json_decref(req);
+    json_decref(reply);
+    sb_client_free(c);
+    return rc;
+}
+
+static const sbctl_opt dlq_redrive_opts[] = {SBCTL_COMMON_OPTS};
+
+static int run_dlq_redrive(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
+{
+    return dlq_count_op(ctx, a, "dlq.redrive", "dlq redrive", "redrove");
+}
+
+const sbctl_cmd sbctl_cmd_dlq_redrive = {
+    "dlq redrive", "[SUB]", "put dead letters back in their subscription",
+    "Moves the dead letters of SUB (of every subscription if SUB is omitted) back\n"
+    "to the tail of their subscription, with new message ids and attempt 1.\n",
+    dlq_redrive_opts, sizeof(dlq_redrive_opts) / sizeof(dlq_redrive_opts[0]), 0, 1,
+    run_dlq_redrive};
+
+static const sbctl_opt dlq_purge_opts[] = {
+    SBCTL_COMMON_OPTS,
+    {"yes", 'y', SBCTL_OPT_FLAG, 0, NULL, "do not ask for confirmation", 0, 0},
+};
+
+static int run_dlq_purge(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
+{
+    const char *target = a->npos > 0 ? a->pos[0] : NULL;
+
+    if (!sbctl_arg_flag(a, "yes")) {
+        char answer[32];
+        if (!ctx->tty_in) {
+            sbctl_errorf("dlq purge: refusing to delete dead letters without confirmation; "
+                         "pass --yes");
+            return SBCTL_EXIT_USAGE;
+        }
+        if (target != NULL)
+            fprintf(stderr, "Delete every dead letter of %s? This cannot be undone. [y/N] ",
+                    target);
+        else
+            fprintf(stderr, "Delete the dead letters of EVERY subscription? This cannot be "
+                            "undone. [y/N] ");
+        fflush(stderr);
+        if (fgets(answer, sizeof(answer), stdin) == NULL ||
+            (strcmp(answer, "y\n") != 0 && strcmp(answer, "Y\n") != 0 &&
+             strcmp(answer, "yes\n") != 0)) {
+            fprintf(stderr, "sbctl: dlq purge: cancelled\n");
+            return SBCTL_EXIT_ERROR;
+        }
+    }
+    return dlq_count_op(ctx, a, "dlq.purge", "dlq purge", "purged");
+}
+
+const sbctl_cmd sbctl_cmd_dlq_purge = {
+    "dlq purge", "[SUB] [--yes]", "delete dead letters",
+    "Deletes the dead letters of SUB (of every subscription if SUB is omitted).\n"
+    "Asks for confirmation when stdin is a terminal; otherwise --yes is required.\n",
+    dlq_purge_opts, sizeof(dlq_purge_opts) / sizeof(dlq_purge_opts[0]), 0, 1, run_dlq_purge};

@@ -1,0 +1,253 @@
+/*
+ * sbctl sub: attach to a durable subscription (creating it when --filter is
+ * given), print each delivered message and acknowledge it once printed.
+ */
+#include "tools/sbctl/codec.h"
+#include "tools/sbctl/sbctl.h"
+
+#include "service/alloc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const sbctl_opt sub_opts[] = {
+    SBCTL_COMMON_OPTS,
+    {"filter", 'f', SBCTL_OPT_STRING, 0, "FILTER",
+     "topic filter; creates the subscription if it does not exist", 0, 0},
+    {"count", 'n', SBCTL_OPT_INT, 0, "N", "stop after N messages", 1, INT64_MAX},
+    {"timeout", 't', SBCTL_OPT_DURATION, 0, "DURATION", "stop after DURATION", 0, INT64_MAX},
+    {"json", 0, SBCTL_OPT_FLAG, 0, NULL, "print each delivery as the broker sent it (JSON)", 0,
+     0},
+    {"no-ack", 0, SBCTL_OPT_FLAG, 0, NULL,
+     "do not acknowledge (messages return to the queue when sbctl exits)", 0, 0},
+    {"window", 'w', SBCTL_OPT_INT, 0, "N",
+     "deliveries unacknowledged at once (default 100; with --count: 1, or N with --no-ack)", 1,
+     65535},
+    {"durability", 0, SBCTL_OPT_STRING, 0, "CLASS",
+     "when creating: fsync, batched or memory", 0, 0},
+    {"max-attempts", 0, SBCTL_OPT_INT, 0, "N", "when creating: deliveries before dead-lettering",
+     1, 1000000},
+    {"lease", 0, SBCTL_OPT_DURATION, 0, "DURATION", "when creating: ack timeout", 1, INT64_MAX},
+    {"ttl", 0, SBCTL_OPT_DURATION, 0, "DURATION", "when creating: message expiry", 1, INT64_MAX},
+    {"max-depth", 0, SBCTL_OPT_INT, 0, "N", "when creating: most messages waiting", 1,
+     INT64_MAX},
+};
+
+/* Prints one delivery. Returns 0, or -1 if stdout failed. */
+static int print_msg(const json_t *msg, const char *raw, size_t raw_len, int as_json)
+{
+    if (as_json) {
+        fwrite(raw, 1, raw_len, stdout);
+    } else {
+        const json_t *topic = json_object_get(msg, "topic");
+        const json_t *p = json_object_get(msg, "payload");
+        const char *b64 = json_string_value(json_object_get(msg, "payload_b64"));
+        if (json_is_string(topic))
+            fwrite(json_string_value(topic), 1, json_string_length(topic), stdout);
+        fputc('\t', stdout);
+        if (json_is_string(p)) {
+            fwrite(json_string_value(p), 1, json_string_length(p), stdout);
+        } else if (b64 != NULL) {
+            unsigned char *bytes;
+            size_t n;
+            if (sbctl_base64_decode(&bytes, &n, b64, strlen(b64)) != 0) {
+                sbctl_errorf("sub: message %lld has malformed payload_b64",
+                             (long long)sbctl_json_int(msg, "msg_id", -1));
+                return -1;
+            }
+            fwrite(bytes, 1, n, stdout);
+            sb_free(bytes);
+        }
+    }
+    fputc('\n', stdout);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        sbctl_errorf("sub: cannot write to stdout");
+        return -1;
+    }
+    return 0;
+}
+
+static int send_ack(sb_client *c, const char *sub, const json_t *msg_id, sb_error *err)
+{
+    json_t *ack = json_pack("{s:s,s:s,s:O}", "op", "ack", "sub", sub, "msg_id", msg_id);
+    int rc;
+    if (ack == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    rc = sb_client_write_json(c, ack, err);
+    json_decref(ack);
+    return rc;
+}
+
+static int run_sub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
+{
+    const char *name = a->pos[0];
+    const char *filter = sbctl_arg_str(a, "filter", NULL);
+    const char *durability = sbctl_arg_str(a, "durability", NULL);
+    int64_t count = sbctl_arg_num(a, "count", 0);
+    int has_timeout = sbctl_arg_flag(a, "timeout");
+    int64_t timeout_ms = sbctl_arg_num(a, "timeout", 0);
+    int no_ack = sbctl_arg_flag(a, "no-ack");
+    int as_json = sbctl_arg_flag(a, "json");
+    int64_t received = 0;
+    unsigned long long deadline = 0;
+    sb_client *c = NULL;
+    json_t *req = NULL, *reply = NULL;
+    char what[300];
+    sb_error err;
+    int rc;
+
+    snprintf(what, sizeof(what), "sub %s", name);
+    if (durability != NULL && strcmp(durability, "fsync") != 0 &&
+        strcmp(durability, "batched") != 0 && strcmp(durability, "memory") != 0)
+        return sbctl_usage_error(cmd, "--durability: expected fsync, batched or memory, got '%s'",
+                                 durability);
+
+    req = json_pack("{s:s,s:s}", "op", "sub", "sub", name);
+    if (req == NULL)
+        return sbctl_usage_error(cmd, "the subscription name is not valid UTF-8");
+    if (filter != NULL)
+        json_object_set_new(req, "filter", json_string(filter));
+    /* With --count, a small window keeps the broker from handing us messages
+     * we will not print (they would return to the queue as redeliveries). */
+    if (sbctl_arg_flag(a, "window"))
+        json_object_set_new(req, "window", json_integer(sbctl_arg_num(a, "window", 100)));
+    else if (count > 0)
+        json_object_set_new(req, "window",
+                            json_integer(no_ack ? (count < 65535 ? count : 65535) : 1));
+    if (durability != NULL)
+        json_object_set_new(req, "durability", json_string(durability));
+    if (sbctl_arg_flag(a, "max-attempts"))
+        json_object_set_new(req, "max_attempts", json_integer(sbctl_arg_num(a, "max-attempts", 0)));
+    if (sbctl_arg_flag(a, "lease"))
+        json_object_set_new(req, "lease", json_integer(sbctl_arg_num(a, "lease", 0)));
+    if (sbctl_arg_flag(a, "ttl"))
+        json_object_set_new(req, "ttl", json_integer(sbctl_arg_num(a, "ttl", 0)));
+    if (sbctl_arg_flag(a, "max-depth"))
+        json_object_set_new(req, "max_depth", json_integer(sbctl_arg_num(a, "max-depth", 0)));
+
+    rc = sbctl_connect(&c, ctx->endpoints[0]);
+    if (rc != 0)
+        goto done;
+    sb_error_clear(&err);
+    if (sb_client_request(c, &reply, req, SBCTL_REQUEST_TIMEOUT_MS, &err) != 0) {
+        rc = sbctl_conn_failed(what, &err);
+        goto done;
+    }
+    if (sb_client_reply_error(reply, &err) != 0) {
+        if (err.code == SB_ENOTFOUND && filter == NULL)
+            sbctl_errorf("%s: %s [%s] (pass --filter FILTER to create it)", what, err.msg,
+                         sb_errname(err.code));
+        else
+            sbctl_broker_failed(what, &err);
+        rc = SBCTL_EXIT_ERROR;
+        goto done;
+    }
+    if (ctx->tty_err) {
+        const char *f = json_string_value(json_object_get(reply, "filter"));
+        fprintf(stderr, "sbctl: subscribed to %s%s%s%s\n", name, f != NULL ? " (" : "",
+                f != NULL ? f : "", f != NULL ? ")" : "");
+    }
+    json_decref(reply);
+    reply = NULL;
+
+    if (has_timeout)
+        deadline = sbctl_now_ns() + (unsigned long long)timeout_ms * 1000000ull;
+    while (count == 0 || received < count) {
+        const char *line, *op;
+        size_t len;
+        json_t *msg;
+        json_error_t jerr;
+        int wait_ms = -1;
+
+        if (has_timeout) {
+            unsigned long long now = sbctl_now_ns();
+            if (now >= deadline)
+                break;
+            wait_ms = (int)((deadline - now + 999999ull) / 1000000ull);
+        }
+        sb_error_clear(&err);
+        rc = sb_client_read_line(c, &line, &len, wait_ms, &err);
+        if (rc == SB_ETIMEDOUT && has_timeout) {
+            rc = 0;
+            break;
+        }
+        if (rc != 0) {
+            rc = sbctl_conn_failed(what, &err);
+            goto done;
+        }
+        msg = json_loadb(line, len, JSON_ALLOW_NUL, &jerr);
+        if (!json_is_object(msg)) {
+            sbctl_errorf("%s: the broker sent a line that is not a JSON object: %s", what,
+                         jerr.text);
+            json_decref(msg);
+            rc = SBCTL_EXIT_CONN;
+            goto done;
+        }
+        op = json_string_value(json_object_get(msg, "op"));
+        if (op != NULL && strcmp(op, "error") == 0) {
+            sb_client_reply_error(msg, &err);
+            json_decref(msg);
+            rc = sbctl_broker_failed(what, &err);
+            goto done;
+        }
+        if (op == NULL || strcmp(op, "msg") != 0) {
+            json_decref(msg);
+            continue;
+        }
+        if (!json_is_integer(json_object_get(msg, "msg_id"))) {
+            sbctl_errorf("%s: delivery without a msg_id: cannot acknowledge it", what);
+            json_decref(msg);
+            rc = SBCTL_EXIT_ERROR;
+            goto done;
+        }
+        if (print_msg(msg, line, len, as_json) != 0) {
+            json_decref(msg);
+            rc = SBCTL_EXIT_ERROR;
+            goto done;
+        }
+        received++;
+        if (!no_ack) {
+            const char *msub = json_string_value(json_object_get(msg, "sub"));
+            if (send_ack(c, msub != NULL ? msub : name, json_object_get(msg, "msg_id"), &err) !=
+                0) {
+                json_decref(msg);
+                rc = sbctl_conn_failed(what, &err);
+                goto done;
+            }
+        }
+        json_decref(msg);
+    }
+
+    /* Detach explicitly: the acks are flushed before it, and deliveries we
+     * did not print go back to the queue now rather than at disconnect. */
+    req = (json_decref(req), json_pack("{s:s,s:s}", "op", "unsub", "sub", name));
+    sb_error_clear(&err);
+    if (sb_client_request(c, &reply, req, SBCTL_REQUEST_TIMEOUT_MS, &err) != 0) {
+        rc = sbctl_conn_failed(what, &err);
+        goto done;
+    }
+    if (sb_client_reply_error(reply, &err) != 0)
+        sbctl_errorf("warning: %s: unsub: %s [%s]", what, err.msg, sb_errname(err.code));
+    if (count > 0 && received < count) {
+        sbctl_errorf("%s: timed out after %lld ms with %lld of %lld messages", what,
+                     (long long)timeout_ms, (long long)received, (long long)count);
+        rc = SBCTL_EXIT_ERROR;
+    }
+done:
+    json_decref(req);
+    json_decref(reply);
+    sb_client_free(c);
+    return rc;
+}
+
+const sbctl_cmd sbctl_cmd_sub = {
+    "sub", "NAME", "consume from a durable subscription",
+    "Attaches to the durable subscription NAME, creating it with --filter (and the\n"
+    "other 'when creating' settings) if it does not exist, and prints each message\n"
+    "as TOPIC<TAB>PAYLOAD (or the delivery's JSON with --json). Each message is\n"
+    "acknowledged after it was written to stdout, so an interrupted sbctl loses\n"
+    "nothing: unacknowledged messages are delivered again. Runs until --count\n"
+    "messages were printed, --timeout expired, or it is interrupted; exits 1 if\n"
+    "--timeout expired before --count messages arrived.\n",
+    sub_opts, sizeof(sub_opts) / sizeof(sub_opts[0]), 1, 1, run_sub};

@@ -1,0 +1,92 @@
+/*
+ * sbctl internals shared by the commands: exit codes, the command table
+ * entry, the run context, and helpers that connect, send a request and turn
+ * failures into one-line messages and the right exit status.
+ */
+#ifndef SBCTL_H
+#define SBCTL_H
+
+#include "tools/client/client.h"
+#include "tools/sbctl/args.h"
+
+#include <jansson.h>
+#include <stddef.h>
+
+/* Exit status. */
+#define SBCTL_EXIT_OK 0
+#define SBCTL_EXIT_ERROR 1 /* the broker reported an error, or the operation failed */
+#define SBCTL_EXIT_USAGE 2 /* bad command line */
+#define SBCTL_EXIT_CONN 3  /* cannot connect, or the connection failed or timed out */
+
+/* How long to wait for a reply to a request. */
+#define SBCTL_REQUEST_TIMEOUT_MS 30000
+
+typedef struct sbctl_ctx {
+    const char **endpoints; /* -e/--endpoint values, or the default: at least one */
+    size_t nendpoints;
+    int tty_in, tty_out, tty_err; /* stdin/stdout/stderr are terminals */
+} sbctl_ctx;
+
+typedef struct sbctl_cmd sbctl_cmd;
+struct sbctl_cmd {
+    const char *name;    /* "pub", "dlq list" */
+    const char *args;    /* "TOPIC [PAYLOAD]" */
+    const char *summary; /* one line, for `sbctl --help` */
+    const char *help;    /* paragraphs for `sbctl CMD --help` */
+    const sbctl_opt *opts;
+    size_t nopts;
+    size_t min_pos, max_pos;
+    int (*run)(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a);
+};
+
+/* The options every command accepts (put first in each command's table). */
+#define SBCTL_COMMON_OPTS                                                                          \
+    {"endpoint", 'e', SBCTL_OPT_STRING, 1, "ENDPOINT",                                            \
+     "broker endpoint (default $SB_ADMIN or ./data/admin.sock)", 0, 0},                           \
+        {"help", 'h', SBCTL_OPT_FLAG, 0, NULL, "show this help", 0, 0}
+
+extern const sbctl_cmd sbctl_cmd_pub, sbctl_cmd_sub, sbctl_cmd_stats, sbctl_cmd_ping,
+    sbctl_cmd_dlq_list, sbctl_cmd_dlq_redrive, sbctl_cmd_dlq_purge, sbctl_cmd_bench;
+
+/* Prints "sbctl: <message>\n" to stderr. */
+void sbctl_errorf(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+
+/* Prints "sbctl CMD: <message>" and a pointer to --help; returns SBCTL_EXIT_USAGE. */
+int sbctl_usage_error(const sbctl_cmd *cmd, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Connects to endpoint; on failure prints "sbctl: cannot connect to ...: ...
+ * (is the broker running? see --endpoint)" and returns SBCTL_EXIT_CONN
+ * (SBCTL_EXIT_USAGE for a malformed endpoint). */
+int sbctl_connect(sb_client **out, const char *endpoint);
+
+/* Prints a transport failure and returns the exit status for it. */
+int sbctl_conn_failed(const char *what, const sb_error *err);
+
+/* Sends req and waits for its reply (SBCTL_REQUEST_TIMEOUT_MS). Returns
+ * SBCTL_EXIT_OK with *reply set (new reference); or prints
+ * "sbctl: WHAT: <broker message> [SB_ECODE]" and returns SBCTL_EXIT_ERROR for
+ * an error reply, or prints the failure and returns SBCTL_EXIT_CONN. */
+int sbctl_call(sb_client *c, json_t *req, json_t **reply, const char *what);
+
+/* Prints the broker error in reply as above and returns SBCTL_EXIT_ERROR. */
+int sbctl_broker_failed(const char *what, const sb_error *err);
+
+/* Integer field of a reply, or dflt when absent or not a number. */
+int64_t sbctl_json_int(const json_t *obj, const char *key, int64_t dflt);
+
+/* Monotonic time in nanoseconds. */
+unsigned long long sbctl_now_ns(void);
+
+/* Platform (platform_<os>.c). */
+void sbctl_platform_init(void);
+int sbctl_isatty(int fd); /* 0 stdin, 1 stdout, 2 stderr */
+
+#endif
