@@ -33,17 +33,23 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
             sb_conn_close(c, NULL);
         sb_conn_unref(c);
     } else if (n < 0) {
-        if (n != UV_EOF)
+        if (n == UV_EOF && c->out != NULL && c->out != c->in && !c->closing) {
+            /* A child closed its stdout but may still read its stdin (a
+             * filter writing to a file): keep the write side open. */
+            uv_read_stop(c->in);
+            c->in_eof = 1;
+        } else if (n != UV_EOF) {
             sb_conn_close(c, uv_strerror((int)n));
-        else
+        } else {
             sb_conn_close(c, NULL);
+        }
     }
     sb_free(buf->base);
 }
 
 static void update_reading(sb_conn *c)
 {
-    if (c->closing || c->in == NULL)
+    if (c->closing || c->in == NULL || c->in_eof)
         return;
     if (c->paused || c->out_paused)
         uv_read_stop(c->in);

@@ -44,6 +44,7 @@ struct sb_conn {
     int closing;
     int paused;       /* reading stopped by the protocol */
     int out_paused;   /* reading stopped because output is backed up */
+    int in_eof;       /* the read side ended; the write side stays open */
     /* output not yet handed to the OS */
     char *obuf;
     size_t olen, ocap;

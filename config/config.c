@@ -84,10 +84,7 @@ static void check_single_document(sb_config__ctx *ctx, yaml_parser_t *parser)
 static int adapters_listed(const sb_config__ctx *ctx, const yaml_node_t *root)
 {
     const yaml_node_t *n = sb_config__lookup(ctx, root, "adapters");
-    return n == NULL || n->type == YAML_SEQUENCE_NODE ||
-           (n->type == YAML_SCALAR_NODE && n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
-            (n->data.scalar.length == 0 || strcmp((const char *)n->data.scalar.value, "~") == 0 ||
-             strcmp((const char *)n->data.scalar.value, "null") == 0));
+    return n == NULL || n->type == YAML_SEQUENCE_NODE || sb_config__is_null(n);
 }
 
 int sb_config_parse(sb_config **out, const char *name, const char *text, size_t len,
@@ -162,8 +159,7 @@ done:
 }
 
 /* Records a file-level error ("cannot open: ..."); returns code. */
-static int file_error(sb_config_errors *errs, const char *path, int code, const char *what,
-                      int err)
+static int file_error(sb_config_errors *errs, const char *path, int code, const char *what, int err)
 {
     sb_config__ctx ctx;
     memset(&ctx, 0, sizeof ctx);
@@ -216,8 +212,8 @@ int sb_config_load(sb_config **out, const char *path, sb_config_errors *errs)
         if (n == 0) {
             if (ferror(f)) {
                 int err = errno;
-                rc = file_error(errs, path, err ? sb_error_from_errno(err) : SB_EIO,
-                                "cannot read", err ? err : EIO);
+                rc = file_error(errs, path, err ? sb_error_from_errno(err) : SB_EIO, "cannot read",
+                                err ? err : EIO);
                 goto done;
             }
             break;

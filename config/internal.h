@@ -65,11 +65,11 @@ typedef struct sb_config__field {
     int64_t def;      /* numeric default */
     const char *def_str;
     int64_t min, max;
-    const char *const *choices;         /* CHOICE/ENUM: NULL-terminated */
-    const sb_config__section *section;  /* SECTION */
-    size_t elem_size;                   /* LIST */
-    sb_config__item_fn item;            /* LIST */
-    sb_config__item_free_fn item_free;  /* LIST */
+    const char *const *choices;        /* CHOICE/ENUM: NULL-terminated */
+    const sb_config__section *section; /* SECTION */
+    size_t elem_size;                  /* LIST */
+    sb_config__item_fn item;           /* LIST */
+    sb_config__item_free_fn item_free; /* LIST */
 } sb_config__field;
 
 struct sb_config__section {
@@ -113,14 +113,14 @@ void sb_config__error(sb_config__ctx *ctx, const yaml_node_t *node, const char *
     __attribute__((format(printf, 4, 5)))
 #endif
     ;
-void sb_config__error_at(sb_config__ctx *ctx, int line, int col, const char *path,
-                         const char *fmt, ...)
+void sb_config__error_at(sb_config__ctx *ctx, int line, int col, const char *path, const char *fmt,
+                         ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 5, 6)))
 #endif
     ;
-void sb_config__verror_at(sb_config__ctx *ctx, int line, int col, const char *path,
-                          const char *fmt, va_list ap);
+void sb_config__verror_at(sb_config__ctx *ctx, int line, int col, const char *path, const char *fmt,
+                          va_list ap);
 
 /* Sets every field of section in base to its default. 0 or SB_ENOMEM. */
 int sb_config__defaults(sb_config__ctx *ctx, const sb_config__section *section, void *base);
@@ -150,6 +150,9 @@ const sb_config__seen *sb_config__seen_find(const sb_config__ctx *ctx, const voi
 /* The value of `key` in mapping node (first occurrence), or NULL. */
 const yaml_node_t *sb_config__lookup(const sb_config__ctx *ctx, const yaml_node_t *map,
                                      const char *key);
+
+/* 1 for a plain empty, ~ or null scalar: "not set". */
+int sb_config__is_null(const yaml_node_t *node);
 
 /* "a mapping", "a list", "a string" for messages. */
 const char *sb_config__kind(const yaml_node_t *node);

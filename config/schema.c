@@ -25,7 +25,10 @@
 #define HOURS (60 * MINUTES)
 #define DAYS ((int64_t)24 * HOURS)
 
-#define TABLE(fields) {fields, sizeof fields / sizeof fields[0]}
+#define TABLE(fields)                                                                              \
+    {                                                                                              \
+        fields, sizeof fields / sizeof fields[0]                                                   \
+    }
 
 /* Enum members are stored through int *. */
 _Static_assert(sizeof(sb_durability) == sizeof(int), "enum size");
@@ -44,8 +47,7 @@ _Static_assert(SB_RESTART_NEVER == 0 && SB_RESTART_ON_FAILURE == 1 && SB_RESTART
                "restarts follows sb_restart");
 
 static const char *const durabilities[] = {"fsync", "batched", "memory", NULL};
-_Static_assert(SB_DURABILITY_FSYNC == 0 && SB_DURABILITY_BATCHED == 1 &&
-                   SB_DURABILITY_MEMORY == 2,
+_Static_assert(SB_DURABILITY_FSYNC == 0 && SB_DURABILITY_BATCHED == 1 && SB_DURABILITY_MEMORY == 2,
                "durabilities follows sb_durability");
 
 static const char *const overflows[] = {"reject", "drop-oldest", NULL};
@@ -81,17 +83,32 @@ static const struct adapter_kind {
 #define B(member) offsetof(sb_broker_config, member)
 
 static const sb_config__field store_fields[] = {
-    {.key = "commit_max_batch", .type = SB_CT_INT, .offset = B(commit_max_batch), .def = 1024,
-     .min = 1, .max = 65536},
-    {.key = "commit_max_delay_us", .type = SB_CT_INT, .offset = B(commit_max_delay_us), .def = 0,
-     .min = 0, .max = 1000000},
-    {.key = "max_db_bytes", .type = SB_CT_SIZE, .offset = B(max_db_bytes), .def = 0, .min = 0,
+    {.key = "commit_max_batch",
+     .type = SB_CT_INT,
+     .offset = B(commit_max_batch),
+     .def = 1024,
+     .min = 1,
+     .max = 65536},
+    {.key = "commit_max_delay_us",
+     .type = SB_CT_INT,
+     .offset = B(commit_max_delay_us),
+     .def = 0,
+     .min = 0,
+     .max = 1000000},
+    {.key = "max_db_bytes",
+     .type = SB_CT_SIZE,
+     .offset = B(max_db_bytes),
+     .def = 0,
+     .min = 0,
      .max = INT64_MAX},
 };
 static const sb_config__section store_section = TABLE(store_fields);
 
 static const sb_config__field log_fields[] = {
-    {.key = "level", .type = SB_CT_ENUM, .offset = B(log_level), .def = SB_LOG_INFO,
+    {.key = "level",
+     .type = SB_CT_ENUM,
+     .offset = B(log_level),
+     .def = SB_LOG_INFO,
      .choices = log_levels},
     {.key = "file", .type = SB_CT_STRING, .offset = B(log_file)},
     {.key = "stderr", .type = SB_CT_BOOL, .offset = B(log_stderr), .def = 1},
@@ -117,34 +134,82 @@ static const sb_config__section broker_section = TABLE(broker_fields);
 
 static const sb_config__field adapter_fields[] = {
     {.key = "name", .type = SB_CT_NAME, .flags = SB_CF_REQUIRED, .offset = A(name)},
-    {.key = "type", .type = SB_CT_CHOICE, .flags = SB_CF_REQUIRED, .offset = A(type),
+    {.key = "type",
+     .type = SB_CT_CHOICE,
+     .flags = SB_CF_REQUIRED,
+     .offset = A(type),
      .choices = adapter_types},
     {.key = "listen", .type = SB_CT_STRING, .types = TCP | UDP, .offset = A(listen)},
-    {.key = "connect", .type = SB_CT_STRING, .types = TCP | UDP | UNIX | PIPE,
+    {.key = "connect",
+     .type = SB_CT_STRING,
+     .types = TCP | UDP | UNIX | PIPE,
      .offset = A(connect)},
     {.key = "path", .type = SB_CT_STRING, .types = UNIX | PIPE, .offset = A(path)},
-    {.key = "protocol", .type = SB_CT_CHOICE, .offset = A(protocol), .def_str = "raw",
+    {.key = "protocol",
+     .type = SB_CT_CHOICE,
+     .offset = A(protocol),
+     .def_str = "raw",
      .choices = protocols},
     {.key = "framing", .type = SB_CT_CHOICE, .offset = A(framing), .choices = framings},
     {.key = "topic", .type = SB_CT_STRING, .offset = A(topic), .def_str = "{adapter}"},
-    {.key = "max_message", .type = SB_CT_SIZE, .offset = A(max_message), .def = 1048576,
-     .min = 1, .max = 67108864},
-    {.key = "max_connections", .type = SB_CT_INT, .types = TCP | UNIX | PIPE,
-     .offset = A(max_connections), .def = 64, .min = 1, .max = 100000},
-    {.key = "command", .type = SB_CT_STRLIST, .types = EXEC, .offset = A(command),
+    {.key = "max_message",
+     .type = SB_CT_SIZE,
+     .offset = A(max_message),
+     .def = 1048576,
+     .min = 1,
+     .max = 67108864},
+    {.key = "max_connections",
+     .type = SB_CT_INT,
+     .types = TCP | UNIX | PIPE,
+     .offset = A(max_connections),
+     .def = 64,
+     .min = 1,
+     .max = 100000},
+    {.key = "command",
+     .type = SB_CT_STRLIST,
+     .types = EXEC,
+     .offset = A(command),
      .count_off = A(command_count)},
-    {.key = "restart", .type = SB_CT_ENUM, .types = EXEC, .offset = A(restart),
-     .def = SB_RESTART_ON_FAILURE, .choices = restarts},
-    {.key = "restart_backoff", .type = SB_CT_DURATION, .types = EXEC,
-     .offset = A(restart_backoff_ms), .def = 1 * SECONDS, .min = 1, .max = DAYS},
-    {.key = "restart_max_backoff", .type = SB_CT_DURATION, .types = EXEC,
-     .offset = A(restart_max_backoff_ms), .def = 1 * MINUTES, .min = 1, .max = DAYS},
-    {.key = "reconnect_backoff", .type = SB_CT_DURATION, .types = TCP | UNIX | PIPE,
-     .offset = A(reconnect_backoff_ms), .def = 500, .min = 1, .max = DAYS},
-    {.key = "reconnect_max_backoff", .type = SB_CT_DURATION, .types = TCP | UNIX | PIPE,
-     .offset = A(reconnect_max_backoff_ms), .def = 30 * SECONDS, .min = 1, .max = DAYS},
+    {.key = "restart",
+     .type = SB_CT_ENUM,
+     .types = EXEC,
+     .offset = A(restart),
+     .def = SB_RESTART_ON_FAILURE,
+     .choices = restarts},
+    {.key = "restart_backoff",
+     .type = SB_CT_DURATION,
+     .types = EXEC,
+     .offset = A(restart_backoff_ms),
+     .def = 1 * SECONDS,
+     .min = 1,
+     .max = DAYS},
+    {.key = "restart_max_backoff",
+     .type = SB_CT_DURATION,
+     .types = EXEC,
+     .offset = A(restart_max_backoff_ms),
+     .def = 1 * MINUTES,
+     .min = 1,
+     .max = DAYS},
+    {.key = "reconnect_backoff",
+     .type = SB_CT_DURATION,
+     .types = TCP | UNIX | PIPE,
+     .offset = A(reconnect_backoff_ms),
+     .def = 500,
+     .min = 1,
+     .max = DAYS},
+    {.key = "reconnect_max_backoff",
+     .type = SB_CT_DURATION,
+     .types = TCP | UNIX | PIPE,
+     .offset = A(reconnect_max_backoff_ms),
+     .def = 30 * SECONDS,
+     .min = 1,
+     .max = DAYS},
     {.key = "security", .type = SB_CT_STRING, .types = PIPE, .offset = A(security)},
-    {.key = "inflight", .type = SB_CT_INT, .offset = A(inflight), .def = 64, .min = 1,
+    {.key = "inflight",
+     .type = SB_CT_INT,
+     .offset = A(inflight),
+     .def = 64,
+     .min = 1,
      .max = 65536},
 };
 static const sb_config__section adapter_section = TABLE(adapter_fields);
@@ -154,42 +219,83 @@ static const sb_config__section adapter_section = TABLE(adapter_fields);
 #define R(member) offsetof(sb_route_config, member)
 
 static const sb_config__field retry_fields[] = {
-    {.key = "max_attempts", .type = SB_CT_INT, .offset = R(max_attempts), .def = 10, .min = 1,
+    {.key = "max_attempts",
+     .type = SB_CT_INT,
+     .offset = R(max_attempts),
+     .def = 10,
+     .min = 1,
      .max = 1000000},
-    {.key = "backoff", .type = SB_CT_DURATION, .offset = R(backoff_ms), .def = 100, .min = 1,
+    {.key = "backoff",
+     .type = SB_CT_DURATION,
+     .offset = R(backoff_ms),
+     .def = 100,
+     .min = 1,
      .max = DAYS},
-    {.key = "max_backoff", .type = SB_CT_DURATION, .offset = R(max_backoff_ms),
-     .def = 1 * MINUTES, .min = 1, .max = DAYS},
+    {.key = "max_backoff",
+     .type = SB_CT_DURATION,
+     .offset = R(max_backoff_ms),
+     .def = 1 * MINUTES,
+     .min = 1,
+     .max = DAYS},
 };
 static const sb_config__section retry_section = TABLE(retry_fields);
 
 static const sb_config__field dedup_fields[] = {
     {.key = "header", .type = SB_CT_STRING, .flags = SB_CF_REQUIRED, .offset = R(dedup_header)},
-    {.key = "window", .type = SB_CT_DURATION, .offset = R(dedup_window_ms), .def = 10 * MINUTES,
-     .min = 1, .max = 365 * DAYS},
+    {.key = "window",
+     .type = SB_CT_DURATION,
+     .offset = R(dedup_window_ms),
+     .def = 10 * MINUTES,
+     .min = 1,
+     .max = 365 * DAYS},
 };
 static const sb_config__section dedup_section = TABLE(dedup_fields);
 
 static const sb_config__field route_fields[] = {
     {.key = "name", .type = SB_CT_NAME, .flags = SB_CF_REQUIRED, .offset = R(name)},
-    {.key = "from", .type = SB_CT_FILTERS, .flags = SB_CF_REQUIRED, .offset = R(from),
+    {.key = "from",
+     .type = SB_CT_FILTERS,
+     .flags = SB_CF_REQUIRED,
+     .offset = R(from),
      .count_off = R(from_count)},
     {.key = "to", .type = SB_CT_NAMES, .offset = R(to), .count_off = R(to_count)},
-    {.key = "durability", .type = SB_CT_ENUM, .offset = R(durability),
-     .def = SB_DURABILITY_FSYNC, .choices = durabilities},
+    {.key = "durability",
+     .type = SB_CT_ENUM,
+     .offset = R(durability),
+     .def = SB_DURABILITY_FSYNC,
+     .choices = durabilities},
     {.key = "retry", .type = SB_CT_SECTION, .section = &retry_section},
-    {.key = "ttl", .type = SB_CT_DURATION, .offset = R(ttl_ms), .def = 0, .min = 0,
+    {.key = "ttl",
+     .type = SB_CT_DURATION,
+     .offset = R(ttl_ms),
+     .def = 0,
+     .min = 0,
      .max = 3650 * DAYS},
-    {.key = "max_depth", .type = SB_CT_INT64, .offset = R(max_depth), .def = 0, .min = 0,
+    {.key = "max_depth",
+     .type = SB_CT_INT64,
+     .offset = R(max_depth),
+     .def = 0,
+     .min = 0,
      .max = INT64_MAX},
-    {.key = "max_bytes", .type = SB_CT_SIZE, .offset = R(max_bytes), .def = 0, .min = 0,
+    {.key = "max_bytes",
+     .type = SB_CT_SIZE,
+     .offset = R(max_bytes),
+     .def = 0,
+     .min = 0,
      .max = INT64_MAX},
-    {.key = "overflow", .type = SB_CT_ENUM, .offset = R(overflow), .def = SB_OVERFLOW_REJECT,
+    {.key = "overflow",
+     .type = SB_CT_ENUM,
+     .offset = R(overflow),
+     .def = SB_OVERFLOW_REJECT,
      .choices = overflows},
     {.key = "retain", .type = SB_CT_BOOL, .offset = R(retain), .def = 0},
     {.key = "dedup", .type = SB_CT_SECTION, .section = &dedup_section},
-    {.key = "lease", .type = SB_CT_DURATION, .offset = R(lease_ms), .def = 30 * SECONDS,
-     .min = 1, .max = DAYS},
+    {.key = "lease",
+     .type = SB_CT_DURATION,
+     .offset = R(lease_ms),
+     .def = 30 * SECONDS,
+     .min = 1,
+     .max = DAYS},
 };
 static const sb_config__section route_section = TABLE(route_fields);
 
@@ -239,7 +345,8 @@ static void check_backoff(sb_config__ctx *ctx, const char *path, const int64_t *
     }
 }
 
-/* "host:port" or "[v6]:port"; port 0 (any free port) only for listen. */
+/* "host:port" or "[v6]:port"; port 0 (any free port) and an empty host (every
+ * interface) only for listen. */
 static void check_host_port(sb_config__ctx *ctx, const sb_config__seen *s, const char *path,
                             const char *addr, int listen)
 {
@@ -249,7 +356,8 @@ static void check_host_port(sb_config__ctx *ctx, const sb_config__seen *s, const
     if (s == NULL || !s->ok)
         return;
     colon = strrchr(addr, ':');
-    if (colon == NULL || colon == addr) {
+    /* ":port" listens on every interface (as the socket adapters read it) */
+    if (colon == NULL || (colon == addr && !listen)) {
         sb_config__error(ctx, s->value, path, "expected host:port, got %s",
                          sb_config__quote(q, sizeof q, addr));
         return;
@@ -260,8 +368,7 @@ static void check_host_port(sb_config__ctx *ctx, const sb_config__seen *s, const
                          sb_config__quote(q, sizeof q, addr));
         return;
     }
-    if (sb_config__parse_int64(colon + 1, &port) != SB_NUM_OK || port < !listen ||
-        port > 65535) {
+    if (sb_config__parse_int64(colon + 1, &port) != SB_NUM_OK || port < !listen || port > 65535) {
         sb_config__error(ctx, s->value, path, "invalid port %s (must be %d..65535)",
                          sb_config__quote(q, sizeof q, colon + 1), !listen);
     }
@@ -538,10 +645,20 @@ static void free_route(void *elem)
 static const sb_config__field root_fields[] = {
     {.key = "broker", .type = SB_CT_SECTION, .offset = C(broker), .section = &broker_section},
     /* adapters before routes: a route's `to` is checked against them */
-    {.key = "adapters", .type = SB_CT_LIST, .offset = C(adapters), .count_off = C(adapter_count),
-     .elem_size = sizeof(sb_adapter_config), .item = parse_adapter, .item_free = free_adapter},
-    {.key = "routes", .type = SB_CT_LIST, .offset = C(routes), .count_off = C(route_count),
-     .elem_size = sizeof(sb_route_config), .item = parse_route, .item_free = free_route},
+    {.key = "adapters",
+     .type = SB_CT_LIST,
+     .offset = C(adapters),
+     .count_off = C(adapter_count),
+     .elem_size = sizeof(sb_adapter_config),
+     .item = parse_adapter,
+     .item_free = free_adapter},
+    {.key = "routes",
+     .type = SB_CT_LIST,
+     .offset = C(routes),
+     .count_off = C(route_count),
+     .elem_size = sizeof(sb_route_config),
+     .item = parse_route,
+     .item_free = free_route},
 };
 const sb_config__section sb_config__root = TABLE(root_fields);
 

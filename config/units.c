@@ -62,9 +62,8 @@ struct unit {
 };
 
 /* Multiplies the number at the start of s by the factor of the unit that
- * follows it (the unit must be one of `units`, or absent if bare > 0). */
-static int parse_with_unit(const char *s, const struct unit *units, int case_fold, int64_t bare,
-                           int64_t *out)
+ * follows it: one of `units`, or none (factor 1). */
+static int parse_with_unit(const char *s, const struct unit *units, int case_fold, int64_t *out)
 {
     const char *end;
     int64_t v;
@@ -72,7 +71,7 @@ static int parse_with_unit(const char *s, const struct unit *units, int case_fol
     if (rc != SB_NUM_OK)
         return rc;
     if (*end == '\0') {
-        *out = v * bare;
+        *out = v;
         return SB_NUM_OK;
     }
     for (const struct unit *u = units; u->name != NULL; u++) {
@@ -87,31 +86,30 @@ static int parse_with_unit(const char *s, const struct unit *units, int case_fol
     return SB_NUM_SYNTAX;
 }
 
-static const struct unit duration_units[] = {
-    {"ms", 1},          {"s", 1000}, {"m", 60 * 1000}, {"h", 60 * 60 * 1000},
-    {"d", 86400 * 1000}, {NULL, 0}};
+static const struct unit duration_units[] = {{"ms", 1},           {"s", 1000},
+                                             {"m", 60 * 1000},    {"h", 60 * 60 * 1000},
+                                             {"d", 86400 * 1000}, {NULL, 0}};
 
-static const struct unit size_units[] = {
-    {"B", 1},
-    {"KiB", (int64_t)1 << 10},
-    {"MiB", (int64_t)1 << 20},
-    {"GiB", (int64_t)1 << 30},
-    {"TiB", (int64_t)1 << 40},
-    {"KB", 1000},
-    {"MB", 1000 * 1000},
-    {"GB", 1000 * 1000 * 1000},
-    {"TB", (int64_t)1000 * 1000 * 1000 * 1000},
-    {NULL, 0}};
+static const struct unit size_units[] = {{"B", 1},
+                                         {"KiB", (int64_t)1 << 10},
+                                         {"MiB", (int64_t)1 << 20},
+                                         {"GiB", (int64_t)1 << 30},
+                                         {"TiB", (int64_t)1 << 40},
+                                         {"KB", 1000},
+                                         {"MB", 1000 * 1000},
+                                         {"GB", 1000 * 1000 * 1000},
+                                         {"TB", (int64_t)1000 * 1000 * 1000 * 1000},
+                                         {NULL, 0}};
 
 int sb_config__parse_duration(const char *s, int64_t *out_ms)
 {
-    return parse_with_unit(s, duration_units, 0, 1, out_ms);
+    return parse_with_unit(s, duration_units, 0, out_ms);
 }
 
 int sb_config__parse_size(const char *s, int64_t *out_bytes)
 {
     /* "kB", "mib" and friends are common enough spellings to accept. */
-    return parse_with_unit(s, size_units, 1, 1, out_bytes);
+    return parse_with_unit(s, size_units, 1, out_bytes);
 }
 
 int sb_config_parse_duration(const char *s, int64_t *out_ms)

@@ -43,8 +43,8 @@ static int insert_error(sb_config_errors *errs, const sb_config_error *e, int so
     return 0;
 }
 
-void sb_config__verror_at(sb_config__ctx *ctx, int line, int col, const char *path,
-                          const char *fmt, va_list ap)
+void sb_config__verror_at(sb_config__ctx *ctx, int line, int col, const char *path, const char *fmt,
+                          va_list ap)
 {
     char msg[512];
     sb_config_error e = {0};
@@ -77,8 +77,8 @@ void sb_config__verror_at(sb_config__ctx *ctx, int line, int col, const char *pa
     }
 }
 
-void sb_config__error_at(sb_config__ctx *ctx, int line, int col, const char *path,
-                         const char *fmt, ...)
+void sb_config__error_at(sb_config__ctx *ctx, int line, int col, const char *path, const char *fmt,
+                         ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -218,11 +218,12 @@ static int key_is(const yaml_node_t *key, const char *name)
            memcmp(key->data.scalar.value, name, n) == 0;
 }
 
-static int is_null(const yaml_node_t *node)
+int sb_config__is_null(const yaml_node_t *node)
 {
-    const char *v = (const char *)node->data.scalar.value;
+    const char *v;
     if (node->type != YAML_SCALAR_NODE || node->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
         return 0;
+    v = (const char *)node->data.scalar.value;
     return strcmp(v, "") == 0 || strcmp(v, "~") == 0 || strcmp(v, "null") == 0 ||
            strcmp(v, "Null") == 0 || strcmp(v, "NULL") == 0;
 }
@@ -334,8 +335,9 @@ static int spend(sb_config__ctx *ctx, const yaml_node_t *node)
     if (ctx->nodes_left == 0)
         return 0;
     if (--ctx->nodes_left == 0) {
-        sb_config__error(ctx, node, NULL, "document too large (more than %d values, aliases "
-                                          "included)",
+        sb_config__error(ctx, node, NULL,
+                         "document too large (more than %d values, aliases "
+                         "included)",
                          SB_CONFIG__MAX_NODES);
         return 0;
     }
@@ -362,7 +364,7 @@ static const char *scalar(sb_config__ctx *ctx, const yaml_node_t *node, const ch
 static const char *string_value(sb_config__ctx *ctx, const yaml_node_t *node, const char *path)
 {
     const char *s = scalar(ctx, node, path, "a string");
-    if (s != NULL && (s[0] == '\0' || is_null(node))) {
+    if (s != NULL && (s[0] == '\0' || sb_config__is_null(node))) {
         sb_config__error(ctx, node, path, "must not be empty");
         return NULL;
     }
@@ -571,7 +573,7 @@ static int field_value(sb_config__ctx *ctx, const sb_config__field *f, const yam
     const char *s;
     int ok = 0, rc = 0, idx;
 
-    if (is_null(value)) {
+    if (sb_config__is_null(value)) {
         /* `key:` or `key: ~` means "not set": the default stays. */
         if (f->flags & SB_CF_REQUIRED)
             sb_config__error(ctx, value, path, "missing value");
@@ -661,13 +663,12 @@ static void known_keys(const sb_config__ctx *ctx, const sb_config__section *sect
     for (size_t i = 0; i < section->count && len < n; i++) {
         if (!allowed(ctx, &section->fields[i]))
             continue;
-        len += (size_t)snprintf(out + len, n - len, "%s%s", len ? ", " : "",
-                                section->fields[i].key);
+        len +=
+            (size_t)snprintf(out + len, n - len, "%s%s", len ? ", " : "", section->fields[i].key);
     }
 }
 
-static const sb_config__field *find_field(const sb_config__section *section,
-                                          const yaml_node_t *key)
+static const sb_config__field *find_field(const sb_config__section *section, const yaml_node_t *key)
 {
     for (size_t i = 0; i < section->count; i++)
         if (key_is(key, section->fields[i].key))
@@ -722,8 +723,7 @@ int sb_config__mapping(sb_config__ctx *ctx, const yaml_node_t *node,
         if (key == NULL)
             continue;
         if (key->type != YAML_SCALAR_NODE) {
-            sb_config__error(ctx, key, path, "keys must be strings, got %s",
-                             sb_config__kind(key));
+            sb_config__error(ctx, key, path, "keys must be strings, got %s", sb_config__kind(key));
         } else if (find_field(section, key) == NULL) {
             child_path(cpath, path, (const char *)key->data.scalar.value);
             known_keys(ctx, section, known, sizeof known);

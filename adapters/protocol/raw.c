@@ -238,8 +238,10 @@ static void try_resume(raw_session *s)
         sb_message_unref(m);
         done++;
     }
-    memmove(s->held, s->held + done, (s->held_count - done) * sizeof(*s->held));
-    s->held_count -= done;
+    if (done > 0) {
+        memmove(s->held, s->held + done, (s->held_count - done) * sizeof(*s->held));
+        s->held_count -= done;
+    }
     if (s->held_count > 0) {
         sb_conn_pause(s->conn);
         arm_retry(s);

@@ -175,16 +175,16 @@ int sb_client_read_line(sb_client *c, const char **out_line, size_t *out_len, in
         }
         rc = c->t->ops->read(c->t, area, avail, &n, wait_ms, err);
         if (rc == SB_ETIMEDOUT && timeout_ms >= 0)
-            return sb_error_set(err, SB_ETIMEDOUT, 0, "%s: no reply within %d ms",
-                                c->ep.display, timeout_ms);
+            return sb_error_set(err, SB_ETIMEDOUT, 0, "%s: no reply within %d ms", c->ep.display,
+                                timeout_ms);
         if (rc != 0)
             return rc;
         sb_linebuf_commit(&c->in, n);
     }
 too_big:
     c->broken = 1;
-    return sb_error_set(err, SB_ETOOBIG, 0, "%s: reply line longer than %zu bytes",
-                        c->ep.display, c->opts.max_line);
+    return sb_error_set(err, SB_ETOOBIG, 0, "%s: reply line longer than %zu bytes", c->ep.display,
+                        c->opts.max_line);
 }
 
 int sb_client_read_json(sb_client *c, json_t **out, int timeout_ms, sb_error *err)
@@ -249,8 +249,8 @@ int sb_client_request(sb_client *c, json_t **out, json_t *req, int timeout_ms, s
         }
         rc = sb_client_read_json(c, &reply, left, err);
         if (rc == SB_ETIMEDOUT)
-            return sb_error_set(err, SB_ETIMEDOUT, 0, "%s: no reply within %d ms",
-                                c->ep.display, timeout_ms);
+            return sb_error_set(err, SB_ETIMEDOUT, 0, "%s: no reply within %d ms", c->ep.display,
+                                timeout_ms);
         if (rc != 0)
             return rc;
         rid = json_object_get(reply, "id");

@@ -161,7 +161,9 @@ int sb_endpoint_parse(sb_endpoint *out, const char *s, sb_error *err)
     }
     if (rc != 0) {
         memset(out, 0, sizeof(*out));
-        return sb_error_set(err, SB_EINVAL, 0, "endpoint %s: %s", s, reason);
+        /* Quote a long endpoint shortened, so the reason stays in the message. */
+        return sb_error_set(err, SB_EINVAL, 0, "endpoint %.80s%s: %s", s,
+                            strlen(s) > 80 ? "..." : "", reason);
     }
     return 0;
 }

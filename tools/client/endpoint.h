@@ -15,11 +15,7 @@
 
 #include "service/error.h"
 
-typedef enum {
-    SB_ENDPOINT_UNIX = 1,
-    SB_ENDPOINT_TCP = 2,
-    SB_ENDPOINT_PIPE = 3
-} sb_endpoint_kind;
+typedef enum { SB_ENDPOINT_UNIX = 1, SB_ENDPOINT_TCP = 2, SB_ENDPOINT_PIPE = 3 } sb_endpoint_kind;
 
 #define SB_ENDPOINT_PATH_MAX 1024
 #define SB_ENDPOINT_HOST_MAX 256
@@ -29,7 +25,8 @@ typedef struct sb_endpoint {
     char path[SB_ENDPOINT_PATH_MAX]; /* unix: socket path; pipe: full \\.\pipe\NAME */
     char host[SB_ENDPOINT_HOST_MAX]; /* tcp: host name or address, without brackets */
     int port;                        /* tcp: 1..65535 */
-    char display[SB_ENDPOINT_PATH_MAX + 16]; /* canonical form: unix:PATH, tcp:HOST:PORT, \\.\pipe\NAME */
+    char display[SB_ENDPOINT_PATH_MAX +
+                 16]; /* canonical form: unix:PATH, tcp:HOST:PORT, \\.\pipe\NAME */
 } sb_endpoint;
 
 /* Parses `s` into *out. Returns 0, or SB_EINVAL with a one-line reason in

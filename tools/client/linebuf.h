@@ -13,8 +13,8 @@
 
 typedef struct sb_linebuf {
     char *data;
-    size_t start;    /* first unconsumed byte */
-    size_t len;      /* end of the valid bytes */
+    size_t start; /* first unconsumed byte */
+    size_t len;   /* end of the valid bytes */
     size_t cap;
     size_t scanned;  /* bytes after start already known to hold no '\n' */
     size_t max_line; /* longest accepted line, without "\r\n" */

@@ -199,8 +199,8 @@ static int connect_unix(posix_transport *pt, const sb_endpoint *ep, sb_error *er
             continue;
         e = errno;
         close(fd);
-        return sb_error_set(err, sb_error_from_errno(e), e, "cannot connect to %s: %s",
-                            ep->display, strerror(e));
+        return sb_error_set(err, sb_error_from_errno(e), e, "cannot connect to %s: %s", ep->display,
+                            strerror(e));
     }
     if (set_nonblocking(fd) != 0) {
         e = errno;
@@ -281,8 +281,7 @@ int sb_client__transport_open(sb_transport **out, const sb_endpoint *ep, int tim
                             ep->display);
     pt = sb_calloc(1, sizeof(*pt));
     if (pt == NULL)
-        return sb_error_set(err, SB_ENOMEM, 0, "cannot connect to %s: out of memory",
-                            ep->display);
+        return sb_error_set(err, SB_ENOMEM, 0, "cannot connect to %s: out of memory", ep->display);
     pt->base.ops = &posix_ops;
     pt->fd = -1;
     snprintf(pt->name, sizeof(pt->name), "%s", ep->display);

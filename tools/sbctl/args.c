@@ -44,7 +44,7 @@ int sbctl_parse_duration(const char *s, int64_t *out_ms)
     static const struct {
         const char *unit;
         double ms;
-    } units[] = {{"ms", 1}, {"s", 1000}, {"", 1000}, {"m", 60000},
+    } units[] = {{"ms", 1},      {"s", 1000},    {"m", 60000},
                  {"min", 60000}, {"h", 3600000}, {"d", 86400000}};
     double v;
     const char *end;
@@ -54,6 +54,14 @@ int sbctl_parse_duration(const char *s, int64_t *out_ms)
     end = parse_decimal(s, &v);
     if (end == NULL)
         return -1;
+    /* A bare number is ambiguous (the config reads it as ms, people often
+     * mean seconds): require a unit, except for zero. */
+    if (*end == '\0') {
+        if (v != 0)
+            return -1;
+        *out_ms = 0;
+        return 0;
+    }
     for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
         if (strcmp(end, units[i].unit) == 0) {
             double ms = v * units[i].ms;
@@ -71,10 +79,9 @@ int sbctl_parse_size(const char *s, int64_t *out_bytes)
     static const struct {
         const char *unit;
         double mult;
-    } units[] = {{"", 1},         {"B", 1},          {"k", 1e3},       {"K", 1e3},
-                 {"KB", 1e3},     {"kB", 1e3},       {"M", 1e6},       {"MB", 1e6},
-                 {"G", 1e9},      {"GB", 1e9},       {"KiB", 1024.0},  {"MiB", 1048576.0},
-                 {"GiB", 1073741824.0}};
+    } units[] = {{"", 1},         {"B", 1},           {"k", 1e3},           {"K", 1e3}, {"KB", 1e3},
+                 {"kB", 1e3},     {"M", 1e6},         {"MB", 1e6},          {"G", 1e9}, {"GB", 1e9},
+                 {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0}};
     double v;
     const char *end;
 
@@ -101,7 +108,7 @@ static const char *type_word(sbctl_opt_type t)
     case SBCTL_OPT_INT:
         return "an integer";
     case SBCTL_OPT_DURATION:
-        return "a duration such as 500ms, 10s, 5m";
+        return "a duration with a unit (500ms, 10s, 5m, 2h)";
     case SBCTL_OPT_SIZE:
         return "a size such as 100, 4KiB, 1MiB";
     default:
@@ -178,8 +185,8 @@ static long find_short(const sbctl_args *a, char c)
     return -1;
 }
 
-int sbctl_args_parse(sbctl_args *out, const sbctl_opt *spec, size_t nspec, int argc,
-                     char **argv, char *msg, size_t msglen)
+int sbctl_args_parse(sbctl_args *out, const sbctl_opt *spec, size_t nspec, int argc, char **argv,
+                     char *msg, size_t msglen)
 {
     int only_pos = 0;
 

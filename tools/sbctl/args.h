@@ -6,7 +6,7 @@
  * flags (-yq), "--" ending the options, and "-" as a positional argument.
  * Options and positional arguments may be mixed in any order.
  * Values are checked while parsing: integers, durations ("500ms", "10s",
- * "1.5m", "2h", "1d"; a bare number is seconds) and sizes ("100", "4KiB",
+ * "1.5m", "2h", "1d"; a unit is required except for 0) and sizes ("100", "4KiB",
  * "1MiB", "1KB"), each against the option's [min, max] when max > min.
  */
 #ifndef SBCTL_ARGS_H
@@ -35,10 +35,10 @@ typedef struct sbctl_opt {
 } sbctl_opt;
 
 typedef struct sbctl_optval {
-    int count;          /* how many times it was given */
-    const char *str;    /* last value (points into argv) */
-    int64_t num;        /* last value parsed (ms for durations, bytes for sizes) */
-    const char **list;  /* every value, for repeat options (count entries) */
+    int count;         /* how many times it was given */
+    const char *str;   /* last value (points into argv) */
+    int64_t num;       /* last value parsed (ms for durations, bytes for sizes) */
+    const char **list; /* every value, for repeat options (count entries) */
 } sbctl_optval;
 
 typedef struct sbctl_args {
@@ -53,8 +53,8 @@ typedef struct sbctl_args {
  * Returns 0, or -1 with a one-line reason in msg ("--count: expected an
  * integer, got 'x'", "unknown option --foo"); SB_ENOMEM as -2. *out must be
  * freed with sbctl_args_free in both cases. */
-int sbctl_args_parse(sbctl_args *out, const sbctl_opt *spec, size_t nspec, int argc,
-                     char **argv, char *msg, size_t msglen);
+int sbctl_args_parse(sbctl_args *out, const sbctl_opt *spec, size_t nspec, int argc, char **argv,
+                     char *msg, size_t msglen);
 
 void sbctl_args_free(sbctl_args *a);
 
@@ -64,7 +64,8 @@ int sbctl_arg_flag(const sbctl_args *a, const char *name);
 const char *sbctl_arg_str(const sbctl_args *a, const char *name, const char *dflt);
 int64_t sbctl_arg_num(const sbctl_args *a, const char *name, int64_t dflt);
 
-/* "500ms", "10s", "1.5m", "2h", "1d", bare number = seconds. Returns 0 or -1. */
+/* "500ms", "10s", "1.5m", "2min", "2h", "1d"; a bare number is refused
+ * (ambiguous: the config reads it as ms) except "0". Returns 0 or -1. */
 int sbctl_parse_duration(const char *s, int64_t *out_ms);
 
 /* "100", "4KiB", "1MiB", "1GiB", "1KB"/"1k" (1000). Returns 0 or -1. */

@@ -49,17 +49,22 @@ static int run_ping(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
 }
 
 const sbctl_cmd sbctl_cmd_ping = {
-    "ping", "", "check that the broker answers",
+    "ping",
+    "",
+    "check that the broker answers",
     "Sends a ping and prints the round-trip time. Exit status 0 means the broker\n"
     "is up and serving its endpoint.\n",
-    ping_opts, sizeof(ping_opts) / sizeof(ping_opts[0]), 0, 0, run_ping};
+    ping_opts,
+    sizeof(ping_opts) / sizeof(ping_opts[0]),
+    0,
+    0,
+    run_ping};
 
 /* ---- stats ------------------------------------------------------------ */
 
 static const sbctl_opt stats_opts[] = {
     SBCTL_COMMON_OPTS,
-    {"json", 0, SBCTL_OPT_FLAG, 0, NULL, "print the broker's reply as it is (one JSON line)", 0,
-     0},
+    {"json", 0, SBCTL_OPT_FLAG, 0, NULL, "print the broker's reply as it is (one JSON line)", 0, 0},
 };
 
 static void cell_int(char *buf, size_t len, const json_t *o, const char *key)
@@ -112,8 +117,8 @@ static int print_queues(const json_t *queues)
         cell_int(inflight, sizeof(inflight), q, "inflight");
         cell_int(consumers, sizeof(consumers), q, "consumers");
         /* No oldest message (empty queue) is reported as null or absent. */
-        sbctl_fmt_ms(oldest, sizeof(oldest), json_is_number(age) ? (int64_t)json_number_value(age)
-                                                                   : -1);
+        sbctl_fmt_ms(oldest, sizeof(oldest),
+                     json_is_number(age) ? (int64_t)json_number_value(age) : -1);
         cell_rate(in, sizeof(in), q, "in_rate");
         cell_rate(out, sizeof(out), q, "out_rate");
         cell_int(dead, sizeof(dead), q, "dead");
@@ -228,12 +233,18 @@ static int run_stats(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
 }
 
 const sbctl_cmd sbctl_cmd_stats = {
-    "stats", "", "show queues, store and broker counters",
+    "stats",
+    "",
+    "show queues, store and broker counters",
     "Prints one row per subscription queue: messages waiting (DEPTH) and their\n"
     "size, deliveries not yet acknowledged (INFLIGHT), attached consumers, the age\n"
     "of the oldest waiting message, messages in and out per second over the last\n"
     "10 s, and dead letters; then the store's commit counters and the broker's.\n",
-    stats_opts, sizeof(stats_opts) / sizeof(stats_opts[0]), 0, 0, run_stats};
+    stats_opts,
+    sizeof(stats_opts) / sizeof(stats_opts[0]),
+    0,
+    0,
+    run_stats};
 
 /* ---- dlq -------------------------------------------------------------- */
 
@@ -247,15 +258,14 @@ static json_t *dlq_request(const char *op, const sbctl_args *a)
 
 static const sbctl_opt dlq_list_opts[] = {
     SBCTL_COMMON_OPTS,
-    {"limit", 'n', SBCTL_OPT_INT, 0, "N", "show at most N dead letters (default 100)", 1,
-     1000000},
+    {"limit", 'n', SBCTL_OPT_INT, 0, "N", "show at most N dead letters (default 100)", 1, 1000000},
     {"after", 0, SBCTL_OPT_INT, 0, "DLQ_ID", "start after this dlq_id (paging)", 0, INT64_MAX},
     {"json", 0, SBCTL_OPT_FLAG, 0, NULL, "print each dead letter as one JSON line", 0, 0},
 };
 
 static int run_dlq_list(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
 {
-    static const char *const headers[] = {"DLQ_ID", "SUB",    "MSG_ID", "TOPIC",
+    static const char *const headers[] = {"DLQ_ID",   "SUB", "MSG_ID", "TOPIC",
                                           "ATTEMPTS", "AGE", "REASON", "PAYLOAD"};
     static const sbctl_align align[] = {SBCTL_ALIGN_RIGHT, SBCTL_ALIGN_LEFT,  SBCTL_ALIGN_RIGHT,
                                         SBCTL_ALIGN_LEFT,  SBCTL_ALIGN_RIGHT, SBCTL_ALIGN_RIGHT,
@@ -355,12 +365,18 @@ done:
 }
 
 const sbctl_cmd sbctl_cmd_dlq_list = {
-    "dlq list", "[SUB]", "list dead letters",
+    "dlq list",
+    "[SUB]",
+    "list dead letters",
     "Lists the dead letters of subscription SUB (of every subscription if SUB is\n"
     "omitted), oldest first: why each one died, after how many attempts, and a\n"
     "preview of its payload. When more are left, prints the --after value that\n"
     "shows the next page.\n",
-    dlq_list_opts, sizeof(dlq_list_opts) / sizeof(dlq_list_opts[0]), 0, 1, run_dlq_list};
+    dlq_list_opts,
+    sizeof(dlq_list_opts) / sizeof(dlq_list_opts[0]),
+    0,
+    1,
+    run_dlq_list};
 
 /* redrive and purge: one request, a count in the reply. */
 static int dlq_count_op(sbctl_ctx *ctx, const sbctl_args *a, const char *op, const char *what,
@@ -398,10 +414,15 @@ static int run_dlq_redrive(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_arg
 }
 
 const sbctl_cmd sbctl_cmd_dlq_redrive = {
-    "dlq redrive", "[SUB]", "put dead letters back in their subscription",
+    "dlq redrive",
+    "[SUB]",
+    "put dead letters back in their subscription",
     "Moves the dead letters of SUB (of every subscription if SUB is omitted) back\n"
     "to the tail of their subscription, with new message ids and attempt 1.\n",
-    dlq_redrive_opts, sizeof(dlq_redrive_opts) / sizeof(dlq_redrive_opts[0]), 0, 1,
+    dlq_redrive_opts,
+    sizeof(dlq_redrive_opts) / sizeof(dlq_redrive_opts[0]),
+    0,
+    1,
     run_dlq_redrive};
 
 static const sbctl_opt dlq_purge_opts[] = {
@@ -438,7 +459,13 @@ static int run_dlq_purge(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args 
 }
 
 const sbctl_cmd sbctl_cmd_dlq_purge = {
-    "dlq purge", "[SUB] [--yes]", "delete dead letters",
+    "dlq purge",
+    "[SUB] [--yes]",
+    "delete dead letters",
     "Deletes the dead letters of SUB (of every subscription if SUB is omitted).\n"
     "Asks for confirmation when stdin is a terminal; otherwise --yes is required.\n",
-    dlq_purge_opts, sizeof(dlq_purge_opts) / sizeof(dlq_purge_opts[0]), 0, 1, run_dlq_purge};
+    dlq_purge_opts,
+    sizeof(dlq_purge_opts) / sizeof(dlq_purge_opts[0]),
+    0,
+    1,
+    run_dlq_purge};

@@ -40,8 +40,8 @@ static const sbctl_opt bench_spec[] = {
      0, 64 * 1024 * 1024},
     {"window", 'w', SBCTL_OPT_INT, 0, "W",
      "publishes awaiting their puback, per producer (default 64)", 1, 100000},
-    {"sub-window", 0, SBCTL_OPT_INT, 0, "N",
-     "unacknowledged deliveries per consumer (default 100)", 1, 65535},
+    {"sub-window", 0, SBCTL_OPT_INT, 0, "N", "unacknowledged deliveries per consumer (default 100)",
+     1, 65535},
     {"durability", 'd', SBCTL_OPT_STRING, 0, "LIST",
      "classes to run, comma-separated (default fsync,batched,memory)", 0, 0},
     {"one-at-a-time", 0, SBCTL_OPT_FLAG, 0, NULL,
@@ -88,7 +88,7 @@ struct bench_run {
     const char *durability;
     char sub[64];
     char prefix[64];
-    char *pad; /* o->size 'x' characters */
+    char *pad;          /* o->size 'x' characters */
     atomic_uchar *seen; /* per message index: delivered at least once */
     atomic_llong acked, pub_errors, unrouted, delivered, duplicates;
     atomic_int producers_done, stop;
@@ -241,11 +241,11 @@ static void consumer_main(void *arg)
         op = json_string_value(json_object_get(msg, "op"));
         if (op != NULL && strcmp(op, "msg") == 0) {
             json_int_t msg_id = json_integer_value(json_object_get(msg, "msg_id"));
-            if (parse_stamp(json_string_value(json_object_get(msg, "payload")), &ts, &index) !=
-                    0 ||
+            if (parse_stamp(json_string_value(json_object_get(msg, "payload")), &ts, &index) != 0 ||
                 index < 0 || index >= r->o->messages) {
                 json_decref(msg);
-                run_fail(r, 0, "consumer: unexpected delivery on %s: %s", r->sub, "not a bench message");
+                run_fail(r, 0, "consumer: unexpected delivery on %s: %s", r->sub,
+                         "not a bench message");
                 break;
             }
             if (now > ts)
@@ -281,8 +281,8 @@ static void progress(const bench_run *r, int final)
         fprintf(stderr, "\r\033[K");
     } else {
         fprintf(stderr, "\r\033[K  %s %s: published %lld/%lld, delivered %lld", r->display,
-                r->durability, (long long)atomic_load(&r->acked),
-                (long long)r->o->messages, (long long)atomic_load(&r->delivered));
+                r->durability, (long long)atomic_load(&r->acked), (long long)r->o->messages,
+                (long long)atomic_load(&r->delivered));
     }
     fflush(stderr);
 }
@@ -382,10 +382,10 @@ static int run_one(bench_result *res, const bench_opts *o, const char *endpoint,
         unsigned long long t = sbctl_now_ns() ^ ((unsigned long long)uv_os_getpid() << 32);
         memcpy(rnd, &t, sizeof(rnd));
     }
-    snprintf(r.sub, sizeof(r.sub), "bench-%s-%02x%02x%02x%02x", durability, rnd[0], rnd[1],
+    snprintf(r.sub, sizeof(r.sub), "bench-%s-%02x%02x%02x%02x", durability, rnd[0], rnd[1], rnd[2],
+             rnd[3]);
+    snprintf(r.prefix, sizeof(r.prefix), "bench/%s/%02x%02x%02x%02x", durability, rnd[0], rnd[1],
              rnd[2], rnd[3]);
-    snprintf(r.prefix, sizeof(r.prefix), "bench/%s/%02x%02x%02x%02x", durability, rnd[0],
-             rnd[1], rnd[2], rnd[3]);
     r.pad = sb_malloc((size_t)o->size + 1);
     r.seen = sb_calloc((size_t)o->messages, sizeof(*r.seen));
     r.prod = sb_calloc((size_t)o->producers, sizeof(*r.prod));
@@ -522,8 +522,8 @@ finish:
 
 static void print_table(const bench_result *res, size_t n)
 {
-    static const char *const headers[] = {"ENDPOINT",   "CLASS",      "MSGS",
-                                          "SECONDS",    "MSG/S",      "PUBACK p50",
+    static const char *const headers[] = {"ENDPOINT",   "CLASS",       "MSGS",
+                                          "SECONDS",    "MSG/S",       "PUBACK p50",
                                           "PUBACK p99", "DELIVER p50", "DELIVER p99"};
     static const sbctl_align align[] = {SBCTL_ALIGN_LEFT,  SBCTL_ALIGN_LEFT,  SBCTL_ALIGN_RIGHT,
                                         SBCTL_ALIGN_RIGHT, SBCTL_ALIGN_RIGHT, SBCTL_ALIGN_RIGHT,
@@ -576,9 +576,9 @@ static void print_json(const bench_result *res, size_t n, const bench_opts *o)
             (json_int_t)r->delivered, "duplicates", (json_int_t)r->duplicates, "pub_errors",
             (json_int_t)r->pub_errors, "unrouted", (json_int_t)r->unrouted, "seconds", r->seconds,
             "msgs_per_s", r->rate, "puback_p50_us", (double)r->ack_p50 / 1e3, "puback_p99_us",
-            (double)r->ack_p99 / 1e3, "puback_max_us", (double)r->ack_max / 1e3,
-            "deliver_p50_us", (double)r->dlv_p50 / 1e3, "deliver_p99_us",
-            (double)r->dlv_p99 / 1e3, "deliver_max_us", (double)r->dlv_max / 1e3);
+            (double)r->ack_p99 / 1e3, "puback_max_us", (double)r->ack_max / 1e3, "deliver_p50_us",
+            (double)r->dlv_p50 / 1e3, "deliver_p99_us", (double)r->dlv_p99 / 1e3, "deliver_max_us",
+            (double)r->dlv_max / 1e3);
         if (obj != NULL && !r->ok)
             json_object_set_new(obj, "error", json_string(r->error));
         json_array_append_new(arr, obj);
@@ -607,9 +607,9 @@ static int run_bench(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
     o.window = (int)sbctl_arg_num(a, "window", 64);
     o.sub_window = (int)sbctl_arg_num(a, "sub-window", 100);
     o.one_at_a_time = sbctl_arg_flag(a, "one-at-a-time");
-    o.stall_ms = (int)(sbctl_arg_num(a, "stall", 30000) > 3600000
-                           ? 3600000
-                           : sbctl_arg_num(a, "stall", 30000));
+    o.stall_ms =
+        (int)(sbctl_arg_num(a, "stall", 30000) > 3600000 ? 3600000
+                                                         : sbctl_arg_num(a, "stall", 30000));
     o.progress = ctx->tty_err && !sbctl_arg_flag(a, "json");
 
     snprintf(list, sizeof(list), "%s", sbctl_arg_str(a, "durability", "fsync,batched,memory"));
@@ -620,8 +620,9 @@ static int run_bench(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
             if (strcmp(tok, known[i]) == 0)
                 found = known[i];
         if (found == NULL)
-            return sbctl_usage_error(cmd, "--durability: unknown class '%s' (fsync, batched, "
-                                          "memory)",
+            return sbctl_usage_error(cmd,
+                                     "--durability: unknown class '%s' (fsync, batched, "
+                                     "memory)",
                                      tok);
         for (size_t i = 0; i < nclasses; i++)
             if (classes[i] == found)
@@ -648,8 +649,7 @@ static int run_bench(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
                "bytes per run\n\n",
                o.producers, o.producers == 1 ? "" : "s",
                o.one_at_a_time ? "one at a time" : "pipelined", o.consumers,
-               o.consumers == 1 ? "" : "s", o.sub_window, (long long)o.messages,
-               (long long)o.size);
+               o.consumers == 1 ? "" : "s", o.sub_window, (long long)o.messages, (long long)o.size);
     fflush(stdout);
     for (size_t e = 0; e < ctx->nendpoints; e++) {
         for (size_t k = 0; k < nclasses; k++) {
@@ -672,7 +672,9 @@ static int run_bench(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
 }
 
 const sbctl_cmd sbctl_cmd_bench = {
-    "bench", "", "measure throughput and latency",
+    "bench",
+    "",
+    "measure throughput and latency",
     "For each --endpoint (give several to compare transports) and each durability\n"
     "class, creates a fresh subscription bench-<class>-<random> with that\n"
     "durability, publishes --messages messages from --producers connections (each\n"
@@ -680,4 +682,8 @@ const sbctl_cmd sbctl_cmd_bench = {
     "consumes and acknowledges them on --consumers connections. Reports msgs/s from\n"
     "the first publish to the last delivery, and p50/p99 latencies publish->puback\n"
     "and publish->delivery (monotonic clock). The subscription is deleted after.\n",
-    bench_spec, sizeof(bench_spec) / sizeof(bench_spec[0]), 0, 0, run_bench};
+    bench_spec,
+    sizeof(bench_spec) / sizeof(bench_spec[0]),
+    0,
+    0,
+    run_bench};

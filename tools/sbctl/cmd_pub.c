@@ -22,8 +22,7 @@ static const sbctl_opt pub_opts[] = {
     {"ttl", 0, SBCTL_OPT_DURATION, 0, "DURATION", "expire the message after DURATION", 1,
      INT64_MAX},
     {"priority", 0, SBCTL_OPT_INT, 0, "N", "priority 0..9", 0, 9},
-    {"count", 'n', SBCTL_OPT_INT, 0, "N", "publish N copies, pipelined (default 1)", 1,
-     1000000000},
+    {"count", 'n', SBCTL_OPT_INT, 0, "N", "publish N copies, pipelined (default 1)", 1, 1000000000},
     {"window", 'w', SBCTL_OPT_INT, 0, "N",
      "with --count: at most N publishes awaiting their puback (default 256)", 1, 1000000},
 };
@@ -314,10 +313,16 @@ done:
 }
 
 const sbctl_cmd sbctl_cmd_pub = {
-    "pub", "TOPIC [PAYLOAD]", "publish a message",
+    "pub",
+    "TOPIC [PAYLOAD]",
+    "publish a message",
     "Publishes PAYLOAD (or the contents of --file, or stdin when neither is given,\n"
     "byte for byte) to TOPIC and prints the message id once the broker has\n"
     "committed it. Payloads that are not UTF-8 text are sent base64-encoded.\n"
     "With --count N, publishes N copies pipelined and prints a summary; on a\n"
     "terminal, long runs show their progress.\n",
-    pub_opts, sizeof(pub_opts) / sizeof(pub_opts[0]), 1, 2, run_pub};
+    pub_opts,
+    sizeof(pub_opts) / sizeof(pub_opts[0]),
+    1,
+    2,
+    run_pub};

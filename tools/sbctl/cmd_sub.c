@@ -17,21 +17,19 @@ static const sbctl_opt sub_opts[] = {
      "topic filter; creates the subscription if it does not exist", 0, 0},
     {"count", 'n', SBCTL_OPT_INT, 0, "N", "stop after N messages", 1, INT64_MAX},
     {"timeout", 't', SBCTL_OPT_DURATION, 0, "DURATION", "stop after DURATION", 0, INT64_MAX},
-    {"json", 0, SBCTL_OPT_FLAG, 0, NULL, "print each delivery as the broker sent it (JSON)", 0,
-     0},
+    {"json", 0, SBCTL_OPT_FLAG, 0, NULL, "print each delivery as the broker sent it (JSON)", 0, 0},
     {"no-ack", 0, SBCTL_OPT_FLAG, 0, NULL,
      "do not acknowledge (messages return to the queue when sbctl exits)", 0, 0},
     {"window", 'w', SBCTL_OPT_INT, 0, "N",
      "deliveries unacknowledged at once (default 100; with --count: 1, or N with --no-ack)", 1,
      65535},
-    {"durability", 0, SBCTL_OPT_STRING, 0, "CLASS",
-     "when creating: fsync, batched or memory", 0, 0},
-    {"max-attempts", 0, SBCTL_OPT_INT, 0, "N", "when creating: deliveries before dead-lettering",
-     1, 1000000},
+    {"durability", 0, SBCTL_OPT_STRING, 0, "CLASS", "when creating: fsync, batched or memory", 0,
+     0},
+    {"max-attempts", 0, SBCTL_OPT_INT, 0, "N", "when creating: deliveries before dead-lettering", 1,
+     1000000},
     {"lease", 0, SBCTL_OPT_DURATION, 0, "DURATION", "when creating: ack timeout", 1, INT64_MAX},
     {"ttl", 0, SBCTL_OPT_DURATION, 0, "DURATION", "when creating: message expiry", 1, INT64_MAX},
-    {"max-depth", 0, SBCTL_OPT_INT, 0, "N", "when creating: most messages waiting", 1,
-     INT64_MAX},
+    {"max-depth", 0, SBCTL_OPT_INT, 0, "N", "when creating: most messages waiting", 1, INT64_MAX},
 };
 
 /* Prints one delivery. Returns 0, or -1 if stdout failed. */
@@ -242,7 +240,9 @@ done:
 }
 
 const sbctl_cmd sbctl_cmd_sub = {
-    "sub", "NAME", "consume from a durable subscription",
+    "sub",
+    "NAME",
+    "consume from a durable subscription",
     "Attaches to the durable subscription NAME, creating it with --filter (and the\n"
     "other 'when creating' settings) if it does not exist, and prints each message\n"
     "as TOPIC<TAB>PAYLOAD (or the delivery's JSON with --json). Each message is\n"
@@ -250,4 +250,8 @@ const sbctl_cmd sbctl_cmd_sub = {
     "nothing: unacknowledged messages are delivered again. Runs until --count\n"
     "messages were printed, --timeout expired, or it is interrupted; exits 1 if\n"
     "--timeout expired before --count messages arrived.\n",
-    sub_opts, sizeof(sub_opts) / sizeof(sub_opts[0]), 1, 1, run_sub};
+    sub_opts,
+    sizeof(sub_opts) / sizeof(sub_opts[0]),
+    1,
+    1,
+    run_sub};

@@ -205,11 +205,9 @@ void sbctl_fmt_ms(char *buf, size_t len, int64_t ms)
     else if (ms < 60000)
         snprintf(buf, len, "%.1fs", (double)(ms / 100) / 10.0);
     else if (ms < 3600000)
-        snprintf(buf, len, "%lldm%02llds", (long long)(ms / 60000),
-                 (long long)(ms / 1000 % 60));
+        snprintf(buf, len, "%lldm%02llds", (long long)(ms / 60000), (long long)(ms / 1000 % 60));
     else if (ms < 86400000)
-        snprintf(buf, len, "%lldh%02lldm", (long long)(ms / 3600000),
-                 (long long)(ms / 60000 % 60));
+        snprintf(buf, len, "%lldh%02lldm", (long long)(ms / 3600000), (long long)(ms / 60000 % 60));
     else
         snprintf(buf, len, "%lldd%02lldh", (long long)(ms / 86400000),
                  (long long)(ms / 3600000 % 24));

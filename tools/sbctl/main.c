@@ -12,9 +12,8 @@
 #endif
 
 static const sbctl_cmd *const commands[] = {
-    &sbctl_cmd_pub,         &sbctl_cmd_sub,       &sbctl_cmd_stats,
-    &sbctl_cmd_dlq_list,    &sbctl_cmd_dlq_redrive, &sbctl_cmd_dlq_purge,
-    &sbctl_cmd_ping,        &sbctl_cmd_bench,
+    &sbctl_cmd_pub,         &sbctl_cmd_sub,       &sbctl_cmd_stats, &sbctl_cmd_dlq_list,
+    &sbctl_cmd_dlq_redrive, &sbctl_cmd_dlq_purge, &sbctl_cmd_ping,  &sbctl_cmd_bench,
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -31,21 +30,20 @@ static void print_main_help(FILE *f)
         snprintf(left, sizeof(left), "%s %s", commands[i]->name, commands[i]->args);
         fprintf(f, "  %-26s %s\n", left, commands[i]->summary);
     }
-    fprintf(f,
-            "\n"
-            "Global options:\n"
-            "  -e, --endpoint ENDPOINT    where the broker listens: unix:PATH, tcp:HOST:PORT,\n"
-            "                             HOST:PORT, \\\\.\\pipe\\NAME or a socket path\n"
-            "                             (default: $SB_ADMIN, else ./data/admin.sock)\n"
-            "  -h, --help                 show this help\n"
-            "  -V, --version              show the version\n"
-            "\n"
-            "Durations are written 500ms, 10s, 1.5m, 2h, 1d (a bare number is seconds).\n"
-            "\n"
-            "Exit status: 0 success; 1 the broker reported an error or the operation\n"
-            "failed; 2 usage error; 3 cannot connect, or the connection failed or timed out.\n"
-            "\n"
-            "Run 'sbctl COMMAND --help' for the options of a command.\n");
+    fprintf(f, "\n"
+               "Global options:\n"
+               "  -e, --endpoint ENDPOINT    where the broker listens: unix:PATH, tcp:HOST:PORT,\n"
+               "                             HOST:PORT, \\\\.\\pipe\\NAME or a socket path\n"
+               "                             (default: $SB_ADMIN, else ./data/admin.sock)\n"
+               "  -h, --help                 show this help\n"
+               "  -V, --version              show the version\n"
+               "\n"
+               "Durations take a unit: 500ms, 10s, 1.5m, 2h, 1d.\n"
+               "\n"
+               "Exit status: 0 success; 1 the broker reported an error or the operation\n"
+               "failed; 2 usage error; 3 cannot connect, or the connection failed or timed out.\n"
+               "\n"
+               "Run 'sbctl COMMAND --help' for the options of a command.\n");
 }
 
 static void print_cmd_help(const sbctl_cmd *cmd)

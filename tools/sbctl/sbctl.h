@@ -41,9 +41,12 @@ struct sbctl_cmd {
 
 /* The options every command accepts (put first in each command's table). */
 #define SBCTL_COMMON_OPTS                                                                          \
-    {"endpoint", 'e', SBCTL_OPT_STRING, 1, "ENDPOINT",                                            \
-     "broker endpoint (default $SB_ADMIN or ./data/admin.sock)", 0, 0},                           \
-        {"help", 'h', SBCTL_OPT_FLAG, 0, NULL, "show this help", 0, 0}
+    {"endpoint", 'e',        SBCTL_OPT_STRING,                                                     \
+     1,          "ENDPOINT", "broker endpoint (default $SB_ADMIN or ./data/admin.sock)",           \
+     0,          0},                                                                               \
+    {                                                                                              \
+        "help", 'h', SBCTL_OPT_FLAG, 0, NULL, "show this help", 0, 0                               \
+    }
 
 extern const sbctl_cmd sbctl_cmd_pub, sbctl_cmd_sub, sbctl_cmd_stats, sbctl_cmd_ping,
     sbctl_cmd_dlq_list, sbctl_cmd_dlq_redrive, sbctl_cmd_dlq_purge, sbctl_cmd_bench;

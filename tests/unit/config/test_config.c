@@ -353,8 +353,8 @@ static void test_scalars(void **state)
     static const struct {
         const char *text;
         int value;
-    } bools[] = {{"true", 1}, {"True", 1}, {"yes", 1}, {"on", 1}, {"ON", 1},
-                 {"false", 0}, {"no", 0}, {"off", 0}, {"FALSE", 0}};
+    } bools[] = {{"true", 1},  {"True", 1}, {"yes", 1}, {"on", 1},   {"ON", 1},
+                 {"false", 0}, {"no", 0},   {"off", 0}, {"FALSE", 0}};
     char yaml[128];
     sb_config *cfg;
     (void)state;
@@ -698,13 +698,31 @@ static void test_durations(void **state)
     static const struct {
         const char *text;
         int64_t ms;
-    } good[] = {{"0", 0},          {"250", 250},          {"250ms", 250},
-                {"10s", 10000},    {"5m", 300000},        {"2h", 7200000},
-                {"1d", 86400000},  {"0s", 0},             {"106751991167d", 106751991167 * 86400000LL},
+    } good[] = {{"0", 0},
+                {"250", 250},
+                {"250ms", 250},
+                {"10s", 10000},
+                {"5m", 300000},
+                {"2h", 7200000},
+                {"1d", 86400000},
+                {"0s", 0},
+                {"106751991167d", 106751991167 * 86400000LL},
                 {"9223372036854775807", INT64_MAX}};
-    static const char *const bad[] = {"",      "ms",   "-1s", "1.5s", "10 s", "10S",
-                                      "1w",    "1h30m", "+1s", "s1",   "1sec", "106751991168d",
-                                      "99999999999999999999", " 1s", "1s "};
+    static const char *const bad[] = {"",
+                                      "ms",
+                                      "-1s",
+                                      "1.5s",
+                                      "10 s",
+                                      "10S",
+                                      "1w",
+                                      "1h30m",
+                                      "+1s",
+                                      "s1",
+                                      "1sec",
+                                      "106751991168d",
+                                      "99999999999999999999",
+                                      " 1s",
+                                      "1s "};
     int64_t v;
     (void)state;
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
@@ -739,8 +757,17 @@ static void test_sizes(void **state)
                 {"2GB", 2000000000},
                 {"1TB", 1000000000000LL},
                 {"8388607TiB", (int64_t)8388607 << 40}};
-    static const char *const bad[] = {"",     "KiB",  "1K",   "1 MiB", "-1",     "1.5MiB",
-                                      "1MiBs", "0x10", "1e6", "8388608TiB", "99999999999999999999"};
+    static const char *const bad[] = {"",
+                                      "KiB",
+                                      "1K",
+                                      "1 MiB",
+                                      "-1",
+                                      "1.5MiB",
+                                      "1MiBs",
+                                      "0x10",
+                                      "1e6",
+                                      "8388608TiB",
+                                      "99999999999999999999"};
     int64_t v;
     (void)state;
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {

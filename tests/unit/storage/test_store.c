@@ -1,1 +1,1426 @@
-int main(void){return 0;}
+/*
+ * The SQLite store: every op through a real uv loop and store thread, reload
+ * after close, group commit and its synchronous level (checked at the VFS),
+ * disk-full and I/O-error behaviour, refusal of foreign, corrupt, newer and
+ * busy databases, and out-of-memory paths. Each test has its own directory.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <sqlite3.h>
+#include <uv.h>
+
+#include "service/alloc.h"
+#include "service/error.h"
+#include "service/log.h"
+#include "service/message.h"
+#include "storage/store.h"
+#include "storage/store_test.h"
+#include "vfs_shim.h"
+
+typedef struct fx {
+    char dir[1024];
+    char path[1100];
+    uv_loop_t loop;
+    sb_store *s;
+} fx;
+
+/* ---- fixture ------------------------------------------------------------ */
+
+static void rm_rf(const char *dir)
+{
+    uv_fs_t req;
+    uv_dirent_t ent;
+    char p[1200];
+    if (uv_fs_scandir(NULL, &req, dir, 0, NULL) >= 0) {
+        while (uv_fs_scandir_next(&req, &ent) != UV_EOF) {
+            uv_fs_t r2;
+            snprintf(p, sizeof(p), "%s/%s", dir, ent.name);
+            uv_fs_unlink(NULL, &r2, p, NULL);
+            uv_fs_req_cleanup(&r2);
+        }
+    }
+    uv_fs_req_cleanup(&req);
+    uv_fs_rmdir(NULL, &req, dir, NULL);
+    uv_fs_req_cleanup(&req);
+}
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof(*f));
+    char tmp[900], tmpl[1000];
+    size_t len = sizeof(tmp);
+    uv_fs_t req;
+    assert_non_null(f);
+    assert_int_equal(uv_os_tmpdir(tmp, &len), 0);
+    snprintf(tmpl, sizeof(tmpl), "%s/sb-store-XXXXXX", tmp);
+    assert_int_equal(uv_fs_mkdtemp(NULL, &req, tmpl, NULL), 0);
+    snprintf(f->dir, sizeof(f->dir), "%s", req.path);
+    uv_fs_req_cleanup(&req);
+    snprintf(f->path, sizeof(f->path), "%s/switchboard.db", f->dir);
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    if (f->s != NULL)
+        sb_store_close(f->s);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+    rm_rf(f->dir);
+    free(f);
+    return 0;
+}
+
+static void open_with(fx *f, int max_batch, int delay_us, int64_t max_bytes)
+{
+    sb_store_options o = {0};
+    sb_error err = {0};
+    int rc;
+    o.path = f->path;
+    o.commit_max_batch = max_batch;
+    o.commit_max_delay_us = delay_us;
+    o.max_db_bytes = max_bytes;
+    rc = sb_store_open(&f->s, &o, &err);
+    if (rc != 0)
+        fail_msg("open: %s (%s)", err.msg, sb_errname(rc));
+}
+
+static void start(fx *f)
+{
+    sb_error err = {0};
+    assert_int_equal(sb_store_start(f->s, &f->loop, &err), 0);
+}
+
+static void open_start(fx *f)
+{
+    open_with(f, 0, 0, 0);
+    start(f);
+}
+
+/* Stops and closes the store and lets the loop close its handle. */
+static void shut(fx *f)
+{
+    sb_store_stop(f->s);
+    sb_store_close(f->s);
+    f->s = NULL;
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+}
+
+/* ---- ops ---------------------------------------------------------------- */
+
+static void count_cb(sb_store_op *op, void *ctx)
+{
+    (void)op;
+    (*(int *)ctx)++;
+}
+
+static void run_until(fx *f, const int *counter, int target)
+{
+    while (*counter < target)
+        uv_run(&f->loop, UV_RUN_ONCE);
+}
+
+static void tick_cb(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* Runs the loop until pred(f) holds, waking every 5 ms to look (10 s max). */
+static void run_until_pred(fx *f, int (*pred)(fx *))
+{
+    uv_timer_t t;
+    uint64_t deadline = uv_hrtime() + 10ull * 1000 * 1000 * 1000;
+    uv_timer_init(&f->loop, &t);
+    uv_timer_start(&t, tick_cb, 5, 5);
+    while (!pred(f)) {
+        assert_true(uv_hrtime() < deadline);
+        uv_run(&f->loop, UV_RUN_ONCE);
+    }
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+}
+
+/* Submits one op and waits for its callback; returns its status. */
+static int do_op(fx *f, sb_store_op *op)
+{
+    int n = 0;
+    op->cb = count_cb;
+    op->ctx = &n;
+    assert_int_equal(sb_store_submit(f->s, op), 0);
+    run_until(f, &n, 1);
+    return op->status;
+}
+
+static sb_message *msg(uint64_t id, const char *topic, const char *payload)
+{
+    sb_message *m = sb_message_new(topic, payload, strlen(payload));
+    assert_non_null(m);
+    m->id = id;
+    return m;
+}
+
+static void publish_op(sb_store_op *op, sb_message *m, const uint32_t *queues, size_t n)
+{
+    memset(op, 0, sizeof(*op));
+    op->type = SB_OP_PUBLISH;
+    op->u.publish.msg = m;
+    op->u.publish.queue_ids = queues;
+    op->u.publish.queue_count = n;
+}
+
+static int publish(fx *f, uint64_t id, const char *payload, const uint32_t *queues, size_t n)
+{
+    sb_store_op op;
+    sb_message *m = msg(id, "t/x", payload);
+    int rc;
+    publish_op(&op, m, queues, n);
+    rc = do_op(f, &op);
+    sb_message_unref(m);
+    return rc;
+}
+
+static int queue_put(fx *f, uint32_t id, const char *name, const char *filter, const char *settings)
+{
+    sb_store_op op = {0};
+    op.type = SB_OP_QUEUE_PUT;
+    op.u.queue_put.queue_id = id;
+    op.u.queue_put.name = name;
+    op.u.queue_put.filter = filter;
+    op.u.queue_put.settings = settings;
+    return do_op(f, &op);
+}
+
+static int ack(fx *f, uint32_t q, uint64_t first, uint64_t last)
+{
+    sb_store_op op = {0};
+    op.type = SB_OP_ACK;
+    op.u.ack.queue_id = q;
+    op.u.ack.first_id = first;
+    op.u.ack.last_id = last;
+    return do_op(f, &op);
+}
+
+static int retain_put(fx *f, const char *topic, const char *payload)
+{
+    sb_store_op op = {0};
+    sb_message *m = msg(7, topic, payload);
+    int rc;
+    op.type = SB_OP_RETAIN_PUT;
+    op.u.retain_put.msg = m;
+    rc = do_op(f, &op);
+    sb_message_unref(m);
+    return rc;
+}
+
+/* ---- loading ------------------------------------------------------------ */
+
+typedef struct entry {
+    uint32_t queue_id;
+    sb_message *m;
+    int attempts;
+} entry;
+
+typedef struct loaded {
+    entry e[20000];
+    size_t n;
+} loaded;
+
+static int collect_entry(void *ctx, uint32_t queue_id, sb_message *m, int attempts)
+{
+    loaded *l = ctx;
+    assert_true(l->n < sizeof(l->e) / sizeof(l->e[0]));
+    l->e[l->n].queue_id = queue_id;
+    l->e[l->n].m = m;
+    l->e[l->n].attempts = attempts;
+    l->n++;
+    return 0;
+}
+
+static void loaded_free(loaded *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        sb_message_unref(l->e[i].m);
+    free(l);
+}
+
+/* Closes, reopens (not started) and loads the entries. */
+static loaded *reload_entries(fx *f)
+{
+    loaded *l = calloc(1, sizeof(*l));
+    sb_error err = {0};
+    assert_non_null(l);
+    if (f->s != NULL)
+        shut(f);
+    open_with(f, 0, 0, 0);
+    assert_int_equal(sb_store_load_entries(f->s, collect_entry, l, &err), 0);
+    return l;
+}
+
+/* Message ids of queue q, in load order, into ids; returns the count. */
+static size_t ids_of(const loaded *l, uint32_t q, uint64_t *ids, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < l->n; i++)
+        if (l->e[i].queue_id == q && n < max)
+            ids[n++] = l->e[i].m->id;
+    return n;
+}
+
+typedef struct qrow {
+    uint32_t id;
+    char name[32], filter[32], settings[64];
+} qrow;
+
+typedef struct qlist {
+    qrow q[8];
+    int n;
+} qlist;
+
+static int collect_queue(void *ctx, uint32_t id, const char *name, const char *filter,
+                         const char *settings)
+{
+    qlist *l = ctx;
+    assert_true(l->n < 8);
+    l->q[l->n].id = id;
+    snprintf(l->q[l->n].name, sizeof(l->q[0].name), "%s", name);
+    snprintf(l->q[l->n].filter, sizeof(l->q[0].filter), "%s", filter);
+    snprintf(l->q[l->n].settings, sizeof(l->q[0].settings), "%s", settings ? settings : "(null)");
+    l->n++;
+    return 0;
+}
+
+typedef struct rlist {
+    sb_message *m[8];
+    int n;
+} rlist;
+
+static int collect_retained(void *ctx, sb_message *m)
+{
+    rlist *l = ctx;
+    assert_true(l->n < 8);
+    l->m[l->n++] = m;
+    return 0;
+}
+
+static void rlist_free(rlist *l)
+{
+    for (int i = 0; i < l->n; i++)
+        sb_message_unref(l->m[i]);
+    l->n = 0;
+}
+
+typedef struct dlist {
+    char key[8][32];
+    int64_t exp[8];
+    int n;
+} dlist;
+
+static int collect_dedup(void *ctx, const char *key, int64_t expires_ms)
+{
+    dlist *l = ctx;
+    assert_true(l->n < 8);
+    snprintf(l->key[l->n], sizeof(l->key[0]), "%s", key);
+    l->exp[l->n++] = expires_ms;
+    return 0;
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+static void test_publish_reload(void **state)
+{
+    fx *f = *state;
+    const uint32_t queues[3] = {1, 2, 3};
+    sb_store_op ops[50];
+    sb_message *msgs[50];
+    qlist ql = {0};
+    loaded *l;
+    sb_error err = {0};
+    uint64_t max_msg;
+    uint32_t max_queue;
+    int done = 0;
+
+    open_start(f);
+    assert_int_equal(queue_put(f, 1, "one", "t/#", "{\"durability\":\"fsync\"}"), 0);
+    assert_int_equal(queue_put(f, 2, "two", "t/+", NULL), 0);
+    assert_int_equal(queue_put(f, 3, "three", "#", NULL), 0);
+    for (int i = 0; i < 50; i++) {
+        char payload[32];
+        snprintf(payload, sizeof(payload), "payload %d", i);
+        msgs[i] = msg((uint64_t)i + 1, "t/x", payload);
+        msgs[i]->created_ms = 1000 + i;
+        msgs[i]->expires_ms = i % 2 ? 0 : 99999 + i;
+        msgs[i]->priority = i % 10;
+        if (i % 3 == 0)
+            assert_int_equal(sb_message_add_header(msgs[i], "content-type", "text/plain"), 0);
+        publish_op(&ops[i], msgs[i], queues, 3);
+        ops[i].sync = i % 2;
+        ops[i].cb = count_cb;
+        ops[i].ctx = &done;
+        assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
+    }
+    run_until(f, &done, 50);
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(ops[i].status, 0);
+
+    l = reload_entries(f);
+    assert_int_equal(l->n, 150);
+    for (size_t i = 0; i < l->n; i++) {
+        const sb_message *m = l->e[i].m, *want = msgs[i / 3];
+        assert_int_equal(l->e[i].queue_id, queues[i % 3]);
+        assert_int_equal(m->id, want->id);
+        assert_string_equal(m->topic, "t/x");
+        assert_int_equal(m->payload_len, want->payload_len);
+        assert_memory_equal(m->payload, want->payload, want->payload_len);
+        assert_int_equal(m->created_ms, want->created_ms);
+        assert_int_equal(m->expires_ms, want->expires_ms);
+        assert_int_equal(m->priority, want->priority);
+        assert_int_equal(m->header_count, want->header_count);
+        if (want->header_count > 0)
+            assert_string_equal(sb_message_header(m, "content-type"), "text/plain");
+        assert_int_equal(l->e[i].attempts, 0);
+        /* The rows of one fan-out share one message. */
+        if (i % 3 > 0)
+            assert_ptr_equal(m, l->e[i - 1].m);
+    }
+    loaded_free(l);
+    assert_int_equal(sb_store_load_queues(f->s, collect_queue, &ql, &err), 0);
+    assert_int_equal(ql.n, 3);
+    assert_string_equal(ql.q[0].name, "one");
+    assert_string_equal(ql.q[0].filter, "t/#");
+    assert_string_equal(ql.q[0].settings, "{\"durability\":\"fsync\"}");
+    assert_string_equal(ql.q[1].settings, "(null)");
+    assert_int_equal(sb_store_max_ids(f->s, &max_msg, &max_queue, &err), 0);
+    assert_int_equal(max_msg, 50);
+    assert_int_equal(max_queue, 3);
+    for (int i = 0; i < 50; i++)
+        sb_message_unref(msgs[i]);
+}
+
+static void test_ack_ranges(void **state)
+{
+    fx *f = *state;
+    const uint32_t q12[2] = {1, 2};
+    uint64_t ids[16];
+    loaded *l;
+    open_start(f);
+    for (uint64_t i = 1; i <= 10; i++)
+        assert_int_equal(publish(f, i, "p", q12, 2), 0);
+    assert_int_equal(ack(f, 1, 3, 6), 0);
+    assert_int_equal(ack(f, 1, 9, 1000), 0);
+    assert_int_equal(ack(f, 1, 500, 600), 0); /* nothing there: fine */
+    l = reload_entries(f);
+    assert_int_equal(ids_of(l, 1, ids, 16), 4);
+    assert_int_equal(ids[0], 1);
+    assert_int_equal(ids[1], 2);
+    assert_int_equal(ids[2], 7);
+    assert_int_equal(ids[3], 8);
+    assert_int_equal(ids_of(l, 2, ids, 16), 10);
+    loaded_free(l);
+    /* Acked ids are not reused: the high-water mark survives. */
+    start(f);
+    assert_int_equal(ack(f, 1, 1, 100), 0);
+    assert_int_equal(ack(f, 2, 1, 100), 0);
+    shut(f);
+    open_with(f, 0, 0, 0);
+    {
+        uint64_t max_msg = 0;
+        assert_int_equal(sb_store_max_ids(f->s, &max_msg, NULL, NULL), 0);
+        assert_int_equal(max_msg, 10);
+    }
+}
+
+static void test_attempts(void **state)
+{
+    fx *f = *state;
+    const uint32_t q1 = 1;
+    sb_store_op op = {0};
+    loaded *l;
+    open_start(f);
+    assert_int_equal(publish(f, 1, "a", &q1, 1), 0);
+    assert_int_equal(publish(f, 2, "b", &q1, 1), 0);
+    op.type = SB_OP_ATTEMPTS;
+    op.u.attempts.queue_id = 1;
+    op.u.attempts.msg_id = 2;
+    op.u.attempts.attempts = 3;
+    assert_int_equal(do_op(f, &op), 0);
+    op.u.attempts.msg_id = 99;
+    assert_int_equal(do_op(f, &op), SB_ENOTFOUND);
+    l = reload_entries(f);
+    assert_int_equal(l->n, 2);
+    assert_int_equal(l->e[0].attempts, 0);
+    assert_int_equal(l->e[1].attempts, 3);
+    loaded_free(l);
+}
+
+static void deadletter_op(sb_store_op *op, uint32_t q, uint64_t id, const char *queue_name)
+{
+    memset(op, 0, sizeof(*op));
+    op->type = SB_OP_DEADLETTER;
+    op->u.deadletter.queue_id = q;
+    op->u.deadletter.msg_id = id;
+    op->u.deadletter.queue_name = queue_name;
+    op->u.deadletter.reason = "max attempts";
+    op->u.deadletter.source = "tcp-in";
+    op->u.deadletter.attempts = 5;
+}
+
+static void dlq_list(fx *f, sb_store_op *op, const char *queue, int64_t after, int limit)
+{
+    memset(op, 0, sizeof(*op));
+    op->type = SB_OP_DLQ_LIST;
+    op->u.dlq_list.queue_name = queue;
+    op->u.dlq_list.after_dlq_id = after;
+    op->u.dlq_list.limit = limit;
+    assert_int_equal(do_op(f, op), 0);
+}
+
+static void test_deadletter(void **state)
+{
+    fx *f = *state;
+    const uint32_t q1 = 1;
+    sb_store_op op, list;
+    sb_dead_letter redrive[2];
+    uint64_t ids[8];
+    int64_t t0 = sb_now_ms();
+    loaded *l;
+    sb_message *m;
+
+    open_start(f);
+    assert_int_equal(queue_put(f, 1, "q-one", "t/#", NULL), 0);
+    assert_int_equal(queue_put(f, 2, "q-two", "u/#", NULL), 0);
+    for (uint64_t i = 1; i <= 5; i++) {
+        m = msg(i, "t/dead", "body");
+        assert_int_equal(sb_message_add_header(m, "source", "tcp-in"), 0);
+        m->expires_ms = 0;
+        publish_op(&op, m, &q1, 1);
+        assert_int_equal(do_op(f, &op), 0);
+        sb_message_unref(m);
+    }
+    deadletter_op(&op, 1, 2, "q-one");
+    assert_int_equal(do_op(f, &op), 0);
+    deadletter_op(&op, 1, 4, NULL); /* the name comes from the queue row */
+    assert_int_equal(do_op(f, &op), 0);
+    deadletter_op(&op, 1, 42, "q-one");
+    assert_int_equal(do_op(f, &op), SB_ENOTFOUND);
+
+    dlq_list(f, &list, NULL, 0, 0);
+    assert_int_equal(list.u.dlq_list.row_count, 2);
+    {
+        sb_dead_letter *r = list.u.dlq_list.rows;
+        assert_string_equal(r[0].queue_name, "q-one");
+        assert_string_equal(r[1].queue_name, "q-one");
+        assert_true(r[0].dlq_id < r[1].dlq_id);
+        assert_int_equal(r[0].msg->id, 2);
+        assert_int_equal(r[1].msg->id, 4);
+        assert_string_equal(r[0].msg->topic, "t/dead");
+        assert_memory_equal(r[0].msg->payload, "body", 4);
+        assert_string_equal(sb_message_header(r[0].msg, "source"), "tcp-in");
+        assert_string_equal(r[0].reason, "max attempts");
+        assert_string_equal(r[0].source, "tcp-in");
+        assert_int_equal(r[0].attempts, 5);
+        assert_true(r[0].dead_ms >= t0);
+    }
+    /* Paging and filtering. */
+    {
+        sb_store_op page;
+        int64_t first = list.u.dlq_list.rows[0].dlq_id;
+        dlq_list(f, &page, NULL, 0, 1);
+        assert_int_equal(page.u.dlq_list.row_count, 1);
+        assert_int_equal(page.u.dlq_list.rows[0].dlq_id, first);
+        sb_store_dlq_rows_free(page.u.dlq_list.rows, page.u.dlq_list.row_count);
+        dlq_list(f, &page, "q-one", first, 10);
+        assert_int_equal(page.u.dlq_list.row_count, 1);
+        assert_int_equal(page.u.dlq_list.rows[0].msg->id, 4);
+        sb_store_dlq_rows_free(page.u.dlq_list.rows, page.u.dlq_list.row_count);
+        dlq_list(f, &page, "other", 0, 10);
+        assert_int_equal(page.u.dlq_list.row_count, 0);
+        sb_store_dlq_rows_free(page.u.dlq_list.rows, page.u.dlq_list.row_count);
+    }
+
+    /* A redrive with one missing row changes nothing. */
+    memset(redrive, 0, sizeof(redrive));
+    redrive[0].dlq_id = list.u.dlq_list.rows[0].dlq_id;
+    redrive[0].target_queue_id = 2;
+    redrive[0].new_msg_id = 100;
+    redrive[1].dlq_id = 12345;
+    redrive[1].target_queue_id = 2;
+    redrive[1].new_msg_id = 101;
+    memset(&op, 0, sizeof(op));
+    op.type = SB_OP_DLQ_REDRIVE;
+    op.u.dlq_redrive.rows = redrive;
+    op.u.dlq_redrive.row_count = 2;
+    assert_int_equal(do_op(f, &op), SB_ENOTFOUND);
+    /* A taken new id is refused too. */
+    redrive[1] = redrive[0];
+    redrive[1].new_msg_id = 3; /* entry (1, 3) exists: use queue 1 */
+    redrive[1].target_queue_id = 1;
+    redrive[1].dlq_id = list.u.dlq_list.rows[1].dlq_id;
+    op.u.dlq_redrive.row_count = 2;
+    redrive[0].target_queue_id = 2;
+    assert_int_equal(do_op(f, &op), SB_EEXIST);
+    /* Now a good one. */
+    op.u.dlq_redrive.row_count = 1;
+    assert_int_equal(do_op(f, &op), 0);
+    sb_store_dlq_rows_free(list.u.dlq_list.rows, list.u.dlq_list.row_count);
+
+    dlq_list(f, &list, NULL, 0, 0);
+    assert_int_equal(list.u.dlq_list.row_count, 1);
+    assert_int_equal(list.u.dlq_list.rows[0].msg->id, 4);
+    sb_store_dlq_rows_free(list.u.dlq_list.rows, list.u.dlq_list.row_count);
+
+    memset(&op, 0, sizeof(op));
+    op.type = SB_OP_DLQ_PURGE;
+    op.u.dlq_purge.queue_name = "q-two";
+    assert_int_equal(do_op(f, &op), 0);
+    assert_int_equal(op.u.dlq_purge.purged, 0);
+    op.u.dlq_purge.queue_name = NULL;
+    assert_int_equal(do_op(f, &op), 0);
+    assert_int_equal(op.u.dlq_purge.purged, 1);
+
+    l = reload_entries(f);
+    assert_int_equal(ids_of(l, 1, ids, 8), 3);
+    assert_int_equal(ids[0], 1);
+    assert_int_equal(ids[1], 3);
+    assert_int_equal(ids[2], 5);
+    assert_int_equal(ids_of(l, 2, ids, 8), 1);
+    assert_int_equal(ids[0], 100);
+    for (size_t i = 0; i < l->n; i++) {
+        if (l->e[i].queue_id == 2) {
+            assert_int_equal(l->e[i].attempts, 0);
+            assert_string_equal(l->e[i].m->topic, "t/dead");
+            assert_string_equal(sb_message_header(l->e[i].m, "source"), "tcp-in");
+        }
+    }
+    loaded_free(l);
+    {
+        uint64_t max_msg = 0;
+        assert_int_equal(sb_store_max_ids(f->s, &max_msg, NULL, NULL), 0);
+        assert_int_equal(max_msg, 100);
+    }
+    start(f);
+    dlq_list(f, &list, NULL, 0, 0);
+    assert_int_equal(list.u.dlq_list.row_count, 0);
+    sb_store_dlq_rows_free(list.u.dlq_list.rows, list.u.dlq_list.row_count);
+}
+
+static void test_retained(void **state)
+{
+    fx *f = *state;
+    sb_store_op op;
+    sb_message *m;
+    rlist rl = {0};
+    sb_error err = {0};
+
+    open_start(f);
+    m = msg(1, "a/b", "v1");
+    publish_op(&op, m, NULL, 0);
+    op.u.publish.retain = 1;
+    assert_int_equal(do_op(f, &op), 0);
+    sb_message_unref(m);
+    assert_int_equal(retain_put(f, "c/d", "x"), 0);
+    m = msg(2, "a/b", "v2");
+    assert_int_equal(sb_message_add_header(m, "k", "v"), 0);
+    publish_op(&op, m, NULL, 0);
+    op.u.publish.retain = 1;
+    assert_int_equal(do_op(f, &op), 0);
+    sb_message_unref(m);
+
+    shut(f);
+    open_with(f, 0, 0, 0);
+    assert_int_equal(sb_store_load_retained(f->s, collect_retained, &rl, &err), 0);
+    assert_int_equal(rl.n, 2);
+    assert_string_equal(rl.m[0]->topic, "a/b");
+    assert_int_equal(rl.m[0]->id, 2);
+    assert_memory_equal(rl.m[0]->payload, "v2", 2);
+    assert_string_equal(sb_message_header(rl.m[0], "k"), "v");
+    assert_string_equal(rl.m[1]->topic, "c/d");
+    rlist_free(&rl);
+
+    start(f);
+    assert_int_equal(retain_put(f, "c/d", ""), 0);
+    m = msg(3, "a/b", "");
+    publish_op(&op, m, NULL, 0);
+    op.u.publish.retain = 1;
+    assert_int_equal(do_op(f, &op), 0);
+    sb_message_unref(m);
+    assert_int_equal(retain_put(f, "e/f", "kept"), 0);
+    shut(f);
+    open_with(f, 0, 0, 0);
+    assert_int_equal(sb_store_load_retained(f->s, collect_retained, &rl, &err), 0);
+    assert_int_equal(rl.n, 1);
+    assert_string_equal(rl.m[0]->topic, "e/f");
+    rlist_free(&rl);
+}
+
+static int publish_dedup(fx *f, uint64_t id, const char *key, int64_t expires)
+{
+    const uint32_t q1 = 1;
+    sb_store_op op;
+    sb_message *m = msg(id, "t", "d");
+    int rc;
+    publish_op(&op, m, &q1, 1);
+    op.u.publish.dedup_key = key;
+    op.u.publish.dedup_expires_ms = expires;
+    rc = do_op(f, &op);
+    sb_message_unref(m);
+    return rc;
+}
+
+static void test_dedup(void **state)
+{
+    fx *f = *state;
+    const uint32_t q1 = 1;
+    int64_t now = sb_now_ms();
+    sb_store_op ops[2], op = {0};
+    sb_message *m1, *m2;
+    dlist dl = {0};
+    sb_error err = {0};
+    loaded *l;
+    int done = 0;
+
+    open_start(f);
+    assert_int_equal(publish_dedup(f, 1, "k1", now + 3600000), 0);
+    assert_int_equal(publish_dedup(f, 2, "k1", now + 3600000), SB_EDUPLICATE);
+    assert_int_equal(publish_dedup(f, 3, "k2", now - 1), 0); /* expired at once */
+    assert_int_equal(publish_dedup(f, 4, "k2", now - 1), 0);
+    assert_int_equal(publish_dedup(f, 5, "k3", 0), 0); /* never expires */
+    assert_int_equal(publish_dedup(f, 6, "k3", 0), SB_EDUPLICATE);
+    /* Two of a kind in one group: the second is the duplicate. */
+    m1 = msg(7, "t", "d");
+    m2 = msg(8, "t", "d");
+    publish_op(&ops[0], m1, &q1, 1);
+    publish_op(&ops[1], m2, &q1, 1);
+    for (int i = 0; i < 2; i++) {
+        ops[i].u.publish.dedup_key = "k4";
+        ops[i].u.publish.dedup_expires_ms = now + 3600000;
+        ops[i].cb = count_cb;
+        ops[i].ctx = &done;
+        assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
+    }
+    run_until(f, &done, 2);
+    assert_int_equal(ops[0].status, 0);
+    assert_int_equal(ops[1].status, SB_EDUPLICATE);
+    sb_message_unref(m1);
+    sb_message_unref(m2);
+
+    op.type = SB_OP_DEDUP_PRUNE;
+    op.u.dedup_prune.now_ms = sb_now_ms();
+    assert_int_equal(do_op(f, &op), 0);
+
+    l = reload_entries(f);
+    {
+        uint64_t ids[16];
+        assert_int_equal(ids_of(l, 1, ids, 16), 5);
+        assert_int_equal(ids[0], 1);
+        assert_int_equal(ids[1], 3);
+        assert_int_equal(ids[2], 4);
+        assert_int_equal(ids[3], 5);
+        assert_int_equal(ids[4], 7);
+    }
+    loaded_free(l);
+    assert_int_equal(sb_store_load_dedup(f->s, collect_dedup, &dl, &err), 0);
+    assert_int_equal(dl.n, 3); /* k2 was pruned */
+    for (int i = 0; i < dl.n; i++)
+        assert_string_not_equal(dl.key[i], "k2");
+}
+
+static void test_queue_put_delete(void **state)
+{
+    fx *f = *state;
+    const uint32_t q12[2] = {1, 2};
+    sb_store_op ops[3];
+    qlist ql = {0};
+    sb_error err = {0};
+    loaded *l;
+    uint32_t max_queue;
+    int done = 0;
+
+    open_start(f);
+    assert_int_equal(queue_put(f, 1, "a", "x/#", NULL), 0);
+    assert_int_equal(queue_put(f, 2, "b", "y/#", NULL), 0);
+    assert_int_equal(queue_put(f, 1, "a2", "x/+", "{\"max_depth\":10}"), 0);
+    assert_int_equal(queue_put(f, 1, NULL, "x", NULL), SB_EINVAL);
+    /* A name clash fails that op only; the group's other ops commit. */
+    memset(ops, 0, sizeof(ops));
+    for (int i = 0; i < 3; i++) {
+        ops[i].type = SB_OP_QUEUE_PUT;
+        ops[i].cb = count_cb;
+        ops[i].ctx = &done;
+        ops[i].u.queue_put.filter = "#";
+    }
+    ops[0].u.queue_put.queue_id = 4;
+    ops[0].u.queue_put.name = "d";
+    ops[1].u.queue_put.queue_id = 3;
+    ops[1].u.queue_put.name = "b";
+    ops[2].u.queue_put.queue_id = 5;
+    ops[2].u.queue_put.name = "e";
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
+    run_until(f, &done, 3);
+    assert_int_equal(ops[0].status, 0);
+    assert_int_equal(ops[1].status, SB_EEXIST);
+    assert_int_equal(ops[2].status, 0);
+
+    for (uint64_t i = 1; i <= 3; i++)
+        assert_int_equal(publish(f, i, "p", q12, 2), 0);
+    memset(&ops[0], 0, sizeof(ops[0]));
+    ops[0].type = SB_OP_QUEUE_DELETE;
+    ops[0].u.queue_delete.queue_id = 1;
+    assert_int_equal(do_op(f, &ops[0]), 0);
+    ops[0].u.queue_delete.queue_id = 5;
+    assert_int_equal(do_op(f, &ops[0]), 0);
+
+    l = reload_entries(f);
+    assert_int_equal(l->n, 3);
+    for (size_t i = 0; i < l->n; i++)
+        assert_int_equal(l->e[i].queue_id, 2);
+    loaded_free(l);
+    assert_int_equal(sb_store_load_queues(f->s, collect_queue, &ql, &err), 0);
+    assert_int_equal(ql.n, 2);
+    assert_int_equal(ql.q[0].id, 2);
+    assert_string_equal(ql.q[0].name, "b");
+    assert_int_equal(ql.q[1].id, 4);
+    assert_int_equal(sb_store_max_ids(f->s, NULL, &max_queue, &err), 0);
+    assert_int_equal(max_queue, 5); /* deleted ids are not reused */
+}
+
+static void test_publish_conflict(void **state)
+{
+    fx *f = *state;
+    const uint32_t q1 = 1, q21[2] = {2, 1};
+    loaded *l;
+    open_start(f);
+    assert_int_equal(publish(f, 1, "first", &q1, 1), 0);
+    /* (1, 1) exists: the insert into queue 2 is undone as well. */
+    assert_int_equal(publish(f, 1, "again", q21, 2), SB_EEXIST);
+    assert_int_equal(publish(f, 2, "next", q21, 2), 0);
+    l = reload_entries(f);
+    assert_int_equal(l->n, 3);
+    assert_int_equal(l->e[0].queue_id, 1);
+    assert_memory_equal(l->e[0].m->payload, "first", 5);
+    assert_int_equal(l->e[1].m->id, 2);
+    assert_int_equal(l->e[2].m->id, 2);
+    loaded_free(l);
+}
+
+static void test_drops(void **state)
+{
+    fx *f = *state;
+    const uint32_t q1 = 1;
+    sb_store_op op;
+    sb_store_entry_ref drops[2] = {{1, 1}, {1, 2}};
+    sb_message *m;
+    uint64_t ids[8];
+    loaded *l;
+    open_start(f);
+    for (uint64_t i = 1; i <= 3; i++)
+        assert_int_equal(publish(f, i, "p", &q1, 1), 0);
+    m = msg(4, "t", "new");
+    publish_op(&op, m, &q1, 1);
+    op.u.publish.drops = drops;
+    op.u.publish.drop_count = 2;
+    assert_int_equal(do_op(f, &op), 0);
+    sb_message_unref(m);
+    l = reload_entries(f);
+    assert_int_equal(ids_of(l, 1, ids, 8), 2);
+    assert_int_equal(ids[0], 3);
+    assert_int_equal(ids[1], 4);
+    loaded_free(l);
+}
+
+#define MANY 10000
+
+static void test_group_commit(void **state)
+{
+    fx *f = *state;
+    const uint32_t q1 = 1;
+    sb_store_op *ops = calloc(MANY, sizeof(*ops));
+    sb_message *m = msg(0, "t", "0123456789");
+    sb_store_stats st0, st1, st2;
+    long syncs0, syncs1, syncs2;
+    int done = 0;
+
+    assert_non_null(ops);
+    open_start(f);
+    assert_int_equal(queue_put(f, 1, "q", "#", NULL), 0);
+    sb_store_get_stats(f->s, &st0);
+    syncs0 = vfs_shim_wal_syncs();
+    /* Batched durability: no fsync at commit. */
+    for (int i = 0; i < MANY; i++) {
+        ops[i].type = SB_OP_ACK; /* cheap and order-independent */
+        ops[i].u.ack.queue_id = 1;
+        ops[i].u.ack.first_id = (uint64_t)i;
+        ops[i].u.ack.last_id = (uint64_t)i;
+        ops[i].cb = count_cb;
+        ops[i].ctx = &done;
+        assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
+    }
+    run_until(f, &done, MANY);
+    sb_store_get_stats(f->s, &st1);
+    syncs1 = vfs_shim_wal_syncs();
+    assert_true(st1.commits - st0.commits >= MANY / 1024);
+    assert_true(st1.commits - st0.commits < MANY / 20);
+    assert_int_equal(st1.fsync_commits, st0.fsync_commits);
+    assert_int_equal(st1.ops - st0.ops, MANY);
+    assert_true(st1.max_batch_seen <= 1024 && st1.max_batch_seen > 1);
+    assert_int_equal(syncs1, syncs0);
+
+    /* fsync durability: one op with sync makes its group commit with FULL. */
+    done = 0;
+    for (int i = 0; i < MANY; i++) {
+        memset(&ops[i], 0, sizeof(ops[i]));
+        m->id = (uint64_t)i + 1;
+        publish_op(&ops[i], m, &q1, 1);
+        ops[i].sync = i % 100 == 0;
+        ops[i].cb = count_cb;
+        ops[i].ctx = &done;
+    }
+    /* Ids are read at execution: give each op its own message. */
+    {
+        sb_message **ms = calloc(MANY, sizeof(*ms));
+        assert_non_null(ms);
+        for (int i = 0; i < MANY; i++) {
+            ms[i] = msg((uint64_t)i + 1, "t", "0123456789");
+            ops[i].u.publish.msg = ms[i];
+            assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
+        }
+        run_until(f, &done, MANY);
+        for (int i = 0; i < MANY; i++) {
+            assert_int_equal(ops[i].status, 0);
+            sb_message_unref(ms[i]);
+        }
+        free(ms);
+    }
+    sb_store_get_stats(f->s, &st2);
+    syncs2 = vfs_shim_wal_syncs();
+    /* Groups are taken as ops arrive, so a small one may miss every sync op. */
+    assert_true(st2.fsync_commits - st1.fsync_commits >= 1);
+    assert_true(st2.fsync_commits - st1.fsync_commits <= st2.commits - st1.commits);
+    assert_true(syncs2 - syncs1 >= (long)(st2.fsync_commits - st1.fsync_commits));
+    assert_true(st2.db_bytes > 0);
+    assert_int_equal(st2.degraded, 0);
+    sb_message_unref(m);
+    free(ops);
+}
+
+static void test_commit_delay(void **state)
+{
+    fx *f = *state;
+    sb_store_op ops[3];
+    sb_store_stats st0, st1;
+    uint64_t t0;
+    int done = 0;
+    open_with(f, 10, 300 * 1000, 0);
+    start(f);
+    sb_store_get_stats(f->s, &st0);
+    memset(ops, 0, sizeof(ops));
+    t0 = uv_hrtime();
+    for (int i = 0; i < 3; i++) {
+        ops[i].type = SB_OP_DEDUP_PRUNE;
+        ops[i].cb = count_cb;
+        ops[i].ctx = &done;
+        assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
+    }
+    run_until(f, &done, 3);
+    sb_store_get_stats(f->s, &st1);
+    /* Fewer than max_batch: the thread waited for more, then committed once. */
+    assert_int_equal(st1.commits - st0.commits, 1);
+    assert_true(uv_hrtime() - t0 >= 250ull * 1000 * 1000);
+}
+
+static int is_degraded(fx *f)
+{
+    return sb_store_degraded(f->s);
+}
+
+static void test_disk_full(void **state)
+{
+    fx *f = *state;
+    const uint32_t q1 = 1;
+    char big[2048];
+    sb_store_op pub, ackop;
+    sb_store_stats st;
+    sb_message *m;
+    uint64_t id = 0, half, ids[512];
+    loaded *l;
+    int rc, done = 0;
+
+    memset(big, 'z', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    open_with(f, 0, 0, 256 * 1024);
+    start(f);
+    while ((rc = publish(f, id + 1, big, &q1, 1)) == 0)
+        id++;
+    assert_int_equal(rc, SB_ENOSPC);
+    assert_true(id > 20);
+    assert_true(sb_store_degraded(f->s));
+    sb_store_get_stats(f->s, &st);
+    assert_true(st.failed_commits >= 1);
+    assert_non_null(strstr(st.last_error, f->path));
+
+    /* A publish and an ack in one group: the publish is refused, the ack is
+     * retried on its own and frees space. */
+    m = msg(id + 1, "t/x", big);
+    publish_op(&pub, m, &q1, 1);
+    pub.cb = count_cb;
+    pub.ctx = &done;
+    memset(&ackop, 0, sizeof(ackop));
+    ackop.type = SB_OP_ACK;
+    ackop.u.ack.queue_id = 1;
+    ackop.u.ack.first_id = 1;
+    half = id / 2;
+    ackop.u.ack.last_id = half;
+    ackop.cb = count_cb;
+    ackop.ctx = &done;
+    assert_int_equal(sb_store_submit(f->s, &pub), 0);
+    assert_int_equal(sb_store_submit(f->s, &ackop), 0);
+    run_until(f, &done, 2);
+    assert_int_equal(pub.status, SB_ENOSPC);
+    assert_int_equal(ackop.status, 0);
+    assert_false(sb_store_degraded(f->s));
+    /* Space is back. */
+    assert_int_equal(do_op(f, &pub), 0);
+    sb_message_unref(m);
+    id++;
+
+    /* Fill up again, then reopen with a larger limit. */
+    while ((rc = publish(f, id + 1, big, &q1, 1)) == 0)
+        id++;
+    assert_int_equal(rc, SB_ENOSPC);
+    shut(f);
+    open_with(f, 0, 0, 1024 * 1024);
+    start(f);
+    assert_int_equal(publish(f, id + 1, big, &q1, 1), 0);
+    id++;
+    l = reload_entries(f);
+    /* Every committed publish is there, in order, minus the acked half. */
+    {
+        size_t n = ids_of(l, 1, ids, 512);
+        assert_int_equal(n, id - half);
+        for (size_t i = 0; i < n; i++)
+            assert_int_equal(ids[i], half + 1 + i);
+    }
+    loaded_free(l);
+}
+
+static void test_io_error(void **state)
+{
+    fx *f = *state;
+    const uint32_t q1 = 1;
+    sb_store_op pub, ackop;
+    sb_message *m;
+    loaded *l;
+    int done = 0;
+
+    open_start(f);
+    for (uint64_t i = 1; i <= 4; i++)
+        assert_int_equal(publish(f, i, "p", &q1, 1), 0);
+    vfs_shim_fail_syncs(1);
+    m = msg(5, "t/x", "lost");
+    publish_op(&pub, m, &q1, 1);
+    pub.sync = 1;
+    pub.cb = count_cb;
+    pub.ctx = &done;
+    memset(&ackop, 0, sizeof(ackop));
+    ackop.type = SB_OP_ACK;
+    ackop.sync = 1;
+    ackop.u.ack.queue_id = 1;
+    ackop.u.ack.first_id = 1;
+    ackop.u.ack.last_id = 2;
+    ackop.cb = count_cb;
+    ackop.ctx = &done;
+    assert_int_equal(sb_store_submit(f->s, &pub), 0);
+    assert_int_equal(sb_store_submit(f->s, &ackop), 0);
+    run_until(f, &done, 1);
+    assert_int_equal(pub.status, SB_EIO);
+    assert_int_equal(done, 1); /* the ack is kept */
+    run_until_pred(f, is_degraded);
+    vfs_shim_fail_syncs(0);
+    run_until(f, &done, 2);
+    assert_int_equal(ackop.status, 0);
+    assert_false(sb_store_degraded(f->s));
+    assert_int_equal(do_op(f, &pub), 0);
+    sb_message_unref(m);
+
+    /* A failing WAL write fails the group the same way. */
+    vfs_shim_fail_wal_writes(1);
+    assert_int_equal(publish(f, 6, "nope", &q1, 1), SB_EIO);
+    vfs_shim_fail_wal_writes(0);
+    assert_int_equal(publish(f, 7, "yes", &q1, 1), 0);
+
+    l = reload_entries(f);
+    {
+        uint64_t ids[8];
+        assert_int_equal(ids_of(l, 1, ids, 8), 4);
+        assert_int_equal(ids[0], 3);
+        assert_int_equal(ids[1], 4);
+        assert_int_equal(ids[2], 5);
+        assert_int_equal(ids[3], 7);
+    }
+    loaded_free(l);
+}
+
+static void test_stop_while_degraded(void **state)
+{
+    fx *f = *state;
+    sb_store_op put = {0};
+    int done = 0;
+    open_start(f);
+    vfs_shim_fail_syncs(1);
+    put.type = SB_OP_QUEUE_PUT; /* a change that must be written */
+    put.sync = 1;
+    put.u.queue_put.queue_id = 1;
+    put.u.queue_put.name = "q";
+    put.u.queue_put.filter = "#";
+    put.cb = count_cb;
+    put.ctx = &done;
+    assert_int_equal(sb_store_submit(f->s, &put), 0);
+    run_until_pred(f, is_degraded);
+    assert_int_equal(done, 0); /* kept for a retry */
+    sb_store_stop(f->s);       /* gives up on the retry instead of hanging */
+    vfs_shim_fail_syncs(0);
+    assert_int_equal(done, 1);
+    assert_int_equal(put.status, SB_EIO);
+}
+
+static void test_stop_drains(void **state)
+{
+    fx *f = *state;
+    sb_store_op *ops = calloc(1000, sizeof(*ops)), late = {0};
+    int done = 0;
+    assert_non_null(ops);
+    open_start(f);
+    for (int i = 0; i < 1000; i++) {
+        ops[i].type = SB_OP_ACK;
+        ops[i].cb = count_cb;
+        ops[i].ctx = &done;
+        assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
+    }
+    sb_store_stop(f->s);
+    assert_int_equal(done, 1000);
+    for (int i = 0; i < 1000; i++)
+        assert_int_equal(ops[i].status, 0);
+    late.type = SB_OP_ACK;
+    assert_int_equal(sb_store_submit(f->s, &late), SB_ESHUTDOWN);
+    free(ops);
+}
+
+static void test_stop_before_start(void **state)
+{
+    fx *f = *state;
+    sb_store_op op = {0};
+    int done = 0;
+    open_with(f, 0, 0, 0);
+    op.type = SB_OP_ACK;
+    op.cb = count_cb;
+    op.ctx = &done;
+    assert_int_equal(sb_store_submit(f->s, &op), 0);
+    sb_store_stop(f->s);
+    assert_int_equal(done, 1);
+    assert_int_equal(op.status, SB_ESHUTDOWN);
+}
+
+static void close_cb(sb_store_op *op, void *ctx)
+{
+    fx *f = ctx;
+    (void)op;
+    sb_store_close(f->s);
+    f->s = NULL;
+}
+
+static void test_close_in_callback(void **state)
+{
+    fx *f = *state;
+    sb_store_op ops[3];
+    int done = 0;
+    memset(ops, 0, sizeof(ops));
+    open_start(f);
+    for (int i = 0; i < 3; i++) {
+        ops[i].type = SB_OP_ACK;
+        ops[i].cb = i == 0 ? close_cb : count_cb;
+        ops[i].ctx = i == 0 ? (void *)f : (void *)&done;
+        assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
+    }
+    while (f->s != NULL)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    assert_int_equal(done, 2); /* the later callbacks ran during close */
+}
+
+/* ---- refusals ----------------------------------------------------------- */
+
+static int open_err(fx *f, sb_error *err)
+{
+    sb_store_options o = {0};
+    sb_store *s = NULL;
+    int rc;
+    o.path = f->path;
+    memset(err, 0, sizeof(*err));
+    rc = sb_store_open(&s, &o, err);
+    if (rc == 0)
+        sb_store_close(s);
+    else
+        assert_null(s);
+    return rc;
+}
+
+static void write_file(const char *path, const void *data, size_t n)
+{
+    FILE *fp = fopen(path, "wb");
+    assert_non_null(fp);
+    assert_int_equal(fwrite(data, 1, n, fp), n);
+    assert_int_equal(fclose(fp), 0);
+}
+
+static void make_db(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+static void test_foreign(void **state)
+{
+    fx *f = *state;
+    sb_error err;
+    const char *text = "broker:\n  data_dir: ./data\n";
+
+    write_file(f->path, text, strlen(text));
+    assert_int_equal(open_err(f, &err), SB_EFOREIGN);
+    assert_non_null(strstr(err.msg, f->path));
+    remove(f->path);
+
+    write_file(f->path, "SQLite", 6); /* too short to be SQLite */
+    assert_int_equal(open_err(f, &err), SB_EFOREIGN);
+    remove(f->path);
+
+    make_db(f->path, "PRAGMA application_id = 1234; CREATE TABLE t(a);");
+    assert_int_equal(open_err(f, &err), SB_EFOREIGN);
+    assert_non_null(strstr(err.msg, f->path));
+    remove(f->path);
+
+    make_db(f->path, "CREATE TABLE entries(a);");
+    assert_int_equal(open_err(f, &err), SB_EFOREIGN);
+    remove(f->path);
+
+    /* An empty file is a new database. */
+    write_file(f->path, "", 0);
+    assert_int_equal(open_err(f, &err), 0);
+    /* So is an empty SQLite database without application_id. */
+    remove(f->path);
+    make_db(f->path, "PRAGMA user_version = 0;");
+    assert_int_equal(open_err(f, &err), 0);
+    assert_int_equal(open_err(f, &err), 0); /* and it is ours now */
+}
+
+static void test_newer_version(void **state)
+{
+    fx *f = *state;
+    sb_error err;
+    char sql[128];
+    snprintf(sql, sizeof(sql), "PRAGMA application_id = %d; PRAGMA user_version = %d;",
+             (int)SB_STORE_APPLICATION_ID, SB_STORE_SCHEMA_VERSION + 1);
+    make_db(f->path, sql);
+    assert_int_equal(open_err(f, &err), SB_EVERSION);
+    assert_non_null(strstr(err.msg, f->path));
+}
+
+static void copy_golden(fx *f, const char *name)
+{
+    const char *data = getenv("SB_TEST_DATA");
+    char src[1200];
+    FILE *in;
+    char buf[65536];
+    size_t n;
+    assert_non_null(data);
+    snprintf(src, sizeof(src), "%s/storage/%s", data, name);
+    in = fopen(src, "rb");
+    if (in == NULL)
+        fail_msg("missing golden file %s", src);
+    n = fread(buf, 1, sizeof(buf), in);
+    assert_true(n > 0 && n < sizeof(buf)); /* golden files are < 64 KiB */
+    fclose(in);
+    write_file(f->path, buf, n);
+}
+
+static void test_corrupt(void **state)
+{
+    fx *f = *state;
+    static const char *const files[] = {"corrupt_header.db", "corrupt_schema.db",
+                                        "corrupt_pages.db"};
+    sb_error err;
+    copy_golden(f, "valid.db");
+    assert_int_equal(open_err(f, &err), 0);
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        int rc;
+        copy_golden(f, files[i]);
+        rc = open_err(f, &err);
+        if (rc != SB_ECORRUPT)
+            fail_msg("%s: %s (%s)", files[i], err.msg, sb_errname(rc));
+        assert_non_null(strstr(err.msg, f->path));
+    }
+}
+
+static void test_busy(void **state)
+{
+    fx *f = *state;
+    sb_error err;
+    open_start(f);
+    assert_int_equal(open_err(f, &err), SB_EBUSY);
+    assert_non_null(strstr(err.msg, "in use by another process"));
+    assert_non_null(strstr(err.msg, f->path));
+    shut(f);
+    assert_int_equal(open_err(f, &err), 0);
+}
+
+/* ---- out of memory ------------------------------------------------------ */
+
+static void test_oom_open_load(void **state)
+{
+    fx *f = *state;
+    const uint32_t q12[2] = {1, 2};
+    sb_store_op op;
+    sb_message *m;
+    int succeeded = 0;
+
+    open_start(f);
+    assert_int_equal(queue_put(f, 1, "a", "#", "{}"), 0);
+    for (uint64_t i = 1; i <= 5; i++) {
+        m = msg(i, "t/oom", "payload");
+        assert_int_equal(sb_message_add_header(m, "h1", "v1"), 0);
+        assert_int_equal(sb_message_add_header(m, "h2", "v2"), 0);
+        publish_op(&op, m, q12, 2);
+        op.u.publish.retain = 1;
+        op.u.publish.dedup_key = i == 1 ? "key" : NULL;
+        assert_int_equal(do_op(f, &op), 0);
+        sb_message_unref(m);
+    }
+    shut(f);
+
+    for (long n = 0; n < 200 && !succeeded; n++) {
+        sb_store_options o = {0};
+        sb_store *s = NULL;
+        sb_error err;
+        loaded *l = calloc(1, sizeof(*l));
+        rlist rl = {0};
+        qlist ql = {0};
+        dlist dl = {0};
+        int rc;
+        o.path = f->path;
+        sb_alloc_fail_after(n);
+        rc = sb_store_open(&s, &o, &err);
+        if (rc == 0)
+            rc = sb_store_load_queues(s, collect_queue, &ql, &err);
+        if (rc == 0)
+            rc = sb_store_load_entries(s, collect_entry, l, &err);
+        if (rc == 0)
+            rc = sb_store_load_retained(s, collect_retained, &rl, &err);
+        if (rc == 0)
+            rc = sb_store_load_dedup(s, collect_dedup, &dl, &err);
+        sb_alloc_fail_after(-1);
+        if (rc == 0) {
+            succeeded = 1;
+            assert_int_equal(l->n, 10);
+            assert_int_equal(rl.n, 1);
+        } else {
+            assert_int_equal(rc, SB_ENOMEM);
+        }
+        rlist_free(&rl);
+        loaded_free(l);
+        sb_store_close(s);
+    }
+    assert_true(succeeded);
+}
+
+static void test_oom_store_thread(void **state)
+{
+    fx *f = *state;
+    const uint32_t q1 = 1;
+    sb_store_op op, list;
+    sb_message *m;
+    int list_ok = 0, publish_ok = 0;
+
+    open_start(f);
+    for (uint64_t i = 1; i <= 3; i++) {
+        m = msg(i, "t", "x");
+        assert_int_equal(sb_message_add_header(m, "k", "v"), 0);
+        publish_op(&op, m, &q1, 1);
+        assert_int_equal(do_op(f, &op), 0);
+        sb_message_unref(m);
+        deadletter_op(&op, 1, i, "q");
+        assert_int_equal(do_op(f, &op), 0);
+    }
+    for (long n = 0; n < 60 && !list_ok; n++) {
+        sb_store__test_alloc_fail_after(f->s, n);
+        memset(&list, 0, sizeof(list));
+        list.type = SB_OP_DLQ_LIST;
+        int rc = do_op(f, &list);
+        sb_store__test_alloc_fail_after(f->s, -1);
+        if (rc == 0) {
+            list_ok = 1;
+            assert_int_equal(list.u.dlq_list.row_count, 3);
+        } else {
+            assert_int_equal(rc, SB_ENOMEM);
+            assert_null(list.u.dlq_list.rows);
+        }
+        sb_store_dlq_rows_free(list.u.dlq_list.rows, list.u.dlq_list.row_count);
+    }
+    assert_true(list_ok);
+    for (long n = 0; n < 10 && !publish_ok; n++) {
+        m = msg(10 + (uint64_t)n, "t", "x");
+        assert_int_equal(sb_message_add_header(m, "k", "v"), 0);
+        publish_op(&op, m, &q1, 1);
+        sb_store__test_alloc_fail_after(f->s, n);
+        int rc = do_op(f, &op);
+        sb_store__test_alloc_fail_after(f->s, -1);
+        sb_message_unref(m);
+        if (rc == 0)
+            publish_ok = 1;
+        else
+            assert_int_equal(rc, SB_ENOMEM);
+    }
+    assert_true(publish_ok);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_publish_reload, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ack_ranges, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_attempts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deadletter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retained, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dedup, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_put_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_publish_conflict, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_commit_delay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disk_full, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_io_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_while_degraded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_drains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_before_start, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_in_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_foreign, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_newer_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_busy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_oom_open_load, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_oom_store_thread, setup, teardown),
+    };
+    if (vfs_shim_install() != SQLITE_OK)
+        return 1;
+    /* Failures under test are expected; keep the output to cmocka's. */
+    sb_log_configure(getenv("SB_TEST_LOG") ? SB_LOG_DEBUG : SB_LOG_OFF, 1, NULL);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -127,7 +127,7 @@ static void test_too_long(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_unix),     cmocka_unit_test(test_tcp),
+        cmocka_unit_test(test_unix),       cmocka_unit_test(test_tcp),
         cmocka_unit_test(test_tcp_errors), cmocka_unit_test(test_pipe),
         cmocka_unit_test(test_too_long),
     };

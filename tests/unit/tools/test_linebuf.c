@@ -139,10 +139,8 @@ static void test_oom(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_lines),
-        cmocka_unit_test(test_byte_at_a_time),
-        cmocka_unit_test(test_max_line),
-        cmocka_unit_test(test_many_lines_and_growth),
+        cmocka_unit_test(test_lines),    cmocka_unit_test(test_byte_at_a_time),
+        cmocka_unit_test(test_max_line), cmocka_unit_test(test_many_lines_and_growth),
         cmocka_unit_test(test_oom),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Installs what building and testing Switchboard on Debian 12 needs (as root).
+# Idempotent: does nothing when everything is already installed.
+set -eu
+
+PACKAGES="build-essential clang cmake ninja-build pkg-config git ca-certificates \
+  libuv1-dev libsqlite3-dev sqlite3 libyaml-dev libjansson-dev libcmocka-dev libssl-dev \
+  python3"
+
+missing=""
+for p in $PACKAGES; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+if [ -z "$missing" ]; then
+    exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+    echo "deps-debian.sh: missing packages:$missing" >&2
+    echo "deps-debian.sh: run as root (or install them) and try again" >&2
+    exit 1
+fi
+echo "Installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# shellcheck disable=SC2086
+apt-get install -y -q --no-install-recommends $missing
