@@ -10,6 +10,9 @@
 #include "service/topic.h"
 
 #include <jansson.h>
+
+/* How often the $SYS/... topics are published. */
+#define SB_SYS_INTERVAL_MS 10000
 #include <stdio.h>
 #include <string.h>
 
@@ -796,10 +799,43 @@ static void collect_expired_dedup(const char *key, void *value, void *ctx)
     }
 }
 
+/* Publishes one $SYS value (retained in memory, like MQTT brokers do). */
+static void publish_sys(sb_broker *b, const char *topic, const char *fmt, long long value)
+{
+    char payload[64];
+    int n = snprintf(payload, sizeof(payload), fmt, value);
+    sb_message *m = sb_message_new(topic, payload, (size_t)n);
+    sb_publish_opts opts = {"broker", 1};
+    if (m == NULL)
+        return;
+    sb_broker_publish(b, m, &opts, NULL, NULL, NULL);
+    sb_message_unref(m);
+}
+
+static void publish_sys_topics(sb_broker *b, int64_t now)
+{
+    char topic[300];
+    publish_sys(b, "$SYS/broker/uptime_ms", "%lld", (long long)(now - b->started_ms));
+    publish_sys(b, "$SYS/broker/published", "%lld", (long long)b->published);
+    publish_sys(b, "$SYS/broker/refused", "%lld", (long long)b->refused);
+    for (sb_queue *q = b->queues; q != NULL; q = q->next) {
+        if (strlen(q->name) > 200)
+            continue;
+        snprintf(topic, sizeof(topic), "$SYS/queues/%s/depth", q->name);
+        publish_sys(b, topic, "%lld", (long long)q->depth);
+        snprintf(topic, sizeof(topic), "$SYS/queues/%s/dead", q->name);
+        publish_sys(b, topic, "%lld", (long long)q->dead);
+    }
+}
+
 static void on_housekeeping(uv_timer_t *t)
 {
     sb_broker *b = t->data;
     int64_t now = sb_now_ms();
+    if (now - b->last_sys_ms >= SB_SYS_INTERVAL_MS) {
+        b->last_sys_ms = now;
+        publish_sys_topics(b, now);
+    }
     for (sb_queue *q = b->queues; q != NULL; q = q->next)
         if (q->ttl_ms > 0 || q->fifo.head != NULL)
             sb_queue__expire(q, now);

@@ -70,6 +70,7 @@ struct sb_broker {
     int stop_requested, reload_requested;
     uv_timer_t housekeeping;
     int64_t last_prune_ms;
+    int64_t last_sys_ms;
 
     uint64_t published, published_class[3], refused;
 };

@@ -1,6 +1,7 @@
 /* The broker log (see log.h). A mutex serialises lines from all threads. */
 #include "service/log.h"
 #include "service/error.h"
+#include "service/platform.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -83,11 +84,7 @@ void sb_log(sb_log_level level, const char *who, const char *fmt, ...)
     uv_once(&log_once, log_init);
     uv_gettimeofday(&tv);
     secs = (time_t)tv.tv_sec;
-#ifdef _WIN32
-    gmtime_s(&tm, &secs);
-#else
-    gmtime_r(&secs, &tm);
-#endif
+    sb_platform_gmtime(secs, &tm);
     strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
     n = (size_t)snprintf(line, sizeof(line), "%s.%03dZ %s [%s] ", stamp, (int)(tv.tv_usec / 1000),
                          level_names[level], who != NULL ? who : "broker");

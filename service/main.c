@@ -149,9 +149,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-#ifdef SIGPIPE
-    signal(SIGPIPE, SIG_IGN);
-#endif
+    sb_platform_init();
     if (strcmp(argv[1], "run") == 0)
         return cmd_run(argc - 2, argv + 2);
     if (strcmp(argv[1], "check-config") == 0)

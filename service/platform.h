@@ -14,6 +14,14 @@
 #define SB_VERSION_STRING "0.0.0"
 #endif
 
+#include <time.h>
+
+/* Process-wide setup for the broker (e.g. ignore SIGPIPE on POSIX). */
+void sb_platform_init(void);
+
+/* Thread-safe UTC breakdown of a time. */
+void sb_platform_gmtime(time_t t, struct tm *out);
+
 /* Creates a directory and its parents (like mkdir -p), private to the
  * broker's account where the platform allows. */
 int sb_platform_mkdir_p(const char *path, sb_error *err);

@@ -122,6 +122,11 @@ static void queue_done(sb_store_op *op, void *ctx)
     *(int *)ctx = op->status == 0 ? 1 : -1;
 }
 
+static double tv_secs(const uv_timeval_t *tv)
+{
+    return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
+}
+
 static int run_one(const char *dir, uint64_t total, size_t window, int sync, int ack_each)
 {
     char path[1024];
@@ -133,6 +138,8 @@ static int run_one(const char *dir, uint64_t total, size_t window, int sync, int
     uv_loop_t loop;
     bench b = {0};
     uint64_t t0, t1;
+    uv_rusage_t ru0, ru1;
+    double cpu;
     int qdone = 0;
     double secs;
 
@@ -172,12 +179,14 @@ static int run_one(const char *dir, uint64_t total, size_t window, int sync, int
     b.check.data = &b;
     uv_check_start(&b.check, on_check);
 
+    uv_getrusage(&ru0);
     t0 = uv_hrtime();
     for (size_t i = 0; i < window && b.submitted < total; i++)
         submit_publish(&b, i);
     while (b.acked < total && !b.failed)
         uv_run(&loop, UV_RUN_ONCE);
     t1 = uv_hrtime();
+    uv_getrusage(&ru1);
 
     sb_store_get_stats(b.store, &st);
     sb_store_stop(b.store);
@@ -193,10 +202,12 @@ static int run_one(const char *dir, uint64_t total, size_t window, int sync, int
     remove(path);
 
     secs = (double)(t1 - t0) / 1e9;
-    printf("%-7s ack=%-5s %8llu msgs %7.2f s %9.0f msg/s  commits %llu (fsync %llu)"
-           "  ops/commit %.0f  max batch %llu\n",
-           sync ? "fsync" : "batched", ack_each ? "each" : "range", (unsigned long long)total,
-           secs, (double)total / secs, (unsigned long long)st.commits,
+    cpu = tv_secs(&ru1.ru_utime) - tv_secs(&ru0.ru_utime) + tv_secs(&ru1.ru_stime) -
+          tv_secs(&ru0.ru_stime);
+    printf("%-7s ack=%-5s %8llu msgs %6.2f s %8.0f msg/s  cpu %5.2f us/msg  commits %llu"
+           " (fsync %llu)  ops/commit %.0f  max batch %llu\n",
+           sync ? "fsync" : "batched", ack_each ? "each" : "range", (unsigned long long)total, secs,
+           (double)total / secs, cpu * 1e6 / (double)total, (unsigned long long)st.commits,
            (unsigned long long)st.fsync_commits,
            st.commits ? (double)st.ops / (double)st.commits : 0.0,
            (unsigned long long)st.max_batch_seen);
@@ -209,6 +220,7 @@ int main(int argc, char **argv)
     const char *dir = argc > 2 ? argv[2] : ".";
     size_t window = argc > 3 ? (size_t)strtoull(argv[3], NULL, 10) : 4096;
     int rc = 0;
+    setvbuf(stdout, NULL, _IOLBF, 0);
     if (total == 0 || window == 0) {
         fprintf(stderr, "usage: bench_store [messages] [dir] [window]\n");
         return 2;

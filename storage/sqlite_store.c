@@ -156,7 +156,7 @@ struct sb_store {
     int stopping;
     sb_store_op *q_head, *q_tail; /* submitted, not yet taken */
     size_t q_count;
-    int waiting;    /* the thread sleeps until q_count >= wake_at */
+    int waiting; /* the thread sleeps until q_count >= wake_at */
     size_t wake_at;
     sb_store_op *done_head, *done_tail; /* executed, callbacks pending */
     sb_store_stats stats;
@@ -175,9 +175,9 @@ struct sb_store {
     uint64_t retry_at; /* uv_hrtime() of the next retry */
     int fail_rc;       /* SQLite code that failed the current group */
     char fail_msg[200];
-    int degraded_logged;      /* "degraded" was logged, "recovered" not yet */
-    int64_t degraded_log_ms;  /* when a degraded line was last logged */
-    uint64_t unlogged_flaps;  /* degraded episodes not logged (rate limit) */
+    int degraded_logged;     /* "degraded" was logged, "recovered" not yet */
+    int64_t degraded_log_ms; /* when a degraded line was last logged */
+    uint64_t unlogged_flaps; /* degraded episodes not logged (rate limit) */
     uint64_t episode_failures;
     uint64_t group_msg_id; /* largest ids the current group wrote */
     uint32_t group_queue_id;
@@ -221,7 +221,8 @@ static int bind_args(sqlite3_stmt *st, const char *fmt, ...)
             break;
         case 't': {
             const char *t = va_arg(ap, const char *);
-            rc = t != NULL ? sqlite3_bind_text(st, i, t, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
+            rc = t != NULL ? sqlite3_bind_text(st, i, t, -1, SQLITE_STATIC)
+                           : sqlite3_bind_null(st, i);
             break;
         }
         case 'b': {
@@ -275,7 +276,8 @@ static int is_op_local(int rc)
 static int fail(sb_store *s, int rc, const char *what)
 {
     s->fail_rc = rc;
-    snprintf(s->fail_msg, sizeof(s->fail_msg), "%s: %s", what, sqlite3_errmsg(s->db));
+    snprintf(s->fail_msg, sizeof(s->fail_msg), "%s: %s (SQLite code %d)", what,
+             sqlite3_errmsg(s->db), rc);
     return rc;
 }
 
@@ -317,8 +319,8 @@ static int retain_write(sb_store *s, const sb_message *m, const unsigned char *h
     }
     st = s->st[ST_RETAIN_SET];
     return bind_run(st, bind_args(st, "tibbii", topic, (int64_t)m->id, (const void *)m->payload,
-                             m->payload_len, (const void *)hdr, hdr_len, m->created_ms,
-                             m->expires_ms));
+                                  m->payload_len, (const void *)hdr, hdr_len, m->created_ms,
+                                  m->expires_ms));
 }
 
 /* *out_dup = 1 if key is present and unexpired (expires_ms 0 never expires). */
@@ -369,7 +371,8 @@ static int exec_publish(sb_store *s, sb_store_op *op)
     }
     for (size_t i = 0; i < op->u.publish.queue_count; i++) {
         uint32_t qid = op->u.publish.queue_ids[i];
-        rc = bind_run(ins, bind_args(ins, "iitbbiii", (int64_t)qid, (int64_t)m->id,
+        rc = bind_run(ins,
+                      bind_args(ins, "iitbbiii", (int64_t)qid, (int64_t)m->id,
                                 m->topic != NULL ? m->topic : "",
                                 m->payload != NULL ? (const void *)m->payload : (const void *)"",
                                 m->payload_len, (const void *)hdr, hdr_len, m->created_ms,
@@ -457,9 +460,9 @@ static int exec_deadletter(sb_store *s, sb_store_op *op)
 {
     sqlite3_stmt *st = s->st[ST_DEADLETTER_COPY];
     int rc = bind_run(st, bind_args(st, "iititti", (int64_t)op->u.deadletter.queue_id,
-                               (int64_t)op->u.deadletter.msg_id, op->u.deadletter.queue_name,
-                               sb_now_ms(), op->u.deadletter.reason, op->u.deadletter.source,
-                               (int64_t)op->u.deadletter.attempts));
+                                    (int64_t)op->u.deadletter.msg_id, op->u.deadletter.queue_name,
+                                    sb_now_ms(), op->u.deadletter.reason, op->u.deadletter.source,
+                                    (int64_t)op->u.deadletter.attempts));
     if (rc != SQLITE_OK)
         return op_error(s, op, rc, "dead-letter");
     if (sqlite3_changes(s->db) == 0) {
@@ -480,7 +483,7 @@ static int exec_queue_put(sb_store *s, sb_store_op *op)
         return SQLITE_OK;
     }
     rc = bind_run(st, bind_args(st, "ittt", (int64_t)op->u.queue_put.queue_id, op->u.queue_put.name,
-                           op->u.queue_put.filter, op->u.queue_put.settings));
+                                op->u.queue_put.filter, op->u.queue_put.settings));
     if (rc != SQLITE_OK)
         return op_error(s, op, rc, "queue definition");
     if (op->u.queue_put.queue_id > s->group_queue_id)
@@ -630,7 +633,7 @@ static int exec_dlq_redrive(sb_store *s, sb_store_op *op)
         const sb_dead_letter *r = &op->u.dlq_redrive.rows[i];
         sqlite3_stmt *st = s->st[ST_DLQ_REDRIVE_COPY];
         rc = bind_run(st, bind_args(st, "iii", (int64_t)r->target_queue_id, (int64_t)r->new_msg_id,
-                               r->dlq_id));
+                                    r->dlq_id));
         if (rc != SQLITE_OK) {
             if (!is_op_local(rc) || sqlite3_get_autocommit(s->db))
                 return fail(s, rc, "redrive: insert");
@@ -691,8 +694,9 @@ static int exec_op(sb_store *s, sb_store_op *op)
         return rc != SQLITE_OK ? fail(s, rc, "ack") : SQLITE_OK;
     case SB_OP_ATTEMPTS:
         st = s->st[ST_ENTRY_ATTEMPTS];
-        rc = bind_run(st, bind_args(st, "iii", (int64_t)op->u.attempts.queue_id,
-                               (int64_t)op->u.attempts.msg_id, (int64_t)op->u.attempts.attempts));
+        rc = bind_run(st,
+                      bind_args(st, "iii", (int64_t)op->u.attempts.queue_id,
+                                (int64_t)op->u.attempts.msg_id, (int64_t)op->u.attempts.attempts));
         if (rc != SQLITE_OK)
             return fail(s, rc, "attempts");
         if (sqlite3_changes(s->db) == 0)
@@ -872,10 +876,14 @@ static void group_failed(sb_store *s, sb_store_op *group)
     if (!s->degraded_logged) {
         int64_t now = sb_now_ms();
         if (now - s->degraded_log_ms >= DEGRADED_LOG_INTERVAL_MS) {
+            char flaps[96] = "";
+            if (s->unlogged_flaps > 0)
+                snprintf(flaps, sizeof(flaps), " (and %llu shorter episode(s) not logged)",
+                         (unsigned long long)s->unlogged_flaps);
             sb_errlog(WHO,
-                      "database %s: commit failed (%s); store degraded: publishes are refused, "
-                      "other changes are retried (%llu short episode(s) not reported before)",
-                      s->path, s->fail_msg, (unsigned long long)s->unlogged_flaps);
+                      "database %s: commit failed: %s; store degraded: publishes are refused, "
+                      "other changes are retried%s",
+                      s->path, s->fail_msg, flaps);
             s->degraded_logged = 1;
             s->degraded_log_ms = now;
             s->unlogged_flaps = 0;
@@ -1293,8 +1301,8 @@ static int open_db(sb_store *s, sb_error *err)
         return db_error(s, rc, "reading the header", err);
     if (app_id != SB_STORE_APPLICATION_ID && app_id != 0)
         return sb_error_set(err, SB_EFOREIGN, 0,
-                            "%s is not a Switchboard database (application_id 0x%08llx)",
-                            s->path, (unsigned long long)(uint32_t)app_id);
+                            "%s is not a Switchboard database (application_id 0x%08llx)", s->path,
+                            (unsigned long long)(uint32_t)app_id);
     if (app_id == 0 && objects > 0)
         return sb_error_set(err, SB_EFOREIGN, 0,
                             "%s is not a Switchboard database (a SQLite database of another "
@@ -1338,8 +1346,7 @@ static int open_db(sb_store *s, sb_error *err)
         if (rc != SQLITE_OK)
             return db_error(s, rc, "PRAGMA quick_check", err);
         if (strcmp(text, "ok") != 0)
-            return sb_error_set(err, SB_ECORRUPT, 0, "database %s is corrupt: %s", s->path,
-                                text);
+            return sb_error_set(err, SB_ECORRUPT, 0, "database %s is corrupt: %s", s->path, text);
     }
     s->stats.db_bytes = pages * s->page_size;
     return 0;
@@ -1415,8 +1422,8 @@ int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err)
     if (rc == 0)
         rc = read_high_water(s, err);
     for (int i = 0; i < ST_COUNT && rc == 0; i++) {
-        int src = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
-                                     NULL);
+        int src =
+            sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
         if (src != SQLITE_OK)
             rc = db_error(s, src, "preparing statements", err);
     }

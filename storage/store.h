@@ -25,6 +25,26 @@
  * becomes "degraded" (sb_store_degraded), while all other ops are kept and
  * retried, with the next group, until a commit succeeds again. Nothing that
  * was committed is lost; the store recovers by itself when space returns.
+ *
+ * Op outcomes (op->status), besides 0:
+ *   PUBLISH      SB_EDUPLICATE: dedup_key present and unexpired; SB_EEXIST: an
+ *                entry (queue, msg id) already exists; SB_ENOMEM, SB_EINVAL
+ *                (all: nothing written); SB_ENOSPC / SB_EIO: the group failed
+ *   ATTEMPTS, DEADLETTER  SB_ENOTFOUND: no such entry
+ *   QUEUE_PUT    SB_EEXIST: another queue has that name; SB_EINVAL
+ *   DLQ_REDRIVE  SB_ENOTFOUND (a row is gone) or SB_EEXIST (a new id is
+ *                taken): nothing redriven; SB_ENOSPC / SB_EIO: group failed.
+ *                A redriven entry keeps the dead letter's topic, payload,
+ *                headers, created, expiry and priority; attempts restart at 0
+ *   DLQ_LIST     SB_ENOMEM (no rows returned)
+ * ACK, QUEUE_DELETE, DLQ_PURGE and DEDUP_PRUNE only fail when sb_store_stop
+ * gives up retrying them (SB_EIO / SB_ENOSPC). Callbacks come in submission
+ * order, except that ops kept for a retry complete after the failed publishes
+ * that were submitted after them.
+ *
+ * The started store's uv_async_t keeps the loop alive until sb_store_stop;
+ * run the loop once more after stop so the handle closes before
+ * uv_loop_close.
  */
 #ifndef SB_STORE_H
 #define SB_STORE_H
@@ -71,12 +91,12 @@ typedef struct sb_store_entry_ref {
 
 /* A dead letter as read back by SB_OP_DLQ_LIST / redriven by SB_OP_DLQ_REDRIVE. */
 typedef struct sb_dead_letter {
-    int64_t dlq_id;      /* row id in the dead-letter table */
-    char *queue_name;    /* the subscription it died in */
-    sb_message *msg;     /* topic, payload, headers, created, original id */
+    int64_t dlq_id;   /* row id in the dead-letter table */
+    char *queue_name; /* the subscription it died in */
+    sb_message *msg;  /* topic, payload, headers, created, original id */
     int64_t dead_ms;
     char *reason;
-    char *source;        /* adapter/peer that published it, if known */
+    char *source; /* adapter/peer that published it, if known */
     int attempts;
     /* For REDRIVE: the queue and the new message id to insert it under. */
     uint32_t target_queue_id;
@@ -95,12 +115,12 @@ struct sb_store_op {
     sb_store_op *next; /* private to the store */
     union {
         struct {
-            sb_message *msg;       /* caller keeps its reference */
+            sb_message *msg; /* caller keeps its reference */
             const uint32_t *queue_ids;
             size_t queue_count;
-            int retain;            /* also set msg as the topic's retained value */
-            const char *dedup_key; /* NULL: no dedup; else insert key */
-            int64_t dedup_expires_ms;
+            int retain;               /* also set msg as the topic's retained value */
+            const char *dedup_key;    /* NULL: no dedup; else insert key */
+            int64_t dedup_expires_ms; /* 0: the key never expires */
             const sb_store_entry_ref *drops;
             size_t drop_count;
         } publish;
@@ -136,8 +156,8 @@ struct sb_store_op {
         struct {
             const char *queue_name; /* NULL: all queues */
             int64_t after_dlq_id;   /* paging: rows with dlq_id > this */
-            int limit;
-            /* results, owned by the op; free with sb_store_dlq_list_free */
+            int limit;              /* <= 0: no limit */
+            /* results, owned by the op; free with sb_store_dlq_rows_free */
             sb_dead_letter *rows;
             size_t row_count;
         } dlq_list;
@@ -160,13 +180,13 @@ struct sb_store_op {
 };
 
 typedef struct sb_store_stats {
-    uint64_t commits;         /* successful transactions */
-    uint64_t fsync_commits;   /* of which synchronous=FULL */
-    uint64_t ops;             /* ops completed */
+    uint64_t commits;       /* successful transactions */
+    uint64_t fsync_commits; /* of which synchronous=FULL */
+    uint64_t ops;           /* ops completed */
     uint64_t failed_commits;
     uint64_t max_batch_seen;
-    int64_t db_bytes;         /* page_count * page_size at the last commit */
-    int degraded;             /* 1 while commits fail */
+    int64_t db_bytes; /* page_count * page_size at the last commit */
+    int degraded;     /* 1 while commits fail */
     char last_error[256];
 } sb_store_stats;
 
@@ -178,11 +198,13 @@ typedef struct sb_store_stats {
  * naming the path. */
 int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err);
 
-/* Largest message id and queue id in use (0 if none). */
+/* Largest message id and queue id in use (0 if none). These are high-water
+ * marks kept in the database, so an id stays taken after its rows are gone.
+ * Call before sb_store_start (SB_EINVAL after). */
 int sb_store_max_ids(sb_store *s, uint64_t *out_msg_id, uint32_t *out_queue_id, sb_error *err);
 
-typedef int (*sb_store_queue_cb)(void *ctx, uint32_t queue_id, const char *name,
-                                 const char *filter, const char *settings);
+typedef int (*sb_store_queue_cb)(void *ctx, uint32_t queue_id, const char *name, const char *filter,
+                                 const char *settings);
 typedef int (*sb_store_entry_cb)(void *ctx, uint32_t queue_id, sb_message *msg, int attempts);
 typedef int (*sb_store_retained_cb)(void *ctx, sb_message *msg);
 typedef int (*sb_store_dedup_cb)(void *ctx, const char *key, int64_t expires_ms);
@@ -213,10 +235,11 @@ void sb_store_get_stats(sb_store *s, sb_store_stats *out);
  * called from the loop thread. */
 void sb_store_stop(sb_store *s);
 
-/* Closes the database and frees the store. */
+/* Closes the database and frees the store (stopping it first if needed).
+ * sb_store_stop and sb_store_close may be called from an op callback. */
 void sb_store_close(sb_store *s);
 
-/* Frees the rows of an SB_OP_DLQ_LIST result. */
+/* Frees the rows of an SB_OP_DLQ_LIST result (NULL rows: no-op). */
 void sb_store_dlq_rows_free(sb_dead_letter *rows, size_t count);
 
 #endif

@@ -8,6 +8,7 @@
 #include "adapters/conn.h"
 #include "service/alloc.h"
 #include "service/base64.h"
+#include "service/jsonw.h"
 #include "service/log.h"
 #include "service/topic.h"
 
@@ -127,16 +128,57 @@ static void reply_error(jsonl_session *s, json_t *id, int code, const char *msg)
 
 /* ---- publish ---- */
 
+/* Appends ,"id":<id> for a reply (ids are usually integers). */
+static void write_id(sb_jsonw *w, json_t *id)
+{
+    if (id == NULL)
+        return;
+    sb_jsonw_lit(w, ",\"id\":");
+    if (json_is_integer(id)) {
+        sb_jsonw_int(w, json_integer_value(id));
+    } else if (json_is_string(id)) {
+        sb_jsonw_str(w, json_string_value(id), json_string_length(id));
+    } else {
+        char *text = json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (text != NULL)
+            sb_jsonw_lit(w, text);
+        else
+            w->failed = 1;
+        free(text);
+    }
+}
+
+/* Completes r with the line built in w (takes the buffer). */
+static void reply_set_jsonw(reply *r, sb_jsonw *w)
+{
+    sb_jsonw_raw(w, "\n", 1);
+    if (w->failed) {
+        sb_jsonw_free(w);
+        reply_set(r, NULL);
+        return;
+    }
+    r->line = w->buf;
+    r->len = w->len;
+    flush_replies(r->s);
+}
+
 static void on_puback(void *ctx, int status, uint64_t msg_id, int queues, const char *why)
 {
     reply *r = ctx;
     jsonl_session *s = r->s;
     s->pending--;
-    if (status == 0)
-        reply_set(r, json_pack("{s:s, s:I, s:i}", "op", "puback", "msg_id", (json_int_t)msg_id,
-                               "queues", queues));
-    else
+    if (status == 0) {
+        sb_jsonw w = {0};
+        sb_jsonw_lit(&w, "{\"op\":\"puback\",\"msg_id\":");
+        sb_jsonw_int(&w, (int64_t)msg_id);
+        sb_jsonw_lit(&w, ",\"queues\":");
+        sb_jsonw_int(&w, queues);
+        write_id(&w, r->id);
+        sb_jsonw_raw(&w, "}", 1);
+        reply_set_jsonw(r, &w);
+    } else {
         reply_set(r, error_obj(status, why != NULL ? why : sb_strerror(status)));
+    }
     session_maybe_free(s);
 }
 
@@ -227,41 +269,59 @@ static void do_pub(jsonl_session *s, json_t *req, json_t *id)
 
 /* ---- subscriptions ---- */
 
-static json_t *message_json(const sb_delivery *d)
+/* Writes a delivery as one "msg" line (without the newline). */
+static void message_line(sb_jsonw *w, const sb_delivery *d)
 {
     const sb_message *m = d->msg;
-    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:i, s:I}", "op", "msg", "sub", d->sub, "msg_id",
-                          (json_int_t)m->id, "topic", m->topic, "attempt", d->attempt, "created",
-                          (json_int_t)m->created_ms);
-    if (o == NULL)
-        return NULL;
+    sb_jsonw_lit(w, "{\"op\":\"msg\",\"sub\":");
+    sb_jsonw_str(w, d->sub, strlen(d->sub));
+    sb_jsonw_lit(w, ",\"msg_id\":");
+    sb_jsonw_int(w, (int64_t)m->id);
+    sb_jsonw_lit(w, ",\"topic\":");
+    sb_jsonw_str(w, m->topic, strlen(m->topic));
+    sb_jsonw_lit(w, ",\"attempt\":");
+    sb_jsonw_int(w, d->attempt);
+    sb_jsonw_lit(w, ",\"created\":");
+    sb_jsonw_int(w, m->created_ms);
     if (sb_utf8_valid((const char *)m->payload, m->payload_len) &&
         memchr(m->payload, '\0', m->payload_len) == NULL) {
-        json_object_set_new(o, "payload", json_stringn((const char *)m->payload, m->payload_len));
+        sb_jsonw_lit(w, ",\"payload\":");
+        sb_jsonw_str(w, (const char *)m->payload, m->payload_len);
     } else {
         char *b = sb_base64_encode(m->payload, m->payload_len);
-        json_object_set_new(o, "payload_b64", b != NULL ? json_string(b) : json_null());
+        sb_jsonw_lit(w, ",\"payload_b64\":");
+        if (b == NULL)
+            w->failed = 1;
+        else
+            sb_jsonw_str(w, b, strlen(b));
         sb_free(b);
     }
     if (m->header_count > 0) {
-        json_t *h = json_object();
-        for (size_t i = 0; i < m->header_count; i++)
-            json_object_set_new(h, m->headers[i].key, json_string(m->headers[i].value));
-        json_object_set_new(o, "headers", h);
+        sb_jsonw_lit(w, ",\"headers\":{");
+        for (size_t i = 0; i < m->header_count; i++) {
+            if (i > 0)
+                sb_jsonw_raw(w, ",", 1);
+            sb_jsonw_str(w, m->headers[i].key, strlen(m->headers[i].key));
+            sb_jsonw_raw(w, ":", 1);
+            sb_jsonw_str(w, m->headers[i].value, strlen(m->headers[i].value));
+        }
+        sb_jsonw_raw(w, "}", 1);
     }
-    return o;
+    sb_jsonw_raw(w, "}", 1);
 }
 
 static int jsub_deliver(sb_consumer *c, sb_delivery *d)
 {
     jsub *js = c->ctx;
     jsonl_session *s = js->s;
-    json_t *o;
+    sb_jsonw w = {0};
     if (s->closed || s->conn->out_paused)
         return SB_EBUSY;
-    o = message_json(d);
-    if (o == NULL)
+    message_line(&w, d);
+    if (w.failed) {
+        sb_jsonw_free(&w);
         return SB_ENOMEM;
+    }
     d->next = NULL;
     if (js->out_tail != NULL)
         js->out_tail->next = d;
@@ -271,16 +331,12 @@ static int jsub_deliver(sb_consumer *c, sb_delivery *d)
     if (s->rhead != NULL) {
         reply *r = reply_new(s, NULL);
         if (r != NULL)
-            reply_set(r, o);
+            reply_set_jsonw(r, &w);
         else
-            json_decref(o);
+            sb_jsonw_free(&w);
     } else {
-        char *text = json_dumps(o, JSON_COMPACT);
-        json_decref(o);
-        if (text != NULL) {
-            sb_conn_send2(s->conn, text, strlen(text), "\n", 1, NULL);
-            free(text);
-        }
+        sb_conn_send2(s->conn, w.buf, w.len, "\n", 1, NULL);
+        sb_jsonw_free(&w);
     }
     return 0;
 }

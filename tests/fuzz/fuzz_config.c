@@ -1,9 +1,12 @@
 /*
  * Fuzz target for the config parser: any bytes given to sb_config_parse must
  * give either a config or errors (never both, never neither), and a parsed
- * config must survive copy/equal/free of each adapter and route.
+ * config must survive copy/equal/free of each adapter and route. Each input
+ * is parsed a second time with an allocation failing part way through, which
+ * must end in SB_ENOMEM or the same result, never a crash or a leak.
  */
 #include "config/config.h"
+#include "service/alloc.h"
 #include "service/error.h"
 
 #include <stddef.h>
@@ -43,5 +46,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     sb_config_free(cfg);
     sb_config_errors_clear(&errs);
+
+    /* Fail the n-th allocation, n picked from the input so it varies. */
+    {
+        long n = size > 0 ? (long)((data[size / 2] * 131u + size) % 256) : 0;
+        int again;
+        sb_alloc_fail_after(n);
+        again = sb_config_parse(&cfg, "fuzz.yaml", (const char *)data, size, &errs);
+        sb_alloc_fail_after(-1);
+        if (again != rc && again != SB_ENOMEM)
+            abort();
+        if ((again == 0) != (cfg != NULL))
+            abort();
+        sb_config_free(cfg);
+        sb_config_errors_clear(&errs);
+    }
     return 0;
 }

@@ -237,6 +237,8 @@ int sb_client_request(sb_client *c, json_t **out, json_t *req, int timeout_ms, s
     rc = sb_client_write_json(c, req, err);
     if (rc == 0)
         rc = sb_client_flush(c, err);
+    if (rc == SB_ECLOSED && sb_client_last_words(c, out) == 0)
+        return 0;
     if (rc != 0)
         return rc;
     for (;;) {
@@ -262,6 +264,26 @@ int sb_client_request(sb_client *c, json_t **out, json_t *req, int timeout_ms, s
         }
         json_decref(reply);
     }
+}
+
+int sb_client_last_words(sb_client *c, json_t **out)
+{
+    sb_error ignored;
+    *out = NULL;
+    /* Replies sent before the close are still readable; take the first error. */
+    for (int i = 0; i < 64; i++) {
+        json_t *reply = NULL;
+        const char *op;
+        if (sb_client_read_json(c, &reply, 1000, &ignored) != 0)
+            break;
+        op = json_string_value(json_object_get(reply, "op"));
+        if (op != NULL && strcmp(op, "error") == 0) {
+            *out = reply;
+            return 0;
+        }
+        json_decref(reply);
+    }
+    return SB_ENOTFOUND;
 }
 
 int sb_client_errcode(const char *name)

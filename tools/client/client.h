@@ -91,6 +91,13 @@ int64_t sb_client_next_id(sb_client *c);
  * sb_client_reply_error); the return value is 0 or a transport error. */
 int sb_client_request(sb_client *c, json_t **out, json_t *req, int timeout_ms, sb_error *err);
 
+/* After a write failed with SB_ECLOSED: the broker may have explained why
+ * before it closed (a line longer than its max_message gets SB_ETOOBIG).
+ * Reads what is left (waiting at most a second) and returns 0 with the first
+ * error reply in *out (new reference), or SB_ENOTFOUND if there is none.
+ * sb_client_request does this itself. */
+int sb_client_last_words(sb_client *c, json_t **out);
+
 /* If reply is {"op":"error",...}: fills err with its code (SB_E* from the
  * "code" name, SB_EUNKNOWN if unknown) and "message", and returns the code.
  * Otherwise returns 0. */

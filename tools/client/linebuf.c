@@ -94,13 +94,13 @@ int sb_linebuf_append(sb_linebuf *b, const void *bytes, size_t n)
 
 int sb_linebuf_next(sb_linebuf *b, char **out_line, size_t *out_len)
 {
-    char *line = b->data + b->start;
     size_t pending = b->len - b->start;
-    char *nl;
+    char *line, *nl;
     size_t n;
 
     if (pending == 0)
-        return 0;
+        return 0; /* data may still be NULL */
+    line = b->data + b->start;
     nl = memchr(line + b->scanned, '\n', pending - b->scanned);
     if (nl == NULL) {
         b->scanned = pending;

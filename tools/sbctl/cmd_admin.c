@@ -117,8 +117,11 @@ static int print_queues(const json_t *queues)
         cell_int(inflight, sizeof(inflight), q, "inflight");
         cell_int(consumers, sizeof(consumers), q, "consumers");
         /* No oldest message (empty queue) is reported as null or absent. */
+        /* An empty queue has no oldest message, whatever the broker reports. */
         sbctl_fmt_ms(oldest, sizeof(oldest),
-                     json_is_number(age) ? (int64_t)json_number_value(age) : -1);
+                     json_is_number(age) && sbctl_json_int(q, "depth", 1) != 0
+                         ? (int64_t)json_number_value(age)
+                         : -1);
         cell_rate(in, sizeof(in), q, "in_rate");
         cell_rate(out, sizeof(out), q, "out_rate");
         cell_int(dead, sizeof(dead), q, "dead");

@@ -167,6 +167,20 @@ done:
     return rc;
 }
 
+/* A write failed: report the broker's reason if it gave one before closing. */
+static int write_failed(sb_client *c, const char *topic, sb_error *err)
+{
+    json_t *last = NULL;
+    char what[300];
+    snprintf(what, sizeof(what), "pub %s", topic);
+    if (err->code == SB_ECLOSED && sb_client_last_words(c, &last) == 0) {
+        sb_client_reply_error(last, err);
+        json_decref(last);
+        return sbctl_broker_failed(what, err);
+    }
+    return sbctl_conn_failed(what, err);
+}
+
 typedef struct pub_state {
     long long count, sent, answered, ok, failed, unrouted;
     long long first_msg_id, last_msg_id;
@@ -234,7 +248,7 @@ static int run_pub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
             memcpy(line + n, body + 1, body_len - 1);
             sb_error_clear(&err);
             if (sb_client_write_line(c, line, (size_t)n + body_len - 1, &err) != 0) {
-                rc = sbctl_conn_failed("pub", &err);
+                rc = write_failed(c, a->pos[0], &err);
                 goto done;
             }
             s.sent++;
@@ -243,6 +257,10 @@ static int run_pub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
             break; /* stopped sending after a failure; everything answered */
         sb_error_clear(&err);
         if (sb_client_read_json(c, &reply, SBCTL_REQUEST_TIMEOUT_MS, &err) != 0) {
+            if (err.code == SB_ECLOSED) { /* maybe the broker said why */
+                rc = write_failed(c, a->pos[0], &err);
+                goto done;
+            }
             if (s.progress_shown)
                 show_progress(&s, 1);
             rc = sbctl_conn_failed("pub", &err);

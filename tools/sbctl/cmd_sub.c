@@ -133,7 +133,7 @@ static int run_sub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
         goto done;
     }
     if (sb_client_reply_error(reply, &err) != 0) {
-        if (err.code == SB_ENOTFOUND && filter == NULL)
+        if (err.code == SB_ENOTFOUND && filter == NULL && strstr(err.msg, "filter") == NULL)
             sbctl_errorf("%s: %s [%s] (pass --filter FILTER to create it)", what, err.msg,
                          sb_errname(err.code));
         else
@@ -207,8 +207,12 @@ static int run_sub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
         received++;
         if (!no_ack) {
             const char *msub = json_string_value(json_object_get(msg, "sub"));
+            /* Flushed at once: a message printed must not stay unacknowledged
+             * while later ones are printed (sbctl may be killed, e.g. by
+             * SIGPIPE from `| head`). */
             if (send_ack(c, msub != NULL ? msub : name, json_object_get(msg, "msg_id"), &err) !=
-                0) {
+                    0 ||
+                sb_client_flush(c, &err) != 0) {
                 json_decref(msg);
                 rc = sbctl_conn_failed(what, &err);
                 goto done;

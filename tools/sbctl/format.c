@@ -246,8 +246,10 @@ void sbctl_fmt_ns(char *buf, size_t len, int64_t ns)
         snprintf(buf, len, "%.0fus", v / 1e3);
     else if (ns < 10000000)
         snprintf(buf, len, "%.2fms", v / 1e6);
-    else if (ns < 1000000000)
+    else if (ns < 100000000)
         snprintf(buf, len, "%.1fms", v / 1e6);
+    else if (ns < 1000000000)
+        snprintf(buf, len, "%.0fms", v / 1e6);
     else
         snprintf(buf, len, "%.2fs", v / 1e9);
 }

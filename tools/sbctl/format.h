@@ -41,7 +41,7 @@ void sbctl_fmt_ms(char *buf, size_t len, int64_t ms);
 /* A rate or count: 0, 12.5, 999, 1234, 12.3k, 1.20M, 3.40G. Negative: "-". */
 void sbctl_fmt_rate(char *buf, size_t len, double v);
 
-/* A latency in ns: 850ns, 12.3us, 1.23ms, 45.6ms, 1.23s. Negative: "-". */
+/* A latency in ns: 850ns, 12.3us, 123us, 1.23ms, 45.6ms, 202ms, 1.23s. Negative: "-". */
 void sbctl_fmt_ns(char *buf, size_t len, int64_t ns);
 
 /* Copies s into buf for a one-line preview: control characters as \n, \t,

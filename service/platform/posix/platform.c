@@ -2,6 +2,7 @@
 #include "service/platform.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -32,4 +33,15 @@ int sb_platform_mkdir_p(const char *path, sb_error *err)
 void sb_platform_default_admin_endpoint(char *out, size_t n, const char *data_dir)
 {
     snprintf(out, n, "%s/admin.sock", data_dir);
+}
+
+void sb_platform_init(void)
+{
+    /* A peer closing mid-write must be an EPIPE error, not a killed broker. */
+    signal(SIGPIPE, SIG_IGN);
+}
+
+void sb_platform_gmtime(time_t t, struct tm *out)
+{
+    gmtime_r(&t, out);
 }

@@ -111,8 +111,8 @@ static unsigned char *read_all(const char *path, size_t *out_len)
     return buf;
 }
 
-static void write_variant(const char *dir, const char *name, const unsigned char *data,
-                          size_t len, size_t from, size_t to)
+static void write_variant(const char *dir, const char *name, const unsigned char *data, size_t len,
+                          size_t from, size_t to)
 {
     char path[1024];
     unsigned char *copy = malloc(len);

@@ -844,12 +844,13 @@ static void test_group_commit(void **state)
     fx *f = *state;
     const uint32_t q1 = 1;
     sb_store_op *ops = calloc(MANY, sizeof(*ops));
-    sb_message *m = msg(0, "t", "0123456789");
+    sb_message **ms = calloc(MANY, sizeof(*ms));
     sb_store_stats st0, st1, st2;
     long syncs0, syncs1, syncs2;
     int done = 0;
 
     assert_non_null(ops);
+    assert_non_null(ms);
     open_start(f);
     assert_int_equal(queue_put(f, 1, "q", "#", NULL), 0);
     sb_store_get_stats(f->s, &st0);
@@ -877,28 +878,17 @@ static void test_group_commit(void **state)
     /* fsync durability: one op with sync makes its group commit with FULL. */
     done = 0;
     for (int i = 0; i < MANY; i++) {
-        memset(&ops[i], 0, sizeof(ops[i]));
-        m->id = (uint64_t)i + 1;
-        publish_op(&ops[i], m, &q1, 1);
+        ms[i] = msg((uint64_t)i + 1, "t", "0123456789");
+        publish_op(&ops[i], ms[i], &q1, 1);
         ops[i].sync = i % 100 == 0;
         ops[i].cb = count_cb;
         ops[i].ctx = &done;
+        assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
     }
-    /* Ids are read at execution: give each op its own message. */
-    {
-        sb_message **ms = calloc(MANY, sizeof(*ms));
-        assert_non_null(ms);
-        for (int i = 0; i < MANY; i++) {
-            ms[i] = msg((uint64_t)i + 1, "t", "0123456789");
-            ops[i].u.publish.msg = ms[i];
-            assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
-        }
-        run_until(f, &done, MANY);
-        for (int i = 0; i < MANY; i++) {
-            assert_int_equal(ops[i].status, 0);
-            sb_message_unref(ms[i]);
-        }
-        free(ms);
+    run_until(f, &done, MANY);
+    for (int i = 0; i < MANY; i++) {
+        assert_int_equal(ops[i].status, 0);
+        sb_message_unref(ms[i]);
     }
     sb_store_get_stats(f->s, &st2);
     syncs2 = vfs_shim_wal_syncs();
@@ -908,7 +898,7 @@ static void test_group_commit(void **state)
     assert_true(syncs2 - syncs1 >= (long)(st2.fsync_commits - st1.fsync_commits));
     assert_true(st2.db_bytes > 0);
     assert_int_equal(st2.degraded, 0);
-    sb_message_unref(m);
+    free(ms);
     free(ops);
 }
 

@@ -127,6 +127,7 @@ static void test_numbers(void **state)
     FMT(sbctl_fmt_ns, 123456, "123us");
     FMT(sbctl_fmt_ns, 1234567, "1.23ms");
     FMT(sbctl_fmt_ns, 45600000, "45.6ms");
+    FMT(sbctl_fmt_ns, 202345678, "202ms");
     FMT(sbctl_fmt_ns, 1230000000, "1.23s");
     FMT(sbctl_fmt_ns, -1, "-");
 }

@@ -1,0 +1,98 @@
+/* Minimal JSON writer (see jsonw.h). */
+#include "service/jsonw.h"
+#include "service/alloc.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static int reserve(sb_jsonw *w, size_t extra)
+{
+    size_t cap;
+    char *n;
+    if (w->failed)
+        return 0;
+    if (w->len + extra <= w->cap)
+        return 1;
+    cap = w->cap == 0 ? 256 : w->cap;
+    while (cap < w->len + extra)
+        cap *= 2;
+    n = sb_realloc(w->buf, cap);
+    if (n == NULL) {
+        w->failed = 1;
+        return 0;
+    }
+    w->buf = n;
+    w->cap = cap;
+    return 1;
+}
+
+void sb_jsonw_raw(sb_jsonw *w, const char *s, size_t len)
+{
+    if (!reserve(w, len))
+        return;
+    memcpy(w->buf + w->len, s, len);
+    w->len += len;
+}
+
+void sb_jsonw_lit(sb_jsonw *w, const char *s)
+{
+    sb_jsonw_raw(w, s, strlen(s));
+}
+
+void sb_jsonw_str(sb_jsonw *w, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    char *o;
+    /* Worst case: every byte becomes \u00XX. */
+    if (!reserve(w, len * 6 + 2))
+        return;
+    o = w->buf + w->len;
+    *o++ = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"':
+            *o++ = '"';
+            break;
+        case '\\':
+            *o++ = '\\';
+            break;
+        case '\n':
+            *o++ = 'n';
+            break;
+        case '\r':
+            *o++ = 'r';
+            break;
+        case '\t':
+            *o++ = 't';
+            break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        }
+    }
+    *o++ = '"';
+    w->len = (size_t)(o - w->buf);
+}
+
+void sb_jsonw_int(sb_jsonw *w, int64_t v)
+{
+    char tmp[24];
+    int n = snprintf(tmp, sizeof(tmp), "%lld", (long long)v);
+    sb_jsonw_raw(w, tmp, (size_t)n);
+}
+
+void sb_jsonw_free(sb_jsonw *w)
+{
+    sb_free(w->buf);
+    w->buf = NULL;
+    w->len = w->cap = 0;
+}
