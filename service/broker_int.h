@@ -18,6 +18,8 @@ typedef struct sb_pending {
     sb_message *msg;
     sb_queue **queues; /* queues to append to once committed */
     uint32_t *queue_ids;
+    sb_queue *queues_inline[4]; /* most messages match few queues: no allocation */
+    uint32_t ids_inline[4];
     size_t queue_count;
     sb_store_entry_ref *drops;
     int retain;

@@ -14,8 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MATCH_INLINE 16
-
 sb_queue *sb_broker__find_queue(sb_broker *b, const char *name)
 {
     return sb_map_get(&b->queues_by_name, name);
@@ -174,8 +172,10 @@ static void dedup_add(sb_broker *b, const char *key, int64_t expires)
 static void pending_free(sb_pending *p)
 {
     sb_message_unref(p->msg);
-    sb_free(p->queues);
-    sb_free(p->queue_ids);
+    if (p->queues != p->queues_inline)
+        sb_free(p->queues);
+    if (p->queue_ids != p->ids_inline)
+        sb_free(p->queue_ids);
     sb_free(p->drops);
     sb_free(p->dedup_key);
     sb_free(p);
@@ -319,6 +319,9 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
     p->broker = b;
     p->cb = cb;
     p->ctx = ctx;
+    p->queues = p->queues_inline;
+    p->queue_ids = p->ids_inline;
+    cap = sizeof(p->queues_inline) / sizeof(p->queues_inline[0]);
 
     for (sb_queue *q = b->queues; q != NULL; q = q->next) {
         if (!routed(q) || !sb_topic_match_any(q->filter, msg->topic))
@@ -348,19 +351,22 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
             }
         }
         if (p->queue_count == cap) {
-            size_t ncap = cap == 0 ? MATCH_INLINE : cap * 2;
-            sb_queue **nq = sb_realloc(p->queues, ncap * sizeof(*nq));
-            uint32_t *ni;
-            if (nq == NULL) {
+            size_t ncap = cap * 2;
+            sb_queue **nq = sb_malloc(ncap * sizeof(*nq));
+            uint32_t *ni = sb_malloc(ncap * sizeof(*ni));
+            if (nq == NULL || ni == NULL) {
+                sb_free(nq);
+                sb_free(ni);
                 rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
                 goto fail;
             }
+            memcpy(nq, p->queues, cap * sizeof(*nq));
+            memcpy(ni, p->queue_ids, cap * sizeof(*ni));
+            if (p->queues != p->queues_inline)
+                sb_free(p->queues);
+            if (p->queue_ids != p->ids_inline)
+                sb_free(p->queue_ids);
             p->queues = nq;
-            ni = sb_realloc(p->queue_ids, ncap * sizeof(*ni));
-            if (ni == NULL) {
-                rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-                goto fail;
-            }
             p->queue_ids = ni;
             cap = ncap;
         }
@@ -489,13 +495,8 @@ int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q)
         copy->id = ++b->last_msg_id;
         p->broker = b;
         p->msg = copy;
-        p->queues = sb_malloc(sizeof(*p->queues));
-        p->queue_ids = sb_malloc(sizeof(*p->queue_ids));
-        if (p->queues == NULL || p->queue_ids == NULL) {
-            pending_free(p);
-            sb_free(m.items);
-            return SB_ENOMEM;
-        }
+        p->queues = p->queues_inline;
+        p->queue_ids = p->ids_inline;
         p->queues[0] = q;
         p->queue_ids[0] = q->id;
         p->queue_count = 1;

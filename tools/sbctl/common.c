@@ -26,8 +26,8 @@ int sbctl_usage_error(const sbctl_cmd *cmd, const char *fmt, ...)
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nUsage: sbctl %s %s\nTry 'sbctl %s --help'.\n", cmd->name, cmd->args,
-            cmd->name);
+    fprintf(stderr, "\nUsage: sbctl %s%s%s\nTry 'sbctl %s --help'.\n", cmd->name,
+            cmd->args[0] != '\0' ? " " : "", cmd->args, cmd->name);
     return SBCTL_EXIT_USAGE;
 }
 

@@ -48,8 +48,8 @@ static void print_main_help(FILE *f)
 
 static void print_cmd_help(const sbctl_cmd *cmd)
 {
-    printf("Usage: sbctl %s %s [OPTIONS]\n\n%s\n\n%s\nOptions:\n", cmd->name, cmd->args,
-           cmd->summary, cmd->help);
+    printf("Usage: sbctl %s%s%s [OPTIONS]\n\n%s\n\n%s\nOptions:\n", cmd->name,
+           cmd->args[0] != '\0' ? " " : "", cmd->args, cmd->summary, cmd->help);
     sbctl_args_print_help(stdout, cmd->opts, cmd->nopts);
 }
 
