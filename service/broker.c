@@ -266,7 +266,7 @@ static void unbind_all(sb_broker *b, sb_adapter *only)
         }
         *p = s->next;
         if (s->consumer.queue != NULL)
-            sb_broker_detach(b, &s->consumer);
+            sb_broker_detach(b, &s->consumer, 0);
         sb_free(s->queue_name);
         sb_free(s);
     }
@@ -569,6 +569,12 @@ int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
     return 0;
 }
 
+const char *sb_broker_sub_filter(sb_broker *b, const char *name)
+{
+    sb_queue *q = sb_broker__find_queue(b, name);
+    return q != NULL ? q->filter : NULL;
+}
+
 int sb_broker_unsubscribe(sb_broker *b, const char *name, sb_error *err)
 {
     sb_queue *q = sb_broker__find_queue(b, name);
@@ -616,11 +622,11 @@ int sb_broker_attach(sb_broker *b, const char *name, sb_consumer *c, sb_error *e
     return 0;
 }
 
-void sb_broker_detach(sb_broker *b, sb_consumer *c)
+void sb_broker_detach(sb_broker *b, sb_consumer *c, int failed)
 {
     (void)b;
     if (c->queue != NULL)
-        sb_queue__detach_consumer(c->queue, c);
+        sb_queue__detach_consumer(c->queue, c, failed);
 }
 
 /* ---- reload ---- */

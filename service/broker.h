@@ -126,6 +126,10 @@ void sb_sub_settings_default(sb_sub_settings *s);
 int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
                         const sb_sub_settings *settings, sb_error *err);
 
+/* The filter of subscription `name` ('\n'-separated when a route has
+ * several), or NULL if there is none. */
+const char *sb_broker_sub_filter(sb_broker *b, const char *name);
+
 /* Deletes a client-created subscription and its messages. */
 int sb_broker_unsubscribe(sb_broker *b, const char *name, sb_error *err);
 
@@ -133,8 +137,11 @@ int sb_broker_unsubscribe(sb_broker *b, const char *name, sb_error *err);
 int sb_broker_attach(sb_broker *b, const char *name, sb_consumer *c, sb_error *err);
 
 /* Detaches: its outstanding deliveries return to the queue (as redeliveries),
- * and are freed (do not call sb_delivery_done for them afterwards). */
-void sb_broker_detach(sb_broker *b, sb_consumer *c);
+ * and are freed (do not call sb_delivery_done for them afterwards). With
+ * `failed` (the consumer went away, e.g. its connection dropped) each counts
+ * as a failed attempt — a message that crashes its consumers ends in the
+ * dead-letter queue instead of looping; without (an orderly unsubscribe) not. */
+void sb_broker_detach(sb_broker *b, sb_consumer *c, int failed);
 
 /* The consumer can take deliveries again (window freed, became writable). */
 void sb_consumer_ready(sb_consumer *c);

@@ -462,7 +462,7 @@ static void on_timer(uv_timer_t *t)
     sb_queue__dispatch(q);
 }
 
-void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c)
+void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c, int failed)
 {
     sb_consumer **p;
     while (c->outstanding != NULL) {
@@ -471,7 +471,7 @@ void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c)
         outstanding_remove(c, d);
         if (e != NULL) {
             e->delivery = NULL;
-            fail_entry(q, e, "consumer went away", 0);
+            fail_entry(q, e, "the consumer disconnected before acknowledging", failed);
         }
         sb_free(d);
     }
@@ -522,7 +522,7 @@ void sb_queue__expire(sb_queue *q, int64_t now_ms)
 void sb_queue__clear(sb_queue *q)
 {
     while (q->consumers != NULL)
-        sb_queue__detach_consumer(q, q->consumers);
+        sb_queue__detach_consumer(q, q->consumers, 0);
     while (q->fifo.head != NULL) {
         sb_entry *e = q->fifo.head;
         fifo_unlink(&q->fifo, e);

@@ -120,6 +120,6 @@ void sb_broker__deadletter(sb_broker *b, sb_queue *q, sb_entry *e, const char *r
 void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t last);
 void sb_broker__schedule_ack_flush(sb_broker *b, sb_queue *q);
 void sb_broker__store_attempts(sb_broker *b, sb_queue *q, sb_entry *e);
-void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c);
+void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c, int failed);
 
 #endif

@@ -37,7 +37,8 @@ typedef struct jsub {
 
 struct jsonl_session {
     sb_conn *conn;
-    size_t max;
+    size_t max;         /* longest line */
+    size_t max_payload; /* the adapter's max_message */
     char *buf;
     size_t len, cap;
     reply *rhead, *rtail;
@@ -207,6 +208,8 @@ static void do_pub(jsonl_session *s, json_t *req, json_t *id)
 
     if (!json_is_string(topic))
         return reply_error(s, id, SB_EINVAL, "pub: \"topic\" (a string) is required");
+    if (strlen(json_string_value(topic)) != json_string_length(topic))
+        return reply_error(s, id, SB_EINVAL, "pub: topic contains a NUL character");
     if ((payload != NULL) == (b64 != NULL) || (payload != NULL && !json_is_string(payload)) ||
         (b64 != NULL && !json_is_string(b64)))
         return reply_error(s, id, SB_EINVAL,
@@ -223,9 +226,9 @@ static void do_pub(jsonl_session *s, json_t *req, json_t *id)
     }
     if (m == NULL)
         return reply_error(s, id, SB_ENOMEM, "out of memory");
-    if (m->payload_len > s->max) {
+    if (m->payload_len > s->max_payload) {
         sb_message_unref(m);
-        return reply_error(s, id, SB_ETOOBIG, "pub: payload larger than max_message");
+        return reply_error(s, id, SB_ETOOBIG, "pub: payload larger than the adapter's max_message");
     }
     if (headers != NULL) {
         if (!json_is_object(headers)) {
@@ -349,10 +352,10 @@ static jsub *find_sub(jsonl_session *s, const char *name)
     return NULL;
 }
 
-static void jsub_free_detached(jsonl_session *s, jsub *js)
+static void jsub_free_detached(jsonl_session *s, jsub *js, int failed)
 {
     jsub **p;
-    sb_broker_detach(s->conn->adapter->broker, &js->consumer);
+    sb_broker_detach(s->conn->adapter->broker, &js->consumer, failed);
     for (p = &s->subs; *p != NULL; p = &(*p)->next)
         if (*p == js) {
             *p = js->next;
@@ -444,7 +447,8 @@ static void do_sub(jsonl_session *s, json_t *req, json_t *id)
     /* The reply is queued before attaching so it precedes the first message. */
     r->line = NULL;
     {
-        json_t *o = json_pack("{s:s, s:s}", "op", "subscribed", "sub", name);
+        json_t *o = json_pack("{s:s, s:s, s:s?}", "op", "subscribed", "sub", name, "filter",
+                              sb_broker_sub_filter(b, name));
         if (o != NULL && r->id != NULL)
             json_object_set(o, "id", r->id);
         if (o != NULL) {
@@ -464,14 +468,14 @@ static void do_sub(jsonl_session *s, json_t *req, json_t *id)
     }
     if (r->line == NULL) {
         reply_set(r, NULL); /* out of memory: an error reply */
-        jsub_free_detached(s, js);
+        jsub_free_detached(s, js, 0);
         return;
     }
     if (sb_broker_attach(b, name, &js->consumer, &err) != 0) {
         sb_free(r->line);
         r->line = NULL;
         reply_set(r, error_obj(err.code, err.msg));
-        jsub_free_detached(s, js);
+        jsub_free_detached(s, js, 0);
         return;
     }
     /* r may already be written (and freed) by a delivery flushing the queue. */
@@ -527,7 +531,7 @@ static void do_unsub(jsonl_session *s, json_t *req, json_t *id)
         return reply_error(s, id, SB_EINVAL, "unsub: \"sub\" is required");
     js = find_sub(s, name);
     if (js != NULL)
-        jsub_free_detached(s, js);
+        jsub_free_detached(s, js, 0);
     if (json_is_true(json_object_get(req, "delete")) &&
         sb_broker_unsubscribe(s->conn->adapter->broker, name, &err) != 0)
         return reply_error(s, id, err.code, err.msg);
@@ -600,7 +604,7 @@ static void do_admin(jsonl_session *s, const char *op, json_t *req, json_t *id)
 static void handle_line(jsonl_session *s, const char *line, size_t len)
 {
     json_error_t jerr;
-    json_t *req = json_loadb(line, len, 0, &jerr), *id;
+    json_t *req = json_loadb(line, len, JSON_ALLOW_NUL, &jerr), *id;
     const char *op;
     char msg[300];
 
@@ -702,9 +706,10 @@ static int jsonl_open(sb_conn *c)
     if (s == NULL)
         return SB_ENOMEM;
     s->conn = c;
-    s->max = c->adapter->cfg->max_message > 0 ? (size_t)c->adapter->cfg->max_message : 1048576;
+    s->max_payload =
+        c->adapter->cfg->max_message > 0 ? (size_t)c->adapter->cfg->max_message : 1048576;
     /* A line carries JSON escaping and base64 around the payload. */
-    s->max = s->max * 2 + 65536;
+    s->max = s->max_payload * 2 + 65536;
     snprintf(s->source, sizeof(s->source), "%s %s", c->adapter->name, c->peer);
     snprintf(s->who, sizeof(s->who), "%s %s", c->adapter->name, c->peer);
     sb_conn_ref(c);
@@ -732,7 +737,7 @@ static void jsonl_closed(sb_conn *c)
 {
     jsonl_session *s = c->session;
     while (s->subs != NULL)
-        jsub_free_detached(s, s->subs);
+        jsub_free_detached(s, s->subs, 1);
     s->closed = 1;
     session_maybe_free(s);
 }
