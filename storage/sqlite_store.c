@@ -24,7 +24,6 @@
  */
 #include "storage/store.h"
 
-#include <limits.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -44,9 +43,10 @@
  * this size only after a huge transaction made it grow. Rewriting existing
  * WAL pages makes an fsync about half as costly as growing the file. */
 #define JOURNAL_SIZE_LIMIT (16 * 1024 * 1024)
-/* PRAGMA quick_check reads every page: about 0.1 s for 64 MiB here. Larger
- * databases skip it; the loaders read every row of every table anyway and
- * report corruption there (SB_ECORRUPT), so only index pages go unchecked. */
+/* PRAGMA quick_check reads every page: about 0.1 s of CPU for 64 MiB here
+ * (cold, reading the file dominates, but the loaders then find it cached).
+ * Larger databases skip it: the loaders read every row of every table anyway
+ * and report corruption there (SB_ECORRUPT); only index pages go unchecked. */
 #define QUICK_CHECK_MAX_BYTES (64 * 1024 * 1024)
 #define LOAD_PROGRESS_ROWS 100000
 
@@ -69,6 +69,7 @@ enum stmt_id {
     ST_DEDUP_PUT,
     ST_DEDUP_PRUNE,
     ST_DEADLETTER_COPY,
+    ST_DEADLETTER_PUT,
     ST_QUEUE_PUT,
     ST_QUEUE_DELETE_ENTRIES,
     ST_QUEUE_DELETE,
@@ -113,6 +114,11 @@ static const char *const stmt_sql[ST_COUNT] = {
         " SELECT coalesce(?3, (SELECT name FROM queues WHERE id = ?1)), msg_id, topic, payload,"
         " headers, created_ms, expires_ms, priority, ?4, ?5, ?6, ?7"
         " FROM entries WHERE queue_id = ?1 AND msg_id = ?2",
+    [ST_DEADLETTER_PUT] =
+        "INSERT INTO dlq(queue_name, msg_id, topic, payload, headers, created_ms, expires_ms,"
+        " priority, dead_ms, reason, source, attempts)"
+        " VALUES(coalesce(?3, (SELECT name FROM queues WHERE id = ?1)), ?2, ?8, ?9, ?10, ?11,"
+        " ?12, ?13, ?4, ?5, ?6, ?7)",
     [ST_QUEUE_PUT] = "INSERT INTO queues(id, name, filter, settings) VALUES(?1, ?2, ?3, ?4)"
                      " ON CONFLICT(id) DO UPDATE SET name = excluded.name,"
                      " filter = excluded.filter, settings = excluded.settings",
@@ -456,17 +462,39 @@ static int exec_retain_put(sb_store *s, sb_store_op *op)
     return SQLITE_OK;
 }
 
+/* Writes the dead letter from op's message (an entry of a memory-class queue
+ * has no row) or, without one, copies the entry's row; then deletes the entry. */
 static int exec_deadletter(sb_store *s, sb_store_op *op)
 {
-    sqlite3_stmt *st = s->st[ST_DEADLETTER_COPY];
-    int rc = bind_run(st, bind_args(st, "iititti", (int64_t)op->u.deadletter.queue_id,
-                                    (int64_t)op->u.deadletter.msg_id, op->u.deadletter.queue_name,
-                                    sb_now_ms(), op->u.deadletter.reason, op->u.deadletter.source,
-                                    (int64_t)op->u.deadletter.attempts));
+    const sb_message *m = op->u.deadletter.msg;
+    sqlite3_stmt *st = s->st[m != NULL ? ST_DEADLETTER_PUT : ST_DEADLETTER_COPY];
+    unsigned char *hdr = NULL;
+    size_t hdr_len = 0;
+    int rc;
+
+    if (m != NULL && sb_message_headers_encode(m, &hdr, &hdr_len) != 0) {
+        op->status = SB_ENOMEM;
+        return SQLITE_OK;
+    }
+    if (m != NULL)
+        rc = bind_args(st, "iitittitbbiii", (int64_t)op->u.deadletter.queue_id,
+                       (int64_t)op->u.deadletter.msg_id, op->u.deadletter.queue_name, sb_now_ms(),
+                       op->u.deadletter.reason, op->u.deadletter.source,
+                       (int64_t)op->u.deadletter.attempts, m->topic != NULL ? m->topic : "",
+                       m->payload != NULL ? (const void *)m->payload : (const void *)"",
+                       m->payload_len, (const void *)hdr, hdr_len, m->created_ms, m->expires_ms,
+                       (int64_t)m->priority);
+    else
+        rc = bind_args(st, "iititti", (int64_t)op->u.deadletter.queue_id,
+                       (int64_t)op->u.deadletter.msg_id, op->u.deadletter.queue_name, sb_now_ms(),
+                       op->u.deadletter.reason, op->u.deadletter.source,
+                       (int64_t)op->u.deadletter.attempts);
+    rc = bind_run(st, rc);
+    sb_free(hdr);
     if (rc != SQLITE_OK)
         return op_error(s, op, rc, "dead-letter");
     if (sqlite3_changes(s->db) == 0) {
-        op->status = SB_ENOTFOUND;
+        op->status = SB_ENOTFOUND; /* only without msg: no entry to copy */
         return SQLITE_OK;
     }
     rc = delete_range(s, op->u.deadletter.queue_id, op->u.deadletter.msg_id,
@@ -632,6 +660,8 @@ static int exec_dlq_redrive(sb_store *s, sb_store_op *op)
     for (size_t i = 0; i < op->u.dlq_redrive.row_count && status == 0; i++) {
         const sb_dead_letter *r = &op->u.dlq_redrive.rows[i];
         sqlite3_stmt *st = s->st[ST_DLQ_REDRIVE_COPY];
+        if (r->target_queue_id == 0)
+            continue; /* the caller leaves this one in the dead-letter table */
         rc = bind_run(st, bind_args(st, "iii", (int64_t)r->target_queue_id, (int64_t)r->new_msg_id,
                                     r->dlq_id));
         if (rc != SQLITE_OK) {
@@ -805,7 +835,8 @@ static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, s
     }
     if (was_degraded)
         s->episode_failures = 0;
-    wake_loop(s);
+    if (head != NULL)
+        wake_loop(s);
 }
 
 /* The group's transaction failed: roll back, complete the ops that report
@@ -814,7 +845,7 @@ static void group_failed(sb_store *s, sb_store_op *group)
 {
     sb_store_op *done_h = NULL, *done_t = NULL, *op, *next;
     int status = (s->fail_rc & 0xff) == SQLITE_FULL ? SB_ENOSPC : SB_EIO;
-    int stopping, was_degraded, rc;
+    int stopping, was_degraded, publishes_failed = 0, rc;
     size_t completed = 0;
 
     /* Some errors (and a failed COMMIT) may have ended the transaction. */
@@ -827,7 +858,6 @@ static void group_failed(sb_store *s, sb_store_op *group)
     stopping = s->stopping;
     uv_mutex_unlock(&s->mu);
 
-    int publishes_failed = 0;
     for (op = group; op != NULL; op = next) {
         next = op->next;
         if (op->type == SB_OP_PUBLISH || op->type == SB_OP_DLQ_REDRIVE) {
@@ -881,7 +911,7 @@ static void group_failed(sb_store *s, sb_store_op *group)
                 snprintf(flaps, sizeof(flaps), " (and %llu shorter episode(s) not logged)",
                          (unsigned long long)s->unlogged_flaps);
             sb_errlog(WHO,
-                      "database %s: commit failed: %s; store degraded: publishes are refused, "
+                      "database %s: commit failed: %s; store degraded: publishes fail, "
                       "other changes are retried%s",
                       s->path, s->fail_msg, flaps);
             s->degraded_logged = 1;
@@ -895,9 +925,19 @@ static void group_failed(sb_store *s, sb_store_op *group)
         wake_loop(s);
 }
 
+/* A group without ops: while degraded and idle, a small fsync'ed write tells
+ * whether commits work again, since the broker refuses publishes meanwhile
+ * and nothing else might come to try. */
+static int probe_write(sb_store *s)
+{
+    sqlite3_stmt *st = s->st[ST_META_PUT];
+    int rc = bind_run(st, bind_args(st, "ti", "probe_ms", sb_now_ms()));
+    return rc != SQLITE_OK ? fail(s, rc, "probe write") : SQLITE_OK;
+}
+
 static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t n)
 {
-    int want_sync = 0, rc;
+    int want_sync = head == NULL, rc;
     sb_store_op *op;
 
     for (op = head; op != NULL; op = op->next)
@@ -918,7 +958,7 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
         rc = exec_op(s, op);
     }
     if (rc == SQLITE_OK)
-        rc = update_meta(s);
+        rc = head != NULL ? update_meta(s) : probe_write(s);
     if (rc == SQLITE_OK) {
         rc = run(s->st[ST_COMMIT]);
         if (rc != SQLITE_OK)
@@ -934,6 +974,13 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
 static size_t take_ops(sb_store *s, sb_store_op **head, sb_store_op **tail, size_t max)
 {
     size_t n = 0;
+    if (s->q_count <= max) {
+        n = s->q_count;
+        list_concat(head, tail, s->q_head, s->q_tail);
+        s->q_head = s->q_tail = NULL;
+        s->q_count = 0;
+        return n;
+    }
     while (n < max && s->q_head != NULL) {
         sb_store_op *op = s->q_head;
         s->q_head = op->next;
@@ -954,6 +1001,7 @@ static void store_thread(void *arg)
     for (;;) {
         sb_store_op *head = NULL, *tail = NULL;
         size_t n = 0;
+        int probe = 0;
 
         uv_mutex_lock(&s->mu);
         for (;;) {
@@ -972,7 +1020,17 @@ static void store_thread(void *arg)
             }
             s->waiting = 1;
             s->wake_at = 1;
-            uv_cond_wait(&s->cond, &s->mu);
+            if (s->stats.degraded) {
+                uint64_t now = uv_hrtime();
+                if (now >= s->retry_at) {
+                    s->waiting = 0;
+                    probe = 1;
+                    break;
+                }
+                (void)uv_cond_timedwait(&s->cond, &s->mu, s->retry_at - now);
+            } else {
+                uv_cond_wait(&s->cond, &s->mu);
+            }
             s->waiting = 0;
         }
         if (s->retry_head != NULL) {
@@ -999,7 +1057,7 @@ static void store_thread(void *arg)
             }
         }
         s->retry_alone = 0;
-        if (head == NULL) {
+        if (head == NULL && !probe) {
             uv_mutex_unlock(&s->mu);
             continue;
         }
@@ -1368,18 +1426,28 @@ static int set_max_size(sb_store *s, int64_t max_db_bytes, sb_error *err)
     return rc != SQLITE_OK ? db_error(s, rc, "PRAGMA max_page_count", err) : 0;
 }
 
+/* The id high-water marks: meta's, raised to the largest ids actually in the
+ * tables in case meta fell behind (a database edited by hand). The scan of
+ * entries' index costs about 30 ms per 500k rows. */
 static int read_high_water(sb_store *s, sb_error *err)
 {
-    int64_t msg_id = 0, queue_id = 0, max_queue = 0;
-    int rc = query(s, "SELECT value FROM meta WHERE key = 'msg_id'", &msg_id, NULL, 0);
+    int64_t msg_id = 0, queue_id = 0;
+    int rc = query(s,
+                   "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'msg_id'), 0),"
+                   " coalesce((SELECT max(msg_id) FROM entries), 0),"
+                   " coalesce((SELECT max(msg_id) FROM dlq), 0),"
+                   " coalesce((SELECT max(msg_id) FROM retained), 0))",
+                   &msg_id, NULL, 0);
     if (rc == SQLITE_OK)
-        rc = query(s, "SELECT value FROM meta WHERE key = 'queue_id'", &queue_id, NULL, 0);
-    if (rc == SQLITE_OK)
-        rc = query(s, "SELECT coalesce(max(id), 0) FROM queues", &max_queue, NULL, 0);
+        rc = query(s,
+                   "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'queue_id'), 0),"
+                   " coalesce((SELECT max(id) FROM queues), 0),"
+                   " coalesce((SELECT max(queue_id) FROM entries), 0))",
+                   &queue_id, NULL, 0);
     if (rc != SQLITE_OK)
         return db_error(s, rc, "reading id high-water marks", err);
     s->hw_msg_id = (uint64_t)msg_id;
-    s->hw_queue_id = (uint32_t)(queue_id > max_queue ? queue_id : max_queue);
+    s->hw_queue_id = (uint32_t)queue_id;
     return 0;
 }
 

@@ -30,10 +30,12 @@
  *   PUBLISH      SB_EDUPLICATE: dedup_key present and unexpired; SB_EEXIST: an
  *                entry (queue, msg id) already exists; SB_ENOMEM, SB_EINVAL
  *                (all: nothing written); SB_ENOSPC / SB_EIO: the group failed
- *   ATTEMPTS, DEADLETTER  SB_ENOTFOUND: no such entry
+ *   ATTEMPTS     SB_ENOTFOUND: no such entry
+ *   DEADLETTER   SB_ENOMEM; without msg, SB_ENOTFOUND: no such entry
  *   QUEUE_PUT    SB_EEXIST: another queue has that name; SB_EINVAL
  *   DLQ_REDRIVE  SB_ENOTFOUND (a row is gone) or SB_EEXIST (a new id is
  *                taken): nothing redriven; SB_ENOSPC / SB_EIO: group failed.
+ *                Rows with target_queue_id 0 are skipped (left in place).
  *                A redriven entry keeps the dead letter's topic, payload,
  *                headers, created, expiry and priority; attempts restart at 0
  *   DLQ_LIST     SB_ENOMEM (no rows returned)

@@ -85,6 +85,7 @@ static void make_valid(const char *path)
     ops[n].type = SB_OP_DEADLETTER;
     ops[n].u.deadletter.queue_id = 1;
     ops[n].u.deadletter.msg_id = 1;
+    ops[n].u.deadletter.msg = m[0];
     ops[n].u.deadletter.reason = "max attempts";
     ops[n].u.deadletter.source = "orders-in";
     ops[n++].u.deadletter.attempts = 8;
