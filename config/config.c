@@ -141,6 +141,8 @@ int sb_config_parse(sb_config **out, const char *name, const char *text, size_t 
     sb_config__mapping(&ctx, root, &sb_config__root, cfg, "");
 
 done:
+    sb_map_clear(&ctx.adapter_names);
+    sb_map_clear(&ctx.route_names);
     if (have_doc)
         yaml_document_delete(&doc);
     if (have_parser)

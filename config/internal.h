@@ -12,6 +12,7 @@
 #define SB_CONFIG_INTERNAL_H
 
 #include "config/config.h"
+#include "service/map.h"
 
 #include <stdarg.h>
 #include <yaml.h>
@@ -95,7 +96,10 @@ struct sb_config__ctx {
     int nomem;
     size_t nodes_left;
     sb_config *cfg;
-    int adapters_ok; /* the adapters list parsed as a list (routes may check `to`) */
+    int adapters_ok;      /* the adapters list parsed as a list (routes may check `to`) */
+    int adapter_unnamed;  /* an adapter's name was rejected */
+    sb_map adapter_names; /* name -> first sb_adapter_config with it */
+    sb_map route_names;   /* name -> first sb_route_config with it */
     /* The item being parsed: which adapter types may use which keys. */
     unsigned mask;
     const char *type_name;

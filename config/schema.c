@@ -408,27 +408,41 @@ static void check_topic_template(sb_config__ctx *ctx, const sb_config__seen *s, 
     }
 }
 
-/* ---- adapters ---- */
-
-static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapter_config *all,
-                          size_t index, const char *path, int type)
+/* Reports a name already used in `names` (with the line of its first use),
+ * else records it. item starts with its sb_config_pos. */
+static void check_unique(sb_config__ctx *ctx, sb_map *names, const char *what, const char *name,
+                         void *item, char **name_slot, const yaml_node_t *node, const char *path)
 {
-    sb_adapter_config *a = &all[index];
-    const struct adapter_kind *kind;
+    const sb_config_pos *first;
     const sb_config__seen *s;
     char p[SB_CONFIG__PATH_MAX], q[96];
+
+    if (name == NULL)
+        return;
+    first = sb_map_get(names, name);
+    if (first == NULL) {
+        if (sb_map_put(names, name, item, NULL) != 0)
+            ctx->nomem = 1;
+        return;
+    }
+    s = seen(ctx, name_slot);
+    sub_path(p, path, "name");
+    sb_config__error(ctx, s ? s->value : node, p,
+                     "duplicate %s name %s (first declared at line %d)", what,
+                     sb_config__quote(q, sizeof q, name), first->line);
+}
+
+/* ---- adapters ---- */
+
+static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapter_config *a,
+                          const char *path, int type)
+{
+    const struct adapter_kind *kind;
+    const sb_config__seen *s;
+    char p[SB_CONFIG__PATH_MAX];
     int jsonl;
 
-    for (size_t j = 0; a->name != NULL && j < index; j++) {
-        if (all[j].name != NULL && strcmp(all[j].name, a->name) == 0) {
-            s = seen(ctx, &a->name);
-            sub_path(p, path, "name");
-            sb_config__error(ctx, s ? s->value : node, p,
-                             "duplicate adapter name %s (first declared at line %d)",
-                             sb_config__quote(q, sizeof q, a->name), all[j].pos.line);
-            break;
-        }
-    }
+    check_unique(ctx, &ctx->adapter_names, "adapter", a->name, a, &a->name, node, path);
     if (type < 0)
         return; /* missing or unknown type, already reported */
     kind = &adapter_kinds[type];
@@ -542,8 +556,10 @@ static int parse_adapter(sb_config__ctx *ctx, const yaml_node_t *node, void *arr
     ctx->type_name = NULL;
     if (rc != 0)
         return rc;
+    if (a->name == NULL)
+        ctx->adapter_unnamed = 1;
     if (node->type == YAML_MAPPING_NODE)
-        check_adapter(ctx, node, array, index, path, type);
+        check_adapter(ctx, node, a, path, type);
     return ctx->nomem ? SB_ENOMEM : 0;
 }
 
@@ -552,16 +568,14 @@ static int parse_adapter(sb_config__ctx *ctx, const yaml_node_t *node, void *arr
 static void check_route_targets(sb_config__ctx *ctx, sb_route_config *r, const char *path)
 {
     const sb_config__seen *s = seen(ctx, &r->to);
-    const sb_config *cfg = ctx->cfg;
     char p[SB_CONFIG__PATH_MAX], q[96];
 
     if (s == NULL || !s->ok || !ctx->adapters_ok)
         return;
     /* An adapter whose name was rejected would make every route naming it
      * report a second, misleading error. */
-    for (size_t i = 0; i < cfg->adapter_count; i++)
-        if (cfg->adapters[i].name == NULL)
-            return;
+    if (ctx->adapter_unnamed)
+        return;
     for (size_t i = 0; i < r->to_count; i++) {
         const yaml_node_t *el = s->value;
         if (el->type == YAML_SEQUENCE_NODE) {
@@ -572,7 +586,7 @@ static void check_route_targets(sb_config__ctx *ctx, sb_route_config *r, const c
         } else {
             sub_path(p, path, "to");
         }
-        if (sb_config_adapter(cfg, r->to[i]) == NULL) {
+        if (sb_map_get(&ctx->adapter_names, r->to[i]) == NULL) {
             sb_config__error(ctx, el, p, "unknown adapter %s (not declared under adapters)",
                              sb_config__quote(q, sizeof q, r->to[i]));
             continue;
@@ -587,22 +601,12 @@ static void check_route_targets(sb_config__ctx *ctx, sb_route_config *r, const c
     }
 }
 
-static void check_route(sb_config__ctx *ctx, const yaml_node_t *node, sb_route_config *all,
-                        size_t index, const char *path)
+static void check_route(sb_config__ctx *ctx, const yaml_node_t *node, sb_route_config *r,
+                        const char *path)
 {
-    sb_route_config *r = &all[index];
-    char p[SB_CONFIG__PATH_MAX], q[96];
+    char p[SB_CONFIG__PATH_MAX];
 
-    for (size_t j = 0; r->name != NULL && j < index; j++) {
-        if (all[j].name != NULL && strcmp(all[j].name, r->name) == 0) {
-            const sb_config__seen *s = seen(ctx, &r->name);
-            sub_path(p, path, "name");
-            sb_config__error(ctx, s ? s->value : node, p,
-                             "duplicate route name %s (first declared at line %d)",
-                             sb_config__quote(q, sizeof q, r->name), all[j].pos.line);
-            break;
-        }
-    }
+    check_unique(ctx, &ctx->route_names, "route", r->name, r, &r->name, node, path);
     check_route_targets(ctx, r, path);
     sub_path(p, path, "retry");
     check_backoff(ctx, p, &r->backoff_ms, "backoff", &r->max_backoff_ms, "max_backoff");
@@ -624,7 +628,7 @@ static int parse_route(sb_config__ctx *ctx, const yaml_node_t *node, void *array
     if (rc != 0)
         return rc;
     if (node->type == YAML_MAPPING_NODE)
-        check_route(ctx, node, array, index, path);
+        check_route(ctx, node, r, path);
     return ctx->nomem ? SB_ENOMEM : 0;
 }
 
