@@ -51,7 +51,13 @@ void sb_jsonw_str(sb_jsonw *w, const char *s, size_t len)
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\') {
-            *o++ = (char)c;
+            /* Copy the run of bytes that need no escaping in one go. */
+            size_t j = i + 1;
+            while (j < len && (unsigned char)s[j] >= 0x20 && s[j] != '"' && s[j] != '\\')
+                j++;
+            memcpy(o, s + i, j - i);
+            o += j - i;
+            i = j - 1;
             continue;
         }
         *o++ = '\\';
@@ -85,9 +91,15 @@ void sb_jsonw_str(sb_jsonw *w, const char *s, size_t len)
 
 void sb_jsonw_int(sb_jsonw *w, int64_t v)
 {
-    char tmp[24];
-    int n = snprintf(tmp, sizeof(tmp), "%lld", (long long)v);
-    sb_jsonw_raw(w, tmp, (size_t)n);
+    char tmp[24], *p = tmp + sizeof(tmp);
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        *--p = '-';
+    sb_jsonw_raw(w, p, (size_t)(tmp + sizeof(tmp) - p));
 }
 
 void sb_jsonw_free(sb_jsonw *w)

@@ -45,12 +45,18 @@ sb_message *sb_message_new(const char *topic, const void *payload, size_t payloa
 
 int sb_message_add_header(sb_message *m, const char *key, const char *value)
 {
+    return sb_message_add_header_n(m, key, strlen(key), value, strlen(value));
+}
+
+int sb_message_add_header_n(sb_message *m, const char *key, size_t klen, const char *value,
+                            size_t vlen)
+{
     sb_header *h = sb_realloc(m->headers, (m->header_count + 1) * sizeof(*h));
     if (h == NULL)
         return SB_ENOMEM;
     m->headers = h;
-    h[m->header_count].key = sb_strdup(key);
-    h[m->header_count].value = sb_strdup(value);
+    h[m->header_count].key = sb_strndup(key, klen);
+    h[m->header_count].value = sb_strndup(value, vlen);
     if (h[m->header_count].key == NULL || h[m->header_count].value == NULL) {
         sb_free(h[m->header_count].key);
         sb_free(h[m->header_count].value);

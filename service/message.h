@@ -40,6 +40,10 @@ sb_message *sb_message_new_owned(const char *topic, unsigned char *payload, size
 /* Appends a header (copies key and value). Returns 0 or SB_ENOMEM. */
 int sb_message_add_header(sb_message *m, const char *key, const char *value);
 
+/* Same with explicit lengths (the strings need not be NUL-terminated). */
+int sb_message_add_header_n(sb_message *m, const char *key, size_t klen, const char *value,
+                            size_t vlen);
+
 /* Returns the value of the first header named key, or NULL. */
 const char *sb_message_header(const sb_message *m, const char *key);
 

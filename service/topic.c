@@ -2,6 +2,7 @@
 #include "service/topic.h"
 #include "service/error.h"
 
+#include <stdint.h>
 #include <string.h>
 
 int sb_utf8_valid(const char *str, size_t len)
@@ -13,7 +14,16 @@ int sb_utf8_valid(const char *str, size_t len)
         size_t n;
         unsigned cp;
         if (c < 0x80) {
-            i++;
+            /* ASCII runs: 8 bytes at a time. */
+            while (i + 8 <= len) {
+                uint64_t chunk;
+                memcpy(&chunk, s + i, 8);
+                if (chunk & 0x8080808080808080ULL)
+                    break;
+                i += 8;
+            }
+            if (i < len && s[i] < 0x80)
+                i++;
             continue;
         } else if ((c & 0xE0) == 0xC0) {
             n = 1;

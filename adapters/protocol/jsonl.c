@@ -6,6 +6,7 @@
  * precedes the subscription's first message.
  */
 #include "adapters/conn.h"
+#include "adapters/protocol/jsonl_fast.h"
 #include "service/alloc.h"
 #include "service/base64.h"
 #include "service/jsonw.h"
@@ -16,6 +17,20 @@
 #include <string.h>
 
 typedef struct jsonl_session jsonl_session;
+
+/* A publish request, from either parser. Strings need not be NUL-terminated. */
+#define PUB_MAX_HEADERS 64
+typedef struct pub_in {
+    jl_str topic, payload, payload_b64;
+    jl_str hk[PUB_MAX_HEADERS], hv[PUB_MAX_HEADERS];
+    int hcount;
+    int retain;
+    int has_ttl;
+    int64_t ttl_ms;
+    int has_priority;
+    int64_t priority;
+} pub_in;
+
 
 typedef struct reply {
     struct reply *next;
@@ -47,6 +62,10 @@ struct jsonl_session {
     int closed;
     char source[200];
     char who[160];
+    char *scratch; /* decoded strings of the fast path */
+    size_t scratch_cap;
+    jl_req fast;
+    pub_in fast_pub;
 };
 
 /* ---- reply queue ---- */
@@ -194,70 +213,56 @@ static int get_duration(json_t *v, int64_t *out)
     return SB_EINVAL;
 }
 
-static void do_pub(jsonl_session *s, json_t *req, json_t *id)
+static void pub_submit(jsonl_session *s, const pub_in *in, json_t *id)
 {
-    json_t *topic = json_object_get(req, "topic"), *payload = json_object_get(req, "payload"),
-           *b64 = json_object_get(req, "payload_b64"), *headers = json_object_get(req, "headers"),
-           *ttl = json_object_get(req, "ttl"), *prio = json_object_get(req, "priority");
-    sb_publish_opts opts = {s->source, json_is_true(json_object_get(req, "retain"))};
-    sb_message *m = NULL;
+    sb_publish_opts opts = {s->source, in->retain};
+    char topic_buf[256], *topic;
+    sb_message *m;
     sb_error err;
     reply *r;
-    const char *key;
-    json_t *val;
 
-    if (!json_is_string(topic))
+    if (!in->topic.set)
         return reply_error(s, id, SB_EINVAL, "pub: \"topic\" (a string) is required");
-    if (strlen(json_string_value(topic)) != json_string_length(topic))
+    if (memchr(in->topic.p, '\0', in->topic.n) != NULL)
         return reply_error(s, id, SB_EINVAL, "pub: topic contains a NUL character");
-    if ((payload != NULL) == (b64 != NULL) || (payload != NULL && !json_is_string(payload)) ||
-        (b64 != NULL && !json_is_string(b64)))
+    if (in->payload.set == in->payload_b64.set)
         return reply_error(s, id, SB_EINVAL,
                            "pub: exactly one of \"payload\" or \"payload_b64\" (a string) is required");
-    if (payload != NULL) {
-        m = sb_message_new(json_string_value(topic), json_string_value(payload),
-                           json_string_length(payload));
+    if (in->has_priority && (in->priority < 0 || in->priority > 9))
+        return reply_error(s, id, SB_EINVAL, "pub: \"priority\" must be 0..9");
+    topic = in->topic.n < sizeof(topic_buf) ? topic_buf : sb_malloc(in->topic.n + 1);
+    if (topic == NULL)
+        return reply_error(s, id, SB_ENOMEM, "out of memory");
+    memcpy(topic, in->topic.p, in->topic.n);
+    topic[in->topic.n] = '\0';
+    if (in->payload.set) {
+        m = sb_message_new(topic, in->payload.p, in->payload.n);
     } else {
         unsigned char *bytes;
         size_t n;
-        if (sb_base64_decode(json_string_value(b64), json_string_length(b64), &bytes, &n) != 0)
+        if (sb_base64_decode(in->payload_b64.p, in->payload_b64.n, &bytes, &n) != 0) {
+            if (topic != topic_buf)
+                sb_free(topic);
             return reply_error(s, id, SB_EINVAL, "pub: payload_b64 is not valid base64");
-        m = sb_message_new_owned(json_string_value(topic), bytes, n);
+        }
+        m = sb_message_new_owned(topic, bytes, n);
     }
+    if (topic != topic_buf)
+        sb_free(topic);
     if (m == NULL)
         return reply_error(s, id, SB_ENOMEM, "out of memory");
     if (m->payload_len > s->max_payload) {
         sb_message_unref(m);
         return reply_error(s, id, SB_ETOOBIG, "pub: payload larger than the adapter's max_message");
     }
-    if (headers != NULL) {
-        if (!json_is_object(headers)) {
+    for (int i = 0; i < in->hcount; i++)
+        if (sb_message_add_header_n(m, in->hk[i].p, in->hk[i].n, in->hv[i].p, in->hv[i].n) != 0) {
             sb_message_unref(m);
-            return reply_error(s, id, SB_EINVAL, "pub: \"headers\" must be an object of strings");
+            return reply_error(s, id, SB_ENOMEM, "out of memory");
         }
-        json_object_foreach(headers, key, val)
-        {
-            if (!json_is_string(val) || sb_message_add_header(m, key, json_string_value(val)) != 0) {
-                sb_message_unref(m);
-                return reply_error(s, id, SB_EINVAL, "pub: header values must be strings");
-            }
-        }
-    }
-    if (ttl != NULL) {
-        int64_t ms;
-        if (get_duration(ttl, &ms) != 0) {
-            sb_message_unref(m);
-            return reply_error(s, id, SB_EINVAL, "pub: \"ttl\" must be a duration like \"10s\"");
-        }
-        m->expires_ms = m->created_ms + ms;
-    }
-    if (prio != NULL) {
-        if (!json_is_integer(prio) || json_integer_value(prio) < 0 || json_integer_value(prio) > 9) {
-            sb_message_unref(m);
-            return reply_error(s, id, SB_EINVAL, "pub: \"priority\" must be 0..9");
-        }
-        m->priority = (int)json_integer_value(prio);
-    }
+    if (in->has_ttl)
+        m->expires_ms = m->created_ms + in->ttl_ms;
+    m->priority = (int)in->priority;
     r = reply_new(s, id);
     if (r == NULL) {
         sb_message_unref(m);
@@ -268,6 +273,63 @@ static void do_pub(jsonl_session *s, json_t *req, json_t *id)
     else
         s->pending++;
     sb_message_unref(m);
+}
+
+static void set_str(jl_str *out, json_t *v)
+{
+    out->p = json_string_value(v);
+    out->n = json_string_length(v);
+    out->set = 1;
+}
+
+static void do_pub(jsonl_session *s, json_t *req, json_t *id)
+{
+    json_t *topic = json_object_get(req, "topic"), *payload = json_object_get(req, "payload"),
+           *b64 = json_object_get(req, "payload_b64"), *headers = json_object_get(req, "headers"),
+           *ttl = json_object_get(req, "ttl"), *prio = json_object_get(req, "priority");
+    pub_in in;
+    const char *key;
+    json_t *val;
+
+    memset(&in, 0, sizeof(in));
+    if (topic != NULL && !json_is_string(topic))
+        return reply_error(s, id, SB_EINVAL, "pub: \"topic\" (a string) is required");
+    if ((payload != NULL && !json_is_string(payload)) || (b64 != NULL && !json_is_string(b64)))
+        return reply_error(s, id, SB_EINVAL,
+                           "pub: exactly one of \"payload\" or \"payload_b64\" (a string) is required");
+    if (topic != NULL)
+        set_str(&in.topic, topic);
+    if (payload != NULL)
+        set_str(&in.payload, payload);
+    if (b64 != NULL)
+        set_str(&in.payload_b64, b64);
+    if (headers != NULL) {
+        if (!json_is_object(headers))
+            return reply_error(s, id, SB_EINVAL, "pub: \"headers\" must be an object of strings");
+        json_object_foreach(headers, key, val)
+        {
+            if (!json_is_string(val))
+                return reply_error(s, id, SB_EINVAL, "pub: header values must be strings");
+            if (in.hcount == PUB_MAX_HEADERS)
+                return reply_error(s, id, SB_EINVAL, "pub: more than 64 headers");
+            in.hk[in.hcount].p = key;
+            in.hk[in.hcount].n = strlen(key);
+            set_str(&in.hv[in.hcount++], val);
+        }
+    }
+    if (ttl != NULL) {
+        if (get_duration(ttl, &in.ttl_ms) != 0)
+            return reply_error(s, id, SB_EINVAL, "pub: \"ttl\" must be a duration like \"10s\"");
+        in.has_ttl = 1;
+    }
+    if (prio != NULL) {
+        if (!json_is_integer(prio))
+            return reply_error(s, id, SB_EINVAL, "pub: \"priority\" must be 0..9");
+        in.has_priority = 1;
+        in.priority = json_integer_value(prio);
+    }
+    in.retain = json_is_true(json_object_get(req, "retain"));
+    pub_submit(s, &in, id);
 }
 
 /* ---- subscriptions ---- */
@@ -482,25 +544,25 @@ static void do_sub(jsonl_session *s, json_t *req, json_t *id)
     flush_replies(s);
 }
 
-static void do_ack(jsonl_session *s, json_t *req, json_t *id, int ack)
+static void ack_submit(jsonl_session *s, const jl_str *name, int64_t msg_id, int ack,
+                       const jl_str *reason, json_t *id)
 {
-    const char *name = json_string_value(json_object_get(req, "sub"));
-    json_t *mid = json_object_get(req, "msg_id");
-    const char *reason = json_string_value(json_object_get(req, "reason"));
-    jsub *js;
+    char why[256];
+    jsub *js = NULL;
     sb_delivery *d, *prev = NULL;
 
-    if (name == NULL || !json_is_integer(mid)) {
-        reply_error(s, id, SB_EINVAL, "ack/nack: \"sub\" and \"msg_id\" are required");
-        return;
-    }
-    js = find_sub(s, name);
+    for (jsub *j = s->subs; j != NULL; j = j->next)
+        if (strlen(j->name) == name->n && memcmp(j->name, name->p, name->n) == 0) {
+            js = j;
+            break;
+        }
     if (js == NULL) {
         reply_error(s, id, SB_ENOTFOUND, "ack/nack: not subscribed to that subscription here");
         return;
     }
+    /* Acks come mostly in delivery order: the match is usually the head. */
     for (d = js->out; d != NULL; prev = d, d = d->next)
-        if (d->msg->id == (uint64_t)json_integer_value(mid))
+        if (d->msg->id == (uint64_t)msg_id)
             break;
     if (d == NULL) {
         if (id != NULL)
@@ -513,12 +575,115 @@ static void do_ack(jsonl_session *s, json_t *req, json_t *id, int ack)
         js->out = d->next;
     if (js->out_tail == d)
         js->out_tail = prev;
-    sb_delivery_done(d, ack ? 0 : SB_EINVAL, reason != NULL ? reason : "nack from client");
+    if (reason != NULL && reason->set)
+        snprintf(why, sizeof(why), "%.*s", (int)(reason->n < 255 ? reason->n : 255), reason->p);
+    else
+        snprintf(why, sizeof(why), "nack from client");
+    sb_delivery_done(d, ack ? 0 : SB_EINVAL, why);
     if (id != NULL) {
         reply *r = reply_new(s, id);
         if (r != NULL)
             reply_set(r, json_pack("{s:s}", "op", "ok"));
     }
+}
+
+static void do_ack(jsonl_session *s, json_t *req, json_t *id, int ack)
+{
+    json_t *name = json_object_get(req, "sub"), *mid = json_object_get(req, "msg_id"),
+           *reason = json_object_get(req, "reason");
+    jl_str n = {0}, r = {0};
+    if (!json_is_string(name) || !json_is_integer(mid)) {
+        reply_error(s, id, SB_EINVAL, "ack/nack: \"sub\" and \"msg_id\" are required");
+        return;
+    }
+    set_str(&n, name);
+    if (json_is_string(reason))
+        set_str(&r, reason);
+    ack_submit(s, &n, json_integer_value(mid), ack, &r, id);
+}
+
+/* The fast path for pub/ack/nack (jsonl_fast.h). Returns 1 if handled. */
+static int handle_fast(jsonl_session *s, const char *line, size_t len)
+{
+    jl_req *q = &s->fast;
+    json_t *id = NULL;
+    int is_pub, is_ack;
+
+    if (len > s->scratch_cap) {
+        char *n = sb_realloc(s->scratch, len);
+        if (n == NULL)
+            return 0;
+        s->scratch = n;
+        s->scratch_cap = len;
+    }
+    if (!jl_parse(line, len, s->scratch, q))
+        return 0;
+    is_pub = q->op.n == 3 && memcmp(q->op.p, "pub", 3) == 0;
+    is_ack = (q->op.n == 3 && memcmp(q->op.p, "ack", 3) == 0) ||
+             (q->op.n == 4 && memcmp(q->op.p, "nack", 4) == 0);
+    if (!is_pub && !is_ack)
+        return 0;
+    /* jansson rejects invalid UTF-8; decline so it reports it. */
+    if ((q->topic.set && !sb_utf8_valid(q->topic.p, q->topic.n)) ||
+        (q->payload.set && !sb_utf8_valid(q->payload.p, q->payload.n)) ||
+        (q->sub.set && !sb_utf8_valid(q->sub.p, q->sub.n)))
+        return 0;
+    for (int i = 0; i < q->header_count; i++)
+        if (!sb_utf8_valid(q->hkey[i].p, q->hkey[i].n) || !sb_utf8_valid(q->hval[i].p, q->hval[i].n))
+            return 0;
+    if (q->has_id_num)
+        id = json_integer(q->id_num);
+    else if (q->id_str.set)
+        id = json_stringn(q->id_str.p, q->id_str.n);
+    if (is_pub) {
+        pub_in *in = &s->fast_pub;
+        if (q->sub.set || q->reason.set || q->has_msg_id) {
+            json_decref(id);
+            return 0; /* unusual keys for a pub: let the general path judge */
+        }
+        in->topic = q->topic;
+        in->payload = q->payload;
+        in->payload_b64 = q->payload_b64;
+        in->hcount = q->header_count;
+        for (int i = 0; i < q->header_count; i++) {
+            in->hk[i] = q->hkey[i];
+            in->hv[i] = q->hval[i];
+        }
+        in->retain = q->retain;
+        in->has_ttl = 0;
+        if (q->has_ttl_num) {
+            if (q->ttl_num < 0) {
+                json_decref(id);
+                return 0;
+            }
+            in->has_ttl = 1;
+            in->ttl_ms = q->ttl_num;
+        } else if (q->ttl_str.set) {
+            char t[64];
+            if (q->ttl_str.n >= sizeof(t)) {
+                json_decref(id);
+                return 0;
+            }
+            memcpy(t, q->ttl_str.p, q->ttl_str.n);
+            t[q->ttl_str.n] = '\0';
+            if (sb_config_parse_duration(t, &in->ttl_ms) != 0) {
+                json_decref(id);
+                return 0;
+            }
+            in->has_ttl = 1;
+        }
+        in->has_priority = q->has_priority;
+        in->priority = q->priority;
+        pub_submit(s, in, id);
+    } else {
+        if (!q->sub.set || !q->has_msg_id || q->topic.set || q->payload.set) {
+            json_decref(id);
+            return 0;
+        }
+        ack_submit(s, &q->sub, q->msg_id, q->op.p[0] == 'a', &q->reason, id);
+    }
+    json_decref(id);
+    return 1;
 }
 
 static void do_unsub(jsonl_session *s, json_t *req, json_t *id)
@@ -601,7 +766,16 @@ static void do_admin(jsonl_session *s, const char *op, json_t *req, json_t *id)
 
 /* ---- lines ---- */
 
+static void handle_json(jsonl_session *s, const char *line, size_t len);
+
 static void handle_line(jsonl_session *s, const char *line, size_t len)
+{
+    if (handle_fast(s, line, len))
+        return;
+    handle_json(s, line, len);
+}
+
+static void handle_json(jsonl_session *s, const char *line, size_t len)
 {
     json_error_t jerr;
     json_t *req = json_loadb(line, len, JSON_ALLOW_NUL, &jerr), *id;
@@ -729,6 +903,7 @@ static void session_maybe_free(jsonl_session *s)
         sb_free(r);
     }
     sb_free(s->buf);
+    sb_free(s->scratch);
     sb_conn_unref(s->conn);
     sb_free(s);
 }

@@ -1,0 +1,63 @@
+/* Windows implementation of service/platform.h. */
+#include "service/platform.h"
+#include "service/alloc.h"
+#include "service/platform/win/utf.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <windows.h>
+
+void sb_platform_init(void)
+{
+    /* No error dialog boxes from a service: fail the call instead. */
+    SetErrorMode(SEM_FAILCRITICALERRORS | SEM_NOGPFAULTERRORBOX | SEM_NOOPENFILEERRORBOX);
+}
+
+void sb_platform_gmtime(time_t t, struct tm *out)
+{
+    gmtime_s(out, &t);
+}
+
+static int make_one(const char *path, sb_error *err)
+{
+    wchar_t *w = sb_utf8_to_wide(path);
+    DWORD code;
+    char text[300];
+    if (w == NULL)
+        return sb_error_set(err, SB_EINVAL, 0, "invalid directory path '%s'", path);
+    if (CreateDirectoryW(w, NULL) || (code = GetLastError()) == ERROR_ALREADY_EXISTS) {
+        sb_free(w);
+        return 0;
+    }
+    sb_free(w);
+    sb_win_strerror(code, text, sizeof(text));
+    return sb_error_set(err, sb_error_from_win32(code), (int)code, "cannot create %s: %s", path,
+                        text);
+}
+
+int sb_platform_mkdir_p(const char *path, sb_error *err)
+{
+    char buf[1024];
+    size_t len = strlen(path);
+    int rc;
+
+    if (len == 0 || len >= sizeof(buf))
+        return sb_error_set(err, SB_EINVAL, 0, "invalid directory path '%s'", path);
+    memcpy(buf, path, len + 1);
+    for (char *p = buf + 1; *p != '\0'; p++) {
+        if ((*p != '\\' && *p != '/') || p[-1] == ':' || (p == buf + 1 && buf[0] == '\\'))
+            continue;
+        *p = '\0';
+        rc = make_one(buf, err);
+        *p = '\\';
+        if (rc != 0)
+            return rc;
+    }
+    return make_one(buf, err);
+}
+
+void sb_platform_default_admin_endpoint(char *out, size_t n, const char *data_dir)
+{
+    (void)data_dir;
+    snprintf(out, n, "\\\\.\\pipe\\switchboard-admin");
+}
