@@ -623,14 +623,6 @@ static int handle_fast(jsonl_session *s, const char *line, size_t len)
              (q->op.n == 4 && memcmp(q->op.p, "nack", 4) == 0);
     if (!is_pub && !is_ack)
         return 0;
-    /* jansson rejects invalid UTF-8; decline so it reports it. */
-    if ((q->topic.set && !sb_utf8_valid(q->topic.p, q->topic.n)) ||
-        (q->payload.set && !sb_utf8_valid(q->payload.p, q->payload.n)) ||
-        (q->sub.set && !sb_utf8_valid(q->sub.p, q->sub.n)))
-        return 0;
-    for (int i = 0; i < q->header_count; i++)
-        if (!sb_utf8_valid(q->hkey[i].p, q->hkey[i].n) || !sb_utf8_valid(q->hval[i].p, q->hval[i].n))
-            return 0;
     if (q->has_id_num)
         id = json_integer(q->id_num);
     else if (q->id_str.set)

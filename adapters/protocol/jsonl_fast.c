@@ -1,5 +1,6 @@
 /* Fast path parser for pub/ack lines (see jsonl_fast.h). */
 #include "adapters/protocol/jsonl_fast.h"
+#include "service/topic.h"
 
 #include <string.h>
 
@@ -58,7 +59,7 @@ static int read_string(cursor *c, jl_str *out)
         out->n = (size_t)(q - s);
         out->set = 1;
         c->p = q + 1;
-        return 1;
+        return sb_utf8_valid(out->p, out->n);
     }
     /* Escapes: decode from the start into the scratch. */
     o = c->scratch;
@@ -140,7 +141,7 @@ static int read_string(cursor *c, jl_str *out)
     out->set = 1;
     c->scratch = o;
     c->p = q + 1;
-    return 1;
+    return sb_utf8_valid(out->p, out->n);
 }
 
 /* An integer without fraction or exponent, fitting in int64. */

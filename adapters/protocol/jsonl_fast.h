@@ -2,9 +2,10 @@
  * A fast path for the two requests that make up nearly all jsonl traffic,
  * `pub` and `ack`/`nack`: a small parser for flat JSON objects whose values
  * are strings, integers, booleans or (for headers) an object of strings.
- * Anything else — other ops, nested values, floats, unknown keys — is left to
- * jansson, which also produces the error messages; this parser never rejects
- * a line jansson would accept, it only declines it.
+ * Anything else — other ops, nested values, floats, unknown keys, invalid
+ * UTF-8 — is left to jansson, which also produces the error messages; this
+ * parser accepts only what jansson accepts, with the same values, and
+ * otherwise declines (tests/fuzz/fuzz_jsonl_fast.c checks exactly that).
  */
 #ifndef SB_JSONL_FAST_H
 #define SB_JSONL_FAST_H
