@@ -15,6 +15,8 @@ static uv_mutex_t log_mutex;
 static sb_log_level log_level = SB_LOG_INFO;
 static int log_to_stderr = 1;
 static FILE *log_file;
+static sb_log_sink log_sink;
+static sb_log_level log_sink_level = SB_LOG_WARN;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error", "off"};
 
@@ -64,6 +66,15 @@ void sb_log_close(void)
     uv_mutex_unlock(&log_mutex);
 }
 
+void sb_log_set_sink(sb_log_sink sink, sb_log_level min_level)
+{
+    uv_once(&log_once, log_init);
+    uv_mutex_lock(&log_mutex);
+    log_sink = sink;
+    log_sink_level = min_level;
+    uv_mutex_unlock(&log_mutex);
+}
+
 int sb_log_enabled(sb_log_level level)
 {
     return level >= log_level && level < SB_LOG_OFF;
@@ -78,6 +89,7 @@ void sb_log(sb_log_level level, const char *who, const char *fmt, ...)
     time_t secs;
     size_t n;
     va_list ap;
+    sb_log_sink sink;
 
     if (!sb_log_enabled(level))
         return;
@@ -103,5 +115,8 @@ void sb_log(sb_log_level level, const char *who, const char *fmt, ...)
         fputc('\n', log_file);
         fflush(log_file);
     }
+    sink = level >= log_sink_level ? log_sink : NULL;
     uv_mutex_unlock(&log_mutex);
+    if (sink != NULL)
+        sink(level, who != NULL ? who : "broker", line + n);
 }

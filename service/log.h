@@ -32,6 +32,12 @@ void sb_log(sb_log_level level, const char *who, const char *fmt, ...)
 #endif
     ;
 
+/* An extra destination for lines at `min_level` or above (the Windows Event
+ * Log); called with the level, `who` and the message text (no timestamp),
+ * outside the log lock. NULL removes it. */
+typedef void (*sb_log_sink)(sb_log_level level, const char *who, const char *text);
+void sb_log_set_sink(sb_log_sink sink, sb_log_level min_level);
+
 /* True if a message at `level` would be written (to skip costly formatting). */
 int sb_log_enabled(sb_log_level level);
 

@@ -1,0 +1,103 @@
+/* Running the broker in the foreground or as a service (see service_cmd.h). */
+#include "config/config.h"
+#include "service/broker.h"
+#include "service/log.h"
+#include "service/platform.h"
+#include "service/service_cmd.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <uv.h>
+
+static sb_broker *running;
+static const sb_run_hooks *run_hooks;
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    (void)h;
+#ifdef SIGHUP
+    if (signum == SIGHUP) {
+        sb_broker_request_reload(running);
+        return;
+    }
+#endif
+    sb_info(NULL, "signal %d received", signum);
+    if (run_hooks != NULL && run_hooks->stopping != NULL)
+        run_hooks->stopping(run_hooks->ctx);
+    sb_broker_request_stop(running);
+}
+
+static int load_config(const char *path, sb_config **out)
+{
+    sb_config_errors errs = {0};
+    int rc = sb_config_load(out, path, &errs);
+    if (rc != 0) {
+        for (size_t i = 0; i < errs.count; i++)
+            sb_errlog("config", "%s:%d:%d: %s: %s", errs.items[i].file, errs.items[i].line,
+                      errs.items[i].col, errs.items[i].key, errs.items[i].message);
+        sb_errlog("config", "%s: %zu error%s", path, errs.count, errs.count == 1 ? "" : "s");
+        sb_config_errors_clear(&errs);
+    }
+    return rc;
+}
+
+int sb_run_broker(const char *path, const char *level, const sb_run_hooks *hooks)
+{
+    sb_config *cfg;
+    sb_broker *b;
+    sb_error err;
+    uv_signal_t sigint, sigterm, sighup;
+    char admin[1024];
+    int lvl;
+
+    if (load_config(path, &cfg) != 0)
+        return 1;
+    lvl = level != NULL ? sb_log_level_parse(level) : cfg->broker.log_level;
+    if (lvl < 0) {
+        sb_errlog(NULL, "unknown log level '%s'", level);
+        sb_config_free(cfg);
+        return 2;
+    }
+    cfg->broker.log_level = lvl;
+    if (sb_log_configure(lvl, cfg->broker.log_stderr, cfg->broker.log_file) != 0) {
+        sb_config_free(cfg);
+        return 1;
+    }
+    if (sb_broker_new(&b, cfg, &err) != 0) {
+        sb_errlog(NULL, "%s", err.msg);
+        sb_config_free(cfg);
+        return 1;
+    }
+    if (sb_broker_start(b, &err) != 0) {
+        sb_errlog(NULL, "cannot start: %s", err.msg);
+        sb_broker_free(b);
+        return 1;
+    }
+    running = b;
+    run_hooks = hooks;
+    uv_signal_init(sb_broker_loop(b), &sigint);
+    uv_signal_start(&sigint, on_signal, SIGINT);
+    uv_signal_init(sb_broker_loop(b), &sigterm);
+    uv_signal_start(&sigterm, on_signal, SIGTERM);
+#ifdef SIGHUP
+    uv_signal_init(sb_broker_loop(b), &sighup);
+    uv_signal_start(&sighup, on_signal, SIGHUP);
+#else
+    (void)sighup;
+#endif
+    cfg = (sb_config *)sb_broker_get_config(b);
+    if (cfg->broker.admin_endpoint == NULL || strcmp(cfg->broker.admin_endpoint, "default") == 0)
+        sb_platform_default_admin_endpoint(admin, sizeof(admin), cfg->broker.data_dir);
+    else
+        snprintf(admin, sizeof(admin), "%s", cfg->broker.admin_endpoint);
+    if (strcmp(admin, "off") != 0)
+        sb_info(NULL, "admin endpoint %s; try: sbctl -e %s stats", admin, admin);
+    if (hooks != NULL && hooks->ready != NULL)
+        hooks->ready(b, hooks->ctx);
+    sb_broker_run(b);
+    sb_info(NULL, "stopped");
+    running = NULL;
+    sb_broker_free(b);
+    return 0;
+}
