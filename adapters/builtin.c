@@ -3,9 +3,10 @@
 
 extern const sb_adapter_type sb_adapter_tcp;
 extern const sb_adapter_type sb_adapter_udp;
-extern const sb_adapter_type sb_adapter_unix;
-extern const sb_adapter_type sb_adapter_pipe_unix;
 extern const sb_adapter_type sb_adapter_exec;
+
+/* The platform's own types (adapters/<platform>/builtin.c). */
+void sb_adapters_register_platform(void);
 
 void sb_adapters_register_builtin(void)
 {
@@ -15,7 +16,6 @@ void sb_adapters_register_builtin(void)
     done = 1;
     sb_adapter_register(&sb_adapter_tcp);
     sb_adapter_register(&sb_adapter_udp);
-    sb_adapter_register(&sb_adapter_unix);
-    sb_adapter_register(&sb_adapter_pipe_unix);
     sb_adapter_register(&sb_adapter_exec);
+    sb_adapters_register_platform();
 }

@@ -123,6 +123,9 @@ static void on_write(uv_write_t *req, int status)
         update_reading(c);
         if (c->proto->drained != NULL)
             c->proto->drained(c);
+        /* A sink refused deliveries while this output was backed up: its
+         * bindings wait for this to offer them again. */
+        sb_adapter_sink_ready(c->adapter);
     }
     sb_conn_unref(c);
 }

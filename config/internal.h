@@ -12,6 +12,7 @@
 #define SB_CONFIG_INTERNAL_H
 
 #include "config/config.h"
+#include "service/error.h"
 #include "service/map.h"
 
 #include <stdarg.h>
@@ -112,17 +113,9 @@ struct sb_config__ctx {
 /* Records an error at node (NULL: no position). Never fails; on
  * out-of-memory it sets ctx->nomem. */
 void sb_config__error(sb_config__ctx *ctx, const yaml_node_t *node, const char *path,
-                      const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 4, 5)))
-#endif
-    ;
+                      const char *fmt, ...) SB_PRINTF(4, 5);
 void sb_config__error_at(sb_config__ctx *ctx, int line, int col, const char *path, const char *fmt,
-                         ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 5, 6)))
-#endif
-    ;
+                         ...) SB_PRINTF(5, 6);
 void sb_config__verror_at(sb_config__ctx *ctx, int line, int col, const char *path, const char *fmt,
                           va_list ap);
 

@@ -2,7 +2,10 @@
 # Runs every test: installs what is missing, then
 #  1. the Linux build with gcc, AddressSanitizer and UndefinedBehaviorSanitizer:
 #     unit, integration and crash tests (ctest);
-#  2. the Linux build with clang (-Werror) and its unit tests.
+#  2. the Linux build with clang (-Werror) and its unit tests;
+#  3. the Windows build (MinGW-w64 cross-compiler, dependencies cross-built
+#     from Debian's source packages and cached outside the tree) and its tests
+#     under Wine (packaging/windows/test-wine.sh).
 # Exits non-zero on the first failure.
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,5 +27,7 @@ cmake --preset clang >/dev/null
 cmake --build --preset clang
 echo "== clang: unit tests"
 ctest --test-dir build/clang -L unit -j "$jobs" --output-on-failure
+
+"$top/packaging/windows/test-wine.sh"
 
 echo "== all tests passed"

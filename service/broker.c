@@ -245,6 +245,8 @@ static char *route_filter(const sb_route_config *r)
 static int binding_deliver(sb_consumer *c, sb_delivery *d)
 {
     sb_sink_binding *bind = c->ctx;
+    if (bind->retired)
+        return SB_EBUSY; /* no new deliveries; it goes once the last one is done */
     return bind->adapter->type->deliver(bind->adapter, d);
 }
 
@@ -255,12 +257,18 @@ void sb_broker__adapter_ready(sb_broker *b, sb_adapter *a)
             sb_consumer_ready(&s->consumer);
 }
 
-static void unbind_all(sb_broker *b, sb_adapter *only)
+/* Removes the bindings of `only` (every adapter if NULL). Detaching frees the
+ * consumer's outstanding deliveries, which a sink adapter still holding them
+ * (in a write, say) would complete later: so this is for adapters that have
+ * stopped (their deliveries are done), and `retired` bindings whose last
+ * delivery is done (`idle_only`). */
+static void unbind_all(sb_broker *b, sb_adapter *only, int idle_only)
 {
     sb_sink_binding **p = &b->bindings;
     while (*p != NULL) {
         sb_sink_binding *s = *p;
-        if (only != NULL && s->adapter != only) {
+        if ((only != NULL && s->adapter != only) ||
+            (idle_only && (!s->retired || s->consumer.inflight > 0))) {
             p = &s->next;
             continue;
         }
@@ -288,6 +296,7 @@ static int bind_sink(sb_broker *b, sb_adapter *a, const char *queue_name, sb_err
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
     }
     s->adapter = a;
+    s->wanted = 1;
     s->consumer.deliver = binding_deliver;
     s->consumer.ctx = s;
     s->consumer.name = a->name;
@@ -398,10 +407,23 @@ static int bind_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
         const sb_route_config *r = &cfg->routes[i];
         for (size_t d = 0; d < r->to_count; d++) {
             sb_adapter *a = find_adapter(b, r->to[d]);
+            sb_sink_binding *s;
             int rc;
             if (a == NULL)
                 continue; /* failed to start: logged */
             route_queue_name(name, sizeof(name), r, d);
+            /* Kept across a reload: its deliveries in flight stay valid. */
+            for (s = b->bindings; s != NULL; s = s->next)
+                if (s->adapter == a && strcmp(s->queue_name, name) == 0)
+                    break;
+            if (s != NULL) {
+                s->wanted = 1;
+                if (s->retired) {
+                    s->retired = 0;
+                    sb_consumer_ready(&s->consumer);
+                }
+                continue;
+            }
             if ((rc = bind_sink(b, a, name, err)) != 0)
                 return rc;
         }
@@ -430,13 +452,14 @@ static int start_adapter(sb_broker *b, const sb_adapter_config *cfg, sb_adapter 
 
 static void on_adapter_closed(sb_adapter *a)
 {
+    /* Stopped: the deliveries it held are done; now its bindings can go. */
+    unbind_all(a->broker, a, 0);
     a->broker->adapters_closing--;
 }
 
 static void close_adapter(sb_broker *b, sb_adapter *a)
 {
     sb_adapter **p;
-    unbind_all(b, a);
     for (p = &b->adapters; *p != NULL; p = &(*p)->next)
         if (*p == a) {
             *p = a->next;
@@ -643,8 +666,8 @@ int sb_broker_reload(sb_broker *b, sb_config *cfg, sb_error *err)
                 cfg->broker.data_dir);
     sb_log_configure(cfg->broker.log_level, cfg->broker.log_stderr, cfg->broker.log_file);
 
-    unbind_all(b, NULL);
-    /* Adapters that changed or disappeared close; new or changed ones start. */
+    /* Adapters that changed or disappeared close (their bindings go when
+     * they have stopped); new or changed ones start. */
     for (sb_adapter *a = b->adapters, *next; a != NULL; a = next) {
         const sb_adapter_config *n = sb_config_adapter(cfg, a->name);
         next = a->next;
@@ -662,8 +685,16 @@ int sb_broker_reload(sb_broker *b, sb_config *cfg, sb_error *err)
         if (start_adapter(b, &cfg->adapters[i], NULL, &aerr) != 0)
             sb_errlog(cfg->adapters[i].name, "cannot start after reload: %s", aerr.msg);
     }
+    /* The bindings of kept adapters stay if still wanted; the others are
+     * retired: no new deliveries, removed once their last one is done. */
+    for (sb_sink_binding *s = b->bindings; s != NULL; s = s->next)
+        s->wanted = 0;
     if (rc == 0)
         rc = bind_routes(b, cfg, err);
+    for (sb_sink_binding *s = b->bindings; s != NULL; s = s->next)
+        if (!s->wanted && !s->adapter->stopping)
+            s->retired = 1;
+    unbind_all(b, NULL, 1);
     sb_config_free(old);
     sb_info(NULL, "configuration reloaded from %s: %zu adapters, %zu routes", cfg->path,
             cfg->adapter_count, cfg->route_count);
@@ -721,7 +752,6 @@ void sb_broker_stop(sb_broker *b)
     b->stopping = 1;
     if (b->started)
         sb_info(NULL, "stopping: closing adapters, finishing commits");
-    unbind_all(b, NULL);
     while (b->adapters != NULL)
         close_adapter(b, b->adapters);
     if (b->admin != NULL) {
@@ -838,6 +868,7 @@ static void on_housekeeping(uv_timer_t *t)
 {
     sb_broker *b = t->data;
     int64_t now = sb_now_ms();
+    unbind_all(b, NULL, 1); /* retired bindings whose last delivery is done */
     if (now - b->last_sys_ms >= SB_SYS_INTERVAL_MS) {
         b->last_sys_ms = now;
         publish_sys_topics(b, now);

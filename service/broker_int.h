@@ -39,6 +39,8 @@ typedef struct sb_sink_binding {
     sb_consumer consumer; /* first: the consumer's ctx points back here */
     sb_adapter *adapter;
     char *queue_name;
+    int wanted;  /* reload: still a destination in the new config */
+    int retired; /* no longer wanted: removed once its deliveries are done */
     struct sb_sink_binding *next;
 } sb_sink_binding;
 

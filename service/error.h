@@ -11,6 +11,15 @@
 
 #include <stddef.h>
 
+/* printf-style format checking; MinGW's C99 stdio (%zu, %lld) is gnu_printf. */
+#if defined(__MINGW32__)
+#define SB_PRINTF(f, a) __attribute__((format(gnu_printf, f, a)))
+#elif defined(__GNUC__)
+#define SB_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define SB_PRINTF(f, a)
+#endif
+
 #define SB_ERRORS(X)                                                                               \
     X(SB_OK, 0, "success")                                                                         \
     X(SB_ENOMEM, -1, "out of memory")                                                              \
@@ -62,11 +71,7 @@ int sb_error_from_errno(int err);
 
 /* Fills err (if not NULL) with code, sys and a printf-formatted message;
  * returns code so callers can write `return sb_error_set(err, SB_EIO, ...)`. */
-int sb_error_set(sb_error *err, int code, int sys, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 4, 5)))
-#endif
-    ;
+int sb_error_set(sb_error *err, int code, int sys, const char *fmt, ...) SB_PRINTF(4, 5);
 
 /* Resets err to success. */
 void sb_error_clear(sb_error *err);

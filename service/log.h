@@ -6,6 +6,8 @@
 #ifndef SB_LOG_H
 #define SB_LOG_H
 
+#include "service/error.h" /* SB_PRINTF */
+
 typedef enum {
     SB_LOG_DEBUG = 0,
     SB_LOG_INFO = 1,
@@ -26,11 +28,7 @@ void sb_log_close(void);
 
 /* Writes one line if level passes the filter. `who` names the adapter, route
  * or module the event concerns (may be NULL). */
-void sb_log(sb_log_level level, const char *who, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
+void sb_log(sb_log_level level, const char *who, const char *fmt, ...) SB_PRINTF(3, 4);
 
 /* An extra destination for lines at `min_level` or above (the Windows Event
  * Log); called with the level, `who` and the message text (no timestamp),

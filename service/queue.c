@@ -419,6 +419,8 @@ void sb_delivery_done(sb_delivery *d, int status, const char *reason)
     sb_queue *q = c->queue;
 
     outstanding_remove(c, d);
+    if (e == NULL)
+        sb_message_unref(d->msg); /* its own reference, taken when the lease expired */
     sb_free(d);
     if (e != NULL) {
         e->delivery = NULL;
@@ -454,7 +456,11 @@ static void on_timer(uv_timer_t *t)
             sb_log(SB_LOG_WARN, q->name, "delivery of message %llu to %s not acknowledged within %lld ms; will retry",
                    (unsigned long long)e->msg->id, e->delivery->consumer->name,
                    (long long)q->lease_ms);
-            e->delivery->entry = NULL; /* the consumer's late ack is ignored */
+            /* The consumer's late ack is ignored, but d->msg must stay valid
+             * until sb_delivery_done (broker.h) even if the entry is settled
+             * and freed first (through a redelivery to another consumer). */
+            sb_message_ref(e->msg);
+            e->delivery->entry = NULL;
             e->delivery = NULL;
         }
         fail_entry(q, e, "lease expired", 1);
@@ -472,6 +478,8 @@ void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c, int failed)
         if (e != NULL) {
             e->delivery = NULL;
             fail_entry(q, e, "the consumer disconnected before acknowledging", failed);
+        } else {
+            sb_message_unref(d->msg); /* lease expired: the delivery's own reference */
         }
         sb_free(d);
     }

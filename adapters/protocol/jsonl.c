@@ -549,7 +549,7 @@ static void ack_submit(jsonl_session *s, const jl_str *name, int64_t msg_id, int
 {
     char why[256];
     jsub *js = NULL;
-    sb_delivery *d, *prev = NULL;
+    sb_delivery *d, *prev = NULL, *stale = NULL, *stale_prev = NULL;
 
     for (jsub *j = s->subs; j != NULL; j = j->next)
         if (strlen(j->name) == name->n && memcmp(j->name, name->p, name->n) == 0) {
@@ -560,10 +560,22 @@ static void ack_submit(jsonl_session *s, const jl_str *name, int64_t msg_id, int
         reply_error(s, id, SB_ENOTFOUND, "ack/nack: not subscribed to that subscription here");
         return;
     }
-    /* Acks come mostly in delivery order: the match is usually the head. */
+    /* Acks come mostly in delivery order: the match is usually the head.
+     * A delivery whose lease expired (entry NULL) may be listed before its
+     * redelivery: the answer is for the live one. */
     for (d = js->out; d != NULL; prev = d, d = d->next)
-        if (d->msg->id == (uint64_t)msg_id)
-            break;
+        if (d->msg->id == (uint64_t)msg_id) {
+            if (d->entry != NULL)
+                break;
+            if (stale == NULL) {
+                stale = d;
+                stale_prev = prev;
+            }
+        }
+    if (d == NULL) {
+        d = stale;
+        prev = stale_prev;
+    }
     if (d == NULL) {
         if (id != NULL)
             reply_error(s, id, SB_ENOTFOUND, "ack/nack: no such outstanding message");
@@ -575,6 +587,27 @@ static void ack_submit(jsonl_session *s, const jl_str *name, int64_t msg_id, int
         js->out = d->next;
     if (js->out_tail == d)
         js->out_tail = prev;
+    if (d->entry != NULL) {
+        /* The stale copies of this message are answered by it too (else they
+         * would hold the window until the connection closes). */
+        sb_delivery **pp = &js->out, *x, *done = NULL, *last = NULL;
+        while ((x = *pp) != NULL) {
+            if (x->entry == NULL && x->msg->id == (uint64_t)msg_id) {
+                *pp = x->next;
+                x->next = done;
+                done = x;
+            } else {
+                last = x;
+                pp = &x->next;
+            }
+        }
+        js->out_tail = last;
+        while (done != NULL) {
+            x = done;
+            done = x->next;
+            sb_delivery_done(x, 0, NULL);
+        }
+    }
     if (reason != NULL && reason->set)
         snprintf(why, sizeof(why), "%.*s", (int)(reason->n < 255 ? reason->n : 255), reason->p);
     else

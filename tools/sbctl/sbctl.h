@@ -52,18 +52,10 @@ extern const sbctl_cmd sbctl_cmd_pub, sbctl_cmd_sub, sbctl_cmd_stats, sbctl_cmd_
     sbctl_cmd_dlq_list, sbctl_cmd_dlq_redrive, sbctl_cmd_dlq_purge, sbctl_cmd_bench;
 
 /* Prints "sbctl: <message>\n" to stderr. */
-void sbctl_errorf(const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 1, 2)))
-#endif
-    ;
+void sbctl_errorf(const char *fmt, ...) SB_PRINTF(1, 2);
 
 /* Prints "sbctl CMD: <message>" and a pointer to --help; returns SBCTL_EXIT_USAGE. */
-int sbctl_usage_error(const sbctl_cmd *cmd, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
+int sbctl_usage_error(const sbctl_cmd *cmd, const char *fmt, ...) SB_PRINTF(2, 3);
 
 /* Connects to endpoint; on failure prints "sbctl: cannot connect to ...: ...
  * (is the broker running? see --endpoint)" and returns SBCTL_EXIT_CONN

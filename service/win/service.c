@@ -1,0 +1,585 @@
+/*
+ * The Windows service: `switchboard service install|uninstall|start|stop|
+ * status|run`, and the service main the SCM calls.
+ *
+ * Lifecycle as PostgreSQL's pg_ctl does it: START_PENDING with a wait hint
+ * while the store opens and adapters start; RUNNING only once they listen;
+ * STOP_PENDING with rising checkpoints while adapters close and commits
+ * drain; STOPPED at the end (with the exit code if start failed). The control
+ * handler never touches the broker directly: it asks the loop to stop or
+ * reload through the broker's thread-safe request calls (a uv_async, the
+ * loop's event). Lifecycle events and every warning/error also go to the
+ * Event Log under the source "Switchboard".
+ */
+#include "service/alloc.h"
+#include "service/broker.h"
+#include "service/log.h"
+#include "service/platform.h"
+#include "service/platform/win/utf.h"
+#include "service/service_cmd.h"
+#include "service/win/eventlog.h"
+
+#include <sddl.h>
+#include <shlobj.h>
+#include <stdio.h>
+#include <string.h>
+#include <windows.h>
+
+#define SERVICE_NAME L"Switchboard"
+#define SERVICE_DISPLAY L"Switchboard message broker"
+#define SERVICE_ACCOUNT L"NT SERVICE\\Switchboard"
+#define SERVICE_DESCRIPTION                                                                        \
+    L"Routes messages between Windows IPC mechanisms (pipes, mailslots, sockets, DDE, ...) "      \
+    L"through a durable SQLite queue. Configuration: %ProgramData%\\Switchboard\\switchboard.yaml"
+
+static SERVICE_STATUS_HANDLE status_handle;
+static SERVICE_STATUS status;
+static CRITICAL_SECTION status_lock;
+static sb_broker *service_broker;
+static int stop_requested;
+static HANDLE checkpoint_thread;
+static volatile LONG stopping;
+static char service_config[MAX_PATH * 3];
+
+/* ---- status reporting ---- */
+
+static void report(DWORD state, DWORD exit_code, DWORD wait_hint)
+{
+    EnterCriticalSection(&status_lock);
+    status.dwServiceType = SERVICE_WIN32_OWN_PROCESS;
+    status.dwCurrentState = state;
+    status.dwWin32ExitCode = exit_code == 0 ? NO_ERROR : ERROR_SERVICE_SPECIFIC_ERROR;
+    status.dwServiceSpecificExitCode = exit_code;
+    status.dwWaitHint = wait_hint;
+    status.dwControlsAccepted =
+        state == SERVICE_RUNNING
+            ? SERVICE_ACCEPT_STOP | SERVICE_ACCEPT_SHUTDOWN | SERVICE_ACCEPT_PARAMCHANGE
+            : 0;
+    if (state == SERVICE_RUNNING || state == SERVICE_STOPPED)
+        status.dwCheckPoint = 0;
+    else
+        status.dwCheckPoint++;
+    SetServiceStatus(status_handle, &status);
+    LeaveCriticalSection(&status_lock);
+}
+
+/* While stopping, keep telling the SCM we make progress (draining commits
+ * can take longer than one wait hint). */
+static DWORD WINAPI checkpoint_loop(LPVOID arg)
+{
+    (void)arg;
+    while (InterlockedCompareExchange(&stopping, 1, 1) == 1) {
+        report(SERVICE_STOP_PENDING, 0, 5000);
+        Sleep(2000);
+    }
+    return 0;
+}
+
+static void begin_stopping(void)
+{
+    if (InterlockedExchange(&stopping, 1) == 1)
+        return;
+    report(SERVICE_STOP_PENDING, 0, 5000);
+    checkpoint_thread = CreateThread(NULL, 0, checkpoint_loop, NULL, 0, NULL);
+}
+
+static DWORD WINAPI control_handler(DWORD control, DWORD type, LPVOID data, LPVOID ctx)
+{
+    (void)type;
+    (void)data;
+    (void)ctx;
+    switch (control) {
+    case SERVICE_CONTROL_STOP:
+    case SERVICE_CONTROL_SHUTDOWN:
+        sb_info("service", "%s requested by the service control manager",
+                control == SERVICE_CONTROL_STOP ? "stop" : "shutdown");
+        begin_stopping();
+        EnterCriticalSection(&status_lock);
+        if (service_broker != NULL)
+            sb_broker_request_stop(service_broker);
+        else
+            stop_requested = 1; /* still starting: stop once ready */
+        LeaveCriticalSection(&status_lock);
+        return NO_ERROR;
+    case SERVICE_CONTROL_PARAMCHANGE:
+        EnterCriticalSection(&status_lock);
+        if (service_broker != NULL)
+            sb_broker_request_reload(service_broker);
+        LeaveCriticalSection(&status_lock);
+        return NO_ERROR;
+    case SERVICE_CONTROL_INTERROGATE:
+        return NO_ERROR;
+    default:
+        return ERROR_CALL_NOT_IMPLEMENTED;
+    }
+}
+
+static void on_ready(sb_broker *b, void *ctx)
+{
+    int stop_now;
+    (void)ctx;
+    EnterCriticalSection(&status_lock);
+    service_broker = b;
+    stop_now = stop_requested;
+    LeaveCriticalSection(&status_lock);
+    if (stop_now) {
+        sb_broker_request_stop(b);
+        return;
+    }
+    report(SERVICE_RUNNING, 0, 0);
+    sb_info("service", "service running");
+}
+
+static void on_stopping(void *ctx)
+{
+    (void)ctx;
+    begin_stopping();
+}
+
+static void WINAPI service_main(DWORD argc, LPWSTR *argv)
+{
+    sb_run_hooks hooks = {on_ready, on_stopping, NULL};
+    int rc;
+    (void)argc;
+    (void)argv;
+    status_handle = RegisterServiceCtrlHandlerExW(SERVICE_NAME, control_handler, NULL);
+    if (status_handle == NULL) {
+        sb_eventlog_write(SB_LOG_ERROR, "service", "RegisterServiceCtrlHandlerEx failed");
+        return;
+    }
+    /* Opening a large store can take a while: a generous first hint. */
+    report(SERVICE_START_PENDING, 0, 30000);
+    sb_info("service", "starting with %s", service_config);
+    rc = sb_run_broker(service_config, NULL, &hooks);
+    EnterCriticalSection(&status_lock);
+    service_broker = NULL;
+    LeaveCriticalSection(&status_lock);
+    InterlockedExchange(&stopping, 0);
+    if (checkpoint_thread != NULL) {
+        WaitForSingleObject(checkpoint_thread, 5000);
+        CloseHandle(checkpoint_thread);
+    }
+    if (rc != 0)
+        sb_errlog("service", "the broker could not start (exit code %d); see the messages above",
+                  rc);
+    else
+        sb_info("service", "service stopped");
+    sb_log_close();
+    report(SERVICE_STOPPED, (DWORD)rc, 0);
+}
+
+/* ---- paths ---- */
+
+/* %ProgramData%\Switchboard */
+static int program_data_dir(char *out, size_t n)
+{
+    PWSTR base = NULL;
+    char *u;
+    if (SHGetKnownFolderPath(&FOLDERID_ProgramData, 0, NULL, &base) != S_OK)
+        return -1;
+    u = sb_wide_to_utf8(base);
+    CoTaskMemFree(base);
+    if (u == NULL)
+        return -1;
+    snprintf(out, n, "%s\\Switchboard", u);
+    sb_free(u);
+    return 0;
+}
+
+static int exe_path(wchar_t *out, DWORD n)
+{
+    DWORD len = GetModuleFileNameW(NULL, out, n);
+    return len == 0 || len == n ? -1 : 0;
+}
+
+/* ---- SCM commands ---- */
+
+static void print_win_error(const char *what, DWORD code)
+{
+    char text[300];
+    sb_win_strerror(code, text, sizeof(text));
+    fprintf(stderr, "switchboard service: %s: %s\n", what, text);
+    if (code == ERROR_ACCESS_DENIED)
+        fprintf(stderr, "switchboard service: run this from an elevated (administrator) prompt\n");
+}
+
+static SC_HANDLE open_scm(DWORD access)
+{
+    SC_HANDLE scm = OpenSCManagerW(NULL, NULL, access);
+    if (scm == NULL)
+        print_win_error("cannot open the service control manager", GetLastError());
+    return scm;
+}
+
+/* Grants SYSTEM, Administrators and the service's virtual account full
+ * control of the data directory; nobody else gets access. */
+static int secure_data_dir(const char *dir)
+{
+    wchar_t *wdir = sb_utf8_to_wide(dir);
+    BYTE sid[SECURITY_MAX_SID_SIZE];
+    DWORD sid_len = sizeof(sid), dom_len = 256;
+    wchar_t domain[256], sddl[512], *sid_text = NULL;
+    SID_NAME_USE use;
+    PSECURITY_DESCRIPTOR sd = NULL;
+    SECURITY_ATTRIBUTES sa;
+    int rc = 0;
+
+    if (wdir == NULL)
+        return -1;
+    if (LookupAccountNameW(NULL, SERVICE_ACCOUNT, sid, &sid_len, domain, &dom_len, &use) &&
+        ConvertSidToStringSidW(sid, &sid_text)) {
+        _snwprintf(sddl, sizeof(sddl) / sizeof(sddl[0]),
+                   L"D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;FA;;;%ls)", sid_text);
+        LocalFree(sid_text);
+    } else {
+        /* Some systems (and Wine) cannot resolve virtual accounts before the
+         * service first runs: SYSTEM and Administrators only. */
+        fprintf(stderr, "switchboard service: note: cannot resolve %ls; the data directory is "
+                        "limited to SYSTEM and Administrators\n",
+                SERVICE_ACCOUNT);
+        wcscpy(sddl, L"D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)");
+    }
+    if (!ConvertStringSecurityDescriptorToSecurityDescriptorW(sddl, SDDL_REVISION_1, &sd, NULL)) {
+        sb_free(wdir);
+        return -1;
+    }
+    sa.nLength = sizeof(sa);
+    sa.lpSecurityDescriptor = sd;
+    sa.bInheritHandle = FALSE;
+    if (!CreateDirectoryW(wdir, &sa)) {
+        DWORD code = GetLastError();
+        if (code != ERROR_ALREADY_EXISTS) {
+            print_win_error("cannot create the data directory", code);
+            rc = -1;
+        } else if (!SetFileSecurityW(wdir, DACL_SECURITY_INFORMATION, sd)) {
+            print_win_error("cannot set the data directory's permissions", GetLastError());
+            rc = -1;
+        }
+    }
+    LocalFree(sd);
+    sb_free(wdir);
+    return rc;
+}
+
+static const char default_config[] =
+    "# Switchboard service configuration. After editing: switchboard service reload\n"
+    "broker:\n"
+    "  data_dir: DATA_DIR\n"
+    "  log: { level: info, file: DATA_DIR\\switchboard.log }\n"
+    "adapters: []\n"
+    "routes: []\n";
+
+static int write_default_config(const char *path, const char *data_dir)
+{
+    FILE *f;
+    const char *p = default_config;
+    if ((f = fopen(path, "r")) != NULL) {
+        fclose(f);
+        return 0; /* keep the administrator's file */
+    }
+    f = fopen(path, "w");
+    if (f == NULL)
+        return -1;
+    while (*p != '\0') {
+        if (strncmp(p, "DATA_DIR", 8) == 0) {
+            fprintf(f, "'%s'", data_dir);
+            p += 8;
+        } else {
+            fputc(*p++, f);
+        }
+    }
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+static int cmd_install(const char *config)
+{
+    wchar_t exe[MAX_PATH], cmd[MAX_PATH * 4], *wconfig;
+    char data_dir[MAX_PATH * 3], cfg_path[MAX_PATH * 3];
+    SC_HANDLE scm, svc;
+    SERVICE_DESCRIPTIONW desc;
+    SERVICE_DELAYED_AUTO_START_INFO delayed = {TRUE};
+    SC_ACTION actions[3] = {{SC_ACTION_RESTART, 5000}, {SC_ACTION_RESTART, 30000},
+                            {SC_ACTION_RESTART, 60000}};
+    SERVICE_FAILURE_ACTIONSW failure;
+    SERVICE_FAILURE_ACTIONS_FLAG failure_flag = {TRUE};
+    int rc = 1;
+
+    if (exe_path(exe, MAX_PATH) != 0 || program_data_dir(data_dir, sizeof(data_dir)) != 0) {
+        fprintf(stderr, "switchboard service: cannot find the program or %%ProgramData%%\n");
+        return 1;
+    }
+    if (config == NULL) {
+        snprintf(cfg_path, sizeof(cfg_path), "%s\\switchboard.yaml", data_dir);
+        config = cfg_path;
+    }
+    wconfig = sb_utf8_to_wide(config);
+    if (wconfig == NULL)
+        return 1;
+    _snwprintf(cmd, sizeof(cmd) / sizeof(cmd[0]), L"\"%ls\" service run --config \"%ls\"", exe,
+               wconfig);
+    sb_free(wconfig);
+    scm = open_scm(SC_MANAGER_CREATE_SERVICE);
+    if (scm == NULL)
+        return 1;
+    svc = CreateServiceW(scm, SERVICE_NAME, SERVICE_DISPLAY, SERVICE_ALL_ACCESS,
+                         SERVICE_WIN32_OWN_PROCESS, SERVICE_AUTO_START, SERVICE_ERROR_NORMAL, cmd,
+                         NULL, NULL, L"Tcpip\0\0", SERVICE_ACCOUNT, NULL);
+    if (svc == NULL && GetLastError() == ERROR_INVALID_SERVICE_ACCOUNT) {
+        /* Older systems and Wine lack virtual accounts: LocalSystem. */
+        fprintf(stderr, "switchboard service: note: %ls is not available here; the service runs "
+                        "as LocalSystem\n",
+                SERVICE_ACCOUNT);
+        svc = CreateServiceW(scm, SERVICE_NAME, SERVICE_DISPLAY, SERVICE_ALL_ACCESS,
+                             SERVICE_WIN32_OWN_PROCESS, SERVICE_AUTO_START, SERVICE_ERROR_NORMAL,
+                             cmd, NULL, NULL, L"Tcpip\0\0", NULL, NULL);
+    }
+    if (svc == NULL) {
+        DWORD code = GetLastError();
+        print_win_error(code == ERROR_SERVICE_EXISTS ? "already installed (uninstall it first)"
+                                                      : "cannot create the service",
+                        code);
+        goto done;
+    }
+    desc.lpDescription = (LPWSTR)SERVICE_DESCRIPTION;
+    ChangeServiceConfig2W(svc, SERVICE_CONFIG_DESCRIPTION, &desc);
+    ChangeServiceConfig2W(svc, SERVICE_CONFIG_DELAYED_AUTO_START_INFO, &delayed);
+    memset(&failure, 0, sizeof(failure));
+    failure.dwResetPeriod = 24 * 3600;
+    failure.cActions = 3;
+    failure.lpsaActions = actions;
+    ChangeServiceConfig2W(svc, SERVICE_CONFIG_FAILURE_ACTIONS, &failure);
+    ChangeServiceConfig2W(svc, SERVICE_CONFIG_FAILURE_ACTIONS_FLAG, &failure_flag);
+    if (sb_eventlog_register() != 0)
+        fprintf(stderr, "switchboard service: note: cannot register the Event Log source\n");
+    if (secure_data_dir(data_dir) != 0 || write_default_config(config, data_dir) != 0) {
+        fprintf(stderr, "switchboard service: installed, but %s could not be prepared\n",
+                data_dir);
+        goto done;
+    }
+    printf("Installed service Switchboard (delayed automatic start, restarts on failure).\n"
+           "  configuration: %s\n  data:          %s\n"
+           "Start it with: switchboard service start\n",
+           config, data_dir);
+    rc = 0;
+done:
+    if (svc != NULL)
+        CloseServiceHandle(svc);
+    CloseServiceHandle(scm);
+    return rc;
+}
+
+static SC_HANDLE open_service(DWORD access, SC_HANDLE *scm)
+{
+    SC_HANDLE svc;
+    *scm = open_scm(SC_MANAGER_CONNECT);
+    if (*scm == NULL)
+        return NULL;
+    svc = OpenServiceW(*scm, SERVICE_NAME, access);
+    if (svc == NULL) {
+        DWORD code = GetLastError();
+        print_win_error(code == ERROR_SERVICE_DOES_NOT_EXIST ? "not installed"
+                                                              : "cannot open the service",
+                        code);
+        CloseServiceHandle(*scm);
+        *scm = NULL;
+    }
+    return svc;
+}
+
+static const char *state_name(DWORD state)
+{
+    switch (state) {
+    case SERVICE_STOPPED:
+        return "stopped";
+    case SERVICE_START_PENDING:
+        return "starting";
+    case SERVICE_STOP_PENDING:
+        return "stopping";
+    case SERVICE_RUNNING:
+        return "running";
+    case SERVICE_CONTINUE_PENDING:
+        return "continuing";
+    case SERVICE_PAUSE_PENDING:
+        return "pausing";
+    case SERVICE_PAUSED:
+        return "paused";
+    default:
+        return "unknown";
+    }
+}
+
+/* Waits (up to timeout_ms) until the service leaves its pending state. */
+static DWORD wait_state(SC_HANDLE svc, DWORD pending, DWORD timeout_ms, SERVICE_STATUS *st)
+{
+    DWORD start = GetTickCount();
+    while (QueryServiceStatus(svc, st) && st->dwCurrentState == pending) {
+        if (GetTickCount() - start > timeout_ms)
+            break;
+        Sleep(200);
+    }
+    return st->dwCurrentState;
+}
+
+static int cmd_start(void)
+{
+    SC_HANDLE scm, svc = open_service(SERVICE_START | SERVICE_QUERY_STATUS, &scm);
+    SERVICE_STATUS st;
+    int rc = 1;
+    if (svc == NULL)
+        return 1;
+    if (!StartServiceW(svc, 0, NULL)) {
+        print_win_error("cannot start", GetLastError());
+    } else if (wait_state(svc, SERVICE_START_PENDING, 60000, &st) == SERVICE_RUNNING) {
+        printf("Switchboard is running.\n");
+        rc = 0;
+    } else {
+        fprintf(stderr, "switchboard service: the service is %s (exit code %lu); see the Event "
+                        "Log (source Switchboard) or the log file\n",
+                state_name(st.dwCurrentState), (unsigned long)st.dwServiceSpecificExitCode);
+    }
+    CloseServiceHandle(svc);
+    CloseServiceHandle(scm);
+    return rc;
+}
+
+static int cmd_control(DWORD control, const char *what)
+{
+    SC_HANDLE scm, svc = open_service(SERVICE_STOP | SERVICE_QUERY_STATUS | SERVICE_PAUSE_CONTINUE,
+                                      &scm);
+    SERVICE_STATUS st;
+    int rc = 1;
+    if (svc == NULL)
+        return 1;
+    if (!ControlService(svc, control, &st)) {
+        print_win_error(what, GetLastError());
+    } else if (control != SERVICE_CONTROL_STOP) {
+        printf("Switchboard: %s requested.\n", what);
+        rc = 0;
+    } else if (wait_state(svc, SERVICE_STOP_PENDING, 120000, &st) == SERVICE_STOPPED) {
+        printf("Switchboard stopped.\n");
+        rc = 0;
+    } else {
+        fprintf(stderr, "switchboard service: still %s after 120 s\n",
+                state_name(st.dwCurrentState));
+    }
+    CloseServiceHandle(svc);
+    CloseServiceHandle(scm);
+    return rc;
+}
+
+static int cmd_status(void)
+{
+    SC_HANDLE scm, svc = open_service(SERVICE_QUERY_STATUS, &scm);
+    SERVICE_STATUS st;
+    if (svc == NULL)
+        return 3;
+    if (!QueryServiceStatus(svc, &st)) {
+        print_win_error("cannot query", GetLastError());
+        CloseServiceHandle(svc);
+        CloseServiceHandle(scm);
+        return 1;
+    }
+    printf("Switchboard: %s\n", state_name(st.dwCurrentState));
+    CloseServiceHandle(svc);
+    CloseServiceHandle(scm);
+    return st.dwCurrentState == SERVICE_RUNNING ? 0 : 3;
+}
+
+static int cmd_uninstall(void)
+{
+    SC_HANDLE scm, svc = open_service(DELETE | SERVICE_STOP | SERVICE_QUERY_STATUS, &scm);
+    SERVICE_STATUS st;
+    if (svc == NULL)
+        return 1;
+    if (QueryServiceStatus(svc, &st) && st.dwCurrentState != SERVICE_STOPPED &&
+        ControlService(svc, SERVICE_CONTROL_STOP, &st))
+        wait_state(svc, SERVICE_STOP_PENDING, 120000, &st);
+    if (!DeleteService(svc)) {
+        print_win_error("cannot delete", GetLastError());
+        CloseServiceHandle(svc);
+        CloseServiceHandle(scm);
+        return 1;
+    }
+    sb_eventlog_unregister();
+    printf("Uninstalled service Switchboard (configuration and data are kept).\n");
+    CloseServiceHandle(svc);
+    CloseServiceHandle(scm);
+    return 0;
+}
+
+/* `service run`: what the SCM starts. */
+static int cmd_run(const char *config)
+{
+    SERVICE_TABLE_ENTRYW table[] = {{(LPWSTR)SERVICE_NAME, service_main}, {NULL, NULL}};
+    char data_dir[MAX_PATH * 3];
+    if (config == NULL) {
+        if (program_data_dir(data_dir, sizeof(data_dir)) != 0)
+            return 1;
+        snprintf(service_config, sizeof(service_config), "%s\\switchboard.yaml", data_dir);
+    } else {
+        snprintf(service_config, sizeof(service_config), "%s", config);
+    }
+    InitializeCriticalSection(&status_lock);
+    sb_eventlog_open();
+    sb_log_set_sink(sb_eventlog_write, SB_LOG_WARN);
+    if (!StartServiceCtrlDispatcherW(table)) {
+        DWORD code = GetLastError();
+        if (code == ERROR_FAILED_SERVICE_CONTROLLER_CONNECT)
+            fprintf(stderr, "switchboard service run: this is what the service control manager "
+                            "starts; to run in a console use `switchboard run --config FILE`\n");
+        else
+            print_win_error("StartServiceCtrlDispatcher", code);
+        return 1;
+    }
+    return 0;
+}
+
+static void service_usage(FILE *f)
+{
+    fprintf(f, "Usage: switchboard service COMMAND\n"
+               "  install [--config FILE]  register the service (delayed automatic start,\n"
+               "                           restart on failure, account NT SERVICE\\Switchboard);\n"
+               "                           default config %%ProgramData%%\\Switchboard\\switchboard.yaml\n"
+               "  uninstall                stop and remove it (configuration and data are kept)\n"
+               "  start | stop | status    control it; status exits 0 only when running\n"
+               "  reload                   re-read the configuration (SERVICE_CONTROL_PARAMCHANGE)\n"
+               "  run [--config FILE]      the entry point the service control manager starts\n");
+}
+
+int sb_service_command(int argc, char **argv)
+{
+    const char *config = NULL;
+    if (argc < 1) {
+        service_usage(stderr);
+        return 2;
+    }
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+            config = argv[++i];
+        } else {
+            fprintf(stderr, "switchboard service %s: unexpected argument '%s'\n", argv[0],
+                    argv[i]);
+            return 2;
+        }
+    }
+    if (strcmp(argv[0], "install") == 0)
+        return cmd_install(config);
+    if (strcmp(argv[0], "uninstall") == 0)
+        return cmd_uninstall();
+    if (strcmp(argv[0], "start") == 0)
+        return cmd_start();
+    if (strcmp(argv[0], "stop") == 0)
+        return cmd_control(SERVICE_CONTROL_STOP, "stop");
+    if (strcmp(argv[0], "reload") == 0)
+        return cmd_control(SERVICE_CONTROL_PARAMCHANGE, "reload");
+    if (strcmp(argv[0], "status") == 0)
+        return cmd_status();
+    if (strcmp(argv[0], "run") == 0)
+        return cmd_run(config);
+    if (strcmp(argv[0], "help") == 0) {
+        service_usage(stdout);
+        return 0;
+    }
+    service_usage(stderr);
+    return 2;
+}
