@@ -1,4 +1,4 @@
-/* Stream connections over libuv streams (see conn.h). */
+/* Connections: output coalescing, delivery acks, backpressure (see conn.h). */
 #include "adapters/conn.h"
 #include "service/alloc.h"
 #include "service/log.h"
@@ -14,68 +14,46 @@ const sb_protocol *sb_protocol_find(const char *name)
     return NULL;
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    (void)h;
-    (void)suggested;
-    buf->base = sb_malloc(65536);
-    buf->len = buf->base != NULL ? 65536 : 0;
-}
-
-static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
-{
-    sb_conn *c = s->data;
-    if (n > 0 && !c->closing) {
-        int rc;
-        sb_conn_ref(c);
-        rc = c->proto->data(c, buf->base, (size_t)n);
-        if (rc != 0)
-            sb_conn_close(c, NULL);
-        sb_conn_unref(c);
-    } else if (n < 0) {
-        if (n == UV_EOF && c->out != NULL && c->out != c->in && !c->closing) {
-            /* A child closed its stdout but may still read its stdin (a
-             * filter writing to a file): keep the write side open. */
-            uv_read_stop(c->in);
-            c->in_eof = 1;
-        } else if (n != UV_EOF) {
-            sb_conn_close(c, uv_strerror((int)n));
-        } else {
-            sb_conn_close(c, NULL);
-        }
-    }
-    sb_free(buf->base);
-}
-
 static void update_reading(sb_conn *c)
 {
-    if (c->closing || c->in == NULL || c->in_eof)
+    if (c->closing || c->read_ended)
         return;
-    if (c->paused || c->out_paused)
-        uv_read_stop(c->in);
-    else
-        uv_read_start(c->in, on_alloc, on_read);
+    c->transport_ops->read(c, !(c->paused || c->out_paused));
 }
 
-int sb_conn_start(sb_conn *c, sb_adapter *a, const sb_protocol *proto, uv_stream_t *in,
-                  uv_stream_t *out, const char *peer)
+int sb_conn_start(sb_conn *c, sb_adapter *a, const sb_protocol *proto,
+                  const sb_conn_transport *t, void *tdata, const char *peer)
 {
     int rc;
     c->adapter = a;
     c->proto = proto;
-    c->in = in;
-    c->out = out;
+    c->transport_ops = t;
+    c->tdata = tdata;
     c->refs = 1;
     snprintf(c->peer, sizeof(c->peer), "%s", peer);
-    if (in != NULL)
-        in->data = c;
-    if (out != NULL)
-        out->data = c;
     rc = proto->open(c);
     if (rc != 0)
         return rc;
     update_reading(c);
     return 0;
+}
+
+void sb_conn_input(sb_conn *c, const char *data, size_t len)
+{
+    int rc;
+    if (c->closing)
+        return;
+    sb_conn_ref(c);
+    rc = c->proto->data(c, data, len);
+    if (rc != 0)
+        sb_conn_close(c, NULL);
+    sb_conn_unref(c);
+}
+
+void sb_conn_input_end(sb_conn *c, int err, const char *why)
+{
+    c->read_ended = 1;
+    sb_conn_close(c, err != 0 ? why : NULL);
 }
 
 void sb_conn_pause(sb_conn *c)
@@ -101,17 +79,14 @@ static void finish_deliveries(sb_delivery *d, int status, const char *why)
 
 static void start_write(sb_conn *c);
 
-static void on_write(uv_write_t *req, int status)
+void sb_conn_write_done(sb_conn *c, int status, const char *why)
 {
-    sb_conn *c = req->data;
     sb_delivery *done = c->wdel;
     c->writing = 0;
-    sb_free(c->wbuf);
-    c->wbuf = NULL;
     c->wdel = NULL;
     if (status != 0 && !c->closing)
         sb_log(SB_LOG_WARN, c->adapter->name, "peer %s: write failed: %s", c->peer,
-               uv_strerror(status));
+               why != NULL ? why : sb_strerror(status));
     finish_deliveries(done, status == 0 ? 0 : SB_ECLOSED,
                       status == 0 ? NULL : "connection closed before the write completed");
     if (status != 0)
@@ -132,29 +107,23 @@ static void on_write(uv_write_t *req, int status)
 
 static void start_write(sb_conn *c)
 {
-    uv_buf_t buf;
-    int rc;
+    char *buf;
+    size_t len;
     if (c->writing || c->olen == 0 || c->closing)
         return;
-    buf = uv_buf_init(c->obuf, (unsigned)c->olen);
-    c->wbuf = c->obuf;
+    buf = c->obuf;
+    len = c->olen;
     c->wdel = c->odel_head;
     c->obuf = NULL;
     c->olen = c->ocap = 0;
     c->odel_head = c->odel_tail = NULL;
     c->writing = 1;
-    c->wreq.data = c;
     sb_conn_ref(c);
-    rc = uv_write(&c->wreq, c->out, &buf, 1, on_write);
-    if (rc != 0) {
+    if (c->transport_ops->write(c, buf, len) != 0) {
         c->writing = 0;
-        sb_log(SB_LOG_WARN, c->adapter->name, "peer %s: write failed: %s", c->peer,
-               uv_strerror(rc));
         finish_deliveries(c->wdel, SB_ECLOSED, "write failed");
         c->wdel = NULL;
-        sb_free(c->wbuf);
-        c->wbuf = NULL;
-        sb_conn_close(c, NULL);
+        sb_conn_close(c, "write failed");
         sb_conn_unref(c);
     }
 }
@@ -163,7 +132,7 @@ int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t 
                   sb_delivery *d)
 {
     size_t need;
-    if (c->closing || c->out == NULL)
+    if (c->closing)
         return SB_ECLOSED;
     need = c->olen + alen + blen;
     if (need > c->ocap) {
@@ -217,21 +186,8 @@ void sb_conn_unref(sb_conn *c)
     sb_free(c);
 }
 
-static void on_handle_closed(uv_handle_t *h)
+void sb_conn_transport_closed(sb_conn *c)
 {
-    sb_conn *c = h->data;
-    int last = c->out == NULL || c->out == c->in || (uv_handle_t *)c->out == h
-                   ? (c->in == NULL || (uv_handle_t *)c->in == h || uv_is_closing((uv_handle_t *)c->in))
-                   : 0;
-    sb_free(h);
-    if ((uv_handle_t *)c->in == h)
-        c->in = NULL;
-    if ((uv_handle_t *)c->out == h)
-        c->out = NULL;
-    (void)last;
-    if (c->in != NULL || c->out != NULL)
-        return;
-    /* Both handles closed: tell the protocol and the transport. */
     c->proto->closed(c);
     if (c->on_closed != NULL)
         c->on_closed(c);
@@ -252,19 +208,5 @@ void sb_conn_close(sb_conn *c, const char *why)
     c->odel_head = c->odel_tail = NULL;
     c->olen = 0;
     finish_deliveries(pending, SB_ECLOSED, "connection closed before the write");
-    if (c->in != NULL && c->in == c->out) {
-        c->out = NULL;
-        uv_close((uv_handle_t *)c->in, on_handle_closed);
-        return;
-    }
-    if (c->in != NULL)
-        uv_close((uv_handle_t *)c->in, on_handle_closed);
-    if (c->out != NULL)
-        uv_close((uv_handle_t *)c->out, on_handle_closed);
-    if (c->in == NULL && c->out == NULL) {
-        c->proto->closed(c);
-        if (c->on_closed != NULL)
-            c->on_closed(c);
-        sb_conn_unref(c);
-    }
+    c->transport_ops->close(c);
 }

@@ -34,28 +34,41 @@ typedef struct sb_protocol {
     void (*drained)(sb_conn *c);
 } sb_protocol;
 
+/* The byte stream under a connection. libuv streams (TCP, Unix sockets, a
+ * child's pipes) are one implementation (conn_uv.c); Windows named pipes,
+ * served by a thread of their own, are another. */
+typedef struct sb_conn_transport {
+    /* Starts (on = 1) or stops delivering input through sb_conn_input. */
+    void (*read)(sb_conn *c, int on);
+    /* Writes buf[0..len) (takes ownership of buf, an sb_malloc block);
+     * returns 0 and later calls sb_conn_write_done exactly once, or an error
+     * (then it has freed buf and will not call back). */
+    int (*write)(sb_conn *c, char *buf, size_t len);
+    /* Closes; calls sb_conn_transport_closed once nothing refers to c. */
+    void (*close)(sb_conn *c);
+} sb_conn_transport;
+
 struct sb_conn {
     sb_adapter *adapter;
     const sb_protocol *proto;
     void *session;
+    const sb_conn_transport *transport_ops;
+    void *tdata;     /* the transport's own state */
     char peer[128];
-    uv_stream_t *in, *out; /* may be the same handle; out may be NULL */
     int refs;
     int closing;
-    int paused;       /* reading stopped by the protocol */
-    int out_paused;   /* reading stopped because output is backed up */
-    int in_eof;       /* the read side ended; the write side stays open */
-    /* output not yet handed to the OS */
+    int paused;      /* reading stopped by the protocol */
+    int out_paused;  /* reading stopped because output is backed up */
+    int read_ended;  /* the peer finished sending */
+    /* output not yet handed to the transport */
     char *obuf;
     size_t olen, ocap;
     sb_delivery *odel_head, *odel_tail;
     /* the write in flight */
-    uv_write_t wreq;
     int writing;
-    char *wbuf;
     sb_delivery *wdel;
     /* transport hooks */
-    void (*on_closed)(sb_conn *c); /* handles closed; unlink from lists */
+    void (*on_closed)(sb_conn *c); /* closed; unlink from lists */
     void *transport;
     sb_conn *next; /* the transport's list */
 };
@@ -63,9 +76,23 @@ struct sb_conn {
 /* Output beyond this pauses reading until it drains. */
 #define SB_CONN_MAX_OUTPUT (4 * 1024 * 1024)
 
-/* Initialises c (zeroed by the caller) and starts the protocol. */
-int sb_conn_start(sb_conn *c, sb_adapter *a, const sb_protocol *proto, uv_stream_t *in,
-                  uv_stream_t *out, const char *peer);
+/* Initialises c (zeroed by the caller) over a transport and starts the
+ * protocol. */
+int sb_conn_start(sb_conn *c, sb_adapter *a, const sb_protocol *proto,
+                  const sb_conn_transport *t, void *tdata, const char *peer);
+
+/* Same over libuv streams (in may equal out; either may be NULL). When in
+ * and out differ, the end of in (a child closing its stdout) does not close
+ * the connection: out stays writable. */
+int sb_conn_start_uv(sb_conn *c, sb_adapter *a, const sb_protocol *proto, uv_stream_t *in,
+                     uv_stream_t *out, const char *peer);
+
+/* For transports: input arrived / ended (err 0: orderly end, else an SB_E*
+ * code and a reason); a write finished; the transport let go of c. */
+void sb_conn_input(sb_conn *c, const char *data, size_t len);
+void sb_conn_input_end(sb_conn *c, int err, const char *why);
+void sb_conn_write_done(sb_conn *c, int status, const char *why);
+void sb_conn_transport_closed(sb_conn *c);
 
 /* Queues bytes; d (may be NULL) is acked when they are written. Returns 0,
  * SB_ECLOSED (d is not taken), or SB_ENOMEM. */

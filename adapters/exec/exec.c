@@ -248,7 +248,7 @@ static void spawn_child(exec_adapter *x)
     x->conn->transport = x;
     x->conn->on_closed = on_conn_closed;
     snprintf(peer, sizeof(peer), "pid %d", p->pid);
-    if (sb_conn_start(x->conn, &x->base, sb_protocol_find(cfg->protocol), (uv_stream_t *)out,
+    if (sb_conn_start_uv(x->conn, &x->base, sb_protocol_find(cfg->protocol), (uv_stream_t *)out,
                       (uv_stream_t *)in, peer) != 0) {
         sb_conn_close(x->conn, "cannot start the protocol session");
         uv_process_kill(p, 15);

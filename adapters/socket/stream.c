@@ -101,7 +101,7 @@ static int add_conn(stream_adapter *s, uv_stream_t *h, const char *peer)
     c->next = s->conns;
     s->conns = c;
     s->conn_count++;
-    rc = sb_conn_start(c, &s->base, s->proto, h, h, peer);
+    rc = sb_conn_start_uv(c, &s->base, s->proto, h, h, peer);
     if (rc != 0) {
         sb_conn_close(c, "cannot start the protocol session");
         return rc;

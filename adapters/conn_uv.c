@@ -1,0 +1,132 @@
+/* The libuv stream transport of connections (TCP, Unix sockets, child pipes). */
+#include "adapters/conn.h"
+#include "service/alloc.h"
+
+typedef struct uv_transport {
+    uv_stream_t *in, *out;
+    int in_eof;
+} uv_transport;
+
+typedef struct uv_write_req {
+    uv_write_t req;
+    sb_conn *conn;
+    char *buf;
+} uv_write_req;
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)h;
+    (void)suggested;
+    buf->base = sb_malloc(65536);
+    buf->len = buf->base != NULL ? 65536 : 0;
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    sb_conn *c = s->data;
+    uv_transport *t = c->tdata;
+    if (n > 0) {
+        sb_conn_input(c, buf->base, (size_t)n);
+    } else if (n == UV_EOF && t->out != NULL && t->out != t->in) {
+        /* A child closed its stdout but may still read its stdin (a filter
+         * writing to a file): keep the write side open. */
+        uv_read_stop(s);
+        t->in_eof = 1;
+    } else if (n < 0) {
+        sb_conn_input_end(c, n == UV_EOF ? 0 : SB_ECLOSED, uv_strerror((int)n));
+    }
+    sb_free(buf->base);
+}
+
+static void uv_t_read(sb_conn *c, int on)
+{
+    uv_transport *t = c->tdata;
+    if (t->in == NULL || t->in_eof)
+        return;
+    if (on)
+        uv_read_start(t->in, on_alloc, on_read);
+    else
+        uv_read_stop(t->in);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    uv_write_req *w = (uv_write_req *)req;
+    sb_conn *c = w->conn;
+    sb_free(w->buf);
+    sb_free(w);
+    sb_conn_write_done(c, status == 0 ? 0 : SB_ECLOSED, status == 0 ? NULL : uv_strerror(status));
+}
+
+static int uv_t_write(sb_conn *c, char *buf, size_t len)
+{
+    uv_transport *t = c->tdata;
+    uv_write_req *w = sb_malloc(sizeof(*w));
+    uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+    if (w == NULL || t->out == NULL) {
+        sb_free(w);
+        sb_free(buf);
+        return SB_ECLOSED;
+    }
+    w->conn = c;
+    w->buf = buf;
+    if (uv_write(&w->req, t->out, &b, 1, on_write) != 0) {
+        sb_free(w);
+        sb_free(buf);
+        return SB_ECLOSED;
+    }
+    return 0;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    sb_conn *c = h->data;
+    uv_transport *t = c->tdata;
+    if ((uv_handle_t *)t->in == h)
+        t->in = NULL;
+    if ((uv_handle_t *)t->out == h)
+        t->out = NULL;
+    sb_free(h);
+    if (t->in != NULL || t->out != NULL)
+        return;
+    sb_free(t);
+    c->tdata = NULL;
+    sb_conn_transport_closed(c);
+}
+
+static void uv_t_close(sb_conn *c)
+{
+    uv_transport *t = c->tdata;
+    if (t->in != NULL && t->in == t->out) {
+        t->out = NULL;
+        uv_close((uv_handle_t *)t->in, on_handle_closed);
+        return;
+    }
+    if (t->in == NULL && t->out == NULL) {
+        sb_free(t);
+        c->tdata = NULL;
+        sb_conn_transport_closed(c);
+        return;
+    }
+    if (t->in != NULL)
+        uv_close((uv_handle_t *)t->in, on_handle_closed);
+    if (t->out != NULL)
+        uv_close((uv_handle_t *)t->out, on_handle_closed);
+}
+
+static const sb_conn_transport uv_transport_ops = {uv_t_read, uv_t_write, uv_t_close};
+
+int sb_conn_start_uv(sb_conn *c, sb_adapter *a, const sb_protocol *proto, uv_stream_t *in,
+                     uv_stream_t *out, const char *peer)
+{
+    uv_transport *t = sb_calloc(1, sizeof(*t));
+    if (t == NULL)
+        return SB_ENOMEM;
+    t->in = in;
+    t->out = out;
+    if (in != NULL)
+        in->data = c;
+    if (out != NULL)
+        out->data = c;
+    return sb_conn_start(c, a, proto, &uv_transport_ops, t, peer);
+}
