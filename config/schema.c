@@ -59,23 +59,27 @@ static const char *const framings[] = {"line", "length", "datagram", "message", 
 
 /* ---- adapter types ---- */
 
-enum { TYPE_TCP, TYPE_UDP, TYPE_UNIX, TYPE_PIPE, TYPE_EXEC };
-static const char *const adapter_types[] = {"tcp", "udp", "unix", "pipe", "exec", NULL};
+enum { TYPE_TCP, TYPE_UDP, TYPE_UNIX, TYPE_PIPE, TYPE_EXEC, TYPE_MAILSLOT };
+static const char *const adapter_types[] = {"tcp", "udp", "unix", "pipe", "exec", "mailslot", NULL};
 
 #define TCP (1u << TYPE_TCP)
 #define UDP (1u << TYPE_UDP)
 #define UNIX (1u << TYPE_UNIX)
 #define PIPE (1u << TYPE_PIPE)
 #define EXEC (1u << TYPE_EXEC)
+#define MAILSLOT (1u << TYPE_MAILSLOT)
 
 #define UDP_MAX_MESSAGE 65507 /* largest UDP payload over IPv4 */
+/* A mailslot's default max_message (network targets take at most 424 bytes:
+ * the sink checks that per target). */
+#define MAILSLOT_DEFAULT_MESSAGE 65536
 
 static const struct adapter_kind {
     const char *server_key; /* the key that makes it a server; NULL: exec */
     int stream;             /* a byte stream (can carry jsonl) */
 } adapter_kinds[] = {
     [TYPE_TCP] = {"listen", 1}, [TYPE_UDP] = {"listen", 0}, [TYPE_UNIX] = {"path", 1},
-    [TYPE_PIPE] = {"path", 1},  [TYPE_EXEC] = {NULL, 1},
+    [TYPE_PIPE] = {"path", 1},  [TYPE_EXEC] = {NULL, 1},    [TYPE_MAILSLOT] = {"path", 0},
 };
 
 /* ---- broker ---- */
@@ -142,9 +146,9 @@ static const sb_config__field adapter_fields[] = {
     {.key = "listen", .type = SB_CT_STRING, .types = TCP | UDP, .offset = A(listen)},
     {.key = "connect",
      .type = SB_CT_STRING,
-     .types = TCP | UDP | UNIX | PIPE,
+     .types = TCP | UDP | UNIX | PIPE | MAILSLOT,
      .offset = A(connect)},
-    {.key = "path", .type = SB_CT_STRING, .types = UNIX | PIPE, .offset = A(path)},
+    {.key = "path", .type = SB_CT_STRING, .types = UNIX | PIPE | MAILSLOT, .offset = A(path)},
     {.key = "protocol",
      .type = SB_CT_CHOICE,
      .offset = A(protocol),
@@ -204,7 +208,7 @@ static const sb_config__field adapter_fields[] = {
      .def = 30 * SECONDS,
      .min = 1,
      .max = DAYS},
-    {.key = "security", .type = SB_CT_STRING, .types = PIPE, .offset = A(security)},
+    {.key = "security", .type = SB_CT_STRING, .types = PIPE | MAILSLOT, .offset = A(security)},
     {.key = "inflight",
      .type = SB_CT_INT,
      .offset = A(inflight),
@@ -434,6 +438,83 @@ static void check_unique(sb_config__ctx *ctx, sb_map *names, const char *what, c
 
 /* ---- adapters ---- */
 
+/* strncmp ignoring ASCII case (strncasecmp is POSIX, not C11). */
+static int strncasecmp_ascii(const char *a, const char *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int ca = (unsigned char)a[i], cb = (unsigned char)b[i];
+        if (ca >= 'A' && ca <= 'Z')
+            ca += 'a' - 'A';
+        if (cb >= 'A' && cb <= 'Z')
+            cb += 'a' - 'A';
+        if (ca != cb || ca == 0)
+            return ca - cb;
+    }
+    return 0;
+}
+
+/* Length of a "\\SERVER\mailslot\" prefix of s (SERVER: ".", "*", a
+ * computer or a domain name), 0 if s does not start with one. */
+static size_t mailslot_prefix(const char *s)
+{
+    static const char kw[] = "\\mailslot\\";
+    const char *server, *end;
+    if (strncmp(s, "\\\\", 2) != 0)
+        return 0;
+    server = s + 2;
+    end = strchr(server, '\\');
+    if (end == NULL || end == server || strncasecmp_ascii(end, kw, sizeof kw - 1) != 0)
+        return 0;
+    return (size_t)(end - s) + sizeof kw - 1;
+}
+
+/* Mailslot names. path (server): a name (created as \\.\mailslot\NAME) or
+ * a full local mailslot path; connect (sink): the same, or \\HOST\...,
+ * \\DOMAIN\... or \\*\... . The 424-byte limit of network targets is the
+ * sink's to enforce (per delivery, never by truncating). `security` is for
+ * servers: a client creates no object. max_message defaults to 64KiB. */
+static void check_mailslot(sb_config__ctx *ctx, sb_adapter_config *a, const char *path)
+{
+    const sb_config__seen *ps = seen(ctx, &a->path), *cs = seen(ctx, &a->connect), *s;
+    char p[SB_CONFIG__PATH_MAX], q[96];
+
+    s = seen(ctx, &a->max_message);
+    if (s == NULL)
+        a->max_message = MAILSLOT_DEFAULT_MESSAGE;
+    if (ps != NULL && ps->ok) {
+        size_t pre = mailslot_prefix(a->path);
+        const char *why = NULL;
+        if (pre != 0 && strncmp(a->path, "\\\\.\\", 4) != 0)
+            why = "a mailslot server can only create a local mailslot (a name, or "
+                  "\\\\.\\mailslot\\NAME)";
+        else if (pre == 0 && a->path[0] == '\\')
+            why = "expected a mailslot name or \\\\.\\mailslot\\NAME";
+        else if (a->path[pre] == '\0')
+            why = "the mailslot name is empty";
+        if (why != NULL) {
+            sub_path(p, path, "path");
+            sb_config__error(ctx, ps->value, p, "%s, got %s", why,
+                             sb_config__quote(q, sizeof q, a->path));
+        }
+    }
+    if (cs != NULL && cs->ok) {
+        size_t pre = mailslot_prefix(a->connect);
+        if ((pre == 0 && a->connect[0] == '\\') || a->connect[pre] == '\0') {
+            sub_path(p, path, "connect");
+            sb_config__error(ctx, cs->value, p,
+                             "expected a mailslot name, \\\\.\\mailslot\\NAME, "
+                             "\\\\HOST\\mailslot\\NAME, \\\\DOMAIN\\mailslot\\NAME or "
+                             "\\\\*\\mailslot\\NAME, got %s",
+                             sb_config__quote(q, sizeof q, a->connect));
+        }
+        if ((s = seen(ctx, &a->security)) != NULL) {
+            sub_path(p, path, "security");
+            sb_config__error(ctx, s->key, p,
+                             "only for servers (path): a mailslot client creates no object");
+        }
+    }
+}
+
 static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapter_config *a,
                           const char *path, int type)
 {
@@ -492,18 +573,23 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
         const char *why = NULL;
         if (type == TYPE_UDP && strcmp(a->framing, "datagram") != 0)
             why = "must be datagram for type udp";
+        else if (type == TYPE_MAILSLOT && strcmp(a->framing, "message") != 0)
+            why = "must be message for type mailslot";
         else if (type != TYPE_UDP && strcmp(a->framing, "datagram") == 0)
             why = "datagram framing is only valid for type udp";
-        else if (type != TYPE_PIPE && strcmp(a->framing, "message") == 0)
-            why = "message framing is only valid for type pipe";
+        else if (type != TYPE_PIPE && type != TYPE_MAILSLOT && strcmp(a->framing, "message") == 0)
+            why = "message framing is only valid for types pipe and mailslot";
         if (why != NULL) {
             sub_path(p, path, "framing");
             sb_config__error(ctx, s->value, p, "%s", why);
         }
     }
     if (a->framing == NULL) {
-        /* jsonl is line-delimited; streams default to lines, udp to datagrams */
-        a->framing = sb_strdup(type == TYPE_UDP ? "datagram" : "line");
+        /* jsonl is line-delimited; streams default to lines, udp to datagrams,
+         * mailslots to one message per mailslot message */
+        a->framing = sb_strdup(type == TYPE_UDP        ? "datagram"
+                               : type == TYPE_MAILSLOT ? "message"
+                                                       : "line");
         if (a->framing == NULL)
             ctx->nomem = 1;
     }
@@ -518,6 +604,9 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
                              UDP_MAX_MESSAGE);
         }
     }
+
+    if (type == TYPE_MAILSLOT)
+        check_mailslot(ctx, a, path);
 
     if (type == TYPE_EXEC && seen(ctx, &a->command) == NULL) {
         sub_path(p, path, "command");

@@ -47,6 +47,7 @@ int sb_run_broker(const char *path, const char *level, const sb_run_hooks *hooks
     sb_config *cfg;
     sb_broker *b;
     sb_error err;
+    sb_stop_watch *watch;
     uv_signal_t sigint, sigterm, sighup;
     char admin[1024];
     int lvl;
@@ -69,8 +70,12 @@ int sb_run_broker(const char *path, const char *level, const sb_run_hooks *hooks
         sb_config_free(cfg);
         return 1;
     }
+    /* Foreground only: the service is stopped through the SCM. Opened
+     * before the start so it exists once the broker reports ready. */
+    watch = hooks == NULL ? sb_run__stop_watch_open(b) : NULL;
     if (sb_broker_start(b, &err) != 0) {
         sb_errlog(NULL, "cannot start: %s", err.msg);
+        sb_run__stop_watch_close(watch);
         sb_broker_free(b);
         return 1;
     }
@@ -96,6 +101,7 @@ int sb_run_broker(const char *path, const char *level, const sb_run_hooks *hooks
     if (hooks != NULL && hooks->ready != NULL)
         hooks->ready(b, hooks->ctx);
     sb_broker_run(b);
+    sb_run__stop_watch_close(watch);
     sb_info(NULL, "stopped");
     running = NULL;
     sb_broker_free(b);

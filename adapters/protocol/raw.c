@@ -11,6 +11,11 @@
  * be stored (the producer's writes block); a frame longer than max_message
  * closes the connection; bytes of an unfinished frame at disconnect are
  * discarded and logged.
+ *
+ * `message` framing (Windows message-mode pipes) is `length` framing here:
+ * the pipe transport turns each pipe message it reads into a length-prefixed
+ * frame, and writes each length-prefixed frame as one pipe message
+ * (adapters/pipe/win/pipe_int.h).
  */
 #include "adapters/conn.h"
 #include "adapters/protocol/raw.h"
@@ -282,7 +287,7 @@ static int parse(raw_session *s)
         const char *p = s->buf + s->off;
         size_t avail = s->len - s->off, flen, skip;
         int rc;
-        if (s->framing == SB_FRAMING_LENGTH) {
+        if (s->framing == SB_FRAMING_LENGTH || s->framing == SB_FRAMING_MESSAGE) {
             const unsigned char *u = (const unsigned char *)p;
             uint64_t n;
             if (avail < 4)
@@ -399,7 +404,7 @@ int sb_raw_deliver(sb_conn *c, sb_delivery *d)
 {
     const raw_session *s = c->session;
     const sb_message *m = d->msg;
-    if (s->framing == SB_FRAMING_LENGTH) {
+    if (s->framing == SB_FRAMING_LENGTH || s->framing == SB_FRAMING_MESSAGE) {
         unsigned char hdr[4];
         if (m->payload_len > 0xFFFFFFFFu)
             return SB_ETOOBIG;

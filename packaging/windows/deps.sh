@@ -150,7 +150,7 @@ key_of() {  # stdin: manifest
 declare -A want
 cand=()
 for p in $SRC_PACKAGES; do
-    v=$(src_versions "$p" | head -n1)
+    v=$(src_versions "$p" | sed -n 1p) # sed reads everything: no SIGPIPE under pipefail
     [ -n "$v" ] || die "apt-cache showsrc $p found no source package (is the deb-src entry right? try apt-get update)"
     want[$p]=$v
     cand+=("$p=$v")

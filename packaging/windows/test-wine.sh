@@ -2,7 +2,8 @@
 # The Windows half of the test run: cross-builds the tree with MinGW-w64
 # (dependencies from packaging/windows/deps.sh, cached outside the tree) and
 # runs its test suite under Wine with ctest, in a Wine prefix of its own under
-# build/mingw. The same test executables run unchanged on real Windows.
+# build/mingw, then a native Linux client against the Windows broker
+# (test-interop.py). The same test executables run unchanged on real Windows.
 set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
@@ -30,3 +31,8 @@ trap '"$wineserver" -k 2>/dev/null || true' EXIT INT TERM
 
 echo "== mingw: tests under Wine"
 ctest --preset mingw -j "$(nproc 2>/dev/null || echo 2)"
+
+# A native Linux client (a plain Python socket) and the Windows client with
+# the Windows broker, over TCP.
+echo "== mingw: Linux client <-> Windows broker over TCP"
+python3 "$top/packaging/windows/test-interop.py" "$top/build/mingw"

@@ -38,6 +38,7 @@ static CRITICAL_SECTION status_lock;
 static sb_broker *service_broker;
 static int stop_requested;
 static HANDLE checkpoint_thread;
+static HANDLE broker_done; /* manual-reset: set when the broker run returned */
 static volatile LONG stopping;
 static char service_config[MAX_PATH * 3];
 
@@ -64,14 +65,13 @@ static void report(DWORD state, DWORD exit_code, DWORD wait_hint)
 }
 
 /* While stopping, keep telling the SCM we make progress (draining commits
- * can take longer than one wait hint). */
+ * can take longer than one wait hint). Ends as soon as the broker run
+ * returned: a plain Sleep here held every stop up by up to 2 s. */
 static DWORD WINAPI checkpoint_loop(LPVOID arg)
 {
     (void)arg;
-    while (InterlockedCompareExchange(&stopping, 1, 1) == 1) {
+    while (WaitForSingleObject(broker_done, 2000) == WAIT_TIMEOUT)
         report(SERVICE_STOP_PENDING, 0, 5000);
-        Sleep(2000);
-    }
     return 0;
 }
 
@@ -80,7 +80,8 @@ static void begin_stopping(void)
     if (InterlockedExchange(&stopping, 1) == 1)
         return;
     report(SERVICE_STOP_PENDING, 0, 5000);
-    checkpoint_thread = CreateThread(NULL, 0, checkpoint_loop, NULL, 0, NULL);
+    if (broker_done != NULL)
+        checkpoint_thread = CreateThread(NULL, 0, checkpoint_loop, NULL, 0, NULL);
 }
 
 static DWORD WINAPI control_handler(DWORD control, DWORD type, LPVOID data, LPVOID ctx)
@@ -147,6 +148,7 @@ static void WINAPI service_main(DWORD argc, LPWSTR *argv)
         sb_eventlog_write(SB_LOG_ERROR, "service", "RegisterServiceCtrlHandlerEx failed");
         return;
     }
+    broker_done = CreateEventW(NULL, TRUE, FALSE, NULL);
     /* Opening a large store can take a while: a generous first hint. */
     report(SERVICE_START_PENDING, 0, 30000);
     sb_info("service", "starting with %s", service_config);
@@ -154,10 +156,12 @@ static void WINAPI service_main(DWORD argc, LPWSTR *argv)
     EnterCriticalSection(&status_lock);
     service_broker = NULL;
     LeaveCriticalSection(&status_lock);
-    InterlockedExchange(&stopping, 0);
+    if (broker_done != NULL)
+        SetEvent(broker_done);
     if (checkpoint_thread != NULL) {
         WaitForSingleObject(checkpoint_thread, 5000);
         CloseHandle(checkpoint_thread);
+        checkpoint_thread = NULL;
     }
     if (rc != 0)
         sb_errlog("service", "the broker could not start (exit code %d); see the messages above",

@@ -5,8 +5,9 @@
  * fixed path), writes a config into it from a template, starts
  * `switchboard run` with stdout and stderr appended to a log file there,
  * waits until the broker answers a jsonl `ping` on its first TCP port, and
- * stops it (SIGTERM, exit code 0 asserted), kills it (SIGKILL / Windows
- * TerminateProcess) or restarts it on the same data dir. Nothing waits a
+ * stops it (SIGTERM, on Windows its stop event; exit code 0 asserted), kills
+ * it (SIGKILL / Windows TerminateProcess) or restarts it on the same data
+ * dir. Nothing waits a
  * fixed time: every wait polls for a condition with a deadline.
  *
  * Templates name the test's paths and ports with placeholders:
@@ -28,6 +29,11 @@
  * Every assertion is a cmocka assertion: a failing helper fails the test,
  * and the test's teardown (sbt_broker_cleanup) kills what is left and prints
  * the broker log.
+ *
+ * Environment: SB_SWITCHBOARD, SB_TEST_DATA and SB_TEST_HELPER are set by
+ * ctest (tests/integration/CMakeLists.txt); SBT_FILTER=<cmocka pattern> runs
+ * only matching tests, SBT_KEEP=1 keeps the temp dirs of passing tests too,
+ * SBT_SEED=<n> repeats a crash test run.
  */
 #ifndef SBT_HARNESS_H
 #define SBT_HARNESS_H
@@ -44,6 +50,10 @@
 #include <setjmp.h>
 #include <stddef.h>
 #include <cmocka.h>
+
+/* The exit status of a test program none of whose tests apply on this
+ * platform (ctest's SKIP_RETURN_CODE): ctest lists it as skipped. */
+#define SBT_EXIT_SKIPPED 77
 
 #define SBT_MAX_PORTS 10
 #define SBT_MAX_VALUES 10
@@ -64,6 +74,12 @@ const char *sbt_helper(void);
 
 /* The harness's loop (processes, sockets, timers). */
 uv_loop_t *sbt_loop(void);
+
+/* Internal: starts t to call cb after ms (from now, not from the loop's
+ * cached time) and then every ms again: a timer that fired at the top of a
+ * uv_run(UV_RUN_ONCE) iteration would otherwise leave that iteration blocked
+ * in the poll with no timer left to wake it. */
+void sbt__start_deadline(uv_timer_t *t, uv_timer_cb cb, int ms);
 
 /* Monotonic milliseconds. */
 int64_t sbt_now_ms(void);
@@ -88,6 +104,9 @@ char *sbt_read_file(const char *path, size_t *len);
 /* Writes (replaces) a file; asserts. */
 void sbt_write_file(const char *path, const void *data, size_t len);
 
+/* A copy of s (free()); asserts. (strdup is not C11.) */
+char *sbt_strdup(const char *s);
+
 /* Number of non-overlapping occurrences of needle in hay. */
 int sbt_count(const char *hay, const char *needle);
 
@@ -95,7 +114,7 @@ int sbt_count(const char *hay, const char *needle);
 
 typedef struct sbt_proc {
     uv_process_t h;
-    int spawned;  /* h is initialised (closed in sbt_proc_release) */
+    int spawned; /* h is initialised (closed in sbt_proc_release) */
     int running;
     int64_t exit_status;
     int term_signal;
@@ -111,6 +130,11 @@ int sbt_proc_wait(sbt_proc *p, int timeout_ms);
 
 /* Sends sig (SIGTERM, SIGKILL, SIGHUP; on Windows every signal terminates). */
 void sbt_proc_signal(sbt_proc *p, int sig);
+
+/* Asks a broker started with `switchboard run` for an orderly stop: SIGTERM
+ * on POSIX; on Windows, which has no such signal, its stop event
+ * Local\switchboard-stop-<pid> (stop_<os>.c). Returns 0 or a libuv error. */
+int sbt_proc_request_stop(sbt_proc *p);
 
 /* Kills p if still running, waits for it and releases the handle. */
 void sbt_proc_release(sbt_proc *p);
@@ -133,8 +157,8 @@ typedef struct sbt_broker {
     char *values[SBT_MAX_VALUES];
     char *tmpl;
     sbt_proc proc;
-    int starts;  /* successful starts so far */
-    int passed;  /* set by the test at its end: keep quiet, remove the dir */
+    int starts;      /* successful starts so far */
+    int passed;      /* set by the test at its end: keep quiet, remove the dir */
     size_t log_mark; /* sbt_broker_log_since starts here */
 } sbt_broker;
 
@@ -157,11 +181,16 @@ void sbt_broker_write_config(sbt_broker *b, const char *tmpl);
  * is rewritten (at most a few times). Asserts. */
 void sbt_broker_start(sbt_broker *b);
 
+/* Starts the broker process without waiting for anything (to kill it while
+ * it is still opening the store, say). */
+void sbt_broker_spawn(sbt_broker *b);
+
 /* Starts the broker and waits until it is ready (returns -1) or exits
  * (returns its exit code; a signal gives 128 + signal). */
 int sbt_broker_try_start(sbt_broker *b);
 
-/* SIGTERM, wait for the exit, assert exit code 0. */
+/* Asks for an orderly stop (sbt_proc_request_stop), waits for the exit,
+ * asserts exit code 0. */
 void sbt_broker_stop(sbt_broker *b);
 
 /* SIGKILL (TerminateProcess on Windows) and wait for the exit. */
@@ -189,8 +218,12 @@ char *sbt_broker_log_since(sbt_broker *b);
 void sbt_broker_print_log(sbt_broker *b);
 
 /* Teardown: kills a running broker, prints the log unless b->passed,
- * removes the temp dir if b->passed, frees b's strings. */
+ * removes the temp dir if b->passed (and $SBT_KEEP is not set), frees b's
+ * strings. */
 void sbt_broker_cleanup(sbt_broker *b);
+
+/* Runs only the tests matching $SBT_FILTER (a cmocka pattern), if set. */
+void sbt_apply_filter(void);
 
 /* cmocka setup/teardown that allocate / clean up a sbt_broker in *state
  * named after the running executable's test group. */
@@ -272,6 +305,12 @@ int sbt_tcp_write(sbt_tcp *t, const void *data, size_t len);
 /* Reads one '\n'-terminated line (without it) into out; returns its length,
  * -1 on timeout, -2 at EOF / error. */
 int sbt_tcp_read_line(sbt_tcp *t, char *out, size_t cap, int timeout_ms);
+/* Stops reading from the socket (the peer's writes back up) until the next
+ * sbt_tcp_read_* / sbt_tcp_wait_closed call. The first call also pins the
+ * receive buffer at 64 KiB (no autotuning), so the peer backs up soon. */
+void sbt_tcp_pause(sbt_tcp *t);
+/* Reads exactly n bytes; returns n, -1 on timeout, -2 at EOF / error. */
+int sbt_tcp_read_exact(sbt_tcp *t, void *out, size_t n, int timeout_ms);
 /* Waits for EOF or a reset: returns 1 if the peer closed within timeout_ms
  * (bytes read meanwhile are discarded). */
 int sbt_tcp_wait_closed(sbt_tcp *t, int timeout_ms);

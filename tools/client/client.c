@@ -42,6 +42,11 @@ const char *sb_client_default_endpoint(void)
     return sb_client__platform_default_endpoint();
 }
 
+const char *sb_client_platform_endpoint(void)
+{
+    return sb_client__platform_default_endpoint();
+}
+
 int sb_client_connect(sb_client **out, const char *endpoint, const sb_client_options *opts,
                       sb_error *err)
 {

@@ -33,10 +33,14 @@ typedef struct sb_client_options {
 /* Fills o with the defaults. */
 void sb_client_options_init(sb_client_options *o);
 
-/* The default admin endpoint: $SB_ADMIN if set and non-empty, else the
- * platform's (./data/admin.sock on POSIX, the broker's default admin socket
- * when run from its working directory). */
+/* The default admin endpoint: $SB_ADMIN if set and non-empty, else
+ * sb_client_platform_endpoint(). */
 const char *sb_client_default_endpoint(void);
+
+/* The broker's default admin endpoint on this platform: ./data/admin.sock on
+ * POSIX (the broker's default admin socket when run from its working
+ * directory), \\.\pipe\switchboard-admin on Windows. */
+const char *sb_client_platform_endpoint(void);
 
 /* Connects to `endpoint` (see endpoint.h). opts may be NULL for the defaults.
  * Returns 0 and a new client in *out (free with sb_client_free), or SB_EINVAL

@@ -34,7 +34,7 @@ static void print_main_help(FILE *f)
                "Global options:\n"
                "  -e, --endpoint ENDPOINT    where the broker listens: unix:PATH, tcp:HOST:PORT,\n"
                "                             HOST:PORT, \\\\.\\pipe\\NAME or a socket path\n"
-               "                             (default: $SB_ADMIN, else ./data/admin.sock)\n"
+               "                             (default: $SB_ADMIN, else %s)\n"
                "  -h, --help                 show this help\n"
                "  -V, --version              show the version\n"
                "\n"
@@ -43,7 +43,8 @@ static void print_main_help(FILE *f)
                "Exit status: 0 success; 1 the broker reported an error or the operation\n"
                "failed; 2 usage error; 3 cannot connect, or the connection failed or timed out.\n"
                "\n"
-               "Run 'sbctl COMMAND --help' for the options of a command.\n");
+               "Run 'sbctl COMMAND --help' for the options of a command.\n",
+            sb_client_platform_endpoint());
 }
 
 static void print_cmd_help(const sbctl_cmd *cmd)
@@ -80,7 +81,7 @@ int main(int argc, char **argv)
     sbctl_ctx ctx;
     int i = 1, rc;
 
-    sbctl_platform_init();
+    sbctl_platform_init(&argc, &argv);
 
     /* Global options before the command. */
     while (i < argc && argv[i][0] == '-' && argv[i][1] != '\0') {

@@ -1,15 +1,17 @@
 /*
- * POSIX specifics of sbctl: terminal detection and signal dispositions. A
- * platform_win.c would also switch stdin/stdout to binary mode (payloads are
- * bytes) and the console to UTF-8.
+ * POSIX specifics of sbctl: terminal detection and signal dispositions
+ * (platform_win.c has the Windows counterparts: a UTF-8 command line, binary
+ * stdio, the console code page).
  */
 #include "tools/sbctl/sbctl.h"
 
 #include <signal.h>
 #include <unistd.h>
 
-void sbctl_platform_init(void)
+void sbctl_platform_init(int *argc, char ***argv)
 {
+    (void)argc;
+    (void)argv;
     /* Writing to a closed stdout (sbctl sub | head) should end sbctl quietly
      * before it acknowledges a message it could not print; a parent may have
      * left SIGPIPE ignored. Socket writes use MSG_NOSIGNAL instead. */

@@ -42,7 +42,7 @@ struct sbctl_cmd {
 /* The options every command accepts (put first in each command's table). */
 #define SBCTL_COMMON_OPTS                                                                          \
     {"endpoint", 'e',        SBCTL_OPT_STRING,                                                     \
-     1,          "ENDPOINT", "broker endpoint (default $SB_ADMIN or ./data/admin.sock)",           \
+     1,          "ENDPOINT", "broker endpoint (default $SB_ADMIN, else the admin endpoint)",       \
      0,          0},                                                                               \
     {                                                                                              \
         "help", 'h', SBCTL_OPT_FLAG, 0, NULL, "show this help", 0, 0                               \
@@ -80,8 +80,9 @@ int64_t sbctl_json_int(const json_t *obj, const char *key, int64_t dflt);
 /* Monotonic time in nanoseconds. */
 unsigned long long sbctl_now_ns(void);
 
-/* Platform (platform_<os>.c). */
-void sbctl_platform_init(void);
+/* Platform (platform_<os>.c). sbctl_platform_init may replace the command
+ * line (Windows: with a UTF-8 copy of the wide one). */
+void sbctl_platform_init(int *argc, char ***argv);
 int sbctl_isatty(int fd); /* 0 stdin, 1 stdout, 2 stderr */
 
 #endif

@@ -1,4 +1,5 @@
-/* `switchboard service` on POSIX: not a Windows service here. */
+/* `switchboard service` on POSIX: not a Windows service here; and no stop
+ * event for `switchboard run` (SIGTERM does that). */
 #include "service/service_cmd.h"
 
 #include <stdio.h>
@@ -10,4 +11,15 @@ int sb_service_command(int argc, char **argv)
     fprintf(stderr, "switchboard service: the service commands are for Windows; on this system "
                     "run `switchboard run --config FILE` under your init system (e.g. systemd)\n");
     return 2;
+}
+
+sb_stop_watch *sb_run__stop_watch_open(sb_broker *b)
+{
+    (void)b;
+    return NULL;
+}
+
+void sb_run__stop_watch_close(sb_stop_watch *w)
+{
+    (void)w;
 }

@@ -91,6 +91,24 @@ int sb_error_from_win32(unsigned long code)
         return SB_ETIMEDOUT;
     case ERROR_MORE_DATA:
         return SB_ETOOBIG;
+    /* Winsock reports through the same numbering (winerror.h). */
+    case ERROR_CONNECTION_REFUSED:
+    case WSAECONNREFUSED:
+        return SB_ECONNREFUSED;
+    case WSAECONNRESET:
+    case WSAECONNABORTED:
+    case WSAENOTCONN:
+    case WSAESHUTDOWN:
+        return SB_ECLOSED;
+    case WSAETIMEDOUT:
+        return SB_ETIMEDOUT;
+    case WSAEADDRINUSE:
+        return SB_EADDRINUSE;
+    case WSAEACCES:
+        return SB_EACCES;
+    case WSAHOST_NOT_FOUND:
+    case WSANO_DATA:
+        return SB_ENOTFOUND;
     default:
         return SB_EIO;
     }

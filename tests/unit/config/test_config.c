@@ -432,8 +432,8 @@ static void test_error_type(void **state)
     expect_errors("adapters:\n"
                   "  - name: a\n"
                   "    type: mqtt\n",
-                  "t.yaml:3:11: adapters[0].type: must be one of tcp, udp, unix, pipe, exec "
-                  "(got \"mqtt\")\n");
+                  "t.yaml:3:11: adapters[0].type: must be one of tcp, udp, unix, pipe, exec, "
+                  "mailslot (got \"mqtt\")\n");
     expect_errors("adapters:\n"
                   "  - name: a\n",
                   "t.yaml:2:5: adapters[0].type: required\n");
@@ -587,8 +587,8 @@ static void test_error_adapter_rules(void **state)
     expect_errors("adapters: [{ name: a, type: pipe }]\n",
                   "t.yaml:1:12: adapters[0]: needs path (server) or connect (client)\n");
     expect_errors("adapters: [{ name: a, type: tcp, listen: \"h:1\", framing: message }]\n",
-                  "t.yaml:1:58: adapters[0].framing: message framing is only valid for type "
-                  "pipe\n");
+                  "t.yaml:1:58: adapters[0].framing: message framing is only valid for types "
+                  "pipe and mailslot\n");
     expect_errors("adapters: [{ name: a, type: unix, path: p, framing: datagram }]\n",
                   "t.yaml:1:53: adapters[0].framing: datagram framing is only valid for type "
                   "udp\n");
@@ -632,6 +632,92 @@ static void test_error_adapter_rules(void **state)
     expect_errors("adapters: [{ name: a, type: tcp, connect: \"h:1\", max_connections: 2 }]\n",
                   "t.yaml:1:50: adapters[0].max_connections: only for servers (listen), not with "
                   "connect\n");
+}
+
+/* Mailslots: names and full paths, the message framing and the 64KiB
+ * max_message by default, security for servers only, and the path rules. */
+static void test_mailslot(void **state)
+{
+    sb_config *cfg;
+    const sb_adapter_config *a;
+    (void)state;
+    cfg = parse_ok("adapters:\n"
+                   "  - name: in\n"
+                   "    type: mailslot\n"
+                   "    path: sb\\in\n"
+                   "    topic: slot/{adapter}\n"
+                   "  - name: in2\n"
+                   "    type: mailslot\n"
+                   "    path: '\\\\.\\MailSlot\\in2'\n"
+                   "    max_message: 1KiB\n"
+                   "    framing: message\n"
+                   "    inflight: 4\n"
+                   "    security: \"D:P(A;;GA;;;SY)\"\n"
+                   "  - name: local\n"
+                   "    type: mailslot\n"
+                   "    connect: '\\\\.\\mailslot\\out'\n"
+                   "  - name: bcast\n"
+                   "    type: mailslot\n"
+                   "    connect: '\\\\*\\mailslot\\out'\n"
+                   "    inflight: 1\n"
+                   "  - name: remote\n"
+                   "    type: mailslot\n"
+                   "    connect: '\\\\host1\\mailslot\\a\\b'\n"
+                   "routes:\n"
+                   "  - { name: r, from: x, to: [local, bcast, remote] }\n");
+    a = sb_config_adapter(cfg, "in");
+    assert_string_equal(a->path, "sb\\in");
+    assert_null(a->connect);
+    assert_string_equal(a->framing, "message");
+    assert_string_equal(a->protocol, "raw");
+    assert_string_equal(a->topic, "slot/{adapter}");
+    assert_int_equal(a->max_message, 65536);
+    assert_null(a->security);
+    assert_int_equal(a->inflight, 64);
+    a = sb_config_adapter(cfg, "in2");
+    assert_string_equal(a->path, "\\\\.\\MailSlot\\in2");
+    assert_int_equal(a->max_message, 1024);
+    assert_int_equal(a->inflight, 4);
+    assert_string_equal(a->security, "D:P(A;;GA;;;SY)");
+    a = sb_config_adapter(cfg, "bcast");
+    assert_string_equal(a->connect, "\\\\*\\mailslot\\out");
+    assert_int_equal(a->max_message, 65536);
+    assert_int_equal(a->inflight, 1);
+    assert_string_equal(sb_config_adapter(cfg, "remote")->connect, "\\\\host1\\mailslot\\a\\b");
+    sb_config_free(cfg);
+
+    expect_errors("adapters: [{ name: a, type: mailslot }]\n",
+                  "t.yaml:1:12: adapters[0]: needs path (server) or connect (client)\n");
+    expect_errors("adapters:\n"
+                  "  - { name: a, type: mailslot, path: '\\\\host\\mailslot\\x' }\n"
+                  "  - { name: b, type: mailslot, path: '\\\\.\\mailslot\\' }\n"
+                  "  - { name: c, type: mailslot, path: '\\\\.\\pipe\\x' }\n"
+                  "  - { name: d, type: mailslot, connect: '\\\\host\\x' }\n"
+                  "  - { name: e, type: mailslot, connect: '\\\\\\mailslot\\x' }\n"
+                  "  - { name: f, type: mailslot, connect: x, security: 'D:P' }\n"
+                  "  - { name: g, type: mailslot, path: x, framing: line }\n"
+                  "  - { name: h, type: mailslot, path: x, protocol: jsonl }\n"
+                  "  - { name: i, type: mailslot, path: x, max_connections: 2 }\n"
+                  "  - { name: j, type: mailslot, path: x, connect: y }\n",
+                  "t.yaml:2:38: adapters[0].path: a mailslot server can only create a local "
+                  "mailslot (a name, or \\\\.\\mailslot\\NAME), got \"\\\\host\\mailslot\\x\"\n"
+                  "t.yaml:3:38: adapters[1].path: the mailslot name is empty, got "
+                  "\"\\\\.\\mailslot\\\"\n"
+                  "t.yaml:4:38: adapters[2].path: expected a mailslot name or "
+                  "\\\\.\\mailslot\\NAME, got \"\\\\.\\pipe\\x\"\n"
+                  "t.yaml:5:41: adapters[3].connect: expected a mailslot name, "
+                  "\\\\.\\mailslot\\NAME, \\\\HOST\\mailslot\\NAME, \\\\DOMAIN\\mailslot\\NAME or "
+                  "\\\\*\\mailslot\\NAME, got \"\\\\host\\x\"\n"
+                  "t.yaml:6:41: adapters[4].connect: expected a mailslot name, "
+                  "\\\\.\\mailslot\\NAME, \\\\HOST\\mailslot\\NAME, \\\\DOMAIN\\mailslot\\NAME or "
+                  "\\\\*\\mailslot\\NAME, got \"\\\\\\mailslot\\x\"\n"
+                  "t.yaml:7:44: adapters[5].security: only for servers (path): a mailslot "
+                  "client creates no object\n"
+                  "t.yaml:8:50: adapters[6].framing: must be message for type mailslot\n"
+                  "t.yaml:9:51: adapters[7].protocol: jsonl needs a stream adapter (tcp, unix, "
+                  "pipe or exec), not mailslot\n"
+                  "t.yaml:10:41: adapters[8].max_connections: not allowed for type mailslot\n"
+                  "t.yaml:11:41: adapters[9].connect: cannot be combined with path\n");
 }
 
 static void test_error_many(void **state)
@@ -982,7 +1068,8 @@ static void test_example_full(void **state)
     sb_config *cfg = load_example("full.yaml");
     (void)state;
     /* It shows every adapter type and sets non-default values. */
-    for (const char *const *t = (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", NULL};
+    for (const char *const *t =
+             (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", "mailslot", NULL};
          *t != NULL; t++) {
         int found = 0;
         for (size_t i = 0; i < cfg->adapter_count; i++)
@@ -1069,6 +1156,7 @@ int main(void)
         cmocka_unit_test(test_error_required_and_names),
         cmocka_unit_test(test_error_routes),
         cmocka_unit_test(test_error_adapter_rules),
+        cmocka_unit_test(test_mailslot),
         cmocka_unit_test(test_error_many),
         cmocka_unit_test(test_load_missing),
         cmocka_unit_test(test_print),

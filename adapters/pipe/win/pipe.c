@@ -1,0 +1,539 @@
+/*
+ * Named pipes on Windows (`type: pipe`; on POSIX the same type is a Unix
+ * domain socket, adapters/socket/stream.c, with the same keys).
+ *
+ * `path: NAME` (or \\.\pipe\NAME) makes a pipe server: up to
+ * max_connections clients at once, each a connection carrying the adapter's
+ * protocol (raw or jsonl). The pipe is message-mode with `framing: message`
+ * (one pipe message = one message, both ways), byte-mode otherwise; remote
+ * clients are refused; its security descriptor is `security` (SDDL) or a
+ * safe default (pipe_sec.c), and a pipe of that name made by anybody else
+ * makes start fail. `connect: NAME` (or \\.\pipe\NAME, \\HOST\pipe\NAME)
+ * makes a client of another program's pipe, reconnecting with exponential
+ * backoff (reconnect_backoff .. reconnect_max_backoff).
+ *
+ * As a sink (raw), deliveries go to one connection at a time, round robin;
+ * a delivery is acknowledged once WriteFile completed, and nacked (retried
+ * by the route) if the connection failed first. With nobody connected,
+ * messages wait in their queue.
+ *
+ * libuv's pipes cannot be used: they are byte-mode only and take no
+ * security descriptor. The I/O runs on a thread of the adapter's own
+ * (pipe_io.c); this file is the loop side, including the sb_conn transport.
+ */
+#include "adapters/pipe/win/pipe_int.h"
+#include "adapters/protocol/raw.h"
+#include "service/alloc.h"
+#include "service/broker.h"
+#include "service/log.h"
+#include "service/platform/win/utf.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* How long stop() waits for the thread to close every pipe handle, so that
+ * the name is free when it returns (a reload restarts the adapter at once). */
+#define STOP_WAIT_MS 5000
+
+enum { LINK_UNKNOWN = 0, LINK_UP, LINK_DOWN, LINK_LOST };
+
+/* ---- the transport under sb_conn ---- */
+
+static void post_read(pipe_inst *inst)
+{
+    inst->read_granted = 1;
+    pipe__cmd(inst->pa, PIPE_KEY_READ, inst);
+}
+
+static void on_stash(void *arg);
+
+static void t_read(sb_conn *c, int on)
+{
+    pipe_inst *inst = c->tdata;
+    inst->want_read = on;
+    if (!on)
+        return;
+    if (inst->stash != NULL) {
+        /* Input that came while paused: hand it over from the inbox, not
+         * from inside the protocol call that resumed reading. */
+        if (!inst->stash_posted) {
+            inst->stash_posted = 1;
+            pipe__post(inst->pa, on_stash, inst);
+        }
+        return;
+    }
+    if (!inst->read_granted)
+        post_read(inst);
+}
+
+static int t_write(sb_conn *c, char *buf, size_t len)
+{
+    pipe_inst *inst = c->tdata;
+    inst->wbuf = buf; /* now owned by the I/O thread */
+    inst->wlen = len;
+    pipe__cmd(inst->pa, PIPE_KEY_WRITE, inst);
+    return 0;
+}
+
+static void t_close(sb_conn *c)
+{
+    pipe_inst *inst = c->tdata;
+    pipe__cmd(inst->pa, PIPE_KEY_CLOSE, inst);
+}
+
+static const sb_conn_transport pipe_transport = {t_read, t_write, t_close};
+
+static void give_input(pipe_inst *inst, char *data, size_t len)
+{
+    sb_conn *c = inst->conn;
+    sb_conn_input(c, data, len);
+    sb_free(data);
+    if (!c->closing && inst->want_read && !inst->read_granted && inst->stash == NULL)
+        post_read(inst);
+}
+
+static void on_stash(void *arg)
+{
+    pipe_inst *inst = arg;
+    char *data = inst->stash;
+    inst->stash_posted = 0;
+    if (data == NULL || inst->conn == NULL)
+        return;
+    if (inst->conn->closing) {
+        sb_free(data);
+        inst->stash = NULL;
+        return;
+    }
+    if (!inst->want_read)
+        return; /* paused again meanwhile */
+    inst->stash = NULL;
+    give_input(inst, data, inst->stash_len);
+}
+
+void pipe__on_input(void *arg)
+{
+    pipe_inst *inst = arg;
+    char *data = inst->in_data;
+    size_t len = inst->in_len;
+    inst->in_data = NULL;
+    inst->read_granted = 0;
+    if (inst->conn == NULL || inst->conn->closing) {
+        sb_free(data);
+        return;
+    }
+    if (!inst->want_read) {
+        inst->stash = data;
+        inst->stash_len = len;
+        return;
+    }
+    give_input(inst, data, len);
+}
+
+void pipe__on_input_end(void *arg)
+{
+    pipe_inst *inst = arg;
+    sb_conn *c = inst->conn;
+    inst->read_granted = 0;
+    if (c == NULL || c->closing)
+        return;
+    if (inst->end_log) {
+        sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: %s; closing the connection", c->peer,
+               inst->end_why);
+        sb_conn_input_end(c, inst->end_err, NULL);
+    } else {
+        sb_conn_input_end(c, inst->end_err, inst->end_why);
+    }
+}
+
+void pipe__on_write_done(void *arg)
+{
+    pipe_inst *inst = arg;
+    sb_conn_write_done(inst->conn, inst->wstatus, inst->wstatus != 0 ? inst->wwhy : NULL);
+}
+
+void pipe__on_closed(void *arg)
+{
+    pipe_inst *inst = arg;
+    sb_conn *c = inst->conn;
+    if (c != NULL) {
+        c->tdata = NULL;
+        sb_conn_transport_closed(c);
+    }
+    pipe__inst_free(inst);
+}
+
+/* ---- connections ---- */
+
+static void maybe_stopped(pipe_adapter *pa);
+static void schedule_reconnect(pipe_adapter *pa);
+
+static void on_conn_closed(sb_conn *c)
+{
+    pipe_adapter *pa = c->transport;
+    for (sb_conn **p = &pa->conns; *p != NULL; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    if (pa->rr == c)
+        pa->rr = NULL;
+    pa->conn_count--;
+    if (pa->is_server) {
+        sb_log(SB_LOG_INFO, pa->base.name, "peer %s disconnected", c->peer);
+    } else if (!pa->stopping) {
+        sb_log(SB_LOG_WARN, pa->base.name, "disconnected from %s; reconnecting", pa->display);
+        pa->link_state = LINK_LOST;
+        pa->last_fail[0] = '\0';
+        schedule_reconnect(pa);
+    }
+    maybe_stopped(pa);
+}
+
+void pipe__on_connected(void *arg)
+{
+    pipe_inst *inst = arg;
+    pipe_adapter *pa = inst->pa;
+    sb_conn *c;
+    int rc;
+
+    if (!pa->is_server)
+        pa->connecting = 0;
+    if (pa->stopping) {
+        pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
+        return;
+    }
+    c = sb_calloc(1, sizeof(*c));
+    if (c == NULL) {
+        sb_log(SB_LOG_ERROR, pa->base.name, "peer %s: out of memory", inst->peer);
+        pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
+        return;
+    }
+    c->transport = pa;
+    c->on_closed = on_conn_closed;
+    inst->conn = c;
+    rc = sb_conn_start(c, &pa->base, pa->proto, &pipe_transport, inst, inst->peer);
+    if (rc != 0) {
+        /* The session did not open: nothing refers to c yet. */
+        sb_log(SB_LOG_ERROR, pa->base.name, "peer %s: cannot start the %s session: %s",
+               inst->peer, pa->proto->name, sb_strerror(rc));
+        inst->conn = NULL;
+        sb_free(c);
+        pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
+        if (!pa->is_server)
+            schedule_reconnect(pa);
+        return;
+    }
+    c->next = pa->conns;
+    pa->conns = c;
+    pa->conn_count++;
+    if (pa->is_server) {
+        sb_log(SB_LOG_INFO, pa->base.name, "peer %s connected", c->peer);
+    } else {
+        pa->backoff_ms = 0;
+        pa->link_state = LINK_UP;
+        pa->last_fail[0] = '\0';
+        sb_log(SB_LOG_INFO, pa->base.name, "connected to %s (%s)", pa->display,
+               pa->proto->name);
+    }
+    sb_adapter_sink_ready(&pa->base);
+}
+
+/* ---- client: reconnecting ---- */
+
+static void start_connect(pipe_adapter *pa)
+{
+    if (pa->stopping || pa->connecting || pa->conns != NULL)
+        return;
+    pa->connecting = 1;
+    pipe__cmd(pa, PIPE_KEY_CONNECT, NULL);
+}
+
+static void on_reconnect_timer(uv_timer_t *t)
+{
+    start_connect(t->data);
+}
+
+static void schedule_reconnect(pipe_adapter *pa)
+{
+    const sb_adapter_config *cfg = pa->base.cfg;
+    int64_t max = cfg->reconnect_max_backoff_ms > 0 ? cfg->reconnect_max_backoff_ms : 30000;
+    if (pa->stopping || pa->reconnect == NULL)
+        return;
+    if (pa->backoff_ms == 0)
+        pa->backoff_ms = cfg->reconnect_backoff_ms > 0 ? cfg->reconnect_backoff_ms : 500;
+    else if ((pa->backoff_ms *= 2) > max)
+        pa->backoff_ms = max;
+    uv_timer_start(pa->reconnect, on_reconnect_timer, (uint64_t)pa->backoff_ms, 0);
+}
+
+void pipe__on_connect_failed(void *arg)
+{
+    pipe_adapter *pa = arg;
+    pa->connecting = 0;
+    if (pa->stopping) {
+        maybe_stopped(pa);
+        return;
+    }
+    /* Each change of state is logged once, not every attempt. */
+    if (pa->link_state != LINK_DOWN || strcmp(pa->last_fail, pa->connect_why) != 0) {
+        sb_log(SB_LOG_WARN, pa->base.name, "cannot connect to %s: %s; retrying with backoff",
+               pa->display, pa->connect_why);
+        pa->link_state = LINK_DOWN;
+        snprintf(pa->last_fail, sizeof(pa->last_fail), "%s", pa->connect_why);
+    } else {
+        sb_log(SB_LOG_DEBUG, pa->base.name, "cannot connect to %s: %s", pa->display,
+               pa->connect_why);
+    }
+    schedule_reconnect(pa);
+}
+
+/* ---- lifecycle ---- */
+
+static int pipe_validate(const sb_adapter_config *cfg, sb_error *err)
+{
+    const sb_protocol *p = sb_protocol_find(cfg->protocol);
+    int framing = sb_raw_framing_parse(cfg->framing, 0);
+    const char *name = cfg->path != NULL ? cfg->path : cfg->connect;
+    char *utf8;
+    wchar_t *wide;
+    int rc;
+
+    if (p == NULL)
+        return sb_error_set(err, SB_ECONFIG, 0, "unknown protocol %s", cfg->protocol);
+    if (framing != SB_FRAMING_LINE && framing != SB_FRAMING_LENGTH &&
+        framing != SB_FRAMING_MESSAGE)
+        return sb_error_set(err, SB_ECONFIG, 0, "framing %s is not available for pipes",
+                            cfg->framing);
+    if (framing == SB_FRAMING_MESSAGE && p != &sb_protocol_raw)
+        return sb_error_set(err, SB_ECONFIG, 0, "framing message needs protocol raw");
+    if (name == NULL)
+        return sb_error_set(err, SB_ECONFIG, 0, "pipe needs path or connect");
+    if (cfg->security != NULL && cfg->path == NULL)
+        return sb_error_set(err, SB_ECONFIG, 0,
+                            "security applies to a pipe server (path), not to connect");
+    if ((rc = pipe__full_name(name, cfg->path != NULL, &utf8, &wide, err)) != 0)
+        return rc;
+    sb_free(utf8);
+    sb_free(wide);
+    if (cfg->security != NULL) {
+        PSECURITY_DESCRIPTOR sd;
+        if ((rc = pipe__security(&sd, cfg->name, cfg->security, err)) != 0)
+            return rc;
+        LocalFree(sd);
+    }
+    return 0;
+}
+
+static int pipe_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error *err)
+{
+    pipe_adapter *pa = sb_calloc(1, sizeof(*pa));
+    int rc;
+    if (pa == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    pa->is_server = cfg->path != NULL;
+    pa->proto = sb_protocol_find(cfg->protocol);
+    pa->message = sb_raw_framing_parse(cfg->framing, 0) == SB_FRAMING_MESSAGE;
+    pa->max_message = cfg->max_message > 0 ? (size_t)cfg->max_message : 1048576;
+    pa->max_connections = cfg->max_connections > 0 ? cfg->max_connections : 64;
+    rc = pipe__full_name(pa->is_server ? cfg->path : cfg->connect, pa->is_server, &pa->display,
+                         &pa->wname, err);
+    if (rc != 0) {
+        sb_free(pa);
+        return rc;
+    }
+    *out = &pa->base;
+    return 0;
+}
+
+static int win_error(sb_error *err, const pipe_adapter *pa, const char *call)
+{
+    DWORD code = GetLastError();
+    char text[256];
+    sb_win_strerror(code, text, sizeof(text));
+    return sb_error_set(err, sb_error_from_win32(code), (int)code, "adapter %s: %s for %s: %s",
+                        pa->base.name, call, pa->display, text);
+}
+
+static int pipe_start(sb_adapter *a, sb_error *err)
+{
+    pipe_adapter *pa = (pipe_adapter *)a;
+    int rc;
+
+    pa->handles_closed = CreateEventW(NULL, TRUE, FALSE, NULL);
+    if (pa->handles_closed == NULL)
+        return win_error(err, pa, "CreateEventW");
+    pa->port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 1);
+    if (pa->port == NULL)
+        return win_error(err, pa, "CreateIoCompletionPort");
+    if ((rc = sb_inbox_new(&pa->inbox, a->loop)) != 0)
+        return sb_error_set(err, rc, 0, "adapter %s: out of memory", a->name);
+
+    if (pa->is_server) {
+        HANDLE h;
+        if ((rc = pipe__security(&pa->sd, a->name, a->cfg->security, err)) != 0)
+            return rc;
+        pa->sa.nLength = sizeof(pa->sa);
+        pa->sa.lpSecurityDescriptor = pa->sd;
+        pa->sa.bInheritHandle = FALSE;
+        if ((rc = pipe__guard(&pa->mutex, pa, err)) != 0)
+            return rc;
+        h = pipe__create_instance(pa, 1);
+        if (h == INVALID_HANDLE_VALUE) {
+            if (GetLastError() == ERROR_ACCESS_DENIED)
+                return sb_error_set(err, SB_EADDRINUSE, ERROR_ACCESS_DENIED,
+                                    "adapter %s: %s already exists: another program created it; "
+                                    "refusing to share the name",
+                                    a->name, pa->display);
+            return win_error(err, pa, "CreateNamedPipeW");
+        }
+        if (CreateIoCompletionPort(h, pa->port, PIPE_KEY_IO, 0) == NULL) {
+            rc = win_error(err, pa, "CreateIoCompletionPort");
+            CloseHandle(h);
+            return rc;
+        }
+        pa->first = pipe__inst_new(pa, h);
+        if (pa->first == NULL) {
+            CloseHandle(h);
+            return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->name);
+        }
+        pa->open_handles = 1;
+    } else {
+        pa->reconnect = sb_malloc(sizeof(*pa->reconnect));
+        if (pa->reconnect == NULL)
+            return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->name);
+        uv_timer_init(a->loop, pa->reconnect);
+        pa->reconnect->data = pa;
+        pa->timer_open = 1;
+    }
+    if (uv_thread_create(&pa->thread, pipe__thread, pa) != 0)
+        return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: cannot start its thread", a->name);
+    pa->thread_running = 1;
+    if (pa->is_server) {
+        sb_log(SB_LOG_INFO, a->name, "listening on %s (%s, %s mode)", pa->display,
+               pa->proto->name, pa->message ? "message" : "byte");
+    } else {
+        sb_log(SB_LOG_INFO, a->name, "connecting to %s (%s)", pa->display, pa->proto->name);
+        start_connect(pa);
+    }
+    return 0;
+}
+
+static void maybe_stopped(pipe_adapter *pa)
+{
+    sb_adapter_stopped_cb cb;
+    if (!pa->stopping || pa->stopped_cb == NULL || pa->conns != NULL || pa->timer_open ||
+        (pa->thread_running && !pa->stopped_io))
+        return;
+    if (pa->thread_running) {
+        uv_thread_join(&pa->thread);
+        pa->thread_running = 0;
+    }
+    if (pa->first != NULL) { /* the thread never took it */
+        CloseHandle(pa->first->h);
+        pipe__inst_free(pa->first);
+        pa->first = NULL;
+    }
+    if (pa->port != NULL) {
+        CloseHandle(pa->port);
+        pa->port = NULL;
+    }
+    if (pa->handles_closed != NULL) {
+        CloseHandle(pa->handles_closed);
+        pa->handles_closed = NULL;
+    }
+    if (pa->inbox != NULL) {
+        sb_inbox_close(pa->inbox);
+        pa->inbox = NULL;
+    }
+    cb = pa->stopped_cb;
+    pa->stopped_cb = NULL;
+    cb(&pa->base);
+}
+
+void pipe__on_stopped(void *arg)
+{
+    pipe_adapter *pa = arg;
+    pa->stopped_io = 1;
+    maybe_stopped(pa);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    pipe_adapter *pa = h->data;
+    sb_free(h);
+    pa->timer_open = 0;
+    maybe_stopped(pa);
+}
+
+static void pipe_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
+{
+    pipe_adapter *pa = (pipe_adapter *)a;
+    pa->stopping = 1;
+    pa->stopped_cb = cb;
+    if (pa->reconnect != NULL) {
+        uv_close((uv_handle_t *)pa->reconnect, on_timer_closed);
+        pa->reconnect = NULL;
+    }
+    for (sb_conn *c = pa->conns; c != NULL; c = c->next)
+        sb_conn_close(c, NULL);
+    if (pa->thread_running) {
+        pipe__cmd(pa, PIPE_KEY_STOP, NULL);
+        if (WaitForSingleObject(pa->handles_closed, STOP_WAIT_MS) != WAIT_OBJECT_0)
+            sb_log(SB_LOG_WARN, a->name, "%s: pipe instances still open after %d ms",
+                   pa->display, STOP_WAIT_MS);
+    }
+    if (pa->mutex != NULL) {
+        CloseHandle(pa->mutex);
+        pa->mutex = NULL;
+    }
+    maybe_stopped(pa);
+}
+
+static void pipe_destroy(sb_adapter *a)
+{
+    pipe_adapter *pa = (pipe_adapter *)a;
+    if (pa->sd != NULL)
+        LocalFree(pa->sd);
+    sb_free(pa->display);
+    sb_free(pa->wname);
+    sb_free(pa);
+}
+
+static int pipe_deliver(sb_adapter *a, sb_delivery *d)
+{
+    pipe_adapter *pa = (pipe_adapter *)a;
+    sb_conn *c = pa->rr != NULL && pa->rr->next != NULL ? pa->rr->next : pa->conns;
+    int rc;
+    if (c == NULL || pa->stopping)
+        return SB_EBUSY;
+    /* Skip connections whose output is backed up. */
+    for (sb_conn *start = c; c->out_paused || c->closing;) {
+        c = c->next != NULL ? c->next : pa->conns;
+        if (c == start)
+            return SB_EBUSY;
+    }
+    pa->rr = c;
+    rc = sb_raw_deliver(c, d);
+    if (rc == SB_EINVAL) {
+        sb_delivery_done(d, SB_EINVAL,
+                         "payload contains a newline; it cannot be sent with line framing");
+        return 0;
+    }
+    if (rc == SB_ETOOBIG) {
+        sb_delivery_done(d, SB_ETOOBIG, "payload too large for a frame");
+        return 0;
+    }
+    return rc == 0 ? 0 : SB_EBUSY;
+}
+
+const sb_adapter_type sb_adapter_pipe_win = {
+    .version = SB_ADAPTER_VERSION,
+    .name = "pipe",
+    .caps = SB_CAP_SOURCE | SB_CAP_SINK | SB_CAP_THREAD,
+    .validate = pipe_validate,
+    .create = pipe_create,
+    .start = pipe_start,
+    .deliver = pipe_deliver,
+    .stop = pipe_stop,
+    .destroy = pipe_destroy,
+};

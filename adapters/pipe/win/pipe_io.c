@@ -1,0 +1,655 @@
+/*
+ * The named-pipe I/O thread: one per adapter, blocked in
+ * GetQueuedCompletionStatus on the adapter's completion port, where both
+ * the overlapped I/O of every pipe instance and the loop's commands arrive
+ * (see pipe_int.h for who owns what).
+ *
+ * Server: it keeps up to LISTEN_BACKLOG instances waiting in
+ * ConnectNamedPipe while fewer than max_connections clients are connected
+ * (beyond that, clients get ERROR_PIPE_BUSY and may WaitNamedPipe). When a
+ * connection ends and no other instance is listening, its handle is
+ * disconnected and listens again, so the pipe name never disappears while
+ * the adapter runs (nobody can take it over in between).
+ *
+ * Reading: one ReadFile per read command of the loop, so a connection the
+ * protocol paused reads nothing more. In message mode a message larger than
+ * the buffer completes with ERROR_MORE_DATA; the rest is read into a larger
+ * buffer (PeekNamedPipe tells the size) unless the whole exceeds
+ * max_message, which ends the connection. A ReadFile/WriteFile that fails at
+ * once (Wine reports a client that left with error 109 that way) posts no
+ * completion: it is handled where it is issued.
+ */
+#include "adapters/pipe/win/pipe_int.h"
+#include "service/alloc.h"
+#include "service/log.h"
+#include "service/platform/win/utf.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Instances waiting for a client at once (more clients wait in WaitNamedPipe). */
+#define LISTEN_BACKLOG 4
+/* Read size; a message-mode buffer grows beyond it for a larger message. */
+#define READ_CHUNK 65536
+/* After CreateNamedPipeW failed, try again this often. */
+#define RETRY_MS 1000
+/* Client: how long a connect waits for a busy server's free instance. */
+#define BUSY_WAIT_MS 250
+/* The largest single WriteFile in byte mode. */
+#define WRITE_MAX (1u << 30)
+
+void pipe__post(pipe_adapter *pa, sb_inbox_fn fn, void *arg)
+{
+    while (sb_inbox_post(pa->inbox, fn, arg) == SB_ENOMEM)
+        Sleep(10);
+}
+
+void pipe__cmd(pipe_adapter *pa, int key, pipe_inst *inst)
+{
+    /* Fails only when the kernel is short of memory: try again. */
+    while (!PostQueuedCompletionStatus(pa->port, 0, (ULONG_PTR)key, (OVERLAPPED *)inst))
+        Sleep(10);
+}
+
+pipe_inst *pipe__inst_new(pipe_adapter *pa, HANDLE h)
+{
+    pipe_inst *inst = sb_calloc(1, sizeof(*inst));
+    if (inst == NULL)
+        return NULL;
+    inst->pa = pa;
+    inst->h = h;
+    inst->op_connect.inst = inst;
+    inst->op_read.inst = inst;
+    inst->op_write.inst = inst;
+    return inst;
+}
+
+void pipe__inst_free(pipe_inst *inst)
+{
+    if (inst == NULL)
+        return;
+    sb_free(inst->rbuf);
+    sb_free(inst->wbuf);
+    sb_free(inst->in_data);
+    sb_free(inst->stash);
+    sb_free(inst);
+}
+
+static void link_inst(pipe_adapter *pa, pipe_inst *inst)
+{
+    inst->prev = NULL;
+    inst->next = pa->insts;
+    if (pa->insts != NULL)
+        pa->insts->prev = inst;
+    pa->insts = inst;
+}
+
+static void unlink_inst(pipe_adapter *pa, pipe_inst *inst)
+{
+    if (inst->prev != NULL)
+        inst->prev->next = inst->next;
+    else
+        pa->insts = inst->next;
+    if (inst->next != NULL)
+        inst->next->prev = inst->prev;
+    inst->prev = inst->next = NULL;
+}
+
+static void win_text(DWORD code, char *out, size_t n)
+{
+    sb_win_strerror(code, out, n);
+}
+
+static void start_op(pipe_op *op)
+{
+    memset(&op->ov, 0, sizeof(op->ov));
+    op->pending = 1;
+}
+
+/* ---- reports ---- */
+
+/* Input ends: err 0 for an orderly end, else an SB_E* code and why. */
+static void report_end(pipe_inst *inst, int err, const char *why, int log_as_error)
+{
+    if (inst->ended)
+        return;
+    inst->ended = 1;
+    inst->end_err = err;
+    inst->end_log = log_as_error;
+    snprintf(inst->end_why, sizeof(inst->end_why), "%s", why != NULL ? why : "");
+    pipe__post(inst->pa, pipe__on_input_end, inst);
+}
+
+static void report_write(pipe_inst *inst, int status, const char *why)
+{
+    sb_free(inst->wbuf);
+    inst->wbuf = NULL;
+    inst->wlen = inst->woff = 0;
+    inst->wstatus = status;
+    snprintf(inst->wwhy, sizeof(inst->wwhy), "%s", why != NULL ? why : "");
+    pipe__post(inst->pa, pipe__on_write_done, inst);
+}
+
+/* ---- connecting (server) ---- */
+
+static void on_client(pipe_inst *inst, DWORD err);
+
+static void start_listen(pipe_inst *inst)
+{
+    pipe_adapter *pa = inst->pa;
+    DWORD err;
+    start_op(&inst->op_connect);
+    pa->listeners++;
+    if (ConnectNamedPipe(inst->h, &inst->op_connect.ov))
+        return; /* completed, and a completion packet is queued */
+    err = GetLastError();
+    if (err == ERROR_IO_PENDING)
+        return;
+    /* No packet for these: a client came before the call (ERROR_PIPE_CONNECTED),
+     * or came and left already (ERROR_NO_DATA), or a failure. */
+    inst->op_connect.pending = 0;
+    on_client(inst, err == ERROR_PIPE_CONNECTED ? 0 : err);
+}
+
+static void on_client(pipe_inst *inst, DWORD err)
+{
+    pipe_adapter *pa = inst->pa;
+    ULONG pid = 0;
+    pa->listeners--;
+    if (err != 0 || pa->stopping_io) {
+        if (err != 0 && err != ERROR_OPERATION_ABORTED && err != ERROR_NO_DATA) {
+            char text[256];
+            win_text(err, text, sizeof(text));
+            sb_log(SB_LOG_WARN, pa->base.name, "ConnectNamedPipe on %s: %s", pa->display, text);
+            pa->create_failed = 1; /* replace it after a pause, not in a tight loop */
+        }
+        inst->dead = 1;
+        return;
+    }
+    inst->connected = 1;
+    pa->busy++;
+    pa->io_serial++;
+    if (GetNamedPipeClientProcessId(inst->h, &pid))
+        snprintf(inst->peer, sizeof(inst->peer), "pid%lu#%lu", (unsigned long)pid,
+                 pa->io_serial);
+    else
+        snprintf(inst->peer, sizeof(inst->peer), "pipe#%lu", pa->io_serial);
+    inst->known = 1;
+    pipe__post(pa, pipe__on_connected, inst);
+}
+
+/* Keeps LISTEN_BACKLOG instances listening within max_connections. */
+static void top_up(pipe_adapter *pa)
+{
+    while (!pa->stopping_io && !pa->create_failed && pa->listeners < LISTEN_BACKLOG &&
+           pa->listeners + pa->busy < pa->max_connections) {
+        HANDLE h = pipe__create_instance(pa, pa->open_handles == 0);
+        pipe_inst *inst;
+        if (h == INVALID_HANDLE_VALUE) {
+            DWORD err = GetLastError();
+            pa->create_failed = 1;
+            if (err != pa->last_create_err) {
+                char text[256];
+                win_text(err, text, sizeof(text));
+                sb_log(SB_LOG_ERROR, pa->base.name,
+                       "CreateNamedPipeW %s (another instance): %s%s; retrying every %d ms",
+                       pa->display, text,
+                       err == ERROR_ACCESS_DENIED
+                           ? " (the security descriptor must grant the broker's account read "
+                             "and write access to serve more than one client at a time)"
+                           : "",
+                       RETRY_MS);
+                pa->last_create_err = err;
+            }
+            return;
+        }
+        pa->last_create_err = 0;
+        if (CreateIoCompletionPort(h, pa->port, PIPE_KEY_IO, 0) == NULL ||
+            (inst = pipe__inst_new(pa, h)) == NULL) {
+            char text[256];
+            win_text(GetLastError(), text, sizeof(text));
+            sb_log(SB_LOG_ERROR, pa->base.name, "cannot set up an instance of %s: %s",
+                   pa->display, text);
+            CloseHandle(h);
+            pa->create_failed = 1;
+            return;
+        }
+        pa->open_handles++;
+        link_inst(pa, inst);
+        start_listen(inst);
+    }
+}
+
+/* ---- connecting (client) ---- */
+
+static void do_connect(pipe_adapter *pa)
+{
+    DWORD flags = FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION;
+    DWORD err = 0;
+    char text[256];
+    pipe_inst *inst;
+    HANDLE h;
+
+    if (pa->stopping_io || pa->insts != NULL)
+        return;
+    h = CreateFileW(pa->wname, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING, flags, NULL);
+    /* Every instance busy: wait a little for one (a stop waits that long). */
+    if (h == INVALID_HANDLE_VALUE && GetLastError() == ERROR_PIPE_BUSY &&
+        WaitNamedPipeW(pa->wname, BUSY_WAIT_MS))
+        h = CreateFileW(pa->wname, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING, flags,
+                        NULL);
+    if (h == INVALID_HANDLE_VALUE) {
+        err = GetLastError();
+        win_text(err, text, sizeof(text));
+        snprintf(pa->connect_why, sizeof(pa->connect_why), "CreateFileW: %s", text);
+        pipe__post(pa, pipe__on_connect_failed, pa);
+        return;
+    }
+    if (pa->message) {
+        DWORD mode = PIPE_READMODE_MESSAGE;
+        if (!SetNamedPipeHandleState(h, &mode, NULL, NULL)) {
+            err = GetLastError();
+            win_text(err, text, sizeof(text));
+            snprintf(pa->connect_why, sizeof(pa->connect_why),
+                     "framing message needs a message-mode pipe: SetNamedPipeHandleState: %s",
+                     text);
+            CloseHandle(h);
+            pipe__post(pa, pipe__on_connect_failed, pa);
+            return;
+        }
+    }
+    if (CreateIoCompletionPort(h, pa->port, PIPE_KEY_IO, 0) == NULL ||
+        (inst = pipe__inst_new(pa, h)) == NULL) {
+        err = GetLastError();
+        win_text(err, text, sizeof(text));
+        snprintf(pa->connect_why, sizeof(pa->connect_why), "cannot set up the connection: %s",
+                 text);
+        CloseHandle(h);
+        pipe__post(pa, pipe__on_connect_failed, pa);
+        return;
+    }
+    pa->open_handles++;
+    link_inst(pa, inst);
+    inst->connected = 1;
+    inst->known = 1;
+    snprintf(inst->peer, sizeof(inst->peer), "%s", pa->display);
+    pipe__post(pa, pipe__on_connected, inst);
+}
+
+/* ---- reading ---- */
+
+static void read_failed(pipe_inst *inst, DWORD err)
+{
+    pipe_adapter *pa = inst->pa;
+    char text[256], why[300];
+    if (inst->close_asked || pa->stopping_io)
+        return;
+    if (err == ERROR_BROKEN_PIPE || err == ERROR_PIPE_NOT_CONNECTED || err == ERROR_NO_DATA) {
+        report_end(inst, 0, NULL, 0); /* the other end closed */
+        return;
+    }
+    win_text(err, text, sizeof(text));
+    snprintf(why, sizeof(why), "ReadFile on %s: %s", pa->display, text);
+    report_end(inst, sb_error_from_win32(err) == SB_ENOMEM ? SB_ENOMEM : SB_ECLOSED, why, 0);
+}
+
+static void start_read(pipe_inst *inst)
+{
+    pipe_adapter *pa = inst->pa;
+    DWORD err;
+    if (inst->rbuf == NULL) {
+        size_t cap = pa->message && pa->max_message + 1 < READ_CHUNK ? pa->max_message + 1
+                                                                      : READ_CHUNK;
+        inst->rbuf = sb_malloc(4 + cap);
+        if (inst->rbuf == NULL) {
+            report_end(inst, SB_ENOMEM, "out of memory", 0);
+            return;
+        }
+        inst->rcap = 4 + cap;
+        inst->rlen = 0;
+    }
+    start_op(&inst->op_read);
+    if (ReadFile(inst->h, inst->rbuf + 4 + inst->rlen, (DWORD)(inst->rcap - 4 - inst->rlen), NULL,
+                 &inst->op_read.ov))
+        return; /* a completion packet is queued */
+    err = GetLastError();
+    if (err == ERROR_IO_PENDING || err == ERROR_MORE_DATA)
+        return; /* so is one for these (MORE_DATA is a warning, not a failure) */
+    inst->op_read.pending = 0;
+    read_failed(inst, err);
+}
+
+static void too_big(pipe_inst *inst, size_t size, int at_least)
+{
+    pipe_adapter *pa = inst->pa;
+    char why[300];
+    snprintf(why, sizeof(why), "message of %s%zu bytes exceeds max_message %zu",
+             at_least ? "at least " : "", size, pa->max_message);
+    report_end(inst, SB_ETOOBIG, why, 1);
+}
+
+/* The message continues (ERROR_MORE_DATA): grow the buffer and read on. */
+static void read_more(pipe_inst *inst)
+{
+    pipe_adapter *pa = inst->pa;
+    DWORD left = 0;
+    size_t total, cap;
+    char *n;
+    if (!PeekNamedPipe(inst->h, NULL, 0, NULL, NULL, &left))
+        left = 0;
+    total = inst->rlen + left;
+    if (inst->rlen > pa->max_message || total > pa->max_message) {
+        too_big(inst, total > inst->rlen ? total : inst->rlen + 1, left == 0);
+        return;
+    }
+    if (left > 0)
+        cap = total;
+    else if ((cap = inst->rlen * 2) > pa->max_message + 1)
+        cap = pa->max_message + 1;
+    n = sb_realloc(inst->rbuf, 4 + cap);
+    if (n == NULL) {
+        report_end(inst, SB_ENOMEM, "out of memory", 0);
+        return;
+    }
+    inst->rbuf = n;
+    inst->rcap = 4 + cap;
+    start_read(inst);
+}
+
+static void on_read_done(pipe_inst *inst, DWORD bytes, DWORD err)
+{
+    pipe_adapter *pa = inst->pa;
+    size_t off, len;
+    char *data;
+
+    if (inst->close_asked || pa->stopping_io || inst->cancelled) {
+        inst->rlen = 0;
+        return; /* closing: what came is dropped */
+    }
+    if (err == 0 || err == ERROR_MORE_DATA)
+        inst->rlen += bytes;
+    if (err == ERROR_MORE_DATA && pa->message) {
+        read_more(inst);
+        return;
+    }
+    if (err != 0) {
+        read_failed(inst, err);
+        return;
+    }
+    if (!pa->message && bytes == 0) {
+        start_read(inst); /* nothing read: read again */
+        return;
+    }
+    if (pa->message && inst->rlen > pa->max_message) {
+        too_big(inst, inst->rlen, 0);
+        return;
+    }
+    /* Message mode hands the loop a length-prefixed frame (see pipe_int.h). */
+    if (pa->message) {
+        unsigned char *u = (unsigned char *)inst->rbuf;
+        u[0] = (unsigned char)(inst->rlen >> 24);
+        u[1] = (unsigned char)(inst->rlen >> 16);
+        u[2] = (unsigned char)(inst->rlen >> 8);
+        u[3] = (unsigned char)inst->rlen;
+    }
+    off = pa->message ? 0 : 4;
+    len = pa->message ? 4 + inst->rlen : inst->rlen;
+    data = sb_malloc(len);
+    if (data == NULL) {
+        report_end(inst, SB_ENOMEM, "out of memory", 0);
+        return;
+    }
+    memcpy(data, inst->rbuf + off, len);
+    inst->rlen = 0;
+    if (inst->rcap > 4 + READ_CHUNK) {
+        /* Do not keep a large message's buffer for every small one after it. */
+        sb_free(inst->rbuf);
+        inst->rbuf = NULL;
+        inst->rcap = 0;
+    }
+    inst->in_data = data;
+    inst->in_len = len;
+    pipe__post(pa, pipe__on_input, inst);
+}
+
+/* ---- writing ---- */
+
+static void write_failed(pipe_inst *inst, DWORD err)
+{
+    pipe_adapter *pa = inst->pa;
+    char text[256], why[300];
+    if (err == ERROR_OPERATION_ABORTED) {
+        report_write(inst, SB_ECLOSED, "connection closed before the write completed");
+        return;
+    }
+    win_text(err, text, sizeof(text));
+    snprintf(why, sizeof(why), "WriteFile on %s: %s", pa->display, text);
+    report_write(inst, SB_ECLOSED, why);
+}
+
+/* Writes the next piece: the next frame as one pipe message (message mode),
+ * or the rest of the buffer. Reports when all is written. */
+static void next_write(pipe_inst *inst)
+{
+    pipe_adapter *pa = inst->pa;
+    const char *p;
+    DWORD n, err;
+
+    if (inst->woff == inst->wlen) {
+        report_write(inst, 0, NULL);
+        return;
+    }
+    if (inst->close_asked || pa->stopping_io || inst->cancelled ||
+        inst->h == INVALID_HANDLE_VALUE) {
+        report_write(inst, SB_ECLOSED, "connection closed before the write");
+        return;
+    }
+    if (pa->message) {
+        const unsigned char *u = (const unsigned char *)inst->wbuf + inst->woff;
+        size_t frame;
+        if (inst->wlen - inst->woff < 4)
+            goto malformed;
+        frame = ((size_t)u[0] << 24) | ((size_t)u[1] << 16) | ((size_t)u[2] << 8) | u[3];
+        if (inst->wlen - inst->woff - 4 < frame)
+            goto malformed;
+        p = inst->wbuf + inst->woff + 4;
+        n = (DWORD)frame;
+    } else {
+        size_t rest = inst->wlen - inst->woff;
+        p = inst->wbuf + inst->woff;
+        n = (DWORD)(rest > WRITE_MAX ? WRITE_MAX : rest);
+    }
+    inst->wcur = n;
+    start_op(&inst->op_write);
+    if (WriteFile(inst->h, p, n, NULL, &inst->op_write.ov))
+        return; /* a completion packet is queued */
+    err = GetLastError();
+    if (err == ERROR_IO_PENDING)
+        return;
+    inst->op_write.pending = 0;
+    write_failed(inst, err);
+    return;
+malformed:
+    /* Only the raw protocol runs over message mode, and it writes frames. */
+    sb_log(SB_LOG_ERROR, pa->base.name, "peer %s: internal error: output is not framed",
+           inst->peer);
+    report_write(inst, SB_EPROTO, "output is not framed");
+}
+
+static void on_write_done(pipe_inst *inst, DWORD bytes, DWORD err)
+{
+    pipe_adapter *pa = inst->pa;
+    if (err != 0) {
+        write_failed(inst, err);
+        return;
+    }
+    if (pa->message) {
+        if (bytes != inst->wcur) {
+            report_write(inst, SB_ECLOSED, "short write of a pipe message");
+            return;
+        }
+        inst->woff += 4 + inst->wcur;
+    } else {
+        inst->woff += bytes;
+    }
+    next_write(inst);
+}
+
+/* ---- commands ---- */
+
+static void cmd_read(pipe_inst *inst)
+{
+    if (inst->h == INVALID_HANDLE_VALUE || inst->close_asked || inst->cancelled || inst->ended ||
+        inst->op_read.pending)
+        return; /* the connection is ending; the loop will close it */
+    start_read(inst);
+}
+
+static void cmd_write(pipe_inst *inst)
+{
+    inst->woff = 0;
+    next_write(inst);
+}
+
+/* Lets go of an instance's handle: closes it, or, when it was a connection
+ * and nothing else listens, disconnects it and listens again on it. */
+static void release_handle(pipe_inst *inst)
+{
+    pipe_adapter *pa = inst->pa;
+    HANDLE h = inst->h;
+    inst->h = INVALID_HANDLE_VALUE;
+    if (inst->connected) {
+        inst->connected = 0;
+        pa->busy--;
+    }
+    if (pa->is_server && inst->known && !pa->stopping_io && pa->listeners == 0 &&
+        DisconnectNamedPipe(h)) {
+        pipe_inst *n = pipe__inst_new(pa, h);
+        if (n != NULL) {
+            link_inst(pa, n);
+            start_listen(n);
+            return;
+        }
+    }
+    CloseHandle(h);
+    pa->open_handles--;
+}
+
+static int any_pending(const pipe_inst *inst)
+{
+    return inst->op_connect.pending || inst->op_read.pending || inst->op_write.pending;
+}
+
+/* Moves an instance towards its end once it is to close: cancels its I/O,
+ * then releases the handle, then (once the loop asked, for a connection)
+ * reports it closed. May free inst. */
+static void settle(pipe_inst *inst)
+{
+    pipe_adapter *pa = inst->pa;
+    int closing = inst->known ? inst->close_asked || pa->stopping_io : inst->dead || pa->stopping_io;
+    if (!closing)
+        return;
+    if (any_pending(inst)) {
+        if (!inst->cancelled && inst->h != INVALID_HANDLE_VALUE) {
+            inst->cancelled = 1;
+            CancelIoEx(inst->h, NULL);
+        }
+        return;
+    }
+    if (inst->h != INVALID_HANDLE_VALUE)
+        release_handle(inst);
+    if (inst->known && !inst->close_asked)
+        return; /* the loop has not heard of the end yet: it will ask */
+    unlink_inst(pa, inst);
+    if (inst->known)
+        pipe__post(pa, pipe__on_closed, inst); /* the loop frees it */
+    else
+        pipe__inst_free(inst);
+}
+
+static void do_stop(pipe_adapter *pa)
+{
+    pa->stopping_io = 1;
+    for (pipe_inst *inst = pa->insts, *next; inst != NULL; inst = next) {
+        next = inst->next;
+        settle(inst);
+    }
+}
+
+static void on_io(pipe_op *op, DWORD bytes, DWORD err)
+{
+    pipe_inst *inst = op->inst;
+    op->pending = 0;
+    if (op == &inst->op_connect)
+        on_client(inst, err);
+    else if (op == &inst->op_read)
+        on_read_done(inst, bytes, err);
+    else
+        on_write_done(inst, bytes, err);
+    settle(inst);
+}
+
+void pipe__thread(void *arg)
+{
+    pipe_adapter *pa = arg;
+
+    if (pa->first != NULL) {
+        pipe_inst *first = pa->first;
+        pa->first = NULL;
+        link_inst(pa, first);
+        start_listen(first);
+        settle(first);
+    }
+    for (;;) {
+        DWORD bytes = 0, err = 0;
+        ULONG_PTR key = 0;
+        OVERLAPPED *ov = NULL;
+        DWORD timeout = pa->create_failed && !pa->stopping_io ? RETRY_MS : INFINITE;
+        BOOL ok = GetQueuedCompletionStatus(pa->port, &bytes, &key, &ov, timeout);
+        if (!ok)
+            err = GetLastError();
+        if (!ok && ov == NULL) {
+            if (err != WAIT_TIMEOUT) {
+                char text[256];
+                win_text(err, text, sizeof(text));
+                sb_log(SB_LOG_ERROR, pa->base.name, "GetQueuedCompletionStatus: %s", text);
+                Sleep(100);
+            }
+            pa->create_failed = 0; /* time to try CreateNamedPipeW again */
+        } else {
+            pipe_inst *inst = (pipe_inst *)ov;
+            switch ((int)key) {
+            case PIPE_KEY_IO:
+                on_io(CONTAINING_RECORD(ov, pipe_op, ov), bytes, err);
+                break;
+            case PIPE_KEY_READ:
+                cmd_read(inst);
+                settle(inst);
+                break;
+            case PIPE_KEY_WRITE:
+                cmd_write(inst);
+                settle(inst);
+                break;
+            case PIPE_KEY_CLOSE:
+                inst->close_asked = 1;
+                settle(inst);
+                break;
+            case PIPE_KEY_CONNECT:
+                do_connect(pa);
+                break;
+            case PIPE_KEY_STOP:
+                do_stop(pa);
+                break;
+            default:
+                break;
+            }
+        }
+        if (pa->is_server)
+            top_up(pa);
+        if (pa->stopping_io && pa->open_handles == 0)
+            SetEvent(pa->handles_closed);
+        if (pa->stopping_io && pa->insts == NULL)
+            break;
+    }
+    pipe__post(pa, pipe__on_stopped, pa);
+}

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Interoperability over TCP: a native Linux client and the Windows broker.
+
+Runs switchboard.exe from a MinGW build under Wine with a jsonl TCP adapter
+and a durable route, then, over 127.0.0.1:
+  - this native Linux client (a plain socket, below) publishes, and the
+    Windows client (sbctl.exe under Wine) receives it;
+  - sbctl.exe publishes, and the native client subscribes, receives and
+    acknowledges it; the broker's stats agree.
+Every wait polls with a deadline; nothing sleeps a fixed time. Called by
+packaging/windows/test-wine.sh inside its Wine session (WINEPREFIX etc. set,
+`wineserver -p` running):
+    test-interop.py BUILD_DIR
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+DEADLINE_S = 30
+
+
+def fail(msg, log=None):
+    if log is not None and os.path.exists(log):
+        with open(log, encoding="utf-8", errors="replace") as f:
+            sys.stderr.write("----- broker log -----\n" + f.read() + "----- end -----\n")
+    sys.exit("test-interop: FAIL: " + msg)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def winepath(path):
+    """The Windows name of a Unix path (a new prefix maps / to Z:)."""
+    tool = shutil.which("winepath")
+    if tool is None:
+        return "Z:" + path.replace("/", "\\")
+    out = subprocess.run([tool, "-w", path], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+class Client:
+    """A minimal jsonl client: one JSON object per line."""
+
+    def __init__(self, port, timeout):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.settimeout(timeout)
+        self.buf = b""
+        self.next_id = 0
+
+    def send(self, obj):
+        self.sock.sendall(json.dumps(obj).encode() + b"\n")
+
+    def read(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed by the broker")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def call(self, **req):
+        self.next_id += 1
+        req["id"] = self.next_id
+        self.send(req)
+        while True:
+            r = self.read()
+            if r.get("id") == self.next_id:
+                return r
+
+    def close(self):
+        self.sock.close()
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: test-interop.py BUILD_DIR")
+    build = os.path.abspath(sys.argv[1])
+    wine = shutil.which("wine") or "/usr/lib/wine/wine64"
+    exe = os.path.join(build, "service", "switchboard.exe")
+    sbctl = os.path.join(build, "tools", "sbctl", "sbctl.exe")
+    for f in (exe, sbctl):
+        if not os.path.exists(f):
+            fail(f + " is missing")
+
+    tmp = tempfile.mkdtemp(prefix="sb-interop-")
+    log = os.path.join(tmp, "broker.log")
+    port = free_port()
+    cfg = os.path.join(tmp, "switchboard.yaml")
+    with open(cfg, "w") as f:
+        f.write("broker:\n"
+                "  data_dir: '%s'\n"
+                "  admin: { endpoint: 'off' }\n"
+                "adapters:\n"
+                "  - name: clients\n"
+                "    type: tcp\n"
+                "    listen: 127.0.0.1:%d\n"
+                "    protocol: jsonl\n"
+                "routes:\n"
+                "  - name: interop\n"
+                "    from: interop/#\n"
+                "    durability: fsync\n" % (winepath(os.path.join(tmp, "data")), port))
+    broker = subprocess.Popen([wine, exe, "run", "--config", winepath(cfg)],
+                              stdin=subprocess.DEVNULL, stdout=open(log, "wb"),
+                              stderr=subprocess.STDOUT)
+    ok = False
+    try:
+        # Ready: the broker accepts a connection and answers ping.
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            if broker.poll() is not None:
+                fail("the broker exited with %d during startup" % broker.returncode, log)
+            try:
+                c = Client(port, 2)
+                if c.call(op="ping").get("op") == "pong":
+                    break
+                c.close()
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                fail("the broker did not answer ping within %d s" % DEADLINE_S, log)
+            time.sleep(0.05)
+
+        # Linux publishes, Windows receives.
+        r = c.call(op="pub", topic="interop/linux", payload="from Linux \u00e9")
+        if r.get("op") != "puback" or r.get("queues") != 1:
+            fail("publish from Linux: %r" % r, log)
+        out = subprocess.run([wine, sbctl, "-e", "tcp:127.0.0.1:%d" % port, "sub", "interop",
+                              "--count", "1", "--timeout", "20s"],
+                             capture_output=True, timeout=60)
+        if out.returncode != 0 or out.stdout != "interop/linux\tfrom Linux \u00e9\n".encode():
+            fail("sbctl.exe sub: exit %d, stdout %r, stderr %r" %
+                 (out.returncode, out.stdout, out.stderr), log)
+
+        # Windows publishes, Linux receives and acknowledges.
+        out = subprocess.run([wine, sbctl, "-e", "tcp:127.0.0.1:%d" % port, "pub",
+                              "interop/windows", "from Windows"],
+                             capture_output=True, timeout=60)
+        if out.returncode != 0:
+            fail("sbctl.exe pub: exit %d, stderr %r" % (out.returncode, out.stderr), log)
+        r = c.call(op="sub", sub="interop", window=10)
+        if r.get("op") != "subscribed":
+            fail("subscribe from Linux: %r" % r, log)
+        m = c.read()
+        if m.get("op") != "msg" or m.get("topic") != "interop/windows" or \
+                m.get("payload") != "from Windows":
+            fail("delivery to Linux: %r" % m, log)
+        c.send({"op": "ack", "sub": "interop", "msg_id": m["msg_id"]})
+
+        # Both acknowledgements reached the broker.
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            st = c.call(op="stats")
+            q = [q for q in st.get("queues", []) if q.get("name") == "interop"]
+            if q and q[0].get("depth") == 0 and q[0].get("acked") == 2:
+                break
+            if time.monotonic() > deadline:
+                fail("queue interop after the acks: %r" % q, log)
+            time.sleep(0.05)
+        c.close()
+        ok = True
+        print("test-interop: OK (Linux <-> Windows broker <-> Windows sbctl over "
+              "tcp:127.0.0.1:%d)" % port)
+    finally:
+        # Linux cannot set the broker's stop event; this ends the process as
+        # TerminateProcess would (the store is crash-safe).
+        broker.terminate()
+        try:
+            broker.wait(timeout=DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            broker.wait()
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            sys.stderr.write("test-interop: files kept in %s\n" % tmp)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+/*
+ * sbt_helper: a tiny child program for the exec adapter tests, so they need
+ * no shell and run the same on Windows.
+ *   sbt_helper emit N PREFIX   print PREFIX-1 .. PREFIX-N (one per line), then
+ *                              wait for stdin to end and exit 0
+ *   sbt_helper sink FILE       append everything read from stdin to FILE
+ *                              (flushed per read) until stdin ends; exit 0
+ *   sbt_helper fail CODE TEXT  print TEXT to stdout and "TEXT (stderr)" to
+ *                              stderr, exit with CODE
+ *   sbt_helper say FILE LINE.. print the LINEs, then append stdin to FILE
+ *                              until it ends (a jsonl client: requests out,
+ *                              replies into FILE); exit 0
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _WIN32
+#include <fcntl.h>
+#include <io.h>
+#endif
+
+/* Appends stdin to path, flushed per line, until stdin ends. */
+static int copy_stdin(const char *path)
+{
+    char buf[1];
+    FILE *f = fopen(path, "ab");
+    if (f == NULL) {
+        fprintf(stderr, "cannot open %s\n", path);
+        return 2;
+    }
+    /* read() semantics: fread would wait for a full buffer. */
+    setvbuf(stdin, NULL, _IONBF, 0);
+    while (fread(buf, 1, 1, stdin) == 1) {
+        fwrite(buf, 1, 1, f);
+        if (buf[0] == '\n')
+            fflush(f);
+    }
+    fclose(f);
+    return 0;
+}
+
+static void drain_stdin(void)
+{
+    char buf[4096];
+    while (fread(buf, 1, sizeof(buf), stdin) > 0)
+        ;
+}
+
+int main(int argc, char **argv)
+{
+#ifdef _WIN32
+    _setmode(_fileno(stdin), _O_BINARY);
+    _setmode(_fileno(stdout), _O_BINARY);
+#endif
+    if (argc == 4 && strcmp(argv[1], "emit") == 0) {
+        int n = atoi(argv[2]);
+        for (int i = 1; i <= n; i++)
+            printf("%s-%d\n", argv[3], i);
+        fflush(stdout);
+        drain_stdin();
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "sink") == 0)
+        return copy_stdin(argv[2]);
+    if (argc >= 3 && strcmp(argv[1], "say") == 0) {
+        for (int i = 3; i < argc; i++)
+            printf("%s\n", argv[i]);
+        fflush(stdout);
+        return copy_stdin(argv[2]);
+    }
+    if (argc == 4 && strcmp(argv[1], "fail") == 0) {
+        printf("%s\n", argv[3]);
+        fflush(stdout);
+        fprintf(stderr, "%s (stderr)\n", argv[3]);
+        return atoi(argv[2]);
+    }
+    fprintf(stderr,
+            "usage: sbt_helper emit N PREFIX | sink FILE | fail CODE TEXT | say FILE LINE...\n");
+    return 2;
+}

@@ -1,0 +1,175 @@
+/*
+ * jsonl over named pipes with real processes: the broker (switchboard.exe
+ * run) and this program as a jsonl client of its pipes.
+ *
+ * - a jsonl pipe adapter: ping, pub/puback (also pipelined: acks in order),
+ *   sub/subscribed/msg/ack, checked against the TCP adapter's stats;
+ * - the default admin endpoint \\.\pipe\switchboard-admin: `switchboard run`
+ *   with no admin setting serves jsonl on it. (This test holds the ctest
+ *   resource lock switchboard-admin-pipe; it is skipped if another program
+ *   already serves that pipe, e.g. an installed Switchboard service.)
+ */
+#include "tests/win/pipe/pipe_util.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char jsonl_config[] = "broker:\n"
+                                   "  data_dir: '{data}'\n"
+                                   "  admin: { endpoint: 'off' }\n"
+                                   "adapters:\n"
+                                   "  - name: clients\n"
+                                   "    type: tcp\n"
+                                   "    listen: 127.0.0.1:{port0}\n"
+                                   "    protocol: jsonl\n"
+                                   "  - name: local\n"
+                                   "    type: pipe\n"
+                                   "    path: '{v0}'\n"
+                                   "    protocol: jsonl\n"
+                                   "routes:\n"
+                                   "  - name: jq\n"
+                                   "    from: j/#\n";
+
+static const char admin_config[] = "broker:\n"
+                                   "  data_dir: '{data}'\n"
+                                   "adapters:\n"
+                                   "  - name: clients\n"
+                                   "    type: tcp\n"
+                                   "    listen: 127.0.0.1:{port0}\n"
+                                   "    protocol: jsonl\n";
+
+static const char *op_of(const json_t *o)
+{
+    const char *op = json_string_value(json_object_get(o, "op"));
+    return op != NULL ? op : "";
+}
+
+/* The next line, failing the test if none comes in time. */
+static json_t *next(pt_pipe *p)
+{
+    json_t *o = pt_read_json(p, SBT_REPLY_MS);
+    if (o == NULL)
+        fail_msg("no reply within %d ms", SBT_REPLY_MS);
+    return o;
+}
+
+static void test_jsonl_pipe(void **state)
+{
+    sbt_broker *b = *state;
+    char name[64], path[128];
+    sbt_conn *c;
+    pt_pipe *p;
+    json_t *r;
+    int64_t first_id = 0;
+
+    pt_name(name, sizeof(name), "jsonl");
+    pt_path(path, sizeof(path), name);
+    sbt_broker_init(b, "pipe-jsonl", 1);
+    sbt_broker_set(b, 0, name);
+    sbt_broker_config(b, jsonl_config);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+    p = pt_open_ok(path, 0);
+
+    pt_send_json(p, json_pack("{s:s, s:i}", "op", "ping", "id", 1));
+    r = next(p);
+    assert_string_equal(op_of(r), "pong");
+    assert_int_equal(sbt_int(r, "id"), 1);
+    json_decref(r);
+
+    pt_send_json(p, json_pack("{s:s, s:i, s:s, s:s}", "op", "pub", "id", 2, "topic", "j/a",
+                              "payload", "hello"));
+    r = next(p);
+    assert_string_equal(op_of(r), "puback");
+    assert_int_equal(sbt_int(r, "id"), 2);
+    assert_int_equal(sbt_int(r, "queues"), 1);
+    first_id = sbt_int(r, "msg_id");
+    json_decref(r);
+
+    /* Pipelined: 100 publishes, then their acks, in order. */
+    for (int i = 0; i < 100; i++) {
+        char payload[16];
+        snprintf(payload, sizeof(payload), "p%d", i);
+        pt_send_json(p, json_pack("{s:s, s:i, s:s, s:s}", "op", "pub", "id", 100 + i, "topic",
+                                  "j/b", "payload", payload));
+    }
+    for (int i = 0; i < 100; i++) {
+        r = next(p);
+        assert_string_equal(op_of(r), "puback");
+        assert_int_equal(sbt_int(r, "id"), 100 + i);
+        json_decref(r);
+    }
+    assert_int_equal(sbt_queue_int(c, "jq", "depth"), 101);
+
+    /* Subscribe over the pipe; ack everything. */
+    pt_send_json(p, json_pack("{s:s, s:i, s:s, s:i}", "op", "sub", "id", 3, "sub", "jq", "window",
+                              10));
+    r = next(p);
+    assert_string_equal(op_of(r), "subscribed");
+    json_decref(r);
+    for (int i = 0; i < 101; i++) {
+        char want[16];
+        r = next(p);
+        assert_string_equal(op_of(r), "msg");
+        if (i == 0) {
+            assert_int_equal(sbt_int(r, "msg_id"), first_id);
+            assert_string_equal(sbt_str(r, "payload"), "hello");
+        } else {
+            snprintf(want, sizeof(want), "p%d", i - 1);
+            assert_string_equal(sbt_str(r, "payload"), want);
+        }
+        pt_send_json(p, json_pack("{s:s, s:s, s:I}", "op", "ack", "sub", "jq", "msg_id",
+                                  (json_int_t)sbt_int(r, "msg_id")));
+        json_decref(r);
+    }
+    sbt_wait_queue_int(c, "jq", "depth", 0, 5000);
+    assert_int_equal(sbt_queue_int(c, "jq", "acked"), 101);
+
+    pt_close(p);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+static void test_admin_default(void **state)
+{
+    sbt_broker *b = *state;
+    static const char admin[] = "\\\\.\\pipe\\switchboard-admin";
+    pt_pipe *p;
+    json_t *r;
+
+    if (WaitNamedPipeW(L"\\\\.\\pipe\\switchboard-admin", 1) ||
+        GetLastError() != ERROR_FILE_NOT_FOUND) {
+        print_message("%s is served by another program: skipped\n", admin);
+        skip();
+    }
+    sbt_broker_init(b, "pipe-admin", 1);
+    sbt_broker_config(b, admin_config);
+    sbt_broker_start(b);
+    sbt_broker_wait_log(b, "[admin] listening on \\\\.\\pipe\\switchboard-admin (jsonl, byte mode)",
+                        1, 5000);
+    p = pt_open_ok(admin, 0);
+    pt_send_json(p, json_pack("{s:s, s:i}", "op", "ping", "id", 7));
+    r = next(p);
+    assert_string_equal(op_of(r), "pong");
+    assert_int_equal(sbt_int(r, "id"), 7);
+    json_decref(r);
+    pt_send_json(p, json_pack("{s:s, s:i}", "op", "stats", "id", 8));
+    r = next(p);
+    assert_string_equal(op_of(r), "stats");
+    assert_non_null(json_object_get(r, "broker"));
+    json_decref(r);
+    pt_close(p);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_jsonl_pipe, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_admin_default, sbt_setup, sbt_teardown),
+    };
+    sbt_apply_filter();
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,505 @@
+/*
+ * The Windows service through the real service control manager (Wine's
+ * services.exe under Wine), driven the way an administrator would:
+ *
+ *   switchboard service install --config FILE   (the Event Log source too)
+ *   switchboard service start       RUNNING (QueryServiceStatus, polled)
+ *   publish over TCP (and a named pipe when the build has the pipe adapter;
+ *   sbctl over the admin pipe too)
+ *   switchboard service stop        STOPPED; the port is closed
+ *   switchboard service start       the durable message is still there
+ *   switchboard service reload      PARAMCHANGE: an adapter added to the
+ *                                   config starts listening
+ *   switchboard service uninstall   gone, Event Log source too
+ *
+ * and `switchboard service run` started by hand explains itself. The
+ * config, data and log live in a directory of their own under
+ * %ProgramData%\Switchboard, the directory `service install` secures for the
+ * service's account (a virtual account on Windows, which could not read the
+ * user's temp dir). Under Wine, where services are killed ~3 s after the
+ * last ordinary Wine process exits, the run needs a persistent wineserver
+ * (`wineserver -p`, as packaging/windows/test-wine.sh does).
+ *
+ * An already installed Switchboard service is never touched: the test is
+ * skipped. Without administrator rights (real Windows) it is skipped too.
+ */
+#include "tests/integration/harness.h"
+
+#include "service/alloc.h"
+#include "service/platform/win/utf.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <windows.h>
+
+#define SERVICE_WAIT_MS 30000
+#define EVENTLOG_KEY L"SYSTEM\\CurrentControlSet\\Services\\EventLog\\Application\\Switchboard"
+
+/* {v0} data dir, {v1} log file, {v2} admin endpoint ('off' or a pipe),
+ * {v3} the pipe adapter (or nothing), {v4} the adapter a reload adds. */
+static const char config[] = "broker:\n"
+                             "  data_dir: '{v0}'\n"
+                             "  admin: { endpoint: '{v2}' }\n"
+                             "  log: { level: info, file: '{v1}' }\n"
+                             "adapters:\n"
+                             "  - name: clients\n"
+                             "    type: tcp\n"
+                             "    listen: 127.0.0.1:{port0}\n"
+                             "    protocol: jsonl\n"
+                             "{v3}"
+                             "{v4}"
+                             "routes:\n"
+                             "  - name: durable\n"
+                             "    from: svc/#\n"
+                             "    durability: fsync\n";
+
+typedef struct svc_test {
+    sbt_broker b;           /* temp dir, ports, config templates (no broker process) */
+    char dir[SBT_PATH_MAX]; /* %ProgramData%\Switchboard\sbt-service-<pid> */
+    char cfg[SBT_PATH_MAX]; /* its config file, next to the directory */
+    char log[SBT_PATH_MAX];
+    char pipe[128];  /* the pipe adapter's name, "" without one */
+    char admin[128]; /* the admin endpoint */
+    int installed;
+} svc_test;
+
+/* ---- running the tools ---- */
+
+/* Runs `switchboard <args...>` (NULL-terminated) and returns its exit code;
+ * *out gets stdout and stderr together (free()). */
+static int run_switchboard(char **out, const char *a1, const char *a2, const char *a3,
+                           const char *a4)
+{
+    char *argv[] = {(char *)sbt_switchboard(), (char *)a1, (char *)a2, (char *)a3, (char *)a4,
+                    NULL};
+    char *o = NULL, *e = NULL;
+    int rc = sbt_run(argv, NULL, 120000, &o, &e);
+    size_t lo = strlen(o), le = strlen(e);
+    char *both = malloc(lo + le + 1);
+    assert_non_null(both);
+    memcpy(both, o, lo);
+    memcpy(both + lo, e, le + 1);
+    free(o);
+    free(e);
+    print_message("$ switchboard %s%s%s%s%s%s%s -> %d\n%s", a1, a2 ? " " : "", a2 ? a2 : "",
+                  a3 ? " " : "", a3 ? a3 : "", a4 ? " " : "", a4 ? a4 : "", rc, both);
+    *out = both;
+    return rc;
+}
+
+/* `switchboard service CMD` must succeed and print `want`. */
+static void service_ok(const char *cmd, const char *want)
+{
+    char *out;
+    int rc = run_switchboard(&out, "service", cmd, NULL, NULL);
+    if (rc != 0 || strstr(out, want) == NULL)
+        fail_msg("`switchboard service %s` exited %d, want 0 and \"%s\"", cmd, rc, want);
+    free(out);
+}
+
+/* Runs sbctl (from $SB_SBCTL) with the given arguments; returns its exit
+ * code, *out its stdout (free()). */
+static int run_sbctl(char **out, const char *a1, const char *a2, const char *a3, const char *a4)
+{
+    const char *sbctl = getenv("SB_SBCTL");
+    char *argv[] = {(char *)sbctl, (char *)a1, (char *)a2, (char *)a3, (char *)a4, NULL};
+    char *e = NULL;
+    int rc;
+    if (sbctl == NULL || sbctl[0] == '\0')
+        fail_msg("SB_SBCTL is not set (run the test through ctest)");
+    rc = sbt_run(argv, NULL, 60000, out, &e);
+    if (rc != 0)
+        print_message("sbctl %s %s: exit %d: %s", a1, a2, rc, e);
+    free(e);
+    return rc;
+}
+
+/* ---- the service control manager ---- */
+
+static SC_HANDLE open_service(DWORD access)
+{
+    SC_HANDLE scm = OpenSCManagerW(NULL, NULL, SC_MANAGER_CONNECT), svc;
+    if (scm == NULL)
+        fail_msg("OpenSCManager: error %lu", (unsigned long)GetLastError());
+    svc = OpenServiceW(scm, L"Switchboard", access);
+    CloseServiceHandle(scm);
+    return svc;
+}
+
+static const char *state_name(DWORD s)
+{
+    return s == SERVICE_STOPPED         ? "STOPPED"
+           : s == SERVICE_START_PENDING ? "START_PENDING"
+           : s == SERVICE_STOP_PENDING  ? "STOP_PENDING"
+           : s == SERVICE_RUNNING       ? "RUNNING"
+                                        : "another state";
+}
+
+/* Polls QueryServiceStatus until the service is in `want`. */
+static void wait_state(DWORD want)
+{
+    SC_HANDLE svc = open_service(SERVICE_QUERY_STATUS);
+    int64_t deadline = sbt_now_ms() + SERVICE_WAIT_MS;
+    SERVICE_STATUS st;
+    if (svc == NULL)
+        fail_msg("OpenService(Switchboard): error %lu", (unsigned long)GetLastError());
+    for (;;) {
+        if (!QueryServiceStatus(svc, &st))
+            fail_msg("QueryServiceStatus: error %lu", (unsigned long)GetLastError());
+        if (st.dwCurrentState == want)
+            break;
+        if (sbt_now_ms() > deadline)
+            fail_msg("the service is %s after %d ms, want %s", state_name(st.dwCurrentState),
+                     SERVICE_WAIT_MS, state_name(want));
+        sbt_poll_pause(20);
+    }
+    CloseServiceHandle(svc);
+}
+
+/* The installed configuration, as `sc qc` would show it (Wine has no qc). */
+static void check_service_config(const char *cfg_path)
+{
+    SC_HANDLE svc = open_service(SERVICE_QUERY_CONFIG);
+    QUERY_SERVICE_CONFIGW *qc;
+    DWORD need = 0;
+    char *bin, *account;
+    if (svc == NULL)
+        fail_msg("OpenService(Switchboard): error %lu", (unsigned long)GetLastError());
+    QueryServiceConfigW(svc, NULL, 0, &need);
+    qc = malloc(need);
+    assert_non_null(qc);
+    if (!QueryServiceConfigW(svc, qc, need, &need))
+        fail_msg("QueryServiceConfig: error %lu", (unsigned long)GetLastError());
+    bin = sb_wide_to_utf8(qc->lpBinaryPathName);
+    account = sb_wide_to_utf8(qc->lpServiceStartName != NULL ? qc->lpServiceStartName : L"");
+    assert_non_null(bin);
+    assert_non_null(account);
+    print_message("service: %s\n  account: %s\n", bin, account[0] ? account : "(LocalSystem)");
+    assert_int_equal(qc->dwServiceType, SERVICE_WIN32_OWN_PROCESS);
+    assert_int_equal(qc->dwStartType, SERVICE_AUTO_START);
+    assert_non_null(strstr(bin, "\" service run --config \""));
+    assert_non_null(strstr(bin, cfg_path));
+    /* The virtual account where the system has it, else LocalSystem. */
+    assert_true(strcmp(account, "NT SERVICE\\Switchboard") == 0 ||
+                _stricmp(account, "LocalSystem") == 0 || account[0] == '\0');
+    sb_free(bin);
+    sb_free(account);
+    free(qc);
+    CloseServiceHandle(svc);
+}
+
+static int eventlog_source_registered(void)
+{
+    HKEY k;
+    wchar_t file[MAX_PATH];
+    DWORD type = 0, len = sizeof(file);
+    LONG rc = RegOpenKeyExW(HKEY_LOCAL_MACHINE, EVENTLOG_KEY, 0, KEY_READ, &k);
+    if (rc != ERROR_SUCCESS)
+        return 0;
+    rc = RegQueryValueExW(k, L"EventMessageFile", NULL, &type, (BYTE *)file, &len);
+    RegCloseKey(k);
+    return rc == ERROR_SUCCESS && (type == REG_EXPAND_SZ || type == REG_SZ) && len > 2;
+}
+
+/* ---- config and files ---- */
+
+static void write_config(svc_test *t, int with_extra)
+{
+    sbt_broker *b = &t->b;
+    char pipe_adapter[256], extra[256];
+    /* Values are inserted as they are: no placeholders inside them. */
+    snprintf(extra, sizeof(extra),
+             "  - name: extra\n    type: tcp\n    listen: 127.0.0.1:%d\n    protocol: jsonl\n",
+             b->port[1]);
+    if (t->pipe[0] != '\0')
+        snprintf(pipe_adapter, sizeof(pipe_adapter),
+                 "  - name: local\n"
+                 "    type: pipe\n"
+                 "    path: '%s'\n"
+                 "    protocol: jsonl\n",
+                 t->pipe);
+    else
+        pipe_adapter[0] = '\0';
+    sbt_broker_set(b, 2, t->admin);
+    sbt_broker_set(b, 3, pipe_adapter);
+    sbt_broker_set(b, 4, with_extra ? extra : "");
+    /* The harness writes b->config_path: point it at the service's file. */
+    snprintf(b->config_path, sizeof(b->config_path), "%s", t->cfg);
+    sbt_broker_write_config(b, config);
+}
+
+/* Does this build have the named-pipe adapter? A foreground broker with one
+ * (in the harness's temp dir) either becomes ready or says it does not know
+ * the type. */
+static int have_pipe_adapter(svc_test *t)
+{
+    sbt_broker *b = &t->b;
+    char data[SBT_PATH_MAX], log[SBT_PATH_MAX], adapter[256], *text;
+    int rc;
+    sbt_path(data, sizeof(data), b->dir, "probe-data");
+    sbt_path(log, sizeof(log), b->dir, "probe-file.log");
+    snprintf(adapter, sizeof(adapter),
+             "  - name: local\n    type: pipe\n    path: '%s-probe'\n    protocol: jsonl\n",
+             t->pipe);
+    sbt_broker_set(b, 0, data);
+    sbt_broker_set(b, 1, log);
+    sbt_broker_set(b, 2, "off");
+    sbt_broker_set(b, 3, adapter);
+    sbt_broker_set(b, 4, "");
+    sbt_broker_write_config(b, config);
+    rc = sbt_broker_try_start(b); /* -1: ready */
+    if (rc < 0) {
+        sbt_broker_stop(b);
+        return 1;
+    }
+    text = sbt_broker_log(b);
+    if (strstr(text, "unknown type pipe") == NULL) {
+        sbt_broker_print_log(b);
+        fail_msg("the probe broker exited with %d", rc);
+    }
+    free(text);
+    return 0;
+}
+
+static int setup(void **state)
+{
+    svc_test *t = calloc(1, sizeof(*t));
+    assert_non_null(t);
+    *state = t;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    svc_test *t = *state;
+    if (t->installed) {
+        char *out = NULL;
+        /* Never leave an auto-start service behind: it would start in every
+         * later session of this prefix (or at every boot). */
+        run_switchboard(&out, "service", "uninstall", NULL, NULL);
+        free(out);
+    }
+    if (t->dir[0] != '\0') {
+        if (t->b.passed) {
+            uv_fs_t req;
+            sbt_rmtree(t->dir);
+            uv_fs_unlink(NULL, &req, t->cfg, NULL);
+            uv_fs_req_cleanup(&req);
+        } else {
+            char *log = sbt_read_file(t->log, NULL);
+            fprintf(stderr, "----- service log %s -----\n%s----- end of service log -----\n",
+                    t->log, log != NULL ? log : "(none)\n");
+            free(log);
+        }
+    }
+    sbt_broker_cleanup(&t->b);
+    free(t);
+    uv_run(sbt_loop(), UV_RUN_NOWAIT);
+    return 0;
+}
+
+/* ---- the test ---- */
+
+static sbt_conn *connect_endpoint(const char *endpoint)
+{
+    sbt_conn *c = calloc(1, sizeof(*c));
+    sb_error err;
+    assert_non_null(c);
+    snprintf(c->endpoint, sizeof(c->endpoint), "%s", endpoint);
+    if (sb_client_connect(&c->c, endpoint, NULL, &err) != 0)
+        fail_msg("%s", err.msg);
+    c->stash = json_array();
+    assert_non_null(c->stash);
+    return c;
+}
+
+static void test_service_lifecycle(void **state)
+{
+    svc_test *t = *state;
+    sbt_broker *b = &t->b;
+    char base[SBT_PATH_MAX], data[SBT_PATH_MAX], *out = NULL;
+    size_t len = sizeof(base);
+    int rc, pipes;
+    sbt_conn *c;
+    json_t *m;
+
+    /* Someone else's service is none of our business. */
+    rc = run_switchboard(&out, "service", "status", NULL, NULL);
+    if (strstr(out, "not installed") == NULL) {
+        free(out);
+        print_message("skipped: a Switchboard service is already installed here\n");
+        skip();
+    }
+    free(out);
+
+    sbt_broker_init(b, "service", 2);
+    snprintf(t->pipe, sizeof(t->pipe), "\\\\.\\pipe\\sbt-service-%d", (int)uv_os_getpid());
+    pipes = have_pipe_adapter(t);
+    if (pipes) {
+        snprintf(t->admin, sizeof(t->admin), "\\\\.\\pipe\\sbt-service-admin-%d",
+                 (int)uv_os_getpid());
+    } else {
+        print_message("note: this build has no pipe adapter: the pipe steps are skipped\n");
+        t->pipe[0] = '\0';
+        snprintf(t->admin, sizeof(t->admin), "off");
+    }
+
+    /* Files under %ProgramData%\Switchboard, which install secures. */
+    if (uv_os_getenv("ProgramData", base, &len) != 0)
+        fail_msg("%%ProgramData%% is not set");
+    snprintf(t->cfg, sizeof(t->cfg), "%s\\Switchboard\\sbt-service-%d.yaml", base,
+             (int)uv_os_getpid());
+
+    /* install */
+    rc = run_switchboard(&out, "service", "install", "--config", t->cfg);
+    if (rc != 0 && strstr(out, "elevated") != NULL) {
+        free(out);
+        print_message("skipped: installing a service needs administrator rights\n");
+        skip();
+    }
+    if (rc != 0 || strstr(out, "Installed service Switchboard") == NULL)
+        fail_msg("install exited %d", rc);
+    free(out);
+    t->installed = 1;
+    check_service_config(t->cfg);
+    assert_true(eventlog_source_registered());
+
+    /* The directory is created after install so it inherits the ACL that
+     * lets the service's account in. */
+    snprintf(t->dir, sizeof(t->dir), "%s\\Switchboard\\sbt-service-%d", base,
+             (int)uv_os_getpid());
+    snprintf(data, sizeof(data), "%s\\data", t->dir);
+    snprintf(t->log, sizeof(t->log), "%s\\service.log", t->dir);
+    {
+        uv_fs_t req;
+        rc = uv_fs_mkdir(NULL, &req, t->dir, 0700, NULL);
+        uv_fs_req_cleanup(&req);
+        if (rc != 0 && rc != UV_EEXIST)
+            fail_msg("mkdir %s: %s", t->dir, uv_strerror(rc));
+    }
+    sbt_broker_set(b, 0, data);
+    sbt_broker_set(b, 1, t->log);
+    write_config(t, 0);
+
+    /* start: RUNNING only once the adapters listen */
+    service_ok("start", "Switchboard is running.");
+    wait_state(SERVICE_RUNNING);
+    service_ok("status", "Switchboard: running");
+
+    /* publish over TCP, and over the pipe */
+    c = sbt_connect(b->port[0]);
+    sbt_pub(c, "svc/tcp", "kept across a restart (tcp)", 1);
+    sbt_close(c);
+    if (pipes) {
+        c = connect_endpoint(t->pipe);
+        sbt_pub(c, "svc/pipe", "kept across a restart (pipe)", 1);
+        sbt_close(c);
+        /* sbctl through the admin pipe */
+        assert_int_equal(run_sbctl(&out, "-e", t->admin, "ping", NULL), 0);
+        assert_non_null(strstr(out, "pong"));
+        free(out);
+    }
+    {
+        char ep[64];
+        snprintf(ep, sizeof(ep), "tcp:127.0.0.1:%d", b->port[0]);
+        assert_int_equal(run_sbctl(&out, "-e", ep, "stats", NULL), 0);
+        assert_non_null(strstr(out, "durable"));
+        free(out);
+    }
+
+    /* stop: STOPPED, and nothing listens any more */
+    service_ok("stop", "Switchboard stopped.");
+    wait_state(SERVICE_STOPPED);
+    rc = run_switchboard(&out, "service", "status", NULL, NULL);
+    assert_int_equal(rc, 3);
+    assert_non_null(strstr(out, "Switchboard: stopped"));
+    free(out);
+    c = sbt_try_connect(b->port[0], 2000);
+    if (c != NULL)
+        fail_msg("port %d still accepts connections after the stop", b->port[0]);
+
+    /* start again: the messages are still there */
+    service_ok("start", "Switchboard is running.");
+    wait_state(SERVICE_RUNNING);
+    c = sbt_connect(b->port[0]);
+    sbt_sub(c, "durable", NULL, 10);
+    for (int i = 0; i < (pipes ? 2 : 1); i++) {
+        const char *topic;
+        m = sbt_next_msg(c, SBT_REPLY_MS);
+        topic = sbt_str(m, "topic");
+        if (strcmp(topic, "svc/tcp") == 0) {
+            assert_string_equal(sbt_str(m, "payload"), "kept across a restart (tcp)");
+        } else {
+            assert_string_equal(topic, "svc/pipe");
+            assert_string_equal(sbt_str(m, "payload"), "kept across a restart (pipe)");
+        }
+        sbt_ack(c, "durable", sbt_int(m, "msg_id"));
+        json_decref(m);
+    }
+    sbt_wait_queue_int(c, "durable", "depth", 0, 5000);
+
+    /* reload (PARAMCHANGE): the new adapter starts, the old connection
+     * stays */
+    write_config(t, 1);
+    service_ok("reload", "reload requested");
+    {
+        int64_t deadline = sbt_now_ms() + SERVICE_WAIT_MS;
+        sbt_conn *extra;
+        while ((extra = sbt_try_connect(b->port[1], 1000)) == NULL) {
+            if (sbt_now_ms() > deadline)
+                fail_msg("the adapter added by the reload does not listen on %d", b->port[1]);
+            sbt_poll_pause(20);
+        }
+        sbt_pub(extra, "svc/extra", "after the reload", 1);
+        sbt_close(extra);
+    }
+    m = sbt_next_msg(c, SBT_REPLY_MS);
+    assert_string_equal(sbt_str(m, "payload"), "after the reload");
+    sbt_ack(c, "durable", sbt_int(m, "msg_id"));
+    json_decref(m);
+    sbt_close(c);
+    wait_state(SERVICE_RUNNING);
+
+    /* uninstall: stops it and removes it, and the Event Log source */
+    service_ok("uninstall", "Uninstalled service Switchboard");
+    t->installed = 0;
+    rc = run_switchboard(&out, "service", "status", NULL, NULL);
+    assert_int_equal(rc, 3);
+    assert_non_null(strstr(out, "not installed"));
+    free(out);
+    assert_false(eventlog_source_registered());
+    {
+        char *log = sbt_read_file(t->log, NULL);
+        assert_non_null(log);
+        assert_int_equal(sbt_count(log, "[service] service running"), 2);
+        assert_int_equal(sbt_count(log, "[service] service stopped"), 2);
+        assert_int_equal(sbt_count(log, "configuration reloaded"), 1);
+        free(log);
+    }
+    b->passed = 1;
+}
+
+/* `service run` is what the SCM starts; by hand it fails with a pointer to
+ * `switchboard run` (StartServiceCtrlDispatcher: 1063). */
+static void test_service_run_by_hand(void **state)
+{
+    char *out;
+    int rc;
+    (void)state;
+    rc = run_switchboard(&out, "service", "run", NULL, NULL);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "to run in a console use `switchboard run --config FILE`"));
+    free(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_service_lifecycle, setup, teardown),
+        cmocka_unit_test(test_service_run_by_hand),
+    };
+    sbt_apply_filter();
+    return cmocka_run_group_tests_name("service", tests, NULL, NULL);
+}
