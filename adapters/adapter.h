@@ -49,6 +49,10 @@ struct sb_adapter_type {
     int version;      /* SB_ADAPTER_VERSION */
     const char *name; /* the config `type` */
     unsigned caps;
+    /* Optional: the capabilities of one configured instance, when they depend
+     * on its settings (a UDP listener is only a source, a UDP client only a
+     * sink). NULL: `caps`. */
+    unsigned (*caps_of)(const sb_adapter_config *cfg);
     /* Checks type-specific settings that the config schema cannot (address
      * syntax, framing/protocol combinations). Writes a one-line reason. */
     int (*validate)(const sb_adapter_config *cfg, sb_error *err);

@@ -306,8 +306,9 @@ static int bind_sink(sb_broker *b, sb_adapter *a, const char *queue_name, sb_err
     return sb_broker_attach(b, queue_name, &s->consumer, err);
 }
 
-/* Checks what the config schema cannot: destinations must be sinks. */
-static int check_config(const sb_config *cfg, sb_error *err)
+/* Checks what the config schema cannot: destinations must be sinks, and
+ * (with this_platform) every type exists here and its own checks pass. */
+int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *err)
 {
     for (size_t i = 0; i < cfg->route_count; i++) {
         const sb_route_config *r = &cfg->routes[i];
@@ -320,16 +321,20 @@ static int check_config(const sb_config *cfg, sb_error *err)
             const sb_adapter_type *type = a != NULL ? sb_adapter_find(a->type) : NULL;
             if (a == NULL || type == NULL)
                 continue; /* the config loader reported it */
-            if (!(type->caps & SB_CAP_SINK) || type->deliver == NULL ||
+            unsigned caps = type->caps_of != NULL ? type->caps_of(a) : type->caps;
+            if (!(caps & SB_CAP_SINK) || type->deliver == NULL ||
                 (a->protocol != NULL && strcmp(a->protocol, "jsonl") == 0))
                 return sb_error_set(err, SB_ECONFIG, 0,
                                     "%s:%d:%d: routes[%zu].to: adapter %s (type %s, protocol %s) "
-                                    "cannot be a destination; jsonl clients subscribe by name",
+                                    "cannot be a destination%s",
                                     cfg->path, r->pos.line, r->pos.col, i, a->name, a->type,
-                                    a->protocol != NULL ? a->protocol : "raw");
+                                    a->protocol != NULL ? a->protocol : "raw",
+                                    !(caps & SB_CAP_SINK)
+                                        ? " (it only receives: give it `connect` to send)"
+                                        : "; jsonl clients subscribe by name");
         }
     }
-    for (size_t i = 0; i < cfg->adapter_count; i++) {
+    for (size_t i = 0; i < cfg->adapter_count && this_platform; i++) {
         const sb_adapter_type *type = sb_adapter_find(cfg->adapters[i].type);
         if (type == NULL)
             return sb_error_set(err, SB_ECONFIG, 0, "%s:%d:%d: adapters[%zu].type: %s is not available on this platform",
@@ -506,7 +511,7 @@ int sb_broker_start(sb_broker *b, sb_error *err)
     load_ctx lc = {b, 0};
     int rc;
 
-    if ((rc = check_config(b->cfg, err)) != 0)
+    if ((rc = sb_broker_check_config(b->cfg, 1, err)) != 0)
         return rc;
     if ((rc = sb_platform_mkdir_p(b->cfg->broker.data_dir, err)) != 0)
         return rc;
@@ -659,7 +664,7 @@ int sb_broker_reload(sb_broker *b, sb_config *cfg, sb_error *err)
     sb_config *old = b->cfg;
     int rc;
 
-    if ((rc = check_config(cfg, err)) != 0)
+    if ((rc = sb_broker_check_config(cfg, 1, err)) != 0)
         return rc;
     if (strcmp(cfg->broker.data_dir, old->broker.data_dir) != 0)
         sb_warn(NULL, "broker.data_dir changed to %s: takes effect after a restart",
@@ -807,7 +812,7 @@ static void on_wakeup(uv_async_t *h)
             sb_config_errors_clear(&errs);
             return;
         }
-        if (check_config(cfg, &err) != 0) {
+        if (sb_broker_check_config(cfg, 1, &err) != 0) {
             sb_errlog("config", "%s", err.msg);
             sb_errlog("config", "reload rejected; the running configuration is kept");
             sb_config_free(cfg);

@@ -27,6 +27,13 @@ typedef struct sb_delivery sb_delivery;
 
 /* ---- lifecycle (main.c, the Windows service) ---- */
 
+/* Checks what the schema cannot: routes' destinations must be able to send;
+ * with this_platform also that every adapter type exists on this platform
+ * and passes its own checks (what `run` needs; `check-config` leaves those
+ * out so a Windows config can be checked on Linux). Returns 0 or
+ * SB_ECONFIG with err naming FILE:LINE:COL. */
+int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *err);
+
 /* Creates a broker for cfg (takes ownership of cfg). Opens nothing yet. */
 int sb_broker_new(sb_broker **out, sb_config *cfg, sb_error *err);
 

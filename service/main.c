@@ -5,7 +5,9 @@
  *   switchboard service ...           the Windows service (install, start, ...)
  *   switchboard version
  */
+#include "adapters/adapter.h"
 #include "config/config.h"
+#include "service/broker.h"
 #include "service/log.h"
 #include "service/platform.h"
 #include "service/service_cmd.h"
@@ -31,6 +33,7 @@ static int cmd_check_config(int argc, char **argv)
 {
     sb_config *cfg;
     sb_config_errors errs = {0};
+    sb_error err;
     if (argc != 1) {
         usage(stderr);
         return 2;
@@ -39,6 +42,12 @@ static int cmd_check_config(int argc, char **argv)
         sb_config_errors_print(&errs, stderr);
         fprintf(stderr, "%s: %zu error%s\n", argv[0], errs.count, errs.count == 1 ? "" : "s");
         sb_config_errors_clear(&errs);
+        return 1;
+    }
+    sb_adapters_register_builtin();
+    if (sb_broker_check_config(cfg, 0, &err) != 0) {
+        fprintf(stderr, "%s\n%s: 1 error\n", err.msg, argv[0]);
+        sb_config_free(cfg);
         return 1;
     }
     printf("%s: OK (%zu adapters, %zu routes)\n", argv[0], cfg->adapter_count, cfg->route_count);

@@ -193,10 +193,16 @@ static void udp_destroy(sb_adapter *a)
     sb_free(u);
 }
 
+static unsigned udp_caps_of(const sb_adapter_config *cfg)
+{
+    return cfg->listen != NULL ? SB_CAP_SOURCE : SB_CAP_SINK;
+}
+
 const sb_adapter_type sb_adapter_udp = {
     .version = SB_ADAPTER_VERSION,
     .name = "udp",
     .caps = SB_CAP_SOURCE | SB_CAP_SINK,
+    .caps_of = udp_caps_of,
     .validate = udp_validate,
     .create = udp_create,
     .start = udp_start,

@@ -29,7 +29,7 @@
 #define SERVICE_DISPLAY L"Switchboard message broker"
 #define SERVICE_ACCOUNT L"NT SERVICE\\Switchboard"
 #define SERVICE_DESCRIPTION                                                                        \
-    L"Routes messages between Windows IPC mechanisms (pipes, mailslots, sockets, DDE, ...) "      \
+    L"Routes messages between Windows IPC mechanisms (pipes, mailslots, sockets, DDE, ...) "       \
     L"through a durable SQLite queue. Configuration: %ProgramData%\\Switchboard\\switchboard.yaml"
 
 static SERVICE_STATUS_HANDLE status_handle;
@@ -238,8 +238,9 @@ static int secure_data_dir(const char *dir)
     } else {
         /* Some systems (and Wine) cannot resolve virtual accounts before the
          * service first runs: SYSTEM and Administrators only. */
-        fprintf(stderr, "switchboard service: note: cannot resolve %ls; the data directory is "
-                        "limited to SYSTEM and Administrators\n",
+        fprintf(stderr,
+                "switchboard service: note: cannot resolve %ls; the data directory is "
+                "limited to SYSTEM and Administrators\n",
                 SERVICE_ACCOUNT);
         wcscpy(sddl, L"D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)");
     }
@@ -302,8 +303,8 @@ static int cmd_install(const char *config)
     SC_HANDLE scm, svc;
     SERVICE_DESCRIPTIONW desc;
     SERVICE_DELAYED_AUTO_START_INFO delayed = {TRUE};
-    SC_ACTION actions[3] = {{SC_ACTION_RESTART, 5000}, {SC_ACTION_RESTART, 30000},
-                            {SC_ACTION_RESTART, 60000}};
+    SC_ACTION actions[3] = {
+        {SC_ACTION_RESTART, 5000}, {SC_ACTION_RESTART, 30000}, {SC_ACTION_RESTART, 60000}};
     SERVICE_FAILURE_ACTIONSW failure;
     SERVICE_FAILURE_ACTIONS_FLAG failure_flag = {TRUE};
     int rc = 1;
@@ -330,8 +331,9 @@ static int cmd_install(const char *config)
                          NULL, NULL, L"Tcpip\0\0", SERVICE_ACCOUNT, NULL);
     if (svc == NULL && GetLastError() == ERROR_INVALID_SERVICE_ACCOUNT) {
         /* Older systems and Wine lack virtual accounts: LocalSystem. */
-        fprintf(stderr, "switchboard service: note: %ls is not available here; the service runs "
-                        "as LocalSystem\n",
+        fprintf(stderr,
+                "switchboard service: note: %ls is not available here; the service runs "
+                "as LocalSystem\n",
                 SERVICE_ACCOUNT);
         svc = CreateServiceW(scm, SERVICE_NAME, SERVICE_DISPLAY, SERVICE_ALL_ACCESS,
                              SERVICE_WIN32_OWN_PROCESS, SERVICE_AUTO_START, SERVICE_ERROR_NORMAL,
@@ -340,7 +342,7 @@ static int cmd_install(const char *config)
     if (svc == NULL) {
         DWORD code = GetLastError();
         print_win_error(code == ERROR_SERVICE_EXISTS ? "already installed (uninstall it first)"
-                                                      : "cannot create the service",
+                                                     : "cannot create the service",
                         code);
         goto done;
     }
@@ -356,8 +358,7 @@ static int cmd_install(const char *config)
     if (sb_eventlog_register() != 0)
         fprintf(stderr, "switchboard service: note: cannot register the Event Log source\n");
     if (secure_data_dir(data_dir) != 0 || write_default_config(config, data_dir) != 0) {
-        fprintf(stderr, "switchboard service: installed, but %s could not be prepared\n",
-                data_dir);
+        fprintf(stderr, "switchboard service: installed, but %s could not be prepared\n", data_dir);
         goto done;
     }
     printf("Installed service Switchboard (delayed automatic start, restarts on failure).\n"
@@ -382,7 +383,7 @@ static SC_HANDLE open_service(DWORD access, SC_HANDLE *scm)
     if (svc == NULL) {
         DWORD code = GetLastError();
         print_win_error(code == ERROR_SERVICE_DOES_NOT_EXIST ? "not installed"
-                                                              : "cannot open the service",
+                                                             : "cannot open the service",
                         code);
         CloseServiceHandle(*scm);
         *scm = NULL;
@@ -437,8 +438,9 @@ static int cmd_start(void)
         printf("Switchboard is running.\n");
         rc = 0;
     } else {
-        fprintf(stderr, "switchboard service: the service is %s (exit code %lu); see the Event "
-                        "Log (source Switchboard) or the log file\n",
+        fprintf(stderr,
+                "switchboard service: the service is %s (exit code %lu); see the Event "
+                "Log (source Switchboard) or the log file\n",
                 state_name(st.dwCurrentState), (unsigned long)st.dwServiceSpecificExitCode);
     }
     CloseServiceHandle(svc);
@@ -448,8 +450,8 @@ static int cmd_start(void)
 
 static int cmd_control(DWORD control, const char *what)
 {
-    SC_HANDLE scm, svc = open_service(SERVICE_STOP | SERVICE_QUERY_STATUS | SERVICE_PAUSE_CONTINUE,
-                                      &scm);
+    SC_HANDLE scm,
+        svc = open_service(SERVICE_STOP | SERVICE_QUERY_STATUS | SERVICE_PAUSE_CONTINUE, &scm);
     SERVICE_STATUS st;
     int rc = 1;
     if (svc == NULL)
@@ -540,14 +542,16 @@ static int cmd_run(const char *config)
 
 static void service_usage(FILE *f)
 {
-    fprintf(f, "Usage: switchboard service COMMAND\n"
-               "  install [--config FILE]  register the service (delayed automatic start,\n"
-               "                           restart on failure, account NT SERVICE\\Switchboard);\n"
-               "                           default config %%ProgramData%%\\Switchboard\\switchboard.yaml\n"
-               "  uninstall                stop and remove it (configuration and data are kept)\n"
-               "  start | stop | status    control it; status exits 0 only when running\n"
-               "  reload                   re-read the configuration (SERVICE_CONTROL_PARAMCHANGE)\n"
-               "  run [--config FILE]      the entry point the service control manager starts\n");
+    fprintf(
+        f,
+        "Usage: switchboard service COMMAND\n"
+        "  install [--config FILE]  register the service (delayed automatic start,\n"
+        "                           restart on failure, account NT SERVICE\\Switchboard);\n"
+        "                           default config %%ProgramData%%\\Switchboard\\switchboard.yaml\n"
+        "  uninstall                stop and remove it (configuration and data are kept)\n"
+        "  start | stop | status    control it; status exits 0 only when running\n"
+        "  reload                   re-read the configuration (SERVICE_CONTROL_PARAMCHANGE)\n"
+        "  run [--config FILE]      the entry point the service control manager starts\n");
 }
 
 int sb_service_command(int argc, char **argv)
@@ -561,8 +565,7 @@ int sb_service_command(int argc, char **argv)
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
             config = argv[++i];
         } else {
-            fprintf(stderr, "switchboard service %s: unexpected argument '%s'\n", argv[0],
-                    argv[i]);
+            fprintf(stderr, "switchboard service %s: unexpected argument '%s'\n", argv[0], argv[i]);
             return 2;
         }
     }

@@ -19,8 +19,8 @@
 
 struct sb_stop_watch {
     sb_broker *b;
-    HANDLE event;  /* Local\switchboard-stop-<pid>, auto-reset */
-    HANDLE quit;   /* set by sb_run__stop_watch_close */
+    HANDLE event; /* Local\switchboard-stop-<pid>, auto-reset */
+    HANDLE quit;  /* set by sb_run__stop_watch_close */
     HANDLE thread;
     wchar_t name[64];
 };
@@ -58,8 +58,7 @@ static PSECURITY_DESCRIPTOR event_security(void)
         _snwprintf(sddl, sizeof(sddl) / sizeof(sddl[0]),
                    L"D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GA;;;%ls)", sid);
         sddl[sizeof(sddl) / sizeof(sddl[0]) - 1] = L'\0';
-        if (!ConvertStringSecurityDescriptorToSecurityDescriptorW(sddl, SDDL_REVISION_1, &sd,
-                                                                  NULL))
+        if (!ConvertStringSecurityDescriptorToSecurityDescriptorW(sddl, SDDL_REVISION_1, &sd, NULL))
             sd = NULL;
         LocalFree(sid);
     }

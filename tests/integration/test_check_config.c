@@ -115,6 +115,31 @@ static void test_golden_bad_configs(void **state)
     b->passed = 1;
 }
 
+/* A destination that can only receive is refused by check-config and run,
+ * naming the route's position. */
+static void test_receive_only_destination(void **state)
+{
+    sbt_broker *b = *state;
+    char dir[SBT_PATH_MAX];
+    char *check[] = {(char *)sbt_switchboard(), "check-config", "receive-only-destination.yaml",
+                     NULL};
+    char *run[] = {(char *)sbt_switchboard(), "run", "--config", "receive-only-destination.yaml",
+                   NULL};
+    char *out, *err;
+
+    sbt_path(dir, sizeof(dir), sbt_test_data(), "integration");
+    assert_int_equal(sbt_run(check, dir, 10000, &out, &err), 1);
+    assert_non_null(strstr(err, "receive-only-destination.yaml:7:5: routes[0].to: adapter listener"));
+    assert_non_null(strstr(err, "cannot be a destination"));
+    free(out);
+    free(err);
+    assert_int_equal(sbt_run(run, dir, 10000, &out, &err), 1);
+    assert_non_null(strstr(err, "cannot be a destination"));
+    free(out);
+    free(err);
+    b->passed = 1;
+}
+
 /* `run` refuses a bad config with the same report and starts nothing. */
 static void test_run_refuses_bad_config(void **state)
 {
@@ -183,6 +208,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_golden_bad_configs, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_run_refuses_bad_config, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_receive_only_destination, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_examples_are_valid, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();

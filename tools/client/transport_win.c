@@ -25,9 +25,9 @@ typedef enum { WIN_TCP = 1, WIN_PIPE = 2 } win_kind;
 typedef struct win_transport {
     sb_transport base;
     win_kind kind;
-    SOCKET sock;   /* WIN_TCP */
-    HANDLE pipe;   /* WIN_PIPE, opened with FILE_FLAG_OVERLAPPED */
-    HANDLE event;  /* WIN_PIPE: the manual-reset event of the pending operation */
+    SOCKET sock;  /* WIN_TCP */
+    HANDLE pipe;  /* WIN_PIPE, opened with FILE_FLAG_OVERLAPPED */
+    HANDLE event; /* WIN_PIPE: the manual-reset event of the pending operation */
     char name[SB_ENDPOINT_PATH_MAX + 16];
 } win_transport;
 
@@ -169,8 +169,7 @@ static int tcp_read(win_transport *wt, void *buf, size_t cap, size_t *out_n, int
     }
 }
 
-static int tcp_write(win_transport *wt, const void *buf, size_t len, int timeout_ms,
-                     sb_error *err)
+static int tcp_write(win_transport *wt, const void *buf, size_t len, int timeout_ms, sb_error *err)
 {
     const char *p = buf;
     unsigned long long deadline = deadline_after(timeout_ms);
@@ -285,8 +284,8 @@ static int connect_tcp(win_transport *wt, const sb_endpoint *ep, int timeout_ms,
  * when the deadline passes. Returns 1 with *n if it completed (even late,
  * racing the cancel: those bytes were transferred and must be counted), 0
  * on timeout, -1 with *code on failure. */
-static int pipe_finish(win_transport *wt, OVERLAPPED *ov, unsigned long long deadline,
-                       DWORD *n, DWORD *code)
+static int pipe_finish(win_transport *wt, OVERLAPPED *ov, unsigned long long deadline, DWORD *n,
+                       DWORD *code)
 {
     int ms = remaining_ms(deadline);
     DWORD w = WaitForSingleObject(wt->event, ms < 0 ? INFINITE : (DWORD)ms);
@@ -314,8 +313,8 @@ static int pipe_read(win_transport *wt, void *buf, size_t cap, size_t *out_n, in
         memset(&ov, 0, sizeof(ov));
         ov.hEvent = wt->event;
         ResetEvent(wt->event);
-        if (ReadFile(wt->pipe, buf, len, NULL, &ov) || (code = GetLastError()) == ERROR_IO_PENDING ||
-            code == ERROR_MORE_DATA)
+        if (ReadFile(wt->pipe, buf, len, NULL, &ov) ||
+            (code = GetLastError()) == ERROR_IO_PENDING || code == ERROR_MORE_DATA)
             /* ERROR_MORE_DATA: a message-mode pipe's message continues in
              * the next read; the bytes so far are good. */
             done = pipe_finish(wt, &ov, deadline, &n, &code);
@@ -338,8 +337,7 @@ static int pipe_read(win_transport *wt, void *buf, size_t cap, size_t *out_n, in
     }
 }
 
-static int pipe_write(win_transport *wt, const void *buf, size_t len, int timeout_ms,
-                      sb_error *err)
+static int pipe_write(win_transport *wt, const void *buf, size_t len, int timeout_ms, sb_error *err)
 {
     const char *p = buf;
     unsigned long long deadline = deadline_after(timeout_ms);
@@ -356,12 +354,12 @@ static int pipe_write(win_transport *wt, const void *buf, size_t len, int timeou
             done = pipe_finish(wt, &ov, deadline, &n, &code);
         else
             done = -1;
-        if (done == 1) {
+        if (done == 1 && (n > 0 || remaining_ms(deadline) != 0)) {
             p += n;
             len -= n;
             continue;
         }
-        if (done == 0) {
+        if (done >= 0) {
             /* A cancelled write may have moved some bytes: the stream's
              * framing is unknown now, as after a POSIX send timeout. */
             return sb_error_set(err, SB_ETIMEDOUT, 0,
@@ -388,10 +386,9 @@ static int connect_pipe(win_transport *wt, const sb_endpoint *ep, int timeout_ms
         int ms;
         /* SECURITY_IDENTIFICATION: the broker may learn who we are but not
          * act as us. */
-        HANDLE h = CreateFileW(wname, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING,
-                               FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT |
-                                   SECURITY_IDENTIFICATION,
-                               NULL);
+        HANDLE h = CreateFileW(
+            wname, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING,
+            FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION, NULL);
         if (h != INVALID_HANDLE_VALUE) {
             wt->pipe = h;
             break;

@@ -83,7 +83,7 @@ static int build_request(json_t **out, sbctl_ctx *ctx, const sbctl_cmd *cmd, con
         if (payload == NULL)
             goto oom;
     } else if (file != NULL && strcmp(file, "-") != 0) {
-        FILE *f = fopen(file, "rb");
+        FILE *f = sbctl_fopen(file, "rb");
         int e;
         if (f == NULL) {
             sbctl_errorf("pub: cannot open %s: %s", file, strerror(errno));
@@ -98,7 +98,8 @@ static int build_request(json_t **out, sbctl_ctx *ctx, const sbctl_cmd *cmd, con
     } else {
         int e;
         if (ctx->tty_in)
-            fprintf(stderr, "sbctl: reading the payload from stdin (end it with Ctrl-D)\n");
+            fprintf(stderr, "sbctl: reading the payload from stdin (end it with %s)\n",
+                    sbctl_eof_key());
         e = read_all(stdin, &payload, &len);
         if (e != 0) {
             sbctl_errorf("pub: cannot read stdin: %s", strerror(e));

@@ -30,20 +30,21 @@ static void print_main_help(FILE *f)
         snprintf(left, sizeof(left), "%s %s", commands[i]->name, commands[i]->args);
         fprintf(f, "  %-26s %s\n", left, commands[i]->summary);
     }
-    fprintf(f, "\n"
-               "Global options:\n"
-               "  -e, --endpoint ENDPOINT    where the broker listens: unix:PATH, tcp:HOST:PORT,\n"
-               "                             HOST:PORT, \\\\.\\pipe\\NAME or a socket path\n"
-               "                             (default: $SB_ADMIN, else %s)\n"
-               "  -h, --help                 show this help\n"
-               "  -V, --version              show the version\n"
-               "\n"
-               "Durations take a unit: 500ms, 10s, 1.5m, 2h, 1d.\n"
-               "\n"
-               "Exit status: 0 success; 1 the broker reported an error or the operation\n"
-               "failed; 2 usage error; 3 cannot connect, or the connection failed or timed out.\n"
-               "\n"
-               "Run 'sbctl COMMAND --help' for the options of a command.\n",
+    fprintf(f,
+            "\n"
+            "Global options:\n"
+            "  -e, --endpoint ENDPOINT    where the broker listens: unix:PATH, tcp:HOST:PORT,\n"
+            "                             HOST:PORT, \\\\.\\pipe\\NAME or a socket path\n"
+            "                             (default: $SB_ADMIN, else %s)\n"
+            "  -h, --help                 show this help\n"
+            "  -V, --version              show the version\n"
+            "\n"
+            "Durations take a unit: 500ms, 10s, 1.5m, 2h, 1d.\n"
+            "\n"
+            "Exit status: 0 success; 1 the broker reported an error or the operation\n"
+            "failed; 2 usage error; 3 cannot connect, or the connection failed or timed out.\n"
+            "\n"
+            "Run 'sbctl COMMAND --help' for the options of a command.\n",
             sb_client_platform_endpoint());
 }
 

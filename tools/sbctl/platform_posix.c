@@ -6,6 +6,7 @@
 #include "tools/sbctl/sbctl.h"
 
 #include <signal.h>
+#include <stdio.h>
 #include <unistd.h>
 
 void sbctl_platform_init(int *argc, char ***argv)
@@ -21,4 +22,14 @@ void sbctl_platform_init(int *argc, char ***argv)
 int sbctl_isatty(int fd)
 {
     return isatty(fd);
+}
+
+FILE *sbctl_fopen(const char *path, const char *mode)
+{
+    return fopen(path, mode);
+}
+
+const char *sbctl_eof_key(void)
+{
+    return "Ctrl-D";
 }

@@ -1,15 +1,17 @@
 /*
  * Windows specifics of sbctl: the command line as UTF-8 (main's argv is in
- * the ANSI code page), stdin/stdout in binary mode (payloads are bytes; no
- * CRLF translation), the console's output code page set to UTF-8, and
- * terminal detection that recognises only a real console (the C runtime's
- * _isatty also says yes for NUL and other character devices).
+ * the ANSI code page) and file names opened as such, stdin/stdout in binary
+ * mode (payloads are bytes; no CRLF translation), the console's output code
+ * page set to UTF-8, and terminal detection that recognises only a real
+ * console (the C runtime's _isatty also says yes for NUL and other
+ * character devices).
  */
 #include "tools/sbctl/sbctl.h"
 
 #include "service/alloc.h"
 #include "service/platform/win/utf.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <io.h>
 #include <stdio.h>
@@ -60,4 +62,22 @@ int sbctl_isatty(int fd)
     if (h == NULL || h == INVALID_HANDLE_VALUE || GetFileType(h) != FILE_TYPE_CHAR)
         return 0;
     return GetConsoleMode(h, &mode) != 0;
+}
+
+FILE *sbctl_fopen(const char *path, const char *mode)
+{
+    wchar_t *wpath = sb_utf8_to_wide(path), *wmode = sb_utf8_to_wide(mode);
+    FILE *f = NULL;
+    if (wpath != NULL && wmode != NULL)
+        f = _wfopen(wpath, wmode);
+    else
+        errno = EINVAL;
+    sb_free(wpath);
+    sb_free(wmode);
+    return f;
+}
+
+const char *sbctl_eof_key(void)
+{
+    return "Ctrl-Z and Enter";
 }

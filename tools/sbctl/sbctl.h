@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdio.h>
 
 /* Exit status. */
 #define SBCTL_EXIT_OK 0
@@ -84,5 +85,9 @@ unsigned long long sbctl_now_ns(void);
  * line (Windows: with a UTF-8 copy of the wide one). */
 void sbctl_platform_init(int *argc, char ***argv);
 int sbctl_isatty(int fd); /* 0 stdin, 1 stdout, 2 stderr */
+/* fopen with a UTF-8 file name (Windows: _wfopen); errno set on failure. */
+FILE *sbctl_fopen(const char *path, const char *mode);
+/* How a terminal user ends input: "Ctrl-D", or "Ctrl-Z and Enter". */
+const char *sbctl_eof_key(void);
 
 #endif

@@ -7,11 +7,15 @@
  * \\DOMAIN\mailslot\NAME or \\*\mailslot\NAME.
  *
  * Mailslots are fire-and-forget. A writer learns nothing about delivery, so a
- * sink delivery is acknowledged once WriteFile succeeded; a reader cannot
- * push back, so a message the broker refuses (queue full, store refusing
- * writes) is logged and counted as dropped. The reader does stop reading
- * while `inflight` messages await their commit: what arrives meanwhile waits
- * in the mailslot itself.
+ * sink delivery is acknowledged once WriteFile succeeded; a missing target
+ * (ERROR_FILE_NOT_FOUND) is a failed attempt, retried by the route. The sink
+ * opens its target lazily and lets go of it whenever it is idle, so a reader
+ * that restarts is found again. A reader cannot push back, so a message the
+ * broker refuses (queue full, store refusing writes) is logged and counted
+ * as dropped. The reader does stop reading while `inflight` messages await
+ * their commit: what arrives meanwhile waits in the mailslot itself; on a
+ * stop, what is already in the mailslot is read out and published rather
+ * than lost with it.
  *
  * Messages sent over the network (to a host, a domain or `*`) are datagrams
  * of at most 424 bytes. A computer name and a domain name look alike, so the
@@ -458,44 +462,71 @@ static void discard_next(ms_adapter *m)
     post_too_big(m, next);
 }
 
+/* Reader thread: reads one message (waiting at most READ_POLL_MS) and hands
+ * it to the loop. Returns 0, or the Windows error of the read. */
+static DWORD read_one(ms_adapter *m)
+{
+    size_t max = (size_t)m->base.cfg->max_message;
+    DWORD n = 0;
+    ms_read *r;
+
+    /* One byte more than max_message: Windows fails a read into a buffer
+     * too small for the message (ERROR_INSUFFICIENT_BUFFER), Wine truncates
+     * it; either way an oversized message is noticed and dropped, never
+     * published truncated. */
+    if (!ReadFile(m->slot, m->rbuf, (DWORD)max + 1, &n, NULL))
+        return GetLastError();
+    if (n > max) {
+        post_too_big(m, 0);
+        return 0;
+    }
+    r = sb_calloc(1, sizeof(*r));
+    if (r == NULL || (r->data = sb_malloc(n)) == NULL) {
+        sb_free(r);
+        sb_log(SB_LOG_ERROR, m->base.name, "message of %lu bytes from %s dropped: out of memory",
+               (unsigned long)n, m->path);
+        return 0;
+    }
+    memcpy(r->data, m->rbuf, n);
+    r->len = n;
+    r->m = m;
+    uv_mutex_lock(&m->lock);
+    m->pending++;
+    uv_mutex_unlock(&m->lock);
+    post_retry(m, on_read, r);
+    return 0;
+}
+
+/* Reader thread, stopping: the messages already in the mailslot would die
+ * with it, so they are read out (without waiting for more) and handed over
+ * like any other; the loop publishes them while the adapter stops. */
+static void drain(ms_adapter *m)
+{
+    DWORD next = 0, count = 0;
+    if (!GetMailslotInfo(m->slot, NULL, &next, &count, NULL))
+        return;
+    while (count-- > 0 && next != MAILSLOT_NO_MESSAGE) {
+        DWORD code = read_one(m);
+        if (code == ERROR_INSUFFICIENT_BUFFER)
+            discard_next(m);
+        else if (code != 0)
+            break;
+        if (!GetMailslotInfo(m->slot, NULL, &next, NULL, NULL))
+            break;
+    }
+}
+
 static void reader_main(void *arg)
 {
     ms_adapter *m = arg;
-    size_t max = (size_t)m->base.cfg->max_message;
-    unsigned char *buf = m->rbuf;
     DWORD last_error = 0;
 
     while (wait_for_room(m) == 0) {
-        DWORD n = 0, code;
-        ms_read *r;
-        /* One byte more than max_message: Windows fails a read into a
-         * buffer too small for the message (ERROR_INSUFFICIENT_BUFFER), Wine
-         * truncates it; either way an oversized message is noticed and
-         * dropped, never published truncated. */
-        if (ReadFile(m->slot, buf, (DWORD)max + 1, &n, NULL)) {
+        DWORD code = read_one(m);
+        if (code == 0) {
             last_error = 0;
-            if (n > max) {
-                post_too_big(m, 0);
-                continue;
-            }
-            r = sb_calloc(1, sizeof(*r));
-            if (r != NULL && (r->data = sb_malloc(n)) != NULL) {
-                memcpy(r->data, buf, n);
-                r->len = n;
-                r->m = m;
-                uv_mutex_lock(&m->lock);
-                m->pending++;
-                uv_mutex_unlock(&m->lock);
-                post_retry(m, on_read, r);
-            } else {
-                sb_free(r);
-                sb_log(SB_LOG_ERROR, m->base.name,
-                       "message of %lu bytes from %s dropped: out of memory", (unsigned long)n,
-                       m->path);
-            }
             continue;
         }
-        code = GetLastError();
         if (code == ERROR_SEM_TIMEOUT) {
             last_error = 0;
             continue; /* nothing within READ_POLL_MS: look at the stop flag */
@@ -523,6 +554,7 @@ static void reader_main(void *arg)
         }
         pause_unless_quit(m, READ_ERROR_PAUSE_MS);
     }
+    drain(m);
 }
 
 static int server_start(ms_adapter *m, size_t name_off, sb_error *err)
@@ -750,10 +782,16 @@ static int ms_start(sb_adapter *a, sb_error *err)
     return 0;
 }
 
+static unsigned ms_caps_of(const sb_adapter_config *cfg)
+{
+    return SB_CAP_THREAD | (cfg->path != NULL ? SB_CAP_SOURCE : SB_CAP_SINK);
+}
+
 const sb_adapter_type sb_adapter_mailslot = {
     .version = SB_ADAPTER_VERSION,
     .name = "mailslot",
     .caps = SB_CAP_SOURCE | SB_CAP_SINK | SB_CAP_THREAD,
+    .caps_of = ms_caps_of,
     .validate = ms_validate,
     .create = ms_create,
     .start = ms_start,

@@ -39,10 +39,10 @@ enum { LINK_UNKNOWN = 0, LINK_UP, LINK_DOWN, LINK_LOST };
 
 /* ---- the transport under sb_conn ---- */
 
+/* Asks the thread for input: the first time, and after each batch taken. */
 static void post_read(pipe_inst *inst)
 {
-    inst->read_granted = 1;
-    pipe__cmd(inst->pa, PIPE_KEY_READ, inst);
+    sb_pipe__cmd(inst->pa, PIPE_KEY_READ, inst);
 }
 
 static void on_stash(void *arg);
@@ -58,12 +58,14 @@ static void t_read(sb_conn *c, int on)
          * from inside the protocol call that resumed reading. */
         if (!inst->stash_posted) {
             inst->stash_posted = 1;
-            pipe__post(inst->pa, on_stash, inst);
+            sb_pipe__post(inst->pa, on_stash, inst);
         }
         return;
     }
-    if (!inst->read_granted)
+    if (!inst->read_started) {
+        inst->read_started = 1;
         post_read(inst);
+    }
 }
 
 static int t_write(sb_conn *c, char *buf, size_t len)
@@ -71,24 +73,26 @@ static int t_write(sb_conn *c, char *buf, size_t len)
     pipe_inst *inst = c->tdata;
     inst->wbuf = buf; /* now owned by the I/O thread */
     inst->wlen = len;
-    pipe__cmd(inst->pa, PIPE_KEY_WRITE, inst);
+    sb_pipe__cmd(inst->pa, PIPE_KEY_WRITE, inst);
     return 0;
 }
 
 static void t_close(sb_conn *c)
 {
     pipe_inst *inst = c->tdata;
-    pipe__cmd(inst->pa, PIPE_KEY_CLOSE, inst);
+    sb_pipe__cmd(inst->pa, PIPE_KEY_CLOSE, inst);
 }
 
 static const sb_conn_transport pipe_transport = {t_read, t_write, t_close};
 
+/* Gives a batch to the protocol, then lets the thread send the next one
+ * (nothing may be sent to the thread for a connection being closed). */
 static void give_input(pipe_inst *inst, char *data, size_t len)
 {
     sb_conn *c = inst->conn;
     sb_conn_input(c, data, len);
     sb_free(data);
-    if (!c->closing && inst->want_read && !inst->read_granted && inst->stash == NULL)
+    if (!c->closing)
         post_read(inst);
 }
 
@@ -110,13 +114,12 @@ static void on_stash(void *arg)
     give_input(inst, data, inst->stash_len);
 }
 
-void pipe__on_input(void *arg)
+void sb_pipe__on_input(void *arg)
 {
     pipe_inst *inst = arg;
     char *data = inst->in_data;
     size_t len = inst->in_len;
     inst->in_data = NULL;
-    inst->read_granted = 0;
     if (inst->conn == NULL || inst->conn->closing) {
         sb_free(data);
         return;
@@ -129,11 +132,10 @@ void pipe__on_input(void *arg)
     give_input(inst, data, len);
 }
 
-void pipe__on_input_end(void *arg)
+void sb_pipe__on_input_end(void *arg)
 {
     pipe_inst *inst = arg;
     sb_conn *c = inst->conn;
-    inst->read_granted = 0;
     if (c == NULL || c->closing)
         return;
     if (inst->end_log) {
@@ -145,13 +147,13 @@ void pipe__on_input_end(void *arg)
     }
 }
 
-void pipe__on_write_done(void *arg)
+void sb_pipe__on_write_done(void *arg)
 {
     pipe_inst *inst = arg;
     sb_conn_write_done(inst->conn, inst->wstatus, inst->wstatus != 0 ? inst->wwhy : NULL);
 }
 
-void pipe__on_closed(void *arg)
+void sb_pipe__on_closed(void *arg)
 {
     pipe_inst *inst = arg;
     sb_conn *c = inst->conn;
@@ -159,7 +161,7 @@ void pipe__on_closed(void *arg)
         c->tdata = NULL;
         sb_conn_transport_closed(c);
     }
-    pipe__inst_free(inst);
+    sb_pipe__inst_free(inst);
 }
 
 /* ---- connections ---- */
@@ -189,7 +191,7 @@ static void on_conn_closed(sb_conn *c)
     maybe_stopped(pa);
 }
 
-void pipe__on_connected(void *arg)
+void sb_pipe__on_connected(void *arg)
 {
     pipe_inst *inst = arg;
     pipe_adapter *pa = inst->pa;
@@ -199,13 +201,13 @@ void pipe__on_connected(void *arg)
     if (!pa->is_server)
         pa->connecting = 0;
     if (pa->stopping) {
-        pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
+        sb_pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
         return;
     }
     c = sb_calloc(1, sizeof(*c));
     if (c == NULL) {
         sb_log(SB_LOG_ERROR, pa->base.name, "peer %s: out of memory", inst->peer);
-        pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
+        sb_pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
         return;
     }
     c->transport = pa;
@@ -214,11 +216,11 @@ void pipe__on_connected(void *arg)
     rc = sb_conn_start(c, &pa->base, pa->proto, &pipe_transport, inst, inst->peer);
     if (rc != 0) {
         /* The session did not open: nothing refers to c yet. */
-        sb_log(SB_LOG_ERROR, pa->base.name, "peer %s: cannot start the %s session: %s",
-               inst->peer, pa->proto->name, sb_strerror(rc));
+        sb_log(SB_LOG_ERROR, pa->base.name, "peer %s: cannot start the %s session: %s", inst->peer,
+               pa->proto->name, sb_strerror(rc));
         inst->conn = NULL;
         sb_free(c);
-        pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
+        sb_pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
         if (!pa->is_server)
             schedule_reconnect(pa);
         return;
@@ -232,8 +234,7 @@ void pipe__on_connected(void *arg)
         pa->backoff_ms = 0;
         pa->link_state = LINK_UP;
         pa->last_fail[0] = '\0';
-        sb_log(SB_LOG_INFO, pa->base.name, "connected to %s (%s)", pa->display,
-               pa->proto->name);
+        sb_log(SB_LOG_INFO, pa->base.name, "connected to %s (%s)", pa->display, pa->proto->name);
     }
     sb_adapter_sink_ready(&pa->base);
 }
@@ -245,7 +246,7 @@ static void start_connect(pipe_adapter *pa)
     if (pa->stopping || pa->connecting || pa->conns != NULL)
         return;
     pa->connecting = 1;
-    pipe__cmd(pa, PIPE_KEY_CONNECT, NULL);
+    sb_pipe__cmd(pa, PIPE_KEY_CONNECT, NULL);
 }
 
 static void on_reconnect_timer(uv_timer_t *t)
@@ -266,7 +267,7 @@ static void schedule_reconnect(pipe_adapter *pa)
     uv_timer_start(pa->reconnect, on_reconnect_timer, (uint64_t)pa->backoff_ms, 0);
 }
 
-void pipe__on_connect_failed(void *arg)
+void sb_pipe__on_connect_failed(void *arg)
 {
     pipe_adapter *pa = arg;
     pa->connecting = 0;
@@ -300,8 +301,7 @@ static int pipe_validate(const sb_adapter_config *cfg, sb_error *err)
 
     if (p == NULL)
         return sb_error_set(err, SB_ECONFIG, 0, "unknown protocol %s", cfg->protocol);
-    if (framing != SB_FRAMING_LINE && framing != SB_FRAMING_LENGTH &&
-        framing != SB_FRAMING_MESSAGE)
+    if (framing != SB_FRAMING_LINE && framing != SB_FRAMING_LENGTH && framing != SB_FRAMING_MESSAGE)
         return sb_error_set(err, SB_ECONFIG, 0, "framing %s is not available for pipes",
                             cfg->framing);
     if (framing == SB_FRAMING_MESSAGE && p != &sb_protocol_raw)
@@ -311,13 +311,13 @@ static int pipe_validate(const sb_adapter_config *cfg, sb_error *err)
     if (cfg->security != NULL && cfg->path == NULL)
         return sb_error_set(err, SB_ECONFIG, 0,
                             "security applies to a pipe server (path), not to connect");
-    if ((rc = pipe__full_name(name, cfg->path != NULL, &utf8, &wide, err)) != 0)
+    if ((rc = sb_pipe__full_name(name, cfg->path != NULL, &utf8, &wide, err)) != 0)
         return rc;
     sb_free(utf8);
     sb_free(wide);
     if (cfg->security != NULL) {
         PSECURITY_DESCRIPTOR sd;
-        if ((rc = pipe__security(&sd, cfg->name, cfg->security, err)) != 0)
+        if ((rc = sb_pipe__security(&sd, cfg->name, cfg->security, err)) != 0)
             return rc;
         LocalFree(sd);
     }
@@ -335,8 +335,8 @@ static int pipe_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error 
     pa->message = sb_raw_framing_parse(cfg->framing, 0) == SB_FRAMING_MESSAGE;
     pa->max_message = cfg->max_message > 0 ? (size_t)cfg->max_message : 1048576;
     pa->max_connections = cfg->max_connections > 0 ? cfg->max_connections : 64;
-    rc = pipe__full_name(pa->is_server ? cfg->path : cfg->connect, pa->is_server, &pa->display,
-                         &pa->wname, err);
+    rc = sb_pipe__full_name(pa->is_server ? cfg->path : cfg->connect, pa->is_server, &pa->display,
+                            &pa->wname, err);
     if (rc != 0) {
         sb_free(pa);
         return rc;
@@ -370,14 +370,14 @@ static int pipe_start(sb_adapter *a, sb_error *err)
 
     if (pa->is_server) {
         HANDLE h;
-        if ((rc = pipe__security(&pa->sd, a->name, a->cfg->security, err)) != 0)
+        if ((rc = sb_pipe__security(&pa->sd, a->name, a->cfg->security, err)) != 0)
             return rc;
         pa->sa.nLength = sizeof(pa->sa);
         pa->sa.lpSecurityDescriptor = pa->sd;
         pa->sa.bInheritHandle = FALSE;
-        if ((rc = pipe__guard(&pa->mutex, pa, err)) != 0)
+        if ((rc = sb_pipe__guard(&pa->mutex, pa, err)) != 0)
             return rc;
-        h = pipe__create_instance(pa, 1);
+        h = sb_pipe__create_instance(pa, 1);
         if (h == INVALID_HANDLE_VALUE) {
             if (GetLastError() == ERROR_ACCESS_DENIED)
                 return sb_error_set(err, SB_EADDRINUSE, ERROR_ACCESS_DENIED,
@@ -391,7 +391,7 @@ static int pipe_start(sb_adapter *a, sb_error *err)
             CloseHandle(h);
             return rc;
         }
-        pa->first = pipe__inst_new(pa, h);
+        pa->first = sb_pipe__inst_new(pa, h);
         if (pa->first == NULL) {
             CloseHandle(h);
             return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->name);
@@ -405,12 +405,12 @@ static int pipe_start(sb_adapter *a, sb_error *err)
         pa->reconnect->data = pa;
         pa->timer_open = 1;
     }
-    if (uv_thread_create(&pa->thread, pipe__thread, pa) != 0)
+    if (uv_thread_create(&pa->thread, sb_pipe__thread, pa) != 0)
         return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: cannot start its thread", a->name);
     pa->thread_running = 1;
     if (pa->is_server) {
-        sb_log(SB_LOG_INFO, a->name, "listening on %s (%s, %s mode)", pa->display,
-               pa->proto->name, pa->message ? "message" : "byte");
+        sb_log(SB_LOG_INFO, a->name, "listening on %s (%s, %s mode)", pa->display, pa->proto->name,
+               pa->message ? "message" : "byte");
     } else {
         sb_log(SB_LOG_INFO, a->name, "connecting to %s (%s)", pa->display, pa->proto->name);
         start_connect(pa);
@@ -430,7 +430,7 @@ static void maybe_stopped(pipe_adapter *pa)
     }
     if (pa->first != NULL) { /* the thread never took it */
         CloseHandle(pa->first->h);
-        pipe__inst_free(pa->first);
+        sb_pipe__inst_free(pa->first);
         pa->first = NULL;
     }
     if (pa->port != NULL) {
@@ -450,7 +450,7 @@ static void maybe_stopped(pipe_adapter *pa)
     cb(&pa->base);
 }
 
-void pipe__on_stopped(void *arg)
+void sb_pipe__on_stopped(void *arg)
 {
     pipe_adapter *pa = arg;
     pa->stopped_io = 1;
@@ -477,10 +477,10 @@ static void pipe_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
     for (sb_conn *c = pa->conns; c != NULL; c = c->next)
         sb_conn_close(c, NULL);
     if (pa->thread_running) {
-        pipe__cmd(pa, PIPE_KEY_STOP, NULL);
+        sb_pipe__cmd(pa, PIPE_KEY_STOP, NULL);
         if (WaitForSingleObject(pa->handles_closed, STOP_WAIT_MS) != WAIT_OBJECT_0)
-            sb_log(SB_LOG_WARN, a->name, "%s: pipe instances still open after %d ms",
-                   pa->display, STOP_WAIT_MS);
+            sb_log(SB_LOG_WARN, a->name, "%s: pipe instances still open after %d ms", pa->display,
+                   STOP_WAIT_MS);
     }
     if (pa->mutex != NULL) {
         CloseHandle(pa->mutex);

@@ -10,12 +10,13 @@
  *
  * Threads. The loop thread never touches a pipe handle; the I/O thread never
  * touches an sb_conn or the broker. The loop sends commands to the thread as
- * completion packets (pipe__cmd: read once, write, close, connect, stop); the
+ * completion packets (sb_pipe__cmd: read once, write, close, connect, stop); the
  * thread reports back through the adapter's sb_inbox (connected, input,
  * input end, write done, closed, connect failed, stopped). Each instance
  * carries one slot per kind of report, which is enough because at most one
- * read and one write are outstanding per instance and each is re-armed only
- * after the loop has seen the previous report.
+ * batch of input and one write are with the loop at a time, and the next
+ * goes only after the loop answered the previous one (read command: batch
+ * taken; the next write command).
  *
  * Lifetime of an instance: created by the thread (or by start() for the
  * first one); known to the loop from its "connected" report; a connection is
@@ -23,7 +24,10 @@
  * reported the end of input); the thread then cancels its I/O, closes or
  * recycles the handle and posts "closed" as the last thing it does with the
  * instance; the loop frees it. Instances the loop never heard of (listeners)
- * are freed by the thread.
+ * are freed by the thread. stop() waits (at most a few seconds, in practice
+ * milliseconds) until the thread has closed every handle, so that the pipe
+ * name and its guard are free when it returns: a reload restarts a changed
+ * adapter on the same name at once.
  *
  * Message boundaries with `framing: message`: the raw protocol treats the
  * framing like `length` (a 4-byte big-endian length before each frame). The
@@ -44,7 +48,14 @@ typedef struct pipe_inst pipe_inst;
 
 /* Completion keys: I/O on a pipe handle, or a command from the loop (the
  * packet's OVERLAPPED pointer is then the instance, or NULL). */
-enum { PIPE_KEY_IO = 1, PIPE_KEY_READ, PIPE_KEY_WRITE, PIPE_KEY_CLOSE, PIPE_KEY_CONNECT, PIPE_KEY_STOP };
+enum {
+    PIPE_KEY_IO = 1,
+    PIPE_KEY_READ,
+    PIPE_KEY_WRITE,
+    PIPE_KEY_CLOSE,
+    PIPE_KEY_CONNECT,
+    PIPE_KEY_STOP
+};
 
 typedef struct pipe_op {
     OVERLAPPED ov;
@@ -57,63 +68,68 @@ struct pipe_inst {
     /* ---- the I/O thread's ---- */
     HANDLE h;
     pipe_op op_connect, op_read, op_write;
-    int connected;      /* a client is connected (server) / the connection is up (client) */
-    int known;          /* "connected" was posted: only the loop may end it */
-    int close_asked;    /* the loop's close command arrived */
-    int cancelled;      /* CancelIoEx was issued */
-    int ended;          /* input end was reported */
-    int dead;           /* a listener that failed: to be closed */
-    char *rbuf;         /* 4 bytes of room for the frame header, then data */
-    size_t rcap, rlen;  /* capacity and bytes of the current message */
-    char *wbuf;         /* the write in progress (frames in message mode) */
-    size_t wlen, woff;  /* woff: next byte to write */
-    size_t wcur;        /* message mode: size of the pipe message in flight */
+    int connected;     /* a client is connected (server) / the connection is up (client) */
+    int known;         /* "connected" was posted: only the loop may end it */
+    int close_asked;   /* the loop's close command arrived */
+    int cancelled;     /* CancelIoEx was issued */
+    int started;       /* the loop asked for input */
+    int in_flight;     /* a batch of input is with the loop, not yet taken */
+    int end_pending;   /* input ended (reported once the data before it is taken) */
+    int ended;         /* input end was reported */
+    int dead;          /* a listener that failed: to be closed */
+    char *rbuf;        /* the read in progress (message mode: the message) */
+    size_t rcap, rlen; /* its capacity and the bytes read */
+    char *ibuf;        /* input read, waiting for the loop to take it */
+    size_t ilen, icap;
+    char *wbuf;             /* the write in progress (frames in message mode) */
+    size_t wlen, woff;      /* woff: next byte to write */
+    size_t wcur;            /* message mode: size of the pipe message in flight */
     pipe_inst *prev, *next; /* the thread's list */
     /* ---- reports to the loop (written by the thread before posting) ---- */
     char peer[64];
-    char *in_data;      /* input: sb_malloc'ed, handed to the loop */
+    char *in_data; /* input: a batch (sb_malloc'ed), handed to the loop */
     size_t in_len;
-    int end_err;        /* input end: 0 (orderly) or SB_E* */
+    int end_err; /* input end: 0 (orderly) or SB_E* */
     char end_why[300];
-    int end_log;        /* input end: log end_why as an error (oversized message) */
-    int wstatus;        /* write done: 0 or SB_E* */
+    int end_log; /* input end: log end_why as an error (oversized message) */
+    int wstatus; /* write done: 0 or SB_E* */
     char wwhy[300];
     /* ---- the loop's ---- */
     sb_conn *conn;
-    int want_read;      /* the connection reads */
-    int read_granted;   /* a read command is out and its input not yet back */
-    char *stash;        /* input that arrived while reading was paused */
+    int want_read;    /* the connection reads */
+    int read_started; /* the first read command was sent */
+    char *stash;      /* input that arrived while reading was paused */
     size_t stash_len;
-    int stash_posted;   /* a stash delivery is queued on the inbox */
+    int stash_posted; /* a stash delivery is queued on the inbox */
 };
 
 struct pipe_adapter {
     sb_adapter base;
     int is_server;
-    int message;        /* framing: message */
+    int message; /* framing: message */
     const sb_protocol *proto;
-    char *display;      /* the full pipe path, UTF-8 (logs) */
-    wchar_t *wname;     /* the full pipe path */
+    char *display;  /* the full pipe path, UTF-8 (logs) */
+    wchar_t *wname; /* the full pipe path */
     size_t max_message;
     int max_connections;
     /* shared, set before the thread starts */
     HANDLE port;
-    HANDLE mutex;       /* the squatting guard (server) */
+    HANDLE mutex; /* the squatting guard (server) */
     SECURITY_ATTRIBUTES sa;
     PSECURITY_DESCRIPTOR sd; /* LocalFree */
     sb_inbox *inbox;
     HANDLE handles_closed; /* manual-reset event: the thread closed every handle */
     uv_thread_t thread;
     int thread_running;
-    pipe_inst *first;   /* server: the first instance, made by start() */
+    pipe_inst *first; /* server: the first instance, made by start() */
     /* ---- the I/O thread's ---- */
     pipe_inst *insts;
     int listeners, busy; /* listening / connected instances */
     int open_handles;
     int stopping_io;
-    int create_failed;   /* the last CreateNamedPipeW failed: retry on a timer */
+    ULONGLONG retry_at; /* creating instances failed: not again before this tick */
     DWORD last_create_err;
-    char connect_why[300]; /* client: why the last connect failed */
+    char connect_why[300];   /* client: why the last connect failed */
     unsigned long io_serial; /* numbers the peers */
     /* ---- the loop's ---- */
     sb_conn *conns;
@@ -123,10 +139,10 @@ struct pipe_adapter {
     uv_timer_t *reconnect;
     int64_t backoff_ms;
     int connecting;
-    int link_state;      /* client: 0 unknown, 1 up, 2 down (each change logged once) */
+    int link_state; /* client: 0 unknown, 1 up, 2 down (each change logged once) */
     char last_fail[300];
     int stopping;
-    int stopped_io;      /* the thread reported its exit */
+    int stopped_io; /* the thread reported its exit */
     int timer_open;
     sb_adapter_stopped_cb stopped_cb;
 };
@@ -136,49 +152,49 @@ struct pipe_adapter {
 /* Builds the full pipe path for a server `path` (NAME or \\.\pipe\NAME) or a
  * client `connect` (also \\HOST\pipe\NAME). Returns 0, or SB_ECONFIG with a
  * one-line reason in err. *out_utf8 / *out_wide are sb_malloc'ed. */
-int pipe__full_name(const char *name, int is_server, char **out_utf8, wchar_t **out_wide,
-                    sb_error *err);
+int sb_pipe__full_name(const char *name, int is_server, char **out_utf8, wchar_t **out_wide,
+                       sb_error *err);
 
 /* Makes the pipe's security descriptor: the SDDL in `sddl`, or the default
  * (SYSTEM, Administrators: all; the interactive user: read/write; the
  * broker's own account: all). *out is freed with LocalFree. */
-int pipe__security(PSECURITY_DESCRIPTOR *out, const char *adapter, const char *sddl,
-                   sb_error *err);
+int sb_pipe__security(PSECURITY_DESCRIPTOR *out, const char *adapter, const char *sddl,
+                      sb_error *err);
 
 /* The squatting guard: creates the named mutex Local\switchboard-pipe-<name>
  * and checks that no other process serves the pipe. Returns 0 with *out the
  * mutex, or SB_EADDRINUSE / SB_EIO with err naming the adapter and the pipe. */
-int pipe__guard(HANDLE *out, const pipe_adapter *pa, sb_error *err);
+int sb_pipe__guard(HANDLE *out, const pipe_adapter *pa, sb_error *err);
 
 /* Creates one server instance (FILE_FLAG_FIRST_PIPE_INSTANCE when `first`).
  * Returns the handle or INVALID_HANDLE_VALUE (GetLastError() says why). */
-HANDLE pipe__create_instance(const pipe_adapter *pa, int first);
+HANDLE sb_pipe__create_instance(const pipe_adapter *pa, int first);
 
 /* ---- pipe_io.c ---- */
 
 /* The I/O thread (uv_thread_create entry; arg: the adapter). */
-void pipe__thread(void *arg);
+void sb_pipe__thread(void *arg);
 
 /* Loop -> thread: queues a command packet; retries on a transient failure. */
-void pipe__cmd(pipe_adapter *pa, int key, pipe_inst *inst);
+void sb_pipe__cmd(pipe_adapter *pa, int key, pipe_inst *inst);
 
 /* Allocates an instance around handle h (may be INVALID_HANDLE_VALUE). */
-pipe_inst *pipe__inst_new(pipe_adapter *pa, HANDLE h);
+pipe_inst *sb_pipe__inst_new(pipe_adapter *pa, HANDLE h);
 
 /* Frees an instance's memory (not its handle). */
-void pipe__inst_free(pipe_inst *inst);
+void sb_pipe__inst_free(pipe_inst *inst);
 
 /* ---- pipe.c: reports from the thread, run on the loop thread ---- */
-void pipe__on_connected(void *inst);
-void pipe__on_input(void *inst);
-void pipe__on_input_end(void *inst);
-void pipe__on_write_done(void *inst);
-void pipe__on_closed(void *inst);
-void pipe__on_connect_failed(void *pa);
-void pipe__on_stopped(void *pa);
+void sb_pipe__on_connected(void *inst);
+void sb_pipe__on_input(void *inst);
+void sb_pipe__on_input_end(void *inst);
+void sb_pipe__on_write_done(void *inst);
+void sb_pipe__on_closed(void *inst);
+void sb_pipe__on_connect_failed(void *pa);
+void sb_pipe__on_stopped(void *pa);
 
 /* Thread -> loop: posts fn(arg) to the adapter's inbox; retries while out of
  * memory (a report must not be lost: the loop waits for it). */
-void pipe__post(pipe_adapter *pa, sb_inbox_fn fn, void *arg);
+void sb_pipe__post(pipe_adapter *pa, sb_inbox_fn fn, void *arg);
 
 #endif

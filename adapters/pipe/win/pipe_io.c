@@ -11,13 +11,19 @@
  * disconnected and listens again, so the pipe name never disappears while
  * the adapter runs (nobody can take it over in between).
  *
- * Reading: one ReadFile per read command of the loop, so a connection the
- * protocol paused reads nothing more. In message mode a message larger than
- * the buffer completes with ERROR_MORE_DATA; the rest is read into a larger
- * buffer (PeekNamedPipe tells the size) unless the whole exceeds
- * max_message, which ends the connection. A ReadFile/WriteFile that fails at
- * once (Wine reports a client that left with error 109 that way) posts no
- * completion: it is handled where it is issued.
+ * Reading: the thread reads ahead and hands the loop what it read in
+ * batches (one report per batch, not per message: each report is a wake-up
+ * of the loop); the next batch goes once the loop has taken the last one
+ * (its read command). While READ_AHEAD bytes wait, reading stops: a
+ * connection the protocol paused holds back its writer. The end of input is
+ * reported after the last data. In message mode each message is appended
+ * as a length-prefixed frame; a message larger than the buffer completes
+ * with ERROR_MORE_DATA, and the rest is read into a larger buffer
+ * (PeekNamedPipe tells the size) unless the whole exceeds max_message,
+ * which ends the connection after the messages before it. A
+ * ReadFile/WriteFile that fails at once (Wine reports a client that left
+ * with error 109 that way) posts no completion: it is handled where it is
+ * issued.
  */
 #include "adapters/pipe/win/pipe_int.h"
 #include "service/alloc.h"
@@ -31,6 +37,10 @@
 #define LISTEN_BACKLOG 4
 /* Read size; a message-mode buffer grows beyond it for a larger message. */
 #define READ_CHUNK 65536
+/* Reading stops while this much input waits for the loop (on top of the
+ * batch the loop is handling), so a paused connection holds back its
+ * writer. */
+#define READ_AHEAD (256 * 1024)
 /* After CreateNamedPipeW failed, try again this often. */
 #define RETRY_MS 1000
 /* Client: how long a connect waits for a busy server's free instance. */
@@ -38,20 +48,20 @@
 /* The largest single WriteFile in byte mode. */
 #define WRITE_MAX (1u << 30)
 
-void pipe__post(pipe_adapter *pa, sb_inbox_fn fn, void *arg)
+void sb_pipe__post(pipe_adapter *pa, sb_inbox_fn fn, void *arg)
 {
     while (sb_inbox_post(pa->inbox, fn, arg) == SB_ENOMEM)
         Sleep(10);
 }
 
-void pipe__cmd(pipe_adapter *pa, int key, pipe_inst *inst)
+void sb_pipe__cmd(pipe_adapter *pa, int key, pipe_inst *inst)
 {
     /* Fails only when the kernel is short of memory: try again. */
     while (!PostQueuedCompletionStatus(pa->port, 0, (ULONG_PTR)key, (OVERLAPPED *)inst))
         Sleep(10);
 }
 
-pipe_inst *pipe__inst_new(pipe_adapter *pa, HANDLE h)
+pipe_inst *sb_pipe__inst_new(pipe_adapter *pa, HANDLE h)
 {
     pipe_inst *inst = sb_calloc(1, sizeof(*inst));
     if (inst == NULL)
@@ -64,11 +74,12 @@ pipe_inst *pipe__inst_new(pipe_adapter *pa, HANDLE h)
     return inst;
 }
 
-void pipe__inst_free(pipe_inst *inst)
+void sb_pipe__inst_free(pipe_inst *inst)
 {
     if (inst == NULL)
         return;
     sb_free(inst->rbuf);
+    sb_free(inst->ibuf);
     sb_free(inst->wbuf);
     sb_free(inst->in_data);
     sb_free(inst->stash);
@@ -106,19 +117,13 @@ static void start_op(pipe_op *op)
     op->pending = 1;
 }
 
-/* ---- reports ---- */
-
-/* Input ends: err 0 for an orderly end, else an SB_E* code and why. */
-static void report_end(pipe_inst *inst, int err, const char *why, int log_as_error)
+/* After a failure, instances are created again RETRY_MS later (top_up). */
+static void pause_creating(pipe_adapter *pa)
 {
-    if (inst->ended)
-        return;
-    inst->ended = 1;
-    inst->end_err = err;
-    inst->end_log = log_as_error;
-    snprintf(inst->end_why, sizeof(inst->end_why), "%s", why != NULL ? why : "");
-    pipe__post(inst->pa, pipe__on_input_end, inst);
+    pa->retry_at = GetTickCount64() + RETRY_MS;
 }
+
+/* ---- reports ---- */
 
 static void report_write(pipe_inst *inst, int status, const char *why)
 {
@@ -127,7 +132,7 @@ static void report_write(pipe_inst *inst, int status, const char *why)
     inst->wlen = inst->woff = 0;
     inst->wstatus = status;
     snprintf(inst->wwhy, sizeof(inst->wwhy), "%s", why != NULL ? why : "");
-    pipe__post(inst->pa, pipe__on_write_done, inst);
+    sb_pipe__post(inst->pa, sb_pipe__on_write_done, inst);
 }
 
 /* ---- connecting (server) ---- */
@@ -146,9 +151,10 @@ static void start_listen(pipe_inst *inst)
     if (err == ERROR_IO_PENDING)
         return;
     /* No packet for these: a client came before the call (ERROR_PIPE_CONNECTED),
-     * or came and left already (ERROR_NO_DATA), or a failure. */
+     * or came and left already (ERROR_NO_DATA: what it wrote can still be
+     * read, so it is a connection too), or a failure. */
     inst->op_connect.pending = 0;
-    on_client(inst, err == ERROR_PIPE_CONNECTED ? 0 : err);
+    on_client(inst, err == ERROR_PIPE_CONNECTED || err == ERROR_NO_DATA ? 0 : err);
 }
 
 static void on_client(pipe_inst *inst, DWORD err)
@@ -157,11 +163,11 @@ static void on_client(pipe_inst *inst, DWORD err)
     ULONG pid = 0;
     pa->listeners--;
     if (err != 0 || pa->stopping_io) {
-        if (err != 0 && err != ERROR_OPERATION_ABORTED && err != ERROR_NO_DATA) {
+        if (err != 0 && err != ERROR_OPERATION_ABORTED) {
             char text[256];
             win_text(err, text, sizeof(text));
             sb_log(SB_LOG_WARN, pa->base.name, "ConnectNamedPipe on %s: %s", pa->display, text);
-            pa->create_failed = 1; /* replace it after a pause, not in a tight loop */
+            pause_creating(pa); /* replace it after a pause, not in a tight loop */
         }
         inst->dead = 1;
         return;
@@ -170,48 +176,51 @@ static void on_client(pipe_inst *inst, DWORD err)
     pa->busy++;
     pa->io_serial++;
     if (GetNamedPipeClientProcessId(inst->h, &pid))
-        snprintf(inst->peer, sizeof(inst->peer), "pid%lu#%lu", (unsigned long)pid,
-                 pa->io_serial);
+        snprintf(inst->peer, sizeof(inst->peer), "pid%lu#%lu", (unsigned long)pid, pa->io_serial);
     else
         snprintf(inst->peer, sizeof(inst->peer), "pipe#%lu", pa->io_serial);
     inst->known = 1;
-    pipe__post(pa, pipe__on_connected, inst);
+    sb_pipe__post(pa, sb_pipe__on_connected, inst);
 }
 
 /* Keeps LISTEN_BACKLOG instances listening within max_connections. */
 static void top_up(pipe_adapter *pa)
 {
-    while (!pa->stopping_io && !pa->create_failed && pa->listeners < LISTEN_BACKLOG &&
+    if (pa->retry_at != 0 && GetTickCount64() < pa->retry_at)
+        return;
+    pa->retry_at = 0;
+    while (!pa->stopping_io && pa->listeners < LISTEN_BACKLOG &&
            pa->listeners + pa->busy < pa->max_connections) {
-        HANDLE h = pipe__create_instance(pa, pa->open_handles == 0);
+        HANDLE h = sb_pipe__create_instance(pa, pa->open_handles == 0);
         pipe_inst *inst;
         if (h == INVALID_HANDLE_VALUE) {
             DWORD err = GetLastError();
-            pa->create_failed = 1;
+            pause_creating(pa);
             if (err != pa->last_create_err) {
                 char text[256];
+                const char *hint = "";
                 win_text(err, text, sizeof(text));
+                if (err == ERROR_ACCESS_DENIED && pa->open_handles == 0)
+                    hint = " (another program created a pipe of that name)";
+                else if (err == ERROR_ACCESS_DENIED)
+                    hint = " (the security descriptor must grant the broker's account read and "
+                           "write access to serve more than one client at a time)";
                 sb_log(SB_LOG_ERROR, pa->base.name,
                        "CreateNamedPipeW %s (another instance): %s%s; retrying every %d ms",
-                       pa->display, text,
-                       err == ERROR_ACCESS_DENIED
-                           ? " (the security descriptor must grant the broker's account read "
-                             "and write access to serve more than one client at a time)"
-                           : "",
-                       RETRY_MS);
+                       pa->display, text, hint, RETRY_MS);
                 pa->last_create_err = err;
             }
             return;
         }
         pa->last_create_err = 0;
         if (CreateIoCompletionPort(h, pa->port, PIPE_KEY_IO, 0) == NULL ||
-            (inst = pipe__inst_new(pa, h)) == NULL) {
+            (inst = sb_pipe__inst_new(pa, h)) == NULL) {
             char text[256];
             win_text(GetLastError(), text, sizeof(text));
-            sb_log(SB_LOG_ERROR, pa->base.name, "cannot set up an instance of %s: %s",
-                   pa->display, text);
+            sb_log(SB_LOG_ERROR, pa->base.name, "cannot set up an instance of %s: %s", pa->display,
+                   text);
             CloseHandle(h);
-            pa->create_failed = 1;
+            pause_creating(pa);
             return;
         }
         pa->open_handles++;
@@ -230,8 +239,13 @@ static void do_connect(pipe_adapter *pa)
     pipe_inst *inst;
     HANDLE h;
 
-    if (pa->stopping_io || pa->insts != NULL)
+    if (pa->stopping_io)
         return;
+    if (pa->insts != NULL) { /* cannot happen: the loop connects once the last one closed */
+        snprintf(pa->connect_why, sizeof(pa->connect_why), "the last connection is still open");
+        sb_pipe__post(pa, sb_pipe__on_connect_failed, pa);
+        return;
+    }
     h = CreateFileW(pa->wname, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING, flags, NULL);
     /* Every instance busy: wait a little for one (a stop waits that long). */
     if (h == INVALID_HANDLE_VALUE && GetLastError() == ERROR_PIPE_BUSY &&
@@ -242,7 +256,7 @@ static void do_connect(pipe_adapter *pa)
         err = GetLastError();
         win_text(err, text, sizeof(text));
         snprintf(pa->connect_why, sizeof(pa->connect_why), "CreateFileW: %s", text);
-        pipe__post(pa, pipe__on_connect_failed, pa);
+        sb_pipe__post(pa, sb_pipe__on_connect_failed, pa);
         return;
     }
     if (pa->message) {
@@ -254,18 +268,18 @@ static void do_connect(pipe_adapter *pa)
                      "framing message needs a message-mode pipe: SetNamedPipeHandleState: %s",
                      text);
             CloseHandle(h);
-            pipe__post(pa, pipe__on_connect_failed, pa);
+            sb_pipe__post(pa, sb_pipe__on_connect_failed, pa);
             return;
         }
     }
     if (CreateIoCompletionPort(h, pa->port, PIPE_KEY_IO, 0) == NULL ||
-        (inst = pipe__inst_new(pa, h)) == NULL) {
+        (inst = sb_pipe__inst_new(pa, h)) == NULL) {
         err = GetLastError();
         win_text(err, text, sizeof(text));
         snprintf(pa->connect_why, sizeof(pa->connect_why), "cannot set up the connection: %s",
                  text);
         CloseHandle(h);
-        pipe__post(pa, pipe__on_connect_failed, pa);
+        sb_pipe__post(pa, sb_pipe__on_connect_failed, pa);
         return;
     }
     pa->open_handles++;
@@ -273,10 +287,42 @@ static void do_connect(pipe_adapter *pa)
     inst->connected = 1;
     inst->known = 1;
     snprintf(inst->peer, sizeof(inst->peer), "%s", pa->display);
-    pipe__post(pa, pipe__on_connected, inst);
+    sb_pipe__post(pa, sb_pipe__on_connected, inst);
 }
 
 /* ---- reading ---- */
+
+/* Hands what was read to the loop when the loop has taken the last batch;
+ * once everything is handed over, reports the end of input if it came. */
+static void flush_input(pipe_inst *inst)
+{
+    if (inst->in_flight || !inst->started)
+        return;
+    if (inst->ilen > 0) {
+        inst->in_data = inst->ibuf; /* now owned by the loop */
+        inst->in_len = inst->ilen;
+        inst->ibuf = NULL;
+        inst->ilen = inst->icap = 0;
+        inst->in_flight = 1;
+        sb_pipe__post(inst->pa, sb_pipe__on_input, inst);
+    } else if (inst->end_pending && !inst->ended) {
+        inst->ended = 1;
+        sb_pipe__post(inst->pa, sb_pipe__on_input_end, inst);
+    }
+}
+
+/* Input ends after what was read so far: err 0 for an orderly end, else an
+ * SB_E* code and why (logged as an error by the loop if log_as_error). */
+static void end_input(pipe_inst *inst, int err, const char *why, int log_as_error)
+{
+    if (inst->end_pending)
+        return;
+    inst->end_pending = 1;
+    inst->end_err = err;
+    inst->end_log = log_as_error;
+    snprintf(inst->end_why, sizeof(inst->end_why), "%s", why != NULL ? why : "");
+    flush_input(inst);
+}
 
 static void read_failed(pipe_inst *inst, DWORD err)
 {
@@ -285,12 +331,12 @@ static void read_failed(pipe_inst *inst, DWORD err)
     if (inst->close_asked || pa->stopping_io)
         return;
     if (err == ERROR_BROKEN_PIPE || err == ERROR_PIPE_NOT_CONNECTED || err == ERROR_NO_DATA) {
-        report_end(inst, 0, NULL, 0); /* the other end closed */
+        end_input(inst, 0, NULL, 0); /* the other end closed */
         return;
     }
     win_text(err, text, sizeof(text));
     snprintf(why, sizeof(why), "ReadFile on %s: %s", pa->display, text);
-    report_end(inst, sb_error_from_win32(err) == SB_ENOMEM ? SB_ENOMEM : SB_ECLOSED, why, 0);
+    end_input(inst, SB_ECLOSED, why, 0);
 }
 
 static void start_read(pipe_inst *inst)
@@ -298,18 +344,18 @@ static void start_read(pipe_inst *inst)
     pipe_adapter *pa = inst->pa;
     DWORD err;
     if (inst->rbuf == NULL) {
-        size_t cap = pa->message && pa->max_message + 1 < READ_CHUNK ? pa->max_message + 1
-                                                                      : READ_CHUNK;
-        inst->rbuf = sb_malloc(4 + cap);
+        size_t cap =
+            pa->message && pa->max_message + 1 < READ_CHUNK ? pa->max_message + 1 : READ_CHUNK;
+        inst->rbuf = sb_malloc(cap);
         if (inst->rbuf == NULL) {
-            report_end(inst, SB_ENOMEM, "out of memory", 0);
+            end_input(inst, SB_ENOMEM, "out of memory", 0);
             return;
         }
-        inst->rcap = 4 + cap;
+        inst->rcap = cap;
         inst->rlen = 0;
     }
     start_op(&inst->op_read);
-    if (ReadFile(inst->h, inst->rbuf + 4 + inst->rlen, (DWORD)(inst->rcap - 4 - inst->rlen), NULL,
+    if (ReadFile(inst->h, inst->rbuf + inst->rlen, (DWORD)(inst->rcap - inst->rlen), NULL,
                  &inst->op_read.ov))
         return; /* a completion packet is queued */
     err = GetLastError();
@@ -319,17 +365,28 @@ static void start_read(pipe_inst *inst)
     read_failed(inst, err);
 }
 
+/* Reads on while the loop wants input and not too much waits for it (a
+ * message in progress is always read to its end). */
+static void read_on(pipe_inst *inst)
+{
+    if (!inst->started || inst->end_pending || inst->close_asked || inst->cancelled ||
+        inst->h == INVALID_HANDLE_VALUE || inst->op_read.pending ||
+        (inst->ilen >= READ_AHEAD && inst->rlen == 0))
+        return;
+    start_read(inst);
+}
+
 static void too_big(pipe_inst *inst, size_t size, int at_least)
 {
     pipe_adapter *pa = inst->pa;
     char why[300];
     snprintf(why, sizeof(why), "message of %s%zu bytes exceeds max_message %zu",
              at_least ? "at least " : "", size, pa->max_message);
-    report_end(inst, SB_ETOOBIG, why, 1);
+    end_input(inst, SB_ETOOBIG, why, 1);
 }
 
-/* The message continues (ERROR_MORE_DATA): grow the buffer and read on. */
-static void read_more(pipe_inst *inst)
+/* The message continues (ERROR_MORE_DATA): grow the buffer for the rest. */
+static int grow_for_more(pipe_inst *inst)
 {
     pipe_adapter *pa = inst->pa;
     DWORD left = 0;
@@ -340,27 +397,63 @@ static void read_more(pipe_inst *inst)
     total = inst->rlen + left;
     if (inst->rlen > pa->max_message || total > pa->max_message) {
         too_big(inst, total > inst->rlen ? total : inst->rlen + 1, left == 0);
-        return;
+        return -1;
     }
     if (left > 0)
         cap = total;
     else if ((cap = inst->rlen * 2) > pa->max_message + 1)
         cap = pa->max_message + 1;
-    n = sb_realloc(inst->rbuf, 4 + cap);
+    n = sb_realloc(inst->rbuf, cap);
     if (n == NULL) {
-        report_end(inst, SB_ENOMEM, "out of memory", 0);
-        return;
+        end_input(inst, SB_ENOMEM, "out of memory", 0);
+        return -1;
     }
     inst->rbuf = n;
-    inst->rcap = 4 + cap;
-    start_read(inst);
+    inst->rcap = cap;
+    return 0;
+}
+
+/* Appends the data read (message mode: as one length-prefixed frame) to
+ * what waits for the loop. */
+static int append_input(pipe_inst *inst)
+{
+    pipe_adapter *pa = inst->pa;
+    size_t hdr = pa->message ? 4 : 0, need = inst->ilen + hdr + inst->rlen;
+    if (need > inst->icap) {
+        size_t cap = inst->icap == 0 ? READ_CHUNK : inst->icap;
+        char *n;
+        while (cap < need)
+            cap *= 2;
+        n = sb_realloc(inst->ibuf, cap);
+        if (n == NULL) {
+            end_input(inst, SB_ENOMEM, "out of memory", 0);
+            return -1;
+        }
+        inst->ibuf = n;
+        inst->icap = cap;
+    }
+    if (pa->message) {
+        unsigned char *u = (unsigned char *)inst->ibuf + inst->ilen;
+        u[0] = (unsigned char)(inst->rlen >> 24);
+        u[1] = (unsigned char)(inst->rlen >> 16);
+        u[2] = (unsigned char)(inst->rlen >> 8);
+        u[3] = (unsigned char)inst->rlen;
+    }
+    memcpy(inst->ibuf + inst->ilen + hdr, inst->rbuf, inst->rlen);
+    inst->ilen = need;
+    inst->rlen = 0;
+    if (inst->rcap > READ_CHUNK) {
+        /* Do not keep a large message's buffer for every small one after it. */
+        sb_free(inst->rbuf);
+        inst->rbuf = NULL;
+        inst->rcap = 0;
+    }
+    return 0;
 }
 
 static void on_read_done(pipe_inst *inst, DWORD bytes, DWORD err)
 {
     pipe_adapter *pa = inst->pa;
-    size_t off, len;
-    char *data;
 
     if (inst->close_asked || pa->stopping_io || inst->cancelled) {
         inst->rlen = 0;
@@ -369,7 +462,8 @@ static void on_read_done(pipe_inst *inst, DWORD bytes, DWORD err)
     if (err == 0 || err == ERROR_MORE_DATA)
         inst->rlen += bytes;
     if (err == ERROR_MORE_DATA && pa->message) {
-        read_more(inst);
+        if (grow_for_more(inst) == 0)
+            start_read(inst);
         return;
     }
     if (err != 0) {
@@ -377,39 +471,17 @@ static void on_read_done(pipe_inst *inst, DWORD bytes, DWORD err)
         return;
     }
     if (!pa->message && bytes == 0) {
-        start_read(inst); /* nothing read: read again */
+        read_on(inst); /* nothing read: read again */
         return;
     }
     if (pa->message && inst->rlen > pa->max_message) {
         too_big(inst, inst->rlen, 0);
         return;
     }
-    /* Message mode hands the loop a length-prefixed frame (see pipe_int.h). */
-    if (pa->message) {
-        unsigned char *u = (unsigned char *)inst->rbuf;
-        u[0] = (unsigned char)(inst->rlen >> 24);
-        u[1] = (unsigned char)(inst->rlen >> 16);
-        u[2] = (unsigned char)(inst->rlen >> 8);
-        u[3] = (unsigned char)inst->rlen;
-    }
-    off = pa->message ? 0 : 4;
-    len = pa->message ? 4 + inst->rlen : inst->rlen;
-    data = sb_malloc(len);
-    if (data == NULL) {
-        report_end(inst, SB_ENOMEM, "out of memory", 0);
+    if (append_input(inst) != 0)
         return;
-    }
-    memcpy(data, inst->rbuf + off, len);
-    inst->rlen = 0;
-    if (inst->rcap > 4 + READ_CHUNK) {
-        /* Do not keep a large message's buffer for every small one after it. */
-        sb_free(inst->rbuf);
-        inst->rbuf = NULL;
-        inst->rcap = 0;
-    }
-    inst->in_data = data;
-    inst->in_len = len;
-    pipe__post(pa, pipe__on_input, inst);
+    flush_input(inst);
+    read_on(inst);
 }
 
 /* ---- writing ---- */
@@ -497,12 +569,13 @@ static void on_write_done(pipe_inst *inst, DWORD bytes, DWORD err)
 
 /* ---- commands ---- */
 
+/* The loop starts reading, or took the last batch of input. */
 static void cmd_read(pipe_inst *inst)
 {
-    if (inst->h == INVALID_HANDLE_VALUE || inst->close_asked || inst->cancelled || inst->ended ||
-        inst->op_read.pending)
-        return; /* the connection is ending; the loop will close it */
-    start_read(inst);
+    inst->started = 1;
+    inst->in_flight = 0;
+    flush_input(inst);
+    read_on(inst);
 }
 
 static void cmd_write(pipe_inst *inst)
@@ -524,7 +597,7 @@ static void release_handle(pipe_inst *inst)
     }
     if (pa->is_server && inst->known && !pa->stopping_io && pa->listeners == 0 &&
         DisconnectNamedPipe(h)) {
-        pipe_inst *n = pipe__inst_new(pa, h);
+        pipe_inst *n = sb_pipe__inst_new(pa, h);
         if (n != NULL) {
             link_inst(pa, n);
             start_listen(n);
@@ -546,7 +619,8 @@ static int any_pending(const pipe_inst *inst)
 static void settle(pipe_inst *inst)
 {
     pipe_adapter *pa = inst->pa;
-    int closing = inst->known ? inst->close_asked || pa->stopping_io : inst->dead || pa->stopping_io;
+    int closing =
+        inst->known ? inst->close_asked || pa->stopping_io : inst->dead || pa->stopping_io;
     if (!closing)
         return;
     if (any_pending(inst)) {
@@ -562,9 +636,9 @@ static void settle(pipe_inst *inst)
         return; /* the loop has not heard of the end yet: it will ask */
     unlink_inst(pa, inst);
     if (inst->known)
-        pipe__post(pa, pipe__on_closed, inst); /* the loop frees it */
+        sb_pipe__post(pa, sb_pipe__on_closed, inst); /* the loop frees it */
     else
-        pipe__inst_free(inst);
+        sb_pipe__inst_free(inst);
 }
 
 static void do_stop(pipe_adapter *pa)
@@ -589,7 +663,7 @@ static void on_io(pipe_op *op, DWORD bytes, DWORD err)
     settle(inst);
 }
 
-void pipe__thread(void *arg)
+void sb_pipe__thread(void *arg)
 {
     pipe_adapter *pa = arg;
 
@@ -604,8 +678,13 @@ void pipe__thread(void *arg)
         DWORD bytes = 0, err = 0;
         ULONG_PTR key = 0;
         OVERLAPPED *ov = NULL;
-        DWORD timeout = pa->create_failed && !pa->stopping_io ? RETRY_MS : INFINITE;
-        BOOL ok = GetQueuedCompletionStatus(pa->port, &bytes, &key, &ov, timeout);
+        DWORD timeout = INFINITE;
+        BOOL ok;
+        if (pa->retry_at != 0 && !pa->stopping_io) {
+            ULONGLONG now = GetTickCount64();
+            timeout = now < pa->retry_at ? (DWORD)(pa->retry_at - now) : 0;
+        }
+        ok = GetQueuedCompletionStatus(pa->port, &bytes, &key, &ov, timeout);
         if (!ok)
             err = GetLastError();
         if (!ok && ov == NULL) {
@@ -615,7 +694,6 @@ void pipe__thread(void *arg)
                 sb_log(SB_LOG_ERROR, pa->base.name, "GetQueuedCompletionStatus: %s", text);
                 Sleep(100);
             }
-            pa->create_failed = 0; /* time to try CreateNamedPipeW again */
         } else {
             pipe_inst *inst = (pipe_inst *)ov;
             switch ((int)key) {
@@ -651,5 +729,5 @@ void pipe__thread(void *arg)
         if (pa->stopping_io && pa->insts == NULL)
             break;
     }
-    pipe__post(pa, pipe__on_stopped, pa);
+    sb_pipe__post(pa, sb_pipe__on_stopped, pa);
 }

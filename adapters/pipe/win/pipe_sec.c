@@ -36,8 +36,8 @@ static int prefix_ci(const char *s, const char *prefix)
     return _strnicmp(s, prefix, strlen(prefix)) == 0;
 }
 
-int pipe__full_name(const char *name, int is_server, char **out_utf8, wchar_t **out_wide,
-                    sb_error *err)
+int sb_pipe__full_name(const char *name, int is_server, char **out_utf8, wchar_t **out_wide,
+                       sb_error *err)
 {
     char full[PIPE_PATH_MAX + 2];
     const char *leaf;
@@ -55,9 +55,9 @@ int pipe__full_name(const char *name, int is_server, char **out_utf8, wchar_t **
                                 "path %s: a pipe server must be local (NAME or \\\\.\\pipe\\NAME)",
                                 name);
         if (host_end == NULL || host_end == name + 2 || !prefix_ci(host_end, PIPE_KEYWORD))
-            return sb_error_set(err, SB_ECONFIG, 0,
-                                "connect %s: expected NAME, \\\\.\\pipe\\NAME or \\\\HOST\\pipe\\NAME",
-                                name);
+            return sb_error_set(
+                err, SB_ECONFIG, 0,
+                "connect %s: expected NAME, \\\\.\\pipe\\NAME or \\\\HOST\\pipe\\NAME", name);
         leaf = host_end + strlen(PIPE_KEYWORD);
         n = snprintf(full, sizeof(full), "%s", name);
     } else {
@@ -107,8 +107,8 @@ static wchar_t *own_sid(DWORD *out_err)
     return s;
 }
 
-int pipe__security(PSECURITY_DESCRIPTOR *out, const char *adapter, const char *sddl,
-                   sb_error *err)
+int sb_pipe__security(PSECURITY_DESCRIPTOR *out, const char *adapter, const char *sddl,
+                      sb_error *err)
 {
     wchar_t *w = NULL, *sid = NULL;
     char text[256];
@@ -184,7 +184,7 @@ static void mutex_name(wchar_t *out, size_t n, const wchar_t *full)
     out[n - 1] = 0;
 }
 
-int pipe__guard(HANDLE *out, const pipe_adapter *pa, sb_error *err)
+int sb_pipe__guard(HANDLE *out, const pipe_adapter *pa, sb_error *err)
 {
     wchar_t name[300];
     char text[256];
@@ -228,13 +228,12 @@ int pipe__guard(HANDLE *out, const pipe_adapter *pa, sb_error *err)
     return 0;
 }
 
-HANDLE pipe__create_instance(const pipe_adapter *pa, int first)
+HANDLE sb_pipe__create_instance(const pipe_adapter *pa, int first)
 {
     DWORD open = PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED;
     DWORD mode = PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS;
-    DWORD max = pa->max_connections >= PIPE_UNLIMITED_INSTANCES
-                    ? PIPE_UNLIMITED_INSTANCES
-                    : (DWORD)pa->max_connections;
+    DWORD max = pa->max_connections >= PIPE_UNLIMITED_INSTANCES ? PIPE_UNLIMITED_INSTANCES
+                                                                : (DWORD)pa->max_connections;
     if (first)
         open |= FILE_FLAG_FIRST_PIPE_INSTANCE;
     mode |= pa->message ? PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE

@@ -162,8 +162,8 @@ static void test_pipe_busy(void **state)
     assert_int_equal(sb_client_connect(&b, pipe_name, &o, &err), SB_EBUSY);
     assert_true(now_ms() - t0 >= 150);
     assert_true(now_ms() - t0 < 5000);
-    snprintf(want, sizeof(want),
-             "cannot connect to %s: every pipe instance stayed busy for 200 ms", pipe_name);
+    snprintf(want, sizeof(want), "cannot connect to %s: every pipe instance stayed busy for 200 ms",
+             pipe_name);
     assert_string_equal(err.msg, want);
     sb_client_free(a);
     CloseHandle(srv);

@@ -14,8 +14,7 @@
  *   refused and dead-lettered with the reason. Wine cannot broadcast (opening
  *   \\*\mailslot\x fails with ERROR_PATH_NOT_FOUND): there the test checks
  *   that this failure is nacked, retried and logged; on Windows, that the
- *   broadcast is acknowledged.
- *
+ *   broadcast is acknowledged;
  * - end to end: a raw line written into a named pipe comes out of a
  *   mailslot (pipe -> store -> mailslot).
  *
@@ -23,7 +22,8 @@
  * Nothing sleeps a fixed time: every wait polls with a deadline. The
  * broker's mailslots keep the default DACL (SYSTEM, Administrators, the
  * interactive user): on Windows the tests run in an interactive session or
- * elevated (Wine does not check it).
+ * elevated (Wine checks a DACL when the mailslot is created, not when a
+ * writer opens it).
  */
 #include "tests/integration/harness.h"
 

@@ -86,8 +86,8 @@ pt_pipe *pt_open_ok(const char *path, int message)
 pt_pipe *pt_server(const char *path, int message)
 {
     wchar_t *w = sb_utf8_to_wide(path);
-    DWORD mode = message ? PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE
-                         : PIPE_TYPE_BYTE | PIPE_READMODE_BYTE;
+    DWORD mode =
+        message ? PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE : PIPE_TYPE_BYTE | PIPE_READMODE_BYTE;
     HANDLE h;
     assert_non_null(w);
     h = CreateNamedPipeW(w, PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED, mode | PIPE_WAIT, 1, 65536,

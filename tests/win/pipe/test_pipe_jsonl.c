@@ -102,8 +102,8 @@ static void test_jsonl_pipe(void **state)
     assert_int_equal(sbt_queue_int(c, "jq", "depth"), 101);
 
     /* Subscribe over the pipe; ack everything. */
-    pt_send_json(p, json_pack("{s:s, s:i, s:s, s:i}", "op", "sub", "id", 3, "sub", "jq", "window",
-                              10));
+    pt_send_json(
+        p, json_pack("{s:s, s:i, s:s, s:i}", "op", "sub", "id", 3, "sub", "jq", "window", 10));
     r = next(p);
     assert_string_equal(op_of(r), "subscribed");
     json_decref(r);

@@ -38,8 +38,7 @@ static const char config[] = "broker:\n"
                              "  - name: rx\n"
                              "    from: sec/#\n";
 
-static sbt_conn *start_broker(sbt_broker *b, const char *test, const char *name,
-                              const char *extra)
+static sbt_conn *start_broker(sbt_broker *b, const char *test, const char *name, const char *extra)
 {
     sbt_broker_init(b, test, 1);
     sbt_broker_set(b, 0, name);
@@ -50,8 +49,7 @@ static sbt_conn *start_broker(sbt_broker *b, const char *test, const char *name,
 }
 
 /* Starts a broker that must fail; checks its log for `want`. */
-static void expect_refused(const char *test, const char *name, const char *extra,
-                           const char *want)
+static void expect_refused(const char *test, const char *name, const char *extra, const char *want)
 {
     sbt_broker b;
     int rc;

@@ -8,11 +8,15 @@
  *   sbctl over the admin pipe too)
  *   switchboard service stop        STOPPED; the port is closed
  *   switchboard service start       the durable message is still there
- *   switchboard service reload      PARAMCHANGE: an adapter added to the
- *                                   config starts listening
+ *   switchboard service reload      PARAMCHANGE: a bad config is rejected
+ *                                   (logged, Event Log too) and the service
+ *                                   keeps serving; then an adapter added to
+ *                                   the config starts listening
  *   switchboard service uninstall   gone, Event Log source too
  *
- * and `switchboard service run` started by hand explains itself. The
+ * Then the account install falls back to without virtual accounts: the same
+ * service made with `sc create ... obj= LocalSystem` runs and stops; and
+ * `switchboard service run` started by hand explains itself. The
  * config, data and log live in a directory of their own under
  * %ProgramData%\Switchboard, the directory `service install` secures for the
  * service's account (a virtual account on Windows, which could not read the
@@ -56,7 +60,7 @@ static const char config[] = "broker:\n"
                              "    durability: fsync\n";
 
 typedef struct svc_test {
-    sbt_broker b;           /* temp dir, ports, config templates (no broker process) */
+    sbt_broker b;           /* temp dir, ports, config; its broker only probes for pipes */
     char dir[SBT_PATH_MAX]; /* %ProgramData%\Switchboard\sbt-service-<pid> */
     char cfg[SBT_PATH_MAX]; /* its config file, next to the directory */
     char log[SBT_PATH_MAX];
@@ -72,8 +76,8 @@ typedef struct svc_test {
 static int run_switchboard(char **out, const char *a1, const char *a2, const char *a3,
                            const char *a4)
 {
-    char *argv[] = {(char *)sbt_switchboard(), (char *)a1, (char *)a2, (char *)a3, (char *)a4,
-                    NULL};
+    char *argv[] = {
+        (char *)sbt_switchboard(), (char *)a1, (char *)a2, (char *)a3, (char *)a4, NULL};
     char *o = NULL, *e = NULL;
     int rc = sbt_run(argv, NULL, 120000, &o, &e);
     size_t lo = strlen(o), le = strlen(e);
@@ -159,7 +163,7 @@ static void wait_state(DWORD want)
 }
 
 /* The installed configuration, as `sc qc` would show it (Wine has no qc). */
-static void check_service_config(const char *cfg_path)
+static void check_service_config(const char *cfg_path, int want_localsystem)
 {
     SC_HANDLE svc = open_service(SERVICE_QUERY_CONFIG);
     QUERY_SERVICE_CONFIGW *qc;
@@ -178,12 +182,15 @@ static void check_service_config(const char *cfg_path)
     assert_non_null(account);
     print_message("service: %s\n  account: %s\n", bin, account[0] ? account : "(LocalSystem)");
     assert_int_equal(qc->dwServiceType, SERVICE_WIN32_OWN_PROCESS);
-    assert_int_equal(qc->dwStartType, SERVICE_AUTO_START);
+    assert_int_equal(qc->dwStartType, want_localsystem ? SERVICE_DEMAND_START : SERVICE_AUTO_START);
     assert_non_null(strstr(bin, "\" service run --config \""));
     assert_non_null(strstr(bin, cfg_path));
     /* The virtual account where the system has it, else LocalSystem. */
-    assert_true(strcmp(account, "NT SERVICE\\Switchboard") == 0 ||
-                _stricmp(account, "LocalSystem") == 0 || account[0] == '\0');
+    if (want_localsystem)
+        assert_true(_stricmp(account, "LocalSystem") == 0 || account[0] == '\0');
+    else
+        assert_true(strcmp(account, "NT SERVICE\\Switchboard") == 0 ||
+                    _stricmp(account, "LocalSystem") == 0 || account[0] == '\0');
     sb_free(bin);
     sb_free(account);
     free(qc);
@@ -201,6 +208,19 @@ static int eventlog_source_registered(void)
     rc = RegQueryValueExW(k, L"EventMessageFile", NULL, &type, (BYTE *)file, &len);
     RegCloseKey(k);
     return rc == ERROR_SUCCESS && (type == REG_EXPAND_SZ || type == REG_SZ) && len > 2;
+}
+
+/* Someone else's service is none of our business. */
+static void skip_if_installed(void)
+{
+    char *out;
+    run_switchboard(&out, "service", "status", NULL, NULL);
+    if (strstr(out, "not installed") == NULL) {
+        free(out);
+        print_message("skipped: a Switchboard service is already installed here\n");
+        skip();
+    }
+    free(out);
 }
 
 /* ---- config and files ---- */
@@ -283,10 +303,18 @@ static int teardown(void **state)
     }
     if (t->dir[0] != '\0') {
         if (t->b.passed) {
+            char parent[SBT_PATH_MAX], *sep;
             uv_fs_t req;
             sbt_rmtree(t->dir);
             uv_fs_unlink(NULL, &req, t->cfg, NULL);
             uv_fs_req_cleanup(&req);
+            /* %ProgramData%\Switchboard too, if nothing else is in it */
+            snprintf(parent, sizeof(parent), "%s", t->dir);
+            if ((sep = strrchr(parent, '\\')) != NULL) {
+                *sep = '\0';
+                uv_fs_rmdir(NULL, &req, parent, NULL);
+                uv_fs_req_cleanup(&req);
+            }
         } else {
             char *log = sbt_read_file(t->log, NULL);
             fprintf(stderr, "----- service log %s -----\n%s----- end of service log -----\n",
@@ -325,14 +353,7 @@ static void test_service_lifecycle(void **state)
     sbt_conn *c;
     json_t *m;
 
-    /* Someone else's service is none of our business. */
-    rc = run_switchboard(&out, "service", "status", NULL, NULL);
-    if (strstr(out, "not installed") == NULL) {
-        free(out);
-        print_message("skipped: a Switchboard service is already installed here\n");
-        skip();
-    }
-    free(out);
+    skip_if_installed();
 
     sbt_broker_init(b, "service", 2);
     snprintf(t->pipe, sizeof(t->pipe), "\\\\.\\pipe\\sbt-service-%d", (int)uv_os_getpid());
@@ -363,13 +384,12 @@ static void test_service_lifecycle(void **state)
         fail_msg("install exited %d", rc);
     free(out);
     t->installed = 1;
-    check_service_config(t->cfg);
+    check_service_config(t->cfg, 0);
     assert_true(eventlog_source_registered());
 
     /* The directory is created after install so it inherits the ACL that
      * lets the service's account in. */
-    snprintf(t->dir, sizeof(t->dir), "%s\\Switchboard\\sbt-service-%d", base,
-             (int)uv_os_getpid());
+    snprintf(t->dir, sizeof(t->dir), "%s\\Switchboard\\sbt-service-%d", base, (int)uv_os_getpid());
     snprintf(data, sizeof(data), "%s\\data", t->dir);
     snprintf(t->log, sizeof(t->log), "%s\\service.log", t->dir);
     {
@@ -440,6 +460,29 @@ static void test_service_lifecycle(void **state)
     }
     sbt_wait_queue_int(c, "durable", "depth", 0, 5000);
 
+    /* A bad config is rejected: the errors go to the log and, as
+     * warnings and errors, to the Event Log (ReportEventW); the service
+     * keeps running on the old one. */
+    {
+        static const char bad[] = "broker:\n  data_dir: 'x'\n  colour: blue\n";
+        int64_t deadline = sbt_now_ms() + SERVICE_WAIT_MS;
+        sbt_write_file(t->cfg, bad, strlen(bad));
+        service_ok("reload", "reload requested");
+        for (;;) {
+            char *log = sbt_read_file(t->log, NULL);
+            int n = sbt_count(log, "reload rejected");
+            free(log);
+            if (n == 1)
+                break;
+            if (sbt_now_ms() > deadline)
+                fail_msg("the service did not reject the bad config within %d ms", SERVICE_WAIT_MS);
+            sbt_poll_pause(20);
+        }
+        wait_state(SERVICE_RUNNING);
+        sbt_expect_op(m = sbt_call(c, "{s:s}", "op", "ping"), "pong");
+        json_decref(m);
+    }
+
     /* reload (PARAMCHANGE): the new adapter starts, the old connection
      * stays */
     write_config(t, 1);
@@ -481,6 +524,93 @@ static void test_service_lifecycle(void **state)
     b->passed = 1;
 }
 
+/* The account `service install` falls back to where virtual accounts are
+ * missing (ERROR_INVALID_SERVICE_ACCOUNT): the same service created with
+ * `sc create ... obj= LocalSystem` runs, serves and stops. (Wine 8 accepts
+ * NT SERVICE\Switchboard in CreateService, so install never falls back
+ * there; this checks the configuration the fallback creates.) */
+static void test_service_as_localsystem(void **state)
+{
+    svc_test *t = *state;
+    sbt_broker *b = &t->b;
+    char base[SBT_PATH_MAX], root[SBT_PATH_MAX], sc[SBT_PATH_MAX], bin[3 * SBT_PATH_MAX];
+    char data[SBT_PATH_MAX], *out = NULL, *err = NULL;
+    size_t len = sizeof(base);
+    sbt_conn *c;
+    uv_fs_t req;
+    int rc;
+
+    skip_if_installed();
+    sbt_broker_init(b, "service-ls", 2);
+    snprintf(t->admin, sizeof(t->admin), "off");
+    if (uv_os_getenv("ProgramData", base, &len) != 0)
+        fail_msg("%%ProgramData%% is not set");
+    len = sizeof(root);
+    if (uv_os_getenv("SystemRoot", root, &len) != 0)
+        fail_msg("%%SystemRoot%% is not set");
+    snprintf(sc, sizeof(sc), "%s\\System32\\sc.exe", root);
+    snprintf(t->dir, sizeof(t->dir), "%s\\Switchboard", base);
+    uv_fs_mkdir(NULL, &req, t->dir, 0700, NULL); /* exists once install ran */
+    uv_fs_req_cleanup(&req);
+    snprintf(t->dir, sizeof(t->dir), "%s\\Switchboard\\sbt-service-ls-%d", base,
+             (int)uv_os_getpid());
+    snprintf(t->cfg, sizeof(t->cfg), "%s.yaml", t->dir);
+    snprintf(data, sizeof(data), "%s\\data", t->dir);
+    snprintf(t->log, sizeof(t->log), "%s\\service.log", t->dir);
+    rc = uv_fs_mkdir(NULL, &req, t->dir, 0700, NULL);
+    uv_fs_req_cleanup(&req);
+    if (rc != 0 && rc != UV_EEXIST)
+        fail_msg("mkdir %s: %s", t->dir, uv_strerror(rc));
+    sbt_broker_set(b, 0, data);
+    sbt_broker_set(b, 1, t->log);
+    write_config(t, 0);
+
+    snprintf(bin, sizeof(bin), "\"%s\" service run --config \"%s\"", sbt_switchboard(), t->cfg);
+    {
+        char *argv[] = {sc,       "create", "Switchboard", "binPath=",    bin,
+                        "start=", "demand", "obj=",        "LocalSystem", NULL};
+        rc = sbt_run(argv, NULL, 60000, &out, &err);
+        print_message("$ sc create Switchboard binPath= %s start= demand obj= LocalSystem -> %d\n"
+                      "%s%s",
+                      bin, rc, out, err);
+        if (rc == ERROR_ACCESS_DENIED) { /* sc exits with the error code */
+            free(out);
+            free(err);
+            print_message("skipped: creating a service needs administrator rights\n");
+            skip();
+        }
+        assert_int_equal(rc, 0);
+        free(out);
+        free(err);
+    }
+    t->installed = 1;
+    check_service_config(t->cfg, 1);
+
+    service_ok("start", "Switchboard is running.");
+    wait_state(SERVICE_RUNNING);
+    c = sbt_connect(b->port[0]);
+    sbt_pub(c, "svc/ls", "as LocalSystem", 1);
+    sbt_close(c);
+    service_ok("stop", "Switchboard stopped.");
+    wait_state(SERVICE_STOPPED);
+    {
+        char *argv[] = {sc, "delete", "Switchboard", NULL};
+        rc = sbt_run(argv, NULL, 60000, &out, &err);
+        assert_int_equal(rc, 0);
+        free(out);
+        free(err);
+    }
+    t->installed = 0;
+    {
+        char *log = sbt_read_file(t->log, NULL);
+        assert_non_null(log);
+        assert_int_equal(sbt_count(log, "[service] service running"), 1);
+        assert_int_equal(sbt_count(log, "[service] service stopped"), 1);
+        free(log);
+    }
+    b->passed = 1;
+}
+
 /* `service run` is what the SCM starts; by hand it fails with a pointer to
  * `switchboard run` (StartServiceCtrlDispatcher: 1063). */
 static void test_service_run_by_hand(void **state)
@@ -498,6 +628,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_service_lifecycle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_service_as_localsystem, setup, teardown),
         cmocka_unit_test(test_service_run_by_hand),
     };
     sbt_apply_filter();

@@ -1,0 +1,260 @@
+#!/bin/sh
+# Raw Windows IPC versus the same mechanism through Switchboard, under Wine.
+#
+#     tools/bench/run-wine.sh [BUILD_DIR]        (default build/h-bench)
+#
+# Builds nothing: BUILD_DIR must hold a MinGW build with
+# service/switchboard.exe and tools/bench/ipcbench.exe. Uses the Wine prefix
+# $WINEPREFIX, else BUILD_DIR/wineprefix (made by
+# packaging/windows/wine-prefix.sh if missing). In one Wine session it
+# starts the broker with a generated config in a temp dir (data there too),
+# waits until it answers a jsonl ping, runs every case SB_BENCH_REPEAT times
+# (default 3, the cases interleaved so that load from other work on the
+# machine hits them alike), stops the broker and the session, and prints
+# the median msgs/s per case:
+#
+#   mechanism                   raw (ipcbench)      through Switchboard
+#   pipe msg req/resp W=1       pipe -w 1           jsonl pub awaiting its puback -> queue -> jsonl consumer
+#   pipe byte pipelined W       pipe -w W --bytes   jsonl pub, W awaiting puback -> queue -> jsonl consumer
+#   pipe msg pipelined W        pipe -w W           raw `framing: message` pipe producer -> queue -> jsonl consumer
+#   pipe msg one way            pipe -w 0           the same raw producer (it has no acknowledgement)
+#   mailslot in                 slot                mailslot adapter -> queue -> jsonl consumer
+#   mailslot out                slot                jsonl pub (W) -> route -> mailslot sink -> ipcbench reads
+#   mailslot -> mailslot        slot                mailslot adapter -> route -> mailslot sink
+#
+# each through the broker with the memory and with the fsync durability
+# class. Every rate is end to end: first send to last receipt. The jsonl
+# consumer acknowledges every message; all clients are ipcbench (one process
+# per case, producer and consumer on separate connections).
+#
+# Also printed: CPU time of the broker process and of this prefix's
+# wineserver per message (from /proc), and the load average before and
+# after. Environment: SB_BENCH_REPEAT (3), SB_BENCH_WINDOW (64),
+# SB_BENCH_SIZE (100), SB_BENCH_SCALE (1: multiplies every message count),
+# SB_BENCH_KEEP=1 keeps the temp dir (config, broker log, raw results).
+set -eu
+top=$(cd "$(dirname "$0")/../.." && pwd)
+build=${1:-$top/build/h-bench}
+if [ ! -d "$build" ]; then
+    echo "run-wine.sh: $build: no such build directory" >&2
+    exit 2
+fi
+build=$(cd "$build" && pwd)
+sb=$build/service/switchboard.exe
+ipc=$build/tools/bench/ipcbench.exe
+for f in "$sb" "$ipc"; do
+    if [ ! -f "$f" ]; then
+        echo "run-wine.sh: $f is missing: build it first (cmake --build $build)" >&2
+        exit 2
+    fi
+done
+REPEAT=${SB_BENCH_REPEAT:-3}
+WINDOW=${SB_BENCH_WINDOW:-64}
+SIZE=${SB_BENCH_SIZE:-100}
+SCALE=${SB_BENCH_SCALE:-1}
+
+if [ -z "${WINEPREFIX:-}" ]; then
+    WINEPREFIX=$("$top/packaging/windows/wine-prefix.sh" "$build/wineprefix")
+fi
+export WINEPREFIX
+export WINEDEBUG=-all
+export WINEDLLOVERRIDES="mscoree,mshtml=;winedbg.exe=d"
+unset DISPLAY WAYLAND_DISPLAY
+if command -v wineserver >/dev/null 2>&1; then wineserver=wineserver; else wineserver=/usr/lib/wine/wineserver; fi
+if command -v wine >/dev/null 2>&1; then wine=wine; else wine=/usr/lib/wine/wine64; fi
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/sb-ipcbench.XXXXXX")
+tag=sbb$$
+bpid=
+# A Windows path for a Unix one (Wine's Z: drive is /).
+wpath() { printf 'Z:%s' "$1" | tr / '\\'; }
+
+cleanup() {
+    rc=$?
+    set +e
+    if [ -n "$bpid" ] && kill -0 "$bpid" 2>/dev/null; then
+        "$wine" "$ipc" stop-broker >/dev/null 2>&1
+        i=0
+        while kill -0 "$bpid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        if kill -0 "$bpid" 2>/dev/null; then
+            echo "run-wine.sh: the broker did not stop within 10 s; killing it" >&2
+            kill "$bpid" 2>/dev/null
+        fi
+        wait "$bpid" 2>/dev/null
+    fi
+    "$wineserver" -k 2>/dev/null
+    if [ "${SB_BENCH_KEEP:-0}" = 1 ] || [ $rc -ne 0 ]; then
+        echo "run-wine.sh: kept $tmp (config, broker.log, results)" >&2
+    else
+        rm -rf "$tmp"
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cat >"$tmp/switchboard.yaml" <<EOF
+broker:
+  data_dir: '$(wpath "$tmp/data")'
+  admin: { endpoint: 'off' }
+  log: { level: info, stderr: true }
+adapters:
+  - { name: jsonl, type: pipe, path: $tag-jsonl, protocol: jsonl }
+  - { name: raw-memory, type: pipe, path: $tag-raw-memory, protocol: raw, framing: message, topic: bench/memory/q/raw }
+  - { name: raw-fsync, type: pipe, path: $tag-raw-fsync, protocol: raw, framing: message, topic: bench/fsync/q/raw }
+  - { name: slot-memory, type: mailslot, path: $tag-slot-memory, topic: bench/memory/q/slot }
+  - { name: slot-fsync, type: mailslot, path: $tag-slot-fsync, topic: bench/fsync/q/slot }
+  - { name: slot2-memory, type: mailslot, path: $tag-slot2-memory, topic: bench/memory/out/slot }
+  - { name: slot2-fsync, type: mailslot, path: $tag-slot2-fsync, topic: bench/fsync/out/slot }
+  - { name: slot-out, type: mailslot, connect: '\\\\.\\mailslot\\$tag-out' }
+routes:
+  - { name: q-memory, from: bench/memory/q/#, durability: memory }
+  - { name: q-fsync, from: bench/fsync/q/#, durability: fsync }
+  - { name: out-memory, from: bench/memory/out/#, to: slot-out, durability: memory }
+  - { name: out-fsync, from: bench/fsync/out/#, to: slot-out, durability: fsync }
+EOF
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+"$wineserver" -p 2>/dev/null || true # an already running server of this prefix is used as is
+"$wine" cmd /c exit </dev/null >/dev/null 2>&1 || true
+
+# This prefix's wineserver (others may run in other prefixes).
+wspid=
+for p in $(pgrep -x wineserver64 2>/dev/null; pgrep -x wineserver 2>/dev/null); do
+    if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "WINEPREFIX=$WINEPREFIX"; then
+        wspid=$p
+    fi
+done
+
+"$wine" "$sb" run --config "$(wpath "$tmp/switchboard.yaml")" >"$tmp/broker.log" 2>&1 </dev/null &
+bpid=$!
+i=0
+until grep -q ' ready: ' "$tmp/broker.log" 2>/dev/null &&
+    "$wine" "$ipc" ping "$tag-jsonl" 2000 >/dev/null 2>&1; do
+    if ! kill -0 "$bpid" 2>/dev/null; then
+        echo "run-wine.sh: the broker exited:" >&2
+        cat "$tmp/broker.log" >&2
+        exit 1
+    fi
+    i=$((i + 1))
+    if [ $i -gt 300 ]; then
+        echo "run-wine.sh: the broker is not ready after 60 s:" >&2
+        cat "$tmp/broker.log" >&2
+        exit 1
+    fi
+    sleep 0.2
+done
+
+ticks() { if [ -n "$1" ]; then awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; else echo 0; fi; }
+
+# run_case KEY N ARGS...: one run of ipcbench; appends
+# "KEY RATE OK N BROKER_TICKS WINESERVER_TICKS" to results.
+failures=0
+run_case() {
+    key=$1
+    n=$(($2 * SCALE))
+    shift 2
+    b0=$(ticks "$bpid")
+    w0=$(ticks "$wspid")
+    out=$("$wine" "$ipc" "$@" -n "$n" -s "$SIZE" 2>>"$tmp/ipcbench.err" </dev/null) || true
+    b1=$(ticks "$bpid")
+    w1=$(ticks "$wspid")
+    line=$(printf '%s\n' "$out" | grep '^RESULT' | tail -n 1)
+    printf '%s\n' "$line" >>"$tmp/results.raw"
+    rate=$(printf '%s\n' "$line" | sed -n 's/.* rate=\([0-9.]*\).*/\1/p')
+    ok=$(printf '%s\n' "$line" | sed -n 's/.* ok=\([01]\).*/\1/p')
+    if [ "${ok:-0}" != 1 ]; then
+        failures=$((failures + 1))
+        echo "run-wine.sh: $key failed: ${line:-no result}" >&2
+        rate=0
+    fi
+    echo "$key ${rate:-0} ${ok:-0} $n $((b1 - b0)) $((w1 - w0))" >>"$tmp/results"
+    printf '  %-16s %8s msgs/s\n' "$key" "${rate:-0}" >&2
+}
+
+j=$tag-jsonl
+echo "run-wine.sh: $REPEAT rounds; broker log in $tmp/broker.log" >&2
+r=1
+while [ $r -le "$REPEAT" ]; do
+    echo "round $r/$REPEAT (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    run_case raw.rr 3000 pipe -w 1
+    run_case raw.pl 10000 pipe -w "$WINDOW"
+    run_case raw.plb 100000 pipe -w "$WINDOW" --bytes
+    run_case raw.ow 10000 pipe -w 0
+    run_case raw.slot 20000 slot
+    for d in memory fsync; do
+        if [ $d = memory ]; then k=2; else k=1; fi
+        run_case $d.rr $((500 * k)) broker --in "pub:$j:bench/$d/q/pub" -w 1 --out "jsonl:$j:q-$d"
+        run_case $d.pl $((5000 * k)) broker --in "pub:$j:bench/$d/q/pub" -w "$WINDOW" --out "jsonl:$j:q-$d"
+        run_case $d.ow $((2500 * k)) broker --in "rawpipe:$tag-raw-$d" --out "jsonl:$j:q-$d"
+        run_case $d.slotin $((5000 * k)) broker --in "slot:$tag-slot-$d" --out "jsonl:$j:q-$d"
+        run_case $d.slotout $((5000 * k)) broker --in "pub:$j:bench/$d/out/pub" -w "$WINDOW" --out "slot:$tag-out"
+        run_case $d.slot2 $((5000 * k)) broker --in "slot:$tag-slot2-$d" --out "slot:$tag-out"
+    done
+    r=$((r + 1))
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+echo
+echo "Switchboard under Wine ($(wine --version 2>/dev/null || echo wine)), $(nproc) cores, $REPEAT rounds, $SIZE-byte messages, W=$WINDOW"
+echo "load average before: $load_before   after: $load_after"
+echo "msgs/s, median of the rounds; ratio = through Switchboard / raw"
+echo
+awk -v window="$WINDOW" '
+function median(key,    n, i, j, t, v) {
+    n = 0
+    for (i = 1; i <= cnt[key]; i++) v[++n] = val[key, i]
+    if (n == 0) return -1
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+}
+function cpu(key, col,    i, s, m) {
+    s = 0; m = 0
+    for (i = 1; i <= cnt[key]; i++) { s += tk[key, i, col]; m += nn[key, i] }
+    return m > 0 ? s * 10000 / m : 0   # ticks of 10 ms -> us per message
+}
+function fmt(x) { return x < 0 ? "-" : sprintf("%.0f", x) }
+function ratio(a, b) { return (a <= 0 || b <= 0) ? "-" : sprintf("%.0f%%", 100 * a / b) }
+{
+    cnt[$1]++; val[$1, cnt[$1]] = $2; nn[$1, cnt[$1]] = $4
+    tk[$1, cnt[$1], 1] = $5; tk[$1, cnt[$1], 2] = $6
+}
+END {
+    rows = 7
+    row[1] = "pipe msg req/resp W=1";             raw[1] = "raw.rr";   sw[1] = "rr"
+    row[2] = "pipe byte pipelined W=" window;     raw[2] = "raw.plb";  sw[2] = "pl"
+    row[3] = "pipe msg pipelined W=" window;      raw[3] = "raw.pl";   sw[3] = "ow"
+    row[4] = "pipe msg one way";                  raw[4] = "raw.ow";   sw[4] = "ow"
+    row[5] = "mailslot in";                       raw[5] = "raw.slot"; sw[5] = "slotin"
+    row[6] = "mailslot out";                      raw[6] = "raw.slot"; sw[6] = "slotout"
+    row[7] = "mailslot -> mailslot";              raw[7] = "raw.slot"; sw[7] = "slot2"
+    printf "%-30s %9s %10s %6s %10s %6s\n", "MECHANISM", "RAW", "SB MEMORY", "RATIO", "SB FSYNC", "RATIO"
+    for (i = 1; i <= rows; i++) {
+        r = median(raw[i]); m = median("memory." sw[i]); f = median("fsync." sw[i])
+        printf "%-30s %9s %10s %6s %10s %6s\n", row[i], fmt(r), fmt(m), ratio(m, r), fmt(f), ratio(f, r)
+    }
+    printf "\nCPU per message (us, all rounds): broker process / this prefix'"'"'s wineserver\n"
+    printf "%-30s %16s %16s %16s\n", "MECHANISM", "RAW wineserver", "MEMORY bkr/wsrv", "FSYNC bkr/wsrv"
+    for (i = 1; i <= rows; i++)
+        printf "%-30s %16s %16s %16s\n", row[i], sprintf("%.0f", cpu(raw[i], 2)),
+            sprintf("%.0f / %.0f", cpu("memory." sw[i], 1), cpu("memory." sw[i], 2)),
+            sprintf("%.0f / %.0f", cpu("fsync." sw[i], 1), cpu("fsync." sw[i], 2))
+}' "$tmp/results"
+echo
+cat <<EOF
+raw: ipcbench pipe -w 1 | -w $WINDOW --bytes | -w $WINDOW | -w 0 (one way; only the last message is
+  acknowledged); ipcbench slot. Message-mode rows write one message per WriteFile; the byte-mode
+  row writes what the window allows in one WriteFile and acknowledges per ReadFile, as the jsonl
+  clients do.
+through Switchboard (end to end, first send to last receipt; the consumer acks every message):
+  req/resp   jsonl pub over the jsonl pipe, each awaiting its puback -> queue -> jsonl consumer
+  byte pipe  jsonl pub, $WINDOW awaiting puback -> queue -> jsonl consumer
+  msg pipe   raw framing:message pipe producer (no acks; the broker reads <= 1024 frames
+             ahead of the store) -> queue -> jsonl consumer; the same run in both msg rows
+  mailslot   in: mailslot adapter -> queue -> jsonl consumer; out: jsonl pub (W=$WINDOW) ->
+             route -> mailslot sink -> ipcbench reads; ->: mailslot adapter -> route -> sink
+EOF
+if [ "$failures" -gt 0 ]; then
+    echo "run-wine.sh: $failures runs failed (counted as 0, see $tmp/results.raw and ipcbench.err)" >&2
+    exit 1
+fi
