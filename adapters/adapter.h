@@ -16,6 +16,7 @@
 #include "config/config.h"
 #include "service/error.h"
 
+#include <stdint.h>
 #include <uv.h>
 
 #define SB_ADAPTER_VERSION 1
@@ -70,6 +71,15 @@ struct sb_adapter_type {
     /* Frees the instance after stop completed. */
     void (*destroy)(sb_adapter *a);
 };
+
+/* The next delay of an exponential backoff (reconnects, restarts): `first`
+ * when current is 0, else double, capped at max. */
+static inline int64_t sb_backoff_next(int64_t current, int64_t first, int64_t max)
+{
+    if (current <= 0)
+        return first;
+    return current >= max / 2 ? max : current * 2;
+}
 
 /* Registers a type. Returns SB_EEXIST for a duplicate name, SB_EVERSION for
  * an unknown interface version. */

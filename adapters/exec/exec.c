@@ -82,10 +82,10 @@ static void schedule_restart(exec_adapter *x, int failed)
         return;
     }
     /* A child that ran for a while starts again from the first backoff. */
-    if (x->backoff_ms == 0 || sb_now_ms() - x->started_at > 10 * max)
-        x->backoff_ms = cfg->restart_backoff_ms > 0 ? cfg->restart_backoff_ms : 1000;
-    else if ((x->backoff_ms *= 2) > max)
-        x->backoff_ms = max;
+    if (sb_now_ms() - x->started_at > 10 * max)
+        x->backoff_ms = 0;
+    x->backoff_ms = sb_backoff_next(
+        x->backoff_ms, cfg->restart_backoff_ms > 0 ? cfg->restart_backoff_ms : 1000, max);
     sb_log(SB_LOG_INFO, x->base.name, "restarting the child in %lld ms", (long long)x->backoff_ms);
     uv_timer_start(x->restart, on_restart_timer, (uint64_t)x->backoff_ms, 0);
 }

@@ -189,10 +189,8 @@ static void schedule_reconnect(void *adapter)
     stream_adapter *s = adapter;
     const sb_adapter_config *cfg = s->base.cfg;
     int64_t max = cfg->reconnect_max_backoff_ms > 0 ? cfg->reconnect_max_backoff_ms : 30000;
-    if (s->backoff_ms == 0)
-        s->backoff_ms = cfg->reconnect_backoff_ms > 0 ? cfg->reconnect_backoff_ms : 500;
-    else if ((s->backoff_ms *= 2) > max)
-        s->backoff_ms = max;
+    s->backoff_ms = sb_backoff_next(
+        s->backoff_ms, cfg->reconnect_backoff_ms > 0 ? cfg->reconnect_backoff_ms : 500, max);
     uv_timer_start(s->reconnect, on_reconnect_timer, (uint64_t)s->backoff_ms, 0);
 }
 
@@ -371,39 +369,15 @@ static int stream_deliver(sb_adapter *a, sb_delivery *d)
     return rc == 0 ? 0 : SB_EBUSY;
 }
 
-const sb_adapter_type sb_adapter_tcp = {
-    .version = SB_ADAPTER_VERSION,
-    .name = "tcp",
-    .caps = SB_CAP_SOURCE | SB_CAP_SINK,
-    .validate = stream_validate,
-    .create = stream_create,
-    .start = stream_start,
-    .deliver = stream_deliver,
-    .stop = stream_stop,
-    .destroy = stream_destroy,
-};
+/* tcp, unix and (on POSIX) pipe differ only in name: the config decides. */
+#define STREAM_TYPE(type_name)                                                                     \
+    {                                                                                              \
+        .version = SB_ADAPTER_VERSION, .name = type_name, .caps = SB_CAP_SOURCE | SB_CAP_SINK,     \
+        .validate = stream_validate, .create = stream_create, .start = stream_start,               \
+        .deliver = stream_deliver, .stop = stream_stop, .destroy = stream_destroy,                 \
+    }
 
-const sb_adapter_type sb_adapter_unix = {
-    .version = SB_ADAPTER_VERSION,
-    .name = "unix",
-    .caps = SB_CAP_SOURCE | SB_CAP_SINK,
-    .validate = stream_validate,
-    .create = stream_create,
-    .start = stream_start,
-    .deliver = stream_deliver,
-    .stop = stream_stop,
-    .destroy = stream_destroy,
-};
-
+const sb_adapter_type sb_adapter_tcp = STREAM_TYPE("tcp");
+const sb_adapter_type sb_adapter_unix = STREAM_TYPE("unix");
 /* On POSIX, `type: pipe` is a Unix domain socket (the same config serves both). */
-const sb_adapter_type sb_adapter_pipe_unix = {
-    .version = SB_ADAPTER_VERSION,
-    .name = "pipe",
-    .caps = SB_CAP_SOURCE | SB_CAP_SINK,
-    .validate = stream_validate,
-    .create = stream_create,
-    .start = stream_start,
-    .deliver = stream_deliver,
-    .stop = stream_stop,
-    .destroy = stream_destroy,
-};
+const sb_adapter_type sb_adapter_pipe_unix = STREAM_TYPE("pipe");
