@@ -188,7 +188,8 @@ void sb_conn_unref(sb_conn *c)
 
 void sb_conn_transport_closed(sb_conn *c)
 {
-    c->proto->closed(c);
+    if (c->session != NULL) /* NULL when the protocol failed to open */
+        c->proto->closed(c);
     if (c->on_closed != NULL)
         c->on_closed(c);
     sb_conn_unref(c);

@@ -13,9 +13,10 @@
  * backoff (reconnect_backoff .. reconnect_max_backoff).
  *
  * As a sink (raw), deliveries go to one connection at a time, round robin;
- * a delivery is acknowledged once WriteFile completed, and nacked (retried
- * by the route) if the connection failed first. With nobody connected,
- * messages wait in their queue.
+ * a delivery is acknowledged once WriteFile completed (the data is in the
+ * pipe: a reader that exits without reading it loses it), and nacked
+ * (retried by the route) if the connection failed first. With nobody
+ * connected, messages wait in their queue.
  *
  * libuv's pipes cannot be used: they are byte-mode only and take no
  * security descriptor. The I/O runs on a thread of the adapter's own
@@ -260,10 +261,8 @@ static void schedule_reconnect(pipe_adapter *pa)
     int64_t max = cfg->reconnect_max_backoff_ms > 0 ? cfg->reconnect_max_backoff_ms : 30000;
     if (pa->stopping || pa->reconnect == NULL)
         return;
-    if (pa->backoff_ms == 0)
-        pa->backoff_ms = cfg->reconnect_backoff_ms > 0 ? cfg->reconnect_backoff_ms : 500;
-    else if ((pa->backoff_ms *= 2) > max)
-        pa->backoff_ms = max;
+    pa->backoff_ms = sb_backoff_next(
+        pa->backoff_ms, cfg->reconnect_backoff_ms > 0 ? cfg->reconnect_backoff_ms : 500, max);
     uv_timer_start(pa->reconnect, on_reconnect_timer, (uint64_t)pa->backoff_ms, 0);
 }
 
