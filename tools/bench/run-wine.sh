@@ -10,8 +10,10 @@
 # starts the broker with a generated config in a temp dir (data there too),
 # waits until it answers a jsonl ping, runs every case SB_BENCH_REPEAT times
 # (default 3, the cases interleaved so that load from other work on the
-# machine hits them alike), stops the broker and the session, and prints
-# the median msgs/s per case:
+# machine hits them alike; a short warm-up first), stops the broker and the
+# session, and prints the median msgs/s per case and the ratio through
+# Switchboard / raw, taken per round (both sides under the same load) and
+# reported as the median with its [min-max] over the rounds:
 #
 #   mechanism                   raw (ipcbench)      through Switchboard
 #   pipe msg req/resp W=1       pipe -w 1           jsonl pub awaiting its puback -> queue -> jsonl consumer
@@ -148,8 +150,10 @@ done
 ticks() { if [ -n "$1" ]; then awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; else echo 0; fi; }
 
 # run_case KEY N ARGS...: one run of ipcbench; appends
-# "KEY RATE OK N BROKER_TICKS WINESERVER_TICKS" to results.
+# "ROUND KEY RATE OK N BROKER_TICKS WINESERVER_TICKS" to results (round 0:
+# the warm-up, not reported).
 failures=0
+r=0
 run_case() {
     key=$1
     n=$(($2 * SCALE))
@@ -168,12 +172,17 @@ run_case() {
         echo "run-wine.sh: $key failed: ${line:-no result}" >&2
         rate=0
     fi
-    echo "$key ${rate:-0} ${ok:-0} $n $((b1 - b0)) $((w1 - w0))" >>"$tmp/results"
+    echo "$r $key ${rate:-0} ${ok:-0} $n $((b1 - b0)) $((w1 - w0))" >>"$tmp/results"
     printf '  %-16s %8s msgs/s\n' "$key" "${rate:-0}" >&2
 }
 
 j=$tag-jsonl
 echo "run-wine.sh: $REPEAT rounds; broker log in $tmp/broker.log" >&2
+# Warm-up: the first runs after the broker's start are slower.
+echo "warm-up" >&2
+run_case raw.rr 500 pipe -w 1
+run_case memory.pl 2000 broker --in "pub:$j:bench/memory/q/pub" -w "$WINDOW" --out "jsonl:$j:q-memory"
+run_case memory.slot2 1000 broker --in "slot:$tag-slot2-memory" --out "slot:$tag-out"
 r=1
 while [ $r -le "$REPEAT" ]; do
     echo "round $r/$REPEAT (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
@@ -198,26 +207,42 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 echo
 echo "Switchboard under Wine ($(wine --version 2>/dev/null || echo wine)), $(nproc) cores, $REPEAT rounds, $SIZE-byte messages, W=$WINDOW"
 echo "load average before: $load_before   after: $load_after"
-echo "msgs/s, median of the rounds; ratio = through Switchboard / raw"
+echo "msgs/s: median of the rounds. RATIO: through Switchboard / raw, computed per round (the"
+echo "cases of a round run back to back, under the same load), then the median and [min-max]"
 echo
 awk -v window="$WINDOW" '
-function median(key,    n, i, j, t, v) {
-    n = 0
-    for (i = 1; i <= cnt[key]; i++) v[++n] = val[key, i]
+function med(a, n,    i, j, t) {
     if (n == 0) return -1
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
-function cpu(key, col,    i, s, m) {
+function median(key,    n, r, v) {
+    n = 0
+    for (r = 1; r <= rounds; r++) if ((r, key) in val) v[++n] = val[r, key]
+    return med(v, n)
+}
+# Median of the per-round ratios sb/raw, with their range in lo/hi.
+function ratio(sb, raw,    n, r, v, m) {
+    n = 0; lo = 1e9; hi = 0
+    for (r = 1; r <= rounds; r++)
+        if (val[r, sb] > 0 && val[r, raw] > 0) {
+            v[++n] = val[r, sb] / val[r, raw]
+            if (v[n] < lo) lo = v[n]
+            if (v[n] > hi) hi = v[n]
+        }
+    if (n == 0) return "-"
+    m = med(v, n)
+    return sprintf("%.0f%% [%.0f-%.0f]", 100 * m, 100 * lo, 100 * hi)
+}
+function cpu(key, col,    r, s, m) {
     s = 0; m = 0
-    for (i = 1; i <= cnt[key]; i++) { s += tk[key, i, col]; m += nn[key, i] }
+    for (r = 1; r <= rounds; r++) if ((r, key) in val) { s += tk[r, key, col]; m += nn[r, key] }
     return m > 0 ? s * 10000 / m : 0   # ticks of 10 ms -> us per message
 }
 function fmt(x) { return x < 0 ? "-" : sprintf("%.0f", x) }
-function ratio(a, b) { return (a <= 0 || b <= 0) ? "-" : sprintf("%.0f%%", 100 * a / b) }
-{
-    cnt[$1]++; val[$1, cnt[$1]] = $2; nn[$1, cnt[$1]] = $4
-    tk[$1, cnt[$1], 1] = $5; tk[$1, cnt[$1], 2] = $6
+$1 > 0 {
+    if ($1 > rounds) rounds = $1
+    val[$1, $2] = $3; nn[$1, $2] = $5; tk[$1, $2, 1] = $6; tk[$1, $2, 2] = $7
 }
 END {
     rows = 7
@@ -228,15 +253,15 @@ END {
     row[5] = "mailslot in";                       raw[5] = "raw.slot"; sw[5] = "slotin"
     row[6] = "mailslot out";                      raw[6] = "raw.slot"; sw[6] = "slotout"
     row[7] = "mailslot -> mailslot";              raw[7] = "raw.slot"; sw[7] = "slot2"
-    printf "%-30s %9s %10s %6s %10s %6s\n", "MECHANISM", "RAW", "SB MEMORY", "RATIO", "SB FSYNC", "RATIO"
-    for (i = 1; i <= rows; i++) {
-        r = median(raw[i]); m = median("memory." sw[i]); f = median("fsync." sw[i])
-        printf "%-30s %9s %10s %6s %10s %6s\n", row[i], fmt(r), fmt(m), ratio(m, r), fmt(f), ratio(f, r)
-    }
-    printf "\nCPU per message (us, all rounds): broker process / this prefix'"'"'s wineserver\n"
-    printf "%-30s %16s %16s %16s\n", "MECHANISM", "RAW wineserver", "MEMORY bkr/wsrv", "FSYNC bkr/wsrv"
+    printf "%-26s %8s %9s %-15s %9s %-15s\n", "MECHANISM", "RAW", "SB MEMORY", "RATIO", "SB FSYNC", "RATIO"
     for (i = 1; i <= rows; i++)
-        printf "%-30s %16s %16s %16s\n", row[i], sprintf("%.0f", cpu(raw[i], 2)),
+        printf "%-26s %8s %9s %-15s %9s %-15s\n", row[i], fmt(median(raw[i])),
+            fmt(median("memory." sw[i])), ratio("memory." sw[i], raw[i]),
+            fmt(median("fsync." sw[i])), ratio("fsync." sw[i], raw[i])
+    printf "\nCPU per message (us, all rounds): broker process / this prefix'"'"'s wineserver\n"
+    printf "%-26s %15s %16s %16s\n", "MECHANISM", "RAW wineserver", "MEMORY bkr/wsrv", "FSYNC bkr/wsrv"
+    for (i = 1; i <= rows; i++)
+        printf "%-26s %15s %16s %16s\n", row[i], sprintf("%.0f", cpu(raw[i], 2)),
             sprintf("%.0f / %.0f", cpu("memory." sw[i], 1), cpu("memory." sw[i], 2)),
             sprintf("%.0f / %.0f", cpu("fsync." sw[i], 1), cpu("fsync." sw[i], 2))
 }' "$tmp/results"
