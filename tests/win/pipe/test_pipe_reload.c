@@ -24,6 +24,7 @@
 
 #include "config/config.h"
 #include "service/broker.h"
+#include "tests/integration/harness.h"
 #include "service/platform.h"
 
 #include <windows.h>
@@ -113,28 +114,6 @@ static int64_t published(sb_broker *b, const char *queue)
     }
     json_decref(stats);
     return n;
-}
-
-static void rmtree(const char *path)
-{
-    uv_fs_t req;
-    uv_dirent_t ent;
-    if (uv_fs_scandir(NULL, &req, path, 0, NULL) >= 0) {
-        while (uv_fs_scandir_next(&req, &ent) != UV_EOF) {
-            char sub[1024];
-            uv_fs_t del;
-            snprintf(sub, sizeof(sub), "%s/%s", path, ent.name);
-            if (ent.type == UV_DIRENT_DIR) {
-                rmtree(sub);
-                continue;
-            }
-            uv_fs_unlink(NULL, &del, sub, NULL);
-            uv_fs_req_cleanup(&del);
-        }
-    }
-    uv_fs_req_cleanup(&req);
-    uv_fs_rmdir(NULL, &req, path, NULL);
-    uv_fs_req_cleanup(&req);
 }
 
 static void finish(ctx *x)
@@ -231,7 +210,7 @@ static void test_reload(void **state)
     assert_int_equal(x.write_error[1], 0);
     assert_int_equal(x.published_old, 1);
     assert_int_equal(x.published_new, 1);
-    rmtree(x.dir);
+    sbt_rmtree(x.dir);
 }
 
 int main(void)
