@@ -21,8 +21,8 @@ static void update_reading(sb_conn *c)
     c->transport_ops->read(c, !(c->paused || c->out_paused));
 }
 
-int sb_conn_start(sb_conn *c, sb_adapter *a, const sb_protocol *proto,
-                  const sb_conn_transport *t, void *tdata, const char *peer)
+int sb_conn_start(sb_conn *c, sb_adapter *a, const sb_protocol *proto, const sb_conn_transport *t,
+                  void *tdata, const char *peer)
 {
     int rc;
     c->adapter = a;

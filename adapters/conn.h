@@ -53,13 +53,13 @@ struct sb_conn {
     const sb_protocol *proto;
     void *session;
     const sb_conn_transport *transport_ops;
-    void *tdata;     /* the transport's own state */
+    void *tdata; /* the transport's own state */
     char peer[128];
     int refs;
     int closing;
-    int paused;      /* reading stopped by the protocol */
-    int out_paused;  /* reading stopped because output is backed up */
-    int read_ended;  /* the peer finished sending */
+    int paused;     /* reading stopped by the protocol */
+    int out_paused; /* reading stopped because output is backed up */
+    int read_ended; /* the peer finished sending */
     /* output not yet handed to the transport */
     char *obuf;
     size_t olen, ocap;
@@ -78,8 +78,8 @@ struct sb_conn {
 
 /* Initialises c (zeroed by the caller) over a transport and starts the
  * protocol. */
-int sb_conn_start(sb_conn *c, sb_adapter *a, const sb_protocol *proto,
-                  const sb_conn_transport *t, void *tdata, const char *peer);
+int sb_conn_start(sb_conn *c, sb_adapter *a, const sb_protocol *proto, const sb_conn_transport *t,
+                  void *tdata, const char *peer);
 
 /* Same over libuv streams (in may equal out; either may be NULL). When in
  * and out differ, the end of in (a child closing its stdout) does not close

@@ -25,16 +25,16 @@ typedef struct sb_config_pos {
 } sb_config_pos;
 
 typedef struct sb_broker_config {
-    char *data_dir;           /* default "./data" */
-    int commit_max_batch;     /* store.commit_max_batch, default 1024, 1..65536 */
-    int commit_max_delay_us;  /* store.commit_max_delay_us, default 0, 0..1000000 */
-    int64_t max_db_bytes;     /* store.max_db_bytes, default 0 (unlimited) */
-    int log_level;            /* log.level: sb_log_level, default info */
-    char *log_file;           /* log.file, default NULL */
-    int log_stderr;           /* log.stderr, default 1 */
-    char *admin_endpoint;     /* admin.endpoint, default "default" (data_dir/admin.sock
-                                 on POSIX, \\.\pipe\switchboard-admin on Windows);
-                                 "off" disables it */
+    char *data_dir;          /* default "./data" */
+    int commit_max_batch;    /* store.commit_max_batch, default 1024, 1..65536 */
+    int commit_max_delay_us; /* store.commit_max_delay_us, default 0, 0..1000000 */
+    int64_t max_db_bytes;    /* store.max_db_bytes, default 0 (unlimited) */
+    int log_level;           /* log.level: sb_log_level, default info */
+    char *log_file;          /* log.file, default NULL */
+    int log_stderr;          /* log.stderr, default 1 */
+    char *admin_endpoint;    /* admin.endpoint, default "default" (data_dir/admin.sock
+                                on POSIX, \\.\pipe\switchboard-admin on Windows);
+                                "off" disables it */
 } sb_broker_config;
 
 typedef struct sb_adapter_config {
@@ -53,35 +53,35 @@ typedef struct sb_adapter_config {
     int max_connections; /* servers, default 64, 1..100000 */
     char **command;      /* exec: argv (list of strings), required for exec */
     size_t command_count;
-    sb_restart restart;  /* exec: never | on-failure (default) | always */
-    int64_t restart_backoff_ms;     /* exec: first restart delay, default 1s */
-    int64_t restart_max_backoff_ms; /* exec: cap, default 1m */
+    sb_restart restart;               /* exec: never | on-failure (default) | always */
+    int64_t restart_backoff_ms;       /* exec: first restart delay, default 1s */
+    int64_t restart_max_backoff_ms;   /* exec: cap, default 1m */
     int64_t reconnect_backoff_ms;     /* clients: default 500ms */
     int64_t reconnect_max_backoff_ms; /* clients: default 30s */
-    char *security;      /* pipe (Windows): SDDL; NULL = safe default */
-    int inflight;        /* sink: deliveries outstanding at once, default 64, 1..65536 */
+    char *security;                   /* pipe (Windows): SDDL; NULL = safe default */
+    int inflight; /* sink: deliveries outstanding at once, default 64, 1..65536 */
 } sb_adapter_config;
 
 typedef struct sb_route_config {
     sb_config_pos pos;
-    char *name;              /* required, unique */
-    char **from;             /* topic filters (string or list), >= 1 */
+    char *name;  /* required, unique */
+    char **from; /* topic filters (string or list), >= 1 */
     size_t from_count;
-    char **to;               /* destination adapter names (string or list), may be 0:
-                                then the route is a queue that clients subscribe to */
+    char **to; /* destination adapter names (string or list), may be 0:
+                  then the route is a queue that clients subscribe to */
     size_t to_count;
-    sb_durability durability;  /* fsync (default) | batched | memory */
-    int max_attempts;          /* retry.max_attempts, default 10, 1..1000000 */
-    int64_t backoff_ms;        /* retry.backoff, default 100ms */
-    int64_t max_backoff_ms;    /* retry.max_backoff, default 1m */
-    int64_t ttl_ms;            /* default 0 = no expiry */
-    int64_t max_depth;         /* default 0 = unlimited */
-    int64_t max_bytes;         /* default 0 = unlimited */
-    sb_overflow overflow;      /* reject (default) | drop-oldest */
-    int retain;                /* keep the last value of each matched topic, default 0 */
-    char *dedup_header;        /* dedup.header: header key; NULL = no dedup */
-    int64_t dedup_window_ms;   /* dedup.window, default 10m when header set */
-    int64_t lease_ms;          /* ack timeout before redelivery, default 30s */
+    sb_durability durability; /* fsync (default) | batched | memory */
+    int max_attempts;         /* retry.max_attempts, default 10, 1..1000000 */
+    int64_t backoff_ms;       /* retry.backoff, default 100ms */
+    int64_t max_backoff_ms;   /* retry.max_backoff, default 1m */
+    int64_t ttl_ms;           /* default 0 = no expiry */
+    int64_t max_depth;        /* default 0 = unlimited */
+    int64_t max_bytes;        /* default 0 = unlimited */
+    sb_overflow overflow;     /* reject (default) | drop-oldest */
+    int retain;               /* keep the last value of each matched topic, default 0 */
+    char *dedup_header;       /* dedup.header: header key; NULL = no dedup */
+    int64_t dedup_window_ms;  /* dedup.window, default 10m when header set */
+    int64_t lease_ms;         /* ack timeout before redelivery, default 30s */
 } sb_route_config;
 
 typedef struct sb_config {

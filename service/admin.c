@@ -31,15 +31,16 @@ void *sb_broker_stats_json(sb_broker *b)
                       "s:f, s:f}",
                       "name", q->name, "filter", q->filter, "durability",
                       durability_names[q->durability], "kind",
-                      !q->from_config ? "client" : q->route != NULL ? "route" : "orphaned",
+                      !q->from_config    ? "client"
+                      : q->route != NULL ? "route"
+                                         : "orphaned",
                       "depth", (json_int_t)q->depth, "bytes", (json_int_t)q->bytes, "inflight",
                       inflight, "consumers", consumers, "oldest_age_ms",
                       (json_int_t)(q->fifo.head != NULL ? now - q->fifo.head->msg->created_ms : 0),
-                      "published", (json_int_t)q->published, "delivered",
-                      (json_int_t)q->delivered, "acked", (json_int_t)q->acked, "dead",
-                      (json_int_t)q->dead, "dropped", (json_int_t)q->dropped, "in_rate",
-                      sb_rate__per_sec(&q->in_rate, now_sec), "out_rate",
-                      sb_rate__per_sec(&q->out_rate, now_sec));
+                      "published", (json_int_t)q->published, "delivered", (json_int_t)q->delivered,
+                      "acked", (json_int_t)q->acked, "dead", (json_int_t)q->dead, "dropped",
+                      (json_int_t)q->dropped, "in_rate", sb_rate__per_sec(&q->in_rate, now_sec),
+                      "out_rate", sb_rate__per_sec(&q->out_rate, now_sec));
         if (o == NULL || json_array_append_new(queues, o) != 0)
             goto oom;
     }
@@ -111,7 +112,6 @@ json_t *sb_admin__message_fields(json_t *o, const sb_message *m)
     return o;
 }
 
-
 static json_t *payload_json(const sb_message *m, const char **key)
 {
     if (sb_utf8_valid((const char *)m->payload, m->payload_len) &&
@@ -136,9 +136,8 @@ static void on_dlq_list(sb_store_op *op, void *ctx)
             sb_dead_letter *d = &op->u.dlq_list.rows[i];
             json_t *o = json_pack("{s:I, s:s, s:I, s:s?, s:s?, s:i, s:I}", "dlq_id",
                                   (json_int_t)d->dlq_id, "sub", d->queue_name, "msg_id",
-                                  (json_int_t)d->msg->id, "reason", d->reason, "source",
-                                  d->source, "attempts", d->attempts, "dead_at",
-                                  (json_int_t)d->dead_ms);
+                                  (json_int_t)d->msg->id, "reason", d->reason, "source", d->source,
+                                  "attempts", d->attempts, "dead_at", (json_int_t)d->dead_ms);
             if (o != NULL) {
                 sb_admin__message_fields(o, d->msg);
                 json_array_append_new(items, o);
@@ -148,8 +147,7 @@ static void on_dlq_list(sb_store_op *op, void *ctx)
         if (op->u.dlq_list.row_count > 0 && (int)op->u.dlq_list.row_count == op->u.dlq_list.limit)
             json_object_set_new(
                 res, "next",
-                json_integer(
-                    (json_int_t)op->u.dlq_list.rows[op->u.dlq_list.row_count - 1].dlq_id));
+                json_integer((json_int_t)op->u.dlq_list.rows[op->u.dlq_list.row_count - 1].dlq_id));
     }
     r->cb(r->ctx, op->status, res, op->status != 0 ? sb_strerror(op->status) : NULL);
     sb_store_dlq_rows_free(op->u.dlq_list.rows, op->u.dlq_list.row_count);
@@ -280,8 +278,7 @@ static void redrive_next(admin_req *r, int64_t after)
     }
 }
 
-int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx,
-                          sb_error *err)
+int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err)
 {
     admin_req *r;
     if (sub != NULL && sb_broker__find_queue(b, sub) == NULL)
@@ -296,8 +293,8 @@ int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *c
 static void on_purged(sb_store_op *op, void *ctx)
 {
     admin_req *r = ctx;
-    json_t *res = op->status == 0 ? json_pack("{s:I}", "count", (json_int_t)op->u.dlq_purge.purged)
-                                  : NULL;
+    json_t *res =
+        op->status == 0 ? json_pack("{s:I}", "count", (json_int_t)op->u.dlq_purge.purged) : NULL;
     if (op->status == 0 && op->u.dlq_purge.purged > 0)
         sb_info(r->sub != NULL ? r->sub : "dlq", "purged %lld dead letters",
                 (long long)op->u.dlq_purge.purged);

@@ -55,4 +55,3 @@ int sb_base64_decode(const char *in, size_t len, unsigned char **out, size_t *ou
     *out_len = n;
     return 0;
 }
-

@@ -16,9 +16,6 @@
 #include <stdio.h>
 #include <string.h>
 
-int sb_broker__load_retained(void *ctx, sb_message *msg);
-int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
-
 void sb_sub_settings_default(sb_sub_settings *s)
 {
     s->durability = SB_DURABILITY_FSYNC;
@@ -314,7 +311,8 @@ int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *er
         const sb_route_config *r = &cfg->routes[i];
         for (size_t f = 0; f < r->from_count; f++)
             if (strchr(r->from[f], '\n') != NULL)
-                return sb_error_set(err, SB_ECONFIG, 0, "%s:%d:%d: routes[%zu].from: filter contains a newline",
+                return sb_error_set(err, SB_ECONFIG, 0,
+                                    "%s:%d:%d: routes[%zu].from: filter contains a newline",
                                     cfg->path, r->pos.line, r->pos.col, i);
         for (size_t t = 0; t < r->to_count; t++) {
             const sb_adapter_config *a = sb_config_adapter(cfg, r->to[t]);
@@ -337,9 +335,10 @@ int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *er
     for (size_t i = 0; i < cfg->adapter_count && this_platform; i++) {
         const sb_adapter_type *type = sb_adapter_find(cfg->adapters[i].type);
         if (type == NULL)
-            return sb_error_set(err, SB_ECONFIG, 0, "%s:%d:%d: adapters[%zu].type: %s is not available on this platform",
-                                cfg->path, cfg->adapters[i].pos.line, cfg->adapters[i].pos.col, i,
-                                cfg->adapters[i].type);
+            return sb_error_set(
+                err, SB_ECONFIG, 0,
+                "%s:%d:%d: adapters[%zu].type: %s is not available on this platform", cfg->path,
+                cfg->adapters[i].pos.line, cfg->adapters[i].pos.col, i, cfg->adapters[i].type);
         if (type->validate != NULL) {
             sb_error verr;
             if (type->validate(&cfg->adapters[i], &verr) != 0)
@@ -399,8 +398,9 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
     }
     for (sb_queue *q = b->queues; q != NULL; q = q->next)
         if (q->from_config && q->route == NULL && q->depth > 0)
-            sb_warn(q->name, "no route declares this queue any more; its %lld messages are kept "
-                             "(drain with sbctl sub %s, or delete it)",
+            sb_warn(q->name,
+                    "no route declares this queue any more; its %lld messages are kept "
+                    "(drain with sbctl sub %s, or delete it)",
                     (long long)q->depth, q->name);
     return 0;
 }
@@ -548,9 +548,8 @@ int sb_broker_start(sb_broker *b, sb_error *err)
     b->started = 1;
     b->started_ms = sb_now_ms();
     uv_timer_start(&b->housekeeping, on_housekeeping, 1000, 1000);
-    sb_info(NULL, "Switchboard %s ready: %zu adapters, %zu routes, data in %s",
-            SB_VERSION_STRING, b->cfg->adapter_count, b->cfg->route_count,
-            b->cfg->broker.data_dir);
+    sb_info(NULL, "Switchboard %s ready: %zu adapters, %zu routes, data in %s", SB_VERSION_STRING,
+            b->cfg->adapter_count, b->cfg->route_count, b->cfg->broker.data_dir);
     return 0;
 fail:
     sb_broker_stop(b);
@@ -569,14 +568,13 @@ int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
 
     if (q != NULL) {
         if (filter != NULL && strcmp(filter, q->filter) != 0)
-            return sb_error_set(err, SB_EEXIST, 0,
-                                "subscription %s exists with filter %s (not %s)", name, q->filter,
-                                filter);
+            return sb_error_set(err, SB_EEXIST, 0, "subscription %s exists with filter %s (not %s)",
+                                name, q->filter, filter);
         return 0;
     }
     if (filter == NULL)
-        return sb_error_set(err, SB_ENOTFOUND, 0,
-                            "no subscription %s (give a filter to create it)", name);
+        return sb_error_set(err, SB_ENOTFOUND, 0, "no subscription %s (give a filter to create it)",
+                            name);
     if (name[0] == '\0' || strlen(name) > 200 || strchr(name, '\n') != NULL)
         return sb_error_set(err, SB_EINVAL, 0, "invalid subscription name");
     if (sb_filter_validate(filter, strlen(filter), &why) != 0)
@@ -739,7 +737,6 @@ static void finish_stop(sb_broker *b)
     }
     uv_walk(&b->loop, close_walk, NULL);
 }
-
 
 static void on_stop_tick(uv_timer_t *t)
 {

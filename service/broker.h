@@ -73,26 +73,25 @@ typedef struct sb_publish_opts {
 
 /* status: 0 or SB_E*; msg_id: the committed id; queues: how many queues got it
  * (0: no route matched); why: a one-line reason when status != 0. */
-typedef void (*sb_publish_cb)(void *ctx, int status, uint64_t msg_id, int queues,
-                              const char *why);
+typedef void (*sb_publish_cb)(void *ctx, int status, uint64_t msg_id, int queues, const char *why);
 
 /* Routes msg to every matching subscription and commits it. Takes a new
  * reference on msg. Returns 0 if accepted (cb will be called exactly once,
  * never before this returns), or an SB_E* error with err set (cb not called):
  * SB_EINVAL (bad topic), SB_EFULL (a queue with overflow reject is full),
  * SB_ENOSPC / SB_ESTORE (store refusing writes), SB_ESHUTDOWN. */
-int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts,
-                      sb_publish_cb cb, void *ctx, sb_error *err);
+int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts, sb_publish_cb cb,
+                      void *ctx, sb_error *err);
 
 /* ---- consuming ---- */
 
 struct sb_delivery {
-    sb_message *msg;    /* borrowed; valid until sb_delivery_done */
-    const char *sub;    /* subscription name */
-    int attempt;        /* 1 for a first delivery */
+    sb_message *msg; /* borrowed; valid until sb_delivery_done */
+    const char *sub; /* subscription name */
+    int attempt;     /* 1 for a first delivery */
     sb_consumer *consumer;
-    sb_entry *entry;    /* private: NULL once the lease expired */
-    sb_delivery *next;  /* free for the consumer's own lists */
+    sb_entry *entry;            /* private: NULL once the lease expired */
+    sb_delivery *next;          /* free for the consumer's own lists */
     sb_delivery *onext, *oprev; /* private: the consumer's outstanding list */
 };
 
@@ -155,7 +154,6 @@ void sb_consumer_ready(sb_consumer *c);
 
 /* ---- admin (jsonl) ---- */
 
-
 /* Builds the stats object of the protocol (`queues`, `store`, `broker`);
  * returns a new jansson reference (json_t *) or NULL on out-of-memory. */
 void *sb_broker_stats_json(sb_broker *b);
@@ -165,8 +163,7 @@ typedef void (*sb_admin_cb)(void *ctx, int status, void *result_json, const char
 /* Dead-letter operations; cb gets a new jansson object (or NULL on error). */
 int sb_broker_dlq_list(sb_broker *b, const char *sub, int64_t after, int limit, sb_admin_cb cb,
                        void *ctx, sb_error *err);
-int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx,
-                          sb_error *err);
+int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err);
 int sb_broker_dlq_purge(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err);
 
 /* Internal: a sink adapter can take deliveries again (adapters/registry.c). */

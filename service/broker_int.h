@@ -61,8 +61,8 @@ struct sb_broker {
     sb_sink_binding *bindings;
     int adapters_closing;
 
-    sb_map retained;  /* topic -> sb_message* */
-    sb_map dedup;     /* key -> int64_t* expiry */
+    sb_map retained; /* topic -> sb_message* */
+    sb_map dedup;    /* key -> int64_t* expiry */
 
     sb_pending *pending_head, *pending_tail;
     sb_queue *ack_flush; /* queues with acks to send */
@@ -80,6 +80,8 @@ struct sb_broker {
 };
 
 /* publish.c */
+int sb_broker__load_retained(void *ctx, sb_message *msg);
+int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
 void sb_broker__drain_pending(sb_broker *b);
 void sb_broker__arm_flush(sb_broker *b);
 int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q);

@@ -17,16 +17,16 @@ typedef struct sb_header {
 } sb_header;
 
 typedef struct sb_message {
-    uint64_t id;         /* assigned when the publish is accepted; 0 before */
-    char *topic;         /* UTF-8, '/'-separated levels */
+    uint64_t id; /* assigned when the publish is accepted; 0 before */
+    char *topic; /* UTF-8, '/'-separated levels */
     unsigned char *payload;
     size_t payload_len;
     sb_header *headers;
     size_t header_count;
-    int64_t created_ms;  /* Unix epoch milliseconds */
-    int64_t expires_ms;  /* 0 = never */
-    int priority;        /* 0..9, informational for now */
-    int refs;            /* owned by the loop thread once published */
+    int64_t created_ms; /* Unix epoch milliseconds */
+    int64_t expires_ms; /* 0 = never */
+    int priority;       /* 0..9, informational for now */
+    int refs;           /* owned by the loop thread once published */
 } sb_message;
 
 /* Creates a message with copies of topic and payload, created now, refs = 1.

@@ -190,7 +190,8 @@ static void complete(sb_broker *b, sb_pending *p)
         q->pending_bytes -= (int64_t)sb_message_size(p->msg);
         if (p->status == 0 && q->live) {
             if (sb_queue__append(q, p->msg, 0) != 0)
-                sb_errlog(q->name, "out of memory queueing message %llu; it is delivered after a restart",
+                sb_errlog(q->name,
+                          "out of memory queueing message %llu; it is delivered after a restart",
                           (unsigned long long)p->msg->id);
             appended++;
         }
@@ -236,8 +237,7 @@ static void on_publish_committed(sb_store_op *op, void *ctx)
         p->status = 0; /* idempotent: the first copy was committed */
         p->queue_count = 0;
     } else if (op->status != 0) {
-        snprintf(p->why, sizeof(p->why), "store refused the message: %s",
-                 sb_strerror(op->status));
+        snprintf(p->why, sizeof(p->why), "store refused the message: %s", sb_strerror(op->status));
     }
     sb_broker__drain_pending(p->broker);
 }
@@ -280,8 +280,7 @@ static int check_limits(sb_queue *q, sb_message *msg, sb_pending *p, sb_error *e
     n = sb_queue__drop_oldest(q, ids, want);
     if (n == 0)
         return sb_error_set(err, SB_EFULL, 0,
-                            "queue %s is full and nothing can be dropped (all in flight)",
-                            q->name);
+                            "queue %s is full and nothing can be dropped (all in flight)", q->name);
     {
         sb_store_entry_ref *d = sb_realloc(p->drops, (p->op.u.publish.drop_count + n) * sizeof(*d));
         if (d == NULL)
@@ -296,8 +295,8 @@ static int check_limits(sb_queue *q, sb_message *msg, sb_pending *p, sb_error *e
     return 0;
 }
 
-int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts,
-                      sb_publish_cb cb, void *ctx, sb_error *err)
+int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts, sb_publish_cb cb,
+                      void *ctx, sb_error *err)
 {
     const char *why = NULL;
     sb_pending *p;
@@ -480,8 +479,8 @@ int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q)
         qsort(m.items, m.count, sizeof(*m.items), by_id);
     for (size_t i = 0; i < m.count; i++) {
         /* A retained copy gets a new id so the queue stays in id order. */
-        sb_message *copy = sb_message_new(m.items[i]->topic, m.items[i]->payload,
-                                          m.items[i]->payload_len);
+        sb_message *copy =
+            sb_message_new(m.items[i]->topic, m.items[i]->payload, m.items[i]->payload_len);
         sb_pending *p = copy != NULL ? sb_calloc(1, sizeof(*p)) : NULL;
         if (p == NULL) {
             sb_message_unref(copy);
@@ -526,7 +525,6 @@ int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q)
 }
 
 /* Loader callbacks (broker.c calls the store loaders with these). */
-int sb_broker__load_retained(void *ctx, sb_message *msg);
 int sb_broker__load_retained(void *ctx, sb_message *msg)
 {
     sb_broker *b = ctx;
@@ -535,7 +533,6 @@ int sb_broker__load_retained(void *ctx, sb_message *msg)
     return 0;
 }
 
-int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
 int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms)
 {
     dedup_add(ctx, key, expires_ms);

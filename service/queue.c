@@ -258,8 +258,7 @@ static void arm_timer(sb_queue *q)
     if (q->leased.head != NULL)
         next = q->leased.head->deadline;
     /* Retries wait for a consumer with room; sb_consumer_ready re-dispatches. */
-    if (q->retry.head != NULL && has_capacity(q) &&
-        (next < 0 || q->retry.head->deadline < next))
+    if (q->retry.head != NULL && has_capacity(q) && (next < 0 || q->retry.head->deadline < next))
         next = q->retry.head->deadline;
     if (next < 0) {
         if (q->timer_armed)
@@ -453,7 +452,8 @@ static void on_timer(uv_timer_t *t)
     q->timer_armed = 0;
     while ((e = q->leased.head) != NULL && e->deadline <= now) {
         if (e->delivery != NULL) {
-            sb_log(SB_LOG_WARN, q->name, "delivery of message %llu to %s not acknowledged within %lld ms; will retry",
+            sb_log(SB_LOG_WARN, q->name,
+                   "delivery of message %llu to %s not acknowledged within %lld ms; will retry",
                    (unsigned long long)e->msg->id, e->delivery->consumer->name,
                    (long long)q->lease_ms);
             /* The consumer's late ack is ignored, but d->msg must stay valid

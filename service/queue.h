@@ -27,8 +27,8 @@ struct sb_entry {
     int64_t deadline;   /* LEASED: lease end; RETRY: not before (loop ms) */
     int64_t expires_ms; /* wall clock ms, 0 = never */
     sb_delivery *delivery;
-    sb_entry *next, *prev;     /* FIFO: all entries */
-    sb_entry *snext, *sprev;   /* the LEASED or RETRY list */
+    sb_entry *next, *prev;   /* FIFO: all entries */
+    sb_entry *snext, *sprev; /* the LEASED or RETRY list */
 };
 
 typedef struct sb_entry_list {
@@ -47,8 +47,8 @@ struct sb_queue {
     uint32_t id;
     char *name;
     char *filter;
-    int from_config;       /* declared by a route (else client-created) */
-    int live;              /* still in the current config / not deleted */
+    int from_config;              /* declared by a route (else client-created) */
+    int live;                     /* still in the current config / not deleted */
     const sb_route_config *route; /* NULL for client queues */
     /* effective settings */
     sb_durability durability;
@@ -65,23 +65,23 @@ struct sb_queue {
     sb_entry_list retry;  /* by not-before */
     int64_t depth;        /* entries not DONE */
     int64_t bytes;
-    int64_t pending;      /* publishes routed here, not yet committed */
+    int64_t pending; /* publishes routed here, not yet committed */
     int64_t pending_bytes;
     sb_consumer *consumers;
-    sb_consumer *rr;      /* round-robin position */
+    sb_consumer *rr; /* round-robin position */
     uv_timer_t timer;
     int timer_armed;
     int dispatching;
 
     /* in-order acks not yet sent to the store: [ack_first, ack_last] */
     uint64_t ack_first, ack_last;
-    int ack_queued;       /* on the broker's flush list */
+    int ack_queued; /* on the broker's flush list */
     sb_queue *ack_next;
 
     /* counters */
     uint64_t published, delivered, acked, nacked, dead, expired, dropped;
     sb_rate in_rate, out_rate;
-    sb_queue *next;       /* broker's list */
+    sb_queue *next; /* broker's list */
 };
 
 /* Creates a queue (not yet in the broker's lists); settings from route

@@ -22,8 +22,8 @@ typedef struct exec_adapter {
     uv_timer_t *restart;
     int64_t backoff_ms;
     int64_t started_at;
-    int running;   /* process alive */
-    int handles;   /* own handles not yet closed (timer, process, stderr) */
+    int running; /* process alive */
+    int handles; /* own handles not yet closed (timer, process, stderr) */
     int stopping;
     unsigned long runs;
     int last_failed;
@@ -57,8 +57,7 @@ static int exec_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error 
 
 static void maybe_stopped(exec_adapter *x)
 {
-    if (x->stopping && x->handles == 0 && x->conn == NULL && !x->running &&
-        x->stopped_cb != NULL) {
+    if (x->stopping && x->handles == 0 && x->conn == NULL && !x->running && x->stopped_cb != NULL) {
         sb_adapter_stopped_cb cb = x->stopped_cb;
         x->stopped_cb = NULL;
         cb(&x->base);
@@ -89,8 +88,6 @@ static void schedule_restart(exec_adapter *x, int failed)
     sb_log(SB_LOG_INFO, x->base.name, "restarting the child in %lld ms", (long long)x->backoff_ms);
     uv_timer_start(x->restart, on_restart_timer, (uint64_t)x->backoff_ms, 0);
 }
-
-
 
 static void on_conn_closed(sb_conn *c)
 {
@@ -218,8 +215,7 @@ static void spawn_child(exec_adapter *x)
     rc = uv_spawn(x->base.loop, p, &opt);
     sb_free(args);
     if (rc != 0) {
-        sb_log(SB_LOG_ERROR, x->base.name, "cannot start %s: %s", cfg->command[0],
-               uv_strerror(rc));
+        sb_log(SB_LOG_ERROR, x->base.name, "cannot start %s: %s", cfg->command[0], uv_strerror(rc));
         uv_close((uv_handle_t *)in, (uv_close_cb)sb_free);
         uv_close((uv_handle_t *)out, (uv_close_cb)sb_free);
         uv_close((uv_handle_t *)err, (uv_close_cb)sb_free);
@@ -249,7 +245,7 @@ static void spawn_child(exec_adapter *x)
     x->conn->on_closed = on_conn_closed;
     snprintf(peer, sizeof(peer), "pid %d", p->pid);
     if (sb_conn_start_uv(x->conn, &x->base, sb_protocol_find(cfg->protocol), (uv_stream_t *)out,
-                      (uv_stream_t *)in, peer) != 0) {
+                         (uv_stream_t *)in, peer) != 0) {
         sb_conn_close(x->conn, "cannot start the protocol session");
         uv_process_kill(p, 15);
         return;
@@ -307,7 +303,8 @@ static int exec_deliver(sb_adapter *a, sb_delivery *d)
         return SB_EBUSY;
     rc = sb_raw_deliver(x->conn, d);
     if (rc == SB_EINVAL) {
-        sb_delivery_done(d, SB_EINVAL, "payload contains a newline; it cannot be sent with line framing");
+        sb_delivery_done(d, SB_EINVAL,
+                         "payload contains a newline; it cannot be sent with line framing");
         return 0;
     }
     return rc == 0 ? 0 : SB_EBUSY;

@@ -31,14 +31,13 @@ typedef struct pub_in {
     int64_t priority;
 } pub_in;
 
-
 typedef struct reply {
     struct reply *next;
     jsonl_session *s;
-    json_t *id;  /* the request's id (new reference) or NULL */
-    char *line;  /* ready when not NULL */
+    json_t *id; /* the request's id (new reference) or NULL */
+    char *line; /* ready when not NULL */
     size_t len;
-    int orphan;  /* the session closed before it was ready */
+    int orphan; /* the session closed before it was ready */
 } reply;
 
 typedef struct jsub {
@@ -226,8 +225,9 @@ static void pub_submit(jsonl_session *s, const pub_in *in, json_t *id)
     if (memchr(in->topic.p, '\0', in->topic.n) != NULL)
         return reply_error(s, id, SB_EINVAL, "pub: topic contains a NUL character");
     if (in->payload.set == in->payload_b64.set)
-        return reply_error(s, id, SB_EINVAL,
-                           "pub: exactly one of \"payload\" or \"payload_b64\" (a string) is required");
+        return reply_error(
+            s, id, SB_EINVAL,
+            "pub: exactly one of \"payload\" or \"payload_b64\" (a string) is required");
     if (in->has_priority && (in->priority < 0 || in->priority > 9))
         return reply_error(s, id, SB_EINVAL, "pub: \"priority\" must be 0..9");
     topic = in->topic.n < sizeof(topic_buf) ? topic_buf : sb_malloc(in->topic.n + 1);
@@ -295,8 +295,9 @@ static void do_pub(jsonl_session *s, json_t *req, json_t *id)
     if (topic != NULL && !json_is_string(topic))
         return reply_error(s, id, SB_EINVAL, "pub: \"topic\" (a string) is required");
     if ((payload != NULL && !json_is_string(payload)) || (b64 != NULL && !json_is_string(b64)))
-        return reply_error(s, id, SB_EINVAL,
-                           "pub: exactly one of \"payload\" or \"payload_b64\" (a string) is required");
+        return reply_error(
+            s, id, SB_EINVAL,
+            "pub: exactly one of \"payload\" or \"payload_b64\" (a string) is required");
     if (topic != NULL)
         set_str(&in.topic, topic);
     if (payload != NULL)
@@ -477,8 +478,8 @@ static void do_sub(jsonl_session *s, json_t *req, json_t *id)
         return reply_error(s, id, SB_EINVAL, "sub: \"sub\" (the subscription name) is required");
     if (f != NULL && !json_is_string(f))
         return reply_error(s, id, SB_EINVAL, "sub: \"filter\" must be a string");
-    if (w != NULL && (!json_is_integer(w) || json_integer_value(w) < 1 ||
-                      json_integer_value(w) > 100000))
+    if (w != NULL &&
+        (!json_is_integer(w) || json_integer_value(w) < 1 || json_integer_value(w) > 100000))
         return reply_error(s, id, SB_EINVAL, "sub: \"window\" must be 1..100000");
     if (parse_settings(req, &st, &bad) != 0) {
         snprintf(msg, sizeof(msg), "sub: invalid \"%s\"", bad);
@@ -892,8 +893,8 @@ static int jsonl_data(sb_conn *c, const char *data, size_t len)
     s->len -= start;
     if (s->len > s->max + 2) {
         reply_error(s, NULL, SB_ETOOBIG, "line longer than max_message; closing");
-        sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: line longer than max_message %zu",
-               c->peer, s->max);
+        sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: line longer than max_message %zu", c->peer,
+               s->max);
         return SB_ETOOBIG;
     }
     return 0;

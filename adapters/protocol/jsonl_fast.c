@@ -154,7 +154,8 @@ static int read_int(cursor *c, int64_t *out)
         neg = 1;
         p++;
     }
-    if (p >= c->end || *p < '0' || *p > '9' || (*p == '0' && p + 1 < c->end && p[1] >= '0' && p[1] <= '9'))
+    if (p >= c->end || *p < '0' || *p > '9' ||
+        (*p == '0' && p + 1 < c->end && p[1] >= '0' && p[1] <= '9'))
         return 0;
     while (p < c->end && *p >= '0' && *p <= '9') {
         if (v > (UINT64_MAX - 9) / 10)

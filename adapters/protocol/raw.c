@@ -295,8 +295,8 @@ static int parse(raw_session *s)
             n = ((uint64_t)u[0] << 24) | ((uint64_t)u[1] << 16) | ((uint64_t)u[2] << 8) | u[3];
             if (n > s->max) {
                 sb_log(SB_LOG_ERROR, c->adapter->name,
-                       "peer %s: frame length %llu exceeds max_message %zu; closing",
-                       c->peer, (unsigned long long)n, s->max);
+                       "peer %s: frame length %llu exceeds max_message %zu; closing", c->peer,
+                       (unsigned long long)n, s->max);
                 return SB_ETOOBIG;
             }
             if (avail < 4 + n)

@@ -266,8 +266,7 @@ static int stream_start(sb_adapter *a, sb_error *err)
     s->reconnect->data = s;
     s->handles_open++;
     if (!s->is_server) {
-        sb_log(SB_LOG_INFO, a->name, "connecting to %s (%s)", cfg->connect,
-               s->proto->name);
+        sb_log(SB_LOG_INFO, a->name, "connecting to %s (%s)", cfg->connect, s->proto->name);
         start_connect(s);
         return 0;
     }
@@ -363,7 +362,8 @@ static int stream_deliver(sb_adapter *a, sb_delivery *d)
     s->rr = c;
     rc = sb_raw_deliver(c, d);
     if (rc == SB_EINVAL) {
-        sb_delivery_done(d, SB_EINVAL, "payload contains a newline; it cannot be sent with line framing");
+        sb_delivery_done(d, SB_EINVAL,
+                         "payload contains a newline; it cannot be sent with line framing");
         return 0;
     }
     return rc == 0 ? 0 : SB_EBUSY;

@@ -129,7 +129,8 @@ static void test_receive_only_destination(void **state)
 
     sbt_path(dir, sizeof(dir), sbt_test_data(), "integration");
     assert_int_equal(sbt_run(check, dir, 10000, &out, &err), 1);
-    assert_non_null(strstr(err, "receive-only-destination.yaml:7:5: routes[0].to: adapter listener"));
+    assert_non_null(
+        strstr(err, "receive-only-destination.yaml:7:5: routes[0].to: adapter listener"));
     assert_non_null(strstr(err, "cannot be a destination"));
     free(out);
     free(err);

@@ -299,11 +299,11 @@ static int pipe_server_main(const char *name, long long n, int window, int bytes
     long long got = 0;
     HANDLE h;
 
-    h = CreateNamedPipeW(path, PIPE_ACCESS_DUPLEX,
-                         (bytes ? PIPE_TYPE_BYTE | PIPE_READMODE_BYTE
-                                : PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE) |
-                             PIPE_WAIT,
-                         1, PIPE_BUF_SIZE, PIPE_BUF_SIZE, 0, NULL);
+    h = CreateNamedPipeW(
+        path, PIPE_ACCESS_DUPLEX,
+        (bytes ? PIPE_TYPE_BYTE | PIPE_READMODE_BYTE : PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE) |
+            PIPE_WAIT,
+        1, PIPE_BUF_SIZE, PIPE_BUF_SIZE, 0, NULL);
     if (h == INVALID_HANDLE_VALUE || buf == NULL || acks == NULL)
         die("pipe-server: CreateNamedPipeW: error %lu", GetLastError());
     memset(acks, ACK_BYTE, PIPE_BUF_SIZE);
@@ -528,8 +528,8 @@ typedef struct broker_run {
     unsigned run;
     char in_kind[16], in_name[128], in_topic[128];
     char out_kind[16], out_name[128], out_sub[128];
-    HANDLE start;                 /* set when the consumer is attached */
-    unsigned long long first_ns;  /* first send */
+    HANDLE start;                  /* set when the consumer is attached */
+    unsigned long long first_ns;   /* first send */
     unsigned long long pubacks_ns; /* pub: last puback */
     long long pub_errors;
     char pub_error[256];
@@ -580,7 +580,8 @@ static void produce_pub(broker_run *b)
     const opts *o = b->o;
     long long window = o->window > 0 ? o->window : 1, sent = 0, acked = 0;
     size_t cap = (size_t)window * ((size_t)o->size + 256) + 256, wlen, rlen = 0;
-    char *wbuf = malloc(cap), *rbuf = malloc(PIPE_BUF_SIZE + 1), *payload = malloc((size_t)o->size + 1);
+    char *wbuf = malloc(cap), *rbuf = malloc(PIPE_BUF_SIZE + 1),
+         *payload = malloc((size_t)o->size + 1);
     HANDLE h = open_pipe(pipe_path(b->in_name), GENERIC_READ | GENERIC_WRITE, 0, 10000);
 
     if (h == INVALID_HANDLE_VALUE)
@@ -593,9 +594,10 @@ static void produce_pub(broker_run *b)
         wlen = 0;
         while (sent < o->n && sent - acked < window) {
             make_payload(payload, o->size, b->run, sent);
-            wlen += (size_t)snprintf(wbuf + wlen, cap - wlen,
-                                     "{\"op\":\"pub\",\"id\":%lld,\"topic\":\"%s\",\"payload\":\"%.*s\"}\n",
-                                     sent + 1, b->in_topic, o->size, payload);
+            wlen += (size_t)snprintf(
+                wbuf + wlen, cap - wlen,
+                "{\"op\":\"pub\",\"id\":%lld,\"topic\":\"%s\",\"payload\":\"%.*s\"}\n", sent + 1,
+                b->in_topic, o->size, payload);
             sent++;
         }
         if (wlen > 0) {
@@ -775,8 +777,9 @@ static int broker_main(const opts *o)
     if (b.pubacks_ns != 0) {
         size_t l = strlen(extra);
         double ps = (double)(b.pubacks_ns - b.first_ns) / 1e9;
-        snprintf(extra + l, sizeof(extra) - l, " puback_seconds=%.4f puback_rate=%.0f pub_errors=%lld",
-                 ps, ps > 0 ? (double)o->n / ps : 0, b.pub_errors);
+        snprintf(extra + l, sizeof(extra) - l,
+                 " puback_seconds=%.4f puback_rate=%.0f pub_errors=%lld", ps,
+                 ps > 0 ? (double)o->n / ps : 0, b.pub_errors);
     }
     if (b.pub_errors > 0)
         fprintf(stderr, "ipcbench: %lld publishes refused, first: %s\n", b.pub_errors, b.pub_error);

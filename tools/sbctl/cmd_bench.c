@@ -291,8 +291,7 @@ static void consumer_main(void *arg)
             if (len > sizeof(head) - 1 && memcmp(line, head, sizeof(head) - 1) == 0 &&
                 fast_field(line, len, "\"msg_id\":", &id_at) == 0 &&
                 fast_field(line, len, "\"payload\":\"", &pl_at) == 0 &&
-                parse_stamp(pl_at, &ts, &index) == 0 && index >= 0 &&
-                index < r->o->messages) {
+                parse_stamp(pl_at, &ts, &index) == 0 && index >= 0 && index < r->o->messages) {
                 long long msg_id = strtoll(id_at, NULL, 10);
                 if (now > ts)
                     sbctl_samples_add(&k->lat, (int64_t)(now - ts));

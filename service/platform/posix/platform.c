@@ -20,8 +20,8 @@ int sb_platform_mkdir_p(const char *path, sb_error *err)
             continue;
         *p = '\0';
         if (mkdir(buf, 0750) != 0 && errno != EEXIST)
-            return sb_error_set(err, sb_error_from_errno(errno), errno, "cannot create %s: %s",
-                                buf, strerror(errno));
+            return sb_error_set(err, sb_error_from_errno(errno), errno, "cannot create %s: %s", buf,
+                                strerror(errno));
         *p = '/';
     }
     if (mkdir(buf, 0750) != 0 && errno != EEXIST)
