@@ -190,6 +190,51 @@ static void test_line_producer(void **state)
     b->passed = 1;
 }
 
+/* Golden bad frames (tests/data/frames): each is refused or discarded with
+ * the expected log line naming the adapter and peer, and none is published. */
+static void test_golden_frames(void **state)
+{
+    static const char *const names[] = {"length-4gb-prefix", "length-over-max",
+                                        "length-truncated",  "length-header-only",
+                                        "line-too-long",     "line-unterminated"};
+    sbt_broker *b = *state;
+    sbt_conn *c = start(b, "raw-golden", NULL);
+    char dir[SBT_PATH_MAX], path[SBT_PATH_MAX], file[128], line[300];
+
+    sbt_path(dir, sizeof(dir), sbt_test_data(), "frames");
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        int is_length = strncmp(names[i], "length-", 7) == 0;
+        size_t len;
+        char *data, *expected, *nl;
+        sbt_tcp *t;
+        int port;
+
+        snprintf(file, sizeof(file), "%s.bin", names[i]);
+        sbt_path(path, sizeof(path), dir, file);
+        data = sbt_read_file(path, &len);
+        snprintf(file, sizeof(file), "%s.expected", names[i]);
+        sbt_path(path, sizeof(path), dir, file);
+        expected = sbt_read_file(path, NULL);
+        assert_non_null(data);
+        assert_non_null(expected);
+        if ((nl = strchr(expected, '\n')) != NULL)
+            *nl = '\0';
+        t = raw_connect(b->port[is_length ? 2 : 1]);
+        port = sbt_tcp_local_port(t);
+        raw_write(t, data, len);
+        sbt_tcp_close(t);
+        snprintf(line, sizeof(line), "[%s] peer 127.0.0.1:%d: %s", is_length ? "frames" : "lines",
+                 port, expected);
+        sbt_broker_wait_log(b, line, 1, 5000);
+        free(data);
+        free(expected);
+    }
+    assert_int_equal(sbt_queue_int(c, "len-in", "published"), 0);
+    assert_int_equal(sbt_queue_int(c, "raw-in", "published"), 0);
+    sbt_close(c);
+    b->passed = 1;
+}
+
 static void test_length_framing(void **state)
 {
     sbt_broker *b = *state;
@@ -454,6 +499,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_line_producer, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_length_framing, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_golden_frames, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_raw_sink_on_listener, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_connect_sink, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_stop_with_backed_up_sink, sbt_setup, sbt_teardown),
