@@ -27,31 +27,50 @@ char *sb_base64_encode(const unsigned char *in, size_t len)
     return out;
 }
 
+static int b64_value(char c)
+{
+    const char *p = c != '\0' ? memchr(b64chars, c, 64) : NULL;
+    return p != NULL ? (int)(p - b64chars) : -1;
+}
+
 int sb_base64_decode(const char *in, size_t len, unsigned char **out, size_t *out_len)
 {
-    unsigned char *buf = sb_malloc(len / 4 * 3 + 3);
-    size_t n = 0;
-    unsigned v = 0;
+    unsigned char *buf, *o;
+    unsigned acc = 0;
     int bits = 0;
+
+    *out = NULL;
+    *out_len = 0;
+    /* Padding: up to two '=' at the end, only where a group is incomplete
+     * (it may also be left out). */
+    while (len > 0 && in[len - 1] == '=') {
+        len--;
+        if (++bits > 2)
+            return SB_EINVAL;
+    }
+    if ((bits > 0 && (len + (size_t)bits) % 4 != 0) || len % 4 == 1)
+        return SB_EINVAL;
+    bits = 0;
+    buf = sb_malloc(len / 4 * 3 + 3 + 1);
     if (buf == NULL)
         return SB_ENOMEM;
+    o = buf;
     for (size_t i = 0; i < len; i++) {
-        const char *p;
-        if (in[i] == '=')
-            break;
-        p = memchr(b64chars, in[i], 64);
-        if (p == NULL || in[i] == '\0') {
+        int v = b64_value(in[i]);
+        if (v < 0) {
             sb_free(buf);
             return SB_EINVAL;
         }
-        v = (v << 6) | (unsigned)(p - b64chars);
+        acc = (acc << 6) | (unsigned)v;
         bits += 6;
         if (bits >= 8) {
             bits -= 8;
-            buf[n++] = (unsigned char)(v >> bits);
+            *o++ = (unsigned char)(acc >> bits);
+            acc &= (1u << bits) - 1;
         }
     }
+    *o = '\0';
     *out = buf;
-    *out_len = n;
+    *out_len = (size_t)(o - buf);
     return 0;
 }

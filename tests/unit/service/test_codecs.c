@@ -44,6 +44,15 @@ static void test_base64_rejects_garbage(void **state)
     (void)state;
     assert_int_equal(sb_base64_decode("aG!s", 4, &dec, &len), SB_EINVAL);
     assert_int_equal(sb_base64_decode("a\0bc", 4, &dec, &len), SB_EINVAL);
+    /* Lengths and padding that no encoder produces. */
+    assert_int_equal(sb_base64_decode("Z", 1, &dec, &len), SB_EINVAL);
+    assert_int_equal(sb_base64_decode("Zg=", 3, &dec, &len), SB_EINVAL);
+    assert_int_equal(sb_base64_decode("Z===", 4, &dec, &len), SB_EINVAL);
+    /* Padding may be left out. */
+    assert_int_equal(sb_base64_decode("Zm8", 3, &dec, &len), 0);
+    assert_int_equal(len, 2);
+    assert_memory_equal(dec, "fo", 2);
+    sb_free(dec);
 }
 
 static void test_jsonw_escapes_round_trip(void **state)
