@@ -178,17 +178,10 @@ static void test_reload(void **state)
 {
     ctx x;
     sb_error err;
-    char tmp[400];
-    size_t len = sizeof(tmp);
-    uv_fs_t req;
     (void)state;
 
     memset(&x, 0, sizeof(x));
-    assert_int_equal(uv_os_tmpdir(tmp, &len), 0);
-    snprintf(x.dir, sizeof(x.dir), "%s/sbt-pipe-reload-XXXXXX", tmp);
-    assert_int_equal(uv_fs_mkdtemp(NULL, &req, x.dir, NULL), 0);
-    snprintf(x.dir, sizeof(x.dir), "%s", req.path);
-    uv_fs_req_cleanup(&req);
+    sbt_mkdtemp(x.dir, sizeof(x.dir), "pipe-reload");
     snprintf(x.pipe, sizeof(x.pipe), "sbt-%lu-reload", (unsigned long)GetCurrentProcessId());
 
     sb_platform_init();
