@@ -183,6 +183,7 @@ void sb_conn_unref(sb_conn *c)
     if (--c->refs > 0)
         return;
     sb_free(c->obuf);
+    sb_free(c->user);
     sb_free(c);
 }
 

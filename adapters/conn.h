@@ -55,6 +55,9 @@ struct sb_conn {
     const sb_conn_transport *transport_ops;
     void *tdata; /* the transport's own state */
     char peer[128];
+    /* The user the transport authenticated (a TLS client certificate mapped
+     * to a name), or NULL; an sb_malloc string owned by the connection. */
+    char *user;
     int refs;
     int closing;
     int paused;     /* reading stopped by the protocol */

@@ -25,17 +25,26 @@ typedef struct sb_config_pos {
 } sb_config_pos;
 
 typedef struct sb_broker_config {
-    char *data_dir;          /* default "./data" */
-    int commit_max_batch;    /* store.commit_max_batch, default 1024, 1..65536 */
-    int commit_max_delay_us; /* store.commit_max_delay_us, default 0, 0..1000000 */
-    int64_t max_db_bytes;    /* store.max_db_bytes, default 0 (unlimited) */
-    int log_level;           /* log.level: sb_log_level, default info */
-    char *log_file;          /* log.file, default NULL */
-    int log_stderr;          /* log.stderr, default 1 */
-    char *admin_endpoint;    /* admin.endpoint, default "default" (data_dir/admin.sock
-                                on POSIX, \\.\pipe\switchboard-admin on Windows);
-                                "off" disables it */
+    char *data_dir;           /* default "./data" */
+    int commit_max_batch;     /* store.commit_max_batch, default 1024, 1..65536 */
+    int commit_max_delay_us;  /* store.commit_max_delay_us, default 0, 0..1000000 */
+    int64_t max_db_bytes;     /* store.max_db_bytes, default 0 (unlimited) */
+    int log_level;            /* log.level: sb_log_level, default info */
+    char *log_file;           /* log.file, default NULL */
+    int log_stderr;           /* log.stderr, default 1 */
+    char *admin_endpoint;     /* admin.endpoint, default "default" (data_dir/admin.sock
+                                 on POSIX, \\.\pipe\switchboard-admin on Windows);
+                                 "off" disables it */
+    char *auth_password_file; /* auth.password_file: users (sbctl passwd), default none */
+    char *auth_acl_file;      /* auth.acl_file: per-user topic rules, default none (all allowed) */
 } sb_broker_config;
+
+typedef enum { SB_TLS_V1_2 = 0, SB_TLS_V1_3 } sb_tls_version;
+typedef enum {
+    SB_CLIENT_CERT_NONE = 0,
+    SB_CLIENT_CERT_OPTIONAL,
+    SB_CLIENT_CERT_REQUIRE
+} sb_client_cert;
 
 typedef struct sb_adapter_config {
     sb_config_pos pos;
@@ -44,7 +53,7 @@ typedef struct sb_adapter_config {
     char *listen;        /* tcp/udp server: "host:port" */
     char *connect;       /* tcp/udp client "host:port"; unix/pipe client: path */
     char *path;          /* unix/pipe server: socket path or pipe name */
-    char *protocol;      /* raw (default) | jsonl */
+    char *protocol;      /* raw (default) | jsonl | mqtt (servers only) */
     char *framing;       /* raw only: line (default for streams) | length |
                             datagram (default and only choice for udp) | message */
     char *topic;         /* raw source: topic template, default "{adapter}";
@@ -59,8 +68,29 @@ typedef struct sb_adapter_config {
     int64_t reconnect_backoff_ms;     /* clients: default 500ms */
     int64_t reconnect_max_backoff_ms; /* clients: default 30s */
     char *security;                   /* pipe (Windows): SDDL; NULL = safe default */
-    int inflight; /* sink: deliveries outstanding at once, default 64, 1..65536 */
+    int inflight;                     /* sink: deliveries outstanding at once, default 64, 1..65536;
+                                         mqtt: QoS 1/2 deliveries outstanding per client */
+    /* anonymous: clients that present no identity may connect. -1 (not
+     * set): yes on loopback, Unix-socket and pipe listeners, no elsewhere. */
+    int anonymous;
+    /* tls (tcp only). A server needs cert and key; a client needs ca (a
+     * file, or "system") or verify: false. See sb_adapter_config_tls. */
+    char *tls_cert, *tls_key; /* PEM files; for a client: its client certificate */
+    char *tls_ca;             /* PEM bundle verifying peers; "system": OpenSSL's default paths */
+    char *tls_ciphers;        /* TLS 1.2 cipher list (OpenSSL syntax); NULL = OpenSSL's default */
+    char *tls_server_name;    /* client: SNI and the name checked in the server's certificate */
+    sb_tls_version tls_min_version; /* 1.2 (default) | 1.3 */
+    sb_client_cert tls_client_cert; /* server: none (default) | optional | require */
+    int tls_verify;                 /* client: verify the server's certificate, default true */
 } sb_adapter_config;
+
+/* 1 if the adapter speaks TLS (its config has a tls section). */
+int sb_adapter_config_tls(const sb_adapter_config *a);
+
+/* The effective `anonymous` of an adapter: the configured value, else 1 for
+ * loopback TCP, Unix-socket, pipe, mailslot and exec adapters and for
+ * clients (the broker connected out), 0 for other listeners. */
+int sb_adapter_config_anonymous(const sb_adapter_config *a);
 
 typedef struct sb_route_config {
     sb_config_pos pos;

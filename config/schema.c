@@ -34,6 +34,8 @@
 _Static_assert(sizeof(sb_durability) == sizeof(int), "enum size");
 _Static_assert(sizeof(sb_overflow) == sizeof(int), "enum size");
 _Static_assert(sizeof(sb_restart) == sizeof(int), "enum size");
+_Static_assert(sizeof(sb_tls_version) == sizeof(int), "enum size");
+_Static_assert(sizeof(sb_client_cert) == sizeof(int), "enum size");
 
 /* ---- choices (the index is the stored value for SB_CT_ENUM) ---- */
 
@@ -54,7 +56,13 @@ static const char *const overflows[] = {"reject", "drop-oldest", NULL};
 _Static_assert(SB_OVERFLOW_REJECT == 0 && SB_OVERFLOW_DROP_OLDEST == 1,
                "overflows follows sb_overflow");
 
-static const char *const protocols[] = {"raw", "jsonl", NULL};
+static const char *const protocols[] = {"raw", "jsonl", "mqtt", NULL};
+static const char *const tls_versions[] = {"1.2", "1.3", NULL};
+_Static_assert(SB_TLS_V1_2 == 0 && SB_TLS_V1_3 == 1, "tls_versions follows sb_tls_version");
+static const char *const client_certs[] = {"none", "optional", "require", NULL};
+_Static_assert(SB_CLIENT_CERT_NONE == 0 && SB_CLIENT_CERT_OPTIONAL == 1 &&
+                   SB_CLIENT_CERT_REQUIRE == 2,
+               "client_certs follows sb_client_cert");
 static const char *const framings[] = {"line", "length", "datagram", "message", NULL};
 
 /* ---- adapter types ---- */
@@ -124,17 +132,44 @@ static const sb_config__field admin_fields[] = {
 };
 static const sb_config__section admin_section = TABLE(admin_fields);
 
+static const sb_config__field auth_fields[] = {
+    {.key = "password_file", .type = SB_CT_STRING, .offset = B(auth_password_file)},
+    {.key = "acl_file", .type = SB_CT_STRING, .offset = B(auth_acl_file)},
+};
+static const sb_config__section auth_section = TABLE(auth_fields);
+
 static const sb_config__field broker_fields[] = {
     {.key = "data_dir", .type = SB_CT_STRING, .offset = B(data_dir), .def_str = "./data"},
     {.key = "store", .type = SB_CT_SECTION, .section = &store_section},
     {.key = "log", .type = SB_CT_SECTION, .section = &log_section},
     {.key = "admin", .type = SB_CT_SECTION, .section = &admin_section},
+    {.key = "auth", .type = SB_CT_SECTION, .section = &auth_section},
 };
 static const sb_config__section broker_section = TABLE(broker_fields);
 
 /* ---- adapters ---- */
 
 #define A(member) offsetof(sb_adapter_config, member)
+
+static const sb_config__field tls_fields[] = {
+    {.key = "cert", .type = SB_CT_STRING, .offset = A(tls_cert)},
+    {.key = "key", .type = SB_CT_STRING, .offset = A(tls_key)},
+    {.key = "ca", .type = SB_CT_STRING, .offset = A(tls_ca)},
+    {.key = "ciphers", .type = SB_CT_STRING, .offset = A(tls_ciphers)},
+    {.key = "server_name", .type = SB_CT_STRING, .offset = A(tls_server_name)},
+    {.key = "min_version",
+     .type = SB_CT_ENUM,
+     .offset = A(tls_min_version),
+     .def = SB_TLS_V1_2,
+     .choices = tls_versions},
+    {.key = "client_cert",
+     .type = SB_CT_ENUM,
+     .offset = A(tls_client_cert),
+     .def = SB_CLIENT_CERT_NONE,
+     .choices = client_certs},
+    {.key = "verify", .type = SB_CT_BOOL, .offset = A(tls_verify), .def = 1},
+};
+static const sb_config__section tls_section = TABLE(tls_fields);
 
 static const sb_config__field adapter_fields[] = {
     {.key = "name", .type = SB_CT_NAME, .flags = SB_CF_REQUIRED, .offset = A(name)},
@@ -215,6 +250,12 @@ static const sb_config__field adapter_fields[] = {
      .def = 64,
      .min = 1,
      .max = 65536},
+    {.key = "anonymous",
+     .type = SB_CT_BOOL,
+     .types = TCP | UDP | UNIX | PIPE,
+     .offset = A(anonymous),
+     .def = -1},
+    {.key = "tls", .type = SB_CT_SECTION, .types = TCP, .section = &tls_section},
 };
 static const sb_config__section adapter_section = TABLE(adapter_fields);
 
@@ -515,13 +556,106 @@ static void check_mailslot(sb_config__ctx *ctx, sb_adapter_config *a, const char
     }
 }
 
+int sb_adapter_config_tls(const sb_adapter_config *a)
+{
+    /* the checks below make every tls section set one of these */
+    return a->tls_cert != NULL || a->tls_ca != NULL || !a->tls_verify;
+}
+
+static int is_loopback_listen(const char *listen)
+{
+    return strncmp(listen, "127.", 4) == 0 || strncmp(listen, "localhost:", 10) == 0 ||
+           strncmp(listen, "[::1]:", 6) == 0;
+}
+
+int sb_adapter_config_anonymous(const sb_adapter_config *a)
+{
+    if (a->anonymous >= 0)
+        return a->anonymous;
+    if (a->type == NULL || (strcmp(a->type, "tcp") != 0 && strcmp(a->type, "udp") != 0))
+        return 1; /* local IPC: the OS's access control decides who connects */
+    return a->listen == NULL || is_loopback_listen(a->listen);
+}
+
+/* tls: a server needs cert and key, a client a ca (or verify: false); the
+ * server-only and client-only keys are where they belong. */
+static void check_tls(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapter_config *a,
+                      const char *path)
+{
+    const sb_config__seen *s;
+    const yaml_node_t *tls;
+    char p[SB_CONFIG__PATH_MAX];
+    int any = 0, server = a->listen != NULL;
+    void *const keys[] = {&a->tls_cert,        &a->tls_key,         &a->tls_ca,
+                          &a->tls_ciphers,     &a->tls_server_name, &a->tls_min_version,
+                          &a->tls_client_cert, &a->tls_verify};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        any |= seen(ctx, keys[i]) != NULL;
+    if (!any)
+        return;
+    if ((tls = sb_config__lookup(ctx, node, "tls")) != NULL)
+        node = tls;
+    sub_path(p, path, "tls");
+    if (server) {
+        if (a->tls_cert == NULL || a->tls_key == NULL)
+            sb_config__error(ctx, node, p, "a TLS listener needs cert and key");
+        if (a->tls_client_cert != SB_CLIENT_CERT_NONE && a->tls_ca == NULL)
+            sb_config__error(ctx, node, p,
+                             "client_cert %s needs ca (the CA that issues client certificates)",
+                             a->tls_client_cert == SB_CLIENT_CERT_REQUIRE ? "require" : "optional");
+        if ((s = seen(ctx, &a->tls_server_name)) != NULL ||
+            (s = seen(ctx, &a->tls_verify)) != NULL) {
+            char k[40];
+            snprintf(k, sizeof k, "tls.%s", (const char *)s->key->data.scalar.value);
+            sub_path(p, path, k);
+            sb_config__error(ctx, s->key, p, "only for clients (connect), not with listen");
+        }
+    } else {
+        if (a->tls_ca == NULL && a->tls_verify)
+            sb_config__error(ctx, node, p,
+                             "a TLS client needs ca (a PEM file, or system) to verify the "
+                             "server, or verify: false");
+        if ((a->tls_cert == NULL) != (a->tls_key == NULL))
+            sb_config__error(ctx, node, p, "a client certificate needs both cert and key");
+        if ((s = seen(ctx, &a->tls_client_cert)) != NULL) {
+            sub_path(p, path, "tls.client_cert");
+            sb_config__error(ctx, s->key, p, "only for listeners, not with connect");
+        }
+    }
+}
+
+/* A listener that refuses anonymous clients must have a way to know who
+ * connects: MQTT user names (broker.auth.password_file) or client
+ * certificates. */
+static void check_anonymous(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapter_config *a,
+                            const char *path, int mqtt)
+{
+    const sb_broker_config *bc = &ctx->cfg->broker;
+    int by_password = mqtt && bc->auth_password_file != NULL;
+    int by_cert = a->tls_client_cert != SB_CLIENT_CERT_NONE;
+    const char *where = a->listen != NULL ? a->listen : a->path;
+    if (sb_adapter_config_anonymous(a) || by_password || by_cert || where == NULL)
+        return;
+    if (a->anonymous == 0)
+        sb_config__error(ctx, node, path,
+                         "anonymous: false, but clients of %s cannot authenticate: set "
+                         "tls.client_cert%s",
+                         where, mqtt ? " or broker.auth.password_file" : "");
+    else
+        sb_config__error(ctx, node, path,
+                         "%s is not a loopback address, so anonymous clients are refused, and "
+                         "this listener has no way to authenticate them: set tls.client_cert%s, "
+                         "or anonymous: true to accept anyone who can reach it",
+                         where, mqtt ? " or broker.auth.password_file" : "");
+}
+
 static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapter_config *a,
                           const char *path, int type)
 {
     const struct adapter_kind *kind;
     const sb_config__seen *s;
     char p[SB_CONFIG__PATH_MAX];
-    int jsonl;
+    int jsonl, mqtt, listen_bad = 0;
 
     check_unique(ctx, &ctx->adapter_names, "adapter", a->name, a, &a->name, node, path);
     if (type < 0)
@@ -551,12 +685,26 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
                              kind->server_key);
         }
         if (type == TYPE_TCP || type == TYPE_UDP) {
+            size_t before = ctx->error_count;
             sub_path(p, path, "listen");
             check_host_port(ctx, seen(ctx, &a->listen), p, a->listen, 1);
+            listen_bad = ctx->error_count != before;
             sub_path(p, path, "connect");
             check_host_port(ctx, seen(ctx, &a->connect), p, a->connect, 0);
         }
     }
+
+    mqtt = a->protocol != NULL && strcmp(a->protocol, "mqtt") == 0;
+    if (mqtt && (!kind->stream || type == TYPE_EXEC || seen(ctx, &a->connect) != NULL)) {
+        sub_path(p, path, "protocol");
+        sb_config__error(ctx, seen(ctx, &a->protocol)->value, p,
+                         "mqtt is served on listeners (tcp listen, unix or pipe path); the broker "
+                         "is not an MQTT client");
+    }
+    if (type == TYPE_TCP)
+        check_tls(ctx, node, a, path);
+    if (!listen_bad)
+        check_anonymous(ctx, node, a, path, mqtt);
 
     jsonl = a->protocol != NULL && strcmp(a->protocol, "jsonl") == 0;
     s = seen(ctx, &a->framing);
@@ -565,10 +713,10 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
         sb_config__error(ctx, seen(ctx, &a->protocol)->value, p,
                          "jsonl needs a stream adapter (tcp, unix, pipe or exec), not %s",
                          adapter_types[type]);
-    } else if (jsonl && s != NULL) {
+    } else if ((jsonl || mqtt) && s != NULL) {
         sub_path(p, path, "framing");
-        sb_config__error(ctx, s->key, p,
-                         "not allowed with protocol jsonl (one JSON object per line)");
+        sb_config__error(ctx, s->key, p, "not allowed with protocol %s",
+                         jsonl ? "jsonl (one JSON object per line)" : "mqtt");
     } else if (s != NULL && s->ok) {
         const char *why = NULL;
         if (type == TYPE_UDP && strcmp(a->framing, "datagram") != 0)

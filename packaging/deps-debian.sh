@@ -5,7 +5,7 @@ set -eu
 
 PACKAGES="build-essential clang cmake ninja-build pkg-config git ca-certificates \
   libuv1-dev libsqlite3-dev sqlite3 libyaml-dev libjansson-dev libcmocka-dev libssl-dev \
-  python3"
+  python3 mosquitto mosquitto-clients libmosquitto-dev openssl"
 
 missing=""
 for p in $PACKAGES; do

@@ -44,6 +44,7 @@
     X(SB_EBUSY, -20, "resource busy")                                                              \
     X(SB_EVERSION, -21, "unsupported version")                                                     \
     X(SB_ESTORE, -22, "store unavailable")                                                         \
+    X(SB_EAUTH, -23, "not authorized")                                                             \
     X(SB_EUNKNOWN, -99, "unknown error")
 
 typedef enum {

@@ -149,6 +149,7 @@ static const char full_config[] =
     "  - name: dgram\n"
     "    type: udp\n"
     "    listen: 0.0.0.0:0\n"
+    "    anonymous: true\n"
     "  - name: sock\n"
     "    type: unix\n"
     "    path: /tmp/sb.sock\n"
@@ -246,7 +247,7 @@ static void test_full_values(void **state)
 
     r = sb_config_route(cfg, "r1");
     assert_non_null(r);
-    assert_int_equal(r->pos.line, 40);
+    assert_int_equal(r->pos.line, 41);
     assert_int_equal(r->from_count, 2);
     assert_string_equal(r->from[0], "in/#");
     assert_string_equal(r->from[1], "+/x");
@@ -384,10 +385,11 @@ static void test_scalars(void **state)
 static void test_error_unknown_keys(void **state)
 {
     (void)state;
-    expect_errors("broker:\n"
-                  "  data_dir: x\n"
-                  "  stroe: {}\n",
-                  "t.yaml:3:3: broker.stroe: unknown key (known: data_dir, store, log, admin)\n");
+    expect_errors(
+        "broker:\n"
+        "  data_dir: x\n"
+        "  stroe: {}\n",
+        "t.yaml:3:3: broker.stroe: unknown key (known: data_dir, store, log, admin, auth)\n");
     expect_errors("brokers: {}\n",
                   "t.yaml:1:1: brokers: unknown key (known: broker, adapters, routes)\n");
     /* Only the keys of the adapter's type are suggested. */
@@ -507,10 +509,11 @@ static void test_error_numbers(void **state)
                   "t.yaml:1:37: routes[0].lease: must be between 1ms and 1d\n");
     expect_errors("routes: [{ name: r, from: x, retain: 1 }]\n",
                   "t.yaml:1:38: routes[0].retain: expected true or false, got \"1\"\n");
-    expect_errors("broker: { store: { commit_max_batch: 0 } }\n"
-                  "adapters: [{ name: a, type: tcp, listen: \"h:1\", max_connections: 100001 }]\n",
-                  "t.yaml:1:38: broker.store.commit_max_batch: must be between 1 and 65536\n"
-                  "t.yaml:2:66: adapters[0].max_connections: must be between 1 and 100000\n");
+    expect_errors(
+        "broker: { store: { commit_max_batch: 0 } }\n"
+        "adapters: [{ name: a, type: tcp, listen: \"127.0.0.1:1\", max_connections: 100001 }]\n",
+        "t.yaml:1:38: broker.store.commit_max_batch: must be between 1 and 65536\n"
+        "t.yaml:2:74: adapters[0].max_connections: must be between 1 and 100000\n");
 }
 
 static void test_error_required_and_names(void **state)
@@ -582,28 +585,29 @@ static void test_error_routes(void **state)
 static void test_error_adapter_rules(void **state)
 {
     (void)state;
-    expect_errors("adapters: [{ name: a, type: tcp, listen: \"h:1\", connect: \"h:2\" }]\n",
-                  "t.yaml:1:49: adapters[0].connect: cannot be combined with listen\n");
+    expect_errors("adapters: [{ name: a, type: tcp, listen: \"127.0.0.1:1\", connect: \"h:2\" }]\n",
+                  "t.yaml:1:57: adapters[0].connect: cannot be combined with listen\n");
     expect_errors("adapters: [{ name: a, type: pipe }]\n",
                   "t.yaml:1:12: adapters[0]: needs path (server) or connect (client)\n");
-    expect_errors("adapters: [{ name: a, type: tcp, listen: \"h:1\", framing: message }]\n",
-                  "t.yaml:1:58: adapters[0].framing: message framing is only valid for types "
+    expect_errors("adapters: [{ name: a, type: tcp, listen: \"127.0.0.1:1\", framing: message }]\n",
+                  "t.yaml:1:66: adapters[0].framing: message framing is only valid for types "
                   "pipe and mailslot\n");
     expect_errors("adapters: [{ name: a, type: unix, path: p, framing: datagram }]\n",
                   "t.yaml:1:53: adapters[0].framing: datagram framing is only valid for type "
                   "udp\n");
-    expect_errors("adapters: [{ name: a, type: udp, listen: \"h:1\", framing: line }]\n",
-                  "t.yaml:1:58: adapters[0].framing: must be datagram for type udp\n");
-    expect_errors("adapters: [{ name: a, type: udp, listen: \"h:1\", protocol: jsonl }]\n",
-                  "t.yaml:1:59: adapters[0].protocol: jsonl needs a stream adapter (tcp, unix, "
+    expect_errors("adapters: [{ name: a, type: udp, listen: \"127.0.0.1:1\", framing: line }]\n",
+                  "t.yaml:1:66: adapters[0].framing: must be datagram for type udp\n");
+    expect_errors("adapters: [{ name: a, type: udp, listen: \"127.0.0.1:1\", protocol: jsonl }]\n",
+                  "t.yaml:1:67: adapters[0].protocol: jsonl needs a stream adapter (tcp, unix, "
                   "pipe or exec), not udp\n");
-    expect_errors("adapters: [{ name: a, type: tcp, listen: \"h:1\", protocol: jsonl, "
+    expect_errors("adapters: [{ name: a, type: tcp, listen: \"127.0.0.1:1\", protocol: jsonl, "
                   "framing: line }]\n",
-                  "t.yaml:1:66: adapters[0].framing: not allowed with protocol jsonl (one JSON "
+                  "t.yaml:1:74: adapters[0].framing: not allowed with protocol jsonl (one JSON "
                   "object per line)\n");
-    expect_errors("adapters: [{ name: a, type: udp, listen: \"h:1\", max_message: 64KiB }]\n",
-                  "t.yaml:1:62: adapters[0].max_message: must be between 1 and 65507 for type "
-                  "udp\n");
+    expect_errors(
+        "adapters: [{ name: a, type: udp, listen: \"127.0.0.1:1\", max_message: 64KiB }]\n",
+        "t.yaml:1:70: adapters[0].max_message: must be between 1 and 65507 for type "
+        "udp\n");
     expect_errors("adapters: [{ name: a, type: exec }]\n",
                   "t.yaml:1:12: adapters[0].command: required for type exec\n");
     expect_errors("adapters: [{ name: a, type: exec, command: [] }]\n",
@@ -617,15 +621,17 @@ static void test_error_adapter_rules(void **state)
                   "IPv6 addresses as [::1]:port)\n");
     expect_errors("adapters: [{ name: a, type: tcp, connect: \"h:0\" }]\n",
                   "t.yaml:1:43: adapters[0].connect: invalid port \"0\" (must be 1..65535)\n");
-    expect_errors("adapters: [{ name: a, type: tcp, listen: \"h:1\", topic: \"x/{who}\" }]\n",
-                  "t.yaml:1:56: adapters[0].topic: unknown placeholder \"{who}\" (known: "
-                  "{adapter}, {peer})\n");
-    expect_errors("adapters: [{ name: a, type: tcp, listen: \"h:1\", topic: \"a/#\" }]\n",
-                  "t.yaml:1:56: adapters[0].topic: invalid topic \"a/#\": contains a wildcard "
+    expect_errors(
+        "adapters: [{ name: a, type: tcp, listen: \"127.0.0.1:1\", topic: \"x/{who}\" }]\n",
+        "t.yaml:1:64: adapters[0].topic: unknown placeholder \"{who}\" (known: "
+        "{adapter}, {peer})\n");
+    expect_errors("adapters: [{ name: a, type: tcp, listen: \"127.0.0.1:1\", topic: \"a/#\" }]\n",
+                  "t.yaml:1:64: adapters[0].topic: invalid topic \"a/#\": contains a wildcard "
                   "('+' or '#')\n");
-    expect_errors("adapters: [{ name: a, type: tcp, listen: \"h:1\", topic: \"$SYS/x\" }]\n",
-                  "t.yaml:1:56: adapters[0].topic: must not start with '$' (reserved for the "
-                  "broker)\n");
+    expect_errors(
+        "adapters: [{ name: a, type: tcp, listen: \"127.0.0.1:1\", topic: \"$SYS/x\" }]\n",
+        "t.yaml:1:64: adapters[0].topic: must not start with '$' (reserved for the "
+        "broker)\n");
     expect_errors("adapters: [{ name: a, type: unix, path: p, reconnect_backoff: 1s }]\n",
                   "t.yaml:1:44: adapters[0].reconnect_backoff: only for clients (connect), not "
                   "with path\n");
@@ -636,6 +642,62 @@ static void test_error_adapter_rules(void **state)
 
 /* Mailslots: names and full paths, the message framing and the 64KiB
  * max_message by default, security for servers only, and the path rules. */
+/* mqtt, tls and anonymous access: where each may appear and what each needs. */
+static void test_mqtt_tls_anonymous(void **state)
+{
+    sb_config *cfg;
+    const sb_adapter_config *a;
+    (void)state;
+    expect_errors("adapters: [{ name: m, type: tcp, listen: \"0.0.0.0:1883\", protocol: mqtt }]\n",
+                  "t.yaml:1:12: adapters[0]: 0.0.0.0:1883 is not a loopback address, so anonymous "
+                  "clients are refused, and this listener has no way to authenticate them: set "
+                  "tls.client_cert or broker.auth.password_file, or anonymous: true to accept "
+                  "anyone who can reach it\n");
+    expect_errors("adapters: [{ name: m, type: tcp, connect: \"h:1\", protocol: mqtt }]\n",
+                  "t.yaml:1:60: adapters[0].protocol: mqtt is served on listeners (tcp listen, "
+                  "unix or pipe path); the broker is not an MQTT client\n");
+    expect_errors("adapters: [{ name: m, type: unix, path: x, protocol: mqtt, framing: line }]\n",
+                  "t.yaml:1:60: adapters[0].framing: not allowed with protocol mqtt\n");
+    expect_errors("adapters: [{ name: m, type: udp, listen: \"127.0.0.1:1\", tls: {} }]\n",
+                  "t.yaml:1:57: adapters[0].tls: not allowed for type udp\n");
+    expect_errors(
+        "adapters:\n"
+        "  - { name: s, type: tcp, listen: \"127.0.0.1:1\", tls: { client_cert: require } }\n"
+        "  - { name: c, type: tcp, connect: \"h:1\", tls: { server_name: h, cert: c } }\n"
+        "  - { name: d, type: tcp, listen: \"127.0.0.1:2\", tls: { cert: c, key: k, verify: false "
+        "} }\n",
+        "t.yaml:2:55: adapters[0].tls: a TLS listener needs cert and key\n"
+        "t.yaml:2:55: adapters[0].tls: client_cert require needs ca (the CA that issues "
+        "client certificates)\n"
+        "t.yaml:3:48: adapters[1].tls: a TLS client needs ca (a PEM file, or system) to "
+        "verify the server, or verify: false\n"
+        "t.yaml:3:48: adapters[1].tls: a client certificate needs both cert and key\n"
+        "t.yaml:4:74: adapters[2].tls.verify: only for clients (connect), not with listen\n");
+
+    cfg = parse_ok("broker: { auth: { password_file: p, acl_file: a } }\n"
+                   "adapters:\n"
+                   "  - { name: m, type: tcp, listen: \":1883\", protocol: mqtt }\n"
+                   "  - { name: t, type: tcp, listen: \"[::1]:8883\", tls: { cert: c, key: k, "
+                   "ca: a, client_cert: optional, min_version: \"1.3\" } }\n"
+                   "  - { name: o, type: tcp, connect: \"h:1\", tls: { ca: system } }\n"
+                   "  - { name: u, type: unix, path: x }\n");
+    assert_string_equal(cfg->broker.auth_password_file, "p");
+    assert_string_equal(cfg->broker.auth_acl_file, "a");
+    a = sb_config_adapter(cfg, "m");
+    assert_false(sb_adapter_config_anonymous(a));
+    assert_false(sb_adapter_config_tls(a));
+    a = sb_config_adapter(cfg, "t");
+    assert_true(sb_adapter_config_anonymous(a));
+    assert_true(sb_adapter_config_tls(a));
+    assert_int_equal(a->tls_min_version, SB_TLS_V1_3);
+    assert_int_equal(a->tls_client_cert, SB_CLIENT_CERT_OPTIONAL);
+    a = sb_config_adapter(cfg, "o");
+    assert_true(sb_adapter_config_tls(a));
+    assert_true(sb_adapter_config_anonymous(a));
+    assert_true(sb_adapter_config_anonymous(sb_config_adapter(cfg, "u")));
+    sb_config_free(cfg);
+}
+
 static void test_mailslot(void **state)
 {
     sb_config *cfg;
@@ -1157,6 +1219,7 @@ int main(void)
         cmocka_unit_test(test_error_routes),
         cmocka_unit_test(test_error_adapter_rules),
         cmocka_unit_test(test_mailslot),
+        cmocka_unit_test(test_mqtt_tls_anonymous),
         cmocka_unit_test(test_error_many),
         cmocka_unit_test(test_load_missing),
         cmocka_unit_test(test_print),
