@@ -11,6 +11,8 @@ const sb_protocol *sb_protocol_find(const char *name)
         return &sb_protocol_raw;
     if (strcmp(name, "jsonl") == 0)
         return &sb_protocol_jsonl;
+    if (strcmp(name, "mqtt") == 0)
+        return &sb_protocol_mqtt;
     return NULL;
 }
 
@@ -93,6 +95,8 @@ void sb_conn_write_done(sb_conn *c, int status, const char *why)
         sb_conn_close(c, NULL);
     else
         start_write(c);
+    if (c->close_after_write && !c->writing)
+        sb_conn_close(c, NULL);
     if (c->out_paused && c->olen < SB_CONN_MAX_OUTPUT / 2) {
         c->out_paused = 0;
         update_reading(c);
@@ -194,6 +198,19 @@ void sb_conn_transport_closed(sb_conn *c)
     if (c->on_closed != NULL)
         c->on_closed(c);
     sb_conn_unref(c);
+}
+
+void sb_conn_close_after_write(sb_conn *c, const char *why)
+{
+    if (c->closing || c->close_after_write)
+        return;
+    if (why != NULL)
+        sb_log(SB_LOG_WARN, c->adapter->name, "peer %s: closing connection: %s", c->peer, why);
+    c->close_after_write = 1;
+    c->paused = 1;
+    update_reading(c);
+    if (!c->writing && c->olen == 0)
+        sb_conn_close(c, NULL);
 }
 
 void sb_conn_close(sb_conn *c, const char *why)

@@ -60,9 +60,10 @@ struct sb_conn {
     char *user;
     int refs;
     int closing;
-    int paused;     /* reading stopped by the protocol */
-    int out_paused; /* reading stopped because output is backed up */
-    int read_ended; /* the peer finished sending */
+    int paused;            /* reading stopped by the protocol */
+    int out_paused;        /* reading stopped because output is backed up */
+    int read_ended;        /* the peer finished sending */
+    int close_after_write; /* sb_conn_close_after_write: close once output is written */
     /* output not yet handed to the transport */
     char *obuf;
     size_t olen, ocap;
@@ -108,16 +109,22 @@ int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t 
 void sb_conn_pause(sb_conn *c);
 void sb_conn_resume(sb_conn *c);
 
-/* Closes the connection (idempotent); `why` is logged if not NULL. */
+/* Closes the connection (idempotent); `why` is logged if not NULL. Output
+ * not yet written is dropped. */
 void sb_conn_close(sb_conn *c, const char *why);
+
+/* Stops reading and closes once everything sent so far is written (a
+ * protocol's refusal, e.g. MQTT's CONNACK with an error code). */
+void sb_conn_close_after_write(sb_conn *c, const char *why);
 
 void sb_conn_ref(sb_conn *c);
 void sb_conn_unref(sb_conn *c);
 
-/* The protocols, by config name ("raw", "jsonl"); NULL if unknown. */
+/* The protocols, by config name ("raw", "jsonl", "mqtt"); NULL if unknown. */
 const sb_protocol *sb_protocol_find(const char *name);
 
 extern const sb_protocol sb_protocol_raw;
 extern const sb_protocol sb_protocol_jsonl;
+extern const sb_protocol sb_protocol_mqtt;
 
 #endif

@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "service/auth.h"
+
 void sb_sub_settings_default(sb_sub_settings *s)
 {
     s->durability = SB_DURABILITY_FSYNC;
@@ -23,6 +25,7 @@ void sb_sub_settings_default(sb_sub_settings *s)
     s->lease_ms = 30000;
     s->ttl_ms = 0;
     s->max_depth = 0;
+    s->transient = 0;
 }
 
 uv_loop_t *sb_broker_loop(sb_broker *b)
@@ -70,10 +73,10 @@ static char *settings_json(const sb_queue *q)
     char *s;
     if (q->from_config)
         return sb_strdup("{\"kind\":\"route\"}");
-    o = json_pack("{s:s, s:s, s:i, s:I, s:I, s:I}", "kind", "client", "durability",
+    o = json_pack("{s:s, s:s, s:i, s:I, s:I, s:I, s:s?}", "kind", "client", "durability",
                   classes[q->durability], "max_attempts", q->max_attempts, "lease_ms",
                   (json_int_t)q->lease_ms, "ttl_ms", (json_int_t)q->ttl_ms, "max_depth",
-                  (json_int_t)q->max_depth);
+                  (json_int_t)q->max_depth, "meta", q->meta);
     if (o == NULL)
         return NULL;
     s = json_dumps(o, JSON_COMPACT);
@@ -95,8 +98,12 @@ static void on_queue_put_done(sb_store_op *op, void *ctx)
 
 int sb_broker__put_queue(sb_broker *b, sb_queue *q)
 {
-    sb_store_op *op = sb_calloc(1, sizeof(*op));
-    char *settings = settings_json(q);
+    sb_store_op *op;
+    char *settings;
+    if (q->transient)
+        return 0;
+    op = sb_calloc(1, sizeof(*op));
+    settings = settings_json(q);
     if (op == NULL || settings == NULL) {
         sb_free(op);
         free(settings);
@@ -182,6 +189,11 @@ static int load_queue(void *ctx, uint32_t id, const char *name, const char *filt
         s.ttl_ms = json_integer_value(json_object_get(o, "ttl_ms"));
         s.max_depth = json_integer_value(json_object_get(o, "max_depth"));
         sb_queue__apply_settings(q, &s);
+        if (json_string_value(json_object_get(o, "meta")) != NULL &&
+            (q->meta = sb_strdup(json_string_value(json_object_get(o, "meta")))) == NULL) {
+            json_decref(o);
+            return SB_ENOMEM;
+        }
     } else {
         q->from_config = 1; /* bound to its route in apply_routes, else orphaned */
     }
@@ -391,7 +403,7 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
                 }
                 sb_broker__put_queue(b, q);
                 if (created)
-                    sb_broker__enqueue_retained(b, q);
+                    sb_broker__enqueue_retained(b, q, q->filter);
             }
         }
         sb_free(filter);
@@ -504,6 +516,49 @@ static int start_admin(sb_broker *b, sb_error *err)
     return rc;
 }
 
+/* Loads broker.auth (NULL *out when neither file is set). */
+static int load_auth(const sb_config *cfg, sb_auth **out, sb_error *err)
+{
+    int rc;
+    *out = NULL;
+    if (cfg->broker.auth_password_file == NULL && cfg->broker.auth_acl_file == NULL)
+        return 0;
+    rc = sb_auth_load(out, cfg->broker.auth_password_file, cfg->broker.auth_acl_file, err);
+    if (rc != 0)
+        return rc;
+    sb_info(NULL, "auth: %s%s%s", cfg->broker.auth_password_file != NULL ? "password file " : "",
+            cfg->broker.auth_password_file != NULL ? cfg->broker.auth_password_file : "",
+            cfg->broker.auth_acl_file != NULL ? ", ACL file loaded" : ", no ACL file");
+    return 0;
+}
+
+/* A replaced sb_auth may still be read by a password check in flight. */
+struct sb_auth_old {
+    sb_auth *auth;
+    struct sb_auth_old *next;
+};
+
+static void retire_auth(sb_broker *b)
+{
+    struct sb_auth_old *o;
+    if (b->auth == NULL)
+        return;
+    o = sb_malloc(sizeof(*o));
+    if (o == NULL) {
+        sb_warn(NULL, "out of memory retiring the old auth files (kept in use)");
+        return;
+    }
+    o->auth = b->auth;
+    o->next = b->old_auth;
+    b->old_auth = o;
+    b->auth = NULL;
+}
+
+const struct sb_auth *sb_broker_auth(sb_broker *b)
+{
+    return b->auth;
+}
+
 int sb_broker_start(sb_broker *b, sb_error *err)
 {
     sb_store_options so;
@@ -512,6 +567,8 @@ int sb_broker_start(sb_broker *b, sb_error *err)
     int rc;
 
     if ((rc = sb_broker_check_config(b->cfg, 1, err)) != 0)
+        return rc;
+    if ((rc = load_auth(b->cfg, &b->auth, err)) != 0)
         return rc;
     if ((rc = sb_platform_mkdir_p(b->cfg->broker.data_dir, err)) != 0)
         return rc;
@@ -590,9 +647,187 @@ int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
     }
     sb_queue__apply_settings(q, settings);
     sb_broker__put_queue(b, q);
-    sb_broker__enqueue_retained(b, q);
+    sb_broker__enqueue_retained(b, q, q->filter);
     sb_info(name, "created subscription with filter %s", filter);
     return 0;
+}
+
+/* Each '\n'-separated filter is valid ("" is none at all). */
+static int filters_validate(const char *filters, sb_error *err)
+{
+    const char *why, *p = filters;
+    while (*p != '\0') {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl != NULL ? (size_t)(nl - p) : strlen(p);
+        if (sb_filter_validate(p, n, &why) != 0)
+            return sb_error_set(err, SB_EINVAL, 0, "filter %.*s: %s", (int)(n > 200 ? 200 : n), p,
+                                why);
+        p += n + (nl != NULL);
+    }
+    return 0;
+}
+
+int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, const char *meta,
+                         const sb_sub_settings *settings, const char *retained_for, sb_error *err)
+{
+    sb_queue *q = sb_broker__find_queue(b, name);
+    char *nf, *nm = NULL;
+    int rc;
+
+    if ((rc = filters_validate(filters, err)) != 0)
+        return rc;
+    if (q == NULL) {
+        sb_sub_settings defaults;
+        if (name[0] == '\0' || strlen(name) > 200 || strchr(name, '\n') != NULL)
+            return sb_error_set(err, SB_EINVAL, 0, "invalid subscription name");
+        if (b->stopping)
+            return sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
+        q = sb_broker__add_queue(b, ++b->last_queue_id, name, filters, err);
+        if (q == NULL)
+            return SB_ENOMEM;
+        if (settings == NULL) {
+            sb_sub_settings_default(&defaults);
+            settings = &defaults;
+        }
+        sb_queue__apply_settings(q, settings);
+        q->transient = settings->transient;
+    } else if (q->from_config) {
+        return sb_error_set(err, SB_EACCES, 0, "subscription %s is declared by a route", name);
+    }
+    nf = sb_strdup(filters);
+    if (meta != NULL)
+        nm = sb_strdup(meta);
+    if (nf == NULL || (meta != NULL && nm == NULL)) {
+        sb_free(nf);
+        sb_free(nm);
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    }
+    sb_free(q->filter);
+    sb_free(q->meta);
+    q->filter = nf;
+    q->meta = nm;
+    sb_broker__put_queue(b, q);
+    if (retained_for != NULL)
+        sb_broker__enqueue_retained(b, q, retained_for);
+    return 0;
+}
+
+const char *sb_broker_sub_meta(sb_broker *b, const char *name)
+{
+    sb_queue *q = sb_broker__find_queue(b, name);
+    if (q == NULL)
+        return NULL;
+    return q->meta != NULL ? q->meta : "";
+}
+
+/* ---- protocol state: keys and sessions ---- */
+
+typedef struct key_op {
+    sb_store_op op;
+    sb_broker *b;
+    char *key;
+    sb_key_cb cb;
+    void *ctx;
+} key_op;
+
+static void on_key_done(sb_store_op *op, void *ctx)
+{
+    key_op *k = ctx;
+    if (op->status == 0 && op->type == SB_OP_KEY_PUT) {
+        int64_t *exp = sb_malloc(sizeof(*exp));
+        void *old = NULL;
+        if (exp != NULL) {
+            *exp = 0;
+            if (sb_map_put(&k->b->dedup, k->key, exp, &old) != 0)
+                sb_free(exp);
+            sb_free(old);
+        }
+    }
+    if (k->cb != NULL)
+        k->cb(k->ctx, op->status);
+    sb_free(k->key);
+    sb_free(k);
+}
+
+static int key_submit(sb_broker *b, sb_store_op_type type, const char *key, int prefix,
+                      sb_key_cb cb, void *ctx)
+{
+    key_op *k = sb_calloc(1, sizeof(*k));
+    if (k == NULL || (k->key = sb_strdup(key)) == NULL) {
+        sb_free(k);
+        return SB_ENOMEM;
+    }
+    k->b = b;
+    k->cb = cb;
+    k->ctx = ctx;
+    k->op.type = type;
+    k->op.sync = type == SB_OP_KEY_PUT;
+    k->op.cb = on_key_done;
+    k->op.ctx = k;
+    k->op.u.key.key = k->key;
+    k->op.u.key.prefix = prefix;
+    if (sb_store_submit(b->store, &k->op) != 0) {
+        sb_free(k->key);
+        sb_free(k);
+        return SB_ESHUTDOWN;
+    }
+    return 0;
+}
+
+int sb_broker_key_put(sb_broker *b, const char *key, sb_key_cb cb, void *ctx)
+{
+    return key_submit(b, SB_OP_KEY_PUT, key, 0, cb, ctx);
+}
+
+int sb_broker_key_exists(sb_broker *b, const char *key)
+{
+    return sb_map_get(&b->dedup, key) != NULL;
+}
+
+static void collect_prefixed(const char *key, void *value, void *ctx)
+{
+    void **state = ctx;
+    const char *prefix = state[0];
+    char ***keys = state[1];
+    size_t *n = state[2];
+    (void)value;
+    if (strncmp(key, prefix, strlen(prefix)) == 0) {
+        char **k = sb_realloc(*keys, (*n + 1) * sizeof(**keys));
+        if (k == NULL)
+            return;
+        *keys = k;
+        if ((k[*n] = sb_strdup(key)) != NULL)
+            (*n)++;
+    }
+}
+
+void sb_broker_key_delete(sb_broker *b, const char *key, int prefix)
+{
+    if (prefix) {
+        char **keys = NULL;
+        size_t n = 0;
+        void *state[3] = {(void *)key, &keys, &n};
+        sb_map_each(&b->dedup, collect_prefixed, state);
+        for (size_t i = 0; i < n; i++) {
+            sb_free(sb_map_remove(&b->dedup, keys[i]));
+            sb_free(keys[i]);
+        }
+        sb_free(keys);
+    } else {
+        sb_free(sb_map_remove(&b->dedup, key));
+    }
+    if (key_submit(b, SB_OP_KEY_DELETE, key, prefix, NULL, NULL) != 0)
+        sb_errlog(NULL, "cannot delete protocol state %s (out of memory or stopping)", key);
+}
+
+void *sb_broker_session_swap(sb_broker *b, const char *name, void *owner)
+{
+    void *old = NULL;
+    if (owner == NULL)
+        return sb_map_remove(&b->sessions, name);
+    if (sb_map_put(&b->sessions, name, owner, &old) != 0)
+        return NULL;
+    return old;
 }
 
 const char *sb_broker_sub_filter(sb_broker *b, const char *name)
@@ -660,10 +895,15 @@ void sb_broker_detach(sb_broker *b, sb_consumer *c, int failed)
 int sb_broker_reload(sb_broker *b, sb_config *cfg, sb_error *err)
 {
     sb_config *old = b->cfg;
+    sb_auth *auth;
     int rc;
 
     if ((rc = sb_broker_check_config(cfg, 1, err)) != 0)
         return rc;
+    if ((rc = load_auth(cfg, &auth, err)) != 0)
+        return rc == SB_ENOMEM ? rc : SB_ECONFIG;
+    retire_auth(b);
+    b->auth = auth;
     if (strcmp(cfg->broker.data_dir, old->broker.data_dir) != 0)
         sb_warn(NULL, "broker.data_dir changed to %s: takes effect after a restart",
                 cfg->broker.data_dir);
@@ -826,7 +1066,8 @@ static void collect_expired_dedup(const char *key, void *value, void *ctx)
     int64_t now = *(int64_t *)state[0];
     char ***keys = state[1];
     size_t *n = state[2];
-    if (*(int64_t *)value <= now) {
+    int64_t exp = *(int64_t *)value;
+    if (exp != 0 && exp <= now) {
         char **k = sb_realloc(*keys, (*n + 1) * sizeof(**keys));
         if (k == NULL)
             return;
@@ -843,7 +1084,7 @@ static void publish_sys(sb_broker *b, const char *topic, const char *fmt, long l
     char payload[64];
     int n = snprintf(payload, sizeof(payload), fmt, value);
     sb_message *m = sb_message_new(topic, payload, (size_t)n);
-    sb_publish_opts opts = {"broker", 1};
+    sb_publish_opts opts = {"broker", 1, NULL};
     if (m == NULL)
         return;
     sb_broker_publish(b, m, &opts, NULL, NULL, NULL);
@@ -928,11 +1169,19 @@ void sb_broker_free(sb_broker *b)
     uv_run(&b->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&b->loop) != 0)
         sb_warn(NULL, "event loop closed with handles still open");
+    sb_auth_free(b->auth);
+    while (b->old_auth != NULL) {
+        struct sb_auth_old *o = b->old_auth;
+        b->old_auth = o->next;
+        sb_auth_free(o->auth);
+        sb_free(o);
+    }
     sb_map_each(&b->retained, free_retained, NULL);
     sb_map_clear(&b->retained);
     sb_map_each(&b->dedup, free_dedup, NULL);
     sb_map_clear(&b->dedup);
     sb_map_clear(&b->queues_by_name);
+    sb_map_clear(&b->sessions);
     uv_mutex_destroy(&b->request_lock);
     sb_config_free(b->cfg);
     sb_free(b);

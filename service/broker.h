@@ -69,6 +69,10 @@ const sb_config *sb_broker_get_config(sb_broker *b);
 typedef struct sb_publish_opts {
     const char *source; /* "adapter peer", recorded with dead letters; may be NULL */
     int retain;         /* also keep as the topic's retained value */
+    /* Exactly once (MQTT QoS 2): committed together with the message; a
+     * later publish with the same key is acknowledged and dropped, until
+     * sb_broker_key_delete. NULL: none. */
+    const char *dedup_key;
 } sb_publish_opts;
 
 /* status: 0 or SB_E*; msg_id: the committed id; queues: how many queues got it
@@ -122,6 +126,7 @@ typedef struct sb_sub_settings {
     sb_durability durability;
     int max_attempts;
     int64_t lease_ms, ttl_ms, max_depth;
+    int transient; /* not saved: gone after a restart (MQTT clean sessions) */
 } sb_sub_settings;
 
 void sb_sub_settings_default(sb_sub_settings *s);
@@ -135,6 +140,19 @@ int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
 /* The filter of subscription `name` ('\n'-separated when a route has
  * several), or NULL if there is none. */
 const char *sb_broker_sub_filter(sb_broker *b, const char *name);
+
+/* Creates the client subscription `name`, or replaces its filters, with
+ * `filters` ('\n'-separated topic filters; "" matches nothing) and `meta`
+ * (a protocol's own text kept with the definition, e.g. MQTT's granted QoS
+ * per filter; may be NULL). settings apply only when it is created (NULL:
+ * defaults). Retained values matching `retained_for` (one filter, or NULL)
+ * are queued into it. */
+int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, const char *meta,
+                         const sb_sub_settings *settings, const char *retained_for, sb_error *err);
+
+/* The meta text of subscription `name` ("" if none), or NULL if it does not
+ * exist. */
+const char *sb_broker_sub_meta(sb_broker *b, const char *name);
 
 /* Deletes a client-created subscription and its messages. */
 int sb_broker_unsubscribe(sb_broker *b, const char *name, sb_error *err);
@@ -151,6 +169,27 @@ void sb_broker_detach(sb_broker *b, sb_consumer *c, int failed);
 
 /* The consumer can take deliveries again (window freed, became writable). */
 void sb_consumer_ready(sb_consumer *c);
+
+/* ---- protocol state ---- */
+
+/* Users and topic rules (broker.auth), or NULL when none are configured.
+ * Stays valid for the broker's lifetime, also after a reload replaced it. */
+struct sb_auth;
+const struct sb_auth *sb_broker_auth(sb_broker *b);
+
+/* Keys a protocol keeps in the store across restarts (MQTT: QoS 2 messages
+ * released but not completed). put calls cb(ctx, status) once the key is
+ * committed (fsync); returns 0 or SB_ESHUTDOWN / SB_ENOMEM (cb not called). */
+typedef void (*sb_key_cb)(void *ctx, int status);
+int sb_broker_key_put(sb_broker *b, const char *key, sb_key_cb cb, void *ctx);
+int sb_broker_key_exists(sb_broker *b, const char *key);
+/* Deletes key, or with prefix every key starting with it. */
+void sb_broker_key_delete(sb_broker *b, const char *key, int prefix);
+
+/* Named client sessions (MQTT client ids), so that a new connection with
+ * the same name takes over: registers owner under name (NULL: removes the
+ * name) and returns the previous owner, or NULL. */
+void *sb_broker_session_swap(sb_broker *b, const char *name, void *owner);
 
 /* ---- admin (jsonl) ---- */
 

@@ -62,7 +62,10 @@ struct sb_broker {
     int adapters_closing;
 
     sb_map retained; /* topic -> sb_message* */
-    sb_map dedup;    /* key -> int64_t* expiry */
+    sb_map dedup;    /* key -> int64_t* expiry (0: never) */
+    sb_map sessions; /* client session name -> its owner (sb_broker_session_swap) */
+    struct sb_auth *auth;         /* broker.auth, or NULL */
+    struct sb_auth_old *old_auth; /* replaced by reloads; freed with the broker */
 
     sb_pending *pending_head, *pending_tail;
     sb_queue *ack_flush; /* queues with acks to send */
@@ -84,7 +87,7 @@ int sb_broker__load_retained(void *ctx, sb_message *msg);
 int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
 void sb_broker__drain_pending(sb_broker *b);
 void sb_broker__arm_flush(sb_broker *b);
-int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q);
+int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const char *filters);
 sb_queue *sb_broker__find_queue(sb_broker *b, const char *name);
 
 /* broker.c */

@@ -152,7 +152,7 @@ static void retain_set(sb_broker *b, sb_message *msg)
 static int dedup_seen(sb_broker *b, const char *key, int64_t now)
 {
     int64_t *exp = sb_map_get(&b->dedup, key);
-    return exp != NULL && *exp > now;
+    return exp != NULL && (*exp == 0 || *exp > now);
 }
 
 static void dedup_add(sb_broker *b, const char *key, int64_t expires)
@@ -322,6 +322,21 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
     p->queue_ids = p->ids_inline;
     cap = sizeof(p->queues_inline) / sizeof(p->queues_inline[0]);
 
+    if (opts != NULL && opts->dedup_key != NULL) {
+        if (dedup_seen(b, opts->dedup_key, now)) {
+            /* already committed: acknowledge, store nothing */
+            p->msg = sb_message_ref(msg);
+            p->done = 1;
+            pending_push(b, p);
+            sb_broker__arm_flush(b);
+            return 0;
+        }
+        if ((p->dedup_key = sb_strdup(opts->dedup_key)) == NULL) {
+            rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+            goto fail;
+        }
+        p->dedup_expires_ms = 0;
+    }
     for (sb_queue *q = b->queues; q != NULL; q = q->next) {
         if (!routed(q) || !sb_topic_match_any(q->filter, msg->topic))
             continue;
@@ -438,6 +453,7 @@ fail:
  * late subscriber starts with the current state. */
 typedef struct retained_match {
     sb_queue *q;
+    const char *filters;
     sb_message **items;
     size_t count, cap;
     int failed;
@@ -446,7 +462,7 @@ typedef struct retained_match {
 static void collect_retained(const char *topic, void *value, void *ctx)
 {
     retained_match *m = ctx;
-    if (m->failed || !sb_topic_match_any(m->q->filter, topic))
+    if (m->failed || !sb_topic_match_any(m->filters, topic))
         return;
     if (m->count == m->cap) {
         size_t ncap = m->cap == 0 ? 16 : m->cap * 2;
@@ -467,9 +483,9 @@ static int by_id(const void *a, const void *b)
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
-int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q)
+int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const char *filters)
 {
-    retained_match m = {q, NULL, 0, 0, 0};
+    retained_match m = {q, filters, NULL, 0, 0, 0};
     sb_map_each(&b->retained, collect_retained, &m);
     if (m.failed) {
         sb_free(m.items);

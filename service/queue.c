@@ -547,6 +547,7 @@ static void on_timer_closed(uv_handle_t *h)
     sb_queue *q = h->data;
     sb_free(q->name);
     sb_free(q->filter);
+    sb_free(q->meta);
     sb_free(q->dedup_header);
     sb_free(q);
 }

@@ -47,6 +47,8 @@ struct sb_queue {
     uint32_t id;
     char *name;
     char *filter;
+    char *meta;                   /* a client protocol's text (sb_broker_sub_define) */
+    int transient;                /* client queue not saved in the store */
     int from_config;              /* declared by a route (else client-created) */
     int live;                     /* still in the current config / not deleted */
     const sb_route_config *route; /* NULL for client queues */

@@ -68,6 +68,8 @@ enum stmt_id {
     ST_DEDUP_GET,
     ST_DEDUP_PUT,
     ST_DEDUP_PRUNE,
+    ST_KEY_DELETE,
+    ST_KEY_DELETE_PREFIX,
     ST_DEADLETTER_COPY,
     ST_DEADLETTER_PUT,
     ST_QUEUE_PUT,
@@ -108,6 +110,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_DEDUP_GET] = "SELECT expires_ms FROM dedup WHERE key = ?1",
     [ST_DEDUP_PUT] = "INSERT OR REPLACE INTO dedup(key, expires_ms) VALUES(?1, ?2)",
     [ST_DEDUP_PRUNE] = "DELETE FROM dedup WHERE expires_ms > 0 AND expires_ms <= ?1",
+    [ST_KEY_DELETE] = "DELETE FROM dedup WHERE key = ?1",
+    [ST_KEY_DELETE_PREFIX] = "DELETE FROM dedup WHERE substr(key, 1, length(?1)) = ?1",
     [ST_DEADLETTER_COPY] =
         "INSERT INTO dlq(queue_name, msg_id, topic, payload, headers, created_ms, expires_ms,"
         " priority, dead_ms, reason, source, attempts)"
@@ -750,6 +754,14 @@ static int exec_op(sb_store *s, sb_store_op *op)
         return rc != SQLITE_OK ? fail(s, rc, "dedup prune") : SQLITE_OK;
     case SB_OP_RETAIN_PUT:
         return exec_retain_put(s, op);
+    case SB_OP_KEY_PUT:
+        st = s->st[ST_DEDUP_PUT];
+        rc = bind_run(st, bind_args(st, "ti", op->u.key.key, op->u.key.expires_ms));
+        return rc != SQLITE_OK ? fail(s, rc, "key put") : SQLITE_OK;
+    case SB_OP_KEY_DELETE:
+        st = s->st[op->u.key.prefix ? ST_KEY_DELETE_PREFIX : ST_KEY_DELETE];
+        rc = bind_run(st, bind_args(st, "t", op->u.key.key));
+        return rc != SQLITE_OK ? fail(s, rc, "key delete") : SQLITE_OK;
     }
     op->status = SB_EINVAL;
     return SQLITE_OK;

@@ -39,7 +39,7 @@
  *                A redriven entry keeps the dead letter's topic, payload,
  *                headers, created, expiry and priority; attempts restart at 0
  *   DLQ_LIST     SB_ENOMEM (no rows returned)
- * ACK, QUEUE_DELETE, DLQ_PURGE and DEDUP_PRUNE only fail when sb_store_stop
+ * ACK, QUEUE_DELETE, DLQ_PURGE, DEDUP_PRUNE, KEY_PUT and KEY_DELETE only fail when sb_store_stop
  * gives up retrying them (SB_EIO / SB_ENOSPC). Callbacks come in submission
  * order, except that ops kept for a retry complete after the failed publishes
  * that were submitted after them.
@@ -82,7 +82,9 @@ typedef enum {
     SB_OP_DLQ_REDRIVE,  /* move dead letters back into queues as new entries */
     SB_OP_DLQ_PURGE,    /* delete dead letters */
     SB_OP_DEDUP_PRUNE,  /* delete dedup keys that expired before now_ms */
-    SB_OP_RETAIN_PUT    /* set (or, with an empty payload, clear) a retained value */
+    SB_OP_RETAIN_PUT,   /* set (or, with an empty payload, clear) a retained value */
+    SB_OP_KEY_PUT,      /* insert or replace a dedup key (protocol state: MQTT QoS 2) */
+    SB_OP_KEY_DELETE    /* delete a dedup key, or every key with a prefix */
 } sb_store_op_type;
 
 /* An entry to remove as part of a publish (overflow: drop-oldest). */
@@ -178,6 +180,11 @@ struct sb_store_op {
         struct {
             sb_message *msg;
         } retain_put;
+        struct {
+            const char *key;
+            int64_t expires_ms; /* KEY_PUT: 0 = never */
+            int prefix;         /* KEY_DELETE: every key starting with `key` */
+        } key;
     } u;
 };
 

@@ -214,7 +214,7 @@ static int get_duration(json_t *v, int64_t *out)
 
 static void pub_submit(jsonl_session *s, const pub_in *in, json_t *id)
 {
-    sb_publish_opts opts = {s->source, in->retain};
+    sb_publish_opts opts = {s->source, in->retain, NULL};
     char topic_buf[256], *topic;
     sb_message *m;
     sb_error err;

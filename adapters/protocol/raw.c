@@ -178,7 +178,7 @@ static int is_retryable(int rc)
 static int publish(raw_session *s, sb_message *m)
 {
     sb_conn *c = s->conn;
-    sb_publish_opts opts = {s->source, 0};
+    sb_publish_opts opts = {s->source, 0, NULL};
     sb_error err;
     raw_pub *p = sb_malloc(sizeof(*p));
     int rc;

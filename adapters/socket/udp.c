@@ -73,7 +73,7 @@ static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct so
     udp_adapter *u = h->data;
     char peer[128], source[200], *topic;
     sb_message *m;
-    sb_publish_opts opts = {source, 0};
+    sb_publish_opts opts = {source, 0, NULL};
     sb_error err;
 
     if (n < 0) {

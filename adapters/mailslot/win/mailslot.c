@@ -352,7 +352,7 @@ static void on_read(void *arg)
 {
     ms_read *r = arg;
     ms_adapter *m = r->m;
-    sb_publish_opts opts = {m->source, 0};
+    sb_publish_opts opts = {m->source, 0, NULL};
     sb_message *msg = sb_message_new_owned(m->topic, r->data, r->len);
     sb_error err;
 

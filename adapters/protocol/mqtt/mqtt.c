@@ -1,0 +1,1214 @@
+/*
+ * The MQTT 3.1.1 server protocol, on any stream transport (TCP, TLS, Unix
+ * sockets, Windows named pipes).
+ *
+ * A client session is a broker subscription named "mqtt/<client id>" whose
+ * filters are the client's MQTT subscriptions ('\n'-separated) and whose
+ * meta text holds the granted QoS of each (one digit per filter). Clean
+ * sessions are transient memory queues deleted at disconnect; persistent
+ * ones (clean session 0) are durable (fsync) queues that keep collecting
+ * messages while the client is away and survive restarts.
+ *
+ * Inbound: PUBACK (QoS 1) and PUBREC (QoS 2) are sent once the message is
+ * committed. QoS 2 is exactly once through a dedup key committed with the
+ * message ("$mqtt\n<id>\nin\n<packet id>", deleted at PUBREL), so a PUBLISH
+ * re-sent before PUBREL, even across a restart, is acknowledged and dropped.
+ *
+ * Outbound: the packet id of a delivery is derived from its message id, so a
+ * redelivery after a reconnect or a restart carries its original id (with
+ * DUP). A QoS 2 delivery stays in the queue until PUBCOMP; at PUBREC a key
+ * "$mqtt\n<id>\nrel\n<message id>" is committed before PUBREL is sent, so a
+ * redelivery after a restart sends PUBREL, never the message again.
+ */
+#include "adapters/conn.h"
+#include "adapters/protocol/mqtt/mqtt_codec.h"
+#include "service/alloc.h"
+#include "service/auth.h"
+#include "service/log.h"
+#include "service/topic.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Inbound publishes awaiting their commit before reading pauses. */
+#define MAX_PENDING_PUBLISHES 1024
+/* How long a QoS 1/2 delivery may stay unacknowledged before the queue
+ * takes it back: MQTT 3.1.1 resends only after a reconnect. */
+#define DELIVERY_LEASE_MS ((int64_t)7 * 24 * 3600 * 1000)
+/* Header keeping the QoS a message was published with (a subscriber gets
+ * at most that); absent = 2 (messages from other mechanisms). */
+#define QOS_HEADER "mqtt-qos"
+
+typedef struct mqtt_session mqtt_session;
+
+/* A QoS 1/2 delivery waiting for its acknowledgement, by packet id. */
+typedef struct inflight {
+    sb_delivery *d;
+    uint16_t pid;
+    uint8_t qos;
+    uint8_t released; /* QoS 2: PUBREL sent (or being committed) */
+} inflight;
+
+typedef struct sub_filter {
+    char *filter;
+    uint8_t qos;
+} sub_filter;
+
+struct mqtt_session {
+    sb_conn *conn;
+    sb_broker *broker;
+    int connected;     /* CONNACK 0 sent */
+    int connecting;    /* the password check runs */
+    int closed;        /* the transport closed */
+    int clean_end;     /* DISCONNECT received: no will */
+    int taken_over;    /* another connection took the client id */
+    int owner;         /* registered under client_id */
+    int pending;       /* callbacks outstanding (publishes, keys, auth) */
+    int pending_pubs;  /* inbound publishes not yet committed */
+    int read_paused;   /* by us: too many pending publishes */
+    int consumer_busy; /* a delivery was refused: call sb_consumer_ready */
+    char *client_id;
+    char *queue; /* "mqtt/<client id>" */
+    char *user;  /* who the client is (NULL: anonymous) */
+    int clean;
+    uint16_t keep_alive;
+    uv_timer_t *ka_timer;
+    uint64_t last_rx;
+    /* will */
+    int has_will;
+    char *will_topic;
+    unsigned char *will_payload;
+    size_t will_len;
+    int will_qos, will_retain;
+    /* input not yet parsed */
+    uint8_t *buf;
+    size_t len, cap;
+    size_t max_packet, max_payload;
+    /* subscriptions, mirrored in the queue's filters and meta */
+    sub_filter *subs;
+    size_t sub_count;
+    /* deliveries */
+    sb_consumer consumer;
+    int attached;
+    inflight *fl; /* open addressing by packet id, fl_cap a power of 2 */
+    size_t fl_cap, fl_count;
+    char source[200];
+    char who[200];
+};
+
+typedef struct auth_work {
+    uv_work_t req;
+    mqtt_session *s;
+    const sb_auth *auth;
+    char *user;
+    char *password;
+    size_t password_len;
+    int result;
+} auth_work;
+
+/* An inbound publish waiting for its commit; commits complete in publish
+ * order, so a ring per session is enough. */
+typedef struct pub_slot {
+    uint16_t pid;
+    uint8_t qos;
+} pub_slot;
+
+typedef struct session_ext {
+    mqtt_session s;
+    pub_slot ring[MAX_PENDING_PUBLISHES];
+    size_t ring_head, ring_count;
+    int got_connect;
+    int parsing;
+} session_ext;
+
+#define EXT(s) ((session_ext *)(s))
+
+static void session_maybe_free(mqtt_session *s);
+static int process_input(mqtt_session *s);
+
+/* ---- small helpers ---- */
+
+static char *strndup_sb(const char *p, size_t n)
+{
+    char *r = sb_malloc(n + 1);
+    if (r != NULL) {
+        memcpy(r, p, n);
+        r[n] = '\0';
+    }
+    return r;
+}
+
+static uint16_t pid_of(uint64_t msg_id)
+{
+    return (uint16_t)(msg_id % 65535u + 1u);
+}
+
+/* Keys of QoS 2 state; '\n' cannot occur in a client id we accept, so one
+ * client's prefix never covers another's keys. */
+static void key_in(char *out, size_t n, const mqtt_session *s, uint16_t pid)
+{
+    snprintf(out, n, "$mqtt\n%s\nin\n%u", s->client_id, (unsigned)pid);
+}
+
+static void key_rel(char *out, size_t n, const mqtt_session *s, uint64_t msg_id)
+{
+    snprintf(out, n, "$mqtt\n%s\nrel\n%" PRIu64, s->client_id, msg_id);
+}
+
+static void key_prefix(char *out, size_t n, const char *client_id)
+{
+    snprintf(out, n, "$mqtt\n%s\n", client_id);
+}
+
+static const sb_auth *session_auth(const mqtt_session *s)
+{
+    return sb_broker_auth(s->broker);
+}
+
+/* Logs why and closes the connection; returns SB_EPROTO for data(). */
+static int fail(mqtt_session *s, const char *fmt, ...) SB_PRINTF(2, 3);
+static int fail(mqtt_session *s, const char *fmt, ...)
+{
+    char why[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    sb_log(SB_LOG_WARN, s->conn->adapter->name, "%s: closing connection: %s", s->who, why);
+    sb_conn_close(s->conn, NULL);
+    return SB_EPROTO;
+}
+
+static void send_bytes(mqtt_session *s, const uint8_t *p, size_t n)
+{
+    if (!s->closed)
+        sb_conn_send(s->conn, p, n, NULL);
+}
+
+static void send_ack(mqtt_session *s, sb_mqtt_type type, uint16_t pid)
+{
+    uint8_t b[4];
+    size_t n;
+    if (sb_mqtt_encode_ack(b, sizeof b, &n, type, pid) == 0)
+        send_bytes(s, b, n);
+}
+
+/* CONNACK with a refusal, then close once it is written. */
+static int refuse(mqtt_session *s, uint8_t code, const char *why)
+{
+    uint8_t b[4];
+    size_t n;
+    sb_log(SB_LOG_WARN, s->conn->adapter->name, "%s: connection refused (CONNACK %u): %s", s->who,
+           (unsigned)code, why);
+    if (sb_mqtt_encode_connack(b, sizeof b, &n, 0, code) == 0)
+        send_bytes(s, b, n);
+    sb_conn_close_after_write(s->conn, NULL);
+    return 0;
+}
+
+/* ---- outstanding deliveries by packet id ---- */
+
+static inflight *fl_find(mqtt_session *s, uint16_t pid)
+{
+    size_t mask, i;
+    if (s->fl_cap == 0)
+        return NULL;
+    mask = s->fl_cap - 1;
+    for (i = pid & mask; s->fl[i].pid != 0; i = (i + 1) & mask)
+        if (s->fl[i].pid == pid)
+            return &s->fl[i];
+    return NULL;
+}
+
+static inflight *fl_insert(mqtt_session *s, uint16_t pid)
+{
+    size_t mask, i;
+    if ((s->fl_count + 1) * 2 > s->fl_cap) {
+        size_t ncap = s->fl_cap == 0 ? 16 : s->fl_cap * 2;
+        inflight *old = s->fl, *n = sb_calloc(ncap, sizeof(*n));
+        size_t ocap = s->fl_cap;
+        if (n == NULL)
+            return NULL;
+        s->fl = n;
+        s->fl_cap = ncap;
+        s->fl_count = 0;
+        for (size_t k = 0; k < ocap; k++)
+            if (old[k].pid != 0)
+                *fl_insert(s, old[k].pid) = old[k];
+        sb_free(old);
+    }
+    mask = s->fl_cap - 1;
+    for (i = pid & mask; s->fl[i].pid != 0; i = (i + 1) & mask)
+        ;
+    s->fl[i].pid = pid;
+    s->fl_count++;
+    return &s->fl[i];
+}
+
+/* Backward-shift deletion keeps every probe chain unbroken. */
+static void fl_remove(mqtt_session *s, inflight *e)
+{
+    size_t mask = s->fl_cap - 1, i = (size_t)(e - s->fl), j = i;
+    for (;;) {
+        size_t home;
+        j = (j + 1) & mask;
+        if (s->fl[j].pid == 0)
+            break;
+        home = s->fl[j].pid & mask;
+        if (i <= j ? (home <= i || home > j) : (home <= i && home > j)) {
+            s->fl[i] = s->fl[j];
+            i = j;
+        }
+    }
+    memset(&s->fl[i], 0, sizeof(s->fl[i]));
+    s->fl_count--;
+}
+
+static void fl_clear(mqtt_session *s)
+{
+    sb_free(s->fl);
+    s->fl = NULL;
+    s->fl_cap = s->fl_count = 0;
+}
+
+static void consumer_ready(mqtt_session *s)
+{
+    if (s->consumer_busy && s->attached && !s->closed) {
+        s->consumer_busy = 0;
+        sb_consumer_ready(&s->consumer);
+    }
+}
+
+/* ---- subscriptions ---- */
+
+static void subs_free(mqtt_session *s)
+{
+    for (size_t i = 0; i < s->sub_count; i++)
+        sb_free(s->subs[i].filter);
+    sb_free(s->subs);
+    s->subs = NULL;
+    s->sub_count = 0;
+}
+
+/* Reads a persistent session's filters and granted QoS back. */
+static int subs_load(mqtt_session *s, const char *filters, const char *meta)
+{
+    const char *p = filters;
+    size_t i = 0;
+    subs_free(s);
+    while (p != NULL && *p != '\0') {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl != NULL ? (size_t)(nl - p) : strlen(p);
+        sub_filter *ns = sb_realloc(s->subs, (s->sub_count + 1) * sizeof(*ns));
+        if (ns == NULL)
+            return SB_ENOMEM;
+        s->subs = ns;
+        if ((ns[s->sub_count].filter = strndup_sb(p, n)) == NULL)
+            return SB_ENOMEM;
+        ns[s->sub_count].qos =
+            (uint8_t)(meta != NULL && meta[i] >= '0' && meta[i] <= '2' ? meta[i] - '0' : 1);
+        if (meta != NULL && meta[i] != '\0')
+            i++;
+        s->sub_count++;
+        p = nl != NULL ? nl + 1 : NULL;
+    }
+    return 0;
+}
+
+/* Saves the filters and their QoS as the queue's definition. */
+static int subs_save(mqtt_session *s, const char *retained_for, sb_error *err)
+{
+    size_t len = 1;
+    char *filters, *meta, *p;
+    int rc;
+    for (size_t i = 0; i < s->sub_count; i++)
+        len += strlen(s->subs[i].filter) + 1;
+    filters = sb_malloc(len);
+    meta = sb_malloc(s->sub_count + 1);
+    if (filters == NULL || meta == NULL) {
+        sb_free(filters);
+        sb_free(meta);
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    }
+    p = filters;
+    *p = '\0';
+    for (size_t i = 0; i < s->sub_count; i++) {
+        size_t n = strlen(s->subs[i].filter);
+        if (i > 0)
+            *p++ = '\n';
+        memcpy(p, s->subs[i].filter, n + 1);
+        p += n;
+        meta[i] = (char)('0' + s->subs[i].qos);
+    }
+    meta[s->sub_count] = '\0';
+    rc = sb_broker_sub_define(s->broker, s->queue, filters, meta, NULL, retained_for, err);
+    sb_free(filters);
+    sb_free(meta);
+    return rc;
+}
+
+/* The highest QoS granted by a filter matching topic, or -1. */
+static int granted_qos(const mqtt_session *s, const char *topic)
+{
+    int q = -1;
+    for (size_t i = 0; i < s->sub_count; i++)
+        if (s->subs[i].qos > q && sb_topic_match(s->subs[i].filter, topic))
+            q = s->subs[i].qos;
+    return q;
+}
+
+/* ---- outbound: deliveries ---- */
+
+/* PUBLISH of m: a header (fixed header, topic, packet id) and the payload,
+ * queued as one frame; d (QoS 0) is acknowledged once written. */
+static int send_publish(mqtt_session *s, const sb_message *m, int qos, int dup, int retain,
+                        uint16_t pid, sb_delivery *d)
+{
+    size_t tlen = strlen(m->topic), rem = 2 + tlen + (qos > 0 ? 2 : 0) + m->payload_len;
+    uint8_t small[512], *h = small;
+    size_t n = 0;
+    int rc;
+    if (tlen > 65535 || rem > SB_MQTT_MAX_REMAINING)
+        return SB_ETOOBIG;
+    if (tlen + 16 > sizeof small && (h = sb_malloc(tlen + 16)) == NULL)
+        return SB_ENOMEM;
+    h[n++] = (uint8_t)(0x30 | (dup ? 0x08 : 0) | (qos << 1) | (retain ? 1 : 0));
+    do {
+        uint8_t byte = rem & 0x7f;
+        rem >>= 7;
+        h[n++] = (uint8_t)(byte | (rem > 0 ? 0x80 : 0));
+    } while (rem > 0);
+    h[n++] = (uint8_t)(tlen >> 8);
+    h[n++] = (uint8_t)tlen;
+    memcpy(h + n, m->topic, tlen);
+    n += tlen;
+    if (qos > 0) {
+        h[n++] = (uint8_t)(pid >> 8);
+        h[n++] = (uint8_t)pid;
+    }
+    rc = sb_conn_send2(s->conn, h, n, m->payload, m->payload_len, d);
+    if (h != small)
+        sb_free(h);
+    return rc;
+}
+
+static int on_deliver(sb_consumer *c, sb_delivery *d)
+{
+    mqtt_session *s = c->ctx;
+    const sb_message *m = d->msg;
+    const char *h;
+    int qos, retain;
+    uint16_t pid;
+    inflight *e;
+    char key[300];
+
+    if (s->closed || s->conn->closing || s->conn->out_paused) {
+        s->consumer_busy = 1;
+        return SB_EBUSY;
+    }
+    qos = granted_qos(s, m->topic);
+    if (qos < 0)
+        qos = 0; /* queued before an UNSUBSCRIBE: finish it at most once */
+    h = sb_message_header(m, QOS_HEADER);
+    if (h != NULL && h[0] >= '0' && h[0] - '0' < qos)
+        qos = h[0] - '0';
+    h = sb_message_header(m, "retained");
+    retain = h != NULL && strcmp(h, "true") == 0;
+    if (qos == 0) {
+        if (send_publish(s, m, 0, 0, retain, 0, d) != 0) {
+            s->consumer_busy = 1;
+            return SB_EBUSY;
+        }
+        return 0;
+    }
+    pid = pid_of(m->id);
+    if (fl_find(s, pid) != NULL || (e = fl_insert(s, pid)) == NULL) {
+        s->consumer_busy = 1; /* that id is still in flight: wait for it */
+        return SB_EBUSY;
+    }
+    e->d = d;
+    e->qos = (uint8_t)qos;
+    e->released = 0;
+    if (qos == 2 && d->attempt > 1) {
+        key_rel(key, sizeof key, s, m->id);
+        if (sb_broker_key_exists(s->broker, key)) {
+            e->released = 1;
+            send_ack(s, SB_MQTT_PUBREL, pid);
+            return 0;
+        }
+    }
+    if (send_publish(s, m, qos, d->attempt > 1, retain, pid, NULL) != 0) {
+        fl_remove(s, e);
+        s->consumer_busy = 1;
+        return SB_EBUSY;
+    }
+    return 0;
+}
+
+static void finish_delivery(mqtt_session *s, inflight *e)
+{
+    sb_delivery *d = e->d;
+    fl_remove(s, e);
+    sb_delivery_done(d, 0, NULL);
+    consumer_ready(s);
+}
+
+typedef struct rel_req {
+    mqtt_session *s;
+    uint16_t pid;
+} rel_req;
+
+static void on_released(void *ctx, int status)
+{
+    rel_req *r = ctx;
+    mqtt_session *s = r->s;
+    s->pending--;
+    if (!s->closed) {
+        if (status == 0)
+            send_ack(s, SB_MQTT_PUBREL, r->pid);
+        else
+            fail(s, "cannot record QoS 2 state: %s", sb_strerror(status));
+    }
+    sb_free(r);
+    session_maybe_free(s);
+}
+
+static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
+{
+    inflight *e = fl_find(s, pk->packet_id);
+    char key[300];
+    switch (pk->type) {
+    case SB_MQTT_PUBACK:
+        if (e != NULL && e->qos == 1)
+            finish_delivery(s, e);
+        return 0;
+    case SB_MQTT_PUBREC: {
+        rel_req *r;
+        if (e == NULL || e->qos != 2 || e->released) {
+            /* unknown (already completed) or repeated: PUBREL lets the
+             * client finish its side */
+            send_ack(s, SB_MQTT_PUBREL, pk->packet_id);
+            return 0;
+        }
+        e->released = 1;
+        r = sb_malloc(sizeof(*r));
+        if (r == NULL)
+            return fail(s, "out of memory");
+        r->s = s;
+        r->pid = pk->packet_id;
+        key_rel(key, sizeof key, s, e->d->msg->id);
+        if (sb_broker_key_put(s->broker, key, on_released, r) != 0) {
+            sb_free(r);
+            return fail(s, "cannot record QoS 2 state (broker stopping)");
+        }
+        s->pending++;
+        return 0;
+    }
+    case SB_MQTT_PUBCOMP:
+        if (e != NULL && e->qos == 2) {
+            uint64_t id = e->d->msg->id;
+            finish_delivery(s, e);
+            key_rel(key, sizeof key, s, id);
+            sb_broker_key_delete(s->broker, key, 0);
+        }
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+/* ---- inbound: publishes ---- */
+
+static void on_published(void *ctx, int status, uint64_t msg_id, int queues, const char *why)
+{
+    mqtt_session *s = ctx;
+    session_ext *x = EXT(s);
+    pub_slot slot = x->ring[x->ring_head];
+    (void)msg_id;
+    (void)queues;
+    x->ring_head = (x->ring_head + 1) % MAX_PENDING_PUBLISHES;
+    x->ring_count--;
+    s->pending--;
+    s->pending_pubs--;
+    if (!s->closed && !s->conn->closing) {
+        if (status != 0) {
+            /* MQTT 3.1.1 has no negative acknowledgement: the client sends
+             * it again after reconnecting. */
+            fail(s, "PUBLISH not accepted: %s", why != NULL ? why : sb_strerror(status));
+        } else if (slot.qos == 1) {
+            send_ack(s, SB_MQTT_PUBACK, slot.pid);
+        } else if (slot.qos == 2) {
+            send_ack(s, SB_MQTT_PUBREC, slot.pid);
+        }
+        if (s->pending_pubs == MAX_PENDING_PUBLISHES / 2 && s->len > 0)
+            process_input(s);
+    }
+    session_maybe_free(s);
+}
+
+/* Acknowledges a publish that is dropped on purpose (ACL, '$' topics). */
+static void ack_dropped(mqtt_session *s, const sb_mqtt_packet *pk)
+{
+    if (pk->publish.qos == 1)
+        send_ack(s, SB_MQTT_PUBACK, pk->packet_id);
+    else if (pk->publish.qos == 2)
+        send_ack(s, SB_MQTT_PUBREC, pk->packet_id);
+}
+
+static int handle_publish(mqtt_session *s, const sb_mqtt_packet *pk)
+{
+    const sb_mqtt_publish *p = &pk->publish;
+    session_ext *x = EXT(s);
+    sb_publish_opts opts = {s->source, p->retain, NULL};
+    char tbuf[256], *topic = tbuf, key[300];
+    sb_message *m;
+    sb_error err;
+    int rc;
+
+    if (p->payload.n > s->max_payload)
+        return fail(s, "PUBLISH of %zu bytes to %.*s exceeds max_message (%zu bytes)", p->payload.n,
+                    (int)(p->topic.n > 100 ? 100 : p->topic.n), p->topic.p, s->max_payload);
+    if (p->topic.n >= sizeof tbuf && (topic = sb_malloc(p->topic.n + 1)) == NULL)
+        return fail(s, "out of memory");
+    memcpy(topic, p->topic.p, p->topic.n);
+    topic[p->topic.n] = '\0';
+    if (topic[0] == '$') {
+        sb_log(SB_LOG_INFO, s->conn->adapter->name,
+               "%s: PUBLISH to %s dropped: '$' topics are "
+               "the broker's",
+               s->who, topic);
+        ack_dropped(s, pk);
+        goto done;
+    }
+    if (!sb_auth_allowed(session_auth(s), s->user, s->client_id, topic, SB_ACL_WRITE)) {
+        sb_log(SB_LOG_INFO, s->conn->adapter->name, "%s: PUBLISH to %s denied by the ACL", s->who,
+               topic);
+        ack_dropped(s, pk);
+        goto done;
+    }
+    m = sb_message_new(topic, p->payload.p, p->payload.n);
+    if (m == NULL || (p->qos < 2 && sb_message_add_header(m, QOS_HEADER, p->qos ? "1" : "0")))
+        goto nomem;
+    if (p->qos == 2) {
+        key_in(key, sizeof key, s, pk->packet_id);
+        opts.dedup_key = key;
+    }
+    rc = sb_broker_publish(s->broker, m, &opts, on_published, s, &err);
+    sb_message_unref(m);
+    if (rc != 0) {
+        if (topic != tbuf)
+            sb_free(topic);
+        return fail(s, "PUBLISH to %.*s not accepted: %s",
+                    (int)(p->topic.n > 100 ? 100 : p->topic.n), p->topic.p, err.msg);
+    }
+    x->ring[(x->ring_head + x->ring_count) % MAX_PENDING_PUBLISHES] =
+        (pub_slot){pk->packet_id, p->qos};
+    x->ring_count++;
+    s->pending++;
+    s->pending_pubs++;
+done:
+    if (topic != tbuf)
+        sb_free(topic);
+    return 0;
+nomem:
+    sb_message_unref(m);
+    if (topic != tbuf)
+        sb_free(topic);
+    return fail(s, "out of memory");
+}
+
+static int handle_pubrel(mqtt_session *s, uint16_t pid)
+{
+    char key[300];
+    key_in(key, sizeof key, s, pid);
+    if (sb_broker_key_exists(s->broker, key))
+        sb_broker_key_delete(s->broker, key, 0);
+    send_ack(s, SB_MQTT_PUBCOMP, pid);
+    return 0;
+}
+
+/* ---- subscriptions ---- */
+
+static int handle_subscribe(mqtt_session *s, const sb_mqtt_packet *pk)
+{
+    uint8_t codes_small[64], *codes = codes_small, out_small[80], *out = out_small;
+    size_t pos = 0, i = 0, n;
+    sb_mqtt_filter f;
+    int rc = 0;
+
+    if (pk->list.count > sizeof codes_small && (codes = sb_malloc(pk->list.count)) == NULL)
+        return fail(s, "out of memory");
+    while (sb_mqtt_filter_next(pk, &pos, &f)) {
+        char *filter = strndup_sb(f.filter.p, f.filter.n);
+        const char *why;
+        sb_error err;
+        size_t k;
+        if (filter == NULL) {
+            rc = fail(s, "out of memory");
+            goto out;
+        }
+        if (sb_filter_validate(filter, strlen(filter), &why) != 0) {
+            rc = fail(s, "SUBSCRIBE to invalid filter %s: %s", filter, why);
+            sb_free(filter);
+            goto out;
+        }
+        if (!sb_auth_filter_allowed(session_auth(s), s->user, s->client_id, filter)) {
+            sb_log(SB_LOG_INFO, s->conn->adapter->name, "%s: SUBSCRIBE to %s denied by the ACL",
+                   s->who, filter);
+            codes[i++] = SB_MQTT_SUBACK_FAILURE;
+            sb_free(filter);
+            continue;
+        }
+        for (k = 0; k < s->sub_count && strcmp(s->subs[k].filter, filter) != 0; k++)
+            ;
+        if (k == s->sub_count) {
+            sub_filter *ns = sb_realloc(s->subs, (s->sub_count + 1) * sizeof(*ns));
+            if (ns == NULL) {
+                sb_free(filter);
+                codes[i++] = SB_MQTT_SUBACK_FAILURE;
+                continue;
+            }
+            s->subs = ns;
+            ns[k].filter = filter;
+            s->sub_count++;
+        } else {
+            sb_free(filter);
+        }
+        s->subs[k].qos = f.qos > 2 ? 2 : f.qos;
+        if (subs_save(s, s->subs[k].filter, &err) != 0) {
+            sb_log(SB_LOG_WARN, s->conn->adapter->name, "%s: SUBSCRIBE to %s failed: %s", s->who,
+                   s->subs[k].filter, err.msg);
+            codes[i++] = SB_MQTT_SUBACK_FAILURE;
+            continue;
+        }
+        sb_log(SB_LOG_DEBUG, s->conn->adapter->name, "%s: subscribed to %s (QoS %d)", s->who,
+               s->subs[k].filter, s->subs[k].qos);
+        codes[i++] = s->subs[k].qos;
+    }
+    if (i + 8 > sizeof out_small && (out = sb_malloc(i + 8)) == NULL) {
+        rc = fail(s, "out of memory");
+        goto out;
+    }
+    if (sb_mqtt_encode_suback(out, i + 8, &n, pk->packet_id, codes, i) == 0)
+        send_bytes(s, out, n);
+out:
+    if (codes != codes_small)
+        sb_free(codes);
+    if (out != out_small)
+        sb_free(out);
+    return rc;
+}
+
+static int handle_unsubscribe(mqtt_session *s, const sb_mqtt_packet *pk)
+{
+    size_t pos = 0;
+    sb_mqtt_filter f;
+    sb_error err;
+    while (sb_mqtt_filter_next(pk, &pos, &f)) {
+        for (size_t k = 0; k < s->sub_count; k++) {
+            if (strlen(s->subs[k].filter) == f.filter.n &&
+                memcmp(s->subs[k].filter, f.filter.p, f.filter.n) == 0) {
+                sb_free(s->subs[k].filter);
+                s->subs[k] = s->subs[--s->sub_count];
+                break;
+            }
+        }
+    }
+    if (subs_save(s, NULL, &err) != 0)
+        sb_log(SB_LOG_WARN, s->conn->adapter->name, "%s: UNSUBSCRIBE failed: %s", s->who, err.msg);
+    send_ack(s, SB_MQTT_UNSUBACK, pk->packet_id);
+    return 0;
+}
+
+/* ---- connection ---- */
+
+static void on_keep_alive(uv_timer_t *t)
+{
+    mqtt_session *s = t->data;
+    uint64_t now = uv_now(t->loop), limit = (uint64_t)s->keep_alive * 1500;
+    if (now - s->last_rx >= limit) {
+        fail(s, "no packet for %.1f s (keep alive %u s)", (double)(now - s->last_rx) / 1000.0,
+             (unsigned)s->keep_alive);
+        return;
+    }
+    uv_timer_start(t, on_keep_alive, limit - (now - s->last_rx), 0);
+}
+
+static void take_over(mqtt_session *old)
+{
+    sb_error err;
+    old->owner = 0;
+    old->taken_over = 1;
+    if (old->attached) {
+        sb_broker_detach(old->broker, &old->consumer, 0);
+        old->attached = 0;
+        fl_clear(old);
+    }
+    if (old->clean)
+        sb_broker_unsubscribe(old->broker, old->queue, &err);
+    sb_log(SB_LOG_INFO, old->conn->adapter->name, "%s: client id taken over by a new connection",
+           old->who);
+    sb_conn_close(old->conn, NULL);
+}
+
+static int connect_finish(mqtt_session *s, const char *user)
+{
+    const sb_adapter_config *cfg = s->conn->adapter->cfg;
+    sb_broker *b = s->broker;
+    sb_sub_settings st;
+    const char *meta;
+    mqtt_session *old;
+    sb_error err;
+    uint8_t ack[4];
+    size_t n;
+    char prefix[300];
+    int present = 0;
+
+    if (user == NULL && !sb_adapter_config_anonymous(cfg))
+        return refuse(s, SB_MQTT_CONNACK_NOT_AUTHORIZED,
+                      "anonymous clients are not allowed on this listener");
+    if (user != NULL && (s->user = sb_strdup(user)) == NULL)
+        return fail(s, "out of memory");
+    if (s->has_will &&
+        !sb_auth_allowed(session_auth(s), s->user, s->client_id, s->will_topic, SB_ACL_WRITE))
+        return refuse(s, SB_MQTT_CONNACK_NOT_AUTHORIZED, "the will's topic is denied by the ACL");
+
+    old = sb_broker_session_swap(b, s->client_id, s);
+    s->owner = 1;
+    if (old != NULL && old != s)
+        take_over(old);
+
+    sb_sub_settings_default(&st);
+    st.lease_ms = DELIVERY_LEASE_MS;
+    meta = sb_broker_sub_meta(b, s->queue);
+    if (s->clean) {
+        if (meta != NULL)
+            sb_broker_unsubscribe(b, s->queue, &err);
+        key_prefix(prefix, sizeof prefix, s->client_id);
+        sb_broker_key_delete(b, prefix, 1);
+        st.durability = SB_DURABILITY_MEMORY;
+        st.transient = 1;
+        if (sb_broker_sub_define(b, s->queue, "", "", &st, NULL, &err) != 0)
+            return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, err.msg);
+    } else if (meta != NULL) {
+        present = 1;
+        if (subs_load(s, sb_broker_sub_filter(b, s->queue), meta) != 0)
+            return fail(s, "out of memory");
+    } else if (sb_broker_sub_define(b, s->queue, "", "", &st, NULL, &err) != 0) {
+        return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, err.msg);
+    }
+    if (sb_mqtt_encode_connack(ack, sizeof ack, &n, present, SB_MQTT_CONNACK_ACCEPTED) == 0)
+        send_bytes(s, ack, n);
+    s->connected = 1;
+    s->consumer.deliver = on_deliver;
+    s->consumer.ctx = s;
+    s->consumer.name = s->who;
+    s->consumer.window = cfg->inflight > 0 ? cfg->inflight : 64;
+    if (sb_broker_attach(b, s->queue, &s->consumer, &err) != 0)
+        return fail(s, "cannot attach to the session: %s", err.msg);
+    s->attached = 1;
+    if (s->keep_alive > 0) {
+        s->ka_timer = sb_malloc(sizeof(*s->ka_timer));
+        if (s->ka_timer != NULL) {
+            uv_timer_init(s->conn->adapter->loop, s->ka_timer);
+            s->ka_timer->data = s;
+            uv_timer_start(s->ka_timer, on_keep_alive, (uint64_t)s->keep_alive * 1500, 0);
+        }
+    }
+    sb_log(SB_LOG_INFO, s->conn->adapter->name,
+           "%s: connected (clean session %d, keep alive %u s, %s%s%s)", s->who, s->clean,
+           (unsigned)s->keep_alive, s->user != NULL ? "user " : "anonymous",
+           s->user != NULL ? s->user : "", present ? ", session resumed" : "");
+    return 0;
+}
+
+static void auth_run(uv_work_t *req)
+{
+    auth_work *w = req->data;
+    w->result = sb_auth_check_password(w->auth, w->user, w->password, w->password_len);
+}
+
+static void auth_done(uv_work_t *req, int status)
+{
+    auth_work *w = req->data;
+    mqtt_session *s = w->s;
+    s->pending--;
+    s->connecting = 0;
+    if (!s->closed && !s->conn->closing) {
+        if (status != 0 || w->result != 0) {
+            char why[200];
+            snprintf(why, sizeof why, "bad user name or password for user %s", w->user);
+            refuse(s, SB_MQTT_CONNACK_BAD_LOGIN, why);
+        } else if (connect_finish(s, w->user) == 0 && !s->conn->closing) {
+            sb_conn_resume(s->conn);
+            process_input(s);
+        }
+    }
+    memset(w->password, 0, w->password_len);
+    sb_free(w->password);
+    sb_free(w->user);
+    sb_free(w);
+    session_maybe_free(s);
+}
+
+static int handle_connect(mqtt_session *s, const sb_mqtt_packet *pk)
+{
+    const sb_mqtt_connect *cn = &pk->connect;
+    const sb_auth *auth = session_auth(s);
+    const char *why;
+    static uint64_t serial;
+
+    EXT(s)->got_connect = 1;
+    s->clean = cn->clean_session;
+    s->keep_alive = cn->keep_alive;
+    if (cn->client_id.n == 0) {
+        char id[40];
+        if (!cn->clean_session)
+            return refuse(s, SB_MQTT_CONNACK_ID_REJECTED,
+                          "an empty client id needs clean session 1");
+        snprintf(id, sizeof id, "auto-%016" PRIx64,
+                 uv_hrtime() ^ ((uint64_t)(uintptr_t)s << 16) ^ (++serial * 0x9E3779B97F4A7C15u));
+        s->client_id = sb_strdup(id);
+    } else {
+        if (cn->client_id.n > 180 || memchr(cn->client_id.p, '\n', cn->client_id.n) != NULL)
+            return refuse(s, SB_MQTT_CONNACK_ID_REJECTED,
+                          "client id longer than 180 bytes or with a line break");
+        s->client_id = strndup_sb(cn->client_id.p, cn->client_id.n);
+    }
+    if (s->client_id == NULL)
+        return fail(s, "out of memory");
+    snprintf(s->who, sizeof s->who, "%s (client %s)", s->conn->peer, s->client_id);
+    s->queue = sb_malloc(strlen(s->client_id) + 6);
+    if (s->queue == NULL)
+        return fail(s, "out of memory");
+    snprintf(s->queue, strlen(s->client_id) + 6, "mqtt/%s", s->client_id);
+    if (cn->will) {
+        s->will_topic = strndup_sb(cn->will_topic.p, cn->will_topic.n);
+        if (s->will_topic == NULL)
+            return fail(s, "out of memory");
+        if (sb_topic_validate(s->will_topic, strlen(s->will_topic), &why) != 0 ||
+            s->will_topic[0] == '$')
+            return fail(s, "invalid will topic %s", s->will_topic);
+        s->will_len = cn->will_message.n;
+        s->will_payload = sb_malloc(s->will_len + 1);
+        if (s->will_payload == NULL)
+            return fail(s, "out of memory");
+        if (s->will_len > 0)
+            memcpy(s->will_payload, cn->will_message.p, s->will_len);
+        s->will_qos = cn->will_qos;
+        s->will_retain = cn->will_retain;
+        s->has_will = 1;
+    }
+    if (cn->has_username && sb_auth_has_passwords(auth)) {
+        auth_work *w = sb_calloc(1, sizeof(*w));
+        if (w == NULL || (w->user = strndup_sb(cn->username.p, cn->username.n)) == NULL ||
+            (w->password = sb_malloc(cn->password.n + 1)) == NULL) {
+            if (w != NULL)
+                sb_free(w->user);
+            sb_free(w);
+            return fail(s, "out of memory");
+        }
+        if (cn->password.n > 0)
+            memcpy(w->password, cn->password.p, cn->password.n);
+        w->password_len = cn->password.n;
+        w->s = s;
+        w->auth = auth;
+        w->req.data = w;
+        if (!cn->has_password) {
+            w->result = SB_EAUTH;
+            sb_free(w->password);
+            sb_free(w->user);
+            sb_free(w);
+            return refuse(s, SB_MQTT_CONNACK_BAD_LOGIN, "a user name without a password");
+        }
+        /* PBKDF2 is slow by design: off the loop; input waits meanwhile */
+        s->connecting = 1;
+        s->pending++;
+        sb_conn_pause(s->conn);
+        if (uv_queue_work(s->conn->adapter->loop, &w->req, auth_run, auth_done) != 0) {
+            s->pending--;
+            s->connecting = 0;
+            sb_free(w->password);
+            sb_free(w->user);
+            sb_free(w);
+            return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, "cannot check the password");
+        }
+        return 0;
+    }
+    if (sb_auth_has_passwords(auth) && !cn->has_username && s->conn->user == NULL &&
+        !sb_adapter_config_anonymous(s->conn->adapter->cfg))
+        return refuse(s, SB_MQTT_CONNACK_NOT_AUTHORIZED, "no user name given");
+    /* Without a password file a user name proves nothing: identity comes
+     * from a TLS client certificate, if any. */
+    return connect_finish(s, s->conn->user);
+}
+
+static int handle_packet(mqtt_session *s, const sb_mqtt_packet *pk)
+{
+    if (!EXT(s)->got_connect) {
+        if (pk->type != SB_MQTT_CONNECT)
+            return fail(s, "expected CONNECT first, got %s", sb_mqtt_type_name(pk->type));
+        return handle_connect(s, pk);
+    }
+    switch (pk->type) {
+    case SB_MQTT_PUBLISH:
+        return handle_publish(s, pk);
+    case SB_MQTT_PUBACK:
+    case SB_MQTT_PUBREC:
+    case SB_MQTT_PUBCOMP:
+        return handle_ack(s, pk);
+    case SB_MQTT_PUBREL:
+        return handle_pubrel(s, pk->packet_id);
+    case SB_MQTT_SUBSCRIBE:
+        return handle_subscribe(s, pk);
+    case SB_MQTT_UNSUBSCRIBE:
+        return handle_unsubscribe(s, pk);
+    case SB_MQTT_PINGREQ: {
+        uint8_t b[2];
+        size_t n;
+        if (sb_mqtt_encode_empty(b, sizeof b, &n, SB_MQTT_PINGRESP) == 0)
+            send_bytes(s, b, n);
+        return 0;
+    }
+    case SB_MQTT_DISCONNECT:
+        s->clean_end = 1;
+        sb_conn_close_after_write(s->conn, NULL);
+        return 0;
+    case SB_MQTT_CONNECT:
+        return fail(s, "a second CONNECT");
+    default:
+        return fail(s, "unexpected %s from a client", sb_mqtt_type_name(pk->type));
+    }
+}
+
+static int stalled(const mqtt_session *s)
+{
+    return s->connecting || s->pending_pubs >= MAX_PENDING_PUBLISHES || s->conn->closing ||
+           s->conn->close_after_write;
+}
+
+/* Handles the complete packets in p[0..n); *used: bytes consumed. */
+static int parse(mqtt_session *s, const uint8_t *p, size_t n, size_t *used)
+{
+    size_t off = 0;
+    int rc = 0;
+    while (off < n && !s->closed && !stalled(s)) {
+        sb_mqtt_packet pk;
+        size_t consumed = 0;
+        const char *why = NULL;
+        rc = sb_mqtt_decode(p + off, n - off, s->max_packet, &pk, &consumed, &why);
+        if (rc == SB_MQTT_NEED_MORE) {
+            rc = 0;
+            break;
+        }
+        if (rc == SB_ETOOBIG) {
+            rc = fail(s, "packet larger than %zu bytes (max_message %zu): %s", s->max_packet,
+                      s->max_payload, why != NULL ? why : "too big");
+            break;
+        }
+        if (rc == SB_EVERSION && !EXT(s)->got_connect) {
+            EXT(s)->got_connect = 1;
+            refuse(s, SB_MQTT_CONNACK_BAD_PROTOCOL, "unsupported protocol level (3.1.1 only)");
+            rc = 0;
+            break;
+        }
+        if (rc != 0) {
+            rc = fail(s, "malformed packet: %s", why != NULL ? why : "protocol error");
+            break;
+        }
+        off += consumed;
+        if ((rc = handle_packet(s, &pk)) != 0)
+            break;
+    }
+    *used = off;
+    return rc;
+}
+
+/* Parses what is buffered (after a stall ends). */
+static int process_input(mqtt_session *s)
+{
+    session_ext *x = EXT(s);
+    size_t used = 0;
+    int rc;
+    if (x->parsing || s->len == 0)
+        return 0;
+    x->parsing = 1;
+    rc = parse(s, s->buf, s->len, &used);
+    x->parsing = 0;
+    if (used > 0) {
+        memmove(s->buf, s->buf + used, s->len - used);
+        s->len -= used;
+    }
+    return rc;
+}
+
+static int buffer_append(mqtt_session *s, const uint8_t *p, size_t n)
+{
+    if (s->len + n > s->cap) {
+        size_t cap = s->cap == 0 ? 4096 : s->cap;
+        uint8_t *nb;
+        while (cap < s->len + n)
+            cap *= 2;
+        if ((nb = sb_realloc(s->buf, cap)) == NULL)
+            return SB_ENOMEM;
+        s->buf = nb;
+        s->cap = cap;
+    }
+    memcpy(s->buf + s->len, p, n);
+    s->len += n;
+    return 0;
+}
+
+static int mqtt_data(sb_conn *c, const char *data, size_t len)
+{
+    mqtt_session *s = c->session;
+    session_ext *x = EXT(s);
+    const uint8_t *p = (const uint8_t *)data;
+    size_t used = 0;
+    int rc;
+
+    s->last_rx = uv_now(c->adapter->loop);
+    if (s->len == 0 && !x->parsing) {
+        /* the common case: packets parsed straight from the read buffer */
+        x->parsing = 1;
+        rc = parse(s, p, len, &used);
+        x->parsing = 0;
+        if (rc != 0)
+            return rc;
+        p += used;
+        len -= used;
+        if (len == 0)
+            return 0;
+    }
+    if (buffer_append(s, p, len) != 0)
+        return fail(s, "out of memory");
+    /* Reading waits while a stall keeps input unparsed. */
+    if (stalled(s) && s->len > s->max_packet)
+        sb_conn_pause(c);
+    return process_input(s);
+}
+
+static int mqtt_open(sb_conn *c)
+{
+    session_ext *x = sb_calloc(1, sizeof(*x));
+    mqtt_session *s = &x->s;
+    int64_t max = c->adapter->cfg->max_message;
+    if (x == NULL)
+        return SB_ENOMEM;
+    s->conn = c;
+    s->broker = c->adapter->broker;
+    s->max_payload = (size_t)max;
+    /* room for the topic and the headers besides the payload */
+    s->max_packet = (size_t)max + 65535 + 16;
+    s->last_rx = uv_now(c->adapter->loop);
+    snprintf(s->source, sizeof s->source, "%s %s", c->adapter->name, c->peer);
+    snprintf(s->who, sizeof s->who, "%s", c->peer);
+    sb_conn_ref(c);
+    c->session = s;
+    return 0;
+}
+
+static void on_will_published(void *ctx, int status, uint64_t msg_id, int queues, const char *why)
+{
+    char *topic = ctx;
+    (void)msg_id;
+    (void)queues;
+    if (status != 0)
+        sb_errlog("mqtt", "will to %s not published: %s", topic, why != NULL ? why : "");
+    sb_free(topic);
+}
+
+static void publish_will(mqtt_session *s)
+{
+    sb_publish_opts opts = {s->source, s->will_retain, NULL};
+    sb_message *m = sb_message_new(s->will_topic, s->will_payload, s->will_len);
+    char *topic = sb_strdup(s->will_topic);
+    sb_error err;
+    if (m == NULL || topic == NULL ||
+        (s->will_qos < 2 && sb_message_add_header(m, QOS_HEADER, s->will_qos ? "1" : "0"))) {
+        sb_errlog(s->conn->adapter->name, "%s: will not published: out of memory", s->who);
+        sb_free(topic);
+    } else if (sb_broker_publish(s->broker, m, &opts, on_will_published, topic, &err) != 0) {
+        if (err.code != SB_ESHUTDOWN)
+            sb_errlog(s->conn->adapter->name, "%s: will not published: %s", s->who, err.msg);
+        sb_free(topic);
+    } else {
+        sb_log(SB_LOG_INFO, s->conn->adapter->name, "%s: published its will to %s", s->who,
+               s->will_topic);
+    }
+    if (m != NULL)
+        sb_message_unref(m);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    mqtt_session *s = h->data;
+    sb_free(h);
+    s->ka_timer = NULL;
+    session_maybe_free(s);
+}
+
+static void mqtt_closed(sb_conn *c)
+{
+    mqtt_session *s = c->session;
+    sb_error err;
+    s->closed = 1;
+    if (s->attached) {
+        /* unacknowledged messages stay queued and go out again, with DUP,
+         * when the client reconnects */
+        sb_broker_detach(s->broker, &s->consumer, 0);
+        s->attached = 0;
+    }
+    fl_clear(s);
+    if (s->connected && !s->clean_end && !s->taken_over && s->has_will)
+        publish_will(s);
+    if (s->owner) {
+        sb_broker_session_swap(s->broker, s->client_id, NULL);
+        s->owner = 0;
+        if (s->clean) {
+            char prefix[300];
+            sb_broker_unsubscribe(s->broker, s->queue, &err);
+            key_prefix(prefix, sizeof prefix, s->client_id);
+            sb_broker_key_delete(s->broker, prefix, 1);
+        }
+    }
+    if (s->connected)
+        sb_log(SB_LOG_INFO, c->adapter->name, "%s: disconnected%s", s->who,
+               s->clean_end ? "" : " without DISCONNECT");
+    if (s->ka_timer != NULL && !uv_is_closing((uv_handle_t *)s->ka_timer))
+        uv_close((uv_handle_t *)s->ka_timer, on_timer_closed);
+    session_maybe_free(s);
+}
+
+static void session_maybe_free(mqtt_session *s)
+{
+    if (!s->closed || s->pending > 0 || s->ka_timer != NULL)
+        return;
+    subs_free(s);
+    fl_clear(s);
+    sb_free(s->client_id);
+    sb_free(s->queue);
+    sb_free(s->user);
+    sb_free(s->will_topic);
+    sb_free(s->will_payload);
+    sb_free(s->buf);
+    s->conn->session = NULL;
+    sb_conn_unref(s->conn);
+    sb_free(EXT(s));
+}
+
+static void mqtt_drained(sb_conn *c)
+{
+    mqtt_session *s = c->session;
+    consumer_ready(s);
+}
+
+const sb_protocol sb_protocol_mqtt = {
+    .name = "mqtt",
+    .open = mqtt_open,
+    .data = mqtt_data,
+    .closed = mqtt_closed,
+    .drained = mqtt_drained,
+};
