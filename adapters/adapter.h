@@ -42,6 +42,7 @@ struct sb_adapter {
     sb_adapter_config *cfg; /* the adapter's own deep copy */
     const char *name;       /* == cfg->name */
     int stopping;
+    int trusted;                     /* the local admin endpoint: no anonymous refusal, no ACLs */
     sb_adapter *next;                /* private: the broker's list */
     sb_adapter_stopped_cb on_closed; /* private */
 };

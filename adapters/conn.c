@@ -177,6 +177,20 @@ int sb_conn_send(sb_conn *c, const void *data, size_t len, sb_delivery *d)
     return sb_conn_send2(c, data, len, NULL, 0, d);
 }
 
+int sb_conn_anonymous_refused(sb_conn *c)
+{
+    if (c->user != NULL || c->adapter->trusted || sb_adapter_config_anonymous(c->adapter->cfg))
+        return 0;
+    sb_log(SB_LOG_WARN, c->adapter->name,
+           "peer %s: refused: anonymous clients are not allowed on this listener", c->peer);
+    return SB_EAUTH;
+}
+
+const struct sb_auth *sb_conn_acl(sb_conn *c)
+{
+    return c->adapter->trusted ? NULL : sb_broker_auth(c->adapter->broker);
+}
+
 void sb_conn_ref(sb_conn *c)
 {
     c->refs++;

@@ -117,6 +117,14 @@ void sb_conn_close(sb_conn *c, const char *why);
  * protocol's refusal, e.g. MQTT's CONNACK with an error code). */
 void sb_conn_close_after_write(sb_conn *c, const char *why);
 
+/* SB_EAUTH (logged) if the adapter refuses anonymous clients and the
+ * transport identified no user; protocols without their own login call it
+ * when they open. Else 0. */
+int sb_conn_anonymous_refused(sb_conn *c);
+
+/* The topic rules that apply to c's client (NULL: everything allowed). */
+const struct sb_auth *sb_conn_acl(sb_conn *c);
+
 void sb_conn_ref(sb_conn *c);
 void sb_conn_unref(sb_conn *c);
 

@@ -512,6 +512,7 @@ static int start_admin(sb_broker *b, sb_error *err)
         /* The admin endpoint is not a config adapter: keep it off the list. */
         b->adapters = b->admin->next;
         b->admin->next = NULL;
+        b->admin->trusted = 1;
     }
     return rc;
 }

@@ -8,6 +8,7 @@
 #include "adapters/conn.h"
 #include "adapters/protocol/jsonl_fast.h"
 #include "service/alloc.h"
+#include "service/auth.h"
 #include "service/base64.h"
 #include "service/jsonw.h"
 #include "service/log.h"
@@ -235,6 +236,13 @@ static void pub_submit(jsonl_session *s, const pub_in *in, json_t *id)
         return reply_error(s, id, SB_ENOMEM, "out of memory");
     memcpy(topic, in->topic.p, in->topic.n);
     topic[in->topic.n] = '\0';
+    if (!sb_auth_allowed(sb_conn_acl(s->conn), s->conn->user, NULL, topic, SB_ACL_WRITE)) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "pub: not authorized to publish to %.200s", topic);
+        if (topic != topic_buf)
+            sb_free(topic);
+        return reply_error(s, id, SB_EAUTH, msg);
+    }
     if (in->payload.set) {
         m = sb_message_new(topic, in->payload.p, in->payload.n);
     } else {
@@ -462,6 +470,28 @@ static int parse_settings(json_t *req, sb_sub_settings *st, const char **bad)
     return 0;
 }
 
+/* Every '\n'-separated filter is readable by the client (NULL: nothing to
+ * check yet, the subscription does not exist). */
+static int filters_readable(jsonl_session *s, const char *filters)
+{
+    const struct sb_auth *acl = sb_conn_acl(s->conn);
+    char one[1024];
+    if (acl == NULL || filters == NULL)
+        return 1;
+    while (*filters != '\0') {
+        const char *nl = strchr(filters, '\n');
+        size_t n = nl != NULL ? (size_t)(nl - filters) : strlen(filters);
+        if (n >= sizeof one)
+            return 0;
+        memcpy(one, filters, n);
+        one[n] = '\0';
+        if (!sb_auth_filter_allowed(acl, s->conn->user, NULL, one))
+            return 0;
+        filters += n + (nl != NULL);
+    }
+    return 1;
+}
+
 static void do_sub(jsonl_session *s, json_t *req, json_t *id)
 {
     const char *name = json_string_value(json_object_get(req, "sub"));
@@ -487,6 +517,9 @@ static void do_sub(jsonl_session *s, json_t *req, json_t *id)
     }
     if (find_sub(s, name) != NULL)
         return reply_error(s, id, SB_EEXIST, "sub: already subscribed on this connection");
+    if (!filters_readable(s, f != NULL ? json_string_value(f) : sb_broker_sub_filter(b, name)))
+        return reply_error(s, id, SB_EAUTH,
+                           "sub: not authorized to read every topic of the filter");
     if (sb_broker_subscribe(b, name, json_string_value(f), &st, &err) != 0)
         return reply_error(s, id, err.code, err.msg);
     js = sb_calloc(1, sizeof(*js));
@@ -902,7 +935,10 @@ static int jsonl_data(sb_conn *c, const char *data, size_t len)
 
 static int jsonl_open(sb_conn *c)
 {
-    jsonl_session *s = sb_calloc(1, sizeof(*s));
+    jsonl_session *s;
+    if (sb_conn_anonymous_refused(c))
+        return SB_EAUTH;
+    s = sb_calloc(1, sizeof(*s));
     if (s == NULL)
         return SB_ENOMEM;
     s->conn = c;

@@ -20,6 +20,7 @@
 #include "adapters/conn.h"
 #include "adapters/protocol/raw.h"
 #include "service/alloc.h"
+#include "service/auth.h"
 #include "service/log.h"
 
 #include <stdio.h>
@@ -41,6 +42,7 @@ typedef struct raw_session {
     size_t held_count;
     uv_timer_t *retry;
     int warned;
+    int acl_checked, acl_denied; /* may this client publish to topic */
     int closed;
 } raw_session;
 
@@ -180,8 +182,21 @@ static int publish(raw_session *s, sb_message *m)
     sb_conn *c = s->conn;
     sb_publish_opts opts = {s->source, 0, NULL};
     sb_error err;
-    raw_pub *p = sb_malloc(sizeof(*p));
+    raw_pub *p;
     int rc;
+    if (!s->acl_checked) {
+        /* one topic per connection: checked once */
+        s->acl_checked = 1;
+        s->acl_denied = !sb_auth_allowed(sb_conn_acl(c), c->user, NULL, m->topic, SB_ACL_WRITE);
+    }
+    if (s->acl_denied) {
+        char why[300];
+        snprintf(why, sizeof why, "%s may not publish to %.200s (ACL)",
+                 c->user != NULL ? c->user : "an anonymous client", m->topic);
+        sb_conn_close(c, why);
+        return 0;
+    }
+    p = sb_malloc(sizeof(*p));
     if (p == NULL)
         return 1;
     p->s = s;
@@ -368,8 +383,11 @@ static int raw_data(sb_conn *c, const char *data, size_t len)
 
 static int raw_open(sb_conn *c)
 {
-    raw_session *s = sb_calloc(1, sizeof(*s));
+    raw_session *s;
     const sb_adapter_config *cfg = c->adapter->cfg;
+    if (sb_conn_anonymous_refused(c))
+        return SB_EAUTH;
+    s = sb_calloc(1, sizeof(*s));
     if (s == NULL)
         return SB_ENOMEM;
     s->conn = c;
