@@ -856,7 +856,8 @@ int sb_broker_unsubscribe(sb_broker *b, const char *name, sb_error *err)
     op->cb = sb_broker__free_op;
     if (sb_store_submit(b->store, op) != 0)
         sb_free(op);
-    sb_info(name, "deleted subscription (%lld messages discarded)", (long long)q->depth);
+    sb_log(q->transient ? SB_LOG_DEBUG : SB_LOG_INFO, name,
+           "deleted subscription (%lld messages discarded)", (long long)q->depth);
     remove_queue(b, q);
     return 0;
 }

@@ -542,7 +542,7 @@ static void on_published(void *ctx, int status, uint64_t msg_id, int queues, con
         } else if (slot.qos == 2) {
             send_ack(s, SB_MQTT_PUBREC, slot.pid);
         }
-        if (s->pending_pubs == MAX_PENDING_PUBLISHES / 2 && s->len > 0)
+        if (s->pending_pubs <= MAX_PENDING_PUBLISHES / 2 && s->len > 0)
             process_input(s);
     }
     session_maybe_free(s);
@@ -1041,6 +1041,8 @@ static int process_input(mqtt_session *s)
         memmove(s->buf, s->buf + used, s->len - used);
         s->len -= used;
     }
+    if (rc == 0 && s->conn->paused && !stalled(s))
+        sb_conn_resume(s->conn);
     return rc;
 }
 
