@@ -213,6 +213,8 @@ static int load_entry(void *ctx, uint32_t queue_id, sb_message *msg, int attempt
     for (sb_queue *q = l->b->queues; q != NULL; q = q->next)
         if (q->id == queue_id) {
             rc = sb_queue__append(q, msg, attempts);
+            if (rc == 0)
+                q->fifo.tail->offered = 1; /* it may have been, before the restart */
             break;
         }
     sb_message_unref(msg);

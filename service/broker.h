@@ -93,6 +93,7 @@ struct sb_delivery {
     sb_message *msg; /* borrowed; valid until sb_delivery_done */
     const char *sub; /* subscription name */
     int attempt;     /* 1 for a first delivery */
+    int redelivery;  /* offered before (or may have been, before a restart) */
     sb_consumer *consumer;
     sb_entry *entry;            /* private: NULL once the lease expired */
     sb_delivery *next;          /* free for the consumer's own lists */

@@ -352,6 +352,7 @@ void sb_queue__dispatch(sb_queue *q)
 {
     int64_t now = (int64_t)uv_now(sb_broker_loop(q->broker));
     int64_t wall = 0;
+    int was_offered;
 
     if (q->dispatching || !q->live)
         return;
@@ -386,6 +387,7 @@ void sb_queue__dispatch(sb_queue *q)
         d->msg = e->msg;
         d->sub = q->name;
         d->attempt = e->attempts + 1;
+        d->redelivery = e->offered || e->attempts > 0;
         d->consumer = c;
         d->entry = e;
         e->delivery = d;
@@ -394,8 +396,11 @@ void sb_queue__dispatch(sb_queue *q)
         state_insert(&q->leased, e);
         outstanding_add(c, d);
         q->delivered++;
+        was_offered = e->offered;
+        e->offered = 1; /* before the call: a consumer may finish d in it */
         if (c->deliver(c, d) != 0) {
             /* Not taken: undo without counting an attempt. */
+            e->offered = was_offered;
             outstanding_remove(c, d);
             q->delivered--;
             e->delivery = NULL;

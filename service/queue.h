@@ -24,6 +24,8 @@ struct sb_entry {
     int state;
     int attempts;       /* deliveries that failed so far */
     int persisted_done; /* its row was already deleted (individual ack or dlq) */
+    int offered;        /* handed to a consumer before, or loaded after a restart
+                           (then it may have been) */
     int64_t deadline;   /* LEASED: lease end; RETRY: not before (loop ms) */
     int64_t expires_ms; /* wall clock ms, 0 = never */
     sb_delivery *delivery;

@@ -431,7 +431,7 @@ static int on_deliver(sb_consumer *c, sb_delivery *d)
     e->d = d;
     e->qos = (uint8_t)qos;
     e->released = 0;
-    if (qos == 2 && d->attempt > 1) {
+    if (qos == 2 && d->redelivery) {
         key_rel(key, sizeof key, s, m->id);
         if (sb_broker_key_exists(s->broker, key)) {
             e->released = 1;
@@ -439,7 +439,7 @@ static int on_deliver(sb_consumer *c, sb_delivery *d)
             return 0;
         }
     }
-    if (send_publish(s, m, qos, d->attempt > 1, retain, pid, NULL) != 0) {
+    if (send_publish(s, m, qos, d->redelivery, retain, pid, NULL) != 0) {
         fl_remove(s, e);
         s->consumer_busy = 1;
         return SB_EBUSY;
