@@ -2,7 +2,8 @@
 # Runs every test: installs what is missing, then
 #  1. the Linux build with gcc, AddressSanitizer and UndefinedBehaviorSanitizer:
 #     unit, integration and crash tests (ctest);
-#  2. the Linux build with clang (-Werror) and its unit tests;
+#  2. the Linux build with clang (-Werror) and its unit tests, and the
+#     optimized release build the quick start runs (-O2 warns about more);
 #  3. the Windows build (MinGW-w64 cross-compiler, dependencies cross-built
 #     from Debian's source packages and cached outside the tree) and its tests
 #     under Wine (packaging/windows/test-wine.sh).
@@ -27,6 +28,10 @@ cmake --preset clang >/dev/null
 cmake --build --preset clang
 echo "== clang: unit tests"
 ctest --test-dir build/clang -L unit -j "$jobs" --output-on-failure
+
+echo "== gcc release (-O2): build"
+cmake --preset release >/dev/null
+cmake --build --preset release
 
 "$top/packaging/windows/test-wine.sh"
 

@@ -90,8 +90,11 @@ static int past_end(reader *r, const char *what)
     return fail(r->why, SB_EPROTO, "%s %s runs past the end of the packet", r->pkt, what);
 }
 
+/* The readers zero *out on failure too, so no caller reads an unset value
+ * (and optimizing compilers can see that). */
 static int rd_u8(reader *r, uint8_t *out, const char *what)
 {
+    *out = 0;
     if (left(r) < 1)
         return past_end(r, what);
     *out = r->p[r->off++];
@@ -100,6 +103,7 @@ static int rd_u8(reader *r, uint8_t *out, const char *what)
 
 static int rd_u16(reader *r, uint16_t *out, const char *what)
 {
+    *out = 0;
     if (left(r) < 2)
         return past_end(r, what);
     *out = (uint16_t)(r->p[r->off] << 8 | r->p[r->off + 1]);
