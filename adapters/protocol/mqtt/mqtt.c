@@ -37,8 +37,9 @@
 /* How long a QoS 1/2 delivery may stay unacknowledged before the queue
  * takes it back: MQTT 3.1.1 resends only after a reconnect. */
 #define DELIVERY_LEASE_MS ((int64_t)7 * 24 * 3600 * 1000)
-/* Header keeping the QoS a message was published with (a subscriber gets
- * at most that); absent = 2 (messages from other mechanisms). */
+/* Header keeping the QoS a message was published with, a subscriber gets
+ * at most that. Absent means 1, the common case: at least once is also what
+ * every other mechanism's acknowledged publish promises. */
 #define QOS_HEADER "mqtt-qos"
 
 typedef struct mqtt_session mqtt_session;
@@ -210,13 +211,21 @@ static int refuse(mqtt_session *s, uint8_t code, const char *why)
 
 /* ---- outstanding deliveries by packet id ---- */
 
+/* Packet ids in flight are mostly consecutive: Fibonacci hashing spreads
+ * them, so probe runs stay short. */
+static size_t fl_home(const mqtt_session *s, uint16_t pid)
+{
+    uint32_t h = (uint32_t)pid * 2654435769u;
+    return (h ^ (h >> 16)) & (uint32_t)(s->fl_cap - 1);
+}
+
 static inflight *fl_find(mqtt_session *s, uint16_t pid)
 {
     size_t mask, i;
     if (s->fl_cap == 0)
         return NULL;
     mask = s->fl_cap - 1;
-    for (i = pid & mask; s->fl[i].pid != 0; i = (i + 1) & mask)
+    for (i = fl_home(s, pid); s->fl[i].pid != 0; i = (i + 1) & mask)
         if (s->fl[i].pid == pid)
             return &s->fl[i];
     return NULL;
@@ -240,7 +249,7 @@ static inflight *fl_insert(mqtt_session *s, uint16_t pid)
         sb_free(old);
     }
     mask = s->fl_cap - 1;
-    for (i = pid & mask; s->fl[i].pid != 0; i = (i + 1) & mask)
+    for (i = fl_home(s, pid); s->fl[i].pid != 0; i = (i + 1) & mask)
         ;
     s->fl[i].pid = pid;
     s->fl_count++;
@@ -256,7 +265,7 @@ static void fl_remove(mqtt_session *s, inflight *e)
         j = (j + 1) & mask;
         if (s->fl[j].pid == 0)
             break;
-        home = s->fl[j].pid & mask;
+        home = fl_home(s, s->fl[j].pid);
         if (i <= j ? (home <= i || home > j) : (home <= i && home > j)) {
             s->fl[i] = s->fl[j];
             i = j;
@@ -411,9 +420,12 @@ static int on_deliver(sb_consumer *c, sb_delivery *d)
     qos = granted_qos(s, m->topic);
     if (qos < 0)
         qos = 0; /* queued before an UNSUBSCRIBE: finish it at most once */
-    h = sb_message_header(m, QOS_HEADER);
-    if (h != NULL && h[0] >= '0' && h[0] - '0' < qos)
-        qos = h[0] - '0';
+    if (qos > 0) {
+        h = sb_message_header(m, QOS_HEADER);
+        int published = h != NULL && h[0] >= '0' && h[0] <= '2' ? h[0] - '0' : 1;
+        if (published < qos)
+            qos = published;
+    }
     h = sb_message_header(m, "retained");
     retain = h != NULL && strcmp(h, "true") == 0;
     if (qos == 0) {
@@ -589,7 +601,7 @@ static int handle_publish(mqtt_session *s, const sb_mqtt_packet *pk)
         goto done;
     }
     m = sb_message_new(topic, p->payload.p, p->payload.n);
-    if (m == NULL || (p->qos < 2 && sb_message_add_header(m, QOS_HEADER, p->qos ? "1" : "0")))
+    if (m == NULL || (p->qos != 1 && sb_message_add_header(m, QOS_HEADER, p->qos ? "2" : "0")))
         goto nomem;
     if (p->qos == 2) {
         key_in(key, sizeof key, s, pk->packet_id);
@@ -1129,7 +1141,7 @@ static void publish_will(mqtt_session *s)
     char *topic = sb_strdup(s->will_topic);
     sb_error err;
     if (m == NULL || topic == NULL ||
-        (s->will_qos < 2 && sb_message_add_header(m, QOS_HEADER, s->will_qos ? "1" : "0"))) {
+        (s->will_qos != 1 && sb_message_add_header(m, QOS_HEADER, s->will_qos ? "2" : "0"))) {
         sb_errlog(s->conn->adapter->name, "%s: will not published: out of memory", s->who);
         sb_free(topic);
     } else if (sb_broker_publish(s->broker, m, &opts, on_will_published, topic, &err) != 0) {
