@@ -208,26 +208,25 @@ static int parse_iterations(const char *s, size_t len, int *out)
     return 0;
 }
 
-/* Decodes base64 s[0..len) into out (exactly want bytes, or min..max when
- * want is 0); returns the length, -1 if not base64, -2 if the size is wrong,
- * SB_ENOMEM. */
-static long decode_field(const char *s, size_t len, unsigned char *out, size_t min, size_t max)
+/* Decodes base64 s[0..len) into out, which must come to min..max bytes
+ * (*n is the decoded length). Returns 0, SB_EINVAL (not base64), SB_ETOOBIG
+ * (wrong size) or SB_ENOMEM. */
+static int decode_field(const char *s, size_t len, unsigned char *out, size_t min, size_t max,
+                        size_t *n)
 {
     unsigned char *buf;
-    size_t n;
-    int rc = sb_base64_decode(s, len, &buf, &n);
-    if (rc == SB_ENOMEM)
-        return SB_ENOMEM;
-    if (rc != 0 || len == 0)
-        return -1;
-    if (n < min || n > max) {
-        sb_free(buf);
-        return -2 - (long)n;
-    }
-    memcpy(out, buf, n);
-    OPENSSL_cleanse(buf, n);
+    int rc = sb_base64_decode(s, len, &buf, n);
+    if (rc != 0)
+        return rc == SB_ENOMEM ? SB_ENOMEM : SB_EINVAL;
+    if (len == 0)
+        rc = SB_EINVAL;
+    else if (*n < min || *n > max)
+        rc = SB_ETOOBIG;
+    else
+        memcpy(out, buf, *n);
+    OPENSSL_cleanse(buf, *n);
     sb_free(buf);
-    return (long)n;
+    return rc;
 }
 
 /* Parses "$7$ITER$SALT$HASH" or "$6$SALT$HASH" (s[0..len), trimmed) into e.
@@ -236,7 +235,8 @@ static int parse_hash(pw_entry *e, const char *s, size_t len, const char *file, 
                       const char *user, sb_error *err)
 {
     const char *end = s + len, *p, *d;
-    long n;
+    size_t n;
+    int rc;
 
     if (len >= 3 && memcmp(s, "$7$", 3) == 0) {
         e->kind = HASH_PBKDF2;
@@ -260,27 +260,25 @@ static int parse_hash(pw_entry *e, const char *s, size_t len, const char *file, 
     d = memchr(p, '$', (size_t)(end - p));
     if (d == NULL)
         return line_error(err, file, lineno, "user '%s': missing '$' between salt and hash", user);
-    n = decode_field(p, (size_t)(d - p), e->salt, SALT_MIN, SALT_MAX);
-    if (n == SB_ENOMEM)
-        return SB_ENOMEM;
-    if (n == -1)
+    rc = decode_field(p, (size_t)(d - p), e->salt, SALT_MIN, SALT_MAX, &n);
+    if (rc == SB_EINVAL)
         return line_error(err, file, lineno, "user '%s': salt is not valid base64", user);
-    if (n < -1)
-        return line_error(err, file, lineno, "user '%s': salt must be %d to %d bytes, got %ld",
-                          user, SALT_MIN, SALT_MAX, -2 - n);
-    e->salt_len = (size_t)n;
+    if (rc == SB_ETOOBIG)
+        return line_error(err, file, lineno, "user '%s': salt must be %d to %d bytes, got %zu",
+                          user, SALT_MIN, SALT_MAX, n);
+    if (rc != 0)
+        return rc;
+    e->salt_len = n;
     p = d + 1;
     if (memchr(p, '$', (size_t)(end - p)) != NULL)
         return line_error(err, file, lineno, "user '%s': unexpected '$' after the hash", user);
-    n = decode_field(p, (size_t)(end - p), e->hash, SB_AUTH_HASH_LEN, SB_AUTH_HASH_LEN);
-    if (n == SB_ENOMEM)
-        return SB_ENOMEM;
-    if (n == -1)
+    rc = decode_field(p, (size_t)(end - p), e->hash, SB_AUTH_HASH_LEN, SB_AUTH_HASH_LEN, &n);
+    if (rc == SB_EINVAL)
         return line_error(err, file, lineno, "user '%s': hash is not valid base64", user);
-    if (n < -1)
-        return line_error(err, file, lineno, "user '%s': hash must be %d bytes, got %ld", user,
-                          SB_AUTH_HASH_LEN, -2 - n);
-    return 0;
+    if (rc == SB_ETOOBIG)
+        return line_error(err, file, lineno, "user '%s': hash must be %d bytes, got %zu", user,
+                          SB_AUTH_HASH_LEN, n);
+    return rc;
 }
 
 static int parse_pw_line(sb_auth *a, const char *file, unsigned lineno, const char *line,
@@ -578,19 +576,20 @@ static int add_rule(rule_list *l, int access, const char *filter, size_t len, in
              * levels (Mosquitto also substitutes inside one: refuse rather
              * than read such a file differently). */
             if (!is_pattern && n == 2 && p[0] == '%' && (p[1] == 'u' || p[1] == 'c')) {
+                char c = p[1];
                 sb_free(r.text);
                 sb_free(r.levels);
                 return line_error(err, file, lineno,
                                   "'%%%c' in a topic line is not substituted (use a pattern line)",
-                                  p[1]);
+                                  c);
             }
             for (size_t i = 0; is_pattern && i + 1 < n; i++) {
                 if (p[i] == '%' && (p[i + 1] == 'u' || p[i + 1] == 'c')) {
+                    char c = p[i + 1];
                     sb_free(r.text);
                     sb_free(r.levels);
                     return line_error(err, file, lineno,
-                                      "'%%%c' must be a whole topic level (as in a/%%%c/#)",
-                                      p[i + 1], p[i + 1]);
+                                      "'%%%c' must be a whole topic level (as in a/%%%c/#)", c, c);
                 }
             }
         }
@@ -736,8 +735,8 @@ static int read_file(const char *path, char **out, size_t *out_len, sb_error *er
         if (len == cap) {
             char *bigger;
             if (cap >= MAX_FILE_BYTES) {
-                rc = sb_error_set(err, SB_ECONFIG, 0, "%s: file too large (more than %d MiB)",
-                                  path, MAX_FILE_BYTES / (1024 * 1024));
+                rc = sb_error_set(err, SB_ECONFIG, 0, "%s: file too large (more than %d MiB)", path,
+                                  MAX_FILE_BYTES / (1024 * 1024));
                 goto cleanup;
             }
             cap = cap == 0 ? 4096 : cap * 2;
@@ -807,9 +806,9 @@ int sb_auth_load(sb_auth **out, const char *password_file, const char *acl_file,
         rc = read_file(acl_file, &acl, &acl_len, err);
     /* An empty file reads as no buffer; it is still a file. */
     if (rc == 0)
-        rc = sb_auth_parse(out, password_file, password_file != NULL ? (pw != NULL ? pw : "") : NULL,
-                           pw_len, acl_file, acl_file != NULL ? (acl != NULL ? acl : "") : NULL,
-                           acl_len, err);
+        rc = sb_auth_parse(out, password_file,
+                           password_file != NULL ? (pw != NULL ? pw : "") : NULL, pw_len, acl_file,
+                           acl_file != NULL ? (acl != NULL ? acl : "") : NULL, acl_len, err);
     if (pw != NULL)
         OPENSSL_cleanse(pw, pw_len);
     sb_free(pw);

@@ -12,8 +12,9 @@
 #endif
 
 static const sbctl_cmd *const commands[] = {
-    &sbctl_cmd_pub,         &sbctl_cmd_sub,       &sbctl_cmd_stats, &sbctl_cmd_dlq_list,
-    &sbctl_cmd_dlq_redrive, &sbctl_cmd_dlq_purge, &sbctl_cmd_ping,  &sbctl_cmd_bench,
+    &sbctl_cmd_pub,      &sbctl_cmd_sub,         &sbctl_cmd_stats,
+    &sbctl_cmd_dlq_list, &sbctl_cmd_dlq_redrive, &sbctl_cmd_dlq_purge,
+    &sbctl_cmd_ping,     &sbctl_cmd_bench,       &sbctl_cmd_passwd,
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -22,13 +23,17 @@ static void print_main_help(FILE *f)
     fprintf(f, "Usage: sbctl [-e ENDPOINT] COMMAND [ARGS] [OPTIONS]\n"
                "\n"
                "Command-line client of the Switchboard message broker. It speaks the jsonl\n"
-               "protocol to the broker's admin endpoint (or any jsonl adapter).\n"
+               "protocol to the broker's admin endpoint (or any jsonl adapter); passwd\n"
+               "edits a password file locally.\n"
                "\n"
                "Commands:\n");
     for (size_t i = 0; i < NCOMMANDS; i++) {
         char left[64];
         snprintf(left, sizeof(left), "%s %s", commands[i]->name, commands[i]->args);
-        fprintf(f, "  %-26s %s\n", left, commands[i]->summary);
+        if (strlen(left) > 26) /* too wide for the column: summary below */
+            fprintf(f, "  %s\n  %-26s %s\n", left, "", commands[i]->summary);
+        else
+            fprintf(f, "  %-26s %s\n", left, commands[i]->summary);
     }
     fprintf(f,
             "\n"
@@ -53,6 +58,15 @@ static void print_cmd_help(const sbctl_cmd *cmd)
     printf("Usage: sbctl %s%s%s [OPTIONS]\n\n%s\n\n%s\nOptions:\n", cmd->name,
            cmd->args[0] != '\0' ? " " : "", cmd->args, cmd->summary, cmd->help);
     sbctl_args_print_help(stdout, cmd->opts, cmd->nopts);
+}
+
+/* Commands without an --endpoint option (passwd) work on local files. */
+static int takes_endpoint(const sbctl_cmd *cmd)
+{
+    for (size_t i = 0; i < cmd->nopts; i++)
+        if (strcmp(cmd->opts[i].name, "endpoint") == 0)
+            return 1;
+    return 0;
 }
 
 static const sbctl_cmd *find_command(const char *name)
@@ -172,15 +186,15 @@ int main(int argc, char **argv)
     }
 
     memset(&ctx, 0, sizeof(ctx));
-    {
+    if (takes_endpoint(cmd)) {
         const sbctl_optval *ev = sbctl_arg(&a, "endpoint");
         for (size_t k = 0; k < nglobal; k++)
             endpoints[ctx.nendpoints++] = global_eps[k];
         for (int k = 0; k < ev->count && ctx.nendpoints < 128; k++)
             endpoints[ctx.nendpoints++] = ev->list[k];
-        if (ctx.nendpoints == 0)
-            endpoints[ctx.nendpoints++] = sb_client_default_endpoint();
     }
+    if (ctx.nendpoints == 0)
+        endpoints[ctx.nendpoints++] = sb_client_default_endpoint();
     ctx.endpoints = endpoints;
     if (ctx.nendpoints > 1 && cmd != &sbctl_cmd_bench) {
         rc = sbctl_usage_error(cmd, "--endpoint given %zu times (only bench takes several)",

@@ -50,7 +50,8 @@ struct sbctl_cmd {
     }
 
 extern const sbctl_cmd sbctl_cmd_pub, sbctl_cmd_sub, sbctl_cmd_stats, sbctl_cmd_ping,
-    sbctl_cmd_dlq_list, sbctl_cmd_dlq_redrive, sbctl_cmd_dlq_purge, sbctl_cmd_bench;
+    sbctl_cmd_dlq_list, sbctl_cmd_dlq_redrive, sbctl_cmd_dlq_purge, sbctl_cmd_bench,
+    sbctl_cmd_passwd;
 
 /* Prints "sbctl: <message>\n" to stderr. */
 void sbctl_errorf(const char *fmt, ...) SB_PRINTF(1, 2);
@@ -89,5 +90,18 @@ int sbctl_isatty(int fd); /* 0 stdin, 1 stdout, 2 stderr */
 FILE *sbctl_fopen(const char *path, const char *mode);
 /* How a terminal user ends input: "Ctrl-D", or "Ctrl-Z and Enter". */
 const char *sbctl_eof_key(void);
+/* Prints prompt to stderr and reads one line from the terminal on stdin
+ * with echo off (restored also if a signal or Ctrl-C ends sbctl meanwhile).
+ * Returns 0 with a new UTF-8 string in *out (without the line ending;
+ * sb_free it after wiping it), or -1 with a reason in msg (EOF, not a
+ * terminal, more than max bytes). */
+int sbctl_read_secret(char **out, const char *prompt, size_t max, char *msg, size_t msglen);
+/* Replaces the file path by data[0..len) atomically: writes a temp file in
+ * the same directory, flushes it to disk and renames it over path (Windows:
+ * MoveFileExW with MOVEFILE_REPLACE_EXISTING). On POSIX a new file gets mode
+ * 0600; an existing one keeps its owner and group (where permitted) and its
+ * mode masked to 0640 (never world-readable); a symbolic link is followed.
+ * Returns 0 or -1 with a one-line reason in msg. */
+int sbctl_replace_file(const char *path, const void *data, size_t len, char *msg, size_t msglen);
 
 #endif
