@@ -334,6 +334,7 @@ int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *er
             if (a == NULL || type == NULL)
                 continue; /* the config loader reported it */
             unsigned caps = type->caps_of != NULL ? type->caps_of(a) : type->caps;
+            int mqtt = a->protocol != NULL && strcmp(a->protocol, "mqtt") == 0;
             if (!(caps & SB_CAP_SINK) || type->deliver == NULL ||
                 (a->protocol != NULL && strcmp(a->protocol, "jsonl") == 0))
                 return sb_error_set(err, SB_ECONFIG, 0,
@@ -341,7 +342,8 @@ int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *er
                                     "cannot be a destination%s",
                                     cfg->path, r->pos.line, r->pos.col, i, a->name, a->type,
                                     a->protocol != NULL ? a->protocol : "raw",
-                                    !(caps & SB_CAP_SINK)
+                                    mqtt ? "; MQTT clients subscribe for themselves"
+                                    : !(caps & SB_CAP_SINK)
                                         ? " (it only receives: give it `connect` to send)"
                                         : "; jsonl clients subscribe by name");
         }
@@ -529,9 +531,9 @@ static int load_auth(const sb_config *cfg, sb_auth **out, sb_error *err)
     rc = sb_auth_load(out, cfg->broker.auth_password_file, cfg->broker.auth_acl_file, err);
     if (rc != 0)
         return rc;
-    sb_info(NULL, "auth: %s%s%s", cfg->broker.auth_password_file != NULL ? "password file " : "",
-            cfg->broker.auth_password_file != NULL ? cfg->broker.auth_password_file : "",
-            cfg->broker.auth_acl_file != NULL ? ", ACL file loaded" : ", no ACL file");
+    sb_info(NULL, "auth: password file %s, ACL file %s",
+            cfg->broker.auth_password_file != NULL ? cfg->broker.auth_password_file : "(none)",
+            cfg->broker.auth_acl_file != NULL ? cfg->broker.auth_acl_file : "(none)");
     return 0;
 }
 

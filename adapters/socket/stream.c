@@ -370,11 +370,20 @@ static int stream_deliver(sb_adapter *a, sb_delivery *d)
 }
 
 /* tcp, unix and (on POSIX) pipe differ only in name: the config decides. */
+/* An MQTT listener is only a source: its clients subscribe for themselves. */
+static unsigned stream_caps_of(const sb_adapter_config *cfg)
+{
+    if (cfg->protocol != NULL && strcmp(cfg->protocol, "mqtt") == 0)
+        return SB_CAP_SOURCE;
+    return SB_CAP_SOURCE | SB_CAP_SINK;
+}
+
 #define STREAM_TYPE(type_name)                                                                     \
     {                                                                                              \
         .version = SB_ADAPTER_VERSION, .name = type_name, .caps = SB_CAP_SOURCE | SB_CAP_SINK,     \
-        .validate = stream_validate, .create = stream_create, .start = stream_start,               \
-        .deliver = stream_deliver, .stop = stream_stop, .destroy = stream_destroy,                 \
+        .caps_of = stream_caps_of, .validate = stream_validate, .create = stream_create,           \
+        .start = stream_start, .deliver = stream_deliver, .stop = stream_stop,                     \
+        .destroy = stream_destroy,                                                                 \
     }
 
 const sb_adapter_type sb_adapter_tcp = STREAM_TYPE("tcp");

@@ -334,6 +334,16 @@ void sbt_mq_connect(sbt_mq *m, const sbt_mq_opts *o, sb_mqtt_connack *out)
         c.will_message.p = (const uint8_t *)wp;
         c.will_message.n = strlen(wp);
     }
+    if (o->username != NULL) {
+        c.has_username = 1;
+        c.username.p = o->username;
+        c.username.n = strlen(o->username);
+    }
+    if (o->password != NULL) {
+        c.has_password = 1;
+        c.password.p = (const uint8_t *)o->password;
+        c.password.n = strlen(o->password);
+    }
     assert_int_equal(sb_mqtt_encode_connect(buf, sizeof(buf), &len, &c), 0);
     send_encoded(m, buf, len);
     sbt_mq_expect(m, &p, SB_MQTT_CONNACK, 0);

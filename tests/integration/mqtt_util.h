@@ -1,13 +1,14 @@
 /*
- * Helpers of the MQTT integration tests (test_mqtt.c, test_mqtt_proto.c):
- * the broker config they share, the external MQTT clients they run
- * (mosquitto_pub / mosquitto_sub from mosquitto-clients and mqtt_client, a
- * libmosquitto program of ours), and a raw MQTT 3.1.1 client over the
- * harness's blocking sockets for what those clients cannot express (a
- * re-sent QoS 2 PUBLISH, malformed packets, a socket closed without
- * DISCONNECT, CONNACK codes). The raw client encodes and decodes with the
- * broker's codec (adapters/protocol/mqtt/mqtt_codec.h): every packet the
- * broker sends is decoded strictly, so a malformed one fails the test.
+ * Helpers of the MQTT integration tests (test_mqtt.c, test_mqtt_proto.c,
+ * test_mqtt_auth.c): the broker config they share, the external MQTT
+ * clients they run (mosquitto_pub / mosquitto_sub from mosquitto-clients
+ * and mqtt_client, a libmosquitto program of ours), and a raw MQTT 3.1.1
+ * client over the harness's blocking sockets for what those clients cannot
+ * express (a re-sent QoS 2 PUBLISH, malformed packets, a socket closed
+ * without DISCONNECT, CONNACK codes, user names and passwords). The raw
+ * client encodes and decodes with the broker's codec
+ * (adapters/protocol/mqtt/mqtt_codec.h): every packet the broker sends is
+ * decoded strictly, so a malformed one fails the test.
  *
  * Environment (set by tests/integration/CMakeLists.txt when found):
  * SB_MQTT_CLIENT, SB_MOSQUITTO_PUB, SB_MOSQUITTO_SUB; a test needing a
@@ -73,6 +74,8 @@ typedef struct sbt_mq_opts {
     const char *will_payload;
     int will_qos;
     int will_retain;
+    const char *username; /* NULL: no user name flag */
+    const char *password; /* NULL: no password flag ("" is an empty one) */
 } sbt_mq_opts;
 
 /* A TCP connection to port (asserts), no CONNECT sent yet. */

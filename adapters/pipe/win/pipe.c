@@ -4,13 +4,17 @@
  *
  * `path: NAME` (or \\.\pipe\NAME) makes a pipe server: up to
  * max_connections clients at once, each a connection carrying the adapter's
- * protocol (raw or jsonl). The pipe is message-mode with `framing: message`
- * (one pipe message = one message, both ways), byte-mode otherwise; remote
+ * protocol (raw, jsonl or mqtt). The pipe is message-mode with `framing:
+ * message` (raw only: one pipe message = one message, both ways), byte-mode
+ * otherwise, which jsonl and MQTT (byte streams) always get; remote
  * clients are refused; its security descriptor is `security` (SDDL) or a
  * safe default (pipe_sec.c), and a pipe of that name made by anybody else
  * makes start fail. `connect: NAME` (or \\.\pipe\NAME, \\HOST\pipe\NAME)
  * makes a client of another program's pipe, reconnecting with exponential
  * backoff (reconnect_backoff .. reconnect_max_backoff).
+ *
+ * An MQTT pipe is a source only (pipe_caps_of): its clients subscribe for
+ * themselves, so it cannot be a route's destination.
  *
  * As a sink (raw), deliveries go to one connection at a time, round robin;
  * a delivery is acknowledged once WriteFile completed (the data is in the
@@ -307,6 +311,10 @@ static int pipe_validate(const sb_adapter_config *cfg, sb_error *err)
         return sb_error_set(err, SB_ECONFIG, 0, "framing message needs protocol raw");
     if (name == NULL)
         return sb_error_set(err, SB_ECONFIG, 0, "pipe needs path or connect");
+    if (p == &sb_protocol_mqtt && cfg->path == NULL)
+        return sb_error_set(err, SB_ECONFIG, 0,
+                            "mqtt is served on a pipe server (path); the broker is not an MQTT "
+                            "client");
     if (cfg->security != NULL && cfg->path == NULL)
         return sb_error_set(err, SB_ECONFIG, 0,
                             "security applies to a pipe server (path), not to connect");
@@ -331,7 +339,9 @@ static int pipe_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error 
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
     pa->is_server = cfg->path != NULL;
     pa->proto = sb_protocol_find(cfg->protocol);
-    pa->message = sb_raw_framing_parse(cfg->framing, 0) == SB_FRAMING_MESSAGE;
+    /* Message mode is for raw alone: jsonl and MQTT are byte streams. */
+    pa->message = pa->proto == &sb_protocol_raw &&
+                  sb_raw_framing_parse(cfg->framing, 0) == SB_FRAMING_MESSAGE;
     pa->max_message = cfg->max_message > 0 ? (size_t)cfg->max_message : 1048576;
     pa->max_connections = cfg->max_connections > 0 ? cfg->max_connections : 64;
     rc = sb_pipe__full_name(pa->is_server ? cfg->path : cfg->connect, pa->is_server, &pa->display,
@@ -525,10 +535,19 @@ static int pipe_deliver(sb_adapter *a, sb_delivery *d)
     return rc == 0 ? 0 : SB_EBUSY;
 }
 
+/* An MQTT pipe is only a source: its clients subscribe for themselves. */
+static unsigned pipe_caps_of(const sb_adapter_config *cfg)
+{
+    if (cfg->protocol != NULL && strcmp(cfg->protocol, "mqtt") == 0)
+        return SB_CAP_SOURCE | SB_CAP_THREAD;
+    return SB_CAP_SOURCE | SB_CAP_SINK | SB_CAP_THREAD;
+}
+
 const sb_adapter_type sb_adapter_pipe_win = {
     .version = SB_ADAPTER_VERSION,
     .name = "pipe",
     .caps = SB_CAP_SOURCE | SB_CAP_SINK | SB_CAP_THREAD,
+    .caps_of = pipe_caps_of,
     .validate = pipe_validate,
     .create = pipe_create,
     .start = pipe_start,

@@ -3,7 +3,7 @@
  * its three files:
  *   pipe.c      the adapter on the loop thread: config, start/stop, the sink's
  *               round robin, the client's reconnect timer, and the
- *               sb_conn_transport the protocols (raw, jsonl) run over;
+ *               sb_conn_transport the protocols (raw, jsonl, mqtt) run over;
  *   pipe_io.c   the I/O thread: one per adapter, overlapped I/O on an I/O
  *               completion port, serving every pipe instance of the adapter;
  *   pipe_sec.c  names, the security descriptor and the squatting guard.

@@ -358,6 +358,30 @@ static int subs_save(mqtt_session *s, const char *retained_for, sb_error *err)
     return rc;
 }
 
+/* A resumed session keeps only the filters its new identity may read (the
+ * client id may now be someone else's, or the ACL changed). */
+static void subs_recheck(mqtt_session *s)
+{
+    size_t kept = 0;
+    sb_error err;
+    for (size_t i = 0; i < s->sub_count; i++) {
+        if (sb_auth_filter_allowed(session_auth(s), s->user, s->client_id, s->subs[i].filter)) {
+            s->subs[kept++] = s->subs[i];
+            continue;
+        }
+        sb_log(SB_LOG_INFO, s->conn->adapter->name,
+               "%s: subscription %s of the resumed session dropped: denied by the ACL", s->who,
+               s->subs[i].filter);
+        sb_free(s->subs[i].filter);
+    }
+    if (kept != s->sub_count) {
+        s->sub_count = kept;
+        if (subs_save(s, NULL, &err) != 0)
+            sb_log(SB_LOG_WARN, s->conn->adapter->name, "%s: cannot save the session: %s", s->who,
+                   err.msg);
+    }
+}
+
 /* The highest QoS granted by a filter matching topic, or -1. */
 static int granted_qos(const mqtt_session *s, const char *topic)
 {
@@ -416,6 +440,12 @@ static int on_deliver(sb_consumer *c, sb_delivery *d)
     if (s->closed || s->conn->closing || s->conn->out_paused) {
         s->consumer_busy = 1;
         return SB_EBUSY;
+    }
+    if (!sb_auth_allowed(session_auth(s), s->user, s->client_id, m->topic, SB_ACL_READ)) {
+        /* queued for another identity of this client id, or the ACL was
+         * reloaded since the SUBSCRIBE: finished, never sent */
+        sb_delivery_done(d, 0, NULL);
+        return 0;
     }
     qos = granted_qos(s, m->topic);
     if (qos < 0)
@@ -808,6 +838,7 @@ static int connect_finish(mqtt_session *s, const char *user)
         present = 1;
         if (subs_load(s, sb_broker_sub_filter(b, s->queue), meta) != 0)
             return fail(s, "out of memory");
+        subs_recheck(s);
     } else if (sb_broker_sub_define(b, s->queue, "", "", &st, NULL, &err) != 0) {
         return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, err.msg);
     }
