@@ -1,0 +1,470 @@
+#!/usr/bin/env bash
+# bench-mqtt.sh: the same MQTT 3.1.1 load (tools/bench/mqttbench) against
+# Mosquitto and Switchboard, side by side, on this machine. Linux only.
+#
+#   tools/bench/bench-mqtt.sh [options]          throughput and latency table
+#   tools/bench/bench-mqtt.sh --kill9 [options]  acknowledged messages lost to kill -9
+#
+# Throughput: both brokers run at once, on free loopback ports, each with a
+# fresh data directory in a temporary directory; the runs alternate between
+# them (so machine noise hits both alike) and the median of --runs is
+# reported, with the broker's CPU time per message (from /proc) and a
+# one-at-a-time run (--window 1, one producer) for latency.
+#
+# --kill9: per broker, a persistent-session (clean session 0) subscriber
+# subscribes and goes offline; the broker is restarted gracefully (so even a
+# broker that saves only at shutdown has the session on disk); --k9-count
+# QoS 1 messages are published and every PUBACK received; the broker is
+# killed with SIGKILL and started again; the subscriber reconnects and counts
+# what it still gets. Every message was acknowledged, so each missing one is
+# an acknowledged message lost.
+#
+# Options (environment variable, default):
+#   --count N        messages per throughput run (BENCH_COUNT, 200000)
+#   --qos Q          0, 1 or 2 (BENCH_QOS, 1)
+#   --size B         payload bytes (BENCH_SIZE, 100)
+#   --producers P    (BENCH_PRODUCERS, 4)
+#   --consumers C    each receives every message (BENCH_CONSUMERS, 1)
+#   --window W       unacknowledged publishes per producer (BENCH_WINDOW, 256)
+#   --persistent     consumers use clean session 0 (BENCH_PERSISTENT=1)
+#   --runs R         throughput runs per broker, median reported (BENCH_RUNS, 3)
+#   --lat-count N    messages of the one-at-a-time run, 0 skips it (BENCH_LAT_COUNT, 5000)
+#   --k9-count N     messages published before kill -9 (BENCH_K9_COUNT, 10000)
+#   --only NAME      mosquitto or switchboard (BENCH_ONLY)
+#   --keep           keep the temporary directory (configs, logs, outputs)
+# SB_BUILD_DIR: build directory holding service/switchboard and
+# tools/bench/mqttbench (default build/release; configured with the release
+# preset and built when they are missing). MOSQUITTO: the Mosquitto binary
+# (default /usr/sbin/mosquitto).
+#
+# Only the processes this script starts are signalled, by their PIDs.
+set -u
+
+top=$(cd "$(dirname "$0")/../.." && pwd)
+build=${SB_BUILD_DIR:-$top/build/release}
+mosq_bin=${MOSQUITTO:-/usr/sbin/mosquitto}
+count=${BENCH_COUNT:-200000}
+qos=${BENCH_QOS:-1}
+size=${BENCH_SIZE:-100}
+producers=${BENCH_PRODUCERS:-4}
+consumers=${BENCH_CONSUMERS:-1}
+window=${BENCH_WINDOW:-256}
+persistent=${BENCH_PERSISTENT:-0}
+runs=${BENCH_RUNS:-3}
+lat_count=${BENCH_LAT_COUNT:-5000}
+k9_count=${BENCH_K9_COUNT:-10000}
+only=${BENCH_ONLY:-}
+timeout=${BENCH_TIMEOUT:-30}
+mode=table
+keep=0
+
+usage() {
+    sed -n '2,/^# Only the processes/p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+while [ $# -gt 0 ]; do
+    case $1 in
+    --kill9) mode=kill9 ;;
+    --count) count=$2; shift ;;
+    --qos) qos=$2; shift ;;
+    --size) size=$2; shift ;;
+    --producers) producers=$2; shift ;;
+    --consumers) consumers=$2; shift ;;
+    --window) window=$2; shift ;;
+    --persistent) persistent=1 ;;
+    --runs) runs=$2; shift ;;
+    --lat-count) lat_count=$2; shift ;;
+    --k9-count) k9_count=$2; shift ;;
+    --only) only=$2; shift ;;
+    --keep) keep=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "bench-mqtt.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+case $only in '' | mosquitto | switchboard) ;; *) echo "bench-mqtt.sh: --only mosquitto|switchboard" >&2; exit 2 ;; esac
+
+sb_bin=$build/service/switchboard
+bench_bin=$build/tools/bench/mqttbench
+
+# ---- build ----
+if [ ! -x "$sb_bin" ] || [ ! -x "$bench_bin" ]; then
+    echo "== building switchboard and mqttbench in $build (release preset)"
+    (cd "$top" && cmake --preset release -B "$build" >/dev/null &&
+        cmake --build "$build" --target switchboard mqttbench) || {
+        echo "bench-mqtt.sh: build failed" >&2
+        exit 1
+    }
+fi
+if [ -z "$only" ] || [ "$only" = mosquitto ]; then
+    [ -x "$mosq_bin" ] || { echo "bench-mqtt.sh: $mosq_bin not found (apt-get install mosquitto, or set MOSQUITTO)" >&2; exit 1; }
+fi
+
+tmp=$(mktemp -d /tmp/bench-mqtt.XXXXXX)
+pids=()
+
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do
+        stop_pid "$p"
+    done
+    if [ "$keep" = 1 ]; then
+        echo "kept $tmp"
+    else
+        rm -rf "$tmp"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- processes ----
+
+forget_pid() {
+    local p keep_pids=()
+    for p in "${pids[@]}"; do
+        [ "$p" = "$1" ] || keep_pids+=("$p")
+    done
+    pids=("${keep_pids[@]}")
+}
+
+# SIGTERM, up to 15 s for an orderly exit, then SIGKILL.
+stop_pid() {
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "bench-mqtt.sh: pid $pid ignored SIGTERM for 15 s; SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+    forget_pid "$pid"
+}
+
+kill9_pid() {
+    kill -KILL "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+    forget_pid "$1"
+}
+
+# A port nobody listens on (refused on connect).
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return
+        fi
+    done
+}
+
+# Polls until the port accepts connections (0), the process exits (1) or 15 s
+# pass (2).
+wait_ready() {
+    local pid=$1 port=$2 i
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    return 2
+}
+
+cpu_ticks() {
+    # utime + stime of every thread; fields after "pid (comm) ".
+    sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}'
+}
+
+# ---- brokers ----
+# setup_<name> DIR PORT writes the config; start_broker NAME DIR starts it and
+# sets started_pid; it returns 0 when ready, 1 if the broker failed to start,
+# 3 if Switchboard does not know protocol: mqtt yet.
+
+setup_mosquitto() {
+    local dir=$1 port=$2
+    mkdir -p "$dir"
+    {
+        echo "listener $port 127.0.0.1"
+        echo "allow_anonymous true"
+        echo "persistence true"
+        echo "persistence_location $dir/"
+        # Default 20; raised so the in-flight window is not what is measured
+        # (20, 1000 and unlimited measured the same here).
+        echo "max_inflight_messages 1000"
+        # Default 1000 per client, beyond which QoS 1/2 messages are dropped.
+        echo "max_queued_messages 100000000"
+        echo "log_dest stderr"
+        echo "log_type error"
+        echo "log_type warning"
+    } >"$dir/mosquitto.conf"
+    # Run as root, Mosquitto drops to user mosquitto and could not write its
+    # database (persistence_location) into our private directory.
+    if [ "$(id -u)" = 0 ] && id mosquitto >/dev/null 2>&1; then
+        chown mosquitto "$dir"
+        chmod 711 "$tmp"
+    fi
+}
+
+setup_switchboard() {
+    local dir=$1 port=$2
+    mkdir -p "$dir"
+    cat >"$dir/sb.yaml" <<EOF
+broker:
+  data_dir: '$dir/sbdata'
+  log: {level: warn}
+adapters:
+  - name: mqtt
+    type: tcp
+    listen: 127.0.0.1:$port
+    protocol: mqtt
+    max_connections: 1000
+EOF
+}
+
+start_broker() {
+    local name=$1 dir=$2 port=$3 rc
+    if [ "$name" = mosquitto ]; then
+        "$mosq_bin" -c "$dir/mosquitto.conf" >>"$dir/broker.log" 2>&1 &
+    else
+        if ! "$sb_bin" check-config "$dir/sb.yaml" >"$dir/check.log" 2>&1; then
+            if grep -qi "mqtt\|protocol" "$dir/check.log"; then
+                echo "switchboard: skipped: this build rejects 'protocol: mqtt':" >&2
+                sed 's/^/  /' "$dir/check.log" >&2
+                return 3
+            fi
+            echo "switchboard: check-config failed:" >&2
+            sed 's/^/  /' "$dir/check.log" >&2
+            return 1
+        fi
+        "$sb_bin" run -c "$dir/sb.yaml" >>"$dir/broker.log" 2>&1 &
+    fi
+    started_pid=$!
+    pids+=("$started_pid")
+    wait_ready "$started_pid" "$port"
+    rc=$?
+    [ $rc = 0 ] && return 0
+    if [ $rc = 2 ]; then
+        echo "$name: not accepting connections on 127.0.0.1:$port after 15 s" >&2
+        stop_pid "$started_pid"
+    else
+        wait "$started_pid" 2>/dev/null
+        forget_pid "$started_pid"
+    fi
+    if [ "$name" = switchboard ] && grep -q "unknown protocol mqtt" "$dir/broker.log"; then
+        echo "switchboard: skipped: this build has no MQTT server yet:" >&2
+        sed 's/^/  /' "$dir/broker.log" >&2
+        return 3
+    fi
+    echo "$name: failed to start; its log ($dir/broker.log):" >&2
+    tail -n 20 "$dir/broker.log" | sed 's/^/  /' >&2
+    return 1
+}
+
+# After a failed run: says so if the broker exited (waiting up to 3 s for
+# one that is stopping) and why; returns 1 if it is still running.
+broker_gone() {
+    local name=$1 pid=${pid_of[$1]} st i
+    for ((i = 0; i < 60; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -0 "$pid" 2>/dev/null && return 1
+    wait "$pid" 2>/dev/null
+    st=$?
+    forget_pid "$pid"
+    if [ "$st" = 0 ]; then
+        echo "     $name (pid $pid) stopped in an orderly way (exit 0) although this script did not" \
+            "stop it: something else sent it SIGTERM/SIGINT (a broad pkill?)"
+    else
+        echo "     $name (pid $pid) exited with status $st; the end of its log:"
+        tail -n 10 "$tmp/$name/broker.log" | sed 's/^/       /'
+    fi
+    return 0
+}
+
+# field NAME LINE: the value of NAME=... in a RESULT line.
+field() {
+    printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p"
+}
+
+session_flag() {
+    [ "$persistent" = 1 ] && echo --persistent || echo --clean
+}
+
+echo "== bench-mqtt: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "   mosquitto: $("$mosq_bin" -h 2>/dev/null | head -n 1)"
+echo "   switchboard: $sb_bin"
+echo "   generator: $bench_bin"
+
+brokers=()
+[ -z "$only" ] || [ "$only" = mosquitto ] && brokers+=(mosquitto)
+[ -z "$only" ] || [ "$only" = switchboard ] && brokers+=(switchboard)
+
+# ---- kill -9 ----
+if [ "$mode" = kill9 ]; then
+    status=0
+    declare -A k9_line
+    for name in "${brokers[@]}"; do
+        dir=$tmp/$name-kill9
+        port=$(free_port)
+        "setup_$name" "$dir" "$port"
+        common=(--port "$port" --qos 1 --consumers 1 --producers "$producers" --size "$size"
+            --id-prefix k9 --topic-prefix k9 --run-id "$((RANDOM * 32768 + RANDOM))")
+        echo "== $name: kill -9 test on 127.0.0.1:$port"
+        start_broker "$name" "$dir" "$port"
+        rc=$?
+        if [ $rc = 3 ]; then
+            k9_line[$name]="skipped (no MQTT server in this build)"
+            continue
+        fi
+        if [ $rc != 0 ]; then
+            k9_line[$name]="failed to start"
+            status=1
+            continue
+        fi
+        pid=$started_pid
+        "$bench_bin" "${common[@]}" --mode sub --persistent --count "$k9_count" >"$dir/sub.txt" 2>&1 ||
+            { k9_line[$name]="subscribe failed (see below)"; cat "$dir/sub.txt"; stop_pid "$pid"; status=1; continue; }
+        stop_pid "$pid"
+        if ! start_broker "$name" "$dir" "$port"; then
+            k9_line[$name]="failed to restart after a graceful stop"
+            status=1
+            continue
+        fi
+        pid=$started_pid
+        "$bench_bin" "${common[@]}" --mode pub --count "$k9_count" --timeout "$timeout" >"$dir/pub.txt" 2>&1
+        pub=$(grep '^RESULT' "$dir/pub.txt")
+        acked=$(field acked "$pub")
+        echo "   published $k9_count, PUBACKs received: ${acked:-?}; kill -9 $pid"
+        [ "${acked:-0}" = "$k9_count" ] || { cat "$dir/pub.txt"; status=1; }
+        kill9_pid "$pid"
+        if ! start_broker "$name" "$dir" "$port"; then
+            k9_line[$name]="failed to start after kill -9"
+            status=1
+            continue
+        fi
+        pid=$started_pid
+        "$bench_bin" "${common[@]}" --mode drain --persistent --count "$k9_count" --timeout 5 \
+            >"$dir/drain.txt" 2>&1
+        drain=$(grep '^RESULT' "$dir/drain.txt")
+        stop_pid "$pid"
+        received=$(field received "$drain")
+        lost=$(( ${acked:-0} - ${received:-0} ))
+        sp=$(field session_present "$drain")
+        k9_line[$name]="acknowledged ${acked:-?}, delivered after restart ${received:-?}, lost $lost (session kept: $([ "$sp" = 1 ] && echo yes || echo no), duplicates $(field dup "$drain"))"
+        [ "$(field proto_errors "$drain")" = 0 ] || { echo "   protocol errors:"; grep -v '^RESULT' "$dir/drain.txt"; }
+    done
+    echo
+    echo "kill -9 after every PUBACK ($k9_count QoS 1 messages to an offline persistent session):"
+    for name in "${brokers[@]}"; do
+        printf '  %-12s %s\n' "$name" "${k9_line[$name]}"
+    done
+    exit $status
+fi
+
+# ---- throughput and latency ----
+declare -A port_of pid_of
+active=()
+for name in "${brokers[@]}"; do
+    dir=$tmp/$name
+    port=$(free_port)
+    "setup_$name" "$dir" "$port"
+    start_broker "$name" "$dir" "$port"
+    rc=$?
+    if [ $rc = 0 ]; then
+        port_of[$name]=$port
+        pid_of[$name]=$started_pid
+        active+=("$name")
+        echo "   $name: pid $started_pid on 127.0.0.1:$port"
+    elif [ $rc != 3 ]; then
+        exit 1
+    fi
+done
+[ ${#active[@]} -gt 0 ] || { echo "bench-mqtt.sh: no broker to measure" >&2; exit 1; }
+
+echo "== $runs run(s) per broker: QoS $qos, $count messages of $size B, $producers producer(s)," \
+    "$consumers consumer(s) ($(session_flag | tr -d -) session), window $window"
+# Every run uses the same client ids: with --persistent, a session left by
+# an earlier run under another id would stay subscribed and keep collecting
+# (and the broker storing) every later run's messages.
+status=0
+declare -A results
+for ((r = 1; r <= runs; r++)); do
+    for name in "${active[@]}"; do
+        out=$tmp/$name/run$r.txt
+        kill -0 "${pid_of[$name]}" 2>/dev/null || continue
+        before=$(cpu_ticks "${pid_of[$name]}")
+        "$bench_bin" --port "${port_of[$name]}" --qos "$qos" --count "$count" --size "$size" \
+            --producers "$producers" --consumers "$consumers" --window "$window" \
+            "$(session_flag)" --id-prefix bench --timeout "$timeout" >"$out" 2>&1
+        rc=$?
+        after=$(cpu_ticks "${pid_of[$name]}")
+        line=$(grep '^RESULT' "$out")
+        # Broker CPU per message, in microseconds (USER_HZ ticks).
+        us=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$count" \
+            'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+        rss=$(awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/${pid_of[$name]}/status" 2>/dev/null)
+        printf '   %-12s run %d: %s msgs/s, ack p50 %s us, p99 %s us; broker %s us CPU/msg, peak RSS %s MB; generator CPU %s s\n' \
+            "$name" "$r" "$(field msgs_per_s "$line")" "$(field p50_us "$line")" \
+            "$(field p99_us "$line")" "$us" "${rss:-?}" "$(field gen_cpu_s "$line")"
+        if [ $rc != 0 ]; then
+            echo "   $name run $r FAILED (exit $rc):"
+            grep -v '^RESULT' "$out" | sed 's/^/     /'
+            broker_gone "$name"
+            status=1
+        fi
+        results[$name]+="$(field msgs_per_s "$line") $r $us ${rss:-?}"$'\n'
+    done
+done
+
+declare -A lat
+if [ "$lat_count" -gt 0 ]; then
+    echo "== one at a time: QoS $qos, $lat_count messages, 1 producer, window 1"
+    for name in "${active[@]}"; do
+        out=$tmp/$name/latency.txt
+        kill -0 "${pid_of[$name]}" 2>/dev/null || continue
+        "$bench_bin" --port "${port_of[$name]}" --qos "$qos" --count "$lat_count" --size "$size" \
+            --producers 1 --consumers "$consumers" --window 1 "$(session_flag)" \
+            --id-prefix bench --timeout "$timeout" >"$out" 2>&1 || {
+            echo "   $name latency run FAILED:"
+            grep -v '^RESULT' "$out" | sed 's/^/     /'
+            broker_gone "$name"
+            status=1
+        }
+        lat[$name]=$(grep '^RESULT' "$out")
+    done
+fi
+
+echo
+printf '%-12s %9s %11s %11s %11s %10s %8s %6s %11s %11s\n' broker "msgs/s" "ack p50 us" \
+    "ack p99 us" "e2e p50 us" "cpu us/msg" "peak MB" "lost" "1x1 p50 us" "1x1 p99 us"
+declare -A median
+for name in "${active[@]}"; do
+    # The median run by msgs/s.
+    n=$(printf '%s' "${results[$name]:-}" | grep -c .)
+    [ "$n" -gt 0 ] || continue
+    mid=$(printf '%s' "${results[$name]}" | sort -n | sed -n "$(((n + 1) / 2))p")
+    r=$(echo "$mid" | cut -d' ' -f2)
+    line=$(grep '^RESULT' "$tmp/$name/run$r.txt")
+    median[$name]=$(field msgs_per_s "$line")
+    printf '%-12s %9s %11s %11s %11s %10s %8s %6s %11s %11s\n' "$name" \
+        "$(field msgs_per_s "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" \
+        "$(field e2e_p50_us "$line")" "$(echo "$mid" | cut -d' ' -f3)" \
+        "$(echo "$mid" | cut -d' ' -f4)" "$(field lost "$line")" \
+        "$(field p50_us "${lat[$name]:-}")" "$(field p99_us "${lat[$name]:-}")"
+done
+if [ -n "${median[switchboard]:-}" ] && [ -n "${median[mosquitto]:-}" ]; then
+    awk -v s="${median[switchboard]}" -v m="${median[mosquitto]}" \
+        'BEGIN { if (m > 0) printf "switchboard/mosquitto msgs/s: %.2f\n", s / m }'
+fi
+echo "(median of $runs runs by msgs/s, end to end: first PUBLISH to the last message received;"
+echo " ack = PUBLISH->PUBACK/PUBCOMP; e2e = PUBLISH->delivery; cpu = broker CPU time per message;"
+echo " peak MB = broker's peak RSS so far; 1x1 = one producer, window 1)"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+exit $status
