@@ -621,12 +621,36 @@ fail:
 
 /* ---- consumers ---- */
 
+/* A client-created queue (settings NULL: defaults); NULL with err set. */
+static sb_queue *new_client_queue(sb_broker *b, const char *name, const char *filter,
+                                  const sb_sub_settings *settings, sb_error *err)
+{
+    sb_sub_settings defaults;
+    sb_queue *q;
+    if (name[0] == '\0' || strlen(name) > 200 || strchr(name, '\n') != NULL) {
+        sb_error_set(err, SB_EINVAL, 0, "invalid subscription name");
+        return NULL;
+    }
+    if (b->stopping) {
+        sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
+        return NULL;
+    }
+    if ((q = sb_broker__add_queue(b, ++b->last_queue_id, name, filter, err)) == NULL)
+        return NULL;
+    if (settings == NULL) {
+        sb_sub_settings_default(&defaults);
+        settings = &defaults;
+    }
+    sb_queue__apply_settings(q, settings);
+    q->transient = settings->transient;
+    return q;
+}
+
 int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
                         const sb_sub_settings *settings, sb_error *err)
 {
     sb_queue *q = sb_broker__find_queue(b, name);
     const char *why;
-    sb_sub_settings defaults;
 
     if (q != NULL) {
         if (filter != NULL && strcmp(filter, q->filter) != 0)
@@ -637,20 +661,10 @@ int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
     if (filter == NULL)
         return sb_error_set(err, SB_ENOTFOUND, 0, "no subscription %s (give a filter to create it)",
                             name);
-    if (name[0] == '\0' || strlen(name) > 200 || strchr(name, '\n') != NULL)
-        return sb_error_set(err, SB_EINVAL, 0, "invalid subscription name");
     if (sb_filter_validate(filter, strlen(filter), &why) != 0)
         return sb_error_set(err, SB_EINVAL, 0, "filter %s", why);
-    if (b->stopping)
-        return sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
-    q = sb_broker__add_queue(b, ++b->last_queue_id, name, filter, err);
-    if (q == NULL)
-        return SB_ENOMEM;
-    if (settings == NULL) {
-        sb_sub_settings_default(&defaults);
-        settings = &defaults;
-    }
-    sb_queue__apply_settings(q, settings);
+    if ((q = new_client_queue(b, name, filter, settings, err)) == NULL)
+        return err->code;
     sb_broker__put_queue(b, q);
     sb_broker__enqueue_retained(b, q, q->filter);
     sb_info(name, "created subscription with filter %s", filter);
@@ -682,20 +696,8 @@ int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, co
     if ((rc = filters_validate(filters, err)) != 0)
         return rc;
     if (q == NULL) {
-        sb_sub_settings defaults;
-        if (name[0] == '\0' || strlen(name) > 200 || strchr(name, '\n') != NULL)
-            return sb_error_set(err, SB_EINVAL, 0, "invalid subscription name");
-        if (b->stopping)
-            return sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
-        q = sb_broker__add_queue(b, ++b->last_queue_id, name, filters, err);
-        if (q == NULL)
-            return SB_ENOMEM;
-        if (settings == NULL) {
-            sb_sub_settings_default(&defaults);
-            settings = &defaults;
-        }
-        sb_queue__apply_settings(q, settings);
-        q->transient = settings->transient;
+        if ((q = new_client_queue(b, name, filters, settings, err)) == NULL)
+            return err->code;
     } else if (q->from_config) {
         return sb_error_set(err, SB_EACCES, 0, "subscription %s is declared by a route", name);
     }
