@@ -4,10 +4,14 @@
  * named pipes and Linux). Each connection carries the adapter's protocol.
  * As a sink (raw protocol), deliveries go to one connected peer at a time,
  * round robin; with no peer connected, messages wait in the queue.
+ * A tcp adapter with a `tls` section runs each connection over TLS
+ * (tls.c): its protocol starts, and it takes deliveries, once the handshake
+ * is done; a client that fails the handshake reconnects with backoff.
  */
 #include "adapters/conn.h"
 #include "adapters/protocol/raw.h"
 #include "adapters/socket/socket.h"
+#include "adapters/socket/tls.h"
 #include "service/alloc.h"
 #include "service/log.h"
 #include "service/platform.h"
@@ -20,6 +24,7 @@ typedef struct stream_adapter {
     int is_tcp;
     int is_server;
     const sb_protocol *proto;
+    sb_tls_ctx *tls; /* NULL: plaintext */
     uv_stream_t *listener;
     sb_conn *conns;
     sb_conn *rr;
@@ -69,6 +74,11 @@ static int stream_create(sb_adapter **out, const sb_adapter_config *cfg, sb_erro
 
 /* ---- connections ---- */
 
+static void on_handle_free(uv_handle_t *h)
+{
+    sb_free(h);
+}
+
 static void maybe_stopped(stream_adapter *s);
 static void schedule_reconnect(void *adapter);
 
@@ -90,6 +100,16 @@ static void on_conn_closed(sb_conn *c)
     maybe_stopped(s);
 }
 
+/* A TLS connection finished its handshake: it may take deliveries, and a
+ * client's backoff starts over. */
+static void on_tls_ready(sb_conn *c)
+{
+    stream_adapter *s = c->transport;
+    if (!s->is_server)
+        s->backoff_ms = 0;
+    sb_adapter_sink_ready(&s->base);
+}
+
 static int add_conn(stream_adapter *s, uv_stream_t *h, const char *peer)
 {
     sb_conn *c = sb_calloc(1, sizeof(*c));
@@ -98,6 +118,20 @@ static int add_conn(stream_adapter *s, uv_stream_t *h, const char *peer)
         return SB_ENOMEM;
     c->transport = s;
     c->on_closed = on_conn_closed;
+    if (s->tls != NULL) {
+        /* On failure nothing was taken: h and c are still ours. */
+        if ((rc = sb_conn_start_tls(c, &s->base, s->proto, s->tls, (uv_tcp_t *)h, peer,
+                                    on_tls_ready)) != 0) {
+            sb_free(c);
+            uv_close((uv_handle_t *)h, on_handle_free);
+            return rc;
+        }
+        c->next = s->conns;
+        s->conns = c;
+        s->conn_count++;
+        sb_log(SB_LOG_INFO, s->base.name, "peer %s connected (TLS handshake)", peer);
+        return 0;
+    }
     c->next = s->conns;
     s->conns = c;
     s->conn_count++;
@@ -122,11 +156,6 @@ static void peer_name(stream_adapter *s, uv_stream_t *h, char *out, size_t n)
         }
     }
     snprintf(out, n, "%s#%lu", s->is_tcp ? "tcp" : "local", ++s->serial);
-}
-
-static void on_handle_free(uv_handle_t *h)
-{
-    sb_free(h);
 }
 
 static uv_stream_t *new_stream(stream_adapter *s)
@@ -212,11 +241,15 @@ static void on_connect(uv_connect_t *req, int status)
         maybe_stopped(s);
         return;
     }
-    s->backoff_ms = 0;
+    if (s->tls == NULL)
+        s->backoff_ms = 0; /* with TLS, once the handshake is done */
     snprintf(peer, sizeof(peer), "%s", s->base.cfg->connect);
     if (s->is_tcp)
         uv_tcp_nodelay((uv_tcp_t *)h, 1);
-    add_conn(s, h, peer);
+    if (add_conn(s, h, peer) != 0 && s->tls != NULL && !s->stopping) {
+        sb_log(SB_LOG_ERROR, s->base.name, "peer %s: cannot start session", peer);
+        schedule_reconnect(s);
+    }
 }
 
 static void start_connect(stream_adapter *s)
@@ -259,6 +292,8 @@ static int stream_start(sb_adapter *a, sb_error *err)
     const sb_adapter_config *cfg = a->cfg;
     int rc;
 
+    if (s->is_tcp && sb_adapter_config_tls(cfg) && (rc = sb_tls_ctx_new(&s->tls, cfg, err)) != 0)
+        return rc;
     s->reconnect = sb_malloc(sizeof(*s->reconnect));
     if (s->reconnect == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
@@ -266,7 +301,8 @@ static int stream_start(sb_adapter *a, sb_error *err)
     s->reconnect->data = s;
     s->handles_open++;
     if (!s->is_server) {
-        sb_log(SB_LOG_INFO, a->name, "connecting to %s (%s)", cfg->connect, s->proto->name);
+        sb_log(SB_LOG_INFO, a->name, "connecting to %s (%s%s)", cfg->connect, s->proto->name,
+               s->tls != NULL ? " over TLS" : "");
         start_connect(s);
         return 0;
     }
@@ -297,7 +333,8 @@ static int stream_start(sb_adapter *a, sb_error *err)
         char where[128];
         uv_tcp_getsockname((uv_tcp_t *)s->listener, (struct sockaddr *)&ss, &len);
         sb_socket_format_addr((struct sockaddr *)&ss, where, sizeof(where));
-        sb_log(SB_LOG_INFO, a->name, "listening on tcp %s (%s)", where, s->proto->name);
+        sb_log(SB_LOG_INFO, a->name, "listening on tcp %s (%s%s)", where, s->proto->name,
+               s->tls != NULL ? " over TLS" : "");
     } else {
         sb_log(SB_LOG_INFO, a->name, "listening on %s (%s)", cfg->path, s->proto->name);
     }
@@ -343,6 +380,7 @@ static void stream_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
 
 static void stream_destroy(sb_adapter *a)
 {
+    sb_tls_ctx_free(((stream_adapter *)a)->tls);
     sb_free(a);
 }
 
@@ -353,8 +391,9 @@ static int stream_deliver(sb_adapter *a, sb_delivery *d)
     int rc;
     if (c == NULL || s->stopping)
         return SB_EBUSY;
-    /* Skip peers whose output is backed up. */
-    for (sb_conn *start = c; c->out_paused || c->closing;) {
+    /* Skip peers whose output is backed up, and TLS peers whose handshake
+     * is not done (their protocol has not started: proto is NULL). */
+    for (sb_conn *start = c; c->out_paused || c->closing || c->proto == NULL;) {
         c = c->next != NULL ? c->next : s->conns;
         if (c == start)
             return SB_EBUSY;
