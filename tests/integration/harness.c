@@ -621,6 +621,12 @@ void sbt_broker_spawn(sbt_broker *b)
 {
     char *argv[] = {(char *)sbt_switchboard(), "run", "--config", b->config_path, NULL};
     int rc = sbt_spawn(&b->proc, argv, b->dir, b->log_path);
+    /* Wine's CreateProcess now and then fails with an unmapped error under
+     * load (UV_UNKNOWN); a real failure (missing file, access) repeats. */
+    for (int i = 0; rc == UV_UNKNOWN && i < 3; i++) {
+        fprintf(stderr, "note: starting %s failed (%s); trying again\n", argv[0], uv_strerror(rc));
+        rc = sbt_spawn(&b->proc, argv, b->dir, b->log_path);
+    }
     if (rc != 0)
         fail_msg("cannot start %s: %s", argv[0], uv_strerror(rc));
 }
