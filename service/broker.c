@@ -853,6 +853,12 @@ int sb_broker_unsubscribe(sb_broker *b, const char *name, sb_error *err)
         return sb_error_set(err, SB_EACCES, 0,
                             "subscription %s is declared by route %s in the config", name,
                             q->route->name);
+    if (q->consumers != NULL)
+        /* their deliveries would be freed under them */
+        return sb_error_set(err, SB_EBUSY, 0,
+                            "subscription %s is in use (by %s); delete it once its consumers "
+                            "have detached",
+                            name, q->consumers->name != NULL ? q->consumers->name : "a client");
     op = sb_calloc(1, sizeof(*op));
     if (op == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");

@@ -155,7 +155,8 @@ int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, co
  * exist. */
 const char *sb_broker_sub_meta(sb_broker *b, const char *name);
 
-/* Deletes a client-created subscription and its messages. */
+/* Deletes a client-created subscription and its messages; SB_EBUSY while a
+ * consumer is attached to it. */
 int sb_broker_unsubscribe(sb_broker *b, const char *name, sb_error *err);
 
 /* Attaches a consumer to an existing subscription (deliveries start at once). */

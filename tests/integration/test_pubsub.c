@@ -720,6 +720,18 @@ static void test_refusals_and_unsubscribe(void **state)
     r = sbt_next_msg(c, SBT_REPLY_MS);
     assert_string_equal(sbt_str(r, "payload"), "o1");
     json_decref(r);
+    /* Another connection cannot delete it while c holds a delivery of it. */
+    sbt_pub(c, "other/y", "o2", 1);
+    r = sbt_next_msg(c, SBT_REPLY_MS);
+    s = sbt_connect(b->port[0]);
+    sbt_expect_error(sbt_call(s, "{s:s, s:s, s:b}", "op", "unsub", "sub", "temp", "delete", 1),
+                     "SB_EBUSY");
+    sbt_ack(c, "temp", sbt_int(r, "msg_id"));
+    json_decref(r);
+    r = sbt_queue_stats(s, "temp");
+    assert_non_null(r);
+    json_decref(r);
+    sbt_close(s);
     sbt_close(c);
     b->passed = 1;
 }

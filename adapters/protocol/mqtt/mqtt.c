@@ -826,8 +826,8 @@ static int connect_finish(mqtt_session *s, const char *user)
     st.lease_ms = DELIVERY_LEASE_MS;
     meta = sb_broker_sub_meta(b, s->queue);
     if (s->clean) {
-        if (meta != NULL)
-            sb_broker_unsubscribe(b, s->queue, &err);
+        if (meta != NULL && sb_broker_unsubscribe(b, s->queue, &err) != 0)
+            return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, err.msg);
         key_prefix(prefix, sizeof prefix, s->client_id);
         sb_broker_key_delete(b, prefix, 1);
         st.durability = SB_DURABILITY_MEMORY;
