@@ -5,6 +5,7 @@
  * every error found. Also the error list and the lookups.
  */
 #include "config/internal.h"
+#include "service/platform.h"
 #include "service/alloc.h"
 #include "service/error.h"
 
@@ -181,7 +182,7 @@ int sb_config_load(sb_config **out, const char *path, sb_config_errors *errs)
     *out = NULL;
     if (errs != NULL)
         sb_config_errors_clear(errs);
-    f = fopen(path, "rb");
+    f = sb_platform_fopen(path, "rb");
     if (f == NULL) {
         int err = errno;
         return file_error(errs, path, err == ENOENT ? SB_ENOTFOUND : sb_error_from_errno(err),

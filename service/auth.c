@@ -9,6 +9,7 @@
  * MQTT's rule that a filter starting with a wildcard does not match topics
  * starting with '$'.
  */
+#include "service/platform.h"
 #include "service/auth.h"
 #include "service/alloc.h"
 #include "service/base64.h"
@@ -718,7 +719,7 @@ static int parse_acl(sb_auth *a, const char *file, const char *text, size_t len,
 
 static int read_file(const char *path, char **out, size_t *out_len, sb_error *err)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = sb_platform_fopen(path, "rb");
     char *buf = NULL;
     size_t len = 0, cap = 0;
     int rc = 0;

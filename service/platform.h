@@ -14,6 +14,7 @@
 #define SB_VERSION_STRING "0.0.0"
 #endif
 
+#include <stdio.h>
 #include <time.h>
 
 /* Process-wide setup for the broker (e.g. ignore SIGPIPE on POSIX). */
@@ -25,6 +26,9 @@ void sb_platform_gmtime(time_t t, struct tm *out);
 /* Creates a directory and its parents (like mkdir -p), private to the
  * broker's account where the platform allows. */
 int sb_platform_mkdir_p(const char *path, sb_error *err);
+
+/* fopen with a UTF-8 path (Windows' fopen takes the ANSI code page). */
+FILE *sb_platform_fopen(const char *path, const char *mode);
 
 /* The default admin endpoint for a data directory: "<data_dir>/admin.sock"
  * on POSIX, a named pipe on Windows. */

@@ -45,3 +45,8 @@ void sb_platform_gmtime(time_t t, struct tm *out)
 {
     gmtime_r(&t, out);
 }
+
+FILE *sb_platform_fopen(const char *path, const char *mode)
+{
+    return fopen(path, mode);
+}

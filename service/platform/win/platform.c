@@ -3,6 +3,7 @@
 #include "service/alloc.h"
 #include "service/platform/win/utf.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <windows.h>
@@ -60,4 +61,17 @@ void sb_platform_default_admin_endpoint(char *out, size_t n, const char *data_di
 {
     (void)data_dir;
     snprintf(out, n, "\\\\.\\pipe\\switchboard-admin");
+}
+
+FILE *sb_platform_fopen(const char *path, const char *mode)
+{
+    wchar_t *wpath = sb_utf8_to_wide(path), *wmode = sb_utf8_to_wide(mode);
+    FILE *f = NULL;
+    if (wpath != NULL && wmode != NULL)
+        f = _wfopen(wpath, wmode);
+    else
+        errno = ENOMEM;
+    sb_free(wpath);
+    sb_free(wmode);
+    return f;
 }
