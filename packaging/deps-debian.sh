@@ -26,3 +26,15 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 # shellcheck disable=SC2086
 apt-get install -y -q --no-install-recommends $missing
+
+# The mosquitto package is here for the tests and the side-by-side benchmark,
+# which start their own instances on free ports; it also enables a system
+# broker on port 1883, which this machine did not ask for.
+case " $missing " in
+*" mosquitto "*)
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now mosquitto.service >/dev/null 2>&1 || true
+        echo "deps-debian.sh: disabled the mosquitto system service (installed for tests only)"
+    fi
+    ;;
+esac
