@@ -82,6 +82,9 @@ typedef struct sb_adapter_config {
     sb_tls_version tls_min_version; /* 1.2 (default) | 1.3 */
     sb_client_cert tls_client_cert; /* server: none (default) | optional | require */
     int tls_verify;                 /* client: verify the server's certificate, default true */
+    /* mqtt: messages one client session holds (queued while it is slow or
+     * away); beyond, the oldest are dropped. Default 100000, 0 = no limit. */
+    int64_t max_queued;
 } sb_adapter_config;
 
 /* 1 if the adapter speaks TLS (its config has a tls section). */

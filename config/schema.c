@@ -256,6 +256,13 @@ static const sb_config__field adapter_fields[] = {
      .offset = A(anonymous),
      .def = -1},
     {.key = "tls", .type = SB_CT_SECTION, .types = TCP, .section = &tls_section},
+    {.key = "max_queued",
+     .type = SB_CT_INT64,
+     .types = TCP | UNIX | PIPE,
+     .offset = A(max_queued),
+     .def = 100000,
+     .min = 0,
+     .max = INT64_MAX},
 };
 static const sb_config__section adapter_section = TABLE(adapter_fields);
 
@@ -700,6 +707,10 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
         sb_config__error(ctx, seen(ctx, &a->protocol)->value, p,
                          "mqtt is served on listeners (tcp listen, unix or pipe path); the broker "
                          "is not an MQTT client");
+    }
+    if (!mqtt && (s = seen(ctx, &a->max_queued)) != NULL) {
+        sub_path(p, path, "max_queued");
+        sb_config__error(ctx, s->key, p, "only for protocol mqtt");
     }
     if (type == TYPE_TCP)
         check_tls(ctx, node, a, path);

@@ -25,6 +25,7 @@ void sb_sub_settings_default(sb_sub_settings *s)
     s->lease_ms = 30000;
     s->ttl_ms = 0;
     s->max_depth = 0;
+    s->overflow = SB_OVERFLOW_REJECT;
     s->transient = 0;
 }
 
@@ -73,10 +74,12 @@ static char *settings_json(const sb_queue *q)
     char *s;
     if (q->from_config)
         return sb_strdup("{\"kind\":\"route\"}");
-    o = json_pack("{s:s, s:s, s:i, s:I, s:I, s:I, s:s?}", "kind", "client", "durability",
+    o = json_pack("{s:s, s:s, s:i, s:I, s:I, s:I, s:s, s:s?}", "kind", "client", "durability",
                   classes[q->durability], "max_attempts", q->max_attempts, "lease_ms",
                   (json_int_t)q->lease_ms, "ttl_ms", (json_int_t)q->ttl_ms, "max_depth",
-                  (json_int_t)q->max_depth, "meta", q->meta);
+                  (json_int_t)q->max_depth, "overflow",
+                  q->overflow == SB_OVERFLOW_DROP_OLDEST ? "drop-oldest" : "reject", "meta",
+                  q->meta);
     if (o == NULL)
         return NULL;
     s = json_dumps(o, JSON_COMPACT);
@@ -188,6 +191,9 @@ static int load_queue(void *ctx, uint32_t id, const char *name, const char *filt
             s.lease_ms = json_integer_value(json_object_get(o, "lease_ms"));
         s.ttl_ms = json_integer_value(json_object_get(o, "ttl_ms"));
         s.max_depth = json_integer_value(json_object_get(o, "max_depth"));
+        if (json_string_value(json_object_get(o, "overflow")) != NULL &&
+            strcmp(json_string_value(json_object_get(o, "overflow")), "drop-oldest") == 0)
+            s.overflow = SB_OVERFLOW_DROP_OLDEST;
         sb_queue__apply_settings(q, &s);
         if (json_string_value(json_object_get(o, "meta")) != NULL &&
             (q->meta = sb_strdup(json_string_value(json_object_get(o, "meta")))) == NULL) {

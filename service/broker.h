@@ -127,7 +127,8 @@ typedef struct sb_sub_settings {
     sb_durability durability;
     int max_attempts;
     int64_t lease_ms, ttl_ms, max_depth;
-    int transient; /* not saved: gone after a restart (MQTT clean sessions) */
+    sb_overflow overflow; /* at max_depth: reject (default) or drop-oldest */
+    int transient;        /* not saved: gone after a restart (MQTT clean sessions) */
 } sb_sub_settings;
 
 void sb_sub_settings_default(sb_sub_settings *s);

@@ -121,7 +121,7 @@ void sb_queue__apply_settings(sb_queue *q, const sb_sub_settings *s)
     q->max_depth = s->max_depth;
     q->max_bytes = 0;
     q->lease_ms = s->lease_ms;
-    q->overflow = SB_OVERFLOW_REJECT;
+    q->overflow = s->overflow;
     q->retain = 0;
 }
 

@@ -683,6 +683,43 @@ static void test_outbound_resend_after_kill(void **state)
     b->passed = 1;
 }
 
+/* max_queued bounds what a session holds while its client is away: the
+ * oldest messages make room (counted as dropped), the newest are kept. */
+static void test_max_queued_drops_oldest(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    sbt_mq *s;
+    sbt_mq_opts o;
+    char payload[16];
+    int port, sp = -1;
+
+    sbt_broker_set(b, 0, "    max_queued: 3\n");
+    c = sbt_mq_start(b, "mqtt-maxq");
+    port = b->port[SBT_MQ_PORT_MQTT];
+    s = sbt_mq_simple(port, "slowpoke", 0);
+    sbt_mq_sub1(s, 1, "mq/#", 1);
+    sbt_mq_disconnect(s);
+    for (int i = 1; i <= 5; i++) {
+        snprintf(payload, sizeof payload, "m%d", i);
+        sbt_pub(c, "mq/x", payload, 1);
+    }
+    sbt_wait_queue_int(c, "mqtt/slowpoke", "dropped", 2, 5000);
+    memset(&o, 0, sizeof(o));
+    o.id = "slowpoke";
+    o.clean = 0;
+    s = sbt_mq_client(port, &o, &sp);
+    assert_int_equal(sp, 1);
+    for (int i = 3; i <= 5; i++) {
+        snprintf(payload, sizeof payload, "m%d", i);
+        sbt_mq_ack(s, SB_MQTT_PUBACK, sbt_mq_expect_publish(s, "mq/x", payload, 1, -1, 0));
+    }
+    sbt_mq_disconnect(s);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -694,6 +731,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_qos2_inbound_exactly_once, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_outbound_qos_flows, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_outbound_resend_after_kill, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_max_queued_drops_oldest, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests_name("mqtt-proto", tests, NULL, NULL);

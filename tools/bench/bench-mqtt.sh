@@ -224,6 +224,9 @@ adapters:
     listen: 127.0.0.1:$port
     protocol: mqtt
     max_connections: 1000
+    # Default 100000 per session, beyond which the oldest are dropped; no
+    # limit, like Mosquitto's max_queued_messages above.
+    max_queued: 0
 EOF
 }
 

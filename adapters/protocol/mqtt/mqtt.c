@@ -824,6 +824,11 @@ static int connect_finish(mqtt_session *s, const char *user)
 
     sb_sub_settings_default(&st);
     st.lease_ms = DELIVERY_LEASE_MS;
+    if (cfg->max_queued > 0) {
+        /* a slow or absent client must not make the broker hold everything */
+        st.max_depth = cfg->max_queued;
+        st.overflow = SB_OVERFLOW_DROP_OLDEST;
+    }
     meta = sb_broker_sub_meta(b, s->queue);
     if (s->clean) {
         if (meta != NULL && sb_broker_unsubscribe(b, s->queue, &err) != 0)

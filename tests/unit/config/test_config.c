@@ -658,6 +658,8 @@ static void test_mqtt_tls_anonymous(void **state)
                   "unix or pipe path); the broker is not an MQTT client\n");
     expect_errors("adapters: [{ name: m, type: unix, path: x, protocol: mqtt, framing: line }]\n",
                   "t.yaml:1:60: adapters[0].framing: not allowed with protocol mqtt\n");
+    expect_errors("adapters: [{ name: m, type: tcp, listen: \"127.0.0.1:1\", max_queued: 5 }]\n",
+                  "t.yaml:1:57: adapters[0].max_queued: only for protocol mqtt\n");
     expect_errors("adapters: [{ name: m, type: udp, listen: \"127.0.0.1:1\", tls: {} }]\n",
                   "t.yaml:1:57: adapters[0].tls: not allowed for type udp\n");
     expect_errors(
@@ -684,6 +686,7 @@ static void test_mqtt_tls_anonymous(void **state)
     assert_string_equal(cfg->broker.auth_password_file, "p");
     assert_string_equal(cfg->broker.auth_acl_file, "a");
     a = sb_config_adapter(cfg, "m");
+    assert_int_equal(a->max_queued, 100000);
     assert_false(sb_adapter_config_anonymous(a));
     assert_false(sb_adapter_config_tls(a));
     a = sb_config_adapter(cfg, "t");
