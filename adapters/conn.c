@@ -241,5 +241,11 @@ void sb_conn_close(sb_conn *c, const char *why)
     c->odel_head = c->odel_tail = NULL;
     c->olen = 0;
     finish_deliveries(pending, SB_ECLOSED, "connection closed before the write");
+    /* The write in flight is cancelled: its deliveries end now too, so a
+     * protocol may detach from the broker right after closing (its
+     * deliveries are freed then) without this connection holding any. */
+    pending = c->wdel;
+    c->wdel = NULL;
+    finish_deliveries(pending, SB_ECLOSED, "connection closed before the write completed");
     c->transport_ops->close(c);
 }

@@ -733,17 +733,24 @@ static void on_handshake_timeout(uv_timer_t *tm)
 
 static void on_deferred_input(uv_timer_t *tm)
 {
-    process(tm->data);
+    tls_conn *t = tm->data;
+    process(t);
+    if (!t->closing && !t->fatal && t->want_read)
+        set_reading(t, 1);
 }
 
 static void tls_read(sb_conn *c, int on)
 {
     tls_conn *t = c->tdata;
     t->want_read = on != 0;
-    set_reading(t, on);
-    /* Input decrypted or received while paused gets no new read callback. */
-    if (on && !t->closing && (SSL_has_pending(t->ssl) || BIO_ctrl_pending(t->rbio) > 0))
+    /* Input decrypted or received while paused gets no new read callback:
+     * it is handled first, and the socket read after, so that an EOF
+     * cannot overtake (and discard) it. */
+    if (on && !t->closing && (SSL_has_pending(t->ssl) || BIO_ctrl_pending(t->rbio) > 0)) {
         uv_timer_start(&t->timer, on_deferred_input, 0, 0);
+        return;
+    }
+    set_reading(t, on);
 }
 
 static int tls_write(sb_conn *c, char *buf, size_t len)

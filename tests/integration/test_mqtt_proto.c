@@ -720,6 +720,100 @@ static void test_max_queued_drops_oldest(void **state)
     b->passed = 1;
 }
 
+/* A producer that sends more than the broker has in flight, then DISCONNECT
+ * and closes: everything it sent is published, and no will (the end of the
+ * stream waits behind what was sent before it). */
+static void test_backlog_then_disconnect(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c = sbt_mq_start(b, "mqtt-backlog");
+    int port = b->port[SBT_MQ_PORT_MQTT], got = 0, wills = 0;
+    sbt_mq_opts o;
+    sbt_mq *sub, *p;
+    sb_mqtt_packet pk;
+    char payload[16];
+    enum { N = 3000 };
+
+    sub = sbt_mq_simple(port, "collector", 0);
+    sbt_mq_sub1(sub, 1, "bl/#", 1);
+    memset(&o, 0, sizeof(o));
+    o.id = "bulk";
+    o.clean = 1;
+    o.will_topic = "bl/will";
+    o.will_payload = "died";
+    p = sbt_mq_client(port, &o, NULL);
+    for (int i = 0; i < N; i++) {
+        snprintf(payload, sizeof payload, "%d", i);
+        sbt_mq_publish(p, "bl/x", payload, 0, 0, 0, 0);
+    }
+    sbt_mq_empty(p, SB_MQTT_DISCONNECT);
+    sbt_mq_close(p);
+    while (got < N && sbt_mq_next(sub, &pk, SBT_REPLY_MS) == 0) {
+        if (pk.type != SB_MQTT_PUBLISH)
+            continue;
+        if (sbt_mq_eq(pk.publish.topic.p, pk.publish.topic.n, "bl/will"))
+            wills++;
+        else
+            got++;
+        if (pk.publish.qos > 0)
+            sbt_mq_ack(sub, SB_MQTT_PUBACK, pk.packet_id);
+    }
+    assert_int_equal(got, N);
+    sbt_mq_ping(sub); /* a will would have arrived before the PINGRESP */
+    assert_int_equal(wills, 0);
+    sbt_mq_disconnect(sub);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+/* A clean session's QoS 2 packet ids start afresh: a new connection's
+ * PUBLISH with the id an earlier connection of the same client just used
+ * is a new message, even if the earlier one commits after the takeover. */
+static void test_clean_session_qos2_ids_start_afresh(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c = sbt_mq_start(b, "mqtt-qos2-afresh");
+    int port = b->port[SBT_MQ_PORT_MQTT];
+    sbt_mq *sub, *a, *bb;
+    sb_mqtt_packet pk;
+
+    sub = sbt_mq_simple(port, "watch2", 1);
+    sbt_mq_sub1(sub, 1, "q2/#", 2);
+    for (int round = 0; round < 5; round++) {
+        a = sbt_mq_simple(port, "twin2", 1);
+        sbt_mq_publish(a, "q2/x", "first", 2, 0, 0, 1);
+        bb = sbt_mq_simple(port, "twin2", 1); /* takes over at once */
+        sbt_mq_close(a);
+        sbt_mq_publish(bb, "q2/x", "second", 2, 0, 0, 1);
+        sbt_mq_await(bb, &pk, SB_MQTT_PUBREC, 1);
+        sbt_mq_ack(bb, SB_MQTT_PUBREL, 1);
+        sbt_mq_await(bb, &pk, SB_MQTT_PUBCOMP, 1);
+        sbt_mq_disconnect(bb);
+        /* "first" may or may not have made it before the takeover; "second"
+         * must. */
+        for (;;) {
+            uint16_t id;
+            assert_int_equal(sbt_mq_next(sub, &pk, SBT_REPLY_MS), 0);
+            assert_int_equal(pk.type, SB_MQTT_PUBLISH);
+            id = pk.packet_id;
+            if (sbt_mq_eq(pk.publish.payload.p, pk.publish.payload.n, "second")) {
+                sbt_mq_ack(sub, SB_MQTT_PUBREC, id);
+                sbt_mq_await(sub, &pk, SB_MQTT_PUBREL, id);
+                sbt_mq_ack(sub, SB_MQTT_PUBCOMP, id);
+                break;
+            }
+            sbt_mq_ack(sub, SB_MQTT_PUBREC, id);
+            sbt_mq_await(sub, &pk, SB_MQTT_PUBREL, id);
+            sbt_mq_ack(sub, SB_MQTT_PUBCOMP, id);
+        }
+    }
+    sbt_mq_disconnect(sub);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -732,6 +826,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_outbound_qos_flows, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_outbound_resend_after_kill, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_max_queued_drops_oldest, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_backlog_then_disconnect, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_clean_session_qos2_ids_start_afresh, sbt_setup,
+                                        sbt_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests_name("mqtt-proto", tests, NULL, NULL);

@@ -32,6 +32,8 @@
 #include <stdio.h>
 #include <string.h>
 
+/* How long a new connection may take to send CONNECT. */
+#define CONNECT_TIMEOUT_MS 10000
 /* Inbound publishes awaiting their commit before reading pauses. */
 #define MAX_PENDING_PUBLISHES 1024
 /* How long a QoS 1/2 delivery may stay unacknowledged before the queue
@@ -67,12 +69,12 @@ struct mqtt_session {
     int taken_over;    /* another connection took the client id */
     int owner;         /* registered under client_id */
     int pending;       /* callbacks outstanding (publishes, keys, auth) */
-    int pending_pubs;  /* inbound publishes not yet committed */
     int read_paused;   /* by us: too many pending publishes */
     int consumer_busy; /* a delivery was refused: call sb_consumer_ready */
     char *client_id;
-    char *queue; /* "mqtt/<client id>" */
-    char *user;  /* who the client is (NULL: anonymous) */
+    char key_tag[24]; /* clean sessions: this connection's own QoS 2 keys */
+    char *queue;      /* "mqtt/<client id>" */
+    char *user;       /* who the client is (NULL: anonymous) */
     int clean;
     uint16_t keep_alive;
     uv_timer_t *ka_timer;
@@ -114,6 +116,7 @@ typedef struct auth_work {
 typedef struct pub_slot {
     uint16_t pid;
     uint8_t qos;
+    uint8_t dropped; /* dropped on purpose: acknowledged in its turn */
 } pub_slot;
 
 typedef struct session_ext {
@@ -150,7 +153,7 @@ static uint16_t pid_of(uint64_t msg_id)
  * client's prefix never covers another's keys. */
 static void key_in(char *out, size_t n, const mqtt_session *s, uint16_t pid)
 {
-    snprintf(out, n, "$mqtt\n%s\nin\n%u", s->client_id, (unsigned)pid);
+    snprintf(out, n, "$mqtt\n%s\n%sin\n%u", s->client_id, s->key_tag, (unsigned)pid);
 }
 
 static void key_rel(char *out, size_t n, const mqtt_session *s, uint64_t msg_id)
@@ -432,7 +435,7 @@ static int on_deliver(sb_consumer *c, sb_delivery *d)
     mqtt_session *s = c->ctx;
     const sb_message *m = d->msg;
     const char *h;
-    int qos, retain;
+    int qos, retain, rc;
     uint16_t pid;
     inflight *e;
     char key[300];
@@ -459,7 +462,10 @@ static int on_deliver(sb_consumer *c, sb_delivery *d)
     h = sb_message_header(m, "retained");
     retain = h != NULL && strcmp(h, "true") == 0;
     if (qos == 0) {
-        if (send_publish(s, m, 0, 0, retain, 0, d) != 0) {
+        rc = send_publish(s, m, 0, 0, retain, 0, d);
+        if (rc == SB_ETOOBIG) {
+            sb_delivery_done(d, rc, "topic or message too long for an MQTT PUBLISH");
+        } else if (rc != 0) {
             s->consumer_busy = 1;
             return SB_EBUSY;
         }
@@ -481,8 +487,12 @@ static int on_deliver(sb_consumer *c, sb_delivery *d)
             return 0;
         }
     }
-    if (send_publish(s, m, qos, d->redelivery, retain, pid, NULL) != 0) {
+    if ((rc = send_publish(s, m, qos, d->redelivery, retain, pid, NULL)) != 0) {
         fl_remove(s, e);
+        if (rc == SB_ETOOBIG) {
+            sb_delivery_done(d, rc, "topic or message too long for an MQTT PUBLISH");
+            return 0;
+        }
         s->consumer_busy = 1;
         return SB_EBUSY;
     }
@@ -563,40 +573,65 @@ static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
 
 /* ---- inbound: publishes ---- */
 
+static void ring_push(session_ext *x, pub_slot slot)
+{
+    x->ring[(x->ring_head + x->ring_count) % MAX_PENDING_PUBLISHES] = slot;
+    x->ring_count++;
+}
+
+static pub_slot ring_pop(session_ext *x)
+{
+    pub_slot slot = x->ring[x->ring_head];
+    x->ring_head = (x->ring_head + 1) % MAX_PENDING_PUBLISHES;
+    x->ring_count--;
+    return slot;
+}
+
+static void send_pub_ack(mqtt_session *s, pub_slot slot)
+{
+    if (slot.qos == 1)
+        send_ack(s, SB_MQTT_PUBACK, slot.pid);
+    else if (slot.qos == 2)
+        send_ack(s, SB_MQTT_PUBREC, slot.pid);
+}
+
 static void on_published(void *ctx, int status, uint64_t msg_id, int queues, const char *why)
 {
     mqtt_session *s = ctx;
     session_ext *x = EXT(s);
-    pub_slot slot = x->ring[x->ring_head];
+    pub_slot slot = ring_pop(x);
     (void)msg_id;
     (void)queues;
-    x->ring_head = (x->ring_head + 1) % MAX_PENDING_PUBLISHES;
-    x->ring_count--;
     s->pending--;
-    s->pending_pubs--;
     if (!s->closed && !s->conn->closing) {
         if (status != 0) {
             /* MQTT 3.1.1 has no negative acknowledgement: the client sends
              * it again after reconnecting. */
             fail(s, "PUBLISH not accepted: %s", why != NULL ? why : sb_strerror(status));
-        } else if (slot.qos == 1) {
-            send_ack(s, SB_MQTT_PUBACK, slot.pid);
-        } else if (slot.qos == 2) {
-            send_ack(s, SB_MQTT_PUBREC, slot.pid);
+        } else {
+            send_pub_ack(s, slot);
+            /* publishes dropped after this one are acknowledged now, in order */
+            while (x->ring_count > 0 && x->ring[x->ring_head].dropped)
+                send_pub_ack(s, ring_pop(x));
         }
-        if (s->pending_pubs <= MAX_PENDING_PUBLISHES / 2 && s->len > 0)
+        if (x->ring_count <= MAX_PENDING_PUBLISHES / 2 && s->len > 0)
             process_input(s);
+    } else {
+        while (x->ring_count > 0 && x->ring[x->ring_head].dropped)
+            ring_pop(x);
     }
     session_maybe_free(s);
 }
 
-/* Acknowledges a publish that is dropped on purpose (ACL, '$' topics). */
+/* Acknowledges a publish that is dropped on purpose (ACL, '$' topics):
+ * after those before it, as MQTT keeps acknowledgements in order. */
 static void ack_dropped(mqtt_session *s, const sb_mqtt_packet *pk)
 {
-    if (pk->publish.qos == 1)
-        send_ack(s, SB_MQTT_PUBACK, pk->packet_id);
-    else if (pk->publish.qos == 2)
-        send_ack(s, SB_MQTT_PUBREC, pk->packet_id);
+    pub_slot slot = {pk->packet_id, pk->publish.qos, 1};
+    if (EXT(s)->ring_count == 0)
+        send_pub_ack(s, slot);
+    else
+        ring_push(EXT(s), slot);
 }
 
 static int handle_publish(mqtt_session *s, const sb_mqtt_packet *pk)
@@ -645,11 +680,8 @@ static int handle_publish(mqtt_session *s, const sb_mqtt_packet *pk)
         return fail(s, "PUBLISH to %.*s not accepted: %s",
                     (int)(p->topic.n > 100 ? 100 : p->topic.n), p->topic.p, err.msg);
     }
-    x->ring[(x->ring_head + x->ring_count) % MAX_PENDING_PUBLISHES] =
-        (pub_slot){pk->packet_id, p->qos};
-    x->ring_count++;
+    ring_push(x, (pub_slot){pk->packet_id, p->qos, 0});
     s->pending++;
-    s->pending_pubs++;
 done:
     if (topic != tbuf)
         sb_free(topic);
@@ -770,6 +802,13 @@ static void on_keep_alive(uv_timer_t *t)
 {
     mqtt_session *s = t->data;
     uint64_t now = uv_now(t->loop), limit = (uint64_t)s->keep_alive * 1500;
+    if (!s->connected) {
+        if (!EXT(s)->got_connect)
+            fail(s, "no CONNECT within %d s", CONNECT_TIMEOUT_MS / 1000);
+        else if (s->connecting)
+            uv_timer_start(t, on_keep_alive, 1000, 0); /* the password check runs */
+        return;
+    }
     if (now - s->last_rx >= limit) {
         fail(s, "no packet for %.1f s (keep alive %u s)", (double)(now - s->last_rx) / 1000.0,
              (unsigned)s->keep_alive);
@@ -783,6 +822,11 @@ static void take_over(mqtt_session *old)
     sb_error err;
     old->owner = 0;
     old->taken_over = 1;
+    sb_log(SB_LOG_INFO, old->conn->adapter->name, "%s: client id taken over by a new connection",
+           old->who);
+    /* closed first: the connection hands back the deliveries it holds
+     * (QoS 0 ones being written) before the detach frees the rest */
+    sb_conn_close(old->conn, NULL);
     if (old->attached) {
         sb_broker_detach(old->broker, &old->consumer, 0);
         old->attached = 0;
@@ -790,9 +834,6 @@ static void take_over(mqtt_session *old)
     }
     if (old->clean)
         sb_broker_unsubscribe(old->broker, old->queue, &err);
-    sb_log(SB_LOG_INFO, old->conn->adapter->name, "%s: client id taken over by a new connection",
-           old->who);
-    sb_conn_close(old->conn, NULL);
 }
 
 static int connect_finish(mqtt_session *s, const char *user)
@@ -835,6 +876,10 @@ static int connect_finish(mqtt_session *s, const char *user)
             return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, err.msg);
         key_prefix(prefix, sizeof prefix, s->client_id);
         sb_broker_key_delete(b, prefix, 1);
+        /* A QoS 2 publish of an earlier connection may still commit its key
+         * after that delete: this connection's keys are its own. */
+        snprintf(s->key_tag, sizeof s->key_tag, "%016" PRIx64 "\n",
+                 uv_hrtime() ^ ((uint64_t)(uintptr_t)s << 20));
         st.durability = SB_DURABILITY_MEMORY;
         st.transient = 1;
         if (sb_broker_sub_define(b, s->queue, "", "", &st, NULL, &err) != 0)
@@ -857,14 +902,10 @@ static int connect_finish(mqtt_session *s, const char *user)
     if (sb_broker_attach(b, s->queue, &s->consumer, &err) != 0)
         return fail(s, "cannot attach to the session: %s", err.msg);
     s->attached = 1;
-    if (s->keep_alive > 0) {
-        s->ka_timer = sb_malloc(sizeof(*s->ka_timer));
-        if (s->ka_timer != NULL) {
-            uv_timer_init(s->conn->adapter->loop, s->ka_timer);
-            s->ka_timer->data = s;
-            uv_timer_start(s->ka_timer, on_keep_alive, (uint64_t)s->keep_alive * 1500, 0);
-        }
-    }
+    if (s->keep_alive > 0)
+        uv_timer_start(s->ka_timer, on_keep_alive, (uint64_t)s->keep_alive * 1500, 0);
+    else
+        uv_timer_stop(s->ka_timer);
     sb_log(SB_LOG_INFO, s->conn->adapter->name,
            "%s: connected (clean session %d, keep alive %u s, %s%s%s)", s->who, s->clean,
            (unsigned)s->keep_alive, s->user != NULL ? "user " : "anonymous",
@@ -889,7 +930,8 @@ static void auth_done(uv_work_t *req, int status)
             char why[200];
             snprintf(why, sizeof why, "bad user name or password for user %s", w->user);
             refuse(s, SB_MQTT_CONNACK_BAD_LOGIN, why);
-        } else if (connect_finish(s, w->user) == 0 && !s->conn->closing) {
+        } else if (connect_finish(s, w->user) == 0 && !s->conn->closing &&
+                   !s->conn->close_after_write) {
             sb_conn_resume(s->conn);
             process_input(s);
         }
@@ -1033,7 +1075,7 @@ static int handle_packet(mqtt_session *s, const sb_mqtt_packet *pk)
 
 static int stalled(const mqtt_session *s)
 {
-    return s->connecting || s->pending_pubs >= MAX_PENDING_PUBLISHES || s->conn->closing ||
+    return s->connecting || EXT(s)->ring_count >= MAX_PENDING_PUBLISHES || s->conn->closing ||
            s->conn->close_after_write;
 }
 
@@ -1134,8 +1176,9 @@ static int mqtt_data(sb_conn *c, const char *data, size_t len)
     }
     if (buffer_append(s, p, len) != 0)
         return fail(s, "out of memory");
-    /* Reading waits while a stall keeps input unparsed. */
-    if (stalled(s) && s->len > s->max_packet)
+    /* Reading waits while a stall keeps input unparsed, so the peer's end
+     * (EOF) is not read before what it sent first. */
+    if (stalled(s) && s->len > 0)
         sb_conn_pause(c);
     return process_input(s);
 }
@@ -1153,6 +1196,15 @@ static int mqtt_open(sb_conn *c)
     /* room for the topic and the headers besides the payload */
     s->max_packet = (size_t)max + 65535 + 16;
     s->last_rx = uv_now(c->adapter->loop);
+    /* a connection that never sends CONNECT does not hold its slot */
+    s->ka_timer = sb_malloc(sizeof(*s->ka_timer));
+    if (s->ka_timer == NULL) {
+        sb_free(x);
+        return SB_ENOMEM;
+    }
+    uv_timer_init(c->adapter->loop, s->ka_timer);
+    s->ka_timer->data = s;
+    uv_timer_start(s->ka_timer, on_keep_alive, CONNECT_TIMEOUT_MS, 0);
     snprintf(s->source, sizeof s->source, "%s %s", c->adapter->name, c->peer);
     snprintf(s->who, sizeof s->who, "%s", c->peer);
     sb_conn_ref(c);
