@@ -27,15 +27,16 @@ void *sb_broker_stats_json(sb_broker *b)
             consumers++;
             inflight += c->inflight;
         }
-        o = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, "
-                      "s:f, s:f}",
+        o = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:i, s:i, s:I, s:I, s:I, s:I, s:I, "
+                      "s:I, s:f, s:f}",
                       "name", q->name, "filter", q->filter, "durability",
                       durability_names[q->durability], "kind",
                       !q->from_config    ? "client"
                       : q->route != NULL ? "route"
                                          : "orphaned",
-                      "depth", (json_int_t)q->depth, "bytes", (json_int_t)q->bytes, "inflight",
-                      inflight, "consumers", consumers, "oldest_age_ms",
+                      "depth", (json_int_t)q->depth, "bytes", (json_int_t)q->bytes, "pending",
+                      (json_int_t)q->pending, "inflight", inflight, "consumers", consumers,
+                      "oldest_age_ms",
                       (json_int_t)(q->fifo.head != NULL ? now - q->fifo.head->msg->created_ms : 0),
                       "published", (json_int_t)q->published, "delivered", (json_int_t)q->delivered,
                       "acked", (json_int_t)q->acked, "dead", (json_int_t)q->dead, "dropped",

@@ -369,6 +369,18 @@ int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *er
                                     verr.msg);
         }
     }
+    /* The password and ACL files are part of the configuration: their
+     * errors are reported here too (missing ones only by `run`, as a config
+     * may be checked away from the machine that has them). */
+    if (cfg->broker.auth_password_file != NULL || cfg->broker.auth_acl_file != NULL) {
+        sb_auth *a;
+        int rc = sb_auth_load(&a, cfg->broker.auth_password_file, cfg->broker.auth_acl_file, err);
+        if (rc == SB_ENOTFOUND && !this_platform)
+            rc = 0;
+        else if (rc != 0)
+            return rc == SB_ENOMEM ? rc : SB_ECONFIG;
+        sb_auth_free(a);
+    }
     return 0;
 }
 
@@ -706,6 +718,9 @@ int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, co
             return err->code;
     } else if (q->from_config) {
         return sb_error_set(err, SB_EACCES, 0, "subscription %s is declared by a route", name);
+    } else if (q->meta == NULL) {
+        /* created by sb_broker_subscribe (jsonl): not this protocol's */
+        return sb_error_set(err, SB_EEXIST, 0, "subscription %s exists and is not a session", name);
     }
     nf = sb_strdup(filters);
     if (meta != NULL)
@@ -728,9 +743,7 @@ int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, co
 const char *sb_broker_sub_meta(sb_broker *b, const char *name)
 {
     sb_queue *q = sb_broker__find_queue(b, name);
-    if (q == NULL)
-        return NULL;
-    return q->meta != NULL ? q->meta : "";
+    return q != NULL ? q->meta : NULL;
 }
 
 /* ---- protocol state: keys and sessions ---- */

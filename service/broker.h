@@ -152,8 +152,8 @@ const char *sb_broker_sub_filter(sb_broker *b, const char *name);
 int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, const char *meta,
                          const sb_sub_settings *settings, const char *retained_for, sb_error *err);
 
-/* The meta text of subscription `name` ("" if none), or NULL if it does not
- * exist. */
+/* The meta text of subscription `name`, or NULL if it does not exist or was
+ * not made by sb_broker_sub_define. */
 const char *sb_broker_sub_meta(sb_broker *b, const char *name);
 
 /* Deletes a client-created subscription and its messages; SB_EBUSY while a

@@ -28,6 +28,7 @@ typedef struct sb_pending {
     int durability_mask; /* bit per sb_durability of the queues */
     int done;
     int status;
+    int duplicate; /* its dedup key was committed already: nothing appended */
     char why[200];
     sb_publish_cb cb;
     void *ctx;
@@ -61,9 +62,9 @@ struct sb_broker {
     sb_sink_binding *bindings;
     int adapters_closing;
 
-    sb_map retained; /* topic -> sb_message* */
-    sb_map dedup;    /* key -> int64_t* expiry (0: never) */
-    sb_map sessions; /* client session name -> its owner (sb_broker_session_swap) */
+    sb_map retained;              /* topic -> sb_message* */
+    sb_map dedup;                 /* key -> int64_t* expiry (0: never) */
+    sb_map sessions;              /* client session name -> its owner (sb_broker_session_swap) */
     struct sb_auth *auth;         /* broker.auth, or NULL */
     struct sb_auth_old *old_auth; /* replaced by reloads; freed with the broker */
 

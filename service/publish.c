@@ -188,7 +188,7 @@ static void complete(sb_broker *b, sb_pending *p)
         sb_queue *q = p->queues[i];
         q->pending--;
         q->pending_bytes -= (int64_t)sb_message_size(p->msg);
-        if (p->status == 0 && q->live) {
+        if (p->status == 0 && q->live && !p->duplicate) {
             if (sb_queue__append(q, p->msg, 0) != 0)
                 sb_errlog(q->name,
                           "out of memory queueing message %llu; it is delivered after a restart",
@@ -198,7 +198,7 @@ static void complete(sb_broker *b, sb_pending *p)
         if (!q->live && q->pending == 0)
             sb_queue__close(q); /* deferred close of a deleted queue */
     }
-    if (p->status == 0) {
+    if (p->status == 0 && !p->duplicate) {
         if (p->retain)
             retain_set(b, p->msg);
         if (p->dedup_key != NULL)
@@ -212,8 +212,8 @@ static void complete(sb_broker *b, sb_pending *p)
                 sb_queue__dispatch(p->queues[i]);
     }
     if (p->cb != NULL)
-        p->cb(p->ctx, p->status, p->status == 0 ? p->msg->id : 0, (int)p->queue_count,
-              p->status == 0 ? NULL : p->why);
+        p->cb(p->ctx, p->status, p->status == 0 ? p->msg->id : 0,
+              p->duplicate ? 0 : (int)p->queue_count, p->status == 0 ? NULL : p->why);
 }
 
 void sb_broker__drain_pending(sb_broker *b)
@@ -235,7 +235,7 @@ static void on_publish_committed(sb_store_op *op, void *ctx)
     p->status = op->status;
     if (op->status == SB_EDUPLICATE) {
         p->status = 0; /* idempotent: the first copy was committed */
-        p->queue_count = 0;
+        p->duplicate = 1;
     } else if (op->status != 0) {
         snprintf(p->why, sizeof(p->why), "store refused the message: %s", sb_strerror(op->status));
     }
@@ -264,10 +264,10 @@ static int check_limits(sb_queue *q, sb_message *msg, sb_pending *p, sb_error *e
         return 0;
     if (q->overflow == SB_OVERFLOW_REJECT || q->durability == SB_DURABILITY_MEMORY) {
         if (q->overflow != SB_OVERFLOW_REJECT) {
-            /* memory queues drop in memory only */
-            n = sb_queue__drop_oldest(q, ids, 1);
-            if (n > 0)
-                return 0;
+            /* memory queues drop in memory only; drop-oldest never refuses
+             * (what is in flight may exceed the limit for a moment) */
+            sb_queue__drop_oldest(q, ids, 1);
+            return 0;
         }
         return sb_error_set(err, SB_EFULL, 0, "queue %s is full (%s %lld)", q->name,
                             over_depth ? "max_depth" : "max_bytes",
@@ -279,8 +279,7 @@ static int check_limits(sb_queue *q, sb_message *msg, sb_pending *p, sb_error *e
         want = 64;
     n = sb_queue__drop_oldest(q, ids, want);
     if (n == 0)
-        return sb_error_set(err, SB_EFULL, 0,
-                            "queue %s is full and nothing can be dropped (all in flight)", q->name);
+        return 0; /* all in flight: over the limit until they are done */
     {
         sb_store_entry_ref *d = sb_realloc(p->drops, (p->op.u.publish.drop_count + n) * sizeof(*d));
         if (d == NULL)

@@ -105,6 +105,11 @@ int sb_filter_validate(const char *filter, size_t len, const char **why)
             *why = "'#' must be the last level on its own";
             return SB_EINVAL;
         }
+        if (filter[i] == '\n') {
+            /* a subscription keeps its filters '\n'-separated */
+            *why = "a line break is not allowed in a filter";
+            return SB_EINVAL;
+        }
     }
     return 0;
 }

@@ -371,7 +371,15 @@ static int exec_publish(sb_store *s, sb_store_op *op)
         if (rc != SQLITE_OK)
             return fail(s, rc, "publish: dedup lookup");
         if (dup) {
+            /* nothing inserted, but the entries the broker already dropped
+             * from memory to make room go from the store too */
             op->status = SB_EDUPLICATE;
+            for (size_t i = 0; i < op->u.publish.drop_count; i++) {
+                const sb_store_entry_ref *d = &op->u.publish.drops[i];
+                rc = delete_range(s, d->queue_id, d->msg_id, d->msg_id);
+                if (rc != SQLITE_OK)
+                    return fail(s, rc, "publish: drop");
+            }
             return SQLITE_OK;
         }
     }

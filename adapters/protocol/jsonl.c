@@ -391,6 +391,11 @@ static int jsub_deliver(sb_consumer *c, sb_delivery *d)
     sb_jsonw w = {0};
     if (s->closed || s->conn->out_paused)
         return SB_EBUSY;
+    if (!sb_auth_allowed(sb_conn_acl(s->conn), s->conn->user, NULL, d->msg->topic, SB_ACL_READ)) {
+        /* the ACL was reloaded since the sub: finished, never sent */
+        sb_delivery_done(d, 0, NULL);
+        return 0;
+    }
     message_line(&w, d);
     if (w.failed) {
         sb_jsonw_free(&w);
@@ -470,6 +475,13 @@ static int parse_settings(json_t *req, sb_sub_settings *st, const char **bad)
     return 0;
 }
 
+/* Subscriptions named mqtt/... are MQTT client sessions: only the admin
+ * endpoint may touch them from here. */
+static int protocol_owned(const jsonl_session *s, const char *name)
+{
+    return strncmp(name, "mqtt/", 5) == 0 && !s->conn->adapter->trusted;
+}
+
 /* Every '\n'-separated filter is readable by the client (NULL: nothing to
  * check yet, the subscription does not exist). */
 static int filters_readable(jsonl_session *s, const char *filters)
@@ -517,6 +529,9 @@ static void do_sub(jsonl_session *s, json_t *req, json_t *id)
     }
     if (find_sub(s, name) != NULL)
         return reply_error(s, id, SB_EEXIST, "sub: already subscribed on this connection");
+    if (protocol_owned(s, name))
+        return reply_error(s, id, SB_EACCES,
+                           "sub: mqtt/... subscriptions are MQTT client sessions");
     if (!filters_readable(s, f != NULL ? json_string_value(f) : sb_broker_sub_filter(b, name)))
         return reply_error(s, id, SB_EAUTH,
                            "sub: not authorized to read every topic of the filter");
@@ -753,6 +768,10 @@ static void do_unsub(jsonl_session *s, json_t *req, json_t *id)
     reply *r;
     if (name == NULL)
         return reply_error(s, id, SB_EINVAL, "unsub: \"sub\" is required");
+    if (json_is_true(json_object_get(req, "delete")) && protocol_owned(s, name))
+        return reply_error(s, id, SB_EACCES,
+                           "unsub: mqtt/... subscriptions are MQTT client sessions (delete them "
+                           "on the admin endpoint)");
     js = find_sub(s, name);
     if (js != NULL)
         jsub_free_detached(s, js, 0);
@@ -793,9 +812,16 @@ static void do_admin(jsonl_session *s, const char *op, json_t *req, json_t *id)
 {
     sb_broker *b = s->conn->adapter->broker;
     const char *sub = json_string_value(json_object_get(req, "sub"));
-    admin_call *a = sb_malloc(sizeof(*a));
+    admin_call *a;
     sb_error err;
     int rc;
+    /* dead letters hold every subscription's messages: with an ACL in
+     * force they are for the admin endpoint only */
+    if (sb_auth_has_acl(sb_conn_acl(s->conn)))
+        return reply_error(
+            s, id, SB_EAUTH,
+            "dead-letter operations need the admin endpoint while an ACL is in force");
+    a = sb_malloc(sizeof(*a));
     if (a == NULL)
         return reply_error(s, id, SB_ENOMEM, "out of memory");
     a->r = reply_new(s, id);

@@ -814,6 +814,78 @@ static void test_clean_session_qos2_ids_start_afresh(void **state)
     b->passed = 1;
 }
 
+/* Review findings: re-sent QoS 2 PUBLISHes racing their first copy must not
+ * leave the subscriber's queue looking full; jsonl clients cannot take over
+ * or delete an MQTT session's subscription; a filter with a line break (the
+ * separator of a session's filters) is refused. */
+static void test_duplicates_and_session_ownership(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    sbt_mq *sub, *p, *bad;
+    sb_mqtt_packet pk;
+    int port, got = 0;
+
+    sbt_broker_set(b, 0, "    max_queued: 10\n");
+    c = sbt_mq_start(b, "mqtt-dups");
+    port = b->port[SBT_MQ_PORT_MQTT];
+    sub = sbt_mq_simple(port, "drain", 0);
+    sbt_mq_sub1(sub, 1, "dup/#", 0);
+    p = sbt_mq_simple(port, "dupper", 1);
+    for (uint16_t id = 1; id <= 20; id++) {
+        sbt_mq_publish(p, "dup/x", "same", 2, 0, 0, id);
+        sbt_mq_publish(p, "dup/x", "same", 2, 0, 1, id);
+        sbt_mq_publish(p, "dup/x", "same", 2, 0, 1, id);
+    }
+    for (int recs = 0, comps = 0; recs < 60 || comps < 20;) {
+        assert_int_equal(sbt_mq_next(p, &pk, SBT_REPLY_MS), 0);
+        if (pk.type == SB_MQTT_PUBREC && ++recs % 3 == 0)
+            sbt_mq_ack(p, SB_MQTT_PUBREL, pk.packet_id); /* after its third copy */
+        else if (pk.type == SB_MQTT_PUBCOMP)
+            comps++;
+    }
+    while (got < 20 && sbt_mq_next(sub, &pk, SBT_REPLY_MS) == 0)
+        got += pk.type == SB_MQTT_PUBLISH;
+    assert_int_equal(got, 20);
+    /* every duplicate's routing was undone */
+    sbt_wait_queue_int(c, "mqtt/drain", "pending", 0, 5000);
+    /* 30 more QoS 1 publishes, pipelined, fit a drained queue of 10 */
+    for (uint16_t id = 1; id <= 30; id++)
+        sbt_mq_publish(p, "dup/y", "after", 1, 0, 0, id);
+    for (uint16_t id = 1; id <= 30; id++) {
+        assert_int_equal(sbt_mq_next(p, &pk, SBT_REPLY_MS), 0);
+        assert_int_equal(pk.type, SB_MQTT_PUBACK);
+        assert_int_equal(pk.packet_id, id); /* in order */
+    }
+    sbt_mq_disconnect(p);
+
+    sbt_expect_error(
+        sbt_call(c, "{s:s, s:s, s:s}", "op", "sub", "sub", "mqtt/drain", "filter", "dup/#"),
+        "SB_EACCES");
+    sbt_expect_error(sbt_call(c, "{s:s, s:s, s:s}", "op", "sub", "sub", "mqtt/new", "filter", "x"),
+                     "SB_EACCES");
+    sbt_expect_error(
+        sbt_call(c, "{s:s, s:s, s:b}", "op", "unsub", "sub", "mqtt/drain", "delete", 1),
+        "SB_EACCES");
+
+    bad = sbt_mq_simple(port, "liner", 1);
+    {
+        static const char *const f[] = {"ok/x\nother/#"};
+        uint8_t buf[64];
+        size_t n;
+        sb_mqtt_filter mf = {{f[0], strlen(f[0])}, 0};
+        assert_int_equal(sb_mqtt_encode_subscribe(buf, sizeof buf, &n, 1, &mf, 1), 0);
+        sbt_mq_write(bad, buf, n);
+    }
+    if (!sbt_mq_wait_closed(bad, SBT_REPLY_MS))
+        fail_msg("a SUBSCRIBE to a filter with a line break was not refused");
+    sbt_mq_close(bad);
+    sbt_mq_disconnect(sub);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -827,6 +899,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_outbound_resend_after_kill, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_max_queued_drops_oldest, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_backlog_then_disconnect, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_duplicates_and_session_ownership, sbt_setup,
+                                        sbt_teardown),
         cmocka_unit_test_setup_teardown(test_clean_session_qos2_ids_start_afresh, sbt_setup,
                                         sbt_teardown),
     };
