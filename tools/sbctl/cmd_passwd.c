@@ -103,6 +103,13 @@ static int read_stdin_line(char **out, char *msg, size_t msglen)
         return -1;
     }
     while ((c = getchar()) != EOF && c != '\n') {
+        if (c == '\0') {
+            /* it would end the password early */
+            wipe(s, len);
+            sb_free(s);
+            snprintf(msg, msglen, "the password contains a NUL byte");
+            return -1;
+        }
         if (len == SB_AUTH_PASSWORD_MAX) {
             wipe(s, len);
             sb_free(s);
