@@ -9,6 +9,7 @@
 #include "adapters/protocol/raw.h"
 #include "adapters/socket/socket.h"
 #include "service/alloc.h"
+#include "service/auth.h"
 #include "service/broker.h"
 #include "service/log.h"
 
@@ -20,6 +21,7 @@ typedef struct udp_adapter {
     struct sockaddr_storage dest;
     int is_server;
     uint64_t dropped;
+    int acl_warned; /* a denied datagram was logged (once: a feed can be busy) */
     char *buf;
     sb_adapter_stopped_cb stopped_cb;
 } udp_adapter;
@@ -91,6 +93,19 @@ static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct so
     }
     snprintf(source, sizeof(source), "%s %s", u->base.name, peer);
     topic = sb_raw_topic(u->base.cfg->topic, u->base.name, peer);
+    if (topic != NULL &&
+        !sb_auth_allowed(sb_broker_auth(u->base.broker), NULL, NULL, topic, SB_ACL_WRITE)) {
+        /* a datagram has no identity: the ACL's anonymous rules apply */
+        if (!u->acl_warned)
+            sb_log(SB_LOG_WARN, u->base.name,
+                   "peer %s: datagram to %s dropped: denied by the ACL (further ones are only "
+                   "counted)",
+                   peer, topic);
+        u->acl_warned = 1;
+        sb_free(topic);
+        u->dropped++;
+        return;
+    }
     m = topic != NULL ? sb_message_new(topic, buf->base, (size_t)n) : NULL;
     sb_free(topic);
     if (m == NULL) {

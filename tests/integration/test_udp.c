@@ -12,6 +12,7 @@
 static const char config[] = "broker:\n"
                              "  data_dir: '{data}'\n"
                              "  admin: { endpoint: 'off' }\n"
+                             "{v1}"
                              "adapters:\n"
                              "  - name: clients\n"
                              "    type: tcp\n"
@@ -41,6 +42,8 @@ static sbt_conn *start(sbt_broker *b, const char *name, sbt_udp **rx)
     snprintf(port, sizeof(port), "%d", sbt_udp_port(*rx));
     sbt_broker_init(b, name, 2);
     sbt_broker_set(b, 0, port);
+    if (b->values[1] == NULL)
+        sbt_broker_set(b, 1, "");
     sbt_broker_config(b, config);
     sbt_broker_start(b);
     return sbt_connect(b->port[0]);
@@ -118,11 +121,47 @@ static void test_udp_sink(void **state)
     b->passed = 1;
 }
 
+/* A datagram has no identity: with an ACL, the anonymous rules decide
+ * whether it is published. */
+static void test_udp_acl(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_udp *rx = sbt_udp_bind(0), *tx = sbt_udp_bind(0);
+    static const char acl[] = "topic read #\n"; /* anonymous: read, never write */
+    char path[SBT_PATH_MAX], line[SBT_PATH_MAX + 64], port[16];
+    sbt_conn *c;
+
+    assert_non_null(rx);
+    assert_non_null(tx);
+    snprintf(port, sizeof(port), "%d", sbt_udp_port(rx));
+    sbt_broker_init(b, "udp-acl", 2);
+    sbt_broker_set(b, 0, port);
+    sbt_path(path, sizeof(path), b->dir, "acl");
+    sbt_write_file(path, acl, sizeof(acl) - 1);
+    snprintf(line, sizeof(line), "  auth: { acl_file: '%s' }\n", path);
+    sbt_broker_set(b, 1, line);
+    sbt_broker_config(b, config);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+    sbt_udp_send(tx, b->port[1], "d1", 2);
+    snprintf(line, sizeof(line),
+             "[udp-in] peer 127.0.0.1:%d: datagram to udp/127.0.0.1:%d dropped: "
+             "denied by the ACL",
+             sbt_udp_port(tx), sbt_udp_port(tx));
+    sbt_broker_wait_log(b, line, 1, 5000);
+    assert_int_equal(sbt_queue_int(c, "udp-rx", "published"), 0);
+    sbt_udp_close(tx);
+    sbt_udp_close(rx);
+    sbt_close(c);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_udp_source, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_udp_sink, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_udp_acl, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests_name("udp", tests, NULL, NULL);
