@@ -10,8 +10,9 @@
  * messages while the client is away and survive restarts.
  *
  * Inbound: PUBACK (QoS 1) and PUBREC (QoS 2) are sent once the message is
- * committed. QoS 2 is exactly once through a dedup key committed with the
- * message ("$mqtt\n<id>\nin\n<packet id>", deleted at PUBREL), so a PUBLISH
+ * committed, in PUBLISH order. QoS 2 is exactly once through a dedup key
+ * committed with the message ("$mqtt\n<id>\n[<tag>\n]in\n<packet id>",
+ * deleted at PUBREL; clean sessions tag theirs per connection), so a PUBLISH
  * re-sent before PUBREL, even across a restart, is acknowledged and dropped.
  *
  * Outbound: the packet id of a delivery is derived from its message id, so a
@@ -992,7 +993,10 @@ static int handle_connect(mqtt_session *s, const sb_mqtt_packet *pk)
         s->has_will = 1;
     }
     if (cn->has_username && sb_auth_has_passwords(auth)) {
-        auth_work *w = sb_calloc(1, sizeof(*w));
+        auth_work *w;
+        if (!cn->has_password)
+            return refuse(s, SB_MQTT_CONNACK_BAD_LOGIN, "a user name without a password");
+        w = sb_calloc(1, sizeof(*w));
         if (w == NULL || (w->user = strndup_sb(cn->username.p, cn->username.n)) == NULL ||
             (w->password = sb_malloc(cn->password.n + 1)) == NULL) {
             if (w != NULL)
@@ -1006,13 +1010,6 @@ static int handle_connect(mqtt_session *s, const sb_mqtt_packet *pk)
         w->s = s;
         w->auth = auth;
         w->req.data = w;
-        if (!cn->has_password) {
-            w->result = SB_EAUTH;
-            sb_free(w->password);
-            sb_free(w->user);
-            sb_free(w);
-            return refuse(s, SB_MQTT_CONNACK_BAD_LOGIN, "a user name without a password");
-        }
         /* PBKDF2 is slow by design: off the loop; input waits meanwhile */
         s->connecting = 1;
         s->pending++;
