@@ -275,7 +275,7 @@ void sbt_proc_release(sbt_proc *p)
     run_until(proc_spawned, p, 1000);
 }
 
-int sbt_spawn(sbt_proc *p, char *const *argv, const char *cwd, const char *out_path)
+static int spawn_once(sbt_proc *p, char *const *argv, const char *cwd, const char *out_path)
 {
     uv_process_options_t opt;
     uv_stdio_container_t stdio[3];
@@ -325,6 +325,18 @@ int sbt_spawn(sbt_proc *p, char *const *argv, const char *cwd, const char *out_p
     }
     p->running = 1;
     return 0;
+}
+
+int sbt_spawn(sbt_proc *p, char *const *argv, const char *cwd, const char *out_path)
+{
+    int rc = spawn_once(p, argv, cwd, out_path);
+    /* Wine's CreateProcess now and then fails with an unmapped error under
+     * load (UV_UNKNOWN); a real failure (missing file, access) repeats. */
+    for (int i = 0; rc == UV_UNKNOWN && i < 3; i++) {
+        fprintf(stderr, "note: starting %s failed (%s); trying again\n", argv[0], uv_strerror(rc));
+        rc = spawn_once(p, argv, cwd, out_path);
+    }
+    return rc;
 }
 
 static int proc_exited(void *arg)
@@ -405,6 +417,8 @@ static int captures_closed(void *arg)
     return r->out->done && r->err->done;
 }
 
+static int run_retries; /* sbt_run's retries in progress */
+
 int sbt_run(char *const *argv, const char *cwd, int timeout_ms, char **out, char **err)
 {
     sbt_proc p;
@@ -449,6 +463,16 @@ int sbt_run(char *const *argv, const char *cwd, int timeout_ms, char **out, char
     capture_close(&co);
     capture_close(&ce);
     run_until(captures_closed, &rs, 1000);
+    if (rc == UV_UNKNOWN && run_retries < 3) {
+        /* Wine's CreateProcess flake, as in sbt_spawn */
+        fprintf(stderr, "note: running %s failed (%s); trying again\n", argv[0], uv_strerror(rc));
+        free(co.buf);
+        free(ce.buf);
+        run_retries++;
+        rc = sbt_run(argv, cwd, timeout_ms, out, err);
+        run_retries--;
+        return rc;
+    }
     if (rc != 0)
         fail_msg("cannot run %s: %s", argv[0], uv_strerror(rc));
     if (!finished)
@@ -621,12 +645,6 @@ void sbt_broker_spawn(sbt_broker *b)
 {
     char *argv[] = {(char *)sbt_switchboard(), "run", "--config", b->config_path, NULL};
     int rc = sbt_spawn(&b->proc, argv, b->dir, b->log_path);
-    /* Wine's CreateProcess now and then fails with an unmapped error under
-     * load (UV_UNKNOWN); a real failure (missing file, access) repeats. */
-    for (int i = 0; rc == UV_UNKNOWN && i < 3; i++) {
-        fprintf(stderr, "note: starting %s failed (%s); trying again\n", argv[0], uv_strerror(rc));
-        rc = sbt_spawn(&b->proc, argv, b->dir, b->log_path);
-    }
     if (rc != 0)
         fail_msg("cannot start %s: %s", argv[0], uv_strerror(rc));
 }
