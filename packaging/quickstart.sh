@@ -16,6 +16,8 @@ Switchboard is starting with config/examples/quickstart.yaml. In another termina
   $bin/tools/sbctl/sbctl -e tcp:127.0.0.1:7878 sub lines-to-audit --count 1
   $bin/tools/sbctl/sbctl stats
   printf 'one\ntwo\n' > /dev/tcp/127.0.0.1/7879      # raw lines (bash)
+  mosquitto_sub -p 1884 -t 'lines/#' -v &            # MQTT sees the same messages
+  mosquitto_pub -p 1884 -q 1 -t lines/mqtt -m hi
 
 MSG
 exec "$bin/service/switchboard" run --config config/examples/quickstart.yaml
