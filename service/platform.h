@@ -27,7 +27,8 @@ void sb_platform_gmtime(time_t t, struct tm *out);
  * broker's account where the platform allows. */
 int sb_platform_mkdir_p(const char *path, sb_error *err);
 
-/* fopen with a UTF-8 path (Windows' fopen takes the ANSI code page). */
+/* fopen with a UTF-8 path (Windows' fopen takes the ANSI code page); errno
+ * set on failure. */
 FILE *sb_platform_fopen(const char *path, const char *mode);
 
 /* The default admin endpoint for a data directory: "<data_dir>/admin.sock"

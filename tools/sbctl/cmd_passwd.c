@@ -8,6 +8,7 @@
  */
 #include "tools/sbctl/sbctl.h"
 
+#include "service/platform.h"
 #include "service/alloc.h"
 #include "service/auth.h"
 
@@ -73,7 +74,7 @@ static void free_secret(char *s)
 /* Reads the whole file into b. Returns 0, or errno. */
 static int read_file(const char *path, buf *b)
 {
-    FILE *f = sbctl_fopen(path, "rb");
+    FILE *f = sb_platform_fopen(path, "rb");
     char chunk[8192];
     size_t n;
     int e = 0;

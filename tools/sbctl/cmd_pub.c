@@ -6,6 +6,7 @@
 #include "tools/sbctl/format.h"
 #include "tools/sbctl/sbctl.h"
 
+#include "service/platform.h"
 #include "service/alloc.h"
 
 #include <errno.h>
@@ -83,7 +84,7 @@ static int build_request(json_t **out, sbctl_ctx *ctx, const sbctl_cmd *cmd, con
         if (payload == NULL)
             goto oom;
     } else if (file != NULL && strcmp(file, "-") != 0) {
-        FILE *f = sbctl_fopen(file, "rb");
+        FILE *f = sb_platform_fopen(file, "rb");
         int e;
         if (f == NULL) {
             sbctl_errorf("pub: cannot open %s: %s", file, strerror(errno));

@@ -35,11 +35,6 @@ int sbctl_isatty(int fd)
     return isatty(fd);
 }
 
-FILE *sbctl_fopen(const char *path, const char *mode)
-{
-    return fopen(path, mode);
-}
-
 const char *sbctl_eof_key(void)
 {
     return "Ctrl-D";

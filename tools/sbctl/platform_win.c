@@ -67,19 +67,6 @@ int sbctl_isatty(int fd)
     return GetConsoleMode(h, &mode) != 0;
 }
 
-FILE *sbctl_fopen(const char *path, const char *mode)
-{
-    wchar_t *wpath = sb_utf8_to_wide(path), *wmode = sb_utf8_to_wide(mode);
-    FILE *f = NULL;
-    if (wpath != NULL && wmode != NULL)
-        f = _wfopen(wpath, wmode);
-    else
-        errno = EINVAL;
-    sb_free(wpath);
-    sb_free(wmode);
-    return f;
-}
-
 const char *sbctl_eof_key(void)
 {
     return "Ctrl-Z and Enter";

@@ -86,8 +86,6 @@ unsigned long long sbctl_now_ns(void);
  * line (Windows: with a UTF-8 copy of the wide one). */
 void sbctl_platform_init(int *argc, char ***argv);
 int sbctl_isatty(int fd); /* 0 stdin, 1 stdout, 2 stderr */
-/* fopen with a UTF-8 file name (Windows: _wfopen); errno set on failure. */
-FILE *sbctl_fopen(const char *path, const char *mode);
 /* How a terminal user ends input: "Ctrl-D", or "Ctrl-Z and Enter". */
 const char *sbctl_eof_key(void);
 /* Prints prompt to stderr and reads one line from the terminal on stdin

@@ -70,7 +70,7 @@ FILE *sb_platform_fopen(const char *path, const char *mode)
     if (wpath != NULL && wmode != NULL)
         f = _wfopen(wpath, wmode);
     else
-        errno = ENOMEM;
+        errno = EINVAL; /* not UTF-8 (or out of memory) */
     sb_free(wpath);
     sb_free(wmode);
     return f;
