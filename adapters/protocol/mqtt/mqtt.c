@@ -60,6 +60,14 @@ typedef struct sub_filter {
     uint8_t qos;
 } sub_filter;
 
+/* An inbound publish waiting for its commit; commits complete in publish
+ * order, so a ring per session is enough. */
+typedef struct pub_slot {
+    uint16_t pid;
+    uint8_t qos;
+    uint8_t dropped; /* dropped on purpose: acknowledged in its turn */
+} pub_slot;
+
 struct mqtt_session {
     sb_conn *conn;
     sb_broker *broker;
@@ -98,6 +106,11 @@ struct mqtt_session {
     int attached;
     inflight *fl; /* open addressing by packet id, fl_cap a power of 2 */
     size_t fl_cap, fl_count;
+    /* inbound publishes awaiting their commit, oldest first */
+    pub_slot ring[MAX_PENDING_PUBLISHES];
+    size_t ring_head, ring_count;
+    int got_connect; /* the first packet was a CONNECT */
+    int parsing;     /* in parse(): no re-entry */
     char source[200];
     char who[200];
 };
@@ -111,24 +124,6 @@ typedef struct auth_work {
     size_t password_len;
     int result;
 } auth_work;
-
-/* An inbound publish waiting for its commit; commits complete in publish
- * order, so a ring per session is enough. */
-typedef struct pub_slot {
-    uint16_t pid;
-    uint8_t qos;
-    uint8_t dropped; /* dropped on purpose: acknowledged in its turn */
-} pub_slot;
-
-typedef struct session_ext {
-    mqtt_session s;
-    pub_slot ring[MAX_PENDING_PUBLISHES];
-    size_t ring_head, ring_count;
-    int got_connect;
-    int parsing;
-} session_ext;
-
-#define EXT(s) ((session_ext *)(s))
 
 static void session_maybe_free(mqtt_session *s);
 static int process_input(mqtt_session *s);
@@ -574,17 +569,17 @@ static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
 
 /* ---- inbound: publishes ---- */
 
-static void ring_push(session_ext *x, pub_slot slot)
+static void ring_push(mqtt_session *s, pub_slot slot)
 {
-    x->ring[(x->ring_head + x->ring_count) % MAX_PENDING_PUBLISHES] = slot;
-    x->ring_count++;
+    s->ring[(s->ring_head + s->ring_count) % MAX_PENDING_PUBLISHES] = slot;
+    s->ring_count++;
 }
 
-static pub_slot ring_pop(session_ext *x)
+static pub_slot ring_pop(mqtt_session *s)
 {
-    pub_slot slot = x->ring[x->ring_head];
-    x->ring_head = (x->ring_head + 1) % MAX_PENDING_PUBLISHES;
-    x->ring_count--;
+    pub_slot slot = s->ring[s->ring_head];
+    s->ring_head = (s->ring_head + 1) % MAX_PENDING_PUBLISHES;
+    s->ring_count--;
     return slot;
 }
 
@@ -599,8 +594,7 @@ static void send_pub_ack(mqtt_session *s, pub_slot slot)
 static void on_published(void *ctx, int status, uint64_t msg_id, int queues, const char *why)
 {
     mqtt_session *s = ctx;
-    session_ext *x = EXT(s);
-    pub_slot slot = ring_pop(x);
+    pub_slot slot = ring_pop(s);
     (void)msg_id;
     (void)queues;
     s->pending--;
@@ -612,14 +606,14 @@ static void on_published(void *ctx, int status, uint64_t msg_id, int queues, con
         } else {
             send_pub_ack(s, slot);
             /* publishes dropped after this one are acknowledged now, in order */
-            while (x->ring_count > 0 && x->ring[x->ring_head].dropped)
-                send_pub_ack(s, ring_pop(x));
+            while (s->ring_count > 0 && s->ring[s->ring_head].dropped)
+                send_pub_ack(s, ring_pop(s));
         }
-        if (x->ring_count <= MAX_PENDING_PUBLISHES / 2 && s->len > 0)
+        if (s->ring_count <= MAX_PENDING_PUBLISHES / 2 && s->len > 0)
             process_input(s);
     } else {
-        while (x->ring_count > 0 && x->ring[x->ring_head].dropped)
-            ring_pop(x);
+        while (s->ring_count > 0 && s->ring[s->ring_head].dropped)
+            ring_pop(s);
     }
     session_maybe_free(s);
 }
@@ -629,16 +623,15 @@ static void on_published(void *ctx, int status, uint64_t msg_id, int queues, con
 static void ack_dropped(mqtt_session *s, const sb_mqtt_packet *pk)
 {
     pub_slot slot = {pk->packet_id, pk->publish.qos, 1};
-    if (EXT(s)->ring_count == 0)
+    if (s->ring_count == 0)
         send_pub_ack(s, slot);
     else
-        ring_push(EXT(s), slot);
+        ring_push(s, slot);
 }
 
 static int handle_publish(mqtt_session *s, const sb_mqtt_packet *pk)
 {
     const sb_mqtt_publish *p = &pk->publish;
-    session_ext *x = EXT(s);
     sb_publish_opts opts = {s->source, p->retain, NULL};
     char tbuf[256], *topic = tbuf, key[300];
     sb_message *m;
@@ -681,7 +674,7 @@ static int handle_publish(mqtt_session *s, const sb_mqtt_packet *pk)
         return fail(s, "PUBLISH to %.*s not accepted: %s",
                     (int)(p->topic.n > 100 ? 100 : p->topic.n), p->topic.p, err.msg);
     }
-    ring_push(x, (pub_slot){pk->packet_id, p->qos, 0});
+    ring_push(s, (pub_slot){pk->packet_id, p->qos, 0});
     s->pending++;
 done:
     if (topic != tbuf)
@@ -804,7 +797,7 @@ static void on_keep_alive(uv_timer_t *t)
     mqtt_session *s = t->data;
     uint64_t now = uv_now(t->loop), limit = (uint64_t)s->keep_alive * 1500;
     if (!s->connected) {
-        if (!EXT(s)->got_connect)
+        if (!s->got_connect)
             fail(s, "no CONNECT within %d s", CONNECT_TIMEOUT_MS / 1000);
         else if (s->connecting)
             uv_timer_start(t, on_keep_alive, 1000, 0); /* the password check runs */
@@ -951,7 +944,7 @@ static int handle_connect(mqtt_session *s, const sb_mqtt_packet *pk)
     const char *why;
     static uint64_t serial;
 
-    EXT(s)->got_connect = 1;
+    s->got_connect = 1;
     s->clean = cn->clean_session;
     s->keep_alive = cn->keep_alive;
     if (cn->client_id.n == 0) {
@@ -1034,7 +1027,7 @@ static int handle_connect(mqtt_session *s, const sb_mqtt_packet *pk)
 
 static int handle_packet(mqtt_session *s, const sb_mqtt_packet *pk)
 {
-    if (!EXT(s)->got_connect) {
+    if (!s->got_connect) {
         if (pk->type != SB_MQTT_CONNECT)
             return fail(s, "expected CONNECT first, got %s", sb_mqtt_type_name(pk->type));
         return handle_connect(s, pk);
@@ -1072,7 +1065,7 @@ static int handle_packet(mqtt_session *s, const sb_mqtt_packet *pk)
 
 static int stalled(const mqtt_session *s)
 {
-    return s->connecting || EXT(s)->ring_count >= MAX_PENDING_PUBLISHES || s->conn->closing ||
+    return s->connecting || s->ring_count >= MAX_PENDING_PUBLISHES || s->conn->closing ||
            s->conn->close_after_write;
 }
 
@@ -1095,8 +1088,8 @@ static int parse(mqtt_session *s, const uint8_t *p, size_t n, size_t *used)
                       s->max_payload, why != NULL ? why : "too big");
             break;
         }
-        if (rc == SB_EVERSION && !EXT(s)->got_connect) {
-            EXT(s)->got_connect = 1;
+        if (rc == SB_EVERSION && !s->got_connect) {
+            s->got_connect = 1;
             refuse(s, SB_MQTT_CONNACK_BAD_PROTOCOL, "unsupported protocol level (3.1.1 only)");
             rc = 0;
             break;
@@ -1116,14 +1109,13 @@ static int parse(mqtt_session *s, const uint8_t *p, size_t n, size_t *used)
 /* Parses what is buffered (after a stall ends). */
 static int process_input(mqtt_session *s)
 {
-    session_ext *x = EXT(s);
     size_t used = 0;
     int rc;
-    if (x->parsing || s->len == 0)
+    if (s->parsing || s->len == 0)
         return 0;
-    x->parsing = 1;
+    s->parsing = 1;
     rc = parse(s, s->buf, s->len, &used);
-    x->parsing = 0;
+    s->parsing = 0;
     if (used > 0) {
         memmove(s->buf, s->buf + used, s->len - used);
         s->len -= used;
@@ -1153,17 +1145,16 @@ static int buffer_append(mqtt_session *s, const uint8_t *p, size_t n)
 static int mqtt_data(sb_conn *c, const char *data, size_t len)
 {
     mqtt_session *s = c->session;
-    session_ext *x = EXT(s);
     const uint8_t *p = (const uint8_t *)data;
     size_t used = 0;
     int rc;
 
     s->last_rx = uv_now(c->adapter->loop);
-    if (s->len == 0 && !x->parsing) {
+    if (s->len == 0 && !s->parsing) {
         /* the common case: packets parsed straight from the read buffer */
-        x->parsing = 1;
+        s->parsing = 1;
         rc = parse(s, p, len, &used);
-        x->parsing = 0;
+        s->parsing = 0;
         if (rc != 0)
             return rc;
         p += used;
@@ -1182,10 +1173,9 @@ static int mqtt_data(sb_conn *c, const char *data, size_t len)
 
 static int mqtt_open(sb_conn *c)
 {
-    session_ext *x = sb_calloc(1, sizeof(*x));
-    mqtt_session *s = &x->s;
+    mqtt_session *s = sb_calloc(1, sizeof(*s));
     int64_t max = c->adapter->cfg->max_message;
-    if (x == NULL)
+    if (s == NULL)
         return SB_ENOMEM;
     s->conn = c;
     s->broker = c->adapter->broker;
@@ -1196,7 +1186,7 @@ static int mqtt_open(sb_conn *c)
     /* a connection that never sends CONNECT does not hold its slot */
     s->ka_timer = sb_malloc(sizeof(*s->ka_timer));
     if (s->ka_timer == NULL) {
-        sb_free(x);
+        sb_free(s);
         return SB_ENOMEM;
     }
     uv_timer_init(c->adapter->loop, s->ka_timer);
@@ -1295,7 +1285,7 @@ static void session_maybe_free(mqtt_session *s)
     sb_free(s->buf);
     s->conn->session = NULL;
     sb_conn_unref(s->conn);
-    sb_free(EXT(s));
+    sb_free(s);
 }
 
 static void mqtt_drained(sb_conn *c)
