@@ -2,6 +2,7 @@
 #include "service/platform.h"
 #include "service/alloc.h"
 #include "service/platform/win/utf.h"
+#include "service/topic.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -70,7 +71,7 @@ FILE *sb_platform_fopen(const char *path, const char *mode)
     if (wpath != NULL && wmode != NULL)
         f = _wfopen(wpath, wmode);
     else
-        errno = EINVAL; /* not UTF-8 (or out of memory) */
+        errno = sb_utf8_valid(path, strlen(path)) ? ENOMEM : EINVAL;
     sb_free(wpath);
     sb_free(wmode);
     return f;
