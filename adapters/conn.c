@@ -58,6 +58,13 @@ void sb_conn_input_end(sb_conn *c, int err, const char *why)
     sb_conn_close(c, err != 0 ? why : NULL);
 }
 
+void sb_conn_input_eof(sb_conn *c)
+{
+    c->read_ended = 1;
+    if (c->on_input_eof != NULL && !c->closing)
+        c->on_input_eof(c);
+}
+
 void sb_conn_pause(sb_conn *c)
 {
     c->paused = 1;
@@ -91,10 +98,18 @@ void sb_conn_write_done(sb_conn *c, int status, const char *why)
                why != NULL ? why : sb_strerror(status));
     finish_deliveries(done, status == 0 ? 0 : SB_ECLOSED,
                       status == 0 ? NULL : "connection closed before the write completed");
-    if (status != 0)
+    if (status != 0 && c->on_input_eof != NULL && !c->read_ended && !c->closing) {
+        /* A child that closed its stdin may still be writing its stdout. */
+        sb_delivery *pending = c->odel_head;
+        c->output_failed = 1;
+        c->odel_head = c->odel_tail = NULL;
+        c->olen = 0;
+        finish_deliveries(pending, SB_ECLOSED, "the peer stopped reading");
+    } else if (status != 0) {
         sb_conn_close(c, NULL);
-    else
+    } else {
         start_write(c);
+    }
     if (c->close_after_write && !c->writing)
         sb_conn_close(c, NULL);
     if (c->out_paused && c->olen < SB_CONN_MAX_OUTPUT / 2) {
@@ -136,7 +151,7 @@ int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t 
                   sb_delivery *d)
 {
     size_t need;
-    if (c->closing)
+    if (c->closing || c->output_failed)
         return SB_ECLOSED;
     need = c->olen + alen + blen;
     if (need > c->ocap) {

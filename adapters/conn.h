@@ -64,6 +64,7 @@ struct sb_conn {
     int out_paused;        /* reading stopped because output is backed up */
     int read_ended;        /* the peer finished sending */
     int close_after_write; /* sb_conn_close_after_write: close once output is written */
+    int output_failed;     /* a write failed while the input goes on (see on_input_eof) */
     /* output not yet handed to the transport */
     char *obuf;
     size_t olen, ocap;
@@ -73,6 +74,11 @@ struct sb_conn {
     sb_delivery *wdel;
     /* transport hooks */
     void (*on_closed)(sb_conn *c); /* closed; unlink from lists */
+    /* The input ended while the output stays open (sb_conn_input_eof);
+     * NULL: nothing to do. A connection that sets it has independent
+     * directions: a failed write then only ends the output (output_failed),
+     * and the input is still read to its end. */
+    void (*on_input_eof)(sb_conn *c);
     void *transport;
     sb_conn *next; /* the transport's list */
 };
@@ -87,7 +93,7 @@ int sb_conn_start(sb_conn *c, sb_adapter *a, const sb_protocol *proto, const sb_
 
 /* Same over libuv streams (in may equal out; either may be NULL). When in
  * and out differ, the end of in (a child closing its stdout) does not close
- * the connection: out stays writable. */
+ * the connection: out stays writable, and sb_conn_input_eof is called. */
 int sb_conn_start_uv(sb_conn *c, sb_adapter *a, const sb_protocol *proto, uv_stream_t *in,
                      uv_stream_t *out, const char *peer);
 
@@ -95,6 +101,9 @@ int sb_conn_start_uv(sb_conn *c, sb_adapter *a, const sb_protocol *proto, uv_str
  * code and a reason); a write finished; the transport let go of c. */
 void sb_conn_input(sb_conn *c, const char *data, size_t len);
 void sb_conn_input_end(sb_conn *c, int err, const char *why);
+/* For transports whose output outlives their input: everything the peer
+ * sent has been passed to sb_conn_input; calls c->on_input_eof. */
+void sb_conn_input_eof(sb_conn *c);
 void sb_conn_write_done(sb_conn *c, int status, const char *why);
 void sb_conn_transport_closed(sb_conn *c);
 

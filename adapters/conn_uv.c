@@ -32,6 +32,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
          * writing to a file): keep the write side open. */
         uv_read_stop(s);
         t->in_eof = 1;
+        sb_conn_input_eof(c);
     } else if (n < 0) {
         sb_conn_input_end(c, n == UV_EOF ? 0 : SB_ECLOSED, uv_strerror((int)n));
     }

@@ -3,7 +3,9 @@
  * child writes to stdout is published (raw framing, or jsonl requests), and
  * deliveries are written to its stdin (acknowledged once written). Its stderr
  * lines go to the broker log. When the child exits, the exit status is
- * logged and, per `restart`, it is started again with exponential backoff.
+ * logged, its stdout is read to the end (a short-lived child's last lines
+ * race its exit), and then, per `restart`, it is started again with
+ * exponential backoff.
  */
 #include "adapters/conn.h"
 #include "adapters/protocol/raw.h"
@@ -19,7 +21,9 @@ typedef struct exec_adapter {
     uv_pipe_t *err_pipe;
     char errbuf[1024];
     size_t errlen;
-    uv_timer_t *restart;
+    /* Restart backoff while no child runs; the wait for the end of a dead
+     * child's stdout otherwise. */
+    uv_timer_t *timer;
     int64_t backoff_ms;
     int64_t started_at;
     int running; /* process alive */
@@ -29,6 +33,11 @@ typedef struct exec_adapter {
     int last_failed;
     sb_adapter_stopped_cb stopped_cb;
 } exec_adapter;
+
+/* How long the stdout of a child that exited may stay open: past this,
+ * another process (one the child started) holds it, and the broker stops
+ * waiting for it rather than never restarting the child. */
+#define EXEC_DRAIN_MS 5000
 
 static void spawn_child(exec_adapter *x);
 
@@ -86,15 +95,40 @@ static void schedule_restart(exec_adapter *x, int failed)
     x->backoff_ms = sb_backoff_next(
         x->backoff_ms, cfg->restart_backoff_ms > 0 ? cfg->restart_backoff_ms : 1000, max);
     sb_log(SB_LOG_INFO, x->base.name, "restarting the child in %lld ms", (long long)x->backoff_ms);
-    uv_timer_start(x->restart, on_restart_timer, (uint64_t)x->backoff_ms, 0);
+    uv_timer_start(x->timer, on_restart_timer, (uint64_t)x->backoff_ms, 0);
+}
+
+static void on_drain_timer(uv_timer_t *t)
+{
+    exec_adapter *x = t->data;
+    if (x->conn == NULL || x->running)
+        return;
+    /* Reading paused by backpressure: the rest of the output waits for room,
+     * not for another process. */
+    if (x->conn->paused || x->conn->out_paused) {
+        uv_timer_start(x->timer, on_drain_timer, EXEC_DRAIN_MS, 0);
+        return;
+    }
+    sb_conn_close(x->conn, "the child exited but its stdout is still open after 5 s "
+                           "(held by a process it started?); not reading it any further");
+}
+
+/* The child closed its stdout: once it has also exited, the run is over. */
+static void on_stdout_eof(sb_conn *c)
+{
+    exec_adapter *x = c->transport;
+    if (!x->running)
+        sb_conn_close(c, NULL);
 }
 
 static void on_conn_closed(sb_conn *c)
 {
     exec_adapter *x = c->transport;
     x->conn = NULL;
-    if (!x->running)
+    if (!x->running && x->timer != NULL) {
+        uv_timer_stop(x->timer); /* the wait for the end of its stdout */
         schedule_restart(x, x->last_failed);
+    }
     maybe_stopped(x);
 }
 
@@ -119,10 +153,13 @@ static void on_exit(uv_process_t *p, int64_t status, int signal)
                "child (pid %d) exited with status %lld", p->pid, (long long)status);
     uv_close((uv_handle_t *)p, on_proc_closed);
     x->proc = NULL;
-    /* Its pipes close on EOF; once they have, restart. */
-    if (x->conn != NULL)
+    /* What it wrote before exiting may not have been read yet: the
+     * connection closes at the end of its stdout, then the child restarts. */
+    if (x->conn != NULL && (x->conn->read_ended || x->stopping))
         sb_conn_close(x->conn, NULL);
-    else
+    else if (x->conn != NULL && x->timer != NULL)
+        uv_timer_start(x->timer, on_drain_timer, EXEC_DRAIN_MS, 0);
+    else if (x->conn == NULL)
         schedule_restart(x, x->last_failed);
     maybe_stopped(x);
 }
@@ -243,6 +280,7 @@ static void spawn_child(exec_adapter *x)
     }
     x->conn->transport = x;
     x->conn->on_closed = on_conn_closed;
+    x->conn->on_input_eof = on_stdout_eof;
     snprintf(peer, sizeof(peer), "pid %d", p->pid);
     if (sb_conn_start_uv(x->conn, &x->base, sb_protocol_find(cfg->protocol), (uv_stream_t *)out,
                          (uv_stream_t *)in, peer) != 0) {
@@ -256,11 +294,11 @@ static void spawn_child(exec_adapter *x)
 static int exec_start(sb_adapter *a, sb_error *err)
 {
     exec_adapter *x = (exec_adapter *)a;
-    x->restart = sb_malloc(sizeof(*x->restart));
-    if (x->restart == NULL)
+    x->timer = sb_malloc(sizeof(*x->timer));
+    if (x->timer == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-    uv_timer_init(a->loop, x->restart);
-    x->restart->data = x;
+    uv_timer_init(a->loop, x->timer);
+    x->timer->data = x;
     x->handles++;
     spawn_child(x);
     return 0;
@@ -279,9 +317,9 @@ static void exec_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
     exec_adapter *x = (exec_adapter *)a;
     x->stopping = 1;
     x->stopped_cb = cb;
-    if (x->restart != NULL) {
-        uv_close((uv_handle_t *)x->restart, on_timer_closed);
-        x->restart = NULL;
+    if (x->timer != NULL) {
+        uv_close((uv_handle_t *)x->timer, on_timer_closed);
+        x->timer = NULL;
     }
     if (x->conn != NULL)
         sb_conn_close(x->conn, NULL); /* closing stdin asks a filter to finish */
@@ -299,7 +337,9 @@ static int exec_deliver(sb_adapter *a, sb_delivery *d)
 {
     exec_adapter *x = (exec_adapter *)a;
     int rc;
-    if (x->conn == NULL || x->conn->closing || x->conn->out_paused || x->stopping)
+    /* Not to a child that exited or stopped reading (the next run gets it). */
+    if (x->conn == NULL || x->conn->closing || x->conn->out_paused || x->conn->output_failed ||
+        !x->running || x->stopping)
         return SB_EBUSY;
     rc = sb_raw_deliver(x->conn, d);
     if (rc == SB_EINVAL) {

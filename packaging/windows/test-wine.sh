@@ -30,7 +30,8 @@ trap '"$wineserver" -k 2>/dev/null || true' EXIT INT TERM
 "$wine" cmd /c exit </dev/null >/dev/null 2>&1 || true
 
 echo "== mingw: tests under Wine"
-ctest --preset mingw -j "$(nproc 2>/dev/null || echo 2)"
+# SB_TEST_REPEAT (test-all.sh --repeat N): each test up to N times.
+ctest --preset mingw -j "$(nproc 2>/dev/null || echo 2)" --repeat "until-fail:${SB_TEST_REPEAT:-1}"
 
 # A native Linux client (a plain Python socket) and the Windows client with
 # the Windows broker, over TCP.

@@ -57,6 +57,86 @@ const char *sbt_helper(void)
     return env_path("SB_TEST_HELPER", &path);
 }
 
+/* ---- the watchdog (see harness.h) ---- */
+
+static uv_mutex_t watch_lock;
+static char watch_waiting[512];
+static char watch_log[SBT_PATH_MAX];
+static uv_pid_t watch_pid;
+
+void sbt_waiting_for(const char *fmt, ...)
+{
+    va_list ap;
+    (void)sbt_loop(); /* initialises the lock */
+    uv_mutex_lock(&watch_lock);
+    va_start(ap, fmt);
+    vsnprintf(watch_waiting, sizeof(watch_waiting), fmt, ap);
+    va_end(ap);
+    uv_mutex_unlock(&watch_lock);
+}
+
+/* The broker the watchdog reports on (NULL: none). */
+static void watch_broker(const sbt_broker *b)
+{
+    uv_mutex_lock(&watch_lock);
+    snprintf(watch_log, sizeof(watch_log), "%s", b != NULL ? b->log_path : "");
+    watch_pid = b != NULL && b->proc.running ? b->proc.h.pid : 0;
+    uv_mutex_unlock(&watch_lock);
+}
+
+static void print_log_tail(const char *path, int lines)
+{
+    char *text = sbt_read_file(path, NULL);
+    const char *p;
+    int n = 0;
+    if (text == NULL) {
+        fprintf(stderr, "(no broker log at %s)\n", path);
+        return;
+    }
+    p = text + strlen(text);
+    while (p > text && n <= lines)
+        if (*--p == '\n')
+            n++;
+    if (*p == '\n')
+        p++;
+    fprintf(stderr, "----- last %d lines of %s -----\n%s----- end -----\n", lines, path, p);
+    free(text);
+}
+
+static void watchdog(void *arg)
+{
+    int64_t limit_s = *(int64_t *)arg;
+    /* Before ctest's kill: 10% of the timeout, at least 3 s. */
+    int64_t margin = limit_s / 10 > 3 ? limit_s / 10 : 3;
+    int64_t fire_at = sbt_now_ms() + (limit_s - margin) * 1000;
+    while (sbt_now_ms() < fire_at)
+        uv_sleep(200);
+    uv_mutex_lock(&watch_lock);
+    fprintf(stderr,
+            "\nWATCHDOG: still running after %lld s (ctest's timeout is %lld s)\n"
+            "WATCHDOG: the test was waiting for: %s\n",
+            (long long)(limit_s - margin), (long long)limit_s,
+            watch_waiting[0] != '\0' ? watch_waiting : "(nothing recorded)");
+    if (watch_log[0] != '\0')
+        print_log_tail(watch_log, 40);
+    if (watch_pid != 0)
+        uv_kill(watch_pid, SIGKILL);
+    fflush(stderr);
+    _Exit(1);
+}
+
+static void watchdog_start(void)
+{
+    static int64_t limit_s;
+    static uv_thread_t thread;
+    const char *v = getenv("SBT_TIMEOUT_S");
+    limit_s = v != NULL ? strtoll(v, NULL, 10) : 0;
+    if (limit_s <= 3)
+        return;
+    if (uv_thread_create(&thread, watchdog, &limit_s) != 0)
+        fprintf(stderr, "harness: cannot start the watchdog thread\n");
+}
+
 static uv_loop_t *the_loop;
 
 uv_loop_t *sbt_loop(void)
@@ -64,7 +144,9 @@ uv_loop_t *sbt_loop(void)
     if (the_loop == NULL) {
         static uv_loop_t loop;
         assert_int_equal(uv_loop_init(&loop), 0);
+        assert_int_equal(uv_mutex_init(&watch_lock), 0);
         the_loop = &loop;
+        watchdog_start();
 #ifdef SIGPIPE
         signal(SIGPIPE, SIG_IGN); /* a broker that went away must not kill the test */
 #endif
@@ -456,6 +538,7 @@ int sbt_run(char *const *argv, const char *cwd, int timeout_ms, char **out, char
         uv_read_start((uv_stream_t *)&co.pipe, on_capture_alloc, on_capture_read);
         uv_read_start((uv_stream_t *)&ce.pipe, on_capture_alloc, on_capture_read);
     }
+    sbt_waiting_for("%s to finish", argv[0]);
     finished = rc == 0 && run_until(run_finished, &rs, timeout_ms);
     /* Everything on the loop that points into this frame is closed before
      * it returns, even on failure. */
@@ -647,6 +730,7 @@ void sbt_broker_spawn(sbt_broker *b)
     int rc = sbt_spawn(&b->proc, argv, b->dir, b->log_path);
     if (rc != 0)
         fail_msg("cannot start %s: %s", argv[0], uv_strerror(rc));
+    watch_broker(b);
 }
 
 int sbt_broker_try_start(sbt_broker *b)
@@ -655,6 +739,7 @@ int sbt_broker_try_start(sbt_broker *b)
     size_t from = log_size(b);
     sbt_broker_spawn(b);
     b->log_mark = from;
+    sbt_waiting_for("broker %s to answer ping on port %d", b->name, b->port[0]);
     for (;;) {
         if (!b->proc.running)
             return b->proc.term_signal != 0 ? 128 + b->proc.term_signal : (int)b->proc.exit_status;
@@ -697,6 +782,7 @@ void sbt_broker_stop(sbt_broker *b)
 {
     int rc;
     assert_true(b->proc.running);
+    sbt_waiting_for("broker %s to stop after the stop request", b->name);
     rc = sbt_proc_request_stop(&b->proc);
     if (rc != 0) {
         sbt_broker_print_log(b);
@@ -764,6 +850,7 @@ char *sbt_broker_log_since(sbt_broker *b)
 void sbt_broker_wait_log(sbt_broker *b, const char *needle, int count, int timeout_ms)
 {
     int64_t deadline = sbt_now_ms() + timeout_ms;
+    sbt_waiting_for("broker %s to log \"%s\" %d time(s)", b->name, needle, count);
     for (;;) {
         char *log = sbt_broker_log_since(b);
         int n = sbt_count(log, needle);
@@ -789,6 +876,7 @@ void sbt_broker_print_log(sbt_broker *b)
 
 void sbt_broker_cleanup(sbt_broker *b)
 {
+    watch_broker(NULL);
     if (b->proc.spawned) {
         if (b->proc.running)
             uv_process_kill(&b->proc.h, SIGKILL);

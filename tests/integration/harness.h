@@ -30,6 +30,11 @@
  * and the test's teardown (sbt_broker_cleanup) kills what is left and prints
  * the broker log.
  *
+ * A test that hangs explains itself: a watchdog thread, armed shortly before
+ * ctest's own timeout (SBT_TIMEOUT_S, set by CMake), prints what the test
+ * was waiting for (sbt_waiting_for, kept by every blocking helper) and the
+ * tail of the current broker's log, kills that broker and exits 1.
+ *
  * Environment: SB_SWITCHBOARD, SB_TEST_DATA and SB_TEST_HELPER are set by
  * ctest (tests/integration/CMakeLists.txt); SBT_FILTER=<cmocka pattern> runs
  * only matching tests, SBT_KEEP=1 keeps the temp dirs of passing tests too,
@@ -71,6 +76,10 @@
 const char *sbt_switchboard(void);
 const char *sbt_test_data(void);
 const char *sbt_helper(void);
+
+/* Records what the test waits for now (printf format), for the watchdog;
+ * the blocking helpers call it, a test's own polling loop may too. */
+void sbt_waiting_for(const char *fmt, ...);
 
 /* The harness's loop (processes, sockets, timers). */
 uv_loop_t *sbt_loop(void);

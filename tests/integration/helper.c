@@ -10,6 +10,12 @@
  *   sbt_helper say FILE LINE.. print the LINEs, then append stdin to FILE
  *                              until it ends (a jsonl client: requests out,
  *                              replies into FILE); exit 0
+ *   sbt_helper flood N PREFIX  print PREFIX-1 .. PREFIX-N and exit 0 at once
+ *   sbt_helper burst FILE N LINE..
+ *                              count this run in FILE, print each LINE in a
+ *                              write of its own and exit at once: 1 for the
+ *                              first N-1 runs, 0 for the Nth (a short-lived
+ *                              child whose last line races its exit)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +44,23 @@ static int copy_stdin(const char *path)
     }
     fclose(f);
     return 0;
+}
+
+/* Adds one to the number in path and returns the new value (0: error). */
+static int count_run(const char *path)
+{
+    int n = 0;
+    FILE *f = fopen(path, "rb");
+    if (f != NULL) {
+        if (fscanf(f, "%d", &n) != 1)
+            n = 0;
+        fclose(f);
+    }
+    f = fopen(path, "wb");
+    if (f == NULL)
+        return 0;
+    fprintf(f, "%d\n", ++n);
+    return fclose(f) == 0 ? n : 0;
 }
 
 static void drain_stdin(void)
@@ -75,7 +98,25 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s (stderr)\n", argv[3]);
         return atoi(argv[2]);
     }
-    fprintf(stderr,
-            "usage: sbt_helper emit N PREFIX | sink FILE | fail CODE TEXT | say FILE LINE...\n");
+    if (argc == 4 && strcmp(argv[1], "flood") == 0) {
+        int n = atoi(argv[2]);
+        for (int i = 1; i <= n; i++)
+            printf("%s-%d\n", argv[3], i);
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
+    if (argc >= 4 && strcmp(argv[1], "burst") == 0) {
+        int run = count_run(argv[2]);
+        if (run == 0) {
+            fprintf(stderr, "cannot count in %s\n", argv[2]);
+            return 2;
+        }
+        for (int i = 4; i < argc; i++) {
+            printf("%s\n", argv[i]);
+            fflush(stdout);
+        }
+        return run < atoi(argv[3]) ? 1 : 0;
+    }
+    fprintf(stderr, "usage: sbt_helper emit N PREFIX | sink FILE | fail CODE TEXT | "
+                    "say FILE LINE... | flood N PREFIX | burst FILE N LINE...\n");
     return 2;
 }

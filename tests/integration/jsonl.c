@@ -57,6 +57,8 @@ json_t *sbt_call_json(sbt_conn *c, json_t *req, int timeout_ms)
     sb_error err;
     assert_non_null(req);
     json_object_set_new(req, "id", json_integer(id));
+    sbt_waiting_for("the reply to %s request %lld on %s",
+                    json_string_value(json_object_get(req, "op")), (long long)id, c->endpoint);
     if (sb_client_write_json(c->c, req, &err) != 0 || sb_client_flush(c->c, &err) != 0) {
         json_decref(req);
         return NULL;
@@ -141,6 +143,7 @@ json_t *sbt_next_msg(sbt_conn *c, int timeout_ms)
         json_array_remove(c->stash, 0);
         return r;
     }
+    sbt_waiting_for("a delivery on %s", c->endpoint);
     r = sbt_read(c, timeout_ms);
     if (r == NULL)
         fail_msg("no delivery on %s within %d ms", c->endpoint, timeout_ms);
@@ -263,6 +266,7 @@ void sbt_wait_queue_int(sbt_conn *c, const char *name, const char *field, int64_
                         int timeout_ms)
 {
     int64_t deadline = sbt_now_ms() + timeout_ms, v;
+    sbt_waiting_for("queue %s: %s to be %lld", name, field, (long long)want);
     while ((v = sbt_queue_int(c, name, field)) != want) {
         if (sbt_now_ms() > deadline)
             fail_msg("queue %s: %s is %lld after %d ms, want %lld", name, field, (long long)v,

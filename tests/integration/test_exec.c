@@ -185,6 +185,90 @@ static void test_exec_restart_with_backoff(void **state)
     b->passed = 1;
 }
 
+/* A short-lived child restarted many times: every line of every run is
+ * published, the last one included, though the child exits right after
+ * writing it (the adapter reads its stdout to the end before acting on the
+ * exit; it used to lose the tail now and then). */
+static void test_exec_short_lived_child_loses_nothing(void **state)
+{
+    enum { RUNS = 100 };
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    int first = 0, last = 0;
+    char *log;
+
+    start(b, "exec-short",
+          "  - name: short\n"
+          "    type: exec\n"
+          "    command: ['{helper}', 'burst', '{dir}/runs.txt', '100', 'first', 'last']\n"
+          "    topic: short/{adapter}\n"
+          "    restart: on-failure\n"
+          "    restart_backoff: 1ms\n"
+          "    restart_max_backoff: 1ms\n"
+          "routes:\n"
+          "  - name: short-in\n"
+          "    from: short/#\n");
+    /* The 100th run exits 0 and is not restarted: every run has ended and
+     * its output was read to the end. */
+    sbt_broker_wait_log(b, "[short] child not restarted (restart: on-failure)", 1, 90000);
+    c = sbt_connect(b->port[0]);
+    sbt_sub(c, "short-in", NULL, 100);
+    while (first + last < 2 * RUNS) {
+        json_t *m = sbt_next_msg(c, SBT_REPLY_MS);
+        const char *p = sbt_str(m, "payload");
+        if (strcmp(p, "first") == 0) {
+            first++;
+        } else {
+            assert_string_equal(p, "last");
+            last++;
+            /* Each run's lines arrive in order. */
+            assert_int_equal(first, last);
+        }
+        sbt_ack(c, "short-in", sbt_int(m, "msg_id"));
+        json_decref(m);
+    }
+    log = sbt_broker_log(b);
+    assert_int_equal(sbt_count(log, "[short] started "), RUNS);
+    assert_null(strstr(log, "middle of a frame"));
+    free(log);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+/* A child that writes more than the adapter reads ahead and exits at once:
+ * everything it wrote is published (the rest of its stdout is read after its
+ * exit was noticed). */
+static void test_exec_output_outlives_child(void **state)
+{
+    enum { LINES = 5000 };
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    char want[32];
+
+    start(b, "exec-flood",
+          "  - name: flood\n"
+          "    type: exec\n"
+          "    command: ['{helper}', 'flood', '5000', 'line']\n"
+          "    topic: flood/{adapter}\n"
+          "    restart: never\n"
+          "routes:\n"
+          "  - name: flood-in\n"
+          "    from: flood/#\n");
+    c = sbt_connect(b->port[0]);
+    sbt_sub(c, "flood-in", NULL, 1000);
+    for (int i = 1; i <= LINES; i++) {
+        json_t *m = sbt_next_msg(c, SBT_REPLY_MS);
+        snprintf(want, sizeof(want), "line-%d", i);
+        assert_string_equal(sbt_str(m, "payload"), want);
+        sbt_ack(c, "flood-in", sbt_int(m, "msg_id"));
+        json_decref(m);
+    }
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 /* A child speaking jsonl: its requests are served, the replies go to its
  * stdin (the helper writes them to a file). */
 static void test_exec_jsonl_child(void **state)
@@ -254,6 +338,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_exec_sink, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_exec_restart_with_backoff, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_exec_jsonl_child, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_exec_output_outlives_child, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_exec_short_lived_child_loses_nothing, sbt_setup,
+                                        sbt_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests_name("exec", tests, NULL, NULL);
