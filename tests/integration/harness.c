@@ -59,6 +59,8 @@ const char *sbt_helper(void)
 
 /* ---- the watchdog (see harness.h) ---- */
 
+static void watchdog_start(void);
+static uv_once_t watch_once = UV_ONCE_INIT;
 static uv_mutex_t watch_lock;
 static char watch_waiting[512];
 static char watch_log[SBT_PATH_MAX];
@@ -67,7 +69,7 @@ static uv_pid_t watch_pid;
 void sbt_waiting_for(const char *fmt, ...)
 {
     va_list ap;
-    (void)sbt_loop(); /* initialises the lock */
+    uv_once(&watch_once, watchdog_start);
     uv_mutex_lock(&watch_lock);
     va_start(ap, fmt);
     vsnprintf(watch_waiting, sizeof(watch_waiting), fmt, ap);
@@ -78,6 +80,7 @@ void sbt_waiting_for(const char *fmt, ...)
 /* The broker the watchdog reports on (NULL: none). */
 static void watch_broker(const sbt_broker *b)
 {
+    uv_once(&watch_once, watchdog_start);
     uv_mutex_lock(&watch_lock);
     snprintf(watch_log, sizeof(watch_log), "%s", b != NULL ? b->log_path : "");
     watch_pid = b != NULL && b->proc.running ? b->proc.h.pid : 0;
@@ -130,6 +133,8 @@ static void watchdog_start(void)
     static int64_t limit_s;
     static uv_thread_t thread;
     const char *v = getenv("SBT_TIMEOUT_S");
+    if (uv_mutex_init(&watch_lock) != 0)
+        abort();
     limit_s = v != NULL ? strtoll(v, NULL, 10) : 0;
     if (limit_s <= 3)
         return;
@@ -144,9 +149,8 @@ uv_loop_t *sbt_loop(void)
     if (the_loop == NULL) {
         static uv_loop_t loop;
         assert_int_equal(uv_loop_init(&loop), 0);
-        assert_int_equal(uv_mutex_init(&watch_lock), 0);
         the_loop = &loop;
-        watchdog_start();
+        uv_once(&watch_once, watchdog_start);
 #ifdef SIGPIPE
         signal(SIGPIPE, SIG_IGN); /* a broker that went away must not kill the test */
 #endif
