@@ -589,8 +589,11 @@ static void pick_ports(sbt_broker *b, int attempt)
 {
     unsigned pid = (unsigned)uv_os_getpid();
     for (int tries = 0; tries < 200; tries++, attempt++) {
-        /* A per-process base spreads parallel tests over 20000..59999. */
-        int base = 20000 + (int)((pid * 131u + (unsigned)attempt * 977u) % 40000u);
+        /* A per-process base spreads parallel tests over 20000..31999:
+         * below the ephemeral ports (Linux 32768.., Windows 49152..), so
+         * no client connection's local port takes a broker's port between
+         * two starts of a test (seen: "address already in use"). */
+        int base = 20000 + (int)((pid * 131u + (unsigned)attempt * 977u) % 12000u);
         int ok = 1;
         for (int i = 0; i < b->nports && ok; i++)
             ok = sbt_port_free(base + i);
