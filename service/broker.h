@@ -209,6 +209,13 @@ void *sb_broker_session_swap(sb_broker *b, const char *name, void *owner);
  * returns a new jansson reference (json_t *) or NULL on out-of-memory. */
 void *sb_broker_stats_json(sb_broker *b);
 
+/* 1 if a client may see the statistics of queue `name` with `filters`
+ * ('\n'-separated). */
+typedef int (*sb_stats_visible_cb)(void *ctx, const char *name, const char *filters);
+
+/* The same with only the queues visible() accepts (NULL: every queue). */
+void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, void *ctx);
+
 typedef void (*sb_admin_cb)(void *ctx, int status, void *result_json, const char *why);
 
 /* Dead-letter operations; cb gets a new jansson object (or NULL on error). */
