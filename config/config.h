@@ -85,6 +85,9 @@ typedef struct sb_adapter_config {
     /* mqtt: messages one client session holds (queued while it is slow or
      * away); beyond, the oldest are dropped. Default 100000, 0 = no limit. */
     int64_t max_queued;
+    /* mqtt: a persistent session whose client has been away this long is
+     * deleted (its messages with it). Default 0 = never. */
+    int64_t session_expiry_ms;
 } sb_adapter_config;
 
 /* 1 if the adapter speaks TLS (its config has a tls section). */

@@ -263,6 +263,13 @@ static const sb_config__field adapter_fields[] = {
      .def = 100000,
      .min = 0,
      .max = INT64_MAX},
+    {.key = "session_expiry",
+     .type = SB_CT_DURATION,
+     .types = TCP | UNIX | PIPE,
+     .offset = A(session_expiry_ms),
+     .def = 0,
+     .min = 0,
+     .max = 3650 * DAYS},
 };
 static const sb_config__section adapter_section = TABLE(adapter_fields);
 
@@ -710,6 +717,10 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
     }
     if (!mqtt && (s = seen(ctx, &a->max_queued)) != NULL) {
         sub_path(p, path, "max_queued");
+        sb_config__error(ctx, s->key, p, "only for protocol mqtt");
+    }
+    if (!mqtt && (s = seen(ctx, &a->session_expiry_ms)) != NULL) {
+        sub_path(p, path, "session_expiry");
         sb_config__error(ctx, s->key, p, "only for protocol mqtt");
     }
     if (type == TYPE_TCP)

@@ -1,4 +1,5 @@
-/* Administration: stats as JSON and dead-letter list / redrive / purge. */
+/* Administration: stats as JSON (all of them, or the queues a client may
+ * see) and dead-letter list / redrive / purge. */
 #include "service/alloc.h"
 #include "service/broker_int.h"
 #include "service/base64.h"
@@ -12,6 +13,11 @@ static const char *const durability_names[] = {"fsync", "batched", "memory"};
 
 void *sb_broker_stats_json(sb_broker *b)
 {
+    return sb_broker_stats_json_visible(b, NULL, NULL);
+}
+
+void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, void *ctx)
+{
     json_t *root = json_object(), *queues = json_array(), *store = json_object(),
            *broker = json_object(), *adapters = json_array(), *classes = json_object();
     int64_t now = sb_now_ms(), now_sec = (int64_t)(uv_now(&b->loop) / 1000);
@@ -23,6 +29,8 @@ void *sb_broker_stats_json(sb_broker *b)
     for (sb_queue *q = b->queues; q != NULL; q = q->next) {
         int consumers = 0, inflight = 0;
         json_t *o;
+        if (visible != NULL && !visible(ctx, q->name, q->filter))
+            continue;
         for (sb_consumer *c = q->consumers; c != NULL; c = c->next) {
             consumers++;
             inflight += c->inflight;

@@ -2,12 +2,16 @@
  * Password and ACL files (see auth.h for the formats and the rules).
  *
  * Rules are split into levels once, at load; decisions walk a rule's levels
- * and the topic or filter side by side without allocating, substituting
- * %u/%c on the fly. Three relations between a rule R and what a client names:
- * a topic T matches R; a filter F is covered by R (every topic F can match,
- * R matches too); F intersects R (some topic matches both). Each honours
- * MQTT's rule that a filter starting with a wildcard does not match topics
- * starting with '$'.
+ * and the topic or filter side by side, substituting %u/%c on the fly.
+ * Three relations between a rule R and what a client names: a topic T
+ * matches R; a filter F is covered by R (every topic F can match, R matches
+ * too); F intersects R (some topic matches both), and their intersection is
+ * itself a filter (built in a buffer, on the heap only for long ones). Each
+ * honours MQTT's rule that a filter starting with a wildcard does not match
+ * topics starting with '$'.
+ *
+ * Verified logins are cached (see sb_auth_check_password) as HMAC tags under
+ * a key drawn at load, in a fixed set-associative table.
  */
 #include "service/platform.h"
 #include "service/auth.h"
@@ -26,11 +30,19 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #define MAX_FILE_BYTES (64 * 1024 * 1024)
 #define SALT_MIN 8
 #define SALT_MAX 64
+
+/* The cache of verified logins: CACHE_SETS sets of CACHE_WAYS tags each
+ * (4096 logins, 128 KiB), a tag being HMAC-SHA-256 under a random key of
+ * the user name and the password. */
+#define CACHE_SETS 1024
+#define CACHE_WAYS 4
+#define CACHE_TAG_LEN 32
 
 /* ---- the loaded state ---- */
 
@@ -67,8 +79,21 @@ typedef struct rule_list {
     size_t n, cap;
 } rule_list;
 
+/* Logins verified since the password file was loaded. A tag stands for one
+ * (user, password) pair that matched; nothing in it can be reversed or
+ * recomputed without the key, which never leaves memory. Failures are not
+ * cached: a wrong guess costs the full hash every time. */
+typedef struct cred_cache {
+    CRYPTO_RWLOCK *lock;
+    unsigned char key[32];
+    unsigned char tags[CACHE_SETS][CACHE_WAYS][CACHE_TAG_LEN];
+    unsigned char used[CACHE_SETS];   /* ways filled, per set */
+    unsigned char victim[CACHE_SETS]; /* the next way to replace, per set */
+} cred_cache;
+
 struct sb_auth {
     int has_pw, has_acl;
+    cred_cache *cache; /* with a password file; NULL if it could not be set up */
     sb_map users;      /* name -> pw_entry */
     pw_entry dummy;    /* what an unknown user is checked against */
     rule_list anon;    /* `topic` lines before any `user` line */
@@ -113,6 +138,11 @@ void sb_auth_free(sb_auth *a)
     rule_list_free(&a->anon);
     rule_list_free(&a->pattern);
     OPENSSL_cleanse(&a->dummy, sizeof(a->dummy));
+    if (a->cache != NULL) {
+        CRYPTO_THREAD_lock_free(a->cache->lock);
+        OPENSSL_cleanse(a->cache, sizeof(*a->cache));
+        sb_free(a->cache);
+    }
     sb_free(a);
 }
 
@@ -410,6 +440,85 @@ static int parse_passwords(sb_auth *a, const char *file, const char *text, size_
     return make_dummy(a);
 }
 
+/* ---- the cache of verified logins ---- */
+
+/* Sets up a->cache; without it (out of memory, no randomness, no lock)
+ * every login is checked in full, which is slower but as safe. */
+static void cache_init(sb_auth *a)
+{
+    cred_cache *c = sb_calloc(1, sizeof(*c));
+    if (c == NULL)
+        return;
+    if (RAND_bytes(c->key, (int)sizeof(c->key)) != 1 ||
+        (c->lock = CRYPTO_THREAD_lock_new()) == NULL) {
+        OPENSSL_cleanse(c->key, sizeof(c->key));
+        sb_free(c);
+        return;
+    }
+    a->cache = c;
+}
+
+/* The tag of (user, password): HMAC over the user name, a NUL (a user name
+ * holds none, so no two pairs give the same input) and the password. */
+static int cache_tag(const cred_cache *c, const char *user, const char *password, size_t len,
+                     unsigned char tag[CACHE_TAG_LEN])
+{
+    size_t ulen = strlen(user);
+    unsigned char *in = sb_malloc(ulen + 1 + len);
+    unsigned int n = 0;
+    int ok;
+    if (in == NULL)
+        return -1;
+    memcpy(in, user, ulen + 1);
+    if (len > 0)
+        memcpy(in + ulen + 1, password, len);
+    ok = HMAC(EVP_sha256(), c->key, (int)sizeof(c->key), in, ulen + 1 + len, tag, &n) != NULL &&
+         n == CACHE_TAG_LEN;
+    OPENSSL_cleanse(in, ulen + 1 + len);
+    sb_free(in);
+    return ok ? 0 : -1;
+}
+
+static size_t cache_set(const unsigned char tag[CACHE_TAG_LEN])
+{
+    return ((size_t)tag[0] | (size_t)tag[1] << 8) % CACHE_SETS;
+}
+
+static int cache_has(cred_cache *c, const unsigned char tag[CACHE_TAG_LEN])
+{
+    size_t set = cache_set(tag);
+    int found = 0;
+    if (CRYPTO_THREAD_read_lock(c->lock) != 1)
+        return 0;
+    for (unsigned w = 0; w < c->used[set] && !found; w++)
+        found = CRYPTO_memcmp(c->tags[set][w], tag, CACHE_TAG_LEN) == 0;
+    CRYPTO_THREAD_unlock(c->lock);
+    return found;
+}
+
+/* Adds tag, replacing the set's ways in turn once it is full: the cache is
+ * bounded whatever the number of users and passwords. */
+static void cache_put(cred_cache *c, const unsigned char tag[CACHE_TAG_LEN])
+{
+    size_t set = cache_set(tag);
+    unsigned way;
+    if (CRYPTO_THREAD_write_lock(c->lock) != 1)
+        return;
+    for (way = 0; way < c->used[set]; way++)
+        if (CRYPTO_memcmp(c->tags[set][way], tag, CACHE_TAG_LEN) == 0)
+            break; /* two threads verified the same login at once */
+    if (way == c->used[set]) {
+        if (c->used[set] < CACHE_WAYS) {
+            way = c->used[set]++;
+        } else {
+            way = c->victim[set];
+            c->victim[set] = (unsigned char)((way + 1) % CACHE_WAYS);
+        }
+        memcpy(c->tags[set][way], tag, CACHE_TAG_LEN);
+    }
+    CRYPTO_THREAD_unlock(c->lock);
+}
+
 /* ---- hashing ---- */
 
 /* Hashes password with e's kind, salt and iterations into out. */
@@ -440,8 +549,8 @@ int sb_auth_check_password(const sb_auth *a, const char *user, const char *passw
                            size_t password_len)
 {
     const pw_entry *e = NULL;
-    unsigned char got[SB_AUTH_HASH_LEN];
-    int ok;
+    unsigned char got[SB_AUTH_HASH_LEN], tag[CACHE_TAG_LEN];
+    int ok, has_tag = 0;
 
     if (a == NULL || !a->has_pw || password_len > SB_AUTH_PASSWORD_MAX ||
         (password == NULL && password_len > 0))
@@ -450,10 +559,21 @@ int sb_auth_check_password(const sb_auth *a, const char *user, const char *passw
         password = "";
     if (user != NULL)
         e = sb_map_get(&a->users, user);
+    if (e != NULL && a->cache != NULL) {
+        has_tag = cache_tag(a->cache, user, password, password_len, tag) == 0;
+        if (has_tag && cache_has(a->cache, tag)) {
+            OPENSSL_cleanse(tag, sizeof(tag));
+            return 0;
+        }
+    }
     ok = compute(e != NULL ? e : &a->dummy, password, password_len, got) == 0;
     ok = ok && CRYPTO_memcmp(got, e != NULL ? e->hash : a->dummy.hash, sizeof(got)) == 0;
     OPENSSL_cleanse(got, sizeof(got));
-    return ok && e != NULL ? 0 : SB_EAUTH;
+    ok = ok && e != NULL;
+    if (ok && has_tag)
+        cache_put(a->cache, tag);
+    OPENSSL_cleanse(tag, sizeof(tag));
+    return ok ? 0 : SB_EAUTH;
 }
 
 int sb_auth_hash_password(char **out, const char *password, size_t len, int iterations)
@@ -784,6 +904,8 @@ int sb_auth_parse(sb_auth **out, const char *pw_name, const char *pw_text, size_
     if (rc == SB_ENOMEM)
         sb_error_set(err, SB_ENOMEM, 0, "out of memory loading %s",
                      pw_name != NULL ? pw_name : "the password file");
+    if (rc == 0 && pw_text != NULL)
+        cache_init(a);
     if (rc == 0 && acl_text != NULL)
         rc = parse_acl(a, acl_name != NULL ? acl_name : "ACL file", acl_text, acl_len, err);
     if (rc != 0) {
@@ -934,6 +1056,24 @@ static int intersects(const rule *r, const ident *id, const char *filter)
     }
 }
 
+/* Fills id for user and client_id. */
+static void ident_init(ident *id, const char *user, const char *client_id)
+{
+    id->user = user;
+    id->user_len = user != NULL ? strlen(user) : 0;
+    id->user_ok = usable(user, id->user_len);
+    id->client = client_id;
+    id->client_len = client_id != NULL ? strlen(client_id) : 0;
+    id->client_ok = usable(client_id, id->client_len);
+}
+
+/* An allow rule r that grants access here (its placeholders usable). */
+static int grants(const rule *r, const ident *id, int access)
+{
+    return (r->access & access) != 0 && !((r->uses & USES_USER) && !id->user_ok) &&
+           !((r->uses & USES_CLIENT) && !id->client_ok);
+}
+
 static int decide(const sb_auth *a, const char *user, const char *client_id, const char *subject,
                   int is_filter, int access)
 {
@@ -950,12 +1090,7 @@ static int decide(const sb_auth *a, const char *user, const char *client_id, con
     if (is_filter ? sb_filter_validate(subject, len, NULL) != 0
                   : sb_topic_validate(subject, len, NULL) != 0)
         return 0;
-    id.user = user;
-    id.user_len = user != NULL ? strlen(user) : 0;
-    id.user_ok = usable(user, id.user_len);
-    id.client = client_id;
-    id.client_len = client_id != NULL ? strlen(client_id) : 0;
-    id.client_ok = usable(client_id, id.client_len);
+    ident_init(&id, user, client_id);
     lists[0] = user == NULL ? &a->anon : sb_map_get(&a->acl_users, user);
     lists[1] = &a->pattern;
 
@@ -971,8 +1106,7 @@ static int decide(const sb_auth *a, const char *user, const char *client_id, con
     for (int k = 0; k < 2; k++) {
         for (size_t i = 0; lists[k] != NULL && i < lists[k]->n; i++) {
             const rule *r = &lists[k]->v[i];
-            if ((r->access & need) == 0 || ((r->uses & USES_USER) && !id.user_ok) ||
-                ((r->uses & USES_CLIENT) && !id.client_ok))
+            if (!grants(r, &id, need))
                 continue;
             if (covers(r, &id, subject)) {
                 need &= ~r->access;
@@ -984,14 +1118,124 @@ static int decide(const sb_auth *a, const char *user, const char *client_id, con
     return 0;
 }
 
+/* Appends s[0..n) to out at *pos, with a '/' before it unless first. */
+static void put_level(char *out, size_t *pos, const char *s, size_t n, int first)
+{
+    if (!first)
+        out[(*pos)++] = '/';
+    memcpy(out + *pos, s, n);
+    *pos += n;
+}
+
+/* put_level of a resolved rule level (a placeholder's value, '+' or '#'). */
+static void put_view(char *out, size_t *pos, const view *v, int first)
+{
+    if (v->kind == LVL_LIT)
+        put_level(out, pos, v->s, v->len, first);
+    else
+        put_level(out, pos, v->kind == LVL_PLUS ? "+" : "#", 1, first);
+}
+
+/* Writes into out the filter that matches exactly the topics both rule r
+ * and filter match (they intersect: some topic does). Levels are taken from
+ * the narrower side; a '#' on one side takes the rest of the other, and
+ * stops there if the other side has ended (rule `a/#` matches `a`). */
+static void intersection(const rule *r, const ident *id, const char *filter, char *out)
+{
+    walker w = {filter, 0};
+    view f, rl;
+    size_t pos = 0;
+    for (size_t i = 0;; i++) {
+        int fmore = walk(&w, &f), rmore = i < r->nlevels;
+        if (rmore)
+            resolve(&r->levels[i], id, &rl);
+        if (!rmore || !fmore) {
+            break; /* both ended (they intersect: never only one) */
+        } else if (rl.kind == LVL_HASH) {
+            put_level(out, &pos, f.s, strlen(f.s), i == 0); /* the filter's rest */
+            break;
+        } else if (f.kind == LVL_HASH) {
+            for (size_t k = i; k < r->nlevels; k++) {
+                view v;
+                resolve(&r->levels[k], id, &v);
+                put_view(out, &pos, &v, k == 0);
+            }
+            break;
+        } else if (f.kind == LVL_PLUS) {
+            put_view(out, &pos, &rl, i == 0);
+        } else {
+            put_level(out, &pos, f.s, f.len, i == 0);
+        }
+    }
+    out[pos] = '\0';
+}
+
+/* The longest intersection of rule r with a filter of filter_len bytes. */
+static size_t intersection_max(const rule *r, const ident *id, size_t filter_len)
+{
+    size_t n = filter_len + strlen(r->text) + 2;
+    if (r->uses != 0)
+        n += r->nlevels * (id->user_len + id->client_len);
+    return n;
+}
+
+/* 1 if some topic filter can match is readable: an allow rule with read
+ * access intersects the filter, and no single deny rule covers that
+ * intersection. (Deny rules that only together cover it are not seen: the
+ * filter is then granted and every delivery refused, as each one is
+ * checked.) */
+static int some_readable(const ident *id, const rule_list *const lists[2], const char *filter)
+{
+    char small[512], *buf;
+    size_t flen = strlen(filter);
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; lists[k] != NULL && i < lists[k]->n; i++) {
+            const rule *r = &lists[k]->v[i];
+            size_t need;
+            int denied = 0;
+            if (!grants(r, id, SB_ACL_READ) || !intersects(r, id, filter))
+                continue;
+            need = intersection_max(r, id, flen);
+            buf = need <= sizeof small ? small : sb_malloc(need);
+            if (buf == NULL)
+                return 0; /* out of memory: refused, the safe answer */
+            intersection(r, id, filter, buf);
+            for (int dk = 0; dk < 2 && !denied; dk++)
+                for (size_t d = 0; lists[dk] != NULL && d < lists[dk]->n && !denied; d++)
+                    denied = lists[dk]->v[d].access == 0 && covers(&lists[dk]->v[d], id, buf);
+            if (buf != small)
+                sb_free(buf);
+            if (!denied)
+                return 1;
+        }
+    }
+    return 0;
+}
+
 int sb_auth_allowed(const sb_auth *a, const char *user, const char *client_id, const char *topic,
                     int access)
 {
     return decide(a, user, client_id, topic, 0, access);
 }
 
+int sb_auth_filter_readable(const sb_auth *a, const char *user, const char *client_id,
+                            const char *filter)
+{
+    return decide(a, user, client_id, filter, 1, SB_ACL_READ);
+}
+
 int sb_auth_filter_allowed(const sb_auth *a, const char *user, const char *client_id,
                            const char *filter)
 {
-    return decide(a, user, client_id, filter, 1, SB_ACL_READ);
+    const rule_list *lists[2];
+    ident id;
+
+    if (a == NULL || !a->has_acl)
+        return 1;
+    if (filter == NULL || sb_filter_validate(filter, strlen(filter), NULL) != 0)
+        return 0;
+    ident_init(&id, user, client_id);
+    lists[0] = user == NULL ? &a->anon : sb_map_get(&a->acl_users, user);
+    lists[1] = &a->pattern;
+    return some_readable(&id, lists, filter);
 }

@@ -29,8 +29,10 @@
  * a deny pattern denies as if the placeholder were '+' (every value), so an
  * odd identity can only lose access, never gain it.
  *
- * A loaded sb_auth is immutable: every query is read-only and may run on any
- * thread concurrently.
+ * A loaded sb_auth is immutable but for its cache of verified logins (which
+ * has its own lock): every query may run on any thread concurrently. A
+ * reload makes a new sb_auth, so a changed password file starts with an
+ * empty cache.
  */
 #ifndef SB_AUTH_H
 #define SB_AUTH_H
@@ -78,7 +80,11 @@ int sb_auth_has_acl(const sb_auth *a);
  * matches its hash, else SB_EAUTH (also without a password file). Recomputes
  * the hash (slow by design: run it off the event loop) and compares in
  * constant time; an unknown user costs the same work, against a dummy hash
- * with the iteration count most users have. Thread-safe. */
+ * with the iteration count most users have. A login that matched is
+ * remembered (a bounded cache of 4096 keyed-hash tags of user and password,
+ * the oldest of a set replaced first; gone with a): checking it again costs
+ * one HMAC, so a storm of reconnecting clients does not queue for seconds
+ * of PBKDF2. Failures are not remembered. Thread-safe. */
 int sb_auth_check_password(const sb_auth *a, const char *user, const char *password,
                            size_t password_len);
 
@@ -88,13 +94,27 @@ int sb_auth_check_password(const sb_auth *a, const char *user, const char *passw
 int sb_auth_allowed(const sb_auth *a, const char *user, const char *client_id, const char *topic,
                     int access);
 
-/* 1 if the client may subscribe to filter: every topic the filter can match
- * must be readable, i.e. one allow rule with read access covers the whole
- * filter (rule `a/#` covers `a/+/c`; rule `a/+` does not cover `a/#`) and no
- * deny rule matches any topic the filter can match. Else 0 (also for an
- * invalid filter). 1 when a is NULL or has no ACL file. */
+/* 1 if the client may subscribe to filter: the ACL lets it read some topic
+ * the filter can match (an allow rule with read access intersects the
+ * filter, and no deny rule covers that intersection), as Mosquitto grants
+ * `#` under `topic readwrite #` and `topic deny a/b`. A granted filter may
+ * still match topics the client may not read: check each delivery with
+ * sb_auth_allowed. Rules with wildcards do not reach `$` topics, so `#`
+ * grants nothing under `$SYS`. 0 when nothing the filter matches is
+ * readable (also for an invalid filter). 1 when a is NULL or has no ACL
+ * file. */
 int sb_auth_filter_allowed(const sb_auth *a, const char *user, const char *client_id,
                            const char *filter);
+
+/* 1 if the client may read every topic filter can match: one allow rule
+ * with read access covers the whole filter (rule `a/#` covers `a/+/c`; rule
+ * `a/+` does not cover `a/#`) and no deny rule matches any topic the filter
+ * can match. For what is shared with others (a named queue, its
+ * statistics), where filtering deliveries would take messages from them.
+ * Else 0 (also for an invalid filter). 1 when a is NULL or has no ACL
+ * file. */
+int sb_auth_filter_readable(const sb_auth *a, const char *user, const char *client_id,
+                            const char *filter);
 
 /* ---- for tools that write password files (sbctl passwd) ---- */
 

@@ -27,6 +27,7 @@ void sb_sub_settings_default(sb_sub_settings *s)
     s->max_depth = 0;
     s->overflow = SB_OVERFLOW_REJECT;
     s->transient = 0;
+    s->expire_ms = 0;
 }
 
 uv_loop_t *sb_broker_loop(sb_broker *b)
@@ -60,6 +61,8 @@ int sb_broker_new(sb_broker **out, sb_config *cfg, sb_error *err)
     b->flush_idle.data = b;
     uv_timer_init(&b->loop, &b->housekeeping);
     b->housekeeping.data = b;
+    uv_timer_init(&b->loop, &b->expiry_timer);
+    b->expiry_timer.data = b;
     sb_adapters_register_builtin();
     *out = b;
     return 0;
@@ -74,12 +77,12 @@ static char *settings_json(const sb_queue *q)
     char *s;
     if (q->from_config)
         return sb_strdup("{\"kind\":\"route\"}");
-    o = json_pack("{s:s, s:s, s:i, s:I, s:I, s:I, s:s, s:s?}", "kind", "client", "durability",
+    o = json_pack("{s:s, s:s, s:i, s:I, s:I, s:I, s:s, s:I, s:s?}", "kind", "client", "durability",
                   classes[q->durability], "max_attempts", q->max_attempts, "lease_ms",
                   (json_int_t)q->lease_ms, "ttl_ms", (json_int_t)q->ttl_ms, "max_depth",
                   (json_int_t)q->max_depth, "overflow",
-                  q->overflow == SB_OVERFLOW_DROP_OLDEST ? "drop-oldest" : "reject", "meta",
-                  q->meta);
+                  q->overflow == SB_OVERFLOW_DROP_OLDEST ? "drop-oldest" : "reject", "expire_ms",
+                  (json_int_t)q->expire_ms, "meta", q->meta);
     if (o == NULL)
         return NULL;
     s = json_dumps(o, JSON_COMPACT);
@@ -147,6 +150,7 @@ sb_queue *sb_broker__add_queue(sb_broker *b, uint32_t id, const char *name, cons
 static void remove_queue(sb_broker *b, sb_queue *q)
 {
     sb_queue **p;
+    sb_broker__expiry_remove(b, q);
     sb_map_remove(&b->queues_by_name, q->name);
     for (p = &b->queues; *p != NULL; p = &(*p)->next)
         if (*p == q) {
@@ -194,6 +198,7 @@ static int load_queue(void *ctx, uint32_t id, const char *name, const char *filt
         if (json_string_value(json_object_get(o, "overflow")) != NULL &&
             strcmp(json_string_value(json_object_get(o, "overflow")), "drop-oldest") == 0)
             s.overflow = SB_OVERFLOW_DROP_OLDEST;
+        s.expire_ms = json_integer_value(json_object_get(o, "expire_ms"));
         sb_queue__apply_settings(q, &s);
         if (json_string_value(json_object_get(o, "meta")) != NULL &&
             (q->meta = sb_strdup(json_string_value(json_object_get(o, "meta")))) == NULL) {
@@ -416,6 +421,7 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
                 sb_warn(q->name, "client subscription %s is now declared by route %s", name,
                         r->name);
             q->from_config = 1;
+            sb_broker__expiry_remove(b, q);
             sb_queue__apply_route(q, r);
             if (created || strcmp(q->filter, filter) != 0) {
                 char *f = sb_strdup(filter);
@@ -618,6 +624,10 @@ int sb_broker_start(sb_broker *b, sb_error *err)
         goto fail;
     if ((rc = apply_routes(b, b->cfg, err)) != 0)
         goto fail;
+    uv_update_time(&b->loop);
+    for (sb_queue *q = b->queues; q != NULL; q = q->next)
+        if (q->expire_ms > 0)
+            sb_broker__expiry_update(b, q); /* the time away counts from now */
     for (size_t i = 0; i < b->cfg->adapter_count; i++)
         if ((rc = start_adapter(b, &b->cfg->adapters[i], NULL, err)) != 0)
             goto fail;
@@ -661,6 +671,7 @@ static sb_queue *new_client_queue(sb_broker *b, const char *name, const char *fi
     }
     sb_queue__apply_settings(q, settings);
     q->transient = settings->transient;
+    sb_broker__expiry_update(b, q);
     return q;
 }
 
@@ -912,15 +923,19 @@ int sb_broker_attach(sb_broker *b, const char *name, sb_consumer *c, sb_error *e
     c->outstanding = NULL;
     c->next = q->consumers;
     q->consumers = c;
+    sb_broker__expiry_update(b, q);
     sb_queue__dispatch(q);
     return 0;
 }
 
 void sb_broker_detach(sb_broker *b, sb_consumer *c, int failed)
 {
-    (void)b;
-    if (c->queue != NULL)
-        sb_queue__detach_consumer(c->queue, c, failed);
+    sb_queue *q = c->queue;
+    if (q == NULL)
+        return;
+    sb_queue__detach_consumer(q, c, failed);
+    if (q->consumers == NULL && q->expire_ms > 0)
+        sb_broker__expiry_update(b, q);
 }
 
 /* ---- reload ---- */
@@ -1001,6 +1016,7 @@ static void finish_stop(sb_broker *b)
         sb_store_close(b->store);
         b->store = NULL;
     }
+    b->expiring_head = b->expiring_tail = NULL;
     while (b->queues != NULL) {
         sb_queue *q = b->queues;
         b->queues = q->next;
@@ -1035,6 +1051,7 @@ void sb_broker_stop(sb_broker *b)
         b->admin = NULL;
     }
     /* Adapter close callbacks run on the next loop turns; finish after them. */
+    uv_timer_stop(&b->expiry_timer);
     uv_timer_stop(&b->housekeeping);
     uv_timer_start(&b->housekeeping, on_stop_tick, 0, 10);
 }

@@ -129,6 +129,9 @@ typedef struct sb_sub_settings {
     int64_t lease_ms, ttl_ms, max_depth;
     sb_overflow overflow; /* at max_depth: reject (default) or drop-oldest */
     int transient;        /* not saved: gone after a restart (MQTT clean sessions) */
+    /* Deleted, messages and all, once no consumer has been attached for this
+     * long (counted from the start after a restart); 0 (default): never. */
+    int64_t expire_ms;
 } sb_sub_settings;
 
 void sb_sub_settings_default(sb_sub_settings *s);
@@ -155,6 +158,12 @@ int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, co
 /* The meta text of subscription `name`, or NULL if it does not exist or was
  * not made by sb_broker_sub_define. */
 const char *sb_broker_sub_meta(sb_broker *b, const char *name);
+
+/* Sets how long client subscription `name` may go without a consumer
+ * before it is deleted (0: never; see sb_sub_settings.expire_ms), saved
+ * with its definition. Returns 0, SB_ENOTFOUND, or SB_EACCES for a route's
+ * queue. */
+int sb_broker_sub_set_expiry(sb_broker *b, const char *name, int64_t expire_ms, sb_error *err);
 
 /* Deletes a client-created subscription and its messages; SB_EBUSY while a
  * consumer is attached to it. */
@@ -199,6 +208,13 @@ void *sb_broker_session_swap(sb_broker *b, const char *name, void *owner);
 /* Builds the stats object of the protocol (`queues`, `store`, `broker`);
  * returns a new jansson reference (json_t *) or NULL on out-of-memory. */
 void *sb_broker_stats_json(sb_broker *b);
+
+/* 1 if a client may see the statistics of queue `name` with `filters`
+ * ('\n'-separated). */
+typedef int (*sb_stats_visible_cb)(void *ctx, const char *name, const char *filters);
+
+/* The same with only the queues visible() accepts (NULL: every queue). */
+void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, void *ctx);
 
 typedef void (*sb_admin_cb)(void *ctx, int status, void *result_json, const char *why);
 

@@ -77,6 +77,8 @@ struct sb_broker {
     uv_mutex_t request_lock;
     int stop_requested, reload_requested;
     uv_timer_t housekeeping;
+    uv_timer_t expiry_timer;                 /* expiry.c */
+    sb_queue *expiring_head, *expiring_tail; /* idle client queues that expire, by deadline */
     int64_t last_prune_ms;
     int64_t last_sys_ms;
 
@@ -90,6 +92,11 @@ void sb_broker__drain_pending(sb_broker *b);
 void sb_broker__arm_flush(sb_broker *b);
 int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const char *filters);
 sb_queue *sb_broker__find_queue(sb_broker *b, const char *name);
+
+/* expiry.c: q may have started or stopped being able to expire (consumers,
+ * settings, deletion); _remove takes it off the list for good. */
+void sb_broker__expiry_update(sb_broker *b, sb_queue *q);
+void sb_broker__expiry_remove(sb_broker *b, sb_queue *q);
 
 /* broker.c */
 void sb_broker__free_op(sb_store_op *o, void *ctx);

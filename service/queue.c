@@ -123,6 +123,7 @@ void sb_queue__apply_settings(sb_queue *q, const sb_sub_settings *s)
     q->lease_ms = s->lease_ms;
     q->overflow = s->overflow;
     q->retain = 0;
+    q->expire_ms = s->expire_ms;
 }
 
 void sb_queue__apply_route(sb_queue *q, const sb_route_config *r)

@@ -86,6 +86,12 @@ struct sb_queue {
     uint64_t published, delivered, acked, nacked, dead, expired, dropped;
     sb_rate in_rate, out_rate;
     sb_queue *next; /* broker's list */
+
+    /* expiry.c: a client queue without consumers for expire_ms (> 0) is
+     * deleted; listed by deadline while it has none */
+    int64_t expire_ms, idle_since_ms;
+    sb_queue *exp_prev, *exp_next;
+    int exp_listed;
 };
 
 /* Creates a queue (not yet in the broker's lists); settings from route

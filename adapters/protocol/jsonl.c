@@ -482,26 +482,40 @@ static int protocol_owned(const jsonl_session *s, const char *name)
     return strncmp(name, "mqtt/", 5) == 0 && !s->conn->adapter->trusted;
 }
 
-/* Every '\n'-separated filter is readable by the client (NULL: nothing to
- * check yet, the subscription does not exist). */
-static int filters_readable(jsonl_session *s, const char *filters)
+/* Whether the client may read through '\n'-separated filters: every topic
+ * of each (all), or some topic of one of them (!all). With no ACL, yes. */
+static int filters_readable(const jsonl_session *s, const char *filters, int all)
 {
     const struct sb_auth *acl = sb_conn_acl(s->conn);
     char one[1024];
-    if (acl == NULL || filters == NULL)
+    if (acl == NULL || !sb_auth_has_acl(acl))
         return 1;
     while (*filters != '\0') {
         const char *nl = strchr(filters, '\n');
         size_t n = nl != NULL ? (size_t)(nl - filters) : strlen(filters);
-        if (n >= sizeof one)
-            return 0;
-        memcpy(one, filters, n);
-        one[n] = '\0';
-        if (!sb_auth_filter_allowed(acl, s->conn->user, NULL, one))
-            return 0;
+        int ok = 0;
+        if (n < sizeof one) {
+            memcpy(one, filters, n);
+            one[n] = '\0';
+            ok = all ? sb_auth_filter_readable(acl, s->conn->user, NULL, one)
+                     : sb_auth_filter_allowed(acl, s->conn->user, NULL, one);
+        }
+        if (ok != all)
+            return ok;
         filters += n + (nl != NULL);
     }
-    return 1;
+    return all;
+}
+
+/* The queues whose statistics a client sees while an ACL is in force: its
+ * own subscriptions on this connection, and queues it may read wholly (not
+ * MQTT sessions: their filters are another client's). */
+static int stats_visible(void *ctx, const char *name, const char *filters)
+{
+    const jsonl_session *s = ctx;
+    if (find_sub((jsonl_session *)s, name) != NULL)
+        return 1;
+    return !protocol_owned(s, name) && filters_readable(s, filters, 1);
 }
 
 static void do_sub(jsonl_session *s, json_t *req, json_t *id)
@@ -510,7 +524,7 @@ static void do_sub(jsonl_session *s, json_t *req, json_t *id)
     json_t *f = json_object_get(req, "filter"), *w = json_object_get(req, "window");
     sb_broker *b = s->conn->adapter->broker;
     sb_sub_settings st;
-    const char *bad = NULL;
+    const char *bad = NULL, *existing;
     sb_error err;
     jsub *js;
     reply *r;
@@ -532,9 +546,19 @@ static void do_sub(jsonl_session *s, json_t *req, json_t *id)
     if (protocol_owned(s, name))
         return reply_error(s, id, SB_EACCES,
                            "sub: mqtt/... subscriptions are MQTT client sessions");
-    if (!filters_readable(s, f != NULL ? json_string_value(f) : sb_broker_sub_filter(b, name)))
+    /* A new subscription is the client's own: granted if it may read some
+     * of what the filter matches (deliveries are checked one by one, and
+     * those it may not read are dropped). An existing one may be shared
+     * with others, whose messages would be dropped so: the client must be
+     * able to read all of it. */
+    existing = sb_broker_sub_filter(b, name);
+    if (existing != NULL ? !filters_readable(s, existing, 1)
+                         : f != NULL && !filters_readable(s, json_string_value(f), 0))
         return reply_error(s, id, SB_EAUTH,
-                           "sub: not authorized to read every topic of the filter");
+                           existing != NULL
+                               ? "sub: not authorized to read every topic of this existing "
+                                 "subscription"
+                               : "sub: not authorized to read any topic of the filter");
     if (sb_broker_subscribe(b, name, json_string_value(f), &st, &err) != 0)
         return reply_error(s, id, err.code, err.msg);
     js = sb_calloc(1, sizeof(*js));
@@ -896,7 +920,9 @@ static void handle_json(jsonl_session *s, const char *line, size_t len)
     } else if (strcmp(op, "stats") == 0) {
         reply *r = reply_new(s, id);
         if (r != NULL) {
-            json_t *o = sb_broker_stats_json(s->conn->adapter->broker);
+            const struct sb_auth *acl = sb_conn_acl(s->conn);
+            json_t *o = sb_broker_stats_json_visible(
+                s->conn->adapter->broker, sb_auth_has_acl(acl) ? stats_visible : NULL, s);
             if (o != NULL)
                 json_object_set_new(o, "op", json_string("stats"));
             reply_set(r, o);

@@ -4,7 +4,8 @@
  * with a message, never a crash or a leak. An ACL that loads is then asked
  * about every line of the input as a topic and as a filter, for several
  * identities; a topic used as a filter must get the same answer as reading
- * it (a filter without wildcards matches that one topic).
+ * it (a filter without wildcards matches that one topic), and a filter
+ * wholly readable must be granted.
  */
 #include "service/alloc.h"
 #include "service/auth.h"
@@ -30,9 +31,12 @@ static void ask(const sb_auth *a, const char *subject)
             int w = sb_auth_allowed(a, users[u], clients[c], subject, SB_ACL_WRITE);
             int rw = sb_auth_allowed(a, users[u], clients[c], subject, SB_ACL_READ | SB_ACL_WRITE);
             int f = sb_auth_filter_allowed(a, users[u], clients[c], subject);
+            int all = sb_auth_filter_readable(a, users[u], clients[c], subject);
             if ((r != 0 && r != 1) || (rw && !(r && w)) || (f != 0 && f != 1))
                 abort();
-            if (is_topic && f != r)
+            if (is_topic && (f != r || all != r))
+                abort();
+            if (all && !f) /* wholly readable is partly readable */
                 abort();
             if (!is_topic && (r || w))
                 abort();

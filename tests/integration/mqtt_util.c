@@ -313,10 +313,9 @@ void sbt_mq_await(sbt_mq *m, sb_mqtt_packet *out, sb_mqtt_type type, uint16_t pa
     }
 }
 
-void sbt_mq_connect(sbt_mq *m, const sbt_mq_opts *o, sb_mqtt_connack *out)
+void sbt_mq_send_connect(sbt_mq *m, const sbt_mq_opts *o)
 {
     sb_mqtt_connect c;
-    sb_mqtt_packet p;
     uint8_t buf[1024];
     size_t len;
     memset(&c, 0, sizeof(c));
@@ -346,6 +345,12 @@ void sbt_mq_connect(sbt_mq *m, const sbt_mq_opts *o, sb_mqtt_connack *out)
     }
     assert_int_equal(sb_mqtt_encode_connect(buf, sizeof(buf), &len, &c), 0);
     send_encoded(m, buf, len);
+}
+
+void sbt_mq_connect(sbt_mq *m, const sbt_mq_opts *o, sb_mqtt_connack *out)
+{
+    sb_mqtt_packet p;
+    sbt_mq_send_connect(m, o);
     sbt_mq_expect(m, &p, SB_MQTT_CONNACK, 0);
     *out = p.connack;
 }

@@ -81,6 +81,9 @@ typedef struct sbt_mq_opts {
 /* A TCP connection to port (asserts), no CONNECT sent yet. */
 sbt_mq *sbt_mq_open(int port);
 
+/* Sends the CONNECT of o (without waiting for anything). */
+void sbt_mq_send_connect(sbt_mq *m, const sbt_mq_opts *o);
+
 /* Sends the CONNECT of o and waits for the CONNACK (asserted), stored in
  * *out. */
 void sbt_mq_connect(sbt_mq *m, const sbt_mq_opts *o, sb_mqtt_connack *out);

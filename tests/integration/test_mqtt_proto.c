@@ -5,7 +5,8 @@
  * connection), keep-alive, client-id takeover, `$` topics and overlapping
  * subscriptions, QoS 2 exactly-once for a PUBLISH sent again (on the same
  * connection, after a reconnect, after a SIGKILL of the broker) and the
- * outbound QoS 1/2 flows with their re-sends after a reconnect. Each case
+ * outbound QoS 1/2 flows with their re-sends after a reconnect, max_queued
+ * and session_expiry. Each case
  * names the conformance statement it checks (MQTT-x.y.z-n).
  */
 #include "mqtt_util.h"
@@ -720,6 +721,91 @@ static void test_max_queued_drops_oldest(void **state)
     b->passed = 1;
 }
 
+/* 1 if c's `stats` list queue `name`. */
+static int lists_queue(sbt_conn *c, const char *name)
+{
+    json_t *q = sbt_queue_stats(c, name);
+    json_decref(q);
+    return q != NULL;
+}
+
+/* Polls until c's `stats` no longer list queue `name`; returns the ms it
+ * took (fails after timeout_ms). */
+static int64_t wait_queue_gone(sbt_conn *c, const char *name, int timeout_ms)
+{
+    int64_t t0 = sbt_now_ms();
+    while (lists_queue(c, name)) {
+        if (sbt_now_ms() - t0 > timeout_ms)
+            fail_msg("queue %s still exists after %d ms", name, timeout_ms);
+        sbt_poll_pause(50);
+    }
+    return sbt_now_ms() - t0;
+}
+
+/* session_expiry: a persistent session whose client has been away that
+ * long is deleted with its messages, and logged; the session of a client
+ * still connected is kept, and so is one whose client last came through a
+ * listener without session_expiry, even away longer; after a restart a
+ * session counts from the start; a client coming back later starts a new
+ * session. */
+static void test_session_expiry(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    sbt_mq *s, *stays;
+    int port, small, sp = -1;
+    int64_t took;
+
+    sbt_broker_set(b, 0, "    session_expiry: 2s\n");
+    c = sbt_mq_start(b, "mqtt-expiry");
+    port = b->port[SBT_MQ_PORT_MQTT];
+    small = b->port[SBT_MQ_PORT_SMALL];
+    s = sbt_mq_simple(small, "no-expiry", 0);
+    sbt_mq_sub1(s, 1, "ex/#", 1);
+    sbt_mq_disconnect(s);
+    stays = sbt_mq_simple(port, "stays", 0);
+    sbt_mq_sub1(stays, 1, "ex/#", 1);
+    s = sbt_mq_simple(port, "leaves", 0);
+    sbt_mq_sub1(s, 1, "ex/#", 1);
+    sbt_mq_disconnect(s);
+    sbt_pub(c, "ex/x", "queued", 3);
+
+    sbt_broker_mark_log(b);
+    took = wait_queue_gone(c, "mqtt/leaves", 20000);
+    if (took < 1000)
+        fail_msg("the session of a client away for 2 s at most was deleted after %lld ms",
+                 (long long)took);
+    sbt_broker_wait_log(b,
+                        "[mqtt/leaves] no consumer for 2 s (expires after 2 s without one): "
+                        "deleting the subscription",
+                        1, 5000);
+    sbt_broker_wait_log(b, "[mqtt/leaves] deleted subscription (1 messages discarded)", 1, 5000);
+    assert_true(lists_queue(c, "mqtt/stays"));
+    assert_true(lists_queue(c, "mqtt/no-expiry"));
+    sbt_mq_ack(stays, SB_MQTT_PUBACK, sbt_mq_expect_publish(stays, "ex/x", "queued", 1, -1, 0));
+    s = sbt_mq_client(port, &(sbt_mq_opts){.id = "leaves", .clean = 0}, &sp);
+    assert_int_equal(sp, 0);
+    sbt_mq_disconnect(s);
+
+    /* Away across a restart: counted from the start. */
+    sbt_mq_disconnect(stays);
+    sbt_broker_stop(b);
+    sbt_close(c);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[SBT_MQ_PORT_JSONL]);
+    assert_true(lists_queue(c, "mqtt/no-expiry"));
+    wait_queue_gone(c, "mqtt/stays", 20000);
+    wait_queue_gone(c, "mqtt/leaves", 20000);
+    assert_true(lists_queue(c, "mqtt/no-expiry"));
+    s = sbt_mq_client(small, &(sbt_mq_opts){.id = "no-expiry", .clean = 0}, &sp);
+    assert_int_equal(sp, 1);
+    sbt_mq_ack(s, SB_MQTT_PUBACK, sbt_mq_expect_publish(s, "ex/x", "queued", 1, -1, -1));
+    sbt_mq_disconnect(s);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 /* A producer that sends more than the broker has in flight, then DISCONNECT
  * and closes: everything it sent is published, and no will (the end of the
  * stream waits behind what was sent before it). */
@@ -898,6 +984,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_outbound_qos_flows, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_outbound_resend_after_kill, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_max_queued_drops_oldest, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_session_expiry, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_backlog_then_disconnect, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_duplicates_and_session_ownership, sbt_setup,
                                         sbt_teardown),

@@ -4,10 +4,19 @@
  *
  * A client session is a broker subscription named "mqtt/<client id>" whose
  * filters are the client's MQTT subscriptions ('\n'-separated) and whose
- * meta text holds the granted QoS of each (one digit per filter). Clean
- * sessions are transient memory queues deleted at disconnect; persistent
- * ones (clean session 0) are durable (fsync) queues that keep collecting
- * messages while the client is away and survive restarts.
+ * meta text holds the granted QoS of each (one digit per filter) and, on a
+ * line of its own after them, "owner=<user>": the identity that made the
+ * session (a user that logged in with a password, or a TLS client
+ * certificate's name). Clean sessions are transient memory queues deleted
+ * at disconnect; persistent ones (clean session 0) are durable (fsync)
+ * queues that keep collecting messages while the client is away and survive
+ * restarts, until `session_expiry` of absence, if set.
+ *
+ * A session with an owner is its owner's: another identity using its client
+ * id gets CONNACK 5 and neither takes it over nor deletes it. A session
+ * without one (made by an anonymous client, who proves nothing, or stored
+ * before owners were recorded) is claimed by the first identity that
+ * resumes it.
  *
  * Inbound: PUBACK (QoS 1) and PUBREC (QoS 2) are sent once the message is
  * committed, in PUBLISH order. QoS 2 is exactly once through a dedup key
@@ -300,6 +309,34 @@ static void subs_free(mqtt_session *s)
     s->sub_count = 0;
 }
 
+/* The owner recorded in a session's meta text, or NULL if none. */
+static const char *meta_owner(const char *meta)
+{
+    const char *nl = meta != NULL ? strchr(meta, '\n') : NULL;
+    if (nl == NULL || strncmp(nl + 1, "owner=", 6) != 0)
+        return NULL;
+    return nl + 7; /* the last line: a name may hold anything but NUL */
+}
+
+/* The meta text of s: the QoS of each filter, then its owner (NULL with
+ * err set when out of memory). */
+static char *meta_text(const mqtt_session *s, sb_error *err)
+{
+    size_t n = s->sub_count + (s->user != NULL ? strlen(s->user) + 7 : 0) + 1;
+    char *meta = sb_malloc(n);
+    if (meta == NULL) {
+        sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+        return NULL;
+    }
+    for (size_t i = 0; i < s->sub_count; i++)
+        meta[i] = (char)('0' + s->subs[i].qos);
+    if (s->user != NULL)
+        snprintf(meta + s->sub_count, n - s->sub_count, "\nowner=%s", s->user);
+    else
+        meta[s->sub_count] = '\0';
+    return meta;
+}
+
 /* Reads a persistent session's filters and granted QoS back. */
 static int subs_load(mqtt_session *s, const char *filters, const char *meta)
 {
@@ -317,7 +354,7 @@ static int subs_load(mqtt_session *s, const char *filters, const char *meta)
             return SB_ENOMEM;
         ns[s->sub_count].qos =
             (uint8_t)(meta != NULL && meta[i] >= '0' && meta[i] <= '2' ? meta[i] - '0' : 1);
-        if (meta != NULL && meta[i] != '\0')
+        if (meta != NULL && meta[i] != '\0' && meta[i] != '\n')
             i++;
         s->sub_count++;
         p = nl != NULL ? nl + 1 : NULL;
@@ -325,7 +362,7 @@ static int subs_load(mqtt_session *s, const char *filters, const char *meta)
     return 0;
 }
 
-/* Saves the filters and their QoS as the queue's definition. */
+/* Saves the filters, their QoS and the owner as the queue's definition. */
 static int subs_save(mqtt_session *s, const char *retained_for, sb_error *err)
 {
     size_t len = 1;
@@ -334,7 +371,7 @@ static int subs_save(mqtt_session *s, const char *retained_for, sb_error *err)
     for (size_t i = 0; i < s->sub_count; i++)
         len += strlen(s->subs[i].filter) + 1;
     filters = sb_malloc(len);
-    meta = sb_malloc(s->sub_count + 1);
+    meta = meta_text(s, err);
     if (filters == NULL || meta == NULL) {
         sb_free(filters);
         sb_free(meta);
@@ -348,18 +385,17 @@ static int subs_save(mqtt_session *s, const char *retained_for, sb_error *err)
             *p++ = '\n';
         memcpy(p, s->subs[i].filter, n + 1);
         p += n;
-        meta[i] = (char)('0' + s->subs[i].qos);
     }
-    meta[s->sub_count] = '\0';
     rc = sb_broker_sub_define(s->broker, s->queue, filters, meta, NULL, retained_for, err);
     sb_free(filters);
     sb_free(meta);
     return rc;
 }
 
-/* A resumed session keeps only the filters its new identity may read (the
- * client id may now be someone else's, or the ACL changed). */
-static void subs_recheck(mqtt_session *s)
+/* A resumed session keeps only the filters its identity may subscribe to
+ * (the ACL may have changed, or the session was claimed by a new owner);
+ * saved when that changed something, or when `save` (a new owner). */
+static void subs_recheck(mqtt_session *s, int save)
 {
     size_t kept = 0;
     sb_error err;
@@ -373,7 +409,7 @@ static void subs_recheck(mqtt_session *s)
                s->subs[i].filter);
         sb_free(s->subs[i].filter);
     }
-    if (kept != s->sub_count) {
+    if (kept != s->sub_count || save) {
         s->sub_count = kept;
         if (subs_save(s, NULL, &err) != 0)
             sb_log(SB_LOG_WARN, s->conn->adapter->name, "%s: cannot save the session: %s", s->who,
@@ -830,6 +866,33 @@ static void take_over(mqtt_session *old)
         sb_broker_unsubscribe(old->broker, old->queue, &err);
 }
 
+/* 0 if s's identity may use the session stored under its client id (meta:
+ * its meta text, NULL if there is none); else refuses the connection. */
+static int check_owner(mqtt_session *s, const char *meta)
+{
+    const char *owner = meta_owner(meta);
+    char why[300];
+    if (owner == NULL || (s->user != NULL && strcmp(owner, s->user) == 0))
+        return 0;
+    snprintf(why, sizeof why, "client id %s is the session of user %.100s, not of %s%.100s",
+             s->client_id, owner, s->user != NULL ? "user " : "an anonymous client",
+             s->user != NULL ? s->user : "");
+    refuse(s, SB_MQTT_CONNACK_NOT_AUTHORIZED, why);
+    return SB_EACCES;
+}
+
+/* Defines s's session queue with no filters yet. */
+static int define_empty(mqtt_session *s, const sb_sub_settings *st, sb_error *err)
+{
+    char *meta = meta_text(s, err);
+    int rc;
+    if (meta == NULL)
+        return SB_ENOMEM;
+    rc = sb_broker_sub_define(s->broker, s->queue, "", meta, st, NULL, err);
+    sb_free(meta);
+    return rc;
+}
+
 static int connect_finish(mqtt_session *s, const char *user)
 {
     const sb_adapter_config *cfg = s->conn->adapter->cfg;
@@ -851,6 +914,10 @@ static int connect_finish(mqtt_session *s, const char *user)
     if (s->has_will &&
         !sb_auth_allowed(session_auth(s), s->user, s->client_id, s->will_topic, SB_ACL_WRITE))
         return refuse(s, SB_MQTT_CONNACK_NOT_AUTHORIZED, "the will's topic is denied by the ACL");
+    /* Before anything is taken over or deleted: the session (stored, or
+     * of a connection still there) may be someone else's. */
+    if (check_owner(s, sb_broker_sub_meta(b, s->queue)) != 0)
+        return 0;
 
     old = sb_broker_session_swap(b, s->client_id, s);
     s->owner = 1;
@@ -865,27 +932,43 @@ static int connect_finish(mqtt_session *s, const char *user)
         st.overflow = SB_OVERFLOW_DROP_OLDEST;
     }
     meta = sb_broker_sub_meta(b, s->queue);
+    if (s->clean || meta == NULL) {
+        /* A new session starts without the QoS 2 state of an earlier one
+         * (deleted, expired or clean): a packet id it reuses is new. */
+        key_prefix(prefix, sizeof prefix, s->client_id);
+        sb_broker_key_delete(b, prefix, 1);
+    }
     if (s->clean) {
         if (meta != NULL && sb_broker_unsubscribe(b, s->queue, &err) != 0)
             return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, err.msg);
-        key_prefix(prefix, sizeof prefix, s->client_id);
-        sb_broker_key_delete(b, prefix, 1);
         /* A QoS 2 publish of an earlier connection may still commit its key
          * after that delete: this connection's keys are its own. */
         snprintf(s->key_tag, sizeof s->key_tag, "%016" PRIx64 "\n",
                  uv_hrtime() ^ ((uint64_t)(uintptr_t)s << 20));
         st.durability = SB_DURABILITY_MEMORY;
         st.transient = 1;
-        if (sb_broker_sub_define(b, s->queue, "", "", &st, NULL, &err) != 0)
+        if (define_empty(s, &st, &err) != 0)
             return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, err.msg);
     } else if (meta != NULL) {
+        int claimed = meta_owner(meta) == NULL && s->user != NULL;
         present = 1;
         if (subs_load(s, sb_broker_sub_filter(b, s->queue), meta) != 0)
             return fail(s, "out of memory");
-        subs_recheck(s);
-    } else if (sb_broker_sub_define(b, s->queue, "", "", &st, NULL, &err) != 0) {
-        return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, err.msg);
+        if (claimed)
+            sb_log(SB_LOG_WARN, s->conn->adapter->name,
+                   "%s: session %s had no owner (made by an anonymous client, or stored before "
+                   "owners were recorded): now owned by user %s",
+                   s->who, s->queue, s->user);
+        subs_recheck(s, claimed);
+    } else {
+        st.expire_ms = cfg->session_expiry_ms;
+        if (define_empty(s, &st, &err) != 0)
+            return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, err.msg);
     }
+    /* The absence allowed is that of the listener the client last used. */
+    if (!s->clean && sb_broker_sub_set_expiry(b, s->queue, cfg->session_expiry_ms, &err) != 0)
+        sb_log(SB_LOG_WARN, s->conn->adapter->name, "%s: cannot set the session's expiry: %s",
+               s->who, err.msg);
     if (sb_mqtt_encode_connack(ack, sizeof ack, &n, present, SB_MQTT_CONNACK_ACCEPTED) == 0)
         send_bytes(s, ack, n);
     s->connected = 1;

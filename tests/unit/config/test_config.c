@@ -660,6 +660,12 @@ static void test_mqtt_tls_anonymous(void **state)
                   "t.yaml:1:60: adapters[0].framing: not allowed with protocol mqtt\n");
     expect_errors("adapters: [{ name: m, type: tcp, listen: \"127.0.0.1:1\", max_queued: 5 }]\n",
                   "t.yaml:1:57: adapters[0].max_queued: only for protocol mqtt\n");
+    expect_errors("adapters: [{ name: m, type: unix, path: x, session_expiry: 1h }]\n",
+                  "t.yaml:1:44: adapters[0].session_expiry: only for protocol mqtt\n");
+    expect_errors("adapters: [{ name: m, type: unix, path: x, protocol: mqtt, session_expiry: -1s "
+                  "}]\n",
+                  "t.yaml:1:76: adapters[0].session_expiry: expected a duration (250ms, 10s, "
+                  "5m, 2h, 1d), got \"-1s\"\n");
     expect_errors("adapters: [{ name: m, type: udp, listen: \"127.0.0.1:1\", tls: {} }]\n",
                   "t.yaml:1:57: adapters[0].tls: not allowed for type udp\n");
     expect_errors(
@@ -679,6 +685,7 @@ static void test_mqtt_tls_anonymous(void **state)
     cfg = parse_ok("broker: { auth: { password_file: p, acl_file: a } }\n"
                    "adapters:\n"
                    "  - { name: m, type: tcp, listen: \":1883\", protocol: mqtt }\n"
+                   "  - { name: e, type: unix, path: e, protocol: mqtt, session_expiry: 2h }\n"
                    "  - { name: t, type: tcp, listen: \"[::1]:8883\", tls: { cert: c, key: k, "
                    "ca: a, client_cert: optional, min_version: \"1.3\" } }\n"
                    "  - { name: o, type: tcp, connect: \"h:1\", tls: { ca: system } }\n"
@@ -687,6 +694,8 @@ static void test_mqtt_tls_anonymous(void **state)
     assert_string_equal(cfg->broker.auth_acl_file, "a");
     a = sb_config_adapter(cfg, "m");
     assert_int_equal(a->max_queued, 100000);
+    assert_int_equal(a->session_expiry_ms, 0);
+    assert_int_equal(sb_config_adapter(cfg, "e")->session_expiry_ms, 2 * 3600 * 1000);
     assert_false(sb_adapter_config_anonymous(a));
     assert_false(sb_adapter_config_tls(a));
     a = sb_config_adapter(cfg, "t");

@@ -3,8 +3,9 @@
  * files (tests/data/auth/mosquitto.*), every class of bad line with its
  * FILE:LINE message (golden bad inputs tests/data/auth/bad-*), ACL decisions
  * for anonymous clients, users and patterns, deny precedence, the
- * filter-subset rule, $SYS topics, concurrent checks, out-of-memory at every
- * allocation, and the cost of one verification.
+ * filter-subset rule, subscriptions granted when partly readable, $SYS
+ * topics, concurrent checks, out-of-memory at every allocation, the cost of
+ * one verification and the cache of verified logins.
  *
  * Set SB_UPDATE_GOLDEN=1 to rewrite the .expected files from the current
  * output (then review the diff).
@@ -454,24 +455,35 @@ static void test_acl_deny(void **state)
     assert_false(sb_auth_allowed(a, "alice", NULL, "x/y/secret", SB_ACL_READ));
     assert_true(sb_auth_allowed(a, "alice", NULL, "x/y/public", SB_ACL_READ));
 
-    /* A filter is refused if any topic it can match is denied. */
-    assert_false(sb_auth_filter_allowed(a, "alice", NULL, "a/#"));
-    assert_false(sb_auth_filter_allowed(a, "alice", NULL, "a/+"));
+    /* A filter is fully readable only if no topic it can match is denied. */
+    assert_false(sb_auth_filter_readable(a, "alice", NULL, "a/#"));
+    assert_false(sb_auth_filter_readable(a, "alice", NULL, "a/+"));
+    assert_false(sb_auth_filter_readable(a, "alice", NULL, "a/b"));
+    assert_true(sb_auth_filter_readable(a, "alice", NULL, "a/d"));
+    assert_true(sb_auth_filter_readable(a, "alice", NULL, "a/b/+"));
+    assert_true(sb_auth_filter_readable(a, "alice", NULL, "a/+/c"));
+    assert_false(sb_auth_filter_readable(a, "alice", NULL, "x/#"));
+    assert_false(sb_auth_filter_readable(a, "alice", NULL, "x/+/+"));
+    assert_false(sb_auth_filter_readable(a, "alice", NULL, "x/y/#"));
+    assert_true(sb_auth_filter_readable(a, "alice", NULL, "x/y/public"));
+    assert_true(sb_auth_filter_readable(a, "alice", NULL, "x/y/+/z"));
+
+    /* A subscription is granted if some topic it can match is readable. */
+    assert_true(sb_auth_filter_allowed(a, "alice", NULL, "a/#"));
+    assert_true(sb_auth_filter_allowed(a, "alice", NULL, "a/+"));
     assert_false(sb_auth_filter_allowed(a, "alice", NULL, "a/b"));
-    assert_true(sb_auth_filter_allowed(a, "alice", NULL, "a/d"));
-    assert_true(sb_auth_filter_allowed(a, "alice", NULL, "a/b/+"));
-    assert_true(sb_auth_filter_allowed(a, "alice", NULL, "a/+/c"));
-    assert_false(sb_auth_filter_allowed(a, "alice", NULL, "x/#"));
-    assert_false(sb_auth_filter_allowed(a, "alice", NULL, "x/+/+"));
-    assert_false(sb_auth_filter_allowed(a, "alice", NULL, "x/y/#"));
-    assert_true(sb_auth_filter_allowed(a, "alice", NULL, "x/y/public"));
-    assert_true(sb_auth_filter_allowed(a, "alice", NULL, "x/y/+/z"));
+    assert_false(sb_auth_filter_allowed(a, "alice", NULL, "a/c"));
+    assert_true(sb_auth_filter_allowed(a, "alice", NULL, "x/#"));
+    assert_false(sb_auth_filter_allowed(a, "alice", NULL, "x/+/secret"));
+    assert_false(sb_auth_filter_allowed(a, "alice", NULL, "x/y/secret"));
 
     /* The deny pattern, for alice: her own home only. */
     assert_false(sb_auth_allowed(a, "alice", NULL, "home/alice/x", SB_ACL_READ));
     assert_true(sb_auth_allowed(a, "alice", NULL, "home/bob/x", SB_ACL_READ));
-    assert_false(sb_auth_filter_allowed(a, "alice", NULL, "home/+/x"));
-    assert_true(sb_auth_filter_allowed(a, "alice", NULL, "home/bob/#"));
+    assert_false(sb_auth_filter_readable(a, "alice", NULL, "home/+/x"));
+    assert_true(sb_auth_filter_readable(a, "alice", NULL, "home/bob/#"));
+    assert_true(sb_auth_filter_allowed(a, "alice", NULL, "home/+/x"));
+    assert_false(sb_auth_filter_allowed(a, "alice", NULL, "home/alice/#"));
     /* For a user name that cannot be substituted, as '+': every home. */
     assert_false(sb_auth_allowed(a, "odd+name", NULL, "home/bob/x", SB_ACL_READ));
     assert_false(sb_auth_allowed(a, "odd+name", NULL, "home/odd/x", SB_ACL_READ));
@@ -480,7 +492,7 @@ static void test_acl_deny(void **state)
     sb_auth_free(a);
 }
 
-/* Every pair: rule (anonymous `topic read RULE`), filter, allowed. */
+/* Every pair: rule (anonymous `topic read RULE`), filter, fully readable. */
 static void test_filter_subset(void **state)
 {
     static const struct {
@@ -535,14 +547,14 @@ static void test_filter_subset(void **state)
         sb_auth *a;
         snprintf(text, sizeof(text), "topic read %s\n", cases[i].rule);
         a = acl(text);
-        if (sb_auth_filter_allowed(a, NULL, NULL, cases[i].filter) != cases[i].allowed)
+        if (sb_auth_filter_readable(a, NULL, NULL, cases[i].filter) != cases[i].allowed)
             fail_msg("rule %s, filter %s: expected %s", cases[i].rule, cases[i].filter,
                      cases[i].allowed ? "allowed" : "denied");
         sb_auth_free(a);
     }
 }
 
-/* Deny rules against filters: refused iff some topic matches both. */
+/* Deny rules against filters: not fully readable iff some topic matches both. */
 static void test_filter_deny_overlap(void **state)
 {
     static const struct {
@@ -563,9 +575,119 @@ static void test_filter_deny_overlap(void **state)
         snprintf(text, sizeof(text), "topic read #\ntopic read $SYS/#\ntopic deny %s\n",
                  cases[i].deny);
         a = acl(text);
-        if (sb_auth_filter_allowed(a, NULL, NULL, cases[i].filter) != cases[i].allowed)
+        if (sb_auth_filter_readable(a, NULL, NULL, cases[i].filter) != cases[i].allowed)
             fail_msg("deny %s, filter %s: expected %s", cases[i].deny, cases[i].filter,
                      cases[i].allowed ? "allowed" : "denied");
+        sb_auth_free(a);
+    }
+}
+
+/* Subscriptions as Mosquitto grants them: refused only when the ACL lets
+ * the client read nothing the filter can match. Every case: ACL text, user,
+ * filter, granted. */
+static void test_filter_subscribe(void **state)
+{
+    static const char mosq[] = "topic readwrite #\n"
+                               "topic deny test/nosubscribe\n"
+                               "user alice\n"
+                               "topic readwrite alice/#\n"
+                               "topic read public/#\n"
+                               "topic deny alice/secret/#\n"
+                               "user bob\n"
+                               "topic read $SYS/broker/#\n"
+                               "topic read a/+/c\n"
+                               "topic deny a/b/+\n"
+                               "user carol\n"
+                               "topic write #\n"
+                               "user dave\n"
+                               "topic read x/#\n"
+                               "topic deny x/+\n"
+                               "topic deny x/+/#\n"
+                               "pattern read clients/%c/#\n"
+                               "pattern read users/%u/in/#\n"
+                               "pattern deny users/%u/in/secret\n";
+    static const struct {
+        const char *user, *client, *filter;
+        int granted;
+    } cases[] = {
+        /* Mosquitto's case: `#` granted, deliveries filtered. */
+        {NULL, NULL, "#", 1},
+        {NULL, NULL, "test/#", 1},
+        {NULL, NULL, "test/+", 1},
+        {NULL, NULL, "test/nosubscribe", 0},
+        {NULL, NULL, "$SYS/#", 0},
+        {NULL, NULL, "+/nosubscribe", 1},
+        /* Partly allowed filters, and a deny rule covering the rest. */
+        {"alice", NULL, "#", 1},
+        {"alice", NULL, "+", 1}, /* the topic `alice` */
+        {"alice", NULL, "+/x", 1},
+        {"alice", NULL, "alice/secret/#", 0},
+        {"alice", NULL, "alice/secret/x/y", 0},
+        {"alice", NULL, "alice/+/x", 1},
+        {"alice", NULL, "other/#", 0},
+        {"alice", NULL, "$SYS/#", 0},
+        /* $SYS only where a rule names it; the deny inside a rule's reach. */
+        {"bob", NULL, "$SYS/#", 1},
+        {"bob", NULL, "$SYS/+/x", 1},
+        {"bob", NULL, "$SYS/other/#", 0},
+        {"bob", NULL, "#", 1},
+        {"bob", NULL, "a/b/c", 0},
+        {"bob", NULL, "a/+/c", 1},
+        {"bob", NULL, "a/b/#", 0},
+        {"bob", NULL, "a/x/#", 1},
+        /* Write access is no read access (carol reads only through the
+         * users/%u pattern). */
+        {"carol", NULL, "+/x", 0},
+        {"carol", NULL, "a", 0},
+        {"carol", NULL, "#", 1},
+        /* Deny rules that only together cover the allowed part are not
+         * seen: granted, and each delivery is refused. */
+        {"dave", NULL, "x/+", 0},
+        {"dave", NULL, "x/+/+", 0},
+        {"dave", NULL, "x/#", 1},
+        {"dave", NULL, "x", 1},
+        /* Placeholders stand for the client's own id and name only. */
+        {"dave", "c1", "clients/#", 1},
+        {"dave", "c1", "clients/c2/#", 0},
+        {"dave", "a/b", "clients/#", 0},
+        {"dave", "a/b", "clients/a/b", 0},
+        {"erin", "c1", "users/+/in/#", 1},
+        {"erin", "c1", "users/erin/in/secret", 0},
+        {"erin", "c1", "users/bob/in/x", 0},
+        {"er+in", "c1", "users/#", 0},
+        {"erin", "c1", "#", 1}, /* clients/c1/... */
+        /* Invalid filters. */
+        {"alice", NULL, "alice/#/x", 0},
+        {"alice", NULL, "", 0},
+    };
+    sb_auth *a = acl(mosq);
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (sb_auth_filter_allowed(a, cases[i].user, cases[i].client, cases[i].filter) !=
+            cases[i].granted)
+            fail_msg("user %s, client %s, filter %s: expected %s",
+                     cases[i].user ? cases[i].user : "(anonymous)",
+                     cases[i].client ? cases[i].client : "(none)", cases[i].filter,
+                     cases[i].granted ? "granted" : "refused");
+    /* Granted is not readable: the deliveries are checked one by one. */
+    assert_false(sb_auth_filter_readable(a, NULL, NULL, "#"));
+    assert_false(sb_auth_allowed(a, NULL, NULL, "test/nosubscribe", SB_ACL_READ));
+    assert_true(sb_auth_allowed(a, NULL, NULL, "test/other", SB_ACL_READ));
+    sb_auth_free(a);
+
+    /* A long filter and a long user name (the intersection is built on the
+     * heap). */
+    {
+        char user[700], filter[1400], text[1600];
+        memset(user, 'u', sizeof(user) - 1);
+        user[sizeof(user) - 1] = '\0';
+        snprintf(filter, sizeof(filter), "in/%s/+", user);
+        snprintf(text, sizeof(text), "pattern read in/%%u/#\npattern deny in/%%u/no\n");
+        a = acl(text);
+        assert_true(sb_auth_filter_allowed(a, user, NULL, filter));
+        assert_true(sb_auth_filter_allowed(a, user, NULL, "in/#"));
+        snprintf(filter, sizeof(filter), "in/%s/no", user);
+        assert_false(sb_auth_filter_allowed(a, user, NULL, filter));
         sb_auth_free(a);
     }
 }
@@ -875,6 +997,81 @@ static void test_cost(void **state)
     sb_free(h3);
 }
 
+/* Verified logins are cached: checking one again costs far less than the
+ * hash (a storm of reconnecting clients must not queue for PBKDF2), while
+ * a wrong password, another user's password and a new sb_auth (a reloaded
+ * file) are checked in full; a table far smaller than the logins stays
+ * correct. */
+static void test_login_cache(void **state)
+{
+    char *h1 = NULL, *h2 = NULL, *text, *other = NULL;
+    size_t len = 0, cap = 6000 * 160;
+    uint64_t t0;
+    double first, again;
+    sb_auth *a;
+    (void)state;
+
+    assert_int_equal(sb_auth_hash_password(&h1, "pw-1", 4, SB_AUTH_DEFAULT_ITERATIONS), 0);
+    assert_int_equal(sb_auth_hash_password(&h2, "pw-2", 4, SB_AUTH_DEFAULT_ITERATIONS), 0);
+    text = malloc(cap);
+    assert_non_null(text);
+    len = (size_t)snprintf(text, cap, "u1:%s\nu2:%s\n", h1, h2);
+    a = passwords(text);
+    t0 = uv_hrtime();
+    assert_int_equal(check(a, "u1", "pw-1"), 0);
+    first = (double)(uv_hrtime() - t0) / 1e6;
+    t0 = uv_hrtime();
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(check(a, "u1", "pw-1"), 0);
+    again = (double)(uv_hrtime() - t0) / 1e6;
+    print_message("first login %.1f ms, 20 more %.3f ms\n", first, again);
+    if (again > first / 2)
+        fail_msg("20 repeated logins took %.1f ms, the first one %.1f ms: not cached", again,
+                 first);
+    /* What was not verified is not answered from the cache. */
+    assert_int_equal(check(a, "u1", "pw-2"), SB_EAUTH);
+    assert_int_equal(check(a, "u2", "pw-1"), SB_EAUTH);
+    assert_int_equal(check(a, "u1", "pw-1x"), SB_EAUTH);
+    assert_int_equal(sb_auth_check_password(a, "u1", "pw-1", 3), SB_EAUTH);
+    assert_int_equal(check(a, "nobody", "pw-1"), SB_EAUTH);
+    assert_int_equal(check(a, "u2", "pw-2"), 0);
+    sb_auth_free(a);
+
+    /* A reloaded file is a new sb_auth: u1's old password is checked
+     * against the new hash, not found in a cache. */
+    len = (size_t)snprintf(text, cap, "u1:%s\n", h2);
+    a = passwords(text);
+    assert_int_equal(check(a, "u1", "pw-1"), SB_EAUTH);
+    assert_int_equal(check(a, "u1", "pw-2"), 0);
+    sb_auth_free(a);
+
+    /* 6000 users (one iteration each) through a table of 4096: every
+     * answer stays right after evictions. */
+    len = 0;
+    for (int i = 0; i < 6000; i++) {
+        char pw[16];
+        int n = snprintf(pw, sizeof(pw), "p%d", i);
+        assert_int_equal(sb_auth_hash_password(&other, pw, (size_t)n, 1), 0);
+        len += (size_t)snprintf(text + len, cap - len, "user%d:%s\n", i, other);
+        assert_true(len < cap);
+        sb_free(other);
+    }
+    a = passwords(text);
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < 6000; i++) {
+            char user[16], pw[16];
+            snprintf(user, sizeof(user), "user%d", i);
+            snprintf(pw, sizeof(pw), "p%d", i);
+            assert_int_equal(check(a, user, pw), 0);
+            snprintf(pw, sizeof(pw), "p%d", i + 1);
+            assert_int_equal(check(a, user, pw), SB_EAUTH);
+        }
+    sb_auth_free(a);
+    free(text);
+    sb_free(h1);
+    sb_free(h2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -889,6 +1086,7 @@ int main(void)
         cmocka_unit_test(test_acl_deny),
         cmocka_unit_test(test_filter_subset),
         cmocka_unit_test(test_filter_deny_overlap),
+        cmocka_unit_test(test_filter_subscribe),
         cmocka_unit_test(test_sys_topics),
         cmocka_unit_test(test_acl_misc),
         cmocka_unit_test(test_acl_errors),
@@ -896,6 +1094,7 @@ int main(void)
         cmocka_unit_test(test_out_of_memory),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_cost),
+        cmocka_unit_test(test_login_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
