@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include <dirent.h>
@@ -456,6 +457,46 @@ static void test_error_syntax(void **state)
     expect_errors("routes: [\n", "t.yaml:2:1: syntax: did not find expected node content "
                                  "(while parsing a flow node at line 2, column 1)\n");
     expect_errors("a: \"\xff\"\n", "t.yaml:1:5: syntax: invalid leading UTF-8 octet (#FF)\n");
+}
+
+/* Nesting is bounded, so that parsing stays linear: libyaml's scanner
+ * spends time proportional to the nesting depth on every token, and 200,000
+ * levels used to take minutes. */
+static void test_error_depth(void **state)
+{
+    const size_t levels = 200000;
+    const char head[] = "broker:\n  data_dir: ";
+    size_t n = sizeof head - 1;
+    char *yaml = malloc(n + 2 * levels + 2);
+    sb_config_errors errs = {0};
+    sb_config *cfg = NULL;
+    char *got;
+    clock_t start;
+    double secs;
+    (void)state;
+
+    assert_non_null(yaml);
+    memcpy(yaml, head, n);
+    memset(yaml + n, '[', levels);
+    memset(yaml + n + levels, ']', levels);
+    yaml[n + 2 * levels] = '\n';
+    yaml[n + 2 * levels + 1] = '\0';
+    start = clock();
+    assert_int_equal(parse(&cfg, yaml, &errs), SB_ECONFIG);
+    secs = (double)(clock() - start) / CLOCKS_PER_SEC;
+    got = printed(&errs);
+    assert_string_equal(
+        got, "t.yaml:2:75: nested too deeply (more than 64 levels of lists and mappings)\n");
+    if (secs > 2.0)
+        fail_msg("parsing %zu levels took %.2f s", levels, secs);
+    free(got);
+    sb_config_errors_clear(&errs);
+    /* 64 levels are fine: the value is then only the wrong kind */
+    memset(yaml + n, '[', 62);
+    memset(yaml + n + 62, ']', 62);
+    memcpy(yaml + n + 124, "\n", 2);
+    expect_errors(yaml, "t.yaml:2:13: broker.data_dir: expected a string, got a list\n");
+    free(yaml);
 }
 
 static void test_error_kinds(void **state)
@@ -1215,6 +1256,7 @@ int main(void)
         cmocka_unit_test(test_error_not_allowed),
         cmocka_unit_test(test_error_type),
         cmocka_unit_test(test_error_syntax),
+        cmocka_unit_test(test_error_depth),
         cmocka_unit_test(test_error_kinds),
         cmocka_unit_test(test_error_document),
         cmocka_unit_test(test_error_numbers),
