@@ -291,17 +291,22 @@ void sb_config_free(sb_config *cfg)
     sb_free(cfg);
 }
 
+const char *sb_config_error_format(const sb_config_error *e, char *out, size_t n)
+{
+    int len = snprintf(out, n, "%s", e->file != NULL ? e->file : "<config>");
+    if (len >= 0 && (size_t)len < n && e->line > 0)
+        len += snprintf(out + len, n - (size_t)len, ":%d:%d", e->line, e->col);
+    if (len >= 0 && (size_t)len < n)
+        snprintf(out + len, n - (size_t)len, ": %s%s%s", e->key != NULL ? e->key : "",
+                 e->key != NULL ? ": " : "", e->message != NULL ? e->message : "");
+    return out;
+}
+
 void sb_config_errors_print(const sb_config_errors *errs, FILE *f)
 {
     for (size_t i = 0; errs != NULL && i < errs->count; i++) {
-        const sb_config_error *e = &errs->items[i];
-        fputs(e->file != NULL ? e->file : "<config>", f);
-        if (e->line > 0)
-            fprintf(f, ":%d:%d", e->line, e->col);
-        fputs(": ", f);
-        if (e->key != NULL)
-            fprintf(f, "%s: ", e->key);
-        fprintf(f, "%s\n", e->message != NULL ? e->message : "");
+        char line[1024];
+        fprintf(f, "%s\n", sb_config_error_format(&errs->items[i], line, sizeof line));
     }
 }
 

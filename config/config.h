@@ -150,6 +150,11 @@ int sb_config_parse(sb_config **out, const char *name, const char *text, size_t 
 
 void sb_config_free(sb_config *cfg);
 
+/* Formats one error as "FILE:LINE:COL: key: message" into out (size n),
+ * leaving out the position when it is unknown and the key when there is
+ * none ("FILE: cannot open: ..."). Returns out. */
+const char *sb_config_error_format(const sb_config_error *e, char *out, size_t n);
+
 /* Writes each error as "FILE:LINE:COL: key: message\n". */
 void sb_config_errors_print(const sb_config_errors *errs, FILE *f);
 

@@ -33,9 +33,9 @@ static int load_config(const char *path, sb_config **out)
     sb_config_errors errs = {0};
     int rc = sb_config_load(out, path, &errs);
     if (rc != 0) {
+        char line[1024];
         for (size_t i = 0; i < errs.count; i++)
-            sb_errlog("config", "%s:%d:%d: %s: %s", errs.items[i].file, errs.items[i].line,
-                      errs.items[i].col, errs.items[i].key, errs.items[i].message);
+            sb_errlog("config", "%s", sb_config_error_format(&errs.items[i], line, sizeof line));
         sb_errlog("config", "%s: %zu error%s", path, errs.count, errs.count == 1 ? "" : "s");
         sb_config_errors_clear(&errs);
     }
