@@ -29,7 +29,7 @@ typedef struct sb_pending {
     int done;
     int status;
     int duplicate; /* its dedup key was committed already: nothing appended */
-    char why[200];
+    char why[320]; /* room for "store refused the message: " and the store's last error */
     sb_publish_cb cb;
     void *ctx;
     struct sb_pending *next;
