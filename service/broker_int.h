@@ -76,6 +76,7 @@ struct sb_broker {
     uv_async_t wakeup; /* stop / reload requests from other threads */
     uv_mutex_t request_lock;
     int stop_requested, reload_requested;
+    int reloading, reload_again; /* a reload is being prepared off the loop; another is due */
     uv_timer_t housekeeping;
     int64_t last_prune_ms;
     int64_t last_sys_ms;
