@@ -60,7 +60,16 @@ typedef struct sb_adapter_config {
                             placeholders {adapter} {peer} */
     int64_t max_message; /* bytes, default 1048576, 1..67108864 */
     int max_connections; /* servers, default 64, 1..100000 */
-    char **command;      /* exec: argv (list of strings), required for exec */
+    /* servers: a connection that completes no first request (jsonl: a
+     * request, raw: a frame, mqtt: CONNECT) within this time is closed;
+     * 0 = off; -1 (not set): 30 s for jsonl, off for raw and mqtt (raw
+     * producers may wait long for their first frame; MQTT has its own
+     * CONNECT timeout). See sb_adapter_config_idle_timeout. */
+    int64_t idle_timeout_ms;
+    /* servers: a frame must be complete this long after its first byte
+     * arrived, or the connection is closed; default 30 s, 0 = off */
+    int64_t frame_timeout_ms;
+    char **command; /* exec: argv (list of strings), required for exec */
     size_t command_count;
     sb_restart restart;               /* exec: never | on-failure (default) | always */
     int64_t restart_backoff_ms;       /* exec: first restart delay, default 1s */
@@ -86,6 +95,10 @@ typedef struct sb_adapter_config {
      * away); beyond, the oldest are dropped. Default 100000, 0 = no limit. */
     int64_t max_queued;
 } sb_adapter_config;
+
+/* The effective idle_timeout of a server adapter in ms (0: off): the
+ * configured value, else 30 s for jsonl and off for other protocols. */
+int64_t sb_adapter_config_idle_timeout(const sb_adapter_config *a);
 
 /* 1 if the adapter speaks TLS (its config has a tls section). */
 int sb_adapter_config_tls(const sb_adapter_config *a);

@@ -267,6 +267,14 @@ static int binding_deliver(sb_consumer *c, sb_delivery *d)
     return bind->adapter->type->deliver(bind->adapter, d);
 }
 
+int sb_broker_is_destination(sb_broker *b, const sb_adapter *a)
+{
+    for (const sb_sink_binding *s = b->bindings; s != NULL; s = s->next)
+        if (s->adapter == a && !s->retired)
+            return 1;
+    return 0;
+}
+
 void sb_broker__adapter_ready(sb_broker *b, sb_adapter *a)
 {
     for (sb_sink_binding *s = b->bindings; s != NULL; s = s->next)
@@ -528,6 +536,10 @@ static int start_admin(sb_broker *b, sb_error *err)
     cfg.protocol = "jsonl";
     cfg.max_message = 16 * 1024 * 1024;
     cfg.max_connections = 64;
+    /* sbctl may connect before it has a request (no idle_timeout), but
+     * sends each one whole */
+    cfg.idle_timeout_ms = 0;
+    cfg.frame_timeout_ms = 30000;
     cfg.inflight = 64;
     rc = start_adapter(b, &cfg, &b->admin, err);
     if (rc == 0) {

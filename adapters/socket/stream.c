@@ -26,6 +26,8 @@ typedef struct stream_adapter {
     const sb_protocol *proto;
     sb_tls_ctx *tls; /* NULL: plaintext */
     uv_stream_t *listener;
+    sb_conn_guard guard; /* servers: idle and frame timeouts, eviction */
+    int guard_open;
     sb_conn *conns;
     sb_conn *rr;
     int conn_count;
@@ -129,12 +131,16 @@ static int add_conn(stream_adapter *s, uv_stream_t *h, const char *peer)
         c->next = s->conns;
         s->conns = c;
         s->conn_count++;
+        if (s->guard_open)
+            sb_conn_guard_add(&s->guard, c);
         sb_log(SB_LOG_INFO, s->base.name, "peer %s connected (TLS handshake)", peer);
         return 0;
     }
     c->next = s->conns;
     s->conns = c;
     s->conn_count++;
+    if (s->guard_open)
+        sb_conn_guard_add(&s->guard, c);
     rc = sb_conn_start_uv(c, &s->base, s->proto, h, h, peer);
     if (rc != 0) {
         sb_conn_close(c, "cannot start the protocol session");
@@ -192,7 +198,10 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     peer_name(s, h, peer, sizeof(peer));
-    if (s->conn_count >= max) {
+    /* A full listener makes room by closing the connection that has waited
+     * longest without identifying itself (those closing still count until
+     * their handles are closed, an iteration later). */
+    if (s->conn_count >= max && !sb_conn_guard_evict(&s->guard, peer)) {
         sb_log(SB_LOG_WARN, s->base.name, "peer %s refused: max_connections (%d) reached", peer,
                max);
         uv_close((uv_handle_t *)h, on_handle_free);
@@ -306,6 +315,10 @@ static int stream_start(sb_adapter *a, sb_error *err)
         start_connect(s);
         return 0;
     }
+    sb_conn_guard_init(&s->guard, a);
+    s->guard.data = s;
+    s->guard_open = 1;
+    s->handles_open++;
     s->listener = new_stream(s);
     if (s->listener == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
@@ -358,6 +371,13 @@ static void on_own_handle_closed(uv_handle_t *h)
     maybe_stopped(s);
 }
 
+static void on_guard_closed(uv_handle_t *h)
+{
+    stream_adapter *s = ((sb_conn_guard *)h->data)->data;
+    s->handles_open--;
+    maybe_stopped(s);
+}
+
 static void stream_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
 {
     stream_adapter *s = (stream_adapter *)a;
@@ -375,6 +395,10 @@ static void stream_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
     }
     for (sb_conn *c = s->conns; c != NULL; c = c->next)
         sb_conn_close(c, NULL);
+    if (s->guard_open) {
+        s->guard_open = 0;
+        sb_conn_guard_close(&s->guard, on_guard_closed);
+    }
     maybe_stopped(s);
 }
 

@@ -141,6 +141,8 @@ static const char full_config[] =
     "    topic: in/{adapter}/{peer}\n"
     "    max_message: 64KiB\n"
     "    max_connections: 100000\n"
+    "    idle_timeout: 5m\n"
+    "    frame_timeout: 0\n"
     "    inflight: 8\n"
     "  - name: out\n"
     "    type: tcp\n"
@@ -216,6 +218,9 @@ static void test_full_values(void **state)
     assert_string_equal(a->topic, "in/{adapter}/{peer}");
     assert_int_equal(a->max_message, 65536);
     assert_int_equal(a->max_connections, 100000);
+    assert_int_equal(a->idle_timeout_ms, 300000);
+    assert_int_equal(sb_adapter_config_idle_timeout(a), 300000);
+    assert_int_equal(a->frame_timeout_ms, 0);
     assert_int_equal(a->inflight, 8);
 
     a = sb_config_adapter(cfg, "out");
@@ -248,7 +253,7 @@ static void test_full_values(void **state)
 
     r = sb_config_route(cfg, "r1");
     assert_non_null(r);
-    assert_int_equal(r->pos.line, 41);
+    assert_int_equal(r->pos.line, 43);
     assert_int_equal(r->from_count, 2);
     assert_string_equal(r->from[0], "in/#");
     assert_string_equal(r->from[1], "+/x");
@@ -324,6 +329,9 @@ static void test_defaults(void **state)
     assert_string_equal(a->topic, "{adapter}");
     assert_int_equal(a->max_message, 1048576);
     assert_int_equal(a->max_connections, 64);
+    assert_int_equal(a->idle_timeout_ms, -1);
+    assert_int_equal(sb_adapter_config_idle_timeout(a), 0); /* raw: off */
+    assert_int_equal(a->frame_timeout_ms, 30000);
     assert_int_equal(a->inflight, 64);
     assert_int_equal(a->reconnect_backoff_ms, 500);
     assert_int_equal(a->reconnect_max_backoff_ms, 30000);
@@ -679,6 +687,20 @@ static void test_error_adapter_rules(void **state)
     expect_errors("adapters: [{ name: a, type: tcp, connect: \"h:1\", max_connections: 2 }]\n",
                   "t.yaml:1:50: adapters[0].max_connections: only for servers (listen), not with "
                   "connect\n");
+    expect_errors("adapters: [{ name: a, type: unix, connect: p, idle_timeout: 1s }]\n",
+                  "t.yaml:1:47: adapters[0].idle_timeout: only for servers (path), not with "
+                  "connect\n");
+    expect_errors("adapters: [{ name: a, type: tcp, connect: \"h:1\", frame_timeout: 1s }]\n",
+                  "t.yaml:1:50: adapters[0].frame_timeout: only for servers (listen), not with "
+                  "connect\n");
+    expect_errors("adapters: [{ name: a, type: udp, listen: \"127.0.0.1:1\", idle_timeout: 1s }]\n",
+                  "t.yaml:1:57: adapters[0].idle_timeout: not allowed for type udp\n");
+    {
+        sb_config *cfg =
+            parse_ok("adapters: [{ name: a, type: pipe, path: p, protocol: jsonl }]\n");
+        assert_int_equal(sb_adapter_config_idle_timeout(&cfg->adapters[0]), 30000); /* jsonl */
+        sb_config_free(cfg);
+    }
 }
 
 /* Mailslots: names and full paths, the message framing and the 64KiB
