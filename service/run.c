@@ -50,7 +50,8 @@ int sb_run_broker(const char *path, const char *level, const sb_run_hooks *hooks
     sb_stop_watch *watch;
     uv_signal_t sigint, sigterm, sighup;
     char admin[1024];
-    int lvl;
+    uint64_t fd_before = 0, fd_after = 0;
+    int lvl, rc;
 
     if (load_config(path, &cfg) != 0)
         return 1;
@@ -65,6 +66,15 @@ int sb_run_broker(const char *path, const char *level, const sb_run_hooks *hooks
         sb_config_free(cfg);
         return 1;
     }
+    /* Every connection is a descriptor: the soft limit (often 1024) is
+     * not what the administrator allowed, the hard one is. */
+    rc = sb_platform_raise_fd_limit(&fd_before, &fd_after);
+    if (rc > 0)
+        sb_info(NULL, "open descriptor limit raised from %llu to %llu",
+                (unsigned long long)fd_before, (unsigned long long)fd_after);
+    else if (rc < 0)
+        sb_warn(NULL, "cannot raise the open descriptor limit (%llu): %s",
+                (unsigned long long)fd_before, sb_strerror(rc));
     if (sb_broker_new(&b, cfg, &err) != 0) {
         sb_errlog(NULL, "%s", err.msg);
         sb_config_free(cfg);

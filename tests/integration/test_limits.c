@@ -206,11 +206,104 @@ static void test_full_listener_evicts(void **state)
     b->passed = 1;
 }
 
+#ifndef _WIN32
+
+static const char emfile_config[] = "broker:\n"
+                                    "  data_dir: '{data}'\n"
+                                    "  admin: { endpoint: 'off' }\n"
+                                    "adapters:\n"
+                                    "  - name: clients\n"
+                                    "    type: tcp\n"
+                                    "    listen: 127.0.0.1:{port0}\n"
+                                    "    protocol: jsonl\n"
+                                    "    max_connections: 1000\n"
+                                    "    idle_timeout: 0\n";
+
+#define EMFILE_CONNS 80
+
+/* A client waiting in the backlog is served once descriptors are back. */
+static void expect_pong(sbt_tcp *t)
+{
+    char line[256];
+    assert_int_equal(sbt_tcp_write(t, "{\"op\":\"ping\"}\n", 14), 0);
+    if (sbt_tcp_read_line(t, line, sizeof line, SBT_REPLY_MS) < 0)
+        fail_msg("no pong: the connection was dropped or never accepted");
+    assert_string_equal(line, "{\"op\":\"pong\"}");
+}
+
+static void test_descriptor_limits(void **state)
+{
+    sbt_broker *b = *state;
+    struct rlimit rl, low;
+    sbt_tcp *conns[EMFILE_CONNS];
+    char want[128], *argv[6], *log;
+
+    sbt_broker_init(b, "limits-fds", 1);
+    sbt_broker_config(b, emfile_config);
+
+    /* the soft limit is raised to the hard one */
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max > 128) {
+        low = rl;
+        low.rlim_cur = 128;
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+        sbt_broker_start(b);
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+        snprintf(want, sizeof want, "open descriptor limit raised from 128 to %llu",
+                 (unsigned long long)(rl.rlim_max > 1048576 ? 1048576 : rl.rlim_max));
+        sbt_broker_wait_log(b, want, 1, 1000);
+        sbt_broker_stop(b);
+    } else {
+        print_message("hard descriptor limit %llu: not lowering the soft one\n",
+                      (unsigned long long)rl.rlim_max);
+    }
+
+    /* with 64 descriptors in all, 80 clients: the broker says so once, the
+     * clients it cannot take wait, and are served when others leave */
+    argv[0] = "/bin/sh";
+    argv[1] = "-c";
+    argv[2] = "ulimit -n 64 && exec \"$0\" run --config \"$1\"";
+    argv[3] = (char *)sbt_switchboard();
+    argv[4] = b->config_path;
+    argv[5] = NULL;
+    sbt_broker_mark_log(b);
+    if (sbt_spawn(&b->proc, argv, b->dir, b->log_path) != 0)
+        fail_msg("cannot run /bin/sh");
+    sbt_broker_wait_log(b, "ready: ", 1, SBT_READY_MS);
+    for (int i = 0; i < EMFILE_CONNS; i++)
+        conns[i] = connect_ok(b->port[0]);
+    sbt_broker_wait_log(b, "cannot accept connections: Too many open files (limit 64", 1, 10000);
+    for (int i = 0; i < EMFILE_CONNS / 2; i++)
+        sbt_tcp_close(conns[i]);
+    for (int i = EMFILE_CONNS / 2; i < EMFILE_CONNS; i++)
+        expect_pong(conns[i]);
+    sbt_broker_wait_log(b, "accepting connections again", 1, 15000);
+    log = sbt_broker_log_since(b);
+    assert_int_equal(sbt_count(log, "cannot accept connections"), 1);
+    free(log);
+    for (int i = EMFILE_CONNS / 2; i < EMFILE_CONNS; i++)
+        sbt_tcp_close(conns[i]);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+#else
+
+static void test_descriptor_limits(void **state)
+{
+    (void)state;
+    print_message("skipped: descriptor limits are POSIX\n");
+    skip();
+}
+
+#endif
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_idle_and_frame_timeouts, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_full_listener_evicts, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_descriptor_limits, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests_name("limits", tests, NULL, NULL);
