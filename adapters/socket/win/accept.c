@@ -68,6 +68,7 @@ int sb_socket_listen(sb_socket_listener **out, uv_stream_t *h, int is_tcp, sb_so
     l->name = name;
     h->data = l;
     if ((rc = uv_listen(h, 128, on_connection)) != 0) {
+        h->data = ctx;
         sb_free(l);
         return sb_error_set(err, rc == UV_EADDRINUSE ? SB_EADDRINUSE : SB_EIO, rc,
                             "cannot listen on %s: %s", text, uv_strerror(rc));
