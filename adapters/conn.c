@@ -1,8 +1,11 @@
-/* Connections: output coalescing, delivery acks, backpressure (see conn.h). */
+/* Connections: output coalescing, delivery acks, backpressure, and the
+ * listeners' idle and frame timeouts (see conn.h). */
 #include "adapters/conn.h"
 #include "service/alloc.h"
 #include "service/log.h"
 
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 const sb_protocol *sb_protocol_find(const char *name)
@@ -16,11 +19,204 @@ const sb_protocol *sb_protocol_find(const char *name)
     return NULL;
 }
 
+/* ---- the guard's lists ---- */
+
+static void waiting_unlink(sb_conn *c)
+{
+    sb_conn_guard *g = c->guard;
+    if (!c->waiting)
+        return;
+    if (c->wprev != NULL)
+        c->wprev->wnext = c->wnext;
+    else
+        g->waiting_head = c->wnext;
+    if (c->wnext != NULL)
+        c->wnext->wprev = c->wprev;
+    else
+        g->waiting_tail = c->wprev;
+    c->wprev = c->wnext = NULL;
+    c->waiting = 0;
+}
+
+static void framing_unlink(sb_conn *c)
+{
+    sb_conn_guard *g = c->guard;
+    if (!c->framing)
+        return;
+    if (c->fprev != NULL)
+        c->fprev->fnext = c->fnext;
+    else
+        g->framing_head = c->fnext;
+    if (c->fnext != NULL)
+        c->fnext->fprev = c->fprev;
+    else
+        g->framing_tail = c->fprev;
+    c->fprev = c->fnext = NULL;
+    c->framing = 0;
+}
+
+static void guard_arm(sb_conn_guard *g);
+
+static void framing_append(sb_conn *c)
+{
+    sb_conn_guard *g = c->guard;
+    c->frame_since = uv_now(g->timer.loop);
+    c->fprev = g->framing_tail;
+    c->fnext = NULL;
+    if (g->framing_tail != NULL)
+        g->framing_tail->fnext = c;
+    else
+        g->framing_head = c;
+    g->framing_tail = c;
+    c->framing = 1;
+    guard_arm(g);
+}
+
+/* After len bytes of input were handled (len 0: reading changed): starts,
+ * restarts or ends the frame clock of c. */
+static void frame_check(sb_conn *c, size_t len)
+{
+    size_t partial;
+    if (c->guard == NULL || c->guard->frame_ms == 0)
+        return;
+    if (c->closing || c->paused || c->out_paused || c->read_ended || c->proto == NULL ||
+        c->proto->partial == NULL) {
+        /* not reading: the peer cannot finish the frame, its clock stops */
+        framing_unlink(c);
+        return;
+    }
+    partial = c->proto->partial(c);
+    if (partial == 0) {
+        framing_unlink(c);
+    } else if (!c->framing || partial < c->partial + len) {
+        /* a frame began (what was held before, if anything, completed) */
+        framing_unlink(c);
+        framing_append(c);
+    }
+    c->partial = partial;
+}
+
+static void guard_forget(sb_conn *c)
+{
+    if (c->guard == NULL)
+        return;
+    waiting_unlink(c);
+    framing_unlink(c);
+}
+
+static void on_guard_timer(uv_timer_t *t)
+{
+    sb_conn_guard *g = t->data;
+    uint64_t now = uv_now(t->loop);
+    char why[160];
+    sb_conn *c;
+
+    while (g->idle_ms > 0 && (c = g->waiting_head) != NULL && c->since + g->idle_ms <= now) {
+        waiting_unlink(c);
+        snprintf(why, sizeof why, "no complete request within idle_timeout (%.1f s)",
+                 (double)g->idle_ms / 1000.0);
+        sb_conn_close(c, why);
+    }
+    while ((c = g->framing_head) != NULL && c->frame_since + g->frame_ms <= now) {
+        framing_unlink(c);
+        snprintf(why, sizeof why,
+                 "a frame begun %.1f s ago is still incomplete (%zu bytes; frame_timeout %.1f s)",
+                 (double)(now - c->frame_since) / 1000.0, c->partial, (double)g->frame_ms / 1000.0);
+        sb_conn_close(c, why);
+    }
+    guard_arm(g);
+}
+
+/* Arms the timer for the earliest deadline. Entries join each list at the
+ * tail, so a list's head has its earliest deadline; the timer is restarted
+ * only when that moves earlier than what it is armed for (one whose entry
+ * left fires early, finds nothing due and re-arms). */
+static void guard_arm(sb_conn_guard *g)
+{
+    uint64_t due = UINT64_MAX, now;
+    if (uv_is_closing((uv_handle_t *)&g->timer))
+        return;
+    if (g->idle_ms > 0 && g->waiting_head != NULL)
+        due = g->waiting_head->since + g->idle_ms;
+    if (g->frame_ms > 0 && g->framing_head != NULL &&
+        g->framing_head->frame_since + g->frame_ms < due)
+        due = g->framing_head->frame_since + g->frame_ms;
+    if (due == UINT64_MAX || (uv_is_active((uv_handle_t *)&g->timer) && g->due <= due))
+        return;
+    now = uv_now(g->timer.loop);
+    g->due = due;
+    uv_timer_start(&g->timer, on_guard_timer, due > now ? due - now : 0, 0);
+}
+
+void sb_conn_guard_init(sb_conn_guard *g, sb_adapter *a)
+{
+    int64_t idle = sb_adapter_config_idle_timeout(a->cfg), frame = a->cfg->frame_timeout_ms;
+    memset(g, 0, sizeof(*g));
+    uv_timer_init(a->loop, &g->timer);
+    g->timer.data = g;
+    g->name = a->name;
+    g->idle_ms = idle > 0 ? (uint64_t)idle : 0;
+    g->frame_ms = frame > 0 ? (uint64_t)frame : 0;
+}
+
+void sb_conn_guard_add(sb_conn_guard *g, sb_conn *c)
+{
+    c->guard = g;
+    c->since = uv_now(g->timer.loop);
+    if (c->identified || c->closing)
+        return;
+    c->wprev = g->waiting_tail;
+    c->wnext = NULL;
+    if (g->waiting_tail != NULL)
+        g->waiting_tail->wnext = c;
+    else
+        g->waiting_head = c;
+    g->waiting_tail = c;
+    c->waiting = 1;
+    guard_arm(g);
+}
+
+int sb_conn_guard_evict(sb_conn_guard *g, const char *newcomer)
+{
+    sb_conn *c = g->waiting_head;
+    char why[300];
+    if (c == NULL)
+        return 0;
+    waiting_unlink(c);
+    snprintf(why, sizeof why,
+             "the listener is full (max_connections) and this connection sent no complete "
+             "request in %.1f s: it makes room for %s",
+             (double)(uv_now(g->timer.loop) - c->since) / 1000.0, newcomer);
+    sb_conn_close(c, why);
+    return 1;
+}
+
+void sb_conn_guard_close(sb_conn_guard *g, uv_close_cb cb)
+{
+    while (g->waiting_head != NULL)
+        waiting_unlink(g->waiting_head);
+    while (g->framing_head != NULL)
+        framing_unlink(g->framing_head);
+    uv_close((uv_handle_t *)&g->timer, cb);
+}
+
+void sb_conn_identified(sb_conn *c)
+{
+    if (c->identified)
+        return;
+    c->identified = 1;
+    if (c->guard != NULL)
+        waiting_unlink(c);
+}
+
+/* ---- connections ---- */
+
 static void update_reading(sb_conn *c)
 {
     if (c->closing || c->read_ended)
         return;
     c->transport_ops->read(c, !(c->paused || c->out_paused));
+    frame_check(c, 0);
 }
 
 int sb_conn_start(sb_conn *c, sb_adapter *a, const sb_protocol *proto, const sb_conn_transport *t,
@@ -49,6 +245,8 @@ void sb_conn_input(sb_conn *c, const char *data, size_t len)
     rc = c->proto->data(c, data, len);
     if (rc != 0)
         sb_conn_close(c, NULL);
+    else
+        frame_check(c, len);
     sb_conn_unref(c);
 }
 
@@ -222,6 +420,7 @@ void sb_conn_unref(sb_conn *c)
 
 void sb_conn_transport_closed(sb_conn *c)
 {
+    guard_forget(c);
     if (c->session != NULL) /* NULL when the protocol failed to open */
         c->proto->closed(c);
     if (c->on_closed != NULL)
@@ -248,6 +447,7 @@ void sb_conn_close(sb_conn *c, const char *why)
     if (c->closing)
         return;
     c->closing = 1;
+    guard_forget(c);
     if (why != NULL)
         sb_log(SB_LOG_WARN, c->adapter->name, "peer %s: closing connection: %s", c->peer, why);
     else

@@ -19,6 +19,7 @@
 #include <uv.h>
 
 typedef struct sb_conn sb_conn;
+typedef struct sb_conn_guard sb_conn_guard;
 
 typedef struct sb_protocol {
     const char *name;
@@ -32,6 +33,9 @@ typedef struct sb_protocol {
     void (*closed)(sb_conn *c);
     /* The connection may read again after being paused by backpressure. */
     void (*drained)(sb_conn *c);
+    /* Optional: bytes of a frame begun but not complete that the session
+     * holds (0: between frames), for the listener's frame_timeout. */
+    size_t (*partial)(sb_conn *c);
 } sb_protocol;
 
 /* The byte stream under a connection. libuv streams (TCP, Unix sockets, a
@@ -81,6 +85,36 @@ struct sb_conn {
     void (*on_input_eof)(sb_conn *c);
     void *transport;
     sb_conn *next; /* the transport's list */
+    /* the listener's guard (NULL: none) and its bookkeeping */
+    sb_conn_guard *guard;
+    sb_conn *wprev, *wnext;  /* the guard's waiting list */
+    sb_conn *fprev, *fnext;  /* the guard's framing list */
+    uint64_t since;          /* accepted (loop time, ms) */
+    uint64_t frame_since;    /* the current frame's first byte arrived */
+    size_t partial;          /* bytes of that frame the protocol held */
+    unsigned identified : 1; /* sb_conn_identified was called */
+    unsigned waiting : 1;    /* on the waiting list */
+    unsigned framing : 1;    /* on the framing list */
+};
+
+/* A listener's watch over its connections: idle_timeout closes those that
+ * never identify themselves (complete a first request: a jsonl request, a
+ * raw frame, an MQTT CONNECT), frame_timeout those that leave a frame
+ * unfinished, and a full listener evicts the oldest connection that has not
+ * identified itself to make room for a new one.
+ *
+ * Every connection of a list has the same timeout and joins at the tail, so
+ * each list is ordered by deadline: one timer, armed for the earlier of the
+ * two heads, serves the listener and nothing scans its connections. Runs on
+ * the loop thread. */
+struct sb_conn_guard {
+    uv_timer_t timer;
+    void *data;                           /* the owner's (the timer's close callback) */
+    const char *name;                     /* the adapter, for logs */
+    uint64_t idle_ms, frame_ms;           /* 0: off */
+    uint64_t due;                         /* what the timer is armed for */
+    sb_conn *waiting_head, *waiting_tail; /* not identified, oldest first */
+    sb_conn *framing_head, *framing_tail; /* a frame in progress, oldest first */
 };
 
 /* Output beyond this pauses reading until it drains. */
@@ -130,6 +164,26 @@ void sb_conn_close_after_write(sb_conn *c, const char *why);
  * transport identified no user; protocols without their own login call it
  * when they open. Else 0. */
 int sb_conn_anonymous_refused(sb_conn *c);
+
+/* Starts g for adapter a (its idle_timeout and frame_timeout). */
+void sb_conn_guard_init(sb_conn_guard *g, sb_adapter *a);
+
+/* A listener accepted c: its idle clock starts. Call before the protocol
+ * may identify it, right after the transport took c. */
+void sb_conn_guard_add(sb_conn_guard *g, sb_conn *c);
+
+/* The listener is full: closes the connection that has waited longest
+ * without identifying itself, naming newcomer (the peer that takes its
+ * place) in the log. Returns 1 if one was closed, 0 if there is none. */
+int sb_conn_guard_evict(sb_conn_guard *g, const char *newcomer);
+
+/* Closes g's timer (cb gets it; its data is g). The listener's connections
+ * are closed first. */
+void sb_conn_guard_close(sb_conn_guard *g, uv_close_cb cb);
+
+/* The client completed its first request: idle_timeout and eviction no
+ * longer apply to c. */
+void sb_conn_identified(sb_conn *c);
 
 /* The topic rules that apply to c's client (NULL: everything allowed). */
 const struct sb_auth *sb_conn_acl(sb_conn *c);

@@ -15,6 +15,11 @@
 
 /* Larger files are surely not configs; refusing them bounds memory use. */
 #define MAX_FILE_BYTES (16 * 1024 * 1024)
+/* Lists and mappings nest at most this deep. A configuration needs about
+ * five levels; the bound keeps parsing linear: libyaml's scanner does work
+ * proportional to the flow nesting depth for every token, so an unbounded
+ * `[[[[...]]]]` is quadratic. */
+#define MAX_DEPTH 64
 
 /* Line and column (1-based, in bytes) of a byte offset into the input, for
  * reader errors, which libyaml reports as an offset only. */
@@ -81,6 +86,52 @@ static void check_single_document(sb_config__ctx *ctx, yaml_parser_t *parser)
     yaml_document_delete(&extra);
 }
 
+/* Walks the event stream once and reports a list or mapping nested deeper
+ * than MAX_DEPTH; the walk stops there, so the scanner never holds more
+ * than that many levels (plus its lookahead of a line). Returns 1 if too
+ * deep (reported), 0 otherwise: a syntax error is left to the loader, which
+ * reports it as it always did. */
+static int too_deep(sb_config__ctx *ctx)
+{
+    yaml_parser_t parser;
+    yaml_event_t ev;
+    int depth = 0, result = 0;
+
+    if (!yaml_parser_initialize(&parser)) {
+        ctx->nomem = 1;
+        return 1;
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *)ctx->text, ctx->len);
+    for (;;) {
+        yaml_event_type_t type;
+        if (!yaml_parser_parse(&parser, &ev)) {
+            if (parser.error == YAML_MEMORY_ERROR) {
+                ctx->nomem = 1;
+                result = 1;
+            }
+            break;
+        }
+        type = ev.type;
+        if (type == YAML_SEQUENCE_START_EVENT || type == YAML_MAPPING_START_EVENT) {
+            if (++depth > MAX_DEPTH) {
+                sb_config__error_at(ctx, (int)ev.start_mark.line + 1, (int)ev.start_mark.column + 1,
+                                    NULL,
+                                    "nested too deeply (more than %d levels of lists and "
+                                    "mappings)",
+                                    MAX_DEPTH);
+                result = 1;
+            }
+        } else if (type == YAML_SEQUENCE_END_EVENT || type == YAML_MAPPING_END_EVENT) {
+            depth--;
+        }
+        yaml_event_delete(&ev);
+        if (result || type == YAML_STREAM_END_EVENT)
+            break;
+    }
+    yaml_parser_delete(&parser);
+    return result;
+}
+
 /* 1 if `adapters` is absent, null or a list, so routes can check `to`. */
 static int adapters_listed(const sb_config__ctx *ctx, const yaml_node_t *root)
 {
@@ -118,6 +169,8 @@ int sb_config_parse(sb_config **out, const char *name, const char *text, size_t 
     if (sb_config__defaults(&ctx, &sb_config__root, cfg) != 0)
         goto done;
 
+    if (too_deep(&ctx))
+        goto done;
     if (!yaml_parser_initialize(&parser)) {
         ctx.nomem = 1;
         goto done;
@@ -238,17 +291,22 @@ void sb_config_free(sb_config *cfg)
     sb_free(cfg);
 }
 
+const char *sb_config_error_format(const sb_config_error *e, char *out, size_t n)
+{
+    int len = snprintf(out, n, "%s", e->file != NULL ? e->file : "<config>");
+    if (len >= 0 && (size_t)len < n && e->line > 0)
+        len += snprintf(out + len, n - (size_t)len, ":%d:%d", e->line, e->col);
+    if (len >= 0 && (size_t)len < n)
+        snprintf(out + len, n - (size_t)len, ": %s%s%s", e->key != NULL ? e->key : "",
+                 e->key != NULL ? ": " : "", e->message != NULL ? e->message : "");
+    return out;
+}
+
 void sb_config_errors_print(const sb_config_errors *errs, FILE *f)
 {
     for (size_t i = 0; errs != NULL && i < errs->count; i++) {
-        const sb_config_error *e = &errs->items[i];
-        fputs(e->file != NULL ? e->file : "<config>", f);
-        if (e->line > 0)
-            fprintf(f, ":%d:%d", e->line, e->col);
-        fputs(": ", f);
-        if (e->key != NULL)
-            fprintf(f, "%s: ", e->key);
-        fprintf(f, "%s\n", e->message != NULL ? e->message : "");
+        char line[1024];
+        fprintf(f, "%s\n", sb_config_error_format(&errs->items[i], line, sizeof line));
     }
 }
 

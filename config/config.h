@@ -60,7 +60,16 @@ typedef struct sb_adapter_config {
                             placeholders {adapter} {peer} */
     int64_t max_message; /* bytes, default 1048576, 1..67108864 */
     int max_connections; /* servers, default 64, 1..100000 */
-    char **command;      /* exec: argv (list of strings), required for exec */
+    /* servers: a connection that completes no first request (jsonl: a
+     * request, raw: a frame, mqtt: CONNECT) within this time is closed;
+     * 0 = off; -1 (not set): 30 s for jsonl, off for raw and mqtt (raw
+     * producers may wait long for their first frame; MQTT has its own
+     * CONNECT timeout). See sb_adapter_config_idle_timeout. */
+    int64_t idle_timeout_ms;
+    /* servers: a frame must be complete this long after its first byte
+     * arrived, or the connection is closed; default 30 s, 0 = off */
+    int64_t frame_timeout_ms;
+    char **command; /* exec: argv (list of strings), required for exec */
     size_t command_count;
     sb_restart restart;               /* exec: never | on-failure (default) | always */
     int64_t restart_backoff_ms;       /* exec: first restart delay, default 1s */
@@ -89,6 +98,10 @@ typedef struct sb_adapter_config {
      * deleted (its messages with it). Default 0 = never. */
     int64_t session_expiry_ms;
 } sb_adapter_config;
+
+/* The effective idle_timeout of a server adapter in ms (0: off): the
+ * configured value, else 30 s for jsonl and off for other protocols. */
+int64_t sb_adapter_config_idle_timeout(const sb_adapter_config *a);
 
 /* 1 if the adapter speaks TLS (its config has a tls section). */
 int sb_adapter_config_tls(const sb_adapter_config *a);
@@ -152,6 +165,11 @@ int sb_config_parse(sb_config **out, const char *name, const char *text, size_t 
                     sb_config_errors *errs);
 
 void sb_config_free(sb_config *cfg);
+
+/* Formats one error as "FILE:LINE:COL: key: message" into out (size n),
+ * leaving out the position when it is unknown and the key when there is
+ * none ("FILE: cannot open: ..."). Returns out. */
+const char *sb_config_error_format(const sb_config_error *e, char *out, size_t n);
 
 /* Writes each error as "FILE:LINE:COL: key: message\n". */
 void sb_config_errors_print(const sb_config_errors *errs, FILE *f);

@@ -204,6 +204,20 @@ static const sb_config__field adapter_fields[] = {
      .def = 64,
      .min = 1,
      .max = 100000},
+    {.key = "idle_timeout",
+     .type = SB_CT_DURATION,
+     .types = TCP | UNIX | PIPE,
+     .offset = A(idle_timeout_ms),
+     .def = -1, /* by protocol: sb_adapter_config_idle_timeout */
+     .min = 0,
+     .max = DAYS},
+    {.key = "frame_timeout",
+     .type = SB_CT_DURATION,
+     .types = TCP | UNIX | PIPE,
+     .offset = A(frame_timeout_ms),
+     .def = 30 * SECONDS,
+     .min = 0,
+     .max = DAYS},
     {.key = "command",
      .type = SB_CT_STRLIST,
      .types = EXEC,
@@ -591,6 +605,13 @@ int sb_adapter_config_anonymous(const sb_adapter_config *a)
     return a->listen == NULL || is_loopback_listen(a->listen);
 }
 
+int64_t sb_adapter_config_idle_timeout(const sb_adapter_config *a)
+{
+    if (a->idle_timeout_ms >= 0)
+        return a->idle_timeout_ms;
+    return a->protocol != NULL && strcmp(a->protocol, "jsonl") == 0 ? 30 * SECONDS : 0;
+}
+
 /* tls: a server needs cert and key, a client a ca (or verify: false); the
  * server-only and client-only keys are where they belong. */
 static void check_tls(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapter_config *a,
@@ -693,8 +714,10 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
                 sb_config__error(ctx, s->key, p, "only for clients (connect), not with %s",
                                  kind->server_key);
             }
-        } else if ((s = seen(ctx, &a->max_connections)) != NULL) {
-            sub_path(p, path, "max_connections");
+        } else if ((s = seen(ctx, &a->max_connections)) != NULL ||
+                   (s = seen(ctx, &a->idle_timeout_ms)) != NULL ||
+                   (s = seen(ctx, &a->frame_timeout_ms)) != NULL) {
+            sub_path(p, path, (const char *)s->key->data.scalar.value);
             sb_config__error(ctx, s->key, p, "only for servers (%s), not with connect",
                              kind->server_key);
         }

@@ -272,6 +272,14 @@ static int binding_deliver(sb_consumer *c, sb_delivery *d)
     return bind->adapter->type->deliver(bind->adapter, d);
 }
 
+int sb_broker_is_destination(sb_broker *b, const sb_adapter *a)
+{
+    for (const sb_sink_binding *s = b->bindings; s != NULL; s = s->next)
+        if (s->adapter == a && !s->retired)
+            return 1;
+    return 0;
+}
+
 void sb_broker__adapter_ready(sb_broker *b, sb_adapter *a)
 {
     for (sb_sink_binding *s = b->bindings; s != NULL; s = s->next)
@@ -534,6 +542,10 @@ static int start_admin(sb_broker *b, sb_error *err)
     cfg.protocol = "jsonl";
     cfg.max_message = 16 * 1024 * 1024;
     cfg.max_connections = 64;
+    /* sbctl may connect before it has a request (no idle_timeout), but
+     * sends each one whole */
+    cfg.idle_timeout_ms = 0;
+    cfg.frame_timeout_ms = 30000;
     cfg.inflight = 64;
     rc = start_adapter(b, &cfg, &b->admin, err);
     if (rc == 0) {
@@ -940,16 +952,13 @@ void sb_broker_detach(sb_broker *b, sb_consumer *c, int failed)
 
 /* ---- reload ---- */
 
-int sb_broker_reload(sb_broker *b, sb_config *cfg, sb_error *err)
+/* Applies cfg, already checked, with its auth files loaded (auth may be
+ * NULL): takes both. */
+static int apply_reload(sb_broker *b, sb_config *cfg, sb_auth *auth, sb_error *err)
 {
     sb_config *old = b->cfg;
-    sb_auth *auth;
     int rc;
 
-    if ((rc = sb_broker_check_config(cfg, 1, err)) != 0)
-        return rc;
-    if ((rc = load_auth(cfg, &auth, err)) != 0)
-        return rc == SB_ENOMEM ? rc : SB_ECONFIG;
     retire_auth(b);
     b->auth = auth;
     if (strcmp(cfg->broker.data_dir, old->broker.data_dir) != 0)
@@ -990,6 +999,110 @@ int sb_broker_reload(sb_broker *b, sb_config *cfg, sb_error *err)
     sb_info(NULL, "configuration reloaded from %s: %zu adapters, %zu routes", cfg->path,
             cfg->adapter_count, cfg->route_count);
     return rc;
+}
+
+int sb_broker_reload(sb_broker *b, sb_config *cfg, sb_error *err)
+{
+    sb_auth *auth;
+    int rc;
+
+    if ((rc = sb_broker_check_config(cfg, 1, err)) != 0)
+        return rc;
+    if ((rc = load_auth(cfg, &auth, err)) != 0)
+        return rc == SB_ENOMEM ? rc : SB_ECONFIG;
+    return apply_reload(b, cfg, auth, err);
+}
+
+/* A requested reload (SIGHUP, the SCM's PARAMCHANGE): the file is read,
+ * parsed and checked, and the auth files loaded, on a worker thread, so
+ * that a large file or a slow disk does not stall every client; the result
+ * is applied on the loop. Requests arriving meanwhile make one more reload
+ * once this one is done. */
+typedef struct reload_job {
+    uv_work_t req;
+    sb_broker *b;
+    char *path;
+    sb_config *cfg;
+    sb_auth *auth;
+    int loaded;            /* the file parsed; else errs say why */
+    sb_config_errors errs; /* the file's errors */
+    sb_error err;          /* why the checks refused it (cfg is then NULL) */
+} reload_job;
+
+static void reload_prepare(uv_work_t *req)
+{
+    reload_job *j = req->data;
+    if (sb_config_load(&j->cfg, j->path, &j->errs) != 0)
+        return;
+    j->loaded = 1;
+    if (sb_broker_check_config(j->cfg, 1, &j->err) != 0 ||
+        load_auth(j->cfg, &j->auth, &j->err) != 0) {
+        sb_config_free(j->cfg);
+        j->cfg = NULL;
+    }
+}
+
+static void start_reload(sb_broker *b);
+
+static void reload_done(uv_work_t *req, int status)
+{
+    reload_job *j = req->data;
+    sb_broker *b = j->b;
+    char line[1024];
+    sb_error err;
+
+    b->reloading = 0;
+    if (status != 0 || b->stopping) {
+        /* cancelled, or the broker is stopping: nothing to apply */
+    } else if (!j->loaded) {
+        for (size_t i = 0; i < j->errs.count; i++)
+            sb_errlog("config", "%s", sb_config_error_format(&j->errs.items[i], line, sizeof line));
+        sb_errlog("config", "reload rejected (%zu errors); the running configuration is kept",
+                  j->errs.count);
+    } else if (j->cfg == NULL) {
+        sb_errlog("config", "%s", j->err.msg);
+        sb_errlog("config", "reload rejected; the running configuration is kept");
+    } else {
+        if (apply_reload(b, j->cfg, j->auth, &err) != 0)
+            sb_errlog("config", "reload applied with errors: %s", err.msg);
+        j->cfg = NULL; /* now owned by b */
+        j->auth = NULL;
+    }
+    sb_config_free(j->cfg);
+    sb_auth_free(j->auth);
+    sb_config_errors_clear(&j->errs);
+    sb_free(j->path);
+    sb_free(j);
+    if (b->reload_again && !b->stopping) {
+        b->reload_again = 0;
+        start_reload(b);
+    }
+}
+
+static void start_reload(sb_broker *b)
+{
+    reload_job *j;
+    if (b->reloading) {
+        b->reload_again = 1;
+        return;
+    }
+    j = sb_calloc(1, sizeof(*j));
+    if (j == NULL || (j->path = sb_strdup(b->cfg->path)) == NULL) {
+        sb_free(j);
+        sb_errlog("config", "reload not started: out of memory");
+        return;
+    }
+    j->b = b;
+    j->req.data = j;
+    sb_error_clear(&j->err);
+    sb_info(NULL, "reloading configuration from %s", j->path);
+    if (uv_queue_work(&b->loop, &j->req, reload_prepare, reload_done) != 0) {
+        sb_errlog("config", "reload not started: cannot queue the work");
+        sb_free(j->path);
+        sb_free(j);
+        return;
+    }
+    b->reloading = 1;
 }
 
 /* ---- stop ---- */
@@ -1085,29 +1198,8 @@ static void on_wakeup(uv_async_t *h)
         sb_broker_stop(b);
         return;
     }
-    if (reload && !b->stopping) {
-        sb_config *cfg = NULL;
-        sb_config_errors errs = {0};
-        sb_error err;
-        sb_info(NULL, "reloading configuration from %s", b->cfg->path);
-        if (sb_config_load(&cfg, b->cfg->path, &errs) != 0) {
-            for (size_t i = 0; i < errs.count; i++)
-                sb_errlog("config", "%s:%d:%d: %s: %s", errs.items[i].file, errs.items[i].line,
-                          errs.items[i].col, errs.items[i].key, errs.items[i].message);
-            sb_errlog("config", "reload rejected (%zu errors); the running configuration is kept",
-                      errs.count);
-            sb_config_errors_clear(&errs);
-            return;
-        }
-        if (sb_broker_check_config(cfg, 1, &err) != 0) {
-            sb_errlog("config", "%s", err.msg);
-            sb_errlog("config", "reload rejected; the running configuration is kept");
-            sb_config_free(cfg);
-            return;
-        }
-        if (sb_broker_reload(b, cfg, &err) != 0)
-            sb_errlog("config", "reload applied with errors: %s", err.msg);
-    }
+    if (reload && !b->stopping)
+        start_reload(b);
 }
 
 static void collect_expired_dedup(const char *key, void *value, void *ctx)

@@ -182,6 +182,10 @@ void sb_broker_detach(sb_broker *b, sb_consumer *c, int failed);
 /* The consumer can take deliveries again (window freed, became writable). */
 void sb_consumer_ready(sb_consumer *c);
 
+/* 1 if routes deliver to adapter a (it is bound as a sink). */
+struct sb_adapter;
+int sb_broker_is_destination(sb_broker *b, const struct sb_adapter *a);
+
 /* ---- protocol state ---- */
 
 /* Users and topic rules (broker.auth), or NULL when none are configured.

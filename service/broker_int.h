@@ -29,7 +29,7 @@ typedef struct sb_pending {
     int done;
     int status;
     int duplicate; /* its dedup key was committed already: nothing appended */
-    char why[200];
+    char why[320]; /* room for "store refused the message: " and the store's last error */
     sb_publish_cb cb;
     void *ctx;
     struct sb_pending *next;
@@ -76,6 +76,7 @@ struct sb_broker {
     uv_async_t wakeup; /* stop / reload requests from other threads */
     uv_mutex_t request_lock;
     int stop_requested, reload_requested;
+    int reloading, reload_again; /* a reload is being prepared off the loop; another is due */
     uv_timer_t housekeeping;
     uv_timer_t expiry_timer;                 /* expiry.c */
     sb_queue *expiring_head, *expiring_tail; /* idle client queues that expire, by deadline */

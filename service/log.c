@@ -35,14 +35,44 @@ int sb_log_level_parse(const char *s)
     return -1;
 }
 
+/* Opens the log file for appending, creating its directory if missing (as
+ * the data directory is). On failure NULL, and why (size n) says why. */
+static FILE *open_log_file(const char *file, char *why, size_t n)
+{
+    FILE *f = sb_platform_fopen(file, "a");
+    const char *slash = NULL;
+    char dir[1024];
+    sb_error err;
+
+    if (f == NULL && errno == ENOENT) {
+        for (const char *p = file; *p != '\0'; p++)
+            if (*p == '/' || *p == '\\')
+                slash = p;
+        if (slash != NULL && slash != file && (size_t)(slash - file) < sizeof dir) {
+            memcpy(dir, file, (size_t)(slash - file));
+            dir[slash - file] = '\0';
+            if (sb_platform_mkdir_p(dir, &err) != 0) {
+                snprintf(why, n, "%s", err.msg);
+                return NULL;
+            }
+            f = sb_platform_fopen(file, "a");
+        }
+    }
+    if (f == NULL)
+        snprintf(why, n, "%s", strerror(errno));
+    return f;
+}
+
 int sb_log_configure(sb_log_level level, int to_stderr, const char *file)
 {
     FILE *f = NULL;
     uv_once(&log_once, log_init);
     if (file != NULL && file[0] != '\0') {
-        f = fopen(file, "a");
+        char why[300];
+        f = open_log_file(file, why, sizeof why);
         if (f == NULL) {
-            sb_log(SB_LOG_ERROR, "log", "cannot open log file %s: %s", file, strerror(errno));
+            sb_log(SB_LOG_ERROR, "log", "cannot open the log file %s (broker.log.file): %s", file,
+                   why);
             return SB_EIO;
         }
     }

@@ -7,6 +7,7 @@
 #define SB_PLATFORM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "service/error.h"
 
@@ -30,6 +31,13 @@ int sb_platform_mkdir_p(const char *path, sb_error *err);
 /* fopen with a UTF-8 path (Windows' fopen takes the ANSI code page); errno
  * set on failure. */
 FILE *sb_platform_fopen(const char *path, const char *mode);
+
+/* Raises the soft limit on open descriptors to the hard limit, at most
+ * 1,048,576 (children inherit it, and some loop over every possible
+ * descriptor). *before and *after get the limit before and after. Returns
+ * 1 if raised, 0 if there was nothing to do (always on Windows, where
+ * sockets are not counted against such a limit), or an SB_E* code. */
+int sb_platform_raise_fd_limit(uint64_t *before, uint64_t *after);
 
 /* The default admin endpoint for a data directory: "<data_dir>/admin.sock"
  * on POSIX, a named pipe on Windows. */

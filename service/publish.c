@@ -184,6 +184,10 @@ static void pending_free(sb_pending *p)
 static void complete(sb_broker *b, sb_pending *p)
 {
     int appended = 0;
+    /* Refused at commit (the store failed the group): counted like the
+     * publishes refused before reaching the store. */
+    if (p->status != 0 && p->status != SB_ESHUTDOWN)
+        b->refused++;
     for (size_t i = 0; i < p->queue_count; i++) {
         sb_queue *q = p->queues[i];
         q->pending--;
@@ -237,7 +241,12 @@ static void on_publish_committed(sb_store_op *op, void *ctx)
         p->status = 0; /* idempotent: the first copy was committed */
         p->duplicate = 1;
     } else if (op->status != 0) {
-        snprintf(p->why, sizeof(p->why), "store refused the message: %s", sb_strerror(op->status));
+        /* The store's own account names the cause (the disk, or the size
+         * limit max_db_bytes, which SQLite reports alike). */
+        sb_store_stats st;
+        sb_store_get_stats(p->broker->store, &st);
+        snprintf(p->why, sizeof(p->why), "store refused the message: %s",
+                 st.last_error[0] != '\0' ? st.last_error : sb_strerror(op->status));
     }
     sb_broker__drain_pending(p->broker);
 }

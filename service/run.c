@@ -33,9 +33,9 @@ static int load_config(const char *path, sb_config **out)
     sb_config_errors errs = {0};
     int rc = sb_config_load(out, path, &errs);
     if (rc != 0) {
+        char line[1024];
         for (size_t i = 0; i < errs.count; i++)
-            sb_errlog("config", "%s:%d:%d: %s: %s", errs.items[i].file, errs.items[i].line,
-                      errs.items[i].col, errs.items[i].key, errs.items[i].message);
+            sb_errlog("config", "%s", sb_config_error_format(&errs.items[i], line, sizeof line));
         sb_errlog("config", "%s: %zu error%s", path, errs.count, errs.count == 1 ? "" : "s");
         sb_config_errors_clear(&errs);
     }
@@ -50,7 +50,8 @@ int sb_run_broker(const char *path, const char *level, const sb_run_hooks *hooks
     sb_stop_watch *watch;
     uv_signal_t sigint, sigterm, sighup;
     char admin[1024];
-    int lvl;
+    uint64_t fd_before = 0, fd_after = 0;
+    int lvl, rc;
 
     if (load_config(path, &cfg) != 0)
         return 1;
@@ -65,6 +66,15 @@ int sb_run_broker(const char *path, const char *level, const sb_run_hooks *hooks
         sb_config_free(cfg);
         return 1;
     }
+    /* Every connection is a descriptor: the soft limit (often 1024) is
+     * not what the administrator allowed, the hard one is. */
+    rc = sb_platform_raise_fd_limit(&fd_before, &fd_after);
+    if (rc > 0)
+        sb_info(NULL, "open descriptor limit raised from %llu to %llu",
+                (unsigned long long)fd_before, (unsigned long long)fd_after);
+    else if (rc < 0)
+        sb_warn(NULL, "cannot raise the open descriptor limit (%llu): %s",
+                (unsigned long long)fd_before, sb_strerror(rc));
     if (sb_broker_new(&b, cfg, &err) != 0) {
         sb_errlog(NULL, "%s", err.msg);
         sb_config_free(cfg);

@@ -149,6 +149,7 @@ struct sb_store {
     int max_batch;
     int max_delay_us;
     int64_t page_size;
+    int64_t max_db_bytes; /* 0: no limit */
     sqlite3_stmt *st[ST_COUNT];
     int cur_sync;         /* PRAGMA synchronous last set: 1 NORMAL, 2 FULL */
     uint64_t hw_msg_id;   /* id high-water marks as committed in meta */
@@ -859,6 +860,27 @@ static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, s
         wake_loop(s);
 }
 
+/* 1 if a SQLITE_FULL came from max_db_bytes (PRAGMA max_page_count) rather
+ * than from the disk: SQLite reports both the same way, so the disk is
+ * asked whether it still had room for what the group wrote. */
+static int size_limit_reached(const sb_store *s, const sb_store_op *group)
+{
+    uint64_t need = 1024 * 1024, avail;
+    uv_fs_t req;
+    if (s->max_db_bytes <= 0)
+        return 0;
+    for (const sb_store_op *op = group; op != NULL; op = op->next)
+        if (op->type == SB_OP_PUBLISH && op->u.publish.msg != NULL)
+            need += 2 * (uint64_t)op->u.publish.msg->payload_len + 4096;
+    if (uv_fs_statfs(NULL, &req, s->path, NULL) != 0) {
+        uv_fs_req_cleanup(&req);
+        return 1; /* cannot tell: the limit is the likely cause */
+    }
+    avail = ((const uv_statfs_t *)req.ptr)->f_bavail * ((const uv_statfs_t *)req.ptr)->f_bsize;
+    uv_fs_req_cleanup(&req);
+    return avail > need;
+}
+
 /* The group's transaction failed: roll back, complete the ops that report
  * the failure, keep the others for a retry. */
 static void group_failed(sb_store *s, sb_store_op *group)
@@ -877,6 +899,10 @@ static void group_failed(sb_store *s, sb_store_op *group)
     uv_mutex_lock(&s->mu);
     stopping = s->stopping;
     uv_mutex_unlock(&s->mu);
+    if ((s->fail_rc & 0xff) == SQLITE_FULL && size_limit_reached(s, group))
+        snprintf(s->fail_msg, sizeof(s->fail_msg),
+                 "database size limit reached (broker.store.max_db_bytes = %lld)",
+                 (long long)s->max_db_bytes);
 
     for (op = group; op != NULL; op = next) {
         next = op->next;
@@ -1437,6 +1463,7 @@ static int set_max_size(sb_store *s, int64_t max_db_bytes, sb_error *err)
     int rc;
     if (max_db_bytes <= 0)
         return 0;
+    s->max_db_bytes = max_db_bytes;
     /* The limit is per connection, so it is set at every open. SQLite will not
      * set it below the current size: a database already past the limit
      * refuses growth from its current size. */

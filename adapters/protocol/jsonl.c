@@ -877,10 +877,22 @@ static void do_admin(jsonl_session *s, const char *op, json_t *req, json_t *id)
 
 static void handle_json(jsonl_session *s, const char *line, size_t len);
 
+static int op_known(const char *op)
+{
+    static const char *const ops[] = {"pub",  "ack",   "nack",     "sub",         "unsub",
+                                      "ping", "stats", "dlq.list", "dlq.redrive", "dlq.purge"};
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+        if (strcmp(op, ops[i]) == 0)
+            return 1;
+    return 0;
+}
+
 static void handle_line(jsonl_session *s, const char *line, size_t len)
 {
-    if (handle_fast(s, line, len))
+    if (handle_fast(s, line, len)) {
+        sb_conn_identified(s->conn);
         return;
+    }
     handle_json(s, line, len);
 }
 
@@ -903,6 +915,8 @@ static void handle_json(jsonl_session *s, const char *line, size_t len)
     }
     id = json_object_get(req, "id");
     op = json_string_value(json_object_get(req, "op"));
+    if (op != NULL && op_known(op))
+        sb_conn_identified(s->conn); /* a client speaking the protocol */
     if (op == NULL) {
         reply_error(s, id, SB_EPROTO, "missing \"op\"");
     } else if (strcmp(op, "pub") == 0) {
@@ -1031,6 +1045,12 @@ static void jsonl_closed(sb_conn *c)
     session_maybe_free(s);
 }
 
+static size_t jsonl_partial(sb_conn *c)
+{
+    const jsonl_session *s = c->session;
+    return s->len;
+}
+
 static void jsonl_drained(sb_conn *c)
 {
     jsonl_session *s = c->session;
@@ -1044,4 +1064,5 @@ const sb_protocol sb_protocol_jsonl = {
     .data = jsonl_data,
     .closed = jsonl_closed,
     .drained = jsonl_drained,
+    .partial = jsonl_partial,
 };

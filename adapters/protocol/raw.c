@@ -278,6 +278,7 @@ static void try_resume(raw_session *s)
 static int frame(raw_session *s, const char *data, size_t len)
 {
     sb_message *m = sb_message_new(s->topic, data, len);
+    sb_conn_identified(s->conn);
     if (m == NULL || publish(s, m) != 0) {
         if (m == NULL || hold(s, m) != 0) {
             sb_message_unref(m);
@@ -400,7 +401,17 @@ static int raw_open(sb_conn *c)
         return SB_ENOMEM;
     }
     c->session = s;
+    /* A peer of a route's destination may only read: it is a subscriber
+     * from the start, not a producer yet to send its first frame. */
+    if (sb_broker_is_destination(c->adapter->broker, c->adapter))
+        sb_conn_identified(c);
     return 0;
+}
+
+static size_t raw_partial(sb_conn *c)
+{
+    const raw_session *s = c->session;
+    return s->len - s->off;
 }
 
 static void raw_closed(sb_conn *c)
@@ -443,4 +454,5 @@ const sb_protocol sb_protocol_raw = {
     .data = raw_data,
     .closed = raw_closed,
     .drained = NULL,
+    .partial = raw_partial,
 };

@@ -26,6 +26,9 @@ typedef struct stream_adapter {
     const sb_protocol *proto;
     sb_tls_ctx *tls; /* NULL: plaintext */
     uv_stream_t *listener;
+    sb_socket_listener *acceptor; /* accepts on listener */
+    sb_conn_guard guard;          /* servers: idle and frame timeouts, eviction */
+    int guard_open;
     sb_conn *conns;
     sb_conn *rr;
     int conn_count;
@@ -129,12 +132,16 @@ static int add_conn(stream_adapter *s, uv_stream_t *h, const char *peer)
         c->next = s->conns;
         s->conns = c;
         s->conn_count++;
+        if (s->guard_open)
+            sb_conn_guard_add(&s->guard, c);
         sb_log(SB_LOG_INFO, s->base.name, "peer %s connected (TLS handshake)", peer);
         return 0;
     }
     c->next = s->conns;
     s->conns = c;
     s->conn_count++;
+    if (s->guard_open)
+        sb_conn_guard_add(&s->guard, c);
     rc = sb_conn_start_uv(c, &s->base, s->proto, h, h, peer);
     if (rc != 0) {
         sb_conn_close(c, "cannot start the protocol session");
@@ -173,26 +180,17 @@ static uv_stream_t *new_stream(stream_adapter *s)
     return h;
 }
 
-static void on_connection(uv_stream_t *server, int status)
+static void on_accepted(void *ctx, uv_stream_t *h)
 {
-    stream_adapter *s = server->data;
-    uv_stream_t *h;
+    stream_adapter *s = ctx;
     char peer[128];
     int max = s->base.cfg->max_connections > 0 ? s->base.cfg->max_connections : 64;
 
-    if (status != 0) {
-        sb_log(SB_LOG_ERROR, s->base.name, "accept failed: %s", uv_strerror(status));
-        return;
-    }
-    h = new_stream(s);
-    if (h == NULL)
-        return;
-    if (uv_accept(server, h) != 0) {
-        uv_close((uv_handle_t *)h, on_handle_free);
-        return;
-    }
     peer_name(s, h, peer, sizeof(peer));
-    if (s->conn_count >= max) {
+    /* A full listener makes room by closing the connection that has waited
+     * longest without identifying itself (those closing still count until
+     * their handles are closed, an iteration later). */
+    if (s->conn_count >= max && !sb_conn_guard_evict(&s->guard, peer)) {
         sb_log(SB_LOG_WARN, s->base.name, "peer %s refused: max_connections (%d) reached", peer,
                max);
         uv_close((uv_handle_t *)h, on_handle_free);
@@ -286,6 +284,17 @@ static void start_connect(stream_adapter *s)
 
 /* ---- lifecycle ---- */
 
+/* "adapter NAME: " before err's message; returns rc. */
+static int prefix_error(sb_error *err, const char *name, int rc)
+{
+    if (err != NULL) {
+        char msg[sizeof(err->msg)];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        snprintf(err->msg, sizeof err->msg, "adapter %s: %.200s", name, msg);
+    }
+    return rc;
+}
+
 static int stream_start(sb_adapter *a, sb_error *err)
 {
     stream_adapter *s = (stream_adapter *)a;
@@ -306,6 +315,10 @@ static int stream_start(sb_adapter *a, sb_error *err)
         start_connect(s);
         return 0;
     }
+    sb_conn_guard_init(&s->guard, a);
+    s->guard.data = s;
+    s->guard_open = 1;
+    s->handles_open++;
     s->listener = new_stream(s);
     if (s->listener == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
@@ -313,20 +326,17 @@ static int stream_start(sb_adapter *a, sb_error *err)
     s->handles_open++;
     if (s->is_tcp) {
         struct sockaddr_storage ss;
-        if ((rc = sb_socket_parse_addr(cfg->listen, &ss, err)) != 0)
-            return rc;
-        rc = uv_tcp_bind((uv_tcp_t *)s->listener, (struct sockaddr *)&ss, 0);
-    } else {
-        rc = sb_socket_bind_local((uv_pipe_t *)s->listener, cfg->path, err);
-        if (rc != 0)
-            return rc;
+        if ((rc = sb_socket_parse_addr(cfg->listen, &ss, err)) != 0 ||
+            (rc = sb_socket_bind_tcp((uv_tcp_t *)s->listener, (struct sockaddr *)&ss, cfg->listen,
+                                     err)) != 0)
+            return prefix_error(err, a->name, rc);
+    } else if ((rc = sb_socket_bind_local((uv_pipe_t *)s->listener, cfg->path, err)) != 0) {
+        return rc;
     }
-    if (rc == 0)
-        rc = uv_listen(s->listener, 128, on_connection);
-    if (rc != 0)
-        return sb_error_set(err, rc == UV_EADDRINUSE ? SB_EADDRINUSE : SB_EIO, rc,
-                            "adapter %s: cannot listen on %s: %s", a->name,
-                            s->is_tcp ? cfg->listen : cfg->path, uv_strerror(rc));
+    if ((rc = sb_socket_listen(&s->acceptor, s->listener, s->is_tcp, on_accepted, s, a->name,
+                               s->is_tcp ? cfg->listen : cfg->path, err)) != 0)
+        return prefix_error(err, a->name, rc);
+    s->handles_open++;
     if (s->is_tcp) {
         struct sockaddr_storage ss;
         int len = sizeof(ss);
@@ -358,11 +368,29 @@ static void on_own_handle_closed(uv_handle_t *h)
     maybe_stopped(s);
 }
 
+static void on_acceptor_closed(void *ctx)
+{
+    stream_adapter *s = ctx;
+    s->handles_open--;
+    maybe_stopped(s);
+}
+
+static void on_guard_closed(uv_handle_t *h)
+{
+    stream_adapter *s = ((sb_conn_guard *)h->data)->data;
+    s->handles_open--;
+    maybe_stopped(s);
+}
+
 static void stream_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
 {
     stream_adapter *s = (stream_adapter *)a;
     s->stopping = 1;
     s->stopped_cb = cb;
+    if (s->acceptor != NULL) {
+        sb_socket_listener_close(s->acceptor, on_acceptor_closed);
+        s->acceptor = NULL;
+    }
     if (s->listener != NULL) {
         uv_close((uv_handle_t *)s->listener, on_own_handle_closed);
         s->listener = NULL;
@@ -375,6 +403,10 @@ static void stream_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
     }
     for (sb_conn *c = s->conns; c != NULL; c = c->next)
         sb_conn_close(c, NULL);
+    if (s->guard_open) {
+        s->guard_open = 0;
+        sb_conn_guard_close(&s->guard, on_guard_closed);
+    }
     maybe_stopped(s);
 }
 

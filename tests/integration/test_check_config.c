@@ -164,14 +164,49 @@ static void test_run_refuses_bad_config(void **state)
     free(err);
     free(expected);
 
-    /* A missing file is named. */
+    /* A missing file is named, with the reason and without a position
+     * (there is none) or a key (there is none either). */
     {
         char *argv2[] = {(char *)sbt_switchboard(), "check-config", "no-such-file.yaml", NULL};
-        assert_int_equal(sbt_run(argv2, dir, 10000, &out, &err), 1);
-        assert_non_null(strstr(err, "no-such-file.yaml"));
-        free(out);
-        free(err);
+        char *argv3[] = {(char *)sbt_switchboard(), "run", "--config", "no-such-file.yaml", NULL};
+        char *const *argvs[] = {argv2, argv3};
+        for (size_t i = 0; i < 2; i++) {
+            assert_int_equal(sbt_run(argvs[i], dir, 10000, &out, &err), 1);
+            if (strstr(err, "no-such-file.yaml: cannot open: No such file or directory") == NULL ||
+                strstr(err, "(null)") != NULL || strstr(err, ":0:0") != NULL)
+                fail_msg("%s printed:\n%s", argvs[i][1], err);
+            free(out);
+            free(err);
+        }
     }
+    b->passed = 1;
+}
+
+/* `run` with log.file in a directory that does not exist yet creates the
+ * directory (as it creates data_dir) and logs there. */
+static void test_run_creates_log_directory(void **state)
+{
+    sbt_broker *b = *state;
+    char path[SBT_PATH_MAX];
+    char *log;
+
+    sbt_broker_init(b, "logdir", 1);
+    sbt_broker_config(b, "broker:\n"
+                         "  data_dir: '{data}'\n"
+                         "  admin: { endpoint: 'off' }\n"
+                         "  log: { file: '{dir}/logs/broker/switchboard.log' }\n"
+                         "adapters:\n"
+                         "  - name: clients\n"
+                         "    type: tcp\n"
+                         "    listen: 127.0.0.1:{port0}\n"
+                         "    protocol: jsonl\n");
+    sbt_broker_start(b);
+    sbt_path(path, sizeof(path), b->dir, "logs/broker/switchboard.log");
+    log = sbt_read_file(path, NULL);
+    if (log == NULL || strstr(log, "ready") == NULL)
+        fail_msg("%s: %s", path, log != NULL ? log : "missing");
+    free(log);
+    sbt_broker_stop(b);
     b->passed = 1;
 }
 
@@ -210,6 +245,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_golden_bad_configs, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_run_refuses_bad_config, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_receive_only_destination, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_run_creates_log_directory, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_examples_are_valid, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();

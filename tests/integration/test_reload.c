@@ -16,6 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifndef _WIN32
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
+
 #if defined(SIGHUP) && !defined(_WIN32)
 #define HAVE_SIGHUP 1
 #endif
@@ -346,6 +353,60 @@ static void test_reload_with_deliveries_in_flight(void **state)
     b->passed = 1;
 }
 
+/* The reload reads and parses the file off the loop: with the config file
+ * replaced by a FIFO nobody writes yet, reading it blocks the reload, and
+ * clients are still answered meanwhile. Then the file arrives and the
+ * reload completes. */
+static void test_reload_does_not_stall_clients(void **state)
+{
+    sbt_broker *b = *state;
+    char line[SBT_PATH_MAX + 100], *text, *log;
+    sbt_conn *c;
+    json_t *r;
+    size_t len;
+    int fd;
+    int64_t t0;
+
+    sbt_broker_init(b, "reload-stall", 4);
+    sbt_broker_config(b, v1);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+    sbt_broker_write_config(b, v2);
+    text = sbt_read_file(b->config_path, &len);
+    assert_non_null(text);
+    assert_int_equal(unlink(b->config_path), 0);
+    assert_int_equal(mkfifo(b->config_path, 0600), 0);
+
+    snprintf(line, sizeof(line), "reloading configuration from %s", b->config_path);
+    reload(b, line);
+    t0 = sbt_now_ms();
+    r = sbt_call_json(c, json_pack("{s:s}", "op", "ping"), 3000);
+    if (r == NULL)
+        fail_msg("no ping reply within 3 s while the reload waited for its file");
+    sbt_expect_op(r, "pong");
+    json_decref(r);
+    print_message("ping answered in %lld ms during the reload\n", (long long)(sbt_now_ms() - t0));
+
+    /* The broker has the FIFO open for reading (else this open fails). */
+    fd = open(b->config_path, O_WRONLY | O_NONBLOCK);
+    if (fd < 0)
+        fail_msg("open %s for writing: %s", b->config_path, strerror(errno));
+    assert_int_equal(write(fd, text, len), (ssize_t)len);
+    close(fd);
+    snprintf(line, sizeof(line), "configuration reloaded from %s", b->config_path);
+    sbt_broker_wait_log(b, line, 1, 10000);
+    log = sbt_broker_log_since(b);
+    assert_non_null(strstr(log, "[a1] removed by reload"));
+    free(log);
+    free(text);
+    /* a plain file again, for the stop */
+    unlink(b->config_path);
+    sbt_broker_write_config(b, v2);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 #else /* !HAVE_SIGHUP */
 
 static void skip_no_sighup(void)
@@ -367,6 +428,12 @@ static void test_reload_with_deliveries_in_flight(void **state)
     skip_no_sighup();
 }
 
+static void test_reload_does_not_stall_clients(void **state)
+{
+    (void)state;
+    skip_no_sighup();
+}
+
 #endif
 
 int main(void)
@@ -374,6 +441,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_reload, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_reload_with_deliveries_in_flight, sbt_setup,
+                                        sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_reload_does_not_stall_clients, sbt_setup,
                                         sbt_teardown),
     };
     int rc;

@@ -233,6 +233,8 @@ void sb_pipe__on_connected(void *arg)
     c->next = pa->conns;
     pa->conns = c;
     pa->conn_count++;
+    if (pa->guard_state == 1)
+        sb_conn_guard_add(&pa->guard, c);
     if (pa->is_server) {
         sb_log(SB_LOG_INFO, pa->base.name, "peer %s connected", c->peer);
     } else {
@@ -379,6 +381,9 @@ static int pipe_start(sb_adapter *a, sb_error *err)
 
     if (pa->is_server) {
         HANDLE h;
+        sb_conn_guard_init(&pa->guard, a);
+        pa->guard.data = pa;
+        pa->guard_state = 1;
         if ((rc = sb_pipe__security(&pa->sd, a->name, a->cfg->security, err)) != 0)
             return rc;
         pa->sa.nLength = sizeof(pa->sa);
@@ -431,7 +436,7 @@ static void maybe_stopped(pipe_adapter *pa)
 {
     sb_adapter_stopped_cb cb;
     if (!pa->stopping || pa->stopped_cb == NULL || pa->conns != NULL || pa->timer_open ||
-        (pa->thread_running && !pa->stopped_io))
+        pa->guard_state != 0 || (pa->thread_running && !pa->stopped_io))
         return;
     if (pa->thread_running) {
         uv_thread_join(&pa->thread);
@@ -474,6 +479,13 @@ static void on_timer_closed(uv_handle_t *h)
     maybe_stopped(pa);
 }
 
+static void on_guard_closed(uv_handle_t *h)
+{
+    pipe_adapter *pa = ((sb_conn_guard *)h->data)->data;
+    pa->guard_state = 0;
+    maybe_stopped(pa);
+}
+
 static void pipe_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
 {
     pipe_adapter *pa = (pipe_adapter *)a;
@@ -485,6 +497,10 @@ static void pipe_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
     }
     for (sb_conn *c = pa->conns; c != NULL; c = c->next)
         sb_conn_close(c, NULL);
+    if (pa->guard_state == 1) {
+        pa->guard_state = 2;
+        sb_conn_guard_close(&pa->guard, on_guard_closed);
+    }
     if (pa->thread_running) {
         sb_pipe__cmd(pa, PIPE_KEY_STOP, NULL);
         if (WaitForSingleObject(pa->handles_closed, STOP_WAIT_MS) != WAIT_OBJECT_0)

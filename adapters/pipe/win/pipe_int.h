@@ -144,6 +144,8 @@ struct pipe_adapter {
     int stopping;
     int stopped_io; /* the thread reported its exit */
     int timer_open;
+    sb_conn_guard guard; /* server: idle and frame timeouts (conn.h) */
+    int guard_state;     /* 0: none, 1: open, 2: closing */
     sb_adapter_stopped_cb stopped_cb;
 };
 

@@ -972,6 +972,7 @@ static int connect_finish(mqtt_session *s, const char *user)
     if (sb_mqtt_encode_connack(ack, sizeof ack, &n, present, SB_MQTT_CONNACK_ACCEPTED) == 0)
         send_bytes(s, ack, n);
     s->connected = 1;
+    sb_conn_identified(s->conn);
     s->consumer.deliver = on_deliver;
     s->consumer.ctx = s;
     s->consumer.name = s->who;
@@ -1377,10 +1378,18 @@ static void mqtt_drained(sb_conn *c)
     consumer_ready(s);
 }
 
+/* The bytes of an unfinished packet (a stall keeps reading paused). */
+static size_t mqtt_partial(sb_conn *c)
+{
+    const mqtt_session *s = c->session;
+    return s->len;
+}
+
 const sb_protocol sb_protocol_mqtt = {
     .name = "mqtt",
     .open = mqtt_open,
     .data = mqtt_data,
     .closed = mqtt_closed,
     .drained = mqtt_drained,
+    .partial = mqtt_partial,
 };

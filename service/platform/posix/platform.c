@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 int sb_platform_mkdir_p(const char *path, sb_error *err)
@@ -33,6 +34,24 @@ int sb_platform_mkdir_p(const char *path, sb_error *err)
 void sb_platform_default_admin_endpoint(char *out, size_t n, const char *data_dir)
 {
     snprintf(out, n, "%s/admin.sock", data_dir);
+}
+
+int sb_platform_raise_fd_limit(uint64_t *before, uint64_t *after)
+{
+    const rlim_t cap = 1048576;
+    struct rlimit rl;
+    rlim_t want;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return sb_error_from_errno(errno);
+    *before = *after = (uint64_t)rl.rlim_cur;
+    want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > cap ? cap : rl.rlim_max;
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want)
+        return 0;
+    rl.rlim_cur = want;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return sb_error_from_errno(errno);
+    *after = (uint64_t)want;
+    return 1;
 }
 
 void sb_platform_init(void)

@@ -15,6 +15,12 @@ void sb_platform_init(void)
     SetErrorMode(SEM_FAILCRITICALERRORS | SEM_NOGPFAULTERRORBOX | SEM_NOOPENFILEERRORBOX);
 }
 
+int sb_platform_raise_fd_limit(uint64_t *before, uint64_t *after)
+{
+    *before = *after = 0;
+    return 0;
+}
+
 void sb_platform_gmtime(time_t t, struct tm *out)
 {
     gmtime_s(out, &t);

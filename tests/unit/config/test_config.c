@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include <dirent.h>
@@ -140,6 +141,8 @@ static const char full_config[] =
     "    topic: in/{adapter}/{peer}\n"
     "    max_message: 64KiB\n"
     "    max_connections: 100000\n"
+    "    idle_timeout: 5m\n"
+    "    frame_timeout: 0\n"
     "    inflight: 8\n"
     "  - name: out\n"
     "    type: tcp\n"
@@ -215,6 +218,9 @@ static void test_full_values(void **state)
     assert_string_equal(a->topic, "in/{adapter}/{peer}");
     assert_int_equal(a->max_message, 65536);
     assert_int_equal(a->max_connections, 100000);
+    assert_int_equal(a->idle_timeout_ms, 300000);
+    assert_int_equal(sb_adapter_config_idle_timeout(a), 300000);
+    assert_int_equal(a->frame_timeout_ms, 0);
     assert_int_equal(a->inflight, 8);
 
     a = sb_config_adapter(cfg, "out");
@@ -247,7 +253,7 @@ static void test_full_values(void **state)
 
     r = sb_config_route(cfg, "r1");
     assert_non_null(r);
-    assert_int_equal(r->pos.line, 41);
+    assert_int_equal(r->pos.line, 43);
     assert_int_equal(r->from_count, 2);
     assert_string_equal(r->from[0], "in/#");
     assert_string_equal(r->from[1], "+/x");
@@ -323,6 +329,9 @@ static void test_defaults(void **state)
     assert_string_equal(a->topic, "{adapter}");
     assert_int_equal(a->max_message, 1048576);
     assert_int_equal(a->max_connections, 64);
+    assert_int_equal(a->idle_timeout_ms, -1);
+    assert_int_equal(sb_adapter_config_idle_timeout(a), 0); /* raw: off */
+    assert_int_equal(a->frame_timeout_ms, 30000);
     assert_int_equal(a->inflight, 64);
     assert_int_equal(a->reconnect_backoff_ms, 500);
     assert_int_equal(a->reconnect_max_backoff_ms, 30000);
@@ -456,6 +465,46 @@ static void test_error_syntax(void **state)
     expect_errors("routes: [\n", "t.yaml:2:1: syntax: did not find expected node content "
                                  "(while parsing a flow node at line 2, column 1)\n");
     expect_errors("a: \"\xff\"\n", "t.yaml:1:5: syntax: invalid leading UTF-8 octet (#FF)\n");
+}
+
+/* Nesting is bounded, so that parsing stays linear: libyaml's scanner
+ * spends time proportional to the nesting depth on every token, and 200,000
+ * levels used to take minutes. */
+static void test_error_depth(void **state)
+{
+    const size_t levels = 200000;
+    const char head[] = "broker:\n  data_dir: ";
+    size_t n = sizeof head - 1;
+    char *yaml = malloc(n + 2 * levels + 2);
+    sb_config_errors errs = {0};
+    sb_config *cfg = NULL;
+    char *got;
+    clock_t start;
+    double secs;
+    (void)state;
+
+    assert_non_null(yaml);
+    memcpy(yaml, head, n);
+    memset(yaml + n, '[', levels);
+    memset(yaml + n + levels, ']', levels);
+    yaml[n + 2 * levels] = '\n';
+    yaml[n + 2 * levels + 1] = '\0';
+    start = clock();
+    assert_int_equal(parse(&cfg, yaml, &errs), SB_ECONFIG);
+    secs = (double)(clock() - start) / CLOCKS_PER_SEC;
+    got = printed(&errs);
+    assert_string_equal(
+        got, "t.yaml:2:75: nested too deeply (more than 64 levels of lists and mappings)\n");
+    if (secs > 2.0)
+        fail_msg("parsing %zu levels took %.2f s", levels, secs);
+    free(got);
+    sb_config_errors_clear(&errs);
+    /* 64 levels are fine: the value is then only the wrong kind */
+    memset(yaml + n, '[', 62);
+    memset(yaml + n + 62, ']', 62);
+    memcpy(yaml + n + 124, "\n", 2);
+    expect_errors(yaml, "t.yaml:2:13: broker.data_dir: expected a string, got a list\n");
+    free(yaml);
 }
 
 static void test_error_kinds(void **state)
@@ -638,6 +687,20 @@ static void test_error_adapter_rules(void **state)
     expect_errors("adapters: [{ name: a, type: tcp, connect: \"h:1\", max_connections: 2 }]\n",
                   "t.yaml:1:50: adapters[0].max_connections: only for servers (listen), not with "
                   "connect\n");
+    expect_errors("adapters: [{ name: a, type: unix, connect: p, idle_timeout: 1s }]\n",
+                  "t.yaml:1:47: adapters[0].idle_timeout: only for servers (path), not with "
+                  "connect\n");
+    expect_errors("adapters: [{ name: a, type: tcp, connect: \"h:1\", frame_timeout: 1s }]\n",
+                  "t.yaml:1:50: adapters[0].frame_timeout: only for servers (listen), not with "
+                  "connect\n");
+    expect_errors("adapters: [{ name: a, type: udp, listen: \"127.0.0.1:1\", idle_timeout: 1s }]\n",
+                  "t.yaml:1:57: adapters[0].idle_timeout: not allowed for type udp\n");
+    {
+        sb_config *cfg =
+            parse_ok("adapters: [{ name: a, type: pipe, path: p, protocol: jsonl }]\n");
+        assert_int_equal(sb_adapter_config_idle_timeout(&cfg->adapters[0]), 30000); /* jsonl */
+        sb_config_free(cfg);
+    }
 }
 
 /* Mailslots: names and full paths, the message framing and the 64KiB
@@ -1224,6 +1287,7 @@ int main(void)
         cmocka_unit_test(test_error_not_allowed),
         cmocka_unit_test(test_error_type),
         cmocka_unit_test(test_error_syntax),
+        cmocka_unit_test(test_error_depth),
         cmocka_unit_test(test_error_kinds),
         cmocka_unit_test(test_error_document),
         cmocka_unit_test(test_error_numbers),
