@@ -98,13 +98,36 @@ static PSID own_psid(void)
     return sid;
 }
 
+int sb_win_acl_shared(const ACL *dacl)
+{
+    PSID own;
+    int shared = 0;
+    if (dacl == NULL)
+        return 1; /* no DACL: everyone has full access */
+    own = own_psid();
+    for (DWORD i = 0; i < dacl->AceCount && !shared; i++) {
+        ACE_HEADER *h;
+        if (!GetAce((PACL)dacl, i, (void **)&h))
+            continue;
+        /* Object and callback ACEs are for directory-service objects and
+         * conditions, not files. */
+        if (h->AceType == ACCESS_ALLOWED_ACE_TYPE) {
+            ACCESS_ALLOWED_ACE *a = (ACCESS_ALLOWED_ACE *)h;
+            if (a->Mask != 0 && !sid_allowed((PSID)&a->SidStart, own))
+                shared = 1;
+        }
+    }
+    if (own != NULL)
+        LocalFree(own);
+    return shared;
+}
+
 int sb_win_dacl_shared(const wchar_t *wpath, wchar_t **out_sddl, DWORD *out_err)
 {
     PSECURITY_DESCRIPTOR sd = NULL;
     PACL dacl = NULL;
-    PSID own;
     DWORD code;
-    int shared = 0;
+    int shared;
 
     *out_sddl = NULL;
     *out_err = 0;
@@ -114,28 +137,10 @@ int sb_win_dacl_shared(const wchar_t *wpath, wchar_t **out_sddl, DWORD *out_err)
         *out_err = code;
         return -1;
     }
-    own = own_psid();
-    if (dacl == NULL) {
-        shared = 1; /* no DACL: everyone has full access */
-    } else {
-        for (DWORD i = 0; i < dacl->AceCount && !shared; i++) {
-            ACE_HEADER *h;
-            if (!GetAce(dacl, i, (void **)&h))
-                continue;
-            /* Deny ACEs only take away; object and callback ACEs are for
-             * directory objects and conditions, not files. */
-            if (h->AceType == ACCESS_ALLOWED_ACE_TYPE) {
-                ACCESS_ALLOWED_ACE *a = (ACCESS_ALLOWED_ACE *)h;
-                if (a->Mask != 0 && !sid_allowed((PSID)&a->SidStart, own))
-                    shared = 1;
-            }
-        }
-    }
+    shared = sb_win_acl_shared(dacl);
     if (shared && !ConvertSecurityDescriptorToStringSecurityDescriptorW(
                       sd, SDDL_REVISION_1, DACL_SECURITY_INFORMATION, out_sddl, NULL))
         *out_sddl = NULL;
-    if (own != NULL)
-        LocalFree(own);
     LocalFree(sd);
     return shared;
 }

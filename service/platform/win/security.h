@@ -22,6 +22,11 @@ wchar_t *sb_win_own_sid(DWORD *out_err);
  * subdirectories. Returns 0, or a Windows error code. */
 DWORD sb_win_private_dir_sd(PSECURITY_DESCRIPTOR *out, const wchar_t *account_sid);
 
+/* 1 if dacl (NULL: no DACL, everyone has full access) grants an account
+ * other than SYSTEM, Administrators, this process's account and the
+ * creator/owner placeholders any access, else 0. Deny ACEs only take away. */
+int sb_win_acl_shared(const ACL *dacl);
+
 /* Describes the DACL of the file or directory at wpath: 1 if it grants an
  * account other than SYSTEM, Administrators, this process's account and the
  * creator/owner placeholders any access (or has no DACL: everyone), with
