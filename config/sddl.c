@@ -27,17 +27,16 @@ static const char *const ace_types[] = {"A",  "D",  "OA", "OD", "AU", "AL", "OU"
                                         "XA", "XD", "RA", "SP", "XU", "ZA", "TL", "FL", NULL};
 /* ACE types whose ACE may carry a condition or attribute as a 7th field. */
 static const char *const ace_types_extra[] = {"XA", "XD", "XU", "ZA", "RA", NULL};
-static const char *const ace_flags[] = {"CI", "OI", "NP", "IO", "ID", "SA",
-                                        "FA", "TP", "CR", NULL};
+static const char *const ace_flags[] = {"CI", "OI", "NP", "IO", "ID", "SA", "FA", "TP", "CR", NULL};
 static const char *const rights[] = {"GA", "GR", "GW", "GX", "RC", "SD", "WD", "WO", "RP", "WP",
                                      "CC", "DC", "LC", "SW", "LO", "DT", "CR", "FA", "FR", "FW",
                                      "FX", "KA", "KR", "KW", "KX", "NR", "NW", "NX", NULL};
 static const char *const sid_aliases[] = {
-    "AA", "AC", "AN", "AO", "AP", "AS", "AU", "BA", "BG", "BO", "BU", "CA", "CD", "CG", "CN",
-    "CO", "CY", "DA", "DC", "DD", "DG", "DU", "EA", "ED", "EK", "ER", "ES", "HA", "HI", "IS",
-    "IU", "KA", "LA", "LG", "LS", "LU", "LW", "ME", "MP", "MU", "NO", "NS", "NU", "OW", "PA",
-    "PO", "PS", "PU", "RA", "RC", "RD", "RE", "RM", "RO", "RS", "RU", "SA", "SI", "SO", "SS",
-    "SU", "SY", "UD", "WD", "WR", NULL};
+    "AA", "AC", "AN", "AO", "AP", "AS", "AU", "BA", "BG", "BO", "BU", "CA", "CD", "CG",
+    "CN", "CO", "CY", "DA", "DC", "DD", "DG", "DU", "EA", "ED", "EK", "ER", "ES", "HA",
+    "HI", "IS", "IU", "KA", "LA", "LG", "LS", "LU", "LW", "ME", "MP", "MU", "NO", "NS",
+    "NU", "OW", "PA", "PO", "PS", "PU", "RA", "RC", "RD", "RE", "RM", "RO", "RS", "RU",
+    "SA", "SI", "SO", "SS", "SU", "SY", "UD", "WD", "WR", NULL};
 
 typedef struct parser {
     const char *s;  /* the whole string */
@@ -168,7 +167,8 @@ static int check_rights(parser *ps, const char *p, size_t n)
 {
     if (n >= 2 && p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
         if (n == 2 || n > 10)
-            return fail(ps, p, "invalid access mask \"%.*s\" (0x and 1 to 8 hex digits)", (int)n, p);
+            return fail(ps, p, "invalid access mask \"%.*s\" (0x and 1 to 8 hex digits)", (int)n,
+                        p);
         for (size_t i = 2; i < n; i++)
             if (!is_hex(p[i]))
                 return fail(ps, p + i, "invalid hex digit '%c' in the access mask", p[i]);
@@ -199,8 +199,8 @@ static int check_guid(parser *ps, const char *p, size_t n)
                     (int)(n > 40 ? 40 : n), p);
     for (size_t i = 0; i < n; i++)
         if (shape[i] == '-' ? p[i] != '-' : !is_hex(p[i]))
-            return fail(ps, p + i, "invalid GUID \"%.*s\" (expected 8-4-4-4-12 hex digits)",
-                        (int)n, p);
+            return fail(ps, p + i, "invalid GUID \"%.*s\" (expected 8-4-4-4-12 hex digits)", (int)n,
+                        p);
     return 0;
 }
 
@@ -315,7 +315,8 @@ int sb_config_sddl_check(const char *sddl, size_t *out_offset, char *why, size_t
         const char *part = strchr(parts, *ps.p);
         const char *at = ps.p;
         if (part == NULL || *ps.p == '\0' || ps.p[1] != ':') {
-            fail(&ps, at, "unexpected \"%.12s\" (expected O:, G:, D: or S:, or an ACE in parentheses)", at);
+            fail(&ps, at,
+                 "unexpected \"%.12s\" (expected O:, G:, D: or S:, or an ACE in parentheses)", at);
             break;
         }
         if (seen[part - parts]++) {

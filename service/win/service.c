@@ -356,8 +356,7 @@ static int cmd_install(const char *config)
     SERVICE_FAILURE_ACTIONS_FLAG failure_flag = {TRUE};
     int rc = 1, starter, localsystem = 0, delayed_ok, recovery_ok;
 
-    if (exe_path(exe, MAX_PATH) != 0 ||
-        program_data_dir(program_data, sizeof(program_data)) != 0) {
+    if (exe_path(exe, MAX_PATH) != 0 || program_data_dir(program_data, sizeof(program_data)) != 0) {
         fprintf(stderr, "switchboard service: cannot find the program or %%ProgramData%%\n");
         return 1;
     }

@@ -83,8 +83,8 @@ static void test_shared_data_dir(void **state)
     assert_int_equal(file_mode(b->data_dir, "switchboard.log"), 0600);
     /* The directory is the administrator's: named, not changed. */
     assert_int_equal(file_mode(b->dir, "data"), 0755);
-    snprintf(want, sizeof(want),
-             "the data directory %s is accessible to other users (mode 0755)", b->data_dir);
+    snprintf(want, sizeof(want), "the data directory %s is accessible to other users (mode 0755)",
+             b->data_dir);
     sbt_broker_wait_log(b, want, 1, 5000);
     snprintf(want, sizeof(want), "the password file %s is accessible to other users (mode 0644)",
              passwd);

@@ -79,6 +79,8 @@ int sb_platform_admin_security(char **out, const char *configured, sb_error *err
 {
     (void)configured;
     (void)err;
-    *out = NULL; /* the admin socket lives in the private data directory */
+    /* The admin socket is created 0600 (umask 077), by default in the data
+     * directory: no security descriptor. */
+    *out = NULL;
     return 0;
 }

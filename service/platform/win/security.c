@@ -235,8 +235,7 @@ static wchar_t *add_own_ace(PSECURITY_DESCRIPTOR sd, PSID own, DWORD *out_err)
     size = (dacl != NULL ? dacl->AclSize : sizeof(ACL)) + sizeof(ACCESS_ALLOWED_ACE) +
            GetLengthSid(own);
     acl = LocalAlloc(LPTR, size);
-    if (acl == NULL ||
-        !InitializeAcl(acl, size, dacl != NULL ? dacl->AclRevision : ACL_REVISION))
+    if (acl == NULL || !InitializeAcl(acl, size, dacl != NULL ? dacl->AclRevision : ACL_REVISION))
         goto fail;
     for (DWORD i = 0; dacl != NULL && i < dacl->AceCount; i++) {
         ACE_HEADER *h;

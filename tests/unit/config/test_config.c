@@ -1230,8 +1230,9 @@ static void test_sddl_in_config(void **state)
                                "    type: pipe\n"
                                "    path: ok\n"
                                "    security: \"D:P(A;;GA;;;SY)(A;;GRGW;;;IU)\"\n";
-    static const char good[] = "broker:\n"
-                               "  admin: { security: 'D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GRGW;;;BU)' }\n";
+    static const char good[] =
+        "broker:\n"
+        "  admin: { security: 'D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GRGW;;;BU)' }\n";
     sb_config *cfg = NULL;
     sb_config_errors errs = {0};
     char *got;
@@ -1265,8 +1266,8 @@ static char *uncomment_examples(const char *text)
         size_t len = nl != NULL ? (size_t)(nl - line) + 1 : strlen(line);
         while (*p == ' ')
             p++;
-        if (*p == '#' && (p[1] == '-' || (p[1] == ' ' && p[2] == ' ') ||
-                          (p[1] >= 'a' && p[1] <= 'z'))) {
+        if (*p == '#' &&
+            (p[1] == '-' || (p[1] == ' ' && p[2] == ' ') || (p[1] >= 'a' && p[1] <= 'z'))) {
             memcpy(o, line, (size_t)(p - line));
             o += p - line;
             memcpy(o, p + 1, len - (size_t)(p - line) - 1);

@@ -643,8 +643,13 @@ static void test_example_bridge(void **state)
 {
     sbt_broker *b = *state;
     char pipe_name[64], pipe_path[128], slot[64], path[128], buf[128];
-    const char *repl[] = {"data_dir: ./data", "data_dir: '{data}'", "path: orders-in", NULL,
-                          "connect: orders-out", NULL, NULL};
+    const char *repl[] = {"data_dir: ./data",
+                          "data_dir: '{data}'",
+                          "path: orders-in",
+                          NULL,
+                          "connect: orders-out",
+                          NULL,
+                          NULL};
     char path_line[128], connect_line[128];
     sbt_conn *c;
     pt_pipe *p;

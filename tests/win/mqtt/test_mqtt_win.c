@@ -1030,9 +1030,13 @@ static void test_example_config(void **state)
     sbt_broker *b = *state;
     char name[64], path[128], path_line[96];
     sb_mqtt_packet r;
-    const char *repl[] = {"data_dir: ./data", "data_dir: '{data}'",
-                          "listen: 127.0.0.1:1883", "listen: 127.0.0.1:{port1}",
-                          "path: mqtt ", NULL, NULL};
+    const char *repl[] = {"data_dir: ./data",
+                          "data_dir: '{data}'",
+                          "listen: 127.0.0.1:1883",
+                          "listen: 127.0.0.1:{port1}",
+                          "path: mqtt ",
+                          NULL,
+                          NULL};
     mq *tcp, *pipe;
     uint16_t pid;
 

@@ -143,8 +143,8 @@ static void test_admin_pipe_configured(void **state)
     int n;
 
     pt_own_sid(self, sizeof(self));
-    start(b, "sec-admin-cfg", NULL, ", security: 'D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GRGW;;;BU)'",
-          "", admin, sizeof(admin));
+    start(b, "sec-admin-cfg", NULL, ", security: 'D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GRGW;;;BU)'", "",
+          admin, sizeof(admin));
     p = pt_open_ok(admin, 0);
     n = pt_dacl(p->h, aces, 8);
     print_aces(admin, aces, n);
