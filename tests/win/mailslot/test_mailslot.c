@@ -387,7 +387,8 @@ static void test_second_broker(void **state)
     b->passed = 1;
 }
 
-/* A bad SDDL stops the start with an error naming the adapter. */
+/* A bad SDDL stops the start with an error naming the key, where in the
+ * file, and what is wrong (the config's check, before any adapter starts). */
 static void test_bad_sddl(void **state)
 {
     sbt_broker *b = *state;
@@ -403,8 +404,10 @@ static void test_bad_sddl(void **state)
     rc = sbt_broker_try_start(b);
     assert_int_not_equal(rc, -1);
     assert_int_not_equal(rc, 0);
-    sbt_broker_wait_log(b, "adapter in: invalid security descriptor (SDDL) \"D:(X;;;;;nobody)\"", 1,
-                        1000);
+    sbt_broker_wait_log(b,
+                        "switchboard.yaml:14:19: adapters[1].security: invalid security "
+                        "descriptor: unknown ACE type \"X\"",
+                        1, 1000);
     b->passed = 1;
 }
 
