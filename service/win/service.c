@@ -354,7 +354,7 @@ static int cmd_install(const char *config)
         {SC_ACTION_RESTART, 5000}, {SC_ACTION_RESTART, 30000}, {SC_ACTION_RESTART, 60000}};
     SERVICE_FAILURE_ACTIONSW failure;
     SERVICE_FAILURE_ACTIONS_FLAG failure_flag = {TRUE};
-    int rc = 1, starter, localsystem = 0, delayed_ok, recovery_ok;
+    int rc = 1, starter, localsystem = 0, delayed_ok, restarts, restarts_on_exit = 0;
 
     if (exe_path(exe, MAX_PATH) != 0 || program_data_dir(program_data, sizeof(program_data)) != 0) {
         fprintf(stderr, "switchboard service: cannot find the program or %%ProgramData%%\n");
@@ -433,12 +433,13 @@ static int cmd_install(const char *config)
     failure.dwResetPeriod = 24 * 3600;
     failure.cActions = 3;
     failure.lpsaActions = actions;
-    recovery_ok = config2(svc, SERVICE_CONFIG_FAILURE_ACTIONS, &failure,
-                          "the recovery actions (the service is not restarted after a failure)");
-    if (recovery_ok)
-        recovery_ok = config2(svc, SERVICE_CONFIG_FAILURE_ACTIONS_FLAG, &failure_flag,
-                              "recovery on a non-zero exit code (only a crash restarts it)") +
-                      1;
+    restarts = config2(svc, SERVICE_CONFIG_FAILURE_ACTIONS, &failure,
+                       "the recovery actions (the service is not restarted after a failure)");
+    /* Without the flag only a crash restarts it, not a failed start. */
+    if (restarts)
+        restarts_on_exit =
+            config2(svc, SERVICE_CONFIG_FAILURE_ACTIONS_FLAG, &failure_flag,
+                    "recovery on a non-zero exit code (only a crash restarts the service)");
     if (sb_eventlog_register() != 0)
         fprintf(stderr, "switchboard service: note: cannot register the Event Log source\n");
     if (secure_data_dir(data_dir) != 0 || (starter && write_starter_config(cfg_path, data_dir))) {
@@ -452,9 +453,9 @@ static int cmd_install(const char *config)
            "  log file:      %s\n"
            "Start it with: switchboard service start\n",
            delayed_ok ? "delayed automatic start" : "automatic start",
-           recovery_ok == 2   ? "restarts on failure"
-           : recovery_ok == 1 ? "restarts after a crash"
-                              : "no restart on failure",
+           !restarts          ? "no restart on failure"
+           : restarts_on_exit ? "restarts on failure"
+                              : "restarts after a crash",
            localsystem ? L"LocalSystem" : SERVICE_ACCOUNT, cfg_path,
            starter ? " (new: a starter with commented examples)" : "", data_dir,
            log_file[0] != '\0' ? log_file : "none (warnings and errors go to the Event Log)");
