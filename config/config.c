@@ -193,6 +193,12 @@ int sb_config_parse(sb_config **out, const char *name, const char *text, size_t 
     check_single_document(&ctx, &parser);
     ctx.adapters_ok = adapters_listed(&ctx, root);
     sb_config__mapping(&ctx, root, &sb_config__root, cfg, "");
+    if (cfg->broker.admin_security != NULL) {
+        const yaml_node_t *broker = sb_config__lookup(&ctx, root, "broker");
+        const yaml_node_t *admin = sb_config__lookup(&ctx, broker, "admin");
+        sb_config__check_sddl(&ctx, sb_config__lookup(&ctx, admin, "security"),
+                              "broker.admin.security", cfg->broker.admin_security);
+    }
 
 done:
     sb_map_clear(&ctx.adapter_names);

@@ -35,6 +35,8 @@ typedef struct sb_broker_config {
     char *admin_endpoint;     /* admin.endpoint, default "default" (data_dir/admin.sock
                                  on POSIX, \\.\pipe\switchboard-admin on Windows);
                                  "off" disables it */
+    char *admin_security;     /* admin.security: SDDL of the admin pipe (Windows); NULL =
+                                 SYSTEM, Administrators and the broker's own account */
     char *auth_password_file; /* auth.password_file: users (sbctl passwd), default none */
     char *auth_acl_file;      /* auth.acl_file: per-user topic rules, default none (all allowed) */
 } sb_broker_config;
@@ -192,6 +194,21 @@ int sb_route_config_equal(const sb_route_config *a, const sb_route_config *b);
  * freeable); free releases what the route owns, not the struct itself. */
 int sb_route_config_copy(sb_route_config *out, const sb_route_config *in);
 void sb_route_config_free(sb_route_config *cfg);
+
+/* Checks the syntax of an SDDL security descriptor string (owner, group,
+ * DACL and SACL parts; ACE types, flags, rights, GUIDs and SIDs against the
+ * names Windows knows). Returns 0 if it is well formed; else -1 with
+ * *out_offset (may be NULL) the byte offset of the problem and `why` a
+ * one-line message. It cannot tell whether a domain alias resolves on a
+ * given machine: Windows decides that when it converts the string. */
+int sb_config_sddl_check(const char *sddl, size_t *out_offset, char *why, size_t why_len);
+
+/* The starter configuration `switchboard service install` writes: data_dir
+ * and its log file, and commented examples (a pipe in, a mailslot out, MQTT
+ * on loopback; uncommenting an example's lines keeps the file valid).
+ * config_path is only named in the comments. Returns a new string
+ * (sb_free) or NULL when out of memory. */
+char *sb_config_starter(const char *data_dir, const char *config_path);
 
 /* Parses "250ms", "10s", "5m", "2h", "1d" or a bare number of milliseconds.
  * Returns 0 or SB_EINVAL. */

@@ -144,6 +144,14 @@ void sb_config__seen_reset(sb_config__ctx *ctx);
 /* Where the key storing into target was seen, or NULL. */
 const sb_config__seen *sb_config__seen_find(const sb_config__ctx *ctx, const void *target);
 
+/* ---- sddl.c ---- */
+
+/* Reports an error at the place in `node` (a scalar holding sddl) where the
+ * security descriptor is malformed: the syntax check, and on Windows the
+ * system's own conversion (sb_platform_sddl_check), which decides there. */
+void sb_config__check_sddl(sb_config__ctx *ctx, const yaml_node_t *node, const char *path,
+                           const char *sddl);
+
 /* The value of `key` in mapping node (first occurrence), or NULL. */
 const yaml_node_t *sb_config__lookup(const sb_config__ctx *ctx, const yaml_node_t *map,
                                      const char *key);

@@ -129,6 +129,7 @@ static const sb_config__section log_section = TABLE(log_fields);
 
 static const sb_config__field admin_fields[] = {
     {.key = "endpoint", .type = SB_CT_STRING, .offset = B(admin_endpoint), .def_str = "default"},
+    {.key = "security", .type = SB_CT_STRING, .offset = B(admin_security)},
 };
 static const sb_config__section admin_section = TABLE(admin_fields);
 
@@ -804,6 +805,11 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
     if (type == TYPE_EXEC && seen(ctx, &a->command) == NULL) {
         sub_path(p, path, "command");
         sb_config__error(ctx, node, p, "required for type exec");
+    }
+
+    if ((s = seen(ctx, &a->security)) != NULL && s->ok) {
+        sub_path(p, path, "security");
+        sb_config__check_sddl(ctx, s->value, p, a->security);
     }
 
     check_backoff(ctx, path, &a->restart_backoff_ms, "restart_backoff", &a->restart_max_backoff_ms,

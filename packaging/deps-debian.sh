@@ -3,9 +3,12 @@
 # Idempotent: does nothing when everything is already installed.
 set -eu
 
-PACKAGES="build-essential clang cmake ninja-build pkg-config git ca-certificates \
-  libuv1-dev libsqlite3-dev sqlite3 libyaml-dev libjansson-dev libcmocka-dev libssl-dev \
-  python3 mosquitto mosquitto-clients libmosquitto-dev openssl"
+# Packages are installed without their Recommends, so everything a build or
+# test uses is listed: libclang-rt-14-dev (clang's sanitizer runtimes, only
+# recommended by clang) for the clang build with -fsanitize.
+PACKAGES="build-essential clang libclang-rt-14-dev cmake ninja-build pkg-config git \
+  ca-certificates libuv1-dev libsqlite3-dev sqlite3 libyaml-dev libjansson-dev libcmocka-dev \
+  libssl-dev python3 mosquitto mosquitto-clients libmosquitto-dev openssl"
 
 missing=""
 for p in $PACKAGES; do

@@ -525,7 +525,7 @@ static void close_adapter(sb_broker *b, sb_adapter *a)
 static int start_admin(sb_broker *b, sb_error *err)
 {
     sb_adapter_config cfg;
-    char path[1024];
+    char path[1024], *security = NULL;
     const char *ep = b->cfg->broker.admin_endpoint;
     int rc;
 
@@ -547,7 +547,13 @@ static int start_admin(sb_broker *b, sb_error *err)
     cfg.idle_timeout_ms = 0;
     cfg.frame_timeout_ms = 30000;
     cfg.inflight = 64;
+    /* The admin endpoint bypasses ACLs: only who administers the machine
+     * and the broker's own account, unless broker.admin.security says more. */
+    if ((rc = sb_platform_admin_security(&security, b->cfg->broker.admin_security, err)) != 0)
+        return rc;
+    cfg.security = security;
     rc = start_adapter(b, &cfg, &b->admin, err);
+    sb_free(security);
     if (rc == 0) {
         /* The admin endpoint is not a config adapter: keep it off the list. */
         b->adapters = b->admin->next;
@@ -567,6 +573,8 @@ static int load_auth(const sb_config *cfg, sb_auth **out, sb_error *err)
     rc = sb_auth_load(out, cfg->broker.auth_password_file, cfg->broker.auth_acl_file, err);
     if (rc != 0)
         return rc;
+    if (cfg->broker.auth_password_file != NULL)
+        sb_platform_warn_if_shared(cfg->broker.auth_password_file, "password file");
     sb_info(NULL, "auth: password file %s, ACL file %s",
             cfg->broker.auth_password_file != NULL ? cfg->broker.auth_password_file : "(none)",
             cfg->broker.auth_acl_file != NULL ? cfg->broker.auth_acl_file : "(none)");
@@ -613,6 +621,7 @@ int sb_broker_start(sb_broker *b, sb_error *err)
         return rc;
     if ((rc = sb_platform_mkdir_p(b->cfg->broker.data_dir, err)) != 0)
         return rc;
+    sb_platform_warn_if_shared(b->cfg->broker.data_dir, "data directory");
     snprintf(dbpath, sizeof(dbpath), "%s/switchboard.db", b->cfg->broker.data_dir);
     memset(&so, 0, sizeof(so));
     so.path = dbpath;

@@ -11,14 +11,17 @@
  * loop's event). Lifecycle events and every warning/error also go to the
  * Event Log under the source "Switchboard".
  */
+#include "config/config.h"
 #include "service/alloc.h"
 #include "service/broker.h"
 #include "service/log.h"
 #include "service/platform.h"
+#include "service/platform/win/security.h"
 #include "service/platform/win/utf.h"
 #include "service/service_cmd.h"
 #include "service/win/eventlog.h"
 
+#include <errno.h>
 #include <sddl.h>
 #include <shlobj.h>
 #include <stdio.h>
@@ -30,7 +33,7 @@
 #define SERVICE_ACCOUNT L"NT SERVICE\\Switchboard"
 #define SERVICE_DESCRIPTION                                                                        \
     L"Routes messages between Windows IPC mechanisms (pipes, mailslots, sockets, DDE, ...) "       \
-    L"through a durable SQLite queue. Configuration: %ProgramData%\\Switchboard\\switchboard.yaml"
+    L"through a durable SQLite queue. Configuration: %ls"
 
 static SERVICE_STATUS_HANDLE status_handle;
 static SERVICE_STATUS status;
@@ -216,13 +219,15 @@ static SC_HANDLE open_scm(DWORD access)
 }
 
 /* Grants SYSTEM, Administrators and the service's virtual account full
- * control of the data directory; nobody else gets access. */
+ * control of the data directory (creating it if needed); nobody else gets
+ * access. The broker checks the same at every start (and creates a missing
+ * data directory the same way, for the account it runs as). */
 static int secure_data_dir(const char *dir)
 {
     wchar_t *wdir = sb_utf8_to_wide(dir);
     BYTE sid[SECURITY_MAX_SID_SIZE];
-    DWORD sid_len = sizeof(sid), dom_len = 256;
-    wchar_t domain[256], sddl[512], *sid_text = NULL;
+    DWORD sid_len = sizeof(sid), dom_len = 256, code;
+    wchar_t domain[256], *sid_text = NULL;
     SID_NAME_USE use;
     PSECURITY_DESCRIPTOR sd = NULL;
     SECURITY_ATTRIBUTES sa;
@@ -230,21 +235,21 @@ static int secure_data_dir(const char *dir)
 
     if (wdir == NULL)
         return -1;
-    if (LookupAccountNameW(NULL, SERVICE_ACCOUNT, sid, &sid_len, domain, &dom_len, &use) &&
-        ConvertSidToStringSidW(sid, &sid_text)) {
-        _snwprintf(sddl, sizeof(sddl) / sizeof(sddl[0]),
-                   L"D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;FA;;;%ls)", sid_text);
-        LocalFree(sid_text);
-    } else {
+    if (!LookupAccountNameW(NULL, SERVICE_ACCOUNT, sid, &sid_len, domain, &dom_len, &use) ||
+        !ConvertSidToStringSidW(sid, &sid_text)) {
         /* Some systems (and Wine) cannot resolve virtual accounts before the
          * service first runs: SYSTEM and Administrators only. */
         fprintf(stderr,
                 "switchboard service: note: cannot resolve %ls; the data directory is "
                 "limited to SYSTEM and Administrators\n",
                 SERVICE_ACCOUNT);
-        wcscpy(sddl, L"D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)");
+        sid_text = NULL;
     }
-    if (!ConvertStringSecurityDescriptorToSecurityDescriptorW(sddl, SDDL_REVISION_1, &sd, NULL)) {
+    code = sb_win_private_dir_sd(&sd, sid_text != NULL ? sid_text : L"");
+    if (sid_text != NULL)
+        LocalFree(sid_text);
+    if (code != 0) {
+        print_win_error("cannot build the data directory's security descriptor", code);
         sb_free(wdir);
         return -1;
     }
@@ -252,11 +257,13 @@ static int secure_data_dir(const char *dir)
     sa.lpSecurityDescriptor = sd;
     sa.bInheritHandle = FALSE;
     if (!CreateDirectoryW(wdir, &sa)) {
-        DWORD code = GetLastError();
+        code = GetLastError();
         if (code != ERROR_ALREADY_EXISTS) {
+            fprintf(stderr, "switchboard service: %s:\n", dir);
             print_win_error("cannot create the data directory", code);
             rc = -1;
         } else if (!SetFileSecurityW(wdir, DACL_SECURITY_INFORMATION, sd)) {
+            fprintf(stderr, "switchboard service: %s:\n", dir);
             print_win_error("cannot set the data directory's permissions", GetLastError());
             rc = -1;
         }
@@ -266,62 +273,133 @@ static int secure_data_dir(const char *dir)
     return rc;
 }
 
-static const char default_config[] =
-    "# Switchboard service configuration. After editing: switchboard service reload\n"
-    "broker:\n"
-    "  data_dir: DATA_DIR\n"
-    "  log: { level: info, file: DATA_DIR\\switchboard.log }\n"
-    "adapters: []\n"
-    "routes: []\n";
-
-static int write_default_config(const char *path, const char *data_dir)
+/* Writes the starter configuration to path (text mode: CRLF, as Notepad
+ * expects). The caller checked that there is no file there. */
+static int write_starter_config(const char *path, const char *data_dir)
 {
+    char *text = sb_config_starter(data_dir, path);
     FILE *f;
-    const char *p = default_config;
-    if ((f = fopen(path, "r")) != NULL) {
-        fclose(f);
-        return 0; /* keep the administrator's file */
-    }
-    f = fopen(path, "w");
-    if (f == NULL)
+    int rc = -1;
+    if (text == NULL) {
+        fprintf(stderr, "switchboard service: out of memory\n");
         return -1;
-    while (*p != '\0') {
-        if (strncmp(p, "DATA_DIR", 8) == 0) {
-            fprintf(f, "'%s'", data_dir);
-            p += 8;
-        } else {
-            fputc(*p++, f);
-        }
     }
-    return fclose(f) == 0 ? 0 : -1;
+    f = sb_platform_fopen(path, "w");
+    if (f == NULL) {
+        fprintf(stderr, "switchboard service: cannot create %s: %s\n", path, strerror(errno));
+    } else {
+        size_t n = strlen(text);
+        int werr = fwrite(text, 1, n, f) != n;
+        if (fclose(f) != 0 || werr)
+            fprintf(stderr, "switchboard service: cannot write %s: %s\n", path, strerror(errno));
+        else
+            rc = 0;
+    }
+    sb_free(text);
+    return rc;
+}
+
+static int file_exists(const char *path)
+{
+    wchar_t *w = sb_utf8_to_wide(path);
+    DWORD attr = w != NULL ? GetFileAttributesW(w) : INVALID_FILE_ATTRIBUTES;
+    sb_free(w);
+    return attr != INVALID_FILE_ATTRIBUTES;
+}
+
+/* The full path of path (the service starts in System32: a relative
+ * --config would not be found there). */
+static int full_path(char *out, size_t n, const char *path)
+{
+    wchar_t *w = sb_utf8_to_wide(path), full[MAX_PATH * 2];
+    DWORD len = w != NULL ? GetFullPathNameW(w, MAX_PATH * 2, full, NULL) : 0;
+    char *u;
+    sb_free(w);
+    if (len == 0 || len >= MAX_PATH * 2 || (u = sb_wide_to_utf8(full)) == NULL)
+        return -1;
+    snprintf(out, n, "%s", u);
+    sb_free(u);
+    return 0;
+}
+
+static int is_absolute(const char *p)
+{
+    return (((p[0] >= 'A' && p[0] <= 'Z') || (p[0] >= 'a' && p[0] <= 'z')) && p[1] == ':' &&
+            (p[2] == '\\' || p[2] == '/')) ||
+           (p[0] == '\\' && p[1] == '\\');
+}
+
+/* ChangeServiceConfig2W, reporting a failure as a note: the service works
+ * without these settings, but the administrator must know they are not in
+ * effect. Returns 1 if the setting took. */
+static int config2(SC_HANDLE svc, DWORD level, void *info, const char *what)
+{
+    char text[300];
+    if (ChangeServiceConfig2W(svc, level, info))
+        return 1;
+    sb_win_strerror(GetLastError(), text, sizeof(text));
+    fprintf(stderr, "switchboard service: note: cannot set %s: %s\n", what, text);
+    return 0;
 }
 
 static int cmd_install(const char *config)
 {
-    wchar_t exe[MAX_PATH], cmd[MAX_PATH * 4], *wconfig;
-    char data_dir[MAX_PATH * 3], cfg_path[MAX_PATH * 3];
-    SC_HANDLE scm, svc;
+    wchar_t exe[MAX_PATH], cmd[MAX_PATH * 4], *wconfig, desc_text[MAX_PATH * 4];
+    char program_data[MAX_PATH * 3], cfg_path[MAX_PATH * 3], data_dir[MAX_PATH * 3];
+    char log_file[MAX_PATH * 3];
+    SC_HANDLE scm, svc = NULL;
     SERVICE_DESCRIPTIONW desc;
     SERVICE_DELAYED_AUTO_START_INFO delayed = {TRUE};
     SC_ACTION actions[3] = {
         {SC_ACTION_RESTART, 5000}, {SC_ACTION_RESTART, 30000}, {SC_ACTION_RESTART, 60000}};
     SERVICE_FAILURE_ACTIONSW failure;
     SERVICE_FAILURE_ACTIONS_FLAG failure_flag = {TRUE};
-    int rc = 1;
+    int rc = 1, starter, localsystem = 0, delayed_ok, restarts, restarts_on_exit = 0;
 
-    if (exe_path(exe, MAX_PATH) != 0 || program_data_dir(data_dir, sizeof(data_dir)) != 0) {
+    if (exe_path(exe, MAX_PATH) != 0 || program_data_dir(program_data, sizeof(program_data)) != 0) {
         fprintf(stderr, "switchboard service: cannot find the program or %%ProgramData%%\n");
         return 1;
     }
-    if (config == NULL) {
-        snprintf(cfg_path, sizeof(cfg_path), "%s\\switchboard.yaml", data_dir);
-        config = cfg_path;
+    if (config == NULL)
+        snprintf(cfg_path, sizeof(cfg_path), "%s\\switchboard.yaml", program_data);
+    else if (full_path(cfg_path, sizeof(cfg_path), config) != 0) {
+        fprintf(stderr, "switchboard service: invalid path %s\n", config);
+        return 1;
     }
-    wconfig = sb_utf8_to_wide(config);
+    /* Describe, and prepare, what the service will really use: the given
+     * file's data directory and log, or the starter's. */
+    starter = !file_exists(cfg_path);
+    if (starter) {
+        snprintf(data_dir, sizeof(data_dir), "%s", program_data);
+        snprintf(log_file, sizeof(log_file), "%s\\switchboard.log", program_data);
+    } else {
+        sb_config *cfg = NULL;
+        sb_config_errors errs = {0};
+        if (sb_config_load(&cfg, cfg_path, &errs) != 0) {
+            sb_config_errors_print(&errs, stderr);
+            sb_config_errors_clear(&errs);
+            fprintf(stderr, "switchboard service: %s has errors; nothing was installed\n",
+                    cfg_path);
+            return 1;
+        }
+        snprintf(data_dir, sizeof(data_dir), "%s", cfg->broker.data_dir);
+        snprintf(log_file, sizeof(log_file), "%s",
+                 cfg->broker.log_file != NULL ? cfg->broker.log_file : "");
+        sb_config_free(cfg);
+        if (!is_absolute(data_dir))
+            fprintf(stderr,
+                    "switchboard service: note: data_dir %s is relative: a service resolves it "
+                    "from its working directory (System32); give a full path\n",
+                    data_dir);
+    }
+    wconfig = sb_utf8_to_wide(cfg_path);
     if (wconfig == NULL)
         return 1;
     _snwprintf(cmd, sizeof(cmd) / sizeof(cmd[0]), L"\"%ls\" service run --config \"%ls\"", exe,
                wconfig);
+    cmd[sizeof(cmd) / sizeof(cmd[0]) - 1] = 0;
+    _snwprintf(desc_text, sizeof(desc_text) / sizeof(desc_text[0]), SERVICE_DESCRIPTION, wconfig);
+    desc_text[sizeof(desc_text) / sizeof(desc_text[0]) - 1] = 0;
     sb_free(wconfig);
     scm = open_scm(SC_MANAGER_CREATE_SERVICE);
     if (scm == NULL)
@@ -335,6 +413,7 @@ static int cmd_install(const char *config)
                 "switchboard service: note: %ls is not available here; the service runs "
                 "as LocalSystem\n",
                 SERVICE_ACCOUNT);
+        localsystem = 1;
         svc = CreateServiceW(scm, SERVICE_NAME, SERVICE_DISPLAY, SERVICE_ALL_ACCESS,
                              SERVICE_WIN32_OWN_PROCESS, SERVICE_AUTO_START, SERVICE_ERROR_NORMAL,
                              cmd, NULL, NULL, L"Tcpip\0\0", NULL, NULL);
@@ -346,25 +425,40 @@ static int cmd_install(const char *config)
                         code);
         goto done;
     }
-    desc.lpDescription = (LPWSTR)SERVICE_DESCRIPTION;
-    ChangeServiceConfig2W(svc, SERVICE_CONFIG_DESCRIPTION, &desc);
-    ChangeServiceConfig2W(svc, SERVICE_CONFIG_DELAYED_AUTO_START_INFO, &delayed);
+    desc.lpDescription = desc_text;
+    config2(svc, SERVICE_CONFIG_DESCRIPTION, &desc, "the service's description");
+    delayed_ok = config2(svc, SERVICE_CONFIG_DELAYED_AUTO_START_INFO, &delayed,
+                         "delayed automatic start (the service starts with the others at boot)");
     memset(&failure, 0, sizeof(failure));
     failure.dwResetPeriod = 24 * 3600;
     failure.cActions = 3;
     failure.lpsaActions = actions;
-    ChangeServiceConfig2W(svc, SERVICE_CONFIG_FAILURE_ACTIONS, &failure);
-    ChangeServiceConfig2W(svc, SERVICE_CONFIG_FAILURE_ACTIONS_FLAG, &failure_flag);
+    restarts = config2(svc, SERVICE_CONFIG_FAILURE_ACTIONS, &failure,
+                       "the recovery actions (the service is not restarted after a failure)");
+    /* Without the flag only a crash restarts it, not a failed start. */
+    if (restarts)
+        restarts_on_exit =
+            config2(svc, SERVICE_CONFIG_FAILURE_ACTIONS_FLAG, &failure_flag,
+                    "recovery on a non-zero exit code (only a crash restarts the service)");
     if (sb_eventlog_register() != 0)
         fprintf(stderr, "switchboard service: note: cannot register the Event Log source\n");
-    if (secure_data_dir(data_dir) != 0 || write_default_config(config, data_dir) != 0) {
-        fprintf(stderr, "switchboard service: installed, but %s could not be prepared\n", data_dir);
+    if (secure_data_dir(data_dir) != 0 || (starter && write_starter_config(cfg_path, data_dir))) {
+        fprintf(stderr, "switchboard service: installed, but %s could not be prepared\n",
+                starter ? cfg_path : data_dir);
         goto done;
     }
-    printf("Installed service Switchboard (delayed automatic start, restarts on failure).\n"
-           "  configuration: %s\n  data:          %s\n"
+    printf("Installed service Switchboard (%s, %s, account %ls).\n"
+           "  configuration: %s%s\n"
+           "  data:          %s\n"
+           "  log file:      %s\n"
            "Start it with: switchboard service start\n",
-           config, data_dir);
+           delayed_ok ? "delayed automatic start" : "automatic start",
+           !restarts          ? "no restart on failure"
+           : restarts_on_exit ? "restarts on failure"
+                              : "restarts after a crash",
+           localsystem ? L"LocalSystem" : SERVICE_ACCOUNT, cfg_path,
+           starter ? " (new: a starter with commented examples)" : "", data_dir,
+           log_file[0] != '\0' ? log_file : "none (warnings and errors go to the Event Log)");
     rc = 0;
 done:
     if (svc != NULL)

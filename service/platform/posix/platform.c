@@ -1,5 +1,6 @@
 /* POSIX implementation of service/platform.h. */
 #include "service/platform.h"
+#include "service/log.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -20,12 +21,12 @@ int sb_platform_mkdir_p(const char *path, sb_error *err)
         if (*p != '/')
             continue;
         *p = '\0';
-        if (mkdir(buf, 0750) != 0 && errno != EEXIST)
+        if (mkdir(buf, 0700) != 0 && errno != EEXIST)
             return sb_error_set(err, sb_error_from_errno(errno), errno, "cannot create %s: %s", buf,
                                 strerror(errno));
         *p = '/';
     }
-    if (mkdir(buf, 0750) != 0 && errno != EEXIST)
+    if (mkdir(buf, 0700) != 0 && errno != EEXIST)
         return sb_error_set(err, sb_error_from_errno(errno), errno, "cannot create %s: %s", buf,
                             strerror(errno));
     return 0;
@@ -58,6 +59,9 @@ void sb_platform_init(void)
 {
     /* A peer closing mid-write must be an EPIPE error, not a killed broker. */
     signal(SIGPIPE, SIG_IGN);
+    /* The store holds every payload: nothing the broker creates (database,
+     * WAL, log, sockets, directories) is for other users. */
+    umask(077);
 }
 
 void sb_platform_gmtime(time_t t, struct tm *out)
@@ -68,4 +72,34 @@ void sb_platform_gmtime(time_t t, struct tm *out)
 FILE *sb_platform_fopen(const char *path, const char *mode)
 {
     return fopen(path, mode);
+}
+
+int sb_platform_sddl_check(const char *sddl, char *why, size_t why_len)
+{
+    (void)sddl;
+    (void)why;
+    (void)why_len;
+    return 0; /* no security descriptors here: the config's syntax check is all */
+}
+
+int sb_platform_warn_if_shared(const char *path, const char *what)
+{
+    struct stat st;
+    if (stat(path, &st) != 0 || (st.st_mode & 077) == 0)
+        return 0;
+    sb_warn(NULL,
+            "the %s %s is accessible to other users (mode %04o): they may read what it holds; "
+            "make it private to the broker's account (chmod %s %s)",
+            what, path, (unsigned)(st.st_mode & 07777), S_ISDIR(st.st_mode) ? "700" : "600", path);
+    return 1;
+}
+
+int sb_platform_admin_security(char **out, const char *configured, sb_error *err)
+{
+    (void)configured;
+    (void)err;
+    /* The admin socket is created 0600 (umask 077), by default in the data
+     * directory: no security descriptor. */
+    *out = NULL;
+    return 0;
 }

@@ -1,6 +1,7 @@
 /* Windows implementation of service/platform.h. */
 #include "service/platform.h"
 #include "service/alloc.h"
+#include "service/platform/win/security.h"
 #include "service/platform/win/utf.h"
 #include "service/topic.h"
 
@@ -29,15 +30,31 @@ void sb_platform_gmtime(time_t t, struct tm *out)
 static int make_one(const char *path, sb_error *err)
 {
     wchar_t *w = sb_utf8_to_wide(path);
+    SECURITY_ATTRIBUTES sa;
+    PSECURITY_DESCRIPTOR sd = NULL;
     DWORD code;
     char text[300];
+    BOOL made;
     if (w == NULL)
         return sb_error_set(err, SB_EINVAL, 0, "invalid directory path '%s'", path);
-    if (CreateDirectoryW(w, NULL) || (code = GetLastError()) == ERROR_ALREADY_EXISTS) {
+    /* Private from the start: a DACL set afterwards would leave a moment
+     * in which the directory inherited its parent's (often Users: read). */
+    code = sb_win_private_dir_sd(&sd, NULL);
+    if (code != 0) {
         sb_free(w);
-        return 0;
+        sb_win_strerror(code, text, sizeof(text));
+        return sb_error_set(err, sb_error_from_win32(code), (int)code,
+                            "cannot build the security descriptor for %s: %s", path, text);
     }
+    sa.nLength = sizeof(sa);
+    sa.lpSecurityDescriptor = sd;
+    sa.bInheritHandle = FALSE;
+    made = CreateDirectoryW(w, &sa);
+    code = made ? 0 : GetLastError();
+    LocalFree(sd);
     sb_free(w);
+    if (made || code == ERROR_ALREADY_EXISTS)
+        return 0;
     sb_win_strerror(code, text, sizeof(text));
     return sb_error_set(err, sb_error_from_win32(code), (int)code, "cannot create %s: %s", path,
                         text);

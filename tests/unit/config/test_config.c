@@ -1219,6 +1219,210 @@ static void test_example_full(void **state)
     sb_config_free(cfg);
 }
 
+/* ---- SDDL syntax ---- */
+
+static void test_sddl_syntax(void **state)
+{
+    static const char *const good[] = {
+        "D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GRGW;;;IU)",
+        "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;FA;;;S-1-5-21-1-2-3-1001)",
+        "O:SYG:SYD:AI(A;ID;GA;;;SY)",
+        "O:BAG:DUD:PAI(D;;GA;;;AN)(A;;0x1f01ff;;;WD)S:(AU;SAFA;GA;;;WD)",
+        "D:(OA;;RPWP;bf967a0a-0de6-11d0-a285-00aa003049e2;;AU)",
+        "D:(A;;2032127;;;S-1-5-80-0)",
+        "D:NO_ACCESS_CONTROL",
+        "D:",
+        "S:(ML;;NW;;;LW)",
+        "D:(XA;;FR;;;WD;(Member_of {SID(BA)}))",
+        " D:P (A;;GA;;;SY) (A;;GA;;;BA)",
+    };
+    static const struct {
+        const char *sddl;
+        size_t offset;
+        const char *why;
+    } bad[] = {
+        {"", 0, "empty"},
+        {"D:P(A;;GA;;;NOPE)(garbage", 12, "invalid SID \"NOPE\""},
+        {"D:P(A;;GA;;;SY)(garbage", 15, "unterminated ACE"},
+        {"D:P(A;;GA;;;SY)(A;;GA)", 21, "too few fields"},
+        {"D:P(A;;GA;;;SY", 3, "unterminated ACE"},
+        {"D:P(A;;BOGUS;;;SY)", 7, "unknown access right \"BO\""},
+        {"D:P(A;;GAX;;;SY)", 9, "unknown access right \"X\""},
+        {"D:(Q;;GA;;;SY)", 3, "unknown ACE type \"Q\""},
+        {"D:(;;GA;;;SY)", 3, "missing ACE type"},
+        {"D:(A;XY;GA;;;SY)", 5, "unknown ACE flag \"XY\""},
+        {"D:(A;;;;;SY)", 6, "missing access rights"},
+        {"D:(A;;0x;;;SY)", 6, "invalid access mask"},
+        {"D:(A;;0x1G;;;SY)", 9, "invalid hex digit 'G'"},
+        {"D:(A;;99999999999;;;SY)", 6, "larger than 32 bits"},
+        {"D:(OA;;RP;1234;;AU)", 10, "invalid GUID"},
+        {"D:(A;;GA;;;ZZ)", 11, "unknown SID alias \"ZZ\""},
+        {"D:(A;;GA;;;)", 11, "missing SID"},
+        {"D:(A;;GA;;;S-1-5-)", 17, "empty SID sub-authority"},
+        {"D:(A;;GA;;;S-1-5-x)", 17, "invalid character 'x'"},
+        {"D:(A;;GA;;;S-1-5-4294967296)", 17, "larger than 4294967295"},
+        {"D:(A;;GA;;;SY;(x))", 13, "too many fields"},
+        {"D:(A;;GA;;;SY)D:(A;;GA;;;BA)", 14, "D: given twice"},
+        {"X:(A;;GA;;;SY)", 0, "expected O:, G:, D: or S:"},
+        {"D:P(A;;GA;;;SY)junk", 15, "unexpected \"junk\""},
+        {"O:NOPED:(A;;GA;;;SY)", 2, "invalid SID"},
+        {"D:(XA;;FR;;;WD;(Member_of {SID(BA)})", 2, "unterminated ACE"},
+    };
+    char why[200];
+    size_t off;
+    (void)state;
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        why[0] = '\0';
+        if (sb_config_sddl_check(good[i], &off, why, sizeof why) != 0)
+            fail_msg("\"%s\" refused at %zu: %s", good[i], off, why);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        off = 999;
+        why[0] = '\0';
+        if (sb_config_sddl_check(bad[i].sddl, &off, why, sizeof why) == 0)
+            fail_msg("\"%s\" accepted", bad[i].sddl);
+        if (off != bad[i].offset || strstr(why, bad[i].why) == NULL)
+            fail_msg("\"%s\": at %zu: %s; want at %zu: ...%s...", bad[i].sddl, off, why,
+                     bad[i].offset, bad[i].why);
+    }
+}
+
+/* A bad security descriptor is reported where it is wrong, for adapters
+ * and for the admin endpoint. */
+static void test_sddl_in_config(void **state)
+{
+    static const char text[] = "broker:\n"
+                               "  admin: { security: 'D:P(A;;GA;;;SY)(A;;GA;;;XX)' }\n"
+                               "adapters:\n"
+                               "  - name: p\n"
+                               "    type: pipe\n"
+                               "    path: p\n"
+                               "    security: D:P(A;;GA;;;NOPE)\n"
+                               "  - name: ok\n"
+                               "    type: pipe\n"
+                               "    path: ok\n"
+                               "    security: \"D:P(A;;GA;;;SY)(A;;GRGW;;;IU)\"\n";
+    static const char good[] =
+        "broker:\n"
+        "  admin: { security: 'D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GRGW;;;BU)' }\n";
+    sb_config *cfg = NULL;
+    sb_config_errors errs = {0};
+    char *got;
+    (void)state;
+    assert_int_equal(sb_config_parse(&cfg, "t.yaml", text, strlen(text), &errs), SB_ECONFIG);
+    got = printed(&errs);
+    assert_string_equal(got, "t.yaml:2:47: broker.admin.security: invalid security descriptor: "
+                             "unknown SID alias \"XX\" (known: SY, BA, IU, AU, BU, WD, ...)\n"
+                             "t.yaml:7:27: adapters[0].security: invalid security descriptor: "
+                             "invalid SID \"NOPE\" (expected S-1-... or an alias such as SY, BA, "
+                             "IU)\n");
+    free(got);
+    sb_config_errors_clear(&errs);
+    assert_int_equal(sb_config_parse(&cfg, "t.yaml", good, strlen(good), &errs), 0);
+    assert_string_equal(cfg->broker.admin_security, "D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GRGW;;;BU)");
+    sb_config_free(cfg);
+}
+
+/* ---- the starter config of `service install` ---- */
+
+/* The starter with every example line uncommented: "#" followed by "-", two
+ * spaces or a key is an example line; "# " + text is an explanation. */
+static char *uncomment_examples(const char *text)
+{
+    size_t n = strlen(text);
+    char *out = malloc(n + 1), *o = out;
+    const char *line = text;
+    assert_non_null(out);
+    while (*line != '\0') {
+        const char *nl = strchr(line, '\n'), *p = line;
+        size_t len = nl != NULL ? (size_t)(nl - line) + 1 : strlen(line);
+        while (*p == ' ')
+            p++;
+        if (*p == '#' &&
+            (p[1] == '-' || (p[1] == ' ' && p[2] == ' ') || (p[1] >= 'a' && p[1] <= 'z'))) {
+            memcpy(o, line, (size_t)(p - line));
+            o += p - line;
+            memcpy(o, p + 1, len - (size_t)(p - line) - 1);
+            o += len - (size_t)(p - line) - 1;
+        } else {
+            memcpy(o, line, len);
+            o += len;
+        }
+        line += len;
+    }
+    *o = '\0';
+    return out;
+}
+
+static sb_config *starter_ok(const char *name, const char *text)
+{
+    sb_config *cfg = NULL;
+    sb_config_errors errs = {0};
+    int rc = sb_config_parse(&cfg, name, text, strlen(text), &errs);
+    if (rc != 0) {
+        char *got = printed(&errs);
+        fail_msg("%s: rc %d\n%s\n----\n%s", name, rc, got, text);
+    }
+    return cfg;
+}
+
+static void test_starter(void **state)
+{
+    /* Paths as Windows has them, with what YAML would misread unquoted:
+     * backslashes, a quote, a colon and space, a '#'. */
+    static const char *const dirs[] = {
+        "C:\\ProgramData\\Switchboard",
+        "D:\\Data\\O'Brien's # broker: \"x\"",
+        "C:\\Program Files\\Switch board\\",
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        char cfg_path[512], log[600], *text, *all;
+        sb_config *cfg;
+        snprintf(cfg_path, sizeof cfg_path, "%s\\switchboard.yaml", dirs[i]);
+        snprintf(log, sizeof log, "%s\\switchboard.log", dirs[i]);
+        text = sb_config_starter(dirs[i], cfg_path);
+        assert_non_null(text);
+        cfg = starter_ok("starter.yaml", text);
+        assert_string_equal(cfg->broker.data_dir, dirs[i]);
+        assert_string_equal(cfg->broker.log_file, log);
+        assert_int_equal(cfg->adapter_count, 0);
+        assert_int_equal(cfg->route_count, 0);
+        assert_null(cfg->broker.admin_security);
+        sb_config_free(cfg);
+
+        all = uncomment_examples(text);
+        cfg = starter_ok("starter-uncommented.yaml", all);
+        assert_string_equal(cfg->broker.data_dir, dirs[i]);
+        assert_string_equal(cfg->broker.log_file, log);
+        assert_non_null(cfg->broker.admin_security);
+        assert_int_equal(cfg->adapter_count, 3);
+        assert_string_equal(sb_config_adapter(cfg, "orders-in")->type, "pipe");
+        assert_string_equal(sb_config_adapter(cfg, "audit-out")->type, "mailslot");
+        assert_string_equal(sb_config_adapter(cfg, "mqtt")->protocol, "mqtt");
+        assert_int_equal(cfg->route_count, 1);
+        assert_string_equal(sb_config_route(cfg, "orders-to-audit")->to[0], "audit-out");
+        sb_config_free(cfg);
+        free(all);
+        sb_free(text);
+    }
+}
+
+/* A path with a control character cannot be single-quoted: double quotes
+ * with escapes carry it exactly. */
+static void test_starter_control_chars(void **state)
+{
+    char *text = sb_config_starter("C:\\odd\tdir\\\"q\"", "C:\\x.yaml");
+    sb_config *cfg;
+    (void)state;
+    assert_non_null(text);
+    cfg = starter_ok("starter.yaml", text);
+    assert_string_equal(cfg->broker.data_dir, "C:\\odd\tdir\\\"q\"");
+    assert_string_equal(cfg->broker.log_file, "C:\\odd\tdir\\\"q\"\\switchboard.log");
+    sb_config_free(cfg);
+    sb_free(text);
+}
+
 /* ---- golden bad inputs: tests/data/config/bad-*.yaml + .expected ---- */
 
 static void check_golden(const char *dir, const char *name, int update)
@@ -1306,6 +1510,10 @@ int main(void)
         cmocka_unit_test(test_oom),
         cmocka_unit_test(test_example_quickstart),
         cmocka_unit_test(test_example_full),
+        cmocka_unit_test(test_sddl_syntax),
+        cmocka_unit_test(test_sddl_in_config),
+        cmocka_unit_test(test_starter),
+        cmocka_unit_test(test_starter_control_chars),
         cmocka_unit_test(test_golden),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

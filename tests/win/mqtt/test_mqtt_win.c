@@ -25,7 +25,10 @@
  *   client id gets a generated one; a packet over max_message is refused
  *   from its fixed header; a silent client is closed after one and a half
  *   keep-alive periods;
- * - an MQTT listener (pipe or TCP) cannot be a route's destination.
+ * - an MQTT listener (pipe or TCP) cannot be a route's destination;
+ * - config/examples/windows-mqtt.yaml as shipped (names of this run, a free
+ *   port): a message published over TCP reaches a pipe subscriber and the
+ *   other way round.
  *
  * Nothing sleeps a fixed time: every wait polls with a deadline (the
  * harness's loop runs in between, so a broker that exits is noticed).
@@ -1021,10 +1024,53 @@ static void test_mqtt_listener_not_destination(void **state)
     b->passed = 1;
 }
 
+/* The shipped example: MQTT over TCP and over a pipe, one broker. */
+static void test_example_config(void **state)
+{
+    sbt_broker *b = *state;
+    char name[64], path[128], path_line[96];
+    sb_mqtt_packet r;
+    const char *repl[] = {"data_dir: ./data",
+                          "data_dir: '{data}'",
+                          "listen: 127.0.0.1:1883",
+                          "listen: 127.0.0.1:{port1}",
+                          "path: mqtt ",
+                          NULL,
+                          NULL};
+    mq *tcp, *pipe;
+    uint16_t pid;
+
+    pt_name(name, sizeof(name), "example-mqtt");
+    pt_path(path, sizeof(path), name);
+    snprintf(path_line, sizeof(path_line), "path: %s ", name);
+    repl[5] = path_line;
+    sbt_broker_init(b, "mqtt-example", 2);
+    pt_example_config(b, "windows-mqtt.yaml", repl);
+    sbt_broker_start(b);
+
+    pipe = mq_client_pipe(path, "example-pipe", 1, NULL);
+    tcp = mq_client_tcp(b->port[1], "example-tcp", 1, NULL);
+    mq_subscribe(pipe, 1, "plant/#", 1);
+    mq_subscribe(tcp, 1, "office/#", 1);
+    mq_publish(tcp, "plant/line1/temp", "21.5", 1, 0, 7);
+    mq_await(tcp, &r, SB_MQTT_PUBACK, 7);
+    pid = mq_expect_publish(pipe, "plant/line1/temp", "21.5", 1, 0);
+    mq_ack(pipe, SB_MQTT_PUBACK, pid);
+    mq_publish(pipe, "office/door", "open", 1, 0, 8);
+    mq_await(pipe, &r, SB_MQTT_PUBACK, 8);
+    pid = mq_expect_publish(tcp, "office/door", "open", 1, 0);
+    mq_ack(tcp, SB_MQTT_PUBACK, pid);
+    mq_disconnect(pipe);
+    mq_disconnect(tcp);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_qos_flows, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_example_config, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_burst_and_large, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_persistent_session_after_kill, sbt_setup,
                                         sbt_teardown),

@@ -7,6 +7,7 @@
 #include <aclapi.h>
 #include <sddl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The slice a wait blocks before the harness loop runs again. */
@@ -342,4 +343,70 @@ void pt_own_sid(char *out, size_t n)
     snprintf(out, n, "%s", u);
     sb_free(u);
     LocalFree(sid);
+}
+
+/* s with every `from` replaced by `to` (free()); NULL if from is absent. */
+static char *replace_all(const char *s, const char *from, const char *to)
+{
+    size_t fl = strlen(from), tl = strlen(to), n = 0, len;
+    const char *p;
+    char *out, *o;
+    for (p = s; (p = strstr(p, from)) != NULL; p += fl)
+        n++;
+    if (n == 0)
+        return NULL;
+    len = strlen(s) + n * tl + 1;
+    out = malloc(len);
+    assert_non_null(out);
+    for (o = out, p = s;;) {
+        const char *hit = strstr(p, from);
+        if (hit == NULL) {
+            strcpy(o, p);
+            break;
+        }
+        memcpy(o, p, (size_t)(hit - p));
+        o += hit - p;
+        memcpy(o, to, tl);
+        o += tl;
+        p = hit + fl;
+    }
+    return out;
+}
+
+void pt_example_config(sbt_broker *b, const char *name, const char *const *repl)
+{
+    static const char clients[] = "\nadapters:\n"
+                                  "  - name: sbt-clients\n"
+                                  "    type: tcp\n"
+                                  "    listen: 127.0.0.1:{port0}\n"
+                                  "    protocol: jsonl\n";
+    char path[SBT_PATH_MAX];
+    char *text, *next;
+    snprintf(path, sizeof(path), "%s/../../config/examples/%s", sbt_test_data(), name);
+    text = sbt_read_file(path, NULL);
+    if (text == NULL)
+        fail_msg("cannot read %s", path);
+    {
+        /* a checkout with CRLF line ends reads the same */
+        char *o = text;
+        for (const char *c = text; *c != '\0'; c++)
+            if (*c != '\r')
+                *o++ = *c;
+        *o = '\0';
+    }
+    for (size_t i = 0; repl[i] != NULL && repl[i + 1] != NULL; i += 2) {
+        next = replace_all(text, repl[i], repl[i + 1]);
+        if (next == NULL)
+            fail_msg("%s no longer has \"%s\": update its test", name, repl[i]);
+        free(text);
+        text = next;
+    }
+    /* the jsonl endpoint first where the adapters start */
+    next = replace_all(text, "\nadapters:\n", clients);
+    if (next == NULL)
+        fail_msg("%s has no adapters section", name);
+    free(text);
+    text = next;
+    sbt_broker_config(b, text);
+    free(text);
 }

@@ -73,4 +73,12 @@ int pt_dacl(HANDLE h, pt_ace *out, int max);
 /* The account SID of this process as a string. */
 void pt_own_sid(char *out, size_t n);
 
+/* Makes b's config template from config/examples/NAME with every "from" of
+ * `repl` ({from, to, from, to, ..., NULL}) replaced by its "to" (names of
+ * this run, free ports, the data directory); fails the test if a "from" is
+ * not in the example, so the example and its test stay in step. A jsonl
+ * adapter on {port0} is added first in `adapters:` for the harness to see
+ * when the broker is ready. Then sbt_broker_start(b) runs it. */
+void pt_example_config(sbt_broker *b, const char *name, const char *const *repl);
+
 #endif

@@ -9,7 +9,8 @@
  * - the default DACL: SYSTEM and Administrators all, the interactive user
  *   read/write, the broker's own account all (so the user running
  *   `switchboard run` can always connect); nothing for anyone else;
- * - a bad SDDL stops the start with an error naming the adapter;
+ * - a bad SDDL stops the start with an error naming the key, its place in
+ *   the file and the problem;
  * - squatting: a second broker on the same pipe name is refused with a clear
  *   error (and the first serves on); so is a broker whose pipe name another
  *   program created first.
@@ -146,7 +147,8 @@ static void test_bad_sddl(void **state)
     (void)state;
     pt_name(name, sizeof(name), "badsddl");
     expect_refused("pipe-bad-sddl", name, "    security: 'D:P(A;;BOGUS;;;SY)'\n",
-                   "adapter guarded: security: invalid security descriptor \"D:P(A;;BOGUS;;;SY)\"");
+                   "switchboard.yaml:14:23: adapters[1].security: invalid security descriptor: "
+                   "unknown access right \"BO\"");
 }
 
 static void test_second_broker(void **state)

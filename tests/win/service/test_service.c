@@ -14,6 +14,15 @@
  *                                   the config starts listening
  *   switchboard service uninstall   gone, Event Log source too
  *
+ * As a new user does it: `switchboard service install` with no arguments
+ * writes the starter configuration to %ProgramData%\Switchboard\
+ * switchboard.yaml (check-config accepts it), `service start` reaches
+ * RUNNING, `sbctl stats` answers over the default admin pipe, stop and
+ * uninstall. `install --config X` of an existing X describes and prepares
+ * X's data directory and log (and refuses an X with errors), and names X in
+ * the service's description; what it reports about delayed start and
+ * recovery actions is what the SCM holds.
+ *
  * Then the account install falls back to without virtual accounts: the same
  * service made with `sc create ... obj= LocalSystem` runs and stops; and
  * `switchboard service run` started by hand explains itself. The
@@ -524,6 +533,257 @@ static void test_service_lifecycle(void **state)
     b->passed = 1;
 }
 
+/* The service's description (QueryServiceConfig2W), UTF-8 (sb_free). */
+static char *service_description(void)
+{
+    SC_HANDLE svc = open_service(SERVICE_QUERY_CONFIG);
+    union {
+        SERVICE_DESCRIPTIONW d;
+        char buf[8192];
+    } info;
+    DWORD need = 0;
+    char *u;
+    if (svc == NULL)
+        fail_msg("OpenService(Switchboard): error %lu", (unsigned long)GetLastError());
+    if (!QueryServiceConfig2W(svc, SERVICE_CONFIG_DESCRIPTION, (BYTE *)&info, sizeof(info), &need))
+        fail_msg("QueryServiceConfig2W(DESCRIPTION): error %lu", (unsigned long)GetLastError());
+    CloseServiceHandle(svc);
+    u = sb_wide_to_utf8(info.d.lpDescription != NULL ? info.d.lpDescription : L"");
+    assert_non_null(u);
+    return u;
+}
+
+/* What install said about delayed start and recovery is what the SCM holds
+ * (where the SCM can be asked). */
+static void check_install_claims(const char *out)
+{
+    SC_HANDLE svc = open_service(SERVICE_QUERY_CONFIG);
+    union {
+        SERVICE_DELAYED_AUTO_START_INFO d;
+        SERVICE_FAILURE_ACTIONSW f;
+        char buf[4096];
+    } info;
+    DWORD need = 0;
+    if (svc == NULL)
+        fail_msg("OpenService(Switchboard): error %lu", (unsigned long)GetLastError());
+    if (QueryServiceConfig2W(svc, SERVICE_CONFIG_DELAYED_AUTO_START_INFO, (BYTE *)&info,
+                             sizeof(info), &need)) {
+        print_message("delayed automatic start: %d\n", (int)info.d.fDelayedAutostart);
+        assert_int_equal(strstr(out, "(delayed automatic start") != NULL,
+                         info.d.fDelayedAutostart != 0);
+    } else {
+        print_message("note: QueryServiceConfig2W(DELAYED_AUTO_START_INFO): error %lu\n",
+                      (unsigned long)GetLastError());
+    }
+    if (QueryServiceConfig2W(svc, SERVICE_CONFIG_FAILURE_ACTIONS, (BYTE *)&info, sizeof(info),
+                             &need)) {
+        print_message("recovery actions: %lu\n", (unsigned long)info.f.cActions);
+        assert_int_equal(strstr(out, "no restart on failure") == NULL, info.f.cActions == 3);
+    } else {
+        print_message("note: QueryServiceConfig2W(FAILURE_ACTIONS): error %lu\n",
+                      (unsigned long)GetLastError());
+    }
+    CloseServiceHandle(svc);
+}
+
+typedef struct new_user {
+    char dir[SBT_PATH_MAX]; /* %ProgramData%\Switchboard */
+    char cfg[SBT_PATH_MAX]; /* its switchboard.yaml */
+    int made_dir, made_cfg, installed;
+} new_user;
+
+static int new_user_setup(void **state)
+{
+    new_user *t = calloc(1, sizeof(*t));
+    assert_non_null(t);
+    *state = t;
+    return 0;
+}
+
+/* Removes what the test made: the service, the starter, the store and log
+ * it wrote, and the directory if it made it and nothing else is in it. */
+static int new_user_teardown(void **state)
+{
+    new_user *t = *state;
+    uv_fs_t req;
+    if (t->installed) {
+        char *out = NULL;
+        run_switchboard(&out, "service", "uninstall", NULL, NULL);
+        free(out);
+    }
+    if (t->made_cfg) {
+        static const char *const files[] = {"switchboard.yaml", "switchboard.db",
+                                            "switchboard.db-wal", "switchboard.db-shm",
+                                            "switchboard.log"};
+        for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+            char path[SBT_PATH_MAX];
+            snprintf(path, sizeof(path), "%s\\%s", t->dir, files[i]);
+            uv_fs_unlink(NULL, &req, path, NULL);
+            uv_fs_req_cleanup(&req);
+        }
+    }
+    if (t->made_dir) {
+        uv_fs_rmdir(NULL, &req, t->dir, NULL);
+        uv_fs_req_cleanup(&req);
+    }
+    free(t);
+    uv_run(sbt_loop(), UV_RUN_NOWAIT);
+    return 0;
+}
+
+static void expect_line(const char *out, const char *label, const char *value, const char *tail)
+{
+    char want[SBT_PATH_MAX * 2];
+    snprintf(want, sizeof(want), "  %s%s%s\n", label, value, tail);
+    if (strstr(out, want) == NULL)
+        fail_msg("install did not say \"%s\"", want);
+}
+
+static void test_service_new_user(void **state)
+{
+    new_user *t = *state;
+    char base[SBT_PATH_MAX], want[SBT_PATH_MAX * 2], log[SBT_PATH_MAX], *out = NULL, *desc;
+    size_t len = sizeof(base);
+    uv_fs_t req;
+    int rc;
+
+    skip_if_installed();
+    if (uv_os_getenv("ProgramData", base, &len) != 0)
+        fail_msg("%%ProgramData%% is not set");
+    snprintf(t->dir, sizeof(t->dir), "%s\\Switchboard", base);
+    snprintf(t->cfg, sizeof(t->cfg), "%s\\switchboard.yaml", t->dir);
+    snprintf(log, sizeof(log), "%s\\switchboard.log", t->dir);
+    if (uv_fs_stat(NULL, &req, t->cfg, NULL) == 0) {
+        uv_fs_req_cleanup(&req);
+        print_message("skipped: %s exists (someone's configuration)\n", t->cfg);
+        skip();
+    }
+    uv_fs_req_cleanup(&req);
+    if (WaitNamedPipeW(L"\\\\.\\pipe\\switchboard-admin", 1) ||
+        GetLastError() == ERROR_SEM_TIMEOUT) {
+        print_message("skipped: \\\\.\\pipe\\switchboard-admin is served by another program\n");
+        skip();
+    }
+    t->made_dir = uv_fs_stat(NULL, &req, t->dir, NULL) != 0;
+    uv_fs_req_cleanup(&req);
+
+    /* install, as the README says: no arguments */
+    rc = run_switchboard(&out, "service", "install", NULL, NULL);
+    if (rc != 0 && strstr(out, "elevated") != NULL) {
+        free(out);
+        print_message("skipped: installing a service needs administrator rights\n");
+        skip();
+    }
+    t->made_cfg = 1;
+    if (rc != 0 || strstr(out, "Installed service Switchboard") == NULL)
+        fail_msg("install exited %d", rc);
+    t->installed = 1;
+    expect_line(out, "configuration: ", t->cfg, " (new: a starter with commented examples)");
+    expect_line(out, "data:          ", t->dir, "");
+    expect_line(out, "log file:      ", log, "");
+    check_install_claims(out);
+    free(out);
+    check_service_config(t->cfg, 0);
+    desc = service_description();
+    snprintf(want, sizeof(want), "Configuration: %s", t->cfg);
+    if (strstr(desc, want) == NULL)
+        fail_msg("the description \"%s\" does not name %s", desc, t->cfg);
+    sb_free(desc);
+
+    /* the file it wrote is a valid configuration */
+    rc = run_switchboard(&out, "check-config", t->cfg, NULL, NULL);
+    assert_int_equal(rc, 0);
+    free(out);
+
+    service_ok("start", "Switchboard is running.");
+    wait_state(SERVICE_RUNNING);
+    /* sbctl with no endpoint: the default admin pipe */
+    assert_int_equal(run_sbctl(&out, "stats", NULL, NULL, NULL), 0);
+    if (strstr(out, "broker: version") == NULL)
+        fail_msg("sbctl stats said: %s", out);
+    free(out);
+    service_ok("stop", "Switchboard stopped.");
+    wait_state(SERVICE_STOPPED);
+    service_ok("uninstall", "Uninstalled service Switchboard");
+    t->installed = 0;
+    {
+        char *text = sbt_read_file(log, NULL);
+        assert_non_null(text);
+        assert_int_equal(sbt_count(text, "[service] service running"), 1);
+        assert_int_equal(sbt_count(text, "[service] service stopped"), 1);
+        free(text);
+    }
+}
+
+/* install --config X with an existing X: what X uses, not %ProgramData%. */
+static void test_install_existing_config(void **state)
+{
+    new_user *t = *state;
+    char base[SBT_PATH_MAX], data[SBT_PATH_MAX], log[SBT_PATH_MAX], text[3 * SBT_PATH_MAX];
+    char *out = NULL, *desc;
+    uv_fs_t req;
+    size_t len = sizeof(base);
+    int rc;
+
+    skip_if_installed();
+    if (uv_os_getenv("ProgramData", base, &len) != 0)
+        fail_msg("%%ProgramData%% is not set");
+    sbt_mkdtemp(t->dir, sizeof(t->dir), "install-cfg");
+    for (char *p = t->dir; *p != '\0'; p++) /* as install prints it: a full path */
+        if (*p == '/')
+            *p = '\\';
+    t->made_dir = 0;
+    snprintf(t->cfg, sizeof(t->cfg), "%s\\custom.yaml", t->dir);
+    snprintf(data, sizeof(data), "%s\\store", t->dir);
+    snprintf(log, sizeof(log), "%s\\custom.log", t->dir);
+
+    /* A config with an error: refused with its position, nothing installed. */
+    snprintf(text, sizeof(text), "broker:\n  data_dir: '%s'\n  colour: blue\n", data);
+    sbt_write_file(t->cfg, text, strlen(text));
+    rc = run_switchboard(&out, "service", "install", "--config", t->cfg);
+    if (rc != 0 && strstr(out, "elevated") != NULL) {
+        free(out);
+        sbt_rmtree(t->dir);
+        print_message("skipped: installing a service needs administrator rights\n");
+        skip();
+    }
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "custom.yaml:3:3: broker.colour: unknown key"));
+    assert_non_null(strstr(out, "has errors; nothing was installed"));
+    free(out);
+    rc = run_switchboard(&out, "service", "status", NULL, NULL);
+    assert_non_null(strstr(out, "not installed"));
+    free(out);
+
+    snprintf(text, sizeof(text), "broker:\n  data_dir: '%s'\n  log: { file: '%s' }\n", data, log);
+    sbt_write_file(t->cfg, text, strlen(text));
+    rc = run_switchboard(&out, "service", "install", "--config", t->cfg);
+    if (rc != 0)
+        fail_msg("install exited %d", rc);
+    t->installed = 1;
+    expect_line(out, "configuration: ", t->cfg, "");
+    expect_line(out, "data:          ", data, "");
+    expect_line(out, "log file:      ", log, "");
+    assert_null(strstr(out, "ProgramData"));
+    check_install_claims(out);
+    free(out);
+    desc = service_description();
+    assert_non_null(strstr(desc, t->cfg));
+    sb_free(desc);
+    /* install prepared the data directory */
+    assert_int_equal(uv_fs_stat(NULL, &req, data, NULL), 0);
+    uv_fs_req_cleanup(&req);
+    /* and left the configuration as it was */
+    {
+        char *now = sbt_read_file(t->cfg, NULL);
+        assert_string_equal(now, text);
+        free(now);
+    }
+    service_ok("uninstall", "Uninstalled service Switchboard");
+    t->installed = 0;
+    sbt_rmtree(t->dir);
+}
+
 /* The account `service install` falls back to where virtual accounts are
  * missing (ERROR_INVALID_SERVICE_ACCOUNT): the same service created with
  * `sc create ... obj= LocalSystem` runs, serves and stops. (Wine 8 accepts
@@ -627,6 +887,9 @@ static void test_service_run_by_hand(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_service_new_user, new_user_setup, new_user_teardown),
+        cmocka_unit_test_setup_teardown(test_install_existing_config, new_user_setup,
+                                        new_user_teardown),
         cmocka_unit_test_setup_teardown(test_service_lifecycle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_as_localsystem, setup, teardown),
         cmocka_unit_test(test_service_run_by_hand),
