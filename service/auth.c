@@ -1033,7 +1033,7 @@ static int covers(const rule *r, const ident *id, const char *subject)
 static int intersects(const rule *r, const ident *id, const char *filter)
 {
     walker w = {filter, 0};
-    view f, rl;
+    view f, rl = {0}; /* gcc 12 -O2 sees a path where rl is read unset; there is none */
     for (size_t i = 0;; i++) {
         int fmore = walk(&w, &f), rmore = i < r->nlevels;
         if (rmore)
