@@ -15,6 +15,7 @@
  */
 #include "service/platform.h"
 #include "service/auth.h"
+#include "service/auth_int.h"
 #include "service/alloc.h"
 #include "service/base64.h"
 #include "service/error.h"
@@ -26,6 +27,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
@@ -521,10 +523,18 @@ static void cache_put(cred_cache *c, const unsigned char tag[CACHE_TAG_LEN])
 
 /* ---- hashing ---- */
 
+static atomic_ulong hash_count; /* for tests: sb_auth__hash_count */
+
+unsigned long sb_auth__hash_count(void)
+{
+    return atomic_load(&hash_count);
+}
+
 /* Hashes password with e's kind, salt and iterations into out. */
 static int compute(const pw_entry *e, const char *password, size_t len,
                    unsigned char out[SB_AUTH_HASH_LEN])
 {
+    atomic_fetch_add(&hash_count, 1);
     if (len > INT_MAX)
         return -1;
     if (e->kind == HASH_PBKDF2)
@@ -543,6 +553,19 @@ static int compute(const pw_entry *e, const char *password, size_t len,
         EVP_MD_CTX_free(ctx);
         return ok ? 0 : -1;
     }
+}
+
+int sb_auth__check_cost(const sb_auth *a, const char *user, int *pbkdf2, int *iterations)
+{
+    const pw_entry *e;
+    if (a == NULL || !a->has_pw)
+        return SB_EINVAL;
+    e = user != NULL ? sb_map_get(&a->users, user) : NULL;
+    if (e == NULL)
+        e = &a->dummy;
+    *pbkdf2 = e->kind == HASH_PBKDF2;
+    *iterations = e->kind == HASH_PBKDF2 ? e->iterations : 0;
+    return 0;
 }
 
 int sb_auth_check_password(const sb_auth *a, const char *user, const char *password,

@@ -36,7 +36,7 @@ SRC_PACKAGES="sqlite3 libyaml openssl libuv1 jansson cmocka"
 # Debian packages needed to build and test; tclsh comes from tcl.
 APT_PACKAGES="gcc-mingw-w64-x86-64 mingw-w64-tools binutils-mingw-w64-x86-64 \
   wine wine64 libwine-dev dpkg-dev tcl build-essential cmake ninja-build \
-  pkg-config perl make xz-utils"
+  pkg-config perl make xz-utils wixl msitools"
 # Their versions are part of the key: a new compiler rebuilds the libraries.
 TOOL_PACKAGES="gcc-mingw-w64-x86-64-win32 mingw-w64-x86-64-dev binutils-mingw-w64-x86-64"
 

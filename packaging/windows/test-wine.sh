@@ -37,3 +37,11 @@ ctest --preset mingw -j "$(nproc 2>/dev/null || echo 2)" --repeat "until-fail:${
 # the Windows broker, over TCP.
 echo "== mingw: Linux client <-> Windows broker over TCP"
 python3 "$top/packaging/windows/test-interop.py" "$top/build/mingw"
+
+# The MSI: silent install, service RUNNING, sbctl on the PATH, a major
+# upgrade that keeps configuration and data, uninstall (a prefix of its own).
+# The suite's Wine session ends first: the MSI test copies its prefix.
+echo "== mingw: the MSI under Wine"
+"$wineserver" -k 2>/dev/null || true
+"$wineserver" -w 2>/dev/null || true
+"$top/packaging/windows/test-msi.sh" "$top/build/mingw"

@@ -20,6 +20,7 @@
 #include "service/platform/win/utf.h"
 #include "service/service_cmd.h"
 #include "service/win/eventlog.h"
+#include "service/win/syspath.h"
 
 #include <errno.h>
 #include <sddl.h>
@@ -342,64 +343,137 @@ static int config2(SC_HANDLE svc, DWORD level, void *info, const char *what)
     return 0;
 }
 
-static int cmd_install(const char *config)
-{
-    wchar_t exe[MAX_PATH], cmd[MAX_PATH * 4], *wconfig, desc_text[MAX_PATH * 4];
-    char program_data[MAX_PATH * 3], cfg_path[MAX_PATH * 3], data_dir[MAX_PATH * 3];
+static SC_HANDLE open_service(DWORD access, SC_HANDLE *scm);
+static void stop_and_wait(SC_HANDLE svc);
+
+/* What the service will really use: the given configuration's data
+ * directory and log, or the starter's (a new file). */
+typedef struct install_paths {
+    char config[MAX_PATH * 3];
+    char data_dir[MAX_PATH * 3];
     char log_file[MAX_PATH * 3];
-    SC_HANDLE scm, svc = NULL;
+    int starter; /* no file at config yet: the starter configuration goes there */
+} install_paths;
+
+static int resolve_paths(install_paths *out, const char *config)
+{
+    char program_data[MAX_PATH * 3];
+    if (program_data_dir(program_data, sizeof(program_data)) != 0) {
+        fprintf(stderr, "switchboard service: cannot find %%ProgramData%%\n");
+        return -1;
+    }
+    if (config == NULL)
+        snprintf(out->config, sizeof(out->config), "%s\\switchboard.yaml", program_data);
+    else if (full_path(out->config, sizeof(out->config), config) != 0) {
+        fprintf(stderr, "switchboard service: invalid path %s\n", config);
+        return -1;
+    }
+    out->starter = !file_exists(out->config);
+    if (out->starter) {
+        snprintf(out->data_dir, sizeof(out->data_dir), "%s", program_data);
+        snprintf(out->log_file, sizeof(out->log_file), "%s\\switchboard.log", program_data);
+    } else {
+        sb_config *cfg = NULL;
+        sb_config_errors errs = {0};
+        if (sb_config_load(&cfg, out->config, &errs) != 0) {
+            sb_config_errors_print(&errs, stderr);
+            sb_config_errors_clear(&errs);
+            fprintf(stderr, "switchboard service: %s has errors\n", out->config);
+            return -1;
+        }
+        snprintf(out->data_dir, sizeof(out->data_dir), "%s", cfg->broker.data_dir);
+        snprintf(out->log_file, sizeof(out->log_file), "%s",
+                 cfg->broker.log_file != NULL ? cfg->broker.log_file : "");
+        sb_config_free(cfg);
+        if (!is_absolute(out->data_dir))
+            fprintf(stderr,
+                    "switchboard service: note: data_dir %s is relative: a service resolves it "
+                    "from its working directory (System32); give a full path\n",
+                    out->data_dir);
+    }
+    return 0;
+}
+
+/* Everything after the service exists (install, and the MSI's custom
+ * action): description, delayed start, recovery actions, Event Log source,
+ * the data directory's DACL and the starter configuration; then a summary
+ * on stdout. Returns 0 or 1. */
+static int configure_service(SC_HANDLE svc, const install_paths *paths, int localsystem)
+{
+    wchar_t desc_text[MAX_PATH * 4], *wconfig = sb_utf8_to_wide(paths->config);
     SERVICE_DESCRIPTIONW desc;
     SERVICE_DELAYED_AUTO_START_INFO delayed = {TRUE};
     SC_ACTION actions[3] = {
         {SC_ACTION_RESTART, 5000}, {SC_ACTION_RESTART, 30000}, {SC_ACTION_RESTART, 60000}};
     SERVICE_FAILURE_ACTIONSW failure;
     SERVICE_FAILURE_ACTIONS_FLAG failure_flag = {TRUE};
-    int rc = 1, starter, localsystem = 0, delayed_ok, restarts, restarts_on_exit = 0;
+    int delayed_ok, restarts, restarts_on_exit = 0;
 
-    if (exe_path(exe, MAX_PATH) != 0 || program_data_dir(program_data, sizeof(program_data)) != 0) {
-        fprintf(stderr, "switchboard service: cannot find the program or %%ProgramData%%\n");
+    if (wconfig == NULL)
+        return 1;
+    _snwprintf(desc_text, sizeof(desc_text) / sizeof(desc_text[0]), SERVICE_DESCRIPTION, wconfig);
+    desc_text[sizeof(desc_text) / sizeof(desc_text[0]) - 1] = 0;
+    sb_free(wconfig);
+    desc.lpDescription = desc_text;
+    config2(svc, SERVICE_CONFIG_DESCRIPTION, &desc, "the service's description");
+    delayed_ok = config2(svc, SERVICE_CONFIG_DELAYED_AUTO_START_INFO, &delayed,
+                         "delayed automatic start (the service starts with the others at boot)");
+    memset(&failure, 0, sizeof(failure));
+    failure.dwResetPeriod = 24 * 3600;
+    failure.cActions = 3;
+    failure.lpsaActions = actions;
+    restarts = config2(svc, SERVICE_CONFIG_FAILURE_ACTIONS, &failure,
+                       "the recovery actions (the service is not restarted after a failure)");
+    /* Without the flag only a crash restarts it, not a failed start. */
+    if (restarts)
+        restarts_on_exit =
+            config2(svc, SERVICE_CONFIG_FAILURE_ACTIONS_FLAG, &failure_flag,
+                    "recovery on a non-zero exit code (only a crash restarts the service)");
+    if (sb_eventlog_register() != 0)
+        fprintf(stderr, "switchboard service: note: cannot register the Event Log source\n");
+    if (secure_data_dir(paths->data_dir) != 0 ||
+        (paths->starter && write_starter_config(paths->config, paths->data_dir))) {
+        fprintf(stderr, "switchboard service: installed, but %s could not be prepared\n",
+                paths->starter ? paths->config : paths->data_dir);
         return 1;
     }
-    if (config == NULL)
-        snprintf(cfg_path, sizeof(cfg_path), "%s\\switchboard.yaml", program_data);
-    else if (full_path(cfg_path, sizeof(cfg_path), config) != 0) {
-        fprintf(stderr, "switchboard service: invalid path %s\n", config);
+    printf("Installed service Switchboard (%s, %s, account %ls).\n"
+           "  configuration: %s%s\n"
+           "  data:          %s\n"
+           "  log file:      %s\n"
+           "Start it with: switchboard service start\n",
+           delayed_ok ? "delayed automatic start" : "automatic start",
+           !restarts          ? "no restart on failure"
+           : restarts_on_exit ? "restarts on failure"
+                              : "restarts after a crash",
+           localsystem ? L"LocalSystem" : SERVICE_ACCOUNT, paths->config,
+           paths->starter ? " (new: a starter with commented examples)" : "", paths->data_dir,
+           paths->log_file[0] != '\0' ? paths->log_file
+                                      : "none (warnings and errors go to the Event Log)");
+    return 0;
+}
+
+static int cmd_install(const char *config)
+{
+    wchar_t exe[MAX_PATH], cmd[MAX_PATH * 4], *wconfig;
+    install_paths paths;
+    SC_HANDLE scm, svc = NULL;
+    int rc = 1, localsystem = 0;
+
+    if (exe_path(exe, MAX_PATH) != 0) {
+        fprintf(stderr, "switchboard service: cannot find the program\n");
         return 1;
     }
-    /* Describe, and prepare, what the service will really use: the given
-     * file's data directory and log, or the starter's. */
-    starter = !file_exists(cfg_path);
-    if (starter) {
-        snprintf(data_dir, sizeof(data_dir), "%s", program_data);
-        snprintf(log_file, sizeof(log_file), "%s\\switchboard.log", program_data);
-    } else {
-        sb_config *cfg = NULL;
-        sb_config_errors errs = {0};
-        if (sb_config_load(&cfg, cfg_path, &errs) != 0) {
-            sb_config_errors_print(&errs, stderr);
-            sb_config_errors_clear(&errs);
-            fprintf(stderr, "switchboard service: %s has errors; nothing was installed\n",
-                    cfg_path);
-            return 1;
-        }
-        snprintf(data_dir, sizeof(data_dir), "%s", cfg->broker.data_dir);
-        snprintf(log_file, sizeof(log_file), "%s",
-                 cfg->broker.log_file != NULL ? cfg->broker.log_file : "");
-        sb_config_free(cfg);
-        if (!is_absolute(data_dir))
-            fprintf(stderr,
-                    "switchboard service: note: data_dir %s is relative: a service resolves it "
-                    "from its working directory (System32); give a full path\n",
-                    data_dir);
+    if (resolve_paths(&paths, config) != 0) {
+        fprintf(stderr, "switchboard service: nothing was installed\n");
+        return 1;
     }
-    wconfig = sb_utf8_to_wide(cfg_path);
+    wconfig = sb_utf8_to_wide(paths.config);
     if (wconfig == NULL)
         return 1;
     _snwprintf(cmd, sizeof(cmd) / sizeof(cmd[0]), L"\"%ls\" service run --config \"%ls\"", exe,
                wconfig);
     cmd[sizeof(cmd) / sizeof(cmd[0]) - 1] = 0;
-    _snwprintf(desc_text, sizeof(desc_text) / sizeof(desc_text[0]), SERVICE_DESCRIPTION, wconfig);
-    desc_text[sizeof(desc_text) / sizeof(desc_text[0]) - 1] = 0;
     sb_free(wconfig);
     scm = open_scm(SC_MANAGER_CREATE_SERVICE);
     if (scm == NULL)
@@ -425,46 +499,78 @@ static int cmd_install(const char *config)
                         code);
         goto done;
     }
-    desc.lpDescription = desc_text;
-    config2(svc, SERVICE_CONFIG_DESCRIPTION, &desc, "the service's description");
-    delayed_ok = config2(svc, SERVICE_CONFIG_DELAYED_AUTO_START_INFO, &delayed,
-                         "delayed automatic start (the service starts with the others at boot)");
-    memset(&failure, 0, sizeof(failure));
-    failure.dwResetPeriod = 24 * 3600;
-    failure.cActions = 3;
-    failure.lpsaActions = actions;
-    restarts = config2(svc, SERVICE_CONFIG_FAILURE_ACTIONS, &failure,
-                       "the recovery actions (the service is not restarted after a failure)");
-    /* Without the flag only a crash restarts it, not a failed start. */
-    if (restarts)
-        restarts_on_exit =
-            config2(svc, SERVICE_CONFIG_FAILURE_ACTIONS_FLAG, &failure_flag,
-                    "recovery on a non-zero exit code (only a crash restarts the service)");
-    if (sb_eventlog_register() != 0)
-        fprintf(stderr, "switchboard service: note: cannot register the Event Log source\n");
-    if (secure_data_dir(data_dir) != 0 || (starter && write_starter_config(cfg_path, data_dir))) {
-        fprintf(stderr, "switchboard service: installed, but %s could not be prepared\n",
-                starter ? cfg_path : data_dir);
-        goto done;
-    }
-    printf("Installed service Switchboard (%s, %s, account %ls).\n"
-           "  configuration: %s%s\n"
-           "  data:          %s\n"
-           "  log file:      %s\n"
-           "Start it with: switchboard service start\n",
-           delayed_ok ? "delayed automatic start" : "automatic start",
-           !restarts          ? "no restart on failure"
-           : restarts_on_exit ? "restarts on failure"
-                              : "restarts after a crash",
-           localsystem ? L"LocalSystem" : SERVICE_ACCOUNT, cfg_path,
-           starter ? " (new: a starter with commented examples)" : "", data_dir,
-           log_file[0] != '\0' ? log_file : "none (warnings and errors go to the Event Log)");
-    rc = 0;
+    rc = configure_service(svc, &paths, localsystem);
 done:
     if (svc != NULL)
         CloseServiceHandle(svc);
     CloseServiceHandle(scm);
     return rc;
+}
+
+/* The folder switchboard.exe is in (for the PATH). */
+static int exe_dir(wchar_t *out, DWORD n)
+{
+    wchar_t *slash;
+    if (exe_path(out, n) != 0 || (slash = wcsrchr(out, L'\\')) == NULL)
+        return -1;
+    *slash = L'\0';
+    return 0;
+}
+
+/* `service configure`: for an installer that created the service itself
+ * (the MSI's ServiceInstall, as LocalSystem): the virtual account where it
+ * exists, then what install does after creating it, and the install folder
+ * on the system PATH. */
+static int cmd_configure(const char *config)
+{
+    SC_HANDLE scm, svc;
+    install_paths paths;
+    wchar_t dir[MAX_PATH];
+    DWORD code = ERROR_PATH_NOT_FOUND;
+    int localsystem = 0, rc;
+
+    if (resolve_paths(&paths, config) != 0)
+        return 1;
+    svc = open_service(SERVICE_CHANGE_CONFIG | SERVICE_QUERY_CONFIG, &scm);
+    if (svc == NULL)
+        return 1;
+    if (!ChangeServiceConfigW(svc, SERVICE_NO_CHANGE, SERVICE_NO_CHANGE, SERVICE_NO_CHANGE, NULL,
+                              NULL, NULL, NULL, SERVICE_ACCOUNT, L"", NULL)) {
+        code = GetLastError();
+        fprintf(stderr,
+                "switchboard service: note: cannot run the service as %ls (error %lu); it runs "
+                "as LocalSystem\n",
+                SERVICE_ACCOUNT, (unsigned long)code);
+        localsystem = 1;
+    }
+    rc = configure_service(svc, &paths, localsystem);
+    CloseServiceHandle(svc);
+    CloseServiceHandle(scm);
+    if (exe_dir(dir, MAX_PATH) != 0 || (code = sb_win_syspath_add(dir)) != 0) {
+        print_win_error("cannot add the program's folder to the system PATH", code);
+        rc = 1;
+    }
+    return rc;
+}
+
+/* `service unconfigure`: an uninstaller's step before the files go (the
+ * installer deletes the service itself): the service stopped and its process
+ * gone, and the PATH entry removed. */
+static int cmd_unconfigure(void)
+{
+    wchar_t dir[MAX_PATH];
+    DWORD code = ERROR_PATH_NOT_FOUND;
+    SC_HANDLE scm, svc = open_service(SERVICE_STOP | SERVICE_QUERY_STATUS, &scm);
+    if (svc != NULL) {
+        stop_and_wait(svc);
+        CloseServiceHandle(svc);
+        CloseServiceHandle(scm);
+    }
+    if (exe_dir(dir, MAX_PATH) != 0 || (code = sb_win_syspath_remove(dir)) != 0) {
+        print_win_error("cannot remove the program's folder from the system PATH", code);
+        return 1;
+    }
+    return 0;
 }
 
 static SC_HANDLE open_service(DWORD access, SC_HANDLE *scm)
@@ -585,15 +691,36 @@ static int cmd_status(void)
     return st.dwCurrentState == SERVICE_RUNNING ? 0 : 3;
 }
 
-static int cmd_uninstall(void)
+/* Stops the service if it runs and waits until its process has exited, not
+ * only until it reports STOPPED: an uninstaller deletes switchboard.exe
+ * next, which fails while the process still maps it. */
+static void stop_and_wait(SC_HANDLE svc)
 {
-    SC_HANDLE scm, svc = open_service(DELETE | SERVICE_STOP | SERVICE_QUERY_STATUS, &scm);
     SERVICE_STATUS st;
-    if (svc == NULL)
-        return 1;
+    SERVICE_STATUS_PROCESS sp;
+    DWORD need;
+    HANDLE proc = NULL;
+    if (QueryServiceStatusEx(svc, SC_STATUS_PROCESS_INFO, (BYTE *)&sp, sizeof(sp), &need) &&
+        sp.dwProcessId != 0)
+        proc = OpenProcess(SYNCHRONIZE, FALSE, sp.dwProcessId);
     if (QueryServiceStatus(svc, &st) && st.dwCurrentState != SERVICE_STOPPED &&
         ControlService(svc, SERVICE_CONTROL_STOP, &st))
         wait_state(svc, SERVICE_STOP_PENDING, 120000, &st);
+    if (proc != NULL) {
+        if (WaitForSingleObject(proc, 30000) == WAIT_TIMEOUT)
+            fprintf(stderr, "switchboard service: note: the service's process (pid %lu) has not "
+                            "exited 30 s after stopping\n",
+                    (unsigned long)sp.dwProcessId);
+        CloseHandle(proc);
+    }
+}
+
+static int cmd_uninstall(void)
+{
+    SC_HANDLE scm, svc = open_service(DELETE | SERVICE_STOP | SERVICE_QUERY_STATUS, &scm);
+    if (svc == NULL)
+        return 1;
+    stop_and_wait(svc);
     if (!DeleteService(svc)) {
         print_win_error("cannot delete", GetLastError());
         CloseServiceHandle(svc);
@@ -643,6 +770,10 @@ static void service_usage(FILE *f)
         "                           restart on failure, account NT SERVICE\\Switchboard);\n"
         "                           default config %%ProgramData%%\\Switchboard\\switchboard.yaml\n"
         "  uninstall                stop and remove it (configuration and data are kept)\n"
+        "  configure [--config FILE] for installers that create the service themselves\n"
+        "                           (the MSI): account, recovery, data directory, starter\n"
+        "                           config, the program's folder on the system PATH\n"
+        "  unconfigure              take the program's folder off the system PATH\n"
         "  start | stop | status    control it; status exits 0 only when running\n"
         "  reload                   re-read the configuration (SERVICE_CONTROL_PARAMCHANGE)\n"
         "  run [--config FILE]      the entry point the service control manager starts\n");
@@ -667,6 +798,10 @@ int sb_service_command(int argc, char **argv)
         return cmd_install(config);
     if (strcmp(argv[0], "uninstall") == 0)
         return cmd_uninstall();
+    if (strcmp(argv[0], "configure") == 0)
+        return cmd_configure(config);
+    if (strcmp(argv[0], "unconfigure") == 0)
+        return cmd_unconfigure();
     if (strcmp(argv[0], "start") == 0)
         return cmd_start();
     if (strcmp(argv[0], "stop") == 0)
