@@ -1006,10 +1006,10 @@ int sb_broker_reload(sb_broker *b, sb_config *cfg, sb_error *err)
     sb_auth *auth;
     int rc;
 
-    if ((rc = sb_broker_check_config(cfg, 1, err)) != 0)
-        return rc;
-    if ((rc = load_auth(cfg, &auth, err)) != 0)
+    if ((rc = sb_broker_check_config(cfg, 1, err)) != 0 || (rc = load_auth(cfg, &auth, err)) != 0) {
+        sb_config_free(cfg); /* refused: the old config keeps running */
         return rc == SB_ENOMEM ? rc : SB_ECONFIG;
+    }
     return apply_reload(b, cfg, auth, err);
 }
 
