@@ -44,11 +44,13 @@ static void state_unlink(sb_entry_list *l, sb_entry *e)
     e->snext = e->sprev = NULL;
 }
 
-/* Inserts by deadline (stable: after equal deadlines). Usually appends. */
+/* Inserts by deadline, equal deadlines in message order (entries a detached
+ * consumer held return in the order they came). Usually appends. */
 static void state_insert(sb_entry_list *l, sb_entry *e)
 {
     sb_entry *at = l->tail;
-    while (at != NULL && at->deadline > e->deadline)
+    while (at != NULL && (at->deadline > e->deadline ||
+                          (at->deadline == e->deadline && at->msg->id > e->msg->id)))
         at = at->sprev;
     e->sprev = at;
     e->snext = at != NULL ? at->snext : l->head;

@@ -186,6 +186,56 @@ static void test_restart_redelivers_unacked(void **state)
     core_check_all(f);
 }
 
+static const char *const client_cfg = "adapters:\n"
+                                      "  - {name: src, type: exec, command: [fake]}\n"
+                                      "routes: []\n";
+
+static void test_detach_returns_deliveries(void **state)
+{
+    core_fx *f = *state;
+    sb_sub_settings s;
+    fake_consumer *a, *b, *c;
+    sb_error err;
+    sb_queue *q;
+    json_t *dlq;
+
+    core_start(f, client_cfg);
+    sb_sub_settings_default(&s);
+    s.max_attempts = 2;
+    assert_int_equal(sb_broker_subscribe(f->b, "c1", "t/#", &s, &err), 0);
+    q = core_queue(f, "c1");
+    core_publish_ok(f, NULL, "t/1", "x", NULL);
+    core_publish_ok(f, NULL, "t/2", "y", NULL);
+
+    a = core_attach(f, "c1", 8);
+    assert_int_equal(a->log.count, 2);
+    /* An orderly detach: offered again, no attempt counted. */
+    core_detach(f, a, 0);
+    b = core_attach(f, "c1", 8);
+    assert_int_equal(b->log.count, 2);
+    assert_int_equal(b->log.recs[0].attempt, 1);
+    assert_int_equal(b->log.recs[0].redelivery, 1);
+    assert_string_equal(b->log.recs[0].payload, "x");
+    fake_ack(&b->log.recs[1]);
+    core_check_all(f);
+
+    /* The consumer went away: a failed attempt; the second one dead-letters. */
+    core_detach(f, b, 1);
+    c = core_attach(f, "c1", 8);
+    CORE_WAIT(f, c->log.count == 1); /* after the retry backoff */
+    assert_string_equal(c->log.recs[0].payload, "x");
+    assert_int_equal(c->log.recs[0].attempt, 2);
+    core_detach(f, c, 1);
+    assert_int_equal(q->dead, 1);
+    assert_int_equal(q->depth, 0);
+    core_check_all(f);
+    dlq = core_dlq(f, "c1");
+    assert_int_equal(dlq_count(dlq), 1);
+    assert_string_equal(jstr(dlq_item(dlq, 0), "reason"),
+                        "the consumer disconnected before acknowledging (after 2 attempts)");
+    json_decref(dlq);
+}
+
 /* ---- nack backoff and dead letters --------------------------------------- */
 
 static void test_nack_backoff_then_deadletter(void **state)
@@ -827,6 +877,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lease_expiry_redelivers, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_lease_expiry_deadletters, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_restart_redelivers_unacked, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_detach_returns_deliveries, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_nack_backoff_then_deadletter, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_deadletter_redrive, core_setup, core_teardown),
