@@ -260,47 +260,52 @@ static void pending_push(sb_broker *b, sb_pending *p)
     b->pending_tail = p;
 }
 
-/* Checks limits of q for one more message; fills drops for drop-oldest. */
-static int check_limits(sb_queue *q, sb_message *msg, sb_pending *p, sb_error *err)
+/* Checks q's limits for one more message without changing anything: 0 with
+ * *want = how many of its oldest entries make_room will drop (drop-oldest),
+ * or SB_EFULL (reject). */
+static int check_limits(const sb_queue *q, const sb_message *msg, size_t *want, sb_error *err)
 {
     int64_t size = (int64_t)sb_message_size(msg);
     int over_depth = q->max_depth > 0 && q->depth + q->pending + 1 > q->max_depth;
     int over_bytes = q->max_bytes > 0 && q->bytes + q->pending_bytes + size > q->max_bytes;
-    uint64_t ids[64];
-    size_t n, want;
 
+    *want = 0;
     if (!over_depth && !over_bytes)
         return 0;
-    if (q->overflow == SB_OVERFLOW_REJECT || q->durability == SB_DURABILITY_MEMORY) {
-        if (q->overflow != SB_OVERFLOW_REJECT) {
-            /* memory queues drop in memory only; drop-oldest never refuses
-             * (what is in flight may exceed the limit for a moment) */
-            sb_queue__drop_oldest(q, ids, 1);
-            return 0;
-        }
+    if (q->overflow == SB_OVERFLOW_REJECT)
         return sb_error_set(err, SB_EFULL, 0, "queue %s is full (%s %lld)", q->name,
                             over_depth ? "max_depth" : "max_bytes",
                             (long long)(over_depth ? q->max_depth : q->max_bytes));
-    }
-    /* drop-oldest: enough committed entries to make room */
-    want = over_depth ? (size_t)(q->depth + q->pending + 1 - q->max_depth) : 1;
-    if (want > 64)
-        want = 64;
-    n = sb_queue__drop_oldest(q, ids, want);
-    if (n == 0)
-        return 0; /* all in flight: over the limit until they are done */
-    {
-        sb_store_entry_ref *d = sb_realloc(p->drops, (p->op.u.publish.drop_count + n) * sizeof(*d));
-        if (d == NULL)
-            return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-        for (size_t i = 0; i < n; i++) {
-            d[p->op.u.publish.drop_count + i].queue_id = q->id;
-            d[p->op.u.publish.drop_count + i].msg_id = ids[i];
-        }
-        p->drops = d;
-        p->op.u.publish.drop_count += n;
-    }
+    /* memory queues drop one in memory only; drop-oldest never refuses
+     * (what is in flight may exceed the limit for a moment) */
+    if (q->durability == SB_DURABILITY_MEMORY)
+        *want = 1;
+    else
+        *want = over_depth ? (size_t)(q->depth + q->pending + 1 - q->max_depth) : 1;
+    if (*want > 64)
+        *want = 64;
     return 0;
+}
+
+/* Drops what check_limits asked of q, once the publish can no longer fail:
+ * a refused publish must leave every queue as it was. The ids dropped from
+ * a durable queue go to p's drops (room for them is allocated). */
+static void make_room(sb_queue *q, const sb_message *msg, sb_pending *p)
+{
+    uint64_t ids[64];
+    size_t want, n;
+
+    if (check_limits(q, msg, &want, NULL) != 0 || want == 0)
+        return;
+    n = sb_queue__drop_oldest(q, ids, want);
+    if (q->durability == SB_DURABILITY_MEMORY)
+        return;
+    /* n == 0: all in flight, over the limit until they are done */
+    for (size_t i = 0; i < n; i++) {
+        p->drops[p->op.u.publish.drop_count + i].queue_id = q->id;
+        p->drops[p->op.u.publish.drop_count + i].msg_id = ids[i];
+    }
+    p->op.u.publish.drop_count += n;
 }
 
 int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts, sb_publish_cb cb,
@@ -308,7 +313,7 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
 {
     const char *why = NULL;
     sb_pending *p;
-    size_t cap = 0, ndurable = 0;
+    size_t cap = 0, ndurable = 0, drops = 0, want;
     int needs_store = 0, sync = 0, rc, retain = opts != NULL && opts->retain;
     int64_t now = sb_now_ms();
 
@@ -392,8 +397,10 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
             p->queue_ids = ni;
             cap = ncap;
         }
-        if ((rc = check_limits(q, msg, p, err)) != 0)
+        if ((rc = check_limits(q, msg, &want, err)) != 0)
             goto fail;
+        if (q->durability != SB_DURABILITY_MEMORY)
+            drops += want;
         p->queues[p->queue_count++] = q;
         p->durability_mask |= 1 << q->durability;
         if (q->durability != SB_DURABILITY_MEMORY) {
@@ -403,7 +410,7 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
         }
         retain |= q->retain;
     }
-    if (p->queue_count == 0 && p->op.u.publish.drop_count == 0)
+    if (p->queue_count == 0)
         p->durability_mask = 0;
     if (retain && strncmp(msg->topic, "$SYS/", 5) != 0) {
         needs_store = 1; /* retained values are always kept on disk */
@@ -418,7 +425,14 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
                           st.last_error[0] != '\0' ? st.last_error : "commit failed");
         goto fail;
     }
+    if (drops > 0 && (p->drops = sb_malloc(drops * sizeof(*p->drops))) == NULL) {
+        rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+        goto fail;
+    }
 
+    /* Accepted: nothing below fails. */
+    for (size_t i = 0; i < p->queue_count; i++)
+        make_room(p->queues[i], msg, p);
     msg->id = ++b->last_msg_id;
     p->msg = sb_message_ref(msg);
     p->retain = retain;

@@ -560,6 +560,38 @@ static void test_overflow_drop_oldest(void **state)
     assert_string_equal(sink->log.recs[2].payload, "m6");
 }
 
+/* A publish refused by one full queue changes no other queue: the oldest
+ * messages of a drop-oldest queue it also matched stay, whichever of the
+ * two the broker looks at first. */
+static void test_refused_publish_drops_nothing(void **state)
+{
+    static const char *const cfg =
+        "adapters: []\n"
+        "routes:\n"
+        "  - {name: reject1, from: t/x, max_depth: 1}\n"
+        "  - {name: drop, from: t/#, max_depth: 2, overflow: drop-oldest}\n"
+        "  - {name: reject2, from: t/z, max_depth: 1}\n";
+    core_fx *f = *state;
+    sb_queue *drop;
+    fake_pub p;
+
+    core_start(f, cfg);
+    drop = core_queue(f, "drop");
+    core_publish_ok(f, NULL, "t/x", "a", NULL); /* fills reject1 */
+    core_publish_ok(f, NULL, "t/z", "b", NULL); /* fills reject2 */
+    assert_int_equal(drop->depth, 2);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/x", "c", NULL, 0, NULL), SB_EFULL);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/z", "d", NULL, 0, NULL), SB_EFULL);
+    assert_int_equal(drop->depth, 2);
+    assert_int_equal(drop->dropped, 0);
+    core_check_all(f);
+
+    /* and the store agrees */
+    core_stop(f);
+    core_start(f, cfg);
+    assert_int_equal(core_queue(f, "drop")->depth, 2);
+}
+
 /* ---- TTL ---------------------------------------------------------------------- */
 
 static const char *const ttl_cfg = "adapters:\n"
@@ -885,6 +917,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dedup_window_ends, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_overflow_reject, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_overflow_drop_oldest, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_publish_drops_nothing, core_setup,
+                                        core_teardown),
         cmocka_unit_test_setup_teardown(test_ttl_expires_at_delivery, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_ttl_expires_without_consumer, core_setup,
                                         core_teardown),
