@@ -159,6 +159,13 @@ int sb_queue__append(sb_queue *q, sb_message *msg, int attempts)
     sb_entry *e = sb_calloc(1, sizeof(*e));
     if (e == NULL)
         return SB_ENOMEM;
+    sb_queue__append_entry(q, e, msg, attempts);
+    return 0;
+}
+
+void sb_queue__append_entry(sb_queue *q, sb_entry *e, sb_message *msg, int attempts)
+{
+    memset(e, 0, sizeof(*e));
     e->msg = sb_message_ref(msg);
     e->queue = q;
     e->attempts = attempts;
@@ -171,7 +178,6 @@ int sb_queue__append(sb_queue *q, sb_message *msg, int attempts)
     q->bytes += (int64_t)sb_message_size(msg);
     q->published++;
     sb_rate__add(&q->in_rate, (int64_t)(uv_now(sb_broker_loop(q->broker)) / 1000), 1);
-    return 0;
 }
 
 static void free_entry(sb_entry *e)
