@@ -15,14 +15,15 @@ static fake_adapter *instances; /* created and not yet destroyed */
 
 /* ---- logs ---- */
 
+/* A libc copy (strdup is not C11: MinGW hides it under -std=c11). */
 static char *dup_or_null(const char *s)
 {
     char *c;
     if (s == NULL)
         return NULL;
-    c = strdup(s);
+    c = malloc(strlen(s) + 1);
     assert_non_null(c);
-    return c;
+    return strcpy(c, s);
 }
 
 static fake_rec *log_add(fake_log *l, uv_loop_t *loop, sb_delivery *d)
