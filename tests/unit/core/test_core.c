@@ -262,17 +262,15 @@ static void test_nack_backoff_then_deadletter(void **state)
     sink = fake("sink");
     q = core_queue(f, "r:sink");
     core_publish_ok(f, fake("src"), "t/a", "A", NULL);
-    CORE_WAIT(f, sink->log.count == 1);
+    core_publish_ok(f, fake("src"), "t/b", "B", NULL);
+    CORE_WAIT(f, sink->log.count == 1); /* inflight 1: B waits */
     fake_nack(&sink->log.recs[0], "cannot parse");
     nacked_at = uv_now(sb_broker_loop(f->b));
-    seen = 1;
 
     /* While A waits for its retry, the next message is not held up. */
-    core_publish_ok(f, fake("src"), "t/b", "B", NULL);
-    CORE_WAIT(f, sink->log.count == 2);
+    assert_int_equal(sink->log.count, 2);
     r = &sink->log.recs[1];
     assert_string_equal(r->payload, "B");
-    assert_true(r->at_ms - nacked_at < 20);
     fake_ack(r);
     seen = 2;
 
