@@ -751,7 +751,8 @@ static const char *const reload_a = "adapters:\n"
                                     "    from: b/#\n"
                                     "    retain: true\n";
 
-/* r1 with other settings, r2 unchanged, a new sink with a route of its own. */
+/* r1 with other settings, r2 with one more filter, a new sink with a
+ * route of its own. */
 static const char *const reload_b = "adapters:\n"
                                     "  - {name: src, type: exec, command: [fake]}\n"
                                     "  - {name: sinkA, type: exec, command: [fake], inflight: 1}\n"
@@ -762,7 +763,7 @@ static const char *const reload_b = "adapters:\n"
                                     "    to: sinkA\n"
                                     "    retry: {max_attempts: 2, backoff: 10ms}\n"
                                     "  - name: r2\n"
-                                    "    from: b/#\n"
+                                    "    from: [b/#, c/#]\n"
                                     "    retain: true\n"
                                     "  - name: r3\n"
                                     "    from: b/#\n"
@@ -813,6 +814,8 @@ static void test_reload_keeps_queues(void **state)
     assert_int_equal(q1->max_attempts, 2);
     assert_int_equal(q2->depth, 2);
     core_check_all(f);
+    core_publish_ok(f, fake("src"), "c/1", "c1", NULL); /* the new filter */
+    assert_int_equal(q2->depth, 3);
     fake_ack(held);
     CORE_WAIT(f, a->log.count == 2);
     assert_string_equal(a->log.recs[1].payload, "a2");
@@ -836,7 +839,7 @@ static void test_reload_keeps_queues(void **state)
     assert_ptr_equal(core_queue(f, "r1:sinkA"), q1);
     /* A route gone: its queue stays, with its messages. */
     assert_ptr_equal(core_queue(f, "r2"), q2);
-    assert_int_equal(q2->depth, 2);
+    assert_int_equal(q2->depth, 3);
     assert_null(q2->route);
     core_check_all(f);
 
@@ -859,8 +862,9 @@ static void test_reload_keeps_queues(void **state)
     core_start(f, reload_c);
     assert_int_equal(core_queue(f, "r1:sinkA")->depth, 0);
     c = core_attach(f, "r2", 8);
-    assert_int_equal(c->log.count, 2);
+    assert_int_equal(c->log.count, 3);
     assert_string_equal(c->log.recs[0].payload, "b1");
+    assert_string_equal(c->log.recs[2].payload, "c1");
     core_check_all(f);
 }
 
