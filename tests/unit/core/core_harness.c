@@ -106,7 +106,8 @@ sb_config *core_config(core_fx *f, const char *body)
     return cfg;
 }
 
-int core_try_start(core_fx *f, const char *body, sb_error *err)
+/* sb_broker_new + sb_broker_start; the broker is freed on failure. */
+static int try_start(core_fx *f, const char *body, sb_error *err)
 {
     sb_config *cfg = core_config(f, body);
     int rc;
@@ -133,7 +134,7 @@ void core_start(core_fx *f, const char *body)
     sb_error err;
     int rc;
     sb_error_clear(&err);
-    rc = core_try_start(f, body, &err);
+    rc = try_start(f, body, &err);
     if (rc != 0)
         fail_msg("broker does not start: %s (%s)", err.msg, sb_errname(rc));
 }
@@ -197,13 +198,6 @@ int core_turn(core_fx *f)
         uv_timer_start(&f->tick, on_tick, 5, 5);
     uv_run(sb_broker_loop(f->b), UV_RUN_ONCE);
     return 1;
-}
-
-void core_run_for(core_fx *f, int64_t ms)
-{
-    uv_loop_t *loop = sb_broker_loop(f->b);
-    uint64_t until = uv_now(loop) + (uint64_t)ms;
-    CORE_WAIT(f, uv_now(loop) >= until);
 }
 
 sb_queue *core_queue(core_fx *f, const char *name)

@@ -41,10 +41,6 @@ sb_config *core_config(core_fx *f, const char *body);
  * cannot), and lets it settle. */
 void core_start(core_fx *f, const char *body);
 
-/* Same, returning sb_broker_start's code instead of failing (the broker is
- * freed on failure). */
-int core_try_start(core_fx *f, const char *body, sb_error *err);
-
 /* Stops the broker, runs its loop until everything closed, frees it. */
 void core_stop(core_fx *f);
 
@@ -71,10 +67,6 @@ void core_wait_begin(core_fx *f, int64_t timeout_ms);
             if (!core_turn(f))                                                                     \
                 fail_msg("%s:%d: timed out waiting for %s", __FILE__, __LINE__, #cond);            \
     } while (0)
-
-/* Runs the loop until the loop clock reached `ms` from now (for "nothing
- * happens before the backoff ends"): the queue timers run as they would. */
-void core_run_for(core_fx *f, int64_t ms);
 
 /* The queue `name`, or NULL. */
 sb_queue *core_queue(core_fx *f, const char *name);

@@ -80,22 +80,6 @@ void fake_nack(fake_rec *r, const char *reason)
     sb_delivery_done(d, SB_EIO, reason);
 }
 
-size_t fake_held(const fake_log *l)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < l->count; i++)
-        n += l->recs[i].d != NULL;
-    return n;
-}
-
-fake_rec *fake_find(const fake_log *l, const char *payload)
-{
-    for (size_t i = 0; i < l->count; i++)
-        if (strcmp(l->recs[i].payload, payload) == 0)
-            return &l->recs[i];
-    return NULL;
-}
-
 size_t fake_count(const fake_log *l, const char *payload)
 {
     size_t n = 0;
@@ -104,7 +88,7 @@ size_t fake_count(const fake_log *l, const char *payload)
     return n;
 }
 
-void fake_log_clear(fake_log *l)
+static void log_clear(fake_log *l)
 {
     for (size_t i = 0; i < l->count; i++) {
         free(l->recs[i].topic);
@@ -117,7 +101,7 @@ void fake_log_clear(fake_log *l)
 
 void fake_log_free(fake_log *l)
 {
-    fake_log_clear(l);
+    log_clear(l);
     free(l->recs);
     l->recs = NULL;
     l->cap = 0;

@@ -74,17 +74,8 @@ void fake_set_mode(fake_adapter *f, fake_mode mode);
 void fake_ack(fake_rec *r);
 void fake_nack(fake_rec *r, const char *reason);
 
-/* Held deliveries of a log (r->d != NULL). */
-size_t fake_held(const fake_log *l);
-
-/* The first record whose payload is `payload`, or NULL. */
-fake_rec *fake_find(const fake_log *l, const char *payload);
-
 /* How many records have `payload`. */
 size_t fake_count(const fake_log *l, const char *payload);
-
-/* Forgets every record (held deliveries must have ended). */
-void fake_log_clear(fake_log *l);
 
 /* Releases a log's memory. */
 void fake_log_free(fake_log *l);
