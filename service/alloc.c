@@ -5,13 +5,19 @@
 #include <string.h>
 
 static _Thread_local long fail_countdown = -1;
+static _Thread_local int fail_once; /* the failure disarms injection */
+static _Thread_local long failures; /* injected since the last arming */
 
 static int should_fail(void)
 {
     if (fail_countdown < 0)
         return 0;
-    if (fail_countdown == 0)
+    if (fail_countdown == 0) {
+        failures++;
+        if (fail_once)
+            fail_countdown = -1;
         return 1;
+    }
     fail_countdown--;
     return 0;
 }
@@ -19,6 +25,20 @@ static int should_fail(void)
 void sb_alloc_fail_after(long n)
 {
     fail_countdown = n;
+    fail_once = 0;
+    failures = 0;
+}
+
+void sb_alloc_fail_once(long n)
+{
+    fail_countdown = n;
+    fail_once = 1;
+    failures = 0;
+}
+
+long sb_alloc_failures(void)
+{
+    return failures;
 }
 
 void *sb_malloc(size_t n)

@@ -23,4 +23,15 @@ char *sb_strndup(const char *s, size_t n);
  * (n < 0 disables injection, the default). Thread-local to the caller. */
 void sb_alloc_fail_after(long n);
 
+/* Testing: make only the allocation after `n` more successful ones fail;
+ * those after it succeed again (SQLite's one-shot fault, so a test can fail
+ * each allocation of an operation in turn). n < 0 disables injection.
+ * Thread-local to the caller. */
+void sb_alloc_fail_once(long n);
+
+/* Testing: allocations failed by injection on this thread since the last
+ * sb_alloc_fail_after or sb_alloc_fail_once (0: the operation made fewer
+ * allocations than asked to skip, so a failure loop is complete). */
+long sb_alloc_failures(void);
+
 #endif

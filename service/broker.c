@@ -700,6 +700,7 @@ int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
                         const sb_sub_settings *settings, sb_error *err)
 {
     sb_queue *q = sb_broker__find_queue(b, name);
+    sb_retained_batch retained;
     const char *why;
 
     if (q != NULL) {
@@ -715,8 +716,14 @@ int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
         return sb_error_set(err, SB_EINVAL, 0, "filter %s", why);
     if ((q = new_client_queue(b, name, filter, settings, err)) == NULL)
         return err->code;
-    sb_broker__put_queue(b, q);
-    sb_broker__enqueue_retained(b, q, q->filter);
+    /* All or nothing: a subscription the caller was told failed must not
+     * exist, nor come back after a restart. */
+    if (sb_broker__retained_prepare(b, filter, &retained) != 0 || sb_broker__put_queue(b, q) != 0) {
+        sb_broker__retained_discard(&retained);
+        remove_queue(b, q);
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory creating subscription %s", name);
+    }
+    sb_broker__retained_queue(b, q, &retained);
     sb_info(name, "created subscription with filter %s", filter);
     return 0;
 }
@@ -740,36 +747,46 @@ int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, co
                          const sb_sub_settings *settings, const char *retained_for, sb_error *err)
 {
     sb_queue *q = sb_broker__find_queue(b, name);
-    char *nf, *nm = NULL;
-    int rc;
+    sb_retained_batch retained = {NULL, 0};
+    char *nf = NULL, *nm = NULL, *old_filter, *old_meta;
+    int rc, created = 0;
 
     if ((rc = filters_validate(filters, err)) != 0)
         return rc;
     if (q == NULL) {
         if ((q = new_client_queue(b, name, filters, settings, err)) == NULL)
             return err->code;
+        created = 1;
     } else if (q->from_config) {
         return sb_error_set(err, SB_EACCES, 0, "subscription %s is declared by a route", name);
     } else if (q->meta == NULL) {
         /* created by sb_broker_subscribe (jsonl): not this protocol's */
         return sb_error_set(err, SB_EEXIST, 0, "subscription %s exists and is not a session", name);
     }
-    nf = sb_strdup(filters);
-    if (meta != NULL)
-        nm = sb_strdup(meta);
-    if (nf == NULL || (meta != NULL && nm == NULL)) {
-        sb_free(nf);
-        sb_free(nm);
-        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-    }
-    sb_free(q->filter);
-    sb_free(q->meta);
+    /* All or nothing: on failure the subscription is as it was (or absent). */
+    if ((retained_for != NULL && sb_broker__retained_prepare(b, retained_for, &retained) != 0) ||
+        (nf = sb_strdup(filters)) == NULL || (meta != NULL && (nm = sb_strdup(meta)) == NULL))
+        goto oom;
+    old_filter = q->filter;
+    old_meta = q->meta;
     q->filter = nf;
     q->meta = nm;
-    sb_broker__put_queue(b, q);
-    if (retained_for != NULL)
-        sb_broker__enqueue_retained(b, q, retained_for);
+    if (sb_broker__put_queue(b, q) != 0) {
+        q->filter = old_filter;
+        q->meta = old_meta;
+        goto oom;
+    }
+    sb_free(old_filter);
+    sb_free(old_meta);
+    sb_broker__retained_queue(b, q, &retained);
     return 0;
+oom:
+    sb_broker__retained_discard(&retained);
+    sb_free(nf);
+    sb_free(nm);
+    if (created)
+        remove_queue(b, q);
+    return sb_error_set(err, SB_ENOMEM, 0, "out of memory defining subscription %s", name);
 }
 
 const char *sb_broker_sub_meta(sb_broker *b, const char *name)
@@ -1015,10 +1032,10 @@ int sb_broker_reload(sb_broker *b, sb_config *cfg, sb_error *err)
     sb_auth *auth;
     int rc;
 
-    if ((rc = sb_broker_check_config(cfg, 1, err)) != 0)
-        return rc;
-    if ((rc = load_auth(cfg, &auth, err)) != 0)
+    if ((rc = sb_broker_check_config(cfg, 1, err)) != 0 || (rc = load_auth(cfg, &auth, err)) != 0) {
+        sb_config_free(cfg); /* refused: the old config keeps running */
         return rc == SB_ENOMEM ? rc : SB_ECONFIG;
+    }
     return apply_reload(b, cfg, auth, err);
 }
 

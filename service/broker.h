@@ -53,10 +53,11 @@ void sb_broker_request_stop(sb_broker *b);
 /* Thread-safe: asks the loop to reload the config file (SIGHUP, PARAMCHANGE). */
 void sb_broker_request_reload(sb_broker *b);
 
-/* Applies a new config (takes ownership of cfg on success): adapters added,
- * removed or changed; routes' settings updated; queues and their messages
- * kept. Returns SB_ECONFIG with err set if cfg cannot be applied (the old
- * config keeps running). */
+/* Applies a new config (takes ownership of cfg, also on failure): adapters
+ * added, removed or changed; routes' settings updated; queues and their
+ * messages kept. Returns SB_ECONFIG (or SB_ENOMEM) with err set if cfg
+ * cannot be applied (the old config keeps running); other codes if it was
+ * applied only in part (err says what failed). */
 int sb_broker_reload(sb_broker *b, sb_config *cfg, sb_error *err);
 
 void sb_broker_free(sb_broker *b);

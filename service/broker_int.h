@@ -22,6 +22,9 @@ typedef struct sb_pending {
     uint32_t ids_inline[4];
     size_t queue_count;
     sb_store_entry_ref *drops;
+    /* One entry per queue, allocated before the commit so that appending a
+     * committed message cannot fail (chained by next). */
+    sb_entry *spare;
     int retain;
     char *dedup_key;
     int64_t dedup_expires_ms;
@@ -92,6 +95,17 @@ int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
 void sb_broker__drain_pending(sb_broker *b);
 void sb_broker__arm_flush(sb_broker *b);
 int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const char *filters);
+/* The same in two steps, so that a subscription is made all or nothing:
+ * _prepare allocates copies of the retained values matching filters (0 or
+ * SB_ENOMEM, then out is empty); _queue queues them into q and cannot fail;
+ * _discard frees what was prepared instead. */
+typedef struct sb_retained_batch {
+    sb_pending **items;
+    size_t count;
+} sb_retained_batch;
+int sb_broker__retained_prepare(sb_broker *b, const char *filters, sb_retained_batch *out);
+void sb_broker__retained_queue(sb_broker *b, sb_queue *q, sb_retained_batch *batch);
+void sb_broker__retained_discard(sb_retained_batch *batch);
 sb_queue *sb_broker__find_queue(sb_broker *b, const char *name);
 
 /* expiry.c: q may have started or stopped being able to expire (consumers,

@@ -169,8 +169,26 @@ static void dedup_add(sb_broker *b, const char *key, int64_t expires)
 
 /* ---- pending publishes ---- */
 
+/* Allocates the entries p's queues will need (see sb_pending.spare). */
+static int reserve_entries(sb_pending *p)
+{
+    for (size_t i = 0; i < p->queue_count; i++) {
+        sb_entry *e = sb_malloc(sizeof(*e));
+        if (e == NULL)
+            return SB_ENOMEM;
+        e->next = p->spare;
+        p->spare = e;
+    }
+    return 0;
+}
+
 static void pending_free(sb_pending *p)
 {
+    while (p->spare != NULL) {
+        sb_entry *e = p->spare;
+        p->spare = e->next;
+        sb_free(e);
+    }
     sb_message_unref(p->msg);
     if (p->queues != p->queues_inline)
         sb_free(p->queues);
@@ -183,7 +201,6 @@ static void pending_free(sb_pending *p)
 
 static void complete(sb_broker *b, sb_pending *p)
 {
-    int appended = 0;
     /* Refused at commit (the store failed the group): counted like the
      * publishes refused before reaching the store. */
     if (p->status != 0 && p->status != SB_ESHUTDOWN)
@@ -193,11 +210,9 @@ static void complete(sb_broker *b, sb_pending *p)
         q->pending--;
         q->pending_bytes -= (int64_t)sb_message_size(p->msg);
         if (p->status == 0 && q->live && !p->duplicate) {
-            if (sb_queue__append(q, p->msg, 0) != 0)
-                sb_errlog(q->name,
-                          "out of memory queueing message %llu; it is delivered after a restart",
-                          (unsigned long long)p->msg->id);
-            appended++;
+            sb_entry *e = p->spare;
+            p->spare = e->next;
+            sb_queue__append_entry(q, e, p->msg, 0);
         }
         if (!q->live && q->pending == 0)
             sb_queue__close(q); /* deferred close of a deleted queue */
@@ -260,47 +275,52 @@ static void pending_push(sb_broker *b, sb_pending *p)
     b->pending_tail = p;
 }
 
-/* Checks limits of q for one more message; fills drops for drop-oldest. */
-static int check_limits(sb_queue *q, sb_message *msg, sb_pending *p, sb_error *err)
+/* Checks q's limits for one more message without changing anything: 0 with
+ * *want = how many of its oldest entries make_room will drop (drop-oldest),
+ * or SB_EFULL (reject). */
+static int check_limits(const sb_queue *q, const sb_message *msg, size_t *want, sb_error *err)
 {
     int64_t size = (int64_t)sb_message_size(msg);
     int over_depth = q->max_depth > 0 && q->depth + q->pending + 1 > q->max_depth;
     int over_bytes = q->max_bytes > 0 && q->bytes + q->pending_bytes + size > q->max_bytes;
-    uint64_t ids[64];
-    size_t n, want;
 
+    *want = 0;
     if (!over_depth && !over_bytes)
         return 0;
-    if (q->overflow == SB_OVERFLOW_REJECT || q->durability == SB_DURABILITY_MEMORY) {
-        if (q->overflow != SB_OVERFLOW_REJECT) {
-            /* memory queues drop in memory only; drop-oldest never refuses
-             * (what is in flight may exceed the limit for a moment) */
-            sb_queue__drop_oldest(q, ids, 1);
-            return 0;
-        }
+    if (q->overflow == SB_OVERFLOW_REJECT)
         return sb_error_set(err, SB_EFULL, 0, "queue %s is full (%s %lld)", q->name,
                             over_depth ? "max_depth" : "max_bytes",
                             (long long)(over_depth ? q->max_depth : q->max_bytes));
-    }
-    /* drop-oldest: enough committed entries to make room */
-    want = over_depth ? (size_t)(q->depth + q->pending + 1 - q->max_depth) : 1;
-    if (want > 64)
-        want = 64;
-    n = sb_queue__drop_oldest(q, ids, want);
-    if (n == 0)
-        return 0; /* all in flight: over the limit until they are done */
-    {
-        sb_store_entry_ref *d = sb_realloc(p->drops, (p->op.u.publish.drop_count + n) * sizeof(*d));
-        if (d == NULL)
-            return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-        for (size_t i = 0; i < n; i++) {
-            d[p->op.u.publish.drop_count + i].queue_id = q->id;
-            d[p->op.u.publish.drop_count + i].msg_id = ids[i];
-        }
-        p->drops = d;
-        p->op.u.publish.drop_count += n;
-    }
+    /* memory queues drop one in memory only; drop-oldest never refuses
+     * (what is in flight may exceed the limit for a moment) */
+    if (q->durability == SB_DURABILITY_MEMORY)
+        *want = 1;
+    else
+        *want = over_depth ? (size_t)(q->depth + q->pending + 1 - q->max_depth) : 1;
+    if (*want > 64)
+        *want = 64;
     return 0;
+}
+
+/* Drops what check_limits asked of q, once the publish can no longer fail:
+ * a refused publish must leave every queue as it was. The ids dropped from
+ * a durable queue go to p's drops (room for them is allocated). */
+static void make_room(sb_queue *q, const sb_message *msg, sb_pending *p)
+{
+    uint64_t ids[64];
+    size_t want, n;
+
+    if (check_limits(q, msg, &want, NULL) != 0 || want == 0)
+        return;
+    n = sb_queue__drop_oldest(q, ids, want);
+    if (q->durability == SB_DURABILITY_MEMORY)
+        return;
+    /* n == 0: all in flight, over the limit until they are done */
+    for (size_t i = 0; i < n; i++) {
+        p->drops[p->op.u.publish.drop_count + i].queue_id = q->id;
+        p->drops[p->op.u.publish.drop_count + i].msg_id = ids[i];
+    }
+    p->op.u.publish.drop_count += n;
 }
 
 int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts, sb_publish_cb cb,
@@ -308,7 +328,7 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
 {
     const char *why = NULL;
     sb_pending *p;
-    size_t cap = 0, ndurable = 0;
+    size_t cap = 0, ndurable = 0, drops = 0, want;
     int needs_store = 0, sync = 0, rc, retain = opts != NULL && opts->retain;
     int64_t now = sb_now_ms();
 
@@ -392,8 +412,10 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
             p->queue_ids = ni;
             cap = ncap;
         }
-        if ((rc = check_limits(q, msg, p, err)) != 0)
+        if ((rc = check_limits(q, msg, &want, err)) != 0)
             goto fail;
+        if (q->durability != SB_DURABILITY_MEMORY)
+            drops += want;
         p->queues[p->queue_count++] = q;
         p->durability_mask |= 1 << q->durability;
         if (q->durability != SB_DURABILITY_MEMORY) {
@@ -403,7 +425,7 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
         }
         retain |= q->retain;
     }
-    if (p->queue_count == 0 && p->op.u.publish.drop_count == 0)
+    if (p->queue_count == 0)
         p->durability_mask = 0;
     if (retain && strncmp(msg->topic, "$SYS/", 5) != 0) {
         needs_store = 1; /* retained values are always kept on disk */
@@ -418,7 +440,15 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
                           st.last_error[0] != '\0' ? st.last_error : "commit failed");
         goto fail;
     }
+    if ((drops > 0 && (p->drops = sb_malloc(drops * sizeof(*p->drops))) == NULL) ||
+        reserve_entries(p) != 0) {
+        rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+        goto fail;
+    }
 
+    /* Accepted: nothing below fails. */
+    for (size_t i = 0; i < p->queue_count; i++)
+        make_room(p->queues[i], msg, p);
     msg->id = ++b->last_msg_id;
     p->msg = sb_message_ref(msg);
     p->retain = retain;
@@ -457,10 +487,10 @@ fail:
     return rc;
 }
 
-/* Queues the retained values matching q's filter into q, oldest first, so a
- * late subscriber starts with the current state. */
+/* Queues the retained values matching a new subscription's filters into
+ * its queue, oldest first, so a late subscriber starts with the current
+ * state. */
 typedef struct retained_match {
-    sb_queue *q;
     const char *filters;
     sb_message **items;
     size_t count, cap;
@@ -491,35 +521,70 @@ static int by_id(const void *a, const void *b)
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
-int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const char *filters)
+int sb_broker__retained_prepare(sb_broker *b, const char *filters, sb_retained_batch *out)
 {
-    retained_match m = {q, filters, NULL, 0, 0, 0};
+    retained_match m = {filters, NULL, 0, 0, 0};
+    sb_pending **ps = NULL;
+
+    out->items = NULL;
+    out->count = 0;
     sb_map_each(&b->retained, collect_retained, &m);
-    if (m.failed) {
-        sb_free(m.items);
-        return SB_ENOMEM;
-    }
+    if (m.failed)
+        goto oom;
+    if (m.count == 0)
+        return 0;
     if (m.count > 1)
         qsort(m.items, m.count, sizeof(*m.items), by_id);
+    if ((ps = sb_calloc(m.count, sizeof(*ps))) == NULL)
+        goto oom;
+    out->items = ps;
     for (size_t i = 0; i < m.count; i++) {
-        /* A retained copy gets a new id so the queue stays in id order. */
-        sb_message *copy =
-            sb_message_new(m.items[i]->topic, m.items[i]->payload, m.items[i]->payload_len);
+        const sb_message *v = m.items[i];
+        sb_message *copy = sb_message_new(v->topic, v->payload, v->payload_len);
         sb_pending *p = copy != NULL ? sb_calloc(1, sizeof(*p)) : NULL;
         if (p == NULL) {
             sb_message_unref(copy);
-            sb_free(m.items);
-            return SB_ENOMEM;
+            goto oom;
         }
-        for (size_t h = 0; h < m.items[i]->header_count; h++)
-            sb_message_add_header(copy, m.items[i]->headers[h].key, m.items[i]->headers[h].value);
-        sb_message_add_header(copy, "retained", "true");
-        copy->created_ms = m.items[i]->created_ms;
-        copy->id = ++b->last_msg_id;
-        p->broker = b;
         p->msg = copy;
         p->queues = p->queues_inline;
         p->queue_ids = p->ids_inline;
+        p->queue_count = 1;
+        ps[out->count++] = p;
+        if (reserve_entries(p) != 0)
+            goto oom;
+        for (size_t h = 0; h < v->header_count; h++)
+            if (sb_message_add_header(copy, v->headers[h].key, v->headers[h].value) != 0)
+                goto oom;
+        if (sb_message_add_header(copy, "retained", "true") != 0)
+            goto oom;
+        copy->created_ms = v->created_ms;
+    }
+    sb_free(m.items);
+    return 0;
+oom:
+    sb_free(m.items);
+    sb_broker__retained_discard(out);
+    return SB_ENOMEM;
+}
+
+void sb_broker__retained_discard(sb_retained_batch *batch)
+{
+    for (size_t i = 0; i < batch->count; i++)
+        pending_free(batch->items[i]);
+    sb_free(batch->items);
+    batch->items = NULL;
+    batch->count = 0;
+}
+
+void sb_broker__retained_queue(sb_broker *b, sb_queue *q, sb_retained_batch *batch)
+{
+    for (size_t i = 0; i < batch->count; i++) {
+        sb_pending *p = batch->items[i];
+        sb_message *copy = p->msg;
+        /* A retained copy gets a new id so the queue stays in id order. */
+        copy->id = ++b->last_msg_id;
+        p->broker = b;
         p->queues[0] = q;
         p->queue_ids[0] = q->id;
         p->queue_count = 1;
@@ -544,8 +609,18 @@ int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const char *filters)
             sb_broker__arm_flush(b);
         }
     }
-    sb_free(m.items);
-    return 0;
+    sb_free(batch->items); /* the pendings are now owned by b */
+    batch->items = NULL;
+    batch->count = 0;
+}
+
+int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const char *filters)
+{
+    sb_retained_batch batch;
+    int rc = sb_broker__retained_prepare(b, filters, &batch);
+    if (rc == 0)
+        sb_broker__retained_queue(b, q, &batch);
+    return rc;
 }
 
 /* Loader callbacks (broker.c calls the store loaders with these). */

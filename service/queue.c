@@ -44,11 +44,13 @@ static void state_unlink(sb_entry_list *l, sb_entry *e)
     e->snext = e->sprev = NULL;
 }
 
-/* Inserts by deadline (stable: after equal deadlines). Usually appends. */
+/* Inserts by deadline, equal deadlines in message order (entries a detached
+ * consumer held return in the order they came). Usually appends. */
 static void state_insert(sb_entry_list *l, sb_entry *e)
 {
     sb_entry *at = l->tail;
-    while (at != NULL && at->deadline > e->deadline)
+    while (at != NULL && (at->deadline > e->deadline ||
+                          (at->deadline == e->deadline && at->msg->id > e->msg->id)))
         at = at->sprev;
     e->sprev = at;
     e->snext = at != NULL ? at->snext : l->head;
@@ -157,6 +159,13 @@ int sb_queue__append(sb_queue *q, sb_message *msg, int attempts)
     sb_entry *e = sb_calloc(1, sizeof(*e));
     if (e == NULL)
         return SB_ENOMEM;
+    sb_queue__append_entry(q, e, msg, attempts);
+    return 0;
+}
+
+void sb_queue__append_entry(sb_queue *q, sb_entry *e, sb_message *msg, int attempts)
+{
+    memset(e, 0, sizeof(*e));
     e->msg = sb_message_ref(msg);
     e->queue = q;
     e->attempts = attempts;
@@ -169,7 +178,6 @@ int sb_queue__append(sb_queue *q, sb_message *msg, int attempts)
     q->bytes += (int64_t)sb_message_size(msg);
     q->published++;
     sb_rate__add(&q->in_rate, (int64_t)(uv_now(sb_broker_loop(q->broker)) / 1000), 1);
-    return 0;
 }
 
 static void free_entry(sb_entry *e)

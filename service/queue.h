@@ -103,6 +103,10 @@ void sb_queue__apply_settings(sb_queue *q, const sb_sub_settings *s);
 /* Appends a committed message (takes a new reference). */
 int sb_queue__append(sb_queue *q, sb_message *msg, int attempts);
 
+/* The same into e, an sb_entry the caller allocated with sb_malloc
+ * beforehand (now owned by q): cannot fail. */
+void sb_queue__append_entry(sb_queue *q, sb_entry *e, sb_message *msg, int attempts);
+
 /* Delivers what can be delivered now. */
 void sb_queue__dispatch(sb_queue *q);
 

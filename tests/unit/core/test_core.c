@@ -1,0 +1,932 @@
+/*
+ * The broker's core in-process: fake adapters as producers and sinks, the
+ * real SQLite store in a directory of the test's own, no sockets. Covers
+ * leases and redelivery, nack backoff, dead-lettering, the dedup window,
+ * overflow (reject, drop-oldest), TTL expiry, retained values, and reloads
+ * that keep queues. Durations are configured short and waited for by
+ * driving the loop with a deadline.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "core_harness.h"
+
+static fake_adapter *fake(const char *name)
+{
+    fake_adapter *a = fake_get(name);
+    if (a == NULL)
+        fail_msg("no running fake adapter %s", name);
+    return a;
+}
+
+static json_t *dlq_item(json_t *list, size_t i)
+{
+    json_t *items = json_object_get(list, "items");
+    assert_true(json_is_array(items));
+    return json_array_get(items, i);
+}
+
+static size_t dlq_count(json_t *list)
+{
+    return json_array_size(json_object_get(list, "items"));
+}
+
+static const char *jstr(json_t *o, const char *key)
+{
+    const char *s = json_string_value(json_object_get(o, key));
+    if (s == NULL)
+        fail_msg("no string %s in the dead letter", key);
+    return s;
+}
+
+/* ---- delivery, leases, redelivery --------------------------------------- */
+
+static const char *const lease_cfg =
+    "adapters:\n"
+    "  - {name: src, type: exec, command: [fake]}\n"
+    "  - {name: sink, type: exec, command: [fake], inflight: 4}\n"
+    "routes:\n"
+    "  - name: r\n"
+    "    from: t/#\n"
+    "    to: sink\n"
+    "    lease: 50ms\n"
+    "    retry: {max_attempts: 3, backoff: 10ms, max_backoff: 1s}\n";
+
+static void test_deliver_and_ack(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *sink;
+    sb_queue *q;
+    fake_rec *r;
+    uint64_t id;
+
+    core_start(f, lease_cfg);
+    sink = fake("sink");
+    q = core_queue(f, "r:sink");
+    assert_non_null(q);
+    id = core_publish_ok(f, fake("src"), "t/1", "hello", NULL);
+    CORE_WAIT(f, sink->log.count == 1);
+    r = &sink->log.recs[0];
+    assert_string_equal(r->topic, "t/1");
+    assert_string_equal(r->payload, "hello");
+    assert_int_equal(r->msg_id, id);
+    assert_int_equal(r->attempt, 1);
+    assert_int_equal(r->redelivery, 0);
+    assert_int_equal(q->depth, 1);
+    core_check_all(f);
+    fake_ack(r);
+    assert_int_equal(q->depth, 0);
+    assert_int_equal(q->acked, 1);
+    core_check_all(f);
+
+    /* Acknowledged means deleted: a restart delivers nothing. */
+    core_stop(f);
+    core_start(f, lease_cfg);
+    assert_int_equal(core_queue(f, "r:sink")->depth, 0);
+    assert_int_equal(fake("sink")->log.count, 0);
+}
+
+static void test_lease_expiry_redelivers(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *sink;
+    sb_queue *q;
+    fake_rec *first, *second;
+
+    core_start(f, lease_cfg);
+    sink = fake("sink");
+    q = core_queue(f, "r:sink");
+    core_publish_ok(f, fake("src"), "t/1", "m", NULL);
+    CORE_WAIT(f, sink->log.count == 1);
+
+    /* Not acknowledged within the lease: offered again after the backoff. */
+    CORE_WAIT(f, sink->log.count == 2);
+    first = &sink->log.recs[0];
+    second = &sink->log.recs[1];
+    assert_int_equal(second->attempt, 2);
+    assert_int_equal(second->redelivery, 1);
+    assert_int_equal(second->msg_id, first->msg_id);
+    assert_true(second->at_ms - first->at_ms >= 50 + 10);
+    core_check_all(f);
+
+    /* The first delivery's late ack is ignored; the second one counts. */
+    fake_ack(first);
+    assert_int_equal(q->depth, 1);
+    assert_int_equal(q->acked, 0);
+    assert_non_null(q->leased.head);
+    core_check_all(f);
+    fake_ack(second);
+    assert_int_equal(q->depth, 0);
+    assert_int_equal(q->acked, 1);
+    core_check_all(f);
+}
+
+static void test_lease_expiry_deadletters(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *sink;
+    sb_queue *q;
+    json_t *dlq, *d;
+
+    core_start(f, lease_cfg);
+    sink = fake("sink");
+    q = core_queue(f, "r:sink");
+    core_publish_ok(f, fake("src"), "t/1", "never acked", NULL);
+    CORE_WAIT(f, q->dead == 1);
+    assert_int_equal(sink->log.count, 3); /* max_attempts */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sink->log.recs[i].attempt, i + 1);
+    assert_int_equal(q->depth, 0);
+    core_check_all(f);
+
+    dlq = core_dlq(f, "r:sink");
+    assert_int_equal(dlq_count(dlq), 1);
+    d = dlq_item(dlq, 0);
+    assert_string_equal(jstr(d, "reason"), "lease expired (after 3 attempts)");
+    assert_string_equal(jstr(d, "source"), "src");
+    assert_string_equal(jstr(d, "payload"), "never acked");
+    assert_int_equal(json_integer_value(json_object_get(d, "attempts")), 3);
+    json_decref(dlq);
+
+    /* The late acks of the expired deliveries change nothing. */
+    for (int i = 0; i < 3; i++)
+        fake_ack(&sink->log.recs[i]);
+    assert_int_equal(q->acked, 0);
+    core_check_all(f);
+}
+
+static void test_restart_redelivers_unacked(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *sink;
+
+    core_start(f, lease_cfg);
+    sink = fake("sink");
+    core_publish_ok(f, fake("src"), "t/1", "a", NULL);
+    core_publish_ok(f, fake("src"), "t/1", "b", NULL);
+    CORE_WAIT(f, sink->log.count == 2);
+    fake_ack(&sink->log.recs[0]);
+    /* b is held when the broker stops: the stopping sink fails it (an attempt). */
+    core_stop(f);
+
+    core_start(f, lease_cfg);
+    sink = fake("sink");
+    CORE_WAIT(f, sink->log.count == 1);
+    assert_string_equal(sink->log.recs[0].payload, "b");
+    assert_int_equal(sink->log.recs[0].redelivery, 1);
+    assert_int_equal(sink->log.recs[0].attempt, 2);
+    assert_int_equal(core_queue(f, "r:sink")->depth, 1);
+    core_check_all(f);
+}
+
+static const char *const client_cfg = "adapters:\n"
+                                      "  - {name: src, type: exec, command: [fake]}\n"
+                                      "routes: []\n";
+
+static void test_detach_returns_deliveries(void **state)
+{
+    core_fx *f = *state;
+    sb_sub_settings s;
+    fake_consumer *a, *b, *c;
+    sb_error err;
+    sb_queue *q;
+    json_t *dlq;
+
+    core_start(f, client_cfg);
+    sb_sub_settings_default(&s);
+    s.max_attempts = 2;
+    assert_int_equal(sb_broker_subscribe(f->b, "c1", "t/#", &s, &err), 0);
+    q = core_queue(f, "c1");
+    core_publish_ok(f, NULL, "t/1", "x", NULL);
+    core_publish_ok(f, NULL, "t/2", "y", NULL);
+
+    a = core_attach(f, "c1", 8);
+    assert_int_equal(a->log.count, 2);
+    /* An orderly detach: offered again, no attempt counted. */
+    core_detach(f, a, 0);
+    b = core_attach(f, "c1", 8);
+    assert_int_equal(b->log.count, 2);
+    assert_int_equal(b->log.recs[0].attempt, 1);
+    assert_int_equal(b->log.recs[0].redelivery, 1);
+    assert_string_equal(b->log.recs[0].payload, "x");
+    fake_ack(&b->log.recs[1]);
+    core_check_all(f);
+
+    /* The consumer went away: a failed attempt; the second one dead-letters. */
+    core_detach(f, b, 1);
+    c = core_attach(f, "c1", 8);
+    CORE_WAIT(f, c->log.count == 1); /* after the retry backoff */
+    assert_string_equal(c->log.recs[0].payload, "x");
+    assert_int_equal(c->log.recs[0].attempt, 2);
+    core_detach(f, c, 1);
+    assert_int_equal(q->dead, 1);
+    assert_int_equal(q->depth, 0);
+    core_check_all(f);
+    dlq = core_dlq(f, "c1");
+    assert_int_equal(dlq_count(dlq), 1);
+    assert_string_equal(jstr(dlq_item(dlq, 0), "reason"),
+                        "the consumer disconnected before acknowledging (after 2 attempts)");
+    json_decref(dlq);
+}
+
+/* ---- nack backoff and dead letters --------------------------------------- */
+
+static void test_nack_backoff_then_deadletter(void **state)
+{
+    static const char *const cfg =
+        "adapters:\n"
+        "  - {name: src, type: exec, command: [fake]}\n"
+        "  - {name: sink, type: exec, command: [fake], inflight: 1}\n"
+        "routes:\n"
+        "  - name: r\n"
+        "    from: t/#\n"
+        "    to: sink\n"
+        "    retry: {max_attempts: 5, backoff: 20ms, max_backoff: 50ms}\n";
+    const int64_t expect[] = {20, 40, 50, 50}; /* doubling, capped */
+    core_fx *f = *state;
+    fake_adapter *sink;
+    uint64_t nacked_at = 0;
+    sb_queue *q;
+    json_t *dlq, *d;
+    fake_rec *r;
+    size_t seen = 0;
+
+    core_start(f, cfg);
+    sink = fake("sink");
+    q = core_queue(f, "r:sink");
+    core_publish_ok(f, fake("src"), "t/a", "A", NULL);
+    core_publish_ok(f, fake("src"), "t/b", "B", NULL);
+    CORE_WAIT(f, sink->log.count == 1); /* inflight 1: B waits */
+    fake_nack(&sink->log.recs[0], "cannot parse");
+    nacked_at = uv_now(sb_broker_loop(f->b));
+
+    /* While A waits for its retry, the next message is not held up. */
+    assert_int_equal(sink->log.count, 2);
+    r = &sink->log.recs[1];
+    assert_string_equal(r->payload, "B");
+    fake_ack(r);
+    seen = 2;
+
+    for (int attempt = 2; attempt <= 5; attempt++) {
+        CORE_WAIT(f, sink->log.count == seen + 1);
+        r = &sink->log.recs[seen++];
+        assert_string_equal(r->payload, "A");
+        assert_int_equal(r->attempt, attempt);
+        assert_int_equal(r->redelivery, 1);
+        /* not offered again before its backoff ended */
+        if (r->at_ms - nacked_at < (uint64_t)expect[attempt - 2])
+            fail_msg("attempt %d came %llu ms after the nack, before its %lld ms backoff", attempt,
+                     (unsigned long long)(r->at_ms - nacked_at), (long long)expect[attempt - 2]);
+        core_check_all(f);
+        fake_nack(r, "cannot parse");
+        nacked_at = uv_now(sb_broker_loop(f->b));
+    }
+    assert_int_equal(q->dead, 1);
+    assert_int_equal(q->nacked, 5);
+    assert_int_equal(q->depth, 0);
+    core_check_all(f);
+
+    dlq = core_dlq(f, NULL);
+    assert_int_equal(dlq_count(dlq), 1);
+    d = dlq_item(dlq, 0);
+    assert_string_equal(jstr(d, "sub"), "r:sink");
+    assert_string_equal(jstr(d, "reason"), "cannot parse (after 5 attempts)");
+    assert_string_equal(jstr(d, "topic"), "t/a");
+    assert_int_equal(json_integer_value(json_object_get(d, "attempts")), 5);
+    json_decref(dlq);
+
+    /* Nothing left to deliver after a restart; the dead letter stays. */
+    core_stop(f);
+    core_start(f, cfg);
+    assert_int_equal(core_queue(f, "r:sink")->depth, 0);
+    dlq = core_dlq(f, "r:sink");
+    assert_int_equal(dlq_count(dlq), 1);
+    json_decref(dlq);
+}
+
+static void on_admin_done(void *ctx, int status, void *result, const char *why)
+{
+    int *done = ctx;
+    (void)why;
+    assert_int_equal(status, 0);
+    json_decref(result);
+    *done = 1;
+}
+
+static void test_deadletter_redrive(void **state)
+{
+    static const char *const cfg = "adapters:\n"
+                                   "  - {name: sink, type: exec, command: [fake]}\n"
+                                   "routes:\n"
+                                   "  - name: r\n"
+                                   "    from: t/#\n"
+                                   "    to: sink\n"
+                                   "    retry: {max_attempts: 1}\n";
+    core_fx *f = *state;
+    fake_adapter *sink;
+    sb_error err;
+    json_t *dlq;
+    int done = 0;
+
+    core_start(f, cfg);
+    sink = fake("sink");
+    core_publish_ok(f, NULL, "t/1", "poison", NULL);
+    CORE_WAIT(f, sink->log.count == 1);
+    fake_nack(&sink->log.recs[0], "rejected");
+    assert_int_equal(core_queue(f, "r:sink")->dead, 1);
+
+    /* Repaired: redriven into its queue and delivered as a first attempt. */
+    assert_int_equal(sb_broker_dlq_redrive(f->b, "r:sink", on_admin_done, &done, &err), 0);
+    CORE_WAIT(f, done && sink->log.count == 2);
+    assert_string_equal(sink->log.recs[1].payload, "poison");
+    assert_int_equal(sink->log.recs[1].attempt, 1);
+    fake_ack(&sink->log.recs[1]);
+    core_check_all(f);
+    dlq = core_dlq(f, "r:sink");
+    assert_int_equal(dlq_count(dlq), 0);
+    json_decref(dlq);
+}
+
+/* ---- dedup ------------------------------------------------------------------ */
+
+static const char *const dedup_cfg = "adapters:\n"
+                                     "  - {name: src, type: exec, command: [fake]}\n"
+                                     "  - {name: sink, type: exec, command: [fake]}\n"
+                                     "routes:\n"
+                                     "  - name: r\n"
+                                     "    from: t/#\n"
+                                     "    to: sink\n"
+                                     "    dedup: {header: id}\n";
+
+static void test_dedup_drops_duplicates(void **state)
+{
+    const char *const id1[] = {"id", "1", NULL}, *const id2[] = {"id", "2", NULL};
+    core_fx *f = *state;
+    fake_adapter *sink;
+    fake_pub p;
+
+    core_start(f, dedup_cfg);
+    sink = fake("sink");
+    fake_set_mode(sink, FAKE_ACK);
+    core_publish_ok(f, fake("src"), "t/1", "first", id1);
+    /* A duplicate is acknowledged (a producer's retry must succeed) and dropped. */
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", "again", id1, 0, NULL), 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_int_equal(p.queues, 0);
+    core_publish_ok(f, fake("src"), "t/1", "other id", id2);
+    core_publish_ok(f, fake("src"), "t/1", "no id", NULL);
+    CORE_WAIT(f, sink->log.count == 3);
+    assert_string_equal(sink->log.recs[0].payload, "first");
+    assert_string_equal(sink->log.recs[1].payload, "other id");
+    assert_string_equal(sink->log.recs[2].payload, "no id");
+
+    /* The window survives a restart: the keys are in the store. */
+    core_stop(f);
+    core_start(f, dedup_cfg);
+    sink = fake("sink");
+    fake_set_mode(sink, FAKE_ACK);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", "after restart", id1, 0, NULL), 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_int_equal(p.queues, 0);
+    core_publish_ok(f, fake("src"), "t/1", "marker", NULL);
+    CORE_WAIT(f, sink->log.count == 1);
+    assert_string_equal(sink->log.recs[0].payload, "marker");
+
+    /* A protocol's own key (MQTT QoS 2): dropped until the key is deleted. */
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/2", "q2", NULL, 0, "client/7"), 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_int_equal(p.queues, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/2", "q2 again", NULL, 0, "client/7"), 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_int_equal(p.queues, 0);
+    assert_true(sb_broker_key_exists(f->b, "client/7"));
+    sb_broker_key_delete(f->b, "client/", 1);
+    assert_false(sb_broker_key_exists(f->b, "client/7"));
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/2", "q2 new", NULL, 0, "client/7"), 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_int_equal(p.queues, 1);
+    CORE_WAIT(f, sink->log.count == 3);
+    assert_string_equal(sink->log.recs[2].payload, "q2 new");
+    core_check_all(f);
+}
+
+static void test_dedup_window_ends(void **state)
+{
+    static const char *const cfg = "adapters:\n"
+                                   "  - {name: sink, type: exec, command: [fake]}\n"
+                                   "routes:\n"
+                                   "  - name: r\n"
+                                   "    from: t/#\n"
+                                   "    to: sink\n"
+                                   "    durability: batched\n"
+                                   "    dedup: {header: id, window: 300ms}\n";
+    const char *const id[] = {"id", "9", NULL};
+    core_fx *f = *state;
+    fake_adapter *sink;
+    int64_t t0;
+    fake_pub p;
+
+    core_start(f, cfg);
+    sink = fake("sink");
+    fake_set_mode(sink, FAKE_ACK);
+    t0 = sb_now_ms();
+    core_publish_ok(f, NULL, "t/1", "one", id);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/1", "two", id, 0, NULL), 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    if (sb_now_ms() - t0 >= 300)
+        skip(); /* too slow a machine to see the window from inside */
+    assert_int_equal(p.queues, 0);
+
+    /* Once the window is over, the same key is a new message. */
+    CORE_WAIT(f, sb_now_ms() > t0 + 300 + 10);
+    core_publish_ok(f, NULL, "t/1", "three", id);
+    CORE_WAIT(f, sink->log.count == 2);
+    assert_string_equal(sink->log.recs[0].payload, "one");
+    assert_string_equal(sink->log.recs[1].payload, "three");
+}
+
+/* ---- overflow ---------------------------------------------------------------- */
+
+static void test_overflow_reject(void **state)
+{
+    static const char *const cfg = "adapters:\n"
+                                   "  - {name: src, type: exec, command: [fake]}\n"
+                                   "  - {name: sink, type: exec, command: [fake]}\n"
+                                   "routes:\n"
+                                   "  - name: r\n"
+                                   "    from: t/#\n"
+                                   "    to: sink\n"
+                                   "    max_depth: 3\n"
+                                   "  - name: bytes\n"
+                                   "    from: b/#\n"
+                                   "    max_bytes: 100\n";
+    char big[61];
+    core_fx *f = *state;
+    fake_adapter *sink;
+    sb_queue *q;
+    fake_pub p;
+
+    core_start(f, cfg);
+    sink = fake("sink");
+    fake_set_mode(sink, FAKE_BUSY);
+    q = core_queue(f, "r:sink");
+    for (int i = 0; i < 3; i++)
+        core_publish_ok(f, fake("src"), "t/1", "m", NULL);
+    /* Full: refused at once, the callback never runs. */
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", "too many", NULL, 0, NULL),
+                     SB_EFULL);
+    assert_int_equal(p.err.code, SB_EFULL);
+    assert_non_null(strstr(p.err.msg, "r:sink is full (max_depth 3)"));
+    assert_int_equal(q->depth, 3);
+    core_check_all(f);
+
+    /* Drained, it takes messages again. */
+    fake_set_mode(sink, FAKE_ACK);
+    CORE_WAIT(f, q->depth == 0);
+    core_publish_ok(f, fake("src"), "t/1", "fits", NULL);
+    CORE_WAIT(f, sink->log.count == 4);
+    assert_int_equal(p.done, 0);
+
+    /* The byte limit counts payload, topic and headers. */
+    memset(big, 'x', 60);
+    big[60] = '\0';
+    core_publish_ok(f, NULL, "b/1", big, NULL);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "b/1", big, NULL, 0, NULL), SB_EFULL);
+    assert_non_null(strstr(p.err.msg, "max_bytes 100"));
+    assert_int_equal(core_queue(f, "bytes")->depth, 1);
+}
+
+static void test_overflow_drop_oldest(void **state)
+{
+    static const char *const cfg = "adapters:\n"
+                                   "  - {name: sink, type: exec, command: [fake], inflight: 1}\n"
+                                   "routes:\n"
+                                   "  - name: r\n"
+                                   "    from: t/#\n"
+                                   "    to: sink\n"
+                                   "    max_depth: 3\n"
+                                   "    overflow: drop-oldest\n"
+                                   "  - name: mem\n"
+                                   "    from: t/#\n"
+                                   "    durability: memory\n"
+                                   "    max_depth: 2\n"
+                                   "    overflow: drop-oldest\n";
+    core_fx *f = *state;
+    fake_adapter *sink;
+    fake_consumer *c;
+    char payload[8];
+    sb_queue *q;
+
+    core_start(f, cfg);
+    sink = fake("sink");
+    q = core_queue(f, "r:sink");
+    /* m1 is held by the sink: a delivery in flight is never dropped. */
+    for (int i = 1; i <= 6; i++) {
+        snprintf(payload, sizeof(payload), "m%d", i);
+        core_publish_ok(f, NULL, "t/1", payload, NULL);
+        core_check_all(f);
+    }
+    assert_int_equal(sink->log.count, 1);
+    assert_string_equal(sink->log.recs[0].payload, "m1");
+    assert_int_equal(q->depth, 3);
+    assert_int_equal(q->dropped, 3); /* m2, m3, m4 */
+    assert_int_equal(core_queue(f, "mem")->depth, 2);
+    assert_int_equal(core_queue(f, "mem")->dropped, 4);
+    c = core_attach(f, "mem", 8);
+    assert_int_equal(c->log.count, 2);
+    assert_string_equal(c->log.recs[0].payload, "m5");
+    assert_string_equal(c->log.recs[1].payload, "m6");
+
+    /* The drops were committed with the publishes: a restart agrees. */
+    core_stop(f);
+    core_start(f, cfg);
+    sink = fake("sink");
+    fake_set_mode(sink, FAKE_ACK);
+    /* m1 came back (the stopping sink failed it): taken at once, the rest follow */
+    assert_int_equal(sink->log.count, 1);
+    fake_ack(&sink->log.recs[0]);
+    CORE_WAIT(f, sink->log.count == 3);
+    assert_string_equal(sink->log.recs[0].payload, "m1");
+    assert_string_equal(sink->log.recs[1].payload, "m5");
+    assert_string_equal(sink->log.recs[2].payload, "m6");
+}
+
+/* A publish refused by one full queue changes no other queue: the oldest
+ * messages of a drop-oldest queue it also matched stay, whichever of the
+ * two the broker looks at first. */
+static void test_refused_publish_drops_nothing(void **state)
+{
+    static const char *const cfg =
+        "adapters: []\n"
+        "routes:\n"
+        "  - {name: reject1, from: t/x, max_depth: 1}\n"
+        "  - {name: drop, from: t/#, max_depth: 2, overflow: drop-oldest}\n"
+        "  - {name: reject2, from: t/z, max_depth: 1}\n";
+    core_fx *f = *state;
+    sb_queue *drop;
+    fake_pub p;
+
+    core_start(f, cfg);
+    drop = core_queue(f, "drop");
+    core_publish_ok(f, NULL, "t/x", "a", NULL); /* fills reject1 */
+    core_publish_ok(f, NULL, "t/z", "b", NULL); /* fills reject2 */
+    assert_int_equal(drop->depth, 2);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/x", "c", NULL, 0, NULL), SB_EFULL);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/z", "d", NULL, 0, NULL), SB_EFULL);
+    assert_int_equal(drop->depth, 2);
+    assert_int_equal(drop->dropped, 0);
+    core_check_all(f);
+
+    /* and the store agrees */
+    core_stop(f);
+    core_start(f, cfg);
+    assert_int_equal(core_queue(f, "drop")->depth, 2);
+}
+
+/* ---- TTL ---------------------------------------------------------------------- */
+
+static const char *const ttl_cfg = "adapters:\n"
+                                   "  - {name: sink, type: exec, command: [fake]}\n"
+                                   "routes:\n"
+                                   "  - name: r\n"
+                                   "    from: t/#\n"
+                                   "    to: sink\n"
+                                   "    ttl: 1m\n"
+                                   "  - name: q\n"
+                                   "    from: q/#\n"
+                                   "    ttl: 50ms\n";
+
+static uint64_t publish_made(core_fx *f, const char *topic, const char *payload, int64_t created,
+                             int64_t expires)
+{
+    sb_message *m = fake_message(topic, payload, NULL);
+    fake_pub p;
+    m->created_ms = created;
+    m->expires_ms = expires;
+    assert_int_equal(fake_publish_msg(&p, f->b, NULL, m, 0, NULL), 0);
+    sb_message_unref(m);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    return p.msg_id;
+}
+
+static void test_ttl_expires_at_delivery(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *sink;
+    int64_t now = sb_now_ms();
+    sb_queue *q;
+    json_t *dlq;
+
+    core_start(f, ttl_cfg);
+    sink = fake("sink");
+    fake_set_mode(sink, FAKE_BUSY);
+    q = core_queue(f, "r:sink");
+    /* The TTL counts from the producer's creation time; a message's own
+     * expiry counts too. */
+    publish_made(f, "t/1", "old", now - 61000, 0);
+    publish_made(f, "t/1", "fresh", now, 0);
+    publish_made(f, "t/1", "own expiry", now, now - 1);
+    /* (the first offer may have found "old" expired already) */
+    assert_int_equal(q->depth + (int64_t)q->expired, 3);
+
+    fake_set_mode(sink, FAKE_ACK);
+    CORE_WAIT(f, q->depth == 0);
+    assert_int_equal(sink->log.count, 1);
+    assert_string_equal(sink->log.recs[0].payload, "fresh");
+    assert_int_equal(q->expired, 2);
+    dlq = core_dlq(f, "r:sink");
+    assert_int_equal(dlq_count(dlq), 2);
+    assert_string_equal(jstr(dlq_item(dlq, 0), "reason"), "expired (ttl)");
+    assert_string_equal(jstr(dlq_item(dlq, 0), "payload"), "old");
+    assert_string_equal(jstr(dlq_item(dlq, 1), "payload"), "own expiry");
+    json_decref(dlq);
+    core_check_all(f);
+}
+
+static void test_ttl_expires_without_consumer(void **state)
+{
+    core_fx *f = *state;
+    sb_queue *q;
+    json_t *dlq;
+
+    core_start(f, ttl_cfg);
+    q = core_queue(f, "q");
+    core_publish_ok(f, NULL, "q/1", "nobody reads this", NULL);
+    assert_int_equal(q->depth, 1);
+    /* The housekeeping pass (once a second) finds it. */
+    CORE_WAIT(f, q->expired == 1);
+    assert_int_equal(q->depth, 0);
+    core_check_all(f);
+    dlq = core_dlq(f, "q");
+    assert_int_equal(dlq_count(dlq), 1);
+    assert_string_equal(jstr(dlq_item(dlq, 0), "reason"), "expired (ttl)");
+    json_decref(dlq);
+
+    /* Gone from the store too. */
+    core_stop(f);
+    core_start(f, ttl_cfg);
+    assert_int_equal(core_queue(f, "q")->depth, 0);
+}
+
+/* ---- retained values ------------------------------------------------------------ */
+
+static const char *const retain_cfg = "adapters: []\n"
+                                      "routes:\n"
+                                      "  - name: keep\n"
+                                      "    from: sensors/#\n"
+                                      "    retain: true\n";
+
+/* Subscribes `name` to filter and returns the consumer with what it got. */
+static fake_consumer *late_joiner(core_fx *f, const char *name, const char *filter, size_t expect)
+{
+    sb_error err;
+    fake_consumer *c;
+    if (sb_broker_subscribe(f->b, name, filter, NULL, &err) != 0)
+        fail_msg("subscribe %s: %s", name, err.msg);
+    c = core_attach(f, name, 16);
+    CORE_WAIT(f, c->log.count >= expect && core_queue(f, name)->pending == 0);
+    assert_int_equal(c->log.count, expect);
+    return c;
+}
+
+static void test_retained_values(void **state)
+{
+    core_fx *f = *state;
+    fake_consumer *c;
+    fake_pub p;
+
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    core_publish_ok(f, NULL, "sensors/a", "2", NULL);
+    core_publish_ok(f, NULL, "sensors/b", "x", NULL);
+    /* retained on request, outside the route's filter */
+    assert_int_equal(fake_publish(&p, f->b, NULL, "other/c", "y", NULL, 1, NULL), 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+
+    /* A late joiner gets the last value of each topic, oldest first. */
+    c = late_joiner(f, "late", "sensors/#", 2);
+    assert_string_equal(c->log.recs[0].topic, "sensors/a");
+    assert_string_equal(c->log.recs[0].payload, "2");
+    assert_string_equal(c->log.recs[0].retained, "true");
+    assert_string_equal(c->log.recs[1].topic, "sensors/b");
+    assert_string_equal(c->log.recs[1].payload, "x");
+    assert_true(c->log.recs[0].msg_id < c->log.recs[1].msg_id);
+    c = late_joiner(f, "late-other", "other/#", 1);
+    assert_string_equal(c->log.recs[0].payload, "y");
+
+    /* An empty payload clears a topic's value. */
+    core_publish_ok(f, NULL, "sensors/b", "", NULL);
+    c = late_joiner(f, "late2", "sensors/#", 1);
+    assert_string_equal(c->log.recs[0].payload, "2");
+    core_check_all(f);
+
+    /* The values are kept in the store. */
+    core_stop(f);
+    core_start(f, retain_cfg);
+    c = late_joiner(f, "late3", "#", 2);
+    assert_string_equal(c->log.recs[0].topic, "sensors/a");
+    assert_string_equal(c->log.recs[0].payload, "2");
+    assert_string_equal(c->log.recs[1].topic, "other/c");
+    core_check_all(f);
+}
+
+/* ---- reload ----------------------------------------------------------------------- */
+
+static const char *const reload_a = "adapters:\n"
+                                    "  - {name: src, type: exec, command: [fake]}\n"
+                                    "  - {name: sinkA, type: exec, command: [fake], inflight: 1}\n"
+                                    "routes:\n"
+                                    "  - name: r1\n"
+                                    "    from: a/#\n"
+                                    "    to: sinkA\n"
+                                    "    retry: {backoff: 10ms}\n"
+                                    "  - name: r2\n"
+                                    "    from: b/#\n"
+                                    "    retain: true\n";
+
+/* r1 with other settings, r2 with one more filter, a new sink with a
+ * route of its own. */
+static const char *const reload_b = "adapters:\n"
+                                    "  - {name: src, type: exec, command: [fake]}\n"
+                                    "  - {name: sinkA, type: exec, command: [fake], inflight: 1}\n"
+                                    "  - {name: sinkB, type: exec, command: [fake]}\n"
+                                    "routes:\n"
+                                    "  - name: r1\n"
+                                    "    from: a/#\n"
+                                    "    to: sinkA\n"
+                                    "    retry: {max_attempts: 2, backoff: 10ms}\n"
+                                    "  - name: r2\n"
+                                    "    from: [b/#, c/#]\n"
+                                    "    retain: true\n"
+                                    "  - name: r3\n"
+                                    "    from: b/#\n"
+                                    "    to: sinkB\n";
+
+/* sinkA changed (restarted), r2 gone, r3 kept. */
+static const char *const reload_c = "adapters:\n"
+                                    "  - {name: src, type: exec, command: [fake]}\n"
+                                    "  - {name: sinkA, type: exec, command: [fake], inflight: 2}\n"
+                                    "  - {name: sinkB, type: exec, command: [fake]}\n"
+                                    "routes:\n"
+                                    "  - name: r1\n"
+                                    "    from: a/#\n"
+                                    "    to: sinkA\n"
+                                    "    retry: {max_attempts: 2, backoff: 10ms}\n"
+                                    "  - name: r3\n"
+                                    "    from: b/#\n"
+                                    "    to: sinkB\n";
+
+static void test_reload_keeps_queues(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *a, *b;
+    sb_queue *q1, *q2;
+    fake_consumer *c;
+    fake_rec *held;
+    sb_error err;
+
+    core_start(f, reload_a);
+    a = fake("sinkA");
+    q1 = core_queue(f, "r1:sinkA");
+    q2 = core_queue(f, "r2");
+    core_publish_ok(f, fake("src"), "a/1", "a1", NULL);
+    core_publish_ok(f, fake("src"), "a/2", "a2", NULL);
+    core_publish_ok(f, fake("src"), "a/3", "a3", NULL);
+    core_publish_ok(f, fake("src"), "b/1", "b1", NULL);
+    core_publish_ok(f, fake("src"), "b/2", "b2", NULL);
+    assert_int_equal(a->log.count, 1); /* window 1: a1 held */
+    held = &a->log.recs[0];
+
+    /* New settings, same queues: their messages and the delivery in flight stay. */
+    assert_int_equal(core_reload(f, reload_b, &err), 0);
+    assert_ptr_equal(core_queue(f, "r1:sinkA"), q1);
+    assert_ptr_equal(core_queue(f, "r2"), q2);
+    assert_ptr_equal(fake("sinkA"), a);
+    assert_int_equal(fake_generations("sinkA"), 1);
+    assert_int_equal(q1->depth, 3);
+    assert_int_equal(q1->max_attempts, 2);
+    assert_int_equal(q2->depth, 2);
+    core_check_all(f);
+    core_publish_ok(f, fake("src"), "c/1", "c1", NULL); /* the new filter */
+    assert_int_equal(q2->depth, 3);
+    fake_ack(held);
+    CORE_WAIT(f, a->log.count == 2);
+    assert_string_equal(a->log.recs[1].payload, "a2");
+    /* The new route's queue starts with the retained values. */
+    b = fake("sinkB");
+    CORE_WAIT(f, b->log.count == 2);
+    assert_string_equal(b->log.recs[0].payload, "b1");
+    assert_string_equal(b->log.recs[0].retained, "true");
+    assert_string_equal(b->log.recs[1].payload, "b2");
+    core_check_all(f);
+
+    /* A changed adapter restarts: what it held comes back to the new one. */
+    assert_int_equal(core_reload(f, reload_c, &err), 0);
+    CORE_WAIT(f, fake_get("sinkA") != NULL && fake_get("sinkA") != a &&
+                     fake_get("sinkA")->log.count == 2);
+    a = fake("sinkA");
+    assert_int_equal(fake_generations("sinkA"), 2);
+    assert_string_equal(a->log.recs[0].payload, "a3");
+    assert_string_equal(a->log.recs[1].payload, "a2"); /* after its retry backoff */
+    assert_int_equal(a->log.recs[1].attempt, 2);
+    assert_ptr_equal(core_queue(f, "r1:sinkA"), q1);
+    /* A route gone: its queue stays, with its messages. */
+    assert_ptr_equal(core_queue(f, "r2"), q2);
+    assert_int_equal(q2->depth, 3);
+    assert_null(q2->route);
+    core_check_all(f);
+
+    /* A reload that cannot apply keeps the running configuration. */
+    assert_int_equal(core_reload(f,
+                                 "adapters:\n"
+                                 "  - {name: x, type: exec, command: [fake], protocol: jsonl}\n"
+                                 "routes:\n"
+                                 "  - {name: r1, from: a/#, to: x}\n",
+                                 &err),
+                     SB_ECONFIG);
+    assert_non_null(strstr(err.msg, "cannot be a destination"));
+    assert_ptr_equal(fake("sinkA"), a);
+    assert_ptr_equal(core_queue(f, "r1:sinkA"), q1);
+
+    /* The orphaned queue survives a restart and drains by name. */
+    fake_ack(&a->log.recs[0]);
+    fake_ack(&a->log.recs[1]);
+    core_stop(f);
+    core_start(f, reload_c);
+    assert_int_equal(core_queue(f, "r1:sinkA")->depth, 0);
+    c = core_attach(f, "r2", 8);
+    assert_int_equal(c->log.count, 3);
+    assert_string_equal(c->log.recs[0].payload, "b1");
+    assert_string_equal(c->log.recs[2].payload, "c1");
+    core_check_all(f);
+}
+
+/* A route removed while its sink holds a delivery: the delivery stays valid
+ * and is acknowledged; nothing new goes to that sink. */
+static void test_reload_retires_binding(void **state)
+{
+    static const char *const before = "adapters:\n"
+                                      "  - {name: sink, type: exec, command: [fake]}\n"
+                                      "routes:\n"
+                                      "  - {name: r, from: t/#, to: sink}\n";
+    static const char *const after = "adapters:\n"
+                                     "  - {name: sink, type: exec, command: [fake]}\n"
+                                     "routes: []\n";
+    core_fx *f = *state;
+    fake_adapter *sink;
+    sb_queue *q;
+    sb_error err;
+
+    core_start(f, before);
+    sink = fake("sink");
+    q = core_queue(f, "r:sink");
+    core_publish_ok(f, NULL, "t/1", "in flight", NULL);
+    assert_int_equal(sink->log.count, 1);
+    assert_int_equal(core_reload(f, after, &err), 0);
+    assert_ptr_equal(fake("sink"), sink);
+    assert_false(sb_broker_is_destination(f->b, &sink->base));
+    fake_ack(&sink->log.recs[0]);
+    assert_int_equal(q->depth, 0);
+    assert_int_equal(q->acked, 1);
+    core_check_all(f);
+
+    /* Put back: the sink gets deliveries again. */
+    assert_int_equal(core_reload(f, before, &err), 0);
+    core_publish_ok(f, NULL, "t/1", "next", NULL);
+    CORE_WAIT(f, sink->log.count == 2);
+    assert_string_equal(sink->log.recs[1].payload, "next");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_deliver_and_ack, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_lease_expiry_redelivers, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_lease_expiry_deadletters, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_restart_redelivers_unacked, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_detach_returns_deliveries, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_nack_backoff_then_deadletter, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_deadletter_redrive, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_dedup_drops_duplicates, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_dedup_window_ends, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_overflow_reject, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_overflow_drop_oldest, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_publish_drops_nothing, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_ttl_expires_at_delivery, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_ttl_expires_without_consumer, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_values, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_reload_keeps_queues, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_reload_retires_binding, core_setup, core_teardown),
+    };
+    return cmocka_run_group_tests_name("core", tests, NULL, NULL);
+}
