@@ -85,6 +85,20 @@ typedef struct sb_adapter_config {
     /* mqtt: messages one client session holds (queued while it is slow or
      * away); beyond, the oldest are dropped. Default 100000, 0 = no limit. */
     int64_t max_queued;
+    /* raw sources (tcp, unix, pipe, exec): frames read from one connection
+     * and not yet committed at most; reading pauses beyond. Default 64,
+     * 1..65536. */
+    int read_ahead;
+    /* pipe (Windows): the pipe's buffer size in bytes, each direction
+     * (CreateNamedPipeW's nInBufferSize / nOutBufferSize). 0 (not set): 4 KiB
+     * for raw, 64 KiB for jsonl and mqtt. Unused by Unix sockets. */
+    int64_t pipe_buffer;
+    /* raw sources: the acknowledged mode. After each frame is committed the
+     * broker writes `reply` as a frame to its producer; `reply_error` (needs
+     * reply), if set, answers a frame that was refused (queue full, store
+     * refusing writes, ACL, oversized). NULL: no reply. */
+    char *reply;
+    char *reply_error;
 } sb_adapter_config;
 
 /* 1 if the adapter speaks TLS (its config has a tls section). */
