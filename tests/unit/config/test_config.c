@@ -1208,6 +1208,8 @@ static void test_example_full(void **state)
     assert_non_null(cfg->broker.log_file);
     assert_true(cfg->broker.max_db_bytes > 0);
     assert_non_null(sb_config_route(cfg, "orders-to-archive")->dedup_header);
+    assert_non_null(sb_config_adapter(cfg, "orders-in")->reply);
+    assert_true(sb_config_adapter(cfg, "orders-in")->pipe_buffer > 0);
     sb_config_free(cfg);
 }
 
