@@ -130,7 +130,11 @@ static uint32_t rnd(void)
 
 static void join(char *out, size_t n, const char *dir, const char *name)
 {
-    snprintf(out, n, "%s/%s", dir, name);
+    int len = snprintf(out, n, "%s/%s", dir, name);
+    if (len < 0 || (size_t)len >= n) {
+        fprintf(stderr, "sbsoak: path too long: %s/%s\n", dir, name);
+        exit(2);
+    }
 }
 
 /* "90", "90s", "500ms", "10m", "1h" -> ms; -1 if malformed. */
@@ -962,7 +966,13 @@ out:
 
 int main(int argc, char **argv)
 {
+    /* Progress lines as they happen, also into a pipe (ctest). The Windows
+     * CRT has no line buffering (and rejects a size of 0 for it). */
+#ifdef _WIN32
+    setvbuf(stdout, NULL, _IONBF, 0);
+#else
     setvbuf(stdout, NULL, _IOLBF, 0);
+#endif
     if (argc >= 2 && strcmp(argv[1], "producer") == 0)
         return soak_jsonl_producer(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "mqtt-producer") == 0)
