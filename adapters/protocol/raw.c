@@ -3,14 +3,24 @@
  * (a line, or a 4-byte big-endian length + bytes) is one message published to
  * the adapter's topic template; deliveries are written as frames.
  *
- * What a raw producer can rely on: frames are published in the order they
- * arrive; a frame is committed before the broker reads much further (at most
- * RAW_MAX_PENDING frames are in flight, then reading pauses, so a fast
- * producer is slowed to the store's pace); if a queue is full or the store
- * refuses writes, the broker holds the frame and stops reading until it can
- * be stored (the producer's writes block); a frame longer than max_message
- * closes the connection; bytes of an unfinished frame at disconnect are
- * discarded and logged.
+ * What a raw producer can rely on (README: "What a raw producer can rely
+ * on"): frames are published in the order they arrive; a frame is committed
+ * before the broker reads much further (at most read_ahead frames are taken
+ * and not yet committed, then reading pauses, so a fast producer is slowed
+ * to the store's pace, and a kill loses at most those and what the buffers
+ * below hold); if a queue is full or the store refuses writes, the broker
+ * holds the frame and stops reading until it can be stored (the producer's
+ * writes block); a frame longer than max_message closes the connection;
+ * bytes of an unfinished frame at disconnect are discarded and logged.
+ *
+ * The acknowledged mode (`reply`): every frame is answered, in the order
+ * the frames came, with `reply` once committed, or with `reply_error` when
+ * refused (a full queue or a refusing store: the frame is not held; an
+ * oversized frame or an ACL denial: the connection then closes, after the
+ * answers to the frames before). Without reply_error a refused frame is
+ * held as above and answered once stored. A frame's answer waits for the
+ * answers of the frames before it; read_ahead then counts the frames not
+ * yet answered.
  *
  * `message` framing (Windows message-mode pipes) is `length` framing here:
  * the pipe transport turns each pipe message it reads into a length-prefixed
@@ -68,6 +78,7 @@ struct raw_session {
     int ending; /* acknowledged mode: answer what was taken, then close */
     int closed;
 };
+
 int sb_raw_framing_parse(const char *name, int is_datagram)
 {
     if (name == NULL)
