@@ -733,8 +733,9 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
                 sb_config__error(ctx, s->key, p, "only for clients (connect), not with %s",
                                  kind->server_key);
             }
-        } else if ((s = seen(ctx, &a->max_connections)) != NULL) {
-            sub_path(p, path, "max_connections");
+        } else if ((s = seen(ctx, &a->max_connections)) != NULL ||
+                   (s = seen(ctx, &a->pipe_buffer)) != NULL) {
+            sub_path(p, path, (const char *)s->key->data.scalar.value);
             sb_config__error(ctx, s->key, p, "only for servers (%s), not with connect",
                              kind->server_key);
         }

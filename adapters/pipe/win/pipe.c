@@ -370,7 +370,7 @@ static int pipe_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error 
     if (pa->proto == &sb_protocol_raw) {
         pa->buffer = cfg->pipe_buffer > 0 ? (DWORD)cfg->pipe_buffer : RAW_PIPE_BUFFER;
         pa->ahead_bytes = PIPE_READ_CHUNK;
-        pa->ahead_messages = cfg->read_ahead > 0 ? cfg->read_ahead : 64;
+        pa->ahead_messages = pa->message ? (cfg->read_ahead > 0 ? cfg->read_ahead : 64) : 0;
     } else {
         pa->buffer = cfg->pipe_buffer > 0 ? (DWORD)cfg->pipe_buffer : STREAM_PIPE_BUFFER;
         pa->ahead_bytes = PIPE_READ_AHEAD;

@@ -737,14 +737,17 @@ static void test_raw_keys(void **state)
                   "  - { name: d, type: pipe, path: q, pipe_buffer: 32MiB }\n"
                   "  - { name: e, type: tcp, listen: \"127.0.0.1:3\", pipe_buffer: 4KiB }\n"
                   "  - { name: f, type: udp, listen: \"127.0.0.1:4\", read_ahead: 4 }\n"
-                  "  - { name: g, type: exec, command: [x], reply: OK }\n",
+                  "  - { name: g, type: exec, command: [x], reply: OK }\n"
+                  "  - { name: h, type: pipe, connect: p, pipe_buffer: 4KiB }\n",
                   "t.yaml:2:62: adapters[0].read_ahead: must be between 1 and 65536\n"
                   "t.yaml:3:62: adapters[1].read_ahead: must be between 1 and 65536\n"
                   "t.yaml:4:50: adapters[2].pipe_buffer: must be between 512 and 16777216\n"
                   "t.yaml:5:50: adapters[3].pipe_buffer: must be between 512 and 16777216\n"
                   "t.yaml:6:50: adapters[4].pipe_buffer: not allowed for type tcp\n"
                   "t.yaml:7:50: adapters[5].read_ahead: not allowed for type udp\n"
-                  "t.yaml:8:42: adapters[6].reply: not allowed for type exec\n");
+                  "t.yaml:8:42: adapters[6].reply: not allowed for type exec\n"
+                  "t.yaml:9:40: adapters[7].pipe_buffer: only for servers (path), not with "
+                  "connect\n");
     expect_errors("adapters:\n"
                   "  - { name: a, type: unix, path: x, protocol: jsonl, read_ahead: 4 }\n"
                   "  - { name: b, type: tcp, listen: \"127.0.0.1:1\", protocol: mqtt, reply: OK }\n"
