@@ -65,8 +65,8 @@ struct raw_session {
     char source[200];
     char *buf;
     size_t len, cap, off;
-    int pending;       /* frames with the store */
-    raw_frame **held;  /* frames to (re)publish before reading on */
+    int pending;      /* frames with the store */
+    raw_frame **held; /* frames to (re)publish before reading on */
     size_t held_count;
     /* Acknowledged mode: every frame taken and not yet answered, oldest
      * first; this list owns them (held and pending ones are in it too). */
@@ -75,7 +75,7 @@ struct raw_session {
     uv_timer_t *retry;
     int warned;
     int acl_checked, acl_denied; /* may this client publish to topic */
-    int ending; /* acknowledged mode: answer what was taken, then close */
+    int ending;                  /* acknowledged mode: answer what was taken, then close */
     int closed;
 };
 
@@ -306,16 +306,14 @@ static int publish(raw_session *s, raw_frame *f)
     if (!s->acl_checked) {
         /* one topic per connection: checked once */
         s->acl_checked = 1;
-        s->acl_denied =
-            !sb_auth_allowed(sb_conn_acl(c), c->user, NULL, f->m->topic, SB_ACL_WRITE);
+        s->acl_denied = !sb_auth_allowed(sb_conn_acl(c), c->user, NULL, f->m->topic, SB_ACL_WRITE);
     }
     if (s->acl_denied) {
         char why[300];
         snprintf(why, sizeof why, "%s may not publish to %.200s (ACL)",
                  c->user != NULL ? c->user : "an anonymous client", f->m->topic);
         if (s->reply != NULL && !s->ending) {
-            sb_log(SB_LOG_WARN, c->adapter->name, "peer %s: closing connection: %s", c->peer,
-                   why);
+            sb_log(SB_LOG_WARN, c->adapter->name, "peer %s: closing connection: %s", c->peer, why);
             end_session(s);
         } else if (s->reply == NULL) {
             sb_conn_close(c, why);

@@ -187,8 +187,8 @@ static void test_kill_and_restart(void **state)
     for (int k = 0; k < PRODUCERS; k++) {
         producer *p = &producers[k];
         char name[32];
-        char *argv[] = {exe, "producer", id, endpoint, "crash", (char *)modes[k], p->ackpath,
-                        stop, NULL};
+        char *argv[] = {exe,        "producer", id,  endpoint, "crash", (char *)modes[k],
+                        p->ackpath, stop,       NULL};
         snprintf(id, sizeof(id), "p%d", k);
         snprintf(name, sizeof(name), "acks-%d.txt", k);
         sbt_path(p->ackpath, sizeof(p->ackpath), b->dir, name);

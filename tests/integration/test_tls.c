@@ -632,8 +632,15 @@ static char *first_cert(const char *text)
 static void expect_served(sbt_broker *b, int port, const char *want)
 {
     char connect[32], *out = NULL, *err = NULL, *file, *got, *expected;
-    char *argv[] = {"/bin/sh", "-c", "exec \"$@\" </dev/null", "sh", (char *)openssl_cli(),
-                    "s_client", "-connect", connect, NULL};
+    char *argv[] = {"/bin/sh",
+                    "-c",
+                    "exec \"$@\" </dev/null",
+                    "sh",
+                    (char *)openssl_cli(),
+                    "s_client",
+                    "-connect",
+                    connect,
+                    NULL};
     snprintf(connect, sizeof(connect), "127.0.0.1:%d", port);
     sbt_run(argv, b->dir, 20000, &out, &err);
     file = sbt_read_file(want, NULL);

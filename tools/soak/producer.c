@@ -155,7 +155,8 @@ static void on_pub_timeout(uv_timer_t *t)
     uv_process_kill(&r->proc, SIGKILL);
 }
 
-/* Runs argv to its end (killed after MQTT_PUB_TIMEOUT_MS). Returns its exit status, or -1 if it could not run or was killed. */
+/* Runs argv to its end (killed after MQTT_PUB_TIMEOUT_MS). Returns its exit status, -1 if it
+ * was killed, -2 if it could not run. */
 static int run_once(uv_loop_t *loop, char **argv)
 {
     uv_process_options_t o;
@@ -225,9 +226,8 @@ int soak_mqtt_producer(int argc, char **argv)
     snprintf(topic, sizeof(topic), "%s/%s/f", prefix, id);
     snprintf(client_id, sizeof(client_id), "sbsoak-%s-%d", id, (int)uv_os_getpid());
     while (!soak_file_exists(stop) && seq < SOAK_MAX_SEQ) {
-        char *args[] = {(char *)pub, "-h",  (char *)host, "-p",    (char *)port,
-                        "-q",        "1",   "-i",         client_id, "-t",
-                        topic,       "-m",  payload,      NULL};
+        char *args[] = {(char *)pub, "-h",      (char *)host, "-p",  (char *)port, "-q",    "1",
+                        "-i",        client_id, "-t",         topic, "-m",         payload, NULL};
         int rc;
         snprintf(payload, sizeof(payload), "%s:%llu", id, seq);
         attempts++;
@@ -248,7 +248,6 @@ int soak_mqtt_producer(int argc, char **argv)
     }
     fclose(acks);
     uv_loop_close(&loop);
-    printf("mqtt producer %s: %llu acknowledged in %llu runs of %s\n", id, seq - 1, attempts,
-           pub);
+    printf("mqtt producer %s: %llu acknowledged in %llu runs of %s\n", id, seq - 1, attempts, pub);
     return 0;
 }

@@ -439,13 +439,13 @@ static int start_producer(producer *p, const char *self)
     char port[16];
     snprintf(port, sizeof(port), "%d", S.mqtt_port);
     if (p->mqtt) {
-        char *argv[] = {(char *)self, "mqtt-producer", p->id,      "127.0.0.1",
-                        port,         "soak",          p->ackpath, S.stop,
-                        (char *)S.mosquitto_pub,       NULL};
+        char *argv[] = {
+            (char *)self, "mqtt-producer",         p->id, "127.0.0.1", port, "soak", p->ackpath,
+            S.stop,       (char *)S.mosquitto_pub, NULL};
         return spawn(&p->proc, argv, p->logpath);
     } else {
-        char *argv[] = {(char *)self, "producer",          p->id,      S.endpoint, "soak",
-                        (char *)p->mode, p->ackpath, S.stop,     NULL};
+        char *argv[] = {(char *)self,    "producer", p->id,  S.endpoint, "soak",
+                        (char *)p->mode, p->ackpath, S.stop, NULL};
         return spawn(&p->proc, argv, p->logpath);
     }
 }
@@ -561,8 +561,8 @@ static unsigned long long drain_and_check(const char *sub, char cls)
             if (depth == 0)
                 break; /* drained */
             if (now_ms() - progress > DRAIN_STALL_MS) {
-                fprintf(stderr, "sbsoak: %s: %lld messages left, but nothing new for %d s\n",
-                        sub, (long long)depth, DRAIN_STALL_MS / 1000);
+                fprintf(stderr, "sbsoak: %s: %lld messages left, but nothing new for %d s\n", sub,
+                        (long long)depth, DRAIN_STALL_MS / 1000);
                 problems++;
                 break;
             }
@@ -595,8 +595,8 @@ static unsigned long long drain_and_check(const char *sub, char cls)
         if (!bit(p->seen, seq)) {
             if (seq <= p->last_first) {
                 if (problems < 10)
-                    fprintf(stderr, "sbsoak: %s: first delivery of %s after that of %s:%llu\n",
-                            sub, payload, p->id, p->last_first);
+                    fprintf(stderr, "sbsoak: %s: first delivery of %s after that of %s:%llu\n", sub,
+                            payload, p->id, p->last_first);
                 problems++;
             }
             p->last_first = seq;
@@ -980,6 +980,6 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "run") == 0)
         return run(argc, argv);
     usage(argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) ? stdout
-                                                                                       : stderr);
+                                                                                      : stderr);
     return 2;
 }

@@ -88,7 +88,7 @@ struct pipe_inst {
     size_t rcap, rlen; /* its capacity and the bytes read */
     char *ibuf;        /* input read, waiting for the loop to take it */
     size_t ilen, icap;
-    int imsgs;         /* message mode: the messages in ibuf */
+    int imsgs;              /* message mode: the messages in ibuf */
     char *wbuf;             /* the write in progress (frames in message mode) */
     size_t wlen, woff;      /* woff: next byte to write */
     size_t wcur;            /* message mode: size of the pipe message in flight */
@@ -121,9 +121,9 @@ struct pipe_adapter {
     wchar_t *wname; /* the full pipe path */
     size_t max_message;
     int max_connections;
-    DWORD buffer;          /* the pipe's buffer, each direction (pipe_buffer) */
-    size_t ahead_bytes;    /* the I/O thread reads no further while this much */
-    int ahead_messages;    /* or (message mode) this many messages wait for the loop */
+    DWORD buffer;       /* the pipe's buffer, each direction (pipe_buffer) */
+    size_t ahead_bytes; /* the I/O thread reads no further while this much */
+    int ahead_messages; /* or (message mode) this many messages wait for the loop */
     /* shared, set before the thread starts */
     HANDLE port;
     HANDLE mutex; /* the squatting guard (server) */

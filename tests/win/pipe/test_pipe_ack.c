@@ -111,8 +111,7 @@ static void transact_expect(pt_pipe *p, const char *msg, const char *want)
     memset(&ov, 0, sizeof(ov));
     ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
     assert_non_null(ov.hEvent);
-    if (!TransactNamedPipe(p->h, (void *)msg, (DWORD)strlen(msg), out, sizeof(out) - 1, &n,
-                           &ov)) {
+    if (!TransactNamedPipe(p->h, (void *)msg, (DWORD)strlen(msg), out, sizeof(out) - 1, &n, &ov)) {
         err = GetLastError();
         if (err != ERROR_IO_PENDING)
             fail_msg("TransactNamedPipe (%s): error %lu", msg, (unsigned long)err);
