@@ -71,6 +71,11 @@ struct sb_adapter_type {
     void (*stop)(sb_adapter *a, sb_adapter_stopped_cb cb);
     /* Frees the instance after stop completed. */
     void (*destroy)(sb_adapter *a);
+    /* Optional: a config reload kept this running adapter (its config is
+     * unchanged). Re-reads what start() loaded from files that may have
+     * been renewed in place (TLS certificates and keys); on an error it
+     * keeps what it had and logs why. NULL: nothing to re-read. */
+    void (*refresh)(sb_adapter *a);
 };
 
 /* The next delay of an exponential backoff (reconnects, restarts): `first`

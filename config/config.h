@@ -99,6 +99,20 @@ typedef struct sb_adapter_config {
     /* mqtt: a persistent session whose client has been away this long is
      * deleted (its messages with it). Default 0 = never. */
     int64_t session_expiry_ms;
+    /* raw sources (tcp, unix, pipe, exec): frames read from one connection
+     * and not yet committed at most; reading pauses beyond. Default 64,
+     * 1..65536. */
+    int read_ahead;
+    /* pipe (Windows): the pipe's buffer size in bytes, each direction
+     * (CreateNamedPipeW's nInBufferSize / nOutBufferSize). 0 (not set): 4 KiB
+     * for raw, 64 KiB for jsonl and mqtt. Unused by Unix sockets. */
+    int64_t pipe_buffer;
+    /* raw sources: the acknowledged mode. After each frame is committed the
+     * broker writes `reply` as a frame to its producer; `reply_error` (needs
+     * reply), if set, answers a frame that was refused (queue full, store
+     * refusing writes, ACL, oversized). NULL: no reply. */
+    char *reply;
+    char *reply_error;
 } sb_adapter_config;
 
 /* The effective idle_timeout of a server adapter in ms (0: off): the

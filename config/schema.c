@@ -285,6 +285,26 @@ static const sb_config__field adapter_fields[] = {
      .def = 0,
      .min = 0,
      .max = 3650 * DAYS},
+    {.key = "read_ahead",
+     .type = SB_CT_INT,
+     .types = TCP | UNIX | PIPE | EXEC,
+     .offset = A(read_ahead),
+     .def = 64,
+     .min = 1,
+     .max = 65536},
+    /* 0 (not set): the pipe adapter picks by protocol */
+    {.key = "pipe_buffer",
+     .type = SB_CT_SIZE,
+     .types = PIPE,
+     .offset = A(pipe_buffer),
+     .def = 0,
+     .min = 512,
+     .max = 16 * 1024 * 1024},
+    {.key = "reply", .type = SB_CT_STRING, .types = TCP | UNIX | PIPE, .offset = A(reply)},
+    {.key = "reply_error",
+     .type = SB_CT_STRING,
+     .types = TCP | UNIX | PIPE,
+     .offset = A(reply_error)},
 };
 static const sb_config__section adapter_section = TABLE(adapter_fields);
 
@@ -685,6 +705,33 @@ static void check_anonymous(sb_config__ctx *ctx, const yaml_node_t *node, sb_ada
                          where, mqtt ? " or broker.auth.password_file" : "");
 }
 
+/* The raw protocol's own keys: read_ahead, and the acknowledged mode's
+ * reply frames (reply_error needs reply; with line framing a reply is one
+ * line, so it cannot hold a newline). */
+static void check_raw_keys(sb_config__ctx *ctx, sb_adapter_config *a, const char *path)
+{
+    void *const keys[] = {&a->read_ahead, &a->reply, &a->reply_error};
+    const char *const names[] = {"read_ahead", "reply", "reply_error"};
+    const sb_config__seen *s;
+    char p[SB_CONFIG__PATH_MAX];
+    int raw = a->protocol == NULL || strcmp(a->protocol, "raw") == 0;
+    int line = a->framing == NULL || strcmp(a->framing, "line") == 0;
+
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        if ((s = seen(ctx, keys[i])) == NULL)
+            continue;
+        sub_path(p, path, names[i]);
+        if (!raw) {
+            sb_config__error(ctx, s->key, p, "only for protocol raw");
+        } else if (i > 0 && s->ok && line && strchr(*(char **)keys[i], '\n') != NULL) {
+            sb_config__error(ctx, s->value, p,
+                             "must not contain a newline with line framing (a reply is one line)");
+        } else if (i == 2 && a->reply == NULL) {
+            sb_config__error(ctx, s->key, p, "needs reply (the answer to a committed frame)");
+        }
+    }
+}
+
 static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapter_config *a,
                           const char *path, int type)
 {
@@ -717,7 +764,8 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
             }
         } else if ((s = seen(ctx, &a->max_connections)) != NULL ||
                    (s = seen(ctx, &a->idle_timeout_ms)) != NULL ||
-                   (s = seen(ctx, &a->frame_timeout_ms)) != NULL) {
+                   (s = seen(ctx, &a->frame_timeout_ms)) != NULL ||
+                   (s = seen(ctx, &a->pipe_buffer)) != NULL) {
             sub_path(p, path, (const char *)s->key->data.scalar.value);
             sb_config__error(ctx, s->key, p, "only for servers (%s), not with connect",
                              kind->server_key);
@@ -747,6 +795,7 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
         sub_path(p, path, "session_expiry");
         sb_config__error(ctx, s->key, p, "only for protocol mqtt");
     }
+    check_raw_keys(ctx, a, path);
     if (type == TYPE_TCP)
         check_tls(ctx, node, a, path);
     if (!listen_bad)
@@ -874,8 +923,17 @@ static void check_route_targets(sb_config__ctx *ctx, sb_route_config *r, const c
         } else {
             sub_path(p, path, "to");
         }
-        if (sb_map_get(&ctx->adapter_names, r->to[i]) == NULL) {
+        const sb_adapter_config *a = sb_map_get(&ctx->adapter_names, r->to[i]);
+        if (a == NULL) {
             sb_config__error(ctx, el, p, "unknown adapter %s (not declared under adapters)",
+                             sb_config__quote(q, sizeof q, r->to[i]));
+            continue;
+        }
+        if (a->reply != NULL) {
+            /* its connections carry replies: deliveries would mix with them */
+            sb_config__error(ctx, el, p,
+                             "adapter %s answers its producers (reply): it cannot also be a "
+                             "destination",
                              sb_config__quote(q, sizeof q, r->to[i]));
             continue;
         }

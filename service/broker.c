@@ -1000,6 +1000,8 @@ static int apply_reload(sb_broker *b, sb_config *cfg, sb_auth *auth, sb_error *e
         if (n == NULL || !sb_adapter_config_equal(n, a->cfg)) {
             sb_info(a->name, n == NULL ? "removed by reload" : "changed by reload: restarting");
             close_adapter(b, a);
+        } else if (a->type->refresh != NULL) {
+            a->type->refresh(a); /* files renewed under the same names */
         }
     }
     b->cfg = cfg;

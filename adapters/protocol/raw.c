@@ -3,14 +3,24 @@
  * (a line, or a 4-byte big-endian length + bytes) is one message published to
  * the adapter's topic template; deliveries are written as frames.
  *
- * What a raw producer can rely on: frames are published in the order they
- * arrive; a frame is committed before the broker reads much further (at most
- * RAW_MAX_PENDING frames are in flight, then reading pauses, so a fast
- * producer is slowed to the store's pace); if a queue is full or the store
- * refuses writes, the broker holds the frame and stops reading until it can
- * be stored (the producer's writes block); a frame longer than max_message
- * closes the connection; bytes of an unfinished frame at disconnect are
- * discarded and logged.
+ * What a raw producer can rely on (README: "What a raw producer can rely
+ * on"): frames are published in the order they arrive; a frame is committed
+ * before the broker reads much further (at most read_ahead frames are taken
+ * and not yet committed, then reading pauses, so a fast producer is slowed
+ * to the store's pace, and a kill loses at most those and what the buffers
+ * below hold); if a queue is full or the store refuses writes, the broker
+ * holds the frame and stops reading until it can be stored (the producer's
+ * writes block); a frame longer than max_message closes the connection;
+ * bytes of an unfinished frame at disconnect are discarded and logged.
+ *
+ * The acknowledged mode (`reply`): every frame is answered, in the order
+ * the frames came, with `reply` once committed, or with `reply_error` when
+ * refused (a full queue or a refusing store: the frame is not held; an
+ * oversized frame or an ACL denial: the connection then closes, after the
+ * answers to the frames before). Without reply_error a refused frame is
+ * held as above and answered once stored. A frame's answer waits for the
+ * answers of the frames before it; read_ahead then counts the frames not
+ * yet answered.
  *
  * `message` framing (Windows message-mode pipes) is `length` framing here:
  * the pipe transport turns each pipe message it reads into a length-prefixed
@@ -26,25 +36,48 @@
 #include <stdio.h>
 #include <string.h>
 
-#define RAW_MAX_PENDING 1024
 #define RAW_RETRY_MS 200
+#define RAW_DEFAULT_READ_AHEAD 64
 
-typedef struct raw_session {
+enum { FRAME_PENDING = 0, FRAME_OK, FRAME_REFUSED };
+
+typedef struct raw_session raw_session;
+
+/* One frame, from when it is parsed to its outcome: with the store, held
+ * (to be published again), and in the acknowledged mode waiting for the
+ * frames before it to be answered. */
+typedef struct raw_frame {
+    raw_session *s;
+    sb_message *m;          /* NULL for a frame refused before it was one */
+    struct raw_frame *next; /* acknowledged mode: the order of the answers */
+    int state;              /* FRAME_* */
+} raw_frame;
+
+struct raw_session {
     sb_conn *conn;
     int framing;
     size_t max;
+    int read_ahead; /* frames taken and not yet committed (answered), at most */
+    /* The acknowledged mode (reply set): each frame is answered, in order,
+     * with reply once committed or reply_error (if set) when refused. */
+    char *reply, *reply_error;
     char *topic;
     char source[200];
     char *buf;
     size_t len, cap, off;
-    int pending;
-    sb_message **held; /* frames to (re)publish before reading on */
+    int pending;      /* frames with the store */
+    raw_frame **held; /* frames to (re)publish before reading on */
     size_t held_count;
+    /* Acknowledged mode: every frame taken and not yet answered, oldest
+     * first; this list owns them (held and pending ones are in it too). */
+    raw_frame *answers, *answers_tail;
+    int unanswered;
     uv_timer_t *retry;
     int warned;
     int acl_checked, acl_denied; /* may this client publish to topic */
+    int ending;                  /* acknowledged mode: answer what was taken, then close */
     int closed;
-} raw_session;
+};
 
 int sb_raw_framing_parse(const char *name, int is_datagram)
 {
@@ -92,11 +125,27 @@ char *sb_raw_topic(const char *tmpl, const char *adapter, const char *peer)
 
 static void try_resume(raw_session *s);
 
+static void frame_free(raw_frame *f)
+{
+    sb_message_unref(f->m);
+    sb_free(f);
+}
+
 static void session_free(raw_session *s)
 {
-    for (size_t i = 0; i < s->held_count; i++)
-        sb_message_unref(s->held[i]);
+    if (s->reply != NULL) {
+        while (s->answers != NULL) {
+            raw_frame *f = s->answers;
+            s->answers = f->next;
+            frame_free(f);
+        }
+    } else {
+        for (size_t i = 0; i < s->held_count; i++)
+            frame_free(s->held[i]);
+    }
     sb_free(s->held);
+    sb_free(s->reply);
+    sb_free(s->reply_error);
     sb_free(s->topic);
     sb_free(s->buf);
     sb_free(s);
@@ -123,49 +172,119 @@ static void maybe_free(raw_session *s)
     session_free(s);
 }
 
-static int hold(raw_session *s, sb_message *m)
+/* Frames taken from the connection and not yet done with: reading pauses
+ * at read_ahead. */
+static int taken(const raw_session *s)
 {
-    sb_message **n = sb_realloc(s->held, (s->held_count + 1) * sizeof(*n));
+    return s->reply != NULL ? s->unanswered : s->pending;
+}
+
+/* Queues data as one frame of the connection's framing (d: a delivery to
+ * acknowledge once written, or NULL). */
+static int send_frame(sb_conn *c, int framing, const void *data, size_t len, sb_delivery *d)
+{
+    if (framing == SB_FRAMING_LENGTH || framing == SB_FRAMING_MESSAGE) {
+        unsigned char hdr[4];
+        if (len > 0xFFFFFFFFu)
+            return SB_ETOOBIG;
+        hdr[0] = (unsigned char)(len >> 24);
+        hdr[1] = (unsigned char)(len >> 16);
+        hdr[2] = (unsigned char)(len >> 8);
+        hdr[3] = (unsigned char)len;
+        return sb_conn_send2(c, hdr, 4, data, len, d);
+    }
+    if (memchr(data, '\n', len) != NULL)
+        return SB_EINVAL;
+    return sb_conn_send2(c, data, len, "\n", 1, d);
+}
+
+/* Acknowledged mode: writes the answers that are due, in the order of the
+ * frames, and closes once an ending session has answered everything. */
+static void answer(raw_session *s)
+{
+    raw_frame *f;
+    while ((f = s->answers) != NULL && f->state != FRAME_PENDING) {
+        const char *r = f->state == FRAME_OK ? s->reply : s->reply_error;
+        s->answers = f->next;
+        if (s->answers == NULL)
+            s->answers_tail = NULL;
+        s->unanswered--;
+        /* A failed send means the connection is going: nothing to answer. */
+        if (!s->closed && r != NULL)
+            (void)send_frame(s->conn, s->framing, r, strlen(r), NULL);
+        frame_free(f);
+    }
+    if (s->ending && s->answers == NULL && !s->closed)
+        sb_conn_close_after_write(s->conn, NULL);
+}
+
+/* A frame's outcome: answered in the acknowledged mode, else forgotten. */
+static void settle(raw_session *s, raw_frame *f, int state)
+{
+    if (s->reply == NULL) {
+        frame_free(f);
+        return;
+    }
+    f->state = state;
+    answer(s);
+}
+
+/* Acknowledged mode: stop reading, answer what was taken, then close. */
+static void end_session(raw_session *s)
+{
+    s->ending = 1;
+    s->off = s->len = 0;
+    sb_conn_pause(s->conn);
+    answer(s);
+}
+
+static int hold(raw_session *s, raw_frame *f)
+{
+    raw_frame **n = sb_realloc(s->held, (s->held_count + 1) * sizeof(*n));
     if (n == NULL)
         return SB_ENOMEM;
     s->held = n;
-    s->held[s->held_count++] = m;
+    s->held[s->held_count++] = f;
     return 0;
 }
 
-typedef struct raw_pub {
-    raw_session *s;
-    sb_message *m;
-} raw_pub;
-
 static void arm_retry(raw_session *s);
-static int hold(raw_session *s, sb_message *m);
 
 static void on_published(void *ctx, int status, uint64_t id, int queues, const char *why)
 {
-    raw_pub *p = ctx;
-    raw_session *s = p->s;
+    raw_frame *f = ctx;
+    raw_session *s = f->s;
     sb_conn *c = s->conn;
     (void)id;
     (void)queues;
     s->pending--;
-    if (status != 0 && !s->closed) {
+    if (why == NULL && status != 0)
+        why = sb_strerror(status);
+    if (status == 0) {
+        settle(s, f, FRAME_OK);
+    } else if (s->closed) {
+        sb_log(SB_LOG_ERROR, c->adapter->name,
+               "peer %s: frame not committed (%s) and the producer is gone", c->peer, why);
+        settle(s, f, FRAME_REFUSED);
+    } else if (s->reply_error != NULL) {
+        sb_log(SB_LOG_ERROR, c->adapter->name,
+               "peer %s: frame not committed (%s); answered with reply_error", c->peer, why);
+        settle(s, f, FRAME_REFUSED);
+    } else {
         /* The commit failed after the publish was accepted (disk full, I/O
          * error): keep the frame and publish it again. */
         sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: frame not committed (%s); will retry",
-               c->peer, why != NULL ? why : sb_strerror(status));
-        if (hold(s, p->m) == 0)
-            p->m = NULL;
-        sb_conn_pause(c);
-        arm_retry(s);
-    } else if (status != 0) {
-        sb_log(SB_LOG_ERROR, c->adapter->name,
-               "peer %s: frame not committed (%s) and the producer is gone", c->peer,
-               why != NULL ? why : sb_strerror(status));
+               c->peer, why);
+        if (hold(s, f) != 0) {
+            sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: out of memory; a frame was lost",
+                   c->peer);
+            settle(s, f, FRAME_REFUSED);
+        } else {
+            sb_conn_pause(c);
+            arm_retry(s);
+        }
     }
-    sb_message_unref(p->m);
-    sb_free(p);
-    if (!s->closed && status == 0)
+    if (!s->closed && (status == 0 || s->held_count == 0))
         try_resume(s);
     maybe_free(s);
     sb_conn_unref(c);
@@ -176,36 +295,33 @@ static int is_retryable(int rc)
     return rc == SB_EFULL || rc == SB_ENOSPC || rc == SB_ESTORE || rc == SB_ENOMEM;
 }
 
-/* Publishes m; returns 0 if accepted or dropped, 1 if it must be held. */
-static int publish(raw_session *s, sb_message *m)
+/* Publishes f; returns 0 if the store took it or it was settled (refused,
+ * dropped), 1 if it must be held. */
+static int publish(raw_session *s, raw_frame *f)
 {
     sb_conn *c = s->conn;
     sb_publish_opts opts = {s->source, 0, NULL};
     sb_error err;
-    raw_pub *p;
     int rc;
     if (!s->acl_checked) {
         /* one topic per connection: checked once */
         s->acl_checked = 1;
-        s->acl_denied = !sb_auth_allowed(sb_conn_acl(c), c->user, NULL, m->topic, SB_ACL_WRITE);
+        s->acl_denied = !sb_auth_allowed(sb_conn_acl(c), c->user, NULL, f->m->topic, SB_ACL_WRITE);
     }
     if (s->acl_denied) {
         char why[300];
         snprintf(why, sizeof why, "%s may not publish to %.200s (ACL)",
-                 c->user != NULL ? c->user : "an anonymous client", m->topic);
-        sb_conn_close(c, why);
+                 c->user != NULL ? c->user : "an anonymous client", f->m->topic);
+        if (s->reply != NULL && !s->ending) {
+            sb_log(SB_LOG_WARN, c->adapter->name, "peer %s: closing connection: %s", c->peer, why);
+            end_session(s);
+        } else if (s->reply == NULL) {
+            sb_conn_close(c, why);
+        }
+        settle(s, f, FRAME_REFUSED);
         return 0;
     }
-    p = sb_malloc(sizeof(*p));
-    if (p == NULL)
-        return 1;
-    p->s = s;
-    p->m = sb_message_ref(m);
-    rc = sb_broker_publish(c->adapter->broker, m, &opts, on_published, p, &err);
-    if (rc != 0) {
-        sb_message_unref(p->m);
-        sb_free(p);
-    }
+    rc = sb_broker_publish(c->adapter->broker, f->m, &opts, on_published, f, &err);
     if (rc == 0) {
         s->pending++;
         sb_conn_ref(c);
@@ -215,14 +331,22 @@ static int publish(raw_session *s, sb_message *m)
         }
         return 0;
     }
-    if (is_retryable(rc)) {
+    if (is_retryable(rc) && s->reply_error == NULL) {
         if (!s->warned)
             sb_log(SB_LOG_WARN, c->adapter->name, "peer %s: holding the producer: %s", c->peer,
                    err.msg);
         s->warned = 1;
         return 1;
     }
-    sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: frame dropped: %s", c->peer, err.msg);
+    if (is_retryable(rc)) {
+        if (!s->warned)
+            sb_log(SB_LOG_WARN, c->adapter->name, "peer %s: refusing frames (reply_error): %s",
+                   c->peer, err.msg);
+        s->warned = 1;
+    } else {
+        sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: frame dropped: %s", c->peer, err.msg);
+    }
+    settle(s, f, FRAME_REFUSED);
     return 0;
 }
 
@@ -249,19 +373,17 @@ static int parse(raw_session *s);
 static void try_resume(raw_session *s)
 {
     size_t done = 0;
-    if (s->closed)
+    if (s->closed || s->ending)
         return;
-    while (done < s->held_count) {
-        sb_message *m = s->held[done];
-        if (publish(s, m) != 0)
-            break;
-        sb_message_unref(m);
+    /* A frame publish() takes is no longer the held array's. */
+    while (done < s->held_count && publish(s, s->held[done]) == 0)
         done++;
-    }
     if (done > 0) {
         memmove(s->held, s->held + done, (s->held_count - done) * sizeof(*s->held));
         s->held_count -= done;
     }
+    if (s->ending || s->conn->closing)
+        return;
     if (s->held_count > 0) {
         sb_conn_pause(s->conn);
         arm_retry(s);
@@ -271,27 +393,65 @@ static void try_resume(raw_session *s)
         sb_conn_close(s->conn, NULL);
         return;
     }
-    if (s->held_count == 0 && s->pending < RAW_MAX_PENDING / 2 && s->conn->paused)
+    if (s->held_count == 0 && !s->ending && taken(s) <= s->read_ahead / 2 && s->conn->paused)
         sb_conn_resume(s->conn);
 }
 
+/* Makes a frame of data and publishes it. Returns 0, 1 if it is held
+ * (reading paused), or SB_ENOMEM. */
 static int frame(raw_session *s, const char *data, size_t len)
 {
-    sb_message *m = sb_message_new(s->topic, data, len);
+    raw_frame *f = sb_calloc(1, sizeof(*f));
+    if (f == NULL || (f->m = sb_message_new(s->topic, data, len)) == NULL) {
+        sb_free(f);
+        sb_log(SB_LOG_ERROR, s->conn->adapter->name, "peer %s: out of memory", s->conn->peer);
+        return SB_ENOMEM;
+    }
+    f->s = s;
     sb_conn_identified(s->conn);
-    if (m == NULL || publish(s, m) != 0) {
-        if (m == NULL || hold(s, m) != 0) {
-            sb_message_unref(m);
+    if (s->reply != NULL) {
+        if (s->answers_tail != NULL)
+            s->answers_tail->next = f;
+        else
+            s->answers = f;
+        s->answers_tail = f;
+        s->unanswered++;
+    }
+    if (publish(s, f) != 0) {
+        if (hold(s, f) != 0) {
             sb_log(SB_LOG_ERROR, s->conn->adapter->name, "peer %s: out of memory", s->conn->peer);
+            settle(s, f, FRAME_REFUSED);
             return SB_ENOMEM;
         }
         sb_conn_pause(s->conn);
         arm_retry(s);
         return 1;
     }
-    sb_message_unref(m);
-    if (s->pending >= RAW_MAX_PENDING)
+    if (taken(s) >= s->read_ahead)
         sb_conn_pause(s->conn);
+    return 0;
+}
+
+/* A frame longer than max_message: the connection closes. In the
+ * acknowledged mode the frames before it are answered first, and it gets
+ * reply_error. */
+static int oversized(raw_session *s)
+{
+    raw_frame *f;
+    if (s->reply == NULL)
+        return SB_ETOOBIG;
+    f = sb_calloc(1, sizeof(*f));
+    if (f == NULL)
+        return SB_ENOMEM;
+    f->s = s;
+    if (s->answers_tail != NULL)
+        s->answers_tail->next = f;
+    else
+        s->answers = f;
+    s->answers_tail = f;
+    s->unanswered++;
+    end_session(s);
+    settle(s, f, FRAME_REFUSED);
     return 0;
 }
 
@@ -299,7 +459,7 @@ static int frame(raw_session *s, const char *data, size_t len)
 static int parse(raw_session *s)
 {
     sb_conn *c = s->conn;
-    while (s->held_count == 0 && s->off < s->len) {
+    while (s->held_count == 0 && s->off < s->len && !s->ending) {
         const char *p = s->buf + s->off;
         size_t avail = s->len - s->off, flen, skip;
         int rc;
@@ -313,7 +473,7 @@ static int parse(raw_session *s)
                 sb_log(SB_LOG_ERROR, c->adapter->name,
                        "peer %s: frame length %llu exceeds max_message %zu; closing", c->peer,
                        (unsigned long long)n, s->max);
-                return SB_ETOOBIG;
+                return oversized(s);
             }
             if (avail < 4 + n)
                 break;
@@ -326,7 +486,7 @@ static int parse(raw_session *s)
                 if (avail > s->max) {
                     sb_log(SB_LOG_ERROR, c->adapter->name,
                            "peer %s: line longer than max_message %zu; closing", c->peer, s->max);
-                    return SB_ETOOBIG;
+                    return oversized(s);
                 }
                 break;
             }
@@ -337,14 +497,14 @@ static int parse(raw_session *s)
             if (flen > s->max) {
                 sb_log(SB_LOG_ERROR, c->adapter->name,
                        "peer %s: line longer than max_message %zu; closing", c->peer, s->max);
-                return SB_ETOOBIG;
+                return oversized(s);
             }
         }
         s->off += skip;
         rc = frame(s, p, flen);
         if (rc < 0)
             return rc;
-        if (rc > 0 || c->paused)
+        if (rc > 0 || c->paused || c->closing)
             break;
     }
     if (s->off == s->len)
@@ -355,6 +515,8 @@ static int parse(raw_session *s)
 static int raw_data(sb_conn *c, const char *data, size_t len)
 {
     raw_session *s = c->session;
+    if (s->ending)
+        return 0; /* answering what was taken, then closing */
     if (s->off > 0 && s->off == s->len)
         s->off = s->len = 0;
     if (s->len + len > s->cap) {
@@ -394,10 +556,17 @@ static int raw_open(sb_conn *c)
     s->conn = c;
     s->framing = sb_raw_framing_parse(cfg->framing, 0);
     s->max = cfg->max_message > 0 ? (size_t)cfg->max_message : 1048576;
+    s->read_ahead = cfg->read_ahead > 0 ? cfg->read_ahead : RAW_DEFAULT_READ_AHEAD;
     s->topic = sb_raw_topic(cfg->topic, c->adapter->name, c->peer);
     snprintf(s->source, sizeof(s->source), "%s %s", c->adapter->name, c->peer);
-    if (s->topic == NULL) {
-        sb_free(s);
+    /* Copies: the session may outlive its adapter's config by a callback. */
+    if (cfg->reply != NULL)
+        s->reply = sb_strdup(cfg->reply);
+    if (cfg->reply_error != NULL)
+        s->reply_error = sb_strdup(cfg->reply_error);
+    if (s->topic == NULL || (cfg->reply != NULL && s->reply == NULL) ||
+        (cfg->reply_error != NULL && s->reply_error == NULL)) {
+        session_free(s);
         return SB_ENOMEM;
     }
     c->session = s;
@@ -432,20 +601,7 @@ static void raw_closed(sb_conn *c)
 int sb_raw_deliver(sb_conn *c, sb_delivery *d)
 {
     const raw_session *s = c->session;
-    const sb_message *m = d->msg;
-    if (s->framing == SB_FRAMING_LENGTH || s->framing == SB_FRAMING_MESSAGE) {
-        unsigned char hdr[4];
-        if (m->payload_len > 0xFFFFFFFFu)
-            return SB_ETOOBIG;
-        hdr[0] = (unsigned char)(m->payload_len >> 24);
-        hdr[1] = (unsigned char)(m->payload_len >> 16);
-        hdr[2] = (unsigned char)(m->payload_len >> 8);
-        hdr[3] = (unsigned char)m->payload_len;
-        return sb_conn_send2(c, hdr, 4, m->payload, m->payload_len, d);
-    }
-    if (memchr(m->payload, '\n', m->payload_len) != NULL)
-        return SB_EINVAL;
-    return sb_conn_send2(c, m->payload, m->payload_len, "\n", 1, d);
+    return send_frame(c, s->framing, d->msg->payload, d->msg->payload_len, d);
 }
 
 const sb_protocol sb_protocol_raw = {

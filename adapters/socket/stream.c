@@ -410,6 +410,27 @@ static void stream_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
     maybe_stopped(s);
 }
 
+/* A reload kept the adapter: its certificate and key may have been renewed
+ * under the same file names. */
+static void stream_refresh(sb_adapter *a)
+{
+    stream_adapter *s = (stream_adapter *)a;
+    char what[200];
+    sb_error err;
+    int changed;
+    if (s->tls == NULL || s->stopping)
+        return;
+    if (sb_tls_ctx_reload(s->tls, a->cfg, &changed, &err) != 0) {
+        sb_log(SB_LOG_ERROR, a->name, "reload: %s; keeping the TLS certificate in use", err.msg);
+        return;
+    }
+    sb_tls_ctx_describe(s->tls, what, sizeof(what));
+    if (changed)
+        sb_log(SB_LOG_INFO, a->name, "reload: new TLS certificate (%s)", what);
+    else
+        sb_log(SB_LOG_DEBUG, a->name, "reload: TLS files re-read, same certificate (%s)", what);
+}
+
 static void stream_destroy(sb_adapter *a)
 {
     sb_tls_ctx_free(((stream_adapter *)a)->tls);
@@ -454,7 +475,7 @@ static unsigned stream_caps_of(const sb_adapter_config *cfg)
         .version = SB_ADAPTER_VERSION, .name = type_name, .caps = SB_CAP_SOURCE | SB_CAP_SINK,     \
         .caps_of = stream_caps_of, .validate = stream_validate, .create = stream_create,           \
         .start = stream_start, .deliver = stream_deliver, .stop = stream_stop,                     \
-        .destroy = stream_destroy,                                                                 \
+        .destroy = stream_destroy, .refresh = stream_refresh,                                      \
     }
 
 const sb_adapter_type sb_adapter_tcp = STREAM_TYPE("tcp");

@@ -282,6 +282,49 @@ void sb_tls_ctx_free(sb_tls_ctx *ctx)
     sb_free(ctx);
 }
 
+int sb_tls_ctx_reload(sb_tls_ctx *ctx, const sb_adapter_config *cfg, int *out_changed,
+                      sb_error *err)
+{
+    sb_tls_ctx *fresh;
+    X509 *was, *now;
+    SSL_CTX *old;
+    int rc;
+
+    *out_changed = 0;
+    if ((rc = sb_tls_ctx_new(&fresh, cfg, err)) != 0)
+        return rc;
+    was = SSL_CTX_get0_certificate(ctx->ssl);
+    now = SSL_CTX_get0_certificate(fresh->ssl);
+    *out_changed = (was == NULL) != (now == NULL) || (was != NULL && X509_cmp(was, now) != 0);
+    /* Each SSL holds a reference to the context it was made from: the
+     * old one lives on until its last connection is freed. */
+    old = ctx->ssl;
+    ctx->ssl = fresh->ssl;
+    fresh->ssl = old;
+    sb_tls_ctx_free(fresh);
+    return 0;
+}
+
+void sb_tls_ctx_describe(const sb_tls_ctx *ctx, char *out, size_t n)
+{
+    X509 *cert = SSL_CTX_get0_certificate(ctx->ssl);
+    char cn[128] = "?", until[64] = "?";
+    BIO *b;
+    if (cert == NULL) {
+        snprintf(out, n, "no certificate");
+        return;
+    }
+    X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
+    b = BIO_new(BIO_s_mem());
+    if (b != NULL && ASN1_TIME_print(b, X509_get0_notAfter(cert)) == 1) {
+        int len = BIO_read(b, until, sizeof(until) - 1);
+        until[len > 0 ? len : 0] = '\0';
+    }
+    BIO_free(b);
+    ERR_clear_error();
+    snprintf(out, n, "CN=%s, valid until %s", cn, until);
+}
+
 /* ---- the transport ---- */
 
 static void process(tls_conn *t);

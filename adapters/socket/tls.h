@@ -35,6 +35,19 @@ typedef struct sb_tls_ctx sb_tls_ctx;
 int sb_tls_ctx_new(sb_tls_ctx **out, const sb_adapter_config *cfg, sb_error *err);
 void sb_tls_ctx_free(sb_tls_ctx *ctx);
 
+/* Re-reads ctx's files (certificate chain, key, CA bundle) for a config
+ * reload that kept the adapter: builds a new OpenSSL context from cfg as
+ * sb_tls_ctx_new does and, if that succeeds, new connections use it from
+ * now on (connections already open keep theirs). *out_changed is 1 if the
+ * certificate it presents differs from before. On failure ctx is left as
+ * it was and err says why, as for sb_tls_ctx_new. */
+int sb_tls_ctx_reload(sb_tls_ctx *ctx, const sb_adapter_config *cfg, int *out_changed,
+                      sb_error *err);
+
+/* One line on ctx's own certificate ("CN=..., valid until ..."), or "no
+ * certificate". */
+void sb_tls_ctx_describe(const sb_tls_ctx *ctx, char *out, size_t n);
+
 /* Called once the handshake of c succeeded and its protocol is open (the
  * adapter may hand it deliveries now). */
 typedef void (*sb_tls_ready_cb)(sb_conn *c);

@@ -2,10 +2,12 @@
  * Crash safety: producers publish pipelined over jsonl/TCP while the broker
  * is killed (SIGKILL; TerminateProcess on Windows) at random points and
  * restarted on the same data dir, several times. Each producer is this
- * executable in "producer" mode: it numbers its messages, keeps a window of
+ * executable in "producer" mode, which is sbsoak's jsonl producer
+ * (tools/soak/soak.h): it numbers its messages, keeps a window of
  * unacknowledged publishes, appends every acknowledged sequence number to
  * its ack file as the pubacks arrive (flushed per batch) and, after a
  * reconnect, publishes again from its oldest unacknowledged number.
+ * tools/soak runs the same check as a standalone tool for longer runs.
  *
  * Every other round the restarted broker is killed once more within its
  * first 60 ms (while it opens and loads the store).
@@ -22,6 +24,8 @@
  */
 #include "harness.h"
 
+#include "tools/soak/soak.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +33,7 @@
 #define PRODUCERS 2
 #define WINDOW 64
 #define ROUNDS 6
-#define MAX_SEQ 2000000
+#define MAX_SEQ 2000000 /* within SOAK_MAX_SEQ */
 
 static const char config[] = "broker:\n"
                              "  data_dir: '{data}'\n"
@@ -51,110 +55,6 @@ static const char config[] = "broker:\n"
 /* Producer k's messages: "f" all fsync, "b" all batched, "fb" alternating
  * by sequence number (odd fsync, even batched). */
 static const char *const modes[PRODUCERS] = {"fb", "b"};
-
-static char seq_class(const char *mode, unsigned long long seq)
-{
-    if (strcmp(mode, "fb") == 0)
-        return seq % 2 == 1 ? 'f' : 'b';
-    return mode[0];
-}
-
-/* ---- producer mode: itest_crash producer ID PORT ACKFILE MODE STOPFILE ---- */
-
-static int file_exists(const char *path)
-{
-    uv_fs_t req;
-    int rc = uv_fs_stat(NULL, &req, path, NULL);
-    uv_fs_req_cleanup(&req);
-    return rc == 0;
-}
-
-static int producer_main(int argc, char **argv)
-{
-    int id, port;
-    const char *ackpath, *mode, *stop;
-    char endpoint[64], line[256];
-    unsigned long long next = 1, unacked = 1;
-    uint64_t stop_deadline = 0;
-    sb_client *c = NULL;
-    sb_client_options o;
-    sb_error err;
-    FILE *acks;
-
-    if (argc != 7) {
-        fprintf(stderr, "usage: %s producer ID PORT ACKFILE MODE STOPFILE\n", argv[0]);
-        return 2;
-    }
-    id = atoi(argv[2]);
-    port = atoi(argv[3]);
-    ackpath = argv[4];
-    mode = argv[5];
-    stop = argv[6];
-    acks = fopen(ackpath, "ab");
-    if (acks == NULL) {
-        fprintf(stderr, "producer %d: cannot open %s\n", id, ackpath);
-        return 2;
-    }
-    snprintf(endpoint, sizeof(endpoint), "tcp:127.0.0.1:%d", port);
-    sb_client_options_init(&o);
-    o.connect_timeout_ms = 2000;
-    for (;;) {
-        json_t *r;
-        int rc;
-        if (stop_deadline == 0 && file_exists(stop))
-            stop_deadline = uv_hrtime() / 1000000u + 10000;
-        if (stop_deadline != 0 &&
-            (unacked == next || c == NULL || uv_hrtime() / 1000000u > stop_deadline))
-            break;
-        if (c == NULL) {
-            if (sb_client_connect(&c, endpoint, &o, &err) != 0) {
-                c = NULL;
-                uv_sleep(5); /* the broker is restarting: poll again */
-                continue;
-            }
-            next = unacked; /* go back: publish the unacknowledged again */
-        }
-        while (stop_deadline == 0 && next - unacked < WINDOW) {
-            int n = snprintf(line, sizeof(line),
-                             "{\"op\":\"pub\",\"id\":%llu,\"topic\":\"crash/p%d/%c\","
-                             "\"payload\":\"p%d:%llu\"}",
-                             next, id, seq_class(mode, next), id, next);
-            if (next >= MAX_SEQ || sb_client_write_line(c, line, (size_t)n, &err) != 0)
-                goto broken;
-            next++;
-        }
-        if (unacked == next)
-            continue;
-        rc = sb_client_read_json(c, &r, 15000, &err);
-        while (rc == 0) {
-            const char *op = json_string_value(json_object_get(r, "op"));
-            json_t *rid = json_object_get(r, "id");
-            if (op == NULL || strcmp(op, "puback") != 0 || !json_is_integer(rid) ||
-                (unsigned long long)json_integer_value(rid) != unacked) {
-                fprintf(stderr, "producer %d: unexpected reply for %llu: %s\n", id, unacked,
-                        sb_client_last_line(c, NULL));
-                json_decref(r);
-                rc = SB_EPROTO;
-                break;
-            }
-            fprintf(acks, "%llu\n", unacked);
-            unacked++;
-            json_decref(r);
-            rc = sb_client_has_line(c) ? sb_client_read_json(c, &r, 0, &err) : 1;
-        }
-        fflush(acks); /* one batch of acknowledgements on disk */
-        if (rc <= 0)
-            goto broken;
-        continue;
-    broken:
-        sb_client_free(c);
-        c = NULL;
-    }
-    sb_client_free(c);
-    fclose(acks);
-    printf("producer %d: sent up to %llu, acknowledged up to %llu\n", id, next - 1, unacked - 1);
-    return 0;
-}
 
 /* ---- the test ---- */
 
@@ -229,7 +129,7 @@ static void drain_and_check(sbt_broker *b, sbt_conn *stats, const char *sub, cha
         if (sscanf(sbt_str(m, "payload"), "p%d:%llu", &k, &seq) != 2 || k < 0 || k >= PRODUCERS ||
             seq < 1 || seq > MAX_SEQ)
             fail_msg("%s: unexpected payload %s", sub, sbt_str(m, "payload"));
-        if (seq_class(modes[k], seq) != cls)
+        if (soak_class(modes[k], seq) != cls)
             fail_msg("%s: p%d:%llu belongs to the other subscription", sub, k, seq);
         if (!seen[k][seq]) {
             if (seq <= last_first[k])
@@ -249,7 +149,7 @@ static void drain_and_check(sbt_broker *b, sbt_conn *stats, const char *sub, cha
     assert_int_equal(sb_client_flush(c->c, &err), 0);
     for (int k = 0; k < PRODUCERS; k++) {
         for (unsigned long long seq = 1; seq <= producers[k].max_acked; seq++)
-            if (producers[k].acked[seq] && seq_class(modes[k], seq) == cls && !seen[k][seq]) {
+            if (producers[k].acked[seq] && soak_class(modes[k], seq) == cls && !seen[k][seq]) {
                 if (missing < 10)
                     fprintf(stderr, "%s: acknowledged p%d:%llu was never delivered\n", sub, k, seq);
                 missing++;
@@ -266,7 +166,7 @@ static void drain_and_check(sbt_broker *b, sbt_conn *stats, const char *sub, cha
 static void test_kill_and_restart(void **state)
 {
     sbt_broker *b = *state;
-    char exe[SBT_PATH_MAX], stop[SBT_PATH_MAX], port[16], id[8];
+    char exe[SBT_PATH_MAX], stop[SBT_PATH_MAX], endpoint[64], id[8];
     size_t exelen = sizeof(exe);
     const char *seed_env = getenv("SBT_SEED");
     uint64_t seed = seed_env != NULL ? strtoull(seed_env, NULL, 10) : uv_hrtime();
@@ -281,14 +181,15 @@ static void test_kill_and_restart(void **state)
     sbt_broker_config(b, config);
     sbt_broker_start(b);
     sbt_path(stop, sizeof(stop), b->dir, "stop");
-    snprintf(port, sizeof(port), "%d", b->port[0]);
+    snprintf(endpoint, sizeof(endpoint), "tcp:127.0.0.1:%d", b->port[0]);
 
     memset(producers, 0, sizeof(producers));
     for (int k = 0; k < PRODUCERS; k++) {
         producer *p = &producers[k];
         char name[32];
-        char *argv[] = {exe, "producer", id, port, p->ackpath, (char *)modes[k], stop, NULL};
-        snprintf(id, sizeof(id), "%d", k);
+        char *argv[] = {exe,        "producer", id,  endpoint, "crash", (char *)modes[k],
+                        p->ackpath, stop,       NULL};
+        snprintf(id, sizeof(id), "p%d", k);
         snprintf(name, sizeof(name), "acks-%d.txt", k);
         sbt_path(p->ackpath, sizeof(p->ackpath), b->dir, name);
         snprintf(name, sizeof(name), "producer-%d.log", k);
@@ -369,7 +270,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_kill_and_restart, sbt_setup, teardown),
     };
     if (argc >= 2 && strcmp(argv[1], "producer") == 0)
-        return producer_main(argc, argv);
+        return soak_jsonl_producer(argc - 1, argv + 1);
     sbt_apply_filter();
     return cmocka_run_group_tests_name("crash", tests, NULL, NULL);
 }

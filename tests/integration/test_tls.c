@@ -7,8 +7,9 @@
  * listeners in both directions (bulk data and backpressure included),
  * client adapters the server refuses (no certificate, wrong name, expired
  * certificate) or that do not verify, unusable certificate/key/CA files
- * refused at startup with the file and OpenSSL's reason, and non-TLS or
- * silent clients dropped while the broker keeps serving.
+ * refused at startup with the file and OpenSSL's reason, renewed files
+ * picked up by a reload (bad ones keeping the certificate in use), and
+ * non-TLS or silent clients dropped while the broker keeps serving.
  *
  * The s_client tests need the openssl program ($SB_OPENSSL, set by CMake on
  * Linux builds): without it they are skipped (Windows under Wine); the
@@ -608,6 +609,137 @@ static void test_bad_files(void **state)
     b->passed = 1;
 }
 
+#ifndef _WIN32
+/* The first certificate in PEM text (a malloc'ed copy), or NULL. */
+static char *first_cert(const char *text)
+{
+    static const char end[] = "-----END CERTIFICATE-----";
+    const char *a = text != NULL ? strstr(text, "-----BEGIN CERTIFICATE-----") : NULL;
+    const char *z = a != NULL ? strstr(a, end) : NULL;
+    char *out;
+    if (z == NULL)
+        return NULL;
+    z += sizeof(end) - 1;
+    out = malloc((size_t)(z - a) + 1);
+    assert_non_null(out);
+    memcpy(out, a, (size_t)(z - a));
+    out[z - a] = '\0';
+    return out;
+}
+
+/* Asserts that the listener on port serves the first certificate of the
+ * PEM file `want` (as `openssl s_client` prints what it got). */
+static void expect_served(sbt_broker *b, int port, const char *want)
+{
+    char connect[32], *out = NULL, *err = NULL, *file, *got, *expected;
+    char *argv[] = {"/bin/sh",
+                    "-c",
+                    "exec \"$@\" </dev/null",
+                    "sh",
+                    (char *)openssl_cli(),
+                    "s_client",
+                    "-connect",
+                    connect,
+                    NULL};
+    snprintf(connect, sizeof(connect), "127.0.0.1:%d", port);
+    sbt_run(argv, b->dir, 20000, &out, &err);
+    file = sbt_read_file(want, NULL);
+    assert_non_null(file);
+    got = first_cert(out);
+    expected = first_cert(file);
+    assert_non_null(expected);
+    if (got == NULL || strcmp(got, expected) != 0)
+        fail_msg("127.0.0.1:%d does not serve %s; s_client said:\n%s\n%s", port, want, out, err);
+    free(got);
+    free(expected);
+    free(file);
+    free(out);
+    free(err);
+}
+
+/* Copies tests/data/tls/<name> to path. */
+static void copy_tls_file(const char *name, const char *path)
+{
+    char src[SBT_PATH_MAX], *text;
+    size_t len;
+    sbt_path(src, sizeof(src), tls_dir(), name);
+    text = sbt_read_file(src, &len);
+    assert_non_null(text);
+    sbt_write_file(path, text, len);
+    free(text);
+}
+
+static void reload(sbt_broker *b, const char *outcome)
+{
+    sbt_broker_mark_log(b);
+    sbt_broker_signal(b, SIGHUP);
+    sbt_broker_wait_log(b, outcome, 1, 10000);
+}
+#endif
+
+/* A reload (SIGHUP) with the same file names picks up a renewed
+ * certificate and key; files that do not load keep the certificate in
+ * use, with an error naming them. */
+static void test_reload_certificates(void **state)
+{
+#ifdef _WIN32
+    (void)state;
+    skip(); /* no SIGHUP, no s_client */
+#else
+    sbt_broker *b = *state;
+    char cert[SBT_PATH_MAX], key[SBT_PATH_MAX], want[SBT_PATH_MAX], tmpl[2048],
+        line[3 * SBT_PATH_MAX];
+    if (openssl_cli() == NULL)
+        skip();
+    sbt_broker_init(b, "tls-reload", 2);
+    sbt_broker_set(b, 0, tls_dir());
+    sbt_path(cert, sizeof(cert), b->dir, "cert.pem");
+    sbt_path(key, sizeof(key), b->dir, "key.pem");
+    copy_tls_file("server.pem", cert);
+    copy_tls_file("server.key", key);
+    snprintf(tmpl, sizeof(tmpl),
+             "%s  - name: renewed\n"
+             "    type: tcp\n"
+             "    listen: 127.0.0.1:{port1}\n"
+             "    tls: { cert: '{dir}/cert.pem', key: '{dir}/key.pem' }\n",
+             header);
+    sbt_broker_config(b, tmpl);
+    sbt_broker_start(b);
+    expect_served(b, b->port[1], cert);
+
+    /* Renewed in place (another certificate, another key). */
+    copy_tls_file("alice.pem", cert);
+    copy_tls_file("alice.key", key);
+    reload(b, "[renewed] reload: new TLS certificate (CN=alice, valid until ");
+    expect_served(b, b->port[1], cert);
+    sbt_path(want, sizeof(want), tls_dir(), "alice.pem");
+    expect_served(b, b->port[1], want);
+
+    /* A key that does not match: the last good certificate stays. */
+    copy_tls_file("server.pem", cert);
+    snprintf(line, sizeof(line),
+             "[renewed] reload: adapter renewed: tls.key %s does not match tls.cert %s; keeping "
+             "the TLS certificate in use",
+             key, cert);
+    reload(b, line);
+    expect_served(b, b->port[1], want);
+    /* Unreadable: the same. */
+    sbt_write_file(key, "not a key\n", 10);
+    copy_tls_file("server.key", cert);
+    reload(b, "keeping the TLS certificate in use");
+    expect_served(b, b->port[1], want);
+
+    /* Fixed: served again. */
+    copy_tls_file("server.pem", cert);
+    copy_tls_file("server.key", key);
+    reload(b, "[renewed] reload: new TLS certificate (CN=localhost, ");
+    sbt_path(want, sizeof(want), tls_dir(), "server.pem");
+    expect_served(b, b->port[1], want);
+    sbt_broker_stop(b);
+    b->passed = 1;
+#endif
+}
+
 /* A client that is not speaking TLS is dropped with a log line, one that
  * says nothing is dropped after the handshake timeout, and the broker keeps
  * serving TLS meanwhile. */
@@ -675,6 +807,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_client_adapters, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_refused_clients, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_bad_files, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_reload_certificates, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_garbage_clients, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();

@@ -13,6 +13,14 @@
  * makes a client of another program's pipe, reconnecting with exponential
  * backoff (reconnect_backoff .. reconnect_max_backoff).
  *
+ * A raw producer's WriteFile completes once its data is in the pipe's
+ * buffer; what the buffer holds and what the broker read ahead is lost if
+ * the broker dies. So raw pipes get small buffers (pipe_buffer, default
+ * 4 KiB; jsonl and MQTT, which acknowledge after the commit, 64 KiB) and
+ * the I/O thread reads at most read_ahead messages ahead (message mode) or
+ * one 64 KiB read (byte mode); `reply` answers each message once committed
+ * (adapters/protocol/raw.c).
+ *
  * An MQTT pipe is a source only (pipe_caps_of): its clients subscribe for
  * themselves, so it cannot be a route's destination.
  *
@@ -39,6 +47,9 @@
 /* How long stop() waits for the thread to close every pipe handle, so that
  * the name is free when it returns (a reload restarts the adapter at once). */
 #define STOP_WAIT_MS 5000
+/* The pipe's buffer (pipe_buffer not set): raw, and jsonl / MQTT. */
+#define RAW_PIPE_BUFFER 4096
+#define STREAM_PIPE_BUFFER 65536
 
 enum { LINK_UNKNOWN = 0, LINK_UP, LINK_DOWN, LINK_LOST };
 
@@ -67,8 +78,9 @@ static void t_read(sb_conn *c, int on)
         }
         return;
     }
-    if (!inst->read_started) {
+    if (!inst->read_started || inst->read_owed) {
         inst->read_started = 1;
+        inst->read_owed = 0;
         post_read(inst);
     }
 }
@@ -91,14 +103,21 @@ static void t_close(sb_conn *c)
 static const sb_conn_transport pipe_transport = {t_read, t_write, t_close};
 
 /* Gives a batch to the protocol, then lets the thread send the next one
- * (nothing may be sent to the thread for a connection being closed). */
+ * (nothing may be sent to the thread for a connection being closed). A
+ * protocol that paused gets the next batch, or the end of input, only when
+ * it reads again: the end must not close the connection while the
+ * protocol still holds frames of this batch it has not published. */
 static void give_input(pipe_inst *inst, char *data, size_t len)
 {
     sb_conn *c = inst->conn;
     sb_conn_input(c, data, len);
     sb_free(data);
-    if (!c->closing)
+    if (c->closing)
+        return;
+    if (inst->want_read)
         post_read(inst);
+    else
+        inst->read_owed = 1;
 }
 
 static void on_stash(void *arg)
@@ -346,6 +365,19 @@ static int pipe_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error 
                   sb_raw_framing_parse(cfg->framing, 0) == SB_FRAMING_MESSAGE;
     pa->max_message = cfg->max_message > 0 ? (size_t)cfg->max_message : 1048576;
     pa->max_connections = cfg->max_connections > 0 ? cfg->max_connections : 64;
+    /* A raw producer's writes complete once in the pipe's buffer and what
+     * the broker read ahead: both are lost if the broker dies, so raw
+     * gets small ones (README: what a raw producer can rely on). jsonl and
+     * MQTT acknowledge after the commit and keep the larger ones. */
+    if (pa->proto == &sb_protocol_raw) {
+        pa->buffer = cfg->pipe_buffer > 0 ? (DWORD)cfg->pipe_buffer : RAW_PIPE_BUFFER;
+        pa->ahead_bytes = PIPE_READ_CHUNK;
+        pa->ahead_messages = pa->message ? (cfg->read_ahead > 0 ? cfg->read_ahead : 64) : 0;
+    } else {
+        pa->buffer = cfg->pipe_buffer > 0 ? (DWORD)cfg->pipe_buffer : STREAM_PIPE_BUFFER;
+        pa->ahead_bytes = PIPE_READ_AHEAD;
+        pa->ahead_messages = 0;
+    }
     rc = sb_pipe__full_name(pa->is_server ? cfg->path : cfg->connect, pa->is_server, &pa->display,
                             &pa->wname, err);
     if (rc != 0) {

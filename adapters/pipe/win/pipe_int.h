@@ -43,6 +43,13 @@
 
 #include <windows.h>
 
+/* Read size; a message-mode buffer grows beyond it for a larger message. */
+#define PIPE_READ_CHUNK 65536
+/* jsonl and MQTT: the I/O thread stops reading while this much input waits
+ * for the loop (on top of the batch the loop is handling). Raw stops at one
+ * read (PIPE_READ_CHUNK) or, in message mode, at read_ahead messages. */
+#define PIPE_READ_AHEAD (256 * 1024)
+
 typedef struct pipe_adapter pipe_adapter;
 typedef struct pipe_inst pipe_inst;
 
@@ -81,6 +88,7 @@ struct pipe_inst {
     size_t rcap, rlen; /* its capacity and the bytes read */
     char *ibuf;        /* input read, waiting for the loop to take it */
     size_t ilen, icap;
+    int imsgs;              /* message mode: the messages in ibuf */
     char *wbuf;             /* the write in progress (frames in message mode) */
     size_t wlen, woff;      /* woff: next byte to write */
     size_t wcur;            /* message mode: size of the pipe message in flight */
@@ -98,6 +106,7 @@ struct pipe_inst {
     sb_conn *conn;
     int want_read;    /* the connection reads */
     int read_started; /* the first read command was sent */
+    int read_owed;    /* a batch was taken while paused: ask for the next on resume */
     char *stash;      /* input that arrived while reading was paused */
     size_t stash_len;
     int stash_posted; /* a stash delivery is queued on the inbox */
@@ -112,6 +121,9 @@ struct pipe_adapter {
     wchar_t *wname; /* the full pipe path */
     size_t max_message;
     int max_connections;
+    DWORD buffer;       /* the pipe's buffer, each direction (pipe_buffer) */
+    size_t ahead_bytes; /* the I/O thread reads no further while this much */
+    int ahead_messages; /* or (message mode) this many messages wait for the loop */
     /* shared, set before the thread starts */
     HANDLE port;
     HANDLE mutex; /* the squatting guard (server) */

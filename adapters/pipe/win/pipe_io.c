@@ -14,7 +14,8 @@
  * Reading: the thread reads ahead and hands the loop what it read in
  * batches (one report per batch, not per message: each report is a wake-up
  * of the loop); the next batch goes once the loop has taken the last one
- * (its read command). While READ_AHEAD bytes wait, reading stops: a
+ * (its read command). While pa->ahead_bytes bytes (or, in message mode
+ * with raw, pa->ahead_messages messages) wait, reading stops: a
  * connection the protocol paused holds back its writer. The end of input is
  * reported after the last data. In message mode each message is appended
  * as a length-prefixed frame; a message larger than the buffer completes
@@ -35,12 +36,7 @@
 
 /* Instances waiting for a client at once (more clients wait in WaitNamedPipe). */
 #define LISTEN_BACKLOG 4
-/* Read size; a message-mode buffer grows beyond it for a larger message. */
-#define READ_CHUNK 65536
-/* Reading stops while this much input waits for the loop (on top of the
- * batch the loop is handling), so a paused connection holds back its
- * writer. */
-#define READ_AHEAD (256 * 1024)
+#define READ_CHUNK PIPE_READ_CHUNK
 /* After CreateNamedPipeW failed, try again this often. */
 #define RETRY_MS 1000
 /* Client: how long a connect waits for a busy server's free instance. */
@@ -303,6 +299,7 @@ static void flush_input(pipe_inst *inst)
         inst->in_len = inst->ilen;
         inst->ibuf = NULL;
         inst->ilen = inst->icap = 0;
+        inst->imsgs = 0;
         inst->in_flight = 1;
         sb_pipe__post(inst->pa, sb_pipe__on_input, inst);
     } else if (inst->end_pending && !inst->ended) {
@@ -369,9 +366,11 @@ static void start_read(pipe_inst *inst)
  * message in progress is always read to its end). */
 static void read_on(pipe_inst *inst)
 {
+    const pipe_adapter *pa = inst->pa;
+    int full = inst->ilen >= pa->ahead_bytes ||
+               (pa->ahead_messages > 0 && inst->imsgs >= pa->ahead_messages);
     if (!inst->started || inst->end_pending || inst->close_asked || inst->cancelled ||
-        inst->h == INVALID_HANDLE_VALUE || inst->op_read.pending ||
-        (inst->ilen >= READ_AHEAD && inst->rlen == 0))
+        inst->h == INVALID_HANDLE_VALUE || inst->op_read.pending || (full && inst->rlen == 0))
         return;
     start_read(inst);
 }
@@ -441,6 +440,7 @@ static int append_input(pipe_inst *inst)
     }
     memcpy(inst->ibuf + inst->ilen + hdr, inst->rbuf, inst->rlen);
     inst->ilen = need;
+    inst->imsgs++;
     inst->rlen = 0;
     if (inst->rcap > READ_CHUNK) {
         /* Do not keep a large message's buffer for every small one after it. */

@@ -238,6 +238,6 @@ HANDLE sb_pipe__create_instance(const pipe_adapter *pa, int first)
         open |= FILE_FLAG_FIRST_PIPE_INSTANCE;
     mode |= pa->message ? PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE
                         : PIPE_TYPE_BYTE | PIPE_READMODE_BYTE;
-    return CreateNamedPipeW(pa->wname, open, mode, max, 65536, 65536, 0,
+    return CreateNamedPipeW(pa->wname, open, mode, max, pa->buffer, pa->buffer, 0,
                             (SECURITY_ATTRIBUTES *)&pa->sa);
 }

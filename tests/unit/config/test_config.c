@@ -409,7 +409,7 @@ static void test_error_unknown_keys(void **state)
                   "    cmd: [x]\n",
                   "t.yaml:5:5: adapters[0].cmd: unknown key (known: name, type, protocol, "
                   "framing, topic, max_message, command, restart, restart_backoff, "
-                  "restart_max_backoff, inflight)\n");
+                  "restart_max_backoff, inflight, read_ahead)\n");
     /* Odd keys are quoted safely; non-string keys are refused. */
     expect_errors("? [a]\n: 1\n\"a\\tb\": 2\n",
                   "t.yaml:1:3: keys must be strings, got a list\n"
@@ -771,6 +771,73 @@ static void test_mqtt_tls_anonymous(void **state)
     assert_true(sb_adapter_config_anonymous(a));
     assert_true(sb_adapter_config_anonymous(sb_config_adapter(cfg, "u")));
     sb_config_free(cfg);
+}
+
+/* The raw protocol's read_ahead and acknowledged mode, and the pipe buffer. */
+static void test_raw_keys(void **state)
+{
+    sb_config *cfg;
+    const sb_adapter_config *a;
+    (void)state;
+    cfg = parse_ok("adapters:\n"
+                   "  - { name: a, type: tcp, listen: \"127.0.0.1:1\" }\n"
+                   "  - { name: b, type: tcp, listen: \"127.0.0.1:2\", read_ahead: 1, reply: OK,\n"
+                   "      reply_error: \"ERR\\r\" }\n"
+                   "  - { name: c, type: pipe, path: p, framing: message, pipe_buffer: 1KiB,\n"
+                   "      reply: \"two\\nlines\" }\n"
+                   "  - { name: d, type: pipe, path: q, protocol: jsonl }\n"
+                   "  - { name: e, type: exec, command: [x], read_ahead: 65536 }\n");
+    a = sb_config_adapter(cfg, "a");
+    assert_int_equal(a->read_ahead, 64);
+    assert_null(a->reply);
+    assert_null(a->reply_error);
+    a = sb_config_adapter(cfg, "b");
+    assert_int_equal(a->read_ahead, 1);
+    assert_string_equal(a->reply, "OK");
+    assert_string_equal(a->reply_error, "ERR\r");
+    a = sb_config_adapter(cfg, "c");
+    assert_int_equal(a->pipe_buffer, 1024);
+    assert_string_equal(a->reply, "two\nlines");
+    assert_int_equal(sb_config_adapter(cfg, "d")->pipe_buffer, 0); /* by protocol */
+    assert_int_equal(sb_config_adapter(cfg, "e")->read_ahead, 65536);
+    sb_config_free(cfg);
+
+    expect_errors("adapters:\n"
+                  "  - { name: a, type: tcp, listen: \"127.0.0.1:1\", read_ahead: 0 }\n"
+                  "  - { name: b, type: tcp, listen: \"127.0.0.1:2\", read_ahead: 65537 }\n"
+                  "  - { name: c, type: pipe, path: p, pipe_buffer: 100 }\n"
+                  "  - { name: d, type: pipe, path: q, pipe_buffer: 32MiB }\n"
+                  "  - { name: e, type: tcp, listen: \"127.0.0.1:3\", pipe_buffer: 4KiB }\n"
+                  "  - { name: f, type: udp, listen: \"127.0.0.1:4\", read_ahead: 4 }\n"
+                  "  - { name: g, type: exec, command: [x], reply: OK }\n"
+                  "  - { name: h, type: pipe, connect: p, pipe_buffer: 4KiB }\n",
+                  "t.yaml:2:62: adapters[0].read_ahead: must be between 1 and 65536\n"
+                  "t.yaml:3:62: adapters[1].read_ahead: must be between 1 and 65536\n"
+                  "t.yaml:4:50: adapters[2].pipe_buffer: must be between 512 and 16777216\n"
+                  "t.yaml:5:50: adapters[3].pipe_buffer: must be between 512 and 16777216\n"
+                  "t.yaml:6:50: adapters[4].pipe_buffer: not allowed for type tcp\n"
+                  "t.yaml:7:50: adapters[5].read_ahead: not allowed for type udp\n"
+                  "t.yaml:8:42: adapters[6].reply: not allowed for type exec\n"
+                  "t.yaml:9:40: adapters[7].pipe_buffer: only for servers (path), not with "
+                  "connect\n");
+    expect_errors("adapters:\n"
+                  "  - { name: a, type: unix, path: x, protocol: jsonl, read_ahead: 4 }\n"
+                  "  - { name: b, type: tcp, listen: \"127.0.0.1:1\", protocol: mqtt, reply: OK }\n"
+                  "  - { name: c, type: tcp, listen: \"127.0.0.1:2\", reply_error: ERR }\n"
+                  "  - { name: d, type: tcp, listen: \"127.0.0.1:3\", reply: \"O\\nK\" }\n"
+                  "  - { name: e, type: pipe, path: p, reply: OK, reply_error: \"E\\n\" }\n"
+                  "routes:\n"
+                  "  - { name: r, from: x, to: e }\n",
+                  "t.yaml:2:54: adapters[0].read_ahead: only for protocol raw\n"
+                  "t.yaml:3:66: adapters[1].reply: only for protocol raw\n"
+                  "t.yaml:4:50: adapters[2].reply_error: needs reply (the answer to a committed "
+                  "frame)\n"
+                  "t.yaml:5:57: adapters[3].reply: must not contain a newline with line framing "
+                  "(a reply is one line)\n"
+                  "t.yaml:6:61: adapters[4].reply_error: must not contain a newline with line "
+                  "framing (a reply is one line)\n"
+                  "t.yaml:8:29: routes[0].to: adapter \"e\" answers its producers (reply): it "
+                  "cannot also be a destination\n");
 }
 
 static void test_mailslot(void **state)
@@ -1216,6 +1283,8 @@ static void test_example_full(void **state)
     assert_non_null(cfg->broker.log_file);
     assert_true(cfg->broker.max_db_bytes > 0);
     assert_non_null(sb_config_route(cfg, "orders-to-archive")->dedup_header);
+    assert_non_null(sb_config_adapter(cfg, "orders-in")->reply);
+    assert_true(sb_config_adapter(cfg, "orders-in")->pipe_buffer > 0);
     sb_config_free(cfg);
 }
 
@@ -1508,6 +1577,7 @@ int main(void)
         cmocka_unit_test(test_copy_equal),
         cmocka_unit_test(test_copy_oom),
         cmocka_unit_test(test_oom),
+        cmocka_unit_test(test_raw_keys),
         cmocka_unit_test(test_example_quickstart),
         cmocka_unit_test(test_example_full),
         cmocka_unit_test(test_sddl_syntax),
