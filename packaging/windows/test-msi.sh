@@ -24,15 +24,8 @@ mkdir -p "$work"
 # Program Files, which the other tests must not see.
 src_prefix=$("$top/packaging/windows/wine-prefix.sh" "$build/wineprefix")
 cp -a "$src_prefix" "$work/prefix"
-export WINEPREFIX="$work/prefix"
-export WINEDEBUG=-all
-export WINEDLLOVERRIDES="mscoree,mshtml=;winedbg.exe=d"
-unset DISPLAY WAYLAND_DISPLAY
-if command -v wineserver >/dev/null 2>&1; then wineserver=wineserver; else wineserver=/usr/lib/wine/wineserver; fi
-if command -v wine >/dev/null 2>&1; then wine=wine; else wine=/usr/lib/wine/wine64; fi
-"$wineserver" -p
-trap '"$wineserver" -k 2>/dev/null || true' EXIT INT TERM
-"$wine" cmd /c exit </dev/null >/dev/null 2>&1 || true
+wine_prefix="$work/prefix"
+. "$top/packaging/windows/wine-session.sh"
 
 progdir="$WINEPREFIX/drive_c/Program Files/Switchboard"
 datadir="$WINEPREFIX/drive_c/ProgramData/Switchboard"

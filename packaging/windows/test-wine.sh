@@ -15,19 +15,8 @@ echo "== mingw: build"
 cmake --preset mingw >/dev/null
 cmake --build --preset mingw
 
-WINEPREFIX=$("$top/packaging/windows/wine-prefix.sh" "$top/build/mingw/wineprefix")
-export WINEPREFIX
-export WINEDEBUG=-all
-export WINEDLLOVERRIDES="mscoree,mshtml=;winedbg.exe=d"
-unset DISPLAY WAYLAND_DISPLAY
-if command -v wineserver >/dev/null 2>&1; then wineserver=wineserver; else wineserver=/usr/lib/wine/wineserver; fi
-if command -v wine >/dev/null 2>&1; then wine=wine; else wine=/usr/lib/wine/wine64; fi
-
-# One persistent Wine session for the whole run; its background services get
-# their own output (see wine-prefix.sh), and it ends however the tests end.
-"$wineserver" -p
-trap '"$wineserver" -k 2>/dev/null || true' EXIT INT TERM
-"$wine" cmd /c exit </dev/null >/dev/null 2>&1 || true
+wine_prefix=$("$top/packaging/windows/wine-prefix.sh" "$top/build/mingw/wineprefix")
+. "$top/packaging/windows/wine-session.sh"
 
 echo "== mingw: tests under Wine"
 # SB_TEST_REPEAT (test-all.sh --repeat N): each test up to N times.

@@ -14,6 +14,7 @@
 #include "adapters/pipe/win/pipe_int.h"
 #include "service/alloc.h"
 #include "service/log.h"
+#include "service/platform/win/security.h"
 #include "service/platform/win/utf.h"
 
 #include <stdio.h>
@@ -82,31 +83,6 @@ int sb_pipe__full_name(const char *name, int is_server, char **out_utf8, wchar_t
     return 0;
 }
 
-/* The SID of the account this process runs as, as an SDDL string
- * (LocalFree), or NULL. */
-static wchar_t *own_sid(DWORD *out_err)
-{
-    HANDLE token;
-    union {
-        TOKEN_USER user;
-        char buf[512];
-    } info;
-    DWORD n;
-    wchar_t *s = NULL;
-    *out_err = 0;
-    if (!OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &token)) {
-        *out_err = GetLastError();
-        return NULL;
-    }
-    if (!GetTokenInformation(token, TokenUser, &info, sizeof(info), &n) ||
-        !ConvertSidToStringSidW(info.user.User.Sid, &s)) {
-        *out_err = GetLastError();
-        s = NULL;
-    }
-    CloseHandle(token);
-    return s;
-}
-
 int sb_pipe__security(PSECURITY_DESCRIPTOR *out, const char *adapter, const char *sddl,
                       sb_error *err)
 {
@@ -123,7 +99,7 @@ int sb_pipe__security(PSECURITY_DESCRIPTOR *out, const char *adapter, const char
                                 "adapter %s: security: the SDDL is not valid UTF-8", adapter);
     } else {
         size_t n;
-        sid = own_sid(&code);
+        sid = sb_win_own_sid(&code);
         if (sid == NULL) {
             sb_win_strerror(code, text, sizeof(text));
             return sb_error_set(err, sb_error_from_win32(code), (int)code,
