@@ -8,7 +8,7 @@
 #include "service/adapter.h"
 #include "service/broker.h"
 #include "service/map.h"
-#include "service/queue.h"
+#include "service/queue_int.h"
 #include "storage/store.h"
 
 /* A publish waiting for its commit; completed strictly in publish order. */

@@ -6,8 +6,8 @@
  * portable client (client.c) only sees this struct of function pointers.
  * Timeouts are in milliseconds; -1 waits forever, 0 does not wait.
  */
-#ifndef SB_CLIENT_TRANSPORT_H
-#define SB_CLIENT_TRANSPORT_H
+#ifndef SB_CLIENT_TRANSPORT_INT_H
+#define SB_CLIENT_TRANSPORT_INT_H
 
 #include "service/error.h"
 #include "tools/client/endpoint.h"
