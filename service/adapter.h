@@ -6,11 +6,13 @@
  * flags, registered once in the registry (service/registry.c), which rejects
  * duplicate names. The interface and the registry belong to the broker's
  * core; the types themselves live in adapters/ and are registered by the
- * program that links them (service/main.c registers adapters/builtin.h). An adapter instance is created from its config, started on
- * the loop thread, and may act as a source (it publishes with
- * sb_broker_publish) and/or a sink (routes deliver to it through the consumer
- * it attaches with sb_broker_attach). Adapters that need their own thread
- * talk to the loop only through the thread-safe calls in service/broker.h.
+ * program that links them (service/main.c registers adapters/builtin.h).
+ *
+ * An adapter instance is created from its config, started on the loop
+ * thread, and may act as a source (it publishes with sb_broker_publish)
+ * and/or a sink (routes deliver to it through the consumer it attaches with
+ * sb_broker_attach). Adapters that need their own thread talk to the loop
+ * only through the thread-safe calls in service/broker.h.
  */
 #ifndef SB_ADAPTER_H
 #define SB_ADAPTER_H

@@ -18,9 +18,8 @@ int sb_adapter_register(const sb_adapter_type *type, sb_error *err)
     if (sb_adapter_find(type->name) != NULL)
         return sb_error_set(err, SB_EEXIST, 0, "adapter type %s: registered twice", type->name);
     if (type_count == SB_ADAPTER_TYPES_MAX)
-        return sb_error_set(err, SB_EFULL, 0,
-                            "adapter type %s: the registry is full (%d types)", type->name,
-                            SB_ADAPTER_TYPES_MAX);
+        return sb_error_set(err, SB_EFULL, 0, "adapter type %s: the registry is full (%d types)",
+                            type->name, SB_ADAPTER_TYPES_MAX);
     types[type_count++] = type;
     return 0;
 }
