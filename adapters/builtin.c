@@ -1,21 +1,27 @@
-/* The adapter types built into this platform's broker. */
-#include "adapters/adapter.h"
+/* The built-in adapter table: one line per type, each defined in its folder. */
+#include "adapters/builtin.h"
 
-extern const sb_adapter_type sb_adapter_tcp;
-extern const sb_adapter_type sb_adapter_udp;
-extern const sb_adapter_type sb_adapter_exec;
+extern const sb_adapter_type sb_adapter_tcp;  /* socket/stream.c */
+extern const sb_adapter_type sb_adapter_udp;  /* socket/udp.c */
+extern const sb_adapter_type sb_adapter_exec; /* exec/exec.c */
+#ifdef _WIN32
+extern const sb_adapter_type sb_adapter_pipe_win; /* pipe/win/pipe.c */
+extern const sb_adapter_type sb_adapter_mailslot; /* mailslot/win/mailslot.c */
+#else
+extern const sb_adapter_type sb_adapter_unix;      /* socket/stream.c */
+extern const sb_adapter_type sb_adapter_pipe_unix; /* socket/stream.c: `pipe` is a Unix socket */
+#endif
 
-/* The platform's own types (adapters/<platform>/builtin.c). */
-void sb_adapters_register_platform(void);
-
-void sb_adapters_register_builtin(void)
-{
-    static int done;
-    if (done)
-        return;
-    done = 1;
-    sb_adapter_register(&sb_adapter_tcp);
-    sb_adapter_register(&sb_adapter_udp);
-    sb_adapter_register(&sb_adapter_exec);
-    sb_adapters_register_platform();
-}
+const sb_adapter_type *const sb_adapters_builtin[] = {
+    &sb_adapter_tcp,
+    &sb_adapter_udp,
+    &sb_adapter_exec,
+#ifdef _WIN32
+    &sb_adapter_pipe_win,
+    &sb_adapter_mailslot,
+#else
+    &sb_adapter_unix,
+    &sb_adapter_pipe_unix,
+#endif
+    NULL,
+};

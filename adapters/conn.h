@@ -13,7 +13,7 @@
 #ifndef SB_CONN_H
 #define SB_CONN_H
 
-#include "adapters/adapter.h"
+#include "service/adapter.h"
 #include "service/broker.h"
 
 #include <uv.h>

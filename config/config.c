@@ -4,7 +4,7 @@
  * the schema (walk.c, schema.c), and hand back either a complete config or
  * every error found. Also the error list and the lookups.
  */
-#include "config/internal.h"
+#include "config/config_int.h"
 #include "service/platform.h"
 #include "service/alloc.h"
 #include "service/error.h"

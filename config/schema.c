@@ -9,7 +9,7 @@
  * To add an adapter type, add it to adapter_types, adapter_kinds and the
  * `types` bits of the keys it accepts.
  */
-#include "config/internal.h"
+#include "config/config_int.h"
 #include "service/alloc.h"
 #include "service/error.h"
 #include "service/log.h"

@@ -16,7 +16,7 @@
  * on a given machine. On Windows the loader also converts the string for
  * real (sb_platform_sddl_check), which decides.
  */
-#include "config/internal.h"
+#include "config/config_int.h"
 #include "service/platform.h"
 
 #include <stdarg.h>

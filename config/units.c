@@ -4,7 +4,7 @@
  * "1MB") and booleans. All are strict: no spaces, signs only where a negative
  * value makes sense, no trailing garbage, overflow is an error.
  */
-#include "config/internal.h"
+#include "config/config_int.h"
 #include "service/error.h"
 
 #include <ctype.h>

@@ -9,7 +9,7 @@
  * problem. Only out-of-memory stops it (SB_ENOMEM bubbles up).
  * The same tables drive release, copy and equality of the structs.
  */
-#include "config/internal.h"
+#include "config/config_int.h"
 #include "service/alloc.h"
 #include "service/error.h"
 #include "service/topic.h"

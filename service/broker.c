@@ -63,7 +63,6 @@ int sb_broker_new(sb_broker **out, sb_config *cfg, sb_error *err)
     b->housekeeping.data = b;
     uv_timer_init(&b->loop, &b->expiry_timer);
     b->expiry_timer.data = b;
-    sb_adapters_register_builtin();
     *out = b;
     return 0;
 }

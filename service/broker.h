@@ -27,6 +27,10 @@ typedef struct sb_delivery sb_delivery;
 
 /* ---- lifecycle (main.c, the Windows service) ---- */
 
+/* The broker finds adapter types in the registry (service/adapter.h): the
+ * program registers the types it links before it checks a config or
+ * creates a broker (service/main.c registers adapters/builtin.h). */
+
 /* Checks what the schema cannot: routes' destinations must be able to send;
  * with this_platform also that every adapter type exists on this platform
  * and passes its own checks (what `run` needs; `check-config` leaves those
@@ -228,9 +232,5 @@ int sb_broker_dlq_list(sb_broker *b, const char *sub, int64_t after, int limit, 
                        void *ctx, sb_error *err);
 int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err);
 int sb_broker_dlq_purge(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err);
-
-/* Internal: a sink adapter can take deliveries again (adapters/registry.c). */
-struct sb_adapter;
-void sb_broker__adapter_ready(sb_broker *b, struct sb_adapter *a);
 
 #endif

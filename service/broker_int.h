@@ -5,10 +5,10 @@
 #ifndef SB_BROKER_INT_H
 #define SB_BROKER_INT_H
 
-#include "adapters/adapter.h"
+#include "service/adapter.h"
 #include "service/broker.h"
 #include "service/map.h"
-#include "service/queue.h"
+#include "service/queue_int.h"
 #include "storage/store.h"
 
 /* A publish waiting for its commit; completed strictly in publish order. */
@@ -114,6 +114,8 @@ void sb_broker__expiry_update(sb_broker *b, sb_queue *q);
 void sb_broker__expiry_remove(sb_broker *b, sb_queue *q);
 
 /* broker.c */
+/* A sink adapter can take deliveries again (sb_adapter_sink_ready). */
+void sb_broker__adapter_ready(sb_broker *b, sb_adapter *a);
 void sb_broker__free_op(sb_store_op *o, void *ctx);
 sb_queue *sb_broker__add_queue(sb_broker *b, uint32_t id, const char *name, const char *filter,
                                sb_error *err);

@@ -5,7 +5,7 @@
  *   switchboard service ...           the Windows service (install, start, ...)
  *   switchboard version
  */
-#include "adapters/adapter.h"
+#include "adapters/builtin.h"
 #include "config/config.h"
 #include "service/broker.h"
 #include "service/log.h"
@@ -44,7 +44,6 @@ static int cmd_check_config(int argc, char **argv)
         sb_config_errors_clear(&errs);
         return 1;
     }
-    sb_adapters_register_builtin();
     if (sb_broker_check_config(cfg, 0, &err) != 0) {
         fprintf(stderr, "%s\n%s: 1 error\n", err.msg, argv[0]);
         sb_config_free(cfg);
@@ -81,11 +80,19 @@ static int cmd_run(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    sb_error err;
     if (argc < 2) {
         usage(stderr);
         return 2;
     }
     sb_platform_init();
+    /* Once, before any command looks up a type: a failure is a defect of
+     * this build (two types of one name, a type built for another
+     * interface version), not of the config. */
+    if (sb_adapter_register_all(sb_adapters_builtin, &err) != 0) {
+        fprintf(stderr, "switchboard: cannot register the built-in adapter types: %s\n", err.msg);
+        return 1;
+    }
     if (strcmp(argv[1], "run") == 0)
         return cmd_run(argc - 2, argv + 2);
     if (strcmp(argv[1], "check-config") == 0)

@@ -1,5 +1,5 @@
-/* Subscription queues: delivery order, leases, retries, acks (see queue.h). */
-#include "service/queue.h"
+/* Subscription queues: delivery order, leases, retries, acks (see queue_int.h). */
+#include "service/queue_int.h"
 #include "service/alloc.h"
 #include "service/log.h"
 

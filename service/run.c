@@ -3,7 +3,7 @@
 #include "service/broker.h"
 #include "service/log.h"
 #include "service/platform.h"
-#include "service/service_cmd.h"
+#include "service/run_int.h"
 
 #include <signal.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
 /*
- * Schema migrations of the SQLite store (see schema.h).
+ * Schema migrations of the SQLite store (see schema_int.h).
  *
  * Version 1:
  * - entries: one row per (queue, message), a rowid table so that rowid order
@@ -13,7 +13,7 @@
  * - meta: high-water marks of message and queue ids, so ids are not reused
  *   after every row using them was deleted.
  */
-#include "storage/schema.h"
+#include "storage/schema_int.h"
 
 #include <stdio.h>
 

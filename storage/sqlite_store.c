@@ -31,7 +31,7 @@
 
 #include "service/alloc.h"
 #include "service/log.h"
-#include "storage/schema.h"
+#include "storage/schema_int.h"
 #include "storage/store_test.h"
 
 #define WHO "store"
@@ -1239,7 +1239,7 @@ void sb_store_get_stats(sb_store *s, sb_store_stats *out)
     uv_mutex_unlock(&s->mu);
 }
 
-void sb_store__test_alloc_fail_after(sb_store *s, long n)
+void sb_store_test_alloc_fail_after(sb_store *s, long n)
 {
     uv_mutex_lock(&s->mu);
     s->test_fail_after = n;

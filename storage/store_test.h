@@ -10,6 +10,6 @@
 /* Makes the store thread call sb_alloc_fail_after(n) before it executes its
  * next group, so allocation failures can be injected on that thread
  * (injection is thread-local). */
-void sb_store__test_alloc_fail_after(sb_store *s, long n);
+void sb_store_test_alloc_fail_after(sb_store *s, long n);
 
 #endif

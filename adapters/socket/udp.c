@@ -5,7 +5,7 @@
  * delivery guarantee). Datagrams cannot be slowed down: when a publish is
  * refused (queue full, disk full) the datagram is dropped and counted.
  */
-#include "adapters/adapter.h"
+#include "service/adapter.h"
 #include "adapters/protocol/raw.h"
 #include "adapters/socket/socket.h"
 #include "service/alloc.h"

@@ -1,6 +1,6 @@
 /*
  * The stop event of a foreground broker on Windows (see
- * sb_run__stop_watch_open in service_cmd.h): POSIX asks `switchboard run`
+ * sb_run__stop_watch_open in run_int.h): POSIX asks `switchboard run`
  * to stop with SIGTERM; Windows has no signal one process can send another,
  * so the broker creates Local\switchboard-stop-<pid> and a thread waits on
  * it. PostgreSQL emulates signals the same way (a pipe per process,
@@ -11,7 +11,7 @@
 #include "service/broker.h"
 #include "service/log.h"
 #include "service/platform/win/utf.h"
-#include "service/service_cmd.h"
+#include "service/run_int.h"
 
 #include <sddl.h>
 #include <stdio.h>

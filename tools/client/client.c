@@ -1,13 +1,13 @@
 /*
  * The portable part of the jsonl client: buffering, line framing, JSON and
- * request/reply matching. All OS access goes through transport.h.
+ * request/reply matching. All OS access goes through transport_int.h.
  */
 #include "tools/client/client.h"
 
 #include "service/alloc.h"
 #include "tools/client/endpoint.h"
 #include "tools/client/linebuf.h"
-#include "tools/client/transport.h"
+#include "tools/client/transport_int.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -8,7 +8,7 @@
  *   \\.\pipe\NAME       a Windows named pipe (also \\SERVER\pipe\NAME, pipe:NAME)
  *   PATH                anything else is a Unix socket path
  * Parsing is pure (no I/O), so it behaves the same on every platform; whether
- * a kind can be opened is the transport's business (transport.h).
+ * a kind can be opened is the transport's business (transport_int.h).
  */
 #ifndef SB_CLIENT_ENDPOINT_H
 #define SB_CLIENT_ENDPOINT_H

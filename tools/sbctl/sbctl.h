@@ -82,7 +82,7 @@ int64_t sbctl_json_int(const json_t *obj, const char *key, int64_t dflt);
 /* Monotonic time in nanoseconds. */
 unsigned long long sbctl_now_ns(void);
 
-/* Platform (platform_<os>.c). sbctl_platform_init may replace the command
+/* Platform (<os>/platform.c). sbctl_platform_init may replace the command
  * line (Windows: with a UTF-8 copy of the wide one). */
 void sbctl_platform_init(int *argc, char ***argv);
 int sbctl_isatty(int fd); /* 0 stdin, 1 stdout, 2 stderr */

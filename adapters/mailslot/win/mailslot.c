@@ -36,7 +36,7 @@
  * loop for that reason: a local write returns at once, but the loop must
  * never wait on a network name.
  */
-#include "adapters/adapter.h"
+#include "service/adapter.h"
 #include "adapters/protocol/raw.h"
 #include "service/alloc.h"
 #include "service/broker.h"

@@ -194,7 +194,7 @@ static const sb_adapter_type fake_type = {
 
 void fake_register(void)
 {
-    int rc = sb_adapter_register(&fake_type);
+    int rc = sb_adapter_register(&fake_type, NULL);
     assert_true(rc == 0 || rc == SB_EEXIST);
 }
 

@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "adapters/adapter.h"
+#include "service/adapter.h"
 #include "service/broker.h"
 
 typedef enum {

@@ -1384,11 +1384,11 @@ static void test_oom_store_thread(void **state)
         sb_message_unref(m);
     }
     for (long n = 0; n < 60 && !list_ok; n++) {
-        sb_store__test_alloc_fail_after(f->s, n);
+        sb_store_test_alloc_fail_after(f->s, n);
         memset(&list, 0, sizeof(list));
         list.type = SB_OP_DLQ_LIST;
         int rc = do_op(f, &list);
-        sb_store__test_alloc_fail_after(f->s, -1);
+        sb_store_test_alloc_fail_after(f->s, -1);
         if (rc == 0) {
             list_ok = 1;
             assert_int_equal(list.u.dlq_list.row_count, 3);
@@ -1403,9 +1403,9 @@ static void test_oom_store_thread(void **state)
         m = msg(10 + (uint64_t)n, "t", "x");
         assert_int_equal(sb_message_add_header(m, "k", "v"), 0);
         publish_op(&op, m, &q1, 1);
-        sb_store__test_alloc_fail_after(f->s, n);
+        sb_store_test_alloc_fail_after(f->s, n);
         int rc = do_op(f, &op);
-        sb_store__test_alloc_fail_after(f->s, -1);
+        sb_store_test_alloc_fail_after(f->s, -1);
         sb_message_unref(m);
         if (rc == 0)
             publish_ok = 1;

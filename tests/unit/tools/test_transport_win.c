@@ -1,5 +1,5 @@
 /*
- * sb_client's Windows transport (tools/client/transport_win.c) against
+ * sb_client's Windows transport (tools/client/win/transport.c) against
  * servers made in this process: named pipes (CreateNamedPipeW) and Winsock
  * TCP. Checks the timeouts and the one-line error messages, which match the
  * POSIX transport's: "cannot connect to ENDPOINT: <system text>",

@@ -22,6 +22,7 @@
 #include <jansson.h>
 #include <uv.h>
 
+#include "adapters/builtin.h"
 #include "config/config.h"
 #include "service/broker.h"
 #include "tests/integration/harness.h"
@@ -185,6 +186,8 @@ static void test_reload(void **state)
     snprintf(x.pipe, sizeof(x.pipe), "sbt-%lu-reload", (unsigned long)GetCurrentProcessId());
 
     sb_platform_init();
+    if (sb_adapter_register_all(sb_adapters_builtin, &err) != 0)
+        fail_msg("%s", err.msg);
     assert_int_equal(sb_broker_new(&x.b, make_config(&x, "old/topic"), &err), 0);
     if (sb_broker_start(x.b, &err) != 0)
         fail_msg("start: %s", err.msg);

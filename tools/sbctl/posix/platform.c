@@ -1,7 +1,7 @@
 /*
  * POSIX specifics of sbctl: terminal detection and signal dispositions, and
  * for `sbctl passwd` reading a password with echo off (termios) and replacing
- * a file atomically (mkstemp + rename). platform_win.c has the Windows
+ * a file atomically (mkstemp + rename). win/platform.c has the Windows
  * counterparts: a UTF-8 command line, binary stdio, the console code page,
  * SetConsoleMode and MoveFileExW.
  */

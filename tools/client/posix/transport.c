@@ -4,7 +4,7 @@
  * pipes are refused here (Windows only). All POSIX-specific client code lives
  * in this file.
  */
-#include "tools/client/transport.h"
+#include "tools/client/transport_int.h"
 
 #include "service/alloc.h"
 

@@ -4,7 +4,7 @@
  * the event Local\switchboard-stop-<pid> (service/win/stop_event.c), which
  * this sets.
  */
-#include "harness.h"
+#include "tests/integration/harness.h"
 
 #include <stdio.h>
 #include <windows.h>

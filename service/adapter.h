@@ -3,12 +3,16 @@
  * on Windows named pipes, mailslots, DDE, ...) plugs into the broker.
  *
  * An adapter type is a versioned struct of function pointers plus capability
- * flags, registered once in the registry (adapters/registry.c), which rejects
- * duplicate names. An adapter instance is created from its config, started on
- * the loop thread, and may act as a source (it publishes with
- * sb_broker_publish) and/or a sink (routes deliver to it through the consumer
- * it attaches with sb_broker_attach). Adapters that need their own thread
- * talk to the loop only through the thread-safe calls in service/broker.h.
+ * flags, registered once in the registry (service/registry.c), which rejects
+ * duplicate names. The interface and the registry belong to the broker's
+ * core; the types themselves live in adapters/ and are registered by the
+ * program that links them (service/main.c registers adapters/builtin.h).
+ *
+ * An adapter instance is created from its config, started on the loop
+ * thread, and may act as a source (it publishes with sb_broker_publish)
+ * and/or a sink (routes deliver to it through the consumer it attaches with
+ * sb_broker_attach). Adapters that need their own thread talk to the loop
+ * only through the thread-safe calls in service/broker.h.
  */
 #ifndef SB_ADAPTER_H
 #define SB_ADAPTER_H
@@ -87,15 +91,21 @@ static inline int64_t sb_backoff_next(int64_t current, int64_t first, int64_t ma
     return current >= max / 2 ? max : current * 2;
 }
 
-/* Registers a type. Returns SB_EEXIST for a duplicate name, SB_EVERSION for
- * an unknown interface version. */
-int sb_adapter_register(const sb_adapter_type *type);
+/* How many types the registry holds. */
+#define SB_ADAPTER_TYPES_MAX 32
+
+/* Registers a type (the registry keeps the pointer: type must outlive every
+ * broker). Returns 0, or with err naming the type: SB_EVERSION (type->version
+ * is not SB_ADAPTER_VERSION), SB_EEXIST (a type of that name is registered
+ * already), SB_EFULL (SB_ADAPTER_TYPES_MAX types are registered). */
+int sb_adapter_register(const sb_adapter_type *type, sb_error *err);
+
+/* Registers each type of the NULL-terminated list, stopping at the first
+ * failure (its code, err as sb_adapter_register sets it). */
+int sb_adapter_register_all(const sb_adapter_type *const *types, sb_error *err);
 
 /* Finds a registered type by name, or NULL. */
 const sb_adapter_type *sb_adapter_find(const char *name);
-
-/* Registers the built-in types for this platform (idempotent). */
-void sb_adapters_register_builtin(void);
 
 /* Creates an instance through its type, filling the common head (deep-copies
  * cfg). */

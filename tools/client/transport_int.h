@@ -1,13 +1,13 @@
 /*
  * The client's internal transport interface: a byte stream to the broker.
  *
- * One platform file implements it (transport_posix.c: Unix sockets and TCP;
- * transport_win.c: named pipes and TCP through Winsock), chosen by CMake. The
+ * One platform file implements it (posix/transport.c: Unix sockets and TCP;
+ * win/transport.c: named pipes and TCP through Winsock), chosen by CMake. The
  * portable client (client.c) only sees this struct of function pointers.
  * Timeouts are in milliseconds; -1 waits forever, 0 does not wait.
  */
-#ifndef SB_CLIENT_TRANSPORT_H
-#define SB_CLIENT_TRANSPORT_H
+#ifndef SB_CLIENT_TRANSPORT_INT_H
+#define SB_CLIENT_TRANSPORT_INT_H
 
 #include "service/error.h"
 #include "tools/client/endpoint.h"

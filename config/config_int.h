@@ -8,8 +8,8 @@
  * where each key was seen so the per-item validators (schema.c) can point
  * their cross-field errors at the right line. Nothing here is public.
  */
-#ifndef SB_CONFIG_INTERNAL_H
-#define SB_CONFIG_INTERNAL_H
+#ifndef SB_CONFIG_INT_H
+#define SB_CONFIG_INT_H
 
 #include "config/config.h"
 #include "service/error.h"

@@ -7,8 +7,8 @@
  * decides what to deliver next and tells the store what was acknowledged,
  * coalescing in-order acks into one range delete per queue and loop turn.
  */
-#ifndef SB_QUEUE_H
-#define SB_QUEUE_H
+#ifndef SB_QUEUE_INT_H
+#define SB_QUEUE_INT_H
 
 #include "config/config.h"
 #include "service/broker.h"

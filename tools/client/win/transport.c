@@ -7,7 +7,7 @@
  * sockets are refused here (POSIX only). All Windows-specific client code
  * lives in this file; names cross the API boundary as UTF-16.
  */
-#include "tools/client/transport.h"
+#include "tools/client/transport_int.h"
 
 #include "service/alloc.h"
 #include "service/platform/win/utf.h"

@@ -8,8 +8,8 @@
  * the schema, append a migration and bump SB_STORE_SCHEMA_VERSION in store.h;
  * never edit a released migration.
  */
-#ifndef SB_STORE_SCHEMA_H
-#define SB_STORE_SCHEMA_H
+#ifndef SB_STORE_SCHEMA_INT_H
+#define SB_STORE_SCHEMA_INT_H
 
 #include <sqlite3.h>
 

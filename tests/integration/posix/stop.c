@@ -1,5 +1,5 @@
 /* The orderly stop of a child on POSIX (see sbt_proc_request_stop): SIGTERM. */
-#include "harness.h"
+#include "tests/integration/harness.h"
 
 #include <signal.h>
 

@@ -1,25 +1,36 @@
 /* The adapter type registry and the common create/close path. */
-#include "adapters/adapter.h"
+#include "service/adapter.h"
 #include "service/alloc.h"
-#include "service/broker.h"
+#include "service/broker_int.h"
 #include "service/log.h"
 
 #include <string.h>
 
-#define SB_MAX_ADAPTER_TYPES 32
-
-static const sb_adapter_type *types[SB_MAX_ADAPTER_TYPES];
+static const sb_adapter_type *types[SB_ADAPTER_TYPES_MAX];
 static size_t type_count;
 
-int sb_adapter_register(const sb_adapter_type *type)
+int sb_adapter_register(const sb_adapter_type *type, sb_error *err)
 {
     if (type->version != SB_ADAPTER_VERSION)
-        return SB_EVERSION;
+        return sb_error_set(err, SB_EVERSION, 0,
+                            "adapter type %s: interface version %d, this broker has %d", type->name,
+                            type->version, SB_ADAPTER_VERSION);
     if (sb_adapter_find(type->name) != NULL)
-        return SB_EEXIST;
-    if (type_count == SB_MAX_ADAPTER_TYPES)
-        return SB_ENOMEM;
+        return sb_error_set(err, SB_EEXIST, 0, "adapter type %s: registered twice", type->name);
+    if (type_count == SB_ADAPTER_TYPES_MAX)
+        return sb_error_set(err, SB_EFULL, 0, "adapter type %s: the registry is full (%d types)",
+                            type->name, SB_ADAPTER_TYPES_MAX);
     types[type_count++] = type;
+    return 0;
+}
+
+int sb_adapter_register_all(const sb_adapter_type *const *list, sb_error *err)
+{
+    for (; *list != NULL; list++) {
+        int rc = sb_adapter_register(*list, err);
+        if (rc != 0)
+            return rc;
+    }
     return 0;
 }
 

@@ -1,6 +1,6 @@
 /* `switchboard service` on POSIX: not a Windows service here; and no stop
  * event for `switchboard run` (SIGTERM does that). */
-#include "service/service_cmd.h"
+#include "service/run_int.h"
 
 #include <stdio.h>
 
