@@ -387,10 +387,18 @@ static void test_reload_does_not_stall_clients(void **state)
     json_decref(r);
     print_message("ping answered in %lld ms during the reload\n", (long long)(sbt_now_ms() - t0));
 
-    /* The broker has the FIFO open for reading (else this open fails). */
-    fd = open(b->config_path, O_WRONLY | O_NONBLOCK);
-    if (fd < 0)
-        fail_msg("open %s for writing: %s", b->config_path, strerror(errno));
+    /* Once the reload's worker has the FIFO open for reading (it logs
+     * "reloading" before it gets there), opening it to write succeeds;
+     * until then it fails with ENXIO. */
+    sbt_waiting_for("the reload to open %s for reading", b->config_path);
+    for (int64_t deadline = sbt_now_ms() + 10000;;) {
+        fd = open(b->config_path, O_WRONLY | O_NONBLOCK);
+        if (fd >= 0)
+            break;
+        if (errno != ENXIO || sbt_now_ms() > deadline)
+            fail_msg("open %s for writing: %s", b->config_path, strerror(errno));
+        sbt_poll_pause(10);
+    }
     assert_int_equal(write(fd, text, len), (ssize_t)len);
     close(fd);
     snprintf(line, sizeof(line), "configuration reloaded from %s", b->config_path);
