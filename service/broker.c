@@ -9,14 +9,16 @@
 #include "service/platform.h"
 #include "service/topic.h"
 
+#include <inttypes.h>
 #include <jansson.h>
 
-/* How often the $SYS/... topics are published. */
-#define SB_SYS_INTERVAL_MS 10000
 #include <stdio.h>
 #include <string.h>
 
 #include "service/auth.h"
+
+/* The housekeeping timer's period: expiry, $SYS values, retired bindings. */
+#define SB_HOUSEKEEPING_MS 1000
 
 void sb_sub_settings_default(sb_sub_settings *s)
 {
@@ -129,40 +131,171 @@ int sb_broker__put_queue(sb_broker *b, sb_queue *q)
     return 0;
 }
 
+/* The key of a queue id in queues_by_id. */
+static void id_key(char out[12], uint32_t id)
+{
+    snprintf(out, 12, "%" PRIx32, id);
+}
+
+sb_queue *sb_broker__queue_by_id(sb_broker *b, uint32_t id)
+{
+    char key[12];
+    id_key(key, id);
+    return sb_map_get(&b->queues_by_id, key);
+}
+
 sb_queue *sb_broker__add_queue(sb_broker *b, uint32_t id, const char *name, const char *filter,
                                sb_error *err)
 {
     sb_queue *q = sb_queue__new(b, id, name, filter);
+    char key[12];
+    id_key(key, id);
     if (q == NULL || sb_map_put(&b->queues_by_name, name, q, NULL) != 0) {
         if (q != NULL)
             sb_queue__close(q);
-        sb_error_set(err, SB_ENOMEM, 0, "out of memory creating queue %s", name);
-        return NULL;
+        goto oom;
     }
+    if (sb_map_put(&b->queues_by_id, key, q, NULL) != 0) {
+        sb_map_remove(&b->queues_by_name, name);
+        sb_queue__close(q);
+        goto oom;
+    }
+    if (sb_subindex_add_all(&b->routing, q->filter, q) != 0) {
+        sb_map_remove(&b->queues_by_name, name);
+        sb_map_remove(&b->queues_by_id, key);
+        sb_queue__close(q);
+        goto oom;
+    }
+    q->seq = ++b->queue_seq;
     q->next = b->queues;
+    if (b->queues != NULL)
+        b->queues->prev = q;
     b->queues = q;
+    sb_broker__queue_changed(q); /* its $SYS values were never published */
     return q;
+oom:
+    sb_error_set(err, SB_ENOMEM, 0, "out of memory creating queue %s", name);
+    return NULL;
+}
+
+int sb_broker__set_filter(sb_broker *b, sb_queue *q, const char *filters)
+{
+    char *f;
+    if (strcmp(q->filter, filters) == 0)
+        return 0;
+    if ((f = sb_strdup(filters)) == NULL || sb_subindex_add_all(&b->routing, f, q) != 0) {
+        sb_free(f);
+        return SB_ENOMEM;
+    }
+    sb_subindex_remove_all(&b->routing, q->filter, q);
+    sb_free(q->filter);
+    q->filter = f;
+    return 0;
+}
+
+static void sys_clean(sb_broker *b, sb_queue *q);
+
+/* Takes q out of the broker's list and indexes (not out of the ack flush
+ * list: see remove_queue). */
+static void unlink_queue(sb_broker *b, sb_queue *q)
+{
+    char key[12];
+    id_key(key, q->id);
+    sb_map_remove(&b->queues_by_name, q->name);
+    sb_map_remove(&b->queues_by_id, key);
+    sb_subindex_remove_all(&b->routing, q->filter, q);
+    if (q->prev != NULL)
+        q->prev->next = q->next;
+    else
+        b->queues = q->next;
+    if (q->next != NULL)
+        q->next->prev = q->prev;
+    q->next = q->prev = NULL;
+    sys_clean(b, q);
+    q->live = 0;
+}
+
+/* Drops the retained $SYS values of a deleted queue (memory only). */
+static void forget_sys_values(sb_broker *b, const sb_queue *q)
+{
+    static const char *const names[] = {"depth", "dead"};
+    char topic[300];
+    if (strlen(q->name) > 200)
+        return;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        sb_message *old;
+        snprintf(topic, sizeof(topic), "$SYS/queues/%s/%s", q->name, names[i]);
+        if ((old = sb_map_remove(&b->retained, topic)) != NULL)
+            sb_message_unref(old);
+    }
 }
 
 static void remove_queue(sb_broker *b, sb_queue *q)
 {
-    sb_queue **p;
-    sb_map_remove(&b->queues_by_name, q->name);
-    for (p = &b->queues; *p != NULL; p = &(*p)->next)
-        if (*p == q) {
-            *p = q->next;
-            break;
-        }
-    for (p = &b->ack_flush; *p != NULL; p = &(*p)->ack_next)
-        if (*p == q) {
-            *p = q->ack_next;
-            break;
-        }
-    q->live = 0;
+    unlink_queue(b, q);
+    forget_sys_values(b, q);
+    if (q->ack_queued) {
+        sb_queue **p;
+        for (p = &b->ack_flush; *p != NULL; p = &(*p)->ack_next)
+            if (*p == q) {
+                *p = q->ack_next;
+                break;
+            }
+    }
     if (q->pending == 0)
         sb_queue__close(q);
     else
         sb_queue__clear(q); /* closed by the last pending completion */
+}
+
+/* ---- lists of queues that need the housekeeping timer ---- */
+
+void sb_broker__queue_changed(sb_queue *q)
+{
+    sb_broker *b = q->broker;
+    if (q->sys_dirty || !q->live)
+        return;
+    q->sys_dirty = 1;
+    q->sys_prev = NULL;
+    q->sys_next = b->sys_dirty;
+    if (b->sys_dirty != NULL)
+        b->sys_dirty->sys_prev = q;
+    b->sys_dirty = q;
+}
+
+static void sys_clean(sb_broker *b, sb_queue *q)
+{
+    if (!q->sys_dirty)
+        return;
+    if (q->sys_prev != NULL)
+        q->sys_prev->sys_next = q->sys_next;
+    else
+        b->sys_dirty = q->sys_next;
+    if (q->sys_next != NULL)
+        q->sys_next->sys_prev = q->sys_prev;
+    q->sys_next = q->sys_prev = NULL;
+    q->sys_dirty = 0;
+}
+
+void sb_broker__watch_expiry(sb_queue *q, int on)
+{
+    sb_broker *b = q->broker;
+    int listed = q->exp_prev != NULL || b->expiring == q;
+    if (on && !listed && q->live) {
+        q->exp_prev = NULL;
+        q->exp_next = b->expiring;
+        if (b->expiring != NULL)
+            b->expiring->exp_prev = q;
+        b->expiring = q;
+    } else if (!on && listed) {
+        if (q->exp_prev != NULL)
+            q->exp_prev->exp_next = q->exp_next;
+        else
+            b->expiring = q->exp_next;
+        if (q->exp_next != NULL)
+            q->exp_next->exp_prev = q->exp_prev;
+        q->exp_next = q->exp_prev = NULL;
+    }
 }
 
 static int load_queue(void *ctx, uint32_t id, const char *name, const char *filter,
@@ -215,14 +348,13 @@ typedef struct load_ctx {
 static int load_entry(void *ctx, uint32_t queue_id, sb_message *msg, int attempts)
 {
     load_ctx *l = ctx;
+    sb_queue *q = sb_broker__queue_by_id(l->b, queue_id);
     int rc = 0;
-    for (sb_queue *q = l->b->queues; q != NULL; q = q->next)
-        if (q->id == queue_id) {
-            rc = sb_queue__append(q, msg, attempts);
-            if (rc == 0)
-                q->fifo.tail->offered = 1; /* it may have been, before the restart */
-            break;
-        }
+    if (q != NULL) {
+        rc = sb_queue__append(q, msg, attempts);
+        if (rc == 0)
+            q->fifo.tail->offered = 1; /* it may have been, before the restart */
+    }
     sb_message_unref(msg);
     if (++l->count % 100000 == 0)
         sb_info("store", "loaded %llu queued messages...", (unsigned long long)l->count);
@@ -418,11 +550,9 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
             q->from_config = 1;
             sb_queue__apply_route(q, r);
             if (created || strcmp(q->filter, filter) != 0) {
-                char *f = sb_strdup(filter);
-                if (f != NULL) {
-                    sb_free(q->filter);
-                    q->filter = f;
-                }
+                if (sb_broker__set_filter(b, q, filter) != 0)
+                    sb_errlog(q->name, "out of memory changing the filters to those of route %s",
+                              r->name);
                 sb_broker__put_queue(b, q);
                 if (created)
                     sb_broker__enqueue_retained(b, q, q->filter);
@@ -627,7 +757,7 @@ int sb_broker_start(sb_broker *b, sb_error *err)
         goto fail;
     b->started = 1;
     b->started_ms = sb_now_ms();
-    uv_timer_start(&b->housekeeping, on_housekeeping, 1000, 1000);
+    uv_timer_start(&b->housekeeping, on_housekeeping, SB_HOUSEKEEPING_MS, SB_HOUSEKEEPING_MS);
     sb_info(NULL, "Switchboard %s ready: %zu adapters, %zu routes, data in %s", SB_VERSION_STRING,
             b->cfg->adapter_count, b->cfg->route_count, b->cfg->broker.data_dir);
     return 0;
@@ -708,7 +838,7 @@ int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, co
                          const sb_sub_settings *settings, const char *retained_for, sb_error *err)
 {
     sb_queue *q = sb_broker__find_queue(b, name);
-    char *nf, *nm = NULL;
+    char *nm = NULL;
     int rc;
 
     if ((rc = filters_validate(filters, err)) != 0)
@@ -722,17 +852,13 @@ int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, co
         /* created by sb_broker_subscribe (jsonl): not this protocol's */
         return sb_error_set(err, SB_EEXIST, 0, "subscription %s exists and is not a session", name);
     }
-    nf = sb_strdup(filters);
-    if (meta != NULL)
-        nm = sb_strdup(meta);
-    if (nf == NULL || (meta != NULL && nm == NULL)) {
-        sb_free(nf);
+    if (meta != NULL && (nm = sb_strdup(meta)) == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    if (sb_broker__set_filter(b, q, filters) != 0) {
         sb_free(nm);
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
     }
-    sb_free(q->filter);
     sb_free(q->meta);
-    q->filter = nf;
     q->meta = nm;
     sb_broker__put_queue(b, q);
     if (retained_for != NULL)
@@ -1003,9 +1129,7 @@ static void finish_stop(sb_broker *b)
     }
     while (b->queues != NULL) {
         sb_queue *q = b->queues;
-        b->queues = q->next;
-        sb_map_remove(&b->queues_by_name, q->name);
-        q->live = 0;
+        unlink_queue(b, q);
         sb_queue__close(q);
     }
     uv_walk(&b->loop, close_walk, NULL);
@@ -1124,13 +1248,28 @@ static void publish_sys(sb_broker *b, const char *topic, const char *fmt, long l
     sb_message_unref(m);
 }
 
+/* The broker's values every tick; a queue's values only when they changed
+ * since they were last published, and only while a subscription can
+ * receive them: an idle broker, or one whose queues nobody watches, does
+ * nothing per queue. */
 static void publish_sys_topics(sb_broker *b, int64_t now)
 {
     char topic[300];
+    sb_queue *q, *next;
     publish_sys(b, "$SYS/broker/uptime_ms", "%lld", (long long)(now - b->started_ms));
     publish_sys(b, "$SYS/broker/published", "%lld", (long long)b->published);
     publish_sys(b, "$SYS/broker/refused", "%lld", (long long)b->refused);
-    for (sb_queue *q = b->queues; q != NULL; q = q->next) {
+    if (b->sys_dirty == NULL || !sb_subindex_reaches(&b->routing, "$SYS/queues"))
+        return; /* the changed ones stay listed until someone listens */
+    /* The list is taken first: publishing may change a queue again (a
+     * drop-oldest queue that receives these values), which lists it anew
+     * for the next tick. */
+    q = b->sys_dirty;
+    b->sys_dirty = NULL;
+    for (; q != NULL; q = next) {
+        next = q->sys_next;
+        q->sys_next = q->sys_prev = NULL;
+        q->sys_dirty = 0;
         if (strlen(q->name) > 200)
             continue;
         snprintf(topic, sizeof(topic), "$SYS/queues/%s/depth", q->name);
@@ -1145,13 +1284,16 @@ static void on_housekeeping(uv_timer_t *t)
     sb_broker *b = t->data;
     int64_t now = sb_now_ms();
     unbind_all(b, NULL, 1); /* retired bindings whose last delivery is done */
-    if (now - b->last_sys_ms >= SB_SYS_INTERVAL_MS) {
+    /* (half a tick early rather than a whole tick late) */
+    if (b->cfg->broker.sys_interval_ms > 0 &&
+        now - b->last_sys_ms + SB_HOUSEKEEPING_MS / 2 >= b->cfg->broker.sys_interval_ms) {
         b->last_sys_ms = now;
         publish_sys_topics(b, now);
     }
-    for (sb_queue *q = b->queues; q != NULL; q = q->next)
-        if (q->ttl_ms > 0 || q->fifo.head != NULL)
-            sb_queue__expire(q, now);
+    for (sb_queue *q = b->expiring, *next; q != NULL; q = next) {
+        next = q->exp_next; /* expiring may take q off the list, never another */
+        sb_queue__expire(q, now);
+    }
     if (now - b->last_prune_ms > 60000) {
         char **keys = NULL;
         size_t n = 0;
@@ -1214,6 +1356,8 @@ void sb_broker_free(sb_broker *b)
     sb_map_each(&b->dedup, free_dedup, NULL);
     sb_map_clear(&b->dedup);
     sb_map_clear(&b->queues_by_name);
+    sb_map_clear(&b->queues_by_id);
+    sb_subindex_clear(&b->routing);
     sb_map_clear(&b->sessions);
     uv_mutex_destroy(&b->request_lock);
     sb_config_free(b->cfg);

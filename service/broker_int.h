@@ -9,6 +9,7 @@
 #include "service/broker.h"
 #include "service/map.h"
 #include "service/queue.h"
+#include "service/subindex.h"
 #include "storage/store.h"
 
 /* A publish waiting for its commit; completed strictly in publish order. */
@@ -52,8 +53,14 @@ struct sb_broker {
     int started, stopping;
     int64_t started_ms;
 
-    sb_queue *queues; /* every queue, live or orphaned */
+    sb_queue *queues; /* every queue, live or orphaned; newest first */
     sb_map queues_by_name;
+    sb_map queues_by_id;  /* sb_broker__queue_by_id */
+    sb_subindex routing;  /* every queue under each of its filters */
+    uint64_t match_gen;   /* per publish: a queue is taken once (sb_queue.match_gen) */
+    uint64_t queue_seq;   /* sb_queue.seq of the newest queue */
+    sb_queue *expiring;   /* queues holding entries with an expiry time */
+    sb_queue *sys_dirty;  /* queues whose $SYS values changed since published */
     uint64_t last_msg_id;
     uint32_t last_queue_id;
 
@@ -96,5 +103,9 @@ void sb_broker__free_op(sb_store_op *o, void *ctx);
 sb_queue *sb_broker__add_queue(sb_broker *b, uint32_t id, const char *name, const char *filter,
                                sb_error *err);
 int sb_broker__put_queue(sb_broker *b, sb_queue *q);
+sb_queue *sb_broker__queue_by_id(sb_broker *b, uint32_t id);
+/* Gives q (a queue of the broker's list) a copy of filters and re-indexes
+ * it; on SB_ENOMEM q keeps its filters. */
+int sb_broker__set_filter(sb_broker *b, sb_queue *q, const char *filters);
 
 #endif

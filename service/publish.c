@@ -111,6 +111,8 @@ void sb_broker__deadletter(sb_broker *b, sb_queue *q, sb_entry *e, const char *r
     const char *source = sb_message_header(e->msg, "source");
 
     q->dead++;
+    if (!q->sys_dirty)
+        sb_broker__queue_changed(q);
     sb_log(SB_LOG_WARN, q->name, "message %llu (topic %s) moved to the dead-letter queue: %s",
            (unsigned long long)e->msg->id, e->msg->topic, reason);
     if (op == NULL)
@@ -251,6 +253,82 @@ static void pending_push(sb_broker *b, sb_pending *p)
     b->pending_tail = p;
 }
 
+/* Doubles the room of p's queue arrays (cap entries now). */
+static int grow_queues(sb_pending *p, size_t *cap)
+{
+    size_t ncap = *cap * 2;
+    sb_queue **nq = sb_malloc(ncap * sizeof(*nq));
+    uint32_t *ni = sb_malloc(ncap * sizeof(*ni));
+    if (nq == NULL || ni == NULL) {
+        sb_free(nq);
+        sb_free(ni);
+        return SB_ENOMEM;
+    }
+    memcpy(nq, p->queues, p->queue_count * sizeof(*nq));
+    if (p->queues != p->queues_inline)
+        sb_free(p->queues);
+    if (p->queue_ids != p->ids_inline)
+        sb_free(p->queue_ids);
+    p->queues = nq;
+    p->queue_ids = ni;
+    *cap = ncap;
+    return 0;
+}
+
+/* The queues a topic is routed to, collected from the index. */
+typedef struct route_match {
+    sb_broker *b;
+    sb_pending *p;
+    size_t cap;
+    int failed;
+} route_match;
+
+static void collect_queue(void *value, void *ctx)
+{
+    route_match *m = ctx;
+    sb_queue *q = value;
+    /* once per queue, however many of its filters match */
+    if (q->match_gen == m->b->match_gen || !routed(q) || m->failed)
+        return;
+    q->match_gen = m->b->match_gen;
+    if (m->p->queue_count == m->cap && grow_queues(m->p, &m->cap) != 0) {
+        m->failed = 1;
+        return;
+    }
+    m->p->queues[m->p->queue_count++] = q;
+}
+
+static int newest_first(const void *a, const void *b)
+{
+    const sb_queue *x = *(sb_queue *const *)a, *y = *(sb_queue *const *)b;
+    return x->seq < y->seq ? 1 : x->seq > y->seq ? -1 : 0;
+}
+
+/* Fills p->queues with the queues routing topic, in the order of the
+ * broker's list (newest first), which decides whose dedup header applies
+ * and the order of drops and deliveries. */
+static int route(sb_broker *b, sb_pending *p, const char *topic, size_t *cap)
+{
+    route_match m = {b, p, *cap, 0};
+    b->match_gen++;
+    sb_subindex_match(&b->routing, topic, collect_queue, &m);
+    *cap = m.cap;
+    if (m.failed)
+        return SB_ENOMEM;
+    if (p->queue_count <= 8) {
+        for (size_t i = 1; i < p->queue_count; i++) {
+            sb_queue *q = p->queues[i];
+            size_t j = i;
+            for (; j > 0 && p->queues[j - 1]->seq < q->seq; j--)
+                p->queues[j] = p->queues[j - 1];
+            p->queues[j] = q;
+        }
+    } else {
+        qsort(p->queues, p->queue_count, sizeof(*p->queues), newest_first);
+    }
+    return 0;
+}
+
 /* Checks limits of q for one more message; fills drops for drop-oldest. */
 static int check_limits(sb_queue *q, sb_message *msg, sb_pending *p, sb_error *err)
 {
@@ -336,9 +414,12 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
         }
         p->dedup_expires_ms = 0;
     }
-    for (sb_queue *q = b->queues; q != NULL; q = q->next) {
-        if (!routed(q) || !sb_topic_match_any(q->filter, msg->topic))
-            continue;
+    if (route(b, p, msg->topic, &cap) != 0) {
+        rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < p->queue_count; i++) {
+        sb_queue *q = p->queues[i];
         if (q->dedup_header != NULL && p->dedup_key == NULL) {
             const char *v = sb_message_header(msg, q->dedup_header);
             if (v != NULL) {
@@ -363,29 +444,8 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
                 }
             }
         }
-        if (p->queue_count == cap) {
-            size_t ncap = cap * 2;
-            sb_queue **nq = sb_malloc(ncap * sizeof(*nq));
-            uint32_t *ni = sb_malloc(ncap * sizeof(*ni));
-            if (nq == NULL || ni == NULL) {
-                sb_free(nq);
-                sb_free(ni);
-                rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-                goto fail;
-            }
-            memcpy(nq, p->queues, cap * sizeof(*nq));
-            memcpy(ni, p->queue_ids, cap * sizeof(*ni));
-            if (p->queues != p->queues_inline)
-                sb_free(p->queues);
-            if (p->queue_ids != p->ids_inline)
-                sb_free(p->queue_ids);
-            p->queues = nq;
-            p->queue_ids = ni;
-            cap = ncap;
-        }
         if ((rc = check_limits(q, msg, p, err)) != 0)
             goto fail;
-        p->queues[p->queue_count++] = q;
         p->durability_mask |= 1 << q->durability;
         if (q->durability != SB_DURABILITY_MEMORY) {
             p->queue_ids[ndurable++] = q->id;

@@ -164,6 +164,10 @@ int sb_queue__append(sb_queue *q, sb_message *msg, int attempts)
     fifo_push(&q->fifo, e);
     if (q->cursor == NULL)
         q->cursor = e;
+    if (e->expires_ms != 0 && q->expiring++ == 0)
+        sb_broker__watch_expiry(q, 1);
+    if (!q->sys_dirty)
+        sb_broker__queue_changed(q);
     q->depth++;
     q->bytes += (int64_t)sb_message_size(msg);
     q->published++;
@@ -173,6 +177,9 @@ int sb_queue__append(sb_queue *q, sb_message *msg, int attempts)
 
 static void free_entry(sb_entry *e)
 {
+    sb_queue *q = e->queue;
+    if (e->expires_ms != 0 && --q->expiring == 0)
+        sb_broker__watch_expiry(q, 0);
     sb_message_unref(e->msg);
     sb_free(e);
 }
@@ -216,6 +223,8 @@ static void finish(sb_queue *q, sb_entry *e)
         q->cursor = n;
     }
     e->state = SB_ENTRY_DONE;
+    if (!q->sys_dirty)
+        sb_broker__queue_changed(q);
     q->depth--;
     q->bytes -= (int64_t)sb_message_size(e->msg);
 }

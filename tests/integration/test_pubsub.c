@@ -2,7 +2,8 @@
  * Publish/subscribe over jsonl against a real broker: route queues and
  * client subscriptions, ack/nack and retries, dead letters (list, redrive,
  * purge), retained values, dedup, TTL expiry, overflow (reject and
- * drop-oldest), `$` topics, and messages surviving a clean restart.
+ * drop-oldest), `$` topics, messages surviving a clean restart, and the
+ * $SYS values of queues.
  */
 #include "harness.h"
 
@@ -736,6 +737,107 @@ static void test_refusals_and_unsubscribe(void **state)
     b->passed = 1;
 }
 
+/* $SYS values every second here (broker.sys_interval). */
+static const char sys_config[] = "broker:\n"
+                                 "  data_dir: '{data}'\n"
+                                 "  admin: { endpoint: 'off' }\n"
+                                 "  sys_interval: 1s\n"
+                                 "adapters:\n"
+                                 "  - name: clients\n"
+                                 "    type: tcp\n"
+                                 "    listen: 127.0.0.1:{port0}\n"
+                                 "    protocol: jsonl\n"
+                                 "routes:\n"
+                                 "  - name: a\n"
+                                 "    from: a/#\n"
+                                 "  - name: b\n"
+                                 "    from: b/#\n";
+
+static int64_t retained_count(sbt_conn *c)
+{
+    json_t *r = sbt_call(c, "{s:s}", "op", "stats");
+    int64_t n = sbt_int(json_object_get(r, "broker"), "retained");
+    json_decref(r);
+    return n;
+}
+
+/* Reads deliveries of subs "tick" ($SYS/broker/uptime_ms, one a tick) and
+ * "watch" until `ticks` ticks have passed, acknowledging them; counts the
+ * watch deliveries per queue (a, b) and payload ("0", "1"). */
+static void count_sys(sbt_conn *c, int ticks, int counts[2][2])
+{
+    while (ticks > 0) {
+        json_t *m = sbt_next_msg(c, SBT_REPLY_MS);
+        const char *sub = sbt_str(m, "sub"), *topic = sbt_str(m, "topic");
+        const char *payload = sbt_str(m, "payload");
+        if (strcmp(sub, "tick") == 0) {
+            ticks--;
+        } else {
+            int q = strcmp(topic, "$SYS/queues/a/depth") == 0   ? 0
+                    : strcmp(topic, "$SYS/queues/b/depth") == 0 ? 1
+                                                                : -1;
+            int v = strcmp(payload, "0") == 0 ? 0 : strcmp(payload, "1") == 0 ? 1 : -1;
+            assert_string_equal(sub, "watch");
+            if (q >= 0) {
+                if (v < 0)
+                    fail_msg("%s: %s", topic, payload);
+                counts[q][v]++;
+            }
+        }
+        sbt_ack(c, sub, sbt_int(m, "msg_id"));
+        json_decref(m);
+    }
+}
+
+/* A queue's $SYS values are published only while a subscription can
+ * receive them, and then only when they changed; a deleted queue's
+ * retained values go with it. (They used to be published for every queue
+ * every tick: with 10,000 MQTT sessions the broker never rested.) */
+static void test_sys_values_when_watched_and_changed(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c, *t;
+    json_t *r;
+    int counts[2][2] = {{0, 0}, {0, 0}};
+
+    sbt_broker_init(b, "pubsub-sys", 1);
+    sbt_broker_config(b, sys_config);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+    /* Nobody watches queues: three ticks leave only the broker's values. */
+    sbt_sub(c, "tick", "$SYS/broker/uptime_ms", 100);
+    count_sys(c, 3, counts);
+    assert_int_equal(retained_count(c), 3);
+
+    /* Now someone does: every queue's values once, then a's again when
+     * it changed, b's never again. */
+    sbt_sub(c, "watch", "$SYS/queues/+/depth", 100);
+    count_sys(c, 2, counts);
+    assert_int_equal(counts[0][0], 1);
+    assert_int_equal(counts[1][0], 1);
+    sbt_pub(c, "a/x", "one", 1);
+    count_sys(c, 3, counts);
+    assert_int_equal(counts[0][0], 1);
+    assert_int_equal(counts[0][1], 1);
+    assert_int_equal(counts[1][0], 1);
+    assert_int_equal(counts[1][1], 0);
+
+    /* depth and dead of a, b, tick, watch and temp are retained; deleting
+     * temp drops its two. */
+    t = sbt_connect(b->port[0]);
+    sbt_sub(t, "temp", "temp/#", 10);
+    sbt_close(t);
+    count_sys(c, 2, counts);
+    assert_int_equal(retained_count(c), 3 + 2 * 5);
+    sbt_wait_queue_int(c, "temp", "consumers", 0, 5000);
+    r = sbt_call(c, "{s:s, s:s, s:b}", "op", "unsub", "sub", "temp", "delete", 1);
+    sbt_expect_op(r, "unsubscribed");
+    json_decref(r);
+    assert_int_equal(retained_count(c), 3 + 2 * 4);
+    sbt_close(c);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -758,6 +860,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_memory_queue_and_retained_across_restart, sbt_setup,
                                         sbt_teardown),
         cmocka_unit_test_setup_teardown(test_refusals_and_unsubscribe, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_sys_values_when_watched_and_changed, sbt_setup,
+                                        sbt_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests_name("pubsub", tests, NULL, NULL);
