@@ -261,6 +261,12 @@ static int has_capacity(const sb_queue *q)
     return 0;
 }
 
+/* Arms the timer for the next lease end or retry. Lazily: a timer that
+ * fires no later than needed is left alone (on_timer re-arms it for what is
+ * left), and one no longer needed fires once for nothing, rather than
+ * being stopped and started again around every delivery: with thousands of
+ * queues each taking a message now and then, that churned the loop's
+ * timer heap on every message. */
 static void arm_timer(sb_queue *q)
 {
     int64_t next = -1, now = (int64_t)uv_now(sb_broker_loop(q->broker));
@@ -269,14 +275,11 @@ static void arm_timer(sb_queue *q)
     /* Retries wait for a consumer with room; sb_consumer_ready re-dispatches. */
     if (q->retry.head != NULL && has_capacity(q) && (next < 0 || q->retry.head->deadline < next))
         next = q->retry.head->deadline;
-    if (next < 0) {
-        if (q->timer_armed)
-            uv_timer_stop(&q->timer);
-        q->timer_armed = 0;
+    if (next < 0 || (q->timer_armed && q->timer_due <= next))
         return;
-    }
     uv_timer_start(&q->timer, on_timer, (uint64_t)(next > now ? next - now : 0), 0);
     q->timer_armed = 1;
+    q->timer_due = next;
 }
 
 /* A failed attempt: retry after backoff, or dead-letter. */

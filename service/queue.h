@@ -75,6 +75,7 @@ struct sb_queue {
     sb_consumer *rr; /* round-robin position */
     uv_timer_t timer;
     int timer_armed;
+    int64_t timer_due; /* when it fires (loop ms), while armed */
     int dispatching;
 
     /* in-order acks not yet sent to the store: [ack_first, ack_last] */
