@@ -140,7 +140,9 @@ int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t 
         return SB_ECLOSED;
     need = c->olen + alen + blen;
     if (need > c->ocap) {
-        size_t cap = c->ocap == 0 ? 4096 : c->ocap;
+        /* small first: most writes are one small packet, and a 4 KiB
+         * block per write is what the allocator then spends its time on */
+        size_t cap = c->ocap == 0 ? 512 : c->ocap;
         char *n;
         while (cap < need)
             cap *= 2;
