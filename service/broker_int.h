@@ -55,12 +55,12 @@ struct sb_broker {
 
     sb_queue *queues; /* every queue, live or orphaned; newest first */
     sb_map queues_by_name;
-    sb_map queues_by_id;  /* sb_broker__queue_by_id */
-    sb_subindex routing;  /* every queue under each of its filters */
-    uint64_t match_gen;   /* per publish: a queue is taken once (sb_queue.match_gen) */
-    uint64_t queue_seq;   /* sb_queue.seq of the newest queue */
-    sb_queue *expiring;   /* queues holding entries with an expiry time */
-    sb_queue *sys_dirty;  /* queues whose $SYS values changed since published */
+    sb_map queues_by_id; /* sb_broker__queue_by_id */
+    sb_subindex routing; /* every queue under each of its filters */
+    uint64_t match_gen;  /* per publish: a queue is taken once (sb_queue.match_gen) */
+    uint64_t queue_seq;  /* sb_queue.seq of the newest queue */
+    sb_queue *expiring;  /* queues holding entries with an expiry time */
+    sb_queue *sys_dirty; /* queues whose $SYS values changed since published */
     uint64_t last_msg_id;
     uint32_t last_queue_id;
 

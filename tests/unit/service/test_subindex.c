@@ -70,13 +70,35 @@ static void test_cases(void **state)
     static const struct {
         const char *filter, *topic;
     } cases[] = {
-        {"a/b", "a/b"},   {"a/b", "a/c"},     {"a/+", "a/b"},      {"a/+", "a/b/c"},
-        {"a/+/c", "a/b/c"}, {"a/#", "a/b/c"}, {"a/#", "a"},        {"#", "a/b"},
-        {"+/+", "/x"},    {"+", "/"},         {"a", "a/b"},        {"a/b", "a"},
-        {"a//b", "a//b"}, {"a/+/b", "a//b"},  {"+/#", "a"},        {"+", "a"},
-        {"#", "$SYS/uptime"}, {"+/uptime", "$SYS/uptime"}, {"$SYS/#", "$SYS/uptime"},
-        {"$SYS/#", "$SYS"}, {"$dlq/+", "$dlq/audit"}, {"+/#", "$x"}, {"a/$x", "a/$x"},
-        {"a/+", "a/$x"}, {"/#", "/"}, {"/#", "a"}, {"a/", "a"}, {"a/", "a/"}, {"+/+/#", "a/b"},
+        {"a/b", "a/b"},
+        {"a/b", "a/c"},
+        {"a/+", "a/b"},
+        {"a/+", "a/b/c"},
+        {"a/+/c", "a/b/c"},
+        {"a/#", "a/b/c"},
+        {"a/#", "a"},
+        {"#", "a/b"},
+        {"+/+", "/x"},
+        {"+", "/"},
+        {"a", "a/b"},
+        {"a/b", "a"},
+        {"a//b", "a//b"},
+        {"a/+/b", "a//b"},
+        {"+/#", "a"},
+        {"+", "a"},
+        {"#", "$SYS/uptime"},
+        {"+/uptime", "$SYS/uptime"},
+        {"$SYS/#", "$SYS/uptime"},
+        {"$SYS/#", "$SYS"},
+        {"$dlq/+", "$dlq/audit"},
+        {"+/#", "$x"},
+        {"a/$x", "a/$x"},
+        {"a/+", "a/$x"},
+        {"/#", "/"},
+        {"/#", "a"},
+        {"a/", "a"},
+        {"a/", "a/"},
+        {"+/+/#", "a/b"},
     };
     (void)state;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -167,7 +189,9 @@ static void random_filter(char *out, size_t n)
     out[0] = '\0';
     for (int i = 0; i < depth; i++) {
         uint32_t r = next_rand() % 10;
-        const char *w = r < 2 ? "+" : (r == 2 && i == depth - 1) ? "#" : words[next_rand() % WORD_COUNT];
+        const char *w = r < 2                        ? "+"
+                        : (r == 2 && i == depth - 1) ? "#"
+                                                     : words[next_rand() % WORD_COUNT];
         len += (size_t)snprintf(out + len, n - len, "%s%s", i > 0 ? "/" : "", w);
     }
 }
@@ -317,8 +341,8 @@ static void test_out_of_memory(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cases),       cmocka_unit_test(test_pairs),
-        cmocka_unit_test(test_reaches),     cmocka_unit_test(test_differential),
+        cmocka_unit_test(test_cases),         cmocka_unit_test(test_pairs),
+        cmocka_unit_test(test_reaches),       cmocka_unit_test(test_differential),
         cmocka_unit_test(test_wide_and_deep), cmocka_unit_test(test_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
