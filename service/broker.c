@@ -223,10 +223,8 @@ static void forget_sys_values(sb_broker *b, const sb_queue *q)
     if (strlen(q->name) > 200)
         return;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        sb_message *old;
         snprintf(topic, sizeof(topic), "$SYS/queues/%s/%s", q->name, names[i]);
-        if ((old = sb_map_remove(&b->retained, topic)) != NULL)
-            sb_message_unref(old);
+        sb_broker__forget_retained(b, topic);
     }
 }
 
@@ -1324,9 +1322,11 @@ int sb_broker_run(sb_broker *b)
 
 static void free_retained(const char *key, void *value, void *ctx)
 {
+    sb_retained *r = value;
     (void)key;
     (void)ctx;
-    sb_message_unref(value);
+    sb_message_unref(r->msg);
+    sb_free(r);
 }
 
 static void free_dedup(const char *key, void *value, void *ctx)
@@ -1353,6 +1353,7 @@ void sb_broker_free(sb_broker *b)
     }
     sb_map_each(&b->retained, free_retained, NULL);
     sb_map_clear(&b->retained);
+    sb_subindex_clear(&b->retained_topics);
     sb_map_each(&b->dedup, free_dedup, NULL);
     sb_map_clear(&b->dedup);
     sb_map_clear(&b->queues_by_name);

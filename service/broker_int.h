@@ -36,6 +36,12 @@ typedef struct sb_pending {
     struct sb_pending *next;
 } sb_pending;
 
+/* A topic's retained value; the slot stays while the topic has one. */
+typedef struct sb_retained {
+    sb_message *msg;
+    uint64_t gen;
+} sb_retained;
+
 /* A route destination bound to a sink adapter. */
 typedef struct sb_sink_binding {
     sb_consumer consumer; /* first: the consumer's ctx points back here */
@@ -69,7 +75,9 @@ struct sb_broker {
     sb_sink_binding *bindings;
     int adapters_closing;
 
-    sb_map retained;              /* topic -> sb_message* */
+    sb_map retained;              /* topic -> sb_retained* */
+    sb_subindex retained_topics;  /* the same, for filters (sb_subindex_match_filter) */
+    uint64_t retained_gen;        /* per lookup: a value is taken once (sb_retained.gen) */
     sb_map dedup;                 /* key -> int64_t* expiry (0: never) */
     sb_map sessions;              /* client session name -> its owner (sb_broker_session_swap) */
     struct sb_auth *auth;         /* broker.auth, or NULL */
@@ -96,6 +104,8 @@ int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
 void sb_broker__drain_pending(sb_broker *b);
 void sb_broker__arm_flush(sb_broker *b);
 int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const char *filters);
+/* Drops topic's retained value, if any (memory only). */
+void sb_broker__forget_retained(sb_broker *b, const char *topic);
 sb_queue *sb_broker__find_queue(sb_broker *b, const char *name);
 
 /* broker.c */

@@ -138,17 +138,42 @@ oom:
 
 /* ---- retained values and dedup keys (in memory, mirrored in the store) ---- */
 
+void sb_broker__forget_retained(sb_broker *b, const char *topic)
+{
+    sb_retained *r = sb_map_remove(&b->retained, topic);
+    if (r == NULL)
+        return;
+    sb_subindex_remove(&b->retained_topics, topic, strlen(topic), r);
+    sb_message_unref(r->msg);
+    sb_free(r);
+}
+
 static void retain_set(sb_broker *b, sb_message *msg)
 {
-    void *old = NULL;
+    sb_retained *r;
     if (msg->payload_len == 0) {
-        old = sb_map_remove(&b->retained, msg->topic);
-    } else if (sb_map_put(&b->retained, msg->topic, sb_message_ref(msg), &old) != 0) {
-        sb_message_unref(msg);
-        sb_errlog("retain", "out of memory keeping the retained value of %s", msg->topic);
+        sb_broker__forget_retained(b, msg->topic);
+        return;
     }
-    if (old != NULL)
-        sb_message_unref(old);
+    if ((r = sb_map_get(&b->retained, msg->topic)) != NULL) {
+        sb_message_unref(r->msg);
+        r->msg = sb_message_ref(msg);
+        return;
+    }
+    if ((r = sb_calloc(1, sizeof(*r))) == NULL ||
+        sb_map_put(&b->retained, msg->topic, r, NULL) != 0) {
+        sb_free(r);
+        goto oom;
+    }
+    if (sb_subindex_add(&b->retained_topics, msg->topic, strlen(msg->topic), r) != 0) {
+        sb_map_remove(&b->retained, msg->topic);
+        sb_free(r);
+        goto oom;
+    }
+    r->msg = sb_message_ref(msg);
+    return;
+oom:
+    sb_errlog("retain", "out of memory keeping the retained value of %s", msg->topic);
 }
 
 static int dedup_seen(sb_broker *b, const char *key, int64_t now)
@@ -511,18 +536,20 @@ fail:
 /* Queues the retained values matching q's filter into q, oldest first, so a
  * late subscriber starts with the current state. */
 typedef struct retained_match {
-    sb_queue *q;
-    const char *filters;
+    uint64_t gen;
     sb_message **items;
     size_t count, cap;
     int failed;
 } retained_match;
 
-static void collect_retained(const char *topic, void *value, void *ctx)
+static void collect_retained(void *value, void *ctx)
 {
     retained_match *m = ctx;
-    if (m->failed || !sb_topic_match_any(m->filters, topic))
+    sb_retained *r = value;
+    /* once, however many of the filters match its topic */
+    if (m->failed || r->gen == m->gen)
         return;
+    r->gen = m->gen;
     if (m->count == m->cap) {
         size_t ncap = m->cap == 0 ? 16 : m->cap * 2;
         sb_message **n = sb_realloc(m->items, ncap * sizeof(*n));
@@ -533,7 +560,7 @@ static void collect_retained(const char *topic, void *value, void *ctx)
         m->items = n;
         m->cap = ncap;
     }
-    m->items[m->count++] = value;
+    m->items[m->count++] = r->msg;
 }
 
 static int by_id(const void *a, const void *b)
@@ -544,8 +571,16 @@ static int by_id(const void *a, const void *b)
 
 int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const char *filters)
 {
-    retained_match m = {q, filters, NULL, 0, 0, 0};
-    sb_map_each(&b->retained, collect_retained, &m);
+    retained_match m = {++b->retained_gen, NULL, 0, 0, 0};
+    const char *f = filters;
+    for (;;) {
+        const char *nl = strchr(f, '\n');
+        size_t n = nl != NULL ? (size_t)(nl - f) : strlen(f);
+        sb_subindex_match_filter(&b->retained_topics, f, n, collect_retained, &m);
+        if (nl == NULL)
+            break;
+        f = nl + 1;
+    }
     if (m.failed) {
         sb_free(m.items);
         return SB_ENOMEM;

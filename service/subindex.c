@@ -324,6 +324,126 @@ void sb_subindex_match(const sb_subindex *ix, const char *topic, sb_subindex_fn 
     }
 }
 
+/* Literal children in table order: the first, and the one after c. */
+static const sb_subnode *first_child(const sb_subnode *n)
+{
+    for (uint32_t i = 0; i < n->bucket_count && n->child_count > 0; i++)
+        if (n->buckets[i] != NULL)
+            return n->buckets[i];
+    return NULL;
+}
+
+static const sb_subnode *next_sibling(const sb_subnode *c)
+{
+    const sb_subnode *p = c->parent;
+    if (c->chain != NULL)
+        return c->chain;
+    for (uint32_t i = (c->level_hash & (p->bucket_count - 1)) + 1; i < p->bucket_count; i++)
+        if (p->buckets[i] != NULL)
+            return p->buckets[i];
+    return NULL;
+}
+
+/* A '+' or '#' as the first level of a filter skips '$' topics. */
+static const sb_subnode *visible(const sb_subnode *c, int at_root)
+{
+    while (c != NULL && at_root && c->len > 0 && c->level[0] == '$')
+        c = next_sibling(c);
+    return c;
+}
+
+/* Reports n and every node below it (literal children only, so a topic
+ * index), skipping '$' children of the root. */
+static void report_subtree(const sb_subnode *top, sb_subindex_fn fn, void *ctx)
+{
+    const sb_subnode *n = top;
+    report(n, fn, ctx);
+    n = visible(first_child(top), top->parent == NULL);
+    while (n != NULL) {
+        const sb_subnode *c;
+        report(n, fn, ctx);
+        if ((c = first_child(n)) != NULL) {
+            n = c;
+            continue;
+        }
+        /* the next sibling of n or of its nearest ancestor below top */
+        while (n != top) {
+            const sb_subnode *s = visible(next_sibling(n), n->parent->parent == NULL);
+            if (s != NULL) {
+                n = s;
+                break;
+            }
+            n = n->parent;
+        }
+        if (n == top)
+            return;
+    }
+}
+
+/* The filter's level starting at pos: '+', '#' or literal. */
+enum { LEVEL_LITERAL, LEVEL_PLUS, LEVEL_HASH };
+static int level_kind(const char *filter, size_t end, size_t pos)
+{
+    if (end - pos == 1 && filter[pos] == '+')
+        return LEVEL_PLUS;
+    if (end - pos == 1 && filter[pos] == '#')
+        return LEVEL_HASH;
+    return LEVEL_LITERAL;
+}
+
+void sb_subindex_match_filter(const sb_subindex *ix, const char *filter, size_t len,
+                              sb_subindex_fn fn, void *ctx)
+{
+    const sb_subnode *root = ix->root, *n = root;
+    size_t pos = 0; /* where the filter's level for n's children starts */
+
+    if (root == NULL || len == 0)
+        return;
+    for (;;) {
+        /* enter n */
+        const sb_subnode *c = NULL;
+        if (pos > len) {
+            report(n, fn, ctx); /* the topic ends where the filter does */
+        } else {
+            size_t end = level_end(filter, len, pos);
+            switch (level_kind(filter, end, pos)) {
+            case LEVEL_HASH:
+                report_subtree(n, fn, ctx); /* "a/#" also matches "a" */
+                break;
+            case LEVEL_PLUS:
+                c = visible(first_child(n), n == root);
+                break;
+            default:
+                c = find_child(n, filter + pos, end - pos, hash_level(filter + pos, end - pos));
+                break;
+            }
+            if (c != NULL) {
+                n = c;
+                pos = end + 1;
+                continue;
+            }
+        }
+        /* leave n: go to the next sibling where the parent's level is '+',
+         * else further up */
+        for (;;) {
+            const sb_subnode *p = n->parent;
+            size_t ppos;
+            if (n == root)
+                return;
+            ppos = pos - 1;
+            while (ppos > 0 && filter[ppos - 1] != '/')
+                ppos--;
+            if (level_kind(filter, pos - 1, ppos) == LEVEL_PLUS &&
+                (c = visible(next_sibling(n), p == root)) != NULL) {
+                n = c;
+                break; /* enter the sibling at the same pos */
+            }
+            n = p;
+            pos = ppos;
+        }
+    }
+}
+
 static int reaches(const sb_subnode *n, const char *prefix, size_t len, size_t pos, int wild)
 {
     size_t end;

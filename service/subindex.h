@@ -48,6 +48,14 @@ void sb_subindex_remove_all(sb_subindex *ix, const char *filters, void *value);
  * topic (a valid topic: no wildcards). fn must not change the index. */
 void sb_subindex_match(const sb_subindex *ix, const char *topic, sb_subindex_fn fn, void *ctx);
 
+/* The reverse, for an index of topics (added without wildcards, as the
+ * broker keeps retained values): calls fn(value, ctx) for each (topic,
+ * value) pair that the filter filter[0..len) (a valid one) matches, as
+ * sb_topic_match would. No allocation, no recursion. fn must not change
+ * the index. */
+void sb_subindex_match_filter(const sb_subindex *ix, const char *filter, size_t len,
+                              sb_subindex_fn fn, void *ctx);
+
 /* 1 if some filter may match a topic made of `prefix` (a topic) and at least
  * one more level, else 0. Cheap: for a caller that would publish to many
  * topics under prefix only when someone can receive them. */

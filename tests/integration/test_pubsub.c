@@ -308,6 +308,42 @@ static void test_retained_value_for_late_subscriber(void **state)
     b->passed = 1;
 }
 
+/* A route declared later whose filters overlap gets each retained value
+ * once, oldest first; a cleared value is not among them. */
+static void test_retained_once_for_overlapping_filters(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c = start(b, "pubsub-retain-overlap");
+    char *both;
+    json_t *m;
+
+    sbt_pub(c, "kept/oven", "180", 1);
+    sbt_pub(c, "kept/fridge", "4", 1);
+    sbt_pub(c, "kept/sink", "x", 1);
+    sbt_pub(c, "kept/sink", "", 1); /* clears it */
+    sbt_close(c);
+    sbt_broker_stop(b);
+    /* the same config plus a route matching kept/oven twice */
+    both = malloc(sizeof(config) + 100);
+    assert_non_null(both);
+    snprintf(both, sizeof(config) + 100,
+             "%s  - name: both\n    from: [kept/#, kept/oven, +/oven]\n", config);
+    sbt_broker_config(b, both);
+    free(both);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+    assert_int_equal(sbt_queue_int(c, "both", "depth"), 2);
+    sbt_sub(c, "both", NULL, 10);
+    m = sbt_next_msg(c, SBT_REPLY_MS);
+    assert_string_equal(sbt_str(m, "topic"), "kept/oven");
+    json_decref(m);
+    m = sbt_next_msg(c, SBT_REPLY_MS);
+    assert_string_equal(sbt_str(m, "topic"), "kept/fridge");
+    json_decref(m);
+    sbt_close(c);
+    b->passed = 1;
+}
+
 static void test_dedup_window(void **state)
 {
     sbt_broker *b = *state;
@@ -845,6 +881,8 @@ int main(void)
                                         sbt_teardown),
         cmocka_unit_test_setup_teardown(test_nack_retry_and_dead_letters, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_retained_value_for_late_subscriber, sbt_setup,
+                                        sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_once_for_overlapping_filters, sbt_setup,
                                         sbt_teardown),
         cmocka_unit_test_setup_teardown(test_dedup_window, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_ttl_expiry, sbt_setup, sbt_teardown),

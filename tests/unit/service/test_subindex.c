@@ -268,6 +268,68 @@ static void test_differential(void **state)
     }
 }
 
+static hits match_filter(const sb_subindex *ix, const char *filter)
+{
+    hits h;
+    memset(&h, 0, sizeof(h));
+    h.table = table;
+    sb_subindex_match_filter(ix, filter, strlen(filter), on_hit, &h);
+    return h;
+}
+
+/* An index of topics (retained values) queried with filters: the same
+ * answers as the linear matcher, each topic once. */
+static void test_filter_queries(void **state)
+{
+    static char topics[MAX_VALUES][100];
+    sb_subindex ix = {0};
+    char filter[60];
+    const char *why;
+    hits h;
+    (void)state;
+    setup_table();
+    for (int round = 0; round < 20; round++) {
+        int n = 1 + (int)(next_rand() % MAX_VALUES);
+        for (int v = 0; v < n; v++) {
+            do
+                random_topic(topics[v], sizeof topics[v]);
+            while (sb_topic_validate(topics[v], strlen(topics[v]), &why) != 0);
+            assert_int_equal(sb_subindex_add(&ix, topics[v], strlen(topics[v]), table[v]), 0);
+        }
+        for (int q = 0; q < 300; q++) {
+            do
+                random_filter(filter, sizeof filter);
+            while (sb_filter_validate(filter, strlen(filter), &why) != 0);
+            h = match_filter(&ix, filter);
+            for (int v = 0; v < n; v++) {
+                int want = sb_topic_match(filter, topics[v]);
+                if (h.count[v] != want)
+                    fail_msg("filter %s, topic %s: index %d, linear %d", filter, topics[v],
+                             h.count[v], want);
+            }
+        }
+        for (int v = 0; v < n; v++)
+            assert_int_equal(sb_subindex_remove(&ix, topics[v], strlen(topics[v]), table[v]), 0);
+        assert_null(ix.root);
+    }
+    /* many siblings, some '$' ones, and a deep chain */
+    for (int i = 0; i < 200; i++) {
+        char t[32];
+        snprintf(t, sizeof t, "%sk%d/v", i % 3 == 0 ? "$" : "", i);
+        assert_int_equal(sb_subindex_add(&ix, t, strlen(t), table[i]), 0);
+    }
+    h = match_filter(&ix, "+/v");
+    assert_int_equal(h.total, 200 - 67);
+    h = match_filter(&ix, "#");
+    assert_int_equal(h.total, 200 - 67);
+    h = match_filter(&ix, "$k3/#");
+    assert_int_equal(h.total, 1);
+    assert_int_equal(h.count[3], 1);
+    assert_int_equal(match_filter(&ix, "k4/+").count[4], 1);
+    assert_int_equal(match_filter(&ix, "k4").total, 0);
+    sb_subindex_clear(&ix);
+}
+
 /* Many children of one node (the table grows) and very deep topics (the
  * walk has no recursion to overflow). */
 static void test_wide_and_deep(void **state)
@@ -298,6 +360,11 @@ static void test_wide_and_deep(void **state)
     assert_int_equal(sb_subindex_add(&ix, topic, strlen(topic), table[2]), 0);
     h = match(&ix, topic);
     assert_int_equal(h.total, 2);
+    /* and the other way: the deep topic found by the deep filter (the
+     * filter added above is no topic: a topic index holds no wildcards) */
+    h = match_filter(&ix, filter);
+    assert_int_equal(h.total, 1);
+    assert_int_equal(h.count[2], 1);
     topic[2 * deep - 3] = '\0'; /* one level less */
     assert_int_equal(match(&ix, topic).total, 0);
     sb_subindex_clear(&ix);
@@ -341,9 +408,10 @@ static void test_out_of_memory(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cases),         cmocka_unit_test(test_pairs),
-        cmocka_unit_test(test_reaches),       cmocka_unit_test(test_differential),
-        cmocka_unit_test(test_wide_and_deep), cmocka_unit_test(test_out_of_memory),
+        cmocka_unit_test(test_cases),          cmocka_unit_test(test_pairs),
+        cmocka_unit_test(test_reaches),        cmocka_unit_test(test_differential),
+        cmocka_unit_test(test_filter_queries), cmocka_unit_test(test_wide_and_deep),
+        cmocka_unit_test(test_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
