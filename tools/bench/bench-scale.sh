@@ -149,11 +149,14 @@ stop_pid() {
     forget_pid "$pid"
 }
 
-# A port nobody listens on.
+# A port nobody listens on, below the ephemeral range: the thousands of
+# client sockets of a run (and their TIME_WAITs) take ports from that range,
+# where a broker started next could find its port in use.
+ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
     local p
     while :; do
-        p=$((20000 + (RANDOM * 32768 + RANDOM) % 30000))
+        p=$((10000 + (RANDOM * 32768 + RANDOM) % (ephemeral_low - 10000)))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return
@@ -174,8 +177,18 @@ wait_ready() {
 }
 
 # start_broker NAME DIR: writes the config, starts the broker on a free
-# port; sets started_pid and started_port; 0 when it accepts connections.
+# port (another one if that was taken meanwhile); sets started_pid and
+# started_port; 0 when it accepts connections.
 start_broker() {
+    local attempt
+    for attempt in 1 2 3; do
+        start_broker_once "$@" && return 0
+        grep -qi "address already in use" "$2/broker.log" || return 1
+    done
+    return 1
+}
+
+start_broker_once() {
     local name=$1 dir=$2 port
     rm -rf "$dir"
     mkdir -p "$dir"
