@@ -180,14 +180,20 @@ oom:
 
 int sb_broker__set_filter(sb_broker *b, sb_queue *q, const char *filters)
 {
+    size_t old_len = strlen(q->filter);
+    /* An MQTT SUBSCRIBE appends its filter: index only the new ones then. */
+    int appended =
+        old_len == 0 || (strncmp(filters, q->filter, old_len) == 0 && filters[old_len] == '\n');
     char *f;
     if (strcmp(q->filter, filters) == 0)
         return 0;
-    if ((f = sb_strdup(filters)) == NULL || sb_subindex_add_all(&b->routing, f, q) != 0) {
+    if ((f = sb_strdup(filters)) == NULL ||
+        sb_subindex_add_all(&b->routing, appended && old_len > 0 ? f + old_len + 1 : f, q) != 0) {
         sb_free(f);
         return SB_ENOMEM;
     }
-    sb_subindex_remove_all(&b->routing, q->filter, q);
+    if (!appended)
+        sb_subindex_remove_all(&b->routing, q->filter, q);
     sb_free(q->filter);
     q->filter = f;
     return 0;
