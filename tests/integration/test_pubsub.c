@@ -332,6 +332,8 @@ static void test_retained_once_for_overlapping_filters(void **state)
     free(both);
     sbt_broker_start(b);
     c = sbt_connect(b->port[0]);
+    /* the copies are committed after the start: wait for them all */
+    sbt_wait_queue_int(c, "both", "pending", 0, 10000);
     assert_int_equal(sbt_queue_int(c, "both", "depth"), 2);
     sbt_sub(c, "both", NULL, 10);
     m = sbt_next_msg(c, SBT_REPLY_MS);
