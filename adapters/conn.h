@@ -73,6 +73,11 @@ struct sb_conn {
     sb_delivery *wdel;
     /* transport hooks */
     void (*on_closed)(sb_conn *c); /* closed; unlink from lists */
+    /* Optional (libuv streams): writes what it can of buf[0..len) now,
+     * without blocking and without keeping buf; returns the bytes written
+     * (0 if none or on an error, which the next write then reports). */
+    size_t (*try_write)(sb_conn *c, const char *buf, size_t len);
+    uint64_t try_write_ms; /* loop time of the last try_write */
     void *transport;
     sb_conn *next; /* the transport's list */
 };

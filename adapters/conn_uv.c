@@ -99,6 +99,17 @@ static int uv_t_write(sb_conn *c, char *buf, size_t len)
     return 0;
 }
 
+static size_t uv_t_try_write(sb_conn *c, const char *buf, size_t len)
+{
+    uv_transport *t = c->tdata;
+    uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
+    int n;
+    if (t->out == NULL)
+        return 0;
+    n = uv_try_write(t->out, &b, 1);
+    return n > 0 ? (size_t)n : 0;
+}
+
 static void on_handle_closed(uv_handle_t *h)
 {
     sb_conn *c = h->data;
@@ -149,5 +160,6 @@ int sb_conn_start_uv(sb_conn *c, sb_adapter *a, const sb_protocol *proto, uv_str
         in->data = c;
     if (out != NULL)
         out->data = c;
+    c->try_write = uv_t_try_write;
     return sb_conn_start(c, a, proto, &uv_transport_ops, t, peer);
 }
