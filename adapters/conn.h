@@ -79,7 +79,7 @@ struct sb_conn {
     size_t (*try_write)(sb_conn *c, const char *buf, size_t len);
     uint64_t try_write_ms; /* loop time of the last try_write */
     void *transport;
-    sb_conn *next; /* the transport's list */
+    sb_conn *next, *prev; /* the transport's list */
 };
 
 /* Output beyond this pauses reading until it drains. */
