@@ -271,16 +271,18 @@ for n in $client_counts; do
             rc=$?
             stop_pid "$started_pid"
             line=$(grep '^RESULT' "$out")
-            printf '   %-12s run %d: %8s msgs/s, broker %6s us CPU/msg, e2e p50 %s ms, RSS %s MB%s\n' \
+            gen_us=$(awk -v s="$(field gen_cpu_s "$line")" -v n="$(field received "$line")" \
+                'BEGIN { if (n > 0) printf "%.1f", s * 1e6 / n; else print "?" }')
+            printf '   %-12s run %d: %8s msgs/s, broker %6s us CPU/msg (generator %s), e2e p50 %s ms, RSS %s MB%s\n' \
                 "$name" "$r" "$(field msgs_per_s "$line")" "$(field cpu_us_per_msg "$line")" \
-                "$(field e2e_p50_ms "$line")" \
+                "$gen_us" "$(field e2e_p50_ms "$line")" \
                 "$(awk -v k="$(field rss_kb "$line")" 'BEGIN { printf "%.1f", k / 1024 }')" \
                 "$([ "$(field complete "$line")" = 1 ] || echo "  INCOMPLETE: $(field received "$line") of $count received")"
             if [ $rc != 0 ]; then
                 grep -v '^RESULT' "$out" | sed 's/^/     /' | tail -n 5
                 status=1
             fi
-            results[$name,$n]+="$(field msgs_per_s "$line") $(field cpu_us_per_msg "$line") $(field e2e_p50_ms "$line")"$'\n'
+            results[$name,$n]+="$(field msgs_per_s "$line") $(field cpu_us_per_msg "$line") $(field e2e_p50_ms "$line") $gen_us"$'\n'
         done
     done
 done
@@ -321,13 +323,14 @@ fi
 
 # ---- summary ----
 echo
-printf '%-8s %-12s %10s %11s %11s\n' clients broker "msgs/s" "cpu us/msg" "e2e p50 ms"
+printf '%-8s %-12s %10s %11s %11s %11s\n' clients broker "msgs/s" "cpu us/msg" "e2e p50 ms" \
+    "gen us/msg"
 for n in $client_counts; do
     for name in "${brokers[@]}"; do
         m=$(median_of "$name" "$n")
         [ -n "$m" ] || continue
         set -- $m
-        printf '%-8s %-12s %10s %11s %11s\n' "$n" "$name" "$1" "$2" "$3"
+        printf '%-8s %-12s %10s %11s %11s %11s\n' "$n" "$name" "$1" "$2" "$3" "$4"
     done
 done
 for n in $client_counts; do
@@ -358,7 +361,10 @@ if [ "$idle_clients" -gt 0 ]; then
             "$(field probe_max_ms "$line")"
     done
 fi
-echo "(median of $runs runs by msgs/s; cpu = broker CPU time per message delivered;"
-echo " kB/session = broker VmRSS growth with the idle sessions connected, per session)"
+echo "(median of $runs runs by msgs/s; cpu = broker CPU time per message delivered; gen = the"
+echo " generator's; when the generator needs more CPU than the broker, and they share the"
+echo " machine's cores, msgs/s says more about the generator than about the broker)"
+[ "$idle_clients" -gt 0 ] &&
+    echo " kB/session = broker VmRSS growth with the idle sessions connected, per session)"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 exit $status
