@@ -361,10 +361,12 @@ if [ "$idle_clients" -gt 0 ]; then
             "$(field probe_max_ms "$line")"
     done
 fi
-echo "(median of $runs runs by msgs/s; cpu = broker CPU time per message delivered; gen = the"
-echo " generator's; when the generator needs more CPU than the broker, and they share the"
-echo " machine's cores, msgs/s says more about the generator than about the broker)"
+if [ -n "${client_counts// /}" ]; then
+    echo "(median of $runs runs by msgs/s; cpu = broker CPU time per message delivered; gen = the"
+    echo " generator's; when the generator needs more CPU than the broker, and they share the"
+    echo " machine's cores, msgs/s says more about the generator than about the broker)"
+fi
 [ "$idle_clients" -gt 0 ] &&
-    echo " kB/session = broker VmRSS growth with the idle sessions connected, per session)"
+    echo "(kB/session = broker VmRSS growth with the idle sessions connected, per session)"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 exit $status
