@@ -14,7 +14,7 @@
 # reference for CPU per message.
 #
 # Idle: --idle-clients sessions subscribe and stay connected, silent but for
-# keep alive (60 s), for --idle-s seconds: the broker's CPU % over that time
+# keep alive (--keepalive), for --idle-s seconds: the broker's CPU % over that time
 # and its resident memory per session (VmRSS after they subscribed minus
 # before, divided by their number); then 10 publishes one at a time, each to
 # one of them, timed from PUBLISH to delivery.
@@ -33,6 +33,7 @@
 #   --runs R          topics runs per broker and N, median reported (BENCH_RUNS, 3)
 #   --idle-clients N  sessions of the idle run, 0 skips it (BENCH_IDLE_CLIENTS, 10000)
 #   --idle-s S        seconds idle (BENCH_IDLE_S, 30)
+#   --keepalive S     the idle sessions' MQTT keep alive (BENCH_KEEPALIVE, 60)
 #   --bind-base       spread clients over 127.0.0.x source addresses (BENCH_BIND=1)
 #   --per-address N   clients per source address (BENCH_PER_ADDRESS, 10000)
 #   --timeout S       a run's limit; a broker too slow is reported with what
@@ -58,6 +59,7 @@ size=${BENCH_SIZE:-100}
 runs=${BENCH_RUNS:-3}
 idle_clients=${BENCH_IDLE_CLIENTS:-10000}
 idle_s=${BENCH_IDLE_S:-30}
+keepalive=${BENCH_KEEPALIVE:-60}
 bind=${BENCH_BIND:-0}
 per_address=${BENCH_PER_ADDRESS:-10000}
 timeout=${BENCH_TIMEOUT:-120}
@@ -77,6 +79,7 @@ while [ $# -gt 0 ]; do
     --runs) runs=$2; shift ;;
     --idle-clients) idle_clients=$2; shift ;;
     --idle-s) idle_s=$2; shift ;;
+    --keepalive) keepalive=$2; shift ;;
     --bind-base) bind=1 ;;
     --per-address) per_address=$2; shift ;;
     --timeout) timeout=$2; shift ;;
@@ -299,12 +302,13 @@ median_of() {
 # ---- idle ----
 declare -A idle
 if [ "$idle_clients" -gt 0 ]; then
-    echo "== $idle_clients idle sessions for $idle_s s (keep alive 60 s), then 10 publishes one at a time"
+    echo "== $idle_clients idle sessions for $idle_s s (keep alive $keepalive s), then 10 publishes one at a time"
     for name in "${brokers[@]}"; do
         dir=$tmp/$name-idle
         start_broker "$name" "$dir" || { status=1; continue; }
         out=$dir/idle.txt
         "$gen_bin" --mode idle --port "$started_port" --clients "$idle_clients" --idle "$idle_s" \
+            --keepalive "$keepalive" \
             --broker-pid "$started_pid" --id-prefix idle "${gen_common[@]}" >"$out" 2>&1
         rc=$?
         stop_pid "$started_pid"
