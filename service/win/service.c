@@ -355,7 +355,8 @@ typedef struct install_paths {
     int starter; /* no file at config yet: the starter configuration goes there */
 } install_paths;
 
-static int resolve_paths(install_paths *out, const char *config)
+/* On an error, what_now says what did not happen ("nothing was installed"). */
+static int resolve_paths(install_paths *out, const char *config, const char *what_now)
 {
     char program_data[MAX_PATH * 3];
     if (program_data_dir(program_data, sizeof(program_data)) != 0) {
@@ -378,7 +379,7 @@ static int resolve_paths(install_paths *out, const char *config)
         if (sb_config_load(&cfg, out->config, &errs) != 0) {
             sb_config_errors_print(&errs, stderr);
             sb_config_errors_clear(&errs);
-            fprintf(stderr, "switchboard service: %s has errors\n", out->config);
+            fprintf(stderr, "switchboard service: %s has errors; %s\n", out->config, what_now);
             return -1;
         }
         snprintf(out->data_dir, sizeof(out->data_dir), "%s", cfg->broker.data_dir);
@@ -464,10 +465,8 @@ static int cmd_install(const char *config)
         fprintf(stderr, "switchboard service: cannot find the program\n");
         return 1;
     }
-    if (resolve_paths(&paths, config) != 0) {
-        fprintf(stderr, "switchboard service: nothing was installed\n");
+    if (resolve_paths(&paths, config, "nothing was installed") != 0)
         return 1;
-    }
     wconfig = sb_utf8_to_wide(paths.config);
     if (wconfig == NULL)
         return 1;
@@ -529,7 +528,7 @@ static int cmd_configure(const char *config)
     DWORD code = ERROR_PATH_NOT_FOUND;
     int localsystem = 0, rc;
 
-    if (resolve_paths(&paths, config) != 0)
+    if (resolve_paths(&paths, config, "the service was not configured") != 0)
         return 1;
     svc = open_service(SERVICE_CHANGE_CONFIG | SERVICE_QUERY_CONFIG, &scm);
     if (svc == NULL)
