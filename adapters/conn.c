@@ -328,6 +328,30 @@ static void start_write(sb_conn *c)
     size_t len;
     if (c->writing || c->olen == 0 || c->closing)
         return;
+    /* Output that completes no delivery goes out at once if the transport
+     * takes it all: no write request to complete later, which (libuv 1.44)
+     * re-arms the socket with an epoll_ctl after every write, once per
+     * message with thousands of connections taking one each. Once per loop
+     * turn (as far as the loop's clock tells): what follows in the same
+     * turn waits for a write request and goes out with it in one write. */
+    if (c->odel_head == NULL && c->try_write != NULL &&
+        c->try_write_ms != uv_now(c->adapter->loop)) {
+        size_t n;
+        c->try_write_ms = uv_now(c->adapter->loop);
+        n = c->try_write(c, c->obuf, c->olen);
+        if (n == c->olen) {
+            sb_free(c->obuf);
+            c->obuf = NULL;
+            c->olen = c->ocap = 0;
+            if (c->close_after_write)
+                sb_conn_close(c, NULL);
+            return;
+        }
+        if (n > 0) {
+            memmove(c->obuf, c->obuf + n, c->olen - n);
+            c->olen -= n;
+        }
+    }
     buf = c->obuf;
     len = c->olen;
     c->wdel = c->odel_head;
@@ -353,7 +377,9 @@ int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t 
         return SB_ECLOSED;
     need = c->olen + alen + blen;
     if (need > c->ocap) {
-        size_t cap = c->ocap == 0 ? 4096 : c->ocap;
+        /* small first: most writes are one small packet, and a 4 KiB
+         * block per write is what the allocator then spends its time on */
+        size_t cap = c->ocap == 0 ? 512 : c->ocap;
         char *n;
         while (cap < need)
             cap *= 2;

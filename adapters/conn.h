@@ -83,8 +83,13 @@ struct sb_conn {
      * directions: a failed write then only ends the output (output_failed),
      * and the input is still read to its end. */
     void (*on_input_eof)(sb_conn *c);
+    /* Optional (libuv streams): writes what it can of buf[0..len) now,
+     * without blocking and without keeping buf; returns the bytes written
+     * (0 if none or on an error, which the next write then reports). */
+    size_t (*try_write)(sb_conn *c, const char *buf, size_t len);
+    uint64_t try_write_ms; /* loop time of the last try_write */
     void *transport;
-    sb_conn *next; /* the transport's list */
+    sb_conn *next, *prev; /* the transport's list */
     /* the listener's guard (NULL: none) and its bookkeeping */
     sb_conn_guard *guard;
     sb_conn *wprev, *wnext;  /* the guard's waiting list */

@@ -13,12 +13,33 @@ typedef struct uv_write_req {
     char *buf;
 } uv_write_req;
 
+/* A read is handled before the next one starts (protocols copy what they
+ * keep), so one buffer serves every connection of the loop's thread instead
+ * of 64 KiB allocated and freed per read; another is taken only if a read
+ * ever begins while that one is in use. */
+#define READ_BUF_SIZE 65536
+static _Thread_local char read_buf[READ_BUF_SIZE];
+static _Thread_local int read_buf_busy;
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)h;
     (void)suggested;
-    buf->base = sb_malloc(65536);
-    buf->len = buf->base != NULL ? 65536 : 0;
+    if (!read_buf_busy) {
+        read_buf_busy = 1;
+        buf->base = read_buf;
+    } else {
+        buf->base = sb_malloc(READ_BUF_SIZE);
+    }
+    buf->len = buf->base != NULL ? READ_BUF_SIZE : 0;
+}
+
+static void release_buf(const uv_buf_t *buf)
+{
+    if (buf->base == read_buf)
+        read_buf_busy = 0;
+    else
+        sb_free(buf->base);
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
@@ -36,7 +57,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     } else if (n < 0) {
         sb_conn_input_end(c, n == UV_EOF ? 0 : SB_ECLOSED, uv_strerror((int)n));
     }
-    sb_free(buf->base);
+    release_buf(buf);
 }
 
 static void uv_t_read(sb_conn *c, int on)
@@ -77,6 +98,17 @@ static int uv_t_write(sb_conn *c, char *buf, size_t len)
         return SB_ECLOSED;
     }
     return 0;
+}
+
+static size_t uv_t_try_write(sb_conn *c, const char *buf, size_t len)
+{
+    uv_transport *t = c->tdata;
+    uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
+    int n;
+    if (t->out == NULL)
+        return 0;
+    n = uv_try_write(t->out, &b, 1);
+    return n > 0 ? (size_t)n : 0;
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -129,5 +161,6 @@ int sb_conn_start_uv(sb_conn *c, sb_adapter *a, const sb_protocol *proto, uv_str
         in->data = c;
     if (out != NULL)
         out->data = c;
+    c->try_write = uv_t_try_write;
     return sb_conn_start(c, a, proto, &uv_transport_ops, t, peer);
 }

@@ -39,6 +39,8 @@ typedef struct sb_broker_config {
                                  SYSTEM, Administrators and the broker's own account */
     char *auth_password_file; /* auth.password_file: users (sbctl passwd), default none */
     char *auth_acl_file;      /* auth.acl_file: per-user topic rules, default none (all allowed) */
+    int64_t sys_interval_ms;  /* sys_interval: how often $SYS/... values are published,
+                                 default 10 s, 0 = never */
 } sb_broker_config;
 
 typedef enum { SB_TLS_V1_2 = 0, SB_TLS_V1_3 } sb_tls_version;

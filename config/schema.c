@@ -145,6 +145,12 @@ static const sb_config__field broker_fields[] = {
     {.key = "log", .type = SB_CT_SECTION, .section = &log_section},
     {.key = "admin", .type = SB_CT_SECTION, .section = &admin_section},
     {.key = "auth", .type = SB_CT_SECTION, .section = &auth_section},
+    {.key = "sys_interval",
+     .type = SB_CT_DURATION,
+     .offset = B(sys_interval_ms),
+     .def = 10 * SECONDS,
+     .min = 0,
+     .max = DAYS},
 };
 static const sb_config__section broker_section = TABLE(broker_fields);
 

@@ -207,14 +207,13 @@ static void on_redrive_done(sb_store_op *op, void *ctx)
         sb_dead_letter *d = &op->u.dlq_redrive.rows[i];
         last = d->dlq_id;
         if (op->status == 0 && d->target_queue_id != 0) {
-            for (sb_queue *q = r->b->queues; q != NULL; q = q->next)
-                if (q->id == d->target_queue_id && q->live) {
-                    d->msg->id = d->new_msg_id;
-                    sb_queue__append(q, d->msg, 0);
-                    sb_queue__dispatch(q);
-                    r->redriven++;
-                    break;
-                }
+            sb_queue *q = sb_broker__queue_by_id(r->b, d->target_queue_id);
+            if (q != NULL && q->live) {
+                d->msg->id = d->new_msg_id;
+                sb_queue__append(q, d->msg, 0);
+                sb_queue__dispatch(q);
+                r->redriven++;
+            }
         }
     }
     sb_store_dlq_rows_free(op->u.dlq_redrive.rows, op->u.dlq_redrive.row_count);

@@ -9,14 +9,16 @@
 #include "service/platform.h"
 #include "service/topic.h"
 
+#include <inttypes.h>
 #include <jansson.h>
 
-/* How often the $SYS/... topics are published. */
-#define SB_SYS_INTERVAL_MS 10000
 #include <stdio.h>
 #include <string.h>
 
 #include "service/auth.h"
+
+/* The housekeeping timer's period: expiry, $SYS values, retired bindings. */
+#define SB_HOUSEKEEPING_MS 1000
 
 void sb_sub_settings_default(sb_sub_settings *s)
 {
@@ -131,41 +133,208 @@ int sb_broker__put_queue(sb_broker *b, sb_queue *q)
     return 0;
 }
 
+/* The key of a queue id in queues_by_id. */
+static void id_key(char out[12], uint32_t id)
+{
+    snprintf(out, 12, "%" PRIx32, id);
+}
+
+sb_queue *sb_broker__queue_by_id(sb_broker *b, uint32_t id)
+{
+    char key[12];
+    id_key(key, id);
+    return sb_map_get(&b->queues_by_id, key);
+}
+
 sb_queue *sb_broker__add_queue(sb_broker *b, uint32_t id, const char *name, const char *filter,
                                sb_error *err)
 {
     sb_queue *q = sb_queue__new(b, id, name, filter);
+    char key[12];
+    id_key(key, id);
     if (q == NULL || sb_map_put(&b->queues_by_name, name, q, NULL) != 0) {
         if (q != NULL)
             sb_queue__close(q);
-        sb_error_set(err, SB_ENOMEM, 0, "out of memory creating queue %s", name);
-        return NULL;
+        goto oom;
     }
+    if (sb_map_put(&b->queues_by_id, key, q, NULL) != 0) {
+        sb_map_remove(&b->queues_by_name, name);
+        sb_queue__close(q);
+        goto oom;
+    }
+    if (sb_subindex_add_all(&b->routing, q->filter, q) != 0) {
+        sb_map_remove(&b->queues_by_name, name);
+        sb_map_remove(&b->queues_by_id, key);
+        sb_queue__close(q);
+        goto oom;
+    }
+    q->seq = ++b->queue_seq;
     q->next = b->queues;
+    if (b->queues != NULL)
+        b->queues->prev = q;
     b->queues = q;
+    sb_broker__queue_changed(q); /* its $SYS values were never published */
     return q;
+oom:
+    sb_error_set(err, SB_ENOMEM, 0, "out of memory creating queue %s", name);
+    return NULL;
+}
+
+/* The part of filters not yet indexed when it replaces old: an MQTT
+ * SUBSCRIBE appends its filter, and then only the new ones are indexed. */
+static const char *filters_added(const char *old, const char *filters)
+{
+    size_t n = strlen(old);
+    if (n > 0 && strncmp(filters, old, n) == 0 && filters[n] == '\n')
+        return filters + n + 1;
+    return filters;
+}
+
+int sb_broker__filter_begin(sb_broker *b, sb_queue *q, const char *filters, char **old_out)
+{
+    char *f;
+    *old_out = NULL;
+    if (strcmp(q->filter, filters) == 0)
+        return 0;
+    if ((f = sb_strdup(filters)) == NULL ||
+        sb_subindex_add_all(&b->routing, filters_added(q->filter, f), q) != 0) {
+        sb_free(f);
+        return SB_ENOMEM;
+    }
+    *old_out = q->filter;
+    q->filter = f;
+    return 0;
+}
+
+void sb_broker__filter_end(sb_broker *b, sb_queue *q, char *old, int commit)
+{
+    const char *added;
+    if (old == NULL)
+        return;
+    added = filters_added(old, q->filter);
+    if (commit) {
+        if (added == q->filter) /* replaced, not appended to */
+            sb_subindex_remove_all(&b->routing, old, q);
+        sb_free(old);
+    } else {
+        /* the index counts each (filter, queue) pair: this leaves old's */
+        sb_subindex_remove_all(&b->routing, added, q);
+        sb_free(q->filter);
+        q->filter = old;
+    }
+}
+
+int sb_broker__set_filter(sb_broker *b, sb_queue *q, const char *filters)
+{
+    char *old;
+    int rc = sb_broker__filter_begin(b, q, filters, &old);
+    if (rc == 0)
+        sb_broker__filter_end(b, q, old, 1);
+    return rc;
+}
+
+static void sys_clean(sb_broker *b, sb_queue *q);
+
+/* Takes q out of the broker's list and indexes (not out of the ack flush
+ * list: see remove_queue). */
+static void unlink_queue(sb_broker *b, sb_queue *q)
+{
+    char key[12];
+    id_key(key, q->id);
+    sb_map_remove(&b->queues_by_name, q->name);
+    sb_map_remove(&b->queues_by_id, key);
+    sb_subindex_remove_all(&b->routing, q->filter, q);
+    if (q->prev != NULL)
+        q->prev->next = q->next;
+    else
+        b->queues = q->next;
+    if (q->next != NULL)
+        q->next->prev = q->prev;
+    q->next = q->prev = NULL;
+    sys_clean(b, q);
+    q->live = 0;
+}
+
+/* Drops the retained $SYS values of a deleted queue (memory only). */
+static void forget_sys_values(sb_broker *b, const sb_queue *q)
+{
+    static const char *const names[] = {"depth", "dead"};
+    char topic[300];
+    if (strlen(q->name) > 200)
+        return;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        snprintf(topic, sizeof(topic), "$SYS/queues/%s/%s", q->name, names[i]);
+        sb_broker__forget_retained(b, topic);
+    }
 }
 
 static void remove_queue(sb_broker *b, sb_queue *q)
 {
-    sb_queue **p;
     sb_broker__expiry_remove(b, q);
-    sb_map_remove(&b->queues_by_name, q->name);
-    for (p = &b->queues; *p != NULL; p = &(*p)->next)
-        if (*p == q) {
-            *p = q->next;
-            break;
-        }
-    for (p = &b->ack_flush; *p != NULL; p = &(*p)->ack_next)
-        if (*p == q) {
-            *p = q->ack_next;
-            break;
-        }
-    q->live = 0;
+    unlink_queue(b, q);
+    forget_sys_values(b, q);
+    if (q->ack_queued) {
+        sb_queue **p;
+        for (p = &b->ack_flush; *p != NULL; p = &(*p)->ack_next)
+            if (*p == q) {
+                *p = q->ack_next;
+                break;
+            }
+    }
     if (q->pending == 0)
         sb_queue__close(q);
     else
         sb_queue__clear(q); /* closed by the last pending completion */
+}
+
+/* ---- lists of queues that need the housekeeping timer ---- */
+
+void sb_broker__queue_changed(sb_queue *q)
+{
+    sb_broker *b = q->broker;
+    if (q->sys_dirty || !q->live)
+        return;
+    q->sys_dirty = 1;
+    q->sys_prev = NULL;
+    q->sys_next = b->sys_dirty;
+    if (b->sys_dirty != NULL)
+        b->sys_dirty->sys_prev = q;
+    b->sys_dirty = q;
+}
+
+static void sys_clean(sb_broker *b, sb_queue *q)
+{
+    if (!q->sys_dirty)
+        return;
+    if (q->sys_prev != NULL)
+        q->sys_prev->sys_next = q->sys_next;
+    else
+        b->sys_dirty = q->sys_next;
+    if (q->sys_next != NULL)
+        q->sys_next->sys_prev = q->sys_prev;
+    q->sys_next = q->sys_prev = NULL;
+    q->sys_dirty = 0;
+}
+
+void sb_broker__watch_expiry(sb_queue *q, int on)
+{
+    sb_broker *b = q->broker;
+    int listed = q->exp_prev != NULL || b->expiring == q;
+    if (on && !listed && q->live) {
+        q->exp_prev = NULL;
+        q->exp_next = b->expiring;
+        if (b->expiring != NULL)
+            b->expiring->exp_prev = q;
+        b->expiring = q;
+    } else if (!on && listed) {
+        if (q->exp_prev != NULL)
+            q->exp_prev->exp_next = q->exp_next;
+        else
+            b->expiring = q->exp_next;
+        if (q->exp_next != NULL)
+            q->exp_next->exp_prev = q->exp_prev;
+        q->exp_next = q->exp_prev = NULL;
+    }
 }
 
 static int load_queue(void *ctx, uint32_t id, const char *name, const char *filter,
@@ -219,14 +388,13 @@ typedef struct load_ctx {
 static int load_entry(void *ctx, uint32_t queue_id, sb_message *msg, int attempts)
 {
     load_ctx *l = ctx;
+    sb_queue *q = sb_broker__queue_by_id(l->b, queue_id);
     int rc = 0;
-    for (sb_queue *q = l->b->queues; q != NULL; q = q->next)
-        if (q->id == queue_id) {
-            rc = sb_queue__append(q, msg, attempts);
-            if (rc == 0)
-                q->fifo.tail->offered = 1; /* it may have been, before the restart */
-            break;
-        }
+    if (q != NULL) {
+        rc = sb_queue__append(q, msg, attempts);
+        if (rc == 0)
+            q->fifo.tail->offered = 1; /* it may have been, before the restart */
+    }
     sb_message_unref(msg);
     if (++l->count % 100000 == 0)
         sb_info("store", "loaded %llu queued messages...", (unsigned long long)l->count);
@@ -431,11 +599,9 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
             sb_broker__expiry_remove(b, q);
             sb_queue__apply_route(q, r);
             if (created || strcmp(q->filter, filter) != 0) {
-                char *f = sb_strdup(filter);
-                if (f != NULL) {
-                    sb_free(q->filter);
-                    q->filter = f;
-                }
+                if (sb_broker__set_filter(b, q, filter) != 0)
+                    sb_errlog(q->name, "out of memory changing the filters to those of route %s",
+                              r->name);
                 sb_broker__put_queue(b, q);
                 if (created)
                     sb_broker__enqueue_retained(b, q, q->filter);
@@ -657,7 +823,7 @@ int sb_broker_start(sb_broker *b, sb_error *err)
         goto fail;
     b->started = 1;
     b->started_ms = sb_now_ms();
-    uv_timer_start(&b->housekeeping, on_housekeeping, 1000, 1000);
+    uv_timer_start(&b->housekeeping, on_housekeeping, SB_HOUSEKEEPING_MS, SB_HOUSEKEEPING_MS);
     sb_info(NULL, "Switchboard %s ready: %zu adapters, %zu routes, data in %s", SB_VERSION_STRING,
             b->cfg->adapter_count, b->cfg->route_count, b->cfg->broker.data_dir);
     return 0;
@@ -747,7 +913,7 @@ int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, co
 {
     sb_queue *q = sb_broker__find_queue(b, name);
     sb_retained_batch retained = {NULL, 0};
-    char *nf = NULL, *nm = NULL, *old_filter, *old_meta;
+    char *nm = NULL, *old_filter = NULL, *old_meta;
     int rc, created = 0;
 
     if ((rc = filters_validate(filters, err)) != 0)
@@ -764,24 +930,22 @@ int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, co
     }
     /* All or nothing: on failure the subscription is as it was (or absent). */
     if ((retained_for != NULL && sb_broker__retained_prepare(b, retained_for, &retained) != 0) ||
-        (nf = sb_strdup(filters)) == NULL || (meta != NULL && (nm = sb_strdup(meta)) == NULL))
+        (meta != NULL && (nm = sb_strdup(meta)) == NULL) ||
+        sb_broker__filter_begin(b, q, filters, &old_filter) != 0)
         goto oom;
-    old_filter = q->filter;
     old_meta = q->meta;
-    q->filter = nf;
     q->meta = nm;
     if (sb_broker__put_queue(b, q) != 0) {
-        q->filter = old_filter;
+        sb_broker__filter_end(b, q, old_filter, 0);
         q->meta = old_meta;
         goto oom;
     }
-    sb_free(old_filter);
+    sb_broker__filter_end(b, q, old_filter, 1);
     sb_free(old_meta);
     sb_broker__retained_queue(b, q, &retained);
     return 0;
 oom:
     sb_broker__retained_discard(&retained);
-    sb_free(nf);
     sb_free(nm);
     if (created)
         remove_queue(b, q);
@@ -1156,12 +1320,10 @@ static void finish_stop(sb_broker *b)
         sb_store_close(b->store);
         b->store = NULL;
     }
-    b->expiring_head = b->expiring_tail = NULL;
+    b->idle_head = b->idle_tail = NULL;
     while (b->queues != NULL) {
         sb_queue *q = b->queues;
-        b->queues = q->next;
-        sb_map_remove(&b->queues_by_name, q->name);
-        q->live = 0;
+        unlink_queue(b, q);
         sb_queue__close(q);
     }
     uv_walk(&b->loop, close_walk, NULL);
@@ -1260,13 +1422,28 @@ static void publish_sys(sb_broker *b, const char *topic, const char *fmt, long l
     sb_message_unref(m);
 }
 
+/* The broker's values every tick; a queue's values only when they changed
+ * since they were last published, and only while a subscription can
+ * receive them: an idle broker, or one whose queues nobody watches, does
+ * nothing per queue. */
 static void publish_sys_topics(sb_broker *b, int64_t now)
 {
     char topic[300];
+    sb_queue *q, *next;
     publish_sys(b, "$SYS/broker/uptime_ms", "%lld", (long long)(now - b->started_ms));
     publish_sys(b, "$SYS/broker/published", "%lld", (long long)b->published);
     publish_sys(b, "$SYS/broker/refused", "%lld", (long long)b->refused);
-    for (sb_queue *q = b->queues; q != NULL; q = q->next) {
+    if (b->sys_dirty == NULL || !sb_subindex_reaches(&b->routing, "$SYS/queues"))
+        return; /* the changed ones stay listed until someone listens */
+    /* The list is taken first: publishing may change a queue again (a
+     * drop-oldest queue that receives these values), which lists it anew
+     * for the next tick. */
+    q = b->sys_dirty;
+    b->sys_dirty = NULL;
+    for (; q != NULL; q = next) {
+        next = q->sys_next;
+        q->sys_next = q->sys_prev = NULL;
+        q->sys_dirty = 0;
         if (strlen(q->name) > 200)
             continue;
         snprintf(topic, sizeof(topic), "$SYS/queues/%s/depth", q->name);
@@ -1281,13 +1458,16 @@ static void on_housekeeping(uv_timer_t *t)
     sb_broker *b = t->data;
     int64_t now = sb_now_ms();
     unbind_all(b, NULL, 1); /* retired bindings whose last delivery is done */
-    if (now - b->last_sys_ms >= SB_SYS_INTERVAL_MS) {
+    /* (half a tick early rather than a whole tick late) */
+    if (b->cfg->broker.sys_interval_ms > 0 &&
+        now - b->last_sys_ms + SB_HOUSEKEEPING_MS / 2 >= b->cfg->broker.sys_interval_ms) {
         b->last_sys_ms = now;
         publish_sys_topics(b, now);
     }
-    for (sb_queue *q = b->queues; q != NULL; q = q->next)
-        if (q->ttl_ms > 0 || q->fifo.head != NULL)
-            sb_queue__expire(q, now);
+    for (sb_queue *q = b->expiring, *next; q != NULL; q = next) {
+        next = q->exp_next; /* expiring may take q off the list, never another */
+        sb_queue__expire(q, now);
+    }
     if (now - b->last_prune_ms > 60000) {
         char **keys = NULL;
         size_t n = 0;
@@ -1318,9 +1498,11 @@ int sb_broker_run(sb_broker *b)
 
 static void free_retained(const char *key, void *value, void *ctx)
 {
+    sb_retained *r = value;
     (void)key;
     (void)ctx;
-    sb_message_unref(value);
+    sb_message_unref(r->msg);
+    sb_free(r);
 }
 
 static void free_dedup(const char *key, void *value, void *ctx)
@@ -1347,9 +1529,12 @@ void sb_broker_free(sb_broker *b)
     }
     sb_map_each(&b->retained, free_retained, NULL);
     sb_map_clear(&b->retained);
+    sb_subindex_clear(&b->retained_topics);
     sb_map_each(&b->dedup, free_dedup, NULL);
     sb_map_clear(&b->dedup);
     sb_map_clear(&b->queues_by_name);
+    sb_map_clear(&b->queues_by_id);
+    sb_subindex_clear(&b->routing);
     sb_map_clear(&b->sessions);
     uv_mutex_destroy(&b->request_lock);
     sb_config_free(b->cfg);

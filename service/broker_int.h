@@ -9,6 +9,7 @@
 #include "service/broker.h"
 #include "service/map.h"
 #include "service/queue_int.h"
+#include "service/subindex.h"
 #include "storage/store.h"
 
 /* A publish waiting for its commit; completed strictly in publish order. */
@@ -38,6 +39,12 @@ typedef struct sb_pending {
     struct sb_pending *next;
 } sb_pending;
 
+/* A topic's retained value; the slot stays while the topic has one. */
+typedef struct sb_retained {
+    sb_message *msg;
+    uint64_t gen;
+} sb_retained;
+
 /* A route destination bound to a sink adapter. */
 typedef struct sb_sink_binding {
     sb_consumer consumer; /* first: the consumer's ctx points back here */
@@ -55,8 +62,14 @@ struct sb_broker {
     int started, stopping;
     int64_t started_ms;
 
-    sb_queue *queues; /* every queue, live or orphaned */
+    sb_queue *queues; /* every queue, live or orphaned; newest first */
     sb_map queues_by_name;
+    sb_map queues_by_id; /* sb_broker__queue_by_id */
+    sb_subindex routing; /* every queue under each of its filters */
+    uint64_t match_gen;  /* per publish: a queue is taken once (sb_queue.match_gen) */
+    uint64_t queue_seq;  /* sb_queue.seq of the newest queue */
+    sb_queue *expiring;  /* queues holding entries with an expiry time */
+    sb_queue *sys_dirty; /* queues whose $SYS values changed since published */
     uint64_t last_msg_id;
     uint32_t last_queue_id;
 
@@ -65,7 +78,9 @@ struct sb_broker {
     sb_sink_binding *bindings;
     int adapters_closing;
 
-    sb_map retained;              /* topic -> sb_message* */
+    sb_map retained;              /* topic -> sb_retained* */
+    sb_subindex retained_topics;  /* the same, for filters (sb_subindex_match_filter) */
+    uint64_t retained_gen;        /* per lookup: a value is taken once (sb_retained.gen) */
     sb_map dedup;                 /* key -> int64_t* expiry (0: never) */
     sb_map sessions;              /* client session name -> its owner (sb_broker_session_swap) */
     struct sb_auth *auth;         /* broker.auth, or NULL */
@@ -81,8 +96,8 @@ struct sb_broker {
     int stop_requested, reload_requested;
     int reloading, reload_again; /* a reload is being prepared off the loop; another is due */
     uv_timer_t housekeeping;
-    uv_timer_t expiry_timer;                 /* expiry.c */
-    sb_queue *expiring_head, *expiring_tail; /* idle client queues that expire, by deadline */
+    uv_timer_t expiry_timer;         /* expiry.c */
+    sb_queue *idle_head, *idle_tail; /* idle client queues that expire, by deadline */
     int64_t last_prune_ms;
     int64_t last_sys_ms;
 
@@ -106,6 +121,8 @@ typedef struct sb_retained_batch {
 int sb_broker__retained_prepare(sb_broker *b, const char *filters, sb_retained_batch *out);
 void sb_broker__retained_queue(sb_broker *b, sb_queue *q, sb_retained_batch *batch);
 void sb_broker__retained_discard(sb_retained_batch *batch);
+/* Drops topic's retained value, if any (memory only). */
+void sb_broker__forget_retained(sb_broker *b, const char *topic);
 sb_queue *sb_broker__find_queue(sb_broker *b, const char *name);
 
 /* expiry.c: q may have started or stopped being able to expire (consumers,
@@ -120,5 +137,16 @@ void sb_broker__free_op(sb_store_op *o, void *ctx);
 sb_queue *sb_broker__add_queue(sb_broker *b, uint32_t id, const char *name, const char *filter,
                                sb_error *err);
 int sb_broker__put_queue(sb_broker *b, sb_queue *q);
+sb_queue *sb_broker__queue_by_id(sb_broker *b, uint32_t id);
+/* Gives q (a queue of the broker's list) a copy of filters and re-indexes
+ * it; on SB_ENOMEM q keeps its filters. */
+int sb_broker__set_filter(sb_broker *b, sb_queue *q, const char *filters);
+/* The same in two steps, so that a caller can undo it without allocating:
+ * _begin indexes the new filters beside the old ones and gives them to q
+ * (0 or SB_ENOMEM, then nothing changed), with *old_out the old text (NULL
+ * if filters is unchanged); _end(commit) then drops the old filters from the
+ * index, or (!commit) the new ones and gives q its old text back. */
+int sb_broker__filter_begin(sb_broker *b, sb_queue *q, const char *filters, char **old_out);
+void sb_broker__filter_end(sb_broker *b, sb_queue *q, char *old, int commit);
 
 #endif

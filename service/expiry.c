@@ -21,70 +21,70 @@ static int64_t deadline(const sb_queue *q)
 
 static void unlist(sb_broker *b, sb_queue *q)
 {
-    if (!q->exp_listed)
+    if (!q->idle_listed)
         return;
-    if (q->exp_prev != NULL)
-        q->exp_prev->exp_next = q->exp_next;
+    if (q->idle_prev != NULL)
+        q->idle_prev->idle_next = q->idle_next;
     else
-        b->expiring_head = q->exp_next;
-    if (q->exp_next != NULL)
-        q->exp_next->exp_prev = q->exp_prev;
+        b->idle_head = q->idle_next;
+    if (q->idle_next != NULL)
+        q->idle_next->idle_prev = q->idle_prev;
     else
-        b->expiring_tail = q->exp_prev;
-    q->exp_prev = q->exp_next = NULL;
-    q->exp_listed = 0;
+        b->idle_tail = q->idle_prev;
+    q->idle_prev = q->idle_next = NULL;
+    q->idle_listed = 0;
 }
 
 /* Inserted by deadline, searched from the tail: queues mostly go idle in
  * the order they expire. */
 static void list_in_order(sb_broker *b, sb_queue *q)
 {
-    sb_queue *after = b->expiring_tail;
+    sb_queue *after = b->idle_tail;
     while (after != NULL && deadline(after) > deadline(q))
-        after = after->exp_prev;
-    q->exp_prev = after;
-    q->exp_next = after != NULL ? after->exp_next : b->expiring_head;
-    if (q->exp_next != NULL)
-        q->exp_next->exp_prev = q;
+        after = after->idle_prev;
+    q->idle_prev = after;
+    q->idle_next = after != NULL ? after->idle_next : b->idle_head;
+    if (q->idle_next != NULL)
+        q->idle_next->idle_prev = q;
     else
-        b->expiring_tail = q;
+        b->idle_tail = q;
     if (after != NULL)
-        after->exp_next = q;
+        after->idle_next = q;
     else
-        b->expiring_head = q;
-    q->exp_listed = 1;
+        b->idle_head = q;
+    q->idle_listed = 1;
 }
 
 static void arm(sb_broker *b)
 {
     int64_t now = (int64_t)uv_now(&b->loop), due;
-    if (b->expiring_head == NULL || b->stopping) {
+    if (b->idle_head == NULL || b->stopping) {
         uv_timer_stop(&b->expiry_timer);
         return;
     }
-    due = deadline(b->expiring_head);
+    due = deadline(b->idle_head);
     uv_timer_start(&b->expiry_timer, on_expiry_timer, (uint64_t)(due > now ? due - now : 0), 0);
 }
 
 void sb_broker__expiry_update(sb_broker *b, sb_queue *q)
 {
     int can_expire = q->live && !q->from_config && q->expire_ms > 0 && q->consumers == NULL;
-    int was_head = b->expiring_head == q;
+    int was_head = b->idle_head == q;
     if (!can_expire) {
         unlist(b, q);
     } else {
-        if (!q->exp_listed)
+        if (!q->idle_listed)
             q->idle_since_ms = (int64_t)uv_now(&b->loop);
         unlist(b, q); /* expire_ms may have changed: listed again in its place */
         list_in_order(b, q);
     }
-    if (was_head || b->expiring_head == q)
+    if (was_head || b->idle_head == q)
         arm(b);
 }
 
 void sb_broker__expiry_remove(sb_broker *b, sb_queue *q)
 {
-    int was_head = b->expiring_head == q;
+    int was_head = b->idle_head == q;
     unlist(b, q);
     if (was_head)
         arm(b);
@@ -95,7 +95,7 @@ static void on_expiry_timer(uv_timer_t *t)
     sb_broker *b = t->data;
     int64_t now = (int64_t)uv_now(&b->loop);
     sb_queue *q;
-    while (!b->stopping && (q = b->expiring_head) != NULL && deadline(q) <= now) {
+    while (!b->stopping && (q = b->idle_head) != NULL && deadline(q) <= now) {
         sb_error err;
         unlist(b, q);
         sb_info(q->name,

@@ -111,6 +111,8 @@ void sb_broker__deadletter(sb_broker *b, sb_queue *q, sb_entry *e, const char *r
     const char *source = sb_message_header(e->msg, "source");
 
     q->dead++;
+    if (!q->sys_dirty)
+        sb_broker__queue_changed(q);
     sb_log(SB_LOG_WARN, q->name, "message %llu (topic %s) moved to the dead-letter queue: %s",
            (unsigned long long)e->msg->id, e->msg->topic, reason);
     if (op == NULL)
@@ -136,17 +138,42 @@ oom:
 
 /* ---- retained values and dedup keys (in memory, mirrored in the store) ---- */
 
+void sb_broker__forget_retained(sb_broker *b, const char *topic)
+{
+    sb_retained *r = sb_map_remove(&b->retained, topic);
+    if (r == NULL)
+        return;
+    sb_subindex_remove(&b->retained_topics, topic, strlen(topic), r);
+    sb_message_unref(r->msg);
+    sb_free(r);
+}
+
 static void retain_set(sb_broker *b, sb_message *msg)
 {
-    void *old = NULL;
+    sb_retained *r;
     if (msg->payload_len == 0) {
-        old = sb_map_remove(&b->retained, msg->topic);
-    } else if (sb_map_put(&b->retained, msg->topic, sb_message_ref(msg), &old) != 0) {
-        sb_message_unref(msg);
-        sb_errlog("retain", "out of memory keeping the retained value of %s", msg->topic);
+        sb_broker__forget_retained(b, msg->topic);
+        return;
     }
-    if (old != NULL)
-        sb_message_unref(old);
+    if ((r = sb_map_get(&b->retained, msg->topic)) != NULL) {
+        sb_message_unref(r->msg);
+        r->msg = sb_message_ref(msg);
+        return;
+    }
+    if ((r = sb_calloc(1, sizeof(*r))) == NULL ||
+        sb_map_put(&b->retained, msg->topic, r, NULL) != 0) {
+        sb_free(r);
+        goto oom;
+    }
+    if (sb_subindex_add(&b->retained_topics, msg->topic, strlen(msg->topic), r) != 0) {
+        sb_map_remove(&b->retained, msg->topic);
+        sb_free(r);
+        goto oom;
+    }
+    r->msg = sb_message_ref(msg);
+    return;
+oom:
+    sb_errlog("retain", "out of memory keeping the retained value of %s", msg->topic);
 }
 
 static int dedup_seen(sb_broker *b, const char *key, int64_t now)
@@ -275,6 +302,82 @@ static void pending_push(sb_broker *b, sb_pending *p)
     b->pending_tail = p;
 }
 
+/* Doubles the room of p's queue arrays (cap entries now). */
+static int grow_queues(sb_pending *p, size_t *cap)
+{
+    size_t ncap = *cap * 2;
+    sb_queue **nq = sb_malloc(ncap * sizeof(*nq));
+    uint32_t *ni = sb_malloc(ncap * sizeof(*ni));
+    if (nq == NULL || ni == NULL) {
+        sb_free(nq);
+        sb_free(ni);
+        return SB_ENOMEM;
+    }
+    memcpy(nq, p->queues, p->queue_count * sizeof(*nq));
+    if (p->queues != p->queues_inline)
+        sb_free(p->queues);
+    if (p->queue_ids != p->ids_inline)
+        sb_free(p->queue_ids);
+    p->queues = nq;
+    p->queue_ids = ni;
+    *cap = ncap;
+    return 0;
+}
+
+/* The queues a topic is routed to, collected from the index. */
+typedef struct route_match {
+    sb_broker *b;
+    sb_pending *p;
+    size_t cap;
+    int failed;
+} route_match;
+
+static void collect_queue(void *value, void *ctx)
+{
+    route_match *m = ctx;
+    sb_queue *q = value;
+    /* once per queue, however many of its filters match */
+    if (q->match_gen == m->b->match_gen || !routed(q) || m->failed)
+        return;
+    q->match_gen = m->b->match_gen;
+    if (m->p->queue_count == m->cap && grow_queues(m->p, &m->cap) != 0) {
+        m->failed = 1;
+        return;
+    }
+    m->p->queues[m->p->queue_count++] = q;
+}
+
+static int newest_first(const void *a, const void *b)
+{
+    const sb_queue *x = *(sb_queue *const *)a, *y = *(sb_queue *const *)b;
+    return x->seq < y->seq ? 1 : x->seq > y->seq ? -1 : 0;
+}
+
+/* Fills p->queues with the queues routing topic, in the order of the
+ * broker's list (newest first), which decides whose dedup header applies
+ * and the order of drops and deliveries. */
+static int route(sb_broker *b, sb_pending *p, const char *topic, size_t *cap)
+{
+    route_match m = {b, p, *cap, 0};
+    b->match_gen++;
+    sb_subindex_match(&b->routing, topic, collect_queue, &m);
+    *cap = m.cap;
+    if (m.failed)
+        return SB_ENOMEM;
+    if (p->queue_count <= 8) {
+        for (size_t i = 1; i < p->queue_count; i++) {
+            sb_queue *q = p->queues[i];
+            size_t j = i;
+            for (; j > 0 && p->queues[j - 1]->seq < q->seq; j--)
+                p->queues[j] = p->queues[j - 1];
+            p->queues[j] = q;
+        }
+    } else {
+        qsort(p->queues, p->queue_count, sizeof(*p->queues), newest_first);
+    }
+    return 0;
+}
+
 /* Checks q's limits for one more message without changing anything: 0 with
  * *want = how many of its oldest entries make_room will drop (drop-oldest),
  * or SB_EFULL (reject). */
@@ -365,9 +468,12 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
         }
         p->dedup_expires_ms = 0;
     }
-    for (sb_queue *q = b->queues; q != NULL; q = q->next) {
-        if (!routed(q) || !sb_topic_match_any(q->filter, msg->topic))
-            continue;
+    if (route(b, p, msg->topic, &cap) != 0) {
+        rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < p->queue_count; i++) {
+        sb_queue *q = p->queues[i];
         if (q->dedup_header != NULL && p->dedup_key == NULL) {
             const char *v = sb_message_header(msg, q->dedup_header);
             if (v != NULL) {
@@ -392,31 +498,10 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
                 }
             }
         }
-        if (p->queue_count == cap) {
-            size_t ncap = cap * 2;
-            sb_queue **nq = sb_malloc(ncap * sizeof(*nq));
-            uint32_t *ni = sb_malloc(ncap * sizeof(*ni));
-            if (nq == NULL || ni == NULL) {
-                sb_free(nq);
-                sb_free(ni);
-                rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-                goto fail;
-            }
-            memcpy(nq, p->queues, cap * sizeof(*nq));
-            memcpy(ni, p->queue_ids, cap * sizeof(*ni));
-            if (p->queues != p->queues_inline)
-                sb_free(p->queues);
-            if (p->queue_ids != p->ids_inline)
-                sb_free(p->queue_ids);
-            p->queues = nq;
-            p->queue_ids = ni;
-            cap = ncap;
-        }
         if ((rc = check_limits(q, msg, &want, err)) != 0)
             goto fail;
         if (q->durability != SB_DURABILITY_MEMORY)
             drops += want;
-        p->queues[p->queue_count++] = q;
         p->durability_mask |= 1 << q->durability;
         if (q->durability != SB_DURABILITY_MEMORY) {
             p->queue_ids[ndurable++] = q->id;
@@ -491,17 +576,20 @@ fail:
  * its queue, oldest first, so a late subscriber starts with the current
  * state. */
 typedef struct retained_match {
-    const char *filters;
+    uint64_t gen;
     sb_message **items;
     size_t count, cap;
     int failed;
 } retained_match;
 
-static void collect_retained(const char *topic, void *value, void *ctx)
+static void collect_retained(void *value, void *ctx)
 {
     retained_match *m = ctx;
-    if (m->failed || !sb_topic_match_any(m->filters, topic))
+    sb_retained *r = value;
+    /* once, however many of the filters match its topic */
+    if (m->failed || r->gen == m->gen)
         return;
+    r->gen = m->gen;
     if (m->count == m->cap) {
         size_t ncap = m->cap == 0 ? 16 : m->cap * 2;
         sb_message **n = sb_realloc(m->items, ncap * sizeof(*n));
@@ -512,7 +600,7 @@ static void collect_retained(const char *topic, void *value, void *ctx)
         m->items = n;
         m->cap = ncap;
     }
-    m->items[m->count++] = value;
+    m->items[m->count++] = r->msg;
 }
 
 static int by_id(const void *a, const void *b)
@@ -523,12 +611,20 @@ static int by_id(const void *a, const void *b)
 
 int sb_broker__retained_prepare(sb_broker *b, const char *filters, sb_retained_batch *out)
 {
-    retained_match m = {filters, NULL, 0, 0, 0};
+    retained_match m = {++b->retained_gen, NULL, 0, 0, 0};
+    const char *f = filters;
     sb_pending **ps = NULL;
 
     out->items = NULL;
     out->count = 0;
-    sb_map_each(&b->retained, collect_retained, &m);
+    for (;;) {
+        const char *nl = strchr(f, '\n');
+        size_t n = nl != NULL ? (size_t)(nl - f) : strlen(f);
+        sb_subindex_match_filter(&b->retained_topics, f, n, collect_retained, &m);
+        if (nl == NULL)
+            break;
+        f = nl + 1;
+    }
     if (m.failed)
         goto oom;
     if (m.count == 0)

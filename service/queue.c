@@ -174,6 +174,10 @@ void sb_queue__append_entry(sb_queue *q, sb_entry *e, sb_message *msg, int attem
     fifo_push(&q->fifo, e);
     if (q->cursor == NULL)
         q->cursor = e;
+    if (e->expires_ms != 0 && q->expiring++ == 0)
+        sb_broker__watch_expiry(q, 1);
+    if (!q->sys_dirty)
+        sb_broker__queue_changed(q);
     q->depth++;
     q->bytes += (int64_t)sb_message_size(msg);
     q->published++;
@@ -182,6 +186,9 @@ void sb_queue__append_entry(sb_queue *q, sb_entry *e, sb_message *msg, int attem
 
 static void free_entry(sb_entry *e)
 {
+    sb_queue *q = e->queue;
+    if (e->expires_ms != 0 && --q->expiring == 0)
+        sb_broker__watch_expiry(q, 0);
     sb_message_unref(e->msg);
     sb_free(e);
 }
@@ -225,6 +232,8 @@ static void finish(sb_queue *q, sb_entry *e)
         q->cursor = n;
     }
     e->state = SB_ENTRY_DONE;
+    if (!q->sys_dirty)
+        sb_broker__queue_changed(q);
     q->depth--;
     q->bytes -= (int64_t)sb_message_size(e->msg);
 }
@@ -261,6 +270,12 @@ static int has_capacity(const sb_queue *q)
     return 0;
 }
 
+/* Arms the timer for the next lease end or retry. Lazily: a timer that
+ * fires no later than needed is left alone (on_timer re-arms it for what is
+ * left), and one no longer needed fires once for nothing, rather than
+ * being stopped and started again around every delivery: with thousands of
+ * queues each taking a message now and then, that churned the loop's
+ * timer heap on every message. */
 static void arm_timer(sb_queue *q)
 {
     int64_t next = -1, now = (int64_t)uv_now(sb_broker_loop(q->broker));
@@ -269,14 +284,11 @@ static void arm_timer(sb_queue *q)
     /* Retries wait for a consumer with room; sb_consumer_ready re-dispatches. */
     if (q->retry.head != NULL && has_capacity(q) && (next < 0 || q->retry.head->deadline < next))
         next = q->retry.head->deadline;
-    if (next < 0) {
-        if (q->timer_armed)
-            uv_timer_stop(&q->timer);
-        q->timer_armed = 0;
+    if (next < 0 || (q->timer_armed && q->timer_due <= next))
         return;
-    }
     uv_timer_start(&q->timer, on_timer, (uint64_t)(next > now ? next - now : 0), 0);
     q->timer_armed = 1;
+    q->timer_due = next;
 }
 
 /* A failed attempt: retry after backoff, or dead-letter. */

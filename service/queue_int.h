@@ -75,6 +75,7 @@ struct sb_queue {
     sb_consumer *rr; /* round-robin position */
     uv_timer_t timer;
     int timer_armed;
+    int64_t timer_due; /* when it fires (loop ms), while armed */
     int dispatching;
 
     /* in-order acks not yet sent to the store: [ack_first, ack_last] */
@@ -85,13 +86,21 @@ struct sb_queue {
     /* counters */
     uint64_t published, delivered, acked, nacked, dead, expired, dropped;
     sb_rate in_rate, out_rate;
-    sb_queue *next; /* broker's list */
+
+    /* the broker's indexes */
+    sb_queue *next, *prev;         /* broker's list, newest first */
+    uint64_t seq;                  /* position in that list: higher is newer */
+    uint64_t match_gen;            /* the publish that took it last */
+    int64_t expiring;              /* entries with an expiry time */
+    sb_queue *exp_next, *exp_prev; /* the broker's list of such queues */
+    int sys_dirty;                 /* on the broker's list of changed queues */
+    sb_queue *sys_next, *sys_prev;
 
     /* expiry.c: a client queue without consumers for expire_ms (> 0) is
      * deleted; listed by deadline while it has none */
     int64_t expire_ms, idle_since_ms;
-    sb_queue *exp_prev, *exp_next;
-    int exp_listed;
+    sb_queue *idle_prev, *idle_next;
+    int idle_listed;
 };
 
 /* Creates a queue (not yet in the broker's lists); settings from route
@@ -130,6 +139,11 @@ void sb_rate__add(sb_rate *r, int64_t now_sec, uint64_t n);
 double sb_rate__per_sec(const sb_rate *r, int64_t now_sec);
 
 /* Broker internals used by queue.c (defined in broker.c). */
+/* q's depth or dead count changed (for its $SYS values): call when
+ * !q->sys_dirty. */
+void sb_broker__queue_changed(sb_queue *q);
+/* q has entries with an expiry time (on), or no longer (off). */
+void sb_broker__watch_expiry(sb_queue *q, int on);
 void sb_broker__deadletter(sb_broker *b, sb_queue *q, sb_entry *e, const char *reason);
 void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t last);
 void sb_broker__schedule_ack_flush(sb_broker *b, sb_queue *q);

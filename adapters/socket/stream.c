@@ -88,12 +88,15 @@ static void schedule_reconnect(void *adapter);
 static void on_conn_closed(sb_conn *c)
 {
     stream_adapter *s = c->transport;
-    sb_conn **p;
-    for (p = &s->conns; *p != NULL; p = &(*p)->next)
-        if (*p == c) {
-            *p = c->next;
-            break;
-        }
+    /* (doubly linked: thousands of clients leaving at once each walked
+     * the list) */
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    c->next = c->prev = NULL;
     if (s->rr == c)
         s->rr = NULL;
     s->conn_count--;
@@ -113,6 +116,15 @@ static void on_tls_ready(sb_conn *c)
     sb_adapter_sink_ready(&s->base);
 }
 
+static void link_conn(stream_adapter *s, sb_conn *c)
+{
+    c->prev = NULL;
+    c->next = s->conns;
+    if (s->conns != NULL)
+        s->conns->prev = c;
+    s->conns = c;
+}
+
 static int add_conn(stream_adapter *s, uv_stream_t *h, const char *peer)
 {
     sb_conn *c = sb_calloc(1, sizeof(*c));
@@ -129,16 +141,14 @@ static int add_conn(stream_adapter *s, uv_stream_t *h, const char *peer)
             uv_close((uv_handle_t *)h, on_handle_free);
             return rc;
         }
-        c->next = s->conns;
-        s->conns = c;
+        link_conn(s, c);
         s->conn_count++;
         if (s->guard_open)
             sb_conn_guard_add(&s->guard, c);
         sb_log(SB_LOG_INFO, s->base.name, "peer %s connected (TLS handshake)", peer);
         return 0;
     }
-    c->next = s->conns;
-    s->conns = c;
+    link_conn(s, c);
     s->conn_count++;
     if (s->guard_open)
         sb_conn_guard_add(&s->guard, c);

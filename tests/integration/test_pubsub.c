@@ -2,7 +2,8 @@
  * Publish/subscribe over jsonl against a real broker: route queues and
  * client subscriptions, ack/nack and retries, dead letters (list, redrive,
  * purge), retained values, dedup, TTL expiry, overflow (reject and
- * drop-oldest), `$` topics, and messages surviving a clean restart.
+ * drop-oldest), `$` topics, messages surviving a clean restart, and the
+ * $SYS values of queues.
  */
 #include "harness.h"
 
@@ -303,6 +304,44 @@ static void test_retained_value_for_late_subscriber(void **state)
     sbt_pub(c, "state/marker", "m2", 2);
     expect_msg(c, "later", "state/marker", "m2", 1);
     sbt_close(late);
+    sbt_close(c);
+    b->passed = 1;
+}
+
+/* A route declared later whose filters overlap gets each retained value
+ * once, oldest first; a cleared value is not among them. */
+static void test_retained_once_for_overlapping_filters(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c = start(b, "pubsub-retain-overlap");
+    char *both;
+    json_t *m;
+
+    sbt_pub(c, "kept/oven", "180", 1);
+    sbt_pub(c, "kept/fridge", "4", 1);
+    sbt_pub(c, "kept/sink", "x", 1);
+    sbt_pub(c, "kept/sink", "", 1); /* clears it */
+    sbt_close(c);
+    sbt_broker_stop(b);
+    /* the same config plus a route matching kept/oven twice */
+    both = malloc(sizeof(config) + 100);
+    assert_non_null(both);
+    snprintf(both, sizeof(config) + 100,
+             "%s  - name: both\n    from: [kept/#, kept/oven, +/oven]\n", config);
+    sbt_broker_config(b, both);
+    free(both);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+    /* the copies are committed after the start: wait for them all */
+    sbt_wait_queue_int(c, "both", "pending", 0, 10000);
+    assert_int_equal(sbt_queue_int(c, "both", "depth"), 2);
+    sbt_sub(c, "both", NULL, 10);
+    m = sbt_next_msg(c, SBT_REPLY_MS);
+    assert_string_equal(sbt_str(m, "topic"), "kept/oven");
+    json_decref(m);
+    m = sbt_next_msg(c, SBT_REPLY_MS);
+    assert_string_equal(sbt_str(m, "topic"), "kept/fridge");
+    json_decref(m);
     sbt_close(c);
     b->passed = 1;
 }
@@ -736,6 +775,130 @@ static void test_refusals_and_unsubscribe(void **state)
     b->passed = 1;
 }
 
+/* $SYS values every second here (broker.sys_interval). */
+static const char sys_config[] = "broker:\n"
+                                 "  data_dir: '{data}'\n"
+                                 "  admin: { endpoint: 'off' }\n"
+                                 "  sys_interval: 1s\n"
+                                 "adapters:\n"
+                                 "  - name: clients\n"
+                                 "    type: tcp\n"
+                                 "    listen: 127.0.0.1:{port0}\n"
+                                 "    protocol: jsonl\n"
+                                 "routes:\n"
+                                 "  - name: a\n"
+                                 "    from: a/#\n"
+                                 "  - name: b\n"
+                                 "    from: b/#\n";
+
+static int64_t retained_count(sbt_conn *c)
+{
+    json_t *r = sbt_call(c, "{s:s}", "op", "stats");
+    int64_t n = sbt_int(json_object_get(r, "broker"), "retained");
+    json_decref(r);
+    return n;
+}
+
+/* Reads one delivery of subs "tick" ($SYS/broker/uptime_ms, one a tick) or
+ * "watch" and acknowledges it; counts the watch deliveries per queue (a, b)
+ * and payload ("0", "1"). Returns 1 for a tick. */
+static int read_sys(sbt_conn *c, int counts[2][2])
+{
+    json_t *m = sbt_next_msg(c, SBT_REPLY_MS);
+    const char *sub = sbt_str(m, "sub"), *topic = sbt_str(m, "topic");
+    const char *payload = sbt_str(m, "payload");
+    int tick = strcmp(sub, "tick") == 0;
+    if (!tick) {
+        int q = strcmp(topic, "$SYS/queues/a/depth") == 0   ? 0
+                : strcmp(topic, "$SYS/queues/b/depth") == 0 ? 1
+                                                            : -1;
+        int v = strcmp(payload, "0") == 0 ? 0 : strcmp(payload, "1") == 0 ? 1 : -1;
+        assert_string_equal(sub, "watch");
+        if (q >= 0) {
+            if (v < 0)
+                fail_msg("%s: %s", topic, payload);
+            counts[q][v]++;
+        }
+    }
+    sbt_ack(c, sub, sbt_int(m, "msg_id"));
+    json_decref(m);
+    return tick;
+}
+
+/* Reads until counts[q][v] reaches want (a deadline of 20 ticks). */
+static void wait_sys(sbt_conn *c, int counts[2][2], int q, int v, int want)
+{
+    int ticks = 0;
+    while (counts[q][v] < want) {
+        ticks += read_sys(c, counts);
+        if (ticks > 20)
+            fail_msg("queue %d value %d seen %d times after 20 ticks, want %d", q, v, counts[q][v],
+                     want);
+    }
+}
+
+/* Reads what `ticks` more ticks bring. */
+static void skip_ticks(sbt_conn *c, int counts[2][2], int ticks)
+{
+    while (ticks > 0)
+        ticks -= read_sys(c, counts);
+}
+
+/* A queue's $SYS values are published only while a subscription can
+ * receive them, and then only when they changed; a deleted queue's
+ * retained values go with it. (They used to be published for every queue
+ * every tick: with 10,000 MQTT sessions the broker never rested.) */
+static void test_sys_values_when_watched_and_changed(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c, *t;
+    json_t *r;
+    int64_t deadline;
+    int counts[2][2] = {{0, 0}, {0, 0}};
+
+    sbt_broker_init(b, "pubsub-sys", 1);
+    sbt_broker_config(b, sys_config);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+    /* Nobody watches queues: ticks leave only the broker's values. */
+    sbt_sub(c, "tick", "$SYS/broker/uptime_ms", 100);
+    skip_ticks(c, counts, 3);
+    assert_int_equal(retained_count(c), 3);
+
+    /* Now someone does: every queue's values once, then a's again when
+     * it changed, b's never again. */
+    sbt_sub(c, "watch", "$SYS/queues/+/depth", 100);
+    wait_sys(c, counts, 0, 0, 1);
+    wait_sys(c, counts, 1, 0, 1);
+    sbt_pub(c, "a/x", "one", 1);
+    wait_sys(c, counts, 0, 1, 1);
+    skip_ticks(c, counts, 3);
+    assert_int_equal(counts[0][0], 1);
+    assert_int_equal(counts[0][1], 1);
+    assert_int_equal(counts[1][0], 1);
+    assert_int_equal(counts[1][1], 0);
+
+    /* depth and dead of a, b, tick, watch and temp are retained; deleting
+     * temp drops its two. */
+    t = sbt_connect(b->port[0]);
+    sbt_sub(t, "temp", "temp/#", 10);
+    sbt_close(t);
+    deadline = sbt_now_ms() + 20000;
+    while (retained_count(c) < 3 + 2 * 5) {
+        if (sbt_now_ms() > deadline)
+            fail_msg("%lld values retained, want %d", (long long)retained_count(c), 3 + 2 * 5);
+        read_sys(c, counts); /* the next delivery, at most a tick away */
+    }
+    assert_int_equal(retained_count(c), 3 + 2 * 5);
+    sbt_wait_queue_int(c, "temp", "consumers", 0, 5000);
+    r = sbt_call(c, "{s:s, s:s, s:b}", "op", "unsub", "sub", "temp", "delete", 1);
+    sbt_expect_op(r, "unsubscribed");
+    json_decref(r);
+    assert_int_equal(retained_count(c), 3 + 2 * 4);
+    sbt_close(c);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -743,6 +906,8 @@ int main(void)
                                         sbt_teardown),
         cmocka_unit_test_setup_teardown(test_nack_retry_and_dead_letters, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_retained_value_for_late_subscriber, sbt_setup,
+                                        sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_once_for_overlapping_filters, sbt_setup,
                                         sbt_teardown),
         cmocka_unit_test_setup_teardown(test_dedup_window, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_ttl_expiry, sbt_setup, sbt_teardown),
@@ -758,6 +923,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_memory_queue_and_retained_across_restart, sbt_setup,
                                         sbt_teardown),
         cmocka_unit_test_setup_teardown(test_refusals_and_unsubscribe, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_sys_values_when_watched_and_changed, sbt_setup,
+                                        sbt_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests_name("pubsub", tests, NULL, NULL);

@@ -116,8 +116,9 @@ struct mqtt_session {
     inflight *fl; /* open addressing by packet id, fl_cap a power of 2 */
     size_t fl_cap, fl_count;
     /* inbound publishes awaiting their commit, oldest first */
-    pub_slot ring[MAX_PENDING_PUBLISHES];
-    size_t ring_head, ring_count;
+    pub_slot *ring; /* allocated by the first publish: most sessions only
+                       subscribe, and an idle one should cost little */
+    size_t ring_head, ring_count, ring_cap;
     int got_connect; /* the first packet was a CONNECT */
     int parsing;     /* in parse(): no re-entry */
     char source[200];
@@ -605,16 +606,37 @@ static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
 
 /* ---- inbound: publishes ---- */
 
+/* Room for one more slot (growing by doubling up to
+ * MAX_PENDING_PUBLISHES, which stalled() never lets the ring exceed);
+ * called before the publish whose callback will pop it. */
+static int ring_reserve(mqtt_session *s)
+{
+    size_t cap;
+    pub_slot *n;
+    if (s->ring_count < s->ring_cap)
+        return 0;
+    cap = s->ring_cap == 0 ? 16 : s->ring_cap * 2;
+    if ((n = sb_malloc(cap * sizeof(*n))) == NULL)
+        return SB_ENOMEM;
+    for (size_t i = 0; i < s->ring_count; i++)
+        n[i] = s->ring[(s->ring_head + i) % s->ring_cap];
+    sb_free(s->ring);
+    s->ring = n;
+    s->ring_cap = cap;
+    s->ring_head = 0;
+    return 0;
+}
+
 static void ring_push(mqtt_session *s, pub_slot slot)
 {
-    s->ring[(s->ring_head + s->ring_count) % MAX_PENDING_PUBLISHES] = slot;
+    s->ring[(s->ring_head + s->ring_count) % s->ring_cap] = slot;
     s->ring_count++;
 }
 
 static pub_slot ring_pop(mqtt_session *s)
 {
     pub_slot slot = s->ring[s->ring_head];
-    s->ring_head = (s->ring_head + 1) % MAX_PENDING_PUBLISHES;
+    s->ring_head = (s->ring_head + 1) % s->ring_cap;
     s->ring_count--;
     return slot;
 }
@@ -661,6 +683,8 @@ static void ack_dropped(mqtt_session *s, const sb_mqtt_packet *pk)
     pub_slot slot = {pk->packet_id, pk->publish.qos, 1};
     if (s->ring_count == 0)
         send_pub_ack(s, slot);
+    else if (ring_reserve(s) != 0)
+        fail(s, "out of memory");
     else
         ring_push(s, slot);
 }
@@ -702,6 +726,8 @@ static int handle_publish(mqtt_session *s, const sb_mqtt_packet *pk)
         key_in(key, sizeof key, s, pk->packet_id);
         opts.dedup_key = key;
     }
+    if (ring_reserve(s) != 0)
+        goto nomem;
     rc = sb_broker_publish(s->broker, m, &opts, on_published, s, &err);
     sb_message_unref(m);
     if (rc != 0) {
@@ -1361,6 +1387,7 @@ static void session_maybe_free(mqtt_session *s)
         return;
     subs_free(s);
     fl_clear(s);
+    sb_free(s->ring);
     sb_free(s->client_id);
     sb_free(s->queue);
     sb_free(s->user);

@@ -351,6 +351,85 @@ static void test_oom_sub_define(void **state)
     oom_subscribe(*state, do_sub_define, 1);
 }
 
+/* ---- redefining a session ------------------------------------------------- */
+
+/* 1 if a publish to topic reaches the subscription `name`. */
+static int reaches(core_fx *f, const char *name, const char *topic)
+{
+    int64_t before = core_queue(f, name)->depth;
+    core_publish_ok(f, NULL, topic, "x", NULL);
+    return core_queue(f, name)->depth > before;
+}
+
+/* A session that changes its filters (an MQTT SUBSCRIBE appends one, an
+ * UNSUBSCRIBE replaces them): a refused change leaves its filters, its meta
+ * and what reaches it (the subscription index) as they were. */
+static void oom_redefine(core_fx *f, const char *filters, const char *gained, const char *lost)
+{
+    const char *const old = "r/#\np/#";
+    long runs = 0, accepted = 0;
+    sb_error err;
+
+    for (long n = 0;; n++) {
+        long failures;
+        int rc;
+        sb_queue *q;
+        if (n == MAX_RUNS)
+            fail_msg("sub_define still meets injected failures after %d runs", MAX_RUNS);
+        sb_error_clear(&err);
+        sb_alloc_fail_once(n);
+        rc = sb_broker_sub_define(f->b, "s", filters, "2", NULL, NULL, &err);
+        failures = sb_alloc_failures();
+        sb_alloc_fail_once(-1);
+
+        q = core_queue(f, "s");
+        assert_non_null(q);
+        if (rc == 0) {
+            accepted++;
+            assert_string_equal(q->filter, filters);
+            assert_string_equal(sb_broker_sub_meta(f->b, "s"), "2");
+            assert_true(reaches(f, "s", gained));
+            if (lost != NULL)
+                assert_false(reaches(f, "s", lost));
+        } else {
+            if (rc != SB_ENOMEM)
+                fail_msg("run %ld: returned %s (%s)", n, sb_errname(rc), err.msg);
+            assert_string_equal(q->filter, old);
+            assert_string_equal(sb_broker_sub_meta(f->b, "s"), "1");
+            assert_false(reaches(f, "s", gained));
+            if (lost != NULL)
+                assert_true(reaches(f, "s", lost));
+        }
+        assert_true(reaches(f, "s", "r/x"));
+        core_check_all(f);
+        /* back to the old definition for the next run */
+        assert_int_equal(sb_broker_sub_define(f->b, "s", old, "1", NULL, NULL, &err), 0);
+        assert_false(reaches(f, "s", gained));
+        runs = n + 1;
+        if (failures == 0) {
+            assert_int_equal(rc, 0);
+            break;
+        }
+    }
+    print_message("redefine (%s): %ld runs, %ld accepted\n", lost != NULL ? "replaced" : "appended",
+                  runs, accepted);
+    assert_true(runs > 2);
+}
+
+static void test_oom_sub_redefine(void **state)
+{
+    core_fx *f = *state;
+    sb_error err;
+
+    core_start(f, sub_cfg);
+    assert_int_equal(sb_broker_sub_define(f->b, "s", "r/#\np/#", "1", NULL, NULL, &err), 0);
+    oom_redefine(f, "r/#\np/#\no/#", "o/x", NULL); /* appended */
+    oom_redefine(f, "r/#\no/#", "o/x", "p/x");     /* replaced */
+    core_check_all(f);
+    core_stop(f);
+    check_no_leaks();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -358,6 +437,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_oom_publish, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_oom_subscribe, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_oom_sub_define, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_oom_sub_redefine, core_setup, core_teardown),
     };
     return cmocka_run_group_tests_name("core_oom", tests, NULL, NULL);
 }
