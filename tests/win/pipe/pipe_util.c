@@ -401,6 +401,19 @@ void pt_example_config(sbt_broker *b, const char *name, const char *const *repl)
         free(text);
         text = next;
     }
+    /* An admin pipe of this run's own: the examples use the default one,
+     * which another test (the service's) may be serving at the same time. */
+    {
+        char admin[200];
+        snprintf(admin, sizeof(admin),
+                 "\nbroker:\n  admin: { endpoint: '\\\\.\\pipe\\sbt-admin-%s-%lu' }\n", b->name,
+                 (unsigned long)uv_os_getpid());
+        next = replace_all(text, "\nbroker:\n", admin);
+        if (next == NULL)
+            fail_msg("%s has no broker section", name);
+        free(text);
+        text = next;
+    }
     /* the jsonl endpoint first where the adapters start */
     next = replace_all(text, "\nadapters:\n", clients);
     if (next == NULL)
