@@ -17,6 +17,10 @@
 typedef enum { SB_DURABILITY_FSYNC = 0, SB_DURABILITY_BATCHED, SB_DURABILITY_MEMORY } sb_durability;
 typedef enum { SB_OVERFLOW_REJECT = 0, SB_OVERFLOW_DROP_OLDEST } sb_overflow;
 typedef enum { SB_RESTART_NEVER = 0, SB_RESTART_ON_FAILURE, SB_RESTART_ALWAYS } sb_restart;
+/* Where desktop adapters (types with SB_CAP_DESKTOP: DDE, WM_COPYDATA, the
+ * clipboard) run: auto = in the broker under `run`, in session agents under
+ * the Windows service (see docs/agent.md). */
+typedef enum { SB_DESKTOP_AUTO = 0, SB_DESKTOP_IN_PROCESS, SB_DESKTOP_AGENT } sb_desktop_host;
 
 /* Where a YAML node was declared (1-based). */
 typedef struct sb_config_pos {
@@ -37,6 +41,14 @@ typedef struct sb_broker_config {
                                  "off" disables it */
     char *auth_password_file; /* auth.password_file: users (sbctl passwd), default none */
     char *auth_acl_file;      /* auth.acl_file: per-user topic rules, default none (all allowed) */
+    sb_desktop_host desktop;  /* desktop: auto (default) | in-process | agent */
+    /* agent.endpoint: the session agents' endpoint, "{session}" standing for
+     * the session id; default NULL: switchboard-agent-{session} (a named
+     * pipe) on Windows, data_dir/agent-{session}.sock on POSIX */
+    char *agent_endpoint;
+    int agent_start;                     /* agent.start: start the agents, default true */
+    int64_t agent_restart_backoff_ms;     /* agent.restart_backoff, default 1s */
+    int64_t agent_restart_max_backoff_ms; /* agent.restart_max_backoff, default 1m */
 } sb_broker_config;
 
 typedef enum { SB_TLS_V1_2 = 0, SB_TLS_V1_3 } sb_tls_version;
@@ -135,6 +147,8 @@ typedef struct sb_route_config {
 
 typedef struct sb_config {
     char *path; /* the file it was read from */
+    char *text; /* the YAML it was parsed from (NUL-terminated) */
+    size_t text_len;
     sb_broker_config broker;
     sb_adapter_config *adapters;
     size_t adapter_count;
@@ -192,6 +206,14 @@ int sb_route_config_equal(const sb_route_config *a, const sb_route_config *b);
  * freeable); free releases what the route owns, not the struct itself. */
 int sb_route_config_copy(sb_route_config *out, const sb_route_config *in);
 void sb_route_config_free(sb_route_config *cfg);
+
+/* The configuration of a session agent (docs/agent.md): a YAML document
+ * with broker.log.level set to log_level and, under `adapters`, the
+ * adapters of cfg named in names[0..count), copied node for node from
+ * cfg->text. *out (sb_free) is NUL-terminated, *out_len its length.
+ * Returns 0, SB_EINVAL (cfg has no text) or SB_ENOMEM. */
+int sb_config_agent_doc(char **out, size_t *out_len, const sb_config *cfg, const char *log_level,
+                        const char *const *names, size_t count);
 
 /* Parses "250ms", "10s", "5m", "2h", "1d" or a bare number of milliseconds.
  * Returns 0 or SB_EINVAL. */
