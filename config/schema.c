@@ -146,6 +146,10 @@ static const sb_config__section auth_section = TABLE(auth_fields);
 static const sb_config__field agent_fields[] = {
     {.key = "endpoint", .type = SB_CT_STRING, .offset = B(agent_endpoint)},
     {.key = "start", .type = SB_CT_BOOL, .offset = B(agent_start), .def = 1},
+    {.key = "types",
+     .type = SB_CT_STRLIST,
+     .offset = B(agent_types),
+     .count_off = B(agent_types_count)},
     {.key = "restart_backoff",
      .type = SB_CT_DURATION,
      .offset = B(agent_restart_backoff_ms),

@@ -1157,9 +1157,12 @@ static void test_agent_keys(void **state)
     assert_int_equal(cfg->broker.agent_start, 1);
     assert_int_equal(cfg->broker.agent_restart_backoff_ms, 1000);
     assert_int_equal(cfg->broker.agent_restart_max_backoff_ms, 60000);
+    assert_int_equal(cfg->broker.agent_types_count, 0);
     sb_config_free(cfg);
     cfg = parse_ok("broker:\n  desktop: agent\n  agent: { endpoint: 'sb-{session}', start: no,\n"
-                   "           restart_backoff: 100ms, restart_max_backoff: 2s }\n");
+                   "           restart_backoff: 100ms, restart_max_backoff: 2s, types: [exec] }\n");
+    assert_int_equal(cfg->broker.agent_types_count, 1);
+    assert_string_equal(cfg->broker.agent_types[0], "exec");
     assert_int_equal(cfg->broker.desktop, SB_DESKTOP_AGENT);
     assert_string_equal(cfg->broker.agent_endpoint, "sb-{session}");
     assert_int_equal(cfg->broker.agent_start, 0);
