@@ -1144,6 +1144,7 @@ int sb_agent_command(int argc, char **argv)
 
     code = a->exit_code;
     logs_off(a);
+    sb_log_configure(a->level, 1, NULL); /* the last lines, to stderr */
     the_agent = NULL;
     sb_broker_free(a->b);
     flush_logs(a); /* frees what is left */
