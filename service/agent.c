@@ -786,6 +786,7 @@ static int welcome(agent *a, json_t *o)
     json_t *bindings = json_object_get(o, "bindings"), *v;
     sb_remote_binding *bs = NULL;
     sb_config_errors errs = {0};
+    char desktop[300];
     sb_config *cfg;
     sb_error err;
     size_t i, n = json_array_size(bindings);
@@ -827,8 +828,10 @@ static int welcome(agent *a, json_t *o)
     uv_mutex_unlock(&a->log_lock);
     sb_log_set_sink(log_sink, a->level);
     a->welcomed = 1;
-    sb_info("agent", "connected to the service as the agent of session %lu: %zu adapter%s",
-            (unsigned long)a->session, cfg->adapter_count, cfg->adapter_count == 1 ? "" : "s");
+    sb_agent_desktop(desktop, sizeof(desktop));
+    sb_info("agent", "connected to the service as the agent of session %lu%s%s%s: %zu adapter%s",
+            (unsigned long)a->session, desktop[0] != '\0' ? " (desktop " : "", desktop,
+            desktop[0] != '\0' ? ")" : "", cfg->adapter_count, cfg->adapter_count == 1 ? "" : "s");
     rc = sb_broker_start_remote(a->b, &a->remote, cfg, bs, a->bound_count, &err);
     sb_free(bs);
     if (rc != 0) {

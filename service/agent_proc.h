@@ -19,6 +19,10 @@
 /* The session this process runs in: its Windows session id, 0 on POSIX. */
 uint32_t sb_agent_current_session(void);
 
+/* The window station and desktop this process's windows live on
+ * ("WinSta0\\Default" for a user's desktop); "" on POSIX. */
+void sb_agent_desktop(char *out, size_t n);
+
 /* The sessions a user is logged on to, where the service starts agents:
  * writes up to cap ids to out and returns how many there are. Never
  * session 0 (services). POSIX: none. */

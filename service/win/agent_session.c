@@ -52,6 +52,28 @@ uint32_t sb_agent_current_session(void)
     return (uint32_t)session;
 }
 
+static void object_name(HANDLE h, char *out, size_t n)
+{
+    wchar_t name[128];
+    DWORD len = 0;
+    char *u;
+    out[0] = '\0';
+    if (h == NULL || !GetUserObjectInformationW(h, UOI_NAME, name, sizeof(name), &len))
+        return;
+    name[sizeof(name) / sizeof(name[0]) - 1] = 0;
+    if ((u = sb_wide_to_utf8(name)) != NULL)
+        snprintf(out, n, "%s", u);
+    sb_free(u);
+}
+
+void sb_agent_desktop(char *out, size_t n)
+{
+    char station[128], desktop[128];
+    object_name(GetProcessWindowStation(), station, sizeof(station));
+    object_name(GetThreadDesktop(GetCurrentThreadId()), desktop, sizeof(desktop));
+    snprintf(out, n, "%s\\%s", station, desktop);
+}
+
 /* 1 if someone is logged on to session id. */
 static int has_user(DWORD id)
 {

@@ -9,6 +9,12 @@ uint32_t sb_agent_current_session(void)
     return 0;
 }
 
+void sb_agent_desktop(char *out, size_t n)
+{
+    if (n > 0)
+        out[0] = '\0';
+}
+
 size_t sb_agent_sessions(uint32_t *out, size_t cap)
 {
     (void)out;
