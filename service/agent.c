@@ -849,9 +849,9 @@ static void on_reply(agent *a, json_t *o, const char *op)
     int error = strcmp(op, "error") == 0;
 
     if (id == NULL) {
-        /* no request of ours lacks an id: a line the service could not read */
-        sb_errlog("agent", "the service answered a line it could not read: %s",
-                  json_string_value(json_object_get(o, "message")));
+        /* an ack or nack it could not take (they have no id), or a line it
+         * could not read */
+        sb_errlog("agent", "the service: %s", json_string_value(json_object_get(o, "message")));
         return;
     }
     if (r == NULL || !json_is_integer(id) || json_integer_value(id) != r->id) {

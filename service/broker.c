@@ -1059,6 +1059,37 @@ void sb_broker_detach(sb_broker *b, sb_consumer *c, int failed)
 
 /* ---- reload ---- */
 
+static int same_str(const char *a, const char *b)
+{
+    return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* Where desktop adapters run, and the agents' endpoints, stay as they
+ * started (moving running adapters between the broker and the agents is
+ * a restart's job): a reload keeps old's, swapped into cfg so that each
+ * config frees what it holds. */
+static void keep_desktop_settings(sb_config *cfg, sb_config *old)
+{
+    sb_broker_config *n = &cfg->broker, *o = &old->broker, t;
+    int same = n->desktop == o->desktop && same_str(n->agent_endpoint, o->agent_endpoint) &&
+               n->agent_types_count == o->agent_types_count;
+    for (size_t i = 0; same && i < n->agent_types_count; i++)
+        same = strcmp(n->agent_types[i], o->agent_types[i]) == 0;
+    if (same)
+        return;
+    sb_warn(NULL, "broker.desktop, broker.agent.endpoint and broker.agent.types changed: they "
+                  "take effect after a restart");
+    t = *n;
+    n->desktop = o->desktop;
+    n->agent_endpoint = o->agent_endpoint;
+    n->agent_types = o->agent_types;
+    n->agent_types_count = o->agent_types_count;
+    o->desktop = t.desktop;
+    o->agent_endpoint = t.agent_endpoint;
+    o->agent_types = t.agent_types;
+    o->agent_types_count = t.agent_types_count;
+}
+
 /* Applies cfg, already checked, with its auth files loaded (auth may be
  * NULL): takes both. */
 static int apply_reload(sb_broker *b, sb_config *cfg, sb_auth *auth, sb_error *err)
@@ -1071,6 +1102,7 @@ static int apply_reload(sb_broker *b, sb_config *cfg, sb_auth *auth, sb_error *e
     if (strcmp(cfg->broker.data_dir, old->broker.data_dir) != 0)
         sb_warn(NULL, "broker.data_dir changed to %s: takes effect after a restart",
                 cfg->broker.data_dir);
+    keep_desktop_settings(cfg, old);
     sb_log_configure(cfg->broker.log_level, cfg->broker.log_stderr, cfg->broker.log_file);
 
     /* Adapters that changed or disappeared close (their bindings go when

@@ -15,7 +15,8 @@
  * stored, and the broker restarts it; an agent started by hand connects,
  * a second one is refused and the broker's stop stops it; the endpoint
  * takes hello first and only what an agent may do; a reload that changes
- * the agent's adapters restarts it; under `desktop: auto` (the default of
+ * the agent's adapters restarts it (one that moves them into the broker
+ * waits for a restart); under `desktop: auto` (the default of
  * `run`) the same adapters run in the broker.
  */
 #include "harness.h"
@@ -593,6 +594,20 @@ static void test_agent_reload(void **state)
     sbt_pub(c, "out/2", "after", 1);
     sbt_path(path, sizeof(path), b->dir, "sink2.out");
     wait_file_lines(path, 1, "after\n");
+    /* where desktop adapters run changes only with a restart */
+    sbt_broker_set(b, 1, "in-process");
+    sbt_broker_mark_log(b);
+    sbt_broker_write_config(b, base);
+    sbt_broker_signal(b, SIGHUP);
+    sbt_broker_wait_log(b, "take effect after a restart", 1, AGENT_MS);
+    sbt_broker_wait_log(b, "configuration reloaded", 1, AGENT_MS);
+    {
+        json_t *br = broker_stats(c), *a = json_array_get(json_object_get(br, "agents"), 0);
+        assert_int_equal(json_array_size(json_object_get(br, "adapters")), 1);
+        assert_true(json_is_true(json_object_get(a, "connected")));
+        assert_int_equal(sbt_int(a, "starts"), 2);
+        json_decref(br);
+    }
     sbt_close(c);
     sbt_broker_stop(b);
     b->passed = 1;
