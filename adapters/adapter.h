@@ -42,9 +42,9 @@ struct sb_adapter {
     sb_adapter_config *cfg; /* the adapter's own deep copy */
     const char *name;       /* == cfg->name */
     int stopping;
-    int trusted;                     /* the local admin endpoint: no anonymous refusal, no ACLs */
-    struct sb_agent_link *agent;     /* a session agent's endpoint (service/agent_host.c), or NULL */
-    sb_adapter *next;                /* private: the broker's list */
+    int trusted;                 /* the local admin endpoint: no anonymous refusal, no ACLs */
+    struct sb_agent_link *agent; /* a session agent's endpoint (service/agent_host.c), or NULL */
+    sb_adapter *next;            /* private: the broker's list */
     sb_adapter_stopped_cb on_closed; /* private */
 };
 

@@ -75,16 +75,14 @@ static int copy_node(yaml_document_t *dst, yaml_document_t *src, int id)
     }
 }
 
-static const yaml_node_t *mapping_get(yaml_document_t *doc, const yaml_node_t *map,
-                                      const char *key)
+static const yaml_node_t *mapping_get(yaml_document_t *doc, const yaml_node_t *map, const char *key)
 {
     if (map == NULL || map->type != YAML_MAPPING_NODE)
         return NULL;
     for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
          p++) {
         const yaml_node_t *k = yaml_document_get_node(doc, p->key);
-        if (k != NULL && k->type == YAML_SCALAR_NODE &&
-            k->data.scalar.length == strlen(key) &&
+        if (k != NULL && k->type == YAML_SCALAR_NODE && k->data.scalar.length == strlen(key) &&
             memcmp(k->data.scalar.value, key, k->data.scalar.length) == 0)
             return yaml_document_get_node(doc, p->value);
     }

@@ -46,7 +46,7 @@ typedef struct sb_broker_config {
      * the session id; default NULL: switchboard-agent-{session} (a named
      * pipe) on Windows, data_dir/agent-{session}.sock on POSIX */
     char *agent_endpoint;
-    int agent_start;                     /* agent.start: start the agents, default true */
+    int agent_start;    /* agent.start: start the agents, default true */
     char **agent_types; /* agent.types: other adapter types the agents host, default none */
     size_t agent_types_count;
     int64_t agent_restart_backoff_ms;     /* agent.restart_backoff, default 1s */

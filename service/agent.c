@@ -73,7 +73,7 @@ typedef struct rsub {
     char *name; /* the adapter's name for it */
     char *wire; /* the service's (a route's queue as is; others under agent/<session>/) */
     sb_consumer *c;
-    int subscribed; /* the service said so: its deliveries are this consumer's */
+    int subscribed;                    /* the service said so: its deliveries are this consumer's */
     rdelivery *backlog, *backlog_tail; /* arrived while the consumer was busy */
     rdelivery *out;                    /* taken, not done */
     struct rsub *next;
@@ -374,8 +374,9 @@ static void on_msg(agent *a, json_t *o)
             m = sb_message_new_owned(topic, bytes, n);
     }
     if (m == NULL) {
-        sb_errlog(s->name, "cannot take message %lld from the service (out of memory or bad "
-                           "payload); it is refused",
+        sb_errlog(s->name,
+                  "cannot take message %lld from the service (out of memory or bad "
+                  "payload); it is refused",
                   (long long)json_integer_value(json_object_get(o, "msg_id")));
         send_json(a, json_pack("{s:s, s:s, s:I, s:s}", "op", "nack", "sub", s->wire, "msg_id",
                                json_integer_value(json_object_get(o, "msg_id")), "reason",
@@ -450,8 +451,8 @@ static int r_publish(sb_remote *r, sb_message *msg, const sb_publish_opts *opts,
     if (o == NULL || h == NULL)
         goto oom;
     if (sb_utf8_valid((const char *)msg->payload, msg->payload_len)) {
-        if (json_object_set_new(o, "payload", json_stringn((const char *)msg->payload,
-                                                           msg->payload_len)) != 0)
+        if (json_object_set_new(o, "payload",
+                                json_stringn((const char *)msg->payload, msg->payload_len)) != 0)
             goto oom;
     } else {
         char *b64 = sb_base64_encode(msg->payload, msg->payload_len);
@@ -679,8 +680,8 @@ static void r_delivery_done(sb_remote *r, sb_delivery *d, int status, const char
             send_json(a, json_pack("{s:s, s:s, s:I}", "op", "ack", "sub", s->wire, "msg_id",
                                    (json_int_t)rd->msg_id));
         else
-            send_json(a, json_pack("{s:s, s:s, s:I, s:s}", "op", "nack", "sub", s->wire,
-                                   "msg_id", (json_int_t)rd->msg_id, "reason",
+            send_json(a, json_pack("{s:s, s:s, s:I, s:s}", "op", "nack", "sub", s->wire, "msg_id",
+                                   (json_int_t)rd->msg_id, "reason",
                                    reason != NULL ? reason : "rejected by the consumer"));
     }
     rdelivery_free(rd);
@@ -712,20 +713,19 @@ idle:
 }
 
 static const sb_remote_ops agent_ops = {
-    r_publish,       r_sub_define, r_sub_filter,     r_unsubscribe, r_attach,
-    r_detach,        r_delivery_done, r_consumer_ready, r_busy,
+    r_publish, r_sub_define,    r_sub_filter,     r_unsubscribe, r_attach,
+    r_detach,  r_delivery_done, r_consumer_ready, r_busy,
 };
 
 /* ---- the connection ---- */
 
 static int error_code(const char *name)
 {
-    static const int codes[] = {SB_ENOMEM,     SB_EINVAL,   SB_EIO,       SB_ENOSPC,
-                                SB_ECORRUPT,   SB_EFOREIGN, SB_ENOTFOUND, SB_EEXIST,
-                                SB_EFULL,      SB_ETOOBIG,  SB_EPROTO,    SB_ECLOSED,
-                                SB_ETIMEDOUT,  SB_EACCES,   SB_EADDRINUSE, SB_ECONNREFUSED,
-                                SB_ESHUTDOWN,  SB_EDUPLICATE, SB_ECONFIG, SB_EBUSY,
-                                SB_EVERSION,   SB_ESTORE,   SB_EAUTH};
+    static const int codes[] = {
+        SB_ENOMEM,    SB_EINVAL, SB_EIO,        SB_ENOSPC,       SB_ECORRUPT,  SB_EFOREIGN,
+        SB_ENOTFOUND, SB_EEXIST, SB_EFULL,      SB_ETOOBIG,      SB_EPROTO,    SB_ECLOSED,
+        SB_ETIMEDOUT, SB_EACCES, SB_EADDRINUSE, SB_ECONNREFUSED, SB_ESHUTDOWN, SB_EDUPLICATE,
+        SB_ECONFIG,   SB_EBUSY,  SB_EVERSION,   SB_ESTORE,       SB_EAUTH};
     for (size_t i = 0; name != NULL && i < sizeof(codes) / sizeof(codes[0]); i++)
         if (strcmp(sb_errname(codes[i]), name) == 0)
             return codes[i];
@@ -982,8 +982,9 @@ static void on_connect_closed(uv_handle_t *h)
     if (a->stopping)
         return;
     if (sb_now_ms() >= a->connect_deadline) {
-        sb_errlog("agent", "cannot connect to %s within %d s; is the service serving this "
-                           "session's agents?",
+        sb_errlog("agent",
+                  "cannot connect to %s within %d s; is the service serving this "
+                  "session's agents?",
                   a->endpoint, CONNECT_WAIT_MS / 1000);
         begin_stop(a, EXIT_LOST);
         return;
@@ -1008,11 +1009,10 @@ static void on_connect(uv_connect_t *req, int status)
     a->connected = 1;
     uv_read_start((uv_stream_t *)&a->pipe, on_alloc, on_read);
     r = add_request(a, REQ_HELLO);
-    if (r == NULL || send_json(a, json_pack("{s:s, s:I, s:I, s:I, s:s}", "op", "hello", "id",
-                                            (json_int_t)r->id, "session",
-                                            (json_int_t)a->session, "pid",
-                                            (json_int_t)uv_os_getpid(), "version",
-                                            SB_VERSION_STRING)) != 0)
+    if (r == NULL ||
+        send_json(a, json_pack("{s:s, s:I, s:I, s:I, s:s}", "op", "hello", "id", (json_int_t)r->id,
+                               "session", (json_int_t)a->session, "pid", (json_int_t)uv_os_getpid(),
+                               "version", SB_VERSION_STRING)) != 0)
         conn_lost(a, "cannot send hello");
 }
 
@@ -1093,7 +1093,8 @@ int sb_agent_command(int argc, char **argv)
             return EXIT_USAGE;
         }
     }
-    if (level_name != NULL && ((level = sb_log_level_parse(level_name)) < 0 || level == SB_LOG_OFF)) {
+    if (level_name != NULL &&
+        ((level = sb_log_level_parse(level_name)) < 0 || level == SB_LOG_OFF)) {
         fprintf(stderr, "switchboard agent: unknown log level '%s'\n", level_name);
         return EXIT_USAGE;
     }

@@ -333,15 +333,18 @@ static void agent_exited(link *l, int64_t code)
         l->backoff_ms = 0;
     if (l->restart_now) {
         l->restart_now = 0;
-        sb_info(l->name, "the agent (pid %lld) stopped for the new configuration; starting it again",
+        sb_info(l->name,
+                "the agent (pid %lld) stopped for the new configuration; starting it again",
                 (long long)l->pid);
         link_start_agent(l);
         return;
     }
     l->backoff_ms = sb_backoff_next(l->backoff_ms, l->host->b->cfg->broker.agent_restart_backoff_ms,
                                     l->host->b->cfg->broker.agent_restart_max_backoff_ms);
-    sb_warn(l->name, "the agent of session %lu (pid %lld) exited with code %lld; restarting it in %lld ms",
-            (unsigned long)l->session, (long long)l->pid, (long long)code, (long long)l->backoff_ms);
+    sb_warn(l->name,
+            "the agent of session %lu (pid %lld) exited with code %lld; restarting it in %lld ms",
+            (unsigned long)l->session, (long long)l->pid, (long long)code,
+            (long long)l->backoff_ms);
     uv_timer_start(l->timer, on_restart_timer, (uint64_t)l->backoff_ms, 0);
 }
 
@@ -496,8 +499,7 @@ static int link_open(sb_agent_host *h, uint32_t session, sb_error *err)
     l->timer->data = l;
     l->next = h->links;
     h->links = l;
-    sb_info(l->name, "serving the agent of session %lu on %s", (unsigned long)session,
-            l->endpoint);
+    sb_info(l->name, "serving the agent of session %lu on %s", (unsigned long)session, l->endpoint);
     link_start_agent(l);
     return 0;
 }
@@ -612,8 +614,9 @@ void sb_agent_host_session_event(sb_agent_host *h, uint32_t session, int logon)
         if (l != NULL && !l->removing)
             return;
         if (l != NULL) {
-            sb_warn(NULL, "session %lu: logged on again while its agent still stops; "
-                          "its agent starts at the next rescan",
+            sb_warn(NULL,
+                    "session %lu: logged on again while its agent still stops; "
+                    "its agent starts at the next rescan",
                     (unsigned long)session);
             return;
         }
@@ -654,8 +657,8 @@ json_t *sb_agent_host_stats(sb_agent_host *h)
         json_t *o = json_pack("{s:I, s:s, s:b, s:I, s:I, s:I}", "session", (json_int_t)l->session,
                               "endpoint", l->endpoint, "connected", l->conn != NULL, "pid",
                               (json_int_t)(l->conn != NULL ? l->agent_pid
-                                           : l->running   ? l->pid
-                                                          : 0),
+                                           : l->running    ? l->pid
+                                                           : 0),
                               "starts", (json_int_t)l->starts, "restarts",
                               (json_int_t)(l->starts > 0 ? l->starts - 1 : 0));
         if (o != NULL && l->have_exit)
@@ -681,8 +684,9 @@ json_t *sb_agent_link_hello(struct sb_agent_link *l, struct sb_conn *conn, json_
     if (h->stopping || l->removing)
         return sb_error_set(err, SB_ESHUTDOWN, 0, "the broker is stopping its agents"), NULL;
     if (!json_is_integer(session) || json_integer_value(session) != (json_int_t)l->session) {
-        sb_warn(l->name, "peer %s: refused: an agent of session %lld on the endpoint of session %lu",
-                peer, json_is_integer(session) ? (long long)json_integer_value(session) : -1LL,
+        sb_warn(l->name,
+                "peer %s: refused: an agent of session %lld on the endpoint of session %lu", peer,
+                json_is_integer(session) ? (long long)json_integer_value(session) : -1LL,
                 (unsigned long)l->session);
         sb_error_set(err, SB_EACCES, 0, "this endpoint serves the agent of session %lu",
                      (unsigned long)l->session);
@@ -690,8 +694,7 @@ json_t *sb_agent_link_hello(struct sb_agent_link *l, struct sb_conn *conn, json_
     }
     if (!json_is_string(version) || strcmp(json_string_value(version), SB_VERSION_STRING) != 0) {
         sb_warn(l->name, "peer %s: refused: agent version %s, broker version %s", peer,
-                json_is_string(version) ? json_string_value(version) : "(none)",
-                SB_VERSION_STRING);
+                json_is_string(version) ? json_string_value(version) : "(none)", SB_VERSION_STRING);
         sb_error_set(err, SB_EVERSION, 0, "the broker is version %s", SB_VERSION_STRING);
         return NULL;
     }
@@ -732,8 +735,9 @@ void sb_agent_link_closed(struct sb_agent_link *l, struct sb_conn *conn)
     if (l->removing || l->host->stopping)
         sb_info(l->name, "the agent of session %lu disconnected", (unsigned long)l->session);
     else
-        sb_warn(l->name, "the agent of session %lu (pid %lld) disconnected; its deliveries "
-                         "return to their queues",
+        sb_warn(l->name,
+                "the agent of session %lu (pid %lld) disconnected; its deliveries "
+                "return to their queues",
                 (unsigned long)l->session, (long long)l->agent_pid);
     if (l->removing && !l->running)
         link_check_gone(l);

@@ -409,7 +409,8 @@ int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *er
                                 "%s: broker.agent.types: %s is not an adapter type of this "
                                 "platform",
                                 cfg->path, cfg->broker.agent_types[i]);
-    if (cfg->broker.agent_endpoint != NULL && strstr(cfg->broker.agent_endpoint, "{session}") == NULL)
+    if (cfg->broker.agent_endpoint != NULL &&
+        strstr(cfg->broker.agent_endpoint, "{session}") == NULL)
         return sb_error_set(err, SB_ECONFIG, 0,
                             "%s: broker.agent.endpoint: must contain {session} (one endpoint per "
                             "Windows session)",
@@ -707,8 +708,8 @@ int sb_broker_start_remote(sb_broker *b, sb_remote *r, sb_config *cfg,
     for (size_t i = 0; i < count; i++) {
         sb_adapter *a = find_adapter(b, bindings[i].adapter);
         if (a == NULL) {
-            rc = sb_error_set(err, SB_ECONFIG, 0, "queue %s: no adapter %s here",
-                              bindings[i].queue, bindings[i].adapter);
+            rc = sb_error_set(err, SB_ECONFIG, 0, "queue %s: no adapter %s here", bindings[i].queue,
+                              bindings[i].adapter);
             goto fail;
         }
         if ((rc = bind_sink(b, a, bindings[i].queue, err)) != 0)
@@ -978,7 +979,8 @@ int sb_broker_unsubscribe(sb_broker *b, const char *name, sb_error *err)
 
     if (b->remote != NULL)
         return b->remote->ops->unsubscribe(b->remote, name, err);
-    q = sb_broker__find_queue(b, name);    if (q == NULL)
+    q = sb_broker__find_queue(b, name);
+    if (q == NULL)
         return sb_error_set(err, SB_ENOTFOUND, 0, "no subscription %s", name);
     if (q->from_config && q->route != NULL)
         return sb_error_set(err, SB_EACCES, 0,
@@ -1119,7 +1121,8 @@ static int apply_reload(sb_broker *b, sb_config *cfg, sb_auth *auth, sb_error *e
     rc = apply_routes(b, cfg, err);
     for (size_t i = 0; i < cfg->adapter_count; i++) {
         sb_error aerr;
-        if (find_adapter(b, cfg->adapters[i].name) != NULL || !sb_broker_hosts(b, &cfg->adapters[i]))
+        if (find_adapter(b, cfg->adapters[i].name) != NULL ||
+            !sb_broker_hosts(b, &cfg->adapters[i]))
             continue;
         if (start_adapter(b, &cfg->adapters[i], NULL, &aerr) != 0)
             sb_errlog(cfg->adapters[i].name, "cannot start after reload: %s", aerr.msg);

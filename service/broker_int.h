@@ -57,8 +57,8 @@ struct sb_broker {
     uv_loop_t loop;
     sb_config *cfg;
     sb_store *store;
-    sb_remote *remote;     /* remote mode (a session agent): no store, calls go here */
-    int service;           /* runs as the Windows service (desktop: auto means agents) */
+    sb_remote *remote;            /* remote mode (a session agent): no store, calls go here */
+    int service;                  /* runs as the Windows service (desktop: auto means agents) */
     struct sb_agent_host *agents; /* serving session agents (service/agent_host.c), or NULL */
     int started, stopping;
     int64_t started_ms;

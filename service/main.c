@@ -29,8 +29,8 @@ static void usage(FILE *f)
                "              the config)\n"
                "check-config  report every error in FILE as FILE:LINE:COL: key: message\n"
                "service       install and manage the Windows service (see `service help`)\n"
-               "agent         the session agent, which hosts desktop adapters (DDE, WM_COPYDATA,\n"
-               "              the clipboard) in a user's session for the service (see `agent --help`)\n");
+               "agent         the session agent: hosts desktop adapters (DDE, WM_COPYDATA, the\n"
+               "              clipboard) in a user's session for the service (`agent --help`)\n");
 }
 
 static int cmd_check_config(int argc, char **argv)

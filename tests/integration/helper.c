@@ -118,8 +118,8 @@ int main(int argc, char **argv)
             return 2;
         }
         for (int i = 1; i <= n; i++) {
-            printf("{\"op\":\"pub\",\"id\":%d,\"topic\":\"%s\",\"payload\":\"p-%d\"}\n", i,
-                   argv[4], i);
+            printf("{\"op\":\"pub\",\"id\":%d,\"topic\":\"%s\",\"payload\":\"p-%d\"}\n", i, argv[4],
+                   i);
             fflush(stdout);
             if (fgets(line, sizeof(line), stdin) == NULL)
                 break;
@@ -141,7 +141,8 @@ int main(int argc, char **argv)
         }
         return run < atoi(argv[3]) ? 1 : 0;
     }
-    fprintf(stderr, "usage: sbt_helper emit N PREFIX | sink FILE | fail CODE TEXT | "
-                    "say FILE LINE... | flood N PREFIX | burst FILE N LINE... | pubs FILE N TOPIC\n");
+    fprintf(stderr,
+            "usage: sbt_helper emit N PREFIX | sink FILE | fail CODE TEXT | "
+            "say FILE LINE... | flood N PREFIX | burst FILE N LINE... | pubs FILE N TOPIC\n");
     return 2;
 }

@@ -34,32 +34,33 @@
 
 #define AGENT_MS 30000
 
-static const char base[] = "broker:\n"
-                           "  data_dir: '{data}'\n"
-                           "  admin: { endpoint: 'off' }\n"
-                           "  desktop: {v1}\n"
-                           "  agent: { endpoint: '{v0}', types: [exec], start: {v2},\n"
-                           "           restart_backoff: {v3} }\n"
-                           "adapters:\n"
-                           "  - name: clients\n"
-                           "    type: tcp\n"
-                           "    listen: 127.0.0.1:{port0}\n"
-                           "    protocol: jsonl\n"
-                           "  - name: sink\n"
-                           "    type: exec\n"
-                           "    command: ['{helper}', 'sink', '{dir}/{v4}']\n"
-                           "    restart: never\n"
-                           "  - name: src\n"
-                           "    type: exec\n"
-                           "    protocol: jsonl\n"
-                           "    command: ['{helper}', 'pubs', '{dir}/src.out', '{v5}', 'agent/in']\n"
-                           "    restart: never\n"
-                           "routes:\n"
-                           "  - name: to-sink\n"
-                           "    from: out/#\n"
-                           "    to: sink\n"
-                           "  - name: keep\n"
-                           "    from: agent/#\n";
+static const char base[] =
+    "broker:\n"
+    "  data_dir: '{data}'\n"
+    "  admin: { endpoint: 'off' }\n"
+    "  desktop: {v1}\n"
+    "  agent: { endpoint: '{v0}', types: [exec], start: {v2},\n"
+    "           restart_backoff: {v3} }\n"
+    "adapters:\n"
+    "  - name: clients\n"
+    "    type: tcp\n"
+    "    listen: 127.0.0.1:{port0}\n"
+    "    protocol: jsonl\n"
+    "  - name: sink\n"
+    "    type: exec\n"
+    "    command: ['{helper}', 'sink', '{dir}/{v4}']\n"
+    "    restart: never\n"
+    "  - name: src\n"
+    "    type: exec\n"
+    "    protocol: jsonl\n"
+    "    command: ['{helper}', 'pubs', '{dir}/src.out', '{v5}', 'agent/in']\n"
+    "    restart: never\n"
+    "routes:\n"
+    "  - name: to-sink\n"
+    "    from: out/#\n"
+    "    to: sink\n"
+    "  - name: keep\n"
+    "    from: agent/#\n";
 
 /* Starts a broker on `base`: desktop (v1), start agents (v2), restart
  * backoff (v3), how many messages the producer in the agent sends. */
@@ -476,9 +477,9 @@ static void test_agent_endpoint_rules(void **state)
 
     cl = connect_endpoint(endpoint);
     /* hello first */
-    expect_error(call(cl, "{s:s, s:i, s:s, s:s}", "op", "pub", "id", 1, "topic", "agent/x",
-                      "payload", "x"),
-                 "SB_EPROTO");
+    expect_error(
+        call(cl, "{s:s, s:i, s:s, s:s}", "op", "pub", "id", 1, "topic", "agent/x", "payload", "x"),
+        "SB_EPROTO");
     expect_error(call(cl, "{s:s, s:i, s:I, s:s}", "op", "hello", "id", 2, "session",
                       (json_int_t)(session + 7), "version", SB_VERSION_STRING),
                  "SB_EACCES");
@@ -509,9 +510,9 @@ static void test_agent_endpoint_rules(void **state)
     expect_error(call(cl, "{s:s, s:i}", "op", "stats", "id", 5), "SB_EACCES");
     expect_error(call(cl, "{s:s, s:i}", "op", "dlq.list", "id", 6), "SB_EACCES");
     expect_error(call(cl, "{s:s, s:i, s:s}", "op", "sub", "id", 7, "sub", "keep"), "SB_EACCES");
-    expect_error(call(cl, "{s:s, s:i, s:s, s:b}", "op", "unsub", "id", 8, "sub", "keep", "delete",
-                      1),
-                 "SB_EACCES");
+    expect_error(
+        call(cl, "{s:s, s:i, s:s, s:b}", "op", "unsub", "id", 8, "sub", "keep", "delete", 1),
+        "SB_EACCES");
     /* a subscription of its own, transient: gone when the agent goes */
     r = call(cl, "{s:s, s:i, s:s, s:s, s:b}", "op", "sub", "id", 9, "sub", mine, "filter",
              "agent/#", "transient", 1);
@@ -540,8 +541,8 @@ static void test_agent_endpoint_rules(void **state)
         }
     }
     /* its log lines go to the broker's log */
-    r = json_pack("{s:s, s:s, s:s, s:s}", "op", "log", "level", "warn", "who", "dde-in",
-                  "message", "a line from the agent");
+    r = json_pack("{s:s, s:s, s:s, s:s}", "op", "log", "level", "warn", "who", "dde-in", "message",
+                  "a line from the agent");
     assert_int_equal(sb_client_write_json(cl, r, NULL), 0);
     json_decref(r);
     r = call(cl, "{s:s, s:i}", "op", "ping", "id", 11);

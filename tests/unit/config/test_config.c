@@ -394,11 +394,11 @@ static void test_scalars(void **state)
 static void test_error_unknown_keys(void **state)
 {
     (void)state;
-    expect_errors(
-        "broker:\n"
-        "  data_dir: x\n"
-        "  stroe: {}\n",
-        "t.yaml:3:3: broker.stroe: unknown key (known: data_dir, store, log, admin, auth, desktop, agent)\n");
+    expect_errors("broker:\n"
+                  "  data_dir: x\n"
+                  "  stroe: {}\n",
+                  "t.yaml:3:3: broker.stroe: unknown key (known: data_dir, store, log, admin, "
+                  "auth, desktop, agent)\n");
     expect_errors("brokers: {}\n",
                   "t.yaml:1:1: brokers: unknown key (known: broker, adapters, routes)\n");
     /* Only the keys of the adapter's type are suggested. */
