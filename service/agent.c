@@ -33,14 +33,19 @@
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
 /* How long the agent tries to reach its endpoint. */
 #define CONNECT_WAIT_MS 30000
 #define CONNECT_RETRY_MS 200
-/* How long an orderly stop waits for answers still owed by the service. */
+/* How long an orderly stop waits for answers still owed by the service,
+ * how often it says what it waits for, and when it gives up on adapters
+ * that do not close. */
 #define STOP_WAIT_MS 10000
+#define STOP_REPORT_MS 2000
+#define STOP_EXIT_MS 20000
 /* The longest line accepted from the service (a delivery of the largest
  * message, base64 and JSON escapes included). */
 #define MAX_LINE ((size_t)512 * 1024 * 1024)
@@ -126,6 +131,7 @@ typedef struct agent {
     size_t log_count;
 
     int stopping, gave_up;
+    int64_t stop_started_ms;
     int exit_code;
 } agent;
 
@@ -1027,15 +1033,37 @@ static void try_connect(agent *a)
 
 /* ---- stopping ---- */
 
+static int count_requests(const agent *a)
+{
+    int n = 0;
+    for (const request *r = a->req_head; r != NULL; r = r->next)
+        n++;
+    return n;
+}
+
+/* A stop that takes long says what it waits for; one that never ends
+ * (an adapter that does not close) ends the process: an agent keeps
+ * nothing that needs an orderly end. */
 static void on_stop_deadline(uv_timer_t *t)
 {
     agent *a = t->data;
-    if (!a->connected)
-        return;
-    sb_warn("agent", "the service did not answer within %d s of the stop; leaving",
-            STOP_WAIT_MS / 1000);
-    a->gave_up = 1;
-    conn_lost(a, "stop deadline");
+    int64_t waited = sb_now_ms() - a->stop_started_ms;
+    if (waited >= STOP_EXIT_MS) {
+        sb_log_configure(a->level, 1, NULL);
+        sb_errlog("agent", "adapters still closing %lld ms after the stop began; leaving now",
+                  (long long)waited);
+        fflush(stderr);
+        _Exit(a->exit_code != 0 ? a->exit_code : EXIT_LOST);
+    }
+    sb_warn("agent", "stopping for %lld ms: %d answer%s due, %d write%s, adapters %s",
+            (long long)waited, count_requests(a), count_requests(a) == 1 ? "" : "s", a->writes,
+            a->writes == 1 ? "" : "s", sb_broker_adapters_closed(a->b) ? "closed" : "closing");
+    if (a->connected && waited >= STOP_WAIT_MS) {
+        sb_warn("agent", "the service did not answer within %d s of the stop; leaving",
+                STOP_WAIT_MS / 1000);
+        a->gave_up = 1;
+        conn_lost(a, "stop deadline");
+    }
 }
 
 /* Stops the adapters, then (sb_broker_stop waits for r_busy) the rest. */
@@ -1045,9 +1073,9 @@ static void begin_stop(agent *a, int code)
         return;
     a->stopping = 1;
     a->exit_code = code;
+    a->stop_started_ms = sb_now_ms();
     uv_timer_stop(&a->timer);
-    if (a->connected)
-        uv_timer_start(&a->timer, on_stop_deadline, STOP_WAIT_MS, 0);
+    uv_timer_start(&a->timer, on_stop_deadline, STOP_REPORT_MS, STOP_REPORT_MS);
     sb_broker_stop(a->b);
 }
 

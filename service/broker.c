@@ -1287,6 +1287,11 @@ static void finish_stop(sb_broker *b)
     uv_walk(&b->loop, close_walk, NULL);
 }
 
+int sb_broker_adapters_closed(sb_broker *b)
+{
+    return b->adapters == NULL && b->adapters_closing == 0;
+}
+
 static void on_stop_tick(uv_timer_t *t)
 {
     sb_broker *b = t->data;

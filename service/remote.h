@@ -60,4 +60,7 @@ typedef struct sb_remote_binding {
 int sb_broker_start_remote(sb_broker *b, sb_remote *r, sb_config *cfg,
                            const sb_remote_binding *bindings, size_t count, sb_error *err);
 
+/* 1 once every adapter of a stopping broker has closed. */
+int sb_broker_adapters_closed(sb_broker *b);
+
 #endif

@@ -48,7 +48,7 @@ static const char base[] =
     "    protocol: jsonl\n"
     "  - name: sink\n"
     "    type: exec\n"
-    "    command: ['{helper}', 'sink', '{dir}/{v4}']\n"
+    "    command: ['{helper}', {v4}]\n"
     "    restart: never\n"
     "  - name: src\n"
     "    type: exec\n"
@@ -62,10 +62,28 @@ static const char base[] =
     "  - name: keep\n"
     "    from: agent/#\n";
 
+static void wait_file_lines(const char *path, int count, const char *needle);
+
+/* The sink's arguments: `sink FILE` (or `gate GATE FILE` when gate is
+ * set), FILE and GATE in the test's directory. */
+static void set_sink(sbt_broker *b, const char *file, const char *gate)
+{
+    char args[3 * SBT_PATH_MAX + 32], path[SBT_PATH_MAX], gate_path[SBT_PATH_MAX];
+    sbt_path(path, sizeof(path), b->dir, file);
+    if (gate != NULL) {
+        sbt_path(gate_path, sizeof(gate_path), b->dir, gate);
+        snprintf(args, sizeof(args), "'gate', '%s', '%s'", gate_path, path);
+    } else {
+        snprintf(args, sizeof(args), "'sink', '%s'", path);
+    }
+    sbt_broker_set(b, 4, args);
+}
+
 /* Starts a broker on `base`: desktop (v1), start agents (v2), restart
- * backoff (v3), how many messages the producer in the agent sends. */
-static void start(sbt_broker *b, const char *name, const char *desktop, const char *start_agents,
-                  const char *backoff, int pubs)
+ * backoff (v3), the sink (v4, see set_sink), how many messages the
+ * producer in the agent sends (v5). */
+static void start_with(sbt_broker *b, const char *name, const char *desktop,
+                       const char *start_agents, const char *backoff, int pubs, const char *gate)
 {
     char endpoint[SBT_PATH_MAX + 32], n[16];
     sbt_broker_init(b, name, 1);
@@ -82,10 +100,25 @@ static void start(sbt_broker *b, const char *name, const char *desktop, const ch
     sbt_broker_set(b, 1, desktop);
     sbt_broker_set(b, 2, start_agents);
     sbt_broker_set(b, 3, backoff);
-    sbt_broker_set(b, 4, "sink.out");
+    set_sink(b, "sink.out", gate);
     sbt_broker_set(b, 5, n);
     sbt_broker_config(b, base);
     sbt_broker_start(b);
+}
+
+static void start(sbt_broker *b, const char *name, const char *desktop, const char *start_agents,
+                  const char *backoff, int pubs)
+{
+    start_with(b, name, desktop, start_agents, backoff, pubs, NULL);
+}
+
+/* Waits until the producer in the agent (`pubs`) has all its answers:
+ * then it has exited, and stopping does not cut its conversation. */
+static void wait_producer(sbt_broker *b, int pubs)
+{
+    char path[SBT_PATH_MAX];
+    sbt_path(path, sizeof(path), b->dir, "src.out");
+    wait_file_lines(path, pubs, "\"op\":\"puback\"");
 }
 
 /* stats.broker (new reference). */
@@ -252,7 +285,7 @@ static int acked_ids(const char *path, char *acked, int n)
 
 static void test_agent_killed(void **state)
 {
-    enum { SINK_MSGS = 600, PUBS = 1000 };
+    enum { SINK_MSGS = 300, PUBS = 1000 };
     sbt_broker *b = *state;
     char sink_path[SBT_PATH_MAX], src_path[SBT_PATH_MAX], payload[1100], acked[PUBS + 1];
     char seen[PUBS + 1];
@@ -262,15 +295,17 @@ static void test_agent_killed(void **state)
     sbt_conn *c;
     char *text;
 
-    /* a long restart delay leaves time to look at the broker in between */
-    start(b, "agent-killed", "agent", "true", "3s", PUBS);
+    /* a long restart delay leaves time to look at the broker in between;
+     * the sink holds its deliveries back until the gate opens */
+    start_with(b, "agent-killed", "agent", "true", "3s", PUBS, "gate");
     c = sbt_connect(b->port[0]);
     json_decref(wait_agent(c, 1, 1));
     sbt_path(sink_path, sizeof(sink_path), b->dir, "sink.out");
     sbt_path(src_path, sizeof(src_path), b->dir, "src.out");
 
-    /* 600 deliveries of ~1 KiB for a child that reads byte by byte: the
-     * agent's window stays full of deliveries not yet written */
+    /* 300 deliveries of ~1 KiB for a child that does not read yet: once
+     * its pipe is full, the agent's window is full of deliveries not yet
+     * written */
     for (int i = 1; i <= SINK_MSGS; i++) {
         snprintf(payload, sizeof(payload), "m-%d-%0*d", i, 1000, 0);
         sbt_send(c, "{s:s, s:i, s:s, s:s}", "op", "pub", "id", i, "topic", "out/x", "payload",
@@ -303,6 +338,11 @@ static void test_agent_killed(void **state)
     assert_true(sbt_queue_int(c, "to-sink:sink", "depth") > 0);
     sink_acked = (int)sbt_queue_int(c, "to-sink:sink", "acked");
     assert_true(sink_acked < SINK_MSGS);
+    {
+        char gate[SBT_PATH_MAX];
+        sbt_path(gate, sizeof(gate), b->dir, "gate");
+        sbt_write_file(gate, "open\n", 5);
+    }
     /* every publish its producer saw acknowledged is stored */
     n_acked = acked_ids(src_path, acked, PUBS);
     assert_true(n_acked >= 20);
@@ -405,6 +445,7 @@ static void test_agent_by_hand(void **state)
     sbt_proc_release(&second);
     sbt_pub(c, "out/by-hand", "hello", 1);
     sbt_wait_queue_int(c, "to-sink:sink", "acked", 1, AGENT_MS);
+    wait_producer(b, 1);
     sbt_close(c);
 
     /* the broker's stop asks it to stop: exit code 0 */
@@ -582,11 +623,12 @@ static void test_agent_reload(void **state)
     start(b, "agent-reload", "agent", "true", "1s", 1);
     c = sbt_connect(b->port[0]);
     json_decref(wait_agent(c, 1, 1));
+    wait_producer(b, 1);
     sbt_pub(c, "out/1", "before", 1);
     sbt_path(path, sizeof(path), b->dir, "sink.out");
     wait_file_lines(path, 1, "before\n");
     /* the sink writes elsewhere now: the agent restarts with it */
-    sbt_broker_set(b, 4, "sink2.out");
+    set_sink(b, "sink2.out", NULL);
     sbt_broker_mark_log(b);
     sbt_broker_write_config(b, base);
     sbt_broker_signal(b, SIGHUP);
@@ -633,6 +675,7 @@ static void test_desktop_in_process(void **state)
     sbt_pub(c, "out/1", "here", 1);
     sbt_path(path, sizeof(path), b->dir, "sink.out");
     wait_file_lines(path, 1, "here\n");
+    wait_producer(b, 3);
     sbt_close(c);
     sbt_broker_stop(b);
     b->passed = 1;
