@@ -41,7 +41,8 @@ int sb_broker_hosts(const sb_broker *b, const sb_adapter_config *cfg)
     sb_desktop_host where = b->cfg->broker.desktop;
     if (b->remote != NULL)
         return 1; /* an agent hosts what it was given */
-    if (where == SB_DESKTOP_AUTO)
+    /* the service's session 0 has no desktop: never there */
+    if (where == SB_DESKTOP_AUTO || b->service)
         where = b->service ? SB_DESKTOP_AGENT : SB_DESKTOP_IN_PROCESS;
     if (where != SB_DESKTOP_AGENT)
         return 1;
@@ -679,6 +680,9 @@ int sb_broker_start(sb_broker *b, sb_error *err)
             goto fail;
     if ((rc = start_admin(b, err)) != 0)
         goto fail;
+    if (b->service && b->cfg->broker.desktop == SB_DESKTOP_IN_PROCESS)
+        sb_warn(NULL, "broker.desktop: in-process does not apply to the service (session 0 has no "
+                      "desktop): desktop adapters run in session agents");
     if ((rc = sb_agent_host_apply(b, err)) != 0)
         goto fail;
     if ((rc = bind_routes(b, b->cfg, err)) != 0)

@@ -15,7 +15,8 @@
  * own; what Wine allows is shown: the service finds the console's
  * session, starts `switchboard agent` there with CreateProcessAsUser, the
  * agent connects to that session's pipe and runs an exec adapter
- * (broker.agent.types) whose deliveries arrive, a killed agent is started
+ * (broker.agent.types; `desktop: in-process` does not keep it in the
+ * service) whose deliveries arrive, a killed agent is started
  * again, and the service's stop stops it. Only real Windows can show the
  * rest: agents in several sessions, logon and logoff notifications, the
  * user's own token and desktop, a virtual service account being refused
@@ -224,6 +225,7 @@ static const char service_config[] =
     "  data_dir: '{v0}'\n"
     "  admin: { endpoint: 'off' }\n"
     "  log: { level: info, file: '{v1}' }\n"
+    "  desktop: in-process\n" /* which the service ignores: never in session 0 */
     "  agent: { endpoint: '{v2}', types: [exec], restart_backoff: 200ms }\n"
     "adapters:\n"
     "  - name: clients\n"
@@ -334,6 +336,7 @@ static void test_service_starts_agent(void **state)
     pid = sbt_int(a, "pid");
     assert_true(pid > 0);
     json_decref(a);
+    wait_service_log(t, "does not apply to the service", 1);
     wait_service_log(t, "connected to the service as the agent of session", 1);
     /* on the interactive window station, where the session's programs'
      * windows are (the service itself is on a station of its own) */
