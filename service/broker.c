@@ -755,15 +755,22 @@ static sb_queue *new_client_queue(sb_broker *b, const char *name, const char *fi
     return q;
 }
 
+static int subscribe_here(sb_broker *b, const char *name, const char *filter,
+                          const sb_sub_settings *settings, sb_error *err);
+
 int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
                         const sb_sub_settings *settings, sb_error *err)
 {
-    sb_queue *q;
-    const char *why;
-
-    if (b->remote != NULL)
+    if (b->remote != NULL) /* a session agent: the service has the queues */
         return b->remote->ops->sub_define(b->remote, name, filter, settings, NULL, err);
-    q = sb_broker__find_queue(b, name);
+    return subscribe_here(b, name, filter, settings, err);
+}
+
+static int subscribe_here(sb_broker *b, const char *name, const char *filter,
+                          const sb_sub_settings *settings, sb_error *err)
+{
+    sb_queue *q = sb_broker__find_queue(b, name);
+    const char *why;
 
     if (q != NULL) {
         if (filter != NULL && strcmp(filter, q->filter) != 0)
@@ -799,18 +806,31 @@ static int filters_validate(const char *filters, sb_error *err)
     return 0;
 }
 
+static int sub_define_here(sb_broker *b, const char *name, const char *filters, const char *meta,
+                           const sb_sub_settings *settings, const char *retained_for,
+                           sb_error *err);
+
 int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, const char *meta,
                          const sb_sub_settings *settings, const char *retained_for, sb_error *err)
 {
-    sb_queue *q;
+    int rc;
+    if (b->remote == NULL)
+        return sub_define_here(b, name, filters, meta, settings, retained_for, err);
+    /* a session agent: the service has the queues */
+    if ((rc = filters_validate(filters, err)) != 0)
+        return rc;
+    return b->remote->ops->sub_define(b->remote, name, filters, settings, retained_for, err);
+}
+
+static int sub_define_here(sb_broker *b, const char *name, const char *filters, const char *meta,
+                           const sb_sub_settings *settings, const char *retained_for, sb_error *err)
+{
+    sb_queue *q = sb_broker__find_queue(b, name);
     char *nf, *nm = NULL;
     int rc;
 
     if ((rc = filters_validate(filters, err)) != 0)
         return rc;
-    if (b->remote != NULL)
-        return b->remote->ops->sub_define(b->remote, name, filters, settings, retained_for, err);
-    q = sb_broker__find_queue(b, name);
     if (q == NULL) {
         if ((q = new_client_queue(b, name, filters, settings, err)) == NULL)
             return err->code;
