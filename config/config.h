@@ -192,6 +192,14 @@ void sb_config_errors_print(const sb_config_errors *errs, FILE *f);
 
 void sb_config_errors_clear(sb_config_errors *errs);
 
+/* The configuration of a session agent (docs/agent.md): a YAML document
+ * with broker.log.level set to log_level and, under `adapters`, the
+ * adapters of cfg named in names[0..count), copied node for node from
+ * cfg->text. *out (sb_free) is NUL-terminated, *out_len its length.
+ * Returns 0, SB_EINVAL (cfg has no text) or SB_ENOMEM. */
+int sb_config_agent_doc(char **out, size_t *out_len, const sb_config *cfg, const char *log_level,
+                        const char *const *names, size_t count);
+
 /* Finds an adapter/route by name, or NULL. */
 const sb_adapter_config *sb_config_adapter(const sb_config *cfg, const char *name);
 const sb_route_config *sb_config_route(const sb_config *cfg, const char *name);
@@ -208,14 +216,6 @@ int sb_route_config_equal(const sb_route_config *a, const sb_route_config *b);
  * freeable); free releases what the route owns, not the struct itself. */
 int sb_route_config_copy(sb_route_config *out, const sb_route_config *in);
 void sb_route_config_free(sb_route_config *cfg);
-
-/* The configuration of a session agent (docs/agent.md): a YAML document
- * with broker.log.level set to log_level and, under `adapters`, the
- * adapters of cfg named in names[0..count), copied node for node from
- * cfg->text. *out (sb_free) is NUL-terminated, *out_len its length.
- * Returns 0, SB_EINVAL (cfg has no text) or SB_ENOMEM. */
-int sb_config_agent_doc(char **out, size_t *out_len, const sb_config *cfg, const char *log_level,
-                        const char *const *names, size_t count);
 
 /* Parses "250ms", "10s", "5m", "2h", "1d" or a bare number of milliseconds.
  * Returns 0 or SB_EINVAL. */
