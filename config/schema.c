@@ -36,6 +36,7 @@ _Static_assert(sizeof(sb_overflow) == sizeof(int), "enum size");
 _Static_assert(sizeof(sb_restart) == sizeof(int), "enum size");
 _Static_assert(sizeof(sb_tls_version) == sizeof(int), "enum size");
 _Static_assert(sizeof(sb_client_cert) == sizeof(int), "enum size");
+_Static_assert(sizeof(sb_desktop_host) == sizeof(int), "enum size");
 
 /* ---- choices (the index is the stored value for SB_CT_ENUM) ---- */
 
@@ -43,6 +44,10 @@ static const char *const log_levels[] = {"debug", "info", "warn", "error", "off"
 _Static_assert(SB_LOG_DEBUG == 0 && SB_LOG_INFO == 1 && SB_LOG_WARN == 2 && SB_LOG_ERROR == 3 &&
                    SB_LOG_OFF == 4,
                "log_levels follows sb_log_level");
+
+static const char *const desktop_hosts[] = {"auto", "in-process", "agent", NULL};
+_Static_assert(SB_DESKTOP_AUTO == 0 && SB_DESKTOP_IN_PROCESS == 1 && SB_DESKTOP_AGENT == 2,
+               "desktop_hosts follows sb_desktop_host");
 
 static const char *const restarts[] = {"never", "on-failure", "always", NULL};
 _Static_assert(SB_RESTART_NEVER == 0 && SB_RESTART_ON_FAILURE == 1 && SB_RESTART_ALWAYS == 2,
@@ -139,6 +144,28 @@ static const sb_config__field auth_fields[] = {
 };
 static const sb_config__section auth_section = TABLE(auth_fields);
 
+static const sb_config__field agent_fields[] = {
+    {.key = "endpoint", .type = SB_CT_STRING, .offset = B(agent_endpoint)},
+    {.key = "start", .type = SB_CT_BOOL, .offset = B(agent_start), .def = 1},
+    {.key = "types",
+     .type = SB_CT_STRLIST,
+     .offset = B(agent_types),
+     .count_off = B(agent_types_count)},
+    {.key = "restart_backoff",
+     .type = SB_CT_DURATION,
+     .offset = B(agent_restart_backoff_ms),
+     .def = SECONDS,
+     .min = 1,
+     .max = DAYS},
+    {.key = "restart_max_backoff",
+     .type = SB_CT_DURATION,
+     .offset = B(agent_restart_max_backoff_ms),
+     .def = MINUTES,
+     .min = 1,
+     .max = DAYS},
+};
+static const sb_config__section agent_section = TABLE(agent_fields);
+
 static const sb_config__field broker_fields[] = {
     {.key = "data_dir", .type = SB_CT_STRING, .offset = B(data_dir), .def_str = "./data"},
     {.key = "store", .type = SB_CT_SECTION, .section = &store_section},
@@ -151,6 +178,12 @@ static const sb_config__field broker_fields[] = {
      .def = 10 * SECONDS,
      .min = 0,
      .max = DAYS},
+    {.key = "desktop",
+     .type = SB_CT_ENUM,
+     .offset = B(desktop),
+     .def = SB_DESKTOP_AUTO,
+     .choices = desktop_hosts},
+    {.key = "agent", .type = SB_CT_SECTION, .section = &agent_section},
 };
 static const sb_config__section broker_section = TABLE(broker_fields);
 

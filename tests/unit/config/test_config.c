@@ -398,7 +398,7 @@ static void test_error_unknown_keys(void **state)
                   "  data_dir: x\n"
                   "  stroe: {}\n",
                   "t.yaml:3:3: broker.stroe: unknown key (known: data_dir, store, log, admin, "
-                  "auth, sys_interval)\n");
+                  "auth, sys_interval, desktop, agent)\n");
     expect_errors("brokers: {}\n",
                   "t.yaml:1:1: brokers: unknown key (known: broker, adapters, routes)\n");
     /* Only the keys of the adapter's type are suggested. */
@@ -1213,6 +1213,102 @@ static void test_oom(void **state)
     free(path);
 }
 
+/* ---- the session agent's part of a config ---- */
+
+static void test_agent_keys(void **state)
+{
+    sb_config *cfg = parse_ok("broker: { data_dir: d }\n");
+    (void)state;
+    assert_int_equal(cfg->broker.desktop, SB_DESKTOP_AUTO);
+    assert_null(cfg->broker.agent_endpoint);
+    assert_int_equal(cfg->broker.agent_start, 1);
+    assert_int_equal(cfg->broker.agent_restart_backoff_ms, 1000);
+    assert_int_equal(cfg->broker.agent_restart_max_backoff_ms, 60000);
+    assert_int_equal(cfg->broker.agent_types_count, 0);
+    sb_config_free(cfg);
+    cfg = parse_ok("broker:\n  desktop: agent\n  agent: { endpoint: 'sb-{session}', start: no,\n"
+                   "           restart_backoff: 100ms, restart_max_backoff: 2s, types: [exec] }\n");
+    assert_int_equal(cfg->broker.agent_types_count, 1);
+    assert_string_equal(cfg->broker.agent_types[0], "exec");
+    assert_int_equal(cfg->broker.desktop, SB_DESKTOP_AGENT);
+    assert_string_equal(cfg->broker.agent_endpoint, "sb-{session}");
+    assert_int_equal(cfg->broker.agent_start, 0);
+    assert_int_equal(cfg->broker.agent_restart_backoff_ms, 100);
+    assert_int_equal(cfg->broker.agent_restart_max_backoff_ms, 2000);
+    sb_config_free(cfg);
+}
+
+static const char agent_source[] =
+    "# the administrator's file\n"
+    "broker: { data_dir: '/var/lib/sb', log: { level: warn } }\n"
+    "adapters:\n"
+    "  - name: clients\n"
+    "    type: tcp\n"
+    "    listen: 127.0.0.1:7000\n"
+    "    protocol: jsonl\n"
+    "  - name: child   # hosted\n"
+    "    type: exec\n"
+    "    command: [ \"C:\\\\Program Files\\\\x.exe\", '--x=1', \"caf\\u00e9 ok\", \"a: b\" ]\n"
+    "    protocol: jsonl\n"
+    "    topic: 'in/{adapter}'\n"
+    "    restart: always\n"
+    "    max_message: 2KiB\n"
+    "  - { name: slot, type: mailslot, path: 'sb-slot', topic: \"a/b: c 'd'\" }\n"
+    "routes:\n"
+    "  - { name: r, from: 'x/#', to: [child, clients] }\n";
+
+static void test_agent_doc(void **state)
+{
+    const char *const names[] = {"slot", "child", "absent"};
+    sb_config *src = parse_ok(agent_source), *doc;
+    sb_config_errors errs = {0};
+    char *text = NULL;
+    size_t len = 0;
+    int rc;
+    (void)state;
+    assert_int_equal(sb_config_agent_doc(&text, &len, src, "debug", names, 3), 0);
+    assert_int_equal(strlen(text), len);
+    /* nothing else of the file */
+    assert_null(strstr(text, "clients"));
+    assert_null(strstr(text, "routes"));
+    assert_null(strstr(text, "/var/lib/sb"));
+    rc = sb_config_parse(&doc, "agent", text, len, &errs);
+    if (rc != 0) {
+        char *got = printed(&errs);
+        fail_msg("the agent's document does not parse:\n%s\n%s", text, got);
+    }
+    /* in the order of the file, each equal to the original */
+    assert_int_equal(doc->adapter_count, 2);
+    assert_true(sb_adapter_config_equal(&doc->adapters[0], sb_config_adapter(src, "child")));
+    assert_true(sb_adapter_config_equal(&doc->adapters[1], sb_config_adapter(src, "slot")));
+    assert_string_equal(doc->adapters[0].command[0], "C:\\Program Files\\x.exe");
+    assert_string_equal(doc->adapters[0].command[2], "caf\xc3\xa9 ok");
+    assert_string_equal(doc->adapters[1].topic, "a/b: c 'd'");
+    assert_int_equal(doc->broker.log_level, SB_LOG_DEBUG);
+    assert_int_equal(doc->route_count, 0);
+    sb_config_free(doc);
+    sb_free(text);
+
+    /* none hosted: an empty list */
+    assert_int_equal(sb_config_agent_doc(&text, &len, src, "info", names + 2, 1), 0);
+    assert_int_equal(sb_config_parse(&doc, "agent", text, len, &errs), 0);
+    assert_int_equal(doc->adapter_count, 0);
+    sb_config_free(doc);
+    sb_free(text);
+
+    for (long n = 0;; n++) {
+        sb_alloc_fail_after(n);
+        rc = sb_config_agent_doc(&text, &len, src, "info", names, 2);
+        sb_alloc_fail_after(-1);
+        if (rc == 0)
+            break;
+        assert_int_equal(rc, SB_ENOMEM);
+        assert_null(text);
+    }
+    sb_free(text);
+    sb_config_free(src);
+}
+
 /* ---- the shipped examples ---- */
 
 static sb_config *load_example(const char *name)
@@ -1572,6 +1668,8 @@ int main(void)
         cmocka_unit_test(test_error_many),
         cmocka_unit_test(test_load_missing),
         cmocka_unit_test(test_print),
+        cmocka_unit_test(test_agent_keys),
+        cmocka_unit_test(test_agent_doc),
         cmocka_unit_test(test_durations),
         cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_copy_equal),
