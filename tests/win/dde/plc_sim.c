@@ -4,7 +4,7 @@
  * adapter's tests and benchmark.
  *
  *   plc_sim SERVICE [--topic T] [--interval MS] [--refuse ITEM]
- *           [--busy ITEM:N] [--quiet]
+ *           [--busy ITEM:N] [--quiet] [--flood N]
  *
  * Topic T (default Line1) has the items Temp ("21.5"), Status (CF_TEXT in
  * the ANSI code page: "Grüße aus Köln", as code page 1252 bytes), Counter,
@@ -15,7 +15,8 @@
  * to pokes of ITEM, --busy answers DDE_FBUSY to the first N pokes of ITEM.
  * An execute prints "EXEC <hex>". "READY" is printed once the service is
  * registered; every line is flushed. --quiet prints only READY (benchmarks).
- * It runs until killed.
+ * --flood N (benchmarks): once a client hot-links Counter, updates and
+ * advises it N times as fast as it can. It runs until killed.
  */
 #include <windows.h>
 
@@ -43,6 +44,8 @@ static char busy_item[256];
 static int busy_left;
 static int quiet;
 static unsigned long counter;
+static long flood_left;
+static int flood_linked;
 
 static void print_hex(const char *tag, const char *name, const void *data, DWORD len)
 {
@@ -100,7 +103,10 @@ static HDDEDATA CALLBACK callback(UINT type, UINT fmt, HCONV conv, HSZ hsz1, HSZ
     case XTYP_CONNECT:
         return (HDDEDATA)(UINT_PTR)(DdeCmpStringHandles(hsz1, hsz_topic) == 0);
     case XTYP_ADVSTART:
-        return (HDDEDATA)(UINT_PTR)(fmt == CF_TEXT && find(hsz2) != NULL);
+        it = find(hsz2);
+        if (it == &items[2])
+            flood_linked = 1;
+        return (HDDEDATA)(UINT_PTR)(fmt == CF_TEXT && it != NULL);
     case XTYP_REQUEST:
     case XTYP_ADVREQ:
         it = find(hsz2);
@@ -182,6 +188,8 @@ int main(int argc, char **argv)
             }
         } else if (strcmp(argv[i], "--quiet") == 0) {
             quiet = 1;
+        } else if (strcmp(argv[i], "--flood") == 0 && i + 1 < argc) {
+            flood_left = atol(argv[++i]);
         } else {
             fprintf(stderr, "plc_sim: unknown argument %s\n", argv[i]);
             return 2;
@@ -208,10 +216,24 @@ int main(int argc, char **argv)
         SetTimer(NULL, 0, (UINT)interval, tick);
     printf("READY\n");
     fflush(stdout);
-    while (GetMessageA(&msg, NULL, 0, 0) > 0) {
+    for (;;) {
+        if (flood_left > 0 && flood_linked) {
+            /* benchmark: one update per turn, the queue served between */
+            while (PeekMessageA(&msg, NULL, 0, 0, PM_REMOVE)) {
+                if (msg.message == WM_QUIT)
+                    goto out;
+                DispatchMessageA(&msg);
+            }
+            tick(NULL, 0, 0, 0);
+            flood_left--;
+            continue;
+        }
+        if (GetMessageA(&msg, NULL, 0, 0) <= 0)
+            break;
         TranslateMessage(&msg);
         DispatchMessageA(&msg);
     }
+out:
     DdeUninitialize(inst);
     return 0;
 }
