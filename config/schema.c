@@ -849,8 +849,8 @@ static void check_dde(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapter_c
         check_dde_names(ctx, seen(ctx, &a->dde_topic), path, "dde_topic", &a->dde_topic, 1, 0);
     check_dde_names(ctx, seen(ctx, &a->dde_topics), path, "dde_topics", a->dde_topics,
                     a->dde_topics_count, 1);
-    check_dde_names(ctx, seen(ctx, &a->dde_items), path, "items", a->dde_items,
-                    a->dde_items_count, 0);
+    check_dde_names(ctx, seen(ctx, &a->dde_items), path, "items", a->dde_items, a->dde_items_count,
+                    0);
     s = seen(ctx, &a->dde_execute_topic);
     if (s != NULL && s->ok &&
         (a->dde_execute_topic[0] == '$' ||

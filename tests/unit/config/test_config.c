@@ -1298,7 +1298,7 @@ static void test_example_full(void **state)
     (void)state;
     /* It shows every adapter type and sets non-default values. */
     for (const char *const *t =
-             (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", "mailslot", NULL};
+             (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", "mailslot", "dde", NULL};
          *t != NULL; t++) {
         int found = 0;
         for (size_t i = 0; i < cfg->adapter_count; i++)
