@@ -73,6 +73,11 @@ typedef struct sb_dde_client {
 
 static cli_item *find_item(sb_dde_client *c, HSZ hsz)
 {
+    /* String handles are atoms: equal names have equal handles while one is
+     * held, and comparing names costs a round trip to the atom table. */
+    for (size_t i = 0; i < c->count; i++)
+        if (c->items[i].hsz == hsz)
+            return &c->items[i];
     for (size_t i = 0; i < c->count; i++)
         if (DdeCmpStringHandles(c->items[i].hsz, hsz) == 0)
             return &c->items[i];

@@ -19,7 +19,11 @@
  *
  * DDE names compare without case, so items are found by a folded key; a
  * poke publishes to the spelling the broker already knows for the item (a
- * value it holds, or `items`), else to the client's spelling.
+ * value it holds, or `items`), else to the client's spelling. Transactions
+ * on a known item find it by the values of their string handles first:
+ * DDEML's string handles are atoms, equal for equal names while one is
+ * held (each item holds its own), and reading a name back costs a round
+ * trip to the atom table (under Wine, to the wineserver) per transaction.
  *
  * Wine: DdePostAdvise calls XTYP_ADVREQ for every link on an item of that
  * name whatever its topic; ADVREQ answers only links of the topic asked.
@@ -47,7 +51,8 @@ typedef struct srv_item {
 
 typedef struct sb_dde_server {
     HSZ service, system;
-    sb_map items; /* fold(topic) '\n' fold(item) -> srv_item */
+    sb_map items;  /* fold(topic) '\n' fold(item) -> srv_item */
+    sb_map by_hsz; /* "htopic|hitem" of the item's own handles -> srv_item */
     srv_item *all;
     srv_item *changed;
     int advise_posted;
@@ -115,6 +120,20 @@ static const char *served_item(sb_dde_adapter *a, const char *item, const char *
     return hit;
 }
 
+static void hsz_key(char *out, size_t n, HSZ topic, HSZ item)
+{
+    snprintf(out, n, "%p|%p", (void *)topic, (void *)item);
+}
+
+/* The item of a transaction's string handles, if it is known (a miss is
+ * not an answer: resolve the names). */
+static srv_item *item_by_hsz(sb_dde_adapter *a, HSZ topic, HSZ item)
+{
+    char key[64];
+    hsz_key(key, sizeof key, topic, item);
+    return sb_map_get(&a->srv->by_hsz, key);
+}
+
 static srv_item *find_item(sb_dde_adapter *a, const char *topic, const char *item)
 {
     char *key = item_key(topic, item);
@@ -148,6 +167,14 @@ static srv_item *get_item(sb_dde_adapter *a, const char *topic, const char *item
     it->hitem = DdeCreateStringHandleW(a->inst, wi, CP_WINUNICODE);
     if (it->htopic == 0 || it->hitem == 0 || sb_map_put(&s->items, key, it, NULL) != 0)
         goto fail;
+    {
+        char hk[64];
+        hsz_key(hk, sizeof hk, it->htopic, it->hitem);
+        if (sb_map_put(&s->by_hsz, hk, it, NULL) != 0) {
+            sb_map_remove(&s->items, key);
+            goto fail;
+        }
+    }
     it->next_all = s->all;
     s->all = it;
     sb_free(key);
@@ -307,12 +334,14 @@ static HDDEDATA system_item(sb_dde_adapter *a, const char *item, HSZ hitem, UINT
 
 static int is_system(sb_dde_adapter *a, HSZ topic)
 {
-    return DdeCmpStringHandles(topic, a->srv->system) == 0;
+    return topic == a->srv->system || DdeCmpStringHandles(topic, a->srv->system) == 0;
 }
 
 static HDDEDATA on_poke(sb_dde_adapter *a, UINT fmt, HSZ htopic, HSZ hitem, HDDEDATA data)
 {
-    char *topic = sb_dde__hsz_utf8(a->inst, htopic), *item = sb_dde__hsz_utf8(a->inst, hitem);
+    srv_item *it = item_by_hsz(a, htopic, hitem);
+    char *topic = it != NULL ? NULL : sb_dde__hsz_utf8(a->inst, htopic);
+    char *item = it != NULL ? NULL : sb_dde__hsz_utf8(a->inst, hitem);
     const char *t, *i, *why = NULL;
     char reason[320] = "", name[128];
     unsigned char *raw = NULL, *payload = NULL;
@@ -321,10 +350,14 @@ static HDDEDATA on_poke(sb_dde_adapter *a, UINT fmt, HSZ htopic, HSZ hitem, HDDE
     int text = 0;
     HDDEDATA answer = (HDDEDATA)DDE_FNOTPROCESSED;
     sb_dde_pub *p = NULL;
-    srv_item *it;
 
-    t = topic != NULL && !is_system(a, htopic) ? served_topic(a, topic) : NULL;
-    i = t != NULL ? served_item(a, item, &why) : NULL;
+    if (it != NULL) {
+        t = it->topic;
+        i = it->item;
+    } else {
+        t = topic != NULL && !is_system(a, htopic) ? served_topic(a, topic) : NULL;
+        i = t != NULL ? served_item(a, item, &why) : NULL;
+    }
     if (t == NULL) {
         snprintf(reason, sizeof reason, "topic %s takes no pokes", topic ? topic : "?");
         goto refuse;
@@ -354,9 +387,9 @@ static HDDEDATA on_poke(sb_dde_adapter *a, UINT fmt, HSZ htopic, HSZ hitem, HDDE
                  payload_len, (long long)a->base.cfg->max_message);
         goto refuse;
     }
-    /* the spelling the broker already knows for this item */
-    it = find_item(a, t, i);
-    if (it != NULL && it->has_value) {
+    /* the spelling the broker already knows for this item (and the item,
+     * to be found by its handles next time) */
+    if (it == NULL && (it = get_item(a, t, i)) != NULL && it->has_value) {
         t = it->topic;
         i = it->item;
     }
@@ -379,7 +412,13 @@ static HDDEDATA on_poke(sb_dde_adapter *a, UINT fmt, HSZ htopic, HSZ hitem, HDDE
 
 refuse:
     sb_log(SB_LOG_WARN, a->base.name, "poke %s!%s refused (DDE_FNOTPROCESSED): %s",
-           topic ? topic : "?", item ? item : "?", reason);
+           it != NULL ? it->topic
+           : topic    ? topic
+                      : "?",
+           it != NULL ? it->item
+           : item     ? item
+                      : "?",
+           reason);
 done:
     sb_free(raw);
     sb_free(payload);
@@ -464,8 +503,14 @@ static HDDEDATA on_request(sb_dde_adapter *a, UINT type, UINT fmt, HCONV conv, H
         memset(&ci, 0, sizeof ci);
         ci.cb = sizeof ci;
         if (DdeQueryConvInfo(conv, QID_SYNC, &ci) == 0 ||
-            DdeCmpStringHandles(ci.hszTopic, htopic) != 0)
+            (ci.hszTopic != htopic && DdeCmpStringHandles(ci.hszTopic, htopic) != 0))
             return 0;
+    }
+    if ((it = item_by_hsz(a, htopic, hitem)) != NULL) {
+        h = render(a, it, fmt, type == XTYP_REQUEST ? "REQUEST" : "ADVISE");
+        if (h == 0 && type == XTYP_REQUEST && !it->has_value)
+            sb_log(SB_LOG_DEBUG, a->base.name, "REQUEST %s!%s: no value yet", it->topic, it->item);
+        return h;
     }
     topic = sb_dde__hsz_utf8(a->inst, htopic);
     item = sb_dde__hsz_utf8(a->inst, hitem);
@@ -491,18 +536,21 @@ done:
 
 static HDDEDATA on_advstart(sb_dde_adapter *a, UINT fmt, HSZ htopic, HSZ hitem)
 {
-    char *topic = sb_dde__hsz_utf8(a->inst, htopic), *item = sb_dde__hsz_utf8(a->inst, hitem);
+    srv_item *it = item_by_hsz(a, htopic, hitem);
+    char *topic = it != NULL ? NULL : sb_dde__hsz_utf8(a->inst, htopic);
+    char *item = it != NULL ? NULL : sb_dde__hsz_utf8(a->inst, hitem);
     const char *t = NULL, *i = NULL, *why = NULL;
     char name[128];
-    srv_item *it = NULL;
     int ok = 0;
 
-    if (topic != NULL && item != NULL && !is_system(a, htopic)) {
+    if (it == NULL && topic != NULL && item != NULL && !is_system(a, htopic)) {
         t = served_topic(a, topic);
         i = t != NULL ? served_item(a, item, &why) : NULL;
+        if (i != NULL)
+            it = get_item(a, t, i);
     }
-    if (i != NULL && (fmt == CF_TEXT || fmt == CF_UNICODETEXT || fmt >= 0xC000))
-        it = get_item(a, t, i);
+    if (!(fmt == CF_TEXT || fmt == CF_UNICODETEXT || fmt >= 0xC000))
+        it = NULL;
     if (it != NULL) {
         ok = 1;
         if (it->has_value) {
@@ -734,6 +782,7 @@ void sb_dde__server_fini(sb_dde_adapter *a)
         sb_free(it);
     }
     sb_map_clear(&s->items);
+    sb_map_clear(&s->by_hsz);
     DdeFreeStringHandle(a->inst, s->service);
     DdeFreeStringHandle(a->inst, s->system);
     sb_free(s);
