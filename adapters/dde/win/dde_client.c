@@ -321,6 +321,8 @@ HDDEDATA CALLBACK sb_dde__client_cb(UINT type, UINT fmt, HCONV conv, HSZ hsz1, H
     (void)d2;
     if (c == NULL)
         return 0;
+    /* Clipboard formats are 16 bits; Wine passes a poke's sign-extended */
+    fmt &= 0xFFFF;
     switch (type) {
     case XTYP_ADVDATA: {
         cli_item *it = conv == c->link ? find_item(c, hsz2) : NULL;

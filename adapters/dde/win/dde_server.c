@@ -621,6 +621,8 @@ HDDEDATA CALLBACK sb_dde__server_cb(UINT type, UINT fmt, HCONV conv, HSZ hsz1, H
     (void)d2;
     if (a == NULL || a->srv == NULL)
         return 0;
+    /* Clipboard formats are 16 bits; Wine passes a poke's sign-extended */
+    fmt &= 0xFFFF;
     switch (type) {
     case XTYP_CONNECT: {
         char *t;

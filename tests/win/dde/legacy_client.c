@@ -3,10 +3,12 @@
  * synchronous transactions, a message loop for hot links), for the DDE
  * adapter's tests and benchmark. One command per run:
  *
- *   legacy_client SERVICE TOPIC request ITEM [unicode]
- *       prints "DATA <hex>" or "NODATA <DMLERR>"
- *   legacy_client SERVICE TOPIC poke ITEM VALUE [unicode|hex]
- *       prints "ACK", "NACK <status word>" or "FAIL <DMLERR>"
+ *   legacy_client SERVICE TOPIC request ITEM [unicode|fmt:NAME]
+ *       prints "DATA <hex>" or "NODATA <DMLERR>" (fmt:NAME: the registered
+ *       clipboard format NAME, its data in full)
+ *   legacy_client SERVICE TOPIC poke ITEM VALUE [unicode|hex|fmt:NAME]
+ *       prints "ACK", "NACK <status word>" or "FAIL <DMLERR>" (VALUE in hex
+ *       but for plain CF_TEXT)
  *   legacy_client SERVICE TOPIC pokes ITEM COUNT
  *       pokes the values 1..COUNT in order; each until it is acknowledged
  *       (reconnecting when the conversation fails), printing "ACK n",
@@ -63,6 +65,8 @@ static void print_hex(const char *tag, const void *data, DWORD len)
 static DWORD text_len(const unsigned char *p, DWORD len, UINT fmt)
 {
     DWORD n = 0;
+    if (fmt >= 0xC000)
+        return len;
     if (fmt == CF_UNICODETEXT) {
         while (n + 1 < len && (p[n] != 0 || p[n + 1] != 0))
             n += 2;
@@ -133,6 +137,18 @@ static int from_hex(unsigned char *out, const char *hex)
         hex += 2;
     }
     return n;
+}
+
+/* The format an argument names: unicode, fmt:NAME (registered), else CF_TEXT. */
+static UINT format_arg(const char *arg)
+{
+    if (arg == NULL)
+        return CF_TEXT;
+    if (strcmp(arg, "unicode") == 0)
+        return CF_UNICODETEXT;
+    if (strncmp(arg, "fmt:", 4) == 0)
+        return RegisterClipboardFormatA(arg + 4);
+    return CF_TEXT;
 }
 
 /* Pumps messages until the advise count is reached or ms pass. */
@@ -225,7 +241,7 @@ int main(int argc, char **argv)
     }
 
     if (strcmp(cmd, "request") == 0 && argc > 4) {
-        UINT fmt = argc > 5 && strcmp(argv[5], "unicode") == 0 ? CF_UNICODETEXT : CF_TEXT;
+        UINT fmt = format_arg(argc > 5 ? argv[5] : NULL);
         h = DdeClientTransaction(NULL, 0, conv, hsz_item, fmt, XTYP_REQUEST, TIMEOUT_MS, NULL);
         if (h != 0) {
             unsigned char buf[65536];
@@ -239,10 +255,8 @@ int main(int argc, char **argv)
         unsigned char buf[65536];
         DWORD len;
         UINT fmt = CF_TEXT;
-        if (argc > 6 && strcmp(argv[6], "hex") == 0) {
-            len = (DWORD)from_hex(buf, argv[5]);
-        } else if (argc > 6 && strcmp(argv[6], "unicode") == 0) {
-            fmt = CF_UNICODETEXT;
+        if (argc > 6) {
+            fmt = strcmp(argv[6], "hex") == 0 ? CF_TEXT : format_arg(argv[6]);
             len = (DWORD)from_hex(buf, argv[5]);
         } else {
             len = (DWORD)strlen(argv[5]) + 1;

@@ -509,7 +509,7 @@ static void test_server_role(void **state)
     char service[64], strict[64], out[SBT_PATH_MAX], big[100];
     sbt_proc adv, gone;
     sbt_conn *c;
-    json_t *m, *h;
+    json_t *m, *h, *r;
     char *s;
 
     service_name(service, sizeof service, "xl");
@@ -562,6 +562,16 @@ static void test_server_role(void **state)
     sbt_broker_wait_log(b, "U+65E5 cannot be represented in code page 1252", 1, WAIT_MS);
     expect_client("DATA e5652c67", service, "Line1", "request", "JP", "unicode", NULL);
 
+    /* a registered format passes through as bytes, and only as itself */
+    r = sbt_call(c, "{s:s, s:s, s:s, s:{s:s}}", "op", "pub", "topic", "plant/Line1/Blob",
+                 "payload_b64", "AAEC/w==", "headers", "dde-format", "Switchboard Test");
+    sbt_expect_op(r, "puback");
+    json_decref(r);
+    expect_client("DATA 000102ff", service, "Line1", "request", "Blob", "fmt:Switchboard Test",
+                  NULL);
+    expect_client("NODATA", service, "Line1", "request", "Blob", NULL, NULL);
+    sbt_broker_wait_log(b, "the value is in format Switchboard Test", 1, WAIT_MS);
+
     /* a poke is published (acknowledged after its commit) */
     sbt_sub(c, "pokes", NULL, 10);
     expect_client("ACK", service, "Line1", "poke", "Setpoint", "4772fcdf65", "hex");
@@ -573,6 +583,18 @@ static void test_server_role(void **state)
     assert_string_equal(sbt_str(h, "dde-format"), "CF_TEXT");
     assert_string_equal(sbt_str(h, "dde-item"), "Setpoint");
     assert_string_equal(sbt_str(h, "encoding"), "utf-8");
+    sbt_ack(c, "pokes", sbt_int(m, "msg_id"));
+    json_decref(m);
+    /* a registered format's poke: bytes, with the format's name */
+    expect_client("ACK", service, "Line1", "poke", "Setpoint", "00ff", "fmt:Switchboard Test");
+    m = sbt_next_msg(c, WAIT_MS);
+    assert_string_equal(sbt_str(m, "payload_b64"), "AP8=");
+    assert_string_equal(sbt_str(json_object_get(m, "headers"), "dde-format"), "Switchboard Test");
+    assert_null(json_object_get(json_object_get(m, "headers"), "encoding"));
+    sbt_ack(c, "pokes", sbt_int(m, "msg_id"));
+    json_decref(m);
+    expect_client("ACK", service, "Line1", "poke", "Setpoint", "4772fcdf65", "hex");
+    m = sbt_next_msg(c, WAIT_MS);
     sbt_ack(c, "pokes", sbt_int(m, "msg_id"));
     json_decref(m);
     /* and then served to others */
