@@ -21,6 +21,7 @@ typedef enum { SB_RESTART_NEVER = 0, SB_RESTART_ON_FAILURE, SB_RESTART_ALWAYS } 
  * clipboard) run: auto = in the broker under `run`, in session agents under
  * the Windows service (see docs/agent.md). */
 typedef enum { SB_DESKTOP_AUTO = 0, SB_DESKTOP_IN_PROCESS, SB_DESKTOP_AGENT } sb_desktop_host;
+typedef enum { SB_DDE_SERVER = 0, SB_DDE_CLIENT } sb_dde_role;
 
 /* Where a YAML node was declared (1-based). */
 typedef struct sb_config_pos {
@@ -67,7 +68,7 @@ typedef enum {
 typedef struct sb_adapter_config {
     sb_config_pos pos;
     char *name;          /* required, unique, [A-Za-z0-9_.-]+ */
-    char *type;          /* required: tcp | udp | unix | pipe | exec */
+    char *type;          /* required: tcp | udp | unix | pipe | exec | mailslot | dde */
     char *listen;        /* tcp/udp server: "host:port" */
     char *connect;       /* tcp/udp client "host:port"; unix/pipe client: path */
     char *path;          /* unix/pipe server: socket path or pipe name */
@@ -75,7 +76,9 @@ typedef struct sb_adapter_config {
     char *framing;       /* raw only: line (default for streams) | length |
                             datagram (default and only choice for udp) | message */
     char *topic;         /* raw source: topic template, default "{adapter}";
-                            placeholders {adapter} {peer} */
+                            placeholders {adapter} {peer}; dde: {adapter}
+                            {service} {dde_topic} {item}, default
+                            "{service}/{dde_topic}/{item}" */
     int64_t max_message; /* bytes, default 1048576, 1..67108864 */
     int max_connections; /* servers, default 64, 1..100000 */
     /* servers: a connection that completes no first request (jsonl: a
@@ -129,6 +132,19 @@ typedef struct sb_adapter_config {
      * refusing writes, ACL, oversized). NULL: no reply. */
     char *reply;
     char *reply_error;
+    /* dde (adapters/dde): a DDEML server (Excel's =SERVICE|topic!item links
+     * and legacy clients talk to the broker) or a client of a legacy DDE
+     * server. Topic and item names map into `topic` levels. */
+    sb_dde_role dde_role; /* role: server (default) | client */
+    char *dde_service;    /* service: the DDE service name, default SWITCHBOARD */
+    char **dde_topics;    /* dde_topics (server): topics served; none or "*": any */
+    size_t dde_topics_count;
+    char *dde_topic;  /* dde_topic (client, required): the server's topic */
+    char **dde_items; /* items: client: hot-linked; server: the only items served (none: any) */
+    size_t dde_items_count;
+    char *dde_execute_topic; /* execute_topic: server: XTYP_EXECUTE commands are published
+                                here; client: deliveries on it are EXECUTEd, not POKEd */
+    int dde_codepage;        /* codepage: of CF_TEXT, 0 (default): the system ANSI code page */
 } sb_adapter_config;
 
 /* The effective idle_timeout of a server adapter in ms (0: off): the

@@ -444,7 +444,7 @@ static void test_error_type(void **state)
                   "  - name: a\n"
                   "    type: mqtt\n",
                   "t.yaml:3:11: adapters[0].type: must be one of tcp, udp, unix, pipe, exec, "
-                  "mailslot (got \"mqtt\")\n");
+                  "mailslot, dde (got \"mqtt\")\n");
     expect_errors("adapters:\n"
                   "  - name: a\n",
                   "t.yaml:2:5: adapters[0].type: required\n");
@@ -924,6 +924,98 @@ static void test_mailslot(void **state)
                   "t.yaml:11:41: adapters[9].connect: cannot be combined with path\n");
 }
 
+/* type dde: the keys of each role, DDE names, the topic template. */
+static void test_dde(void **state)
+{
+    sb_config *cfg;
+    const sb_adapter_config *a;
+    (void)state;
+    cfg = parse_ok("adapters:\n"
+                   "  - name: excel\n"
+                   "    type: dde\n"
+                   "  - name: plc\n"
+                   "    type: dde\n"
+                   "    role: client\n"
+                   "    service: PLCSERVER\n"
+                   "    dde_topic: Line 1\n"
+                   "    items: [Temp, Speed A]\n"
+                   "    topic: plant/{dde_topic}/{item}\n"
+                   "    execute_topic: plant/cmd\n"
+                   "    codepage: 1252\n"
+                   "    reconnect_backoff: 1s\n"
+                   "  - name: one\n"
+                   "    type: dde\n"
+                   "    service: ONE\n"
+                   "    dde_topics: [Values]\n"
+                   "    topic: v/{adapter}/{item}\n"
+                   "routes:\n"
+                   "  - { name: r, from: x, to: plc }\n");
+    a = sb_config_adapter(cfg, "excel");
+    assert_int_equal(a->dde_role, SB_DDE_SERVER);
+    assert_string_equal(a->dde_service, "SWITCHBOARD");
+    assert_string_equal(a->topic, "{service}/{dde_topic}/{item}");
+    assert_int_equal(a->dde_topics_count, 0);
+    assert_int_equal(a->dde_items_count, 0);
+    assert_null(a->dde_topic);
+    assert_null(a->dde_execute_topic);
+    assert_int_equal(a->dde_codepage, 0);
+    a = sb_config_adapter(cfg, "plc");
+    assert_int_equal(a->dde_role, SB_DDE_CLIENT);
+    assert_string_equal(a->dde_service, "PLCSERVER");
+    assert_string_equal(a->dde_topic, "Line 1");
+    assert_int_equal(a->dde_items_count, 2);
+    assert_string_equal(a->dde_items[1], "Speed A");
+    assert_string_equal(a->dde_execute_topic, "plant/cmd");
+    assert_int_equal(a->dde_codepage, 1252);
+    assert_int_equal(a->reconnect_backoff_ms, 1000);
+    a = sb_config_adapter(cfg, "one");
+    assert_string_equal(a->dde_topics[0], "Values");
+    assert_string_equal(a->topic, "v/{adapter}/{item}");
+    sb_config_free(cfg);
+
+    expect_errors(
+        "adapters:\n"
+        "  - { name: a, type: dde, dde_topic: x, reconnect_backoff: 1s }\n"
+        "  - { name: b, type: dde, role: client, dde_topics: [x] }\n"
+        "  - { name: c, type: dde, role: peer }\n"
+        "  - { name: d, type: dde, dde_topics: ['*', x], items: [a/b, '#'] }\n"
+        "  - { name: e, type: dde, topic: 'p/{dde_topic}_x/{item}' }\n"
+        "  - { name: f, type: dde, topic: 'p/{dde_topic}' }\n"
+        "  - { name: g, type: dde, topic: 'p/{dde_topic}/{item}/{item}' }\n"
+        "  - { name: h, type: dde, topic: 'p/{item}' }\n"
+        "  - { name: i, type: dde, topic: 'p/{peer}/{item}' }\n"
+        "  - { name: j, type: dde, framing: line, listen: 'x:1', codepage: 70000 }\n"
+        "  - { name: k, type: dde, execute_topic: 'a/+', service: 'S/1' }\n",
+        "t.yaml:2:27: adapters[0].dde_topic: only for role client (a server serves "
+        "dde_topics)\n"
+        "t.yaml:3:5: adapters[1].dde_topic: required for role client\n"
+        "t.yaml:3:41: adapters[1].dde_topics: only for role server (a client connects to one "
+        "dde_topic)\n"
+        "t.yaml:4:33: adapters[2].role: must be one of server, client (got \"peer\")\n"
+        "t.yaml:5:40: adapters[3].dde_topics[0]: '*' (any topic) cannot be listed with other "
+        "topics\n"
+        "t.yaml:5:57: adapters[3].items[0]: invalid DDE name \"a/b\": contains '/', '+' or '#' "
+        "(DDE names become topic levels)\n"
+        "t.yaml:5:62: adapters[3].items[1]: invalid DDE name \"#\": contains '/', '+' or '#' "
+        "(DDE names become topic levels)\n"
+        "t.yaml:6:34: adapters[4].topic: {dde_topic} must be a whole topic level, as in "
+        "plant/{dde_topic}/{item}\n"
+        "t.yaml:7:34: adapters[5].topic: needs {item}: every DDE item has a topic of its own\n"
+        "t.yaml:8:34: adapters[6].topic: {item} may appear only once\n"
+        "t.yaml:9:34: adapters[7].topic: needs {dde_topic}: this server serves more than one "
+        "DDE topic (set dde_topics to one topic, or put {dde_topic} in the template)\n"
+        "t.yaml:10:34: adapters[8].topic: unknown placeholder \"{peer}\" (known: {adapter}, "
+        "{service}, {dde_topic}, {item})\n"
+        "t.yaml:11:27: adapters[9].framing: not used by type dde (a DDE transaction is one "
+        "message)\n"
+        "t.yaml:11:42: adapters[9].listen: not allowed for type dde\n"
+        "t.yaml:11:67: adapters[9].codepage: must be between 0 and 65535\n"
+        "t.yaml:12:42: adapters[10].execute_topic: invalid topic \"a/+\": contains a wildcard "
+        "('+' or '#')\n"
+        "t.yaml:12:58: adapters[10].service: invalid DDE name \"S/1\": contains '/', '+' or '#' "
+        "(DDE names become topic levels)\n");
+}
+
 static void test_error_many(void **state)
 {
     /* Every error is collected, then the list is cut with a final note. */
@@ -1369,7 +1461,7 @@ static void test_example_full(void **state)
     (void)state;
     /* It shows every adapter type and sets non-default values. */
     for (const char *const *t =
-             (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", "mailslot", NULL};
+             (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", "mailslot", "dde", NULL};
          *t != NULL; t++) {
         int found = 0;
         for (size_t i = 0; i < cfg->adapter_count; i++)
@@ -1664,6 +1756,7 @@ int main(void)
         cmocka_unit_test(test_error_routes),
         cmocka_unit_test(test_error_adapter_rules),
         cmocka_unit_test(test_mailslot),
+        cmocka_unit_test(test_dde),
         cmocka_unit_test(test_mqtt_tls_anonymous),
         cmocka_unit_test(test_error_many),
         cmocka_unit_test(test_load_missing),
