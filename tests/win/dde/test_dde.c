@@ -24,7 +24,10 @@
  * - pokes while the broker is killed and restarted: every poke the client
  *   saw acknowledged with DDE_FACK is there after the restart;
  * - config/examples/dde-bridge.yaml runs: PLC items to MQTT, MQTT values
- *   into the PLC and into Excel-style links.
+ *   into the PLC and into Excel-style links;
+ * - the same adapters hosted by the session agent (broker.desktop: agent):
+ *   both roles, pokes acknowledged after the commit in the broker,
+ *   deliveries acknowledged back.
  *
  * DDE service names carry the test's process id, so parallel runs do not
  * meet. Nothing sleeps a fixed time: every wait polls with a deadline.
@@ -820,6 +823,116 @@ static void test_example(void **state)
     b->passed = 1;
 }
 
+/* ---- DDE adapters hosted by the session agent ---- */
+
+/* broker.desktop: agent under `run`: the broker serves an endpoint and
+ * starts `switchboard agent` in its own session, which hosts the three
+ * DDE adapters (desktop types) while the jsonl listener stays here. */
+static const char agent_config[] = "broker:\n"
+                                   "  data_dir: '{data}'\n"
+                                   "  admin: { endpoint: 'off' }\n"
+                                   "  desktop: agent\n"
+                                   "  agent: { endpoint: '{v2}' }\n"
+                                   "adapters:\n"
+                                   "  - name: clients\n"
+                                   "    type: tcp\n"
+                                   "    listen: 127.0.0.1:{port0}\n"
+                                   "    protocol: jsonl\n"
+                                   "  - name: plc\n"
+                                   "    type: dde\n"
+                                   "    role: client\n"
+                                   "    service: '{v0}'\n"
+                                   "    dde_topic: Line1\n"
+                                   "    items: [Temp]\n"
+                                   "    topic: plant/{dde_topic}/{item}\n"
+                                   "  - name: plc-write\n"
+                                   "    type: dde\n"
+                                   "    role: client\n"
+                                   "    service: '{v0}'\n"
+                                   "    dde_topic: Line1\n"
+                                   "    topic: plant/{dde_topic}/{item}/set\n"
+                                   "  - name: excel\n"
+                                   "    type: dde\n"
+                                   "    service: '{v1}'\n"
+                                   "    topic: plant/{dde_topic}/{item}\n"
+                                   "routes:\n"
+                                   "  - name: values\n"
+                                   "    from: plant/+/+\n"
+                                   "    retain: true\n"
+                                   "  - name: to-plc\n"
+                                   "    from: plant/Line1/+/set\n"
+                                   "    to: plc-write\n";
+
+static void test_in_agent(void **state)
+{
+    sbt_broker *b = *state;
+    char plc_name[64], xl_name[64], endpoint[96], out[SBT_PATH_MAX];
+    sbt_proc plc;
+    sbt_conn *c;
+    json_t *m;
+
+    service_name(plc_name, sizeof plc_name, "agpl");
+    service_name(xl_name, sizeof xl_name, "agxl");
+    snprintf(endpoint, sizeof endpoint, "sbt-dde-agent-%lu-{session}",
+             (unsigned long)GetCurrentProcessId());
+    sbt_broker_init(b, "dde-agent", 1);
+    start_plc(&plc, b, "plc.out", plc_name, NULL, NULL, NULL, NULL);
+    sbt_path(out, sizeof out, b->dir, "plc.out");
+    sbt_broker_set(b, 0, plc_name);
+    sbt_broker_set(b, 1, xl_name);
+    sbt_broker_set(b, 2, endpoint);
+    sbt_broker_config(b, agent_config);
+    sbt_broker_start(b);
+    sbt_broker_wait_log(b, "connected (pid", 1, WAIT_MS);
+    /* the agent's adapters log through the broker */
+    sbt_broker_wait_log(b, "[plc] (agent of session", 1, WAIT_MS);
+    sbt_broker_wait_log(b, "[plc-write] (agent of session", 1, WAIT_MS);
+    /* the agent's DDE server keeps its values through a subscription here */
+    sbt_broker_wait_log(b, "/dde/excel] created subscription", 1, WAIT_MS);
+    c = sbt_connect(b->port[0]);
+
+    /* the legacy server's item, published by the agent */
+    sbt_sub(c, "values", NULL, 10);
+    m = next_on(c, "values", "plant/Line1/Temp");
+    assert_string_equal(sbt_str(m, "payload"), "21.5");
+    assert_non_null(strstr(sbt_str(json_object_get(m, "headers"), "source"), "plc"));
+    sbt_ack(c, "values", sbt_int(m, "msg_id"));
+    json_decref(m);
+
+    /* a value published here, served to a legacy client by the agent */
+    sbt_pub(c, "plant/Line1/Target", "7.5", 2); /* values, the agent's excel */
+    {
+        int64_t deadline = sbt_now_ms() + WAIT_MS;
+        for (;;) {
+            char *o = client(xl_name, "Line1", "request", "Target", NULL, NULL);
+            int ok = strstr(o, "DATA 372e35") != NULL;
+            free(o);
+            if (ok)
+                break;
+            if (sbt_now_ms() > deadline)
+                fail_msg("=%s|Line1!Target never showed 7.5", xl_name);
+            sbt_poll_pause(20);
+        }
+    }
+    /* a legacy client's poke, acknowledged by the agent after the commit here */
+    expect_client("ACK", xl_name, "Line1", "poke", "Setpoint", "3132", "hex");
+    m = next_on(c, "values", "plant/Line1/Setpoint");
+    assert_string_equal(sbt_str(m, "payload"), "12");
+    sbt_ack(c, "values", sbt_int(m, "msg_id"));
+    json_decref(m);
+
+    /* a delivery poked into the legacy server by the agent, acknowledged
+     * back: the queue empties */
+    sbt_pub(c, "plant/Line1/Setpoint/set", "42.5", 1);
+    wait_output(out, "POKE Setpoint 34322e35", 1, WAIT_MS);
+    sbt_wait_queue_int(c, "to-plc:plc-write", "depth", 0, WAIT_MS);
+
+    sbt_close(c);
+    sbt_broker_stop(b);
+    sbt_proc_release(&plc);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -828,6 +941,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_server_role, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_pokes_during_kill, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_example, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_in_agent, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
