@@ -39,9 +39,9 @@ struct sb_agent_link {
     char endpoint[512]; /* its path or pipe name */
     sb_adapter *ep;     /* NULL once closed */
     int ep_closing;
-    struct sb_conn *conn; /* the agent's connection after its hello, or NULL */
+    struct sb_conn *conn;  /* the agent's connection after its hello, or NULL */
     sb_agent_send_fn send; /* writes to conn */
-    int64_t agent_pid;    /* from its hello */
+    int64_t agent_pid;     /* from its hello */
     /* the process started here: one of these */
     uv_process_t *uvproc;
     sb_agent_proc *proc;
