@@ -427,7 +427,10 @@ int sb_conn_anonymous_refused(sb_conn *c)
 
 const struct sb_auth *sb_conn_acl(sb_conn *c)
 {
-    return c->adapter->trusted ? NULL : sb_broker_auth(c->adapter->broker);
+    /* a session agent's adapters publish as in-process ones do; what it may
+     * consume is limited by its endpoint (jsonl.c) */
+    return c->adapter->trusted || c->adapter->agent != NULL ? NULL
+                                                            : sb_broker_auth(c->adapter->broker);
 }
 
 void sb_conn_ref(sb_conn *c)

@@ -161,10 +161,15 @@ int sb_config_parse(sb_config **out, const char *name, const char *text, size_t 
     ctx.mask = ~0u;
 
     cfg = sb_calloc(1, sizeof *cfg);
-    if (cfg == NULL || (cfg->path = sb_strdup(ctx.file)) == NULL) {
+    if (cfg == NULL || (cfg->path = sb_strdup(ctx.file)) == NULL ||
+        (cfg->text = sb_malloc(ctx.len + 1)) == NULL) {
         ctx.nomem = 1;
         goto done;
     }
+    /* kept for the session agents, which get their adapters' part of it */
+    memcpy(cfg->text, ctx.text, ctx.len);
+    cfg->text[ctx.len] = '\0';
+    cfg->text_len = ctx.len;
     ctx.cfg = cfg;
     if (sb_config__defaults(&ctx, &sb_config__root, cfg) != 0)
         goto done;
@@ -294,6 +299,7 @@ void sb_config_free(sb_config *cfg)
         return;
     sb_config__release(&sb_config__root, cfg);
     sb_free(cfg->path);
+    sb_free(cfg->text);
     sb_free(cfg);
 }
 

@@ -17,6 +17,11 @@
 typedef enum { SB_DURABILITY_FSYNC = 0, SB_DURABILITY_BATCHED, SB_DURABILITY_MEMORY } sb_durability;
 typedef enum { SB_OVERFLOW_REJECT = 0, SB_OVERFLOW_DROP_OLDEST } sb_overflow;
 typedef enum { SB_RESTART_NEVER = 0, SB_RESTART_ON_FAILURE, SB_RESTART_ALWAYS } sb_restart;
+/* Where desktop adapters (types with SB_CAP_DESKTOP: DDE, WM_COPYDATA, the
+ * clipboard) run: auto = in the broker under `run`, in session agents under
+ * the Windows service (see docs/agent.md). */
+typedef enum { SB_DESKTOP_AUTO = 0, SB_DESKTOP_IN_PROCESS, SB_DESKTOP_AGENT } sb_desktop_host;
+typedef enum { SB_DDE_SERVER = 0, SB_DDE_CLIENT } sb_dde_role;
 
 /* Where a YAML node was declared (1-based). */
 typedef struct sb_config_pos {
@@ -41,6 +46,16 @@ typedef struct sb_broker_config {
     char *auth_acl_file;      /* auth.acl_file: per-user topic rules, default none (all allowed) */
     int64_t sys_interval_ms;  /* sys_interval: how often $SYS/... values are published,
                                  default 10 s, 0 = never */
+    sb_desktop_host desktop;  /* desktop: auto (default) | in-process | agent */
+    /* agent.endpoint: the session agents' endpoint, "{session}" standing for
+     * the session id; default NULL: switchboard-agent-{session} (a named
+     * pipe) on Windows, data_dir/agent-{session}.sock on POSIX */
+    char *agent_endpoint;
+    int agent_start;    /* agent.start: start the agents, default true */
+    char **agent_types; /* agent.types: other adapter types the agents host, default none */
+    size_t agent_types_count;
+    int64_t agent_restart_backoff_ms;     /* agent.restart_backoff, default 1s */
+    int64_t agent_restart_max_backoff_ms; /* agent.restart_max_backoff, default 1m */
 } sb_broker_config;
 
 typedef enum { SB_TLS_V1_2 = 0, SB_TLS_V1_3 } sb_tls_version;
@@ -53,7 +68,7 @@ typedef enum {
 typedef struct sb_adapter_config {
     sb_config_pos pos;
     char *name;          /* required, unique, [A-Za-z0-9_.-]+ */
-    char *type;          /* required: tcp | udp | unix | pipe | exec */
+    char *type;          /* required: tcp | udp | unix | pipe | exec | mailslot | dde */
     char *listen;        /* tcp/udp server: "host:port" */
     char *connect;       /* tcp/udp client "host:port"; unix/pipe client: path */
     char *path;          /* unix/pipe server: socket path or pipe name */
@@ -61,7 +76,9 @@ typedef struct sb_adapter_config {
     char *framing;       /* raw only: line (default for streams) | length |
                             datagram (default and only choice for udp) | message */
     char *topic;         /* raw source: topic template, default "{adapter}";
-                            placeholders {adapter} {peer} */
+                            placeholders {adapter} {peer}; dde: {adapter}
+                            {service} {dde_topic} {item}, default
+                            "{service}/{dde_topic}/{item}" */
     int64_t max_message; /* bytes, default 1048576, 1..67108864 */
     int max_connections; /* servers, default 64, 1..100000 */
     /* servers: a connection that completes no first request (jsonl: a
@@ -115,6 +132,19 @@ typedef struct sb_adapter_config {
      * refusing writes, ACL, oversized). NULL: no reply. */
     char *reply;
     char *reply_error;
+    /* dde (adapters/dde): a DDEML server (Excel's =SERVICE|topic!item links
+     * and legacy clients talk to the broker) or a client of a legacy DDE
+     * server. Topic and item names map into `topic` levels. */
+    sb_dde_role dde_role; /* role: server (default) | client */
+    char *dde_service;    /* service: the DDE service name, default SWITCHBOARD */
+    char **dde_topics;    /* dde_topics (server): topics served; none or "*": any */
+    size_t dde_topics_count;
+    char *dde_topic;  /* dde_topic (client, required): the server's topic */
+    char **dde_items; /* items: client: hot-linked; server: the only items served (none: any) */
+    size_t dde_items_count;
+    char *dde_execute_topic; /* execute_topic: server: XTYP_EXECUTE commands are published
+                                here; client: deliveries on it are EXECUTEd, not POKEd */
+    int dde_codepage;        /* codepage: of CF_TEXT, 0 (default): the system ANSI code page */
 } sb_adapter_config;
 
 /* The effective idle_timeout of a server adapter in ms (0: off): the
@@ -153,6 +183,8 @@ typedef struct sb_route_config {
 
 typedef struct sb_config {
     char *path; /* the file it was read from */
+    char *text; /* the YAML it was parsed from (NUL-terminated) */
+    size_t text_len;
     sb_broker_config broker;
     sb_adapter_config *adapters;
     size_t adapter_count;
@@ -193,6 +225,14 @@ const char *sb_config_error_format(const sb_config_error *e, char *out, size_t n
 void sb_config_errors_print(const sb_config_errors *errs, FILE *f);
 
 void sb_config_errors_clear(sb_config_errors *errs);
+
+/* The configuration of a session agent (docs/agent.md): a YAML document
+ * with broker.log.level set to log_level and, under `adapters`, the
+ * adapters of cfg named in names[0..count), copied node for node from
+ * cfg->text. *out (sb_free) is NUL-terminated, *out_len its length.
+ * Returns 0, SB_EINVAL (cfg has no text) or SB_ENOMEM. */
+int sb_config_agent_doc(char **out, size_t *out_len, const sb_config *cfg, const char *log_level,
+                        const char *const *names, size_t count);
 
 /* Finds an adapter/route by name, or NULL. */
 const sb_adapter_config *sb_config_adapter(const sb_config *cfg, const char *name);

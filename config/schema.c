@@ -36,6 +36,8 @@ _Static_assert(sizeof(sb_overflow) == sizeof(int), "enum size");
 _Static_assert(sizeof(sb_restart) == sizeof(int), "enum size");
 _Static_assert(sizeof(sb_tls_version) == sizeof(int), "enum size");
 _Static_assert(sizeof(sb_client_cert) == sizeof(int), "enum size");
+_Static_assert(sizeof(sb_desktop_host) == sizeof(int), "enum size");
+_Static_assert(sizeof(sb_dde_role) == sizeof(int), "enum size");
 
 /* ---- choices (the index is the stored value for SB_CT_ENUM) ---- */
 
@@ -43,6 +45,10 @@ static const char *const log_levels[] = {"debug", "info", "warn", "error", "off"
 _Static_assert(SB_LOG_DEBUG == 0 && SB_LOG_INFO == 1 && SB_LOG_WARN == 2 && SB_LOG_ERROR == 3 &&
                    SB_LOG_OFF == 4,
                "log_levels follows sb_log_level");
+
+static const char *const desktop_hosts[] = {"auto", "in-process", "agent", NULL};
+_Static_assert(SB_DESKTOP_AUTO == 0 && SB_DESKTOP_IN_PROCESS == 1 && SB_DESKTOP_AGENT == 2,
+               "desktop_hosts follows sb_desktop_host");
 
 static const char *const restarts[] = {"never", "on-failure", "always", NULL};
 _Static_assert(SB_RESTART_NEVER == 0 && SB_RESTART_ON_FAILURE == 1 && SB_RESTART_ALWAYS == 2,
@@ -64,11 +70,14 @@ _Static_assert(SB_CLIENT_CERT_NONE == 0 && SB_CLIENT_CERT_OPTIONAL == 1 &&
                    SB_CLIENT_CERT_REQUIRE == 2,
                "client_certs follows sb_client_cert");
 static const char *const framings[] = {"line", "length", "datagram", "message", NULL};
+static const char *const dde_roles[] = {"server", "client", NULL};
+_Static_assert(SB_DDE_SERVER == 0 && SB_DDE_CLIENT == 1, "dde_roles follows sb_dde_role");
 
 /* ---- adapter types ---- */
 
-enum { TYPE_TCP, TYPE_UDP, TYPE_UNIX, TYPE_PIPE, TYPE_EXEC, TYPE_MAILSLOT };
-static const char *const adapter_types[] = {"tcp", "udp", "unix", "pipe", "exec", "mailslot", NULL};
+enum { TYPE_TCP, TYPE_UDP, TYPE_UNIX, TYPE_PIPE, TYPE_EXEC, TYPE_MAILSLOT, TYPE_DDE };
+static const char *const adapter_types[] = {"tcp",  "udp",      "unix", "pipe",
+                                            "exec", "mailslot", "dde",  NULL};
 
 #define TCP (1u << TYPE_TCP)
 #define UDP (1u << TYPE_UDP)
@@ -76,6 +85,7 @@ static const char *const adapter_types[] = {"tcp", "udp", "unix", "pipe", "exec"
 #define PIPE (1u << TYPE_PIPE)
 #define EXEC (1u << TYPE_EXEC)
 #define MAILSLOT (1u << TYPE_MAILSLOT)
+#define DDE (1u << TYPE_DDE)
 
 #define UDP_MAX_MESSAGE 65507 /* largest UDP payload over IPv4 */
 /* A mailslot's default max_message (network targets take at most 424 bytes:
@@ -88,6 +98,7 @@ static const struct adapter_kind {
 } adapter_kinds[] = {
     [TYPE_TCP] = {"listen", 1}, [TYPE_UDP] = {"listen", 0}, [TYPE_UNIX] = {"path", 1},
     [TYPE_PIPE] = {"path", 1},  [TYPE_EXEC] = {NULL, 1},    [TYPE_MAILSLOT] = {"path", 0},
+    [TYPE_DDE] = {NULL, 0},
 };
 
 /* ---- broker ---- */
@@ -139,6 +150,28 @@ static const sb_config__field auth_fields[] = {
 };
 static const sb_config__section auth_section = TABLE(auth_fields);
 
+static const sb_config__field agent_fields[] = {
+    {.key = "endpoint", .type = SB_CT_STRING, .offset = B(agent_endpoint)},
+    {.key = "start", .type = SB_CT_BOOL, .offset = B(agent_start), .def = 1},
+    {.key = "types",
+     .type = SB_CT_STRLIST,
+     .offset = B(agent_types),
+     .count_off = B(agent_types_count)},
+    {.key = "restart_backoff",
+     .type = SB_CT_DURATION,
+     .offset = B(agent_restart_backoff_ms),
+     .def = SECONDS,
+     .min = 1,
+     .max = DAYS},
+    {.key = "restart_max_backoff",
+     .type = SB_CT_DURATION,
+     .offset = B(agent_restart_max_backoff_ms),
+     .def = MINUTES,
+     .min = 1,
+     .max = DAYS},
+};
+static const sb_config__section agent_section = TABLE(agent_fields);
+
 static const sb_config__field broker_fields[] = {
     {.key = "data_dir", .type = SB_CT_STRING, .offset = B(data_dir), .def_str = "./data"},
     {.key = "store", .type = SB_CT_SECTION, .section = &store_section},
@@ -151,6 +184,12 @@ static const sb_config__field broker_fields[] = {
      .def = 10 * SECONDS,
      .min = 0,
      .max = DAYS},
+    {.key = "desktop",
+     .type = SB_CT_ENUM,
+     .offset = B(desktop),
+     .def = SB_DESKTOP_AUTO,
+     .choices = desktop_hosts},
+    {.key = "agent", .type = SB_CT_SECTION, .section = &agent_section},
 };
 static const sb_config__section broker_section = TABLE(broker_fields);
 
@@ -252,14 +291,14 @@ static const sb_config__field adapter_fields[] = {
      .max = DAYS},
     {.key = "reconnect_backoff",
      .type = SB_CT_DURATION,
-     .types = TCP | UNIX | PIPE,
+     .types = TCP | UNIX | PIPE | DDE,
      .offset = A(reconnect_backoff_ms),
      .def = 500,
      .min = 1,
      .max = DAYS},
     {.key = "reconnect_max_backoff",
      .type = SB_CT_DURATION,
-     .types = TCP | UNIX | PIPE,
+     .types = TCP | UNIX | PIPE | DDE,
      .offset = A(reconnect_max_backoff_ms),
      .def = 30 * SECONDS,
      .min = 1,
@@ -311,6 +350,37 @@ static const sb_config__field adapter_fields[] = {
      .type = SB_CT_STRING,
      .types = TCP | UNIX | PIPE,
      .offset = A(reply_error)},
+    /* dde (adapters/dde); check_dde says which role takes which */
+    {.key = "role",
+     .type = SB_CT_ENUM,
+     .types = DDE,
+     .offset = A(dde_role),
+     .def = SB_DDE_SERVER,
+     .choices = dde_roles},
+    {.key = "service",
+     .type = SB_CT_STRING,
+     .types = DDE,
+     .offset = A(dde_service),
+     .def_str = "SWITCHBOARD"},
+    {.key = "dde_topics",
+     .type = SB_CT_STRLIST,
+     .types = DDE,
+     .offset = A(dde_topics),
+     .count_off = A(dde_topics_count)},
+    {.key = "dde_topic", .type = SB_CT_STRING, .types = DDE, .offset = A(dde_topic)},
+    {.key = "items",
+     .type = SB_CT_STRLIST,
+     .types = DDE,
+     .offset = A(dde_items),
+     .count_off = A(dde_items_count)},
+    {.key = "execute_topic", .type = SB_CT_STRING, .types = DDE, .offset = A(dde_execute_topic)},
+    {.key = "codepage",
+     .type = SB_CT_INT,
+     .types = DDE,
+     .offset = A(dde_codepage),
+     .def = 0,
+     .min = 0,
+     .max = 65535},
 };
 static const sb_config__section adapter_section = TABLE(adapter_fields);
 
@@ -475,37 +545,48 @@ static void check_host_port(sb_config__ctx *ctx, const sb_config__seen *s, const
 }
 
 /* A raw source's topic template: a valid publish topic once the
- * placeholders {adapter} and {peer} are filled in. */
-static void check_topic_template(sb_config__ctx *ctx, const sb_config__seen *s, const char *path,
-                                 const char *topic)
+ * placeholders (NULL-terminated; known_text lists them for the message) are
+ * filled in. Returns 0 if it is, -1 after reporting why not. */
+static int check_placeholders(sb_config__ctx *ctx, const sb_config__seen *s, const char *path,
+                              const char *topic, const char *const *placeholders,
+                              const char *known_text)
 {
-    static const char *const placeholders[] = {"{adapter}", "{peer}"};
     const char *why = NULL, *p = topic;
     char q[96];
     if (s == NULL || !s->ok)
-        return;
+        return 0;
     while ((p = strchr(p, '{')) != NULL) {
-        size_t i, n = sizeof placeholders / sizeof placeholders[0];
-        for (i = 0; i < n; i++)
+        size_t i;
+        for (i = 0; placeholders[i] != NULL; i++)
             if (strncmp(p, placeholders[i], strlen(placeholders[i])) == 0)
                 break;
-        if (i == n) {
+        if (placeholders[i] == NULL) {
             const char *end = strchr(p, '}');
             char name[80];
             snprintf(name, sizeof name, "%.*s", end ? (int)(end - p + 1) : 1, p);
-            sb_config__error(ctx, s->value, path,
-                             "unknown placeholder %s (known: {adapter}, {peer})",
-                             sb_config__quote(q, sizeof q, name));
-            return;
+            sb_config__error(ctx, s->value, path, "unknown placeholder %s (known: %s)",
+                             sb_config__quote(q, sizeof q, name), known_text);
+            return -1;
         }
         p += strlen(placeholders[i]);
     }
     if (topic[0] == '$') {
         sb_config__error(ctx, s->value, path, "must not start with '$' (reserved for the broker)");
-    } else if (sb_topic_validate(topic, strlen(topic), &why) != 0) {
+        return -1;
+    }
+    if (sb_topic_validate(topic, strlen(topic), &why) != 0) {
         sb_config__error(ctx, s->value, path, "invalid topic %s: %s",
                          sb_config__quote(q, sizeof q, topic), why);
+        return -1;
     }
+    return 0;
+}
+
+static void check_topic_template(sb_config__ctx *ctx, const sb_config__seen *s, const char *path,
+                                 const char *topic)
+{
+    static const char *const placeholders[] = {"{adapter}", "{peer}", NULL};
+    (void)check_placeholders(ctx, s, path, topic, placeholders, "{adapter}, {peer}");
 }
 
 /* Reports a name already used in `names` (with the line of its first use),
@@ -738,6 +819,169 @@ static void check_raw_keys(sb_config__ctx *ctx, sb_adapter_config *a, const char
     }
 }
 
+/* ---- dde ---- */
+
+#define DDE_DEFAULT_TOPIC "{service}/{dde_topic}/{item}"
+#define DDE_NAME_MAX 255 /* a DDE string handle holds at most 255 characters */
+
+/* Why a DDE service, topic or item name cannot be used, or NULL. Names
+ * become topic levels, so they cannot hold the level separator or the
+ * wildcards. */
+static const char *dde_name_problem(const char *s)
+{
+    if (strlen(s) > DDE_NAME_MAX)
+        return "longer than 255 bytes (the most a DDE name holds)";
+    if (strpbrk(s, "/+#") != NULL)
+        return "contains '/', '+' or '#' (DDE names become topic levels)";
+    return NULL;
+}
+
+/* Checks one name, or each name of a list, of the key seen as s. */
+static void check_dde_names(sb_config__ctx *ctx, const sb_config__seen *s, const char *path,
+                            const char *key, char **names, size_t count, int star_ok)
+{
+    char p[SB_CONFIG__PATH_MAX], q[96];
+    if (s == NULL || !s->ok)
+        return;
+    for (size_t i = 0; i < count; i++) {
+        const yaml_node_t *el = s->value;
+        const char *why = dde_name_problem(names[i]);
+        if (el->type == YAML_SEQUENCE_NODE) {
+            char idx[48];
+            el = yaml_document_get_node(ctx->doc, el->data.sequence.items.start[i]);
+            snprintf(idx, sizeof idx, "%s[%zu]", key, i);
+            sub_path(p, path, idx);
+        } else {
+            sub_path(p, path, key);
+        }
+        if (strcmp(names[i], "*") == 0 && star_ok) {
+            if (count > 1)
+                sb_config__error(ctx, el, p, "'*' (any topic) cannot be listed with other topics");
+            continue;
+        }
+        if (why != NULL)
+            sb_config__error(ctx, el, p, "invalid DDE name %s: %s",
+                             sb_config__quote(q, sizeof q, names[i]), why);
+    }
+}
+
+/* Where placeholder ph is in the template's levels: its level index, -1 if
+ * absent, -2 if it is not a whole level, -3 if it appears twice. */
+static int template_level(const char *topic, const char *ph)
+{
+    const char *p = topic;
+    int level = 0, found = -1;
+    size_t n = strlen(ph);
+    for (;;) {
+        const char *end = strchr(p, '/');
+        size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+        const char *hit = strstr(p, ph);
+        if (hit != NULL && hit < p + len) {
+            if (found != -1)
+                return -3;
+            if (len != n)
+                return -2;
+            found = level;
+            if (strstr(hit + n, ph) != NULL)
+                return -3;
+        }
+        if (end == NULL)
+            return found;
+        p = end + 1;
+        level++;
+    }
+}
+
+/* type dde: which keys each role takes, its DDE names, and a topic
+ * template that maps (DDE topic, item) to broker topics and back:
+ * {dde_topic} and {item} are whole levels, at most once each; {item} is
+ * required, and so is {dde_topic} for a server that serves more than one
+ * DDE topic. An unset template becomes DDE_DEFAULT_TOPIC. */
+static void check_dde(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapter_config *a,
+                      const char *path)
+{
+    static const char *const placeholders[] = {"{adapter}", "{service}", "{dde_topic}", "{item}",
+                                               NULL};
+    const int server = a->dde_role == SB_DDE_SERVER;
+    const sb_config__seen *s, *ts;
+    char p[SB_CONFIG__PATH_MAX], q[96];
+    const char *why = NULL;
+    int level;
+
+    if (server) {
+        if ((s = seen(ctx, &a->dde_topic)) != NULL ||
+            (s = seen(ctx, &a->reconnect_backoff_ms)) != NULL ||
+            (s = seen(ctx, &a->reconnect_max_backoff_ms)) != NULL) {
+            sub_path(p, path, (const char *)s->key->data.scalar.value);
+            sb_config__error(ctx, s->key, p, "only for role client%s",
+                             s->target == &a->dde_topic ? " (a server serves dde_topics)" : "");
+        }
+    } else {
+        if ((s = seen(ctx, &a->dde_topics)) != NULL) {
+            sub_path(p, path, "dde_topics");
+            sb_config__error(ctx, s->key, p,
+                             "only for role server (a client connects to one dde_topic)");
+        }
+        if (seen(ctx, &a->dde_topic) == NULL) {
+            sub_path(p, path, "dde_topic");
+            sb_config__error(ctx, node, p, "required for role client");
+        }
+    }
+    if ((s = seen(ctx, &a->framing)) != NULL) {
+        sub_path(p, path, "framing");
+        sb_config__error(ctx, s->key, p, "not used by type dde (a DDE transaction is one message)");
+    }
+    check_dde_names(ctx, seen(ctx, &a->dde_service), path, "service", &a->dde_service, 1, 0);
+    if (a->dde_topic != NULL)
+        check_dde_names(ctx, seen(ctx, &a->dde_topic), path, "dde_topic", &a->dde_topic, 1, 0);
+    check_dde_names(ctx, seen(ctx, &a->dde_topics), path, "dde_topics", a->dde_topics,
+                    a->dde_topics_count, 1);
+    check_dde_names(ctx, seen(ctx, &a->dde_items), path, "items", a->dde_items, a->dde_items_count,
+                    0);
+    s = seen(ctx, &a->dde_execute_topic);
+    if (s != NULL && s->ok &&
+        (a->dde_execute_topic[0] == '$' ||
+         sb_topic_validate(a->dde_execute_topic, strlen(a->dde_execute_topic), &why) != 0)) {
+        sub_path(p, path, "execute_topic");
+        sb_config__error(ctx, s->value, p, "invalid topic %s: %s",
+                         sb_config__quote(q, sizeof q, a->dde_execute_topic),
+                         why != NULL ? why : "'$' is reserved for the broker");
+    }
+
+    ts = seen(ctx, &a->topic);
+    if (ts == NULL) {
+        char *def = sb_strdup(DDE_DEFAULT_TOPIC);
+        if (def == NULL) {
+            ctx->nomem = 1;
+            return;
+        }
+        sb_free(a->topic);
+        a->topic = def;
+        return;
+    }
+    sub_path(p, path, "topic");
+    if (!ts->ok || check_placeholders(ctx, ts, p, a->topic, placeholders,
+                                      "{adapter}, {service}, {dde_topic}, {item}") != 0)
+        return;
+    for (int i = 0; i < 2; i++) {
+        const char *ph = i == 0 ? "{dde_topic}" : "{item}";
+        level = template_level(a->topic, ph);
+        if (level == -2)
+            sb_config__error(ctx, ts->value, p,
+                             "%s must be a whole topic level, as in plant/{dde_topic}/{item}", ph);
+        else if (level == -3)
+            sb_config__error(ctx, ts->value, p, "%s may appear only once", ph);
+        else if (level == -1 && i == 1)
+            sb_config__error(ctx, ts->value, p,
+                             "needs {item}: every DDE item has a topic of its own");
+        else if (level == -1 && server &&
+                 (a->dde_topics_count != 1 || strcmp(a->dde_topics[0], "*") == 0))
+            sb_config__error(ctx, ts->value, p,
+                             "needs {dde_topic}: this server serves more than one DDE topic "
+                             "(set dde_topics to one topic, or put {dde_topic} in the template)");
+    }
+}
+
 static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapter_config *a,
                           const char *path, int type)
 {
@@ -818,7 +1062,7 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
         sub_path(p, path, "framing");
         sb_config__error(ctx, s->key, p, "not allowed with protocol %s",
                          jsonl ? "jsonl (one JSON object per line)" : "mqtt");
-    } else if (s != NULL && s->ok) {
+    } else if (s != NULL && s->ok && type != TYPE_DDE) { /* check_dde refuses any */
         const char *why = NULL;
         if (type == TYPE_UDP && strcmp(a->framing, "datagram") != 0)
             why = "must be datagram for type udp";
@@ -871,6 +1115,10 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
                   "restart_max_backoff");
     check_backoff(ctx, path, &a->reconnect_backoff_ms, "reconnect_backoff",
                   &a->reconnect_max_backoff_ms, "reconnect_max_backoff");
+    if (type == TYPE_DDE) {
+        check_dde(ctx, node, a, path);
+        return;
+    }
     sub_path(p, path, "topic");
     check_topic_template(ctx, seen(ctx, &a->topic), p, a->topic);
 }

@@ -46,8 +46,9 @@ struct sb_adapter {
     sb_adapter_config *cfg; /* the adapter's own deep copy */
     const char *name;       /* == cfg->name */
     int stopping;
-    int trusted;                     /* the local admin endpoint: no anonymous refusal, no ACLs */
-    sb_adapter *next;                /* private: the broker's list */
+    int trusted;                 /* the local admin endpoint: no anonymous refusal, no ACLs */
+    struct sb_agent_link *agent; /* a session agent's endpoint (service/agent_host.c), or NULL */
+    sb_adapter *next;            /* private: the broker's list */
     sb_adapter_stopped_cb on_closed; /* private */
 };
 
@@ -106,6 +107,10 @@ int sb_adapter_register_all(const sb_adapter_type *const *types, sb_error *err);
 
 /* Finds a registered type by name, or NULL. */
 const sb_adapter_type *sb_adapter_find(const char *name);
+
+/* 1 if the adapter cfg describes needs an interactive session: its type has
+ * SB_CAP_DESKTOP (under the service, session agents host it: docs/agent.md). */
+int sb_adapter_is_desktop(const sb_adapter_config *cfg);
 
 /* Creates an instance through its type, filling the common head (deep-copies
  * cfg). */

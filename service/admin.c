@@ -1,5 +1,6 @@
 /* Administration: stats as JSON (all of them, or the queues a client may
  * see) and dead-letter list / redrive / purge. */
+#include "service/agent_host.h"
 #include "service/alloc.h"
 #include "service/broker_int.h"
 #include "service/base64.h"
@@ -53,7 +54,9 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
         if (o == NULL || json_array_append_new(queues, o) != 0)
             goto oom;
     }
-    sb_store_get_stats(b->store, &st);
+    memset(&st, 0, sizeof(st));
+    if (b->store != NULL) /* none in a session agent */
+        sb_store_get_stats(b->store, &st);
     json_object_set_new(store, "commits", json_integer((json_int_t)st.commits));
     json_object_set_new(store, "fsync_commits", json_integer((json_int_t)st.fsync_commits));
     json_object_set_new(store, "ops", json_integer((json_int_t)st.ops));
@@ -64,6 +67,8 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
     json_object_set_new(store, "last_error", json_string(st.last_error));
     for (sb_adapter *a = b->adapters; a != NULL; a = a->next)
         json_array_append_new(adapters, json_string(a->name));
+    if (b->agents != NULL)
+        json_object_set_new(broker, "agents", sb_agent_host_stats(b->agents));
     for (int c = 0; c < 3; c++)
         json_object_set_new(classes, durability_names[c],
                             json_integer((json_int_t)b->published_class[c]));
@@ -181,7 +186,10 @@ static admin_req *new_req(sb_broker *b, const char *sub, sb_admin_cb cb, void *c
 int sb_broker_dlq_list(sb_broker *b, const char *sub, int64_t after, int limit, sb_admin_cb cb,
                        void *ctx, sb_error *err)
 {
-    admin_req *r = new_req(b, sub, cb, ctx);
+    admin_req *r;
+    if (b->store == NULL)
+        return sb_error_set(err, SB_EACCES, 0, "no dead letters in a session agent");
+    r = new_req(b, sub, cb, ctx);
     if (r == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
     r->op.type = SB_OP_DLQ_LIST;
@@ -289,6 +297,8 @@ static void redrive_next(admin_req *r, int64_t after)
 int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err)
 {
     admin_req *r;
+    if (b->store == NULL)
+        return sb_error_set(err, SB_EACCES, 0, "no dead letters in a session agent");
     if (sub != NULL && sb_broker__find_queue(b, sub) == NULL)
         return sb_error_set(err, SB_ENOTFOUND, 0, "no subscription %s", sub);
     r = new_req(b, sub, cb, ctx);
@@ -312,7 +322,10 @@ static void on_purged(sb_store_op *op, void *ctx)
 
 int sb_broker_dlq_purge(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err)
 {
-    admin_req *r = new_req(b, sub, cb, ctx);
+    admin_req *r;
+    if (b->store == NULL)
+        return sb_error_set(err, SB_EACCES, 0, "no dead letters in a session agent");
+    r = new_req(b, sub, cb, ctx);
     if (r == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
     r->op.type = SB_OP_DLQ_PURGE;

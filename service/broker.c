@@ -3,6 +3,7 @@
  * into queues, adapters and sink bindings, run the loop, reload, and stop in
  * order (adapters first, then in-flight commits, then the store).
  */
+#include "service/agent_host.h"
 #include "service/alloc.h"
 #include "service/broker_int.h"
 #include "service/log.h"
@@ -30,6 +31,27 @@ void sb_sub_settings_default(sb_sub_settings *s)
     s->overflow = SB_OVERFLOW_REJECT;
     s->transient = 0;
     s->expire_ms = 0;
+}
+
+void sb_broker_set_service(sb_broker *b, int service)
+{
+    b->service = service;
+}
+
+int sb_broker_hosts(const sb_broker *b, const sb_adapter_config *cfg)
+{
+    sb_desktop_host where = b->cfg->broker.desktop;
+    if (b->remote != NULL)
+        return 1; /* an agent hosts what it was given */
+    /* the service's session 0 has no desktop: never there */
+    if (where == SB_DESKTOP_AUTO || b->service)
+        where = b->service ? SB_DESKTOP_AGENT : SB_DESKTOP_IN_PROCESS;
+    if (where != SB_DESKTOP_AGENT)
+        return 1;
+    for (size_t i = 0; i < b->cfg->broker.agent_types_count; i++)
+        if (strcmp(b->cfg->broker.agent_types[i], cfg->type) == 0)
+            return 0;
+    return !sb_adapter_is_desktop(cfg);
 }
 
 uv_loop_t *sb_broker_loop(sb_broker *b)
@@ -470,7 +492,7 @@ static void unbind_all(sb_broker *b, sb_adapter *only, int idle_only)
             continue;
         }
         *p = s->next;
-        if (s->consumer.queue != NULL)
+        if (s->consumer.queue != NULL || s->consumer.remote != NULL)
             sb_broker_detach(b, &s->consumer, 0);
         sb_free(s->queue_name);
         sb_free(s);
@@ -549,6 +571,18 @@ int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *er
                                     verr.msg);
         }
     }
+    for (size_t i = 0; i < cfg->broker.agent_types_count && this_platform; i++)
+        if (sb_adapter_find(cfg->broker.agent_types[i]) == NULL)
+            return sb_error_set(err, SB_ECONFIG, 0,
+                                "%s: broker.agent.types: %s is not an adapter type of this "
+                                "platform",
+                                cfg->path, cfg->broker.agent_types[i]);
+    if (cfg->broker.agent_endpoint != NULL &&
+        strstr(cfg->broker.agent_endpoint, "{session}") == NULL)
+        return sb_error_set(err, SB_ECONFIG, 0,
+                            "%s: broker.agent.endpoint: must contain {session} (one endpoint per "
+                            "Windows session)",
+                            cfg->path);
     /* The password and ACL files are part of the configuration: their
      * errors are reported here too (missing ones only by `run`, as a config
      * may be checked away from the machine that has them). */
@@ -815,9 +849,15 @@ int sb_broker_start(sb_broker *b, sb_error *err)
         if (q->expire_ms > 0)
             sb_broker__expiry_update(b, q); /* the time away counts from now */
     for (size_t i = 0; i < b->cfg->adapter_count; i++)
-        if ((rc = start_adapter(b, &b->cfg->adapters[i], NULL, err)) != 0)
+        if (sb_broker_hosts(b, &b->cfg->adapters[i]) &&
+            (rc = start_adapter(b, &b->cfg->adapters[i], NULL, err)) != 0)
             goto fail;
     if ((rc = start_admin(b, err)) != 0)
+        goto fail;
+    if (b->service && b->cfg->broker.desktop == SB_DESKTOP_IN_PROCESS)
+        sb_warn(NULL, "broker.desktop: in-process does not apply to the service (session 0 has no "
+                      "desktop): desktop adapters run in session agents");
+    if ((rc = sb_agent_host_apply(b, err)) != 0)
         goto fail;
     if ((rc = bind_routes(b, b->cfg, err)) != 0)
         goto fail;
@@ -830,6 +870,34 @@ int sb_broker_start(sb_broker *b, sb_error *err)
 fail:
     sb_broker_stop(b);
     uv_run(&b->loop, UV_RUN_DEFAULT);
+    return rc;
+}
+
+int sb_broker_start_remote(sb_broker *b, sb_remote *r, sb_config *cfg,
+                           const sb_remote_binding *bindings, size_t count, sb_error *err)
+{
+    int rc;
+    sb_config_free(b->cfg);
+    b->cfg = cfg;
+    b->remote = r;
+    for (size_t i = 0; i < b->cfg->adapter_count; i++)
+        if ((rc = start_adapter(b, &b->cfg->adapters[i], NULL, err)) != 0)
+            goto fail;
+    for (size_t i = 0; i < count; i++) {
+        sb_adapter *a = find_adapter(b, bindings[i].adapter);
+        if (a == NULL) {
+            rc = sb_error_set(err, SB_ECONFIG, 0, "queue %s: no adapter %s here", bindings[i].queue,
+                              bindings[i].adapter);
+            goto fail;
+        }
+        if ((rc = bind_sink(b, a, bindings[i].queue, err)) != 0)
+            goto fail;
+    }
+    b->started = 1;
+    b->started_ms = sb_now_ms();
+    return 0;
+fail:
+    sb_broker_stop(b);
     return rc;
 }
 
@@ -861,8 +929,19 @@ static sb_queue *new_client_queue(sb_broker *b, const char *name, const char *fi
     return q;
 }
 
+static int subscribe_here(sb_broker *b, const char *name, const char *filter,
+                          const sb_sub_settings *settings, sb_error *err);
+
 int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
                         const sb_sub_settings *settings, sb_error *err)
+{
+    if (b->remote != NULL) /* a session agent: the service has the queues */
+        return b->remote->ops->sub_define(b->remote, name, filter, settings, NULL, err);
+    return subscribe_here(b, name, filter, settings, err);
+}
+
+static int subscribe_here(sb_broker *b, const char *name, const char *filter,
+                          const sb_sub_settings *settings, sb_error *err)
 {
     sb_queue *q = sb_broker__find_queue(b, name);
     sb_retained_batch retained;
@@ -908,8 +987,24 @@ static int filters_validate(const char *filters, sb_error *err)
     return 0;
 }
 
+static int sub_define_here(sb_broker *b, const char *name, const char *filters, const char *meta,
+                           const sb_sub_settings *settings, const char *retained_for,
+                           sb_error *err);
+
 int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, const char *meta,
                          const sb_sub_settings *settings, const char *retained_for, sb_error *err)
+{
+    int rc;
+    if (b->remote == NULL)
+        return sub_define_here(b, name, filters, meta, settings, retained_for, err);
+    /* a session agent: the service has the queues */
+    if ((rc = filters_validate(filters, err)) != 0)
+        return rc;
+    return b->remote->ops->sub_define(b->remote, name, filters, settings, retained_for, err);
+}
+
+static int sub_define_here(sb_broker *b, const char *name, const char *filters, const char *meta,
+                           const sb_sub_settings *settings, const char *retained_for, sb_error *err)
 {
     sb_queue *q = sb_broker__find_queue(b, name);
     sb_retained_batch retained = {NULL, 0};
@@ -950,6 +1045,17 @@ oom:
     if (created)
         remove_queue(b, q);
     return sb_error_set(err, SB_ENOMEM, 0, "out of memory defining subscription %s", name);
+}
+
+int sb_broker_sub_add_retained(sb_broker *b, const char *name, const char *filter, sb_error *err)
+{
+    sb_queue *q = b->remote == NULL ? sb_broker__find_queue(b, name) : NULL;
+    int rc;
+    if (q == NULL)
+        return sb_error_set(err, SB_ENOTFOUND, 0, "no subscription %s", name);
+    if ((rc = filters_validate(filter, err)) != 0)
+        return rc;
+    return sb_broker__enqueue_retained(b, q, filter);
 }
 
 const char *sb_broker_sub_meta(sb_broker *b, const char *name)
@@ -1014,6 +1120,8 @@ static int key_submit(sb_broker *b, sb_store_op_type type, const char *key, int 
 
 int sb_broker_key_put(sb_broker *b, const char *key, sb_key_cb cb, void *ctx)
 {
+    if (b->store == NULL)
+        return SB_ESHUTDOWN; /* a session agent keeps no protocol state */
     return key_submit(b, SB_OP_KEY_PUT, key, 0, cb, ctx);
 }
 
@@ -1070,14 +1178,21 @@ void *sb_broker_session_swap(sb_broker *b, const char *name, void *owner)
 
 const char *sb_broker_sub_filter(sb_broker *b, const char *name)
 {
-    sb_queue *q = sb_broker__find_queue(b, name);
+    sb_queue *q;
+    if (b->remote != NULL)
+        return b->remote->ops->sub_filter(b->remote, name);
+    q = sb_broker__find_queue(b, name);
     return q != NULL ? q->filter : NULL;
 }
 
 int sb_broker_unsubscribe(sb_broker *b, const char *name, sb_error *err)
 {
-    sb_queue *q = sb_broker__find_queue(b, name);
+    sb_queue *q;
     sb_store_op *op;
+
+    if (b->remote != NULL)
+        return b->remote->ops->unsubscribe(b->remote, name, err);
+    q = sb_broker__find_queue(b, name);
     if (q == NULL)
         return sb_error_set(err, SB_ENOTFOUND, 0, "no subscription %s", name);
     if (q->from_config && q->route != NULL)
@@ -1113,7 +1228,19 @@ void sb_broker__free_op(sb_store_op *o, void *ctx)
 
 int sb_broker_attach(sb_broker *b, const char *name, sb_consumer *c, sb_error *err)
 {
-    sb_queue *q = sb_broker__find_queue(b, name);
+    sb_queue *q;
+    c->remote = NULL;
+    if (b->remote != NULL) {
+        if (c->window < 1)
+            c->window = 1;
+        c->queue = NULL;
+        c->inflight = 0;
+        c->busy = 0;
+        c->outstanding = NULL;
+        c->remote = b->remote;
+        return b->remote->ops->attach(b->remote, name, c, err);
+    }
+    q = sb_broker__find_queue(b, name);
     if (q == NULL)
         return sb_error_set(err, SB_ENOTFOUND, 0, "no subscription %s", name);
     if (c->window < 1)
@@ -1132,6 +1259,12 @@ int sb_broker_attach(sb_broker *b, const char *name, sb_consumer *c, sb_error *e
 void sb_broker_detach(sb_broker *b, sb_consumer *c, int failed)
 {
     sb_queue *q = c->queue;
+    if (c->remote != NULL) {
+        sb_remote *r = c->remote;
+        c->remote = NULL;
+        r->ops->detach(r, c, failed);
+        return;
+    }
     if (q == NULL)
         return;
     sb_queue__detach_consumer(q, c, failed);
@@ -1140,6 +1273,37 @@ void sb_broker_detach(sb_broker *b, sb_consumer *c, int failed)
 }
 
 /* ---- reload ---- */
+
+static int same_str(const char *a, const char *b)
+{
+    return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* Where desktop adapters run, and the agents' endpoints, stay as they
+ * started (moving running adapters between the broker and the agents is
+ * a restart's job): a reload keeps old's, swapped into cfg so that each
+ * config frees what it holds. */
+static void keep_desktop_settings(sb_config *cfg, sb_config *old)
+{
+    sb_broker_config *n = &cfg->broker, *o = &old->broker, t;
+    int same = n->desktop == o->desktop && same_str(n->agent_endpoint, o->agent_endpoint) &&
+               n->agent_types_count == o->agent_types_count;
+    for (size_t i = 0; same && i < n->agent_types_count; i++)
+        same = strcmp(n->agent_types[i], o->agent_types[i]) == 0;
+    if (same)
+        return;
+    sb_warn(NULL, "broker.desktop, broker.agent.endpoint and broker.agent.types changed: they "
+                  "take effect after a restart");
+    t = *n;
+    n->desktop = o->desktop;
+    n->agent_endpoint = o->agent_endpoint;
+    n->agent_types = o->agent_types;
+    n->agent_types_count = o->agent_types_count;
+    o->desktop = t.desktop;
+    o->agent_endpoint = t.agent_endpoint;
+    o->agent_types = t.agent_types;
+    o->agent_types_count = t.agent_types_count;
+}
 
 /* Applies cfg, already checked, with its auth files loaded (auth may be
  * NULL): takes both. */
@@ -1153,6 +1317,7 @@ static int apply_reload(sb_broker *b, sb_config *cfg, sb_auth *auth, sb_error *e
     if (strcmp(cfg->broker.data_dir, old->broker.data_dir) != 0)
         sb_warn(NULL, "broker.data_dir changed to %s: takes effect after a restart",
                 cfg->broker.data_dir);
+    keep_desktop_settings(cfg, old);
     sb_log_configure(cfg->broker.log_level, cfg->broker.log_stderr, cfg->broker.log_file);
 
     /* Adapters that changed or disappeared close (their bindings go when
@@ -1171,7 +1336,8 @@ static int apply_reload(sb_broker *b, sb_config *cfg, sb_auth *auth, sb_error *e
     rc = apply_routes(b, cfg, err);
     for (size_t i = 0; i < cfg->adapter_count; i++) {
         sb_error aerr;
-        if (find_adapter(b, cfg->adapters[i].name) != NULL)
+        if (find_adapter(b, cfg->adapters[i].name) != NULL ||
+            !sb_broker_hosts(b, &cfg->adapters[i]))
             continue;
         if (start_adapter(b, &cfg->adapters[i], NULL, &aerr) != 0)
             sb_errlog(cfg->adapters[i].name, "cannot start after reload: %s", aerr.msg);
@@ -1186,6 +1352,11 @@ static int apply_reload(sb_broker *b, sb_config *cfg, sb_auth *auth, sb_error *e
         if (!s->wanted && !s->adapter->stopping)
             s->retired = 1;
     unbind_all(b, NULL, 1);
+    {
+        sb_error aerr;
+        if (sb_agent_host_apply(b, &aerr) != 0)
+            sb_errlog(NULL, "session agents: %s", aerr.msg);
+    }
     sb_config_free(old);
     sb_info(NULL, "configuration reloaded from %s: %zu adapters, %zu routes", cfg->path,
             cfg->adapter_count, cfg->route_count);
@@ -1329,10 +1500,16 @@ static void finish_stop(sb_broker *b)
     uv_walk(&b->loop, close_walk, NULL);
 }
 
+int sb_broker_adapters_closed(sb_broker *b)
+{
+    return b->adapters == NULL && b->adapters_closing == 0;
+}
+
 static void on_stop_tick(uv_timer_t *t)
 {
     sb_broker *b = t->data;
-    if (b->adapters == NULL && b->adapters_closing == 0) {
+    if (b->adapters == NULL && b->adapters_closing == 0 && b->agents == NULL &&
+        (b->remote == NULL || !b->remote->ops->busy(b->remote))) {
         uv_timer_stop(t);
         finish_stop(b);
     }
@@ -1344,7 +1521,12 @@ void sb_broker_stop(sb_broker *b)
         return;
     b->stopping = 1;
     if (b->started)
-        sb_info(NULL, "stopping: closing adapters, finishing commits");
+        sb_info(NULL, b->remote != NULL ? "stopping: closing adapters"
+                                        : "stopping: closing adapters, finishing commits");
+    /* Agents stop their adapters while the store can still commit what
+     * those publish and acknowledge. */
+    if (b->agents != NULL)
+        sb_agent_host_stop(b->agents);
     while (b->adapters != NULL)
         close_adapter(b, b->adapters);
     if (b->admin != NULL) {
@@ -1366,6 +1548,20 @@ void sb_broker_request_stop(sb_broker *b)
     uv_async_send(&b->wakeup);
 }
 
+void sb_broker_session_event(sb_broker *b, uint32_t session, int logon)
+{
+    uv_mutex_lock(&b->request_lock);
+    if (b->session_event_count < SB_BROKER_SESSION_EVENTS) {
+        b->session_events[b->session_event_count].session = session;
+        b->session_events[b->session_event_count].logon = logon;
+        b->session_event_count++;
+    } else {
+        b->session_events_lost = 1;
+    }
+    uv_mutex_unlock(&b->request_lock);
+    uv_async_send(&b->wakeup);
+}
+
 void sb_broker_request_reload(sb_broker *b)
 {
     uv_mutex_lock(&b->request_lock);
@@ -1377,12 +1573,22 @@ void sb_broker_request_reload(sb_broker *b)
 static void on_wakeup(uv_async_t *h)
 {
     sb_broker *b = h->data;
-    int stop, reload;
+    int stop, reload, lost, n;
+    struct sb_session_event events[SB_BROKER_SESSION_EVENTS];
     uv_mutex_lock(&b->request_lock);
     stop = b->stop_requested;
     reload = b->reload_requested;
     b->reload_requested = 0;
+    n = b->session_event_count;
+    memcpy(events, b->session_events, (size_t)n * sizeof(events[0]));
+    lost = b->session_events_lost;
+    b->session_event_count = 0;
+    b->session_events_lost = 0;
     uv_mutex_unlock(&b->request_lock);
+    for (int i = 0; i < n && b->agents != NULL && !b->stopping; i++)
+        sb_agent_host_session_event(b->agents, events[i].session, events[i].logon);
+    if (lost && b->agents != NULL && !b->stopping)
+        sb_agent_host_rescan(b->agents);
     if (stop) {
         sb_broker_stop(b);
         return;

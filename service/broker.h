@@ -66,6 +66,18 @@ int sb_broker_reload(sb_broker *b, sb_config *cfg, sb_error *err);
 
 void sb_broker_free(sb_broker *b);
 
+/* Tells b it runs as the Windows service (before sb_broker_start): then
+ * `desktop: auto` means desktop adapters run in session agents. */
+void sb_broker_set_service(sb_broker *b, int service);
+
+/* 1 if adapter cfg runs in this process: not a desktop adapter (see
+ * sb_adapter_is_desktop) that session agents host instead. */
+int sb_broker_hosts(const sb_broker *b, const sb_adapter_config *cfg);
+
+/* Thread-safe: a user logged on to (logon = 1) or off from Windows
+ * session `session` (SERVICE_CONTROL_SESSIONCHANGE): agents start or stop. */
+void sb_broker_session_event(sb_broker *b, uint32_t session, int logon);
+
 uv_loop_t *sb_broker_loop(sb_broker *b);
 const sb_config *sb_broker_get_config(sb_broker *b);
 
@@ -115,6 +127,7 @@ struct sb_consumer {
     int window;       /* max deliveries outstanding, >= 1 */
     /* private to the broker */
     sb_queue *queue;
+    struct sb_remote *remote; /* attached through a remote broker (service/remote.h) */
     int inflight;
     int busy; /* refused the last offer; skipped until sb_consumer_ready */
     sb_delivery *outstanding;
@@ -159,6 +172,11 @@ const char *sb_broker_sub_filter(sb_broker *b, const char *name);
  * are queued into it. */
 int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, const char *meta,
                          const sb_sub_settings *settings, const char *retained_for, sb_error *err);
+
+/* Queues the retained values matching `filter` into the existing
+ * subscription `name`, as a new subscription gets those of its filter.
+ * Returns 0, SB_ENOTFOUND, or SB_EINVAL for a bad filter. */
+int sb_broker_sub_add_retained(sb_broker *b, const char *name, const char *filter, sb_error *err);
 
 /* The meta text of subscription `name`, or NULL if it does not exist or was
  * not made by sb_broker_sub_define. */

@@ -9,8 +9,16 @@
 #include "service/broker.h"
 #include "service/map.h"
 #include "service/queue_int.h"
+#include "service/remote.h"
 #include "service/subindex.h"
 #include "storage/store.h"
+
+/* Session logons and logoffs waiting for the loop (sb_broker_session_event). */
+#define SB_BROKER_SESSION_EVENTS 64
+struct sb_session_event {
+    uint32_t session;
+    int logon;
+};
 
 /* A publish waiting for its commit; completed strictly in publish order. */
 typedef struct sb_pending {
@@ -59,6 +67,9 @@ struct sb_broker {
     uv_loop_t loop;
     sb_config *cfg;
     sb_store *store;
+    sb_remote *remote;            /* remote mode (a session agent): no store, calls go here */
+    int service;                  /* runs as the Windows service (desktop: auto means agents) */
+    struct sb_agent_host *agents; /* serving session agents (service/agent_host.c), or NULL */
     int started, stopping;
     int64_t started_ms;
 
@@ -94,6 +105,8 @@ struct sb_broker {
     uv_async_t wakeup; /* stop / reload requests from other threads */
     uv_mutex_t request_lock;
     int stop_requested, reload_requested;
+    struct sb_session_event session_events[SB_BROKER_SESSION_EVENTS];
+    int session_event_count, session_events_lost; /* more came than fit: rescan */
     int reloading, reload_again; /* a reload is being prepared off the loop; another is due */
     uv_timer_t housekeeping;
     uv_timer_t expiry_timer;         /* expiry.c */

@@ -7,6 +7,7 @@
  */
 #include "adapters/builtin.h"
 #include "config/config.h"
+#include "service/agent.h"
 #include "service/broker.h"
 #include "service/log.h"
 #include "service/platform.h"
@@ -21,12 +22,15 @@ static void usage(FILE *f)
                "  switchboard run --config FILE [--log-level debug|info|warn|error]\n"
                "  switchboard check-config FILE\n"
                "  switchboard service install|uninstall|start|stop|status [...]  (Windows)\n"
+               "  switchboard agent [--endpoint NAME] [--log-level LEVEL]\n"
                "  switchboard version\n"
                "\n"
                "run           run the broker in the foreground (Ctrl-C stops it; SIGHUP reloads\n"
                "              the config)\n"
                "check-config  report every error in FILE as FILE:LINE:COL: key: message\n"
-               "service       install and manage the Windows service (see `service help`)\n");
+               "service       install and manage the Windows service (see `service help`)\n"
+               "agent         the session agent: hosts desktop adapters (DDE, WM_COPYDATA, the\n"
+               "              clipboard) in a user's session for the service (`agent --help`)\n");
 }
 
 static int cmd_check_config(int argc, char **argv)
@@ -99,6 +103,11 @@ int main(int argc, char **argv)
         return cmd_check_config(argc - 2, argv + 2);
     if (strcmp(argv[1], "service") == 0)
         return sb_service_command(argc - 2, argv + 2);
+    if (strcmp(argv[1], "agent") == 0) {
+        int rc = sb_agent_command(argc - 2, argv + 2);
+        sb_log_close();
+        return rc;
+    }
     if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
         printf("switchboard %s\n", SB_VERSION_STRING);
         return 0;

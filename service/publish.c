@@ -435,6 +435,9 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
     int needs_store = 0, sync = 0, rc, retain = opts != NULL && opts->retain;
     int64_t now = sb_now_ms();
 
+    if (b->remote != NULL) /* a session agent: the service commits */
+        return b->stopping ? sb_error_set(err, SB_ESHUTDOWN, 0, "the agent is stopping")
+                           : b->remote->ops->publish(b->remote, msg, opts, cb, ctx, err);
     if (b->stopping)
         return sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
     if (sb_topic_validate(msg->topic, strlen(msg->topic), &why) != 0)

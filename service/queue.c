@@ -1,5 +1,6 @@
 /* Subscription queues: delivery order, leases, retries, acks (see queue_int.h). */
 #include "service/queue_int.h"
+#include "service/remote.h"
 #include "service/alloc.h"
 #include "service/log.h"
 
@@ -443,6 +444,10 @@ void sb_delivery_done(sb_delivery *d, int status, const char *reason)
     sb_entry *e = d->entry;
     sb_queue *q = c->queue;
 
+    if (c->remote != NULL) {
+        c->remote->ops->delivery_done(c->remote, d, status, reason);
+        return;
+    }
     outstanding_remove(c, d);
     if (e == NULL)
         sb_message_unref(d->msg); /* its own reference, taken when the lease expired */
@@ -465,6 +470,10 @@ void sb_delivery_done(sb_delivery *d, int status, const char *reason)
 void sb_consumer_ready(sb_consumer *c)
 {
     c->busy = 0;
+    if (c->remote != NULL) {
+        c->remote->ops->consumer_ready(c->remote, c);
+        return;
+    }
     if (c->queue != NULL)
         sb_queue__dispatch(c->queue);
 }

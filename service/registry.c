@@ -42,6 +42,16 @@ const sb_adapter_type *sb_adapter_find(const char *name)
     return NULL;
 }
 
+int sb_adapter_is_desktop(const sb_adapter_config *cfg)
+{
+    const sb_adapter_type *type = sb_adapter_find(cfg->type);
+    unsigned caps;
+    if (type == NULL)
+        return 0;
+    caps = type->caps_of != NULL ? type->caps_of(cfg) : type->caps;
+    return (caps & SB_CAP_DESKTOP) != 0;
+}
+
 int sb_adapter_create(sb_adapter **out, sb_broker *broker, uv_loop_t *loop,
                       const sb_adapter_config *cfg, sb_error *err)
 {

@@ -80,6 +80,7 @@ int sb_run_broker(const char *path, const char *level, const sb_run_hooks *hooks
         sb_config_free(cfg);
         return 1;
     }
+    sb_broker_set_service(b, hooks != NULL);
     /* Foreground only: the service is stopped through the SCM. Opened
      * before the start so it exists once the broker reports ready. */
     watch = hooks == NULL ? sb_run__stop_watch_open(b) : NULL;

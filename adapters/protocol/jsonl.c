@@ -7,6 +7,7 @@
  */
 #include "adapters/conn.h"
 #include "adapters/protocol/jsonl_fast.h"
+#include "service/agent_host.h"
 #include "service/alloc.h"
 #include "service/auth.h"
 #include "service/base64.h"
@@ -30,6 +31,7 @@ typedef struct pub_in {
     int64_t ttl_ms;
     int has_priority;
     int64_t priority;
+    const char *source; /* a session agent's adapter and peer, or NULL */
 } pub_in;
 
 typedef struct reply {
@@ -60,6 +62,7 @@ struct jsonl_session {
     jsub *subs;
     int pending; /* async callbacks outstanding */
     int closed;
+    int agent_ready; /* an agent endpoint's connection whose hello was accepted */
     char source[200];
     char who[160];
     char *scratch; /* decoded strings of the fast path */
@@ -215,7 +218,7 @@ static int get_duration(json_t *v, int64_t *out)
 
 static void pub_submit(jsonl_session *s, const pub_in *in, json_t *id)
 {
-    sb_publish_opts opts = {s->source, in->retain, NULL};
+    sb_publish_opts opts = {in->source != NULL ? in->source : s->source, in->retain, NULL};
     char topic_buf[256], *topic;
     sb_message *m;
     sb_error err;
@@ -338,6 +341,9 @@ static void do_pub(jsonl_session *s, json_t *req, json_t *id)
         in.priority = json_integer_value(prio);
     }
     in.retain = json_is_true(json_object_get(req, "retain"));
+    /* a session agent says which of its adapters (and peer) it comes from */
+    if (s->conn->adapter->agent != NULL)
+        in.source = json_string_value(json_object_get(req, "source"));
     pub_submit(s, &in, id);
 }
 
@@ -472,6 +478,13 @@ static int parse_settings(json_t *req, sb_sub_settings *st, const char **bad)
             return (*bad = "max_depth", SB_EINVAL);
         st->max_depth = json_integer_value(v);
     }
+    if ((v = json_object_get(req, "transient")) != NULL) {
+        if (!json_is_boolean(v))
+            return (*bad = "transient", SB_EINVAL);
+        st->transient = json_is_true(v);
+    }
+    if ((v = json_object_get(req, "expire")) != NULL && get_duration(v, &st->expire_ms) != 0)
+        return (*bad = "expire", SB_EINVAL);
     return 0;
 }
 
@@ -521,7 +534,8 @@ static int stats_visible(void *ctx, const char *name, const char *filters)
 static void do_sub(jsonl_session *s, json_t *req, json_t *id)
 {
     const char *name = json_string_value(json_object_get(req, "sub"));
-    json_t *f = json_object_get(req, "filter"), *w = json_object_get(req, "window");
+    json_t *f = json_object_get(req, "filter"), *w = json_object_get(req, "window"),
+           *ret = json_object_get(req, "retained");
     sb_broker *b = s->conn->adapter->broker;
     sb_sub_settings st;
     const char *bad = NULL, *existing;
@@ -541,6 +555,13 @@ static void do_sub(jsonl_session *s, json_t *req, json_t *id)
         snprintf(msg, sizeof(msg), "sub: invalid \"%s\"", bad);
         return reply_error(s, id, SB_EINVAL, msg);
     }
+    if (ret != NULL && !json_is_string(ret))
+        return reply_error(s, id, SB_EINVAL, "sub: \"retained\" must be a topic filter");
+    if (s->conn->adapter->agent != NULL &&
+        !sb_agent_link_may_sub(s->conn->adapter->agent, name, st.transient))
+        return reply_error(s, id, SB_EACCES,
+                           "sub: a session agent consumes only its adapters' queues and "
+                           "subscriptions of its own");
     if (find_sub(s, name) != NULL)
         return reply_error(s, id, SB_EEXIST, "sub: already subscribed on this connection");
     if (protocol_owned(s, name))
@@ -560,6 +581,10 @@ static void do_sub(jsonl_session *s, json_t *req, json_t *id)
                                  "subscription"
                                : "sub: not authorized to read any topic of the filter");
     if (sb_broker_subscribe(b, name, json_string_value(f), &st, &err) != 0)
+        return reply_error(s, id, err.code, err.msg);
+    /* a new subscription got the retained values of its filter already */
+    if (ret != NULL && existing != NULL &&
+        sb_broker_sub_add_retained(b, name, json_string_value(ret), &err) != 0)
         return reply_error(s, id, err.code, err.msg);
     js = sb_calloc(1, sizeof(*js));
     if (js == NULL || (js->name = sb_strdup(name)) == NULL) {
@@ -792,6 +817,10 @@ static void do_unsub(jsonl_session *s, json_t *req, json_t *id)
     reply *r;
     if (name == NULL)
         return reply_error(s, id, SB_EINVAL, "unsub: \"sub\" is required");
+    if (json_is_true(json_object_get(req, "delete")) && s->conn->adapter->agent != NULL &&
+        !sb_agent_link_may_sub(s->conn->adapter->agent, name, -1))
+        return reply_error(s, id, SB_EACCES,
+                           "unsub: a session agent deletes only subscriptions of its own");
     if (json_is_true(json_object_get(req, "delete")) && protocol_owned(s, name))
         return reply_error(s, id, SB_EACCES,
                            "unsub: mqtt/... subscriptions are MQTT client sessions (delete them "
@@ -877,10 +906,61 @@ static void do_admin(jsonl_session *s, const char *op, json_t *req, json_t *id)
 
 static void handle_json(jsonl_session *s, const char *line, size_t len);
 
+/* sb_agent_send_fn: a line from the agent host (`stop`) */
+static void agent_send(sb_conn *conn, const char *line, size_t len)
+{
+    sb_conn_send(conn, line, len, NULL);
+}
+
+/* On a session agent's endpoint (docs/agent.md): `hello` first, then the
+ * ops an agent needs, `log` included; no statistics or dead letters.
+ * Returns 1 to let the usual handler take op, 0 if answered here. */
+static int agent_op(jsonl_session *s, const char *op, json_t *req, json_t *id)
+{
+    struct sb_agent_link *link = s->conn->adapter->agent;
+    sb_error err;
+    if (strcmp(op, "hello") == 0) {
+        json_t *o;
+        reply *r;
+        if (s->agent_ready) {
+            reply_error(s, id, SB_EEXIST, "hello: said already");
+            return 0;
+        }
+        o = sb_agent_link_hello(link, s->conn, agent_send, req, s->conn->peer, &err);
+        if (o == NULL) {
+            reply_error(s, id, err.code, err.msg);
+            return 0;
+        }
+        s->agent_ready = 1;
+        r = reply_new(s, id);
+        if (r != NULL)
+            reply_set(r, o);
+        else
+            json_decref(o);
+        return 0;
+    }
+    if (strcmp(op, "ping") == 0)
+        return 1;
+    if (!s->agent_ready) {
+        reply_error(s, id, SB_EPROTO, "an agent says hello first");
+        return 0;
+    }
+    if (strcmp(op, "log") == 0) {
+        sb_agent_link_log(link, s->conn, req);
+        return 0;
+    }
+    if (strcmp(op, "stats") == 0 || strncmp(op, "dlq.", 4) == 0) {
+        reply_error(s, id, SB_EACCES, "not on a session agent's endpoint");
+        return 0;
+    }
+    return 1;
+}
+
 static int op_known(const char *op)
 {
-    static const char *const ops[] = {"pub",  "ack",   "nack",     "sub",         "unsub",
-                                      "ping", "stats", "dlq.list", "dlq.redrive", "dlq.purge"};
+    static const char *const ops[] = {"pub",         "ack",       "nack",  "sub",
+                                      "unsub",       "ping",      "stats", "dlq.list",
+                                      "dlq.redrive", "dlq.purge", "hello", "log"};
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
         if (strcmp(op, ops[i]) == 0)
             return 1;
@@ -889,7 +969,8 @@ static int op_known(const char *op)
 
 static void handle_line(jsonl_session *s, const char *line, size_t len)
 {
-    if (handle_fast(s, line, len)) {
+    /* an agent endpoint's connection says hello before anything else */
+    if ((s->conn->adapter->agent == NULL || s->agent_ready) && handle_fast(s, line, len)) {
         sb_conn_identified(s->conn);
         return;
     }
@@ -919,6 +1000,8 @@ static void handle_json(jsonl_session *s, const char *line, size_t len)
         sb_conn_identified(s->conn); /* a client speaking the protocol */
     if (op == NULL) {
         reply_error(s, id, SB_EPROTO, "missing \"op\"");
+    } else if (s->conn->adapter->agent != NULL && !agent_op(s, op, req, id)) {
+        /* answered by agent_op */
     } else if (strcmp(op, "pub") == 0) {
         do_pub(s, req, id);
     } else if (strcmp(op, "ack") == 0 || strcmp(op, "nack") == 0) {
@@ -1041,6 +1124,8 @@ static void jsonl_closed(sb_conn *c)
     jsonl_session *s = c->session;
     while (s->subs != NULL)
         jsub_free_detached(s, s->subs, 1);
+    if (s->agent_ready)
+        sb_agent_link_closed(c->adapter->agent, c);
     s->closed = 1;
     session_maybe_free(s);
 }

@@ -6,7 +6,12 @@ and a durable route, then, over 127.0.0.1:
   - this native Linux client (a plain socket, below) publishes, and the
     Windows client (sbctl.exe under Wine) receives it;
   - sbctl.exe publishes, and the native client subscribes, receives and
-    acknowledges it; the broker's stats agree.
+    acknowledges it; the broker's stats agree;
+  - DDE (when mosquitto_sub/mosquitto_pub are installed): a legacy DDE
+    server (plc_sim.exe) -> the broker's DDE client role -> Linux's
+    mosquitto_sub over MQTT, and Linux's mosquitto_pub -> the broker's DDE
+    server role -> a legacy DDE client's request (legacy_client.exe), with
+    non-ASCII text through code page 1252 both ways.
 Every wait polls with a deadline; nothing sleeps a fixed time. Called by
 packaging/windows/test-wine.sh inside its Wine session (WINEPREFIX etc. set,
 `wineserver -p` running):
@@ -78,6 +83,113 @@ class Client:
 
     def close(self):
         self.sock.close()
+
+
+def wait_for(path, needle, proc, what, log=None):
+    """Polls the file until it holds needle; fails if proc exits first."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                if needle in f.read():
+                    return
+        if proc.poll() is not None:
+            fail("%s exited with %d" % (what, proc.returncode), log)
+        if time.monotonic() > deadline:
+            fail("%s: no %r in %s within %d s" % (what, needle, path, DEADLINE_S), log)
+        time.sleep(0.05)
+
+
+def dde(build, wine, tmp):
+    """Legacy DDE programs under Wine and Linux MQTT clients, through the
+    Windows broker's DDE adapters."""
+    plc_exe = os.path.join(build, "tests", "win", "dde", "plc_sim.exe")
+    cli_exe = os.path.join(build, "tests", "win", "dde", "legacy_client.exe")
+    msub, mpub = shutil.which("mosquitto_sub"), shutil.which("mosquitto_pub")
+    if msub is None or mpub is None or not os.path.exists(plc_exe):
+        print("test-interop: DDE <-> MQTT skipped (needs mosquitto_sub, mosquitto_pub and "
+              "tests/win/dde/plc_sim.exe)")
+        return
+    tag = "SBI%d" % os.getpid()
+    log = os.path.join(tmp, "dde-broker.log")
+    plc_out = os.path.join(tmp, "plc.out")
+    jport, mport = free_port(), free_port()
+    cfg = os.path.join(tmp, "dde.yaml")
+    with open(cfg, "w") as f:
+        f.write("broker:\n"
+                "  data_dir: '%s'\n"
+                "  admin: { endpoint: 'off' }\n"
+                "adapters:\n"
+                "  - { name: clients, type: tcp, listen: '127.0.0.1:%d', protocol: jsonl }\n"
+                "  - { name: mqtt, type: tcp, listen: '127.0.0.1:%d', protocol: mqtt }\n"
+                "  - name: plc\n"
+                "    type: dde\n"
+                "    role: client\n"
+                "    service: %sP\n"
+                "    dde_topic: Line1\n"
+                "    items: [Temp, Status, Counter]\n"
+                "    topic: plant/{dde_topic}/{item}\n"
+                "    codepage: 1252\n"
+                "  - name: excel\n"
+                "    type: dde\n"
+                "    service: %sX\n"
+                "    topic: plant/{dde_topic}/{item}\n"
+                "    codepage: 1252\n"
+                "routes:\n"
+                "  - { name: values, from: plant/+/+, retain: true, max_depth: 1, "
+                "overflow: drop-oldest }\n"
+                % (winepath(os.path.join(tmp, "dde-data")), jport, mport, tag, tag))
+    plc = subprocess.Popen([wine, plc_exe, tag + "P", "--interval", "100"],
+                           stdin=subprocess.DEVNULL, stdout=open(plc_out, "wb"),
+                           stderr=subprocess.STDOUT)
+    broker = None
+    try:
+        wait_for(plc_out, b"READY", plc, "plc_sim.exe")
+        broker = subprocess.Popen([wine, os.path.join(build, "service", "switchboard.exe"),
+                                   "run", "--config", winepath(cfg)],
+                                  stdin=subprocess.DEVNULL, stdout=open(log, "wb"),
+                                  stderr=subprocess.STDOUT)
+        wait_for(log, b"[plc] linked to", broker, "the broker", log)
+        # The legacy server's values on Linux: retained Status, live Counter.
+        out = subprocess.run([msub, "-h", "127.0.0.1", "-p", str(mport), "-t",
+                              "plant/Line1/Status", "-C", "1", "-W", str(DEADLINE_S)],
+                             capture_output=True, timeout=DEADLINE_S + 10)
+        if out.returncode != 0 or out.stdout != "Gr\u00fc\u00dfe aus K\u00f6ln\n".encode():
+            fail("mosquitto_sub plant/Line1/Status: exit %d, stdout %r, stderr %r" %
+                 (out.returncode, out.stdout, out.stderr), log)
+        out = subprocess.run([msub, "-h", "127.0.0.1", "-p", str(mport), "-t",
+                              "plant/Line1/Counter", "-C", "3", "-W", str(DEADLINE_S)],
+                             capture_output=True, timeout=DEADLINE_S + 10)
+        values = out.stdout.split()
+        if out.returncode != 0 or len(values) != 3 or not all(v.isdigit() for v in values):
+            fail("mosquitto_sub plant/Line1/Counter: exit %d, stdout %r" %
+                 (out.returncode, out.stdout), log)
+        # A Linux MQTT value in a legacy DDE client: =<tag>X|Line1!Target.
+        out = subprocess.run([mpub, "-h", "127.0.0.1", "-p", str(mport), "-t",
+                              "plant/Line1/Target", "-m", "Gr\u00fc\u00dfe", "-r", "-q", "1"],
+                             capture_output=True, timeout=DEADLINE_S)
+        if out.returncode != 0:
+            fail("mosquitto_pub: exit %d, stderr %r" % (out.returncode, out.stderr), log)
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            out = subprocess.run([wine, cli_exe, tag + "X", "Line1", "request", "Target"],
+                                 capture_output=True, timeout=60)
+            if b"DATA 4772fcdf65" in out.stdout:  # CF_TEXT, code page 1252
+                break
+            if time.monotonic() > deadline:
+                fail("legacy_client request Target: %r" % out.stdout, log)
+            time.sleep(0.05)
+        print("test-interop: OK (legacy DDE server -> Windows broker -> mosquitto_sub; "
+              "mosquitto_pub -> Windows broker -> legacy DDE client)")
+    finally:
+        for p in (broker, plc):
+            if p is not None:
+                p.terminate()
+                try:
+                    p.wait(timeout=DEADLINE_S)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
 
 
 def main():
@@ -166,9 +278,10 @@ def main():
                 fail("queue interop after the acks: %r" % q, log)
             time.sleep(0.05)
         c.close()
-        ok = True
         print("test-interop: OK (Linux <-> Windows broker <-> Windows sbctl over "
               "tcp:127.0.0.1:%d)" % port)
+        dde(build, wine, tmp)
+        ok = True
     finally:
         # Linux cannot set the broker's stop event; this ends the process as
         # TerminateProcess would (the store is crash-safe).

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <windows.h>
+#include <wtsapi32.h>
 
 #define SERVICE_NAME L"Switchboard"
 #define SERVICE_DISPLAY L"Switchboard message broker"
@@ -58,7 +59,8 @@ static void report(DWORD state, DWORD exit_code, DWORD wait_hint)
     status.dwWaitHint = wait_hint;
     status.dwControlsAccepted =
         state == SERVICE_RUNNING
-            ? SERVICE_ACCEPT_STOP | SERVICE_ACCEPT_SHUTDOWN | SERVICE_ACCEPT_PARAMCHANGE
+            ? SERVICE_ACCEPT_STOP | SERVICE_ACCEPT_SHUTDOWN | SERVICE_ACCEPT_PARAMCHANGE |
+                  SERVICE_ACCEPT_SESSIONCHANGE
             : 0;
     if (state == SERVICE_RUNNING || state == SERVICE_STOPPED)
         status.dwCheckPoint = 0;
@@ -90,8 +92,6 @@ static void begin_stopping(void)
 
 static DWORD WINAPI control_handler(DWORD control, DWORD type, LPVOID data, LPVOID ctx)
 {
-    (void)type;
-    (void)data;
     (void)ctx;
     switch (control) {
     case SERVICE_CONTROL_STOP:
@@ -111,6 +111,17 @@ static DWORD WINAPI control_handler(DWORD control, DWORD type, LPVOID data, LPVO
         if (service_broker != NULL)
             sb_broker_request_reload(service_broker);
         LeaveCriticalSection(&status_lock);
+        return NO_ERROR;
+    case SERVICE_CONTROL_SESSIONCHANGE:
+        /* users logging on and off: the session agents (agent_host.c) */
+        if (data != NULL && (type == WTS_SESSION_LOGON || type == WTS_SESSION_LOGOFF)) {
+            const WTSSESSION_NOTIFICATION *n = data;
+            EnterCriticalSection(&status_lock);
+            if (service_broker != NULL)
+                sb_broker_session_event(service_broker, (uint32_t)n->dwSessionId,
+                                        type == WTS_SESSION_LOGON);
+            LeaveCriticalSection(&status_lock);
+        }
         return NO_ERROR;
     case SERVICE_CONTROL_INTERROGATE:
         return NO_ERROR;

@@ -11,6 +11,15 @@
  *                              until it ends (a jsonl client: requests out,
  *                              replies into FILE); exit 0
  *   sbt_helper flood N PREFIX  print PREFIX-1 .. PREFIX-N and exit 0 at once
+ *   sbt_helper gate GATE FILE  wait until the file GATE exists (polling), then
+ *                              append stdin to FILE line by line until it
+ *                              ends; exit 0 (a sink that holds its deliveries
+ *                              back until the test opens the gate)
+ *   sbt_helper pubs FILE N TOPIC
+ *                              a jsonl producer that waits for each answer:
+ *                              publish p-1 .. p-N to TOPIC one at a time,
+ *                              appending each reply line to FILE; exit 0 at
+ *                              the end or when stdin ends
  *   sbt_helper burst FILE N LINE..
  *                              count this run in FILE, print each LINE in a
  *                              write of its own and exit at once: 1 for the
@@ -24,6 +33,9 @@
 #ifdef _WIN32
 #include <fcntl.h>
 #include <io.h>
+#include <windows.h>
+#else
+#include <time.h>
 #endif
 
 /* Appends stdin to path, flushed per line, until stdin ends. */
@@ -61,6 +73,16 @@ static int count_run(const char *path)
         return 0;
     fprintf(f, "%d\n", ++n);
     return fclose(f) == 0 ? n : 0;
+}
+
+static void pause_ms(int ms)
+{
+#ifdef _WIN32
+    Sleep((DWORD)ms);
+#else
+    struct timespec ts = {0, (long)ms * 1000000L};
+    nanosleep(&ts, NULL);
+#endif
 }
 
 static void drain_stdin(void)
@@ -104,6 +126,43 @@ int main(int argc, char **argv)
             printf("%s-%d\n", argv[3], i);
         return fflush(stdout) == 0 ? 0 : 1;
     }
+    if (argc == 4 && strcmp(argv[1], "gate") == 0) {
+        char line[65536];
+        FILE *g, *f;
+        while ((g = fopen(argv[2], "rb")) == NULL)
+            pause_ms(10);
+        fclose(g);
+        if ((f = fopen(argv[3], "ab")) == NULL) {
+            fprintf(stderr, "cannot open %s\n", argv[3]);
+            return 2;
+        }
+        while (fgets(line, sizeof(line), stdin) != NULL) {
+            fputs(line, f);
+            fflush(f);
+        }
+        fclose(f);
+        return 0;
+    }
+    if (argc == 5 && strcmp(argv[1], "pubs") == 0) {
+        int n = atoi(argv[3]);
+        char line[4096];
+        FILE *f = fopen(argv[2], "ab");
+        if (f == NULL) {
+            fprintf(stderr, "cannot open %s\n", argv[2]);
+            return 2;
+        }
+        for (int i = 1; i <= n; i++) {
+            printf("{\"op\":\"pub\",\"id\":%d,\"topic\":\"%s\",\"payload\":\"p-%d\"}\n", i, argv[4],
+                   i);
+            fflush(stdout);
+            if (fgets(line, sizeof(line), stdin) == NULL)
+                break;
+            fputs(line, f);
+            fflush(f);
+        }
+        fclose(f);
+        return 0;
+    }
     if (argc >= 4 && strcmp(argv[1], "burst") == 0) {
         int run = count_run(argv[2]);
         if (run == 0) {
@@ -117,6 +176,7 @@ int main(int argc, char **argv)
         return run < atoi(argv[3]) ? 1 : 0;
     }
     fprintf(stderr, "usage: sbt_helper emit N PREFIX | sink FILE | fail CODE TEXT | "
-                    "say FILE LINE... | flood N PREFIX | burst FILE N LINE...\n");
+                    "say FILE LINE... | flood N PREFIX | burst FILE N LINE... | pubs FILE N TOPIC "
+                    "| gate GATE FILE\n");
     return 2;
 }

@@ -398,7 +398,7 @@ static void test_error_unknown_keys(void **state)
                   "  data_dir: x\n"
                   "  stroe: {}\n",
                   "t.yaml:3:3: broker.stroe: unknown key (known: data_dir, store, log, admin, "
-                  "auth, sys_interval)\n");
+                  "auth, sys_interval, desktop, agent)\n");
     expect_errors("brokers: {}\n",
                   "t.yaml:1:1: brokers: unknown key (known: broker, adapters, routes)\n");
     /* Only the keys of the adapter's type are suggested. */
@@ -444,7 +444,7 @@ static void test_error_type(void **state)
                   "  - name: a\n"
                   "    type: mqtt\n",
                   "t.yaml:3:11: adapters[0].type: must be one of tcp, udp, unix, pipe, exec, "
-                  "mailslot (got \"mqtt\")\n");
+                  "mailslot, dde (got \"mqtt\")\n");
     expect_errors("adapters:\n"
                   "  - name: a\n",
                   "t.yaml:2:5: adapters[0].type: required\n");
@@ -924,6 +924,98 @@ static void test_mailslot(void **state)
                   "t.yaml:11:41: adapters[9].connect: cannot be combined with path\n");
 }
 
+/* type dde: the keys of each role, DDE names, the topic template. */
+static void test_dde(void **state)
+{
+    sb_config *cfg;
+    const sb_adapter_config *a;
+    (void)state;
+    cfg = parse_ok("adapters:\n"
+                   "  - name: excel\n"
+                   "    type: dde\n"
+                   "  - name: plc\n"
+                   "    type: dde\n"
+                   "    role: client\n"
+                   "    service: PLCSERVER\n"
+                   "    dde_topic: Line 1\n"
+                   "    items: [Temp, Speed A]\n"
+                   "    topic: plant/{dde_topic}/{item}\n"
+                   "    execute_topic: plant/cmd\n"
+                   "    codepage: 1252\n"
+                   "    reconnect_backoff: 1s\n"
+                   "  - name: one\n"
+                   "    type: dde\n"
+                   "    service: ONE\n"
+                   "    dde_topics: [Values]\n"
+                   "    topic: v/{adapter}/{item}\n"
+                   "routes:\n"
+                   "  - { name: r, from: x, to: plc }\n");
+    a = sb_config_adapter(cfg, "excel");
+    assert_int_equal(a->dde_role, SB_DDE_SERVER);
+    assert_string_equal(a->dde_service, "SWITCHBOARD");
+    assert_string_equal(a->topic, "{service}/{dde_topic}/{item}");
+    assert_int_equal(a->dde_topics_count, 0);
+    assert_int_equal(a->dde_items_count, 0);
+    assert_null(a->dde_topic);
+    assert_null(a->dde_execute_topic);
+    assert_int_equal(a->dde_codepage, 0);
+    a = sb_config_adapter(cfg, "plc");
+    assert_int_equal(a->dde_role, SB_DDE_CLIENT);
+    assert_string_equal(a->dde_service, "PLCSERVER");
+    assert_string_equal(a->dde_topic, "Line 1");
+    assert_int_equal(a->dde_items_count, 2);
+    assert_string_equal(a->dde_items[1], "Speed A");
+    assert_string_equal(a->dde_execute_topic, "plant/cmd");
+    assert_int_equal(a->dde_codepage, 1252);
+    assert_int_equal(a->reconnect_backoff_ms, 1000);
+    a = sb_config_adapter(cfg, "one");
+    assert_string_equal(a->dde_topics[0], "Values");
+    assert_string_equal(a->topic, "v/{adapter}/{item}");
+    sb_config_free(cfg);
+
+    expect_errors(
+        "adapters:\n"
+        "  - { name: a, type: dde, dde_topic: x, reconnect_backoff: 1s }\n"
+        "  - { name: b, type: dde, role: client, dde_topics: [x] }\n"
+        "  - { name: c, type: dde, role: peer }\n"
+        "  - { name: d, type: dde, dde_topics: ['*', x], items: [a/b, '#'] }\n"
+        "  - { name: e, type: dde, topic: 'p/{dde_topic}_x/{item}' }\n"
+        "  - { name: f, type: dde, topic: 'p/{dde_topic}' }\n"
+        "  - { name: g, type: dde, topic: 'p/{dde_topic}/{item}/{item}' }\n"
+        "  - { name: h, type: dde, topic: 'p/{item}' }\n"
+        "  - { name: i, type: dde, topic: 'p/{peer}/{item}' }\n"
+        "  - { name: j, type: dde, framing: line, listen: 'x:1', codepage: 70000 }\n"
+        "  - { name: k, type: dde, execute_topic: 'a/+', service: 'S/1' }\n",
+        "t.yaml:2:27: adapters[0].dde_topic: only for role client (a server serves "
+        "dde_topics)\n"
+        "t.yaml:3:5: adapters[1].dde_topic: required for role client\n"
+        "t.yaml:3:41: adapters[1].dde_topics: only for role server (a client connects to one "
+        "dde_topic)\n"
+        "t.yaml:4:33: adapters[2].role: must be one of server, client (got \"peer\")\n"
+        "t.yaml:5:40: adapters[3].dde_topics[0]: '*' (any topic) cannot be listed with other "
+        "topics\n"
+        "t.yaml:5:57: adapters[3].items[0]: invalid DDE name \"a/b\": contains '/', '+' or '#' "
+        "(DDE names become topic levels)\n"
+        "t.yaml:5:62: adapters[3].items[1]: invalid DDE name \"#\": contains '/', '+' or '#' "
+        "(DDE names become topic levels)\n"
+        "t.yaml:6:34: adapters[4].topic: {dde_topic} must be a whole topic level, as in "
+        "plant/{dde_topic}/{item}\n"
+        "t.yaml:7:34: adapters[5].topic: needs {item}: every DDE item has a topic of its own\n"
+        "t.yaml:8:34: adapters[6].topic: {item} may appear only once\n"
+        "t.yaml:9:34: adapters[7].topic: needs {dde_topic}: this server serves more than one "
+        "DDE topic (set dde_topics to one topic, or put {dde_topic} in the template)\n"
+        "t.yaml:10:34: adapters[8].topic: unknown placeholder \"{peer}\" (known: {adapter}, "
+        "{service}, {dde_topic}, {item})\n"
+        "t.yaml:11:27: adapters[9].framing: not used by type dde (a DDE transaction is one "
+        "message)\n"
+        "t.yaml:11:42: adapters[9].listen: not allowed for type dde\n"
+        "t.yaml:11:67: adapters[9].codepage: must be between 0 and 65535\n"
+        "t.yaml:12:42: adapters[10].execute_topic: invalid topic \"a/+\": contains a wildcard "
+        "('+' or '#')\n"
+        "t.yaml:12:58: adapters[10].service: invalid DDE name \"S/1\": contains '/', '+' or '#' "
+        "(DDE names become topic levels)\n");
+}
+
 static void test_error_many(void **state)
 {
     /* Every error is collected, then the list is cut with a final note. */
@@ -1213,6 +1305,102 @@ static void test_oom(void **state)
     free(path);
 }
 
+/* ---- the session agent's part of a config ---- */
+
+static void test_agent_keys(void **state)
+{
+    sb_config *cfg = parse_ok("broker: { data_dir: d }\n");
+    (void)state;
+    assert_int_equal(cfg->broker.desktop, SB_DESKTOP_AUTO);
+    assert_null(cfg->broker.agent_endpoint);
+    assert_int_equal(cfg->broker.agent_start, 1);
+    assert_int_equal(cfg->broker.agent_restart_backoff_ms, 1000);
+    assert_int_equal(cfg->broker.agent_restart_max_backoff_ms, 60000);
+    assert_int_equal(cfg->broker.agent_types_count, 0);
+    sb_config_free(cfg);
+    cfg = parse_ok("broker:\n  desktop: agent\n  agent: { endpoint: 'sb-{session}', start: no,\n"
+                   "           restart_backoff: 100ms, restart_max_backoff: 2s, types: [exec] }\n");
+    assert_int_equal(cfg->broker.agent_types_count, 1);
+    assert_string_equal(cfg->broker.agent_types[0], "exec");
+    assert_int_equal(cfg->broker.desktop, SB_DESKTOP_AGENT);
+    assert_string_equal(cfg->broker.agent_endpoint, "sb-{session}");
+    assert_int_equal(cfg->broker.agent_start, 0);
+    assert_int_equal(cfg->broker.agent_restart_backoff_ms, 100);
+    assert_int_equal(cfg->broker.agent_restart_max_backoff_ms, 2000);
+    sb_config_free(cfg);
+}
+
+static const char agent_source[] =
+    "# the administrator's file\n"
+    "broker: { data_dir: '/var/lib/sb', log: { level: warn } }\n"
+    "adapters:\n"
+    "  - name: clients\n"
+    "    type: tcp\n"
+    "    listen: 127.0.0.1:7000\n"
+    "    protocol: jsonl\n"
+    "  - name: child   # hosted\n"
+    "    type: exec\n"
+    "    command: [ \"C:\\\\Program Files\\\\x.exe\", '--x=1', \"caf\\u00e9 ok\", \"a: b\" ]\n"
+    "    protocol: jsonl\n"
+    "    topic: 'in/{adapter}'\n"
+    "    restart: always\n"
+    "    max_message: 2KiB\n"
+    "  - { name: slot, type: mailslot, path: 'sb-slot', topic: \"a/b: c 'd'\" }\n"
+    "routes:\n"
+    "  - { name: r, from: 'x/#', to: [child, clients] }\n";
+
+static void test_agent_doc(void **state)
+{
+    const char *const names[] = {"slot", "child", "absent"};
+    sb_config *src = parse_ok(agent_source), *doc;
+    sb_config_errors errs = {0};
+    char *text = NULL;
+    size_t len = 0;
+    int rc;
+    (void)state;
+    assert_int_equal(sb_config_agent_doc(&text, &len, src, "debug", names, 3), 0);
+    assert_int_equal(strlen(text), len);
+    /* nothing else of the file */
+    assert_null(strstr(text, "clients"));
+    assert_null(strstr(text, "routes"));
+    assert_null(strstr(text, "/var/lib/sb"));
+    rc = sb_config_parse(&doc, "agent", text, len, &errs);
+    if (rc != 0) {
+        char *got = printed(&errs);
+        fail_msg("the agent's document does not parse:\n%s\n%s", text, got);
+    }
+    /* in the order of the file, each equal to the original */
+    assert_int_equal(doc->adapter_count, 2);
+    assert_true(sb_adapter_config_equal(&doc->adapters[0], sb_config_adapter(src, "child")));
+    assert_true(sb_adapter_config_equal(&doc->adapters[1], sb_config_adapter(src, "slot")));
+    assert_string_equal(doc->adapters[0].command[0], "C:\\Program Files\\x.exe");
+    assert_string_equal(doc->adapters[0].command[2], "caf\xc3\xa9 ok");
+    assert_string_equal(doc->adapters[1].topic, "a/b: c 'd'");
+    assert_int_equal(doc->broker.log_level, SB_LOG_DEBUG);
+    assert_int_equal(doc->route_count, 0);
+    sb_config_free(doc);
+    sb_free(text);
+
+    /* none hosted: an empty list */
+    assert_int_equal(sb_config_agent_doc(&text, &len, src, "info", names + 2, 1), 0);
+    assert_int_equal(sb_config_parse(&doc, "agent", text, len, &errs), 0);
+    assert_int_equal(doc->adapter_count, 0);
+    sb_config_free(doc);
+    sb_free(text);
+
+    for (long n = 0;; n++) {
+        sb_alloc_fail_after(n);
+        rc = sb_config_agent_doc(&text, &len, src, "info", names, 2);
+        sb_alloc_fail_after(-1);
+        if (rc == 0)
+            break;
+        assert_int_equal(rc, SB_ENOMEM);
+        assert_null(text);
+    }
+    sb_free(text);
+    sb_config_free(src);
+}
+
 /* ---- the shipped examples ---- */
 
 static sb_config *load_example(const char *name)
@@ -1273,7 +1461,7 @@ static void test_example_full(void **state)
     (void)state;
     /* It shows every adapter type and sets non-default values. */
     for (const char *const *t =
-             (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", "mailslot", NULL};
+             (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", "mailslot", "dde", NULL};
          *t != NULL; t++) {
         int found = 0;
         for (size_t i = 0; i < cfg->adapter_count; i++)
@@ -1568,10 +1756,13 @@ int main(void)
         cmocka_unit_test(test_error_routes),
         cmocka_unit_test(test_error_adapter_rules),
         cmocka_unit_test(test_mailslot),
+        cmocka_unit_test(test_dde),
         cmocka_unit_test(test_mqtt_tls_anonymous),
         cmocka_unit_test(test_error_many),
         cmocka_unit_test(test_load_missing),
         cmocka_unit_test(test_print),
+        cmocka_unit_test(test_agent_keys),
+        cmocka_unit_test(test_agent_doc),
         cmocka_unit_test(test_durations),
         cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_copy_equal),
