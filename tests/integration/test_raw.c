@@ -397,6 +397,13 @@ static void test_connect_sink(void **state)
     snprintf(buf, sizeof(buf), "[uplink] cannot connect to 127.0.0.1:%d", lport);
     /* (A refused connect takes a few seconds on Windows.) */
     sbt_broker_wait_log(b, buf, 2, 15000);
+    {
+        /* The link going down is a warning once; the retries are debug. */
+        char *log = sbt_broker_log_since(b);
+        snprintf(buf, sizeof(buf), "warn [uplink] cannot connect to 127.0.0.1:%d", lport);
+        assert_int_equal(sbt_count(log, buf), 1);
+        free(log);
+    }
     assert_int_equal(sbt_queue_int(c, "to-uplink:uplink", "depth"), 2);
     l = sbt_listen(lport);
     assert_non_null(l);
