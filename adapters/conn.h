@@ -88,8 +88,10 @@ struct sb_conn {
      * (0 if none or on an error, which the next write then reports). */
     size_t (*try_write)(sb_conn *c, const char *buf, size_t len);
     uint64_t try_write_ms; /* loop time of the last try_write */
-    void *transport;
-    sb_conn *next, *prev; /* the transport's list */
+    /* The adapter-side owner that keeps the connection on its list (an
+     * sb_stream, adapters/stream_core.h); on_closed takes it off. */
+    void *owner;
+    sb_conn *next, *prev; /* the owner's list */
     /* the listener's guard (NULL: none) and its bookkeeping */
     sb_conn_guard *guard;
     sb_conn *wprev, *wnext;  /* the guard's waiting list */

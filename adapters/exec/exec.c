@@ -9,6 +9,7 @@
  */
 #include "adapters/conn.h"
 #include "adapters/protocol/raw.h"
+#include "adapters/stream_core.h"
 #include "service/alloc.h"
 #include "service/log.h"
 
@@ -16,22 +17,19 @@
 
 typedef struct exec_adapter {
     sb_adapter base;
+    /* The child's stdin/stdout: the one connection of st's list. Its timer
+     * is the restart backoff while no child runs, and the wait for the end
+     * of a dead child's stdout otherwise; its pending count the process and
+     * stderr handles. */
+    sb_stream st;
     uv_process_t *proc;
-    sb_conn *conn;
     uv_pipe_t *err_pipe;
     char errbuf[1024];
     size_t errlen;
-    /* Restart backoff while no child runs; the wait for the end of a dead
-     * child's stdout otherwise. */
-    uv_timer_t *timer;
-    int64_t backoff_ms;
     int64_t started_at;
     int running; /* process alive */
-    int handles; /* own handles not yet closed (timer, process, stderr) */
-    int stopping;
     unsigned long runs;
     int last_failed;
-    sb_adapter_stopped_cb stopped_cb;
 } exec_adapter;
 
 /* How long the stdout of a child that exited may stay open: past this,
@@ -39,7 +37,7 @@ typedef struct exec_adapter {
  * waiting for it rather than never restarting the child. */
 #define EXEC_DRAIN_MS 5000
 
-static void spawn_child(exec_adapter *x);
+static void spawn_child(sb_stream *st);
 
 static int exec_validate(const sb_adapter_config *cfg, sb_error *err)
 {
@@ -64,25 +62,16 @@ static int exec_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error 
     return 0;
 }
 
-static void maybe_stopped(exec_adapter *x)
+static int child_running(sb_stream *st)
 {
-    if (x->stopping && x->handles == 0 && x->conn == NULL && !x->running && x->stopped_cb != NULL) {
-        sb_adapter_stopped_cb cb = x->stopped_cb;
-        x->stopped_cb = NULL;
-        cb(&x->base);
-    }
-}
-
-static void on_restart_timer(uv_timer_t *t)
-{
-    spawn_child(t->data);
+    return ((exec_adapter *)st->adapter)->running;
 }
 
 static void schedule_restart(exec_adapter *x, int failed)
 {
     const sb_adapter_config *cfg = x->base.cfg;
-    int64_t max = cfg->restart_max_backoff_ms > 0 ? cfg->restart_max_backoff_ms : 60000;
-    if (x->stopping || x->running || x->conn != NULL)
+    int64_t delay;
+    if (x->base.stopping || x->running || x->st.conns != NULL)
         return;
     if (cfg->restart == SB_RESTART_NEVER || (cfg->restart == SB_RESTART_ON_FAILURE && !failed)) {
         sb_log(SB_LOG_INFO, x->base.name, "child not restarted (restart: %s)",
@@ -90,78 +79,76 @@ static void schedule_restart(exec_adapter *x, int failed)
         return;
     }
     /* A child that ran for a while starts again from the first backoff. */
-    if (sb_now_ms() - x->started_at > 10 * max)
-        x->backoff_ms = 0;
-    x->backoff_ms = sb_backoff_next(
-        x->backoff_ms, cfg->restart_backoff_ms > 0 ? cfg->restart_backoff_ms : 1000, max);
-    sb_log(SB_LOG_INFO, x->base.name, "restarting the child in %lld ms", (long long)x->backoff_ms);
-    uv_timer_start(x->timer, on_restart_timer, (uint64_t)x->backoff_ms, 0);
+    if (sb_now_ms() - x->started_at > 10 * x->st.backoff_max_ms)
+        sb_stream_link_up(&x->st);
+    if ((delay = sb_stream_retry(&x->st)) >= 0)
+        sb_log(SB_LOG_INFO, x->base.name, "restarting the child in %lld ms", (long long)delay);
 }
 
 static void on_drain_timer(uv_timer_t *t)
 {
-    exec_adapter *x = t->data;
-    if (x->conn == NULL || x->running)
+    exec_adapter *x = (exec_adapter *)((sb_stream *)t->data)->adapter;
+    sb_conn *c = x->st.conns;
+    if (c == NULL || x->running)
         return;
     /* Reading paused by backpressure: the rest of the output waits for room,
      * not for another process. */
-    if (x->conn->paused || x->conn->out_paused) {
-        uv_timer_start(x->timer, on_drain_timer, EXEC_DRAIN_MS, 0);
+    if (c->paused || c->out_paused) {
+        uv_timer_start(x->st.timer, on_drain_timer, EXEC_DRAIN_MS, 0);
         return;
     }
-    sb_conn_close(x->conn, "the child exited but its stdout is still open after 5 s "
+    sb_conn_close(c, "the child exited but its stdout is still open after 5 s "
                            "(held by a process it started?); not reading it any further");
 }
 
 /* The child closed its stdout: once it has also exited, the run is over. */
 static void on_stdout_eof(sb_conn *c)
 {
-    exec_adapter *x = c->transport;
+    exec_adapter *x = (exec_adapter *)c->adapter;
     if (!x->running)
         sb_conn_close(c, NULL);
 }
 
-static void on_conn_closed(sb_conn *c)
+static void on_conn_closed(sb_stream *st, sb_conn *c)
 {
-    exec_adapter *x = c->transport;
-    x->conn = NULL;
-    if (!x->running && x->timer != NULL) {
-        uv_timer_stop(x->timer); /* the wait for the end of its stdout */
+    exec_adapter *x = (exec_adapter *)st->adapter;
+    (void)c;
+    if (!x->running && st->timer != NULL) {
+        uv_timer_stop(st->timer); /* the wait for the end of its stdout */
         schedule_restart(x, x->last_failed);
     }
-    maybe_stopped(x);
 }
 
 static void on_proc_closed(uv_handle_t *h)
 {
     exec_adapter *x = h->data;
     sb_free(h);
-    x->handles--;
-    maybe_stopped(x);
+    sb_stream_release(&x->st);
 }
 
 static void on_exit(uv_process_t *p, int64_t status, int signal)
 {
     exec_adapter *x = p->data;
+    sb_conn *c = x->st.conns;
     x->running = 0;
     x->last_failed = status != 0 || signal != 0;
     if (signal != 0)
-        sb_log(x->stopping ? SB_LOG_INFO : SB_LOG_WARN, x->base.name,
+        sb_log(x->base.stopping ? SB_LOG_INFO : SB_LOG_WARN, x->base.name,
                "child (pid %d) killed by signal %d", p->pid, signal);
     else
-        sb_log(status == 0 || x->stopping ? SB_LOG_INFO : SB_LOG_WARN, x->base.name,
+        sb_log(status == 0 || x->base.stopping ? SB_LOG_INFO : SB_LOG_WARN, x->base.name,
                "child (pid %d) exited with status %lld", p->pid, (long long)status);
     uv_close((uv_handle_t *)p, on_proc_closed);
     x->proc = NULL;
     /* What it wrote before exiting may not have been read yet: the
      * connection closes at the end of its stdout, then the child restarts. */
-    if (x->conn != NULL && (x->conn->read_ended || x->stopping))
-        sb_conn_close(x->conn, NULL);
-    else if (x->conn != NULL && x->timer != NULL)
-        uv_timer_start(x->timer, on_drain_timer, EXEC_DRAIN_MS, 0);
-    else if (x->conn == NULL)
+    if (c != NULL && (c->read_ended || x->base.stopping))
+        sb_conn_close(c, NULL);
+    else if (c != NULL && x->st.timer != NULL)
+        uv_timer_start(x->st.timer, on_drain_timer, EXEC_DRAIN_MS, 0);
+    else if (c == NULL)
         schedule_restart(x, x->last_failed);
-    maybe_stopped(x);
+    sb_stream_maybe_stopped(&x->st);
 }
 
 static void on_err_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -176,8 +163,7 @@ static void on_err_closed(uv_handle_t *h)
 {
     exec_adapter *x = h->data;
     sb_free(h);
-    x->handles--;
-    maybe_stopped(x);
+    sb_stream_release(&x->st);
 }
 
 static void on_err_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
@@ -208,9 +194,11 @@ static void on_err_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     }
 }
 
-static void spawn_child(exec_adapter *x)
+static void spawn_child(sb_stream *st)
 {
+    exec_adapter *x = (exec_adapter *)st->adapter;
     const sb_adapter_config *cfg = x->base.cfg;
+    sb_conn *c;
     uv_process_options_t opt;
     uv_stdio_container_t stdio[3];
     uv_pipe_t *in = sb_malloc(sizeof(*in)), *out = sb_malloc(sizeof(*out)),
@@ -265,26 +253,25 @@ static void spawn_child(exec_adapter *x)
     x->runs++;
     x->started_at = sb_now_ms();
     x->proc = p;
-    x->handles++;
+    x->st.pending++;
     sb_log(SB_LOG_INFO, x->base.name, "started %s (pid %d)", cfg->command[0], p->pid);
     err->data = x;
     x->err_pipe = err;
-    x->handles++;
+    x->st.pending++;
     uv_read_start((uv_stream_t *)err, on_err_alloc, on_err_read);
-    x->conn = sb_calloc(1, sizeof(*x->conn));
-    if (x->conn == NULL) {
+    c = sb_stream_conn_new(st);
+    if (c == NULL) {
         uv_close((uv_handle_t *)in, (uv_close_cb)sb_free);
         uv_close((uv_handle_t *)out, (uv_close_cb)sb_free);
         uv_process_kill(p, 15);
         return;
     }
-    x->conn->transport = x;
-    x->conn->on_closed = on_conn_closed;
-    x->conn->on_input_eof = on_stdout_eof;
+    c->on_input_eof = on_stdout_eof;
+    sb_stream_add(st, c);
     snprintf(peer, sizeof(peer), "pid %d", p->pid);
-    if (sb_conn_start_uv(x->conn, &x->base, sb_protocol_find(cfg->protocol), (uv_stream_t *)out,
+    if (sb_conn_start_uv(c, &x->base, sb_protocol_find(cfg->protocol), (uv_stream_t *)out,
                          (uv_stream_t *)in, peer) != 0) {
-        sb_conn_close(x->conn, "cannot start the protocol session");
+        sb_conn_close(c, "cannot start the protocol session");
         uv_process_kill(p, 15);
         return;
     }
@@ -294,38 +281,30 @@ static void spawn_child(exec_adapter *x)
 static int exec_start(sb_adapter *a, sb_error *err)
 {
     exec_adapter *x = (exec_adapter *)a;
-    x->timer = sb_malloc(sizeof(*x->timer));
-    if (x->timer == NULL)
-        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-    uv_timer_init(a->loop, x->timer);
-    x->timer->data = x;
-    x->handles++;
-    spawn_child(x);
+    const sb_adapter_config *cfg = a->cfg;
+    int rc;
+    sb_stream_init(&x->st, a, 0, cfg->command[0]);
+    x->st.backoff_first_ms = cfg->restart_backoff_ms > 0 ? cfg->restart_backoff_ms : 1000;
+    x->st.backoff_max_ms = cfg->restart_max_backoff_ms > 0 ? cfg->restart_max_backoff_ms : 60000;
+    x->st.connect = spawn_child;
+    x->st.closed = on_conn_closed;
+    x->st.busy = child_running;
+    if ((rc = sb_stream_open_timer(&x->st, err)) != 0)
+        return rc;
+    spawn_child(&x->st);
     return 0;
-}
-
-static void on_timer_closed(uv_handle_t *h)
-{
-    exec_adapter *x = h->data;
-    sb_free(h);
-    x->handles--;
-    maybe_stopped(x);
 }
 
 static void exec_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
 {
     exec_adapter *x = (exec_adapter *)a;
-    x->stopping = 1;
-    x->stopped_cb = cb;
-    if (x->timer != NULL) {
-        uv_close((uv_handle_t *)x->timer, on_timer_closed);
-        x->timer = NULL;
-    }
-    if (x->conn != NULL)
-        sb_conn_close(x->conn, NULL); /* closing stdin asks a filter to finish */
+    if (x->st.adapter == NULL) /* never started */
+        sb_stream_init(&x->st, a, 0, NULL);
+    /* (closing stdin asks a filter to finish) */
+    sb_stream_stop(&x->st, cb);
     if (x->proc != NULL && x->running)
         uv_process_kill(x->proc, 15);
-    maybe_stopped(x);
+    sb_stream_maybe_stopped(&x->st);
 }
 
 static void exec_destroy(sb_adapter *a)
@@ -336,18 +315,10 @@ static void exec_destroy(sb_adapter *a)
 static int exec_deliver(sb_adapter *a, sb_delivery *d)
 {
     exec_adapter *x = (exec_adapter *)a;
-    int rc;
     /* Not to a child that exited or stopped reading (the next run gets it). */
-    if (x->conn == NULL || x->conn->closing || x->conn->out_paused || x->conn->output_failed ||
-        !x->running || x->stopping)
+    if (!x->running)
         return SB_EBUSY;
-    rc = sb_raw_deliver(x->conn, d);
-    if (rc == SB_EINVAL) {
-        sb_delivery_done(d, SB_EINVAL,
-                         "payload contains a newline; it cannot be sent with line framing");
-        return 0;
-    }
-    return rc == 0 ? 0 : SB_EBUSY;
+    return sb_stream_deliver(&x->st, d);
 }
 
 const sb_adapter_type sb_adapter_exec = {

@@ -12,6 +12,7 @@
 #include "adapters/protocol/raw.h"
 #include "adapters/socket/socket.h"
 #include "adapters/socket/tls.h"
+#include "adapters/stream_core.h"
 #include "service/alloc.h"
 #include "service/log.h"
 #include "service/platform.h"
@@ -21,25 +22,14 @@
 
 typedef struct stream_adapter {
     sb_adapter base;
+    sb_stream st; /* connections, delivery, reconnect, stop accounting */
     int is_tcp;
     int is_server;
     const sb_protocol *proto;
     sb_tls_ctx *tls; /* NULL: plaintext */
     uv_stream_t *listener;
     sb_socket_listener *acceptor; /* accepts on listener */
-    sb_conn_guard guard;          /* servers: idle and frame timeouts, eviction */
-    int guard_open;
-    sb_conn *conns;
-    sb_conn *rr;
-    int conn_count;
     unsigned long serial;
-    /* client mode */
-    uv_timer_t *reconnect;
-    int64_t backoff_ms;
-    int connecting;
-    int stopping;
-    int handles_open;
-    sb_adapter_stopped_cb stopped_cb;
 } stream_adapter;
 
 static int stream_validate(const sb_adapter_config *cfg, sb_error *err)
@@ -82,57 +72,24 @@ static void on_handle_free(uv_handle_t *h)
     sb_free(h);
 }
 
-static void maybe_stopped(stream_adapter *s);
-static void schedule_reconnect(void *adapter);
-
-static void on_conn_closed(sb_conn *c)
-{
-    stream_adapter *s = c->transport;
-    /* (doubly linked: thousands of clients leaving at once each walked
-     * the list) */
-    if (c->prev != NULL)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next != NULL)
-        c->next->prev = c->prev;
-    c->next = c->prev = NULL;
-    if (s->rr == c)
-        s->rr = NULL;
-    s->conn_count--;
-    sb_log(SB_LOG_INFO, s->base.name, "peer %s disconnected", c->peer);
-    if (!s->is_server && !s->stopping)
-        schedule_reconnect(s);
-    maybe_stopped(s);
-}
-
 /* A TLS connection finished its handshake: it may take deliveries, and a
  * client's backoff starts over. */
 static void on_tls_ready(sb_conn *c)
 {
-    stream_adapter *s = c->transport;
+    stream_adapter *s = (stream_adapter *)c->adapter;
     if (!s->is_server)
-        s->backoff_ms = 0;
+        sb_stream_link_up(&s->st);
     sb_adapter_sink_ready(&s->base);
-}
-
-static void link_conn(stream_adapter *s, sb_conn *c)
-{
-    c->prev = NULL;
-    c->next = s->conns;
-    if (s->conns != NULL)
-        s->conns->prev = c;
-    s->conns = c;
 }
 
 static int add_conn(stream_adapter *s, uv_stream_t *h, const char *peer)
 {
-    sb_conn *c = sb_calloc(1, sizeof(*c));
+    sb_conn *c = sb_stream_conn_new(&s->st);
     int rc;
-    if (c == NULL)
+    if (c == NULL) {
+        uv_close((uv_handle_t *)h, on_handle_free);
         return SB_ENOMEM;
-    c->transport = s;
-    c->on_closed = on_conn_closed;
+    }
     if (s->tls != NULL) {
         /* On failure nothing was taken: h and c are still ours. */
         if ((rc = sb_conn_start_tls(c, &s->base, s->proto, s->tls, (uv_tcp_t *)h, peer,
@@ -141,23 +98,17 @@ static int add_conn(stream_adapter *s, uv_stream_t *h, const char *peer)
             uv_close((uv_handle_t *)h, on_handle_free);
             return rc;
         }
-        link_conn(s, c);
-        s->conn_count++;
-        if (s->guard_open)
-            sb_conn_guard_add(&s->guard, c);
-        sb_log(SB_LOG_INFO, s->base.name, "peer %s connected (TLS handshake)", peer);
+        sb_stream_add(&s->st, c);
+        sb_stream_log_connected(&s->st, c, " (TLS handshake)");
         return 0;
     }
-    link_conn(s, c);
-    s->conn_count++;
-    if (s->guard_open)
-        sb_conn_guard_add(&s->guard, c);
+    sb_stream_add(&s->st, c);
     rc = sb_conn_start_uv(c, &s->base, s->proto, h, h, peer);
     if (rc != 0) {
         sb_conn_close(c, "cannot start the protocol session");
         return rc;
     }
-    sb_log(SB_LOG_INFO, s->base.name, "peer %s connected", peer);
+    sb_stream_log_connected(&s->st, c, "");
     sb_adapter_sink_ready(&s->base);
     return 0;
 }
@@ -200,7 +151,7 @@ static void on_accepted(void *ctx, uv_stream_t *h)
     /* A full listener makes room by closing the connection that has waited
      * longest without identifying itself (those closing still count until
      * their handles are closed, an iteration later). */
-    if (s->conn_count >= max && !sb_conn_guard_evict(&s->guard, peer)) {
+    if (s->st.conn_count >= max && !sb_conn_guard_evict(&s->st.guard, peer)) {
         sb_log(SB_LOG_WARN, s->base.name, "peer %s refused: max_connections (%d) reached", peer,
                max);
         uv_close((uv_handle_t *)h, on_handle_free);
@@ -214,70 +165,47 @@ static void on_accepted(void *ctx, uv_stream_t *h)
 
 /* ---- client mode ---- */
 
-static void start_connect(stream_adapter *s);
-
-static void on_reconnect_timer(uv_timer_t *t)
-{
-    start_connect(t->data);
-}
-
-static void schedule_reconnect(void *adapter)
-{
-    stream_adapter *s = adapter;
-    const sb_adapter_config *cfg = s->base.cfg;
-    int64_t max = cfg->reconnect_max_backoff_ms > 0 ? cfg->reconnect_max_backoff_ms : 30000;
-    s->backoff_ms = sb_backoff_next(
-        s->backoff_ms, cfg->reconnect_backoff_ms > 0 ? cfg->reconnect_backoff_ms : 500, max);
-    uv_timer_start(s->reconnect, on_reconnect_timer, (uint64_t)s->backoff_ms, 0);
-}
-
 static void on_connect(uv_connect_t *req, int status)
 {
     stream_adapter *s = req->data;
     uv_stream_t *h = req->handle;
     char peer[128];
     sb_free(req);
-    s->connecting = 0;
-    s->handles_open--;
-    if (s->stopping || status != 0) {
-        if (status != 0 && !s->stopping)
-            sb_log(SB_LOG_WARN, s->base.name, "cannot connect to %s: %s (retrying)",
-                   s->base.cfg->connect, uv_strerror(status));
+    s->st.connecting = 0;
+    s->st.pending--;
+    if (s->base.stopping || status != 0) {
         uv_close((uv_handle_t *)h, on_handle_free);
-        if (!s->stopping)
-            schedule_reconnect(s);
-        maybe_stopped(s);
+        if (status != 0)
+            sb_stream_connect_failed(&s->st, uv_strerror(status));
+        sb_stream_maybe_stopped(&s->st);
         return;
     }
     if (s->tls == NULL)
-        s->backoff_ms = 0; /* with TLS, once the handshake is done */
+        sb_stream_link_up(&s->st); /* with TLS, once the handshake is done */
     snprintf(peer, sizeof(peer), "%s", s->base.cfg->connect);
     if (s->is_tcp)
         uv_tcp_nodelay((uv_tcp_t *)h, 1);
-    if (add_conn(s, h, peer) != 0 && s->tls != NULL && !s->stopping) {
+    if (add_conn(s, h, peer) != 0 && s->st.conns == NULL) {
         sb_log(SB_LOG_ERROR, s->base.name, "peer %s: cannot start session", peer);
-        schedule_reconnect(s);
+        sb_stream_retry(&s->st);
     }
 }
 
-static void start_connect(stream_adapter *s)
+static void start_connect(sb_stream *st)
 {
-    uv_connect_t *req;
-    uv_stream_t *h;
-    if (s->stopping || s->connecting || s->conns != NULL)
-        return;
-    req = sb_malloc(sizeof(*req));
-    h = new_stream(s);
+    stream_adapter *s = (stream_adapter *)st->adapter;
+    uv_connect_t *req = sb_malloc(sizeof(*req));
+    uv_stream_t *h = new_stream(s);
     if (req == NULL || h == NULL) {
         sb_free(req);
         if (h != NULL)
             uv_close((uv_handle_t *)h, on_handle_free);
-        schedule_reconnect(s);
+        sb_stream_retry(st);
         return;
     }
     req->data = s;
-    s->connecting = 1;
-    s->handles_open++;
+    st->connecting = 1;
+    st->pending++;
     if (s->is_tcp) {
         struct sockaddr_storage ss;
         int rc;
@@ -313,27 +241,22 @@ static int stream_start(sb_adapter *a, sb_error *err)
 
     if (s->is_tcp && sb_adapter_config_tls(cfg) && (rc = sb_tls_ctx_new(&s->tls, cfg, err)) != 0)
         return rc;
-    s->reconnect = sb_malloc(sizeof(*s->reconnect));
-    if (s->reconnect == NULL)
-        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-    uv_timer_init(a->loop, s->reconnect);
-    s->reconnect->data = s;
-    s->handles_open++;
+    sb_stream_init(&s->st, a, s->is_server, cfg->connect);
+    s->st.connect = start_connect;
     if (!s->is_server) {
+        if ((rc = sb_stream_open_timer(&s->st, err)) != 0)
+            return rc;
         sb_log(SB_LOG_INFO, a->name, "connecting to %s (%s%s)", cfg->connect, s->proto->name,
                s->tls != NULL ? " over TLS" : "");
-        start_connect(s);
+        sb_stream_connect(&s->st);
         return 0;
     }
-    sb_conn_guard_init(&s->guard, a);
-    s->guard.data = s;
-    s->guard_open = 1;
-    s->handles_open++;
+    sb_stream_open_guard(&s->st);
     s->listener = new_stream(s);
     if (s->listener == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
     s->listener->data = s;
-    s->handles_open++;
+    s->st.pending++;
     if (s->is_tcp) {
         struct sockaddr_storage ss;
         if ((rc = sb_socket_parse_addr(cfg->listen, &ss, err)) != 0 ||
@@ -346,7 +269,7 @@ static int stream_start(sb_adapter *a, sb_error *err)
     if ((rc = sb_socket_listen(&s->acceptor, s->listener, s->is_tcp, on_accepted, s, a->name,
                                s->is_tcp ? cfg->listen : cfg->path, err)) != 0)
         return prefix_error(err, a->name, rc);
-    s->handles_open++;
+    s->st.pending++;
     if (s->is_tcp) {
         struct sockaddr_storage ss;
         int len = sizeof(ss);
@@ -361,63 +284,36 @@ static int stream_start(sb_adapter *a, sb_error *err)
     return 0;
 }
 
-static void maybe_stopped(stream_adapter *s)
-{
-    if (s->stopping && s->handles_open == 0 && s->conns == NULL && s->stopped_cb != NULL) {
-        sb_adapter_stopped_cb cb = s->stopped_cb;
-        s->stopped_cb = NULL;
-        cb(&s->base);
-    }
-}
-
-static void on_own_handle_closed(uv_handle_t *h)
+static void on_listener_closed(uv_handle_t *h)
 {
     stream_adapter *s = h->data;
     sb_free(h);
-    s->handles_open--;
-    maybe_stopped(s);
+    sb_stream_release(&s->st);
 }
 
 static void on_acceptor_closed(void *ctx)
 {
     stream_adapter *s = ctx;
-    s->handles_open--;
-    maybe_stopped(s);
-}
-
-static void on_guard_closed(uv_handle_t *h)
-{
-    stream_adapter *s = ((sb_conn_guard *)h->data)->data;
-    s->handles_open--;
-    maybe_stopped(s);
+    sb_stream_release(&s->st);
 }
 
 static void stream_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
 {
     stream_adapter *s = (stream_adapter *)a;
-    s->stopping = 1;
-    s->stopped_cb = cb;
+    if (s->st.adapter == NULL) /* never started */
+        sb_stream_init(&s->st, a, s->is_server, a->cfg->connect);
     if (s->acceptor != NULL) {
         sb_socket_listener_close(s->acceptor, on_acceptor_closed);
         s->acceptor = NULL;
     }
     if (s->listener != NULL) {
-        uv_close((uv_handle_t *)s->listener, on_own_handle_closed);
+        uv_close((uv_handle_t *)s->listener, on_listener_closed);
         s->listener = NULL;
         if (!s->is_tcp && a->cfg->path != NULL)
             sb_socket_unlink_local(a->cfg->path);
     }
-    if (s->reconnect != NULL) {
-        uv_close((uv_handle_t *)s->reconnect, on_own_handle_closed);
-        s->reconnect = NULL;
-    }
-    for (sb_conn *c = s->conns; c != NULL; c = c->next)
-        sb_conn_close(c, NULL);
-    if (s->guard_open) {
-        s->guard_open = 0;
-        sb_conn_guard_close(&s->guard, on_guard_closed);
-    }
-    maybe_stopped(s);
+    sb_stream_stop(&s->st, cb);
+    sb_stream_maybe_stopped(&s->st);
 }
 
 /* A reload kept the adapter: its certificate and key may have been renewed
@@ -428,7 +324,7 @@ static void stream_refresh(sb_adapter *a)
     char what[200];
     sb_error err;
     int changed;
-    if (s->tls == NULL || s->stopping)
+    if (s->tls == NULL || a->stopping)
         return;
     if (sb_tls_ctx_reload(s->tls, a->cfg, &changed, &err) != 0) {
         sb_log(SB_LOG_ERROR, a->name, "reload: %s; keeping the TLS certificate in use", err.msg);
@@ -449,26 +345,7 @@ static void stream_destroy(sb_adapter *a)
 
 static int stream_deliver(sb_adapter *a, sb_delivery *d)
 {
-    stream_adapter *s = (stream_adapter *)a;
-    sb_conn *c = s->rr != NULL && s->rr->next != NULL ? s->rr->next : s->conns;
-    int rc;
-    if (c == NULL || s->stopping)
-        return SB_EBUSY;
-    /* Skip peers whose output is backed up, and TLS peers whose handshake
-     * is not done (their protocol has not started: proto is NULL). */
-    for (sb_conn *start = c; c->out_paused || c->closing || c->proto == NULL;) {
-        c = c->next != NULL ? c->next : s->conns;
-        if (c == start)
-            return SB_EBUSY;
-    }
-    s->rr = c;
-    rc = sb_raw_deliver(c, d);
-    if (rc == SB_EINVAL) {
-        sb_delivery_done(d, SB_EINVAL,
-                         "payload contains a newline; it cannot be sent with line framing");
-        return 0;
-    }
-    return rc == 0 ? 0 : SB_EBUSY;
+    return sb_stream_deliver(&((stream_adapter *)a)->st, d);
 }
 
 /* tcp, unix and (on POSIX) pipe differ only in name: the config decides. */

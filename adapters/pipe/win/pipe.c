@@ -51,8 +51,6 @@
 #define RAW_PIPE_BUFFER 4096
 #define STREAM_PIPE_BUFFER 65536
 
-enum { LINK_UNKNOWN = 0, LINK_UP, LINK_DOWN, LINK_LOST };
-
 /* ---- the transport under sb_conn ---- */
 
 /* Asks the thread for input: the first time, and after each batch taken. */
@@ -190,31 +188,6 @@ void sb_pipe__on_closed(void *arg)
 
 /* ---- connections ---- */
 
-static void maybe_stopped(pipe_adapter *pa);
-static void schedule_reconnect(pipe_adapter *pa);
-
-static void on_conn_closed(sb_conn *c)
-{
-    pipe_adapter *pa = c->transport;
-    for (sb_conn **p = &pa->conns; *p != NULL; p = &(*p)->next)
-        if (*p == c) {
-            *p = c->next;
-            break;
-        }
-    if (pa->rr == c)
-        pa->rr = NULL;
-    pa->conn_count--;
-    if (pa->is_server) {
-        sb_log(SB_LOG_INFO, pa->base.name, "peer %s disconnected", c->peer);
-    } else if (!pa->stopping) {
-        sb_log(SB_LOG_WARN, pa->base.name, "disconnected from %s; reconnecting", pa->display);
-        pa->link_state = LINK_LOST;
-        pa->last_fail[0] = '\0';
-        schedule_reconnect(pa);
-    }
-    maybe_stopped(pa);
-}
-
 void sb_pipe__on_connected(void *arg)
 {
     pipe_inst *inst = arg;
@@ -223,19 +196,17 @@ void sb_pipe__on_connected(void *arg)
     int rc;
 
     if (!pa->is_server)
-        pa->connecting = 0;
-    if (pa->stopping) {
+        pa->st.connecting = 0;
+    if (pa->base.stopping) {
         sb_pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
         return;
     }
-    c = sb_calloc(1, sizeof(*c));
+    c = sb_stream_conn_new(&pa->st);
     if (c == NULL) {
         sb_log(SB_LOG_ERROR, pa->base.name, "peer %s: out of memory", inst->peer);
         sb_pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
         return;
     }
-    c->transport = pa;
-    c->on_closed = on_conn_closed;
     inst->conn = c;
     rc = sb_conn_start(c, &pa->base, pa->proto, &pipe_transport, inst, inst->peer);
     if (rc != 0) {
@@ -246,70 +217,29 @@ void sb_pipe__on_connected(void *arg)
         sb_free(c);
         sb_pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
         if (!pa->is_server)
-            schedule_reconnect(pa);
+            sb_stream_retry(&pa->st);
         return;
     }
-    c->next = pa->conns;
-    pa->conns = c;
-    pa->conn_count++;
-    if (pa->guard_state == 1)
-        sb_conn_guard_add(&pa->guard, c);
-    if (pa->is_server) {
-        sb_log(SB_LOG_INFO, pa->base.name, "peer %s connected", c->peer);
-    } else {
-        pa->backoff_ms = 0;
-        pa->link_state = LINK_UP;
-        pa->last_fail[0] = '\0';
-        sb_log(SB_LOG_INFO, pa->base.name, "connected to %s (%s)", pa->display, pa->proto->name);
-    }
+    sb_stream_add(&pa->st, c);
+    if (!pa->is_server)
+        sb_stream_link_up(&pa->st);
+    sb_stream_log_connected(&pa->st, c, "");
     sb_adapter_sink_ready(&pa->base);
 }
 
 /* ---- client: reconnecting ---- */
 
-static void start_connect(pipe_adapter *pa)
+static void start_connect(sb_stream *st)
 {
-    if (pa->stopping || pa->connecting || pa->conns != NULL)
-        return;
-    pa->connecting = 1;
+    pipe_adapter *pa = (pipe_adapter *)st->adapter;
+    st->connecting = 1;
     sb_pipe__cmd(pa, PIPE_KEY_CONNECT, NULL);
-}
-
-static void on_reconnect_timer(uv_timer_t *t)
-{
-    start_connect(t->data);
-}
-
-static void schedule_reconnect(pipe_adapter *pa)
-{
-    const sb_adapter_config *cfg = pa->base.cfg;
-    int64_t max = cfg->reconnect_max_backoff_ms > 0 ? cfg->reconnect_max_backoff_ms : 30000;
-    if (pa->stopping || pa->reconnect == NULL)
-        return;
-    pa->backoff_ms = sb_backoff_next(
-        pa->backoff_ms, cfg->reconnect_backoff_ms > 0 ? cfg->reconnect_backoff_ms : 500, max);
-    uv_timer_start(pa->reconnect, on_reconnect_timer, (uint64_t)pa->backoff_ms, 0);
 }
 
 void sb_pipe__on_connect_failed(void *arg)
 {
     pipe_adapter *pa = arg;
-    pa->connecting = 0;
-    if (pa->stopping) {
-        maybe_stopped(pa);
-        return;
-    }
-    /* Each change of state is logged once, not every attempt. */
-    if (pa->link_state != LINK_DOWN || strcmp(pa->last_fail, pa->connect_why) != 0) {
-        sb_log(SB_LOG_WARN, pa->base.name, "cannot connect to %s: %s; retrying with backoff",
-               pa->display, pa->connect_why);
-        pa->link_state = LINK_DOWN;
-        snprintf(pa->last_fail, sizeof(pa->last_fail), "%s", pa->connect_why);
-    } else {
-        sb_log(SB_LOG_DEBUG, pa->base.name, "cannot connect to %s: %s", pa->display,
-               pa->connect_why);
-    }
-    schedule_reconnect(pa);
+    sb_stream_connect_failed(&pa->st, pa->connect_why);
 }
 
 /* ---- lifecycle ---- */
@@ -397,6 +327,9 @@ static int win_error(sb_error *err, const pipe_adapter *pa, const char *call)
                         pa->base.name, call, pa->display, text);
 }
 
+static int io_running(sb_stream *st);
+static void release_io(sb_stream *st);
+
 static int pipe_start(sb_adapter *a, sb_error *err)
 {
     pipe_adapter *pa = (pipe_adapter *)a;
@@ -411,11 +344,13 @@ static int pipe_start(sb_adapter *a, sb_error *err)
     if ((rc = sb_inbox_new(&pa->inbox, a->loop)) != 0)
         return sb_error_set(err, rc, 0, "adapter %s: out of memory", a->name);
 
+    sb_stream_init(&pa->st, a, pa->is_server, pa->display);
+    pa->st.connect = start_connect;
+    pa->st.busy = io_running;
+    pa->st.finish = release_io;
     if (pa->is_server) {
         HANDLE h;
-        sb_conn_guard_init(&pa->guard, a);
-        pa->guard.data = pa;
-        pa->guard_state = 1;
+        sb_stream_open_guard(&pa->st);
         if ((rc = sb_pipe__security(&pa->sd, a->name, a->cfg->security, err)) != 0)
             return rc;
         pa->sa.nLength = sizeof(pa->sa);
@@ -443,13 +378,8 @@ static int pipe_start(sb_adapter *a, sb_error *err)
             return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->name);
         }
         pa->open_handles = 1;
-    } else {
-        pa->reconnect = sb_malloc(sizeof(*pa->reconnect));
-        if (pa->reconnect == NULL)
-            return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->name);
-        uv_timer_init(a->loop, pa->reconnect);
-        pa->reconnect->data = pa;
-        pa->timer_open = 1;
+    } else if ((rc = sb_stream_open_timer(&pa->st, err)) != 0) {
+        return rc;
     }
     if (uv_thread_create(&pa->thread, sb_pipe__thread, pa) != 0)
         return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: cannot start its thread", a->name);
@@ -459,17 +389,22 @@ static int pipe_start(sb_adapter *a, sb_error *err)
                pa->message ? "message" : "byte");
     } else {
         sb_log(SB_LOG_INFO, a->name, "connecting to %s (%s)", pa->display, pa->proto->name);
-        start_connect(pa);
+        sb_stream_connect(&pa->st);
     }
     return 0;
 }
 
-static void maybe_stopped(pipe_adapter *pa)
+/* The thread has not reported its exit yet. */
+static int io_running(sb_stream *st)
 {
-    sb_adapter_stopped_cb cb;
-    if (!pa->stopping || pa->stopped_cb == NULL || pa->conns != NULL || pa->timer_open ||
-        pa->guard_state != 0 || (pa->thread_running && !pa->stopped_io))
-        return;
+    pipe_adapter *pa = (pipe_adapter *)st->adapter;
+    return pa->thread_running && !pa->stopped_io;
+}
+
+/* Everything closed: joins the thread and closes what it shared. */
+static void release_io(sb_stream *st)
+{
+    pipe_adapter *pa = (pipe_adapter *)st->adapter;
     if (pa->thread_running) {
         uv_thread_join(&pa->thread);
         pa->thread_running = 0;
@@ -491,48 +426,24 @@ static void maybe_stopped(pipe_adapter *pa)
         sb_inbox_close(pa->inbox);
         pa->inbox = NULL;
     }
-    cb = pa->stopped_cb;
-    pa->stopped_cb = NULL;
-    cb(&pa->base);
 }
 
 void sb_pipe__on_stopped(void *arg)
 {
     pipe_adapter *pa = arg;
     pa->stopped_io = 1;
-    maybe_stopped(pa);
-}
-
-static void on_timer_closed(uv_handle_t *h)
-{
-    pipe_adapter *pa = h->data;
-    sb_free(h);
-    pa->timer_open = 0;
-    maybe_stopped(pa);
-}
-
-static void on_guard_closed(uv_handle_t *h)
-{
-    pipe_adapter *pa = ((sb_conn_guard *)h->data)->data;
-    pa->guard_state = 0;
-    maybe_stopped(pa);
+    sb_stream_maybe_stopped(&pa->st);
 }
 
 static void pipe_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
 {
     pipe_adapter *pa = (pipe_adapter *)a;
-    pa->stopping = 1;
-    pa->stopped_cb = cb;
-    if (pa->reconnect != NULL) {
-        uv_close((uv_handle_t *)pa->reconnect, on_timer_closed);
-        pa->reconnect = NULL;
+    if (pa->st.adapter == NULL) { /* never started */
+        sb_stream_init(&pa->st, a, pa->is_server, pa->display);
+        pa->st.busy = io_running;
+        pa->st.finish = release_io;
     }
-    for (sb_conn *c = pa->conns; c != NULL; c = c->next)
-        sb_conn_close(c, NULL);
-    if (pa->guard_state == 1) {
-        pa->guard_state = 2;
-        sb_conn_guard_close(&pa->guard, on_guard_closed);
-    }
+    sb_stream_stop(&pa->st, cb);
     if (pa->thread_running) {
         sb_pipe__cmd(pa, PIPE_KEY_STOP, NULL);
         if (WaitForSingleObject(pa->handles_closed, STOP_WAIT_MS) != WAIT_OBJECT_0)
@@ -543,7 +454,7 @@ static void pipe_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
         CloseHandle(pa->mutex);
         pa->mutex = NULL;
     }
-    maybe_stopped(pa);
+    sb_stream_maybe_stopped(&pa->st);
 }
 
 static void pipe_destroy(sb_adapter *a)
@@ -558,29 +469,7 @@ static void pipe_destroy(sb_adapter *a)
 
 static int pipe_deliver(sb_adapter *a, sb_delivery *d)
 {
-    pipe_adapter *pa = (pipe_adapter *)a;
-    sb_conn *c = pa->rr != NULL && pa->rr->next != NULL ? pa->rr->next : pa->conns;
-    int rc;
-    if (c == NULL || pa->stopping)
-        return SB_EBUSY;
-    /* Skip connections whose output is backed up. */
-    for (sb_conn *start = c; c->out_paused || c->closing;) {
-        c = c->next != NULL ? c->next : pa->conns;
-        if (c == start)
-            return SB_EBUSY;
-    }
-    pa->rr = c;
-    rc = sb_raw_deliver(c, d);
-    if (rc == SB_EINVAL) {
-        sb_delivery_done(d, SB_EINVAL,
-                         "payload contains a newline; it cannot be sent with line framing");
-        return 0;
-    }
-    if (rc == SB_ETOOBIG) {
-        sb_delivery_done(d, SB_ETOOBIG, "payload too large for a frame");
-        return 0;
-    }
-    return rc == 0 ? 0 : SB_EBUSY;
+    return sb_stream_deliver(&((pipe_adapter *)a)->st, d);
 }
 
 /* An MQTT pipe is only a source: its clients subscribe for themselves. */

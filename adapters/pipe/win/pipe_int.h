@@ -39,6 +39,7 @@
 #define SB_PIPE_INT_H
 
 #include "adapters/conn.h"
+#include "adapters/stream_core.h"
 #include "service/inbox.h"
 
 #include <windows.h>
@@ -144,21 +145,8 @@ struct pipe_adapter {
     char connect_why[300];   /* client: why the last connect failed */
     unsigned long io_serial; /* numbers the peers */
     /* ---- the loop's ---- */
-    sb_conn *conns;
-    sb_conn *rr;
-    int conn_count;
-    unsigned long serial;
-    uv_timer_t *reconnect;
-    int64_t backoff_ms;
-    int connecting;
-    int link_state; /* client: 0 unknown, 1 up, 2 down (each change logged once) */
-    char last_fail[300];
-    int stopping;
+    sb_stream st;   /* connections, delivery, reconnect, stop accounting */
     int stopped_io; /* the thread reported its exit */
-    int timer_open;
-    sb_conn_guard guard; /* server: idle and frame timeouts (conn.h) */
-    int guard_state;     /* 0: none, 1: open, 2: closing */
-    sb_adapter_stopped_cb stopped_cb;
 };
 
 /* ---- pipe_sec.c ---- */
