@@ -227,6 +227,45 @@ static void drain_stray_ack(sb_dde_adapter *a, HCONV conv)
     }
 }
 
+/* Asks for the current value of a linked item and publishes it, unless
+ * the link already brought something newer. */
+static void request_current(sb_dde_adapter *a, cli_item *it)
+{
+    sb_dde_client *c = a->cli;
+    HDDEDATA h = DdeClientTransaction(NULL, 0, c->link, it->hsz, CF_TEXT, XTYP_REQUEST,
+                                      SB_DDE_TIMEOUT_MS, NULL);
+    if (h != 0) {
+        drain_stray_ack(a, c->link);
+        if (!it->seen)
+            publish_data(a, it, h, CF_TEXT);
+        DdeFreeDataHandle(h);
+    }
+}
+
+/* Items the server refused to hot-link are asked again on every watch tick
+ * while the conversation is up: a legacy server may refuse an item it does
+ * not serve yet (and Wine's DDEML has been seen to refuse one under load). */
+static void retry_refused_links(sb_dde_adapter *a)
+{
+    sb_dde_client *c = a->cli;
+    for (size_t i = 0; i < c->count && !c->lost; i++) {
+        cli_item *it = &c->items[i];
+        if (it->linked)
+            continue;
+        it->seen = 0;
+        it->linked = DdeClientTransaction(NULL, 0, c->link, it->hsz, CF_TEXT, XTYP_ADVSTART,
+                                          SB_DDE_TIMEOUT_MS, NULL) != 0;
+        if (!it->linked) {
+            sb_log(SB_LOG_DEBUG, a->base.name, "%s still refuses a hot link on item %s",
+                   c->name, it->name);
+            continue;
+        }
+        sb_log(SB_LOG_INFO, a->base.name, "%s: item %s hot-linked (refused before)", c->name,
+               it->name);
+        request_current(a, it);
+    }
+}
+
 static void connect_now(sb_dde_adapter *a)
 {
     sb_dde_client *c = a->cli;
@@ -260,20 +299,9 @@ static void connect_now(sb_dde_adapter *a)
     }
     /* The current values first: what a request returns, unless the link
      * already brought something newer. */
-    for (size_t i = 0; i < c->count && !c->lost; i++) {
-        cli_item *it = &c->items[i];
-        HDDEDATA h;
-        if (!it->linked)
-            continue;
-        h = DdeClientTransaction(NULL, 0, c->link, it->hsz, CF_TEXT, XTYP_REQUEST,
-                                 SB_DDE_TIMEOUT_MS, NULL);
-        if (h != 0) {
-            drain_stray_ack(a, c->link);
-            if (!it->seen)
-                publish_data(a, it, h, CF_TEXT);
-            DdeFreeDataHandle(h);
-        }
-    }
+    for (size_t i = 0; i < c->count && !c->lost; i++)
+        if (c->items[i].linked)
+            request_current(a, &c->items[i]);
     c->connecting = 0;
     if (c->lost || !alive(c->link) || !alive(c->poke)) {
         go_down(a, "the server went away while linking");
@@ -309,6 +337,8 @@ void sb_dde__client_timer(sb_dde_adapter *a, UINT_PTR id)
     } else if (id == TIMER_WATCH && c->up && !c->connecting) {
         if (c->lost || !alive(c->link) || !alive(c->poke))
             go_down(a, "the server ended the conversation or went away");
+        else
+            retry_refused_links(a);
     }
 }
 
