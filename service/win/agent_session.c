@@ -18,6 +18,7 @@
  */
 #include "service/agent_proc.h"
 #include "service/alloc.h"
+#include "service/platform/win/security.h"
 #include "service/platform/win/utf.h"
 
 #include <stdio.h>
@@ -189,30 +190,6 @@ static wchar_t *logon_sid(HANDLE token, DWORD *code)
     return s;
 }
 
-/* The string form (LocalFree) of this process's account SID. */
-static wchar_t *own_sid(DWORD *code)
-{
-    HANDLE token;
-    union {
-        TOKEN_USER user;
-        char buf[512];
-    } info;
-    DWORD n;
-    wchar_t *s = NULL;
-    *code = 0;
-    if (!OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &token)) {
-        *code = GetLastError();
-        return NULL;
-    }
-    if (!GetTokenInformation(token, TokenUser, &info, sizeof(info), &n) ||
-        !ConvertSidToStringSidW(info.user.User.Sid, &s)) {
-        *code = GetLastError();
-        s = NULL;
-    }
-    CloseHandle(token);
-    return s;
-}
-
 int sb_agent_endpoint_sddl(char **out, uint32_t session, int as_session_user, sb_error *err)
 {
     HANDLE token;
@@ -227,7 +204,7 @@ int sb_agent_endpoint_sddl(char **out, uint32_t session, int as_session_user, sb
     CloseHandle(token);
     if (logon == NULL)
         return win_error(err, code, "%s of session %lu", "the logon SID", session);
-    self = own_sid(&code);
+    self = sb_win_own_sid(&code);
     if (self == NULL) {
         LocalFree(logon);
         return win_error(err, code, "%s%lu", "this process's account", 0);
