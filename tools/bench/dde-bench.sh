@@ -29,7 +29,7 @@
 #
 # The broker runs in the foreground (`switchboard run`), hosting the DDE
 # adapter in process. Environment: SB_BENCH_REPEAT (3), SB_BENCH_POKES
-# (3000), SB_BENCH_UPDATES (10000), SB_BENCH_KEEP=1 keeps the temp dir.
+# (3000), SB_BENCH_UPDATES (5000), SB_BENCH_KEEP=1 keeps the temp dir.
 set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$top/build/mingw}
@@ -49,7 +49,7 @@ for f in "$sb" "$plc" "$cli"; do
 done
 REPEAT=${SB_BENCH_REPEAT:-3}
 POKES=${SB_BENCH_POKES:-3000}
-UPDATES=${SB_BENCH_UPDATES:-10000}
+UPDATES=${SB_BENCH_UPDATES:-5000}
 
 if [ -z "${WINEPREFIX:-}" ]; then
     WINEPREFIX=$("$top/packaging/windows/wine-prefix.sh" "$build/wineprefix")
@@ -97,8 +97,8 @@ adapters:
   - { name: raw-memory, type: tcp, listen: '127.0.0.1:$port', framing: line, topic: memory/Line1/Counter }
   - { name: raw-fsync, type: tcp, listen: '127.0.0.1:$port2', framing: line, topic: fsync/Line1/Counter }
 routes:
-  - { name: q-memory, from: memory/#, durability: memory, max_depth: 1, overflow: drop-oldest }
-  - { name: q-fsync, from: fsync/#, durability: fsync, max_depth: 1, overflow: drop-oldest }
+  - { name: q-memory, from: memory/#, durability: memory, max_depth: 10000, overflow: drop-oldest }
+  - { name: q-fsync, from: fsync/#, durability: fsync, max_depth: 10000, overflow: drop-oldest }
 EOF
 
 "$wineserver" -p 2>/dev/null || true

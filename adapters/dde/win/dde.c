@@ -43,6 +43,7 @@ static void free_adapter(sb_dde_adapter *a)
         a->jobs = j->next;
         sb_dde__job_free(j);
     }
+    sb_map_clear(&a->pending_values);
     if (a->sync_init) {
         uv_cond_destroy(&a->cond);
         uv_mutex_destroy(&a->lock);
@@ -148,7 +149,8 @@ static int on_value(sb_consumer *c, sb_delivery *d)
         goto done;
     }
     job = sb_calloc(1, sizeof(*job));
-    if (job == NULL || sb_dde__value_from_msg(&job->value, msg) != 0) {
+    if (job == NULL || (job->key = sb_strdup(msg->topic)) == NULL ||
+        sb_dde__value_from_msg(&job->value, msg) != 0) {
         sb_log(SB_LOG_ERROR, a->base.name, "value on %s dropped: out of memory", msg->topic);
         sb_dde__job_free(job);
         goto done;
@@ -438,6 +440,7 @@ void sb_dde__on_thread_exit(sb_dde_adapter *a)
         sb_dde__job_free(j);
     }
     a->jobs_tail = NULL;
+    sb_map_clear(&a->pending_values);
     sb_inbox_close(a->inbox); /* runs what the thread posted before its exit */
     a->inbox = NULL;
     a->stopped_cb(&a->base);

@@ -22,6 +22,7 @@
 #include "adapters/dde/dde_map.h"
 #include "service/broker.h"
 #include "service/inbox.h"
+#include "service/map.h"
 
 #include <stdint.h>
 
@@ -58,6 +59,7 @@ void sb_dde__value_clear(sb_dde_value *v);
 enum { SB_DDE_JOB_VALUE, SB_DDE_JOB_POKE, SB_DDE_JOB_EXECUTE };
 typedef struct sb_dde_job {
     int type;
+    char *key;              /* VALUE: the broker topic (latest values replace queued ones) */
     char *dde_topic, *item; /* VALUE: where it belongs; POKE: item */
     sb_dde_value value;     /* VALUE; POKE: data to send (TEXT: already in CF_TEXT) */
     UINT fmt;               /* POKE, EXECUTE: the clipboard format sent */
@@ -121,6 +123,7 @@ typedef struct sb_dde_adapter {
     char start_why[256];
     int quit;
     sb_dde_job *jobs, *jobs_tail;
+    sb_map pending_values; /* key -> queued VALUE job: a newer value replaces it */
     int wake_posted;
 
     /* loop thread only */
@@ -147,7 +150,9 @@ int sb_dde__thread_start(sb_dde_adapter *a, sb_error *err);
 /* Loop thread: asks the thread to quit; it posts its exit last. */
 void sb_dde__thread_quit(sb_dde_adapter *a);
 
-/* Loop thread: queues a job and wakes the thread. */
+/* Loop thread: queues a job and wakes the thread. A VALUE job whose key
+ * has one queued already replaces that one's value (and is freed): the
+ * thread handles the latest value of an item once per wake-up. */
 void sb_dde__push(sb_dde_adapter *a, sb_dde_job *job);
 
 /* Any thread: posts fn(arg) to the loop, retrying on out-of-memory. */

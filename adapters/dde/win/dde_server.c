@@ -51,8 +51,9 @@ typedef struct srv_item {
 
 typedef struct sb_dde_server {
     HSZ service, system;
-    sb_map items;  /* fold(topic) '\n' fold(item) -> srv_item */
-    sb_map by_hsz; /* "htopic|hitem" of the item's own handles -> srv_item */
+    sb_map items;    /* fold(topic) '\n' fold(item) -> srv_item */
+    sb_map by_hsz;   /* "htopic|hitem" of the item's own handles -> srv_item */
+    sb_map by_topic; /* broker topic of the values it was given -> srv_item */
     srv_item *all;
     srv_item *changed;
     int advise_posted;
@@ -664,8 +665,10 @@ void sb_dde__server_job(sb_dde_adapter *a, sb_dde_job *job)
 {
     const char *topic = job->dde_topic;
     const char *why = NULL, *item;
-    srv_item *it;
+    srv_item *it = job->key != NULL ? sb_map_get(&a->srv->by_topic, job->key) : NULL;
 
+    if (it != NULL)
+        goto set; /* a topic seen before: checked, and spelled as the broker does */
     if (topic == NULL && a->base.cfg->dde_topics_count == 1)
         topic = a->base.cfg->dde_topics[0];
     item = topic != NULL && served_topic(a, topic) != NULL ? served_item(a, job->item, &why) : NULL;
@@ -695,6 +698,9 @@ void sb_dde__server_job(sb_dde_adapter *a, sb_dde_job *job)
             sb_free(ni);
         }
     }
+    if (job->key != NULL)
+        (void)sb_map_put(&a->srv->by_topic, job->key, it, NULL); /* a cache: may fail */
+set:
     sb_dde__value_clear(&it->v);
     it->v = job->value; /* now owned by the item */
     memset(&job->value, 0, sizeof job->value);
@@ -785,6 +791,7 @@ void sb_dde__server_fini(sb_dde_adapter *a)
     }
     sb_map_clear(&s->items);
     sb_map_clear(&s->by_hsz);
+    sb_map_clear(&s->by_topic);
     DdeFreeStringHandle(a->inst, s->service);
     DdeFreeStringHandle(a->inst, s->system);
     sb_free(s);

@@ -43,6 +43,7 @@ void sb_dde__job_free(sb_dde_job *job)
 {
     if (job == NULL)
         return;
+    sb_free(job->key);
     sb_free(job->dde_topic);
     sb_free(job->item);
     sb_dde__value_clear(&job->value);
@@ -91,6 +92,19 @@ void sb_dde__push(sb_dde_adapter *a, sb_dde_job *job)
     job->a = a;
     job->next = NULL;
     uv_mutex_lock(&a->lock);
+    if (job->type == SB_DDE_JOB_VALUE && job->key != NULL) {
+        sb_dde_job *queued = sb_map_get(&a->pending_values, job->key);
+        if (queued != NULL) {
+            sb_dde_value older = queued->value;
+            queued->value = job->value;
+            job->value = older;
+            uv_mutex_unlock(&a->lock);
+            sb_dde__job_free(job); /* with the older value */
+            return;
+        }
+        /* out of memory here only costs the coalescing */
+        (void)sb_map_put(&a->pending_values, job->key, job, NULL);
+    }
     if (a->jobs_tail != NULL)
         a->jobs_tail->next = job;
     else
@@ -116,6 +130,7 @@ static void run_jobs(sb_dde_adapter *a)
     jobs = a->jobs;
     a->jobs = a->jobs_tail = NULL;
     a->wake_posted = 0;
+    sb_map_clear(&a->pending_values);
     uv_mutex_unlock(&a->lock);
     while (jobs != NULL) {
         sb_dde_job *next = jobs->next;
