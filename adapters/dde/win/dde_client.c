@@ -51,7 +51,8 @@ typedef struct cli_item {
     char *topic; /* its broker topic */
     HSZ hsz;
     int linked;
-    int seen; /* an ADVDATA came since its link started */
+    int seen;    /* an ADVDATA came since its link started */
+    int current; /* its current value was published (request or ADVDATA) */
 } cli_item;
 
 typedef struct sb_dde_client {
@@ -228,18 +229,29 @@ static void drain_stray_ack(sb_dde_adapter *a, HCONV conv)
 }
 
 /* Asks for the current value of a linked item and publishes it, unless
- * the link already brought something newer. */
+ * the link already brought something newer. A request that fails is asked
+ * again on the next watch tick (Wine's DDEML, under load, was seen to lose
+ * one: its stray acknowledgement came after the drain's wait). */
 static void request_current(sb_dde_adapter *a, cli_item *it)
 {
     sb_dde_client *c = a->cli;
-    HDDEDATA h = DdeClientTransaction(NULL, 0, c->link, it->hsz, CF_TEXT, XTYP_REQUEST,
-                                      SB_DDE_TIMEOUT_MS, NULL);
-    if (h != 0) {
-        drain_stray_ack(a, c->link);
-        if (!it->seen)
-            publish_data(a, it, h, CF_TEXT);
-        DdeFreeDataHandle(h);
+    HDDEDATA h;
+    if (it->seen) {
+        it->current = 1;
+        return;
     }
+    h = DdeClientTransaction(NULL, 0, c->link, it->hsz, CF_TEXT, XTYP_REQUEST, SB_DDE_TIMEOUT_MS,
+                             NULL);
+    if (h == 0) {
+        sb_log(SB_LOG_DEBUG, a->base.name, "%s: no current value of item %s yet (DMLERR 0x%04x)",
+               c->name, it->name, DdeGetLastError(a->inst));
+        return;
+    }
+    drain_stray_ack(a, c->link);
+    if (!it->seen)
+        publish_data(a, it, h, CF_TEXT);
+    it->current = 1;
+    DdeFreeDataHandle(h);
 }
 
 /* Items the server refused to hot-link are asked again on every watch tick
@@ -250,9 +262,12 @@ static void retry_refused_links(sb_dde_adapter *a)
     sb_dde_client *c = a->cli;
     for (size_t i = 0; i < c->count && !c->lost; i++) {
         cli_item *it = &c->items[i];
+        if (it->linked && !it->current)
+            request_current(a, it);
         if (it->linked)
             continue;
         it->seen = 0;
+        it->current = 0;
         it->linked = DdeClientTransaction(NULL, 0, c->link, it->hsz, CF_TEXT, XTYP_ADVSTART,
                                           SB_DDE_TIMEOUT_MS, NULL) != 0;
         if (!it->linked) {
@@ -289,6 +304,7 @@ static void connect_now(sb_dde_adapter *a)
     for (size_t i = 0; i < c->count; i++) {
         cli_item *it = &c->items[i];
         it->seen = 0;
+        it->current = 0;
         it->linked = DdeClientTransaction(NULL, 0, c->link, it->hsz, CF_TEXT, XTYP_ADVSTART,
                                           SB_DDE_TIMEOUT_MS, NULL) != 0;
         if (it->linked)

@@ -326,7 +326,11 @@ static void test_client_role(void **state)
     /* the current values first: Temp and Status come once, at the link */
     c = sbt_connect(b->port[0]);
     sbt_sub(c, "rx", NULL, 100);
-    while (!got_temp || !got_status) {
+    for (int64_t deadline = sbt_now_ms() + WAIT_MS; !got_temp || !got_status;) {
+        /* Counter keeps coming: a deadline of its own, not per message */
+        if (sbt_now_ms() > deadline)
+            fail_msg("no current value of %s within %d ms", got_temp ? "Status" : "Temp",
+                     WAIT_MS);
         m = sbt_next_msg(c, WAIT_MS);
         h = json_object_get(m, "headers");
         if (strcmp(sbt_str(m, "topic"), "plant/Line1/Temp") == 0) {
