@@ -89,32 +89,15 @@ static cli_item *find_item(sb_dde_client *c, HSZ hsz)
 static void publish_data(sb_dde_adapter *a, cli_item *it, HDDEDATA data, UINT fmt)
 {
     sb_dde_client *c = a->cli;
-    DWORD len = DdeGetData(data, NULL, 0, 0);
-    unsigned char *raw = NULL, *payload = NULL;
+    unsigned char *payload = NULL;
     size_t payload_len = 0;
     char why[320] = "", name[128];
     int text = 0;
     sb_dde_pub *p = NULL;
 
-    if (len > (DWORD)a->base.cfg->max_message * 4 + 4) {
-        snprintf(why, sizeof why, "%lu bytes is larger than max_message (%lld bytes)",
-                 (unsigned long)len, (long long)a->base.cfg->max_message);
+    if (sb_dde__read(&payload, &payload_len, &text, data, fmt, a->codepage,
+                     a->base.cfg->max_message, why, sizeof why) != 0)
         goto drop;
-    }
-    raw = sb_malloc(len + 1);
-    if (raw == NULL) {
-        snprintf(why, sizeof why, "out of memory");
-        goto drop;
-    }
-    DdeGetData(data, raw, len, 0);
-    if (sb_dde__decode(&payload, &payload_len, &text, raw, len, fmt, a->codepage, why,
-                       sizeof why) != 0)
-        goto drop;
-    if (payload_len > (size_t)a->base.cfg->max_message) {
-        snprintf(why, sizeof why, "%zu bytes is larger than max_message (%lld bytes)", payload_len,
-                 (long long)a->base.cfg->max_message);
-        goto drop;
-    }
     p = sb_calloc(1, sizeof(*p));
     if (p == NULL || (p->topic = sb_strdup(it->topic)) == NULL ||
         (p->dde_topic = sb_strdup(a->base.cfg->dde_topic)) == NULL ||
@@ -135,7 +118,6 @@ static void publish_data(sb_dde_adapter *a, cli_item *it, HDDEDATA data, UINT fm
 drop:
     sb_log(SB_LOG_WARN, a->base.name, "value of %s!%s dropped: %s", c->name, it->name, why);
 done:
-    sb_free(raw);
     sb_free(payload);
 }
 

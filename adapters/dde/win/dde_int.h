@@ -222,6 +222,12 @@ void sb_dde__on_link_down(void *arg);
 int sb_dde__decode(unsigned char **out, size_t *out_len, int *text, const unsigned char *data,
                    size_t len, UINT fmt, UINT codepage, char *why, size_t n);
 
+/* A data handle's content decoded as sb_dde__decode does, refused (SB_ETOOBIG,
+ * why says so) beyond max_message bytes, before copying when it is far
+ * beyond any conversion. Returns 0 or an SB_E* code with why set. */
+int sb_dde__read(unsigned char **out, size_t *out_len, int *text, HDDEDATA data, UINT fmt,
+                 UINT codepage, int64_t max_message, char *why, size_t n);
+
 /* UTF-8 text to CF_TEXT (through codepage) or CF_UNICODETEXT, with the
  * terminating NUL. Returns 0, SB_EINVAL (not UTF-8, a NUL inside, or a
  * character the code page cannot represent: why says which), or SB_ENOMEM. */

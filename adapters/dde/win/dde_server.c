@@ -345,9 +345,8 @@ static HDDEDATA on_poke(sb_dde_adapter *a, UINT fmt, HSZ htopic, HSZ hitem, HDDE
     char *item = it != NULL ? NULL : sb_dde__hsz_utf8(a->inst, hitem);
     const char *t, *i, *why = NULL;
     char reason[320] = "", name[128];
-    unsigned char *raw = NULL, *payload = NULL;
+    unsigned char *payload = NULL;
     size_t payload_len = 0;
-    DWORD len;
     int text = 0;
     HDDEDATA answer = (HDDEDATA)DDE_FNOTPROCESSED;
     sb_dde_pub *p = NULL;
@@ -367,27 +366,9 @@ static HDDEDATA on_poke(sb_dde_adapter *a, UINT fmt, HSZ htopic, HSZ hitem, HDDE
         snprintf(reason, sizeof reason, "item %s: %s", item ? item : "?", why ? why : "invalid");
         goto refuse;
     }
-    len = DdeGetData(data, NULL, 0, 0);
-    if (len > (DWORD)a->base.cfg->max_message * 4 + 4) {
-        /* far beyond any conversion: refuse before copying */
-        snprintf(reason, sizeof reason, "%lu bytes is larger than max_message (%lld bytes)",
-                 (unsigned long)len, (long long)a->base.cfg->max_message);
+    if (sb_dde__read(&payload, &payload_len, &text, data, fmt, a->codepage,
+                     a->base.cfg->max_message, reason, sizeof reason) != 0)
         goto refuse;
-    }
-    raw = sb_malloc(len + 1);
-    if (raw == NULL) {
-        snprintf(reason, sizeof reason, "out of memory");
-        goto refuse;
-    }
-    DdeGetData(data, raw, len, 0);
-    if (sb_dde__decode(&payload, &payload_len, &text, raw, len, fmt, a->codepage, reason,
-                       sizeof reason) != 0)
-        goto refuse;
-    if (payload_len > (size_t)a->base.cfg->max_message) {
-        snprintf(reason, sizeof reason, "%zu bytes is larger than max_message (%lld bytes)",
-                 payload_len, (long long)a->base.cfg->max_message);
-        goto refuse;
-    }
     /* the spelling the broker already knows for this item (and the item,
      * to be found by its handles next time) */
     if (it == NULL && (it = get_item(a, t, i)) != NULL && it->has_value) {
@@ -421,7 +402,6 @@ refuse:
                       : "?",
            reason);
 done:
-    sb_free(raw);
     sb_free(payload);
     sb_free(topic);
     sb_free(item);

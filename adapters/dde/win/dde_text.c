@@ -334,3 +334,35 @@ int sb_dde__value_from_msg(sb_dde_value *v, const sb_message *msg)
     v->bad = sb_strdup(why);
     return v->bad != NULL ? 0 : SB_ENOMEM;
 }
+
+int sb_dde__read(unsigned char **out, size_t *out_len, int *text, HDDEDATA data, UINT fmt,
+                 UINT codepage, int64_t max_message, char *why, size_t n)
+{
+    DWORD len = DdeGetData(data, NULL, 0, 0);
+    unsigned char *raw;
+    int rc;
+    *out = NULL;
+    *out_len = 0;
+    if (len > (DWORD)max_message * 4 + 4) {
+        snprintf(why, n, "%lu bytes is larger than max_message (%lld bytes)",
+                 (unsigned long)len, (long long)max_message);
+        return SB_ETOOBIG;
+    }
+    raw = sb_malloc(len + 1);
+    if (raw == NULL) {
+        snprintf(why, n, "out of memory");
+        return SB_ENOMEM;
+    }
+    DdeGetData(data, raw, len, 0);
+    rc = sb_dde__decode(out, out_len, text, raw, len, fmt, codepage, why, n);
+    sb_free(raw);
+    if (rc == 0 && *out_len > (size_t)max_message) {
+        snprintf(why, n, "%zu bytes is larger than max_message (%lld bytes)", *out_len,
+                 (long long)max_message);
+        sb_free(*out);
+        *out = NULL;
+        *out_len = 0;
+        rc = SB_ETOOBIG;
+    }
+    return rc;
+}
