@@ -240,6 +240,7 @@ static void complete(sb_broker *b, sb_pending *p)
             sb_entry *e = p->spare;
             p->spare = e->next;
             sb_queue__append_entry(q, e, p->msg, 0);
+            sb_queue__trim(q);
         }
         if (!q->live && q->pending == 0)
             sb_queue__close(q); /* deferred close of a deleted queue */

@@ -547,6 +547,32 @@ size_t sb_queue__drop_oldest(sb_queue *q, uint64_t *out, size_t n)
     return k;
 }
 
+static int over_limits(const sb_queue *q)
+{
+    return (q->max_depth > 0 && q->depth > q->max_depth) ||
+           (q->max_bytes > 0 && q->bytes > q->max_bytes);
+}
+
+void sb_queue__trim(sb_queue *q)
+{
+    int behind_leased = 0; /* past an entry that stays: not in the head run */
+    if (q->overflow != SB_OVERFLOW_DROP_OLDEST)
+        return;
+    for (sb_entry *e = q->fifo.head; e != NULL && over_limits(q); e = e->next) {
+        if (e->state != SB_ENTRY_READY && e->state != SB_ENTRY_RETRY) {
+            behind_leased |= e->state != SB_ENTRY_DONE;
+            continue;
+        }
+        q->dropped++;
+        finish(q, e);
+        if (behind_leased && q->durability != SB_DURABILITY_MEMORY) {
+            sb_broker__store_ack(q->broker, q, e->msg->id, e->msg->id);
+            e->persisted_done = 1;
+        }
+    }
+    pop_done(q); /* the head run is deleted from the store with the acks */
+}
+
 void sb_queue__expire(sb_queue *q, int64_t now_ms)
 {
     for (sb_entry *e = q->fifo.head; e != NULL;) {

@@ -129,6 +129,12 @@ void sb_queue__close(sb_queue *q);
  * up to n entries DONE (not leased ones) and writes their ids to out. */
 size_t sb_queue__drop_oldest(sb_queue *q, uint64_t *out, size_t n);
 
+/* Drop-oldest queues: drops the oldest entries (not leased ones) while
+ * the queue is over max_depth or max_bytes, deleting them from the store
+ * like acknowledged ones. Publishes that were in flight when their
+ * publish made room complete over the limit; this brings the queue back. */
+void sb_queue__trim(sb_queue *q);
+
 /* Sends the coalesced ack range to the store. */
 void sb_queue__flush_acks(sb_queue *q);
 
