@@ -4,6 +4,9 @@
  * as one datagram (acknowledged when the send completes: UDP itself gives no
  * delivery guarantee). Datagrams cannot be slowed down: when a publish is
  * refused (queue full, disk full) the datagram is dropped and counted.
+ * While UDP_MAX_PENDING datagrams wait for their commit, receiving pauses
+ * and the socket's buffer holds (or the kernel drops) the next ones, rather
+ * than a flood piling up in memory in front of a slow store.
  */
 #include "service/adapter.h"
 #include "adapters/protocol/raw.h"
@@ -15,6 +18,8 @@
 
 #include <string.h>
 
+#define UDP_MAX_PENDING 1024
+
 typedef struct udp_adapter {
     sb_adapter base;
     uv_udp_t *h;
@@ -23,6 +28,9 @@ typedef struct udp_adapter {
     uint64_t dropped;
     int acl_warned; /* a denied datagram was logged (once: a feed can be busy) */
     char *buf;
+    int pending;   /* datagrams published, not yet committed or refused */
+    int paused;    /* receiving stopped at UDP_MAX_PENDING */
+    int destroyed; /* freed when the last pending publish is done */
     sb_adapter_stopped_cb stopped_cb;
 } udp_adapter;
 
@@ -60,13 +68,31 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = 65536;
 }
 
+static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct sockaddr *addr,
+                    unsigned flags);
+
+static void udp_free(udp_adapter *u)
+{
+    sb_free(u->buf);
+    sb_free(u);
+}
+
 static void on_published(void *ctx, int status, uint64_t id, int queues, const char *why)
 {
-    (void)ctx;
+    udp_adapter *u = ctx;
     (void)id;
     (void)queues;
+    u->pending--;
+    if (u->destroyed) {
+        if (u->pending == 0)
+            udp_free(u);
+        return;
+    }
     if (status != 0)
-        sb_log(SB_LOG_ERROR, "udp", "datagram not committed: %s", why);
+        sb_log(SB_LOG_ERROR, u->base.name, "datagram not committed: %s", why);
+    if (u->paused && u->pending < UDP_MAX_PENDING / 2 && u->h != NULL && !u->base.stopping &&
+        uv_udp_recv_start(u->h, on_alloc, on_recv) == 0)
+        u->paused = 0;
 }
 
 static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct sockaddr *addr,
@@ -115,6 +141,8 @@ static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct so
     if (sb_broker_publish(u->base.broker, m, &opts, on_published, u, &err) != 0) {
         u->dropped++;
         sb_log(SB_LOG_ERROR, u->base.name, "peer %s: datagram dropped: %s", peer, err.msg);
+    } else if (++u->pending >= UDP_MAX_PENDING && uv_udp_recv_stop(u->h) == 0) {
+        u->paused = 1;
     }
     sb_message_unref(m);
 }
@@ -204,8 +232,10 @@ static void udp_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
 static void udp_destroy(sb_adapter *a)
 {
     udp_adapter *u = (udp_adapter *)a;
-    sb_free(u->buf);
-    sb_free(u);
+    if (u->pending > 0)
+        u->destroyed = 1; /* on_published frees it */
+    else
+        udp_free(u);
 }
 
 static unsigned udp_caps_of(const sb_adapter_config *cfg)

@@ -35,6 +35,11 @@
  * received (server role) before answering DDE_FBUSY. */
 #define SB_DDE_TIMEOUT_MS 10000
 #define SB_DDE_COMMIT_WAIT_MS 30000
+/* Client role: values handed to the loop and not yet committed at most; a
+ * legacy server's updates beyond wait in its DDE messages (the DDE thread
+ * blocks), as a stream's producer waits beyond read_ahead, rather than pile
+ * up in memory in front of a slow store. */
+#define SB_DDE_MAX_UNSETTLED 256
 /* Window messages of the DDE thread's own window. */
 #define SB_DDE_WM_WAKE (WM_APP + 1)   /* jobs are queued */
 #define SB_DDE_WM_QUIT (WM_APP + 2)   /* stop */
@@ -90,6 +95,7 @@ typedef struct sb_dde_pub {
     UINT codepage;          /* header dde-codepage when CF_TEXT; 0: none */
     int text;               /* header encoding: utf-8 */
     sb_dde_waiter *waiter;  /* NULL: nobody waits (client hot links) */
+    int unsettled;          /* counted in a->unsettled until freed */
 } sb_dde_pub;
 
 struct sb_dde_server;
@@ -122,6 +128,7 @@ typedef struct sb_dde_adapter {
     int start_rc;        /* 0 or SB_E* */
     char start_why[256];
     int quit;
+    int unsettled; /* client: values posted to the loop, not yet settled */
     sb_dde_job *jobs, *jobs_tail;
     sb_map pending_values; /* key -> queued VALUE job: a newer value replaces it */
     int wake_posted;
@@ -162,6 +169,12 @@ void sb_dde__post(sb_dde_adapter *a, sb_inbox_fn fn, void *arg);
  * commit. Returns DDE_FACK, DDE_FNOTPROCESSED (refused; logged with why),
  * or DDE_FBUSY (stopping, or no answer in SB_DDE_COMMIT_WAIT_MS). Takes p. */
 HDDEDATA sb_dde__publish_wait(sb_dde_adapter *a, sb_dde_pub *p, int wait);
+/* Without a waiter (client hot links) it first waits while
+ * SB_DDE_MAX_UNSETTLED values are not settled yet. */
+
+/* Any thread: a value counted in a->unsettled was settled (committed,
+ * refused or discarded); wakes the DDE thread if it waits for room. */
+void sb_dde__unsettled_done(sb_dde_adapter *a);
 
 /* Loop thread: a waiter's publish finished. */
 void sb_dde__waiter_done(sb_dde_adapter *a, sb_dde_waiter *w, int status, const char *why);

@@ -54,6 +54,8 @@ void sb_dde__pub_free(sb_dde_pub *p)
 {
     if (p == NULL)
         return;
+    if (p->unsettled)
+        sb_dde__unsettled_done(p->a);
     sb_free(p->topic);
     sb_free(p->payload);
     sb_free(p->dde_topic);
@@ -177,6 +179,38 @@ void sb_dde__waiter_done(sb_dde_adapter *a, sb_dde_waiter *w, int status, const 
     SetEvent(a->commit_event);
 }
 
+void sb_dde__unsettled_done(sb_dde_adapter *a)
+{
+    uv_mutex_lock(&a->lock);
+    a->unsettled--;
+    uv_mutex_unlock(&a->lock);
+    SetEvent(a->commit_event);
+}
+
+/* Waits (with a->lock held, released meanwhile) until the loop sets the
+ * commit event, quit, or the deadline (0: none), handling only messages
+ * other threads send meanwhile (a DDE broadcast from another adapter's
+ * thread, say): nothing posted is dispatched, so DDEML is not re-entered.
+ * Returns 0 once the deadline passed. */
+static int wait_commit_event(sb_dde_adapter *a, uint64_t deadline)
+{
+    uint64_t now = uv_hrtime();
+    DWORD r, ms = INFINITE;
+    MSG m;
+
+    if (deadline != 0) {
+        if (now >= deadline)
+            return 0;
+        ms = (DWORD)((deadline - now) / 1000000u) + 1;
+    }
+    uv_mutex_unlock(&a->lock);
+    r = MsgWaitForMultipleObjects(1, &a->commit_event, FALSE, ms, QS_SENDMESSAGE);
+    if (r == WAIT_OBJECT_0 + 1)
+        PeekMessageW(&m, NULL, 0, 0, PM_NOREMOVE | PM_QS_SENDMESSAGE);
+    uv_mutex_lock(&a->lock);
+    return 1;
+}
+
 HDDEDATA sb_dde__publish_wait(sb_dde_adapter *a, sb_dde_pub *p, int wait)
 {
     sb_dde_waiter *w = NULL;
@@ -184,38 +218,30 @@ HDDEDATA sb_dde__publish_wait(sb_dde_adapter *a, sb_dde_pub *p, int wait)
     HDDEDATA answer = (HDDEDATA)DDE_FBUSY;
     char what[300];
 
-    if (wait) {
-        w = sb_calloc(1, sizeof(*w));
-        if (w == NULL) {
-            sb_dde__pub_free(p);
-            return (HDDEDATA)DDE_FBUSY;
-        }
-        w->refs = 2;
-        p->waiter = w;
+    if (!wait) {
+        uv_mutex_lock(&a->lock);
+        while (a->unsettled >= SB_DDE_MAX_UNSETTLED && !a->quit)
+            wait_commit_event(a, 0);
+        a->unsettled++;
+        p->unsettled = 1;
+        uv_mutex_unlock(&a->lock);
+        sb_dde__post(a, sb_dde__on_pub, p); /* now owned by the loop */
+        return (HDDEDATA)DDE_FACK;
     }
+    w = sb_calloc(1, sizeof(*w));
+    if (w == NULL) {
+        sb_dde__pub_free(p);
+        return (HDDEDATA)DDE_FBUSY;
+    }
+    w->refs = 2;
+    p->waiter = w;
     snprintf(what, sizeof what, "%s%s%s", p->dde_topic != NULL ? p->dde_topic : "",
              p->item != NULL ? "!" : "", p->item != NULL ? p->item : "");
     sb_dde__post(a, sb_dde__on_pub, p); /* now owned by the loop */
-    if (!wait)
-        return (HDDEDATA)DDE_FACK;
 
-    /* Waits for the loop's answer, handling only messages other threads
-     * send meanwhile (a DDE broadcast from another adapter's thread, say):
-     * nothing posted is dispatched, so DDEML is not re-entered. */
     uv_mutex_lock(&a->lock);
-    while (!w->done && !a->quit) {
-        uint64_t now = uv_hrtime();
-        DWORD r;
-        MSG m;
-        if (now >= deadline)
-            break;
-        uv_mutex_unlock(&a->lock);
-        r = MsgWaitForMultipleObjects(1, &a->commit_event, FALSE,
-                                      (DWORD)((deadline - now) / 1000000u) + 1, QS_SENDMESSAGE);
-        if (r == WAIT_OBJECT_0 + 1)
-            PeekMessageW(&m, NULL, 0, 0, PM_NOREMOVE | PM_QS_SENDMESSAGE);
-        uv_mutex_lock(&a->lock);
-    }
+    while (!w->done && !a->quit && wait_commit_event(a, deadline))
+        ;
     if (w->done && w->status == 0) {
         answer = (HDDEDATA)DDE_FACK;
     } else if (w->done) {
