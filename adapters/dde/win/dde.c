@@ -36,6 +36,17 @@
 #define VALUE_QUEUE_DEPTH 100000
 #define VALUE_WINDOW 1024
 
+static void drop_loop_values(sb_dde_adapter *a)
+{
+    sb_dde_job *j;
+    while ((j = a->values_head) != NULL) {
+        a->values_head = j->next;
+        sb_dde__job_free(j);
+    }
+    a->values_tail = NULL;
+    sb_map_clear(&a->loop_values);
+}
+
 static void free_adapter(sb_dde_adapter *a)
 {
     sb_dde_job *j;
@@ -44,6 +55,7 @@ static void free_adapter(sb_dde_adapter *a)
         sb_dde__job_free(j);
     }
     sb_map_clear(&a->pending_values);
+    drop_loop_values(a);
     if (a->sync_init) {
         uv_cond_destroy(&a->cond);
         uv_mutex_destroy(&a->lock);
@@ -133,12 +145,34 @@ void sb_dde__on_pub(void *arg)
 
 /* ---- server: the values the adapter serves ---- */
 
+/* Hands the values gathered since the last batch to the thread, unless
+ * it still works on that one. */
+static void hand_values(sb_dde_adapter *a)
+{
+    if (a->values_out && atomic_exchange(&a->values_done, 0))
+        a->values_out = 0;
+    if (a->values_out || a->values_head == NULL || !a->thread_started)
+        return;
+    sb_map_clear(&a->loop_values);
+    a->values_out = 1;
+    sb_dde__push_batch(a, a->values_head, a->values_tail);
+    a->values_head = a->values_tail = NULL;
+}
+
+void sb_dde__on_values_done(void *arg)
+{
+    sb_dde_adapter *a = arg;
+    if (!a->base.stopping)
+        hand_values(a);
+}
+
 static int on_value(sb_consumer *c, sb_delivery *d)
 {
     sb_dde_adapter *a = c->ctx;
     const sb_message *msg = d->msg;
     char *topic = NULL, *item = NULL;
-    sb_dde_job *job;
+    sb_dde_job *job = sb_map_get(&a->loop_values, msg->topic);
+    sb_dde_value v;
 
     if (sb_dde_map_match(&a->map, msg->topic, &topic, &item) != 0)
         goto done; /* cannot happen: the filters come from the template */
@@ -146,6 +180,17 @@ static int on_value(sb_consumer *c, sb_delivery *d)
         sb_log(SB_LOG_WARN, a->base.name,
                "value on %s (%zu bytes) is larger than max_message (%lld bytes): not served",
                msg->topic, msg->payload_len, (long long)a->base.cfg->max_message);
+        goto done;
+    }
+    if (job != NULL) {
+        /* not handed over yet: the newer value replaces it */
+        if (sb_dde__value_from_msg(&v, msg) != 0) {
+            sb_log(SB_LOG_ERROR, a->base.name, "value on %s dropped: out of memory", msg->topic);
+            goto done;
+        }
+        sb_dde__value_clear(&job->value);
+        job->value = v;
+        hand_values(a);
         goto done;
     }
     job = sb_calloc(1, sizeof(*job));
@@ -159,7 +204,14 @@ static int on_value(sb_consumer *c, sb_delivery *d)
     job->dde_topic = topic; /* now the job's */
     job->item = item;
     topic = item = NULL;
-    sb_dde__push(a, job);
+    /* out of memory here only costs the coalescing */
+    (void)sb_map_put(&a->loop_values, job->key, job, NULL);
+    if (a->values_tail != NULL)
+        a->values_tail->next = job;
+    else
+        a->values_head = job;
+    a->values_tail = job;
+    hand_values(a);
 done:
     sb_free(topic);
     sb_free(item);
@@ -441,6 +493,7 @@ void sb_dde__on_thread_exit(sb_dde_adapter *a)
     }
     a->jobs_tail = NULL;
     sb_map_clear(&a->pending_values);
+    drop_loop_values(a);
     sb_inbox_close(a->inbox); /* runs what the thread posted before its exit */
     a->inbox = NULL;
     a->stopped_cb(&a->base);

@@ -24,6 +24,7 @@
 #include "service/inbox.h"
 #include "service/map.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include <windows.h>
@@ -135,6 +136,18 @@ typedef struct sb_dde_adapter {
 
     /* loop thread only */
     int publishing; /* publish callbacks still to come */
+    /* server: values not yet handed to the DDE thread, the newest per
+     * broker topic (loop_values: topic -> its job on the list); the list
+     * goes over as one batch once the thread has finished the previous
+     * one (values_out), so a flood of values costs the loop a lookup and a
+     * copy each, not a lock, a job and a wake-up, and the thread takes the
+     * lock once per batch. */
+    sb_map loop_values;
+    sb_dde_job *values_head, *values_tail;
+    int values_out;
+    /* set by the thread when it finished a batch: the loop looks at it on
+     * every value (a flood may keep the loop from running posted work) */
+    atomic_int values_done;
     int destroyed;
     uint64_t dropped;
     char *sub_name; /* server: the values subscription */
@@ -161,6 +174,12 @@ void sb_dde__thread_quit(sb_dde_adapter *a);
  * has one queued already replaces that one's value (and is freed): the
  * thread handles the latest value of an item once per wake-up. */
 void sb_dde__push(sb_dde_adapter *a, sb_dde_job *job);
+
+/* Loop: hands a list of VALUE jobs to the thread at once. */
+void sb_dde__push_batch(sb_dde_adapter *a, sb_dde_job *head, sb_dde_job *tail);
+
+/* Loop: the thread finished a batch of values (posted by it). */
+void sb_dde__on_values_done(void *arg);
 
 /* Any thread: posts fn(arg) to the loop, retrying on out-of-memory. */
 void sb_dde__post(sb_dde_adapter *a, sb_inbox_fn fn, void *arg);

@@ -124,10 +124,32 @@ void sb_dde__push(sb_dde_adapter *a, sb_dde_job *job)
     }
 }
 
+void sb_dde__push_batch(sb_dde_adapter *a, sb_dde_job *head, sb_dde_job *tail)
+{
+    int wake;
+    for (sb_dde_job *j = head; j != NULL; j = j->next)
+        j->a = a;
+    uv_mutex_lock(&a->lock);
+    if (a->jobs_tail != NULL)
+        a->jobs_tail->next = head;
+    else
+        a->jobs = head;
+    a->jobs_tail = tail;
+    wake = !a->wake_posted;
+    a->wake_posted = 1;
+    uv_mutex_unlock(&a->lock);
+    if (wake && !PostMessageW(a->hwnd, SB_DDE_WM_WAKE, 0, 0)) {
+        uv_mutex_lock(&a->lock);
+        a->wake_posted = 0;
+        uv_mutex_unlock(&a->lock);
+    }
+}
+
 /* Thread: runs every queued job. */
 static void run_jobs(sb_dde_adapter *a)
 {
     sb_dde_job *jobs;
+    int values = 0;
     uv_mutex_lock(&a->lock);
     jobs = a->jobs;
     a->jobs = a->jobs_tail = NULL;
@@ -136,6 +158,7 @@ static void run_jobs(sb_dde_adapter *a)
     uv_mutex_unlock(&a->lock);
     while (jobs != NULL) {
         sb_dde_job *next = jobs->next;
+        values |= jobs->type == SB_DDE_JOB_VALUE;
         if (a->is_server)
             sb_dde__server_job(a, jobs);
         else
@@ -144,6 +167,10 @@ static void run_jobs(sb_dde_adapter *a)
     }
     if (a->is_server)
         sb_dde__server_advise(a);
+    if (values) {
+        atomic_store(&a->values_done, 1);
+        sb_dde__post(a, sb_dde__on_values_done, a); /* the next batch, please */
+    }
 }
 
 void sb_dde__thread_quit(sb_dde_adapter *a)
