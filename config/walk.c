@@ -586,12 +586,17 @@ static int field_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_n
 {
     char q[96], known[256];
     const char *s, *outer;
-    int ok = 0, rc = 0, idx;
+    int ok = 0, rc = 0, idx, word_choice;
 
     base = row_base(ctx, f, base);
 
-    if (sb_config__is_null(value)) {
-        /* `key:` or `key: ~` means "not set": the default stays. */
+    /* `type: null` names the type null: a word that is one of the key's
+     * choices is that choice, even where YAML would read "not set" */
+    word_choice = f->kind == SB_KEY_CHOICE && value->type == YAML_SCALAR_NODE &&
+                  choice_index(f->choices, (const char *)value->data.scalar.value) >= 0;
+    if (sb_config__is_null(value) && !word_choice) {
+        /* `key:` or `key: ~` means "not set": the default stays (unless
+         * the word is one of the key's choices). */
         if (f->flags & SB_KEY_REQUIRED)
             sb_config__error(ctx, value, path, "missing value");
         return 0;
@@ -608,7 +613,7 @@ static int field_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_n
     case SB_KEY_STRING:
     case SB_KEY_NAME:
     case SB_KEY_CHOICE:
-        s = string_value(ctx, value, path);
+        s = word_choice ? (const char *)value->data.scalar.value : string_value(ctx, value, path);
         if (s == NULL)
             break;
         if (f->kind == SB_KEY_NAME && !sb_config__valid_name(s)) {

@@ -636,6 +636,25 @@ static void test_error_routes(void **state)
                   "\"no\")\n");
 }
 
+/* Type null: `type: null` names it (not "not set"); it takes only inflight. */
+static void test_null_type(void **state)
+{
+    sb_config *cfg = parse_ok("adapters:\n"
+                              "  - { name: d, type: null, inflight: 2 }\n"
+                              "  - { name: e, type: \"null\" }\n"
+                              "routes: [{ name: r, from: x, to: [d, e] }]\n");
+    (void)state;
+    assert_string_equal(cfg->adapters[0].type, "null");
+    assert_int_equal(cfg->adapters[0].inflight, 2);
+    assert_int_equal(cfg->adapters[1].inflight, 64);
+    sb_config_free(cfg);
+    expect_errors("adapters: [{ name: d, type: null, path: p, colour: red }]\n",
+                  "t.yaml:1:35: adapters[0].path: not allowed for type null\n"
+                  "t.yaml:1:44: adapters[0].colour: unknown key (known: name, type, inflight)\n");
+    expect_errors("adapters: [{ name: d, type: ~ }]\n",
+                  "t.yaml:1:29: adapters[0].type: missing value\n");
+}
+
 /* A host name where the socket adapters need a numeric address. */
 #define NOT_NUMERIC                                                                                \
     "host \"h\" is not a numeric address (write e.g. 127.0.0.1:7878 or [::1]:7878; names are "  \
@@ -1791,6 +1810,7 @@ int main(void)
         cmocka_unit_test(test_starter),
         cmocka_unit_test(test_starter_control_chars),
         cmocka_unit_test(test_golden),
+        cmocka_unit_test(test_null_type),
     };
     if (sb_adapter_keys_register_builtin(NULL) != 0)
         return 1;
