@@ -1495,7 +1495,8 @@ static void test_example_full(void **state)
     (void)state;
     /* It shows every adapter type and sets non-default values. */
     for (const char *const *t =
-             (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", "mailslot", "dde", NULL};
+             (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", "mailslot", "dde", "null",
+                                   NULL};
          *t != NULL; t++) {
         int found = 0;
         for (size_t i = 0; i < cfg->adapter_count; i++)
