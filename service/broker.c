@@ -3,6 +3,7 @@
  * into queues, adapters and sink bindings, run the loop, reload, and stop in
  * order (adapters first, then in-flight commits, then the store).
  */
+#include "config/adapter_keys.h"
 #include "service/agent_host.h"
 #include "service/alloc.h"
 #include "service/broker_int.h"
@@ -525,8 +526,8 @@ static int bind_sink(sb_broker *b, sb_adapter *a, const char *queue_name, sb_err
     return sb_broker_attach(b, queue_name, &s->consumer, err);
 }
 
-/* Checks what the config schema cannot: destinations must be sinks, and
- * (with this_platform) every type exists here and its own checks pass. */
+/* Checks what the config pass cannot: (with this_platform) every type has
+ * an implementation here, the agent types exist, the auth files load. */
 int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *err)
 {
     for (size_t i = 0; i < cfg->route_count; i++) {
@@ -536,25 +537,8 @@ int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *er
                 return sb_error_set(err, SB_ECONFIG, 0,
                                     "%s:%d:%d: routes[%zu].from: filter contains a newline",
                                     cfg->path, r->pos.line, r->pos.col, i);
-        for (size_t t = 0; t < r->to_count; t++) {
-            const sb_adapter_config *a = sb_config_adapter(cfg, r->to[t]);
-            const sb_adapter_type *type = a != NULL ? sb_adapter_find(a->type) : NULL;
-            if (a == NULL || type == NULL)
-                continue; /* the config loader reported it */
-            unsigned caps = type->caps_of != NULL ? type->caps_of(a) : type->caps;
-            int mqtt = a->protocol != NULL && strcmp(a->protocol, "mqtt") == 0;
-            if (!(caps & SB_CAP_SINK) || type->deliver == NULL ||
-                (a->protocol != NULL && strcmp(a->protocol, "jsonl") == 0))
-                return sb_error_set(err, SB_ECONFIG, 0,
-                                    "%s:%d:%d: routes[%zu].to: adapter %s (type %s, protocol %s) "
-                                    "cannot be a destination%s",
-                                    cfg->path, r->pos.line, r->pos.col, i, a->name, a->type,
-                                    a->protocol != NULL ? a->protocol : "raw",
-                                    mqtt ? "; MQTT clients subscribe for themselves"
-                                    : !(caps & SB_CAP_SINK)
-                                        ? " (it only receives: give it `connect` to send)"
-                                        : "; jsonl clients subscribe by name");
-        }
+        /* whether each destination can take deliveries is the config
+         * pass's (the types' `destination` hooks) */
     }
     for (size_t i = 0; i < cfg->adapter_count && this_platform; i++) {
         const sb_adapter_type *type = sb_adapter_find(cfg->adapters[i].type);
@@ -563,13 +547,6 @@ int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *er
                 err, SB_ECONFIG, 0,
                 "%s:%d:%d: adapters[%zu].type: %s is not available on this platform", cfg->path,
                 cfg->adapters[i].pos.line, cfg->adapters[i].pos.col, i, cfg->adapters[i].type);
-        if (type->validate != NULL) {
-            sb_error verr;
-            if (type->validate(&cfg->adapters[i], &verr) != 0)
-                return sb_error_set(err, SB_ECONFIG, 0, "%s:%d:%d: adapters[%zu]: %s", cfg->path,
-                                    cfg->adapters[i].pos.line, cfg->adapters[i].pos.col, i,
-                                    verr.msg);
-        }
     }
     for (size_t i = 0; i < cfg->broker.agent_types_count && this_platform; i++)
         if (sb_adapter_find(cfg->broker.agent_types[i]) == NULL)
@@ -734,25 +711,24 @@ static int start_admin(sb_broker *b, sb_error *err)
         sb_platform_default_admin_endpoint(path, sizeof(path), b->cfg->broker.data_dir);
     else
         snprintf(path, sizeof(path), "%s", ep);
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.name = "admin";
-    cfg.type = "pipe";
-    cfg.path = path;
-    cfg.protocol = "jsonl";
-    cfg.max_message = 16 * 1024 * 1024;
-    cfg.max_connections = 64;
-    /* sbctl may connect before it has a request (no idle_timeout), but
-     * sends each one whole */
-    cfg.idle_timeout_ms = 0;
-    cfg.frame_timeout_ms = 30000;
-    cfg.inflight = 64;
     /* The admin endpoint bypasses ACLs: only who administers the machine
      * and the broker's own account, unless broker.admin.security says more. */
     if ((rc = sb_platform_admin_security(&security, b->cfg->broker.admin_security, err)) != 0)
         return rc;
-    cfg.security = security;
-    rc = start_adapter(b, &cfg, &b->admin, err);
+    {
+        /* sbctl may connect before it has a request (no idle_timeout), but
+         * sends each one whole */
+        const char *const keys[] = {"path",         path,  "protocol",      "jsonl",
+                                    "max_message",  "16MiB", "max_connections", "64",
+                                    "idle_timeout", "0",     "frame_timeout", "30s",
+                                    "security",     security, NULL};
+        rc = sb_adapter_config_build(&cfg, "admin", "pipe", keys, err);
+    }
     sb_free(security);
+    if (rc != 0)
+        return rc;
+    rc = start_adapter(b, &cfg, &b->admin, err);
+    sb_adapter_config_free(&cfg);
     if (rc == 0) {
         /* The admin endpoint is not a config adapter: keep it off the list. */
         b->adapters = b->admin->next;

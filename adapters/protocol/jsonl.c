@@ -5,6 +5,7 @@
  * deliveries queue behind pending replies so a "subscribed" reply always
  * precedes the subscription's first message.
  */
+#include "adapters/stream_keys.h"
 #include "adapters/conn.h"
 #include "adapters/protocol/jsonl_fast.h"
 #include "service/agent_host.h"
@@ -1092,7 +1093,7 @@ static int jsonl_open(sb_conn *c)
         return SB_ENOMEM;
     s->conn = c;
     s->max_payload =
-        c->adapter->cfg->max_message > 0 ? (size_t)c->adapter->cfg->max_message : 1048576;
+        SB_STREAM_CFG(c->adapter->cfg)->max_message > 0 ? (size_t)SB_STREAM_CFG(c->adapter->cfg)->max_message : 1048576;
     /* A line carries JSON escaping and base64 around the payload. */
     s->max = s->max_payload * 2 + 65536;
     snprintf(s->source, sizeof(s->source), "%s %s", c->adapter->name, c->peer);

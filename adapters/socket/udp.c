@@ -8,6 +8,7 @@
  * and the socket's buffer holds (or the kernel drops) the next ones, rather
  * than a flood piling up in memory in front of a slow store.
  */
+#include "adapters/stream_keys.h"
 #include "service/adapter.h"
 #include "adapters/protocol/raw.h"
 #include "adapters/socket/socket.h"
@@ -39,23 +40,12 @@ typedef struct udp_send {
     sb_delivery *d;
 } udp_send;
 
-static int udp_validate(const sb_adapter_config *cfg, sb_error *err)
-{
-    struct sockaddr_storage ss;
-    const char *addr = cfg->listen != NULL ? cfg->listen : cfg->connect;
-    if (cfg->protocol != NULL && strcmp(cfg->protocol, "raw") != 0)
-        return sb_error_set(err, SB_ECONFIG, 0, "udp carries the raw protocol only");
-    if (addr == NULL)
-        return sb_error_set(err, SB_ECONFIG, 0, "udp needs listen or connect");
-    return sb_socket_parse_addr(addr, &ss, err);
-}
-
 static int udp_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error *err)
 {
     udp_adapter *u = sb_calloc(1, sizeof(*u));
     if (u == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-    u->is_server = cfg->listen != NULL;
+    u->is_server = SB_STREAM_CFG(cfg)->listen != NULL;
     *out = &u->base;
     return 0;
 }
@@ -111,14 +101,14 @@ static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct so
     if (addr == NULL)
         return;
     sb_socket_format_addr(addr, peer, sizeof(peer));
-    if ((flags & UV_UDP_PARTIAL) || (size_t)n > (size_t)u->base.cfg->max_message) {
+    if ((flags & UV_UDP_PARTIAL) || (size_t)n > (size_t)SB_STREAM_CFG(u->base.cfg)->max_message) {
         sb_log(SB_LOG_ERROR, u->base.name, "peer %s: datagram larger than max_message %lld dropped",
-               peer, (long long)u->base.cfg->max_message);
+               peer, (long long)SB_STREAM_CFG(u->base.cfg)->max_message);
         u->dropped++;
         return;
     }
     snprintf(source, sizeof(source), "%s %s", u->base.name, peer);
-    topic = sb_raw_topic(u->base.cfg->topic, u->base.name, peer);
+    topic = sb_raw_topic(SB_STREAM_CFG(u->base.cfg)->topic, u->base.name, peer);
     if (topic != NULL &&
         !sb_auth_allowed(sb_broker_auth(u->base.broker), NULL, NULL, topic, SB_ACL_WRITE)) {
         /* a datagram has no identity: the ACL's anonymous rules apply */
@@ -150,7 +140,7 @@ static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct so
 static int udp_start(sb_adapter *a, sb_error *err)
 {
     udp_adapter *u = (udp_adapter *)a;
-    const char *addr = a->cfg->listen != NULL ? a->cfg->listen : a->cfg->connect;
+    const char *addr = SB_STREAM_CFG(a->cfg)->listen != NULL ? SB_STREAM_CFG(a->cfg)->listen : SB_STREAM_CFG(a->cfg)->connect;
     struct sockaddr_storage ss;
     int rc;
 
@@ -240,7 +230,7 @@ static void udp_destroy(sb_adapter *a)
 
 static unsigned udp_caps_of(const sb_adapter_config *cfg)
 {
-    return cfg->listen != NULL ? SB_CAP_SOURCE : SB_CAP_SINK;
+    return SB_STREAM_CFG(cfg)->listen != NULL ? SB_CAP_SOURCE : SB_CAP_SINK;
 }
 
 const sb_adapter_type sb_adapter_udp = {
@@ -248,7 +238,6 @@ const sb_adapter_type sb_adapter_udp = {
     .name = "udp",
     .caps = SB_CAP_SOURCE | SB_CAP_SINK,
     .caps_of = udp_caps_of,
-    .validate = udp_validate,
     .create = udp_create,
     .start = udp_start,
     .deliver = udp_deliver,

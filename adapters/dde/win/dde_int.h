@@ -19,6 +19,7 @@
 #define SB_DDE_INT_H
 
 #include "service/adapter.h"
+#include "adapters/dde/dde_keys.h"
 #include "adapters/dde/dde_map.h"
 #include "service/broker.h"
 #include "service/inbox.h"

@@ -30,6 +30,7 @@
  * "$mqtt\n<id>\nrel\n<message id>" is committed before PUBREL is sent, so a
  * redelivery after a restart sends PUBREL, never the message again.
  */
+#include "adapters/stream_keys.h"
 #include "adapters/conn.h"
 #include "adapters/protocol/mqtt/mqtt_codec.h"
 #include "service/alloc.h"
@@ -932,7 +933,7 @@ static int connect_finish(mqtt_session *s, const char *user)
     char prefix[300];
     int present = 0;
 
-    if (user == NULL && !sb_adapter_config_anonymous(cfg))
+    if (user == NULL && !sb_stream_anonymous(cfg))
         return refuse(s, SB_MQTT_CONNACK_NOT_AUTHORIZED,
                       "anonymous clients are not allowed on this listener");
     if (user != NULL && (s->user = sb_strdup(user)) == NULL)
@@ -952,9 +953,9 @@ static int connect_finish(mqtt_session *s, const char *user)
 
     sb_sub_settings_default(&st);
     st.lease_ms = DELIVERY_LEASE_MS;
-    if (cfg->max_queued > 0) {
+    if (SB_STREAM_CFG(cfg)->max_queued > 0) {
         /* a slow or absent client must not make the broker hold everything */
-        st.max_depth = cfg->max_queued;
+        st.max_depth = SB_STREAM_CFG(cfg)->max_queued;
         st.overflow = SB_OVERFLOW_DROP_OLDEST;
     }
     meta = sb_broker_sub_meta(b, s->queue);
@@ -987,12 +988,12 @@ static int connect_finish(mqtt_session *s, const char *user)
                    s->who, s->queue, s->user);
         subs_recheck(s, claimed);
     } else {
-        st.expire_ms = cfg->session_expiry_ms;
+        st.expire_ms = SB_STREAM_CFG(cfg)->session_expiry_ms;
         if (define_empty(s, &st, &err) != 0)
             return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, err.msg);
     }
     /* The absence allowed is that of the listener the client last used. */
-    if (!s->clean && sb_broker_sub_set_expiry(b, s->queue, cfg->session_expiry_ms, &err) != 0)
+    if (!s->clean && sb_broker_sub_set_expiry(b, s->queue, SB_STREAM_CFG(cfg)->session_expiry_ms, &err) != 0)
         sb_log(SB_LOG_WARN, s->conn->adapter->name, "%s: cannot set the session's expiry: %s",
                s->who, err.msg);
     if (sb_mqtt_encode_connack(ack, sizeof ack, &n, present, SB_MQTT_CONNACK_ACCEPTED) == 0)
@@ -1128,7 +1129,7 @@ static int handle_connect(mqtt_session *s, const sb_mqtt_packet *pk)
         return 0;
     }
     if (sb_auth_has_passwords(auth) && !cn->has_username && s->conn->user == NULL &&
-        !sb_adapter_config_anonymous(s->conn->adapter->cfg))
+        !sb_stream_anonymous(s->conn->adapter->cfg))
         return refuse(s, SB_MQTT_CONNACK_NOT_AUTHORIZED, "no user name given");
     /* Without a password file a user name proves nothing: identity comes
      * from a TLS client certificate, if any. */
@@ -1284,7 +1285,7 @@ static int mqtt_data(sb_conn *c, const char *data, size_t len)
 static int mqtt_open(sb_conn *c)
 {
     mqtt_session *s = sb_calloc(1, sizeof(*s));
-    int64_t max = c->adapter->cfg->max_message;
+    int64_t max = SB_STREAM_CFG(c->adapter->cfg)->max_message;
     if (s == NULL)
         return SB_ENOMEM;
     s->conn = c;
