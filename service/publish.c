@@ -240,7 +240,6 @@ static void complete(sb_broker *b, sb_pending *p)
             sb_entry *e = p->spare;
             p->spare = e->next;
             sb_queue__append_entry(q, e, p->msg, 0);
-            sb_queue__trim(q);
         }
         if (!q->live && q->pending == 0)
             sb_queue__close(q); /* deferred close of a deleted queue */
@@ -254,9 +253,13 @@ static void complete(sb_broker *b, sb_pending *p)
         for (int c = 0; c < 3; c++)
             if (p->durability_mask & (1 << c))
                 b->published_class[c]++;
-        for (size_t i = 0; i < p->queue_count; i++)
-            if (p->queues[i]->live)
-                sb_queue__dispatch(p->queues[i]);
+        for (size_t i = 0; i < p->queue_count; i++) {
+            if (!p->queues[i]->live)
+                continue;
+            sb_queue__dispatch(p->queues[i]);
+            /* what consumers did not take is trimmed to the limit */
+            sb_queue__trim(p->queues[i]);
+        }
     }
     if (p->cb != NULL)
         p->cb(p->ctx, p->status, p->status == 0 ? p->msg->id : 0,
