@@ -188,15 +188,23 @@ static int publish(fx *f, uint64_t id, const char *payload, const uint32_t *queu
     return rc;
 }
 
-static int queue_put(fx *f, uint32_t id, const char *name, const char *filter, const char *settings)
+static const sb_sub_filter any_filter = {"#", SB_QOS_NONE};
+
+static int queue_put_def(fx *f, const sb_store_queue *q)
 {
     sb_store_op op = {0};
     op.type = SB_OP_QUEUE_PUT;
-    op.u.queue_put.queue_id = id;
-    op.u.queue_put.name = name;
-    op.u.queue_put.filter = filter;
-    op.u.queue_put.settings = settings;
+    op.u.queue_put = *q;
     return do_op(f, &op);
+}
+
+/* A queue with one filter (none if filter is NULL). */
+static int queue_put(fx *f, uint32_t id, const char *name, const char *filter, const char *settings)
+{
+    sb_sub_filter one = {filter, SB_QOS_NONE};
+    sb_store_queue q = {id, name, filter != NULL ? &one : NULL, filter != NULL, settings, NULL,
+                        NULL};
+    return queue_put_def(f, &q);
 }
 
 static int ack(fx *f, uint32_t q, uint64_t first, uint64_t last)
@@ -275,9 +283,11 @@ static size_t ids_of(const loaded *l, uint32_t q, uint64_t *ids, size_t max)
     return n;
 }
 
+/* A queue as loaded: its filters '\n'-joined (brief to compare), their QoS
+ * as digits ('-' for none). */
 typedef struct qrow {
     uint32_t id;
-    char name[32], filter[32], settings[64];
+    char name[32], filter[64], qos[8], settings[256], protocol[16], owner[16];
 } qrow;
 
 typedef struct qlist {
@@ -285,15 +295,25 @@ typedef struct qlist {
     int n;
 } qlist;
 
-static int collect_queue(void *ctx, uint32_t id, const char *name, const char *filter,
-                         const char *settings)
+static int collect_queue(void *ctx, const sb_store_queue *q)
 {
     qlist *l = ctx;
+    qrow *r = &l->q[l->n];
+    size_t len = 0;
     assert_true(l->n < 8);
-    l->q[l->n].id = id;
-    snprintf(l->q[l->n].name, sizeof(l->q[0].name), "%s", name);
-    snprintf(l->q[l->n].filter, sizeof(l->q[0].filter), "%s", filter);
-    snprintf(l->q[l->n].settings, sizeof(l->q[0].settings), "%s", settings ? settings : "(null)");
+    assert_true(q->filter_count < sizeof(r->qos));
+    r->id = q->id;
+    snprintf(r->name, sizeof(r->name), "%s", q->name);
+    for (size_t i = 0; i < q->filter_count; i++) {
+        len += (size_t)snprintf(r->filter + len, sizeof(r->filter) - len, "%s%s",
+                                i > 0 ? "\n" : "", q->filters[i].filter);
+        assert_true(len < sizeof(r->filter));
+        r->qos[i] = q->filters[i].qos == SB_QOS_NONE ? '-' : (char)('0' + q->filters[i].qos);
+    }
+    r->qos[q->filter_count] = '\0';
+    snprintf(r->settings, sizeof(r->settings), "%s", q->settings ? q->settings : "(null)");
+    snprintf(r->protocol, sizeof(r->protocol), "%s", q->protocol ? q->protocol : "(null)");
+    snprintf(r->owner, sizeof(r->owner), "%s", q->owner ? q->owner : "(null)");
     l->n++;
     return 0;
 }
@@ -774,13 +794,14 @@ static void test_queue_put_delete(void **state)
         ops[i].type = SB_OP_QUEUE_PUT;
         ops[i].cb = count_cb;
         ops[i].ctx = &done;
-        ops[i].u.queue_put.filter = "#";
+        ops[i].u.queue_put.filters = &any_filter;
+        ops[i].u.queue_put.filter_count = 1;
     }
-    ops[0].u.queue_put.queue_id = 4;
+    ops[0].u.queue_put.id = 4;
     ops[0].u.queue_put.name = "d";
-    ops[1].u.queue_put.queue_id = 3;
+    ops[1].u.queue_put.id = 3;
     ops[1].u.queue_put.name = "b";
-    ops[2].u.queue_put.queue_id = 5;
+    ops[2].u.queue_put.id = 5;
     ops[2].u.queue_put.name = "e";
     for (int i = 0; i < 3; i++)
         assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
@@ -1096,9 +1117,10 @@ static void test_stop_while_degraded(void **state)
     vfs_shim_fail_syncs(1);
     put.type = SB_OP_QUEUE_PUT; /* a change that must be written */
     put.sync = 1;
-    put.u.queue_put.queue_id = 1;
+    put.u.queue_put.id = 1;
     put.u.queue_put.name = "q";
-    put.u.queue_put.filter = "#";
+    put.u.queue_put.filters = &any_filter;
+    put.u.queue_put.filter_count = 1;
     put.cb = count_cb;
     put.ctx = &done;
     assert_int_equal(sb_store_submit(f->s, &put), 0);
