@@ -139,8 +139,8 @@ static int step_error(const mig_ctx *c, int rc, const char *step, sb_error *err)
                         c->path, c->from, c->to, step, sqlite3_errmsg(c->db));
 }
 
-/* The end of a step: a test may fail the migration there. */
-static int step_done(const mig_ctx *c, const char *step, sb_error *err)
+/* The start of a step: a test may fail the migration there. */
+static int step_begin(const mig_ctx *c, const char *step, sb_error *err)
 {
     if (test_hook != NULL && test_hook(step) != 0)
         return sb_error_set(err, SB_EIO, 0,
@@ -152,10 +152,11 @@ static int step_done(const mig_ctx *c, const char *step, sb_error *err)
 
 static int exec_step(const mig_ctx *c, const char *sql, const char *step, sb_error *err)
 {
-    int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
-    if (rc != SQLITE_OK)
-        return step_error(c, rc, step, err);
-    return step_done(c, step, err);
+    int rc = step_begin(c, step, err);
+    if (rc != 0)
+        return rc;
+    rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+    return rc != SQLITE_OK ? step_error(c, rc, step, err) : 0;
 }
 
 /* ---- version 2 ----------------------------------------------------------- */
@@ -179,6 +180,8 @@ static int convert_queue(const mig_ctx *c, sqlite3_stmt *ins_q, sqlite3_stmt *in
     int rc;
 
     snprintf(step, sizeof(step), "queue %lld (%.200s)", (long long)id, name);
+    if ((rc = step_begin(c, step, err)) != 0)
+        return rc;
     if (mqtt) {
         /* one QoS digit per filter, then "\nowner=<user>" if it has one;
          * the owner is the rest of the text */
@@ -300,7 +303,7 @@ out:
     (void)sqlite3_finalize(sel);
     (void)sqlite3_finalize(ins_q);
     (void)sqlite3_finalize(ins_f);
-    return status != 0 ? status : step_done(c, "converting queues", err);
+    return status;
 }
 
 /* ---- running them -------------------------------------------------------- */
