@@ -503,9 +503,9 @@ oom:
     return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
 }
 
-static int r_sub_define(sb_remote *r, const char *name, const sb_sub_filter *filters,
-                        size_t count, const sb_sub_settings *settings,
-                        const sb_sub_filter *retained_for, size_t retained_count, sb_error *err)
+static int r_sub_define(sb_remote *r, const char *name, const sb_sub_filter *filters, size_t count,
+                        const sb_sub_settings *settings, const sb_sub_filter *retained_for,
+                        size_t retained_count, sb_error *err)
 {
     agent *a = (agent *)r;
     sub_def *d = find_def(a, name);
@@ -743,7 +743,7 @@ idle:
 }
 
 static const sb_remote_ops agent_ops = {
-    r_publish, r_sub_define,    r_sub_get,     r_unsubscribe, r_attach,
+    r_publish, r_sub_define,    r_sub_get,        r_unsubscribe, r_attach,
     r_detach,  r_delivery_done, r_consumer_ready, r_busy,
 };
 

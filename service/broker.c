@@ -222,19 +222,20 @@ oom:
  * same filters (their QoS changed) need nothing; otherwise all of them. */
 static size_t filters_kept(const sb_queue *q, const sb_sub_filter *filters, size_t count)
 {
-    if (count < q->filter_count || !sb_sub_filters_same(q->filters, q->filter_count, filters,
-                                                        q->filter_count))
+    if (count < q->filter_count ||
+        !sb_sub_filters_same(q->filters, q->filter_count, filters, q->filter_count))
         return 0;
     return q->filter_count;
 }
 
-int sb_broker__filters_begin(sb_broker *b, sb_queue *q, const sb_sub_filter *filters,
-                             size_t count, sb_filter_change *change)
+int sb_broker__filters_begin(sb_broker *b, sb_queue *q, const sb_sub_filter *filters, size_t count,
+                             sb_filter_change *change)
 {
     size_t from = filters_kept(q, filters, count);
     int oom = 0;
     sb_sub_filter *copy = sb_sub_filters_copy(filters, count, &oom);
-    if (oom || (count > from && sb_subindex_add_all(&b->routing, copy + from, count - from, q) != 0)) {
+    if (oom ||
+        (count > from && sb_subindex_add_all(&b->routing, copy + from, count - from, q) != 0)) {
         sb_free(copy);
         return SB_ENOMEM;
     }
@@ -632,8 +633,7 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
             route_queue_name(name, sizeof(name), r, d);
             q = sb_broker__find_queue(b, name);
             if (q == NULL) {
-                q = sb_broker__add_queue(b, ++b->last_queue_id, name, filters, r->from_count,
-                                         err);
+                q = sb_broker__add_queue(b, ++b->last_queue_id, name, filters, r->from_count, err);
                 if (q == NULL) {
                     sb_free(filters);
                     return err != NULL ? err->code : SB_ENOMEM;
@@ -963,7 +963,7 @@ static int filters_validate(const sb_sub_filter *filters, size_t count, sb_error
     return 0;
 }
 
-/* The filters of a subscription for a message, '\n'-joined, cut short. */
+/* The filters of a subscription for a message, space-separated, cut short. */
 static void filters_text(char *out, size_t n, const sb_sub_filter *filters, size_t count)
 {
     size_t len = 0;

@@ -166,8 +166,8 @@ typedef struct sb_filter_change {
     size_t old_count;
     size_t indexed_from; /* the new filters from here on were indexed */
 } sb_filter_change;
-int sb_broker__filters_begin(sb_broker *b, sb_queue *q, const sb_sub_filter *filters,
-                             size_t count, sb_filter_change *change);
+int sb_broker__filters_begin(sb_broker *b, sb_queue *q, const sb_sub_filter *filters, size_t count,
+                             sb_filter_change *change);
 void sb_broker__filters_end(sb_broker *b, sb_queue *q, sb_filter_change *change, int commit);
 
 #endif

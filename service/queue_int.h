@@ -48,7 +48,7 @@ struct sb_queue {
     sb_broker *broker;
     uint32_t id;
     char *name;
-    sb_sub_filter *filters;       /* one block (sb_sub_filters_copy); NULL if none */
+    sb_sub_filter *filters; /* one block (sb_sub_filters_copy); NULL if none */
     size_t filter_count;
     char *protocol;               /* sb_broker_sub_define's; NULL: not a protocol session */
     char *owner;                  /* the identity a protocol session belongs to, or NULL */

@@ -135,8 +135,9 @@ static int step_error(const mig_ctx *c, int rc, const char *step, sb_error *err)
 {
     int code = (rc & 0xff) == SQLITE_ERROR ? SB_ECORRUPT : sb_store__error_from_sqlite(rc);
     return sb_error_set(err, code, 0,
-                        "database %s: schema migration from version %d to %d failed (%s): %s",
-                        c->path, c->from, c->to, step, sqlite3_errmsg(c->db));
+                        "database %s%s: schema migration from version %d to %d failed (%s): %s",
+                        c->path, (rc & 0xff) == SQLITE_CORRUPT ? " is corrupt" : "", c->from, c->to,
+                        step, sqlite3_errmsg(c->db));
 }
 
 /* The start of a step: a test may fail the migration there. */
@@ -324,8 +325,8 @@ int sb_store__schema_migrate(sqlite3 *db, const char *path, int from_version, sb
         if (rc != 0)
             return rc;
     } else {
-        sb_info(WHO, "database %s: schema version %d, migrating to version %d", path,
-                from_version, SB_STORE_SCHEMA_VERSION);
+        sb_info(WHO, "database %s: schema version %d, migrating to version %d", path, from_version,
+                SB_STORE_SCHEMA_VERSION);
     }
     /* One transaction: a failure or a crash at any point leaves the
      * database at from_version, and the next open starts again. */

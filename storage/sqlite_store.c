@@ -537,8 +537,8 @@ static int exec_queue_put(sb_store *s, sb_store_op *op)
         }
     /* The one error that is the op's own (another queue has the name)
      * comes from this statement, before anything was written. */
-    rc = bind_run(st, bind_args(st, "itttt", (int64_t)q->id, q->name, q->settings, q->protocol,
-                                q->owner));
+    rc = bind_run(
+        st, bind_args(st, "itttt", (int64_t)q->id, q->name, q->settings, q->protocol, q->owner));
     if (rc != SQLITE_OK)
         return op_error(s, op, rc, "queue definition");
     st = s->st[ST_QUEUE_FILTERS_DELETE];
@@ -1476,9 +1476,7 @@ static int open_db(sb_store *s, sb_error *err)
         rc = query(s, "PRAGMA page_size", &s->page_size, NULL, 0);
     if (rc != SQLITE_OK)
         return db_error(s, rc, "setting up the connection", err);
-    rc = sb_store__schema_migrate(s->db, s->path, (int)version, err);
-    if (rc != 0)
-        return rc;
+    /* Checked before a migration, which must not build on damaged pages. */
     rc = query(s, "PRAGMA page_count", &pages, NULL, 0);
     if (rc != SQLITE_OK)
         return db_error(s, rc, "PRAGMA page_count", err);
@@ -1489,6 +1487,12 @@ static int open_db(sb_store *s, sb_error *err)
         if (strcmp(text, "ok") != 0)
             return sb_error_set(err, SB_ECORRUPT, 0, "database %s is corrupt: %s", s->path, text);
     }
+    rc = sb_store__schema_migrate(s->db, s->path, (int)version, err);
+    if (rc != 0)
+        return rc;
+    rc = query(s, "PRAGMA page_count", &pages, NULL, 0);
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, "PRAGMA page_count", err);
     s->stats.db_bytes = pages * s->page_size;
     return 0;
 }
@@ -1669,8 +1673,8 @@ static int load_filters(sqlite3_stmt *st, int *step_rc, int64_t id, sb_sub_filte
             break;
         }
         f[n].filter = copy;
-        f[n].qos = sqlite3_column_type(st, 2) == SQLITE_NULL ? SB_QOS_NONE
-                                                             : sqlite3_column_int(st, 2);
+        f[n].qos =
+            sqlite3_column_type(st, 2) == SQLITE_NULL ? SB_QOS_NONE : sqlite3_column_int(st, 2);
         n++;
         *step_rc = sqlite3_step(st);
     }

@@ -564,10 +564,9 @@ static char *subscribed_line(sb_broker *b, const char *name, json_t *id, size_t 
             list = NULL;
         }
     joined = sb_sub_filters_join(def.filters, def.filter_count);
-    o = list != NULL && joined != NULL
-            ? json_pack("{s:s, s:s, s:s, s:O}", "op", "subscribed", "sub", name, "filter", joined,
-                        "filters", list)
-            : NULL;
+    o = list != NULL && joined != NULL ? json_pack("{s:s, s:s, s:s, s:O}", "op", "subscribed",
+                                                   "sub", name, "filter", joined, "filters", list)
+                                       : NULL;
     json_decref(list);
     sb_free(joined);
     if (o != NULL && id != NULL)

@@ -303,9 +303,9 @@ static void test_jsonl_and_routes(void **state)
     sbt_pub(p, "m/b/2", "two", 1);
     expect_msg(c, "multi", "m/a/1", "one");
     expect_msg(c, "multi", "m/b/2", "two");
-    sbt_expect_error(sbt_call(c, "{s:s, s:s, s:[s,i]}", "op", "sub", "sub", "bad", "filter",
-                              "m/#", 3),
-                     "SB_EINVAL");
+    sbt_expect_error(
+        sbt_call(c, "{s:s, s:s, s:[s,i]}", "op", "sub", "sub", "bad", "filter", "m/#", 3),
+        "SB_EINVAL");
 
     sbt_close(c);
     sbt_close(p);

@@ -183,8 +183,8 @@ static int subscribe_values(sb_dde_adapter *a, sb_error *err)
     if (filters == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->base.name);
     for (; made < n; made++) {
-        filters[made].filter =
-            sb_dde_map_filter(&a->map, any || a->map.topic_level < 0 ? NULL : cfg->dde_topics[made]);
+        filters[made].filter = sb_dde_map_filter(
+            &a->map, any || a->map.topic_level < 0 ? NULL : cfg->dde_topics[made]);
         filters[made].qos = SB_QOS_NONE;
         if (filters[made].filter == NULL) {
             rc = sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->base.name);

@@ -6,10 +6,10 @@
  * "mqtt/<client id>" whose filters are the client's MQTT subscriptions,
  * each with the QoS granted on it, and whose owner is the identity that
  * made the session (a user that logged in with a password, or a TLS client
- * certificate's name), saved together (sb_broker_sub_define). Clean sessions are transient memory queues deleted
- * at disconnect; persistent ones (clean session 0) are durable (fsync)
- * queues that keep collecting messages while the client is away and survive
- * restarts, until `session_expiry` of absence, if set.
+ * certificate's name), saved together (sb_broker_sub_define). Clean sessions are transient memory
+ * queues deleted at disconnect; persistent ones (clean session 0) are durable (fsync) queues that
+ * keep collecting messages while the client is away and survive restarts, until `session_expiry` of
+ * absence, if set.
  *
  * A session with an owner is its owner's: another identity using its client
  * id gets CONNACK 5 and neither takes it over nor deletes it. A session
@@ -329,8 +329,8 @@ static int subs_load(mqtt_session *s, const sb_sub_def *def)
 static int subs_save(mqtt_session *s, const sb_sub_filter *retained_for, sb_error *err)
 {
     sb_sub_def def = {s->subs, s->sub_count, "mqtt", s->user};
-    return sb_broker_sub_define(s->broker, s->queue, &def, NULL, retained_for,
-                                retained_for != NULL, err);
+    return sb_broker_sub_define(s->broker, s->queue, &def, NULL, retained_for, retained_for != NULL,
+                                err);
 }
 
 /* A resumed session keeps only the filters its identity may subscribe to

@@ -202,8 +202,8 @@ static int queue_put_def(fx *f, const sb_store_queue *q)
 static int queue_put(fx *f, uint32_t id, const char *name, const char *filter, const char *settings)
 {
     sb_sub_filter one = {filter, SB_QOS_NONE};
-    sb_store_queue q = {id, name, filter != NULL ? &one : NULL, filter != NULL, settings, NULL,
-                        NULL};
+    sb_store_queue q = {id,   name, filter != NULL ? &one : NULL, filter != NULL, settings,
+                        NULL, NULL};
     return queue_put_def(f, &q);
 }
 
@@ -305,8 +305,8 @@ static int collect_queue(void *ctx, const sb_store_queue *q)
     r->id = q->id;
     snprintf(r->name, sizeof(r->name), "%s", q->name);
     for (size_t i = 0; i < q->filter_count; i++) {
-        len += (size_t)snprintf(r->filter + len, sizeof(r->filter) - len, "%s%s",
-                                i > 0 ? "\n" : "", q->filters[i].filter);
+        len += (size_t)snprintf(r->filter + len, sizeof(r->filter) - len, "%s%s", i > 0 ? "\n" : "",
+                                q->filters[i].filter);
         assert_true(len < sizeof(r->filter));
         r->qos[i] = q->filters[i].qos == SB_QOS_NONE ? '-' : (char)('0' + q->filters[i].qos);
     }
@@ -1389,8 +1389,8 @@ static void test_queue_filters(void **state)
         sqlite3 *db;
         sqlite3_stmt *st;
         assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-        assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM queue_filters", -1, &st, NULL),
-                         SQLITE_OK);
+        assert_int_equal(
+            sqlite3_prepare_v2(db, "SELECT count(*) FROM queue_filters", -1, &st, NULL), SQLITE_OK);
         assert_int_equal(sqlite3_step(st), SQLITE_ROW);
         assert_int_equal(sqlite3_column_int(st, 0), 1); /* queue 8's went with it */
         sqlite3_finalize(st);
@@ -1474,9 +1474,9 @@ static void capture_line(sb_log_level level, const char *who, const char *text)
 {
     (void)level;
     if (captured.len < sizeof(captured.text))
-        captured.len += (size_t)snprintf(captured.text + captured.len,
-                                         sizeof(captured.text) - captured.len, "[%s] %s\n",
-                                         who != NULL ? who : "-", text);
+        captured.len +=
+            (size_t)snprintf(captured.text + captured.len, sizeof(captured.text) - captured.len,
+                             "[%s] %s\n", who != NULL ? who : "-", text);
 }
 
 static void capture_start(void)
@@ -1524,10 +1524,14 @@ static void test_migrate_golden(void **state)
         uint64_t id;
         const char *topic, *payload;
     } entries[] = {
-        {5, 1, "orders/eu", "order 1"},        {1, 1, "orders/eu", "order 1"},
-        {1, 2, "invoices/7/paid", "invoice 7 paid"}, {5, 3, "sensors/boiler/temp", "81.5"},
-        {4, 3, "sensors/boiler/temp", "81.5"}, {5, 4, "alerts/boiler", "overheat"},
-        {6, 5, "plant/line1", "start"},        {2, 5, "plant/line1", "start"},
+        {5, 1, "orders/eu", "order 1"},
+        {1, 1, "orders/eu", "order 1"},
+        {1, 2, "invoices/7/paid", "invoice 7 paid"},
+        {5, 3, "sensors/boiler/temp", "81.5"},
+        {4, 3, "sensors/boiler/temp", "81.5"},
+        {5, 4, "alerts/boiler", "overheat"},
+        {6, 5, "plant/line1", "start"},
+        {2, 5, "plant/line1", "start"},
     };
     fx *f = *state;
     char *before, *after;
