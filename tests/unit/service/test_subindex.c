@@ -30,44 +30,45 @@ typedef struct split_filters {
     size_t n;
 } split_filters;
 
-static split_filters split(const char *text)
+/* Fills *sp (its filters point into its own buffer: keep it in place). */
+static void split(split_filters *sp, const char *text)
 {
-    split_filters sp;
-    char *p = sp.buf;
-    snprintf(sp.buf, sizeof(sp.buf), "%s", text);
-    sp.n = 0;
+    char *p = sp->buf;
+    snprintf(sp->buf, sizeof(sp->buf), "%s", text);
+    sp->n = 0;
     if (*p == '\0')
-        return sp;
+        return;
     for (;;) {
         char *nl = strchr(p, '\n');
-        assert_true(sp.n < MAX_SPLIT);
-        sp.f[sp.n].filter = p;
-        sp.f[sp.n].qos = SB_QOS_NONE;
-        sp.n++;
+        assert_true(sp->n < MAX_SPLIT);
+        sp->f[sp->n].filter = p;
+        sp->f[sp->n].qos = SB_QOS_NONE;
+        sp->n++;
         if (nl == NULL)
             break;
         *nl = '\0';
         p = nl + 1;
     }
-    return sp;
 }
 
-/* split_filters points into itself: each call works on its own copy. */
 static int add_text(sb_subindex *ix, const char *text, void *value)
 {
-    split_filters sp = split(text);
+    split_filters sp;
+    split(&sp, text);
     return sb_subindex_add_all(ix, sp.f, sp.n, value);
 }
 
 static void remove_text(sb_subindex *ix, const char *text, void *value)
 {
-    split_filters sp = split(text);
+    split_filters sp;
+    split(&sp, text);
     sb_subindex_remove_all(ix, sp.f, sp.n, value);
 }
 
 static int match_any_text(const char *text, const char *topic)
 {
-    split_filters sp = split(text);
+    split_filters sp;
+    split(&sp, text);
     return sb_topic_match_any(sp.f, sp.n, topic);
 }
 
