@@ -90,19 +90,22 @@ double sb_rate__per_sec(const sb_rate *r, int64_t now_sec)
 
 static void on_timer(uv_timer_t *t);
 
-sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const char *filter)
+sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const sb_sub_filter *filters,
+                        size_t filter_count)
 {
     sb_queue *q = sb_calloc(1, sizeof(*q));
     sb_sub_settings defaults;
+    int oom = 0;
     if (q == NULL)
         return NULL;
     q->broker = b;
     q->id = id;
     q->name = sb_strdup(name);
-    q->filter = sb_strdup(filter);
-    if (q->name == NULL || q->filter == NULL) {
+    q->filters = sb_sub_filters_copy(filters, filter_count, &oom);
+    q->filter_count = filter_count;
+    if (q->name == NULL || oom) {
         sb_free(q->name);
-        sb_free(q->filter);
+        sb_free(q->filters);
         sb_free(q);
         return NULL;
     }
@@ -607,8 +610,9 @@ static void on_timer_closed(uv_handle_t *h)
 {
     sb_queue *q = h->data;
     sb_free(q->name);
-    sb_free(q->filter);
-    sb_free(q->meta);
+    sb_free(q->filters);
+    sb_free(q->protocol);
+    sb_free(q->owner);
     sb_free(q->dedup_header);
     sb_free(q);
 }

@@ -48,8 +48,10 @@ struct sb_queue {
     sb_broker *broker;
     uint32_t id;
     char *name;
-    char *filter;
-    char *meta;                   /* a client protocol's text (sb_broker_sub_define) */
+    sb_sub_filter *filters; /* one block (sb_sub_filters_copy); NULL if none */
+    size_t filter_count;
+    char *protocol;               /* sb_broker_sub_define's; NULL: not a protocol session */
+    char *owner;                  /* the identity a protocol session belongs to, or NULL */
     int transient;                /* client queue not saved in the store */
     int from_config;              /* declared by a route (else client-created) */
     int live;                     /* still in the current config / not deleted */
@@ -103,9 +105,11 @@ struct sb_queue {
     int idle_listed;
 };
 
-/* Creates a queue (not yet in the broker's lists); settings from route
- * (config queues) or s (client queues). */
-sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const char *filter);
+/* Creates a queue (not yet in the broker's lists) with a copy of
+ * filters[0..filter_count); settings from route (config queues) or s
+ * (client queues). */
+sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const sb_sub_filter *filters,
+                        size_t filter_count);
 void sb_queue__apply_route(sb_queue *q, const sb_route_config *r);
 void sb_queue__apply_settings(sb_queue *q, const sb_sub_settings *s);
 

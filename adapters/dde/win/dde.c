@@ -226,33 +226,37 @@ static int subscribe_values(sb_dde_adapter *a, sb_error *err)
     const sb_adapter_config *cfg = a->base.cfg;
     int any = SB_DDE_CFG(cfg)->dde_topics_count == 0 ||
               (SB_DDE_CFG(cfg)->dde_topics_count == 1 && strcmp(SB_DDE_CFG(cfg)->dde_topics[0], "*") == 0);
-    size_t n = any || a->map.topic_level < 0 ? 1 : SB_DDE_CFG(cfg)->dde_topics_count, len = 0;
-    char *filters = NULL;
+    size_t n = any || a->map.topic_level < 0 ? 1 : SB_DDE_CFG(cfg)->dde_topics_count, made = 0;
+    sb_sub_filter *filters = sb_calloc(n, sizeof(*filters));
     sb_sub_settings st;
-    int rc;
+    sb_sub_def def;
+    int rc = 0;
 
-    for (size_t i = 0; i < n; i++) {
-        char *f =
-            sb_dde_map_filter(&a->map, any || a->map.topic_level < 0 ? NULL : SB_DDE_CFG(cfg)->dde_topics[i]);
-        char *nf = f != NULL ? sb_realloc(filters, len + strlen(f) + 2) : NULL;
-        if (nf == NULL) {
-            sb_free(f);
-            sb_free(filters);
-            return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->base.name);
+    if (filters == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->base.name);
+    for (; made < n; made++) {
+        filters[made].filter = sb_dde_map_filter(
+            &a->map, any || a->map.topic_level < 0 ? NULL : SB_DDE_CFG(cfg)->dde_topics[made]);
+        filters[made].qos = SB_QOS_NONE;
+        if (filters[made].filter == NULL) {
+            rc = sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->base.name);
+            break;
         }
-        filters = nf;
-        if (len > 0)
-            filters[len++] = '\n';
-        memcpy(filters + len, f, strlen(f) + 1);
-        len += strlen(f);
-        sb_free(f);
     }
     sb_sub_settings_default(&st);
     st.durability = SB_DURABILITY_MEMORY;
     st.transient = 1;
     st.max_depth = VALUE_QUEUE_DEPTH;
     st.overflow = SB_OVERFLOW_DROP_OLDEST;
-    rc = sb_broker_sub_define(a->base.broker, a->sub_name, filters, "dde", &st, filters, err);
+    def.filters = filters;
+    def.filter_count = n;
+    def.protocol = "dde";
+    def.owner = NULL;
+    /* the current values of every topic it serves, also when it existed */
+    if (rc == 0)
+        rc = sb_broker_sub_define(a->base.broker, a->sub_name, &def, &st, filters, n, err);
+    for (size_t i = 0; i < made; i++)
+        sb_free((char *)filters[i].filter);
     sb_free(filters);
     if (rc != 0)
         return rc;
