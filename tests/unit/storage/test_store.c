@@ -1494,6 +1494,7 @@ static void capture_stop(void)
 
 static const char *find_queue(const qlist *ql, const char *name, int *index)
 {
+    *index = 0;
     for (int i = 0; i < ql->n; i++)
         if (strcmp(ql->q[i].name, name) == 0) {
             *index = i;
