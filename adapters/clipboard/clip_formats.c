@@ -7,8 +7,8 @@
 
 /* The numbers are those of winuser.h (this file is portable). */
 static const sb_clip_std standard[] = {
-    {"CF_TEXT", 1, SB_CLIP_ANSI},         {"CF_OEMTEXT", 7, SB_CLIP_OEM},
-    {"CF_DIB", 8, SB_CLIP_BYTES},         {"CF_UNICODETEXT", 13, SB_CLIP_UTF16},
+    {"CF_TEXT", 1, SB_CLIP_ANSI},    {"CF_OEMTEXT", 7, SB_CLIP_OEM},
+    {"CF_DIB", 8, SB_CLIP_BYTES},    {"CF_UNICODETEXT", 13, SB_CLIP_UTF16},
     {"CF_DIBV5", 17, SB_CLIP_BYTES},
 };
 

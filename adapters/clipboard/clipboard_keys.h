@@ -17,10 +17,10 @@
 typedef enum { SB_CLIPBOARD_OUT = 0, SB_CLIPBOARD_IN, SB_CLIPBOARD_BOTH } sb_clipboard_direction;
 
 typedef struct sb_clipboard_settings {
-    int direction;   /* direction: out (default) | in | both */
-    char **formats;  /* in: formats published, in order; none: CF_UNICODETEXT */
+    int direction;  /* direction: out (default) | in | both */
+    char **formats; /* in: formats published, in order; none: CF_UNICODETEXT */
     size_t formats_count;
-    char *topic;     /* in: template of {adapter} {format}, default {adapter} */
+    char *topic;         /* in: template of {adapter} {format}, default {adapter} */
     char **owner_filter; /* in: publish only what these programs (image names) put there */
     size_t owner_filter_count;
     int codepage;            /* CF_TEXT: the code page, default 0 (the system's ANSI code page) */

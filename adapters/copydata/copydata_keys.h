@@ -36,8 +36,8 @@ typedef struct sb_copydata_settings {
                         out: maps a delivery's topic back to its dwData */
     char **data_map; /* "NUMBER=topic" (decimal or 0x hex): dwData <-> topic */
     size_t data_map_count;
-    int strict;           /* in: refuse a dwData that data_map does not name, default false */
-    char *dwdata;         /* out: the dwData of deliveries no header or map names, default 0 */
+    int strict;                /* in: refuse a dwData that data_map does not name, default false */
+    char *dwdata;              /* out: the dwData of deliveries no header or map names, default 0 */
     int64_t send_timeout_ms;   /* out: SendMessageTimeout's timeout, default 5s */
     int allow_lower_integrity; /* in: let lower-integrity senders through UIPI, default false */
     int encoding;              /* encoding: bytes (default) | utf-8 | ansi | utf-16 */

@@ -38,8 +38,8 @@
  */
 #include "adapters/clipboard/clip_formats.h"
 #include "adapters/clipboard/clipboard_keys.h"
-#include "adapters/desktop/win/text.h"
 #include "adapters/desktop/win/window_thread.h"
+#include "adapters/desktop/win/text.h"
 #include "service/adapter.h"
 #include "service/alloc.h"
 #include "service/auth.h"
@@ -104,8 +104,8 @@ typedef struct clip_adapter {
     sb_adapter_stopped_cb stopped_cb;
 
     /* counters (any thread) */
-    atomic_ullong changes, published, skipped_private, skipped_own, skipped_owner,
-        skipped_oversize, dropped, set, busy, failed;
+    atomic_ullong changes, published, skipped_private, skipped_own, skipped_owner, skipped_oversize,
+        dropped, set, busy, failed;
 
     /* loop thread only */
     int publishing;
@@ -113,9 +113,9 @@ typedef struct clip_adapter {
 
     /* window thread only */
     int listening;
-    DWORD last_seq;           /* the last change handled */
-    int reading;              /* a change waits for the clipboard to be free */
-    uint64_t read_deadline;   /* ... until then */
+    DWORD last_seq;         /* the last change handled */
+    int reading;            /* a change waits for the clipboard to be free */
+    uint64_t read_deadline; /* ... until then */
     int64_t read_backoff;
     clip_job *writes, *writes_tail; /* deliveries in order */
     uint64_t write_deadline;
@@ -377,8 +377,8 @@ static void on_published(void *ctx, int status, uint64_t id, int queues, const c
         atomic_fetch_add(&a->published, 1);
     } else if (!a->destroyed) {
         atomic_fetch_add(&a->dropped, 1);
-        sb_log(SB_LOG_ERROR, a->base.name, "clipboard content (%s) not committed: %s",
-               p->fmt_name, why != NULL ? why : sb_strerror(status));
+        sb_log(SB_LOG_ERROR, a->base.name, "clipboard content (%s) not committed: %s", p->fmt_name,
+               why != NULL ? why : sb_strerror(status));
     }
     pub_free(p);
     if (a->destroyed && a->publishing == 0)
@@ -742,8 +742,8 @@ static int resolve_formats(clip_adapter *a, sb_error *err)
         f->kind = std != NULL ? std->kind : SB_CLIP_BYTES;
         if (f->id == 0)
             return sb_error_set(err, SB_EIO, (int)GetLastError(),
-                                "adapter %s: cannot register the clipboard format %s",
-                                a->base.name, names[i]);
+                                "adapter %s: cannot register the clipboard format %s", a->base.name,
+                                names[i]);
     }
     a->fmt_exclude = register_format(SB_CLIP_EXCLUDE);
     a->fmt_history = register_format(SB_CLIP_HISTORY);

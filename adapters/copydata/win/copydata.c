@@ -40,8 +40,8 @@
  */
 #include "adapters/copydata/cd_map.h"
 #include "adapters/copydata/copydata_keys.h"
-#include "adapters/desktop/win/text.h"
 #include "adapters/desktop/win/window_thread.h"
+#include "adapters/desktop/win/text.h"
 #include "service/adapter.h"
 #include "service/alloc.h"
 #include "service/auth.h"
@@ -83,12 +83,12 @@ typedef struct cd_adapter {
     int sink_waiting;
 
     /* window thread only */
-    uint64_t log_second;  /* in: refusals logged this second ... */
-    int logged;           /* ... so many */
-    uint64_t unlogged;    /* refusals not logged since the last line */
-    HWND target;          /* out: the window sent to, or NULL */
-    int state;            /* out: -1 not looked yet, 0 absent, 1 there */
-    int64_t backoff;      /* out: the next look for an absent window */
+    uint64_t log_second; /* in: refusals logged this second ... */
+    int logged;          /* ... so many */
+    uint64_t unlogged;   /* refusals not logged since the last line */
+    HWND target;         /* out: the window sent to, or NULL */
+    int state;           /* out: -1 not looked yet, 0 absent, 1 there */
+    int64_t backoff;     /* out: the next look for an absent window */
 } cd_adapter;
 
 /* A WM_COPYDATA the window thread hands to the loop. */
@@ -225,7 +225,8 @@ static LRESULT receive(cd_adapter *a, HWND sender, const COPYDATASTRUCT *cds)
         return FALSE;
     }
     /* text shrinks at most to a quarter (UTF-16 to ASCII ... ) */
-    if ((uint64_t)cds->cbData > (uint64_t)s->max_message * (s->encoding == SB_COPYDATA_BYTES ? 1 : 4)) {
+    if ((uint64_t)cds->cbData >
+        (uint64_t)s->max_message * (s->encoding == SB_COPYDATA_BYTES ? 1 : 4)) {
         snprintf(why, sizeof why, "%lu bytes is larger than max_message (%lld bytes)",
                  (unsigned long)cds->cbData, (long long)s->max_message);
         log_refusal(a, pid, data, why);
@@ -716,8 +717,8 @@ static int copydata_start(sb_adapter *base, sb_error *err)
     if ((rc = build_map(a, err)) != 0)
         return rc;
     if (a->out && sb_cd_parse_data(&a->dwdata, s->dwdata != NULL ? s->dwdata : "0") != 0)
-        return sb_error_set(err, SB_ECONFIG, 0, "adapter %s: dwdata %s is not a number",
-                            base->name, s->dwdata);
+        return sb_error_set(err, SB_ECONFIG, 0, "adapter %s: dwdata %s is not a number", base->name,
+                            s->dwdata);
     if ((s->window_class != NULL && (a->wclass = sb_utf8_to_wide(s->window_class)) == NULL) ||
         (s->title != NULL && (a->wtitle = sb_utf8_to_wide(s->title)) == NULL))
         return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", base->name);

@@ -130,8 +130,8 @@ int sb_dde__read(unsigned char **out, size_t *out_len, int *text, HDDEDATA data,
     *out = NULL;
     *out_len = 0;
     if (len > (DWORD)max_message * 4 + 4) {
-        snprintf(why, n, "%lu bytes is larger than max_message (%lld bytes)",
-                 (unsigned long)len, (long long)max_message);
+        snprintf(why, n, "%lu bytes is larger than max_message (%lld bytes)", (unsigned long)len,
+                 (long long)max_message);
         return SB_ETOOBIG;
     }
     raw = sb_malloc(len + 1);

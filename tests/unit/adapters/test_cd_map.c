@@ -55,9 +55,8 @@ static void test_template(void **state)
     sb_cd_map_free(&m);
 
     /* {adapter} is sanitized; levels after {data} */
-    assert_int_equal(sb_cd_map_init(&m, "legacy/{adapter}/{data}/in", "a/b+#", NULL, NULL, 0, 0,
-                                     NULL),
-                     0);
+    assert_int_equal(
+        sb_cd_map_init(&m, "legacy/{adapter}/{data}/in", "a/b+#", NULL, NULL, 0, 0, NULL), 0);
     expect_topic(&m, 7, "legacy/a_b__/7/in");
     expect_data(&m, "legacy/a_b__/7/in", 7);
     expect_no_data(&m, "legacy/a_b__/7");
@@ -78,8 +77,7 @@ static void test_data_map(void **state)
     char *got = (char *)1;
     (void)state;
 
-    assert_int_equal(sb_cd_map_init(&m, "orders/other/{data}", "pos", data, topics, 3, 0, NULL),
-                     0);
+    assert_int_equal(sb_cd_map_init(&m, "orders/other/{data}", "pos", data, topics, 3, 0, NULL), 0);
     expect_topic(&m, 1, "orders/new");
     expect_topic(&m, 2, "orders/cancel");
     expect_topic(&m, 0x8000, "orders/big");
@@ -107,8 +105,7 @@ static void test_bad(void **state)
     sb_cd_map m;
     (void)state;
 
-    assert_int_equal(sb_cd_map_init(&m, "x/{data}/{data}", "a", NULL, NULL, 0, 0, &why),
-                     SB_EINVAL);
+    assert_int_equal(sb_cd_map_init(&m, "x/{data}/{data}", "a", NULL, NULL, 0, 0, &why), SB_EINVAL);
     assert_string_equal(why, "{data} appears twice");
     sb_cd_map_free(&m);
     assert_int_equal(sb_cd_map_init(&m, "x/n{data}", "a", NULL, NULL, 0, 0, &why), SB_EINVAL);
@@ -169,10 +166,8 @@ static void test_out_of_memory(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_template),
-        cmocka_unit_test(test_data_map),
-        cmocka_unit_test(test_bad),
-        cmocka_unit_test(test_parse),
+        cmocka_unit_test(test_template),      cmocka_unit_test(test_data_map),
+        cmocka_unit_test(test_bad),           cmocka_unit_test(test_parse),
         cmocka_unit_test(test_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

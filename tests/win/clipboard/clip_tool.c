@@ -152,8 +152,9 @@ int main(int argc, char **argv)
             SetClipboardData(CF_UNICODETEXT, global_of(w, (SIZE_T)n * sizeof(wchar_t)));
         }
         if (private_kind != NULL && strcmp(private_kind, "exclude") == 0) {
-            SetClipboardData(RegisterClipboardFormatA("ExcludeClipboardContentFromMonitorProcessing"),
-                             global_of("", 1));
+            SetClipboardData(
+                RegisterClipboardFormatA("ExcludeClipboardContentFromMonitorProcessing"),
+                global_of("", 1));
         } else if (private_kind != NULL && strcmp(private_kind, "history") == 0) {
             DWORD zero = 0;
             SetClipboardData(RegisterClipboardFormatA("CanIncludeInClipboardHistory"),

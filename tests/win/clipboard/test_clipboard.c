@@ -65,8 +65,13 @@ static void clip_tool(sbt_proc *p, sbt_broker *b, const char *out_name, const ch
                       const char *a5)
 {
     char out[SBT_PATH_MAX];
-    char *argv[] = {(char *)env_path("SB_CLIP_TOOL"), (char *)a1, (char *)a2, (char *)a3,
-                    (char *)a4, (char *)a5, NULL};
+    char *argv[] = {(char *)env_path("SB_CLIP_TOOL"),
+                    (char *)a1,
+                    (char *)a2,
+                    (char *)a3,
+                    (char *)a4,
+                    (char *)a5,
+                    NULL};
     sbt_path(out, sizeof out, b->dir, out_name);
     remove(out);
     memset(p, 0, sizeof(*p));
@@ -249,29 +254,30 @@ static void test_in(void **state)
 
 /* ---- out ---- */
 
-static const char out_config[] = "broker:\n"
-                                 "  data_dir: '{data}'\n"
-                                 "  admin: { endpoint: 'off' }\n"
-                                 "adapters:\n"
-                                 "  - name: clients\n"
-                                 "    type: tcp\n"
-                                 "    listen: 127.0.0.1:{port0}\n"
-                                 "    protocol: jsonl\n"
-                                 "  - name: paste\n"
-                                 "    type: clipboard\n"
-                                 "    busy_timeout: 3s\n"
-                                 "  - name: impatient\n"
-                                 "    type: clipboard\n"
-                                 "    busy_timeout: 100ms\n"
-                                 "routes:\n"
-                                 "  - name: to-clipboard\n"
-                                 "    from: paste\n"
-                                 "    to: paste\n"
-                                 "    retry: { max_attempts: 2, backoff: 20ms, max_backoff: 50ms }\n"
-                                 "  - name: to-impatient\n"
-                                 "    from: impatient\n"
-                                 "    to: impatient\n"
-                                 "    retry: { max_attempts: 1 }\n";
+static const char out_config[] =
+    "broker:\n"
+    "  data_dir: '{data}'\n"
+    "  admin: { endpoint: 'off' }\n"
+    "adapters:\n"
+    "  - name: clients\n"
+    "    type: tcp\n"
+    "    listen: 127.0.0.1:{port0}\n"
+    "    protocol: jsonl\n"
+    "  - name: paste\n"
+    "    type: clipboard\n"
+    "    busy_timeout: 3s\n"
+    "  - name: impatient\n"
+    "    type: clipboard\n"
+    "    busy_timeout: 100ms\n"
+    "routes:\n"
+    "  - name: to-clipboard\n"
+    "    from: paste\n"
+    "    to: paste\n"
+    "    retry: { max_attempts: 2, backoff: 20ms, max_backoff: 50ms }\n"
+    "  - name: to-impatient\n"
+    "    from: impatient\n"
+    "    to: impatient\n"
+    "    retry: { max_attempts: 1 }\n";
 
 static void test_out(void **state)
 {
@@ -290,7 +296,10 @@ static void test_out(void **state)
     /* text (with non-ASCII characters), seen by a watching program */
     clip_tool(&watcher, b, "watch1.out", "WATCHING", "watch", "1", NULL, NULL, NULL);
     sbt_path(out, sizeof out, b->dir, "watch1.out");
-    sbt_pub(c, "paste", "Gr\xc3\xbc\xc3\x9f" "e", 1);
+    sbt_pub(c, "paste",
+            "Gr\xc3\xbc\xc3\x9f"
+            "e",
+            1);
     wait_output(out, "CLIP 4772c3bcc39f65 ", 1, WAIT_MS);
     sbt_proc_release(&watcher);
     sbt_wait_queue_int(c, "to-clipboard:paste", "depth", 0, WAIT_MS);

@@ -79,8 +79,8 @@ int main(int argc, char **argv)
     title = wide(argv[2], title_buf, 256);
     cmd = argv[3];
     /* the program's own (hidden) window, as legacy programs pass theirs */
-    self = CreateWindowExW(0, L"STATIC", L"cd_sender", 0, 0, 0, 0, 0, HWND_MESSAGE, NULL, NULL,
-                           NULL);
+    self =
+        CreateWindowExW(0, L"STATIC", L"cd_sender", 0, 0, 0, 0, 0, HWND_MESSAGE, NULL, NULL, NULL);
 
     if (strcmp(cmd, "send") == 0 && argc > 5) {
         unsigned char buf[65536];

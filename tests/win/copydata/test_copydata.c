@@ -105,8 +105,12 @@ static void start_receiver(sbt_proc *p, sbt_broker *b, const char *out_name, con
                            const char *title, const char *o1, const char *o2)
 {
     char out[SBT_PATH_MAX];
-    char *argv[] = {(char *)env_path("SB_CD_RECEIVER"), (char *)cls, (char *)title, (char *)o1,
-                    (char *)o2, NULL};
+    char *argv[] = {(char *)env_path("SB_CD_RECEIVER"),
+                    (char *)cls,
+                    (char *)title,
+                    (char *)o1,
+                    (char *)o2,
+                    NULL};
     sbt_path(out, sizeof out, b->dir, out_name);
     remove(out);
     memset(p, 0, sizeof(*p));
@@ -504,31 +508,32 @@ static void test_to_mqtt(void **state)
 
 /* ---- out ---- */
 
-static const char out_config[] = "broker:\n"
-                                 "  data_dir: '{data}'\n"
-                                 "  admin: { endpoint: 'off' }\n"
-                                 "adapters:\n"
-                                 "  - name: clients\n"
-                                 "    type: tcp\n"
-                                 "    listen: 127.0.0.1:{port0}\n"
-                                 "    protocol: jsonl\n"
-                                 "  - name: legacy\n"
-                                 "    type: copydata\n"
-                                 "    direction: out\n"
-                                 "    class: '{v0}'\n"
-                                 "    title: Legacy\n"
-                                 "    data_map: ['5=legacy/orders']\n"
-                                 "    topic: legacy/cmd/{data}\n"
-                                 "    dwdata: 0x10\n"
-                                 "    encoding: utf-8\n"
-                                 "    send_timeout: 300ms\n"
-                                 "    reconnect_backoff: 20ms\n"
-                                 "    reconnect_max_backoff: 100ms\n"
-                                 "routes:\n"
-                                 "  - name: to-legacy\n"
-                                 "    from: legacy/#\n"
-                                 "    to: legacy\n"
-                                 "    retry: { max_attempts: 3, backoff: 20ms, max_backoff: 50ms }\n";
+static const char out_config[] =
+    "broker:\n"
+    "  data_dir: '{data}'\n"
+    "  admin: { endpoint: 'off' }\n"
+    "adapters:\n"
+    "  - name: clients\n"
+    "    type: tcp\n"
+    "    listen: 127.0.0.1:{port0}\n"
+    "    protocol: jsonl\n"
+    "  - name: legacy\n"
+    "    type: copydata\n"
+    "    direction: out\n"
+    "    class: '{v0}'\n"
+    "    title: Legacy\n"
+    "    data_map: ['5=legacy/orders']\n"
+    "    topic: legacy/cmd/{data}\n"
+    "    dwdata: 0x10\n"
+    "    encoding: utf-8\n"
+    "    send_timeout: 300ms\n"
+    "    reconnect_backoff: 20ms\n"
+    "    reconnect_max_backoff: 100ms\n"
+    "routes:\n"
+    "  - name: to-legacy\n"
+    "    from: legacy/#\n"
+    "    to: legacy\n"
+    "    retry: { max_attempts: 3, backoff: 20ms, max_backoff: 50ms }\n";
 
 static void test_out(void **state)
 {
@@ -570,8 +575,7 @@ static void test_out(void **state)
     wait_output(out, "DATA 16 6400 ", 1, WAIT_MS);
     sbt_wait_queue_int(c, q, "depth", 0, WAIT_MS);
     /* text UTF-8 cannot carry with a NUL: dead-lettered, never cut short */
-    r = sbt_call(c, "{s:s, s:s, s:s}", "op", "pub", "topic", "legacy/other", "payload_b64",
-                 "YQBi");
+    r = sbt_call(c, "{s:s, s:s, s:s}", "op", "pub", "topic", "legacy/other", "payload_b64", "YQBi");
     sbt_expect_op(r, "puback");
     json_decref(r);
     d = only_dead_letter(c, q);
