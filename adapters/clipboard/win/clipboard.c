@@ -478,7 +478,7 @@ static void run_writes(clip_adapter *a)
     const sb_clipboard_settings *s = settings(a);
     clip_job *j;
     KillTimer(a->wt.hwnd, TIMER_WRITE);
-    while ((j = a->writes) != NULL) {
+    while ((j = a->writes) != NULL && !sb_wnd_thread_quitting(&a->wt)) {
         if (!try_set(a, j)) {
             char who[200];
             if (a->write_deadline == 0) {

@@ -220,6 +220,10 @@ static LRESULT receive(cd_adapter *a, HWND sender, const COPYDATASTRUCT *cds)
     atomic_fetch_add(&a->received, 1);
     if (sender != NULL)
         GetWindowThreadProcessId(sender, &pid);
+    if (sb_wnd_thread_quitting(&a->wt)) {
+        log_refusal(a, pid, data, "the adapter is stopping");
+        return FALSE;
+    }
     if (cds == NULL || (cds->cbData > 0 && cds->lpData == NULL)) {
         log_refusal(a, pid, data, "no data (lParam is not a COPYDATASTRUCT)");
         return FALSE;
@@ -430,6 +434,13 @@ static void send_job(sb_wnd_thread *t, sb_wnd_job *base)
     DWORD_PTR answer = 0;
     LRESULT ok;
 
+    if (sb_wnd_thread_quitting(t)) {
+        /* stopping: not sent; detached with the adapter, the delivery
+         * returns to its queue without counting as an attempt */
+        j->status = SB_ESHUTDOWN;
+        sb_wnd_thread_post(t, on_sent, j);
+        return;
+    }
     if (a->target == NULL || !IsWindow(a->target))
         look(a);
     if (a->target == NULL) {
@@ -548,6 +559,10 @@ static void on_sent(void *arg)
 {
     cd_job *j = arg;
     cd_adapter *a = j->a;
+    if (j->status == SB_ESHUTDOWN) {
+        job_free(j); /* not sent: the broker takes the delivery back */
+        return;
+    }
     if (j->status == 0) {
         atomic_fetch_add(&a->acked, 1);
     } else {
