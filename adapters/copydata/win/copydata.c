@@ -86,6 +86,8 @@ typedef struct cd_adapter {
     uint64_t log_second; /* in: refusals logged this second ... */
     int logged;          /* ... so many */
     uint64_t unlogged;   /* refusals not logged since the last line */
+    HWND last_sender;    /* in: the last sender's window ... */
+    DWORD last_pid;      /* ... and its process */
     HWND target;         /* out: the window sent to, or NULL */
     int state;           /* out: -1 not looked yet, 0 absent, 1 there */
     int64_t backoff;     /* out: the next look for an absent window */
@@ -218,8 +220,13 @@ static LRESULT receive(cd_adapter *a, HWND sender, const COPYDATASTRUCT *cds)
     cd_pub *p;
 
     atomic_fetch_add(&a->received, 1);
-    if (sender != NULL)
+    if (sender != NULL && sender == a->last_sender) {
+        pid = a->last_pid; /* one lookup (under Wine a wineserver call) per sender */
+    } else if (sender != NULL) {
         GetWindowThreadProcessId(sender, &pid);
+        a->last_sender = sender;
+        a->last_pid = pid;
+    }
     if (sb_wnd_thread_quitting(&a->wt)) {
         log_refusal(a, pid, data, "the adapter is stopping");
         return FALSE;

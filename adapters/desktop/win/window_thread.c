@@ -15,6 +15,10 @@
 #define START_WAIT_MS 10000
 /* Sent messages handled while a wait is under way, nested. */
 #define MAX_DEPTH 16
+/* How long a wait looks for its answer before it blocks, and how many
+ * waits skip that after one that outlasted it. */
+#define SPIN_NS 100000
+#define SPIN_SKIP 63
 
 int sb_wnd_under_wine(void)
 {
@@ -143,13 +147,45 @@ static void waiter_release(sb_wnd_waiter *w)
 
 void sb_wnd_waiter_done(sb_wnd_thread *t, sb_wnd_waiter *w, int status, const char *why)
 {
+    int wake;
     uv_mutex_lock(&t->lock);
     w->done = 1;
     w->status = status;
     snprintf(w->why, sizeof w->why, "%s", why != NULL ? why : "");
     waiter_release(w);
+    wake = t->sleeping; /* else it sees done before it sleeps */
     uv_mutex_unlock(&t->lock);
-    SetEvent(t->event);
+    if (wake)
+        SetEvent(t->event);
+}
+
+/* Thread: looks for w's answer for up to SPIN_NS, yielding the processor.
+ * A commit of the memory class comes back within tens of microseconds, and
+ * an answer seen this way saves the event and the wake-up (under Wine,
+ * each a round trip to the wineserver, which every process of the session
+ * shares). A wait that outlasts the spin turns it off for the next
+ * SPIN_SKIP waits (commits of the fsync class take milliseconds). */
+static void spin(sb_wnd_thread *t, sb_wnd_waiter *w)
+{
+    uint64_t until;
+    if (t->spin_skip > 0) {
+        t->spin_skip--;
+        return;
+    }
+    until = uv_hrtime() + SPIN_NS;
+    for (;;) {
+        int done;
+        uv_mutex_lock(&t->lock);
+        done = w->done || t->quit;
+        uv_mutex_unlock(&t->lock);
+        if (done)
+            return;
+        if (uv_hrtime() >= until) {
+            t->spin_skip = SPIN_SKIP;
+            return;
+        }
+        SwitchToThread();
+    }
 }
 
 int sb_wnd_thread_wait(sb_wnd_thread *t, sb_wnd_waiter *w, int timeout_ms, int *status, char *why,
@@ -158,6 +194,7 @@ int sb_wnd_thread_wait(sb_wnd_thread *t, sb_wnd_waiter *w, int timeout_ms, int *
     uint64_t deadline = uv_hrtime() + (uint64_t)timeout_ms * 1000000u;
     int answered;
 
+    spin(t, w);
     uv_mutex_lock(&t->lock);
     while (!w->done && !t->quit) {
         uint64_t now = uv_hrtime();
@@ -166,6 +203,7 @@ int sb_wnd_thread_wait(sb_wnd_thread *t, sb_wnd_waiter *w, int timeout_ms, int *
         if (now >= deadline)
             break;
         ms = (DWORD)((deadline - now) / 1000000u) + 1;
+        t->sleeping = 1; /* checked under the lock: no answer is missed */
         uv_mutex_unlock(&t->lock);
         if (t->depth < MAX_DEPTH) {
             /* Another sender's message is handled (and waits) nested in
@@ -181,6 +219,7 @@ int sb_wnd_thread_wait(sb_wnd_thread *t, sb_wnd_waiter *w, int timeout_ms, int *
             (void)WaitForSingleObject(t->event, ms);
         }
         uv_mutex_lock(&t->lock);
+        t->sleeping = 0;
     }
     answered = w->done;
     *status = w->status;

@@ -75,7 +75,9 @@ struct sb_wnd_thread {
     int quit;        /* under lock */
     int wake_posted; /* under lock */
     sb_wnd_job *jobs, *jobs_tail;
-    int depth; /* thread: nested waits */
+    int depth;     /* thread: nested waits */
+    int spin_skip; /* thread: waits that do not spin first (sb_wnd_thread_wait) */
+    int sleeping;  /* under lock: the thread blocks in a wait (wake it) */
 };
 
 /* Window messages the thread's window reserves (WM_APP + 0x3f00 ..): an

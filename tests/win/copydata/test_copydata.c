@@ -248,7 +248,7 @@ static const char in_config[] = "broker:\n"
                                 "    title: POS\n"
                                 "    data_map: ['1=pos/orders/new', '2 = pos/orders/cancel',\n"
                                 "               '0x9=full/x']\n"
-                                "    topic: pos/other/{data}\n"
+                                "    topic: '{v2}'\n"
                                 "    encoding: ansi\n"
                                 "    codepage: 1252\n"
                                 "    max_message: 64\n"
@@ -287,6 +287,7 @@ static void test_in(void **state)
     sbt_broker_init(b, "copydata-in", 1);
     sbt_broker_set(b, 0, cls);
     sbt_broker_set(b, 1, cls2);
+    sbt_broker_set(b, 2, "pos/other/{data}"); /* {data} in a template is the harness's */
     sbt_broker_config(b, in_config);
     sbt_broker_start(b);
     /* UIPI: the call is made (Wine cannot show its effect) */
@@ -378,7 +379,7 @@ static const char kill_config[] = "broker:\n"
                                   "    type: copydata\n"
                                   "    class: '{v0}'\n"
                                   "    title: POS\n"
-                                  "    topic: pos/{data}\n"
+                                  "    topic: '{v1}'\n"
                                   "routes:\n"
                                   "  - name: seq\n"
                                   "    from: pos/#\n"
@@ -403,6 +404,7 @@ static void test_kill(void **state)
     class_name(cls, sizeof cls, "kill");
     sbt_broker_init(b, "copydata-kill", 1);
     sbt_broker_set(b, 0, cls);
+    sbt_broker_set(b, 1, "pos/{data}");
     sbt_broker_config(b, kill_config);
     sbt_broker_start(b);
 
@@ -523,7 +525,7 @@ static const char out_config[] =
     "    class: '{v0}'\n"
     "    title: Legacy\n"
     "    data_map: ['5=legacy/orders']\n"
-    "    topic: legacy/cmd/{data}\n"
+    "    topic: '{v1}'\n"
     "    dwdata: 0x10\n"
     "    encoding: utf-8\n"
     "    send_timeout: 300ms\n"
@@ -548,6 +550,7 @@ static void test_out(void **state)
     class_name(cls, sizeof cls, "out");
     sbt_broker_init(b, "copydata-out", 1);
     sbt_broker_set(b, 0, cls);
+    sbt_broker_set(b, 1, "legacy/cmd/{data}");
     sbt_broker_config(b, out_config);
     sbt_broker_start(b);
     snprintf(want, sizeof want, "[legacy] no window of class %s, title Legacy yet", cls);
@@ -617,7 +620,9 @@ static void test_out(void **state)
     sbt_pub(c, "legacy/orders", "g", 1);
     wait_output(out, "DATA 5 6700 ", 1, WAIT_MS);
     sbt_wait_queue_int(c, q, "depth", 0, WAIT_MS);
-    assert_true(adapter_stat(c, "legacy", "acked") >= 6);
+    /* a, b, c, d, g; the NUL text, e and f three times each */
+    assert_int_equal(adapter_stat(c, "legacy", "acked"), 5);
+    assert_int_equal(adapter_stat(c, "legacy", "failed"), 9);
 
     sbt_close(c);
     sbt_proc_release(&rcv);
@@ -706,7 +711,7 @@ static const char agent_config[] = "broker:\n"
                                    "    type: copydata\n"
                                    "    class: '{v0}'\n"
                                    "    title: POS\n"
-                                   "    topic: pos/{data}\n"
+                                   "    topic: '{v3}'\n"
                                    "  - name: legacy\n"
                                    "    type: copydata\n"
                                    "    direction: out\n"
@@ -735,6 +740,7 @@ static void test_in_agent(void **state)
     sbt_broker_set(b, 0, in_cls);
     sbt_broker_set(b, 1, out_cls);
     sbt_broker_set(b, 2, endpoint);
+    sbt_broker_set(b, 3, "pos/{data}");
     sbt_broker_config(b, agent_config);
     sbt_broker_start(b);
     start_receiver(&rcv, b, "rcv.out", out_cls, "whatever", NULL, NULL);
