@@ -93,11 +93,12 @@ static void test_deliver_and_ack(void **state)
     assert_int_equal(fake("sink")->log.count, 0);
 }
 
-static int visible_none(void *ctx, const char *name, const char *filters)
+static int visible_none(void *ctx, const char *name, const sb_sub_filter *filters, size_t count)
 {
     (void)ctx;
     (void)name;
     (void)filters;
+    (void)count;
     return 0;
 }
 
