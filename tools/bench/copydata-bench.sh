@@ -143,13 +143,13 @@ for p in os.listdir("/proc"):
         pass
 PY
 )
-agent_pid=$(for p in /proc/[0-9]*; do
+agent_pid=$(for p in /proc/[0-9]*; do {
     if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q 'switchboard.exe agent'; then
         if tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qx "WINEPREFIX=$WINEPREFIX"; then
             echo "${p#/proc/}"
         fi
     fi
-done | head -n 1)
+} 2>/dev/null; done | head -n 1)
 if [ -z "$ws_pid" ] || [ -z "$agent_pid" ]; then
     echo "copydata-bench.sh: cannot find the wineserver ($ws_pid) or the agent ($agent_pid)" >&2
     exit 1
@@ -176,7 +176,7 @@ c0, k0 = cpu(), kids()
 r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 c1, k1 = cpu(), kids()
 text = r.stdout.decode(errors="replace")
-open(out, "w").write(text)
+open(out, "w").write("%s(exit code %d)\n" % (text, r.returncode))
 rate = [l.split() for l in text.splitlines() if l.startswith("RATE ")]
 if not rate or rate[-1][3] != "0":
     sys.exit(1)
@@ -185,7 +185,9 @@ PY
 send() {
     cls=$1
     shift
-    if ! python3 "$tmp/send.py" "$tmp/out" "$COUNT" "$wine" "$snd" "$cls" bench bench "$COUNT" "$SIZE" "$ws_pid" "$@"; then
+    # once more if the sender did not run through (a loaded machine)
+    if ! python3 "$tmp/send.py" "$tmp/out" "$COUNT" "$wine" "$snd" "$cls" bench bench "$COUNT" "$SIZE" "$ws_pid" "$@" &&
+        ! python3 "$tmp/send.py" "$tmp/out" "$COUNT" "$wine" "$snd" "$cls" bench bench "$COUNT" "$SIZE" "$ws_pid" "$@"; then
         echo "copydata-bench.sh: the sender failed:" >&2
         cat "$tmp/out" >&2
         exit 1
