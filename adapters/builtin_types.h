@@ -20,6 +20,8 @@
     X(exec, ALL)                                                                                   \
     X(mailslot, WIN)                                                                               \
     X(dde, WIN)                                                                                    \
+    X(copydata, WIN)                                                                               \
+    X(clipboard, WIN)                                                                              \
     X(null, ALL)
 
 #endif

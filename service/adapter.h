@@ -81,6 +81,10 @@ struct sb_adapter_type {
      * been renewed in place (TLS certificates and keys); on an error it
      * keeps what it had and logs why. NULL: nothing to re-read. */
     void (*refresh)(sb_adapter *a);
+    /* Optional: the instance's own counters, shown by the stats (`sbctl
+     * stats --json`: "adapters": {NAME: {...}}) as a new jansson object
+     * (json_t *), or NULL on out-of-memory. Loop thread. NULL: none. */
+    void *(*stats)(sb_adapter *a);
 };
 
 /* The next delay of an exponential backoff (reconnects, restarts): `first`

@@ -81,8 +81,19 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
     json_object_set_new(store, "db_bytes", json_integer((json_int_t)st.db_bytes));
     json_object_set_new(store, "degraded", json_boolean(st.degraded));
     json_object_set_new(store, "last_error", json_string(st.last_error));
-    for (sb_adapter *a = b->adapters; a != NULL; a = a->next)
+    for (sb_adapter *a = b->adapters; a != NULL; a = a->next) {
         json_array_append_new(adapters, json_string(a->name));
+        /* an adapter's own counters: in the full stats only */
+        if (a->type->stats != NULL && visible == NULL) {
+            json_t *o = a->type->stats(a), *all = json_object_get(root, "adapters");
+            if (all == NULL && json_object_set_new(root, "adapters", all = json_object()) != 0)
+                all = NULL;
+            if (o != NULL && all != NULL)
+                json_object_set_new(all, a->name, o);
+            else
+                json_decref(o);
+        }
+    }
     if (b->agents != NULL)
         json_object_set_new(broker, "agents", sb_agent_host_stats(b->agents));
     for (int c = 0; c < 3; c++)

@@ -93,6 +93,41 @@ static void test_deliver_and_ack(void **state)
     assert_int_equal(fake("sink")->log.count, 0);
 }
 
+static int visible_none(void *ctx, const char *name, const sb_sub_filter *filters, size_t count)
+{
+    (void)ctx;
+    (void)name;
+    (void)filters;
+    (void)count;
+    return 0;
+}
+
+/* An adapter type's own counters (its stats hook) are in the full stats,
+ * by adapter name, and not in a restricted client's. */
+static void test_adapter_stats(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *sink;
+    json_t *st;
+
+    core_start(f, lease_cfg);
+    sink = fake("sink");
+    core_publish_ok(f, fake("src"), "t/1", "hello", NULL);
+    CORE_WAIT(f, sink->log.count == 1);
+    st = sb_broker_stats_json(f->b);
+    assert_non_null(st);
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_object_get(json_object_get(st, "adapters"), "sink"), "recorded")),
+                     1);
+    assert_non_null(json_object_get(json_object_get(st, "adapters"), "src"));
+    json_decref(st);
+    st = sb_broker_stats_json_visible(f->b, visible_none, NULL);
+    assert_non_null(st);
+    assert_null(json_object_get(st, "adapters"));
+    json_decref(st);
+    fake_ack(&sink->log.recs[0]);
+}
+
 static void test_lease_expiry_redelivers(void **state)
 {
     core_fx *f = *state;
@@ -945,6 +980,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_deliver_and_ack, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_adapter_stats, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_lease_expiry_redelivers, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_lease_expiry_deadletters, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_restart_redelivers_unacked, core_setup, core_teardown),
