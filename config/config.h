@@ -68,7 +68,7 @@ typedef enum {
 typedef struct sb_adapter_config {
     sb_config_pos pos;
     char *name;          /* required, unique, [A-Za-z0-9_.-]+ */
-    char *type;          /* required: tcp | udp | unix | pipe | exec | mailslot | dde */
+    char *type;          /* required: tcp | udp | unix | pipe | exec | mailslot | dde | rpc */
     char *listen;        /* tcp/udp server: "host:port" */
     char *connect;       /* tcp/udp client "host:port"; unix/pipe client: path */
     char *path;          /* unix/pipe server: socket path or pipe name */
@@ -145,6 +145,15 @@ typedef struct sb_adapter_config {
     char *dde_execute_topic; /* execute_topic: server: XTYP_EXECUTE commands are published
                                 here; client: deliveries on it are EXECUTEd, not POKEd */
     int dde_codepage;        /* codepage: of CF_TEXT, 0 (default): the system ANSI code page */
+    /* ---- rpc (adapters/rpc/win): kept in one block until the per-type key
+     * tables (issue 8) take them over, as adapters/rpc/rpc_keys.h ---- */
+    int rpc_protseq;    /* protseq: ncalrpc (0, default) | ncacn_ip_tcp (1) */
+    char *rpc_endpoint; /* endpoint (ncalrpc): default "switchboard" */
+    int rpc_port;       /* port (ncacn_ip_tcp, required there) */
+    int rpc_remote;     /* remote (ncacn_ip_tcp): callers from other computers, default false */
+    int rpc_max_calls;  /* max_calls: calls in progress at once, default 64 */
+    int rpc_max_pulls;  /* max_pulls: pulls waiting at once, default 32 */
+    int64_t rpc_max_wait_ms; /* max_wait: longest a pull waits, default 30s */
 } sb_adapter_config;
 
 /* The effective idle_timeout of a server adapter in ms (0: off): the

@@ -71,13 +71,14 @@ _Static_assert(SB_CLIENT_CERT_NONE == 0 && SB_CLIENT_CERT_OPTIONAL == 1 &&
                "client_certs follows sb_client_cert");
 static const char *const framings[] = {"line", "length", "datagram", "message", NULL};
 static const char *const dde_roles[] = {"server", "client", NULL};
+static const char *const rpc_protseqs[] = {"ncalrpc", "ncacn_ip_tcp", NULL}; /* rpc: 0, 1 */
 _Static_assert(SB_DDE_SERVER == 0 && SB_DDE_CLIENT == 1, "dde_roles follows sb_dde_role");
 
 /* ---- adapter types ---- */
 
-enum { TYPE_TCP, TYPE_UDP, TYPE_UNIX, TYPE_PIPE, TYPE_EXEC, TYPE_MAILSLOT, TYPE_DDE };
-static const char *const adapter_types[] = {"tcp",  "udp",      "unix", "pipe",
-                                            "exec", "mailslot", "dde",  NULL};
+enum { TYPE_TCP, TYPE_UDP, TYPE_UNIX, TYPE_PIPE, TYPE_EXEC, TYPE_MAILSLOT, TYPE_DDE, TYPE_RPC };
+static const char *const adapter_types[] = {"tcp",      "udp", "unix", "pipe", "exec",
+                                            "mailslot", "dde", "rpc",  NULL};
 
 #define TCP (1u << TYPE_TCP)
 #define UDP (1u << TYPE_UDP)
@@ -86,6 +87,7 @@ static const char *const adapter_types[] = {"tcp",  "udp",      "unix", "pipe",
 #define EXEC (1u << TYPE_EXEC)
 #define MAILSLOT (1u << TYPE_MAILSLOT)
 #define DDE (1u << TYPE_DDE)
+#define RPC (1u << TYPE_RPC)
 
 #define UDP_MAX_MESSAGE 65507 /* largest UDP payload over IPv4 */
 /* A mailslot's default max_message (network targets take at most 424 bytes:
@@ -98,7 +100,7 @@ static const struct adapter_kind {
 } adapter_kinds[] = {
     [TYPE_TCP] = {"listen", 1}, [TYPE_UDP] = {"listen", 0}, [TYPE_UNIX] = {"path", 1},
     [TYPE_PIPE] = {"path", 1},  [TYPE_EXEC] = {NULL, 1},    [TYPE_MAILSLOT] = {"path", 0},
-    [TYPE_DDE] = {NULL, 0},
+    [TYPE_DDE] = {NULL, 0},     [TYPE_RPC] = {NULL, 0},
 };
 
 /* ---- broker ---- */
@@ -303,7 +305,10 @@ static const sb_config__field adapter_fields[] = {
      .def = 30 * SECONDS,
      .min = 1,
      .max = DAYS},
-    {.key = "security", .type = SB_CT_STRING, .types = PIPE | MAILSLOT, .offset = A(security)},
+    {.key = "security",
+     .type = SB_CT_STRING,
+     .types = PIPE | MAILSLOT | RPC,
+     .offset = A(security)},
     {.key = "inflight",
      .type = SB_CT_INT,
      .offset = A(inflight),
@@ -312,7 +317,7 @@ static const sb_config__field adapter_fields[] = {
      .max = 65536},
     {.key = "anonymous",
      .type = SB_CT_BOOL,
-     .types = TCP | UDP | UNIX | PIPE,
+     .types = TCP | UDP | UNIX | PIPE | RPC,
      .offset = A(anonymous),
      .def = -1},
     {.key = "tls", .type = SB_CT_SECTION, .types = TCP, .section = &tls_section},
@@ -381,6 +386,43 @@ static const sb_config__field adapter_fields[] = {
      .def = 0,
      .min = 0,
      .max = 65535},
+    /* ---- rpc (adapters/rpc/win): one block until the per-type key tables
+     * (issue 8) take it over; check_rpc below ---- */
+    {.key = "protseq",
+     .type = SB_CT_ENUM,
+     .types = RPC,
+     .offset = A(rpc_protseq),
+     .def = 0,
+     .choices = rpc_protseqs},
+    {.key = "endpoint",
+     .type = SB_CT_STRING,
+     .types = RPC,
+     .offset = A(rpc_endpoint),
+     .def_str = "switchboard"},
+    {.key = "port", .type = SB_CT_INT, .types = RPC, .offset = A(rpc_port), .min = 1, .max = 65535},
+    {.key = "remote", .type = SB_CT_BOOL, .types = RPC, .offset = A(rpc_remote), .def = 0},
+    {.key = "max_calls",
+     .type = SB_CT_INT,
+     .types = RPC,
+     .offset = A(rpc_max_calls),
+     .def = 64,
+     .min = 1,
+     .max = 10000},
+    {.key = "max_pulls",
+     .type = SB_CT_INT,
+     .types = RPC,
+     .offset = A(rpc_max_pulls),
+     .def = 32,
+     .min = 0,
+     .max = 10000},
+    {.key = "max_wait",
+     .type = SB_CT_DURATION,
+     .types = RPC,
+     .offset = A(rpc_max_wait_ms),
+     .def = 30 * SECONDS,
+     .min = 0,
+     .max = 10 * MINUTES},
+    /* ---- end of rpc ---- */
 };
 static const sb_config__section adapter_section = TABLE(adapter_fields);
 
@@ -644,6 +686,60 @@ static size_t mailslot_prefix(const char *s)
         return 0;
     return (size_t)(end - s) + sizeof kw - 1;
 }
+
+/* ---- rpc: one block until the per-type key tables (issue 8) take it over ----
+ * protseq ncalrpc takes endpoint (a name), ncacn_ip_tcp takes port
+ * (required) and remote. MS-RPC listens on every address, so callers from
+ * other computers are refused unless remote: true, and those must then
+ * authenticate: remote: true with anonymous: true is refused. The stream
+ * keys (protocol, framing, topic) mean nothing to RPC. */
+static void check_rpc(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapter_config *a,
+                      const char *path)
+{
+    void *const stream_keys[] = {&a->protocol, &a->framing, &a->topic};
+    const int tcp = a->rpc_protseq == 1;
+    const sb_config__seen *s;
+    char p[SB_CONFIG__PATH_MAX], q[96];
+
+    for (size_t i = 0; i < sizeof stream_keys / sizeof stream_keys[0]; i++)
+        if ((s = seen(ctx, stream_keys[i])) != NULL) {
+            sub_path(p, path, (const char *)s->key->data.scalar.value);
+            sb_config__error(ctx, s->key, p,
+                             "not used by type rpc (clients call the interface of "
+                             "tools/rpc/switchboard.idl)");
+        }
+    if (tcp) {
+        if ((s = seen(ctx, &a->rpc_endpoint)) != NULL) {
+            sub_path(p, path, "endpoint");
+            sb_config__error(ctx, s->key, p, "only for protseq ncalrpc (ncacn_ip_tcp takes port)");
+        }
+        if (seen(ctx, &a->rpc_port) == NULL) {
+            sub_path(p, path, "port");
+            sb_config__error(ctx, node, p, "required for protseq ncacn_ip_tcp");
+        }
+        if (a->rpc_remote && a->anonymous == 1) {
+            sub_path(p, path, "remote");
+            sb_config__error(ctx, seen(ctx, &a->rpc_remote)->key, p,
+                             "remote: true needs authenticated callers, but anonymous is true "
+                             "(callers from other computers must authenticate)");
+        }
+    } else {
+        if ((s = seen(ctx, &a->rpc_port)) != NULL || (s = seen(ctx, &a->rpc_remote)) != NULL) {
+            sub_path(p, path, (const char *)s->key->data.scalar.value);
+            sb_config__error(ctx, s->key, p, "only for protseq ncacn_ip_tcp");
+        }
+        s = seen(ctx, &a->rpc_endpoint);
+        if (s != NULL && s->ok &&
+            (strpbrk(a->rpc_endpoint, "\\/: ") != NULL || strlen(a->rpc_endpoint) > 100)) {
+            sub_path(p, path, "endpoint");
+            sb_config__error(ctx, s->value, p,
+                             "an ncalrpc endpoint is a name of at most 100 characters without "
+                             "'\\', '/', ':' or blanks, got %s",
+                             sb_config__quote(q, sizeof q, a->rpc_endpoint));
+        }
+    }
+}
+/* ---- end of rpc ---- */
 
 /* Mailslot names. path (server): a name (created as \\.\mailslot\NAME) or
  * a full local mailslot path; connect (sink): the same, or \\HOST\...,
@@ -1100,6 +1196,8 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
 
     if (type == TYPE_MAILSLOT)
         check_mailslot(ctx, a, path);
+    if (type == TYPE_RPC)
+        check_rpc(ctx, node, a, path);
 
     if (type == TYPE_EXEC && seen(ctx, &a->command) == NULL) {
         sub_path(p, path, "command");
