@@ -641,6 +641,57 @@ static void test_dlq(void **state)
     b->passed = 1;
 }
 
+/* ---- sbctl over RPC ---- */
+
+/* Runs sbctl -e rpc:ENDPOINT with the NULL-terminated arguments. */
+static int sbctl(char **out, const char *ep, const char *first, ...)
+{
+    char *argv[16], endpoint[96];
+    int n = 0, rc;
+    va_list ap;
+    snprintf(endpoint, sizeof endpoint, "rpc:%s", ep);
+    argv[n++] = (char *)env_path("SB_SBCTL");
+    argv[n++] = "-e";
+    argv[n++] = endpoint;
+    argv[n++] = (char *)first;
+    va_start(ap, first);
+    while (n < 15 && (argv[n] = va_arg(ap, char *)) != NULL)
+        n++;
+    va_end(ap);
+    argv[n] = NULL;
+    rc = sbt_run(argv, NULL, 120000, out, NULL);
+    if (*out == NULL)
+        *out = sbt_strdup("");
+    return rc;
+}
+
+static void test_sbctl(void **state)
+{
+    sbt_broker *b = *state;
+    char *out;
+    const char *ep;
+
+    start_base(b, "rpc-sbctl", 1, "sbctl", NULL, NULL);
+    ep = b->values[0];
+    assert_int_equal(sbctl(&out, ep, "ping", NULL), 0);
+    assert_non_null(strstr(out, "pong from rpc:"));
+    free(out);
+    assert_int_equal(sbctl(&out, ep, "pub", "orders/sbctl", "over rpc", NULL), 0);
+    free(out);
+    assert_int_equal(sbctl(&out, ep, "sub", "audit", "--count", "1", "--timeout", "20s", NULL), 0);
+    assert_string_equal(out, "orders/sbctl\tover rpc\n");
+    free(out);
+    assert_int_equal(sbctl(&out, ep, "stats", NULL), 0);
+    assert_non_null(strstr(out, "audit"));
+    free(out);
+    assert_int_equal(sbctl(&out, ep, "dlq", "list", NULL), 0);
+    free(out);
+    /* no broker there */
+    assert_int_equal(sbctl(&out, "sbt-nobody", "ping", NULL), 3);
+    free(out);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -652,6 +703,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_input, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_flood, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_dlq, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_sbctl, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
