@@ -29,11 +29,15 @@
 #include "service/error.h"
 #include "tools/rpc/sbrpc.h"
 
+#include <fcntl.h>
+#include <io.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <windows.h>
+
+#include <shellapi.h>
 
 #include "switchboard_h.h"
 
@@ -452,10 +456,30 @@ static int usage(void)
     return 2;
 }
 
+/* The command line as UTF-8 (main's argv is in the ANSI code page). */
+static char **utf8_argv(int *argc)
+{
+    wchar_t **w = CommandLineToArgvW(GetCommandLineW(), argc);
+    char **a = calloc((size_t)*argc + 1, sizeof(char *));
+    if (w == NULL || a == NULL)
+        exit(2);
+    for (int i = 0; i < *argc; i++) {
+        int n = WideCharToMultiByte(CP_UTF8, 0, w[i], -1, NULL, 0, NULL, NULL);
+        a[i] = malloc((size_t)n);
+        if (a[i] == NULL)
+            exit(2);
+        WideCharToMultiByte(CP_UTF8, 0, w[i], -1, a[i], n, NULL, NULL);
+    }
+    LocalFree(w);
+    return a;
+}
+
 int main(int argc, char **argv)
 {
     int i = 1;
     const char *cmd;
+    argv = utf8_argv(&argc);
+    _setmode(_fileno(stdout), _O_BINARY); /* lines end in \n, as the tests read them */
     if (i < argc && strcmp(argv[i], "-a") == 0) {
         opts.anonymous = 1;
         i++;
