@@ -25,12 +25,14 @@
  *   at once or told the broker is busy, and a publish still gets through;
  * - dead letters over RPC (as an administrator: under Wine everybody is);
  * - sbctl over RPC (sbctl -e rpc:ENDPOINT): ping, pub, sub, stats, dlq;
- * - config/examples/windows-rpc.yaml as shipped.
+ * - config/examples/windows-rpc.yaml as shipped (this run's names and
+ *   ports).
  *
  * ncalrpc endpoints carry this process's id, so parallel runs do not meet.
  * Nothing sleeps a fixed time: every wait polls with a deadline.
  */
 #include "tests/integration/harness.h"
+#include "tests/win/pipe/pipe_util.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -692,6 +694,45 @@ static void test_sbctl(void **state)
     b->passed = 1;
 }
 
+/* ---- config/examples/windows-rpc.yaml ---- */
+
+static void test_example(void **state)
+{
+    sbt_broker *b = *state;
+    const char *repl[] = {"data_dir: ./data",
+                          "data_dir: '{data}'",
+                          "endpoint: switchboard",
+                          "endpoint: '{v0}'",
+                          "port: 4750",
+                          "port: {port1}",
+                          NULL,
+                          NULL};
+    char ep[64], tcp[64], *out;
+    sbt_conn *c;
+
+    endpoint_name(ep, sizeof ep, "example");
+    sbt_broker_init(b, "rpc-example", 2);
+    sbt_broker_set(b, 0, ep);
+    pt_example_config(b, "windows-rpc.yaml", repl);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+
+    /* an order published with sbctl, pulled and acknowledged by a worker */
+    assert_int_equal(sbctl(&out, ep, "pub", "orders/eu", "order 1", NULL), 0);
+    free(out);
+    assert_int_equal(rpcc(&out, ep, "pull", "orders", "-", "1", NULL), 0);
+    assert_non_null(strstr(out, " 1 orders/eu order 1\n"));
+    free(out);
+    sbt_wait_queue_int(c, "orders", "acked", 1, WAIT_MS);
+    /* TCP: only authenticated callers */
+    snprintf(tcp, sizeof tcp, "127.0.0.1:%d", b->port[1]);
+    assert_int_equal(rpcc(&out, "-a", tcp, "whoami", NULL), 1);
+    assert_non_null(strstr(out, "SB_EAUTH"));
+    free(out);
+    sbt_close(c);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -704,6 +745,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_flood, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_dlq, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_sbctl, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_example, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
