@@ -166,7 +166,7 @@ int sb_rpc_connect(sb_rpc **out, const char *endpoint, const sb_rpc_options *opt
     RPC_WSTR str = NULL;
     RPC_STATUS st;
     sb_rpc *c;
-    int tcp, rc;
+    int tcp = 0, rc;
 
     *out = NULL;
     rc = parse_endpoint(endpoint, &tcp, host, sizeof host, ep, sizeof ep, err);
