@@ -17,8 +17,12 @@
 #       [OUTPUT_DIR <dir>]        where the files go; default ${CMAKE_CURRENT_BINARY_DIR}/idl
 #       [INCLUDE_DIRS <dir>...]   more directories searched by import/#include
 #       [DEPENDS <file>...]       files the IDL imports, to regenerate when they change
-#       [TARGET <name>])          also a custom target that builds the outputs, for
+#       [TARGET <name>]           also a custom target that builds the outputs, for
 #                                 targets in other directories (add_dependencies)
+#       [PREFIX_CLIENT <p>]       names the client stub's functions p<name>
+#       [PREFIX_SERVER <p>])      names the server's procedures (what the server
+#                                 implements) p<name>, so that one program can
+#                                 hold both the client stub and the server
 #
 # <base> is the IDL's file name without .idl. The header <base>_h.h is always
 # generated. The function sets, in the caller's scope:
@@ -55,8 +59,8 @@ else()
 endif()
 
 function(sb_idl_compile prefix)
-  cmake_parse_arguments(X "CLIENT;SERVER;IID;PROXY;TYPELIB" "IDL;ACF;OUTPUT_DIR;TARGET"
-    "INCLUDE_DIRS;DEPENDS" ${ARGN})
+  cmake_parse_arguments(X "CLIENT;SERVER;IID;PROXY;TYPELIB"
+    "IDL;ACF;OUTPUT_DIR;TARGET;PREFIX_CLIENT;PREFIX_SERVER" "INCLUDE_DIRS;DEPENDS" ${ARGN})
   if(NOT X_IDL)
     message(FATAL_ERROR "sb_idl_compile(${prefix}): IDL is required")
   endif()
@@ -130,6 +134,12 @@ function(sb_idl_compile prefix)
     if(X_TYPELIB)
       list(APPEND args /tlb "${base}.tlb")
     endif()
+    if(X_PREFIX_CLIENT)
+      list(APPEND args /prefix client "${X_PREFIX_CLIENT}")
+    endif()
+    if(X_PREFIX_SERVER)
+      list(APPEND args /prefix server "${X_PREFIX_SERVER}")
+    endif()
     set(compiler "${SB_MIDL}")
   else()
     set(args -m64 -Oif -h -H "${header}")
@@ -161,6 +171,12 @@ function(sb_idl_compile prefix)
     endif()
     if(X_TYPELIB)
       list(APPEND args -t -T "${tlb}")
+    endif()
+    if(X_PREFIX_CLIENT)
+      list(APPEND args "--prefix-client=${X_PREFIX_CLIENT}")
+    endif()
+    if(X_PREFIX_SERVER)
+      list(APPEND args "--prefix-server=${X_PREFIX_SERVER}")
     endif()
     set(compiler "${SB_WIDL}")
   endif()

@@ -2,7 +2,8 @@
  * rpc_bare: a bare server of switchboard.idl, the baseline of
  * tools/bench/rpc-bench.sh. SbOpen and SbPublish do nothing but answer
  * (a session, the next message id); the other procedures answer
- * SB_RPC_EUNKNOWN. Same interface, same stubs and runtime as the broker's
+ * SB_RPC_EUNKNOWN (named sb_rpc__<name>, as tools/rpc's stub calls
+ * them). Same interface, same stubs and runtime as the broker's
  * rpc adapter: what the broker adds is what the benchmark measures.
  *
  *     rpc_bare ENDPOINT        serves ncalrpc ENDPOINT; prints READY
@@ -17,7 +18,7 @@
 static volatile LONG64 next_id;
 static char session_tag;
 
-LONG SbOpen(SB_RPC_SESSION *session, LONG *flags, SB_RPC_TEXT *why)
+LONG sb_rpc__SbOpen(SB_RPC_SESSION *session, LONG *flags, SB_RPC_TEXT *why)
 {
     *session = &session_tag;
     *flags = 0;
@@ -25,7 +26,7 @@ LONG SbOpen(SB_RPC_SESSION *session, LONG *flags, SB_RPC_TEXT *why)
     return 0;
 }
 
-LONG SbClose(SB_RPC_SESSION *session)
+LONG sb_rpc__SbClose(SB_RPC_SESSION *session)
 {
     *session = NULL;
     return 0;
@@ -41,9 +42,10 @@ void __RPC_USER SB_RPC_SUB_rundown(SB_RPC_SUB sub)
     (void)sub;
 }
 
-LONG SbPublish(SB_RPC_SESSION session, const char *topic, ULONG payload_size, const byte *payload,
-               ULONG header_count, const SB_RPC_HEADER *headers, const SB_RPC_PUB_OPTIONS *options,
-               MIDL_uhyper *msg_id, LONG *queues, SB_RPC_TEXT *why)
+LONG sb_rpc__SbPublish(SB_RPC_SESSION session, const char *topic, ULONG payload_size,
+                       const byte *payload, ULONG header_count, const SB_RPC_HEADER *headers,
+                       const SB_RPC_PUB_OPTIONS *options, MIDL_uhyper *msg_id, LONG *queues,
+                       SB_RPC_TEXT *why)
 {
     *msg_id = (MIDL_uhyper)InterlockedIncrement64(&next_id);
     *queues = 1;
@@ -51,9 +53,9 @@ LONG SbPublish(SB_RPC_SESSION session, const char *topic, ULONG payload_size, co
     return 0;
 }
 
-LONG SbSubscribe(SB_RPC_SESSION session, const char *name, const char *filter,
-                 const SB_RPC_SUB_OPTIONS *options, SB_RPC_SUB *sub, SB_RPC_TEXT *filters,
-                 SB_RPC_TEXT *why)
+LONG sb_rpc__SbSubscribe(SB_RPC_SESSION session, const char *name, const char *filter,
+                         const SB_RPC_SUB_OPTIONS *options, SB_RPC_SUB *sub, SB_RPC_TEXT *filters,
+                         SB_RPC_TEXT *why)
 {
     *sub = NULL;
     filters->text = NULL;
@@ -61,8 +63,8 @@ LONG SbSubscribe(SB_RPC_SESSION session, const char *name, const char *filter,
     return SB_RPC_EUNKNOWN;
 }
 
-LONG SbPull(SB_RPC_SUB sub, ULONG max, ULONG wait_ms, ULONG *count, SB_RPC_DELIVERY **deliveries,
-            SB_RPC_TEXT *why)
+LONG sb_rpc__SbPull(SB_RPC_SUB sub, ULONG max, ULONG wait_ms, ULONG *count,
+                    SB_RPC_DELIVERY **deliveries, SB_RPC_TEXT *why)
 {
     *count = 0;
     *deliveries = NULL;
@@ -70,37 +72,38 @@ LONG SbPull(SB_RPC_SUB sub, ULONG max, ULONG wait_ms, ULONG *count, SB_RPC_DELIV
     return SB_RPC_EUNKNOWN;
 }
 
-LONG SbAck(SB_RPC_SUB sub, ULONG count, const MIDL_uhyper *ids, ULONG *done, SB_RPC_TEXT *why)
+LONG sb_rpc__SbAck(SB_RPC_SUB sub, ULONG count, const MIDL_uhyper *ids, ULONG *done,
+                   SB_RPC_TEXT *why)
 {
     *done = 0;
     why->text = NULL;
     return SB_RPC_EUNKNOWN;
 }
 
-LONG SbNack(SB_RPC_SUB sub, ULONG count, const MIDL_uhyper *ids, const char *reason, ULONG *done,
-            SB_RPC_TEXT *why)
+LONG sb_rpc__SbNack(SB_RPC_SUB sub, ULONG count, const MIDL_uhyper *ids, const char *reason,
+                    ULONG *done, SB_RPC_TEXT *why)
 {
     *done = 0;
     why->text = NULL;
     return SB_RPC_EUNKNOWN;
 }
 
-LONG SbUnsubscribe(SB_RPC_SUB *sub, LONG delete_sub, SB_RPC_TEXT *why)
+LONG sb_rpc__SbUnsubscribe(SB_RPC_SUB *sub, LONG delete_sub, SB_RPC_TEXT *why)
 {
     *sub = NULL;
     why->text = NULL;
     return 0;
 }
 
-LONG SbStats(SB_RPC_SESSION session, SB_RPC_TEXT *json, SB_RPC_TEXT *why)
+LONG sb_rpc__SbStats(SB_RPC_SESSION session, SB_RPC_TEXT *json, SB_RPC_TEXT *why)
 {
     json->text = NULL;
     why->text = NULL;
     return SB_RPC_EUNKNOWN;
 }
 
-LONG SbDlqList(SB_RPC_SESSION session, const char *sub, hyper after, ULONG limit, ULONG *count,
-               SB_RPC_DEAD_LETTER **items, hyper *next, SB_RPC_TEXT *why)
+LONG sb_rpc__SbDlqList(SB_RPC_SESSION session, const char *sub, hyper after, ULONG limit,
+                       ULONG *count, SB_RPC_DEAD_LETTER **items, hyper *next, SB_RPC_TEXT *why)
 {
     *count = 0;
     *items = NULL;
@@ -109,21 +112,21 @@ LONG SbDlqList(SB_RPC_SESSION session, const char *sub, hyper after, ULONG limit
     return SB_RPC_EUNKNOWN;
 }
 
-LONG SbDlqRedrive(SB_RPC_SESSION session, const char *sub, hyper *count, SB_RPC_TEXT *why)
+LONG sb_rpc__SbDlqRedrive(SB_RPC_SESSION session, const char *sub, hyper *count, SB_RPC_TEXT *why)
 {
     *count = 0;
     why->text = NULL;
     return SB_RPC_EUNKNOWN;
 }
 
-LONG SbDlqPurge(SB_RPC_SESSION session, const char *sub, hyper *count, SB_RPC_TEXT *why)
+LONG sb_rpc__SbDlqPurge(SB_RPC_SESSION session, const char *sub, hyper *count, SB_RPC_TEXT *why)
 {
     *count = 0;
     why->text = NULL;
     return SB_RPC_EUNKNOWN;
 }
 
-LONG SbWhoAmI(SB_RPC_SESSION session, SB_RPC_TEXT *user, LONG *flags, SB_RPC_TEXT *why)
+LONG sb_rpc__SbWhoAmI(SB_RPC_SESSION session, SB_RPC_TEXT *user, LONG *flags, SB_RPC_TEXT *why)
 {
     user->text = NULL;
     *flags = 0;
@@ -143,7 +146,7 @@ int main(int argc, char **argv)
     st = RpcServerUseProtseqEpW((RPC_WSTR)L"ncalrpc", RPC_C_PROTSEQ_MAX_REQS_DEFAULT, (RPC_WSTR)ep,
                                 NULL);
     if (st == RPC_S_OK)
-        st = RpcServerRegisterIf2(Switchboard_v1_0_s_ifspec, NULL, NULL,
+        st = RpcServerRegisterIf2(sb_rpc__Switchboard_v1_0_s_ifspec, NULL, NULL,
                                   RPC_IF_AUTOLISTEN | RPC_IF_ALLOW_CALLBACKS_WITH_NO_AUTH,
                                   RPC_C_LISTEN_MAX_CALLS_DEFAULT, (unsigned)-1, NULL);
     if (st != RPC_S_OK) {

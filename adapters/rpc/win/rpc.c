@@ -270,7 +270,7 @@ static int open_locked(rpc_adapter *a, sb_error *err)
         auth_registered = 1;
     }
     if (!if_registered) {
-        st = RpcServerRegisterIf2(Switchboard_v1_0_s_ifspec, NULL, NULL,
+        st = RpcServerRegisterIf2(sb_rpc__Switchboard_v1_0_s_ifspec, NULL, NULL,
                                   RPC_IF_AUTOLISTEN | RPC_IF_ALLOW_CALLBACKS_WITH_NO_AUTH,
                                   RPC_C_LISTEN_MAX_CALLS_DEFAULT, MAX_RPC_SIZE,
                                   sb_rpc__security_callback);
@@ -297,7 +297,7 @@ static void close_locked(rpc_adapter *a)
     a->registered = 0;
     if (slots[0] == NULL && slots[1] == NULL && if_registered) {
         /* Calls in progress finish; new ones get RPC_S_UNKNOWN_IF. */
-        RpcServerUnregisterIf(Switchboard_v1_0_s_ifspec, NULL, FALSE);
+        RpcServerUnregisterIf(sb_rpc__Switchboard_v1_0_s_ifspec, NULL, FALSE);
         if_registered = 0;
     }
 }

@@ -300,7 +300,7 @@ static int check_filter(SB_RPC_TEXT *why, const char *what, const char *f)
 
 /* ---- the procedures ---- */
 
-LONG SbOpen(SB_RPC_SESSION *session, LONG *flags, SB_RPC_TEXT *why)
+LONG sb_rpc__SbOpen(SB_RPC_SESSION *session, LONG *flags, SB_RPC_TEXT *why)
 {
     rpc_session *ss;
     rpc_caller caller;
@@ -335,7 +335,7 @@ static void session_free(rpc_session *ss)
     sb_free(ss);
 }
 
-LONG SbClose(SB_RPC_SESSION *session)
+LONG sb_rpc__SbClose(SB_RPC_SESSION *session)
 {
     if (*session != NULL)
         session_free(*session);
@@ -348,9 +348,10 @@ void __RPC_USER SB_RPC_SESSION_rundown(SB_RPC_SESSION session)
     session_free(session);
 }
 
-LONG SbPublish(SB_RPC_SESSION session, const char *topic, ULONG payload_size, const byte *payload,
-               ULONG header_count, const SB_RPC_HEADER *headers, const SB_RPC_PUB_OPTIONS *options,
-               MIDL_uhyper *msg_id, LONG *queues, SB_RPC_TEXT *why)
+LONG sb_rpc__SbPublish(SB_RPC_SESSION session, const char *topic, ULONG payload_size,
+                       const byte *payload, ULONG header_count, const SB_RPC_HEADER *headers,
+                       const SB_RPC_PUB_OPTIONS *options, MIDL_uhyper *msg_id, LONG *queues,
+                       SB_RPC_TEXT *why)
 {
     rpc_session *ss = session;
     rpc_adapter *a = ss->a;
@@ -428,9 +429,9 @@ done:
     return rc;
 }
 
-LONG SbSubscribe(SB_RPC_SESSION session, const char *name, const char *filter,
-                 const SB_RPC_SUB_OPTIONS *options, SB_RPC_SUB *sub, SB_RPC_TEXT *filters,
-                 SB_RPC_TEXT *why)
+LONG sb_rpc__SbSubscribe(SB_RPC_SESSION session, const char *name, const char *filter,
+                         const SB_RPC_SUB_OPTIONS *options, SB_RPC_SUB *sub, SB_RPC_TEXT *filters,
+                         SB_RPC_TEXT *why)
 {
     rpc_session *ss = session;
     rpc_adapter *a = ss->a;
@@ -523,8 +524,8 @@ static int ask_for_deliveries(rpc_sub *s)
     return rc;
 }
 
-LONG SbPull(SB_RPC_SUB sub, ULONG max, ULONG wait_ms, ULONG *count, SB_RPC_DELIVERY **deliveries,
-            SB_RPC_TEXT *why)
+LONG sb_rpc__SbPull(SB_RPC_SUB sub, ULONG max, ULONG wait_ms, ULONG *count,
+                    SB_RPC_DELIVERY **deliveries, SB_RPC_TEXT *why)
 {
     rpc_sub *s = sub;
     rpc_adapter *a = s->a;
@@ -630,18 +631,19 @@ leave:
     return rc;
 }
 
-LONG SbAck(SB_RPC_SUB sub, ULONG count, const MIDL_uhyper *ids, ULONG *done, SB_RPC_TEXT *why)
+LONG sb_rpc__SbAck(SB_RPC_SUB sub, ULONG count, const MIDL_uhyper *ids, ULONG *done,
+                   SB_RPC_TEXT *why)
 {
     return ack_or_nack(sub, count, ids, NULL, 1, done, why);
 }
 
-LONG SbNack(SB_RPC_SUB sub, ULONG count, const MIDL_uhyper *ids, const char *reason, ULONG *done,
-            SB_RPC_TEXT *why)
+LONG sb_rpc__SbNack(SB_RPC_SUB sub, ULONG count, const MIDL_uhyper *ids, const char *reason,
+                    ULONG *done, SB_RPC_TEXT *why)
 {
     return ack_or_nack(sub, count, ids, reason, 0, done, why);
 }
 
-LONG SbUnsubscribe(SB_RPC_SUB *sub, LONG delete_sub, SB_RPC_TEXT *why)
+LONG sb_rpc__SbUnsubscribe(SB_RPC_SUB *sub, LONG delete_sub, SB_RPC_TEXT *why)
 {
     rpc_sub *s = *sub;
     rpc_adapter *a;
@@ -696,7 +698,7 @@ void __RPC_USER SB_RPC_SUB_rundown(SB_RPC_SUB ctx)
     sb_rpc__sub_release(s); /* the handle's */
 }
 
-LONG SbStats(SB_RPC_SESSION session, SB_RPC_TEXT *json, SB_RPC_TEXT *why)
+LONG sb_rpc__SbStats(SB_RPC_SESSION session, SB_RPC_TEXT *json, SB_RPC_TEXT *why)
 {
     rpc_session *ss = session;
     rpc_adapter *a = ss->a;
@@ -763,8 +765,8 @@ leave:
     return rc;
 }
 
-LONG SbDlqList(SB_RPC_SESSION session, const char *sub, hyper after, ULONG limit, ULONG *count,
-               SB_RPC_DEAD_LETTER **items, hyper *next, SB_RPC_TEXT *why)
+LONG sb_rpc__SbDlqList(SB_RPC_SESSION session, const char *sub, hyper after, ULONG limit,
+                       ULONG *count, SB_RPC_DEAD_LETTER **items, hyper *next, SB_RPC_TEXT *why)
 {
     rpc_job *j;
     int rc;
@@ -785,7 +787,7 @@ LONG SbDlqList(SB_RPC_SESSION session, const char *sub, hyper after, ULONG limit
     return rc;
 }
 
-LONG SbDlqRedrive(SB_RPC_SESSION session, const char *sub, hyper *count, SB_RPC_TEXT *why)
+LONG sb_rpc__SbDlqRedrive(SB_RPC_SESSION session, const char *sub, hyper *count, SB_RPC_TEXT *why)
 {
     rpc_job *j;
     int rc;
@@ -799,7 +801,7 @@ LONG SbDlqRedrive(SB_RPC_SESSION session, const char *sub, hyper *count, SB_RPC_
     return rc;
 }
 
-LONG SbDlqPurge(SB_RPC_SESSION session, const char *sub, hyper *count, SB_RPC_TEXT *why)
+LONG sb_rpc__SbDlqPurge(SB_RPC_SESSION session, const char *sub, hyper *count, SB_RPC_TEXT *why)
 {
     rpc_job *j;
     int rc;
@@ -813,7 +815,7 @@ LONG SbDlqPurge(SB_RPC_SESSION session, const char *sub, hyper *count, SB_RPC_TE
     return rc;
 }
 
-LONG SbWhoAmI(SB_RPC_SESSION session, SB_RPC_TEXT *user, LONG *flags, SB_RPC_TEXT *why)
+LONG sb_rpc__SbWhoAmI(SB_RPC_SESSION session, SB_RPC_TEXT *user, LONG *flags, SB_RPC_TEXT *why)
 {
     rpc_session *ss = session;
     const rpc_caller *c = &ss->caller;
