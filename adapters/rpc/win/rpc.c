@@ -15,6 +15,7 @@
  * See rpc_int.h for the threads and what each file does.
  */
 #include "adapters/rpc/win/rpc_int.h"
+#include "adapters/rpc/rpc_keys.h"
 #include "service/alloc.h"
 #include "service/log.h"
 #include "service/platform/win/security.h"
@@ -112,23 +113,24 @@ char *sb_rpc__text(const char *s)
 
 static int settings_from(rpc_settings *s, const sb_adapter_config *cfg, sb_error *err)
 {
+    const sb_rpc_settings *k = SB_SETTINGS(const sb_rpc_settings, cfg);
     memset(s, 0, sizeof(*s));
-    s->tcp = cfg->rpc_protseq == 1;
+    s->tcp = k->protseq == SB_RPC_NCACN_IP_TCP;
     if (s->tcp) {
         char port[16];
-        snprintf(port, sizeof port, "%d", cfg->rpc_port);
+        snprintf(port, sizeof port, "%d", k->port);
         s->endpoint = sb_strdup(port);
     } else {
-        s->endpoint = sb_strdup(cfg->rpc_endpoint != NULL ? cfg->rpc_endpoint : "switchboard");
+        s->endpoint = sb_strdup(k->endpoint != NULL ? k->endpoint : "switchboard");
     }
-    s->remote = cfg->rpc_remote == 1;
-    s->anonymous = cfg->anonymous == 1;
-    s->max_calls = cfg->rpc_max_calls;
-    s->max_pulls = cfg->rpc_max_pulls;
-    s->max_wait_ms = cfg->rpc_max_wait_ms;
-    s->max_message = cfg->max_message;
-    s->security = cfg->security != NULL ? sb_strdup(cfg->security) : NULL;
-    if (s->endpoint == NULL || (cfg->security != NULL && s->security == NULL)) {
+    s->remote = k->remote == 1;
+    s->anonymous = k->anonymous == 1;
+    s->max_calls = k->max_calls;
+    s->max_pulls = k->max_pulls;
+    s->max_wait_ms = k->max_wait_ms;
+    s->max_message = k->max_message;
+    s->security = k->security != NULL ? sb_strdup(k->security) : NULL;
+    if (s->endpoint == NULL || (k->security != NULL && s->security == NULL)) {
         settings_free(s);
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
     }

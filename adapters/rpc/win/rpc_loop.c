@@ -20,6 +20,7 @@
 #include "service/auth.h"
 #include "service/base64.h"
 #include "service/log.h"
+#include "service/topic.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -126,27 +127,18 @@ static const char *acl_user(const rpc_caller *c)
     return c->anonymous ? NULL : c->user;
 }
 
-/* Whether user may read through '\n'-separated filters: every topic of
- * each (all), or some topic of one of them (!all). */
-static int filters_readable(const struct sb_auth *acl, const char *user, const char *filters,
-                            int all)
+/* Whether user may read through filters: every topic of each (all), or
+ * some topic of one of them (!all). */
+static int filters_readable(const struct sb_auth *acl, const char *user,
+                            const sb_sub_filter *filters, size_t count, int all)
 {
-    char one[1024];
     if (acl == NULL || !sb_auth_has_acl(acl))
         return 1;
-    while (*filters != '\0') {
-        const char *nl = strchr(filters, '\n');
-        size_t n = nl != NULL ? (size_t)(nl - filters) : strlen(filters);
-        int ok = 0;
-        if (n < sizeof one) {
-            memcpy(one, filters, n);
-            one[n] = '\0';
-            ok = all ? sb_auth_filter_readable(acl, user, NULL, one)
-                     : sb_auth_filter_allowed(acl, user, NULL, one);
-        }
+    for (size_t i = 0; i < count; i++) {
+        int ok = all ? sb_auth_filter_readable(acl, user, NULL, filters[i].filter)
+                     : sb_auth_filter_allowed(acl, user, NULL, filters[i].filter);
         if (ok != all)
             return ok;
-        filters += n + (nl != NULL);
     }
     return all;
 }
@@ -383,9 +375,12 @@ static void do_subscribe(rpc_job *j)
     rpc_adapter *a = j->a;
     sb_broker *b = a->base.broker;
     const struct sb_auth *acl = sb_broker_auth(b);
-    const char *user = acl_user(&j->caller), *existing, *filters;
+    const char *user = acl_user(&j->caller);
+    sb_sub_filter one = {j->filter, SB_QOS_NONE};
+    sb_sub_def existing, def;
     sb_error err;
     rpc_sub *s;
+    int exists;
 
     if (protocol_owned(&j->caller, j->name)) {
         sb_rpc__job_done(j, SB_EACCES, "mqtt/... subscriptions are MQTT client sessions");
@@ -395,20 +390,20 @@ static void do_subscribe(rpc_job *j)
      * of what the filter matches (deliveries are checked one by one). An
      * existing one may be shared: the client must be able to read all of
      * it. */
-    existing = sb_broker_sub_filter(b, j->name);
-    if (existing != NULL ? !filters_readable(acl, user, existing, 1)
-                         : j->filter != NULL && !filters_readable(acl, user, j->filter, 0)) {
+    exists = sb_broker_sub_get(b, j->name, &existing) == 0;
+    if (exists ? !filters_readable(acl, user, existing.filters, existing.filter_count, 1)
+               : j->filter != NULL && !filters_readable(acl, user, &one, 1, 0)) {
         sb_rpc__job_done(j, SB_EAUTH,
-                         existing != NULL
-                             ? "not authorized to read every topic of this existing subscription"
-                             : "not authorized to read any topic of the filter");
+                         exists ? "not authorized to read every topic of this existing "
+                                  "subscription"
+                                : "not authorized to read any topic of the filter");
         return;
     }
     if (sb_broker_subscribe(b, j->name, j->filter, &j->settings, &err) != 0) {
         sb_rpc__job_done(j, err.code, err.msg);
         return;
     }
-    if (j->retained != NULL && existing != NULL &&
+    if (j->retained != NULL && exists &&
         sb_broker_sub_add_retained(b, j->name, j->retained, &err) != 0) {
         sb_rpc__job_done(j, err.code, err.msg);
         return;
@@ -429,8 +424,10 @@ static void do_subscribe(rpc_job *j)
     if (a->subs != NULL)
         a->subs->prev = s;
     a->subs = s;
-    filters = sb_broker_sub_filter(b, j->name);
-    j->text = sb_strdup(filters != NULL ? filters : "");
+    if (sb_broker_sub_get(b, j->name, &def) == 0)
+        j->text = sb_sub_filters_join(def.filters, def.filter_count);
+    else
+        j->text = sb_strdup("");
     j->sub = s; /* the handle's reference, for the call */
     sb_rpc__job_done(j, 0, NULL);
 }
@@ -529,7 +526,7 @@ static void do_close(rpc_job *j)
 
 /* Which queues a caller who is not an administrator sees while an ACL is in
  * force: the subscriptions it has open, and queues it may read wholly. */
-static int stats_visible(void *ctx, const char *name, const char *filters)
+static int stats_visible(void *ctx, const char *name, const sb_sub_filter *filters, size_t count)
 {
     rpc_job *j = ctx;
     for (rpc_sub *s = j->a->subs; s != NULL; s = s->next)
@@ -537,7 +534,8 @@ static int stats_visible(void *ctx, const char *name, const char *filters)
             strcmp(s->user, j->caller.user) == 0)
             return 1;
     return !protocol_owned(&j->caller, name) &&
-           filters_readable(sb_broker_auth(j->a->base.broker), acl_user(&j->caller), filters, 1);
+           filters_readable(sb_broker_auth(j->a->base.broker), acl_user(&j->caller), filters, count,
+                            1);
 }
 
 static void do_stats(rpc_job *j)

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "adapters/builtin.h"
+#include "adapters/rpc/rpc_keys.h"
 #include "config/config.h"
 #include "service/error.h"
 
@@ -70,19 +72,21 @@ static void test_defaults(void **state)
                               "    protseq: ncacn_ip_tcp\n"
                               "    port: 4750\n"
                               "    remote: true\n");
-    const sb_adapter_config *a = sb_config_adapter(cfg, "rpc");
+    const sb_rpc_settings *r = SB_SETTINGS(const sb_rpc_settings, sb_config_adapter(cfg, "rpc"));
     (void)state;
-    assert_int_equal(a->rpc_protseq, 0);
-    assert_string_equal(a->rpc_endpoint, "switchboard");
-    assert_int_equal(a->rpc_max_calls, 64);
-    assert_int_equal(a->rpc_max_pulls, 32);
-    assert_int_equal(a->rpc_max_wait_ms, 30000);
-    assert_int_equal(a->rpc_remote, 0);
-    assert_int_equal(a->anonymous, -1);
-    a = sb_config_adapter(cfg, "tcp");
-    assert_int_equal(a->rpc_protseq, 1);
-    assert_int_equal(a->rpc_port, 4750);
-    assert_int_equal(a->rpc_remote, 1);
+    assert_int_equal(r->protseq, SB_RPC_NCALRPC);
+    assert_string_equal(r->endpoint, "switchboard");
+    assert_int_equal(r->max_calls, 64);
+    assert_int_equal(r->max_pulls, 32);
+    assert_int_equal(r->max_wait_ms, 30000);
+    assert_int_equal(r->max_message, 1048576);
+    assert_int_equal(r->remote, 0);
+    assert_int_equal(r->anonymous, 0);
+    assert_null(r->security);
+    r = SB_SETTINGS(const sb_rpc_settings, sb_config_adapter(cfg, "tcp"));
+    assert_int_equal(r->protseq, SB_RPC_NCACN_IP_TCP);
+    assert_int_equal(r->port, 4750);
+    assert_int_equal(r->remote, 1);
     sb_config_free(cfg);
 }
 
@@ -127,8 +131,7 @@ static void test_errors(void **state)
                   "  - name: a\n"
                   "    type: rpc\n"
                   "    topic: orders/{adapter}\n",
-                  "t.yaml:4:5: adapters[0].topic: not used by type rpc (clients call the "
-                  "interface of tools/rpc/switchboard.idl)\n");
+                  "t.yaml:4:5: adapters[0].topic: not allowed for type rpc\n");
     expect_errors("adapters:\n"
                   "  - name: a\n"
                   "    type: rpc\n"
@@ -151,13 +154,13 @@ static void test_example(void **state)
     a = sb_config_adapter(cfg, "rpc");
     assert_non_null(a);
     assert_string_equal(a->type, "rpc");
-    assert_string_equal(a->rpc_endpoint, "switchboard");
-    assert_int_equal(a->max_message, 1048576);
+    assert_string_equal(SB_SETTINGS(const sb_rpc_settings, a)->endpoint, "switchboard");
+    assert_int_equal(SB_SETTINGS(const sb_rpc_settings, a)->max_message, 1048576);
     a = sb_config_adapter(cfg, "rpc-tcp");
     assert_non_null(a);
-    assert_int_equal(a->rpc_protseq, 1);
-    assert_int_equal(a->rpc_port, 4750);
-    assert_int_equal(a->rpc_remote, 0);
+    assert_int_equal(SB_SETTINGS(const sb_rpc_settings, a)->protseq, SB_RPC_NCACN_IP_TCP);
+    assert_int_equal(SB_SETTINGS(const sb_rpc_settings, a)->port, 4750);
+    assert_int_equal(SB_SETTINGS(const sb_rpc_settings, a)->remote, 0);
     assert_non_null(sb_config_route(cfg, "orders"));
     sb_config_free(cfg);
 }
@@ -169,5 +172,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_example),
     };
+    if (sb_adapter_keys_register_builtin(NULL) != 0)
+        return 1;
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
