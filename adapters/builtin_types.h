@@ -22,6 +22,7 @@
     X(dde, WIN)                                                                                    \
     X(copydata, WIN)                                                                               \
     X(clipboard, WIN)                                                                              \
+    X(rpc, WIN)                                                                                    \
     X(null, ALL)
 
 #endif

@@ -7,6 +7,10 @@ and a durable route, then, over 127.0.0.1:
     Windows client (sbctl.exe under Wine) receives it;
   - sbctl.exe publishes, and the native client subscribes, receives and
     acknowledges it; the broker's stats agree;
+  - MS-RPC (when mosquitto_sub/mosquitto_pub are installed): a Windows
+    program calling the broker's RPC interface (rpc_client.exe) publishes
+    and Linux's mosquitto_sub receives it over MQTT; mosquitto_pub
+    publishes and the RPC program pulls and acknowledges it;
   - DDE (when mosquitto_sub/mosquitto_pub are installed): a legacy DDE
     server (plc_sim.exe) -> the broker's DDE client role -> Linux's
     mosquitto_sub over MQTT, and Linux's mosquitto_pub -> the broker's DDE
@@ -192,6 +196,82 @@ def dde(build, wine, tmp):
                     p.wait()
 
 
+def rpc(build, wine, tmp):
+    """A Windows program on the broker's MS-RPC interface and Linux MQTT
+    clients, through the Windows broker."""
+    client = os.path.join(build, "tests", "win", "rpc", "rpc_client.exe")
+    msub, mpub = shutil.which("mosquitto_sub"), shutil.which("mosquitto_pub")
+    if msub is None or mpub is None or not os.path.exists(client):
+        print("test-interop: RPC <-> MQTT skipped (needs mosquitto_sub, mosquitto_pub and "
+              "tests/win/rpc/rpc_client.exe)")
+        return
+    endpoint = "sbi-rpc-%d" % os.getpid()
+    log = os.path.join(tmp, "rpc-broker.log")
+    mport = free_port()
+    cfg = os.path.join(tmp, "rpc.yaml")
+    with open(cfg, "w") as f:
+        f.write("broker:\n"
+                "  data_dir: '%s'\n"
+                "  admin: { endpoint: 'off' }\n"
+                "adapters:\n"
+                "  - { name: rpc, type: rpc, endpoint: '%s' }\n"
+                "  - { name: mqtt, type: tcp, listen: '127.0.0.1:%d', protocol: mqtt }\n"
+                "routes:\n"
+                "  - { name: fromlinux, from: linux/# }\n"
+                % (winepath(os.path.join(tmp, "rpc-data")), endpoint, mport))
+    broker = subprocess.Popen([wine, os.path.join(build, "service", "switchboard.exe"), "run",
+                               "--config", winepath(cfg)],
+                              stdin=subprocess.DEVNULL, stdout=open(log, "wb"),
+                              stderr=subprocess.STDOUT)
+    sub = None
+    try:
+        wait_for(log, b"ready:", broker, "the broker", log)
+        # Windows (RPC) -> Linux (MQTT): publish until the subscriber, which
+        # may still be subscribing, has one.
+        sub = subprocess.Popen([msub, "-h", "127.0.0.1", "-p", str(mport), "-t", "rpc/#", "-v",
+                                "-C", "1", "-W", str(DEADLINE_S)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + DEADLINE_S
+        while sub.poll() is None:
+            out = subprocess.run([wine, client, endpoint, "pub", "rpc/windows",
+                                  "from RPC \u00e9"], capture_output=True, timeout=60)
+            if out.returncode != 0:
+                fail("rpc_client pub: exit %d, %r" % (out.returncode, out.stdout), log)
+            if time.monotonic() > deadline:
+                fail("mosquitto_sub received nothing", log)
+            try:
+                sub.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        got = sub.stdout.read()
+        if sub.returncode != 0 or got != "rpc/windows from RPC \u00e9\n".encode():
+            fail("mosquitto_sub: exit %d, stdout %r, stderr %r" %
+                 (sub.returncode, got, sub.stderr.read()), log)
+        # Linux (MQTT) -> Windows (RPC pull and ack).
+        out = subprocess.run([mpub, "-h", "127.0.0.1", "-p", str(mport), "-q", "1", "-t",
+                              "linux/x", "-m", "from Linux \u00e9"],
+                             capture_output=True, timeout=DEADLINE_S)
+        if out.returncode != 0:
+            fail("mosquitto_pub: exit %d, stderr %r" % (out.returncode, out.stderr), log)
+        out = subprocess.run([wine, client, endpoint, "pull", "fromlinux", "-", "1"],
+                             capture_output=True, timeout=60)
+        if out.returncode != 0 or \
+                " 1 linux/x from Linux \u00e9\n".encode() not in out.stdout or \
+                b"done" not in out.stdout:
+            fail("rpc_client pull: exit %d, stdout %r" % (out.returncode, out.stdout), log)
+        print("test-interop: OK (RPC program under Wine -> Windows broker -> mosquitto_sub; "
+              "mosquitto_pub -> Windows broker -> RPC pull)")
+    finally:
+        for p in (sub, broker):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=DEADLINE_S)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: test-interop.py BUILD_DIR")
@@ -281,6 +361,7 @@ def main():
         print("test-interop: OK (Linux <-> Windows broker <-> Windows sbctl over "
               "tcp:127.0.0.1:%d)" % port)
         dde(build, wine, tmp)
+        rpc(build, wine, tmp)
         ok = True
     finally:
         # Linux cannot set the broker's stop event; this ends the process as

@@ -125,6 +125,23 @@ static int set_pipe(sb_endpoint *out, const char *full, const char **reason)
     return 0;
 }
 
+/* rpc:NAME (ncalrpc) or rpc:HOST:PORT (ncacn_ip_tcp): the client library
+ * checks the rest. */
+static int set_rpc(sb_endpoint *out, const char *rest, const char **reason)
+{
+    if (*rest == '\0') {
+        *reason = "expected rpc:NAME or rpc:HOST:PORT";
+        return -1;
+    }
+    if (copy_str(out->path, sizeof(out->path), rest, strlen(rest)) != 0) {
+        *reason = "endpoint too long";
+        return -1;
+    }
+    out->kind = SB_ENDPOINT_RPC;
+    snprintf(out->display, sizeof(out->display), "rpc:%s", rest);
+    return 0;
+}
+
 int sb_endpoint_parse(sb_endpoint *out, const char *s, sb_error *err)
 {
     const char *reason = NULL;
@@ -152,6 +169,8 @@ int sb_endpoint_parse(sb_endpoint *out, const char *s, sb_error *err)
         }
     } else if (starts_with(s, "\\\\")) {
         rc = set_pipe(out, s, &reason);
+    } else if (starts_with(s, "rpc:")) {
+        rc = set_rpc(out, s + 4, &reason);
     } else if (strchr(s, '/') == NULL && strchr(s, ':') != NULL &&
                parse_port(strrchr(s, ':') + 1) != -1) {
         /* Bare HOST:PORT: no '/' and a number after the last ':'. */

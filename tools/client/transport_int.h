@@ -38,6 +38,10 @@ struct sb_transport {
 int sb_client__transport_open(sb_transport **out, const sb_endpoint *ep, int timeout_ms,
                               sb_error *err);
 
+/* Windows: rpc: endpoints, the jsonl protocol over the MS-RPC interface
+ * (win/rpc_bridge.c). Same contract as sb_client__transport_open. */
+int sb_client__rpc_open(sb_transport **out, const sb_endpoint *ep, int timeout_ms, sb_error *err);
+
 /* The platform's default admin endpoint when $SB_ADMIN is not set. */
 const char *sb_client__platform_default_endpoint(void);
 

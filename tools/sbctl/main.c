@@ -23,8 +23,8 @@ static void print_main_help(FILE *f)
     fprintf(f, "Usage: sbctl [-e ENDPOINT] COMMAND [ARGS] [OPTIONS]\n"
                "\n"
                "Command-line client of the Switchboard message broker. It speaks the jsonl\n"
-               "protocol to the broker's admin endpoint (or any jsonl adapter); passwd\n"
-               "edits a password file locally.\n"
+               "protocol to the broker's admin endpoint (or any jsonl adapter, or over an\n"
+               "rpc adapter's MS-RPC interface); passwd edits a password file locally.\n"
                "\n"
                "Commands:\n");
     for (size_t i = 0; i < NCOMMANDS; i++) {
@@ -39,7 +39,8 @@ static void print_main_help(FILE *f)
             "\n"
             "Global options:\n"
             "  -e, --endpoint ENDPOINT    where the broker listens: unix:PATH, tcp:HOST:PORT,\n"
-            "                             HOST:PORT, \\\\.\\pipe\\NAME or a socket path\n"
+            "                             HOST:PORT, \\\\.\\pipe\\NAME, rpc:NAME or\n"
+            "                             rpc:HOST:PORT (MS-RPC, Windows) or a socket path\n"
             "                             (default: $SB_ADMIN, else %s)\n"
             "  -h, --help                 show this help\n"
             "  -V, --version              show the version\n"

@@ -449,7 +449,7 @@ static void test_error_type(void **state)
                   "  - name: a\n"
                   "    type: mqtt\n",
                   "t.yaml:3:11: adapters[0].type: must be one of tcp, udp, unix, pipe, exec, "
-                  "mailslot, dde, copydata, clipboard, null (got \"mqtt\")\n");
+                  "mailslot, dde, copydata, clipboard, rpc, null (got \"mqtt\")\n");
     expect_errors("adapters:\n"
                   "  - name: a\n",
                   "t.yaml:2:5: adapters[0].type: required\n");
@@ -1496,7 +1496,7 @@ static void test_example_full(void **state)
     /* It shows every adapter type and sets non-default values. */
     for (const char *const *t =
              (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", "mailslot", "dde",
-                                   "copydata", "clipboard", "null", NULL};
+                                   "copydata", "clipboard", "rpc", "null", NULL};
          *t != NULL; t++) {
         int found = 0;
         for (size_t i = 0; i < cfg->adapter_count; i++)

@@ -40,6 +40,24 @@ static void test_unix(void **state)
     assert_string_equal(ep.path, "host:80");
 }
 
+/* rpc: the rest is the RPC client library's: NAME or HOST:PORT. */
+static void test_rpc(void **state)
+{
+    sb_endpoint ep;
+    sb_error err;
+    (void)state;
+    assert_int_equal(sb_endpoint_parse(&ep, "rpc:switchboard", NULL), 0);
+    assert_int_equal(ep.kind, SB_ENDPOINT_RPC);
+    assert_string_equal(ep.path, "switchboard");
+    assert_string_equal(ep.display, "rpc:switchboard");
+    /* not the bare HOST:PORT form */
+    assert_int_equal(sb_endpoint_parse(&ep, "rpc:127.0.0.1:4750", NULL), 0);
+    assert_int_equal(ep.kind, SB_ENDPOINT_RPC);
+    assert_string_equal(ep.path, "127.0.0.1:4750");
+    assert_int_equal(sb_endpoint_parse(&ep, "rpc:", &err), SB_EINVAL);
+    assert_non_null(strstr(err.msg, "rpc:NAME or rpc:HOST:PORT"));
+}
+
 static void test_tcp(void **state)
 {
     sb_endpoint ep;
@@ -127,9 +145,9 @@ static void test_too_long(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_unix),       cmocka_unit_test(test_tcp),
-        cmocka_unit_test(test_tcp_errors), cmocka_unit_test(test_pipe),
-        cmocka_unit_test(test_too_long),
+        cmocka_unit_test(test_unix), cmocka_unit_test(test_rpc),
+        cmocka_unit_test(test_tcp),  cmocka_unit_test(test_tcp_errors),
+        cmocka_unit_test(test_pipe), cmocka_unit_test(test_too_long),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -275,10 +275,10 @@ int sb_client__transport_open(sb_transport **out, const sb_endpoint *ep, int tim
     int rc;
 
     *out = NULL;
-    if (ep->kind == SB_ENDPOINT_PIPE)
+    if (ep->kind == SB_ENDPOINT_PIPE || ep->kind == SB_ENDPOINT_RPC)
         return sb_error_set(err, SB_EINVAL, 0,
-                            "cannot connect to %s: named pipes are only available on Windows",
-                            ep->display);
+                            "cannot connect to %s: %s are only available on Windows", ep->display,
+                            ep->kind == SB_ENDPOINT_PIPE ? "named pipes" : "MS-RPC endpoints");
     pt = sb_calloc(1, sizeof(*pt));
     if (pt == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "cannot connect to %s: out of memory", ep->display);

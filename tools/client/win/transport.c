@@ -468,6 +468,8 @@ int sb_client__transport_open(sb_transport **out, const sb_endpoint *ep, int tim
     int rc;
 
     *out = NULL;
+    if (ep->kind == SB_ENDPOINT_RPC)
+        return sb_client__rpc_open(out, ep, timeout_ms, err);
     if (ep->kind == SB_ENDPOINT_UNIX)
         return sb_error_set(err, SB_EINVAL, 0,
                             "cannot connect to %s: Unix domain sockets are not supported on "
