@@ -4,6 +4,7 @@
 extern const sb_adapter_type sb_adapter_tcp;  /* socket/stream.c */
 extern const sb_adapter_type sb_adapter_udp;  /* socket/udp.c */
 extern const sb_adapter_type sb_adapter_exec; /* exec/exec.c */
+extern const sb_adapter_type sb_adapter_filemap; /* filemap/filemap.c */
 #ifdef _WIN32
 extern const sb_adapter_type sb_adapter_pipe_win; /* pipe/win/pipe.c */
 extern const sb_adapter_type sb_adapter_mailslot; /* mailslot/win/mailslot.c */
@@ -17,6 +18,7 @@ const sb_adapter_type *const sb_adapters_builtin[] = {
     &sb_adapter_tcp,
     &sb_adapter_udp,
     &sb_adapter_exec,
+    &sb_adapter_filemap,
 #ifdef _WIN32
     &sb_adapter_pipe_win,
     &sb_adapter_mailslot,

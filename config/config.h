@@ -145,6 +145,17 @@ typedef struct sb_adapter_config {
     char *dde_execute_topic; /* execute_topic: server: XTYP_EXECUTE commands are published
                                 here; client: deliveries on it are EXECUTEd, not POKEd */
     int dde_codepage;        /* codepage: of CF_TEXT, 0 (default): the system ANSI code page */
+    /* filemap (adapters/filemap, the shared-memory ring). TEMPORARY: these
+     * move to adapters/filemap/filemap_keys.c once adapter types own their
+     * key tables (issue 8 part 2); filemap_keys.h is how the adapter reads
+     * them. */
+    char *fm_ring;                 /* ring: the object's name; NULL: switchboard-<adapter> */
+    int fm_direction;              /* direction: in (0, default) | out (1) */
+    int64_t fm_capacity;           /* capacity: default 1MiB, 4KiB..1GiB, a multiple of 8 */
+    int64_t fm_reclaim_timeout_ms; /* reclaim_timeout: default 5s, 10ms..1h */
+    int fm_namespace;              /* namespace (Windows): auto (0) | global | local */
+    char *fm_mode;                 /* mode (POSIX): octal permission bits, default "0600" */
+    char *fm_group;                /* group (POSIX): the object's group */
 } sb_adapter_config;
 
 /* The effective idle_timeout of a server adapter in ms (0: off): the

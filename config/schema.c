@@ -71,13 +71,16 @@ _Static_assert(SB_CLIENT_CERT_NONE == 0 && SB_CLIENT_CERT_OPTIONAL == 1 &&
                "client_certs follows sb_client_cert");
 static const char *const framings[] = {"line", "length", "datagram", "message", NULL};
 static const char *const dde_roles[] = {"server", "client", NULL};
+/* filemap (TEMPORARY, see the filemap rows) */
+static const char *const filemap_directions[] = {"in", "out", NULL};
+static const char *const filemap_namespaces[] = {"auto", "global", "local", NULL};
 _Static_assert(SB_DDE_SERVER == 0 && SB_DDE_CLIENT == 1, "dde_roles follows sb_dde_role");
 
 /* ---- adapter types ---- */
 
-enum { TYPE_TCP, TYPE_UDP, TYPE_UNIX, TYPE_PIPE, TYPE_EXEC, TYPE_MAILSLOT, TYPE_DDE };
-static const char *const adapter_types[] = {"tcp",  "udp",      "unix", "pipe",
-                                            "exec", "mailslot", "dde",  NULL};
+enum { TYPE_TCP, TYPE_UDP, TYPE_UNIX, TYPE_PIPE, TYPE_EXEC, TYPE_MAILSLOT, TYPE_DDE, TYPE_FILEMAP };
+static const char *const adapter_types[] = {"tcp",      "udp", "unix",    "pipe", "exec",
+                                            "mailslot", "dde", "filemap", NULL};
 
 #define TCP (1u << TYPE_TCP)
 #define UDP (1u << TYPE_UDP)
@@ -86,6 +89,7 @@ static const char *const adapter_types[] = {"tcp",  "udp",      "unix", "pipe",
 #define EXEC (1u << TYPE_EXEC)
 #define MAILSLOT (1u << TYPE_MAILSLOT)
 #define DDE (1u << TYPE_DDE)
+#define FILEMAP (1u << TYPE_FILEMAP)
 
 #define UDP_MAX_MESSAGE 65507 /* largest UDP payload over IPv4 */
 /* A mailslot's default max_message (network targets take at most 424 bytes:
@@ -98,7 +102,7 @@ static const struct adapter_kind {
 } adapter_kinds[] = {
     [TYPE_TCP] = {"listen", 1}, [TYPE_UDP] = {"listen", 0}, [TYPE_UNIX] = {"path", 1},
     [TYPE_PIPE] = {"path", 1},  [TYPE_EXEC] = {NULL, 1},    [TYPE_MAILSLOT] = {"path", 0},
-    [TYPE_DDE] = {NULL, 0},
+    [TYPE_DDE] = {NULL, 0},     [TYPE_FILEMAP] = {NULL, 0},
 };
 
 /* ---- broker ---- */
@@ -303,7 +307,10 @@ static const sb_config__field adapter_fields[] = {
      .def = 30 * SECONDS,
      .min = 1,
      .max = DAYS},
-    {.key = "security", .type = SB_CT_STRING, .types = PIPE | MAILSLOT, .offset = A(security)},
+    {.key = "security",
+     .type = SB_CT_STRING,
+     .types = PIPE | MAILSLOT | FILEMAP,
+     .offset = A(security)},
     {.key = "inflight",
      .type = SB_CT_INT,
      .offset = A(inflight),
@@ -332,7 +339,7 @@ static const sb_config__field adapter_fields[] = {
      .max = 3650 * DAYS},
     {.key = "read_ahead",
      .type = SB_CT_INT,
-     .types = TCP | UNIX | PIPE | EXEC,
+     .types = TCP | UNIX | PIPE | EXEC | FILEMAP,
      .offset = A(read_ahead),
      .def = 64,
      .min = 1,
@@ -381,6 +388,37 @@ static const sb_config__field adapter_fields[] = {
      .def = 0,
      .min = 0,
      .max = 65535},
+    /* filemap (adapters/filemap). TEMPORARY, with check_filemap: moves to
+     * adapters/filemap/filemap_keys.c with the per-type key tables. */
+    {.key = "ring", .type = SB_CT_STRING, .types = FILEMAP, .offset = A(fm_ring)},
+    {.key = "direction",
+     .type = SB_CT_ENUM,
+     .types = FILEMAP,
+     .offset = A(fm_direction),
+     .def = 0,
+     .choices = filemap_directions},
+    {.key = "capacity",
+     .type = SB_CT_SIZE,
+     .types = FILEMAP,
+     .offset = A(fm_capacity),
+     .def = 1048576,
+     .min = 4096,
+     .max = 1073741824},
+    {.key = "reclaim_timeout",
+     .type = SB_CT_DURATION,
+     .types = FILEMAP,
+     .offset = A(fm_reclaim_timeout_ms),
+     .def = 5 * SECONDS,
+     .min = 10,
+     .max = HOURS},
+    {.key = "namespace",
+     .type = SB_CT_ENUM,
+     .types = FILEMAP,
+     .offset = A(fm_namespace),
+     .def = 0,
+     .choices = filemap_namespaces},
+    {.key = "mode", .type = SB_CT_STRING, .types = FILEMAP, .offset = A(fm_mode)},
+    {.key = "group", .type = SB_CT_STRING, .types = FILEMAP, .offset = A(fm_group)},
 };
 static const sb_config__section adapter_section = TABLE(adapter_fields);
 
@@ -643,6 +681,74 @@ static size_t mailslot_prefix(const char *s)
     if (end == NULL || end == server || strncasecmp_ascii(end, kw, sizeof kw - 1) != 0)
         return 0;
     return (size_t)(end - s) + sizeof kw - 1;
+}
+
+/* type filemap (adapters/filemap). TEMPORARY: becomes the validate hook of
+ * adapters/filemap/filemap_keys.c with the per-type key tables. The ring's
+ * object name, its POSIX mode (octal, nobody else may write), a capacity in
+ * whole 8-byte words; records carry their own topic; read_ahead (default
+ * 256) only for an in ring. */
+static void check_filemap(sb_config__ctx *ctx, sb_adapter_config *a, const char *path)
+{
+    static const char *const unused[] = {"protocol", "framing", "topic", NULL};
+    const sb_config__seen *s;
+    char p[SB_CONFIG__PATH_MAX], q[96];
+
+    for (int i = 0; unused[i] != NULL; i++) {
+        char **target = i == 0 ? &a->protocol : i == 1 ? &a->framing : &a->topic;
+        if ((s = seen(ctx, target)) != NULL) {
+            sub_path(p, path, unused[i]);
+            sb_config__error(ctx, s->key, p,
+                             "not used by type filemap (each record carries its own topic)");
+        }
+    }
+    if ((s = seen(ctx, &a->fm_ring)) != NULL && s->ok) {
+        size_t n = strlen(a->fm_ring);
+        int ok = n >= 1 && n <= 200;
+        for (size_t i = 0; ok && i < n; i++) {
+            char c = a->fm_ring[i];
+            ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '.' || c == '_' || c == '-';
+        }
+        if (!ok) {
+            sub_path(p, path, "ring");
+            sb_config__error(ctx, s->value, p,
+                             "%s: a ring's name is 1 to 200 characters of A-Z a-z 0-9 . _ -",
+                             sb_config__quote(q, sizeof q, a->fm_ring));
+        }
+    }
+    if ((s = seen(ctx, &a->fm_mode)) != NULL && s->ok) {
+        size_t n = strlen(a->fm_mode);
+        unsigned v = 0;
+        int ok = n >= 3 && n <= 4;
+        for (size_t i = 0; ok && i < n; i++) {
+            ok = a->fm_mode[i] >= '0' && a->fm_mode[i] <= '7';
+            v = v * 8 + (unsigned)(a->fm_mode[i] - '0');
+        }
+        sub_path(p, path, "mode");
+        if (!ok || v > 0777)
+            sb_config__error(ctx, s->value, p,
+                             "%s: must be octal permission bits such as 0600 or 0660",
+                             sb_config__quote(q, sizeof q, a->fm_mode));
+        else if (v & 0002)
+            sb_config__error(ctx, s->value, p,
+                             "%s lets every account of the machine write the ring: refused",
+                             a->fm_mode);
+        else if ((v & 0600) != 0600)
+            sb_config__error(ctx, s->value, p, "%s: the broker's own account needs 0600",
+                             a->fm_mode);
+    }
+    if ((s = seen(ctx, &a->fm_capacity)) != NULL && s->ok && a->fm_capacity % 8 != 0) {
+        sub_path(p, path, "capacity");
+        sb_config__error(ctx, s->value, p, "must be a multiple of 8 bytes");
+    }
+    s = seen(ctx, &a->read_ahead);
+    if (a->fm_direction != 0 && s != NULL) {
+        sub_path(p, path, "read_ahead");
+        sb_config__error(ctx, s->key, p, "only for direction in");
+    } else if (s == NULL) {
+        a->read_ahead = 256;
+    }
 }
 
 /* Mailslot names. path (server): a name (created as \\.\mailslot\NAME) or
@@ -1100,6 +1206,8 @@ static void check_adapter(sb_config__ctx *ctx, const yaml_node_t *node, sb_adapt
 
     if (type == TYPE_MAILSLOT)
         check_mailslot(ctx, a, path);
+    if (type == TYPE_FILEMAP)
+        check_filemap(ctx, a, path); /* TEMPORARY: see check_filemap */
 
     if (type == TYPE_EXEC && seen(ctx, &a->command) == NULL) {
         sub_path(p, path, "command");
