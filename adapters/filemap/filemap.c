@@ -98,6 +98,36 @@ void sb_fm__handle_closed(fm_adapter *a)
     }
 }
 
+int sb_fm__examine(const sb_ring_header *h, uint64_t map_size, const sb_fm_os_opts *o,
+                   const char **why)
+{
+    uint64_t commit, reserve;
+    if (sbr_check_header(h, map_size, 0, why) != SB_RING_OK)
+        return 0;
+    if (h->direction != o->direction) {
+        *why = o->direction == SB_RING_IN ? "it is an out ring (the direction changed)"
+                                          : "it is an in ring (the direction changed)";
+        return 0;
+    }
+    if (h->capacity != o->capacity) {
+        *why = "its capacity differs from the configured one";
+        return 0;
+    }
+    if (sbr_load32(&h->state) != SB_RING_STATE_OPEN) {
+        *why = sbr_load32(&h->state) == SB_RING_STATE_QUARANTINED ? "it was quarantined"
+                                                                   : "it was retired";
+        return 0;
+    }
+    commit = sbr_load64(&h->commit);
+    reserve = sbr_load64(&h->reserve);
+    if (commit > reserve || reserve - commit > h->capacity || commit % 8 != 0 ||
+        reserve % 8 != 0) {
+        *why = "its cursors are inconsistent";
+        return 0;
+    }
+    return 1;
+}
+
 /* ---- settings ---- */
 
 /* The ring's object name: `ring`, else switchboard-<adapter>. */

@@ -80,6 +80,12 @@ enum {
 int sb_fm__os_open(sb_fm_os **out, const sb_fm_os_opts *o, int *how, char *note, size_t note_n,
                    sb_error *err);
 
+/* Whether an existing ring of map_size bytes (a previous broker's) can be
+ * resumed with options o: 1, or 0 with *why saying why it must be
+ * replaced (another layout, corrupt, quarantined). Portable (filemap.c). */
+int sb_fm__examine(const sb_ring_header *h, uint64_t map_size, const sb_fm_os_opts *o,
+                   const char **why);
+
 /* The ring's header (its data follows it); valid until sb_fm__os_close. */
 sb_ring_header *sb_fm__os_header(sb_fm_os *os);
 

@@ -146,42 +146,18 @@ static int create_ring(sb_fm_os *os, const sb_fm_os_opts *o, int fd, sb_error *e
 static int examine(sb_fm_os *os, const sb_fm_os_opts *o, const struct stat *st, const char **why,
                    sb_error *err)
 {
-    uint64_t size = SB_RING_HEADER_SIZE + o->capacity;
-    sb_ring_header *h;
-    uint64_t commit, reserve;
     int rc;
-
     if ((uint64_t)st->st_size < SB_RING_HEADER_SIZE) {
         *why = "it is smaller than a ring header";
         return 0;
     }
     if ((rc = map(os, (uint64_t)st->st_size, o, err)) != 0)
         return rc;
-    h = os->ring.h;
-    if (sbr_check_header(h, (uint64_t)st->st_size, 0, why) != SB_RING_OK)
-        return 0;
-    if (h->direction != o->direction) {
-        *why = o->direction == SB_RING_IN ? "it is an out ring (direction changed)"
-                                          : "it is an in ring (direction changed)";
+    if ((uint64_t)st->st_size != SB_RING_HEADER_SIZE + o->capacity) {
+        *why = "its size differs from the configured capacity";
         return 0;
     }
-    if (h->capacity != o->capacity || (uint64_t)st->st_size != size) {
-        *why = "its capacity differs from the configured one";
-        return 0;
-    }
-    if (sbr_load32(&h->state) != SB_RING_STATE_OPEN) {
-        *why = sbr_load32(&h->state) == SB_RING_STATE_QUARANTINED ? "it was quarantined"
-                                                                   : "it was retired";
-        return 0;
-    }
-    commit = sbr_load64(&h->commit);
-    reserve = sbr_load64(&h->reserve);
-    if (commit > reserve || reserve - commit > h->capacity || commit % 8 != 0 ||
-        reserve % 8 != 0) {
-        *why = "its cursors are inconsistent";
-        return 0;
-    }
-    return 1;
+    return sb_fm__examine(os->ring.h, (uint64_t)st->st_size, o, why);
 }
 
 /* Tells whoever still has the old ring open that it is gone, and removes
