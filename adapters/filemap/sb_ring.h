@@ -962,6 +962,13 @@ static inline int sbr_open_objects(sb_ring *r, const char *prefix, const char *n
             return sbr_win_error(r, GetLastError());
         }
         r->recovered = got == WAIT_ABANDONED;
+        if (got == WAIT_OBJECT_0 && sbr_load32(&r->h->consumer_pid) == r->pid) {
+            /* A mutex is recursive: this process's own consumer has it. */
+            ReleaseMutex(r->consumer);
+            CloseHandle(r->consumer);
+            r->consumer = NULL;
+            return SB_RING_EBUSY;
+        }
     }
     return SB_RING_OK;
 }
@@ -1121,7 +1128,6 @@ static inline int sb_ring_open(sb_ring **out, const char *name, int role)
                 rc = errno == EAGAIN || errno == EACCES ? SB_RING_EBUSY : SB_RING_ESYS;
                 goto fail;
             }
-            r->recovered = sbr_load32(&r->h->consumer_pid) != 0;
         }
     }
 #endif
@@ -1132,6 +1138,9 @@ static inline int sb_ring_open(sb_ring **out, const char *name, int role)
         goto fail;
     }
     if (role == SB_RING_CONSUMER) {
+        /* A consumer that closed cleared its pid: one left there died. */
+        if (sbr_load32(&r->h->consumer_pid) != 0)
+            r->recovered = 1;
         r->read = sbr_load64(&r->h->commit);
         sbr_store32(&r->h->consumer_pid, r->pid);
         sbr_signal(r, SBR_WAKE_RELEASE); /* the broker delivers again */

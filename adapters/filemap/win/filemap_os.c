@@ -106,27 +106,45 @@ static int make_sd(PSECURITY_DESCRIPTOR *out, const sb_fm_os_opts *o, sb_error *
     return rc;
 }
 
+/* 1 if sid is this process's user or the default owner of what it
+ * creates (its token's owner: Administrators, or a group under Wine). */
+static int own_sid(PSID sid)
+{
+    union {
+        TOKEN_USER user;
+        TOKEN_OWNER owner;
+        char buf[512];
+    } u;
+    HANDLE tok;
+    DWORD n;
+    int mine = 0;
+    if (!OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &tok))
+        return 0;
+    if (GetTokenInformation(tok, TokenUser, &u, sizeof(u), &n) && EqualSid(sid, u.user.User.Sid))
+        mine = 1;
+    if (!mine && GetTokenInformation(tok, TokenOwner, &u, sizeof(u), &n) &&
+        EqualSid(sid, u.owner.Owner))
+        mine = 1;
+    CloseHandle(tok);
+    return mine;
+}
+
 /* 1 if the object h (which existed before the broker asked for it) was
  * made by another account than the broker's, SYSTEM or Administrators. */
 static int foreign(HANDLE h)
 {
-    PSID owner = NULL, own = NULL;
+    PSID owner = NULL;
     PSECURITY_DESCRIPTOR sd = NULL;
-    wchar_t *own_text;
-    DWORD code;
-    int mine = 0;
+    int mine;
     if (GetSecurityInfo(h, SE_KERNEL_OBJECT, OWNER_SECURITY_INFORMATION, &owner, NULL, NULL, NULL,
-                        &sd) != ERROR_SUCCESS)
+                        &sd) != ERROR_SUCCESS ||
+        owner == NULL) {
+        if (sd != NULL)
+            LocalFree(sd);
         return 1; /* who made it cannot be told: not ours to trust */
-    own_text = sb_win_own_sid(&code);
-    if (own_text != NULL && ConvertStringSidToSidW(own_text, &own))
-        mine = EqualSid(owner, own);
-    mine = mine || IsWellKnownSid(owner, WinLocalSystemSid) ||
+    }
+    mine = own_sid(owner) || IsWellKnownSid(owner, WinLocalSystemSid) ||
            IsWellKnownSid(owner, WinBuiltinAdministratorsSid);
-    if (own != NULL)
-        LocalFree(own);
-    if (own_text != NULL)
-        LocalFree(own_text);
     LocalFree(sd);
     return !mine;
 }
