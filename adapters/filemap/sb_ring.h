@@ -378,8 +378,8 @@ static inline int sbr_topic_valid(const char *t, size_t n)
     return sbr_utf8_valid((const unsigned char *)t, n);
 }
 
-/* 1 if b[0..n) is a headers blob: "key\0value\0" pairs, keys not empty
- * (n == 0: no headers). */
+/* 1 if b[0..n) is a headers blob: "key\0value\0" pairs of UTF-8, keys
+ * not empty (n == 0: no headers). */
 static inline int sbr_headers_valid(const char *b, size_t n)
 {
     size_t i = 0;
@@ -391,7 +391,7 @@ static inline int sbr_headers_valid(const char *b, size_t n)
     while (i < n) {
         const char *z = (const char *)memchr(b + i, '\0', n - i);
         size_t len = (size_t)(z - (b + i));
-        if (key && len == 0)
+        if ((key && len == 0) || !sbr_utf8_valid((const unsigned char *)b + i, len))
             return 0;
         i += len + 1;
         key = !key;

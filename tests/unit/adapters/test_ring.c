@@ -538,6 +538,7 @@ static void test_peek_refuses_damage(void **state)
     assert_false(sbr_headers_valid("k\0", 2));
     assert_false(sbr_headers_valid("\0v\0", 3));
     assert_true(sbr_headers_valid("k\0\0", 3)); /* an empty value is a value */
+    assert_false(sbr_headers_valid("k\0\xff\0", 4)); /* UTF-8 only */
 }
 
 /* ---- the broker's claim ---- */
