@@ -388,6 +388,10 @@ static int publish(fm_adapter *a, fm_rec *r)
         refuse(a, r, r->bad);
         return 0;
     }
+    if (r->msg->topic[0] == '$') {
+        refuse(a, r, "'$' topics are the broker's own");
+        return 0;
+    }
     if (!sb_auth_allowed(sb_broker_auth(a->base.broker), NULL, NULL, r->msg->topic,
                          SB_ACL_WRITE)) {
         refuse(a, r, "denied by the ACL (ring producers publish as anonymous)");

@@ -375,8 +375,8 @@ int sb_fm__os_open(sb_fm_os **out, const sb_fm_os_opts *o, int *how, char *note,
         sbr_init_header(h, o->direction, o->capacity, o->max_payload, o->reclaim_ms,
                         (uint64_t)sb_now_ms());
         snprintf(note, note_n,
-                 "the existing ring was started afresh because %s (%llu bytes of uncommitted "
-                 "records in it are lost)",
+                 "the existing ring was replaced because %s (started afresh in place, as "
+                 "programs still had it open; %llu bytes of uncommitted records in it are lost)",
                  why, left);
         *how = SB_FM_REPLACED;
     } else {
