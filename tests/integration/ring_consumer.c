@@ -48,7 +48,7 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--stall-at") == 0 && v != NULL)
             stall_at = atol(argv[++i]);
         else if (strcmp(a, "--log") == 0 && v != NULL) {
-            out = fopen(argv[++i], "a");
+            out = fopen(argv[++i], "ab");
             if (out == NULL) {
                 perror(argv[i]);
                 return 1;

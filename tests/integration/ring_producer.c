@@ -76,7 +76,7 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--bad-topic") == 0)
             bad_topic = 1;
         else if (strcmp(a, "--log") == 0 && v != NULL) {
-            logf_ = fopen(argv[++i], "a");
+            logf_ = fopen(argv[++i], "ab");
             if (logf_ == NULL) {
                 perror(argv[i]);
                 return 1;

@@ -74,12 +74,24 @@ static const char config[] = "broker:\n"
 static char rings[MAX_RINGS][64];
 static int nrings;
 
+/* A program's path from the environment, made absolute against the
+ * directory ctest started the test in (under Wine "/work/..." means
+ * Z:\work\... only from there), once. */
 static const char *env_path(const char *var)
 {
+    static char *cache[2];
+    int k = strcmp(var, "SB_RING_PRODUCER") == 0 ? 0 : 1;
     const char *v = getenv(var);
+    uv_fs_t req;
+    if (cache[k] != NULL)
+        return cache[k];
     if (v == NULL || v[0] == '\0')
         fail_msg("%s is not set (tests/integration/CMakeLists.txt sets it)", var);
-    return v;
+    if (uv_fs_realpath(NULL, &req, v, NULL) != 0)
+        fail_msg("%s=%s: not found", var, v);
+    cache[k] = sbt_strdup(req.ptr);
+    uv_fs_req_cleanup(&req);
+    return cache[k];
 }
 
 /* A ring name of this run, removed at the end (Linux). */
@@ -142,14 +154,29 @@ static void expect_exit(sbt_proc *p, sbt_broker *b, const char *log, int status,
     sbt_proc_release(p);
 }
 
+/* dir/<file> without carriage returns (a Windows program's text output has
+ * them), or NULL. free() it. */
+static char *read_text(sbt_broker *b, const char *file)
+{
+    char path[SBT_PATH_MAX];
+    char *text, *o;
+    sbt_path(path, sizeof(path), b->dir, file);
+    text = sbt_read_file(path, NULL);
+    if (text == NULL)
+        return NULL;
+    o = text;
+    for (const char *i = text; *i != '\0'; i++)
+        if (*i != '\r')
+            *o++ = *i;
+    *o = '\0';
+    return text;
+}
+
 /* Lines of dir/<file> that start with prefix. */
 static int count_lines(sbt_broker *b, const char *file, const char *prefix)
 {
-    char path[SBT_PATH_MAX];
-    char *text, *line;
+    char *text = read_text(b, file), *line;
     int n = 0;
-    sbt_path(path, sizeof(path), b->dir, file);
-    text = sbt_read_file(path, NULL);
     if (text == NULL)
         return 0;
     for (line = text; *line != '\0';) {
@@ -233,11 +260,9 @@ static void drain(sbt_conn *c, const char *sub, int n, char **ids)
 
 static void expect_all_in(sbt_broker *b, const char *file, const char *prefix, const char *ids)
 {
-    char path[SBT_PATH_MAX], want[64];
-    char *text, *line;
+    char want[64];
+    char *text = read_text(b, file), *line;
     int n = 0;
-    sbt_path(path, sizeof(path), b->dir, file);
-    text = sbt_read_file(path, NULL);
     assert_non_null(text);
     for (line = text; *line != '\0';) {
         char *end = strchr(line, '\n');
@@ -353,9 +378,7 @@ static void test_consume(void **state)
     expect_exit(&cons, b, "consumer.out", 0, 60000);
     assert_int_equal(count_lines(b, "consumer.log", "out/x m-"), 100);
     {
-        char *log, path[SBT_PATH_MAX];
-        sbt_path(path, sizeof(path), b->dir, "consumer.log");
-        log = sbt_read_file(path, NULL);
+        char *log = read_text(b, "consumer.log");
         assert_non_null(strstr(log, "out/x m-0\nout/x m-1\nout/x m-2\n"));
         assert_non_null(strstr(log, "out/x m-98\nout/x m-99\n"));
         free(log);
