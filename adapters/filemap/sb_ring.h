@@ -49,7 +49,7 @@
  * (the broker under the service uses Global\, `switchboard run` Local\): a
  * NAME without a prefix is looked up in Global\ first, then in Local\.
  *
- * Building: C99 or C++11 and later, gcc, clang or MSVC (x64). On Linux the
+ * Building: C11 or C++11 and later, gcc, clang or MSVC (x64). On Linux the
  * header uses shm_open, mmap, pthread mutexes and the futex system call:
  * compile with _GNU_SOURCE or _DEFAULT_SOURCE (gcc's default gnu modes do)
  * and link with -pthread. A handle may be shared by several threads for
@@ -651,8 +651,9 @@ static inline int sbr_refusal_of(const sb_ring_header *h, uint64_t pos)
 #endif
 
 /* Roles of sb_ring_open. */
-#define SB_RING_PRODUCER 1
-#define SB_RING_CONSUMER 2
+#define SB_RING_PRODUCER 1 /* writes an in ring */
+#define SB_RING_CONSUMER 2 /* reads an out ring (one at a time) */
+#define SB_RING_OBSERVER 3 /* looks (sb_ring_get_info): either direction, no claim */
 
 /* An open ring. The fields are the header's own: use the functions. */
 typedef struct sb_ring {
@@ -1026,9 +1027,10 @@ static inline int sbr_claim_byte(int fd, off_t byte)
 #define SBR_CONSUMER_BYTE 1 /* the consumer of an out ring */
 #endif
 
-/* Opens the ring `name` as a producer (an in ring) or a consumer (an out
+/* Opens the ring `name` as a producer (an in ring), a consumer (an out
  * ring: one at a time; it starts at the first record not yet released, so
- * what a consumer that died had read but not released comes again).
+ * what a consumer that died had read but not released comes again) or an
+ * observer (either ring, to look at it with sb_ring_get_info).
  * *out is set on success (close with sb_ring_close). Returns SB_RING_OK,
  * ENOTFOUND, EACCES, EBUSY (another consumer), EINVAL (wrong direction or
  * role), ECORRUPT, EVERSION, ENOMEM or ESYS. */
@@ -1037,11 +1039,13 @@ static inline int sb_ring_open(sb_ring **out, const char *name, int role)
     sb_ring *r;
     const char *why = "";
     int rc;
-    uint32_t direction = role == SB_RING_PRODUCER ? SB_RING_IN : SB_RING_OUT;
+    uint32_t direction = role == SB_RING_PRODUCER   ? SB_RING_IN
+                         : role == SB_RING_CONSUMER ? SB_RING_OUT
+                                                    : 0;
 
     *out = NULL;
     if (name == NULL || name[0] == '\0' ||
-        (role != SB_RING_PRODUCER && role != SB_RING_CONSUMER))
+        (role != SB_RING_PRODUCER && role != SB_RING_CONSUMER && role != SB_RING_OBSERVER))
         return SB_RING_EINVAL;
     r = (sb_ring *)calloc(1, sizeof(*r));
     if (r == NULL)

@@ -26,7 +26,8 @@
  *   cursor out of bounds: the ring is quarantined, its programs get
  *   SB_RING_ECLOSED, the broker goes on serving, and a restart replaces
  *   the ring;
- * - config/examples/filemap.yaml as shipped, with the names of this run.
+ * - config/examples/filemap.yaml as shipped, with the names of this run,
+ *   through sbring, the installed example program (pub, sub, info).
  *
  * Ring names carry the test's process id; on Linux the shared memory
  * objects are removed at the end. Nothing sleeps a fixed time.
@@ -79,8 +80,8 @@ static int nrings;
  * Z:\work\... only from there), once. */
 static const char *env_path(const char *var)
 {
-    static char *cache[2];
-    int k = strcmp(var, "SB_RING_PRODUCER") == 0 ? 0 : 1;
+    static char *cache[3];
+    int k = strcmp(var, "SB_RING_PRODUCER") == 0 ? 0 : strcmp(var, "SB_RING_CONSUMER") == 0 ? 1 : 2;
     const char *v = getenv(var);
     uv_fs_t req;
     if (cache[k] != NULL)
@@ -743,6 +744,112 @@ static void test_hostile_writer(void **state)
     b->passed = 1;
 }
 
+/* ---- the shipped example, and sbring ---- */
+
+/* Replaces every `from` in *text by `to`; fails if there is none. */
+static void replace(char **text, const char *from, const char *to)
+{
+    size_t fl = strlen(from), tl = strlen(to), n = 0;
+    char *out, *o;
+    const char *p, *hit;
+    for (p = *text; (hit = strstr(p, from)) != NULL; p = hit + fl)
+        n++;
+    if (n == 0)
+        fail_msg("config/examples/filemap.yaml no longer has \"%s\": update its test", from);
+    out = malloc(strlen(*text) + n * tl + 1);
+    assert_non_null(out);
+    for (o = out, p = *text; (hit = strstr(p, from)) != NULL; p = hit + fl) {
+        memcpy(o, p, (size_t)(hit - p));
+        o += hit - p;
+        memcpy(o, to, tl);
+        o += tl;
+    }
+    strcpy(o, p);
+    free(*text);
+    *text = out;
+}
+
+/* Runs sbring with up to four arguments; returns its exit code, *out its
+ * output without carriage returns. */
+static int sbring(sbt_broker *b, char **out, const char *a1, const char *a2, const char *a3,
+                  const char *a4)
+{
+    char *argv[] = {(char *)env_path("SB_SBRING"), (char *)a1, (char *)a2, (char *)a3,
+                    (char *)a4, NULL};
+    char *err = NULL;
+    int rc = sbt_run(argv, b->dir, 30000, out, &err);
+    if (rc != 0)
+        print_message("sbring %s %s: exit %d: %s\n", a1, a2, rc, err);
+    free(err);
+    {
+        char *w = *out;
+        for (const char *r = *out; *r != '\0'; r++)
+            if (*r != '\r')
+                *w++ = *r;
+        *w = '\0';
+    }
+    return rc;
+}
+
+static void test_example(void **state)
+{
+    sbt_broker *b = *state;
+    char path[SBT_PATH_MAX], line[128], *text, *out;
+    const char *tel = ring("telemetry"), *alarms = ring("alarms");
+    sbt_conn *c;
+    json_t *m;
+
+    sbt_broker_init(b, "filemap-example", 1);
+    snprintf(path, sizeof(path), "%s/../../config/examples/filemap.yaml", sbt_test_data());
+    text = sbt_read_file(path, NULL);
+    if (text == NULL)
+        fail_msg("cannot read %s", path);
+    {
+        char *w = text; /* a checkout with CRLF line ends reads the same */
+        for (const char *r = text; *r != '\0'; r++)
+            if (*r != '\r')
+                *w++ = *r;
+        *w = '\0';
+    }
+    replace(&text, "data_dir: ./data", "data_dir: '{data}'\n  admin: { endpoint: 'off' }");
+    snprintf(line, sizeof(line), "ring: %s ", tel);
+    replace(&text, "ring: telemetry ", line);
+    snprintf(line, sizeof(line), "ring: %s\n", alarms);
+    replace(&text, "ring: alarms\n", line);
+    replace(&text, "\nadapters:\n", "\nadapters:\n  - name: sbt-clients\n    type: tcp\n"
+                                     "    listen: 127.0.0.1:{port0}\n    protocol: jsonl\n");
+    sbt_broker_config(b, text);
+    free(text);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+
+    /* sbring pub: two records, each committed before the next */
+    assert_int_equal(sbring(b, &out, "pub", tel, "plant/l1/alarm", "fire"), 0);
+    free(out);
+    assert_int_equal(sbring(b, &out, "pub", tel, "plant/l1/temp", "21.5"), 0);
+    free(out);
+    sbt_sub(c, "telemetry", NULL, 10);
+    m = sbt_next_msg(c, 10000);
+    assert_string_equal(sbt_str(m, "payload"), "fire");
+    json_decref(m);
+    m = sbt_next_msg(c, 10000);
+    assert_string_equal(sbt_str(m, "topic"), "plant/l1/temp");
+    json_decref(m);
+    /* the alarm went out through the other ring: sbring sub */
+    assert_int_equal(sbring(b, &out, "sub", alarms, "--count", "1"), 0);
+    assert_string_equal(out, "plant/l1/alarm fire\n");
+    free(out);
+    sbt_wait_queue_int(c, "alarms:alarms-out", "depth", 0, 10000);
+    /* sbring info */
+    assert_int_equal(sbring(b, &out, "info", tel, NULL, NULL), 0);
+    assert_non_null(strstr(out, ": in, open\n"));
+    assert_non_null(strstr(out, "capacity 4194304 bytes, 0 in use; max payload 65536 bytes"));
+    free(out);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 static int teardown(void **state)
 {
     int rc = sbt_teardown(state);
@@ -761,6 +868,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_broker_killed, sbt_setup, teardown),
         cmocka_unit_test_setup_teardown(test_refused, sbt_setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_writer, sbt_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_example, sbt_setup, teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests_name("filemap", tests, NULL, NULL);
