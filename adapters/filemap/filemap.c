@@ -42,9 +42,17 @@ void sb_fm__quarantine(fm_adapter *a, uint64_t pos, const char *why)
            a->display, why, (unsigned long long)pos, a->out ? "writes" : "reads");
 }
 
-static void on_flush(uv_check_t *c)
+/* The wake-ups of a loop turn, sent at once. An idle handle rather than a
+ * check handle: while it is active the loop does not block, so what is
+ * written after it ran in a turn (a later phase) is sent at the start of the
+ * next turn instead of waiting for some other event to wake the loop. */
+static void on_flush(uv_idle_t *c)
 {
     fm_adapter *a = c->data;
+    uv_idle_stop(c);
+    a->flush_started = 0;
+    if (!a->out)
+        sb_fm__in_flush(a); /* may make release_dirty */
     if (a->release_dirty) {
         a->release_dirty = 0;
         sb_fm__os_signal(a->os, SBR_WAKE_RELEASE);
@@ -53,8 +61,6 @@ static void on_flush(uv_check_t *c)
         a->data_dirty = 0;
         sb_fm__os_signal(a->os, SBR_WAKE_DATA);
     }
-    uv_check_stop(c);
-    a->flush_started = 0;
 }
 
 void sb_fm__flush_later(fm_adapter *a)
@@ -62,7 +68,7 @@ void sb_fm__flush_later(fm_adapter *a)
     if (a->flush_started || a->closed)
         return;
     a->flush_started = 1;
-    uv_check_start(&a->flush, on_flush);
+    uv_idle_start(&a->flush, on_flush);
 }
 
 void sb_fm__free(fm_adapter *a)
@@ -75,6 +81,13 @@ void sb_fm__free(fm_adapter *a)
         sb_free(r->bad);
         sb_free(r);
     }
+    while (a->free_recs != NULL) {
+        fm_rec *r = a->free_recs;
+        a->free_recs = r->next;
+        sb_free(r);
+    }
+    sb_free(a->descs);
+    sb_free(a->spare);
     while (a->outs != NULL) {
         fm_out *o = a->outs;
         a->outs = o->next;
@@ -200,7 +213,7 @@ static int fm_start(sb_adapter *base, sb_error *err)
                             base->name);
     }
     a->sync_init = 1;
-    uv_check_init(base->loop, &a->flush);
+    uv_idle_init(base->loop, &a->flush);
     a->flush.data = a;
     a->flush_init = 1;
 
@@ -265,7 +278,7 @@ static void fm_stop(sb_adapter *base, sb_adapter_stopped_cb cb)
     a->os = NULL;
     a->h = NULL;
     if (a->flush_init) {
-        uv_check_stop(&a->flush);
+        uv_idle_stop(&a->flush);
         a->handles++;
         uv_close((uv_handle_t *)&a->flush, on_flush_closed);
     }

@@ -112,6 +112,10 @@ int sb_fm__os_pid_alive(uint32_t pid);
 /* The clock of record stamps (monotonic ms, shared by every process). */
 uint64_t sb_fm__os_now_ms(void);
 
+/* Names the calling thread (at most 15 characters: top -H, debuggers,
+ * tools/bench/ring-bench.sh). Best effort. */
+void sb_fm__os_name_thread(const char *name);
+
 /* This process's id as producers and consumers see it. */
 uint32_t sb_fm__os_pid(void);
 
@@ -121,6 +125,16 @@ uint32_t sb_fm__os_pid(void);
 void sb_fm__os_close(sb_fm_os *os);
 
 /* ---- the adapter ---- */
+
+/* An in ring's record as the thread saw it (the loop copies it out of the
+ * ring with these lengths and checks the copy: what a hostile writer
+ * changes in between cannot make it read out of bounds). */
+typedef struct fm_desc {
+    uint64_t pos;      /* where it starts */
+    uint32_t off, len; /* pos % capacity; its length */
+    uint32_t ready;    /* 1: a record to publish; 0: nothing (a pad, a reclaimed record) */
+    uint32_t topic_len, headers_len, payload_len;
+} fm_desc;
 
 /* An in ring's record on its way from the ring to the store. */
 enum { FM_REC_NEW = 0, FM_REC_PUBLISHING, FM_REC_DONE, FM_REC_REFUSED };
@@ -169,17 +183,28 @@ typedef struct fm_adapter {
     int quit;
     int taken;      /* in: records handed to the loop and not yet released */
     int max_taken;  /* in: read_ahead */
+    int room_wait;  /* in: the thread waits for room */
+    fm_desc *descs; /* in: records the thread found, for the loop (max_taken) */
+    int ndescs;
+    int descs_posted; /* in: the loop is told */
     int poke_posted; /* out: a look at the ring is posted to the loop */
 
     /* in: the thread's own */
     uint64_t read;          /* the next record to read */
+    uint64_t read_off;      /* read % cap */
     uint64_t last_reserve;  /* reserve as last seen (it never goes back) */
     uint64_t pending_since; /* a record still being written: first seen (ms), 0: none */
     uint64_t pending_pos;
     uint64_t loop_commit;   /* commit as the loop last wrote it (atomic) */
+    uint32_t commit_seq;    /* odd while the loop writes the two (a seqlock) */
 
     /* in: loop thread only */
+    fm_desc *spare;           /* swapped with descs when the loop takes them */
+    int spare_at, spare_n;    /* the ones in spare still to take (out of memory) */
     fm_rec *recs, *recs_tail; /* from the oldest not released */
+    fm_rec *free_recs;        /* to reuse */
+    int released;             /* records released since the thread was told */
+    int advance_due;          /* publish callbacks came: advance at the end of the turn */
     fm_rec *unpublished;      /* the first still to publish (held), or NULL */
     uv_timer_t *retry;
     int holding; /* logged "holding" */
@@ -195,11 +220,11 @@ typedef struct fm_adapter {
     uint64_t consumer_checked; /* ms */
     int sink_waiting;          /* deliver refused one: tell the broker when it can take more */
     int data_dirty;            /* records were written: wake the consumer after this loop turn */
-    uint64_t out_thread_commit; /* the out thread's last look (its own) */
-    uint32_t out_thread_pid;
+    uint64_t looked_commit; /* out: commit and consumer pid as the loop last */
+    uint32_t looked_pid;    /*      looked at them (atomic): the thread waits for a change */
 
     /* both: loop thread only */
-    uv_check_t flush; /* wakes the other side once per loop turn */
+    uv_idle_t flush; /* wakes the other side once per loop turn */
     int flush_init;
     int flush_started;
     int release_dirty; /* in: commit advanced */
@@ -215,6 +240,9 @@ typedef struct fm_adapter {
 int sb_fm__in_start(fm_adapter *a, sb_error *err);
 /* The loop side of a stop: records not yet published stay in the ring. */
 void sb_fm__in_stop(fm_adapter *a);
+/* Loop, once per turn: advances the committed cursor over what was
+ * committed in the turn, and tells the thread how many records went. */
+void sb_fm__in_flush(fm_adapter *a);
 
 /* ---- filemap_out.c ---- */
 
@@ -228,7 +256,8 @@ void sb_fm__out_stop(fm_adapter *a);
  * reading or writing it) and logs why, once. Any thread. */
 void sb_fm__quarantine(fm_adapter *a, uint64_t pos, const char *why);
 
-/* Loop: runs the wake-ups collected this loop turn (uv_check). */
+/* Loop: sends the wake-ups collected in this loop turn before the loop
+ * waits again (an idle handle). */
 void sb_fm__flush_later(fm_adapter *a);
 
 /* Any thread: posts fn(arg) to the loop, retrying on out-of-memory. */

@@ -40,11 +40,14 @@ static int stopped(fm_adapter *a)
     return sbr_load32(&a->stop) != 0;
 }
 
+/* The consumer moved since the loop last looked (compared with what the
+ * loop saw, not with what this thread saw: a release between the loop's
+ * look and this thread's wait must still wake it). */
 static int changed(void *ctx)
 {
     fm_adapter *a = ctx;
-    return stopped(a) || sbr_load64(&a->h->commit) != a->out_thread_commit ||
-           sbr_load32(&a->h->consumer_pid) != a->out_thread_pid;
+    return stopped(a) || sbr_load64(&a->h->commit) != sbr_load64(&a->looked_commit) ||
+           sbr_load32(&a->h->consumer_pid) != sbr_load32(&a->looked_pid);
 }
 
 static void on_poke(void *arg);
@@ -52,6 +55,7 @@ static void on_poke(void *arg);
 static void out_thread(void *arg)
 {
     fm_adapter *a = arg;
+    sb_fm__os_name_thread("sbring-out");
     for (;;) {
         uv_mutex_lock(&a->lock);
         while (!a->quit && a->poke_posted)
@@ -61,8 +65,6 @@ static void out_thread(void *arg)
             return;
         }
         uv_mutex_unlock(&a->lock);
-        a->out_thread_commit = sbr_load64(&a->h->commit);
-        a->out_thread_pid = sbr_load32(&a->h->consumer_pid);
         /* A change, or a second gone by: a consumer that died says nothing. */
         (void)sb_fm__os_wait(a->os, SBR_WAKE_RELEASE, changed, a, SB_FM_CONSUMER_CHECK_MS);
         if (stopped(a))
@@ -115,12 +117,19 @@ static void acknowledge(fm_adapter *a, uint64_t c)
 static void look(fm_adapter *a)
 {
     uint32_t pid;
-    uint64_t now;
+    uint64_t now, c;
     int present;
 
-    if (a->closed || sbr_load32(&a->quarantined))
+    if (a->closed)
         return;
-    acknowledge(a, sbr_load64(&a->h->commit));
+    /* What the thread compares with: set even when nothing more is done
+     * (quarantined), or it would poke again at once. */
+    c = sbr_load64(&a->h->commit);
+    sbr_store32(&a->looked_pid, sbr_load32(&a->h->consumer_pid));
+    sbr_store64(&a->looked_commit, c);
+    if (sbr_load32(&a->quarantined))
+        return;
+    acknowledge(a, c);
     if (sbr_load32(&a->quarantined))
         return;
     pid = sbr_load32(&a->h->consumer_pid);
@@ -271,7 +280,9 @@ int sb_fm__out_start(fm_adapter *a, sb_error *err)
         }
     }
     a->run_start = a->out_reserve;
+    a->looked_commit = a->out_commit;
     a->consumer_pid = sbr_load32(&h->consumer_pid);
+    a->looked_pid = a->consumer_pid;
     a->consumer = a->consumer_pid != 0 && sb_fm__os_pid_alive(a->consumer_pid);
     a->consumer_checked = sb_fm__os_now_ms();
     if (uv_thread_create(&a->thread, out_thread, a) != 0)

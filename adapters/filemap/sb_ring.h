@@ -458,11 +458,24 @@ static inline int sbr_check_header(const sb_ring_header *h, uint64_t map_size, u
  * its parts (their contents are the caller's to check: sbr_topic_valid,
  * sbr_headers_valid). *out points at the record (NULL when EMPTY).
  * Returns SBR_*. */
+static inline int sbr_peek_at(const sb_ring_header *h, const unsigned char *data, uint64_t cap,
+                              uint64_t pos, uint64_t off, uint64_t reserve, uint32_t max_payload,
+                              const sb_ring_rec **out, const char **why);
+
 static inline int sbr_peek(const sb_ring_header *h, const unsigned char *data, uint64_t cap,
                            uint64_t pos, uint64_t reserve, uint32_t max_payload,
                            const sb_ring_rec **out, const char **why)
 {
-    uint64_t off = pos % cap, size;
+    return sbr_peek_at(h, data, cap, pos, pos % cap, reserve, max_payload, out, why);
+}
+
+/* sbr_peek for a reader that keeps the offset (pos % cap) itself: no
+ * division per record. */
+static inline int sbr_peek_at(const sb_ring_header *h, const unsigned char *data, uint64_t cap,
+                              uint64_t pos, uint64_t off, uint64_t reserve, uint32_t max_payload,
+                              const sb_ring_rec **out, const char **why)
+{
+    uint64_t size;
     const sb_ring_rec *rec = (const sb_ring_rec *)(const void *)(data + off);
     uint32_t len, state;
     (void)h;

@@ -32,6 +32,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 _Static_assert(sizeof(pthread_mutex_t) <= sizeof(((sb_ring_header *)0)->lock),
                "the producers' mutex fits the header's lock field");
@@ -350,6 +353,15 @@ int sb_fm__os_pid_alive(uint32_t pid)
 uint64_t sb_fm__os_now_ms(void)
 {
     return sbr_now_ms();
+}
+
+void sb_fm__os_name_thread(const char *name)
+{
+#ifdef __linux__
+    prctl(PR_SET_NAME, name, 0, 0, 0);
+#else
+    (void)name;
+#endif
 }
 
 uint32_t sb_fm__os_pid(void)

@@ -461,6 +461,20 @@ uint64_t sb_fm__os_now_ms(void)
     return sbr_now_ms();
 }
 
+void sb_fm__os_name_thread(const char *name)
+{
+    /* SetThreadDescription (Windows 10 1607 and later), looked up so that
+     * older systems start too. */
+    typedef HRESULT(WINAPI * set_fn)(HANDLE, PCWSTR);
+    HMODULE k = GetModuleHandleW(L"kernel32.dll");
+    set_fn set = k != NULL ? (set_fn)(void (*)(void))GetProcAddress(k, "SetThreadDescription")
+                           : NULL;
+    wchar_t *w = sb_utf8_to_wide(name);
+    if (set != NULL && w != NULL)
+        set(GetCurrentThread(), w);
+    sb_free(w);
+}
+
 uint32_t sb_fm__os_pid(void)
 {
     return sbr_pid();
