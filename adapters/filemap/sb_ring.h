@@ -132,7 +132,8 @@ typedef struct sb_ring_header {
     uint32_t reserved0_;
     uint64_t reserved1_;
     /* 64: the producers' lock (in rings). Linux: a process-shared robust
-     * pthread mutex; Windows: unused (the named mutex NAME.lock). */
+     * pthread mutex; Windows: a 64-bit word, 0 when free, else the holder
+     * process's id and the low 32 bits of its creation time (sbr_lock). */
     uint8_t lock[64];
     /* 128: written by whoever holds the lock (in) or by the broker (out) */
     uint64_t reserve;         /* the next free byte */
@@ -251,6 +252,11 @@ static inline int sbr_cas32(uint32_t *p, uint32_t expected, uint32_t desired)
     return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST,
                                        __ATOMIC_SEQ_CST);
 }
+static inline int sbr_cas64(uint64_t *p, uint64_t expected, uint64_t desired)
+{
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
+}
 static inline uint32_t sbr_add32(uint32_t *p, uint32_t v)
 {
     return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
@@ -293,6 +299,11 @@ static __forceinline int sbr_cas32(uint32_t *p, uint32_t expected, uint32_t desi
 {
     return (uint32_t)_InterlockedCompareExchange((volatile long *)p, (long)desired,
                                                  (long)expected) == expected;
+}
+static __forceinline int sbr_cas64(uint64_t *p, uint64_t expected, uint64_t desired)
+{
+    return (uint64_t)_InterlockedCompareExchange64((volatile __int64 *)p, (__int64)desired,
+                                                   (__int64)expected) == expected;
 }
 static __forceinline uint32_t sbr_add32(uint32_t *p, uint32_t v)
 {
@@ -681,7 +692,8 @@ typedef struct sb_ring {
     int sys_error;  /* errno or GetLastError() of the last SB_RING_ESYS / EACCES */
     int owns_map;   /* close unmaps */
 #ifdef _WIN32
-    HANDLE map, lock, consumer, wake_data, wake_release;
+    HANDLE map, consumer, wake_data, wake_release;
+    uint64_t token; /* this process in the producers' lock word */
 #else
     int fd;
 #endif
@@ -859,23 +871,74 @@ static inline int sbr_wait(sb_ring *r, int kind, int (*ready)(sb_ring *, const v
 
 /* ---- the producers' lock ---- */
 
+#ifdef _WIN32
+/* The lock word of process pid: its id, and the low 32 bits of its creation
+ * time (so that a pid Windows gave to another process since does not pass
+ * for the holder). 0 if it cannot be read. */
+static inline uint64_t sbr_process_token(HANDLE process, DWORD pid)
+{
+    FILETIME created, exited, kernel, user;
+    if (!GetProcessTimes(process, &created, &exited, &kernel, &user))
+        return 0;
+    return (uint64_t)pid | ((uint64_t)created.dwLowDateTime << 32);
+}
+
+/* 0 if the process behind lock word `token` has certainly exited. */
+static inline int sbr_token_alive(uint64_t token)
+{
+    DWORD pid = (DWORD)(token & 0xffffffffu), code;
+    HANDLE p = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION | SYNCHRONIZE, FALSE, pid);
+    int alive;
+    if (p == NULL)
+        return GetLastError() != ERROR_INVALID_PARAMETER; /* another user's: assume so */
+    code = WaitForSingleObject(p, 0);
+    alive = code != WAIT_OBJECT_0 && sbr_process_token(p, pid) == token;
+    CloseHandle(p);
+    return alive;
+}
+#endif
+
 /* Takes the lock within timeout_ms (< 0: forever). A lock whose holder died
  * is taken over: the holder either had or had not published its reserve,
- * and both leave the ring consistent. */
+ * and both leave the ring consistent.
+ *
+ * Windows: a compare-and-swap of the lock word (no system call while
+ * uncontended); a waiter yields, then sleeps, and every 50 ms of waiting
+ * looks whether the holder's process still exists (a named mutex would
+ * cost two calls to the kernel per record, and far more under Wine). Linux:
+ * a robust pthread mutex (the kernel hands a dead holder's lock on with
+ * EOWNERDEAD). */
 static inline int sbr_lock(sb_ring *r, int timeout_ms)
 {
 #ifdef _WIN32
-    DWORD w = WaitForSingleObject(r->lock, timeout_ms < 0 ? INFINITE : (DWORD)timeout_ms);
-    if (w == WAIT_ABANDONED) {
-        sbr_add64(&r->h->lock_recoveries, 1);
-        return SB_RING_OK;
+    uint64_t *word = (uint64_t *)(void *)r->h->lock;
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : sbr_now_ms() + (uint64_t)timeout_ms;
+    uint64_t next_look = 0;
+    for (unsigned spins = 0;; spins++) {
+        uint64_t held = sbr_load64(word);
+        if (held == 0 && sbr_cas64(word, 0, r->token))
+            return SB_RING_OK;
+        if (spins < 64)
+            continue;
+        if (held != 0) {
+            uint64_t now = sbr_now_ms();
+            if (next_look == 0) {
+                next_look = now + 50;
+            } else if (now >= next_look) {
+                if (!sbr_token_alive(held) && sbr_cas64(word, held, r->token)) {
+                    sbr_add64(&r->h->lock_recoveries, 1);
+                    return SB_RING_OK;
+                }
+                next_look = now + 50;
+            }
+            if (now >= deadline)
+                return SB_RING_ETIMEDOUT;
+        }
+        if (spins < 256)
+            SwitchToThread();
+        else
+            Sleep(spins < 1024 ? 0 : 1);
     }
-    if (w == WAIT_OBJECT_0)
-        return SB_RING_OK;
-    if (w == WAIT_TIMEOUT)
-        return SB_RING_ETIMEDOUT;
-    r->sys_error = (int)GetLastError();
-    return SB_RING_ESYS;
 #else
     pthread_mutex_t *m = (pthread_mutex_t *)(void *)r->h->lock;
     int rc;
@@ -909,7 +972,7 @@ static inline int sbr_lock(sb_ring *r, int timeout_ms)
 static inline void sbr_unlock(sb_ring *r)
 {
 #ifdef _WIN32
-    ReleaseMutex(r->lock);
+    sbr_store64((uint64_t *)(void *)r->h->lock, 0);
 #else
     pthread_mutex_unlock((pthread_mutex_t *)(void *)r->h->lock);
 #endif
@@ -956,8 +1019,7 @@ static inline int sbr_open_objects(sb_ring *r, const char *prefix, const char *n
             NULL)
         return sbr_win_error(r, GetLastError());
     if (r->role == SB_RING_PRODUCER &&
-        (!sbr_wide_name(w, 300, prefix, name, ".lock") ||
-         (r->lock = OpenMutexW(SYNCHRONIZE | MUTEX_MODIFY_STATE, FALSE, w)) == NULL))
+        (r->token = sbr_process_token(GetCurrentProcess(), GetCurrentProcessId())) == 0)
         return sbr_win_error(r, GetLastError());
     if (r->role == SB_RING_CONSUMER) {
         DWORD got;
@@ -997,8 +1059,6 @@ static inline void sbr_release_os(sb_ring *r)
         ReleaseMutex(r->consumer);
         CloseHandle(r->consumer);
     }
-    if (r->lock != NULL)
-        CloseHandle(r->lock);
     if (r->wake_data != NULL)
         CloseHandle(r->wake_data);
     if (r->wake_release != NULL)

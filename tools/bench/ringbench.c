@@ -128,9 +128,9 @@ static int bare_ready(void *ctx)
 }
 
 /* The broker's reader in short (filemap_in.c): every record checked,
- * copied into a message; commit advanced every 64 records and when idle,
- * when it sleeps until the producer signals more (as the adapter's thread
- * does: a reader that spun would count its spinning as cost). */
+ * copied into a message; commit advanced every 64 records and when idle;
+ * when the ring is empty it spins a moment, then sleeps until the producer
+ * signals more. */
 static int bare(const opts *o, const char *self)
 {
     char name[64];
@@ -221,9 +221,13 @@ static int bare(const opts *o, const char *self)
                 sb_fm__os_signal(os, SBR_WAKE_RELEASE);
                 committed = pos;
             }
-            if (kind == SBR_EMPTY)
+            /* A moment of spinning first: the producer is usually about to
+             * write, and a reader asleep costs it a system call per wake. */
+            for (int spin = 0; spin < 20000 && !bare_ready(&w); spin++)
+                ;
+            if (kind == SBR_EMPTY && !bare_ready(&w))
                 sb_fm__os_wait(os, SBR_WAKE_DATA, bare_ready, &w, 100);
-            else
+            else if (kind != SBR_EMPTY)
                 uv_sleep(0); /* a record being written: a moment */
         }
     }

@@ -2,9 +2,9 @@
  * The file-mapping adapter's operating-system side on Windows: the ring is
  * a named file mapping backed by the paging file, NS\NAME, with named
  * objects beside it (sb_ring.h): the semaphores NS\NAME.data and
- * NS\NAME.release (wake-ups), the mutex NS\NAME.lock (producers of an in
- * ring) or NS\NAME.consumer (the one consumer of an out ring), and
- * NS\NAME.owner, which the broker holds while it serves the ring.
+ * NS\NAME.release (wake-ups), the mutex NS\NAME.consumer (the one consumer
+ * of an out ring), and NS\NAME.owner, which the broker holds while it
+ * serves the ring. The producers' lock is a word in the ring's header.
  *
  * Namespace: Global\ under the service (a session-0 Local\ object is
  * invisible to programs in users' sessions), Local\ under `switchboard run`
@@ -201,8 +201,8 @@ static int make_object(HANDLE *out, char k, SECURITY_ATTRIBUTES *sa, const sb_fm
 
 static void close_handles(sb_fm_os *os)
 {
-    HANDLE *hs[] = {&os->ring.lock, &os->ring.consumer, &os->ring.wake_data,
-                    &os->ring.wake_release, &os->ring.map};
+    HANDLE *hs[] = {&os->ring.consumer, &os->ring.wake_data, &os->ring.wake_release,
+                    &os->ring.map};
     if (os->ring.h != NULL)
         UnmapViewOfFile(os->ring.h);
     os->ring.h = NULL;
@@ -293,11 +293,8 @@ int sb_fm__os_open(sb_fm_os **out, const sb_fm_os_opts *o, int *how, char *note,
     if ((rc = make_object(&os->ring.wake_data, 's', &sa, os, ".data", o, err)) != 0 ||
         (rc = make_object(&os->ring.wake_release, 's', &sa, os, ".release", o, err)) != 0)
         goto fail;
-    if (o->direction == SB_RING_IN)
-        rc = make_object(&os->ring.lock, 'm', &sa, os, ".lock", o, err);
-    else
-        rc = make_object(&os->ring.consumer, 'm', &sa, os, ".consumer", o, err);
-    if (rc != 0)
+    if (o->direction == SB_RING_OUT &&
+        (rc = make_object(&os->ring.consumer, 'm', &sa, os, ".consumer", o, err)) != 0)
         goto fail;
 
     if (object_name(w, 400, os->display, "") != 0) {

@@ -13,6 +13,7 @@
  * - four producer threads and a reader thread: every record once, each
  *   producer's in order;
  * - a reclaimed record: the producer's commit fails, the reader skips it;
+ * - a producer dies holding the lock: the next one takes it over;
  * - an out ring: the consumer reads and releases, a second consumer is
  *   refused, one that took over from a dead one starts again at commit;
  * - bad arguments, a corrupt header, records the reader must refuse;
@@ -371,6 +372,45 @@ static void test_reclaimed_record(void **state)
     drop_ring(os, name);
 }
 
+/* ---- a producer dies holding the lock ---- */
+
+#ifndef _WIN32
+static void lock_and_die(void *arg)
+{
+    sb_ring *r = arg;
+    assert_int_equal(sbr_lock(r, -1), SB_RING_OK); /* and never unlocks */
+}
+#endif
+
+static void test_dead_lock_holder(void **state)
+{
+    const char *name = fresh_name();
+    sb_fm_os *os = make_ring(name, SB_RING_IN, 4096, NULL);
+    sb_ring_header *h = sb_fm__os_header(os);
+    sb_ring *r;
+    uint64_t t0;
+    (void)state;
+
+    assert_int_equal(sb_ring_open(&r, name, SB_RING_PRODUCER), SB_RING_OK);
+#ifdef _WIN32
+    /* the word of a process that does not exist (any more) */
+    sbr_store64((uint64_t *)(void *)h->lock, 0x7ffffff0u | ((uint64_t)12345 << 32));
+#else
+    {
+        uv_thread_t t; /* a holder thread that exits: the robust mutex notices */
+        assert_int_equal(uv_thread_create(&t, lock_and_die, r), 0);
+        uv_thread_join(&t);
+    }
+#endif
+    t0 = sbr_now_ms();
+    assert_int_equal(sb_ring_write(r, "after/death", "x", 1, 5000, NULL), SB_RING_OK);
+    assert_true(sbr_now_ms() - t0 < 4000);
+    assert_int_equal(sbr_load64(&h->lock_recoveries), 1);
+    assert_int_equal(sb_ring_write(r, "again", "y", 1, 0, NULL), SB_RING_OK);
+    sb_ring_close(r);
+    drop_ring(os, name);
+}
+
 /* ---- out rings ---- */
 
 static void broker_put(sb_fm_os *os, uint64_t *reserve, const char *topic, const char *payload,
@@ -627,6 +667,7 @@ int main(void)
         cmocka_unit_test(test_wait_committed),
         cmocka_unit_test(test_many_producers),
         cmocka_unit_test(test_reclaimed_record),
+        cmocka_unit_test(test_dead_lock_holder),
         cmocka_unit_test(test_out_ring_consumer),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_corrupt_header),

@@ -130,9 +130,9 @@ static void test_security(void **state)
         char kind;
         int ring; /* 0 in, 1 out */
         const char *suffix;
-    } objects[] = {{'m', 0, ""},          {'s', 0, ".data"}, {'s', 0, ".release"},
-                   {'x', 0, ".lock"},     {'x', 0, ".owner"}, {'m', 1, ""},
-                   {'x', 1, ".consumer"}, {'s', 1, ".release"}};
+    } objects[] = {{'m', 0, ""},          {'s', 0, ".data"},    {'s', 0, ".release"},
+                   {'x', 0, ".owner"},    {'m', 1, ""},         {'x', 1, ".consumer"},
+                   {'s', 1, ".release"},  {'x', 1, ".owner"}};
 
     own_sid(own, sizeof(own));
     sbt_broker_init(b, "filemap-security", 1);
