@@ -1,12 +1,12 @@
 /*
- * The settings of a filemap adapter (adapters/filemap): the keys its config
- * takes and their defaults. Portable (check-config reads them on Linux for a
- * Windows config too).
+ * The settings of type filemap (adapters/filemap: the shared-memory ring)
+ * and its key table, sb_filemap_keys. Portable: check-config reads them on
+ * every system.
  */
 #ifndef SB_FILEMAP_KEYS_H
 #define SB_FILEMAP_KEYS_H
 
-#include "config/config.h"
+#include "config/adapter_keys.h"
 
 #include <stdint.h>
 
@@ -18,23 +18,27 @@ typedef enum {
 } sb_filemap_ns;
 
 typedef struct sb_filemap_settings {
-    const char *ring;     /* ring: the object's name; NULL: switchboard-<adapter> */
-    int direction;        /* direction: in (default: programs produce) | out */
-    int64_t capacity;     /* capacity: bytes of the data area, default 1 MiB */
-    int64_t max_message;  /* max_message: the largest payload, default 1 MiB */
-    int read_ahead;       /* read_ahead (in): records read ahead of their commits */
-    int64_t reclaim_ms;   /* reclaim_timeout: an unfinished record is skipped after it */
-    int ns;               /* namespace (Windows): auto | global | local */
-    const char *security; /* security (Windows): SDDL of the mapping and its objects */
-    unsigned mode;        /* mode (POSIX): permission bits, default 0600 */
-    const char *group;    /* group (POSIX): the object's group */
+    char *ring;          /* ring: the object's name; NULL: switchboard-<adapter> */
+    int direction;       /* direction: in (default: programs produce) | out */
+    int64_t capacity;    /* capacity: bytes of the data area, default 1 MiB */
+    int64_t max_message; /* max_message: the largest payload, default 64 KiB */
+    int read_ahead;      /* read_ahead (in): records read ahead of their commits, 256 */
+    int64_t reclaim_ms;  /* reclaim_timeout: an unfinished record is skipped after it */
+    int ns;              /* namespace (Windows): auto | global | local */
+    char *security;      /* security (Windows): SDDL of the mapping and its objects */
+    char *mode_text;     /* mode (POSIX): octal permission bits, default "0600" */
+    char *group;         /* group (POSIX): the object's group */
+    unsigned mode;       /* mode_text parsed (by validate) */
 } sb_filemap_settings;
+
+extern const sb_adapter_keys sb_filemap_keys;
 
 /* The settings of a filemap adapter's config (strings borrowed from cfg). */
 void sb_filemap_settings_get(const sb_adapter_config *cfg, sb_filemap_settings *out);
 
-/* Parses a `mode`: octal permission bits ("0660", "640"), of which others
- * may not write. Returns 0, or -1 with *why set. */
+/* Parses a `mode`: octal permission bits ("0660", "640") that let the
+ * broker's account read and write and nobody else write. Returns 0, or -1
+ * with *why set. */
 int sb_filemap_parse_mode(const char *s, unsigned *out, const char **why);
 
 /* 1 if name can be a ring's object name: 1..200 characters of
