@@ -76,14 +76,16 @@ static void filemap_validate(sb_adapter_check *chk, sb_adapter_config *cfg)
     }
     if (sb_adapter_check_seen(chk, &s->capacity) == SB_SEEN_OK && s->capacity % 8 != 0)
         sb_adapter_error_at_value(chk, &s->capacity, "must be a multiple of 8 bytes");
-    else if (sb_adapter_check_seen(chk, &s->capacity) != SB_SEEN_BAD &&
-             sb_adapter_check_seen(chk, &s->max_message) != SB_SEEN_BAD &&
+    else if (sb_adapter_check_seen(chk, &s->max_message) == SB_SEEN_NO &&
              s->max_message > s->capacity - 128)
-        sb_adapter_error_at(chk, sb_adapter_check_seen(chk, &s->capacity) ? "capacity"
-                                                                          : "max_message",
-                            "the ring (capacity %lld bytes) must hold a record of max_message "
-                            "(%lld bytes) with its topic",
-                            (long long)s->capacity, (long long)s->max_message);
+        s->max_message = s->capacity - 128; /* the default: 64 KiB, or what the ring holds */
+    else if (sb_adapter_check_seen(chk, &s->capacity) != SB_SEEN_BAD &&
+             sb_adapter_check_seen(chk, &s->max_message) == SB_SEEN_OK &&
+             s->max_message > s->capacity - 128)
+        sb_adapter_error_at_value(chk, &s->max_message,
+                                  "the ring (capacity %lld bytes) must hold a record of "
+                                  "max_message (%lld bytes) with its topic",
+                                  (long long)s->capacity, (long long)s->max_message);
     if (s->direction == SB_FILEMAP_OUT && sb_adapter_check_seen(chk, &s->read_ahead))
         sb_adapter_error_at_key(chk, &s->read_ahead, "only for direction in");
     if (s->direction == SB_FILEMAP_IN && sb_adapter_check_seen(chk, &cfg->inflight))
