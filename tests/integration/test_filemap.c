@@ -108,7 +108,7 @@ static void unlink_rings(void)
 #ifndef _WIN32
     for (int i = 0; i < nrings && i < MAX_RINGS; i++) {
         char p[80];
-        snprintf(p, sizeof(p), "/%s", rings[i]);
+        snprintf(p, sizeof(p), "/%.63s", rings[i]);
         shm_unlink(p);
     }
 #endif
