@@ -23,6 +23,7 @@
     X(copydata, WIN)                                                                               \
     X(clipboard, WIN)                                                                              \
     X(rpc, WIN)                                                                                    \
+    X(filemap, ALL)                                                                                \
     X(null, ALL)
 
 #endif

@@ -39,6 +39,11 @@ void sb_broker_set_service(sb_broker *b, int service)
     b->service = service;
 }
 
+int sb_broker_is_service(const sb_broker *b)
+{
+    return b->service;
+}
+
 int sb_broker_hosts(const sb_broker *b, const sb_adapter_config *cfg)
 {
     sb_desktop_host where = b->cfg->broker.desktop;

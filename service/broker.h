@@ -71,6 +71,9 @@ void sb_broker_free(sb_broker *b);
  * `desktop: auto` means desktop adapters run in session agents. */
 void sb_broker_set_service(sb_broker *b, int service);
 
+/* 1 if b runs as the Windows service (named objects then go to Global\). */
+int sb_broker_is_service(const sb_broker *b);
+
 /* 1 if adapter cfg runs in this process: not a desktop adapter (see
  * sb_adapter_is_desktop) that session agents host instead. */
 int sb_broker_hosts(const sb_broker *b, const sb_adapter_config *cfg);

@@ -14,7 +14,7 @@ case "$version" in
 [0-9]*.[0-9]*.[0-9]*) ;;
 *) echo "build-msi.sh: version '$version' is not a.b.c" >&2; exit 2 ;;
 esac
-for f in service/switchboard.exe tools/sbctl/sbctl.exe; do
+for f in service/switchboard.exe tools/sbctl/sbctl.exe tools/ring/sbring.exe; do
     [ -f "$build/$f" ] || { echo "build-msi.sh: $build/$f is missing (build the mingw preset first)" >&2; exit 1; }
 done
 command -v wixl >/dev/null 2>&1 || { echo "build-msi.sh: wixl is missing (packaging/windows/deps.sh installs it)" >&2; exit 1; }

@@ -84,6 +84,8 @@ msiexec /i "$work/switchboard-old.msi" "$work/install.log" || fail "msiexec /i e
 [ -f "$progdir/switchboard.exe" ] && [ -f "$progdir/sbctl.exe" ] || fail "program files missing"
 [ -f "$progdir/docs/README.md" ] && [ -f "$progdir/examples/full.yaml" ] || fail "docs or examples missing"
 [ -f "$progdir/rpc/switchboard.idl" ] && [ -f "$progdir/rpc/switchboard_h.h" ] || fail "the RPC interface files are missing"
+[ -f "$progdir/sbring.exe" ] && [ -f "$progdir/include/sb_ring.h" ] && [ -f "$progdir/docs/ring.md" ] ||
+    fail "sbring.exe, include\\sb_ring.h or docs\\ring.md missing"
 [ -f "$datadir/switchboard.yaml" ] || fail "no starter configuration in ProgramData"
 wait_running
 path_has_switchboard || fail "the install folder is not on the system PATH"

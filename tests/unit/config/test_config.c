@@ -449,7 +449,7 @@ static void test_error_type(void **state)
                   "  - name: a\n"
                   "    type: mqtt\n",
                   "t.yaml:3:11: adapters[0].type: must be one of tcp, udp, unix, pipe, exec, "
-                  "mailslot, dde, copydata, clipboard, rpc, null (got \"mqtt\")\n");
+                  "mailslot, dde, copydata, clipboard, rpc, filemap, null (got \"mqtt\")\n");
     expect_errors("adapters:\n"
                   "  - name: a\n",
                   "t.yaml:2:5: adapters[0].type: required\n");

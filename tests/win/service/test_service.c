@@ -5,7 +5,9 @@
  *   switchboard service install --config FILE   (the Event Log source too)
  *   switchboard service start       RUNNING (QueryServiceStatus, polled)
  *   publish over TCP (and a named pipe when the build has the pipe adapter;
- *   sbctl over the admin pipe too)
+ *   sbctl over the admin pipe too), and through a filemap ring, which the
+ *   service creates in Global\ (a program in a user's session could not see
+ *   a session-0 Local\ object)
  *   switchboard service stop        STOPPED; the port is closed
  *   switchboard service start       the durable message is still there
  *   switchboard service reload      PARAMCHANGE: a bad config is rejected
@@ -38,6 +40,7 @@
  */
 #include "tests/integration/harness.h"
 
+#include "adapters/filemap/sb_ring.h"
 #include "service/alloc.h"
 #include "service/platform/win/utf.h"
 
@@ -74,6 +77,7 @@ typedef struct svc_test {
     char cfg[SBT_PATH_MAX]; /* its config file, next to the directory */
     char log[SBT_PATH_MAX];
     char pipe[128];  /* the pipe adapter's name, "" without one */
+    char ring[64];   /* the filemap adapter's ring */
     char admin[128]; /* the admin endpoint */
     int installed;
 } svc_test;
@@ -237,7 +241,8 @@ static void skip_if_installed(void)
 static void write_config(svc_test *t, int with_extra)
 {
     sbt_broker *b = &t->b;
-    char pipe_adapter[256], extra[256];
+    char pipe_adapter[512], extra[256];
+    size_t n;
     /* Values are inserted as they are: no placeholders inside them. */
     snprintf(extra, sizeof(extra),
              "  - name: extra\n    type: tcp\n    listen: 127.0.0.1:%d\n    protocol: jsonl\n",
@@ -251,6 +256,14 @@ static void write_config(svc_test *t, int with_extra)
                  t->pipe);
     else
         pipe_adapter[0] = '\0';
+    n = strlen(pipe_adapter);
+    if (t->ring[0] != '\0') /* the lifecycle test's */
+        snprintf(pipe_adapter + n, sizeof(pipe_adapter) - n,
+                 "  - name: ring\n"
+                 "    type: filemap\n"
+                 "    ring: '%s'\n"
+                 "    capacity: 64KiB\n",
+                 t->ring);
     sbt_broker_set(b, 2, t->admin);
     sbt_broker_set(b, 3, pipe_adapter);
     sbt_broker_set(b, 4, with_extra ? extra : "");
@@ -366,6 +379,7 @@ static void test_service_lifecycle(void **state)
 
     sbt_broker_init(b, "service", 2);
     snprintf(t->pipe, sizeof(t->pipe), "\\\\.\\pipe\\sbt-service-%d", (int)uv_os_getpid());
+    snprintf(t->ring, sizeof(t->ring), "sbt-service-ring-%d", (int)uv_os_getpid());
     pipes = have_pipe_adapter(t);
     if (pipes) {
         snprintf(t->admin, sizeof(t->admin), "\\\\.\\pipe\\sbt-service-admin-%d",
@@ -430,6 +444,27 @@ static void test_service_lifecycle(void **state)
         assert_non_null(strstr(out, "pong"));
         free(out);
     }
+    /* and through the ring, which is in Global\, not in Local\ */
+    {
+        char name[128];
+        wchar_t wname[128];
+        sb_ring *r;
+        uint64_t seq;
+        HANDLE local;
+        snprintf(name, sizeof(name), "Global\\%s", t->ring);
+        assert_int_equal(sb_ring_open(&r, name, SB_RING_PRODUCER), SB_RING_OK);
+        assert_int_equal(sb_ring_write(r, "svc/ring", "kept across a restart (ring)", 28, 5000,
+                                       &seq),
+                         SB_RING_OK);
+        assert_int_equal(sb_ring_wait_committed(r, seq, SBT_REPLY_MS), SB_RING_OK);
+        sb_ring_close(r);
+        wcscpy(wname, L"Local\\");
+        for (size_t i = 0; t->ring[i] != '\0' && i < 100; i++)
+            wname[6 + i] = (wchar_t)t->ring[i], wname[7 + i] = 0; /* ASCII */
+        local = OpenFileMappingW(FILE_MAP_READ, FALSE, wname);
+        if (local != NULL)
+            fail_msg("the service's ring is in Local\\ too");
+    }
     {
         char ep[64];
         snprintf(ep, sizeof(ep), "tcp:127.0.0.1:%d", b->port[0]);
@@ -454,12 +489,14 @@ static void test_service_lifecycle(void **state)
     wait_state(SERVICE_RUNNING);
     c = sbt_connect(b->port[0]);
     sbt_sub(c, "durable", NULL, 10);
-    for (int i = 0; i < (pipes ? 2 : 1); i++) {
+    for (int i = 0; i < (pipes ? 3 : 2); i++) {
         const char *topic;
         m = sbt_next_msg(c, SBT_REPLY_MS);
         topic = sbt_str(m, "topic");
         if (strcmp(topic, "svc/tcp") == 0) {
             assert_string_equal(sbt_str(m, "payload"), "kept across a restart (tcp)");
+        } else if (strcmp(topic, "svc/ring") == 0) {
+            assert_string_equal(sbt_str(m, "payload"), "kept across a restart (ring)");
         } else {
             assert_string_equal(topic, "svc/pipe");
             assert_string_equal(sbt_str(m, "payload"), "kept across a restart (pipe)");
