@@ -84,10 +84,12 @@ int sb_run_broker(const char *path, const char *level, const sb_run_hooks *hooks
     /* Foreground only: the service is stopped through the SCM. Opened
      * before the start so it exists once the broker reports ready. */
     watch = hooks == NULL ? sb_run__stop_watch_open(b) : NULL;
-    /* Before the start, which logs "ready": a SIGTERM sent as soon as a
-     * supervisor sees that line stops the broker cleanly rather than
-     * killing it (handlers run only once the loop runs). sb_broker_free
-     * closes them if the start fails. */
+    if (sb_broker_start(b, &err) != 0) {
+        sb_errlog(NULL, "cannot start: %s", err.msg);
+        sb_run__stop_watch_close(watch);
+        sb_broker_free(b);
+        return 1;
+    }
     running = b;
     run_hooks = hooks;
     uv_signal_init(sb_broker_loop(b), &sigint);
@@ -100,13 +102,6 @@ int sb_run_broker(const char *path, const char *level, const sb_run_hooks *hooks
 #else
     (void)sighup;
 #endif
-    if (sb_broker_start(b, &err) != 0) {
-        sb_errlog(NULL, "cannot start: %s", err.msg);
-        sb_run__stop_watch_close(watch);
-        running = NULL;
-        sb_broker_free(b);
-        return 1;
-    }
     cfg = (sb_config *)sb_broker_get_config(b);
     if (cfg->broker.admin_endpoint == NULL || strcmp(cfg->broker.admin_endpoint, "default") == 0)
         sb_platform_default_admin_endpoint(admin, sizeof(admin), cfg->broker.data_dir);
