@@ -172,8 +172,15 @@ static int check_host_port(sb_adapter_check *chk, char *const *value, int listen
         return 1;
     }
     hl = addr[0] == '[' ? (size_t)(colon - addr - 2) : (size_t)(colon - addr);
-    if (hl == 0 || hl >= sizeof host)
+    if (hl == 0 && addr[0] != '[')
         return 0; /* every interface */
+    if (hl == 0 || hl >= sizeof host) {
+        sb_adapter_error_at_value(chk, value,
+                                  "host of %s is not a numeric address (write e.g. "
+                                  "127.0.0.1:7878 or [::1]:7878; names are not resolved)",
+                                  q);
+        return 1;
+    }
     memcpy(host, addr[0] == '[' ? addr + 1 : addr, hl);
     host[hl] = '\0';
     if (strcmp(host, "localhost") == 0 || uv_ip4_addr(host, 0, &sa4) == 0 ||

@@ -1718,10 +1718,12 @@ int sb_store_load_queues(sb_store *s, sb_store_queue_cb cb, void *ctx, sb_error 
             break;
         }
         rc = load_filters(fst, &f_rc, sqlite3_column_int64(st, 0), &filters, &q.filter_count);
-        if (rc == 0 && f_rc != SQLITE_ROW && f_rc != SQLITE_DONE)
+        if (rc == 0 && f_rc != SQLITE_ROW && f_rc != SQLITE_DONE) {
+            sb_free(filters);
             rc = db_error(s, f_rc, "loading queue filters", err);
-        else if (rc != 0)
+        } else if (rc != 0) {
             rc = row_error(s, rc, "queue_filters", err);
+        }
         if (rc != 0)
             break;
         q.filters = filters;

@@ -11,6 +11,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#ifdef _WIN32
+#include <windows.h>
+#endif
+
 #define DDE_NAME_MAX 255 /* a DDE string handle holds at most 255 characters */
 
 static const char *const protocols[] = {"raw", "jsonl", "mqtt", NULL};
@@ -195,6 +199,14 @@ static void dde_validate(sb_adapter_check *chk, sb_adapter_config *cfg)
     sb_adapter_error_at_key(chk, &a->framing,
                             "not used by type dde (a DDE transaction is one message)");
 
+#ifdef _WIN32
+    /* Only the system that runs it can tell; there, check-config and a
+     * reload refuse it with its place rather than the adapter failing to
+     * start. */
+    if (a->dde_codepage != 0 && !IsValidCodePage((UINT)a->dde_codepage))
+        sb_adapter_error_at_value(chk, &a->dde_codepage,
+                                  "code page %d is not installed on this system", a->dde_codepage);
+#endif
     check_names(chk, &a->dde_service, &a->dde_service, 1, 0);
     if (a->dde_topic != NULL)
         check_names(chk, &a->dde_topic, &a->dde_topic, 1, 0);
@@ -216,8 +228,8 @@ static int dde_destination(const sb_adapter_config *cfg, char *why, size_t n)
     if (SB_DDE_CFG(cfg)->dde_role == SB_DDE_CLIENT)
         return 1;
     snprintf(why, n,
-             "adapter %s (type dde, protocol raw) cannot be a destination (it only receives: "
-             "give it `connect` to send)",
+             "adapter %s (type dde, role server) cannot be a destination (a DDE server only "
+             "receives: use role: client to poke into a legacy DDE server)",
              cfg->name);
     return 0;
 }

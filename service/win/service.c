@@ -377,6 +377,8 @@ typedef struct install_paths {
 
 static int needs_agents(const sb_config *cfg)
 {
+    if (!cfg->broker.agent_start)
+        return 0; /* agents are started by hand: nothing needs the privilege */
     if (cfg->broker.agent_types_count > 0)
         return 1;
     for (size_t i = 0; i < cfg->adapter_count; i++)
@@ -581,8 +583,18 @@ static int cmd_configure(const char *config)
     if (svc == NULL)
         return 1;
     if (paths.agents) {
-        note_agents_account(paths.config); /* the MSI made it LocalSystem: it stays */
-        localsystem = 1;
+        /* An earlier configure may have made it the virtual account. */
+        if (ChangeServiceConfigW(svc, SERVICE_NO_CHANGE, SERVICE_NO_CHANGE, SERVICE_NO_CHANGE,
+                                 NULL, NULL, NULL, NULL, L"LocalSystem", L"", NULL)) {
+            note_agents_account(paths.config);
+            localsystem = 1;
+        } else {
+            code = GetLastError();
+            fprintf(stderr,
+                    "switchboard service: cannot make the service LocalSystem (error %lu), which "
+                    "the session agents of %s need; it keeps its account\n",
+                    (unsigned long)code, paths.config);
+        }
     } else if (!ChangeServiceConfigW(svc, SERVICE_NO_CHANGE, SERVICE_NO_CHANGE, SERVICE_NO_CHANGE, NULL,
                               NULL, NULL, NULL, SERVICE_ACCOUNT, L"", NULL)) {
         code = GetLastError();

@@ -149,13 +149,17 @@ void sb_dde__on_pub(void *arg)
  * it still works on that one. */
 static void hand_values(sb_dde_adapter *a)
 {
+    /* A batch whose wake-up failed (the thread's queue was full) would
+     * wait for ever: post it again with the next value or the next post. */
+    if (a->wake_failed)
+        a->wake_failed = sb_dde__wake(a) != 0;
     if (a->values_out && atomic_exchange(&a->values_done, 0))
         a->values_out = 0;
     if (a->values_out || a->values_head == NULL || !a->thread_started)
         return;
     sb_map_clear(&a->loop_values);
     a->values_out = 1;
-    sb_dde__push_batch(a, a->values_head, a->values_tail);
+    a->wake_failed = sb_dde__push_batch(a, a->values_head, a->values_tail) != 0;
     a->values_head = a->values_tail = NULL;
 }
 

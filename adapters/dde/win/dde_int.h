@@ -146,6 +146,7 @@ typedef struct sb_dde_adapter {
     sb_map loop_values;
     sb_dde_job *values_head, *values_tail;
     int values_out;
+    int wake_failed; /* the batch's wake-up could not be posted: post again */
     /* set by the thread when it finished a batch: the loop looks at it on
      * every value (a flood may keep the loop from running posted work) */
     atomic_int values_done;
@@ -176,8 +177,14 @@ void sb_dde__thread_quit(sb_dde_adapter *a);
  * thread handles the latest value of an item once per wake-up. */
 void sb_dde__push(sb_dde_adapter *a, sb_dde_job *job);
 
-/* Loop: hands a list of VALUE jobs to the thread at once. */
-void sb_dde__push_batch(sb_dde_adapter *a, sb_dde_job *head, sb_dde_job *tail);
+/* Loop: hands a list of VALUE jobs to the thread at once. Returns 0, or -1
+ * if the thread's wake-up could not be posted (its message queue is full):
+ * then call sb_dde__wake again later. */
+int sb_dde__push_batch(sb_dde_adapter *a, sb_dde_job *head, sb_dde_job *tail);
+
+/* Wakes the thread for queued jobs unless a wake-up is pending: 0 or -1
+ * as above. */
+int sb_dde__wake(sb_dde_adapter *a);
 
 /* Loop: the thread finished a batch of values (posted by it). */
 void sb_dde__on_values_done(void *arg);

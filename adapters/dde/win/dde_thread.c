@@ -124,9 +124,24 @@ void sb_dde__push(sb_dde_adapter *a, sb_dde_job *job)
     }
 }
 
-void sb_dde__push_batch(sb_dde_adapter *a, sb_dde_job *head, sb_dde_job *tail)
+int sb_dde__wake(sb_dde_adapter *a)
 {
     int wake;
+    uv_mutex_lock(&a->lock);
+    wake = !a->wake_posted;
+    a->wake_posted = 1;
+    uv_mutex_unlock(&a->lock);
+    if (wake && !PostMessageW(a->hwnd, SB_DDE_WM_WAKE, 0, 0)) {
+        uv_mutex_lock(&a->lock);
+        a->wake_posted = 0;
+        uv_mutex_unlock(&a->lock);
+        return -1;
+    }
+    return 0;
+}
+
+int sb_dde__push_batch(sb_dde_adapter *a, sb_dde_job *head, sb_dde_job *tail)
+{
     for (sb_dde_job *j = head; j != NULL; j = j->next)
         j->a = a;
     uv_mutex_lock(&a->lock);
@@ -135,14 +150,8 @@ void sb_dde__push_batch(sb_dde_adapter *a, sb_dde_job *head, sb_dde_job *tail)
     else
         a->jobs = head;
     a->jobs_tail = tail;
-    wake = !a->wake_posted;
-    a->wake_posted = 1;
     uv_mutex_unlock(&a->lock);
-    if (wake && !PostMessageW(a->hwnd, SB_DDE_WM_WAKE, 0, 0)) {
-        uv_mutex_lock(&a->lock);
-        a->wake_posted = 0;
-        uv_mutex_unlock(&a->lock);
-    }
+    return sb_dde__wake(a);
 }
 
 /* Thread: runs every queued job. */

@@ -695,6 +695,15 @@ static void test_error_adapter_rules(void **state)
                   " restart_backoff: 1m, restart_max_backoff: 30s }]\n",
                   "t.yaml:1:91: adapters[0].restart_max_backoff: must be at least "
                   "restart_backoff (1m)\n");
+    /* an empty bracketed host, and one too long to be an address */
+    expect_errors("adapters: [{ name: a, type: tcp, listen: \"[]:80\" }]\n",
+                  "t.yaml:1:42: adapters[0].listen: host of \"[]:80\" is not a numeric address "
+                  "(write e.g. 127.0.0.1:7878 or [::1]:7878; names are not resolved)\n");
+    expect_errors("adapters: [{ name: a, type: tcp, connect: \"a-very-long-host-name-that-is-"
+                  "certainly-longer-than-any-address.example:80\" }]\n",
+                  "t.yaml:1:43: adapters[0].connect: host of \"a-very-long-host-name-that-is-"
+                  "certainly-longer-than-any-addr...\" is not a numeric address (write e.g. "
+                  "127.0.0.1:7878 or [::1]:7878; names are not resolved)\n");
     expect_errors("adapters: [{ name: a, type: tcp, listen: \"::1:80\" }]\n",
                   "t.yaml:1:42: adapters[0].listen: expected host:port, got \"::1:80\" (write "
                   "IPv6 addresses as [::1]:port)\n");
