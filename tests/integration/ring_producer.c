@@ -51,9 +51,9 @@ int main(int argc, char **argv)
     int wait = 0, timeout = 10000, open_wait = 0, bad_topic = 0;
     sb_ring_kv headers[8];
     size_t nheaders = 0;
-    char topic_buf[256], *payload;
+    char topic_buf[256], *payload = NULL;
     sb_ring *r = NULL;
-    int rc;
+    int rc, status = 0;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -112,11 +112,14 @@ int main(int argc, char **argv)
     if (rc != SB_RING_OK) {
         fprintf(stderr, "ring_producer: sb_ring_open %s: %s (system error %d)\n", name,
                 sb_ring_strerror(rc), r != NULL ? sb_ring_syserror(r) : 0);
-        return 1;
+        status = 1;
+        goto out;
     }
     payload = malloc((size_t)size + 64);
-    if (payload == NULL)
-        return 1;
+    if (payload == NULL) {
+        status = 1;
+        goto out;
+    }
     for (long i = 0; i < count; i++) {
         sb_ring_slot slot;
         uint64_t seq = 0;
@@ -128,7 +131,8 @@ int main(int argc, char **argv)
             rc = sb_ring_reserve(r, &slot, topic, 0, len, timeout);
             if (rc != SB_RING_OK) {
                 fprintf(stderr, "ring_producer: sb_ring_reserve: %s\n", sb_ring_strerror(rc));
-                return 1;
+                status = 1;
+                goto out;
             }
             memcpy(slot.payload, payload, len / 2); /* half a record, then nothing */
             note("stalled");
@@ -145,7 +149,8 @@ int main(int argc, char **argv)
         if (rc != SB_RING_OK) {
             fprintf(stderr, "ring_producer: record %ld: sb_ring_write: %s\n", i,
                     sb_ring_strerror(rc));
-            return 1;
+            status = 1;
+            goto out;
         }
         if (wait) {
             rc = sb_ring_wait_committed(r, seq, timeout);
@@ -154,8 +159,10 @@ int main(int argc, char **argv)
                         sb_ring_strerror(rc));
                 snprintf(line, sizeof(line), "%s-%ld %s", id, i, sb_ring_strerror(rc));
                 note(line);
-                if (rc != SB_RING_EREFUSED)
-                    return 1;
+                if (rc != SB_RING_EREFUSED) {
+                    status = 1;
+                    goto out;
+                }
                 continue;
             }
         }
@@ -163,9 +170,12 @@ int main(int argc, char **argv)
         note(line);
     }
     note("done");
+out:
+    /* freed on every path: a leak report would change the exit code */
     free(payload);
-    sb_ring_close(r);
+    if (r != NULL)
+        sb_ring_close(r);
     if (logf_ != NULL)
         fclose(logf_);
-    return 0;
+    return status;
 }
