@@ -1,0 +1,238 @@
+/*
+ * Internal API of the COM relay (`switchboard com server`, docs/com.md):
+ * the process COM starts (LocalServer32) when a client creates
+ * Switchboard.Broker, running as that client's account, serving the COM
+ * objects and talking to the running broker over its com endpoint (a named
+ * pipe speaking jsonl, served by the `type: com` adapter, com.c), which
+ * reads the relay's account from the pipe and applies the ACL to it.
+ *
+ *   com_server.c  the process: COM initialisation, the class factory, the
+ *                 type library, lifetime, the clients it watches
+ *   com_link.c    the connection to the broker: one pipe for the process,
+ *                 requests matched to replies by id, deliveries routed to
+ *                 subscriptions, reconnection, a housekeeping tick
+ *   com_broker.c  the Broker object (Publish, Subscribe, Stats)
+ *   com_sub.c     the Subscription object: a bounded buffer fed by a jsonl
+ *                 consumer, Pull/Wait/Ack/Nack, the connection point and
+ *                 the thread that raises OnMessage
+ *   com_message.c the Message object, and parsing a delivery
+ *   com_variant.c VARIANT conversions (payloads, headers, ids) and errors
+ *
+ * Threads. COM calls arrive on RPC threads of the multithreaded apartment
+ * (the relay never enters a single-threaded one), so any method may run
+ * concurrently with any other. The link has a reader thread, which also
+ * runs the housekeeping tick (idle subscriptions, OnMessage timeouts,
+ * clients that exited); each subscription with an event sink has a thread
+ * of its own that makes the OnMessage calls. Locks: the link's lock is
+ * never held while calling into a subscription, and a subscription's lock
+ * is never held while waiting for the broker.
+ */
+#ifndef SB_COM_INT_H
+#define SB_COM_INT_H
+
+#define COBJMACROS
+#include <windows.h>
+#include <ole2.h>
+#include <olectl.h>
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "adapters/com/switchboard_com.h" /* generated from switchboard.idl */
+#include "service/error.h"
+
+/* The default endpoint: the pipe `type: com` serves without `endpoint`. */
+#define SB_COM_DEFAULT_ENDPOINT "switchboard-com"
+/* How long a Subscription keeps its consumer attached with nobody pulling,
+ * no event sink and nothing taken but unacknowledged: then it detaches,
+ * and what it held returns to the queue without counting as an attempt
+ * (well inside the default 30 s lease, which would count). */
+#define SB_COM_HOLD_MS 5000
+#define SB_COM_DEFAULT_TIMEOUT_MS 30000
+#define SB_COM_DEFAULT_EVENT_TIMEOUT_MS 10000
+#define SB_COM_MAX_BUFFER 10000
+
+/* HRESULTs for SB_E* codes: FACILITY_ITF, 0x200 + the code's magnitude
+ * (SB_EFULL, -9: 0x80040209); docs/com.md lists them. */
+HRESULT sb_com_hresult(int sb_code);
+
+/* ---- com_link.c ---- */
+
+typedef struct com_link com_link;
+typedef struct com_sub com_sub;
+
+/* An asynchronous request's answer, on the reader thread: reply is the
+ * broker's answer (also an error reply), or NULL with err set when the
+ * connection went away first. */
+typedef void (*com_reply_fn)(void *ctx, json_t *reply, const sb_error *err);
+
+/* Starts the link to endpoint (a pipe name, or \\.\pipe\NAME): its reader
+ * thread, which connects when first asked to. */
+int com_link_start(com_link **out, const char *endpoint, sb_error *err);
+
+/* Stops the reader thread and closes the connection. */
+void com_link_stop(com_link *l);
+
+/* Sends req (the link sets its "id") and waits up to timeout_ms for the
+ * reply, connecting first if needed. Returns 0 with *out (new reference);
+ * for an error reply its SB_E* code with err holding the broker's message;
+ * SB_ECLOSED / SB_ECONNREFUSED / SB_ETIMEDOUT / SB_ETOOBIG with err saying
+ * what happened. *out_gen (may be NULL) gets the connection the reply came
+ * on. */
+int com_link_request(com_link *l, json_t *req, int timeout_ms, json_t **out, uint64_t *out_gen,
+                     sb_error *err);
+
+/* Sends req on connection gen (0: the current one) without waiting; fn (may
+ * be NULL) gets the reply. Returns 0, or SB_ECLOSED if gen is not up (fn is
+ * then not called). */
+int com_link_post(com_link *l, uint64_t gen, json_t *req, com_reply_fn fn, void *ctx,
+                  sb_error *err);
+
+/* The current connection (0: none). */
+uint64_t com_link_gen(com_link *l);
+
+/* Connects if needed (waiting up to timeout_ms); then copies the account
+ * the broker sees (sb_free it) and its max_message. */
+int com_link_info(com_link *l, int timeout_ms, char **out_user, size_t *out_max_message,
+                  sb_error *err);
+
+/* The longest payload the broker takes on this endpoint, as it said at
+ * connect (0: not connected yet). */
+size_t com_link_max_message(com_link *l);
+
+/* Subscriptions get deliveries, connection changes and ticks. */
+void com_link_add_sub(com_link *l, com_sub *s);
+void com_link_remove_sub(com_link *l, com_sub *s);
+
+/* Keeps connecting while some subscription wants to be attached. */
+void com_link_want(com_link *l, int on);
+
+/* Runs the housekeeping tick soon (on the reader thread). */
+void com_link_wake(com_link *l);
+
+/* Asks the housekeeping tick to run at `at_ms` (sb_com_now_ms) at the
+ * latest. */
+void com_link_tick_at(com_link *l, int64_t at_ms);
+
+int64_t sb_com_now_ms(void);
+
+/* ---- com_message.c ---- */
+
+/* A delivery as the relay keeps it. Immutable once parsed; shared by
+ * reference between a subscription's buffer, Message objects and event
+ * calls. */
+typedef struct com_msg {
+    LONG refs;
+    uint64_t id;
+    uint64_t gen; /* the connection it came on: acks go back on it */
+    char *sub;
+    char *topic;
+    unsigned char *payload;
+    size_t payload_len;
+    int attempt;
+    json_t *headers; /* an object, or NULL */
+    struct com_msg *next;
+} com_msg;
+
+/* Parses a jsonl "msg" line's object. Returns NULL on a malformed one. */
+com_msg *com_msg_parse(json_t *o, uint64_t gen);
+com_msg *com_msg_ref(com_msg *m);
+void com_msg_unref(com_msg *m);
+
+/* A new Message object for m (takes a reference on m). */
+HRESULT com_message_new(com_msg *m, DWORD client_pid, IMessage **out);
+
+/* ---- com_variant.c ---- */
+
+/* A VARIANT argument that was left out (VT_ERROR DISP_E_PARAMNOTFOUND,
+ * VT_EMPTY). */
+int com_var_missing(const VARIANT *v);
+
+/* Sets the IErrorInfo of this call (description `why`, source
+ * Switchboard.<what>) and returns hr. */
+HRESULT com_fail(HRESULT hr, REFIID iid, const char *what, const char *fmt, ...) SB_PRINTF(4, 5);
+
+/* The same for an SB_E* code with err's message. */
+HRESULT com_fail_sb(const sb_error *err, REFIID iid, const char *what);
+
+/* A BSTR as UTF-8 (sb_free it): NULL BSTRs are "". Returns 0, SB_EINVAL for
+ * text that is not valid UTF-16, SB_ENOMEM. */
+int com_bstr_utf8(BSTR b, char **out, size_t *out_len);
+
+/* UTF-8 bytes as a new BSTR; NULL if they are not valid UTF-8 or on
+ * out-of-memory. */
+BSTR com_utf8_bstr(const char *s, size_t len);
+
+/* A payload argument: a String (its UTF-8), a Byte array (its bytes),
+ * Empty/Null (nothing), a number, Date or Boolean (its text), by reference
+ * or not. *out is sb_malloc'ed (may be NULL when *out_len is 0); *out_text
+ * tells whether it is text. Returns S_OK or an HRESULT with the reason in
+ * why. */
+HRESULT com_payload_in(const VARIANT *v, unsigned char **out, size_t *out_len, int *out_text,
+                       char *why, size_t why_n);
+
+/* A payload for a client: a String if it is valid UTF-8, else (or with
+ * as_bytes) a Byte array. */
+HRESULT com_payload_out(const unsigned char *p, size_t len, int as_bytes, VARIANT *out);
+
+/* Headers argument: missing/Empty/Null (none), an array of name, value,
+ * name, value, ... or an object with Keys() and Item(key) (a
+ * Scripting.Dictionary). Fills obj (a JSON object of strings). */
+HRESULT com_headers_in(const VARIANT *v, json_t *obj, char *why, size_t why_n);
+
+/* A message id argument: a number or a decimal string. */
+HRESULT com_id_in(const VARIANT *v, uint64_t *out, char *why, size_t why_n);
+
+/* An integer argument with a default when missing. */
+HRESULT com_long_in(const VARIANT *v, long def, long *out, char *why, size_t why_n);
+
+/* ---- com_server.c ---- */
+
+/* The type information of an interface or coclass of the embedded type
+ * library (no new reference). */
+ITypeInfo *com_typeinfo(REFGUID guid);
+
+/* The relay's link to the broker. */
+com_link *com_server_link(void);
+
+/* Objects keep the process alive; tracked per client process so that a
+ * client that exits without releasing them (COM's own garbage collection
+ * takes minutes on Windows and does not exist under Wine) is cleaned up
+ * at once. */
+typedef struct com_obj {
+    IUnknown *unk;
+    LONG *refs; /* the object's count: the server takes a reference only while it is > 0 */
+    DWORD pid; /* the client process, 0: unknown */
+    void (*client_gone)(struct com_obj *o); /* NULL: only disconnected */
+    struct com_obj *prev, *next;
+} com_obj;
+
+/* The process id of the caller of the current COM call, or 0. */
+DWORD com_caller_pid(void);
+
+/* Registers o (a new object) and watches its client. */
+void com_server_track(com_obj *o);
+/* The object is being freed. */
+void com_server_untrack(com_obj *o);
+/* From the housekeeping tick: clients that exited are cleaned up. */
+void com_server_reap(void);
+
+/* ---- com_broker.c / com_sub.c ---- */
+
+HRESULT com_broker_new(DWORD client_pid, REFIID iid, void **out);
+
+/* Creates the subscription `name` (with filter, if not NULL) and attaches
+ * it; on failure returns the COM error (IErrorInfo set). */
+HRESULT com_sub_new(const char *name, const char *filter, DWORD client_pid, long timeout_ms,
+                    ISubscription **out);
+
+/* Called by the link (reader thread). */
+void com_sub__on_msg(com_sub *s, com_msg *m);
+void com_sub__on_link(com_sub *s, uint64_t gen);
+void com_sub__tick(com_sub *s, int64_t now);
+const char *com_sub__name(const com_sub *s);
+/* A reference for the link's reader, unless the object is being freed. */
+int com_sub__try_ref(com_sub *s);
+void com_sub__unref(com_sub *s);
+
+#endif
