@@ -38,7 +38,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
-#include "adapters/com/switchboard_com.h" /* generated from switchboard.idl */
+#include "adapters/com/switchboard_h.h" /* generated from switchboard.idl */
 #include "service/error.h"
 
 /* The default endpoint: the pipe `type: com` serves without `endpoint`. */
@@ -187,6 +187,14 @@ HRESULT com_id_in(const VARIANT *v, uint64_t *out, char *why, size_t why_n);
 HRESULT com_long_in(const VARIANT *v, long def, long *out, char *why, size_t why_n);
 
 /* ---- com_server.c ---- */
+
+/* The AppID of the relay (com_register.c): its launch and access
+ * permissions. */
+extern const GUID APPID_Switchboard;
+
+/* Releases a reference on the process (CoReleaseServerProcess); the last
+ * one ends it. */
+void com_server_release(void);
 
 /* The type information of an interface or coclass of the embedded type
  * library (no new reference). */

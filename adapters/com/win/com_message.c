@@ -111,7 +111,7 @@ static ULONG WINAPI m_release(IMessage *i)
         com_server_untrack(&o->obj);
         com_msg_unref(o->m);
         sb_free(o);
-        CoReleaseServerProcess();
+        com_server_release();
     }
     return (ULONG)n;
 }
