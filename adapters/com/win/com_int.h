@@ -70,7 +70,8 @@ typedef void (*com_reply_fn)(void *ctx, json_t *reply, const sb_error *err);
  * thread, which connects when first asked to. */
 int com_link_start(com_link **out, const char *endpoint, sb_error *err);
 
-/* Stops the reader thread and closes the connection. */
+/* Stops the reader thread, closes the connection and frees l (called on
+ * l's own reader thread, the reader frees l when it returns to it). */
 void com_link_stop(com_link *l);
 
 /* Sends req (the link sets its "id") and waits up to timeout_ms for the
@@ -200,8 +201,13 @@ void com_server_release(void);
  * library (no new reference). */
 ITypeInfo *com_typeinfo(REFGUID guid);
 
-/* The relay's link to the broker. */
+/* The relay's link to the broker (Broker objects share it; each
+ * Subscription has a connection of its own, as one jsonl connection
+ * attaches one consumer per subscription name). */
 com_link *com_server_link(void);
+
+/* The endpoint the relay was started for. */
+const char *com_server_endpoint(void);
 
 /* Objects keep the process alive; tracked per client process so that a
  * client that exits without releasing them (COM's own garbage collection

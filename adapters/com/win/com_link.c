@@ -50,6 +50,8 @@ struct com_link {
     HANDLE wev;           /* the write's completion event (under wcs) */
     HANDLE wake;          /* auto-reset: the reader has something to do */
     HANDLE thread;
+    DWORD thread_id;
+    int self_free; /* stopped from its own reader: it frees the link on exit */
     char *display;
     wchar_t *wname;
     HANDLE h; /* INVALID_HANDLE_VALUE while down */
@@ -582,6 +584,8 @@ static void run_ticks(com_link *l)
     sb_free(all);
 }
 
+static void link_free(com_link *l);
+
 static DWORD WINAPI reader_main(void *arg)
 {
     com_link *l = arg;
@@ -685,6 +689,11 @@ static DWORD WINAPI reader_main(void *arg)
     lost(l);
     sb_linebuf_free(&lb);
     CloseHandle(rev);
+    if (l->self_free) {
+        CloseHandle(l->thread);
+        l->thread = NULL;
+        link_free(l);
+    }
     CoUninitialize();
     return 0;
 }
@@ -714,7 +723,7 @@ int com_link_start(com_link **out, const char *endpoint, sb_error *err)
         com_link_stop(l);
         return sb_error_set(err, SB_ENOMEM, 0, "cannot set up the link to %s", endpoint);
     }
-    l->thread = CreateThread(NULL, 0, reader_main, l, 0, NULL);
+    l->thread = CreateThread(NULL, 0, reader_main, l, 0, &l->thread_id);
     if (l->thread == NULL) {
         com_link_stop(l);
         return sb_error_set(err, SB_ENOMEM, (int)GetLastError(), "cannot start a thread");
@@ -731,11 +740,23 @@ void com_link_stop(com_link *l)
     l->stopping = 1;
     WakeAllConditionVariable(&l->cv);
     LeaveCriticalSection(&l->cs);
+    if (l->thread != NULL && GetCurrentThreadId() == l->thread_id) {
+        /* The last reference to a subscription went on its own reader. */
+        l->self_free = 1;
+        SetEvent(l->wake);
+        return;
+    }
     if (l->thread != NULL) {
         SetEvent(l->wake);
         WaitForSingleObject(l->thread, INFINITE);
         CloseHandle(l->thread);
+        l->thread = NULL;
     }
+    link_free(l);
+}
+
+static void link_free(com_link *l)
+{
     if (l->wev != NULL)
         CloseHandle(l->wev);
     if (l->wake != NULL)

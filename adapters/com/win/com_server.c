@@ -45,6 +45,7 @@ static struct {
     LONG stopping;
     LONG created; /* objects ever created */
     com_link *link;
+    const char *endpoint;
     ITypeLib *tlb;
     ITypeInfo *ti_broker, *ti_sub, *ti_msg, *ti_sub_class;
 } srv;
@@ -65,6 +66,11 @@ ITypeInfo *com_typeinfo(REFGUID guid)
 com_link *com_server_link(void)
 {
     return srv.link;
+}
+
+const char *com_server_endpoint(void)
+{
+    return srv.endpoint;
 }
 
 DWORD com_caller_pid(void)
@@ -301,6 +307,7 @@ int sb_com_server_run(const char *endpoint)
     int rc = 1;
 
     InitializeCriticalSection(&srv.cs);
+    srv.endpoint = endpoint;
     srv.exit_ev = CreateEventW(NULL, TRUE, FALSE, NULL);
     hr = CoInitializeEx(NULL, COINIT_MULTITHREADED);
     if (FAILED(hr)) {

@@ -599,6 +599,7 @@ static ULONG WINAPI s_release(ISubscription *i)
     sb_free(s->held);
     sb_free(s->name);
     sb_free(s->filter);
+    com_link_stop(s->link); /* after the unsub: a closed connection would count an attempt */
     DeleteCriticalSection(&s->cs);
     sb_free(s);
     com_server_release();
@@ -1181,7 +1182,12 @@ HRESULT com_sub_new(const char *name, const char *filter, DWORD client_pid, long
     s->sei.lpVtbl = (ISupportErrorInfoVtbl *)&sei_vtbl;
     s->pci.lpVtbl = (IProvideClassInfo2Vtbl *)&pci_vtbl;
     s->refs = 1;
-    s->link = com_server_link();
+    if (com_link_start(&s->link, com_server_endpoint(), &err) != 0) {
+        sb_free(s->name);
+        sb_free(s);
+        return com_fail(sb_com_hresult(err.code), &IID_IBroker, "Broker", "Subscribe %s: %s",
+                        name, err.msg);
+    }
     s->timeout_ms = timeout_ms;
     s->buffer = 1;
     s->event_timeout_ms = SB_COM_DEFAULT_EVENT_TIMEOUT_MS;
