@@ -17,8 +17,8 @@
  *        found through IDispatch); exits after COUNT events returned S_OK
  *   com_client bad                          bad input: "BAD what 0x.. description"
  *   com_client user                         "USER account"
- *   com_client bench N [CLSID]              "RATE calls/s" (CLSID: another server
- *                                           with IBroker, e.g. the bare one)
+ *   com_client bench N TOPIC [CLSID]        "RATE calls/s" of Publish (CLSID: another
+ *                                           server with IBroker, e.g. tools/bench/com_bare)
  *
  * Exit codes: 0 done, 1 usage, 2 COM could not create the object, 3 an
  * unexpected failure (printed as "FAIL ...").
@@ -636,11 +636,11 @@ static int cmd_user(void)
     return 0;
 }
 
-static int cmd_bench(int n, const char *clsid_text)
+static int cmd_bench(int n, const char *topic, const char *clsid_text)
 {
     CLSID clsid = CLSID_Broker;
     IBroker *b;
-    BSTR t = bstr("bench/com");
+    BSTR t = bstr(topic);
     VARIANT p, h;
     LARGE_INTEGER f, a, z;
     if (clsid_text != NULL) {
@@ -694,8 +694,8 @@ int main(int argc, char **argv)
         rc = cmd_bad();
     else if (strcmp(cmd, "user") == 0)
         rc = cmd_user();
-    else if (strcmp(cmd, "bench") == 0 && argc >= 3)
-        rc = cmd_bench(atoi(argv[2]), argc > 3 ? argv[3] : NULL);
+    else if (strcmp(cmd, "bench") == 0 && argc >= 4)
+        rc = cmd_bench(atoi(argv[2]), argv[3], argc > 4 ? argv[4] : NULL);
     else
         fprintf(stderr, "usage: see the header of tests/win/com/com_client.c\n");
     CoUninitialize();
