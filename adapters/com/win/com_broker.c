@@ -128,11 +128,10 @@ static HRESULT WINAPI b_publish(IBroker *i, BSTR btopic, VARIANT payload, VARIAN
                                 double *out)
 {
     broker *b = impl(i);
-    com_link *link = com_server_link();
     int timeout = (int)b->timeout_ms, text = 0, rc;
     char *topic = NULL, why[300];
     unsigned char *p = NULL;
-    size_t n = 0, max_message = 0;
+    size_t n = 0;
     json_t *headers = json_object(), *req = NULL, *reply = NULL;
     json_int_t id;
     sb_error err;
@@ -158,25 +157,14 @@ static HRESULT WINAPI b_publish(IBroker *i, BSTR btopic, VARIANT payload, VARIAN
         hr = FAIL(hr, "Publish %s: %s", topic, why);
         goto done;
     }
-    /* The broker closes a connection whose line is over its limit: refuse
-     * what is too large here, with the broker's own number. */
-    if (com_link_info(link, timeout, NULL, &max_message, &err) != 0) {
-        hr = FAIL(sb_com_hresult(err.code), "Publish %s: %s", topic, err.msg);
-        goto done;
-    }
-    if (n > max_message) {
-        hr = FAIL(sb_com_hresult(SB_ETOOBIG),
-                  "Publish %s: the payload of %zu bytes is larger than the broker's max_message "
-                  "(%zu bytes)",
-                  topic, n, max_message);
-        goto done;
-    }
     req = pub_req(topic, p, n, text, text && escaped_len(p, n) > (n + 2) / 3 * 4, headers);
     if (req == NULL) {
         hr = E_OUTOFMEMORY;
         goto done;
     }
-    rc = com_link_request(link, req, timeout, &reply, NULL, &err);
+    /* the pool refuses a payload over the broker's max_message (which
+     * would close the connection) before sending it */
+    rc = com_pool_request(com_server_pool(), req, n, timeout, &reply, &err);
     if (rc != 0) {
         hr = FAIL(sb_com_hresult(rc), "Publish %s: %s", topic, err.msg);
         goto done;
@@ -236,7 +224,7 @@ static HRESULT WINAPI b_stats(IBroker *i, BSTR *out)
     *out = NULL;
     if (req == NULL)
         return E_OUTOFMEMORY;
-    rc = com_link_request(com_server_link(), req, (int)b->timeout_ms, &reply, NULL, &err);
+    rc = com_pool_request(com_server_pool(), req, 0, (int)b->timeout_ms, &reply, &err);
     json_decref(req);
     if (rc != 0)
         return FAIL(sb_com_hresult(rc), "Stats: %s", err.msg);
@@ -256,7 +244,7 @@ static HRESULT WINAPI b_user(IBroker *i, BSTR *out)
     char *user = NULL;
     sb_error err;
     *out = NULL;
-    if (com_link_info(com_server_link(), (int)impl(i)->timeout_ms, &user, NULL, &err) != 0)
+    if (com_pool_user(com_server_pool(), (int)impl(i)->timeout_ms, &user, &err) != 0)
         return FAIL(sb_com_hresult(err.code), "User: %s", err.msg);
     *out = user != NULL ? com_utf8_bstr(user, strlen(user)) : SysAllocString(L"");
     sb_free(user);

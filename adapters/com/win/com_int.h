@@ -92,15 +92,6 @@ int com_link_post(com_link *l, uint64_t gen, json_t *req, com_reply_fn fn, void 
 /* The current connection (0: none). */
 uint64_t com_link_gen(com_link *l);
 
-/* Connects if needed (waiting up to timeout_ms); then copies the account
- * the broker sees (sb_free it) and its max_message. */
-int com_link_info(com_link *l, int timeout_ms, char **out_user, size_t *out_max_message,
-                  sb_error *err);
-
-/* The longest payload the broker takes on this endpoint, as it said at
- * connect (0: not connected yet). */
-size_t com_link_max_message(com_link *l);
-
 /* Subscriptions get deliveries, connection changes and ticks. */
 void com_link_add_sub(com_link *l, com_sub *s);
 void com_link_remove_sub(com_link *l, com_sub *s);
@@ -116,6 +107,26 @@ void com_link_wake(com_link *l);
 void com_link_tick_at(com_link *l, int64_t at_ms);
 
 int64_t sb_com_now_ms(void);
+
+/* ---- com_pool.c ---- */
+
+/* Connections for requests that wait for their reply on the calling
+ * thread (Broker objects: Publish, Stats, User). */
+typedef struct com_pool com_pool;
+
+int com_pool_new(com_pool **out, const char *endpoint, sb_error *err);
+void com_pool_free(com_pool *p);
+
+/* Sends req (its "id" is set here) on an idle connection, or a new one,
+ * and waits up to timeout_ms for the reply (*out, new reference). A
+ * payload_len over the broker's max_message is refused before anything is
+ * sent (SB_ETOOBIG). Returns as com_link_request. */
+int com_pool_request(com_pool *p, json_t *req, size_t payload_len, int timeout_ms, json_t **out,
+                     sb_error *err);
+
+/* The account the broker sees for this process (sb_free it; NULL when it
+ * could not tell). */
+int com_pool_user(com_pool *p, int timeout_ms, char **out_user, sb_error *err);
 
 /* ---- com_message.c ---- */
 
@@ -201,10 +212,13 @@ void com_server_release(void);
  * library (no new reference). */
 ITypeInfo *com_typeinfo(REFGUID guid);
 
-/* The relay's link to the broker (Broker objects share it; each
- * Subscription has a connection of its own, as one jsonl connection
- * attaches one consumer per subscription name). */
+/* The process's link: never connected, its thread runs the housekeeping
+ * (clients that exited). Subscriptions have links of their own (one jsonl
+ * connection attaches one consumer per subscription name). */
 com_link *com_server_link(void);
+
+/* The connections Broker objects publish on. */
+com_pool *com_server_pool(void);
 
 /* The endpoint the relay was started for. */
 const char *com_server_endpoint(void);

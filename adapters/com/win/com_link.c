@@ -109,7 +109,12 @@ static int write_all(com_link *l, uint64_t gen, const char *buf, size_t len, sb_
         memset(&ov, 0, sizeof ov);
         ov.hEvent = l->wev;
         ResetEvent(l->wev);
-        if (!WriteFile(h, buf, chunk, NULL, &ov) && (code = GetLastError()) != ERROR_IO_PENDING) {
+        if (WriteFile(h, buf, chunk, &n, &ov)) {
+            buf += n; /* done at once: no wait */
+            len -= n;
+            continue;
+        }
+        if ((code = GetLastError()) != ERROR_IO_PENDING) {
             char text[200];
             sb_win_strerror(code, text, sizeof text);
             rc = sb_error_set(err, SB_ECLOSED, (int)code, "writing to the broker (%s): %s",
@@ -890,27 +895,4 @@ uint64_t com_link_gen(com_link *l)
     gen = l->broken ? 0 : l->gen;
     LeaveCriticalSection(&l->cs);
     return gen;
-}
-
-size_t com_link_max_message(com_link *l)
-{
-    size_t n;
-    EnterCriticalSection(&l->cs);
-    n = l->max_message;
-    LeaveCriticalSection(&l->cs);
-    return n;
-}
-
-int com_link_info(com_link *l, int timeout_ms, char **out_user, size_t *out_max_message,
-                  sb_error *err)
-{
-    if (ensure_up(l, sb_com_now_ms() + timeout_ms, err) == 0)
-        return err->code != 0 ? err->code : SB_ECLOSED;
-    EnterCriticalSection(&l->cs);
-    if (out_user != NULL)
-        *out_user = l->user != NULL ? sb_strdup(l->user) : NULL;
-    if (out_max_message != NULL)
-        *out_max_message = l->max_message;
-    LeaveCriticalSection(&l->cs);
-    return 0;
 }

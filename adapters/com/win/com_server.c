@@ -45,6 +45,7 @@ static struct {
     LONG stopping;
     LONG created; /* objects ever created */
     com_link *link;
+    com_pool *pool;
     const char *endpoint;
     ITypeLib *tlb;
     ITypeInfo *ti_broker, *ti_sub, *ti_msg, *ti_sub_class;
@@ -66,6 +67,11 @@ ITypeInfo *com_typeinfo(REFGUID guid)
 com_link *com_server_link(void)
 {
     return srv.link;
+}
+
+com_pool *com_server_pool(void)
+{
+    return srv.pool;
 }
 
 const char *com_server_endpoint(void)
@@ -328,7 +334,8 @@ int sb_com_server_run(const char *endpoint)
         fprintf(stderr, "switchboard com server: %s\n", why);
         goto out;
     }
-    if (com_link_start(&srv.link, endpoint, &err) != 0) {
+    if (com_link_start(&srv.link, endpoint, &err) != 0 ||
+        com_pool_new(&srv.pool, endpoint, &err) != 0) {
         fprintf(stderr, "switchboard com server: %s\n", err.msg);
         goto out;
     }
@@ -355,6 +362,8 @@ out:
         CoRevokeClassObject(cookie);
     com_link_stop(srv.link);
     srv.link = NULL;
+    com_pool_free(srv.pool);
+    srv.pool = NULL;
     if (srv.ti_broker != NULL)
         ITypeInfo_Release(srv.ti_broker);
     if (srv.ti_sub != NULL)
