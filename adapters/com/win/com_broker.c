@@ -56,8 +56,7 @@ static ULONG WINAPI b_release(IBroker *i)
     if (n == 0) {
         com_server_untrack(&b->obj);
         sb_free(b);
-        com_server_release();
-    }
+        }
     return (ULONG)n;
 }
 
@@ -307,7 +306,6 @@ HRESULT com_broker_new(DWORD client_pid, REFIID iid, void **out)
     b->obj.unk = (IUnknown *)&b->iface;
     b->obj.refs = &b->refs;
     b->obj.pid = client_pid;
-    CoAddRefServerProcess();
     com_server_track(&b->obj);
     hr = b_query(&b->iface, iid, out);
     b_release(&b->iface);

@@ -200,6 +200,11 @@ HRESULT com_long_in(const VARIANT *v, long def, long *out, char *why, size_t why
 
 /* ---- com_server.c ---- */
 
+/* Appends a line to the file named by the environment variable
+ * SB_COM_LOG (the relay has no console; COM starts it with the client's
+ * environment under Wine, the service's on Windows). Nothing when unset. */
+void com_log(const char *fmt, ...) SB_PRINTF(1, 2);
+
 /* The AppID of the relay (com_register.c): its launch and access
  * permissions. */
 extern const GUID APPID_Switchboard;
@@ -230,6 +235,7 @@ const char *com_server_endpoint(void);
 typedef struct com_obj {
     IUnknown *unk;
     LONG *refs; /* the object's count: the server takes a reference only while it is > 0 */
+    LONG server_ref; /* 1 while the object keeps the process alive */
     DWORD pid; /* the client process, 0: unknown */
     void (*client_gone)(struct com_obj *o); /* NULL: only disconnected */
     struct com_obj *prev, *next;
@@ -238,9 +244,13 @@ typedef struct com_obj {
 /* The process id of the caller of the current COM call, or 0. */
 DWORD com_caller_pid(void);
 
-/* Registers o (a new object) and watches its client. */
+/* Registers o (a new object): it keeps the process alive
+ * (CoAddRefServerProcess) and its client is watched. */
 void com_server_track(com_obj *o);
-/* The object is being freed. */
+/* The object is being freed: the process may end if it was the last. An
+ * object whose client exited stopped counting already (COM may never
+ * release it: Wine's stubs do not always let go of a dead client's
+ * references). */
 void com_server_untrack(com_obj *o);
 /* From the housekeeping tick: clients that exited are cleaned up. */
 void com_server_reap(void);

@@ -111,8 +111,7 @@ static ULONG WINAPI m_release(IMessage *i)
         com_server_untrack(&o->obj);
         com_msg_unref(o->m);
         sb_free(o);
-        com_server_release();
-    }
+        }
     return (ULONG)n;
 }
 
@@ -249,7 +248,6 @@ HRESULT com_message_new(com_msg *m, DWORD client_pid, IMessage **out)
     o->obj.unk = (IUnknown *)&o->iface;
     o->obj.refs = &o->refs;
     o->obj.pid = client_pid;
-    CoAddRefServerProcess();
     com_server_track(&o->obj);
     *out = &o->iface;
     return S_OK;

@@ -23,6 +23,7 @@
 
 #include <rpc.h>
 #include <rpcdcep.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -50,6 +51,32 @@ static struct {
     ITypeLib *tlb;
     ITypeInfo *ti_broker, *ti_sub, *ti_msg, *ti_sub_class;
 } srv;
+
+void com_log(const char *fmt, ...)
+{
+    static CRITICAL_SECTION cs;
+    static LONG init;
+    char path[MAX_PATH];
+    DWORD n = GetEnvironmentVariableA("SB_COM_LOG", path, sizeof path);
+    FILE *f;
+    va_list ap;
+    if (n == 0 || n >= sizeof path)
+        return;
+    if (InterlockedCompareExchange(&init, 1, 0) == 0)
+        InitializeCriticalSection(&cs);
+    EnterCriticalSection(&cs);
+    f = fopen(path, "a");
+    if (f != NULL) {
+        fprintf(f, "%llu pid %lu: ", (unsigned long long)GetTickCount64(),
+                (unsigned long)GetCurrentProcessId());
+        va_start(ap, fmt);
+        vfprintf(f, fmt, ap);
+        va_end(ap);
+        fputc('\n', f);
+        fclose(f);
+    }
+    LeaveCriticalSection(&cs);
+}
 
 ITypeInfo *com_typeinfo(REFGUID guid)
 {
@@ -98,6 +125,7 @@ static VOID CALLBACK on_client_exit(PVOID ctx, BOOLEAN timed_out)
             w->gone = 1;
     srv.reap_asked = 1;
     LeaveCriticalSection(&srv.cs);
+    com_log("client process %lu exited", (unsigned long)pid);
     if (srv.link != NULL)
         com_link_wake(srv.link);
 }
@@ -126,8 +154,18 @@ static void watch_client(DWORD pid)
     srv.watches = w;
 }
 
+/* The object stops keeping the process alive (once). */
+static void drop_server_ref(com_obj *o)
+{
+    if (InterlockedExchange(&o->server_ref, 0) == 1)
+        com_server_release();
+}
+
 void com_server_track(com_obj *o)
 {
+    ULONG n = CoAddRefServerProcess();
+    o->server_ref = 1;
+    com_log("server references: %lu (a new object)", (unsigned long)n);
     EnterCriticalSection(&srv.cs);
     o->prev = NULL;
     o->next = srv.objs;
@@ -151,6 +189,7 @@ void com_server_untrack(com_obj *o)
         o->next->prev = o->prev;
     o->prev = o->next = NULL;
     LeaveCriticalSection(&srv.cs);
+    drop_server_ref(o);
 }
 
 static int try_ref(LONG *refs)
@@ -206,11 +245,14 @@ void com_server_reap(void)
     LeaveCriticalSection(&srv.cs);
     /* Subscriptions first (they give back what they held), then every
      * object loses the references the dead client's proxies had. */
+    if (n > 0)
+        com_log("disconnecting %zu objects of clients that exited", n);
     for (size_t i = 0; i < n; i++)
         if (dead[i]->client_gone != NULL)
             dead[i]->client_gone(dead[i]);
     for (size_t i = 0; i < n; i++) {
         CoDisconnectObject(dead[i]->unk, 0);
+        drop_server_ref(dead[i]);
         IUnknown_Release(dead[i]->unk);
     }
     sb_free(dead);
@@ -269,7 +311,9 @@ static IClassFactory factory = {(IClassFactoryVtbl *)&cf_vtbl};
 
 void com_server_release(void)
 {
-    if (CoReleaseServerProcess() == 0) {
+    ULONG n = CoReleaseServerProcess();
+    com_log("server references: %lu", (unsigned long)n);
+    if (n == 0) {
         /* COM suspended the class object: no new client can come. */
         InterlockedExchange(&srv.stopping, 1);
         SetEvent(srv.exit_ev);
@@ -357,6 +401,7 @@ int sb_com_server_run(const char *endpoint)
         }
     }
     rc = 0;
+    com_log("exiting");
 out:
     if (cookie != 0)
         CoRevokeClassObject(cookie);
@@ -375,5 +420,6 @@ out:
     if (srv.tlb != NULL)
         ITypeLib_Release(srv.tlb);
     CoUninitialize();
+    com_log("exited");
     return rc;
 }

@@ -38,13 +38,17 @@ typedef struct held {
     uint64_t id, gen;
 } held;
 
+/* A worker's call: who ends it first, the call returning or the tick
+ * giving up on it (compare-and-swap from CALLING). */
+enum { W_IDLE, W_CALLING, W_ABANDONED };
+
 typedef struct worker {
     com_sub *s;
     IDispatch *sink;
     DWORD cookie;
     int stop;      /* under s->cs */
-    int abandoned; /* the tick gave up on the call in progress */
-    com_msg *call; /* the message of the call in progress */
+    LONG state;    /* W_*: an abandoned worker never touches s again */
+    com_msg *call; /* under s->cs: the message of the call in progress */
     int64_t deadline;
 } worker;
 
@@ -372,17 +376,21 @@ void com_sub__tick(com_sub *s, int64_t now)
 
     EnterCriticalSection(&s->cs);
     w = s->w;
-    if (w != NULL && w->call != NULL && !w->abandoned) {
+    if (w != NULL && w->call != NULL) {
         if (now >= w->deadline) {
-            late = com_msg_ref(w->call);
-            limit = s->event_timeout_ms;
-            w->abandoned = 1;
-            w->stop = 1;
-            s->w = NULL;
-            held_take(s, late->id);
-            s->idle_since = now;
-            update_want(s);
-            WakeAllConditionVariable(&s->cv);
+            com_msg *m = com_msg_ref(w->call);
+            /* w is the worker's from here on: it frees itself */
+            if (InterlockedCompareExchange(&w->state, W_ABANDONED, W_CALLING) == W_CALLING) {
+                late = m;
+                limit = s->event_timeout_ms;
+                s->w = NULL;
+                held_take(s, late->id);
+                s->idle_since = now;
+                update_want(s);
+                WakeAllConditionVariable(&s->cv);
+            } else {
+                com_msg_unref(m); /* it returned just now */
+            }
         } else {
             com_link_tick_at(s->link, w->deadline);
         }
@@ -397,8 +405,12 @@ void com_sub__tick(com_sub *s, int64_t now)
     if (late != NULL) {
         char why[128];
         snprintf(why, sizeof why, "OnMessage did not return within %ld ms", limit);
+        com_log("subscription %s: %s; the sink is dropped", s->name, why);
         post_ack(s, late->gen, late->id, 0, why);
         com_msg_unref(late);
+        /* The worker's reference: the blocked thread no longer keeps the
+         * subscription (nor the relay process) alive. */
+        com_sub__unref(s);
     }
 }
 
@@ -514,17 +526,23 @@ static DWORD WINAPI worker_main(void *arg)
         held_add(s, m);
         w->call = m;
         w->deadline = sb_com_now_ms() + s->event_timeout_ms;
+        InterlockedExchange(&w->state, W_CALLING);
         LeaveCriticalSection(&s->cs);
         com_link_tick_at(s->link, w->deadline);
 
         hr = raise_event(w, m, why, sizeof why);
 
+        if (InterlockedCompareExchange(&w->state, W_IDLE, W_CALLING) != W_CALLING) {
+            /* The tick nacked it, dropped this sink and took over this
+             * worker's reference on s: s is not ours to touch. */
+            com_msg_unref(m);
+            IDispatch_Release(w->sink);
+            sb_free(w);
+            CoUninitialize();
+            return 0;
+        }
         EnterCriticalSection(&s->cs);
         w->call = NULL;
-        if (w->abandoned) { /* nacked by the tick; the sink is dropped */
-            com_msg_unref(m);
-            break;
-        }
         held_take(s, m->id);
         s->idle_since = sb_com_now_ms();
         gone = client_gone_hr(hr);
@@ -589,7 +607,6 @@ static ULONG WINAPI s_release(ISubscription *i)
     if (n != 0)
         return (ULONG)n;
     com_link_remove_sub(s->link, s);
-    com_server_untrack(&s->obj);
     EnterCriticalSection(&s->cs);
     s->closed = 1;
     update_want(s);
@@ -601,8 +618,8 @@ static ULONG WINAPI s_release(ISubscription *i)
     sb_free(s->filter);
     com_link_stop(s->link); /* after the unsub: a closed connection would count an attempt */
     DeleteCriticalSection(&s->cs);
+    com_server_untrack(&s->obj); /* last: the process may end now */
     sb_free(s);
-    com_server_release();
     return 0;
 }
 
@@ -1198,7 +1215,6 @@ HRESULT com_sub_new(const char *name, const char *filter, DWORD client_pid, long
     s->obj.refs = &s->refs;
     s->obj.pid = client_pid;
     s->obj.client_gone = sub_client_gone;
-    CoAddRefServerProcess();
     com_server_track(&s->obj);
     com_link_add_sub(s->link, s); /* before the sub: its first deliveries follow the reply */
     EnterCriticalSection(&s->cs);
