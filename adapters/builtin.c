@@ -1,31 +1,42 @@
-/* The built-in adapter table: one line per type, each defined in its folder. */
+/* The built-in adapter table: each type's keys paired with its
+ * implementation on this platform (builtin_types.h, one line per type). */
 #include "adapters/builtin.h"
+#include "adapters/builtin_types.h"
 
-extern const sb_adapter_type sb_adapter_tcp;  /* socket/stream.c */
-extern const sb_adapter_type sb_adapter_udp;  /* socket/udp.c */
-extern const sb_adapter_type sb_adapter_exec; /* exec/exec.c */
 #ifdef _WIN32
-extern const sb_adapter_type sb_adapter_pipe_win; /* pipe/win/pipe.c */
-extern const sb_adapter_type sb_adapter_mailslot; /* mailslot/win/mailslot.c */
-extern const sb_adapter_type sb_adapter_dde;      /* dde/win/dde.c */
-extern const sb_adapter_type sb_adapter_com;      /* com/win/com.c */
+#define IMPL_WIN(name) &sb_adapter_##name
+#define IMPL_POSIX(name) NULL
 #else
-extern const sb_adapter_type sb_adapter_unix;      /* socket/stream.c */
-extern const sb_adapter_type sb_adapter_pipe_unix; /* socket/stream.c: `pipe` is a Unix socket */
+#define IMPL_WIN(name) NULL
+#define IMPL_POSIX(name) &sb_adapter_##name
 #endif
+#define IMPL_ALL(name) &sb_adapter_##name
 
-const sb_adapter_type *const sb_adapters_builtin[] = {
-    &sb_adapter_tcp,
-    &sb_adapter_udp,
-    &sb_adapter_exec,
+/* Only the implementations this platform has are declared (and linked). */
+#define DECLARE_ALL(name) extern const sb_adapter_type sb_adapter_##name;
 #ifdef _WIN32
-    &sb_adapter_pipe_win,
-    &sb_adapter_mailslot,
-    &sb_adapter_dde,
-    &sb_adapter_com,
+#define DECLARE_WIN(name) DECLARE_ALL(name)
+#define DECLARE_POSIX(name)
 #else
-    &sb_adapter_unix,
-    &sb_adapter_pipe_unix,
+#define DECLARE_WIN(name)
+#define DECLARE_POSIX(name) DECLARE_ALL(name)
 #endif
-    NULL,
-};
+#define DECLARE(name, platforms)                                                                   \
+    extern const sb_adapter_keys sb_##name##_keys;                                                 \
+    DECLARE_##platforms(name)
+SB_BUILTIN_TYPES(DECLARE)
+
+#define ROW(name, platforms) {&sb_##name##_keys, IMPL_##platforms(name)},
+const sb_adapter_builtin sb_adapters_builtin[] = {SB_BUILTIN_TYPES(ROW){NULL, NULL}};
+
+int sb_adapters_register_builtin(sb_error *err)
+{
+    for (const sb_adapter_builtin *b = sb_adapters_builtin; b->keys != NULL; b++) {
+        int rc = sb_adapter_keys_register(b->keys, err);
+        if (rc == 0 && b->type != NULL)
+            rc = sb_adapter_register(b->type, err);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}

@@ -1,5 +1,6 @@
 /* Connections: output coalescing, delivery acks, backpressure, and the
  * listeners' idle and frame timeouts (see conn.h). */
+#include "adapters/stream_keys.h"
 #include "adapters/conn.h"
 #include "service/alloc.h"
 #include "service/log.h"
@@ -150,7 +151,7 @@ static void guard_arm(sb_conn_guard *g)
 
 void sb_conn_guard_init(sb_conn_guard *g, sb_adapter *a)
 {
-    int64_t idle = sb_adapter_config_idle_timeout(a->cfg), frame = a->cfg->frame_timeout_ms;
+    int64_t idle = sb_stream_idle_timeout(a->cfg), frame = SB_STREAM_CFG(a->cfg)->frame_timeout_ms;
     memset(g, 0, sizeof(*g));
     uv_timer_init(a->loop, &g->timer);
     g->timer.data = g;
@@ -418,7 +419,7 @@ int sb_conn_send(sb_conn *c, const void *data, size_t len, sb_delivery *d)
 
 int sb_conn_anonymous_refused(sb_conn *c)
 {
-    if (c->user != NULL || c->adapter->trusted || sb_adapter_config_anonymous(c->adapter->cfg))
+    if (c->user != NULL || c->adapter->trusted || sb_stream_anonymous(c->adapter->cfg))
         return 0;
     sb_log(SB_LOG_WARN, c->adapter->name,
            "peer %s: refused: anonymous clients are not allowed on this listener", c->peer);

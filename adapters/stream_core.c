@@ -1,4 +1,5 @@
 /* The stream-adapter core (stream_core.h). */
+#include "adapters/stream_keys.h"
 #include "adapters/stream_core.h"
 #include "adapters/protocol/raw.h"
 #include "service/alloc.h"
@@ -15,8 +16,8 @@ void sb_stream_init(sb_stream *st, sb_adapter *a, int is_server, const char *dis
     st->adapter = a;
     st->is_server = is_server;
     st->display = display;
-    st->backoff_first_ms = cfg->reconnect_backoff_ms > 0 ? cfg->reconnect_backoff_ms : 500;
-    st->backoff_max_ms = cfg->reconnect_max_backoff_ms > 0 ? cfg->reconnect_max_backoff_ms : 30000;
+    st->backoff_first_ms = SB_STREAM_CFG(cfg)->reconnect_backoff_ms > 0 ? SB_STREAM_CFG(cfg)->reconnect_backoff_ms : 500;
+    st->backoff_max_ms = SB_STREAM_CFG(cfg)->reconnect_max_backoff_ms > 0 ? SB_STREAM_CFG(cfg)->reconnect_max_backoff_ms : 30000;
 }
 
 int sb_stream_open_timer(sb_stream *st, sb_error *err)
@@ -98,7 +99,7 @@ void sb_stream_log_connected(sb_stream *st, sb_conn *c, const char *note)
     st->link_state = LINK_UP;
     st->last_fail[0] = '\0';
     sb_log(SB_LOG_INFO, st->adapter->name, "connected to %s (%s)%s", st->display,
-           sb_protocol_find(st->adapter->cfg->protocol)->name, note);
+           sb_protocol_find(SB_STREAM_CFG(st->adapter->cfg)->protocol)->name, note);
 }
 
 /* ---- clients: reconnecting ---- */

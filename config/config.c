@@ -158,7 +158,6 @@ int sb_config_parse(sb_config **out, const char *name, const char *text, size_t 
     ctx.len = text != NULL ? len : 0;
     ctx.errs = errs;
     ctx.nodes_left = SB_CONFIG__MAX_NODES;
-    ctx.mask = ~0u;
 
     cfg = sb_calloc(1, sizeof *cfg);
     if (cfg == NULL || (cfg->path = sb_strdup(ctx.file)) == NULL ||

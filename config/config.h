@@ -16,12 +16,10 @@
 
 typedef enum { SB_DURABILITY_FSYNC = 0, SB_DURABILITY_BATCHED, SB_DURABILITY_MEMORY } sb_durability;
 typedef enum { SB_OVERFLOW_REJECT = 0, SB_OVERFLOW_DROP_OLDEST } sb_overflow;
-typedef enum { SB_RESTART_NEVER = 0, SB_RESTART_ON_FAILURE, SB_RESTART_ALWAYS } sb_restart;
 /* Where desktop adapters (types with SB_CAP_DESKTOP: DDE, WM_COPYDATA, the
  * clipboard) run: auto = in the broker under `run`, in session agents under
  * the Windows service (see docs/agent.md). */
 typedef enum { SB_DESKTOP_AUTO = 0, SB_DESKTOP_IN_PROCESS, SB_DESKTOP_AGENT } sb_desktop_host;
-typedef enum { SB_DDE_SERVER = 0, SB_DDE_CLIENT } sb_dde_role;
 
 /* Where a YAML node was declared (1-based). */
 typedef struct sb_config_pos {
@@ -58,106 +56,21 @@ typedef struct sb_broker_config {
     int64_t agent_restart_max_backoff_ms; /* agent.restart_max_backoff, default 1m */
 } sb_broker_config;
 
-typedef enum { SB_TLS_V1_2 = 0, SB_TLS_V1_3 } sb_tls_version;
-typedef enum {
-    SB_CLIENT_CERT_NONE = 0,
-    SB_CLIENT_CERT_OPTIONAL,
-    SB_CLIENT_CERT_REQUIRE
-} sb_client_cert;
+struct sb_adapter_keys;
 
+/* One adapter entry. What every type has is here; the rest of its keys fill
+ * its type's own settings struct (config/adapter_keys.h), declared in the
+ * type's folder: SB_SETTINGS(sb_exec_settings, cfg). */
 typedef struct sb_adapter_config {
     sb_config_pos pos;
-    char *name;          /* required, unique, [A-Za-z0-9_.-]+ */
-    char *type;          /* required: tcp | udp | unix | pipe | exec | mailslot | dde */
-    char *listen;        /* tcp/udp server: "host:port" */
-    char *connect;       /* tcp/udp client "host:port"; unix/pipe client: path */
-    char *path;          /* unix/pipe server: socket path or pipe name */
-    char *protocol;      /* raw (default) | jsonl | mqtt (servers only) */
-    char *framing;       /* raw only: line (default for streams) | length |
-                            datagram (default and only choice for udp) | message */
-    char *topic;         /* raw source: topic template, default "{adapter}";
-                            placeholders {adapter} {peer}; dde: {adapter}
-                            {service} {dde_topic} {item}, default
-                            "{service}/{dde_topic}/{item}" */
-    int64_t max_message; /* bytes, default 1048576, 1..67108864 */
-    int max_connections; /* servers, default 64, 1..100000 */
-    /* servers: a connection that completes no first request (jsonl: a
-     * request, raw: a frame, mqtt: CONNECT) within this time is closed;
-     * 0 = off; -1 (not set): 30 s for jsonl, off for raw and mqtt (raw
-     * producers may wait long for their first frame; MQTT has its own
-     * CONNECT timeout). See sb_adapter_config_idle_timeout. */
-    int64_t idle_timeout_ms;
-    /* servers: a frame must be complete this long after its first byte
-     * arrived, or the connection is closed; default 30 s, 0 = off */
-    int64_t frame_timeout_ms;
-    char **command; /* exec: argv (list of strings), required for exec */
-    size_t command_count;
-    sb_restart restart;               /* exec: never | on-failure (default) | always */
-    int64_t restart_backoff_ms;       /* exec: first restart delay, default 1s */
-    int64_t restart_max_backoff_ms;   /* exec: cap, default 1m */
-    int64_t reconnect_backoff_ms;     /* clients: default 500ms */
-    int64_t reconnect_max_backoff_ms; /* clients: default 30s */
-    char *security;                   /* pipe (Windows): SDDL; NULL = safe default */
-    int inflight;                     /* sink: deliveries outstanding at once, default 64, 1..65536;
-                                         mqtt: QoS 1/2 deliveries outstanding per client */
-    /* anonymous: clients that present no identity may connect. -1 (not
-     * set): yes on loopback, Unix-socket and pipe listeners, no elsewhere. */
-    int anonymous;
-    /* tls (tcp only). A server needs cert and key; a client needs ca (a
-     * file, or "system") or verify: false. See sb_adapter_config_tls. */
-    char *tls_cert, *tls_key; /* PEM files; for a client: its client certificate */
-    char *tls_ca;             /* PEM bundle verifying peers; "system": OpenSSL's default paths */
-    char *tls_ciphers;        /* TLS 1.2 cipher list (OpenSSL syntax); NULL = OpenSSL's default */
-    char *tls_server_name;    /* client: SNI and the name checked in the server's certificate */
-    sb_tls_version tls_min_version; /* 1.2 (default) | 1.3 */
-    sb_client_cert tls_client_cert; /* server: none (default) | optional | require */
-    int tls_verify;                 /* client: verify the server's certificate, default true */
-    /* mqtt: messages one client session holds (queued while it is slow or
-     * away); beyond, the oldest are dropped. Default 100000, 0 = no limit. */
-    int64_t max_queued;
-    /* mqtt: a persistent session whose client has been away this long is
-     * deleted (its messages with it). Default 0 = never. */
-    int64_t session_expiry_ms;
-    /* raw sources (tcp, unix, pipe, exec): frames read from one connection
-     * and not yet committed at most; reading pauses beyond. Default 64,
-     * 1..65536. */
-    int read_ahead;
-    /* pipe (Windows): the pipe's buffer size in bytes, each direction
-     * (CreateNamedPipeW's nInBufferSize / nOutBufferSize). 0 (not set): 4 KiB
-     * for raw, 64 KiB for jsonl and mqtt. Unused by Unix sockets. */
-    int64_t pipe_buffer;
-    /* raw sources: the acknowledged mode. After each frame is committed the
-     * broker writes `reply` as a frame to its producer; `reply_error` (needs
-     * reply), if set, answers a frame that was refused (queue full, store
-     * refusing writes, ACL, oversized). NULL: no reply. */
-    char *reply;
-    char *reply_error;
-    /* dde (adapters/dde): a DDEML server (Excel's =SERVICE|topic!item links
-     * and legacy clients talk to the broker) or a client of a legacy DDE
-     * server. Topic and item names map into `topic` levels. */
-    sb_dde_role dde_role; /* role: server (default) | client */
-    char *dde_service;    /* service: the DDE service name, default SWITCHBOARD */
-    char **dde_topics;    /* dde_topics (server): topics served; none or "*": any */
-    size_t dde_topics_count;
-    char *dde_topic;  /* dde_topic (client, required): the server's topic */
-    char **dde_items; /* items: client: hot-linked; server: the only items served (none: any) */
-    size_t dde_items_count;
-    char *dde_execute_topic; /* execute_topic: server: XTYP_EXECUTE commands are published
-                                here; client: deliveries on it are EXECUTEd, not POKEd */
-    int dde_codepage;        /* codepage: of CF_TEXT, 0 (default): the system ANSI code page */
+    char *name; /* required, unique, [A-Za-z0-9_.-]+ */
+    char *type; /* required: a registered type (sb_adapter_keys_register) */
+    /* sinks (SB_ADAPTER_KEY_INFLIGHT): deliveries outstanding at once,
+     * default 64; 0 when the type has no such key */
+    int inflight;
+    const struct sb_adapter_keys *keys; /* the type's keys; NULL: unknown type */
+    void *settings;                     /* the type's struct, keys->settings_size bytes */
 } sb_adapter_config;
-
-/* The effective idle_timeout of a server adapter in ms (0: off): the
- * configured value, else 30 s for jsonl and off for other protocols. */
-int64_t sb_adapter_config_idle_timeout(const sb_adapter_config *a);
-
-/* 1 if the adapter speaks TLS (its config has a tls section). */
-int sb_adapter_config_tls(const sb_adapter_config *a);
-
-/* The effective `anonymous` of an adapter: the configured value, else 1 for
- * loopback TCP, Unix-socket, pipe, mailslot and exec adapters and for
- * clients (the broker connected out), 0 for other listeners. */
-int sb_adapter_config_anonymous(const sb_adapter_config *a);
 
 typedef struct sb_route_config {
     sb_config_pos pos;
@@ -239,8 +152,10 @@ const sb_adapter_config *sb_config_adapter(const sb_config *cfg, const char *nam
 const sb_route_config *sb_config_route(const sb_config *cfg, const char *name);
 
 /* Deep copy / free / equality of one adapter or route config (the broker
- * keeps copies across reloads; reload keeps an adapter whose config is equal).
- * copy returns 0 or SB_ENOMEM (out is then left freeable). */
+ * keeps copies across reloads; reload keeps an adapter whose config is equal),
+ * driven by the type's key table (settings included). copy returns 0 or
+ * SB_ENOMEM (out is then left freeable); free releases what the config
+ * owns, not the struct itself. */
 int sb_adapter_config_copy(sb_adapter_config *out, const sb_adapter_config *in);
 void sb_adapter_config_free(sb_adapter_config *cfg);
 int sb_adapter_config_equal(const sb_adapter_config *a, const sb_adapter_config *b);

@@ -11,6 +11,7 @@
 #ifndef SB_CONFIG_INT_H
 #define SB_CONFIG_INT_H
 
+#include "config/adapter_keys.h"
 #include "config/config.h"
 #include "service/error.h"
 #include "service/map.h"
@@ -27,57 +28,7 @@
 /* Keys recorded per item for the validators. */
 #define SB_CONFIG__MAX_SEEN 64
 
-typedef enum {
-    SB_CT_STRING,   /* char *, non-empty */
-    SB_CT_NAME,     /* char *, [A-Za-z0-9_.-]+ */
-    SB_CT_CHOICE,   /* char *, one of `choices` */
-    SB_CT_ENUM,     /* int (or an enum), index into `choices` */
-    SB_CT_INT,      /* int, decimal, min..max */
-    SB_CT_INT64,    /* int64_t, decimal, min..max */
-    SB_CT_SIZE,     /* int64_t bytes: 4096, 64KiB, 1MB */
-    SB_CT_DURATION, /* int64_t milliseconds: 250ms, 10s, 5m */
-    SB_CT_BOOL,     /* int: true/false/yes/no/on/off */
-    SB_CT_STRLIST,  /* char ** + size_t count: a list of non-empty strings */
-    SB_CT_NAMES,    /* char ** + size_t count: a name or a list of names */
-    SB_CT_FILTERS,  /* char ** + size_t count: a topic filter or a list of them */
-    SB_CT_SECTION,  /* a nested mapping whose fields live in the same struct */
-    SB_CT_LIST      /* a list of mappings, each parsed by `item` */
-} sb_config__type;
-
-enum {
-    SB_CF_REQUIRED = 1 << 0 /* must be present when its mapping is */
-};
-
 typedef struct sb_config__ctx sb_config__ctx;
-typedef struct sb_config__section sb_config__section;
-
-/* Parses element `index` of a SB_CT_LIST into `array` (already holding
- * index elements). Returns 0 or SB_ENOMEM; problems go to ctx as errors. */
-typedef int (*sb_config__item_fn)(sb_config__ctx *ctx, const yaml_node_t *node, void *array,
-                                  size_t index, const char *path);
-typedef void (*sb_config__item_free_fn)(void *elem);
-
-typedef struct sb_config__field {
-    const char *key;
-    sb_config__type type;
-    unsigned flags;   /* SB_CF_* */
-    unsigned types;   /* adapter-type bits that may use the key; 0 = any */
-    size_t offset;    /* of the value in the struct the section fills */
-    size_t count_off; /* lists: of the size_t count */
-    int64_t def;      /* numeric default */
-    const char *def_str;
-    int64_t min, max;
-    const char *const *choices;        /* CHOICE/ENUM: NULL-terminated */
-    const sb_config__section *section; /* SECTION */
-    size_t elem_size;                  /* LIST */
-    sb_config__item_fn item;           /* LIST */
-    sb_config__item_free_fn item_free; /* LIST */
-} sb_config__field;
-
-struct sb_config__section {
-    const sb_config__field *fields;
-    size_t count;
-};
 
 /* Where a key of the current item was seen; `ok` is 0 if its value was bad. */
 typedef struct sb_config__seen {
@@ -85,6 +36,8 @@ typedef struct sb_config__seen {
     const yaml_node_t *key;
     const yaml_node_t *value;
     int ok;
+    const sb_config_key *field;
+    const char *section; /* the enclosing section's key ("tls"), or NULL */
 } sb_config__seen;
 
 struct sb_config__ctx {
@@ -101,9 +54,13 @@ struct sb_config__ctx {
     int adapter_unnamed;  /* an adapter's name was rejected */
     sb_map adapter_names; /* name -> first sb_adapter_config with it */
     sb_map route_names;   /* name -> first sb_route_config with it */
-    /* The item being parsed: which adapter types may use which keys. */
-    unsigned mask;
+    /* The adapter being parsed: its common struct (rows with SB_KEY_ADAPTER
+     * store there), its table (whose unknown keys may be other types'), and
+     * its type's name for "not allowed for type X". */
+    void *adapter;
+    const sb_config_table *adapter_table;
     const char *type_name;
+    const char *section; /* key of the section being walked, or NULL */
     sb_config__seen seen[SB_CONFIG__MAX_SEEN];
     size_t seen_count;
 };
@@ -120,23 +77,27 @@ void sb_config__verror_at(sb_config__ctx *ctx, int line, int col, const char *pa
                           va_list ap);
 
 /* Sets every field of section in base to its default. 0 or SB_ENOMEM. */
-int sb_config__defaults(sb_config__ctx *ctx, const sb_config__section *section, void *base);
+int sb_config__defaults(sb_config__ctx *ctx, const sb_config_table *section, void *base);
 
 /* Checks mapping `node` against section and stores the values into base.
  * Keys are handled in schema order (so a section's earlier keys are known
  * when later ones are parsed), then unknown keys are reported. */
 int sb_config__mapping(sb_config__ctx *ctx, const yaml_node_t *node,
-                       const sb_config__section *section, void *base, const char *path);
+                       const sb_config_table *section, void *base, const char *path);
 
 /* Frees what a section's fields own in base (strings, lists). */
-void sb_config__release(const sb_config__section *section, void *base);
+void sb_config__release(const sb_config_table *section, void *base);
 
 /* Deep-copies every field of section from src into dst, whose owned fields
  * must be NULL. Returns 0 or SB_ENOMEM; dst can be released either way. */
-int sb_config__copy(const sb_config__section *section, void *dst, const void *src);
+int sb_config__copy(const sb_config_table *section, void *dst, const void *src);
+
+/* Sets what a section's fields own in base to NULL (and counts to 0)
+ * without freeing: base is a bitwise copy whose owners are elsewhere. */
+void sb_config__forget(const sb_config_table *section, void *base);
 
 /* 1 if every field of section is equal in a and b. */
-int sb_config__equal(const sb_config__section *section, const void *a, const void *b);
+int sb_config__equal(const sb_config_table *section, const void *a, const void *b);
 
 /* Forgets the keys recorded for the previous item. */
 void sb_config__seen_reset(sb_config__ctx *ctx);
@@ -190,6 +151,47 @@ int sb_config__parse_bool(const char *s);
 /* ---- schema.c ---- */
 
 /* The top-level section (broker, adapters, routes) filling an sb_config. */
-extern const sb_config__section sb_config__root;
+extern const sb_config_table sb_config__root;
+
+/* Reports a name already used in `names` (with the line of its first use),
+ * else records it. item starts with its sb_config_pos. */
+void sb_config__check_unique(sb_config__ctx *ctx, sb_map *names, const char *what,
+                             const char *name, void *item, char **name_slot,
+                             const yaml_node_t *node, const char *path);
+
+/* Where node starts (1-based). */
+sb_config_pos sb_config__node_pos(const yaml_node_t *node);
+
+/* ---- walk.c, for sb_adapter_config_set ---- */
+
+/* Converts and stores one value by row f (as the walker does for a key). */
+int sb_config__value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_node_t *value,
+                     void *base, const char *path);
+
+/* ---- adapters.c ---- */
+
+/* The adapter entry being checked (the validate hooks' view). */
+struct sb_adapter_check {
+    sb_config__ctx *ctx;
+    const yaml_node_t *node; /* its mapping */
+    const char *path;        /* "adapters[2]" */
+    sb_adapter_config *cfg;
+};
+
+/* Parses adapters[index] (a SB_KEY_LIST item function: ctx is an
+ * sb_config__ctx, node a yaml_node_t), and frees one. */
+int sb_config__parse_adapter(void *ctx, const void *node, void *array, size_t index,
+                             const char *path);
+void sb_config__free_adapter(void *elem);
+
+/* 1 if a registered type other than `type` has a top-level key `key`. */
+int sb_config__other_type_key(const char *type, const yaml_node_t *key);
+
+/* Reports, for each key of the current item, a role or protocol that does
+ * not take it (the rows' roles/protocols), marking it not ok. */
+void sb_config__check_roles(sb_adapter_check *chk, const sb_adapter_keys *keys);
+
+/* The registered types' names, NULL-terminated, in registration order. */
+const char *const *sb_config__type_names(void);
 
 #endif

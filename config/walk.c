@@ -147,6 +147,11 @@ const char *sb_config__quote(char *out, size_t n, const char *s)
     return out;
 }
 
+const char *sb_config_quote(char *out, size_t n, const char *s)
+{
+    return sb_config__quote(out, n, s);
+}
+
 const char *sb_config__fmt_duration(char *out, size_t n, int64_t ms)
 {
     static const struct {
@@ -249,8 +254,8 @@ void sb_config__seen_reset(sb_config__ctx *ctx)
     ctx->seen_count = 0;
 }
 
-static void record_seen(sb_config__ctx *ctx, const void *target, const yaml_node_t *key,
-                        const yaml_node_t *value, int ok)
+static void record_seen(sb_config__ctx *ctx, const sb_config_key *f, const void *target,
+                        const yaml_node_t *key, const yaml_node_t *value, int ok)
 {
     if (ctx->seen_count < SB_CONFIG__MAX_SEEN) {
         sb_config__seen *s = &ctx->seen[ctx->seen_count++];
@@ -258,6 +263,8 @@ static void record_seen(sb_config__ctx *ctx, const void *target, const yaml_node
         s->key = key;
         s->value = value;
         s->ok = ok;
+        s->field = f;
+        s->section = ctx->section;
     }
 }
 
@@ -289,35 +296,43 @@ static int set_string(sb_config__ctx *ctx, char **slot, const char *s)
     return 0;
 }
 
-int sb_config__defaults(sb_config__ctx *ctx, const sb_config__section *section, void *base)
+/* The struct a row's value lives in: the adapter's common struct for
+ * SB_KEY_ADAPTER rows, else base. */
+static void *row_base(const sb_config__ctx *ctx, const sb_config_key *f, void *base)
+{
+    return (f->flags & SB_KEY_ADAPTER) && ctx->adapter != NULL ? ctx->adapter : base;
+}
+
+int sb_config__defaults(sb_config__ctx *ctx, const sb_config_table *section, void *base_)
 {
     for (size_t i = 0; i < section->count; i++) {
-        const sb_config__field *f = &section->fields[i];
+        const sb_config_key *f = &section->keys[i];
+        void *base = row_base(ctx, f, base_);
         int rc = 0;
-        switch (f->type) {
-        case SB_CT_STRING:
-        case SB_CT_NAME:
-        case SB_CT_CHOICE:
+        switch (f->kind) {
+        case SB_KEY_STRING:
+        case SB_KEY_NAME:
+        case SB_KEY_CHOICE:
             if (f->def_str != NULL)
                 rc = set_string(ctx, FIELD(char *, base, f), f->def_str);
             break;
-        case SB_CT_ENUM:
-        case SB_CT_INT:
-        case SB_CT_BOOL:
+        case SB_KEY_ENUM:
+        case SB_KEY_INT:
+        case SB_KEY_BOOL:
             *FIELD(int, base, f) = (int)f->def;
             break;
-        case SB_CT_INT64:
-        case SB_CT_SIZE:
-        case SB_CT_DURATION:
+        case SB_KEY_INT64:
+        case SB_KEY_SIZE:
+        case SB_KEY_DURATION:
             *FIELD(int64_t, base, f) = f->def;
             break;
-        case SB_CT_SECTION:
+        case SB_KEY_SECTION:
             rc = sb_config__defaults(ctx, f->section, (char *)base + f->offset);
             break;
-        case SB_CT_STRLIST:
-        case SB_CT_NAMES:
-        case SB_CT_FILTERS:
-        case SB_CT_LIST:
+        case SB_KEY_STRLIST:
+        case SB_KEY_NAMES:
+        case SB_KEY_FILTERS:
+        case SB_KEY_LIST:
             break; /* empty */
         }
         if (rc != 0)
@@ -387,10 +402,10 @@ static int choice_index(const char *const *choices, const char *s)
     return -1;
 }
 
-static void range_error(sb_config__ctx *ctx, const sb_config__field *f, const yaml_node_t *node,
+static void range_error(sb_config__ctx *ctx, const sb_config_key *f, const yaml_node_t *node,
                         const char *path, int overflow)
 {
-    if (f->type == SB_CT_DURATION) {
+    if (f->kind == SB_KEY_DURATION) {
         char lo[32], hi[32];
         sb_config__error(ctx, node, path, "must be between %s and %s",
                          sb_config__fmt_duration(lo, sizeof lo, f->min),
@@ -406,18 +421,18 @@ static void range_error(sb_config__ctx *ctx, const sb_config__field *f, const ya
     }
 }
 
-static int number_value(sb_config__ctx *ctx, const sb_config__field *f, const yaml_node_t *node,
+static int number_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_node_t *node,
                         void *base, const char *path)
 {
     const char *what, *s;
     char q[96];
     int64_t v = 0;
     int rc;
-    switch (f->type) {
-    case SB_CT_SIZE:
+    switch (f->kind) {
+    case SB_KEY_SIZE:
         what = "a size (4096, 64KiB, 1MiB)";
         break;
-    case SB_CT_DURATION:
+    case SB_KEY_DURATION:
         what = "a duration (250ms, 10s, 5m, 2h, 1d)";
         break;
     default:
@@ -427,9 +442,9 @@ static int number_value(sb_config__ctx *ctx, const sb_config__field *f, const ya
     s = scalar(ctx, node, path, what);
     if (s == NULL)
         return 0;
-    if (f->type == SB_CT_SIZE)
+    if (f->kind == SB_KEY_SIZE)
         rc = sb_config__parse_size(s, &v);
-    else if (f->type == SB_CT_DURATION)
+    else if (f->kind == SB_KEY_DURATION)
         rc = sb_config__parse_duration(s, &v);
     else
         rc = sb_config__parse_int64(s, &v);
@@ -442,7 +457,7 @@ static int number_value(sb_config__ctx *ctx, const sb_config__field *f, const ya
         range_error(ctx, f, node, path, rc == SB_NUM_RANGE);
         return 0;
     }
-    if (f->type == SB_CT_INT)
+    if (f->kind == SB_KEY_INT)
         *FIELD(int, base, f) = (int)v;
     else
         *FIELD(int64_t, base, f) = v;
@@ -460,7 +475,7 @@ static void release_strings(char ***list, size_t *count)
 
 /* STRLIST (a list), NAMES and FILTERS (one string or a list). Sets *ok to
  * 0 if any element was rejected (the valid ones are kept). */
-static int strings_value(sb_config__ctx *ctx, const sb_config__field *f, const yaml_node_t *node,
+static int strings_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_node_t *node,
                          void *base, const char *path, int *ok)
 {
     char ***list = FIELD(char **, base, f);
@@ -473,13 +488,13 @@ static int strings_value(sb_config__ctx *ctx, const sb_config__field *f, const y
     if (node->type == YAML_SEQUENCE_NODE) {
         items = node->data.sequence.items.start;
         n = (size_t)(node->data.sequence.items.top - items);
-        if (n == 0 && f->type != SB_CT_NAMES) {
+        if (n == 0 && f->kind != SB_KEY_NAMES) {
             sb_config__error(ctx, node, path, "must not be empty");
             return 0;
         }
-    } else if (node->type != YAML_SCALAR_NODE || f->type == SB_CT_STRLIST) {
+    } else if (node->type != YAML_SCALAR_NODE || f->kind == SB_KEY_STRLIST) {
         sb_config__error(ctx, node, path, "expected %s, got %s",
-                         f->type == SB_CT_STRLIST ? "a list of strings"
+                         f->kind == SB_KEY_STRLIST ? "a list of strings"
                                                   : "a string or a list of strings",
                          sb_config__kind(node));
         return 0;
@@ -507,14 +522,14 @@ static int strings_value(sb_config__ctx *ctx, const sb_config__field *f, const y
             *ok = 0;
             continue;
         }
-        if (f->type == SB_CT_NAMES && !sb_config__valid_name(s)) {
+        if (f->kind == SB_KEY_NAMES && !sb_config__valid_name(s)) {
             sb_config__error(ctx, el, epath,
                              "invalid name %s (use letters, digits, '_', '.' and '-')",
                              sb_config__quote(q, sizeof q, s));
             *ok = 0;
             continue;
         }
-        if (f->type == SB_CT_FILTERS && sb_filter_validate(s, strlen(s), &why) != 0) {
+        if (f->kind == SB_KEY_FILTERS && sb_filter_validate(s, strlen(s), &why) != 0) {
             sb_config__error(ctx, el, epath, "invalid topic filter %s: %s",
                              sb_config__quote(q, sizeof q, s), why);
             *ok = 0;
@@ -530,7 +545,7 @@ static int strings_value(sb_config__ctx *ctx, const sb_config__field *f, const y
     return 0;
 }
 
-static int list_value(sb_config__ctx *ctx, const sb_config__field *f, const yaml_node_t *node,
+static int list_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_node_t *node,
                       void *base, const char *path)
 {
     void **array = (void **)((char *)base + f->offset);
@@ -566,37 +581,48 @@ static int list_value(sb_config__ctx *ctx, const sb_config__field *f, const yaml
     return 0;
 }
 
-static int field_value(sb_config__ctx *ctx, const sb_config__field *f, const yaml_node_t *key,
+static int field_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_node_t *key,
                        const yaml_node_t *value, void *base, const char *path)
 {
     char q[96], known[256];
-    const char *s;
-    int ok = 0, rc = 0, idx;
+    const char *s, *outer;
+    int ok = 0, rc = 0, idx, word_choice;
 
-    if (sb_config__is_null(value)) {
-        /* `key:` or `key: ~` means "not set": the default stays. */
-        if (f->flags & SB_CF_REQUIRED)
+    base = row_base(ctx, f, base);
+
+    /* `type: null` names the type null: a word that is one of the key's
+     * choices is that choice, even where YAML would read "not set" */
+    word_choice = f->kind == SB_KEY_CHOICE && value->type == YAML_SCALAR_NODE &&
+                  choice_index(f->choices, (const char *)value->data.scalar.value) >= 0;
+    if (sb_config__is_null(value) && !word_choice) {
+        /* `key:` or `key: ~` means "not set": the default stays (unless
+         * the word is one of the key's choices). */
+        if (f->flags & SB_KEY_REQUIRED)
             sb_config__error(ctx, value, path, "missing value");
         return 0;
     }
-    switch (f->type) {
-    case SB_CT_SECTION:
-        return sb_config__mapping(ctx, value, f->section, (char *)base + f->offset, path);
-    case SB_CT_LIST:
+    switch (f->kind) {
+    case SB_KEY_SECTION:
+        outer = ctx->section;
+        ctx->section = f->key;
+        rc = sb_config__mapping(ctx, value, f->section, (char *)base + f->offset, path);
+        ctx->section = outer;
+        return rc;
+    case SB_KEY_LIST:
         return list_value(ctx, f, value, base, path);
-    case SB_CT_STRING:
-    case SB_CT_NAME:
-    case SB_CT_CHOICE:
-        s = string_value(ctx, value, path);
+    case SB_KEY_STRING:
+    case SB_KEY_NAME:
+    case SB_KEY_CHOICE:
+        s = word_choice ? (const char *)value->data.scalar.value : string_value(ctx, value, path);
         if (s == NULL)
             break;
-        if (f->type == SB_CT_NAME && !sb_config__valid_name(s)) {
+        if (f->kind == SB_KEY_NAME && !sb_config__valid_name(s)) {
             sb_config__error(ctx, value, path,
                              "invalid name %s (use letters, digits, '_', '.' and '-')",
                              sb_config__quote(q, sizeof q, s));
             break;
         }
-        if (f->type == SB_CT_CHOICE && choice_index(f->choices, s) < 0) {
+        if (f->kind == SB_KEY_CHOICE && choice_index(f->choices, s) < 0) {
             join(known, sizeof known, f->choices);
             sb_config__error(ctx, value, path, "must be one of %s (got %s)", known,
                              sb_config__quote(q, sizeof q, s));
@@ -605,7 +631,7 @@ static int field_value(sb_config__ctx *ctx, const sb_config__field *f, const yam
         rc = set_string(ctx, FIELD(char *, base, f), s);
         ok = rc == 0;
         break;
-    case SB_CT_ENUM:
+    case SB_KEY_ENUM:
         s = scalar(ctx, value, path, "a string");
         if (s == NULL)
             break;
@@ -619,7 +645,7 @@ static int field_value(sb_config__ctx *ctx, const sb_config__field *f, const yam
         *FIELD(int, base, f) = idx;
         ok = 1;
         break;
-    case SB_CT_BOOL:
+    case SB_KEY_BOOL:
         s = scalar(ctx, value, path, "true or false");
         if (s == NULL)
             break;
@@ -632,52 +658,49 @@ static int field_value(sb_config__ctx *ctx, const sb_config__field *f, const yam
         *FIELD(int, base, f) = idx;
         ok = 1;
         break;
-    case SB_CT_INT:
-    case SB_CT_INT64:
-    case SB_CT_SIZE:
-    case SB_CT_DURATION:
+    case SB_KEY_INT:
+    case SB_KEY_INT64:
+    case SB_KEY_SIZE:
+    case SB_KEY_DURATION:
         ok = number_value(ctx, f, value, base, path);
         break;
-    case SB_CT_STRLIST:
-    case SB_CT_NAMES:
-    case SB_CT_FILTERS:
+    case SB_KEY_STRLIST:
+    case SB_KEY_NAMES:
+    case SB_KEY_FILTERS:
         rc = strings_value(ctx, f, value, base, path, &ok);
         break;
     }
-    record_seen(ctx, (char *)base + f->offset, key, value, ok);
+    record_seen(ctx, f, (char *)base + f->offset, key, value, ok);
     return rc;
+}
+
+int sb_config__value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_node_t *value,
+                     void *base, const char *path)
+{
+    return field_value(ctx, f, value, value, base, path);
 }
 
 /* ---- mappings ---- */
 
-static int allowed(const sb_config__ctx *ctx, const sb_config__field *f)
-{
-    return f->types == 0 || (f->types & ctx->mask) != 0;
-}
-
-static void known_keys(const sb_config__ctx *ctx, const sb_config__section *section, char *out,
-                       size_t n)
+static void known_keys(const sb_config_table *section, char *out, size_t n)
 {
     size_t len = 0;
     out[0] = '\0';
-    for (size_t i = 0; i < section->count && len < n; i++) {
-        if (!allowed(ctx, &section->fields[i]))
-            continue;
+    for (size_t i = 0; i < section->count && len < n; i++)
         len +=
-            (size_t)snprintf(out + len, n - len, "%s%s", len ? ", " : "", section->fields[i].key);
-    }
+            (size_t)snprintf(out + len, n - len, "%s%s", len ? ", " : "", section->keys[i].key);
 }
 
-static const sb_config__field *find_field(const sb_config__section *section, const yaml_node_t *key)
+static const sb_config_key *find_field(const sb_config_table *section, const yaml_node_t *key)
 {
     for (size_t i = 0; i < section->count; i++)
-        if (key_is(key, section->fields[i].key))
-            return &section->fields[i];
+        if (key_is(key, section->keys[i].key))
+            return &section->keys[i];
     return NULL;
 }
 
 int sb_config__mapping(sb_config__ctx *ctx, const yaml_node_t *node,
-                       const sb_config__section *section, void *base, const char *path)
+                       const sb_config_table *section, void *base, const char *path)
 {
     yaml_node_pair_t *start, *top;
     char cpath[SB_CONFIG__PATH_MAX], known[512];
@@ -690,7 +713,7 @@ int sb_config__mapping(sb_config__ctx *ctx, const yaml_node_t *node,
     top = node->data.mapping.pairs.top;
 
     for (size_t i = 0; i < section->count; i++) {
-        const sb_config__field *f = &section->fields[i];
+        const sb_config_key *f = &section->keys[i];
         const yaml_node_t *first = NULL;
         child_path(cpath, path, f->key);
         for (yaml_node_pair_t *p = start; p < top; p++) {
@@ -704,17 +727,13 @@ int sb_config__mapping(sb_config__ctx *ctx, const yaml_node_t *node,
                 continue;
             }
             first = key;
-            if (!allowed(ctx, f)) {
-                sb_config__error(ctx, key, cpath, "not allowed for type %s", ctx->type_name);
-                continue;
-            }
             if (!spend(ctx, value))
                 return ctx->nomem ? SB_ENOMEM : 0;
             rc = field_value(ctx, f, key, value, base, cpath);
             if (rc != 0 || ctx->nomem)
                 return SB_ENOMEM;
         }
-        if (first == NULL && (f->flags & SB_CF_REQUIRED))
+        if (first == NULL && (f->flags & SB_KEY_REQUIRED))
             sb_config__error(ctx, node, cpath, "required");
     }
 
@@ -726,7 +745,15 @@ int sb_config__mapping(sb_config__ctx *ctx, const yaml_node_t *node,
             sb_config__error(ctx, key, path, "keys must be strings, got %s", sb_config__kind(key));
         } else if (find_field(section, key) == NULL) {
             child_path(cpath, path, (const char *)key->data.scalar.value);
-            known_keys(ctx, section, known, sizeof known);
+            if (section == ctx->adapter_table && ctx->type_name != NULL &&
+                sb_config__other_type_key(ctx->type_name, key)) {
+                sb_config__error(ctx, key, cpath, "not allowed for type %s", ctx->type_name);
+                continue;
+            }
+            if (section == ctx->adapter_table && ctx->type_name == NULL &&
+                sb_config__other_type_key("", key))
+                continue; /* the type is unknown: any type's key may be meant */
+            known_keys(section, known, sizeof known);
             sb_config__error(ctx, key, cpath, "unknown key (known: %s)", known);
         }
     }
@@ -735,26 +762,28 @@ int sb_config__mapping(sb_config__ctx *ctx, const yaml_node_t *node,
 
 /* ---- release, copy, equality ---- */
 
-void sb_config__release(const sb_config__section *section, void *base)
+void sb_config__release(const sb_config_table *section, void *base)
 {
     for (size_t i = 0; i < section->count; i++) {
-        const sb_config__field *f = &section->fields[i];
-        switch (f->type) {
-        case SB_CT_STRING:
-        case SB_CT_NAME:
-        case SB_CT_CHOICE:
+        const sb_config_key *f = &section->keys[i];
+        if (f->flags & SB_KEY_ADAPTER)
+            continue; /* the common struct's, handled by its owner */
+        switch (f->kind) {
+        case SB_KEY_STRING:
+        case SB_KEY_NAME:
+        case SB_KEY_CHOICE:
             sb_free(*FIELD(char *, base, f));
             *FIELD(char *, base, f) = NULL;
             break;
-        case SB_CT_STRLIST:
-        case SB_CT_NAMES:
-        case SB_CT_FILTERS:
+        case SB_KEY_STRLIST:
+        case SB_KEY_NAMES:
+        case SB_KEY_FILTERS:
             release_strings(FIELD(char **, base, f), COUNT(base, f));
             break;
-        case SB_CT_SECTION:
+        case SB_KEY_SECTION:
             sb_config__release(f->section, (char *)base + f->offset);
             break;
-        case SB_CT_LIST: {
+        case SB_KEY_LIST: {
             char **array = (char **)((char *)base + f->offset);
             size_t *count = COUNT(base, f);
             for (size_t k = 0; *array != NULL && k < *count; k++)
@@ -770,33 +799,63 @@ void sb_config__release(const sb_config__section *section, void *base)
     }
 }
 
-int sb_config__copy(const sb_config__section *section, void *dst, const void *src)
+void sb_config__forget(const sb_config_table *section, void *base)
 {
     for (size_t i = 0; i < section->count; i++) {
-        const sb_config__field *f = &section->fields[i];
-        switch (f->type) {
-        case SB_CT_STRING:
-        case SB_CT_NAME:
-        case SB_CT_CHOICE:
+        const sb_config_key *f = &section->keys[i];
+        if (f->flags & SB_KEY_ADAPTER)
+            continue;
+        switch (f->kind) {
+        case SB_KEY_STRING:
+        case SB_KEY_NAME:
+        case SB_KEY_CHOICE:
+            *FIELD(char *, base, f) = NULL;
+            break;
+        case SB_KEY_STRLIST:
+        case SB_KEY_NAMES:
+        case SB_KEY_FILTERS:
+        case SB_KEY_LIST:
+            *FIELD(void *, base, f) = NULL;
+            *COUNT(base, f) = 0;
+            break;
+        case SB_KEY_SECTION:
+            sb_config__forget(f->section, (char *)base + f->offset);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+int sb_config__copy(const sb_config_table *section, void *dst, const void *src)
+{
+    for (size_t i = 0; i < section->count; i++) {
+        const sb_config_key *f = &section->keys[i];
+        if (f->flags & SB_KEY_ADAPTER)
+            continue; /* the common struct's, handled by its owner */
+        switch (f->kind) {
+        case SB_KEY_STRING:
+        case SB_KEY_NAME:
+        case SB_KEY_CHOICE:
             if (*CFIELD(char *, src, f) != NULL) {
                 *FIELD(char *, dst, f) = sb_strdup(*CFIELD(char *, src, f));
                 if (*FIELD(char *, dst, f) == NULL)
                     return SB_ENOMEM;
             }
             break;
-        case SB_CT_ENUM:
-        case SB_CT_INT:
-        case SB_CT_BOOL:
+        case SB_KEY_ENUM:
+        case SB_KEY_INT:
+        case SB_KEY_BOOL:
             *FIELD(int, dst, f) = *CFIELD(int, src, f);
             break;
-        case SB_CT_INT64:
-        case SB_CT_SIZE:
-        case SB_CT_DURATION:
+        case SB_KEY_INT64:
+        case SB_KEY_SIZE:
+        case SB_KEY_DURATION:
             *FIELD(int64_t, dst, f) = *CFIELD(int64_t, src, f);
             break;
-        case SB_CT_STRLIST:
-        case SB_CT_NAMES:
-        case SB_CT_FILTERS: {
+        case SB_KEY_STRLIST:
+        case SB_KEY_NAMES:
+        case SB_KEY_FILTERS: {
             char *const *from = *CFIELD(char **, src, f);
             size_t n = *CCOUNT(src, f);
             char ***to = FIELD(char **, dst, f);
@@ -813,13 +872,13 @@ int sb_config__copy(const sb_config__section *section, void *dst, const void *sr
             }
             break;
         }
-        case SB_CT_SECTION: {
+        case SB_KEY_SECTION: {
             int rc = sb_config__copy(f->section, FIELD(char, dst, f), CFIELD(char, src, f));
             if (rc != 0)
                 return rc;
             break;
         }
-        case SB_CT_LIST:
+        case SB_KEY_LIST:
             break; /* whole configs are not copied */
         }
     }
@@ -831,32 +890,34 @@ static int str_equal(const char *a, const char *b)
     return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-int sb_config__equal(const sb_config__section *section, const void *a, const void *b)
+int sb_config__equal(const sb_config_table *section, const void *a, const void *b)
 {
     for (size_t i = 0; i < section->count; i++) {
-        const sb_config__field *f = &section->fields[i];
-        switch (f->type) {
-        case SB_CT_STRING:
-        case SB_CT_NAME:
-        case SB_CT_CHOICE:
+        const sb_config_key *f = &section->keys[i];
+        if (f->flags & SB_KEY_ADAPTER)
+            continue; /* the common struct's, handled by its owner */
+        switch (f->kind) {
+        case SB_KEY_STRING:
+        case SB_KEY_NAME:
+        case SB_KEY_CHOICE:
             if (!str_equal(*CFIELD(char *, a, f), *CFIELD(char *, b, f)))
                 return 0;
             break;
-        case SB_CT_ENUM:
-        case SB_CT_INT:
-        case SB_CT_BOOL:
+        case SB_KEY_ENUM:
+        case SB_KEY_INT:
+        case SB_KEY_BOOL:
             if (*CFIELD(int, a, f) != *CFIELD(int, b, f))
                 return 0;
             break;
-        case SB_CT_INT64:
-        case SB_CT_SIZE:
-        case SB_CT_DURATION:
+        case SB_KEY_INT64:
+        case SB_KEY_SIZE:
+        case SB_KEY_DURATION:
             if (*CFIELD(int64_t, a, f) != *CFIELD(int64_t, b, f))
                 return 0;
             break;
-        case SB_CT_STRLIST:
-        case SB_CT_NAMES:
-        case SB_CT_FILTERS: {
+        case SB_KEY_STRLIST:
+        case SB_KEY_NAMES:
+        case SB_KEY_FILTERS: {
             size_t n = *CCOUNT(a, f);
             if (n != *CCOUNT(b, f))
                 return 0;
@@ -865,11 +926,11 @@ int sb_config__equal(const sb_config__section *section, const void *a, const voi
                     return 0;
             break;
         }
-        case SB_CT_SECTION:
+        case SB_KEY_SECTION:
             if (!sb_config__equal(f->section, CFIELD(char, a, f), CFIELD(char, b, f)))
                 return 0;
             break;
-        case SB_CT_LIST:
+        case SB_KEY_LIST:
             break;
         }
     }

@@ -64,10 +64,10 @@ struct sb_adapter_type {
      * on its settings (a UDP listener is only a source, a UDP client only a
      * sink). NULL: `caps`. */
     unsigned (*caps_of)(const sb_adapter_config *cfg);
-    /* Checks type-specific settings that the config schema cannot (address
-     * syntax, framing/protocol combinations). Writes a one-line reason. */
-    int (*validate)(const sb_adapter_config *cfg, sb_error *err);
-    /* Allocates the instance (nothing is opened yet). */
+    /* Allocates the instance (nothing is opened yet). Its settings were
+     * checked by its keys' validate hook in the config pass
+     * (config/adapter_keys.h); create refuses only what this system alone
+     * can tell (a code page not installed). */
     int (*create)(sb_adapter **out, const sb_adapter_config *cfg, sb_error *err);
     /* Opens listeners / connects / spawns. Logs where it listens. */
     int (*start)(sb_adapter *a, sb_error *err);

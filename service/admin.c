@@ -30,15 +30,30 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
     for (sb_queue *q = b->queues; q != NULL; q = q->next) {
         int consumers = 0, inflight = 0;
         json_t *o;
-        if (visible != NULL && !visible(ctx, q->name, q->filter))
+        json_t *filters;
+        char *joined;
+        if (visible != NULL && !visible(ctx, q->name, q->filters, q->filter_count))
             continue;
         for (sb_consumer *c = q->consumers; c != NULL; c = c->next) {
             consumers++;
             inflight += c->inflight;
         }
-        o = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:i, s:i, s:I, s:I, s:I, s:I, s:I, "
+        /* "filter" joins them with '\n', as before "filters" came */
+        filters = json_array();
+        joined = sb_sub_filters_join(q->filters, q->filter_count);
+        for (size_t i = 0; filters != NULL && i < q->filter_count; i++)
+            if (json_array_append_new(filters, json_string(q->filters[i].filter)) != 0) {
+                json_decref(filters);
+                filters = NULL;
+            }
+        if (filters == NULL || joined == NULL) {
+            json_decref(filters);
+            sb_free(joined);
+            goto oom;
+        }
+        o = json_pack("{s:s, s:s, s:o, s:s, s:s, s:I, s:I, s:I, s:i, s:i, s:I, s:I, s:I, s:I, s:I, "
                       "s:I, s:f, s:f}",
-                      "name", q->name, "filter", q->filter, "durability",
+                      "name", q->name, "filter", joined, "filters", filters, "durability",
                       durability_names[q->durability], "kind",
                       !q->from_config    ? "client"
                       : q->route != NULL ? "route"
@@ -51,6 +66,7 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
                       "acked", (json_int_t)q->acked, "dead", (json_int_t)q->dead, "dropped",
                       (json_int_t)q->dropped, "in_rate", sb_rate__per_sec(&q->in_rate, now_sec),
                       "out_rate", sb_rate__per_sec(&q->out_rate, now_sec));
+        sb_free(joined);
         if (o == NULL || json_array_append_new(queues, o) != 0)
             goto oom;
     }

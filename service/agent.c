@@ -66,7 +66,9 @@ typedef struct request {
 /* A subscription an adapter defined (sb_broker_subscribe / sub_define),
  * made in the service when a consumer attaches to it. */
 typedef struct sub_def {
-    char *name, *filters, *retained;
+    char *name;
+    sb_sub_filter *filters, *retained; /* blocks of sb_sub_filters_copy */
+    size_t filter_count, retained_count;
     sb_sub_settings settings;
     struct sub_def *next;
 } sub_def;
@@ -501,12 +503,13 @@ oom:
     return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
 }
 
-static int r_sub_define(sb_remote *r, const char *name, const char *filters,
-                        const sb_sub_settings *settings, const char *retained_for, sb_error *err)
+static int r_sub_define(sb_remote *r, const char *name, const sb_sub_filter *filters, size_t count,
+                        const sb_sub_settings *settings, const sb_sub_filter *retained_for,
+                        size_t retained_count, sb_error *err)
 {
     agent *a = (agent *)r;
     sub_def *d = find_def(a, name);
-    int fresh = d == NULL;
+    int fresh = d == NULL, oom = 0;
     if (fresh && (d = sb_calloc(1, sizeof(*d))) == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
     if (fresh && (d->name = sb_strdup(name)) == NULL) {
@@ -514,15 +517,17 @@ static int r_sub_define(sb_remote *r, const char *name, const char *filters,
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
     }
     if (filters != NULL) {
-        char *f = sb_strdup(filters);
-        if (f == NULL)
+        sb_sub_filter *f = sb_sub_filters_copy(filters, count, &oom);
+        if (oom)
             goto oom;
         sb_free(d->filters);
         d->filters = f;
+        d->filter_count = count;
     }
     sb_free(d->retained);
-    d->retained = NULL;
-    if (retained_for != NULL && (d->retained = sb_strdup(retained_for)) == NULL)
+    d->retained = sb_sub_filters_copy(retained_for, retained_count, &oom);
+    d->retained_count = d->retained != NULL ? retained_count : 0;
+    if (oom)
         goto oom;
     if (settings != NULL)
         d->settings = *settings;
@@ -542,10 +547,29 @@ oom:
     return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
 }
 
-static const char *r_sub_filter(sb_remote *r, const char *name)
+static int r_sub_get(sb_remote *r, const char *name, sb_sub_def *out)
 {
     sub_def *d = find_def((agent *)r, name);
-    return d != NULL ? d->filters : NULL;
+    if (d == NULL)
+        return SB_ENOTFOUND;
+    out->filters = d->filters;
+    out->filter_count = d->filter_count;
+    return 0;
+}
+
+/* Filters for the wire: one as a string, several as a list (jsonl). */
+static json_t *filters_json(const sb_sub_filter *filters, size_t count)
+{
+    json_t *list;
+    if (count == 1)
+        return json_string(filters[0].filter);
+    list = json_array();
+    for (size_t i = 0; list != NULL && i < count; i++)
+        if (json_array_append_new(list, json_string(filters[i].filter)) != 0) {
+            json_decref(list);
+            list = NULL;
+        }
+    return list;
 }
 
 static char *wire_name(agent *a, const char *name)
@@ -610,8 +634,8 @@ static int r_attach(sb_remote *r, const char *name, sb_consumer *c, sb_error *er
                   "window", c->window);
     if (o != NULL && d != NULL) {
         const sb_sub_settings *st = &d->settings;
-        if (d->filters != NULL)
-            json_object_set_new(o, "filter", json_string(d->filters));
+        if (d->filter_count > 0)
+            json_object_set_new(o, "filter", filters_json(d->filters, d->filter_count));
         json_object_set_new(o, "durability", json_string(classes[st->durability]));
         json_object_set_new(o, "max_attempts", json_integer(st->max_attempts));
         json_object_set_new(o, "lease", json_integer(st->lease_ms));
@@ -620,8 +644,8 @@ static int r_attach(sb_remote *r, const char *name, sb_consumer *c, sb_error *er
         json_object_set_new(o, "transient", json_boolean(st->transient));
         if (st->expire_ms > 0)
             json_object_set_new(o, "expire", json_integer(st->expire_ms));
-        if (d->retained != NULL)
-            json_object_set_new(o, "retained", json_string(d->retained));
+        if (d->retained_count > 0)
+            json_object_set_new(o, "retained", filters_json(d->retained, d->retained_count));
     }
     s->next = a->subs;
     a->subs = s;
@@ -719,7 +743,7 @@ idle:
 }
 
 static const sb_remote_ops agent_ops = {
-    r_publish, r_sub_define,    r_sub_filter,     r_unsubscribe, r_attach,
+    r_publish, r_sub_define,    r_sub_get,        r_unsubscribe, r_attach,
     r_detach,  r_delivery_done, r_consumer_ready, r_busy,
 };
 

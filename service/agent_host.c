@@ -11,6 +11,7 @@
  * service) or by somebody else (`agent.start: false`); either way the link
  * notices its connection and its end.
  */
+#include "config/adapter_keys.h"
 #include "service/agent_host.h"
 #include "service/agent_proc.h"
 #include "service/alloc.h"
@@ -443,7 +444,7 @@ static int link_open(sb_agent_host *h, uint32_t session, sb_error *err)
 {
     sb_broker *b = h->b;
     sb_adapter_config cfg;
-    char *sddl = NULL;
+    char *sddl = NULL, max_message[32];
     link *l;
     int rc;
 
@@ -460,19 +461,23 @@ static int link_open(sb_agent_host *h, uint32_t session, sb_error *err)
         sb_free(l);
         return rc;
     }
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.name = l->name;
-    cfg.type = "pipe";
-    cfg.path = l->endpoint;
-    cfg.protocol = "jsonl";
-    cfg.security = sddl;
-    cfg.max_message = AGENT_MAX_MESSAGE;
-    cfg.max_connections = 4; /* one agent; the others are told so */
-    cfg.idle_timeout_ms = 30000;
-    cfg.frame_timeout_ms = 30000;
-    cfg.inflight = 64;
-    cfg.anonymous = 1;
+    snprintf(max_message, sizeof(max_message), "%d", AGENT_MAX_MESSAGE);
+    {
+        const char *const keys[] = {"path",           l->endpoint, "protocol",  "jsonl",
+                                    "security",       sddl,        "max_message", max_message,
+                                    /* one agent; the others are told so */
+                                    "max_connections", "4",        "idle_timeout", "30s",
+                                    "frame_timeout",  "30s",       "anonymous",  "true",
+                                    NULL};
+        rc = sb_adapter_config_build(&cfg, l->name, "pipe", keys, err);
+    }
+    if (rc != 0) {
+        sb_free(sddl);
+        sb_free(l);
+        return rc;
+    }
     rc = sb_adapter_create(&l->ep, b, &b->loop, &cfg, err);
+    sb_adapter_config_free(&cfg);
     sb_free(sddl);
     if (rc != 0) {
         sb_free(l);

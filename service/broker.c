@@ -3,6 +3,7 @@
  * into queues, adapters and sink bindings, run the loop, reload, and stop in
  * order (adapters first, then in-flight commits, then the store).
  */
+#include "config/adapter_keys.h"
 #include "service/agent_host.h"
 #include "service/alloc.h"
 #include "service/broker_int.h"
@@ -100,12 +101,12 @@ static char *settings_json(const sb_queue *q)
     char *s;
     if (q->from_config)
         return sb_strdup("{\"kind\":\"route\"}");
-    o = json_pack("{s:s, s:s, s:i, s:I, s:I, s:I, s:s, s:I, s:s?}", "kind", "client", "durability",
+    o = json_pack("{s:s, s:s, s:i, s:I, s:I, s:I, s:s, s:I}", "kind", "client", "durability",
                   classes[q->durability], "max_attempts", q->max_attempts, "lease_ms",
                   (json_int_t)q->lease_ms, "ttl_ms", (json_int_t)q->ttl_ms, "max_depth",
                   (json_int_t)q->max_depth, "overflow",
                   q->overflow == SB_OVERFLOW_DROP_OLDEST ? "drop-oldest" : "reject", "expire_ms",
-                  (json_int_t)q->expire_ms, "meta", q->meta);
+                  (json_int_t)q->expire_ms);
     if (o == NULL)
         return NULL;
     s = json_dumps(o, JSON_COMPACT);
@@ -120,15 +121,27 @@ static void on_queue_put_done(sb_store_op *op, void *ctx)
         sb_errlog(q->name, "cannot save the subscription definition: %s (retried at next start)",
                   sb_strerror(op->status));
     sb_free((char *)op->u.queue_put.name);
-    sb_free((char *)op->u.queue_put.filter);
+    sb_free((sb_sub_filter *)op->u.queue_put.filters);
     free((char *)op->u.queue_put.settings); /* from jansson */
+    sb_free((char *)op->u.queue_put.protocol);
+    sb_free((char *)op->u.queue_put.owner);
     sb_free(op);
+}
+
+/* sb_strdup of s, which may be NULL; sets *oom when a copy failed. */
+static char *strdup_null(const char *s, int *oom)
+{
+    char *copy = s != NULL ? sb_strdup(s) : NULL;
+    if (s != NULL && copy == NULL)
+        *oom = 1;
+    return copy;
 }
 
 int sb_broker__put_queue(sb_broker *b, sb_queue *q)
 {
     sb_store_op *op;
     char *settings;
+    int oom = 0;
     if (q->transient)
         return 0;
     op = sb_calloc(1, sizeof(*op));
@@ -140,14 +153,17 @@ int sb_broker__put_queue(sb_broker *b, sb_queue *q)
     }
     op->type = SB_OP_QUEUE_PUT;
     op->sync = 1;
-    op->u.queue_put.queue_id = q->id;
-    op->u.queue_put.name = sb_strdup(q->name);
-    op->u.queue_put.filter = sb_strdup(q->filter);
+    /* copies: the store thread writes them while q may change */
+    op->u.queue_put.id = q->id;
+    op->u.queue_put.name = strdup_null(q->name, &oom);
+    op->u.queue_put.filters = sb_sub_filters_copy(q->filters, q->filter_count, &oom);
+    op->u.queue_put.filter_count = q->filter_count;
     op->u.queue_put.settings = settings;
+    op->u.queue_put.protocol = strdup_null(q->protocol, &oom);
+    op->u.queue_put.owner = strdup_null(q->owner, &oom);
     op->cb = on_queue_put_done;
     op->ctx = q;
-    if (op->u.queue_put.name == NULL || op->u.queue_put.filter == NULL ||
-        sb_store_submit(b->store, op) != 0) {
+    if (oom || sb_store_submit(b->store, op) != 0) {
         op->status = SB_ENOMEM;
         on_queue_put_done(op, q);
         return SB_ENOMEM;
@@ -168,10 +184,10 @@ sb_queue *sb_broker__queue_by_id(sb_broker *b, uint32_t id)
     return sb_map_get(&b->queues_by_id, key);
 }
 
-sb_queue *sb_broker__add_queue(sb_broker *b, uint32_t id, const char *name, const char *filter,
-                               sb_error *err)
+sb_queue *sb_broker__add_queue(sb_broker *b, uint32_t id, const char *name,
+                               const sb_sub_filter *filters, size_t count, sb_error *err)
 {
-    sb_queue *q = sb_queue__new(b, id, name, filter);
+    sb_queue *q = sb_queue__new(b, id, name, filters, count);
     char key[12];
     id_key(key, id);
     if (q == NULL || sb_map_put(&b->queues_by_name, name, q, NULL) != 0) {
@@ -184,7 +200,7 @@ sb_queue *sb_broker__add_queue(sb_broker *b, uint32_t id, const char *name, cons
         sb_queue__close(q);
         goto oom;
     }
-    if (sb_subindex_add_all(&b->routing, q->filter, q) != 0) {
+    if (sb_subindex_add_all(&b->routing, q->filters, q->filter_count, q) != 0) {
         sb_map_remove(&b->queues_by_name, name);
         sb_map_remove(&b->queues_by_id, key);
         sb_queue__close(q);
@@ -202,56 +218,61 @@ oom:
     return NULL;
 }
 
-/* The part of filters not yet indexed when it replaces old: an MQTT
- * SUBSCRIBE appends its filter, and then only the new ones are indexed. */
-static const char *filters_added(const char *old, const char *filters)
+/* How many of filters are indexed already when they replace q's: an MQTT
+ * SUBSCRIBE appends a filter, and then only the new ones are indexed; the
+ * same filters (their QoS changed) need nothing; otherwise all of them. */
+static size_t filters_kept(const sb_queue *q, const sb_sub_filter *filters, size_t count)
 {
-    size_t n = strlen(old);
-    if (n > 0 && strncmp(filters, old, n) == 0 && filters[n] == '\n')
-        return filters + n + 1;
-    return filters;
+    if (count < q->filter_count ||
+        !sb_sub_filters_same(q->filters, q->filter_count, filters, q->filter_count))
+        return 0;
+    return q->filter_count;
 }
 
-int sb_broker__filter_begin(sb_broker *b, sb_queue *q, const char *filters, char **old_out)
+int sb_broker__filters_begin(sb_broker *b, sb_queue *q, const sb_sub_filter *filters, size_t count,
+                             sb_filter_change *change)
 {
-    char *f;
-    *old_out = NULL;
-    if (strcmp(q->filter, filters) == 0)
-        return 0;
-    if ((f = sb_strdup(filters)) == NULL ||
-        sb_subindex_add_all(&b->routing, filters_added(q->filter, f), q) != 0) {
-        sb_free(f);
+    size_t from = filters_kept(q, filters, count);
+    int oom = 0;
+    sb_sub_filter *copy = sb_sub_filters_copy(filters, count, &oom);
+    if (oom ||
+        (count > from && sb_subindex_add_all(&b->routing, copy + from, count - from, q) != 0)) {
+        sb_free(copy);
         return SB_ENOMEM;
     }
-    *old_out = q->filter;
-    q->filter = f;
+    change->old = q->filters;
+    change->old_count = q->filter_count;
+    change->indexed_from = from;
+    q->filters = copy;
+    q->filter_count = count;
     return 0;
 }
 
-void sb_broker__filter_end(sb_broker *b, sb_queue *q, char *old, int commit)
+void sb_broker__filters_end(sb_broker *b, sb_queue *q, sb_filter_change *change, int commit)
 {
-    const char *added;
-    if (old == NULL)
-        return;
-    added = filters_added(old, q->filter);
     if (commit) {
-        if (added == q->filter) /* replaced, not appended to */
-            sb_subindex_remove_all(&b->routing, old, q);
-        sb_free(old);
+        if (change->indexed_from == 0) /* replaced, not appended to */
+            sb_subindex_remove_all(&b->routing, change->old, change->old_count, q);
+        sb_free(change->old);
     } else {
         /* the index counts each (filter, queue) pair: this leaves old's */
-        sb_subindex_remove_all(&b->routing, added, q);
-        sb_free(q->filter);
-        q->filter = old;
+        if (q->filter_count > change->indexed_from)
+            sb_subindex_remove_all(&b->routing, q->filters + change->indexed_from,
+                                   q->filter_count - change->indexed_from, q);
+        sb_free(q->filters);
+        q->filters = change->old;
+        q->filter_count = change->old_count;
     }
+    change->old = NULL;
+    change->old_count = 0;
 }
 
-int sb_broker__set_filter(sb_broker *b, sb_queue *q, const char *filters)
+int sb_broker__set_filters(sb_broker *b, sb_queue *q, const sb_sub_filter *filters, size_t count)
 {
-    char *old;
-    int rc = sb_broker__filter_begin(b, q, filters, &old);
+    sb_filter_change change;
+    int rc = sb_broker__filters_begin(b, q, filters, count, &change);
     if (rc == 0)
-        sb_broker__filter_end(b, q, old, 1);
+        sb_broker__filters_end(b, q, &change, 1);
     return rc;
 }
 
@@ -265,7 +286,7 @@ static void unlink_queue(sb_broker *b, sb_queue *q)
     id_key(key, q->id);
     sb_map_remove(&b->queues_by_name, q->name);
     sb_map_remove(&b->queues_by_id, key);
-    sb_subindex_remove_all(&b->routing, q->filter, q);
+    sb_subindex_remove_all(&b->routing, q->filters, q->filter_count, q);
     if (q->prev != NULL)
         q->prev->next = q->next;
     else
@@ -359,14 +380,14 @@ void sb_broker__watch_expiry(sb_queue *q, int on)
     }
 }
 
-static int load_queue(void *ctx, uint32_t id, const char *name, const char *filter,
-                      const char *settings)
+static int load_queue(void *ctx, const sb_store_queue *sq)
 {
     sb_broker *b = ctx;
     json_error_t jerr;
-    json_t *o = settings != NULL ? json_loads(settings, 0, &jerr) : NULL;
+    json_t *o = sq->settings != NULL ? json_loads(sq->settings, 0, &jerr) : NULL;
     const char *kind = o != NULL ? json_string_value(json_object_get(o, "kind")) : NULL;
-    sb_queue *q = sb_broker__add_queue(b, id, name, filter, NULL);
+    sb_queue *q = sb_broker__add_queue(b, sq->id, sq->name, sq->filters, sq->filter_count, NULL);
+    int oom = 0;
     if (q == NULL) {
         json_decref(o);
         return SB_ENOMEM;
@@ -390,8 +411,9 @@ static int load_queue(void *ctx, uint32_t id, const char *name, const char *filt
             s.overflow = SB_OVERFLOW_DROP_OLDEST;
         s.expire_ms = json_integer_value(json_object_get(o, "expire_ms"));
         sb_queue__apply_settings(q, &s);
-        if (json_string_value(json_object_get(o, "meta")) != NULL &&
-            (q->meta = sb_strdup(json_string_value(json_object_get(o, "meta")))) == NULL) {
+        q->protocol = strdup_null(sq->protocol, &oom);
+        q->owner = strdup_null(sq->owner, &oom);
+        if (oom) {
             json_decref(o);
             return SB_ENOMEM;
         }
@@ -432,23 +454,17 @@ static void route_queue_name(char *out, size_t n, const sb_route_config *r, size
         snprintf(out, n, "%s:%s", r->name, r->to[dest]);
 }
 
-/* Joins a route's filters with '\n' (the queue matches any of them). */
-static char *route_filter(const sb_route_config *r)
+/* A route's filters (the queue matches any of them), pointing into r. */
+static sb_sub_filter *route_filters(const sb_route_config *r)
 {
-    size_t n = 1;
-    char *s;
-    for (size_t i = 0; i < r->from_count; i++)
-        n += strlen(r->from[i]) + 1;
-    s = sb_malloc(n);
-    if (s == NULL)
+    sb_sub_filter *f = sb_calloc(r->from_count > 0 ? r->from_count : 1, sizeof(*f));
+    if (f == NULL)
         return NULL;
-    s[0] = '\0';
     for (size_t i = 0; i < r->from_count; i++) {
-        if (i > 0)
-            strcat(s, "\n");
-        strcat(s, r->from[i]);
+        f[i].filter = r->from[i];
+        f[i].qos = SB_QOS_NONE;
     }
-    return s;
+    return f;
 }
 
 /* ---- sink bindings ---- */
@@ -525,8 +541,8 @@ static int bind_sink(sb_broker *b, sb_adapter *a, const char *queue_name, sb_err
     return sb_broker_attach(b, queue_name, &s->consumer, err);
 }
 
-/* Checks what the config schema cannot: destinations must be sinks, and
- * (with this_platform) every type exists here and its own checks pass. */
+/* Checks what the config pass cannot: (with this_platform) every type has
+ * an implementation here, the agent types exist, the auth files load. */
 int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *err)
 {
     for (size_t i = 0; i < cfg->route_count; i++) {
@@ -536,25 +552,8 @@ int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *er
                 return sb_error_set(err, SB_ECONFIG, 0,
                                     "%s:%d:%d: routes[%zu].from: filter contains a newline",
                                     cfg->path, r->pos.line, r->pos.col, i);
-        for (size_t t = 0; t < r->to_count; t++) {
-            const sb_adapter_config *a = sb_config_adapter(cfg, r->to[t]);
-            const sb_adapter_type *type = a != NULL ? sb_adapter_find(a->type) : NULL;
-            if (a == NULL || type == NULL)
-                continue; /* the config loader reported it */
-            unsigned caps = type->caps_of != NULL ? type->caps_of(a) : type->caps;
-            int mqtt = a->protocol != NULL && strcmp(a->protocol, "mqtt") == 0;
-            if (!(caps & SB_CAP_SINK) || type->deliver == NULL ||
-                (a->protocol != NULL && strcmp(a->protocol, "jsonl") == 0))
-                return sb_error_set(err, SB_ECONFIG, 0,
-                                    "%s:%d:%d: routes[%zu].to: adapter %s (type %s, protocol %s) "
-                                    "cannot be a destination%s",
-                                    cfg->path, r->pos.line, r->pos.col, i, a->name, a->type,
-                                    a->protocol != NULL ? a->protocol : "raw",
-                                    mqtt ? "; MQTT clients subscribe for themselves"
-                                    : !(caps & SB_CAP_SINK)
-                                        ? " (it only receives: give it `connect` to send)"
-                                        : "; jsonl clients subscribe by name");
-        }
+        /* whether each destination can take deliveries is the config
+         * pass's (the types' `destination` hooks) */
     }
     for (size_t i = 0; i < cfg->adapter_count && this_platform; i++) {
         const sb_adapter_type *type = sb_adapter_find(cfg->adapters[i].type);
@@ -563,13 +562,6 @@ int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *er
                 err, SB_ECONFIG, 0,
                 "%s:%d:%d: adapters[%zu].type: %s is not available on this platform", cfg->path,
                 cfg->adapters[i].pos.line, cfg->adapters[i].pos.col, i, cfg->adapters[i].type);
-        if (type->validate != NULL) {
-            sb_error verr;
-            if (type->validate(&cfg->adapters[i], &verr) != 0)
-                return sb_error_set(err, SB_ECONFIG, 0, "%s:%d:%d: adapters[%zu]: %s", cfg->path,
-                                    cfg->adapters[i].pos.line, cfg->adapters[i].pos.col, i,
-                                    verr.msg);
-        }
     }
     for (size_t i = 0; i < cfg->broker.agent_types_count && this_platform; i++)
         if (sb_adapter_find(cfg->broker.agent_types[i]) == NULL)
@@ -609,8 +601,8 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
     for (size_t i = 0; i < cfg->route_count; i++) {
         const sb_route_config *r = &cfg->routes[i];
         size_t dests = r->to_count == 0 ? 1 : r->to_count;
-        char *filter = route_filter(r);
-        if (filter == NULL)
+        sb_sub_filter *filters = route_filters(r);
+        if (filters == NULL)
             return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
         for (size_t d = 0; d < dests; d++) {
             sb_queue *q;
@@ -618,9 +610,9 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
             route_queue_name(name, sizeof(name), r, d);
             q = sb_broker__find_queue(b, name);
             if (q == NULL) {
-                q = sb_broker__add_queue(b, ++b->last_queue_id, name, filter, err);
+                q = sb_broker__add_queue(b, ++b->last_queue_id, name, filters, r->from_count, err);
                 if (q == NULL) {
-                    sb_free(filter);
+                    sb_free(filters);
                     return err != NULL ? err->code : SB_ENOMEM;
                 }
                 created = 1;
@@ -632,16 +624,21 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
             q->from_config = 1;
             sb_broker__expiry_remove(b, q);
             sb_queue__apply_route(q, r);
-            if (created || strcmp(q->filter, filter) != 0) {
-                if (sb_broker__set_filter(b, q, filter) != 0)
+            /* a queue that was a protocol session is not one any more */
+            if (created || q->protocol != NULL ||
+                !sb_sub_filters_same(q->filters, q->filter_count, filters, r->from_count)) {
+                if (sb_broker__set_filters(b, q, filters, r->from_count) != 0)
                     sb_errlog(q->name, "out of memory changing the filters to those of route %s",
                               r->name);
+                sb_free(q->protocol);
+                sb_free(q->owner);
+                q->protocol = q->owner = NULL;
                 sb_broker__put_queue(b, q);
                 if (created)
-                    sb_broker__enqueue_retained(b, q, q->filter);
+                    sb_broker__enqueue_retained(b, q, q->filters, q->filter_count);
             }
         }
-        sb_free(filter);
+        sb_free(filters);
     }
     for (sb_queue *q = b->queues; q != NULL; q = q->next)
         if (q->from_config && q->route == NULL && q->depth > 0)
@@ -734,25 +731,24 @@ static int start_admin(sb_broker *b, sb_error *err)
         sb_platform_default_admin_endpoint(path, sizeof(path), b->cfg->broker.data_dir);
     else
         snprintf(path, sizeof(path), "%s", ep);
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.name = "admin";
-    cfg.type = "pipe";
-    cfg.path = path;
-    cfg.protocol = "jsonl";
-    cfg.max_message = 16 * 1024 * 1024;
-    cfg.max_connections = 64;
-    /* sbctl may connect before it has a request (no idle_timeout), but
-     * sends each one whole */
-    cfg.idle_timeout_ms = 0;
-    cfg.frame_timeout_ms = 30000;
-    cfg.inflight = 64;
     /* The admin endpoint bypasses ACLs: only who administers the machine
      * and the broker's own account, unless broker.admin.security says more. */
     if ((rc = sb_platform_admin_security(&security, b->cfg->broker.admin_security, err)) != 0)
         return rc;
-    cfg.security = security;
-    rc = start_adapter(b, &cfg, &b->admin, err);
+    {
+        /* sbctl may connect before it has a request (no idle_timeout), but
+         * sends each one whole */
+        const char *const keys[] = {"path",         path,  "protocol",      "jsonl",
+                                    "max_message",  "16MiB", "max_connections", "64",
+                                    "idle_timeout", "0",     "frame_timeout", "30s",
+                                    "security",     security, NULL};
+        rc = sb_adapter_config_build(&cfg, "admin", "pipe", keys, err);
+    }
     sb_free(security);
+    if (rc != 0)
+        return rc;
+    rc = start_adapter(b, &cfg, &b->admin, err);
+    sb_adapter_config_free(&cfg);
     if (rc == 0) {
         /* The admin endpoint is not a config adapter: keep it off the list. */
         b->adapters = b->admin->next;
@@ -904,8 +900,8 @@ fail:
 /* ---- consumers ---- */
 
 /* A client-created queue (settings NULL: defaults); NULL with err set. */
-static sb_queue *new_client_queue(sb_broker *b, const char *name, const char *filter,
-                                  const sb_sub_settings *settings, sb_error *err)
+static sb_queue *new_client_queue(sb_broker *b, const char *name, const sb_sub_filter *filters,
+                                  size_t count, const sb_sub_settings *settings, sb_error *err)
 {
     sb_sub_settings defaults;
     sb_queue *q;
@@ -917,7 +913,7 @@ static sb_queue *new_client_queue(sb_broker *b, const char *name, const char *fi
         sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
         return NULL;
     }
-    if ((q = sb_broker__add_queue(b, ++b->last_queue_id, name, filter, err)) == NULL)
+    if ((q = sb_broker__add_queue(b, ++b->last_queue_id, name, filters, count, err)) == NULL)
         return NULL;
     if (settings == NULL) {
         sb_sub_settings_default(&defaults);
@@ -929,119 +925,173 @@ static sb_queue *new_client_queue(sb_broker *b, const char *name, const char *fi
     return q;
 }
 
-static int subscribe_here(sb_broker *b, const char *name, const char *filter,
-                          const sb_sub_settings *settings, sb_error *err);
+/* Each filter is valid. */
+static int filters_validate(const sb_sub_filter *filters, size_t count, sb_error *err)
+{
+    const char *why;
+    for (size_t i = 0; i < count; i++) {
+        const char *f = filters[i].filter;
+        if (f == NULL)
+            return sb_error_set(err, SB_EINVAL, 0, "filter %zu of %zu is missing", i + 1, count);
+        if (sb_filter_validate(f, strlen(f), &why) != 0)
+            return sb_error_set(err, SB_EINVAL, 0, "filter %.200s: %s", f, why);
+    }
+    return 0;
+}
+
+/* The filters of a subscription for a message, space-separated, cut short. */
+static void filters_text(char *out, size_t n, const sb_sub_filter *filters, size_t count)
+{
+    size_t len = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < count && len + 1 < n; i++)
+        len += (size_t)snprintf(out + len, n - len, "%s%s", i > 0 ? " " : "", filters[i].filter);
+}
+
+static int subscribe_here(sb_broker *b, const char *name, const sb_sub_filter *filters,
+                          size_t count, const sb_sub_settings *settings, sb_error *err);
 
 int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
                         const sb_sub_settings *settings, sb_error *err)
 {
-    if (b->remote != NULL) /* a session agent: the service has the queues */
-        return b->remote->ops->sub_define(b->remote, name, filter, settings, NULL, err);
-    return subscribe_here(b, name, filter, settings, err);
+    sb_sub_filter f = {filter, SB_QOS_NONE};
+    return sb_broker_subscribe_filters(b, name, filter != NULL ? &f : NULL, filter != NULL,
+                                       settings, err);
 }
 
-static int subscribe_here(sb_broker *b, const char *name, const char *filter,
-                          const sb_sub_settings *settings, sb_error *err)
+int sb_broker_subscribe_filters(sb_broker *b, const char *name, const sb_sub_filter *filters,
+                                size_t count, const sb_sub_settings *settings, sb_error *err)
+{
+    if (filters != NULL && count == 0)
+        return sb_error_set(err, SB_EINVAL, 0, "subscription %s: no filter", name);
+    if (b->remote != NULL) /* a session agent: the service has the queues */
+        return b->remote->ops->sub_define(b->remote, name, filters, count, settings, NULL, 0, err);
+    return subscribe_here(b, name, filters, count, settings, err);
+}
+
+static int subscribe_here(sb_broker *b, const char *name, const sb_sub_filter *filters,
+                          size_t count, const sb_sub_settings *settings, sb_error *err)
 {
     sb_queue *q = sb_broker__find_queue(b, name);
     sb_retained_batch retained;
-    const char *why;
+    char have[300], want[300];
+    int rc;
 
     if (q != NULL) {
-        if (filter != NULL && strcmp(filter, q->filter) != 0)
+        if (filters != NULL && !sb_sub_filters_same(filters, count, q->filters, q->filter_count)) {
+            filters_text(have, sizeof(have), q->filters, q->filter_count);
+            filters_text(want, sizeof(want), filters, count);
             return sb_error_set(err, SB_EEXIST, 0, "subscription %s exists with filter %s (not %s)",
-                                name, q->filter, filter);
+                                name, have, want);
+        }
         return 0;
     }
-    if (filter == NULL)
+    if (filters == NULL)
         return sb_error_set(err, SB_ENOTFOUND, 0, "no subscription %s (give a filter to create it)",
                             name);
-    if (sb_filter_validate(filter, strlen(filter), &why) != 0)
-        return sb_error_set(err, SB_EINVAL, 0, "filter %s", why);
-    if ((q = new_client_queue(b, name, filter, settings, err)) == NULL)
+    if ((rc = filters_validate(filters, count, err)) != 0)
+        return rc;
+    if ((q = new_client_queue(b, name, filters, count, settings, err)) == NULL)
         return err->code;
     /* All or nothing: a subscription the caller was told failed must not
      * exist, nor come back after a restart. */
-    if (sb_broker__retained_prepare(b, filter, &retained) != 0 || sb_broker__put_queue(b, q) != 0) {
+    if (sb_broker__retained_prepare(b, filters, count, &retained) != 0 ||
+        sb_broker__put_queue(b, q) != 0) {
         sb_broker__retained_discard(&retained);
         remove_queue(b, q);
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory creating subscription %s", name);
     }
     sb_broker__retained_queue(b, q, &retained);
-    sb_info(name, "created subscription with filter %s", filter);
+    filters_text(want, sizeof(want), filters, count);
+    sb_info(name, "created subscription with filter %s", want);
     return 0;
 }
 
-/* Each '\n'-separated filter is valid ("" is none at all). */
-static int filters_validate(const char *filters, sb_error *err)
-{
-    const char *why, *p = filters;
-    while (*p != '\0') {
-        const char *nl = strchr(p, '\n');
-        size_t n = nl != NULL ? (size_t)(nl - p) : strlen(p);
-        if (sb_filter_validate(p, n, &why) != 0)
-            return sb_error_set(err, SB_EINVAL, 0, "filter %.*s: %s", (int)(n > 200 ? 200 : n), p,
-                                why);
-        p += n + (nl != NULL);
-    }
-    return 0;
-}
+static int sub_define_here(sb_broker *b, const char *name, const sb_sub_def *def,
+                           const sb_sub_settings *settings, const sb_sub_filter *retained_for,
+                           size_t retained_count, sb_error *err);
 
-static int sub_define_here(sb_broker *b, const char *name, const char *filters, const char *meta,
-                           const sb_sub_settings *settings, const char *retained_for,
-                           sb_error *err);
-
-int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, const char *meta,
-                         const sb_sub_settings *settings, const char *retained_for, sb_error *err)
+int sb_broker_sub_define(sb_broker *b, const char *name, const sb_sub_def *def,
+                         const sb_sub_settings *settings, const sb_sub_filter *retained_for,
+                         size_t retained_count, sb_error *err)
 {
     int rc;
-    if (b->remote == NULL)
-        return sub_define_here(b, name, filters, meta, settings, retained_for, err);
-    /* a session agent: the service has the queues */
-    if ((rc = filters_validate(filters, err)) != 0)
+    if (def == NULL || def->protocol == NULL || (def->filter_count > 0 && def->filters == NULL))
+        return sb_error_set(err, SB_EINVAL, 0, "subscription %s: no protocol or no filters", name);
+    if ((rc = filters_validate(def->filters, def->filter_count, err)) != 0 ||
+        (rc = filters_validate(retained_for, retained_count, err)) != 0)
         return rc;
-    return b->remote->ops->sub_define(b->remote, name, filters, settings, retained_for, err);
+    if (b->remote == NULL)
+        return sub_define_here(b, name, def, settings, retained_for, retained_count, err);
+    /* a session agent: the service has the queues */
+    return b->remote->ops->sub_define(b->remote, name, def->filters, def->filter_count, settings,
+                                      retained_for, retained_count, err);
 }
 
-static int sub_define_here(sb_broker *b, const char *name, const char *filters, const char *meta,
-                           const sb_sub_settings *settings, const char *retained_for, sb_error *err)
+static int sub_define_here(sb_broker *b, const char *name, const sb_sub_def *def,
+                           const sb_sub_settings *settings, const sb_sub_filter *retained_for,
+                           size_t retained_count, sb_error *err)
 {
     sb_queue *q = sb_broker__find_queue(b, name);
     sb_retained_batch retained = {NULL, 0};
-    char *nm = NULL, *old_filter = NULL, *old_meta;
-    int rc, created = 0;
+    sb_filter_change change;
+    sb_sub_filter *both = NULL;
+    char *protocol = NULL, *owner = NULL, *old_protocol, *old_owner;
+    int created = 0, oom = 0;
 
-    if ((rc = filters_validate(filters, err)) != 0)
-        return rc;
     if (q == NULL) {
-        if ((q = new_client_queue(b, name, filters, settings, err)) == NULL)
+        if ((q = new_client_queue(b, name, NULL, 0, settings, err)) == NULL)
             return err->code;
         created = 1;
     } else if (q->from_config) {
         return sb_error_set(err, SB_EACCES, 0, "subscription %s is declared by a route", name);
-    } else if (q->meta == NULL) {
+    } else if (q->protocol == NULL) {
         /* created by sb_broker_subscribe (jsonl): not this protocol's */
         return sb_error_set(err, SB_EEXIST, 0, "subscription %s exists and is not a session", name);
+    } else if (strcmp(q->protocol, def->protocol) != 0) {
+        return sb_error_set(err, SB_EEXIST, 0, "subscription %s is a session of %s, not of %s",
+                            name, q->protocol, def->protocol);
+    }
+    /* A new one gets the retained values of its filters too (each value
+     * once, however many filters match it). */
+    if (created && def->filter_count > 0) {
+        size_t n = def->filter_count + retained_count;
+        if ((both = sb_malloc(n * sizeof(*both))) == NULL)
+            goto oom;
+        memcpy(both, def->filters, def->filter_count * sizeof(*both));
+        if (retained_count > 0)
+            memcpy(both + def->filter_count, retained_for, retained_count * sizeof(*both));
+        retained_for = both;
+        retained_count = n;
     }
     /* All or nothing: on failure the subscription is as it was (or absent). */
-    if ((retained_for != NULL && sb_broker__retained_prepare(b, retained_for, &retained) != 0) ||
-        (meta != NULL && (nm = sb_strdup(meta)) == NULL) ||
-        sb_broker__filter_begin(b, q, filters, &old_filter) != 0)
+    protocol = strdup_null(def->protocol, &oom);
+    owner = strdup_null(def->owner, &oom);
+    if (oom || sb_broker__retained_prepare(b, retained_for, retained_count, &retained) != 0)
         goto oom;
-    old_meta = q->meta;
-    q->meta = nm;
+    if (sb_broker__filters_begin(b, q, def->filters, def->filter_count, &change) != 0)
+        goto oom;
+    old_protocol = q->protocol;
+    old_owner = q->owner;
+    q->protocol = protocol;
+    q->owner = owner;
     if (sb_broker__put_queue(b, q) != 0) {
-        sb_broker__filter_end(b, q, old_filter, 0);
-        q->meta = old_meta;
+        sb_broker__filters_end(b, q, &change, 0);
+        q->protocol = old_protocol;
+        q->owner = old_owner;
         goto oom;
     }
-    sb_broker__filter_end(b, q, old_filter, 1);
-    sb_free(old_meta);
+    sb_broker__filters_end(b, q, &change, 1);
+    sb_free(old_protocol);
+    sb_free(old_owner);
+    sb_free(both);
     sb_broker__retained_queue(b, q, &retained);
     return 0;
 oom:
     sb_broker__retained_discard(&retained);
-    sb_free(nm);
+    sb_free(both);
+    sb_free(protocol);
+    sb_free(owner);
     if (created)
         remove_queue(b, q);
     return sb_error_set(err, SB_ENOMEM, 0, "out of memory defining subscription %s", name);
@@ -1050,18 +1100,28 @@ oom:
 int sb_broker_sub_add_retained(sb_broker *b, const char *name, const char *filter, sb_error *err)
 {
     sb_queue *q = b->remote == NULL ? sb_broker__find_queue(b, name) : NULL;
+    sb_sub_filter f = {filter, SB_QOS_NONE};
     int rc;
     if (q == NULL)
         return sb_error_set(err, SB_ENOTFOUND, 0, "no subscription %s", name);
-    if ((rc = filters_validate(filter, err)) != 0)
+    if ((rc = filters_validate(&f, 1, err)) != 0)
         return rc;
-    return sb_broker__enqueue_retained(b, q, filter);
+    return sb_broker__enqueue_retained(b, q, &f, 1);
 }
 
-const char *sb_broker_sub_meta(sb_broker *b, const char *name)
+int sb_broker_sub_get(sb_broker *b, const char *name, sb_sub_def *out)
 {
-    sb_queue *q = sb_broker__find_queue(b, name);
-    return q != NULL ? q->meta : NULL;
+    sb_queue *q;
+    memset(out, 0, sizeof(*out));
+    if (b->remote != NULL)
+        return b->remote->ops->sub_get(b->remote, name, out);
+    if ((q = sb_broker__find_queue(b, name)) == NULL)
+        return SB_ENOTFOUND;
+    out->filters = q->filters;
+    out->filter_count = q->filter_count;
+    out->protocol = q->protocol;
+    out->owner = q->owner;
+    return 0;
 }
 
 /* ---- protocol state: keys and sessions ---- */
@@ -1174,15 +1234,6 @@ void *sb_broker_session_swap(sb_broker *b, const char *name, void *owner)
     if (sb_map_put(&b->sessions, name, owner, &old) != 0)
         return NULL;
     return old;
-}
-
-const char *sb_broker_sub_filter(sb_broker *b, const char *name)
-{
-    sb_queue *q;
-    if (b->remote != NULL)
-        return b->remote->ops->sub_filter(b->remote, name);
-    q = sb_broker__find_queue(b, name);
-    return q != NULL ? q->filter : NULL;
 }
 
 int sb_broker_unsubscribe(sb_broker *b, const char *name, sb_error *err)

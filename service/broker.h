@@ -18,6 +18,7 @@
 #include "config/config.h"
 #include "service/error.h"
 #include "service/message.h"
+#include "service/topic.h"
 
 typedef struct sb_broker sb_broker;
 typedef struct sb_queue sb_queue;
@@ -154,33 +155,57 @@ typedef struct sb_sub_settings {
 
 void sb_sub_settings_default(sb_sub_settings *s);
 
-/* Creates the client subscription `name` with filter if it does not exist
- * (retained values matching the filter are queued into it). If it exists,
- * filter (when not NULL) must equal its filter. */
+/* Creates the client subscription `name` with one filter if it does not
+ * exist (retained values matching the filter are queued into it). If it
+ * exists, filter (when not NULL) must be its only filter. NULL filter: the
+ * subscription must exist (SB_ENOTFOUND). */
 int sb_broker_subscribe(sb_broker *b, const char *name, const char *filter,
                         const sb_sub_settings *settings, sb_error *err);
 
-/* The filter of subscription `name` ('\n'-separated when a route has
- * several), or NULL if there is none. */
-const char *sb_broker_sub_filter(sb_broker *b, const char *name);
+/* The same with filters[0..count) (count >= 1; NULL: it must exist). If it
+ * exists, the filters must be its filters, in the same order (QoS is not
+ * compared; this kind of subscription grants none). */
+int sb_broker_subscribe_filters(sb_broker *b, const char *name, const sb_sub_filter *filters,
+                                size_t count, const sb_sub_settings *settings, sb_error *err);
 
-/* Creates the client subscription `name`, or replaces its filters, with
- * `filters` ('\n'-separated topic filters; "" matches nothing) and `meta`
- * (a protocol's own text kept with the definition, e.g. MQTT's granted QoS
- * per filter; may be NULL). settings apply only when it is created (NULL:
- * defaults). Retained values matching `retained_for` (one filter, or NULL)
- * are queued into it. */
-int sb_broker_sub_define(sb_broker *b, const char *name, const char *filters, const char *meta,
-                         const sb_sub_settings *settings, const char *retained_for, sb_error *err);
+/* A subscription's definition. As an argument of sb_broker_sub_define, the
+ * pointers are borrowed for the call; as filled by sb_broker_sub_get, they
+ * point into the broker's copy, valid until the subscription changes or
+ * goes (use them on the loop thread, at once). */
+typedef struct sb_sub_def {
+    const sb_sub_filter *filters; /* in order; none (0): matches nothing yet */
+    size_t filter_count;
+    /* The client protocol that defined it with sb_broker_sub_define ("mqtt",
+     * "dde"); NULL for a route's queue and sb_broker_subscribe's. */
+    const char *protocol;
+    /* The identity the session belongs to (a user name, a certificate's
+     * name), or NULL: nobody's, or not a protocol session. */
+    const char *owner;
+} sb_sub_def;
+
+/* Fills *out with the definition of subscription `name`. Returns 0 or
+ * SB_ENOTFOUND (*out zeroed). */
+int sb_broker_sub_get(sb_broker *b, const char *name, sb_sub_def *out);
+
+/* Creates the client subscription `name` of protocol def->protocol (not
+ * NULL), or replaces the filters and owner of the one it made before, with
+ * *def, saved together (each filter keeps its QoS). settings apply only
+ * when it is created (NULL: defaults). On creation the retained values
+ * matching its filters are queued into it; those matching
+ * retained_for[0..retained_count) (a protocol subscribing to one more
+ * filter; may overlap def's) are queued whether it was created now or not.
+ * All or nothing: on failure the subscription is as it was (or absent).
+ * Returns 0, SB_EINVAL (a bad filter, no protocol), SB_EACCES (a route's
+ * queue), SB_EEXIST (a subscription of sb_broker_subscribe or another
+ * protocol has the name), SB_ENOMEM, SB_ESHUTDOWN. */
+int sb_broker_sub_define(sb_broker *b, const char *name, const sb_sub_def *def,
+                         const sb_sub_settings *settings, const sb_sub_filter *retained_for,
+                         size_t retained_count, sb_error *err);
 
 /* Queues the retained values matching `filter` into the existing
  * subscription `name`, as a new subscription gets those of its filter.
  * Returns 0, SB_ENOTFOUND, or SB_EINVAL for a bad filter. */
 int sb_broker_sub_add_retained(sb_broker *b, const char *name, const char *filter, sb_error *err);
-
-/* The meta text of subscription `name`, or NULL if it does not exist or was
- * not made by sb_broker_sub_define. */
-const char *sb_broker_sub_meta(sb_broker *b, const char *name);
 
 /* Sets how long client subscription `name` may go without a consumer
  * before it is deleted (0: never; see sb_sub_settings.expire_ms), saved
@@ -236,9 +261,10 @@ void *sb_broker_session_swap(sb_broker *b, const char *name, void *owner);
  * returns a new jansson reference (json_t *) or NULL on out-of-memory. */
 void *sb_broker_stats_json(sb_broker *b);
 
-/* 1 if a client may see the statistics of queue `name` with `filters`
- * ('\n'-separated). */
-typedef int (*sb_stats_visible_cb)(void *ctx, const char *name, const char *filters);
+/* 1 if a client may see the statistics of queue `name` with
+ * filters[0..count). */
+typedef int (*sb_stats_visible_cb)(void *ctx, const char *name, const sb_sub_filter *filters,
+                                   size_t count);
 
 /* The same with only the queues visible() accepts (NULL: every queue). */
 void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, void *ctx);

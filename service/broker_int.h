@@ -122,7 +122,8 @@ int sb_broker__load_retained(void *ctx, sb_message *msg);
 int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
 void sb_broker__drain_pending(sb_broker *b);
 void sb_broker__arm_flush(sb_broker *b);
-int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const char *filters);
+int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const sb_sub_filter *filters,
+                                size_t count);
 /* The same in two steps, so that a subscription is made all or nothing:
  * _prepare allocates copies of the retained values matching filters (0 or
  * SB_ENOMEM, then out is empty); _queue queues them into q and cannot fail;
@@ -131,7 +132,8 @@ typedef struct sb_retained_batch {
     sb_pending **items;
     size_t count;
 } sb_retained_batch;
-int sb_broker__retained_prepare(sb_broker *b, const char *filters, sb_retained_batch *out);
+int sb_broker__retained_prepare(sb_broker *b, const sb_sub_filter *filters, size_t count,
+                                sb_retained_batch *out);
 void sb_broker__retained_queue(sb_broker *b, sb_queue *q, sb_retained_batch *batch);
 void sb_broker__retained_discard(sb_retained_batch *batch);
 /* Drops topic's retained value, if any (memory only). */
@@ -147,19 +149,25 @@ void sb_broker__expiry_remove(sb_broker *b, sb_queue *q);
 /* A sink adapter can take deliveries again (sb_adapter_sink_ready). */
 void sb_broker__adapter_ready(sb_broker *b, sb_adapter *a);
 void sb_broker__free_op(sb_store_op *o, void *ctx);
-sb_queue *sb_broker__add_queue(sb_broker *b, uint32_t id, const char *name, const char *filter,
-                               sb_error *err);
+sb_queue *sb_broker__add_queue(sb_broker *b, uint32_t id, const char *name,
+                               const sb_sub_filter *filters, size_t count, sb_error *err);
 int sb_broker__put_queue(sb_broker *b, sb_queue *q);
 sb_queue *sb_broker__queue_by_id(sb_broker *b, uint32_t id);
-/* Gives q (a queue of the broker's list) a copy of filters and re-indexes
- * it; on SB_ENOMEM q keeps its filters. */
-int sb_broker__set_filter(sb_broker *b, sb_queue *q, const char *filters);
+/* Gives q (a queue of the broker's list) a copy of filters[0..count) and
+ * re-indexes it; on SB_ENOMEM q keeps its filters. */
+int sb_broker__set_filters(sb_broker *b, sb_queue *q, const sb_sub_filter *filters, size_t count);
 /* The same in two steps, so that a caller can undo it without allocating:
  * _begin indexes the new filters beside the old ones and gives them to q
- * (0 or SB_ENOMEM, then nothing changed), with *old_out the old text (NULL
- * if filters is unchanged); _end(commit) then drops the old filters from the
- * index, or (!commit) the new ones and gives q its old text back. */
-int sb_broker__filter_begin(sb_broker *b, sb_queue *q, const char *filters, char **old_out);
-void sb_broker__filter_end(sb_broker *b, sb_queue *q, char *old, int commit);
+ * (0 or SB_ENOMEM, then nothing changed), keeping the old ones in *change;
+ * _end(commit) then drops the old filters from the index, or (!commit) the
+ * new ones and gives q its old filters back. */
+typedef struct sb_filter_change {
+    sb_sub_filter *old; /* q's filters before _begin */
+    size_t old_count;
+    size_t indexed_from; /* the new filters from here on were indexed */
+} sb_filter_change;
+int sb_broker__filters_begin(sb_broker *b, sb_queue *q, const sb_sub_filter *filters, size_t count,
+                             sb_filter_change *change);
+void sb_broker__filters_end(sb_broker *b, sb_queue *q, sb_filter_change *change, int commit);
 
 #endif

@@ -111,7 +111,7 @@ int main(int argc, char **argv)
     /* Once, before any command looks up a type: a failure is a defect of
      * this build (two types of one name, a type built for another
      * interface version), not of the config. */
-    if (sb_adapter_register_all(sb_adapters_builtin, &err) != 0) {
+    if (sb_adapters_register_builtin(&err) != 0) {
         fprintf(stderr, "switchboard: cannot register the built-in adapter types: %s\n", err.msg);
         return 1;
     }

@@ -253,9 +253,13 @@ static void complete(sb_broker *b, sb_pending *p)
         for (int c = 0; c < 3; c++)
             if (p->durability_mask & (1 << c))
                 b->published_class[c]++;
-        for (size_t i = 0; i < p->queue_count; i++)
-            if (p->queues[i]->live)
-                sb_queue__dispatch(p->queues[i]);
+        for (size_t i = 0; i < p->queue_count; i++) {
+            if (!p->queues[i]->live)
+                continue;
+            sb_queue__dispatch(p->queues[i]);
+            /* what consumers did not take is trimmed to the limit */
+            sb_queue__trim(p->queues[i]);
+        }
     }
     if (p->cb != NULL)
         p->cb(p->ctx, p->status, p->status == 0 ? p->msg->id : 0,
@@ -612,22 +616,17 @@ static int by_id(const void *a, const void *b)
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
-int sb_broker__retained_prepare(sb_broker *b, const char *filters, sb_retained_batch *out)
+int sb_broker__retained_prepare(sb_broker *b, const sb_sub_filter *filters, size_t count,
+                                sb_retained_batch *out)
 {
     retained_match m = {++b->retained_gen, NULL, 0, 0, 0};
-    const char *f = filters;
     sb_pending **ps = NULL;
 
     out->items = NULL;
     out->count = 0;
-    for (;;) {
-        const char *nl = strchr(f, '\n');
-        size_t n = nl != NULL ? (size_t)(nl - f) : strlen(f);
-        sb_subindex_match_filter(&b->retained_topics, f, n, collect_retained, &m);
-        if (nl == NULL)
-            break;
-        f = nl + 1;
-    }
+    for (size_t i = 0; i < count; i++)
+        sb_subindex_match_filter(&b->retained_topics, filters[i].filter, strlen(filters[i].filter),
+                                 collect_retained, &m);
     if (m.failed)
         goto oom;
     if (m.count == 0)
@@ -713,10 +712,11 @@ void sb_broker__retained_queue(sb_broker *b, sb_queue *q, sb_retained_batch *bat
     batch->count = 0;
 }
 
-int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const char *filters)
+int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const sb_sub_filter *filters,
+                                size_t count)
 {
     sb_retained_batch batch;
-    int rc = sb_broker__retained_prepare(b, filters, &batch);
+    int rc = sb_broker__retained_prepare(b, filters, count, &batch);
     if (rc == 0)
         sb_broker__retained_queue(b, q, &batch);
     return rc;

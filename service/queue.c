@@ -90,19 +90,22 @@ double sb_rate__per_sec(const sb_rate *r, int64_t now_sec)
 
 static void on_timer(uv_timer_t *t);
 
-sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const char *filter)
+sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const sb_sub_filter *filters,
+                        size_t filter_count)
 {
     sb_queue *q = sb_calloc(1, sizeof(*q));
     sb_sub_settings defaults;
+    int oom = 0;
     if (q == NULL)
         return NULL;
     q->broker = b;
     q->id = id;
     q->name = sb_strdup(name);
-    q->filter = sb_strdup(filter);
-    if (q->name == NULL || q->filter == NULL) {
+    q->filters = sb_sub_filters_copy(filters, filter_count, &oom);
+    q->filter_count = filter_count;
+    if (q->name == NULL || oom) {
         sb_free(q->name);
-        sb_free(q->filter);
+        sb_free(q->filters);
         sb_free(q);
         return NULL;
     }
@@ -547,6 +550,32 @@ size_t sb_queue__drop_oldest(sb_queue *q, uint64_t *out, size_t n)
     return k;
 }
 
+static int over_limits(const sb_queue *q)
+{
+    return (q->max_depth > 0 && q->depth > q->max_depth) ||
+           (q->max_bytes > 0 && q->bytes > q->max_bytes);
+}
+
+void sb_queue__trim(sb_queue *q)
+{
+    int behind_leased = 0; /* past an entry that stays: not in the head run */
+    if (q->overflow != SB_OVERFLOW_DROP_OLDEST)
+        return;
+    for (sb_entry *e = q->fifo.head; e != NULL && over_limits(q); e = e->next) {
+        if (e->state != SB_ENTRY_READY && e->state != SB_ENTRY_RETRY) {
+            behind_leased |= e->state != SB_ENTRY_DONE;
+            continue;
+        }
+        q->dropped++;
+        finish(q, e);
+        if (behind_leased && q->durability != SB_DURABILITY_MEMORY) {
+            sb_broker__store_ack(q->broker, q, e->msg->id, e->msg->id);
+            e->persisted_done = 1;
+        }
+    }
+    pop_done(q); /* the head run is deleted from the store with the acks */
+}
+
 void sb_queue__expire(sb_queue *q, int64_t now_ms)
 {
     for (sb_entry *e = q->fifo.head; e != NULL;) {
@@ -581,8 +610,9 @@ static void on_timer_closed(uv_handle_t *h)
 {
     sb_queue *q = h->data;
     sb_free(q->name);
-    sb_free(q->filter);
-    sb_free(q->meta);
+    sb_free(q->filters);
+    sb_free(q->protocol);
+    sb_free(q->owner);
     sb_free(q->dedup_header);
     sb_free(q);
 }

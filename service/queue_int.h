@@ -48,8 +48,10 @@ struct sb_queue {
     sb_broker *broker;
     uint32_t id;
     char *name;
-    char *filter;
-    char *meta;                   /* a client protocol's text (sb_broker_sub_define) */
+    sb_sub_filter *filters; /* one block (sb_sub_filters_copy); NULL if none */
+    size_t filter_count;
+    char *protocol;               /* sb_broker_sub_define's; NULL: not a protocol session */
+    char *owner;                  /* the identity a protocol session belongs to, or NULL */
     int transient;                /* client queue not saved in the store */
     int from_config;              /* declared by a route (else client-created) */
     int live;                     /* still in the current config / not deleted */
@@ -103,9 +105,11 @@ struct sb_queue {
     int idle_listed;
 };
 
-/* Creates a queue (not yet in the broker's lists); settings from route
- * (config queues) or s (client queues). */
-sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const char *filter);
+/* Creates a queue (not yet in the broker's lists) with a copy of
+ * filters[0..filter_count); settings from route (config queues) or s
+ * (client queues). */
+sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const sb_sub_filter *filters,
+                        size_t filter_count);
 void sb_queue__apply_route(sb_queue *q, const sb_route_config *r);
 void sb_queue__apply_settings(sb_queue *q, const sb_sub_settings *s);
 
@@ -128,6 +132,12 @@ void sb_queue__close(sb_queue *q);
 /* The oldest entries to drop for the drop-oldest overflow policy: marks
  * up to n entries DONE (not leased ones) and writes their ids to out. */
 size_t sb_queue__drop_oldest(sb_queue *q, uint64_t *out, size_t n);
+
+/* Drop-oldest queues: drops the oldest entries (not leased ones) while
+ * the queue is over max_depth or max_bytes, deleting them from the store
+ * like acknowledged ones. Publishes that were in flight when their
+ * publish made room complete over the limit; this brings the queue back. */
+void sb_queue__trim(sb_queue *q);
 
 /* Sends the coalesced ack range to the store. */
 void sb_queue__flush_acks(sb_queue *q);

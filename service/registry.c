@@ -64,8 +64,6 @@ int sb_adapter_create(sb_adapter **out, sb_broker *broker, uv_loop_t *loop,
     if (type == NULL)
         return sb_error_set(err, SB_ECONFIG, 0, "adapter %s: unknown type %s", cfg->name,
                             cfg->type);
-    if (type->validate != NULL && (rc = type->validate(cfg, err)) != 0)
-        return rc;
     copy = sb_calloc(1, sizeof(*copy));
     if (copy == NULL || sb_adapter_config_copy(copy, cfg) != 0) {
         if (copy != NULL)

@@ -24,11 +24,15 @@ typedef struct sb_remote_ops {
     /* sb_broker_publish: cb once the service committed (or refused) msg. */
     int (*publish)(sb_remote *r, sb_message *msg, const sb_publish_opts *opts, sb_publish_cb cb,
                    void *ctx, sb_error *err);
-    /* sb_broker_subscribe and sb_broker_sub_define: remembered, and made in
-     * the service when a consumer attaches. */
-    int (*sub_define)(sb_remote *r, const char *name, const char *filters,
-                      const sb_sub_settings *settings, const char *retained_for, sb_error *err);
-    const char *(*sub_filter)(sb_remote *r, const char *name);
+    /* sb_broker_subscribe and sb_broker_sub_define: remembered (filters
+     * NULL: keep those remembered), and made in the service when a
+     * consumer attaches. */
+    int (*sub_define)(sb_remote *r, const char *name, const sb_sub_filter *filters, size_t count,
+                      const sb_sub_settings *settings, const sb_sub_filter *retained_for,
+                      size_t retained_count, sb_error *err);
+    /* sb_broker_sub_get of a subscription remembered here (its protocol
+     * and owner stay NULL: the service's copy is a plain subscription). */
+    int (*sub_get)(sb_remote *r, const char *name, sb_sub_def *out);
     int (*unsubscribe)(sb_remote *r, const char *name, sb_error *err);
     int (*attach)(sb_remote *r, const char *name, sb_consumer *c, sb_error *err);
     void (*detach)(sb_remote *r, sb_consumer *c, int failed);

@@ -224,41 +224,23 @@ int sb_subindex_remove(sb_subindex *ix, const char *filter, size_t len, void *va
     return SB_ENOTFOUND;
 }
 
-int sb_subindex_add_all(sb_subindex *ix, const char *filters, void *value)
+int sb_subindex_add_all(sb_subindex *ix, const sb_sub_filter *filters, size_t count, void *value)
 {
-    const char *p = filters;
-    for (;;) {
-        const char *nl = strchr(p, '\n');
-        size_t n = nl != NULL ? (size_t)(nl - p) : strlen(p);
-        if (sb_subindex_add(ix, p, n, value) != 0) {
-            /* undo the filters before this one */
-            while (p != filters) {
-                const char *start;
-                p--; /* at the '\n' ending the previous filter */
-                for (start = p; start > filters && start[-1] != '\n'; start--)
-                    ;
-                sb_subindex_remove(ix, start, (size_t)(p - start), value);
-                p = start;
-            }
+    for (size_t i = 0; i < count; i++) {
+        if (sb_subindex_add(ix, filters[i].filter, strlen(filters[i].filter), value) != 0) {
+            while (i-- > 0) /* undo the filters before this one */
+                sb_subindex_remove(ix, filters[i].filter, strlen(filters[i].filter), value);
             return SB_ENOMEM;
         }
-        if (nl == NULL)
-            return 0;
-        p = nl + 1;
     }
+    return 0;
 }
 
-void sb_subindex_remove_all(sb_subindex *ix, const char *filters, void *value)
+void sb_subindex_remove_all(sb_subindex *ix, const sb_sub_filter *filters, size_t count,
+                            void *value)
 {
-    const char *p = filters;
-    for (;;) {
-        const char *nl = strchr(p, '\n');
-        size_t n = nl != NULL ? (size_t)(nl - p) : strlen(p);
-        sb_subindex_remove(ix, p, n, value);
-        if (nl == NULL)
-            return;
-        p = nl + 1;
-    }
+    for (size_t i = 0; i < count; i++)
+        sb_subindex_remove(ix, filters[i].filter, strlen(filters[i].filter), value);
 }
 
 static void report(const sb_subnode *n, sb_subindex_fn fn, void *ctx)

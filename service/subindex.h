@@ -21,6 +21,8 @@
 
 #include <stddef.h>
 
+#include "service/topic.h"
+
 typedef struct sb_subnode sb_subnode;
 
 /* An empty index needs no allocation: `sb_subindex ix = {0};` */
@@ -39,10 +41,11 @@ int sb_subindex_add(sb_subindex *ix, const char *filter, size_t len, void *value
  * allocates. */
 int sb_subindex_remove(sb_subindex *ix, const char *filter, size_t len, void *value);
 
-/* The same for each of the '\n'-separated filters of `filters` (a queue's
- * filter text). add_all adds all or, on SB_ENOMEM, none. */
-int sb_subindex_add_all(sb_subindex *ix, const char *filters, void *value);
-void sb_subindex_remove_all(sb_subindex *ix, const char *filters, void *value);
+/* The same for each of filters[0..count) (a subscription's filters).
+ * add_all adds all or, on SB_ENOMEM, none. */
+int sb_subindex_add_all(sb_subindex *ix, const sb_sub_filter *filters, size_t count, void *value);
+void sb_subindex_remove_all(sb_subindex *ix, const sb_sub_filter *filters, size_t count,
+                            void *value);
 
 /* Calls fn(value, ctx) for each (filter, value) pair whose filter matches
  * topic (a valid topic: no wildcards). fn must not change the index. */

@@ -1,5 +1,6 @@
 /* Topic validation and MQTT filter matching. */
 #include "service/topic.h"
+#include "service/alloc.h"
 #include "service/error.h"
 
 #include <stdint.h>
@@ -106,7 +107,7 @@ int sb_filter_validate(const char *filter, size_t len, const char **why)
             return SB_EINVAL;
         }
         if (filter[i] == '\n') {
-            /* a subscription keeps its filters '\n'-separated */
+            /* reports join a subscription's filters with '\n' (jsonl) */
             *why = "a line break is not allowed in a filter";
             return SB_EINVAL;
         }
@@ -147,15 +148,64 @@ int sb_topic_match(const char *filter, const char *topic)
     return match_n(filter, strlen(filter), topic);
 }
 
-int sb_topic_match_any(const char *filters, const char *topic)
+int sb_topic_match_any(const sb_sub_filter *filters, size_t count, const char *topic)
 {
-    for (;;) {
-        const char *nl = strchr(filters, '\n');
-        size_t len = nl != NULL ? (size_t)(nl - filters) : strlen(filters);
-        if (match_n(filters, len, topic))
+    for (size_t i = 0; i < count; i++)
+        if (sb_topic_match(filters[i].filter, topic))
             return 1;
-        if (nl == NULL)
-            return 0;
-        filters = nl + 1;
+    return 0;
+}
+
+sb_sub_filter *sb_sub_filters_copy(const sb_sub_filter *filters, size_t count, int *oom)
+{
+    size_t size = count * sizeof(*filters);
+    sb_sub_filter *copy;
+    char *p;
+    if (count == 0)
+        return NULL;
+    for (size_t i = 0; i < count; i++)
+        size += strlen(filters[i].filter) + 1;
+    if ((copy = sb_malloc(size)) == NULL) {
+        *oom = 1;
+        return NULL;
     }
+    p = (char *)(copy + count);
+    for (size_t i = 0; i < count; i++) {
+        size_t n = strlen(filters[i].filter) + 1;
+        memcpy(p, filters[i].filter, n);
+        copy[i].filter = p;
+        copy[i].qos = filters[i].qos;
+        p += n;
+    }
+    return copy;
+}
+
+char *sb_sub_filters_join(const sb_sub_filter *filters, size_t count)
+{
+    size_t size = 1, len = 0;
+    char *s;
+    for (size_t i = 0; i < count; i++)
+        size += strlen(filters[i].filter) + 1;
+    if ((s = sb_malloc(size)) == NULL)
+        return NULL;
+    s[0] = '\0';
+    for (size_t i = 0; i < count; i++) {
+        size_t n = strlen(filters[i].filter);
+        if (i > 0)
+            s[len++] = '\n';
+        memcpy(s + len, filters[i].filter, n + 1);
+        len += n;
+    }
+    return s;
+}
+
+int sb_sub_filters_same(const sb_sub_filter *a, size_t a_count, const sb_sub_filter *b,
+                        size_t b_count)
+{
+    if (a_count != b_count)
+        return 0;
+    for (size_t i = 0; i < a_count; i++)
+        if (strcmp(a[i].filter, b[i].filter) != 0)
+            return 0;
+    return 1;
 }

@@ -22,8 +22,34 @@ int sb_filter_validate(const char *filter, size_t len, const char **why);
 /* 1 if topic matches filter, else 0. Both must be valid. */
 int sb_topic_match(const char *filter, const char *topic);
 
-/* 1 if topic matches any of the '\n'-separated filters in `filters`. */
-int sb_topic_match_any(const char *filters, const char *topic);
+/* One topic filter of a subscription, and the QoS a protocol granted on it
+ * (MQTT: 0..2; SB_QOS_NONE for subscriptions of routes and of protocols
+ * that grant none). A subscription's filters are an array of these. */
+typedef struct sb_sub_filter {
+    const char *filter;
+    int qos;
+} sb_sub_filter;
+
+#define SB_QOS_NONE (-1)
+
+/* 1 if topic matches any of the count filters, else 0. */
+int sb_topic_match_any(const sb_sub_filter *filters, size_t count, const char *topic);
+
+/* A copy of filters[0..count) in one allocation (the array, then the
+ * strings), freed with sb_free. NULL when count is 0, or out of memory:
+ * then it sets *oom to 1 (and otherwise leaves *oom as it is, so that one
+ * flag can collect the failures of several copies). */
+sb_sub_filter *sb_sub_filters_copy(const sb_sub_filter *filters, size_t count, int *oom);
+
+/* filters[0..count) joined with '\n' ("" for none), as reports showed a
+ * subscription's filters before they were a list; sb_free it. NULL if out
+ * of memory. */
+char *sb_sub_filters_join(const sb_sub_filter *filters, size_t count);
+
+/* 1 if a and b hold the same filter strings in the same order (QoS not
+ * compared), else 0. */
+int sb_sub_filters_same(const sb_sub_filter *a, size_t a_count, const sb_sub_filter *b,
+                        size_t b_count);
 
 /* Checks that s[0..len) is well-formed UTF-8 (no overlongs, no surrogates). */
 int sb_utf8_valid(const char *s, size_t len);

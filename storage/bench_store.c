@@ -134,6 +134,7 @@ static int run_one(const char *dir, uint64_t total, size_t window, int sync, int
     sb_store_options opts = {0};
     sb_store_stats st;
     sb_store_op qop = {0};
+    const sb_sub_filter bench_filter = {"bench/#", SB_QOS_NONE};
     sb_error err;
     uv_loop_t loop;
     bench b = {0};
@@ -158,9 +159,10 @@ static int run_one(const char *dir, uint64_t total, size_t window, int sync, int
     qop.type = SB_OP_QUEUE_PUT;
     qop.cb = queue_done;
     qop.ctx = &qdone;
-    qop.u.queue_put.queue_id = queue_id;
+    qop.u.queue_put.id = queue_id;
     qop.u.queue_put.name = "bench";
-    qop.u.queue_put.filter = "bench/#";
+    qop.u.queue_put.filters = &bench_filter;
+    qop.u.queue_put.filter_count = 1;
     sb_store_submit(b.store, &qop);
     while (qdone == 0)
         uv_run(&loop, UV_RUN_ONCE);

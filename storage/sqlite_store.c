@@ -73,6 +73,8 @@ enum stmt_id {
     ST_DEADLETTER_COPY,
     ST_DEADLETTER_PUT,
     ST_QUEUE_PUT,
+    ST_QUEUE_FILTERS_DELETE,
+    ST_QUEUE_FILTER_INSERT,
     ST_QUEUE_DELETE_ENTRIES,
     ST_QUEUE_DELETE,
     ST_DLQ_LIST_ALL,
@@ -123,9 +125,13 @@ static const char *const stmt_sql[ST_COUNT] = {
         " priority, dead_ms, reason, source, attempts)"
         " VALUES(coalesce(?3, (SELECT name FROM queues WHERE id = ?1)), ?2, ?8, ?9, ?10, ?11,"
         " ?12, ?13, ?4, ?5, ?6, ?7)",
-    [ST_QUEUE_PUT] = "INSERT INTO queues(id, name, filter, settings) VALUES(?1, ?2, ?3, ?4)"
-                     " ON CONFLICT(id) DO UPDATE SET name = excluded.name,"
-                     " filter = excluded.filter, settings = excluded.settings",
+    [ST_QUEUE_PUT] = "INSERT INTO queues(id, name, settings, protocol, owner)"
+                     " VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO UPDATE SET"
+                     " name = excluded.name, settings = excluded.settings,"
+                     " protocol = excluded.protocol, owner = excluded.owner",
+    [ST_QUEUE_FILTERS_DELETE] = "DELETE FROM queue_filters WHERE queue_id = ?1",
+    [ST_QUEUE_FILTER_INSERT] = "INSERT INTO queue_filters(queue_id, pos, filter, qos)"
+                               " VALUES(?1, ?2, ?3, ?4)",
     [ST_QUEUE_DELETE_ENTRIES] = "DELETE FROM entries WHERE queue_id = ?1",
     [ST_QUEUE_DELETE] = "DELETE FROM queues WHERE id = ?1",
     [ST_DLQ_LIST_ALL] = "SELECT " DLQ_COLUMNS " FROM dlq WHERE id > ?1 ORDER BY id LIMIT ?2",
@@ -517,18 +523,40 @@ static int exec_deadletter(sb_store *s, sb_store_op *op)
 
 static int exec_queue_put(sb_store *s, sb_store_op *op)
 {
+    const sb_store_queue *q = &op->u.queue_put;
     sqlite3_stmt *st = s->st[ST_QUEUE_PUT];
     int rc;
-    if (op->u.queue_put.name == NULL || op->u.queue_put.filter == NULL) {
+    if (q->name == NULL || (q->filter_count > 0 && q->filters == NULL)) {
         op->status = SB_EINVAL;
         return SQLITE_OK;
     }
-    rc = bind_run(st, bind_args(st, "ittt", (int64_t)op->u.queue_put.queue_id, op->u.queue_put.name,
-                                op->u.queue_put.filter, op->u.queue_put.settings));
+    for (size_t i = 0; i < q->filter_count; i++)
+        if (q->filters[i].filter == NULL) {
+            op->status = SB_EINVAL;
+            return SQLITE_OK;
+        }
+    /* The one error that is the op's own (another queue has the name)
+     * comes from this statement, before anything was written. */
+    rc = bind_run(
+        st, bind_args(st, "itttt", (int64_t)q->id, q->name, q->settings, q->protocol, q->owner));
     if (rc != SQLITE_OK)
         return op_error(s, op, rc, "queue definition");
-    if (op->u.queue_put.queue_id > s->group_queue_id)
-        s->group_queue_id = op->u.queue_put.queue_id;
+    st = s->st[ST_QUEUE_FILTERS_DELETE];
+    rc = bind_run(st, bind_args(st, "i", (int64_t)q->id));
+    if (rc != SQLITE_OK)
+        return fail(s, rc, "queue definition: filters");
+    st = s->st[ST_QUEUE_FILTER_INSERT];
+    for (size_t i = 0; i < q->filter_count; i++) {
+        const sb_sub_filter *f = &q->filters[i];
+        rc = bind_args(st, "iit", (int64_t)q->id, (int64_t)i, f->filter);
+        if (rc == SQLITE_OK)
+            rc = f->qos != SB_QOS_NONE ? sqlite3_bind_int(st, 4, f->qos) : sqlite3_bind_null(st, 4);
+        rc = bind_run(st, rc);
+        if (rc != SQLITE_OK)
+            return fail(s, rc, "queue definition: filters");
+    }
+    if (q->id > s->group_queue_id)
+        s->group_queue_id = q->id;
     return SQLITE_OK;
 }
 
@@ -538,6 +566,10 @@ static int exec_queue_delete(sb_store *s, sb_store_op *op)
     int rc = bind_run(st, bind_args(st, "i", (int64_t)op->u.queue_delete.queue_id));
     if (rc != SQLITE_OK)
         return fail(s, rc, "queue delete: entries");
+    st = s->st[ST_QUEUE_FILTERS_DELETE];
+    rc = bind_run(st, bind_args(st, "i", (int64_t)op->u.queue_delete.queue_id));
+    if (rc != SQLITE_OK)
+        return fail(s, rc, "queue delete: filters");
     st = s->st[ST_QUEUE_DELETE];
     rc = bind_run(st, bind_args(st, "i", (int64_t)op->u.queue_delete.queue_id));
     return rc != SQLITE_OK ? fail(s, rc, "queue delete") : SQLITE_OK;
@@ -1412,6 +1444,11 @@ static int open_db(sb_store *s, sb_error *err)
                             "%s is not a Switchboard database (a SQLite database of another "
                             "application)",
                             s->path);
+    if (version < 0 || version > INT32_MAX)
+        return sb_error_set(err, SB_ECORRUPT, 0,
+                            "database %s is corrupt: schema version %lld is not one this or any "
+                            "broker writes",
+                            s->path, (long long)version);
     if (version > SB_STORE_SCHEMA_VERSION)
         return sb_error_set(err, SB_EVERSION, 0,
                             "database %s has schema version %lld, newer than this broker's "
@@ -1439,9 +1476,7 @@ static int open_db(sb_store *s, sb_error *err)
         rc = query(s, "PRAGMA page_size", &s->page_size, NULL, 0);
     if (rc != SQLITE_OK)
         return db_error(s, rc, "setting up the connection", err);
-    rc = sb_store__schema_migrate(s->db, s->path, (int)version, err);
-    if (rc != 0)
-        return rc;
+    /* Checked before a migration, which must not build on damaged pages. */
     rc = query(s, "PRAGMA page_count", &pages, NULL, 0);
     if (rc != SQLITE_OK)
         return db_error(s, rc, "PRAGMA page_count", err);
@@ -1452,6 +1487,12 @@ static int open_db(sb_store *s, sb_error *err)
         if (strcmp(text, "ok") != 0)
             return sb_error_set(err, SB_ECORRUPT, 0, "database %s is corrupt: %s", s->path, text);
     }
+    rc = sb_store__schema_migrate(s->db, s->path, (int)version, err);
+    if (rc != 0)
+        return rc;
+    rc = query(s, "PRAGMA page_count", &pages, NULL, 0);
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, "PRAGMA page_count", err);
     s->stats.db_bytes = pages * s->page_size;
     return 0;
 }
@@ -1594,25 +1635,100 @@ static int row_error(sb_store *s, int rc, const char *table, sb_error *err)
                         table);
 }
 
+/* The filters of queue `id` from a scan of queue_filters ordered by
+ * (queue_id, pos), positioned at its next row (*step_rc): filters of
+ * queues not in `queues` (none are, unless edited by hand) are skipped.
+ * Fills *out (strings copied into one block, sb_free) and *out_count. */
+static int load_filters(sqlite3_stmt *st, int *step_rc, int64_t id, sb_sub_filter **out,
+                        size_t *out_count)
+{
+    sb_sub_filter *f = NULL;
+    size_t n = 0, cap = 0;
+    int oom = 0;
+    *out = NULL;
+    *out_count = 0;
+    while (*step_rc == SQLITE_ROW && sqlite3_column_int64(st, 0) < id)
+        *step_rc = sqlite3_step(st);
+    /* Borrow the texts while collecting: they stay valid until the next
+     * step, so each is copied before it. */
+    while (*step_rc == SQLITE_ROW && sqlite3_column_int64(st, 0) == id) {
+        const unsigned char *text = sqlite3_column_text(st, 1);
+        char *copy;
+        if (text == NULL) {
+            oom = 1; /* NOT NULL column: SQLite could not allocate */
+            break;
+        }
+        if (n == cap) {
+            size_t ncap = cap == 0 ? 4 : cap * 2;
+            sb_sub_filter *nf = sb_realloc(f, ncap * sizeof(*nf));
+            if (nf == NULL) {
+                oom = 1;
+                break;
+            }
+            f = nf;
+            cap = ncap;
+        }
+        if ((copy = sb_strdup((const char *)text)) == NULL) {
+            oom = 1;
+            break;
+        }
+        f[n].filter = copy;
+        f[n].qos =
+            sqlite3_column_type(st, 2) == SQLITE_NULL ? SB_QOS_NONE : sqlite3_column_int(st, 2);
+        n++;
+        *step_rc = sqlite3_step(st);
+    }
+    if (!oom && n > 0) {
+        *out = sb_sub_filters_copy(f, n, &oom);
+        *out_count = *out != NULL ? n : 0;
+    }
+    for (size_t i = 0; i < n; i++)
+        sb_free((char *)f[i].filter);
+    sb_free(f);
+    return oom ? SB_ENOMEM : 0;
+}
+
 int sb_store_load_queues(sb_store *s, sb_store_queue_cb cb, void *ctx, sb_error *err)
 {
-    sqlite3_stmt *st;
-    int rc = load_prepare(s, "SELECT id, name, filter, settings FROM queues ORDER BY id", &st, err);
-    int step_rc = SQLITE_DONE;
+    sqlite3_stmt *st, *fst;
+    int rc = load_prepare(s, "SELECT id, name, settings, protocol, owner FROM queues ORDER BY id",
+                          &st, err);
+    int step_rc = SQLITE_DONE, f_rc;
     if (rc != 0)
         return rc;
+    rc = load_prepare(s, "SELECT queue_id, filter, qos FROM queue_filters ORDER BY queue_id, pos",
+                      &fst, err);
+    if (rc != 0) {
+        (void)sqlite3_finalize(st);
+        return rc;
+    }
+    f_rc = sqlite3_step(fst);
     while (rc == 0 && (step_rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const unsigned char *name = sqlite3_column_text(st, 1);
-        const unsigned char *filter = sqlite3_column_text(st, 2);
-        const unsigned char *settings = sqlite3_column_text(st, 3);
-        if (name == NULL || filter == NULL ||
-            (settings == NULL && sqlite3_column_type(st, 3) != SQLITE_NULL)) {
+        sb_store_queue q;
+        sb_sub_filter *filters;
+        q.id = (uint32_t)sqlite3_column_int64(st, 0);
+        q.name = (const char *)sqlite3_column_text(st, 1);
+        q.settings = (const char *)sqlite3_column_text(st, 2);
+        q.protocol = (const char *)sqlite3_column_text(st, 3);
+        q.owner = (const char *)sqlite3_column_text(st, 4);
+        if (q.name == NULL || (q.settings == NULL && sqlite3_column_type(st, 2) != SQLITE_NULL) ||
+            (q.protocol == NULL && sqlite3_column_type(st, 3) != SQLITE_NULL) ||
+            (q.owner == NULL && sqlite3_column_type(st, 4) != SQLITE_NULL)) {
             rc = row_error(s, SB_ENOMEM, "queues", err);
             break;
         }
-        rc = cb(ctx, (uint32_t)sqlite3_column_int64(st, 0), (const char *)name,
-                (const char *)filter, (const char *)settings);
+        rc = load_filters(fst, &f_rc, sqlite3_column_int64(st, 0), &filters, &q.filter_count);
+        if (rc == 0 && f_rc != SQLITE_ROW && f_rc != SQLITE_DONE)
+            rc = db_error(s, f_rc, "loading queue filters", err);
+        else if (rc != 0)
+            rc = row_error(s, rc, "queue_filters", err);
+        if (rc != 0)
+            break;
+        q.filters = filters;
+        rc = cb(ctx, &q);
+        sb_free(filters);
     }
+    (void)sqlite3_finalize(fst); /* repeats a step error, handled above */
     return load_finish(s, st, step_rc, rc, err);
 }
 

@@ -32,7 +32,8 @@
  *                (all: nothing written); SB_ENOSPC / SB_EIO: the group failed
  *   ATTEMPTS     SB_ENOTFOUND: no such entry
  *   DEADLETTER   SB_ENOMEM; without msg, SB_ENOTFOUND: no such entry
- *   QUEUE_PUT    SB_EEXIST: another queue has that name; SB_EINVAL
+ *   QUEUE_PUT    SB_EEXIST: another queue has that name; SB_EINVAL (nothing
+ *                written)
  *   DLQ_REDRIVE  SB_ENOTFOUND (a row is gone) or SB_EEXIST (a new id is
  *                taken): nothing redriven; SB_ENOSPC / SB_EIO: group failed.
  *                Rows with target_queue_id 0 are skipped (left in place).
@@ -57,8 +58,9 @@
 
 #include "service/error.h"
 #include "service/message.h"
+#include "service/topic.h"
 
-#define SB_STORE_SCHEMA_VERSION 1
+#define SB_STORE_SCHEMA_VERSION 2
 /* PRAGMA application_id of a Switchboard database: 'SBOX'. */
 #define SB_STORE_APPLICATION_ID 0x53424F58
 
@@ -92,6 +94,19 @@ typedef struct sb_store_entry_ref {
     uint32_t queue_id;
     uint64_t msg_id;
 } sb_store_entry_ref;
+
+/* A subscription queue's definition, as SB_OP_QUEUE_PUT writes it and
+ * sb_store_load_queues reads it back. All pointers are borrowed. */
+typedef struct sb_store_queue {
+    uint32_t id;
+    const char *name;
+    const sb_sub_filter *filters; /* in order, each with its granted QoS (or
+                                     SB_QOS_NONE); none: matches nothing */
+    size_t filter_count;
+    const char *settings; /* opaque text (JSON) kept for the caller; may be NULL */
+    const char *protocol; /* the client protocol that defined it ("mqtt"); NULL: none */
+    const char *owner;    /* the identity a protocol session belongs to; NULL: none */
+} sb_store_queue;
 
 /* A dead letter as read back by SB_OP_DLQ_LIST / redriven by SB_OP_DLQ_REDRIVE. */
 typedef struct sb_dead_letter {
@@ -148,12 +163,7 @@ struct sb_store_op {
             const char *source;
             int attempts;
         } deadletter;
-        struct {
-            uint32_t queue_id;
-            const char *name;
-            const char *filter;
-            const char *settings; /* opaque text (JSON) kept for the caller */
-        } queue_put;
+        sb_store_queue queue_put; /* replaces the definition and every filter */
         struct {
             uint32_t queue_id;
         } queue_delete;
@@ -200,11 +210,12 @@ typedef struct sb_store_stats {
 } sb_store_stats;
 
 /* Opens (creating if needed) the database, checks it is a Switchboard
- * database (application_id), runs schema migrations up to
- * SB_STORE_SCHEMA_VERSION, and sets WAL mode. Refuses a foreign file
- * (SB_EFOREIGN), a corrupt one (SB_ECORRUPT), one from a newer version
- * (SB_EVERSION), or one another process holds (SB_EBUSY), with a message
- * naming the path. */
+ * database (application_id), sets WAL mode and brings an older schema up to
+ * SB_STORE_SCHEMA_VERSION in one transaction (logged; a failure leaves the
+ * database as it was and names the step that failed). Refuses a foreign
+ * file (SB_EFOREIGN), a corrupt one or one whose schema is not what its
+ * version says (SB_ECORRUPT), one from a newer version (SB_EVERSION), or
+ * one another process holds (SB_EBUSY), with a message naming the path. */
 int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err);
 
 /* Largest message id and queue id in use (0 if none). These are high-water
@@ -212,8 +223,8 @@ int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err);
  * Call before sb_store_start (SB_EINVAL after). */
 int sb_store_max_ids(sb_store *s, uint64_t *out_msg_id, uint32_t *out_queue_id, sb_error *err);
 
-typedef int (*sb_store_queue_cb)(void *ctx, uint32_t queue_id, const char *name, const char *filter,
-                                 const char *settings);
+/* q and everything it points to are valid during the call only. */
+typedef int (*sb_store_queue_cb)(void *ctx, const sb_store_queue *q);
 typedef int (*sb_store_entry_cb)(void *ctx, uint32_t queue_id, sb_message *msg, int attempts);
 typedef int (*sb_store_retained_cb)(void *ctx, sb_message *msg);
 typedef int (*sb_store_dedup_cb)(void *ctx, const char *key, int64_t expires_ms);

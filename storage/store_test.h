@@ -12,4 +12,11 @@
  * (injection is thread-local). */
 void sb_store_test_alloc_fail_after(sb_store *s, long n);
 
+/* Makes schema migrations call hook(step) before each of their steps (a
+ * short text naming it, as error messages do: "committing", "queue 5
+ * (name)", ...); a non-zero return fails the migration there, as an error
+ * would. Process-wide; NULL removes it. A hook may also end the process, to
+ * leave a migration half done. */
+void sb_store_test_migration_hook(int (*hook)(const char *step));
+
 #endif

@@ -7,6 +7,7 @@
  * race its exit), and then, per `restart`, it is started again with
  * exponential backoff.
  */
+#include "adapters/exec/exec_keys.h"
 #include "adapters/conn.h"
 #include "adapters/protocol/raw.h"
 #include "adapters/stream_core.h"
@@ -39,19 +40,6 @@ typedef struct exec_adapter {
 
 static void spawn_child(sb_stream *st);
 
-static int exec_validate(const sb_adapter_config *cfg, sb_error *err)
-{
-    int framing = sb_raw_framing_parse(cfg->framing, 0);
-    if (cfg->command_count == 0)
-        return sb_error_set(err, SB_ECONFIG, 0, "exec needs a command");
-    if (sb_protocol_find(cfg->protocol) == NULL)
-        return sb_error_set(err, SB_ECONFIG, 0, "unknown protocol %s", cfg->protocol);
-    if (framing != SB_FRAMING_LINE && framing != SB_FRAMING_LENGTH)
-        return sb_error_set(err, SB_ECONFIG, 0, "framing %s is not available for exec",
-                            cfg->framing);
-    return 0;
-}
-
 static int exec_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error *err)
 {
     exec_adapter *x = sb_calloc(1, sizeof(*x));
@@ -73,9 +61,9 @@ static void schedule_restart(exec_adapter *x, int failed)
     int64_t delay;
     if (x->base.stopping || x->running || x->st.conns != NULL)
         return;
-    if (cfg->restart == SB_RESTART_NEVER || (cfg->restart == SB_RESTART_ON_FAILURE && !failed)) {
+    if (SB_EXEC_CFG(cfg)->restart == SB_RESTART_NEVER || (SB_EXEC_CFG(cfg)->restart == SB_RESTART_ON_FAILURE && !failed)) {
         sb_log(SB_LOG_INFO, x->base.name, "child not restarted (restart: %s)",
-               cfg->restart == SB_RESTART_NEVER ? "never" : "on-failure");
+               SB_EXEC_CFG(cfg)->restart == SB_RESTART_NEVER ? "never" : "on-failure");
         return;
     }
     /* A child that ran for a while starts again from the first backoff. */
@@ -204,7 +192,7 @@ static void spawn_child(sb_stream *st)
     uv_pipe_t *in = sb_malloc(sizeof(*in)), *out = sb_malloc(sizeof(*out)),
               *err = sb_malloc(sizeof(*err));
     uv_process_t *p = sb_malloc(sizeof(*p));
-    char **args = sb_calloc(cfg->command_count + 1, sizeof(*args));
+    char **args = sb_calloc(SB_EXEC_CFG(cfg)->command_count + 1, sizeof(*args));
     char peer[64];
     int rc;
 
@@ -218,8 +206,8 @@ static void spawn_child(sb_stream *st)
         schedule_restart(x, 1);
         return;
     }
-    for (size_t i = 0; i < cfg->command_count; i++)
-        args[i] = cfg->command[i];
+    for (size_t i = 0; i < SB_EXEC_CFG(cfg)->command_count; i++)
+        args[i] = SB_EXEC_CFG(cfg)->command[i];
     uv_pipe_init(x->base.loop, in, 0);
     uv_pipe_init(x->base.loop, out, 0);
     uv_pipe_init(x->base.loop, err, 0);
@@ -240,7 +228,7 @@ static void spawn_child(sb_stream *st)
     rc = uv_spawn(x->base.loop, p, &opt);
     sb_free(args);
     if (rc != 0) {
-        sb_log(SB_LOG_ERROR, x->base.name, "cannot start %s: %s", cfg->command[0], uv_strerror(rc));
+        sb_log(SB_LOG_ERROR, x->base.name, "cannot start %s: %s", SB_EXEC_CFG(cfg)->command[0], uv_strerror(rc));
         uv_close((uv_handle_t *)in, (uv_close_cb)sb_free);
         uv_close((uv_handle_t *)out, (uv_close_cb)sb_free);
         uv_close((uv_handle_t *)err, (uv_close_cb)sb_free);
@@ -254,7 +242,7 @@ static void spawn_child(sb_stream *st)
     x->started_at = sb_now_ms();
     x->proc = p;
     x->st.pending++;
-    sb_log(SB_LOG_INFO, x->base.name, "started %s (pid %d)", cfg->command[0], p->pid);
+    sb_log(SB_LOG_INFO, x->base.name, "started %s (pid %d)", SB_EXEC_CFG(cfg)->command[0], p->pid);
     err->data = x;
     x->err_pipe = err;
     x->st.pending++;
@@ -269,7 +257,7 @@ static void spawn_child(sb_stream *st)
     c->on_input_eof = on_stdout_eof;
     sb_stream_add(st, c);
     snprintf(peer, sizeof(peer), "pid %d", p->pid);
-    if (sb_conn_start_uv(c, &x->base, sb_protocol_find(cfg->protocol), (uv_stream_t *)out,
+    if (sb_conn_start_uv(c, &x->base, sb_protocol_find(SB_STREAM_CFG(cfg)->protocol), (uv_stream_t *)out,
                          (uv_stream_t *)in, peer) != 0) {
         sb_conn_close(c, "cannot start the protocol session");
         uv_process_kill(p, 15);
@@ -283,9 +271,9 @@ static int exec_start(sb_adapter *a, sb_error *err)
     exec_adapter *x = (exec_adapter *)a;
     const sb_adapter_config *cfg = a->cfg;
     int rc;
-    sb_stream_init(&x->st, a, 0, cfg->command[0]);
-    x->st.backoff_first_ms = cfg->restart_backoff_ms > 0 ? cfg->restart_backoff_ms : 1000;
-    x->st.backoff_max_ms = cfg->restart_max_backoff_ms > 0 ? cfg->restart_max_backoff_ms : 60000;
+    sb_stream_init(&x->st, a, 0, SB_EXEC_CFG(cfg)->command[0]);
+    x->st.backoff_first_ms = SB_EXEC_CFG(cfg)->restart_backoff_ms > 0 ? SB_EXEC_CFG(cfg)->restart_backoff_ms : 1000;
+    x->st.backoff_max_ms = SB_EXEC_CFG(cfg)->restart_max_backoff_ms > 0 ? SB_EXEC_CFG(cfg)->restart_max_backoff_ms : 60000;
     x->st.connect = spawn_child;
     x->st.closed = on_conn_closed;
     x->st.busy = child_running;
@@ -325,7 +313,6 @@ const sb_adapter_type sb_adapter_exec = {
     .version = SB_ADAPTER_VERSION,
     .name = "exec",
     .caps = SB_CAP_SOURCE | SB_CAP_SINK,
-    .validate = exec_validate,
     .create = exec_create,
     .start = exec_start,
     .deliver = exec_deliver,

@@ -5,6 +5,7 @@
  * deliveries queue behind pending replies so a "subscribed" reply always
  * precedes the subscription's first message.
  */
+#include "adapters/stream_keys.h"
 #include "adapters/conn.h"
 #include "adapters/protocol/jsonl_fast.h"
 #include "service/agent_host.h"
@@ -495,27 +496,19 @@ static int protocol_owned(const jsonl_session *s, const char *name)
     return strncmp(name, "mqtt/", 5) == 0 && !s->conn->adapter->trusted;
 }
 
-/* Whether the client may read through '\n'-separated filters: every topic
- * of each (all), or some topic of one of them (!all). With no ACL, yes. */
-static int filters_readable(const jsonl_session *s, const char *filters, int all)
+/* Whether the client may read through filters: every topic of each (all),
+ * or some topic of one of them (!all). With no ACL, yes. */
+static int filters_readable(const jsonl_session *s, const sb_sub_filter *filters, size_t count,
+                            int all)
 {
     const struct sb_auth *acl = sb_conn_acl(s->conn);
-    char one[1024];
     if (acl == NULL || !sb_auth_has_acl(acl))
         return 1;
-    while (*filters != '\0') {
-        const char *nl = strchr(filters, '\n');
-        size_t n = nl != NULL ? (size_t)(nl - filters) : strlen(filters);
-        int ok = 0;
-        if (n < sizeof one) {
-            memcpy(one, filters, n);
-            one[n] = '\0';
-            ok = all ? sb_auth_filter_readable(acl, s->conn->user, NULL, one)
-                     : sb_auth_filter_allowed(acl, s->conn->user, NULL, one);
-        }
+    for (size_t i = 0; i < count; i++) {
+        int ok = all ? sb_auth_filter_readable(acl, s->conn->user, NULL, filters[i].filter)
+                     : sb_auth_filter_allowed(acl, s->conn->user, NULL, filters[i].filter);
         if (ok != all)
             return ok;
-        filters += n + (nl != NULL);
     }
     return all;
 }
@@ -523,31 +516,93 @@ static int filters_readable(const jsonl_session *s, const char *filters, int all
 /* The queues whose statistics a client sees while an ACL is in force: its
  * own subscriptions on this connection, and queues it may read wholly (not
  * MQTT sessions: their filters are another client's). */
-static int stats_visible(void *ctx, const char *name, const char *filters)
+static int stats_visible(void *ctx, const char *name, const sb_sub_filter *filters, size_t count)
 {
     const jsonl_session *s = ctx;
     if (find_sub((jsonl_session *)s, name) != NULL)
         return 1;
-    return !protocol_owned(s, name) && filters_readable(s, filters, 1);
+    return !protocol_owned(s, name) && filters_readable(s, filters, count, 1);
 }
 
-static void do_sub(jsonl_session *s, json_t *req, json_t *id)
+/* Reads v, a filter or a list of them, into *out (sb_free it; NULL for
+ * v NULL). Returns 0, SB_EINVAL (not strings, or an empty list), SB_ENOMEM. */
+static int filters_from_json(const json_t *v, sb_sub_filter **out, size_t *out_count)
 {
-    const char *name = json_string_value(json_object_get(req, "sub"));
-    json_t *f = json_object_get(req, "filter"), *w = json_object_get(req, "window"),
-           *ret = json_object_get(req, "retained");
+    size_t n = json_is_array(v) ? json_array_size(v) : 1;
+    *out = NULL;
+    *out_count = 0;
+    if (v == NULL)
+        return 0;
+    if ((!json_is_string(v) && !json_is_array(v)) || n == 0)
+        return SB_EINVAL;
+    if ((*out = sb_calloc(n, sizeof(**out))) == NULL)
+        return SB_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *f = json_is_array(v) ? json_array_get(v, i) : v;
+        if (!json_is_string(f)) {
+            sb_free(*out);
+            *out = NULL;
+            return SB_EINVAL;
+        }
+        (*out)[i].filter = json_string_value(f);
+        (*out)[i].qos = SB_QOS_NONE;
+    }
+    *out_count = n;
+    return 0;
+}
+
+/* The "subscribed" reply line for subscription `name`, or NULL if out of
+ * memory: "filter" joins its filters with '\n' (as before "filters" came). */
+static char *subscribed_line(sb_broker *b, const char *name, json_t *id, size_t *out_len)
+{
+    sb_sub_def def;
+    json_t *o, *list = json_array();
+    char *joined = NULL, *text = NULL, *line = NULL;
+    (void)sb_broker_sub_get(b, name, &def); /* just made or found: it exists */
+    for (size_t i = 0; list != NULL && i < def.filter_count; i++)
+        if (json_array_append_new(list, json_string(def.filters[i].filter)) != 0) {
+            json_decref(list);
+            list = NULL;
+        }
+    joined = sb_sub_filters_join(def.filters, def.filter_count);
+    o = list != NULL && joined != NULL ? json_pack("{s:s, s:s, s:s, s:O}", "op", "subscribed",
+                                                   "sub", name, "filter", joined, "filters", list)
+                                       : NULL;
+    json_decref(list);
+    sb_free(joined);
+    if (o != NULL && id != NULL)
+        json_object_set(o, "id", id);
+    if (o != NULL)
+        text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (text != NULL) {
+        size_t n = strlen(text);
+        if ((line = sb_malloc(n + 2)) != NULL) {
+            memcpy(line, text, n);
+            line[n] = '\n';
+            *out_len = n + 1;
+        }
+        free(text);
+    }
+    return line;
+}
+
+/* do_sub once the filters (and those of "retained") are read. */
+static void sub_attach(jsonl_session *s, json_t *req, json_t *id, const char *name,
+                       const sb_sub_filter *filters, size_t count, const sb_sub_filter *ret,
+                       size_t ret_count)
+{
+    json_t *w = json_object_get(req, "window");
     sb_broker *b = s->conn->adapter->broker;
     sb_sub_settings st;
-    const char *bad = NULL, *existing;
+    sb_sub_def existing;
+    const char *bad = NULL;
+    int exists;
     sb_error err;
     jsub *js;
     reply *r;
     char msg[300];
 
-    if (name == NULL)
-        return reply_error(s, id, SB_EINVAL, "sub: \"sub\" (the subscription name) is required");
-    if (f != NULL && !json_is_string(f))
-        return reply_error(s, id, SB_EINVAL, "sub: \"filter\" must be a string");
     if (w != NULL &&
         (!json_is_integer(w) || json_integer_value(w) < 1 || json_integer_value(w) > 100000))
         return reply_error(s, id, SB_EINVAL, "sub: \"window\" must be 1..100000");
@@ -555,8 +610,6 @@ static void do_sub(jsonl_session *s, json_t *req, json_t *id)
         snprintf(msg, sizeof(msg), "sub: invalid \"%s\"", bad);
         return reply_error(s, id, SB_EINVAL, msg);
     }
-    if (ret != NULL && !json_is_string(ret))
-        return reply_error(s, id, SB_EINVAL, "sub: \"retained\" must be a topic filter");
     if (s->conn->adapter->agent != NULL &&
         !sb_agent_link_may_sub(s->conn->adapter->agent, name, st.transient))
         return reply_error(s, id, SB_EACCES,
@@ -572,20 +625,19 @@ static void do_sub(jsonl_session *s, json_t *req, json_t *id)
      * those it may not read are dropped). An existing one may be shared
      * with others, whose messages would be dropped so: the client must be
      * able to read all of it. */
-    existing = sb_broker_sub_filter(b, name);
-    if (existing != NULL ? !filters_readable(s, existing, 1)
-                         : f != NULL && !filters_readable(s, json_string_value(f), 0))
+    exists = sb_broker_sub_get(b, name, &existing) == 0;
+    if (exists ? !filters_readable(s, existing.filters, existing.filter_count, 1)
+               : filters != NULL && !filters_readable(s, filters, count, 0))
         return reply_error(s, id, SB_EAUTH,
-                           existing != NULL
-                               ? "sub: not authorized to read every topic of this existing "
-                                 "subscription"
-                               : "sub: not authorized to read any topic of the filter");
-    if (sb_broker_subscribe(b, name, json_string_value(f), &st, &err) != 0)
+                           exists ? "sub: not authorized to read every topic of this existing "
+                                    "subscription"
+                                  : "sub: not authorized to read any topic of the filter");
+    if (sb_broker_subscribe_filters(b, name, filters, count, &st, &err) != 0)
         return reply_error(s, id, err.code, err.msg);
-    /* a new subscription got the retained values of its filter already */
-    if (ret != NULL && existing != NULL &&
-        sb_broker_sub_add_retained(b, name, json_string_value(ret), &err) != 0)
-        return reply_error(s, id, err.code, err.msg);
+    /* a new subscription got the retained values of its filters already */
+    for (size_t i = 0; exists && i < ret_count; i++)
+        if (sb_broker_sub_add_retained(b, name, ret[i].filter, &err) != 0)
+            return reply_error(s, id, err.code, err.msg);
     js = sb_calloc(1, sizeof(*js));
     if (js == NULL || (js->name = sb_strdup(name)) == NULL) {
         sb_free(js);
@@ -605,27 +657,7 @@ static void do_sub(jsonl_session *s, json_t *req, json_t *id)
     js->next = s->subs;
     s->subs = js;
     /* The reply is queued before attaching so it precedes the first message. */
-    r->line = NULL;
-    {
-        json_t *o = json_pack("{s:s, s:s, s:s?}", "op", "subscribed", "sub", name, "filter",
-                              sb_broker_sub_filter(b, name));
-        if (o != NULL && r->id != NULL)
-            json_object_set(o, "id", r->id);
-        if (o != NULL) {
-            char *text = json_dumps(o, JSON_COMPACT);
-            json_decref(o);
-            if (text != NULL) {
-                size_t n = strlen(text);
-                r->line = sb_malloc(n + 2);
-                if (r->line != NULL) {
-                    memcpy(r->line, text, n);
-                    r->line[n] = '\n';
-                    r->len = n + 1;
-                }
-                free(text);
-            }
-        }
-    }
+    r->line = subscribed_line(b, name, r->id, &r->len);
     if (r->line == NULL) {
         reply_set(r, NULL); /* out of memory: an error reply */
         jsub_free_detached(s, js, 0);
@@ -640,6 +672,30 @@ static void do_sub(jsonl_session *s, json_t *req, json_t *id)
     }
     /* r may already be written (and freed) by a delivery flushing the queue. */
     flush_replies(s);
+}
+
+static void do_sub(jsonl_session *s, json_t *req, json_t *id)
+{
+    const char *name = json_string_value(json_object_get(req, "sub"));
+    sb_sub_filter *filters = NULL, *ret = NULL;
+    size_t count = 0, ret_count = 0;
+    int rc;
+
+    if (name == NULL)
+        return reply_error(s, id, SB_EINVAL, "sub: \"sub\" (the subscription name) is required");
+    rc = filters_from_json(json_object_get(req, "filter"), &filters, &count);
+    if (rc == SB_EINVAL)
+        return reply_error(s, id, rc, "sub: \"filter\" must be a filter or a list of filters");
+    if (rc == 0)
+        rc = filters_from_json(json_object_get(req, "retained"), &ret, &ret_count);
+    if (rc == SB_EINVAL)
+        reply_error(s, id, rc, "sub: \"retained\" must be a filter or a list of filters");
+    else if (rc != 0)
+        reply_error(s, id, rc, "out of memory");
+    else
+        sub_attach(s, req, id, name, filters, count, ret, ret_count);
+    sb_free(filters);
+    sb_free(ret);
 }
 
 static void ack_submit(jsonl_session *s, const jl_str *name, int64_t msg_id, int ack,
@@ -1093,7 +1149,7 @@ static int jsonl_open(sb_conn *c)
         return SB_ENOMEM;
     s->conn = c;
     s->max_payload =
-        c->adapter->cfg->max_message > 0 ? (size_t)c->adapter->cfg->max_message : 1048576;
+        SB_STREAM_CFG(c->adapter->cfg)->max_message > 0 ? (size_t)SB_STREAM_CFG(c->adapter->cfg)->max_message : 1048576;
     /* A line carries JSON escaping and base64 around the payload. */
     s->max = s->max_payload * 2 + 65536;
     snprintf(s->source, sizeof(s->source), "%s %s", c->adapter->name, c->peer);

@@ -27,6 +27,7 @@
  * frame, and writes each length-prefixed frame as one pipe message
  * (adapters/pipe/win/pipe_int.h).
  */
+#include "adapters/stream_keys.h"
 #include "adapters/conn.h"
 #include "adapters/protocol/raw.h"
 #include "service/alloc.h"
@@ -554,18 +555,18 @@ static int raw_open(sb_conn *c)
     if (s == NULL)
         return SB_ENOMEM;
     s->conn = c;
-    s->framing = sb_raw_framing_parse(cfg->framing, 0);
-    s->max = cfg->max_message > 0 ? (size_t)cfg->max_message : 1048576;
-    s->read_ahead = cfg->read_ahead > 0 ? cfg->read_ahead : RAW_DEFAULT_READ_AHEAD;
-    s->topic = sb_raw_topic(cfg->topic, c->adapter->name, c->peer);
+    s->framing = sb_raw_framing_parse(SB_STREAM_CFG(cfg)->framing, 0);
+    s->max = SB_STREAM_CFG(cfg)->max_message > 0 ? (size_t)SB_STREAM_CFG(cfg)->max_message : 1048576;
+    s->read_ahead = SB_STREAM_CFG(cfg)->read_ahead > 0 ? SB_STREAM_CFG(cfg)->read_ahead : RAW_DEFAULT_READ_AHEAD;
+    s->topic = sb_raw_topic(SB_STREAM_CFG(cfg)->topic, c->adapter->name, c->peer);
     snprintf(s->source, sizeof(s->source), "%s %s", c->adapter->name, c->peer);
     /* Copies: the session may outlive its adapter's config by a callback. */
-    if (cfg->reply != NULL)
-        s->reply = sb_strdup(cfg->reply);
-    if (cfg->reply_error != NULL)
-        s->reply_error = sb_strdup(cfg->reply_error);
-    if (s->topic == NULL || (cfg->reply != NULL && s->reply == NULL) ||
-        (cfg->reply_error != NULL && s->reply_error == NULL)) {
+    if (SB_STREAM_CFG(cfg)->reply != NULL)
+        s->reply = sb_strdup(SB_STREAM_CFG(cfg)->reply);
+    if (SB_STREAM_CFG(cfg)->reply_error != NULL)
+        s->reply_error = sb_strdup(SB_STREAM_CFG(cfg)->reply_error);
+    if (s->topic == NULL || (SB_STREAM_CFG(cfg)->reply != NULL && s->reply == NULL) ||
+        (SB_STREAM_CFG(cfg)->reply_error != NULL && s->reply_error == NULL)) {
         session_free(s);
         return SB_ENOMEM;
     }

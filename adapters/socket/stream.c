@@ -8,6 +8,7 @@
  * (tls.c): its protocol starts, and it takes deliveries, once the handshake
  * is done; a client that fails the handshake reconnects with backoff.
  */
+#include "adapters/stream_keys.h"
 #include "adapters/conn.h"
 #include "adapters/protocol/raw.h"
 #include "adapters/socket/socket.h"
@@ -32,35 +33,14 @@ typedef struct stream_adapter {
     unsigned long serial;
 } stream_adapter;
 
-static int stream_validate(const sb_adapter_config *cfg, sb_error *err)
-{
-    struct sockaddr_storage ss;
-    const sb_protocol *p = sb_protocol_find(cfg->protocol);
-    int framing = sb_raw_framing_parse(cfg->framing, 0);
-    if (p == NULL)
-        return sb_error_set(err, SB_ECONFIG, 0, "unknown protocol %s", cfg->protocol);
-    if (framing != SB_FRAMING_LINE && framing != SB_FRAMING_LENGTH)
-        return sb_error_set(err, SB_ECONFIG, 0, "framing %s is not available for %s sockets",
-                            cfg->framing, cfg->type);
-    if (strcmp(cfg->type, "tcp") == 0) {
-        const char *addr = cfg->listen != NULL ? cfg->listen : cfg->connect;
-        if (addr == NULL)
-            return sb_error_set(err, SB_ECONFIG, 0, "tcp needs listen or connect");
-        return sb_socket_parse_addr(addr, &ss, err);
-    }
-    if (cfg->path == NULL && cfg->connect == NULL)
-        return sb_error_set(err, SB_ECONFIG, 0, "%s needs path or connect", cfg->type);
-    return 0;
-}
-
 static int stream_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error *err)
 {
     stream_adapter *s = sb_calloc(1, sizeof(*s));
     if (s == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
     s->is_tcp = strcmp(cfg->type, "tcp") == 0;
-    s->is_server = s->is_tcp ? cfg->listen != NULL : cfg->path != NULL;
-    s->proto = sb_protocol_find(cfg->protocol);
+    s->is_server = s->is_tcp ? SB_STREAM_CFG(cfg)->listen != NULL : SB_STREAM_CFG(cfg)->path != NULL;
+    s->proto = sb_protocol_find(SB_STREAM_CFG(cfg)->protocol);
     *out = &s->base;
     return 0;
 }
@@ -145,7 +125,7 @@ static void on_accepted(void *ctx, uv_stream_t *h)
 {
     stream_adapter *s = ctx;
     char peer[128];
-    int max = s->base.cfg->max_connections > 0 ? s->base.cfg->max_connections : 64;
+    int max = SB_STREAM_CFG(s->base.cfg)->max_connections > 0 ? SB_STREAM_CFG(s->base.cfg)->max_connections : 64;
 
     peer_name(s, h, peer, sizeof(peer));
     /* A full listener makes room by closing the connection that has waited
@@ -182,7 +162,7 @@ static void on_connect(uv_connect_t *req, int status)
     }
     if (s->tls == NULL)
         sb_stream_link_up(&s->st); /* with TLS, once the handshake is done */
-    snprintf(peer, sizeof(peer), "%s", s->base.cfg->connect);
+    snprintf(peer, sizeof(peer), "%s", SB_STREAM_CFG(s->base.cfg)->connect);
     if (s->is_tcp)
         uv_tcp_nodelay((uv_tcp_t *)h, 1);
     if (add_conn(s, h, peer) != 0 && s->st.conns == NULL) {
@@ -209,14 +189,14 @@ static void start_connect(sb_stream *st)
     if (s->is_tcp) {
         struct sockaddr_storage ss;
         int rc;
-        sb_socket_parse_addr(s->base.cfg->connect, &ss, NULL);
+        sb_socket_parse_addr(SB_STREAM_CFG(s->base.cfg)->connect, &ss, NULL);
         rc = uv_tcp_connect(req, (uv_tcp_t *)h, (struct sockaddr *)&ss, on_connect);
         if (rc != 0) {
             req->handle = h;
             on_connect(req, rc);
         }
     } else {
-        uv_pipe_connect(req, (uv_pipe_t *)h, s->base.cfg->connect, on_connect);
+        uv_pipe_connect(req, (uv_pipe_t *)h, SB_STREAM_CFG(s->base.cfg)->connect, on_connect);
     }
 }
 
@@ -239,14 +219,14 @@ static int stream_start(sb_adapter *a, sb_error *err)
     const sb_adapter_config *cfg = a->cfg;
     int rc;
 
-    if (s->is_tcp && sb_adapter_config_tls(cfg) && (rc = sb_tls_ctx_new(&s->tls, cfg, err)) != 0)
+    if (s->is_tcp && sb_stream_tls(cfg) && (rc = sb_tls_ctx_new(&s->tls, cfg, err)) != 0)
         return rc;
-    sb_stream_init(&s->st, a, s->is_server, cfg->connect);
+    sb_stream_init(&s->st, a, s->is_server, SB_STREAM_CFG(cfg)->connect);
     s->st.connect = start_connect;
     if (!s->is_server) {
         if ((rc = sb_stream_open_timer(&s->st, err)) != 0)
             return rc;
-        sb_log(SB_LOG_INFO, a->name, "connecting to %s (%s%s)", cfg->connect, s->proto->name,
+        sb_log(SB_LOG_INFO, a->name, "connecting to %s (%s%s)", SB_STREAM_CFG(cfg)->connect, s->proto->name,
                s->tls != NULL ? " over TLS" : "");
         sb_stream_connect(&s->st);
         return 0;
@@ -259,15 +239,15 @@ static int stream_start(sb_adapter *a, sb_error *err)
     s->st.pending++;
     if (s->is_tcp) {
         struct sockaddr_storage ss;
-        if ((rc = sb_socket_parse_addr(cfg->listen, &ss, err)) != 0 ||
-            (rc = sb_socket_bind_tcp((uv_tcp_t *)s->listener, (struct sockaddr *)&ss, cfg->listen,
+        if ((rc = sb_socket_parse_addr(SB_STREAM_CFG(cfg)->listen, &ss, err)) != 0 ||
+            (rc = sb_socket_bind_tcp((uv_tcp_t *)s->listener, (struct sockaddr *)&ss, SB_STREAM_CFG(cfg)->listen,
                                      err)) != 0)
             return prefix_error(err, a->name, rc);
-    } else if ((rc = sb_socket_bind_local((uv_pipe_t *)s->listener, cfg->path, err)) != 0) {
+    } else if ((rc = sb_socket_bind_local((uv_pipe_t *)s->listener, SB_STREAM_CFG(cfg)->path, err)) != 0) {
         return rc;
     }
     if ((rc = sb_socket_listen(&s->acceptor, s->listener, s->is_tcp, on_accepted, s, a->name,
-                               s->is_tcp ? cfg->listen : cfg->path, err)) != 0)
+                               s->is_tcp ? SB_STREAM_CFG(cfg)->listen : SB_STREAM_CFG(cfg)->path, err)) != 0)
         return prefix_error(err, a->name, rc);
     s->st.pending++;
     if (s->is_tcp) {
@@ -279,7 +259,7 @@ static int stream_start(sb_adapter *a, sb_error *err)
         sb_log(SB_LOG_INFO, a->name, "listening on tcp %s (%s%s)", where, s->proto->name,
                s->tls != NULL ? " over TLS" : "");
     } else {
-        sb_log(SB_LOG_INFO, a->name, "listening on %s (%s)", cfg->path, s->proto->name);
+        sb_log(SB_LOG_INFO, a->name, "listening on %s (%s)", SB_STREAM_CFG(cfg)->path, s->proto->name);
     }
     return 0;
 }
@@ -301,7 +281,7 @@ static void stream_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
 {
     stream_adapter *s = (stream_adapter *)a;
     if (s->st.adapter == NULL) /* never started */
-        sb_stream_init(&s->st, a, s->is_server, a->cfg->connect);
+        sb_stream_init(&s->st, a, s->is_server, SB_STREAM_CFG(a->cfg)->connect);
     if (s->acceptor != NULL) {
         sb_socket_listener_close(s->acceptor, on_acceptor_closed);
         s->acceptor = NULL;
@@ -309,8 +289,8 @@ static void stream_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
     if (s->listener != NULL) {
         uv_close((uv_handle_t *)s->listener, on_listener_closed);
         s->listener = NULL;
-        if (!s->is_tcp && a->cfg->path != NULL)
-            sb_socket_unlink_local(a->cfg->path);
+        if (!s->is_tcp && SB_STREAM_CFG(a->cfg)->path != NULL)
+            sb_socket_unlink_local(SB_STREAM_CFG(a->cfg)->path);
     }
     sb_stream_stop(&s->st, cb);
     sb_stream_maybe_stopped(&s->st);
@@ -352,7 +332,7 @@ static int stream_deliver(sb_adapter *a, sb_delivery *d)
 /* An MQTT listener is only a source: its clients subscribe for themselves. */
 static unsigned stream_caps_of(const sb_adapter_config *cfg)
 {
-    if (cfg->protocol != NULL && strcmp(cfg->protocol, "mqtt") == 0)
+    if (SB_STREAM_CFG(cfg)->protocol != NULL && strcmp(SB_STREAM_CFG(cfg)->protocol, "mqtt") == 0)
         return SB_CAP_SOURCE;
     return SB_CAP_SOURCE | SB_CAP_SINK;
 }
@@ -360,12 +340,15 @@ static unsigned stream_caps_of(const sb_adapter_config *cfg)
 #define STREAM_TYPE(type_name)                                                                     \
     {                                                                                              \
         .version = SB_ADAPTER_VERSION, .name = type_name, .caps = SB_CAP_SOURCE | SB_CAP_SINK,     \
-        .caps_of = stream_caps_of, .validate = stream_validate, .create = stream_create,           \
+        .caps_of = stream_caps_of, .create = stream_create,           \
         .start = stream_start, .deliver = stream_deliver, .stop = stream_stop,                     \
         .destroy = stream_destroy, .refresh = stream_refresh,                                      \
     }
 
 const sb_adapter_type sb_adapter_tcp = STREAM_TYPE("tcp");
+#ifndef _WIN32
 const sb_adapter_type sb_adapter_unix = STREAM_TYPE("unix");
-/* On POSIX, `type: pipe` is a Unix domain socket (the same config serves both). */
-const sb_adapter_type sb_adapter_pipe_unix = STREAM_TYPE("pipe");
+/* On POSIX, `type: pipe` is a Unix domain socket (the same config serves
+ * both); on Windows pipe/win/ implements it. */
+const sb_adapter_type sb_adapter_pipe = STREAM_TYPE("pipe");
+#endif

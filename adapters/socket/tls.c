@@ -16,6 +16,7 @@
  * connection's write completes (sb_conn_write_done) with the uv_write that
  * carries the end of its ciphertext. Nothing is allocated per record.
  */
+#include "adapters/stream_keys.h"
 #include "adapters/socket/tls.h"
 #include "service/alloc.h"
 #include "service/log.h"
@@ -163,27 +164,27 @@ static int is_ip_literal(const char *name)
 static int load_identity(sb_tls_ctx *t, const sb_adapter_config *cfg, sb_error *err)
 {
     int rc;
-    if (cfg->tls_cert == NULL)
+    if (SB_STREAM_CFG(cfg)->tls_cert == NULL)
         return 0;
-    if ((rc = check_file(err, cfg, "tls.cert", cfg->tls_cert)) != 0 ||
-        (rc = check_file(err, cfg, "tls.key", cfg->tls_key)) != 0)
+    if ((rc = check_file(err, cfg, "tls.cert", SB_STREAM_CFG(cfg)->tls_cert)) != 0 ||
+        (rc = check_file(err, cfg, "tls.key", SB_STREAM_CFG(cfg)->tls_key)) != 0)
         return rc;
-    if (SSL_CTX_use_certificate_chain_file(t->ssl, cfg->tls_cert) != 1)
-        return ctx_error(err, cfg, "tls.cert", cfg->tls_cert, "cannot load certificate chain");
-    if (SSL_CTX_use_PrivateKey_file(t->ssl, cfg->tls_key, SSL_FILETYPE_PEM) != 1) {
+    if (SSL_CTX_use_certificate_chain_file(t->ssl, SB_STREAM_CFG(cfg)->tls_cert) != 1)
+        return ctx_error(err, cfg, "tls.cert", SB_STREAM_CFG(cfg)->tls_cert, "cannot load certificate chain");
+    if (SSL_CTX_use_PrivateKey_file(t->ssl, SB_STREAM_CFG(cfg)->tls_key, SSL_FILETYPE_PEM) != 1) {
         unsigned long e = ERR_peek_last_error();
         if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH) {
             ERR_clear_error();
             return sb_error_set(err, SB_ECONFIG, 0,
                                 "adapter %s: tls.key %s does not match tls.cert %s", cfg->name,
-                                cfg->tls_key, cfg->tls_cert);
+                                SB_STREAM_CFG(cfg)->tls_key, SB_STREAM_CFG(cfg)->tls_cert);
         }
-        return ctx_error(err, cfg, "tls.key", cfg->tls_key, "cannot load private key");
+        return ctx_error(err, cfg, "tls.key", SB_STREAM_CFG(cfg)->tls_key, "cannot load private key");
     }
     if (SSL_CTX_check_private_key(t->ssl) != 1) {
         ERR_clear_error();
         return sb_error_set(err, SB_ECONFIG, 0, "adapter %s: tls.key %s does not match tls.cert %s",
-                            cfg->name, cfg->tls_key, cfg->tls_cert);
+                            cfg->name, SB_STREAM_CFG(cfg)->tls_key, SB_STREAM_CFG(cfg)->tls_cert);
     }
     return 0;
 }
@@ -191,22 +192,22 @@ static int load_identity(sb_tls_ctx *t, const sb_adapter_config *cfg, sb_error *
 static int load_ca(sb_tls_ctx *t, const sb_adapter_config *cfg, sb_error *err)
 {
     int rc;
-    if (cfg->tls_ca == NULL)
+    if (SB_STREAM_CFG(cfg)->tls_ca == NULL)
         return 0;
-    if (strcmp(cfg->tls_ca, "system") == 0) {
+    if (strcmp(SB_STREAM_CFG(cfg)->tls_ca, "system") == 0) {
         if (SSL_CTX_set_default_verify_paths(t->ssl) != 1)
             return ctx_error(err, cfg, "tls.ca", "system", "cannot use OpenSSL's default CAs");
         return 0;
     }
-    if ((rc = check_file(err, cfg, "tls.ca", cfg->tls_ca)) != 0)
+    if ((rc = check_file(err, cfg, "tls.ca", SB_STREAM_CFG(cfg)->tls_ca)) != 0)
         return rc;
-    if (SSL_CTX_load_verify_locations(t->ssl, cfg->tls_ca, NULL) != 1)
-        return ctx_error(err, cfg, "tls.ca", cfg->tls_ca, "cannot load CA certificates");
-    if (t->is_server && cfg->tls_client_cert != SB_CLIENT_CERT_NONE) {
+    if (SSL_CTX_load_verify_locations(t->ssl, SB_STREAM_CFG(cfg)->tls_ca, NULL) != 1)
+        return ctx_error(err, cfg, "tls.ca", SB_STREAM_CFG(cfg)->tls_ca, "cannot load CA certificates");
+    if (t->is_server && SB_STREAM_CFG(cfg)->tls_client_cert != SB_CLIENT_CERT_NONE) {
         /* the CA names a server sends with its certificate request */
-        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(cfg->tls_ca);
+        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(SB_STREAM_CFG(cfg)->tls_ca);
         if (names == NULL)
-            return ctx_error(err, cfg, "tls.ca", cfg->tls_ca, "cannot load CA names");
+            return ctx_error(err, cfg, "tls.ca", SB_STREAM_CFG(cfg)->tls_ca, "cannot load CA names");
         SSL_CTX_set_client_CA_list(t->ssl, names);
     }
     return 0;
@@ -223,7 +224,7 @@ int sb_tls_ctx_new(sb_tls_ctx **out, const sb_adapter_config *cfg, sb_error *err
     t = sb_calloc(1, sizeof(*t));
     if (t == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-    t->is_server = cfg->listen != NULL;
+    t->is_server = SB_STREAM_CFG(cfg)->listen != NULL;
     t->ssl = SSL_CTX_new(t->is_server ? TLS_server_method() : TLS_client_method());
     if (t->ssl == NULL) {
         rc = ctx_error(err, cfg, "tls", "", "cannot create an OpenSSL context");
@@ -232,33 +233,33 @@ int sb_tls_ctx_new(sb_tls_ctx **out, const sb_adapter_config *cfg, sb_error *err
     SSL_CTX_set_default_passwd_cb(t->ssl, no_password);
     /* Renegotiation only costs the server: nothing here needs it. */
     SSL_CTX_set_options(t->ssl, SSL_OP_NO_RENEGOTIATION);
-    SSL_CTX_set_min_proto_version(t->ssl, cfg->tls_min_version == SB_TLS_V1_3 ? TLS1_3_VERSION
+    SSL_CTX_set_min_proto_version(t->ssl, SB_STREAM_CFG(cfg)->tls_min_version == SB_TLS_V1_3 ? TLS1_3_VERSION
                                                                               : TLS1_2_VERSION);
-    if (cfg->tls_ciphers != NULL && SSL_CTX_set_cipher_list(t->ssl, cfg->tls_ciphers) != 1) {
+    if (SB_STREAM_CFG(cfg)->tls_ciphers != NULL && SSL_CTX_set_cipher_list(t->ssl, SB_STREAM_CFG(cfg)->tls_ciphers) != 1) {
         char why[200] = "";
         take_reasons(why, sizeof(why));
         rc = sb_error_set(err, SB_ECONFIG, 0,
                           "adapter %s: tls.ciphers '%s': OpenSSL accepts none of them (%s)",
-                          cfg->name, cfg->tls_ciphers, why);
+                          cfg->name, SB_STREAM_CFG(cfg)->tls_ciphers, why);
         goto fail;
     }
     if ((rc = load_identity(t, cfg, err)) != 0 || (rc = load_ca(t, cfg, err)) != 0)
         goto fail;
     if (t->is_server) {
         int mode = SSL_VERIFY_NONE;
-        if (cfg->tls_client_cert == SB_CLIENT_CERT_OPTIONAL)
+        if (SB_STREAM_CFG(cfg)->tls_client_cert == SB_CLIENT_CERT_OPTIONAL)
             mode = SSL_VERIFY_PEER;
-        else if (cfg->tls_client_cert == SB_CLIENT_CERT_REQUIRE)
+        else if (SB_STREAM_CFG(cfg)->tls_client_cert == SB_CLIENT_CERT_REQUIRE)
             mode = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
         SSL_CTX_set_verify(t->ssl, mode, NULL);
         t->verify = mode != SSL_VERIFY_NONE;
         /* resumed sessions (which keep the verified certificate) need it */
         SSL_CTX_set_session_id_context(t->ssl, sid_ctx, sizeof(sid_ctx) - 1);
     } else {
-        t->verify = cfg->tls_verify;
+        t->verify = SB_STREAM_CFG(cfg)->tls_verify;
         SSL_CTX_set_verify(t->ssl, t->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
-        t->verify_name = cfg->tls_server_name != NULL ? sb_strdup(cfg->tls_server_name)
-                                                      : connect_host(cfg->connect);
+        t->verify_name = SB_STREAM_CFG(cfg)->tls_server_name != NULL ? sb_strdup(SB_STREAM_CFG(cfg)->tls_server_name)
+                                                      : connect_host(SB_STREAM_CFG(cfg)->connect);
         if (t->verify_name == NULL) {
             rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
             goto fail;

@@ -4,7 +4,11 @@
  * as one datagram (acknowledged when the send completes: UDP itself gives no
  * delivery guarantee). Datagrams cannot be slowed down: when a publish is
  * refused (queue full, disk full) the datagram is dropped and counted.
+ * While UDP_MAX_PENDING datagrams wait for their commit, receiving pauses
+ * and the socket's buffer holds (or the kernel drops) the next ones, rather
+ * than a flood piling up in memory in front of a slow store.
  */
+#include "adapters/stream_keys.h"
 #include "service/adapter.h"
 #include "adapters/protocol/raw.h"
 #include "adapters/socket/socket.h"
@@ -15,6 +19,8 @@
 
 #include <string.h>
 
+#define UDP_MAX_PENDING 1024
+
 typedef struct udp_adapter {
     sb_adapter base;
     uv_udp_t *h;
@@ -23,6 +29,9 @@ typedef struct udp_adapter {
     uint64_t dropped;
     int acl_warned; /* a denied datagram was logged (once: a feed can be busy) */
     char *buf;
+    int pending;   /* datagrams published, not yet committed or refused */
+    int paused;    /* receiving stopped at UDP_MAX_PENDING */
+    int destroyed; /* freed when the last pending publish is done */
     sb_adapter_stopped_cb stopped_cb;
 } udp_adapter;
 
@@ -31,23 +40,12 @@ typedef struct udp_send {
     sb_delivery *d;
 } udp_send;
 
-static int udp_validate(const sb_adapter_config *cfg, sb_error *err)
-{
-    struct sockaddr_storage ss;
-    const char *addr = cfg->listen != NULL ? cfg->listen : cfg->connect;
-    if (cfg->protocol != NULL && strcmp(cfg->protocol, "raw") != 0)
-        return sb_error_set(err, SB_ECONFIG, 0, "udp carries the raw protocol only");
-    if (addr == NULL)
-        return sb_error_set(err, SB_ECONFIG, 0, "udp needs listen or connect");
-    return sb_socket_parse_addr(addr, &ss, err);
-}
-
 static int udp_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error *err)
 {
     udp_adapter *u = sb_calloc(1, sizeof(*u));
     if (u == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-    u->is_server = cfg->listen != NULL;
+    u->is_server = SB_STREAM_CFG(cfg)->listen != NULL;
     *out = &u->base;
     return 0;
 }
@@ -60,13 +58,31 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = 65536;
 }
 
+static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct sockaddr *addr,
+                    unsigned flags);
+
+static void udp_free(udp_adapter *u)
+{
+    sb_free(u->buf);
+    sb_free(u);
+}
+
 static void on_published(void *ctx, int status, uint64_t id, int queues, const char *why)
 {
-    (void)ctx;
+    udp_adapter *u = ctx;
     (void)id;
     (void)queues;
+    u->pending--;
+    if (u->destroyed) {
+        if (u->pending == 0)
+            udp_free(u);
+        return;
+    }
     if (status != 0)
-        sb_log(SB_LOG_ERROR, "udp", "datagram not committed: %s", why);
+        sb_log(SB_LOG_ERROR, u->base.name, "datagram not committed: %s", why);
+    if (u->paused && u->pending < UDP_MAX_PENDING / 2 && u->h != NULL && !u->base.stopping &&
+        uv_udp_recv_start(u->h, on_alloc, on_recv) == 0)
+        u->paused = 0;
 }
 
 static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct sockaddr *addr,
@@ -85,14 +101,14 @@ static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct so
     if (addr == NULL)
         return;
     sb_socket_format_addr(addr, peer, sizeof(peer));
-    if ((flags & UV_UDP_PARTIAL) || (size_t)n > (size_t)u->base.cfg->max_message) {
+    if ((flags & UV_UDP_PARTIAL) || (size_t)n > (size_t)SB_STREAM_CFG(u->base.cfg)->max_message) {
         sb_log(SB_LOG_ERROR, u->base.name, "peer %s: datagram larger than max_message %lld dropped",
-               peer, (long long)u->base.cfg->max_message);
+               peer, (long long)SB_STREAM_CFG(u->base.cfg)->max_message);
         u->dropped++;
         return;
     }
     snprintf(source, sizeof(source), "%s %s", u->base.name, peer);
-    topic = sb_raw_topic(u->base.cfg->topic, u->base.name, peer);
+    topic = sb_raw_topic(SB_STREAM_CFG(u->base.cfg)->topic, u->base.name, peer);
     if (topic != NULL &&
         !sb_auth_allowed(sb_broker_auth(u->base.broker), NULL, NULL, topic, SB_ACL_WRITE)) {
         /* a datagram has no identity: the ACL's anonymous rules apply */
@@ -115,6 +131,8 @@ static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct so
     if (sb_broker_publish(u->base.broker, m, &opts, on_published, u, &err) != 0) {
         u->dropped++;
         sb_log(SB_LOG_ERROR, u->base.name, "peer %s: datagram dropped: %s", peer, err.msg);
+    } else if (++u->pending >= UDP_MAX_PENDING && uv_udp_recv_stop(u->h) == 0) {
+        u->paused = 1;
     }
     sb_message_unref(m);
 }
@@ -122,7 +140,7 @@ static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct so
 static int udp_start(sb_adapter *a, sb_error *err)
 {
     udp_adapter *u = (udp_adapter *)a;
-    const char *addr = a->cfg->listen != NULL ? a->cfg->listen : a->cfg->connect;
+    const char *addr = SB_STREAM_CFG(a->cfg)->listen != NULL ? SB_STREAM_CFG(a->cfg)->listen : SB_STREAM_CFG(a->cfg)->connect;
     struct sockaddr_storage ss;
     int rc;
 
@@ -204,13 +222,15 @@ static void udp_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
 static void udp_destroy(sb_adapter *a)
 {
     udp_adapter *u = (udp_adapter *)a;
-    sb_free(u->buf);
-    sb_free(u);
+    if (u->pending > 0)
+        u->destroyed = 1; /* on_published frees it */
+    else
+        udp_free(u);
 }
 
 static unsigned udp_caps_of(const sb_adapter_config *cfg)
 {
-    return cfg->listen != NULL ? SB_CAP_SOURCE : SB_CAP_SINK;
+    return SB_STREAM_CFG(cfg)->listen != NULL ? SB_CAP_SOURCE : SB_CAP_SINK;
 }
 
 const sb_adapter_type sb_adapter_udp = {
@@ -218,7 +238,6 @@ const sb_adapter_type sb_adapter_udp = {
     .name = "udp",
     .caps = SB_CAP_SOURCE | SB_CAP_SINK,
     .caps_of = udp_caps_of,
-    .validate = udp_validate,
     .create = udp_create,
     .start = udp_start,
     .deliver = udp_deliver,

@@ -12,6 +12,7 @@
  * Event Log under the source "Switchboard".
  */
 #include "config/config.h"
+#include "service/adapter.h"
 #include "service/alloc.h"
 #include "service/broker.h"
 #include "service/log.h"
@@ -230,11 +231,11 @@ static SC_HANDLE open_scm(DWORD access)
     return scm;
 }
 
-/* Grants SYSTEM, Administrators and the service's virtual account full
- * control of the data directory (creating it if needed); nobody else gets
- * access. The broker checks the same at every start (and creates a missing
+/* Grants SYSTEM, Administrators and the service's virtual account (unless
+ * it runs as LocalSystem) full control of the data directory (creating it
+ * if needed); nobody else gets access. The broker checks the same at every start (and creates a missing
  * data directory the same way, for the account it runs as). */
-static int secure_data_dir(const char *dir)
+static int secure_data_dir(const char *dir, int localsystem)
 {
     wchar_t *wdir = sb_utf8_to_wide(dir);
     BYTE sid[SECURITY_MAX_SID_SIZE];
@@ -247,8 +248,11 @@ static int secure_data_dir(const char *dir)
 
     if (wdir == NULL)
         return -1;
-    if (!LookupAccountNameW(NULL, SERVICE_ACCOUNT, sid, &sid_len, domain, &dom_len, &use) ||
-        !ConvertSidToStringSidW(sid, &sid_text)) {
+    if (localsystem) {
+        sid_text = NULL; /* SYSTEM is in the descriptor already */
+    } else if (!LookupAccountNameW(NULL, SERVICE_ACCOUNT, sid, &sid_len, domain, &dom_len,
+                                   &use) ||
+               !ConvertSidToStringSidW(sid, &sid_text)) {
         /* Some systems (and Wine) cannot resolve virtual accounts before the
          * service first runs: SYSTEM and Administrators only. */
         fprintf(stderr,
@@ -364,7 +368,22 @@ typedef struct install_paths {
     char data_dir[MAX_PATH * 3];
     char log_file[MAX_PATH * 3];
     int starter; /* no file at config yet: the starter configuration goes there */
+    /* The config has desktop adapters (DDE, ...): under the service, session
+     * agents host them, and starting an agent in a user's session takes
+     * WTSQueryUserToken, which needs SeTcbPrivilege: LocalSystem has it, a
+     * virtual account does not. */
+    int agents;
 } install_paths;
+
+static int needs_agents(const sb_config *cfg)
+{
+    if (cfg->broker.agent_types_count > 0)
+        return 1;
+    for (size_t i = 0; i < cfg->adapter_count; i++)
+        if (sb_adapter_is_desktop(&cfg->adapters[i]))
+            return 1;
+    return 0;
+}
 
 /* On an error, what_now says what did not happen ("nothing was installed"). */
 static int resolve_paths(install_paths *out, const char *config, const char *what_now)
@@ -381,6 +400,7 @@ static int resolve_paths(install_paths *out, const char *config, const char *wha
         return -1;
     }
     out->starter = !file_exists(out->config);
+    out->agents = 0;
     if (out->starter) {
         snprintf(out->data_dir, sizeof(out->data_dir), "%s", program_data);
         snprintf(out->log_file, sizeof(out->log_file), "%s\\switchboard.log", program_data);
@@ -396,6 +416,7 @@ static int resolve_paths(install_paths *out, const char *config, const char *wha
         snprintf(out->data_dir, sizeof(out->data_dir), "%s", cfg->broker.data_dir);
         snprintf(out->log_file, sizeof(out->log_file), "%s",
                  cfg->broker.log_file != NULL ? cfg->broker.log_file : "");
+        out->agents = needs_agents(cfg);
         sb_config_free(cfg);
         if (!is_absolute(out->data_dir))
             fprintf(stderr,
@@ -443,7 +464,7 @@ static int configure_service(SC_HANDLE svc, const install_paths *paths, int loca
                     "recovery on a non-zero exit code (only a crash restarts the service)");
     if (sb_eventlog_register() != 0)
         fprintf(stderr, "switchboard service: note: cannot register the Event Log source\n");
-    if (secure_data_dir(paths->data_dir) != 0 ||
+    if (secure_data_dir(paths->data_dir, localsystem) != 0 ||
         (paths->starter && write_starter_config(paths->config, paths->data_dir))) {
         fprintf(stderr, "switchboard service: installed, but %s could not be prepared\n",
                 paths->starter ? paths->config : paths->data_dir);
@@ -463,6 +484,15 @@ static int configure_service(SC_HANDLE svc, const install_paths *paths, int loca
            paths->log_file[0] != '\0' ? paths->log_file
                                       : "none (warnings and errors go to the Event Log)");
     return 0;
+}
+
+static void note_agents_account(const char *config)
+{
+    fprintf(stderr,
+            "switchboard service: note: %s has desktop adapters (DDE, ...), which session "
+            "agents host in the users' sessions; starting them needs LocalSystem "
+            "(SeTcbPrivilege), so the service runs as LocalSystem, not %ls\n",
+            config, SERVICE_ACCOUNT);
 }
 
 static int cmd_install(const char *config)
@@ -488,20 +518,26 @@ static int cmd_install(const char *config)
     scm = open_scm(SC_MANAGER_CREATE_SERVICE);
     if (scm == NULL)
         return 1;
-    svc = CreateServiceW(scm, SERVICE_NAME, SERVICE_DISPLAY, SERVICE_ALL_ACCESS,
-                         SERVICE_WIN32_OWN_PROCESS, SERVICE_AUTO_START, SERVICE_ERROR_NORMAL, cmd,
-                         NULL, NULL, L"Tcpip\0\0", SERVICE_ACCOUNT, NULL);
-    if (svc == NULL && GetLastError() == ERROR_INVALID_SERVICE_ACCOUNT) {
+    if (paths.agents) {
+        note_agents_account(paths.config);
+        localsystem = 1;
+    } else {
+        svc = CreateServiceW(scm, SERVICE_NAME, SERVICE_DISPLAY, SERVICE_ALL_ACCESS,
+                             SERVICE_WIN32_OWN_PROCESS, SERVICE_AUTO_START, SERVICE_ERROR_NORMAL,
+                             cmd, NULL, NULL, L"Tcpip\0\0", SERVICE_ACCOUNT, NULL);
+    }
+    if (svc == NULL && !localsystem && GetLastError() == ERROR_INVALID_SERVICE_ACCOUNT) {
         /* Older systems and Wine lack virtual accounts: LocalSystem. */
         fprintf(stderr,
                 "switchboard service: note: %ls is not available here; the service runs "
                 "as LocalSystem\n",
                 SERVICE_ACCOUNT);
         localsystem = 1;
+    }
+    if (svc == NULL && localsystem)
         svc = CreateServiceW(scm, SERVICE_NAME, SERVICE_DISPLAY, SERVICE_ALL_ACCESS,
                              SERVICE_WIN32_OWN_PROCESS, SERVICE_AUTO_START, SERVICE_ERROR_NORMAL,
                              cmd, NULL, NULL, L"Tcpip\0\0", NULL, NULL);
-    }
     if (svc == NULL) {
         DWORD code = GetLastError();
         print_win_error(code == ERROR_SERVICE_EXISTS ? "already installed (uninstall it first)"
@@ -544,7 +580,10 @@ static int cmd_configure(const char *config)
     svc = open_service(SERVICE_CHANGE_CONFIG | SERVICE_QUERY_CONFIG, &scm);
     if (svc == NULL)
         return 1;
-    if (!ChangeServiceConfigW(svc, SERVICE_NO_CHANGE, SERVICE_NO_CHANGE, SERVICE_NO_CHANGE, NULL,
+    if (paths.agents) {
+        note_agents_account(paths.config); /* the MSI made it LocalSystem: it stays */
+        localsystem = 1;
+    } else if (!ChangeServiceConfigW(svc, SERVICE_NO_CHANGE, SERVICE_NO_CHANGE, SERVICE_NO_CHANGE, NULL,
                               NULL, NULL, NULL, SERVICE_ACCOUNT, L"", NULL)) {
         code = GetLastError();
         fprintf(stderr,

@@ -5,6 +5,7 @@
  * is parsed a second time with an allocation failing part way through, which
  * must end in SB_ENOMEM or the same result, never a crash or a leak.
  */
+#include "adapters/builtin.h"
 #include "config/config.h"
 #include "service/alloc.h"
 #include "service/error.h"
@@ -17,9 +18,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    static int registered;
     sb_config_errors errs = {0};
     sb_config *cfg = NULL;
-    int rc = sb_config_parse(&cfg, "fuzz.yaml", (const char *)data, size, &errs);
+    int rc;
+
+    /* every type's keys, so adapters are walked through their tables */
+    if (!registered && sb_adapter_keys_register_builtin(NULL) != 0)
+        abort();
+    registered = 1;
+    rc = sb_config_parse(&cfg, "fuzz.yaml", (const char *)data, size, &errs);
 
     if ((rc == 0) != (cfg != NULL) || (rc == 0) != (errs.count == 0))
         abort();

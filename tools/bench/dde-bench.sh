@@ -28,7 +28,10 @@
 #                 link shows the current value)
 #
 # The broker runs in the foreground (`switchboard run`), hosting the DDE
-# adapter in process. Environment: SB_BENCH_REPEAT (3), SB_BENCH_POKES
+# adapter in process. The `agent` column is the memory class through a
+# session agent: a second broker (`desktop: agent`) whose DDE server runs in
+# `switchboard agent`, a process of its own connected over the agent pipe
+# (docs/agent.md), so every poke's commit and every value cross it. Environment: SB_BENCH_REPEAT (3), SB_BENCH_POKES
 # (3000), SB_BENCH_UPDATES (5000), SB_BENCH_KEEP=1 keeps the temp dir.
 set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -82,11 +85,12 @@ trap 'exit 130' INT TERM
 
 # Two free TCP ports for the raw producers' listeners (memory, fsync).
 set -- $(python3 -c 'import socket
-a, b = socket.socket(), socket.socket()
-a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
-print(a.getsockname()[1], b.getsockname()[1])')
+a, b, c = socket.socket(), socket.socket(), socket.socket()
+a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0)); c.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1], c.getsockname()[1])')
 port=$1
 port2=$2
+port3=$3
 cat >"$tmp/switchboard.yaml" <<EOF
 broker:
   data_dir: '$(wpath "$tmp/data")'
@@ -100,6 +104,18 @@ routes:
   - { name: q-memory, from: memory/#, durability: memory, max_depth: 10000, overflow: drop-oldest }
   - { name: q-fsync, from: fsync/#, durability: fsync, max_depth: 10000, overflow: drop-oldest }
 EOF
+cat >"$tmp/agent.yaml" <<EOF
+broker:
+  data_dir: '$(wpath "$tmp/data-agent")'
+  admin: { endpoint: 'off' }
+  desktop: agent
+  agent: { start: false, endpoint: 'sbb-agent-$tag-{session}' }
+adapters:
+  - { name: dde-agent, type: dde, service: ${tag}G, topic: 'agent/{dde_topic}/{item}' }
+  - { name: raw-agent, type: tcp, listen: '127.0.0.1:$port3', framing: line, topic: agent/Line1/Counter }
+routes:
+  - { name: q-agent, from: agent/#, durability: memory, max_depth: 10000, overflow: drop-oldest }
+EOF
 
 "$wineserver" -p 2>/dev/null || true
 "$wine" cmd /c exit </dev/null >/dev/null 2>&1 || true
@@ -110,12 +126,18 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 pids="$pids $!"
 "$wine" "$sb" run --config "$(wpath "$tmp/switchboard.yaml")" >"$tmp/broker.log" 2>&1 </dev/null &
 pids="$pids $!"
+"$wine" "$sb" run --config "$(wpath "$tmp/agent.yaml")" >"$tmp/broker-agent.log" 2>&1 </dev/null &
+pids="$pids $!"
+until grep -q ' ready: ' "$tmp/broker-agent.log" 2>/dev/null; do sleep 0.2; done
+"$wine" "$sb" agent --endpoint "sbb-agent-$tag-1" >"$tmp/agent.out" 2>&1 </dev/null &
+pids="$pids $!"
 i=0
-until grep -q ' ready: ' "$tmp/broker.log" 2>/dev/null && grep -q READY "$tmp/plc-poke.out"; do
+until grep -q ' ready: ' "$tmp/broker.log" 2>/dev/null && grep -q READY "$tmp/plc-poke.out" &&
+    grep -q "DDE server ${tag}G" "$tmp/broker-agent.log" 2>/dev/null; do
     i=$((i + 1))
     if [ $i -gt 300 ]; then
         echo "dde-bench.sh: not ready after 60 s:" >&2
-        cat "$tmp/broker.log" "$tmp/plc-poke.out" >&2
+        cat "$tmp/broker.log" "$tmp/plc-poke.out" "$tmp/broker-agent.log" "$tmp/agent.out" >&2
         exit 1
     fi
     sleep 0.2
@@ -140,12 +162,13 @@ advise_raw() {
     rate_of "$tmp/out"
 }
 
-# advise_broker CLASS PORT ADAPTER: lines into the raw adapter until the
+# advise_broker CLASS PORT ADAPTER [LOG]: lines into the raw adapter until the
 # client is done; then waits until the broker has read what was in flight
 # (the adapter logs the disconnect after the last byte), so that the next
 # case does not share the machine with this one's tail.
 advise_broker() {
-    closed=$(grep -c "\[$3\] peer .* disconnected" "$tmp/broker.log" || true)
+    log=${4:-$tmp/broker.log}
+    closed=$(grep -c "\[$3\] peer .* disconnected" "$log" || true)
     "$wine" "$cli" "${tag}$1" Line1 bench-advise Counter "$UPDATES" >"$tmp/out" 2>&1 </dev/null &
     cp=$!
     until grep -q LINKED "$tmp/out" 2>/dev/null; do sleep 0.05; done
@@ -167,7 +190,7 @@ PY
     wp=$!
     wait "$cp" 2>/dev/null || true
     wait "$wp" 2>/dev/null || true
-    until [ "$(grep -c "\[$3\] peer .* disconnected" "$tmp/broker.log" || true)" -gt "$closed" ]; do
+    until [ "$(grep -c "\[$3\] peer .* disconnected" "$log" || true)" -gt "$closed" ]; do
         sleep 0.1
     done
     rate_of "$tmp/out"
@@ -184,9 +207,12 @@ while [ $r -le "$REPEAT" ]; do
     ar=$(advise_raw)
     am=$(advise_broker M "$port" raw-memory)
     af=$(advise_broker F "$port2" raw-fsync)
-    echo "round $r: poke raw=$pr memory=$pm fsync=$pf; advise raw=$ar memory=$am fsync=$af" >&2
+    pa=$(poke "${tag}G")
+    aa=$(advise_broker G "$port3" raw-agent "$tmp/broker-agent.log")
+    echo "round $r: poke raw=$pr memory=$pm fsync=$pf agent=$pa;" \
+        "advise raw=$ar memory=$am fsync=$af agent=$aa" >&2
     if [ $r -gt 0 ]; then
-        echo "$pr $pm $pf $ar $am $af" >>"$tmp/results"
+        echo "$pr $pm $pf $pa $ar $am $af $aa" >>"$tmp/results"
     fi
     r=$((r + 1))
 done
@@ -198,10 +224,12 @@ def med(i): return statistics.median(r[i] for r in rows)
 def ratio(i, j):
     v = [r[i] / r[j] * 100 for r in rows if r[j] > 0]
     return "%3.0f%% [%.0f-%.0f]" % (statistics.median(v), min(v), max(v)) if v else "-"
-print("%-8s %12s %12s %12s   %-16s %-16s" % ("case", "raw /s", "memory /s", "fsync /s",
-                                            "memory/raw", "fsync/raw"))
-for name, base in (("poke", 0), ("advise", 3)):
-    print("%-8s %12.0f %12.0f %12.0f   %-16s %-16s" % (name, med(base), med(base + 1),
-          med(base + 2), ratio(base + 1, base), ratio(base + 2, base)))
+print("%-8s %9s %9s %9s %9s   %-15s %-15s %-15s" % (
+    "case", "raw /s", "memory /s", "fsync /s", "agent /s", "memory/raw", "fsync/raw",
+    "agent/raw"))
+for name, base in (("poke", 0), ("advise", 4)):
+    print("%-8s %9.0f %9.0f %9.0f %9.0f   %-15s %-15s %-15s" % (
+        name, med(base), med(base + 1), med(base + 2), med(base + 3), ratio(base + 1, base),
+        ratio(base + 2, base), ratio(base + 3, base)))
 print("load average before: %s, after: %s" % (sys.argv[2], sys.argv[3]))
 PY

@@ -13,6 +13,7 @@
  * Administrators, interactive users read/write, the broker's account). It
  * is a source only: COM clients subscribe for themselves.
  */
+#include "adapters/com/com_keys.h"
 #include "service/adapter.h"
 #include "service/alloc.h"
 #include "service/log.h"
@@ -20,10 +21,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#define DEFAULT_ENDPOINT "switchboard-com"
-#define DEFAULT_MAX_MESSAGE (16 * 1024 * 1024)
-#define DEFAULT_MAX_CONNECTIONS 256
-#define CONN_TIMEOUT_MS 30000
 
 typedef struct com_adapter {
     sb_adapter base;
@@ -35,25 +32,6 @@ typedef struct com_adapter {
 /* Adapters whose endpoint is closing: the endpoint's stop callback finds
  * its owner here (an adapter carries no context pointer). Loop thread. */
 static com_adapter *closing;
-
-/* The settings this type reads (until the per-type key tables land, from
- * the common adapter fields: path, security, max_message,
- * max_connections). */
-typedef struct com_settings {
-    const char *endpoint;
-    const char *security;
-    int64_t max_message;
-    int max_connections;
-} com_settings;
-
-static void settings_of(const sb_adapter_config *cfg, com_settings *out)
-{
-    out->endpoint = cfg->path != NULL ? cfg->path : DEFAULT_ENDPOINT;
-    out->security = cfg->security;
-    out->max_message = cfg->max_message > 0 ? cfg->max_message : DEFAULT_MAX_MESSAGE;
-    out->max_connections = cfg->max_connections > 0 ? cfg->max_connections
-                                                    : DEFAULT_MAX_CONNECTIONS;
-}
 
 static int com_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error *err)
 {
@@ -67,25 +45,27 @@ static int com_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error *
 static int com_start(sb_adapter *a, sb_error *err)
 {
     com_adapter *ca = (com_adapter *)a;
-    com_settings s;
+    const sb_com_settings *s = SB_SETTINGS(const sb_com_settings, a->cfg);
     sb_adapter_config cfg;
+    char max_message[32], max_connections[32];
     int rc;
 
-    settings_of(a->cfg, &s);
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.name = (char *)a->name;
-    cfg.type = "pipe";
-    cfg.path = (char *)s.endpoint;
-    cfg.protocol = "jsonl";
-    cfg.security = (char *)s.security;
-    cfg.max_message = s.max_message;
-    cfg.max_connections = s.max_connections;
-    cfg.idle_timeout_ms = CONN_TIMEOUT_MS;
-    cfg.frame_timeout_ms = CONN_TIMEOUT_MS;
-    cfg.inflight = 1;
-    cfg.anonymous = 1; /* a client the pipe cannot identify gets the ACL's anonymous rules */
-    cfg.pos = a->cfg->pos;
-    if ((rc = sb_adapter_create(&ca->ep, a->broker, a->loop, &cfg, err)) != 0)
+    snprintf(max_message, sizeof max_message, "%lld", (long long)s->max_message);
+    snprintf(max_connections, sizeof max_connections, "%d", s->max_connections);
+    {
+        /* a client the pipe cannot identify gets the ACL's anonymous rules */
+        const char *const keys[] = {"path",          s->endpoint, "protocol",     "jsonl",
+                                    "security",      s->security, "max_message",  max_message,
+                                    "max_connections", max_connections, "idle_timeout", "30s",
+                                    "frame_timeout", "30s",       "anonymous",    "true",
+                                    NULL};
+        rc = sb_adapter_config_build(&cfg, a->name, "pipe", keys, err);
+    }
+    if (rc != 0)
+        return rc;
+    rc = sb_adapter_create(&ca->ep, a->broker, a->loop, &cfg, err);
+    sb_adapter_config_free(&cfg);
+    if (rc != 0)
         return rc;
     ca->ep->os_user = 1;
     if ((rc = ca->ep->type->start(ca->ep, err)) != 0) {

@@ -36,6 +36,17 @@
 #define VALUE_QUEUE_DEPTH 100000
 #define VALUE_WINDOW 1024
 
+static void drop_loop_values(sb_dde_adapter *a)
+{
+    sb_dde_job *j;
+    while ((j = a->values_head) != NULL) {
+        a->values_head = j->next;
+        sb_dde__job_free(j);
+    }
+    a->values_tail = NULL;
+    sb_map_clear(&a->loop_values);
+}
+
 static void free_adapter(sb_dde_adapter *a)
 {
     sb_dde_job *j;
@@ -44,6 +55,7 @@ static void free_adapter(sb_dde_adapter *a)
         sb_dde__job_free(j);
     }
     sb_map_clear(&a->pending_values);
+    drop_loop_values(a);
     if (a->sync_init) {
         uv_cond_destroy(&a->cond);
         uv_mutex_destroy(&a->lock);
@@ -133,19 +145,52 @@ void sb_dde__on_pub(void *arg)
 
 /* ---- server: the values the adapter serves ---- */
 
+/* Hands the values gathered since the last batch to the thread, unless
+ * it still works on that one. */
+static void hand_values(sb_dde_adapter *a)
+{
+    if (a->values_out && atomic_exchange(&a->values_done, 0))
+        a->values_out = 0;
+    if (a->values_out || a->values_head == NULL || !a->thread_started)
+        return;
+    sb_map_clear(&a->loop_values);
+    a->values_out = 1;
+    sb_dde__push_batch(a, a->values_head, a->values_tail);
+    a->values_head = a->values_tail = NULL;
+}
+
+void sb_dde__on_values_done(void *arg)
+{
+    sb_dde_adapter *a = arg;
+    if (!a->base.stopping)
+        hand_values(a);
+}
+
 static int on_value(sb_consumer *c, sb_delivery *d)
 {
     sb_dde_adapter *a = c->ctx;
     const sb_message *msg = d->msg;
     char *topic = NULL, *item = NULL;
-    sb_dde_job *job;
+    sb_dde_job *job = sb_map_get(&a->loop_values, msg->topic);
+    sb_dde_value v;
 
     if (sb_dde_map_match(&a->map, msg->topic, &topic, &item) != 0)
         goto done; /* cannot happen: the filters come from the template */
-    if (msg->payload_len > (size_t)a->base.cfg->max_message) {
+    if (msg->payload_len > (size_t)SB_DDE_CFG(a->base.cfg)->max_message) {
         sb_log(SB_LOG_WARN, a->base.name,
                "value on %s (%zu bytes) is larger than max_message (%lld bytes): not served",
-               msg->topic, msg->payload_len, (long long)a->base.cfg->max_message);
+               msg->topic, msg->payload_len, (long long)SB_DDE_CFG(a->base.cfg)->max_message);
+        goto done;
+    }
+    if (job != NULL) {
+        /* not handed over yet: the newer value replaces it */
+        if (sb_dde__value_from_msg(&v, msg) != 0) {
+            sb_log(SB_LOG_ERROR, a->base.name, "value on %s dropped: out of memory", msg->topic);
+            goto done;
+        }
+        sb_dde__value_clear(&job->value);
+        job->value = v;
+        hand_values(a);
         goto done;
     }
     job = sb_calloc(1, sizeof(*job));
@@ -159,7 +204,14 @@ static int on_value(sb_consumer *c, sb_delivery *d)
     job->dde_topic = topic; /* now the job's */
     job->item = item;
     topic = item = NULL;
-    sb_dde__push(a, job);
+    /* out of memory here only costs the coalescing */
+    (void)sb_map_put(&a->loop_values, job->key, job, NULL);
+    if (a->values_tail != NULL)
+        a->values_tail->next = job;
+    else
+        a->values_head = job;
+    a->values_tail = job;
+    hand_values(a);
 done:
     sb_free(topic);
     sb_free(item);
@@ -172,35 +224,39 @@ done:
 static int subscribe_values(sb_dde_adapter *a, sb_error *err)
 {
     const sb_adapter_config *cfg = a->base.cfg;
-    int any = cfg->dde_topics_count == 0 ||
-              (cfg->dde_topics_count == 1 && strcmp(cfg->dde_topics[0], "*") == 0);
-    size_t n = any || a->map.topic_level < 0 ? 1 : cfg->dde_topics_count, len = 0;
-    char *filters = NULL;
+    int any = SB_DDE_CFG(cfg)->dde_topics_count == 0 ||
+              (SB_DDE_CFG(cfg)->dde_topics_count == 1 && strcmp(SB_DDE_CFG(cfg)->dde_topics[0], "*") == 0);
+    size_t n = any || a->map.topic_level < 0 ? 1 : SB_DDE_CFG(cfg)->dde_topics_count, made = 0;
+    sb_sub_filter *filters = sb_calloc(n, sizeof(*filters));
     sb_sub_settings st;
-    int rc;
+    sb_sub_def def;
+    int rc = 0;
 
-    for (size_t i = 0; i < n; i++) {
-        char *f =
-            sb_dde_map_filter(&a->map, any || a->map.topic_level < 0 ? NULL : cfg->dde_topics[i]);
-        char *nf = f != NULL ? sb_realloc(filters, len + strlen(f) + 2) : NULL;
-        if (nf == NULL) {
-            sb_free(f);
-            sb_free(filters);
-            return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->base.name);
+    if (filters == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->base.name);
+    for (; made < n; made++) {
+        filters[made].filter = sb_dde_map_filter(
+            &a->map, any || a->map.topic_level < 0 ? NULL : SB_DDE_CFG(cfg)->dde_topics[made]);
+        filters[made].qos = SB_QOS_NONE;
+        if (filters[made].filter == NULL) {
+            rc = sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->base.name);
+            break;
         }
-        filters = nf;
-        if (len > 0)
-            filters[len++] = '\n';
-        memcpy(filters + len, f, strlen(f) + 1);
-        len += strlen(f);
-        sb_free(f);
     }
     sb_sub_settings_default(&st);
     st.durability = SB_DURABILITY_MEMORY;
     st.transient = 1;
     st.max_depth = VALUE_QUEUE_DEPTH;
     st.overflow = SB_OVERFLOW_DROP_OLDEST;
-    rc = sb_broker_sub_define(a->base.broker, a->sub_name, filters, "dde", &st, filters, err);
+    def.filters = filters;
+    def.filter_count = n;
+    def.protocol = "dde";
+    def.owner = NULL;
+    /* the current values of every topic it serves, also when it existed */
+    if (rc == 0)
+        rc = sb_broker_sub_define(a->base.broker, a->sub_name, &def, &st, filters, n, err);
+    for (size_t i = 0; i < made; i++)
+        sb_free((char *)filters[i].filter);
     sb_free(filters);
     if (rc != 0)
         return rc;
@@ -266,17 +322,17 @@ static char *delivery_item(sb_dde_adapter *a, const sb_message *msg, char *why, 
     }
     if (sb_dde_map_match(&a->map, msg->topic, &t, &i) != 0) {
         snprintf(why, n, "topic %s does not fit the template %s, and there is no dde-item header",
-                 msg->topic, a->base.cfg->topic);
+                 msg->topic, SB_DDE_CFG(a->base.cfg)->topic);
         return NULL;
     }
     if (t != NULL) {
-        char *ft = sb_dde__fold(t), *fc = sb_dde__fold(a->base.cfg->dde_topic);
+        char *ft = sb_dde__fold(t), *fc = sb_dde__fold(SB_DDE_CFG(a->base.cfg)->dde_topic);
         int same = ft != NULL && fc != NULL && strcmp(ft, fc) == 0;
         sb_free(ft);
         sb_free(fc);
         if (!same) {
             snprintf(why, n, "topic %s is for DDE topic %s; this adapter is linked to %s",
-                     msg->topic, t, a->base.cfg->dde_topic);
+                     msg->topic, t, SB_DDE_CFG(a->base.cfg)->dde_topic);
             sb_free(t);
             sb_free(i);
             return NULL;
@@ -301,9 +357,9 @@ static int dde_deliver(sb_adapter *base, sb_delivery *d)
         a->sink_waiting = 1; /* the queue keeps it until the link is up */
         return SB_EBUSY;
     }
-    if (msg->payload_len > (size_t)cfg->max_message) {
+    if (msg->payload_len > (size_t)SB_DDE_CFG(cfg)->max_message) {
         snprintf(why, sizeof why, "payload of %zu bytes is larger than max_message (%lld bytes)",
-                 msg->payload_len, (long long)cfg->max_message);
+                 msg->payload_len, (long long)SB_DDE_CFG(cfg)->max_message);
         refuse(a, d, SB_ETOOBIG, why);
         return 0;
     }
@@ -312,7 +368,7 @@ static int dde_deliver(sb_adapter *base, sb_delivery *d)
         sb_delivery_done(d, SB_ENOMEM, "out of memory");
         return 0;
     }
-    exec = cfg->dde_execute_topic != NULL && strcmp(msg->topic, cfg->dde_execute_topic) == 0;
+    exec = SB_DDE_CFG(cfg)->dde_execute_topic != NULL && strcmp(msg->topic, SB_DDE_CFG(cfg)->dde_execute_topic) == 0;
     job->type = exec ? SB_DDE_JOB_EXECUTE : SB_DDE_JOB_POKE;
     job->d = d;
     if (!exec && (job->item = delivery_item(a, msg, why, sizeof why)) == NULL)
@@ -359,31 +415,19 @@ refused:
 
 /* ---- lifecycle ---- */
 
-static int dde_validate(const sb_adapter_config *cfg, sb_error *err)
-{
-    sb_dde_map m;
-    int rc;
-    if (cfg->protocol != NULL && strcmp(cfg->protocol, "raw") != 0)
-        return sb_error_set(err, SB_ECONFIG, 0, "dde takes no protocol");
-    if (cfg->dde_role == SB_DDE_CLIENT && cfg->dde_topic == NULL)
-        return sb_error_set(err, SB_ECONFIG, 0, "a dde client needs dde_topic");
-    if (cfg->dde_codepage != 0 && !IsValidCodePage((UINT)cfg->dde_codepage))
-        return sb_error_set(err, SB_ECONFIG, 0, "codepage %d is not installed on this system",
-                            cfg->dde_codepage);
-    rc = sb_dde_map_init(&m, cfg->topic, cfg->name, cfg->dde_service);
-    sb_dde_map_free(&m);
-    if (rc != 0)
-        return sb_error_set(err, SB_ECONFIG, 0,
-                            "topic %s: {item} (and {dde_topic}) must be whole levels", cfg->topic);
-    return 0;
-}
-
 static int dde_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error *err)
 {
-    sb_dde_adapter *a = sb_calloc(1, sizeof(*a));
+    const sb_dde_settings *ds = SB_DDE_CFG(cfg);
+    sb_dde_adapter *a;
+    /* The config pass checked the rest (dde_keys.c); only this system can
+     * tell which code pages it has. */
+    if (ds->dde_codepage != 0 && !IsValidCodePage((UINT)ds->dde_codepage))
+        return sb_error_set(err, SB_ECONFIG, 0, "adapter %s: codepage %d is not installed on this system",
+                            cfg->name, ds->dde_codepage);
+    a = sb_calloc(1, sizeof(*a));
     if (a == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-    a->is_server = cfg->dde_role == SB_DDE_SERVER;
+    a->is_server = SB_DDE_CFG(cfg)->dde_role == SB_DDE_SERVER;
     *out = &a->base;
     return 0;
 }
@@ -395,19 +439,19 @@ static int dde_start(sb_adapter *base, sb_error *err)
     size_t n;
     int rc;
 
-    a->codepage = cfg->dde_codepage != 0 ? (UINT)cfg->dde_codepage : GetACP();
+    a->codepage = SB_DDE_CFG(cfg)->dde_codepage != 0 ? (UINT)SB_DDE_CFG(cfg)->dde_codepage : GetACP();
     a->wine = sb_dde__under_wine();
-    if (sb_dde_map_init(&a->map, cfg->topic, base->name, cfg->dde_service) != 0)
+    if (sb_dde_map_init(&a->map, SB_DDE_CFG(cfg)->topic, base->name, SB_DDE_CFG(cfg)->dde_service) != 0)
         return sb_error_set(err, SB_ECONFIG, 0, "adapter %s: invalid topic template %s", base->name,
-                            cfg->topic);
-    n = strlen(base->name) + strlen(cfg->dde_service) +
-        (cfg->dde_topic != NULL ? strlen(cfg->dde_topic) : 0) + 16;
+                            SB_DDE_CFG(cfg)->topic);
+    n = strlen(base->name) + strlen(SB_DDE_CFG(cfg)->dde_service) +
+        (SB_DDE_CFG(cfg)->dde_topic != NULL ? strlen(SB_DDE_CFG(cfg)->dde_topic) : 0) + 16;
     a->source = sb_malloc(n);
     a->sub_name = sb_malloc(strlen(base->name) + 5);
     if (a->source == NULL || a->sub_name == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", base->name);
-    snprintf(a->source, n, "%s dde:%s%s%s", base->name, cfg->dde_service, a->is_server ? "" : "|",
-             a->is_server ? "" : cfg->dde_topic);
+    snprintf(a->source, n, "%s dde:%s%s%s", base->name, SB_DDE_CFG(cfg)->dde_service, a->is_server ? "" : "|",
+             a->is_server ? "" : SB_DDE_CFG(cfg)->dde_topic);
     snprintf(a->sub_name, strlen(base->name) + 5, "dde/%s", base->name);
     if ((rc = sb_dde__thread_start(a, err)) != 0)
         return rc;
@@ -415,12 +459,12 @@ static int dde_start(sb_adapter *base, sb_error *err)
         if ((rc = subscribe_values(a, err)) != 0)
             return rc;
         sb_log(SB_LOG_INFO, base->name,
-               "DDE server %s: topics %s, items as %s, CF_TEXT in code page %u", cfg->dde_service,
-               cfg->dde_topics_count == 0 ? "*" : cfg->dde_topics[0], cfg->topic, a->codepage);
+               "DDE server %s: topics %s, items as %s, CF_TEXT in code page %u", SB_DDE_CFG(cfg)->dde_service,
+               SB_DDE_CFG(cfg)->dde_topics_count == 0 ? "*" : SB_DDE_CFG(cfg)->dde_topics[0], SB_DDE_CFG(cfg)->topic, a->codepage);
     } else {
         sb_log(SB_LOG_INFO, base->name,
                "DDE client of %s|%s: %zu items hot-linked as %s, CF_TEXT in code page %u",
-               cfg->dde_service, cfg->dde_topic, cfg->dde_items_count, cfg->topic, a->codepage);
+               SB_DDE_CFG(cfg)->dde_service, SB_DDE_CFG(cfg)->dde_topic, SB_DDE_CFG(cfg)->dde_items_count, SB_DDE_CFG(cfg)->topic, a->codepage);
     }
     return 0;
 }
@@ -441,6 +485,7 @@ void sb_dde__on_thread_exit(sb_dde_adapter *a)
     }
     a->jobs_tail = NULL;
     sb_map_clear(&a->pending_values);
+    drop_loop_values(a);
     sb_inbox_close(a->inbox); /* runs what the thread posted before its exit */
     a->inbox = NULL;
     a->stopped_cb(&a->base);
@@ -481,7 +526,7 @@ static void dde_destroy(sb_adapter *base)
 static unsigned dde_caps_of(const sb_adapter_config *cfg)
 {
     return SB_CAP_SOURCE | SB_CAP_DESKTOP | SB_CAP_THREAD |
-           (cfg->dde_role == SB_DDE_CLIENT ? SB_CAP_SINK : 0);
+           (SB_DDE_CFG(cfg)->dde_role == SB_DDE_CLIENT ? SB_CAP_SINK : 0);
 }
 
 const sb_adapter_type sb_adapter_dde = {
@@ -489,7 +534,6 @@ const sb_adapter_type sb_adapter_dde = {
     .name = "dde",
     .caps = SB_CAP_SOURCE | SB_CAP_SINK | SB_CAP_DESKTOP | SB_CAP_THREAD,
     .caps_of = dde_caps_of,
-    .validate = dde_validate,
     .create = dde_create,
     .start = dde_start,
     .deliver = dde_deliver,

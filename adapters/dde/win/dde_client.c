@@ -96,11 +96,11 @@ static void publish_data(sb_dde_adapter *a, cli_item *it, HDDEDATA data, UINT fm
     sb_dde_pub *p = NULL;
 
     if (sb_dde__read(&payload, &payload_len, &text, data, fmt, a->codepage,
-                     a->base.cfg->max_message, why, sizeof why) != 0)
+                     SB_DDE_CFG(a->base.cfg)->max_message, why, sizeof why) != 0)
         goto drop;
     p = sb_calloc(1, sizeof(*p));
     if (p == NULL || (p->topic = sb_strdup(it->topic)) == NULL ||
-        (p->dde_topic = sb_strdup(a->base.cfg->dde_topic)) == NULL ||
+        (p->dde_topic = sb_strdup(SB_DDE_CFG(a->base.cfg)->dde_topic)) == NULL ||
         (p->item = sb_strdup(it->name)) == NULL ||
         (p->fmt_name = sb_strdup(sb_dde__format_name(fmt, name, sizeof name))) == NULL) {
         sb_dde__pub_free(p);
@@ -156,7 +156,7 @@ static void schedule_reconnect(sb_dde_adapter *a)
     sb_dde_client *c = a->cli;
     const sb_adapter_config *cfg = a->base.cfg;
     c->backoff =
-        sb_backoff_next(c->backoff, cfg->reconnect_backoff_ms, cfg->reconnect_max_backoff_ms);
+        sb_backoff_next(c->backoff, SB_DDE_CFG(cfg)->reconnect_backoff_ms, SB_DDE_CFG(cfg)->reconnect_max_backoff_ms);
     SetTimer(a->hwnd, TIMER_RECONNECT, (UINT)c->backoff, NULL);
 }
 
@@ -447,13 +447,13 @@ int sb_dde__client_init(sb_dde_adapter *a, char *why, size_t n)
 {
     const sb_adapter_config *cfg = a->base.cfg;
     sb_dde_client *c = sb_calloc(1, sizeof(*c));
-    wchar_t *ws = sb_utf8_to_wide(cfg->dde_service), *wt = sb_utf8_to_wide(cfg->dde_topic);
+    wchar_t *ws = sb_utf8_to_wide(SB_DDE_CFG(cfg)->dde_service), *wt = sb_utf8_to_wide(SB_DDE_CFG(cfg)->dde_topic);
     int rc = SB_ENOMEM;
 
     a->cli = c;
     if (c == NULL || ws == NULL || wt == NULL)
         goto out;
-    snprintf(c->name, sizeof c->name, "%s|%s", cfg->dde_service, cfg->dde_topic);
+    snprintf(c->name, sizeof c->name, "%s|%s", SB_DDE_CFG(cfg)->dde_service, SB_DDE_CFG(cfg)->dde_topic);
     if (DdeInitializeW(&c->pinst, sb_dde__client_cb,
                        APPCMD_CLIENTONLY | CBF_SKIP_REGISTRATIONS | CBF_SKIP_UNREGISTRATIONS,
                        0) != DMLERR_NO_ERROR) {
@@ -464,19 +464,19 @@ int sb_dde__client_init(sb_dde_adapter *a, char *why, size_t n)
     c->topic = DdeCreateStringHandleW(a->inst, wt, CP_WINUNICODE);
     c->pservice = DdeCreateStringHandleW(c->pinst, ws, CP_WINUNICODE);
     c->ptopic = DdeCreateStringHandleW(c->pinst, wt, CP_WINUNICODE);
-    c->items = cfg->dde_items_count > 0 ? sb_calloc(cfg->dde_items_count, sizeof(*c->items)) : NULL;
+    c->items = SB_DDE_CFG(cfg)->dde_items_count > 0 ? sb_calloc(SB_DDE_CFG(cfg)->dde_items_count, sizeof(*c->items)) : NULL;
     if (c->service == 0 || c->topic == 0 || c->pservice == 0 || c->ptopic == 0 ||
-        (cfg->dde_items_count > 0 && c->items == NULL))
+        (SB_DDE_CFG(cfg)->dde_items_count > 0 && c->items == NULL))
         goto out;
-    for (size_t i = 0; i < cfg->dde_items_count; i++) {
+    for (size_t i = 0; i < SB_DDE_CFG(cfg)->dde_items_count; i++) {
         cli_item *it = &c->items[i];
-        wchar_t *wi = sb_utf8_to_wide(cfg->dde_items[i]);
+        wchar_t *wi = sb_utf8_to_wide(SB_DDE_CFG(cfg)->dde_items[i]);
         it->hsz = wi != NULL ? DdeCreateStringHandleW(a->inst, wi, CP_WINUNICODE) : 0;
         sb_free(wi);
-        it->name = sb_strdup(cfg->dde_items[i]);
+        it->name = sb_strdup(SB_DDE_CFG(cfg)->dde_items[i]);
         c->count++;
         if (it->hsz == 0 || it->name == NULL ||
-            sb_dde_map_topic(&it->topic, &a->map, cfg->dde_topic, it->name) != 0)
+            sb_dde_map_topic(&it->topic, &a->map, SB_DDE_CFG(cfg)->dde_topic, it->name) != 0)
             goto out;
     }
     /* Linking waits on the server: after start() has returned. */

@@ -19,11 +19,13 @@
 #define SB_DDE_INT_H
 
 #include "service/adapter.h"
+#include "adapters/dde/dde_keys.h"
 #include "adapters/dde/dde_map.h"
 #include "service/broker.h"
 #include "service/inbox.h"
 #include "service/map.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include <windows.h>
@@ -35,6 +37,11 @@
  * received (server role) before answering DDE_FBUSY. */
 #define SB_DDE_TIMEOUT_MS 10000
 #define SB_DDE_COMMIT_WAIT_MS 30000
+/* Client role: values handed to the loop and not yet committed at most; a
+ * legacy server's updates beyond wait in its DDE messages (the DDE thread
+ * blocks), as a stream's producer waits beyond read_ahead, rather than pile
+ * up in memory in front of a slow store. */
+#define SB_DDE_MAX_UNSETTLED 256
 /* Window messages of the DDE thread's own window. */
 #define SB_DDE_WM_WAKE (WM_APP + 1)   /* jobs are queued */
 #define SB_DDE_WM_QUIT (WM_APP + 2)   /* stop */
@@ -90,6 +97,7 @@ typedef struct sb_dde_pub {
     UINT codepage;          /* header dde-codepage when CF_TEXT; 0: none */
     int text;               /* header encoding: utf-8 */
     sb_dde_waiter *waiter;  /* NULL: nobody waits (client hot links) */
+    int unsettled;          /* counted in a->unsettled until freed */
 } sb_dde_pub;
 
 struct sb_dde_server;
@@ -122,12 +130,25 @@ typedef struct sb_dde_adapter {
     int start_rc;        /* 0 or SB_E* */
     char start_why[256];
     int quit;
+    int unsettled; /* client: values posted to the loop, not yet settled */
     sb_dde_job *jobs, *jobs_tail;
     sb_map pending_values; /* key -> queued VALUE job: a newer value replaces it */
     int wake_posted;
 
     /* loop thread only */
     int publishing; /* publish callbacks still to come */
+    /* server: values not yet handed to the DDE thread, the newest per
+     * broker topic (loop_values: topic -> its job on the list); the list
+     * goes over as one batch once the thread has finished the previous
+     * one (values_out), so a flood of values costs the loop a lookup and a
+     * copy each, not a lock, a job and a wake-up, and the thread takes the
+     * lock once per batch. */
+    sb_map loop_values;
+    sb_dde_job *values_head, *values_tail;
+    int values_out;
+    /* set by the thread when it finished a batch: the loop looks at it on
+     * every value (a flood may keep the loop from running posted work) */
+    atomic_int values_done;
     int destroyed;
     uint64_t dropped;
     char *sub_name; /* server: the values subscription */
@@ -155,6 +176,12 @@ void sb_dde__thread_quit(sb_dde_adapter *a);
  * thread handles the latest value of an item once per wake-up. */
 void sb_dde__push(sb_dde_adapter *a, sb_dde_job *job);
 
+/* Loop: hands a list of VALUE jobs to the thread at once. */
+void sb_dde__push_batch(sb_dde_adapter *a, sb_dde_job *head, sb_dde_job *tail);
+
+/* Loop: the thread finished a batch of values (posted by it). */
+void sb_dde__on_values_done(void *arg);
+
 /* Any thread: posts fn(arg) to the loop, retrying on out-of-memory. */
 void sb_dde__post(sb_dde_adapter *a, sb_inbox_fn fn, void *arg);
 
@@ -162,6 +189,12 @@ void sb_dde__post(sb_dde_adapter *a, sb_inbox_fn fn, void *arg);
  * commit. Returns DDE_FACK, DDE_FNOTPROCESSED (refused; logged with why),
  * or DDE_FBUSY (stopping, or no answer in SB_DDE_COMMIT_WAIT_MS). Takes p. */
 HDDEDATA sb_dde__publish_wait(sb_dde_adapter *a, sb_dde_pub *p, int wait);
+/* Without a waiter (client hot links) it first waits while
+ * SB_DDE_MAX_UNSETTLED values are not settled yet. */
+
+/* Any thread: a value counted in a->unsettled was settled (committed,
+ * refused or discarded); wakes the DDE thread if it waits for room. */
+void sb_dde__unsettled_done(sb_dde_adapter *a);
 
 /* Loop thread: a waiter's publish finished. */
 void sb_dde__waiter_done(sb_dde_adapter *a, sb_dde_waiter *w, int status, const char *why);

@@ -103,7 +103,7 @@ static const char *served_topic(sb_dde_adapter *a, const char *topic)
         return NULL;
     if (a->srv->any_topic)
         return topic;
-    return in_list(cfg->dde_topics, cfg->dde_topics_count, topic);
+    return in_list(SB_DDE_CFG(cfg)->dde_topics, SB_DDE_CFG(cfg)->dde_topics_count, topic);
 }
 
 /* The spelling of an item served in a topic, or NULL (why says why not). */
@@ -113,9 +113,9 @@ static const char *served_item(sb_dde_adapter *a, const char *item, const char *
     const char *hit;
     if (item == NULL || (*why = sb_dde_name_problem(item)) != NULL)
         return NULL;
-    if (cfg->dde_items_count == 0)
+    if (SB_DDE_CFG(cfg)->dde_items_count == 0)
         return item;
-    hit = in_list(cfg->dde_items, cfg->dde_items_count, item);
+    hit = in_list(SB_DDE_CFG(cfg)->dde_items, SB_DDE_CFG(cfg)->dde_items_count, item);
     if (hit == NULL)
         *why = "not one of this adapter's items";
     return hit;
@@ -287,8 +287,8 @@ static HDDEDATA system_item(sb_dde_adapter *a, const char *item, HSZ hitem, UINT
     if (_stricmp(item, "Topics") == 0) {
         APPEND("System");
         if (!a->srv->any_topic) {
-            for (size_t i = 0; ok && i < cfg->dde_topics_count; i++)
-                APPEND(cfg->dde_topics[i]);
+            for (size_t i = 0; ok && i < SB_DDE_CFG(cfg)->dde_topics_count; i++)
+                APPEND(SB_DDE_CFG(cfg)->dde_topics[i]);
         } else {
             /* any topic: those the broker has values for */
             sb_map seen = {0};
@@ -315,9 +315,9 @@ static HDDEDATA system_item(sb_dde_adapter *a, const char *item, HSZ hitem, UINT
                  "Switchboard DDE server %s. An item of a topic is the broker topic %s "
                  "(Excel: =%s|topic!item). POKE publishes (acknowledged once committed), "
                  "REQUEST and ADVISE serve the last value published%s%s.",
-                 cfg->dde_service, cfg->topic, cfg->dde_service,
-                 cfg->dde_execute_topic != NULL ? ", EXECUTE publishes to " : "",
-                 cfg->dde_execute_topic != NULL ? cfg->dde_execute_topic : "");
+                 SB_DDE_CFG(cfg)->dde_service, SB_DDE_CFG(cfg)->topic, SB_DDE_CFG(cfg)->dde_service,
+                 SB_DDE_CFG(cfg)->dde_execute_topic != NULL ? ", EXECUTE publishes to " : "",
+                 SB_DDE_CFG(cfg)->dde_execute_topic != NULL ? SB_DDE_CFG(cfg)->dde_execute_topic : "");
         APPEND(help);
         text = buf;
     }
@@ -367,7 +367,7 @@ static HDDEDATA on_poke(sb_dde_adapter *a, UINT fmt, HSZ htopic, HSZ hitem, HDDE
         goto refuse;
     }
     if (sb_dde__read(&payload, &payload_len, &text, data, fmt, a->codepage,
-                     a->base.cfg->max_message, reason, sizeof reason) != 0)
+                     SB_DDE_CFG(a->base.cfg)->max_message, reason, sizeof reason) != 0)
         goto refuse;
     /* the spelling the broker already knows for this item (and the item,
      * to be found by its handles next time) */
@@ -410,7 +410,7 @@ done:
 
 static HDDEDATA on_execute(sb_dde_adapter *a, HSZ htopic, HDDEDATA data)
 {
-    const char *exec_topic = a->base.cfg->dde_execute_topic;
+    const char *exec_topic = SB_DDE_CFG(a->base.cfg)->dde_execute_topic;
     char *topic = sb_dde__hsz_utf8(a->inst, htopic);
     char reason[320] = "";
     unsigned char *raw = NULL, *cmd = NULL;
@@ -425,7 +425,7 @@ static HDDEDATA on_execute(sb_dde_adapter *a, HSZ htopic, HDDEDATA data)
         snprintf(reason, sizeof reason, "no execute_topic is configured");
         goto refuse;
     }
-    if (len > (DWORD)a->base.cfg->max_message * 2 + 2) {
+    if (len > (DWORD)SB_DDE_CFG(a->base.cfg)->max_message * 2 + 2) {
         snprintf(reason, sizeof reason, "%lu bytes is larger than max_message", (unsigned long)len);
         goto refuse;
     }
@@ -565,8 +565,8 @@ static HDDEDATA on_wildconnect(sb_dde_adapter *a, HSZ htopic, HSZ hservice)
         pairs[n].hszSvc = a->srv->service;
         pairs[n++].hszTopic = a->srv->system;
     }
-    for (size_t i = 0; !a->srv->any_topic && i < cfg->dde_topics_count && nmade < 64; i++) {
-        wchar_t *w = sb_utf8_to_wide(cfg->dde_topics[i]);
+    for (size_t i = 0; !a->srv->any_topic && i < SB_DDE_CFG(cfg)->dde_topics_count && nmade < 64; i++) {
+        wchar_t *w = sb_utf8_to_wide(SB_DDE_CFG(cfg)->dde_topics[i]);
         HSZ hs = w != NULL ? DdeCreateStringHandleW(a->inst, w, CP_WINUNICODE) : 0;
         sb_free(w);
         if (hs == 0)
@@ -649,8 +649,8 @@ void sb_dde__server_job(sb_dde_adapter *a, sb_dde_job *job)
 
     if (it != NULL)
         goto set; /* a topic seen before: checked, and spelled as the broker does */
-    if (topic == NULL && a->base.cfg->dde_topics_count == 1)
-        topic = a->base.cfg->dde_topics[0];
+    if (topic == NULL && SB_DDE_CFG(a->base.cfg)->dde_topics_count == 1)
+        topic = SB_DDE_CFG(a->base.cfg)->dde_topics[0];
     item = topic != NULL && served_topic(a, topic) != NULL ? served_item(a, job->item, &why) : NULL;
     if (item == NULL) {
         sb_log(SB_LOG_DEBUG, a->base.name, "value of %s!%s not served: %s", topic ? topic : "?",
@@ -711,7 +711,7 @@ int sb_dde__server_init(sb_dde_adapter *a, char *why, size_t n)
 {
     const sb_adapter_config *cfg = a->base.cfg;
     sb_dde_server *s = sb_calloc(1, sizeof(*s));
-    wchar_t *ws = sb_utf8_to_wide(cfg->dde_service);
+    wchar_t *ws = sb_utf8_to_wide(SB_DDE_CFG(cfg)->dde_service);
 
     if (s == NULL || ws == NULL) {
         sb_free(s);
@@ -720,8 +720,8 @@ int sb_dde__server_init(sb_dde_adapter *a, char *why, size_t n)
         return SB_ENOMEM;
     }
     a->srv = s;
-    s->any_topic = cfg->dde_topics_count == 0 ||
-                   (cfg->dde_topics_count == 1 && strcmp(cfg->dde_topics[0], "*") == 0);
+    s->any_topic = SB_DDE_CFG(cfg)->dde_topics_count == 0 ||
+                   (SB_DDE_CFG(cfg)->dde_topics_count == 1 && strcmp(SB_DDE_CFG(cfg)->dde_topics[0], "*") == 0);
     s->service = DdeCreateStringHandleW(a->inst, ws, CP_WINUNICODE);
     s->system = DdeCreateStringHandleW(a->inst, L"System", CP_WINUNICODE);
     sb_free(ws);
@@ -730,7 +730,7 @@ int sb_dde__server_init(sb_dde_adapter *a, char *why, size_t n)
         return SB_EIO;
     }
     if (DdeNameService(a->inst, s->service, 0, DNS_REGISTER) == 0) {
-        snprintf(why, n, "cannot register DDE service %s (DMLERR 0x%04x)", cfg->dde_service,
+        snprintf(why, n, "cannot register DDE service %s (DMLERR 0x%04x)", SB_DDE_CFG(cfg)->dde_service,
                  DdeGetLastError(a->inst));
         return SB_EIO;
     }
@@ -748,7 +748,7 @@ void sb_dde__server_probe(sb_dde_adapter *a)
     if (probe != 0) {
         sb_log(SB_LOG_WARN, a->base.name,
                "another DDE server also answers service %s: clients may reach either",
-               a->base.cfg->dde_service);
+               SB_DDE_CFG(a->base.cfg)->dde_service);
         DdeDisconnect(probe);
     }
 }

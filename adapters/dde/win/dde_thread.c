@@ -54,6 +54,8 @@ void sb_dde__pub_free(sb_dde_pub *p)
 {
     if (p == NULL)
         return;
+    if (p->unsettled)
+        sb_dde__unsettled_done(p->a);
     sb_free(p->topic);
     sb_free(p->payload);
     sb_free(p->dde_topic);
@@ -122,10 +124,32 @@ void sb_dde__push(sb_dde_adapter *a, sb_dde_job *job)
     }
 }
 
+void sb_dde__push_batch(sb_dde_adapter *a, sb_dde_job *head, sb_dde_job *tail)
+{
+    int wake;
+    for (sb_dde_job *j = head; j != NULL; j = j->next)
+        j->a = a;
+    uv_mutex_lock(&a->lock);
+    if (a->jobs_tail != NULL)
+        a->jobs_tail->next = head;
+    else
+        a->jobs = head;
+    a->jobs_tail = tail;
+    wake = !a->wake_posted;
+    a->wake_posted = 1;
+    uv_mutex_unlock(&a->lock);
+    if (wake && !PostMessageW(a->hwnd, SB_DDE_WM_WAKE, 0, 0)) {
+        uv_mutex_lock(&a->lock);
+        a->wake_posted = 0;
+        uv_mutex_unlock(&a->lock);
+    }
+}
+
 /* Thread: runs every queued job. */
 static void run_jobs(sb_dde_adapter *a)
 {
     sb_dde_job *jobs;
+    int values = 0;
     uv_mutex_lock(&a->lock);
     jobs = a->jobs;
     a->jobs = a->jobs_tail = NULL;
@@ -134,6 +158,7 @@ static void run_jobs(sb_dde_adapter *a)
     uv_mutex_unlock(&a->lock);
     while (jobs != NULL) {
         sb_dde_job *next = jobs->next;
+        values |= jobs->type == SB_DDE_JOB_VALUE;
         if (a->is_server)
             sb_dde__server_job(a, jobs);
         else
@@ -142,6 +167,10 @@ static void run_jobs(sb_dde_adapter *a)
     }
     if (a->is_server)
         sb_dde__server_advise(a);
+    if (values) {
+        atomic_store(&a->values_done, 1);
+        sb_dde__post(a, sb_dde__on_values_done, a); /* the next batch, please */
+    }
 }
 
 void sb_dde__thread_quit(sb_dde_adapter *a)
@@ -177,6 +206,38 @@ void sb_dde__waiter_done(sb_dde_adapter *a, sb_dde_waiter *w, int status, const 
     SetEvent(a->commit_event);
 }
 
+void sb_dde__unsettled_done(sb_dde_adapter *a)
+{
+    uv_mutex_lock(&a->lock);
+    a->unsettled--;
+    uv_mutex_unlock(&a->lock);
+    SetEvent(a->commit_event);
+}
+
+/* Waits (with a->lock held, released meanwhile) until the loop sets the
+ * commit event, quit, or the deadline (0: none), handling only messages
+ * other threads send meanwhile (a DDE broadcast from another adapter's
+ * thread, say): nothing posted is dispatched, so DDEML is not re-entered.
+ * Returns 0 once the deadline passed. */
+static int wait_commit_event(sb_dde_adapter *a, uint64_t deadline)
+{
+    uint64_t now = uv_hrtime();
+    DWORD r, ms = INFINITE;
+    MSG m;
+
+    if (deadline != 0) {
+        if (now >= deadline)
+            return 0;
+        ms = (DWORD)((deadline - now) / 1000000u) + 1;
+    }
+    uv_mutex_unlock(&a->lock);
+    r = MsgWaitForMultipleObjects(1, &a->commit_event, FALSE, ms, QS_SENDMESSAGE);
+    if (r == WAIT_OBJECT_0 + 1)
+        PeekMessageW(&m, NULL, 0, 0, PM_NOREMOVE | PM_QS_SENDMESSAGE);
+    uv_mutex_lock(&a->lock);
+    return 1;
+}
+
 HDDEDATA sb_dde__publish_wait(sb_dde_adapter *a, sb_dde_pub *p, int wait)
 {
     sb_dde_waiter *w = NULL;
@@ -184,38 +245,30 @@ HDDEDATA sb_dde__publish_wait(sb_dde_adapter *a, sb_dde_pub *p, int wait)
     HDDEDATA answer = (HDDEDATA)DDE_FBUSY;
     char what[300];
 
-    if (wait) {
-        w = sb_calloc(1, sizeof(*w));
-        if (w == NULL) {
-            sb_dde__pub_free(p);
-            return (HDDEDATA)DDE_FBUSY;
-        }
-        w->refs = 2;
-        p->waiter = w;
+    if (!wait) {
+        uv_mutex_lock(&a->lock);
+        while (a->unsettled >= SB_DDE_MAX_UNSETTLED && !a->quit)
+            wait_commit_event(a, 0);
+        a->unsettled++;
+        p->unsettled = 1;
+        uv_mutex_unlock(&a->lock);
+        sb_dde__post(a, sb_dde__on_pub, p); /* now owned by the loop */
+        return (HDDEDATA)DDE_FACK;
     }
+    w = sb_calloc(1, sizeof(*w));
+    if (w == NULL) {
+        sb_dde__pub_free(p);
+        return (HDDEDATA)DDE_FBUSY;
+    }
+    w->refs = 2;
+    p->waiter = w;
     snprintf(what, sizeof what, "%s%s%s", p->dde_topic != NULL ? p->dde_topic : "",
              p->item != NULL ? "!" : "", p->item != NULL ? p->item : "");
     sb_dde__post(a, sb_dde__on_pub, p); /* now owned by the loop */
-    if (!wait)
-        return (HDDEDATA)DDE_FACK;
 
-    /* Waits for the loop's answer, handling only messages other threads
-     * send meanwhile (a DDE broadcast from another adapter's thread, say):
-     * nothing posted is dispatched, so DDEML is not re-entered. */
     uv_mutex_lock(&a->lock);
-    while (!w->done && !a->quit) {
-        uint64_t now = uv_hrtime();
-        DWORD r;
-        MSG m;
-        if (now >= deadline)
-            break;
-        uv_mutex_unlock(&a->lock);
-        r = MsgWaitForMultipleObjects(1, &a->commit_event, FALSE,
-                                      (DWORD)((deadline - now) / 1000000u) + 1, QS_SENDMESSAGE);
-        if (r == WAIT_OBJECT_0 + 1)
-            PeekMessageW(&m, NULL, 0, 0, PM_NOREMOVE | PM_QS_SENDMESSAGE);
-        uv_mutex_lock(&a->lock);
-    }
+    while (!w->done && !a->quit && wait_commit_event(a, deadline))
+        ;
     if (w->done && w->status == 0) {
         answer = (HDDEDATA)DDE_FACK;
     } else if (w->done) {

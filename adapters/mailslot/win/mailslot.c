@@ -36,6 +36,7 @@
  * loop for that reason: a local write returns at once, but the loop must
  * never wait on a network name.
  */
+#include "adapters/stream_keys.h"
 #include "service/adapter.h"
 #include "adapters/protocol/raw.h"
 #include "service/alloc.h"
@@ -131,7 +132,7 @@ static int prefix_icase(const char *s, const char *prefix)
 static int parse_target(const sb_adapter_config *cfg, char **out, int *network, size_t *name_off,
                         sb_error *err)
 {
-    const char *s = cfg->path != NULL ? cfg->path : cfg->connect;
+    const char *s = SB_STREAM_CFG(cfg)->path != NULL ? SB_STREAM_CFG(cfg)->path : SB_STREAM_CFG(cfg)->connect;
     size_t off;
     char *full;
 
@@ -145,9 +146,9 @@ static int parse_target(const sb_adapter_config *cfg, char **out, int *network, 
             end[strlen(KEYWORD)] == '\0')
             return sb_error_set(err, SB_ECONFIG, 0,
                                 "%s %s is not a mailslot name or \\\\SERVER\\mailslot\\NAME path",
-                                cfg->path != NULL ? "path" : "connect", s);
+                                SB_STREAM_CFG(cfg)->path != NULL ? "path" : "connect", s);
         *network = !(end - s == 3 && s[2] == '.');
-        if (cfg->path != NULL && *network)
+        if (SB_STREAM_CFG(cfg)->path != NULL && *network)
             return sb_error_set(err, SB_ECONFIG, 0,
                                 "path %s: a mailslot server can only create a local mailslot "
                                 "(\\\\.\\mailslot\\NAME)",
@@ -174,27 +175,12 @@ static int parse_target(const sb_adapter_config *cfg, char **out, int *network, 
 
 /* ---- lifecycle shared by both roles ---- */
 
-static int ms_validate(const sb_adapter_config *cfg, sb_error *err)
-{
-    char *path;
-    int network, rc;
-    if (cfg->protocol != NULL && strcmp(cfg->protocol, "raw") != 0)
-        return sb_error_set(err, SB_ECONFIG, 0, "mailslot carries the raw protocol only");
-    if (cfg->framing != NULL && strcmp(cfg->framing, "message") != 0)
-        return sb_error_set(err, SB_ECONFIG, 0, "mailslot framing must be message");
-    if (cfg->path != NULL && cfg->connect != NULL)
-        return sb_error_set(err, SB_ECONFIG, 0, "mailslot takes path or connect, not both");
-    rc = parse_target(cfg, &path, &network, NULL, err);
-    sb_free(path);
-    return rc;
-}
-
 static int ms_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error *err)
 {
     ms_adapter *m = sb_calloc(1, sizeof(*m));
     if (m == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-    m->is_server = cfg->path != NULL;
+    m->is_server = SB_STREAM_CFG(cfg)->path != NULL;
     m->slot = INVALID_HANDLE_VALUE;
     *out = &m->base;
     return 0;
@@ -387,7 +373,7 @@ static void on_too_big(void *arg)
         snprintf(size, sizeof(size), " (%zu bytes)", r->len);
     sb_log(SB_LOG_ERROR, m->base.name,
            "message from %s is larger than max_message %lld: dropped%s (%llu dropped so far)",
-           m->path, (long long)m->base.cfg->max_message, size, (unsigned long long)m->dropped);
+           m->path, (long long)SB_STREAM_CFG(m->base.cfg)->max_message, size, (unsigned long long)m->dropped);
     sb_free(r);
 }
 
@@ -466,7 +452,7 @@ static void discard_next(ms_adapter *m)
  * it to the loop. Returns 0, or the Windows error of the read. */
 static DWORD read_one(ms_adapter *m)
 {
-    size_t max = (size_t)m->base.cfg->max_message;
+    size_t max = (size_t)SB_STREAM_CFG(m->base.cfg)->max_message;
     DWORD n = 0;
     ms_read *r;
 
@@ -568,15 +554,15 @@ static int server_start(ms_adapter *m, size_t name_off, sb_error *err)
 
     size_t n = strlen(m->base.name) + strlen(m->path) + 2;
 
-    m->topic = sb_raw_topic(cfg->topic, m->base.name, m->path + name_off);
+    m->topic = sb_raw_topic(SB_STREAM_CFG(cfg)->topic, m->base.name, m->path + name_off);
     m->source = sb_malloc(n);
-    m->rbuf = sb_malloc((size_t)cfg->max_message + 1);
+    m->rbuf = sb_malloc((size_t)SB_STREAM_CFG(cfg)->max_message + 1);
     if (m->topic == NULL || m->source == NULL || m->rbuf == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", m->base.name);
     snprintf(m->source, n, "%s %s", m->base.name, m->path);
     m->max_pending = cfg->inflight > 0 ? cfg->inflight : 64;
 
-    if (cfg->security != NULL && (wsddl = sb_utf8_to_wide(cfg->security)) == NULL)
+    if (SB_STREAM_CFG(cfg)->security != NULL && (wsddl = sb_utf8_to_wide(SB_STREAM_CFG(cfg)->security)) == NULL)
         return sb_error_set(err, SB_ECONFIG, 0,
                             "adapter %s: security is not valid UTF-8 (or out of memory)",
                             m->base.name);
@@ -587,7 +573,7 @@ static int server_start(ms_adapter *m, size_t name_off, sb_error *err)
         sb_win_strerror(code, text, sizeof(text));
         return sb_error_set(
             err, SB_ECONFIG, (int)code, "adapter %s: invalid security descriptor (SDDL) \"%s\": %s",
-            m->base.name, cfg->security != NULL ? cfg->security : "(default)", text);
+            m->base.name, SB_STREAM_CFG(cfg)->security != NULL ? SB_STREAM_CFG(cfg)->security : "(default)", text);
     }
     sb_free(wsddl);
     sa.nLength = sizeof(sa);
@@ -707,7 +693,7 @@ static void writer_main(void *arg)
 static int ms_deliver(sb_adapter *a, sb_delivery *d)
 {
     ms_adapter *m = (ms_adapter *)a;
-    size_t limit = (size_t)a->cfg->max_message;
+    size_t limit = (size_t)SB_STREAM_CFG(a->cfg)->max_message;
     ms_write *w;
     char reason[320];
 
@@ -784,7 +770,7 @@ static int ms_start(sb_adapter *a, sb_error *err)
 
 static unsigned ms_caps_of(const sb_adapter_config *cfg)
 {
-    return SB_CAP_THREAD | (cfg->path != NULL ? SB_CAP_SOURCE : SB_CAP_SINK);
+    return SB_CAP_THREAD | (SB_STREAM_CFG(cfg)->path != NULL ? SB_CAP_SOURCE : SB_CAP_SINK);
 }
 
 const sb_adapter_type sb_adapter_mailslot = {
@@ -792,7 +778,6 @@ const sb_adapter_type sb_adapter_mailslot = {
     .name = "mailslot",
     .caps = SB_CAP_SOURCE | SB_CAP_SINK | SB_CAP_THREAD,
     .caps_of = ms_caps_of,
-    .validate = ms_validate,
     .create = ms_create,
     .start = ms_start,
     .deliver = ms_deliver,

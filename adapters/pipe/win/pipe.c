@@ -34,6 +34,7 @@
  * security descriptor. The I/O runs on a thread of the adapter's own
  * (pipe_io.c); this file is the loop side, including the sb_conn transport.
  */
+#include "adapters/stream_keys.h"
 #include "adapters/pipe/win/pipe_int.h"
 #include "adapters/protocol/raw.h"
 #include "service/alloc.h"
@@ -248,71 +249,33 @@ void sb_pipe__on_connect_failed(void *arg)
 
 /* ---- lifecycle ---- */
 
-static int pipe_validate(const sb_adapter_config *cfg, sb_error *err)
-{
-    const sb_protocol *p = sb_protocol_find(cfg->protocol);
-    int framing = sb_raw_framing_parse(cfg->framing, 0);
-    const char *name = cfg->path != NULL ? cfg->path : cfg->connect;
-    char *utf8;
-    wchar_t *wide;
-    int rc;
-
-    if (p == NULL)
-        return sb_error_set(err, SB_ECONFIG, 0, "unknown protocol %s", cfg->protocol);
-    if (framing != SB_FRAMING_LINE && framing != SB_FRAMING_LENGTH && framing != SB_FRAMING_MESSAGE)
-        return sb_error_set(err, SB_ECONFIG, 0, "framing %s is not available for pipes",
-                            cfg->framing);
-    if (framing == SB_FRAMING_MESSAGE && p != &sb_protocol_raw)
-        return sb_error_set(err, SB_ECONFIG, 0, "framing message needs protocol raw");
-    if (name == NULL)
-        return sb_error_set(err, SB_ECONFIG, 0, "pipe needs path or connect");
-    if (p == &sb_protocol_mqtt && cfg->path == NULL)
-        return sb_error_set(err, SB_ECONFIG, 0,
-                            "mqtt is served on a pipe server (path); the broker is not an MQTT "
-                            "client");
-    if (cfg->security != NULL && cfg->path == NULL)
-        return sb_error_set(err, SB_ECONFIG, 0,
-                            "security applies to a pipe server (path), not to connect");
-    if ((rc = sb_pipe__full_name(name, cfg->path != NULL, &utf8, &wide, err)) != 0)
-        return rc;
-    sb_free(utf8);
-    sb_free(wide);
-    if (cfg->security != NULL) {
-        PSECURITY_DESCRIPTOR sd;
-        if ((rc = sb_pipe__security(&sd, cfg->name, cfg->security, err)) != 0)
-            return rc;
-        LocalFree(sd);
-    }
-    return 0;
-}
-
 static int pipe_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error *err)
 {
     pipe_adapter *pa = sb_calloc(1, sizeof(*pa));
     int rc;
     if (pa == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-    pa->is_server = cfg->path != NULL;
-    pa->proto = sb_protocol_find(cfg->protocol);
+    pa->is_server = SB_STREAM_CFG(cfg)->path != NULL;
+    pa->proto = sb_protocol_find(SB_STREAM_CFG(cfg)->protocol);
     /* Message mode is for raw alone: jsonl and MQTT are byte streams. */
     pa->message = pa->proto == &sb_protocol_raw &&
-                  sb_raw_framing_parse(cfg->framing, 0) == SB_FRAMING_MESSAGE;
-    pa->max_message = cfg->max_message > 0 ? (size_t)cfg->max_message : 1048576;
-    pa->max_connections = cfg->max_connections > 0 ? cfg->max_connections : 64;
+                  sb_raw_framing_parse(SB_STREAM_CFG(cfg)->framing, 0) == SB_FRAMING_MESSAGE;
+    pa->max_message = SB_STREAM_CFG(cfg)->max_message > 0 ? (size_t)SB_STREAM_CFG(cfg)->max_message : 1048576;
+    pa->max_connections = SB_STREAM_CFG(cfg)->max_connections > 0 ? SB_STREAM_CFG(cfg)->max_connections : 64;
     /* A raw producer's writes complete once in the pipe's buffer and what
      * the broker read ahead: both are lost if the broker dies, so raw
      * gets small ones (README: what a raw producer can rely on). jsonl and
      * MQTT acknowledge after the commit and keep the larger ones. */
     if (pa->proto == &sb_protocol_raw) {
-        pa->buffer = cfg->pipe_buffer > 0 ? (DWORD)cfg->pipe_buffer : RAW_PIPE_BUFFER;
+        pa->buffer = SB_STREAM_CFG(cfg)->pipe_buffer > 0 ? (DWORD)SB_STREAM_CFG(cfg)->pipe_buffer : RAW_PIPE_BUFFER;
         pa->ahead_bytes = PIPE_READ_CHUNK;
-        pa->ahead_messages = pa->message ? (cfg->read_ahead > 0 ? cfg->read_ahead : 64) : 0;
+        pa->ahead_messages = pa->message ? (SB_STREAM_CFG(cfg)->read_ahead > 0 ? SB_STREAM_CFG(cfg)->read_ahead : 64) : 0;
     } else {
-        pa->buffer = cfg->pipe_buffer > 0 ? (DWORD)cfg->pipe_buffer : STREAM_PIPE_BUFFER;
+        pa->buffer = SB_STREAM_CFG(cfg)->pipe_buffer > 0 ? (DWORD)SB_STREAM_CFG(cfg)->pipe_buffer : STREAM_PIPE_BUFFER;
         pa->ahead_bytes = PIPE_READ_AHEAD;
         pa->ahead_messages = 0;
     }
-    rc = sb_pipe__full_name(pa->is_server ? cfg->path : cfg->connect, pa->is_server, &pa->display,
+    rc = sb_pipe__full_name(pa->is_server ? SB_STREAM_CFG(cfg)->path : SB_STREAM_CFG(cfg)->connect, pa->is_server, &pa->display,
                             &pa->wname, err);
     if (rc != 0) {
         sb_free(pa);
@@ -355,7 +318,7 @@ static int pipe_start(sb_adapter *a, sb_error *err)
     if (pa->is_server) {
         HANDLE h;
         sb_stream_open_guard(&pa->st);
-        if ((rc = sb_pipe__security(&pa->sd, a->name, a->cfg->security, err)) != 0)
+        if ((rc = sb_pipe__security(&pa->sd, a->name, SB_STREAM_CFG(a->cfg)->security, err)) != 0)
             return rc;
         pa->sa.nLength = sizeof(pa->sa);
         pa->sa.lpSecurityDescriptor = pa->sd;
@@ -479,17 +442,16 @@ static int pipe_deliver(sb_adapter *a, sb_delivery *d)
 /* An MQTT pipe is only a source: its clients subscribe for themselves. */
 static unsigned pipe_caps_of(const sb_adapter_config *cfg)
 {
-    if (cfg->protocol != NULL && strcmp(cfg->protocol, "mqtt") == 0)
+    if (SB_STREAM_CFG(cfg)->protocol != NULL && strcmp(SB_STREAM_CFG(cfg)->protocol, "mqtt") == 0)
         return SB_CAP_SOURCE | SB_CAP_THREAD;
     return SB_CAP_SOURCE | SB_CAP_SINK | SB_CAP_THREAD;
 }
 
-const sb_adapter_type sb_adapter_pipe_win = {
+const sb_adapter_type sb_adapter_pipe = {
     .version = SB_ADAPTER_VERSION,
     .name = "pipe",
     .caps = SB_CAP_SOURCE | SB_CAP_SINK | SB_CAP_THREAD,
     .caps_of = pipe_caps_of,
-    .validate = pipe_validate,
     .create = pipe_create,
     .start = pipe_start,
     .deliver = pipe_deliver,

@@ -2,15 +2,14 @@
  * The MQTT 3.1.1 server protocol, on any stream transport (TCP, TLS, Unix
  * sockets, Windows named pipes).
  *
- * A client session is a broker subscription named "mqtt/<client id>" whose
- * filters are the client's MQTT subscriptions ('\n'-separated) and whose
- * meta text holds the granted QoS of each (one digit per filter) and, on a
- * line of its own after them, "owner=<user>": the identity that made the
- * session (a user that logged in with a password, or a TLS client
- * certificate's name). Clean sessions are transient memory queues deleted
- * at disconnect; persistent ones (clean session 0) are durable (fsync)
- * queues that keep collecting messages while the client is away and survive
- * restarts, until `session_expiry` of absence, if set.
+ * A client session is a broker subscription of protocol "mqtt" named
+ * "mqtt/<client id>" whose filters are the client's MQTT subscriptions,
+ * each with the QoS granted on it, and whose owner is the identity that
+ * made the session (a user that logged in with a password, or a TLS client
+ * certificate's name), saved together (sb_broker_sub_define). Clean sessions are transient memory
+ * queues deleted at disconnect; persistent ones (clean session 0) are durable (fsync) queues that
+ * keep collecting messages while the client is away and survive restarts, until `session_expiry` of
+ * absence, if set.
  *
  * A session with an owner is its owner's: another identity using its client
  * id gets CONNACK 5 and neither takes it over nor deletes it. A session
@@ -30,6 +29,7 @@
  * "$mqtt\n<id>\nrel\n<message id>" is committed before PUBREL is sent, so a
  * redelivery after a restart sends PUBREL, never the message again.
  */
+#include "adapters/stream_keys.h"
 #include "adapters/conn.h"
 #include "adapters/protocol/mqtt/mqtt_codec.h"
 #include "service/alloc.h"
@@ -63,11 +63,6 @@ typedef struct inflight {
     uint8_t qos;
     uint8_t released; /* QoS 2: PUBREL sent (or being committed) */
 } inflight;
-
-typedef struct sub_filter {
-    char *filter;
-    uint8_t qos;
-} sub_filter;
 
 /* An inbound publish waiting for its commit; commits complete in publish
  * order, so a ring per session is enough. */
@@ -107,8 +102,9 @@ struct mqtt_session {
     uint8_t *buf;
     size_t len, cap;
     size_t max_packet, max_payload;
-    /* subscriptions, mirrored in the queue's filters and meta */
-    sub_filter *subs;
+    /* subscriptions (filter strings owned), mirrored in the session's
+     * definition */
+    sb_sub_filter *subs;
     size_t sub_count;
     /* deliveries */
     sb_consumer consumer;
@@ -304,93 +300,38 @@ static void consumer_ready(mqtt_session *s)
 static void subs_free(mqtt_session *s)
 {
     for (size_t i = 0; i < s->sub_count; i++)
-        sb_free(s->subs[i].filter);
+        sb_free((char *)s->subs[i].filter);
     sb_free(s->subs);
     s->subs = NULL;
     s->sub_count = 0;
 }
 
-/* The owner recorded in a session's meta text, or NULL if none. */
-static const char *meta_owner(const char *meta)
-{
-    const char *nl = meta != NULL ? strchr(meta, '\n') : NULL;
-    if (nl == NULL || strncmp(nl + 1, "owner=", 6) != 0)
-        return NULL;
-    return nl + 7; /* the last line: a name may hold anything but NUL */
-}
-
-/* The meta text of s: the QoS of each filter, then its owner (NULL with
- * err set when out of memory). */
-static char *meta_text(const mqtt_session *s, sb_error *err)
-{
-    size_t n = s->sub_count + (s->user != NULL ? strlen(s->user) + 7 : 0) + 1;
-    char *meta = sb_malloc(n);
-    if (meta == NULL) {
-        sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-        return NULL;
-    }
-    for (size_t i = 0; i < s->sub_count; i++)
-        meta[i] = (char)('0' + s->subs[i].qos);
-    if (s->user != NULL)
-        snprintf(meta + s->sub_count, n - s->sub_count, "\nowner=%s", s->user);
-    else
-        meta[s->sub_count] = '\0';
-    return meta;
-}
-
 /* Reads a persistent session's filters and granted QoS back. */
-static int subs_load(mqtt_session *s, const char *filters, const char *meta)
+static int subs_load(mqtt_session *s, const sb_sub_def *def)
 {
-    const char *p = filters;
-    size_t i = 0;
     subs_free(s);
-    while (p != NULL && *p != '\0') {
-        const char *nl = strchr(p, '\n');
-        size_t n = nl != NULL ? (size_t)(nl - p) : strlen(p);
-        sub_filter *ns = sb_realloc(s->subs, (s->sub_count + 1) * sizeof(*ns));
-        if (ns == NULL)
+    if (def->filter_count == 0)
+        return 0;
+    if ((s->subs = sb_calloc(def->filter_count, sizeof(*s->subs))) == NULL)
+        return SB_ENOMEM;
+    for (; s->sub_count < def->filter_count; s->sub_count++) {
+        const sb_sub_filter *f = &def->filters[s->sub_count];
+        if ((s->subs[s->sub_count].filter = sb_strdup(f->filter)) == NULL)
             return SB_ENOMEM;
-        s->subs = ns;
-        if ((ns[s->sub_count].filter = strndup_sb(p, n)) == NULL)
-            return SB_ENOMEM;
-        ns[s->sub_count].qos =
-            (uint8_t)(meta != NULL && meta[i] >= '0' && meta[i] <= '2' ? meta[i] - '0' : 1);
-        if (meta != NULL && meta[i] != '\0' && meta[i] != '\n')
-            i++;
-        s->sub_count++;
-        p = nl != NULL ? nl + 1 : NULL;
+        /* none granted (not saved by this protocol): at least once */
+        s->subs[s->sub_count].qos = f->qos >= 0 && f->qos <= 2 ? f->qos : 1;
     }
     return 0;
 }
 
-/* Saves the filters, their QoS and the owner as the queue's definition. */
-static int subs_save(mqtt_session *s, const char *retained_for, sb_error *err)
+/* Saves the filters, their QoS and the owner as the session's definition;
+ * the retained values matching retained_for (a filter just subscribed to;
+ * may be NULL) are queued. */
+static int subs_save(mqtt_session *s, const sb_sub_filter *retained_for, sb_error *err)
 {
-    size_t len = 1;
-    char *filters, *meta, *p;
-    int rc;
-    for (size_t i = 0; i < s->sub_count; i++)
-        len += strlen(s->subs[i].filter) + 1;
-    filters = sb_malloc(len);
-    meta = meta_text(s, err);
-    if (filters == NULL || meta == NULL) {
-        sb_free(filters);
-        sb_free(meta);
-        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-    }
-    p = filters;
-    *p = '\0';
-    for (size_t i = 0; i < s->sub_count; i++) {
-        size_t n = strlen(s->subs[i].filter);
-        if (i > 0)
-            *p++ = '\n';
-        memcpy(p, s->subs[i].filter, n + 1);
-        p += n;
-    }
-    rc = sb_broker_sub_define(s->broker, s->queue, filters, meta, NULL, retained_for, err);
-    sb_free(filters);
-    sb_free(meta);
-    return rc;
+    sb_sub_def def = {s->subs, s->sub_count, "mqtt", s->user};
+    return sb_broker_sub_define(s->broker, s->queue, &def, NULL, retained_for, retained_for != NULL,
+                                err);
 }
 
 /* A resumed session keeps only the filters its identity may subscribe to
@@ -408,7 +349,7 @@ static void subs_recheck(mqtt_session *s, int save)
         sb_log(SB_LOG_INFO, s->conn->adapter->name,
                "%s: subscription %s of the resumed session dropped: denied by the ACL", s->who,
                s->subs[i].filter);
-        sb_free(s->subs[i].filter);
+        sb_free((char *)s->subs[i].filter);
     }
     if (kept != s->sub_count || save) {
         s->sub_count = kept;
@@ -794,7 +735,7 @@ static int handle_subscribe(mqtt_session *s, const sb_mqtt_packet *pk)
         for (k = 0; k < s->sub_count && strcmp(s->subs[k].filter, filter) != 0; k++)
             ;
         if (k == s->sub_count) {
-            sub_filter *ns = sb_realloc(s->subs, (s->sub_count + 1) * sizeof(*ns));
+            sb_sub_filter *ns = sb_realloc(s->subs, (s->sub_count + 1) * sizeof(*ns));
             if (ns == NULL) {
                 sb_free(filter);
                 codes[i++] = SB_MQTT_SUBACK_FAILURE;
@@ -807,7 +748,7 @@ static int handle_subscribe(mqtt_session *s, const sb_mqtt_packet *pk)
             sb_free(filter);
         }
         s->subs[k].qos = f.qos > 2 ? 2 : f.qos;
-        if (subs_save(s, s->subs[k].filter, &err) != 0) {
+        if (subs_save(s, &s->subs[k], &err) != 0) {
             sb_log(SB_LOG_WARN, s->conn->adapter->name, "%s: SUBSCRIBE to %s failed: %s", s->who,
                    s->subs[k].filter, err.msg);
             codes[i++] = SB_MQTT_SUBACK_FAILURE;
@@ -840,7 +781,7 @@ static int handle_unsubscribe(mqtt_session *s, const sb_mqtt_packet *pk)
         for (size_t k = 0; k < s->sub_count; k++) {
             if (strlen(s->subs[k].filter) == f.filter.n &&
                 memcmp(s->subs[k].filter, f.filter.p, f.filter.n) == 0) {
-                sb_free(s->subs[k].filter);
+                sb_free((char *)s->subs[k].filter);
                 s->subs[k] = s->subs[--s->sub_count];
                 break;
             }
@@ -892,11 +833,20 @@ static void take_over(mqtt_session *old)
         sb_broker_unsubscribe(old->broker, old->queue, &err);
 }
 
-/* 0 if s's identity may use the session stored under its client id (meta:
- * its meta text, NULL if there is none); else refuses the connection. */
-static int check_owner(mqtt_session *s, const char *meta)
+/* The session stored under s's client id, or NULL if there is none;
+ * *def is valid until the broker's subscriptions change. */
+static const sb_sub_def *stored_session(mqtt_session *s, sb_sub_def *def)
 {
-    const char *owner = meta_owner(meta);
+    if (sb_broker_sub_get(s->broker, s->queue, def) != 0 || def->protocol == NULL)
+        return NULL;
+    return def;
+}
+
+/* 0 if s's identity may use the session stored under its client id
+ * (NULL if there is none); else refuses the connection. */
+static int check_owner(mqtt_session *s, const sb_sub_def *stored)
+{
+    const char *owner = stored != NULL ? stored->owner : NULL;
     char why[300];
     if (owner == NULL || (s->user != NULL && strcmp(owner, s->user) == 0))
         return 0;
@@ -910,13 +860,8 @@ static int check_owner(mqtt_session *s, const char *meta)
 /* Defines s's session queue with no filters yet. */
 static int define_empty(mqtt_session *s, const sb_sub_settings *st, sb_error *err)
 {
-    char *meta = meta_text(s, err);
-    int rc;
-    if (meta == NULL)
-        return SB_ENOMEM;
-    rc = sb_broker_sub_define(s->broker, s->queue, "", meta, st, NULL, err);
-    sb_free(meta);
-    return rc;
+    sb_sub_def def = {NULL, 0, "mqtt", s->user};
+    return sb_broker_sub_define(s->broker, s->queue, &def, st, NULL, 0, err);
 }
 
 static int connect_finish(mqtt_session *s, const char *user)
@@ -924,7 +869,8 @@ static int connect_finish(mqtt_session *s, const char *user)
     const sb_adapter_config *cfg = s->conn->adapter->cfg;
     sb_broker *b = s->broker;
     sb_sub_settings st;
-    const char *meta;
+    sb_sub_def def;
+    const sb_sub_def *stored;
     mqtt_session *old;
     sb_error err;
     uint8_t ack[4];
@@ -932,7 +878,7 @@ static int connect_finish(mqtt_session *s, const char *user)
     char prefix[300];
     int present = 0;
 
-    if (user == NULL && !sb_adapter_config_anonymous(cfg))
+    if (user == NULL && !sb_stream_anonymous(cfg))
         return refuse(s, SB_MQTT_CONNACK_NOT_AUTHORIZED,
                       "anonymous clients are not allowed on this listener");
     if (user != NULL && (s->user = sb_strdup(user)) == NULL)
@@ -942,7 +888,7 @@ static int connect_finish(mqtt_session *s, const char *user)
         return refuse(s, SB_MQTT_CONNACK_NOT_AUTHORIZED, "the will's topic is denied by the ACL");
     /* Before anything is taken over or deleted: the session (stored, or
      * of a connection still there) may be someone else's. */
-    if (check_owner(s, sb_broker_sub_meta(b, s->queue)) != 0)
+    if (check_owner(s, stored_session(s, &def)) != 0)
         return 0;
 
     old = sb_broker_session_swap(b, s->client_id, s);
@@ -952,20 +898,20 @@ static int connect_finish(mqtt_session *s, const char *user)
 
     sb_sub_settings_default(&st);
     st.lease_ms = DELIVERY_LEASE_MS;
-    if (cfg->max_queued > 0) {
+    if (SB_STREAM_CFG(cfg)->max_queued > 0) {
         /* a slow or absent client must not make the broker hold everything */
-        st.max_depth = cfg->max_queued;
+        st.max_depth = SB_STREAM_CFG(cfg)->max_queued;
         st.overflow = SB_OVERFLOW_DROP_OLDEST;
     }
-    meta = sb_broker_sub_meta(b, s->queue);
-    if (s->clean || meta == NULL) {
+    stored = stored_session(s, &def); /* again: a take-over may have deleted it */
+    if (s->clean || stored == NULL) {
         /* A new session starts without the QoS 2 state of an earlier one
          * (deleted, expired or clean): a packet id it reuses is new. */
         key_prefix(prefix, sizeof prefix, s->client_id);
         sb_broker_key_delete(b, prefix, 1);
     }
     if (s->clean) {
-        if (meta != NULL && sb_broker_unsubscribe(b, s->queue, &err) != 0)
+        if (stored != NULL && sb_broker_unsubscribe(b, s->queue, &err) != 0)
             return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, err.msg);
         /* A QoS 2 publish of an earlier connection may still commit its key
          * after that delete: this connection's keys are its own. */
@@ -975,10 +921,10 @@ static int connect_finish(mqtt_session *s, const char *user)
         st.transient = 1;
         if (define_empty(s, &st, &err) != 0)
             return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, err.msg);
-    } else if (meta != NULL) {
-        int claimed = meta_owner(meta) == NULL && s->user != NULL;
+    } else if (stored != NULL) {
+        int claimed = stored->owner == NULL && s->user != NULL;
         present = 1;
-        if (subs_load(s, sb_broker_sub_filter(b, s->queue), meta) != 0)
+        if (subs_load(s, stored) != 0)
             return fail(s, "out of memory");
         if (claimed)
             sb_log(SB_LOG_WARN, s->conn->adapter->name,
@@ -987,12 +933,12 @@ static int connect_finish(mqtt_session *s, const char *user)
                    s->who, s->queue, s->user);
         subs_recheck(s, claimed);
     } else {
-        st.expire_ms = cfg->session_expiry_ms;
+        st.expire_ms = SB_STREAM_CFG(cfg)->session_expiry_ms;
         if (define_empty(s, &st, &err) != 0)
             return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, err.msg);
     }
     /* The absence allowed is that of the listener the client last used. */
-    if (!s->clean && sb_broker_sub_set_expiry(b, s->queue, cfg->session_expiry_ms, &err) != 0)
+    if (!s->clean && sb_broker_sub_set_expiry(b, s->queue, SB_STREAM_CFG(cfg)->session_expiry_ms, &err) != 0)
         sb_log(SB_LOG_WARN, s->conn->adapter->name, "%s: cannot set the session's expiry: %s",
                s->who, err.msg);
     if (sb_mqtt_encode_connack(ack, sizeof ack, &n, present, SB_MQTT_CONNACK_ACCEPTED) == 0)
@@ -1128,7 +1074,7 @@ static int handle_connect(mqtt_session *s, const sb_mqtt_packet *pk)
         return 0;
     }
     if (sb_auth_has_passwords(auth) && !cn->has_username && s->conn->user == NULL &&
-        !sb_adapter_config_anonymous(s->conn->adapter->cfg))
+        !sb_stream_anonymous(s->conn->adapter->cfg))
         return refuse(s, SB_MQTT_CONNACK_NOT_AUTHORIZED, "no user name given");
     /* Without a password file a user name proves nothing: identity comes
      * from a TLS client certificate, if any. */
@@ -1284,7 +1230,7 @@ static int mqtt_data(sb_conn *c, const char *data, size_t len)
 static int mqtt_open(sb_conn *c)
 {
     mqtt_session *s = sb_calloc(1, sizeof(*s));
-    int64_t max = c->adapter->cfg->max_message;
+    int64_t max = SB_STREAM_CFG(c->adapter->cfg)->max_message;
     if (s == NULL)
         return SB_ENOMEM;
     s->conn = c;

@@ -17,6 +17,11 @@
 #include <time.h>
 #include <cmocka.h>
 
+#include "adapters/builtin.h"
+#include "adapters/dde/dde_keys.h"
+#include "adapters/exec/exec_keys.h"
+#include "adapters/stream_keys.h"
+
 #include <dirent.h>
 
 #include "config/config.h"
@@ -211,45 +216,45 @@ static void test_full_values(void **state)
     assert_int_equal(a->pos.line, 7);
     assert_int_equal(a->pos.col, 5);
     assert_string_equal(a->type, "tcp");
-    assert_string_equal(a->listen, "127.0.0.1:7000");
-    assert_null(a->connect);
-    assert_string_equal(a->protocol, "raw");
-    assert_string_equal(a->framing, "length");
-    assert_string_equal(a->topic, "in/{adapter}/{peer}");
-    assert_int_equal(a->max_message, 65536);
-    assert_int_equal(a->max_connections, 100000);
-    assert_int_equal(a->idle_timeout_ms, 300000);
-    assert_int_equal(sb_adapter_config_idle_timeout(a), 300000);
-    assert_int_equal(a->frame_timeout_ms, 0);
+    assert_string_equal(SB_STREAM_CFG(a)->listen, "127.0.0.1:7000");
+    assert_null(SB_STREAM_CFG(a)->connect);
+    assert_string_equal(SB_STREAM_CFG(a)->protocol, "raw");
+    assert_string_equal(SB_STREAM_CFG(a)->framing, "length");
+    assert_string_equal(SB_STREAM_CFG(a)->topic, "in/{adapter}/{peer}");
+    assert_int_equal(SB_STREAM_CFG(a)->max_message, 65536);
+    assert_int_equal(SB_STREAM_CFG(a)->max_connections, 100000);
+    assert_int_equal(SB_STREAM_CFG(a)->idle_timeout_ms, 300000);
+    assert_int_equal(sb_stream_idle_timeout(a), 300000);
+    assert_int_equal(SB_STREAM_CFG(a)->frame_timeout_ms, 0);
     assert_int_equal(a->inflight, 8);
 
     a = sb_config_adapter(cfg, "out");
-    assert_string_equal(a->connect, "[::1]:7001");
-    assert_int_equal(a->reconnect_backoff_ms, 250);
-    assert_int_equal(a->reconnect_max_backoff_ms, 120000);
-    assert_string_equal(a->framing, "line");
+    assert_string_equal(SB_STREAM_CFG(a)->connect, "[::1]:7001");
+    assert_int_equal(SB_STREAM_CFG(a)->reconnect_backoff_ms, 250);
+    assert_int_equal(SB_STREAM_CFG(a)->reconnect_max_backoff_ms, 120000);
+    assert_string_equal(SB_STREAM_CFG(a)->framing, "line");
 
     a = sb_config_adapter(cfg, "dgram");
-    assert_string_equal(a->framing, "datagram");
-    assert_int_equal(a->max_message, 65507);
+    assert_string_equal(SB_STREAM_CFG(a)->framing, "datagram");
+    assert_int_equal(SB_STREAM_CFG(a)->max_message, 65507);
 
     a = sb_config_adapter(cfg, "sock");
-    assert_string_equal(a->path, "/tmp/sb.sock");
-    assert_string_equal(a->protocol, "jsonl");
-    assert_string_equal(a->framing, "line");
+    assert_string_equal(SB_STREAM_CFG(a)->path, "/tmp/sb.sock");
+    assert_string_equal(SB_STREAM_CFG(a)->protocol, "jsonl");
+    assert_string_equal(SB_STREAM_CFG(a)->framing, "line");
 
     a = sb_config_adapter(cfg, "orders");
-    assert_string_equal(a->framing, "message");
-    assert_string_equal(a->security, "D:P(A;;GA;;;SY)");
+    assert_string_equal(SB_STREAM_CFG(a)->framing, "message");
+    assert_string_equal(SB_STREAM_CFG(a)->security, "D:P(A;;GA;;;SY)");
 
     a = sb_config_adapter(cfg, "child");
-    assert_int_equal(a->command_count, 3);
-    assert_string_equal(a->command[0], "sh");
-    assert_string_equal(a->command[1], "-c");
-    assert_string_equal(a->command[2], "cat > /dev/null");
-    assert_int_equal(a->restart, SB_RESTART_ALWAYS);
-    assert_int_equal(a->restart_backoff_ms, 2000);
-    assert_int_equal(a->restart_max_backoff_ms, 3600000);
+    assert_int_equal(SB_EXEC_CFG(a)->command_count, 3);
+    assert_string_equal(SB_EXEC_CFG(a)->command[0], "sh");
+    assert_string_equal(SB_EXEC_CFG(a)->command[1], "-c");
+    assert_string_equal(SB_EXEC_CFG(a)->command[2], "cat > /dev/null");
+    assert_int_equal(SB_EXEC_CFG(a)->restart, SB_RESTART_ALWAYS);
+    assert_int_equal(SB_EXEC_CFG(a)->restart_backoff_ms, 2000);
+    assert_int_equal(SB_EXEC_CFG(a)->restart_max_backoff_ms, 3600000);
 
     r = sb_config_route(cfg, "r1");
     assert_non_null(r);
@@ -324,22 +329,22 @@ static void test_defaults(void **state)
                    "  - { name: r, from: \"#\" }\n");
     check_broker_defaults(&cfg->broker);
     a = sb_config_adapter(cfg, "t");
-    assert_string_equal(a->protocol, "raw");
-    assert_string_equal(a->framing, "line");
-    assert_string_equal(a->topic, "{adapter}");
-    assert_int_equal(a->max_message, 1048576);
-    assert_int_equal(a->max_connections, 64);
-    assert_int_equal(a->idle_timeout_ms, -1);
-    assert_int_equal(sb_adapter_config_idle_timeout(a), 0); /* raw: off */
-    assert_int_equal(a->frame_timeout_ms, 30000);
+    assert_string_equal(SB_STREAM_CFG(a)->protocol, "raw");
+    assert_string_equal(SB_STREAM_CFG(a)->framing, "line");
+    assert_string_equal(SB_STREAM_CFG(a)->topic, "{adapter}");
+    assert_int_equal(SB_STREAM_CFG(a)->max_message, 1048576);
+    assert_int_equal(SB_STREAM_CFG(a)->max_connections, 64);
+    assert_int_equal(SB_STREAM_CFG(a)->idle_timeout_ms, -1);
+    assert_int_equal(sb_stream_idle_timeout(a), 0); /* raw: off */
+    assert_int_equal(SB_STREAM_CFG(a)->frame_timeout_ms, 30000);
     assert_int_equal(a->inflight, 64);
-    assert_int_equal(a->reconnect_backoff_ms, 500);
-    assert_int_equal(a->reconnect_max_backoff_ms, 30000);
-    assert_null(a->security);
+    assert_int_equal(SB_STREAM_CFG(a)->reconnect_backoff_ms, 500);
+    assert_int_equal(SB_STREAM_CFG(a)->reconnect_max_backoff_ms, 30000);
+    assert_null(SB_STREAM_CFG(a)->security);
     a = sb_config_adapter(cfg, "e");
-    assert_int_equal(a->restart, SB_RESTART_ON_FAILURE);
-    assert_int_equal(a->restart_backoff_ms, 1000);
-    assert_int_equal(a->restart_max_backoff_ms, 60000);
+    assert_int_equal(SB_EXEC_CFG(a)->restart, SB_RESTART_ON_FAILURE);
+    assert_int_equal(SB_EXEC_CFG(a)->restart_backoff_ms, 1000);
+    assert_int_equal(SB_EXEC_CFG(a)->restart_max_backoff_ms, 60000);
     r = sb_config_route(cfg, "r");
     assert_int_equal(r->from_count, 1);
     assert_int_equal(r->to_count, 0);
@@ -444,7 +449,7 @@ static void test_error_type(void **state)
                   "  - name: a\n"
                   "    type: mqtt\n",
                   "t.yaml:3:11: adapters[0].type: must be one of tcp, udp, unix, pipe, exec, "
-                  "mailslot, dde (got \"mqtt\")\n");
+                  "mailslot, dde, null (got \"mqtt\")\n");
     expect_errors("adapters:\n"
                   "  - name: a\n",
                   "t.yaml:2:5: adapters[0].type: required\n");
@@ -631,11 +636,36 @@ static void test_error_routes(void **state)
                   "\"no\")\n");
 }
 
+/* Type null: `type: null` names it (not "not set"); it takes only inflight. */
+static void test_null_type(void **state)
+{
+    sb_config *cfg = parse_ok("adapters:\n"
+                              "  - { name: d, type: null, inflight: 2 }\n"
+                              "  - { name: e, type: \"null\" }\n"
+                              "routes: [{ name: r, from: x, to: [d, e] }]\n");
+    (void)state;
+    assert_string_equal(cfg->adapters[0].type, "null");
+    assert_int_equal(cfg->adapters[0].inflight, 2);
+    assert_int_equal(cfg->adapters[1].inflight, 64);
+    sb_config_free(cfg);
+    expect_errors("adapters: [{ name: d, type: null, path: p, colour: red }]\n",
+                  "t.yaml:1:35: adapters[0].path: not allowed for type null\n"
+                  "t.yaml:1:44: adapters[0].colour: unknown key (known: name, type, inflight)\n");
+    expect_errors("adapters: [{ name: d, type: ~ }]\n",
+                  "t.yaml:1:29: adapters[0].type: missing value\n");
+}
+
+/* A host name where the socket adapters need a numeric address. */
+#define NOT_NUMERIC                                                                                \
+    "host \"h\" is not a numeric address (write e.g. 127.0.0.1:7878 or [::1]:7878; names are "  \
+    "not resolved)\n"
+
 static void test_error_adapter_rules(void **state)
 {
     (void)state;
     expect_errors("adapters: [{ name: a, type: tcp, listen: \"127.0.0.1:1\", connect: \"h:2\" }]\n",
-                  "t.yaml:1:57: adapters[0].connect: cannot be combined with listen\n");
+                  "t.yaml:1:57: adapters[0].connect: cannot be combined with listen\n"
+                  "t.yaml:1:66: adapters[0].connect: " NOT_NUMERIC);
     expect_errors("adapters: [{ name: a, type: pipe }]\n",
                   "t.yaml:1:12: adapters[0]: needs path (server) or connect (client)\n");
     expect_errors("adapters: [{ name: a, type: tcp, listen: \"127.0.0.1:1\", framing: message }]\n",
@@ -685,12 +715,14 @@ static void test_error_adapter_rules(void **state)
                   "t.yaml:1:44: adapters[0].reconnect_backoff: only for clients (connect), not "
                   "with path\n");
     expect_errors("adapters: [{ name: a, type: tcp, connect: \"h:1\", max_connections: 2 }]\n",
+                  "t.yaml:1:43: adapters[0].connect: " NOT_NUMERIC
                   "t.yaml:1:50: adapters[0].max_connections: only for servers (listen), not with "
                   "connect\n");
     expect_errors("adapters: [{ name: a, type: unix, connect: p, idle_timeout: 1s }]\n",
                   "t.yaml:1:47: adapters[0].idle_timeout: only for servers (path), not with "
                   "connect\n");
     expect_errors("adapters: [{ name: a, type: tcp, connect: \"h:1\", frame_timeout: 1s }]\n",
+                  "t.yaml:1:43: adapters[0].connect: " NOT_NUMERIC
                   "t.yaml:1:50: adapters[0].frame_timeout: only for servers (listen), not with "
                   "connect\n");
     expect_errors("adapters: [{ name: a, type: udp, listen: \"127.0.0.1:1\", idle_timeout: 1s }]\n",
@@ -698,7 +730,7 @@ static void test_error_adapter_rules(void **state)
     {
         sb_config *cfg =
             parse_ok("adapters: [{ name: a, type: pipe, path: p, protocol: jsonl }]\n");
-        assert_int_equal(sb_adapter_config_idle_timeout(&cfg->adapters[0]), 30000); /* jsonl */
+        assert_int_equal(sb_stream_idle_timeout(&cfg->adapters[0]), 30000); /* jsonl */
         sb_config_free(cfg);
     }
 }
@@ -717,6 +749,7 @@ static void test_mqtt_tls_anonymous(void **state)
                   "tls.client_cert or broker.auth.password_file, or anonymous: true to accept "
                   "anyone who can reach it\n");
     expect_errors("adapters: [{ name: m, type: tcp, connect: \"h:1\", protocol: mqtt }]\n",
+                  "t.yaml:1:43: adapters[0].connect: " NOT_NUMERIC
                   "t.yaml:1:60: adapters[0].protocol: mqtt is served on listeners (tcp listen, "
                   "unix or pipe path); the broker is not an MQTT client\n");
     expect_errors("adapters: [{ name: m, type: unix, path: x, protocol: mqtt, framing: line }]\n",
@@ -740,6 +773,7 @@ static void test_mqtt_tls_anonymous(void **state)
         "t.yaml:2:55: adapters[0].tls: a TLS listener needs cert and key\n"
         "t.yaml:2:55: adapters[0].tls: client_cert require needs ca (the CA that issues "
         "client certificates)\n"
+        "t.yaml:3:36: adapters[1].connect: " NOT_NUMERIC
         "t.yaml:3:48: adapters[1].tls: a TLS client needs ca (a PEM file, or system) to "
         "verify the server, or verify: false\n"
         "t.yaml:3:48: adapters[1].tls: a client certificate needs both cert and key\n"
@@ -751,25 +785,25 @@ static void test_mqtt_tls_anonymous(void **state)
                    "  - { name: e, type: unix, path: e, protocol: mqtt, session_expiry: 2h }\n"
                    "  - { name: t, type: tcp, listen: \"[::1]:8883\", tls: { cert: c, key: k, "
                    "ca: a, client_cert: optional, min_version: \"1.3\" } }\n"
-                   "  - { name: o, type: tcp, connect: \"h:1\", tls: { ca: system } }\n"
+                   "  - { name: o, type: tcp, connect: \"10.0.0.1:1\", tls: { ca: system } }\n"
                    "  - { name: u, type: unix, path: x }\n");
     assert_string_equal(cfg->broker.auth_password_file, "p");
     assert_string_equal(cfg->broker.auth_acl_file, "a");
     a = sb_config_adapter(cfg, "m");
-    assert_int_equal(a->max_queued, 100000);
-    assert_int_equal(a->session_expiry_ms, 0);
-    assert_int_equal(sb_config_adapter(cfg, "e")->session_expiry_ms, 2 * 3600 * 1000);
-    assert_false(sb_adapter_config_anonymous(a));
-    assert_false(sb_adapter_config_tls(a));
+    assert_int_equal(SB_STREAM_CFG(a)->max_queued, 100000);
+    assert_int_equal(SB_STREAM_CFG(a)->session_expiry_ms, 0);
+    assert_int_equal(SB_STREAM_CFG(sb_config_adapter(cfg, "e"))->session_expiry_ms, 2 * 3600 * 1000);
+    assert_false(sb_stream_anonymous(a));
+    assert_false(sb_stream_tls(a));
     a = sb_config_adapter(cfg, "t");
-    assert_true(sb_adapter_config_anonymous(a));
-    assert_true(sb_adapter_config_tls(a));
-    assert_int_equal(a->tls_min_version, SB_TLS_V1_3);
-    assert_int_equal(a->tls_client_cert, SB_CLIENT_CERT_OPTIONAL);
+    assert_true(sb_stream_anonymous(a));
+    assert_true(sb_stream_tls(a));
+    assert_int_equal(SB_STREAM_CFG(a)->tls_min_version, SB_TLS_V1_3);
+    assert_int_equal(SB_STREAM_CFG(a)->tls_client_cert, SB_CLIENT_CERT_OPTIONAL);
     a = sb_config_adapter(cfg, "o");
-    assert_true(sb_adapter_config_tls(a));
-    assert_true(sb_adapter_config_anonymous(a));
-    assert_true(sb_adapter_config_anonymous(sb_config_adapter(cfg, "u")));
+    assert_true(sb_stream_tls(a));
+    assert_true(sb_stream_anonymous(a));
+    assert_true(sb_stream_anonymous(sb_config_adapter(cfg, "u")));
     sb_config_free(cfg);
 }
 
@@ -788,18 +822,18 @@ static void test_raw_keys(void **state)
                    "  - { name: d, type: pipe, path: q, protocol: jsonl }\n"
                    "  - { name: e, type: exec, command: [x], read_ahead: 65536 }\n");
     a = sb_config_adapter(cfg, "a");
-    assert_int_equal(a->read_ahead, 64);
-    assert_null(a->reply);
-    assert_null(a->reply_error);
+    assert_int_equal(SB_STREAM_CFG(a)->read_ahead, 64);
+    assert_null(SB_STREAM_CFG(a)->reply);
+    assert_null(SB_STREAM_CFG(a)->reply_error);
     a = sb_config_adapter(cfg, "b");
-    assert_int_equal(a->read_ahead, 1);
-    assert_string_equal(a->reply, "OK");
-    assert_string_equal(a->reply_error, "ERR\r");
+    assert_int_equal(SB_STREAM_CFG(a)->read_ahead, 1);
+    assert_string_equal(SB_STREAM_CFG(a)->reply, "OK");
+    assert_string_equal(SB_STREAM_CFG(a)->reply_error, "ERR\r");
     a = sb_config_adapter(cfg, "c");
-    assert_int_equal(a->pipe_buffer, 1024);
-    assert_string_equal(a->reply, "two\nlines");
-    assert_int_equal(sb_config_adapter(cfg, "d")->pipe_buffer, 0); /* by protocol */
-    assert_int_equal(sb_config_adapter(cfg, "e")->read_ahead, 65536);
+    assert_int_equal(SB_STREAM_CFG(a)->pipe_buffer, 1024);
+    assert_string_equal(SB_STREAM_CFG(a)->reply, "two\nlines");
+    assert_int_equal(SB_STREAM_CFG(sb_config_adapter(cfg, "d"))->pipe_buffer, 0); /* by protocol */
+    assert_int_equal(SB_STREAM_CFG(sb_config_adapter(cfg, "e"))->read_ahead, 65536);
     sb_config_free(cfg);
 
     expect_errors("adapters:\n"
@@ -870,24 +904,24 @@ static void test_mailslot(void **state)
                    "routes:\n"
                    "  - { name: r, from: x, to: [local, bcast, remote] }\n");
     a = sb_config_adapter(cfg, "in");
-    assert_string_equal(a->path, "sb\\in");
-    assert_null(a->connect);
-    assert_string_equal(a->framing, "message");
-    assert_string_equal(a->protocol, "raw");
-    assert_string_equal(a->topic, "slot/{adapter}");
-    assert_int_equal(a->max_message, 65536);
-    assert_null(a->security);
+    assert_string_equal(SB_STREAM_CFG(a)->path, "sb\\in");
+    assert_null(SB_STREAM_CFG(a)->connect);
+    assert_string_equal(SB_STREAM_CFG(a)->framing, "message");
+    assert_string_equal(SB_STREAM_CFG(a)->protocol, "raw");
+    assert_string_equal(SB_STREAM_CFG(a)->topic, "slot/{adapter}");
+    assert_int_equal(SB_STREAM_CFG(a)->max_message, 65536);
+    assert_null(SB_STREAM_CFG(a)->security);
     assert_int_equal(a->inflight, 64);
     a = sb_config_adapter(cfg, "in2");
-    assert_string_equal(a->path, "\\\\.\\MailSlot\\in2");
-    assert_int_equal(a->max_message, 1024);
+    assert_string_equal(SB_STREAM_CFG(a)->path, "\\\\.\\MailSlot\\in2");
+    assert_int_equal(SB_STREAM_CFG(a)->max_message, 1024);
     assert_int_equal(a->inflight, 4);
-    assert_string_equal(a->security, "D:P(A;;GA;;;SY)");
+    assert_string_equal(SB_STREAM_CFG(a)->security, "D:P(A;;GA;;;SY)");
     a = sb_config_adapter(cfg, "bcast");
-    assert_string_equal(a->connect, "\\\\*\\mailslot\\out");
-    assert_int_equal(a->max_message, 65536);
+    assert_string_equal(SB_STREAM_CFG(a)->connect, "\\\\*\\mailslot\\out");
+    assert_int_equal(SB_STREAM_CFG(a)->max_message, 65536);
     assert_int_equal(a->inflight, 1);
-    assert_string_equal(sb_config_adapter(cfg, "remote")->connect, "\\\\host1\\mailslot\\a\\b");
+    assert_string_equal(SB_STREAM_CFG(sb_config_adapter(cfg, "remote"))->connect, "\\\\host1\\mailslot\\a\\b");
     sb_config_free(cfg);
 
     expect_errors("adapters: [{ name: a, type: mailslot }]\n",
@@ -951,26 +985,26 @@ static void test_dde(void **state)
                    "routes:\n"
                    "  - { name: r, from: x, to: plc }\n");
     a = sb_config_adapter(cfg, "excel");
-    assert_int_equal(a->dde_role, SB_DDE_SERVER);
-    assert_string_equal(a->dde_service, "SWITCHBOARD");
-    assert_string_equal(a->topic, "{service}/{dde_topic}/{item}");
-    assert_int_equal(a->dde_topics_count, 0);
-    assert_int_equal(a->dde_items_count, 0);
-    assert_null(a->dde_topic);
-    assert_null(a->dde_execute_topic);
-    assert_int_equal(a->dde_codepage, 0);
+    assert_int_equal(SB_DDE_CFG(a)->dde_role, SB_DDE_SERVER);
+    assert_string_equal(SB_DDE_CFG(a)->dde_service, "SWITCHBOARD");
+    assert_string_equal(SB_DDE_CFG(a)->topic, "{service}/{dde_topic}/{item}");
+    assert_int_equal(SB_DDE_CFG(a)->dde_topics_count, 0);
+    assert_int_equal(SB_DDE_CFG(a)->dde_items_count, 0);
+    assert_null(SB_DDE_CFG(a)->dde_topic);
+    assert_null(SB_DDE_CFG(a)->dde_execute_topic);
+    assert_int_equal(SB_DDE_CFG(a)->dde_codepage, 0);
     a = sb_config_adapter(cfg, "plc");
-    assert_int_equal(a->dde_role, SB_DDE_CLIENT);
-    assert_string_equal(a->dde_service, "PLCSERVER");
-    assert_string_equal(a->dde_topic, "Line 1");
-    assert_int_equal(a->dde_items_count, 2);
-    assert_string_equal(a->dde_items[1], "Speed A");
-    assert_string_equal(a->dde_execute_topic, "plant/cmd");
-    assert_int_equal(a->dde_codepage, 1252);
-    assert_int_equal(a->reconnect_backoff_ms, 1000);
+    assert_int_equal(SB_DDE_CFG(a)->dde_role, SB_DDE_CLIENT);
+    assert_string_equal(SB_DDE_CFG(a)->dde_service, "PLCSERVER");
+    assert_string_equal(SB_DDE_CFG(a)->dde_topic, "Line 1");
+    assert_int_equal(SB_DDE_CFG(a)->dde_items_count, 2);
+    assert_string_equal(SB_DDE_CFG(a)->dde_items[1], "Speed A");
+    assert_string_equal(SB_DDE_CFG(a)->dde_execute_topic, "plant/cmd");
+    assert_int_equal(SB_DDE_CFG(a)->dde_codepage, 1252);
+    assert_int_equal(SB_DDE_CFG(a)->reconnect_backoff_ms, 1000);
     a = sb_config_adapter(cfg, "one");
-    assert_string_equal(a->dde_topics[0], "Values");
-    assert_string_equal(a->topic, "v/{adapter}/{item}");
+    assert_string_equal(SB_DDE_CFG(a)->dde_topics[0], "Values");
+    assert_string_equal(SB_DDE_CFG(a)->topic, "v/{adapter}/{item}");
     sb_config_free(cfg);
 
     expect_errors(
@@ -1190,11 +1224,11 @@ static void test_copy_equal(void **state)
         sb_adapter_config_free(&ac);
     }
     assert_int_equal(sb_adapter_config_copy(&ac, sb_config_adapter(cfg, "child")), 0);
-    ac.command[2][0] = 'C';
+    SB_SETTINGS(sb_exec_settings, &ac)->command[2][0] = 'C';
     assert_false(sb_adapter_config_equal(&ac, sb_config_adapter(cfg, "child")));
-    ac.command_count--;
+    SB_SETTINGS(sb_exec_settings, &ac)->command_count--;
     assert_false(sb_adapter_config_equal(&ac, sb_config_adapter(cfg, "child")));
-    ac.command_count++;
+    SB_SETTINGS(sb_exec_settings, &ac)->command_count++;
     sb_adapter_config_free(&ac);
     sb_adapter_config_free(NULL);
 
@@ -1347,7 +1381,7 @@ static const char agent_source[] =
     "    max_message: 2KiB\n"
     "  - { name: slot, type: mailslot, path: 'sb-slot', topic: \"a/b: c 'd'\" }\n"
     "routes:\n"
-    "  - { name: r, from: 'x/#', to: [child, clients] }\n";
+    "  - { name: r, from: 'x/#' }\n";
 
 static void test_agent_doc(void **state)
 {
@@ -1373,9 +1407,9 @@ static void test_agent_doc(void **state)
     assert_int_equal(doc->adapter_count, 2);
     assert_true(sb_adapter_config_equal(&doc->adapters[0], sb_config_adapter(src, "child")));
     assert_true(sb_adapter_config_equal(&doc->adapters[1], sb_config_adapter(src, "slot")));
-    assert_string_equal(doc->adapters[0].command[0], "C:\\Program Files\\x.exe");
-    assert_string_equal(doc->adapters[0].command[2], "caf\xc3\xa9 ok");
-    assert_string_equal(doc->adapters[1].topic, "a/b: c 'd'");
+    assert_string_equal(SB_EXEC_CFG(&doc->adapters[0])->command[0], "C:\\Program Files\\x.exe");
+    assert_string_equal(SB_EXEC_CFG(&doc->adapters[0])->command[2], "caf\xc3\xa9 ok");
+    assert_string_equal(SB_STREAM_CFG(&doc->adapters[1])->topic, "a/b: c 'd'");
     assert_int_equal(doc->broker.log_level, SB_LOG_DEBUG);
     assert_int_equal(doc->route_count, 0);
     sb_config_free(doc);
@@ -1432,18 +1466,18 @@ static void test_example_quickstart(void **state)
     a = sb_config_adapter(cfg, "clients");
     assert_non_null(a);
     assert_string_equal(a->type, "tcp");
-    assert_string_equal(a->listen, "127.0.0.1:7878");
-    assert_string_equal(a->protocol, "jsonl");
+    assert_string_equal(SB_STREAM_CFG(a)->listen, "127.0.0.1:7878");
+    assert_string_equal(SB_STREAM_CFG(a)->protocol, "jsonl");
     a = sb_config_adapter(cfg, "lines-in");
     assert_non_null(a);
-    assert_string_equal(a->listen, "127.0.0.1:7879");
-    assert_string_equal(a->protocol, "raw");
-    assert_string_equal(a->framing, "line");
-    assert_string_equal(a->topic, "lines/{adapter}");
+    assert_string_equal(SB_STREAM_CFG(a)->listen, "127.0.0.1:7879");
+    assert_string_equal(SB_STREAM_CFG(a)->protocol, "raw");
+    assert_string_equal(SB_STREAM_CFG(a)->framing, "line");
+    assert_string_equal(SB_STREAM_CFG(a)->topic, "lines/{adapter}");
     a = sb_config_adapter(cfg, "archive");
     assert_non_null(a);
     assert_string_equal(a->type, "exec");
-    assert_true(a->command_count > 0);
+    assert_true(SB_EXEC_CFG(a)->command_count > 0);
     r = sb_config_route(cfg, "lines-to-audit");
     assert_non_null(r);
     assert_string_equal(r->from[0], "lines/#");
@@ -1461,7 +1495,8 @@ static void test_example_full(void **state)
     (void)state;
     /* It shows every adapter type and sets non-default values. */
     for (const char *const *t =
-             (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", "mailslot", "dde", NULL};
+             (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", "mailslot", "dde", "null",
+                                   NULL};
          *t != NULL; t++) {
         int found = 0;
         for (size_t i = 0; i < cfg->adapter_count; i++)
@@ -1471,8 +1506,8 @@ static void test_example_full(void **state)
     assert_non_null(cfg->broker.log_file);
     assert_true(cfg->broker.max_db_bytes > 0);
     assert_non_null(sb_config_route(cfg, "orders-to-archive")->dedup_header);
-    assert_non_null(sb_config_adapter(cfg, "orders-in")->reply);
-    assert_true(sb_config_adapter(cfg, "orders-in")->pipe_buffer > 0);
+    assert_non_null(SB_STREAM_CFG(sb_config_adapter(cfg, "orders-in"))->reply);
+    assert_true(SB_STREAM_CFG(sb_config_adapter(cfg, "orders-in"))->pipe_buffer > 0);
     sb_config_free(cfg);
 }
 
@@ -1656,7 +1691,7 @@ static void test_starter(void **state)
         assert_int_equal(cfg->adapter_count, 3);
         assert_string_equal(sb_config_adapter(cfg, "orders-in")->type, "pipe");
         assert_string_equal(sb_config_adapter(cfg, "audit-out")->type, "mailslot");
-        assert_string_equal(sb_config_adapter(cfg, "mqtt")->protocol, "mqtt");
+        assert_string_equal(SB_STREAM_CFG(sb_config_adapter(cfg, "mqtt"))->protocol, "mqtt");
         assert_int_equal(cfg->route_count, 1);
         assert_string_equal(sb_config_route(cfg, "orders-to-audit")->to[0], "audit-out");
         sb_config_free(cfg);
@@ -1776,6 +1811,9 @@ int main(void)
         cmocka_unit_test(test_starter),
         cmocka_unit_test(test_starter_control_chars),
         cmocka_unit_test(test_golden),
+        cmocka_unit_test(test_null_type),
     };
+    if (sb_adapter_keys_register_builtin(NULL) != 0)
+        return 1;
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

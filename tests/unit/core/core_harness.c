@@ -10,6 +10,8 @@
 #include <jansson.h>
 
 #include "core_harness.h"
+#include "adapters/builtin.h"
+#include "adapters/exec/exec_keys.h"
 #include "service/alloc.h"
 #include "service/log.h"
 
@@ -46,6 +48,11 @@ int core_setup(void **state)
     snprintf(f->dir, sizeof(f->dir), "%s", req.path);
     uv_fs_req_cleanup(&req);
     fake_register();
+    /* the keys of the types configs name (exec stands for the fake type) */
+    {
+        int rc = sb_adapter_keys_register_builtin(NULL);
+        assert_true(rc == 0 || rc == SB_EEXIST);
+    }
     *state = f;
     return 0;
 }
@@ -69,9 +76,10 @@ int core_teardown(void **state)
 
 /* CORE_LOG=debug|info|warn|error shows what the broker says (default: off). */
 
-sb_config *core_config(core_fx *f, const char *body)
+/* Parses body under the harness's broker section; NULL with errs filled if
+ * it does not parse. */
+static sb_config *parse_config(core_fx *f, const char *body, sb_config_errors *errs)
 {
-    sb_config_errors errs = {0};
     sb_config *cfg = NULL;
     size_t n = strlen(body) + strlen(f->dir) + 200;
     char *text = malloc(n);
@@ -86,22 +94,31 @@ sb_config *core_config(core_fx *f, const char *body)
              "  log: {level: %s}\n"
              "%s",
              f->dir, level != NULL && sb_log_level_parse(level) >= 0 ? level : "off", body);
-    rc = sb_config_parse(&cfg, "core.yaml", text, strlen(text), &errs);
-    if (rc != 0) {
-        sb_config_errors_print(&errs, stderr);
-        sb_config_errors_clear(&errs);
-        free(text);
-        fail_msg("config does not parse:\n%s", body);
-    }
+    rc = sb_config_parse(&cfg, "core.yaml", text, strlen(text), errs);
     free(text);
+    if (rc != 0)
+        return NULL;
     for (size_t i = 0; i < cfg->adapter_count; i++) {
         sb_adapter_config *a = &cfg->adapters[i];
-        if (strcmp(a->type, "exec") == 0 && a->command_count == 1 &&
-            strcmp(a->command[0], "fake") == 0) {
+        const sb_exec_settings *x = SB_EXEC_CFG(a);
+        if (strcmp(a->type, "exec") == 0 && x->command_count == 1 &&
+            strcmp(x->command[0], "fake") == 0) {
             sb_free(a->type);
             a->type = sb_strdup("fake");
             assert_non_null(a->type);
         }
+    }
+    return cfg;
+}
+
+sb_config *core_config(core_fx *f, const char *body)
+{
+    sb_config_errors errs = {0};
+    sb_config *cfg = parse_config(f, body, &errs);
+    if (cfg == NULL) {
+        sb_config_errors_print(&errs, stderr);
+        sb_config_errors_clear(&errs);
+        fail_msg("config does not parse:\n%s", body);
     }
     return cfg;
 }
@@ -154,7 +171,18 @@ void core_stop(core_fx *f)
 
 int core_reload(core_fx *f, const char *body, sb_error *err)
 {
-    return sb_broker_reload(f->b, core_config(f, body), err);
+    sb_config_errors errs = {0};
+    sb_config *cfg = parse_config(f, body, &errs);
+    if (cfg == NULL) {
+        /* as `run` does on SIGHUP: the running configuration stays */
+        char line[512];
+        sb_error_set(err, SB_ECONFIG, 0, "%s",
+                     errs.count > 0 ? sb_config_error_format(&errs.items[0], line, sizeof line)
+                                    : "config does not parse");
+        sb_config_errors_clear(&errs);
+        return SB_ECONFIG;
+    }
+    return sb_broker_reload(f->b, cfg, err);
 }
 
 fake_consumer *core_attach(core_fx *f, const char *sub, int window)

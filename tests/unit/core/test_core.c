@@ -558,6 +558,43 @@ static void test_overflow_drop_oldest(void **state)
     assert_string_equal(sink->log.recs[2].payload, "m6");
 }
 
+/* Publishes in flight together cannot make room for each other (each sees
+ * the others as pending, not yet in the queue): once they are committed the
+ * queue is trimmed back to its limit, in memory and in the store. Before,
+ * a flood left a max_depth 1 queue at the depth of the flood until the next
+ * publish. */
+static void test_drop_oldest_after_burst(void **state)
+{
+    static const char *const cfg =
+        "adapters: []\n"
+        "routes:\n"
+        "  - {name: last, from: t/#, max_depth: 1, overflow: drop-oldest}\n"
+        "  - {name: mem, from: t/#, durability: memory, max_depth: 2, overflow: drop-oldest}\n";
+    core_fx *f = *state;
+    fake_pub p[20];
+    char payload[8];
+    fake_consumer *c;
+
+    core_start(f, cfg);
+    for (int i = 0; i < 20; i++) {
+        snprintf(payload, sizeof(payload), "m%d", i);
+        assert_int_equal(fake_publish(&p[i], f->b, NULL, "t/1", payload, NULL, 0, NULL), 0);
+    }
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(core_pub_wait(f, &p[i]), 0);
+    core_check_all(f);
+    assert_int_equal(core_queue(f, "last")->depth, 1);
+    assert_int_equal(core_queue(f, "last")->dropped, 19);
+    assert_int_equal(core_queue(f, "mem")->depth, 2);
+
+    core_stop(f);
+    core_start(f, cfg);
+    assert_int_equal(core_queue(f, "last")->depth, 1);
+    c = core_attach(f, "last", 8);
+    assert_int_equal(c->log.count, 1);
+    assert_string_equal(c->log.recs[0].payload, "m19");
+}
+
 /* A publish refused by one full queue changes no other queue: the oldest
  * messages of a drop-oldest queue it also matched stay, whichever of the
  * two the broker looks at first. */
@@ -919,6 +956,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dedup_window_ends, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_overflow_reject, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_overflow_drop_oldest, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_drop_oldest_after_burst, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_drops_nothing, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_ttl_expires_at_delivery, core_setup, core_teardown),

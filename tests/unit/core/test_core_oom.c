@@ -263,9 +263,68 @@ static int do_subscribe(core_fx *f, const char *name, sb_error *err)
     return sb_broker_subscribe(f->b, name, "r/#", NULL, err);
 }
 
+/* A protocol session's definition written as "FILTER:QOS FILTER:QOS". */
+typedef struct def_text {
+    char buf[256];
+    sb_sub_filter f[8];
+    sb_sub_def def;
+} def_text;
+
+static void def_parse(def_text *d, const char *text, const char *owner)
+{
+    char *tok = d->buf;
+    size_t n = 0;
+    snprintf(d->buf, sizeof(d->buf), "%s", text);
+    while (*tok != '\0') {
+        char *end = strchr(tok, ' '), *colon;
+        if (end != NULL)
+            *end = '\0';
+        colon = strrchr(tok, ':');
+        assert_non_null(colon);
+        assert_true(n < 8);
+        *colon = '\0';
+        d->f[n].filter = tok;
+        d->f[n++].qos = atoi(colon + 1);
+        tok = end != NULL ? end + 1 : tok + strlen(tok);
+    }
+    d->def.filters = d->f;
+    d->def.filter_count = n;
+    d->def.protocol = "test";
+    d->def.owner = owner;
+}
+
+static int define(core_fx *f, const char *name, const char *text, const char *owner,
+                  const char *retained_for, sb_error *err)
+{
+    def_text d;
+    sb_sub_filter r = {retained_for, SB_QOS_NONE};
+    def_parse(&d, text, owner);
+    return sb_broker_sub_define(f->b, name, &d.def, NULL, retained_for != NULL ? &r : NULL,
+                                retained_for != NULL, err);
+}
+
+/* The definition of `name` is text (as define takes it) and owner. */
+static void check_def(core_fx *f, const char *name, const char *text, const char *owner)
+{
+    sb_sub_def def;
+    char have[256];
+    size_t len = 0;
+    have[0] = '\0';
+    assert_int_equal(sb_broker_sub_get(f->b, name, &def), 0);
+    for (size_t i = 0; i < def.filter_count; i++)
+        len += (size_t)snprintf(have + len, sizeof(have) - len, "%s%s:%d", i > 0 ? " " : "",
+                                def.filters[i].filter, def.filters[i].qos);
+    assert_string_equal(have, text);
+    assert_string_equal(def.protocol, "test");
+    if (owner == NULL)
+        assert_null(def.owner);
+    else
+        assert_string_equal(def.owner, owner);
+}
+
 static int do_sub_define(core_fx *f, const char *name, sb_error *err)
 {
-    return sb_broker_sub_define(f->b, name, "r/#\no/#", "1\n1", NULL, "r/#", err);
+    return define(f, name, "r/#:1 o/#:2", "alice", "r/#", err);
 }
 
 static void oom_subscribe(core_fx *f, subscribe_fn fn, int session)
@@ -298,7 +357,7 @@ static void oom_subscribe(core_fx *f, subscribe_fn fn, int session)
             outcome[n] = ACCEPTED;
             check_retained_copies(f, name);
             if (session)
-                assert_string_equal(sb_broker_sub_meta(f->b, name), "1\n1");
+                check_def(f, name, "r/#:1 o/#:2", "alice");
         } else {
             if (rc != SB_ENOMEM)
                 fail_msg("run %ld: returned %s (%s)", n, sb_errname(rc), err.msg);
@@ -334,7 +393,7 @@ static void oom_subscribe(core_fx *f, subscribe_fn fn, int session)
                      outcome[n] == ACCEPTED ? "accepted" : "made again");
         check_retained_copies(f, name);
         if (session)
-            assert_string_equal(sb_broker_sub_meta(f->b, name), "1\n1");
+            check_def(f, name, "r/#:1 o/#:2", "alice");
     }
     core_check_all(f);
     core_stop(f);
@@ -362,11 +421,12 @@ static int reaches(core_fx *f, const char *name, const char *topic)
 }
 
 /* A session that changes its filters (an MQTT SUBSCRIBE appends one, an
- * UNSUBSCRIBE replaces them): a refused change leaves its filters, its meta
- * and what reaches it (the subscription index) as they were. */
+ * UNSUBSCRIBE replaces them) and its owner: a refused change leaves its
+ * filters with their QoS, its owner and what reaches it (the subscription
+ * index) as they were. */
 static void oom_redefine(core_fx *f, const char *filters, const char *gained, const char *lost)
 {
-    const char *const old = "r/#\np/#";
+    const char *const old = "r/#:1 p/#:1";
     long runs = 0, accepted = 0;
     sb_error err;
 
@@ -378,7 +438,7 @@ static void oom_redefine(core_fx *f, const char *filters, const char *gained, co
             fail_msg("sub_define still meets injected failures after %d runs", MAX_RUNS);
         sb_error_clear(&err);
         sb_alloc_fail_once(n);
-        rc = sb_broker_sub_define(f->b, "s", filters, "2", NULL, NULL, &err);
+        rc = define(f, "s", filters, "bob", NULL, &err);
         failures = sb_alloc_failures();
         sb_alloc_fail_once(-1);
 
@@ -386,16 +446,14 @@ static void oom_redefine(core_fx *f, const char *filters, const char *gained, co
         assert_non_null(q);
         if (rc == 0) {
             accepted++;
-            assert_string_equal(q->filter, filters);
-            assert_string_equal(sb_broker_sub_meta(f->b, "s"), "2");
+            check_def(f, "s", filters, "bob");
             assert_true(reaches(f, "s", gained));
             if (lost != NULL)
                 assert_false(reaches(f, "s", lost));
         } else {
             if (rc != SB_ENOMEM)
                 fail_msg("run %ld: returned %s (%s)", n, sb_errname(rc), err.msg);
-            assert_string_equal(q->filter, old);
-            assert_string_equal(sb_broker_sub_meta(f->b, "s"), "1");
+            check_def(f, "s", old, "alice");
             assert_false(reaches(f, "s", gained));
             if (lost != NULL)
                 assert_true(reaches(f, "s", lost));
@@ -403,7 +461,7 @@ static void oom_redefine(core_fx *f, const char *filters, const char *gained, co
         assert_true(reaches(f, "s", "r/x"));
         core_check_all(f);
         /* back to the old definition for the next run */
-        assert_int_equal(sb_broker_sub_define(f->b, "s", old, "1", NULL, NULL, &err), 0);
+        assert_int_equal(define(f, "s", old, "alice", NULL, &err), 0);
         assert_false(reaches(f, "s", gained));
         runs = n + 1;
         if (failures == 0) {
@@ -422,9 +480,9 @@ static void test_oom_sub_redefine(void **state)
     sb_error err;
 
     core_start(f, sub_cfg);
-    assert_int_equal(sb_broker_sub_define(f->b, "s", "r/#\np/#", "1", NULL, NULL, &err), 0);
-    oom_redefine(f, "r/#\np/#\no/#", "o/x", NULL); /* appended */
-    oom_redefine(f, "r/#\no/#", "o/x", "p/x");     /* replaced */
+    assert_int_equal(define(f, "s", "r/#:1 p/#:1", "alice", NULL, &err), 0);
+    oom_redefine(f, "r/#:1 p/#:1 o/#:2", "o/x", NULL); /* appended */
+    oom_redefine(f, "r/#:2 o/#:2", "o/x", "p/x");      /* replaced */
     core_check_all(f);
     core_stop(f);
     check_no_leaks();

@@ -45,6 +45,8 @@ static void make_valid(const char *path)
     static const uint32_t queues[2] = {1, 2};
     sb_store_options o = {0};
     sb_store_op ops[8];
+    const sb_sub_filter audit_filter = {"orders/#", SB_QOS_NONE};
+    const sb_sub_filter dashboard_filter = {"orders/+", SB_QOS_NONE};
     sb_message *m[3];
     sb_error err;
     sb_store *s;
@@ -60,13 +62,15 @@ static void make_valid(const char *path)
     }
     memset(ops, 0, sizeof(ops));
     ops[n].type = SB_OP_QUEUE_PUT;
-    ops[n].u.queue_put.queue_id = 1;
+    ops[n].u.queue_put.id = 1;
     ops[n].u.queue_put.name = "audit";
-    ops[n++].u.queue_put.filter = "orders/#";
+    ops[n].u.queue_put.filters = &audit_filter;
+    ops[n++].u.queue_put.filter_count = 1;
     ops[n].type = SB_OP_QUEUE_PUT;
-    ops[n].u.queue_put.queue_id = 2;
+    ops[n].u.queue_put.id = 2;
     ops[n].u.queue_put.name = "dashboard";
-    ops[n++].u.queue_put.filter = "orders/+";
+    ops[n].u.queue_put.filters = &dashboard_filter;
+    ops[n++].u.queue_put.filter_count = 1;
     for (int i = 0; i < 3; i++) {
         char payload[32];
         snprintf(payload, sizeof(payload), "{\"order\":%d}", i + 1);

@@ -188,15 +188,23 @@ static int publish(fx *f, uint64_t id, const char *payload, const uint32_t *queu
     return rc;
 }
 
-static int queue_put(fx *f, uint32_t id, const char *name, const char *filter, const char *settings)
+static const sb_sub_filter any_filter = {"#", SB_QOS_NONE};
+
+static int queue_put_def(fx *f, const sb_store_queue *q)
 {
     sb_store_op op = {0};
     op.type = SB_OP_QUEUE_PUT;
-    op.u.queue_put.queue_id = id;
-    op.u.queue_put.name = name;
-    op.u.queue_put.filter = filter;
-    op.u.queue_put.settings = settings;
+    op.u.queue_put = *q;
     return do_op(f, &op);
+}
+
+/* A queue with one filter (none if filter is NULL). */
+static int queue_put(fx *f, uint32_t id, const char *name, const char *filter, const char *settings)
+{
+    sb_sub_filter one = {filter, SB_QOS_NONE};
+    sb_store_queue q = {id,   name, filter != NULL ? &one : NULL, filter != NULL, settings,
+                        NULL, NULL};
+    return queue_put_def(f, &q);
 }
 
 static int ack(fx *f, uint32_t q, uint64_t first, uint64_t last)
@@ -275,9 +283,11 @@ static size_t ids_of(const loaded *l, uint32_t q, uint64_t *ids, size_t max)
     return n;
 }
 
+/* A queue as loaded: its filters '\n'-joined (brief to compare), their QoS
+ * as digits ('-' for none). */
 typedef struct qrow {
     uint32_t id;
-    char name[32], filter[32], settings[64];
+    char name[32], filter[64], qos[8], settings[256], protocol[16], owner[16];
 } qrow;
 
 typedef struct qlist {
@@ -285,15 +295,25 @@ typedef struct qlist {
     int n;
 } qlist;
 
-static int collect_queue(void *ctx, uint32_t id, const char *name, const char *filter,
-                         const char *settings)
+static int collect_queue(void *ctx, const sb_store_queue *q)
 {
     qlist *l = ctx;
+    qrow *r = &l->q[l->n];
+    size_t len = 0;
     assert_true(l->n < 8);
-    l->q[l->n].id = id;
-    snprintf(l->q[l->n].name, sizeof(l->q[0].name), "%s", name);
-    snprintf(l->q[l->n].filter, sizeof(l->q[0].filter), "%s", filter);
-    snprintf(l->q[l->n].settings, sizeof(l->q[0].settings), "%s", settings ? settings : "(null)");
+    assert_true(q->filter_count < sizeof(r->qos));
+    r->id = q->id;
+    snprintf(r->name, sizeof(r->name), "%s", q->name);
+    for (size_t i = 0; i < q->filter_count; i++) {
+        len += (size_t)snprintf(r->filter + len, sizeof(r->filter) - len, "%s%s", i > 0 ? "\n" : "",
+                                q->filters[i].filter);
+        assert_true(len < sizeof(r->filter));
+        r->qos[i] = q->filters[i].qos == SB_QOS_NONE ? '-' : (char)('0' + q->filters[i].qos);
+    }
+    r->qos[q->filter_count] = '\0';
+    snprintf(r->settings, sizeof(r->settings), "%s", q->settings ? q->settings : "(null)");
+    snprintf(r->protocol, sizeof(r->protocol), "%s", q->protocol ? q->protocol : "(null)");
+    snprintf(r->owner, sizeof(r->owner), "%s", q->owner ? q->owner : "(null)");
     l->n++;
     return 0;
 }
@@ -774,13 +794,14 @@ static void test_queue_put_delete(void **state)
         ops[i].type = SB_OP_QUEUE_PUT;
         ops[i].cb = count_cb;
         ops[i].ctx = &done;
-        ops[i].u.queue_put.filter = "#";
+        ops[i].u.queue_put.filters = &any_filter;
+        ops[i].u.queue_put.filter_count = 1;
     }
-    ops[0].u.queue_put.queue_id = 4;
+    ops[0].u.queue_put.id = 4;
     ops[0].u.queue_put.name = "d";
-    ops[1].u.queue_put.queue_id = 3;
+    ops[1].u.queue_put.id = 3;
     ops[1].u.queue_put.name = "b";
-    ops[2].u.queue_put.queue_id = 5;
+    ops[2].u.queue_put.id = 5;
     ops[2].u.queue_put.name = "e";
     for (int i = 0; i < 3; i++)
         assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
@@ -1096,9 +1117,10 @@ static void test_stop_while_degraded(void **state)
     vfs_shim_fail_syncs(1);
     put.type = SB_OP_QUEUE_PUT; /* a change that must be written */
     put.sync = 1;
-    put.u.queue_put.queue_id = 1;
+    put.u.queue_put.id = 1;
     put.u.queue_put.name = "q";
-    put.u.queue_put.filter = "#";
+    put.u.queue_put.filters = &any_filter;
+    put.u.queue_put.filter_count = 1;
     put.cb = count_cb;
     put.ctx = &done;
     assert_int_equal(sb_store_submit(f->s, &put), 0);
@@ -1306,6 +1328,469 @@ static void test_busy(void **state)
     assert_int_equal(open_err(f, &err), 0);
 }
 
+/* ---- subscriptions as data (schema version 2) ---------------------------- */
+
+static void test_queue_filters(void **state)
+{
+    fx *f = *state;
+    const sb_sub_filter three[] = {{"a/+", 0}, {"b/#", 1}, {"c", 2}};
+    const sb_sub_filter one[] = {{"z/#", SB_QOS_NONE}};
+    sb_store_queue q = {7, "mqtt/x", three, 3, "{\"kind\":\"client\"}", "mqtt", "alice"};
+    sb_store_queue route = {8, "r", one, 1, "{\"kind\":\"route\"}", NULL, NULL};
+    sb_store_queue empty = {9, "mqtt/y", NULL, 0, NULL, "mqtt", NULL};
+    sb_store_op del = {0};
+    qlist ql = {0};
+    sb_error err = {0};
+
+    open_start(f);
+    assert_int_equal(queue_put_def(f, &q), 0);
+    assert_int_equal(queue_put_def(f, &route), 0);
+    assert_int_equal(queue_put_def(f, &empty), 0);
+    shut(f);
+    open_with(f, 0, 0, 0);
+    assert_int_equal(sb_store_load_queues(f->s, collect_queue, &ql, &err), 0);
+    assert_int_equal(ql.n, 3);
+    assert_string_equal(ql.q[0].filter, "a/+\nb/#\nc");
+    assert_string_equal(ql.q[0].qos, "012");
+    assert_string_equal(ql.q[0].protocol, "mqtt");
+    assert_string_equal(ql.q[0].owner, "alice");
+    assert_string_equal(ql.q[1].filter, "z/#");
+    assert_string_equal(ql.q[1].qos, "-");
+    assert_string_equal(ql.q[1].protocol, "(null)");
+    assert_string_equal(ql.q[2].filter, "");
+    assert_string_equal(ql.q[2].owner, "(null)");
+    start(f);
+
+    /* A put replaces every filter; a delete takes them along. */
+    q.filters = one;
+    q.filter_count = 1;
+    q.owner = NULL;
+    assert_int_equal(queue_put_def(f, &q), 0);
+    del.type = SB_OP_QUEUE_DELETE;
+    del.u.queue_delete.queue_id = 8;
+    assert_int_equal(do_op(f, &del), 0);
+    /* No filter string: nothing written, the old definition stays. */
+    route.id = 9;
+    route.filters = (const sb_sub_filter[]){{NULL, 0}};
+    assert_int_equal(queue_put_def(f, &route), SB_EINVAL);
+    shut(f);
+    open_with(f, 0, 0, 0);
+    memset(&ql, 0, sizeof(ql));
+    assert_int_equal(sb_store_load_queues(f->s, collect_queue, &ql, &err), 0);
+    assert_int_equal(ql.n, 2);
+    assert_int_equal(ql.q[0].id, 7);
+    assert_string_equal(ql.q[0].filter, "z/#");
+    assert_string_equal(ql.q[0].qos, "-");
+    assert_string_equal(ql.q[0].owner, "(null)");
+    assert_int_equal(ql.q[1].id, 9);
+    assert_string_equal(ql.q[1].name, "mqtt/y");
+    shut(f);
+    {
+        sqlite3 *db;
+        sqlite3_stmt *st;
+        assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+        assert_int_equal(
+            sqlite3_prepare_v2(db, "SELECT count(*) FROM queue_filters", -1, &st, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        assert_int_equal(sqlite3_column_int(st, 0), 1); /* queue 8's went with it */
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+    }
+}
+
+/* The rows of `sql` on the database at path as text: columns '|'-joined,
+ * rows '\n'-terminated (NULL as "~"). Caller frees. */
+static char *dump(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    size_t len = 0, cap = 4096;
+    char *out = malloc(cap);
+    int rc;
+    assert_non_null(out);
+    out[0] = '\0';
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        for (int c = 0; c < sqlite3_column_count(st); c++) {
+            const char *t = (const char *)sqlite3_column_text(st, c);
+            size_t n = strlen(t != NULL ? t : "~") + 2;
+            if (len + n + 1 > cap) {
+                cap = (len + n + 1) * 2;
+                out = realloc(out, cap);
+                assert_non_null(out);
+            }
+            len += (size_t)snprintf(out + len, cap - len, "%s%s", c > 0 ? "|" : "",
+                                    t != NULL ? t : "~");
+        }
+        out[len++] = '\n';
+        out[len] = '\0';
+    }
+    assert_int_equal(rc, SQLITE_DONE);
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    return out;
+}
+
+/* Everything a version 1 database holds, as dump text. */
+static char *dump_v1(const char *path)
+{
+    static const char *const sql[] = {
+        "PRAGMA user_version",
+        "SELECT type, name FROM sqlite_master ORDER BY name",
+        "SELECT * FROM queues ORDER BY id",
+        "SELECT rowid, * FROM entries ORDER BY rowid",
+        "SELECT * FROM retained ORDER BY topic",
+        "SELECT * FROM dlq ORDER BY id",
+        "SELECT * FROM dedup ORDER BY key",
+        "SELECT * FROM meta ORDER BY key",
+    };
+    size_t total = 1;
+    char *parts[8], *all;
+    for (size_t i = 0; i < 8; i++) {
+        parts[i] = dump(path, sql[i]);
+        total += strlen(parts[i]) + 2;
+    }
+    all = malloc(total);
+    assert_non_null(all);
+    all[0] = '\0';
+    for (size_t i = 0; i < 8; i++) {
+        strcat(all, parts[i]);
+        strcat(all, "-\n");
+        free(parts[i]);
+    }
+    return all;
+}
+
+typedef struct log_capture {
+    char text[4096];
+    size_t len;
+} log_capture;
+
+static log_capture captured;
+
+static void capture_line(sb_log_level level, const char *who, const char *text)
+{
+    (void)level;
+    if (captured.len < sizeof(captured.text))
+        captured.len +=
+            (size_t)snprintf(captured.text + captured.len, sizeof(captured.text) - captured.len,
+                             "[%s] %s\n", who != NULL ? who : "-", text);
+}
+
+static void capture_start(void)
+{
+    memset(&captured, 0, sizeof(captured));
+    sb_log_configure(SB_LOG_INFO, getenv("SB_TEST_LOG") != NULL, NULL);
+    sb_log_set_sink(capture_line, SB_LOG_INFO);
+}
+
+static void capture_stop(void)
+{
+    sb_log_set_sink(NULL, SB_LOG_OFF);
+    sb_log_configure(getenv("SB_TEST_LOG") ? SB_LOG_DEBUG : SB_LOG_OFF, 1, NULL);
+}
+
+static const char *find_queue(const qlist *ql, const char *name, int *index)
+{
+    for (int i = 0; i < ql->n; i++)
+        if (strcmp(ql->q[i].name, name) == 0) {
+            *index = i;
+            return ql->q[i].name;
+        }
+    fail_msg("queue %s is missing", name);
+    return NULL;
+}
+
+/* v1-golden.db (tests/data/storage/README): every queue, filter, granted
+ * QoS, owner, message, retained value, dead letter and dedup key of the
+ * store broker d105b97 wrote is there after the migration to version 2. */
+static void test_migrate_golden(void **state)
+{
+    static const struct {
+        const char *name, *filter, *qos, *protocol, *owner;
+    } want[] = {
+        {"orders", "orders/#\ninvoices/+/paid", "--", "(null)", "(null)"},
+        {"to-plant:plant-out", "plant/#", "-", "(null)", "(null)"},
+        {"audit", "audit/#", "-", "(null)", "(null)"},
+        {"watch", "sensors/+/temp", "-", "(null)", "(null)"},
+        {"mqtt/golden-alice", "sensors/+/temp\norders/#\nalerts/#", "012", "mqtt", "alice"},
+        {"mqtt/golden-anon", "plant/#", "1", "mqtt", "(null)"},
+    };
+    /* queue id, then topic and payload, in insertion order */
+    static const struct {
+        uint32_t queue;
+        uint64_t id;
+        const char *topic, *payload;
+    } entries[] = {
+        {5, 1, "orders/eu", "order 1"},
+        {1, 1, "orders/eu", "order 1"},
+        {1, 2, "invoices/7/paid", "invoice 7 paid"},
+        {5, 3, "sensors/boiler/temp", "81.5"},
+        {4, 3, "sensors/boiler/temp", "81.5"},
+        {5, 4, "alerts/boiler", "overheat"},
+        {6, 5, "plant/line1", "start"},
+        {2, 5, "plant/line1", "start"},
+    };
+    fx *f = *state;
+    char *before, *after;
+    qlist ql = {0};
+    rlist rl = {0};
+    dlist dl = {0};
+    loaded *l = calloc(1, sizeof(*l));
+    sb_error err = {0};
+    sb_store_op list;
+    uint64_t max_msg;
+    uint32_t max_queue;
+
+    assert_non_null(l);
+    copy_golden(f, "v1-golden.db");
+    before = dump_v1(f->path);
+    assert_non_null(strstr(before, "\"meta\":\"012\\nowner=alice\"")); /* really version 1 */
+
+    capture_start();
+    open_with(f, 0, 0, 0);
+    capture_stop();
+    if (strstr(captured.text, "schema version 1, migrating to version 2") == NULL ||
+        strstr(captured.text, "6 queues, 9 filters as rows, 2 MQTT sessions (1 with an owner)") ==
+            NULL ||
+        strstr(captured.text, "migrated from schema version 1 to 2") == NULL)
+        fail_msg("the migration's log:\n%s", captured.text);
+
+    assert_int_equal(sb_store_load_queues(f->s, collect_queue, &ql, &err), 0);
+    assert_int_equal(ql.n, 6);
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        int k;
+        find_queue(&ql, want[i].name, &k);
+        assert_int_equal(ql.q[k].id, i + 1);
+        assert_string_equal(ql.q[k].filter, want[i].filter);
+        assert_string_equal(ql.q[k].qos, want[i].qos);
+        assert_string_equal(ql.q[k].protocol, want[i].protocol);
+        assert_string_equal(ql.q[k].owner, want[i].owner);
+        assert_null(strstr(ql.q[k].settings, "meta"));
+    }
+    assert_non_null(strstr(ql.q[3].settings, "\"max_attempts\":5"));
+    assert_non_null(strstr(ql.q[4].settings, "\"expire_ms\":2592000000"));
+
+    assert_int_equal(sb_store_load_entries(f->s, collect_entry, l, &err), 0);
+    assert_int_equal(l->n, sizeof(entries) / sizeof(entries[0]));
+    for (size_t i = 0; i < l->n; i++) {
+        assert_int_equal(l->e[i].queue_id, entries[i].queue);
+        assert_int_equal(l->e[i].m->id, entries[i].id);
+        assert_string_equal(l->e[i].m->topic, entries[i].topic);
+        assert_int_equal(l->e[i].m->payload_len, strlen(entries[i].payload));
+        assert_memory_equal(l->e[i].m->payload, entries[i].payload, strlen(entries[i].payload));
+    }
+    assert_string_equal(sb_message_header(l->e[0].m, "order-id"), "1");
+    assert_string_equal(sb_message_header(l->e[0].m, "content-type"), "text/plain");
+    assert_string_equal(sb_message_header(l->e[5].m, "mqtt-qos"), "2"); /* alerts/boiler */
+    loaded_free(l);
+
+    assert_int_equal(sb_store_load_retained(f->s, collect_retained, &rl, &err), 0);
+    assert_int_equal(rl.n, 3);
+    assert_string_equal(rl.m[0]->topic, "invoices/7/paid");
+    assert_string_equal(rl.m[1]->topic, "orders/eu");
+    assert_string_equal(rl.m[2]->topic, "status/boiler");
+    assert_int_equal(rl.m[2]->payload_len, 2);
+    rlist_free(&rl);
+    assert_int_equal(sb_store_load_dedup(f->s, collect_dedup, &dl, &err), 0);
+    assert_int_equal(dl.n, 1);
+    assert_string_equal(dl.key[0], "order-id=1");
+    assert_int_equal(sb_store_max_ids(f->s, &max_msg, &max_queue, &err), 0);
+    assert_int_equal(max_msg, 7);
+    assert_int_equal(max_queue, 6);
+
+    start(f);
+    dlq_list(f, &list, NULL, 0, 0);
+    assert_int_equal(list.u.dlq_list.row_count, 1);
+    assert_string_equal(list.u.dlq_list.rows[0].queue_name, "audit");
+    assert_string_equal(list.u.dlq_list.rows[0].msg->topic, "audit/login");
+    assert_string_equal(list.u.dlq_list.rows[0].reason, "golden: cannot parse (after 1 attempts)");
+    assert_int_equal(list.u.dlq_list.rows[0].attempts, 1);
+    sb_store_dlq_rows_free(list.u.dlq_list.rows, list.u.dlq_list.row_count);
+    shut(f);
+
+    /* Version 2 now, the old column and the meta text gone; opening again
+     * migrates nothing and changes nothing. */
+    after = dump(f->path, "PRAGMA user_version");
+    assert_string_equal(after, "2\n");
+    free(after);
+    after = dump(f->path, "SELECT group_concat(name) FROM pragma_table_info('queues')");
+    assert_string_equal(after, "id,name,settings,protocol,owner\n");
+    free(after);
+    after = dump(f->path, "SELECT * FROM queue_filters ORDER BY queue_id, pos");
+    capture_start();
+    open_with(f, 0, 0, 0);
+    capture_stop();
+    assert_null(strstr(captured.text, "schema version"));
+    shut(f);
+    {
+        char *again = dump(f->path, "SELECT * FROM queue_filters ORDER BY queue_id, pos");
+        assert_string_equal(again, after);
+        free(again);
+    }
+    free(after);
+    free(before);
+}
+
+/* Fails the migration at the step whose number is fail_at (counted from
+ * 0), counting the steps it passes. */
+static int fail_at, steps_seen;
+
+static int fail_step(const char *step)
+{
+    (void)step;
+    return steps_seen++ == fail_at;
+}
+
+/* A migration that fails at any of its steps leaves the version 1 database
+ * as it was, says which step failed, and succeeds at the next open. */
+static void test_migrate_failure(void **state)
+{
+    fx *f = *state;
+    char *before, *after;
+    sb_error err;
+    int rc;
+
+    copy_golden(f, "v1-golden.db");
+    before = dump_v1(f->path);
+    for (fail_at = 0;; fail_at++) {
+        steps_seen = 0;
+        sb_store_test_migration_hook(fail_step);
+        rc = open_err(f, &err);
+        sb_store_test_migration_hook(NULL);
+        if (rc == 0)
+            break;
+        assert_int_equal(rc, SB_EIO);
+        assert_non_null(strstr(err.msg, f->path));
+        if (strstr(err.msg, "schema migration from version 1 to 2 failed (") == NULL)
+            fail_msg("step %d: %s", fail_at, err.msg);
+        after = dump_v1(f->path);
+        if (strcmp(before, after) != 0)
+            fail_msg("step %d (%s) changed the database:\n%s\nnow:\n%s", fail_at, err.msg, before,
+                     after);
+        free(after);
+    }
+    print_message("a failure at each of %d steps left version 1\n", fail_at);
+    /* begin, tables, 6 queues, finish, stamp, commit */
+    assert_int_equal(fail_at, 11);
+    after = dump(f->path, "PRAGMA user_version");
+    assert_string_equal(after, "2\n");
+    free(after);
+    free(before);
+}
+
+/* The child of test_migrate_crash: dies in the middle of the migration,
+ * its transaction open (everything converted, the version stamped, no
+ * COMMIT), as a power cut or a kill would leave it. */
+#define CRASH_EXIT 42
+
+static int die_before_commit(const char *step)
+{
+    if (strcmp(step, "committing") == 0)
+        _Exit(CRASH_EXIT);
+    return 0;
+}
+
+static int crash_child(const char *path)
+{
+    sb_store_options o = {0};
+    sb_store *s;
+    sb_error err;
+    o.path = path;
+    sb_store_test_migration_hook(die_before_commit);
+    if (sb_store_open(&s, &o, &err) != 0)
+        fprintf(stderr, "open: %s\n", err.msg);
+    return 1; /* not reached when the hook ran */
+}
+
+static int64_t child_status;
+
+static void on_child_exit(uv_process_t *p, int64_t status, int signal)
+{
+    (void)signal;
+    child_status = status;
+    uv_close((uv_handle_t *)p, NULL);
+}
+
+static void test_migrate_crash(void **state)
+{
+    fx *f = *state;
+    char exe[1024], *before, *after;
+    size_t n = sizeof(exe);
+    char *args[4];
+    uv_process_options_t po = {0};
+    uv_stdio_container_t stdio[3];
+    uv_process_t proc;
+    qlist ql = {0};
+    sb_error err = {0};
+
+    copy_golden(f, "v1-golden.db");
+    before = dump_v1(f->path);
+    assert_int_equal(uv_exepath(exe, &n), 0);
+    args[0] = exe;
+    args[1] = "--migrate-and-crash";
+    args[2] = f->path;
+    args[3] = NULL;
+    for (int i = 0; i < 3; i++) {
+        stdio[i].flags = UV_INHERIT_FD;
+        stdio[i].data.fd = i;
+    }
+    po.file = exe;
+    po.args = args;
+    po.exit_cb = on_child_exit;
+    po.stdio = stdio;
+    po.stdio_count = 3;
+    child_status = -1;
+    assert_int_equal(uv_spawn(&f->loop, &proc, &po), 0);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_int_equal(child_status, CRASH_EXIT);
+
+    after = dump_v1(f->path); /* SQLite rolls the open transaction back */
+    assert_string_equal(after, before);
+    free(after);
+    free(before);
+    open_with(f, 0, 0, 0);
+    assert_int_equal(sb_store_load_queues(f->s, collect_queue, &ql, &err), 0);
+    assert_int_equal(ql.n, 6);
+    assert_string_equal(ql.q[4].qos, "012");
+    assert_string_equal(ql.q[4].owner, "alice");
+}
+
+/* A schema version no broker writes, and a version 1 database without the
+ * tables of version 1: refused as corrupt, named, and left alone. */
+static void test_bad_schema(void **state)
+{
+    fx *f = *state;
+    char sql[160], *before, *after;
+    sb_error err;
+
+    snprintf(sql, sizeof(sql), "PRAGMA application_id = %d; PRAGMA user_version = -3;",
+             (int)SB_STORE_APPLICATION_ID);
+    make_db(f->path, sql);
+    assert_int_equal(open_err(f, &err), SB_ECORRUPT);
+    assert_non_null(strstr(err.msg, "schema version -3"));
+    assert_non_null(strstr(err.msg, f->path));
+    remove(f->path);
+
+    snprintf(sql, sizeof(sql),
+             "PRAGMA application_id = %d; PRAGMA user_version = 1; CREATE TABLE entries(a);",
+             (int)SB_STORE_APPLICATION_ID);
+    make_db(f->path, sql);
+    before = dump(f->path, "SELECT name FROM sqlite_master UNION ALL SELECT * FROM "
+                           "pragma_user_version");
+    assert_int_equal(open_err(f, &err), SB_ECORRUPT);
+    if (strstr(err.msg, "schema migration from version 1 to 2 failed") == NULL ||
+        strstr(err.msg, "queues") == NULL)
+        fail_msg("%s", err.msg);
+    after = dump(f->path, "SELECT name FROM sqlite_master UNION ALL SELECT * FROM "
+                          "pragma_user_version");
+    assert_string_equal(after, before);
+    free(after);
+    free(before);
+}
+
 /* ---- out of memory ------------------------------------------------------ */
 
 static void test_oom_open_load(void **state)
@@ -1415,7 +1900,7 @@ static void test_oom_store_thread(void **state)
     assert_true(publish_ok);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_publish_reload, setup, teardown),
@@ -1439,9 +1924,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_newer_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_filters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_golden, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_crash, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_schema, setup, teardown),
         cmocka_unit_test_setup_teardown(test_oom_open_load, setup, teardown),
         cmocka_unit_test_setup_teardown(test_oom_store_thread, setup, teardown),
     };
+    if (argc == 3 && strcmp(argv[1], "--migrate-and-crash") == 0)
+        return crash_child(argv[2]);
     if (vfs_shim_install() != SQLITE_OK)
         return 1;
     /* Failures under test are expected; keep the output to cmocka's. */

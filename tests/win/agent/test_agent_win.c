@@ -21,6 +21,11 @@
  * rest: agents in several sessions, logon and logoff notifications, the
  * user's own token and desktop, a virtual service account being refused
  * WTSQueryUserToken (see docs/agent.md).
+ *
+ * test_install_picks_localsystem: `service install` of a configuration
+ * with a desktop adapter (DDE) makes the service LocalSystem, which agents
+ * need, and says why (on Windows it would otherwise take the virtual
+ * account; under Wine, which has none, the note is what shows it).
  */
 #include "tests/win/pipe/pipe_util.h"
 
@@ -392,11 +397,76 @@ static void test_service_starts_agent(void **state)
     b->passed = 1;
 }
 
+static void test_install_picks_localsystem(void **state)
+{
+    svc_test *t = *state;
+    char base[SBT_PATH_MAX], *out;
+    size_t len = sizeof(base);
+    SC_HANDLE scm, svc;
+    QUERY_SERVICE_CONFIGW *qc;
+    DWORD need = 0;
+    char *account;
+    int rc;
+
+    run_switchboard(&out, "service", "status", NULL, NULL);
+    if (strstr(out, "not installed") == NULL) {
+        free(out);
+        print_message("skipped: a Switchboard service is already installed here\n");
+        skip();
+    }
+    free(out);
+    sbt_broker_init(&t->b, "agent-install", 1);
+    if (uv_os_getenv("ProgramData", base, &len) != 0)
+        fail_msg("%%ProgramData%% is not set");
+    snprintf(t->dir, sizeof(t->dir), "%s\\Switchboard\\sbt-agent-inst-%d", base,
+             (int)uv_os_getpid());
+    snprintf(t->cfg, sizeof(t->cfg), "%s.yaml", t->dir);
+    snprintf(t->log, sizeof(t->log), "%s\\service.log", t->dir);
+    sbt_broker_set(&t->b, 0, t->dir);
+    snprintf(t->b.config_path, sizeof(t->b.config_path), "%s", t->cfg);
+    sbt_broker_write_config(&t->b, "broker:\n"
+                                   "  data_dir: '{v0}'\n"
+                                   "adapters:\n"
+                                   "  - { name: excel, type: dde, role: server }\n");
+    rc = run_switchboard(&out, "service", "install", "--config", t->cfg);
+    if (rc != 0 && strstr(out, "elevated") != NULL) {
+        free(out);
+        print_message("skipped: installing a service needs administrator rights\n");
+        skip();
+    }
+    if (rc != 0)
+        fail_msg("install exited %d", rc);
+    t->installed = 1;
+    assert_non_null(strstr(out, "has desktop adapters"));
+    assert_non_null(strstr(out, "account LocalSystem"));
+    free(out);
+
+    scm = OpenSCManagerW(NULL, NULL, SC_MANAGER_CONNECT);
+    assert_non_null(scm);
+    svc = OpenServiceW(scm, L"Switchboard", SERVICE_QUERY_CONFIG);
+    assert_non_null(svc);
+    QueryServiceConfigW(svc, NULL, 0, &need);
+    qc = malloc(need);
+    assert_non_null(qc);
+    if (!QueryServiceConfigW(svc, qc, need, &need))
+        fail_msg("QueryServiceConfig: error %lu", (unsigned long)GetLastError());
+    account = sb_wide_to_utf8(qc->lpServiceStartName != NULL ? qc->lpServiceStartName : L"");
+    assert_non_null(account);
+    if (account[0] != '\0' && _stricmp(account, "LocalSystem") != 0)
+        fail_msg("the service runs as %s, not LocalSystem", account);
+    sb_free(account);
+    free(qc);
+    CloseServiceHandle(svc);
+    CloseServiceHandle(scm);
+    t->b.passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_agent_endpoint_dacl, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_service_starts_agent, svc_setup, svc_teardown),
+        cmocka_unit_test_setup_teardown(test_install_picks_localsystem, svc_setup, svc_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests_name("agent-win", tests, NULL, NULL);

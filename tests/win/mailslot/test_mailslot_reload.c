@@ -138,7 +138,7 @@ static void test_reload(void **state)
     snprintf(x.slot, sizeof(x.slot), "sbt-%lu-reload", (unsigned long)GetCurrentProcessId());
 
     sb_platform_init();
-    if (sb_adapter_register_all(sb_adapters_builtin, &err) != 0)
+    if (sb_adapters_register_builtin(&err) != 0)
         fail_msg("%s", err.msg);
     assert_int_equal(sb_broker_new(&x.b, make_config(&x, "old/topic"), &err), 0);
     if (sb_broker_start(x.b, &err) != 0)
