@@ -8,9 +8,12 @@
  *
  *   com_server.c  the process: COM initialisation, the class factory, the
  *                 type library, lifetime, the clients it watches
- *   com_link.c    the connection to the broker: one pipe for the process,
- *                 requests matched to replies by id, deliveries routed to
- *                 subscriptions, reconnection, a housekeeping tick
+ *   com_link.c    a connection with a reader thread: requests matched to
+ *                 replies by id, deliveries routed to its subscription,
+ *                 reconnection, a housekeeping tick (one per Subscription,
+ *                 and the process's, which only runs the tick)
+ *   com_pool.c    connections Broker objects publish on, each request read
+ *                 on the calling thread
  *   com_broker.c  the Broker object (Publish, Subscribe, Stats)
  *   com_sub.c     the Subscription object: a bounded buffer fed by a jsonl
  *                 consumer, Pull/Wait/Ack/Nack, the connection point and
@@ -20,7 +23,7 @@
  *
  * Threads. COM calls arrive on RPC threads of the multithreaded apartment
  * (the relay never enters a single-threaded one), so any method may run
- * concurrently with any other. The link has a reader thread, which also
+ * concurrently with any other. Each link has a reader thread, which also
  * runs the housekeeping tick (idle subscriptions, OnMessage timeouts,
  * clients that exited); each subscription with an event sink has a thread
  * of its own that makes the OnMessage calls. Locks: the link's lock is
