@@ -109,7 +109,6 @@ static void client_spawn(sbt_proc *p, sbt_broker *b, const char *name, const cha
                     NULL};
     sbt_path(out, sizeof out, b->dir, name);
     remove(out);
-    memset(p, 0, sizeof(*p));
     assert_int_equal(sbt_spawn(p, argv, NULL, out), 0);
 }
 
@@ -234,7 +233,7 @@ static void test_pull_and_events(void **state)
 {
     sbt_broker *b = *state;
     sbt_conn *c;
-    sbt_proc ev;
+    sbt_proc ev = {0};
     char *out = NULL, *text;
 
     start(b, "com-events", "fsync", NULL);
@@ -295,7 +294,7 @@ static void test_hung_and_dead_clients(void **state)
 {
     sbt_broker *b = *state;
     sbt_conn *c;
-    sbt_proc hung, taker;
+    sbt_proc hung = {0}, taker = {0};
     char *out = NULL;
     int64_t t0;
 
@@ -359,7 +358,7 @@ static void test_bad_input(void **state)
 static void test_broker_killed(void **state)
 {
     sbt_broker *b = *state;
-    sbt_proc pub;
+    sbt_proc pub = {0};
     sbt_conn *c;
     char path[SBT_PATH_MAX], *text, *line;
     int acked = 0, found = 0;
@@ -410,6 +409,8 @@ static void test_broker_killed(void **state)
     for (line = strstr(text, "OK "); line != NULL; line = strstr(line + 1, "\nOK ")) {
         int i = atoi(line + (line[0] == '\n' ? 4 : 3));
         acked++;
+        if (i < 0 || i >= N)
+            fail_msg("pubseq printed a bad line:\n%s", text);
         if (!seen[i])
             fail_msg("k-%d was acknowledged with an id but is not in the queue:\n%s", i, text);
         found++;
