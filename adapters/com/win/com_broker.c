@@ -16,12 +16,12 @@ typedef struct broker {
     IBroker iface;
     ISupportErrorInfo sei;
     LONG refs;
-    com_obj obj;
+    sb_com_obj obj;
     LONG timeout_ms;
 } broker;
 
 #define BROKER_FROM(p, m) ((broker *)((char *)(p) - offsetof(broker, m)))
-#define FAIL(hr, ...) com_fail(hr, &IID_IBroker, "Broker", __VA_ARGS__)
+#define FAIL(hr, ...) sb_com__fail(hr, &IID_IBroker, "Broker", __VA_ARGS__)
 
 static broker *impl(IBroker *i)
 {
@@ -54,7 +54,7 @@ static ULONG WINAPI b_release(IBroker *i)
     broker *b = impl(i);
     LONG n = InterlockedDecrement(&b->refs);
     if (n == 0) {
-        com_server_untrack(&b->obj);
+        sb_com__server_untrack(&b->obj);
         sb_free(b);
         }
     return (ULONG)n;
@@ -68,7 +68,7 @@ static HRESULT WINAPI b_typeinfo_count(IBroker *i, UINT *n)
 
 static HRESULT WINAPI b_typeinfo(IBroker *i, UINT index, LCID lcid, ITypeInfo **out)
 {
-    ITypeInfo *ti = com_typeinfo(&IID_IBroker);
+    ITypeInfo *ti = sb_com__typeinfo(&IID_IBroker);
     if (index != 0 || ti == NULL)
         return DISP_E_BADINDEX;
     ITypeInfo_AddRef(ti);
@@ -79,13 +79,13 @@ static HRESULT WINAPI b_typeinfo(IBroker *i, UINT index, LCID lcid, ITypeInfo **
 static HRESULT WINAPI b_ids(IBroker *i, REFIID iid, LPOLESTR *names, UINT n, LCID lcid,
                             DISPID *ids)
 {
-    return DispGetIDsOfNames(com_typeinfo(&IID_IBroker), names, n, ids);
+    return DispGetIDsOfNames(sb_com__typeinfo(&IID_IBroker), names, n, ids);
 }
 
 static HRESULT WINAPI b_invoke(IBroker *i, DISPID id, REFIID iid, LCID lcid, WORD flags,
                                DISPPARAMS *params, VARIANT *result, EXCEPINFO *ei, UINT *argerr)
 {
-    return DispInvoke(i, com_typeinfo(&IID_IBroker), id, flags, params, result, ei, argerr);
+    return DispInvoke(i, sb_com__typeinfo(&IID_IBroker), id, flags, params, result, ei, argerr);
 }
 
 /* The pub request: text as "payload" (or as base64 with b64), bytes as
@@ -139,7 +139,7 @@ static HRESULT WINAPI b_publish(IBroker *i, BSTR btopic, VARIANT payload, VARIAN
     *out = 0;
     if (headers == NULL)
         return E_OUTOFMEMORY;
-    if ((rc = com_bstr_utf8(btopic, &topic, NULL)) != 0) {
+    if ((rc = sb_com__bstr_utf8(btopic, &topic, NULL)) != 0) {
         hr = rc == SB_ENOMEM ? E_OUTOFMEMORY
                              : FAIL(E_INVALIDARG, "Publish: the topic is not valid UTF-16 text");
         goto done;
@@ -148,11 +148,11 @@ static HRESULT WINAPI b_publish(IBroker *i, BSTR btopic, VARIANT payload, VARIAN
         hr = FAIL(E_INVALIDARG, "Publish: the topic is empty");
         goto done;
     }
-    if (FAILED(hr = com_payload_in(&payload, &p, &n, &text, why, sizeof why))) {
+    if (FAILED(hr = sb_com__payload_in(&payload, &p, &n, &text, why, sizeof why))) {
         hr = FAIL(hr, "Publish %s: %s", topic, why);
         goto done;
     }
-    if (FAILED(hr = com_headers_in(&vheaders, headers, why, sizeof why))) {
+    if (FAILED(hr = sb_com__headers_in(&vheaders, headers, why, sizeof why))) {
         hr = FAIL(hr, "Publish %s: %s", topic, why);
         goto done;
     }
@@ -163,7 +163,7 @@ static HRESULT WINAPI b_publish(IBroker *i, BSTR btopic, VARIANT payload, VARIAN
     }
     /* the pool refuses a payload over the broker's max_message (which
      * would close the connection) before sending it */
-    rc = com_pool_request(com_server_pool(), req, n, timeout, &reply, &err);
+    rc = sb_com__pool_request(sb_com__server_pool(), req, n, timeout, &reply, &err);
     if (rc != 0) {
         hr = FAIL(sb_com_hresult(rc), "Publish %s: %s", topic, err.msg);
         goto done;
@@ -188,25 +188,25 @@ static HRESULT WINAPI b_subscribe(IBroker *i, BSTR bname, VARIANT vfilter, ISubs
     int rc;
 
     *out = NULL;
-    if ((rc = com_bstr_utf8(bname, &name, NULL)) != 0)
+    if ((rc = sb_com__bstr_utf8(bname, &name, NULL)) != 0)
         return rc == SB_ENOMEM ? E_OUTOFMEMORY
                                : FAIL(E_INVALIDARG, "Subscribe: the name is not valid UTF-16 text");
     if (name[0] == '\0') {
         sb_free(name);
         return FAIL(E_INVALIDARG, "Subscribe: the subscription name is empty");
     }
-    if (!com_var_missing(&vfilter)) {
+    if (!sb_com__var_missing(&vfilter)) {
         VARIANT f;
         VariantInit(&f);
         if (FAILED(VariantCopyInd(&f, &vfilter)) || V_VT(&f) != VT_BSTR ||
-            com_bstr_utf8(V_BSTR(&f), &filter, NULL) != 0) {
+            sb_com__bstr_utf8(V_BSTR(&f), &filter, NULL) != 0) {
             VariantClear(&f);
             sb_free(name);
             return FAIL(DISP_E_TYPEMISMATCH, "Subscribe %s: the filter must be a String", name);
         }
         VariantClear(&f);
     }
-    hr = com_sub_new(name, filter, com_caller_pid(), b->timeout_ms, out);
+    hr = sb_com__sub_new(name, filter, sb_com__caller_pid(), b->timeout_ms, out);
     sb_free(name);
     sb_free(filter);
     return hr;
@@ -223,7 +223,7 @@ static HRESULT WINAPI b_stats(IBroker *i, BSTR *out)
     *out = NULL;
     if (req == NULL)
         return E_OUTOFMEMORY;
-    rc = com_pool_request(com_server_pool(), req, 0, (int)b->timeout_ms, &reply, &err);
+    rc = sb_com__pool_request(sb_com__server_pool(), req, 0, (int)b->timeout_ms, &reply, &err);
     json_decref(req);
     if (rc != 0)
         return FAIL(sb_com_hresult(rc), "Stats: %s", err.msg);
@@ -233,7 +233,7 @@ static HRESULT WINAPI b_stats(IBroker *i, BSTR *out)
     json_decref(reply);
     if (text == NULL)
         return E_OUTOFMEMORY;
-    *out = com_utf8_bstr(text, strlen(text));
+    *out = sb_com__utf8_bstr(text, strlen(text));
     free(text);
     return *out != NULL ? S_OK : E_OUTOFMEMORY;
 }
@@ -243,9 +243,9 @@ static HRESULT WINAPI b_user(IBroker *i, BSTR *out)
     char *user = NULL;
     sb_error err;
     *out = NULL;
-    if (com_pool_user(com_server_pool(), (int)impl(i)->timeout_ms, &user, &err) != 0)
+    if (sb_com__pool_user(sb_com__server_pool(), (int)impl(i)->timeout_ms, &user, &err) != 0)
         return FAIL(sb_com_hresult(err.code), "User: %s", err.msg);
-    *out = user != NULL ? com_utf8_bstr(user, strlen(user)) : SysAllocString(L"");
+    *out = user != NULL ? sb_com__utf8_bstr(user, strlen(user)) : SysAllocString(L"");
     sb_free(user);
     return *out != NULL ? S_OK : E_OUTOFMEMORY;
 }
@@ -292,7 +292,7 @@ static HRESULT WINAPI sei_supports(ISupportErrorInfo *i, REFIID iid)
 
 static const ISupportErrorInfoVtbl sei_vtbl = {sei_query, sei_addref, sei_release, sei_supports};
 
-HRESULT com_broker_new(DWORD client_pid, REFIID iid, void **out)
+HRESULT sb_com__broker_new(DWORD client_pid, REFIID iid, void **out)
 {
     broker *b = sb_calloc(1, sizeof(*b));
     HRESULT hr;
@@ -306,7 +306,7 @@ HRESULT com_broker_new(DWORD client_pid, REFIID iid, void **out)
     b->obj.unk = (IUnknown *)&b->iface;
     b->obj.refs = &b->refs;
     b->obj.pid = client_pid;
-    com_server_track(&b->obj);
+    sb_com__server_track(&b->obj);
     hr = b_query(&b->iface, iid, out);
     b_release(&b->iface);
     return hr;

@@ -38,12 +38,12 @@ typedef struct pending {
     int done;
     json_t *reply;
     sb_error err;
-    com_reply_fn fn;
+    sb_com_reply_fn fn;
     void *ctx;
     struct pending *next;
 } pending;
 
-struct com_link {
+struct sb_com_link {
     CRITICAL_SECTION cs; /* everything below but the write side */
     CONDITION_VARIABLE cv;
     CRITICAL_SECTION wcs; /* one write at a time; held while h is written */
@@ -67,7 +67,7 @@ struct com_link {
     size_t max_message;
     int64_t next_id;
     pending *pend;
-    com_sub **subs;
+    sb_com_sub **subs;
     size_t nsubs, subs_cap;
     int64_t tick_at;
 };
@@ -79,7 +79,7 @@ int64_t sb_com_now_ms(void)
 
 /* ---- writing ---- */
 
-static void mark_broken(com_link *l, uint64_t gen)
+static void mark_broken(sb_com_link *l, uint64_t gen)
 {
     EnterCriticalSection(&l->cs);
     if (l->gen == gen && !l->broken) {
@@ -90,7 +90,7 @@ static void mark_broken(com_link *l, uint64_t gen)
     SetEvent(l->wake);
 }
 
-static int write_all(com_link *l, uint64_t gen, const char *buf, size_t len, sb_error *err)
+static int write_all(sb_com_link *l, uint64_t gen, const char *buf, size_t len, sb_error *err)
 {
     HANDLE h;
     int rc = 0;
@@ -148,7 +148,7 @@ static int write_all(com_link *l, uint64_t gen, const char *buf, size_t len, sb_
 
 /* The line for req (with its "id"); refuses one the broker would take for
  * a broken framing (longer than its line limit). */
-static char *line_of(com_link *l, json_t *req, size_t *out_len, sb_error *err)
+static char *line_of(sb_com_link *l, json_t *req, size_t *out_len, sb_error *err)
 {
     char *text = json_dumps(req, JSON_COMPACT), *line;
     size_t n, limit;
@@ -184,7 +184,7 @@ static char *line_of(com_link *l, json_t *req, size_t *out_len, sb_error *err)
 
 /* Waits (at most until deadline) for a connection, asking the reader for
  * one. Returns its generation, or 0 with err set. */
-static uint64_t ensure_up(com_link *l, int64_t deadline, sb_error *err)
+static uint64_t ensure_up(sb_com_link *l, int64_t deadline, sb_error *err)
 {
     uint64_t gen = 0;
     EnterCriticalSection(&l->cs);
@@ -223,7 +223,7 @@ static uint64_t ensure_up(com_link *l, int64_t deadline, sb_error *err)
 }
 
 /* Reads lines from h until one is a pong (the hello), at most timeout. */
-static int hello(com_link *l, HANDLE h, sb_linebuf *lb, char **user, size_t *max_message,
+static int hello(sb_com_link *l, HANDLE h, sb_linebuf *lb, char **user, size_t *max_message,
                  sb_error *err)
 {
     static const char ping[] = "{\"op\":\"ping\",\"id\":0}\n";
@@ -304,10 +304,10 @@ static int hello(com_link *l, HANDLE h, sb_linebuf *lb, char **user, size_t *max
     return rc;
 }
 
-static void notify_subs(com_link *l, uint64_t gen);
+static void notify_subs(sb_com_link *l, uint64_t gen);
 
 /* Reader: one connection attempt. */
-static void do_connect(com_link *l, sb_linebuf *lb)
+static void do_connect(sb_com_link *l, sb_linebuf *lb)
 {
     HANDLE h = INVALID_HANDLE_VALUE;
     sb_error err;
@@ -315,6 +315,7 @@ static void do_connect(com_link *l, sb_linebuf *lb)
     size_t max_message = 0;
     uint64_t gen = 0;
     int tries = 0;
+    int64_t gone_since = 0;
 
     sb_error_clear(&err);
     for (;;) {
@@ -327,6 +328,8 @@ static void do_connect(com_link *l, sb_linebuf *lb)
         code = GetLastError();
         if (code == ERROR_PIPE_BUSY && tries++ < 3 &&
             WaitNamedPipeW(l->wname, CONNECT_BUSY_WAIT_MS))
+            continue;
+        if (code == ERROR_FILE_NOT_FOUND && sb_com_not_found_retry(&gone_since))
             continue;
         {
             char text[200];
@@ -373,7 +376,7 @@ static void do_connect(com_link *l, sb_linebuf *lb)
 }
 
 /* Reader: the connection ended. Fails what waits for it. */
-static void lost(com_link *l)
+static void lost(sb_com_link *l)
 {
     pending *async = NULL, **pp;
     HANDLE h;
@@ -422,36 +425,36 @@ static void lost(com_link *l)
 /* ---- subscriptions ---- */
 
 /* References to the registered subscriptions (the caller unrefs each). */
-static size_t snapshot(com_link *l, com_sub ***out)
+static size_t snapshot(sb_com_link *l, sb_com_sub ***out)
 {
     size_t n = 0;
     EnterCriticalSection(&l->cs);
     *out = l->nsubs > 0 ? sb_malloc(l->nsubs * sizeof(**out)) : NULL;
     if (*out != NULL)
         for (size_t i = 0; i < l->nsubs; i++)
-            if (com_sub__try_ref(l->subs[i]))
+            if (sb_com__sub_try_ref(l->subs[i]))
                 (*out)[n++] = l->subs[i];
     LeaveCriticalSection(&l->cs);
     return n;
 }
 
-static void notify_subs(com_link *l, uint64_t gen)
+static void notify_subs(sb_com_link *l, uint64_t gen)
 {
-    com_sub **all;
+    sb_com_sub **all;
     size_t n = snapshot(l, &all);
     for (size_t i = 0; i < n; i++) {
-        com_sub__on_link(all[i], gen);
-        com_sub__unref(all[i]);
+        sb_com__sub_on_link(all[i], gen);
+        sb_com__sub_unref(all[i]);
     }
     sb_free(all);
 }
 
-void com_link_add_sub(com_link *l, com_sub *s)
+void sb_com__link_add_sub(sb_com_link *l, sb_com_sub *s)
 {
     EnterCriticalSection(&l->cs);
     if (l->nsubs == l->subs_cap) {
         size_t cap = l->subs_cap == 0 ? 8 : l->subs_cap * 2;
-        com_sub **n = sb_realloc(l->subs, cap * sizeof(*n));
+        sb_com_sub **n = sb_realloc(l->subs, cap * sizeof(*n));
         if (n == NULL) {
             /* Without a slot the subscription gets no deliveries: it
              * then times out in Pull, and its consumer is detached by the
@@ -466,7 +469,7 @@ void com_link_add_sub(com_link *l, com_sub *s)
     LeaveCriticalSection(&l->cs);
 }
 
-void com_link_remove_sub(com_link *l, com_sub *s)
+void sb_com__link_remove_sub(sb_com_link *l, sb_com_sub *s)
 {
     EnterCriticalSection(&l->cs);
     for (size_t i = 0; i < l->nsubs; i++)
@@ -477,7 +480,7 @@ void com_link_remove_sub(com_link *l, com_sub *s)
     LeaveCriticalSection(&l->cs);
 }
 
-void com_link_want(com_link *l, int on)
+void sb_com__link_want(sb_com_link *l, int on)
 {
     EnterCriticalSection(&l->cs);
     l->wanted += on ? 1 : -1;
@@ -486,7 +489,7 @@ void com_link_want(com_link *l, int on)
         SetEvent(l->wake);
 }
 
-void com_link_wake(com_link *l)
+void sb_com__link_wake(sb_com_link *l)
 {
     EnterCriticalSection(&l->cs);
     l->tick_at = 0;
@@ -494,7 +497,7 @@ void com_link_wake(com_link *l)
     SetEvent(l->wake);
 }
 
-void com_link_tick_at(com_link *l, int64_t at_ms)
+void sb_com__link_tick_at(sb_com_link *l, int64_t at_ms)
 {
     int earlier;
     EnterCriticalSection(&l->cs);
@@ -509,7 +512,7 @@ void com_link_tick_at(com_link *l, int64_t at_ms)
 /* ---- reading ---- */
 
 /* Reader: one line from the broker. */
-static void on_line(com_link *l, uint64_t gen, const char *line, size_t len)
+static void on_line(sb_com_link *l, uint64_t gen, const char *line, size_t len)
 {
     json_t *o = json_loadb(line, len, 0, NULL), *idv;
     const char *op = json_string_value(json_object_get(o, "op"));
@@ -519,20 +522,20 @@ static void on_line(com_link *l, uint64_t gen, const char *line, size_t len)
     }
     if (strcmp(op, "msg") == 0) {
         const char *name = json_string_value(json_object_get(o, "sub"));
-        com_sub *s = NULL;
+        sb_com_sub *s = NULL;
         if (name != NULL) {
             EnterCriticalSection(&l->cs);
             /* few subscriptions per client process: a scan is cheapest */
             for (size_t i = 0; i < l->nsubs && s == NULL; i++)
-                if (strcmp(com_sub__name(l->subs[i]), name) == 0 && com_sub__try_ref(l->subs[i]))
+                if (strcmp(sb_com__sub_name(l->subs[i]), name) == 0 && sb_com__sub_try_ref(l->subs[i]))
                     s = l->subs[i];
             LeaveCriticalSection(&l->cs);
         }
         if (s != NULL) {
-            com_msg *m = com_msg_parse(o, gen);
+            sb_com_msg *m = sb_com__msg_parse(o, gen);
             if (m != NULL)
-                com_sub__on_msg(s, m); /* now owned by s */
-            com_sub__unref(s);
+                sb_com__sub_on_msg(s, m); /* now owned by s */
+            sb_com__sub_unref(s);
         }
         /* A delivery for a subscription this process let go of: the broker
          * takes it back with the unsub already on its way. */
@@ -567,33 +570,33 @@ static void on_line(com_link *l, uint64_t gen, const char *line, size_t len)
     json_decref(o);
 }
 
-static void run_ticks(com_link *l)
+static void run_ticks(sb_com_link *l)
 {
-    com_sub **all;
+    sb_com_sub **all;
     int64_t now = sb_com_now_ms();
     size_t n;
     EnterCriticalSection(&l->cs);
     if (l->tick_at > now) {
         LeaveCriticalSection(&l->cs);
-        com_server_reap();
+        sb_com__server_reap();
         return;
     }
     l->tick_at = NEVER;
     LeaveCriticalSection(&l->cs);
-    com_server_reap();
+    sb_com__server_reap();
     n = snapshot(l, &all);
     for (size_t i = 0; i < n; i++) {
-        com_sub__tick(all[i], now);
-        com_sub__unref(all[i]);
+        sb_com__sub_tick(all[i], now);
+        sb_com__sub_unref(all[i]);
     }
     sb_free(all);
 }
 
-static void link_free(com_link *l);
+static void link_free(sb_com_link *l);
 
 static DWORD WINAPI reader_main(void *arg)
 {
-    com_link *l = arg;
+    sb_com_link *l = arg;
     HANDLE rev = CreateEventW(NULL, TRUE, FALSE, NULL);
     OVERLAPPED ov;
     sb_linebuf lb;
@@ -705,9 +708,9 @@ static DWORD WINAPI reader_main(void *arg)
 
 /* ---- the API ---- */
 
-int com_link_start(com_link **out, const char *endpoint, sb_error *err)
+int sb_com__link_start(sb_com_link **out, const char *endpoint, sb_error *err)
 {
-    com_link *l = sb_calloc(1, sizeof(*l));
+    sb_com_link *l = sb_calloc(1, sizeof(*l));
     char full[300];
     if (l == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
@@ -725,19 +728,19 @@ int com_link_start(com_link **out, const char *endpoint, sb_error *err)
     l->wev = CreateEventW(NULL, TRUE, FALSE, NULL);
     l->wake = CreateEventW(NULL, FALSE, FALSE, NULL);
     if (l->display == NULL || l->wname == NULL || l->wev == NULL || l->wake == NULL) {
-        com_link_stop(l);
+        sb_com__link_stop(l);
         return sb_error_set(err, SB_ENOMEM, 0, "cannot set up the link to %s", endpoint);
     }
     l->thread = CreateThread(NULL, 0, reader_main, l, 0, &l->thread_id);
     if (l->thread == NULL) {
-        com_link_stop(l);
+        sb_com__link_stop(l);
         return sb_error_set(err, SB_ENOMEM, (int)GetLastError(), "cannot start a thread");
     }
     *out = l;
     return 0;
 }
 
-void com_link_stop(com_link *l)
+void sb_com__link_stop(sb_com_link *l)
 {
     if (l == NULL)
         return;
@@ -760,7 +763,7 @@ void com_link_stop(com_link *l)
     link_free(l);
 }
 
-static void link_free(com_link *l)
+static void link_free(sb_com_link *l)
 {
     if (l->wev != NULL)
         CloseHandle(l->wev);
@@ -775,7 +778,7 @@ static void link_free(com_link *l)
     sb_free(l);
 }
 
-int com_link_request(com_link *l, json_t *req, int timeout_ms, json_t **out, uint64_t *out_gen,
+int sb_com__link_request(sb_com_link *l, json_t *req, int timeout_ms, json_t **out, uint64_t *out_gen,
                      sb_error *err)
 {
     int64_t deadline = sb_com_now_ms() + (timeout_ms > 0 ? timeout_ms : 1);
@@ -843,7 +846,7 @@ int com_link_request(com_link *l, json_t *req, int timeout_ms, json_t **out, uin
     return rc;
 }
 
-int com_link_post(com_link *l, uint64_t gen, json_t *req, com_reply_fn fn, void *ctx,
+int sb_com__link_post(sb_com_link *l, uint64_t gen, json_t *req, sb_com_reply_fn fn, void *ctx,
                   sb_error *err)
 {
     pending *p = NULL;
@@ -888,7 +891,7 @@ int com_link_post(com_link *l, uint64_t gen, json_t *req, com_reply_fn fn, void 
     return rc == 0 || p == NULL ? rc : 0;
 }
 
-uint64_t com_link_gen(com_link *l)
+uint64_t sb_com__link_gen(sb_com_link *l)
 {
     uint64_t gen;
     EnterCriticalSection(&l->cs);

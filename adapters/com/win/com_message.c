@@ -1,6 +1,6 @@
 /*
  * Deliveries in the relay (com_int.h): a "msg" line parsed into a
- * com_msg, and the Message object (IMessage) scripts get from Pull and
+ * sb_com_msg, and the Message object (IMessage) scripts get from Pull and
  * Wait. A Message is a snapshot: it stays readable after its Ack.
  */
 #include "adapters/com/win/com_int.h"
@@ -10,13 +10,13 @@
 
 #include <string.h>
 
-com_msg *com_msg_parse(json_t *o, uint64_t gen)
+sb_com_msg *sb_com__msg_parse(json_t *o, uint64_t gen)
 {
     const char *sub = json_string_value(json_object_get(o, "sub"));
     const char *topic = json_string_value(json_object_get(o, "topic"));
     json_t *id = json_object_get(o, "msg_id"), *text = json_object_get(o, "payload"),
            *b64 = json_object_get(o, "payload_b64"), *headers = json_object_get(o, "headers");
-    com_msg *m;
+    sb_com_msg *m;
 
     if (sub == NULL || topic == NULL || !json_is_integer(id) || json_integer_value(id) <= 0)
         return NULL;
@@ -49,19 +49,19 @@ com_msg *com_msg_parse(json_t *o, uint64_t gen)
     if (json_is_object(headers))
         m->headers = json_incref(headers);
     if (m->sub == NULL || m->topic == NULL || m->payload == NULL) {
-        com_msg_unref(m);
+        sb_com__msg_unref(m);
         return NULL;
     }
     return m;
 }
 
-com_msg *com_msg_ref(com_msg *m)
+sb_com_msg *sb_com__msg_ref(sb_com_msg *m)
 {
     InterlockedIncrement(&m->refs);
     return m;
 }
 
-void com_msg_unref(com_msg *m)
+void sb_com__msg_unref(sb_com_msg *m)
 {
     if (m == NULL || InterlockedDecrement(&m->refs) != 0)
         return;
@@ -77,8 +77,8 @@ void com_msg_unref(com_msg *m)
 typedef struct message {
     IMessage iface;
     LONG refs;
-    com_msg *m;
-    com_obj obj;
+    sb_com_msg *m;
+    sb_com_obj obj;
 } message;
 
 static message *impl(IMessage *i)
@@ -108,8 +108,8 @@ static ULONG WINAPI m_release(IMessage *i)
     message *o = impl(i);
     LONG n = InterlockedDecrement(&o->refs);
     if (n == 0) {
-        com_server_untrack(&o->obj);
-        com_msg_unref(o->m);
+        sb_com__server_untrack(&o->obj);
+        sb_com__msg_unref(o->m);
         sb_free(o);
         }
     return (ULONG)n;
@@ -123,7 +123,7 @@ static HRESULT WINAPI m_typeinfo_count(IMessage *i, UINT *n)
 
 static HRESULT WINAPI m_typeinfo(IMessage *i, UINT index, LCID lcid, ITypeInfo **out)
 {
-    ITypeInfo *ti = com_typeinfo(&IID_IMessage);
+    ITypeInfo *ti = sb_com__typeinfo(&IID_IMessage);
     if (index != 0 || ti == NULL)
         return DISP_E_BADINDEX;
     ITypeInfo_AddRef(ti);
@@ -134,13 +134,13 @@ static HRESULT WINAPI m_typeinfo(IMessage *i, UINT index, LCID lcid, ITypeInfo *
 static HRESULT WINAPI m_ids(IMessage *i, REFIID iid, LPOLESTR *names, UINT n, LCID lcid,
                             DISPID *ids)
 {
-    return DispGetIDsOfNames(com_typeinfo(&IID_IMessage), names, n, ids);
+    return DispGetIDsOfNames(sb_com__typeinfo(&IID_IMessage), names, n, ids);
 }
 
 static HRESULT WINAPI m_invoke(IMessage *i, DISPID id, REFIID iid, LCID lcid, WORD flags,
                                DISPPARAMS *params, VARIANT *result, EXCEPINFO *ei, UINT *argerr)
 {
-    return DispInvoke(i, com_typeinfo(&IID_IMessage), id, flags, params, result, ei, argerr);
+    return DispInvoke(i, sb_com__typeinfo(&IID_IMessage), id, flags, params, result, ei, argerr);
 }
 
 static HRESULT WINAPI m_id(IMessage *i, double *out)
@@ -151,21 +151,21 @@ static HRESULT WINAPI m_id(IMessage *i, double *out)
 
 static HRESULT WINAPI m_topic(IMessage *i, BSTR *out)
 {
-    const com_msg *m = impl(i)->m;
-    *out = com_utf8_bstr(m->topic, strlen(m->topic));
+    const sb_com_msg *m = impl(i)->m;
+    *out = sb_com__utf8_bstr(m->topic, strlen(m->topic));
     return *out != NULL ? S_OK : E_OUTOFMEMORY;
 }
 
 static HRESULT WINAPI m_payload(IMessage *i, VARIANT *out)
 {
-    const com_msg *m = impl(i)->m;
-    return com_payload_out(m->payload, m->payload_len, 0, out);
+    const sb_com_msg *m = impl(i)->m;
+    return sb_com__payload_out(m->payload, m->payload_len, 0, out);
 }
 
 static HRESULT WINAPI m_bytes(IMessage *i, VARIANT *out)
 {
-    const com_msg *m = impl(i)->m;
-    return com_payload_out(m->payload, m->payload_len, 1, out);
+    const sb_com_msg *m = impl(i)->m;
+    return sb_com__payload_out(m->payload, m->payload_len, 1, out);
 }
 
 static HRESULT WINAPI m_attempt(IMessage *i, long *out)
@@ -176,24 +176,24 @@ static HRESULT WINAPI m_attempt(IMessage *i, long *out)
 
 static HRESULT WINAPI m_header(IMessage *i, BSTR name, VARIANT *out)
 {
-    const com_msg *m = impl(i)->m;
+    const sb_com_msg *m = impl(i)->m;
     const char *v;
     char *key;
     VariantInit(out);
-    if (com_bstr_utf8(name, &key, NULL) != 0)
+    if (sb_com__bstr_utf8(name, &key, NULL) != 0)
         return E_INVALIDARG;
     v = m->headers != NULL ? json_string_value(json_object_get(m->headers, key)) : NULL;
     sb_free(key);
     if (v == NULL)
         return S_OK; /* Empty */
     V_VT(out) = VT_BSTR;
-    V_BSTR(out) = com_utf8_bstr(v, strlen(v));
+    V_BSTR(out) = sb_com__utf8_bstr(v, strlen(v));
     return V_BSTR(out) != NULL ? S_OK : E_OUTOFMEMORY;
 }
 
 static HRESULT WINAPI m_headers(IMessage *i, VARIANT *out)
 {
-    const com_msg *m = impl(i)->m;
+    const sb_com_msg *m = impl(i)->m;
     size_t n = m->headers != NULL ? json_object_size(m->headers) : 0;
     SAFEARRAY *sa = SafeArrayCreateVector(VT_VARIANT, 0, (ULONG)(n * 2));
     const char *k;
@@ -208,9 +208,9 @@ static HRESULT WINAPI m_headers(IMessage *i, VARIANT *out)
             VARIANT a, b;
             const char *s = json_string_value(v);
             V_VT(&a) = VT_BSTR;
-            V_BSTR(&a) = com_utf8_bstr(k, strlen(k));
+            V_BSTR(&a) = sb_com__utf8_bstr(k, strlen(k));
             V_VT(&b) = VT_BSTR;
-            V_BSTR(&b) = s != NULL ? com_utf8_bstr(s, strlen(s)) : SysAllocString(L"");
+            V_BSTR(&b) = s != NULL ? sb_com__utf8_bstr(s, strlen(s)) : SysAllocString(L"");
             SafeArrayPutElement(sa, &at, &a);
             at++;
             SafeArrayPutElement(sa, &at, &b);
@@ -225,8 +225,8 @@ static HRESULT WINAPI m_headers(IMessage *i, VARIANT *out)
 
 static HRESULT WINAPI m_sub(IMessage *i, BSTR *out)
 {
-    const com_msg *m = impl(i)->m;
-    *out = com_utf8_bstr(m->sub, strlen(m->sub));
+    const sb_com_msg *m = impl(i)->m;
+    *out = sb_com__utf8_bstr(m->sub, strlen(m->sub));
     return *out != NULL ? S_OK : E_OUTOFMEMORY;
 }
 
@@ -236,7 +236,7 @@ static const IMessageVtbl message_vtbl = {
     m_header,  m_headers, m_sub,
 };
 
-HRESULT com_message_new(com_msg *m, DWORD client_pid, IMessage **out)
+HRESULT sb_com__message_new(sb_com_msg *m, DWORD client_pid, IMessage **out)
 {
     message *o = sb_calloc(1, sizeof(*o));
     *out = NULL;
@@ -244,11 +244,11 @@ HRESULT com_message_new(com_msg *m, DWORD client_pid, IMessage **out)
         return E_OUTOFMEMORY;
     o->iface.lpVtbl = (IMessageVtbl *)&message_vtbl;
     o->refs = 1;
-    o->m = com_msg_ref(m);
+    o->m = sb_com__msg_ref(m);
     o->obj.unk = (IUnknown *)&o->iface;
     o->obj.refs = &o->refs;
     o->obj.pid = client_pid;
-    com_server_track(&o->obj);
+    sb_com__server_track(&o->obj);
     *out = &o->iface;
     return S_OK;
 }

@@ -23,6 +23,8 @@
 #define MAX_IDLE 8
 #define READ_CHUNK 65536
 #define BUSY_WAIT_MS 2000
+#define NOT_FOUND_GRACE_MS 1000
+#define NOT_FOUND_POLL_MS 25
 
 typedef struct pconn {
     HANDLE h, ev;
@@ -33,7 +35,7 @@ typedef struct pconn {
     struct pconn *next;
 } pconn;
 
-struct com_pool {
+struct sb_com_pool {
     CRITICAL_SECTION cs;
     pconn *idle;
     int nidle;
@@ -66,7 +68,7 @@ static int finish(pconn *c, OVERLAPPED *ov, int64_t deadline, DWORD *n)
     return GetOverlappedResult(c->h, ov, n, FALSE) ? 0 : SB_ECLOSED;
 }
 
-static int write_line(com_pool *p, pconn *c, const char *buf, size_t len, int64_t deadline,
+static int write_line(sb_com_pool *p, pconn *c, const char *buf, size_t len, int64_t deadline,
                       sb_error *err)
 {
     while (len > 0) {
@@ -97,7 +99,7 @@ static int write_line(com_pool *p, pconn *c, const char *buf, size_t len, int64_
 }
 
 /* Reads the next line (valid until the next read). */
-static int read_line(com_pool *p, pconn *c, char **line, size_t *len, int64_t deadline,
+static int read_line(sb_com_pool *p, pconn *c, char **line, size_t *len, int64_t deadline,
                      sb_error *err)
 {
     for (;;) {
@@ -136,7 +138,7 @@ static int read_line(com_pool *p, pconn *c, char **line, size_t *len, int64_t de
 
 /* Sends req (setting its id) and reads until its reply (*out). *sent
  * tells whether the line was written (else the broker never saw it). */
-static int exchange(com_pool *p, pconn *c, json_t *req, int64_t deadline, json_t **out,
+static int exchange(sb_com_pool *p, pconn *c, json_t *req, int64_t deadline, json_t **out,
                     int *sent, sb_error *err)
 {
     int64_t id = ++c->next_id;
@@ -185,11 +187,23 @@ static int exchange(com_pool *p, pconn *c, json_t *req, int64_t deadline, json_t
     }
 }
 
-static int open_conn(com_pool *p, int64_t deadline, pconn **out, sb_error *err)
+int sb_com_not_found_retry(int64_t *since)
+{
+    int64_t now = sb_com_now_ms();
+    if (*since == 0)
+        *since = now;
+    if (now - *since >= NOT_FOUND_GRACE_MS)
+        return 0;
+    Sleep(NOT_FOUND_POLL_MS);
+    return 1;
+}
+
+static int open_conn(sb_com_pool *p, int64_t deadline, pconn **out, sb_error *err)
 {
     pconn *c = sb_calloc(1, sizeof(*c));
     json_t *ping, *pong = NULL;
     int tries = 0, rc, sent;
+    int64_t gone_since = 0;
 
     *out = NULL;
     if (c == NULL)
@@ -205,6 +219,8 @@ static int open_conn(com_pool *p, int64_t deadline, pconn **out, sb_error *err)
             break;
         code = GetLastError();
         if (code == ERROR_PIPE_BUSY && tries++ < 3 && WaitNamedPipeW(p->wname, BUSY_WAIT_MS))
+            continue;
+        if (code == ERROR_FILE_NOT_FOUND && sb_com_not_found_retry(&gone_since))
             continue;
         {
             char text[200];
@@ -237,7 +253,7 @@ static int open_conn(com_pool *p, int64_t deadline, pconn **out, sb_error *err)
     return 0;
 }
 
-static int get(com_pool *p, int64_t deadline, pconn **out, int *fresh, sb_error *err)
+static int get(sb_com_pool *p, int64_t deadline, pconn **out, int *fresh, sb_error *err)
 {
     *fresh = 0;
     EnterCriticalSection(&p->cs);
@@ -253,7 +269,7 @@ static int get(com_pool *p, int64_t deadline, pconn **out, int *fresh, sb_error 
     return open_conn(p, deadline, out, err);
 }
 
-static void put(com_pool *p, pconn *c)
+static void put(sb_com_pool *p, pconn *c)
 {
     EnterCriticalSection(&p->cs);
     if (p->nidle < MAX_IDLE) {
@@ -266,9 +282,9 @@ static void put(com_pool *p, pconn *c)
     pconn_close(c);
 }
 
-int com_pool_new(com_pool **out, const char *endpoint, sb_error *err)
+int sb_com__pool_new(sb_com_pool **out, const char *endpoint, sb_error *err)
 {
-    com_pool *p = sb_calloc(1, sizeof(*p));
+    sb_com_pool *p = sb_calloc(1, sizeof(*p));
     char full[300];
     if (p == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
@@ -280,14 +296,14 @@ int com_pool_new(com_pool **out, const char *endpoint, sb_error *err)
     p->display = sb_strdup(full);
     p->wname = sb_utf8_to_wide(full);
     if (p->display == NULL || p->wname == NULL) {
-        com_pool_free(p);
+        sb_com__pool_free(p);
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
     }
     *out = p;
     return 0;
 }
 
-void com_pool_free(com_pool *p)
+void sb_com__pool_free(sb_com_pool *p)
 {
     if (p == NULL)
         return;
@@ -302,7 +318,7 @@ void com_pool_free(com_pool *p)
     sb_free(p);
 }
 
-int com_pool_request(com_pool *p, json_t *req, size_t payload_len, int timeout_ms, json_t **out,
+int sb_com__pool_request(sb_com_pool *p, json_t *req, size_t payload_len, int timeout_ms, json_t **out,
                      sb_error *err)
 {
     int64_t deadline = sb_com_now_ms() + (timeout_ms > 0 ? timeout_ms : 1);
@@ -343,7 +359,7 @@ int com_pool_request(com_pool *p, json_t *req, size_t payload_len, int timeout_m
     return 0;
 }
 
-int com_pool_user(com_pool *p, int timeout_ms, char **out_user, sb_error *err)
+int sb_com__pool_user(sb_com_pool *p, int timeout_ms, char **out_user, sb_error *err)
 {
     pconn *c;
     int fresh, rc = get(p, sb_com_now_ms() + timeout_ms, &c, &fresh, err);

@@ -39,20 +39,20 @@ typedef struct watch {
 
 static struct {
     CRITICAL_SECTION cs;
-    com_obj *objs;
+    sb_com_obj *objs;
     watch *watches;
     int reap_asked;
     HANDLE exit_ev;
     LONG stopping;
     LONG created; /* objects ever created */
-    com_link *link;
-    com_pool *pool;
+    sb_com_link *link;
+    sb_com_pool *pool;
     const char *endpoint;
     ITypeLib *tlb;
     ITypeInfo *ti_broker, *ti_sub, *ti_msg, *ti_sub_class;
 } srv;
 
-void com_log(const char *fmt, ...)
+void sb_com__log(const char *fmt, ...)
 {
     static CRITICAL_SECTION cs;
     static LONG init;
@@ -78,7 +78,7 @@ void com_log(const char *fmt, ...)
     LeaveCriticalSection(&cs);
 }
 
-ITypeInfo *com_typeinfo(REFGUID guid)
+ITypeInfo *sb_com__typeinfo(REFGUID guid)
 {
     if (IsEqualGUID(guid, &IID_IBroker))
         return srv.ti_broker;
@@ -91,22 +91,22 @@ ITypeInfo *com_typeinfo(REFGUID guid)
     return NULL;
 }
 
-com_link *com_server_link(void)
+sb_com_link *sb_com__server_link(void)
 {
     return srv.link;
 }
 
-com_pool *com_server_pool(void)
+sb_com_pool *sb_com__server_pool(void)
 {
     return srv.pool;
 }
 
-const char *com_server_endpoint(void)
+const char *sb_com__server_endpoint(void)
 {
     return srv.endpoint;
 }
 
-DWORD com_caller_pid(void)
+DWORD sb_com__caller_pid(void)
 {
     unsigned long pid = 0;
     if (I_RpcBindingInqLocalClientPID(NULL, &pid) != RPC_S_OK)
@@ -125,9 +125,9 @@ static VOID CALLBACK on_client_exit(PVOID ctx, BOOLEAN timed_out)
             w->gone = 1;
     srv.reap_asked = 1;
     LeaveCriticalSection(&srv.cs);
-    com_log("client process %lu exited", (unsigned long)pid);
+    sb_com__log("client process %lu exited", (unsigned long)pid);
     if (srv.link != NULL)
-        com_link_wake(srv.link);
+        sb_com__link_wake(srv.link);
 }
 
 /* Watches pid's process (cs held). */
@@ -155,17 +155,17 @@ static void watch_client(DWORD pid)
 }
 
 /* The object stops keeping the process alive (once). */
-static void drop_server_ref(com_obj *o)
+static void drop_server_ref(sb_com_obj *o)
 {
     if (InterlockedExchange(&o->server_ref, 0) == 1)
-        com_server_release();
+        sb_com__server_release();
 }
 
-void com_server_track(com_obj *o)
+void sb_com__server_track(sb_com_obj *o)
 {
     ULONG n = CoAddRefServerProcess();
     o->server_ref = 1;
-    com_log("server references: %lu (a new object)", (unsigned long)n);
+    sb_com__log("server references: %lu (a new object)", (unsigned long)n);
     EnterCriticalSection(&srv.cs);
     o->prev = NULL;
     o->next = srv.objs;
@@ -178,7 +178,7 @@ void com_server_track(com_obj *o)
     InterlockedIncrement(&srv.created);
 }
 
-void com_server_untrack(com_obj *o)
+void sb_com__server_untrack(sb_com_obj *o)
 {
     EnterCriticalSection(&srv.cs);
     if (o->prev != NULL)
@@ -204,9 +204,9 @@ static int try_ref(LONG *refs)
     return 0;
 }
 
-void com_server_reap(void)
+void sb_com__server_reap(void)
 {
-    com_obj **dead = NULL;
+    sb_com_obj **dead = NULL;
     size_t n = 0, cap = 0;
     watch *gone = NULL, **wp;
 
@@ -225,12 +225,12 @@ void com_server_reap(void)
         *wp = w->next;
         w->next = gone;
         gone = w;
-        for (com_obj *o = srv.objs; o != NULL; o = o->next) {
+        for (sb_com_obj *o = srv.objs; o != NULL; o = o->next) {
             if (o->pid != w->pid || !try_ref(o->refs))
                 continue;
             if (n == cap) {
                 size_t ncap = cap == 0 ? 16 : cap * 2;
-                com_obj **nd = sb_realloc(dead, ncap * sizeof(*nd));
+                sb_com_obj **nd = sb_realloc(dead, ncap * sizeof(*nd));
                 if (nd == NULL) {
                     IUnknown_Release(o->unk); /* try again at the next tick */
                     srv.reap_asked = 1;
@@ -246,7 +246,7 @@ void com_server_reap(void)
     /* Subscriptions first (they give back what they held), then every
      * object loses the references the dead client's proxies had. */
     if (n > 0)
-        com_log("disconnecting %zu objects of clients that exited", n);
+        sb_com__log("disconnecting %zu objects of clients that exited", n);
     for (size_t i = 0; i < n; i++)
         if (dead[i]->client_gone != NULL)
             dead[i]->client_gone(dead[i]);
@@ -294,7 +294,7 @@ static HRESULT WINAPI cf_create(IClassFactory *cf, IUnknown *outer, REFIID iid, 
         return CLASS_E_NOAGGREGATION;
     if (srv.stopping)
         return CO_E_SERVER_STOPPING;
-    return com_broker_new(com_caller_pid(), iid, out);
+    return sb_com__broker_new(sb_com__caller_pid(), iid, out);
 }
 
 static HRESULT WINAPI cf_lock(IClassFactory *cf, BOOL lock)
@@ -302,17 +302,17 @@ static HRESULT WINAPI cf_lock(IClassFactory *cf, BOOL lock)
     if (lock)
         CoAddRefServerProcess();
     else
-        com_server_release();
+        sb_com__server_release();
     return S_OK;
 }
 
 static const IClassFactoryVtbl cf_vtbl = {cf_query, cf_addref, cf_release, cf_create, cf_lock};
 static IClassFactory factory = {(IClassFactoryVtbl *)&cf_vtbl};
 
-void com_server_release(void)
+void sb_com__server_release(void)
 {
     ULONG n = CoReleaseServerProcess();
-    com_log("server references: %lu", (unsigned long)n);
+    sb_com__log("server references: %lu", (unsigned long)n);
     if (n == 0) {
         /* COM suspended the class object: no new client can come. */
         InterlockedExchange(&srv.stopping, 1);
@@ -378,8 +378,8 @@ int sb_com_server_run(const char *endpoint)
         fprintf(stderr, "switchboard com server: %s\n", why);
         goto out;
     }
-    if (com_link_start(&srv.link, endpoint, &err) != 0 ||
-        com_pool_new(&srv.pool, endpoint, &err) != 0) {
+    if (sb_com__link_start(&srv.link, endpoint, &err) != 0 ||
+        sb_com__pool_new(&srv.pool, endpoint, &err) != 0) {
         fprintf(stderr, "switchboard com server: %s\n", err.msg);
         goto out;
     }
@@ -401,13 +401,13 @@ int sb_com_server_run(const char *endpoint)
         }
     }
     rc = 0;
-    com_log("exiting");
+    sb_com__log("exiting");
 out:
     if (cookie != 0)
         CoRevokeClassObject(cookie);
-    com_link_stop(srv.link);
+    sb_com__link_stop(srv.link);
     srv.link = NULL;
-    com_pool_free(srv.pool);
+    sb_com__pool_free(srv.pool);
     srv.pool = NULL;
     if (srv.ti_broker != NULL)
         ITypeInfo_Release(srv.ti_broker);
@@ -420,6 +420,6 @@ out:
     if (srv.tlb != NULL)
         ITypeLib_Release(srv.tlb);
     CoUninitialize();
-    com_log("exited");
+    sb_com__log("exited");
     return rc;
 }

@@ -43,24 +43,24 @@ typedef struct held {
 enum { W_IDLE, W_CALLING, W_ABANDONED };
 
 typedef struct worker {
-    com_sub *s;
+    sb_com_sub *s;
     IDispatch *sink;
     DWORD cookie;
     int stop;      /* under s->cs */
     LONG state;    /* W_*: an abandoned worker never touches s again */
-    com_msg *call; /* under s->cs: the message of the call in progress */
+    sb_com_msg *call; /* under s->cs: the message of the call in progress */
     int64_t deadline;
 } worker;
 
-struct com_sub {
+struct sb_com_sub {
     ISubscription iface;
     IConnectionPointContainer cpc;
     IConnectionPoint cp;
     ISupportErrorInfo sei;
     IProvideClassInfo2 pci;
     LONG refs;
-    com_obj obj;
-    com_link *link;
+    sb_com_obj obj;
+    sb_com_link *link;
     CRITICAL_SECTION cs;
     CONDITION_VARIABLE cv;
     char *name, *filter;
@@ -70,9 +70,9 @@ struct com_sub {
     uint64_t gen;  /* the connection it is attached on, 0: detached */
     int attaching; /* a sub request is out */
     int unsubbing; /* unsub requests out on the current connection */
-    int wanted;    /* counted in com_link_want */
+    int wanted;    /* counted in sb_com__link_want */
     long buffer, event_timeout_ms;
-    com_msg *head, *tail; /* taken from the broker, not handed out */
+    sb_com_msg *head, *tail; /* taken from the broker, not handed out */
     long queued;
     held *held;
     size_t nheld, held_cap;
@@ -84,14 +84,14 @@ struct com_sub {
     int attach_failed;
 };
 
-#define SUB_FROM(p, m) ((com_sub *)((char *)(p) - offsetof(com_sub, m)))
+#define SUB_FROM(p, m) ((sb_com_sub *)((char *)(p) - offsetof(sb_com_sub, m)))
 
-const char *com_sub__name(const com_sub *s)
+const char *sb_com__sub_name(const sb_com_sub *s)
 {
     return s->name;
 }
 
-int com_sub__try_ref(com_sub *s)
+int sb_com__sub_try_ref(sb_com_sub *s)
 {
     LONG n = s->refs;
     while (n > 0) {
@@ -103,34 +103,34 @@ int com_sub__try_ref(com_sub *s)
     return 0;
 }
 
-void com_sub__unref(com_sub *s)
+void sb_com__sub_unref(sb_com_sub *s)
 {
     ISubscription_Release(&s->iface);
 }
 
 /* ---- helpers (cs held unless said) ---- */
 
-static void update_want(com_sub *s)
+static void update_want(sb_com_sub *s)
 {
     int want = !s->closed && (s->w != NULL || s->pulling > 0);
     if (want != s->wanted) {
         s->wanted = want;
-        com_link_want(s->link, want);
+        sb_com__link_want(s->link, want);
     }
 }
 
-static void drop_queued(com_sub *s)
+static void drop_queued(sb_com_sub *s)
 {
     while (s->head != NULL) {
-        com_msg *m = s->head;
+        sb_com_msg *m = s->head;
         s->head = m->next;
-        com_msg_unref(m);
+        sb_com__msg_unref(m);
     }
     s->tail = NULL;
     s->queued = 0;
 }
 
-static void held_add(com_sub *s, const com_msg *m)
+static void held_add(sb_com_sub *s, const sb_com_msg *m)
 {
     if (s->nheld == s->held_cap) {
         size_t cap = s->held_cap == 0 ? 8 : s->held_cap * 2;
@@ -146,7 +146,7 @@ static void held_add(com_sub *s, const com_msg *m)
 }
 
 /* Takes id off the held list; returns its connection, or 0 if not held. */
-static uint64_t held_take(com_sub *s, uint64_t id)
+static uint64_t held_take(sb_com_sub *s, uint64_t id)
 {
     for (size_t i = 0; i < s->nheld; i++)
         if (s->held[i].id == id) {
@@ -157,13 +157,13 @@ static uint64_t held_take(com_sub *s, uint64_t id)
     return 0;
 }
 
-static void schedule_idle(com_sub *s)
+static void schedule_idle(sb_com_sub *s)
 {
     if (s->gen != 0 && s->w == NULL && s->pulling == 0 && s->nheld == 0)
-        com_link_tick_at(s->link, s->idle_since + SB_COM_HOLD_MS);
+        sb_com__link_tick_at(s->link, s->idle_since + SB_COM_HOLD_MS);
 }
 
-static json_t *ack_req(const com_sub *s, uint64_t id, int ack, const char *reason)
+static json_t *ack_req(const sb_com_sub *s, uint64_t id, int ack, const char *reason)
 {
     json_t *o = json_pack("{s:s, s:s, s:I}", "op", ack ? "ack" : "nack", "sub", s->name, "msg_id",
                           (json_int_t)id);
@@ -173,30 +173,30 @@ static json_t *ack_req(const com_sub *s, uint64_t id, int ack, const char *reaso
 }
 
 /* Acks or nacks without waiting (outside cs). */
-static void post_ack(com_sub *s, uint64_t gen, uint64_t id, int ack, const char *reason)
+static void post_ack(sb_com_sub *s, uint64_t gen, uint64_t id, int ack, const char *reason)
 {
     json_t *req = ack_req(s, id, ack, reason);
     sb_error err;
     if (req != NULL)
-        (void)com_link_post(s->link, gen, req, NULL, NULL, &err); /* a lost connection: redelivered */
+        (void)sb_com__link_post(s->link, gen, req, NULL, NULL, &err); /* a lost connection: redelivered */
     json_decref(req);
 }
 
 static void on_unsub_reply(void *ctx, json_t *reply, const sb_error *err)
 {
-    com_sub *s = ctx;
+    sb_com_sub *s = ctx;
     if (reply != NULL) {
         EnterCriticalSection(&s->cs);
         if (s->unsubbing > 0)
             s->unsubbing--;
         LeaveCriticalSection(&s->cs);
     }
-    com_sub__unref(s);
+    sb_com__sub_unref(s);
 }
 
 /* Detaches (cs held; releases and retakes it to send). With `final` (the
  * object is being freed) the reply is not waited for. */
-static void detach_locked(com_sub *s, int delete_it, int final)
+static void detach_locked(sb_com_sub *s, int delete_it, int final)
 {
     uint64_t gen = s->gen;
     json_t *req;
@@ -212,7 +212,7 @@ static void detach_locked(com_sub *s, int delete_it, int final)
         json_object_set_new(req, "delete", json_true());
     if (final) {
         LeaveCriticalSection(&s->cs);
-        (void)com_link_post(s->link, gen, req, NULL, NULL, &err);
+        (void)sb_com__link_post(s->link, gen, req, NULL, NULL, &err);
         json_decref(req);
         EnterCriticalSection(&s->cs);
         return;
@@ -220,18 +220,18 @@ static void detach_locked(com_sub *s, int delete_it, int final)
     s->unsubbing++;
     ISubscription_AddRef(&s->iface);
     LeaveCriticalSection(&s->cs);
-    if (com_link_post(s->link, gen, req, on_unsub_reply, s, &err) != 0) {
+    if (sb_com__link_post(s->link, gen, req, on_unsub_reply, s, &err) != 0) {
         EnterCriticalSection(&s->cs);
         if (s->unsubbing > 0)
             s->unsubbing--;
         LeaveCriticalSection(&s->cs);
-        com_sub__unref(s);
+        sb_com__sub_unref(s);
     }
     json_decref(req);
     EnterCriticalSection(&s->cs);
 }
 
-static json_t *sub_req(com_sub *s, const char *filter)
+static json_t *sub_req(sb_com_sub *s, const char *filter)
 {
     json_t *o = json_pack("{s:s, s:s, s:i}", "op", "sub", "sub", s->name, "window", (int)s->buffer);
     if (o != NULL && filter != NULL)
@@ -243,7 +243,7 @@ static json_t *sub_req(com_sub *s, const char *filter)
 
 static void on_attached(void *ctx, json_t *reply, const sb_error *err)
 {
-    com_sub *s = ctx;
+    sb_com_sub *s = ctx;
     const char *op = reply != NULL ? json_string_value(json_object_get(reply, "op")) : NULL;
     EnterCriticalSection(&s->cs);
     s->attaching = 0;
@@ -263,13 +263,13 @@ static void on_attached(void *ctx, json_t *reply, const sb_error *err)
     }
     WakeAllConditionVariable(&s->cv);
     LeaveCriticalSection(&s->cs);
-    com_sub__unref(s);
+    sb_com__sub_unref(s);
 }
 
 /* Attaches on the current connection without waiting (cs held). */
-static void attach_async(com_sub *s)
+static void attach_async(sb_com_sub *s)
 {
-    uint64_t gen = com_link_gen(s->link);
+    uint64_t gen = sb_com__link_gen(s->link);
     json_t *req;
     sb_error err;
     if (gen == 0 || s->gen != 0 || s->attaching || s->closed)
@@ -281,12 +281,12 @@ static void attach_async(com_sub *s)
     s->gen = gen;
     ISubscription_AddRef(&s->iface);
     LeaveCriticalSection(&s->cs);
-    if (com_link_post(s->link, gen, req, on_attached, s, &err) != 0) {
+    if (sb_com__link_post(s->link, gen, req, on_attached, s, &err) != 0) {
         EnterCriticalSection(&s->cs);
         s->attaching = 0;
         s->gen = 0;
         LeaveCriticalSection(&s->cs);
-        com_sub__unref(s);
+        sb_com__sub_unref(s);
     }
     json_decref(req);
     EnterCriticalSection(&s->cs);
@@ -294,7 +294,7 @@ static void attach_async(com_sub *s)
 
 /* Attaches and waits for the answer (cs held; released while waiting).
  * Returns 0, or an SB_E* code with err set. */
-static int attach_sync(com_sub *s, const char *filter, sb_error *err)
+static int attach_sync(sb_com_sub *s, const char *filter, sb_error *err)
 {
     json_t *req, *reply = NULL;
     uint64_t gen = 0;
@@ -311,7 +311,7 @@ static int attach_sync(com_sub *s, const char *filter, sb_error *err)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
     s->attaching = 1;
     LeaveCriticalSection(&s->cs);
-    rc = com_link_request(s->link, req, (int)s->timeout_ms, &reply, &gen, err);
+    rc = sb_com__link_request(s->link, req, (int)s->timeout_ms, &reply, &gen, err);
     json_decref(req);
     EnterCriticalSection(&s->cs);
     s->attaching = 0;
@@ -332,14 +332,14 @@ static int attach_sync(com_sub *s, const char *filter, sb_error *err)
 
 /* ---- from the link's reader ---- */
 
-void com_sub__on_msg(com_sub *s, com_msg *m)
+void sb_com__sub_on_msg(sb_com_sub *s, sb_com_msg *m)
 {
     EnterCriticalSection(&s->cs);
     if (s->gen == 0 && s->attaching && s->unsubbing == 0)
         s->gen = m->gen; /* the reply to our sub came just before */
     if (s->closed || s->unsubbing > 0 || s->gen != m->gen) {
         LeaveCriticalSection(&s->cs);
-        com_msg_unref(m); /* given back by the unsub on its way */
+        sb_com__msg_unref(m); /* given back by the unsub on its way */
         return;
     }
     if (s->tail != NULL)
@@ -352,7 +352,7 @@ void com_sub__on_msg(com_sub *s, com_msg *m)
     LeaveCriticalSection(&s->cs);
 }
 
-void com_sub__on_link(com_sub *s, uint64_t gen)
+void sb_com__sub_on_link(sb_com_sub *s, uint64_t gen)
 {
     EnterCriticalSection(&s->cs);
     if (gen == 0) {
@@ -368,17 +368,17 @@ void com_sub__on_link(com_sub *s, uint64_t gen)
     LeaveCriticalSection(&s->cs);
 }
 
-void com_sub__tick(com_sub *s, int64_t now)
+void sb_com__sub_tick(sb_com_sub *s, int64_t now)
 {
     worker *w;
-    com_msg *late = NULL;
+    sb_com_msg *late = NULL;
     long limit = 0;
 
     EnterCriticalSection(&s->cs);
     w = s->w;
     if (w != NULL && w->call != NULL) {
         if (now >= w->deadline) {
-            com_msg *m = com_msg_ref(w->call);
+            sb_com_msg *m = sb_com__msg_ref(w->call);
             /* w is the worker's from here on: it frees itself */
             if (InterlockedCompareExchange(&w->state, W_ABANDONED, W_CALLING) == W_CALLING) {
                 late = m;
@@ -389,36 +389,36 @@ void com_sub__tick(com_sub *s, int64_t now)
                 update_want(s);
                 WakeAllConditionVariable(&s->cv);
             } else {
-                com_msg_unref(m); /* it returned just now */
+                sb_com__msg_unref(m); /* it returned just now */
             }
         } else {
-            com_link_tick_at(s->link, w->deadline);
+            sb_com__link_tick_at(s->link, w->deadline);
         }
     }
     if (s->gen != 0 && !s->attaching && s->w == NULL && s->pulling == 0 && s->nheld == 0) {
         if (now - s->idle_since >= SB_COM_HOLD_MS)
             detach_locked(s, 0, 0);
         else
-            com_link_tick_at(s->link, s->idle_since + SB_COM_HOLD_MS);
+            sb_com__link_tick_at(s->link, s->idle_since + SB_COM_HOLD_MS);
     }
     LeaveCriticalSection(&s->cs);
     if (late != NULL) {
         char why[128];
         snprintf(why, sizeof why, "OnMessage did not return within %ld ms", limit);
-        com_log("subscription %s: %s; the sink is dropped", s->name, why);
+        sb_com__log("subscription %s: %s; the sink is dropped", s->name, why);
         post_ack(s, late->gen, late->id, 0, why);
-        com_msg_unref(late);
+        sb_com__msg_unref(late);
         /* The worker's reference: the blocked thread no longer keeps the
          * subscription (nor the relay process) alive. */
-        com_sub__unref(s);
+        sb_com__sub_unref(s);
     }
 }
 
 /* The client process exited (com_server.c): what it took fails, the rest
  * goes back. */
-static void sub_client_gone(com_obj *o)
+static void sub_client_gone(sb_com_obj *o)
 {
-    com_sub *s = SUB_FROM(o, obj);
+    sb_com_sub *s = SUB_FROM(o, obj);
     held *hs;
     size_t n;
     char why[96];
@@ -455,7 +455,7 @@ static int client_gone_hr(HRESULT hr)
            hr == RPC_E_CALL_REJECTED;
 }
 
-static HRESULT raise_event(worker *w, com_msg *m, char *why, size_t why_n)
+static HRESULT raise_event(worker *w, sb_com_msg *m, char *why, size_t why_n)
 {
     VARIANT args[4], result;
     DISPPARAMS dp = {args, NULL, 4, 0};
@@ -470,12 +470,12 @@ static HRESULT raise_event(worker *w, com_msg *m, char *why, size_t why_n)
     V_I4(&args[0]) = m->attempt;
     V_VT(&args[1]) = VT_R8;
     V_R8(&args[1]) = (double)m->id;
-    if (FAILED(com_payload_out(m->payload, m->payload_len, 0, &args[2]))) {
+    if (FAILED(sb_com__payload_out(m->payload, m->payload_len, 0, &args[2]))) {
         snprintf(why, why_n, "out of memory in the COM server");
         return E_OUTOFMEMORY;
     }
     V_VT(&args[3]) = VT_BSTR;
-    V_BSTR(&args[3]) = com_utf8_bstr(m->topic, strlen(m->topic));
+    V_BSTR(&args[3]) = sb_com__utf8_bstr(m->topic, strlen(m->topic));
     hr = IDispatch_Invoke(w->sink, 1, &IID_NULL, LOCALE_USER_DEFAULT, DISPATCH_METHOD, &dp,
                           &result, &ei, &argerr);
     if (hr == DISP_E_EXCEPTION && ei.pfnDeferredFillIn != NULL)
@@ -483,7 +483,7 @@ static HRESULT raise_event(worker *w, com_msg *m, char *why, size_t why_n)
     if (FAILED(hr)) {
         if (ei.bstrDescription != NULL && SysStringLen(ei.bstrDescription) > 0) {
             char *d = NULL;
-            com_bstr_utf8(ei.bstrDescription, &d, NULL);
+            sb_com__bstr_utf8(ei.bstrDescription, &d, NULL);
             snprintf(why, why_n, "OnMessage failed: %s", d != NULL ? d : "(no description)");
             sb_free(d);
         } else {
@@ -503,12 +503,12 @@ static HRESULT raise_event(worker *w, com_msg *m, char *why, size_t why_n)
 static DWORD WINAPI worker_main(void *arg)
 {
     worker *w = arg;
-    com_sub *s = w->s;
+    sb_com_sub *s = w->s;
 
     CoInitializeEx(NULL, COINIT_MULTITHREADED);
     EnterCriticalSection(&s->cs);
     while (!w->stop) {
-        com_msg *m;
+        sb_com_msg *m;
         HRESULT hr;
         char why[600] = "";
         int gone;
@@ -528,14 +528,14 @@ static DWORD WINAPI worker_main(void *arg)
         w->deadline = sb_com_now_ms() + s->event_timeout_ms;
         InterlockedExchange(&w->state, W_CALLING);
         LeaveCriticalSection(&s->cs);
-        com_link_tick_at(s->link, w->deadline);
+        sb_com__link_tick_at(s->link, w->deadline);
 
         hr = raise_event(w, m, why, sizeof why);
 
         if (InterlockedCompareExchange(&w->state, W_IDLE, W_CALLING) != W_CALLING) {
             /* The tick nacked it, dropped this sink and took over this
              * worker's reference on s: s is not ours to touch. */
-            com_msg_unref(m);
+            sb_com__msg_unref(m);
             IDispatch_Release(w->sink);
             sb_free(w);
             CoUninitialize();
@@ -557,27 +557,27 @@ static DWORD WINAPI worker_main(void *arg)
         schedule_idle(s);
         LeaveCriticalSection(&s->cs);
         post_ack(s, m->gen, m->id, SUCCEEDED(hr), why);
-        com_msg_unref(m);
+        sb_com__msg_unref(m);
         EnterCriticalSection(&s->cs);
     }
     LeaveCriticalSection(&s->cs);
     IDispatch_Release(w->sink);
     sb_free(w);
-    com_sub__unref(s);
+    sb_com__sub_unref(s);
     CoUninitialize();
     return 0;
 }
 
 /* ---- ISubscription ---- */
 
-static com_sub *impl(ISubscription *i)
+static sb_com_sub *impl(ISubscription *i)
 {
-    return (com_sub *)i;
+    return (sb_com_sub *)i;
 }
 
 static HRESULT WINAPI s_query(ISubscription *i, REFIID iid, void **out)
 {
-    com_sub *s = impl(i);
+    sb_com_sub *s = impl(i);
     if (IsEqualIID(iid, &IID_IUnknown) || IsEqualIID(iid, &IID_IDispatch) ||
         IsEqualIID(iid, &IID_ISubscription))
         *out = &s->iface;
@@ -602,11 +602,11 @@ static ULONG WINAPI s_addref(ISubscription *i)
 
 static ULONG WINAPI s_release(ISubscription *i)
 {
-    com_sub *s = impl(i);
+    sb_com_sub *s = impl(i);
     LONG n = InterlockedDecrement(&s->refs);
     if (n != 0)
         return (ULONG)n;
-    com_link_remove_sub(s->link, s);
+    sb_com__link_remove_sub(s->link, s);
     EnterCriticalSection(&s->cs);
     s->closed = 1;
     update_want(s);
@@ -616,9 +616,9 @@ static ULONG WINAPI s_release(ISubscription *i)
     sb_free(s->held);
     sb_free(s->name);
     sb_free(s->filter);
-    com_link_stop(s->link); /* after the unsub: a closed connection would count an attempt */
+    sb_com__link_stop(s->link); /* after the unsub: a closed connection would count an attempt */
     DeleteCriticalSection(&s->cs);
-    com_server_untrack(&s->obj); /* last: the process may end now */
+    sb_com__server_untrack(&s->obj); /* last: the process may end now */
     sb_free(s);
     return 0;
 }
@@ -631,7 +631,7 @@ static HRESULT WINAPI s_typeinfo_count(ISubscription *i, UINT *n)
 
 static HRESULT WINAPI s_typeinfo(ISubscription *i, UINT index, LCID lcid, ITypeInfo **out)
 {
-    ITypeInfo *ti = com_typeinfo(&IID_ISubscription);
+    ITypeInfo *ti = sb_com__typeinfo(&IID_ISubscription);
     if (index != 0 || ti == NULL)
         return DISP_E_BADINDEX;
     ITypeInfo_AddRef(ti);
@@ -642,34 +642,34 @@ static HRESULT WINAPI s_typeinfo(ISubscription *i, UINT index, LCID lcid, ITypeI
 static HRESULT WINAPI s_ids(ISubscription *i, REFIID iid, LPOLESTR *names, UINT n, LCID lcid,
                             DISPID *ids)
 {
-    return DispGetIDsOfNames(com_typeinfo(&IID_ISubscription), names, n, ids);
+    return DispGetIDsOfNames(sb_com__typeinfo(&IID_ISubscription), names, n, ids);
 }
 
 static HRESULT WINAPI s_invoke(ISubscription *i, DISPID id, REFIID iid, LCID lcid, WORD flags,
                                DISPPARAMS *params, VARIANT *result, EXCEPINFO *ei, UINT *argerr)
 {
-    return DispInvoke(i, com_typeinfo(&IID_ISubscription), id, flags, params, result, ei, argerr);
+    return DispInvoke(i, sb_com__typeinfo(&IID_ISubscription), id, flags, params, result, ei, argerr);
 }
 
 static HRESULT WINAPI s_name(ISubscription *i, BSTR *out)
 {
-    *out = com_utf8_bstr(impl(i)->name, strlen(impl(i)->name));
+    *out = sb_com__utf8_bstr(impl(i)->name, strlen(impl(i)->name));
     return *out != NULL ? S_OK : E_OUTOFMEMORY;
 }
 
 static HRESULT WINAPI s_filter(ISubscription *i, BSTR *out)
 {
-    com_sub *s = impl(i);
+    sb_com_sub *s = impl(i);
     EnterCriticalSection(&s->cs);
-    *out = s->filter != NULL ? com_utf8_bstr(s->filter, strlen(s->filter)) : SysAllocString(L"");
+    *out = s->filter != NULL ? sb_com__utf8_bstr(s->filter, strlen(s->filter)) : SysAllocString(L"");
     LeaveCriticalSection(&s->cs);
     return *out != NULL ? S_OK : E_OUTOFMEMORY;
 }
 
-#define SUB_FAIL(hr, ...) com_fail(hr, &IID_ISubscription, "Subscription", __VA_ARGS__)
+#define SUB_FAIL(hr, ...) sb_com__fail(hr, &IID_ISubscription, "Subscription", __VA_ARGS__)
 
 /* Takes up to max messages, waiting up to wait_ms for the first. */
-static HRESULT take(com_sub *s, long max, long wait_ms, const char *what, com_msg **out,
+static HRESULT take(sb_com_sub *s, long max, long wait_ms, const char *what, sb_com_msg **out,
                     long *out_n)
 {
     int64_t deadline = sb_com_now_ms() + wait_ms;
@@ -689,7 +689,7 @@ static HRESULT take(com_sub *s, long max, long wait_ms, const char *what, com_ms
         }
         if (s->head != NULL) {
             while (s->head != NULL && n < max) {
-                com_msg *m = s->head;
+                sb_com_msg *m = s->head;
                 s->head = m->next;
                 if (s->head == NULL)
                     s->tail = NULL;
@@ -722,18 +722,18 @@ static HRESULT take(com_sub *s, long max, long wait_ms, const char *what, com_ms
 
 static HRESULT WINAPI s_pull(ISubscription *i, VARIANT vmax, VARIANT vwait, VARIANT *out)
 {
-    com_sub *s = impl(i);
+    sb_com_sub *s = impl(i);
     char why[200];
     long max, wait_ms, n = 0;
-    com_msg **got;
+    sb_com_msg **got;
     SAFEARRAY *sa;
     HRESULT hr;
-    DWORD pid = com_caller_pid();
+    DWORD pid = sb_com__caller_pid();
 
     VariantInit(out);
-    if (FAILED(hr = com_long_in(&vmax, 1, &max, why, sizeof why)))
+    if (FAILED(hr = sb_com__long_in(&vmax, 1, &max, why, sizeof why)))
         return SUB_FAIL(hr, "Pull: max: %s", why);
-    if (FAILED(hr = com_long_in(&vwait, 0, &wait_ms, why, sizeof why)))
+    if (FAILED(hr = sb_com__long_in(&vwait, 0, &wait_ms, why, sizeof why)))
         return SUB_FAIL(hr, "Pull: wait_ms: %s", why);
     if (max < 1 || max > SB_COM_MAX_BUFFER)
         return SUB_FAIL(E_INVALIDARG, "Pull: max must be 1..%d, not %ld", SB_COM_MAX_BUFFER, max);
@@ -750,14 +750,14 @@ static HRESULT WINAPI s_pull(ISubscription *i, VARIANT vmax, VARIANT vwait, VARI
     sa = SafeArrayCreateVector(VT_VARIANT, 0, (ULONG)n);
     for (long k = 0; k < n; k++) {
         IMessage *m = NULL;
-        if (sa != NULL && SUCCEEDED(com_message_new(got[k], pid, &m))) {
+        if (sa != NULL && SUCCEEDED(sb_com__message_new(got[k], pid, &m))) {
             VARIANT v;
             V_VT(&v) = VT_DISPATCH;
             V_DISPATCH(&v) = (IDispatch *)m;
             SafeArrayPutElement(sa, &k, &v);
             IMessage_Release(m);
         }
-        com_msg_unref(got[k]);
+        sb_com__msg_unref(got[k]);
     }
     sb_free(got);
     if (sa == NULL)
@@ -769,26 +769,26 @@ static HRESULT WINAPI s_pull(ISubscription *i, VARIANT vmax, VARIANT vwait, VARI
 
 static HRESULT WINAPI s_wait(ISubscription *i, VARIANT vwait, IMessage **out)
 {
-    com_sub *s = impl(i);
+    sb_com_sub *s = impl(i);
     char why[200];
     long wait_ms, n = 0;
-    com_msg *m = NULL;
+    sb_com_msg *m = NULL;
     HRESULT hr;
 
     *out = NULL;
-    if (FAILED(hr = com_long_in(&vwait, 0, &wait_ms, why, sizeof why)))
+    if (FAILED(hr = sb_com__long_in(&vwait, 0, &wait_ms, why, sizeof why)))
         return SUB_FAIL(hr, "Wait: wait_ms: %s", why);
     if (wait_ms < 0)
         return SUB_FAIL(E_INVALIDARG, "Wait: wait_ms must be 0 or more, not %ld", wait_ms);
     hr = take(s, 1, wait_ms, "Wait", &m, &n);
     if (FAILED(hr) || n == 0)
         return hr;
-    hr = com_message_new(m, com_caller_pid(), out);
-    com_msg_unref(m);
+    hr = sb_com__message_new(m, sb_com__caller_pid(), out);
+    sb_com__msg_unref(m);
     return hr;
 }
 
-static HRESULT ack_or_nack(com_sub *s, const VARIANT *vid, int ack, const char *reason)
+static HRESULT ack_or_nack(sb_com_sub *s, const VARIANT *vid, int ack, const char *reason)
 {
     const char *what = ack ? "Ack" : "Nack";
     char why[200];
@@ -798,7 +798,7 @@ static HRESULT ack_or_nack(com_sub *s, const VARIANT *vid, int ack, const char *
     HRESULT hr;
     int rc;
 
-    if (FAILED(hr = com_id_in(vid, &id, why, sizeof why)))
+    if (FAILED(hr = sb_com__id_in(vid, &id, why, sizeof why)))
         return SUB_FAIL(hr, "%s: %s", what, why);
     EnterCriticalSection(&s->cs);
     gen = held_take(s, id);
@@ -810,7 +810,7 @@ static HRESULT ack_or_nack(com_sub *s, const VARIANT *vid, int ack, const char *
                         "%s: message %llu is not held by subscription %s (acknowledged already, "
                         "or never taken from it)",
                         what, (unsigned long long)id, s->name);
-    if (gen != com_link_gen(s->link))
+    if (gen != sb_com__link_gen(s->link))
         return SUB_FAIL(sb_com_hresult(SB_ECLOSED),
                         "%s: the connection to the broker was lost after message %llu was taken; "
                         "the broker delivers it again",
@@ -818,7 +818,7 @@ static HRESULT ack_or_nack(com_sub *s, const VARIANT *vid, int ack, const char *
     req = ack_req(s, id, ack, reason);
     if (req == NULL)
         return E_OUTOFMEMORY;
-    rc = com_link_request(s->link, req, (int)s->timeout_ms, &reply, NULL, &err);
+    rc = sb_com__link_request(s->link, req, (int)s->timeout_ms, &reply, NULL, &err);
     json_decref(req);
     json_decref(reply);
     if (rc != 0)
@@ -833,17 +833,17 @@ static HRESULT WINAPI s_ack(ISubscription *i, VARIANT id)
 
 static HRESULT WINAPI s_nack(ISubscription *i, VARIANT id, VARIANT vreason)
 {
-    com_sub *s = impl(i);
+    sb_com_sub *s = impl(i);
     VARIANT r;
     char *reason = NULL;
     HRESULT hr;
     VariantInit(&r);
-    if (!com_var_missing(&vreason)) {
+    if (!sb_com__var_missing(&vreason)) {
         VARIANT d;
         VariantInit(&d);
         if (FAILED(VariantCopyInd(&d, &vreason)) ||
             FAILED(VariantChangeTypeEx(&r, &d, LOCALE_INVARIANT, 0, VT_BSTR)) ||
-            com_bstr_utf8(V_BSTR(&r), &reason, NULL) != 0) {
+            sb_com__bstr_utf8(V_BSTR(&r), &reason, NULL) != 0) {
             VariantClear(&d);
             VariantClear(&r);
             return SUB_FAIL(DISP_E_TYPEMISMATCH, "Nack: reason must be text");
@@ -858,7 +858,7 @@ static HRESULT WINAPI s_nack(ISubscription *i, VARIANT id, VARIANT vreason)
 
 static HRESULT WINAPI s_get_buffer(ISubscription *i, long *out)
 {
-    com_sub *s = impl(i);
+    sb_com_sub *s = impl(i);
     EnterCriticalSection(&s->cs);
     *out = s->buffer;
     LeaveCriticalSection(&s->cs);
@@ -867,7 +867,7 @@ static HRESULT WINAPI s_get_buffer(ISubscription *i, long *out)
 
 static HRESULT WINAPI s_put_buffer(ISubscription *i, long n)
 {
-    com_sub *s = impl(i);
+    sb_com_sub *s = impl(i);
     if (n < 1 || n > SB_COM_MAX_BUFFER)
         return SUB_FAIL(E_INVALIDARG, "Buffer must be 1..%d, not %ld", SB_COM_MAX_BUFFER, n);
     EnterCriticalSection(&s->cs);
@@ -887,7 +887,7 @@ static HRESULT WINAPI s_put_buffer(ISubscription *i, long n)
 
 static HRESULT WINAPI s_get_event_timeout(ISubscription *i, long *out)
 {
-    com_sub *s = impl(i);
+    sb_com_sub *s = impl(i);
     EnterCriticalSection(&s->cs);
     *out = s->event_timeout_ms;
     LeaveCriticalSection(&s->cs);
@@ -896,7 +896,7 @@ static HRESULT WINAPI s_get_event_timeout(ISubscription *i, long *out)
 
 static HRESULT WINAPI s_put_event_timeout(ISubscription *i, long ms)
 {
-    com_sub *s = impl(i);
+    sb_com_sub *s = impl(i);
     if (ms < 1)
         return SUB_FAIL(E_INVALIDARG, "EventTimeout must be 1 ms or more, not %ld", ms);
     EnterCriticalSection(&s->cs);
@@ -907,14 +907,14 @@ static HRESULT WINAPI s_put_event_timeout(ISubscription *i, long ms)
 
 static HRESULT WINAPI s_close(ISubscription *i, VARIANT vdelete)
 {
-    com_sub *s = impl(i);
+    sb_com_sub *s = impl(i);
     int delete_it = 0;
     json_t *req, *reply = NULL;
     sb_error err;
     uint64_t gen;
     int rc;
 
-    if (!com_var_missing(&vdelete)) {
+    if (!sb_com__var_missing(&vdelete)) {
         VARIANT d, b;
         VariantInit(&d);
         VariantInit(&b);
@@ -949,11 +949,11 @@ static HRESULT WINAPI s_close(ISubscription *i, VARIANT vdelete)
     if (delete_it)
         json_object_set_new(req, "delete", json_true());
     if (gen == 0) { /* not attached here: deleting needs no attachment */
-        rc = com_link_request(s->link, req, (int)s->timeout_ms, &reply, NULL, &err);
+        rc = sb_com__link_request(s->link, req, (int)s->timeout_ms, &reply, NULL, &err);
         if (rc == SB_ENOTFOUND)
             rc = 0;
     } else {
-        rc = com_link_request(s->link, req, (int)s->timeout_ms, &reply, NULL, &err);
+        rc = sb_com__link_request(s->link, req, (int)s->timeout_ms, &reply, NULL, &err);
     }
     json_decref(req);
     json_decref(reply);
@@ -1011,7 +1011,7 @@ static ULONG WINAPI pci_release(IProvideClassInfo2 *i)
 
 static HRESULT WINAPI pci_class_info(IProvideClassInfo2 *i, ITypeInfo **out)
 {
-    ITypeInfo *ti = com_typeinfo(&CLSID_Subscription);
+    ITypeInfo *ti = sb_com__typeinfo(&CLSID_Subscription);
     *out = NULL;
     if (ti == NULL)
         return E_UNEXPECTED;
@@ -1056,7 +1056,7 @@ static HRESULT WINAPI cpc_enum(IConnectionPointContainer *i, IEnumConnectionPoin
 
 static HRESULT WINAPI cpc_find(IConnectionPointContainer *i, REFIID iid, IConnectionPoint **out)
 {
-    com_sub *s = SUB_FROM(i, cpc);
+    sb_com_sub *s = SUB_FROM(i, cpc);
     *out = NULL;
     if (!IsEqualIID(iid, &DIID__ISubscriptionEvents) && !IsEqualIID(iid, &IID_IDispatch))
         return CONNECT_E_NOCONNECTION;
@@ -1104,7 +1104,7 @@ static HRESULT WINAPI cp_container(IConnectionPoint *i, IConnectionPointContaine
 
 static HRESULT WINAPI cp_advise(IConnectionPoint *i, IUnknown *unk, DWORD *cookie)
 {
-    com_sub *s = SUB_FROM(i, cp);
+    sb_com_sub *s = SUB_FROM(i, cp);
     IDispatch *sink = NULL;
     worker *w;
     HANDLE th;
@@ -1153,7 +1153,7 @@ static HRESULT WINAPI cp_advise(IConnectionPoint *i, IUnknown *unk, DWORD *cooki
 
 static HRESULT WINAPI cp_unadvise(IConnectionPoint *i, DWORD cookie)
 {
-    com_sub *s = SUB_FROM(i, cp);
+    sb_com_sub *s = SUB_FROM(i, cp);
     HRESULT hr = S_OK;
     EnterCriticalSection(&s->cs);
     if (s->w != NULL && s->w->cookie == cookie) {
@@ -1181,10 +1181,10 @@ static const IConnectionPointVtbl cp_vtbl = {cp_query,  cp_addref, cp_release,  
 
 /* ---- creating ---- */
 
-HRESULT com_sub_new(const char *name, const char *filter, DWORD client_pid, long timeout_ms,
+HRESULT sb_com__sub_new(const char *name, const char *filter, DWORD client_pid, long timeout_ms,
                     ISubscription **out)
 {
-    com_sub *s = sb_calloc(1, sizeof(*s));
+    sb_com_sub *s = sb_calloc(1, sizeof(*s));
     sb_error err;
     int rc;
 
@@ -1199,10 +1199,10 @@ HRESULT com_sub_new(const char *name, const char *filter, DWORD client_pid, long
     s->sei.lpVtbl = (ISupportErrorInfoVtbl *)&sei_vtbl;
     s->pci.lpVtbl = (IProvideClassInfo2Vtbl *)&pci_vtbl;
     s->refs = 1;
-    if (com_link_start(&s->link, com_server_endpoint(), &err) != 0) {
+    if (sb_com__link_start(&s->link, sb_com__server_endpoint(), &err) != 0) {
         sb_free(s->name);
         sb_free(s);
-        return com_fail(sb_com_hresult(err.code), &IID_IBroker, "Broker", "Subscribe %s: %s",
+        return sb_com__fail(sb_com_hresult(err.code), &IID_IBroker, "Broker", "Subscribe %s: %s",
                         name, err.msg);
     }
     s->timeout_ms = timeout_ms;
@@ -1215,14 +1215,14 @@ HRESULT com_sub_new(const char *name, const char *filter, DWORD client_pid, long
     s->obj.refs = &s->refs;
     s->obj.pid = client_pid;
     s->obj.client_gone = sub_client_gone;
-    com_server_track(&s->obj);
-    com_link_add_sub(s->link, s); /* before the sub: its first deliveries follow the reply */
+    sb_com__server_track(&s->obj);
+    sb_com__link_add_sub(s->link, s); /* before the sub: its first deliveries follow the reply */
     EnterCriticalSection(&s->cs);
     rc = attach_sync(s, filter, &err);
     schedule_idle(s);
     LeaveCriticalSection(&s->cs);
     if (rc != 0) {
-        HRESULT hr = com_fail(sb_com_hresult(rc), &IID_IBroker, "Broker", "Subscribe %s: %s",
+        HRESULT hr = sb_com__fail(sb_com_hresult(rc), &IID_IBroker, "Broker", "Subscribe %s: %s",
                               name, err.msg);
         ISubscription_Release(&s->iface);
         return hr;

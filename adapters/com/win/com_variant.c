@@ -23,7 +23,7 @@ HRESULT sb_com_hresult(int sb_code)
     return MAKE_HRESULT(SEVERITY_ERROR, FACILITY_ITF, 0x200 + (unsigned)(-sb_code));
 }
 
-int com_var_missing(const VARIANT *v)
+int sb_com__var_missing(const VARIANT *v)
 {
     while (v != NULL && V_VT(v) == (VT_BYREF | VT_VARIANT))
         v = V_VARIANTREF(v);
@@ -31,7 +31,7 @@ int com_var_missing(const VARIANT *v)
            (V_VT(v) == VT_ERROR && V_ERROR(v) == DISP_E_PARAMNOTFOUND);
 }
 
-HRESULT com_fail(HRESULT hr, REFIID iid, const char *what, const char *fmt, ...)
+HRESULT sb_com__fail(HRESULT hr, REFIID iid, const char *what, const char *fmt, ...)
 {
     char text[1024];
     wchar_t wtext[1024], source[64];
@@ -59,12 +59,12 @@ HRESULT com_fail(HRESULT hr, REFIID iid, const char *what, const char *fmt, ...)
     return hr;
 }
 
-HRESULT com_fail_sb(const sb_error *err, REFIID iid, const char *what)
+HRESULT sb_com__fail_sb(const sb_error *err, REFIID iid, const char *what)
 {
-    return com_fail(sb_com_hresult(err->code), iid, what, "%s", err->msg);
+    return sb_com__fail(sb_com_hresult(err->code), iid, what, "%s", err->msg);
 }
 
-int com_bstr_utf8(BSTR b, char **out, size_t *out_len)
+int sb_com__bstr_utf8(BSTR b, char **out, size_t *out_len)
 {
     int wn = b != NULL ? (int)SysStringLen(b) : 0, n;
     char *s;
@@ -89,7 +89,7 @@ int com_bstr_utf8(BSTR b, char **out, size_t *out_len)
     return 0;
 }
 
-BSTR com_utf8_bstr(const char *s, size_t len)
+BSTR sb_com__utf8_bstr(const char *s, size_t len)
 {
     int n;
     BSTR b;
@@ -157,7 +157,7 @@ static HRESULT bytes_of(SAFEARRAY *sa, unsigned char **out, size_t *out_len, cha
     return S_OK;
 }
 
-HRESULT com_payload_in(const VARIANT *in, unsigned char **out, size_t *out_len, int *out_text,
+HRESULT sb_com__payload_in(const VARIANT *in, unsigned char **out, size_t *out_len, int *out_text,
                        char *why, size_t why_n)
 {
     VARIANT v, s;
@@ -179,7 +179,7 @@ HRESULT com_payload_in(const VARIANT *in, unsigned char **out, size_t *out_len, 
     case VT_BSTR: {
         char *u;
         size_t n;
-        int rc = com_bstr_utf8(V_BSTR(&v), &u, &n);
+        int rc = sb_com__bstr_utf8(V_BSTR(&v), &u, &n);
         if (rc != 0) {
             snprintf(why, why_n, rc == SB_ENOMEM ? "out of memory"
                                                  : "the payload is not valid UTF-16 text");
@@ -207,7 +207,7 @@ HRESULT com_payload_in(const VARIANT *in, unsigned char **out, size_t *out_len, 
         {
             char *u;
             size_t n;
-            if (com_bstr_utf8(V_BSTR(&s), &u, &n) != 0) {
+            if (sb_com__bstr_utf8(V_BSTR(&s), &u, &n) != 0) {
                 hr = E_OUTOFMEMORY;
                 snprintf(why, why_n, "out of memory");
                 break;
@@ -228,13 +228,13 @@ HRESULT com_payload_in(const VARIANT *in, unsigned char **out, size_t *out_len, 
     return hr;
 }
 
-HRESULT com_payload_out(const unsigned char *p, size_t len, int as_bytes, VARIANT *out)
+HRESULT sb_com__payload_out(const unsigned char *p, size_t len, int as_bytes, VARIANT *out)
 {
     SAFEARRAY *sa;
     void *data;
     VariantInit(out);
     if (!as_bytes) {
-        BSTR b = com_utf8_bstr((const char *)p, len);
+        BSTR b = sb_com__utf8_bstr((const char *)p, len);
         if (b != NULL) {
             V_VT(out) = VT_BSTR;
             V_BSTR(out) = b;
@@ -278,7 +278,7 @@ static HRESULT text_of(VARIANT *v, char **out, char *why, size_t why_n, const ch
                  V_VT(v) == VT_EMPTY || V_VT(v) == VT_NULL ? "Empty or Null" : vt_name(V_VT(v)));
         return DISP_E_TYPEMISMATCH;
     }
-    if (com_bstr_utf8(V_BSTR(&s), out, NULL) != 0) {
+    if (sb_com__bstr_utf8(V_BSTR(&s), out, NULL) != 0) {
         VariantClear(&s);
         snprintf(why, why_n, "a header %s is not valid UTF-16 text", what);
         return E_INVALIDARG;
@@ -408,11 +408,11 @@ static HRESULT headers_from_object(IDispatch *d, json_t *obj, char *why, size_t 
     return hr;
 }
 
-HRESULT com_headers_in(const VARIANT *in, json_t *obj, char *why, size_t why_n)
+HRESULT sb_com__headers_in(const VARIANT *in, json_t *obj, char *why, size_t why_n)
 {
     VARIANT v;
     HRESULT hr;
-    if (com_var_missing(in))
+    if (sb_com__var_missing(in))
         return S_OK;
     VariantInit(&v);
     if (FAILED(VariantCopyInd(&v, (VARIANT *)in))) {
@@ -444,13 +444,13 @@ HRESULT com_headers_in(const VARIANT *in, json_t *obj, char *why, size_t why_n)
     return hr;
 }
 
-HRESULT com_id_in(const VARIANT *in, uint64_t *out, char *why, size_t why_n)
+HRESULT sb_com__id_in(const VARIANT *in, uint64_t *out, char *why, size_t why_n)
 {
     VARIANT v, d;
     HRESULT hr = S_OK;
     VariantInit(&v);
     VariantInit(&d);
-    if (com_var_missing(in) || FAILED(VariantCopyInd(&v, (VARIANT *)in))) {
+    if (sb_com__var_missing(in) || FAILED(VariantCopyInd(&v, (VARIANT *)in))) {
         snprintf(why, why_n, "a message id is required");
         return E_INVALIDARG;
     }
@@ -482,11 +482,11 @@ HRESULT com_id_in(const VARIANT *in, uint64_t *out, char *why, size_t why_n)
     return FAILED(hr) || *out == 0 ? E_INVALIDARG : S_OK;
 }
 
-HRESULT com_long_in(const VARIANT *in, long def, long *out, char *why, size_t why_n)
+HRESULT sb_com__long_in(const VARIANT *in, long def, long *out, char *why, size_t why_n)
 {
     VARIANT v, d;
     HRESULT hr;
-    if (com_var_missing(in)) {
+    if (sb_com__var_missing(in)) {
         *out = def;
         return S_OK;
     }

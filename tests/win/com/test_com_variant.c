@@ -21,7 +21,7 @@ static void payload_ok(VARIANT *v, const char *want, size_t want_len, int text)
     unsigned char *p = NULL;
     size_t n = 0;
     int is_text = -1;
-    assert_int_equal(com_payload_in(v, &p, &n, &is_text, why, sizeof why), S_OK);
+    assert_int_equal(sb_com__payload_in(v, &p, &n, &is_text, why, sizeof why), S_OK);
     assert_int_equal(n, want_len);
     if (n > 0)
         assert_memory_equal(p, want, n);
@@ -59,7 +59,7 @@ static void test_payloads(void **state)
         unsigned char *p = NULL;
         size_t n;
         int t;
-        assert_int_equal(com_payload_in(&v, &p, &n, &t, why, sizeof why), E_INVALIDARG);
+        assert_int_equal(sb_com__payload_in(&v, &p, &n, &t, why, sizeof why), E_INVALIDARG);
         assert_non_null(strstr(why, "UTF-16"));
     }
     VariantClear(&v);
@@ -95,7 +95,7 @@ static void test_payloads(void **state)
         sa = SafeArrayCreateVector(VT_I4, 0, 2);
         V_VT(&v) = VT_ARRAY | VT_I4;
         V_ARRAY(&v) = sa;
-        assert_int_equal(com_payload_in(&v, &p, &n, &t, why, sizeof why), DISP_E_TYPEMISMATCH);
+        assert_int_equal(sb_com__payload_in(&v, &p, &n, &t, why, sizeof why), DISP_E_TYPEMISMATCH);
         assert_non_null(strstr(why, "String or a Byte array"));
         VariantClear(&v);
     }
@@ -105,17 +105,17 @@ static void test_payload_out(void **state)
 {
     VARIANT v;
     (void)state;
-    assert_int_equal(com_payload_out((const unsigned char *)"h\xc3\xa9", 3, 0, &v), S_OK);
+    assert_int_equal(sb_com__payload_out((const unsigned char *)"h\xc3\xa9", 3, 0, &v), S_OK);
     assert_int_equal(V_VT(&v), VT_BSTR);
     assert_int_equal(SysStringLen(V_BSTR(&v)), 2);
     assert_int_equal(V_BSTR(&v)[1], 0xe9);
     VariantClear(&v);
     /* not UTF-8: a Byte array */
-    assert_int_equal(com_payload_out((const unsigned char *)"\xff\xfe", 2, 0, &v), S_OK);
+    assert_int_equal(sb_com__payload_out((const unsigned char *)"\xff\xfe", 2, 0, &v), S_OK);
     assert_int_equal(V_VT(&v), VT_ARRAY | VT_UI1);
     VariantClear(&v);
     /* asked for bytes */
-    assert_int_equal(com_payload_out((const unsigned char *)"ok", 2, 1, &v), S_OK);
+    assert_int_equal(sb_com__payload_out((const unsigned char *)"ok", 2, 1, &v), S_OK);
     assert_int_equal(V_VT(&v), VT_ARRAY | VT_UI1);
     VariantClear(&v);
 }
@@ -144,7 +144,7 @@ static void test_headers(void **state)
 
     V_VT(&v) = VT_ARRAY | VT_VARIANT;
     V_ARRAY(&v) = pairs(ok, 4);
-    assert_int_equal(com_headers_in(&v, o, why, sizeof why), S_OK);
+    assert_int_equal(sb_com__headers_in(&v, o, why, sizeof why), S_OK);
     assert_string_equal(json_string_value(json_object_get(o, "content-type")), "text/plain");
     assert_string_equal(json_string_value(json_object_get(o, "corr")), "42");
     VariantClear(&v);
@@ -152,24 +152,24 @@ static void test_headers(void **state)
 
     V_VT(&v) = VT_ARRAY | VT_VARIANT;
     V_ARRAY(&v) = pairs(odd, 3);
-    assert_int_equal(com_headers_in(&v, o, why, sizeof why), E_INVALIDARG);
+    assert_int_equal(sb_com__headers_in(&v, o, why, sizeof why), E_INVALIDARG);
     assert_non_null(strstr(why, "pairs"));
     VariantClear(&v);
 
     V_VT(&v) = VT_ARRAY | VT_VARIANT;
     V_ARRAY(&v) = pairs(empty_name, 2);
-    assert_int_equal(com_headers_in(&v, o, why, sizeof why), E_INVALIDARG);
+    assert_int_equal(sb_com__headers_in(&v, o, why, sizeof why), E_INVALIDARG);
     VariantClear(&v);
 
     /* missing, as IDispatch passes an optional argument left out */
     V_VT(&v) = VT_ERROR;
     V_ERROR(&v) = DISP_E_PARAMNOTFOUND;
-    assert_int_equal(com_headers_in(&v, o, why, sizeof why), S_OK);
+    assert_int_equal(sb_com__headers_in(&v, o, why, sizeof why), S_OK);
     assert_int_equal(json_object_size(o), 0);
 
     V_VT(&v) = VT_I4;
     V_I4(&v) = 1;
-    assert_int_equal(com_headers_in(&v, o, why, sizeof why), DISP_E_TYPEMISMATCH);
+    assert_int_equal(sb_com__headers_in(&v, o, why, sizeof why), DISP_E_TYPEMISMATCH);
     json_decref(o);
 }
 
@@ -182,38 +182,38 @@ static void test_ids_and_counts(void **state)
 
     V_VT(&v) = VT_R8;
     V_R8(&v) = 1042;
-    assert_int_equal(com_id_in(&v, &id, why, sizeof why), S_OK);
+    assert_int_equal(sb_com__id_in(&v, &id, why, sizeof why), S_OK);
     assert_true(id == 1042);
     V_R8(&v) = 1.5;
-    assert_int_equal(com_id_in(&v, &id, why, sizeof why), E_INVALIDARG);
+    assert_int_equal(sb_com__id_in(&v, &id, why, sizeof why), E_INVALIDARG);
     V_R8(&v) = -3;
-    assert_int_equal(com_id_in(&v, &id, why, sizeof why), E_INVALIDARG);
+    assert_int_equal(sb_com__id_in(&v, &id, why, sizeof why), E_INVALIDARG);
     V_VT(&v) = VT_BSTR;
     V_BSTR(&v) = SysAllocString(L"18446744073709551615");
-    assert_int_equal(com_id_in(&v, &id, why, sizeof why), S_OK);
+    assert_int_equal(sb_com__id_in(&v, &id, why, sizeof why), S_OK);
     assert_true(id == UINT64_MAX);
     VariantClear(&v);
     V_VT(&v) = VT_BSTR;
     V_BSTR(&v) = SysAllocString(L"18446744073709551616"); /* one too many */
-    assert_int_equal(com_id_in(&v, &id, why, sizeof why), E_INVALIDARG);
+    assert_int_equal(sb_com__id_in(&v, &id, why, sizeof why), E_INVALIDARG);
     VariantClear(&v);
     V_VT(&v) = VT_BSTR;
     V_BSTR(&v) = SysAllocString(L"12a");
-    assert_int_equal(com_id_in(&v, &id, why, sizeof why), E_INVALIDARG);
+    assert_int_equal(sb_com__id_in(&v, &id, why, sizeof why), E_INVALIDARG);
     VariantClear(&v);
     VariantInit(&v);
-    assert_int_equal(com_id_in(&v, &id, why, sizeof why), E_INVALIDARG);
+    assert_int_equal(sb_com__id_in(&v, &id, why, sizeof why), E_INVALIDARG);
 
-    assert_int_equal(com_long_in(&v, 7, &n, why, sizeof why), S_OK);
+    assert_int_equal(sb_com__long_in(&v, 7, &n, why, sizeof why), S_OK);
     assert_int_equal(n, 7);
     V_VT(&v) = VT_BSTR;
     V_BSTR(&v) = SysAllocString(L"250");
-    assert_int_equal(com_long_in(&v, 7, &n, why, sizeof why), S_OK);
+    assert_int_equal(sb_com__long_in(&v, 7, &n, why, sizeof why), S_OK);
     assert_int_equal(n, 250);
     VariantClear(&v);
     V_VT(&v) = VT_BSTR;
     V_BSTR(&v) = SysAllocString(L"many");
-    assert_int_equal(com_long_in(&v, 7, &n, why, sizeof why), DISP_E_TYPEMISMATCH);
+    assert_int_equal(sb_com__long_in(&v, 7, &n, why, sizeof why), DISP_E_TYPEMISMATCH);
     VariantClear(&v);
 }
 
