@@ -24,6 +24,7 @@
     X(clipboard, WIN)                                                                              \
     X(rpc, WIN)                                                                                    \
     X(filemap, ALL)                                                                                \
+    X(com, WIN)                                                                                    \
     X(null, ALL)
 
 #endif

@@ -1,7 +1,8 @@
 /*
  * The starter configuration `switchboard service install` writes when there
  * is none: the data directory and log file as YAML strings quoted whatever
- * the path holds, and commented examples of the common adapters (a named
+ * the path holds, the com endpoint (install registers Switchboard.Broker,
+ * which needs it), and commented examples of the common adapters (a named
  * pipe in, a mailslot out, MQTT on loopback) that an administrator
  * uncomments. tests/unit/config loads it, and it with the examples
  * uncommented, so that both stay valid.
@@ -106,6 +107,12 @@ char *sb_config_starter(const char *data_dir, const char *config_path)
               "  #  security: \"D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GRGW;;;BU)\"\n"
               "\n"
               "adapters:\n"
+              "  # Scripts, Office macros and .NET programs of this machine use the\n"
+              "  # broker through COM (Switchboard.Broker, registered by the install):\n"
+              "  # their relay reaches it here, and the ACL applies to their account.\n"
+              "  - name: com\n"
+              "    type: com\n"
+              "\n"
               "  # A legacy program writes to the named pipe \\\\.\\pipe\\orders; each pipe\n"
               "  # message becomes a message on the topic orders/orders-in.\n"
               "  #- name: orders-in\n"

@@ -47,6 +47,10 @@ struct sb_adapter {
     const char *name;       /* == cfg->name */
     int stopping;
     int trusted;                 /* the local admin endpoint: no anonymous refusal, no ACLs */
+    /* Named pipe servers (Windows): each client's account (DOMAIN\name,
+     * from its token) is its connection's user, for the ACL file. Set by
+     * the type that owns the endpoint (com). */
+    int os_user;
     struct sb_agent_link *agent; /* a session agent's endpoint (service/agent_host.c), or NULL */
     sb_adapter *next;            /* private: the broker's list */
     sb_adapter_stopped_cb on_closed; /* private */

@@ -3,9 +3,11 @@
  *   switchboard run --config FILE     run in the foreground
  *   switchboard check-config FILE     validate a config and exit
  *   switchboard service ...           the Windows service (install, start, ...)
+ *   switchboard com ...               COM registration and the COM relay (Windows)
  *   switchboard version
  */
 #include "adapters/builtin.h"
+#include "adapters/com/com_cmd.h"
 #include "config/config.h"
 #include "service/agent.h"
 #include "service/broker.h"
@@ -23,6 +25,7 @@ static void usage(FILE *f)
                "  switchboard check-config FILE\n"
                "  switchboard service install|uninstall|start|stop|status [...]  (Windows)\n"
                "  switchboard agent [--endpoint NAME] [--log-level LEVEL]\n"
+               "  switchboard com register|unregister|status [...]  (Windows)\n"
                "  switchboard version\n"
                "\n"
                "run           run the broker in the foreground (Ctrl-C stops it; SIGHUP reloads\n"
@@ -30,7 +33,8 @@ static void usage(FILE *f)
                "check-config  report every error in FILE as FILE:LINE:COL: key: message\n"
                "service       install and manage the Windows service (see `service help`)\n"
                "agent         the session agent: hosts desktop adapters (DDE, WM_COPYDATA, the\n"
-               "              clipboard) in a user's session for the service (`agent --help`)\n");
+               "              clipboard) in a user's session for the service (`agent --help`)\n"
+               "com           register Switchboard.Broker for COM clients (`com help`)\n");
 }
 
 static int cmd_check_config(int argc, char **argv)
@@ -56,6 +60,20 @@ static int cmd_check_config(int argc, char **argv)
     printf("%s: OK (%zu adapters, %zu routes)\n", argv[0], cfg->adapter_count, cfg->route_count);
     sb_config_free(cfg);
     return 0;
+}
+
+/* `service install` and `service configure` (the MSI's step) register
+ * Switchboard.Broker as well, `uninstall` and `unconfigure` remove it: the
+ * COM registration is the adapters' layer, above the service's. */
+static int cmd_service(int argc, char **argv)
+{
+    const char *sub = argc > 0 ? argv[0] : "";
+    int rc = sb_service_command(argc, argv);
+    if (rc == 0 && (strcmp(sub, "install") == 0 || strcmp(sub, "configure") == 0))
+        rc = sb_com_register_defaults();
+    else if (strcmp(sub, "uninstall") == 0 || strcmp(sub, "unconfigure") == 0)
+        (void)sb_com_unregister_all(); /* says why if it cannot */
+    return rc;
 }
 
 static int cmd_run(int argc, char **argv)
@@ -102,7 +120,9 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "check-config") == 0)
         return cmd_check_config(argc - 2, argv + 2);
     if (strcmp(argv[1], "service") == 0)
-        return sb_service_command(argc - 2, argv + 2);
+        return cmd_service(argc - 2, argv + 2);
+    if (strcmp(argv[1], "com") == 0)
+        return sb_com_command(argc - 2, argv + 2);
     if (strcmp(argv[1], "agent") == 0) {
         int rc = sb_agent_command(argc - 2, argv + 2);
         sb_log_close();

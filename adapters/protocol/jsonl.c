@@ -1069,7 +1069,8 @@ static void handle_json(jsonl_session *s, const char *line, size_t len)
     } else if (strcmp(op, "ping") == 0) {
         reply *r = reply_new(s, id);
         if (r != NULL)
-            reply_set(r, json_pack("{s:s}", "op", "pong"));
+            reply_set(r, json_pack("{s:s, s:s?, s:I}", "op", "pong", "user", s->conn->user,
+                                   "max_message", (json_int_t)s->max_payload));
     } else if (strcmp(op, "stats") == 0) {
         reply *r = reply_new(s, id);
         if (r != NULL) {

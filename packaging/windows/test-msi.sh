@@ -77,6 +77,12 @@ sbctl_stats() {
 product_code() {
     msiinfo export "$1" Property | tr -d '\r' | sed -n 's/^ProductCode\t//p'
 }
+# `service configure` / `unconfigure` (the MSI's steps) register and
+# unregister Switchboard.Broker, its LocalServer32 in the install folder.
+com_registered() {
+    "$wine" reg query 'HKLM\Software\Classes\CLSID\{53486367-1DBA-44FC-83B7-0ABE209BB49F}\LocalServer32' \
+        </dev/null 2>/dev/null | grep -qi 'Program Files\\Switchboard\\switchboard.exe'
+}
 uninstall_key='HKLM\Software\Microsoft\Windows\CurrentVersion\Uninstall'
 
 step "install $(basename "$work/switchboard-old.msi")"
@@ -90,6 +96,7 @@ msiexec /i "$work/switchboard-old.msi" "$work/install.log" || fail "msiexec /i e
 wait_running
 path_has_switchboard || fail "the install folder is not on the system PATH"
 sbctl_stats
+com_registered || fail "Switchboard.Broker is not registered for COM"
 "$wine" reg query 'HKLM\SYSTEM\CurrentControlSet\Services\EventLog\Application\Switchboard' \
     /v EventMessageFile </dev/null >/dev/null 2>&1 || fail "no Event Log source"
 [ -f "$datadir/switchboard.db" ] || fail "the service created no database in ProgramData"
@@ -111,6 +118,7 @@ grep -q '^# edited by the administrator' "$datadir/switchboard.yaml" ||
     fail "the upgrade replaced the configuration"
 [ -f "$datadir/switchboard.db" ] || fail "the upgrade lost the database"
 sbctl_stats
+com_registered || fail "Switchboard.Broker is not registered after the upgrade"
 
 step "uninstall"
 msiexec /x "$work/switchboard-new.msi" "$work/uninstall.log" || fail "msiexec /x exited with $?"
@@ -119,6 +127,7 @@ if "$wine" sc query Switchboard </dev/null >"$work/sc.txt" 2>&1; then
 fi
 [ ! -e "$progdir/switchboard.exe" ] || fail "switchboard.exe is still installed"
 path_has_switchboard && fail "the install folder is still on the PATH"
+com_registered && fail "Switchboard.Broker is still registered"
 grep -q '^# edited by the administrator' "$datadir/switchboard.yaml" ||
     fail "the uninstall removed the configuration"
 [ -f "$datadir/switchboard.db" ] || fail "the uninstall removed the data"

@@ -27,6 +27,10 @@ ctest --preset mingw -j "$(nproc 2>/dev/null || echo 2)" --repeat "until-fail:${
 echo "== mingw: Linux client <-> Windows broker over TCP"
 python3 "$top/packaging/windows/test-interop.py" "$top/build/mingw"
 
+# COM clients under Wine (VBScript, C events) and Linux MQTT clients.
+echo "== mingw: COM clients <-> Windows broker <-> Linux MQTT"
+python3 "$top/packaging/windows/test-com-interop.py" "$top/build/mingw"
+
 # The MSI: silent install, service RUNNING, sbctl on the PATH, a major
 # upgrade that keeps configuration and data, uninstall (a prefix of its own).
 # The suite's Wine session ends first: the MSI test copies its prefix.

@@ -147,6 +147,10 @@ void sb_pipe__on_input(void *arg)
         sb_free(data);
         return;
     }
+    if (inst->user != NULL && inst->conn->user == NULL) {
+        inst->conn->user = inst->user; /* now owned by the connection */
+        inst->user = NULL;
+    }
     if (!inst->want_read) {
         inst->stash = data;
         inst->stash_len = len;

@@ -96,6 +96,8 @@ struct pipe_inst {
     pipe_inst *prev, *next; /* the thread's list */
     /* ---- reports to the loop (written by the thread before posting) ---- */
     char peer[64];
+    char *user;   /* os_user: the client's account, found at its first data */
+    int who_done; /* os_user: looked up (or failed) */
     char *in_data; /* input: a batch (sb_malloc'ed), handed to the loop */
     size_t in_len;
     int end_err; /* input end: 0 (orderly) or SB_E* */
@@ -167,6 +169,12 @@ int sb_pipe__security(PSECURITY_DESCRIPTOR *out, const char *adapter, const char
  * and checks that no other process serves the pipe. Returns 0 with *out the
  * mutex, or SB_EADDRINUSE / SB_EIO with err naming the adapter and the pipe. */
 int sb_pipe__guard(HANDLE *out, const pipe_adapter *pa, sb_error *err);
+
+/* The account of the client of server pipe h, as "DOMAIN\name" (the SID
+ * when it has no name), or NULL (it cannot be identified, e.g. it
+ * connected anonymously). Call on the I/O thread after the client's first
+ * data arrived (Windows lets a server impersonate only then). sb_free it. */
+char *sb_pipe__client_user(HANDLE h);
 
 /* Creates one server instance (FILE_FLAG_FIRST_PIPE_INSTANCE when `first`).
  * Returns the handle or INVALID_HANDLE_VALUE (GetLastError() says why). */

@@ -79,6 +79,7 @@ void sb_pipe__inst_free(pipe_inst *inst)
     sb_free(inst->wbuf);
     sb_free(inst->in_data);
     sb_free(inst->stash);
+    sb_free(inst->user);
     sb_free(inst);
 }
 
@@ -477,6 +478,12 @@ static void on_read_done(pipe_inst *inst, DWORD bytes, DWORD err)
     if (pa->message && inst->rlen > pa->max_message) {
         too_big(inst, inst->rlen, 0);
         return;
+    }
+    if (pa->base.os_user && !inst->who_done) {
+        /* Before the first input reaches the loop: every request is
+         * checked against this account. */
+        inst->who_done = 1;
+        inst->user = sb_pipe__client_user(inst->h);
     }
     if (append_input(inst) != 0)
         return;

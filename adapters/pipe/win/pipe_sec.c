@@ -18,6 +18,7 @@
 #include "service/platform/win/utf.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <sddl.h>
@@ -216,4 +217,43 @@ HANDLE sb_pipe__create_instance(const pipe_adapter *pa, int first)
                         : PIPE_TYPE_BYTE | PIPE_READMODE_BYTE;
     return CreateNamedPipeW(pa->wname, open, mode, max, pa->buffer, pa->buffer, 0,
                             (SECURITY_ATTRIBUTES *)&pa->sa);
+}
+
+char *sb_pipe__client_user(HANDLE h)
+{
+    HANDLE token = NULL;
+    BYTE buf[SECURITY_MAX_SID_SIZE + sizeof(TOKEN_USER)];
+    DWORD len = 0, name_len = 256, dom_len = 256;
+    wchar_t name[256], dom[256], both[520], *sid_text = NULL;
+    SID_NAME_USE use;
+    PSID sid;
+    char *out = NULL;
+
+    if (!ImpersonateNamedPipeClient(h))
+        return NULL;
+    if (!OpenThreadToken(GetCurrentThread(), TOKEN_QUERY, TRUE, &token))
+        token = NULL;
+    if (!RevertToSelf()) {
+        /* This thread would go on as the client: never. */
+        char text[256];
+        sb_win_strerror(GetLastError(), text, sizeof text);
+        sb_log(SB_LOG_ERROR, "pipe", "RevertToSelf failed after identifying a client: %s", text);
+        abort();
+    }
+    if (token == NULL)
+        return NULL;
+    if (GetTokenInformation(token, TokenUser, buf, sizeof buf, &len)) {
+        sid = ((TOKEN_USER *)buf)->User.Sid;
+        if (LookupAccountSidW(NULL, sid, name, &name_len, dom, &dom_len, &use)) {
+            _snwprintf(both, sizeof both / sizeof both[0], L"%ls%ls%ls", dom, dom[0] ? L"\\" : L"",
+                       name);
+            both[sizeof both / sizeof both[0] - 1] = 0;
+            out = sb_wide_to_utf8(both);
+        } else if (ConvertSidToStringSidW(sid, &sid_text)) {
+            out = sb_wide_to_utf8(sid_text);
+            LocalFree(sid_text);
+        }
+    }
+    CloseHandle(token);
+    return out;
 }

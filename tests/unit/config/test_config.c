@@ -449,7 +449,7 @@ static void test_error_type(void **state)
                   "  - name: a\n"
                   "    type: mqtt\n",
                   "t.yaml:3:11: adapters[0].type: must be one of tcp, udp, unix, pipe, exec, "
-                  "mailslot, dde, copydata, clipboard, rpc, filemap, null (got \"mqtt\")\n");
+                  "mailslot, dde, copydata, clipboard, rpc, filemap, com, null (got \"mqtt\")\n");
     expect_errors("adapters:\n"
                   "  - name: a\n",
                   "t.yaml:2:5: adapters[0].type: required\n");
@@ -1505,7 +1505,7 @@ static void test_example_full(void **state)
     /* It shows every adapter type and sets non-default values. */
     for (const char *const *t =
              (const char *const[]){"tcp", "udp", "unix", "pipe", "exec", "mailslot", "dde",
-                                   "copydata", "clipboard", "rpc", "null", NULL};
+                                   "copydata", "clipboard", "rpc", "com", "null", NULL};
          *t != NULL; t++) {
         int found = 0;
         for (size_t i = 0; i < cfg->adapter_count; i++)
@@ -1687,7 +1687,9 @@ static void test_starter(void **state)
         cfg = starter_ok("starter.yaml", text);
         assert_string_equal(cfg->broker.data_dir, dirs[i]);
         assert_string_equal(cfg->broker.log_file, log);
-        assert_int_equal(cfg->adapter_count, 0);
+        /* the com endpoint, for Switchboard.Broker (install registers it) */
+        assert_int_equal(cfg->adapter_count, 1);
+        assert_string_equal(cfg->adapters[0].type, "com");
         assert_int_equal(cfg->route_count, 0);
         assert_null(cfg->broker.admin_security);
         sb_config_free(cfg);
@@ -1697,7 +1699,7 @@ static void test_starter(void **state)
         assert_string_equal(cfg->broker.data_dir, dirs[i]);
         assert_string_equal(cfg->broker.log_file, log);
         assert_non_null(cfg->broker.admin_security);
-        assert_int_equal(cfg->adapter_count, 3);
+        assert_int_equal(cfg->adapter_count, 4);
         assert_string_equal(sb_config_adapter(cfg, "orders-in")->type, "pipe");
         assert_string_equal(sb_config_adapter(cfg, "audit-out")->type, "mailslot");
         assert_string_equal(SB_STREAM_CFG(sb_config_adapter(cfg, "mqtt"))->protocol, "mqtt");

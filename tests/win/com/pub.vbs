@@ -1,0 +1,39 @@
+' pub.vbs TOPIC PAYLOAD [COUNT]: publishes through Switchboard.Broker as a
+' script would, echoing "ID n" for each message (the id comes back only once
+' the broker committed it). Then checks that a refusal is a COM error whose
+' Err.Description says why. cscript swallows runtime errors and exits 0, so
+' every failure is reported with WScript.Quit and a non-zero code.
+Option Explicit
+On Error Resume Next
+
+Dim topic, payload, count, b, i, id
+If WScript.Arguments.Count < 2 Then WScript.Echo "usage: pub.vbs TOPIC PAYLOAD [COUNT]" : WScript.Quit 1
+topic = WScript.Arguments(0)
+payload = WScript.Arguments(1)
+count = 1
+If WScript.Arguments.Count > 2 Then count = CLng(WScript.Arguments(2))
+
+Set b = CreateObject("Switchboard.Broker")
+If Err.Number <> 0 Then WScript.Echo "FAIL CreateObject " & Hex(Err.Number) & " " & Err.Description : WScript.Quit 2
+
+For i = 1 To count
+    id = b.Publish(topic, payload, Array("content-type", "text/plain", "sent-by", "pub.vbs"))
+    If Err.Number <> 0 Then WScript.Echo "FAIL Publish " & Hex(Err.Number) & " " & Err.Description : WScript.Quit 3
+    WScript.Echo "ID " & id
+Next
+
+' A topic with a wildcard is refused: the error says so.
+b.Publish "orders/#", "x"
+If Err.Number = 0 Then WScript.Echo "FAIL a wildcard topic was accepted" : WScript.Quit 4
+If InStr(Err.Description, "wildcard") = 0 Then WScript.Echo "FAIL unclear refusal: " & Err.Description : WScript.Quit 5
+WScript.Echo "REFUSED " & Hex(Err.Number) & " " & Err.Description
+Err.Clear
+
+' A Scripting.Dictionary as headers works too.
+Dim h
+Set h = CreateObject("Scripting.Dictionary")
+h.Add "content-type", "text/plain"
+id = b.Publish(topic, payload & " (dictionary)", h)
+If Err.Number <> 0 Then WScript.Echo "FAIL Publish with a Dictionary " & Hex(Err.Number) & " " & Err.Description : WScript.Quit 6
+WScript.Echo "ID " & id
+WScript.Quit 0
