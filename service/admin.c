@@ -67,6 +67,11 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
                       (json_int_t)q->dropped, "in_rate", sb_rate__per_sec(&q->in_rate, now_sec),
                       "out_rate", sb_rate__per_sec(&q->out_rate, now_sec));
         sb_free(joined);
+        if (o != NULL && q->transform != NULL &&
+            json_object_set_new(o, "filtered", json_integer((json_int_t)q->filtered)) != 0) {
+            json_decref(o);
+            o = NULL;
+        }
         if (o == NULL || json_array_append_new(queues, o) != 0)
             goto oom;
     }

@@ -10,6 +10,7 @@
 #include "service/log.h"
 #include "service/platform.h"
 #include "service/topic.h"
+#include "service/transform.h"
 
 #include <inttypes.h>
 #include <jansson.h>
@@ -590,6 +591,25 @@ int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *er
     return 0;
 }
 
+/* Gives the queue of route r's destination d the route's transform and
+ * that destination's own (checked in the config pass). 0 or SB_ENOMEM. */
+static int set_route_transform(sb_queue *q, const sb_route_config *r, size_t d)
+{
+    const sb_tnode *specs[2] = {r->transform, NULL};
+    sb_transform *t = NULL;
+    int rc;
+    if (r->to_transform != NULL && d < r->to_count)
+        specs[1] = r->to_transform[d];
+    rc = sb_transform_compile(&t, specs, 2, (const char *const *)r->from, r->from_count, NULL,
+                              NULL);
+    if (rc == SB_ECONFIG) /* the config pass refused it: cannot be here */
+        sb_errlog(q->name, "route %s: its transform does not compile", r->name);
+    if (rc != 0)
+        return SB_ENOMEM;
+    sb_queue__set_transform(q, t);
+    return 0;
+}
+
 /* Creates/updates the queues of cfg's routes; orphans route queues no longer
  * declared. */
 static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
@@ -624,6 +644,10 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
             q->from_config = 1;
             sb_broker__expiry_remove(b, q);
             sb_queue__apply_route(q, r);
+            if (set_route_transform(q, r, d) != 0) {
+                sb_free(filters);
+                return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+            }
             /* a queue that was a protocol session is not one any more */
             if (created || q->protocol != NULL ||
                 !sb_sub_filters_same(q->filters, q->filter_count, filters, r->from_count)) {

@@ -114,6 +114,7 @@ struct sb_delivery {
     int redelivery;  /* offered before (or may have been, before a restart) */
     sb_consumer *consumer;
     sb_entry *entry;            /* private: NULL once the lease expired */
+    sb_message *shaped;         /* private: the transformed copy msg points to, or NULL */
     sb_delivery *next;          /* free for the consumer's own lists */
     sb_delivery *onext, *oprev; /* private: the consumer's outstanding list */
 };
