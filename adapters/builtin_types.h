@@ -20,6 +20,7 @@
     X(exec, ALL)                                                                                   \
     X(mailslot, WIN)                                                                               \
     X(dde, WIN)                                                                                    \
-    X(null, ALL)
+    X(null, ALL)                                                                                   \
+    X(republish, ALL)
 
 #endif
