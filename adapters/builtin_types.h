@@ -20,7 +20,6 @@
     X(exec, ALL)                                                                                   \
     X(mailslot, WIN)                                                                               \
     X(dde, WIN)                                                                                    \
-    X(null, ALL)                                                                                   \
-    X(republish, ALL)
+    X(null, ALL)
 
 #endif

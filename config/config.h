@@ -86,6 +86,10 @@ typedef struct sb_route_config {
      * (to_count entries, each may be NULL; the array NULL when none has) */
     struct sb_tnode *transform;
     struct sb_tnode **to_transform;
+    /* republish: one more destination, the broker itself: what the
+     * transform made is published again under its new topic, for the
+     * subscribers of that topic (MQTT clients); default 0 */
+    int republish;
     sb_durability durability; /* fsync (default) | batched | memory */
     int max_attempts;         /* retry.max_attempts, default 10, 1..1000000 */
     int64_t backoff_ms;       /* retry.backoff, default 100ms */

@@ -192,6 +192,7 @@ static const sb_config_key route_fields[] = {
      .flags = SB_KEY_UNLISTED,
      .offset = R(transform),
      .item = sb_config__parse_transform},
+    {.key = "republish", .kind = SB_KEY_BOOL, .flags = SB_KEY_UNLISTED, .offset = R(republish)},
     {.key = "durability",
      .kind = SB_KEY_ENUM,
      .offset = R(durability),
@@ -348,6 +349,13 @@ static void check_route(sb_config__ctx *ctx, const yaml_node_t *node, sb_route_c
     check_route_targets(ctx, r, path);
     if (r->from_count > 0)
         sb_config__check_transforms(ctx, r, path);
+    if (r->republish && r->transform == NULL) {
+        const sb_config__seen *s = seen(ctx, &r->republish);
+        sub_path(p, path, "republish");
+        sb_config__error(ctx, s != NULL ? s->value : node, p,
+                         "needs the route's transform (without one, messages would be published "
+                         "again as they are, onto the route's own topics)");
+    }
     sub_path(p, path, "retry");
     check_backoff(ctx, p, &r->backoff_ms, "backoff", &r->max_backoff_ms, "max_backoff");
     if (r->dedup_header == NULL)

@@ -9,6 +9,7 @@
 #include "service/broker_int.h"
 #include "service/log.h"
 #include "service/platform.h"
+#include "service/republish.h"
 #include "service/topic.h"
 #include "service/transform.h"
 
@@ -446,10 +447,20 @@ static int load_entry(void *ctx, uint32_t queue_id, sb_message *msg, int attempt
     return rc;
 }
 
+/* A route's destinations: its adapters, then the republisher if it
+ * republishes; a route with neither is one queue clients subscribe to. */
+static size_t route_dests(const sb_route_config *r)
+{
+    size_t n = r->to_count + (r->republish ? 1 : 0);
+    return n == 0 ? 1 : n;
+}
+
 /* Queue name for a route's destination. */
 static void route_queue_name(char *out, size_t n, const sb_route_config *r, size_t dest)
 {
-    if (r->to_count == 0)
+    if (dest == r->to_count && r->republish)
+        snprintf(out, n, "%s:%s", r->name, SB_REPUBLISH_NAME);
+    else if (r->to_count == 0)
         snprintf(out, n, "%s", r->name);
     else
         snprintf(out, n, "%s:%s", r->name, r->to[dest]);
@@ -620,7 +631,7 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
             q->route = NULL;
     for (size_t i = 0; i < cfg->route_count; i++) {
         const sb_route_config *r = &cfg->routes[i];
-        size_t dests = r->to_count == 0 ? 1 : r->to_count;
+        size_t dests = route_dests(r);
         sb_sub_filter *filters = route_filters(r);
         if (filters == NULL)
             return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
@@ -678,8 +689,8 @@ static int bind_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
     char name[512];
     for (size_t i = 0; i < cfg->route_count; i++) {
         const sb_route_config *r = &cfg->routes[i];
-        for (size_t d = 0; d < r->to_count; d++) {
-            sb_adapter *a = find_adapter(b, r->to[d]);
+        for (size_t d = 0; d < r->to_count + (r->republish ? 1 : 0); d++) {
+            sb_adapter *a = d < r->to_count ? find_adapter(b, r->to[d]) : b->republisher;
             sb_sink_binding *s;
             int rc;
             if (a == NULL)
@@ -874,6 +885,10 @@ int sb_broker_start(sb_broker *b, sb_error *err)
             goto fail;
     if ((rc = start_admin(b, err)) != 0)
         goto fail;
+    if ((rc = sb_republish_create(&b->republisher, b, &b->loop)) != 0) {
+        sb_error_set(err, rc, 0, "out of memory");
+        goto fail;
+    }
     if (b->service && b->cfg->broker.desktop == SB_DESKTOP_IN_PROCESS)
         sb_warn(NULL, "broker.desktop: in-process does not apply to the service (session 0 has no "
                       "desktop): desktop adapters run in session agents");
@@ -1608,6 +1623,11 @@ void sb_broker_stop(sb_broker *b)
         b->adapters_closing++;
         sb_adapter_close(b->admin, on_adapter_closed);
         b->admin = NULL;
+    }
+    if (b->republisher != NULL) {
+        b->adapters_closing++;
+        sb_adapter_close(b->republisher, on_adapter_closed);
+        b->republisher = NULL;
     }
     /* Adapter close callbacks run on the next loop turns; finish after them. */
     uv_timer_stop(&b->expiry_timer);

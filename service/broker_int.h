@@ -86,6 +86,7 @@ struct sb_broker {
 
     sb_adapter *adapters;
     sb_adapter *admin;
+    sb_adapter *republisher; /* routes with republish: true deliver to it (republish.h) */
     sb_sink_binding *bindings;
     int adapters_closing;
 
