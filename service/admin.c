@@ -123,6 +123,10 @@ typedef struct admin_req {
     void *ctx;
     char *sub;
     int64_t redriven;
+    /* redrive: the last message id when it started; a dead letter with a
+     * newer one came in meanwhile (a redriven message that failed again at
+     * once, say: a transform refusing it) and is left for the next */
+    uint64_t floor_id;
 } admin_req;
 
 static json_t *payload_json(const sb_message *m, const char **key);
@@ -274,6 +278,10 @@ static void on_redrive_listed(sb_store_op *op, void *ctx)
     }
     for (size_t i = 0; i < n; i++) {
         sb_queue *q = sb_broker__find_queue(r->b, rows[i].queue_name);
+        if (rows[i].msg == NULL || rows[i].msg->id > r->floor_id) {
+            rows[i].target_queue_id = 0;
+            continue;
+        }
         if (q == NULL || !q->live) {
             rows[i].target_queue_id = 0; /* the subscription is gone: left in the DLQ */
             continue;
@@ -325,6 +333,7 @@ int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *c
     r = new_req(b, sub, cb, ctx);
     if (r == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    r->floor_id = b->last_msg_id;
     redrive_next(r, 0);
     return 0;
 }
