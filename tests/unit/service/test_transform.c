@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -450,6 +451,55 @@ static void test_out_of_memory(void **state)
     sb_transform_free(t);
 }
 
+/* config/examples/transforms.yaml: its steps do what its comments say. */
+static void test_example(void **state)
+{
+    const char *root = getenv("SB_TEST_DATA");
+    char path[1024];
+    sb_config *cfg = NULL;
+    sb_config_errors errs = {0};
+    const sb_route_config *r;
+    const sb_tnode *specs[2];
+    sb_transform *t = NULL;
+    sb_message *in, *out;
+    (void)state;
+    snprintf(path, sizeof path, "%s/../../config/examples/transforms.yaml",
+             root != NULL ? root : "tests/data");
+    if (sb_config_load(&cfg, path, &errs) != 0)
+        sb_config_errors_print(&errs, stderr);
+    assert_non_null(cfg);
+
+    r = sb_config_route(cfg, "plc-to-mqtt");
+    assert_true(r->republish);
+    specs[0] = r->transform;
+    assert_int_equal(sb_transform_compile(&t, specs, 1, (const char *const *)r->from,
+                                          r->from_count, NULL, NULL),
+                     0);
+    in = msg("dde/PLCSERVER/Line1/Temp", "23.5");
+    out = run_ok(t, in);
+    assert_string_equal(out->topic, "plant/line1/temp");
+    assert_memory_equal(out->payload, "{\"value\":23.5,\"ts\":1700000000123}", out->payload_len);
+    assert_string_equal(sb_message_header(out, "content-type"), "application/json");
+    sb_message_unref(out);
+    sb_message_unref(in);
+    sb_transform_free(t);
+
+    r = sb_config_route(cfg, "orders");
+    specs[0] = r->transform;
+    specs[1] = r->to_transform[0];
+    assert_int_equal(sb_transform_compile(&t, specs, 2, (const char *const *)r->from,
+                                          r->from_count, NULL, NULL),
+                     0);
+    in = msg("orders/new", "{\"kind\":\"order\",\"id\":\"A1\",\"qty\":7,\"name\":\"M\xc3\xbcller\"}");
+    out = run_ok(t, in);
+    assert_int_equal(out->payload_len, 18);
+    assert_memory_equal(out->payload, "A1    0007M\xfcller  ", 18);
+    sb_message_unref(out);
+    sb_message_unref(in);
+    sb_transform_free(t);
+    sb_config_free(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -468,6 +518,7 @@ int main(void)
         cmocka_unit_test(test_destination_errors),
         cmocka_unit_test(test_route_and_destination_chain),
         cmocka_unit_test(test_out_of_memory),
+        cmocka_unit_test(test_example),
     };
     if (sb_adapter_keys_register_builtin(NULL) != 0)
         return 1;
