@@ -449,14 +449,14 @@ static int load_entry(void *ctx, uint32_t queue_id, sb_message *msg, int attempt
 
 /* A route's destinations: its adapters, then the republisher if it
  * republishes; a route with neither is one queue clients subscribe to. */
-static size_t route_dests(const sb_route_config *r)
+size_t sb_broker__route_dests(const sb_route_config *r)
 {
     size_t n = r->to_count + (r->republish ? 1 : 0);
     return n == 0 ? 1 : n;
 }
 
 /* Queue name for a route's destination. */
-static void route_queue_name(char *out, size_t n, const sb_route_config *r, size_t dest)
+void sb_broker__route_queue_name(char *out, size_t n, const sb_route_config *r, size_t dest)
 {
     if (dest == r->to_count && r->republish)
         snprintf(out, n, "%s:%s", r->name, SB_REPUBLISH_NAME);
@@ -602,20 +602,25 @@ int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *er
     return 0;
 }
 
-/* Gives the queue of route r's destination d the route's transform and
- * that destination's own (checked in the config pass). 0 or SB_ENOMEM. */
-static int set_route_transform(sb_queue *q, const sb_route_config *r, size_t d)
+int sb_broker__route_transform(sb_transform **out, const sb_route_config *r, size_t dest)
 {
     const sb_tnode *specs[2] = {r->transform, NULL};
-    sb_transform *t = NULL;
     int rc;
-    if (r->to_transform != NULL && d < r->to_count)
-        specs[1] = r->to_transform[d];
-    rc = sb_transform_compile(&t, specs, 2, (const char *const *)r->from, r->from_count, NULL,
+    if (r->to_transform != NULL && dest < r->to_count)
+        specs[1] = r->to_transform[dest];
+    rc = sb_transform_compile(out, specs, 2, (const char *const *)r->from, r->from_count, NULL,
                               NULL);
     if (rc == SB_ECONFIG) /* the config pass refused it: cannot be here */
-        sb_errlog(q->name, "route %s: its transform does not compile", r->name);
-    if (rc != 0)
+        sb_errlog(NULL, "route %s: its transform does not compile", r->name);
+    return rc == 0 ? 0 : SB_ENOMEM;
+}
+
+/* Gives the queue of route r's destination d its transform. 0 or
+ * SB_ENOMEM. */
+static int set_route_transform(sb_queue *q, const sb_route_config *r, size_t d)
+{
+    sb_transform *t = NULL;
+    if (sb_broker__route_transform(&t, r, d) != 0)
         return SB_ENOMEM;
     sb_queue__set_transform(q, t);
     return 0;
@@ -631,14 +636,14 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
             q->route = NULL;
     for (size_t i = 0; i < cfg->route_count; i++) {
         const sb_route_config *r = &cfg->routes[i];
-        size_t dests = route_dests(r);
+        size_t dests = sb_broker__route_dests(r);
         sb_sub_filter *filters = route_filters(r);
         if (filters == NULL)
             return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
         for (size_t d = 0; d < dests; d++) {
             sb_queue *q;
             int created = 0;
-            route_queue_name(name, sizeof(name), r, d);
+            sb_broker__route_queue_name(name, sizeof(name), r, d);
             q = sb_broker__find_queue(b, name);
             if (q == NULL) {
                 q = sb_broker__add_queue(b, ++b->last_queue_id, name, filters, r->from_count, err);
@@ -695,7 +700,7 @@ static int bind_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
             int rc;
             if (a == NULL)
                 continue; /* failed to start: logged */
-            route_queue_name(name, sizeof(name), r, d);
+            sb_broker__route_queue_name(name, sizeof(name), r, d);
             /* Kept across a reload: its deliveries in flight stay valid. */
             for (s = b->bindings; s != NULL; s = s->next)
                 if (s->adapter == a && strcmp(s->queue_name, name) == 0)

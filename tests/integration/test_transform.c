@@ -227,11 +227,73 @@ static void json_to_fixed_width(void **state)
     b->passed = 1;
 }
 
+/* sbctl route test: the dry run through the admin protocol, nothing
+ * published. */
+static void route_test_dry_run(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c = start(b, "transform-dry-run", "left:8");
+    const char *sbctl = getenv("SB_SBCTL");
+    char ep[64], *out = NULL, *err = NULL;
+    int rc;
+
+    if (sbctl == NULL || *sbctl == '\0')
+        fail_msg("SB_SBCTL is not set (ctest sets it)");
+    snprintf(ep, sizeof ep, "tcp:127.0.0.1:%d", b->port[0]);
+    {
+        char *argv[] = {(char *)sbctl, "-e", ep, "route", "test", "dde-to-mqtt", "--topic",
+                        "dde/PLC/Line1/Temp", "--payload", "23.5", NULL};
+        rc = sbt_run(argv, NULL, 10000, &out, &err);
+        if (rc != 0 || strstr(out, "dde-to-mqtt:$republish: delivered\n"
+                                   "  topic: plant/line1/temp\n"
+                                   "  payload: {\"value\":23.5,\"ts\":") == NULL)
+            fail_msg("sbctl exited %d:\n%s%s", rc, out, err);
+        free(out);
+        free(err);
+    }
+    {
+        char *argv[] = {(char *)sbctl, "-e", ep, "route", "test", "orders", "--topic",
+                        "orders/new", "--payload",
+                        "{\"kind\":\"order\",\"id\":\"C9\",\"qty\":1,\"name\":\"\xe4\xb8\xad\"}",
+                        NULL};
+        rc = sbt_run(argv, NULL, 10000, &out, &err);
+        if (rc != 1 || strstr(out, "orders:legacy: dead-letter\n  reason: transform: step 3 "
+                                   "(encode): U+4E2D at byte 10") == NULL ||
+            strstr(out, "orders:audit: delivered\n") == NULL)
+            fail_msg("sbctl exited %d:\n%s%s", rc, out, err);
+        free(out);
+        free(err);
+    }
+    {
+        char *argv[] = {(char *)sbctl, "-e", ep, "route", "test", "orders", "--topic",
+                        "orders/new", "--payload", "{\"kind\":\"note\"}", "-H", "k=v", NULL};
+        rc = sbt_run(argv, NULL, 10000, &out, &err);
+        if (rc != 0 || strstr(out, "orders:legacy: filtered\n") == NULL ||
+            strstr(out, "  header k: v\n") == NULL)
+            fail_msg("sbctl exited %d:\n%s%s", rc, out, err);
+        free(out);
+        free(err);
+    }
+    {
+        char *argv[] = {(char *)sbctl, "-e", ep, "route", "test", "nope", "--topic", "x", NULL};
+        rc = sbt_run(argv, NULL, 10000, &out, &err);
+        if (rc == 0 || strstr(err, "no route nope") == NULL)
+            fail_msg("sbctl exited %d:\n%s%s", rc, out, err);
+        free(out);
+        free(err);
+    }
+    /* a dry run publishes nothing */
+    assert_int_equal(sbt_queue_int(c, "orders:audit", "published"), 0);
+    sbt_close(c);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(dde_to_mqtt, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(json_to_fixed_width, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(route_test_dry_run, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
