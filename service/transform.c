@@ -487,6 +487,24 @@ static int compile_tmpl(cctx *c, const sb_tnode *n, const char *path, const char
     return rc;
 }
 
+/* out = a + sep + b, cut to n bytes (key paths in messages). */
+static void key_path(char *out, size_t n, const char *a, const char *sep, const char *b)
+{
+    size_t la = strlen(a), ls = strlen(sep), lb = strlen(b);
+    if (n == 0)
+        return;
+    if (la >= n)
+        la = n - 1;
+    memcpy(out, a, la);
+    if (ls > n - 1 - la)
+        ls = n - 1 - la;
+    memcpy(out + la, sep, ls);
+    if (lb > n - 1 - la - ls)
+        lb = n - 1 - la - ls;
+    memcpy(out + la + ls, b, lb);
+    out[la + ls + lb] = '\0';
+}
+
 static const char *kind_name(const sb_tnode *n)
 {
     return n->kind == SB_TNODE_MAP ? "a mapping" : n->kind == SB_TNODE_LIST ? "a list" : "a string";
@@ -550,13 +568,17 @@ static int compile_jval(cctx *c, const sb_tnode *n, const char *path, jval *v)
     for (size_t i = 0; i < v->count; i++) {
         const sb_tnode *el = v->kind == JV_OBJECT ? &n->items[2 * i + 1] : &n->items[i];
         if (v->kind == JV_OBJECT) {
-            snprintf(p, sizeof p, "%s.%s", path, n->items[2 * i].text);
+            key_path(p, sizeof p, path, ".", n->items[2 * i].text);
             if ((v->keys[i] = sb_strdup(n->items[2 * i].text)) == NULL) {
                 c->nomem = 1;
                 return -1;
             }
         } else {
-            snprintf(p, sizeof p, "%s[%zu]", path, i);
+            {
+                char idx[32];
+                snprintf(idx, sizeof idx, "[%zu]", i);
+                key_path(p, sizeof p, path, "", idx);
+            }
         }
         if (compile_jval(c, el, p, &v->items[i]) != 0)
             rc = -1;
@@ -599,7 +621,7 @@ static int compile_when(cctx *c, const sb_tnode *v, const char *path, step *s)
     for (size_t i = 0; i + 1 < v->count; i += 2) {
         const char *key = v->items[i].text;
         const sb_tnode *val = &v->items[i + 1];
-        snprintf(p, sizeof p, "%s.%s", path, key);
+        key_path(p, sizeof p, path, ".", key);
         if (strcmp(key, "topic") == 0) {
             const sb_tnode *els = val->kind == SB_TNODE_LIST ? val->items : val;
             size_t n = val->kind == SB_TNODE_LIST ? val->count : 1;
@@ -703,7 +725,7 @@ static int compile_step(cctx *c, const sb_tnode *n, const char *path, step *s)
     for (int i = 0; step_names[i] != NULL; i++)
         if (strcmp(step_names[i], key->text) == 0)
             kind = i;
-    snprintf(p, sizeof p, "%s.%s", path, key->text);
+    key_path(p, sizeof p, path, ".", key->text);
     if (kind < 0) {
         cerror(c, key, p,
                "unknown step (known: topic, header_set, header_remove, header_from_level, "
@@ -739,7 +761,7 @@ static int compile_step(cctx *c, const sb_tnode *n, const char *path, step *s)
         for (size_t i = 0; i < s->count; i++) {
             const sb_tnode *val = &v->items[2 * i + 1];
             char hp[300];
-            snprintf(hp, sizeof hp, "%s.%s", p, v->items[2 * i].text);
+            key_path(hp, sizeof hp, p, ".", v->items[2 * i].text);
             if ((s->names[i] = sb_strdup(v->items[2 * i].text)) == NULL) {
                 c->nomem = 1;
                 return -1;
@@ -806,7 +828,7 @@ static int compile_step(cctx *c, const sb_tnode *n, const char *path, step *s)
         for (size_t i = 0; i < s->count; i++) {
             const sb_tnode *ptr = &v->items[2 * i];
             char hp[300];
-            snprintf(hp, sizeof hp, "%s.%s", p, ptr->text);
+            key_path(hp, sizeof hp, p, ".", ptr->text);
             if ((s->names[i] = sb_strdup(ptr->text)) == NULL) {
                 c->nomem = 1;
                 return -1;
