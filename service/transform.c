@@ -17,6 +17,7 @@
 #include "service/base64.h"
 #include "service/codepage.h"
 #include "service/error.h"
+#include "service/jsonw.h"
 #include "service/topic.h"
 
 #include <ctype.h>
@@ -1536,38 +1537,53 @@ static int do_encoding(run *r, const step *s)
     return 0;
 }
 
+/* Written directly rather than through a jansson tree: an envelope per
+ * message is the common case, and the tree cost more than the rest of the
+ * delivery (a later step that needs the JSON parses it). */
 static int do_wrap(run *r)
 {
-    json_t *env = json_object(), *h = json_object(), *p;
+    sb_jsonw w = {0};
     int rc;
-    if (env == NULL || h == NULL || (rc = need_bytes(r)) != 0) {
-        json_decref(env);
-        json_decref(h);
-        return SB_ENOMEM;
-    }
+    if ((rc = need_bytes(r)) != 0)
+        return rc;
+    sb_jsonw_lit(&w, "{");
     if (sb_utf8_valid((const char *)r->payload, r->len)) {
-        p = json_stringn((const char *)r->payload, r->len);
+        sb_jsonw_lit(&w, "\"topic\":");
+        sb_jsonw_str(&w, r->topic, strlen(r->topic));
+        sb_jsonw_lit(&w, ",\"payload\":");
+        sb_jsonw_str(&w, (const char *)r->payload, r->len);
     } else {
         char *b = sb_base64_encode(r->payload, r->len);
-        p = b != NULL ? json_string(b) : NULL;
+        if (b == NULL) {
+            sb_jsonw_free(&w);
+            return SB_ENOMEM;
+        }
+        sb_jsonw_lit(&w, "\"encoding\":\"base64\",\"topic\":");
+        sb_jsonw_str(&w, r->topic, strlen(r->topic));
+        sb_jsonw_lit(&w, ",\"payload\":");
+        sb_jsonw_str(&w, b, strlen(b));
         sb_free(b);
-        if (p != NULL && json_object_set_new(env, "encoding", json_string("base64")) != 0)
-            p = NULL;
     }
-    rc = 0;
-    for (size_t i = 0; i < r->nh && rc == 0; i++) {
-        json_t *v = json_string(r->h[i].value);
-        if (v == NULL)
-            v = json_null(); /* a header value that is not UTF-8 */
-        rc = json_object_set_new(h, r->h[i].key, v);
+    sb_jsonw_lit(&w, ",\"headers\":{");
+    for (size_t i = 0; i < r->nh; i++) {
+        const char *v = r->h[i].value;
+        if (i > 0)
+            sb_jsonw_lit(&w, ",");
+        sb_jsonw_str(&w, r->h[i].key, strlen(r->h[i].key));
+        sb_jsonw_lit(&w, ":");
+        if (sb_utf8_valid(v, strlen(v)))
+            sb_jsonw_str(&w, v, strlen(v));
+        else
+            sb_jsonw_lit(&w, "null"); /* a header value that is not UTF-8 */
     }
-    if (p == NULL || rc != 0 || json_object_set_new(env, "topic", json_string(r->topic)) != 0 ||
-        json_object_set_new(env, "payload", p) != 0 || json_object_set_new(env, "headers", h) != 0 ||
-        json_object_set_new(env, "ts", json_integer(r->in->created_ms)) != 0) {
-        json_decref(env);
+    sb_jsonw_lit(&w, "},\"ts\":");
+    sb_jsonw_int(&w, r->in->created_ms);
+    sb_jsonw_lit(&w, "}");
+    if (w.failed) {
+        sb_jsonw_free(&w);
         return SB_ENOMEM;
     }
-    doc_changed(r, env);
+    set_payload(r, (unsigned char *)w.buf, w.len); /* now owned by r */
     return 0;
 }
 
