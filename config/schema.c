@@ -424,8 +424,7 @@ int sb_route_config_copy(sb_route_config *out, const sb_route_config *in)
 {
     memset(out, 0, sizeof *out);
     out->pos = in->pos;
-    if (sb_config__copy(&route_section, out, in) != 0 ||
-        sb_config__route_dests_copy(out, in) != 0)
+    if (sb_config__copy(&route_section, out, in) != 0 || sb_config__route_dests_copy(out, in) != 0)
         return SB_ENOMEM;
     return 0;
 }

@@ -112,8 +112,8 @@ static sb_tnode *tnode_new(sb_config__ctx *ctx, const yaml_node_t *node, const c
     return t;
 }
 
-static const sb_config_key transform_row = {.key = "transform", .kind = SB_KEY_CUSTOM,
-                                            .offset = R(transform)};
+static const sb_config_key transform_row = {
+    .key = "transform", .kind = SB_KEY_CUSTOM, .offset = R(transform)};
 
 int sb_config__parse_transform(void *ctx_, const void *node_, void *route, size_t index,
                                const char *path)
@@ -195,8 +195,7 @@ static int parse_dest(sb_config__ctx *ctx, const yaml_node_t *el, sb_route_confi
         return 0;
     }
     if (!sb_config__valid_name((const char *)adapter->data.scalar.value)) {
-        sb_config__error(ctx, adapter, p,
-                         "invalid name %s (use letters, digits, '_', '.' and '-')",
+        sb_config__error(ctx, adapter, p, "invalid name %s (use letters, digits, '_', '.' and '-')",
                          sb_config__quote(q, sizeof q, (const char *)adapter->data.scalar.value));
         return 0;
     }
@@ -206,8 +205,7 @@ static int parse_dest(sb_config__ctx *ctx, const yaml_node_t *el, sb_route_confi
     return ok && r->to[i] != NULL;
 }
 
-int sb_config__parse_to(void *ctx_, const void *node_, void *route, size_t index,
-                        const char *path)
+int sb_config__parse_to(void *ctx_, const void *node_, void *route, size_t index, const char *path)
 {
     sb_config__ctx *ctx = ctx_;
     const yaml_node_t *node = node_;
@@ -243,8 +241,9 @@ int sb_config__parse_to(void *ctx_, const void *node_, void *route, size_t index
             if (!parse_dest(ctx, el, r, i, epath))
                 ok = 0;
         } else if (el->type != YAML_SCALAR_NODE || el->data.scalar.length == 0) {
-            sb_config__error(ctx, el, epath, "expected an adapter name or {adapter, transform}, got %s",
-                             el->type == YAML_SCALAR_NODE ? "an empty string" : sb_config__kind(el));
+            sb_config__error(
+                ctx, el, epath, "expected an adapter name or {adapter, transform}, got %s",
+                el->type == YAML_SCALAR_NODE ? "an empty string" : sb_config__kind(el));
             ok = 0;
         } else if (!sb_config__valid_name((const char *)el->data.scalar.value)) {
             sb_config__error(ctx, el, epath,

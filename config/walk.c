@@ -691,8 +691,8 @@ static void known_keys(const sb_config_table *section, char *out, size_t n)
     out[0] = '\0';
     for (size_t i = 0; i < section->count && len < n; i++)
         if (!(section->keys[i].flags & SB_KEY_UNLISTED))
-            len += (size_t)snprintf(out + len, n - len, "%s%s", len ? ", " : "",
-                                    section->keys[i].key);
+            len +=
+                (size_t)snprintf(out + len, n - len, "%s%s", len ? ", " : "", section->keys[i].key);
 }
 
 static const sb_config_key *find_field(const sb_config_table *section, const yaml_node_t *key)

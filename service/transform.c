@@ -154,27 +154,37 @@ enum {
     ST_PARSE,
     ST_WHEN
 };
-static const char *const step_names[] = {"topic",   "header_set", "header_remove",
-                                         "header_from_level", "encode", "decode",
-                                         "wrap",    "unwrap",     "pick",
-                                         "set",     "json",       "format",
-                                         "parse",   "when",       NULL};
+static const char *const step_names[] = {"topic",
+                                         "header_set",
+                                         "header_remove",
+                                         "header_from_level",
+                                         "encode",
+                                         "decode",
+                                         "wrap",
+                                         "unwrap",
+                                         "pick",
+                                         "set",
+                                         "json",
+                                         "format",
+                                         "parse",
+                                         "when",
+                                         NULL};
 
 enum { ENC_BASE64 = -1, ENC_HEX = -2 };
 enum { PARSE_NUMBER, PARSE_TEXT, PARSE_BOOL, PARSE_JSON };
 
 typedef struct step {
     int kind;
-    tmpl t;         /* TOPIC, FORMAT */
-    char **names;   /* HEADER_*: header names; SET: pointers */
-    tmpl *values;   /* HEADER_SET */
-    int *levels;    /* HEADER_FROM_LEVEL */
-    jval *vals;     /* SET */
+    tmpl t;       /* TOPIC, FORMAT */
+    char **names; /* HEADER_*: header names; SET: pointers */
+    tmpl *values; /* HEADER_SET */
+    int *levels;  /* HEADER_FROM_LEVEL */
+    jval *vals;   /* SET */
     size_t count;
-    int enc;        /* ENCODE, DECODE: a code page, ENC_BASE64 or ENC_HEX */
-    char *pointer;  /* PICK */
-    jval jv;        /* JSON */
-    int parse;      /* PARSE */
+    int enc;       /* ENCODE, DECODE: a code page, ENC_BASE64 or ENC_HEX */
+    char *pointer; /* PICK */
+    jval jv;       /* JSON */
+    int parse;     /* PARSE */
     /* WHEN: all must hold */
     char **topics;
     size_t ntopics;
@@ -391,16 +401,17 @@ static int parse_expr(cctx *c, const sb_tnode *n, const char *path, char *expr, 
             tf->kind = F_UPPER;
         } else if (colon != NULL && (strcmp(name, "left") == 0 || strcmp(name, "right") == 0 ||
                                      strcmp(name, "zero") == 0 || strcmp(name, "cut") == 0)) {
-            tf->kind = name[0] == 'l' ? F_LEFT : name[0] == 'r' ? F_RIGHT : name[0] == 'z' ? F_ZERO
-                                                                                         : F_CUT;
+            tf->kind = name[0] == 'l'   ? F_LEFT
+                       : name[0] == 'r' ? F_RIGHT
+                       : name[0] == 'z' ? F_ZERO
+                                        : F_CUT;
             if (parse_width(colon + 1, &tf->width) != 0) {
                 cerror(c, n, path, "filter %s: the width must be 1..4096", name);
                 return -1;
             }
         } else {
             cerror(c, n, path,
-                   "unknown filter %s (use lower, upper, left:N, right:N, zero:N or cut:N)",
-                   name);
+                   "unknown filter %s (use lower, upper, left:N, right:N, zero:N or cut:N)", name);
             return -1;
         }
         f = next;
@@ -523,7 +534,8 @@ static int want_map(cctx *c, const sb_tnode *n, const char *path)
 {
     if (n->kind == SB_TNODE_MAP && n->count > 0)
         return 1;
-    cerror(c, n, path, "expected a mapping, got %s", n->kind == SB_TNODE_MAP ? "an empty one" : kind_name(n));
+    cerror(c, n, path, "expected a mapping, got %s",
+           n->kind == SB_TNODE_MAP ? "an empty one" : kind_name(n));
     return 0;
 }
 
@@ -1525,9 +1537,10 @@ static int do_encoding(run *r, const step *s)
         }
         out_len = r->len / 2;
     } else {
-        rc = s->kind == ST_ENCODE
-                 ? sb_codepage_from_utf8(&out, &out_len, s->enc, r->payload, r->len, why, sizeof why)
-                 : sb_codepage_to_utf8(&out, &out_len, s->enc, r->payload, r->len, why, sizeof why);
+        rc =
+            s->kind == ST_ENCODE
+                ? sb_codepage_from_utf8(&out, &out_len, s->enc, r->payload, r->len, why, sizeof why)
+                : sb_codepage_to_utf8(&out, &out_len, s->enc, r->payload, r->len, why, sizeof why);
         if (rc == SB_ENOMEM)
             return rc;
         if (rc != 0)
@@ -1613,7 +1626,8 @@ static int do_unwrap(run *r)
     if (json_is_string(payload) && enc != NULL) {
         if (!json_is_string(enc) || strcmp(json_string_value(enc), "base64") != 0)
             return fail(r, "the envelope's encoding is not base64");
-        rc = sb_base64_decode(json_string_value(payload), json_string_length(payload), &bytes, &len);
+        rc =
+            sb_base64_decode(json_string_value(payload), json_string_length(payload), &bytes, &len);
         if (rc == SB_ENOMEM)
             return rc;
         if (rc != 0)

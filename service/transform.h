@@ -46,8 +46,8 @@ typedef struct sb_transform sb_transform;
 
 /* Receives one error: spec is the index into specs, path the key path
  * inside that spec ("[2].encode"), line/col where (1-based). */
-typedef void (*sb_transform_error_cb)(void *ctx, size_t spec, int line, int col,
-                                      const char *path, const char *msg);
+typedef void (*sb_transform_error_cb)(void *ctx, size_t spec, int line, int col, const char *path,
+                                      const char *msg);
 
 /* Compiles specs[0..count) (each a list of steps or one step; NULL entries
  * are skipped) into one transform that runs them in order. `from` are the

@@ -1062,8 +1062,7 @@ static int agent_op(jsonl_session *s, const char *op, json_t *req, json_t *id)
         sb_agent_link_log(link, s->conn, req);
         return 0;
     }
-    if (strcmp(op, "stats") == 0 || strncmp(op, "dlq.", 4) == 0 ||
-        strncmp(op, "route.", 6) == 0) {
+    if (strcmp(op, "stats") == 0 || strncmp(op, "dlq.", 4) == 0 || strncmp(op, "route.", 6) == 0) {
         reply_error(s, id, SB_EACCES, "not on a session agent's endpoint");
         return 0;
     }
@@ -1072,10 +1071,9 @@ static int agent_op(jsonl_session *s, const char *op, json_t *req, json_t *id)
 
 static int op_known(const char *op)
 {
-    static const char *const ops[] = {"pub",         "ack",       "nack",  "sub",
-                                      "unsub",       "ping",      "stats", "dlq.list",
-                                      "dlq.redrive", "dlq.purge", "hello", "log",
-                                      "route.test"};
+    static const char *const ops[] = {"pub",   "ack",   "nack",      "sub",         "unsub",
+                                      "ping",  "stats", "dlq.list",  "dlq.redrive", "dlq.purge",
+                                      "hello", "log",   "route.test"};
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
         if (strcmp(op, ops[i]) == 0)
             return 1;

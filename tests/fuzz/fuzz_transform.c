@@ -80,9 +80,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t i = 0; i < cfg->route_count; i++) {
         const sb_route_config *r = &cfg->routes[i];
         for (size_t d = 0; d <= r->to_count; d++) {
-            const sb_tnode *specs[2] = {r->transform,
-                                        r->to_transform && d < r->to_count ? r->to_transform[d]
-                                                                           : NULL};
+            const sb_tnode *specs[2] = {
+                r->transform, r->to_transform && d < r->to_count ? r->to_transform[d] : NULL};
             sb_transform *t = NULL;
             char topic[256];
             if (sb_transform_compile(&t, specs, 2, (const char *const *)r->from, r->from_count,

@@ -19,52 +19,51 @@
 
 #define MOSQUITTO_SUB "SB_MOSQUITTO_SUB"
 
-static const char config[] =
-    "broker:\n"
-    "  data_dir: '{data}'\n"
-    "  admin: { endpoint: 'off' }\n"
-    "adapters:\n"
-    "  - name: clients\n"
-    "    type: tcp\n"
-    "    listen: 127.0.0.1:{port0}\n"
-    "    protocol: jsonl\n"
-    "  - name: mqtt\n"
-    "    type: tcp\n"
-    "    listen: 127.0.0.1:{port1}\n"
-    "    protocol: mqtt\n"
-    "    anonymous: true\n"
-    "  - name: plc\n"
-    "    type: tcp\n"
-    "    listen: 127.0.0.1:{port2}\n"
-    "    framing: line\n"
-    "    topic: dde/PLC/Line1/Temp\n"
-    "  - name: legacy\n"
-    "    type: tcp\n"
-    "    listen: 127.0.0.1:{port3}\n"
-    "    framing: line\n"
-    "  - name: audit\n"
-    "    type: tcp\n"
-    "    listen: 127.0.0.1:{port4}\n"
-    "    framing: line\n"
-    "routes:\n"
-    "  - name: dde-to-mqtt\n"
-    "    from: dde/+/+/+\n"
-    "    transform:\n"
-    "      - decode: windows-1252\n"
-    "      - parse: number\n"
-    "      - json: { value: '{payload}', ts: '{ts}' }\n"
-    "      - topic: 'plant/{2|lower}/{3|lower}'\n"
-    "    republish: true\n"
-    "  - name: orders\n"
-    "    from: orders/#\n"
-    "    retry: { max_attempts: 3, backoff: 10ms }\n"
-    "    to:\n"
-    "      - audit\n"
-    "      - adapter: legacy\n"
-    "        transform:\n"
-    "          - when: { field: { /kind: order } }\n"
-    "          - format: '{/id|left:6}{/qty|zero:4}{/name|{v0}}'\n"
-    "          - encode: cp1252\n";
+static const char config[] = "broker:\n"
+                             "  data_dir: '{data}'\n"
+                             "  admin: { endpoint: 'off' }\n"
+                             "adapters:\n"
+                             "  - name: clients\n"
+                             "    type: tcp\n"
+                             "    listen: 127.0.0.1:{port0}\n"
+                             "    protocol: jsonl\n"
+                             "  - name: mqtt\n"
+                             "    type: tcp\n"
+                             "    listen: 127.0.0.1:{port1}\n"
+                             "    protocol: mqtt\n"
+                             "    anonymous: true\n"
+                             "  - name: plc\n"
+                             "    type: tcp\n"
+                             "    listen: 127.0.0.1:{port2}\n"
+                             "    framing: line\n"
+                             "    topic: dde/PLC/Line1/Temp\n"
+                             "  - name: legacy\n"
+                             "    type: tcp\n"
+                             "    listen: 127.0.0.1:{port3}\n"
+                             "    framing: line\n"
+                             "  - name: audit\n"
+                             "    type: tcp\n"
+                             "    listen: 127.0.0.1:{port4}\n"
+                             "    framing: line\n"
+                             "routes:\n"
+                             "  - name: dde-to-mqtt\n"
+                             "    from: dde/+/+/+\n"
+                             "    transform:\n"
+                             "      - decode: windows-1252\n"
+                             "      - parse: number\n"
+                             "      - json: { value: '{payload}', ts: '{ts}' }\n"
+                             "      - topic: 'plant/{2|lower}/{3|lower}'\n"
+                             "    republish: true\n"
+                             "  - name: orders\n"
+                             "    from: orders/#\n"
+                             "    retry: { max_attempts: 3, backoff: 10ms }\n"
+                             "    to:\n"
+                             "      - audit\n"
+                             "      - adapter: legacy\n"
+                             "        transform:\n"
+                             "          - when: { field: { /kind: order } }\n"
+                             "          - format: '{/id|left:6}{/qty|zero:4}{/name|{v0}}'\n"
+                             "          - encode: cp1252\n";
 
 static sbt_conn *start(sbt_broker *b, const char *name, const char *width)
 {
@@ -127,7 +126,11 @@ static void dde_to_mqtt(void **state)
     plc = sbt_tcp_connect(b->port[2], 5000);
     assert_non_null(plc);
     assert_int_equal(sbt_tcp_write(plc, "23.5\n", 5), 0);
-    assert_int_equal(sbt_tcp_write(plc, "23.5\xb0" "C\n", 7), 0);
+    assert_int_equal(sbt_tcp_write(plc,
+                                   "23.5\xb0"
+                                   "C\n",
+                                   7),
+                     0);
     assert_int_equal(sbt_tcp_write(plc, "-4\n", 3), 0);
     sbt_tcp_close(plc);
     if (!sbt_proc_wait(&p, 20000))
@@ -148,8 +151,8 @@ static void dde_to_mqtt(void **state)
         sbt_expect_op(r, "dlq.list");
         assert_non_null(d);
         assert_string_equal(sbt_str(d, "topic"), "dde/PLC/Line1/Temp");
-        assert_string_equal(sbt_str(d, "reason"),
-                            "transform: step 2 (parse): \"23.5\xc2\xb0" "C\" is not a number");
+        assert_string_equal(sbt_str(d, "reason"), "transform: step 2 (parse): \"23.5\xc2\xb0"
+                                                  "C\" is not a number");
         json_decref(r);
     }
     sbt_close(c);
@@ -241,8 +244,9 @@ static void route_test_dry_run(void **state)
         fail_msg("SB_SBCTL is not set (ctest sets it)");
     snprintf(ep, sizeof ep, "tcp:127.0.0.1:%d", b->port[0]);
     {
-        char *argv[] = {(char *)sbctl, "-e", ep, "route", "test", "dde-to-mqtt", "--topic",
-                        "dde/PLC/Line1/Temp", "--payload", "23.5", NULL};
+        char *argv[] = {(char *)sbctl, "-e",          ep,        "route",
+                        "test",        "dde-to-mqtt", "--topic", "dde/PLC/Line1/Temp",
+                        "--payload",   "23.5",        NULL};
         rc = sbt_run(argv, NULL, 10000, &out, &err);
         if (rc != 0 || strstr(out, "dde-to-mqtt:$republish: delivered\n"
                                    "  topic: plant/line1/temp\n"
@@ -252,21 +256,30 @@ static void route_test_dry_run(void **state)
         free(err);
     }
     {
-        char *argv[] = {(char *)sbctl, "-e", ep, "route", "test", "orders", "--topic",
-                        "orders/new", "--payload",
+        char *argv[] = {(char *)sbctl,
+                        "-e",
+                        ep,
+                        "route",
+                        "test",
+                        "orders",
+                        "--topic",
+                        "orders/new",
+                        "--payload",
                         "{\"kind\":\"order\",\"id\":\"C9\",\"qty\":1,\"name\":\"\xe4\xb8\xad\"}",
                         NULL};
         rc = sbt_run(argv, NULL, 10000, &out, &err);
-        if (rc != 1 || strstr(out, "orders:legacy: dead-letter\n  reason: transform: step 3 "
-                                   "(encode): U+4E2D at byte 10") == NULL ||
+        if (rc != 1 ||
+            strstr(out, "orders:legacy: dead-letter\n  reason: transform: step 3 "
+                        "(encode): U+4E2D at byte 10") == NULL ||
             strstr(out, "orders:audit: delivered\n") == NULL)
             fail_msg("sbctl exited %d:\n%s%s", rc, out, err);
         free(out);
         free(err);
     }
     {
-        char *argv[] = {(char *)sbctl, "-e", ep, "route", "test", "orders", "--topic",
-                        "orders/new", "--payload", "{\"kind\":\"note\"}", "-H", "k=v", NULL};
+        char *argv[] = {(char *)sbctl, "-e",      ep,           "route",     "test",
+                        "orders",      "--topic", "orders/new", "--payload", "{\"kind\":\"note\"}",
+                        "-H",          "k=v",     NULL};
         rc = sbt_run(argv, NULL, 10000, &out, &err);
         if (rc != 0 || strstr(out, "orders:legacy: filtered\n") == NULL ||
             strstr(out, "  header k: v\n") == NULL)

@@ -71,8 +71,8 @@ static double proc_cpu_s(long pid)
     fclose(f);
     buf[n] = '\0';
     p = strrchr(buf, ')'); /* the command may hold spaces */
-    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
-                            &st) != 2)
+    if (p == NULL ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
         return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
@@ -195,14 +195,15 @@ int main(int argc, char **argv)
         goto usage;
     for (int r = 0; r < rounds; r++)
         for (size_t v = 0; v < NVARIANTS; v++)
-            variants[v].rate[r] = run(endpoint, pid, &variants[v], n, window, size,
-                                      &variants[v].cpu_us[r]);
+            variants[v].rate[r] =
+                run(endpoint, pid, &variants[v], n, window, size, &variants[v].cpu_us[r]);
     {
         double base_rate = median(variants[0].rate, rounds);
         double base_cpu = median(variants[0].cpu_us, rounds);
         printf("%-14s %12s %8s %14s %8s\n", "variant", "msgs/s", "ratio", "broker us/msg", "ratio");
         for (size_t v = 0; v < NVARIANTS; v++) {
-            double rate = median(variants[v].rate, rounds), cpu = median(variants[v].cpu_us, rounds);
+            double rate = median(variants[v].rate, rounds),
+                   cpu = median(variants[v].cpu_us, rounds);
             printf("%-14s %12.0f %8.2f %14.2f %8.2f\n", variants[v].what, rate, rate / base_rate,
                    cpu, base_cpu > 0 ? cpu / base_cpu : 0.0);
         }

@@ -270,7 +270,8 @@ static void test_parse(void **state)
     expect("a", "{parse: json}", "a", "[1, 2]", "a", "[1, 2]");
     expect_error("a", "{parse: json}", "a", "[1,", "not JSON");
     /* the DDE case: CF_TEXT "23.5" -> {"value":23.5,"ts":...} */
-    expect("dde/+/+/+", "[{decode: cp1252}, {parse: number}, {json: {value: '{payload}', ts: '{ts}'}}]",
+    expect("dde/+/+/+",
+           "[{decode: cp1252}, {parse: number}, {json: {value: '{payload}', ts: '{ts}'}}]",
            "dde/PLC/Line1/Temp", "23.5", "dde/PLC/Line1/Temp",
            "{\"value\":23.5,\"ts\":1700000000123}");
 }
@@ -414,9 +415,9 @@ static void test_route_and_destination_chain(void **state)
     (void)state;
     specs[0] = a->routes[0].transform;
     specs[1] = b->routes[0].transform;
-    assert_int_equal(sb_transform_compile(&t, specs, 2, (const char *const *)a->routes[0].from, 1,
-                                          NULL, NULL),
-                     0);
+    assert_int_equal(
+        sb_transform_compile(&t, specs, 2, (const char *const *)a->routes[0].from, 1, NULL, NULL),
+        0);
     assert_int_equal(sb_transform_steps(t), 2);
     out = run_ok(t, in);
     assert_string_equal(out->topic, "b/x");
@@ -472,9 +473,9 @@ static void test_example(void **state)
     r = sb_config_route(cfg, "plc-to-mqtt");
     assert_true(r->republish);
     specs[0] = r->transform;
-    assert_int_equal(sb_transform_compile(&t, specs, 1, (const char *const *)r->from,
-                                          r->from_count, NULL, NULL),
-                     0);
+    assert_int_equal(
+        sb_transform_compile(&t, specs, 1, (const char *const *)r->from, r->from_count, NULL, NULL),
+        0);
     in = msg("dde/PLCSERVER/Line1/Temp", "23.5");
     out = run_ok(t, in);
     assert_string_equal(out->topic, "plant/line1/temp");
@@ -487,10 +488,11 @@ static void test_example(void **state)
     r = sb_config_route(cfg, "orders");
     specs[0] = r->transform;
     specs[1] = r->to_transform[0];
-    assert_int_equal(sb_transform_compile(&t, specs, 2, (const char *const *)r->from,
-                                          r->from_count, NULL, NULL),
-                     0);
-    in = msg("orders/new", "{\"kind\":\"order\",\"id\":\"A1\",\"qty\":7,\"name\":\"M\xc3\xbcller\"}");
+    assert_int_equal(
+        sb_transform_compile(&t, specs, 2, (const char *const *)r->from, r->from_count, NULL, NULL),
+        0);
+    in = msg("orders/new",
+             "{\"kind\":\"order\",\"id\":\"A1\",\"qty\":7,\"name\":\"M\xc3\xbcller\"}");
     out = run_ok(t, in);
     assert_int_equal(out->payload_len, 18);
     assert_memory_equal(out->payload, "A1    0007M\xfcller  ", 18);
