@@ -49,14 +49,21 @@ typedef enum {
     SB_KEY_NAMES,    /* char ** + size_t count: a name or a list of names */
     SB_KEY_FILTERS,  /* char ** + size_t count: a topic filter or a list of them */
     SB_KEY_SECTION,  /* a nested mapping (`section`) whose values live in the same struct */
-    SB_KEY_LIST      /* internal (the config's own lists of adapters and routes) */
+    SB_KEY_LIST,     /* internal (the config's own lists of adapters and routes) */
+    /* internal: `item` parses the value (index 0, array = the struct) and
+     * records what it saw; the struct's owner releases, copies and
+     * compares it (a route's `to` and `transform`) */
+    SB_KEY_CUSTOM
 } sb_config_kind;
 
 enum {
     SB_KEY_REQUIRED = 1 << 0, /* must be present when its mapping is */
     /* The value lives in sb_adapter_config (offset = offsetof(sb_adapter_config,
      * member)), not in the type's settings: see SB_ADAPTER_KEY_INFLIGHT. */
-    SB_KEY_ADAPTER = 1 << 1
+    SB_KEY_ADAPTER = 1 << 1,
+    /* Not named in "unknown key (known: ...)": a key added after golden
+     * error files fixed that list (a route's `transform`) */
+    SB_KEY_UNLISTED = 1 << 2
 };
 
 /* Roles an instance can have (sb_adapter_keys.role_of); a key restricted to

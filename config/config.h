@@ -80,6 +80,16 @@ typedef struct sb_route_config {
     char **to; /* destination adapter names (string or list), may be 0:
                   then the route is a queue that clients subscribe to */
     size_t to_count;
+    /* transform: steps applied to what every destination gets (a list or
+     * one step, service/transform.h), or NULL; to_transform[i]: the steps
+     * of to[i] written as {adapter: X, transform: ...}, run after those
+     * (to_count entries, each may be NULL; the array NULL when none has) */
+    struct sb_tnode *transform;
+    struct sb_tnode **to_transform;
+    /* republish: one more destination, the broker itself: what the
+     * transform made is published again under its new topic, for the
+     * subscribers of that topic (MQTT clients); default 0 */
+    int republish;
     sb_durability durability; /* fsync (default) | batched | memory */
     int max_attempts;         /* retry.max_attempts, default 10, 1..1000000 */
     int64_t backoff_ms;       /* retry.backoff, default 100ms */

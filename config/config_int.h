@@ -102,8 +102,34 @@ int sb_config__equal(const sb_config_table *section, const void *a, const void *
 /* Forgets the keys recorded for the previous item. */
 void sb_config__seen_reset(sb_config__ctx *ctx);
 
+/* Counts one more value visited; 0 (reported once) when the document has
+ * too many (aliases included). */
+int sb_config__spend(sb_config__ctx *ctx, const yaml_node_t *node);
+
+/* Records that the key (f) storing into target was seen, value ok or not
+ * (SB_KEY_CUSTOM parsers call it). */
+void sb_config__record_seen(sb_config__ctx *ctx, const sb_config_key *f, const void *target,
+                            const yaml_node_t *key, const yaml_node_t *value, int ok);
+
 /* Where the key storing into target was seen, or NULL. */
 const sb_config__seen *sb_config__seen_find(const sb_config__ctx *ctx, const void *target);
+
+/* ---- transforms.c ---- */
+
+/* SB_KEY_CUSTOM parsers of a route's `to` (names, or {adapter, transform}
+ * entries) and `transform` (steps kept as an sb_tnode). */
+int sb_config__parse_to(void *ctx, const void *node, void *route, size_t index, const char *path);
+int sb_config__parse_transform(void *ctx, const void *node, void *route, size_t index,
+                               const char *path);
+
+/* Compiles route r's transforms (its own and each destination's), each
+ * error at its line and column under path ("routes[1]"). */
+void sb_config__check_transforms(sb_config__ctx *ctx, const sb_route_config *r, const char *path);
+
+/* Release, copy and equality of what the two parsers fill. */
+void sb_config__route_dests_release(sb_route_config *r);
+int sb_config__route_dests_copy(sb_route_config *out, const sb_route_config *in);
+int sb_config__route_dests_equal(const sb_route_config *a, const sb_route_config *b);
 
 /* ---- sddl.c ---- */
 

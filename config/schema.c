@@ -5,8 +5,9 @@
  * deliveries, backoff <= max backoff). Adapters are walked through their
  * type's own table (adapters.c, config/adapter_keys.h).
  *
- * Every field of sb_route_config except `pos` must have a row here: copy,
- * free and equality are driven by these tables.
+ * Every field of sb_route_config except `pos` and `to_transform` must have
+ * a row here: copy, free and equality are driven by these tables (`to` and
+ * `transform`, SB_KEY_CUSTOM rows, by config/transforms.c).
  */
 #include "config/config_int.h"
 #include "service/alloc.h"
@@ -184,7 +185,14 @@ static const sb_config_key route_fields[] = {
      .flags = SB_KEY_REQUIRED,
      .offset = R(from),
      .count_off = R(from_count)},
-    {.key = "to", .kind = SB_KEY_NAMES, .offset = R(to), .count_off = R(to_count)},
+    /* names, or {adapter, transform} entries (config/transforms.c) */
+    {.key = "to", .kind = SB_KEY_CUSTOM, .offset = R(to), .item = sb_config__parse_to},
+    {.key = "transform",
+     .kind = SB_KEY_CUSTOM,
+     .flags = SB_KEY_UNLISTED,
+     .offset = R(transform),
+     .item = sb_config__parse_transform},
+    {.key = "republish", .kind = SB_KEY_BOOL, .flags = SB_KEY_UNLISTED, .offset = R(republish)},
     {.key = "durability",
      .kind = SB_KEY_ENUM,
      .offset = R(durability),
@@ -339,6 +347,15 @@ static void check_route(sb_config__ctx *ctx, const yaml_node_t *node, sb_route_c
 
     sb_config__check_unique(ctx, &ctx->route_names, "route", r->name, r, &r->name, node, path);
     check_route_targets(ctx, r, path);
+    if (r->from_count > 0)
+        sb_config__check_transforms(ctx, r, path);
+    if (r->republish && r->transform == NULL) {
+        const sb_config__seen *s = seen(ctx, &r->republish);
+        sub_path(p, path, "republish");
+        sb_config__error(ctx, s != NULL ? s->value : node, p,
+                         "needs the route's transform (without one, messages would be published "
+                         "again as they are, onto the route's own topics)");
+    }
     sub_path(p, path, "retry");
     check_backoff(ctx, p, &r->backoff_ms, "backoff", &r->max_backoff_ms, "max_backoff");
     if (r->dedup_header == NULL)
@@ -397,18 +414,22 @@ const sb_config_table sb_config__root = SB_CONFIG_TABLE(root_fields);
 
 void sb_route_config_free(sb_route_config *cfg)
 {
-    if (cfg != NULL)
+    if (cfg != NULL) {
         sb_config__release(&route_section, cfg);
+        sb_config__route_dests_release(cfg);
+    }
 }
 
 int sb_route_config_copy(sb_route_config *out, const sb_route_config *in)
 {
     memset(out, 0, sizeof *out);
     out->pos = in->pos;
-    return sb_config__copy(&route_section, out, in) == 0 ? 0 : SB_ENOMEM;
+    if (sb_config__copy(&route_section, out, in) != 0 || sb_config__route_dests_copy(out, in) != 0)
+        return SB_ENOMEM;
+    return 0;
 }
 
 int sb_route_config_equal(const sb_route_config *a, const sb_route_config *b)
 {
-    return sb_config__equal(&route_section, a, b);
+    return sb_config__equal(&route_section, a, b) && sb_config__route_dests_equal(a, b);
 }

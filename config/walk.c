@@ -254,8 +254,8 @@ void sb_config__seen_reset(sb_config__ctx *ctx)
     ctx->seen_count = 0;
 }
 
-static void record_seen(sb_config__ctx *ctx, const sb_config_key *f, const void *target,
-                        const yaml_node_t *key, const yaml_node_t *value, int ok)
+void sb_config__record_seen(sb_config__ctx *ctx, const sb_config_key *f, const void *target,
+                            const yaml_node_t *key, const yaml_node_t *value, int ok)
 {
     if (ctx->seen_count < SB_CONFIG__MAX_SEEN) {
         sb_config__seen *s = &ctx->seen[ctx->seen_count++];
@@ -333,6 +333,7 @@ int sb_config__defaults(sb_config__ctx *ctx, const sb_config_table *section, voi
         case SB_KEY_NAMES:
         case SB_KEY_FILTERS:
         case SB_KEY_LIST:
+        case SB_KEY_CUSTOM:
             break; /* empty */
         }
         if (rc != 0)
@@ -345,7 +346,7 @@ int sb_config__defaults(sb_config__ctx *ctx, const sb_config_table *section, voi
 
 /* Spends one unit of the node budget; 0 once it is exhausted (reported
  * once), so aliases cannot make the walk blow up. */
-static int spend(sb_config__ctx *ctx, const yaml_node_t *node)
+int sb_config__spend(sb_config__ctx *ctx, const yaml_node_t *node)
 {
     if (ctx->nodes_left == 0)
         return 0;
@@ -513,7 +514,7 @@ static int strings_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml
             index_path(epath, path, i);
         else
             sb_config__path(epath, path, "", "");
-        if (el == NULL || !spend(ctx, el)) {
+        if (el == NULL || !sb_config__spend(ctx, el)) {
             *ok = 0;
             break;
         }
@@ -570,7 +571,7 @@ static int list_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_no
     for (size_t i = 0; i < n; i++) {
         const yaml_node_t *el = node_at(ctx, items[i]);
         int rc;
-        if (el == NULL || !spend(ctx, el))
+        if (el == NULL || !sb_config__spend(ctx, el))
             break;
         index_path(epath, path, i);
         *count = i + 1; /* counted first: a half-parsed element is freed too */
@@ -610,6 +611,8 @@ static int field_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_n
         return rc;
     case SB_KEY_LIST:
         return list_value(ctx, f, value, base, path);
+    case SB_KEY_CUSTOM:
+        return f->item(ctx, value, base, 0, path);
     case SB_KEY_STRING:
     case SB_KEY_NAME:
     case SB_KEY_CHOICE:
@@ -670,7 +673,7 @@ static int field_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_n
         rc = strings_value(ctx, f, value, base, path, &ok);
         break;
     }
-    record_seen(ctx, f, (char *)base + f->offset, key, value, ok);
+    sb_config__record_seen(ctx, f, (char *)base + f->offset, key, value, ok);
     return rc;
 }
 
@@ -687,8 +690,9 @@ static void known_keys(const sb_config_table *section, char *out, size_t n)
     size_t len = 0;
     out[0] = '\0';
     for (size_t i = 0; i < section->count && len < n; i++)
-        len +=
-            (size_t)snprintf(out + len, n - len, "%s%s", len ? ", " : "", section->keys[i].key);
+        if (!(section->keys[i].flags & SB_KEY_UNLISTED))
+            len +=
+                (size_t)snprintf(out + len, n - len, "%s%s", len ? ", " : "", section->keys[i].key);
 }
 
 static const sb_config_key *find_field(const sb_config_table *section, const yaml_node_t *key)
@@ -727,7 +731,7 @@ int sb_config__mapping(sb_config__ctx *ctx, const yaml_node_t *node,
                 continue;
             }
             first = key;
-            if (!spend(ctx, value))
+            if (!sb_config__spend(ctx, value))
                 return ctx->nomem ? SB_ENOMEM : 0;
             rc = field_value(ctx, f, key, value, base, cpath);
             if (rc != 0 || ctx->nomem)
@@ -880,6 +884,8 @@ int sb_config__copy(const sb_config_table *section, void *dst, const void *src)
         }
         case SB_KEY_LIST:
             break; /* whole configs are not copied */
+        case SB_KEY_CUSTOM:
+            break; /* the struct's owner copies it */
         }
     }
     return 0;
@@ -931,6 +937,7 @@ int sb_config__equal(const sb_config_table *section, const void *a, const void *
                 return 0;
             break;
         case SB_KEY_LIST:
+        case SB_KEY_CUSTOM: /* the struct's owner compares it */
             break;
         }
     }

@@ -6,8 +6,10 @@
 #include "service/base64.h"
 #include "service/log.h"
 #include "service/topic.h"
+#include "service/transform.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <string.h>
 
 static const char *const durability_names[] = {"fsync", "batched", "memory"};
@@ -67,6 +69,11 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
                       (json_int_t)q->dropped, "in_rate", sb_rate__per_sec(&q->in_rate, now_sec),
                       "out_rate", sb_rate__per_sec(&q->out_rate, now_sec));
         sb_free(joined);
+        if (o != NULL && q->transform != NULL &&
+            json_object_set_new(o, "filtered", json_integer((json_int_t)q->filtered)) != 0) {
+            json_decref(o);
+            o = NULL;
+        }
         if (o == NULL || json_array_append_new(queues, o) != 0)
             goto oom;
     }
@@ -129,6 +136,10 @@ typedef struct admin_req {
     void *ctx;
     char *sub;
     int64_t redriven;
+    /* redrive: the last message id when it started; a dead letter with a
+     * newer one came in meanwhile (a redriven message that failed again at
+     * once, say: a transform refusing it) and is left for the next */
+    uint64_t floor_id;
 } admin_req;
 
 static json_t *payload_json(const sb_message *m, const char **key);
@@ -280,6 +291,10 @@ static void on_redrive_listed(sb_store_op *op, void *ctx)
     }
     for (size_t i = 0; i < n; i++) {
         sb_queue *q = sb_broker__find_queue(r->b, rows[i].queue_name);
+        if (rows[i].msg == NULL || rows[i].msg->id > r->floor_id) {
+            rows[i].target_queue_id = 0;
+            continue;
+        }
         if (q == NULL || !q->live) {
             rows[i].target_queue_id = 0; /* the subscription is gone: left in the DLQ */
             continue;
@@ -331,6 +346,7 @@ int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *c
     r = new_req(b, sub, cb, ctx);
     if (r == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    r->floor_id = b->last_msg_id;
     redrive_next(r, 0);
     return 0;
 }
@@ -365,4 +381,65 @@ int sb_broker_dlq_purge(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx
         return sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
     }
     return 0;
+}
+
+/* ---- route test ---- */
+
+void *sb_broker_route_test(sb_broker *b, const char *route, const sb_message *m, sb_error *err)
+{
+    const sb_route_config *r = sb_config_route(b->cfg, route);
+    json_t *res, *dests;
+    int matches = 0;
+
+    if (r == NULL) {
+        sb_error_set(err, SB_ENOTFOUND, 0, "no route %s", route);
+        return NULL;
+    }
+    for (size_t i = 0; i < r->from_count; i++)
+        if (sb_topic_match(r->from[i], m->topic))
+            matches = 1;
+    res = json_pack("{s:s, s:b}", "route", r->name, "matches", matches);
+    dests = json_array();
+    if (res == NULL || dests == NULL || json_object_set_new(res, "destinations", dests) != 0)
+        goto oom;
+    for (size_t d = 0; d < sb_broker__route_dests(r); d++) {
+        char name[512], why[300], reason[340];
+        sb_transform *t = NULL;
+        sb_message *out = NULL;
+        json_t *o;
+        int rc;
+
+        sb_broker__route_queue_name(name, sizeof name, r, d);
+        if (sb_broker__route_transform(&t, r, d) != 0)
+            goto oom;
+        if (t == NULL) {
+            out = sb_message_ref((sb_message *)m);
+            rc = 0;
+        } else {
+            rc = sb_transform_apply(t, m, &out, why, sizeof why);
+        }
+        sb_transform_free(t);
+        if (rc == SB_ENOMEM || (o = json_pack("{s:s}", "queue", name)) == NULL ||
+            json_array_append_new(dests, o) != 0) {
+            if (out != NULL)
+                sb_message_unref(out);
+            goto oom;
+        }
+        if (rc == SB_TRANSFORM_SKIP) {
+            json_object_set_new(o, "result", json_string("filtered"));
+        } else if (rc != 0) {
+            snprintf(reason, sizeof reason, "transform: %s", why);
+            json_object_set_new(o, "result", json_string("dead-letter"));
+            json_object_set_new(o, "reason", json_string(reason));
+        } else {
+            json_object_set_new(o, "result", json_string("delivered"));
+            sb_admin__message_fields(o, out);
+            sb_message_unref(out);
+        }
+    }
+    return res;
+oom:
+    json_decref(res);
+    sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    return NULL;
 }

@@ -9,7 +9,9 @@
 #include "service/broker_int.h"
 #include "service/log.h"
 #include "service/platform.h"
+#include "service/republish.h"
 #include "service/topic.h"
+#include "service/transform.h"
 
 #include <inttypes.h>
 #include <jansson.h>
@@ -450,10 +452,20 @@ static int load_entry(void *ctx, uint32_t queue_id, sb_message *msg, int attempt
     return rc;
 }
 
-/* Queue name for a route's destination. */
-static void route_queue_name(char *out, size_t n, const sb_route_config *r, size_t dest)
+/* A route's destinations: its adapters, then the republisher if it
+ * republishes; a route with neither is one queue clients subscribe to. */
+size_t sb_broker__route_dests(const sb_route_config *r)
 {
-    if (r->to_count == 0)
+    size_t n = r->to_count + (r->republish ? 1 : 0);
+    return n == 0 ? 1 : n;
+}
+
+/* Queue name for a route's destination. */
+void sb_broker__route_queue_name(char *out, size_t n, const sb_route_config *r, size_t dest)
+{
+    if (dest == r->to_count && r->republish)
+        snprintf(out, n, "%s:%s", r->name, SB_REPUBLISH_NAME);
+    else if (r->to_count == 0)
         snprintf(out, n, "%s", r->name);
     else
         snprintf(out, n, "%s:%s", r->name, r->to[dest]);
@@ -595,6 +607,30 @@ int sb_broker_check_config(const sb_config *cfg, int this_platform, sb_error *er
     return 0;
 }
 
+int sb_broker__route_transform(sb_transform **out, const sb_route_config *r, size_t dest)
+{
+    const sb_tnode *specs[2] = {r->transform, NULL};
+    int rc;
+    if (r->to_transform != NULL && dest < r->to_count)
+        specs[1] = r->to_transform[dest];
+    rc = sb_transform_compile(out, specs, 2, (const char *const *)r->from, r->from_count, NULL,
+                              NULL);
+    if (rc == SB_ECONFIG) /* the config pass refused it: cannot be here */
+        sb_errlog(NULL, "route %s: its transform does not compile", r->name);
+    return rc == 0 ? 0 : SB_ENOMEM;
+}
+
+/* Gives the queue of route r's destination d its transform. 0 or
+ * SB_ENOMEM. */
+static int set_route_transform(sb_queue *q, const sb_route_config *r, size_t d)
+{
+    sb_transform *t = NULL;
+    if (sb_broker__route_transform(&t, r, d) != 0)
+        return SB_ENOMEM;
+    sb_queue__set_transform(q, t);
+    return 0;
+}
+
 /* Creates/updates the queues of cfg's routes; orphans route queues no longer
  * declared. */
 static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
@@ -605,14 +641,14 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
             q->route = NULL;
     for (size_t i = 0; i < cfg->route_count; i++) {
         const sb_route_config *r = &cfg->routes[i];
-        size_t dests = r->to_count == 0 ? 1 : r->to_count;
+        size_t dests = sb_broker__route_dests(r);
         sb_sub_filter *filters = route_filters(r);
         if (filters == NULL)
             return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
         for (size_t d = 0; d < dests; d++) {
             sb_queue *q;
             int created = 0;
-            route_queue_name(name, sizeof(name), r, d);
+            sb_broker__route_queue_name(name, sizeof(name), r, d);
             q = sb_broker__find_queue(b, name);
             if (q == NULL) {
                 q = sb_broker__add_queue(b, ++b->last_queue_id, name, filters, r->from_count, err);
@@ -629,6 +665,10 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
             q->from_config = 1;
             sb_broker__expiry_remove(b, q);
             sb_queue__apply_route(q, r);
+            if (set_route_transform(q, r, d) != 0) {
+                sb_free(filters);
+                return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+            }
             /* a queue that was a protocol session is not one any more */
             if (created || q->protocol != NULL ||
                 !sb_sub_filters_same(q->filters, q->filter_count, filters, r->from_count)) {
@@ -659,13 +699,13 @@ static int bind_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
     char name[512];
     for (size_t i = 0; i < cfg->route_count; i++) {
         const sb_route_config *r = &cfg->routes[i];
-        for (size_t d = 0; d < r->to_count; d++) {
-            sb_adapter *a = find_adapter(b, r->to[d]);
+        for (size_t d = 0; d < r->to_count + (r->republish ? 1 : 0); d++) {
+            sb_adapter *a = d < r->to_count ? find_adapter(b, r->to[d]) : b->republisher;
             sb_sink_binding *s;
             int rc;
             if (a == NULL)
                 continue; /* failed to start: logged */
-            route_queue_name(name, sizeof(name), r, d);
+            sb_broker__route_queue_name(name, sizeof(name), r, d);
             /* Kept across a reload: its deliveries in flight stay valid. */
             for (s = b->bindings; s != NULL; s = s->next)
                 if (s->adapter == a && strcmp(s->queue_name, name) == 0)
@@ -855,6 +895,10 @@ int sb_broker_start(sb_broker *b, sb_error *err)
             goto fail;
     if ((rc = start_admin(b, err)) != 0)
         goto fail;
+    if ((rc = sb_republish_create(&b->republisher, b, &b->loop)) != 0) {
+        sb_error_set(err, rc, 0, "out of memory");
+        goto fail;
+    }
     if (b->service && b->cfg->broker.desktop == SB_DESKTOP_IN_PROCESS)
         sb_warn(NULL, "broker.desktop: in-process does not apply to the service (session 0 has no "
                       "desktop): desktop adapters run in session agents");
@@ -1589,6 +1633,11 @@ void sb_broker_stop(sb_broker *b)
         b->adapters_closing++;
         sb_adapter_close(b->admin, on_adapter_closed);
         b->admin = NULL;
+    }
+    if (b->republisher != NULL) {
+        b->adapters_closing++;
+        sb_adapter_close(b->republisher, on_adapter_closed);
+        b->republisher = NULL;
     }
     /* Adapter close callbacks run on the next loop turns; finish after them. */
     uv_timer_stop(&b->expiry_timer);

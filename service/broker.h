@@ -117,6 +117,7 @@ struct sb_delivery {
     int redelivery;  /* offered before (or may have been, before a restart) */
     sb_consumer *consumer;
     sb_entry *entry;            /* private: NULL once the lease expired */
+    sb_message *shaped;         /* private: the transformed copy msg points to, or NULL */
     sb_delivery *next;          /* free for the consumer's own lists */
     sb_delivery *onext, *oprev; /* private: the consumer's outstanding list */
 };
@@ -279,5 +280,13 @@ int sb_broker_dlq_list(sb_broker *b, const char *sub, int64_t after, int limit, 
                        void *ctx, sb_error *err);
 int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err);
 int sb_broker_dlq_purge(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err);
+
+/* A dry run of route `route`'s transforms on m (nothing is published or
+ * stored): a new JSON object (json_t *) {"route", "matches": whether m's
+ * topic matches the route's filters, "destinations": [{"queue", "result":
+ * "delivered" with "topic", "payload" (or "payload_b64") and "headers" |
+ * "filtered" | "dead-letter" with "reason"}]}. NULL with err: SB_ENOTFOUND
+ * (no such route), SB_ENOMEM. */
+void *sb_broker_route_test(sb_broker *b, const char *route, const sb_message *m, sb_error *err);
 
 #endif

@@ -86,6 +86,7 @@ struct sb_broker {
 
     sb_adapter *adapters;
     sb_adapter *admin;
+    sb_adapter *republisher; /* routes with republish: true deliver to it (republish.h) */
     sb_sink_binding *bindings;
     int adapters_closing;
 
@@ -148,6 +149,16 @@ void sb_broker__expiry_remove(sb_broker *b, sb_queue *q);
 /* broker.c */
 /* A sink adapter can take deliveries again (sb_adapter_sink_ready). */
 void sb_broker__adapter_ready(sb_broker *b, sb_adapter *a);
+
+/* A route's destinations (its adapters, then the republisher if it
+ * republishes; 1 for a route with neither: the queue clients subscribe
+ * to), the queue name of destination `dest`, and the transform of that
+ * destination (the route's steps, then its own; *out NULL when there are
+ * none): 0 or SB_ENOMEM. */
+struct sb_transform;
+size_t sb_broker__route_dests(const sb_route_config *r);
+void sb_broker__route_queue_name(char *out, size_t n, const sb_route_config *r, size_t dest);
+int sb_broker__route_transform(struct sb_transform **out, const sb_route_config *r, size_t dest);
 void sb_broker__free_op(sb_store_op *o, void *ctx);
 sb_queue *sb_broker__add_queue(sb_broker *b, uint32_t id, const char *name,
                                const sb_sub_filter *filters, size_t count, sb_error *err);

@@ -3,7 +3,9 @@
 #include "service/remote.h"
 #include "service/alloc.h"
 #include "service/log.h"
+#include "service/transform.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* ---- intrusive lists ---- */
@@ -130,6 +132,13 @@ void sb_queue__apply_settings(sb_queue *q, const sb_sub_settings *s)
     q->overflow = s->overflow;
     q->retain = 0;
     q->expire_ms = s->expire_ms;
+    sb_queue__set_transform(q, NULL);
+}
+
+void sb_queue__set_transform(sb_queue *q, sb_transform *t)
+{
+    sb_transform_free(q->transform);
+    q->transform = t;
 }
 
 void sb_queue__apply_route(sb_queue *q, const sb_route_config *r)
@@ -373,11 +382,50 @@ static void outstanding_remove(sb_consumer *c, sb_delivery *d)
     c->inflight--;
 }
 
+static void delivery_free(sb_delivery *d)
+{
+    if (d->shaped != NULL)
+        sb_message_unref(d->shaped);
+    sb_free(d);
+}
+
+/* Out of memory: put e back and try again on the next event. */
+static void retry_soon(sb_queue *q, sb_entry *e, int64_t now)
+{
+    e->deadline = now + 100;
+    e->state = SB_ENTRY_RETRY;
+    state_insert(&q->retry, e);
+}
+
+/* Runs the queue's transform on e's message for this delivery (the stored
+ * message stays as it is). Returns 0 with *out the copy to deliver, 1 when
+ * e is settled here (a when: condition did not hold: acknowledged and
+ * counted; the transform failed: dead-lettered with its reason, as a
+ * retry would fail alike), or SB_ENOMEM. */
+static int shape(sb_queue *q, sb_entry *e, sb_message **out)
+{
+    char why[300], reason[340];
+    int rc = sb_transform_apply(q->transform, e->msg, out, why, sizeof why);
+    if (rc == SB_TRANSFORM_SKIP) {
+        q->filtered++;
+        settle(q, e, 0);
+        return 1;
+    }
+    if (rc == SB_EINVAL) {
+        snprintf(reason, sizeof reason, "transform: %s", why);
+        sb_broker__deadletter(q->broker, q, e, reason);
+        settle(q, e, 1);
+        return 1;
+    }
+    return rc;
+}
+
 void sb_queue__dispatch(sb_queue *q)
 {
     int64_t now = (int64_t)uv_now(sb_broker_loop(q->broker));
     int64_t wall = 0;
     int was_offered;
+    sb_message *shaped;
 
     if (q->dispatching || !q->live)
         return;
@@ -401,15 +449,25 @@ void sb_queue__dispatch(sb_queue *q)
                 continue;
             }
         }
+        shaped = NULL;
+        if (q->transform != NULL) {
+            int rc = shape(q, e, &shaped);
+            if (rc > 0)
+                continue; /* not for this destination, or dead-lettered */
+            if (rc < 0) {
+                retry_soon(q, e, now);
+                break;
+            }
+        }
         d = sb_calloc(1, sizeof(*d));
         if (d == NULL) {
-            /* Out of memory: put it back and try again on the next event. */
-            e->deadline = now + 100;
-            e->state = SB_ENTRY_RETRY;
-            state_insert(&q->retry, e);
+            if (shaped != NULL)
+                sb_message_unref(shaped);
+            retry_soon(q, e, now);
             break;
         }
-        d->msg = e->msg;
+        d->shaped = shaped;
+        d->msg = shaped != NULL ? shaped : e->msg;
         d->sub = q->name;
         d->attempt = e->attempts + 1;
         d->redelivery = e->offered || e->attempts > 0;
@@ -429,7 +487,7 @@ void sb_queue__dispatch(sb_queue *q)
             outstanding_remove(c, d);
             q->delivered--;
             e->delivery = NULL;
-            sb_free(d);
+            delivery_free(d);
             state_unlink(&q->leased, e);
             e->state = SB_ENTRY_RETRY;
             e->deadline = now;
@@ -454,7 +512,7 @@ void sb_delivery_done(sb_delivery *d, int status, const char *reason)
     outstanding_remove(c, d);
     if (e == NULL)
         sb_message_unref(d->msg); /* its own reference, taken when the lease expired */
-    sb_free(d);
+    delivery_free(d);
     if (e != NULL) {
         e->delivery = NULL;
         if (status == 0) {
@@ -497,7 +555,7 @@ static void on_timer(uv_timer_t *t)
             /* The consumer's late ack is ignored, but d->msg must stay valid
              * until sb_delivery_done (broker.h) even if the entry is settled
              * and freed first (through a redelivery to another consumer). */
-            sb_message_ref(e->msg);
+            sb_message_ref(e->delivery->msg);
             e->delivery->entry = NULL;
             e->delivery = NULL;
         }
@@ -519,7 +577,7 @@ void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c, int failed)
         } else {
             sb_message_unref(d->msg); /* lease expired: the delivery's own reference */
         }
-        sb_free(d);
+        delivery_free(d);
     }
     for (p = &q->consumers; *p != NULL; p = &(*p)->next)
         if (*p == c) {
@@ -614,6 +672,7 @@ static void on_timer_closed(uv_handle_t *h)
     sb_free(q->protocol);
     sb_free(q->owner);
     sb_free(q->dedup_header);
+    sb_transform_free(q->transform);
     sb_free(q);
 }
 

@@ -64,6 +64,9 @@ struct sb_queue {
     int retain;
     char *dedup_header;
     int64_t dedup_window_ms;
+    /* the route's and this destination's transforms (service/transform.h),
+     * applied to each delivery; NULL: messages go as stored */
+    struct sb_transform *transform;
 
     sb_entry_list fifo;   /* every entry not yet removed */
     sb_entry *cursor;     /* first entry never delivered (READY), or NULL */
@@ -87,6 +90,7 @@ struct sb_queue {
 
     /* counters */
     uint64_t published, delivered, acked, nacked, dead, expired, dropped;
+    uint64_t filtered; /* acknowledged unsent: a transform's when: did not hold */
     sb_rate in_rate, out_rate;
 
     /* the broker's indexes */
@@ -112,6 +116,10 @@ sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const sb_su
                         size_t filter_count);
 void sb_queue__apply_route(sb_queue *q, const sb_route_config *r);
 void sb_queue__apply_settings(sb_queue *q, const sb_sub_settings *s);
+
+/* Replaces the queue's transform with t (now owned by q; NULL: none).
+ * Deliveries in flight keep the copies they were given. */
+void sb_queue__set_transform(sb_queue *q, struct sb_transform *t);
 
 /* Appends a committed message (takes a new reference). */
 int sb_queue__append(sb_queue *q, sb_message *msg, int attempts);

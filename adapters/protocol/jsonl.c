@@ -958,6 +958,63 @@ static void do_admin(jsonl_session *s, const char *op, json_t *req, json_t *id)
     s->pending++;
 }
 
+/* {"op":"route.test","route":R,"topic":T,"payload":P (or "payload_b64"),
+ * "headers":{...}}: a dry run of a route's transforms (nothing published). */
+static void do_route_test(jsonl_session *s, json_t *req, json_t *id)
+{
+    const char *route = json_string_value(json_object_get(req, "route"));
+    const char *topic = json_string_value(json_object_get(req, "topic"));
+    json_t *payload = json_object_get(req, "payload"), *b64 = json_object_get(req, "payload_b64");
+    json_t *headers = json_object_get(req, "headers"), *v, *res;
+    unsigned char *bytes = NULL;
+    size_t len = 0;
+    const char *key;
+    sb_message *m;
+    sb_error err;
+    reply *r;
+
+    /* the transforms see every field of a route's messages: with an ACL
+     * in force this is for the admin endpoint only, like dead letters */
+    if (sb_auth_has_acl(sb_conn_acl(s->conn)))
+        return reply_error(s, id, SB_EAUTH,
+                           "route.test needs the admin endpoint while an ACL is in force");
+    if (route == NULL || topic == NULL)
+        return reply_error(s, id, SB_EPROTO, "route.test needs \"route\" and \"topic\"");
+    if (headers != NULL && !json_is_object(headers))
+        return reply_error(s, id, SB_EPROTO, "\"headers\" must be an object of strings");
+    if (json_is_string(b64)) {
+        if (sb_base64_decode(json_string_value(b64), json_string_length(b64), &bytes, &len) != 0)
+            return reply_error(s, id, SB_EPROTO, "\"payload_b64\" is not base64");
+        m = sb_message_new_owned(topic, bytes, len);
+    } else {
+        m = sb_message_new(topic, json_string_value(payload),
+                           json_is_string(payload) ? json_string_length(payload) : 0);
+    }
+    if (m == NULL)
+        return reply_error(s, id, SB_ENOMEM, "out of memory");
+    json_object_foreach(headers, key, v)
+    {
+        if (!json_is_string(v)) {
+            sb_message_unref(m);
+            return reply_error(s, id, SB_EPROTO, "\"headers\" must be an object of strings");
+        }
+        if (sb_message_add_header(m, key, json_string_value(v)) != 0) {
+            sb_message_unref(m);
+            return reply_error(s, id, SB_ENOMEM, "out of memory");
+        }
+    }
+    res = sb_broker_route_test(s->conn->adapter->broker, route, m, &err);
+    sb_message_unref(m);
+    if (res == NULL)
+        return reply_error(s, id, err.code, err.msg);
+    json_object_set_new(res, "op", json_string("route.test"));
+    r = reply_new(s, id);
+    if (r != NULL)
+        reply_set(r, res);
+    else
+        json_decref(res);
+}
+
 /* ---- lines ---- */
 
 static void handle_json(jsonl_session *s, const char *line, size_t len);
@@ -1005,7 +1062,7 @@ static int agent_op(jsonl_session *s, const char *op, json_t *req, json_t *id)
         sb_agent_link_log(link, s->conn, req);
         return 0;
     }
-    if (strcmp(op, "stats") == 0 || strncmp(op, "dlq.", 4) == 0) {
+    if (strcmp(op, "stats") == 0 || strncmp(op, "dlq.", 4) == 0 || strncmp(op, "route.", 6) == 0) {
         reply_error(s, id, SB_EACCES, "not on a session agent's endpoint");
         return 0;
     }
@@ -1014,9 +1071,9 @@ static int agent_op(jsonl_session *s, const char *op, json_t *req, json_t *id)
 
 static int op_known(const char *op)
 {
-    static const char *const ops[] = {"pub",         "ack",       "nack",  "sub",
-                                      "unsub",       "ping",      "stats", "dlq.list",
-                                      "dlq.redrive", "dlq.purge", "hello", "log"};
+    static const char *const ops[] = {"pub",   "ack",   "nack",      "sub",         "unsub",
+                                      "ping",  "stats", "dlq.list",  "dlq.redrive", "dlq.purge",
+                                      "hello", "log",   "route.test"};
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
         if (strcmp(op, ops[i]) == 0)
             return 1;
@@ -1084,6 +1141,8 @@ static void handle_json(jsonl_session *s, const char *line, size_t len)
     } else if (strcmp(op, "dlq.list") == 0 || strcmp(op, "dlq.redrive") == 0 ||
                strcmp(op, "dlq.purge") == 0) {
         do_admin(s, op, req, id);
+    } else if (strcmp(op, "route.test") == 0) {
+        do_route_test(s, req, id);
     } else {
         snprintf(msg, sizeof(msg), "unknown op \"%.100s\"", op);
         reply_error(s, id, SB_EPROTO, msg);

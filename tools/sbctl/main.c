@@ -15,6 +15,7 @@ static const sbctl_cmd *const commands[] = {
     &sbctl_cmd_pub,      &sbctl_cmd_sub,         &sbctl_cmd_stats,
     &sbctl_cmd_dlq_list, &sbctl_cmd_dlq_redrive, &sbctl_cmd_dlq_purge,
     &sbctl_cmd_ping,     &sbctl_cmd_bench,       &sbctl_cmd_passwd,
+    &sbctl_cmd_route_test,
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -138,8 +139,8 @@ int main(int argc, char **argv)
             return SBCTL_EXIT_OK;
         }
         i++;
-        if (strcmp(argv[i], "dlq") == 0 && i + 1 < argc)
-            snprintf(cmdname, sizeof(cmdname), "dlq %s", argv[i + 1]);
+        if ((strcmp(argv[i], "dlq") == 0 || strcmp(argv[i], "route") == 0) && i + 1 < argc)
+            snprintf(cmdname, sizeof(cmdname), "%s %s", argv[i], argv[i + 1]);
         else
             snprintf(cmdname, sizeof(cmdname), "%s", argv[i]);
         cmd = find_command(cmdname);
@@ -155,6 +156,14 @@ int main(int argc, char **argv)
             return SBCTL_EXIT_USAGE;
         }
         snprintf(cmdname, sizeof(cmdname), "dlq %s", argv[i + 1]);
+        i += 2;
+    } else if (strcmp(argv[i], "route") == 0) {
+        if (i + 1 >= argc || argv[i + 1][0] == '-') {
+            fprintf(stderr, "sbctl route: expected an action: test\n"
+                            "Usage: sbctl route test ROUTE --topic T [--payload P] [OPTIONS]\n");
+            return SBCTL_EXIT_USAGE;
+        }
+        snprintf(cmdname, sizeof(cmdname), "route %s", argv[i + 1]);
         i += 2;
     } else {
         snprintf(cmdname, sizeof(cmdname), "%s", argv[i]);

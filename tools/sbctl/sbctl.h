@@ -51,7 +51,7 @@ struct sbctl_cmd {
 
 extern const sbctl_cmd sbctl_cmd_pub, sbctl_cmd_sub, sbctl_cmd_stats, sbctl_cmd_ping,
     sbctl_cmd_dlq_list, sbctl_cmd_dlq_redrive, sbctl_cmd_dlq_purge, sbctl_cmd_bench,
-    sbctl_cmd_passwd;
+    sbctl_cmd_passwd, sbctl_cmd_route_test;
 
 /* Prints "sbctl: <message>\n" to stderr. */
 void sbctl_errorf(const char *fmt, ...) SB_PRINTF(1, 2);

@@ -1,0 +1,81 @@
+/*
+ * Route transforms: declarative steps that turn a message into the form one
+ * destination wants (README "Transforms"). A route's `transform` applies to
+ * each of its destinations, a destination's own `transform` after it. They
+ * run when a queue hands a message to its consumer, on a copy: the stored
+ * message stays as published, so a fixed transform and `dlq redrive` repair
+ * what failed.
+ *
+ * The steps come from the config as a tree of scalars, mappings and lists
+ * with their positions (sb_tnode); sb_transform_compile checks them (every
+ * error with its line, column and key path) and builds a program that
+ * sb_transform_apply runs on one message at a time. A compiled transform is
+ * immutable and may be shared.
+ */
+#ifndef SB_TRANSFORM_H
+#define SB_TRANSFORM_H
+
+#include "service/message.h"
+
+#include <stddef.h>
+
+/* ---- the steps as written ---- */
+
+enum { SB_TNODE_SCALAR = 0, SB_TNODE_MAP, SB_TNODE_LIST };
+
+typedef struct sb_tnode sb_tnode;
+struct sb_tnode {
+    int kind; /* SB_TNODE_* */
+    int line, col;
+    int plain;       /* SCALAR: written without quotes (may be a number) */
+    char *text;      /* SCALAR: the value */
+    sb_tnode *items; /* MAP: key, value, key, value, ...; LIST: the elements */
+    size_t count;    /* entries in items */
+};
+
+/* A deep copy (NULL on out-of-memory or if n is NULL). */
+sb_tnode *sb_tnode_copy(const sb_tnode *n);
+/* Frees n and what it owns (n may be NULL). */
+void sb_tnode_free(sb_tnode *n);
+/* 1 if a and b hold the same values (positions aside); two NULLs are equal. */
+int sb_tnode_equal(const sb_tnode *a, const sb_tnode *b);
+
+/* ---- compiling ---- */
+
+typedef struct sb_transform sb_transform;
+
+/* Receives one error: spec is the index into specs, path the key path
+ * inside that spec ("[2].encode"), line/col where (1-based). */
+typedef void (*sb_transform_error_cb)(void *ctx, size_t spec, int line, int col, const char *path,
+                                      const char *msg);
+
+/* Compiles specs[0..count) (each a list of steps or one step; NULL entries
+ * are skipped) into one transform that runs them in order. `from` are the
+ * route's filters: a topic's captured values are those of the first filter
+ * it matches. On success *out is the transform (NULL when there are no
+ * steps at all). Returns 0, SB_ENOMEM, or SB_ECONFIG after reporting every
+ * error through cb (which may be NULL). */
+int sb_transform_compile(sb_transform **out, const sb_tnode *const *specs, size_t count,
+                         const char *const *from, size_t from_count, sb_transform_error_cb cb,
+                         void *ctx);
+
+void sb_transform_free(sb_transform *t);
+
+/* ---- running ---- */
+
+/* sb_transform_apply's result when a `when:` condition was not met: the
+ * message is not for this destination. */
+#define SB_TRANSFORM_SKIP 1
+
+/* Runs t on in (which it does not change) and sets *out to a new message
+ * (refs 1, id and times of in). Returns 0, SB_TRANSFORM_SKIP (*out NULL),
+ * SB_ENOMEM, or SB_EINVAL with why (size n): the step that failed (its
+ * number and kind) and the reason, e.g. "step 2 (encode): U+20AC at byte 3
+ * has no equivalent in code page 1251". */
+int sb_transform_apply(const sb_transform *t, const sb_message *in, sb_message **out, char *why,
+                       size_t n);
+
+/* The number of steps in t (0 for NULL). */
+size_t sb_transform_steps(const sb_transform *t);
+
+#endif
