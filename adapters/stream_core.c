@@ -59,13 +59,20 @@ static void on_conn_closed(sb_conn *c)
         st->closed(st, c);
     } else if (st->is_server) {
         sb_log(SB_LOG_INFO, st->adapter->name, "peer %s disconnected", c->peer);
-    } else if (!st->adapter->stopping) {
-        sb_log(SB_LOG_WARN, st->adapter->name, "disconnected from %s; reconnecting", st->display);
-        st->link_state = LINK_LOST;
-        st->last_fail[0] = '\0';
-        sb_stream_retry(st);
+    } else {
+        sb_stream_link_lost(st);
     }
     sb_stream_maybe_stopped(st);
+}
+
+void sb_stream_link_lost(sb_stream *st)
+{
+    if (st->adapter->stopping)
+        return;
+    sb_log(SB_LOG_WARN, st->adapter->name, "disconnected from %s; reconnecting", st->display);
+    st->link_state = LINK_LOST;
+    st->last_fail[0] = '\0';
+    sb_stream_retry(st);
 }
 
 sb_conn *sb_stream_conn_new(sb_stream *st)

@@ -58,6 +58,9 @@ struct sb_stream {
     /* Optional: releases what is left, right before the stopped callback. */
     void (*finish)(sb_stream *st);
     sb_adapter_stopped_cb stopped_cb;
+    /* The protocol's state for the whole adapter, beyond one connection
+     * (the MQTT bridge's, protocol/mqtt/bridge.h); the owner's. */
+    void *proto_ctx;
 };
 
 /* Initialises st (zeroed by the caller) for adapter a; the backoff is the
@@ -81,6 +84,10 @@ void sb_stream_add(sb_stream *st, sb_conn *c);
 /* Logs that c connected ("peer P connected" + note on a server; a client's
  * link is up: "connected to DISPLAY (PROTOCOL)"). */
 void sb_stream_log_connected(sb_stream *st, sb_conn *c, const char *note);
+
+/* A client's connection closed (what a client does when `closed` is
+ * NULL): logged, and dialled again after the backoff. */
+void sb_stream_link_lost(sb_stream *st);
 
 /* A client's link works: its backoff starts over. */
 void sb_stream_link_up(sb_stream *st);

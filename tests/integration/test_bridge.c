@@ -1,0 +1,460 @@
+/*
+ * The MQTT bridge (a tcp adapter with connect and protocol: mqtt) against a
+ * real upstream: Debian's mosquitto, started by the test on loopback ports,
+ * with mosquitto_sub reading there as a consumer at the other site would.
+ * Local producers publish with jsonl and get their puback when the message
+ * is committed locally: from then on it must reach upstream, whatever the
+ * uplink does.
+ *
+ * Duplicates: QoS 1 is at least once. A publish that upstream received but
+ * whose PUBACK was lost with the link is sent again on the next session,
+ * so the tests count every message at least once and report duplicates.
+ */
+#include "mqtt_util.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define MOSQUITTO "SB_MOSQUITTO"
+#define MOSQUITTO_SUB "SB_MOSQUITTO_SUB"
+#define MOSQUITTO_PUB "SB_MOSQUITTO_PUB"
+#define MOSQUITTO_PASSWD "SB_MOSQUITTO_PASSWD"
+
+/* An upstream broker: a mosquitto process on a loopback port. */
+typedef struct upstream {
+    sbt_proc p;
+    int port;
+    char conf[SBT_PATH_MAX + 64];
+    char log[SBT_PATH_MAX + 64];
+} upstream;
+
+static void upstream_restart(upstream *u);
+
+/* Writes mosquitto's config (persistent sessions kept in dir/NAME/ when it
+ * stops) with extra lines, and starts it; returns once its port accepts. */
+static void upstream_start(upstream *u, sbt_broker *b, const char *name, int port,
+                           const char *extra)
+{
+    char text[4096], store[SBT_PATH_MAX];
+    u->port = port;
+    sbt_path(store, sizeof store, b->dir, name);
+    assert_int_equal(mkdir(store, 0700), 0);
+    snprintf(u->conf, sizeof u->conf, "%s/%s.conf", b->dir, name);
+    snprintf(u->log, sizeof u->log, "%s/%s.log", b->dir, name);
+    snprintf(text, sizeof text,
+             "listener %d 127.0.0.1\nallow_anonymous true\npersistence true\n"
+             "persistence_location %s/\nuser root\nlog_dest stdout\nlog_type all\n%s",
+             port, store, extra != NULL ? extra : "");
+    sbt_write_file(u->conf, text, strlen(text));
+    upstream_restart(u);
+}
+
+/* (Re)starts mosquitto with its config; returns once its port accepts. */
+static void upstream_restart(upstream *u)
+{
+    sbt_argv a;
+    sbt_tcp *t;
+    memset(&u->p, 0, sizeof u->p);
+    sbt_argv_init(&a, sbt_mq_tool(MOSQUITTO));
+    sbt_argv_add(&a, "-c");
+    sbt_argv_add(&a, "%s", u->conf);
+    assert_int_equal(sbt_spawn(&u->p, a.v, NULL, u->log), 0);
+    sbt_argv_free(&a);
+    sbt_waiting_for("mosquitto on port %d", u->port);
+    for (int64_t deadline = sbt_now_ms() + SBT_READY_MS;;) {
+        if ((t = sbt_tcp_connect(u->port, 1000)) != NULL)
+            break;
+        if (sbt_now_ms() > deadline || !u->p.running)
+            fail_msg("mosquitto does not listen on port %d (log %s)", u->port, u->log);
+        sbt_poll_pause(50);
+    }
+    sbt_tcp_close(t);
+}
+
+/* Stops it (SIGTERM: it saves its persistent sessions) or kills it. */
+static void upstream_down(upstream *u, int sig)
+{
+    sbt_proc_signal(&u->p, sig);
+    assert_true(sbt_proc_wait(&u->p, 10000));
+    sbt_proc_release(&u->p);
+}
+
+/* A persistent consumer at the upstream: mosquitto_sub (QoS 1, clean
+ * session off, reconnecting on its own) printing "topic payload" lines to
+ * file; returns once it is subscribed (it printed a probe published with
+ * mosquitto_pub). */
+static void consumer_start(sbt_proc *p, int port, const char *id, const char *filter,
+                           const char *file)
+{
+    sbt_argv a;
+    char probe[64], want[96];
+    int64_t deadline = sbt_now_ms() + SBT_READY_MS;
+    memset(p, 0, sizeof *p);
+    sbt_argv_init(&a, sbt_mq_tool(MOSQUITTO_SUB));
+    sbt_argv_add(&a, "-p");
+    sbt_argv_add(&a, "%d", port);
+    sbt_argv_add(&a, "-i");
+    sbt_argv_add(&a, "%s", id);
+    sbt_argv_add(&a, "-c");
+    sbt_argv_add(&a, "-q");
+    sbt_argv_add(&a, "1");
+    sbt_argv_add(&a, "-v");
+    sbt_argv_add(&a, "-t");
+    sbt_argv_add(&a, "%s", filter);
+    sbt_argv_add(&a, "-t");
+    sbt_argv_add(&a, "probe/%s", id);
+    assert_int_equal(sbt_spawn(p, a.v, NULL, file), 0);
+    sbt_argv_free(&a);
+    snprintf(probe, sizeof probe, "probe/%s", id);
+    snprintf(want, sizeof want, "%s ready\n", probe);
+    for (;;) {
+        char *text = sbt_read_file(file, NULL);
+        int ok = text != NULL && sbt_count(text, want) > 0;
+        free(text);
+        if (ok)
+            return;
+        if (sbt_now_ms() > deadline || !p->running)
+            fail_msg("mosquitto_sub %s did not subscribe", id);
+        sbt_argv_init(&a, sbt_mq_tool(MOSQUITTO_PUB));
+        sbt_argv_add(&a, "-p");
+        sbt_argv_add(&a, "%d", port);
+        sbt_argv_add(&a, "-q");
+        sbt_argv_add(&a, "1");
+        sbt_argv_add(&a, "-t");
+        sbt_argv_add(&a, "%s", probe);
+        sbt_argv_add(&a, "-m");
+        sbt_argv_add(&a, "ready");
+        free(sbt_mq_run(&a, 0));
+        sbt_argv_free(&a);
+        sbt_poll_pause(100);
+    }
+}
+
+/* The processes of a test live here, not on its stack: a failing
+ * assertion leaves the test function while the loop still knows them.
+ * The teardown kills what is left. */
+static upstream ups[2];
+static sbt_proc subs[2];
+
+static int bridge_teardown(void **state)
+{
+    for (int i = 0; i < 2; i++) {
+        if (ups[i].p.spawned) {
+            if (ups[i].p.running)
+                sbt_proc_signal(&ups[i].p, SIGKILL);
+            sbt_proc_release(&ups[i].p);
+        }
+        if (subs[i].spawned) {
+            if (subs[i].running)
+                sbt_proc_signal(&subs[i], SIGKILL);
+            sbt_proc_release(&subs[i]);
+        }
+    }
+    memset(ups, 0, sizeof ups);
+    memset(subs, 0, sizeof subs);
+    return sbt_teardown(state);
+}
+
+static void need_mosquitto(void)
+{
+    sbt_mq_need(MOSQUITTO, MOSQUITTO_SUB);
+    sbt_mq_need(MOSQUITTO_PUB, NULL);
+}
+
+/* Publishes "m<i>" for i in [from, to) to topic, each acknowledged locally. */
+static void publish_range(sbt_conn *c, const char *topic, int from, int to)
+{
+    char payload[32];
+    for (int i = from; i < to; i++) {
+        snprintf(payload, sizeof payload, "m%d", i);
+        sbt_pub(c, topic, payload, 1);
+    }
+}
+
+/* How often "<topic> m<i>" appears in the consumer's file, for i in
+ * [0, n): waits until each of [from, to) appeared at least once; returns
+ * the duplicates seen, and checks that first arrivals come in order. */
+static int expect_range(const char *file, const char *topic, int from, int to, int timeout_ms)
+{
+    int64_t deadline = sbt_now_ms() + timeout_ms;
+    char line[128];
+    for (;;) {
+        char *text = sbt_read_file(file, NULL);
+        int missing = -1, dups = 0;
+        const char *prev = text;
+        for (int i = from; text != NULL && i < to; i++) {
+            const char *at;
+            int k;
+            snprintf(line, sizeof line, "%s m%d\n", topic, i);
+            k = sbt_count(text, line);
+            if (k == 0) {
+                missing = i;
+                break;
+            }
+            dups += k - 1;
+            /* first arrivals in publish order */
+            at = strstr(text, line);
+            if (at < prev)
+                fail_msg("%s: m%d arrived before an earlier message", file, i);
+            prev = at;
+        }
+        if (text != NULL && missing < 0) {
+            free(text);
+            return dups;
+        }
+        if (sbt_now_ms() > deadline)
+            fail_msg("%s: m%d never arrived upstream; the file holds:\n%s", file, missing,
+                     text != NULL ? text : "(nothing)");
+        free(text);
+        sbt_poll_pause(50);
+    }
+}
+
+static const char outage_config[] = "broker:\n"
+                                    "  data_dir: '{data}'\n"
+                                    "  admin: { endpoint: 'off' }\n"
+                                    "adapters:\n"
+                                    "  - name: clients\n"
+                                    "    type: tcp\n"
+                                    "    listen: 127.0.0.1:{port0}\n"
+                                    "    protocol: jsonl\n"
+                                    "  - name: uplink\n"
+                                    "    type: tcp\n"
+                                    "    connect: 127.0.0.1:{port1}\n"
+                                    "    protocol: mqtt\n"
+                                    "    client_id: site1-uplink\n"
+                                    "    remote_prefix: site1/\n"
+                                    "    inflight: 16\n"
+                                    "    reconnect_backoff: 100ms\n"
+                                    "    reconnect_max_backoff: 1s\n"
+                                    "routes:\n"
+                                    "  - name: up\n"
+                                    "    from: plant/#\n"
+                                    "    to: uplink\n";
+
+/* Publish locally -> arrives upstream, under remote_prefix. The upstream
+ * is stopped mid-stream; what is published meanwhile waits in the route's
+ * durable queue, also across a kill -9 of Switchboard, and flows, in
+ * order, once the upstream is back. */
+static void test_outage_loses_nothing(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    upstream *u = &ups[0];
+    char file[SBT_PATH_MAX];
+    int dups;
+
+    need_mosquitto();
+    sbt_broker_init(b, "bridge-outage", 2);
+    upstream_start(u, b, "up1", b->port[1], NULL);
+    sbt_path(file, sizeof file, b->dir, "site.out");
+    consumer_start(&subs[0], b->port[1], "hq", "site1/#", file);
+    sbt_broker_config(b, outage_config);
+    sbt_broker_start(b);
+    sbt_broker_wait_log(b, "connected to 127.0.0.1:", 1, SBT_READY_MS);
+    c = sbt_connect(b->port[0]);
+
+    publish_range(c, "plant/line1", 0, 100);
+    dups = expect_range(file, "site1/plant/line1", 0, 100, 20000);
+
+    /* the uplink goes down mid-stream */
+    /* (SIGTERM: mosquitto keeps the persistent sessions, the consumer's
+     * with what it had not delivered yet, across its restart) */
+    publish_range(c, "plant/line1", 100, 150);
+    upstream_down(u, SIGTERM);
+    sbt_proc_signal(&subs[0], SIGKILL);
+    assert_true(sbt_proc_wait(&subs[0], 5000));
+    sbt_proc_release(&subs[0]);
+    publish_range(c, "plant/line1", 150, 300);
+    sbt_broker_wait_log(b, "disconnected from 127.0.0.1:", 1, SBT_READY_MS);
+    /* held durably: Switchboard itself crashes and comes back */
+    sbt_close(c);
+    sbt_broker_kill(b);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+    assert_true(sbt_queue_int(c, "up:uplink", "depth") > 0);
+    publish_range(c, "plant/line1", 300, 400);
+
+    upstream_restart(u);
+    consumer_start(&subs[0], b->port[1], "hq", "site1/#", file);
+    dups += expect_range(file, "site1/plant/line1", 0, 400, 30000);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 10000);
+    assert_int_equal(sbt_queue_int(c, "up:uplink", "dead"), 0);
+    print_message("400 messages arrived upstream, %d duplicates (QoS 1)\n", dups);
+
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+static const char failover_config[] = "broker:\n"
+                                      "  data_dir: '{data}'\n"
+                                      "  admin: { endpoint: 'off' }\n"
+                                      "adapters:\n"
+                                      "  - name: clients\n"
+                                      "    type: tcp\n"
+                                      "    listen: 127.0.0.1:{port0}\n"
+                                      "    protocol: jsonl\n"
+                                      "  - name: uplink\n"
+                                      "    type: tcp\n"
+                                      "    connect: 127.0.0.1:{port1}\n"
+                                      "    failover: [127.0.0.1:{port2}]\n"
+                                      "    protocol: mqtt\n"
+                                      "    client_id: site1-uplink\n"
+                                      "    inflight: 8\n"
+                                      "    reconnect_backoff: 100ms\n"
+                                      "    reconnect_max_backoff: 500ms\n"
+                                      "routes:\n"
+                                      "  - name: up\n"
+                                      "    from: plant/#\n"
+                                      "    to: uplink\n";
+
+/* Two upstream nodes: the first one dies (kill -9) and the bridge goes on
+ * with the second, which gets everything published after. */
+static void test_failover_to_second_upstream(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    upstream *n1 = &ups[0], *n2 = &ups[1];
+    char file1[SBT_PATH_MAX], file2[SBT_PATH_MAX], want[64];
+    char *log;
+
+    need_mosquitto();
+    sbt_broker_init(b, "bridge-failover", 3);
+    upstream_start(n1, b, "node1", b->port[1], NULL);
+    upstream_start(n2, b, "node2", b->port[2], NULL);
+    sbt_path(file1, sizeof file1, b->dir, "node1.out");
+    sbt_path(file2, sizeof file2, b->dir, "node2.out");
+    consumer_start(&subs[0], b->port[1], "hq1", "plant/#", file1);
+    consumer_start(&subs[1], b->port[2], "hq2", "plant/#", file2);
+    sbt_broker_config(b, failover_config);
+    sbt_broker_start(b);
+    snprintf(want, sizeof want, "connected to 127.0.0.1:%d", b->port[1]);
+    sbt_broker_wait_log(b, want, 1, SBT_READY_MS);
+    c = sbt_connect(b->port[0]);
+
+    publish_range(c, "plant/a", 0, 50);
+    (void)expect_range(file1, "plant/a", 0, 50, 20000);
+
+    upstream_down(n1, SIGKILL);
+    publish_range(c, "plant/a", 50, 100);
+    snprintf(want, sizeof want, "connected to 127.0.0.1:%d", b->port[2]);
+    sbt_broker_wait_log(b, want, 1, 20000);
+    (void)expect_range(file2, "plant/a", 50, 100, 20000);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 10000);
+    log = sbt_broker_log(b);
+    assert_non_null(strstr(log, "disconnected from 127.0.0.1:"));
+    free(log);
+
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+static const char auth_config[] = "broker:\n"
+                                  "  data_dir: '{data}'\n"
+                                  "  admin: { endpoint: 'off' }\n"
+                                  "adapters:\n"
+                                  "  - name: clients\n"
+                                  "    type: tcp\n"
+                                  "    listen: 127.0.0.1:{port0}\n"
+                                  "    protocol: jsonl\n"
+                                  "  - name: uplink\n"
+                                  "    type: tcp\n"
+                                  "    connect: 127.0.0.1:{port1}\n"
+                                  "    protocol: mqtt\n"
+                                  "    client_id: site1-uplink\n"
+                                  "    username: site1\n"
+                                  "    password_file: '{dir}/uplink.secret'\n"
+                                  "    reconnect_backoff: 100ms\n"
+                                  "    reconnect_max_backoff: 400ms\n"
+                                  "routes:\n"
+                                  "  - name: up\n"
+                                  "    from: plant/#\n"
+                                  "    to: uplink\n";
+
+/* Upstream refuses the password: one clear log line with the CONNACK
+ * reason, then attempts go on with backoff (upstream's log counts them)
+ * without logging again; once upstream accepts the password, the link
+ * comes up and what waited flows. */
+static void test_bad_credentials_retried(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    upstream *u = &ups[0];
+    sbt_argv a;
+    char path[SBT_PATH_MAX], passwd[SBT_PATH_MAX], extra[SBT_PATH_MAX + 64];
+    char *log;
+
+    need_mosquitto();
+    sbt_mq_need(MOSQUITTO_PASSWD, NULL);
+    sbt_broker_init(b, "bridge-auth", 2);
+    /* upstream knows site1 with another password, and a consumer */
+    sbt_path(passwd, sizeof passwd, b->dir, "up.passwd");
+    sbt_write_file(passwd, "", 0);
+    sbt_argv_init(&a, sbt_mq_tool(MOSQUITTO_PASSWD));
+    sbt_argv_add(&a, "-b");
+    sbt_argv_add(&a, "%s", passwd);
+    sbt_argv_add(&a, "site1");
+    sbt_argv_add(&a, "other");
+    free(sbt_mq_run(&a, 0));
+    sbt_argv_free(&a);
+    snprintf(extra, sizeof extra, "password_file %s\n", passwd);
+    upstream_start(u, b, "up", b->port[1], extra);
+
+    sbt_path(path, sizeof path, b->dir, "uplink.secret");
+    sbt_write_file(path, "s3cret\n", 7);
+    sbt_broker_config(b, auth_config);
+    sbt_broker_start(b);
+    sbt_broker_wait_log(b, "cannot connect to 127.0.0.1:", 1, SBT_READY_MS);
+    c = sbt_connect(b->port[0]);
+    publish_range(c, "plant/a", 0, 10);
+    /* upstream sees several attempts; the broker logged the refusal once */
+    for (int64_t deadline = sbt_now_ms() + 20000;;) {
+        char *ulog = sbt_read_file(u->log, NULL);
+        int n = ulog != NULL ? sbt_count(ulog, "disconnected, not authorised") : 0;
+        free(ulog);
+        if (n >= 3)
+            break;
+        if (sbt_now_ms() > deadline)
+            fail_msg("upstream saw %d connection attempts", n);
+        sbt_poll_pause(100);
+    }
+    log = sbt_broker_log(b);
+    assert_int_equal(sbt_count(log, "upstream refused the connection: CONNACK 5, not authorized"),
+                     1);
+    free(log);
+    assert_int_equal(sbt_queue_int(c, "up:uplink", "depth"), 10);
+
+    /* upstream now accepts s3cret: the next attempt gets through */
+    sbt_argv_init(&a, sbt_mq_tool(MOSQUITTO_PASSWD));
+    sbt_argv_add(&a, "-b");
+    sbt_argv_add(&a, "%s", passwd);
+    sbt_argv_add(&a, "site1");
+    sbt_argv_add(&a, "s3cret");
+    free(sbt_mq_run(&a, 0));
+    sbt_argv_free(&a);
+    sbt_proc_signal(&u->p, SIGHUP);
+    sbt_broker_wait_log(b, "connected to 127.0.0.1:", 1, 20000);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 10000);
+    assert_int_equal(sbt_queue_int(c, "up:uplink", "dead"), 0);
+
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_outage_loses_nothing, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_failover_to_second_upstream, sbt_setup,
+                                        bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_credentials_retried, sbt_setup, bridge_teardown),
+    };
+    sbt_apply_filter();
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
