@@ -22,6 +22,7 @@
 #define MOSQUITTO_SUB "SB_MOSQUITTO_SUB"
 #define MOSQUITTO_PUB "SB_MOSQUITTO_PUB"
 #define MOSQUITTO_PASSWD "SB_MOSQUITTO_PASSWD"
+#define MQTT_CLIENT "SB_MQTT_CLIENT"
 
 /* An upstream broker: a mosquitto process on a loopback port. */
 typedef struct upstream {
@@ -137,12 +138,12 @@ static void consumer_start(sbt_proc *p, int port, const char *id, const char *fi
  * assertion leaves the test function while the loop still knows them.
  * The teardown kills what is left. */
 static upstream ups[2];
-static sbt_proc subs[2];
+static sbt_proc subs[3];
 
 static int bridge_teardown(void **state)
 {
-    for (int i = 0; i < 2; i++) {
-        if (ups[i].p.spawned) {
+    for (int i = 0; i < 3; i++) {
+        if (i < 2 && ups[i].p.spawned) {
             if (ups[i].p.running)
                 sbt_proc_signal(&ups[i].p, SIGKILL);
             sbt_proc_release(&ups[i].p);
@@ -447,6 +448,232 @@ static void test_bad_credentials_retried(void **state)
     b->passed = 1;
 }
 
+static const char import_config[] = "broker:\n"
+                                    "  data_dir: '{data}'\n"
+                                    "  admin: { endpoint: 'off' }\n"
+                                    "adapters:\n"
+                                    "  - name: clients\n"
+                                    "    type: tcp\n"
+                                    "    listen: 127.0.0.1:{port0}\n"
+                                    "    protocol: jsonl\n"
+                                    "  - name: uplink\n"
+                                    "    type: tcp\n"
+                                    "    connect: 127.0.0.1:{port1}\n"
+                                    "    protocol: mqtt\n"
+                                    "    client_id: site1-uplink\n"
+                                    "    subscribe: [cmd/#]\n"
+                                    "    local_prefix: hq/\n"
+                                    "    reconnect_backoff: 100ms\n"
+                                    "    reconnect_max_backoff: 500ms\n"
+                                    "routes:\n"
+                                    "  - name: from-hq\n"
+                                    "    from: hq/#\n";
+
+/* Upstream -> local: the bridge subscribes upstream on its persistent
+ * session and publishes what arrives under local_prefix; the upstream's
+ * PUBACK follows the local commit. Switchboard is killed -9 while the
+ * upstream producer is sending: what the upstream had acknowledged to that
+ * producer is either committed locally already or still queued upstream
+ * for the bridge's session, so every message ends up in the local queue. */
+static void test_import_survives_kill(void **state)
+{
+    enum { N = 1000 };
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    sbt_argv a;
+    char out[SBT_PATH_MAX], topic[32];
+    static unsigned char seen[N];
+    int distinct = 0, dups = 0;
+
+    need_mosquitto();
+    sbt_mq_need(MQTT_CLIENT, NULL);
+    memset(seen, 0, sizeof seen);
+    sbt_broker_init(b, "bridge-import", 2);
+    upstream_start(&ups[0], b, "up", b->port[1], NULL);
+    sbt_broker_config(b, import_config);
+    sbt_broker_start(b);
+    sbt_broker_wait_log(b, "connected to 127.0.0.1:", 1, SBT_READY_MS);
+    /* subscribed: a probe comes through */
+    c = sbt_connect(b->port[0]);
+    for (int64_t deadline = sbt_now_ms() + SBT_READY_MS;
+         sbt_queue_int(c, "from-hq", "published") == 0;) {
+        sbt_argv_init(&a, sbt_mq_tool(MOSQUITTO_PUB));
+        sbt_argv_add(&a, "-p");
+        sbt_argv_add(&a, "%d", b->port[1]);
+        sbt_argv_add(&a, "-q");
+        sbt_argv_add(&a, "1");
+        sbt_argv_add(&a, "-t");
+        sbt_argv_add(&a, "cmd/probe");
+        sbt_argv_add(&a, "-m");
+        sbt_argv_add(&a, "probe");
+        free(sbt_mq_run(&a, 0));
+        sbt_argv_free(&a);
+        if (sbt_now_ms() > deadline)
+            fail_msg("the bridge's subscription upstream never delivered");
+        sbt_poll_pause(100);
+    }
+
+    /* an upstream producer sends N messages at QoS 1 */
+    sbt_path(out, sizeof out, b->dir, "producer.out");
+    sbt_argv_init(&a, sbt_mq_tool(MQTT_CLIENT));
+    sbt_argv_add(&a, "pub");
+    sbt_argv_add(&a, "--port");
+    sbt_argv_add(&a, "%d", b->port[1]);
+    sbt_argv_add(&a, "--id");
+    sbt_argv_add(&a, "hq-producer");
+    sbt_argv_add(&a, "--qos");
+    sbt_argv_add(&a, "1");
+    sbt_argv_add(&a, "--topic");
+    sbt_argv_add(&a, "cmd/site1");
+    sbt_argv_add(&a, "--count");
+    sbt_argv_add(&a, "%d", N);
+    sbt_argv_add(&a, "--payload");
+    sbt_argv_add(&a, "m%%d");
+    sbt_argv_add(&a, "--timeout-ms");
+    sbt_argv_add(&a, "60000");
+    assert_int_equal(sbt_spawn(&subs[0], a.v, NULL, out), 0);
+    sbt_argv_free(&a);
+
+    /* kill -9 in the middle of the stream */
+    for (int64_t deadline = sbt_now_ms() + 20000;
+         sbt_queue_int(c, "from-hq", "published") < N / 10;) {
+        if (sbt_now_ms() > deadline)
+            fail_msg("imports do not arrive");
+        sbt_poll_pause(5);
+    }
+    sbt_close(c);
+    sbt_broker_kill(b);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+    assert_true(sbt_proc_wait(&subs[0], 60000));
+    assert_int_equal(subs[0].exit_status, 0);
+
+    /* every message is in the local queue, under hq/ */
+    sbt_sub(c, "from-hq", NULL, 100);
+    while (distinct < N) {
+        json_t *m = sbt_next_msg(c, 20000);
+        const char *p = sbt_str(m, "payload");
+        snprintf(topic, sizeof topic, "%s", sbt_str(m, "topic"));
+        if (strcmp(topic, "hq/cmd/site1") == 0) {
+            int i = atoi(p + 1);
+            assert_true(p[0] == 'm' && i >= 0 && i < N);
+            if (seen[i]++)
+                dups++;
+            else
+                distinct++;
+        } else {
+            assert_string_equal(topic, "hq/cmd/probe");
+        }
+        sbt_ack(c, "from-hq", sbt_int(m, "msg_id"));
+        json_decref(m);
+    }
+    print_message("%d messages imported across a kill -9, %d duplicates (QoS 1)\n", N, dups);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+/* Publishes one message upstream at QoS 1 (mosquitto_pub). */
+static void upstream_pub(int port, const char *topic, const char *payload)
+{
+    sbt_argv a;
+    sbt_argv_init(&a, sbt_mq_tool(MOSQUITTO_PUB));
+    sbt_argv_add(&a, "-p");
+    sbt_argv_add(&a, "%d", port);
+    sbt_argv_add(&a, "-q");
+    sbt_argv_add(&a, "1");
+    sbt_argv_add(&a, "-t");
+    sbt_argv_add(&a, "%s", topic);
+    sbt_argv_add(&a, "-m");
+    sbt_argv_add(&a, "%s", payload);
+    free(sbt_mq_run(&a, 0));
+    sbt_argv_free(&a);
+}
+
+static const char loop_config[] = "broker:\n"
+                                  "  data_dir: '{data}'\n"
+                                  "  admin: { endpoint: 'off' }\n"
+                                  "adapters:\n"
+                                  "  - name: clients\n"
+                                  "    type: tcp\n"
+                                  "    listen: 127.0.0.1:{port0}\n"
+                                  "    protocol: jsonl\n"
+                                  "  - name: uplink\n"
+                                  "    type: tcp\n"
+                                  "    connect: 127.0.0.1:{port1}\n"
+                                  "    protocol: mqtt\n"
+                                  "    client_id: site1-uplink\n"
+                                  "    subscribe: [plant/#, site1/#]\n"
+                                  "    remote_prefix: site1/\n"
+                                  "    reconnect_backoff: 100ms\n"
+                                  "routes:\n"
+                                  "  - name: up\n"
+                                  "    from: plant/#\n"
+                                  "    to: uplink\n"
+                                  "  - name: seen\n"
+                                  "    from: plant/#\n"
+                                  "  - name: echo\n"
+                                  "    from: site1/#\n";
+
+/* Both directions on one bridge, and no loops with MQTT 3.1.1 (no
+ * no-local): a local message goes up as site1/plant/x, and its upstream
+ * echo (the bridge subscribes to site1/#) is not imported; an upstream
+ * plant/cmd is imported, matches the export route, and is not sent back
+ * (bridge-origin). */
+static void test_no_loops(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    char file[SBT_PATH_MAX];
+    char *text;
+
+    need_mosquitto();
+    sbt_broker_init(b, "bridge-loop", 2);
+    upstream_start(&ups[0], b, "up", b->port[1], NULL);
+    sbt_path(file, sizeof file, b->dir, "hq.out");
+    consumer_start(&subs[0], b->port[1], "hq", "#", file);
+    sbt_broker_config(b, loop_config);
+    sbt_broker_start(b);
+    sbt_broker_wait_log(b, "connected to 127.0.0.1:", 1, SBT_READY_MS);
+    c = sbt_connect(b->port[0]);
+    /* the subscription is in place once an upstream plant/ message is in */
+    for (int64_t deadline = sbt_now_ms() + SBT_READY_MS;
+         sbt_queue_int(c, "seen", "published") == 0;) {
+        upstream_pub(b->port[1], "plant/cmd", "from-hq");
+        if (sbt_now_ms() > deadline)
+            fail_msg("the bridge's subscription upstream never delivered");
+        sbt_poll_pause(200);
+    }
+    sbt_pub(c, "plant/x", "local", 2);
+    /* it went up once; mosquitto sent its echo to the bridge in the same
+     * turn (the bridge subscribes to site1/#) */
+    sbt_mq_wait_file(file, "site1/plant/x local\n", 1, 10000);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 10000);
+    /* a later import on the same session: once it is in, the bridge has
+     * handled the echo before it */
+    upstream_pub(b->port[1], "plant/cmd", "after");
+    for (int64_t deadline = sbt_now_ms() + 10000;;) {
+        char *got = sbt_read_file(file, NULL);
+        int done = sbt_count(got, "plant/cmd after\n") == 1;
+        free(got);
+        if (done && sbt_queue_int(c, "up:uplink", "depth") == 0 &&
+            sbt_queue_int(c, "seen", "published") == sbt_queue_int(c, "up:uplink", "acked"))
+            break;
+        if (sbt_now_ms() > deadline)
+            fail_msg("the import after the echo did not arrive");
+        sbt_poll_pause(50);
+    }
+
+    text = sbt_read_file(file, NULL);
+    assert_int_equal(sbt_count(text, "site1/plant/x local\n"), 1);
+    assert_int_equal(sbt_count(text, "site1/plant/cmd"), 0); /* an import never goes back */
+    free(text);
+    assert_int_equal(sbt_queue_int(c, "echo", "published"), 0); /* the echo was not imported */
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -454,6 +681,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failover_to_second_upstream, sbt_setup,
                                         bridge_teardown),
         cmocka_unit_test_setup_teardown(test_bad_credentials_retried, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_import_survives_kill, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_no_loops, sbt_setup, bridge_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -444,7 +444,8 @@ static int handle_publish(bridge_session *s, const sb_mqtt_packet *pk)
                     (long long)c->max_message);
     if (lp + p->topic.n >= sizeof tbuf && (topic = sb_malloc(lp + p->topic.n + 1)) == NULL)
         return fail(s, "out of memory");
-    memcpy(topic, c->local_prefix, lp);
+    if (lp > 0)
+        memcpy(topic, c->local_prefix, lp);
     memcpy(topic + lp, p->topic.p, p->topic.n);
     topic[lp + p->topic.n] = '\0';
     if (has_prefix(topic + lp, c->remote_prefix) || topic[lp] == '$') {
