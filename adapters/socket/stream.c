@@ -215,9 +215,10 @@ static void bridge_conn_closed(sb_stream *st, sb_conn *c)
 {
     stream_adapter *s = (stream_adapter *)st->adapter;
     const char *why = sb_mqtt_bridge_refusal(s->bridge), *was = st->display;
-    (void)c;
     if (s->base.stopping)
         return;
+    if (c->proto == NULL) /* the TLS handshake failed (logged with its reason) */
+        why = "TLS handshake failed";
     next_address(s);
     st->display = was;
     if (why != NULL)

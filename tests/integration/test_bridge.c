@@ -674,6 +674,70 @@ static void test_no_loops(void **state)
     b->passed = 1;
 }
 
+static const char tls_config[] = "broker:\n"
+                                 "  data_dir: '{data}'\n"
+                                 "  admin: { endpoint: 'off' }\n"
+                                 "adapters:\n"
+                                 "  - name: clients\n"
+                                 "    type: tcp\n"
+                                 "    listen: 127.0.0.1:{port0}\n"
+                                 "    protocol: jsonl\n"
+                                 "  - name: uplink\n"
+                                 "    type: tcp\n"
+                                 "    connect: 127.0.0.1:{port2}\n"
+                                 "    protocol: mqtt\n"
+                                 "    client_id: site1-uplink\n"
+                                 "    tls: { ca: '{v0}/ca.pem' }\n"
+                                 "  - name: wrong-ca\n"
+                                 "    type: tcp\n"
+                                 "    connect: 127.0.0.1:{port2}\n"
+                                 "    protocol: mqtt\n"
+                                 "    client_id: site1-other\n"
+                                 "    tls: { ca: '{v0}/other-ca.pem' }\n"
+                                 "    reconnect_backoff: 100ms\n"
+                                 "    reconnect_max_backoff: 200ms\n"
+                                 "routes:\n"
+                                 "  - name: up\n"
+                                 "    from: plant/#\n"
+                                 "    to: uplink\n";
+
+/* TLS to the upstream, verified with a CA file: the bridge with the right
+ * CA forwards; the one with another CA never connects, and its log says
+ * why (the certificate problem), once per change of reason. */
+static void test_tls_upstream(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    char extra[3 * SBT_PATH_MAX + 200], tls[SBT_PATH_MAX], file[SBT_PATH_MAX];
+    char *log;
+
+    need_mosquitto();
+    sbt_broker_init(b, "bridge-tls", 3);
+    snprintf(tls, sizeof tls, "%s/tls", sbt_test_data());
+    snprintf(extra, sizeof extra,
+             "listener %d 127.0.0.1\ncertfile %s/server.pem\nkeyfile %s/server.key\n", b->port[2],
+             tls, tls);
+    upstream_start(&ups[0], b, "up", b->port[1], extra);
+    sbt_path(file, sizeof file, b->dir, "hq.out");
+    consumer_start(&subs[0], b->port[1], "hq", "plant/#", file);
+    sbt_broker_set(b, 0, tls);
+    sbt_broker_config(b, tls_config);
+    sbt_broker_start(b);
+    sbt_broker_wait_log(b, "[uplink] connected to 127.0.0.1:", 1, SBT_READY_MS);
+    c = sbt_connect(b->port[0]);
+    publish_range(c, "plant/a", 0, 20);
+    (void)expect_range(file, "plant/a", 0, 20, 10000);
+    sbt_broker_wait_log(b, "[wrong-ca] cannot connect to 127.0.0.1:", 1, SBT_READY_MS);
+    sbt_broker_wait_log(b, "certificate verify failed", 3, SBT_READY_MS);
+    log = sbt_broker_log(b);
+    assert_int_equal(sbt_count(log, "[wrong-ca] connected"), 0);
+    assert_int_equal(sbt_count(log, "[wrong-ca] cannot connect to 127.0.0.1:"), 1);
+    free(log);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -683,6 +747,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_credentials_retried, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_import_survives_kill, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_no_loops, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_tls_upstream, sbt_setup, bridge_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
