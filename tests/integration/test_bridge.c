@@ -738,6 +738,153 @@ static void test_tls_upstream(void **state)
     b->passed = 1;
 }
 
+/* ---- a scripted upstream: misbehaviour mosquitto would not show ---- */
+
+/* Reads one MQTT packet from t into buf (decoded into *pk); asserts. */
+static void read_packet(sbt_tcp *t, uint8_t *buf, size_t cap, sb_mqtt_packet *pk)
+{
+    size_t n = 0, used;
+    const char *why = NULL;
+    for (;;) {
+        int rc = n == 0 ? SB_MQTT_NEED_MORE : sb_mqtt_decode(buf, n, cap, pk, &used, &why);
+        if (rc == 0)
+            return;
+        if (rc != SB_MQTT_NEED_MORE)
+            fail_msg("bad packet from the bridge: %s", why != NULL ? why : "?");
+        assert_true(n < cap);
+        if (sbt_tcp_read_exact(t, buf + n, 1, 10000) != 1)
+            fail_msg("the bridge sent no complete packet");
+        n++;
+    }
+}
+
+static void send_ack_to(sbt_tcp *t, sb_mqtt_type type, uint16_t pid)
+{
+    uint8_t b[4];
+    size_t n;
+    assert_int_equal(sb_mqtt_encode_ack(b, sizeof b, &n, type, pid), 0);
+    assert_int_equal(sbt_tcp_write(t, b, n), 0);
+}
+
+/* Accepts the bridge's connection and its CONNECT (clean session 0), and
+ * answers CONNACK 0. */
+static sbt_tcp *accept_session(sbt_listener *l, int session_present)
+{
+    uint8_t buf[512], ack[4];
+    size_t n;
+    sb_mqtt_packet pk;
+    sbt_tcp *t = sbt_accept(l, 10000);
+    assert_non_null(t);
+    read_packet(t, buf, sizeof buf, &pk);
+    assert_int_equal(pk.type, SB_MQTT_CONNECT);
+    assert_int_equal(pk.connect.clean_session, 0);
+    assert_int_equal(pk.connect.keep_alive, 60);
+    assert_memory_equal(pk.connect.client_id.p, "site1-uplink", pk.connect.client_id.n);
+    assert_int_equal(sb_mqtt_encode_connack(ack, sizeof ack, &n, session_present, 0), 0);
+    assert_int_equal(sbt_tcp_write(t, ack, n), 0);
+    return t;
+}
+
+/* The next PUBLISH: returns its packet id, checks its payload "m<i>". */
+static uint16_t expect_publish(sbt_tcp *t, int i)
+{
+    uint8_t buf[512];
+    char want[16];
+    sb_mqtt_packet pk;
+    read_packet(t, buf, sizeof buf, &pk);
+    assert_int_equal(pk.type, SB_MQTT_PUBLISH);
+    assert_int_equal(pk.publish.qos, 1);
+    snprintf(want, sizeof want, "m%d", i);
+    if (pk.publish.payload.n != strlen(want) ||
+        memcmp(pk.publish.payload.p, want, strlen(want)) != 0)
+        fail_msg("expected %s, got %.*s", want, (int)pk.publish.payload.n,
+                 (const char *)pk.publish.payload.p);
+    return pk.packet_id;
+}
+
+static const char scripted_config[] = "broker:\n"
+                                      "  data_dir: '{data}'\n"
+                                      "  admin: { endpoint: 'off' }\n"
+                                      "adapters:\n"
+                                      "  - name: clients\n"
+                                      "    type: tcp\n"
+                                      "    listen: 127.0.0.1:{port0}\n"
+                                      "    protocol: jsonl\n"
+                                      "  - name: uplink\n"
+                                      "    type: tcp\n"
+                                      "    connect: 127.0.0.1:{port1}\n"
+                                      "    protocol: mqtt\n"
+                                      "    client_id: site1-uplink\n"
+                                      "    inflight: 8\n"
+                                      "    max_message: 1KiB\n"
+                                      "    reconnect_backoff: 100ms\n"
+                                      "    reconnect_max_backoff: 200ms\n"
+                                      "routes:\n"
+                                      "  - name: up\n"
+                                      "    from: plant/#\n"
+                                      "    to: uplink\n";
+
+/* An upstream that stops acknowledging holds only the window (inflight)
+ * and the local queue keeps the rest; a malformed packet and an oversized
+ * one each close the link (logged), the broker goes on, and what was not
+ * acknowledged is published again, in order, on the next session. */
+static void test_bad_upstream(void **state)
+{
+    enum { N = 30 };
+    static const uint8_t malformed[] = {0xF0, 0x00}; /* reserved packet type 15 */
+    static const uint8_t oversized[] = {0x30, 0xFF, 0xFF, 0xFF, 0x7F};
+    sbt_broker *b = *state;
+    sbt_listener *l;
+    sbt_tcp *t;
+    sbt_conn *c;
+    uint16_t pids[N];
+
+    sbt_broker_init(b, "bridge-scripted", 2);
+    l = sbt_listen(b->port[1]);
+    assert_non_null(l);
+    sbt_broker_config(b, scripted_config);
+    sbt_broker_start(b);
+    t = accept_session(l, 0);
+    c = sbt_connect(b->port[0]);
+    publish_range(c, "plant/a", 0, N);
+
+    /* no acknowledgement: exactly the window is in flight */
+    for (int i = 0; i < 8; i++)
+        pids[i] = expect_publish(t, i);
+    sbt_wait_queue_int(c, "up:uplink", "inflight", 8, 5000);
+    assert_int_equal(sbt_queue_int(c, "up:uplink", "depth"), N);
+    send_ack_to(t, SB_MQTT_PUBACK, pids[0]); /* one acknowledged: one more goes */
+    pids[8] = expect_publish(t, 8);
+    sbt_wait_queue_int(c, "up:uplink", "depth", N - 1, 5000);
+    assert_int_equal(sbt_queue_int(c, "up:uplink", "inflight"), 8);
+
+    /* a malformed packet: the link closes, m1.. come again on the next one */
+    assert_int_equal(sbt_tcp_write(t, malformed, sizeof malformed), 0);
+    assert_true(sbt_tcp_wait_closed(t, 10000));
+    sbt_tcp_close(t);
+    sbt_broker_wait_log(b, "closing the link: malformed packet", 1, 10000);
+    t = accept_session(l, 1);
+    for (int i = 1; i < 5; i++)
+        send_ack_to(t, SB_MQTT_PUBACK, expect_publish(t, i));
+
+    /* an oversized one (decided from its fixed header) */
+    assert_int_equal(sbt_tcp_write(t, oversized, sizeof oversized), 0);
+    assert_true(sbt_tcp_wait_closed(t, 10000));
+    sbt_tcp_close(t);
+    sbt_broker_wait_log(b, "closing the link: packet larger than", 1, 10000);
+    t = accept_session(l, 1);
+    /* m1..m4 were acknowledged: at least once means m5.. now, in order */
+    for (int i = 5; i < N; i++)
+        send_ack_to(t, SB_MQTT_PUBACK, expect_publish(t, i));
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 10000);
+    assert_int_equal(sbt_queue_int(c, "up:uplink", "dead"), 0);
+    sbt_tcp_close(t);
+    sbt_listener_close(l);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -748,6 +895,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_import_survives_kill, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_no_loops, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_tls_upstream, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_upstream, sbt_setup, bridge_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
