@@ -23,6 +23,7 @@
 #define MOSQUITTO_PUB "SB_MOSQUITTO_PUB"
 #define MOSQUITTO_PASSWD "SB_MOSQUITTO_PASSWD"
 #define MQTT_CLIENT "SB_MQTT_CLIENT"
+#define NATS_SERVER "SB_NATS_SERVER"
 
 /* An upstream broker: a mosquitto process on a loopback port. */
 typedef struct upstream {
@@ -83,16 +84,11 @@ static void upstream_down(upstream *u, int sig)
     sbt_proc_release(&u->p);
 }
 
-/* A persistent consumer at the upstream: mosquitto_sub (QoS 1, clean
- * session off, reconnecting on its own) printing "topic payload" lines to
- * file; returns once it is subscribed (it printed a probe published with
- * mosquitto_pub). */
-static void consumer_start(sbt_proc *p, int port, const char *id, const char *filter,
+/* Spawns mosquitto_sub for consumer_start. */
+static void consumer_spawn(sbt_proc *p, int port, const char *id, const char *filter,
                            const char *file)
 {
     sbt_argv a;
-    char probe[64], want[96];
-    int64_t deadline = sbt_now_ms() + SBT_READY_MS;
     memset(p, 0, sizeof *p);
     sbt_argv_init(&a, sbt_mq_tool(MOSQUITTO_SUB));
     sbt_argv_add(&a, "-p");
@@ -109,27 +105,50 @@ static void consumer_start(sbt_proc *p, int port, const char *id, const char *fi
     sbt_argv_add(&a, "probe/%s", id);
     assert_int_equal(sbt_spawn(p, a.v, NULL, file), 0);
     sbt_argv_free(&a);
+}
+
+/* Publishes one message at QoS 1 with mosquitto_pub; returns its exit
+ * status (an upstream still starting may refuse it). */
+static int try_pub(int port, const char *topic, const char *payload)
+{
+    char *argv[] = {(char *)sbt_mq_tool(MOSQUITTO_PUB), "-p", NULL, "-q", "1", "-t",
+                    (char *)topic, "-m", (char *)payload, NULL};
+    char ports[16], *out = NULL, *err = NULL;
+    int rc;
+    snprintf(ports, sizeof ports, "%d", port);
+    argv[2] = ports;
+    rc = sbt_run(argv, NULL, 20000, &out, &err);
+    free(out);
+    free(err);
+    return rc;
+}
+
+/* A persistent consumer at the upstream: mosquitto_sub (QoS 1, clean
+ * session off) printing "topic payload" lines to file; returns once it is
+ * subscribed (it printed a probe published with mosquitto_pub). An
+ * upstream still starting may refuse it: then it starts again. */
+static void consumer_start(sbt_proc *p, int port, const char *id, const char *filter,
+                           const char *file)
+{
+    char probe[64], want[96];
+    int64_t deadline = sbt_now_ms() + 30000;
     snprintf(probe, sizeof probe, "probe/%s", id);
     snprintf(want, sizeof want, "%s ready\n", probe);
+    consumer_spawn(p, port, id, filter, file);
     for (;;) {
         char *text = sbt_read_file(file, NULL);
         int ok = text != NULL && sbt_count(text, want) > 0;
         free(text);
         if (ok)
             return;
-        if (sbt_now_ms() > deadline || !p->running)
+        if (sbt_now_ms() > deadline)
             fail_msg("mosquitto_sub %s did not subscribe", id);
-        sbt_argv_init(&a, sbt_mq_tool(MOSQUITTO_PUB));
-        sbt_argv_add(&a, "-p");
-        sbt_argv_add(&a, "%d", port);
-        sbt_argv_add(&a, "-q");
-        sbt_argv_add(&a, "1");
-        sbt_argv_add(&a, "-t");
-        sbt_argv_add(&a, "%s", probe);
-        sbt_argv_add(&a, "-m");
-        sbt_argv_add(&a, "ready");
-        free(sbt_mq_run(&a, 0));
-        sbt_argv_free(&a);
+        if (!p->running) {
+            sbt_proc_release(p);
+            sbt_poll_pause(200);
+            consumer_spawn(p, port, id, filter, file);
+        }
+        (void)try_pub(port, probe, "ready");
         sbt_poll_pause(100);
     }
 }
@@ -139,6 +158,7 @@ static void consumer_start(sbt_proc *p, int port, const char *id, const char *fi
  * The teardown kills what is left. */
 static upstream ups[2];
 static sbt_proc subs[3];
+static sbt_proc nats[3];
 
 static int bridge_teardown(void **state)
 {
@@ -154,8 +174,15 @@ static int bridge_teardown(void **state)
             sbt_proc_release(&subs[i]);
         }
     }
+    for (int i = 0; i < 3; i++)
+        if (nats[i].spawned) {
+            if (nats[i].running)
+                sbt_proc_signal(&nats[i], SIGKILL);
+            sbt_proc_release(&nats[i]);
+        }
     memset(ups, 0, sizeof ups);
     memset(subs, 0, sizeof subs);
+    memset(nats, 0, sizeof nats);
     return sbt_teardown(state);
 }
 
@@ -576,18 +603,7 @@ static void test_import_survives_kill(void **state)
 /* Publishes one message upstream at QoS 1 (mosquitto_pub). */
 static void upstream_pub(int port, const char *topic, const char *payload)
 {
-    sbt_argv a;
-    sbt_argv_init(&a, sbt_mq_tool(MOSQUITTO_PUB));
-    sbt_argv_add(&a, "-p");
-    sbt_argv_add(&a, "%d", port);
-    sbt_argv_add(&a, "-q");
-    sbt_argv_add(&a, "1");
-    sbt_argv_add(&a, "-t");
-    sbt_argv_add(&a, "%s", topic);
-    sbt_argv_add(&a, "-m");
-    sbt_argv_add(&a, "%s", payload);
-    free(sbt_mq_run(&a, 0));
-    sbt_argv_free(&a);
+    assert_int_equal(try_pub(port, topic, payload), 0);
 }
 
 static const char loop_config[] = "broker:\n"
@@ -885,6 +901,98 @@ static void test_bad_upstream(void **state)
     b->passed = 1;
 }
 
+/* ---- a NATS cluster (JetStream + MQTT) as the upstream ---- */
+
+static const char nats_config[] = "broker:\n"
+                                   "  data_dir: '{data}'\n"
+                                   "  admin: { endpoint: 'off' }\n"
+                                   "adapters:\n"
+                                   "  - name: clients\n"
+                                   "    type: tcp\n"
+                                   "    listen: 127.0.0.1:{port0}\n"
+                                   "    protocol: jsonl\n"
+                                   "  - name: uplink\n"
+                                   "    type: tcp\n"
+                                   "    connect: 127.0.0.1:{port1}\n"
+                                   "    failover: [127.0.0.1:{port2}, 127.0.0.1:{port3}]\n"
+                                   "    protocol: mqtt\n"
+                                   "    client_id: site1-uplink\n"
+                                   "    remote_prefix: site1/\n"
+                                   "    inflight: 16\n"
+                                   "    reconnect_backoff: 100ms\n"
+                                   "    reconnect_max_backoff: 1s\n"
+                                   "routes:\n"
+                                   "  - name: up\n"
+                                   "    from: plant/#\n"
+                                   "    to: uplink\n";
+
+/* A 3-node nats-server cluster with JetStream and MQTT on loopback
+ * (RECIPES.md): node i's MQTT port is port[i], its client port port[3 + i],
+ * its cluster port port[6 + i]. */
+static void nats_start(sbt_broker *b)
+{
+    for (int i = 1; i <= 3; i++) {
+        char conf[SBT_PATH_MAX + 16], log[SBT_PATH_MAX + 16], text[2 * SBT_PATH_MAX + 600];
+        sbt_argv a;
+        snprintf(conf, sizeof conf, "%s/n%d.conf", b->dir, i);
+        snprintf(log, sizeof log, "%s/n%d.log", b->dir, i);
+        snprintf(text, sizeof text,
+                 "listen: 127.0.0.1:%d\nserver_name: n%d\njetstream { store_dir: '%s/js%d' }\n"
+                 "mqtt { listen: 127.0.0.1:%d }\n"
+                 "cluster { name: c1, listen: 127.0.0.1:%d, routes: [nats-route://127.0.0.1:%d, "
+                 "nats-route://127.0.0.1:%d, nats-route://127.0.0.1:%d] }\n",
+                 b->port[3 + i], i, b->dir, i, b->port[i], b->port[6 + i], b->port[7], b->port[8],
+                 b->port[9]);
+        sbt_write_file(conf, text, strlen(text));
+        sbt_argv_init(&a, sbt_mq_tool(NATS_SERVER));
+        sbt_argv_add(&a, "-c");
+        sbt_argv_add(&a, "%s", conf);
+        memset(&nats[i - 1], 0, sizeof nats[i - 1]);
+        assert_int_equal(sbt_spawn(&nats[i - 1], a.v, NULL, log), 0);
+        sbt_argv_free(&a);
+    }
+}
+
+/* The bridge talks to node 1 of a NATS cluster; a consumer with a
+ * persistent session reads on node 2. Node 1 is killed -9 mid-stream: the
+ * bridge fails over to node 2 and every message arrives. */
+static void test_nats_cluster_failover(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    char file[SBT_PATH_MAX], want[64];
+    int dups;
+
+    need_mosquitto();
+    sbt_mq_need(NATS_SERVER, NULL);
+    sbt_broker_init(b, "bridge-nats", 10);
+    nats_start(b);
+    /* ready: a probe published on node 2 reaches the consumer there
+     * (JetStream has a leader and the MQTT streams exist) */
+    sbt_path(file, sizeof file, b->dir, "hq.out");
+    consumer_start(&subs[0], b->port[2], "hq", "site1/#", file);
+    sbt_broker_config(b, nats_config);
+    sbt_broker_start(b);
+    snprintf(want, sizeof want, "connected to 127.0.0.1:%d", b->port[1]);
+    sbt_broker_wait_log(b, want, 1, 30000);
+    c = sbt_connect(b->port[0]);
+
+    publish_range(c, "plant/line1", 0, 100);
+    dups = expect_range(file, "site1/plant/line1", 0, 100, 30000);
+    sbt_proc_signal(&nats[0], SIGKILL);
+    assert_true(sbt_proc_wait(&nats[0], 10000));
+    publish_range(c, "plant/line1", 100, 200);
+    sbt_broker_wait_log(b, "disconnected from 127.0.0.1:", 1, 20000);
+    dups += expect_range(file, "site1/plant/line1", 0, 200, 60000);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 30000);
+    assert_int_equal(sbt_queue_int(c, "up:uplink", "dead"), 0);
+    print_message("NATS: 200 messages arrived across the death of node 1, %d duplicates\n",
+                  dups);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -896,6 +1004,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_no_loops, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_tls_upstream, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_bad_upstream, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_nats_cluster_failover, sbt_setup, bridge_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
