@@ -88,6 +88,7 @@ typedef struct sb_stream_settings {
     char *remote_prefix;    /* added to exported topics, stripped from imported ones */
     char **subscribe;       /* upstream filters imported into the broker */
     size_t subscribe_count;
+    int rate;               /* exports per second at most (a backlog's pace); 0 = no limit */
 } sb_stream_settings;
 
 /* The stream settings of an adapter of an endpoint type (exec's settings
@@ -188,7 +189,8 @@ extern const sb_config_table sb_stream_tls_table;
         SB_STREAM_BRIDGE_ROW("local_prefix", SB_KEY_STRING, local_prefix, .def = 0),               \
         SB_STREAM_BRIDGE_ROW("remote_prefix", SB_KEY_STRING, remote_prefix, .def = 0),             \
         SB_STREAM_BRIDGE_ROW("subscribe", SB_KEY_FILTERS, subscribe,                               \
-                             .count_off = SB_STREAM_OFF(subscribe_count))
+                             .count_off = SB_STREAM_OFF(subscribe_count)),                         \
+        SB_STREAM_BRIDGE_ROW("rate", SB_KEY_INT, rate, .def = 0, .min = 0, .max = 10000000)
 
 /* 1 if the adapter is an MQTT client (tcp connect with protocol mqtt). */
 int sb_stream_mqtt_client(const sb_adapter_config *cfg);

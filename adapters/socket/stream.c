@@ -362,6 +362,7 @@ static void stream_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
         if (!s->is_tcp && SB_STREAM_CFG(a->cfg)->path != NULL)
             sb_socket_unlink_local(SB_STREAM_CFG(a->cfg)->path);
     }
+    sb_mqtt_bridge_stop(s->bridge);
     sb_stream_stop(&s->st, cb);
     sb_stream_maybe_stopped(&s->st);
 }

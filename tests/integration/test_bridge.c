@@ -901,6 +901,55 @@ static void test_bad_upstream(void **state)
     b->passed = 1;
 }
 
+static const char rate_config[] = "broker:\n"
+                                  "  data_dir: '{data}'\n"
+                                  "  admin: { endpoint: 'off' }\n"
+                                  "adapters:\n"
+                                  "  - name: clients\n"
+                                  "    type: tcp\n"
+                                  "    listen: 127.0.0.1:{port0}\n"
+                                  "    protocol: jsonl\n"
+                                  "  - name: uplink\n"
+                                  "    type: tcp\n"
+                                  "    connect: 127.0.0.1:{port1}\n"
+                                  "    protocol: mqtt\n"
+                                  "    client_id: site1-uplink\n"
+                                  "    rate: 20\n"
+                                  "routes:\n"
+                                  "  - name: up\n"
+                                  "    from: plant/#\n"
+                                  "    to: uplink\n";
+
+/* rate paces exports: 60 messages published at once go up at 20 a second
+ * (after a burst of at most one second's worth, here what accrued since
+ * the start), so they take seconds where unpaced they take milliseconds. */
+static void test_rate_paces_backlog(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    char file[SBT_PATH_MAX];
+    int64_t t0, ms;
+
+    need_mosquitto();
+    sbt_broker_init(b, "bridge-rate", 2);
+    upstream_start(&ups[0], b, "up", b->port[1], NULL);
+    sbt_path(file, sizeof file, b->dir, "hq.out");
+    consumer_start(&subs[0], b->port[1], "hq", "plant/#", file);
+    sbt_broker_config(b, rate_config);
+    sbt_broker_start(b);
+    sbt_broker_wait_log(b, "connected to 127.0.0.1:", 1, SBT_READY_MS);
+    c = sbt_connect(b->port[0]);
+    t0 = sbt_now_ms();
+    publish_range(c, "plant/a", 0, 60); /* faster than 20 a second */
+    (void)expect_range(file, "plant/a", 0, 60, 20000);
+    ms = sbt_now_ms() - t0;
+    print_message("60 messages at rate 20/s took %lld ms\n", (long long)ms);
+    assert_true(ms >= 1500);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 /* ---- a NATS cluster (JetStream + MQTT) as the upstream ---- */
 
 static const char nats_config[] = "broker:\n"
@@ -1004,6 +1053,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_no_loops, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_tls_upstream, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_bad_upstream, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_rate_paces_backlog, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_nats_cluster_failover, sbt_setup, bridge_teardown),
     };
     sbt_apply_filter();

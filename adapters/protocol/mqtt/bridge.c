@@ -47,6 +47,10 @@ struct sb_mqtt_bridge {
     uint16_t next_pid;
     char refusal[300];
     int sessions; /* sessions not yet freed (they outlive their connections) */
+    /* pacing (rate): exports allowed now, refilled with time */
+    uv_timer_t *pace;
+    double tokens;
+    uint64_t refilled; /* loop time of the last refill */
 };
 
 struct bridge_session {
@@ -123,6 +127,17 @@ int sb_mqtt_bridge_new(sb_mqtt_bridge **out, sb_adapter *a, sb_stream *st, sb_er
         sb_mqtt_bridge_free(b);
         return rc;
     }
+    if (b->cfg->rate > 0) {
+        if ((b->pace = sb_malloc(sizeof *b->pace)) == NULL) {
+            sb_mqtt_bridge_free(b);
+            return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+        }
+        uv_timer_init(a->loop, b->pace);
+        b->pace->data = b;
+        st->pending++; /* until sb_mqtt_bridge_stop closes it */
+        b->tokens = 1;
+        b->refilled = uv_now(a->loop);
+    }
     *out = b;
     return 0;
 }
@@ -135,6 +150,50 @@ void sb_mqtt_bridge_free(sb_mqtt_bridge *b)
         memset(b->password, 0, b->password_len);
     sb_free(b->password);
     sb_free(b);
+}
+
+static void on_pace_closed(uv_handle_t *h)
+{
+    sb_mqtt_bridge *b = h->data;
+    sb_free(h);
+    sb_stream_release(b->st);
+}
+
+void sb_mqtt_bridge_stop(sb_mqtt_bridge *b)
+{
+    if (b != NULL && b->pace != NULL) {
+        uv_close((uv_handle_t *)b->pace, on_pace_closed);
+        b->pace = NULL;
+    }
+}
+
+static void on_pace(uv_timer_t *t)
+{
+    sb_mqtt_bridge *b = t->data;
+    sb_adapter_sink_ready(b->adapter);
+}
+
+/* rate: 1 if an export may go now (it takes a token); else the pace timer
+ * makes the adapter ready when the next token is due. Tokens accrue at
+ * `rate` per second, at most one second's worth (the burst). */
+static int paced(sb_mqtt_bridge *b)
+{
+    uint64_t now;
+    double rate = b->cfg->rate;
+    if (b->pace == NULL)
+        return 1;
+    now = uv_now(b->adapter->loop);
+    b->tokens += (double)(now - b->refilled) * rate / 1000.0;
+    if (b->tokens > rate)
+        b->tokens = rate;
+    b->refilled = now;
+    if (b->tokens >= 1) {
+        b->tokens -= 1;
+        return 1;
+    }
+    if (!uv_is_active((uv_handle_t *)b->pace))
+        uv_timer_start(b->pace, on_pace, (uint64_t)((1 - b->tokens) * 1000.0 / rate) + 1, 0);
+    return 0;
 }
 
 const char *sb_mqtt_bridge_refusal(const sb_mqtt_bridge *b)
@@ -284,6 +343,8 @@ int sb_mqtt_bridge_deliver(sb_mqtt_bridge *b, sb_delivery *d)
         return 0;
     }
     if (s == NULL || s->closed || s->conn->closing || s->conn->out_paused)
+        return SB_EBUSY;
+    if (s->out[b->next_pid & s->out_mask].state != SLOT_FREE || !paced(b))
         return SB_EBUSY;
     if ((o = slot_take(s, &pid)) == NULL)
         return SB_EBUSY;

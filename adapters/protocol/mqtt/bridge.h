@@ -6,7 +6,8 @@
  * `qos: 2`) and acknowledged to its queue only when the PUBACK (PUBCOMP)
  * arrives: the route's durable queue is the store-and-forward buffer while
  * the uplink is down, and at most `inflight` publishes are unacknowledged
- * upstream at once. Deliveries in flight when the link is lost go back to
+ * upstream at once, at most `rate` a second if set (a backlog drains
+ * paced). Deliveries in flight when the link is lost go back to
  * their queue untried (sb_delivery_return) and are published again on the
  * next session: at least once, duplicates possible (also with QoS 2, whose
  * exactly-once holds within one upstream session only).
@@ -42,7 +43,12 @@ typedef struct sb_mqtt_bridge sb_mqtt_bridge;
  * SB_ENOMEM / SB_EIO / SB_ENOTFOUND with err naming the file or variable. */
 int sb_mqtt_bridge_new(sb_mqtt_bridge **out, sb_adapter *a, sb_stream *st, sb_error *err);
 
-/* Frees b (its connections are closed). NULL is ignored. */
+/* The adapter stops: closes b's own handle (the pace timer of `rate`),
+ * released from st's pending count when closed. NULL is ignored. */
+void sb_mqtt_bridge_stop(sb_mqtt_bridge *b);
+
+/* Frees b (its connections are closed, sb_mqtt_bridge_stop ran). NULL is
+ * ignored. */
 void sb_mqtt_bridge_free(sb_mqtt_bridge *b);
 
 /* The protocol of the bridge's connections: sends CONNECT when the
