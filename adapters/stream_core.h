@@ -41,6 +41,7 @@ struct sb_stream {
     uv_timer_t *timer;
     int64_t backoff_ms;
     int64_t backoff_first_ms, backoff_max_ms;
+    int jitter; /* each retry waits a random 50..100% of the backoff */
     int connecting; /* an attempt is under way (set by `connect`) */
     int link_state;
     char last_fail[300];
@@ -99,8 +100,9 @@ void sb_stream_connect(sb_stream *st);
  * retried with backoff. */
 void sb_stream_connect_failed(sb_stream *st, const char *why);
 
-/* Arms the timer to call `connect` after the next backoff; returns the
- * delay (ms), or -1 if stopping or there is no timer. */
+/* Arms the timer to call `connect` after the next backoff (with `jitter`,
+ * a random 50..100% of it); returns the delay (ms), or -1 if stopping or
+ * there is no timer. */
 int64_t sb_stream_retry(sb_stream *st);
 
 /* Sink: gives d to the next connection that can take it, round robin.

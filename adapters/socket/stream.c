@@ -291,6 +291,7 @@ static int stream_start(sb_adapter *a, sb_error *err)
         s->st.proto_ctx = s->bridge;
         s->st.closed = bridge_conn_closed;
         s->st.busy = bridge_busy;
+        s->st.jitter = 1;
     }
     if (!s->is_server) {
         if ((rc = sb_stream_open_timer(&s->st, err)) != 0)
