@@ -813,21 +813,27 @@ static sbt_tcp *accept_session(sbt_listener *l, int session_present)
     return t;
 }
 
-/* The next PUBLISH: returns its packet id, checks its payload "m<i>". */
-static uint16_t expect_publish(sbt_tcp *t, int i)
+/* The next PUBLISH (at qos): returns its packet id, checks its payload
+ * "m<i>". */
+static uint16_t expect_publish_qos(sbt_tcp *t, int i, int qos)
 {
     uint8_t buf[512];
     char want[16];
     sb_mqtt_packet pk;
     read_packet(t, buf, sizeof buf, &pk);
     assert_int_equal(pk.type, SB_MQTT_PUBLISH);
-    assert_int_equal(pk.publish.qos, 1);
+    assert_int_equal(pk.publish.qos, qos);
     snprintf(want, sizeof want, "m%d", i);
     if (pk.publish.payload.n != strlen(want) ||
         memcmp(pk.publish.payload.p, want, strlen(want)) != 0)
         fail_msg("expected %s, got %.*s", want, (int)pk.publish.payload.n,
                  (const char *)pk.publish.payload.p);
     return pk.packet_id;
+}
+
+static uint16_t expect_publish(sbt_tcp *t, int i)
+{
+    return expect_publish_qos(t, i, 1);
 }
 
 static const char scripted_config[] = "broker:\n"
@@ -962,6 +968,150 @@ static void test_rate_paces_backlog(void **state)
     b->passed = 1;
 }
 
+static const char qos2_config[] = "broker:\n"
+                                  "  data_dir: '{data}'\n"
+                                  "  admin: { endpoint: 'off' }\n"
+                                  "adapters:\n"
+                                  "  - name: clients\n"
+                                  "    type: tcp\n"
+                                  "    listen: 127.0.0.1:{port0}\n"
+                                  "    protocol: jsonl\n"
+                                  "  - name: uplink\n"
+                                  "    type: tcp\n"
+                                  "    connect: 127.0.0.1:{port1}\n"
+                                  "    protocol: mqtt\n"
+                                  "    client_id: site1-uplink\n"
+                                  "    qos: 2\n"
+                                  "    inflight: 4\n"
+                                  "routes:\n"
+                                  "  - name: up\n"
+                                  "    from: plant/#\n"
+                                  "    to: uplink\n";
+
+/* qos: 2: a delivery stays in its queue through PUBREC (the bridge
+ * answers PUBREL) and leaves it at PUBCOMP; a PUBCOMP for an id still
+ * waiting for PUBREC is a protocol error that closes the link. */
+static void test_qos2_export(void **state)
+{
+    static const uint8_t bad_pubcomp[] = {0x70, 0x02, 0x00, 0x02};
+    sbt_broker *b = *state;
+    sbt_listener *l;
+    sbt_tcp *t;
+    sbt_conn *c;
+    uint8_t buf[64];
+    sb_mqtt_packet pk;
+    uint16_t pid, pid2;
+
+    sbt_broker_init(b, "bridge-qos2", 2);
+    l = sbt_listen(b->port[1]);
+    assert_non_null(l);
+    sbt_broker_config(b, qos2_config);
+    sbt_broker_start(b);
+    t = accept_session(l, 0);
+    c = sbt_connect(b->port[0]);
+    publish_range(c, "plant/a", 0, 2);
+    pid = expect_publish_qos(t, 0, 2);
+    pid2 = expect_publish_qos(t, 1, 2);
+    send_ack_to(t, SB_MQTT_PUBREC, pid);
+    read_packet(t, buf, sizeof buf, &pk);
+    assert_int_equal(pk.type, SB_MQTT_PUBREL);
+    assert_int_equal(pk.packet_id, pid);
+    assert_int_equal(sbt_queue_int(c, "up:uplink", "depth"), 2); /* not before PUBCOMP */
+    send_ack_to(t, SB_MQTT_PUBCOMP, pid);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 1, 5000);
+    /* m1 is still waiting for its PUBREC: a PUBCOMP for it is refused */
+    assert_int_equal(pid2, 2);
+    assert_int_equal(sbt_tcp_write(t, bad_pubcomp, sizeof bad_pubcomp), 0);
+    assert_true(sbt_tcp_wait_closed(t, 10000));
+    sbt_tcp_close(t);
+    sbt_broker_wait_log(b, "closing the link: unexpected PUBCOMP for packet id 2", 1, 10000);
+    t = accept_session(l, 1);
+    pid = expect_publish_qos(t, 1, 2);
+    send_ack_to(t, SB_MQTT_PUBREC, pid);
+    read_packet(t, buf, sizeof buf, &pk);
+    assert_int_equal(pk.type, SB_MQTT_PUBREL);
+    send_ack_to(t, SB_MQTT_PUBCOMP, pid);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 5000);
+    sbt_tcp_close(t);
+    sbt_listener_close(l);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+static const char qos2_import_config[] = "broker:\n"
+                                         "  data_dir: '{data}'\n"
+                                         "  admin: { endpoint: 'off' }\n"
+                                         "adapters:\n"
+                                         "  - name: clients\n"
+                                         "    type: tcp\n"
+                                         "    listen: 127.0.0.1:{port0}\n"
+                                         "    protocol: jsonl\n"
+                                         "  - name: uplink\n"
+                                         "    type: tcp\n"
+                                         "    connect: 127.0.0.1:{port1}\n"
+                                         "    protocol: mqtt\n"
+                                         "    client_id: site1-uplink\n"
+                                         "    qos: 2\n"
+                                         "    subscribe: [cmd/#]\n"
+                                         "routes:\n"
+                                         "  - name: from-hq\n"
+                                         "    from: cmd/#\n";
+
+/* QoS 2 imports: subscribed at QoS 2, each upstream message is committed
+ * once (PUBREC after the commit, PUBCOMP at PUBREL), and a QoS 2 upstream
+ * producer completes its flow. */
+static void test_qos2_import(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    json_t *m;
+
+    need_mosquitto();
+    sbt_broker_init(b, "bridge-qos2-in", 2);
+    upstream_start(&ups[0], b, "up", b->port[1], NULL);
+    sbt_broker_config(b, qos2_import_config);
+    sbt_broker_start(b);
+    sbt_broker_wait_log(b, "connected to 127.0.0.1:", 1, SBT_READY_MS);
+    c = sbt_connect(b->port[0]);
+    /* until the SUBACK: probes at QoS 2 */
+    for (int64_t deadline = sbt_now_ms() + SBT_READY_MS;
+         sbt_queue_int(c, "from-hq", "published") == 0;) {
+        char *argv[] = {(char *)sbt_mq_tool(MOSQUITTO_PUB), "-p", NULL, "-q", "2", "-t",
+                        "cmd/probe", "-m", "p", NULL};
+        char port[16];
+        snprintf(port, sizeof port, "%d", b->port[1]);
+        argv[2] = port;
+        assert_int_equal(sbt_run(argv, NULL, 20000, NULL, NULL), 0);
+        if (sbt_now_ms() > deadline)
+            fail_msg("the bridge's subscription upstream never delivered");
+        sbt_poll_pause(100);
+    }
+    {
+        char *argv[] = {(char *)sbt_mq_tool(MOSQUITTO_PUB), "-p", NULL, "-q", "2", "-t",
+                        "cmd/x", "-m", "exactly-once", NULL};
+        char port[16];
+        snprintf(port, sizeof port, "%d", b->port[1]);
+        argv[2] = port;
+        assert_int_equal(sbt_run(argv, NULL, 20000, NULL, NULL), 0);
+    }
+    sbt_sub(c, "from-hq", NULL, 100);
+    for (;;) {
+        m = sbt_next_msg(c, 10000);
+        sbt_ack(c, "from-hq", sbt_int(m, "msg_id"));
+        if (strcmp(sbt_str(m, "topic"), "cmd/x") == 0)
+            break;
+        json_decref(m);
+    }
+    assert_string_equal(sbt_str(m, "payload"), "exactly-once");
+    json_decref(m);
+    /* mosquitto_pub exited 0: its QoS 2 flow completed; nothing came twice */
+    sbt_wait_queue_int(c, "from-hq", "depth", 0, 5000);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 /* ---- a NATS cluster (JetStream + MQTT) as the upstream ---- */
 
 static const char nats_config[] = "broker:\n"
@@ -1065,6 +1215,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_no_loops, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_tls_upstream, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_bad_upstream, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_qos2_export, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_qos2_import, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_rate_paces_backlog, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_nats_cluster_failover, sbt_setup, bridge_teardown),
     };
