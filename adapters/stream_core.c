@@ -4,7 +4,6 @@
 #include "adapters/protocol/raw.h"
 #include "service/alloc.h"
 #include "service/log.h"
-#include "service/message.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -72,8 +71,6 @@ void sb_stream_link_lost(sb_stream *st)
         return;
     sb_log(SB_LOG_WARN, st->adapter->name, "disconnected from %s; reconnecting", st->display);
     st->link_state = LINK_LOST;
-    st->reconnects++;
-    st->link_since_ms = sb_now_ms();
     st->last_fail[0] = '\0';
     sb_stream_retry(st);
 }
@@ -108,7 +105,6 @@ void sb_stream_log_connected(sb_stream *st, sb_conn *c, const char *note)
     }
     st->link_state = LINK_UP;
     st->last_fail[0] = '\0';
-    st->link_since_ms = sb_now_ms();
     sb_log(SB_LOG_INFO, st->adapter->name, "connected to %s (%s)%s", st->display,
            sb_protocol_find(SB_STREAM_CFG(st->adapter->cfg)->protocol)->name, note);
 }
@@ -155,11 +151,8 @@ void sb_stream_connect_failed(sb_stream *st, const char *why)
         sb_stream_maybe_stopped(st);
         return;
     }
-    st->reconnects++;
     /* Each change of state is logged once, not every attempt. */
     if (st->link_state != LINK_DOWN || strcmp(st->last_fail, why) != 0) {
-        if (st->link_state != LINK_DOWN)
-            st->link_since_ms = sb_now_ms();
         sb_log(SB_LOG_WARN, name, "cannot connect to %s: %s; retrying with backoff", st->display,
                why);
         st->link_state = LINK_DOWN;
@@ -168,17 +161,6 @@ void sb_stream_connect_failed(sb_stream *st, const char *why)
         sb_log(SB_LOG_DEBUG, name, "cannot connect to %s: %s", st->display, why);
     }
     sb_stream_retry(st);
-}
-
-int sb_stream_link_stats(const sb_stream *st, sb_link_stats *out)
-{
-    if (st->is_server || st->adapter == NULL)
-        return 0;
-    out->peer = st->display;
-    out->connected = st->link_state == LINK_UP && st->conns != NULL;
-    out->reconnects = st->reconnects;
-    out->since_ms = st->link_since_ms;
-    return 1;
 }
 
 /* ---- delivery ---- */

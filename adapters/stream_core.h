@@ -45,8 +45,6 @@ struct sb_stream {
     int connecting; /* an attempt is under way (set by `connect`) */
     int link_state;
     char last_fail[300];
-    uint64_t reconnects; /* links lost and attempts failed (stats) */
-    int64_t link_since_ms;
     /* Starts one attempt (client; exec: one run): sets `connecting` while it
      * is under way, reports it with sb_stream_add / sb_stream_connect_failed. */
     void (*connect)(sb_stream *st);
@@ -91,9 +89,6 @@ void sb_stream_log_connected(sb_stream *st, sb_conn *c, const char *note);
 /* A client's connection closed (what a client does when `closed` is
  * NULL): logged, and dialled again after the backoff. */
 void sb_stream_link_lost(sb_stream *st);
-
-/* A client's link for stats (adapter type hook `link`): 0 for a server. */
-int sb_stream_link_stats(const sb_stream *st, sb_link_stats *out);
 
 /* A client's link works: its backoff starts over. */
 void sb_stream_link_up(sb_stream *st);

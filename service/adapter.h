@@ -52,14 +52,6 @@ struct sb_adapter {
     sb_adapter_stopped_cb on_closed; /* private */
 };
 
-/* A client adapter's link to the server it dials (stats). */
-typedef struct sb_link_stats {
-    const char *peer;    /* the address in use, or tried last */
-    int connected;       /* the link is up (an MQTT client: upstream accepted it) */
-    uint64_t reconnects; /* links lost and attempts failed since the start */
-    int64_t since_ms;    /* when it last went up or down (Unix ms; 0: never) */
-} sb_link_stats;
-
 struct sb_adapter_type {
     int version;      /* SB_ADAPTER_VERSION */
     const char *name; /* the config `type` */
@@ -89,9 +81,6 @@ struct sb_adapter_type {
      * been renewed in place (TLS certificates and keys); on an error it
      * keeps what it had and logs why. NULL: nothing to re-read. */
     void (*refresh)(sb_adapter *a);
-    /* Optional: a client adapter fills *out with its link and returns 1
-     * (stats list it); 0 if this instance has no link (a listener). */
-    int (*link)(sb_adapter *a, sb_link_stats *out);
 };
 
 /* The next delay of an exponential backoff (reconnects, restarts): `first`

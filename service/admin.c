@@ -20,13 +20,12 @@ void *sb_broker_stats_json(sb_broker *b)
 void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, void *ctx)
 {
     json_t *root = json_object(), *queues = json_array(), *store = json_object(),
-           *broker = json_object(), *adapters = json_array(), *classes = json_object(),
-           *links = json_array();
+           *broker = json_object(), *adapters = json_array(), *classes = json_object();
     int64_t now = sb_now_ms(), now_sec = (int64_t)(uv_now(&b->loop) / 1000);
     sb_store_stats st;
 
     if (root == NULL || queues == NULL || store == NULL || broker == NULL || adapters == NULL ||
-        classes == NULL || links == NULL)
+        classes == NULL)
         goto oom;
     for (sb_queue *q = b->queues; q != NULL; q = q->next) {
         int consumers = 0, inflight = 0;
@@ -82,20 +81,8 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
     json_object_set_new(store, "db_bytes", json_integer((json_int_t)st.db_bytes));
     json_object_set_new(store, "degraded", json_boolean(st.degraded));
     json_object_set_new(store, "last_error", json_string(st.last_error));
-    for (sb_adapter *a = b->adapters; a != NULL; a = a->next) {
-        sb_link_stats l;
+    for (sb_adapter *a = b->adapters; a != NULL; a = a->next)
         json_array_append_new(adapters, json_string(a->name));
-        /* a client adapter's link: up or down, since when, how often lost */
-        memset(&l, 0, sizeof l);
-        if (a->type->link != NULL && a->type->link(a, &l)) {
-            json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I}", "adapter", a->name, "peer",
-                                  l.peer != NULL ? l.peer : "", "connected", l.connected,
-                                  "reconnects", (json_int_t)l.reconnects, "since_ms",
-                                  (json_int_t)(l.since_ms > 0 ? now - l.since_ms : 0));
-            if (o == NULL || json_array_append_new(links, o) != 0)
-                goto oom;
-        }
-    }
     if (b->agents != NULL)
         json_object_set_new(broker, "agents", sb_agent_host_stats(b->agents));
     for (int c = 0; c < 3; c++)
@@ -108,7 +95,6 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
     json_object_set_new(broker, "retained", json_integer((json_int_t)b->retained.count));
     json_object_set_new(broker, "durability", classes);
     json_object_set_new(broker, "adapters", adapters);
-    json_object_set_new(broker, "links", links);
     json_object_set_new(root, "queues", queues);
     json_object_set_new(root, "store", store);
     json_object_set_new(root, "broker", broker);
@@ -120,7 +106,6 @@ oom:
     json_decref(broker);
     json_decref(adapters);
     json_decref(classes);
-    json_decref(links);
     return NULL;
 }
 

@@ -404,12 +404,6 @@ static int stream_deliver(sb_adapter *a, sb_delivery *d)
     return sb_stream_deliver(&s->st, d);
 }
 
-static int stream_link(sb_adapter *a, sb_link_stats *out)
-{
-    stream_adapter *s = (stream_adapter *)a;
-    return !s->is_server && sb_stream_link_stats(&s->st, out);
-}
-
 /* tcp, unix and (on POSIX) pipe differ only in name: the config decides. */
 /* An MQTT listener is only a source: its clients subscribe for themselves
  * (an MQTT client, the bridge, is both). */
@@ -426,7 +420,7 @@ static unsigned stream_caps_of(const sb_adapter_config *cfg)
         .version = SB_ADAPTER_VERSION, .name = type_name, .caps = SB_CAP_SOURCE | SB_CAP_SINK,     \
         .caps_of = stream_caps_of, .create = stream_create,           \
         .start = stream_start, .deliver = stream_deliver, .stop = stream_stop,                     \
-        .destroy = stream_destroy, .refresh = stream_refresh, .link = stream_link,                 \
+        .destroy = stream_destroy, .refresh = stream_refresh,                                      \
     }
 
 const sb_adapter_type sb_adapter_tcp = STREAM_TYPE("tcp");

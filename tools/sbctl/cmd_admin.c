@@ -172,7 +172,7 @@ static void print_broker(const json_t *b)
     const char *version = json_string_value(json_object_get(b, "version"));
     const json_t *adapters = json_object_get(b, "adapters");
     const json_t *dur = json_object_get(b, "durability");
-    char up[32], up_for[32];
+    char up[32];
     size_t i;
     json_t *v;
 
@@ -198,19 +198,6 @@ static void print_broker(const json_t *b)
             printf("%s%s", i == 0 ? ": " : ", ", name != NULL ? name : "?");
         }
         printf("\n");
-    }
-    /* client adapters' links: "uplink: connected to 127.0.0.1:1883 for 5.0s, 2 reconnects" */
-    json_array_foreach(json_object_get(b, "links"), i, v)
-    {
-        const char *name = json_string_value(json_object_get(v, "adapter"));
-        const char *peer = json_string_value(json_object_get(v, "peer"));
-        int is_up = json_is_true(json_object_get(v, "connected"));
-        int64_t since = sbctl_json_int(v, "since_ms", 0);
-        sbctl_fmt_ms(up_for, sizeof(up_for), since);
-        printf("        link %s: %s %s%s%s, %lld reconnects\n", name != NULL ? name : "?",
-               is_up ? "connected to" : "down, dialling", peer != NULL ? peer : "?",
-               since > 0 ? (is_up ? " for " : " since ") : "", since > 0 ? up_for : "",
-               (long long)sbctl_json_int(v, "reconnects", 0));
     }
 }
 
