@@ -59,13 +59,20 @@ static void on_conn_closed(sb_conn *c)
         st->closed(st, c);
     } else if (st->is_server) {
         sb_log(SB_LOG_INFO, st->adapter->name, "peer %s disconnected", c->peer);
-    } else if (!st->adapter->stopping) {
-        sb_log(SB_LOG_WARN, st->adapter->name, "disconnected from %s; reconnecting", st->display);
-        st->link_state = LINK_LOST;
-        st->last_fail[0] = '\0';
-        sb_stream_retry(st);
+    } else {
+        sb_stream_link_lost(st);
     }
     sb_stream_maybe_stopped(st);
+}
+
+void sb_stream_link_lost(sb_stream *st)
+{
+    if (st->adapter->stopping)
+        return;
+    sb_log(SB_LOG_WARN, st->adapter->name, "disconnected from %s; reconnecting", st->display);
+    st->link_state = LINK_LOST;
+    st->last_fail[0] = '\0';
+    sb_stream_retry(st);
 }
 
 sb_conn *sb_stream_conn_new(sb_stream *st)
@@ -123,11 +130,17 @@ static void on_retry_timer(uv_timer_t *t)
 
 int64_t sb_stream_retry(sb_stream *st)
 {
+    int64_t delay;
     if (st->adapter->stopping || st->timer == NULL)
         return -1;
     st->backoff_ms = sb_backoff_next(st->backoff_ms, st->backoff_first_ms, st->backoff_max_ms);
-    uv_timer_start(st->timer, on_retry_timer, (uint64_t)st->backoff_ms, 0);
-    return st->backoff_ms;
+    delay = st->backoff_ms;
+    /* many clients of one server (sites of a cluster) that lost it at
+     * once do not all come back in the same instant */
+    if (st->jitter && delay > 1)
+        delay -= (int64_t)(uv_hrtime() % (uint64_t)(delay / 2 + 1));
+    uv_timer_start(st->timer, on_retry_timer, (uint64_t)delay, 0);
+    return delay;
 }
 
 void sb_stream_connect_failed(sb_stream *st, const char *why)

@@ -41,6 +41,7 @@ struct sb_stream {
     uv_timer_t *timer;
     int64_t backoff_ms;
     int64_t backoff_first_ms, backoff_max_ms;
+    int jitter; /* each retry waits a random 50..100% of the backoff */
     int connecting; /* an attempt is under way (set by `connect`) */
     int link_state;
     char last_fail[300];
@@ -58,6 +59,9 @@ struct sb_stream {
     /* Optional: releases what is left, right before the stopped callback. */
     void (*finish)(sb_stream *st);
     sb_adapter_stopped_cb stopped_cb;
+    /* The protocol's state for the whole adapter, beyond one connection
+     * (the MQTT bridge's, protocol/mqtt/bridge.h); the owner's. */
+    void *proto_ctx;
 };
 
 /* Initialises st (zeroed by the caller) for adapter a; the backoff is the
@@ -82,6 +86,10 @@ void sb_stream_add(sb_stream *st, sb_conn *c);
  * link is up: "connected to DISPLAY (PROTOCOL)"). */
 void sb_stream_log_connected(sb_stream *st, sb_conn *c, const char *note);
 
+/* A client's connection closed (what a client does when `closed` is
+ * NULL): logged, and dialled again after the backoff. */
+void sb_stream_link_lost(sb_stream *st);
+
 /* A client's link works: its backoff starts over. */
 void sb_stream_link_up(sb_stream *st);
 
@@ -92,8 +100,9 @@ void sb_stream_connect(sb_stream *st);
  * retried with backoff. */
 void sb_stream_connect_failed(sb_stream *st, const char *why);
 
-/* Arms the timer to call `connect` after the next backoff; returns the
- * delay (ms), or -1 if stopping or there is no timer. */
+/* Arms the timer to call `connect` after the next backoff (with `jitter`,
+ * a random 50..100% of it); returns the delay (ms), or -1 if stopping or
+ * there is no timer. */
 int64_t sb_stream_retry(sb_stream *st);
 
 /* Sink: gives d to the next connection that can take it, round robin.

@@ -113,11 +113,19 @@ unsigned sb_stream_protocol_of(const sb_adapter_config *cfg)
     return SB_PROTO_RAW;
 }
 
+int sb_stream_mqtt_client(const sb_adapter_config *cfg)
+{
+    const sb_stream_settings *s = SB_STREAM_CFG(cfg);
+    return s->connect != NULL && is(s->protocol, "mqtt");
+}
+
 int sb_stream_destination(const sb_adapter_config *cfg, int client_only, char *why, size_t n)
 {
     const sb_stream_settings *s = SB_STREAM_CFG(cfg);
     const char *protocol = s->protocol != NULL ? s->protocol : "raw";
-    int mqtt = is(protocol, "mqtt"), receives = client_only && s->connect == NULL;
+    /* an MQTT client publishes its deliveries upstream (the bridge) */
+    int mqtt = is(protocol, "mqtt") && s->connect == NULL;
+    int receives = client_only && s->connect == NULL;
     if (s->reply != NULL) {
         /* its connections carry replies: deliveries would mix with them */
         snprintf(why, n,
@@ -139,10 +147,11 @@ int sb_stream_destination(const sb_adapter_config *cfg, int client_only, char *w
 
 /* "host:port" or "[v6]:port"; port 0 (any free port) and an empty host (every
  * interface) only for listen; the host a numeric address or localhost (the
- * socket adapters resolve no names). */
-static int check_host_port(sb_adapter_check *chk, char *const *value, int listen)
+ * socket adapters resolve no names). Returns NULL, or msg holding what is
+ * wrong. */
+static const char *host_port_problem(const char *addr, int listen, char *msg, size_t n)
 {
-    const char *addr = *value, *colon;
+    const char *colon;
     char q[96], host[64];
     long port;
     char *end;
@@ -150,48 +159,78 @@ static int check_host_port(sb_adapter_check *chk, char *const *value, int listen
     struct sockaddr_in6 sa6;
     struct sockaddr_in sa4;
 
-    if (sb_adapter_check_seen(chk, value) != SB_SEEN_OK)
-        return 0;
     sb_config_quote(q, sizeof q, addr);
     colon = strrchr(addr, ':');
     /* ":port" listens on every interface (as the socket adapters read it) */
     if (colon == NULL || (colon == addr && !listen)) {
-        sb_adapter_error_at_value(chk, value, "expected host:port, got %s", q);
-        return 1;
+        snprintf(msg, n, "expected host:port, got %s", q);
+        return msg;
     }
     if (addr[0] == '[' ? colon[-1] != ']' : memchr(addr, ':', (size_t)(colon - addr)) != NULL) {
-        sb_adapter_error_at_value(
-            chk, value, "expected host:port, got %s (write IPv6 addresses as [::1]:port)", q);
-        return 1;
+        snprintf(msg, n, "expected host:port, got %s (write IPv6 addresses as [::1]:port)", q);
+        return msg;
     }
     port = strtol(colon + 1, &end, 10);
     if (colon[1] == '\0' || *end != '\0' || colon[1] == '+' || colon[1] == ' ' ||
         port < !listen || port > 65535) {
         sb_config_quote(q, sizeof q, colon + 1);
-        sb_adapter_error_at_value(chk, value, "invalid port %s (must be %d..65535)", q, !listen);
-        return 1;
+        snprintf(msg, n, "invalid port %s (must be %d..65535)", q, !listen);
+        return msg;
     }
     hl = addr[0] == '[' ? (size_t)(colon - addr - 2) : (size_t)(colon - addr);
     if (hl == 0 && addr[0] != '[')
-        return 0; /* every interface */
+        return NULL; /* every interface */
     if (hl == 0 || hl >= sizeof host) {
-        sb_adapter_error_at_value(chk, value,
-                                  "host of %s is not a numeric address (write e.g. "
-                                  "127.0.0.1:7878 or [::1]:7878; names are not resolved)",
-                                  q);
-        return 1;
+        snprintf(msg, n,
+                 "host of %s is not a numeric address (write e.g. 127.0.0.1:7878 or "
+                 "[::1]:7878; names are not resolved)",
+                 q);
+        return msg;
     }
     memcpy(host, addr[0] == '[' ? addr + 1 : addr, hl);
     host[hl] = '\0';
     if (strcmp(host, "localhost") == 0 || uv_ip4_addr(host, 0, &sa4) == 0 ||
         uv_ip6_addr(host, 0, &sa6) == 0)
-        return 0;
+        return NULL;
     sb_config_quote(q, sizeof q, host);
-    sb_adapter_error_at_value(chk, value,
-                              "host %s is not a numeric address (write e.g. 127.0.0.1:7878 or "
-                              "[::1]:7878; names are not resolved)",
-                              q);
+    snprintf(msg, n,
+             "host %s is not a numeric address (write e.g. 127.0.0.1:7878 or [::1]:7878; names "
+             "are not resolved)",
+             q);
+    return msg;
+}
+
+static int check_host_port(sb_adapter_check *chk, char *const *value, int listen)
+{
+    char msg[300];
+    if (sb_adapter_check_seen(chk, value) != SB_SEEN_OK ||
+        host_port_problem(*value, listen, msg, sizeof msg) == NULL)
+        return 0;
+    sb_adapter_error_at_value(chk, value, "%s", msg);
     return 1;
+}
+
+/* An MQTT client (the bridge): its session, credentials and addresses. */
+static void check_bridge(sb_adapter_check *chk, sb_stream_settings *a)
+{
+    if (a->client_id == NULL)
+        sb_adapter_error_at(chk, "client_id",
+                            "required for an MQTT client: the name of its persistent session "
+                            "upstream (unique in the upstream cluster)");
+    else if (strlen(a->client_id) > 65535)
+        sb_adapter_error_at_value(chk, &a->client_id, "longer than 65535 bytes");
+    if (a->password_file != NULL && a->password_env != NULL)
+        sb_adapter_error_at_key(chk, &a->password_env, "cannot be combined with password_file");
+    if ((a->password_file != NULL || a->password_env != NULL) && a->username == NULL)
+        sb_adapter_error_at(chk, "username",
+                            "required with a password (MQTT 3.1.1 sends no password alone)");
+    if (a->keep_alive_ms % SB_SECONDS != 0)
+        sb_adapter_error_at_value(chk, &a->keep_alive_ms, "must be whole seconds");
+    for (size_t i = 0; i < a->failover_count; i++) {
+        char msg[300];
+        if (host_port_problem(a->failover[i], 0, msg, sizeof msg) != NULL)
+            sb_adapter_error_at_element(chk, &a->failover, i, "%s", msg);
+    }
 }
 
 /* tls: a server needs cert and key, a client a ca (or verify: false). */
@@ -343,10 +382,13 @@ void sb_stream_validate(sb_adapter_check *chk, sb_adapter_config *cfg, const sb_
     }
 
     mqtt = a->protocol != NULL && strcmp(a->protocol, "mqtt") == 0;
-    if (mqtt && (!kind->stream || kind->server_key == NULL || a->connect != NULL))
+    if (mqtt && (!kind->stream || kind->server_key == NULL ||
+                 (a->connect != NULL && !kind->host_port)))
         sb_adapter_error_at_value(chk, &a->protocol,
-                                  "mqtt is served on listeners (tcp listen, unix or pipe path); "
-                                  "the broker is not an MQTT client");
+                                  "mqtt is served on listeners (tcp listen, unix or pipe path) "
+                                  "and spoken as a client over tcp connect (a bridge)");
+    if (mqtt && a->connect != NULL && kind->host_port)
+        check_bridge(chk, a);
     check_replies(chk, a);
     if (!listen_bad)
         check_anonymous(chk, cfg, mqtt);

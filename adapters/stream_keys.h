@@ -74,6 +74,21 @@ typedef struct sb_stream_settings {
      * answers a refused one. NULL: no reply. */
     char *reply;
     char *reply_error;
+    /* ---- tcp clients with protocol mqtt: the bridge to an upstream MQTT
+     * broker (protocol/mqtt/bridge.c) ---- */
+    char **failover;        /* further upstream host:port, tried in turn after connect */
+    size_t failover_count;
+    char *client_id;        /* required: the persistent session upstream */
+    char *username;         /* sent in CONNECT */
+    char *password_file;    /* the password: a file's first line ... */
+    char *password_env;     /* ... or an environment variable's value */
+    int64_t keep_alive_ms;  /* default 60 s, whole seconds, 0 = off */
+    int qos;                /* QoS of exports: 1 (default) or 2 */
+    char *local_prefix;     /* stripped from exported topics, added to imported ones */
+    char *remote_prefix;    /* added to exported topics, stripped from imported ones */
+    char **subscribe;       /* upstream filters imported into the broker */
+    size_t subscribe_count;
+    int rate;               /* exports per second at most (a backlog's pace); 0 = no limit */
 } sb_stream_settings;
 
 /* The stream settings of an adapter of an endpoint type (exec's settings
@@ -155,6 +170,30 @@ extern const sb_config_table sb_stream_tls_table;
 #define SB_STREAM_ROW_REPLY_ERROR                                                                  \
     {.key = "reply_error", .kind = SB_KEY_STRING, .protocols = SB_PROTO_RAW,                       \
      .offset = SB_STREAM_OFF(reply_error)}
+
+/* The keys of an MQTT client (the bridge); only tcp has them. */
+#define SB_STREAM_WHY_BRIDGE "only for MQTT clients (connect with protocol mqtt), not with %s"
+#define SB_STREAM_BRIDGE_ROW(k, kind_, m, ...)                                                     \
+    {.key = k, .kind = kind_, .roles = SB_ROLE_CLIENT, .protocols = SB_PROTO_MQTT,                 \
+     .why = SB_STREAM_WHY_BRIDGE, .offset = SB_STREAM_OFF(m), __VA_ARGS__}
+#define SB_STREAM_ROWS_BRIDGE                                                                      \
+    SB_STREAM_BRIDGE_ROW("failover", SB_KEY_STRLIST, failover,                                     \
+                         .count_off = SB_STREAM_OFF(failover_count)),                              \
+        SB_STREAM_BRIDGE_ROW("client_id", SB_KEY_STRING, client_id, .def = 0),                     \
+        SB_STREAM_BRIDGE_ROW("username", SB_KEY_STRING, username, .def = 0),                       \
+        SB_STREAM_BRIDGE_ROW("password_file", SB_KEY_STRING, password_file, .def = 0),             \
+        SB_STREAM_BRIDGE_ROW("password_env", SB_KEY_STRING, password_env, .def = 0),               \
+        SB_STREAM_BRIDGE_ROW("keep_alive", SB_KEY_DURATION, keep_alive_ms, .def = 60 * SB_SECONDS, \
+                             .min = 0, .max = 65535 * SB_SECONDS),                                 \
+        SB_STREAM_BRIDGE_ROW("qos", SB_KEY_INT, qos, .def = 1, .min = 1, .max = 2),                \
+        SB_STREAM_BRIDGE_ROW("local_prefix", SB_KEY_STRING, local_prefix, .def = 0),               \
+        SB_STREAM_BRIDGE_ROW("remote_prefix", SB_KEY_STRING, remote_prefix, .def = 0),             \
+        SB_STREAM_BRIDGE_ROW("subscribe", SB_KEY_FILTERS, subscribe,                               \
+                             .count_off = SB_STREAM_OFF(subscribe_count)),                         \
+        SB_STREAM_BRIDGE_ROW("rate", SB_KEY_INT, rate, .def = 0, .min = 0, .max = 10000000)
+
+/* 1 if the adapter is an MQTT client (tcp connect with protocol mqtt). */
+int sb_stream_mqtt_client(const sb_adapter_config *cfg);
 
 /* ---- shared hooks and checks (stream_keys.c) ---- */
 

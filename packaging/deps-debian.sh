@@ -8,7 +8,7 @@ set -eu
 # recommended by clang) for the clang build with -fsanitize.
 PACKAGES="build-essential clang libclang-rt-14-dev cmake ninja-build pkg-config git \
   ca-certificates libuv1-dev libsqlite3-dev sqlite3 libyaml-dev libjansson-dev libcmocka-dev \
-  libssl-dev python3 mosquitto mosquitto-clients libmosquitto-dev openssl"
+  libssl-dev python3 mosquitto mosquitto-clients libmosquitto-dev openssl nats-server"
 
 missing=""
 for p in $PACKAGES; do
@@ -30,14 +30,17 @@ apt-get update -q
 # shellcheck disable=SC2086
 apt-get install -y -q --no-install-recommends $missing
 
-# The mosquitto package is here for the tests and the side-by-side benchmark,
-# which start their own instances on free ports; it also enables a system
-# broker on port 1883, which this machine did not ask for.
-case " $missing " in
-*" mosquitto "*)
-    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-        systemctl disable --now mosquitto.service >/dev/null 2>&1 || true
-        echo "deps-debian.sh: disabled the mosquitto system service (installed for tests only)"
-    fi
-    ;;
-esac
+# The mosquitto and nats-server packages are here for the tests (the MQTT
+# bridge's upstreams) and the side-by-side benchmarks, which start their own
+# instances on free ports; a package may also enable a system broker, which
+# this machine did not ask for.
+for svc in mosquitto nats-server; do
+    case " $missing " in
+    *" $svc "*)
+        if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+            systemctl disable --now "$svc.service" >/dev/null 2>&1 || true
+            echo "deps-debian.sh: disabled the $svc system service (installed for tests only)"
+        fi
+        ;;
+    esac
+done

@@ -144,6 +144,12 @@ struct sb_consumer {
  * max_attempts. Frees d. */
 void sb_delivery_done(sb_delivery *d, int status, const char *reason);
 
+/* Ends a delivery that failed through no fault of its message (the link
+ * it went out on was lost before an acknowledgement): it goes back to the
+ * queue at once, ahead of newer entries, and the attempt is not counted,
+ * so an outage never dead-letters. Frees d. */
+void sb_delivery_return(sb_delivery *d, const char *reason);
+
 /* Settings of a subscription created by a client (routes have theirs in
  * the config). */
 typedef struct sb_sub_settings {

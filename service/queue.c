@@ -528,6 +528,29 @@ void sb_delivery_done(sb_delivery *d, int status, const char *reason)
         sb_queue__dispatch(q);
 }
 
+void sb_delivery_return(sb_delivery *d, const char *reason)
+{
+    sb_consumer *c = d->consumer;
+    sb_entry *e = d->entry;
+    sb_queue *q = c->queue;
+
+    if (c->remote != NULL) {
+        c->remote->ops->delivery_done(c->remote, d, SB_ECLOSED, reason);
+        return;
+    }
+    outstanding_remove(c, d);
+    if (e == NULL)
+        sb_message_unref(d->msg); /* its own reference, taken when the lease expired */
+    sb_free(d);
+    if (e != NULL) {
+        e->delivery = NULL;
+        q->nacked++;
+        fail_entry(q, e, reason != NULL ? reason : "returned by the consumer", 0);
+    }
+    if (q != NULL)
+        sb_queue__dispatch(q);
+}
+
 void sb_consumer_ready(sb_consumer *c)
 {
     c->busy = 0;

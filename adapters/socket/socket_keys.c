@@ -27,6 +27,7 @@ static const sb_config_key tcp_rows[] = {
     SB_STREAM_ROW_READ_AHEAD,
     SB_STREAM_ROW_REPLY,
     SB_STREAM_ROW_REPLY_ERROR,
+    SB_STREAM_ROWS_BRIDGE,
 };
 
 static const sb_config_key udp_rows[] = {

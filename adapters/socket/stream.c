@@ -10,6 +10,7 @@
  */
 #include "adapters/stream_keys.h"
 #include "adapters/conn.h"
+#include "adapters/protocol/mqtt/bridge.h"
 #include "adapters/protocol/raw.h"
 #include "adapters/socket/socket.h"
 #include "adapters/socket/tls.h"
@@ -31,6 +32,10 @@ typedef struct stream_adapter {
     uv_stream_t *listener;
     sb_socket_listener *acceptor; /* accepts on listener */
     unsigned long serial;
+    /* an MQTT client: the bridge, and which upstream address is dialled
+     * (0: connect, i: failover[i - 1]) */
+    sb_mqtt_bridge *bridge;
+    size_t addr;
 } stream_adapter;
 
 static int stream_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error *err)
@@ -41,6 +46,8 @@ static int stream_create(sb_adapter **out, const sb_adapter_config *cfg, sb_erro
     s->is_tcp = strcmp(cfg->type, "tcp") == 0;
     s->is_server = s->is_tcp ? SB_STREAM_CFG(cfg)->listen != NULL : SB_STREAM_CFG(cfg)->path != NULL;
     s->proto = sb_protocol_find(SB_STREAM_CFG(cfg)->protocol);
+    if (s->is_tcp && sb_stream_mqtt_client(cfg))
+        s->proto = &sb_protocol_mqtt_bridge;
     *out = &s->base;
     return 0;
 }
@@ -57,6 +64,8 @@ static void on_handle_free(uv_handle_t *h)
 static void on_tls_ready(sb_conn *c)
 {
     stream_adapter *s = (stream_adapter *)c->adapter;
+    if (s->bridge != NULL)
+        return; /* the link is up when upstream accepts the session */
     if (!s->is_server)
         sb_stream_link_up(&s->st);
     sb_adapter_sink_ready(&s->base);
@@ -79,7 +88,8 @@ static int add_conn(stream_adapter *s, uv_stream_t *h, const char *peer)
             return rc;
         }
         sb_stream_add(&s->st, c);
-        sb_stream_log_connected(&s->st, c, " (TLS handshake)");
+        if (s->bridge == NULL)
+            sb_stream_log_connected(&s->st, c, " (TLS handshake)");
         return 0;
     }
     sb_stream_add(&s->st, c);
@@ -88,6 +98,8 @@ static int add_conn(stream_adapter *s, uv_stream_t *h, const char *peer)
         sb_conn_close(c, "cannot start the protocol session");
         return rc;
     }
+    if (s->bridge != NULL)
+        return 0; /* connected once upstream accepts the session (CONNACK) */
     sb_stream_log_connected(&s->st, c, "");
     sb_adapter_sink_ready(&s->base);
     return 0;
@@ -145,6 +157,9 @@ static void on_accepted(void *ctx, uv_stream_t *h)
 
 /* ---- client mode ---- */
 
+static const char *upstream(const stream_adapter *s);
+static void next_address(stream_adapter *s);
+
 static void on_connect(uv_connect_t *req, int status)
 {
     stream_adapter *s = req->data;
@@ -155,20 +170,67 @@ static void on_connect(uv_connect_t *req, int status)
     s->st.pending--;
     if (s->base.stopping || status != 0) {
         uv_close((uv_handle_t *)h, on_handle_free);
-        if (status != 0)
+        if (status != 0) {
+            const char *failed = s->st.display;
+            next_address(s);
+            s->st.display = failed; /* the log names the address that failed */
             sb_stream_connect_failed(&s->st, uv_strerror(status));
+            s->st.display = upstream(s);
+        }
         sb_stream_maybe_stopped(&s->st);
         return;
     }
-    if (s->tls == NULL)
+    if (s->tls == NULL && s->bridge == NULL)
         sb_stream_link_up(&s->st); /* with TLS, once the handshake is done */
-    snprintf(peer, sizeof(peer), "%s", SB_STREAM_CFG(s->base.cfg)->connect);
+    snprintf(peer, sizeof(peer), "%s", upstream(s));
     if (s->is_tcp)
         uv_tcp_nodelay((uv_tcp_t *)h, 1);
     if (add_conn(s, h, peer) != 0 && s->st.conns == NULL) {
         sb_log(SB_LOG_ERROR, s->base.name, "peer %s: cannot start session", peer);
         sb_stream_retry(&s->st);
     }
+}
+
+/* The upstream address dialled now. */
+static const char *upstream(const stream_adapter *s)
+{
+    const sb_stream_settings *c = SB_STREAM_CFG(s->base.cfg);
+    return s->addr == 0 ? c->connect : c->failover[s->addr - 1];
+}
+
+/* The next attempt dials the next address (failover, an MQTT client). */
+static void next_address(stream_adapter *s)
+{
+    size_t n = SB_STREAM_CFG(s->base.cfg)->failover_count + 1;
+    if (s->bridge == NULL || n == 1)
+        return;
+    s->addr = (s->addr + 1) % n;
+    s->st.display = upstream(s);
+}
+
+/* An MQTT client's connection closed: refused by upstream (logged once per
+ * change, as a failed attempt), or a lost link; either way the next
+ * attempt, after the backoff, dials the next address. */
+static void bridge_conn_closed(sb_stream *st, sb_conn *c)
+{
+    stream_adapter *s = (stream_adapter *)st->adapter;
+    const char *why = sb_mqtt_bridge_refusal(s->bridge), *was = st->display;
+    if (s->base.stopping)
+        return;
+    if (c->proto == NULL) /* the TLS handshake failed (logged with its reason) */
+        why = "TLS handshake failed";
+    next_address(s);
+    st->display = was;
+    if (why != NULL)
+        sb_stream_connect_failed(st, why);
+    else
+        sb_stream_link_lost(st);
+    st->display = upstream(s);
+}
+
+static int bridge_busy(sb_stream *st)
+{
+    return sb_mqtt_bridge_busy(((stream_adapter *)st->adapter)->bridge);
 }
 
 static void start_connect(sb_stream *st)
@@ -189,7 +251,7 @@ static void start_connect(sb_stream *st)
     if (s->is_tcp) {
         struct sockaddr_storage ss;
         int rc;
-        sb_socket_parse_addr(SB_STREAM_CFG(s->base.cfg)->connect, &ss, NULL);
+        sb_socket_parse_addr(upstream(s), &ss, NULL);
         rc = uv_tcp_connect(req, (uv_tcp_t *)h, (struct sockaddr *)&ss, on_connect);
         if (rc != 0) {
             req->handle = h;
@@ -223,11 +285,20 @@ static int stream_start(sb_adapter *a, sb_error *err)
         return rc;
     sb_stream_init(&s->st, a, s->is_server, SB_STREAM_CFG(cfg)->connect);
     s->st.connect = start_connect;
+    if (s->proto == &sb_protocol_mqtt_bridge) {
+        if ((rc = sb_mqtt_bridge_new(&s->bridge, a, &s->st, err)) != 0)
+            return rc;
+        s->st.proto_ctx = s->bridge;
+        s->st.closed = bridge_conn_closed;
+        s->st.busy = bridge_busy;
+        s->st.jitter = 1;
+    }
     if (!s->is_server) {
         if ((rc = sb_stream_open_timer(&s->st, err)) != 0)
             return rc;
-        sb_log(SB_LOG_INFO, a->name, "connecting to %s (%s%s)", SB_STREAM_CFG(cfg)->connect, s->proto->name,
-               s->tls != NULL ? " over TLS" : "");
+        sb_log(SB_LOG_INFO, a->name, "connecting to %s%s (%s%s)", SB_STREAM_CFG(cfg)->connect,
+               SB_STREAM_CFG(cfg)->failover_count > 0 ? " (and its failover addresses)" : "",
+               s->proto->name, s->tls != NULL ? " over TLS" : "");
         sb_stream_connect(&s->st);
         return 0;
     }
@@ -292,6 +363,7 @@ static void stream_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
         if (!s->is_tcp && SB_STREAM_CFG(a->cfg)->path != NULL)
             sb_socket_unlink_local(SB_STREAM_CFG(a->cfg)->path);
     }
+    sb_mqtt_bridge_stop(s->bridge);
     sb_stream_stop(&s->st, cb);
     sb_stream_maybe_stopped(&s->st);
 }
@@ -319,20 +391,26 @@ static void stream_refresh(sb_adapter *a)
 
 static void stream_destroy(sb_adapter *a)
 {
+    sb_mqtt_bridge_free(((stream_adapter *)a)->bridge);
     sb_tls_ctx_free(((stream_adapter *)a)->tls);
     sb_free(a);
 }
 
 static int stream_deliver(sb_adapter *a, sb_delivery *d)
 {
-    return sb_stream_deliver(&((stream_adapter *)a)->st, d);
+    stream_adapter *s = (stream_adapter *)a;
+    if (s->bridge != NULL)
+        return sb_mqtt_bridge_deliver(s->bridge, d);
+    return sb_stream_deliver(&s->st, d);
 }
 
 /* tcp, unix and (on POSIX) pipe differ only in name: the config decides. */
-/* An MQTT listener is only a source: its clients subscribe for themselves. */
+/* An MQTT listener is only a source: its clients subscribe for themselves
+ * (an MQTT client, the bridge, is both). */
 static unsigned stream_caps_of(const sb_adapter_config *cfg)
 {
-    if (SB_STREAM_CFG(cfg)->protocol != NULL && strcmp(SB_STREAM_CFG(cfg)->protocol, "mqtt") == 0)
+    if (SB_STREAM_CFG(cfg)->protocol != NULL && strcmp(SB_STREAM_CFG(cfg)->protocol, "mqtt") == 0 &&
+        !sb_stream_mqtt_client(cfg))
         return SB_CAP_SOURCE;
     return SB_CAP_SOURCE | SB_CAP_SINK;
 }

@@ -747,6 +747,43 @@ static void test_error_adapter_rules(void **state)
 /* Mailslots: names and full paths, the message framing and the 64KiB
  * max_message by default, security for servers only, and the path rules. */
 /* mqtt, tls and anonymous access: where each may appear and what each needs. */
+/* The MQTT client (bridge) keys: only on tcp clients with protocol mqtt,
+ * and their cross-key checks. */
+static void test_mqtt_bridge_keys(void **state)
+{
+    sb_config *cfg;
+    const sb_stream_settings *s;
+    (void)state;
+    cfg = parse_ok("adapters:\n"
+                  "  - { name: up, type: tcp, connect: \"127.0.0.1:1883\", protocol: mqtt,\n"
+                  "      failover: [\"127.0.0.1:1884\", \"[::1]:1885\"], client_id: site1,\n"
+                  "      username: u, password_env: PW, keep_alive: 30s, qos: 2,\n"
+                  "      local_prefix: a/, remote_prefix: site1/, subscribe: [\"cmd/#\", x] }\n");
+    s = SB_STREAM_CFG(&cfg->adapters[0]);
+    assert_int_equal(s->failover_count, 2);
+    assert_string_equal(s->failover[1], "[::1]:1885");
+    assert_string_equal(s->client_id, "site1");
+    assert_int_equal(s->keep_alive_ms, 30000);
+    assert_int_equal(s->qos, 2);
+    assert_int_equal(s->subscribe_count, 2);
+    sb_config_free(cfg);
+    expect_errors("adapters: [{ name: m, type: tcp, listen: \"127.0.0.1:1\", protocol: mqtt, "
+                  "client_id: x }]\n",
+                  "t.yaml:1:73: adapters[0].client_id: only for MQTT clients (connect with protocol "
+                  "mqtt), not with listen\n");
+    expect_errors("adapters: [{ name: m, type: tcp, connect: \"127.0.0.1:1\", client_id: x }]\n",
+                  "t.yaml:1:58: adapters[0].client_id: only for protocol mqtt\n");
+    expect_errors("adapters: [{ name: m, type: tcp, connect: \"127.0.0.1:1\", protocol: mqtt, "
+                  "client_id: x, failover: [\"127.0.0.1:2\", \"h:3\"], password_file: f, "
+                  "password_env: E, keep_alive: 1500ms, qos: 0 }]\n",
+                  "t.yaml:1:12: adapters[0].username: required with a password (MQTT 3.1.1 sends "
+                  "no password alone)\n"
+                  "t.yaml:1:114: adapters[0].failover[1]: " NOT_NUMERIC
+                  "t.yaml:1:140: adapters[0].password_env: cannot be combined with password_file\n"
+                  "t.yaml:1:169: adapters[0].keep_alive: must be whole seconds\n"
+                  "t.yaml:1:182: adapters[0].qos: must be between 1 and 2\n");
+}
+
 static void test_mqtt_tls_anonymous(void **state)
 {
     sb_config *cfg;
@@ -757,10 +794,14 @@ static void test_mqtt_tls_anonymous(void **state)
                   "clients are refused, and this listener has no way to authenticate them: set "
                   "tls.client_cert or broker.auth.password_file, or anonymous: true to accept "
                   "anyone who can reach it\n");
+    /* tcp connect with protocol mqtt is the bridge (an MQTT client) */
     expect_errors("adapters: [{ name: m, type: tcp, connect: \"h:1\", protocol: mqtt }]\n",
-                  "t.yaml:1:43: adapters[0].connect: " NOT_NUMERIC
-                  "t.yaml:1:60: adapters[0].protocol: mqtt is served on listeners (tcp listen, "
-                  "unix or pipe path); the broker is not an MQTT client\n");
+                  "t.yaml:1:12: adapters[0].client_id: required for an MQTT client: the name of "
+                  "its persistent session upstream (unique in the upstream cluster)\n"
+                  "t.yaml:1:43: adapters[0].connect: " NOT_NUMERIC);
+    expect_errors("adapters: [{ name: m, type: unix, connect: x, protocol: mqtt }]\n",
+                  "t.yaml:1:57: adapters[0].protocol: mqtt is served on listeners (tcp listen, "
+                  "unix or pipe path) and spoken as a client over tcp connect (a bridge)\n");
     expect_errors("adapters: [{ name: m, type: unix, path: x, protocol: mqtt, framing: line }]\n",
                   "t.yaml:1:60: adapters[0].framing: not allowed with protocol mqtt\n");
     expect_errors("adapters: [{ name: m, type: tcp, listen: \"127.0.0.1:1\", max_queued: 5 }]\n",
@@ -1804,6 +1845,7 @@ int main(void)
         cmocka_unit_test(test_mailslot),
         cmocka_unit_test(test_dde),
         cmocka_unit_test(test_mqtt_tls_anonymous),
+        cmocka_unit_test(test_mqtt_bridge_keys),
         cmocka_unit_test(test_error_many),
         cmocka_unit_test(test_load_missing),
         cmocka_unit_test(test_print),
