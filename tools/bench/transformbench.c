@@ -170,7 +170,7 @@ int main(int argc, char **argv)
     int window = 256, rounds = 5;
     size_t size = 100;
 
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* every option takes a value */
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (val == NULL)
             goto usage;
@@ -188,7 +188,6 @@ int main(int argc, char **argv)
             rounds = atoi(val);
         else
             goto usage;
-        i++;
     }
     if (endpoint == NULL || n < 1 || window < 1 || rounds < 1 || rounds > MAX_ROUNDS ||
         size > 65536)
