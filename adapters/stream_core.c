@@ -5,6 +5,7 @@
 #include "service/alloc.h"
 #include "service/log.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -71,6 +72,7 @@ void sb_stream_link_lost(sb_stream *st)
         return;
     sb_log(SB_LOG_WARN, st->adapter->name, "disconnected from %s; reconnecting", st->display);
     st->link_state = LINK_LOST;
+    st->links_lost++;
     st->last_fail[0] = '\0';
     sb_stream_retry(st);
 }
@@ -104,9 +106,23 @@ void sb_stream_log_connected(sb_stream *st, sb_conn *c, const char *note)
         return;
     }
     st->link_state = LINK_UP;
+    st->links_up++;
     st->last_fail[0] = '\0';
     sb_log(SB_LOG_INFO, st->adapter->name, "connected to %s (%s)%s", st->display,
            sb_protocol_find(SB_STREAM_CFG(st->adapter->cfg)->protocol)->name, note);
+}
+
+void *sb_stream_stats(const sb_stream *st)
+{
+    static const char *const states[] = {"connecting", "up", "down", "lost"};
+    if (st->is_server)
+        return json_pack("{s:s, s:i}", "role", "server", "connections", st->conn_count);
+    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:s}", "role", "client", "to",
+                     st->display != NULL ? st->display : "", "link",
+                     states[st->link_state >= 0 && st->link_state <= LINK_LOST ? st->link_state
+                                                                                 : 0],
+                     "connects", (json_int_t)st->links_up, "lost", (json_int_t)st->links_lost,
+                     "last_error", st->last_fail);
 }
 
 /* ---- clients: reconnecting ---- */

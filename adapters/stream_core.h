@@ -45,6 +45,8 @@ struct sb_stream {
     int connecting; /* an attempt is under way (set by `connect`) */
     int link_state;
     char last_fail[300];
+    uint64_t links_up;   /* client: how often the link came up */
+    uint64_t links_lost; /* client: how often an up link was lost */
     /* Starts one attempt (client; exec: one run): sets `connecting` while it
      * is under way, reports it with sb_stream_add / sb_stream_connect_failed. */
     void (*connect)(sb_stream *st);
@@ -89,6 +91,12 @@ void sb_stream_log_connected(sb_stream *st, sb_conn *c, const char *note);
 /* A client's connection closed (what a client does when `closed` is
  * NULL): logged, and dialled again after the backoff. */
 void sb_stream_link_lost(sb_stream *st);
+
+/* The link state and counters for `sbctl stats` (a new jansson object):
+ * servers their connections; clients the link (up, down: an attempt
+ * failed, lost: an up link closed, connecting), how often it came up and
+ * was lost, and the last failure. */
+void *sb_stream_stats(const sb_stream *st);
 
 /* A client's link works: its backoff starts over. */
 void sb_stream_link_up(sb_stream *st);

@@ -415,12 +415,17 @@ static unsigned stream_caps_of(const sb_adapter_config *cfg)
     return SB_CAP_SOURCE | SB_CAP_SINK;
 }
 
+static void *stream_stats(sb_adapter *a)
+{
+    return sb_stream_stats(&((stream_adapter *)a)->st);
+}
+
 #define STREAM_TYPE(type_name)                                                                     \
     {                                                                                              \
         .version = SB_ADAPTER_VERSION, .name = type_name, .caps = SB_CAP_SOURCE | SB_CAP_SINK,     \
         .caps_of = stream_caps_of, .create = stream_create,           \
         .start = stream_start, .deliver = stream_deliver, .stop = stream_stop,                     \
-        .destroy = stream_destroy, .refresh = stream_refresh,                                      \
+        .destroy = stream_destroy, .refresh = stream_refresh, .stats = stream_stats,              \
     }
 
 const sb_adapter_type sb_adapter_tcp = STREAM_TYPE("tcp");

@@ -267,6 +267,39 @@ static const char outage_config[] = "broker:\n"
  * is stopped mid-stream; what is published meanwhile waits in the route's
  * durable queue, also across a kill -9 of Switchboard, and flows, in
  * order, once the upstream is back. */
+/* The uplink's state as `sbctl stats --json` shows it (adapters.uplink). */
+static json_t *uplink_stats(sbt_conn *c)
+{
+    json_t *r = sbt_call(c, "{s:s}", "op", "stats");
+    json_t *u = json_incref(json_object_get(json_object_get(r, "adapters"), "uplink"));
+    json_decref(r);
+    if (u == NULL)
+        fail_msg("no adapters.uplink in the stats");
+    return u;
+}
+
+static void expect_link(sbt_conn *c, const char *want_link, int64_t min_lost)
+{
+    int64_t deadline = sbt_now_ms() + 10000;
+    sbt_waiting_for("the uplink's link to be %s", want_link);
+    for (;;) {
+        json_t *u = uplink_stats(c);
+        const char *link = json_string_value(json_object_get(u, "link"));
+        int ok = link != NULL && strcmp(link, want_link) == 0 &&
+                 json_integer_value(json_object_get(u, "lost")) >= min_lost;
+        if (ok) {
+            json_decref(u);
+            return;
+        }
+        if (sbt_now_ms() > deadline) {
+            char *text = json_dumps(u, 0);
+            fail_msg("uplink stats %s, want link %s", text, want_link);
+        }
+        json_decref(u);
+        sbt_poll_pause(50);
+    }
+}
+
 static void test_outage_loses_nothing(void **state)
 {
     sbt_broker *b = *state;
@@ -287,6 +320,7 @@ static void test_outage_loses_nothing(void **state)
 
     publish_range(c, "plant/line1", 0, 100);
     dups = expect_range(file, "site1/plant/line1", 0, 100, 20000);
+    expect_link(c, "up", 0);
 
     /* the uplink goes down mid-stream */
     /* (SIGTERM: mosquitto keeps the persistent sessions, the consumer's
@@ -298,6 +332,15 @@ static void test_outage_loses_nothing(void **state)
     sbt_proc_release(&subs[0]);
     publish_range(c, "plant/line1", 150, 300);
     sbt_broker_wait_log(b, "disconnected from 127.0.0.1:", 1, SBT_READY_MS);
+    {
+        /* the stats show the link lost, and why the next attempts fail */
+        json_t *st = uplink_stats(c);
+        const char *link = json_string_value(json_object_get(st, "link"));
+        assert_non_null(link);
+        assert_true(strcmp(link, "lost") == 0 || strcmp(link, "down") == 0);
+        assert_true(json_integer_value(json_object_get(st, "lost")) >= 1);
+        json_decref(st);
+    }
     /* held durably: Switchboard itself crashes and comes back */
     sbt_close(c);
     sbt_broker_kill(b);
@@ -311,6 +354,7 @@ static void test_outage_loses_nothing(void **state)
     dups += expect_range(file, "site1/plant/line1", 0, 400, 30000);
     sbt_wait_queue_int(c, "up:uplink", "depth", 0, 10000);
     assert_int_equal(sbt_queue_int(c, "up:uplink", "dead"), 0);
+    expect_link(c, "up", 0);
     print_message("400 messages arrived upstream, %d duplicates (QoS 1)\n", dups);
 
     sbt_close(c);
