@@ -683,6 +683,9 @@ static void test_example(void **state)
     assert_string_equal(topic, "shop/orders/new");
     assert_string_equal(payload, "order 4711");
     sbt_tcp_close(mq);
+    /* its clean session's queue (shop/#) goes with the disconnect: wait for
+     * it, or the label below may still be routed there too */
+    sbt_broker_wait_log(b, "(client copydata-example): disconnected", 1, WAIT_MS);
     /* labels from the jsonl side to the printer program's window (dwData 2) */
     {
         sbt_conn *c = sbt_connect(b->port[0]);
