@@ -284,6 +284,47 @@ void sbt_write_file(const char *path, const void *data, size_t len)
     assert_int_equal(fclose(f), 0);
 }
 
+char *sbt_example(const char *name)
+{
+    char path[SBT_PATH_MAX];
+    char *text;
+    /* SB_TEST_DATA is <source>/tests/data. */
+    snprintf(path, sizeof path, "%s/../../config/examples/%s", sbt_test_data(), name);
+    text = sbt_read_file(path, NULL);
+    if (text == NULL)
+        fail_msg("cannot read %s", path);
+    { /* a checkout with CRLF line ends reads the same */
+        char *w = text;
+        for (const char *r = text; *r != '\0'; r++)
+            if (*r != '\r')
+                *w++ = *r;
+        *w = '\0';
+    }
+    return text;
+}
+
+void sbt_example_replace(char **text, const char *example, const char *from, const char *to)
+{
+    size_t fl = strlen(from), tl = strlen(to), n = 0;
+    char *out, *o;
+    const char *p, *hit;
+    for (p = *text; (hit = strstr(p, from)) != NULL; p = hit + fl)
+        n++;
+    if (n == 0)
+        fail_msg("config/examples/%s no longer has \"%s\": update its test", example, from);
+    out = malloc(strlen(*text) + n * tl + 1);
+    assert_non_null(out);
+    for (o = out, p = *text; (hit = strstr(p, from)) != NULL; p = hit + fl) {
+        memcpy(o, p, (size_t)(hit - p));
+        o += hit - p;
+        memcpy(o, to, tl);
+        o += tl;
+    }
+    strcpy(o, p);
+    free(*text);
+    *text = out;
+}
+
 char *sbt_strdup(const char *s)
 {
     size_t n = strlen(s) + 1;

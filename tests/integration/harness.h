@@ -113,6 +113,15 @@ char *sbt_read_file(const char *path, size_t *len);
 /* Writes (replaces) a file; asserts. */
 void sbt_write_file(const char *path, const void *data, size_t len);
 
+/* config/examples/NAME as shipped (free()), with LF line ends whatever the
+ * checkout has; fails the test if it cannot be read. A test runs an example by replacing its fixed
+ * names and ports with the run's (sbt_example_replace) and giving it to sbt_broker_config. */
+char *sbt_example(const char *name);
+
+/* Replaces every `from` in *text (from sbt_example) by `to`; fails the test
+ * if there is none, naming example (the example changed: update the test). */
+void sbt_example_replace(char **text, const char *example, const char *from, const char *to);
+
 /* A copy of s (free()); asserts. (strdup is not C11.) */
 char *sbt_strdup(const char *s);
 

@@ -746,29 +746,6 @@ static void test_hostile_writer(void **state)
 
 /* ---- the shipped example, and sbring ---- */
 
-/* Replaces every `from` in *text by `to`; fails if there is none. */
-static void replace(char **text, const char *from, const char *to)
-{
-    size_t fl = strlen(from), tl = strlen(to), n = 0;
-    char *out, *o;
-    const char *p, *hit;
-    for (p = *text; (hit = strstr(p, from)) != NULL; p = hit + fl)
-        n++;
-    if (n == 0)
-        fail_msg("config/examples/filemap.yaml no longer has \"%s\": update its test", from);
-    out = malloc(strlen(*text) + n * tl + 1);
-    assert_non_null(out);
-    for (o = out, p = *text; (hit = strstr(p, from)) != NULL; p = hit + fl) {
-        memcpy(o, p, (size_t)(hit - p));
-        o += hit - p;
-        memcpy(o, to, tl);
-        o += tl;
-    }
-    strcpy(o, p);
-    free(*text);
-    *text = out;
-}
-
 /* Runs sbring with up to four arguments; returns its exit code, *out its
  * output without carriage returns. */
 static int sbring(sbt_broker *b, char **out, const char *a1, const char *a2, const char *a3,
@@ -794,30 +771,22 @@ static int sbring(sbt_broker *b, char **out, const char *a1, const char *a2, con
 static void test_example(void **state)
 {
     sbt_broker *b = *state;
-    char path[SBT_PATH_MAX], line[128], *text, *out;
+    char line[128], *text, *out;
     const char *tel = ring("telemetry"), *alarms = ring("alarms");
     sbt_conn *c;
     json_t *m;
 
     sbt_broker_init(b, "filemap-example", 1);
-    snprintf(path, sizeof(path), "%s/../../config/examples/filemap.yaml", sbt_test_data());
-    text = sbt_read_file(path, NULL);
-    if (text == NULL)
-        fail_msg("cannot read %s", path);
-    {
-        char *w = text; /* a checkout with CRLF line ends reads the same */
-        for (const char *r = text; *r != '\0'; r++)
-            if (*r != '\r')
-                *w++ = *r;
-        *w = '\0';
-    }
-    replace(&text, "data_dir: ./data", "data_dir: '{data}'\n  admin: { endpoint: 'off' }");
+    text = sbt_example("filemap.yaml");
+    sbt_example_replace(&text, "filemap.yaml", "data_dir: ./data",
+                        "data_dir: '{data}'\n  admin: { endpoint: 'off' }");
     snprintf(line, sizeof(line), "ring: %s ", tel);
-    replace(&text, "ring: telemetry ", line);
+    sbt_example_replace(&text, "filemap.yaml", "ring: telemetry ", line);
     snprintf(line, sizeof(line), "ring: %s\n", alarms);
-    replace(&text, "ring: alarms\n", line);
-    replace(&text, "\nadapters:\n", "\nadapters:\n  - name: sbt-clients\n    type: tcp\n"
-                                     "    listen: 127.0.0.1:{port0}\n    protocol: jsonl\n");
+    sbt_example_replace(&text, "filemap.yaml", "ring: alarms\n", line);
+    sbt_example_replace(&text, "filemap.yaml", "\nadapters:\n",
+                        "\nadapters:\n  - name: sbt-clients\n    type: tcp\n"
+                        "    listen: 127.0.0.1:{port0}\n    protocol: jsonl\n");
     sbt_broker_config(b, text);
     free(text);
     sbt_broker_start(b);

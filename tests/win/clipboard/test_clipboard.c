@@ -357,35 +357,22 @@ static void test_out(void **state)
 
 /* ---- config/examples/clipboard.yaml ---- */
 
-static void replace(char **s, const char *from, const char *to)
-{
-    char *at = strstr(*s, from), *r;
-    size_t n;
-    if (at == NULL)
-        fail_msg("clipboard.yaml no longer holds \"%s\": update this test", from);
-    n = strlen(*s) - strlen(from) + strlen(to) + 1;
-    r = malloc(n);
-    assert_non_null(r);
-    snprintf(r, n, "%.*s%s%s", (int)(at - *s), *s, to, at + strlen(from));
-    free(*s);
-    *s = r;
-}
-
 static void test_example(void **state)
 {
     sbt_broker *b = *state;
-    char path[SBT_PATH_MAX], out[SBT_PATH_MAX];
+    char out[SBT_PATH_MAX];
     char *tmpl;
     sbt_proc setter, watcher;
     sbt_conn *c;
     json_t *m;
 
-    snprintf(path, sizeof path, "%s/../../config/examples/clipboard.yaml", sbt_test_data());
-    tmpl = sbt_read_file(path, NULL);
-    assert_non_null(tmpl);
-    replace(&tmpl, "  data_dir: ./data\n", "  data_dir: '{data}'\n  admin: { endpoint: 'off' }\n");
-    replace(&tmpl, "listen: 127.0.0.1:7878", "listen: 127.0.0.1:{port0}");
-    replace(&tmpl, "owner_filter: [LEGACY.EXE]", "owner_filter: [CLIP_TOOL.EXE]");
+    tmpl = sbt_example("clipboard.yaml");
+    sbt_example_replace(&tmpl, "clipboard.yaml", "  data_dir: ./data\n",
+                        "  data_dir: '{data}'\n  admin: { endpoint: 'off' }\n");
+    sbt_example_replace(&tmpl, "clipboard.yaml", "listen: 127.0.0.1:7878",
+                        "listen: 127.0.0.1:{port0}");
+    sbt_example_replace(&tmpl, "clipboard.yaml", "owner_filter: [LEGACY.EXE]",
+                        "owner_filter: [CLIP_TOOL.EXE]");
     sbt_broker_init(b, "clipboard-example", 1);
     sbt_broker_config(b, tmpl);
     free(tmpl);

@@ -632,25 +632,10 @@ static void test_out(void **state)
 
 /* ---- config/examples/copydata-bridge.yaml ---- */
 
-/* Replaces the first `from` in *s with `to` (a new string); fails if absent. */
-static void replace(char **s, const char *from, const char *to)
-{
-    char *at = strstr(*s, from), *r;
-    size_t n;
-    if (at == NULL)
-        fail_msg("copydata-bridge.yaml no longer holds \"%s\": update this test", from);
-    n = strlen(*s) - strlen(from) + strlen(to) + 1;
-    r = malloc(n);
-    assert_non_null(r);
-    snprintf(r, n, "%.*s%s%s", (int)(at - *s), *s, to, at + strlen(from));
-    free(*s);
-    *s = r;
-}
-
 static void test_example(void **state)
 {
     sbt_broker *b = *state;
-    char path[SBT_PATH_MAX], in_cls[64], out_cls[64], out[SBT_PATH_MAX];
+    char in_cls[64], out_cls[64], out[SBT_PATH_MAX];
     char topic[256], payload[256];
     char *tmpl;
     sbt_proc rcv;
@@ -658,14 +643,16 @@ static void test_example(void **state)
 
     class_name(in_cls, sizeof in_cls, "exin");
     class_name(out_cls, sizeof out_cls, "exout");
-    snprintf(path, sizeof path, "%s/../../config/examples/copydata-bridge.yaml", sbt_test_data());
-    tmpl = sbt_read_file(path, NULL);
-    assert_non_null(tmpl);
-    replace(&tmpl, "  data_dir: ./data\n", "  data_dir: '{data}'\n  admin: { endpoint: 'off' }\n");
-    replace(&tmpl, "listen: 127.0.0.1:7878", "listen: 127.0.0.1:{port0}");
-    replace(&tmpl, "listen: 127.0.0.1:1883", "listen: 127.0.0.1:{port1}");
-    replace(&tmpl, "class: SwitchboardPOS", "class: '{v0}'");
-    replace(&tmpl, "class: LegacyLabelPrinter", "class: '{v1}'");
+    tmpl = sbt_example("copydata-bridge.yaml");
+    sbt_example_replace(&tmpl, "copydata-bridge.yaml", "  data_dir: ./data\n",
+                        "  data_dir: '{data}'\n  admin: { endpoint: 'off' }\n");
+    sbt_example_replace(&tmpl, "copydata-bridge.yaml", "listen: 127.0.0.1:7878",
+                        "listen: 127.0.0.1:{port0}");
+    sbt_example_replace(&tmpl, "copydata-bridge.yaml", "listen: 127.0.0.1:1883",
+                        "listen: 127.0.0.1:{port1}");
+    sbt_example_replace(&tmpl, "copydata-bridge.yaml", "class: SwitchboardPOS", "class: '{v0}'");
+    sbt_example_replace(&tmpl, "copydata-bridge.yaml", "class: LegacyLabelPrinter",
+                        "class: '{v1}'");
 
     sbt_broker_init(b, "copydata-example", 2);
     sbt_broker_set(b, 0, in_cls);

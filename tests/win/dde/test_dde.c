@@ -329,8 +329,7 @@ static void test_client_role(void **state)
     for (int64_t deadline = sbt_now_ms() + WAIT_MS; !got_temp || !got_status;) {
         /* Counter keeps coming: a deadline of its own, not per message */
         if (sbt_now_ms() > deadline)
-            fail_msg("no current value of %s within %d ms", got_temp ? "Status" : "Temp",
-                     WAIT_MS);
+            fail_msg("no current value of %s within %d ms", got_temp ? "Status" : "Temp", WAIT_MS);
         m = sbt_next_msg(c, WAIT_MS);
         h = json_object_get(m, "headers");
         if (strcmp(sbt_str(m, "topic"), "plant/Line1/Temp") == 0) {
@@ -761,25 +760,10 @@ static void test_pokes_during_kill(void **state)
 
 /* ---- config/examples/dde-bridge.yaml ---- */
 
-/* Replaces the first `from` in *s with `to` (a new string); fails if absent. */
-static void replace(char **s, const char *from, const char *to)
-{
-    char *at = strstr(*s, from), *r;
-    size_t n;
-    if (at == NULL)
-        fail_msg("dde-bridge.yaml no longer holds \"%s\": update this test", from);
-    n = strlen(*s) - strlen(from) + strlen(to) + 1;
-    r = malloc(n);
-    assert_non_null(r);
-    snprintf(r, n, "%.*s%s%s", (int)(at - *s), *s, to, at + strlen(from));
-    free(*s);
-    *s = r;
-}
-
 static void test_example(void **state)
 {
     sbt_broker *b = *state;
-    char path[SBT_PATH_MAX], plc_name[64], xl_name[64], out[SBT_PATH_MAX];
+    char plc_name[64], xl_name[64], out[SBT_PATH_MAX];
     char topic[256], payload[256];
     char *tmpl;
     sbt_proc plc;
@@ -788,15 +772,15 @@ static void test_example(void **state)
 
     service_name(plc_name, sizeof plc_name, "expl");
     service_name(xl_name, sizeof xl_name, "exxl");
-    snprintf(path, sizeof path, "%s/../../config/examples/dde-bridge.yaml", sbt_test_data());
-    tmpl = sbt_read_file(path, NULL);
-    assert_non_null(tmpl);
-    replace(&tmpl, "  data_dir: ./data\n", "  data_dir: '{data}'\n  admin: { endpoint: 'off' }\n");
-    replace(&tmpl, "listen: 127.0.0.1:7878", "listen: 127.0.0.1:{port0}");
-    replace(&tmpl, "listen: 127.0.0.1:1883", "listen: 127.0.0.1:{port1}");
-    for (int i = 0; i < 2; i++)
-        replace(&tmpl, "service: PLCSERVER", "service: '{v0}'");
-    replace(&tmpl, "service: SWITCHBOARD", "service: '{v1}'");
+    tmpl = sbt_example("dde-bridge.yaml");
+    sbt_example_replace(&tmpl, "dde-bridge.yaml", "  data_dir: ./data\n",
+                        "  data_dir: '{data}'\n  admin: { endpoint: 'off' }\n");
+    sbt_example_replace(&tmpl, "dde-bridge.yaml", "listen: 127.0.0.1:7878",
+                        "listen: 127.0.0.1:{port0}");
+    sbt_example_replace(&tmpl, "dde-bridge.yaml", "listen: 127.0.0.1:1883",
+                        "listen: 127.0.0.1:{port1}");
+    sbt_example_replace(&tmpl, "dde-bridge.yaml", "service: PLCSERVER", "service: '{v0}'");
+    sbt_example_replace(&tmpl, "dde-bridge.yaml", "service: SWITCHBOARD", "service: '{v1}'");
 
     sbt_broker_init(b, "dde-example", 2);
     start_plc(&plc, b, "plc.out", plc_name, "--interval", "100", NULL, NULL);
