@@ -1236,6 +1236,52 @@ static void test_nats_cluster_failover(void **state)
     b->passed = 1;
 }
 
+/* config/examples/mqtt-bridge.yaml as shipped (its ports made this run's):
+ * what its comment promises, a local publish on plant/line1/temp arriving
+ * upstream as site1/plant/line1/temp. */
+static void test_example(void **state)
+{
+    sbt_broker *b = *state;
+    char file[SBT_PATH_MAX], *text;
+    sbt_conn *c;
+    int64_t deadline;
+
+    need_mosquitto();
+    sbt_broker_init(b, "bridge-example", 3);
+    upstream_start(&ups[0], b, "up1", b->port[1], NULL);
+    sbt_path(file, sizeof file, b->dir, "site.out");
+    consumer_start(&subs[0], b->port[1], "hq", "site1/#", file);
+    text = sbt_example("mqtt-bridge.yaml");
+    sbt_example_replace(&text, "mqtt-bridge.yaml", "  data_dir: ./data\n",
+                        "  data_dir: '{data}'\n  admin: { endpoint: 'off' }\n");
+    sbt_example_replace(&text, "mqtt-bridge.yaml", "listen: 127.0.0.1:7878",
+                        "listen: 127.0.0.1:{port0}");
+    sbt_example_replace(&text, "mqtt-bridge.yaml", "connect: 127.0.0.1:1883",
+                        "connect: 127.0.0.1:{port1}");
+    sbt_example_replace(&text, "mqtt-bridge.yaml", "failover: [127.0.0.1:1884]",
+                        "failover: [127.0.0.1:{port2}]");
+    sbt_broker_config(b, text);
+    free(text);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+    sbt_pub(c, "plant/line1/temp", "21.5", 1);
+    sbt_waiting_for("site1/plant/line1/temp upstream");
+    for (deadline = sbt_now_ms() + 20000;;) {
+        char *got = sbt_read_file(file, NULL);
+        int ok = got != NULL && sbt_count(got, "site1/plant/line1/temp 21.5\n") >= 1;
+        free(got);
+        if (ok)
+            break;
+        if (sbt_now_ms() > deadline)
+            fail_msg("site1/plant/line1/temp 21.5 did not arrive upstream");
+        sbt_poll_pause(50);
+    }
+    sbt_wait_queue_int(c, "to-hq:uplink", "depth", 0, 10000);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1251,6 +1297,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_qos2_import, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_rate_paces_backlog, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_nats_cluster_failover, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_example, sbt_setup, bridge_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
