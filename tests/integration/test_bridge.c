@@ -846,21 +846,41 @@ static sbt_tcp *accept_session(sbt_listener *l, int session_present)
 }
 
 /* The next PUBLISH (at qos): returns its packet id, checks its payload
- * "m<i>". */
-static uint16_t expect_publish_qos(sbt_tcp *t, int i, int qos)
+ * "m<i>"; its DUP flag in *dup if not NULL. */
+static uint16_t expect_publish_dup(sbt_tcp *t, int i, int qos, int *dup)
 {
     uint8_t buf[512];
     char want[16];
     sb_mqtt_packet pk;
     read_packet(t, buf, sizeof buf, &pk);
-    assert_int_equal(pk.type, SB_MQTT_PUBLISH);
+    if (pk.type != SB_MQTT_PUBLISH)
+        fail_msg("expected PUBLISH m%d, got %s (packet id %u)", i, sb_mqtt_type_name(pk.type),
+                 (unsigned)pk.packet_id);
     assert_int_equal(pk.publish.qos, qos);
     snprintf(want, sizeof want, "m%d", i);
     if (pk.publish.payload.n != strlen(want) ||
         memcmp(pk.publish.payload.p, want, strlen(want)) != 0)
         fail_msg("expected %s, got %.*s", want, (int)pk.publish.payload.n,
                  (const char *)pk.publish.payload.p);
+    if (dup != NULL)
+        *dup = pk.publish.dup;
     return pk.packet_id;
+}
+
+static uint16_t expect_publish_qos(sbt_tcp *t, int i, int qos)
+{
+    return expect_publish_dup(t, i, qos, NULL);
+}
+
+/* The next packet is a PUBREL for pid. */
+static void expect_pubrel(sbt_tcp *t, uint16_t pid)
+{
+    uint8_t buf[512];
+    sb_mqtt_packet pk;
+    read_packet(t, buf, sizeof buf, &pk);
+    if (pk.type != SB_MQTT_PUBREL || pk.packet_id != pid)
+        fail_msg("expected PUBREL %u, got %s (packet id %u)", (unsigned)pid,
+                 sb_mqtt_type_name(pk.type), (unsigned)pk.packet_id);
 }
 
 static uint16_t expect_publish(sbt_tcp *t, int i)
@@ -1066,6 +1086,82 @@ static void test_qos2_export(void **state)
     assert_int_equal(pk.type, SB_MQTT_PUBREL);
     send_ack_to(t, SB_MQTT_PUBCOMP, pid);
     sbt_wait_queue_int(c, "up:uplink", "depth", 0, 5000);
+    sbt_tcp_close(t);
+    sbt_listener_close(l);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+/* MQTT 3.1.1 4.3.3 and 4.4, as a strict upstream (EMQX, HiveMQ) applies
+ * them: a packet id answered with PUBREC stays taken until PUBREL, and a
+ * PUBLISH under it meanwhile is a duplicate (PUBREC, not delivered). So a
+ * QoS 2 export must go out again with its packet id: PUBREL if upstream
+ * answered PUBREC (on the next link, and after a kill -9 of Switchboard),
+ * the message with DUP if not. A new upstream session (session present 0)
+ * voids the ids: the message goes again. */
+static void test_qos2_resent_with_its_id(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_listener *l;
+    sbt_tcp *t;
+    sbt_conn *c;
+    uint16_t a, p1, p2, p3;
+    int dup;
+
+    sbt_broker_init(b, "bridge-qos2-ids", 2);
+    l = sbt_listen(b->port[1]);
+    assert_non_null(l);
+    sbt_broker_config(b, qos2_config);
+    sbt_broker_start(b);
+    t = accept_session(l, 0);
+    c = sbt_connect(b->port[0]);
+    publish_range(c, "plant/a", 0, 2);
+    a = expect_publish_dup(t, 0, 2, &dup);
+    assert_int_equal(dup, 0);
+    p1 = expect_publish_qos(t, 1, 2);
+    send_ack_to(t, SB_MQTT_PUBREC, a);
+    expect_pubrel(t, a);
+    /* the link goes: a awaits PUBCOMP, p1 its PUBREC */
+    sbt_tcp_close(t);
+    t = accept_session(l, 1);
+    expect_pubrel(t, a); /* not m0 again, under another id */
+    assert_int_equal(expect_publish_dup(t, 1, 2, &dup), p1);
+    assert_int_equal(dup, 1);
+    send_ack_to(t, SB_MQTT_PUBCOMP, a);
+    send_ack_to(t, SB_MQTT_PUBREC, p1);
+    expect_pubrel(t, p1);
+    send_ack_to(t, SB_MQTT_PUBCOMP, p1);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 5000);
+
+    /* PUBREC answered, then Switchboard is killed: PUBREL after the restart */
+    publish_range(c, "plant/a", 2, 3);
+    p2 = expect_publish_qos(t, 2, 2);
+    send_ack_to(t, SB_MQTT_PUBREC, p2);
+    expect_pubrel(t, p2);
+    sbt_close(c);
+    sbt_broker_kill(b);
+    sbt_tcp_close(t);
+    sbt_broker_start(b);
+    t = accept_session(l, 1);
+    c = sbt_connect(b->port[0]);
+    expect_pubrel(t, p2);
+    send_ack_to(t, SB_MQTT_PUBCOMP, p2);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 5000);
+
+    /* a new upstream session forgot p3: m3 goes again, as a message */
+    publish_range(c, "plant/a", 3, 4);
+    p3 = expect_publish_qos(t, 3, 2);
+    send_ack_to(t, SB_MQTT_PUBREC, p3);
+    expect_pubrel(t, p3);
+    sbt_tcp_close(t);
+    t = accept_session(l, 0);
+    assert_int_equal(expect_publish_qos(t, 3, 2), p3);
+    send_ack_to(t, SB_MQTT_PUBREC, p3);
+    expect_pubrel(t, p3);
+    send_ack_to(t, SB_MQTT_PUBCOMP, p3);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 5000);
+    assert_int_equal(sbt_queue_int(c, "up:uplink", "dead"), 0);
     sbt_tcp_close(t);
     sbt_listener_close(l);
     sbt_close(c);
@@ -1296,6 +1392,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls_upstream, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_bad_upstream, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_qos2_export, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_qos2_resent_with_its_id, sbt_setup,
+                                        bridge_teardown),
         cmocka_unit_test_setup_teardown(test_qos2_import, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_rate_paces_backlog, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_nats_cluster_failover, sbt_setup, bridge_teardown),
