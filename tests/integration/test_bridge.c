@@ -12,11 +12,17 @@
  */
 #include "mqtt_util.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define MOSQUITTO "SB_MOSQUITTO"
 #define MOSQUITTO_SUB "SB_MOSQUITTO_SUB"
@@ -159,6 +165,7 @@ static void consumer_start(sbt_proc *p, int port, const char *id, const char *fi
 static upstream ups[2];
 static sbt_proc subs[3];
 static sbt_proc nats[3];
+static pid_t cutter; /* link_cutter's process, or 0 */
 
 static int bridge_teardown(void **state)
 {
@@ -180,6 +187,11 @@ static int bridge_teardown(void **state)
                 sbt_proc_signal(&nats[i], SIGKILL);
             sbt_proc_release(&nats[i]);
         }
+    if (cutter > 0) {
+        kill(cutter, SIGKILL);
+        waitpid(cutter, NULL, 0);
+        cutter = 0;
+    }
     memset(ups, 0, sizeof ups);
     memset(subs, 0, sizeof subs);
     memset(nats, 0, sizeof nats);
@@ -1169,6 +1181,179 @@ static void test_qos2_resent_with_its_id(void **state)
     b->passed = 1;
 }
 
+/* ---- a link cut at chosen packets, with mosquitto upstream ---- */
+
+/* At the nth packet of type (counted over all connections) from
+ * upstream: forward it to the bridge or drop it, then close both sides. */
+typedef struct cut {
+    sb_mqtt_type type;
+    int nth;
+    int forward;
+} cut;
+
+static int send_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        if (k <= 0)
+            return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* The length of the whole packet at p[0..n), or 0 if incomplete. */
+static size_t packet_len(const uint8_t *p, size_t n)
+{
+    size_t rem = 0, i = 1;
+    for (int shift = 0; i < n && i < 5; shift += 7) {
+        rem |= (size_t)(p[i] & 0x7f) << shift;
+        if ((p[i++] & 0x80) == 0)
+            return n >= i + rem ? i + rem : 0;
+    }
+    return 0;
+}
+
+/* The child: relays each connection accepted on lfd to upstream_port, and
+ * cuts the link at each of cuts[0..ncuts) in turn. */
+static void cutter_run(int lfd, int upstream_port, const cut *cuts, size_t ncuts)
+{
+    int counts[16] = {0};
+    size_t next = 0;
+    static uint8_t ubuf[1 << 20], dbuf[1 << 16];
+    for (;;) {
+        struct sockaddr_in sa = {0};
+        size_t ulen = 0;
+        int down = accept(lfd, NULL, NULL), up = socket(AF_INET, SOCK_STREAM, 0), open = 1;
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons((uint16_t)upstream_port);
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (down < 0 || up < 0 || connect(up, (struct sockaddr *)&sa, sizeof sa) != 0)
+            open = 0;
+        while (open) {
+            struct pollfd pf[2] = {{down, POLLIN, 0}, {up, POLLIN, 0}};
+            ssize_t k;
+            size_t plen;
+            if (poll(pf, 2, -1) < 0)
+                break;
+            if (pf[0].revents != 0) {
+                if ((k = recv(down, dbuf, sizeof dbuf, 0)) <= 0 ||
+                    send_all(up, dbuf, (size_t)k) != 0)
+                    break;
+            }
+            if (pf[1].revents == 0)
+                continue;
+            if ((k = recv(up, ubuf + ulen, sizeof ubuf - ulen, 0)) <= 0)
+                break;
+            ulen += (size_t)k;
+            while (open && (plen = packet_len(ubuf, ulen)) > 0) {
+                int type = ubuf[0] >> 4, at = ++counts[type];
+                int cut_here = next < ncuts && (int)cuts[next].type == type && cuts[next].nth == at;
+                if ((!cut_here || cuts[next].forward) && send_all(down, ubuf, plen) != 0)
+                    open = 0;
+                memmove(ubuf, ubuf + plen, ulen - plen);
+                ulen -= plen;
+                if (cut_here) {
+                    next++;
+                    open = 0;
+                }
+            }
+        }
+        if (down >= 0)
+            close(down);
+        if (up >= 0)
+            close(up);
+    }
+}
+
+/* Starts link_cutter on port, relaying to upstream_port. */
+static void cutter_start(int port, int upstream_port, const cut *cuts, size_t ncuts)
+{
+    struct sockaddr_in sa = {0};
+    int one = 1, lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(lfd >= 0);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(lfd, 8), 0);
+    cutter = fork();
+    assert_true(cutter >= 0);
+    if (cutter == 0) {
+        cutter_run(lfd, upstream_port, cuts, ncuts);
+        _exit(0);
+    }
+    close(lfd);
+}
+
+static const char qos2_cut_config[] = "broker:\n"
+                                      "  data_dir: '{data}'\n"
+                                      "  admin: { endpoint: 'off' }\n"
+                                      "adapters:\n"
+                                      "  - name: clients\n"
+                                      "    type: tcp\n"
+                                      "    listen: 127.0.0.1:{port0}\n"
+                                      "    protocol: jsonl\n"
+                                      "  - name: uplink\n"
+                                      "    type: tcp\n"
+                                      "    connect: 127.0.0.1:{port2}\n"
+                                      "    protocol: mqtt\n"
+                                      "    client_id: site1-uplink\n"
+                                      "    qos: 2\n"
+                                      "    inflight: 4\n"
+                                      "    reconnect_backoff: 100ms\n"
+                                      "    reconnect_max_backoff: 200ms\n"
+                                      "routes:\n"
+                                      "  - name: up\n"
+                                      "    from: plant/#\n"
+                                      "    to: uplink\n";
+
+/* QoS 2 exports to mosquitto through a link cut after a PUBCOMP was lost
+ * (PUBREL had reached mosquitto: it delivered the message), after a PUBREC
+ * reached the bridge (its PUBREL did not reach mosquitto) and after a
+ * PUBREC was lost: every message arrives exactly once. */
+static void test_qos2_cut_links_exactly_once(void **state)
+{
+    enum { N = 40 };
+    static const cut cuts[] = {
+        {SB_MQTT_PUBCOMP, 3, 0}, {SB_MQTT_PUBREC, 10, 1}, {SB_MQTT_PUBREC, 16, 0},
+        {SB_MQTT_PUBCOMP, 22, 0}, {SB_MQTT_PUBREC, 30, 1},
+    };
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    char file[SBT_PATH_MAX];
+    int dups;
+    json_t *u;
+
+    need_mosquitto();
+    sbt_broker_init(b, "bridge-qos2-cut", 3);
+    upstream_start(&ups[0], b, "up", b->port[1], NULL);
+    sbt_path(file, sizeof file, b->dir, "hq.out");
+    consumer_start(&subs[0], b->port[1], "hq", "plant/#", file);
+    cutter_start(b->port[2], b->port[1], cuts, sizeof cuts / sizeof cuts[0]);
+    sbt_broker_config(b, qos2_cut_config);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+    publish_range(c, "plant/a", 0, N);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 30000);
+    /* a last one: once it is there, so is anything sent before it */
+    publish_range(c, "plant/a", N, N + 1);
+    dups = expect_range(file, "plant/a", 0, N + 1, 20000);
+    u = uplink_stats(c);
+    print_message("%d QoS 2 messages through %lld lost links: %d duplicates\n", N,
+                  (long long)json_integer_value(json_object_get(u, "lost")), dups);
+    assert_int_equal(json_integer_value(json_object_get(u, "lost")),
+                     (json_int_t)(sizeof cuts / sizeof cuts[0]));
+    json_decref(u);
+    assert_int_equal(dups, 0);
+    assert_int_equal(sbt_queue_int(c, "up:uplink", "dead"), 0);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 static const char qos2_import_config[] = "broker:\n"
                                          "  data_dir: '{data}'\n"
                                          "  admin: { endpoint: 'off' }\n"
@@ -1393,6 +1578,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_upstream, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_qos2_export, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_qos2_resent_with_its_id, sbt_setup,
+                                        bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_qos2_cut_links_exactly_once, sbt_setup,
                                         bridge_teardown),
         cmocka_unit_test_setup_teardown(test_qos2_import, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_rate_paces_backlog, sbt_setup, bridge_teardown),
