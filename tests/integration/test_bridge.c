@@ -838,11 +838,11 @@ static void send_ack_to(sbt_tcp *t, sb_mqtt_type type, uint16_t pid)
     assert_int_equal(sbt_tcp_write(t, b, n), 0);
 }
 
-/* Accepts the bridge's connection and its CONNECT (clean session 0), and
- * answers CONNACK 0. */
-static sbt_tcp *accept_session(sbt_listener *l, int session_present)
+/* Accepts the bridge's connection and its CONNECT (clean session 0, as
+ * client_id), and answers CONNACK 0. */
+static sbt_tcp *accept_session_as(sbt_listener *l, const char *client_id, int session_present)
 {
-    uint8_t buf[512], ack[4];
+    uint8_t buf[1024], ack[4];
     size_t n;
     sb_mqtt_packet pk;
     sbt_tcp *t = sbt_accept(l, 10000);
@@ -851,10 +851,16 @@ static sbt_tcp *accept_session(sbt_listener *l, int session_present)
     assert_int_equal(pk.type, SB_MQTT_CONNECT);
     assert_int_equal(pk.connect.clean_session, 0);
     assert_int_equal(pk.connect.keep_alive, 60);
-    assert_memory_equal(pk.connect.client_id.p, "site1-uplink", pk.connect.client_id.n);
+    assert_int_equal(pk.connect.client_id.n, strlen(client_id));
+    assert_memory_equal(pk.connect.client_id.p, client_id, pk.connect.client_id.n);
     assert_int_equal(sb_mqtt_encode_connack(ack, sizeof ack, &n, session_present, 0), 0);
     assert_int_equal(sbt_tcp_write(t, ack, n), 0);
     return t;
+}
+
+static sbt_tcp *accept_session(sbt_listener *l, int session_present)
+{
+    return accept_session_as(l, "site1-uplink", session_present);
 }
 
 /* The next PUBLISH (at qos): returns its packet id, checks its payload
@@ -1427,6 +1433,122 @@ static void test_qos2_import(void **state)
     b->passed = 1;
 }
 
+/* Three bridges subscribed at QoS 2 to three scripted upstreams: a and b
+ * with one client id (each cluster has its own site1-uplink session), c
+ * with a 300-byte one. */
+static const char dedup_config[] = "broker:\n"
+                                   "  data_dir: '{data}'\n"
+                                   "  admin: { endpoint: 'off' }\n"
+                                   "adapters:\n"
+                                   "  - name: clients\n"
+                                   "    type: tcp\n"
+                                   "    listen: 127.0.0.1:{port0}\n"
+                                   "    protocol: jsonl\n"
+                                   "  - name: to-a\n"
+                                   "    type: tcp\n"
+                                   "    connect: 127.0.0.1:{port1}\n"
+                                   "    protocol: mqtt\n"
+                                   "    client_id: site1-uplink\n"
+                                   "    qos: 2\n"
+                                   "    subscribe: [cmd/#]\n"
+                                   "  - name: to-b\n"
+                                   "    type: tcp\n"
+                                   "    connect: 127.0.0.1:{port2}\n"
+                                   "    protocol: mqtt\n"
+                                   "    client_id: site1-uplink\n"
+                                   "    qos: 2\n"
+                                   "    subscribe: [cmd/#]\n"
+                                   "  - name: to-c\n"
+                                   "    type: tcp\n"
+                                   "    connect: 127.0.0.1:{port3}\n"
+                                   "    protocol: mqtt\n"
+                                   "    client_id: '{v0}'\n"
+                                   "    qos: 2\n"
+                                   "    subscribe: [cmd/#]\n"
+                                   "routes:\n"
+                                   "  - name: from-hq\n"
+                                   "    from: cmd/#\n";
+
+/* Answers the bridge's SUBSCRIBE with QoS 2 granted. */
+static void grant_subscribe(sbt_tcp *t)
+{
+    uint8_t buf[512], ack[8], code = 2;
+    size_t n;
+    sb_mqtt_packet pk;
+    read_packet(t, buf, sizeof buf, &pk);
+    assert_int_equal(pk.type, SB_MQTT_SUBSCRIBE);
+    assert_int_equal(sb_mqtt_encode_suback(ack, sizeof ack, &n, pk.packet_id, &code, 1), 0);
+    assert_int_equal(sbt_tcp_write(t, ack, n), 0);
+}
+
+/* Upstream sends payload at QoS 2 under pid; returns once the bridge
+ * answered PUBREC (the import is committed, or dropped as a duplicate). */
+static void upstream_pub_qos2(sbt_tcp *t, uint16_t pid, int dup, const char *payload)
+{
+    uint8_t buf[128];
+    size_t n;
+    sb_mqtt_packet pk;
+    sb_mqtt_publish p = {(uint8_t)dup, 2, 0, {"cmd/x", 5},
+                         {(const uint8_t *)payload, strlen(payload)}};
+    assert_int_equal(sb_mqtt_encode_publish(buf, sizeof buf, &n, &p, pid), 0);
+    assert_int_equal(sbt_tcp_write(t, buf, n), 0);
+    read_packet(t, buf, sizeof buf, &pk);
+    assert_int_equal(pk.type, SB_MQTT_PUBREC);
+    assert_int_equal(pk.packet_id, pid);
+}
+
+/* QoS 2 import dedup keys are each bridge's own: an import of a, whose
+ * PUBREL has not come, does not make b's message under the same packet id
+ * a duplicate, nor does b's PUBREL end a's; with a client id too long for
+ * the old fixed-size key, packet ids stay apart. */
+static void test_qos2_import_keys_per_bridge(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_listener *l[3];
+    sbt_tcp *t[3];
+    sbt_conn *c;
+    char long_id[301];
+    uint8_t buf[64];
+    sb_mqtt_packet pk;
+
+    memset(long_id, 'c', 300);
+    long_id[300] = '\0';
+    sbt_broker_init(b, "bridge-dedup", 4);
+    for (int i = 0; i < 3; i++) {
+        l[i] = sbt_listen(b->port[i + 1]);
+        assert_non_null(l[i]);
+    }
+    sbt_broker_set(b, 0, long_id);
+    sbt_broker_config(b, dedup_config);
+    sbt_broker_start(b);
+    t[0] = accept_session(l[0], 0);
+    t[1] = accept_session(l[1], 0);
+    t[2] = accept_session_as(l[2], long_id, 0);
+    for (int i = 0; i < 3; i++)
+        grant_subscribe(t[i]);
+    c = sbt_connect(b->port[0]);
+
+    upstream_pub_qos2(t[0], 5, 0, "a"); /* no PUBREL yet */
+    upstream_pub_qos2(t[1], 5, 0, "b");
+    assert_int_equal(sbt_queue_int(c, "from-hq", "published"), 2);
+    upstream_pub_qos2(t[2], 1, 0, "x");
+    upstream_pub_qos2(t[2], 2, 0, "y");
+    assert_int_equal(sbt_queue_int(c, "from-hq", "published"), 4);
+    /* b completes; a's message sent again is still a duplicate */
+    send_ack_to(t[1], SB_MQTT_PUBREL, 5);
+    read_packet(t[1], buf, sizeof buf, &pk);
+    assert_int_equal(pk.type, SB_MQTT_PUBCOMP);
+    upstream_pub_qos2(t[0], 5, 1, "a");
+    assert_int_equal(sbt_queue_int(c, "from-hq", "published"), 4);
+    for (int i = 0; i < 3; i++) {
+        sbt_tcp_close(t[i]);
+        sbt_listener_close(l[i]);
+    }
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 /* ---- a NATS cluster (JetStream + MQTT) as the upstream ---- */
 
 static const char nats_config[] = "broker:\n"
@@ -1582,6 +1704,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_qos2_cut_links_exactly_once, sbt_setup,
                                         bridge_teardown),
         cmocka_unit_test_setup_teardown(test_qos2_import, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_qos2_import_keys_per_bridge, sbt_setup,
+                                        bridge_teardown),
         cmocka_unit_test_setup_teardown(test_rate_paces_backlog, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_nats_cluster_failover, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_example, sbt_setup, bridge_teardown),
