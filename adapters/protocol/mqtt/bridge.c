@@ -533,6 +533,7 @@ static int handle_ack(bridge_session *s, const sb_mqtt_packet *pk)
     out_slot *o = slot_of(s, pk->packet_id);
     sb_mqtt_type want = SB_MQTT_PUBACK;
     sb_delivery *d;
+    char *key;
     if (o != NULL && o->state == SLOT_PUBLISHED && o->qos == 2)
         want = SB_MQTT_PUBREC;
     else if (o != NULL && o->state == SLOT_RELEASED)
@@ -544,16 +545,16 @@ static int handle_ack(bridge_session *s, const sb_mqtt_packet *pk)
     if (pk->type == SB_MQTT_PUBREC)
         return record_release(s, o);
     d = o->d;
-    if (pk->type == SB_MQTT_PUBCOMP) {
-        char *key = bridge_key(s->b, "rel", d->msg->id);
-        if (key == NULL)
-            return fail(s, "out of memory");
-        if (sb_broker_key_exists(s->conn->adapter->broker, key))
-            sb_broker_key_delete(s->conn->adapter->broker, key, 0);
-        sb_free(key);
-    }
+    key = pk->type == SB_MQTT_PUBCOMP ? bridge_key(s->b, "rel", d->msg->id) : NULL;
+    if (pk->type == SB_MQTT_PUBCOMP && key == NULL)
+        return fail(s, "out of memory");
     slot_free(s, o);
+    /* the ack first: a restart between the two may leave the key behind,
+     * never the message without it (it would go again as a new one) */
     sb_delivery_done(d, 0, NULL);
+    if (key != NULL && sb_broker_key_exists(s->conn->adapter->broker, key))
+        sb_broker_key_delete(s->conn->adapter->broker, key, 0);
+    sb_free(key);
     sb_adapter_sink_ready(s->conn->adapter);
     return 0;
 }
