@@ -1500,7 +1500,8 @@ static void upstream_pub_qos2(sbt_tcp *t, uint16_t pid, int dup, const char *pay
 /* QoS 2 import dedup keys are each bridge's own: an import of a, whose
  * PUBREL has not come, does not make b's message under the same packet id
  * a duplicate, nor does b's PUBREL end a's; with a client id too long for
- * the old fixed-size key, packet ids stay apart. */
+ * the old fixed-size key, packet ids stay apart; a new upstream session
+ * (session present 0) voids them. */
 static void test_qos2_import_keys_per_bridge(void **state)
 {
     sbt_broker *b = *state;
@@ -1540,6 +1541,12 @@ static void test_qos2_import_keys_per_bridge(void **state)
     assert_int_equal(pk.type, SB_MQTT_PUBCOMP);
     upstream_pub_qos2(t[0], 5, 1, "a");
     assert_int_equal(sbt_queue_int(c, "from-hq", "published"), 4);
+    /* a's upstream comes back without the session: packet id 5 is new */
+    sbt_tcp_close(t[0]);
+    t[0] = accept_session(l[0], 0);
+    grant_subscribe(t[0]);
+    upstream_pub_qos2(t[0], 5, 0, "a2");
+    assert_int_equal(sbt_queue_int(c, "from-hq", "published"), 5);
     for (int i = 0; i < 3; i++) {
         sbt_tcp_close(t[i]);
         sbt_listener_close(l[i]);

@@ -65,6 +65,7 @@ struct bridge_session {
     int closed;
     int parsing;
     int pending; /* local publishes whose commit is outstanding */
+    unsigned epoch; /* b->epoch when upstream accepted it */
     /* input not yet parsed */
     uint8_t *buf;
     size_t len, cap, max_packet;
@@ -484,7 +485,6 @@ int sb_mqtt_bridge_deliver(sb_mqtt_bridge *b, sb_delivery *d)
 typedef struct release_req {
     bridge_session *s;
     char *key;
-    unsigned epoch;
     uint16_t pid;
 } release_req;
 
@@ -494,7 +494,7 @@ static void on_release_recorded(void *ctx, int status)
     bridge_session *s = r->s;
     out_slot *o;
     s->pending--;
-    if (r->epoch != s->b->epoch) {
+    if (s->epoch != s->b->epoch) {
         /* upstream started a new session meanwhile: the id is void */
         sb_broker_key_delete(s->conn->adapter->broker, r->key, 0);
     } else if (!s->closed && status != 0) {
@@ -516,7 +516,6 @@ static int record_release(bridge_session *s, out_slot *o)
         return fail(s, "out of memory");
     }
     r->s = s;
-    r->epoch = s->b->epoch;
     r->pid = o->pid;
     o->state = SLOT_RELEASING;
     if (sb_broker_key_put(s->conn->adapter->broker, r->key, on_release_recorded, r) != 0) {
@@ -605,6 +604,19 @@ static int stalled(const bridge_session *s)
     return s->ring_count >= MAX_PENDING_IMPORTS || s->conn->closing;
 }
 
+/* Deletes the dedup key of the QoS 2 import under pid: its exchange is
+ * over. Returns 0 or SB_ENOMEM. */
+static int forget_import(bridge_session *s, uint16_t pid)
+{
+    char *key = bridge_key(s->b, "in", pid);
+    if (key == NULL)
+        return SB_ENOMEM;
+    if (sb_broker_key_exists(s->conn->adapter->broker, key))
+        sb_broker_key_delete(s->conn->adapter->broker, key, 0);
+    sb_free(key);
+    return 0;
+}
+
 static void on_imported(void *ctx, int status, uint64_t msg_id, int queues, const char *why)
 {
     bridge_session *s = ctx;
@@ -612,6 +624,8 @@ static void on_imported(void *ctx, int status, uint64_t msg_id, int queues, cons
     (void)msg_id;
     (void)queues;
     s->pending--;
+    if (slot.qos == 2 && status == 0 && s->epoch != s->b->epoch)
+        (void)forget_import(s, slot.pid); /* committed after a new session voided it */
     if (!s->closed && !s->conn->closing) {
         if (status != 0) {
             /* no negative acknowledgement in MQTT 3.1.1: upstream sends
@@ -774,12 +788,8 @@ static int handle_suback(bridge_session *s, const sb_mqtt_packet *pk)
 
 static int handle_pubrel(bridge_session *s, uint16_t pid)
 {
-    char *key = bridge_key(s->b, "in", pid);
-    if (key == NULL)
-        return fail(s, "out of memory");
-    if (sb_broker_key_exists(s->conn->adapter->broker, key))
-        sb_broker_key_delete(s->conn->adapter->broker, key, 0);
-    sb_free(key);
+    if (forget_import(s, pid) != 0)
+        return fail(s, "out of memory"); /* upstream sends PUBREL again */
     send_ack(s, SB_MQTT_PUBCOMP, pid);
     return 0;
 }
@@ -828,6 +838,7 @@ static int handle_connack(bridge_session *s, const sb_mqtt_packet *pk)
         b->epoch++;
         sb_broker_key_delete(s->conn->adapter->broker, b->keys, 1);
     }
+    s->epoch = b->epoch;
     b->live = s;
     uv_timer_stop(s->timer);
     if (ka > 0)
