@@ -839,8 +839,9 @@ static void send_ack_to(sbt_tcp *t, sb_mqtt_type type, uint16_t pid)
 }
 
 /* Accepts the bridge's connection and its CONNECT (clean session 0, as
- * client_id), and answers CONNACK 0. */
-static sbt_tcp *accept_session_as(sbt_listener *l, const char *client_id, int session_present)
+ * client_id, with keep_alive seconds), and answers CONNACK 0. */
+static sbt_tcp *accept_session_ka(sbt_listener *l, const char *client_id, int keep_alive,
+                                  int session_present)
 {
     uint8_t buf[1024], ack[4];
     size_t n;
@@ -850,12 +851,17 @@ static sbt_tcp *accept_session_as(sbt_listener *l, const char *client_id, int se
     read_packet(t, buf, sizeof buf, &pk);
     assert_int_equal(pk.type, SB_MQTT_CONNECT);
     assert_int_equal(pk.connect.clean_session, 0);
-    assert_int_equal(pk.connect.keep_alive, 60);
+    assert_int_equal(pk.connect.keep_alive, keep_alive);
     assert_int_equal(pk.connect.client_id.n, strlen(client_id));
     assert_memory_equal(pk.connect.client_id.p, client_id, pk.connect.client_id.n);
     assert_int_equal(sb_mqtt_encode_connack(ack, sizeof ack, &n, session_present, 0), 0);
     assert_int_equal(sbt_tcp_write(t, ack, n), 0);
     return t;
+}
+
+static sbt_tcp *accept_session_as(sbt_listener *l, const char *client_id, int session_present)
+{
+    return accept_session_ka(l, client_id, 60, session_present);
 }
 
 static sbt_tcp *accept_session(sbt_listener *l, int session_present)
@@ -982,6 +988,114 @@ static void test_bad_upstream(void **state)
         send_ack_to(t, SB_MQTT_PUBACK, expect_publish(t, i));
     sbt_wait_queue_int(c, "up:uplink", "depth", 0, 10000);
     assert_int_equal(sbt_queue_int(c, "up:uplink", "dead"), 0);
+    sbt_tcp_close(t);
+    sbt_listener_close(l);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+static const char slow_reader_config[] = "broker:\n"
+                                         "  data_dir: '{data}'\n"
+                                         "  admin: { endpoint: 'off' }\n"
+                                         "adapters:\n"
+                                         "  - name: clients\n"
+                                         "    type: tcp\n"
+                                         "    listen: 127.0.0.1:{port0}\n"
+                                         "    protocol: jsonl\n"
+                                         "  - name: uplink\n"
+                                         "    type: tcp\n"
+                                         "    connect: 127.0.0.1:{port1}\n"
+                                         "    protocol: mqtt\n"
+                                         "    client_id: site1-uplink\n"
+                                         "    keep_alive: 1s\n"
+                                         "    inflight: 64\n"
+                                         "    reconnect_backoff: 100ms\n"
+                                         "routes:\n"
+                                         "  - name: up\n"
+                                         "    from: plant/#\n"
+                                         "    to: uplink\n";
+
+/* Reads one packet of any size (a whole PUBLISH at once) into *buf. */
+static void read_big_packet(sbt_tcp *t, uint8_t **buf, sb_mqtt_packet *pk)
+{
+    uint8_t h[5];
+    size_t n = 1, rem = 0, used;
+    const char *why = NULL;
+    assert_int_equal(sbt_tcp_read_exact(t, h, 1, 10000), 1);
+    for (int shift = 0;; shift += 7) {
+        assert_true(n < sizeof h);
+        assert_int_equal(sbt_tcp_read_exact(t, h + n, 1, 10000), 1);
+        rem |= (size_t)(h[n] & 0x7f) << shift;
+        if ((h[n++] & 0x80) == 0)
+            break;
+    }
+    *buf = realloc(*buf, n + rem);
+    assert_non_null(*buf);
+    memcpy(*buf, h, n);
+    if (rem > 0)
+        assert_int_equal(sbt_tcp_read_exact(t, *buf + n, rem, 10000), (int)rem);
+    assert_int_equal(sb_mqtt_decode(*buf, n + rem, n + rem, pk, &used, &why), 0);
+}
+
+/* Keep-alive while the bridge does not read: an upstream reading slowly
+ * (a slow uplink draining a backlog) backs the bridge's output up, which
+ * stops its reading; upstream's answers wait unread meanwhile, and that is
+ * no silence: the link stays up, longer than 1.5 keep-alive periods. */
+static void test_paused_reading_is_not_silence(void **state)
+{
+    enum { N = 24, SIZE = 512 * 1024 };
+    static const uint8_t pingresp[] = {0xD0, 0x00};
+    sbt_broker *b = *state;
+    sbt_listener *l;
+    sbt_tcp *t;
+    sbt_conn *c;
+    char *payload = malloc(SIZE + 1);
+    uint8_t *buf = NULL;
+    sb_mqtt_packet pk;
+    json_t *u;
+
+    assert_non_null(payload);
+    memset(payload, 'p', SIZE);
+    payload[SIZE] = '\0';
+    sbt_broker_init(b, "bridge-slow-reader", 2);
+    l = sbt_listen(b->port[1]);
+    assert_non_null(l);
+    sbt_broker_config(b, slow_reader_config);
+    sbt_broker_start(b);
+    t = accept_session_ka(l, "site1-uplink", 1, 0);
+    sbt_tcp_pause(t);
+    c = sbt_connect(b->port[0]);
+    for (int i = 0; i < N; i++) {
+        /* upstream is not silent while the bridge still reads */
+        assert_int_equal(sbt_tcp_write(t, pingresp, sizeof pingresp), 0);
+        sbt_pub(c, "plant/a", payload, 1);
+    }
+    /* 3 keep-alive periods of answers the bridge cannot read yet */
+    for (int64_t end = sbt_now_ms() + 3000; sbt_now_ms() < end;) {
+        assert_int_equal(sbt_tcp_write(t, pingresp, sizeof pingresp), 0);
+        u = uplink_stats(c);
+        if (json_integer_value(json_object_get(u, "lost")) != 0)
+            fail_msg("the link was dropped while the bridge was not reading");
+        json_decref(u);
+        sbt_poll_pause(100);
+    }
+    /* upstream reads on: everything, on the same link */
+    for (int i = 0; i < N;) {
+        read_big_packet(t, &buf, &pk);
+        if (pk.type == SB_MQTT_PINGREQ)
+            continue;
+        assert_int_equal(pk.type, SB_MQTT_PUBLISH);
+        assert_int_equal(pk.publish.payload.n, SIZE);
+        send_ack_to(t, SB_MQTT_PUBACK, pk.packet_id);
+        i++;
+    }
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 10000);
+    u = uplink_stats(c);
+    assert_int_equal(json_integer_value(json_object_get(u, "lost")), 0);
+    json_decref(u);
+    free(buf);
+    free(payload);
     sbt_tcp_close(t);
     sbt_listener_close(l);
     sbt_close(c);
@@ -1714,6 +1828,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_qos2_import_keys_per_bridge, sbt_setup,
                                         bridge_teardown),
         cmocka_unit_test_setup_teardown(test_rate_paces_backlog, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_paused_reading_is_not_silence, sbt_setup,
+                                        bridge_teardown),
         cmocka_unit_test_setup_teardown(test_nats_cluster_failover, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_example, sbt_setup, bridge_teardown),
     };

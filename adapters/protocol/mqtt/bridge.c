@@ -959,7 +959,9 @@ static int bridge_data(sb_conn *c, const char *data, size_t len)
 
 /* Before CONNACK: upstream did not answer. After: keep-alive, a PINGREQ
  * when we sent nothing for a while, and the link is dead when upstream
- * sent nothing for 1.5 keep-alive periods. */
+ * sent nothing for 1.5 keep-alive periods while we were reading (its
+ * answers wait unread while imports await their commits or our output is
+ * backed up, as on a slow uplink draining a backlog). */
 static void keep_alive_tick(uv_timer_t *t)
 {
     bridge_session *s = t->data;
@@ -971,7 +973,7 @@ static void keep_alive_tick(uv_timer_t *t)
         return;
     }
     if (s->conn->paused || s->conn->out_paused)
-        s->last_rx = now; /* not reading (commits outstanding): not silence */
+        s->last_rx = now;
     if (now - s->last_rx >= ka + ka / 2) {
         fail(s, "no answer within %llu s (keep_alive)", (unsigned long long)(ka * 3 / 2000));
         return;
