@@ -12,11 +12,17 @@
  */
 #include "mqtt_util.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define MOSQUITTO "SB_MOSQUITTO"
 #define MOSQUITTO_SUB "SB_MOSQUITTO_SUB"
@@ -159,6 +165,7 @@ static void consumer_start(sbt_proc *p, int port, const char *id, const char *fi
 static upstream ups[2];
 static sbt_proc subs[3];
 static sbt_proc nats[3];
+static pid_t cutter; /* link_cutter's process, or 0 */
 
 static int bridge_teardown(void **state)
 {
@@ -180,6 +187,11 @@ static int bridge_teardown(void **state)
                 sbt_proc_signal(&nats[i], SIGKILL);
             sbt_proc_release(&nats[i]);
         }
+    if (cutter > 0) {
+        kill(cutter, SIGKILL);
+        waitpid(cutter, NULL, 0);
+        cutter = 0;
+    }
     memset(ups, 0, sizeof ups);
     memset(subs, 0, sizeof subs);
     memset(nats, 0, sizeof nats);
@@ -826,11 +838,12 @@ static void send_ack_to(sbt_tcp *t, sb_mqtt_type type, uint16_t pid)
     assert_int_equal(sbt_tcp_write(t, b, n), 0);
 }
 
-/* Accepts the bridge's connection and its CONNECT (clean session 0), and
- * answers CONNACK 0. */
-static sbt_tcp *accept_session(sbt_listener *l, int session_present)
+/* Accepts the bridge's connection and its CONNECT (clean session 0, as
+ * client_id, with keep_alive seconds), and answers CONNACK 0. */
+static sbt_tcp *accept_session_ka(sbt_listener *l, const char *client_id, int keep_alive,
+                                  int session_present)
 {
-    uint8_t buf[512], ack[4];
+    uint8_t buf[1024], ack[4];
     size_t n;
     sb_mqtt_packet pk;
     sbt_tcp *t = sbt_accept(l, 10000);
@@ -838,29 +851,60 @@ static sbt_tcp *accept_session(sbt_listener *l, int session_present)
     read_packet(t, buf, sizeof buf, &pk);
     assert_int_equal(pk.type, SB_MQTT_CONNECT);
     assert_int_equal(pk.connect.clean_session, 0);
-    assert_int_equal(pk.connect.keep_alive, 60);
-    assert_memory_equal(pk.connect.client_id.p, "site1-uplink", pk.connect.client_id.n);
+    assert_int_equal(pk.connect.keep_alive, keep_alive);
+    assert_int_equal(pk.connect.client_id.n, strlen(client_id));
+    assert_memory_equal(pk.connect.client_id.p, client_id, pk.connect.client_id.n);
     assert_int_equal(sb_mqtt_encode_connack(ack, sizeof ack, &n, session_present, 0), 0);
     assert_int_equal(sbt_tcp_write(t, ack, n), 0);
     return t;
 }
 
+static sbt_tcp *accept_session_as(sbt_listener *l, const char *client_id, int session_present)
+{
+    return accept_session_ka(l, client_id, 60, session_present);
+}
+
+static sbt_tcp *accept_session(sbt_listener *l, int session_present)
+{
+    return accept_session_as(l, "site1-uplink", session_present);
+}
+
 /* The next PUBLISH (at qos): returns its packet id, checks its payload
- * "m<i>". */
-static uint16_t expect_publish_qos(sbt_tcp *t, int i, int qos)
+ * "m<i>"; its DUP flag in *dup if not NULL. */
+static uint16_t expect_publish_dup(sbt_tcp *t, int i, int qos, int *dup)
 {
     uint8_t buf[512];
     char want[16];
     sb_mqtt_packet pk;
     read_packet(t, buf, sizeof buf, &pk);
-    assert_int_equal(pk.type, SB_MQTT_PUBLISH);
+    if (pk.type != SB_MQTT_PUBLISH)
+        fail_msg("expected PUBLISH m%d, got %s (packet id %u)", i, sb_mqtt_type_name(pk.type),
+                 (unsigned)pk.packet_id);
     assert_int_equal(pk.publish.qos, qos);
     snprintf(want, sizeof want, "m%d", i);
     if (pk.publish.payload.n != strlen(want) ||
         memcmp(pk.publish.payload.p, want, strlen(want)) != 0)
         fail_msg("expected %s, got %.*s", want, (int)pk.publish.payload.n,
                  (const char *)pk.publish.payload.p);
+    if (dup != NULL)
+        *dup = pk.publish.dup;
     return pk.packet_id;
+}
+
+static uint16_t expect_publish_qos(sbt_tcp *t, int i, int qos)
+{
+    return expect_publish_dup(t, i, qos, NULL);
+}
+
+/* The next packet is a PUBREL for pid. */
+static void expect_pubrel(sbt_tcp *t, uint16_t pid)
+{
+    uint8_t buf[512];
+    sb_mqtt_packet pk;
+    read_packet(t, buf, sizeof buf, &pk);
+    if (pk.type != SB_MQTT_PUBREL || pk.packet_id != pid)
+        fail_msg("expected PUBREL %u, got %s (packet id %u)", (unsigned)pid,
+                 sb_mqtt_type_name(pk.type), (unsigned)pk.packet_id);
 }
 
 static uint16_t expect_publish(sbt_tcp *t, int i)
@@ -951,6 +995,114 @@ static void test_bad_upstream(void **state)
     b->passed = 1;
 }
 
+static const char slow_reader_config[] = "broker:\n"
+                                         "  data_dir: '{data}'\n"
+                                         "  admin: { endpoint: 'off' }\n"
+                                         "adapters:\n"
+                                         "  - name: clients\n"
+                                         "    type: tcp\n"
+                                         "    listen: 127.0.0.1:{port0}\n"
+                                         "    protocol: jsonl\n"
+                                         "  - name: uplink\n"
+                                         "    type: tcp\n"
+                                         "    connect: 127.0.0.1:{port1}\n"
+                                         "    protocol: mqtt\n"
+                                         "    client_id: site1-uplink\n"
+                                         "    keep_alive: 1s\n"
+                                         "    inflight: 64\n"
+                                         "    reconnect_backoff: 100ms\n"
+                                         "routes:\n"
+                                         "  - name: up\n"
+                                         "    from: plant/#\n"
+                                         "    to: uplink\n";
+
+/* Reads one packet of any size (a whole PUBLISH at once) into *buf. */
+static void read_big_packet(sbt_tcp *t, uint8_t **buf, sb_mqtt_packet *pk)
+{
+    uint8_t h[5];
+    size_t n = 1, rem = 0, used;
+    const char *why = NULL;
+    assert_int_equal(sbt_tcp_read_exact(t, h, 1, 10000), 1);
+    for (int shift = 0;; shift += 7) {
+        assert_true(n < sizeof h);
+        assert_int_equal(sbt_tcp_read_exact(t, h + n, 1, 10000), 1);
+        rem |= (size_t)(h[n] & 0x7f) << shift;
+        if ((h[n++] & 0x80) == 0)
+            break;
+    }
+    *buf = realloc(*buf, n + rem);
+    assert_non_null(*buf);
+    memcpy(*buf, h, n);
+    if (rem > 0)
+        assert_int_equal(sbt_tcp_read_exact(t, *buf + n, rem, 10000), (int)rem);
+    assert_int_equal(sb_mqtt_decode(*buf, n + rem, n + rem, pk, &used, &why), 0);
+}
+
+/* Keep-alive while the bridge does not read: an upstream reading slowly
+ * (a slow uplink draining a backlog) backs the bridge's output up, which
+ * stops its reading; upstream's answers wait unread meanwhile, and that is
+ * no silence: the link stays up, longer than 1.5 keep-alive periods. */
+static void test_paused_reading_is_not_silence(void **state)
+{
+    enum { N = 24, SIZE = 512 * 1024 };
+    static const uint8_t pingresp[] = {0xD0, 0x00};
+    sbt_broker *b = *state;
+    sbt_listener *l;
+    sbt_tcp *t;
+    sbt_conn *c;
+    char *payload = malloc(SIZE + 1);
+    uint8_t *buf = NULL;
+    sb_mqtt_packet pk;
+    json_t *u;
+
+    assert_non_null(payload);
+    memset(payload, 'p', SIZE);
+    payload[SIZE] = '\0';
+    sbt_broker_init(b, "bridge-slow-reader", 2);
+    l = sbt_listen(b->port[1]);
+    assert_non_null(l);
+    sbt_broker_config(b, slow_reader_config);
+    sbt_broker_start(b);
+    t = accept_session_ka(l, "site1-uplink", 1, 0);
+    sbt_tcp_pause(t);
+    c = sbt_connect(b->port[0]);
+    for (int i = 0; i < N; i++) {
+        /* upstream is not silent while the bridge still reads */
+        assert_int_equal(sbt_tcp_write(t, pingresp, sizeof pingresp), 0);
+        sbt_pub(c, "plant/a", payload, 1);
+    }
+    /* 3 keep-alive periods of answers the bridge cannot read yet */
+    for (int64_t end = sbt_now_ms() + 3000; sbt_now_ms() < end;) {
+        assert_int_equal(sbt_tcp_write(t, pingresp, sizeof pingresp), 0);
+        u = uplink_stats(c);
+        if (json_integer_value(json_object_get(u, "lost")) != 0)
+            fail_msg("the link was dropped while the bridge was not reading");
+        json_decref(u);
+        sbt_poll_pause(100);
+    }
+    /* upstream reads on: everything, on the same link */
+    for (int i = 0; i < N;) {
+        read_big_packet(t, &buf, &pk);
+        if (pk.type == SB_MQTT_PINGREQ)
+            continue;
+        assert_int_equal(pk.type, SB_MQTT_PUBLISH);
+        assert_int_equal(pk.publish.payload.n, SIZE);
+        send_ack_to(t, SB_MQTT_PUBACK, pk.packet_id);
+        i++;
+    }
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 10000);
+    u = uplink_stats(c);
+    assert_int_equal(json_integer_value(json_object_get(u, "lost")), 0);
+    json_decref(u);
+    free(buf);
+    free(payload);
+    sbt_tcp_close(t);
+    sbt_listener_close(l);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 static const char rate_config[] = "broker:\n"
                                   "  data_dir: '{data}'\n"
                                   "  admin: { endpoint: 'off' }\n"
@@ -1025,7 +1177,6 @@ static const char qos2_config[] = "broker:\n"
  * waiting for PUBREC is a protocol error that closes the link. */
 static void test_qos2_export(void **state)
 {
-    static const uint8_t bad_pubcomp[] = {0x70, 0x02, 0x00, 0x02};
     sbt_broker *b = *state;
     sbt_listener *l;
     sbt_tcp *t;
@@ -1033,6 +1184,7 @@ static void test_qos2_export(void **state)
     uint8_t buf[64];
     sb_mqtt_packet pk;
     uint16_t pid, pid2;
+    char why[64];
 
     sbt_broker_init(b, "bridge-qos2", 2);
     l = sbt_listen(b->port[1]);
@@ -1052,13 +1204,15 @@ static void test_qos2_export(void **state)
     send_ack_to(t, SB_MQTT_PUBCOMP, pid);
     sbt_wait_queue_int(c, "up:uplink", "depth", 1, 5000);
     /* m1 is still waiting for its PUBREC: a PUBCOMP for it is refused */
-    assert_int_equal(pid2, 2);
-    assert_int_equal(sbt_tcp_write(t, bad_pubcomp, sizeof bad_pubcomp), 0);
+    send_ack_to(t, SB_MQTT_PUBCOMP, pid2);
     assert_true(sbt_tcp_wait_closed(t, 10000));
     sbt_tcp_close(t);
-    sbt_broker_wait_log(b, "closing the link: unexpected PUBCOMP for packet id 2", 1, 10000);
+    snprintf(why, sizeof why, "closing the link: unexpected PUBCOMP for packet id %u",
+             (unsigned)pid2);
+    sbt_broker_wait_log(b, why, 1, 10000);
     t = accept_session(l, 1);
     pid = expect_publish_qos(t, 1, 2);
+    assert_int_equal(pid, pid2); /* sent again with its packet id */
     send_ack_to(t, SB_MQTT_PUBREC, pid);
     read_packet(t, buf, sizeof buf, &pk);
     assert_int_equal(pk.type, SB_MQTT_PUBREL);
@@ -1066,6 +1220,255 @@ static void test_qos2_export(void **state)
     sbt_wait_queue_int(c, "up:uplink", "depth", 0, 5000);
     sbt_tcp_close(t);
     sbt_listener_close(l);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+/* MQTT 3.1.1 4.3.3 and 4.4, as a strict upstream (EMQX, HiveMQ) applies
+ * them: a packet id answered with PUBREC stays taken until PUBREL, and a
+ * PUBLISH under it meanwhile is a duplicate (PUBREC, not delivered). So a
+ * QoS 2 export must go out again with its packet id: PUBREL if upstream
+ * answered PUBREC (on the next link, and after a kill -9 of Switchboard),
+ * the message with DUP if not. A new upstream session (session present 0)
+ * voids the ids: the message goes again. */
+static void test_qos2_resent_with_its_id(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_listener *l;
+    sbt_tcp *t;
+    sbt_conn *c;
+    uint16_t a, p1, p2, p3;
+    int dup;
+
+    sbt_broker_init(b, "bridge-qos2-ids", 2);
+    l = sbt_listen(b->port[1]);
+    assert_non_null(l);
+    sbt_broker_config(b, qos2_config);
+    sbt_broker_start(b);
+    t = accept_session(l, 0);
+    c = sbt_connect(b->port[0]);
+    publish_range(c, "plant/a", 0, 2);
+    a = expect_publish_dup(t, 0, 2, &dup);
+    assert_int_equal(dup, 0);
+    p1 = expect_publish_qos(t, 1, 2);
+    send_ack_to(t, SB_MQTT_PUBREC, a);
+    expect_pubrel(t, a);
+    /* the link goes: a awaits PUBCOMP, p1 its PUBREC */
+    sbt_tcp_close(t);
+    t = accept_session(l, 1);
+    expect_pubrel(t, a); /* not m0 again, under another id */
+    assert_int_equal(expect_publish_dup(t, 1, 2, &dup), p1);
+    assert_int_equal(dup, 1);
+    send_ack_to(t, SB_MQTT_PUBCOMP, a);
+    send_ack_to(t, SB_MQTT_PUBREC, p1);
+    expect_pubrel(t, p1);
+    send_ack_to(t, SB_MQTT_PUBCOMP, p1);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 5000);
+
+    /* PUBREC answered, then Switchboard is killed: PUBREL after the restart */
+    publish_range(c, "plant/a", 2, 3);
+    p2 = expect_publish_qos(t, 2, 2);
+    send_ack_to(t, SB_MQTT_PUBREC, p2);
+    expect_pubrel(t, p2);
+    sbt_close(c);
+    sbt_broker_kill(b);
+    sbt_tcp_close(t);
+    sbt_broker_start(b);
+    t = accept_session(l, 1);
+    c = sbt_connect(b->port[0]);
+    expect_pubrel(t, p2);
+    send_ack_to(t, SB_MQTT_PUBCOMP, p2);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 5000);
+
+    /* a new upstream session forgot p3: m3 goes again, as a message */
+    publish_range(c, "plant/a", 3, 4);
+    p3 = expect_publish_qos(t, 3, 2);
+    send_ack_to(t, SB_MQTT_PUBREC, p3);
+    expect_pubrel(t, p3);
+    sbt_tcp_close(t);
+    t = accept_session(l, 0);
+    assert_int_equal(expect_publish_qos(t, 3, 2), p3);
+    send_ack_to(t, SB_MQTT_PUBREC, p3);
+    expect_pubrel(t, p3);
+    send_ack_to(t, SB_MQTT_PUBCOMP, p3);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 5000);
+    assert_int_equal(sbt_queue_int(c, "up:uplink", "dead"), 0);
+    sbt_tcp_close(t);
+    sbt_listener_close(l);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+/* ---- a link cut at chosen packets, with mosquitto upstream ---- */
+
+/* At the nth packet of type (counted over all connections) from
+ * upstream: forward it to the bridge or drop it, then close both sides. */
+typedef struct cut {
+    sb_mqtt_type type;
+    int nth;
+    int forward;
+} cut;
+
+static int send_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        if (k <= 0)
+            return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* The length of the whole packet at p[0..n), or 0 if incomplete. */
+static size_t packet_len(const uint8_t *p, size_t n)
+{
+    size_t rem = 0, i = 1;
+    for (int shift = 0; i < n && i < 5; shift += 7) {
+        rem |= (size_t)(p[i] & 0x7f) << shift;
+        if ((p[i++] & 0x80) == 0)
+            return n >= i + rem ? i + rem : 0;
+    }
+    return 0;
+}
+
+/* The child: relays each connection accepted on lfd to upstream_port, and
+ * cuts the link at each of cuts[0..ncuts) in turn. */
+static void cutter_run(int lfd, int upstream_port, const cut *cuts, size_t ncuts)
+{
+    int counts[16] = {0};
+    size_t next = 0;
+    static uint8_t ubuf[1 << 20], dbuf[1 << 16];
+    for (;;) {
+        struct sockaddr_in sa = {0};
+        size_t ulen = 0;
+        int down = accept(lfd, NULL, NULL), up = socket(AF_INET, SOCK_STREAM, 0), open = 1;
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons((uint16_t)upstream_port);
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (down < 0 || up < 0 || connect(up, (struct sockaddr *)&sa, sizeof sa) != 0)
+            open = 0;
+        while (open) {
+            struct pollfd pf[2] = {{down, POLLIN, 0}, {up, POLLIN, 0}};
+            ssize_t k;
+            size_t plen;
+            if (poll(pf, 2, -1) < 0)
+                break;
+            if (pf[0].revents != 0) {
+                if ((k = recv(down, dbuf, sizeof dbuf, 0)) <= 0 ||
+                    send_all(up, dbuf, (size_t)k) != 0)
+                    break;
+            }
+            if (pf[1].revents == 0)
+                continue;
+            if ((k = recv(up, ubuf + ulen, sizeof ubuf - ulen, 0)) <= 0)
+                break;
+            ulen += (size_t)k;
+            while (open && (plen = packet_len(ubuf, ulen)) > 0) {
+                int type = ubuf[0] >> 4, at = ++counts[type];
+                int cut_here = next < ncuts && (int)cuts[next].type == type && cuts[next].nth == at;
+                if ((!cut_here || cuts[next].forward) && send_all(down, ubuf, plen) != 0)
+                    open = 0;
+                memmove(ubuf, ubuf + plen, ulen - plen);
+                ulen -= plen;
+                if (cut_here) {
+                    next++;
+                    open = 0;
+                }
+            }
+        }
+        if (down >= 0)
+            close(down);
+        if (up >= 0)
+            close(up);
+    }
+}
+
+/* Starts link_cutter on port, relaying to upstream_port. */
+static void cutter_start(int port, int upstream_port, const cut *cuts, size_t ncuts)
+{
+    struct sockaddr_in sa = {0};
+    int one = 1, lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(lfd >= 0);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(lfd, 8), 0);
+    cutter = fork();
+    assert_true(cutter >= 0);
+    if (cutter == 0) {
+        cutter_run(lfd, upstream_port, cuts, ncuts);
+        _exit(0);
+    }
+    close(lfd);
+}
+
+static const char qos2_cut_config[] = "broker:\n"
+                                      "  data_dir: '{data}'\n"
+                                      "  admin: { endpoint: 'off' }\n"
+                                      "adapters:\n"
+                                      "  - name: clients\n"
+                                      "    type: tcp\n"
+                                      "    listen: 127.0.0.1:{port0}\n"
+                                      "    protocol: jsonl\n"
+                                      "  - name: uplink\n"
+                                      "    type: tcp\n"
+                                      "    connect: 127.0.0.1:{port2}\n"
+                                      "    protocol: mqtt\n"
+                                      "    client_id: site1-uplink\n"
+                                      "    qos: 2\n"
+                                      "    inflight: 4\n"
+                                      "    reconnect_backoff: 100ms\n"
+                                      "    reconnect_max_backoff: 200ms\n"
+                                      "routes:\n"
+                                      "  - name: up\n"
+                                      "    from: plant/#\n"
+                                      "    to: uplink\n";
+
+/* QoS 2 exports to mosquitto through a link cut after a PUBCOMP was lost
+ * (PUBREL had reached mosquitto: it delivered the message), after a PUBREC
+ * reached the bridge (its PUBREL did not reach mosquitto) and after a
+ * PUBREC was lost: every message arrives exactly once. */
+static void test_qos2_cut_links_exactly_once(void **state)
+{
+    enum { N = 40 };
+    static const cut cuts[] = {
+        {SB_MQTT_PUBCOMP, 3, 0}, {SB_MQTT_PUBREC, 10, 1}, {SB_MQTT_PUBREC, 16, 0},
+        {SB_MQTT_PUBCOMP, 22, 0}, {SB_MQTT_PUBREC, 30, 1},
+    };
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    char file[SBT_PATH_MAX];
+    int dups;
+    json_t *u;
+
+    need_mosquitto();
+    sbt_broker_init(b, "bridge-qos2-cut", 3);
+    upstream_start(&ups[0], b, "up", b->port[1], NULL);
+    sbt_path(file, sizeof file, b->dir, "hq.out");
+    consumer_start(&subs[0], b->port[1], "hq", "plant/#", file);
+    cutter_start(b->port[2], b->port[1], cuts, sizeof cuts / sizeof cuts[0]);
+    sbt_broker_config(b, qos2_cut_config);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+    publish_range(c, "plant/a", 0, N);
+    sbt_wait_queue_int(c, "up:uplink", "depth", 0, 30000);
+    /* a last one: once it is there, so is anything sent before it */
+    publish_range(c, "plant/a", N, N + 1);
+    dups = expect_range(file, "plant/a", 0, N + 1, 20000);
+    u = uplink_stats(c);
+    print_message("%d QoS 2 messages through %lld lost links: %d duplicates\n", N,
+                  (long long)json_integer_value(json_object_get(u, "lost")), dups);
+    assert_int_equal(json_integer_value(json_object_get(u, "lost")),
+                     (json_int_t)(sizeof cuts / sizeof cuts[0]));
+    json_decref(u);
+    assert_int_equal(dups, 0);
+    assert_int_equal(sbt_queue_int(c, "up:uplink", "dead"), 0);
     sbt_close(c);
     sbt_broker_stop(b);
     b->passed = 1;
@@ -1139,6 +1542,129 @@ static void test_qos2_import(void **state)
     json_decref(m);
     /* mosquitto_pub exited 0: its QoS 2 flow completed; nothing came twice */
     sbt_wait_queue_int(c, "from-hq", "depth", 0, 5000);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+/* Three bridges subscribed at QoS 2 to three scripted upstreams: a and b
+ * with one client id (each cluster has its own site1-uplink session), c
+ * with a 300-byte one. */
+static const char dedup_config[] = "broker:\n"
+                                   "  data_dir: '{data}'\n"
+                                   "  admin: { endpoint: 'off' }\n"
+                                   "adapters:\n"
+                                   "  - name: clients\n"
+                                   "    type: tcp\n"
+                                   "    listen: 127.0.0.1:{port0}\n"
+                                   "    protocol: jsonl\n"
+                                   "  - name: to-a\n"
+                                   "    type: tcp\n"
+                                   "    connect: 127.0.0.1:{port1}\n"
+                                   "    protocol: mqtt\n"
+                                   "    client_id: site1-uplink\n"
+                                   "    qos: 2\n"
+                                   "    subscribe: [cmd/#]\n"
+                                   "  - name: to-b\n"
+                                   "    type: tcp\n"
+                                   "    connect: 127.0.0.1:{port2}\n"
+                                   "    protocol: mqtt\n"
+                                   "    client_id: site1-uplink\n"
+                                   "    qos: 2\n"
+                                   "    subscribe: [cmd/#]\n"
+                                   "  - name: to-c\n"
+                                   "    type: tcp\n"
+                                   "    connect: 127.0.0.1:{port3}\n"
+                                   "    protocol: mqtt\n"
+                                   "    client_id: '{v0}'\n"
+                                   "    qos: 2\n"
+                                   "    subscribe: [cmd/#]\n"
+                                   "routes:\n"
+                                   "  - name: from-hq\n"
+                                   "    from: cmd/#\n";
+
+/* Answers the bridge's SUBSCRIBE with QoS 2 granted. */
+static void grant_subscribe(sbt_tcp *t)
+{
+    uint8_t buf[512], ack[8], code = 2;
+    size_t n;
+    sb_mqtt_packet pk;
+    read_packet(t, buf, sizeof buf, &pk);
+    assert_int_equal(pk.type, SB_MQTT_SUBSCRIBE);
+    assert_int_equal(sb_mqtt_encode_suback(ack, sizeof ack, &n, pk.packet_id, &code, 1), 0);
+    assert_int_equal(sbt_tcp_write(t, ack, n), 0);
+}
+
+/* Upstream sends payload at QoS 2 under pid; returns once the bridge
+ * answered PUBREC (the import is committed, or dropped as a duplicate). */
+static void upstream_pub_qos2(sbt_tcp *t, uint16_t pid, int dup, const char *payload)
+{
+    uint8_t buf[128];
+    size_t n;
+    sb_mqtt_packet pk;
+    sb_mqtt_publish p = {(uint8_t)dup, 2, 0, {"cmd/x", 5},
+                         {(const uint8_t *)payload, strlen(payload)}};
+    assert_int_equal(sb_mqtt_encode_publish(buf, sizeof buf, &n, &p, pid), 0);
+    assert_int_equal(sbt_tcp_write(t, buf, n), 0);
+    read_packet(t, buf, sizeof buf, &pk);
+    assert_int_equal(pk.type, SB_MQTT_PUBREC);
+    assert_int_equal(pk.packet_id, pid);
+}
+
+/* QoS 2 import dedup keys are each bridge's own: an import of a, whose
+ * PUBREL has not come, does not make b's message under the same packet id
+ * a duplicate, nor does b's PUBREL end a's; with a client id too long for
+ * the old fixed-size key, packet ids stay apart; a new upstream session
+ * (session present 0) voids them. */
+static void test_qos2_import_keys_per_bridge(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_listener *l[3];
+    sbt_tcp *t[3];
+    sbt_conn *c;
+    char long_id[301];
+    uint8_t buf[64];
+    sb_mqtt_packet pk;
+
+    memset(long_id, 'c', 300);
+    long_id[300] = '\0';
+    sbt_broker_init(b, "bridge-dedup", 4);
+    for (int i = 0; i < 3; i++) {
+        l[i] = sbt_listen(b->port[i + 1]);
+        assert_non_null(l[i]);
+    }
+    sbt_broker_set(b, 0, long_id);
+    sbt_broker_config(b, dedup_config);
+    sbt_broker_start(b);
+    t[0] = accept_session(l[0], 0);
+    t[1] = accept_session(l[1], 0);
+    t[2] = accept_session_as(l[2], long_id, 0);
+    for (int i = 0; i < 3; i++)
+        grant_subscribe(t[i]);
+    c = sbt_connect(b->port[0]);
+
+    upstream_pub_qos2(t[0], 5, 0, "a"); /* no PUBREL yet */
+    upstream_pub_qos2(t[1], 5, 0, "b");
+    assert_int_equal(sbt_queue_int(c, "from-hq", "published"), 2);
+    upstream_pub_qos2(t[2], 1, 0, "x");
+    upstream_pub_qos2(t[2], 2, 0, "y");
+    assert_int_equal(sbt_queue_int(c, "from-hq", "published"), 4);
+    /* b completes; a's message sent again is still a duplicate */
+    send_ack_to(t[1], SB_MQTT_PUBREL, 5);
+    read_packet(t[1], buf, sizeof buf, &pk);
+    assert_int_equal(pk.type, SB_MQTT_PUBCOMP);
+    upstream_pub_qos2(t[0], 5, 1, "a");
+    assert_int_equal(sbt_queue_int(c, "from-hq", "published"), 4);
+    /* a's upstream comes back without the session: packet id 5 is new */
+    sbt_tcp_close(t[0]);
+    t[0] = accept_session(l[0], 0);
+    grant_subscribe(t[0]);
+    upstream_pub_qos2(t[0], 5, 0, "a2");
+    assert_int_equal(sbt_queue_int(c, "from-hq", "published"), 5);
+    for (int i = 0; i < 3; i++) {
+        sbt_tcp_close(t[i]);
+        sbt_listener_close(l[i]);
+    }
     sbt_close(c);
     sbt_broker_stop(b);
     b->passed = 1;
@@ -1292,8 +1818,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls_upstream, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_bad_upstream, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_qos2_export, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_qos2_resent_with_its_id, sbt_setup,
+                                        bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_qos2_cut_links_exactly_once, sbt_setup,
+                                        bridge_teardown),
         cmocka_unit_test_setup_teardown(test_qos2_import, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_qos2_import_keys_per_bridge, sbt_setup,
+                                        bridge_teardown),
         cmocka_unit_test_setup_teardown(test_rate_paces_backlog, sbt_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(test_paused_reading_is_not_silence, sbt_setup,
+                                        bridge_teardown),
         cmocka_unit_test_setup_teardown(test_nats_cluster_failover, sbt_setup, bridge_teardown),
         cmocka_unit_test_setup_teardown(test_example, sbt_setup, bridge_teardown),
     };

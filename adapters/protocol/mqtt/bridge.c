@@ -6,6 +6,7 @@
 #include "service/log.h"
 #include "service/platform.h"
 
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,10 +22,12 @@
 
 typedef struct bridge_session bridge_session;
 
-/* A packet id of ours awaiting its answer. */
-enum { SLOT_FREE = 0, SLOT_PUBLISHED, SLOT_RELEASED, SLOT_SUBSCRIBED };
+/* A packet id of ours awaiting its answer. QoS 2: PUBLISHED until PUBREC,
+ * RELEASING while that is recorded (the "rel" key), RELEASED from PUBREL
+ * to PUBCOMP. */
+enum { SLOT_FREE = 0, SLOT_PUBLISHED, SLOT_RELEASING, SLOT_RELEASED, SLOT_SUBSCRIBED };
 typedef struct out_slot {
-    sb_delivery *d;
+    sb_delivery *d; /* NULL for SUBSCRIBE */
     uint16_t pid;
     uint8_t state;
     uint8_t qos;
@@ -44,7 +47,9 @@ struct sb_mqtt_bridge {
     char *password; /* NULL: none */
     size_t password_len;
     bridge_session *live; /* the session upstream accepted, or NULL */
-    uint16_t next_pid;
+    char *keys;           /* "$bridge:<adapter>\n": the prefix of its keys */
+    unsigned epoch;       /* upstream sessions that started anew (session present 0) */
+    uint16_t sub_pid;     /* the packet id of the last SUBSCRIBE */
     char refusal[300];
     int sessions; /* sessions not yet freed (they outlive their connections) */
     /* pacing (rate): exports allowed now, refilled with time */
@@ -60,12 +65,13 @@ struct bridge_session {
     int closed;
     int parsing;
     int pending; /* local publishes whose commit is outstanding */
+    unsigned epoch; /* b->epoch when upstream accepted it */
     /* input not yet parsed */
     uint8_t *buf;
     size_t len, cap, max_packet;
-    /* our packet ids in flight: slot pid & mask (a busy slot waits) */
+    /* our packet ids in flight: an open-addressing table, by pid */
     out_slot *out;
-    size_t out_mask;
+    size_t out_mask, out_count;
     /* imports awaiting their commit, oldest first */
     in_slot *ring;
     size_t ring_head, ring_count, ring_cap;
@@ -112,9 +118,42 @@ static int read_password(sb_mqtt_bridge *b, sb_error *err)
     return 0;
 }
 
+/* Keys of its QoS 2 state in the broker's store, under b->keys
+ * ("$bridge:<adapter>\n", the adapter's name: two bridges never share
+ * one, whatever their client ids): "in\n<packet id>", an import committed
+ * whose PUBREL has not come; "rel\n<message id>", an export upstream
+ * answered with PUBREC, whose PUBREL is due. Both belong to the one
+ * upstream session of the adapter: a new session voids them. Returns the
+ * key to sb_free, or NULL (out of memory). */
+static char *bridge_key(const sb_mqtt_bridge *b, const char *kind, uint64_t n)
+{
+    size_t len = strlen(b->keys) + strlen(kind) + 24;
+    char *k = sb_malloc(len);
+    if (k != NULL)
+        snprintf(k, len, "%s%s\n%" PRIu64, b->keys, kind, n);
+    return k;
+}
+
+/* Before keys carried the adapter's name, imports were deduplicated under
+ * "$bridge\n<client id>\nin\n<packet id>" (shared by bridges with one
+ * client id). Those are dropped: an import in flight across the upgrade
+ * may come in twice (at least once), never be lost to another's key. */
+static int drop_legacy_keys(sb_mqtt_bridge *b)
+{
+    size_t len = strlen(b->cfg->client_id) + 16;
+    char *k = sb_malloc(len);
+    if (k == NULL)
+        return SB_ENOMEM;
+    snprintf(k, len, "$bridge\n%s\nin\n", b->cfg->client_id);
+    sb_broker_key_delete(b->adapter->broker, k, 1);
+    sb_free(k);
+    return 0;
+}
+
 int sb_mqtt_bridge_new(sb_mqtt_bridge **out, sb_adapter *a, sb_stream *st, sb_error *err)
 {
     sb_mqtt_bridge *b = sb_calloc(1, sizeof(*b));
+    size_t len = strlen(a->name) + 16;
     int rc;
     *out = NULL;
     if (b == NULL)
@@ -122,7 +161,11 @@ int sb_mqtt_bridge_new(sb_mqtt_bridge **out, sb_adapter *a, sb_stream *st, sb_er
     b->adapter = a;
     b->st = st;
     b->cfg = SB_STREAM_CFG(a->cfg);
-    b->next_pid = 1;
+    if ((b->keys = sb_malloc(len)) == NULL || drop_legacy_keys(b) != 0) {
+        sb_mqtt_bridge_free(b);
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    }
+    snprintf(b->keys, len, "$bridge:%s\n", a->name);
     if ((rc = read_password(b, err)) != 0) {
         sb_mqtt_bridge_free(b);
         return rc;
@@ -149,6 +192,7 @@ void sb_mqtt_bridge_free(sb_mqtt_bridge *b)
     if (b->password != NULL)
         memset(b->password, 0, b->password_len);
     sb_free(b->password);
+    sb_free(b->keys);
     sb_free(b);
 }
 
@@ -173,10 +217,10 @@ static void on_pace(uv_timer_t *t)
     sb_adapter_sink_ready(b->adapter);
 }
 
-/* rate: 1 if an export may go now (it takes a token); else the pace timer
- * makes the adapter ready when the next token is due. Tokens accrue at
- * `rate` per second, at most one second's worth (the burst). */
-static int paced(sb_mqtt_bridge *b)
+/* rate: 1 if an export may go now (pace_take once it went out); else the
+ * pace timer makes the adapter ready when the next token is due. Tokens
+ * accrue at `rate` per second, at most one second's worth (the burst). */
+static int pace_ready(sb_mqtt_bridge *b)
 {
     uint64_t now;
     double rate = b->cfg->rate;
@@ -187,13 +231,17 @@ static int paced(sb_mqtt_bridge *b)
     if (b->tokens > rate)
         b->tokens = rate;
     b->refilled = now;
-    if (b->tokens >= 1) {
-        b->tokens -= 1;
+    if (b->tokens >= 1)
         return 1;
-    }
     if (!uv_is_active((uv_handle_t *)b->pace))
         uv_timer_start(b->pace, on_pace, (uint64_t)((1 - b->tokens) * 1000.0 / rate) + 1, 0);
     return 0;
+}
+
+static void pace_take(sb_mqtt_bridge *b)
+{
+    if (b->pace != NULL)
+        b->tokens -= 1;
 }
 
 const char *sb_mqtt_bridge_refusal(const sb_mqtt_bridge *b)
@@ -267,30 +315,65 @@ static int send_connect(bridge_session *s)
 
 /* ---- our packet ids ---- */
 
+/* The packet id of an export, from its message id: a delivery that comes
+ * back (the link was lost, Switchboard restarted) goes out again with the
+ * id it had, as MQTT wants for a resent PUBLISH (and the server protocol
+ * does for its deliveries), so upstream can tell a resend from a new
+ * message. */
+static uint16_t pid_of(uint64_t msg_id)
+{
+    return (uint16_t)(msg_id % 65535u + 1u);
+}
+
+static size_t slot_home(const bridge_session *s, uint16_t pid)
+{
+    return (size_t)(((uint32_t)pid * 2654435761u) >> 16) & s->out_mask;
+}
+
 static out_slot *slot_of(bridge_session *s, uint16_t pid)
 {
-    out_slot *o = &s->out[pid & s->out_mask];
-    return o->state != SLOT_FREE && o->pid == pid ? o : NULL;
+    for (size_t i = slot_home(s, pid);; i = (i + 1) & s->out_mask) {
+        out_slot *o = &s->out[i];
+        if (o->state == SLOT_FREE)
+            return NULL;
+        if (o->pid == pid)
+            return o;
+    }
 }
 
-/* A free packet id and its slot, or NULL while the next one is taken (a
- * publish upstream has not answered for a whole window). */
-static out_slot *slot_take(bridge_session *s, uint16_t *pid)
+/* A slot for pid (not in use) to fill, or NULL when the table is full
+ * (one slot stays free so that lookups end). */
+static out_slot *slot_add(bridge_session *s, uint16_t pid)
 {
-    sb_mqtt_bridge *b = s->b;
-    out_slot *o = &s->out[b->next_pid & s->out_mask];
-    if (o->state != SLOT_FREE)
+    size_t i = slot_home(s, pid);
+    if (s->out_count >= s->out_mask)
         return NULL;
-    *pid = b->next_pid;
-    b->next_pid = b->next_pid == 65535 ? 1 : (uint16_t)(b->next_pid + 1);
-    o->pid = *pid;
-    return o;
+    while (s->out[i].state != SLOT_FREE)
+        i = (i + 1) & s->out_mask;
+    s->out_count++;
+    s->out[i] = (out_slot){NULL, pid, SLOT_FREE, 0};
+    return &s->out[i];
 }
 
-static void slot_free(out_slot *o)
+/* Frees o, moving later slots of its probe run back (no tombstones);
+ * pointers to other slots are stale afterwards. */
+static void slot_free(bridge_session *s, out_slot *o)
 {
-    o->state = SLOT_FREE;
-    o->d = NULL;
+    size_t hole = (size_t)(o - s->out), j = hole, mask = s->out_mask;
+    s->out_count--;
+    for (;;) {
+        size_t home;
+        j = (j + 1) & mask;
+        if (s->out[j].state == SLOT_FREE)
+            break;
+        home = slot_home(s, s->out[j].pid);
+        /* j stays unless its home is outside (hole, j], cyclically */
+        if (((j - home) & mask) >= ((j - hole) & mask)) {
+            s->out[hole] = s->out[j];
+            hole = j;
+        }
+    }
+    s->out[hole] = (out_slot){0};
 }
 
 /* ---- sink: exports ---- */
@@ -303,13 +386,13 @@ static int has_prefix(const char *s, const char *prefix)
 /* PUBLISH header (fixed header, topic, packet id) in h[0..cap); returns
  * its length, or 0 if the topic does not fit an MQTT packet. */
 static size_t publish_header(uint8_t *h, const char *prefix, const char *topic, int qos,
-                             uint16_t pid, size_t payload_len)
+                             int dup, uint16_t pid, size_t payload_len)
 {
     size_t plen = prefix != NULL ? strlen(prefix) : 0, tlen = plen + strlen(topic);
     size_t rem = 2 + tlen + 2 + payload_len, n = 0;
     if (tlen > 65535 || rem > SB_MQTT_MAX_REMAINING)
         return 0;
-    h[n++] = (uint8_t)(0x30 | (qos << 1));
+    h[n++] = (uint8_t)(0x30 | (dup ? 0x08 : 0) | (qos << 1));
     do {
         uint8_t byte = rem & 0x7f;
         rem >>= 7;
@@ -326,6 +409,19 @@ static size_t publish_header(uint8_t *h, const char *prefix, const char *topic, 
     return n;
 }
 
+/* 1 if upstream answered PUBREC for message id in an earlier session (its
+ * "rel" key), 0 if not, -1 out of memory. */
+static int released_before(sb_mqtt_bridge *b, uint64_t id)
+{
+    char *key = bridge_key(b, "rel", id);
+    int yes;
+    if (key == NULL)
+        return -1;
+    yes = sb_broker_key_exists(b->adapter->broker, key);
+    sb_free(key);
+    return yes;
+}
+
 int sb_mqtt_bridge_deliver(sb_mqtt_bridge *b, sb_delivery *d)
 {
     bridge_session *s = b->live;
@@ -333,7 +429,7 @@ int sb_mqtt_bridge_deliver(sb_mqtt_bridge *b, sb_delivery *d)
     const char *origin = sb_message_header(m, SB_MQTT_BRIDGE_ORIGIN), *topic = m->topic;
     uint8_t small[512], *h = small;
     size_t n, tlen;
-    uint16_t pid;
+    uint16_t pid = pid_of(m->id);
     out_slot *o;
     int qos = b->cfg->qos, rc;
 
@@ -344,16 +440,26 @@ int sb_mqtt_bridge_deliver(sb_mqtt_bridge *b, sb_delivery *d)
     }
     if (s == NULL || s->closed || s->conn->closing || s->conn->out_paused)
         return SB_EBUSY;
-    if (s->out[b->next_pid & s->out_mask].state != SLOT_FREE || !paced(b))
+    /* its id still in flight (a message 65535 ids apart): wait for it */
+    if (slot_of(s, pid) != NULL || s->out_count >= s->out_mask)
         return SB_EBUSY;
-    if ((o = slot_take(s, &pid)) == NULL)
+    if (d->redelivery && (rc = released_before(b, m->id)) != 0) {
+        if (rc < 0)
+            return SB_EBUSY;
+        /* upstream holds it since its PUBREC: PUBREL, never the message
+         * again (MQTT 3.1.1 4.4: resent with its packet id) */
+        *slot_add(s, pid) = (out_slot){d, pid, SLOT_RELEASED, 2};
+        send_ack(s, SB_MQTT_PUBREL, pid);
+        return 0;
+    }
+    if (!pace_ready(b))
         return SB_EBUSY;
     if (has_prefix(topic, b->cfg->local_prefix))
         topic += strlen(b->cfg->local_prefix);
     tlen = strlen(topic) + (b->cfg->remote_prefix != NULL ? strlen(b->cfg->remote_prefix) : 0);
     if (tlen + 16 > sizeof small && (h = sb_malloc(tlen + 16)) == NULL)
         return SB_EBUSY;
-    n = publish_header(h, b->cfg->remote_prefix, topic, qos, pid, m->payload_len);
+    n = publish_header(h, b->cfg->remote_prefix, topic, qos, d->redelivery, pid, m->payload_len);
     if (n == 0) {
         if (h != small)
             sb_free(h);
@@ -365,10 +471,59 @@ int sb_mqtt_bridge_deliver(sb_mqtt_bridge *b, sb_delivery *d)
         sb_free(h);
     if (rc != 0)
         return SB_EBUSY;
+    pace_take(b);
     s->last_tx = uv_now(s->conn->adapter->loop);
-    o->d = d;
-    o->qos = (uint8_t)qos;
-    o->state = SLOT_PUBLISHED;
+    o = slot_add(s, pid);
+    *o = (out_slot){d, pid, SLOT_PUBLISHED, (uint8_t)qos};
+    return 0;
+}
+
+/* PUBREC for o: upstream owns the message. Its PUBREL goes out once that
+ * is recorded ("rel" key), so that if the link or Switchboard goes down
+ * before PUBCOMP the delivery comes back as PUBREL, not as the message
+ * again under a packet id upstream still holds. */
+typedef struct release_req {
+    bridge_session *s;
+    char *key;
+    uint16_t pid;
+} release_req;
+
+static void on_release_recorded(void *ctx, int status)
+{
+    release_req *r = ctx;
+    bridge_session *s = r->s;
+    out_slot *o;
+    s->pending--;
+    if (s->epoch != s->b->epoch) {
+        /* upstream started a new session meanwhile: the id is void */
+        sb_broker_key_delete(s->conn->adapter->broker, r->key, 0);
+    } else if (!s->closed && status != 0) {
+        fail(s, "cannot record QoS 2 state: %s", sb_strerror(status));
+    } else if (!s->closed && (o = slot_of(s, r->pid)) != NULL && o->state == SLOT_RELEASING) {
+        o->state = SLOT_RELEASED;
+        send_ack(s, SB_MQTT_PUBREL, r->pid);
+    }
+    sb_free(r->key);
+    sb_free(r);
+    session_maybe_free(s);
+}
+
+static int record_release(bridge_session *s, out_slot *o)
+{
+    release_req *r = sb_malloc(sizeof *r);
+    if (r == NULL || (r->key = bridge_key(s->b, "rel", o->d->msg->id)) == NULL) {
+        sb_free(r);
+        return fail(s, "out of memory");
+    }
+    r->s = s;
+    r->pid = o->pid;
+    o->state = SLOT_RELEASING;
+    if (sb_broker_key_put(s->conn->adapter->broker, r->key, on_release_recorded, r) != 0) {
+        sb_free(r->key);
+        sb_free(r);
+        return fail(s, "cannot record QoS 2 state (broker stopping)");
+    }
+    s->pending++;
     return 0;
 }
 
@@ -376,20 +531,29 @@ static int handle_ack(bridge_session *s, const sb_mqtt_packet *pk)
 {
     out_slot *o = slot_of(s, pk->packet_id);
     sb_mqtt_type want = SB_MQTT_PUBACK;
+    sb_delivery *d;
+    char *key;
     if (o != NULL && o->state == SLOT_PUBLISHED && o->qos == 2)
         want = SB_MQTT_PUBREC;
     else if (o != NULL && o->state == SLOT_RELEASED)
         want = SB_MQTT_PUBCOMP;
-    if (o == NULL || o->state == SLOT_SUBSCRIBED || pk->type != want)
+    if (o == NULL || o->state == SLOT_SUBSCRIBED || o->state == SLOT_RELEASING ||
+        pk->type != want)
         return fail(s, "unexpected %s for packet id %u", sb_mqtt_type_name(pk->type),
                     (unsigned)pk->packet_id);
-    if (pk->type == SB_MQTT_PUBREC) {
-        o->state = SLOT_RELEASED;
-        send_ack(s, SB_MQTT_PUBREL, pk->packet_id);
-        return 0;
-    }
-    sb_delivery_done(o->d, 0, NULL);
-    slot_free(o);
+    if (pk->type == SB_MQTT_PUBREC)
+        return record_release(s, o);
+    d = o->d;
+    key = pk->type == SB_MQTT_PUBCOMP ? bridge_key(s->b, "rel", d->msg->id) : NULL;
+    if (pk->type == SB_MQTT_PUBCOMP && key == NULL)
+        return fail(s, "out of memory");
+    slot_free(s, o);
+    /* the ack first: a restart between the two may leave the key behind,
+     * never the message without it (it would go again as a new one) */
+    sb_delivery_done(d, 0, NULL);
+    if (key != NULL && sb_broker_key_exists(s->conn->adapter->broker, key))
+        sb_broker_key_delete(s->conn->adapter->broker, key, 0);
+    sb_free(key);
     sb_adapter_sink_ready(s->conn->adapter);
     return 0;
 }
@@ -435,16 +599,22 @@ static void import_ack(bridge_session *s, in_slot slot)
         send_ack(s, SB_MQTT_PUBREC, slot.pid);
 }
 
-/* The dedup key of a QoS 2 import: upstream may send it again until it
- * got our PUBREC, even across a restart of either side. */
-static void key_in(char *out, size_t n, const bridge_session *s, uint16_t pid)
-{
-    snprintf(out, n, "$bridge\n%s\nin\n%u", s->b->cfg->client_id, (unsigned)pid);
-}
-
 static int stalled(const bridge_session *s)
 {
     return s->ring_count >= MAX_PENDING_IMPORTS || s->conn->closing;
+}
+
+/* Deletes the dedup key of the QoS 2 import under pid: its exchange is
+ * over. Returns 0 or SB_ENOMEM. */
+static int forget_import(bridge_session *s, uint16_t pid)
+{
+    char *key = bridge_key(s->b, "in", pid);
+    if (key == NULL)
+        return SB_ENOMEM;
+    if (sb_broker_key_exists(s->conn->adapter->broker, key))
+        sb_broker_key_delete(s->conn->adapter->broker, key, 0);
+    sb_free(key);
+    return 0;
 }
 
 static void on_imported(void *ctx, int status, uint64_t msg_id, int queues, const char *why)
@@ -454,6 +624,8 @@ static void on_imported(void *ctx, int status, uint64_t msg_id, int queues, cons
     (void)msg_id;
     (void)queues;
     s->pending--;
+    if (slot.qos == 2 && status == 0 && s->epoch != s->b->epoch)
+        (void)forget_import(s, slot.pid); /* committed after a new session voided it */
     if (!s->closed && !s->conn->closing) {
         if (status != 0) {
             /* no negative acknowledgement in MQTT 3.1.1: upstream sends
@@ -495,7 +667,7 @@ static int handle_publish(bridge_session *s, const sb_mqtt_packet *pk)
     const sb_stream_settings *c = s->b->cfg;
     sb_publish_opts opts = {s->source, p->retain, NULL};
     size_t lp = c->local_prefix != NULL ? strlen(c->local_prefix) : 0;
-    char tbuf[256], *topic = tbuf, key[300];
+    char tbuf[256], *topic = tbuf, *key = NULL;
     sb_message *m = NULL;
     sb_error err;
     int rc = 0;
@@ -523,7 +695,12 @@ static int handle_publish(bridge_session *s, const sb_mqtt_packet *pk)
         goto done;
     }
     if (p->qos == 2) {
-        key_in(key, sizeof key, s, pk->packet_id);
+        /* upstream may send it again until it got our PUBREC, even across
+         * a restart of either side */
+        if ((key = bridge_key(s->b, "in", pk->packet_id)) == NULL) {
+            rc = fail(s, "out of memory");
+            goto done;
+        }
         opts.dedup_key = key;
     }
     if (sb_broker_publish(s->conn->adapter->broker, m, &opts, on_imported, s, &err) != 0) {
@@ -540,6 +717,7 @@ static int handle_publish(bridge_session *s, const sb_mqtt_packet *pk)
     ring_push(s, (in_slot){pk->packet_id, p->qos, 0});
     s->pending++;
 done:
+    sb_free(key);
     if (m != NULL)
         sb_message_unref(m);
     if (topic != tbuf)
@@ -564,7 +742,10 @@ static void send_subscribe(bridge_session *s)
     }
     for (size_t i = 0; i < c->subscribe_count; i++)
         f[i] = (sb_mqtt_filter){{c->subscribe[i], strlen(c->subscribe[i])}, (uint8_t)c->qos};
-    if ((o = slot_take(s, &pid)) == NULL) {
+    do
+        pid = s->b->sub_pid = s->b->sub_pid == 65535 ? 1 : (uint16_t)(s->b->sub_pid + 1);
+    while (slot_of(s, pid) != NULL);
+    if ((o = slot_add(s, pid)) == NULL) {
         sb_free(f);
         fail(s, "no packet id free for SUBSCRIBE");
         return;
@@ -592,7 +773,7 @@ static int handle_suback(bridge_session *s, const sb_mqtt_packet *pk)
     out_slot *o = slot_of(s, pk->packet_id);
     if (o == NULL || o->state != SLOT_SUBSCRIBED)
         return fail(s, "unexpected SUBACK for packet id %u", (unsigned)pk->packet_id);
-    slot_free(o);
+    slot_free(s, o);
     for (size_t i = 0; i < pk->list.count && i < c->subscribe_count; i++) {
         uint8_t code = pk->list.p[i];
         if (code == SB_MQTT_SUBACK_FAILURE)
@@ -607,10 +788,8 @@ static int handle_suback(bridge_session *s, const sb_mqtt_packet *pk)
 
 static int handle_pubrel(bridge_session *s, uint16_t pid)
 {
-    char key[300];
-    key_in(key, sizeof key, s, pid);
-    if (sb_broker_key_exists(s->conn->adapter->broker, key))
-        sb_broker_key_delete(s->conn->adapter->broker, key, 0);
+    if (forget_import(s, pid) != 0)
+        return fail(s, "out of memory"); /* upstream sends PUBREL again */
     send_ack(s, SB_MQTT_PUBCOMP, pid);
     return 0;
 }
@@ -652,6 +831,14 @@ static int handle_connack(bridge_session *s, const sb_mqtt_packet *pk)
     }
     s->accepted = 1;
     b->refusal[0] = '\0';
+    if (!pk->connack.session_present) {
+        /* upstream holds none of our packet ids (nor we of its): exports
+         * it answered with PUBREC go again as messages, QoS 2 imports
+         * are new; before any delivery of this session */
+        b->epoch++;
+        sb_broker_key_delete(s->conn->adapter->broker, b->keys, 1);
+    }
+    s->epoch = b->epoch;
     b->live = s;
     uv_timer_stop(s->timer);
     if (ka > 0)
@@ -772,7 +959,9 @@ static int bridge_data(sb_conn *c, const char *data, size_t len)
 
 /* Before CONNACK: upstream did not answer. After: keep-alive, a PINGREQ
  * when we sent nothing for a while, and the link is dead when upstream
- * sent nothing for 1.5 keep-alive periods. */
+ * sent nothing for 1.5 keep-alive periods while we were reading (its
+ * answers wait unread while imports await their commits or our output is
+ * backed up, as on a slow uplink draining a backlog). */
 static void keep_alive_tick(uv_timer_t *t)
 {
     bridge_session *s = t->data;
@@ -783,6 +972,8 @@ static void keep_alive_tick(uv_timer_t *t)
         fail(s, "no CONNACK within %d s", CONNACK_TIMEOUT_MS / 1000);
         return;
     }
+    if (s->conn->paused || s->conn->out_paused)
+        s->last_rx = now;
     if (now - s->last_rx >= ka + ka / 2) {
         fail(s, "no answer within %llu s (keep_alive)", (unsigned long long)(ka * 3 / 2000));
         return;
@@ -851,13 +1042,16 @@ static void bridge_closed(sb_conn *c)
     if (!s->accepted && b->refusal[0] == '\0')
         snprintf(b->refusal, sizeof b->refusal, "connection closed before CONNACK");
     /* Exports not acknowledged go back to their queue, ahead of the rest,
-     * for the next session; the attempt is not counted. */
+     * for the next session (the attempt is not counted), where each goes
+     * out again with its packet id: the message with DUP, or PUBREL once
+     * upstream answered PUBREC. */
     for (size_t i = 0; i <= s->out_mask; i++) {
         out_slot *o = &s->out[i];
-        if ((o->state == SLOT_PUBLISHED || o->state == SLOT_RELEASED) && o->d != NULL)
+        if (o->state != SLOT_FREE && o->state != SLOT_SUBSCRIBED && o->d != NULL)
             sb_delivery_return(o->d, "the link upstream was lost before an acknowledgement");
-        slot_free(o);
+        *o = (out_slot){0};
     }
+    s->out_count = 0;
     if (s->timer != NULL && !uv_is_closing((uv_handle_t *)s->timer))
         uv_close((uv_handle_t *)s->timer, on_timer_closed);
     session_maybe_free(s);

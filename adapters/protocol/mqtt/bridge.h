@@ -8,13 +8,26 @@
  * the uplink is down, and at most `inflight` publishes are unacknowledged
  * upstream at once, at most `rate` a second if set (a backlog drains
  * paced). Deliveries in flight when the link is lost go back to
- * their queue untried (sb_delivery_return) and are published again on the
- * next session: at least once, duplicates possible (also with QoS 2, whose
- * exactly-once holds within one upstream session only).
+ * their queue untried (sb_delivery_return) and go out again on the next
+ * link, each with its packet id (derived from the message id) as MQTT 3.1.1
+ * 4.4 wants on a resumed session: QoS 1 at least once, duplicates
+ * possible. QoS 2: once upstream answered PUBREC, that is recorded in the
+ * store ("$bridge:<adapter>\nrel\n<message id>") before PUBREL, and a
+ * delivery that comes back (lost link, restart) sends PUBREL, not the
+ * message; so while upstream keeps the session each message reaches it
+ * once. A new upstream session (CONNACK session present 0) voids the
+ * recorded ids: what was not completed is published again.
+ *
+ * Limits: an export waits while its packet id is in flight for another
+ * message (65535 message ids apart); a packet id upstream holds from an
+ * earlier link is only known through its message, which comes back ahead
+ * of newer ones of its queue, but not of other queues routed here.
  *
  * As a source, it subscribes to `subscribe` upstream on a persistent
  * session (clean session 0) and publishes what arrives into the broker,
- * acknowledging upstream only after the local commit.
+ * acknowledging upstream only after the local commit. A QoS 2 import is
+ * committed with the key "$bridge:<adapter>\nin\n<packet id>" until its
+ * PUBREL (each bridge its own keys, whatever the client ids).
  *
  * Topics: an export drops `local_prefix` from the front of its topic and
  * puts `remote_prefix` there; an import the reverse. Loops: an import
