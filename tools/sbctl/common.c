@@ -108,7 +108,10 @@ void sbctl_progress_show(sbctl_progress *p, const char *fmt, ...)
     unsigned long long every = p->tty ? 200000000ull : 1000000000ull;
     va_list ap;
 
-    if (!p->on || now - p->start_ns < 1000000000ull || now - p->last_ns < every)
+    /* on a terminal, quick operations show nothing; asked for, it starts
+     * at once */
+    if (!p->on || (p->tty && now - p->start_ns < 1000000000ull) ||
+        (p->last_ns != 0 && now - p->last_ns < every))
         return;
     p->last_ns = now;
     p->shown = 1;

@@ -96,9 +96,9 @@ int sbctl_broker_failed(const char *what, const sb_error *err);
 int64_t sbctl_json_int(const json_t *obj, const char *key, int64_t dflt);
 
 /* A progress line on stderr for a long operation: on a terminal, rewritten
- * in place at most 5 times a second (and cleared at the end); with
- * --progress when stderr is not a terminal, one line a second. Nothing
- * otherwise, nor in the operation's first second. */
+ * in place at most 5 times a second after the first second (and cleared at
+ * the end); with --progress when stderr is not a terminal, a line at once
+ * and then at most one a second. Nothing otherwise. */
 typedef struct sbctl_progress {
     int on, tty, shown;
     unsigned long long start_ns, last_ns;
