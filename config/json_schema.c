@@ -232,7 +232,10 @@ static void describe(char *out, size_t n, const sb_config_key *f)
         else
             ADD(", %s..%s", lo, hi);
         fmt_number(lo, sizeof lo, f, f->def);
-        ADD("; default %s", lo);
+        if (f->def < f->min || f->def > f->max)
+            ADD("; default: depends on other keys"); /* a "not set" marker */
+        else
+            ADD("; default %s", lo);
     } else if (f->kind == SB_KEY_ENUM) {
         ADD("; default %s", f->choices[f->def]);
     } else if (f->kind == SB_KEY_BOOL && f->def >= 0) {
@@ -260,6 +263,8 @@ static void describe(char *out, size_t n, const sb_config_key *f)
 static void put_default(gen *g, json_t *s, const sb_config_key *f)
 {
     char d[32];
+    if (is_number(f) && (f->def < f->min || f->def > f->max))
+        return; /* "not set": the type derives it */
     switch (f->kind) {
     case SB_KEY_INT:
     case SB_KEY_INT64:

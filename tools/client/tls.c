@@ -129,7 +129,7 @@ static int ssl_failed(tls_transport *t, int ret, const char *what, sb_error *err
         ERR_clear_error();
         return sb_error_set(err, SB_ECLOSED, 0, "%s: the broker closed the connection", t->name);
     }
-    if (t->inner_rc != 0 && t->inner_rc != SB_ETIMEDOUT) {
+    if (t->inner_rc != 0) {
         ERR_clear_error(); /* "unexpected eof": the transport says it better */
         *err = t->inner_err;
         return t->inner_rc;
