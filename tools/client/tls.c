@@ -24,13 +24,13 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <uv.h>
 
 typedef struct tls_transport {
     sb_transport base;
     sb_transport *inner;
     SSL_CTX *ctx;
     SSL *ssl;
-    BIO_METHOD *method;
     unsigned long long deadline_ns; /* of the call in progress; 0: none */
     int inner_rc;                   /* the inner transport's last failure */
     sb_error inner_err;
@@ -183,7 +183,6 @@ static void tls_close(sb_transport *base)
         SSL_free(t->ssl); /* frees the BIO */
     }
     SSL_CTX_free(t->ctx);
-    BIO_meth_free(t->method);
     if (t->inner != NULL)
         t->inner->ops->close(t->inner);
     ERR_clear_error();
@@ -191,6 +190,21 @@ static void tls_close(sb_transport *base)
 }
 
 static const sb_transport_ops tls_ops = {tls_read, tls_write, tls_close};
+
+/* One BIO method for the process: OpenSSL has about a hundred BIO type
+ * numbers to give out, not one per connection. */
+static BIO_METHOD *bio_method;
+static uv_once_t bio_method_once = UV_ONCE_INIT;
+
+static void make_bio_method(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sb_client");
+    if (m != NULL && BIO_meth_set_read_ex(m, bio_read) == 1 &&
+        BIO_meth_set_write_ex(m, bio_write) == 1 && BIO_meth_set_ctrl(m, bio_ctrl) == 1)
+        bio_method = m;
+    else
+        BIO_meth_free(m);
+}
 
 static int is_ip_literal(const char *host)
 {
@@ -257,15 +271,12 @@ int sb_client__tls_open(sb_transport **out, sb_transport *inner, const sb_endpoi
     t->base.ops = &tls_ops;
     t->inner = inner; /* now owned by t */
     snprintf(t->name, sizeof(t->name), "%s", ep->display);
+    uv_once(&bio_method_once, make_bio_method);
     t->ctx = SSL_CTX_new(TLS_client_method());
-    t->method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sb_client");
-    if (t->ctx == NULL || t->method == NULL) {
+    if (t->ctx == NULL || bio_method == NULL) {
         rc = sb_error_set(err, SB_ENOMEM, 0, "cannot connect to %s: out of memory", ep->display);
         goto fail;
     }
-    BIO_meth_set_read_ex(t->method, bio_read);
-    BIO_meth_set_write_ex(t->method, bio_write);
-    BIO_meth_set_ctrl(t->method, bio_ctrl);
     SSL_CTX_set_default_passwd_cb(t->ctx, no_password);
     SSL_CTX_set_min_proto_version(t->ctx, TLS1_2_VERSION);
     SSL_CTX_set_verify(t->ctx, SSL_VERIFY_PEER, NULL);
@@ -273,7 +284,7 @@ int sb_client__tls_open(sb_transport **out, sb_transport *inner, const sb_endpoi
         goto fail;
 
     t->ssl = SSL_new(t->ctx);
-    bio = BIO_new(t->method);
+    bio = BIO_new(bio_method);
     if (t->ssl == NULL || bio == NULL) {
         BIO_free(bio);
         rc = sb_error_set(err, SB_ENOMEM, 0, "cannot connect to %s: out of memory", ep->display);
