@@ -134,7 +134,9 @@ int sb_conn_start(sb_conn *c, sb_adapter *a, const sb_protocol *proto, const sb_
 
 /* Same over libuv streams (in may equal out; either may be NULL). When in
  * and out differ, the end of in (a child closing its stdout) does not close
- * the connection: out stays writable, and sb_conn_input_eof is called. */
+ * the connection: out stays writable, and sb_conn_input_eof is called.
+ * On failure (even SB_ENOMEM) the caller ends c with sb_conn_close, which
+ * closes the streams. */
 int sb_conn_start_uv(sb_conn *c, sb_adapter *a, const sb_protocol *proto, uv_stream_t *in,
                      uv_stream_t *out, const char *peer);
 

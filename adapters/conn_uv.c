@@ -149,12 +149,50 @@ static void uv_t_close(sb_conn *c)
 
 static const sb_conn_transport uv_transport_ops = {uv_t_read, uv_t_write, uv_t_close};
 
+/* Without memory for a transport the streams are closed at once, and the
+ * caller's sb_conn_close ends the connection through this one. */
+static void uv_t_gone_read(sb_conn *c, int on)
+{
+    (void)c;
+    (void)on;
+}
+
+static int uv_t_gone_write(sb_conn *c, char *buf, size_t len)
+{
+    (void)c;
+    (void)len;
+    sb_free(buf);
+    return SB_ECLOSED;
+}
+
+static void uv_t_gone_close(sb_conn *c)
+{
+    sb_conn_transport_closed(c);
+}
+
+static const sb_conn_transport uv_gone_ops = {uv_t_gone_read, uv_t_gone_write, uv_t_gone_close};
+
+static void close_unattached(uv_stream_t *in, uv_stream_t *out)
+{
+    if (in != NULL)
+        uv_close((uv_handle_t *)in, (uv_close_cb)sb_free);
+    if (out != NULL && out != in)
+        uv_close((uv_handle_t *)out, (uv_close_cb)sb_free);
+}
+
 int sb_conn_start_uv(sb_conn *c, sb_adapter *a, const sb_protocol *proto, uv_stream_t *in,
                      uv_stream_t *out, const char *peer)
 {
     uv_transport *t = sb_calloc(1, sizeof(*t));
-    if (t == NULL)
+    if (t == NULL) {
+        close_unattached(in, out);
+        c->adapter = a;
+        c->proto = proto;
+        c->transport_ops = &uv_gone_ops;
+        c->refs = 1;
+        snprintf(c->peer, sizeof(c->peer), "%s", peer);
         return SB_ENOMEM;
+    }
     t->in = in;
     t->out = out;
     if (in != NULL)

@@ -389,6 +389,11 @@ void sb_stream_validate(sb_adapter_check *chk, sb_adapter_config *cfg, const sb_
                                   "and spoken as a client over tcp connect (a bridge)");
     if (mqtt && a->connect != NULL && kind->host_port)
         check_bridge(chk, a);
+    else if (a->failover_count > 0 && sb_adapter_check_key(chk, &a->failover) != NULL &&
+             strcmp(sb_adapter_check_key(chk, &a->failover), "connect") == 0)
+        sb_adapter_error_at_key(chk, &a->connect,
+                                "takes several addresses only for an MQTT client (protocol "
+                                "mqtt); this client connects to one");
     check_replies(chk, a);
     if (!listen_bad)
         check_anonymous(chk, cfg, mqtt);

@@ -118,6 +118,12 @@ extern const sb_config_table sb_stream_tls_table;
 #define SB_STREAM_ROW_LISTEN {.key = "listen", .kind = SB_KEY_STRING, .offset = SB_STREAM_OFF(listen)}
 #define SB_STREAM_ROW_CONNECT                                                                      \
     {.key = "connect", .kind = SB_KEY_STRING, .offset = SB_STREAM_OFF(connect)}
+/* tcp's: an MQTT client (a bridge) may list several upstream addresses,
+ * tried in turn: `connect: [a, b]` is `connect: a` + `failover: [b]`. */
+#define SB_STREAM_ROW_CONNECT_OR_LIST                                                              \
+    {.key = "connect", .kind = SB_KEY_STRING, .flags = SB_KEY_OR_LIST,                             \
+     .offset = SB_STREAM_OFF(connect), .rest_off = SB_STREAM_OFF(failover),                        \
+     .count_off = SB_STREAM_OFF(failover_count)}
 #define SB_STREAM_ROW_PATH {.key = "path", .kind = SB_KEY_STRING, .offset = SB_STREAM_OFF(path)}
 #define SB_STREAM_ROW_PROTOCOL                                                                     \
     {.key = "protocol", .kind = SB_KEY_CHOICE, .offset = SB_STREAM_OFF(protocol),                  \

@@ -63,7 +63,11 @@ enum {
     SB_KEY_ADAPTER = 1 << 1,
     /* Not named in "unknown key (known: ...)": a key added after golden
      * error files fixed that list (a route's `transform`) */
-    SB_KEY_UNLISTED = 1 << 2
+    SB_KEY_UNLISTED = 1 << 2,
+    /* STRING: a list is taken too (`connect: [a, b, c]`): its first item is
+     * the value, the others go to the string list at rest_off (its count at
+     * count_off), as if that list's own key had been written. */
+    SB_KEY_OR_LIST = 1 << 3
 };
 
 /* Roles an instance can have (sb_adapter_keys.role_of); a key restricted to
@@ -87,7 +91,8 @@ typedef struct sb_config_key {
      * replaced by the type's server_key. NULL: "only for role server". */
     const char *why;
     size_t offset;    /* of the value in the settings struct */
-    size_t count_off; /* STRLIST, NAMES, FILTERS: of the size_t count */
+    size_t count_off; /* STRLIST, NAMES, FILTERS (and OR_LIST's rest): of the size_t count */
+    size_t rest_off;  /* SB_KEY_OR_LIST: of the char ** the other items go to */
     int64_t def;      /* numeric default (ENUM: the index; BOOL: 1, 0 or -1) */
     const char *def_str;               /* string default, or NULL */
     int64_t min, max;                  /* numbers: the range */

@@ -304,6 +304,7 @@ void sb_adapter_error_at_element(sb_adapter_check *chk, const void *value, size_
     if (s == NULL)
         return;
     el = s->value;
+    index += s->first;
     if (el->type == YAML_SEQUENCE_NODE &&
         index < (size_t)(el->data.sequence.items.top - el->data.sequence.items.start)) {
         el = yaml_document_get_node(chk->ctx->doc, el->data.sequence.items.start[index]);

@@ -38,6 +38,7 @@ typedef struct sb_config__seen {
     int ok;
     const sb_config_key *field;
     const char *section; /* the enclosing section's key ("tls"), or NULL */
+    size_t first;        /* a list value: the index of the target's first item in it */
 } sb_config__seen;
 
 struct sb_config__ctx {

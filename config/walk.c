@@ -265,6 +265,7 @@ void sb_config__record_seen(sb_config__ctx *ctx, const sb_config_key *f, const v
         s->ok = ok;
         s->field = f;
         s->section = ctx->section;
+        s->first = 0;
     }
 }
 
@@ -546,6 +547,66 @@ static int strings_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml
     return 0;
 }
 
+/* An SB_KEY_OR_LIST string given as a list: the first item is the value,
+ * the others the rest list's. Both are recorded as seen at this key, the
+ * rest with its items counted from 1, so errors name `key[i]`. */
+static int string_and_rest(sb_config__ctx *ctx, const sb_config_key *f, const yaml_node_t *key,
+                           const yaml_node_t *node, void *base, const char *path)
+{
+    char ***rest = (char ***)(void *)((char *)base + f->rest_off);
+    size_t *count = COUNT(base, f);
+    yaml_node_item_t *items = node->data.sequence.items.start;
+    size_t n = (size_t)(node->data.sequence.items.top - items);
+    char epath[SB_CONFIG__PATH_MAX];
+    const yaml_node_t *el;
+    const char *s;
+    int ok = 1;
+
+    if (n == 0) {
+        sb_config__error(ctx, node, path, "must not be empty");
+        sb_config__record_seen(ctx, f, (char *)base + f->offset, key, node, 0);
+        return 0;
+    }
+    el = node_at(ctx, items[0]);
+    index_path(epath, path, 0);
+    if (el == NULL || !sb_config__spend(ctx, el))
+        return 0;
+    s = string_value(ctx, el, epath);
+    if (s != NULL && set_string(ctx, FIELD(char *, base, f), s) != 0)
+        return SB_ENOMEM;
+    sb_config__record_seen(ctx, f, (char *)base + f->offset, key, el, s != NULL);
+    release_strings(rest, count);
+    if (n > 1 && (*rest = sb_calloc(n - 1, sizeof **rest)) == NULL) {
+        ctx->nomem = 1;
+        return SB_ENOMEM;
+    }
+    for (size_t i = 1; i < n; i++) {
+        el = node_at(ctx, items[i]);
+        index_path(epath, path, i);
+        if (el == NULL || !sb_config__spend(ctx, el)) {
+            ok = 0;
+            break;
+        }
+        if ((s = string_value(ctx, el, epath)) == NULL) {
+            ok = 0;
+            continue;
+        }
+        if (((*rest)[*count] = sb_strdup(s)) == NULL) {
+            ctx->nomem = 1;
+            return SB_ENOMEM;
+        }
+        (*count)++;
+    }
+    if (n > 1) {
+        /* (rows are read in table order: the rest list's own key, if
+         * written too, comes later and refuses to be combined) */
+        sb_config__record_seen(ctx, f, rest, key, node, ok);
+        if (ctx->seen_count > 0 && ctx->seen[ctx->seen_count - 1].target == rest)
+            ctx->seen[ctx->seen_count - 1].first = 1;
+    }
+    return 0;
+}
+
 static int list_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_node_t *node,
                       void *base, const char *path)
 {
@@ -616,6 +677,8 @@ static int field_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_n
     case SB_KEY_STRING:
     case SB_KEY_NAME:
     case SB_KEY_CHOICE:
+        if ((f->flags & SB_KEY_OR_LIST) && value->type == YAML_SEQUENCE_NODE)
+            return string_and_rest(ctx, f, key, value, base, path);
         s = word_choice ? (const char *)value->data.scalar.value : string_value(ctx, value, path);
         if (s == NULL)
             break;
@@ -669,9 +732,17 @@ static int field_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_n
         break;
     case SB_KEY_STRLIST:
     case SB_KEY_NAMES:
-    case SB_KEY_FILTERS:
+    case SB_KEY_FILTERS: {
+        /* an SB_KEY_OR_LIST row's list may have filled it already */
+        const sb_config__seen *before = sb_config__seen_find(ctx, (char *)base + f->offset);
+        if (before != NULL && before->field != f) {
+            sb_config__error(ctx, value, path, "cannot be combined with a list in %s",
+                             before->field->key);
+            break;
+        }
         rc = strings_value(ctx, f, value, base, path, &ok);
         break;
+    }
     }
     sb_config__record_seen(ctx, f, (char *)base + f->offset, key, value, ok);
     return rc;

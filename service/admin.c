@@ -286,7 +286,14 @@ static void on_redrive_done(sb_store_op *op, void *ctx)
             sb_queue *q = sb_broker__queue_by_id(r->b, d->target_queue_id);
             if (q != NULL && q->live) {
                 d->msg->id = d->new_msg_id;
-                sb_queue__append(q, d->msg, 0);
+                if (sb_queue__append(q, d->msg, 0) != 0) {
+                    /* committed to the queue: it is delivered after a restart */
+                    sb_log(SB_LOG_WARN, q->name,
+                           "redrive: no memory to queue message %lld now; it is delivered "
+                           "after a restart",
+                           (long long)d->new_msg_id);
+                    continue;
+                }
                 sb_queue__dispatch(q);
                 r->redriven++;
             }

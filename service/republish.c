@@ -34,6 +34,21 @@ static void on_published(void *ctx, int status, uint64_t msg_id, int queues, con
         a->stopped(&a->base);
 }
 
+/* The hops a message made so far. The header may come from a producer: a
+ * value that is not a count in range reads as the limit, so a forged
+ * `-2000000000` cannot buy two billion laps. */
+static int hops_of(const char *h)
+{
+    char *end;
+    long n;
+    if (h == NULL)
+        return 0;
+    n = strtol(h, &end, 10);
+    if (end == h || *end != '\0' || n < 0 || n > SB_REPUBLISH_MAX_HOPS)
+        return SB_REPUBLISH_MAX_HOPS;
+    return (int)n;
+}
+
 /* A new message with in's topic, payload and headers, one hop more. */
 static sb_message *copy_for_publish(const sb_message *in, int *hops)
 {
@@ -41,7 +56,7 @@ static sb_message *copy_for_publish(const sb_message *in, int *hops)
     char n[16];
     sb_message *m;
 
-    *hops = h != NULL ? atoi(h) : 0;
+    *hops = hops_of(h);
     m = sb_message_new(in->topic, in->payload, in->payload_len);
     if (m == NULL)
         return NULL;

@@ -1200,8 +1200,12 @@ static int pointer_set(run *r, json_t **doc, const char *p, json_t *v)
             }
             if (append || idx == json_array_size(cur)) {
                 json_t *el = last ? v : json_object();
-                if (el == NULL || json_array_append_new(cur, el) != 0)
+                /* json_array_append_new frees el when it fails */
+                if (el == NULL || json_array_append_new(cur, el) != 0) {
+                    if (!last)
+                        json_decref(v);
                     return SB_ENOMEM;
+                }
                 if (last)
                     return 0;
                 cur = el;
@@ -1485,6 +1489,15 @@ static void header_del(run *r, const char *key)
     r->nh = o;
 }
 
+static void headers_clear(run *r)
+{
+    for (size_t i = 0; i < r->nh; i++) {
+        sb_free(r->h[i].key);
+        sb_free(r->h[i].value);
+    }
+    r->nh = 0;
+}
+
 static const char hexdig[] = "0123456789abcdef";
 
 static int hexval(int c)
@@ -1662,8 +1675,7 @@ static int do_unwrap(run *r)
     if (headers != NULL) {
         const char *key;
         json_t *v;
-        while (r->nh > 0)
-            header_del(r, r->h[0].key);
+        headers_clear(r);
         json_object_foreach(headers, key, v)
         {
             char *val;
@@ -1850,10 +1862,11 @@ static int run_step(run *r, const step *s)
             json_t *v;
             if ((rc = build(r, &s->vals[i], &v)) != 0)
                 return rc;
-            json_t *doc = json_incref(r->doc);
+            /* pointer_set may replace a scalar document: it takes ours */
+            json_t *doc = r->doc;
+            r->doc = NULL;
             rc = pointer_set(r, &doc, s->names[i], v);
             doc_changed(r, doc);
-            json_decref(doc);
             if (rc != 0)
                 return rc;
         }

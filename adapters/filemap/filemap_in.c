@@ -186,9 +186,10 @@ static int read_batch(fm_adapter *a, int room, int *wait_ms)
     while (total < room) {
         const sb_ring_rec *crec;
         sb_ring_rec *rec;
+        sb_ring_parts parts;
         fm_desc *d;
-        int kind = sbr_peek_at(a->h, a->data, a->cap, a->read, a->read_off, reserve,
-                               a->max_payload, &crec, &why);
+        int kind = sbr_peek_parts(a->h, a->data, a->cap, a->read, a->read_off, reserve,
+                                  a->max_payload, &crec, &parts, &why);
         rec = (sb_ring_rec *)crec;
         if (kind == SBR_EMPTY)
             break;
@@ -208,13 +209,14 @@ static int read_batch(fm_adapter *a, int room, int *wait_ms)
         d = &found[n++];
         d->pos = a->read;
         d->off = (uint32_t)a->read_off;
-        d->len = rec->len;
+        /* the lengths as checked: the writer may have changed them since */
+        d->len = parts.len;
         d->ready = kind == SBR_READY;
-        d->topic_len = d->ready ? rec->topic_len : 0;
-        d->headers_len = d->ready ? rec->headers_len : 0;
-        d->payload_len = d->ready ? rec->payload_len : 0;
-        a->read += rec->len;
-        a->read_off += rec->len;
+        d->topic_len = parts.topic_len;
+        d->headers_len = parts.headers_len;
+        d->payload_len = parts.payload_len;
+        a->read += parts.len;
+        a->read_off += parts.len;
         if (a->read_off == a->cap)
             a->read_off = 0; /* records and pads end at the end of the data area at most */
         a->pending_since = 0;

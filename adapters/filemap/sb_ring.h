@@ -462,6 +462,13 @@ static inline int sbr_check_header(const sb_ring_header *h, uint64_t map_size, u
 #define SBR_ABANDONED 4 /* reclaimed: skip */
 #define SBR_BAD (-1)    /* corrupt: *why says how */
 
+/* The lengths of a record as sbr_peek_parts read them, each once: a
+ * reader uses these, never the record's fields again, since a hostile
+ * writer may change the shared memory between two reads. */
+typedef struct sb_ring_parts {
+    uint32_t len, topic_len, headers_len, payload_len;
+} sb_ring_parts;
+
 /* Looks at the record at cursor pos of a ring whose writers have reached
  * `reserve` (loaded with acquire by the caller), checking everything a
  * hostile writer could have put there: lengths, alignment, bounds, the
@@ -473,6 +480,13 @@ static inline int sbr_peek_at(const sb_ring_header *h, const unsigned char *data
                               uint64_t pos, uint64_t off, uint64_t reserve, uint32_t max_payload,
                               const sb_ring_rec **out, const char **why);
 
+/* sbr_peek_at that also returns the checked lengths in *parts (len for
+ * every kind but EMPTY and BAD; the part lengths for READY, else 0). */
+static inline int sbr_peek_parts(const sb_ring_header *h, const unsigned char *data, uint64_t cap,
+                                 uint64_t pos, uint64_t off, uint64_t reserve,
+                                 uint32_t max_payload, const sb_ring_rec **out,
+                                 sb_ring_parts *parts, const char **why);
+
 static inline int sbr_peek(const sb_ring_header *h, const unsigned char *data, uint64_t cap,
                            uint64_t pos, uint64_t reserve, uint32_t max_payload,
                            const sb_ring_rec **out, const char **why)
@@ -480,17 +494,28 @@ static inline int sbr_peek(const sb_ring_header *h, const unsigned char *data, u
     return sbr_peek_at(h, data, cap, pos, pos % cap, reserve, max_payload, out, why);
 }
 
-/* sbr_peek for a reader that keeps the offset (pos % cap) itself: no
- * division per record. */
-static inline int sbr_peek_at(const sb_ring_header *h, const unsigned char *data, uint64_t cap,
-                              uint64_t pos, uint64_t off, uint64_t reserve, uint32_t max_payload,
-                              const sb_ring_rec **out, const char **why)
+/* One read of a field a writer may change under us (not re-read by the
+ * compiler). */
+static inline uint32_t sbr_once32(const uint32_t *p)
+{
+    return *(const volatile uint32_t *)p;
+}
+static inline uint64_t sbr_once64(const uint64_t *p)
+{
+    return *(const volatile uint64_t *)p;
+}
+
+static inline int sbr_peek_parts(const sb_ring_header *h, const unsigned char *data, uint64_t cap,
+                                 uint64_t pos, uint64_t off, uint64_t reserve,
+                                 uint32_t max_payload, const sb_ring_rec **out,
+                                 sb_ring_parts *parts, const char **why)
 {
     uint64_t size;
     const sb_ring_rec *rec = (const sb_ring_rec *)(const void *)(data + off);
     uint32_t len, state;
     (void)h;
     *out = NULL;
+    parts->len = parts->topic_len = parts->headers_len = parts->payload_len = 0;
     if (pos == reserve)
         return SBR_EMPTY;
     if (pos > reserve || pos % 8 != 0 || reserve - pos < SB_RING_PAD_SIZE) {
@@ -498,7 +523,7 @@ static inline int sbr_peek_at(const sb_ring_header *h, const unsigned char *data
         return SBR_BAD;
     }
     state = sbr_load32(&rec->state); /* acquire: what was written before it is visible */
-    len = rec->len;
+    len = sbr_once32(&rec->len);
     if (len < SB_RING_PAD_SIZE || len % 8 != 0 || len > cap - off || len > reserve - pos) {
         *why = "record length out of bounds";
         return SBR_BAD;
@@ -509,16 +534,18 @@ static inline int sbr_peek_at(const sb_ring_header *h, const unsigned char *data
             *why = "pad does not end at the end of the data area";
             return SBR_BAD;
         }
+        parts->len = len;
         return SBR_PAD;
     }
     if (len < SB_RING_REC_SIZE) {
         *why = "record shorter than its header";
         return SBR_BAD;
     }
-    if (rec->seq != pos) {
+    if (sbr_once64(&rec->seq) != pos) {
         *why = "record sequence does not match its position (torn or stale)";
         return SBR_BAD;
     }
+    parts->len = len;
     if (state == SB_RING_REC_RESERVED)
         return SBR_PENDING;
     if (state == SB_RING_REC_ABANDONED)
@@ -527,16 +554,29 @@ static inline int sbr_peek_at(const sb_ring_header *h, const unsigned char *data
         *why = "unknown record state";
         return SBR_BAD;
     }
-    size = sbr_record_size(rec->topic_len, rec->headers_len, rec->payload_len);
-    if (size == 0 || size != len || rec->topic_len == 0) {
+    parts->topic_len = sbr_once32(&rec->topic_len);
+    parts->headers_len = sbr_once32(&rec->headers_len);
+    parts->payload_len = sbr_once32(&rec->payload_len);
+    size = sbr_record_size(parts->topic_len, parts->headers_len, parts->payload_len);
+    if (size == 0 || size != len || parts->topic_len == 0) {
         *why = "record part lengths do not add up to its length";
         return SBR_BAD;
     }
-    if (rec->payload_len > max_payload) {
+    if (parts->payload_len > max_payload) {
         *why = "payload larger than max_payload";
         return SBR_BAD;
     }
     return SBR_READY;
+}
+
+/* sbr_peek for a reader that keeps the offset (pos % cap) itself: no
+ * division per record. */
+static inline int sbr_peek_at(const sb_ring_header *h, const unsigned char *data, uint64_t cap,
+                              uint64_t pos, uint64_t off, uint64_t reserve, uint32_t max_payload,
+                              const sb_ring_rec **out, const char **why)
+{
+    sb_ring_parts parts;
+    return sbr_peek_parts(h, data, cap, pos, off, reserve, max_payload, out, &parts, why);
 }
 
 /* The bytes a record of `need` bytes takes at cursor `reserve` of a ring of

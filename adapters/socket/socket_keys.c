@@ -9,7 +9,7 @@
 
 static const sb_config_key tcp_rows[] = {
     SB_STREAM_ROW_LISTEN,
-    SB_STREAM_ROW_CONNECT,
+    SB_STREAM_ROW_CONNECT_OR_LIST,
     SB_STREAM_ROW_PROTOCOL,
     SB_STREAM_ROW_FRAMING,
     SB_STREAM_ROW_TOPIC,

@@ -345,6 +345,33 @@ int sbt_count(const char *hay, const char *needle)
     return n;
 }
 
+void sbt_wait_file_text(const char *file, const char *needle, int count, int ms)
+{
+    int64_t deadline = sbt_now_ms() + ms;
+    sbt_waiting_for("%s to show \"%s\" %d time(s)", file, needle, count);
+    for (;;) {
+        char *s = sbt_read_file(file, NULL);
+        int n = s != NULL ? sbt_count(s, needle) : 0;
+        if (n >= count) {
+            free(s);
+            return;
+        }
+        if (sbt_now_ms() > deadline)
+            fail_msg("%s did not show \"%s\" %d time(s) within %d ms (saw %d):\n%s", file, needle,
+                     count, ms, n, s != NULL ? s : "(missing)");
+        free(s);
+        sbt_poll_pause(10);
+    }
+}
+
+const char *sbt_env(const char *name)
+{
+    const char *p = getenv(name);
+    if (p == NULL || p[0] == '\0')
+        fail_msg("%s is not set (ctest sets it)", name);
+    return p;
+}
+
 /* ---- running the loop until a condition ---- */
 
 typedef int (*cond_fn)(void *arg);

@@ -128,6 +128,14 @@ char *sbt_strdup(const char *s);
 /* Number of non-overlapping occurrences of needle in hay. */
 int sbt_count(const char *hay, const char *needle);
 
+/* Polls file until it holds needle count times; fails the test after ms,
+ * showing what the file held. */
+void sbt_wait_file_text(const char *file, const char *needle, int count, int ms);
+
+/* The value of environment variable name (a path ctest sets); fails the
+ * test if it is not set. */
+const char *sbt_env(const char *name);
+
 /* ---- processes ---- */
 
 typedef struct sbt_proc {

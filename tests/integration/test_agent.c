@@ -62,7 +62,6 @@ static const char base[] =
     "  - name: keep\n"
     "    from: agent/#\n";
 
-static void wait_file_lines(const char *path, int count, const char *needle);
 
 /* The sink's arguments: `sink FILE` (or `gate GATE FILE` when gate is
  * set), FILE and GATE in the test's directory. */
@@ -118,7 +117,7 @@ static void wait_producer(sbt_broker *b, int pubs)
 {
     char path[SBT_PATH_MAX];
     sbt_path(path, sizeof(path), b->dir, "src.out");
-    wait_file_lines(path, pubs, "\"op\":\"puback\"");
+    sbt_wait_file_text(path, "\"op\":\"puback\"", pubs, AGENT_MS);
 }
 
 /* stats.broker (new reference). */
@@ -171,22 +170,6 @@ static int file_lines(const char *path)
     return n;
 }
 
-static void wait_file_lines(const char *path, int count, const char *needle)
-{
-    int64_t deadline = sbt_now_ms() + AGENT_MS;
-    sbt_waiting_for("%d lines with \"%s\" in %s", count, needle, path);
-    for (;;) {
-        char *text = sbt_read_file(path, NULL);
-        int n = text != NULL ? sbt_count(text, needle) : 0;
-        free(text);
-        if (n >= count)
-            return;
-        if (sbt_now_ms() > deadline)
-            fail_msg("%s has %d of %d lines with \"%s\"", path, n, count, needle);
-        sbt_poll_pause(20);
-    }
-}
-
 /* Kills process `pid` (SIGKILL; TerminateProcess on Windows). */
 static void kill_pid(int64_t pid)
 {
@@ -219,7 +202,7 @@ static void test_agent_carries_both_ways(void **state)
         sbt_pub(c, "out/x", want, 1);
     }
     sbt_path(path, sizeof(path), b->dir, "sink.out");
-    wait_file_lines(path, 20, "\n");
+    sbt_wait_file_text(path, "\n", 20, AGENT_MS);
     text = sbt_read_file(path, NULL);
     for (int i = 1; i <= 20; i++) {
         snprintf(want, sizeof(want), "m-%d\n", i);
@@ -231,7 +214,7 @@ static void test_agent_carries_both_ways(void **state)
 
     /* from the producer in the agent: each puback came after the commit */
     sbt_path(path, sizeof(path), b->dir, "src.out");
-    wait_file_lines(path, 20, "\"op\":\"puback\"");
+    sbt_wait_file_text(path, "\"op\":\"puback\"", 20, AGENT_MS);
     assert_int_equal(sbt_queue_int(c, "keep", "depth"), 20);
     sbt_sub(c, "keep", NULL, 100);
     for (int i = 1; i <= 20; i++) {
@@ -318,7 +301,7 @@ static void test_agent_killed(void **state)
         json_decref(r);
     }
     /* kill it while the producer is in the middle of its publishes */
-    wait_file_lines(src_path, 20, "\"op\":\"puback\"");
+    sbt_wait_file_text(src_path, "\"op\":\"puback\"", 20, AGENT_MS);
 
     a = agent_stats(c);
     assert_non_null(a);
@@ -377,7 +360,7 @@ static void test_agent_killed(void **state)
             fail_msg("m-%d never reached the sink", missing);
         sbt_poll_pause(20);
     }
-    wait_file_lines(src_path, lines_before + PUBS, "\n");
+    sbt_wait_file_text(src_path, "\n", lines_before + PUBS, AGENT_MS);
     memset(seen, 0, sizeof(seen));
     total = sbt_queue_int(c, "keep", "depth");
     assert_true(total >= PUBS);
@@ -626,7 +609,7 @@ static void test_agent_reload(void **state)
     wait_producer(b, 1);
     sbt_pub(c, "out/1", "before", 1);
     sbt_path(path, sizeof(path), b->dir, "sink.out");
-    wait_file_lines(path, 1, "before\n");
+    sbt_wait_file_text(path, "before\n", 1, AGENT_MS);
     /* the sink writes elsewhere now: the agent restarts with it */
     set_sink(b, "sink2.out", NULL);
     sbt_broker_mark_log(b);
@@ -636,7 +619,7 @@ static void test_agent_reload(void **state)
     json_decref(wait_agent(c, 1, 2));
     sbt_pub(c, "out/2", "after", 1);
     sbt_path(path, sizeof(path), b->dir, "sink2.out");
-    wait_file_lines(path, 1, "after\n");
+    sbt_wait_file_text(path, "after\n", 1, AGENT_MS);
     /* where desktop adapters run changes only with a restart */
     sbt_broker_set(b, 1, "in-process");
     sbt_broker_mark_log(b);
@@ -674,7 +657,7 @@ static void test_desktop_in_process(void **state)
     json_decref(br);
     sbt_pub(c, "out/1", "here", 1);
     sbt_path(path, sizeof(path), b->dir, "sink.out");
-    wait_file_lines(path, 1, "here\n");
+    sbt_wait_file_text(path, "here\n", 1, AGENT_MS);
     wait_producer(b, 3);
     sbt_close(c);
     sbt_broker_stop(b);

@@ -1256,10 +1256,8 @@ static void test_example(void **state)
                         "  data_dir: '{data}'\n  admin: { endpoint: 'off' }\n");
     sbt_example_replace(&text, "mqtt-bridge.yaml", "listen: 127.0.0.1:7878",
                         "listen: 127.0.0.1:{port0}");
-    sbt_example_replace(&text, "mqtt-bridge.yaml", "connect: 127.0.0.1:1883",
-                        "connect: 127.0.0.1:{port1}");
-    sbt_example_replace(&text, "mqtt-bridge.yaml", "failover: [127.0.0.1:1884]",
-                        "failover: [127.0.0.1:{port2}]");
+    sbt_example_replace(&text, "mqtt-bridge.yaml", "connect: [127.0.0.1:1883, 127.0.0.1:1884]",
+                        "connect: [127.0.0.1:{port1}, 127.0.0.1:{port2}]");
     sbt_broker_config(b, text);
     free(text);
     sbt_broker_start(b);

@@ -54,6 +54,7 @@ static const char config[] = "broker:\n"
                              "      - json: { value: '{payload}', ts: '{ts}' }\n"
                              "      - topic: 'plant/{2|lower}/{3|lower}'\n"
                              "    republish: true\n"
+                             "    retry: { max_attempts: 2, backoff: 10ms }\n"
                              "  - name: orders\n"
                              "    from: orders/#\n"
                              "    retry: { max_attempts: 3, backoff: 10ms }\n"
@@ -154,6 +155,29 @@ static void dde_to_mqtt(void **state)
         assert_string_equal(sbt_str(d, "reason"), "transform: step 2 (parse): \"23.5\xc2\xb0"
                                                   "C\" is not a number");
         json_decref(r);
+    }
+
+    /* A producer cannot buy laps with a forged hop count: refused at once. */
+    {
+        json_t *r = sbt_call(c, "{s:s, s:s, s:s, s:{s:s}}", "op", "pub", "topic", "dde/PLC/L2/T",
+                             "payload", "1", "headers", "republish-hops", "-2000000000");
+        int64_t deadline = sbt_now_ms() + SBT_REPLY_MS;
+        sbt_expect_op(r, "puback");
+        json_decref(r);
+        for (;;) {
+            json_t *l = sbt_call(c, "{s:s, s:s}", "op", "dlq.list", "sub", "dde-to-mqtt:$republish");
+            json_t *items = json_object_get(l, "items");
+            json_t *d = json_array_get(items, json_array_size(items) - 1);
+            if (d != NULL && strcmp(sbt_str(d, "topic"), "dde/PLC/L2/T") == 0) {
+                assert_non_null(strstr(sbt_str(d, "reason"), "republished 8 times"));
+                json_decref(l);
+                break;
+            }
+            json_decref(l);
+            if (sbt_now_ms() > deadline)
+                fail_msg("the forged hop count was not dead-lettered");
+            sbt_poll_pause(20);
+        }
     }
     sbt_close(c);
     b->passed = 1;

@@ -782,6 +782,38 @@ static void test_mqtt_bridge_keys(void **state)
                   "t.yaml:1:140: adapters[0].password_env: cannot be combined with password_file\n"
                   "t.yaml:1:169: adapters[0].keep_alive: must be whole seconds\n"
                   "t.yaml:1:182: adapters[0].qos: must be between 1 and 2\n");
+
+    /* connect: a list of upstream nodes is connect + failover */
+    cfg = parse_ok("adapters:\n"
+                   "  - { name: up, type: tcp, protocol: mqtt, client_id: s,\n"
+                   "      connect: [\"127.0.0.1:1883\", \"127.0.0.1:1884\", \"[::1]:1885\"] }\n");
+    s = SB_STREAM_CFG(&cfg->adapters[0]);
+    assert_string_equal(s->connect, "127.0.0.1:1883");
+    assert_int_equal(s->failover_count, 2);
+    assert_string_equal(s->failover[0], "127.0.0.1:1884");
+    assert_string_equal(s->failover[1], "[::1]:1885");
+    sb_config_free(cfg);
+    cfg = parse_ok("adapters: [{ name: up, type: tcp, protocol: mqtt, client_id: s, "
+                   "connect: [\"127.0.0.1:1883\"] }]\n");
+    assert_string_equal(SB_STREAM_CFG(&cfg->adapters[0])->connect, "127.0.0.1:1883");
+    assert_int_equal(SB_STREAM_CFG(&cfg->adapters[0])->failover_count, 0);
+    sb_config_free(cfg);
+    expect_errors("adapters: [{ name: m, type: tcp, protocol: mqtt, client_id: x, "
+                  "connect: [\"127.0.0.1:1\", \"h:3\"] }]\n",
+                  "t.yaml:1:89: adapters[0].connect[1]: " NOT_NUMERIC);
+    expect_errors("adapters: [{ name: m, type: tcp, connect: [\"127.0.0.1:1\", \"127.0.0.1:2\"] }]\n",
+                  "t.yaml:1:34: adapters[0].connect: takes several addresses only for an MQTT "
+                  "client (protocol mqtt); this client connects to one\n");
+    expect_errors("adapters: [{ name: m, type: tcp, protocol: mqtt, client_id: x, "
+                  "connect: [\"127.0.0.1:1\", \"127.0.0.1:2\"], failover: [\"127.0.0.1:3\"] }]\n",
+                  "t.yaml:1:115: adapters[0].failover: cannot be combined with a list in "
+                  "connect\n");
+    expect_errors("adapters: [{ name: m, type: tcp, protocol: mqtt, client_id: x, "
+                  "failover: [\"127.0.0.1:3\"], connect: [\"127.0.0.1:1\", \"127.0.0.1:2\"] }]\n",
+                  "t.yaml:1:74: adapters[0].failover: cannot be combined with a list in "
+                  "connect\n");
+    expect_errors("adapters: [{ name: m, type: tcp, protocol: mqtt, client_id: x, connect: [] }]\n",
+                  "t.yaml:1:73: adapters[0].connect: must not be empty\n");
 }
 
 static void test_mqtt_tls_anonymous(void **state)

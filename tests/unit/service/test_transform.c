@@ -236,6 +236,9 @@ static void test_envelope(void **state)
     /* wrap then unwrap gives the message back */
     expect("a/#", "[{wrap: envelope}, {unwrap: envelope}]", "a/b/c", "x\"y", "a/b/c", "x\"y");
     expect_error("a", "{unwrap: envelope}", "a", "[1]", "not a JSON object");
+    /* the message's own headers are replaced by the envelope's */
+    expect("a", "[{header_set: {h1: a, h2: b}}, {unwrap: envelope}]", "a",
+           "{\"headers\":{\"k\":\"v\"},\"payload\":\"x\"}", "a", "x");
     expect_error("a", "{unwrap: envelope}", "a", "{\"topic\":\"a/+\"}", "not a valid topic");
     expect_error("a", "{unwrap: envelope}", "a", "nope", "the payload is not JSON");
 }
@@ -249,6 +252,8 @@ static void test_pick_set_json(void **state)
     expect("a", "{set: {/ts: '{ts}', /meta/unit: C, /n: 5, /s: '5'}}", "a", "{\"v\":1}", "a",
            "{\"v\":1,\"ts\":1700000000123,\"meta\":{\"unit\":\"C\"},\"n\":5,\"s\":\"5\"}");
     expect("a", "{set: {/l/-: 3}}", "a", "{\"l\":[1]}", "a", "{\"l\":[1,3]}");
+    /* a payload that is not an object becomes one */
+    expect("a", "{set: {/x: 3}}", "a", "42", "a", "{\"x\":3}");
     expect("a/+", "{json: {value: '{payload}', where: '{1}', copy: '{/x}'}}", "a/b", "{\"x\":[1]}",
            "a/b", "{\"value\":{\"x\":[1]},\"where\":\"b\",\"copy\":[1]}");
     /* text that is not JSON goes in as a string */

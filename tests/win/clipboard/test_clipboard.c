@@ -30,34 +30,6 @@
 
 #define WAIT_MS 20000
 
-static const char *env_path(const char *name)
-{
-    const char *p = getenv(name);
-    if (p == NULL || p[0] == '\0')
-        fail_msg("%s is not set (ctest sets it)", name);
-    return p;
-}
-
-/* Polls file until it contains needle count times; fails after ms. */
-static void wait_output(const char *file, const char *needle, int count, int ms)
-{
-    int64_t deadline = sbt_now_ms() + ms;
-    sbt_waiting_for("%s to show \"%s\" %d time(s)", file, needle, count);
-    for (;;) {
-        char *s = sbt_read_file(file, NULL);
-        int n = s != NULL ? sbt_count(s, needle) : 0;
-        if (n >= count) {
-            free(s);
-            return;
-        }
-        if (sbt_now_ms() > deadline)
-            fail_msg("%s did not show \"%s\" %d time(s) within %d ms (saw %d):\n%s", file, needle,
-                     count, ms, n, s != NULL ? s : "(missing)");
-        free(s);
-        sbt_poll_pause(10);
-    }
-}
-
 /* Starts clip_tool with up to five arguments, its output in dir/out_name;
  * waits for `ready` in it (NULL: does not wait). */
 static void clip_tool(sbt_proc *p, sbt_broker *b, const char *out_name, const char *ready,
@@ -65,7 +37,7 @@ static void clip_tool(sbt_proc *p, sbt_broker *b, const char *out_name, const ch
                       const char *a5)
 {
     char out[SBT_PATH_MAX];
-    char *argv[] = {(char *)env_path("SB_CLIP_TOOL"),
+    char *argv[] = {(char *)sbt_env("SB_CLIP_TOOL"),
                     (char *)a1,
                     (char *)a2,
                     (char *)a3,
@@ -77,7 +49,7 @@ static void clip_tool(sbt_proc *p, sbt_broker *b, const char *out_name, const ch
     memset(p, 0, sizeof(*p));
     assert_int_equal(sbt_spawn(p, argv, NULL, out), 0);
     if (ready != NULL)
-        wait_output(out, ready, 1, WAIT_MS);
+        sbt_wait_file_text(out, ready, 1, WAIT_MS);
 }
 
 /* A counter of adapter `name` in the stats. */
@@ -232,7 +204,7 @@ static void test_in(void **state)
     sbt_path(out, sizeof out, b->dir, "watch.out");
     changes = adapter_stat(c, "clip", "changes");
     sbt_pub(c, "paste", "from the broker", 1);
-    wait_output(out, "CLIP 66726f6d207468652062726f6b6572 ", 1, WAIT_MS);
+    sbt_wait_file_text(out, "CLIP 66726f6d207468652062726f6b6572 ", 1, WAIT_MS);
     assert_true(sbt_proc_wait(&watcher, WAIT_MS));
     sbt_proc_release(&watcher);
     wait_stat(c, "clip", "skipped_own", 1);
@@ -300,7 +272,7 @@ static void test_out(void **state)
             "Gr\xc3\xbc\xc3\x9f"
             "e",
             1);
-    wait_output(out, "CLIP 4772c3bcc39f65 ", 1, WAIT_MS);
+    sbt_wait_file_text(out, "CLIP 4772c3bcc39f65 ", 1, WAIT_MS);
     sbt_proc_release(&watcher);
     sbt_wait_queue_int(c, "to-clipboard:paste", "depth", 0, WAIT_MS);
     /* bytes in the registered format a header names */
@@ -310,7 +282,7 @@ static void test_out(void **state)
                  "AAECAwQFBgc=", "headers", "clipboard-format", fmt);
     sbt_expect_op(r, "puback");
     json_decref(r);
-    wait_output(out, "CLIP 0001020304050607", 1, WAIT_MS);
+    sbt_wait_file_text(out, "CLIP 0001020304050607", 1, WAIT_MS);
     sbt_proc_release(&watcher);
 
     /* a clipboard another program holds: set once it lets go */
@@ -319,7 +291,7 @@ static void test_out(void **state)
     clip_tool(&watcher, b, "watch3.out", "WATCHING", "watch", "1", NULL, NULL, NULL);
     sbt_path(out, sizeof out, b->dir, "watch3.out");
     sbt_pub(c, "paste", "later", 1);
-    wait_output(out, "CLIP 6c61746572 ", 1, WAIT_MS);
+    sbt_wait_file_text(out, "CLIP 6c61746572 ", 1, WAIT_MS);
     {
         /* it was set after the holder let go */
         char *h = sbt_read_file(hold_out, NULL);
@@ -391,7 +363,7 @@ static void test_example(void **state)
     clip_tool(&watcher, b, "watch.out", "WATCHING", "watch", "1", NULL, NULL, NULL);
     sbt_path(out, sizeof out, b->dir, "watch.out");
     sbt_pub(c, "desktop/paste", "to paste", 1);
-    wait_output(out, "CLIP 746f207061737465 ", 1, WAIT_MS);
+    sbt_wait_file_text(out, "CLIP 746f207061737465 ", 1, WAIT_MS);
     sbt_proc_release(&watcher);
     sbt_wait_queue_int(c, "to-clipboard:paste", "depth", 0, WAIT_MS);
     /* the broker's own content was not published again */
@@ -457,7 +429,7 @@ static void test_in_agent(void **state)
     clip_tool(&watcher, b, "watch.out", "WATCHING", "watch", "1", NULL, NULL, NULL);
     sbt_path(out, sizeof out, b->dir, "watch.out");
     sbt_pub(c, "paste", "agent paste", 1);
-    wait_output(out, "CLIP 6167656e74207061737465 ", 1, WAIT_MS);
+    sbt_wait_file_text(out, "CLIP 6167656e74207061737465 ", 1, WAIT_MS);
     sbt_proc_release(&watcher);
     sbt_wait_queue_int(c, "paste:clip", "depth", 0, WAIT_MS);
     /* the next copy is the next message: the paste was not published */

@@ -59,14 +59,6 @@ static const char base_config[] = "broker:\n"
 
 /* ---- programs ---- */
 
-static const char *env_path(const char *name)
-{
-    const char *p = getenv(name);
-    if (p == NULL || p[0] == '\0')
-        fail_msg("%s is not set (ctest sets it)", name);
-    return p;
-}
-
 /* Runs argv; returns its exit code, its stdout in *out (free()). */
 static int run(char **argv, char **out)
 {
@@ -82,7 +74,7 @@ static int run(char **argv, char **out)
 static int client(char **out, const char *a1, const char *a2, const char *a3, const char *a4,
                   const char *a5, const char *a6)
 {
-    char *argv[] = {(char *)env_path("SB_COM_CLIENT"),
+    char *argv[] = {(char *)sbt_env("SB_COM_CLIENT"),
                     (char *)a1,
                     (char *)a2,
                     (char *)a3,
@@ -99,7 +91,7 @@ static void client_spawn(sbt_proc *p, sbt_broker *b, const char *name, const cha
                          const char *a6)
 {
     char out[SBT_PATH_MAX];
-    char *argv[] = {(char *)env_path("SB_COM_CLIENT"),
+    char *argv[] = {(char *)sbt_env("SB_COM_CLIENT"),
                     (char *)a1,
                     (char *)a2,
                     (char *)a3,
@@ -492,7 +484,7 @@ static int cscript(char **out, const char *script, const char *a1, const char *a
 {
     char src[SBT_PATH_MAX], full[SBT_PATH_MAX];
     char *argv[] = {"cscript.exe", "//nologo", full, (char *)a1, (char *)a2, (char *)a3, NULL};
-    snprintf(src, sizeof src, "%s/%s", env_path("SB_COM_SCRIPTS"), script);
+    snprintf(src, sizeof src, "%s/%s", sbt_env("SB_COM_SCRIPTS"), script);
     /* cscript takes a Windows path (a leading / reads as an option) */
     if (GetFullPathNameA(src, sizeof full, full, NULL) == 0)
         fail_msg("GetFullPathName %s failed", src);

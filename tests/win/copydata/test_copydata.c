@@ -37,44 +37,16 @@
 
 /* ---- the legacy programs ---- */
 
-static const char *env_path(const char *name)
-{
-    const char *p = getenv(name);
-    if (p == NULL || p[0] == '\0')
-        fail_msg("%s is not set (ctest sets it)", name);
-    return p;
-}
-
 static void class_name(char *out, size_t n, const char *tag)
 {
     snprintf(out, n, "SBT%lu%s", (unsigned long)GetCurrentProcessId(), tag);
-}
-
-/* Polls file until it contains needle count times; fails after ms. */
-static void wait_output(const char *file, const char *needle, int count, int ms)
-{
-    int64_t deadline = sbt_now_ms() + ms;
-    sbt_waiting_for("%s to show \"%s\" %d time(s)", file, needle, count);
-    for (;;) {
-        char *s = sbt_read_file(file, NULL);
-        int n = s != NULL ? sbt_count(s, needle) : 0;
-        if (n >= count) {
-            free(s);
-            return;
-        }
-        if (sbt_now_ms() > deadline)
-            fail_msg("%s did not show \"%s\" %d time(s) within %d ms (saw %d):\n%s", file, needle,
-                     count, ms, n, s != NULL ? s : "(missing)");
-        free(s);
-        sbt_poll_pause(10);
-    }
 }
 
 /* Runs cd_sender CLASS TITLE send DWDATA TEXT [how]; returns its first line. */
 static char *send_one(const char *cls, const char *title, const char *data, const char *text,
                       const char *how)
 {
-    char *argv[] = {(char *)env_path("SB_CD_SENDER"),
+    char *argv[] = {(char *)sbt_env("SB_CD_SENDER"),
                     (char *)cls,
                     (char *)title,
                     "send",
@@ -105,7 +77,7 @@ static void start_receiver(sbt_proc *p, sbt_broker *b, const char *out_name, con
                            const char *title, const char *o1, const char *o2)
 {
     char out[SBT_PATH_MAX];
-    char *argv[] = {(char *)env_path("SB_CD_RECEIVER"),
+    char *argv[] = {(char *)sbt_env("SB_CD_RECEIVER"),
                     (char *)cls,
                     (char *)title,
                     (char *)o1,
@@ -115,7 +87,7 @@ static void start_receiver(sbt_proc *p, sbt_broker *b, const char *out_name, con
     remove(out);
     memset(p, 0, sizeof(*p));
     assert_int_equal(sbt_spawn(p, argv, NULL, out), 0);
-    wait_output(out, "READY", 1, WAIT_MS);
+    sbt_wait_file_text(out, "READY", 1, WAIT_MS);
 }
 
 /* The next delivery on sub whose topic is topic (others are acked). */
@@ -409,7 +381,7 @@ static void test_kill(void **state)
     sbt_broker_start(b);
 
     snprintf(count, sizeof count, "%d", KILL_MESSAGES);
-    argv[0] = (char *)env_path("SB_CD_SENDER");
+    argv[0] = (char *)sbt_env("SB_CD_SENDER");
     argv[1] = cls;
     argv[2] = "POS";
     argv[3] = "seq";
@@ -419,10 +391,10 @@ static void test_kill(void **state)
     sbt_path(out, sizeof out, b->dir, "seq.out");
     memset(&sender, 0, sizeof sender);
     assert_int_equal(sbt_spawn(&sender, argv, NULL, out), 0);
-    wait_output(out, "TRUE ", 40, WAIT_MS);
+    sbt_wait_file_text(out, "TRUE ", 40, WAIT_MS);
     sbt_broker_kill(b);
     sbt_broker_start(b);
-    wait_output(out, "DONE", 1, 90000);
+    sbt_wait_file_text(out, "DONE", 1, 90000);
     assert_true(sbt_proc_wait(&sender, WAIT_MS));
     sbt_proc_release(&sender);
 
@@ -564,18 +536,18 @@ static void test_out(void **state)
     sbt_path(out, sizeof out, b->dir, "rcv.out");
     sbt_broker_wait_log(b, "[legacy] sending to the window of class", 1, WAIT_MS);
     /* dwData from the map, UTF-8 with a NUL; wParam is the broker's window */
-    wait_output(out, "DATA 5 6100 ", 1, WAIT_MS);
+    sbt_wait_file_text(out, "DATA 5 6100 ", 1, WAIT_MS);
     sbt_wait_queue_int(c, q, "depth", 0, WAIT_MS);
     /* from the template, a header, and the default */
     sbt_pub(c, "legacy/cmd/42", "b", 1);
-    wait_output(out, "DATA 42 6200 ", 1, WAIT_MS);
+    sbt_wait_file_text(out, "DATA 42 6200 ", 1, WAIT_MS);
     r = sbt_call(c, "{s:s, s:s, s:s, s:{s:s}}", "op", "pub", "topic", "legacy/x", "payload", "c",
                  "headers", "copydata-data", "0x99");
     sbt_expect_op(r, "puback");
     json_decref(r);
-    wait_output(out, "DATA 153 6300 ", 1, WAIT_MS);
+    sbt_wait_file_text(out, "DATA 153 6300 ", 1, WAIT_MS);
     sbt_pub(c, "legacy/other", "d", 1);
-    wait_output(out, "DATA 16 6400 ", 1, WAIT_MS);
+    sbt_wait_file_text(out, "DATA 16 6400 ", 1, WAIT_MS);
     sbt_wait_queue_int(c, q, "depth", 0, WAIT_MS);
     /* text UTF-8 cannot carry with a NUL: dead-lettered, never cut short */
     r = sbt_call(c, "{s:s, s:s, s:s}", "op", "pub", "topic", "legacy/other", "payload_b64", "YQBi");
@@ -593,7 +565,7 @@ static void test_out(void **state)
     sbt_path(out, sizeof out, b->dir, "refuse.out");
     sbt_broker_wait_log(b, "[legacy] sending to the window of class", 1, WAIT_MS);
     sbt_pub(c, "legacy/other", "e", 1);
-    wait_output(out, "REFUSED 16", 3, WAIT_MS);
+    sbt_wait_file_text(out, "REFUSED 16", 3, WAIT_MS);
     d = only_dead_letter(c, q);
     assert_non_null(strstr(sbt_str(d, "reason"), "returned FALSE"));
     assert_int_equal(sbt_int(d, "attempts"), 3);
@@ -618,7 +590,7 @@ static void test_out(void **state)
     start_receiver(&rcv, b, "mo.out", cls, "Legacy", "--message-only", NULL);
     sbt_path(out, sizeof out, b->dir, "mo.out");
     sbt_pub(c, "legacy/orders", "g", 1);
-    wait_output(out, "DATA 5 6700 ", 1, WAIT_MS);
+    sbt_wait_file_text(out, "DATA 5 6700 ", 1, WAIT_MS);
     sbt_wait_queue_int(c, q, "depth", 0, WAIT_MS);
     /* a, b, c, d, g; the NUL text, e and f three times each */
     assert_int_equal(adapter_stat(c, "legacy", "acked"), 5);
@@ -677,7 +649,7 @@ static void test_example(void **state)
     {
         sbt_conn *c = sbt_connect(b->port[0]);
         sbt_pub(c, "shop/labels/print", "LBL 4711", 1);
-        wait_output(out, "DATA 2 4c424c203437313100 ", 1, WAIT_MS);
+        sbt_wait_file_text(out, "DATA 2 4c424c203437313100 ", 1, WAIT_MS);
         sbt_close(c);
     }
     sbt_proc_release(&rcv);
@@ -753,7 +725,7 @@ static void test_in_agent(void **state)
 
     /* sent by the agent, acknowledged back: the queue empties */
     sbt_pub(c, "legacy/x", "hi", 1);
-    wait_output(out, "DATA 0 6869 ", 1, WAIT_MS);
+    sbt_wait_file_text(out, "DATA 0 6869 ", 1, WAIT_MS);
     sbt_wait_queue_int(c, "to-legacy:legacy", "depth", 0, WAIT_MS);
 
     sbt_close(c);

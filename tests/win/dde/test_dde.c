@@ -47,37 +47,9 @@
 
 /* ---- the legacy programs ---- */
 
-static const char *env_path(const char *name)
-{
-    const char *p = getenv(name);
-    if (p == NULL || p[0] == '\0')
-        fail_msg("%s is not set (ctest sets it)", name);
-    return p;
-}
-
 static void service_name(char *out, size_t n, const char *tag)
 {
     snprintf(out, n, "SBT%lu%s", (unsigned long)GetCurrentProcessId(), tag);
-}
-
-/* Polls file until it contains needle count times; fails after ms. */
-static void wait_output(const char *file, const char *needle, int count, int ms)
-{
-    int64_t deadline = sbt_now_ms() + ms;
-    sbt_waiting_for("%s to show \"%s\" %d time(s)", file, needle, count);
-    for (;;) {
-        char *s = sbt_read_file(file, NULL);
-        int n = s != NULL ? sbt_count(s, needle) : 0;
-        if (n >= count) {
-            free(s);
-            return;
-        }
-        if (sbt_now_ms() > deadline)
-            fail_msg("%s did not show \"%s\" %d time(s) within %d ms (saw %d):\n%s", file, needle,
-                     count, ms, n, s != NULL ? s : "(missing)");
-        free(s);
-        sbt_poll_pause(10);
-    }
 }
 
 /* Starts plc_sim SERVICE args... with its output in dir/out, and waits
@@ -86,7 +58,7 @@ static void start_plc(sbt_proc *p, sbt_broker *b, const char *out_name, const ch
                       const char *a1, const char *a2, const char *a3, const char *a4)
 {
     char out[SBT_PATH_MAX];
-    char *argv[] = {(char *)env_path("SB_PLC_SIM"),
+    char *argv[] = {(char *)sbt_env("SB_PLC_SIM"),
                     (char *)service,
                     (char *)a1,
                     (char *)a2,
@@ -97,14 +69,14 @@ static void start_plc(sbt_proc *p, sbt_broker *b, const char *out_name, const ch
     remove(out);
     memset(p, 0, sizeof(*p));
     assert_int_equal(sbt_spawn(p, argv, NULL, out), 0);
-    wait_output(out, "READY", 1, WAIT_MS);
+    sbt_wait_file_text(out, "READY", 1, WAIT_MS);
 }
 
 /* Runs legacy_client with up to five arguments; returns its output. */
 static char *client(const char *service, const char *topic, const char *cmd, const char *a1,
                     const char *a2, const char *a3)
 {
-    char *argv[] = {(char *)env_path("SB_DDE_CLIENT"),
+    char *argv[] = {(char *)sbt_env("SB_DDE_CLIENT"),
                     (char *)service,
                     (char *)topic,
                     (char *)cmd,
@@ -135,7 +107,7 @@ static void spawn_client(sbt_proc *p, sbt_broker *b, const char *out_name, const
                          const char *topic, const char *cmd, const char *a1, const char *a2)
 {
     char out[SBT_PATH_MAX];
-    char *argv[] = {(char *)env_path("SB_DDE_CLIENT"),
+    char *argv[] = {(char *)sbt_env("SB_DDE_CLIENT"),
                     (char *)service,
                     (char *)topic,
                     (char *)cmd,
@@ -438,24 +410,24 @@ static void test_client_sink(void **state)
 
     /* the item from the template; text through code page 1252 */
     sbt_pub(c, "plant/Line1/Setpoint/set", "42.5", 1);
-    wait_output(out, "POKE Setpoint 34322e35", 1, WAIT_MS);
+    sbt_wait_file_text(out, "POKE Setpoint 34322e35", 1, WAIT_MS);
     sbt_pub(c, "plant/Line1/Setpoint/set",
             "Gr\xc3\xbc\xc3\x9f"
             "e",
             1);
-    wait_output(out, "POKE Setpoint 4772fcdf65", 1, WAIT_MS);
+    sbt_wait_file_text(out, "POKE Setpoint 4772fcdf65", 1, WAIT_MS);
     /* the item from a header */
     r = sbt_call(c, "{s:s, s:s, s:s, s:{s:s}}", "op", "pub", "topic", "plant/Line1/x/set",
                  "payload", "9", "headers", "dde-item", "Other Item");
     sbt_expect_op(r, "puback");
     json_decref(r);
-    wait_output(out, "POKE Other Item 39", 1, WAIT_MS);
+    sbt_wait_file_text(out, "POKE Other Item 39", 1, WAIT_MS);
     /* an execute */
     sbt_pub(c, "plant/Line1/cmd", "[Start(2)]", 1);
-    wait_output(out, "EXEC 5b5374617274283229", 1, WAIT_MS);
+    sbt_wait_file_text(out, "EXEC 5b5374617274283229", 1, WAIT_MS);
     /* busy twice, then taken: retried, acknowledged once */
     sbt_pub(c, "plant/Line1/Busy/set", "1", 1);
-    wait_output(out, "POKE Busy 31", 1, WAIT_MS);
+    sbt_wait_file_text(out, "POKE Busy 31", 1, WAIT_MS);
     sbt_wait_queue_int(c, q, "depth", 0, WAIT_MS);
 
     /* refused by the server: dead-lettered with its answer */
@@ -478,7 +450,7 @@ static void test_client_sink(void **state)
     sbt_wait_queue_int(c, q, "depth", 1, WAIT_MS);
     start_plc(&plc, b, "plc2.out", service, NULL, NULL, NULL, NULL);
     sbt_path(out, sizeof out, b->dir, "plc2.out");
-    wait_output(out, "POKE Setpoint 37", 1, WAIT_MS);
+    sbt_wait_file_text(out, "POKE Setpoint 37", 1, WAIT_MS);
     sbt_wait_queue_int(c, q, "depth", 0, WAIT_MS);
     r = sbt_call(c, "{s:s, s:s}", "op", "dlq.list", "sub", q);
     assert_int_equal(json_array_size(json_object_get(r, "items")), 0);
@@ -557,11 +529,11 @@ static void test_server_role(void **state)
     /* a hot link starts with the current value, then follows */
     spawn_client(&adv, b, "advise.out", service, "Line1", "advise", "Temp", "3");
     sbt_path(out, sizeof out, b->dir, "advise.out");
-    wait_output(out, "DATA 32302e35", 1, WAIT_MS);
+    sbt_wait_file_text(out, "DATA 32302e35", 1, WAIT_MS);
     sbt_pub(c, "plant/Line1/Temp", "21", -1);
-    wait_output(out, "DATA 3231", 1, WAIT_MS);
+    sbt_wait_file_text(out, "DATA 3231", 1, WAIT_MS);
     sbt_pub(c, "plant/Line1/Temp", "22", -1);
-    wait_output(out, "END", 1, WAIT_MS);
+    sbt_wait_file_text(out, "END", 1, WAIT_MS);
     s = sbt_read_file(out, NULL);
     assert_non_null(strstr(s, "DATA 3232"));
     free(s);
@@ -656,7 +628,7 @@ static void test_server_role(void **state)
     /* a client that vanishes in the middle of a hot link */
     spawn_client(&gone, b, "gone.out", service, "Line1", "advise-vanish", "Temp", NULL);
     sbt_path(out, sizeof out, b->dir, "gone.out");
-    wait_output(out, "LINKED", 1, WAIT_MS);
+    sbt_wait_file_text(out, "LINKED", 1, WAIT_MS);
     assert_true(sbt_proc_wait(&gone, WAIT_MS));
     sbt_proc_release(&gone);
     sbt_pub(c, "plant/Line1/Temp", "23", -1);
@@ -715,10 +687,10 @@ static void test_pokes_during_kill(void **state)
     snprintf(count, sizeof count, "%d", KILL_POKES);
     spawn_client(&poker, b, "pokes.out", service, "Line1", "pokes", "Seq", count);
     sbt_path(out, sizeof out, b->dir, "pokes.out");
-    wait_output(out, "ACK ", 40, WAIT_MS);
+    sbt_wait_file_text(out, "ACK ", 40, WAIT_MS);
     sbt_broker_kill(b);
     sbt_broker_start(b);
-    wait_output(out, "DONE", 1, 90000);
+    sbt_wait_file_text(out, "DONE", 1, 90000);
     assert_true(sbt_proc_wait(&poker, WAIT_MS));
     sbt_proc_release(&poker);
 
@@ -801,7 +773,7 @@ static void test_example(void **state)
     assert_string_equal(payload, "21.5");
     /* MQTT values into the PLC ... */
     mqtt_publish(mq, "plant/Line1/Setpoint/set", "55", 0);
-    wait_output(out, "POKE Setpoint 3535", 1, WAIT_MS);
+    sbt_wait_file_text(out, "POKE Setpoint 3535", 1, WAIT_MS);
     /* ... and into Excel-style links (=SWITCHBOARD|Line1!Target) */
     mqtt_publish(mq, "plant/Line1/Target", "7.5", 1);
     c = sbt_connect(b->port[0]);
@@ -928,7 +900,7 @@ static void test_in_agent(void **state)
     /* a delivery poked into the legacy server by the agent, acknowledged
      * back: the queue empties */
     sbt_pub(c, "plant/Line1/Setpoint/set", "42.5", 1);
-    wait_output(out, "POKE Setpoint 34322e35", 1, WAIT_MS);
+    sbt_wait_file_text(out, "POKE Setpoint 34322e35", 1, WAIT_MS);
     sbt_wait_queue_int(c, "to-plc:plc-write", "depth", 0, WAIT_MS);
 
     sbt_close(c);

@@ -53,14 +53,6 @@
 #define CALLER_ANONYMOUS 2
 #define CALLER_LOCAL 4
 
-static const char *env_path(const char *name)
-{
-    const char *p = getenv(name);
-    if (p == NULL || p[0] == '\0')
-        fail_msg("%s is not set (ctest sets it)", name);
-    return p;
-}
-
 /* An ncalrpc endpoint of this run. */
 static void endpoint_name(char *out, size_t n, const char *tag)
 {
@@ -74,7 +66,7 @@ static int rpcc(char **out, const char *first, ...)
     char *argv[16];
     int n = 0, rc;
     va_list ap;
-    argv[n++] = (char *)env_path("SB_RPC_CLIENT");
+    argv[n++] = (char *)sbt_env("SB_RPC_CLIENT");
     argv[n++] = (char *)first;
     va_start(ap, first);
     while (n < 15 && (argv[n] = va_arg(ap, char *)) != NULL)
@@ -93,7 +85,7 @@ static void rpcc_spawn(sbt_proc *p, const char *out_path, const char *first, ...
     char *argv[16];
     int n = 0;
     va_list ap;
-    argv[n++] = (char *)env_path("SB_RPC_CLIENT");
+    argv[n++] = (char *)sbt_env("SB_RPC_CLIENT");
     argv[n++] = (char *)first;
     va_start(ap, first);
     while (n < 15 && (argv[n] = va_arg(ap, char *)) != NULL)
@@ -652,7 +644,7 @@ static int sbctl(char **out, const char *ep, const char *first, ...)
     int n = 0, rc;
     va_list ap;
     snprintf(endpoint, sizeof endpoint, "rpc:%s", ep);
-    argv[n++] = (char *)env_path("SB_SBCTL");
+    argv[n++] = (char *)sbt_env("SB_SBCTL");
     argv[n++] = "-e";
     argv[n++] = endpoint;
     argv[n++] = (char *)first;
