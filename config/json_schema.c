@@ -188,7 +188,7 @@ static void describe(char *out, size_t n, const sb_config_key *f)
 
     switch (f->kind) {
     case SB_KEY_STRING:
-        ADD("A string");
+        ADD((f->flags & SB_KEY_OR_LIST) ? "A string, or a list of them" : "A string");
         break;
     case SB_KEY_NAME:
         ADD("A name ([A-Za-z0-9_.-]+)");
@@ -304,6 +304,19 @@ static json_t *value_schema(gen *g, const sb_config_key *f)
     switch (f->kind) {
     case SB_KEY_STRING:
         s = scalar_schema(g, NULL, nullable);
+        if (f->flags & SB_KEY_OR_LIST) {
+            /* or a list: the first item is the value, the rest another key's */
+            json_t *one = s;
+            s = obj(g);
+            a = arr(g);
+            push(g, a, one);
+            list = obj(g);
+            put_str(g, list, "type", "array");
+            put(g, list, "minItems", json_integer(1));
+            put(g, list, "items", scalar_schema(g, NULL, 0));
+            push(g, a, list);
+            put(g, s, "anyOf", a);
+        }
         break;
     case SB_KEY_NAME:
         s = scalar_schema(g, NAME_PATTERN, nullable);
