@@ -52,7 +52,7 @@ struct sbctl_cmd {
      1,          "ENDPOINT", "broker endpoint (default $SB_ADMIN, else the admin endpoint)",       \
      0,          0},                                                                               \
         {"ca", 0, SBCTL_OPT_STRING, 0, "FILE",                                                     \
-         "tls: endpoints: the CAs to verify the broker with (PEM; default: the system's)", 0, 0},  \
+         "tls: endpoints: the CAs to verify the broker with (PEM; default: OpenSSL's)", 0, 0},    \
         {"cert", 0, SBCTL_OPT_STRING, 0, "FILE",                                                   \
          "tls: endpoints: a client certificate (PEM; its CN is the user)", 0, 0},                  \
         {"key", 0, SBCTL_OPT_STRING, 0, "FILE", "the key of --cert (PEM)", 0, 0},                  \
