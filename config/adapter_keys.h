@@ -97,7 +97,9 @@ typedef struct sb_config_key {
     const char *def_str;               /* string default, or NULL */
     int64_t min, max;                  /* numbers: the range */
     const char *const *choices;        /* CHOICE, ENUM: NULL-terminated */
-    const sb_config_table *section;    /* SECTION */
+    /* SECTION; LIST: an element's keys (the JSON Schema's; NULL for the
+     * adapters, whose keys are their type's) */
+    const sb_config_table *section;
     /* LIST only (internal) */
     size_t elem_size;
     int (*item)(void *ctx, const void *node, void *array, size_t index, const char *path);

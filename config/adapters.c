@@ -88,6 +88,7 @@ static const sb_config_key common_rows[] = {
      .choices = type_names},
 };
 #define COMMON_COUNT (sizeof common_rows / sizeof common_rows[0])
+const sb_config_table sb_config__adapter_common = SB_CONFIG_TABLE(common_rows);
 
 static void sub_path(char *out, const char *path, const char *key)
 {

@@ -191,6 +191,12 @@ int sb_config_sddl_check(const char *sddl, size_t *out_offset, char *why, size_t
  * (sb_free) or NULL when out of memory. */
 char *sb_config_starter(const char *data_dir, const char *config_path);
 
+/* Writes the JSON Schema (draft-07) of configuration files to f, generated
+ * from the tables the loader walks: the broker and routes sections and the
+ * keys of every adapter type registered now (config/json_schema.c says what
+ * it leaves out). Returns 0, SB_ENOMEM or SB_EIO. */
+int sb_config_json_schema(FILE *f);
+
 /* Parses "250ms", "10s", "5m", "2h", "1d" or a bare number of milliseconds.
  * Returns 0 or SB_EINVAL. */
 int sb_config_parse_duration(const char *s, int64_t *out_ms);

@@ -221,4 +221,7 @@ void sb_config__check_roles(sb_adapter_check *chk, const sb_adapter_keys *keys);
 /* The registered types' names, NULL-terminated, in registration order. */
 const char *const *sb_config__type_names(void);
 
+/* The keys every adapter has before its type's (name, type). */
+extern const sb_config_table sb_config__adapter_common;
+
 #endif

@@ -406,7 +406,8 @@ static const sb_config_key root_fields[] = {
      .count_off = C(route_count),
      .elem_size = sizeof(sb_route_config),
      .item = parse_route,
-     .item_free = free_route},
+     .item_free = free_route,
+     .section = &route_section}, /* not walked: an element's keys, for the JSON Schema */
 };
 const sb_config_table sb_config__root = SB_CONFIG_TABLE(root_fields);
 

@@ -140,6 +140,9 @@ typedef struct admin_req {
      * newer one came in meanwhile (a redriven message that failed again at
      * once, say: a transform refusing it) and is left for the next */
     uint64_t floor_id;
+    /* a batch (sb_dlq_batch): at most `limit` dead letters looked at, 0:
+     * all; `examined` so far */
+    int64_t limit, examined;
 } admin_req;
 
 static json_t *payload_json(const sb_message *m, const char **key);
@@ -245,6 +248,33 @@ int sb_broker_dlq_list(sb_broker *b, const char *sub, int64_t after, int limit, 
 
 static void redrive_next(admin_req *r, int64_t after);
 
+/* The end of a redrive: its count and, when a batch stopped at its limit,
+ * where the next batch goes on. */
+static void redrive_reply(admin_req *r, int status, int64_t next)
+{
+    json_t *res = NULL;
+    if (status == 0) {
+        res = json_pack("{s:I}", "count", (json_int_t)r->redriven);
+        if (res != NULL && next > 0) {
+            json_object_set_new(res, "more", json_true());
+            json_object_set_new(res, "next", json_integer((json_int_t)next));
+            json_object_set_new(res, "floor", json_integer((json_int_t)r->floor_id));
+        }
+    }
+    r->cb(r->ctx, status, res, status != 0 ? sb_strerror(status) : NULL);
+    admin_req_free(r);
+}
+
+/* After the rows up to dlq_id `last`: the next page, or the reply when the
+ * batch is done. */
+static void redrive_continue(admin_req *r, int64_t last)
+{
+    if (r->limit > 0 && r->examined >= r->limit)
+        redrive_reply(r, 0, last);
+    else
+        redrive_next(r, last);
+}
+
 static void on_redrive_done(sb_store_op *op, void *ctx)
 {
     admin_req *r = ctx;
@@ -275,7 +305,7 @@ static void on_redrive_done(sb_store_op *op, void *ctx)
         admin_req_free(r);
         return;
     }
-    redrive_next(r, last);
+    redrive_continue(r, last);
 }
 
 static void on_redrive_listed(sb_store_op *op, void *ctx)
@@ -287,15 +317,11 @@ static void on_redrive_listed(sb_store_op *op, void *ctx)
     size_t usable = 0;
 
     if (op->status != 0 || n == 0) {
-        json_t *res = json_pack("{s:I}", "count", (json_int_t)r->redriven);
-        r->cb(r->ctx, op->status, op->status == 0 ? res : NULL,
-              op->status != 0 ? sb_strerror(op->status) : NULL);
-        if (op->status != 0)
-            json_decref(res);
         sb_store_dlq_rows_free(rows, n);
-        admin_req_free(r);
+        redrive_reply(r, op->status, 0);
         return;
     }
+    r->examined += (int64_t)n;
     for (size_t i = 0; i < n; i++) {
         sb_queue *q = sb_broker__find_queue(r->b, rows[i].queue_name);
         if (rows[i].msg == NULL || rows[i].msg->id > r->floor_id) {
@@ -312,7 +338,7 @@ static void on_redrive_listed(sb_store_op *op, void *ctx)
     }
     if (usable == 0) {
         sb_store_dlq_rows_free(rows, n);
-        redrive_next(r, last);
+        redrive_continue(r, last);
         return;
     }
     /* Reuse the op as the REDRIVE of these rows (rows without a target are skipped). */
@@ -334,7 +360,8 @@ static void redrive_next(admin_req *r, int64_t after)
     r->op.type = SB_OP_DLQ_LIST;
     r->op.u.dlq_list.queue_name = r->sub;
     r->op.u.dlq_list.after_dlq_id = after;
-    r->op.u.dlq_list.limit = 500;
+    r->op.u.dlq_list.limit =
+        r->limit > 0 && r->limit - r->examined < 500 ? (int)(r->limit - r->examined) : 500;
     r->op.cb = on_redrive_listed;
     r->op.ctx = r;
     if (sb_store_submit(r->b->store, &r->op) != 0) {
@@ -345,6 +372,12 @@ static void redrive_next(admin_req *r, int64_t after)
 
 int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err)
 {
+    return sb_broker_dlq_redrive_batch(b, sub, NULL, cb, ctx, err);
+}
+
+int sb_broker_dlq_redrive_batch(sb_broker *b, const char *sub, const sb_dlq_batch *batch,
+                                sb_admin_cb cb, void *ctx, sb_error *err)
+{
     admin_req *r;
     if (b->store == NULL)
         return sb_error_set(err, SB_EACCES, 0, "no dead letters in a session agent");
@@ -354,7 +387,12 @@ int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *c
     if (r == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
     r->floor_id = b->last_msg_id;
-    redrive_next(r, 0);
+    if (batch != NULL) {
+        r->limit = batch->limit > 0 ? batch->limit : 0;
+        if (batch->floor > 0 && batch->floor < r->floor_id)
+            r->floor_id = batch->floor;
+    }
+    redrive_next(r, batch != NULL && batch->after > 0 ? batch->after : 0);
     return 0;
 }
 
@@ -363,6 +401,9 @@ static void on_purged(sb_store_op *op, void *ctx)
     admin_req *r = ctx;
     json_t *res =
         op->status == 0 ? json_pack("{s:I}", "count", (json_int_t)op->u.dlq_purge.purged) : NULL;
+    /* a batch that purged its limit: there may be more */
+    if (res != NULL && r->limit > 0 && op->u.dlq_purge.purged >= r->limit)
+        json_object_set_new(res, "more", json_true());
     if (op->status == 0 && op->u.dlq_purge.purged > 0)
         sb_info(r->sub != NULL ? r->sub : "dlq", "purged %lld dead letters",
                 (long long)op->u.dlq_purge.purged);
@@ -371,6 +412,12 @@ static void on_purged(sb_store_op *op, void *ctx)
 }
 
 int sb_broker_dlq_purge(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err)
+{
+    return sb_broker_dlq_purge_batch(b, sub, NULL, cb, ctx, err);
+}
+
+int sb_broker_dlq_purge_batch(sb_broker *b, const char *sub, const sb_dlq_batch *batch,
+                              sb_admin_cb cb, void *ctx, sb_error *err)
 {
     admin_req *r;
     if (b->store == NULL)
@@ -381,6 +428,8 @@ int sb_broker_dlq_purge(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx
     r->op.type = SB_OP_DLQ_PURGE;
     r->op.sync = 1;
     r->op.u.dlq_purge.queue_name = r->sub;
+    r->limit = batch != NULL && batch->limit > 0 ? batch->limit : 0;
+    r->op.u.dlq_purge.limit = r->limit;
     r->op.cb = on_purged;
     r->op.ctx = r;
     if (sb_store_submit(b->store, &r->op) != 0) {

@@ -287,6 +287,23 @@ int sb_broker_dlq_list(sb_broker *b, const char *sub, int64_t after, int limit, 
 int sb_broker_dlq_redrive(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err);
 int sb_broker_dlq_purge(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx, sb_error *err);
 
+/* One batch of a redrive or purge of many (a client shows progress between
+ * them, and no request holds the store long): at most `limit` dead letters
+ * (0: all). Redrive: those after dlq_id `after`, of messages with ids up to
+ * `floor` (0: the last id now). Purge: the oldest `limit`. When a batch
+ * stopped at its limit, the result has "more": true, and for redrive
+ * "next" and "floor", the next batch's after and floor. */
+typedef struct sb_dlq_batch {
+    int64_t after;
+    uint64_t floor;
+    int64_t limit;
+} sb_dlq_batch;
+
+int sb_broker_dlq_redrive_batch(sb_broker *b, const char *sub, const sb_dlq_batch *batch,
+                                sb_admin_cb cb, void *ctx, sb_error *err);
+int sb_broker_dlq_purge_batch(sb_broker *b, const char *sub, const sb_dlq_batch *batch,
+                              sb_admin_cb cb, void *ctx, sb_error *err);
+
 /* A dry run of route `route`'s transforms on m (nothing is published or
  * stored): a new JSON object (json_t *) {"route", "matches": whether m's
  * topic matches the route's filters, "destinations": [{"queue", "result":

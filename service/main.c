@@ -2,6 +2,7 @@
  * switchboard: the broker executable.
  *   switchboard run --config FILE     run in the foreground
  *   switchboard check-config FILE     validate a config and exit
+ *   switchboard schema                the config's JSON Schema, on stdout
  *   switchboard service ...           the Windows service (install, start, ...)
  *   switchboard com ...               COM registration and the COM relay (Windows)
  *   switchboard version
@@ -23,6 +24,7 @@ static void usage(FILE *f)
     fprintf(f, "Usage:\n"
                "  switchboard run --config FILE [--log-level debug|info|warn|error]\n"
                "  switchboard check-config FILE\n"
+               "  switchboard schema\n"
                "  switchboard service install|uninstall|start|stop|status [...]  (Windows)\n"
                "  switchboard agent [--endpoint NAME] [--log-level LEVEL]\n"
                "  switchboard com register|unregister|status [...]  (Windows)\n"
@@ -31,6 +33,8 @@ static void usage(FILE *f)
                "run           run the broker in the foreground (Ctrl-C stops it; SIGHUP reloads\n"
                "              the config)\n"
                "check-config  report every error in FILE as FILE:LINE:COL: key: message\n"
+               "schema        print the JSON Schema of config files (for editors; the same as\n"
+               "              config/switchboard.schema.json)\n"
                "service       install and manage the Windows service (see `service help`)\n"
                "agent         the session agent: hosts desktop adapters (DDE, WM_COPYDATA, the\n"
                "              clipboard) in a user's session for the service (`agent --help`)\n"
@@ -59,6 +63,21 @@ static int cmd_check_config(int argc, char **argv)
     }
     printf("%s: OK (%zu adapters, %zu routes)\n", argv[0], cfg->adapter_count, cfg->route_count);
     sb_config_free(cfg);
+    return 0;
+}
+
+static int cmd_schema(int argc)
+{
+    int rc;
+    if (argc != 0) {
+        usage(stderr);
+        return 2;
+    }
+    rc = sb_config_json_schema(stdout);
+    if (rc != 0) {
+        fprintf(stderr, "switchboard schema: %s\n", sb_strerror(rc));
+        return 1;
+    }
     return 0;
 }
 
@@ -119,6 +138,8 @@ int main(int argc, char **argv)
         return cmd_run(argc - 2, argv + 2);
     if (strcmp(argv[1], "check-config") == 0)
         return cmd_check_config(argc - 2, argv + 2);
+    if (strcmp(argv[1], "schema") == 0)
+        return cmd_schema(argc - 2);
     if (strcmp(argv[1], "service") == 0)
         return cmd_service(argc - 2, argv + 2);
     if (strcmp(argv[1], "com") == 0)

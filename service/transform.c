@@ -269,6 +269,11 @@ size_t sb_transform_steps(const sb_transform *t)
     return t == NULL ? 0 : t->count;
 }
 
+const char *const *sb_transform_step_names(void)
+{
+    return step_names;
+}
+
 /* ---- compiling ---- */
 
 typedef struct cctx {

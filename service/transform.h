@@ -78,4 +78,8 @@ int sb_transform_apply(const sb_transform *t, const sb_message *in, sb_message *
 /* The number of steps in t (0 for NULL). */
 size_t sb_transform_steps(const sb_transform *t);
 
+/* The kinds of step (a step's one key: "topic", "encode", ...),
+ * NULL-terminated, for the configuration's JSON Schema. */
+const char *const *sb_transform_step_names(void);
+
 #endif

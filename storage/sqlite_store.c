@@ -143,8 +143,11 @@ static const char *const stmt_sql[ST_COUNT] = {
         " created_ms, expires_ms, priority, 0 FROM dlq WHERE id = ?3",
     [ST_DLQ_DELETE] = "DELETE FROM dlq WHERE id = ?1",
     [ST_DLQ_EXISTS] = "SELECT 1 FROM dlq WHERE id = ?1",
-    [ST_DLQ_PURGE_ALL] = "DELETE FROM dlq WHERE id <= ?1",
-    [ST_DLQ_PURGE_QUEUE] = "DELETE FROM dlq WHERE queue_name = ?2 AND id <= ?1",
+    /* the oldest ?2 (?3) rows up to ?1; a negative limit is none */
+    [ST_DLQ_PURGE_ALL] =
+        "DELETE FROM dlq WHERE id IN (SELECT id FROM dlq WHERE id <= ?1 ORDER BY id LIMIT ?2)",
+    [ST_DLQ_PURGE_QUEUE] = "DELETE FROM dlq WHERE id IN (SELECT id FROM dlq WHERE queue_name = ?2"
+                           " AND id <= ?1 ORDER BY id LIMIT ?3)",
     [ST_META_PUT] = "INSERT INTO meta(key, value) VALUES(?1, ?2)"
                     " ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
 };
@@ -748,7 +751,9 @@ static int exec_dlq_purge(sb_store *s, sb_store_op *op)
     const char *name = op->u.dlq_purge.queue_name;
     int64_t max = op->u.dlq_purge.max_dlq_id > 0 ? op->u.dlq_purge.max_dlq_id : INT64_MAX;
     sqlite3_stmt *st = s->st[name != NULL ? ST_DLQ_PURGE_QUEUE : ST_DLQ_PURGE_ALL];
-    int rc = bind_run(st, name != NULL ? bind_args(st, "it", max, name) : bind_args(st, "i", max));
+    int64_t limit = op->u.dlq_purge.limit > 0 ? op->u.dlq_purge.limit : -1;
+    int rc = bind_run(st, name != NULL ? bind_args(st, "iti", max, name, limit)
+                                       : bind_args(st, "ii", max, limit));
     if (rc != SQLITE_OK)
         return op_error(s, op, rc, "dead-letter purge");
     op->u.dlq_purge.purged = sqlite3_changes(s->db);

@@ -479,6 +479,15 @@ static int parse_settings(json_t *req, sb_sub_settings *st, const char **bad)
             return (*bad = "max_depth", SB_EINVAL);
         st->max_depth = json_integer_value(v);
     }
+    if ((v = json_object_get(req, "overflow")) != NULL) {
+        const char *o = json_string_value(v);
+        if (o != NULL && strcmp(o, "reject") == 0)
+            st->overflow = SB_OVERFLOW_REJECT;
+        else if (o != NULL && strcmp(o, "drop-oldest") == 0)
+            st->overflow = SB_OVERFLOW_DROP_OLDEST;
+        else
+            return (*bad = "overflow", SB_EINVAL);
+    }
     if ((v = json_object_get(req, "transient")) != NULL) {
         if (!json_is_boolean(v))
             return (*bad = "transient", SB_EINVAL);
@@ -943,12 +952,18 @@ static void do_admin(jsonl_session *s, const char *op, json_t *req, json_t *id)
         rc = sb_broker_dlq_list(b, sub, json_integer_value(json_object_get(req, "after")),
                                 (int)json_integer_value(json_object_get(req, "limit")),
                                 on_admin_done, a, &err);
-    } else if (strcmp(op, "dlq.redrive") == 0) {
-        a->op = "dlq.redrive";
-        rc = sb_broker_dlq_redrive(b, sub, on_admin_done, a, &err);
     } else {
-        a->op = "dlq.purge";
-        rc = sb_broker_dlq_purge(b, sub, on_admin_done, a, &err);
+        /* limit, after, floor: one batch of many (sb_dlq_batch) */
+        sb_dlq_batch batch = {json_integer_value(json_object_get(req, "after")),
+                              (uint64_t)json_integer_value(json_object_get(req, "floor")),
+                              json_integer_value(json_object_get(req, "limit"))};
+        if (strcmp(op, "dlq.redrive") == 0) {
+            a->op = "dlq.redrive";
+            rc = sb_broker_dlq_redrive_batch(b, sub, &batch, on_admin_done, a, &err);
+        } else {
+            a->op = "dlq.purge";
+            rc = sb_broker_dlq_purge_batch(b, sub, &batch, on_admin_done, a, &err);
+        }
     }
     if (rc != 0) {
         reply_set(a->r, error_obj(err.code, err.msg));

@@ -89,6 +89,7 @@ step "install $(basename "$work/switchboard-old.msi")"
 msiexec /i "$work/switchboard-old.msi" "$work/install.log" || fail "msiexec /i exited with $?"
 [ -f "$progdir/switchboard.exe" ] && [ -f "$progdir/sbctl.exe" ] || fail "program files missing"
 [ -f "$progdir/docs/README.md" ] && [ -f "$progdir/examples/full.yaml" ] || fail "docs or examples missing"
+[ -f "$progdir/switchboard.schema.json" ] || fail "switchboard.schema.json missing (examples name it)"
 [ -f "$progdir/rpc/switchboard.idl" ] && [ -f "$progdir/rpc/switchboard_h.h" ] || fail "the RPC interface files are missing"
 [ -f "$progdir/sbring.exe" ] && [ -f "$progdir/include/sb_ring.h" ] && [ -f "$progdir/docs/ring.md" ] ||
     fail "sbring.exe, include\\sb_ring.h or docs\\ring.md missing"

@@ -32,6 +32,7 @@ void sb_client_options_init(sb_client_options *o)
     o->connect_timeout_ms = 5000;
     o->write_timeout_ms = 30000;
     o->max_line = SB_CLIENT_DEFAULT_MAX_LINE;
+    o->tls.ca = o->tls.cert = o->tls.key = NULL;
 }
 
 const char *sb_client_default_endpoint(void)
@@ -65,6 +66,12 @@ int sb_client_connect(sb_client **out, const char *endpoint, const sb_client_opt
     if (rc != 0)
         goto fail;
     rc = sb_client__transport_open(&c->t, &c->ep, c->opts.connect_timeout_ms, err);
+    if (rc == 0 && c->ep.tls) {
+        sb_transport *tcp = c->t; /* now owned by the TLS transport */
+        c->t = NULL;
+        rc = sb_client__tls_open(&c->t, tcp, &c->ep, &c->opts.tls, c->opts.connect_timeout_ms,
+                                 err);
+    }
     if (rc != 0)
         goto fail;
     sb_linebuf_init(&c->in, c->opts.max_line);

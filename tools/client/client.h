@@ -3,7 +3,7 @@
  * (docs/protocol.md), used by sbctl and usable by other C programs.
  *
  * A client is one connection to an endpoint (endpoint.h): a Unix socket,
- * TCP, or a Windows named pipe. Writes are buffered (so a caller can pipeline
+ * TCP, TLS over TCP (OpenSSL), or a Windows named pipe. Writes are buffered (so a caller can pipeline
  * many requests into one system call) and flushed explicitly or before the
  * client waits for input. Reads return one line at a time. Every call that
  * waits has a timeout in milliseconds (-1: forever, 0: do not wait).
@@ -24,10 +24,21 @@ typedef struct sb_client sb_client;
  * up to 6x for control bytes); the broker's max_message is at most 64 MiB. */
 #define SB_CLIENT_DEFAULT_MAX_LINE ((size_t)512 * 1024 * 1024)
 
+/* For tls:HOST:PORT endpoints: files in PEM (paths as the OS takes them).
+ * ca NULL: OpenSSL's default CA paths; cert and key (a client certificate,
+ * whose CN the broker takes as the user) go together or not at all. The
+ * server's certificate must name HOST. */
+typedef struct sb_client_tls {
+    const char *ca;
+    const char *cert;
+    const char *key;
+} sb_client_tls;
+
 typedef struct sb_client_options {
-    int connect_timeout_ms; /* default 5000 */
+    int connect_timeout_ms; /* default 5000 (the TLS handshake included) */
     int write_timeout_ms;   /* for flushes, default 30000 */
     size_t max_line;        /* longest accepted input line, default SB_CLIENT_DEFAULT_MAX_LINE */
+    sb_client_tls tls;      /* default: all NULL */
 } sb_client_options;
 
 /* Fills o with the defaults. */
@@ -44,7 +55,9 @@ const char *sb_client_platform_endpoint(void);
 
 /* Connects to `endpoint` (see endpoint.h). opts may be NULL for the defaults.
  * Returns 0 and a new client in *out (free with sb_client_free), or SB_EINVAL
- * for a malformed endpoint, or the connect error; err then reads
+ * for a malformed endpoint (or unusable TLS files), SB_EPROTO when the TLS
+ * handshake fails (an untrusted certificate, a server that is not TLS), or
+ * the connect error; err then reads
  * "cannot connect to unix:./data/admin.sock: No such file or directory". */
 int sb_client_connect(sb_client **out, const char *endpoint, const sb_client_options *opts,
                       sb_error *err);

@@ -155,6 +155,12 @@ int sb_endpoint_parse(sb_endpoint *out, const char *s, sb_error *err)
         rc = set_unix(out, s + 5, &reason);
     } else if (starts_with(s, "tcp:")) {
         rc = parse_host_port(out, s + 4, &reason);
+    } else if (starts_with(s, "tls:")) {
+        rc = parse_host_port(out, s + 4, &reason);
+        if (rc == 0) {
+            out->tls = 1;
+            memcpy(out->display, "tls", 3); /* "tcp:..." as parse_host_port wrote it */
+        }
     } else if (starts_with(s, "pipe:")) {
         char full[SB_ENDPOINT_PATH_MAX];
         const char *name = s + 5;

@@ -5,6 +5,7 @@
  *   unix:PATH           a Unix domain socket
  *   tcp:HOST:PORT       TCP; HOST may be a name, an IPv4 or a [bracketed] IPv6 address
  *   HOST:PORT           the same, when PORT is a number and there is no '/'
+ *   tls:HOST:PORT       TLS over TCP (a tcp adapter with a tls: section)
  *   \\.\pipe\NAME       a Windows named pipe (also \\SERVER\pipe\NAME, pipe:NAME)
  *   rpc:NAME            Switchboard's MS-RPC interface over ncalrpc endpoint NAME
  *   rpc:HOST:PORT       the same over ncacn_ip_tcp (Windows; tools/rpc/sbrpc.h)
@@ -33,8 +34,9 @@ typedef struct sb_endpoint {
                                         rpc: NAME or HOST:PORT */
     char host[SB_ENDPOINT_HOST_MAX]; /* tcp: host name or address, without brackets */
     int port;                        /* tcp: 1..65535 */
+    int tls;                         /* tcp: tls:HOST:PORT (kind SB_ENDPOINT_TCP) */
     char display[SB_ENDPOINT_PATH_MAX +
-                 16]; /* canonical form: unix:PATH, tcp:HOST:PORT, \\.\pipe\NAME */
+                 16]; /* canonical form: unix:PATH, tcp:HOST:PORT, tls:HOST:PORT, \\.\pipe\NAME */
 } sb_endpoint;
 
 /* Parses `s` into *out. Returns 0, or SB_EINVAL with a one-line reason in

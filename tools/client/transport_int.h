@@ -10,6 +10,7 @@
 #define SB_CLIENT_TRANSPORT_INT_H
 
 #include "service/error.h"
+#include "tools/client/client.h"
 #include "tools/client/endpoint.h"
 
 #include <stddef.h>
@@ -41,6 +42,14 @@ int sb_client__transport_open(sb_transport **out, const sb_endpoint *ep, int tim
 /* Windows: rpc: endpoints, the jsonl protocol over the MS-RPC interface
  * (win/rpc_bridge.c). Same contract as sb_client__transport_open. */
 int sb_client__rpc_open(sb_transport **out, const sb_endpoint *ep, int timeout_ms, sb_error *err);
+
+/* tls:HOST:PORT: TLS (tls.c, OpenSSL) over the TCP stream inner, which it
+ * takes over (closed on failure too); the handshake ends within
+ * timeout_ms. On failure err reads "cannot connect to tls:HOST:PORT: the
+ * broker's certificate is not trusted: ..." or names the file or OpenSSL's
+ * reason. */
+int sb_client__tls_open(sb_transport **out, sb_transport *inner, const sb_endpoint *ep,
+                        const sb_client_tls *o, int timeout_ms, sb_error *err);
 
 /* The platform's default admin endpoint when $SB_ADMIN is not set. */
 const char *sb_client__platform_default_endpoint(void);

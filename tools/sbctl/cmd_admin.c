@@ -26,7 +26,7 @@ static int run_ping(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
     const char *op;
     int rc;
 
-    rc = sbctl_connect(&c, ctx->endpoints[0]);
+    rc = sbctl_connect(&c, ctx, ctx->endpoints[0]);
     if (rc != 0)
         return rc;
     req = json_pack("{s:s}", "op", "ping");
@@ -37,6 +37,12 @@ static int run_ping(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
         if (op == NULL || strcmp(op, "pong") != 0) {
             sbctl_errorf("ping: unexpected reply (op %s)", op != NULL ? op : "missing");
             rc = SBCTL_EXIT_ERROR;
+        } else if (ctx->json) {
+            /* the broker's pong (max_message, user) with what sbctl measured */
+            json_object_set_new(reply, "endpoint", json_string(sb_client_endpoint(c)));
+            json_object_set_new(reply, "rtt_ms", json_real((double)(sbctl_now_ns() - t0) / 1e6));
+            json_object_del(reply, "id");
+            rc = sbctl_print_json(json_incref(reply));
         } else {
             sbctl_fmt_ns(took, sizeof(took), (int64_t)(sbctl_now_ns() - t0));
             printf("pong from %s in %s\n", sb_client_endpoint(c), took);
@@ -64,7 +70,6 @@ const sbctl_cmd sbctl_cmd_ping = {
 
 static const sbctl_opt stats_opts[] = {
     SBCTL_COMMON_OPTS,
-    {"json", 0, SBCTL_OPT_FLAG, 0, NULL, "print the broker's reply as it is (one JSON line)", 0, 0},
 };
 
 static void cell_int(char *buf, size_t len, const json_t *o, const char *key)
@@ -207,13 +212,13 @@ static int run_stats(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
     json_t *req, *reply = NULL;
     int rc;
 
-    rc = sbctl_connect(&c, ctx->endpoints[0]);
+    rc = sbctl_connect(&c, ctx, ctx->endpoints[0]);
     if (rc != 0)
         return rc;
     req = json_pack("{s:s}", "op", "stats");
     rc = sbctl_call(c, req, &reply, "stats");
     if (rc == 0) {
-        if (sbctl_arg_flag(a, "json")) {
+        if (ctx->json) {
             size_t len;
             const char *raw = sb_client_last_line(c, &len);
             fwrite(raw, 1, len, stdout);
@@ -263,7 +268,6 @@ static const sbctl_opt dlq_list_opts[] = {
     SBCTL_COMMON_OPTS,
     {"limit", 'n', SBCTL_OPT_INT, 0, "N", "show at most N dead letters (default 100)", 1, 1000000},
     {"after", 0, SBCTL_OPT_INT, 0, "DLQ_ID", "start after this dlq_id (paging)", 0, INT64_MAX},
-    {"json", 0, SBCTL_OPT_FLAG, 0, NULL, "print each dead letter as one JSON line", 0, 0},
 };
 
 static int run_dlq_list(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
@@ -280,7 +284,7 @@ static int run_dlq_list(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *
     size_t i;
     int rc;
 
-    rc = sbctl_connect(&c, ctx->endpoints[0]);
+    rc = sbctl_connect(&c, ctx, ctx->endpoints[0]);
     if (rc != 0)
         return rc;
     req = dlq_request("dlq.list", a);
@@ -296,7 +300,7 @@ static int run_dlq_list(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *
         rc = SBCTL_EXIT_ERROR;
         goto done;
     }
-    if (sbctl_arg_flag(a, "json")) {
+    if (ctx->json) {
         json_array_foreach(items, i, it)
         {
             char *s = json_dumps(it, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -381,35 +385,65 @@ const sbctl_cmd sbctl_cmd_dlq_list = {
     1,
     run_dlq_list};
 
-/* redrive and purge: one request, a count in the reply. */
+/* Dead letters a redrive or purge handles per request: a progress line
+ * between them, and no request holds the broker's store for long. */
+#define DLQ_BATCH 1000
+
+/* redrive and purge: requests of DLQ_BATCH until the broker says there are
+ * no more (a broker without batches does all in one), the total counted. */
 static int dlq_count_op(sbctl_ctx *ctx, const sbctl_args *a, const char *op, const char *what,
                         const char *verb)
 {
     sb_client *c = NULL;
-    json_t *req, *reply = NULL;
-    int rc;
+    json_t *reply = NULL;
+    int64_t total = 0, after = 0, floor = 0;
+    sbctl_progress pg;
+    int rc, more = 1;
 
-    rc = sbctl_connect(&c, ctx->endpoints[0]);
+    rc = sbctl_connect(&c, ctx, ctx->endpoints[0]);
     if (rc != 0)
         return rc;
-    req = dlq_request(op, a);
-    rc = sbctl_call(c, req, &reply, what);
-    if (rc == 0) {
-        long long n = (long long)sbctl_json_int(reply, "count", -1);
-        if (n < 0)
-            printf("%s dead letters%s%s\n", verb, a->npos > 0 ? " of " : "",
-                   a->npos > 0 ? a->pos[0] : "");
-        else
-            printf("%s %lld dead letter%s%s%s\n", verb, n, n == 1 ? "" : "s",
-                   a->npos > 0 ? " of " : "", a->npos > 0 ? a->pos[0] : "");
+    sbctl_progress_start(&pg, ctx);
+    while (more && rc == 0) {
+        json_t *req = dlq_request(op, a);
+        json_object_set_new(req, "limit", json_integer(DLQ_BATCH));
+        if (after > 0) {
+            json_object_set_new(req, "after", json_integer(after));
+            json_object_set_new(req, "floor", json_integer(floor));
+        }
+        rc = sbctl_call(c, req, &reply, what);
+        json_decref(req);
+        if (rc != 0)
+            break;
+        total += sbctl_json_int(reply, "count", 0);
+        more = json_is_true(json_object_get(reply, "more"));
+        after = sbctl_json_int(reply, "next", 0);
+        floor = sbctl_json_int(reply, "floor", 0);
+        json_decref(reply);
+        reply = NULL;
+        if (more) {
+            double secs = (double)(sbctl_now_ns() - pg.start_ns) / 1e9;
+            char rate[32];
+            sbctl_fmt_rate(rate, sizeof(rate), secs > 0 ? (double)total / secs : 0);
+            sbctl_progress_show(&pg, "%s: %s %lld dead letters so far (%s/s)", what, verb,
+                                (long long)total, rate);
+        }
     }
-    json_decref(req);
+    sbctl_progress_end(&pg);
+    if (rc == 0 && ctx->json)
+        rc = sbctl_print_json(json_pack("{s:s,s:s?,s:I}", "op", op, "sub",
+                                        a->npos > 0 ? a->pos[0] : NULL, "count",
+                                        (json_int_t)total));
+    else if (rc == 0)
+        printf("%s %lld dead letter%s%s%s\n", verb, (long long)total, total == 1 ? "" : "s",
+               a->npos > 0 ? " of " : "", a->npos > 0 ? a->pos[0] : "");
     json_decref(reply);
     sb_client_free(c);
     return rc;
 }
 
 static const sbctl_opt dlq_redrive_opts[] = {SBCTL_COMMON_OPTS};
+
 
 static int run_dlq_redrive(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
 {
@@ -421,7 +455,10 @@ const sbctl_cmd sbctl_cmd_dlq_redrive = {
     "[SUB]",
     "put dead letters back in their subscription",
     "Moves the dead letters of SUB (of every subscription if SUB is omitted) back\n"
-    "to the tail of their subscription, with new message ids and attempt 1.\n",
+    "to the tail of their subscription, with new message ids and attempt 1, in\n"
+    "batches of 1000 (a progress line on a terminal, or with --progress). Dead\n"
+    "letters that arrive meanwhile wait for the next redrive. --json prints\n"
+    "{\"op\", \"sub\", \"count\"}.\n",
     dlq_redrive_opts,
     sizeof(dlq_redrive_opts) / sizeof(dlq_redrive_opts[0]),
     0,
@@ -465,8 +502,10 @@ const sbctl_cmd sbctl_cmd_dlq_purge = {
     "dlq purge",
     "[SUB] [--yes]",
     "delete dead letters",
-    "Deletes the dead letters of SUB (of every subscription if SUB is omitted).\n"
-    "Asks for confirmation when stdin is a terminal; otherwise --yes is required.\n",
+    "Deletes the dead letters of SUB (of every subscription if SUB is omitted),\n"
+    "oldest first in batches of 1000 (a progress line on a terminal, or with\n"
+    "--progress). Asks for confirmation when stdin is a terminal; otherwise --yes\n"
+    "is required. --json prints {\"op\", \"sub\", \"count\"}.\n",
     dlq_purge_opts,
     sizeof(dlq_purge_opts) / sizeof(dlq_purge_opts[0]),
     0,

@@ -48,7 +48,6 @@ static const sbctl_opt bench_spec[] = {
      "each producer waits for the puback before the next publish (latency mode)", 0, 0},
     {"stall", 0, SBCTL_OPT_DURATION, 0, "DURATION",
      "give up when nothing progresses for DURATION (default 30s)", 100, INT64_MAX},
-    {"json", 0, SBCTL_OPT_FLAG, 0, NULL, "print the results as one JSON array", 0, 0},
 };
 
 typedef struct bench_opts {
@@ -56,7 +55,7 @@ typedef struct bench_opts {
     int64_t messages, size;
     int window, sub_window, one_at_a_time;
     int stall_ms;
-    int progress; /* stderr is a terminal */
+    const sbctl_ctx *ctx; /* the client options, --progress */
 } bench_opts;
 
 typedef struct bench_run bench_run;
@@ -348,16 +347,11 @@ static void consumer_main(void *arg)
     (void)sb_client_flush(k->c, &err); /* the last acks */
 }
 
-static void progress(const bench_run *r, int final)
+static void progress(const bench_run *r, sbctl_progress *pg)
 {
-    if (final) {
-        fprintf(stderr, "\r\033[K");
-    } else {
-        fprintf(stderr, "\r\033[K  %s %s: published %lld/%lld, delivered %lld", r->display,
-                r->durability, (long long)atomic_load(&r->acked), (long long)r->o->messages,
-                (long long)atomic_load(&r->delivered));
-    }
-    fflush(stderr);
+    sbctl_progress_show(pg, "%s %s: published %lld/%lld, delivered %lld", r->display,
+                        r->durability, (long long)atomic_load(&r->acked),
+                        (long long)r->o->messages, (long long)atomic_load(&r->delivered));
 }
 
 /* Connects and, for a consumer, attaches to the run's subscription
@@ -370,7 +364,7 @@ static int open_conn(bench_run *r, sb_client **out, int consumer)
     int rc;
 
     sb_error_clear(&err);
-    if (sb_client_connect(out, r->endpoint, NULL, &err) != 0) {
+    if (sb_client_connect(out, r->endpoint, &r->o->ctx->client, &err) != 0) {
         run_fail(r, 1, "%s (is the broker running? see --endpoint)%s", err.msg, "");
         return -1;
     }
@@ -430,7 +424,8 @@ static int run_one(bench_result *res, const bench_opts *o, const char *endpoint,
 {
     bench_run r;
     unsigned char rnd[4] = {0};
-    unsigned long long first = 0, last = 0, last_change, last_shown = 0;
+    unsigned long long first = 0, last = 0, last_change;
+    sbctl_progress pg;
     long long seen_state = -1;
     sbctl_samples ack = {0}, dlv = {0};
     int threads_started = 0, rc = SBCTL_EXIT_OK;
@@ -501,6 +496,7 @@ static int run_one(bench_result *res, const bench_opts *o, const char *endpoint,
     /* Watch: done when every producer finished and every stored message
      * was delivered; failed when nothing moved for --stall. */
     last_change = sbctl_now_ns();
+    sbctl_progress_start(&pg, o->ctx);
     while (!atomic_load(&r.stop)) {
         unsigned long long now;
         long long acked = atomic_load(&r.acked), delivered = atomic_load(&r.delivered);
@@ -520,10 +516,7 @@ static int run_one(bench_result *res, const bench_opts *o, const char *endpoint,
             run_fail(&r, 0, "stalled for %s: %s", "--stall", detail);
             break;
         }
-        if (o->progress && now - last_shown > 200000000ull) {
-            progress(&r, 0);
-            last_shown = now;
-        }
+        progress(&r, &pg);
     }
     atomic_store(&r.stop, 1);
 
@@ -534,8 +527,8 @@ finish:
         for (int i = 0; i < o->consumers; i++)
             uv_thread_join(&r.cons[i].thread);
     }
-    if (o->progress && last_shown != 0)
-        progress(&r, 1);
+    if (threads_started)
+        sbctl_progress_end(&pg);
     if (r.prod != NULL)
         for (int i = 0; i < o->producers; i++) {
             bench_producer *p = &r.prod[i];
@@ -683,7 +676,7 @@ static int run_bench(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
     o.stall_ms =
         (int)(sbctl_arg_num(a, "stall", 30000) > 3600000 ? 3600000
                                                          : sbctl_arg_num(a, "stall", 30000));
-    o.progress = ctx->tty_err && !sbctl_arg_flag(a, "json");
+    o.ctx = ctx;
 
     snprintf(list, sizeof(list), "%s", sbctl_arg_str(a, "durability", "fsync,batched,memory"));
     for (char *tok = strtok(list, ","); tok != NULL; tok = strtok(NULL, ",")) {
@@ -717,7 +710,7 @@ static int run_bench(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
         sbctl_errorf("bench: out of memory");
         return SBCTL_EXIT_ERROR;
     }
-    if (!sbctl_arg_flag(a, "json"))
+    if (!ctx->json)
         printf("bench: %d producer%s (%s), %d consumer%s (window %d), %lld messages of %lld "
                "bytes per run\n\n",
                o.producers, o.producers == 1 ? "" : "s",
@@ -736,7 +729,7 @@ static int run_bench(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
                 break; /* this endpoint is unusable: next one */
         }
     }
-    if (sbctl_arg_flag(a, "json"))
+    if (ctx->json)
         print_json(res, nres, &o);
     else
         print_table(res, nres);

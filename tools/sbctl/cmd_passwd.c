@@ -25,6 +25,8 @@ static const sbctl_opt passwd_opts[] = {
     {"batch", 'b', SBCTL_OPT_FLAG, 0, NULL,
      "take PASSWORD from the command line (other local users may see it)", 0, 0},
     {"delete", 'D', SBCTL_OPT_FLAG, 0, NULL, "delete USER", 0, 0},
+    {"json", 0, SBCTL_OPT_FLAG, 0, NULL,
+     "print what was done as JSON: {\"file\", \"user\", \"action\"}", 0, 0},
     {"iterations", 0, SBCTL_OPT_INT, 0, "N", "PBKDF2 iterations (default 210000)", 1000, INT_MAX},
 };
 
@@ -288,6 +290,11 @@ static int run_passwd(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
         fprintf(stderr, "sbctl: passwd: warning: the broker will refuse this file: %s\n", err.msg);
     sb_auth_free(check);
     rc = SBCTL_EXIT_OK;
+    if (ctx->json)
+        rc = sbctl_print_json(json_pack("{s:s,s:s,s:s}", "file", file, "user", user, "action",
+                                        del     ? "deleted"
+                                        : found ? "changed"
+                                                : "added"));
 cleanup:
     free_secret(password);
     sb_free(entry);

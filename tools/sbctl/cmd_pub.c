@@ -186,23 +186,17 @@ static int write_failed(sb_client *c, const char *topic, sb_error *err)
 typedef struct pub_state {
     long long count, sent, answered, ok, failed, unrouted;
     long long first_msg_id, last_msg_id;
-    unsigned long long start_ns, last_progress_ns;
-    int progress_shown;
+    unsigned long long start_ns;
+    sbctl_progress pg;
 } pub_state;
 
-static void show_progress(const pub_state *s, int final)
+static void show_progress(pub_state *s)
 {
-    unsigned long long now = sbctl_now_ns();
-    double secs = (double)(now - s->start_ns) / 1e9;
+    double secs = (double)(sbctl_now_ns() - s->start_ns) / 1e9;
     char rate[32];
-    if (final) {
-        fprintf(stderr, "\r\033[K");
-        return;
-    }
     sbctl_fmt_rate(rate, sizeof(rate), secs > 0 ? (double)s->answered / secs : 0);
-    fprintf(stderr, "\r\033[K  published %lld/%lld (%lld%%)  %s msg/s", s->answered, s->count,
-            s->answered * 100 / s->count, rate);
-    fflush(stderr);
+    sbctl_progress_show(&s->pg, "published %lld/%lld (%lld%%)  %s msg/s", s->answered, s->count,
+                        s->answered * 100 / s->count, rate);
 }
 
 static int run_pub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
@@ -221,7 +215,7 @@ static int run_pub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
     rc = build_request(&req, ctx, cmd, a);
     if (rc != 0)
         return rc;
-    rc = sbctl_connect(&c, ctx->endpoints[0]);
+    rc = sbctl_connect(&c, ctx, ctx->endpoints[0]);
     if (rc != 0)
         goto done;
 
@@ -242,6 +236,7 @@ static int run_pub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
     }
 
     s.start_ns = sbctl_now_ns();
+    sbctl_progress_start(&s.pg, ctx);
     while (s.answered < s.count) {
         json_t *reply = NULL;
         const char *op;
@@ -263,8 +258,7 @@ static int run_pub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
                 rc = write_failed(c, a->pos[0], &err);
                 goto done;
             }
-            if (s.progress_shown)
-                show_progress(&s, 1);
+            sbctl_progress_end(&s.pg);
             rc = sbctl_conn_failed("pub", &err);
             if (s.count > 1)
                 sbctl_errorf("pub: %lld of %lld publishes acknowledged before the failure", s.ok,
@@ -283,8 +277,7 @@ static int run_pub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
         } else if (op != NULL && strcmp(op, "error") == 0) {
             sb_client_reply_error(reply, &err);
             if (s.failed == 0) {
-                if (s.progress_shown)
-                    show_progress(&s, 1);
+                sbctl_progress_end(&s.pg);
                 sbctl_errorf("pub %s: %s [%s]", a->pos[0], err.msg, sb_errname(err.code));
             }
             s.failed++;
@@ -294,17 +287,10 @@ static int run_pub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
         }
         json_decref(reply);
         s.answered++;
-        if (ctx->tty_err && s.count > 1) {
-            unsigned long long now = sbctl_now_ns();
-            if (now - s.start_ns > 1000000000ull && now - s.last_progress_ns > 200000000ull) {
-                show_progress(&s, 0);
-                s.last_progress_ns = now;
-                s.progress_shown = 1;
-            }
-        }
+        if (s.count > 1)
+            show_progress(&s);
     }
-    if (s.progress_shown)
-        show_progress(&s, 1);
+    sbctl_progress_end(&s.pg);
 
     if (s.unrouted > 0)
         sbctl_errorf("warning: no subscription matches %s, so %s not stored%s", a->pos[0],
@@ -315,6 +301,21 @@ static int run_pub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
             sbctl_errorf("pub: %lld of %lld publishes acknowledged, %lld refused, %lld not sent",
                          s.ok, s.count, s.failed, s.count - s.sent);
         rc = SBCTL_EXIT_ERROR;
+    }
+    if (ctx->json) {
+        double secs = (double)(sbctl_now_ns() - s.start_ns) / 1e9;
+        json_t *o = json_pack("{s:s,s:I,s:I,s:I,s:I,s:f}", "topic", a->pos[0], "published",
+                              (json_int_t)s.ok, "refused", (json_int_t)s.failed, "not_sent",
+                              (json_int_t)(s.count - s.sent), "unrouted", (json_int_t)s.unrouted,
+                              "seconds", secs);
+        if (o != NULL && s.ok > 0) {
+            json_object_set_new(o, "first_msg_id", json_integer(s.first_msg_id));
+            json_object_set_new(o, "last_msg_id", json_integer(s.last_msg_id));
+        }
+        if (sbctl_print_json(o) != 0)
+            rc = SBCTL_EXIT_ERROR;
+    } else if (rc != 0) {
+        /* said above */
     } else if (s.count == 1) {
         printf("%lld\n", s.first_msg_id);
     } else {
@@ -340,7 +341,9 @@ const sbctl_cmd sbctl_cmd_pub = {
     "byte for byte) to TOPIC and prints the message id once the broker has\n"
     "committed it. Payloads that are not UTF-8 text are sent base64-encoded.\n"
     "With --count N, publishes N copies pipelined and prints a summary; on a\n"
-    "terminal, long runs show their progress.\n",
+    "terminal (or with --progress), long runs show their progress. --json prints\n"
+    "{\"topic\", \"published\", \"refused\", \"not_sent\", \"unrouted\", \"seconds\",\n"
+    "\"first_msg_id\", \"last_msg_id\"}.\n",
     pub_opts,
     sizeof(pub_opts) / sizeof(pub_opts[0]),
     1,

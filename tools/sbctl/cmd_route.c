@@ -16,7 +16,6 @@ static const sbctl_opt route_test_opts[] = {
     {"topic", 't', SBCTL_OPT_STRING, 0, "TOPIC", "the sample message's topic (required)", 0, 0},
     {"payload", 'p', SBCTL_OPT_STRING, 0, "TEXT", "its payload (default: empty)", 0, 0},
     {"header", 'H', SBCTL_OPT_STRING, 1, "KEY=VALUE", "a header (repeat for more)", 0, 0},
-    {"json", 0, SBCTL_OPT_FLAG, 0, NULL, "print the broker's reply as it is (one JSON line)", 0, 0},
 };
 
 static void print_dest(const json_t *d)
@@ -67,13 +66,13 @@ static int run_route_test(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args
         sbctl_errorf("route test: the arguments are not valid UTF-8");
         return SBCTL_EXIT_USAGE;
     }
-    rc = sbctl_connect(&c, ctx->endpoints[0]);
+    rc = sbctl_connect(&c, ctx, ctx->endpoints[0]);
     if (rc != 0) {
         json_decref(req);
         return rc;
     }
     rc = sbctl_call(c, req, &reply, "route test");
-    if (rc == 0 && sbctl_arg_flag(a, "json")) {
+    if (rc == 0 && ctx->json) {
         char *s = json_dumps(reply, JSON_COMPACT);
         printf("%s\n", s != NULL ? s : "");
         free(s);

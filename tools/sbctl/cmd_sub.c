@@ -1,6 +1,8 @@
 /*
  * sbctl sub: attach to a durable subscription (creating it when --filter is
  * given), print each delivered message and acknowledge it once printed.
+ * sbctl tail: the same through a transient subscription of its own, deleted
+ * at the end: a live view that leaves nothing behind.
  */
 #include "tools/sbctl/codec.h"
 #include "tools/sbctl/sbctl.h"
@@ -10,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 static const sbctl_opt sub_opts[] = {
     SBCTL_COMMON_OPTS,
@@ -17,7 +20,6 @@ static const sbctl_opt sub_opts[] = {
      "topic filter; creates the subscription if it does not exist", 0, 0},
     {"count", 'n', SBCTL_OPT_INT, 0, "N", "stop after N messages", 1, INT64_MAX},
     {"timeout", 't', SBCTL_OPT_DURATION, 0, "DURATION", "stop after DURATION", 0, INT64_MAX},
-    {"json", 0, SBCTL_OPT_FLAG, 0, NULL, "print each delivery as the broker sent it (JSON)", 0, 0},
     {"no-ack", 0, SBCTL_OPT_FLAG, 0, NULL,
      "do not acknowledge (messages return to the queue when sbctl exits)", 0, 0},
     {"window", 'w', SBCTL_OPT_INT, 0, "N",
@@ -77,16 +79,21 @@ static int send_ack(sb_client *c, const char *sub, const json_t *msg_id, sb_erro
     return rc;
 }
 
-static int run_sub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
+/* What sub and tail share: the subscription, how many to print and for how
+ * long, whether to acknowledge, and whether to delete it at the end. */
+typedef struct consume_spec {
+    const char *name;
+    json_t *req; /* the sub request */
+    int has_filter;
+    int64_t count, timeout_ms;
+    int has_timeout, no_ack, delete_after;
+} consume_spec;
+
+/* Sends the sub request, prints the deliveries (acknowledging each once
+ * printed) until --count or --timeout, then detaches (or deletes). */
+static int consume(sbctl_ctx *ctx, const consume_spec *sp)
 {
-    const char *name = a->pos[0];
-    const char *filter = sbctl_arg_str(a, "filter", NULL);
-    const char *durability = sbctl_arg_str(a, "durability", NULL);
-    int64_t count = sbctl_arg_num(a, "count", 0);
-    int has_timeout = sbctl_arg_flag(a, "timeout");
-    int64_t timeout_ms = sbctl_arg_num(a, "timeout", 0);
-    int no_ack = sbctl_arg_flag(a, "no-ack");
-    int as_json = sbctl_arg_flag(a, "json");
+    const char *name = sp->name;
     int64_t received = 0;
     unsigned long long deadline = 0;
     sb_client *c = NULL;
@@ -95,70 +102,44 @@ static int run_sub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
     sb_error err;
     int rc;
 
-    snprintf(what, sizeof(what), "sub %s", name);
-    if (durability != NULL && strcmp(durability, "fsync") != 0 &&
-        strcmp(durability, "batched") != 0 && strcmp(durability, "memory") != 0)
-        return sbctl_usage_error(cmd, "--durability: expected fsync, batched or memory, got '%s'",
-                                 durability);
-
-    req = json_pack("{s:s,s:s}", "op", "sub", "sub", name);
-    if (req == NULL)
-        return sbctl_usage_error(cmd, "the subscription name is not valid UTF-8");
-    if (filter != NULL)
-        json_object_set_new(req, "filter", json_string(filter));
-    /* With --count, a small window keeps the broker from handing us messages
-     * we will not print (they would return to the queue as redeliveries). */
-    if (sbctl_arg_flag(a, "window"))
-        json_object_set_new(req, "window", json_integer(sbctl_arg_num(a, "window", 100)));
-    else if (count > 0)
-        json_object_set_new(req, "window",
-                            json_integer(no_ack ? (count < 65535 ? count : 65535) : 1));
-    if (durability != NULL)
-        json_object_set_new(req, "durability", json_string(durability));
-    if (sbctl_arg_flag(a, "max-attempts"))
-        json_object_set_new(req, "max_attempts", json_integer(sbctl_arg_num(a, "max-attempts", 0)));
-    if (sbctl_arg_flag(a, "lease"))
-        json_object_set_new(req, "lease", json_integer(sbctl_arg_num(a, "lease", 0)));
-    if (sbctl_arg_flag(a, "ttl"))
-        json_object_set_new(req, "ttl", json_integer(sbctl_arg_num(a, "ttl", 0)));
-    if (sbctl_arg_flag(a, "max-depth"))
-        json_object_set_new(req, "max_depth", json_integer(sbctl_arg_num(a, "max-depth", 0)));
-
-    rc = sbctl_connect(&c, ctx->endpoints[0]);
+    snprintf(what, sizeof(what), "%s %s", sp->delete_after ? "tail" : "sub", name);
+    rc = sbctl_connect(&c, ctx, ctx->endpoints[0]);
     if (rc != 0)
         goto done;
     sb_error_clear(&err);
-    if (sb_client_request(c, &reply, req, SBCTL_REQUEST_TIMEOUT_MS, &err) != 0) {
+    if (sb_client_request(c, &reply, sp->req, SBCTL_REQUEST_TIMEOUT_MS, &err) != 0) {
         rc = sbctl_conn_failed(what, &err);
         goto done;
     }
     if (sb_client_reply_error(reply, &err) != 0) {
-        if (err.code == SB_ENOTFOUND && filter == NULL && strstr(err.msg, "filter") == NULL)
+        if (err.code == SB_ENOTFOUND && !sp->has_filter && strstr(err.msg, "filter") == NULL) {
             sbctl_errorf("%s: %s [%s] (pass --filter FILTER to create it)", what, err.msg,
                          sb_errname(err.code));
-        else
-            sbctl_broker_failed(what, &err);
-        rc = SBCTL_EXIT_ERROR;
+            rc = SBCTL_EXIT_ERROR;
+        } else {
+            rc = sbctl_broker_failed(what, &err);
+        }
         goto done;
     }
     if (ctx->tty_err) {
         const char *f = json_string_value(json_object_get(reply, "filter"));
-        fprintf(stderr, "sbctl: subscribed to %s%s%s%s\n", name, f != NULL ? " (" : "",
-                f != NULL ? f : "", f != NULL ? ")" : "");
+        fprintf(stderr, "sbctl: %s %s%s%s%s\n", sp->delete_after ? "tailing" : "subscribed to",
+                sp->delete_after ? "" : name, f != NULL && !sp->delete_after ? " (" : "",
+                f != NULL ? f : "", f != NULL && !sp->delete_after ? ")" : "");
     }
     json_decref(reply);
     reply = NULL;
 
-    if (has_timeout)
-        deadline = sbctl_now_ns() + (unsigned long long)timeout_ms * 1000000ull;
-    while (count == 0 || received < count) {
+    if (sp->has_timeout)
+        deadline = sbctl_now_ns() + (unsigned long long)sp->timeout_ms * 1000000ull;
+    while (sp->count == 0 || received < sp->count) {
         const char *line, *op;
         size_t len;
         json_t *msg;
         json_error_t jerr;
         int wait_ms = -1;
 
-        if (has_timeout) {
+        if (sp->has_timeout) {
             unsigned long long now = sbctl_now_ns();
             if (now >= deadline)
                 break;
@@ -166,7 +147,7 @@ static int run_sub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
         }
         sb_error_clear(&err);
         rc = sb_client_read_line(c, &line, &len, wait_ms, &err);
-        if (rc == SB_ETIMEDOUT && has_timeout) {
+        if (rc == SB_ETIMEDOUT && sp->has_timeout) {
             rc = 0;
             break;
         }
@@ -199,13 +180,13 @@ static int run_sub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
             rc = SBCTL_EXIT_ERROR;
             goto done;
         }
-        if (print_msg(msg, line, len, as_json) != 0) {
+        if (print_msg(msg, line, len, ctx->json) != 0) {
             json_decref(msg);
             rc = SBCTL_EXIT_ERROR;
             goto done;
         }
         received++;
-        if (!no_ack) {
+        if (!sp->no_ack) {
             const char *msub = json_string_value(json_object_get(msg, "sub"));
             /* Flushed at once: a message printed must not stay unacknowledged
              * while later ones are printed (sbctl may be killed, e.g. by
@@ -222,8 +203,11 @@ static int run_sub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
     }
 
     /* Detach explicitly: the acks are flushed before it, and deliveries we
-     * did not print go back to the queue now rather than at disconnect. */
-    req = (json_decref(req), json_pack("{s:s,s:s}", "op", "unsub", "sub", name));
+     * did not print go back to the queue now rather than at disconnect
+     * (tail: the subscription goes, with what it still holds). */
+    req = json_pack("{s:s,s:s}", "op", "unsub", "sub", name);
+    if (sp->delete_after)
+        json_object_set_new(req, "delete", json_true());
     sb_error_clear(&err);
     if (sb_client_request(c, &reply, req, SBCTL_REQUEST_TIMEOUT_MS, &err) != 0) {
         rc = sbctl_conn_failed(what, &err);
@@ -231,15 +215,64 @@ static int run_sub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
     }
     if (sb_client_reply_error(reply, &err) != 0)
         sbctl_errorf("warning: %s: unsub: %s [%s]", what, err.msg, sb_errname(err.code));
-    if (count > 0 && received < count) {
+    if (sp->count > 0 && received < sp->count) {
         sbctl_errorf("%s: timed out after %lld ms with %lld of %lld messages", what,
-                     (long long)timeout_ms, (long long)received, (long long)count);
-        rc = SBCTL_EXIT_ERROR;
+                     (long long)sp->timeout_ms, (long long)received, (long long)sp->count);
+        rc = SBCTL_EXIT_TIMEOUT;
     }
 done:
     json_decref(req);
     json_decref(reply);
     sb_client_free(c);
+    return rc;
+}
+
+static int run_sub(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
+{
+    const char *name = a->pos[0];
+    const char *filter = sbctl_arg_str(a, "filter", NULL);
+    const char *durability = sbctl_arg_str(a, "durability", NULL);
+    consume_spec sp = {name,
+                       NULL,
+                       filter != NULL,
+                       sbctl_arg_num(a, "count", 0),
+                       sbctl_arg_num(a, "timeout", 0),
+                       sbctl_arg_flag(a, "timeout"),
+                       sbctl_arg_flag(a, "no-ack"),
+                       0};
+    json_t *req;
+    int rc;
+
+    if (durability != NULL && strcmp(durability, "fsync") != 0 &&
+        strcmp(durability, "batched") != 0 && strcmp(durability, "memory") != 0)
+        return sbctl_usage_error(cmd, "--durability: expected fsync, batched or memory, got '%s'",
+                                 durability);
+
+    req = json_pack("{s:s,s:s}", "op", "sub", "sub", name);
+    if (req == NULL)
+        return sbctl_usage_error(cmd, "the subscription name is not valid UTF-8");
+    if (filter != NULL)
+        json_object_set_new(req, "filter", json_string(filter));
+    /* With --count, a small window keeps the broker from handing us messages
+     * we will not print (they would return to the queue as redeliveries). */
+    if (sbctl_arg_flag(a, "window"))
+        json_object_set_new(req, "window", json_integer(sbctl_arg_num(a, "window", 100)));
+    else if (sp.count > 0)
+        json_object_set_new(req, "window",
+                            json_integer(sp.no_ack ? (sp.count < 65535 ? sp.count : 65535) : 1));
+    if (durability != NULL)
+        json_object_set_new(req, "durability", json_string(durability));
+    if (sbctl_arg_flag(a, "max-attempts"))
+        json_object_set_new(req, "max_attempts", json_integer(sbctl_arg_num(a, "max-attempts", 0)));
+    if (sbctl_arg_flag(a, "lease"))
+        json_object_set_new(req, "lease", json_integer(sbctl_arg_num(a, "lease", 0)));
+    if (sbctl_arg_flag(a, "ttl"))
+        json_object_set_new(req, "ttl", json_integer(sbctl_arg_num(a, "ttl", 0)));
+    if (sbctl_arg_flag(a, "max-depth"))
+        json_object_set_new(req, "max_depth", json_integer(sbctl_arg_num(a, "max-depth", 0)));
+    sp.req = req;
+    rc = consume(ctx, &sp);
+    json_decref(req);
     return rc;
 }
 
@@ -252,10 +285,90 @@ const sbctl_cmd sbctl_cmd_sub = {
     "as TOPIC<TAB>PAYLOAD (or the delivery's JSON with --json). Each message is\n"
     "acknowledged after it was written to stdout, so an interrupted sbctl loses\n"
     "nothing: unacknowledged messages are delivered again. Runs until --count\n"
-    "messages were printed, --timeout expired, or it is interrupted; exits 1 if\n"
-    "--timeout expired before --count messages arrived.\n",
+    "messages were printed, --timeout expired, or it is interrupted; exits 5 if\n"
+    "--timeout expired before --count messages arrived. --json prints each\n"
+    "delivery as the broker sent it (one JSON object a line).\n",
     sub_opts,
     sizeof(sub_opts) / sizeof(sub_opts[0]),
     1,
     1,
     run_sub};
+
+/* ---- tail ---- */
+
+static const sbctl_opt tail_opts[] = {
+    SBCTL_COMMON_OPTS,
+    {"count", 'n', SBCTL_OPT_INT, 0, "N", "stop after N messages", 1, INT64_MAX},
+    {"timeout", 't', SBCTL_OPT_DURATION, 0, "DURATION", "stop after DURATION", 0, INT64_MAX},
+    {"max-depth", 0, SBCTL_OPT_INT, 0, "N",
+     "messages kept for a slow terminal, the oldest dropped beyond (default 10000)", 1,
+     10000000},
+};
+
+/* How long the broker keeps a tail whose sbctl went without saying so
+ * (killed, Ctrl-C). */
+#define TAIL_EXPIRE_MS 10000
+
+static int run_tail(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
+{
+    unsigned char rnd[6] = {0};
+    char name[64];
+    consume_spec sp = {name,
+                       NULL,
+                       1,
+                       sbctl_arg_num(a, "count", 0),
+                       sbctl_arg_num(a, "timeout", 0),
+                       sbctl_arg_flag(a, "timeout"),
+                       0,
+                       1};
+    json_t *filters = json_array(), *req;
+    int rc;
+
+    for (size_t i = 0; i < a->npos; i++)
+        if (json_array_append_new(filters, json_string(a->pos[i])) != 0) {
+            json_decref(filters);
+            return sbctl_usage_error(cmd, "FILTER '%s' is not valid UTF-8", a->pos[i]);
+        }
+    if (uv_random(NULL, NULL, rnd, sizeof(rnd), 0, NULL) != 0) {
+        unsigned long long t = sbctl_now_ns() ^ ((unsigned long long)uv_os_getpid() << 32);
+        memcpy(rnd, &t, sizeof(rnd));
+    }
+    snprintf(name, sizeof(name), "sbctl-tail-%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2],
+             rnd[3], rnd[4], rnd[5]);
+    /* Not saved (transient, memory), gone at exit or TAIL_EXPIRE_MS after
+     * sbctl disappeared, and never a reason to refuse a publisher: a slow
+     * terminal loses its oldest messages instead (drop-oldest). */
+    req = json_pack("{s:s,s:s,s:o,s:b,s:s,s:I,s:I,s:s,s:i}", "op", "sub", "sub", name, "filter",
+                    filters, "transient", 1, "durability", "memory", "expire",
+                    (json_int_t)TAIL_EXPIRE_MS, "max_depth",
+                    (json_int_t)sbctl_arg_num(a, "max-depth", 10000), "overflow", "drop-oldest",
+                    "window", 1000);
+    if (req == NULL) {
+        sbctl_errorf("tail: out of memory");
+        return SBCTL_EXIT_ERROR;
+    }
+    sp.req = req;
+    rc = consume(ctx, &sp);
+    json_decref(req);
+    return rc;
+}
+
+const sbctl_cmd sbctl_cmd_tail = {
+    "tail",
+    "FILTER...",
+    "watch the messages on topics, live",
+    "Prints the messages published from now on to topics matching any FILTER\n"
+    "(and the retained values they match) as TOPIC<TAB>PAYLOAD, or with --json\n"
+    "each delivery as the broker sent it, until --count messages, --timeout or\n"
+    "Ctrl-C. It leaves nothing behind: the subscription it reads from is\n"
+    "transient (never stored, memory durability), deleted when sbctl ends, or\n"
+    "10 s after it was killed; when the terminal cannot keep up, the oldest\n"
+    "messages beyond --max-depth are dropped, publishers are never refused. The\n"
+    "broker's ACL applies as to any subscriber: a filter the user may read\n"
+    "nothing of is refused (exit 4), messages it may not read are not shown.\n"
+    "Exits 5 if --timeout expired before --count messages arrived.\n",
+    tail_opts,
+    sizeof(tail_opts) / sizeof(tail_opts[0]),
+    1,
+    64,
+    run_tail};

@@ -5,6 +5,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
@@ -31,7 +32,7 @@ int sbctl_usage_error(const sbctl_cmd *cmd, const char *fmt, ...)
     return SBCTL_EXIT_USAGE;
 }
 
-int sbctl_connect(sb_client **out, const char *endpoint)
+int sbctl_connect(sb_client **out, const sbctl_ctx *ctx, const char *endpoint)
 {
     sb_endpoint ep;
     sb_error err;
@@ -39,14 +40,14 @@ int sbctl_connect(sb_client **out, const char *endpoint)
     sb_error_clear(&err);
     *out = NULL;
     if (sb_endpoint_parse(&ep, endpoint, &err) != 0) {
-        sbctl_errorf("%s (endpoints: unix:PATH, tcp:HOST:PORT, HOST:PORT, \\\\.\\pipe\\NAME "
-                     "or a socket path)",
+        sbctl_errorf("%s (endpoints: unix:PATH, tcp:HOST:PORT, tls:HOST:PORT, HOST:PORT, "
+                     "\\\\.\\pipe\\NAME or a socket path)",
                      err.msg);
         return SBCTL_EXIT_USAGE;
     }
-    if (sb_client_connect(out, endpoint, NULL, &err) == 0)
+    if (sb_client_connect(out, endpoint, &ctx->client, &err) == 0)
         return SBCTL_EXIT_OK;
-    if (err.code == SB_EINVAL) /* e.g. a pipe endpoint on POSIX: no hint helps */
+    if (err.code == SB_EINVAL || err.code == SB_EPROTO) /* a pipe endpoint on POSIX, TLS */
         sbctl_errorf("%s", err.msg);
     else
         sbctl_errorf("%s (is the broker running? see --endpoint)", err.msg);
@@ -62,7 +63,7 @@ int sbctl_conn_failed(const char *what, const sb_error *err)
 int sbctl_broker_failed(const char *what, const sb_error *err)
 {
     sbctl_errorf("%s: %s [%s]", what, err->msg, sb_errname(err->code));
-    return SBCTL_EXIT_ERROR;
+    return err->code == SB_EAUTH || err->code == SB_EACCES ? SBCTL_EXIT_DENIED : SBCTL_EXIT_ERROR;
 }
 
 int sbctl_call(sb_client *c, json_t *req, json_t **reply, const char *what)
@@ -91,6 +92,59 @@ int64_t sbctl_json_int(const json_t *obj, const char *key, int64_t dflt)
     if (json_is_real(v))
         return (int64_t)json_real_value(v);
     return dflt;
+}
+
+void sbctl_progress_start(sbctl_progress *p, const sbctl_ctx *ctx)
+{
+    memset(p, 0, sizeof(*p));
+    p->tty = ctx->tty_err;
+    p->on = ctx->tty_err || ctx->progress;
+    p->start_ns = sbctl_now_ns();
+}
+
+void sbctl_progress_show(sbctl_progress *p, const char *fmt, ...)
+{
+    unsigned long long now = sbctl_now_ns();
+    unsigned long long every = p->tty ? 200000000ull : 1000000000ull;
+    va_list ap;
+
+    /* on a terminal, quick operations show nothing; asked for, it starts
+     * at once */
+    if (!p->on || (p->tty && now - p->start_ns < 1000000000ull) ||
+        (p->last_ns != 0 && now - p->last_ns < every))
+        return;
+    p->last_ns = now;
+    p->shown = 1;
+    fputs(p->tty ? "\r\033[K  " : "sbctl: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    if (!p->tty)
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
+void sbctl_progress_end(sbctl_progress *p)
+{
+    if (p->shown && p->tty) {
+        fputs("\r\033[K", stderr);
+        fflush(stderr);
+    }
+    p->shown = 0;
+}
+
+int sbctl_print_json(json_t *obj)
+{
+    char *s = obj != NULL ? json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6))
+                          : NULL;
+    json_decref(obj);
+    if (s == NULL) {
+        sbctl_errorf("out of memory");
+        return SBCTL_EXIT_ERROR;
+    }
+    puts(s);
+    free(s);
+    return SBCTL_EXIT_OK;
 }
 
 unsigned long long sbctl_now_ns(void)

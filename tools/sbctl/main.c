@@ -12,7 +12,7 @@
 #endif
 
 static const sbctl_cmd *const commands[] = {
-    &sbctl_cmd_pub,      &sbctl_cmd_sub,         &sbctl_cmd_stats,
+    &sbctl_cmd_pub,      &sbctl_cmd_sub,         &sbctl_cmd_tail,        &sbctl_cmd_stats,
     &sbctl_cmd_dlq_list, &sbctl_cmd_dlq_redrive, &sbctl_cmd_dlq_purge,
     &sbctl_cmd_ping,     &sbctl_cmd_bench,       &sbctl_cmd_passwd,
     &sbctl_cmd_route_test,
@@ -40,16 +40,32 @@ static void print_main_help(FILE *f)
             "\n"
             "Global options:\n"
             "  -e, --endpoint ENDPOINT    where the broker listens: unix:PATH, tcp:HOST:PORT,\n"
-            "                             HOST:PORT, \\\\.\\pipe\\NAME, rpc:NAME or\n"
+            "                             tls:HOST:PORT, HOST:PORT, \\\\.\\pipe\\NAME, rpc:NAME or\n"
             "                             rpc:HOST:PORT (MS-RPC, Windows) or a socket path\n"
             "                             (default: $SB_ADMIN, else %s)\n"
+            "      --ca FILE              tls: the CAs that verify the broker (PEM; default:\n"
+            "                             OpenSSL's CA file, none on Windows); its\n"
+            "                             certificate must name HOST\n"
+            "      --cert FILE --key FILE tls: a client certificate and its key (PEM)\n"
+            "      --json                 machine-readable output: JSON on stdout (every\n"
+            "                             command; errors stay text on stderr)\n"
+            "      --progress             progress of long operations (pub --count, bench,\n"
+            "                             dlq redrive/purge) on stderr also when it is not a\n"
+            "                             terminal (on a terminal it is always shown)\n"
             "  -h, --help                 show this help\n"
             "  -V, --version              show the version\n"
             "\n"
             "Durations take a unit: 500ms, 10s, 1.5m, 2h, 1d.\n"
             "\n"
-            "Exit status: 0 success; 1 the broker reported an error or the operation\n"
-            "failed; 2 usage error; 3 cannot connect, or the connection failed or timed out.\n"
+            "Exit status:\n"
+            "  0  success\n"
+            "  1  the broker reported an error, or the operation failed\n"
+            "  2  usage error (the command line)\n"
+            "  3  cannot connect (TLS handshake included), or the connection failed or\n"
+            "     timed out\n"
+            "  4  the broker refused for lack of rights: its ACL, or an operation the\n"
+            "     endpoint does not allow (SB_EAUTH, SB_EACCES)\n"
+            "  5  sub, tail: --timeout expired before --count messages arrived\n"
             "\n"
             "Run 'sbctl COMMAND --help' for the options of a command.\n",
             sb_client_platform_endpoint());
@@ -62,13 +78,18 @@ static void print_cmd_help(const sbctl_cmd *cmd)
     sbctl_args_print_help(stdout, cmd->opts, cmd->nopts);
 }
 
+static int has_opt(const sbctl_cmd *cmd, const char *name)
+{
+    for (size_t i = 0; i < cmd->nopts; i++)
+        if (strcmp(cmd->opts[i].name, name) == 0)
+            return 1;
+    return 0;
+}
+
 /* Commands without an --endpoint option (passwd) work on local files. */
 static int takes_endpoint(const sbctl_cmd *cmd)
 {
-    for (size_t i = 0; i < cmd->nopts; i++)
-        if (strcmp(cmd->opts[i].name, "endpoint") == 0)
-            return 1;
-    return 0;
+    return has_opt(cmd, "endpoint");
 }
 
 static const sbctl_cmd *find_command(const char *name)
@@ -90,7 +111,10 @@ static int main_usage(const char *fmt, const char *arg)
 int main(int argc, char **argv)
 {
     const char *global_eps[64];
+    const char *global_tls[3] = {NULL, NULL, NULL}; /* --ca, --cert, --key */
+    static const char *const tls_opts[3] = {"ca", "cert", "key"};
     size_t nglobal = 0;
+    int global_json = 0, global_progress = 0;
     const char *endpoints[128];
     char cmdname[64], msg[256];
     const sbctl_cmd *cmd;
@@ -111,6 +135,11 @@ int main(int argc, char **argv)
             printf("sbctl %s (Switchboard)\n", SBCTL_VERSION);
             return SBCTL_EXIT_OK;
         }
+        if (strcmp(arg, "--json") == 0 || strcmp(arg, "--progress") == 0) {
+            *(arg[2] == 'j' ? &global_json : &global_progress) = 1;
+            i++;
+            continue;
+        }
         if (strcmp(arg, "-e") == 0 || strcmp(arg, "--endpoint") == 0) {
             if (i + 1 >= argc)
                 return main_usage("%s needs a value (ENDPOINT)", arg);
@@ -124,6 +153,19 @@ int main(int argc, char **argv)
                 global_eps[nglobal++] = arg[1] == 'e' ? arg + 2 : arg + 11;
             i++;
             continue;
+        }
+        {
+            size_t k;
+            for (k = 0; k < 3; k++)
+                if (strncmp(arg, "--", 2) == 0 && strcmp(arg + 2, tls_opts[k]) == 0)
+                    break;
+            if (k < 3) {
+                if (i + 1 >= argc)
+                    return main_usage("%s needs a value (FILE)", arg);
+                global_tls[k] = argv[i + 1];
+                i += 2;
+                continue;
+            }
         }
         return main_usage("unknown option %s", arg);
     }
@@ -196,13 +238,24 @@ int main(int argc, char **argv)
     }
 
     memset(&ctx, 0, sizeof(ctx));
+    sb_client_options_init(&ctx.client);
     if (takes_endpoint(cmd)) {
         const sbctl_optval *ev = sbctl_arg(&a, "endpoint");
+        ctx.client.tls.ca = sbctl_arg_str(&a, "ca", global_tls[0]);
+        ctx.client.tls.cert = sbctl_arg_str(&a, "cert", global_tls[1]);
+        ctx.client.tls.key = sbctl_arg_str(&a, "key", global_tls[2]);
+        if ((ctx.client.tls.cert == NULL) != (ctx.client.tls.key == NULL)) {
+            rc = sbctl_usage_error(cmd, "--cert and --key go together");
+            sbctl_args_free(&a);
+            return rc;
+        }
         for (size_t k = 0; k < nglobal; k++)
             endpoints[ctx.nendpoints++] = global_eps[k];
         for (int k = 0; k < ev->count && ctx.nendpoints < 128; k++)
             endpoints[ctx.nendpoints++] = ev->list[k];
     }
+    ctx.json = global_json || (has_opt(cmd, "json") && sbctl_arg_flag(&a, "json"));
+    ctx.progress = global_progress || (has_opt(cmd, "progress") && sbctl_arg_flag(&a, "progress"));
     if (ctx.nendpoints == 0)
         endpoints[ctx.nendpoints++] = sb_client_default_endpoint();
     ctx.endpoints = endpoints;

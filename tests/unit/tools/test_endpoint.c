@@ -83,6 +83,27 @@ static void test_tcp(void **state)
     assert_string_equal(ep.host, "fe80::1");
 }
 
+/* tls:HOST:PORT is TCP with the tls flag; a tcp: endpoint never has it. */
+static void test_tls(void **state)
+{
+    sb_endpoint ep;
+    sb_error err;
+    (void)state;
+    assert_int_equal(sb_endpoint_parse(&ep, "tls:localhost:8883", NULL), 0);
+    assert_int_equal(ep.kind, SB_ENDPOINT_TCP);
+    assert_int_equal(ep.tls, 1);
+    assert_string_equal(ep.host, "localhost");
+    assert_int_equal(ep.port, 8883);
+    assert_string_equal(ep.display, "tls:localhost:8883");
+    assert_int_equal(sb_endpoint_parse(&ep, "tls:[::1]:8883", NULL), 0);
+    assert_string_equal(ep.host, "::1");
+    assert_string_equal(ep.display, "tls:[::1]:8883");
+    assert_int_equal(sb_endpoint_parse(&ep, "tcp:localhost:8883", NULL), 0);
+    assert_int_equal(ep.tls, 0);
+    assert_int_equal(sb_endpoint_parse(&ep, "tls:localhost", &err), SB_EINVAL);
+    assert_non_null(strstr(err.msg, "tls:localhost"));
+}
+
 static void test_tcp_errors(void **state)
 {
     sb_endpoint ep;
@@ -146,7 +167,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unix), cmocka_unit_test(test_rpc),
-        cmocka_unit_test(test_tcp),  cmocka_unit_test(test_tcp_errors),
+        cmocka_unit_test(test_tcp),  cmocka_unit_test(test_tls), cmocka_unit_test(test_tcp_errors),
         cmocka_unit_test(test_pipe), cmocka_unit_test(test_too_long),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
