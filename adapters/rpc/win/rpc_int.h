@@ -84,10 +84,19 @@ typedef struct rpc_adapter rpc_adapter;
 typedef struct rpc_sub rpc_sub;
 typedef struct rpc_job rpc_job;
 
+/* What the first field of a context handle's struct says it is. To the
+ * runtime every context handle of the interface is as good as another (a
+ * client may pass a subscription handle where a session is expected, and
+ * widl has no type_strict_context_handle): every procedure and rundown
+ * checks it before reading anything else, and it is cleared on free. */
+#define RPC_SESSION_MAGIC 0x53425353u /* "SBSS" */
+#define RPC_SUB_MAGIC 0x53425342u     /* "SBSB" */
+
 /* A session (SB_RPC_SESSION): who the caller is, as SbOpen admitted it. It
  * lives from SbOpen to SbClose or its rundown; the runtime runs calls on it
  * one at a time and runs it down only when none is in progress. */
 typedef struct rpc_session {
+    uint32_t magic; /* RPC_SESSION_MAGIC */
     rpc_adapter *a; /* counted */
     rpc_caller caller;
 } rpc_session;
@@ -104,6 +113,7 @@ typedef struct rpc_lease {
 } rpc_lease;
 
 struct rpc_sub {
+    uint32_t magic; /* RPC_SUB_MAGIC */
     rpc_adapter *a; /* counted */
     char *name;
     char user[SB_RPC_USER_MAX]; /* the subscriber, whose reads the ACL checks */

@@ -355,6 +355,7 @@ static rpc_sub *sub_new(rpc_job *j)
         sb_free(s);
         return NULL;
     }
+    s->magic = RPC_SUB_MAGIC;
     s->a = j->a;
     sb_rpc__retain(s->a);
     snprintf(s->user, sizeof s->user, "%s", j->caller.user);

@@ -21,6 +21,8 @@
  *   arguments beyond the IDL's ranges, a missing handle, and a handle the
  *   broker no longer knows (it restarted) get error codes; the broker stays
  *   up;
+ * - a subscription handle passed where a session is expected and the
+ *   reverse: refused, no dead letters shown or purged, the broker stays up;
  * - a flood of waiting pulls: at most max_pulls wait, the rest are answered
  *   at once or told the broker is busy, and a publish still gets through;
  * - dead letters over RPC (as an administrator: under Wine everybody is);
@@ -554,6 +556,57 @@ static void test_bad_input(void **state)
     b->passed = 1;
 }
 
+/* ---- context handles of the wrong type ---- */
+
+/* To the runtime a subscription handle and a session are both context
+ * handles of the interface: a client may pass one for the other. The
+ * broker refuses it (SB_RPC_EINVAL) without reading the handle as what it
+ * is not: a subscription taken for a session would have its user name read
+ * as the session's administrator flag, and a session taken for a
+ * subscription would be waited on or freed as one. */
+static void test_swapped_handles(void **state)
+{
+    sbt_broker *b = *state;
+    static const char *const refused[] = {
+        "dlq-list-sub", "dlq-purge-sub", "whoami-sub",  "publish-sub",  "stats-sub",
+        "close-sub",    "pull-session",  "ack-session", "nack-session", "unsubscribe-session"};
+    char *out;
+    const char *ep;
+    int admin;
+
+    start_base(b, "rpc-swap", 1, "swap", NULL, NULL);
+    ep = b->values[0];
+    /* a dead letter that a session taken for an administrator would list */
+    assert_int_equal(rpcc(&out, ep, "pub", "fragile/secret", "not for you", NULL), 0);
+    free(out);
+    assert_int_equal(rpcc(&out, ep, "pull", "fragile", "-", "1", "nack", NULL), 0);
+    free(out);
+
+    assert_int_equal(rpcc(&out, ep, "swap", "swapped", "orders/#", NULL), 0);
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
+        expect_case(out, refused[i], -2);
+    assert_null(strstr(out, "not for you"));
+    assert_non_null(strstr(out, "not a session"));
+    assert_non_null(strstr(out, "not a subscription"));
+    /* the handles still work as what they are */
+    expect_case(out, "whoami", 0);
+    expect_case(out, "pull", 0);
+    expect_case(out, "unsubscribe", 0);
+    expect_case(out, "close", 0);
+    free(out);
+
+    /* the broker serves on, and the dead letter was not purged */
+    assert_int_equal(rpcc(&out, ep, "whoami", NULL), 0);
+    admin = atoi(strstr(out, "flags=") + 6) & CALLER_ADMIN;
+    free(out);
+    if (admin) {
+        assert_int_equal(rpcc(&out, ep, "dlq", "list", "fragile", NULL), 0);
+        assert_non_null(strstr(out, "count 1\n"));
+        free(out);
+    }
+    b->passed = 1;
+}
+
 /* ---- a flood of waiting pulls ---- */
 
 static void test_flood(void **state)
@@ -742,6 +795,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_broker_killed, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_acl, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_swapped_handles, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_flood, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_dlq, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_sbctl, sbt_setup, sbt_teardown),
