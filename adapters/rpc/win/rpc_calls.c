@@ -18,6 +18,7 @@
 #include "service/topic.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -124,6 +125,7 @@ int sb_rpc__job_run(rpc_job *j, int64_t timeout_ms)
             break;
         (void)uv_cond_timedwait(&j->cond, &a->lock, deadline - now);
     }
+    j->answered = j->done;
     if (j->done) {
         rc = j->status;
     } else {
@@ -132,6 +134,13 @@ int sb_rpc__job_run(rpc_job *j, int64_t timeout_ms)
     }
     uv_mutex_unlock(&a->lock);
     return rc;
+}
+
+/* The reason j gave for its status, if the loop answered before the call
+ * stopped waiting; else the loop may still be writing it: the code's text. */
+static const char *job_why(const rpc_job *j, int rc)
+{
+    return j->answered && j->why[0] != '\0' ? j->why : sb_strerror(rc);
 }
 
 int sb_rpc__job_post(rpc_job *j)
@@ -468,7 +477,7 @@ LONG sb_rpc__SbPublish(SB_RPC_SESSION session, const char *topic, ULONG payload_
         answer(why, rc, "no commit within %d ms: the message may or may not be stored",
                SB_RPC_COMMIT_WAIT_MS);
     } else {
-        answer(why, rc, "%s", j->why[0] != '\0' ? j->why : sb_strerror(rc));
+        answer(why, rc, "%s", job_why(j, rc));
     }
     goto done;
 nomem:
@@ -556,7 +565,7 @@ LONG sb_rpc__SbSubscribe(SB_RPC_SESSION session, const char *name, const char *f
         j->sub = NULL;
         filters->text = sb_rpc__text(j->text);
     } else {
-        answer(why, rc, "%s", j->why[0] != '\0' ? j->why : sb_strerror(rc));
+        answer(why, rc, "%s", job_why(j, rc));
     }
 done:
     if (j != NULL)
@@ -681,10 +690,10 @@ static LONG ack_or_nack(SB_RPC_SUB sub, ULONG count, const MIDL_uhyper *ids, con
     sub_retain(s);
     j->sub = s;
     rc = sb_rpc__job_run(j, SB_RPC_LOOP_WAIT_MS);
-    if (j->done)
+    if (j->answered)
         *done = j->done_count;
     if (rc != 0)
-        answer(why, rc, "%s", j->why[0] != '\0' ? j->why : sb_strerror(rc));
+        answer(why, rc, "%s", job_why(j, rc));
 leave:
     if (j != NULL)
         sb_rpc__job_release(j);
@@ -738,7 +747,7 @@ LONG sb_rpc__SbUnsubscribe(SB_RPC_SUB *sub, LONG delete_sub, SB_RPC_TEXT *why)
     if (rc == SB_ESHUTDOWN && !delete_sub)
         rc = 0; /* detached already by the stop */
     if (rc != 0)
-        answer(why, rc, "%s", j->why[0] != '\0' ? j->why : sb_strerror(rc));
+        answer(why, rc, "%s", job_why(j, rc));
     sb_rpc__job_release(j);
     *sub = NULL; /* the runtime forgets the handle: no rundown */
     sb_rpc__sub_release(s);
@@ -790,7 +799,7 @@ LONG sb_rpc__SbStats(SB_RPC_SESSION session, SB_RPC_TEXT *json, SB_RPC_TEXT *why
         if (rc == 0)
             json->text = sb_rpc__text(j->text);
         else
-            answer(why, rc, "%s", j->why[0] != '\0' ? j->why : sb_strerror(rc));
+            answer(why, rc, "%s", job_why(j, rc));
         sb_rpc__job_release(j);
     }
     call_leave(a);
@@ -835,7 +844,7 @@ static int dlq_call(rpc_job_kind kind, SB_RPC_SESSION session, const char *sub, 
     j->limit = limit > 0 ? (int)limit : 100;
     rc = sb_rpc__job_run(j, SB_RPC_LOOP_WAIT_MS);
     if (rc != 0)
-        answer(why, rc, "%s", j->why[0] != '\0' ? j->why : sb_strerror(rc));
+        answer(why, rc, "%s", job_why(j, rc));
     *out = j;
 leave:
     call_leave(a);

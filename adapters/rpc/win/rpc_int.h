@@ -155,6 +155,10 @@ struct rpc_job {
     int refs;       /* under a->lock: the call and the loop */
     int done;       /* under a->lock */
     int abandoned;  /* under a->lock: the call stopped waiting for the answer */
+    /* The call's own: the loop had answered when sb_rpc__job_run returned.
+     * Only then may the call read status, why and the outputs: after a
+     * timeout the loop may be writing them. */
+    int answered;
     uv_cond_t cond;
     int status;
     char why[320];
@@ -237,7 +241,8 @@ rpc_job *sb_rpc__job_new(rpc_adapter *a, rpc_job_kind kind, const rpc_caller *ca
 /* RPC thread: posts j to the loop and waits for its answer at most
  * timeout_ms. Returns its status, SB_ESHUTDOWN (the adapter is stopping:
  * not posted), SB_ETIMEDOUT (the job may still be done) or SB_ENOMEM. The
- * call keeps its reference: read the outputs, then sb_rpc__job_release. */
+ * call keeps its reference: read the outputs if j->answered, then
+ * sb_rpc__job_release. */
 int sb_rpc__job_run(rpc_job *j, int64_t timeout_ms);
 
 /* Any thread: posts j without waiting; its reference goes to the loop.
