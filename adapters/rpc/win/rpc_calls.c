@@ -459,7 +459,11 @@ LONG sb_rpc__SbPublish(SB_RPC_SESSION session, const char *topic, ULONG payload_
         if (sb_message_add_header(m, headers[i].key, headers[i].value) != 0)
             goto nomem;
     if (options != NULL) {
-        if (options->ttl_ms > 0)
+        /* A TTL beyond what an int64_t of epoch milliseconds can hold is
+         * as long as it can be. */
+        if (options->ttl_ms > INT64_MAX - m->created_ms)
+            m->expires_ms = INT64_MAX;
+        else if (options->ttl_ms > 0)
             m->expires_ms = m->created_ms + options->ttl_ms;
         m->priority = (int)options->priority;
     }

@@ -6,7 +6,8 @@
  * event, flushed at once:
  *
  *   rpc_client [-a] ENDPOINT whoami                  user=NAME flags=N
- *   rpc_client [-a] ENDPOINT pub TOPIC PAYLOAD [N]   ok I ID QUEUES | err I CODE MESSAGE
+ *   rpc_client [-a] ENDPOINT pub TOPIC PAYLOAD [N [TTL_MS]]
+ *                                                    ok I ID QUEUES | err I CODE MESSAGE
  *   rpc_client [-a] ENDPOINT pull SUB FILTER N [ack|nack|hold] [WINDOW]
  *                                                    msg ID ATTEMPT TOPIC PAYLOAD ... done
  *   rpc_client [-a] ENDPOINT stats                   the JSON
@@ -91,7 +92,11 @@ static int cmd_pub(int argc, char **argv)
     sb_rpc *c = bind_or_exit();
     long n = argc > 2 ? strtol(argv[2], NULL, 10) : 1;
     sb_rpc_header h = {"content-type", "text/plain"};
+    sb_rpc_pub_opts po;
     int refused = 0;
+
+    memset(&po, 0, sizeof po);
+    po.ttl_ms = argc > 3 ? _strtoi64(argv[3], NULL, 10) : 0;
 
     for (long i = 1; i <= n; i++) {
         char payload[512];
@@ -102,7 +107,7 @@ static int cmd_pub(int argc, char **argv)
             snprintf(payload, sizeof payload, "%s %ld", argv[1], i);
         else
             snprintf(payload, sizeof payload, "%s", argv[1]);
-        if (sb_rpc_publish(c, argv[0], payload, strlen(payload), &h, 1, NULL, &id, &queues, &err) ==
+        if (sb_rpc_publish(c, argv[0], payload, strlen(payload), &h, 1, &po, &id, &queues, &err) ==
             0) {
             printf("ok %ld %llu %d\n", i, (unsigned long long)id, queues);
         } else {

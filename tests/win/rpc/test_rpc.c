@@ -5,7 +5,7 @@
  * Under Wine and unchanged on Windows.
  *
  * - ncalrpc: publish, pull and acknowledge; who the broker takes a local
- *   caller for;
+ *   caller for; a TTL too long for the clock;
  * - ncacn_ip_tcp: an unauthenticated caller is refused, unless the adapter
  *   takes anonymous loopback callers (then publish/pull work over TCP); a
  *   caller from another address of this computer is refused (remote:
@@ -205,6 +205,7 @@ static void test_local(void **state)
     char *out, buf[64];
     const char *ep;
     sbt_conn *c;
+    json_t *m;
 
     start_base(b, "rpc-local", 1, "local", NULL, NULL);
     ep = b->values[0];
@@ -242,6 +243,17 @@ static void test_local(void **state)
     assert_int_equal(rpcc(&out, ep, "stats", NULL), 0);
     assert_non_null(strstr(out, "\"name\":\"audit\""));
     free(out);
+
+    /* a TTL past what the clock can count is as long as it can be (it
+     * overflowed into the past: expired at once) */
+    assert_int_equal(
+        rpcc(&out, ep, "pub", "flood/forever", "kept", "1", "9223372036854775807", NULL), 0);
+    free(out);
+    sbt_sub(c, "fl", NULL, 10);
+    m = sbt_next_msg(c, WAIT_MS);
+    assert_string_equal(sbt_str(m, "topic"), "flood/forever");
+    sbt_ack(c, "fl", sbt_int(m, "msg_id"));
+    json_decref(m);
     sbt_close(c);
     b->passed = 1;
 }
