@@ -39,6 +39,7 @@
 #include "service/adapter.h"
 #include "service/broker.h"
 #include "service/inbox.h"
+#include "tools/rpc/sbrpc_alloc.h"
 
 #include <stdint.h>
 
@@ -267,10 +268,5 @@ void sb_rpc__job_done(rpc_job *j, int status, const char *why);
 /* Loop thread: the adapter stops: detaches every subscription and wakes
  * every pull waiting on one. */
 void sb_rpc__close_all(rpc_adapter *a);
-
-/* Frees what a SB_RPC_DELIVERY / SB_RPC_DEAD_LETTER / header array points to
- * (MIDL_user_free), not the struct itself. */
-void sb_rpc__wire_free(SB_RPC_DELIVERY *w);
-void sb_rpc__dead_free(SB_RPC_DEAD_LETTER *w);
 
 #endif
