@@ -106,7 +106,8 @@ function(sb_idl_compile prefix)
   endif()
 
   if(MSVC)
-    set(args /nologo /env x64 /Oicf /out "${out}" /h "${base}_h.h")
+    # NT60: what type_strict_context_handle (tools/rpc/switchboard.acf) needs.
+    set(args /nologo /env x64 /target NT60 /Oicf /out "${out}" /h "${base}_h.h")
     foreach(d IN LISTS incs)
       list(APPEND args /I "${d}")
     endforeach()

@@ -89,6 +89,12 @@ struct sb_adapter_type {
      * stats --json`: "adapters": {NAME: {...}}) as a new jansson object
      * (json_t *), or NULL on out-of-memory. Loop thread. NULL: none. */
     void *(*stats)(sb_adapter *a);
+    /* Optional: whether a reload may start an instance with cfg in this
+     * process (a new adapter, or one whose config changed), asked before
+     * the reload stops or starts anything. 0, or SB_ECONFIG with err naming
+     * the adapter and key: then the whole reload is refused and the running
+     * configuration kept. Loop thread. NULL: always. */
+    int (*reload_check)(const sb_adapter_config *cfg, sb_error *err);
 };
 
 /* The next delay of an exponential backoff (reconnects, restarts): `first`

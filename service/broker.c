@@ -1405,6 +1405,24 @@ static void keep_desktop_settings(sb_config *cfg, sb_config *old)
     o->agent_types_count = t.agent_types_count;
 }
 
+/* The types' word on each adapter cfg would start here (new, or changed):
+ * SB_ECONFIG with err if one refuses (a running RPC endpoint cannot change,
+ * for one). Before apply_reload, which cannot go back. */
+static int check_reload_starts(sb_broker *b, const sb_config *cfg, sb_error *err)
+{
+    for (size_t i = 0; i < cfg->adapter_count; i++) {
+        const sb_adapter_config *n = &cfg->adapters[i];
+        const sb_adapter_type *type = sb_adapter_find(n->type);
+        sb_adapter *a = find_adapter(b, n->name);
+        if (type == NULL || type->reload_check == NULL || !sb_broker_hosts(b, n) ||
+            (a != NULL && sb_adapter_config_equal(n, a->cfg)))
+            continue;
+        if (type->reload_check(n, err) != 0)
+            return SB_ECONFIG;
+    }
+    return 0;
+}
+
 /* Applies cfg, already checked, with its auth files loaded (auth may be
  * NULL): takes both. */
 static int apply_reload(sb_broker *b, sb_config *cfg, sb_auth *auth, sb_error *err)
@@ -1472,6 +1490,11 @@ int sb_broker_reload(sb_broker *b, sb_config *cfg, sb_error *err)
         sb_config_free(cfg); /* refused: the old config keeps running */
         return rc == SB_ENOMEM ? rc : SB_ECONFIG;
     }
+    if ((rc = check_reload_starts(b, cfg, err)) != 0) {
+        sb_config_free(cfg);
+        sb_auth_free(auth);
+        return rc;
+    }
     return apply_reload(b, cfg, auth, err);
 }
 
@@ -1521,7 +1544,7 @@ static void reload_done(uv_work_t *req, int status)
             sb_errlog("config", "%s", sb_config_error_format(&j->errs.items[i], line, sizeof line));
         sb_errlog("config", "reload rejected (%zu errors); the running configuration is kept",
                   j->errs.count);
-    } else if (j->cfg == NULL) {
+    } else if (j->cfg == NULL || check_reload_starts(b, j->cfg, &j->err) != 0) {
         sb_errlog("config", "%s", j->err.msg);
         sb_errlog("config", "reload rejected; the running configuration is kept");
     } else {

@@ -5,6 +5,7 @@
  */
 #include "tools/rpc/sbrpc.h"
 #include "service/alloc.h"
+#include "tools/rpc/sbrpc_alloc.h"
 #include "service/platform/win/utf.h"
 
 #include <stddef.h>
@@ -516,16 +517,8 @@ static long call_pull(void *p)
 
 static void wire_free(SB_RPC_DELIVERY *items, ULONG n)
 {
-    for (ULONG i = 0; i < n; i++) {
-        SB_RPC_DELIVERY *w = &items[i];
-        MIDL_user_free(w->topic);
-        MIDL_user_free(w->payload);
-        for (ULONG k = 0; w->headers != NULL && k < w->header_count; k++) {
-            MIDL_user_free(w->headers[k].key);
-            MIDL_user_free(w->headers[k].value);
-        }
-        MIDL_user_free(w->headers);
-    }
+    for (ULONG i = 0; i < n; i++)
+        sb_rpc__wire_free(&items[i]);
     MIDL_user_free(items);
 }
 
@@ -798,19 +791,8 @@ typedef struct dead_priv {
 
 static void dead_wire_free(SB_RPC_DEAD_LETTER *items, ULONG n)
 {
-    for (ULONG i = 0; i < n; i++) {
-        SB_RPC_DEAD_LETTER *w = &items[i];
-        MIDL_user_free(w->sub);
-        MIDL_user_free(w->topic);
-        MIDL_user_free(w->payload);
-        MIDL_user_free(w->reason);
-        MIDL_user_free(w->source);
-        for (ULONG k = 0; w->headers != NULL && k < w->header_count; k++) {
-            MIDL_user_free(w->headers[k].key);
-            MIDL_user_free(w->headers[k].value);
-        }
-        MIDL_user_free(w->headers);
-    }
+    for (ULONG i = 0; i < n; i++)
+        sb_rpc__dead_free(&items[i]);
     MIDL_user_free(items);
 }
 

@@ -5,12 +5,16 @@
  *
  * The RPC runtime is the process's: the interface is registered once
  * (auto-listen) while at least one rpc adapter runs, and an endpoint, once
- * opened, stays open until the process exits (the runtime cannot close one).
- * A call is served by the adapter of its protocol sequence, so there is at
- * most one rpc adapter per protocol sequence; a call that comes in while
- * none runs for its protocol sequence is answered SB_RPC_ESHUTDOWN, and one
- * that comes in while the interface is not registered gets
- * RPC_S_UNKNOWN_IF from the runtime.
+ * opened, stays open until the process exits (the runtime cannot close one),
+ * with the security descriptor it was opened with. A call is served by the
+ * adapter of its protocol sequence, so there is at most one rpc adapter per
+ * protocol sequence; a call that comes in while none runs for its protocol
+ * sequence is answered SB_RPC_ESHUTDOWN, and one that comes in while the
+ * interface is not registered gets RPC_S_UNKNOWN_IF from the runtime. So a
+ * process serves one endpoint per protocol sequence, the first it opened:
+ * an adapter with another endpoint, or another security descriptor on it,
+ * is refused (by a reload before it changes anything): calls to the old
+ * endpoint would reach the new adapter, under the old descriptor.
  *
  * See rpc_int.h for the threads and what each file does.
  */
@@ -33,20 +37,22 @@
 /* The largest request the runtime takes (Windows honours it; Wine does not):
  * the interface's largest payload with room for the rest of a publish. */
 #define MAX_RPC_SIZE (SB_RPC_MAX_PAYLOAD + 1024 * 1024)
-/* Endpoints this process opened: they stay open, and opening one again
- * is not an error. */
-#define OPENED_MAX 16
 
 static SRWLOCK registry_lock = SRWLOCK_INIT;
 /* under registry_lock */
 static rpc_adapter *slots[2]; /* [0] ncalrpc, [1] ncacn_ip_tcp */
 static int if_registered;
 static int auth_registered;
+/* The endpoint this process opened for each protocol sequence, [0] ncalrpc
+ * and [1] ncacn_ip_tcp: it stays open until the process exits. The config
+ * keeps an ncalrpc endpoint to 100 characters, a port is a number. */
 static struct {
-    int tcp;
-    wchar_t ep[64];
-} opened[OPENED_MAX];
-static int nopened;
+    int open;
+    char endpoint[128];
+    char *security; /* ncalrpc: the SDDL it was opened with (NULL: the
+                     * default); kept until the process exits, as the
+                     * endpoint is */
+} opened[2];
 
 /* MIDL_user_allocate and MIDL_user_free are in tools/rpc/sbrpc_alloc.c. */
 
@@ -182,6 +188,39 @@ static int make_sd(rpc_adapter *a, sb_error *err)
     return rc;
 }
 
+/* ---- the process's endpoints ---- */
+
+static int same_str(const char *a, const char *b)
+{
+    return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* 0 if the process may serve s (adapter `name`); SB_ECONFIG with err if it
+ * opened another endpoint of s's protocol sequence, or this ncalrpc
+ * endpoint with another security descriptor. Under registry_lock. */
+static int fits_opened(const char *name, const rpc_settings *s, sb_error *err)
+{
+    const char *what = s->tcp ? "ncacn_ip_tcp" : "ncalrpc";
+    const char *key = s->tcp ? "port" : "endpoint";
+
+    if (!opened[s->tcp].open)
+        return 0;
+    if (strcmp(opened[s->tcp].endpoint, s->endpoint) != 0)
+        return sb_error_set(err, SB_ECONFIG, 0,
+                            "adapter %s: %s: this process serves %s on %s %s, which stays open "
+                            "until it exits: endpoint/security of an RPC adapter change only "
+                            "with a restart",
+                            name, key, what, key, opened[s->tcp].endpoint);
+    if (!s->tcp && !same_str(opened[0].security, s->security))
+        return sb_error_set(err, SB_ECONFIG, 0,
+                            "adapter %s: security: the ncalrpc endpoint %s keeps the security "
+                            "descriptor it was opened with (%s) until the process exits: "
+                            "endpoint/security of an RPC adapter change only with a restart",
+                            name, s->endpoint,
+                            opened[0].security != NULL ? opened[0].security : "the default");
+    return 0;
+}
+
 /* ---- the type ---- */
 
 static int rpc_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error *err)
@@ -222,20 +261,23 @@ static int open_locked(rpc_adapter *a, sb_error *err)
     rpc_adapter *holder = slots[a->set.tcp];
     RPC_STATUS st;
     char text[256];
-    int known = 0;
+    int rc;
 
     if (holder != NULL)
         return sb_error_set(err, SB_EADDRINUSE, 0,
                             "adapter %s: adapter %s serves %s already (calls are told apart by "
                             "protocol sequence: one rpc adapter each)",
                             a->name, holder->name, what);
-    for (int i = 0; i < nopened; i++)
-        if (opened[i].tcp == a->set.tcp && wcscmp(opened[i].ep, a->wendpoint) == 0)
-            known = 1;
-    if (!known) {
+    if ((rc = fits_opened(a->name, &a->set, err)) != 0)
+        return rc;
+    if (!opened[a->set.tcp].open) {
+        char *security = NULL;
+        if (a->set.security != NULL && (security = sb_strdup(a->set.security)) == NULL)
+            return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
         st = RpcServerUseProtseqEpW((RPC_WSTR)a->wprotseq, RPC_C_PROTSEQ_MAX_REQS_DEFAULT,
                                     (RPC_WSTR)a->wendpoint, a->set.tcp ? NULL : a->sd);
         if (st != RPC_S_OK) {
+            sb_free(security);
             sb_win_strerror((DWORD)st, text, sizeof text);
             return sb_error_set(
                 err,
@@ -246,12 +288,10 @@ static int open_locked(rpc_adapter *a, sb_error *err)
                 (int)st, "adapter %s: cannot open %s:%s: %s (RPC status %ld)", a->name, what,
                 a->set.endpoint, text, (long)st);
         }
-        if (nopened < OPENED_MAX) {
-            opened[nopened].tcp = a->set.tcp;
-            wcsncpy(opened[nopened].ep, a->wendpoint, 63);
-            opened[nopened].ep[63] = 0;
-            nopened++;
-        }
+        opened[a->set.tcp].open = 1;
+        snprintf(opened[a->set.tcp].endpoint, sizeof opened[a->set.tcp].endpoint, "%s",
+                 a->set.endpoint);
+        opened[a->set.tcp].security = security; /* until the process exits */
     }
     if (a->set.tcp && !auth_registered) {
         /* What TCP callers authenticate with. Under Wine NTLM needs Samba's
@@ -355,6 +395,21 @@ static void rpc_stop(sb_adapter *base, sb_adapter_stopped_cb cb)
     cb(&a->base);
 }
 
+/* A reload asks before it stops the running adapter: refused, it keeps the
+ * running configuration. */
+static int rpc_reload_check(const sb_adapter_config *cfg, sb_error *err)
+{
+    rpc_settings s;
+    int rc = settings_from(&s, cfg, err);
+    if (rc != 0)
+        return rc == SB_ENOMEM ? rc : SB_ECONFIG;
+    AcquireSRWLockShared(&registry_lock);
+    rc = fits_opened(cfg->name, &s, err);
+    ReleaseSRWLockShared(&registry_lock);
+    settings_free(&s);
+    return rc;
+}
+
 static void rpc_destroy(sb_adapter *base)
 {
     /* Calls, subscription handles and publishes awaiting their commit may
@@ -370,4 +425,5 @@ const sb_adapter_type sb_adapter_rpc = {
     .start = rpc_start,
     .stop = rpc_stop,
     .destroy = rpc_destroy,
+    .reload_check = rpc_reload_check,
 };

@@ -18,6 +18,7 @@
 #include "service/topic.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -124,6 +125,7 @@ int sb_rpc__job_run(rpc_job *j, int64_t timeout_ms)
             break;
         (void)uv_cond_timedwait(&j->cond, &a->lock, deadline - now);
     }
+    j->answered = j->done;
     if (j->done) {
         rc = j->status;
     } else {
@@ -132,6 +134,13 @@ int sb_rpc__job_run(rpc_job *j, int64_t timeout_ms)
     }
     uv_mutex_unlock(&a->lock);
     return rc;
+}
+
+/* The reason j gave for its status, if the loop answered before the call
+ * stopped waiting; else the loop may still be writing it: the code's text. */
+static const char *job_why(const rpc_job *j, int rc)
+{
+    return j->answered && j->why[0] != '\0' ? j->why : sb_strerror(rc);
 }
 
 int sb_rpc__job_post(rpc_job *j)
@@ -167,8 +176,42 @@ void sb_rpc__sub_release(rpc_sub *s)
         return;
     uv_cond_destroy(&s->cond);
     sb_free(s->name);
+    s->magic = 0;
     sb_free(s);
     sb_rpc__release(a);
+}
+
+/* ---- context handles ---- */
+
+/* The runtime hands a procedure any context handle of the interface its
+ * client names: these read the first field (both structs have the magic
+ * there) before anything else. */
+
+static const char *handle_kind(const void *h)
+{
+    uint32_t magic = *(const uint32_t *)h;
+    return magic == RPC_SUB_MAGIC       ? "a subscription handle"
+           : magic == RPC_SESSION_MAGIC ? "a session"
+                                        : "unknown";
+}
+
+/* h as a session, or NULL with why set (SB_EINVAL). */
+static rpc_session *as_session(void *h, SB_RPC_TEXT *why)
+{
+    if (*(const uint32_t *)h == RPC_SESSION_MAGIC)
+        return h;
+    answer(why, SB_EINVAL, "the handle is not a session (from SbOpen): it is %s", handle_kind(h));
+    return NULL;
+}
+
+/* h as a subscription handle, or NULL with why set (SB_EINVAL). */
+static rpc_sub *as_sub(void *h, SB_RPC_TEXT *why)
+{
+    if (*(const uint32_t *)h == RPC_SUB_MAGIC)
+        return h;
+    answer(why, SB_EINVAL, "the handle is not a subscription (from SbSubscribe): it is %s",
+           handle_kind(h));
+    return NULL;
 }
 
 /* ---- entering and leaving a call ---- */
@@ -318,6 +361,7 @@ LONG sb_rpc__SbOpen(SB_RPC_SESSION *session, LONG *flags, SB_RPC_TEXT *why)
         call_leave(a);
         return answer(why, SB_ENOMEM, "out of memory");
     }
+    ss->magic = RPC_SESSION_MAGIC;
     ss->a = a;
     sb_rpc__retain(a);
     ss->caller = caller;
@@ -332,19 +376,34 @@ LONG sb_rpc__SbOpen(SB_RPC_SESSION *session, LONG *flags, SB_RPC_TEXT *why)
 static void session_free(rpc_session *ss)
 {
     sb_rpc__release(ss->a);
+    ss->magic = 0;
     sb_free(ss);
 }
 
 LONG sb_rpc__SbClose(SB_RPC_SESSION *session)
 {
-    if (*session != NULL)
-        session_free(*session);
+    SB_RPC_TEXT why = {NULL};
+    rpc_session *ss;
+    if (*session == NULL)
+        return 0;
+    ss = as_session(*session, &why);
+    MIDL_user_free(why.text); /* SbClose has no why: the code says it */
+    if (ss == NULL)
+        return SB_EINVAL; /* the handle stays what it was */
+    session_free(ss);
     *session = NULL;
     return 0;
 }
 
 void __RPC_USER SB_RPC_SESSION_rundown(SB_RPC_SESSION session)
 {
+    /* The runtime runs a handle down with the routine of the procedure
+     * that made it; should it ever not, a leak beats freeing a stranger. */
+    if (*(const uint32_t *)session != RPC_SESSION_MAGIC) {
+        sb_log(SB_LOG_ERROR, "rpc", "a session's rundown was given %s: left alone",
+               handle_kind(session));
+        return;
+    }
     session_free(session);
 }
 
@@ -353,8 +412,8 @@ LONG sb_rpc__SbPublish(SB_RPC_SESSION session, const char *topic, ULONG payload_
                        const SB_RPC_PUB_OPTIONS *options, MIDL_uhyper *msg_id, LONG *queues,
                        SB_RPC_TEXT *why)
 {
-    rpc_session *ss = session;
-    rpc_adapter *a = ss->a;
+    rpc_session *ss;
+    rpc_adapter *a;
     rpc_job *j = NULL;
     sb_message *m = NULL;
     const char *bad;
@@ -363,6 +422,9 @@ LONG sb_rpc__SbPublish(SB_RPC_SESSION session, const char *topic, ULONG payload_
     *msg_id = 0;
     *queues = 0;
     why->text = NULL;
+    if ((ss = as_session(session, why)) == NULL)
+        return SB_EINVAL;
+    a = ss->a;
     rc = session_enter(ss, why);
     if (rc != 0)
         return rc;
@@ -397,7 +459,11 @@ LONG sb_rpc__SbPublish(SB_RPC_SESSION session, const char *topic, ULONG payload_
         if (sb_message_add_header(m, headers[i].key, headers[i].value) != 0)
             goto nomem;
     if (options != NULL) {
-        if (options->ttl_ms > 0)
+        /* A TTL beyond what an int64_t of epoch milliseconds can hold is
+         * as long as it can be. */
+        if (options->ttl_ms > INT64_MAX - m->created_ms)
+            m->expires_ms = INT64_MAX;
+        else if (options->ttl_ms > 0)
             m->expires_ms = m->created_ms + options->ttl_ms;
         m->priority = (int)options->priority;
     }
@@ -415,7 +481,7 @@ LONG sb_rpc__SbPublish(SB_RPC_SESSION session, const char *topic, ULONG payload_
         answer(why, rc, "no commit within %d ms: the message may or may not be stored",
                SB_RPC_COMMIT_WAIT_MS);
     } else {
-        answer(why, rc, "%s", j->why[0] != '\0' ? j->why : sb_strerror(rc));
+        answer(why, rc, "%s", job_why(j, rc));
     }
     goto done;
 nomem:
@@ -433,14 +499,17 @@ LONG sb_rpc__SbSubscribe(SB_RPC_SESSION session, const char *name, const char *f
                          const SB_RPC_SUB_OPTIONS *options, SB_RPC_SUB *sub, SB_RPC_TEXT *filters,
                          SB_RPC_TEXT *why)
 {
-    rpc_session *ss = session;
-    rpc_adapter *a = ss->a;
+    rpc_session *ss;
+    rpc_adapter *a;
     rpc_job *j = NULL;
     int rc;
 
     *sub = NULL;
     filters->text = NULL;
     why->text = NULL;
+    if ((ss = as_session(session, why)) == NULL)
+        return SB_EINVAL;
+    a = ss->a;
     rc = session_enter(ss, why);
     if (rc != 0)
         return rc;
@@ -500,7 +569,7 @@ LONG sb_rpc__SbSubscribe(SB_RPC_SESSION session, const char *name, const char *f
         j->sub = NULL;
         filters->text = sb_rpc__text(j->text);
     } else {
-        answer(why, rc, "%s", j->why[0] != '\0' ? j->why : sb_strerror(rc));
+        answer(why, rc, "%s", job_why(j, rc));
     }
 done:
     if (j != NULL)
@@ -527,8 +596,8 @@ static int ask_for_deliveries(rpc_sub *s)
 LONG sb_rpc__SbPull(SB_RPC_SUB sub, ULONG max, ULONG wait_ms, ULONG *count,
                     SB_RPC_DELIVERY **deliveries, SB_RPC_TEXT *why)
 {
-    rpc_sub *s = sub;
-    rpc_adapter *a = s->a;
+    rpc_sub *s;
+    rpc_adapter *a;
     SB_RPC_DELIVERY *out = NULL;
     int64_t wait = wait_ms;
     ULONG n = 0;
@@ -537,6 +606,9 @@ LONG sb_rpc__SbPull(SB_RPC_SUB sub, ULONG max, ULONG wait_ms, ULONG *count,
     *count = 0;
     *deliveries = NULL;
     why->text = NULL;
+    if ((s = as_sub(sub, why)) == NULL)
+        return SB_EINVAL;
+    a = s->a;
     rc = sub_enter(s, why);
     if (rc != 0)
         return rc;
@@ -597,12 +669,14 @@ LONG sb_rpc__SbPull(SB_RPC_SUB sub, ULONG max, ULONG wait_ms, ULONG *count,
 static LONG ack_or_nack(SB_RPC_SUB sub, ULONG count, const MIDL_uhyper *ids, const char *reason,
                         int ack, ULONG *done, SB_RPC_TEXT *why)
 {
-    rpc_sub *s = sub;
+    rpc_sub *s;
     rpc_job *j = NULL;
     int rc;
 
     *done = 0;
     why->text = NULL;
+    if ((s = as_sub(sub, why)) == NULL)
+        return SB_EINVAL;
     rc = sub_enter(s, why);
     if (rc != 0)
         return rc;
@@ -620,10 +694,10 @@ static LONG ack_or_nack(SB_RPC_SUB sub, ULONG count, const MIDL_uhyper *ids, con
     sub_retain(s);
     j->sub = s;
     rc = sb_rpc__job_run(j, SB_RPC_LOOP_WAIT_MS);
-    if (j->done)
+    if (j->answered)
         *done = j->done_count;
     if (rc != 0)
-        answer(why, rc, "%s", j->why[0] != '\0' ? j->why : sb_strerror(rc));
+        answer(why, rc, "%s", job_why(j, rc));
 leave:
     if (j != NULL)
         sb_rpc__job_release(j);
@@ -645,15 +719,17 @@ LONG sb_rpc__SbNack(SB_RPC_SUB sub, ULONG count, const MIDL_uhyper *ids, const c
 
 LONG sb_rpc__SbUnsubscribe(SB_RPC_SUB *sub, LONG delete_sub, SB_RPC_TEXT *why)
 {
-    rpc_sub *s = *sub;
+    rpc_sub *s;
     rpc_adapter *a;
     rpc_job *j;
     rpc_caller caller;
     int rc;
 
     why->text = NULL;
-    if (s == NULL)
+    if (*sub == NULL)
         return answer(why, SB_EINVAL, "no subscription handle");
+    if ((s = as_sub(*sub, why)) == NULL)
+        return SB_EINVAL; /* the handle stays what it was */
     a = s->a;
     rc = sub_enter(s, why);
     if (rc != 0)
@@ -675,7 +751,7 @@ LONG sb_rpc__SbUnsubscribe(SB_RPC_SUB *sub, LONG delete_sub, SB_RPC_TEXT *why)
     if (rc == SB_ESHUTDOWN && !delete_sub)
         rc = 0; /* detached already by the stop */
     if (rc != 0)
-        answer(why, rc, "%s", j->why[0] != '\0' ? j->why : sb_strerror(rc));
+        answer(why, rc, "%s", job_why(j, rc));
     sb_rpc__job_release(j);
     *sub = NULL; /* the runtime forgets the handle: no rundown */
     sb_rpc__sub_release(s);
@@ -686,7 +762,13 @@ LONG sb_rpc__SbUnsubscribe(SB_RPC_SUB *sub, LONG delete_sub, SB_RPC_TEXT *why)
 void __RPC_USER SB_RPC_SUB_rundown(SB_RPC_SUB ctx)
 {
     rpc_sub *s = ctx;
-    rpc_job *j = sb_rpc__job_new(s->a, RPC_JOB_CLOSE, NULL);
+    rpc_job *j;
+    if (s->magic != RPC_SUB_MAGIC) { /* as in SB_RPC_SESSION_rundown */
+        sb_log(SB_LOG_ERROR, "rpc", "a subscription handle's rundown was given %s: left alone",
+               handle_kind(ctx));
+        return;
+    }
+    j = sb_rpc__job_new(s->a, RPC_JOB_CLOSE, NULL);
     /* The client went away: what it held comes back as a failed attempt.
      * If the adapter is stopping, the stop detached it already. */
     if (j != NULL) {
@@ -700,13 +782,16 @@ void __RPC_USER SB_RPC_SUB_rundown(SB_RPC_SUB ctx)
 
 LONG sb_rpc__SbStats(SB_RPC_SESSION session, SB_RPC_TEXT *json, SB_RPC_TEXT *why)
 {
-    rpc_session *ss = session;
-    rpc_adapter *a = ss->a;
+    rpc_session *ss;
+    rpc_adapter *a;
     rpc_job *j;
     int rc;
 
     json->text = NULL;
     why->text = NULL;
+    if ((ss = as_session(session, why)) == NULL)
+        return SB_EINVAL;
+    a = ss->a;
     rc = session_enter(ss, why);
     if (rc != 0)
         return rc;
@@ -718,7 +803,7 @@ LONG sb_rpc__SbStats(SB_RPC_SESSION session, SB_RPC_TEXT *json, SB_RPC_TEXT *why
         if (rc == 0)
             json->text = sb_rpc__text(j->text);
         else
-            answer(why, rc, "%s", j->why[0] != '\0' ? j->why : sb_strerror(rc));
+            answer(why, rc, "%s", job_why(j, rc));
         sb_rpc__job_release(j);
     }
     call_leave(a);
@@ -726,15 +811,20 @@ LONG sb_rpc__SbStats(SB_RPC_SESSION session, SB_RPC_TEXT *json, SB_RPC_TEXT *why
 }
 
 /* The dead-letter procedures: administrators only. */
-static int dlq_call(rpc_job_kind kind, rpc_session *ss, const char *sub, int64_t after, ULONG limit,
-                    rpc_job **out, SB_RPC_TEXT *why)
+static int dlq_call(rpc_job_kind kind, SB_RPC_SESSION session, const char *sub, int64_t after,
+                    ULONG limit, rpc_job **out, SB_RPC_TEXT *why)
 {
-    const rpc_caller *caller = &ss->caller;
-    rpc_adapter *a = ss->a;
+    const rpc_caller *caller;
+    rpc_session *ss;
+    rpc_adapter *a;
     rpc_job *j;
     int rc;
 
     *out = NULL;
+    if ((ss = as_session(session, why)) == NULL)
+        return SB_EINVAL;
+    caller = &ss->caller;
+    a = ss->a;
     rc = session_enter(ss, why);
     if (rc != 0)
         return rc;
@@ -758,7 +848,7 @@ static int dlq_call(rpc_job_kind kind, rpc_session *ss, const char *sub, int64_t
     j->limit = limit > 0 ? (int)limit : 100;
     rc = sb_rpc__job_run(j, SB_RPC_LOOP_WAIT_MS);
     if (rc != 0)
-        answer(why, rc, "%s", j->why[0] != '\0' ? j->why : sb_strerror(rc));
+        answer(why, rc, "%s", job_why(j, rc));
     *out = j;
 leave:
     call_leave(a);
@@ -817,13 +907,16 @@ LONG sb_rpc__SbDlqPurge(SB_RPC_SESSION session, const char *sub, hyper *count, S
 
 LONG sb_rpc__SbWhoAmI(SB_RPC_SESSION session, SB_RPC_TEXT *user, LONG *flags, SB_RPC_TEXT *why)
 {
-    rpc_session *ss = session;
-    const rpc_caller *c = &ss->caller;
+    rpc_session *ss;
+    const rpc_caller *c;
     int rc;
 
     user->text = NULL;
     *flags = 0;
     why->text = NULL;
+    if ((ss = as_session(session, why)) == NULL)
+        return SB_EINVAL;
+    c = &ss->caller;
     rc = session_enter(ss, why);
     if (rc != 0)
         return rc;

@@ -39,6 +39,7 @@
 #include "service/adapter.h"
 #include "service/broker.h"
 #include "service/inbox.h"
+#include "tools/rpc/sbrpc_alloc.h"
 
 #include <stdint.h>
 
@@ -84,10 +85,19 @@ typedef struct rpc_adapter rpc_adapter;
 typedef struct rpc_sub rpc_sub;
 typedef struct rpc_job rpc_job;
 
+/* What the first field of a context handle's struct says it is. To the
+ * runtime every context handle of the interface is as good as another (a
+ * client may pass a subscription handle where a session is expected, and
+ * widl has no type_strict_context_handle): every procedure and rundown
+ * checks it before reading anything else, and it is cleared on free. */
+#define RPC_SESSION_MAGIC 0x53425353u /* "SBSS" */
+#define RPC_SUB_MAGIC 0x53425342u     /* "SBSB" */
+
 /* A session (SB_RPC_SESSION): who the caller is, as SbOpen admitted it. It
  * lives from SbOpen to SbClose or its rundown; the runtime runs calls on it
  * one at a time and runs it down only when none is in progress. */
 typedef struct rpc_session {
+    uint32_t magic; /* RPC_SESSION_MAGIC */
     rpc_adapter *a; /* counted */
     rpc_caller caller;
 } rpc_session;
@@ -104,6 +114,7 @@ typedef struct rpc_lease {
 } rpc_lease;
 
 struct rpc_sub {
+    uint32_t magic; /* RPC_SUB_MAGIC */
     rpc_adapter *a; /* counted */
     char *name;
     char user[SB_RPC_USER_MAX]; /* the subscriber, whose reads the ACL checks */
@@ -145,6 +156,10 @@ struct rpc_job {
     int refs;       /* under a->lock: the call and the loop */
     int done;       /* under a->lock */
     int abandoned;  /* under a->lock: the call stopped waiting for the answer */
+    /* The call's own: the loop had answered when sb_rpc__job_run returned.
+     * Only then may the call read status, why and the outputs: after a
+     * timeout the loop may be writing them. */
+    int answered;
     uv_cond_t cond;
     int status;
     char why[320];
@@ -227,7 +242,8 @@ rpc_job *sb_rpc__job_new(rpc_adapter *a, rpc_job_kind kind, const rpc_caller *ca
 /* RPC thread: posts j to the loop and waits for its answer at most
  * timeout_ms. Returns its status, SB_ESHUTDOWN (the adapter is stopping:
  * not posted), SB_ETIMEDOUT (the job may still be done) or SB_ENOMEM. The
- * call keeps its reference: read the outputs, then sb_rpc__job_release. */
+ * call keeps its reference: read the outputs if j->answered, then
+ * sb_rpc__job_release. */
 int sb_rpc__job_run(rpc_job *j, int64_t timeout_ms);
 
 /* Any thread: posts j without waiting; its reference goes to the loop.
@@ -252,10 +268,5 @@ void sb_rpc__job_done(rpc_job *j, int status, const char *why);
 /* Loop thread: the adapter stops: detaches every subscription and wakes
  * every pull waiting on one. */
 void sb_rpc__close_all(rpc_adapter *a);
-
-/* Frees what a SB_RPC_DELIVERY / SB_RPC_DEAD_LETTER / header array points to
- * (MIDL_user_free), not the struct itself. */
-void sb_rpc__wire_free(SB_RPC_DELIVERY *w);
-void sb_rpc__dead_free(SB_RPC_DEAD_LETTER *w);
 
 #endif

@@ -28,36 +28,6 @@
 
 /* ---- wire forms ---- */
 
-static void headers_free(SB_RPC_HEADER *h, unsigned long n)
-{
-    if (h == NULL)
-        return;
-    for (unsigned long i = 0; i < n; i++) {
-        MIDL_user_free(h[i].key);
-        MIDL_user_free(h[i].value);
-    }
-    MIDL_user_free(h);
-}
-
-void sb_rpc__wire_free(SB_RPC_DELIVERY *w)
-{
-    MIDL_user_free(w->topic);
-    MIDL_user_free(w->payload);
-    headers_free(w->headers, w->header_count);
-    memset(w, 0, sizeof(*w));
-}
-
-void sb_rpc__dead_free(SB_RPC_DEAD_LETTER *w)
-{
-    MIDL_user_free(w->sub);
-    MIDL_user_free(w->topic);
-    MIDL_user_free(w->payload);
-    headers_free(w->headers, w->header_count);
-    MIDL_user_free(w->reason);
-    MIDL_user_free(w->source);
-    memset(w, 0, sizeof(*w));
-}
-
 static byte *bytes_copy(const void *p, size_t n)
 {
     byte *b;
@@ -355,6 +325,7 @@ static rpc_sub *sub_new(rpc_job *j)
         sb_free(s);
         return NULL;
     }
+    s->magic = RPC_SUB_MAGIC;
     s->a = j->a;
     sb_rpc__retain(s->a);
     snprintf(s->user, sizeof s->user, "%s", j->caller.user);

@@ -6,13 +6,15 @@
  * event, flushed at once:
  *
  *   rpc_client [-a] ENDPOINT whoami                  user=NAME flags=N
- *   rpc_client [-a] ENDPOINT pub TOPIC PAYLOAD [N]   ok I ID QUEUES | err I CODE MESSAGE
+ *   rpc_client [-a] ENDPOINT pub TOPIC PAYLOAD [N [TTL_MS]]
+ *                                                    ok I ID QUEUES | err I CODE MESSAGE
  *   rpc_client [-a] ENDPOINT pull SUB FILTER N [ack|nack|hold] [WINDOW]
  *                                                    msg ID ATTEMPT TOPIC PAYLOAD ... done
  *   rpc_client [-a] ENDPOINT stats                   the JSON
  *   rpc_client [-a] ENDPOINT dlq list|redrive|purge [SUB]
  *   rpc_client [-a] ENDPOINT bad                     case NAME CODE ...
  *   rpc_client [-a] ENDPOINT stale SUB FILTER        subscribed, pull CODE ...
+ *   rpc_client [-a] ENDPOINT swap SUB FILTER         case NAME CODE ...
  *   rpc_client [-a] ENDPOINT flood SUB THREADS WAIT_MS
  *                                                    flood busy=B empty=E slow=S failed=F
  *
@@ -21,7 +23,9 @@
  * (FILTER "-": none, an existing subscription) takes N deliveries and acks
  * (or nacks) each batch; hold prints "holding" after N and waits to be
  * killed with its deliveries leased. flood subscribes THREADS times to SUB
- * and pulls on each at once, waiting WAIT_MS.
+ * and pulls on each at once, waiting WAIT_MS. swap passes a subscription
+ * handle where a session is expected and the reverse (raw stubs: to the
+ * runtime both are context handles), then uses both as they should be.
  *
  * Exit status: 0 success, 1 the broker refused something, 2 usage, 3 a
  * transport failure (the broker is not there, the call was cut).
@@ -88,7 +92,11 @@ static int cmd_pub(int argc, char **argv)
     sb_rpc *c = bind_or_exit();
     long n = argc > 2 ? strtol(argv[2], NULL, 10) : 1;
     sb_rpc_header h = {"content-type", "text/plain"};
+    sb_rpc_pub_opts po;
     int refused = 0;
+
+    memset(&po, 0, sizeof po);
+    po.ttl_ms = argc > 3 ? _strtoi64(argv[3], NULL, 10) : 0;
 
     for (long i = 1; i <= n; i++) {
         char payload[512];
@@ -99,7 +107,7 @@ static int cmd_pub(int argc, char **argv)
             snprintf(payload, sizeof payload, "%s %ld", argv[1], i);
         else
             snprintf(payload, sizeof payload, "%s", argv[1]);
-        if (sb_rpc_publish(c, argv[0], payload, strlen(payload), &h, 1, NULL, &id, &queues, &err) ==
+        if (sb_rpc_publish(c, argv[0], payload, strlen(payload), &h, 1, &po, &id, &queues, &err) ==
             0) {
             printf("ok %ld %llu %d\n", i, (unsigned long long)id, queues);
         } else {
@@ -290,9 +298,41 @@ static void bad_publish(SB_RPC_SESSION h, const char *name, const char *topic, U
     fflush(stdout);
 }
 
+/* A binding to the ncalrpc endpoint and a session over it, through the raw
+ * stubs. 0, or the exit status (with a line saying why, for cmd). */
+static int raw_session(handle_t *binding, SB_RPC_SESSION *out, const char *cmd)
+{
+    const char *ep = strncmp(endpoint, "rpc:", 4) == 0 ? endpoint + 4 : endpoint;
+    RPC_WSTR str = NULL;
+    wchar_t wep[300];
+    raw r;
+    long ex;
+
+    if (strchr(ep, ':') != NULL) {
+        printf("%s: ncalrpc endpoints only\n", cmd);
+        return 2;
+    }
+    MultiByteToWideChar(CP_UTF8, 0, ep, -1, wep, 300);
+    if (RpcStringBindingComposeW(NULL, (RPC_WSTR)L"ncalrpc", NULL, (RPC_WSTR)wep, NULL, &str) !=
+            RPC_S_OK ||
+        RpcBindingFromStringBindingW(str, binding) != RPC_S_OK) {
+        printf("%s: cannot bind\n", cmd);
+        return 3;
+    }
+    RpcStringFreeW(&str);
+    memset(&r, 0, sizeof r);
+    sb_rpc_binding = *binding;
+    ex = sb_rpc__guarded(raw_open, &r);
+    if (ex != 0 || r.rc != 0) {
+        printf("%s: SbOpen: %ld %ld\n", cmd, ex, (long)r.rc);
+        return 3;
+    }
+    *out = r.h;
+    return 0;
+}
+
 static int cmd_bad(void)
 {
-    RPC_WSTR str = NULL;
     handle_t binding;
     SB_RPC_SESSION h;
     raw r;
@@ -300,29 +340,10 @@ static int cmd_bad(void)
     static byte big[1 << 16];
     SB_RPC_HEADER hdr_bad[1] = {{"key", "\xff\xfe"}};
     SB_RPC_HEADER hdr_null[1] = {{"key", NULL}};
-    const char *ep = strncmp(endpoint, "rpc:", 4) == 0 ? endpoint + 4 : endpoint;
-    wchar_t wep[300];
+    int rc = raw_session(&binding, &h, "bad");
 
-    if (strchr(ep, ':') != NULL) {
-        printf("bad: ncalrpc endpoints only\n");
-        return 2;
-    }
-    MultiByteToWideChar(CP_UTF8, 0, ep, -1, wep, 300);
-    if (RpcStringBindingComposeW(NULL, (RPC_WSTR)L"ncalrpc", NULL, (RPC_WSTR)wep, NULL, &str) !=
-            RPC_S_OK ||
-        RpcBindingFromStringBindingW(str, &binding) != RPC_S_OK) {
-        printf("bad: cannot bind\n");
-        return 3;
-    }
-    RpcStringFreeW(&str);
-    memset(&r, 0, sizeof r);
-    sb_rpc_binding = binding;
-    ex = sb_rpc__guarded(raw_open, &r);
-    if (ex != 0 || r.rc != 0) {
-        printf("bad: SbOpen: %ld %ld\n", ex, (long)r.rc);
-        return 3;
-    }
-    h = r.h;
+    if (rc != 0)
+        return rc;
     bad_publish(h, "utf8-topic", "bad/\xc3\x28", 1, (const byte *)"x", 0, NULL);
     bad_publish(h, "wildcard-topic", "a/+/b", 1, (const byte *)"x", 0, NULL);
     bad_publish(h, "empty-topic", "", 1, (const byte *)"x", 0, NULL);
@@ -352,6 +373,119 @@ static int cmd_bad(void)
            ex != 0 ? "exception" : "");
     fflush(stdout);
     RpcSsDestroyClientContext(&h);
+    RpcBindingFree(&binding);
+    return 0;
+}
+
+/* ---- context handles of the wrong type ---- */
+
+typedef struct swap_call {
+    const char *op;
+    void *h; /* the handle passed, whatever the procedure expects */
+    const char *name, *filter;
+    SB_RPC_SUB sub; /* subscribe: the new handle */
+    LONG rc;
+    ULONG count;
+    hyper total;
+    SB_RPC_TEXT why, text;
+} swap_call;
+
+static long swap_run(void *p)
+{
+    swap_call *x = p;
+    MIDL_uhyper id = 1;
+    ULONG done = 0;
+    LONG flags = 0, queues = 0;
+
+    if (strcmp(x->op, "subscribe") == 0) {
+        x->rc = SbSubscribe(x->h, x->name, x->filter, NULL, &x->sub, &x->text, &x->why);
+    } else if (strcmp(x->op, "dlq-list") == 0) {
+        SB_RPC_DEAD_LETTER *items = NULL;
+        hyper next = 0;
+        x->rc = SbDlqList(x->h, NULL, 0, 0, &x->count, &items, &next, &x->why);
+        for (ULONG i = 0; i < x->count; i++)
+            printf("dead %s %.*s\n", items[i].topic, (int)items[i].payload_size,
+                   (const char *)items[i].payload);
+    } else if (strcmp(x->op, "dlq-purge") == 0) {
+        x->rc = SbDlqPurge(x->h, NULL, &x->total, &x->why);
+    } else if (strcmp(x->op, "whoami") == 0) {
+        x->rc = SbWhoAmI(x->h, &x->text, &flags, &x->why);
+    } else if (strcmp(x->op, "publish") == 0) {
+        x->rc = SbPublish(x->h, "orders/swap", 1, (const byte *)"x", 0, NULL, NULL, &id, &queues,
+                          &x->why);
+    } else if (strcmp(x->op, "stats") == 0) {
+        x->rc = SbStats(x->h, &x->text, &x->why);
+    } else if (strcmp(x->op, "close") == 0) {
+        x->rc = SbClose(&x->h);
+    } else if (strcmp(x->op, "pull") == 0) {
+        SB_RPC_DELIVERY *d = NULL;
+        x->rc = SbPull(x->h, 1, 0, &x->count, &d, &x->why);
+    } else if (strcmp(x->op, "ack") == 0) {
+        x->rc = SbAck(x->h, 1, &id, &done, &x->why);
+    } else if (strcmp(x->op, "nack") == 0) {
+        x->rc = SbNack(x->h, 1, &id, "swap", &done, &x->why);
+    } else if (strcmp(x->op, "unsubscribe") == 0) {
+        x->rc = SbUnsubscribe(&x->h, 0, &x->why);
+    }
+    return 0;
+}
+
+/* Calls op on h and prints "case NAME CODE count=N WHY" (CODE: the broker's
+ * result, or the SB code of the runtime's exception). Returns the call. */
+static swap_call swap(const char *name, const char *op, void *h)
+{
+    swap_call x;
+    long ex;
+    memset(&x, 0, sizeof x);
+    x.op = op;
+    x.h = h;
+    ex = sb_rpc__guarded(swap_run, &x);
+    printf("case %s %d count=%lu %s\n", name,
+           ex != 0 ? sb_rpc_status_code((unsigned long)ex) : (int)x.rc,
+           (unsigned long)(x.count + (ULONG)x.total),
+           ex != 0 ? "exception" : (x.why.text != NULL ? x.why.text : ""));
+    fflush(stdout);
+    return x;
+}
+
+static int cmd_swap(char **argv)
+{
+    handle_t binding;
+    SB_RPC_SESSION h;
+    swap_call x;
+    long ex;
+    int rc = raw_session(&binding, &h, "swap");
+
+    if (rc != 0)
+        return rc;
+    memset(&x, 0, sizeof x);
+    x.op = "subscribe";
+    x.h = h;
+    x.name = argv[0];
+    x.filter = argv[1];
+    ex = sb_rpc__guarded(swap_run, &x);
+    if (ex != 0 || x.rc != 0) {
+        printf("swap: SbSubscribe: %ld %ld %s\n", ex, (long)x.rc,
+               x.why.text != NULL ? x.why.text : "");
+        return 1;
+    }
+    /* A subscription handle where a session is expected. */
+    swap("dlq-list-sub", "dlq-list", x.sub);
+    swap("dlq-purge-sub", "dlq-purge", x.sub);
+    swap("whoami-sub", "whoami", x.sub);
+    swap("publish-sub", "publish", x.sub);
+    swap("stats-sub", "stats", x.sub);
+    swap("close-sub", "close", x.sub);
+    /* A session where a subscription handle is expected. */
+    swap("pull-session", "pull", h);
+    swap("ack-session", "ack", h);
+    swap("nack-session", "nack", h);
+    swap("unsubscribe-session", "unsubscribe", h);
+    /* Both still work as what they are. */
+    swap("whoami", "whoami", h);
+    swap("pull", "pull", x.sub);
+    swap("unsubscribe", "unsubscribe", x.sub);
+    swap("close", "close", h);
     RpcBindingFree(&binding);
     return 0;
 }
@@ -452,7 +586,8 @@ static int cmd_flood(int argc, char **argv)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: rpc_client [-a] ENDPOINT whoami|pub|pull|stats|dlq|bad|flood ...\n");
+    fprintf(stderr,
+            "usage: rpc_client [-a] ENDPOINT whoami|pub|pull|stats|dlq|bad|stale|swap|flood ...\n");
     return 2;
 }
 
@@ -504,6 +639,8 @@ int main(int argc, char **argv)
         return cmd_bad();
     if (strcmp(cmd, "stale") == 0 && argc >= 2)
         return cmd_stale(argv);
+    if (strcmp(cmd, "swap") == 0 && argc >= 2)
+        return cmd_swap(argv);
     if (strcmp(cmd, "flood") == 0 && argc >= 3)
         return cmd_flood(argc, argv);
     return usage();

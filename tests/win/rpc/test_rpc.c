@@ -5,7 +5,7 @@
  * Under Wine and unchanged on Windows.
  *
  * - ncalrpc: publish, pull and acknowledge; who the broker takes a local
- *   caller for;
+ *   caller for; a TTL too long for the clock;
  * - ncacn_ip_tcp: an unauthenticated caller is refused, unless the adapter
  *   takes anonymous loopback callers (then publish/pull work over TCP); a
  *   caller from another address of this computer is refused (remote:
@@ -21,6 +21,8 @@
  *   arguments beyond the IDL's ranges, a missing handle, and a handle the
  *   broker no longer knows (it restarted) get error codes; the broker stays
  *   up;
+ * - a subscription handle passed where a session is expected and the
+ *   reverse: refused, no dead letters shown or purged, the broker stays up;
  * - a flood of waiting pulls: at most max_pulls wait, the rest are answered
  *   at once or told the broker is busy, and a publish still gets through;
  * - dead letters over RPC (as an administrator: under Wine everybody is);
@@ -195,6 +197,7 @@ static void test_local(void **state)
     char *out, buf[64];
     const char *ep;
     sbt_conn *c;
+    json_t *m;
 
     start_base(b, "rpc-local", 1, "local", NULL, NULL);
     ep = b->values[0];
@@ -232,6 +235,17 @@ static void test_local(void **state)
     assert_int_equal(rpcc(&out, ep, "stats", NULL), 0);
     assert_non_null(strstr(out, "\"name\":\"audit\""));
     free(out);
+
+    /* a TTL past what the clock can count is as long as it can be (it
+     * overflowed into the past: expired at once) */
+    assert_int_equal(
+        rpcc(&out, ep, "pub", "flood/forever", "kept", "1", "9223372036854775807", NULL), 0);
+    free(out);
+    sbt_sub(c, "fl", NULL, 10);
+    m = sbt_next_msg(c, WAIT_MS);
+    assert_string_equal(sbt_str(m, "topic"), "flood/forever");
+    sbt_ack(c, "fl", sbt_int(m, "msg_id"));
+    json_decref(m);
     sbt_close(c);
     b->passed = 1;
 }
@@ -546,6 +560,57 @@ static void test_bad_input(void **state)
     b->passed = 1;
 }
 
+/* ---- context handles of the wrong type ---- */
+
+/* To the runtime a subscription handle and a session are both context
+ * handles of the interface: a client may pass one for the other. The
+ * broker refuses it (SB_RPC_EINVAL) without reading the handle as what it
+ * is not: a subscription taken for a session would have its user name read
+ * as the session's administrator flag, and a session taken for a
+ * subscription would be waited on or freed as one. */
+static void test_swapped_handles(void **state)
+{
+    sbt_broker *b = *state;
+    static const char *const refused[] = {
+        "dlq-list-sub", "dlq-purge-sub", "whoami-sub",  "publish-sub",  "stats-sub",
+        "close-sub",    "pull-session",  "ack-session", "nack-session", "unsubscribe-session"};
+    char *out;
+    const char *ep;
+    int admin;
+
+    start_base(b, "rpc-swap", 1, "swap", NULL, NULL);
+    ep = b->values[0];
+    /* a dead letter that a session taken for an administrator would list */
+    assert_int_equal(rpcc(&out, ep, "pub", "fragile/secret", "not for you", NULL), 0);
+    free(out);
+    assert_int_equal(rpcc(&out, ep, "pull", "fragile", "-", "1", "nack", NULL), 0);
+    free(out);
+
+    assert_int_equal(rpcc(&out, ep, "swap", "swapped", "orders/#", NULL), 0);
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
+        expect_case(out, refused[i], -2);
+    assert_null(strstr(out, "not for you"));
+    assert_non_null(strstr(out, "not a session"));
+    assert_non_null(strstr(out, "not a subscription"));
+    /* the handles still work as what they are */
+    expect_case(out, "whoami", 0);
+    expect_case(out, "pull", 0);
+    expect_case(out, "unsubscribe", 0);
+    expect_case(out, "close", 0);
+    free(out);
+
+    /* the broker serves on, and the dead letter was not purged */
+    assert_int_equal(rpcc(&out, ep, "whoami", NULL), 0);
+    admin = atoi(strstr(out, "flags=") + 6) & CALLER_ADMIN;
+    free(out);
+    if (admin) {
+        assert_int_equal(rpcc(&out, ep, "dlq", "list", "fragile", NULL), 0);
+        assert_non_null(strstr(out, "count 1\n"));
+        free(out);
+    }
+    b->passed = 1;
+}
+
 /* ---- a flood of waiting pulls ---- */
 
 static void test_flood(void **state)
@@ -734,6 +799,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_broker_killed, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_acl, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_swapped_handles, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_flood, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_dlq, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_sbctl, sbt_setup, sbt_teardown),

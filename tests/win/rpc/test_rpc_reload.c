@@ -10,6 +10,11 @@
  * subscribes again and gets what it had not acknowledged). Then an orderly
  * stop.
  *
+ * A reload that changes the endpoint or the security descriptor is refused
+ * as a whole (the runtime cannot close an endpoint it opened, nor change
+ * its descriptor: the old endpoint would stay open, served by the new
+ * adapter, under the old descriptor), and the running adapter serves on.
+ *
  * (The Windows foreground broker cannot be asked to reload by another
  * process, so this is not a test with a separate broker process.)
  */
@@ -42,6 +47,7 @@ static const char config_tmpl[] = "broker:\n"
                                   "    type: rpc\n"
                                   "    endpoint: '%s'\n"
                                   "    max_calls: %d\n"
+                                  "%s"
                                   "routes:\n"
                                   "  - { name: q, from: 'a/#', durability: memory }\n";
 
@@ -52,6 +58,11 @@ typedef struct ctx {
     uv_timer_t timer;
     uint64_t deadline;
     int reload_rc;
+    int refuse; /* test_reload_refused */
+    int rc_security, rc_endpoint;
+    char why_security[512], why_endpoint[512];
+    char moved[160]; /* the endpoint the refused reload asked for */
+    int pub_moved;
     /* between the threads */
     volatile LONG phase; /* client: 1 ready for the reload; loop: 2 reloaded; client: 3 done */
     /* the client's results */
@@ -60,17 +71,33 @@ typedef struct ctx {
     char why[256];
 } ctx;
 
-static sb_config *make_config(ctx *x, int max_calls)
+static sb_config *make_config_at(ctx *x, const char *endpoint, int max_calls, const char *more)
 {
     char text[2048];
     sb_config *cfg = NULL;
     sb_config_errors errs = {0};
-    snprintf(text, sizeof(text), config_tmpl, x->dir, x->endpoint, max_calls);
+    snprintf(text, sizeof(text), config_tmpl, x->dir, endpoint, max_calls, more);
     if (sb_config_parse(&cfg, "reload.yaml", text, strlen(text), &errs) != 0) {
         sb_config_errors_print(&errs, stderr);
         fail_msg("config does not parse");
     }
     return cfg;
+}
+
+static sb_config *make_config(ctx *x, int max_calls)
+{
+    return make_config_at(x, x->endpoint, max_calls, "");
+}
+
+/* Reloads cfg, which must be refused: its code, and the reason in why. */
+static int reload_refused(ctx *x, sb_config *cfg, char *why, size_t n)
+{
+    sb_error err;
+    int rc;
+    sb_error_clear(&err);
+    rc = sb_broker_reload(x->b, cfg, &err);
+    snprintf(why, n, "%s", err.msg);
+    return rc;
 }
 
 static void client(void *arg)
@@ -130,7 +157,14 @@ static void on_timer(uv_timer_t *t)
         sb_broker_stop(x->b);
         return;
     }
-    if (phase == 1) {
+    if (phase == 1 && x->refuse) {
+        x->rc_security = reload_refused(
+            x, make_config_at(x, x->endpoint, 8, "    security: 'D:P(A;;GA;;;SY)(A;;GA;;;BA)'\n"),
+            x->why_security, sizeof x->why_security);
+        x->rc_endpoint = reload_refused(x, make_config_at(x, x->moved, 8, ""), x->why_endpoint,
+                                        sizeof x->why_endpoint);
+        InterlockedExchange(&x->phase, 2);
+    } else if (phase == 1) {
         x->reload_rc = sb_broker_reload(x->b, make_config(x, 9), &err);
         if (x->reload_rc != 0)
             fprintf(stderr, "reload: %s\n", err.msg);
@@ -150,9 +184,6 @@ static void test_reload(void **state)
     snprintf(x.endpoint, sizeof(x.endpoint), "sbt-%lu-reload",
              (unsigned long)GetCurrentProcessId());
 
-    sb_platform_init();
-    if (sb_adapters_register_builtin(&err) != 0)
-        fail_msg("%s", err.msg);
     assert_int_equal(sb_broker_new(&x.b, make_config(&x, 8), &err), 0);
     if (sb_broker_start(x.b, &err) != 0)
         fail_msg("start: %s", err.msg);
@@ -179,10 +210,88 @@ static void test_reload(void **state)
     sbt_rmtree(x.dir);
 }
 
+/* The client of test_reload_refused: publishes, waits for the refused
+ * reloads, publishes again, and tries the endpoint they asked for. */
+static void client_refused(void *arg)
+{
+    ctx *x = arg;
+    sb_rpc *c = NULL, *moved = NULL;
+    sb_error err;
+    ULONGLONG deadline = GetTickCount64() + 20000;
+
+    x->pub_before = x->pub_after = x->pub_moved = -100;
+    if (sb_rpc_connect(&c, x->endpoint, NULL, &err) == 0)
+        x->pub_before = sb_rpc_publish(c, "a/1", "before", 6, NULL, 0, NULL, NULL, NULL, &err);
+    InterlockedExchange(&x->phase, 1);
+    while (InterlockedCompareExchange(&x->phase, 2, 2) != 2 && GetTickCount64() < deadline)
+        Sleep(5);
+    if (c != NULL)
+        x->pub_after = sb_rpc_publish(c, "a/2", "after", 5, NULL, 0, NULL, NULL, NULL, &err);
+    if (x->pub_after != 0)
+        snprintf(x->why, sizeof x->why, "%s", err.msg);
+    if (sb_rpc_connect(&moved, x->moved, NULL, &err) == 0)
+        x->pub_moved = sb_rpc_publish(moved, "a/3", "moved", 5, NULL, 0, NULL, NULL, NULL, &err);
+    else
+        x->pub_moved = err.code;
+    sb_rpc_free(moved);
+    sb_rpc_free(c);
+    InterlockedExchange(&x->phase, 3);
+}
+
+static void test_reload_refused(void **state)
+{
+    ctx x;
+    sb_error err;
+    uv_thread_t th;
+    (void)state;
+
+    memset(&x, 0, sizeof(x));
+    sbt_mkdtemp(x.dir, sizeof(x.dir), "rpc-reload-refused");
+    /* test_reload's: this process opened it, and cannot open another */
+    snprintf(x.endpoint, sizeof(x.endpoint), "sbt-%lu-reload",
+             (unsigned long)GetCurrentProcessId());
+    snprintf(x.moved, sizeof(x.moved), "%s-moved", x.endpoint);
+    x.refuse = 1;
+
+    assert_int_equal(sb_broker_new(&x.b, make_config(&x, 8), &err), 0);
+    if (sb_broker_start(x.b, &err) != 0)
+        fail_msg("start: %s", err.msg);
+    uv_timer_init(sb_broker_loop(x.b), &x.timer);
+    x.timer.data = &x;
+    x.deadline = uv_now(sb_broker_loop(x.b)) + 30000;
+    uv_timer_start(&x.timer, on_timer, 10, 10);
+    assert_int_equal(uv_thread_create(&th, client_refused, &x), 0);
+    sb_broker_run(x.b);
+    uv_thread_join(&th);
+    sb_broker_free(x.b);
+
+    assert_int_equal(x.pub_before, 0);
+    /* refused, naming the adapter and the key */
+    assert_int_equal(x.rc_security, SB_ECONFIG);
+    assert_non_null(strstr(x.why_security, "adapter rpc: security:"));
+    assert_non_null(strstr(x.why_security, "change only with a restart"));
+    assert_int_equal(x.rc_endpoint, SB_ECONFIG);
+    assert_non_null(strstr(x.why_endpoint, "adapter rpc: endpoint:"));
+    assert_non_null(strstr(x.why_endpoint, "change only with a restart"));
+    /* the running adapter serves on, and nothing listens where the refused
+     * config asked */
+    if (x.pub_after != 0)
+        fail_msg("publish after the refused reloads: %d %s", x.pub_after, x.why);
+    assert_int_not_equal(x.pub_moved, 0);
+    sbt_rmtree(x.dir);
+}
+
 int main(void)
 {
+    sb_error err;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reload),
+        cmocka_unit_test(test_reload_refused),
     };
+    sb_platform_init();
+    if (sb_adapters_register_builtin(&err) != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
     return cmocka_run_group_tests_name("rpc-reload", tests, NULL, NULL);
 }
