@@ -272,8 +272,9 @@ static void pub_submit(jsonl_session *s, const pub_in *in, json_t *id)
             sb_message_unref(m);
             return reply_error(s, id, SB_ENOMEM, "out of memory");
         }
-    if (in->has_ttl)
-        m->expires_ms = m->created_ms + in->ttl_ms;
+    if (in->has_ttl) /* a TTL too long to add to the time is as long as it can be */
+        m->expires_ms = in->ttl_ms > INT64_MAX - m->created_ms ? INT64_MAX
+                                                                : m->created_ms + in->ttl_ms;
     m->priority = (int)in->priority;
     r = reply_new(s, id);
     if (r == NULL) {

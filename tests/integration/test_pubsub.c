@@ -439,6 +439,14 @@ static void test_ttl_expiry(void **state)
     sbt_pub(c, "exp/b", "fresh", 1);
     sbt_sub(c, "exp", NULL, 10);
     expect_msg(c, "exp", "exp/b", "fresh", 1);
+
+    /* A TTL too long to add to the time does not wrap into the past. */
+    r = sbt_call(c, "{s:s, s:s, s:s, s:I}", "op", "pub", "topic", "plain/b", "payload", "long",
+                 "ttl", (json_int_t)INT64_MAX);
+    sbt_expect_op(r, "puback");
+    json_decref(r);
+    sbt_sub(c, "plain", NULL, 10);
+    expect_msg(c, "plain", "plain/b", "long", 1);
     sbt_close(c);
     b->passed = 1;
 }
