@@ -741,9 +741,12 @@ static void ack_submit(jsonl_session *s, const jl_str *name, int64_t msg_id, int
         js->out = d->next;
     if (js->out_tail == d)
         js->out_tail = prev;
-    if (d->entry != NULL) {
+    if (d->entry != NULL && d->attempt > 1) {
         /* The stale copies of this message are answered by it too (else they
-         * would hold the window until the connection closes). */
+         * would hold the window until the connection closes). A stale copy
+         * is an earlier attempt whose lease expired (which counted the
+         * attempt), so a first attempt has none: acks in order stay O(1)
+         * however many deliveries are outstanding. */
         sb_delivery **pp = &js->out, *x, *done = NULL, *last = NULL;
         while ((x = *pp) != NULL) {
             if (x->entry == NULL && x->msg->id == (uint64_t)msg_id) {
