@@ -145,8 +145,10 @@ static void *commit_thread(void *arg)
                              " 0, 0)",
                              -1, &ins, NULL),
           "prepare");
-    check(db, sqlite3_prepare_v2(db, "DELETE FROM entries WHERE queue_id = 1 AND msg_id BETWEEN ?1 AND ?2", -1,
-                                 &del, NULL),
+    check(db,
+          sqlite3_prepare_v2(db,
+                             "DELETE FROM entries WHERE queue_id = 1 AND msg_id BETWEEN ?1 AND ?2",
+                             -1, &del, NULL),
           "prepare");
     for (;;) {
         group g;
