@@ -41,8 +41,16 @@ static inline size_t sb_json_plain_run(const char *s, size_t len)
         memcpy(&x, s + i, 8);
         q = x ^ (ones * '"');
         b = x ^ (ones * '\\');
-        if ((((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b) | x) & highs)
+        uint64_t t = (((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b) | x) & highs;
+        if (t != 0) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            /* the lowest flagged byte is a true one (a false flag needs a
+             * borrow from a lower, truly flagged byte) */
+            return i + (size_t)(__builtin_ctzll(t) >> 3);
+#else
             break;
+#endif
+        }
         i += 8;
     }
     while (i < len) {
