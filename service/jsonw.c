@@ -50,6 +50,13 @@ void sb_jsonw_str(sb_jsonw *w, const char *s, size_t len)
     *o++ = '"';
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
+        size_t run = sb_json_plain_run(s + i, len - i);
+        if (run > 0) {
+            memcpy(o, s + i, run);
+            o += run;
+            i += run - 1;
+            continue;
+        }
         if (c >= 0x20 && c != '"' && c != '\\') {
             /* Copy the run of bytes that need no escaping in one go. */
             size_t j = i + 1;

@@ -27,6 +27,7 @@
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "service/alloc.h"
@@ -152,6 +153,12 @@ static const char *const stmt_sql[ST_COUNT] = {
                     " ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
 };
 
+/* An ack deferred to the end of its group. */
+typedef struct ack_range {
+    uint32_t queue_id;
+    uint64_t first, last;
+} ack_range;
+
 struct sb_store {
     sqlite3 *db;
     char *path;
@@ -201,6 +208,9 @@ struct sb_store {
     uint64_t episode_failures;
     uint64_t group_msg_id; /* largest ids the current group wrote */
     uint32_t group_queue_id;
+    ack_range *acks; /* the group's acks not yet executed (acks_flush) */
+    size_t ack_count, ack_cap;
+    uint64_t ack_max_id; /* the largest last_id among them */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -762,6 +772,69 @@ static int exec_dlq_purge(sb_store *s, sb_store_op *op)
 
 /* Executes one op inside the group's transaction. Returns SQLITE_OK (the op's
  * own outcome is in op->status) or the error that fails the group. */
+/* Acks are deleted at the end of their group, merged into ranges: with
+ * several consumers on a queue, most acks arrive out of order and each
+ * would be a DELETE statement of one row; sorted, those of a group make a
+ * few ranges. Deferring changes nothing that a later op of the group could
+ * see (acks_flush runs first when it could), so a group's outcome is the
+ * same. Returns 0 if op was deferred, -1 if it must run now (no memory). */
+static int ack_defer(sb_store *s, const sb_store_op *op)
+{
+    if (s->ack_count == s->ack_cap) {
+        size_t cap = s->ack_cap == 0 ? 256 : 2 * s->ack_cap;
+        ack_range *n = sb_realloc(s->acks, cap * sizeof(*n));
+        if (n == NULL)
+            return -1;
+        s->acks = n;
+        s->ack_cap = cap;
+    }
+    s->acks[s->ack_count].queue_id = op->u.ack.queue_id;
+    s->acks[s->ack_count].first = op->u.ack.first_id;
+    s->acks[s->ack_count].last = op->u.ack.last_id;
+    s->ack_count++;
+    if (op->u.ack.last_id > s->ack_max_id)
+        s->ack_max_id = op->u.ack.last_id;
+    return 0;
+}
+
+static int ack_range_cmp(const void *a, const void *b)
+{
+    const ack_range *x = a, *y = b;
+    if (x->queue_id != y->queue_id)
+        return x->queue_id < y->queue_id ? -1 : 1;
+    return x->first < y->first ? -1 : x->first > y->first;
+}
+
+/* Deletes the deferred acks' entries, one statement per merged range. */
+static int acks_flush(sb_store *s)
+{
+    size_t n = s->ack_count, i = 0;
+    int rc = SQLITE_OK;
+    s->ack_count = 0;
+    s->ack_max_id = 0;
+    if (n > 1)
+        qsort(s->acks, n, sizeof(*s->acks), ack_range_cmp);
+    while (i < n && rc == SQLITE_OK) {
+        ack_range r = s->acks[i++];
+        while (i < n && s->acks[i].queue_id == r.queue_id && s->acks[i].first <= r.last + 1) {
+            if (s->acks[i].last > r.last)
+                r.last = s->acks[i].last;
+            i++;
+        }
+        rc = delete_range(s, r.queue_id, r.first, r.last);
+    }
+    return rc != SQLITE_OK ? fail(s, rc, "ack") : SQLITE_OK;
+}
+
+/* Whether op must see the deferred acks executed first: anything but a
+ * publish of a message newer than every acked one (whose rows no ack of
+ * this group can concern). */
+static int needs_acks_flushed(const sb_store *s, const sb_store_op *op)
+{
+    return s->ack_count > 0 && (op->type != SB_OP_PUBLISH || op->u.publish.msg == NULL ||
+                                op->u.publish.msg->id <= s->ack_max_id);
+}
+
 static int exec_op(sb_store *s, sb_store_op *op)
 {
     sqlite3_stmt *st;
@@ -1038,8 +1111,17 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
     }
     for (op = head; op != NULL && rc == SQLITE_OK; op = op->next) {
         op->status = 0;
-        rc = exec_op(s, op);
+        if (op->type == SB_OP_ACK && ack_defer(s, op) == 0)
+            continue;
+        if (needs_acks_flushed(s, op))
+            rc = acks_flush(s);
+        if (rc == SQLITE_OK)
+            rc = exec_op(s, op);
     }
+    if (rc == SQLITE_OK && s->ack_count > 0)
+        rc = acks_flush(s);
+    s->ack_count = 0; /* a failed group: retried from its ops */
+    s->ack_max_id = 0;
     if (rc == SQLITE_OK)
         rc = head != NULL ? update_meta(s) : probe_write(s);
     if (rc == SQLITE_OK) {
@@ -1168,6 +1250,7 @@ static void store_free(sb_store *s)
         uv_cond_destroy(&s->cond);
         uv_mutex_destroy(&s->mu);
     }
+    sb_free(s->acks);
     sb_free(s->path);
     sb_free(s);
 }
@@ -1554,6 +1637,10 @@ int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err)
     *out = NULL;
     if (opts == NULL || opts->path == NULL || opts->path[0] == '\0')
         return sb_error_set(err, SB_EINVAL, 0, "store: no database path");
+    /* SQLite's allocation statistics (which nothing reads) take a global
+     * mutex on every malloc and free; once the library is initialised this
+     * is refused, harmlessly. */
+    (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     s = sb_calloc(1, sizeof(*s));
     if (s == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "database %s: out of memory", opts->path);

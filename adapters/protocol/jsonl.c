@@ -68,6 +68,7 @@ struct jsonl_session {
     char who[160];
     char *scratch; /* decoded strings of the fast path */
     size_t scratch_cap;
+    sb_jsonw out; /* the line being written: pubacks and deliveries (reused) */
     jl_req fast;
     pub_in fast_pub;
 };
@@ -172,18 +173,52 @@ static void write_id(sb_jsonw *w, json_t *id)
     }
 }
 
-/* Completes r with the line built in w (takes the buffer). */
-static void reply_set_jsonw(reply *r, sb_jsonw *w)
+/* Starts a line in the session's reusable writer. */
+static sb_jsonw *out_begin(jsonl_session *s)
 {
+    s->out.len = 0;
+    s->out.failed = 0;
+    return &s->out;
+}
+
+/* Done with the line: a buffer grown for a large message is not kept. */
+static void out_end(jsonl_session *s)
+{
+    if (s->out.cap > 64 * 1024)
+        sb_jsonw_free(&s->out);
+}
+
+/* Completes r with the line built in s->out (out_begin). The reply at the
+ * head of the queue goes out at once, without a copy of its own: the
+ * common case, where replies complete in request order. */
+static void reply_set_out(reply *r)
+{
+    jsonl_session *s = r->s;
+    sb_jsonw *w = &s->out;
     sb_jsonw_raw(w, "\n", 1);
     if (w->failed) {
-        sb_jsonw_free(w);
         reply_set(r, NULL);
         return;
     }
-    r->line = w->buf;
-    r->len = w->len;
-    flush_replies(r->s);
+    if (r == s->rhead) {
+        s->rhead = r->next;
+        if (s->rhead == NULL)
+            s->rtail = NULL;
+        if (!s->closed)
+            sb_conn_send(s->conn, w->buf, w->len, NULL);
+        json_decref(r->id);
+        sb_free(r);
+    } else {
+        r->line = sb_malloc(w->len);
+        if (r->line == NULL) {
+            reply_set(r, NULL);
+            return;
+        }
+        memcpy(r->line, w->buf, w->len);
+        r->len = w->len;
+    }
+    out_end(s);
+    flush_replies(s);
 }
 
 static void on_puback(void *ctx, int status, uint64_t msg_id, int queues, const char *why)
@@ -192,14 +227,14 @@ static void on_puback(void *ctx, int status, uint64_t msg_id, int queues, const 
     jsonl_session *s = r->s;
     s->pending--;
     if (status == 0) {
-        sb_jsonw w = {0};
-        sb_jsonw_lit(&w, "{\"op\":\"puback\",\"msg_id\":");
-        sb_jsonw_int(&w, (int64_t)msg_id);
-        sb_jsonw_lit(&w, ",\"queues\":");
-        sb_jsonw_int(&w, queues);
-        write_id(&w, r->id);
-        sb_jsonw_raw(&w, "}", 1);
-        reply_set_jsonw(r, &w);
+        sb_jsonw *w = out_begin(s);
+        sb_jsonw_lit(w, "{\"op\":\"puback\",\"msg_id\":");
+        sb_jsonw_int(w, (int64_t)msg_id);
+        sb_jsonw_lit(w, ",\"queues\":");
+        sb_jsonw_int(w, queues);
+        write_id(w, r->id);
+        sb_jsonw_raw(w, "}", 1);
+        reply_set_out(r);
     } else {
         reply_set(r, error_obj(status, why != NULL ? why : sb_strerror(status)));
     }
@@ -365,8 +400,9 @@ static void message_line(sb_jsonw *w, const sb_delivery *d)
     sb_jsonw_int(w, d->attempt);
     sb_jsonw_lit(w, ",\"created\":");
     sb_jsonw_int(w, m->created_ms);
-    if (sb_utf8_valid((const char *)m->payload, m->payload_len) &&
-        memchr(m->payload, '\0', m->payload_len) == NULL) {
+    if (sb_json_plain_run((const char *)m->payload, m->payload_len) == m->payload_len ||
+        (sb_utf8_valid((const char *)m->payload, m->payload_len) &&
+         memchr(m->payload, '\0', m->payload_len) == NULL)) {
         sb_jsonw_lit(w, ",\"payload\":");
         sb_jsonw_str(w, (const char *)m->payload, m->payload_len);
     } else {
@@ -396,7 +432,7 @@ static int jsub_deliver(sb_consumer *c, sb_delivery *d)
 {
     jsub *js = c->ctx;
     jsonl_session *s = js->s;
-    sb_jsonw w = {0};
+    sb_jsonw *w;
     if (s->closed || s->conn->out_paused)
         return SB_EBUSY;
     if (!sb_auth_allowed(sb_conn_acl(s->conn), s->conn->user, NULL, d->msg->topic, SB_ACL_READ)) {
@@ -404,11 +440,10 @@ static int jsub_deliver(sb_consumer *c, sb_delivery *d)
         sb_delivery_done(d, 0, NULL);
         return 0;
     }
-    message_line(&w, d);
-    if (w.failed) {
-        sb_jsonw_free(&w);
+    w = out_begin(s);
+    message_line(w, d);
+    if (w->failed)
         return SB_ENOMEM;
-    }
     d->next = NULL;
     if (js->out_tail != NULL)
         js->out_tail->next = d;
@@ -418,12 +453,10 @@ static int jsub_deliver(sb_consumer *c, sb_delivery *d)
     if (s->rhead != NULL) {
         reply *r = reply_new(s, NULL);
         if (r != NULL)
-            reply_set_jsonw(r, &w);
-        else
-            sb_jsonw_free(&w);
+            reply_set_out(r);
     } else {
-        sb_conn_send2(s->conn, w.buf, w.len, "\n", 1, NULL);
-        sb_jsonw_free(&w);
+        sb_conn_send2(s->conn, w->buf, w->len, "\n", 1, NULL);
+        out_end(s);
     }
     return 0;
 }
@@ -751,9 +784,12 @@ static void ack_submit(jsonl_session *s, const jl_str *name, int64_t msg_id, int
         js->out = d->next;
     if (js->out_tail == d)
         js->out_tail = prev;
-    if (d->entry != NULL) {
+    if (d->entry != NULL && d->attempt > 1) {
         /* The stale copies of this message are answered by it too (else they
-         * would hold the window until the connection closes). */
+         * would hold the window until the connection closes). A stale copy
+         * is an earlier attempt whose lease expired (which counted the
+         * attempt), so a first attempt has none: acks in order stay O(1)
+         * however many deliveries are outstanding. */
         sb_delivery **pp = &js->out, *x, *done = NULL, *last = NULL;
         while ((x = *pp) != NULL) {
             if (x->entry == NULL && x->msg->id == (uint64_t)msg_id) {
@@ -1247,6 +1283,7 @@ static void session_maybe_free(jsonl_session *s)
     }
     sb_free(s->buf);
     sb_free(s->scratch);
+    sb_jsonw_free(&s->out);
     sb_conn_unref(s->conn);
     sb_free(s);
 }

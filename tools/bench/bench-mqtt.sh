@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# bench-mqtt.sh: the same MQTT 3.1.1 load (tools/bench/mqttbench) against
-# Mosquitto and Switchboard, side by side, on this machine. Linux only.
+# bench-mqtt.sh: the same MQTT 3.1.1 load against Mosquitto and Switchboard,
+# side by side, on this machine. Linux only.
 #
 #   tools/bench/bench-mqtt.sh [options]          throughput and latency table
 #   tools/bench/bench-mqtt.sh --kill9 [options]  acknowledged messages lost to kill -9
 #
+# Two load generators run the same load: tools/bench/mqttload, on
+# libmosquitto (Debian's libmosquitto-dev), which shares no code with the
+# broker, and tools/bench/mqttbench, on the broker's own MQTT codec (one
+# epoll loop writing a whole window in one send, so it is never the
+# bottleneck), as a second opinion. Each gets its own table.
+#
 # Throughput: both brokers run at once, on free loopback ports, each with a
 # fresh data directory in a temporary directory; the runs alternate between
-# them (so machine noise hits both alike) and the median of --runs is
-# reported, with the broker's CPU time per message (from /proc) and a
-# one-at-a-time run (--window 1, one producer) for latency.
+# brokers and generators (so machine noise hits all alike) and the median of
+# --runs is reported, with the broker's CPU time per message (from /proc) and
+# a one-at-a-time run (--window 1, one producer) for latency.
 #
 # --kill9: per broker, a persistent-session (clean session 0) subscriber
 # subscribes and goes offline; the broker is restarted gracefully (so even a
@@ -31,10 +37,12 @@
 #   --lat-count N    messages of the one-at-a-time run, 0 skips it (BENCH_LAT_COUNT, 5000)
 #   --k9-count N     messages published before kill -9 (BENCH_K9_COUNT, 10000)
 #   --only NAME      mosquitto or switchboard (BENCH_ONLY)
+#   --generator G    mqttload, mqttbench or both (BENCH_GENERATOR, both; mqttbench
+#                    alone when mqttload was not built: no libmosquitto-dev)
 #   --keep           keep the temporary directory (configs, logs, outputs)
-# SB_BUILD_DIR: build directory holding service/switchboard and
-# tools/bench/mqttbench (default build/release; configured with the release
-# preset and built when they are missing). MOSQUITTO: the Mosquitto binary
+# SB_BUILD_DIR: build directory holding service/switchboard,
+# tools/bench/mqttbench and tools/bench/mqttload (default build/release;
+# configured with the release preset and built when they are missing). MOSQUITTO: the Mosquitto binary
 # (default /usr/sbin/mosquitto).
 #
 # Only the processes this script starts are signalled, by their PIDs.
@@ -54,6 +62,7 @@ runs=${BENCH_RUNS:-3}
 lat_count=${BENCH_LAT_COUNT:-5000}
 k9_count=${BENCH_K9_COUNT:-10000}
 only=${BENCH_ONLY:-}
+generator=${BENCH_GENERATOR:-both}
 timeout=${BENCH_TIMEOUT:-30}
 mode=table
 keep=0
@@ -76,6 +85,7 @@ while [ $# -gt 0 ]; do
     --lat-count) lat_count=$2; shift ;;
     --k9-count) k9_count=$2; shift ;;
     --only) only=$2; shift ;;
+    --generator) generator=$2; shift ;;
     --keep) keep=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench-mqtt.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -83,19 +93,35 @@ while [ $# -gt 0 ]; do
     shift
 done
 case $only in '' | mosquitto | switchboard) ;; *) echo "bench-mqtt.sh: --only mosquitto|switchboard" >&2; exit 2 ;; esac
+case $generator in both | mqttload | mqttbench) ;; *) echo "bench-mqtt.sh: --generator mqttload|mqttbench|both" >&2; exit 2 ;; esac
 
 sb_bin=$build/service/switchboard
 bench_bin=$build/tools/bench/mqttbench
+load_bin=$build/tools/bench/mqttload
 
 # ---- build ----
-if [ ! -x "$sb_bin" ] || [ ! -x "$bench_bin" ]; then
-    echo "== building switchboard and mqttbench in $build (release preset)"
+if [ ! -x "$sb_bin" ] || [ ! -x "$bench_bin" ] || [ ! -x "$load_bin" ]; then
+    echo "== building switchboard, mqttbench and mqttload in $build (release preset)"
     (cd "$top" && cmake --preset release -B "$build" >/dev/null &&
         cmake --build "$build" --target switchboard mqttbench) || {
         echo "bench-mqtt.sh: build failed" >&2
         exit 1
     }
+    # mqttload exists only where libmosquitto-dev was found
+    (cd "$top" && cmake --build "$build" --target mqttload >/dev/null 2>&1)
 fi
+generators=()
+if [ "$generator" != mqttbench ]; then
+    if [ -x "$load_bin" ]; then
+        generators+=(mqttload)
+    elif [ "$generator" = mqttload ]; then
+        echo "bench-mqtt.sh: $load_bin not built (apt-get install libmosquitto-dev, reconfigure)" >&2
+        exit 1
+    else
+        echo "bench-mqtt.sh: note: no $load_bin (libmosquitto-dev missing): mqttbench only" >&2
+    fi
+fi
+[ "$generator" = mqttload ] || generators+=(mqttbench)
 if [ -z "$only" ] || [ "$only" = mosquitto ]; then
     [ -x "$mosq_bin" ] || { echo "bench-mqtt.sh: $mosq_bin not found (apt-get install mosquitto, or set MOSQUITTO)" >&2; exit 1; }
 fi
@@ -303,7 +329,7 @@ session_flag() {
 echo "== bench-mqtt: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "   mosquitto: $("$mosq_bin" -h 2>/dev/null | head -n 1)"
 echo "   switchboard: $sb_bin"
-echo "   generator: $bench_bin"
+echo "   generators: ${generators[*]} ($build/tools/bench)"
 
 brokers=()
 [ -z "$only" ] || [ "$only" = mosquitto ] && brokers+=(mosquitto)
@@ -391,83 +417,103 @@ for name in "${brokers[@]}"; do
 done
 [ ${#active[@]} -gt 0 ] || { echo "bench-mqtt.sh: no broker to measure" >&2; exit 1; }
 
-echo "== $runs run(s) per broker: QoS $qos, $count messages of $size B, $producers producer(s)," \
-    "$consumers consumer(s) ($(session_flag | tr -d -) session), window $window"
-# Every run uses the same client ids: with --persistent, a session left by
+echo "== $runs run(s) per broker and generator: QoS $qos, $count messages of $size B," \
+    "$producers producer(s), $consumers consumer(s) ($(session_flag | tr -d -) session), window $window"
+# Every run uses the same client ids, whichever the generator (both name
+# clients <id-prefix>-p<i> and -c<i>): with --persistent, a session left by
 # an earlier run under another id would stay subscribed and keep collecting
 # (and the broker storing) every later run's messages.
+gen_bin() {
+    [ "$1" = mqttload ] && echo "$load_bin" || echo "$bench_bin"
+}
 status=0
 declare -A results
 for ((r = 1; r <= runs; r++)); do
-    for name in "${active[@]}"; do
-        out=$tmp/$name/run$r.txt
-        kill -0 "${pid_of[$name]}" 2>/dev/null || continue
-        before=$(cpu_ticks "${pid_of[$name]}")
-        "$bench_bin" --port "${port_of[$name]}" --qos "$qos" --count "$count" --size "$size" \
-            --producers "$producers" --consumers "$consumers" --window "$window" \
-            "$(session_flag)" --id-prefix bench --timeout "$timeout" >"$out" 2>&1
-        rc=$?
-        after=$(cpu_ticks "${pid_of[$name]}")
-        line=$(grep '^RESULT' "$out")
-        # Broker CPU per message, in microseconds (USER_HZ ticks).
-        us=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$count" \
-            'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
-        rss=$(awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/${pid_of[$name]}/status" 2>/dev/null)
-        printf '   %-12s run %d: %s msgs/s, ack p50 %s us, p99 %s us; broker %s us CPU/msg, peak RSS %s MB; generator CPU %s s\n' \
-            "$name" "$r" "$(field msgs_per_s "$line")" "$(field p50_us "$line")" \
-            "$(field p99_us "$line")" "$us" "${rss:-?}" "$(field gen_cpu_s "$line")"
-        if [ $rc != 0 ]; then
-            echo "   $name run $r FAILED (exit $rc):"
-            grep -v '^RESULT' "$out" | sed 's/^/     /'
-            broker_gone "$name"
-            status=1
-        fi
-        results[$name]+="$(field msgs_per_s "$line") $r $us ${rss:-?}"$'\n'
+    for gen in "${generators[@]}"; do
+        for name in "${active[@]}"; do
+            out=$tmp/$name/$gen-run$r.txt
+            kill -0 "${pid_of[$name]}" 2>/dev/null || continue
+            before=$(cpu_ticks "${pid_of[$name]}")
+            "$(gen_bin "$gen")" --port "${port_of[$name]}" --qos "$qos" --count "$count" \
+                --size "$size" --producers "$producers" --consumers "$consumers" \
+                --window "$window" "$(session_flag)" --id-prefix bench --timeout "$timeout" \
+                >"$out" 2>&1
+            rc=$?
+            after=$(cpu_ticks "${pid_of[$name]}")
+            line=$(grep '^RESULT' "$out")
+            # Broker CPU per message, in microseconds (USER_HZ ticks).
+            us=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$count" \
+                'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+            rss=$(awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/${pid_of[$name]}/status" 2>/dev/null)
+            printf '   %-9s %-12s run %d: %s msgs/s, ack p50 %s us, p99 %s us; broker %s us CPU/msg, peak RSS %s MB; generator CPU %s s\n' \
+                "$gen" "$name" "$r" "$(field msgs_per_s "$line")" "$(field p50_us "$line")" \
+                "$(field p99_us "$line")" "$us" "${rss:-?}" "$(field gen_cpu_s "$line")"
+            if [ $rc != 0 ]; then
+                echo "   $gen $name run $r FAILED (exit $rc):"
+                grep -v '^RESULT' "$out" | sed 's/^/     /'
+                broker_gone "$name"
+                status=1
+            fi
+            results[$gen/$name]+="$(field msgs_per_s "$line") $r $us ${rss:-?}"$'\n'
+        done
     done
 done
 
 declare -A lat
 if [ "$lat_count" -gt 0 ]; then
     echo "== one at a time: QoS $qos, $lat_count messages, 1 producer, window 1"
-    for name in "${active[@]}"; do
-        out=$tmp/$name/latency.txt
-        kill -0 "${pid_of[$name]}" 2>/dev/null || continue
-        "$bench_bin" --port "${port_of[$name]}" --qos "$qos" --count "$lat_count" --size "$size" \
-            --producers 1 --consumers "$consumers" --window 1 "$(session_flag)" \
-            --id-prefix bench --timeout "$timeout" >"$out" 2>&1 || {
-            echo "   $name latency run FAILED:"
-            grep -v '^RESULT' "$out" | sed 's/^/     /'
-            broker_gone "$name"
-            status=1
-        }
-        lat[$name]=$(grep '^RESULT' "$out")
+    for gen in "${generators[@]}"; do
+        for name in "${active[@]}"; do
+            out=$tmp/$name/$gen-latency.txt
+            kill -0 "${pid_of[$name]}" 2>/dev/null || continue
+            "$(gen_bin "$gen")" --port "${port_of[$name]}" --qos "$qos" --count "$lat_count" \
+                --size "$size" --producers 1 --consumers "$consumers" --window 1 \
+                "$(session_flag)" --id-prefix bench --timeout "$timeout" >"$out" 2>&1 || {
+                echo "   $gen $name latency run FAILED:"
+                grep -v '^RESULT' "$out" | sed 's/^/     /'
+                broker_gone "$name"
+                status=1
+            }
+            lat[$gen/$name]=$(grep '^RESULT' "$out")
+        done
     done
 fi
 
-echo
-printf '%-12s %9s %11s %11s %11s %10s %8s %6s %11s %11s\n' broker "msgs/s" "ack p50 us" \
-    "ack p99 us" "e2e p50 us" "cpu us/msg" "peak MB" "lost" "1x1 p50 us" "1x1 p99 us"
-declare -A median
-for name in "${active[@]}"; do
-    # The median run by msgs/s.
-    n=$(printf '%s' "${results[$name]:-}" | grep -c .)
-    [ "$n" -gt 0 ] || continue
-    mid=$(printf '%s' "${results[$name]}" | sort -n | sed -n "$(((n + 1) / 2))p")
-    r=$(echo "$mid" | cut -d' ' -f2)
-    line=$(grep '^RESULT' "$tmp/$name/run$r.txt")
-    median[$name]=$(field msgs_per_s "$line")
-    printf '%-12s %9s %11s %11s %11s %10s %8s %6s %11s %11s\n' "$name" \
-        "$(field msgs_per_s "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" \
-        "$(field e2e_p50_us "$line")" "$(echo "$mid" | cut -d' ' -f3)" \
-        "$(echo "$mid" | cut -d' ' -f4)" "$(field lost "$line")" \
-        "$(field p50_us "${lat[$name]:-}")" "$(field p99_us "${lat[$name]:-}")"
+declare -A median median_cpu
+for gen in "${generators[@]}"; do
+    echo
+    case $gen in
+    mqttload) echo "generator mqttload (libmosquitto $(pkg-config --modversion libmosquitto 2>/dev/null)):" ;;
+    *) echo "generator mqttbench (the broker's MQTT codec):" ;;
+    esac
+    printf '%-12s %9s %11s %11s %11s %10s %8s %6s %11s %11s\n' broker "msgs/s" "ack p50 us" \
+        "ack p99 us" "e2e p50 us" "cpu us/msg" "peak MB" "lost" "1x1 p50 us" "1x1 p99 us"
+    for name in "${active[@]}"; do
+        # The median run by msgs/s; CPU per message: the median of all runs.
+        n=$(printf '%s' "${results[$gen/$name]:-}" | grep -c .)
+        [ "$n" -gt 0 ] || continue
+        mid=$(printf '%s' "${results[$gen/$name]}" | sort -n | sed -n "$(((n + 1) / 2))p")
+        r=$(echo "$mid" | cut -d' ' -f2)
+        line=$(grep '^RESULT' "$tmp/$name/$gen-run$r.txt")
+        median[$gen/$name]=$(field msgs_per_s "$line")
+        median_cpu[$gen/$name]=$(printf '%s' "${results[$gen/$name]}" | cut -d' ' -f3 | sort -g |
+            sed -n "$(((n + 1) / 2))p")
+        printf '%-12s %9s %11s %11s %11s %10s %8s %6s %11s %11s\n' "$name" \
+            "$(field msgs_per_s "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" \
+            "$(field e2e_p50_us "$line")" "${median_cpu[$gen/$name]}" \
+            "$(echo "$mid" | cut -d' ' -f4)" "$(field lost "$line")" \
+            "$(field p50_us "${lat[$gen/$name]:-}")" "$(field p99_us "${lat[$gen/$name]:-}")"
+    done
+    if [ -n "${median[$gen/switchboard]:-}" ] && [ -n "${median[$gen/mosquitto]:-}" ]; then
+        awk -v s="${median[$gen/switchboard]}" -v m="${median[$gen/mosquitto]}" \
+            -v sc="${median_cpu[$gen/switchboard]}" -v mc="${median_cpu[$gen/mosquitto]}" \
+            'BEGIN { if (m > 0) printf "switchboard/mosquitto msgs/s: %.2f", s / m;
+                     if (sc > 0) printf "; broker CPU per message: 1/%.1f of mosquitto'"'"'s", mc / sc;
+                     printf "\n" }'
+    fi
 done
-if [ -n "${median[switchboard]:-}" ] && [ -n "${median[mosquitto]:-}" ]; then
-    awk -v s="${median[switchboard]}" -v m="${median[mosquitto]}" \
-        'BEGIN { if (m > 0) printf "switchboard/mosquitto msgs/s: %.2f\n", s / m }'
-fi
 echo "(median of $runs runs by msgs/s, end to end: first PUBLISH to the last message received;"
-echo " ack = PUBLISH->PUBACK/PUBCOMP; e2e = PUBLISH->delivery; cpu = broker CPU time per message;"
-echo " peak MB = broker's peak RSS so far; 1x1 = one producer, window 1)"
+echo " ack = PUBLISH->PUBACK/PUBCOMP; e2e = PUBLISH->delivery; cpu = broker CPU time per message,"
+echo " median of the runs; peak MB = broker's peak RSS so far; 1x1 = one producer, window 1)"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 exit $status

@@ -76,6 +76,44 @@ static void test_jsonw_escapes_round_trip(void **state)
     sb_jsonw_free(&w);
 }
 
+/* The word-at-a-time scan stops exactly where a byte-by-byte one would:
+ * every special byte (controls, '"', '\\', non-ASCII, the neighbours of
+ * each) at every offset of a 40-byte plain string, and written strings
+ * still parse back to what was written. */
+static void test_json_plain_run_matches_bytewise(void **state)
+{
+    static const unsigned char specials[] = {0x00, 0x01, 0x1f, '"',  '\\', 0x7f, 0x80,
+                                             0xc3, 0xff, 0x20, 0x21, 0x23, 0x5b, 0x5d};
+    char buf[40];
+    (void)state;
+    for (size_t k = 0; k < sizeof(specials); k++)
+        for (size_t at = 0; at < sizeof(buf); at++) {
+            size_t expect = 0;
+            sb_jsonw w = {0};
+            json_t *parsed;
+            memset(buf, 'a', sizeof(buf));
+            buf[at] = (char)specials[k];
+            while (expect < sizeof(buf)) {
+                unsigned char c = (unsigned char)buf[expect];
+                if (c < 0x20 || c >= 0x80 || c == '"' || c == '\\')
+                    break;
+                expect++;
+            }
+            assert_int_equal(sb_json_plain_run(buf, sizeof(buf)), expect);
+            assert_int_equal(sb_json_plain_run(buf, at), at);
+            if (specials[k] >= 0x80)
+                continue; /* not UTF-8 alone: not for the writer */
+            sb_jsonw_str(&w, buf, sizeof(buf));
+            assert_false(w.failed);
+            parsed = json_loadb(w.buf, w.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+            assert_non_null(parsed);
+            assert_int_equal(json_string_length(parsed), sizeof(buf));
+            assert_memory_equal(json_string_value(parsed), buf, sizeof(buf));
+            json_decref(parsed);
+            sb_jsonw_free(&w);
+        }
+}
+
 static void test_jsonw_out_of_memory_sticks(void **state)
 {
     sb_jsonw w = {0};
@@ -126,6 +164,7 @@ int main(void)
         cmocka_unit_test(test_base64_round_trip),
         cmocka_unit_test(test_base64_rejects_garbage),
         cmocka_unit_test(test_jsonw_escapes_round_trip),
+        cmocka_unit_test(test_json_plain_run_matches_bytewise),
         cmocka_unit_test(test_jsonw_out_of_memory_sticks),
         cmocka_unit_test(test_map),
     };
