@@ -60,7 +60,8 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
                       !q->from_config    ? "client"
                       : q->route != NULL ? "route"
                                          : "orphaned",
-                      "depth", (json_int_t)q->depth, "bytes", (json_int_t)q->bytes, "pending",
+                      "depth", (json_int_t)sb_queue__total_depth(q), "bytes",
+                      (json_int_t)sb_queue__total_bytes(q), "pending",
                       (json_int_t)q->pending, "inflight", inflight, "consumers", consumers,
                       "oldest_age_ms",
                       (json_int_t)(q->fifo.head != NULL ? now - q->fifo.head->msg->created_ms : 0),
@@ -69,6 +70,15 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
                       (json_int_t)q->dropped, "in_rate", sb_rate__per_sec(&q->in_rate, now_sec),
                       "out_rate", sb_rate__per_sec(&q->out_rate, now_sec));
         sb_free(joined);
+        /* paging: the window in memory, the rest only in the store */
+        if (o != NULL &&
+            (json_object_set_new(o, "resident_depth", json_integer((json_int_t)q->depth)) != 0 ||
+             json_object_set_new(o, "resident_bytes", json_integer((json_int_t)q->bytes)) != 0 ||
+             json_object_set_new(o, "stored_depth", json_integer((json_int_t)q->disk_depth)) != 0 ||
+             json_object_set_new(o, "stored_bytes", json_integer((json_int_t)q->disk_bytes)) != 0)) {
+            json_decref(o);
+            o = NULL;
+        }
         if (o != NULL && q->transform != NULL &&
             json_object_set_new(o, "filtered", json_integer((json_int_t)q->filtered)) != 0) {
             json_decref(o);
@@ -111,6 +121,8 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
     json_object_set_new(broker, "published", json_integer((json_int_t)b->published));
     json_object_set_new(broker, "refused", json_integer((json_int_t)b->refused));
     json_object_set_new(broker, "retained", json_integer((json_int_t)b->retained.count));
+    json_object_set_new(broker, "queue_memory", json_integer((json_int_t)b->cfg->broker.queue_memory));
+    json_object_set_new(broker, "resident_bytes", json_integer((json_int_t)b->resident_bytes));
     json_object_set_new(broker, "durability", classes);
     json_object_set_new(broker, "adapters", adapters);
     json_object_set_new(root, "queues", queues);

@@ -149,6 +149,28 @@ static const char *const stmt_sql[ST_COUNT] = {
                     " ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
 };
 
+/* The statements of paging (SB_OP_PAGE_IN, SB_OP_TRIM, sb_store_load_counts),
+ * kept apart from the hot path's. SIZE_SQL is sb_message_size of a row:
+ * length() of a blob reads its header, not its content. */
+#define SIZE_SQL                                                                                   \
+    "(length(CAST(topic AS BLOB)) + coalesce(length(payload), 0) + coalesce(length(headers), 0))"
+
+enum page_stmt_id { PST_READ, PST_SCAN, PST_EXPIRE_COPY, PST_COUNT };
+
+static const char *const page_sql[PST_COUNT] = {
+    [PST_READ] = "SELECT msg_id, topic, payload, headers, created_ms, expires_ms, priority,"
+                 " attempts, " SIZE_SQL " FROM entries WHERE queue_id = ?1 AND msg_id > ?2"
+                 " ORDER BY msg_id LIMIT ?3",
+    [PST_SCAN] = "SELECT msg_id, created_ms, expires_ms, " SIZE_SQL " FROM entries"
+                 " WHERE queue_id = ?1 AND msg_id > ?2 ORDER BY msg_id LIMIT ?3",
+    [PST_EXPIRE_COPY] =
+        "INSERT INTO dlq(queue_name, msg_id, topic, payload, headers, created_ms, expires_ms,"
+        " priority, dead_ms, reason, source, attempts)"
+        " SELECT coalesce(?4, (SELECT name FROM queues WHERE id = ?1)), msg_id, topic, payload,"
+        " headers, created_ms, expires_ms, priority, ?5, ?6, NULL, attempts"
+        " FROM entries WHERE queue_id = ?1 AND msg_id > ?2 AND msg_id <= ?3 ORDER BY msg_id",
+};
+
 struct sb_store {
     sqlite3 *db;
     char *path;
@@ -157,6 +179,7 @@ struct sb_store {
     int64_t page_size;
     int64_t max_db_bytes; /* 0: no limit */
     sqlite3_stmt *st[ST_COUNT];
+    sqlite3_stmt *page_st[PST_COUNT];
     int cur_sync;         /* PRAGMA synchronous last set: 1 NORMAL, 2 FULL */
     uint64_t hw_msg_id;   /* id high-water marks as committed in meta */
     uint32_t hw_queue_id; /* (store thread, or loop thread before start) */
@@ -755,6 +778,120 @@ static int exec_dlq_purge(sb_store *s, sb_store_op *op)
     return SQLITE_OK;
 }
 
+/* ---- paging ops --------------------------------------------------------- */
+
+static int exec_page_in(sb_store *s, sb_store_op *op)
+{
+    sqlite3_stmt *st = s->page_st[PST_READ];
+    sb_store_entry *rows = NULL;
+    size_t count = 0, cap = 0;
+    int64_t bytes = 0, max_bytes = op->u.page_in.max_bytes;
+    int limit = op->u.page_in.limit > 0 ? op->u.page_in.limit : 1;
+    int rc, status = 0;
+
+    rc = bind_args(st, "iii", (int64_t)op->u.page_in.queue_id, (int64_t)op->u.page_in.after_id,
+                   (int64_t)limit);
+    if (rc != SQLITE_OK)
+        return op_error(s, op, bind_run(st, rc), "page-in");
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (count == cap) {
+            size_t ncap = cap == 0 ? 64 : cap * 2;
+            sb_store_entry *n = sb_realloc(rows, ncap * sizeof(*rows));
+            if (n == NULL) {
+                status = SB_ENOMEM;
+                break;
+            }
+            rows = n;
+            cap = ncap;
+        }
+        status = message_from_row(&rows[count].msg, st, 0, 1, 2, 3, 4, 5, 6);
+        if (status != 0)
+            break;
+        rows[count].attempts = sqlite3_column_int(st, 7);
+        rows[count].size = sqlite3_column_int64(st, 8);
+        bytes += rows[count].size;
+        count++;
+        if (max_bytes > 0 && bytes >= max_bytes)
+            break;
+    }
+    (void)sqlite3_reset(st);
+    if (status == 0 && rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        sb_store_page_rows_free(rows, count);
+        return op_error(s, op, rc, "page-in");
+    }
+    if (status != 0) {
+        sb_store_page_rows_free(rows, count);
+        op->status = status;
+        return SQLITE_OK;
+    }
+    op->u.page_in.rows = rows;
+    op->u.page_in.row_count = count;
+    return SQLITE_OK;
+}
+
+/* An entry's expiry as the queue sees it (service/queue.c entry_expiry). */
+static int64_t effective_expiry(int64_t created_ms, int64_t expires_ms, int64_t ttl_ms)
+{
+    if (ttl_ms > 0 && (expires_ms == 0 || created_ms + ttl_ms < expires_ms))
+        return created_ms + ttl_ms;
+    return expires_ms;
+}
+
+static int exec_trim(sb_store *s, sb_store_op *op)
+{
+    sqlite3_stmt *st = s->page_st[PST_SCAN];
+    uint32_t qid = op->u.trim.queue_id;
+    uint64_t after = op->u.trim.after_id, last = 0;
+    int64_t removed = 0, bytes = 0, next = 0;
+    int limit = op->u.trim.limit > 0 ? op->u.trim.limit : 1;
+    int rc;
+
+    op->u.trim.removed = op->u.trim.removed_bytes = op->u.trim.next_expiry_ms = 0;
+    op->u.trim.last_id = 0;
+    /* The run to remove is a prefix of the entries after `after`: found
+     * first, then removed by id range (no statement runs under the scan). */
+    rc = bind_args(st, "iii", (int64_t)qid, (int64_t)after, (int64_t)limit);
+    if (rc != SQLITE_OK)
+        return fail(s, bind_run(st, rc), "trim: scan");
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (op->u.trim.expire) {
+            int64_t exp = effective_expiry(sqlite3_column_int64(st, 1),
+                                           sqlite3_column_int64(st, 2), op->u.trim.ttl_ms);
+            if (exp == 0 || exp > op->u.trim.now_ms) {
+                next = exp;
+                break;
+            }
+        }
+        last = (uint64_t)sqlite3_column_int64(st, 0);
+        bytes += sqlite3_column_int64(st, 3);
+        removed++;
+    }
+    (void)sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return fail(s, rc, "trim: scan");
+    if (removed == 0) {
+        op->u.trim.next_expiry_ms = next;
+        return SQLITE_OK;
+    }
+    if (op->u.trim.expire) {
+        st = s->page_st[PST_EXPIRE_COPY];
+        rc = bind_run(st, bind_args(st, "iiitit", (int64_t)qid, (int64_t)after, (int64_t)last,
+                                    op->u.trim.queue_name, sb_now_ms(),
+                                    op->u.trim.reason != NULL ? op->u.trim.reason
+                                                              : "expired (ttl)"));
+        if (rc != SQLITE_OK)
+            return fail(s, rc, "trim: dead-letter");
+    }
+    rc = delete_range(s, qid, after + 1, last);
+    if (rc != SQLITE_OK)
+        return fail(s, rc, "trim: delete");
+    op->u.trim.removed = removed;
+    op->u.trim.removed_bytes = bytes;
+    op->u.trim.last_id = last;
+    op->u.trim.next_expiry_ms = next;
+    return SQLITE_OK;
+}
+
 /* Executes one op inside the group's transaction. Returns SQLITE_OK (the op's
  * own outcome is in op->status) or the error that fails the group. */
 static int exec_op(sb_store *s, sb_store_op *op)
@@ -803,6 +940,10 @@ static int exec_op(sb_store *s, sb_store_op *op)
         st = s->st[op->u.key.prefix ? ST_KEY_DELETE_PREFIX : ST_KEY_DELETE];
         rc = bind_run(st, bind_args(st, "t", op->u.key.key));
         return rc != SQLITE_OK ? fail(s, rc, "key delete") : SQLITE_OK;
+    case SB_OP_PAGE_IN:
+        return exec_page_in(s, op);
+    case SB_OP_TRIM:
+        return exec_trim(s, op);
     }
     op->status = SB_EINVAL;
     return SQLITE_OK;
@@ -949,6 +1090,11 @@ static void group_failed(sb_store *s, sb_store_op *group)
             sb_store_dlq_rows_free(op->u.dlq_list.rows, op->u.dlq_list.row_count);
             op->u.dlq_list.rows = NULL;
             op->u.dlq_list.row_count = 0;
+        }
+        if (op->type == SB_OP_PAGE_IN) {
+            sb_store_page_rows_free(op->u.page_in.rows, op->u.page_in.row_count);
+            op->u.page_in.rows = NULL;
+            op->u.page_in.row_count = 0;
         }
         op->status = 0;
         list_append(&s->retry_head, &s->retry_tail, op);
@@ -1154,6 +1300,8 @@ static void store_free(sb_store *s)
 {
     for (int i = 0; i < ST_COUNT; i++)
         (void)sqlite3_finalize(s->st[i]); /* reports the last step's error only */
+    for (int i = 0; i < PST_COUNT; i++)
+        (void)sqlite3_finalize(s->page_st[i]);
     if (s->db != NULL) {
         int rc = sqlite3_close(s->db);
         if (rc != SQLITE_OK)
@@ -1334,6 +1482,15 @@ void sb_store_dlq_rows_free(sb_dead_letter *rows, size_t count)
         sb_free(rows[i].source);
         sb_message_unref(rows[i].msg);
     }
+    sb_free(rows);
+}
+
+void sb_store_page_rows_free(sb_store_entry *rows, size_t count)
+{
+    if (rows == NULL)
+        return;
+    for (size_t i = 0; i < count; i++)
+        sb_message_unref(rows[i].msg);
     sb_free(rows);
 }
 
@@ -1583,6 +1740,12 @@ int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err)
         if (src != SQLITE_OK)
             rc = db_error(s, src, "preparing statements", err);
     }
+    for (int i = 0; i < PST_COUNT && rc == 0; i++) {
+        int src = sqlite3_prepare_v3(s->db, page_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+                                     &s->page_st[i], NULL);
+        if (src != SQLITE_OK)
+            rc = db_error(s, src, "preparing the paging statements", err);
+    }
     if (rc != 0)
         goto fail;
     *out = s;
@@ -1808,5 +1971,65 @@ int sb_store_load_dedup(sb_store *s, sb_store_dedup_cb cb, void *ctx, sb_error *
         }
         rc = cb(ctx, (const char *)key, sqlite3_column_int64(st, 1));
     }
+    return load_finish(s, st, step_rc, rc, err);
+}
+
+int sb_store_read_page(sb_store *s, sb_store_op *op, sb_error *err)
+{
+    int rc;
+    if (s->started)
+        return sb_error_set(err, SB_EINVAL, 0, "database %s: pages are read before start",
+                            s->path);
+    op->status = 0;
+    op->u.page_in.rows = NULL;
+    op->u.page_in.row_count = 0;
+    rc = exec_page_in(s, op);
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, "reading queued messages", err);
+    if (op->status == SB_ECORRUPT)
+        return sb_error_set(err, SB_ECORRUPT, 0,
+                            "database %s is corrupt: malformed headers in entries", s->path);
+    if (op->status != 0)
+        return sb_error_set(err, op->status, 0, "database %s: reading queued messages: %s",
+                            s->path, sb_strerror(op->status));
+    return 0;
+}
+
+/* Rows of a queue whose sizes are averaged for the estimate of its bytes. */
+#define COUNT_SAMPLE_ROWS 64
+
+int sb_store_load_counts(sb_store *s, sb_store_count_cb cb, void *ctx, sb_error *err)
+{
+    sqlite3_stmt *st, *sample;
+    int step_rc = SQLITE_DONE;
+    int rc = load_prepare(s, "SELECT queue_id, count(*) FROM entries GROUP BY queue_id", &st, err);
+    if (rc != 0)
+        return rc;
+    rc = load_prepare(s,
+                      "SELECT count(*), sum(size) FROM (SELECT " SIZE_SQL " AS size FROM entries"
+                      " WHERE queue_id = ?1 ORDER BY msg_id LIMIT ?2)",
+                      &sample, err);
+    if (rc != 0) {
+        (void)sqlite3_finalize(st);
+        return rc;
+    }
+    while (rc == 0 && (step_rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t qid = sqlite3_column_int64(st, 0), count = sqlite3_column_int64(st, 1);
+        int64_t n = 0, sum = 0;
+        int src = bind_args(sample, "ii", qid, (int64_t)COUNT_SAMPLE_ROWS);
+        if (src == SQLITE_OK)
+            src = sqlite3_step(sample);
+        if (src == SQLITE_ROW) {
+            n = sqlite3_column_int64(sample, 0);
+            sum = sqlite3_column_int64(sample, 1);
+        }
+        (void)sqlite3_reset(sample);
+        if (src != SQLITE_ROW) {
+            rc = db_error(s, src, "counting queued entries", err);
+            break;
+        }
+        rc = cb(ctx, (uint32_t)qid, count, n > 0 ? sum / n * count : 0);
+    }
+    (void)sqlite3_finalize(sample); /* repeats a step error, handled above */
     return load_finish(s, st, step_rc, rc, err);
 }
