@@ -95,11 +95,8 @@ static void take_rows(sb_broker *b, sb_queue *q, sb_store_op *op)
 {
     sb_store_entry *rows = op->u.page_in.rows;
     size_t n = op->u.page_in.row_count, i, skip;
-    int64_t read_bytes = 0;
 
     q->page_op = NULL;
-    for (i = 0; i < n; i++)
-        read_bytes += rows[i].size;
     skip = q->page_skip < (int64_t)n ? (size_t)q->page_skip : n;
     for (i = skip; i < n; i++) {
         sb_entry *e = sb_malloc(sizeof(*e));
@@ -115,8 +112,7 @@ static void take_rows(sb_broker *b, sb_queue *q, sb_store_op *op)
     }
     if (i > 0 && rows[i - 1].msg->id > q->paged_to)
         q->paged_to = rows[i - 1].msg->id; /* past the skipped ones too */
-    if (i == n && (int)n < op->u.page_in.limit &&
-        (op->u.page_in.max_bytes == 0 || read_bytes < op->u.page_in.max_bytes)) {
+    if (i == n && op->u.page_in.exhausted) {
         /* It read the whole stored part: what is stored now came later,
          * less what drops removed beyond what it read. */
         int64_t beyond = q->page_skip > (int64_t)n ? q->page_skip - (int64_t)n : 0;
@@ -181,8 +177,9 @@ int sb_paging__load(sb_broker *b, sb_error *err)
         int rc;
         if (q->disk_depth <= 0)
             continue;
-        if (b->resident_bytes >= b->cfg->broker.queue_memory)
-            break; /* the others are read when a consumer comes */
+        /* the others are read when a consumer comes */
+        if (b->resident_bytes + q->disk_bytes / q->disk_depth > b->cfg->broker.queue_memory)
+            continue;
         memset(&op, 0, sizeof(op));
         if (!prepare(q, &op))
             continue;

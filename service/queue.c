@@ -141,6 +141,22 @@ void sb_queue__set_transform(sb_queue *q, sb_transform *t)
     q->transform = t;
 }
 
+static int64_t entry_expiry(const sb_queue *q, const sb_message *m);
+
+/* The TTL changed (a route applied at start or by a reload): the window's
+ * entries expire by the new one; stored ones are looked at in the store. */
+static void refresh_expiry(sb_queue *q)
+{
+    int64_t before = q->expiring;
+    q->expiring = 0;
+    for (sb_entry *e = q->fifo.head; e != NULL; e = e->next) {
+        e->expires_ms = entry_expiry(q, e->msg);
+        q->expiring += e->expires_ms != 0;
+    }
+    if ((before > 0) != (q->expiring > 0) || q->disk_depth > 0)
+        sb_queue__watch_expiry(q);
+}
+
 void sb_queue__apply_route(sb_queue *q, const sb_route_config *r)
 {
     q->route = r;
@@ -154,6 +170,7 @@ void sb_queue__apply_route(sb_queue *q, const sb_route_config *r)
     q->overflow = r->overflow;
     q->lease_ms = r->lease_ms;
     q->retain = r->retain;
+    refresh_expiry(q);
     sb_free(q->dedup_header);
     q->dedup_header = r->dedup_header != NULL ? sb_strdup(r->dedup_header) : NULL;
     q->dedup_window_ms = r->dedup_window_ms;

@@ -793,7 +793,11 @@ static int exec_page_in(sb_store *s, sb_store_op *op)
                    (int64_t)limit);
     if (rc != SQLITE_OK)
         return op_error(s, op, bind_run(st, rc), "page-in");
+    op->u.page_in.exhausted = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t size = sqlite3_column_int64(st, 8);
+        if (max_bytes > 0 && count > 0 && bytes + size > max_bytes)
+            break;
         if (count == cap) {
             size_t ncap = cap == 0 ? 64 : cap * 2;
             sb_store_entry *n = sb_realloc(rows, ncap * sizeof(*rows));
@@ -808,13 +812,12 @@ static int exec_page_in(sb_store *s, sb_store_op *op)
         if (status != 0)
             break;
         rows[count].attempts = sqlite3_column_int(st, 7);
-        rows[count].size = sqlite3_column_int64(st, 8);
-        bytes += rows[count].size;
+        rows[count].size = size;
+        bytes += size;
         count++;
-        if (max_bytes > 0 && bytes >= max_bytes)
-            break;
     }
     (void)sqlite3_reset(st);
+    op->u.page_in.exhausted = rc == SQLITE_DONE && count < (size_t)limit;
     if (status == 0 && rc != SQLITE_DONE && rc != SQLITE_ROW) {
         sb_store_page_rows_free(rows, count);
         return op_error(s, op, rc, "page-in");

@@ -210,11 +210,12 @@ struct sb_store_op {
             uint32_t queue_id;
             uint64_t after_id; /* entries with a larger id, in id order */
             int limit;         /* at most this many rows, >= 1 */
-            int64_t max_bytes; /* and stop once this many bytes were read (0: no
-                                  limit; the first row is always read) */
+            int64_t max_bytes; /* and no more bytes than this (0: no limit; the
+                                  first row is always read) */
             /* results, owned by the op; free with sb_store_page_rows_free */
             sb_store_entry *rows;
             size_t row_count;
+            int exhausted; /* 1: no entry after these when it was read */
         } page_in;
         struct {
             uint32_t queue_id;
