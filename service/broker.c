@@ -1781,6 +1781,7 @@ static void on_housekeeping(uv_timer_t *t)
         next = q->exp_next; /* expiring may take q off the list, never another */
         sb_queue__expire(q, now);
     }
+    sb_paging__housekeeping(b);
     if (now - b->last_prune_ms > 60000) {
         char **keys = NULL;
         size_t n = 0;

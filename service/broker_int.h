@@ -85,6 +85,9 @@ struct sb_broker {
     uint32_t last_queue_id;
     uint64_t boot_msg_id;   /* last_msg_id at start: older stored entries may have been delivered */
     int64_t resident_bytes; /* the queues' windows (paging.c) */
+    int64_t resident_peak;  /* their most since the heap was last trimmed */
+    uv_work_t trim_req;     /* giving memory back, off the loop */
+    int trimming;
 
     sb_adapter *adapters;
     sb_adapter *admin;
@@ -146,6 +149,8 @@ sb_queue *sb_broker__find_queue(sb_broker *b, const char *name);
 /* paging.c: reads the first window of each queue with stored entries, while
  * the windows' memory budget lasts (before the store starts). */
 int sb_paging__load(sb_broker *b, sb_error *err);
+/* Once a second: gives memory back to the system after the windows shrank. */
+void sb_paging__housekeeping(sb_broker *b);
 
 /* expiry.c: q may have started or stopped being able to expire (consumers,
  * settings, deletion); _remove takes it off the list for good. */

@@ -31,6 +31,7 @@
 #include "service/alloc.h"
 #include "service/broker_int.h"
 #include "service/log.h"
+#include "service/platform.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -44,6 +45,9 @@
 #define EXPIRE_RECHECK_MS 60000
 /* After a failed read or expiry, the next try waits this long. */
 #define RETRY_MS 5000
+/* The windows shrank by this much since the heap was last trimmed: give
+ * the memory back (a drained backlog, a deleted queue). */
+#define TRIM_AFTER_BYTES (32 * 1024 * 1024)
 
 typedef struct page_req {
     sb_store_op op;
@@ -63,7 +67,33 @@ int sb_paging__room(const sb_queue *q, int64_t size)
 
 void sb_paging__resident(sb_queue *q, int64_t delta)
 {
-    q->broker->resident_bytes += delta;
+    sb_broker *b = q->broker;
+    b->resident_bytes += delta;
+    if (b->resident_bytes > b->resident_peak)
+        b->resident_peak = b->resident_bytes;
+}
+
+static void trim_work(uv_work_t *req)
+{
+    (void)req;
+    sb_platform_trim_memory();
+}
+
+static void trim_done(uv_work_t *req, int status)
+{
+    sb_broker *b = req->data;
+    (void)status;
+    b->trimming = 0;
+}
+
+void sb_paging__housekeeping(sb_broker *b)
+{
+    if (b->trimming || b->resident_peak - b->resident_bytes < TRIM_AFTER_BYTES)
+        return;
+    b->resident_peak = b->resident_bytes;
+    b->trim_req.data = b;
+    if (uv_queue_work(&b->loop, &b->trim_req, trim_work, trim_done) == 0)
+        b->trimming = 1;
 }
 
 static page_req *new_req(sb_broker *b, sb_store_op_type type, sb_store_cb cb)

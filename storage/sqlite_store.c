@@ -152,13 +152,18 @@ static const char *const stmt_sql[ST_COUNT] = {
                     " ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
 };
 
+/* Free pages an idle store returns to the file system per step (4 MiB of
+ * 4 KiB pages), when at least that many are free. */
+#define VACUUM_STEP_PAGES 1024
+#define VACUUM_STEP_PAGES_SQL "1024"
+
 /* The statements of paging (SB_OP_PAGE_IN, SB_OP_TRIM, sb_store_load_counts),
  * kept apart from the hot path's. SIZE_SQL is sb_message_size of a row:
  * length() of a blob reads its header, not its content. */
 #define SIZE_SQL                                                                                   \
     "(length(CAST(topic AS BLOB)) + coalesce(length(payload), 0) + coalesce(length(headers), 0))"
 
-enum page_stmt_id { PST_READ, PST_SCAN, PST_EXPIRE_COPY, PST_COUNT };
+enum page_stmt_id { PST_READ, PST_SCAN, PST_EXPIRE_COPY, PST_FREELIST, PST_VACUUM, PST_COUNT };
 
 static const char *const page_sql[PST_COUNT] = {
     [PST_READ] = "SELECT msg_id, topic, payload, headers, created_ms, expires_ms, priority,"
@@ -172,6 +177,8 @@ static const char *const page_sql[PST_COUNT] = {
         " SELECT coalesce(?4, (SELECT name FROM queues WHERE id = ?1)), msg_id, topic, payload,"
         " headers, created_ms, expires_ms, priority, ?5, ?6, NULL, attempts"
         " FROM entries WHERE queue_id = ?1 AND msg_id > ?2 AND msg_id <= ?3 ORDER BY msg_id",
+    [PST_FREELIST] = "PRAGMA freelist_count",
+    [PST_VACUUM] = "PRAGMA incremental_vacuum(" VACUUM_STEP_PAGES_SQL ")",
 };
 
 struct sb_store {
@@ -183,6 +190,8 @@ struct sb_store {
     int64_t max_db_bytes; /* 0: no limit */
     sqlite3_stmt *st[ST_COUNT];
     sqlite3_stmt *page_st[PST_COUNT];
+    int64_t free_pages; /* at the last commit (store thread) */
+    int auto_vacuum;    /* PRAGMA auto_vacuum is INCREMENTAL */
     int cur_sync;         /* PRAGMA synchronous last set: 1 NORMAL, 2 FULL */
     uint64_t hw_msg_id;   /* id high-water marks as committed in meta */
     uint32_t hw_queue_id; /* (store thread, or loop thread before start) */
@@ -950,6 +959,9 @@ static int exec_op(sb_store *s, sb_store_op *op)
         return exec_page_in(s, op);
     case SB_OP_TRIM:
         return exec_trim(s, op);
+    case SB_OP_CHECK:
+    case SB_OP_COMPACT:
+        return SQLITE_OK; /* after the commit (exec_maintenance) */
     }
     op->status = SB_EINVAL;
     return SQLITE_OK;
@@ -995,6 +1007,130 @@ static void wake_loop(sb_store *s)
         sb_errlog(WHO, "database %s: cannot wake the loop: %s", s->path, uv_strerror(rc));
 }
 
+static void read_freelist(sb_store *s)
+{
+    sqlite3_stmt *st = s->page_st[PST_FREELIST];
+    if (sqlite3_step(st) == SQLITE_ROW)
+        s->free_pages = sqlite3_column_int64(st, 0);
+    (void)sqlite3_reset(st);
+}
+
+/* An idle store with incremental auto-vacuum returns free pages to the file
+ * system, a step at a time between groups (the file shrinks at the next WAL
+ * checkpoint). Off the commit path: only when no op waits. */
+static void vacuum_step(sb_store *s)
+{
+    sqlite3_stmt *st = s->page_st[PST_VACUUM];
+    int64_t pages = -1;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        ;
+    (void)sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        sb_warn(WHO, "database %s: incremental vacuum failed: %s", s->path, sqlite3_errmsg(s->db));
+        s->free_pages = 0; /* not again until the next commit */
+        return;
+    }
+    read_freelist(s);
+    st = s->st[ST_PAGE_COUNT];
+    if (sqlite3_step(st) == SQLITE_ROW)
+        pages = sqlite3_column_int64(st, 0);
+    (void)sqlite3_reset(st);
+    uv_mutex_lock(&s->mu);
+    if (pages >= 0)
+        s->stats.db_bytes = pages * s->page_size;
+    s->stats.free_bytes = s->free_pages * s->page_size;
+    uv_mutex_unlock(&s->mu);
+}
+
+/* CHECK and COMPACT, after their group committed. */
+static void exec_maintenance(sb_store *s, sb_store_op *op)
+{
+    sqlite3_stmt *st = NULL;
+    size_t len = 0;
+    int rc;
+
+    op->u.maint.report[0] = '\0';
+    if (op->type == SB_OP_CHECK) {
+        rc = sqlite3_prepare_v2(s->db, "PRAGMA quick_check(20)", -1, &st, NULL);
+        op->u.maint.ok = 1;
+        while (rc == SQLITE_OK || rc == SQLITE_ROW) {
+            const char *t;
+            if ((rc = sqlite3_step(st)) != SQLITE_ROW)
+                break;
+            t = (const char *)sqlite3_column_text(st, 0);
+            if (t == NULL || strcmp(t, "ok") == 0)
+                continue;
+            op->u.maint.ok = 0;
+            if (len + 2 < sizeof(op->u.maint.report))
+                len += (size_t)snprintf(op->u.maint.report + len,
+                                        sizeof(op->u.maint.report) - len, "%s%s",
+                                        len > 0 ? "; " : "", t);
+        }
+        if (rc != SQLITE_DONE) {
+            op->u.maint.ok = 0;
+            snprintf(op->u.maint.report, sizeof(op->u.maint.report), "%s (SQLite code %d)",
+                     sqlite3_errmsg(s->db), rc);
+        }
+        (void)sqlite3_finalize(st);
+        sb_log(op->u.maint.ok ? SB_LOG_INFO : SB_LOG_ERROR, WHO, "database %s: check: %s",
+               s->path, op->u.maint.ok ? "ok" : op->u.maint.report);
+        return;
+    }
+    {
+        uint64_t avail = 0;
+        uv_fs_t req;
+        int64_t pages = 0;
+        st = s->st[ST_PAGE_COUNT];
+        if (sqlite3_step(st) == SQLITE_ROW)
+            pages = sqlite3_column_int64(st, 0);
+        (void)sqlite3_reset(st);
+        op->u.maint.before_bytes = op->u.maint.after_bytes = pages * s->page_size;
+        if (uv_fs_statfs(NULL, &req, s->path, NULL) == 0)
+            avail = ((const uv_statfs_t *)req.ptr)->f_bavail *
+                    ((const uv_statfs_t *)req.ptr)->f_bsize;
+        uv_fs_req_cleanup(&req);
+        /* VACUUM writes a copy, then the WAL holds the new pages */
+        if (avail < 2 * (uint64_t)op->u.maint.before_bytes + 16 * 1024 * 1024) {
+            op->status = SB_ENOSPC;
+            snprintf(op->u.maint.report, sizeof(op->u.maint.report),
+                     "not enough free disk space to compact %lld MiB (%llu MiB free, twice the "
+                     "database is needed)",
+                     (long long)(op->u.maint.before_bytes >> 20), (unsigned long long)(avail >> 20));
+            return;
+        }
+        sb_info(WHO, "database %s: compacting %lld MiB (VACUUM; commits wait)", s->path,
+                (long long)(op->u.maint.before_bytes >> 20));
+        /* VACUUM is one transaction: a crash leaves the file as it was */
+        rc = sqlite3_exec(s->db, "PRAGMA auto_vacuum = INCREMENTAL; VACUUM", NULL, NULL, NULL);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+        if (rc != SQLITE_OK) {
+            op->status = sb_store__error_from_sqlite(rc);
+            snprintf(op->u.maint.report, sizeof(op->u.maint.report), "VACUUM failed: %s",
+                     sqlite3_errmsg(s->db));
+            sb_errlog(WHO, "database %s: %s", s->path, op->u.maint.report);
+            return;
+        }
+        s->auto_vacuum = 1;
+        st = s->st[ST_PAGE_COUNT];
+        if (sqlite3_step(st) == SQLITE_ROW)
+            pages = sqlite3_column_int64(st, 0);
+        (void)sqlite3_reset(st);
+        op->u.maint.after_bytes = pages * s->page_size;
+        read_freelist(s);
+        uv_mutex_lock(&s->mu);
+        s->stats.auto_vacuum = 1;
+        s->stats.db_bytes = op->u.maint.after_bytes;
+        s->stats.free_bytes = s->free_pages * s->page_size;
+        uv_mutex_unlock(&s->mu);
+        sb_info(WHO, "database %s: compacted from %lld to %lld MiB; free pages are returned from "
+                     "now on",
+                s->path, (long long)(op->u.maint.before_bytes >> 20),
+                (long long)(op->u.maint.after_bytes >> 20));
+    }
+}
+
 static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t n,
                             int fsynced)
 {
@@ -1008,6 +1144,7 @@ static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, s
     (void)sqlite3_reset(st);
     if (rc != SQLITE_ROW)
         sb_warn(WHO, "database %s: PRAGMA page_count failed: %s", s->path, sqlite3_errmsg(s->db));
+    read_freelist(s);
     if (s->group_msg_id > s->hw_msg_id)
         s->hw_msg_id = s->group_msg_id;
     if (s->group_queue_id > s->hw_queue_id)
@@ -1022,6 +1159,7 @@ static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, s
         s->stats.max_batch_seen = n;
     if (bytes >= 0)
         s->stats.db_bytes = bytes;
+    s->stats.free_bytes = s->free_pages * s->page_size;
     was_degraded = s->stats.degraded;
     s->stats.degraded = 0;
     list_concat(&s->done_head, &s->done_tail, head, tail);
@@ -1194,10 +1332,14 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
         if (rc != SQLITE_OK)
             fail(s, rc, "COMMIT");
     }
-    if (rc == SQLITE_OK)
+    if (rc == SQLITE_OK) {
+        for (op = head; op != NULL; op = op->next)
+            if (op->type == SB_OP_CHECK || op->type == SB_OP_COMPACT)
+                exec_maintenance(s, op);
         group_committed(s, head, tail, n, want_sync);
-    else
+    } else {
         group_failed(s, head);
+    }
 }
 
 /* Moves up to max ops from the submission queue to the group. Under mu. */
@@ -1247,6 +1389,12 @@ static void store_thread(void *arg)
             if (s->stopping) {
                 uv_mutex_unlock(&s->mu);
                 return;
+            }
+            if (s->auto_vacuum && s->free_pages >= VACUUM_STEP_PAGES && !s->stats.degraded) {
+                uv_mutex_unlock(&s->mu);
+                vacuum_step(s);
+                uv_mutex_lock(&s->mu);
+                continue;
             }
             s->waiting = 1;
             s->wake_at = 1;
@@ -1605,6 +1753,58 @@ static int bounded_check(sb_store *s, sb_error *err)
     return status;
 }
 
+/* Databases created before incremental auto-vacuum (auto_vacuum NONE, which
+ * can only change with a VACUUM) reuse free pages but never shrink. A small
+ * one is converted now (a VACUUM of at most QUICK_CHECK_MAX_BYTES, when the
+ * disk has room for the copy); a larger one when `sbctl compact` asks, as
+ * it takes time in proportion to its size. VACUUM is one transaction: an
+ * interrupted conversion leaves the file as it was. */
+static int setup_vacuum(sb_store *s, sb_error *err)
+{
+    int64_t mode = 0, free_pages = 0;
+    int rc = query(s, "PRAGMA auto_vacuum", &mode, NULL, 0);
+    if (rc == SQLITE_OK && mode == 0 && s->stats.db_bytes <= QUICK_CHECK_MAX_BYTES) {
+        uv_fs_t req;
+        uint64_t avail = 0;
+        if (uv_fs_statfs(NULL, &req, s->path, NULL) == 0)
+            avail = ((const uv_statfs_t *)req.ptr)->f_bavail *
+                    ((const uv_statfs_t *)req.ptr)->f_bsize;
+        uv_fs_req_cleanup(&req);
+        if (avail > 2 * (uint64_t)s->stats.db_bytes + 16 * 1024 * 1024) {
+            sb_info(WHO,
+                    "database %s: converting to incremental auto-vacuum (a one-time VACUUM of "
+                    "%lld KiB), so that free pages are returned to the file system",
+                    s->path, (long long)(s->stats.db_bytes >> 10));
+            rc = sqlite3_exec(s->db, "PRAGMA auto_vacuum = INCREMENTAL; VACUUM", NULL, NULL, NULL);
+            if (rc != SQLITE_OK)
+                return db_error(s, rc, "converting to incremental auto-vacuum", err);
+            rc = query(s, "PRAGMA auto_vacuum", &mode, NULL, 0);
+        }
+    } else if (rc == SQLITE_OK && mode == 0) {
+        sb_info(WHO,
+                "database %s (%lld MiB) reuses free pages but does not return them to the file "
+                "system; `sbctl compact` converts it (a VACUUM: it needs as much free disk space "
+                "again, and commits wait meanwhile)",
+                s->path, (long long)(s->stats.db_bytes >> 20));
+    }
+    if (rc == SQLITE_OK)
+        rc = query(s, "PRAGMA freelist_count", &free_pages, NULL, 0);
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, "PRAGMA auto_vacuum", err);
+    s->auto_vacuum = mode == 2;
+    s->free_pages = free_pages;
+    s->stats.auto_vacuum = s->auto_vacuum;
+    s->stats.free_bytes = free_pages * s->page_size;
+    if (mode == 2) {
+        int64_t pages = 0;
+        rc = query(s, "PRAGMA page_count", &pages, NULL, 0);
+        if (rc != SQLITE_OK)
+            return db_error(s, rc, "PRAGMA page_count", err);
+        s->stats.db_bytes = pages * s->page_size;
+    }
+    return 0;
+}
+
 static int open_db(sb_store *s, sb_error *err)
 {
     char text[256], sql[96];
@@ -1649,6 +1849,13 @@ static int open_db(sb_store *s, sb_error *err)
                             "(%d); use a newer broker",
                             s->path, (long long)version, SB_STORE_SCHEMA_VERSION);
 
+    /* A new database: before anything writes its first page, after which
+     * only a VACUUM changes it (setup_vacuum). */
+    if (objects == 0 && version == 0) {
+        rc = query(s, "PRAGMA auto_vacuum = INCREMENTAL", NULL, NULL, 0);
+        if (rc != SQLITE_OK)
+            return db_error(s, rc, "PRAGMA auto_vacuum", err);
+    }
     rc = query(s, "PRAGMA journal_mode = WAL", NULL, text, sizeof(text));
     if (rc != SQLITE_OK)
         return db_error(s, rc, "PRAGMA journal_mode", err);
@@ -1696,7 +1903,7 @@ static int open_db(sb_store *s, sb_error *err)
     if (rc != SQLITE_OK)
         return db_error(s, rc, "PRAGMA page_count", err);
     s->stats.db_bytes = pages * s->page_size;
-    return 0;
+    return setup_vacuum(s, err);
 }
 
 static int set_max_size(sb_store *s, int64_t max_db_bytes, sb_error *err)

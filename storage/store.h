@@ -89,8 +89,11 @@ typedef enum {
     SB_OP_KEY_PUT,      /* insert or replace a dedup key (protocol state: MQTT QoS 2) */
     SB_OP_KEY_DELETE,   /* delete a dedup key, or every key with a prefix */
     SB_OP_PAGE_IN,      /* read a queue's next entries after an id (no change) */
-    SB_OP_TRIM          /* delete, or dead-letter as expired, a queue's oldest entries
+    SB_OP_TRIM,         /* delete, or dead-letter as expired, a queue's oldest entries
                            after an id, without reading them into memory */
+    SB_OP_CHECK,        /* PRAGMA quick_check of the whole database (no change) */
+    SB_OP_COMPACT       /* VACUUM into incremental auto-vacuum: the file shrinks to
+                           its data and returns free pages from then on */
 } sb_store_op_type;
 
 /* An entry to remove as part of a publish (overflow: drop-oldest). */
@@ -237,6 +240,15 @@ struct sb_store_op {
                                        (0: never, or none was left in the
                                        rows looked at) */
         } trim;
+        struct {
+            /* CHECK and COMPACT run after the group's commit, outside any
+             * transaction, holding the store thread for their duration
+             * (commits wait). COMPACT refuses (SB_ENOSPC, nothing changed)
+             * unless the disk has room for a second copy of the database. */
+            int ok;             /* CHECK: 1 if quick_check found nothing */
+            char report[1024];  /* CHECK: its first findings; COMPACT: why not */
+            int64_t before_bytes, after_bytes; /* COMPACT: the file's size */
+        } maint;
     } u;
 };
 
@@ -246,7 +258,11 @@ typedef struct sb_store_stats {
     uint64_t ops;           /* ops completed */
     uint64_t failed_commits;
     uint64_t max_batch_seen;
-    int64_t db_bytes; /* page_count * page_size at the last commit */
+    int64_t db_bytes;   /* page_count * page_size at the last commit */
+    int64_t free_bytes; /* of which free pages (freelist_count * page_size) */
+    int auto_vacuum;    /* 1: free pages are returned to the file system (incremental
+                           auto-vacuum when the store is idle); 0: only reused, until
+                           SB_OP_COMPACT converts the database */
     int degraded;     /* 1 while commits fail */
     char last_error[256];
 } sb_store_stats;

@@ -17,6 +17,8 @@
 #include <cmocka.h>
 #include <jansson.h>
 
+#include <sqlite3.h>
+
 #include "core_harness.h"
 
 #define WINDOW "  store: {queue_window: 4}\n"
@@ -354,6 +356,83 @@ static void test_memory_budget(void **state)
     core_check_all(f);
 }
 
+static int64_t store_stat(core_fx *f, const char *key)
+{
+    json_t *st = sb_broker_stats_json(f->b);
+    int64_t v;
+    assert_non_null(st);
+    v = json_integer_value(json_object_get(json_object_get(st, "store"), key));
+    if (strcmp(key, "auto_vacuum") == 0)
+        v = json_is_true(json_object_get(json_object_get(st, "store"), key));
+    json_decref(st);
+    return v;
+}
+
+typedef struct maint_result {
+    int done, status;
+    json_t *res;
+} maint_result;
+
+static void on_maint(void *ctx, int status, void *result, const char *why)
+{
+    maint_result *m = ctx;
+    (void)why;
+    m->done = 1;
+    m->status = status;
+    m->res = result;
+}
+
+/* A drained backlog gives its pages back to the file system (incremental
+ * auto-vacuum while the store is idle); check and compact on demand; a
+ * database made before incremental auto-vacuum is converted at start. */
+static void test_store_gives_space_back(void **state)
+{
+    core_fx *f = *state;
+    char payload[8193], path[1100];
+    fake_consumer *c;
+    maint_result m = {0, 0, NULL};
+    int64_t full;
+    sb_error err;
+    sqlite3 *db;
+
+    core_start(f, cfg);
+    assert_int_equal(store_stat(f, "auto_vacuum"), 1);
+    memset(payload, 'x', 8192);
+    payload[8192] = '\0';
+    for (int i = 0; i < 1000; i++)
+        core_publish_ok(f, NULL, "q/1", payload, NULL);
+    full = store_stat(f, "db_bytes");
+    assert_true(full > 8 * 1024 * 1024);
+    c = consumer(f, "q", 64, 1);
+    CORE_WAIT(f, c->log.count == 1000);
+    /* the acks are committed, then the idle store returns the pages */
+    CORE_WAIT(f, store_stat(f, "db_bytes") < full / 4);
+    assert_true(store_stat(f, "free_bytes") < 4 * 1024 * 1024);
+
+    assert_int_equal(sb_broker_store_check(f->b, on_maint, &m, &err), 0);
+    CORE_WAIT(f, m.done);
+    assert_int_equal(m.status, 0);
+    assert_true(json_is_true(json_object_get(m.res, "ok")));
+    json_decref(m.res);
+    memset(&m, 0, sizeof m);
+    assert_int_equal(sb_broker_store_compact(f->b, on_maint, &m, &err), 0);
+    CORE_WAIT(f, m.done);
+    assert_int_equal(m.status, 0);
+    assert_true(json_integer_value(json_object_get(m.res, "after_bytes")) <=
+                json_integer_value(json_object_get(m.res, "before_bytes")));
+    json_decref(m.res);
+    core_stop(f);
+
+    /* As older brokers made it: converted at the next start. */
+    snprintf(path, sizeof path, "%s/switchboard.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA auto_vacuum = NONE; VACUUM", NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    core_start(f, cfg);
+    assert_int_equal(store_stat(f, "auto_vacuum"), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -366,6 +445,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drop_during_page_in, paging_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_deadletter_and_redrive, paging_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_memory_budget, paging_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_store_gives_space_back, paging_setup, core_teardown),
     };
     fake_register();
     return cmocka_run_group_tests(tests, NULL, NULL);
