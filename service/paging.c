@@ -36,8 +36,8 @@
 #include <stdio.h>
 #include <string.h>
 
-/* A page-in while the windows are over the memory budget still reads this
- * many entries, so that a queue with a consumer always moves. */
+/* While the windows are over the memory budget, a queue with a consumer
+ * still fills its window up to this many entries, so that it always moves. */
 #define FLOOR_ROWS 16
 /* Stored entries an expiry looks at per housekeeping tick and queue. */
 #define EXPIRE_SCAN_ROWS 512
@@ -185,10 +185,10 @@ static int prepare(sb_queue *q, sb_store_op *op)
     sb_broker *b = q->broker;
     int limit = sb_paging__window(q) - (int)q->depth;
     int64_t room = b->cfg->broker.queue_memory - b->resident_bytes;
+    if (room <= 0) /* over budget: only what keeps the queue moving */
+        limit = FLOOR_ROWS - (int)q->depth < limit ? FLOOR_ROWS - (int)q->depth : limit;
     if (limit <= 0)
         return 0;
-    if (room <= 0 && limit > FLOOR_ROWS)
-        limit = FLOOR_ROWS;
     op->type = SB_OP_PAGE_IN;
     op->u.page_in.queue_id = q->id;
     op->u.page_in.after_id = q->paged_to;
