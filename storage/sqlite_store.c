@@ -1924,14 +1924,18 @@ static int set_max_size(sb_store *s, int64_t max_db_bytes, sb_error *err)
 }
 
 /* The id high-water marks: meta's, raised to the largest ids actually in the
- * tables in case meta fell behind (a database edited by hand). The scan of
- * entries' index costs about 30 ms per 500k rows. */
+ * tables in case meta fell behind (a database edited by hand). The entries'
+ * largest id is sought per queue in the (queue_id, msg_id) index: a scan of
+ * the whole index would grow with the backlog (about 30 ms per 500k rows).
+ * Entries of no queue are never delivered, and their queue ids stay taken
+ * (max(queue_id) below), so their message ids cannot collide. */
 static int read_high_water(sb_store *s, sb_error *err)
 {
     int64_t msg_id = 0, queue_id = 0;
     int rc = query(s,
                    "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'msg_id'), 0),"
-                   " coalesce((SELECT max(msg_id) FROM entries), 0),"
+                   " coalesce((SELECT max((SELECT max(msg_id) FROM entries e"
+                   " WHERE e.queue_id = q.id)) FROM queues q), 0),"
                    " coalesce((SELECT max(msg_id) FROM dlq), 0),"
                    " coalesce((SELECT max(msg_id) FROM retained), 0))",
                    &msg_id, NULL, 0);
