@@ -153,7 +153,9 @@ static const char *const stmt_sql[ST_COUNT] = {
 };
 
 /* Free pages an idle store returns to the file system per step (4 MiB of
- * 4 KiB pages), when at least that many are free. */
+ * 4 KiB pages), when at least that many are free and they are a quarter of
+ * the file: under a steady load, acks free pages that inserts take again,
+ * and returning them would only make the file grow back. */
 #define VACUUM_STEP_PAGES 1024
 #define VACUUM_STEP_PAGES_SQL "1024"
 
@@ -1390,7 +1392,8 @@ static void store_thread(void *arg)
                 uv_mutex_unlock(&s->mu);
                 return;
             }
-            if (s->auto_vacuum && s->free_pages >= VACUUM_STEP_PAGES && !s->stats.degraded) {
+            if (s->auto_vacuum && s->free_pages >= VACUUM_STEP_PAGES &&
+                s->free_pages * 4 >= s->stats.db_bytes / s->page_size && !s->stats.degraded) {
                 uv_mutex_unlock(&s->mu);
                 vacuum_step(s);
                 uv_mutex_lock(&s->mu);
