@@ -61,9 +61,8 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
                       : q->route != NULL ? "route"
                                          : "orphaned",
                       "depth", (json_int_t)sb_queue__total_depth(q), "bytes",
-                      (json_int_t)sb_queue__total_bytes(q), "pending",
-                      (json_int_t)q->pending, "inflight", inflight, "consumers", consumers,
-                      "oldest_age_ms",
+                      (json_int_t)sb_queue__total_bytes(q), "pending", (json_int_t)q->pending,
+                      "inflight", inflight, "consumers", consumers, "oldest_age_ms",
                       (json_int_t)(q->fifo.head != NULL ? now - q->fifo.head->msg->created_ms : 0),
                       "published", (json_int_t)q->published, "delivered", (json_int_t)q->delivered,
                       "acked", (json_int_t)q->acked, "dead", (json_int_t)q->dead, "dropped",
@@ -75,7 +74,8 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
             (json_object_set_new(o, "resident_depth", json_integer((json_int_t)q->depth)) != 0 ||
              json_object_set_new(o, "resident_bytes", json_integer((json_int_t)q->bytes)) != 0 ||
              json_object_set_new(o, "stored_depth", json_integer((json_int_t)q->disk_depth)) != 0 ||
-             json_object_set_new(o, "stored_bytes", json_integer((json_int_t)q->disk_bytes)) != 0)) {
+             json_object_set_new(o, "stored_bytes", json_integer((json_int_t)q->disk_bytes)) !=
+                 0)) {
             json_decref(o);
             o = NULL;
         }
@@ -123,7 +123,8 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
     json_object_set_new(broker, "published", json_integer((json_int_t)b->published));
     json_object_set_new(broker, "refused", json_integer((json_int_t)b->refused));
     json_object_set_new(broker, "retained", json_integer((json_int_t)b->retained.count));
-    json_object_set_new(broker, "queue_memory", json_integer((json_int_t)b->cfg->broker.queue_memory));
+    json_object_set_new(broker, "queue_memory",
+                        json_integer((json_int_t)b->cfg->broker.queue_memory));
     json_object_set_new(broker, "resident_bytes", json_integer((json_int_t)b->resident_bytes));
     json_object_set_new(broker, "durability", classes);
     json_object_set_new(broker, "adapters", adapters);
@@ -410,9 +411,9 @@ static void on_maintenance_done(sb_store_op *op, void *ctx)
         res = json_pack("{s:I, s:I}", "before_bytes", (json_int_t)op->u.maint.before_bytes,
                         "after_bytes", (json_int_t)op->u.maint.after_bytes);
     r->cb(r->ctx, op->status, res,
-          op->status == 0                  ? NULL
+          op->status == 0                 ? NULL
           : op->u.maint.report[0] != '\0' ? op->u.maint.report
-                                           : sb_strerror(op->status));
+                                          : sb_strerror(op->status));
     admin_req_free(r);
 }
 

@@ -743,7 +743,8 @@ void sb_queue__trim(sb_queue *q)
     if (q->disk_depth > 0 && q->max_depth > 0 && sb_queue__total_depth(q) > q->max_depth)
         sb_paging__drop(q, sb_queue__total_depth(q) - q->max_depth);
     while (q->disk_depth > 0 && q->max_bytes > 0 && sb_queue__total_bytes(q) > q->max_bytes) {
-        int64_t mean = q->disk_bytes / q->disk_depth, over = sb_queue__total_bytes(q) - q->max_bytes;
+        int64_t mean = q->disk_bytes / q->disk_depth,
+                over = sb_queue__total_bytes(q) - q->max_bytes;
         sb_paging__drop(q, mean > 0 ? (over + mean - 1) / mean : q->disk_depth);
     }
 }

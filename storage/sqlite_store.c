@@ -192,8 +192,8 @@ struct sb_store {
     int64_t max_db_bytes; /* 0: no limit */
     sqlite3_stmt *st[ST_COUNT];
     sqlite3_stmt *page_st[PST_COUNT];
-    int64_t free_pages; /* at the last commit (store thread) */
-    int auto_vacuum;    /* PRAGMA auto_vacuum is INCREMENTAL */
+    int64_t free_pages;   /* at the last commit (store thread) */
+    int auto_vacuum;      /* PRAGMA auto_vacuum is INCREMENTAL */
     int cur_sync;         /* PRAGMA synchronous last set: 1 NORMAL, 2 FULL */
     uint64_t hw_msg_id;   /* id high-water marks as committed in meta */
     uint32_t hw_queue_id; /* (store thread, or loop thread before start) */
@@ -872,8 +872,8 @@ static int exec_trim(sb_store *s, sb_store_op *op)
         return fail(s, bind_run(st, rc), "trim: scan");
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (op->u.trim.expire) {
-            int64_t exp = effective_expiry(sqlite3_column_int64(st, 1),
-                                           sqlite3_column_int64(st, 2), op->u.trim.ttl_ms);
+            int64_t exp = effective_expiry(sqlite3_column_int64(st, 1), sqlite3_column_int64(st, 2),
+                                           op->u.trim.ttl_ms);
             if (exp == 0 || exp > op->u.trim.now_ms) {
                 next = exp;
                 break;
@@ -892,10 +892,10 @@ static int exec_trim(sb_store *s, sb_store_op *op)
     }
     if (op->u.trim.expire) {
         st = s->page_st[PST_EXPIRE_COPY];
-        rc = bind_run(st, bind_args(st, "iiitit", (int64_t)qid, (int64_t)after, (int64_t)last,
-                                    op->u.trim.queue_name, sb_now_ms(),
-                                    op->u.trim.reason != NULL ? op->u.trim.reason
-                                                              : "expired (ttl)"));
+        rc = bind_run(st,
+                      bind_args(st, "iiitit", (int64_t)qid, (int64_t)after, (int64_t)last,
+                                op->u.trim.queue_name, sb_now_ms(),
+                                op->u.trim.reason != NULL ? op->u.trim.reason : "expired (ttl)"));
         if (rc != SQLITE_OK)
             return fail(s, rc, "trim: dead-letter");
     }
@@ -1065,9 +1065,8 @@ static void exec_maintenance(sb_store *s, sb_store_op *op)
                 continue;
             op->u.maint.ok = 0;
             if (len + 2 < sizeof(op->u.maint.report))
-                len += (size_t)snprintf(op->u.maint.report + len,
-                                        sizeof(op->u.maint.report) - len, "%s%s",
-                                        len > 0 ? "; " : "", t);
+                len += (size_t)snprintf(op->u.maint.report + len, sizeof(op->u.maint.report) - len,
+                                        "%s%s", len > 0 ? "; " : "", t);
         }
         if (rc != SQLITE_DONE) {
             op->u.maint.ok = 0;
@@ -1075,8 +1074,8 @@ static void exec_maintenance(sb_store *s, sb_store_op *op)
                      sqlite3_errmsg(s->db), rc);
         }
         (void)sqlite3_finalize(st);
-        sb_log(op->u.maint.ok ? SB_LOG_INFO : SB_LOG_ERROR, WHO, "database %s: check: %s",
-               s->path, op->u.maint.ok ? "ok" : op->u.maint.report);
+        sb_log(op->u.maint.ok ? SB_LOG_INFO : SB_LOG_ERROR, WHO, "database %s: check: %s", s->path,
+               op->u.maint.ok ? "ok" : op->u.maint.report);
         return;
     }
     {
@@ -1089,8 +1088,8 @@ static void exec_maintenance(sb_store *s, sb_store_op *op)
         (void)sqlite3_reset(st);
         op->u.maint.before_bytes = op->u.maint.after_bytes = pages * s->page_size;
         if (uv_fs_statfs(NULL, &req, s->path, NULL) == 0)
-            avail = ((const uv_statfs_t *)req.ptr)->f_bavail *
-                    ((const uv_statfs_t *)req.ptr)->f_bsize;
+            avail =
+                ((const uv_statfs_t *)req.ptr)->f_bavail * ((const uv_statfs_t *)req.ptr)->f_bsize;
         uv_fs_req_cleanup(&req);
         /* VACUUM writes a copy, then the WAL holds the new pages */
         if (avail < 2 * (uint64_t)op->u.maint.before_bytes + 16 * 1024 * 1024) {
@@ -1098,7 +1097,8 @@ static void exec_maintenance(sb_store *s, sb_store_op *op)
             snprintf(op->u.maint.report, sizeof(op->u.maint.report),
                      "not enough free disk space to compact %lld MiB (%llu MiB free, twice the "
                      "database is needed)",
-                     (long long)(op->u.maint.before_bytes >> 20), (unsigned long long)(avail >> 20));
+                     (long long)(op->u.maint.before_bytes >> 20),
+                     (unsigned long long)(avail >> 20));
             return;
         }
         sb_info(WHO, "database %s: compacting %lld MiB (VACUUM; commits wait)", s->path,
@@ -1126,8 +1126,9 @@ static void exec_maintenance(sb_store *s, sb_store_op *op)
         s->stats.db_bytes = op->u.maint.after_bytes;
         s->stats.free_bytes = s->free_pages * s->page_size;
         uv_mutex_unlock(&s->mu);
-        sb_info(WHO, "database %s: compacted from %lld to %lld MiB; free pages are returned from "
-                     "now on",
+        sb_info(WHO,
+                "database %s: compacted from %lld to %lld MiB; free pages are returned from "
+                "now on",
                 s->path, (long long)(op->u.maint.before_bytes >> 20),
                 (long long)(op->u.maint.after_bytes >> 20));
     }
@@ -1770,8 +1771,8 @@ static int setup_vacuum(sb_store *s, sb_error *err)
         uv_fs_t req;
         uint64_t avail = 0;
         if (uv_fs_statfs(NULL, &req, s->path, NULL) == 0)
-            avail = ((const uv_statfs_t *)req.ptr)->f_bavail *
-                    ((const uv_statfs_t *)req.ptr)->f_bsize;
+            avail =
+                ((const uv_statfs_t *)req.ptr)->f_bavail * ((const uv_statfs_t *)req.ptr)->f_bsize;
         uv_fs_req_cleanup(&req);
         if (avail > 2 * (uint64_t)s->stats.db_bytes + 16 * 1024 * 1024) {
             sb_info(WHO,
@@ -2237,8 +2238,7 @@ int sb_store_read_page(sb_store *s, sb_store_op *op, sb_error *err)
 {
     int rc;
     if (s->started)
-        return sb_error_set(err, SB_EINVAL, 0, "database %s: pages are read before start",
-                            s->path);
+        return sb_error_set(err, SB_EINVAL, 0, "database %s: pages are read before start", s->path);
     op->status = 0;
     op->u.page_in.rows = NULL;
     op->u.page_in.row_count = 0;
@@ -2249,8 +2249,8 @@ int sb_store_read_page(sb_store *s, sb_store_op *op, sb_error *err)
         return sb_error_set(err, SB_ECORRUPT, 0,
                             "database %s is corrupt: malformed headers in entries", s->path);
     if (op->status != 0)
-        return sb_error_set(err, op->status, 0, "database %s: reading queued messages: %s",
-                            s->path, sb_strerror(op->status));
+        return sb_error_set(err, op->status, 0, "database %s: reading queued messages: %s", s->path,
+                            sb_strerror(op->status));
     return 0;
 }
 

@@ -41,10 +41,10 @@
  *                headers, created, expiry and priority; attempts restart at 0
  *   DLQ_LIST     SB_ENOMEM (no rows returned)
  *   PAGE_IN      SB_ENOMEM, SB_ECORRUPT (a malformed row; no rows returned)
- * ACK, QUEUE_DELETE, DLQ_PURGE, DEDUP_PRUNE, KEY_PUT, KEY_DELETE and TRIM only fail when sb_store_stop
- * gives up retrying them (SB_EIO / SB_ENOSPC). Callbacks come in submission
- * order, except that ops kept for a retry complete after the failed publishes
- * that were submitted after them.
+ * ACK, QUEUE_DELETE, DLQ_PURGE, DEDUP_PRUNE, KEY_PUT, KEY_DELETE and TRIM only fail when
+ * sb_store_stop gives up retrying them (SB_EIO / SB_ENOSPC). Callbacks come in submission order,
+ * except that ops kept for a retry complete after the failed publishes that were submitted after
+ * them.
  *
  * The started store's uv_async_t keeps the loop alive until sb_store_stop;
  * run the loop once more after stop so the handle closes before
@@ -236,17 +236,17 @@ struct sb_store_op {
             /* results */
             int64_t removed, removed_bytes; /* entries, sb_message_size bytes */
             uint64_t last_id;               /* largest id removed (0: none) */
-            int64_t next_expiry_ms; /* expire: when the first entry left expires
-                                       (0: never, or none was left in the
-                                       rows looked at) */
+            int64_t next_expiry_ms;         /* expire: when the first entry left expires
+                                               (0: never, or none was left in the
+                                               rows looked at) */
         } trim;
         struct {
             /* CHECK and COMPACT run after the group's commit, outside any
              * transaction, holding the store thread for their duration
              * (commits wait). COMPACT refuses (SB_ENOSPC, nothing changed)
              * unless the disk has room for a second copy of the database. */
-            int ok;             /* CHECK: 1 if quick_check found nothing */
-            char report[1024];  /* CHECK: its first findings; COMPACT: why not */
+            int ok;                            /* CHECK: 1 if quick_check found nothing */
+            char report[1024];                 /* CHECK: its first findings; COMPACT: why not */
             int64_t before_bytes, after_bytes; /* COMPACT: the file's size */
         } maint;
     } u;
@@ -263,7 +263,7 @@ typedef struct sb_store_stats {
     int auto_vacuum;    /* 1: free pages are returned to the file system (incremental
                            auto-vacuum when the store is idle); 0: only reused, until
                            SB_OP_COMPACT converts the database */
-    int degraded;     /* 1 while commits fail */
+    int degraded;       /* 1 while commits fail */
     char last_error[256];
 } sb_store_stats;
 

@@ -1081,9 +1081,10 @@ static int agent_op(jsonl_session *s, const char *op, json_t *req, json_t *id)
 
 static int op_known(const char *op)
 {
-    static const char *const ops[] = {"pub",   "ack",   "nack",      "sub",         "unsub",
-                                      "ping",  "stats", "dlq.list",  "dlq.redrive", "dlq.purge",
-                                      "hello", "log",   "route.test", "store.check", "store.compact"};
+    static const char *const ops[] = {"pub",         "ack",         "nack",         "sub",
+                                      "unsub",       "ping",        "stats",        "dlq.list",
+                                      "dlq.redrive", "dlq.purge",   "hello",        "log",
+                                      "route.test",  "store.check", "store.compact"};
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
         if (strcmp(op, ops[i]) == 0)
             return 1;

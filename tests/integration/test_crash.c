@@ -116,7 +116,8 @@ typedef struct sub_state {
     unsigned long long last_first[PRODUCERS], firsts, dups;
 } sub_state;
 
-static sub_state subs[2] = {{.sub = "crash-fsync", .cls = 'f'}, {.sub = "crash-batched", .cls = 'b'}};
+static sub_state subs[2] = {{.sub = "crash-fsync", .cls = 'f'},
+                            {.sub = "crash-batched", .cls = 'b'}};
 
 static void subs_init(void)
 {

@@ -203,9 +203,8 @@ static void test_ttl_of_stored_entries(void **state)
     items = json_object_get(dlq, "items");
     assert_int_equal(json_array_size(items), 12);
     for (size_t i = 0; i < 12; i++)
-        assert_string_equal(
-            json_string_value(json_object_get(json_array_get(items, i), "reason")),
-            "expired (ttl)");
+        assert_string_equal(json_string_value(json_object_get(json_array_get(items, i), "reason")),
+                            "expired (ttl)");
     json_decref(dlq);
     core_check_all(f);
 
