@@ -23,6 +23,7 @@
 #   --queues Q     queues the messages are spread over (BENCH_QUEUES, 1)
 #   --store YAML   extra keys of broker.store, e.g. "queue_memory: 16MiB"
 #                  (BENCH_STORE, none: the defaults)
+#   --no-drain     stop after the restart (memory and time to listening only)
 #   --keep         keep the temporary directory (config, log, database)
 # SB_BUILD_DIR: build directory holding service/switchboard and tools/sbctl
 # (default build/release; configured with the release preset and built when
@@ -38,6 +39,7 @@ size=${BENCH_SIZE:-1024}
 queues=${BENCH_QUEUES:-1}
 store=${BENCH_STORE:-}
 keep=0
+drain=1
 
 usage() {
     sed -n '2,/^# Only the processes/p' "$0" | sed 's/^# \{0,1\}//'
@@ -49,6 +51,7 @@ while [ $# -gt 0 ]; do
     --size) size=$2; shift ;;
     --queues) queues=$2; shift ;;
     --store) store=$2; shift ;;
+    --no-drain) drain=0 ;;
     --keep) keep=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench-backlog.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -145,6 +148,11 @@ echo "restart_to_listening_ms: $listen_ms"
 start_rss=$(status_kb VmRSS)
 echo "rss_after_restart_mb: $(mb "$start_rss")"
 
+if [ "$drain" = 0 ]; then
+    echo "summary: count=$count size=$size queues=$queues rss_backlog_mb=$(mb "$fill_rss")" \
+        "restart_ms=$listen_ms rss_restart_mb=$(mb "$start_rss")"
+    exit 0
+fi
 t0=$(now_ms)
 for q in $(seq 0 $((queues - 1))); do
     n=$per
