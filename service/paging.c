@@ -43,7 +43,7 @@
 #define EXPIRE_SCAN_ROWS 512
 /* Without a TTL, how often stored entries are looked at for their own expiry. */
 #define EXPIRE_RECHECK_MS 60000
-/* After a failed read or expiry, the next try waits this long. */
+/* After a failed expiry in the store, the next try waits this long. */
 #define RETRY_MS 5000
 /* The windows shrank by this much since the heap was last trimmed: give
  * the memory back (a drained backlog, a deleted queue). */
