@@ -177,7 +177,8 @@ static const char *const page_sql[PST_COUNT] = {
         "INSERT INTO dlq(queue_name, msg_id, topic, payload, headers, created_ms, expires_ms,"
         " priority, dead_ms, reason, source, attempts)"
         " SELECT coalesce(?4, (SELECT name FROM queues WHERE id = ?1)), msg_id, topic, payload,"
-        " headers, created_ms, expires_ms, priority, ?5, ?6, NULL, attempts"
+        " headers, created_ms, expires_ms, priority, ?5, ?6, sb_header(headers, 'source'),"
+        " attempts"
         " FROM entries WHERE queue_id = ?1 AND msg_id > ?2 AND msg_id <= ?3 ORDER BY msg_id",
     [PST_FREELIST] = "PRAGMA freelist_count",
     [PST_VACUUM] = "PRAGMA incremental_vacuum(" VACUUM_STEP_PAGES_SQL ")",
@@ -793,6 +794,34 @@ static int exec_dlq_purge(sb_store *s, sb_store_op *op)
 }
 
 /* ---- paging ops --------------------------------------------------------- */
+
+/* SQL function sb_header(headers, key): the value of key in a headers blob
+ * (sb_message_headers_encode: key NUL value NUL ...), or NULL. A dead letter
+ * written in the store keeps its source as one written from memory does. */
+static void sql_header(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    const unsigned char *blob = sqlite3_value_blob(argv[0]);
+    const unsigned char *key = sqlite3_value_text(argv[1]);
+    size_t len = (size_t)sqlite3_value_bytes(argv[0]), off = 0;
+    (void)argc;
+    if (blob == NULL || key == NULL)
+        return; /* NULL */
+    while (off < len) {
+        const unsigned char *k = blob + off, *kend = memchr(k, '\0', len - off), *v, *vend;
+        if (kend == NULL)
+            return;
+        v = kend + 1;
+        vend = v < blob + len ? memchr(v, '\0', (size_t)(blob + len - v)) : NULL;
+        if (vend == NULL)
+            return;
+        if (strcmp((const char *)k, (const char *)key) == 0) {
+            sqlite3_result_text(ctx, (const char *)v, (int)(vend - v), SQLITE_TRANSIENT);
+            return;
+        }
+        off = (size_t)(vend + 1 - blob);
+    }
+}
+
 
 static int exec_page_in(sb_store *s, sb_store_op *op)
 {
@@ -2000,6 +2029,10 @@ int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err)
         if (src != SQLITE_OK)
             rc = db_error(s, src, "preparing statements", err);
     }
+    if (rc == 0 && sqlite3_create_function(s->db, "sb_header", 2,
+                                           SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL, sql_header,
+                                           NULL, NULL) != SQLITE_OK)
+        rc = db_error(s, sqlite3_errcode(s->db), "registering sb_header", err);
     for (int i = 0; i < PST_COUNT && rc == 0; i++) {
         int src = sqlite3_prepare_v3(s->db, page_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
                                      &s->page_st[i], NULL);

@@ -66,6 +66,17 @@ static void publish_n(core_fx *f, const char *topic, int from, int to)
     }
 }
 
+/* The same from a producer with a source header. */
+static void publish_from(core_fx *f, const char *topic, int from, int to)
+{
+    const char *const source[] = {"source", "paging", NULL};
+    char payload[32];
+    for (int i = from; i <= to; i++) {
+        snprintf(payload, sizeof payload, "m%d", i);
+        core_publish_ok(f, NULL, topic, payload, source);
+    }
+}
+
 /* The log holds m<from>..m<to>, in order, once each. */
 static void expect_run(const fake_log *l, size_t at, int from, int to)
 {
@@ -193,7 +204,7 @@ static void test_ttl_of_stored_entries(void **state)
 
     core_start(f, cfg);
     q = core_queue(f, "ttl");
-    publish_n(f, "t/1", 1, 12);
+    publish_from(f, "t/1", 1, 12);
     assert_int_equal(q->disk_depth, 8);
     CORE_WAIT(f, q->expired == 12);
     assert_int_equal(q->depth, 0);
@@ -202,9 +213,12 @@ static void test_ttl_of_stored_entries(void **state)
     dlq = core_dlq(f, "ttl");
     items = json_object_get(dlq, "items");
     assert_int_equal(json_array_size(items), 12);
-    for (size_t i = 0; i < 12; i++)
-        assert_string_equal(json_string_value(json_object_get(json_array_get(items, i), "reason")),
-                            "expired (ttl)");
+    for (size_t i = 0; i < 12; i++) {
+        json_t *d = json_array_get(items, i);
+        assert_string_equal(json_string_value(json_object_get(d, "reason")), "expired (ttl)");
+        /* expired in the window or in the store: the same dead letter */
+        assert_string_equal(json_string_value(json_object_get(d, "source")), "paging");
+    }
     json_decref(dlq);
     core_check_all(f);
 
