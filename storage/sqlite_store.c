@@ -822,7 +822,6 @@ static void sql_header(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     }
 }
 
-
 static int exec_page_in(sb_store *s, sb_store_op *op)
 {
     sqlite3_stmt *st = s->page_st[PST_READ];
@@ -2029,9 +2028,9 @@ int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err)
         if (src != SQLITE_OK)
             rc = db_error(s, src, "preparing statements", err);
     }
-    if (rc == 0 && sqlite3_create_function(s->db, "sb_header", 2,
-                                           SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL, sql_header,
-                                           NULL, NULL) != SQLITE_OK)
+    if (rc == 0 &&
+        sqlite3_create_function(s->db, "sb_header", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
+                                sql_header, NULL, NULL) != SQLITE_OK)
         rc = db_error(s, sqlite3_errcode(s->db), "registering sb_header", err);
     for (int i = 0; i < PST_COUNT && rc == 0; i++) {
         int src = sqlite3_prepare_v3(s->db, page_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
