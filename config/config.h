@@ -32,6 +32,9 @@ typedef struct sb_broker_config {
     int commit_max_batch;     /* store.commit_max_batch, default 1024, 1..65536 */
     int commit_max_delay_us;  /* store.commit_max_delay_us, default 0, 0..1000000 */
     int64_t max_db_bytes;     /* store.max_db_bytes, default 0 (unlimited) */
+    int queue_window;         /* store.queue_window: a queue's entries kept in memory,
+                                 default 4096; the rest are read from the store */
+    int64_t queue_memory;     /* store.queue_memory: all windows' bytes, default 64 MiB */
     int log_level;            /* log.level: sb_log_level, default info */
     char *log_file;           /* log.file, default NULL */
     int log_stderr;           /* log.stderr, default 1 */

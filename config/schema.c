@@ -72,6 +72,19 @@ static const sb_config_key store_fields[] = {
      .def = 0,
      .min = 0,
      .max = INT64_MAX},
+    /* paging (service/paging.c): what of the queues stays in memory */
+    {.key = "queue_window",
+     .kind = SB_KEY_INT,
+     .offset = B(queue_window),
+     .def = 4096,
+     .min = 1,
+     .max = 1000000},
+    {.key = "queue_memory",
+     .kind = SB_KEY_SIZE,
+     .offset = B(queue_memory),
+     .def = 64 * 1024 * 1024,
+     .min = 64 * 1024,
+     .max = INT64_MAX},
 };
 static const sb_config_table store_section = SB_CONFIG_TABLE(store_fields);
 

@@ -60,15 +60,25 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
                       !q->from_config    ? "client"
                       : q->route != NULL ? "route"
                                          : "orphaned",
-                      "depth", (json_int_t)q->depth, "bytes", (json_int_t)q->bytes, "pending",
-                      (json_int_t)q->pending, "inflight", inflight, "consumers", consumers,
-                      "oldest_age_ms",
+                      "depth", (json_int_t)sb_queue__total_depth(q), "bytes",
+                      (json_int_t)sb_queue__total_bytes(q), "pending", (json_int_t)q->pending,
+                      "inflight", inflight, "consumers", consumers, "oldest_age_ms",
                       (json_int_t)(q->fifo.head != NULL ? now - q->fifo.head->msg->created_ms : 0),
                       "published", (json_int_t)q->published, "delivered", (json_int_t)q->delivered,
                       "acked", (json_int_t)q->acked, "dead", (json_int_t)q->dead, "dropped",
                       (json_int_t)q->dropped, "in_rate", sb_rate__per_sec(&q->in_rate, now_sec),
                       "out_rate", sb_rate__per_sec(&q->out_rate, now_sec));
         sb_free(joined);
+        /* paging: the window in memory, the rest only in the store */
+        if (o != NULL &&
+            (json_object_set_new(o, "resident_depth", json_integer((json_int_t)q->depth)) != 0 ||
+             json_object_set_new(o, "resident_bytes", json_integer((json_int_t)q->bytes)) != 0 ||
+             json_object_set_new(o, "stored_depth", json_integer((json_int_t)q->disk_depth)) != 0 ||
+             json_object_set_new(o, "stored_bytes", json_integer((json_int_t)q->disk_bytes)) !=
+                 0)) {
+            json_decref(o);
+            o = NULL;
+        }
         if (o != NULL && q->transform != NULL &&
             json_object_set_new(o, "filtered", json_integer((json_int_t)q->filtered)) != 0) {
             json_decref(o);
@@ -86,6 +96,8 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
     json_object_set_new(store, "failed_commits", json_integer((json_int_t)st.failed_commits));
     json_object_set_new(store, "max_batch", json_integer((json_int_t)st.max_batch_seen));
     json_object_set_new(store, "db_bytes", json_integer((json_int_t)st.db_bytes));
+    json_object_set_new(store, "free_bytes", json_integer((json_int_t)st.free_bytes));
+    json_object_set_new(store, "auto_vacuum", json_boolean(st.auto_vacuum));
     json_object_set_new(store, "degraded", json_boolean(st.degraded));
     json_object_set_new(store, "last_error", json_string(st.last_error));
     for (sb_adapter *a = b->adapters; a != NULL; a = a->next) {
@@ -111,6 +123,9 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
     json_object_set_new(broker, "published", json_integer((json_int_t)b->published));
     json_object_set_new(broker, "refused", json_integer((json_int_t)b->refused));
     json_object_set_new(broker, "retained", json_integer((json_int_t)b->retained.count));
+    json_object_set_new(broker, "queue_memory",
+                        json_integer((json_int_t)b->cfg->broker.queue_memory));
+    json_object_set_new(broker, "resident_bytes", json_integer((json_int_t)b->resident_bytes));
     json_object_set_new(broker, "durability", classes);
     json_object_set_new(broker, "adapters", adapters);
     json_object_set_new(root, "queues", queues);
@@ -437,6 +452,53 @@ int sb_broker_dlq_purge_batch(sb_broker *b, const char *sub, const sb_dlq_batch 
         return sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
     }
     return 0;
+}
+
+/* ---- store maintenance ---- */
+
+static void on_maintenance_done(sb_store_op *op, void *ctx)
+{
+    admin_req *r = ctx;
+    json_t *res = NULL;
+    if (op->status == 0 && op->type == SB_OP_CHECK)
+        res = json_pack("{s:b, s:s}", "ok", op->u.maint.ok, "report",
+                        op->u.maint.ok ? "ok" : op->u.maint.report);
+    else if (op->status == 0)
+        res = json_pack("{s:I, s:I}", "before_bytes", (json_int_t)op->u.maint.before_bytes,
+                        "after_bytes", (json_int_t)op->u.maint.after_bytes);
+    r->cb(r->ctx, op->status, res,
+          op->status == 0                 ? NULL
+          : op->u.maint.report[0] != '\0' ? op->u.maint.report
+                                          : sb_strerror(op->status));
+    admin_req_free(r);
+}
+
+static int maintenance(sb_broker *b, sb_store_op_type type, sb_admin_cb cb, void *ctx,
+                       sb_error *err)
+{
+    admin_req *r;
+    if (b->store == NULL)
+        return sb_error_set(err, SB_EACCES, 0, "no store in a session agent");
+    if ((r = new_req(b, NULL, cb, ctx)) == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    r->op.type = type;
+    r->op.cb = on_maintenance_done;
+    r->op.ctx = r;
+    if (sb_store_submit(b->store, &r->op) != 0) {
+        admin_req_free(r);
+        return sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
+    }
+    return 0;
+}
+
+int sb_broker_store_check(sb_broker *b, sb_admin_cb cb, void *ctx, sb_error *err)
+{
+    return maintenance(b, SB_OP_CHECK, cb, ctx, err);
+}
+
+int sb_broker_store_compact(sb_broker *b, sb_admin_cb cb, void *ctx, sb_error *err)
+{
+    return maintenance(b, SB_OP_COMPACT, cb, ctx, err);
 }
 
 /* ---- route test ---- */

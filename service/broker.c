@@ -436,20 +436,20 @@ typedef struct load_ctx {
     uint64_t count;
 } load_ctx;
 
-static int load_entry(void *ctx, uint32_t queue_id, sb_message *msg, int attempts)
+/* A queue's stored entries: counted, read in windows later (paging.c). */
+static int load_count(void *ctx, uint32_t queue_id, int64_t count, int64_t bytes)
 {
     load_ctx *l = ctx;
     sb_queue *q = sb_broker__queue_by_id(l->b, queue_id);
-    int rc = 0;
-    if (q != NULL) {
-        rc = sb_queue__append(q, msg, attempts);
-        if (rc == 0)
-            q->fifo.tail->offered = 1; /* it may have been, before the restart */
-    }
-    sb_message_unref(msg);
-    if (++l->count % 100000 == 0)
-        sb_info("store", "loaded %llu queued messages...", (unsigned long long)l->count);
-    return rc;
+    if (q == NULL)
+        return 0; /* entries of no queue: never delivered, as before */
+    q->disk_depth = count;
+    q->disk_bytes = bytes;
+    q->paged_to = 0;
+    q->disk_expiring = 1; /* unknown until looked at */
+    sb_queue__watch_expiry(q);
+    l->count += (uint64_t)count;
+    return 0;
 }
 
 /* A route's destinations: its adapters, then the republisher if it
@@ -686,11 +686,11 @@ static int apply_routes(sb_broker *b, const sb_config *cfg, sb_error *err)
         sb_free(filters);
     }
     for (sb_queue *q = b->queues; q != NULL; q = q->next)
-        if (q->from_config && q->route == NULL && q->depth > 0)
+        if (q->from_config && q->route == NULL && sb_queue__total_depth(q) > 0)
             sb_warn(q->name,
                     "no route declares this queue any more; its %lld messages are kept "
                     "(drain with sbctl sub %s, or delete it)",
-                    (long long)q->depth, q->name);
+                    (long long)sb_queue__total_depth(q), q->name);
     return 0;
 }
 
@@ -870,17 +870,19 @@ int sb_broker_start(sb_broker *b, sb_error *err)
     so.max_db_bytes = b->cfg->broker.max_db_bytes;
     if ((rc = sb_store_open(&b->store, &so, err)) != 0)
         return rc;
-    if ((rc = sb_store_max_ids(b->store, &b->last_msg_id, &b->last_queue_id, err)) != 0 ||
-        (rc = sb_store_load_queues(b->store, load_queue, b, err)) != 0 ||
-        (rc = sb_store_load_entries(b->store, load_entry, &lc, err)) != 0 ||
+    if ((rc = sb_store_max_ids(b->store, &b->last_msg_id, &b->last_queue_id, err)) != 0)
+        goto fail;
+    b->boot_msg_id = b->last_msg_id;
+    if ((rc = sb_store_load_queues(b->store, load_queue, b, err)) != 0 ||
+        (rc = sb_store_load_counts(b->store, load_count, &lc, err)) != 0 ||
+        (rc = sb_paging__load(b, err)) != 0 ||
         (rc = sb_store_load_retained(b->store, sb_broker__load_retained, b, err)) != 0 ||
         (rc = sb_store_load_dedup(b->store, sb_broker__load_dedup, b, err)) != 0)
         goto fail;
-    for (sb_queue *q = b->queues; q != NULL; q = q->next)
-        q->published = 0;
     if (lc.count > 0)
-        sb_info("store", "recovered %llu queued messages from %s", (unsigned long long)lc.count,
-                dbpath);
+        sb_info("store",
+                "recovered %llu queued messages from %s (read in windows as consumers take them)",
+                (unsigned long long)lc.count, dbpath);
     if ((rc = sb_store_start(b->store, &b->loop, err)) != 0)
         goto fail;
     if ((rc = apply_routes(b, b->cfg, err)) != 0)
@@ -1315,7 +1317,7 @@ int sb_broker_unsubscribe(sb_broker *b, const char *name, sb_error *err)
     if (sb_store_submit(b->store, op) != 0)
         sb_free(op);
     sb_log(q->transient ? SB_LOG_DEBUG : SB_LOG_INFO, name,
-           "deleted subscription (%lld messages discarded)", (long long)q->depth);
+           "deleted subscription (%lld messages discarded)", (long long)sb_queue__total_depth(q));
     remove_queue(b, q);
     return 0;
 }
@@ -1781,7 +1783,7 @@ static void publish_sys_topics(sb_broker *b, int64_t now)
         if (strlen(q->name) > 200)
             continue;
         snprintf(topic, sizeof(topic), "$SYS/queues/%s/depth", q->name);
-        publish_sys(b, topic, "%lld", (long long)q->depth);
+        publish_sys(b, topic, "%lld", (long long)sb_queue__total_depth(q));
         snprintf(topic, sizeof(topic), "$SYS/queues/%s/dead", q->name);
         publish_sys(b, topic, "%lld", (long long)q->dead);
     }
@@ -1802,6 +1804,7 @@ static void on_housekeeping(uv_timer_t *t)
         next = q->exp_next; /* expiring may take q off the list, never another */
         sb_queue__expire(q, now);
     }
+    sb_paging__housekeeping(b);
     if (now - b->last_prune_ms > 60000) {
         char **keys = NULL;
         size_t n = 0;

@@ -303,6 +303,13 @@ int sb_broker_dlq_redrive_batch(sb_broker *b, const char *sub, const sb_dlq_batc
                                 sb_admin_cb cb, void *ctx, sb_error *err);
 int sb_broker_dlq_purge_batch(sb_broker *b, const char *sub, const sb_dlq_batch *batch,
                               sb_admin_cb cb, void *ctx, sb_error *err);
+/* Store maintenance (the store thread holds commits meanwhile): check runs
+ * a full quick_check, cb's result {"ok": bool, "report": text}; compact
+ * VACUUMs the database into incremental auto-vacuum, {"before_bytes": n,
+ * "after_bytes": n}, or fails with SB_ENOSPC when the disk has no room for
+ * a second copy. */
+int sb_broker_store_check(sb_broker *b, sb_admin_cb cb, void *ctx, sb_error *err);
+int sb_broker_store_compact(sb_broker *b, sb_admin_cb cb, void *ctx, sb_error *err);
 
 /* A dry run of route `route`'s transforms on m (nothing is published or
  * stored): a new JSON object (json_t *) {"route", "matches": whether m's

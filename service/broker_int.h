@@ -83,6 +83,11 @@ struct sb_broker {
     sb_queue *sys_dirty; /* queues whose $SYS values changed since published */
     uint64_t last_msg_id;
     uint32_t last_queue_id;
+    uint64_t boot_msg_id;   /* last_msg_id at start: older stored entries may have been delivered */
+    int64_t resident_bytes; /* the queues' windows (paging.c) */
+    int64_t resident_peak;  /* their most since the heap was last trimmed */
+    uv_work_t trim_req;     /* giving memory back, off the loop */
+    int trimming;
 
     sb_adapter *adapters;
     sb_adapter *admin;
@@ -140,6 +145,12 @@ void sb_broker__retained_discard(sb_retained_batch *batch);
 /* Drops topic's retained value, if any (memory only). */
 void sb_broker__forget_retained(sb_broker *b, const char *topic);
 sb_queue *sb_broker__find_queue(sb_broker *b, const char *name);
+
+/* paging.c: reads the first window of each queue with stored entries, while
+ * the windows' memory budget lasts (before the store starts). */
+int sb_paging__load(sb_broker *b, sb_error *err);
+/* Once a second: gives memory back to the system after the windows shrank. */
+void sb_paging__housekeeping(sb_broker *b);
 
 /* expiry.c: q may have started or stopped being able to expire (consumers,
  * settings, deletion); _remove takes it off the list for good. */

@@ -70,4 +70,9 @@ void sb_platform_default_admin_endpoint(char *out, size_t n, const char *data_di
  * there is no such conversion (POSIX): a syntax check is all there is. */
 int sb_platform_sddl_check(const char *sddl, char *why, size_t why_len);
 
+/* Gives the heap's free memory back to the system where the allocator
+ * keeps it (glibc: malloc_trim; Windows: _heapmin). Thread-safe; may take
+ * milliseconds on a large heap: call it off the loop (paging.c). */
+void sb_platform_trim_memory(void);
+
 #endif

@@ -236,7 +236,7 @@ static void complete(sb_broker *b, sb_pending *p)
         sb_queue *q = p->queues[i];
         q->pending--;
         q->pending_bytes -= (int64_t)sb_message_size(p->msg);
-        if (p->status == 0 && q->live && !p->duplicate) {
+        if (p->status == 0 && q->live && !p->duplicate && !sb_queue__stays_stored(q, p->msg)) {
             sb_entry *e = p->spare;
             p->spare = e->next;
             sb_queue__append_entry(q, e, p->msg, 0);
@@ -388,8 +388,10 @@ static int route(sb_broker *b, sb_pending *p, const char *topic, size_t *cap)
 static int check_limits(const sb_queue *q, const sb_message *msg, size_t *want, sb_error *err)
 {
     int64_t size = (int64_t)sb_message_size(msg);
-    int over_depth = q->max_depth > 0 && q->depth + q->pending + 1 > q->max_depth;
-    int over_bytes = q->max_bytes > 0 && q->bytes + q->pending_bytes + size > q->max_bytes;
+    int64_t depth = sb_queue__total_depth(q);
+    int over_depth = q->max_depth > 0 && depth + q->pending + 1 > q->max_depth;
+    int over_bytes =
+        q->max_bytes > 0 && sb_queue__total_bytes(q) + q->pending_bytes + size > q->max_bytes;
 
     *want = 0;
     if (!over_depth && !over_bytes)
@@ -403,7 +405,7 @@ static int check_limits(const sb_queue *q, const sb_message *msg, size_t *want, 
     if (q->durability == SB_DURABILITY_MEMORY)
         *want = 1;
     else
-        *want = over_depth ? (size_t)(q->depth + q->pending + 1 - q->max_depth) : 1;
+        *want = over_depth ? (size_t)(depth + q->pending + 1 - q->max_depth) : 1;
     if (*want > 64)
         *want = 64;
     return 0;
@@ -422,6 +424,10 @@ static void make_room(sb_queue *q, const sb_message *msg, sb_pending *p)
     n = sb_queue__drop_oldest(q, ids, want);
     if (q->durability == SB_DURABILITY_MEMORY)
         return;
+    /* the window had too few: the oldest stored ones go (submitted before
+     * this publish, so deleted before it is inserted) */
+    if (n < want && q->disk_depth > 0)
+        sb_paging__drop(q, (int64_t)(want - n));
     /* n == 0: all in flight, over the limit until they are done */
     for (size_t i = 0; i < n; i++) {
         p->drops[p->op.u.publish.drop_count + i].queue_id = q->id;

@@ -141,6 +141,22 @@ void sb_queue__set_transform(sb_queue *q, sb_transform *t)
     q->transform = t;
 }
 
+static int64_t entry_expiry(const sb_queue *q, const sb_message *m);
+
+/* The TTL changed (a route applied at start or by a reload): the window's
+ * entries expire by the new one; stored ones are looked at in the store. */
+static void refresh_expiry(sb_queue *q)
+{
+    int64_t before = q->expiring;
+    q->expiring = 0;
+    for (sb_entry *e = q->fifo.head; e != NULL; e = e->next) {
+        e->expires_ms = entry_expiry(q, e->msg);
+        q->expiring += e->expires_ms != 0;
+    }
+    if ((before > 0) != (q->expiring > 0) || q->disk_depth > 0)
+        sb_queue__watch_expiry(q);
+}
+
 void sb_queue__apply_route(sb_queue *q, const sb_route_config *r)
 {
     q->route = r;
@@ -154,6 +170,7 @@ void sb_queue__apply_route(sb_queue *q, const sb_route_config *r)
     q->overflow = r->overflow;
     q->lease_ms = r->lease_ms;
     q->retain = r->retain;
+    refresh_expiry(q);
     sb_free(q->dedup_header);
     q->dedup_header = r->dedup_header != NULL ? sb_strdup(r->dedup_header) : NULL;
     q->dedup_window_ms = r->dedup_window_ms;
@@ -169,14 +186,66 @@ static int64_t entry_expiry(const sb_queue *q, const sb_message *m)
 
 int sb_queue__append(sb_queue *q, sb_message *msg, int attempts)
 {
-    sb_entry *e = sb_calloc(1, sizeof(*e));
+    sb_entry *e;
+    if (sb_queue__stays_stored(q, msg))
+        return 0;
+    e = sb_calloc(1, sizeof(*e));
     if (e == NULL)
         return SB_ENOMEM;
     sb_queue__append_entry(q, e, msg, attempts);
     return 0;
 }
 
-void sb_queue__append_entry(sb_queue *q, sb_entry *e, sb_message *msg, int attempts)
+int64_t sb_queue__total_depth(const sb_queue *q)
+{
+    return q->depth + q->disk_depth;
+}
+
+int64_t sb_queue__total_bytes(const sb_queue *q)
+{
+    return q->bytes + q->disk_bytes;
+}
+
+void sb_queue__watch_expiry(sb_queue *q)
+{
+    sb_broker__watch_expiry(q, q->expiring > 0 ||
+                                   (q->disk_depth > 0 && (q->ttl_ms > 0 || q->disk_expiring)));
+}
+
+/* Counts a published message (window or store). */
+static void count_published(sb_queue *q)
+{
+    if (!q->sys_dirty)
+        sb_broker__queue_changed(q);
+    q->published++;
+    sb_rate__add(&q->in_rate, (int64_t)(uv_now(sb_broker_loop(q->broker)) / 1000), 1);
+}
+
+int sb_queue__stays_stored(sb_queue *q, const sb_message *msg)
+{
+    int64_t size;
+    if (q->durability == SB_DURABILITY_MEMORY)
+        return 0; /* nowhere else to be */
+    size = (int64_t)sb_message_size(msg);
+    if (q->disk_depth == 0 && q->page_op == NULL && q->depth < sb_paging__window(q) &&
+        sb_paging__room(q, size))
+        return 0;
+    q->disk_depth++;
+    q->disk_bytes += size;
+    if (q->page_op != NULL && msg->id > q->page_snap) {
+        q->snap_depth++;
+        q->snap_bytes += size;
+    }
+    if (msg->expires_ms != 0)
+        q->disk_expiring = 1;
+    count_published(q);
+    if (q->disk_depth == 1)
+        sb_queue__watch_expiry(q);
+    return 1;
+}
+
+/* Links e into the window. */
+static void link_entry(sb_queue *q, sb_entry *e, sb_message *msg, int attempts)
 {
     memset(e, 0, sizeof(*e));
     e->msg = sb_message_ref(msg);
@@ -188,20 +257,33 @@ void sb_queue__append_entry(sb_queue *q, sb_entry *e, sb_message *msg, int attem
     if (q->cursor == NULL)
         q->cursor = e;
     if (e->expires_ms != 0 && q->expiring++ == 0)
-        sb_broker__watch_expiry(q, 1);
+        sb_queue__watch_expiry(q);
     if (!q->sys_dirty)
         sb_broker__queue_changed(q);
     q->depth++;
     q->bytes += (int64_t)sb_message_size(msg);
-    q->published++;
-    sb_rate__add(&q->in_rate, (int64_t)(uv_now(sb_broker_loop(q->broker)) / 1000), 1);
+    sb_paging__resident(q, (int64_t)sb_message_size(msg));
+    if (msg->id > q->paged_to)
+        q->paged_to = msg->id;
+}
+
+void sb_queue__append_entry(sb_queue *q, sb_entry *e, sb_message *msg, int attempts)
+{
+    link_entry(q, e, msg, attempts);
+    count_published(q);
+}
+
+void sb_queue__append_paged(sb_queue *q, sb_entry *e, sb_message *msg, int attempts, int offered)
+{
+    link_entry(q, e, msg, attempts);
+    e->offered = offered;
 }
 
 static void free_entry(sb_entry *e)
 {
     sb_queue *q = e->queue;
     if (e->expires_ms != 0 && --q->expiring == 0)
-        sb_broker__watch_expiry(q, 0);
+        sb_queue__watch_expiry(q);
     sb_message_unref(e->msg);
     sb_free(e);
 }
@@ -249,6 +331,7 @@ static void finish(sb_queue *q, sb_entry *e)
         sb_broker__queue_changed(q);
     q->depth--;
     q->bytes -= (int64_t)sb_message_size(e->msg);
+    sb_paging__resident(q, -(int64_t)sb_message_size(e->msg));
 }
 
 static void settle(sb_queue *q, sb_entry *e, int persisted)
@@ -497,6 +580,7 @@ void sb_queue__dispatch(sb_queue *q)
     }
     q->dispatching = 0;
     arm_timer(q);
+    sb_paging__fill(q);
 }
 
 void sb_delivery_done(sb_delivery *d, int status, const char *reason)
@@ -633,8 +717,8 @@ size_t sb_queue__drop_oldest(sb_queue *q, uint64_t *out, size_t n)
 
 static int over_limits(const sb_queue *q)
 {
-    return (q->max_depth > 0 && q->depth > q->max_depth) ||
-           (q->max_bytes > 0 && q->bytes > q->max_bytes);
+    return (q->max_depth > 0 && sb_queue__total_depth(q) > q->max_depth) ||
+           (q->max_bytes > 0 && sb_queue__total_bytes(q) > q->max_bytes);
 }
 
 void sb_queue__trim(sb_queue *q)
@@ -655,6 +739,14 @@ void sb_queue__trim(sb_queue *q)
         }
     }
     pop_done(q); /* the head run is deleted from the store with the acks */
+    /* the window could not give enough: the oldest stored entries go */
+    if (q->disk_depth > 0 && q->max_depth > 0 && sb_queue__total_depth(q) > q->max_depth)
+        sb_paging__drop(q, sb_queue__total_depth(q) - q->max_depth);
+    while (q->disk_depth > 0 && q->max_bytes > 0 && sb_queue__total_bytes(q) > q->max_bytes) {
+        int64_t mean = q->disk_bytes / q->disk_depth,
+                over = sb_queue__total_bytes(q) - q->max_bytes;
+        sb_paging__drop(q, mean > 0 ? (over + mean - 1) / mean : q->disk_depth);
+    }
 }
 
 void sb_queue__expire(sb_queue *q, int64_t now_ms)
@@ -670,6 +762,8 @@ void sb_queue__expire(sb_queue *q, int64_t now_ms)
         }
         e = next;
     }
+    if (q->disk_depth > 0)
+        sb_paging__expire(q, now_ms);
 }
 
 void sb_queue__clear(sb_queue *q)
@@ -684,7 +778,12 @@ void sb_queue__clear(sb_queue *q)
     q->leased.head = q->leased.tail = NULL;
     q->retry.head = q->retry.tail = NULL;
     q->cursor = NULL;
+    sb_paging__resident(q, -q->bytes);
     q->depth = q->bytes = 0;
+    /* ops under way find the queue gone or changed (paging.c) */
+    q->disk_depth = q->disk_bytes = 0;
+    q->page_op = q->trim_op = NULL;
+    q->page_skip = 0;
 }
 
 static void on_timer_closed(uv_handle_t *h)

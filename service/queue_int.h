@@ -6,6 +6,12 @@
  * timers for leases and retries. The store holds the durable copy; this file
  * decides what to deliver next and tells the store what was acknowledged,
  * coalescing in-order acks into one range delete per queue and loop turn.
+ *
+ * Paging (service/paging.c): a durable queue keeps a window of its oldest
+ * entries in memory (`fifo`: the next to deliver and those in flight); the
+ * rest are only in the store (`disk_depth`, all with ids above `paged_to`)
+ * and are read back in order, in batches, while consumers are attached.
+ * depth and bytes count the window; the queue's size is window + disk.
  */
 #ifndef SB_QUEUE_INT_H
 #define SB_QUEUE_INT_H
@@ -102,6 +108,17 @@ struct sb_queue {
     int sys_dirty;                 /* on the broker's list of changed queues */
     sb_queue *sys_next, *sys_prev;
 
+    /* paging.c: entries only in the store, all with ids above paged_to */
+    int64_t disk_depth, disk_bytes; /* (disk_bytes is estimated after a restart) */
+    uint64_t paged_to;              /* largest id that was in the window */
+    struct sb_store_op *page_op;    /* a page-in being read, or NULL */
+    int64_t page_skip;              /* entries the store dropped since page_op left */
+    uint64_t page_snap;             /* broker's last message id when page_op left */
+    int64_t snap_depth, snap_bytes; /* entries stored since then, ids above page_snap */
+    struct sb_store_op *trim_op;    /* an expiry in the store under way, or NULL */
+    int disk_expiring;              /* stored entries may have their own expiry */
+    int64_t disk_check_ms;          /* wall clock ms: look for expired stored ones */
+
     /* expiry.c: a client queue without consumers for expire_ms (> 0) is
      * deleted; listed by deadline while it has none */
     int64_t expire_ms, idle_since_ms;
@@ -121,8 +138,26 @@ void sb_queue__apply_settings(sb_queue *q, const sb_sub_settings *s);
  * Deliveries in flight keep the copies they were given. */
 void sb_queue__set_transform(sb_queue *q, struct sb_transform *t);
 
-/* Appends a committed message (takes a new reference). */
+/* Appends a committed message (takes a new reference), or counts it as
+ * stored only when the queue pages (sb_queue__stays_stored). */
 int sb_queue__append(sb_queue *q, sb_message *msg, int attempts);
+
+/* A committed message for q: 1 if it stays in the store only (counted;
+ * the queue's window is full or entries wait in the store before it),
+ * 0 if the caller appends it to the window. */
+int sb_queue__stays_stored(sb_queue *q, const sb_message *msg);
+
+/* Appends an entry read back from the store (not counted as published;
+ * offered: it may have been delivered before a restart). */
+void sb_queue__append_paged(sb_queue *q, sb_entry *e, sb_message *msg, int attempts, int offered);
+
+/* The total size, window and store. */
+int64_t sb_queue__total_depth(const sb_queue *q);
+int64_t sb_queue__total_bytes(const sb_queue *q);
+
+/* Puts q on the broker's expiry list while it has entries that may expire
+ * (in the window, or in the store), and off it otherwise. */
+void sb_queue__watch_expiry(sb_queue *q);
 
 /* The same into e, an sb_entry the caller allocated with sb_malloc
  * beforehand (now owned by q): cannot fail. */
@@ -167,5 +202,19 @@ void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t la
 void sb_broker__schedule_ack_flush(sb_broker *b, sb_queue *q);
 void sb_broker__store_attempts(sb_broker *b, sb_queue *q, sb_entry *e);
 void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c, int failed);
+
+/* paging.c */
+/* Reads q's next stored entries into its window if it runs low and a
+ * consumer is attached. */
+void sb_paging__fill(sb_queue *q);
+/* Deletes q's oldest n stored entries (drop-oldest), in the store. */
+void sb_paging__drop(sb_queue *q, int64_t n);
+/* Dead-letters q's stored entries that expired, in the store, when due. */
+void sb_paging__expire(sb_queue *q, int64_t now_ms);
+/* The window's limits: entries per queue, bytes for all queues. */
+int sb_paging__window(const sb_queue *q);
+int sb_paging__room(const sb_queue *q, int64_t size);
+/* The window's bytes changed by delta (for the broker's budget). */
+void sb_paging__resident(sb_queue *q, int64_t delta);
 
 #endif

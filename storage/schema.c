@@ -317,11 +317,13 @@ int sb_store__schema_migrate(sqlite3 *db, const char *path, int from_version, sb
 
     if (from_version >= SB_STORE_SCHEMA_VERSION)
         return 0;
-    /* auto_vacuum can only change before the first table exists. NONE: freed
-     * pages are reused in place; moving pages at every commit (FULL) would
-     * cost I/O on the ack path. */
+    /* auto_vacuum can only change before the first table exists (or with a
+     * VACUUM: sqlite_store.c setup_vacuum). INCREMENTAL: freed pages are
+     * reused in place, and the idle store thread returns a surplus to the
+     * file system; moving pages at every commit (FULL) would cost I/O on
+     * the ack path. */
     if (from_version == 0) {
-        rc = exec_step(&c, "PRAGMA auto_vacuum = NONE", "setting auto_vacuum", err);
+        rc = exec_step(&c, "PRAGMA auto_vacuum = INCREMENTAL", "setting auto_vacuum", err);
         if (rc != 0)
             return rc;
     } else {

@@ -45,9 +45,12 @@
  * WAL pages makes an fsync about half as costly as growing the file. */
 #define JOURNAL_SIZE_LIMIT (16 * 1024 * 1024)
 /* PRAGMA quick_check reads every page: about 0.1 s of CPU for 64 MiB here
- * (cold, reading the file dominates, but the loaders then find it cached).
- * Larger databases skip it: the loaders read every row of every table anyway
- * and report corruption there (SB_ECORRUPT); only index pages go unchecked. */
+ * (cold, reading the file dominates). Larger databases get a check bounded by
+ * what start-up reads anyway (bounded_check): the header, the schema, and
+ * every table but the two that hold messages (entries, dlq), with their
+ * indexes; the loaders then read the entries' index (the counts) and the
+ * first windows. The rest of the pages are read as queues page, which
+ * reports corruption; `sbctl check` runs the full check on demand. */
 #define QUICK_CHECK_MAX_BYTES (64 * 1024 * 1024)
 #define LOAD_PROGRESS_ROWS 100000
 
@@ -158,6 +161,37 @@ typedef struct ack_range {
     uint32_t queue_id;
     uint64_t first, last;
 } ack_range;
+/* Free pages an idle store returns to the file system per step (4 MiB of
+ * 4 KiB pages), when at least that many are free and they are a quarter of
+ * the file: under a steady load, acks free pages that inserts take again,
+ * and returning them would only make the file grow back. */
+#define VACUUM_STEP_PAGES 1024
+#define VACUUM_STEP_PAGES_SQL "1024"
+
+/* The statements of paging (SB_OP_PAGE_IN, SB_OP_TRIM, sb_store_load_counts),
+ * kept apart from the hot path's. SIZE_SQL is sb_message_size of a row:
+ * length() of a blob reads its header, not its content. */
+#define SIZE_SQL                                                                                   \
+    "(length(CAST(topic AS BLOB)) + coalesce(length(payload), 0) + coalesce(length(headers), 0))"
+
+enum page_stmt_id { PST_READ, PST_SCAN, PST_EXPIRE_COPY, PST_FREELIST, PST_VACUUM, PST_COUNT };
+
+static const char *const page_sql[PST_COUNT] = {
+    [PST_READ] = "SELECT msg_id, topic, payload, headers, created_ms, expires_ms, priority,"
+                 " attempts, " SIZE_SQL " FROM entries WHERE queue_id = ?1 AND msg_id > ?2"
+                 " ORDER BY msg_id LIMIT ?3",
+    [PST_SCAN] = "SELECT msg_id, created_ms, expires_ms, " SIZE_SQL " FROM entries"
+                 " WHERE queue_id = ?1 AND msg_id > ?2 ORDER BY msg_id LIMIT ?3",
+    [PST_EXPIRE_COPY] =
+        "INSERT INTO dlq(queue_name, msg_id, topic, payload, headers, created_ms, expires_ms,"
+        " priority, dead_ms, reason, source, attempts)"
+        " SELECT coalesce(?4, (SELECT name FROM queues WHERE id = ?1)), msg_id, topic, payload,"
+        " headers, created_ms, expires_ms, priority, ?5, ?6, sb_header(headers, 'source'),"
+        " attempts"
+        " FROM entries WHERE queue_id = ?1 AND msg_id > ?2 AND msg_id <= ?3 ORDER BY msg_id",
+    [PST_FREELIST] = "PRAGMA freelist_count",
+    [PST_VACUUM] = "PRAGMA incremental_vacuum(" VACUUM_STEP_PAGES_SQL ")",
+};
 
 struct sb_store {
     sqlite3 *db;
@@ -167,6 +201,9 @@ struct sb_store {
     int64_t page_size;
     int64_t max_db_bytes; /* 0: no limit */
     sqlite3_stmt *st[ST_COUNT];
+    sqlite3_stmt *page_st[PST_COUNT];
+    int64_t free_pages;   /* at the last commit (store thread) */
+    int auto_vacuum;      /* PRAGMA auto_vacuum is INCREMENTAL */
     int cur_sync;         /* PRAGMA synchronous last set: 1 NORMAL, 2 FULL */
     uint64_t hw_msg_id;   /* id high-water marks as committed in meta */
     uint32_t hw_queue_id; /* (store thread, or loop thread before start) */
@@ -770,6 +807,150 @@ static int exec_dlq_purge(sb_store *s, sb_store_op *op)
     return SQLITE_OK;
 }
 
+/* ---- paging ops --------------------------------------------------------- */
+
+/* SQL function sb_header(headers, key): the value of key in a headers blob
+ * (sb_message_headers_encode: key NUL value NUL ...), or NULL. A dead letter
+ * written in the store keeps its source as one written from memory does. */
+static void sql_header(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    const unsigned char *blob = sqlite3_value_blob(argv[0]);
+    const unsigned char *key = sqlite3_value_text(argv[1]);
+    size_t len = (size_t)sqlite3_value_bytes(argv[0]), off = 0;
+    (void)argc;
+    if (blob == NULL || key == NULL)
+        return; /* NULL */
+    while (off < len) {
+        const unsigned char *k = blob + off, *kend = memchr(k, '\0', len - off), *v, *vend;
+        if (kend == NULL)
+            return;
+        v = kend + 1;
+        vend = v < blob + len ? memchr(v, '\0', (size_t)(blob + len - v)) : NULL;
+        if (vend == NULL)
+            return;
+        if (strcmp((const char *)k, (const char *)key) == 0) {
+            sqlite3_result_text(ctx, (const char *)v, (int)(vend - v), SQLITE_TRANSIENT);
+            return;
+        }
+        off = (size_t)(vend + 1 - blob);
+    }
+}
+
+static int exec_page_in(sb_store *s, sb_store_op *op)
+{
+    sqlite3_stmt *st = s->page_st[PST_READ];
+    sb_store_entry *rows = NULL;
+    size_t count = 0, cap = 0;
+    int64_t bytes = 0, max_bytes = op->u.page_in.max_bytes;
+    int limit = op->u.page_in.limit > 0 ? op->u.page_in.limit : 1;
+    int rc, status = 0;
+
+    rc = bind_args(st, "iii", (int64_t)op->u.page_in.queue_id, (int64_t)op->u.page_in.after_id,
+                   (int64_t)limit);
+    if (rc != SQLITE_OK)
+        return op_error(s, op, bind_run(st, rc), "page-in");
+    op->u.page_in.exhausted = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t size = sqlite3_column_int64(st, 8);
+        if (max_bytes > 0 && count > 0 && bytes + size > max_bytes)
+            break;
+        if (count == cap) {
+            size_t ncap = cap == 0 ? 64 : cap * 2;
+            sb_store_entry *n = sb_realloc(rows, ncap * sizeof(*rows));
+            if (n == NULL) {
+                status = SB_ENOMEM;
+                break;
+            }
+            rows = n;
+            cap = ncap;
+        }
+        status = message_from_row(&rows[count].msg, st, 0, 1, 2, 3, 4, 5, 6);
+        if (status != 0)
+            break;
+        rows[count].attempts = sqlite3_column_int(st, 7);
+        rows[count].size = size;
+        bytes += size;
+        count++;
+    }
+    (void)sqlite3_reset(st);
+    op->u.page_in.exhausted = rc == SQLITE_DONE && count < (size_t)limit;
+    if (status == 0 && rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        sb_store_page_rows_free(rows, count);
+        return op_error(s, op, rc, "page-in");
+    }
+    if (status != 0) {
+        sb_store_page_rows_free(rows, count);
+        op->status = status;
+        return SQLITE_OK;
+    }
+    op->u.page_in.rows = rows;
+    op->u.page_in.row_count = count;
+    return SQLITE_OK;
+}
+
+/* An entry's expiry as the queue sees it (service/queue.c entry_expiry). */
+static int64_t effective_expiry(int64_t created_ms, int64_t expires_ms, int64_t ttl_ms)
+{
+    if (ttl_ms > 0 && (expires_ms == 0 || created_ms + ttl_ms < expires_ms))
+        return created_ms + ttl_ms;
+    return expires_ms;
+}
+
+static int exec_trim(sb_store *s, sb_store_op *op)
+{
+    sqlite3_stmt *st = s->page_st[PST_SCAN];
+    uint32_t qid = op->u.trim.queue_id;
+    uint64_t after = op->u.trim.after_id, last = 0;
+    int64_t removed = 0, bytes = 0, next = 0;
+    int limit = op->u.trim.limit > 0 ? op->u.trim.limit : 1;
+    int rc;
+
+    op->u.trim.removed = op->u.trim.removed_bytes = op->u.trim.next_expiry_ms = 0;
+    op->u.trim.last_id = 0;
+    /* The run to remove is a prefix of the entries after `after`: found
+     * first, then removed by id range (no statement runs under the scan). */
+    rc = bind_args(st, "iii", (int64_t)qid, (int64_t)after, (int64_t)limit);
+    if (rc != SQLITE_OK)
+        return fail(s, bind_run(st, rc), "trim: scan");
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (op->u.trim.expire) {
+            int64_t exp = effective_expiry(sqlite3_column_int64(st, 1), sqlite3_column_int64(st, 2),
+                                           op->u.trim.ttl_ms);
+            if (exp == 0 || exp > op->u.trim.now_ms) {
+                next = exp;
+                break;
+            }
+        }
+        last = (uint64_t)sqlite3_column_int64(st, 0);
+        bytes += sqlite3_column_int64(st, 3);
+        removed++;
+    }
+    (void)sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return fail(s, rc, "trim: scan");
+    if (removed == 0) {
+        op->u.trim.next_expiry_ms = next;
+        return SQLITE_OK;
+    }
+    if (op->u.trim.expire) {
+        st = s->page_st[PST_EXPIRE_COPY];
+        rc = bind_run(st,
+                      bind_args(st, "iiitit", (int64_t)qid, (int64_t)after, (int64_t)last,
+                                op->u.trim.queue_name, sb_now_ms(),
+                                op->u.trim.reason != NULL ? op->u.trim.reason : "expired (ttl)"));
+        if (rc != SQLITE_OK)
+            return fail(s, rc, "trim: dead-letter");
+    }
+    rc = delete_range(s, qid, after + 1, last);
+    if (rc != SQLITE_OK)
+        return fail(s, rc, "trim: delete");
+    op->u.trim.removed = removed;
+    op->u.trim.removed_bytes = bytes;
+    op->u.trim.last_id = last;
+    op->u.trim.next_expiry_ms = next;
+    return SQLITE_OK;
+}
+
 /* Executes one op inside the group's transaction. Returns SQLITE_OK (the op's
  * own outcome is in op->status) or the error that fails the group. */
 /* Acks are deleted at the end of their group, merged into ranges: with
@@ -881,6 +1062,13 @@ static int exec_op(sb_store *s, sb_store_op *op)
         st = s->st[op->u.key.prefix ? ST_KEY_DELETE_PREFIX : ST_KEY_DELETE];
         rc = bind_run(st, bind_args(st, "t", op->u.key.key));
         return rc != SQLITE_OK ? fail(s, rc, "key delete") : SQLITE_OK;
+    case SB_OP_PAGE_IN:
+        return exec_page_in(s, op);
+    case SB_OP_TRIM:
+        return exec_trim(s, op);
+    case SB_OP_CHECK:
+    case SB_OP_COMPACT:
+        return SQLITE_OK; /* after the commit (exec_maintenance) */
     }
     op->status = SB_EINVAL;
     return SQLITE_OK;
@@ -926,6 +1114,131 @@ static void wake_loop(sb_store *s)
         sb_errlog(WHO, "database %s: cannot wake the loop: %s", s->path, uv_strerror(rc));
 }
 
+static void read_freelist(sb_store *s)
+{
+    sqlite3_stmt *st = s->page_st[PST_FREELIST];
+    if (sqlite3_step(st) == SQLITE_ROW)
+        s->free_pages = sqlite3_column_int64(st, 0);
+    (void)sqlite3_reset(st);
+}
+
+/* An idle store with incremental auto-vacuum returns free pages to the file
+ * system, a step at a time between groups (the file shrinks at the next WAL
+ * checkpoint). Off the commit path: only when no op waits. */
+static void vacuum_step(sb_store *s)
+{
+    sqlite3_stmt *st = s->page_st[PST_VACUUM];
+    int64_t pages = -1;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        ;
+    (void)sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        sb_warn(WHO, "database %s: incremental vacuum failed: %s", s->path, sqlite3_errmsg(s->db));
+        s->free_pages = 0; /* not again until the next commit */
+        return;
+    }
+    read_freelist(s);
+    st = s->st[ST_PAGE_COUNT];
+    if (sqlite3_step(st) == SQLITE_ROW)
+        pages = sqlite3_column_int64(st, 0);
+    (void)sqlite3_reset(st);
+    uv_mutex_lock(&s->mu);
+    if (pages >= 0)
+        s->stats.db_bytes = pages * s->page_size;
+    s->stats.free_bytes = s->free_pages * s->page_size;
+    uv_mutex_unlock(&s->mu);
+}
+
+/* CHECK and COMPACT, after their group committed. */
+static void exec_maintenance(sb_store *s, sb_store_op *op)
+{
+    sqlite3_stmt *st = NULL;
+    size_t len = 0;
+    int rc;
+
+    op->u.maint.report[0] = '\0';
+    if (op->type == SB_OP_CHECK) {
+        rc = sqlite3_prepare_v2(s->db, "PRAGMA quick_check(20)", -1, &st, NULL);
+        op->u.maint.ok = 1;
+        while (rc == SQLITE_OK || rc == SQLITE_ROW) {
+            const char *t;
+            if ((rc = sqlite3_step(st)) != SQLITE_ROW)
+                break;
+            t = (const char *)sqlite3_column_text(st, 0);
+            if (t == NULL || strcmp(t, "ok") == 0)
+                continue;
+            op->u.maint.ok = 0;
+            if (len + 2 < sizeof(op->u.maint.report))
+                len += (size_t)snprintf(op->u.maint.report + len, sizeof(op->u.maint.report) - len,
+                                        "%s%s", len > 0 ? "; " : "", t);
+        }
+        if (rc != SQLITE_DONE) {
+            op->u.maint.ok = 0;
+            snprintf(op->u.maint.report, sizeof(op->u.maint.report), "%s (SQLite code %d)",
+                     sqlite3_errmsg(s->db), rc);
+        }
+        (void)sqlite3_finalize(st);
+        sb_log(op->u.maint.ok ? SB_LOG_INFO : SB_LOG_ERROR, WHO, "database %s: check: %s", s->path,
+               op->u.maint.ok ? "ok" : op->u.maint.report);
+        return;
+    }
+    {
+        uint64_t avail = 0;
+        uv_fs_t req;
+        int64_t pages = 0;
+        st = s->st[ST_PAGE_COUNT];
+        if (sqlite3_step(st) == SQLITE_ROW)
+            pages = sqlite3_column_int64(st, 0);
+        (void)sqlite3_reset(st);
+        op->u.maint.before_bytes = op->u.maint.after_bytes = pages * s->page_size;
+        if (uv_fs_statfs(NULL, &req, s->path, NULL) == 0)
+            avail =
+                ((const uv_statfs_t *)req.ptr)->f_bavail * ((const uv_statfs_t *)req.ptr)->f_bsize;
+        uv_fs_req_cleanup(&req);
+        /* VACUUM writes a copy, then the WAL holds the new pages */
+        if (avail < 2 * (uint64_t)op->u.maint.before_bytes + 16 * 1024 * 1024) {
+            op->status = SB_ENOSPC;
+            snprintf(op->u.maint.report, sizeof(op->u.maint.report),
+                     "not enough free disk space to compact %lld MiB (%llu MiB free, twice the "
+                     "database is needed)",
+                     (long long)(op->u.maint.before_bytes >> 20),
+                     (unsigned long long)(avail >> 20));
+            return;
+        }
+        sb_info(WHO, "database %s: compacting %lld MiB (VACUUM; commits wait)", s->path,
+                (long long)(op->u.maint.before_bytes >> 20));
+        /* VACUUM is one transaction: a crash leaves the file as it was */
+        rc = sqlite3_exec(s->db, "PRAGMA auto_vacuum = INCREMENTAL; VACUUM", NULL, NULL, NULL);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+        if (rc != SQLITE_OK) {
+            op->status = sb_store__error_from_sqlite(rc);
+            snprintf(op->u.maint.report, sizeof(op->u.maint.report), "VACUUM failed: %s",
+                     sqlite3_errmsg(s->db));
+            sb_errlog(WHO, "database %s: %s", s->path, op->u.maint.report);
+            return;
+        }
+        s->auto_vacuum = 1;
+        st = s->st[ST_PAGE_COUNT];
+        if (sqlite3_step(st) == SQLITE_ROW)
+            pages = sqlite3_column_int64(st, 0);
+        (void)sqlite3_reset(st);
+        op->u.maint.after_bytes = pages * s->page_size;
+        read_freelist(s);
+        uv_mutex_lock(&s->mu);
+        s->stats.auto_vacuum = 1;
+        s->stats.db_bytes = op->u.maint.after_bytes;
+        s->stats.free_bytes = s->free_pages * s->page_size;
+        uv_mutex_unlock(&s->mu);
+        sb_info(WHO,
+                "database %s: compacted from %lld to %lld MiB; free pages are returned from "
+                "now on",
+                s->path, (long long)(op->u.maint.before_bytes >> 20),
+                (long long)(op->u.maint.after_bytes >> 20));
+    }
+}
+
 static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t n,
                             int fsynced)
 {
@@ -939,6 +1252,7 @@ static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, s
     (void)sqlite3_reset(st);
     if (rc != SQLITE_ROW)
         sb_warn(WHO, "database %s: PRAGMA page_count failed: %s", s->path, sqlite3_errmsg(s->db));
+    read_freelist(s);
     if (s->group_msg_id > s->hw_msg_id)
         s->hw_msg_id = s->group_msg_id;
     if (s->group_queue_id > s->hw_queue_id)
@@ -953,6 +1267,7 @@ static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, s
         s->stats.max_batch_seen = n;
     if (bytes >= 0)
         s->stats.db_bytes = bytes;
+    s->stats.free_bytes = s->free_pages * s->page_size;
     was_degraded = s->stats.degraded;
     s->stats.degraded = 0;
     list_concat(&s->done_head, &s->done_tail, head, tail);
@@ -1027,6 +1342,11 @@ static void group_failed(sb_store *s, sb_store_op *group)
             sb_store_dlq_rows_free(op->u.dlq_list.rows, op->u.dlq_list.row_count);
             op->u.dlq_list.rows = NULL;
             op->u.dlq_list.row_count = 0;
+        }
+        if (op->type == SB_OP_PAGE_IN) {
+            sb_store_page_rows_free(op->u.page_in.rows, op->u.page_in.row_count);
+            op->u.page_in.rows = NULL;
+            op->u.page_in.row_count = 0;
         }
         op->status = 0;
         list_append(&s->retry_head, &s->retry_tail, op);
@@ -1129,10 +1449,14 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
         if (rc != SQLITE_OK)
             fail(s, rc, "COMMIT");
     }
-    if (rc == SQLITE_OK)
+    if (rc == SQLITE_OK) {
+        for (op = head; op != NULL; op = op->next)
+            if (op->type == SB_OP_CHECK || op->type == SB_OP_COMPACT)
+                exec_maintenance(s, op);
         group_committed(s, head, tail, n, want_sync);
-    else
+    } else {
         group_failed(s, head);
+    }
 }
 
 /* Moves up to max ops from the submission queue to the group. Under mu. */
@@ -1182,6 +1506,13 @@ static void store_thread(void *arg)
             if (s->stopping) {
                 uv_mutex_unlock(&s->mu);
                 return;
+            }
+            if (s->auto_vacuum && s->free_pages >= VACUUM_STEP_PAGES &&
+                s->free_pages * 4 >= s->stats.db_bytes / s->page_size && !s->stats.degraded) {
+                uv_mutex_unlock(&s->mu);
+                vacuum_step(s);
+                uv_mutex_lock(&s->mu);
+                continue;
             }
             s->waiting = 1;
             s->wake_at = 1;
@@ -1241,6 +1572,8 @@ static void store_free(sb_store *s)
 {
     for (int i = 0; i < ST_COUNT; i++)
         (void)sqlite3_finalize(s->st[i]); /* reports the last step's error only */
+    for (int i = 0; i < PST_COUNT; i++)
+        (void)sqlite3_finalize(s->page_st[i]);
     if (s->db != NULL) {
         int rc = sqlite3_close(s->db);
         if (rc != SQLITE_OK)
@@ -1425,6 +1758,15 @@ void sb_store_dlq_rows_free(sb_dead_letter *rows, size_t count)
     sb_free(rows);
 }
 
+void sb_store_page_rows_free(sb_store_entry *rows, size_t count)
+{
+    if (rows == NULL)
+        return;
+    for (size_t i = 0; i < count; i++)
+        sb_message_unref(rows[i].msg);
+    sb_free(rows);
+}
+
 /* ---- open --------------------------------------------------------------- */
 
 /* Maps an error met while opening or loading to SB_E* with a message naming
@@ -1499,6 +1841,89 @@ static int check_file_header(const char *path, sb_error *err)
     return 0;
 }
 
+/* Runs PRAGMA quick_check(table) on every table but entries and dlq (those
+ * of another schema version too): their pages and their indexes'. */
+static int bounded_check(sb_store *s, sb_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    char sql[160], text[256];
+    int rc = sqlite3_prepare_v2(s->db,
+                                "SELECT name FROM sqlite_master WHERE type = 'table'"
+                                " AND name NOT IN ('entries', 'dlq')",
+                                -1, &st, NULL);
+    int status = 0;
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, "reading the schema", err);
+    while (status == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *name = sqlite3_column_text(st, 0);
+        if (name == NULL || strchr((const char *)name, '"') != NULL ||
+            strlen((const char *)name) > 100)
+            continue; /* not one of ours: checked with the full check */
+        snprintf(sql, sizeof(sql), "PRAGMA quick_check(\"%s\")", (const char *)name);
+        rc = query(s, sql, NULL, text, sizeof(text));
+        if (rc != SQLITE_OK)
+            status = db_error(s, rc, "PRAGMA quick_check", err);
+        else if (strcmp(text, "ok") != 0)
+            status = sb_error_set(err, SB_ECORRUPT, 0, "database %s is corrupt: %s", s->path, text);
+    }
+    if (status == 0 && rc != SQLITE_DONE)
+        status = db_error(s, rc, "reading the schema", err);
+    (void)sqlite3_finalize(st); /* repeats a step error, handled above */
+    return status;
+}
+
+/* Databases created before incremental auto-vacuum (auto_vacuum NONE, which
+ * can only change with a VACUUM) reuse free pages but never shrink. A small
+ * one is converted now (a VACUUM of at most QUICK_CHECK_MAX_BYTES, when the
+ * disk has room for the copy); a larger one when `sbctl compact` asks, as
+ * it takes time in proportion to its size. VACUUM is one transaction: an
+ * interrupted conversion leaves the file as it was. */
+static int setup_vacuum(sb_store *s, sb_error *err)
+{
+    int64_t mode = 0, free_pages = 0;
+    int rc = query(s, "PRAGMA auto_vacuum", &mode, NULL, 0);
+    if (rc == SQLITE_OK && mode == 0 && s->stats.db_bytes <= QUICK_CHECK_MAX_BYTES) {
+        uv_fs_t req;
+        uint64_t avail = 0;
+        if (uv_fs_statfs(NULL, &req, s->path, NULL) == 0)
+            avail =
+                ((const uv_statfs_t *)req.ptr)->f_bavail * ((const uv_statfs_t *)req.ptr)->f_bsize;
+        uv_fs_req_cleanup(&req);
+        if (avail > 2 * (uint64_t)s->stats.db_bytes + 16 * 1024 * 1024) {
+            sb_info(WHO,
+                    "database %s: converting to incremental auto-vacuum (a one-time VACUUM of "
+                    "%lld KiB), so that free pages are returned to the file system",
+                    s->path, (long long)(s->stats.db_bytes >> 10));
+            rc = sqlite3_exec(s->db, "PRAGMA auto_vacuum = INCREMENTAL; VACUUM", NULL, NULL, NULL);
+            if (rc != SQLITE_OK)
+                return db_error(s, rc, "converting to incremental auto-vacuum", err);
+            rc = query(s, "PRAGMA auto_vacuum", &mode, NULL, 0);
+        }
+    } else if (rc == SQLITE_OK && mode == 0) {
+        sb_info(WHO,
+                "database %s (%lld MiB) reuses free pages but does not return them to the file "
+                "system; `sbctl compact` converts it (a VACUUM: it needs as much free disk space "
+                "again, and commits wait meanwhile)",
+                s->path, (long long)(s->stats.db_bytes >> 20));
+    }
+    if (rc == SQLITE_OK)
+        rc = query(s, "PRAGMA freelist_count", &free_pages, NULL, 0);
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, "PRAGMA auto_vacuum", err);
+    s->auto_vacuum = mode == 2;
+    s->free_pages = free_pages;
+    s->stats.auto_vacuum = s->auto_vacuum;
+    s->stats.free_bytes = free_pages * s->page_size;
+    if (mode == 2) {
+        int64_t pages = 0;
+        rc = query(s, "PRAGMA page_count", &pages, NULL, 0);
+        if (rc != SQLITE_OK)
+            return db_error(s, rc, "PRAGMA page_count", err);
+        s->stats.db_bytes = pages * s->page_size;
+    }
+    return 0;
+}
+
 static int open_db(sb_store *s, sb_error *err)
 {
     char text[256], sql[96];
@@ -1543,6 +1968,13 @@ static int open_db(sb_store *s, sb_error *err)
                             "(%d); use a newer broker",
                             s->path, (long long)version, SB_STORE_SCHEMA_VERSION);
 
+    /* A new database: before anything writes its first page, after which
+     * only a VACUUM changes it (setup_vacuum). */
+    if (objects == 0 && version == 0) {
+        rc = query(s, "PRAGMA auto_vacuum = INCREMENTAL", NULL, NULL, 0);
+        if (rc != SQLITE_OK)
+            return db_error(s, rc, "PRAGMA auto_vacuum", err);
+    }
     rc = query(s, "PRAGMA journal_mode = WAL", NULL, text, sizeof(text));
     if (rc != SQLITE_OK)
         return db_error(s, rc, "PRAGMA journal_mode", err);
@@ -1574,6 +2006,14 @@ static int open_db(sb_store *s, sb_error *err)
             return db_error(s, rc, "PRAGMA quick_check", err);
         if (strcmp(text, "ok") != 0)
             return sb_error_set(err, SB_ECORRUPT, 0, "database %s is corrupt: %s", s->path, text);
+    } else {
+        rc = bounded_check(s, err);
+        if (rc != 0)
+            return rc;
+        sb_info(WHO,
+                "database %s: %lld MiB; checked its header, schema and queue definitions at "
+                "start, the messages as they are read (sbctl check runs a full check)",
+                s->path, (long long)(pages * s->page_size / (1024 * 1024)));
     }
     rc = sb_store__schema_migrate(s->db, s->path, (int)version, err);
     if (rc != 0)
@@ -1582,7 +2022,7 @@ static int open_db(sb_store *s, sb_error *err)
     if (rc != SQLITE_OK)
         return db_error(s, rc, "PRAGMA page_count", err);
     s->stats.db_bytes = pages * s->page_size;
-    return 0;
+    return setup_vacuum(s, err);
 }
 
 static int set_max_size(sb_store *s, int64_t max_db_bytes, sb_error *err)
@@ -1603,14 +2043,18 @@ static int set_max_size(sb_store *s, int64_t max_db_bytes, sb_error *err)
 }
 
 /* The id high-water marks: meta's, raised to the largest ids actually in the
- * tables in case meta fell behind (a database edited by hand). The scan of
- * entries' index costs about 30 ms per 500k rows. */
+ * tables in case meta fell behind (a database edited by hand). The entries'
+ * largest id is sought per queue in the (queue_id, msg_id) index: a scan of
+ * the whole index would grow with the backlog (about 30 ms per 500k rows).
+ * Entries of no queue are never delivered, and their queue ids stay taken
+ * (max(queue_id) below), so their message ids cannot collide. */
 static int read_high_water(sb_store *s, sb_error *err)
 {
     int64_t msg_id = 0, queue_id = 0;
     int rc = query(s,
                    "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'msg_id'), 0),"
-                   " coalesce((SELECT max(msg_id) FROM entries), 0),"
+                   " coalesce((SELECT max((SELECT max(msg_id) FROM entries e"
+                   " WHERE e.queue_id = q.id)) FROM queues q), 0),"
                    " coalesce((SELECT max(msg_id) FROM dlq), 0),"
                    " coalesce((SELECT max(msg_id) FROM retained), 0))",
                    &msg_id, NULL, 0);
@@ -1674,6 +2118,16 @@ int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err)
             sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
         if (src != SQLITE_OK)
             rc = db_error(s, src, "preparing statements", err);
+    }
+    if (rc == 0 &&
+        sqlite3_create_function(s->db, "sb_header", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
+                                sql_header, NULL, NULL) != SQLITE_OK)
+        rc = db_error(s, sqlite3_errcode(s->db), "registering sb_header", err);
+    for (int i = 0; i < PST_COUNT && rc == 0; i++) {
+        int src = sqlite3_prepare_v3(s->db, page_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+                                     &s->page_st[i], NULL);
+        if (src != SQLITE_OK)
+            rc = db_error(s, src, "preparing the paging statements", err);
     }
     if (rc != 0)
         goto fail;
@@ -1900,5 +2354,64 @@ int sb_store_load_dedup(sb_store *s, sb_store_dedup_cb cb, void *ctx, sb_error *
         }
         rc = cb(ctx, (const char *)key, sqlite3_column_int64(st, 1));
     }
+    return load_finish(s, st, step_rc, rc, err);
+}
+
+int sb_store_read_page(sb_store *s, sb_store_op *op, sb_error *err)
+{
+    int rc;
+    if (s->started)
+        return sb_error_set(err, SB_EINVAL, 0, "database %s: pages are read before start", s->path);
+    op->status = 0;
+    op->u.page_in.rows = NULL;
+    op->u.page_in.row_count = 0;
+    rc = exec_page_in(s, op);
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, "reading queued messages", err);
+    if (op->status == SB_ECORRUPT)
+        return sb_error_set(err, SB_ECORRUPT, 0,
+                            "database %s is corrupt: malformed headers in entries", s->path);
+    if (op->status != 0)
+        return sb_error_set(err, op->status, 0, "database %s: reading queued messages: %s", s->path,
+                            sb_strerror(op->status));
+    return 0;
+}
+
+/* Rows of a queue whose sizes are averaged for the estimate of its bytes. */
+#define COUNT_SAMPLE_ROWS 64
+
+int sb_store_load_counts(sb_store *s, sb_store_count_cb cb, void *ctx, sb_error *err)
+{
+    sqlite3_stmt *st, *sample;
+    int step_rc = SQLITE_DONE;
+    int rc = load_prepare(s, "SELECT queue_id, count(*) FROM entries GROUP BY queue_id", &st, err);
+    if (rc != 0)
+        return rc;
+    rc = load_prepare(s,
+                      "SELECT count(*), sum(size) FROM (SELECT " SIZE_SQL " AS size FROM entries"
+                      " WHERE queue_id = ?1 ORDER BY msg_id LIMIT ?2)",
+                      &sample, err);
+    if (rc != 0) {
+        (void)sqlite3_finalize(st);
+        return rc;
+    }
+    while (rc == 0 && (step_rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t qid = sqlite3_column_int64(st, 0), count = sqlite3_column_int64(st, 1);
+        int64_t n = 0, sum = 0;
+        int src = bind_args(sample, "ii", qid, (int64_t)COUNT_SAMPLE_ROWS);
+        if (src == SQLITE_OK)
+            src = sqlite3_step(sample);
+        if (src == SQLITE_ROW) {
+            n = sqlite3_column_int64(sample, 0);
+            sum = sqlite3_column_int64(sample, 1);
+        }
+        (void)sqlite3_reset(sample);
+        if (src != SQLITE_ROW) {
+            rc = db_error(s, src, "counting queued entries", err);
+            break;
+        }
+        rc = cb(ctx, (uint32_t)qid, count, n > 0 ? sum / n * count : 0);
+    }
+    (void)sqlite3_finalize(sample); /* repeats a step error, handled above */
     return load_finish(s, st, step_rc, rc, err);
 }

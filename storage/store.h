@@ -40,10 +40,11 @@
  *                A redriven entry keeps the dead letter's topic, payload,
  *                headers, created, expiry and priority; attempts restart at 0
  *   DLQ_LIST     SB_ENOMEM (no rows returned)
- * ACK, QUEUE_DELETE, DLQ_PURGE, DEDUP_PRUNE, KEY_PUT and KEY_DELETE only fail when sb_store_stop
- * gives up retrying them (SB_EIO / SB_ENOSPC). Callbacks come in submission
- * order, except that ops kept for a retry complete after the failed publishes
- * that were submitted after them.
+ *   PAGE_IN      SB_ENOMEM, SB_ECORRUPT (a malformed row; no rows returned)
+ * ACK, QUEUE_DELETE, DLQ_PURGE, DEDUP_PRUNE, KEY_PUT, KEY_DELETE and TRIM only fail when
+ * sb_store_stop gives up retrying them (SB_EIO / SB_ENOSPC). Callbacks come in submission order,
+ * except that ops kept for a retry complete after the failed publishes that were submitted after
+ * them.
  *
  * The started store's uv_async_t keeps the loop alive until sb_store_stop;
  * run the loop once more after stop so the handle closes before
@@ -86,7 +87,13 @@ typedef enum {
     SB_OP_DEDUP_PRUNE,  /* delete dedup keys that expired before now_ms */
     SB_OP_RETAIN_PUT,   /* set (or, with an empty payload, clear) a retained value */
     SB_OP_KEY_PUT,      /* insert or replace a dedup key (protocol state: MQTT QoS 2) */
-    SB_OP_KEY_DELETE    /* delete a dedup key, or every key with a prefix */
+    SB_OP_KEY_DELETE,   /* delete a dedup key, or every key with a prefix */
+    SB_OP_PAGE_IN,      /* read a queue's next entries after an id (no change) */
+    SB_OP_TRIM,         /* delete, or dead-letter as expired, a queue's oldest entries
+                           after an id, without reading them into memory */
+    SB_OP_CHECK,        /* PRAGMA quick_check of the whole database (no change) */
+    SB_OP_COMPACT       /* VACUUM into incremental auto-vacuum: the file shrinks to
+                           its data and returns free pages from then on */
 } sb_store_op_type;
 
 /* An entry to remove as part of a publish (overflow: drop-oldest). */
@@ -121,6 +128,13 @@ typedef struct sb_dead_letter {
     uint32_t target_queue_id;
     uint64_t new_msg_id;
 } sb_dead_letter;
+
+/* An entry read back by SB_OP_PAGE_IN. */
+typedef struct sb_store_entry {
+    sb_message *msg; /* a reference owned by the row */
+    int attempts;
+    int64_t size; /* sb_message_size(msg) */
+} sb_store_entry;
 
 typedef struct sb_store_op sb_store_op;
 typedef void (*sb_store_cb)(sb_store_op *op, void *ctx);
@@ -196,6 +210,46 @@ struct sb_store_op {
             int64_t expires_ms; /* KEY_PUT: 0 = never */
             int prefix;         /* KEY_DELETE: every key starting with `key` */
         } key;
+        struct {
+            uint32_t queue_id;
+            uint64_t after_id; /* entries with a larger id, in id order */
+            int limit;         /* at most this many rows, >= 1 */
+            int64_t max_bytes; /* and no more bytes than this (0: no limit; the
+                                  first row is always read) */
+            /* results, owned by the op; free with sb_store_page_rows_free */
+            sb_store_entry *rows;
+            size_t row_count;
+            int exhausted; /* 1: no entry after these when it was read */
+        } page_in;
+        struct {
+            uint32_t queue_id;
+            uint64_t after_id; /* acts on the entries with a larger id, in id order */
+            /* expire == 0: delete the first `limit` of them (drop-oldest).
+             * expire == 1: of the first `limit`, dead-letter (with `reason`,
+             * under `queue_name`) and delete the run of entries at the head
+             * that expired by now_ms: an entry's expiry is its message's, or
+             * created + ttl_ms if that is sooner (ttl_ms 0: none). */
+            int expire;
+            int limit;
+            int64_t now_ms, ttl_ms;
+            const char *queue_name;
+            const char *reason;
+            /* results */
+            int64_t removed, removed_bytes; /* entries, sb_message_size bytes */
+            uint64_t last_id;               /* largest id removed (0: none) */
+            int64_t next_expiry_ms;         /* expire: when the first entry left expires
+                                               (0: never, or none was left in the
+                                               rows looked at) */
+        } trim;
+        struct {
+            /* CHECK and COMPACT run after the group's commit, outside any
+             * transaction, holding the store thread for their duration
+             * (commits wait). COMPACT refuses (SB_ENOSPC, nothing changed)
+             * unless the disk has room for a second copy of the database. */
+            int ok;                            /* CHECK: 1 if quick_check found nothing */
+            char report[1024];                 /* CHECK: its first findings; COMPACT: why not */
+            int64_t before_bytes, after_bytes; /* COMPACT: the file's size */
+        } maint;
     } u;
 };
 
@@ -205,8 +259,12 @@ typedef struct sb_store_stats {
     uint64_t ops;           /* ops completed */
     uint64_t failed_commits;
     uint64_t max_batch_seen;
-    int64_t db_bytes; /* page_count * page_size at the last commit */
-    int degraded;     /* 1 while commits fail */
+    int64_t db_bytes;   /* page_count * page_size at the last commit */
+    int64_t free_bytes; /* of which free pages (freelist_count * page_size) */
+    int auto_vacuum;    /* 1: free pages are returned to the file system (incremental
+                           auto-vacuum when the store is idle); 0: only reused, until
+                           SB_OP_COMPACT converts the database */
+    int degraded;       /* 1 while commits fail */
     char last_error[256];
 } sb_store_stats;
 
@@ -238,6 +296,19 @@ int sb_store_load_entries(sb_store *s, sb_store_entry_cb cb, void *ctx, sb_error
 int sb_store_load_retained(sb_store *s, sb_store_retained_cb cb, void *ctx, sb_error *err);
 int sb_store_load_dedup(sb_store *s, sb_store_dedup_cb cb, void *ctx, sb_error *err);
 
+/* Paging loader: calls cb once per queue that has entries, with their
+ * number and an estimate of their sb_message_size bytes (the mean of the
+ * queue's oldest entries times the count), without reading the entries:
+ * the count comes from the (queue_id, msg_id) index. The entries are then
+ * read in windows with SB_OP_PAGE_IN. */
+/* Executes an SB_OP_PAGE_IN op at once, on the calling thread: the first
+ * windows are read this way before sb_store_start. 0 (rows in op, to free
+ * with sb_store_page_rows_free) or an error, in err. */
+int sb_store_read_page(sb_store *s, sb_store_op *op, sb_error *err);
+
+typedef int (*sb_store_count_cb)(void *ctx, uint32_t queue_id, int64_t count, int64_t bytes);
+int sb_store_load_counts(sb_store *s, sb_store_count_cb cb, void *ctx, sb_error *err);
+
 /* Starts the store thread; completions are delivered on `loop`. */
 int sb_store_start(sb_store *s, uv_loop_t *loop, sb_error *err);
 
@@ -262,5 +333,8 @@ void sb_store_close(sb_store *s);
 
 /* Frees the rows of an SB_OP_DLQ_LIST result (NULL rows: no-op). */
 void sb_store_dlq_rows_free(sb_dead_letter *rows, size_t count);
+
+/* Frees the rows of an SB_OP_PAGE_IN result (NULL rows: no-op). */
+void sb_store_page_rows_free(sb_store_entry *rows, size_t count);
 
 #endif

@@ -989,6 +989,15 @@ static void do_admin(jsonl_session *s, const char *op, json_t *req, json_t *id)
         rc = sb_broker_dlq_list(b, sub, json_integer_value(json_object_get(req, "after")),
                                 (int)json_integer_value(json_object_get(req, "limit")),
                                 on_admin_done, a, &err);
+    } else if (strncmp(op, "store.", 6) == 0) {
+        /* they hold every commit while they run: the admin endpoint's */
+        a->op = strcmp(op, "store.check") == 0 ? "store.check" : "store.compact";
+        if (!s->conn->adapter->trusted)
+            rc = sb_error_set(&err, SB_EACCES, 0, "%s is for the admin endpoint", a->op);
+        else if (strcmp(op, "store.check") == 0)
+            rc = sb_broker_store_check(b, on_admin_done, a, &err);
+        else
+            rc = sb_broker_store_compact(b, on_admin_done, a, &err);
     } else {
         /* limit, after, floor: one batch of many (sb_dlq_batch) */
         sb_dlq_batch batch = {json_integer_value(json_object_get(req, "after")),
@@ -1114,7 +1123,8 @@ static int agent_op(jsonl_session *s, const char *op, json_t *req, json_t *id)
         sb_agent_link_log(link, s->conn, req);
         return 0;
     }
-    if (strcmp(op, "stats") == 0 || strncmp(op, "dlq.", 4) == 0 || strncmp(op, "route.", 6) == 0) {
+    if (strcmp(op, "stats") == 0 || strncmp(op, "dlq.", 4) == 0 || strncmp(op, "route.", 6) == 0 ||
+        strncmp(op, "store.", 6) == 0) {
         reply_error(s, id, SB_EACCES, "not on a session agent's endpoint");
         return 0;
     }
@@ -1123,9 +1133,10 @@ static int agent_op(jsonl_session *s, const char *op, json_t *req, json_t *id)
 
 static int op_known(const char *op)
 {
-    static const char *const ops[] = {"pub",   "ack",   "nack",      "sub",         "unsub",
-                                      "ping",  "stats", "dlq.list",  "dlq.redrive", "dlq.purge",
-                                      "hello", "log",   "route.test"};
+    static const char *const ops[] = {"pub",         "ack",         "nack",         "sub",
+                                      "unsub",       "ping",        "stats",        "dlq.list",
+                                      "dlq.redrive", "dlq.purge",   "hello",        "log",
+                                      "route.test",  "store.check", "store.compact"};
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
         if (strcmp(op, ops[i]) == 0)
             return 1;
@@ -1191,7 +1202,8 @@ static void handle_json(jsonl_session *s, const char *line, size_t len)
             reply_set(r, o);
         }
     } else if (strcmp(op, "dlq.list") == 0 || strcmp(op, "dlq.redrive") == 0 ||
-               strcmp(op, "dlq.purge") == 0) {
+               strcmp(op, "dlq.purge") == 0 || strcmp(op, "store.check") == 0 ||
+               strcmp(op, "store.compact") == 0) {
         do_admin(s, op, req, id);
     } else if (strcmp(op, "route.test") == 0) {
         do_route_test(s, req, id);

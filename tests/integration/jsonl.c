@@ -54,6 +54,7 @@ json_t *sbt_call_json(sbt_conn *c, json_t *req, int timeout_ms)
 {
     int64_t id = sb_client_next_id(c->c);
     int64_t deadline = sbt_now_ms() + timeout_ms;
+    size_t len; /* of the last line, when it is printed */
     sb_error err;
     assert_non_null(req);
     json_object_set_new(req, "id", json_integer(id));
@@ -80,7 +81,7 @@ json_t *sbt_call_json(sbt_conn *c, json_t *req, int timeout_ms)
             continue;
         }
         fail_msg("unexpected line while waiting for reply %lld: %s", (long long)id,
-                 sb_client_last_line(c->c, NULL));
+                 sb_client_last_line(c->c, &len));
     }
 }
 
@@ -137,6 +138,7 @@ json_t *sbt_read(sbt_conn *c, int timeout_ms)
 
 json_t *sbt_next_msg(sbt_conn *c, int timeout_ms)
 {
+    size_t len;
     json_t *r;
     if (json_array_size(c->stash) > 0) {
         r = json_incref(json_array_get(c->stash, 0));
@@ -148,7 +150,7 @@ json_t *sbt_next_msg(sbt_conn *c, int timeout_ms)
     if (r == NULL)
         fail_msg("no delivery on %s within %d ms", c->endpoint, timeout_ms);
     if (!is_op(r, "msg"))
-        fail_msg("expected a delivery, got %s", sb_client_last_line(c->c, NULL));
+        fail_msg("expected a delivery, got %s", sb_client_last_line(c->c, &len));
     return r;
 }
 

@@ -11,10 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* {v0}: extra keys of the "mqtt" adapter (TLS, authentication; later). */
+/* {v0}: extra keys of the "mqtt" adapter (TLS, authentication; later);
+ * {v1}: extra lines of the broker section (the queue window). */
 static const char config[] = "broker:\n"
                              "  data_dir: '{data}'\n"
                              "  admin: { endpoint: 'off' }\n"
+                             "{v1}"
                              "adapters:\n"
                              "  - name: clients\n"
                              "    type: tcp\n"
@@ -48,6 +50,8 @@ sbt_conn *sbt_mq_start(sbt_broker *b, const char *name)
     sbt_broker_init(b, name, 4);
     if (b->values[0] == NULL)
         sbt_broker_set(b, 0, "");
+    if (b->values[1] == NULL)
+        sbt_broker_set(b, 1, "");
     sbt_broker_config(b, config);
     sbt_broker_start(b);
     return sbt_connect(b->port[SBT_MQ_PORT_JSONL]);

@@ -12,13 +12,19 @@
  * Every other round the restarted broker is killed once more within its
  * first 60 ms (while it opens and loads the store).
  *
+ * The paging variant runs the same with a queue window of 64 entries
+ * (broker.store.queue_window), so nearly all of the backlog is only in the
+ * store, and a consumer takes from both subscriptions during each round,
+ * acknowledging most of what it gets: kills land while deliveries are read
+ * back from the store and while some are in flight.
+ *
  * At the end a consumer drains both subscriptions (one fsync, one batched)
  * and the test asserts, per subscription and producer:
  *   - every acknowledged sequence number was delivered at least once
  *     (batched too: a process kill must not lose what was acknowledged; only
  *     an OS crash may);
  *   - first deliveries of distinct sequence numbers arrive in increasing
- *     order.
+ *     order (across the whole run for the paging variant).
  * The kill delays come from a seeded PRNG; the seed is printed, and
  * SBT_SEED=<n> repeats a run.
  */
@@ -38,7 +44,7 @@
 static const char config[] = "broker:\n"
                              "  data_dir: '{data}'\n"
                              "  admin: { endpoint: 'off' }\n"
-                             "  store: { commit_max_delay_us: 500 }\n"
+                             "  store: { commit_max_delay_us: 500{v0} }\n"
                              "adapters:\n"
                              "  - name: clients\n"
                              "    type: tcp\n"
@@ -102,70 +108,128 @@ static void read_acks(producer *p)
     free(s);
 }
 
-/* Drains sub and checks it against the producers' ack files. */
-static void drain_and_check(sbt_broker *b, sbt_conn *stats, const char *sub, char cls)
+/* What a subscription delivered so far (across broker restarts). */
+typedef struct sub_state {
+    const char *sub;
+    char cls;
+    unsigned char *seen[PRODUCERS];
+    unsigned long long last_first[PRODUCERS], firsts, dups;
+} sub_state;
+
+static sub_state subs[2] = {{.sub = "crash-fsync", .cls = 'f'},
+                            {.sub = "crash-batched", .cls = 'b'}};
+
+static void subs_init(void)
+{
+    for (int i = 0; i < 2; i++) {
+        memset(subs[i].last_first, 0, sizeof(subs[i].last_first));
+        subs[i].firsts = subs[i].dups = 0;
+        for (int k = 0; k < PRODUCERS; k++) {
+            subs[i].seen[k] = calloc(MAX_SEQ + 1, 1);
+            assert_non_null(subs[i].seen[k]);
+        }
+    }
+}
+
+static void subs_free(void)
+{
+    for (int i = 0; i < 2; i++)
+        for (int k = 0; k < PRODUCERS; k++) {
+            free(subs[i].seen[k]);
+            subs[i].seen[k] = NULL;
+        }
+}
+
+/* Checks one delivery of s and acknowledges it (unless skip_ack). */
+static void take(sub_state *s, sbt_conn *c, json_t *m, int skip_ack)
+{
+    int k;
+    unsigned long long seq;
+    sbt_expect_op(m, "msg");
+    if (sscanf(sbt_str(m, "payload"), "p%d:%llu", &k, &seq) != 2 || k < 0 || k >= PRODUCERS ||
+        seq < 1 || seq > MAX_SEQ)
+        fail_msg("%s: unexpected payload %s", s->sub, sbt_str(m, "payload"));
+    if (soak_class(modes[k], seq) != s->cls)
+        fail_msg("%s: p%d:%llu belongs to the other subscription", s->sub, k, seq);
+    if (!s->seen[k][seq]) {
+        if (seq <= s->last_first[k])
+            fail_msg("%s: first delivery of p%d:%llu after that of p%d:%llu", s->sub, k, seq, k,
+                     s->last_first[k]);
+        s->last_first[k] = seq;
+        s->seen[k][seq] = 1;
+        s->firsts++;
+    } else {
+        s->dups++;
+    }
+    /* Acks are buffered; the next read flushes them. */
+    if (!skip_ack)
+        sbt_send(c, "{s:s, s:s, s:I}", "op", "ack", "sub", s->sub, "msg_id",
+                 (json_int_t)sbt_int(m, "msg_id"));
+}
+
+/* Paging variant: consumes from both subscriptions for about ms, leaving
+ * one delivery in eight unacknowledged; the broker may be killed under it
+ * afterwards (the connection is dropped without a word). */
+static void consume_for(sbt_broker *b, int ms)
+{
+    sbt_conn *c[2];
+    int64_t end = sbt_now_ms() + ms;
+    unsigned n = 0;
+    for (int i = 0; i < 2; i++) {
+        c[i] = sbt_connect(b->port[0]);
+        sbt_sub(c[i], subs[i].sub, NULL, 50);
+    }
+    while (sbt_now_ms() < end)
+        for (int i = 0; i < 2; i++) {
+            json_t *m = sbt_read(c[i], 5);
+            if (m != NULL) {
+                take(&subs[i], c[i], m, ++n % 8 == 0);
+                json_decref(m);
+            }
+        }
+    for (int i = 0; i < 2; i++)
+        sbt_close(c[i]);
+}
+
+/* Drains s and checks it against the producers' ack files. */
+static void drain_and_check(sbt_broker *b, sbt_conn *stats, sub_state *s)
 {
     sbt_conn *c = sbt_connect(b->port[0]);
-    unsigned char *seen[PRODUCERS];
-    unsigned long long last_first[PRODUCERS] = {0}, firsts = 0, dups = 0, missing = 0;
+    unsigned long long missing = 0;
     sb_error err;
 
-    for (int k = 0; k < PRODUCERS; k++) {
-        seen[k] = calloc(MAX_SEQ + 1, 1);
-        assert_non_null(seen[k]);
-    }
-    sbt_sub(c, sub, NULL, 2000);
+    sbt_sub(c, s->sub, NULL, 2000);
     for (;;) {
         json_t *m = sbt_read(c, 300);
-        int k;
-        unsigned long long seq;
         if (m == NULL) {
             /* Nothing for a while: done once the queue is empty. */
-            if (sbt_queue_int(stats, sub, "depth") == 0)
+            if (sbt_queue_int(stats, s->sub, "depth") == 0)
                 break;
             continue;
         }
-        sbt_expect_op(m, "msg");
-        if (sscanf(sbt_str(m, "payload"), "p%d:%llu", &k, &seq) != 2 || k < 0 || k >= PRODUCERS ||
-            seq < 1 || seq > MAX_SEQ)
-            fail_msg("%s: unexpected payload %s", sub, sbt_str(m, "payload"));
-        if (soak_class(modes[k], seq) != cls)
-            fail_msg("%s: p%d:%llu belongs to the other subscription", sub, k, seq);
-        if (!seen[k][seq]) {
-            if (seq <= last_first[k])
-                fail_msg("%s: first delivery of p%d:%llu after that of p%d:%llu", sub, k, seq, k,
-                         last_first[k]);
-            last_first[k] = seq;
-            seen[k][seq] = 1;
-            firsts++;
-        } else {
-            dups++;
-        }
-        /* Acks are buffered; the next read flushes them. */
-        sbt_send(c, "{s:s, s:s, s:I}", "op", "ack", "sub", sub, "msg_id",
-                 (json_int_t)sbt_int(m, "msg_id"));
+        take(s, c, m, 0);
         json_decref(m);
     }
     assert_int_equal(sb_client_flush(c->c, &err), 0);
     for (int k = 0; k < PRODUCERS; k++) {
         for (unsigned long long seq = 1; seq <= producers[k].max_acked; seq++)
-            if (producers[k].acked[seq] && soak_class(modes[k], seq) == cls && !seen[k][seq]) {
+            if (producers[k].acked[seq] && soak_class(modes[k], seq) == s->cls &&
+                !s->seen[k][seq]) {
                 if (missing < 10)
-                    fprintf(stderr, "%s: acknowledged p%d:%llu was never delivered\n", sub, k, seq);
+                    fprintf(stderr, "%s: acknowledged p%d:%llu was never delivered\n", s->sub, k,
+                            seq);
                 missing++;
             }
-        free(seen[k]);
     }
     print_message("%s: %llu messages delivered (%llu redelivered), %llu acknowledged ones "
                   "missing\n",
-                  sub, firsts, dups, missing);
+                  s->sub, s->firsts, s->dups, missing);
     assert_int_equal(missing, 0);
     sbt_close(c);
 }
 
-static void test_kill_and_restart(void **state)
+static void kill_and_restart(sbt_broker *b, int paging)
 {
-    sbt_broker *b = *state;
     char exe[SBT_PATH_MAX], stop[SBT_PATH_MAX], endpoint[64], id[8];
     size_t exelen = sizeof(exe);
     const char *seed_env = getenv("SBT_SEED");
@@ -177,8 +241,10 @@ static void test_kill_and_restart(void **state)
     print_message("crash test seed: %llu (SBT_SEED=%llu repeats it)\n", (unsigned long long)seed,
                   (unsigned long long)seed);
     assert_int_equal(uv_exepath(exe, &exelen), 0);
-    sbt_broker_init(b, "crash", 1);
+    sbt_broker_init(b, paging ? "crash-paging" : "crash", 1);
+    sbt_broker_set(b, 0, paging ? ", queue_window: 64" : "");
     sbt_broker_config(b, config);
+    subs_init();
     sbt_broker_start(b);
     sbt_path(stop, sizeof(stop), b->dir, "stop");
     snprintf(endpoint, sizeof(endpoint), "tcp:127.0.0.1:%d", b->port[0]);
@@ -201,7 +267,12 @@ static void test_kill_and_restart(void **state)
     for (int round = 1; round <= ROUNDS; round++) {
         int delay = 100 + (int)(rnd() % 1400);
         /* The random point: kill whatever the broker is doing then. */
-        sbt_poll_pause(delay);
+        if (paging) {
+            sbt_poll_pause(delay / 2);
+            consume_for(b, delay - delay / 2);
+        } else {
+            sbt_poll_pause(delay);
+        }
         for (int k = 0; k < PRODUCERS; k++)
             if (!producers[k].proc.running) {
                 print_file("producer log", producers[k].logpath);
@@ -238,9 +309,10 @@ static void test_kill_and_restart(void **state)
     }
 
     stats = sbt_connect(b->port[0]);
-    drain_and_check(b, stats, "crash-fsync", 'f');
-    drain_and_check(b, stats, "crash-batched", 'b');
+    drain_and_check(b, stats, &subs[0]);
+    drain_and_check(b, stats, &subs[1]);
     sbt_close(stats);
+    subs_free();
     sbt_broker_stop(b);
     for (int k = 0; k < PRODUCERS; k++) {
         free(producers[k].acked);
@@ -248,6 +320,17 @@ static void test_kill_and_restart(void **state)
     }
     print_message("crash test took %lld ms\n", (long long)(sbt_now_ms() - t0));
     b->passed = 1;
+}
+
+static void test_kill_and_restart(void **state)
+{
+    kill_and_restart(*state, 0);
+}
+
+/* The same with the backlog in the store and a consumer during the kills. */
+static void test_kill_while_paging(void **state)
+{
+    kill_and_restart(*state, 1);
 }
 
 static int teardown(void **state)
@@ -261,6 +344,7 @@ static int teardown(void **state)
         free(producers[k].acked);
         producers[k].acked = NULL;
     }
+    subs_free();
     return sbt_teardown(state);
 }
 
@@ -268,6 +352,7 @@ int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_kill_and_restart, sbt_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kill_while_paging, sbt_setup, teardown),
     };
     if (argc >= 2 && strcmp(argv[1], "producer") == 0)
         return soak_jsonl_producer(argc - 1, argv + 1);

@@ -291,9 +291,8 @@ static void test_qos_levels_both_directions(void **state)
  * subscribing again, receives all N in order. Then a clean-session-1
  * connection with the same id discards the session (MQTT-3.1.2-6), and a
  * clean session's subscription is deleted when it disconnects. */
-static void test_persistent_session_survives_kill(void **state)
+static void persistent_session(sbt_broker *b, int paging)
 {
-    sbt_broker *b = *state;
     sbt_conn *c;
     sbt_argv a;
     char *out, line[64], *p;
@@ -301,7 +300,9 @@ static void test_persistent_session_survives_kill(void **state)
     sbt_mq *e;
 
     sbt_mq_need(MQTT_CLIENT, NULL);
-    c = sbt_mq_start(b, "mqtt-durable");
+    if (paging) /* the session's backlog is read back from the store */
+        sbt_broker_set(b, 1, "  store: { queue_window: 8 }\n");
+    c = sbt_mq_start(b, paging ? "mqtt-durable-paging" : "mqtt-durable");
     port = b->port[SBT_MQ_PORT_MQTT];
 
     mc(&a, "sub", port, "durable");
@@ -318,6 +319,11 @@ static void test_persistent_session_survives_kill(void **state)
     expect_lines(out, line, 1);
     free(out);
 
+    if (paging) {
+        /* past the window, the rest stays in the store only */
+        assert_int_equal(sbt_queue_int(c, "mqtt/durable", "resident_depth"), 8);
+        assert_int_equal(sbt_queue_int(c, "mqtt/durable", "stored_depth"), DURABLE_N - 8);
+    }
     sbt_close(c);
     sbt_broker_kill(b);
     sbt_broker_start(b);
@@ -357,6 +363,18 @@ static void test_persistent_session_survives_kill(void **state)
     sbt_close(c);
     sbt_broker_stop(b); /* exit code 0: no crash or leak at shutdown */
     b->passed = 1;
+}
+
+static void test_persistent_session_survives_kill(void **state)
+{
+    persistent_session(*state, 0);
+}
+
+/* The same with a queue window of 8: the session's backlog is mostly in
+ * the store, and read back in order as the client takes it. */
+static void test_persistent_session_pages(void **state)
+{
+    persistent_session(*state, 1);
 }
 
 /* Retained messages: a late subscriber gets the last one with RETAIN 1
@@ -545,6 +563,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_interop_jsonl_mqtt_raw, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_qos_levels_both_directions, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_persistent_session_pages, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_persistent_session_survives_kill, sbt_setup,
                                         sbt_teardown),
         cmocka_unit_test_setup_teardown(test_retained_messages, sbt_setup, sbt_teardown),

@@ -1,5 +1,6 @@
 /*
- * Administration commands: ping, stats, dlq list / redrive / purge. Each is
+ * Administration commands: ping, stats, dlq list / redrive / purge, store
+ * check / compact. Each is
  * one request and one reply on the admin endpoint (docs/protocol.md,
  * "Administration").
  */
@@ -156,17 +157,20 @@ static int print_queues(const json_t *queues)
 
 static void print_store(const json_t *s)
 {
-    char db[32];
+    char db[32], free_b[32];
     const json_t *bytes = json_object_get(s, "db_bytes");
     const char *last = json_string_value(json_object_get(s, "last_error"));
 
     if (!json_is_object(s))
         return;
     sbctl_fmt_bytes(db, sizeof(db), json_is_number(bytes) ? (int64_t)json_number_value(bytes) : -1);
-    printf("store:  %lld commits (%lld fsync), %lld ops, %lld failed commits, database %s%s\n",
+    sbctl_fmt_bytes(free_b, sizeof(free_b), sbctl_json_int(s, "free_bytes", -1));
+    printf("store:  %lld commits (%lld fsync), %lld ops, %lld failed commits, database %s "
+           "(%s free%s)%s\n",
            (long long)sbctl_json_int(s, "commits", 0),
            (long long)sbctl_json_int(s, "fsync_commits", 0), (long long)sbctl_json_int(s, "ops", 0),
-           (long long)sbctl_json_int(s, "failed_commits", 0), db,
+           (long long)sbctl_json_int(s, "failed_commits", 0), db, free_b,
+           json_is_false(json_object_get(s, "auto_vacuum")) ? ", not returned: sbctl compact" : "",
            json_is_true(json_object_get(s, "degraded")) ? ", DEGRADED" : "");
     if (last != NULL && *last != '\0')
         printf("        last error: %s\n", last);
@@ -511,3 +515,100 @@ const sbctl_cmd sbctl_cmd_dlq_purge = {
     0,
     1,
     run_dlq_purge};
+
+/* ---- store check / compact ---------------------------------------------- */
+
+/* They take as long as the database is big: no request timeout. */
+#define MAINTENANCE_TIMEOUT_MS (24 * 3600 * 1000)
+
+static const sbctl_opt store_opts[] = {SBCTL_COMMON_OPTS};
+
+static int store_op(sbctl_ctx *ctx, const char *op, const char *what, json_t **reply)
+{
+    sb_client *c = NULL;
+    json_t *req = json_pack("{s:s}", "op", op);
+    sb_error err;
+    int rc = sbctl_connect(&c, ctx, ctx->endpoints[0]);
+    *reply = NULL;
+    if (rc == 0) {
+        sb_error_clear(&err);
+        rc = sb_client_request(c, reply, req, MAINTENANCE_TIMEOUT_MS, &err);
+        if (rc != 0) {
+            rc = sbctl_conn_failed(what, &err);
+        } else if (sb_client_reply_error(*reply, &err) != 0) {
+            json_decref(*reply);
+            *reply = NULL;
+            rc = sbctl_broker_failed(what, &err);
+        }
+    }
+    json_decref(req);
+    sb_client_free(c);
+    return rc;
+}
+
+static int run_store_check(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
+{
+    json_t *reply;
+    int rc = store_op(ctx, "store.check", "check", &reply);
+    if (rc == 0) {
+        const char *report = json_string_value(json_object_get(reply, "report"));
+        int ok = json_is_true(json_object_get(reply, "ok"));
+        if (ctx->json) {
+            json_object_del(reply, "id");
+            rc = sbctl_print_json(json_incref(reply));
+            if (rc == 0 && !ok)
+                rc = SBCTL_EXIT_ERROR;
+        } else if (ok) {
+            printf("store: ok\n");
+        } else {
+            printf("store: CORRUPT: %s\n", report != NULL ? report : "?");
+            rc = SBCTL_EXIT_ERROR;
+        }
+    }
+    json_decref(reply);
+    return rc;
+}
+
+const sbctl_cmd sbctl_cmd_check = {
+    "check",
+    "",
+    "check the whole database for corruption",
+    "Runs SQLite's quick_check over every page of the broker's database (at start\n"
+    "a database over 64 MiB is checked only as far as start-up reads it). Commits\n"
+    "wait while it runs: about a second per GiB. Exit status 1 if it is damaged.\n",
+    store_opts,
+    sizeof(store_opts) / sizeof(store_opts[0]),
+    0,
+    0,
+    run_store_check};
+
+static int run_store_compact(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
+{
+    json_t *reply;
+    int rc = store_op(ctx, "store.compact", "compact", &reply);
+    if (rc == 0 && ctx->json) {
+        json_object_del(reply, "id");
+        rc = sbctl_print_json(json_incref(reply));
+    } else if (rc == 0) {
+        char before[32], after[32];
+        sbctl_fmt_bytes(before, sizeof(before), sbctl_json_int(reply, "before_bytes", -1));
+        sbctl_fmt_bytes(after, sizeof(after), sbctl_json_int(reply, "after_bytes", -1));
+        printf("store: compacted from %s to %s\n", before, after);
+    }
+    json_decref(reply);
+    return rc;
+}
+
+const sbctl_cmd sbctl_cmd_compact = {
+    "compact",
+    "",
+    "shrink the database to its data",
+    "Rewrites the broker's database (SQLite VACUUM) so the file holds only its\n"
+    "data, and converts a database created before incremental auto-vacuum, after\n"
+    "which free pages are returned to the file system as they come. Needs free\n"
+    "disk space for a second copy (refused otherwise); commits wait meanwhile.\n",
+    store_opts,
+    sizeof(store_opts) / sizeof(store_opts[0]),
+    0,
+    0,
+    run_store_compact};

@@ -16,6 +16,7 @@ static const sbctl_cmd *const commands[] = {
     &sbctl_cmd_dlq_list, &sbctl_cmd_dlq_redrive, &sbctl_cmd_dlq_purge,
     &sbctl_cmd_ping,     &sbctl_cmd_bench,       &sbctl_cmd_passwd,
     &sbctl_cmd_route_test,
+    &sbctl_cmd_check,    &sbctl_cmd_compact,
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 

@@ -66,6 +66,8 @@ struct sbctl_cmd {
 extern const sbctl_cmd sbctl_cmd_pub, sbctl_cmd_sub, sbctl_cmd_stats, sbctl_cmd_ping,
     sbctl_cmd_dlq_list, sbctl_cmd_dlq_redrive, sbctl_cmd_dlq_purge, sbctl_cmd_bench,
     sbctl_cmd_passwd, sbctl_cmd_route_test, sbctl_cmd_tail;
+/* cmd_admin.c: store maintenance */
+extern const sbctl_cmd sbctl_cmd_check, sbctl_cmd_compact;
 
 /* Prints "sbctl: <message>\n" to stderr. */
 void sbctl_errorf(const char *fmt, ...) SB_PRINTF(1, 2);

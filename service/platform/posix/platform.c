@@ -3,6 +3,9 @@
 #include "service/log.h"
 
 #include <errno.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -102,4 +105,11 @@ int sb_platform_admin_security(char **out, const char *configured, sb_error *err
      * directory: no security descriptor. */
     *out = NULL;
     return 0;
+}
+
+void sb_platform_trim_memory(void)
+{
+#if defined(__GLIBC__)
+    (void)malloc_trim(0); /* 1 if memory was released: nothing to do either way */
+#endif
 }

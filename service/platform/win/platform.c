@@ -6,6 +6,7 @@
 #include "service/topic.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 #include <windows.h>
@@ -98,4 +99,9 @@ FILE *sb_platform_fopen(const char *path, const char *mode)
     sb_free(wpath);
     sb_free(wmode);
     return f;
+}
+
+void sb_platform_trim_memory(void)
+{
+    (void)_heapmin(); /* -1 when there was nothing to release */
 }

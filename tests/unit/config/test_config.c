@@ -295,6 +295,8 @@ static void check_broker_defaults(const sb_broker_config *b)
     assert_int_equal(b->commit_max_batch, 1024);
     assert_int_equal(b->commit_max_delay_us, 0);
     assert_int_equal(b->max_db_bytes, 0);
+    assert_int_equal(b->queue_window, 4096);
+    assert_true(b->queue_memory == (int64_t)64 << 20);
     assert_int_equal(b->log_level, SB_LOG_INFO);
     assert_null(b->log_file);
     assert_int_equal(b->log_stderr, 1);
@@ -1587,6 +1589,7 @@ static void test_example_full(void **state)
     }
     assert_non_null(cfg->broker.log_file);
     assert_true(cfg->broker.max_db_bytes > 0);
+    assert_true(cfg->broker.queue_memory == (int64_t)64 << 20);
     assert_non_null(sb_config_route(cfg, "orders-to-archive")->dedup_header);
     assert_non_null(SB_STREAM_CFG(sb_config_adapter(cfg, "orders-in"))->reply);
     assert_true(SB_STREAM_CFG(sb_config_adapter(cfg, "orders-in"))->pipe_buffer > 0);

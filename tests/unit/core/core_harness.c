@@ -81,7 +81,8 @@ int core_teardown(void **state)
 static sb_config *parse_config(core_fx *f, const char *body, sb_config_errors *errs)
 {
     sb_config *cfg = NULL;
-    size_t n = strlen(body) + strlen(f->dir) + 200;
+    const char *extra = f->broker_extra != NULL ? f->broker_extra : "";
+    size_t n = strlen(body) + strlen(f->dir) + strlen(extra) + 200;
     char *text = malloc(n);
     const char *level = getenv("CORE_LOG");
     int rc;
@@ -92,8 +93,8 @@ static sb_config *parse_config(core_fx *f, const char *body, sb_config_errors *e
              "  data_dir: '%s'\n"
              "  admin: {endpoint: \"off\"}\n"
              "  log: {level: %s}\n"
-             "%s",
-             f->dir, level != NULL && sb_log_level_parse(level) >= 0 ? level : "off", body);
+             "%s%s",
+             f->dir, level != NULL && sb_log_level_parse(level) >= 0 ? level : "off", extra, body);
     rc = sb_config_parse(&cfg, "core.yaml", text, strlen(text), errs);
     free(text);
     if (rc != 0)
@@ -342,6 +343,9 @@ void core_check_queue(const sb_queue *q)
     assert_int_equal(check_state_list(&q->retry, SB_ENTRY_RETRY), retry);
     assert_int_equal(q->depth, depth);
     assert_int_equal(q->bytes, bytes);
+    /* paging: the window holds the oldest entries, the store the rest */
+    assert_true(q->disk_depth >= 0 && q->disk_bytes >= 0);
+    assert_true(prev == NULL || prev->msg->id <= q->paged_to);
     assert_true(q->pending >= 0 && q->pending_bytes >= 0);
     for (const sb_consumer *c = q->consumers; c != NULL; c = c->next) {
         int n = 0;

@@ -24,6 +24,7 @@ typedef struct core_fx {
     uint64_t deadline_ns; /* of the current CORE_WAIT */
     fake_consumer *consumers[CORE_MAX_CONSUMERS]; /* outlive the broker */
     size_t consumer_count;
+    const char *broker_extra; /* more lines of the broker section, or NULL */
 } core_fx;
 
 /* cmocka setup/teardown: a fresh directory; teardown stops the broker if it

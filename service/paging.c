@@ -1,0 +1,362 @@
+/*
+ * Paging: queues whose backlog is bounded by disk, not memory.
+ *
+ * A durable queue keeps a window of its oldest entries in memory (the next
+ * to deliver and those in flight, at most broker.store.queue_window of them,
+ * and all windows together within broker.store.queue_memory bytes). A
+ * committed message that does not fit, or that has stored entries before it,
+ * stays in the store only and is counted (disk_depth); every such entry has
+ * an id above the queue's paged_to, so "the stored part" is always "the
+ * entries after paged_to", in id (= delivery) order.
+ *
+ * While a consumer is attached and the window runs below half, the store
+ * thread reads the next batch (SB_OP_PAGE_IN) and the loop appends it; the
+ * loop never waits for SQLite. Without consumers nothing is read: TTL expiry
+ * and drop-oldest act on the stored part in the store (SB_OP_TRIM), on its
+ * head, without bringing payloads into memory.
+ *
+ * Ops complete in submission order, which keeps the counts right:
+ * - a drop submitted while a page-in is out deletes rows that page-in has
+ *   read (both take "the first rows after paged_to"): they are skipped when
+ *   it returns (page_skip);
+ * - a page-in that read fewer rows than asked saw the whole stored part;
+ *   what is stored now is what was committed after it left (ids above
+ *   page_snap, counted in snap_depth), so the estimate of disk_bytes made
+ *   after a restart becomes exact once the backlog was read through;
+ * - an expiry is not submitted while a page-in is out (it deletes rows at
+ *   the same place); a page-in submitted after an expiry reads after it.
+ * Ops carry the queue's id, not a pointer: a queue deleted meanwhile is not
+ * found when they complete.
+ */
+#include "service/alloc.h"
+#include "service/broker_int.h"
+#include "service/log.h"
+#include "service/platform.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* While the windows are over the memory budget, a queue with a consumer
+ * still fills its window up to this many entries, so that it always moves. */
+#define FLOOR_ROWS 16
+/* Stored entries an expiry looks at per housekeeping tick and queue. */
+#define EXPIRE_SCAN_ROWS 512
+/* Without a TTL, how often stored entries are looked at for their own expiry. */
+#define EXPIRE_RECHECK_MS 60000
+/* After a failed expiry in the store, the next try waits this long. */
+#define RETRY_MS 5000
+/* The windows shrank by this much since the heap was last trimmed: give
+ * the memory back (a drained backlog, a deleted queue). */
+#define TRIM_AFTER_BYTES (32 * 1024 * 1024)
+
+typedef struct page_req {
+    sb_store_op op;
+    sb_broker *b;
+    int64_t estimate; /* drop: the bytes subtracted when it was decided */
+} page_req;
+
+int sb_paging__window(const sb_queue *q)
+{
+    return q->broker->cfg->broker.queue_window;
+}
+
+int sb_paging__room(const sb_queue *q, int64_t size)
+{
+    return q->broker->resident_bytes + size <= q->broker->cfg->broker.queue_memory;
+}
+
+void sb_paging__resident(sb_queue *q, int64_t delta)
+{
+    sb_broker *b = q->broker;
+    b->resident_bytes += delta;
+    if (b->resident_bytes > b->resident_peak)
+        b->resident_peak = b->resident_bytes;
+}
+
+static void trim_work(uv_work_t *req)
+{
+    (void)req;
+    sb_platform_trim_memory();
+}
+
+static void trim_done(uv_work_t *req, int status)
+{
+    sb_broker *b = req->data;
+    (void)status;
+    b->trimming = 0;
+}
+
+void sb_paging__housekeeping(sb_broker *b)
+{
+    if (b->trimming || b->resident_peak - b->resident_bytes < TRIM_AFTER_BYTES)
+        return;
+    b->resident_peak = b->resident_bytes;
+    b->trim_req.data = b;
+    if (uv_queue_work(&b->loop, &b->trim_req, trim_work, trim_done) == 0)
+        b->trimming = 1;
+}
+
+static page_req *new_req(sb_broker *b, sb_store_op_type type, sb_store_cb cb)
+{
+    page_req *r = sb_calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->b = b;
+    r->op.type = type;
+    r->op.cb = cb;
+    r->op.ctx = r;
+    return r;
+}
+
+static void disk_clamp(sb_queue *q)
+{
+    if (q->disk_depth <= 0) {
+        q->disk_depth = 0;
+        q->disk_bytes = 0;
+    } else if (q->disk_bytes < 0) {
+        q->disk_bytes = 0;
+    }
+}
+
+/* ---- page-in ---- */
+
+/* Appends what a page-in read (op, q's page_op) to q's window. */
+static void take_rows(sb_broker *b, sb_queue *q, sb_store_op *op)
+{
+    sb_store_entry *rows = op->u.page_in.rows;
+    size_t n = op->u.page_in.row_count, i, skip;
+
+    q->page_op = NULL;
+    skip = q->page_skip < (int64_t)n ? (size_t)q->page_skip : n;
+    for (i = skip; i < n; i++) {
+        sb_entry *e = sb_malloc(sizeof(*e));
+        if (e == NULL) {
+            sb_errlog(q->name, "out of memory reading queued messages; retried later");
+            break; /* the rest stay stored, after paged_to */
+        }
+        /* stored before this run started: it may have been delivered */
+        sb_queue__append_paged(q, e, rows[i].msg, rows[i].attempts,
+                               rows[i].msg->id <= b->boot_msg_id || rows[i].attempts > 0);
+        q->disk_depth--;
+        q->disk_bytes -= rows[i].size;
+    }
+    if (i > 0 && rows[i - 1].msg->id > q->paged_to)
+        q->paged_to = rows[i - 1].msg->id; /* past the skipped ones too */
+    if (i == n && op->u.page_in.exhausted) {
+        /* It read the whole stored part: what is stored now came later,
+         * less what drops removed beyond what it read. */
+        int64_t beyond = q->page_skip > (int64_t)n ? q->page_skip - (int64_t)n : 0;
+        int64_t mean = q->snap_depth > 0 ? q->snap_bytes / q->snap_depth : 0;
+        q->disk_depth = q->snap_depth - beyond;
+        q->disk_bytes = q->snap_bytes - beyond * mean;
+    }
+    q->page_skip = 0;
+    disk_clamp(q);
+    if (q->disk_depth == 0)
+        sb_queue__watch_expiry(q);
+    sb_broker__queue_changed(q);
+}
+
+static void on_page_in(sb_store_op *op, void *ctx)
+{
+    page_req *r = ctx;
+    sb_broker *b = r->b;
+    sb_queue *q = sb_broker__queue_by_id(b, op->u.page_in.queue_id);
+
+    if (q == NULL || q->page_op != op)
+        goto out; /* deleted, or cleared, meanwhile */
+    if (op->status != 0) {
+        sb_errlog(q->name, "cannot read queued messages from the store: %s",
+                  sb_strerror(op->status));
+        q->page_op = NULL;
+        q->page_skip = 0;
+        goto out;
+    }
+    take_rows(b, q, op);
+    sb_queue__dispatch(q);
+out:
+    sb_store_page_rows_free(op->u.page_in.rows, op->u.page_in.row_count);
+    sb_free(r);
+}
+
+/* Sets up a page-in of q's next stored entries (0: no room for any). */
+static int prepare(sb_queue *q, sb_store_op *op)
+{
+    sb_broker *b = q->broker;
+    int limit = sb_paging__window(q) - (int)q->depth;
+    int64_t room = b->cfg->broker.queue_memory - b->resident_bytes;
+    if (room <= 0) /* over budget: only what keeps the queue moving */
+        limit = FLOOR_ROWS - (int)q->depth < limit ? FLOOR_ROWS - (int)q->depth : limit;
+    if (limit <= 0)
+        return 0;
+    op->type = SB_OP_PAGE_IN;
+    op->u.page_in.queue_id = q->id;
+    op->u.page_in.after_id = q->paged_to;
+    op->u.page_in.limit = limit;
+    op->u.page_in.max_bytes = room > 0 ? room : 0;
+    q->page_op = op;
+    q->page_snap = b->last_msg_id;
+    q->page_skip = q->snap_depth = q->snap_bytes = 0;
+    return 1;
+}
+
+int sb_paging__load(sb_broker *b, sb_error *err)
+{
+    for (sb_queue *q = b->queues; q != NULL; q = q->next) {
+        sb_store_op op;
+        int rc;
+        if (q->disk_depth <= 0)
+            continue;
+        /* the others are read when a consumer comes */
+        if (b->resident_bytes + q->disk_bytes / q->disk_depth > b->cfg->broker.queue_memory)
+            continue;
+        memset(&op, 0, sizeof(op));
+        if (!prepare(q, &op))
+            continue;
+        rc = sb_store_read_page(b->store, &op, err);
+        if (rc != 0) {
+            q->page_op = NULL;
+            return rc;
+        }
+        take_rows(b, q, &op);
+        sb_store_page_rows_free(op.u.page_in.rows, op.u.page_in.row_count);
+    }
+    return 0;
+}
+
+void sb_paging__fill(sb_queue *q)
+{
+    sb_broker *b = q->broker;
+    page_req *r;
+
+    if (q->disk_depth <= 0 || q->page_op != NULL || q->consumers == NULL || !q->live ||
+        b->stopping || b->store == NULL || q->depth > sb_paging__window(q) / 2)
+        return;
+    if ((r = new_req(b, SB_OP_PAGE_IN, on_page_in)) == NULL)
+        return; /* tried again at the next dispatch */
+    if (!prepare(q, &r->op)) {
+        sb_free(r);
+        return;
+    }
+    if (sb_store_submit(b->store, &r->op) != 0) {
+        q->page_op = NULL;
+        sb_free(r);
+    }
+}
+
+/* ---- drop-oldest and expiry in the store ---- */
+
+static void on_dropped(sb_store_op *op, void *ctx)
+{
+    page_req *r = ctx;
+    sb_queue *q = sb_broker__queue_by_id(r->b, op->u.trim.queue_id);
+    if (op->status != 0)
+        sb_errlog(q != NULL ? q->name : "store", "cannot drop stored messages: %s",
+                  sb_strerror(op->status));
+    else if (q != NULL && q->disk_depth > 0) {
+        q->disk_bytes += r->estimate - op->u.trim.removed_bytes; /* now exact */
+        disk_clamp(q);
+    }
+    sb_free(r);
+}
+
+void sb_paging__drop(sb_queue *q, int64_t n)
+{
+    sb_broker *b = q->broker;
+    int64_t estimate;
+    page_req *r;
+
+    if (n > q->disk_depth)
+        n = q->disk_depth;
+    if (n <= 0 || b->store == NULL)
+        return;
+    estimate = n == q->disk_depth ? q->disk_bytes : q->disk_bytes / q->disk_depth * n;
+    if ((r = new_req(b, SB_OP_TRIM, on_dropped)) == NULL) {
+        sb_errlog(q->name, "out of memory dropping %lld stored messages", (long long)n);
+        return;
+    }
+    r->estimate = estimate;
+    r->op.u.trim.queue_id = q->id;
+    r->op.u.trim.after_id = q->paged_to;
+    r->op.u.trim.limit = n > 0x7fffffff ? 0x7fffffff : (int)n;
+    if (sb_store_submit(b->store, &r->op) != 0) {
+        sb_free(r);
+        return;
+    }
+    q->disk_depth -= n;
+    q->disk_bytes -= estimate;
+    q->dropped += (uint64_t)n;
+    if (q->page_op != NULL)
+        q->page_skip += n; /* it read them: skipped when it returns */
+    disk_clamp(q);
+    if (q->disk_depth == 0)
+        sb_queue__watch_expiry(q);
+    sb_broker__queue_changed(q);
+}
+
+static void on_expired(sb_store_op *op, void *ctx)
+{
+    page_req *r = ctx;
+    sb_queue *q = sb_broker__queue_by_id(r->b, op->u.trim.queue_id);
+    int64_t now = sb_now_ms(), removed = op->u.trim.removed;
+
+    if (q == NULL || q->trim_op != op)
+        goto out;
+    q->trim_op = NULL;
+    if (op->status != 0) {
+        sb_errlog(q->name, "cannot expire stored messages: %s", sb_strerror(op->status));
+        q->disk_check_ms = now + RETRY_MS;
+        goto out;
+    }
+    if (removed > 0) {
+        sb_log(SB_LOG_WARN, q->name,
+               "%lld stored messages (up to id %llu) moved to the dead-letter queue: expired (ttl)",
+               (long long)removed, (unsigned long long)op->u.trim.last_id);
+        q->disk_depth -= removed;
+        q->disk_bytes -= op->u.trim.removed_bytes;
+        q->dead += (uint64_t)removed;
+        q->expired += (uint64_t)removed;
+        disk_clamp(q);
+        sb_broker__queue_changed(q);
+    }
+    if (removed == op->u.trim.limit)
+        q->disk_check_ms = 0; /* more may have expired: next tick */
+    else if (op->u.trim.next_expiry_ms > 0)
+        q->disk_check_ms = op->u.trim.next_expiry_ms;
+    else
+        q->disk_check_ms = now + EXPIRE_RECHECK_MS;
+    sb_queue__watch_expiry(q);
+out:
+    sb_free((char *)op->u.trim.queue_name);
+    sb_free(r);
+}
+
+void sb_paging__expire(sb_queue *q, int64_t now_ms)
+{
+    sb_broker *b = q->broker;
+    page_req *r;
+
+    /* With a consumer attached, entries are expired as they are read in. */
+    if (q->disk_depth <= 0 || q->consumers != NULL || q->page_op != NULL || q->trim_op != NULL ||
+        !q->live || b->stopping || b->store == NULL || now_ms < q->disk_check_ms ||
+        (q->ttl_ms <= 0 && !q->disk_expiring))
+        return;
+    if ((r = new_req(b, SB_OP_TRIM, on_expired)) == NULL ||
+        (r->op.u.trim.queue_name = sb_strdup(q->name)) == NULL) {
+        sb_free(r);
+        return; /* next tick */
+    }
+    r->op.u.trim.queue_id = q->id;
+    r->op.u.trim.after_id = q->paged_to;
+    r->op.u.trim.expire = 1;
+    r->op.u.trim.limit = EXPIRE_SCAN_ROWS;
+    r->op.u.trim.now_ms = now_ms;
+    r->op.u.trim.ttl_ms = q->ttl_ms;
+    r->op.u.trim.reason = "expired (ttl)";
+    q->trim_op = &r->op;
+    if (sb_store_submit(b->store, &r->op) != 0) {
+        q->trim_op = NULL;
+        sb_free((char *)r->op.u.trim.queue_name);
+        sb_free(r);
+    }
+}

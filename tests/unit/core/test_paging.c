@@ -1,0 +1,465 @@
+/*
+ * Queues that page from the store, in-process: a window of a few entries
+ * (broker.store.queue_window) so that a handful of messages crosses it.
+ * Covers delivery order across the window boundary, the first window read
+ * at start and the rest as consumers take them, redelivery after a
+ * restart, TTL expiry and drop-oldest of stored entries (acting in the
+ * store, without a consumer), dead letters and their redrive, drops while
+ * a read is under way, and the windows' memory budget.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <jansson.h>
+
+#include <sqlite3.h>
+
+#include "core_harness.h"
+
+#define WINDOW "  store: {queue_window: 4}\n"
+
+static const char *const cfg = "routes:\n"
+                               "  - {name: q, from: q/#}\n"
+                               "  - {name: ttl, from: t/#, ttl: 50ms}\n"
+                               "  - name: drop\n"
+                               "    from: d/#\n"
+                               "    max_depth: 6\n"
+                               "    overflow: drop-oldest\n"
+                               "  - name: dead\n"
+                               "    from: x/#\n"
+                               "    retry: {max_attempts: 1, backoff: 10ms}\n";
+
+static int paging_setup(void **state)
+{
+    int rc = core_setup(state);
+    if (rc == 0)
+        ((core_fx *)*state)->broker_extra = WINDOW;
+    return rc;
+}
+
+/* A consumer of `sub` that acknowledges (ack) or holds what it gets. */
+static fake_consumer *consumer(core_fx *f, const char *sub, int window, int ack)
+{
+    fake_consumer *c = malloc(sizeof(*c));
+    sb_error err;
+    assert_non_null(c);
+    assert_true(f->consumer_count < CORE_MAX_CONSUMERS);
+    fake_consumer_init(c, sb_broker_loop(f->b), sub, window);
+    c->log.mode = ack ? FAKE_ACK : FAKE_HOLD;
+    f->consumers[f->consumer_count++] = c;
+    if (sb_broker_attach(f->b, sub, &c->c, &err) != 0)
+        fail_msg("attach %s: %s", sub, err.msg);
+    return c;
+}
+
+static void publish_n(core_fx *f, const char *topic, int from, int to)
+{
+    char payload[32];
+    for (int i = from; i <= to; i++) {
+        snprintf(payload, sizeof payload, "m%d", i);
+        core_publish_ok(f, NULL, topic, payload, NULL);
+    }
+}
+
+/* The same from a producer with a source header. */
+static void publish_from(core_fx *f, const char *topic, int from, int to)
+{
+    const char *const source[] = {"source", "paging", NULL};
+    char payload[32];
+    for (int i = from; i <= to; i++) {
+        snprintf(payload, sizeof payload, "m%d", i);
+        core_publish_ok(f, NULL, topic, payload, source);
+    }
+}
+
+/* The log holds m<from>..m<to>, in order, once each. */
+static void expect_run(const fake_log *l, size_t at, int from, int to)
+{
+    char want[32];
+    assert_true(l->count >= at + (size_t)(to - from + 1));
+    for (int i = from; i <= to; i++) {
+        snprintf(want, sizeof want, "m%d", i);
+        assert_string_equal(l->recs[at + (size_t)(i - from)].payload, want);
+    }
+}
+
+static int64_t stat_of(core_fx *f, const char *queue, const char *key)
+{
+    json_t *st = sb_broker_stats_json(f->b), *qs;
+    int64_t v = -1;
+    size_t i;
+    assert_non_null(st);
+    qs = json_object_get(st, "queues");
+    for (i = 0; i < json_array_size(qs); i++) {
+        json_t *o = json_array_get(qs, i);
+        if (strcmp(json_string_value(json_object_get(o, "name")), queue) == 0)
+            v = json_integer_value(json_object_get(o, key));
+    }
+    json_decref(st);
+    return v;
+}
+
+static void on_admin_done(void *ctx, int status, void *result, const char *why)
+{
+    int *done = ctx;
+    (void)why;
+    assert_int_equal(status, 0);
+    json_decref(result);
+    *done = 1;
+}
+
+/* Past the window, messages stay in the store only; a consumer gets them
+ * all, in order, read in as it goes. */
+static void test_order_across_window(void **state)
+{
+    core_fx *f = *state;
+    sb_queue *q;
+    fake_consumer *c;
+
+    core_start(f, cfg);
+    q = core_queue(f, "q");
+    publish_n(f, "q/1", 1, 20);
+    assert_int_equal(q->depth, 4);
+    assert_int_equal(q->disk_depth, 16);
+    assert_int_equal(stat_of(f, "q", "depth"), 20);
+    assert_int_equal(stat_of(f, "q", "resident_depth"), 4);
+    assert_int_equal(stat_of(f, "q", "stored_depth"), 16);
+    core_check_all(f);
+
+    c = consumer(f, "q", 3, 1);
+    CORE_WAIT(f, c->log.count == 20);
+    expect_run(&c->log, 0, 1, 20);
+    for (size_t i = 0; i < c->log.count; i++)
+        assert_int_equal(c->log.recs[i].redelivery, 0);
+    assert_int_equal(q->depth, 0);
+    assert_int_equal(q->disk_depth, 0);
+    core_check_all(f);
+
+    /* Drained: the queue takes new messages into memory again. */
+    publish_n(f, "q/1", 21, 22);
+    CORE_WAIT(f, c->log.count == 22);
+    expect_run(&c->log, 20, 21, 22);
+    assert_int_equal(q->disk_depth, 0);
+
+    /* Publishes while a consumer reads the stored part keep their place. */
+    c->log.mode = FAKE_HOLD;
+    publish_n(f, "q/1", 23, 40);
+    for (size_t i = 22; i < c->log.count; i++)
+        fake_ack(&c->log.recs[i]);
+    c->log.mode = FAKE_ACK;
+    publish_n(f, "q/1", 41, 45);
+    CORE_WAIT(f, q->depth == 0 && q->disk_depth == 0 && c->log.count == 45);
+    for (size_t i = 22; i < c->log.count; i++)
+        if (c->log.recs[i].d != NULL)
+            fake_ack(&c->log.recs[i]);
+    expect_run(&c->log, 22, 23, 45);
+    core_check_all(f);
+}
+
+/* A restart reads only the first window; the rest follows in order, and
+ * what was in flight comes back as a redelivery. */
+static void test_restart_reads_first_window(void **state)
+{
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_queue *q;
+
+    core_start(f, cfg);
+    publish_n(f, "q/1", 1, 30);
+    c = consumer(f, "q", 2, 0);
+    CORE_WAIT(f, c->log.count == 2);
+    fake_ack(&c->log.recs[0]); /* m1 done; m2 in flight at the stop */
+    core_stop(f);
+
+    core_start(f, cfg);
+    q = core_queue(f, "q");
+    assert_int_equal(q->depth, 4);
+    assert_int_equal(q->disk_depth, 25);
+    assert_int_equal(stat_of(f, "q", "depth"), 29);
+    core_check_all(f);
+    c = consumer(f, "q", 4, 1);
+    CORE_WAIT(f, c->log.count == 29);
+    expect_run(&c->log, 0, 2, 30);
+    assert_int_equal(c->log.recs[0].redelivery, 1);
+    assert_int_equal(q->disk_depth, 0);
+    core_check_all(f);
+
+    core_stop(f);
+    core_start(f, cfg);
+    assert_int_equal(core_queue(f, "q")->depth, 0);
+    assert_int_equal(core_queue(f, "q")->disk_depth, 0);
+}
+
+/* Stored entries expire in the store, without a consumer, to the DLQ. */
+static void test_ttl_of_stored_entries(void **state)
+{
+    core_fx *f = *state;
+    sb_queue *q;
+    json_t *dlq, *items;
+
+    core_start(f, cfg);
+    q = core_queue(f, "ttl");
+    publish_from(f, "t/1", 1, 12);
+    assert_int_equal(q->disk_depth, 8);
+    CORE_WAIT(f, q->expired == 12);
+    assert_int_equal(q->depth, 0);
+    assert_int_equal(q->disk_depth, 0);
+    assert_int_equal(q->dead, 12);
+    dlq = core_dlq(f, "ttl");
+    items = json_object_get(dlq, "items");
+    assert_int_equal(json_array_size(items), 12);
+    for (size_t i = 0; i < 12; i++) {
+        json_t *d = json_array_get(items, i);
+        assert_string_equal(json_string_value(json_object_get(d, "reason")), "expired (ttl)");
+        /* expired in the window or in the store: the same dead letter */
+        assert_string_equal(json_string_value(json_object_get(d, "source")), "paging");
+    }
+    json_decref(dlq);
+    core_check_all(f);
+
+    /* Gone from the store: a restart finds nothing; stored entries that
+     * expired while the broker was down go at the first pass too. */
+    publish_n(f, "t/1", 13, 20);
+    core_stop(f);
+    core_start(f, cfg);
+    q = core_queue(f, "ttl");
+    CORE_WAIT(f, q->depth == 0 && q->disk_depth == 0);
+    CORE_WAIT(f, q->expired == 8);
+}
+
+/* Drop-oldest drops the window's entries first, then stored ones, in the
+ * store; a consumer gets the newest max_depth, in order. */
+static void test_drop_oldest_of_stored_entries(void **state)
+{
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_queue *q;
+
+    core_start(f, cfg);
+    q = core_queue(f, "drop");
+    publish_n(f, "d/1", 1, 20);
+    assert_int_equal(q->depth + q->disk_depth, 6);
+    assert_int_equal(q->dropped, 14);
+    core_check_all(f);
+    core_stop(f);
+
+    core_start(f, cfg);
+    q = core_queue(f, "drop");
+    assert_int_equal(q->depth + q->disk_depth, 6);
+    c = consumer(f, "drop", 2, 1);
+    CORE_WAIT(f, c->log.count == 6);
+    expect_run(&c->log, 0, 15, 20);
+    assert_int_equal(q->disk_depth, 0);
+    core_check_all(f);
+}
+
+/* Drops decided while a read of the stored part is under way delete rows
+ * that read returns: they are not delivered, the rest keep their order. */
+static void test_drop_during_page_in(void **state)
+{
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_queue *q;
+    uint64_t last = 0;
+
+    core_start(f, cfg);
+    q = core_queue(f, "drop");
+    publish_n(f, "d/1", 1, 6);
+    c = consumer(f, "drop", 1, 0);
+    CORE_WAIT(f, c->log.count == 1);
+    for (int round = 0; round < 40; round++) {
+        fake_pub p;
+        char payload[32];
+        snprintf(payload, sizeof payload, "m%d", 7 + round);
+        if (c->log.recs[c->log.count - 1].d != NULL)
+            fake_ack(&c->log.recs[c->log.count - 1]); /* a page-in may leave now */
+        assert_int_equal(fake_publish(&p, f->b, NULL, "d/1", payload, NULL, 0, NULL), 0);
+        assert_int_equal(core_pub_wait(f, &p), 0);
+        core_check_all(f);
+        assert_true(q->depth + q->disk_depth <= 6);
+    }
+    c->log.mode = FAKE_ACK;
+    if (c->log.recs[c->log.count - 1].d != NULL)
+        fake_ack(&c->log.recs[c->log.count - 1]);
+    CORE_WAIT(f, q->depth == 0 && q->disk_depth == 0 && q->page_op == NULL);
+    for (size_t i = 0; i < c->log.count; i++) {
+        assert_true(c->log.recs[i].msg_id > last);
+        last = c->log.recs[i].msg_id;
+    }
+    assert_string_equal(c->log.recs[c->log.count - 1].payload, "m46");
+    assert_int_equal(c->log.count + q->dropped, 46);
+    core_check_all(f);
+}
+
+/* Stored entries that fail go to the DLQ like the others; a redrive puts
+ * them back (in the store past the window) and they are delivered. */
+static void test_deadletter_and_redrive(void **state)
+{
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_queue *q;
+    sb_error err;
+    json_t *dlq;
+    int done = 0;
+
+    core_start(f, cfg);
+    q = core_queue(f, "dead");
+    publish_n(f, "x/1", 1, 10);
+    c = consumer(f, "dead", 2, 0);
+    for (size_t i = 0; i < 10; i++) {
+        CORE_WAIT(f, c->log.count > i);
+        fake_nack(&c->log.recs[i], "poison");
+    }
+    CORE_WAIT(f, q->dead == 10 && q->depth == 0 && q->disk_depth == 0);
+    dlq = core_dlq(f, "dead");
+    assert_int_equal(json_array_size(json_object_get(dlq, "items")), 10);
+    json_decref(dlq);
+    core_detach(f, c, 0);
+
+    assert_int_equal(sb_broker_dlq_redrive(f->b, "dead", on_admin_done, &done, &err), 0);
+    CORE_WAIT(f, done);
+    assert_int_equal(q->depth, 4);
+    assert_int_equal(q->disk_depth, 6);
+    c = consumer(f, "dead", 3, 1);
+    CORE_WAIT(f, c->log.count == 10);
+    expect_run(&c->log, 0, 1, 10);
+    core_check_all(f);
+}
+
+/* All windows together stay within broker.store.queue_memory; a queue with
+ * a consumer still moves when the budget is spent. */
+static void test_memory_budget(void **state)
+{
+    static const char *const two = "routes:\n"
+                                   "  - {name: a, from: a/#}\n"
+                                   "  - {name: b, from: b/#}\n";
+    core_fx *f = *state;
+    char payload[4097];
+    fake_consumer *c;
+    sb_queue *a, *b;
+
+    f->broker_extra = "  store: {queue_window: 1000, queue_memory: 64KiB}\n";
+    core_start(f, two);
+    a = core_queue(f, "a");
+    b = core_queue(f, "b");
+    memset(payload, 'x', 4096);
+    payload[4096] = '\0';
+    for (int i = 0; i < 40; i++) {
+        core_publish_ok(f, NULL, "a/1", payload, NULL);
+        core_publish_ok(f, NULL, "b/1", payload, NULL);
+    }
+    assert_true(f->b->resident_bytes <= 64 * 1024);
+    assert_int_equal(a->depth + a->disk_depth, 40);
+    assert_int_equal(b->depth + b->disk_depth, 40);
+    assert_true(a->disk_depth > 0 && b->disk_depth > 0);
+    core_stop(f);
+
+    core_start(f, two);
+    assert_true(f->b->resident_bytes <= 64 * 1024);
+    b = core_queue(f, "b");
+    c = consumer(f, "b", 8, 1);
+    CORE_WAIT(f, c->log.count == 40);
+    assert_int_equal(b->depth + b->disk_depth, 0);
+    assert_int_equal(core_queue(f, "a")->depth + core_queue(f, "a")->disk_depth, 40);
+    core_check_all(f);
+}
+
+static int64_t store_stat(core_fx *f, const char *key)
+{
+    json_t *st = sb_broker_stats_json(f->b);
+    int64_t v;
+    assert_non_null(st);
+    v = json_integer_value(json_object_get(json_object_get(st, "store"), key));
+    if (strcmp(key, "auto_vacuum") == 0)
+        v = json_is_true(json_object_get(json_object_get(st, "store"), key));
+    json_decref(st);
+    return v;
+}
+
+typedef struct maint_result {
+    int done, status;
+    json_t *res;
+} maint_result;
+
+static void on_maint(void *ctx, int status, void *result, const char *why)
+{
+    maint_result *m = ctx;
+    (void)why;
+    m->done = 1;
+    m->status = status;
+    m->res = result;
+}
+
+/* A drained backlog gives its pages back to the file system (incremental
+ * auto-vacuum while the store is idle); check and compact on demand; a
+ * database made before incremental auto-vacuum is converted at start. */
+static void test_store_gives_space_back(void **state)
+{
+    core_fx *f = *state;
+    char payload[8193], path[1100];
+    fake_consumer *c;
+    maint_result m = {0, 0, NULL};
+    int64_t full;
+    sb_error err;
+    sqlite3 *db;
+
+    core_start(f, cfg);
+    assert_int_equal(store_stat(f, "auto_vacuum"), 1);
+    memset(payload, 'x', 8192);
+    payload[8192] = '\0';
+    for (int i = 0; i < 1000; i++)
+        core_publish_ok(f, NULL, "q/1", payload, NULL);
+    full = store_stat(f, "db_bytes");
+    assert_true(full > 8 * 1024 * 1024);
+    c = consumer(f, "q", 64, 1);
+    CORE_WAIT(f, c->log.count == 1000);
+    /* the acks are committed, then the idle store returns the pages */
+    CORE_WAIT(f, store_stat(f, "db_bytes") < full / 4);
+    assert_true(store_stat(f, "free_bytes") < 4 * 1024 * 1024);
+
+    assert_int_equal(sb_broker_store_check(f->b, on_maint, &m, &err), 0);
+    CORE_WAIT(f, m.done);
+    assert_int_equal(m.status, 0);
+    assert_true(json_is_true(json_object_get(m.res, "ok")));
+    json_decref(m.res);
+    memset(&m, 0, sizeof m);
+    assert_int_equal(sb_broker_store_compact(f->b, on_maint, &m, &err), 0);
+    CORE_WAIT(f, m.done);
+    assert_int_equal(m.status, 0);
+    assert_true(json_integer_value(json_object_get(m.res, "after_bytes")) <=
+                json_integer_value(json_object_get(m.res, "before_bytes")));
+    json_decref(m.res);
+    core_stop(f);
+
+    /* As older brokers made it: converted at the next start. */
+    snprintf(path, sizeof path, "%s/switchboard.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA auto_vacuum = NONE; VACUUM", NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    core_start(f, cfg);
+    assert_int_equal(store_stat(f, "auto_vacuum"), 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_order_across_window, paging_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_restart_reads_first_window, paging_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_ttl_of_stored_entries, paging_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_drop_oldest_of_stored_entries, paging_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_drop_during_page_in, paging_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_deadletter_and_redrive, paging_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_memory_budget, paging_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_store_gives_space_back, paging_setup, core_teardown),
+    };
+    fake_register();
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
