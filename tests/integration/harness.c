@@ -853,6 +853,24 @@ void sbt_broker_start(sbt_broker *b)
     }
 }
 
+int sbt_broker_try_failing_start(sbt_broker *b, const char *tmpl)
+{
+    for (int attempt = 1;; attempt++) {
+        size_t from = log_size(b);
+        int rc = sbt_broker_try_start(b), in_use;
+        char *log;
+        if (rc <= 0 || attempt >= 5)
+            return rc;
+        log = sbt_read_file(b->log_path, NULL);
+        in_use = log != NULL && strstr(log + from, "address already in use") != NULL;
+        free(log);
+        if (!in_use)
+            return rc;
+        pick_ports(b, attempt * 7);
+        sbt_broker_write_config(b, tmpl);
+    }
+}
+
 void sbt_broker_stop(sbt_broker *b)
 {
     int rc;

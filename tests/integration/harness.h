@@ -215,6 +215,11 @@ void sbt_broker_spawn(sbt_broker *b);
  * (returns its exit code; a signal gives 128 + signal). */
 int sbt_broker_try_start(sbt_broker *b);
 
+/* sbt_broker_try_start for a start that must fail: when it failed only
+ * because another process took a port ("address already in use"), the
+ * broker moves to other ports (config rewritten from tmpl) and tries again. */
+int sbt_broker_try_failing_start(sbt_broker *b, const char *tmpl);
+
 /* Asks for an orderly stop (sbt_proc_request_stop), waits for the exit,
  * asserts exit code 0. */
 void sbt_broker_stop(sbt_broker *b);

@@ -599,7 +599,7 @@ static void test_bad_files(void **state)
             }
         }
         sbt_broker_mark_log(b);
-        rc = sbt_broker_try_start(b);
+        rc = sbt_broker_try_failing_start(b, tmpl);
         log = sbt_broker_log_since(b);
         if (rc != 1 || (p = strstr(log, why)) == NULL)
             fail_msg("case %zu: exit code %d (want 1), want \"%s\" in the log:\n%s", i, rc, why,
