@@ -849,8 +849,10 @@ static void wake_loop(sb_store *s)
 }
 
 static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t n,
-                            int fsynced)
+                            int fsynced, uint64_t took_us)
 {
+    static const uint64_t bounds[] = {SB_STORE_LATENCY_BOUNDS_US};
+    size_t bucket = 0;
     sqlite3_stmt *st = s->st[ST_PAGE_COUNT];
     int64_t bytes = -1;
     int was_degraded, rc;
@@ -875,6 +877,10 @@ static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, s
         s->stats.max_batch_seen = n;
     if (bytes >= 0)
         s->stats.db_bytes = bytes;
+    while (bucket < sizeof bounds / sizeof bounds[0] && took_us > bounds[bucket])
+        bucket++;
+    s->stats.commit_us[bucket]++;
+    s->stats.commit_us_sum += took_us;
     was_degraded = s->stats.degraded;
     s->stats.degraded = 0;
     list_concat(&s->done_head, &s->done_tail, head, tail);
@@ -1017,6 +1023,7 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
 {
     int want_sync = head == NULL, rc;
     sb_store_op *op;
+    uint64_t began = uv_hrtime();
 
     for (op = head; op != NULL; op = op->next)
         want_sync |= op->sync != 0;
@@ -1043,7 +1050,7 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
             fail(s, rc, "COMMIT");
     }
     if (rc == SQLITE_OK)
-        group_committed(s, head, tail, n, want_sync);
+        group_committed(s, head, tail, n, want_sync, (uv_hrtime() - began) / 1000);
     else
         group_failed(s, head);
 }

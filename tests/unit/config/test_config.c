@@ -403,7 +403,7 @@ static void test_error_unknown_keys(void **state)
                   "  data_dir: x\n"
                   "  stroe: {}\n",
                   "t.yaml:3:3: broker.stroe: unknown key (known: data_dir, store, log, admin, "
-                  "auth, sys_interval, desktop, agent)\n");
+                  "auth, sys_interval, desktop, agent, http)\n");
     expect_errors("brokers: {}\n",
                   "t.yaml:1:1: brokers: unknown key (known: broker, adapters, routes)\n");
     /* Only the keys of the adapter's type are suggested. */
