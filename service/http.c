@@ -344,7 +344,10 @@ int sb_http_start(sb_http **out, sb_broker *b, sb_error *err)
         flags, (uint16_t)port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
         (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, (unsigned)bc->http_max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)((bc->http_timeout_ms + 999) / 1000),
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)MEMORY_LIMIT, MHD_OPTION_UNESCAPE_CALLBACK,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)MEMORY_LIMIT,
+        /* its clients are browsers and Prometheus: no need to guess what a
+         * request without Host or with spaces in its path meant */
+        MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_UNESCAPE_CALLBACK,
         no_unescape, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
     if (h->d == NULL) {
         h->stopping = 1;

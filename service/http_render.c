@@ -8,6 +8,7 @@
  * with thousands of MQTT sessions; broker.http.per_queue_metrics adds a
  * series per queue.
  */
+#include "service/error.h"
 #include "service/http_int.h"
 
 #include <stdarg.h>
@@ -385,6 +386,18 @@ void sb_http__render_status(sb_jsonw *w, const sb_http_snap *s, size_t page, siz
         appendf(w, "[%lld,%llu,%llu,%lld,%llu],", (long long)h->t_ms, (unsigned long long)h->in,
                 (unsigned long long)h->out, (long long)h->depth, (unsigned long long)h->dead);
     }
-    close_with(w, ']');
+    {
+        /* and now, from the snapshot: the chart's last point */
+        sb_http_sample now = {.t_ms = s->now_ms};
+        for (size_t i = 0; i < s->group_count; i++) {
+            now.in += s->groups[i].in;
+            now.out += s->groups[i].out;
+            now.dead += s->groups[i].dead;
+            now.depth += s->groups[i].depth;
+        }
+        appendf(w, "[%lld,%llu,%llu,%lld,%llu]", (long long)now.t_ms, (unsigned long long)now.in,
+                (unsigned long long)now.out, (long long)now.depth, (unsigned long long)now.dead);
+    }
+    sb_jsonw_raw(w, "]", 1);
     sb_jsonw_lit(w, "}}\n");
 }
