@@ -80,8 +80,11 @@ static int64_t mono_ms(void)
 static void on_wake(uv_async_t *a)
 {
     sb_http *h = a->data;
+    uint64_t began = uv_hrtime();
     sb_http_snap *s = sb_http__snap_take(h->b), *old;
     if (s != NULL) {
+        sb_log(SB_LOG_DEBUG, WHO, "snapshot of %zu queues and %zu adapters in %.3f ms",
+               s->q_count, s->a_count, (double)(uv_hrtime() - began) / 1e6);
         for (size_t i = 0; i < h->history_count; i++)
             s->history[i] = h->history[(h->history_first + i) % SB_HTTP_SAMPLES];
         s->history_count = h->history_count;

@@ -852,6 +852,8 @@ static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, s
                             int fsynced, uint64_t took_us)
 {
     static const uint64_t bounds[] = {SB_STORE_LATENCY_BOUNDS_US};
+    _Static_assert(sizeof bounds / sizeof bounds[0] + 1 == SB_STORE_LATENCY_BUCKETS,
+                   "one bucket per bound, and one above them");
     size_t bucket = 0;
     sqlite3_stmt *st = s->st[ST_PAGE_COUNT];
     int64_t bytes = -1;
