@@ -21,9 +21,8 @@
 #include "service/http_int.h"
 #include "service/log.h"
 
-#ifdef _WIN32
-#include <winsock2.h>
-#endif
+/* After uv.h (broker_int.h), which brings the socket headers microhttpd.h
+ * needs on Windows (winsock2.h) and POSIX. */
 #include <microhttpd.h>
 #include <stdarg.h>
 #include <stdio.h>

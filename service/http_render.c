@@ -11,7 +11,10 @@
 #include "service/error.h"
 #include "service/http_int.h"
 
+#include "service/alloc.h"
+
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -293,10 +296,25 @@ static void counters(sb_jsonw *w, int64_t depth, int64_t bytes, int64_t oldest, 
     jnum(w, "out_rate", out_rate);
 }
 
+/* Routes the status page lists at most: the deepest first when there are
+ * more. */
+#define ROUTES_SHOWN 50
+
+static int by_depth(const void *x, const void *y)
+{
+    const sb_http_group *a = *(const sb_http_group *const *)x, *b = *(const sb_http_group *const *)y;
+    if (a->depth != b->depth)
+        return a->depth > b->depth ? -1 : 1;
+    if (a->in_rate != b->in_rate)
+        return a->in_rate > b->in_rate ? -1 : 1;
+    return strcmp(a->route, b->route);
+}
+
 void sb_http__render_status(sb_jsonw *w, const sb_http_snap *s, size_t page, size_t per_page)
 {
     const sb_store_stats *st = &s->store;
-    size_t first = page * per_page, last;
+    size_t first = page * per_page, last, shown;
+    const sb_http_group **order;
 
     sb_jsonw_lit(w, "{\"broker\":{");
     jstr(w, "version", s->version);
@@ -322,7 +340,8 @@ void sb_http__render_status(sb_jsonw *w, const sb_http_snap *s, size_t page, siz
     }
     close_with(w, '}');
 
-    sb_jsonw_lit(w, ",\"adapters\":[");
+    sb_jsonw_raw(w, ",", 1);
+    sb_jsonw_lit(w, "\"adapters\":[");
     for (size_t i = 0; i < s->a_count; i++) {
         const sb_http_arow *a = &s->a[i];
         sb_jsonw_raw(w, "{", 1);
@@ -337,10 +356,26 @@ void sb_http__render_status(sb_jsonw *w, const sb_http_snap *s, size_t page, siz
         sb_jsonw_raw(w, "},", 2);
     }
     close_with(w, ']');
+    sb_jsonw_raw(w, ",", 1);
 
+    /* With many routes, the page shows those holding the most messages. */
+    shown = s->group_count;
+    order = shown > 0 ? sb_malloc(shown * sizeof *order) : NULL;
+    if (shown > 0 && order == NULL) {
+        w->failed = 1;
+        return;
+    }
+    for (size_t i = 0; i < shown; i++)
+        order[i] = &s->groups[i];
+    if (shown > ROUTES_SHOWN) {
+        qsort(order, shown, sizeof *order, by_depth);
+        shown = ROUTES_SHOWN;
+    }
+    jkey(w, "routes_total");
+    sb_jsonw_int(w, (int64_t)s->group_count);
     sb_jsonw_lit(w, ",\"routes\":[");
-    for (size_t i = 0; i < s->group_count; i++) {
-        const sb_http_group *g = &s->groups[i];
+    for (size_t i = 0; i < shown; i++) {
+        const sb_http_group *g = order[i];
         sb_jsonw_raw(w, "{", 1);
         jstr(w, "route", g->route);
         jstr(w, "kind", g->kind);
@@ -352,6 +387,7 @@ void sb_http__render_status(sb_jsonw *w, const sb_http_snap *s, size_t page, siz
         sb_jsonw_raw(w, ",", 1);
     }
     close_with(w, ']');
+    sb_free(order);
 
     sb_jsonw_lit(w, ",\"queues\":{");
     jint(w, "total", (int64_t)s->q_count);

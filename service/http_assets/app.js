@@ -113,6 +113,9 @@ function render(st) {
     text(r.kind === 'client' ? '(client subscriptions)' : r.route), r.queues, r.depth,
     rate(r.in_rate), rate(r.out_rate), el('td', r.dead, r.dead ? 'bad' : ''), age(r.oldest_age_ms)])));
 
+  document.getElementById('rcount').textContent = st.routes.length < st.routes_total
+    ? '(' + st.routes.length + ' of ' + st.routes_total + ', the deepest)' : '(' + st.routes_total + ')';
+
   const q = st.queues;
   fill('queues', q.items.map(x => {
     const tr = row([text(x.name), text(x.route || '(client)'), x.depth, rate(x.in_rate),
