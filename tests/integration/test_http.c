@@ -11,12 +11,14 @@
  *    change something, oversized lines and headers, garbage, too many
  *    connections, a client that never finishes its request. Each gets
  *    400/404/405/413/414/431 or is closed; the broker keeps serving and,
- *    under ASan, stops with exit code 0 (no leak).
+ *    under ASan, stops with exit code 0 (no leak);
+ *  - a reload that moves the listener to another port (POSIX: SIGHUP).
  * The same program runs under Wine against switchboard.exe (then promtool
  * and Chromium, Linux programs, are not used).
  */
 #include "harness.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -414,12 +416,49 @@ static void test_hostile(void **state)
     b->passed = 1;
 }
 
+#if defined(SIGHUP) && !defined(_WIN32)
+/* A reload that moves the listener: the new address serves, the old one is
+ * closed (POSIX: no process sends another SIGHUP on Windows). */
+static void test_reload_moves_listener(void **state)
+{
+    sbt_broker *b = *state;
+    char moved[sizeof hostile_config + 16], line[96];
+    http_reply r;
+    sbt_tcp *t;
+
+    sbt_broker_init(b, "http-reload", 3);
+    sbt_broker_config(b, hostile_config);
+    sbt_broker_start(b);
+    http_get(b->port[1], "/metrics", &r);
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+
+    snprintf(moved, sizeof moved, "%s", hostile_config);
+    memcpy(strstr(moved, "{port1}"), "{port2}", 7);
+    sbt_broker_write_config(b, moved);
+    sbt_broker_mark_log(b);
+    sbt_broker_signal(b, SIGHUP);
+    snprintf(line, sizeof line, "listening on http://127.0.0.1:%d/", b->port[2]);
+    sbt_broker_wait_log(b, line, 1, SBT_REPLY_MS);
+    http_get(b->port[2], "/metrics", &r);
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+    t = sbt_tcp_connect(b->port[1], 2000);
+    assert_null(t);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+#endif
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_metrics, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_status_page, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_hostile, sbt_setup, sbt_teardown),
+#if defined(SIGHUP) && !defined(_WIN32)
+        cmocka_unit_test_setup_teardown(test_reload_moves_listener, sbt_setup, sbt_teardown),
+#endif
     };
     sbt_apply_filter();
     return cmocka_run_group_tests_name("http", tests, NULL, NULL);
