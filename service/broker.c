@@ -907,11 +907,10 @@ int sb_broker_start(sb_broker *b, sb_error *err)
         goto fail;
     if ((rc = bind_routes(b, b->cfg, err)) != 0)
         goto fail;
-    b->started_ms = sb_now_ms(); /* the listener shows the uptime */
+    b->started_ms = sb_now_ms(); /* before the listener, which shows the uptime */
     if ((rc = sb_http_start(&b->http, b, err)) != 0)
         goto fail;
     b->started = 1;
-    b->started_ms = sb_now_ms();
     uv_timer_start(&b->housekeeping, on_housekeeping, SB_HOUSEKEEPING_MS, SB_HOUSEKEEPING_MS);
     sb_info(NULL, "Switchboard %s ready: %zu adapters, %zu routes, data in %s", SB_VERSION_STRING,
             b->cfg->adapter_count, b->cfg->route_count, b->cfg->broker.data_dir);
@@ -1411,18 +1410,19 @@ static void keep_desktop_settings(sb_config *cfg, sb_config *old)
 
 /* broker.http changed: the listener restarts with the new settings (its
  * clients reconnect; Prometheus retries). If it cannot start (the address
- * is taken), the error is logged and there is none until the next reload. */
+ * is taken), the error is logged and the next reload tries again. */
 static void reload_http(sb_broker *b, sb_config *cfg, sb_config *old)
 {
     const sb_broker_config *n = &cfg->broker, *o = &old->broker;
     sb_config *kept = b->cfg;
     sb_error err;
-    if ((n->http_listen == NULL) == (o->http_listen == NULL) &&
-        (n->http_listen == NULL ||
-         (strcmp(n->http_listen, o->http_listen) == 0 && n->http_anonymous == o->http_anonymous &&
-          n->http_per_queue == o->http_per_queue &&
-          n->http_max_connections == o->http_max_connections &&
-          n->http_timeout_ms == o->http_timeout_ms)))
+    int same = (n->http_listen == NULL) == (o->http_listen == NULL) &&
+               (n->http_listen == NULL ||
+                (strcmp(n->http_listen, o->http_listen) == 0 &&
+                 n->http_anonymous == o->http_anonymous && n->http_per_queue == o->http_per_queue &&
+                 n->http_max_connections == o->http_max_connections &&
+                 n->http_timeout_ms == o->http_timeout_ms));
+    if (same && (b->http != NULL) == (n->http_listen != NULL))
         return;
     sb_http_stop(b->http);
     b->http = NULL;
