@@ -12,6 +12,7 @@
  *    connections, a client that never finishes its request. Each gets
  *    400/404/405/413/414/431 or is closed; the broker keeps serving and,
  *    under ASan, stops with exit code 0 (no leak);
+ *  - an address in use: the broker refuses to start and says why;
  *  - a reload that moves the listener to another port (POSIX: SIGHUP).
  * The same program runs under Wine against switchboard.exe (then promtool
  * and Chromium, Linux programs, are not used).
@@ -416,6 +417,31 @@ static void test_hostile(void **state)
     b->passed = 1;
 }
 
+/* The listener's address is taken: the broker does not start, and says
+ * why (and, under ASan, frees what it had opened). */
+static void test_address_in_use(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_listener *taken;
+    char *log;
+    int rc;
+
+    sbt_broker_init(b, "http-in-use", 2);
+    taken = sbt_listen(0);
+    assert_non_null(taken);
+    b->port[1] = sbt_listener_port(taken);
+    sbt_broker_config(b, hostile_config);
+    rc = sbt_broker_try_start(b);
+    sbt_listener_close(taken);
+    assert_true(rc > 0);
+    log = sbt_broker_log(b);
+    if (strstr(log, "broker.http.listen: cannot listen on 127.0.0.1:") == NULL ||
+        strstr(log, "LeakSanitizer") != NULL)
+        fail_msg("exit %d; log:\n%s", rc, log);
+    free(log);
+    b->passed = 1;
+}
+
 #if defined(SIGHUP) && !defined(_WIN32)
 /* A reload that moves the listener: the new address serves, the old one is
  * closed (POSIX: no process sends another SIGHUP on Windows). */
@@ -456,6 +482,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_metrics, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_status_page, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_hostile, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_address_in_use, sbt_setup, sbt_teardown),
 #if defined(SIGHUP) && !defined(_WIN32)
         cmocka_unit_test_setup_teardown(test_reload_moves_listener, sbt_setup, sbt_teardown),
 #endif
