@@ -51,6 +51,7 @@ struct sb_http {
     uv_mutex_t mu;
     uv_cond_t cond;
     sb_http_snap *snap; /* the newest, or NULL */
+    int64_t last_request; /* mono_ms of the last request for a snapshot */
     uint64_t snap_gen;  /* bumped with every snapshot (or failed attempt) */
     int wanted;         /* the loop was asked for one */
     int stopping;
@@ -75,12 +76,17 @@ static int64_t mono_ms(void)
     return (int64_t)(uv_hrtime() / 1000000);
 }
 
+static void take_sample(sb_http *h);
+
 /* Loop thread: the server thread asked for a snapshot. */
 static void on_wake(uv_async_t *a)
 {
     sb_http *h = a->data;
     uint64_t began = uv_hrtime();
-    sb_http_snap *s = sb_http__snap_take(h->b), *old;
+    sb_http_snap *s, *old;
+    if (h->history_count == 0)
+        take_sample(h); /* someone looks again: the chart starts now */
+    s = sb_http__snap_take(h->b);
     if (s != NULL) {
         sb_log(SB_LOG_DEBUG, WHO, "snapshot of %zu queues and %zu adapters in %.3f ms",
                s->q_count, s->a_count, (double)(uv_hrtime() - began) / 1e6);
@@ -101,9 +107,11 @@ static void on_wake(uv_async_t *a)
     snap_unref(h, old);
 }
 
-static void on_sample(uv_timer_t *t)
+/* The chart's samples cost a pass over every queue: they are taken only
+ * while someone looks (a request within the chart's span); after a longer
+ * pause the chart starts again. */
+static void take_sample(sb_http *h)
 {
-    sb_http *h = t->data;
     size_t at;
     if (h->history_count < SB_HTTP_SAMPLES) {
         at = (h->history_first + h->history_count++) % SB_HTTP_SAMPLES;
@@ -112,6 +120,20 @@ static void on_sample(uv_timer_t *t)
         h->history_first = (h->history_first + 1) % SB_HTTP_SAMPLES;
     }
     sb_http__sample(h->b, &h->history[at]);
+}
+
+static void on_sample(uv_timer_t *t)
+{
+    sb_http *h = t->data;
+    int64_t last;
+    uv_mutex_lock(&h->mu);
+    last = h->last_request;
+    uv_mutex_unlock(&h->mu);
+    if (last == 0 || mono_ms() - last > (int64_t)SB_HTTP_SAMPLES * SB_HTTP_SAMPLE_MS) {
+        h->history_count = 0;
+        return;
+    }
+    take_sample(h);
 }
 
 /* Server thread: a finished snapshot at most SNAP_MAX_AGE_MS old (a new
@@ -124,6 +146,7 @@ static sb_http_snap *snap_get(sb_http *h)
     uint64_t gen;
 
     uv_mutex_lock(&h->mu);
+    h->last_request = mono_ms();
     if (h->snap == NULL || mono_ms() - h->snap->taken > SNAP_MAX_AGE_MS) {
         gen = h->snap_gen;
         if (!h->wanted && !h->stopping) {
@@ -339,7 +362,6 @@ int sb_http_start(sb_http **out, sb_broker *b, sb_error *err)
     uv_timer_init(&b->loop, &h->sampler);
     h->wake.data = h->sampler.data = h;
     h->open_handles = 2;
-    on_sample(&h->sampler); /* the chart starts at the start */
     uv_timer_start(&h->sampler, on_sample, SB_HTTP_SAMPLE_MS, SB_HTTP_SAMPLE_MS);
 
     h->d = MHD_start_daemon(
