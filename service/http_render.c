@@ -8,14 +8,14 @@
  * with thousands of MQTT sessions; broker.http.per_queue_metrics adds a
  * series per queue.
  */
+#include "service/alloc.h"
 #include "service/error.h"
 #include "service/http_int.h"
 
-#include "service/alloc.h"
-
+#include <jansson.h>
 #include <stdarg.h>
-#include <stdlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void appendf(sb_jsonw *w, const char *fmt, ...) SB_PRINTF(2, 3);
@@ -181,6 +181,96 @@ static void adapter_metrics(sb_jsonw *w, const sb_http_snap *s)
     }
 }
 
+/* Every number in the adapters' own statistics (what `sbctl stats --json`
+ * shows under adapters.NAME: a bridge's connects and losses, a clipboard's
+ * skips, ...), one family per key, switchboard_adapter_stats_KEY{adapter}
+ * (a nested object's numbers as KEY_SUBKEY). Their meaning is the type's,
+ * so they are untyped. */
+typedef struct astat {
+    char name[96];
+    size_t adapter;
+    double value;
+} astat;
+
+static int by_name_then_adapter(const void *x, const void *y)
+{
+    const astat *a = x, *b = y;
+    int c = strcmp(a->name, b->name);
+    return c != 0 ? c : (a->adapter > b->adapter) - (a->adapter < b->adapter);
+}
+
+static int collect(astat **all, size_t *n, size_t *cap, size_t adapter, const char *prefix,
+                   json_t *o)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(o, key, v) {
+        astat *st;
+        char name[96];
+        int len = snprintf(name, sizeof name, "%s%s", prefix, key);
+        if (len <= 0 || (size_t)len >= sizeof name - 1)
+            continue; /* longer than a sensible metric name */
+        for (char *c = name; *c != '\0'; c++)
+            if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+                  (*c >= '0' && *c <= '9') || *c == '_'))
+                *c = '_';
+        if (json_is_object(v) && prefix[0] == '\0') {
+            char sub[sizeof name + 1];
+            snprintf(sub, sizeof sub, "%s_", name);
+            if (collect(all, n, cap, adapter, sub, v) != 0)
+                return SB_ENOMEM;
+            continue;
+        }
+        if (!json_is_number(v) && !json_is_boolean(v))
+            continue;
+        if (*n == *cap) {
+            size_t ncap = *cap == 0 ? 32 : *cap * 2;
+            astat *more = sb_realloc(*all, ncap * sizeof *more);
+            if (more == NULL)
+                return SB_ENOMEM;
+            *all = more;
+            *cap = ncap;
+        }
+        st = &(*all)[(*n)++];
+        memcpy(st->name, name, (size_t)len + 1);
+        st->adapter = adapter;
+        st->value = json_is_boolean(v) ? (json_is_true(v) ? 1.0 : 0.0) : json_number_value(v);
+    }
+    return 0;
+}
+
+static void adapter_stats_metrics(sb_jsonw *w, const sb_http_snap *s)
+{
+    astat *all = NULL;
+    size_t n = 0, cap = 0;
+    char fam[128];
+    for (size_t i = 0; i < s->a_count; i++) {
+        json_t *o = json_loads(s->a[i].detail.s, 0, NULL);
+        int rc = json_is_object(o) ? collect(&all, &n, &cap, i, "", o) : 0;
+        json_decref(o);
+        if (rc != 0) {
+            w->failed = 1;
+            sb_free(all);
+            return;
+        }
+    }
+    if (n > 1)
+        qsort(all, n, sizeof *all, by_name_then_adapter);
+    for (size_t i = 0; i < n; i++) {
+        snprintf(fam, sizeof fam, "switchboard_adapter_stats_%s", all[i].name);
+        if (i == 0 || strcmp(all[i].name, all[i - 1].name) != 0)
+            appendf(w, "# HELP %s An adapter's own statistic %s (sbctl stats --json).\n"
+                       "# TYPE %s untyped\n",
+                    fam, all[i].name, fam);
+        else if (all[i].adapter == all[i - 1].adapter)
+            continue; /* two keys that read the same once sanitized */
+        appendf(w, "%s{adapter=", fam);
+        label(w, s->a[all[i].adapter].name.s);
+        appendf(w, "} %.17g\n", all[i].value);
+    }
+    sb_free(all);
+}
+
 static void store_metrics(sb_jsonw *w, const sb_http_snap *s)
 {
     static const uint64_t bounds[] = {SB_STORE_LATENCY_BOUNDS_US};
@@ -239,6 +329,7 @@ void sb_http__render_metrics(sb_jsonw *w, const sb_http_snap *s, int per_queue)
     if (per_queue)
         per_queue_metrics(w, s);
     adapter_metrics(w, s);
+    adapter_stats_metrics(w, s);
     store_metrics(w, s);
 }
 

@@ -93,7 +93,9 @@ static void test_metrics_escaping_and_groups(void **state)
     s->a[0].name.off = add(s, "plc\"1");
     s->a[0].type.off = add(s, "tcp");
     s->a[0].state.off = add(s, "up");
-    s->a[0].detail.off = add(s, "{}");
+    s->a[0].detail.off =
+        add(s, "{\"link\":\"up\",\"connects\":3,\"up\":true,\"backlog\":{\"depth\":12,"
+               "\"oldest-age ms\":2.5},\"last_error\":\"\"}");
     s->a[0].connections = -1;
     s->a[0].link_up = 1;
     s->a[0].errors = 4;
@@ -110,6 +112,16 @@ static void test_metrics_escaping_and_groups(void **state)
     assert_non_null(strstr(t, "switchboard_adapter_link_up{adapter=\"plc\\\"1\"} 1\n"));
     assert_null(strstr(t, "switchboard_adapter_connections{"));
     assert_non_null(strstr(t, "switchboard_adapter_errors_total{adapter=\"plc\\\"1\"} 4\n"));
+    /* the adapter's own numbers, nested ones flattened, names made valid */
+    assert_non_null(strstr(t, "# TYPE switchboard_adapter_stats_connects untyped\n"
+                              "switchboard_adapter_stats_connects{adapter=\"plc\\\"1\"} 3\n"));
+    assert_non_null(strstr(t, "switchboard_adapter_stats_up{adapter=\"plc\\\"1\"} 1\n"));
+    assert_non_null(
+        strstr(t, "switchboard_adapter_stats_backlog_depth{adapter=\"plc\\\"1\"} 12\n"));
+    assert_non_null(strstr(
+        t, "switchboard_adapter_stats_backlog_oldest_age_ms{adapter=\"plc\\\"1\"} 2.5\n"));
+    assert_null(strstr(t, "switchboard_adapter_stats_link"));
+    assert_null(strstr(t, "switchboard_adapter_stats_last_error"));
     /* cumulative buckets; the last one is the count */
     assert_non_null(strstr(t, "switchboard_store_commit_seconds_bucket{le=\"0.0001\"} 2\n"));
     assert_non_null(strstr(t, "switchboard_store_commit_seconds_bucket{le=\"2.5\"} 2\n"));
