@@ -203,6 +203,7 @@ int sb_config_parse(sb_config **out, const char *name, const char *text, size_t 
         sb_config__check_sddl(&ctx, sb_config__lookup(&ctx, admin, "security"),
                               "broker.admin.security", cfg->broker.admin_security);
     }
+    sb_config__check_http(&ctx, root);
 
 done:
     sb_map_clear(&ctx.adapter_names);

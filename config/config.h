@@ -57,6 +57,13 @@ typedef struct sb_broker_config {
     size_t agent_types_count;
     int64_t agent_restart_backoff_ms;     /* agent.restart_backoff, default 1s */
     int64_t agent_restart_max_backoff_ms; /* agent.restart_max_backoff, default 1m */
+    /* http: the read-only HTTP listener (/metrics, the status page;
+     * service/http.h); none without the section */
+    char *http_listen;          /* http.listen: "host:port" (required in the section) */
+    int http_anonymous;         /* http.anonymous: may listen on other than loopback, default 0 */
+    int http_per_queue;         /* http.per_queue_metrics: series per queue too, default 0 */
+    int http_max_connections;   /* http.max_connections, default 32, 1..1024 */
+    int64_t http_timeout_ms;    /* http.timeout: a connection's idle limit, default 10s */
 } sb_broker_config;
 
 struct sb_adapter_keys;
@@ -199,6 +206,13 @@ char *sb_config_starter(const char *data_dir, const char *config_path);
  * keys of every adapter type registered now (config/json_schema.c says what
  * it leaves out). Returns 0, SB_ENOMEM or SB_EIO. */
 int sb_config_json_schema(FILE *f);
+/* Parses broker.http.listen: "host:port" or "[v6]:port", the host a
+ * numeric address or localhost (given back as 127.0.0.1), the port 0..65535
+ * (0: any free port). Fills host (host_len bytes), *port and *loopback (1
+ * for 127.0.0.0/8 and ::1). Returns 0, or SB_EINVAL with `why` a one-line
+ * message. */
+int sb_config_http_listen(const char *addr, char *host, size_t host_len, int *port, int *loopback,
+                          char *why, size_t why_len);
 
 /* Parses "250ms", "10s", "5m", "2h", "1d" or a bare number of milliseconds.
  * Returns 0 or SB_EINVAL. */

@@ -189,6 +189,11 @@ void sb_config__check_unique(sb_config__ctx *ctx, sb_map *names, const char *wha
 /* Where node starts (1-based). */
 sb_config_pos sb_config__node_pos(const yaml_node_t *node);
 
+/* ---- http.c ---- */
+
+/* Checks broker.http.listen (its form, and loopback unless anonymous). */
+void sb_config__check_http(sb_config__ctx *ctx, const yaml_node_t *root);
+
 /* ---- walk.c, for sb_adapter_config_set ---- */
 
 /* Converts and stores one value by row f (as the walker does for a key). */

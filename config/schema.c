@@ -133,6 +133,25 @@ static const sb_config_key agent_fields[] = {
 };
 static const sb_config_table agent_section = SB_CONFIG_TABLE(agent_fields);
 
+static const sb_config_key http_fields[] = {
+    {.key = "listen", .kind = SB_KEY_STRING, .flags = SB_KEY_REQUIRED, .offset = B(http_listen)},
+    {.key = "anonymous", .kind = SB_KEY_BOOL, .offset = B(http_anonymous), .def = 0},
+    {.key = "per_queue_metrics", .kind = SB_KEY_BOOL, .offset = B(http_per_queue), .def = 0},
+    {.key = "max_connections",
+     .kind = SB_KEY_INT,
+     .offset = B(http_max_connections),
+     .def = 32,
+     .min = 1,
+     .max = 1024},
+    {.key = "timeout",
+     .kind = SB_KEY_DURATION,
+     .offset = B(http_timeout_ms),
+     .def = 10 * SECONDS,
+     .min = SECONDS,
+     .max = HOURS},
+};
+static const sb_config_table http_section = SB_CONFIG_TABLE(http_fields);
+
 static const sb_config_key broker_fields[] = {
     {.key = "data_dir", .kind = SB_KEY_STRING, .offset = B(data_dir), .def_str = "./data"},
     {.key = "store", .kind = SB_KEY_SECTION, .section = &store_section},
@@ -151,6 +170,7 @@ static const sb_config_key broker_fields[] = {
      .def = SB_DESKTOP_AUTO,
      .choices = desktop_hosts},
     {.key = "agent", .kind = SB_KEY_SECTION, .section = &agent_section},
+    {.key = "http", .kind = SB_KEY_SECTION, .section = &http_section},
 };
 static const sb_config_table broker_section = SB_CONFIG_TABLE(broker_fields);
 

@@ -9,6 +9,9 @@ set -eu
 PACKAGES="build-essential clang libclang-rt-14-dev cmake ninja-build pkg-config git \
   ca-certificates libuv1-dev libsqlite3-dev sqlite3 libyaml-dev libjansson-dev libcmocka-dev \
   libssl-dev python3 python3-yaml python3-jsonschema mosquitto mosquitto-clients libmosquitto-dev openssl nats-server"
+# The HTTP listener (/metrics, the status page) and its tests: promtool (in
+# prometheus) checks the metrics, headless chromium renders the page.
+PACKAGES="$PACKAGES libmicrohttpd-dev prometheus chromium"
 
 missing=""
 for p in $PACKAGES; do
@@ -33,8 +36,8 @@ apt-get install -y -q --no-install-recommends $missing
 # The mosquitto and nats-server packages are here for the tests (the MQTT
 # bridge's upstreams) and the side-by-side benchmarks, which start their own
 # instances on free ports; a package may also enable a system broker, which
-# this machine did not ask for.
-for svc in mosquitto nats-server; do
+# this machine did not ask for. prometheus is here for promtool alone.
+for svc in mosquitto nats-server prometheus; do
     case " $missing " in
     *" $svc "*)
         if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then

@@ -7,6 +7,7 @@
 #include "service/agent_host.h"
 #include "service/alloc.h"
 #include "service/broker_int.h"
+#include "service/http.h"
 #include "service/log.h"
 #include "service/platform.h"
 #include "service/republish.h"
@@ -908,8 +909,10 @@ int sb_broker_start(sb_broker *b, sb_error *err)
         goto fail;
     if ((rc = bind_routes(b, b->cfg, err)) != 0)
         goto fail;
+    b->started_ms = sb_now_ms(); /* before the listener, which shows the uptime */
+    if ((rc = sb_http_start(&b->http, b, err)) != 0)
+        goto fail;
     b->started = 1;
-    b->started_ms = sb_now_ms();
     uv_timer_start(&b->housekeeping, on_housekeeping, SB_HOUSEKEEPING_MS, SB_HOUSEKEEPING_MS);
     sb_info(NULL, "Switchboard %s ready: %zu adapters, %zu routes, data in %s", SB_VERSION_STRING,
             b->cfg->adapter_count, b->cfg->route_count, b->cfg->broker.data_dir);
@@ -1423,6 +1426,28 @@ static int check_reload_starts(sb_broker *b, const sb_config *cfg, sb_error *err
             return SB_ECONFIG;
     }
     return 0;
+/* broker.http changed: the listener restarts with the new settings (its
+ * clients reconnect; Prometheus retries). If it cannot start (the address
+ * is taken), the error is logged and the next reload tries again. */
+static void reload_http(sb_broker *b, sb_config *cfg, sb_config *old)
+{
+    const sb_broker_config *n = &cfg->broker, *o = &old->broker;
+    sb_config *kept = b->cfg;
+    sb_error err;
+    int same = (n->http_listen == NULL) == (o->http_listen == NULL) &&
+               (n->http_listen == NULL ||
+                (strcmp(n->http_listen, o->http_listen) == 0 &&
+                 n->http_anonymous == o->http_anonymous && n->http_per_queue == o->http_per_queue &&
+                 n->http_max_connections == o->http_max_connections &&
+                 n->http_timeout_ms == o->http_timeout_ms));
+    if (same && (b->http != NULL) == (n->http_listen != NULL))
+        return;
+    sb_http_stop(b->http);
+    b->http = NULL;
+    b->cfg = cfg; /* sb_http_start reads b->cfg */
+    if (sb_http_start(&b->http, b, &err) != 0)
+        sb_errlog("http", "reload: %s", err.msg);
+    b->cfg = kept;
 }
 
 /* Applies cfg, already checked, with its auth files loaded (auth may be
@@ -1438,6 +1463,7 @@ static int apply_reload(sb_broker *b, sb_config *cfg, sb_auth *auth, sb_error *e
         sb_warn(NULL, "broker.data_dir changed to %s: takes effect after a restart",
                 cfg->broker.data_dir);
     keep_desktop_settings(cfg, old);
+    reload_http(b, cfg, old);
     sb_log_configure(cfg->broker.log_level, cfg->broker.log_stderr, cfg->broker.log_file);
 
     /* Adapters that changed or disappeared close (their bindings go when
@@ -1652,6 +1678,8 @@ void sb_broker_stop(sb_broker *b)
      * those publish and acknowledge. */
     if (b->agents != NULL)
         sb_agent_host_stop(b->agents);
+    sb_http_stop(b->http);
+    b->http = NULL;
     while (b->adapters != NULL)
         close_adapter(b, b->adapters);
     if (b->admin != NULL) {

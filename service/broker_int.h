@@ -92,6 +92,7 @@ struct sb_broker {
     sb_adapter *adapters;
     sb_adapter *admin;
     sb_adapter *republisher; /* routes with republish: true deliver to it (republish.h) */
+    struct sb_http *http;    /* broker.http's listener (http.h), or NULL */
     sb_sink_binding *bindings;
     int adapters_closing;
 

@@ -1240,8 +1240,12 @@ static void exec_maintenance(sb_store *s, sb_store_op *op)
 }
 
 static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t n,
-                            int fsynced)
+                            int fsynced, uint64_t took_us)
 {
+    static const uint64_t bounds[] = {SB_STORE_LATENCY_BOUNDS_US};
+    _Static_assert(sizeof bounds / sizeof bounds[0] + 1 == SB_STORE_LATENCY_BUCKETS,
+                   "one bucket per bound, and one above them");
+    size_t bucket = 0;
     sqlite3_stmt *st = s->st[ST_PAGE_COUNT];
     int64_t bytes = -1;
     int was_degraded, rc;
@@ -1268,6 +1272,10 @@ static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, s
     if (bytes >= 0)
         s->stats.db_bytes = bytes;
     s->stats.free_bytes = s->free_pages * s->page_size;
+    while (bucket < sizeof bounds / sizeof bounds[0] && took_us > bounds[bucket])
+        bucket++;
+    s->stats.commit_us[bucket]++;
+    s->stats.commit_us_sum += took_us;
     was_degraded = s->stats.degraded;
     s->stats.degraded = 0;
     list_concat(&s->done_head, &s->done_tail, head, tail);
@@ -1415,6 +1423,7 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
 {
     int want_sync = head == NULL, rc;
     sb_store_op *op;
+    uint64_t began = uv_hrtime();
 
     for (op = head; op != NULL; op = op->next)
         want_sync |= op->sync != 0;
@@ -1450,10 +1459,11 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
             fail(s, rc, "COMMIT");
     }
     if (rc == SQLITE_OK) {
+        uint64_t took_us = (uv_hrtime() - began) / 1000; /* the commit's, not check's */
         for (op = head; op != NULL; op = op->next)
             if (op->type == SB_OP_CHECK || op->type == SB_OP_COMPACT)
                 exec_maintenance(s, op);
-        group_committed(s, head, tail, n, want_sync);
+        group_committed(s, head, tail, n, want_sync, took_us);
     } else {
         group_failed(s, head);
     }

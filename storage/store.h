@@ -253,6 +253,13 @@ struct sb_store_op {
     } u;
 };
 
+/* The commit latency histogram's upper bounds (microseconds), from BEGIN
+ * to the end of COMMIT (the fsync included) on the store thread; one more
+ * bucket counts what took longer. */
+#define SB_STORE_LATENCY_BOUNDS_US                                                                 \
+    100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000
+#define SB_STORE_LATENCY_BUCKETS 15
+
 typedef struct sb_store_stats {
     uint64_t commits;       /* successful transactions */
     uint64_t fsync_commits; /* of which synchronous=FULL */
@@ -266,6 +273,10 @@ typedef struct sb_store_stats {
                            SB_OP_COMPACT converts the database */
     int degraded;       /* 1 while commits fail */
     char last_error[256];
+    /* successful commits by latency: [i] those within bound i (not
+     * cumulative), the last those above every bound; and the total */
+    uint64_t commit_us[SB_STORE_LATENCY_BUCKETS];
+    uint64_t commit_us_sum;
 } sb_store_stats;
 
 /* Opens (creating if needed) the database, checks it is a Switchboard

@@ -32,7 +32,7 @@ OSSL_ENGINES="C:/Program Files/Switchboard/ssl/engines-3"
 OSSL_MODULES="C:/Program Files/Switchboard/ssl/ossl-modules"
 
 # Name of each source package, in build order.
-SRC_PACKAGES="sqlite3 libyaml openssl libuv1 jansson cmocka"
+SRC_PACKAGES="sqlite3 libyaml openssl libuv1 jansson cmocka libmicrohttpd"
 # Debian packages needed to build and test; tclsh comes from tcl.
 APT_PACKAGES="gcc-mingw-w64-x86-64 mingw-w64-tools binutils-mingw-w64-x86-64 \
   wine wine64 libwine-dev dpkg-dev tcl build-essential cmake ninja-build \
@@ -375,6 +375,18 @@ build_cmocka() {
     rm -rf "$prefix/lib/cmake/cmocka" "$prefix/lib/libcmocka.dll.a" "$prefix/bin/cmocka.dll"
 }
 
+# --- libmicrohttpd: the HTTP listener (/metrics, the status page); plain
+# HTTP only (the broker documents a TLS reverse proxy in front), so no GnuTLS ---
+build_libmicrohttpd() {
+    local src=${srcdir[libmicrohttpd]} bld="$work/build/libmicrohttpd"
+    mkdir -p "$bld"
+    step "configure" in_dir "$bld" "$src/configure" --host="$MINGW" CC="$CC_WIN" \
+        --prefix="$prefix" --enable-static --disable-shared --disable-https --disable-doc \
+        --disable-examples --disable-curl --without-gnutls
+    step "make" make -C "$bld" -j "$jobs"
+    step "make install" make -C "$bld" install
+}
+
 # Static-only prefix: fold Libs.private into Libs and Requires.private into
 # Requires, so that a plain `pkg-config --libs` gives a complete link line.
 flatten_pc() {
@@ -413,7 +425,7 @@ done
 lib=pkg-config
 log="$logs/$((n + 1))-pkgconfig.log"
 flatten_pc
-for p in sqlite3 yaml-0.1 libcrypto libssl openssl libuv jansson cmocka; do
+for p in sqlite3 yaml-0.1 libcrypto libssl openssl libuv jansson cmocka libmicrohttpd; do
     step "pkg-config --libs $p" env PKG_CONFIG_LIBDIR="$prefix/lib/pkgconfig" \
         PKG_CONFIG_PATH= pkg-config --libs --cflags "$p"
 done

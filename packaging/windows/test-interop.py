@@ -6,7 +6,9 @@ and a durable route, then, over 127.0.0.1:
   - this native Linux client (a plain socket, below) publishes, and the
     Windows client (sbctl.exe under Wine) receives it;
   - sbctl.exe publishes, and the native client subscribes, receives and
-    acknowledges it; the broker's stats agree;
+    acknowledges it; the broker's stats agree, and so do its Prometheus
+    metrics, fetched over HTTP from Linux (broker.http) and checked with
+    promtool, and its status page;
   - MS-RPC (when mosquitto_sub/mosquitto_pub are installed): a Windows
     program calling the broker's RPC interface (rpc_client.exe) publishes
     and Linux's mosquitto_sub receives it over MQTT; mosquitto_pub
@@ -29,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 DEADLINE_S = 30
 
@@ -272,6 +276,35 @@ def rpc(build, wine, tmp):
                     p.wait()
 
 
+def http(port, tmp, log):
+    """The Windows broker's metrics and status page, read from Linux."""
+    base = "http://127.0.0.1:%d" % port
+    # no proxy for loopback, whatever the environment says
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(base + "/metrics", timeout=DEADLINE_S) as r:
+        metrics = r.read()
+    if b'switchboard_route_acked_total{kind="route",route="interop"} 2\n' not in metrics:
+        fail("/metrics of the Windows broker lacks the acks:\n" + metrics.decode(), log)
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        fail("promtool is missing: install prometheus (packaging/deps-debian.sh)")
+    out = subprocess.run([promtool, "check", "metrics"], input=metrics, capture_output=True,
+                         timeout=60)
+    if out.returncode != 0:
+        fail("promtool check metrics: %r %r" % (out.stdout, out.stderr), log)
+    with opener.open(base + "/", timeout=DEADLINE_S) as r:
+        if b"<title>Switchboard</title>" not in r.read():
+            fail("the status page of the Windows broker", log)
+    try:
+        opener.open(base + "/%2e%2e/", timeout=DEADLINE_S)
+        fail("/%2e%2e/ was served", log)
+    except urllib.error.HTTPError as e:
+        if e.code != 400:
+            fail("/%%2e%%2e/: HTTP %d" % e.code, log)
+    print("test-interop: OK (Linux reads /metrics and the status page of the Windows broker "
+          "over http://127.0.0.1:%d; promtool agrees)" % port)
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: test-interop.py BUILD_DIR")
@@ -285,12 +318,13 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="sb-interop-")
     log = os.path.join(tmp, "broker.log")
-    port = free_port()
+    port, hport = free_port(), free_port()
     cfg = os.path.join(tmp, "switchboard.yaml")
     with open(cfg, "w") as f:
         f.write("broker:\n"
                 "  data_dir: '%s'\n"
                 "  admin: { endpoint: 'off' }\n"
+                "  http: { listen: 127.0.0.1:%d }\n"
                 "adapters:\n"
                 "  - name: clients\n"
                 "    type: tcp\n"
@@ -299,7 +333,7 @@ def main():
                 "routes:\n"
                 "  - name: interop\n"
                 "    from: interop/#\n"
-                "    durability: fsync\n" % (winepath(os.path.join(tmp, "data")), port))
+                "    durability: fsync\n" % (winepath(os.path.join(tmp, "data")), hport, port))
     broker = subprocess.Popen([wine, exe, "run", "--config", winepath(cfg)],
                               stdin=subprocess.DEVNULL, stdout=open(log, "wb"),
                               stderr=subprocess.STDOUT)
@@ -360,6 +394,7 @@ def main():
         c.close()
         print("test-interop: OK (Linux <-> Windows broker <-> Windows sbctl over "
               "tcp:127.0.0.1:%d)" % port)
+        http(hport, tmp, log)
         dde(build, wine, tmp)
         rpc(build, wine, tmp)
         ok = True

@@ -405,7 +405,7 @@ static void test_error_unknown_keys(void **state)
                   "  data_dir: x\n"
                   "  stroe: {}\n",
                   "t.yaml:3:3: broker.stroe: unknown key (known: data_dir, store, log, admin, "
-                  "auth, sys_interval, desktop, agent)\n");
+                  "auth, sys_interval, desktop, agent, http)\n");
     expect_errors("brokers: {}\n",
                   "t.yaml:1:1: brokers: unknown key (known: broker, adapters, routes)\n");
     /* Only the keys of the adapter's type are suggested. */
@@ -1588,6 +1588,7 @@ static void test_example_full(void **state)
         assert_true(found);
     }
     assert_non_null(cfg->broker.log_file);
+    assert_string_equal(cfg->broker.http_listen, "127.0.0.1:9180");
     assert_true(cfg->broker.max_db_bytes > 0);
     assert_true(cfg->broker.queue_memory == (int64_t)64 << 20);
     assert_non_null(sb_config_route(cfg, "orders-to-archive")->dedup_header);
@@ -1860,6 +1861,63 @@ static void test_golden(void **state)
     assert_true(count >= 10);
 }
 
+/* broker.http: defaults; loopback (IPv4, IPv6, localhost) without more,
+ * other addresses only with anonymous: true; malformed addresses. */
+static void test_http_listen(void **state)
+{
+    sb_config *cfg;
+    char host[64], why[300];
+    int port = -1, loopback = -1;
+    (void)state;
+    cfg = parse_ok("broker:\n  data_dir: x\n");
+    assert_null(cfg->broker.http_listen);
+    sb_config_free(cfg);
+    cfg = parse_ok("broker:\n  http: { listen: 127.0.0.1:0 }\n");
+    assert_string_equal(cfg->broker.http_listen, "127.0.0.1:0");
+    assert_int_equal(cfg->broker.http_anonymous, 0);
+    assert_int_equal(cfg->broker.http_per_queue, 0);
+    assert_int_equal(cfg->broker.http_max_connections, 32);
+    assert_int_equal(cfg->broker.http_timeout_ms, 10000);
+    sb_config_free(cfg);
+    sb_config_free(parse_ok("broker:\n  http: { listen: '[::1]:9180' }\n"));
+    sb_config_free(parse_ok("broker:\n  http: { listen: 'localhost:9180' }\n"));
+    sb_config_free(parse_ok("broker:\n  http: { listen: '0.0.0.0:9180', anonymous: true }\n"));
+    expect_errors("broker:\n  http: { listen: '[::]:9180' }\n",
+                  "t.yaml:2:19: broker.http.listen: [::]:9180 is not a loopback address: the "
+                  "status page and the metrics would be open to anyone who can reach it, without "
+                  "TLS or a login; set anonymous: true to allow that (and put a TLS reverse proxy "
+                  "in front, see README)\n");
+    expect_errors("broker:\n  http: { listen: 'example.com:80' }\n",
+                  "t.yaml:2:19: broker.http.listen: host \"example.com\" is not a numeric address "
+                  "(write e.g. 127.0.0.1:9180 or [::1]:9180; names are not resolved)\n");
+    expect_errors("broker:\n  http: { listen: '127.0.0.1:99999' }\n",
+                  "t.yaml:2:19: broker.http.listen: invalid port \"99999\" (must be 0..65535; 0: "
+                  "any free port)\n");
+    expect_errors("broker:\n  http: { anonymous: true }\n",
+                  "t.yaml:2:9: broker.http.listen: required\n");
+    assert_int_equal(sb_config_http_listen("localhost:80", host, sizeof host, &port, &loopback, why,
+                                           sizeof why),
+                     0);
+    assert_string_equal(host, "127.0.0.1");
+    assert_int_equal(port, 80);
+    assert_int_equal(loopback, 1);
+    assert_int_equal(sb_config_http_listen("[::1]:1", host, sizeof host, &port, &loopback, why,
+                                           sizeof why),
+                     0);
+    assert_string_equal(host, "::1");
+    assert_int_equal(loopback, 1);
+    assert_int_equal(sb_config_http_listen("10.1.2.3:1", host, sizeof host, &port, &loopback,
+                                           why, sizeof why),
+                     0);
+    assert_int_equal(loopback, 0);
+    assert_int_equal(sb_config_http_listen(":80", host, sizeof host, &port, &loopback, why,
+                                           sizeof why),
+                     SB_EINVAL);
+    assert_int_equal(sb_config_http_listen("1.2.3.4", host, sizeof host, &port, &loopback, why,
+                                           sizeof why),
+                     SB_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1900,6 +1958,7 @@ int main(void)
         cmocka_unit_test(test_starter_control_chars),
         cmocka_unit_test(test_golden),
         cmocka_unit_test(test_null_type),
+        cmocka_unit_test(test_http_listen),
     };
     if (sb_adapter_keys_register_builtin(NULL) != 0)
         return 1;

@@ -938,6 +938,14 @@ static void test_group_commit(void **state)
     assert_true(syncs2 - syncs1 >= (long)(st2.fsync_commits - st1.fsync_commits));
     assert_true(st2.db_bytes > 0);
     assert_int_equal(st2.degraded, 0);
+    /* The latency histogram counts every successful commit once. */
+    {
+        uint64_t in_buckets = 0;
+        for (int i = 0; i < SB_STORE_LATENCY_BUCKETS; i++)
+            in_buckets += st2.commit_us[i];
+        assert_int_equal(in_buckets, st2.commits);
+        assert_true(st2.commit_us_sum > 0);
+    }
     free(ms);
     free(ops);
 }
