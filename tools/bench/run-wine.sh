@@ -33,6 +33,7 @@
 # wineserver per message (from /proc), and the load average before and
 # after. Environment: SB_BENCH_REPEAT (3), SB_BENCH_WINDOW (64),
 # SB_BENCH_SIZE (100), SB_BENCH_SCALE (1: multiplies every message count),
+# SB_BENCH_ONLY=pipe runs the named-pipe cases alone (no mailslots),
 # SB_BENCH_KEEP=1 keeps the temp dir (config, broker log, raw results).
 set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -54,6 +55,8 @@ REPEAT=${SB_BENCH_REPEAT:-3}
 WINDOW=${SB_BENCH_WINDOW:-64}
 SIZE=${SB_BENCH_SIZE:-100}
 SCALE=${SB_BENCH_SCALE:-1}
+ONLY=${SB_BENCH_ONLY:-}
+slots() { [ "$ONLY" != pipe ]; }
 
 if [ -z "${WINEPREFIX:-}" ]; then
     WINEPREFIX=$("$top/packaging/windows/wine-prefix.sh" "$build/wineprefix")
@@ -182,7 +185,7 @@ echo "run-wine.sh: $REPEAT rounds; broker log in $tmp/broker.log" >&2
 echo "warm-up" >&2
 run_case raw.rr 500 pipe -w 1
 run_case memory.pl 2000 broker --in "pub:$j:bench/memory/q/pub" -w "$WINDOW" --out "jsonl:$j:q-memory"
-run_case memory.slot2 1000 broker --in "slot:$tag-slot2-memory" --out "slot:$tag-out"
+slots && run_case memory.slot2 1000 broker --in "slot:$tag-slot2-memory" --out "slot:$tag-out"
 r=1
 while [ $r -le "$REPEAT" ]; do
     echo "round $r/$REPEAT (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
@@ -190,12 +193,13 @@ while [ $r -le "$REPEAT" ]; do
     run_case raw.pl 10000 pipe -w "$WINDOW"
     run_case raw.plb 100000 pipe -w "$WINDOW" --bytes
     run_case raw.ow 10000 pipe -w 0
-    run_case raw.slot 20000 slot
+    slots && run_case raw.slot 20000 slot
     for d in memory fsync; do
         if [ $d = memory ]; then k=2; else k=1; fi
         run_case $d.rr $((500 * k)) broker --in "pub:$j:bench/$d/q/pub" -w 1 --out "jsonl:$j:q-$d"
         run_case $d.pl $((5000 * k)) broker --in "pub:$j:bench/$d/q/pub" -w "$WINDOW" --out "jsonl:$j:q-$d"
         run_case $d.ow $((2500 * k)) broker --in "rawpipe:$tag-raw-$d" --out "jsonl:$j:q-$d"
+        slots || continue
         run_case $d.slotin $((5000 * k)) broker --in "slot:$tag-slot-$d" --out "jsonl:$j:q-$d"
         run_case $d.slotout $((5000 * k)) broker --in "pub:$j:bench/$d/out/pub" -w "$WINDOW" --out "slot:$tag-out"
         run_case $d.slot2 $((5000 * k)) broker --in "slot:$tag-slot2-$d" --out "slot:$tag-out"

@@ -20,9 +20,9 @@
  * Hand-offs are what a message costs: each is a wake-up of a thread, and
  * under Wine every wake-up, packet and I/O call is a wineserver round trip.
  * So there is at most one per batch, not per message, in each direction:
- *   input   the thread appends what it reads to inst->ibuf under pa->lock and
- *           posts "input" only when none is posted yet; the loop takes
- *           everything in one go. The thread stops reading once
+ *   input   the thread appends what it reads to inst->ibuf under pa->lock
+ *           and, once nothing more can be read at once, posts "input" unless
+ *           one is posted already; the loop takes everything in one go. The thread stops reading once
  *           pa->ahead_bytes (or pa->ahead_messages) wait there ("stalled");
  *           only then does the loop send a command, when it takes them.
  *   output  the loop issues WriteFile itself. Handles are in

@@ -377,9 +377,23 @@ static int start_read(pipe_inst *inst, DWORD *bytes, DWORD *err)
 
 static void on_read_done(pipe_inst *inst, DWORD bytes, DWORD err);
 
+/* Tells the loop about input waiting in ibuf, unless it was told already. */
+static void hand_over(pipe_inst *inst)
+{
+    pipe_adapter *pa = inst->pa;
+    int post;
+    uv_mutex_lock(&pa->lock);
+    post = inst->ilen > 0 && want_report(inst);
+    uv_mutex_unlock(&pa->lock);
+    if (post)
+        sb_pipe__post(pa, sb_pipe__on_input, inst);
+}
+
 /* Reads on while the loop wants input and not too much waits for it (a
  * message in progress is always read to its end); reads that complete at
- * once are handled here, one after the other. */
+ * once are handled here, one after the other. What was read goes to the
+ * loop once no more is to be had at once: one report for all the messages
+ * a producer wrote ahead, not one for the first and one for the rest. */
 static void read_on(pipe_inst *inst)
 {
     pipe_adapter *pa = inst->pa;
@@ -388,7 +402,7 @@ static void read_on(pipe_inst *inst)
         int full;
         if (!inst->started || inst->end_pending || inst->close_asked || inst->cancelled ||
             pa->stopping_io || inst->h == INVALID_HANDLE_VALUE || inst->op_read.pending)
-            return;
+            break;
         uv_mutex_lock(&pa->lock);
         full = inst->ilen >= pa->ahead_bytes ||
                (pa->ahead_messages > 0 && inst->imsgs >= pa->ahead_messages);
@@ -396,11 +410,12 @@ static void read_on(pipe_inst *inst)
             inst->stalled = 1; /* the loop resumes us when it takes them */
         uv_mutex_unlock(&pa->lock);
         if (full && inst->rlen == 0)
-            return;
+            break;
         if (!start_read(inst, &bytes, &err))
-            return;
+            break;
         on_read_done(inst, bytes, err);
     }
+    hand_over(inst);
 }
 
 static void too_big(pipe_inst *inst, size_t size, int at_least)
@@ -441,12 +456,11 @@ static int grow_for_more(pipe_inst *inst)
 }
 
 /* Appends the data read (message mode: as one length-prefixed frame) to
- * what waits for the loop, and tells the loop unless it was told already. */
+ * what waits for the loop (read_on hands it over). */
 static int append_input(pipe_inst *inst)
 {
     pipe_adapter *pa = inst->pa;
     size_t hdr = pa->message ? 4 : 0, need;
-    int post;
     uv_mutex_lock(&pa->lock);
     need = inst->ilen + hdr + inst->rlen;
     if (need > inst->icap) {
@@ -473,10 +487,7 @@ static int append_input(pipe_inst *inst)
     memcpy(inst->ibuf + inst->ilen + hdr, inst->rbuf, inst->rlen);
     inst->ilen = need;
     inst->imsgs++;
-    post = want_report(inst);
     uv_mutex_unlock(&pa->lock);
-    if (post)
-        sb_pipe__post(pa, sb_pipe__on_input, inst);
     inst->rlen = 0;
     if (inst->rcap > READ_CHUNK) {
         /* Do not keep a large message's buffer for every small one after it. */
