@@ -189,21 +189,27 @@ slots && run_case memory.slot2 1000 broker --in "slot:$tag-slot2-memory" --out "
 r=1
 while [ $r -le "$REPEAT" ]; do
     echo "round $r/$REPEAT (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    # Each raw case right before the cases it is compared with: the load
+    # from other work changes by the minute on a shared machine.
     run_case raw.rr 3000 pipe -w 1
-    run_case raw.pl 10000 pipe -w "$WINDOW"
+    run_case memory.rr 1000 broker --in "pub:$j:bench/memory/q/pub" -w 1 --out "jsonl:$j:q-memory"
+    run_case fsync.rr 500 broker --in "pub:$j:bench/fsync/q/pub" -w 1 --out "jsonl:$j:q-fsync"
     run_case raw.plb 100000 pipe -w "$WINDOW" --bytes
+    run_case memory.pl 10000 broker --in "pub:$j:bench/memory/q/pub" -w "$WINDOW" --out "jsonl:$j:q-memory"
+    run_case fsync.pl 5000 broker --in "pub:$j:bench/fsync/q/pub" -w "$WINDOW" --out "jsonl:$j:q-fsync"
+    run_case raw.pl 10000 pipe -w "$WINDOW"
     run_case raw.ow 10000 pipe -w 0
-    slots && run_case raw.slot 20000 slot
-    for d in memory fsync; do
-        if [ $d = memory ]; then k=2; else k=1; fi
-        run_case $d.rr $((500 * k)) broker --in "pub:$j:bench/$d/q/pub" -w 1 --out "jsonl:$j:q-$d"
-        run_case $d.pl $((5000 * k)) broker --in "pub:$j:bench/$d/q/pub" -w "$WINDOW" --out "jsonl:$j:q-$d"
-        run_case $d.ow $((2500 * k)) broker --in "rawpipe:$tag-raw-$d" --out "jsonl:$j:q-$d"
-        slots || continue
-        run_case $d.slotin $((5000 * k)) broker --in "slot:$tag-slot-$d" --out "jsonl:$j:q-$d"
-        run_case $d.slotout $((5000 * k)) broker --in "pub:$j:bench/$d/out/pub" -w "$WINDOW" --out "slot:$tag-out"
-        run_case $d.slot2 $((5000 * k)) broker --in "slot:$tag-slot2-$d" --out "slot:$tag-out"
-    done
+    run_case memory.ow 5000 broker --in "rawpipe:$tag-raw-memory" --out "jsonl:$j:q-memory"
+    run_case fsync.ow 2500 broker --in "rawpipe:$tag-raw-fsync" --out "jsonl:$j:q-fsync"
+    if slots; then
+        run_case raw.slot 20000 slot
+        for d in memory fsync; do
+            if [ $d = memory ]; then k=2; else k=1; fi
+            run_case $d.slotin $((5000 * k)) broker --in "slot:$tag-slot-$d" --out "jsonl:$j:q-$d"
+            run_case $d.slotout $((5000 * k)) broker --in "pub:$j:bench/$d/out/pub" -w "$WINDOW" --out "slot:$tag-out"
+            run_case $d.slot2 $((5000 * k)) broker --in "slot:$tag-slot2-$d" --out "slot:$tag-out"
+        done
+    fi
     r=$((r + 1))
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)

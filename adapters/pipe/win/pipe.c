@@ -31,8 +31,9 @@
  * connected, messages wait in their queue.
  *
  * libuv's pipes cannot be used: they are byte-mode only and take no
- * security descriptor. The I/O runs on a thread of the adapter's own
- * (pipe_io.c); this file is the loop side, including the sb_conn transport.
+ * security descriptor. Connecting and reading run on a thread of the
+ * adapter's own (pipe_io.c); this file is the loop side, including the
+ * sb_conn transport, which issues writes itself (pipe_int.h says why).
  */
 #include "adapters/stream_keys.h"
 #include "adapters/pipe/win/pipe_int.h"
