@@ -284,8 +284,8 @@ raw: ipcbench pipe -w 1 | -w $WINDOW --bytes | -w $WINDOW | -w 0 (one way; only 
 through Switchboard (end to end, first send to last receipt; the consumer acks every message):
   req/resp   jsonl pub over the jsonl pipe, each awaiting its puback -> queue -> jsonl consumer
   byte pipe  jsonl pub, $WINDOW awaiting puback -> queue -> jsonl consumer
-  msg pipe   raw framing:message pipe producer (no acks; the broker reads <= 1024 frames
-             ahead of the store) -> queue -> jsonl consumer; the same run in both msg rows
+  msg pipe   raw framing:message pipe producer (no acks; the broker reads <= read_ahead (64)
+             frames ahead of the store) -> queue -> jsonl consumer; the same run in both msg rows
   mailslot   in: mailslot adapter -> queue -> jsonl consumer; out: jsonl pub (W=$WINDOW) ->
              route -> mailslot sink -> ipcbench reads; ->: mailslot adapter -> route -> sink
 EOF
