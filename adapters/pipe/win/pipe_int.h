@@ -22,9 +22,10 @@
  * So there is at most one per batch, not per message, in each direction:
  *   input   the thread appends what it reads to inst->ibuf under pa->lock
  *           and, once nothing more can be read at once, posts "input" unless
- *           one is posted already; the loop takes everything in one go. The thread stops reading once
- *           pa->ahead_bytes (or pa->ahead_messages) wait there ("stalled");
- *           only then does the loop send a command, when it takes them.
+ *           one is posted already; the loop takes everything in one go.
+ *           The thread stops reading once pa->ahead_bytes (or
+ *           pa->ahead_messages) wait there ("stalled"); only then does the
+ *           loop send a command, when it takes them.
  *   output  the loop issues WriteFile itself. Handles are in
  *           FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode: a write that completes
  *           at once (the pipe's buffer had room: nearly always) posts no
@@ -91,22 +92,22 @@ struct pipe_inst {
     /* ---- the I/O thread's ---- */
     HANDLE h;
     pipe_op op_connect, op_read;
-    int connected;     /* a client is connected (server) / the connection is up (client) */
-    int known;         /* "connected" was posted: only the loop may end it */
-    int close_asked;   /* the loop's close command arrived */
-    int cancelled;     /* CancelIoEx was issued */
-    int started;       /* the loop asked for input */
-    int dead;          /* a listener that failed: to be closed */
-    char *rbuf;        /* the read in progress (message mode: the message) */
-    size_t rcap, rlen; /* its capacity and the bytes read */
+    int connected;          /* a client is connected (server) / the connection is up (client) */
+    int known;              /* "connected" was posted: only the loop may end it */
+    int close_asked;        /* the loop's close command arrived */
+    int cancelled;          /* CancelIoEx was issued */
+    int started;            /* the loop asked for input */
+    int dead;               /* a listener that failed: to be closed */
+    char *rbuf;             /* the read in progress (message mode: the message) */
+    size_t rcap, rlen;      /* its capacity and the bytes read */
     pipe_inst *prev, *next; /* the thread's list */
     /* ---- input handed over, under pa->lock ---- */
-    char *ibuf;       /* read, waiting for the loop to take it */
+    char *ibuf; /* read, waiting for the loop to take it */
     size_t ilen, icap;
-    int imsgs;        /* message mode: the messages in ibuf */
-    int posted;       /* an "input" report is queued on the inbox */
-    int stalled;      /* the thread stopped reading: ibuf is full */
-    int end_pending;  /* input ended after what ibuf holds (end_* below say how) */
+    int imsgs;       /* message mode: the messages in ibuf */
+    int posted;      /* an "input" report is queued on the inbox */
+    int stalled;     /* the thread stopped reading: ibuf is full */
+    int end_pending; /* input ended after what ibuf holds (end_* below say how) */
     /* ---- the write in progress: the loop's until a WriteFile is pending,
      * then the thread's until it reports the write done ---- */
     pipe_op op_write;
@@ -124,10 +125,10 @@ struct pipe_inst {
     int end_log; /* input end: log end_why as an error (oversized message) */
     /* ---- the loop's ---- */
     sb_conn *conn;
-    int want_read;        /* the connection reads */
-    int read_started;     /* the first read command was sent */
-    int end_reported;     /* the end of input was passed on */
-    int wdone_queued;     /* on pa->wdone: its write completed at once */
+    int want_read;    /* the connection reads */
+    int read_started; /* the first read command was sent */
+    int end_reported; /* the end of input was passed on */
+    int wdone_queued; /* on pa->wdone: its write completed at once */
     pipe_inst *wdone_next;
 };
 
@@ -165,8 +166,8 @@ struct pipe_adapter {
     char connect_why[300];   /* client: why the last connect failed */
     unsigned long io_serial; /* numbers the peers */
     /* ---- the loop's ---- */
-    sb_stream st;   /* connections, delivery, reconnect, stop accounting */
-    int stopped_io; /* the thread reported its exit */
+    sb_stream st;          /* connections, delivery, reconnect, stop accounting */
+    int stopped_io;        /* the thread reported its exit */
     uv_idle_t *wdone_idle; /* runs the reports of writes that completed at once */
     pipe_inst *wdone, *wdone_tail;
 };
