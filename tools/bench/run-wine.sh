@@ -33,6 +33,7 @@
 # wineserver per message (from /proc), and the load average before and
 # after. Environment: SB_BENCH_REPEAT (3), SB_BENCH_WINDOW (64),
 # SB_BENCH_SIZE (100), SB_BENCH_SCALE (1: multiplies every message count),
+# SB_BENCH_ONLY=pipe runs the named-pipe cases alone (no mailslots),
 # SB_BENCH_KEEP=1 keeps the temp dir (config, broker log, raw results).
 set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -54,6 +55,8 @@ REPEAT=${SB_BENCH_REPEAT:-3}
 WINDOW=${SB_BENCH_WINDOW:-64}
 SIZE=${SB_BENCH_SIZE:-100}
 SCALE=${SB_BENCH_SCALE:-1}
+ONLY=${SB_BENCH_ONLY:-}
+slots() { [ "$ONLY" != pipe ]; }
 
 if [ -z "${WINEPREFIX:-}" ]; then
     WINEPREFIX=$("$top/packaging/windows/wine-prefix.sh" "$build/wineprefix")
@@ -182,24 +185,31 @@ echo "run-wine.sh: $REPEAT rounds; broker log in $tmp/broker.log" >&2
 echo "warm-up" >&2
 run_case raw.rr 500 pipe -w 1
 run_case memory.pl 2000 broker --in "pub:$j:bench/memory/q/pub" -w "$WINDOW" --out "jsonl:$j:q-memory"
-run_case memory.slot2 1000 broker --in "slot:$tag-slot2-memory" --out "slot:$tag-out"
+slots && run_case memory.slot2 1000 broker --in "slot:$tag-slot2-memory" --out "slot:$tag-out"
 r=1
 while [ $r -le "$REPEAT" ]; do
     echo "round $r/$REPEAT (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    # Each raw case right before the cases it is compared with: the load
+    # from other work changes by the minute on a shared machine.
     run_case raw.rr 3000 pipe -w 1
-    run_case raw.pl 10000 pipe -w "$WINDOW"
+    run_case memory.rr 1000 broker --in "pub:$j:bench/memory/q/pub" -w 1 --out "jsonl:$j:q-memory"
+    run_case fsync.rr 500 broker --in "pub:$j:bench/fsync/q/pub" -w 1 --out "jsonl:$j:q-fsync"
     run_case raw.plb 100000 pipe -w "$WINDOW" --bytes
+    run_case memory.pl 10000 broker --in "pub:$j:bench/memory/q/pub" -w "$WINDOW" --out "jsonl:$j:q-memory"
+    run_case fsync.pl 5000 broker --in "pub:$j:bench/fsync/q/pub" -w "$WINDOW" --out "jsonl:$j:q-fsync"
+    run_case raw.pl 10000 pipe -w "$WINDOW"
     run_case raw.ow 10000 pipe -w 0
-    run_case raw.slot 20000 slot
-    for d in memory fsync; do
-        if [ $d = memory ]; then k=2; else k=1; fi
-        run_case $d.rr $((500 * k)) broker --in "pub:$j:bench/$d/q/pub" -w 1 --out "jsonl:$j:q-$d"
-        run_case $d.pl $((5000 * k)) broker --in "pub:$j:bench/$d/q/pub" -w "$WINDOW" --out "jsonl:$j:q-$d"
-        run_case $d.ow $((2500 * k)) broker --in "rawpipe:$tag-raw-$d" --out "jsonl:$j:q-$d"
-        run_case $d.slotin $((5000 * k)) broker --in "slot:$tag-slot-$d" --out "jsonl:$j:q-$d"
-        run_case $d.slotout $((5000 * k)) broker --in "pub:$j:bench/$d/out/pub" -w "$WINDOW" --out "slot:$tag-out"
-        run_case $d.slot2 $((5000 * k)) broker --in "slot:$tag-slot2-$d" --out "slot:$tag-out"
-    done
+    run_case memory.ow 5000 broker --in "rawpipe:$tag-raw-memory" --out "jsonl:$j:q-memory"
+    run_case fsync.ow 2500 broker --in "rawpipe:$tag-raw-fsync" --out "jsonl:$j:q-fsync"
+    if slots; then
+        run_case raw.slot 20000 slot
+        for d in memory fsync; do
+            if [ $d = memory ]; then k=2; else k=1; fi
+            run_case $d.slotin $((5000 * k)) broker --in "slot:$tag-slot-$d" --out "jsonl:$j:q-$d"
+            run_case $d.slotout $((5000 * k)) broker --in "pub:$j:bench/$d/out/pub" -w "$WINDOW" --out "slot:$tag-out"
+            run_case $d.slot2 $((5000 * k)) broker --in "slot:$tag-slot2-$d" --out "slot:$tag-out"
+        done
+    fi
     r=$((r + 1))
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -274,8 +284,8 @@ raw: ipcbench pipe -w 1 | -w $WINDOW --bytes | -w $WINDOW | -w 0 (one way; only 
 through Switchboard (end to end, first send to last receipt; the consumer acks every message):
   req/resp   jsonl pub over the jsonl pipe, each awaiting its puback -> queue -> jsonl consumer
   byte pipe  jsonl pub, $WINDOW awaiting puback -> queue -> jsonl consumer
-  msg pipe   raw framing:message pipe producer (no acks; the broker reads <= 1024 frames
-             ahead of the store) -> queue -> jsonl consumer; the same run in both msg rows
+  msg pipe   raw framing:message pipe producer (no acks; the broker reads <= read_ahead (64)
+             frames ahead of the store) -> queue -> jsonl consumer; the same run in both msg rows
   mailslot   in: mailslot adapter -> queue -> jsonl consumer; out: jsonl pub (W=$WINDOW) ->
              route -> mailslot sink -> ipcbench reads; ->: mailslot adapter -> route -> sink
 EOF

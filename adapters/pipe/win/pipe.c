@@ -31,8 +31,9 @@
  * connected, messages wait in their queue.
  *
  * libuv's pipes cannot be used: they are byte-mode only and take no
- * security descriptor. The I/O runs on a thread of the adapter's own
- * (pipe_io.c); this file is the loop side, including the sb_conn transport.
+ * security descriptor. Connecting and reading run on a thread of the
+ * adapter's own (pipe_io.c); this file is the loop side, including the
+ * sb_conn transport, which issues writes itself (pipe_int.h says why).
  */
 #include "adapters/stream_keys.h"
 #include "adapters/pipe/win/pipe_int.h"
@@ -54,42 +55,69 @@
 
 /* ---- the transport under sb_conn ---- */
 
-/* Asks the thread for input: the first time, and after each batch taken. */
+/* Asks the thread to start reading, or to resume after it stalled. */
 static void post_read(pipe_inst *inst)
 {
     sb_pipe__cmd(inst->pa, PIPE_KEY_READ, inst);
 }
 
-static void on_stash(void *arg);
-
 static void t_read(sb_conn *c, int on)
 {
     pipe_inst *inst = c->tdata;
+    pipe_adapter *pa = inst->pa;
+    int post;
     inst->want_read = on;
     if (!on)
         return;
-    if (inst->stash != NULL) {
-        /* Input that came while paused: hand it over from the inbox, not
-         * from inside the protocol call that resumed reading. */
-        if (!inst->stash_posted) {
-            inst->stash_posted = 1;
-            sb_pipe__post(inst->pa, on_stash, inst);
-        }
+    if (!inst->read_started) {
+        inst->read_started = 1;
+        post_read(inst);
         return;
     }
-    if (!inst->read_started || inst->read_owed) {
-        inst->read_started = 1;
-        inst->read_owed = 0;
-        post_read(inst);
+    /* Input that came while paused: hand it over from the inbox, not from
+     * inside the protocol call that resumed reading. */
+    uv_mutex_lock(&pa->lock);
+    post = !inst->posted && (inst->ilen > 0 || (inst->end_pending && !inst->end_reported));
+    if (post)
+        inst->posted = 1;
+    uv_mutex_unlock(&pa->lock);
+    if (post)
+        sb_pipe__post(pa, sb_pipe__on_input, inst);
+}
+
+static void on_writes_done(uv_idle_t *h)
+{
+    pipe_adapter *pa = h->data;
+    pipe_inst *list = pa->wdone;
+    pa->wdone = pa->wdone_tail = NULL;
+    uv_idle_stop(h);
+    while (list != NULL) {
+        pipe_inst *next = list->wdone_next;
+        list->wdone_next = NULL;
+        list->wdone_queued = 0;
+        sb_pipe__on_write_done(list);
+        list = next;
     }
 }
 
 static int t_write(sb_conn *c, char *buf, size_t len)
 {
     pipe_inst *inst = c->tdata;
-    inst->wbuf = buf; /* now owned by the I/O thread */
+    pipe_adapter *pa = inst->pa;
+    inst->wbuf = buf; /* now owned by the write (sb_pipe__write_on) */
     inst->wlen = len;
-    sb_pipe__cmd(inst->pa, PIPE_KEY_WRITE, inst);
+    inst->woff = 0;
+    if (sb_pipe__write_on(inst) == 0)
+        return 0; /* pending: the thread reports it done */
+    /* Done at once (or failed): reported later in this loop turn, not from
+     * inside the protocol's send. */
+    if (pa->wdone_tail != NULL)
+        pa->wdone_tail->wdone_next = inst;
+    else
+        pa->wdone = inst;
+    pa->wdone_tail = inst;
+    inst->wdone_queued = 1;
+    uv_idle_start(pa->wdone_idle, on_writes_done);
     return 0;
 }
 
@@ -101,70 +129,50 @@ static void t_close(sb_conn *c)
 
 static const sb_conn_transport pipe_transport = {t_read, t_write, t_close};
 
-/* Gives a batch to the protocol, then lets the thread send the next one
- * (nothing may be sent to the thread for a connection being closed). A
- * protocol that paused gets the next batch, or the end of input, only when
- * it reads again: the end must not close the connection while the
- * protocol still holds frames of this batch it has not published. */
-static void give_input(pipe_inst *inst, char *data, size_t len)
-{
-    sb_conn *c = inst->conn;
-    sb_conn_input(c, data, len);
-    sb_free(data);
-    if (c->closing)
-        return;
-    if (inst->want_read)
-        post_read(inst);
-    else
-        inst->read_owed = 1;
-}
-
-static void on_stash(void *arg)
-{
-    pipe_inst *inst = arg;
-    char *data = inst->stash;
-    inst->stash_posted = 0;
-    if (data == NULL || inst->conn == NULL)
-        return;
-    if (inst->conn->closing) {
-        sb_free(data);
-        inst->stash = NULL;
-        return;
-    }
-    if (!inst->want_read)
-        return; /* paused again meanwhile */
-    inst->stash = NULL;
-    give_input(inst, data, inst->stash_len);
-}
-
+/* Takes what the thread read, and then its end, while the connection reads.
+ * A protocol that paused gets the rest, or the end of input, only when it
+ * reads again (t_read): the end must not close the connection while the
+ * protocol still holds frames it has not published. Nothing may be sent to
+ * the thread for a connection being closed. */
 void sb_pipe__on_input(void *arg)
 {
     pipe_inst *inst = arg;
-    char *data = inst->in_data;
-    size_t len = inst->in_len;
-    inst->in_data = NULL;
-    if (inst->conn == NULL || inst->conn->closing) {
-        sb_free(data);
-        return;
+    pipe_adapter *pa = inst->pa;
+    sb_conn *c = inst->conn;
+    char *data = NULL;
+    size_t len = 0;
+    int resume = 0, end = 0;
+
+    uv_mutex_lock(&pa->lock);
+    inst->posted = 0;
+    if (c != NULL && !c->closing && inst->want_read) {
+        data = inst->ibuf; /* now owned here */
+        len = inst->ilen;
+        inst->ibuf = NULL;
+        inst->ilen = inst->icap = 0;
+        inst->imsgs = 0;
+        resume = inst->stalled;
+        inst->stalled = 0;
+        end = inst->end_pending && !inst->end_reported;
     }
-    if (inst->user != NULL && inst->conn->user == NULL) {
-        inst->conn->user = inst->user; /* now owned by the connection */
+    uv_mutex_unlock(&pa->lock);
+    if (c == NULL || c->closing || !inst->want_read)
+        return; /* t_read posts again when it reads */
+    if (resume)
+        post_read(inst);
+    if (inst->user != NULL && c->user == NULL) {
+        c->user = inst->user; /* now owned by the connection */
         inst->user = NULL;
     }
-    if (!inst->want_read) {
-        inst->stash = data;
-        inst->stash_len = len;
-        return;
+    if (data != NULL) {
+        sb_conn_input(c, data, len);
+        sb_free(data);
+        if (c->closing || !inst->want_read)
+            end = 0; /* passed on when it reads again (or never) */
     }
-    give_input(inst, data, len);
-}
-
-void sb_pipe__on_input_end(void *arg)
-{
-    pipe_inst *inst = arg;
-    sb_conn *c = inst->conn;
-    if (c == NULL || c->closing)
+    if (!end)
         return;
+    inst->end_reported = 1;
     if (inst->end_log) {
         sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: %s; closing the connection", c->peer,
                inst->end_why);
@@ -180,10 +188,35 @@ void sb_pipe__on_write_done(void *arg)
     sb_conn_write_done(inst->conn, inst->wstatus, inst->wstatus != 0 ? inst->wwhy : NULL);
 }
 
+/* Takes inst off pa->wdone (it is closed before the idle callback ran). */
+static void unqueue_write_done(pipe_inst *inst)
+{
+    pipe_adapter *pa = inst->pa;
+    pipe_inst *prev = NULL;
+    for (pipe_inst *i = pa->wdone; i != NULL; prev = i, i = i->wdone_next) {
+        if (i != inst)
+            continue;
+        if (prev != NULL)
+            prev->wdone_next = i->wdone_next;
+        else
+            pa->wdone = i->wdone_next;
+        if (pa->wdone_tail == i)
+            pa->wdone_tail = prev;
+        break;
+    }
+    inst->wdone_next = NULL;
+    inst->wdone_queued = 0;
+}
+
 void sb_pipe__on_closed(void *arg)
 {
     pipe_inst *inst = arg;
     sb_conn *c = inst->conn;
+    if (inst->wdone_queued) {
+        /* Its write completed before the close: reported first. */
+        unqueue_write_done(inst);
+        sb_pipe__on_write_done(inst);
+    }
     if (c != NULL) {
         c->tdata = NULL;
         sb_conn_transport_closed(c);
@@ -310,6 +343,13 @@ static int pipe_start(sb_adapter *a, sb_error *err)
         return win_error(err, pa, "CreateIoCompletionPort");
     if ((rc = sb_inbox_new(&pa->inbox, a->loop)) != 0)
         return sb_error_set(err, rc, 0, "adapter %s: out of memory", a->name);
+    if (uv_mutex_init(&pa->lock) != 0)
+        return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: cannot make a lock", a->name);
+    pa->lock_made = 1;
+    if ((pa->wdone_idle = sb_malloc(sizeof(*pa->wdone_idle))) == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->name);
+    uv_idle_init(a->loop, pa->wdone_idle);
+    pa->wdone_idle->data = pa;
 
     sb_stream_init(&pa->st, a, pa->is_server, pa->display);
     pa->st.connect = start_connect;
@@ -334,8 +374,8 @@ static int pipe_start(sb_adapter *a, sb_error *err)
                                     a->name, pa->display);
             return win_error(err, pa, "CreateNamedPipeW");
         }
-        if (CreateIoCompletionPort(h, pa->port, PIPE_KEY_IO, 0) == NULL) {
-            rc = win_error(err, pa, "CreateIoCompletionPort");
+        if (sb_pipe__attach(pa, h) != 0) {
+            rc = win_error(err, pa, "CreateIoCompletionPort or SetFileCompletionNotificationModes");
             CloseHandle(h);
             return rc;
         }
@@ -368,10 +408,19 @@ static int io_running(sb_stream *st)
     return pa->thread_running && !pa->stopped_io;
 }
 
+static void free_handle(uv_handle_t *h)
+{
+    sb_free(h);
+}
+
 /* Everything closed: joins the thread and closes what it shared. */
 static void release_io(sb_stream *st)
 {
     pipe_adapter *pa = (pipe_adapter *)st->adapter;
+    if (pa->wdone_idle != NULL) { /* nothing waits on it: every connection closed */
+        uv_close((uv_handle_t *)pa->wdone_idle, free_handle);
+        pa->wdone_idle = NULL;
+    }
     if (pa->thread_running) {
         uv_thread_join(&pa->thread);
         pa->thread_running = 0;
@@ -427,6 +476,8 @@ static void pipe_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
 static void pipe_destroy(sb_adapter *a)
 {
     pipe_adapter *pa = (pipe_adapter *)a;
+    if (pa->lock_made)
+        uv_mutex_destroy(&pa->lock);
     if (pa->sd != NULL)
         LocalFree(pa->sd);
     sb_free(pa->display);

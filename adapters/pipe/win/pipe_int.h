@@ -8,15 +8,32 @@
  *               completion port, serving every pipe instance of the adapter;
  *   pipe_sec.c  names, the security descriptor and the squatting guard.
  *
- * Threads. The loop thread never touches a pipe handle; the I/O thread never
- * touches an sb_conn or the broker. The loop sends commands to the thread as
- * completion packets (sb_pipe__cmd: read once, write, close, connect, stop); the
- * thread reports back through the adapter's sb_inbox (connected, input,
- * input end, write done, closed, connect failed, stopped). Each instance
- * carries one slot per kind of report, which is enough because at most one
- * batch of input and one write are with the loop at a time, and the next
- * goes only after the loop answered the previous one (read command: batch
- * taken; the next write command).
+ * Threads. The I/O thread never touches an sb_conn or the broker; the loop
+ * thread touches a pipe handle only to write (below). The loop sends
+ * commands to the thread as completion packets (sb_pipe__cmd: start or
+ * resume reading, close, connect, stop); the thread reports back through the
+ * adapter's sb_inbox (connected, input, write done, closed, connect failed,
+ * stopped). Each instance carries one slot per kind of report, which is
+ * enough because at most one write is in progress at a time and input is
+ * handed over through a buffer under pa->lock (below).
+ *
+ * Hand-offs are what a message costs: each is a wake-up of a thread, and
+ * under Wine every wake-up, packet and I/O call is a wineserver round trip.
+ * So there is at most one per batch, not per message, in each direction:
+ *   input   the thread appends what it reads to inst->ibuf under pa->lock
+ *           and, once nothing more can be read at once, posts "input" unless
+ *           one is posted already; the loop takes everything in one go.
+ *           The thread stops reading once pa->ahead_bytes (or
+ *           pa->ahead_messages) wait there ("stalled"); only then does the
+ *           loop send a command, when it takes them.
+ *   output  the loop issues WriteFile itself. Handles are in
+ *           FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode: a write that completes
+ *           at once (the pipe's buffer had room: nearly always) posts no
+ *           packet, and the loop reports it done from an idle callback in
+ *           the same loop turn (pa->wdone). A write that is pending completes
+ *           on the thread, which writes the rest and reports it done.
+ * The same mode lets the thread handle reads that complete at once where it
+ * issues them, without a packet.
  *
  * Lifetime of an instance: created by the thread (or by start() for the
  * first one); known to the loop from its "connected" report; a connection is
@@ -58,8 +75,7 @@ typedef struct pipe_inst pipe_inst;
  * packet's OVERLAPPED pointer is then the instance, or NULL). */
 enum {
     PIPE_KEY_IO = 1,
-    PIPE_KEY_READ,
-    PIPE_KEY_WRITE,
+    PIPE_KEY_READ, /* start reading, or resume after a stall */
     PIPE_KEY_CLOSE,
     PIPE_KEY_CONNECT,
     PIPE_KEY_STOP
@@ -75,44 +91,45 @@ struct pipe_inst {
     pipe_adapter *pa;
     /* ---- the I/O thread's ---- */
     HANDLE h;
-    pipe_op op_connect, op_read, op_write;
-    int connected;     /* a client is connected (server) / the connection is up (client) */
-    int known;         /* "connected" was posted: only the loop may end it */
-    int close_asked;   /* the loop's close command arrived */
-    int cancelled;     /* CancelIoEx was issued */
-    int started;       /* the loop asked for input */
-    int in_flight;     /* a batch of input is with the loop, not yet taken */
-    int end_pending;   /* input ended (reported once the data before it is taken) */
-    int ended;         /* input end was reported */
-    int dead;          /* a listener that failed: to be closed */
-    char *rbuf;        /* the read in progress (message mode: the message) */
-    size_t rcap, rlen; /* its capacity and the bytes read */
-    char *ibuf;        /* input read, waiting for the loop to take it */
-    size_t ilen, icap;
-    int imsgs;              /* message mode: the messages in ibuf */
-    char *wbuf;             /* the write in progress (frames in message mode) */
-    size_t wlen, woff;      /* woff: next byte to write */
-    size_t wcur;            /* message mode: size of the pipe message in flight */
+    pipe_op op_connect, op_read;
+    int connected;          /* a client is connected (server) / the connection is up (client) */
+    int known;              /* "connected" was posted: only the loop may end it */
+    int close_asked;        /* the loop's close command arrived */
+    int cancelled;          /* CancelIoEx was issued */
+    int started;            /* the loop asked for input */
+    int dead;               /* a listener that failed: to be closed */
+    char *rbuf;             /* the read in progress (message mode: the message) */
+    size_t rcap, rlen;      /* its capacity and the bytes read */
     pipe_inst *prev, *next; /* the thread's list */
+    /* ---- input handed over, under pa->lock ---- */
+    char *ibuf; /* read, waiting for the loop to take it */
+    size_t ilen, icap;
+    int imsgs;       /* message mode: the messages in ibuf */
+    int posted;      /* an "input" report is queued on the inbox */
+    int stalled;     /* the thread stopped reading: ibuf is full */
+    int end_pending; /* input ended after what ibuf holds (end_* below say how) */
+    /* ---- the write in progress: the loop's until a WriteFile is pending,
+     * then the thread's until it reports the write done ---- */
+    pipe_op op_write;
+    char *wbuf;        /* frames in message mode */
+    size_t wlen, woff; /* woff: next byte to write */
+    size_t wcur;       /* message mode: size of the pipe message in flight */
+    int wstatus;       /* write done: 0 or SB_E* */
+    char wwhy[300];
     /* ---- reports to the loop (written by the thread before posting) ---- */
     char peer[64];
     char *user;   /* os_user: the client's account, found at its first data */
     int who_done; /* os_user: looked up (or failed) */
-    char *in_data; /* input: a batch (sb_malloc'ed), handed to the loop */
-    size_t in_len;
-    int end_err; /* input end: 0 (orderly) or SB_E* */
+    int end_err;  /* input end: 0 (orderly) or SB_E* */
     char end_why[300];
     int end_log; /* input end: log end_why as an error (oversized message) */
-    int wstatus; /* write done: 0 or SB_E* */
-    char wwhy[300];
     /* ---- the loop's ---- */
     sb_conn *conn;
     int want_read;    /* the connection reads */
     int read_started; /* the first read command was sent */
-    int read_owed;    /* a batch was taken while paused: ask for the next on resume */
-    char *stash;      /* input that arrived while reading was paused */
-    size_t stash_len;
-    int stash_posted; /* a stash delivery is queued on the inbox */
+    int end_reported; /* the end of input was passed on */
+    int wdone_queued; /* on pa->wdone: its write completed at once */
+    pipe_inst *wdone_next;
 };
 
 struct pipe_adapter {
@@ -133,6 +150,8 @@ struct pipe_adapter {
     SECURITY_ATTRIBUTES sa;
     PSECURITY_DESCRIPTOR sd; /* LocalFree */
     sb_inbox *inbox;
+    uv_mutex_t lock; /* input handed over (pipe_inst) */
+    int lock_made;
     HANDLE handles_closed; /* manual-reset event: the thread closed every handle */
     uv_thread_t thread;
     int thread_running;
@@ -147,8 +166,10 @@ struct pipe_adapter {
     char connect_why[300];   /* client: why the last connect failed */
     unsigned long io_serial; /* numbers the peers */
     /* ---- the loop's ---- */
-    sb_stream st;   /* connections, delivery, reconnect, stop accounting */
-    int stopped_io; /* the thread reported its exit */
+    sb_stream st;          /* connections, delivery, reconnect, stop accounting */
+    int stopped_io;        /* the thread reported its exit */
+    uv_idle_t *wdone_idle; /* runs the reports of writes that completed at once */
+    pipe_inst *wdone, *wdone_tail;
 };
 
 /* ---- pipe_sec.c ---- */
@@ -180,6 +201,11 @@ char *sb_pipe__client_user(HANDLE h);
  * Returns the handle or INVALID_HANDLE_VALUE (GetLastError() says why). */
 HANDLE sb_pipe__create_instance(const pipe_adapter *pa, int first);
 
+/* Associates handle h with the adapter's completion port, in
+ * FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode. Returns 0, or -1 with
+ * GetLastError() saying why. */
+int sb_pipe__attach(const pipe_adapter *pa, HANDLE h);
+
 /* ---- pipe_io.c ---- */
 
 /* The I/O thread (uv_thread_create entry; arg: the adapter). */
@@ -194,10 +220,16 @@ pipe_inst *sb_pipe__inst_new(pipe_adapter *pa, HANDLE h);
 /* Frees an instance's memory (not its handle). */
 void sb_pipe__inst_free(pipe_inst *inst);
 
+/* Writes inst->wbuf from inst->woff on (message mode: frame by frame, one
+ * pipe message each) until a WriteFile is pending: returns 0, and the write
+ * goes on when it completes, on the I/O thread. Or everything is written,
+ * or a write failed: returns 1 with inst->wstatus and inst->wwhy set and
+ * wbuf freed. Called by the loop (t_write) and by the thread. */
+int sb_pipe__write_on(pipe_inst *inst);
+
 /* ---- pipe.c: reports from the thread, run on the loop thread ---- */
 void sb_pipe__on_connected(void *inst);
-void sb_pipe__on_input(void *inst);
-void sb_pipe__on_input_end(void *inst);
+void sb_pipe__on_input(void *inst); /* input, or its end, in inst->ibuf / end_pending */
 void sb_pipe__on_write_done(void *inst);
 void sb_pipe__on_closed(void *inst);
 void sb_pipe__on_connect_failed(void *pa);

@@ -11,20 +11,24 @@
  * disconnected and listens again, so the pipe name never disappears while
  * the adapter runs (nobody can take it over in between).
  *
- * Reading: the thread reads ahead and hands the loop what it read in
- * batches (one report per batch, not per message: each report is a wake-up
- * of the loop); the next batch goes once the loop has taken the last one
- * (its read command). While pa->ahead_bytes bytes (or, in message mode
- * with raw, pa->ahead_messages messages) wait, reading stops: a
+ * Reading: the thread reads ahead and hands the loop what it read through
+ * inst->ibuf, under pa->lock, with one report per batch, not per message
+ * (each report is a wake-up of the loop; see pipe_int.h). While
+ * pa->ahead_bytes bytes (or, in message mode with raw, pa->ahead_messages
+ * messages) wait there, reading stops until the loop takes them: a
  * connection the protocol paused holds back its writer. The end of input is
- * reported after the last data. In message mode each message is appended
+ * passed on after the last data. In message mode each message is appended
  * as a length-prefixed frame; a message larger than the buffer completes
  * with ERROR_MORE_DATA, and the rest is read into a larger buffer
  * (PeekNamedPipe tells the size) unless the whole exceeds max_message,
- * which ends the connection after the messages before it. A
- * ReadFile/WriteFile that fails at once (Wine reports a client that left
- * with error 109 that way) posts no completion: it is handled where it is
- * issued.
+ * which ends the connection after the messages before it.
+ *
+ * Handles are in FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode: an operation
+ * that does not return ERROR_IO_PENDING (done at once, ERROR_MORE_DATA, or
+ * failed: Wine reports a client that left with error 109 that way) posts no
+ * completion and is handled where it is issued. Writing is the loop's
+ * (sb_pipe__write_on); the thread goes on with a write only after a
+ * WriteFile was pending.
  */
 #include "adapters/pipe/win/pipe_int.h"
 #include "service/alloc.h"
@@ -77,10 +81,19 @@ void sb_pipe__inst_free(pipe_inst *inst)
     sb_free(inst->rbuf);
     sb_free(inst->ibuf);
     sb_free(inst->wbuf);
-    sb_free(inst->in_data);
-    sb_free(inst->stash);
     sb_free(inst->user);
     sb_free(inst);
+}
+
+int sb_pipe__attach(const pipe_adapter *pa, HANDLE h)
+{
+    /* Without a packet for what completes at once, a read that finds data
+     * and a write that fits in the pipe's buffer (nearly all of them) cost
+     * no wake-up of the I/O thread. */
+    if (CreateIoCompletionPort(h, pa->port, PIPE_KEY_IO, 0) == NULL ||
+        !SetFileCompletionNotificationModes(h, FILE_SKIP_COMPLETION_PORT_ON_SUCCESS))
+        return -1;
+    return 0;
 }
 
 static void link_inst(pipe_adapter *pa, pipe_inst *inst)
@@ -122,14 +135,21 @@ static void pause_creating(pipe_adapter *pa)
 
 /* ---- reports ---- */
 
-static void report_write(pipe_inst *inst, int status, const char *why)
+/* The write in progress ended (inst->wstatus says how): the thread tells
+ * the loop. */
+static void report_write(pipe_inst *inst)
 {
-    sb_free(inst->wbuf);
-    inst->wbuf = NULL;
-    inst->wlen = inst->woff = 0;
-    inst->wstatus = status;
-    snprintf(inst->wwhy, sizeof(inst->wwhy), "%s", why != NULL ? why : "");
     sb_pipe__post(inst->pa, sb_pipe__on_write_done, inst);
+}
+
+/* Marks an "input" report queued unless one is. Call under pa->lock;
+ * returns whether the caller must post it (once it unlocked). */
+static int want_report(pipe_inst *inst)
+{
+    if (inst->posted)
+        return 0;
+    inst->posted = 1;
+    return 1;
 }
 
 /* ---- connecting (server) ---- */
@@ -142,14 +162,17 @@ static void start_listen(pipe_inst *inst)
     DWORD err;
     start_op(&inst->op_connect);
     pa->listeners++;
-    if (ConnectNamedPipe(inst->h, &inst->op_connect.ov))
-        return; /* completed, and a completion packet is queued */
+    if (ConnectNamedPipe(inst->h, &inst->op_connect.ov)) {
+        inst->op_connect.pending = 0; /* done at once: no packet */
+        on_client(inst, 0);
+        return;
+    }
     err = GetLastError();
     if (err == ERROR_IO_PENDING)
         return;
-    /* No packet for these: a client came before the call (ERROR_PIPE_CONNECTED),
-     * or came and left already (ERROR_NO_DATA: what it wrote can still be
-     * read, so it is a connection too), or a failure. */
+    /* No packet for these either: a client came before the call
+     * (ERROR_PIPE_CONNECTED), or came and left already (ERROR_NO_DATA: what
+     * it wrote can still be read, so it is a connection too), or a failure. */
     inst->op_connect.pending = 0;
     on_client(inst, err == ERROR_PIPE_CONNECTED || err == ERROR_NO_DATA ? 0 : err);
 }
@@ -210,8 +233,7 @@ static void top_up(pipe_adapter *pa)
             return;
         }
         pa->last_create_err = 0;
-        if (CreateIoCompletionPort(h, pa->port, PIPE_KEY_IO, 0) == NULL ||
-            (inst = sb_pipe__inst_new(pa, h)) == NULL) {
+        if (sb_pipe__attach(pa, h) != 0 || (inst = sb_pipe__inst_new(pa, h)) == NULL) {
             char text[256];
             win_text(GetLastError(), text, sizeof(text));
             sb_log(SB_LOG_ERROR, pa->base.name, "cannot set up an instance of %s: %s", pa->display,
@@ -269,8 +291,7 @@ static void do_connect(pipe_adapter *pa)
             return;
         }
     }
-    if (CreateIoCompletionPort(h, pa->port, PIPE_KEY_IO, 0) == NULL ||
-        (inst = sb_pipe__inst_new(pa, h)) == NULL) {
+    if (sb_pipe__attach(pa, h) != 0 || (inst = sb_pipe__inst_new(pa, h)) == NULL) {
         err = GetLastError();
         win_text(err, text, sizeof(text));
         snprintf(pa->connect_why, sizeof(pa->connect_why), "cannot set up the connection: %s",
@@ -289,37 +310,23 @@ static void do_connect(pipe_adapter *pa)
 
 /* ---- reading ---- */
 
-/* Hands what was read to the loop when the loop has taken the last batch;
- * once everything is handed over, reports the end of input if it came. */
-static void flush_input(pipe_inst *inst)
-{
-    if (inst->in_flight || !inst->started)
-        return;
-    if (inst->ilen > 0) {
-        inst->in_data = inst->ibuf; /* now owned by the loop */
-        inst->in_len = inst->ilen;
-        inst->ibuf = NULL;
-        inst->ilen = inst->icap = 0;
-        inst->imsgs = 0;
-        inst->in_flight = 1;
-        sb_pipe__post(inst->pa, sb_pipe__on_input, inst);
-    } else if (inst->end_pending && !inst->ended) {
-        inst->ended = 1;
-        sb_pipe__post(inst->pa, sb_pipe__on_input_end, inst);
-    }
-}
-
 /* Input ends after what was read so far: err 0 for an orderly end, else an
  * SB_E* code and why (logged as an error by the loop if log_as_error). */
 static void end_input(pipe_inst *inst, int err, const char *why, int log_as_error)
 {
+    pipe_adapter *pa = inst->pa;
+    int post;
     if (inst->end_pending)
         return;
-    inst->end_pending = 1;
     inst->end_err = err;
     inst->end_log = log_as_error;
     snprintf(inst->end_why, sizeof(inst->end_why), "%s", why != NULL ? why : "");
-    flush_input(inst);
+    uv_mutex_lock(&pa->lock);
+    inst->end_pending = 1;
+    post = want_report(inst);
+    uv_mutex_unlock(&pa->lock);
+    if (post)
+        sb_pipe__post(pa, sb_pipe__on_input, inst);
 }
 
 static void read_failed(pipe_inst *inst, DWORD err)
@@ -337,43 +344,81 @@ static void read_failed(pipe_inst *inst, DWORD err)
     end_input(inst, SB_ECLOSED, why, 0);
 }
 
-static void start_read(pipe_inst *inst)
+/* Issues a read. Returns 1 if it is done already (no packet comes):
+ * *bytes and *err say how; 0 if it is pending (or could not start). */
+static int start_read(pipe_inst *inst, DWORD *bytes, DWORD *err)
 {
     pipe_adapter *pa = inst->pa;
-    DWORD err;
     if (inst->rbuf == NULL) {
         size_t cap =
             pa->message && pa->max_message + 1 < READ_CHUNK ? pa->max_message + 1 : READ_CHUNK;
         inst->rbuf = sb_malloc(cap);
         if (inst->rbuf == NULL) {
             end_input(inst, SB_ENOMEM, "out of memory", 0);
-            return;
+            return 0;
         }
         inst->rcap = cap;
         inst->rlen = 0;
     }
     start_op(&inst->op_read);
-    if (ReadFile(inst->h, inst->rbuf + inst->rlen, (DWORD)(inst->rcap - inst->rlen), NULL,
-                 &inst->op_read.ov))
-        return; /* a completion packet is queued */
-    err = GetLastError();
-    if (err == ERROR_IO_PENDING || err == ERROR_MORE_DATA)
-        return; /* so is one for these (MORE_DATA is a warning, not a failure) */
+    *err = 0;
+    if (!ReadFile(inst->h, inst->rbuf + inst->rlen, (DWORD)(inst->rcap - inst->rlen), NULL,
+                  &inst->op_read.ov)) {
+        *err = GetLastError();
+        if (*err == ERROR_IO_PENDING)
+            return 0;
+    }
+    /* Done, ERROR_MORE_DATA (a warning: the part read is in the buffer) or
+     * failed: no packet comes for any of these. In the skip mode a packet
+     * is queued only for an operation that returned pending, whatever its
+     * final status (so Wine's server/async.c too); ERROR_MORE_DATA at once
+     * only happens for a message larger than the 64 KiB buffer. */
     inst->op_read.pending = 0;
-    read_failed(inst, err);
+    *bytes = *err == 0 || *err == ERROR_MORE_DATA ? (DWORD)inst->op_read.ov.InternalHigh : 0;
+    return 1;
+}
+
+static void on_read_done(pipe_inst *inst, DWORD bytes, DWORD err);
+
+/* Tells the loop about input waiting in ibuf, unless it was told already. */
+static void hand_over(pipe_inst *inst)
+{
+    pipe_adapter *pa = inst->pa;
+    int post;
+    uv_mutex_lock(&pa->lock);
+    post = inst->ilen > 0 && want_report(inst);
+    uv_mutex_unlock(&pa->lock);
+    if (post)
+        sb_pipe__post(pa, sb_pipe__on_input, inst);
 }
 
 /* Reads on while the loop wants input and not too much waits for it (a
- * message in progress is always read to its end). */
+ * message in progress is always read to its end); reads that complete at
+ * once are handled here, one after the other. What was read goes to the
+ * loop once no more is to be had at once: one report for all the messages
+ * a producer wrote ahead, not one for the first and one for the rest. */
 static void read_on(pipe_inst *inst)
 {
-    const pipe_adapter *pa = inst->pa;
-    int full = inst->ilen >= pa->ahead_bytes ||
+    pipe_adapter *pa = inst->pa;
+    for (;;) {
+        DWORD bytes, err;
+        int full;
+        if (!inst->started || inst->end_pending || inst->close_asked || inst->cancelled ||
+            pa->stopping_io || inst->h == INVALID_HANDLE_VALUE || inst->op_read.pending)
+            break;
+        uv_mutex_lock(&pa->lock);
+        full = inst->ilen >= pa->ahead_bytes ||
                (pa->ahead_messages > 0 && inst->imsgs >= pa->ahead_messages);
-    if (!inst->started || inst->end_pending || inst->close_asked || inst->cancelled ||
-        inst->h == INVALID_HANDLE_VALUE || inst->op_read.pending || (full && inst->rlen == 0))
-        return;
-    start_read(inst);
+        if (full && inst->rlen == 0)
+            inst->stalled = 1; /* the loop resumes us when it takes them */
+        uv_mutex_unlock(&pa->lock);
+        if (full && inst->rlen == 0)
+            break;
+        if (!start_read(inst, &bytes, &err))
+            break;
+        on_read_done(inst, bytes, err);
+    }
+    hand_over(inst);
 }
 
 static void too_big(pipe_inst *inst, size_t size, int at_least)
@@ -414,11 +459,13 @@ static int grow_for_more(pipe_inst *inst)
 }
 
 /* Appends the data read (message mode: as one length-prefixed frame) to
- * what waits for the loop. */
+ * what waits for the loop (read_on hands it over). */
 static int append_input(pipe_inst *inst)
 {
     pipe_adapter *pa = inst->pa;
-    size_t hdr = pa->message ? 4 : 0, need = inst->ilen + hdr + inst->rlen;
+    size_t hdr = pa->message ? 4 : 0, need;
+    uv_mutex_lock(&pa->lock);
+    need = inst->ilen + hdr + inst->rlen;
     if (need > inst->icap) {
         size_t cap = inst->icap == 0 ? READ_CHUNK : inst->icap;
         char *n;
@@ -426,6 +473,7 @@ static int append_input(pipe_inst *inst)
             cap *= 2;
         n = sb_realloc(inst->ibuf, cap);
         if (n == NULL) {
+            uv_mutex_unlock(&pa->lock);
             end_input(inst, SB_ENOMEM, "out of memory", 0);
             return -1;
         }
@@ -442,6 +490,7 @@ static int append_input(pipe_inst *inst)
     memcpy(inst->ibuf + inst->ilen + hdr, inst->rbuf, inst->rlen);
     inst->ilen = need;
     inst->imsgs++;
+    uv_mutex_unlock(&pa->lock);
     inst->rlen = 0;
     if (inst->rcap > READ_CHUNK) {
         /* Do not keep a large message's buffer for every small one after it. */
@@ -452,6 +501,8 @@ static int append_input(pipe_inst *inst)
     return 0;
 }
 
+/* A read completed (from the port, or at once): takes its data. The caller
+ * reads on (read_on). */
 static void on_read_done(pipe_inst *inst, DWORD bytes, DWORD err)
 {
     pipe_adapter *pa = inst->pa;
@@ -463,18 +514,15 @@ static void on_read_done(pipe_inst *inst, DWORD bytes, DWORD err)
     if (err == 0 || err == ERROR_MORE_DATA)
         inst->rlen += bytes;
     if (err == ERROR_MORE_DATA && pa->message) {
-        if (grow_for_more(inst) == 0)
-            start_read(inst);
+        grow_for_more(inst); /* read_on reads the rest (rlen > 0) */
         return;
     }
     if (err != 0) {
         read_failed(inst, err);
         return;
     }
-    if (!pa->message && bytes == 0) {
-        read_on(inst); /* nothing read: read again */
-        return;
-    }
+    if (!pa->message && bytes == 0)
+        return; /* nothing read: read_on reads again */
     if (pa->message && inst->rlen > pa->max_message) {
         too_big(inst, inst->rlen, 0);
         return;
@@ -485,110 +533,124 @@ static void on_read_done(pipe_inst *inst, DWORD bytes, DWORD err)
         inst->who_done = 1;
         inst->user = sb_pipe__client_user(inst->h);
     }
-    if (append_input(inst) != 0)
-        return;
-    flush_input(inst);
-    read_on(inst);
+    append_input(inst);
 }
 
 /* ---- writing ---- */
 
+static void write_end(pipe_inst *inst, int status, const char *why)
+{
+    sb_free(inst->wbuf);
+    inst->wbuf = NULL;
+    inst->wlen = inst->woff = 0;
+    inst->wstatus = status;
+    snprintf(inst->wwhy, sizeof(inst->wwhy), "%s", why != NULL ? why : "");
+}
+
 static void write_failed(pipe_inst *inst, DWORD err)
 {
-    pipe_adapter *pa = inst->pa;
     char text[256], why[300];
     if (err == ERROR_OPERATION_ABORTED) {
-        report_write(inst, SB_ECLOSED, "connection closed before the write completed");
+        write_end(inst, SB_ECLOSED, "connection closed before the write completed");
         return;
     }
     win_text(err, text, sizeof(text));
-    snprintf(why, sizeof(why), "WriteFile on %s: %s", pa->display, text);
-    report_write(inst, SB_ECLOSED, why);
+    snprintf(why, sizeof(why), "WriteFile on %s: %s", inst->pa->display, text);
+    write_end(inst, SB_ECLOSED, why);
 }
 
-/* Writes the next piece: the next frame as one pipe message (message mode),
- * or the rest of the buffer. Reports when all is written. */
-static void next_write(pipe_inst *inst)
+/* A WriteFile of inst->wcur bytes (message mode: the frame at woff) moved
+ * `bytes`: steps over them. Returns -1 (and ends the write) on a short
+ * message. */
+static int write_advance(pipe_inst *inst, DWORD bytes)
+{
+    if (inst->pa->message) {
+        if (bytes != inst->wcur) {
+            write_end(inst, SB_ECLOSED, "short write of a pipe message");
+            return -1;
+        }
+        inst->woff += 4 + inst->wcur;
+    } else if (bytes == 0 && inst->wcur > 0) {
+        write_end(inst, SB_ECLOSED, "the pipe took nothing of a write");
+        return -1;
+    } else {
+        inst->woff += bytes;
+    }
+    return 0;
+}
+
+int sb_pipe__write_on(pipe_inst *inst)
 {
     pipe_adapter *pa = inst->pa;
-    const char *p;
-    DWORD n, err;
-
-    if (inst->woff == inst->wlen) {
-        report_write(inst, 0, NULL);
-        return;
+    for (;;) {
+        const char *p;
+        DWORD n, err;
+        if (inst->woff == inst->wlen) {
+            write_end(inst, 0, NULL);
+            return 1;
+        }
+        if (pa->message) {
+            const unsigned char *u = (const unsigned char *)inst->wbuf + inst->woff;
+            size_t frame;
+            if (inst->wlen - inst->woff < 4)
+                goto malformed;
+            frame = ((size_t)u[0] << 24) | ((size_t)u[1] << 16) | ((size_t)u[2] << 8) | u[3];
+            if (inst->wlen - inst->woff - 4 < frame)
+                goto malformed;
+            p = inst->wbuf + inst->woff + 4;
+            n = (DWORD)frame;
+        } else {
+            size_t rest = inst->wlen - inst->woff;
+            p = inst->wbuf + inst->woff;
+            n = (DWORD)(rest > WRITE_MAX ? WRITE_MAX : rest);
+        }
+        inst->wcur = n;
+        start_op(&inst->op_write);
+        if (!WriteFile(inst->h, p, n, NULL, &inst->op_write.ov)) {
+            err = GetLastError();
+            if (err == ERROR_IO_PENDING)
+                return 0; /* the thread goes on when it completes */
+            inst->op_write.pending = 0;
+            write_failed(inst, err);
+            return 1;
+        }
+        /* Done at once: no packet comes. */
+        inst->op_write.pending = 0;
+        if (write_advance(inst, (DWORD)inst->op_write.ov.InternalHigh) != 0)
+            return 1;
     }
-    if (inst->close_asked || pa->stopping_io || inst->cancelled ||
-        inst->h == INVALID_HANDLE_VALUE) {
-        report_write(inst, SB_ECLOSED, "connection closed before the write");
-        return;
-    }
-    if (pa->message) {
-        const unsigned char *u = (const unsigned char *)inst->wbuf + inst->woff;
-        size_t frame;
-        if (inst->wlen - inst->woff < 4)
-            goto malformed;
-        frame = ((size_t)u[0] << 24) | ((size_t)u[1] << 16) | ((size_t)u[2] << 8) | u[3];
-        if (inst->wlen - inst->woff - 4 < frame)
-            goto malformed;
-        p = inst->wbuf + inst->woff + 4;
-        n = (DWORD)frame;
-    } else {
-        size_t rest = inst->wlen - inst->woff;
-        p = inst->wbuf + inst->woff;
-        n = (DWORD)(rest > WRITE_MAX ? WRITE_MAX : rest);
-    }
-    inst->wcur = n;
-    start_op(&inst->op_write);
-    if (WriteFile(inst->h, p, n, NULL, &inst->op_write.ov))
-        return; /* a completion packet is queued */
-    err = GetLastError();
-    if (err == ERROR_IO_PENDING)
-        return;
-    inst->op_write.pending = 0;
-    write_failed(inst, err);
-    return;
 malformed:
     /* Only the raw protocol runs over message mode, and it writes frames. */
     sb_log(SB_LOG_ERROR, pa->base.name, "peer %s: internal error: output is not framed",
            inst->peer);
-    report_write(inst, SB_EPROTO, "output is not framed");
+    write_end(inst, SB_EPROTO, "output is not framed");
+    return 1;
 }
 
+/* A pending write completed: the thread writes the rest. */
 static void on_write_done(pipe_inst *inst, DWORD bytes, DWORD err)
 {
     pipe_adapter *pa = inst->pa;
     if (err != 0) {
         write_failed(inst, err);
-        return;
+    } else if (write_advance(inst, bytes) != 0) {
+        /* ended */
+    } else if (inst->woff < inst->wlen && (inst->close_asked || pa->stopping_io ||
+                                           inst->cancelled || inst->h == INVALID_HANDLE_VALUE)) {
+        write_end(inst, SB_ECLOSED, "connection closed before the write");
+    } else if (sb_pipe__write_on(inst) == 0) {
+        return; /* pending again */
     }
-    if (pa->message) {
-        if (bytes != inst->wcur) {
-            report_write(inst, SB_ECLOSED, "short write of a pipe message");
-            return;
-        }
-        inst->woff += 4 + inst->wcur;
-    } else {
-        inst->woff += bytes;
-    }
-    next_write(inst);
+    report_write(inst);
 }
 
 /* ---- commands ---- */
 
-/* The loop starts reading, or took the last batch of input. */
+/* The loop starts reading, or took input after the thread stalled. */
 static void cmd_read(pipe_inst *inst)
 {
     inst->started = 1;
-    inst->in_flight = 0;
-    flush_input(inst);
     read_on(inst);
-}
-
-static void cmd_write(pipe_inst *inst)
-{
-    inst->woff = 0;
-    next_write(inst);
 }
 
 /* Lets go of an instance's handle: closes it, or, when it was a connection
@@ -663,9 +725,10 @@ static void on_io(pipe_op *op, DWORD bytes, DWORD err)
     op->pending = 0;
     if (op == &inst->op_connect)
         on_client(inst, err);
-    else if (op == &inst->op_read)
+    else if (op == &inst->op_read) {
         on_read_done(inst, bytes, err);
-    else
+        read_on(inst);
+    } else
         on_write_done(inst, bytes, err);
     settle(inst);
 }
@@ -709,10 +772,6 @@ void sb_pipe__thread(void *arg)
                 break;
             case PIPE_KEY_READ:
                 cmd_read(inst);
-                settle(inst);
-                break;
-            case PIPE_KEY_WRITE:
-                cmd_write(inst);
                 settle(inst);
                 break;
             case PIPE_KEY_CLOSE:

@@ -13,7 +13,9 @@
  *   leaves;
  * - sink: deliveries arrive one per pipe message (boundaries kept even when
  *   several are written at once), in order, acknowledged once written; two
- *   clients share them round robin; line framing in byte mode;
+ *   clients share them round robin; line framing in byte mode; a backlog
+ *   many times the pipe's buffer (writes that wait for the reader) arrives
+ *   whole and in order, in both modes;
  * - an orderly stop with clients connected exits 0 and frees the names: the
  *   restarted broker serves the same pipes.
  *
@@ -420,6 +422,47 @@ static void test_sink_line(void **state)
     b->passed = 1;
 }
 
+/* The payload of backlog message i: "big<i>" padded with letters to len. */
+static void big_payload(char *out, size_t len, int i)
+{
+    int n = snprintf(out, len + 1, "big%03d-", i);
+    for (size_t k = (size_t)n; k < len; k++)
+        out[k] = (char)('a' + (k + (size_t)i) % 26);
+    out[len] = '\0';
+}
+
+static void test_sink_backlog(void **state)
+{
+    enum { COUNT = 40, SIZE = 3000 };
+    sbt_broker *b = *state;
+    names n;
+    sbt_conn *c = start_broker(b, "backlog-sink", sink_config, &n, 2);
+    char payload[SIZE + 1], line[SIZE + 64];
+    pt_pipe *p, *l;
+
+    /* 120 KB for each sink, whose pipes buffer 4 KiB: most writes wait for
+     * the reader, and the rest of a batch goes on when they complete. */
+    for (int i = 0; i < COUNT; i++) {
+        big_payload(payload, SIZE, i);
+        sbt_pub(c, "out/big", payload, 1);
+        sbt_pub(c, "outl/big", payload, 1);
+    }
+    p = pt_open_ok(n.path[0], 1);
+    l = pt_open_ok(n.path[1], 0);
+    for (int i = 0; i < COUNT; i++) {
+        big_payload(payload, SIZE, i);
+        expect_read(p, payload, SIZE);
+        assert_int_equal(pt_read_line(l, line, sizeof(line), SBT_REPLY_MS), SIZE);
+        assert_string_equal(line, payload);
+    }
+    sbt_wait_queue_int(c, "to-out:out", "depth", 0, 5000);
+    sbt_wait_queue_int(c, "to-outl:outl", "depth", 0, 5000);
+    pt_close(l);
+    pt_close(p);
+    sbt_close(c);
+    b->passed = 1;
+}
+
 /* ---- stop ---- */
 
 static void test_stop_and_restart(void **state)
@@ -473,6 +516,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_max_connections, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_sink_message, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_sink_line, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_sink_backlog, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_stop_and_restart, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();

@@ -1,0 +1,140 @@
+#!/bin/sh
+# Wineserver requests per message of the named-pipe cases of run-wine.sh:
+# the raw mechanism and the same through Switchboard, counted rather than
+# timed, so that the load from other work on the machine does not change
+# them.
+#
+#     tools/bench/wine-requests.sh [BUILD_DIR]        (default build/h-bench)
+#
+# Under Wine every pipe call, completion packet, thread wake-up and APC is a
+# round trip to the single wineserver process, so requests per message
+# bound what a mechanism can do there. This runs a wineserver of its own
+# with request tracing (`wineserver -f -d1`, far too slow for timing: only
+# short runs) for BUILD_DIR/wineprefix, starts the broker on a pipe-only
+# config, runs each case once with a small count and counts the trace's
+# requests during it: the broker's (its threads found from /proc), the
+# clients' (every other thread) and all. Replies, wake-ups and signals are
+# not counted. Cases as in run-wine.sh (memory class only):
+#
+#   raw.rr   ipcbench pipe -w 1              mem.rr   jsonl pub W=1 -> queue -> jsonl consumer
+#   raw.plb  ipcbench pipe -w W --bytes      mem.pl   jsonl pub W -> queue -> jsonl consumer
+#   raw.pl   ipcbench pipe -w W              mem.ow   raw message pipe -> queue -> jsonl consumer
+#   raw.ow   ipcbench pipe -w 0
+#
+# Environment: SB_BENCH_WINDOW (64), SB_BENCH_KEEP=1 keeps the trace.
+set -eu
+top=$(cd "$(dirname "$0")/../.." && pwd)
+build=${1:-$top/build/h-bench}
+build=$(cd "$build" && pwd)
+sb=$build/service/switchboard.exe
+ipc=$build/tools/bench/ipcbench.exe
+for f in "$sb" "$ipc"; do
+    if [ ! -f "$f" ]; then
+        echo "wine-requests.sh: $f is missing: build it first" >&2
+        exit 2
+    fi
+done
+WINDOW=${SB_BENCH_WINDOW:-64}
+WINEPREFIX=$("$top/packaging/windows/wine-prefix.sh" "$build/wineprefix")
+export WINEPREFIX
+export WINEDEBUG=-all
+export WINEDLLOVERRIDES="mscoree,mshtml=;winedbg.exe=d"
+unset DISPLAY WAYLAND_DISPLAY
+if command -v wineserver >/dev/null 2>&1; then wineserver=wineserver; else wineserver=/usr/lib/wine/wineserver; fi
+if command -v wine >/dev/null 2>&1; then wine=wine; else wine=/usr/lib/wine/wine64; fi
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/sb-winereq.XXXXXX")
+tag=sbr$$
+bpid=
+wspid=
+wpath() { printf 'Z:%s' "$1" | tr / '\\'; }
+cleanup() {
+    rc=$?
+    set +e
+    if [ -n "$bpid" ] && kill -0 "$bpid" 2>/dev/null; then
+        "$wine" "$ipc" stop-broker >/dev/null 2>&1
+        wait "$bpid" 2>/dev/null
+    fi
+    "$wineserver" -k 2>/dev/null
+    [ -n "$wspid" ] && wait "$wspid" 2>/dev/null
+    if [ "${SB_BENCH_KEEP:-0}" = 1 ] || [ $rc -ne 0 ]; then
+        echo "wine-requests.sh: kept $tmp" >&2
+    else
+        rm -rf "$tmp"
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cat >"$tmp/switchboard.yaml" <<EOF
+broker:
+  data_dir: '$(wpath "$tmp/data")'
+  admin: { endpoint: 'off' }
+  log: { level: info, stderr: true }
+adapters:
+  - { name: jsonl, type: pipe, path: $tag-jsonl, protocol: jsonl }
+  - { name: raw-memory, type: pipe, path: $tag-raw-memory, protocol: raw, framing: message, topic: bench/memory/q/raw }
+routes:
+  - { name: q-memory, from: bench/memory/q/#, durability: memory }
+EOF
+
+"$wineserver" -k 2>/dev/null || true
+"$wineserver" -f -p -d1 2>"$tmp/trace" &
+wspid=$!
+"$wine" cmd /c exit </dev/null >/dev/null 2>&1 || true
+"$wine" "$sb" run --config "$(wpath "$tmp/switchboard.yaml")" >"$tmp/broker.log" 2>&1 </dev/null &
+bpid=$!
+i=0
+until grep -q ' ready: ' "$tmp/broker.log" 2>/dev/null &&
+    "$wine" "$ipc" ping "$tag-jsonl" 5000 >/dev/null 2>&1; do
+    i=$((i + 1))
+    if ! kill -0 "$bpid" 2>/dev/null || [ $i -gt 300 ]; then
+        echo "wine-requests.sh: the broker did not start:" >&2
+        cat "$tmp/broker.log" >&2
+        exit 1
+    fi
+    sleep 0.2
+done
+
+# count KEY N ARGS...: runs one case; prints requests per message.
+count() {
+    key=$1
+    n=$2
+    shift 2
+    a=$(wc -l <"$tmp/trace")
+    out=$("$wine" "$ipc" "$@" -n "$n" -s 100 2>/dev/null </dev/null | grep '^RESULT' || true)
+    b=$(wc -l <"$tmp/trace")
+    case "$out" in *ok=1*) ;; *) echo "wine-requests.sh: $key failed: $out" >&2; exit 1 ;; esac
+    # The broker's threads: their unix tids, then their ids in the trace.
+    ls "/proc/$bpid/task" >"$tmp/tids"
+    awk -v a="$a" -v b="$b" -v key="$key" -v n="$n" '
+        FNR == NR { tid[$1] = 1; next }
+        / init_(first_)?thread\( / {
+            if (match($0, /unix_tid=[0-9]+/)) {
+                t = substr($0, RSTART + 9, RLENGTH - 9)
+                id = substr($1, 1, length($1) - 1)
+                if (t in tid) broker[id] = 1
+            }
+        }
+        FNR <= a || FNR > b { next }
+        $2 ~ /^[a-z_]+\($/ {
+            id = substr($1, 1, length($1) - 1)
+            all++
+            if (id in broker) bk++
+        }
+        END { printf "%-8s %8d %9.1f %9.1f %9.1f\n", key, n, bk / n, (all - bk) / n, all / n }
+    ' "$tmp/tids" "$tmp/trace"
+}
+
+j=$tag-jsonl
+count warm 200 broker --in "pub:$j:bench/memory/q/pub" -w 1 --out "jsonl:$j:q-memory" >/dev/null
+printf '%-8s %8s %9s %9s %9s\n' CASE MESSAGES BROKER CLIENTS ALL
+count raw.rr 1000 pipe -w 1
+count raw.plb 20000 pipe -w "$WINDOW" --bytes
+count raw.pl 2000 pipe -w "$WINDOW"
+count raw.ow 5000 pipe -w 0
+count mem.rr 1000 broker --in "pub:$j:bench/memory/q/pub" -w 1 --out "jsonl:$j:q-memory"
+count mem.pl 10000 broker --in "pub:$j:bench/memory/q/pub" -w "$WINDOW" --out "jsonl:$j:q-memory"
+count mem.ow 2000 broker --in "rawpipe:$tag-raw-memory" --out "jsonl:$j:q-memory"
+echo "(wineserver requests per message; replies, wake-ups and signals not counted)"
