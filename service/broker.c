@@ -1426,6 +1426,8 @@ static int check_reload_starts(sb_broker *b, const sb_config *cfg, sb_error *err
             return SB_ECONFIG;
     }
     return 0;
+}
+
 /* broker.http changed: the listener restarts with the new settings (its
  * clients reconnect; Prometheus retries). If it cannot start (the address
  * is taken), the error is logged and the next reload tries again. */

@@ -49,6 +49,8 @@ NOT_EXPRESSED = {
     "bad-filemap.yaml:31:18": "capacity against max_message (two keys)",
     "bad-filemap.yaml:34:5": "key for one direction (validate hook)",
     "bad-filemap.yaml:37:28": "SDDL",
+    "bad-http.yaml:6:13": "a non-loopback listener needs anonymous (two keys)",
+    "bad-http.yaml:8:14": "timeout written with a unit (10ms): range of unit values",
     "bad-names.yaml:5:11": "unique names",
     "bad-routes.yaml:4:16": "route destinations declared",
     "bad-routes.yaml:4:25": "destination listed twice",
