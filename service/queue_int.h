@@ -28,7 +28,13 @@ struct sb_entry {
                            (then it may have been) */
     int64_t deadline;   /* LEASED: lease end; RETRY: not before (loop ms) */
     int64_t expires_ms; /* wall clock ms, 0 = never */
-    sb_delivery *delivery;
+    sb_delivery *delivery; /* in flight (through enext: a part each, see below) */
+    /* A transform made several messages of this one (a script's): they go
+     * out in order, one delivery each, and the entry is acknowledged once
+     * every one was. parts[parts_sent..nparts) wait for a consumer. */
+    sb_message **parts;
+    size_t nparts, parts_sent, parts_acked;
+    int parts_redelivery; /* the entry was offered before its parts */
     sb_entry *next, *prev;   /* FIFO: all entries */
     sb_entry *snext, *sprev; /* the LEASED or RETRY list */
 };
@@ -72,6 +78,7 @@ struct sb_queue {
     sb_entry *cursor;     /* first entry never delivered (READY), or NULL */
     sb_entry_list leased; /* by lease deadline */
     sb_entry_list retry;  /* by not-before */
+    sb_entry *fanning;    /* LEASED, with parts to hand out before the next entry */
     int64_t depth;        /* entries not DONE */
     int64_t bytes;
     int64_t pending; /* publishes routed here, not yet committed */
