@@ -11,7 +11,9 @@
  *    message is dead-lettered and the broker keeps serving, the same
  *    script included;
  *  - a changed script is taken by a reload (POSIX: SIGHUP);
- *  - check-config names a broken script's own file and line.
+ *  - check-config names a broken script's own file and line;
+ *  - config/examples/lua-scripts.yaml as shipped, its script beside it:
+ *    a meter's line in, a JSON message per phase out.
  */
 #include "harness.h"
 
@@ -294,6 +296,59 @@ static void check_config_names_the_script_line(void **state)
     b->passed = 1;
 }
 
+/* config/examples/lua-scripts.yaml and meter-phases.lua as shipped (ports
+ * and data dir made this run's): a raw producer's reading, three JSON
+ * messages to a subscriber of plant/meters/#, a bad line dead-lettered. */
+static void example_as_shipped(void **state)
+{
+    sbt_broker *b = *state;
+    char *text = sbt_example("meter-phases.lua");
+    sbt_conn *c, *dash;
+    sbt_tcp *meter;
+
+    sbt_broker_init(b, "lua-example", 3);
+    write_script(b, "meter-phases.lua", text);
+    free(text);
+    text = sbt_example("lua-scripts.yaml");
+    sbt_example_replace(&text, "lua-scripts.yaml", "  data_dir: ./data\n",
+                        "  data_dir: '{data}'\n  admin: { endpoint: 'off' }\n");
+    sbt_example_replace(&text, "lua-scripts.yaml", "127.0.0.1:7878", "127.0.0.1:{port0}");
+    sbt_example_replace(&text, "lua-scripts.yaml", "127.0.0.1:1883", "127.0.0.1:{port1}");
+    sbt_example_replace(&text, "lua-scripts.yaml", "127.0.0.1:7000", "127.0.0.1:{port2}");
+    sbt_broker_config(b, text);
+    free(text);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+    dash = sbt_connect(b->port[0]);
+    sbt_sub(dash, "dashboard", "plant/meters/#", 10);
+
+    meter = sbt_tcp_connect(b->port[2], 5000);
+    assert_non_null(meter);
+    assert_int_equal(sbt_tcp_write(meter, "m7;230.1;229.8;231\r\n", 20), 0);
+    assert_int_equal(sbt_tcp_write(meter, "m7;230.1;low;231\n", 18), 0);
+    sbt_tcp_close(meter);
+    for (int phase = 1; phase <= 3; phase++) {
+        static const char *const volts[] = {"230.1", "229.8", "231.0"};
+        json_t *m = sbt_next_msg(dash, SBT_REPLY_MS);
+        char topic[64], want[64];
+        snprintf(topic, sizeof topic, "plant/meters/m7/L%d", phase);
+        snprintf(want, sizeof want, "{\"volts\":%s,\"ts\":", volts[phase - 1]);
+        assert_string_equal(sbt_str(m, "topic"), topic);
+        if (strncmp(sbt_str(m, "payload"), want, strlen(want)) != 0)
+            fail_msg("%s: %s, want %s...", topic, sbt_str(m, "payload"), want);
+        assert_string_equal(sbt_str(json_object_get(m, "headers"), "content-type"),
+                            "application/json");
+        sbt_ack(dash, "dashboard", sbt_int(m, "msg_id"));
+        json_decref(m);
+    }
+    expect_dead(c, "meters:$republish", 1, "meters/in",
+                "meter-phases.lua:22: phase L2 is not a number: low");
+    sbt_wait_queue_int(c, "meters:$republish", "depth", 0, 5000);
+    sbt_close(dash);
+    sbt_close(c);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -303,6 +358,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(reload_takes_a_changed_script, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(check_config_names_the_script_line, sbt_setup,
                                         sbt_teardown),
+        cmocka_unit_test_setup_teardown(example_as_shipped, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
