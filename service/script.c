@@ -305,6 +305,9 @@ int sb_script_new(sb_script **out, const char *name, const char *src, size_t len
         sb_script_free(s);
         return rc;
     }
+    /* Each call leaves its message's tables and strings behind, young
+     * garbage the generational collector takes cheaply. */
+    lua_gc(s->L, LUA_GCGEN, 0, 0);
     arm(s);
     rc = protected_call(s, do_open, NULL, NULL, why, n);
     if (rc == 0) {
