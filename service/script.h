@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 /* Defaults of a `lua` step's budget and memory (README). */
-#define SB_SCRIPT_BUDGET 1000000
+#define SB_SCRIPT_BUDGET 100000
 #define SB_SCRIPT_MEMORY (8 * 1024 * 1024)
 /* Messages one call may return at most. */
 #define SB_SCRIPT_MAX_OUTPUTS 1000
