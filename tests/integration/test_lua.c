@@ -11,7 +11,8 @@
  *    message is dead-lettered and the broker keeps serving, the same
  *    script included;
  *  - a changed script is taken by a reload (POSIX: SIGHUP);
- *  - check-config names a broken script's own file and line;
+ *  - check-config names a broken script's own file and line, and `sbctl
+ *    route test` runs scripts (each message a split makes, an error);
  *  - config/examples/lua-scripts.yaml as shipped, its script beside it:
  *    a meter's line in, a JSON message per phase out.
  */
@@ -349,6 +350,49 @@ static void example_as_shipped(void **state)
     b->passed = 1;
 }
 
+/* sbctl route test: a script's messages, each, and its error. */
+static void route_test_runs_scripts(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c = start(b, "lua-route-test");
+    const char *sbctl = getenv("SB_SBCTL");
+    char ep[64], *out = NULL, *err = NULL;
+    int rc;
+
+    if (sbctl == NULL || *sbctl == '\0')
+        fail_msg("SB_SBCTL is not set (ctest sets it)");
+    snprintf(ep, sizeof ep, "tcp:127.0.0.1:%d", b->port[0]);
+    {
+        char *argv[] = {(char *)sbctl, "-e",        ep,         "route", "test", "split",
+                        "--topic",     "meters/m1", "--payload", "4;5",  NULL};
+        rc = sbt_run(argv, NULL, 10000, &out, &err);
+        if (rc != 0 || strstr(out, "split: delivered\n"
+                                   "  message 1:\n"
+                                   "    topic: meters/m1/1\n"
+                                   "    header meter: m1\n"
+                                   "    payload: 4\n"
+                                   "  message 2:\n"
+                                   "    topic: meters/m1/2\n") == NULL)
+            fail_msg("sbctl exited %d:\n%s%s", rc, out, err);
+        free(out);
+        free(err);
+    }
+    {
+        char *argv[] = {(char *)sbctl, "-e",        ep,         "route", "test", "checked",
+                        "--topic",     "checked/x", "--payload", "many", NULL};
+        rc = sbt_run(argv, NULL, 10000, &out, &err);
+        if (rc != 1 || strstr(out, "checked: dead-letter\n  reason: transform: step 1 (lua): ") ==
+                           NULL ||
+            strstr(out, "checked.lua:4: not a number: many\n") == NULL)
+            fail_msg("sbctl exited %d:\n%s%s", rc, out, err);
+        free(out);
+        free(err);
+    }
+    assert_int_equal(sbt_queue_int(c, "split", "published"), 0);
+    sbt_close(c);
+    b->passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -358,6 +402,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(reload_takes_a_changed_script, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(check_config_names_the_script_line, sbt_setup,
                                         sbt_teardown),
+        cmocka_unit_test_setup_teardown(route_test_runs_scripts, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(example_as_shipped, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();
