@@ -625,8 +625,7 @@ void sb_delivery_done(sb_delivery *d, int status, const char *reason)
         if (status == 0) {
             if (e->nparts == 0 || ++e->parts_acked == e->nparts) {
                 q->acked++;
-                sb_rate__add(&q->out_rate, (int64_t)(uv_now(sb_broker_loop(q->broker)) / 1000),
-                             1);
+                sb_rate__add(&q->out_rate, (int64_t)(uv_now(sb_broker_loop(q->broker)) / 1000), 1);
                 settle(q, e, 0);
             } /* else: parts of it are still on their way */
         } else {

@@ -22,19 +22,19 @@ struct sb_entry {
     sb_message *msg;
     sb_queue *queue;
     int state;
-    int attempts;       /* deliveries that failed so far */
-    int persisted_done; /* its row was already deleted (individual ack or dlq) */
-    int offered;        /* handed to a consumer before, or loaded after a restart
-                           (then it may have been) */
-    int64_t deadline;   /* LEASED: lease end; RETRY: not before (loop ms) */
-    int64_t expires_ms; /* wall clock ms, 0 = never */
+    int attempts;          /* deliveries that failed so far */
+    int persisted_done;    /* its row was already deleted (individual ack or dlq) */
+    int offered;           /* handed to a consumer before, or loaded after a restart
+                              (then it may have been) */
+    int64_t deadline;      /* LEASED: lease end; RETRY: not before (loop ms) */
+    int64_t expires_ms;    /* wall clock ms, 0 = never */
     sb_delivery *delivery; /* in flight (through enext: a part each, see below) */
     /* A transform made several messages of this one (a script's): they go
      * out in order, one delivery each, and the entry is acknowledged once
      * every one was. parts[parts_sent..nparts) wait for a consumer. */
     sb_message **parts;
     size_t nparts, parts_sent, parts_acked;
-    int parts_redelivery; /* the entry was offered before its parts */
+    int parts_redelivery;    /* the entry was offered before its parts */
     sb_entry *next, *prev;   /* FIFO: all entries */
     sb_entry *snext, *sprev; /* the LEASED or RETRY list */
 };

@@ -158,15 +158,13 @@ static void guard(lua_State *L, const char *name)
 
 static int open_libs(lua_State *L)
 {
-    static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},
-                                    {LUA_STRLIBNAME, luaopen_string},
-                                    {LUA_TABLIBNAME, luaopen_table},
-                                    {LUA_MATHLIBNAME, luaopen_math},
-                                    {LUA_UTF8LIBNAME, luaopen_utf8},
-                                    {NULL, NULL}};
+    static const luaL_Reg libs[] = {
+        {LUA_GNAME, luaopen_base},       {LUA_STRLIBNAME, luaopen_string},
+        {LUA_TABLIBNAME, luaopen_table}, {LUA_MATHLIBNAME, luaopen_math},
+        {LUA_UTF8LIBNAME, luaopen_utf8}, {NULL, NULL}};
     /* Files, code from strings or bytecode, the collector and stdout. */
-    static const char *const unsafe[] = {"dofile", "loadfile", "load", "collectgarbage", "print",
-                                         NULL};
+    static const char *const unsafe[] = {"dofile",         "loadfile", "load",
+                                         "collectgarbage", "print",    NULL};
     for (const luaL_Reg *l = libs; l->name != NULL; l++) {
         luaL_requiref(L, l->name, l->func, 1);
         lua_pop(L, 1);
@@ -300,8 +298,9 @@ int sb_script_new(sb_script **out, const char *name, const char *src, size_t len
     s->L = lua_newstate(l_alloc, s);
     if (s->L == NULL) {
         rc = s->oom ? SB_ENOMEM : SB_EINVAL;
-        snprintf(why, n, rc == SB_ENOMEM ? "out of memory" : "%s: memory limit of %zu bytes is too small", name,
-                 memory);
+        snprintf(why, n,
+                 rc == SB_ENOMEM ? "out of memory" : "%s: memory limit of %zu bytes is too small",
+                 name, memory);
         sb_script_free(s);
         return rc;
     }

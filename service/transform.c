@@ -799,8 +799,8 @@ static int64_t parse_size(const char *t)
     static const struct {
         const char *unit;
         int64_t mult;
-    } units[] = {{"", 1}, {"B", 1}, {"KB", 1024}, {"KiB", 1024}, {"MB", 1024 * 1024},
-                 {"MiB", 1024 * 1024}};
+    } units[] = {
+        {"", 1}, {"B", 1}, {"KB", 1024}, {"KiB", 1024}, {"MB", 1024 * 1024}, {"MiB", 1024 * 1024}};
     int64_t v = 0;
     const char *p = t;
     if (!isdigit((unsigned char)*p))
@@ -836,8 +836,8 @@ static int compile_lua(cctx *c, const sb_tnode *n, const sb_tnode *v, const char
                 if (!want_scalar(c, val, kp))
                     continue;
                 budget = parse_size(val->text);
-                if (budget < 1000 || budget > 1000000000 || strspn(val->text, "0123456789") !=
-                                                                 strlen(val->text))
+                if (budget < 1000 || budget > 1000000000 ||
+                    strspn(val->text, "0123456789") != strlen(val->text))
                     cerror(c, val, kp,
                            "instructions per call: a number from 1000 to 1000000000 (default %d)",
                            SB_SCRIPT_BUDGET);
@@ -2113,10 +2113,10 @@ static int run_lua(run *r, const step *s, size_t i, outs *o)
         const char *bad;
         run sub = {.t = r->t, .in = r->in, .why = r->why, .why_n = r->why_n, .ncap = r->ncap};
         if (sb_topic_validate(res[k].topic, strlen(res[k].topic), &bad) != 0) {
-            rc = n == 1 ? fail(r, "%s: the topic \"%.60s\" is not valid: %s", s->file,
-                               res[k].topic, bad)
-                        : fail(r, "%s: message %zu: the topic \"%.60s\" is not valid: %s",
-                               s->file, k + 1, res[k].topic, bad);
+            rc = n == 1 ? fail(r, "%s: the topic \"%.60s\" is not valid: %s", s->file, res[k].topic,
+                               bad)
+                        : fail(r, "%s: message %zu: the topic \"%.60s\" is not valid: %s", s->file,
+                               k + 1, res[k].topic, bad);
             break;
         }
         memcpy(sub.cap, r->cap, sizeof sub.cap);

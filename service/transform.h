@@ -43,10 +43,10 @@ typedef struct sb_tnode sb_tnode;
 struct sb_tnode {
     int kind; /* SB_TNODE_* */
     int line, col;
-    int plain;       /* SCALAR: written without quotes (may be a number) */
-    char *text;      /* SCALAR: the value */
-    sb_tnode *items; /* MAP: key, value, key, value, ...; LIST: the elements */
-    size_t count;    /* entries in items */
+    int plain;          /* SCALAR: written without quotes (may be a number) */
+    char *text;         /* SCALAR: the value */
+    sb_tnode *items;    /* MAP: key, value, key, value, ...; LIST: the elements */
+    size_t count;       /* entries in items */
     sb_tscript *script; /* SCALAR naming a `lua` step's script: the file */
 };
 

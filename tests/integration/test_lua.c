@@ -257,8 +257,7 @@ static void reload_takes_a_changed_script(void **state)
     sbt_ack(sub, "checked", id);
 
     /* A fixed one is taken. */
-    write_script(b, "checked.lua",
-                 "function transform(msg)\n  return 'v2 ' .. msg.payload\nend\n");
+    write_script(b, "checked.lua", "function transform(msg)\n  return 'v2 ' .. msg.payload\nend\n");
     sbt_broker_mark_log(b);
     sbt_broker_signal(b, SIGHUP);
     snprintf(line, sizeof line, "configuration reloaded from %s", b->config_path);
@@ -363,8 +362,8 @@ static void route_test_runs_scripts(void **state)
         fail_msg("SB_SBCTL is not set (ctest sets it)");
     snprintf(ep, sizeof ep, "tcp:127.0.0.1:%d", b->port[0]);
     {
-        char *argv[] = {(char *)sbctl, "-e",        ep,         "route", "test", "split",
-                        "--topic",     "meters/m1", "--payload", "4;5",  NULL};
+        char *argv[] = {(char *)sbctl, "-e",        ep,          "route", "test", "split",
+                        "--topic",     "meters/m1", "--payload", "4;5",   NULL};
         rc = sbt_run(argv, NULL, 10000, &out, &err);
         if (rc != 0 || strstr(out, "split: delivered\n"
                                    "  message 1:\n"
@@ -378,11 +377,11 @@ static void route_test_runs_scripts(void **state)
         free(err);
     }
     {
-        char *argv[] = {(char *)sbctl, "-e",        ep,         "route", "test", "checked",
-                        "--topic",     "checked/x", "--payload", "many", NULL};
+        char *argv[] = {(char *)sbctl, "-e",        ep,          "route", "test", "checked",
+                        "--topic",     "checked/x", "--payload", "many",  NULL};
         rc = sbt_run(argv, NULL, 10000, &out, &err);
-        if (rc != 1 || strstr(out, "checked: dead-letter\n  reason: transform: step 1 (lua): ") ==
-                           NULL ||
+        if (rc != 1 ||
+            strstr(out, "checked: dead-letter\n  reason: transform: step 1 (lua): ") == NULL ||
             strstr(out, "checked.lua:4: not a number: many\n") == NULL)
             fail_msg("sbctl exited %d:\n%s%s", rc, out, err);
         free(out);

@@ -142,7 +142,8 @@ static void test_errors_name_their_line(void **state)
     expect_new_error("function transform(m)\n  return m +\nend\n", "t.lua:3: unexpected symbol");
     expect_new_error("local x = nil\nx.y = 1\nfunction transform(m) end\n",
                      "t.lua:2: attempt to index a nil value");
-    expect_new_error("function transfrom(m) return m end\n", "t.lua: defines no function transform");
+    expect_new_error("function transfrom(m) return m end\n",
+                     "t.lua: defines no function transform");
 }
 
 static void test_budget(void **state)
@@ -172,9 +173,9 @@ static void test_budget(void **state)
         sb_script *s = NULL;
         char why[400];
         static const char src[] = "while true do end\nfunction transform(m) end\n";
-        assert_int_equal(sb_script_new(&s, "t.lua", src, strlen(src), 10000, SB_SCRIPT_MEMORY,
-                                       why, sizeof why),
-                         SB_EINVAL);
+        assert_int_equal(
+            sb_script_new(&s, "t.lua", src, strlen(src), 10000, SB_SCRIPT_MEMORY, why, sizeof why),
+            SB_EINVAL);
         assert_non_null(strstr(why, "t.lua:1: instruction budget of 10000 exceeded"));
     }
     /* a call within its budget after one that spent it */
@@ -383,8 +384,8 @@ static sb_config *load(const char *steps, char *err, size_t n)
     char text[4096];
     sb_config *cfg = NULL;
     sb_config_errors errs = {0};
-    snprintf(text, sizeof text,
-             "routes:\n  - name: r\n    from: dde/+/+/+\n    transform:\n%s", steps);
+    snprintf(text, sizeof text, "routes:\n  - name: r\n    from: dde/+/+/+\n    transform:\n%s",
+             steps);
     if (sb_config_parse(&cfg, "./lua-t.yaml", text, strlen(text), &errs) != 0) {
         assert_true(errs.count >= 1);
         sb_config_error_format(&errs.items[0], err, n);
