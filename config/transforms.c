@@ -9,13 +9,17 @@
 #include "config/config_int.h"
 
 #include "service/alloc.h"
+#include "service/platform.h"
 #include "service/transform.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
 /* Deepest nesting of a transform's values. */
 #define MAX_DEPTH 32
+/* The largest script file a `lua` step may name. */
+#define MAX_SCRIPT_BYTES (1024 * 1024)
 
 #define R(member) offsetof(sb_route_config, member)
 
@@ -97,6 +101,103 @@ static int to_tnode(sb_config__ctx *ctx, const yaml_node_t *node, sb_tnode *out,
     }
 }
 
+/* ---- scripts ---- */
+
+static int absolute_path(const char *p)
+{
+    return p[0] == '/' || p[0] == '\\' ||
+           (((p[0] >= 'A' && p[0] <= 'Z') || (p[0] >= 'a' && p[0] <= 'z')) && p[1] == ':');
+}
+
+/* Reads the script `name` names (relative to the config file's folder)
+ * into name->script: its text, or why it could not be read (reported when
+ * the step is compiled, at name's position). */
+static void read_script(sb_config__ctx *ctx, sb_tnode *name)
+{
+    sb_tscript *s = sb_calloc(1, sizeof *s);
+    const char *file = ctx->file != NULL ? ctx->file : "";
+    size_t dir = 0, cap = 0;
+    char msg[600];
+    FILE *f;
+
+    if (s == NULL) {
+        ctx->nomem = 1;
+        return;
+    }
+    name->script = s;
+    for (size_t i = 0; file[i] != '\0'; i++)
+        if (file[i] == '/' || file[i] == '\\')
+            dir = i + 1;
+    if (absolute_path(name->text) || dir == 0) {
+        s->path = sb_strdup(name->text);
+    } else if ((s->path = sb_malloc(dir + strlen(name->text) + 1)) != NULL) {
+        memcpy(s->path, file, dir);
+        strcpy(s->path + dir, name->text);
+    }
+    if (s->path == NULL) {
+        ctx->nomem = 1;
+        return;
+    }
+    f = sb_platform_fopen(s->path, "rb");
+    if (f == NULL) {
+        snprintf(msg, sizeof msg, "cannot read the script %s: %s", s->path, strerror(errno));
+        goto failed;
+    }
+    for (;;) {
+        size_t n;
+        if (s->len == cap) {
+            char *bigger;
+            if (cap >= MAX_SCRIPT_BYTES) {
+                snprintf(msg, sizeof msg, "the script %s is larger than %d KiB", s->path,
+                         MAX_SCRIPT_BYTES / 1024);
+                fclose(f);
+                goto failed;
+            }
+            cap = cap == 0 ? 4096 : 2 * cap;
+            if ((bigger = sb_realloc(s->source, cap + 1)) == NULL) {
+                fclose(f);
+                ctx->nomem = 1;
+                return;
+            }
+            s->source = bigger;
+        }
+        n = fread(s->source + s->len, 1, cap - s->len, f);
+        s->len += n;
+        if (n == 0)
+            break;
+    }
+    if (ferror(f)) {
+        snprintf(msg, sizeof msg, "cannot read the script %s: %s", s->path, strerror(errno));
+        fclose(f);
+        goto failed;
+    }
+    fclose(f);
+    if (s->source == NULL && (s->source = sb_malloc(1)) == NULL) {
+        ctx->nomem = 1;
+        return;
+    }
+    s->source[s->len] = '\0';
+    return;
+failed:
+    sb_free(s->source);
+    s->source = NULL;
+    s->len = 0;
+    if ((s->error = sb_strdup(msg)) == NULL)
+        ctx->nomem = 1;
+}
+
+/* Reads the script of every `lua` step in spec (a step or a list). */
+static void read_scripts(sb_config__ctx *ctx, sb_tnode *spec)
+{
+    size_t n = spec->kind == SB_TNODE_LIST ? spec->count : 1;
+    for (size_t i = 0; i < n && !ctx->nomem; i++) {
+        sb_tnode *step = spec->kind == SB_TNODE_LIST ? &spec->items[i] : spec;
+        sb_tnode *name = sb_tnode_script_name(step);
+        if (name != NULL && name->text != NULL && name->text[0] != '\0' && name->script == NULL)
+            read_script(ctx, name);
+    }
+}
+
 /* A new tree for node, or NULL (reported). */
 static sb_tnode *tnode_new(sb_config__ctx *ctx, const yaml_node_t *node, const char *path)
 {
@@ -109,6 +210,7 @@ static sb_tnode *tnode_new(sb_config__ctx *ctx, const yaml_node_t *node, const c
         sb_tnode_free(t);
         return NULL;
     }
+    read_scripts(ctx, t);
     return t;
 }
 

@@ -8,7 +8,8 @@ set -eu
 # recommended by clang) for the clang build with -fsanitize.
 PACKAGES="build-essential clang libclang-rt-14-dev cmake ninja-build pkg-config git \
   ca-certificates libuv1-dev libsqlite3-dev sqlite3 libyaml-dev libjansson-dev libcmocka-dev \
-  libssl-dev python3 python3-yaml python3-jsonschema mosquitto mosquitto-clients libmosquitto-dev openssl nats-server"
+  libssl-dev python3 python3-yaml python3-jsonschema mosquitto mosquitto-clients libmosquitto-dev openssl nats-server \
+  liblua5.4-dev"
 # The HTTP listener (/metrics, the status page) and its tests: promtool (in
 # prometheus) checks the metrics, headless chromium renders the page.
 PACKAGES="$PACKAGES libmicrohttpd-dev prometheus chromium"

@@ -523,24 +523,22 @@ void *sb_broker_route_test(sb_broker *b, const char *route, const sb_message *m,
     for (size_t d = 0; d < sb_broker__route_dests(r); d++) {
         char name[512], why[300], reason[340];
         sb_transform *t = NULL;
-        sb_message *out = NULL;
+        sb_message **out = NULL;
+        size_t count = 0;
         json_t *o;
         int rc;
 
         sb_broker__route_queue_name(name, sizeof name, r, d);
         if (sb_broker__route_transform(&t, r, d) != 0)
             goto oom;
-        if (t == NULL) {
-            out = sb_message_ref((sb_message *)m);
-            rc = 0;
-        } else {
-            rc = sb_transform_apply(t, m, &out, why, sizeof why);
-        }
+        /* without a transform: a copy, as a delivery would have it */
+        rc = sb_transform_apply_all(t, m, &out, &count, why, sizeof why);
         sb_transform_free(t);
         if (rc == SB_ENOMEM || (o = json_pack("{s:s}", "queue", name)) == NULL ||
             json_array_append_new(dests, o) != 0) {
-            if (out != NULL)
-                sb_message_unref(out);
+            for (size_t i = 0; i < count; i++)
+                sb_message_unref(out[i]);
+            sb_free(out);
             goto oom;
         }
         if (rc == SB_TRANSFORM_SKIP) {
@@ -551,9 +549,19 @@ void *sb_broker_route_test(sb_broker *b, const char *route, const sb_message *m,
             json_object_set_new(o, "reason", json_string(reason));
         } else {
             json_object_set_new(o, "result", json_string("delivered"));
-            sb_admin__message_fields(o, out);
-            sb_message_unref(out);
+            if (count == 1) {
+                sb_admin__message_fields(o, out[0]);
+            } else {
+                /* a script made several: each is delivered */
+                json_t *list = json_array();
+                for (size_t i = 0; i < count; i++)
+                    json_array_append_new(list, sb_admin__message_fields(json_object(), out[i]));
+                json_object_set_new(o, "messages", list);
+            }
         }
+        for (size_t i = 0; i < count; i++)
+            sb_message_unref(out[i]);
+        sb_free(out);
     }
     return res;
 oom:

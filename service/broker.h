@@ -118,6 +118,7 @@ struct sb_delivery {
     sb_consumer *consumer;
     sb_entry *entry;            /* private: NULL once the lease expired */
     sb_message *shaped;         /* private: the transformed copy msg points to, or NULL */
+    sb_delivery *enext;         /* private: the entry's other deliveries in flight */
     sb_delivery *next;          /* free for the consumer's own lists */
     sb_delivery *onext, *oprev; /* private: the consumer's outstanding list */
 };

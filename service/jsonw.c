@@ -42,9 +42,19 @@ void sb_jsonw_lit(sb_jsonw *w, const char *s)
 void sb_jsonw_str(sb_jsonw *w, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
+    size_t need = len + 2;
     char *o;
-    /* Worst case: every byte becomes \u00XX. */
-    if (!reserve(w, len * 6 + 2))
+    /* The exact size: reserving the worst case (every byte \u00XX) made
+     * a payload of a few hundred bytes ask malloc for kilobytes, past its
+     * per-thread cache, on every delivery. */
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t')
+            need += 1;
+        else if (c < 0x20)
+            need += 5;
+    }
+    if (!reserve(w, need))
         return;
     o = w->buf + w->len;
     *o++ = '"';

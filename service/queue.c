@@ -279,11 +279,25 @@ void sb_queue__append_paged(sb_queue *q, sb_entry *e, sb_message *msg, int attem
     e->offered = offered;
 }
 
+/* Drops e's parts not handed out yet (those sent belong to their
+ * deliveries). */
+static void drop_parts(sb_queue *q, sb_entry *e)
+{
+    for (size_t i = e->parts_sent; e->parts != NULL && i < e->nparts; i++)
+        sb_message_unref(e->parts[i]);
+    sb_free(e->parts);
+    e->parts = NULL;
+    e->nparts = e->parts_sent = e->parts_acked = 0;
+    if (q->fanning == e)
+        q->fanning = NULL;
+}
+
 static void free_entry(sb_entry *e)
 {
     sb_queue *q = e->queue;
     if (e->expires_ms != 0 && --q->expiring == 0)
         sb_queue__watch_expiry(q);
+    drop_parts(q, e);
     sb_message_unref(e->msg);
     sb_free(e);
 }
@@ -472,6 +486,38 @@ static void delivery_free(sb_delivery *d)
     sb_free(d);
 }
 
+static void entry_link(sb_entry *e, sb_delivery *d)
+{
+    d->enext = e->delivery;
+    e->delivery = d;
+}
+
+static void entry_unlink(sb_entry *e, sb_delivery *d)
+{
+    for (sb_delivery **p = &e->delivery; *p != NULL; p = &(*p)->enext)
+        if (*p == d) {
+            *p = d->enext;
+            break;
+        }
+    d->enext = NULL;
+}
+
+/* e failed or its lease ended: its deliveries still in flight no longer
+ * count for it (each keeps a reference to its message until
+ * sb_delivery_done, which then only frees it), and parts not handed out
+ * are dropped: a retry runs the transform again. */
+static void abandon(sb_queue *q, sb_entry *e)
+{
+    while (e->delivery != NULL) {
+        sb_delivery *d = e->delivery;
+        e->delivery = d->enext;
+        d->enext = NULL;
+        sb_message_ref(d->msg);
+        d->entry = NULL;
+    }
+    drop_parts(q, e);
+}
+
 /* Out of memory: put e back and try again on the next event. */
 static void retry_soon(sb_queue *q, sb_entry *e, int64_t now)
 {
@@ -481,14 +527,14 @@ static void retry_soon(sb_queue *q, sb_entry *e, int64_t now)
 }
 
 /* Runs the queue's transform on e's message for this delivery (the stored
- * message stays as it is). Returns 0 with *out the copy to deliver, 1 when
+ * message stays as it is). Returns 0 with *out the copies to deliver, 1 when
  * e is settled here (a when: condition did not hold: acknowledged and
  * counted; the transform failed: dead-lettered with its reason, as a
  * retry would fail alike), or SB_ENOMEM. */
-static int shape(sb_queue *q, sb_entry *e, sb_message **out)
+static int shape(sb_queue *q, sb_entry *e, sb_message ***out, size_t *count)
 {
     char why[300], reason[340];
-    int rc = sb_transform_apply(q->transform, e->msg, out, why, sizeof why);
+    int rc = sb_transform_apply_all(q->transform, e->msg, out, count, why, sizeof why);
     if (rc == SB_TRANSFORM_SKIP) {
         q->filtered++;
         settle(q, e, 0);
@@ -501,6 +547,43 @@ static int shape(sb_queue *q, sb_entry *e, sb_message **out)
         return 1;
     }
     return rc;
+}
+
+/* Hands the next part of q->fanning to c. 0, 1 if c refused it (now
+ * busy), SB_ENOMEM. */
+static int offer_part(sb_queue *q, sb_consumer *c, int64_t now)
+{
+    sb_entry *e = q->fanning;
+    sb_delivery *d = sb_calloc(1, sizeof(*d));
+    if (d == NULL)
+        return SB_ENOMEM;
+    d->shaped = e->parts[e->parts_sent];
+    d->msg = d->shaped;
+    d->sub = q->name;
+    d->attempt = e->attempts + 1;
+    d->redelivery = e->parts_redelivery;
+    d->consumer = c;
+    d->entry = e;
+    entry_link(e, d);
+    outstanding_add(c, d);
+    /* the lease runs from the last part handed out */
+    state_unlink(&q->leased, e);
+    e->deadline = now + q->lease_ms;
+    state_insert(&q->leased, e);
+    /* before the call: a consumer may finish d in it, and e with it */
+    if (++e->parts_sent == e->nparts)
+        q->fanning = NULL;
+    if (c->deliver(c, d) != 0) {
+        e->parts_sent--;
+        q->fanning = e;
+        entry_unlink(e, d);
+        outstanding_remove(c, d);
+        d->shaped = NULL; /* still e's part */
+        sb_free(d);
+        c->busy = 1;
+        return 1;
+    }
+    return 0;
 }
 
 void sb_queue__dispatch(sb_queue *q)
@@ -519,6 +602,11 @@ void sb_queue__dispatch(sb_queue *q)
         sb_delivery *d;
         if (c == NULL)
             break;
+        if (q->fanning != NULL) {
+            if (offer_part(q, c, now) < 0)
+                break; /* out of memory: the lease brings it back */
+            continue;
+        }
         e = next_entry(q, now);
         if (e == NULL)
             break;
@@ -534,13 +622,31 @@ void sb_queue__dispatch(sb_queue *q)
         }
         shaped = NULL;
         if (q->transform != NULL) {
-            int rc = shape(q, e, &shaped);
+            sb_message **msgs;
+            size_t n;
+            int rc = shape(q, e, &msgs, &n);
             if (rc > 0)
                 continue; /* not for this destination, or dead-lettered */
             if (rc < 0) {
                 retry_soon(q, e, now);
                 break;
             }
+            if (n > 1) {
+                /* several messages: handed out in turn, from the next turn */
+                e->parts = msgs;
+                e->nparts = n;
+                e->parts_sent = e->parts_acked = 0;
+                e->parts_redelivery = e->offered || e->attempts > 0;
+                e->offered = 1;
+                e->state = SB_ENTRY_LEASED;
+                e->deadline = now + q->lease_ms;
+                state_insert(&q->leased, e);
+                q->delivered++;
+                q->fanning = e;
+                continue;
+            }
+            shaped = msgs[0];
+            sb_free(msgs);
         }
         d = sb_calloc(1, sizeof(*d));
         if (d == NULL) {
@@ -556,7 +662,7 @@ void sb_queue__dispatch(sb_queue *q)
         d->redelivery = e->offered || e->attempts > 0;
         d->consumer = c;
         d->entry = e;
-        e->delivery = d;
+        entry_link(e, d);
         e->state = SB_ENTRY_LEASED;
         e->deadline = now + q->lease_ms;
         state_insert(&q->leased, e);
@@ -569,7 +675,7 @@ void sb_queue__dispatch(sb_queue *q)
             e->offered = was_offered;
             outstanding_remove(c, d);
             q->delivered--;
-            e->delivery = NULL;
+            entry_unlink(e, d);
             delivery_free(d);
             state_unlink(&q->leased, e);
             e->state = SB_ENTRY_RETRY;
@@ -596,15 +702,19 @@ void sb_delivery_done(sb_delivery *d, int status, const char *reason)
     outstanding_remove(c, d);
     if (e == NULL)
         sb_message_unref(d->msg); /* its own reference, taken when the lease expired */
+    else
+        entry_unlink(e, d);
     delivery_free(d);
     if (e != NULL) {
-        e->delivery = NULL;
         if (status == 0) {
-            q->acked++;
-            sb_rate__add(&q->out_rate, (int64_t)(uv_now(sb_broker_loop(q->broker)) / 1000), 1);
-            settle(q, e, 0);
+            if (e->nparts == 0 || ++e->parts_acked == e->nparts) {
+                q->acked++;
+                sb_rate__add(&q->out_rate, (int64_t)(uv_now(sb_broker_loop(q->broker)) / 1000), 1);
+                settle(q, e, 0);
+            } /* else: parts of it are still on their way */
         } else {
             q->nacked++;
+            abandon(q, e);
             fail_entry(q, e, reason != NULL ? reason : "rejected by the consumer", 1);
         }
     }
@@ -625,10 +735,12 @@ void sb_delivery_return(sb_delivery *d, const char *reason)
     outstanding_remove(c, d);
     if (e == NULL)
         sb_message_unref(d->msg); /* its own reference, taken when the lease expired */
-    sb_free(d);
+    else
+        entry_unlink(e, d);
+    delivery_free(d);
     if (e != NULL) {
-        e->delivery = NULL;
         q->nacked++;
+        abandon(q, e);
         fail_entry(q, e, reason != NULL ? reason : "returned by the consumer", 0);
     }
     if (q != NULL)
@@ -654,18 +766,15 @@ static void on_timer(uv_timer_t *t)
 
     q->timer_armed = 0;
     while ((e = q->leased.head) != NULL && e->deadline <= now) {
-        if (e->delivery != NULL) {
+        if (e->delivery != NULL)
             sb_log(SB_LOG_WARN, q->name,
                    "delivery of message %llu to %s not acknowledged within %lld ms; will retry",
                    (unsigned long long)e->msg->id, e->delivery->consumer->name,
                    (long long)q->lease_ms);
-            /* The consumer's late ack is ignored, but d->msg must stay valid
-             * until sb_delivery_done (broker.h) even if the entry is settled
-             * and freed first (through a redelivery to another consumer). */
-            sb_message_ref(e->delivery->msg);
-            e->delivery->entry = NULL;
-            e->delivery = NULL;
-        }
+        /* The consumer's late ack is ignored, but d->msg must stay valid
+         * until sb_delivery_done (broker.h) even if the entry is settled
+         * and freed first (through a redelivery to another consumer). */
+        abandon(q, e);
         fail_entry(q, e, "lease expired", 1);
     }
     sb_queue__dispatch(q);
@@ -679,7 +788,8 @@ void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c, int failed)
         sb_entry *e = d->entry;
         outstanding_remove(c, d);
         if (e != NULL) {
-            e->delivery = NULL;
+            entry_unlink(e, d);
+            abandon(q, e); /* its other parts, here or with other consumers */
             fail_entry(q, e, "the consumer disconnected before acknowledging", failed);
         } else {
             sb_message_unref(d->msg); /* lease expired: the delivery's own reference */
@@ -779,6 +889,7 @@ void sb_queue__clear(sb_queue *q)
     q->retry.head = q->retry.tail = NULL;
     q->cursor = NULL;
     sb_paging__resident(q, -q->bytes);
+    q->fanning = NULL;
     q->depth = q->bytes = 0;
     /* ops under way find the queue gone or changed (paging.c) */
     q->disk_depth = q->disk_bytes = 0;

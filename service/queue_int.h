@@ -28,13 +28,19 @@ struct sb_entry {
     sb_message *msg;
     sb_queue *queue;
     int state;
-    int attempts;       /* deliveries that failed so far */
-    int persisted_done; /* its row was already deleted (individual ack or dlq) */
-    int offered;        /* handed to a consumer before, or loaded after a restart
-                           (then it may have been) */
-    int64_t deadline;   /* LEASED: lease end; RETRY: not before (loop ms) */
-    int64_t expires_ms; /* wall clock ms, 0 = never */
-    sb_delivery *delivery;
+    int attempts;          /* deliveries that failed so far */
+    int persisted_done;    /* its row was already deleted (individual ack or dlq) */
+    int offered;           /* handed to a consumer before, or loaded after a restart
+                              (then it may have been) */
+    int64_t deadline;      /* LEASED: lease end; RETRY: not before (loop ms) */
+    int64_t expires_ms;    /* wall clock ms, 0 = never */
+    sb_delivery *delivery; /* in flight (through enext: a part each, see below) */
+    /* A transform made several messages of this one (a script's): they go
+     * out in order, one delivery each, and the entry is acknowledged once
+     * every one was. parts[parts_sent..nparts) wait for a consumer. */
+    sb_message **parts;
+    size_t nparts, parts_sent, parts_acked;
+    int parts_redelivery;    /* the entry was offered before its parts */
     sb_entry *next, *prev;   /* FIFO: all entries */
     sb_entry *snext, *sprev; /* the LEASED or RETRY list */
 };
@@ -78,6 +84,7 @@ struct sb_queue {
     sb_entry *cursor;     /* first entry never delivered (READY), or NULL */
     sb_entry_list leased; /* by lease deadline */
     sb_entry_list retry;  /* by not-before */
+    sb_entry *fanning;    /* LEASED, with parts to hand out before the next entry */
     int64_t depth;        /* entries not DONE */
     int64_t bytes;
     int64_t pending; /* publishes routed here, not yet committed */

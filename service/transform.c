@@ -18,6 +18,7 @@
 #include "service/codepage.h"
 #include "service/error.h"
 #include "service/jsonw.h"
+#include "service/script.h"
 #include "service/topic.h"
 
 #include <ctype.h>
@@ -39,12 +40,71 @@
 
 /* ---- the tree ---- */
 
+static void tscript_free(sb_tscript *s)
+{
+    if (s == NULL)
+        return;
+    sb_free(s->path);
+    sb_free(s->source);
+    sb_free(s->error);
+    sb_free(s);
+}
+
+static sb_tscript *tscript_copy(const sb_tscript *s)
+{
+    sb_tscript *c = sb_calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->len = s->len;
+    if ((s->path != NULL && (c->path = sb_strdup(s->path)) == NULL) ||
+        (s->error != NULL && (c->error = sb_strdup(s->error)) == NULL) ||
+        (s->source != NULL && (c->source = sb_malloc(s->len + 1)) == NULL)) {
+        tscript_free(c);
+        return NULL;
+    }
+    if (s->source != NULL)
+        memcpy(c->source, s->source, s->len + 1);
+    return c;
+}
+
+static int same_str(const char *a, const char *b)
+{
+    return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+static int tscript_equal(const sb_tscript *a, const sb_tscript *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    return same_str(a->path, b->path) && same_str(a->error, b->error) && a->len == b->len &&
+           (a->source == NULL) == (b->source == NULL) &&
+           (a->source == NULL || memcmp(a->source, b->source, a->len) == 0);
+}
+
 static void tnode_release(sb_tnode *n)
 {
     sb_free(n->text);
     for (size_t i = 0; i < n->count; i++)
         tnode_release(&n->items[i]);
     sb_free(n->items);
+    tscript_free(n->script);
+}
+
+sb_tnode *sb_tnode_script_name(sb_tnode *n)
+{
+    sb_tnode *v;
+    if (n == NULL || n->kind != SB_TNODE_MAP || n->count != 2 || n->items[0].text == NULL ||
+        strcmp(n->items[0].text, "lua") != 0)
+        return NULL;
+    v = &n->items[1];
+    if (v->kind == SB_TNODE_SCALAR)
+        return v;
+    if (v->kind != SB_TNODE_MAP)
+        return NULL;
+    for (size_t i = 0; i + 1 < v->count; i += 2)
+        if (strcmp(v->items[i].text, "script") == 0 && v->items[i + 1].kind == SB_TNODE_SCALAR)
+            return &v->items[i + 1];
+    return NULL;
 }
 
 void sb_tnode_free(sb_tnode *n)
@@ -61,7 +121,10 @@ static int tnode_copy_into(sb_tnode *dst, const sb_tnode *src)
     dst->text = NULL;
     dst->items = NULL;
     dst->count = 0;
+    dst->script = NULL;
     if (src->text != NULL && (dst->text = sb_strdup(src->text)) == NULL)
+        return SB_ENOMEM;
+    if (src->script != NULL && (dst->script = tscript_copy(src->script)) == NULL)
         return SB_ENOMEM;
     if (src->count > 0) {
         dst->items = sb_calloc(src->count, sizeof *dst->items);
@@ -96,6 +159,8 @@ int sb_tnode_equal(const sb_tnode *a, const sb_tnode *b)
         return 0;
     if ((a->text == NULL) != (b->text == NULL) ||
         (a->text != NULL && strcmp(a->text, b->text) != 0))
+        return 0;
+    if (!tscript_equal(a->script, b->script))
         return 0;
     for (size_t i = 0; i < a->count; i++)
         if (!sb_tnode_equal(&a->items[i], &b->items[i]))
@@ -152,7 +217,8 @@ enum {
     ST_JSON,
     ST_FORMAT,
     ST_PARSE,
-    ST_WHEN
+    ST_WHEN,
+    ST_LUA
 };
 static const char *const step_names[] = {"topic",
                                          "header_set",
@@ -168,6 +234,7 @@ static const char *const step_names[] = {"topic",
                                          "format",
                                          "parse",
                                          "when",
+                                         "lua",
                                          NULL};
 
 enum { ENC_BASE64 = -1, ENC_HEX = -2 };
@@ -193,6 +260,8 @@ typedef struct step {
     char **fptrs;
     json_t **fvals; /* NULL: the field is present */
     size_t nf;
+    sb_script *script; /* LUA */
+    char *file;        /* LUA: the script's path */
 } step;
 
 struct sb_transform {
@@ -251,6 +320,8 @@ static void step_free(step *s)
     for (size_t i = 0; s->fvals != NULL && i < s->nf; i++)
         json_decref(s->fvals[i]);
     sb_free(s->fvals);
+    sb_script_free(s->script);
+    sb_free(s->file);
 }
 
 void sb_transform_free(sb_transform *t)
@@ -726,6 +797,104 @@ static int compile_when(cctx *c, const sb_tnode *v, const char *path, step *s)
     return rc;
 }
 
+/* A size: digits with an optional unit (B, KB, KiB, MB, MiB: all 1024-based
+ * as in the rest of the config). -1 if it is not one. */
+static int64_t parse_size(const char *t)
+{
+    static const struct {
+        const char *unit;
+        int64_t mult;
+    } units[] = {
+        {"", 1}, {"B", 1}, {"KB", 1024}, {"KiB", 1024}, {"MB", 1024 * 1024}, {"MiB", 1024 * 1024}};
+    int64_t v = 0;
+    const char *p = t;
+    if (!isdigit((unsigned char)*p))
+        return -1;
+    for (; isdigit((unsigned char)*p); p++) {
+        if (v > (INT64_MAX - 9) / 10)
+            return -1;
+        v = v * 10 + (*p - '0');
+    }
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (strcmp(p, units[i].unit) == 0)
+            return v > INT64_MAX / units[i].mult ? -1 : v * units[i].mult;
+    return -1;
+}
+
+/* `lua: FILE` or `lua: {script: FILE, budget: N, memory: SIZE}`: the script
+ * (read by the config into the scalar naming it) compiled in its sandbox. */
+static int compile_lua(cctx *c, const sb_tnode *n, const sb_tnode *v, const char *path, step *s)
+{
+    sb_tnode *name = sb_tnode_script_name((sb_tnode *)n);
+    int64_t budget = SB_SCRIPT_BUDGET, memory = SB_SCRIPT_MEMORY;
+    char why[400];
+    int rc, errors = c->errors;
+
+    if (v->kind == SB_TNODE_MAP) {
+        for (size_t i = 0; i + 1 < v->count; i += 2) {
+            const sb_tnode *k = &v->items[i], *val = &v->items[i + 1];
+            char kp[300];
+            key_path(kp, sizeof kp, path, ".", k->text);
+            if (strcmp(k->text, "script") == 0) {
+                want_scalar(c, val, kp);
+            } else if (strcmp(k->text, "budget") == 0) {
+                if (!want_scalar(c, val, kp))
+                    continue;
+                budget = parse_size(val->text);
+                if (budget < 1000 || budget > 1000000000 ||
+                    strspn(val->text, "0123456789") != strlen(val->text))
+                    cerror(c, val, kp,
+                           "instructions per call: a number from 1000 to 1000000000 (default %d)",
+                           SB_SCRIPT_BUDGET);
+            } else if (strcmp(k->text, "memory") == 0) {
+                if (!want_scalar(c, val, kp))
+                    continue;
+                memory = parse_size(val->text);
+                if (memory < 64 * 1024 || memory > 1024 * 1024 * 1024)
+                    cerror(c, val, kp, "a size from 64KiB to 1024MiB (default %dMiB)",
+                           SB_SCRIPT_MEMORY / (1024 * 1024));
+            } else {
+                cerror(c, k, kp, "unknown key (known: script, budget, memory)");
+            }
+        }
+        if (name == NULL) {
+            cerror(c, v, path, "needs script: the Lua file to run");
+            return -1;
+        }
+    } else if (v->kind != SB_TNODE_SCALAR) {
+        cerror(c, v, path, "expected a Lua file or {script: FILE, budget: N, memory: SIZE}");
+        return -1;
+    }
+    if (name->text[0] == '\0') {
+        cerror(c, name, path, "expected a Lua file, got an empty string");
+        return -1;
+    }
+    if (c->errors > errors)
+        return -1;
+    if (name->script == NULL || name->script->source == NULL) {
+        cerror(c, name, path, "%s",
+               name->script != NULL && name->script->error != NULL
+                   ? name->script->error
+                   : "the script was not read (only a config file can name one)");
+        return -1;
+    }
+    if ((s->file = sb_strdup(name->script->path)) == NULL) {
+        c->nomem = 1;
+        return -1;
+    }
+    rc = sb_script_new(&s->script, name->script->path, name->script->source, name->script->len,
+                       budget, (size_t)memory, why, sizeof why);
+    if (rc == SB_ENOMEM) {
+        c->nomem = 1;
+        return -1;
+    }
+    if (rc != 0) {
+        cerror(c, name, path, "%s", why);
+        return -1;
+    }
+    return 0;
+}
+
 static int compile_step(cctx *c, const sb_tnode *n, const char *path, step *s)
 {
     char p[256];
@@ -735,7 +904,7 @@ static int compile_step(cctx *c, const sb_tnode *n, const char *path, step *s)
     if (n->kind != SB_TNODE_MAP || n->count != 2) {
         cerror(c, n, path, "a step is a mapping with one key, its kind (%s)",
                "topic, header_set, header_remove, header_from_level, encode, decode, wrap, "
-               "unwrap, pick, set, json, format, parse, when");
+               "unwrap, pick, set, json, format, parse, when, lua");
         return -1;
     }
     key = &n->items[0];
@@ -747,7 +916,7 @@ static int compile_step(cctx *c, const sb_tnode *n, const char *path, step *s)
     if (kind < 0) {
         cerror(c, key, p,
                "unknown step (known: topic, header_set, header_remove, header_from_level, "
-               "encode, decode, wrap, unwrap, pick, set, json, format, parse, when)");
+               "encode, decode, wrap, unwrap, pick, set, json, format, parse, when, lua)");
         return -1;
     }
     s->kind = kind;
@@ -879,6 +1048,8 @@ static int compile_step(cctx *c, const sb_tnode *n, const char *path, step *s)
         return 0;
     case ST_WHEN:
         return compile_when(c, v, p, s);
+    case ST_LUA:
+        return compile_lua(c, n, v, p, s);
     }
     return 0;
 }
@@ -1887,14 +2058,131 @@ static int run_step(run *r, const step *s)
     return 0;
 }
 
-int sb_transform_apply(const sb_transform *t, const sb_message *in, sb_message **out, char *why,
-                       size_t n)
+/* The messages a run made. */
+typedef struct outs {
+    sb_message **m;
+    size_t count, cap;
+} outs;
+
+static void run_release(run *r)
+{
+    sb_free(r->topic);
+    sb_free(r->payload);
+    json_decref(r->doc);
+    for (size_t i = 0; r->h != NULL && i < r->nh; i++) {
+        sb_free(r->h[i].key);
+        sb_free(r->h[i].value);
+    }
+    sb_free(r->h);
+}
+
+/* What the run holds, as a new message appended to o. */
+static int emit(run *r, outs *o)
+{
+    sb_message *m;
+    if (o->count == o->cap) {
+        size_t cap = o->cap ? 2 * o->cap : 1;
+        sb_message **nm = sb_realloc(o->m, cap * sizeof *nm);
+        if (nm == NULL)
+            return SB_ENOMEM;
+        o->m = nm;
+        o->cap = cap;
+    }
+    m = sb_message_new_owned(r->topic, r->payload, r->len);
+    r->payload = NULL; /* now owned by m (or freed) */
+    if (m == NULL)
+        return SB_ENOMEM;
+    for (size_t i = 0; i < r->nh; i++)
+        if (sb_message_add_header(m, r->h[i].key, r->h[i].value) != 0) {
+            sb_message_unref(m);
+            return SB_ENOMEM;
+        }
+    m->id = r->in->id;
+    m->created_ms = r->in->created_ms;
+    m->expires_ms = r->in->expires_ms;
+    m->priority = r->in->priority;
+    o->m[o->count++] = m;
+    return 0;
+}
+
+static int run_from(run *r, size_t first, outs *o);
+
+/* A `lua` step: the script's messages each run the steps after it. */
+static int run_lua(run *r, const step *s, size_t i, outs *o)
+{
+    sb_script_msg in, *res = NULL;
+    size_t n = 0;
+    char why[300];
+    int rc;
+
+    if ((rc = need_bytes(r)) != 0)
+        return rc;
+    in.topic = r->topic;
+    in.payload = r->payload;
+    in.len = r->len;
+    in.h = r->h;
+    in.nh = r->nh;
+    rc = sb_script_call(s->script, &in, r->in->created_ms, &res, &n, why, sizeof why);
+    if (rc == SB_ENOMEM)
+        return rc;
+    if (rc != 0)
+        return fail(r, "%s", why);
+    for (size_t k = 0; k < n && rc == 0; k++) {
+        const char *bad;
+        run sub = {.t = r->t, .in = r->in, .why = r->why, .why_n = r->why_n, .ncap = r->ncap};
+        if (sb_topic_validate(res[k].topic, strlen(res[k].topic), &bad) != 0) {
+            rc = n == 1 ? fail(r, "%s: the topic \"%.60s\" is not valid: %s", s->file, res[k].topic,
+                               bad)
+                        : fail(r, "%s: message %zu: the topic \"%.60s\" is not valid: %s", s->file,
+                               k + 1, res[k].topic, bad);
+            break;
+        }
+        memcpy(sub.cap, r->cap, sizeof sub.cap);
+        memcpy(sub.cap_len, r->cap_len, sizeof sub.cap_len);
+        sub.topic = res[k].topic;
+        sub.payload = res[k].payload;
+        sub.len = res[k].len;
+        sub.h = res[k].h;
+        sub.nh = res[k].nh;
+        memset(&res[k], 0, sizeof res[k]); /* now owned by sub */
+        rc = run_from(&sub, i + 1, o);
+        r->step = sub.step; /* for a failure's message */
+        run_release(&sub);
+    }
+    for (size_t k = 0; k < n; k++)
+        sb_script_msg_release(&res[k]);
+    sb_free(res);
+    return rc;
+}
+
+/* Runs the steps from `first` on r; what comes out is appended to o. */
+static int run_from(run *r, size_t first, outs *o)
+{
+    int rc;
+    for (size_t i = first; i < r->t->count; i++) {
+        r->step = (int)i + 1;
+        if (r->t->steps[i].kind == ST_LUA)
+            return run_lua(r, &r->t->steps[i], i, o);
+        rc = run_step(r, &r->t->steps[i]);
+        if (rc == SB_TRANSFORM_SKIP)
+            return 0; /* nothing for this destination */
+        if (rc != 0)
+            return rc;
+    }
+    if ((rc = need_bytes(r)) != 0)
+        return rc;
+    return emit(r, o);
+}
+
+int sb_transform_apply_all(const sb_transform *t, const sb_message *in, sb_message ***out,
+                           size_t *count, char *why, size_t n)
 {
     run r = {.t = t, .in = in, .why = why, .why_n = n};
-    sb_message *m = NULL;
+    outs o = {0};
     int rc = 0;
 
     *out = NULL;
+    *count = 0;
     if (n > 0)
         why[0] = '\0';
     r.topic = sb_strdup(in->topic);
@@ -1916,43 +2204,47 @@ int sb_transform_apply(const sb_transform *t, const sb_message *in, sb_message *
             goto cleanup;
         }
     }
-    captures(&r);
-    for (size_t i = 0; t != NULL && i < t->count && rc == 0; i++) {
-        r.step = (int)i + 1;
-        rc = run_step(&r, &t->steps[i]);
+    if (t != NULL) {
+        captures(&r);
+        rc = run_from(&r, 0, &o);
+    } else {
+        rc = emit(&r, &o);
     }
-    if (rc == 0)
-        rc = need_bytes(&r);
-    if (rc != 0)
-        goto cleanup;
-    m = sb_message_new_owned(r.topic, r.payload, r.len);
-    r.payload = NULL; /* now owned by m (or freed) */
-    if (m == NULL) {
-        rc = SB_ENOMEM;
-        goto cleanup;
-    }
-    for (size_t i = 0; i < r.nh; i++)
-        if (sb_message_add_header(m, r.h[i].key, r.h[i].value) != 0) {
-            sb_message_unref(m);
-            m = NULL;
-            rc = SB_ENOMEM;
-            goto cleanup;
-        }
-    m->id = in->id;
-    m->created_ms = in->created_ms;
-    m->expires_ms = in->expires_ms;
-    m->priority = in->priority;
-    *out = m;
+    if (rc == 0 && o.count == 0)
+        rc = SB_TRANSFORM_SKIP;
 cleanup:
     if (rc == SB_ENOMEM && n > 0)
         snprintf(why, n, "out of memory");
-    sb_free(r.topic);
-    sb_free(r.payload);
-    json_decref(r.doc);
-    for (size_t i = 0; r.h != NULL && i < r.nh; i++) {
-        sb_free(r.h[i].key);
-        sb_free(r.h[i].value);
+    if (rc != 0) {
+        for (size_t i = 0; i < o.count; i++)
+            sb_message_unref(o.m[i]);
+        sb_free(o.m);
+    } else {
+        *out = o.m;
+        *count = o.count;
     }
-    sb_free(r.h);
+    run_release(&r);
+    return rc;
+}
+
+int sb_transform_apply(const sb_transform *t, const sb_message *in, sb_message **out, char *why,
+                       size_t n)
+{
+    sb_message **all;
+    size_t count;
+    int rc = sb_transform_apply_all(t, in, &all, &count, why, n);
+
+    *out = NULL;
+    if (rc != 0)
+        return rc;
+    if (count == 1) {
+        *out = all[0];
+    } else {
+        snprintf(why, n, "made %zu messages where one was expected", count);
+        for (size_t i = 0; i < count; i++)
+            sb_message_unref(all[i]);
+        rc = SB_EINVAL;
+    }
+    sb_free(all);
     return rc;
 }

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Builds the static libraries Switchboard's Windows (x86_64, MinGW-w64) build
-# links: SQLite, libyaml, OpenSSL 3.0, libuv, jansson and cmocka, each from
+# links: SQLite, libyaml, OpenSSL 3.0, libuv, jansson, cmocka and Lua 5.4
+# (route scripts), each from
 # Debian 12's source package with Debian's patches applied. Run as root on
 # Debian 12: it installs the cross compiler, Wine and the host tools when
 # missing, and adds a deb-src entry mirroring debian.sources when apt has none.
@@ -32,7 +33,7 @@ OSSL_ENGINES="C:/Program Files/Switchboard/ssl/engines-3"
 OSSL_MODULES="C:/Program Files/Switchboard/ssl/ossl-modules"
 
 # Name of each source package, in build order.
-SRC_PACKAGES="sqlite3 libyaml openssl libuv1 jansson cmocka libmicrohttpd"
+SRC_PACKAGES="sqlite3 libyaml openssl libuv1 jansson cmocka libmicrohttpd lua5.4"
 # Debian packages needed to build and test; tclsh comes from tcl.
 APT_PACKAGES="gcc-mingw-w64-x86-64 mingw-w64-tools binutils-mingw-w64-x86-64 \
   wine wine64 libwine-dev dpkg-dev tcl build-essential cmake ninja-build \
@@ -202,7 +203,7 @@ cleanup() {
 trap cleanup EXIT
 lib=setup
 log="$work/setup.log"
-progress_open=0   # 1 while a "[n/6] name ... " line waits for its end
+progress_open=0   # 1 while a "[n/N] name ... " line waits for its end
 trap 'say "deps.sh: error: $lib: command failed at line $LINENO (log: $log)"' ERR
 chmod 755 "$work"   # apt-get source downloads as _apt when it can write here
 
@@ -387,6 +388,23 @@ build_libmicrohttpd() {
     step "make install" make -C "$bld" install
 }
 
+# --- Lua 5.4 (route scripts): the library's sources, compiled and archived ---
+# Debian's patches make its Makefile use libtool; the library is only the
+# src/*.c but the interpreter and the compiler (lua.c, luac.c, onelua.c).
+# luaconf.h picks LUA_USE_WINDOWS for _WIN32 itself.
+build_lua5.4() {
+    local src=${srcdir[lua5.4]}/src bld="$work/build/lua5.4" f
+    mkdir -p "$bld"
+    for f in "$src"/*.c; do
+        case "${f##*/}" in lua.c | luac.c | onelua.c) continue ;; esac
+        step "compile ${f##*/}" "$CC_WIN" -O2 -DLUA_COMPAT_5_3 -c "$f" -o "$bld/$(basename "$f" .c).o"
+    done
+    step "archive" "$MINGW-ar" rcs "$prefix/lib/liblua5.4.a" "$bld"/*.o
+    step "install headers" install -m 644 "$src/lua.h" "$src/luaconf.h" "$src/lualib.h" \
+        "$src/lauxlib.h" "$src/lua.hpp" "$prefix/include/"
+    write_pc lua5.4.pc Lua "${ver[lua5.4]%%-*}" "-llua5.4"
+}
+
 # Static-only prefix: fold Libs.private into Libs and Requires.private into
 # Requires, so that a plain `pkg-config --libs` gives a complete link line.
 flatten_pc() {
@@ -425,7 +443,7 @@ done
 lib=pkg-config
 log="$logs/$((n + 1))-pkgconfig.log"
 flatten_pc
-for p in sqlite3 yaml-0.1 libcrypto libssl openssl libuv jansson cmocka libmicrohttpd; do
+for p in sqlite3 yaml-0.1 libcrypto libssl openssl libuv jansson cmocka libmicrohttpd lua5.4; do
     step "pkg-config --libs $p" env PKG_CONFIG_LIBDIR="$prefix/lib/pkgconfig" \
         PKG_CONFIG_PATH= pkg-config --libs --cflags "$p"
 done

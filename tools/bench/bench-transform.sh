@@ -1,7 +1,8 @@
 #!/bin/sh
 # What route transforms cost: starts a broker on a fresh data directory
-# with three routes that differ only in their transform (none, a topic
-# rewrite, a JSON envelope) and runs transformbench against it (see
+# with four routes that differ only in their transform (none, a topic
+# rewrite, a JSON envelope, a small Lua function) and runs transformbench
+# against it (see
 # tools/bench/transformbench.c). Prints messages/s and the broker's CPU per
 # message for each, and the ratios to no transform.
 #
@@ -43,7 +44,20 @@ routes:
     durability: memory
     transform:
       - wrap: envelope
+  - name: tb-lua
+    from: tb/lua/+
+    durability: memory
+    transform:
+      - lua: bench.lua
 YAML
+# The small Lua function: what the topic rewrite does, and a header.
+cat > "$dir/bench.lua" <<'LUA'
+function transform(msg)
+  msg.topic = 'out/' .. msg.topic:match('[^/]+$') .. '/rewritten'
+  msg.headers.via = 'lua'
+  return msg
+end
+LUA
 "$sw" run --config "$dir/bench.yaml" 2> "$dir/broker.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT

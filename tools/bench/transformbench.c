@@ -2,10 +2,11 @@
  * transformbench: what route transforms cost, side by side in one run.
  *
  * The broker runs tools/bench/transform-bench.yaml (bench-transform.sh
- * writes and starts it): three routes without destinations, each a queue
+ * writes and starts it): four routes without destinations, each a queue
  * this program subscribes to, the same but for their transform: tb-none
- * (none), tb-topic (a topic rewrite with captured values) and tb-env (a
- * JSON envelope). For each route in turn, repeated --rounds times
+ * (none), tb-topic (a topic rewrite with captured values), tb-env (a
+ * JSON envelope) and tb-lua (a small Lua function: the same topic rewrite
+ * and a header). For each route in turn, repeated --rounds times
  * (interleaved, so that load on the machine hits every variant alike), one
  * jsonl connection publishes -n messages of -s bytes to the route's topics,
  * keeping up to -w publishes awaiting their puback, while consuming the
@@ -44,6 +45,7 @@ static variant variants[] = {
     {"tb-none", "tb/none", "no transform", {0}, {0}},
     {"tb-topic", "tb/topic", "topic rewrite", {0}, {0}},
     {"tb-env", "tb/env", "JSON envelope", {0}, {0}},
+    {"tb-lua", "tb/lua", "Lua function", {0}, {0}},
 };
 #define NVARIANTS (sizeof variants / sizeof variants[0])
 

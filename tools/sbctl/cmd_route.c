@@ -18,12 +18,26 @@ static const sbctl_opt route_test_opts[] = {
     {"header", 'H', SBCTL_OPT_STRING, 1, "KEY=VALUE", "a header (repeat for more)", 0, 0},
 };
 
+/* A message's topic, headers and payload, each line after `indent`. */
+static void print_message(const json_t *m, const char *indent)
+{
+    const char *key;
+    json_t *v;
+    printf("%stopic: %s\n", indent, json_string_value(json_object_get(m, "topic")));
+    json_object_foreach(json_object_get(m, "headers"), key, v)
+        printf("%sheader %s: %s\n", indent, key, json_string_value(v));
+    if ((v = json_object_get(m, "payload")) != NULL)
+        printf("%spayload: %s\n", indent, json_string_value(v));
+    else
+        printf("%spayload (base64): %s\n", indent,
+               json_string_value(json_object_get(m, "payload_b64")));
+}
+
 static void print_dest(const json_t *d)
 {
     const char *queue = json_string_value(json_object_get(d, "queue"));
     const char *result = json_string_value(json_object_get(d, "result"));
-    const char *key;
-    json_t *v;
+    const json_t *list = json_object_get(d, "messages");
 
     printf("%s: %s\n", queue != NULL ? queue : "?", result != NULL ? result : "?");
     if (result != NULL && strcmp(result, "dead-letter") == 0) {
@@ -32,13 +46,15 @@ static void print_dest(const json_t *d)
     }
     if (result == NULL || strcmp(result, "delivered") != 0)
         return;
-    printf("  topic: %s\n", json_string_value(json_object_get(d, "topic")));
-    json_object_foreach(json_object_get(d, "headers"), key, v)
-        printf("  header %s: %s\n", key, json_string_value(v));
-    if ((v = json_object_get(d, "payload")) != NULL)
-        printf("  payload: %s\n", json_string_value(v));
-    else
-        printf("  payload (base64): %s\n", json_string_value(json_object_get(d, "payload_b64")));
+    if (list == NULL) {
+        print_message(d, "  ");
+        return;
+    }
+    /* a script made several messages */
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        printf("  message %zu:\n", i + 1);
+        print_message(json_array_get(list, i), "    ");
+    }
 }
 
 static int run_route_test(sbctl_ctx *ctx, const sbctl_cmd *cmd, const sbctl_args *a)
@@ -108,8 +124,10 @@ const sbctl_cmd sbctl_cmd_route_test = {
     "Runs the transforms of route ROUTE on a message with --topic, --payload\n"
     "and --header, as each destination would get it, and prints what each\n"
     "destination's queue would do: deliver (the topic, headers and payload it\n"
-    "would get), filter (a when: condition does not hold) or dead-letter (and\n"
-    "why). Nothing is published or stored. Exit status 1 when a destination\n"
+    "would get; each message when a Lua script makes several), filter (a\n"
+    "when: condition does not hold, or a script returned nothing) or\n"
+    "dead-letter (and why). Scripts run as they would on delivery. Nothing is\n"
+    "published or stored. Exit status 1 when a destination\n"
     "would dead-letter the message.\n",
     route_test_opts,
     sizeof(route_test_opts) / sizeof(route_test_opts[0]),
