@@ -46,20 +46,11 @@ REPEAT=${SB_BENCH_REPEAT:-3}
 CALLS=${SB_BENCH_CALLS:-2000}
 BARE='{2c5ac8d7-6c7a-48ef-9a18-48424aab0f33}'
 
-if [ -z "${WINEPREFIX:-}" ]; then
-    WINEPREFIX=$("$top/packaging/windows/wine-prefix.sh" "$build/wineprefix")
-fi
-export WINEPREFIX
-export WINEDEBUG=-all
-export WINEDLLOVERRIDES="mscoree,mshtml=;winedbg.exe=d"
-unset DISPLAY WAYLAND_DISPLAY
-if command -v wineserver >/dev/null 2>&1; then wineserver=wineserver; else wineserver=/usr/lib/wine/wineserver; fi
-if command -v wine >/dev/null 2>&1; then wine=wine; else wine=/usr/lib/wine/wine64; fi
+. "$top/tools/bench/wine-env.sh"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/sb-combench.XXXXXX")
 endpoint=sb-combench-$$
 pids=
-wpath() { printf 'Z:%s' "$1" | tr / '\\'; }
 cleanup() {
     rc=$?
     set +e

@@ -58,21 +58,11 @@ SCALE=${SB_BENCH_SCALE:-1}
 ONLY=${SB_BENCH_ONLY:-}
 slots() { [ "$ONLY" != pipe ]; }
 
-if [ -z "${WINEPREFIX:-}" ]; then
-    WINEPREFIX=$("$top/packaging/windows/wine-prefix.sh" "$build/wineprefix")
-fi
-export WINEPREFIX
-export WINEDEBUG=-all
-export WINEDLLOVERRIDES="mscoree,mshtml=;winedbg.exe=d"
-unset DISPLAY WAYLAND_DISPLAY
-if command -v wineserver >/dev/null 2>&1; then wineserver=wineserver; else wineserver=/usr/lib/wine/wineserver; fi
-if command -v wine >/dev/null 2>&1; then wine=wine; else wine=/usr/lib/wine/wine64; fi
+. "$top/tools/bench/wine-env.sh"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/sb-ipcbench.XXXXXX")
 tag=sbb$$
 bpid=
-# A Windows path for a Unix one (Wine's Z: drive is /).
-wpath() { printf 'Z:%s' "$1" | tr / '\\'; }
 
 cleanup() {
     rc=$?

@@ -35,19 +35,12 @@ for f in "$sb" "$ipc"; do
     fi
 done
 WINDOW=${SB_BENCH_WINDOW:-64}
-WINEPREFIX=$("$top/packaging/windows/wine-prefix.sh" "$build/wineprefix")
-export WINEPREFIX
-export WINEDEBUG=-all
-export WINEDLLOVERRIDES="mscoree,mshtml=;winedbg.exe=d"
-unset DISPLAY WAYLAND_DISPLAY
-if command -v wineserver >/dev/null 2>&1; then wineserver=wineserver; else wineserver=/usr/lib/wine/wineserver; fi
-if command -v wine >/dev/null 2>&1; then wine=wine; else wine=/usr/lib/wine/wine64; fi
+. "$top/tools/bench/wine-env.sh"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/sb-winereq.XXXXXX")
 tag=sbr$$
 bpid=
 wspid=
-wpath() { printf 'Z:%s' "$1" | tr / '\\'; }
 cleanup() {
     rc=$?
     set +e
