@@ -86,6 +86,7 @@ struct sb_broker {
     uint64_t boot_msg_id;   /* last_msg_id at start: older stored entries may have been delivered */
     int64_t resident_bytes; /* the queues' windows (paging.c) */
     int64_t resident_peak;  /* their most since the heap was last trimmed */
+    int64_t page_retry_ms;  /* wall clock ms: read again for queues whose page-in failed (0: none) */
     uv_work_t trim_req;     /* giving memory back, off the loop */
     int trimming;
 

@@ -86,8 +86,22 @@ static void trim_done(uv_work_t *req, int status)
     b->trimming = 0;
 }
 
+/* After a failed page-in (out of memory, an I/O error), the queues that
+ * wait for their stored entries are offered them again (a scan, only
+ * then). */
+static void retry_page_ins(sb_broker *b)
+{
+    if (b->page_retry_ms == 0 || sb_now_ms() < b->page_retry_ms)
+        return;
+    b->page_retry_ms = 0;
+    for (sb_queue *q = b->queues; q != NULL; q = q->next)
+        if (q->disk_depth > 0 && q->page_op == NULL && q->consumers != NULL)
+            sb_queue__dispatch(q);
+}
+
 void sb_paging__housekeeping(sb_broker *b)
 {
+    retry_page_ins(b);
     if (b->trimming || b->resident_peak - b->resident_bytes < TRIM_AFTER_BYTES)
         return;
     b->resident_peak = b->resident_bytes;
@@ -166,10 +180,12 @@ static void on_page_in(sb_store_op *op, void *ctx)
     if (q == NULL || q->page_op != op)
         goto out; /* deleted, or cleared, meanwhile */
     if (op->status != 0) {
-        sb_errlog(q->name, "cannot read queued messages from the store: %s",
-                  sb_strerror(op->status));
+        sb_errlog(q->name, "cannot read queued messages from the store: %s (trying again in %d s)",
+                  sb_strerror(op->status), RETRY_MS / 1000);
         q->page_op = NULL;
         q->page_skip = 0;
+        if (b->page_retry_ms == 0)
+            b->page_retry_ms = sb_now_ms() + RETRY_MS;
         goto out;
     }
     take_rows(b, q, op);
@@ -230,7 +246,8 @@ void sb_paging__fill(sb_queue *q)
     page_req *r;
 
     if (q->disk_depth <= 0 || q->page_op != NULL || q->consumers == NULL || !q->live ||
-        b->stopping || b->store == NULL || q->depth > sb_paging__window(q) / 2)
+        b->stopping || b->store == NULL || q->depth > sb_paging__window(q) / 2 ||
+        b->page_retry_ms != 0 /* a read failed: housekeeping tries again */)
         return;
     if ((r = new_req(b, SB_OP_PAGE_IN, on_page_in)) == NULL)
         return; /* tried again at the next dispatch */
@@ -260,7 +277,7 @@ static void on_dropped(sb_store_op *op, void *ctx)
     sb_free(r);
 }
 
-void sb_paging__drop(sb_queue *q, int64_t n)
+int sb_paging__drop(sb_queue *q, int64_t n)
 {
     sb_broker *b = q->broker;
     int64_t estimate;
@@ -269,19 +286,19 @@ void sb_paging__drop(sb_queue *q, int64_t n)
     if (n > q->disk_depth)
         n = q->disk_depth;
     if (n <= 0 || b->store == NULL)
-        return;
+        return 0;
     estimate = n == q->disk_depth ? q->disk_bytes : q->disk_bytes / q->disk_depth * n;
     if ((r = new_req(b, SB_OP_TRIM, on_dropped)) == NULL) {
         sb_errlog(q->name, "out of memory dropping %lld stored messages", (long long)n);
-        return;
+        return 0;
     }
     r->estimate = estimate;
     r->op.u.trim.queue_id = q->id;
     r->op.u.trim.after_id = q->paged_to;
     r->op.u.trim.limit = n > 0x7fffffff ? 0x7fffffff : (int)n;
     if (sb_store_submit(b->store, &r->op) != 0) {
-        sb_free(r);
-        return;
+        sb_free(r); /* stopping: the limit is enforced again after the restart */
+        return 0;
     }
     q->disk_depth -= n;
     q->disk_bytes -= estimate;
@@ -292,6 +309,7 @@ void sb_paging__drop(sb_queue *q, int64_t n)
     if (q->disk_depth == 0)
         sb_queue__watch_expiry(q);
     sb_broker__queue_changed(q);
+    return 1;
 }
 
 static void on_expired(sb_store_op *op, void *ctx)

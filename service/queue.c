@@ -119,9 +119,24 @@ sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const sb_su
     return q;
 }
 
+/* The class a queue takes: one with entries waiting in the store stays
+ * durable until they were read (a memory queue never reads the store, so
+ * they would wait for a restart). */
+static sb_durability durability_for(sb_queue *q, sb_durability want)
+{
+    if (want != SB_DURABILITY_MEMORY || q->disk_depth <= 0 ||
+        q->durability == SB_DURABILITY_MEMORY)
+        return want;
+    sb_log(SB_LOG_WARN, q->name,
+           "durability: memory is not applied while %lld messages wait in the store; the queue "
+           "stays durable (reload again once they were delivered)",
+           (long long)q->disk_depth);
+    return q->durability;
+}
+
 void sb_queue__apply_settings(sb_queue *q, const sb_sub_settings *s)
 {
-    q->durability = s->durability;
+    q->durability = durability_for(q, s->durability);
     q->max_attempts = s->max_attempts;
     q->backoff_ms = 100;
     q->max_backoff_ms = 60000;
@@ -160,7 +175,7 @@ static void refresh_expiry(sb_queue *q)
 void sb_queue__apply_route(sb_queue *q, const sb_route_config *r)
 {
     q->route = r;
-    q->durability = r->durability;
+    q->durability = durability_for(q, r->durability);
     q->max_attempts = r->max_attempts;
     q->backoff_ms = r->backoff_ms;
     q->max_backoff_ms = r->max_backoff_ms;
@@ -855,7 +870,8 @@ void sb_queue__trim(sb_queue *q)
     while (q->disk_depth > 0 && q->max_bytes > 0 && sb_queue__total_bytes(q) > q->max_bytes) {
         int64_t mean = q->disk_bytes / q->disk_depth,
                 over = sb_queue__total_bytes(q) - q->max_bytes;
-        sb_paging__drop(q, mean > 0 ? (over + mean - 1) / mean : q->disk_depth);
+        if (!sb_paging__drop(q, mean > 0 ? (over + mean - 1) / mean : q->disk_depth))
+            break; /* nothing dropped: the next trim tries again */
     }
 }
 

@@ -214,8 +214,9 @@ void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c, int failed);
 /* Reads q's next stored entries into its window if it runs low and a
  * consumer is attached. */
 void sb_paging__fill(sb_queue *q);
-/* Deletes q's oldest n stored entries (drop-oldest), in the store. */
-void sb_paging__drop(sb_queue *q, int64_t n);
+/* Deletes q's oldest n stored entries (drop-oldest), in the store; returns
+ * 0 if nothing was dropped (no store, stopping, out of memory). */
+int sb_paging__drop(sb_queue *q, int64_t n);
 /* Dead-letters q's stored entries that expired, in the store, when due. */
 void sb_paging__expire(sb_queue *q, int64_t now_ms);
 /* The window's limits: entries per queue, bytes for all queues. */

@@ -344,6 +344,7 @@ typedef struct call_ctx {
     int64_t ts;
     sb_script_msg *out;
     size_t count; /* filled entries of out */
+    size_t bytes; /* the topics and payloads of out, within the memory limit */
     int oom;
 } call_ctx;
 
@@ -400,6 +401,17 @@ static char *dup_or_die(lua_State *L, call_ctx *c, const char *s)
     return p;
 }
 
+/* The copies of a call's results live outside the state: a split of a
+ * large payload into many parts must not take the memory the limit denies
+ * the script. */
+static void count_bytes(lua_State *L, call_ctx *c, const sb_script_msg *m)
+{
+    c->bytes += m->len + strlen(m->topic);
+    if (c->bytes > c->s->memory)
+        luaL_error(L, "%s: the messages returned hold more than the memory limit (%I bytes)",
+                   c->s->name, (lua_Integer)c->s->memory);
+}
+
 /* The value at idx (a message table or a string) into c->out[c->count]. */
 static void to_msg(lua_State *L, call_ctx *c, int idx, const char *what)
 {
@@ -412,6 +424,7 @@ static void to_msg(lua_State *L, call_ctx *c, int idx, const char *what)
     if (lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER) {
         m->payload = (unsigned char *)copy_value(L, c, idx, 0, &m->len);
         m->topic = dup_or_die(L, c, in->topic);
+        count_bytes(L, c, m);
         goto headers_in; /* the input's */
     }
     if (!lua_istable(L, idx))
@@ -437,6 +450,8 @@ static void to_msg(lua_State *L, call_ctx *c, int idx, const char *what)
                    luaL_typename(L, -1));
     }
     lua_pop(L, 1);
+
+    count_bytes(L, c, m);
 
     lua_getfield(L, idx, "headers");
     if (!lua_isnil(L, -1)) {

@@ -2080,6 +2080,10 @@ static void run_release(run *r)
 static int emit(run *r, outs *o)
 {
     sb_message *m;
+    /* per transform, not per step: two splitting scripts in a row would
+     * multiply their counts */
+    if (o->count >= SB_SCRIPT_MAX_OUTPUTS)
+        return fail(r, "the transform made more than %d messages of one", SB_SCRIPT_MAX_OUTPUTS);
     if (o->count == o->cap) {
         size_t cap = o->cap ? 2 * o->cap : 1;
         sb_message **nm = sb_realloc(o->m, cap * sizeof *nm);

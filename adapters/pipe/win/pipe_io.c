@@ -371,8 +371,10 @@ static int start_read(pipe_inst *inst, DWORD *bytes, DWORD *err)
     /* Done, ERROR_MORE_DATA (a warning: the part read is in the buffer) or
      * failed: no packet comes for any of these. In the skip mode a packet
      * is queued only for an operation that returned pending, whatever its
-     * final status (so Wine's server/async.c too); ERROR_MORE_DATA at once
-     * only happens for a message larger than the 64 KiB buffer. */
+     * final status (so Wine's server/async.c too; STATUS_BUFFER_OVERFLOW is
+     * a warning, not an error, and libuv relies on the same for a UDP
+     * datagram truncated at once); ERROR_MORE_DATA at once only happens for
+     * a message larger than the 64 KiB buffer. */
     inst->op_read.pending = 0;
     *bytes = *err == 0 || *err == ERROR_MORE_DATA ? (DWORD)inst->op_read.ov.InternalHigh : 0;
     return 1;

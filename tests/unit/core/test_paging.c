@@ -161,6 +161,33 @@ static void test_order_across_window(void **state)
     core_check_all(f);
 }
 
+/* A route made memory-only while its backlog is in the store stays durable
+ * until that was read: no message waits in the store for a restart. */
+static void test_memory_durability_keeps_backlog(void **state)
+{
+    static const char *const mem_cfg = "routes:\n"
+                                       "  - {name: q, from: q/#, durability: memory}\n";
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_error err;
+    sb_queue *q;
+
+    core_start(f, cfg);
+    q = core_queue(f, "q");
+    publish_n(f, "q/1", 1, 20);
+    assert_int_equal(q->disk_depth, 16);
+    assert_int_equal(core_reload(f, mem_cfg, &err), 0);
+    CORE_WAIT(f, core_queue(f, "q")->route != NULL &&
+                     core_queue(f, "q")->route->durability == SB_DURABILITY_MEMORY);
+    q = core_queue(f, "q");
+    assert_int_not_equal(q->durability, SB_DURABILITY_MEMORY);
+    c = consumer(f, "q", 3, 1);
+    CORE_WAIT(f, c->log.count == 20);
+    expect_run(&c->log, 0, 1, 20);
+    assert_int_equal(q->disk_depth, 0);
+    core_check_all(f);
+}
+
 /* A restart reads only the first window; the rest follows in order, and
  * what was in flight comes back as a redelivery. */
 static void test_restart_reads_first_window(void **state)
@@ -450,6 +477,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_order_across_window, paging_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_memory_durability_keeps_backlog, paging_setup,
+                                        core_teardown),
         cmocka_unit_test_setup_teardown(test_restart_reads_first_window, paging_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_ttl_of_stored_entries, paging_setup, core_teardown),

@@ -212,6 +212,14 @@ static void test_memory_limit(void **state)
                       "  return string.rep('x', 100000000)\n"
                       "end\n",
                       SB_SCRIPT_BUDGET, 1024 * 1024, "memory limit of 1048576 bytes exceeded");
+    /* the copies of what it returns count too: one string a thousand times */
+    expect_call_error("function transform(m)\n"
+                      "  local s, out = string.rep('z', 100000), {}\n"
+                      "  for i = 1, 1000 do out[i] = s end\n"
+                      "  return out\n"
+                      "end\n",
+                      SB_SCRIPT_BUDGET, 1024 * 1024,
+                      "the messages returned hold more than the memory limit (1048576 bytes)");
     /* garbage is collected: a script may make far more than the limit in all */
     {
         static const char src[] = "function transform(m)\n"

@@ -1,0 +1,3 @@
+function transform(m)
+  return m +
+end

@@ -1,0 +1,1 @@
+function transform(m) return 'v2' end
