@@ -417,8 +417,11 @@ static void on_purged(sb_store_op *op, void *ctx)
     json_t *res =
         op->status == 0 ? json_pack("{s:I}", "count", (json_int_t)op->u.dlq_purge.purged) : NULL;
     /* a batch that purged its limit: there may be more */
-    if (res != NULL && r->limit > 0 && op->u.dlq_purge.purged >= r->limit)
+    if (res != NULL && r->limit > 0 && op->u.dlq_purge.purged >= r->limit) {
         json_object_set_new(res, "more", json_true());
+        /* the next batches stop at what was there when the first began */
+        json_object_set_new(res, "floor", json_integer((json_int_t)op->u.dlq_purge.max_dlq_id));
+    }
     if (op->status == 0 && op->u.dlq_purge.purged > 0)
         sb_info(r->sub != NULL ? r->sub : "dlq", "purged %lld dead letters",
                 (long long)op->u.dlq_purge.purged);
@@ -445,6 +448,7 @@ int sb_broker_dlq_purge_batch(sb_broker *b, const char *sub, const sb_dlq_batch 
     r->op.u.dlq_purge.queue_name = r->sub;
     r->limit = batch != NULL && batch->limit > 0 ? batch->limit : 0;
     r->op.u.dlq_purge.limit = r->limit;
+    r->op.u.dlq_purge.max_dlq_id = batch != NULL ? (int64_t)batch->floor : 0;
     r->op.cb = on_purged;
     r->op.ctx = r;
     if (sb_store_submit(b->store, &r->op) != 0) {

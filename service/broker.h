@@ -291,9 +291,10 @@ int sb_broker_dlq_purge(sb_broker *b, const char *sub, sb_admin_cb cb, void *ctx
 /* One batch of a redrive or purge of many (a client shows progress between
  * them, and no request holds the store long): at most `limit` dead letters
  * (0: all). Redrive: those after dlq_id `after`, of messages with ids up to
- * `floor` (0: the last id now). Purge: the oldest `limit`. When a batch
- * stopped at its limit, the result has "more": true, and for redrive
- * "next" and "floor", the next batch's after and floor. */
+ * `floor` (0: the last id now). Purge: the oldest `limit`, with dlq_ids up
+ * to `floor` (0: the largest now). When a batch stopped at its limit, the
+ * result has "more": true, and "floor" (and for redrive "next"), the next
+ * batch's floor (and after). */
 typedef struct sb_dlq_batch {
     int64_t after;
     uint64_t floor;

@@ -799,8 +799,22 @@ static int exec_dlq_purge(sb_store *s, sb_store_op *op)
     int64_t max = op->u.dlq_purge.max_dlq_id > 0 ? op->u.dlq_purge.max_dlq_id : INT64_MAX;
     sqlite3_stmt *st = s->st[name != NULL ? ST_DLQ_PURGE_QUEUE : ST_DLQ_PURGE_ALL];
     int64_t limit = op->u.dlq_purge.limit > 0 ? op->u.dlq_purge.limit : -1;
-    int rc = bind_run(st, name != NULL ? bind_args(st, "iti", max, name, limit)
-                                       : bind_args(st, "ii", max, limit));
+    int rc;
+    if (limit > 0 && op->u.dlq_purge.max_dlq_id <= 0) {
+        /* the first batch of many: the later ones purge up to what is
+         * there now, not what dies meanwhile */
+        sqlite3_stmt *mx = NULL;
+        rc = sqlite3_prepare_v2(s->db, "SELECT coalesce(max(id), 0) FROM dlq", -1, &mx, NULL);
+        if (rc == SQLITE_OK && (rc = sqlite3_step(mx)) == SQLITE_ROW) {
+            op->u.dlq_purge.max_dlq_id = max = sqlite3_column_int64(mx, 0);
+            rc = SQLITE_OK;
+        }
+        sqlite3_finalize(mx);
+        if (rc != SQLITE_OK)
+            return op_error(s, op, rc, "dead-letter purge");
+    }
+    rc = bind_run(st, name != NULL ? bind_args(st, "iti", max, name, limit)
+                                   : bind_args(st, "ii", max, limit));
     if (rc != SQLITE_OK)
         return op_error(s, op, rc, "dead-letter purge");
     op->u.dlq_purge.purged = sqlite3_changes(s->db);

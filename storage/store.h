@@ -195,7 +195,7 @@ struct sb_store_op {
         } dlq_redrive;
         struct {
             const char *queue_name; /* NULL: all queues */
-            int64_t max_dlq_id;     /* 0: no bound; else only dlq_id <= this */
+            int64_t max_dlq_id;     /* 0: no bound (with a limit: set to the largest now); else only dlq_id <= this */
             int64_t limit;          /* <= 0: all; else at most this many, oldest first */
             int64_t purged;         /* result */
         } dlq_purge;

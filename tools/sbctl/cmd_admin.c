@@ -411,10 +411,10 @@ static int dlq_count_op(sbctl_ctx *ctx, const sbctl_args *a, const char *op, con
     while (more && rc == 0) {
         json_t *req = dlq_request(op, a);
         json_object_set_new(req, "limit", json_integer(DLQ_BATCH));
-        if (after > 0) {
+        if (after > 0)
             json_object_set_new(req, "after", json_integer(after));
+        if (floor > 0) /* redrive: message ids; purge: dead-letter ids */
             json_object_set_new(req, "floor", json_integer(floor));
-        }
         rc = sbctl_call(c, req, &reply, what);
         json_decref(req);
         if (rc != 0)

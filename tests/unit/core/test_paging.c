@@ -222,6 +222,59 @@ static void test_restart_reads_first_window(void **state)
     assert_int_equal(core_queue(f, "q")->disk_depth, 0);
 }
 
+typedef struct purge_res {
+    int done;
+    int64_t count, floor;
+    int more;
+} purge_res;
+
+static void on_purge_batch(void *ctx, int status, void *result, const char *why)
+{
+    purge_res *p = ctx;
+    json_t *o = result;
+    (void)why;
+    assert_int_equal(status, 0);
+    p->count = json_integer_value(json_object_get(o, "count"));
+    p->floor = json_integer_value(json_object_get(o, "floor"));
+    p->more = json_is_true(json_object_get(o, "more"));
+    json_decref(o);
+    p->done = 1;
+}
+
+static void purge_batch(core_fx *f, int64_t limit, uint64_t floor, purge_res *p)
+{
+    sb_dlq_batch batch = {0, floor, limit};
+    sb_error err;
+    memset(p, 0, sizeof *p);
+    assert_int_equal(sb_broker_dlq_purge_batch(f->b, "ttl", &batch, on_purge_batch, p, &err), 0);
+    CORE_WAIT(f, p->done);
+}
+
+/* A purge in batches takes the dead letters there when it began, not
+ * those that die meanwhile. */
+static void test_purge_batches_stop_at_their_start(void **state)
+{
+    core_fx *f = *state;
+    purge_res p;
+    json_t *dlq;
+    sb_queue *q;
+
+    core_start(f, cfg);
+    q = core_queue(f, "ttl");
+    publish_n(f, "t/1", 1, 3);
+    CORE_WAIT(f, q->dead == 3);
+    purge_batch(f, 2, 0, &p);
+    assert_int_equal(p.count, 2);
+    assert_true(p.more && p.floor > 0);
+    publish_n(f, "t/1", 4, 5); /* they die after the purge began */
+    CORE_WAIT(f, q->dead == 5);
+    purge_batch(f, 2, (uint64_t)p.floor, &p);
+    assert_int_equal(p.count, 1);
+    dlq = core_dlq(f, "ttl");
+    assert_int_equal(json_array_size(json_object_get(dlq, "items")), 2);
+    json_decref(dlq);
+}
+
 /* Stored entries expire in the store, without a consumer, to the DLQ. */
 static void test_ttl_of_stored_entries(void **state)
 {
@@ -478,6 +531,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_order_across_window, paging_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_memory_durability_keeps_backlog, paging_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_purge_batches_stop_at_their_start, paging_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_restart_reads_first_window, paging_setup,
                                         core_teardown),
