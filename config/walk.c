@@ -475,16 +475,68 @@ static void release_strings(char ***list, size_t *count)
     *count = 0;
 }
 
+/* Reads items[first..n) of a sequence (items NULL: node, a scalar, is the
+ * one string) into a fresh *list, checked as `kind` says; *ok = 0 if any
+ * was rejected (the valid ones are kept). */
+static int read_strings(sb_config__ctx *ctx, sb_config_kind kind, const yaml_node_t *node,
+                        yaml_node_item_t *items, size_t first, size_t n, const char *path,
+                        char ***list, size_t *count, int *ok)
+{
+    char epath[SB_CONFIG__PATH_MAX], q[96];
+
+    release_strings(list, count);
+    *list = sb_calloc(n - first, sizeof **list);
+    if (*list == NULL) {
+        ctx->nomem = 1;
+        return SB_ENOMEM;
+    }
+    *ok = 1;
+    for (size_t i = first; i < n; i++) {
+        const yaml_node_t *el = items ? node_at(ctx, items[i]) : node;
+        const char *s, *why = NULL;
+        if (items)
+            index_path(epath, path, i);
+        else
+            sb_config__path(epath, path, "", "");
+        if (el == NULL || !sb_config__spend(ctx, el)) {
+            *ok = 0;
+            break;
+        }
+        s = string_value(ctx, el, epath);
+        if (s == NULL) {
+            *ok = 0;
+            continue;
+        }
+        if (kind == SB_KEY_NAMES && !sb_config__valid_name(s)) {
+            sb_config__error(ctx, el, epath,
+                             "invalid name %s (use letters, digits, '_', '.' and '-')",
+                             sb_config__quote(q, sizeof q, s));
+            *ok = 0;
+            continue;
+        }
+        if (kind == SB_KEY_FILTERS && sb_filter_validate(s, strlen(s), &why) != 0) {
+            sb_config__error(ctx, el, epath, "invalid topic filter %s: %s",
+                             sb_config__quote(q, sizeof q, s), why);
+            *ok = 0;
+            continue;
+        }
+        (*list)[*count] = sb_strdup(s);
+        if ((*list)[*count] == NULL) {
+            ctx->nomem = 1;
+            return SB_ENOMEM;
+        }
+        (*count)++;
+    }
+    return 0;
+}
+
 /* STRLIST (a list), NAMES and FILTERS (one string or a list). Sets *ok to
  * 0 if any element was rejected (the valid ones are kept). */
 static int strings_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml_node_t *node,
                          void *base, const char *path, int *ok)
 {
-    char ***list = FIELD(char **, base, f);
-    size_t *count = COUNT(base, f);
     yaml_node_item_t *items = NULL;
     size_t n = 1;
-    char epath[SB_CONFIG__PATH_MAX], q[96];
 
     *ok = 0;
     if (node->type == YAML_SEQUENCE_NODE) {
@@ -501,50 +553,8 @@ static int strings_value(sb_config__ctx *ctx, const sb_config_key *f, const yaml
                          sb_config__kind(node));
         return 0;
     }
-    release_strings(list, count);
-    *list = sb_calloc(n, sizeof **list);
-    if (*list == NULL) {
-        ctx->nomem = 1;
-        return SB_ENOMEM;
-    }
-    *ok = 1;
-    for (size_t i = 0; i < n; i++) {
-        const yaml_node_t *el = items ? node_at(ctx, items[i]) : node;
-        const char *s, *why = NULL;
-        if (items)
-            index_path(epath, path, i);
-        else
-            sb_config__path(epath, path, "", "");
-        if (el == NULL || !sb_config__spend(ctx, el)) {
-            *ok = 0;
-            break;
-        }
-        s = string_value(ctx, el, epath);
-        if (s == NULL) {
-            *ok = 0;
-            continue;
-        }
-        if (f->kind == SB_KEY_NAMES && !sb_config__valid_name(s)) {
-            sb_config__error(ctx, el, epath,
-                             "invalid name %s (use letters, digits, '_', '.' and '-')",
-                             sb_config__quote(q, sizeof q, s));
-            *ok = 0;
-            continue;
-        }
-        if (f->kind == SB_KEY_FILTERS && sb_filter_validate(s, strlen(s), &why) != 0) {
-            sb_config__error(ctx, el, epath, "invalid topic filter %s: %s",
-                             sb_config__quote(q, sizeof q, s), why);
-            *ok = 0;
-            continue;
-        }
-        (*list)[*count] = sb_strdup(s);
-        if ((*list)[*count] == NULL) {
-            ctx->nomem = 1;
-            return SB_ENOMEM;
-        }
-        (*count)++;
-    }
-    return 0;
+    return read_strings(ctx, f->kind, node, items, 0, n, path, FIELD(char **, base, f),
+                        COUNT(base, f), ok);
 }
 
 /* An SB_KEY_OR_LIST string given as a list: the first item is the value,
@@ -554,13 +564,12 @@ static int string_and_rest(sb_config__ctx *ctx, const sb_config_key *f, const ya
                            const yaml_node_t *node, void *base, const char *path)
 {
     char ***rest = (char ***)(void *)((char *)base + f->rest_off);
-    size_t *count = COUNT(base, f);
     yaml_node_item_t *items = node->data.sequence.items.start;
     size_t n = (size_t)(node->data.sequence.items.top - items);
     char epath[SB_CONFIG__PATH_MAX];
     const yaml_node_t *el;
     const char *s;
-    int ok = 1;
+    int ok, rc;
 
     if (n == 0) {
         sb_config__error(ctx, node, path, "must not be empty");
@@ -575,35 +584,18 @@ static int string_and_rest(sb_config__ctx *ctx, const sb_config_key *f, const ya
     if (s != NULL && set_string(ctx, FIELD(char *, base, f), s) != 0)
         return SB_ENOMEM;
     sb_config__record_seen(ctx, f, (char *)base + f->offset, key, el, s != NULL);
-    release_strings(rest, count);
-    if (n > 1 && (*rest = sb_calloc(n - 1, sizeof **rest)) == NULL) {
-        ctx->nomem = 1;
-        return SB_ENOMEM;
+    if (n == 1) {
+        release_strings(rest, COUNT(base, f));
+        return 0;
     }
-    for (size_t i = 1; i < n; i++) {
-        el = node_at(ctx, items[i]);
-        index_path(epath, path, i);
-        if (el == NULL || !sb_config__spend(ctx, el)) {
-            ok = 0;
-            break;
-        }
-        if ((s = string_value(ctx, el, epath)) == NULL) {
-            ok = 0;
-            continue;
-        }
-        if (((*rest)[*count] = sb_strdup(s)) == NULL) {
-            ctx->nomem = 1;
-            return SB_ENOMEM;
-        }
-        (*count)++;
-    }
-    if (n > 1) {
-        /* (rows are read in table order: the rest list's own key, if
-         * written too, comes later and refuses to be combined) */
-        sb_config__record_seen(ctx, f, rest, key, node, ok);
-        if (ctx->seen_count > 0 && ctx->seen[ctx->seen_count - 1].target == rest)
-            ctx->seen[ctx->seen_count - 1].first = 1;
-    }
+    rc = read_strings(ctx, SB_KEY_STRLIST, node, items, 1, n, path, rest, COUNT(base, f), &ok);
+    if (rc != 0)
+        return rc;
+    /* (rows are read in table order: the rest list's own key, if written
+     * too, comes later and refuses to be combined) */
+    sb_config__record_seen(ctx, f, rest, key, node, ok);
+    if (ctx->seen_count > 0 && ctx->seen[ctx->seen_count - 1].target == rest)
+        ctx->seen[ctx->seen_count - 1].first = 1;
     return 0;
 }
 

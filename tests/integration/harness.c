@@ -830,21 +830,25 @@ int sbt_broker_try_start(sbt_broker *b)
     }
 }
 
+/* 1 if the broker's log since `from` says another process held a port. */
+static int lost_a_port(sbt_broker *b, size_t from)
+{
+    char *log = sbt_read_file(b->log_path, NULL);
+    int in_use = log != NULL && strstr(log + from, "address already in use") != NULL;
+    free(log);
+    return in_use;
+}
+
 void sbt_broker_start(sbt_broker *b)
 {
     for (int attempt = 1;; attempt++) {
         size_t from = log_size(b);
         int rc = sbt_broker_try_start(b);
-        char *log;
-        int in_use;
         if (rc < 0)
             return;
-        log = sbt_read_file(b->log_path, NULL);
-        in_use = log != NULL && strstr(log + from, "address already in use") != NULL;
-        free(log);
         /* Only the first start may move to new ports: clients of a restart
          * know the old ones. */
-        if (!in_use || b->starts > 0 || b->tmpl == NULL || attempt >= 5) {
+        if (!lost_a_port(b, from) || b->starts > 0 || b->tmpl == NULL || attempt >= 5) {
             sbt_broker_print_log(b);
             fail_msg("broker exited with code %d during startup", rc);
         }
@@ -857,14 +861,8 @@ int sbt_broker_try_failing_start(sbt_broker *b, const char *tmpl)
 {
     for (int attempt = 1;; attempt++) {
         size_t from = log_size(b);
-        int rc = sbt_broker_try_start(b), in_use;
-        char *log;
-        if (rc <= 0 || attempt >= 5)
-            return rc;
-        log = sbt_read_file(b->log_path, NULL);
-        in_use = log != NULL && strstr(log + from, "address already in use") != NULL;
-        free(log);
-        if (!in_use)
+        int rc = sbt_broker_try_start(b);
+        if (rc <= 0 || attempt >= 5 || !lost_a_port(b, from))
             return rc;
         pick_ports(b, attempt * 7);
         sbt_broker_write_config(b, tmpl);

@@ -134,24 +134,6 @@ char *sbt_mq_run(sbt_argv *a, int want)
     return out;
 }
 
-void sbt_mq_wait_file(const char *path, const char *needle, int count, int timeout_ms)
-{
-    int64_t deadline = sbt_now_ms() + timeout_ms;
-    for (;;) {
-        char *text = sbt_read_file(path, NULL);
-        int n = sbt_count(text, needle);
-        if (n >= count) {
-            free(text);
-            return;
-        }
-        if (sbt_now_ms() > deadline)
-            fail_msg("%s did not show \"%s\" %d time(s) within %d ms; it holds:\n%s", path, needle,
-                     count, timeout_ms, text != NULL ? text : "(nothing)");
-        free(text);
-        sbt_poll_pause(10);
-    }
-}
-
 /* ---- the raw client ---- */
 
 /* A packet received while waiting for another one. */

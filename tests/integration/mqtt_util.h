@@ -58,10 +58,6 @@ void sbt_argv_free(sbt_argv *a);
  * unless it exits with want. Returns its stdout (free()). */
 char *sbt_mq_run(sbt_argv *a, int want);
 
-/* Polls the file at path until it holds count occurrences of needle; fails
- * after timeout_ms (printing what the file holds). */
-void sbt_mq_wait_file(const char *path, const char *needle, int count, int timeout_ms);
-
 /* ---- the raw client ---- */
 
 typedef struct sbt_mq sbt_mq;

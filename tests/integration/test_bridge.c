@@ -719,7 +719,7 @@ static void test_no_loops(void **state)
     sbt_pub(c, "plant/x", "local", 2);
     /* it went up once; mosquitto sent its echo to the bridge in the same
      * turn (the bridge subscribes to site1/#) */
-    sbt_mq_wait_file(file, "site1/plant/x local\n", 1, 10000);
+    sbt_wait_file_text(file, "site1/plant/x local\n", 1, 10000);
     sbt_wait_queue_int(c, "up:uplink", "depth", 0, 10000);
     /* a later import on the same session: once it is in, the bridge has
      * handled the echo before it */

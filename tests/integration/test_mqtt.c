@@ -240,7 +240,7 @@ static void test_qos_levels_both_directions(void **state)
         sbt_argv_free(&a);
     }
     for (int s = 0; s < 3; s++)
-        sbt_mq_wait_file(files[s], "suback", 1, SBT_REPLY_MS);
+        sbt_wait_file_text(files[s], "suback", 1, SBT_REPLY_MS);
 
     for (int p = 0; p < 3; p++) {
         sbt_argv a;
@@ -514,7 +514,7 @@ static void test_last_will(void **state)
                                        "--will-payload", "bye-w1", "--will-qos", "1", NULL});
     assert_int_equal(sbt_spawn(&p, a.v, NULL, file), 0);
     sbt_argv_free(&a);
-    sbt_mq_wait_file(file, "suback", 1, SBT_REPLY_MS);
+    sbt_wait_file_text(file, "suback", 1, SBT_REPLY_MS);
     sbt_proc_signal(&p, SIGKILL);
     assert_true(sbt_proc_wait(&p, 5000));
     expect_msg(c, "wills", "gone/w1", "bye-w1");

@@ -1251,7 +1251,7 @@ static void tls_sub(sbt_proc *p, int port, const char *file, const char *const *
     add_args(&a, extra);
     assert_int_equal(sbt_spawn(p, a.v, NULL, file), 0);
     sbt_argv_free(&a);
-    sbt_mq_wait_file(file, "/ready ready\n", 1, SBT_REPLY_MS);
+    sbt_wait_file_text(file, "/ready ready\n", 1, SBT_REPLY_MS);
 }
 
 /* Waits for a tls_sub to exit 0 (its second message); returns its
