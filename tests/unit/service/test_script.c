@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <uv.h>
 
 #include "adapters/builtin.h"
 #include "config/config.h"
@@ -377,6 +378,41 @@ static void test_out_of_memory(void **state)
 
 /* ---- `lua` steps in a route's transform ---- */
 
+/* The configs below name their scripts relative to ".": the tests run in
+ * a directory of their own so that they never write into the source tree. */
+static char work_dir[1024], start_dir[1024];
+static const char *const script_files[] = {"lua-split.lua", "lua-err.lua", "lua-syntax.lua",
+                                           "lua-v.lua"};
+
+static int enter_work_dir(void **state)
+{
+    char tmp[900], tmpl[1000];
+    size_t len = sizeof tmp, start_len = sizeof start_dir;
+    uv_fs_t req;
+    (void)state;
+    if (uv_cwd(start_dir, &start_len) != 0 || uv_os_tmpdir(tmp, &len) != 0)
+        return -1;
+    snprintf(tmpl, sizeof tmpl, "%s/sb-script-XXXXXX", tmp);
+    if (uv_fs_mkdtemp(NULL, &req, tmpl, NULL) != 0)
+        return -1;
+    snprintf(work_dir, sizeof work_dir, "%s", req.path);
+    uv_fs_req_cleanup(&req);
+    return uv_chdir(work_dir) == 0 ? 0 : -1;
+}
+
+static int leave_work_dir(void **state)
+{
+    uv_fs_t req;
+    (void)state;
+    for (size_t i = 0; i < sizeof script_files / sizeof script_files[0]; i++)
+        remove(script_files[i]);
+    if (uv_chdir(start_dir) != 0)
+        return -1;
+    uv_fs_rmdir(NULL, &req, work_dir, NULL);
+    uv_fs_req_cleanup(&req);
+    return 0;
+}
+
 static void write_file(const char *path, const char *text)
 {
     FILE *f = fopen(path, "wb");
@@ -577,5 +613,5 @@ int main(void)
     };
     if (sb_adapter_keys_register_builtin(NULL) != 0)
         return 1;
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, enter_work_dir, leave_work_dir);
 }

@@ -1,3 +1,0 @@
-function transform(m)
-  return m +
-end

@@ -1,1 +1,0 @@
-function transform(m) return 'v2' end
