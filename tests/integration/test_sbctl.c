@@ -452,6 +452,33 @@ static void test_tail(void **state)
     /* the route's queue still has its messages: the tail took none */
     assert_int_equal(sbt_queue_int(c, "orders", "depth"), 2);
 
+#ifndef _WIN32
+    /* Ctrl-C: sbctl detaches and deletes the subscription before it exits
+     * (not 10 s later). On Windows a console Ctrl-C reaches only processes
+     * sharing the sender's console, which this harness's children do not. */
+    argv[5] = NULL;
+    memset(&p, 0, sizeof(p));
+    assert_int_equal(sbt_spawn(&p, argv, NULL, path), 0);
+    for (deadline = sbt_now_ms() + 20000; tails(b) == 0; sbt_poll_pause(50))
+        if (sbt_now_ms() > deadline)
+            fail_msg("no tail subscription appeared");
+    sbt_pub(c, "orders/4", "seen before Ctrl-C", 2);
+    for (deadline = sbt_now_ms() + 20000;; sbt_poll_pause(50)) {
+        text = sbt_read_file(path, NULL);
+        if (text != NULL && strstr(text, "seen before Ctrl-C") != NULL)
+            break;
+        free(text);
+        if (sbt_now_ms() > deadline)
+            fail_msg("the tail did not print the message before Ctrl-C");
+    }
+    free(text);
+    sbt_proc_signal(&p, SIGINT);
+    assert_true(sbt_proc_wait(&p, 10000));
+    assert_int_equal(p.exit_status, 128 + SIGINT);
+    sbt_proc_release(&p);
+    assert_int_equal(tails(b), 0);
+#endif
+
     /* killed, its subscription goes by itself (10 s without a consumer) */
     argv[5] = NULL;
     memset(&p, 0, sizeof(p));

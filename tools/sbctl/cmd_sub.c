@@ -9,6 +9,7 @@
 
 #include "service/alloc.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +80,34 @@ static int send_ack(sb_client *c, const char *sub, const json_t *msg_id, sb_erro
     return rc;
 }
 
+/* Ctrl-C (or SIGTERM) while consuming: the loop notices it within
+ * INTERRUPT_POLL_MS and ends as if --count were reached, so acks are
+ * flushed and a tail's subscription is deleted at once. On Windows the C
+ * runtime maps console Ctrl-C and Ctrl-Break to SIGINT and SIGBREAK. */
+#define INTERRUPT_POLL_MS 200
+static volatile sig_atomic_t interrupted_by;
+
+static void on_interrupt(int sig)
+{
+    interrupted_by = sig;
+}
+
+typedef void (*signal_handler)(int);
+static signal_handler prev_int, prev_term;
+
+static void catch_interrupts(void)
+{
+    interrupted_by = 0;
+    prev_int = signal(SIGINT, on_interrupt);
+    prev_term = signal(SIGTERM, on_interrupt);
+}
+
+static void release_interrupts(void)
+{
+    signal(SIGINT, prev_int == SIG_ERR ? SIG_DFL : prev_int);
+    signal(SIGTERM, prev_term == SIG_ERR ? SIG_DFL : prev_term);
+}
+
 /* What sub and tail share: the subscription, how many to print and for how
  * long, whether to acknowledge, and whether to delete it at the end. */
 typedef struct consume_spec {
@@ -132,24 +161,27 @@ static int consume(sbctl_ctx *ctx, const consume_spec *sp)
 
     if (sp->has_timeout)
         deadline = sbctl_now_ns() + (unsigned long long)sp->timeout_ms * 1000000ull;
-    while (sp->count == 0 || received < sp->count) {
+    catch_interrupts();
+    while ((sp->count == 0 || received < sp->count) && !interrupted_by) {
         const char *line, *op;
         size_t len;
         json_t *msg;
         json_error_t jerr;
-        int wait_ms = -1;
+        int wait_ms = INTERRUPT_POLL_MS;
 
         if (sp->has_timeout) {
             unsigned long long now = sbctl_now_ns();
             if (now >= deadline)
                 break;
-            wait_ms = (int)((deadline - now + 999999ull) / 1000000ull);
+            if (deadline - now < (unsigned long long)INTERRUPT_POLL_MS * 1000000ull)
+                wait_ms = (int)((deadline - now + 999999ull) / 1000000ull);
         }
         sb_error_clear(&err);
+        /* A timeout keeps a partly read line buffered for the next call. */
         rc = sb_client_read_line(c, &line, &len, wait_ms, &err);
-        if (rc == SB_ETIMEDOUT && sp->has_timeout) {
+        if (rc == SB_ETIMEDOUT) {
             rc = 0;
-            break;
+            continue;
         }
         if (rc != 0) {
             rc = sbctl_conn_failed(what, &err);
@@ -215,12 +247,18 @@ static int consume(sbctl_ctx *ctx, const consume_spec *sp)
     }
     if (sb_client_reply_error(reply, &err) != 0)
         sbctl_errorf("warning: %s: unsub: %s [%s]", what, err.msg, sb_errname(err.code));
-    if (sp->count > 0 && received < sp->count) {
+    if (interrupted_by) {
+        if (ctx->tty_err)
+            fprintf(stderr, "sbctl: %s: interrupted after %lld messages\n", what,
+                    (long long)received);
+        rc = SBCTL_EXIT_INTERRUPTED_BASE + interrupted_by;
+    } else if (sp->count > 0 && received < sp->count) {
         sbctl_errorf("%s: timed out after %lld ms with %lld of %lld messages", what,
                      (long long)sp->timeout_ms, (long long)received, (long long)sp->count);
         rc = SBCTL_EXIT_TIMEOUT;
     }
 done:
+    release_interrupts();
     json_decref(req);
     json_decref(reply);
     sb_client_free(c);
@@ -286,8 +324,9 @@ const sbctl_cmd sbctl_cmd_sub = {
     "acknowledged after it was written to stdout, so an interrupted sbctl loses\n"
     "nothing: unacknowledged messages are delivered again. Runs until --count\n"
     "messages were printed, --timeout expired, or it is interrupted; exits 5 if\n"
-    "--timeout expired before --count messages arrived. --json prints each\n"
-    "delivery as the broker sent it (one JSON object a line).\n",
+    "--timeout expired before --count messages arrived, 130 after Ctrl-C (it\n"
+    "detaches first). --json prints each delivery as the broker sent it (one\n"
+    "JSON object a line).\n",
     sub_opts,
     sizeof(sub_opts) / sizeof(sub_opts[0]),
     1,
@@ -361,12 +400,13 @@ const sbctl_cmd sbctl_cmd_tail = {
     "(and the retained values they match) as TOPIC<TAB>PAYLOAD, or with --json\n"
     "each delivery as the broker sent it, until --count messages, --timeout or\n"
     "Ctrl-C. It leaves nothing behind: the subscription it reads from is\n"
-    "transient (never stored, memory durability), deleted when sbctl ends, or\n"
-    "10 s after it was killed; when the terminal cannot keep up, the oldest\n"
-    "messages beyond --max-depth are dropped, publishers are never refused. The\n"
-    "broker's ACL applies as to any subscriber: a filter the user may read\n"
-    "nothing of is refused (exit 4), messages it may not read are not shown.\n"
-    "Exits 5 if --timeout expired before --count messages arrived.\n",
+    "transient (never stored, memory durability), deleted when sbctl ends\n"
+    "(Ctrl-C included), or 10 s after it was killed; when the terminal cannot\n"
+    "keep up, the oldest messages beyond --max-depth are dropped, publishers\n"
+    "are never refused. The broker's ACL applies as to any subscriber: a\n"
+    "filter the user may read nothing of is refused (exit 4), messages it may\n"
+    "not read are not shown. Exits 5 if --timeout expired before --count\n"
+    "messages arrived, 130 after Ctrl-C.\n",
     tail_opts,
     sizeof(tail_opts) / sizeof(tail_opts[0]),
     1,

@@ -67,6 +67,8 @@ static void print_main_help(FILE *f)
             "  4  the broker refused for lack of rights: its ACL, or an operation the\n"
             "     endpoint does not allow (SB_EAUTH, SB_EACCES)\n"
             "  5  sub, tail: --timeout expired before --count messages arrived\n"
+            "  130, 143  sub, tail: ended by Ctrl-C (SIGINT), SIGTERM, after a clean\n"
+            "     detach (what was printed is acknowledged; a tail's subscription goes)\n"
             "\n"
             "Run 'sbctl COMMAND --help' for the options of a command.\n",
             sb_client_platform_endpoint());

@@ -20,6 +20,9 @@
 #define SBCTL_EXIT_CONN 3  /* cannot connect, or the connection failed or timed out */
 #define SBCTL_EXIT_DENIED 4  /* the broker refused for lack of rights (SB_EAUTH, SB_EACCES) */
 #define SBCTL_EXIT_TIMEOUT 5 /* sub, tail: --timeout expired before --count messages */
+/* sub, tail ended by a signal (Ctrl-C: SIGINT) after a clean detach: 128 + its
+ * number, as a shell reports a process the signal killed. */
+#define SBCTL_EXIT_INTERRUPTED_BASE 128
 
 /* How long to wait for a reply to a request. */
 #define SBCTL_REQUEST_TIMEOUT_MS 30000
