@@ -24,8 +24,7 @@
  * meet. Nothing sleeps a fixed time: every wait polls with a deadline.
  */
 #include "tests/integration/harness.h"
-
-#include "adapters/protocol/mqtt/mqtt_codec.h"
+#include "tests/integration/mqtt_tcp.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,58 +148,6 @@ static int64_t adapter_stat(sbt_conn *c, const char *name, const char *key)
     v = sbt_int(a, key);
     json_decref(r);
     return v;
-}
-
-/* ---- a small MQTT 3.1.1 subscriber over the harness's TCP helpers ---- */
-
-static sbt_tcp *mqtt_subscriber(int port, const char *client_id, const char *filter)
-{
-    uint8_t buf[256], ack[5];
-    size_t n;
-    sb_mqtt_connect c;
-    sb_mqtt_filter f;
-    sbt_tcp *t = sbt_tcp_connect(port, WAIT_MS);
-    assert_non_null(t);
-    memset(&c, 0, sizeof c);
-    c.clean_session = 1;
-    c.keep_alive = 60;
-    c.client_id.p = client_id;
-    c.client_id.n = strlen(client_id);
-    assert_int_equal(sb_mqtt_encode_connect(buf, sizeof buf, &n, &c), 0);
-    sbt_tcp_write(t, buf, n);
-    assert_int_equal(sbt_tcp_read_exact(t, ack, 4, WAIT_MS), 4);
-    assert_int_equal(ack[0], 0x20);
-    assert_int_equal(ack[3], 0);
-    f.filter.p = filter;
-    f.filter.n = strlen(filter);
-    f.qos = 0;
-    assert_int_equal(sb_mqtt_encode_subscribe(buf, sizeof buf, &n, 1, &f, 1), 0);
-    sbt_tcp_write(t, buf, n);
-    assert_int_equal(sbt_tcp_read_exact(t, ack, 5, WAIT_MS), 5);
-    assert_int_equal(ack[0], 0x90);
-    assert_int_equal(ack[4], 0);
-    return t;
-}
-
-static void mqtt_read_publish(sbt_tcp *t, char *topic, size_t tn, char *payload, size_t pn)
-{
-    uint8_t buf[4096];
-    size_t len = 0, rem = 0, used;
-    int shift = 0;
-    sb_mqtt_packet p;
-    assert_int_equal(sbt_tcp_read_exact(t, buf, 1, WAIT_MS), 1);
-    len = 1;
-    do {
-        assert_int_equal(sbt_tcp_read_exact(t, buf + len, 1, WAIT_MS), 1);
-        rem |= (size_t)(buf[len] & 0x7f) << shift;
-        shift += 7;
-    } while (buf[len++] & 0x80);
-    assert_true(len + rem <= sizeof buf);
-    assert_int_equal(sbt_tcp_read_exact(t, buf + len, rem, WAIT_MS), (int)rem);
-    assert_int_equal(sb_mqtt_decode(buf, len + rem, 0, &p, &used, NULL), 0);
-    assert_int_equal(p.type, SB_MQTT_PUBLISH);
-    snprintf(topic, tn, "%.*s", (int)p.publish.topic.n, p.publish.topic.p);
-    snprintf(payload, pn, "%.*s", (int)p.publish.payload.n, (const char *)p.publish.payload.p);
 }
 
 /* ---- in ---- */
@@ -470,9 +417,10 @@ static void test_to_mqtt(void **state)
     sbt_broker_set(b, 0, cls);
     sbt_broker_config(b, mqtt_config);
     sbt_broker_start(b);
-    mq = mqtt_subscriber(b->port[1], "copydata-test", "pos/#");
+    mq = sbt_mqtt_tcp_connect(b->port[1], "copydata-test");
+    sbt_mqtt_tcp_subscribe(mq, "pos/#");
     expect_send("TRUE", cls, "POS", "1", "order 17", "ansi");
-    mqtt_read_publish(mq, topic, sizeof topic, payload, sizeof payload);
+    sbt_mqtt_tcp_read_publish(mq, topic, sizeof topic, payload, sizeof payload);
     assert_string_equal(topic, "pos/orders");
     assert_string_equal(payload, "order 17");
     sbt_tcp_close(mq);
@@ -636,9 +584,10 @@ static void test_example(void **state)
     sbt_path(out, sizeof out, b->dir, "printer.out");
 
     /* the POS program's orders to MQTT */
-    mq = mqtt_subscriber(b->port[1], "copydata-example", "shop/#");
+    mq = sbt_mqtt_tcp_connect(b->port[1], "copydata-example");
+    sbt_mqtt_tcp_subscribe(mq, "shop/#");
     expect_send("TRUE", in_cls, "orders", "1", "order 4711", "ansi");
-    mqtt_read_publish(mq, topic, sizeof topic, payload, sizeof payload);
+    sbt_mqtt_tcp_read_publish(mq, topic, sizeof topic, payload, sizeof payload);
     assert_string_equal(topic, "shop/orders/new");
     assert_string_equal(payload, "order 4711");
     sbt_tcp_close(mq);

@@ -33,8 +33,8 @@
  * meet. Nothing sleeps a fixed time: every wait polls with a deadline.
  */
 #include "tests/integration/harness.h"
+#include "tests/integration/mqtt_tcp.h"
 
-#include "adapters/protocol/mqtt/mqtt_codec.h"
 #include "service/alloc.h"
 
 #include <stdio.h>
@@ -157,80 +157,6 @@ static json_t *only_dead_letter(sbt_conn *c, const char *sub)
     return d;
 }
 
-/* ---- a small MQTT 3.1.1 client over the harness's TCP helpers ---- */
-
-static sbt_tcp *mqtt_connect(int port, const char *client_id)
-{
-    uint8_t buf[256], ack[4];
-    size_t n;
-    sb_mqtt_connect c;
-    sbt_tcp *t = sbt_tcp_connect(port, WAIT_MS);
-    assert_non_null(t);
-    memset(&c, 0, sizeof c);
-    c.clean_session = 1;
-    c.keep_alive = 60;
-    c.client_id.p = client_id;
-    c.client_id.n = strlen(client_id);
-    assert_int_equal(sb_mqtt_encode_connect(buf, sizeof buf, &n, &c), 0);
-    sbt_tcp_write(t, buf, n);
-    assert_int_equal(sbt_tcp_read_exact(t, ack, 4, WAIT_MS), 4);
-    assert_int_equal(ack[0], 0x20);
-    assert_int_equal(ack[3], 0);
-    return t;
-}
-
-static void mqtt_subscribe(sbt_tcp *t, const char *filter)
-{
-    uint8_t buf[256], ack[5];
-    size_t n;
-    sb_mqtt_filter f;
-    f.filter.p = filter;
-    f.filter.n = strlen(filter);
-    f.qos = 0;
-    assert_int_equal(sb_mqtt_encode_subscribe(buf, sizeof buf, &n, 1, &f, 1), 0);
-    sbt_tcp_write(t, buf, n);
-    assert_int_equal(sbt_tcp_read_exact(t, ack, 5, WAIT_MS), 5);
-    assert_int_equal(ack[0], 0x90);
-    assert_int_equal(ack[4], 0);
-}
-
-static void mqtt_publish(sbt_tcp *t, const char *topic, const char *payload, int retain)
-{
-    uint8_t buf[512];
-    size_t n;
-    sb_mqtt_publish p;
-    memset(&p, 0, sizeof p);
-    p.retain = (uint8_t)retain;
-    p.topic.p = topic;
-    p.topic.n = strlen(topic);
-    p.payload.p = (const uint8_t *)payload;
-    p.payload.n = strlen(payload);
-    assert_int_equal(sb_mqtt_encode_publish(buf, sizeof buf, &n, &p, 0), 0);
-    sbt_tcp_write(t, buf, n);
-}
-
-/* Reads the next PUBLISH into topic and payload (NUL-terminated). */
-static void mqtt_read_publish(sbt_tcp *t, char *topic, size_t tn, char *payload, size_t pn)
-{
-    uint8_t buf[4096];
-    size_t len = 0, rem = 0, used;
-    int shift = 0;
-    sb_mqtt_packet p;
-    assert_int_equal(sbt_tcp_read_exact(t, buf, 1, WAIT_MS), 1);
-    len = 1;
-    do {
-        assert_int_equal(sbt_tcp_read_exact(t, buf + len, 1, WAIT_MS), 1);
-        rem |= (size_t)(buf[len] & 0x7f) << shift;
-        shift += 7;
-    } while (buf[len++] & 0x80);
-    assert_true(len + rem <= sizeof buf);
-    assert_int_equal(sbt_tcp_read_exact(t, buf + len, rem, WAIT_MS), (int)rem);
-    assert_int_equal(sb_mqtt_decode(buf, len + rem, 0, &p, &used, NULL), 0);
-    assert_int_equal(p.type, SB_MQTT_PUBLISH);
-    snprintf(topic, tn, "%.*s", (int)p.publish.topic.n, p.publish.topic.p);
-    snprintf(payload, pn, "%.*s", (int)p.publish.payload.n, (const char *)p.publish.payload.p);
-}
-
 /* ---- client role ---- */
 
 static const char client_config[] = "broker:\n"
@@ -325,9 +251,9 @@ static void test_client_role(void **state)
     }
 
     /* the hot link keeps an MQTT subscriber current */
-    mq = mqtt_connect(b->port[1], "dde-test");
-    mqtt_subscribe(mq, "plant/+/Counter");
-    mqtt_read_publish(mq, topic, sizeof topic, payload, sizeof payload);
+    mq = sbt_mqtt_tcp_connect(b->port[1], "dde-test");
+    sbt_mqtt_tcp_subscribe(mq, "plant/+/Counter");
+    sbt_mqtt_tcp_read_publish(mq, topic, sizeof topic, payload, sizeof payload);
     assert_string_equal(topic, "plant/Line1/Counter");
     assert_true(atoi(payload) > 0);
     sbt_tcp_close(mq);
@@ -766,16 +692,16 @@ static void test_example(void **state)
     sbt_broker_wait_log(b, "[plc-write] linked to", 1, WAIT_MS);
 
     /* PLC items to MQTT */
-    mq = mqtt_connect(b->port[1], "dde-example");
-    mqtt_subscribe(mq, "plant/Line1/Temp");
-    mqtt_read_publish(mq, topic, sizeof topic, payload, sizeof payload);
+    mq = sbt_mqtt_tcp_connect(b->port[1], "dde-example");
+    sbt_mqtt_tcp_subscribe(mq, "plant/Line1/Temp");
+    sbt_mqtt_tcp_read_publish(mq, topic, sizeof topic, payload, sizeof payload);
     assert_string_equal(topic, "plant/Line1/Temp");
     assert_string_equal(payload, "21.5");
     /* MQTT values into the PLC ... */
-    mqtt_publish(mq, "plant/Line1/Setpoint/set", "55", 0);
+    sbt_mqtt_tcp_publish(mq, "plant/Line1/Setpoint/set", "55", 0);
     sbt_wait_file_text(out, "POKE Setpoint 3535", 1, WAIT_MS);
     /* ... and into Excel-style links (=SWITCHBOARD|Line1!Target) */
-    mqtt_publish(mq, "plant/Line1/Target", "7.5", 1);
+    sbt_mqtt_tcp_publish(mq, "plant/Line1/Target", "7.5", 1);
     c = sbt_connect(b->port[0]);
     {
         int64_t deadline = sbt_now_ms() + WAIT_MS;
