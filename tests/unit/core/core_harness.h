@@ -60,10 +60,11 @@ void core_detach(core_fx *f, fake_consumer *c, int failed);
 int core_turn(core_fx *f);
 void core_wait_begin(core_fx *f, int64_t timeout_ms);
 
-/* Runs the loop until cond holds; fails the test after 10 s. */
+/* Runs the loop until cond holds; fails the test after 30 s (generous:
+ * under Wine on a loaded machine a restart and its fsyncs took over 10 s). */
 #define CORE_WAIT(f, cond)                                                                         \
     do {                                                                                           \
-        core_wait_begin((f), 10000);                                                               \
+        core_wait_begin((f), 30000);                                                               \
         while (!(cond))                                                                            \
             if (!core_turn(f))                                                                     \
                 fail_msg("%s:%d: timed out waiting for %s", __FILE__, __LINE__, #cond);            \
