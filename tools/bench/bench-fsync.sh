@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# bench-fsync.sh: the jsonl fsync path against its ceiling, in one run.
+# bench-fsync.sh: the jsonl fsync path against its ceiling, in one run
+# (with --memory: the memory class against the raw round trip).
 #
 #   tools/bench/bench-fsync.sh [options]
 #
@@ -24,6 +25,9 @@
 #   --sub-window S   (BENCH_SUB_WINDOW, 1000)
 #   --lat-count N    messages of the one-at-a-time run, 0 skips it (BENCH_LAT_COUNT, 3000)
 #   --runs R         rounds (BENCH_RUNS, 5)
+#   --memory         the memory class instead: Switchboard's durability
+#                    memory against `gcproto --memory` (no store: the raw
+#                    Unix-socket round trip of the same bytes)
 #   --keep           keep the temporary directory
 # SB_BUILD_DIR: build directory with service/switchboard, tools/sbctl/sbctl
 # and tools/bench/gcproto (default build/release; built when missing).
@@ -41,6 +45,7 @@ sub_window=${BENCH_SUB_WINDOW:-1000}
 lat_count=${BENCH_LAT_COUNT:-3000}
 runs=${BENCH_RUNS:-5}
 keep=0
+durability=fsync
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -52,6 +57,7 @@ while [ $# -gt 0 ]; do
     --lat-count) lat_count=$2; shift ;;
     --runs) runs=$2; shift ;;
     --keep) keep=1 ;;
+    --memory) durability=memory ;;
     -h | --help) sed -n '2,/^# Only the processes/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-fsync.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -122,7 +128,11 @@ EOF
 start_switchboard switchboard "$sb_bin"
 [ -n "${SWITCHBOARD_BASE:-}" ] && start_switchboard base "$SWITCHBOARD_BASE"
 mkdir -p "$tmp/gcproto"
-"$proto" "$tmp/gcproto/gc.sock" "$tmp/gcproto/gc.db" >"$tmp/gcproto/log" 2>&1 &
+if [ "$durability" = memory ]; then
+    "$proto" --memory "$tmp/gcproto/gc.sock" >"$tmp/gcproto/log" 2>&1 &
+else
+    "$proto" "$tmp/gcproto/gc.sock" "$tmp/gcproto/gc.db" >"$tmp/gcproto/log" 2>&1 &
+fi
 pid_of[gcproto]=$!
 pids+=($!)
 sock_of[gcproto]=$tmp/gcproto/gc.sock
@@ -131,14 +141,14 @@ names+=(gcproto)
 
 echo "== bench-fsync: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "   $runs rounds: $count messages of 100 B, $producers producers (window $window)," \
-    "$consumers consumers (window $sub_window), durability fsync; one at a time: $lat_count"
+    "$consumers consumers (window $sub_window), durability $durability; one at a time: $lat_count"
 
 declare -A rate cpu lat
 for ((r = 1; r <= runs; r++)); do
     for name in "${names[@]}"; do
         before=$(cpu_ticks "${pid_of[$name]}")
         line=$("$sbctl" bench -e "unix:${sock_of[$name]}" -n "$count" -p "$producers" \
-            -c "$consumers" -w "$window" --sub-window "$sub_window" -d fsync --json 2>&1)
+            -c "$consumers" -w "$window" --sub-window "$sub_window" -d "$durability" --json 2>&1)
         after=$(cpu_ticks "${pid_of[$name]}")
         mps=$(printf '%s' "$line" | python3 -c 'import json,sys; r=json.load(sys.stdin)[0]; print("%.0f" % r["msgs_per_s"] if r["ok"] else 0)' 2>/dev/null)
         us=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$count" \
@@ -149,7 +159,7 @@ for ((r = 1; r <= runs; r++)); do
         cpu[$name]+="$us "
         if [ "$lat_count" -gt 0 ]; then
             l=$("$sbctl" bench -e "unix:${sock_of[$name]}" -n "$lat_count" -p 1 -c 1 \
-                --one-at-a-time -d fsync --json 2>&1 |
+                --one-at-a-time -d "$durability" --json 2>&1 |
                 python3 -c 'import json,sys; r=json.load(sys.stdin)[0]; print("%.0f" % r["puback_p50_us"] if r["ok"] else "")' 2>/dev/null)
             lat[$name]+="$l "
         fi

@@ -3,6 +3,7 @@
  * against for the jsonl fsync path (README "Performance").
  *
  *   gcproto SOCKET_PATH DB_PATH
+ *   gcproto --memory SOCKET_PATH
  *
  * It speaks just enough jsonl on a Unix socket for `sbctl bench -d fsync`
  * (pub, puback, sub, msg, ack, unsub, in the shapes sbctl writes them), and
@@ -15,6 +16,11 @@
  * flushing (group commit, no timer) and hands the group back through an
  * eventfd. What it leaves out is what makes a broker: routing, ACLs, queues
  * that survive a restart, redelivery, limits, headers, expiry, errors.
+ *
+ * With --memory it stores nothing and has no commit thread: every publish is
+ * answered and delivered in the round that read it. That is the raw Unix
+ * socket round trip of the same bytes, the floor the broker's memory class
+ * is held against.
  *
  * Linux only; SIGINT or SIGTERM ends it.
  */
@@ -70,6 +76,7 @@ typedef struct group {
 static conn *conns[MAX_CONNS];
 static int epfd, efd, lfd;
 static volatile sig_atomic_t stopping;
+static int memory_mode; /* --memory: no store, no commit thread */
 
 /* the one subscription */
 static char sub_name[128], sub_prefix[128];
@@ -325,16 +332,11 @@ static void consumer_remove(conn *c)
     c->consumer = 0;
 }
 
-static void on_committed(void)
+/* Answers the publishes of a committed group (list m) and queues them for
+ * delivery. */
+static void complete(msg *m)
 {
-    uint64_t v;
-    msg *m, *next;
-    if (read(efd, &v, sizeof(v)) < 0)
-        return;
-    pthread_mutex_lock(&mu);
-    m = done.pubs;
-    memset(&done, 0, sizeof(done));
-    pthread_mutex_unlock(&mu);
+    msg *next;
     for (; m != NULL; m = next) {
         next = m->next;
         conn *p = m->conn >= 0 ? conns[m->conn] : NULL;
@@ -352,6 +354,19 @@ static void on_committed(void)
         ready_tail = m;
     }
     dispatch();
+}
+
+static void on_committed(void)
+{
+    uint64_t v;
+    msg *m;
+    if (read(efd, &v, sizeof(v)) < 0)
+        return;
+    pthread_mutex_lock(&mu);
+    m = done.pubs;
+    memset(&done, 0, sizeof(done));
+    pthread_mutex_unlock(&mu);
+    complete(m);
 }
 
 /* Queues a publish (m) or an ack for this round. */
@@ -379,6 +394,16 @@ static void hand_over(void)
 {
     if (local.pubs == NULL && local.nacks == 0)
         return;
+    if (memory_mode) {
+        msg *m = local.pubs;
+        for (; m != NULL; m = m->next)
+            m->id = next_id++;
+        m = local.pubs;
+        local.pubs = local.pubs_tail = NULL;
+        local.nacks = 0;
+        complete(m);
+        return;
+    }
     pthread_mutex_lock(&mu);
     for (msg *m = local.pubs; m != NULL; m = m->next)
         m->id = next_id++;
@@ -526,23 +551,12 @@ static void on_signal(int sig)
     stopping = 1;
 }
 
-int main(int argc, char **argv)
+/* Opens the database at path with the broker's entries table, emptied. */
+static sqlite3 *open_store(const char *path)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    struct epoll_event ev, evs[64];
     sqlite3 *db;
-    pthread_t th;
-    unsigned gen = 0;
-
-    if (argc != 3) {
-        fprintf(stderr, "usage: gcproto SOCKET_PATH DB_PATH\n");
-        return 2;
-    }
-    signal(SIGPIPE, SIG_IGN);
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    if (sqlite3_open(argv[2], &db) != SQLITE_OK)
-        die(argv[2], sqlite3_errmsg(db));
+    if (sqlite3_open(path, &db) != SQLITE_OK)
+        die(path, sqlite3_errmsg(db));
     check(db,
           sqlite3_exec(db,
                        "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL;"
@@ -557,6 +571,29 @@ int main(int argc, char **argv)
                        "DELETE FROM entries;",
                        NULL, NULL, NULL),
           "schema");
+    return db;
+}
+
+int main(int argc, char **argv)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct epoll_event ev, evs[64];
+    sqlite3 *db = NULL;
+    pthread_t th;
+    unsigned gen = 0;
+
+    memory_mode = argc == 3 && strcmp(argv[1], "--memory") == 0;
+    if (argc != 3) {
+        fprintf(stderr, "usage: gcproto SOCKET_PATH DB_PATH | gcproto --memory SOCKET_PATH\n");
+        return 2;
+    }
+    if (memory_mode)
+        argv++;
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    if (!memory_mode)
+        db = open_store(argv[2]);
     if (strlen(argv[1]) >= sizeof(sa.sun_path))
         die(argv[1], "path too long");
     strcpy(sa.sun_path, argv[1]);
@@ -571,7 +608,7 @@ int main(int argc, char **argv)
     epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &ev);
     ev.data.fd = efd;
     epoll_ctl(epfd, EPOLL_CTL_ADD, efd, &ev);
-    if (pthread_create(&th, NULL, commit_thread, db) != 0)
+    if (!memory_mode && pthread_create(&th, NULL, commit_thread, db) != 0)
         die("pthread_create", "failed");
     printf("gcproto: listening on %s\n", argv[1]);
     fflush(stdout);
@@ -614,11 +651,13 @@ int main(int argc, char **argv)
         while (ndirty > 0)
             flush_conn(dirty[--ndirty]);
     }
-    pthread_mutex_lock(&mu);
-    pthread_cond_signal(&cond);
-    pthread_mutex_unlock(&mu);
-    pthread_join(th, NULL);
-    sqlite3_close(db);
+    if (!memory_mode) {
+        pthread_mutex_lock(&mu);
+        pthread_cond_signal(&cond);
+        pthread_mutex_unlock(&mu);
+        pthread_join(th, NULL);
+        sqlite3_close(db);
+    }
     unlink(argv[1]);
     return 0;
 }
