@@ -2,6 +2,7 @@
  * see) and dead-letter list / redrive / purge. */
 #include "service/agent_host.h"
 #include "service/alloc.h"
+#include "service/auth.h"
 #include "service/broker_int.h"
 #include "service/base64.h"
 #include "service/log.h"
@@ -126,6 +127,13 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
     json_object_set_new(broker, "queue_memory",
                         json_integer((json_int_t)b->cfg->broker.queue_memory));
     json_object_set_new(broker, "resident_bytes", json_integer((json_int_t)b->resident_bytes));
+    if (b->auth != NULL && sb_auth_has_passwords(b->auth)) {
+        unsigned long hashed, cached;
+        sb_auth_login_counts(&hashed, &cached);
+        json_object_set_new(broker, "logins",
+                            json_pack("{s:I, s:I}", "hashed", (json_int_t)hashed, "cached",
+                                      (json_int_t)cached));
+    }
     json_object_set_new(broker, "durability", classes);
     json_object_set_new(broker, "adapters", adapters);
     json_object_set_new(root, "queues", queues);

@@ -524,6 +524,13 @@ static void cache_put(cred_cache *c, const unsigned char tag[CACHE_TAG_LEN])
 /* ---- hashing ---- */
 
 static atomic_ulong hash_count; /* for tests: sb_auth__hash_count */
+static atomic_ulong logins_hashed, logins_cached; /* sb_auth_login_counts */
+
+void sb_auth_login_counts(unsigned long *hashed, unsigned long *cached)
+{
+    *hashed = atomic_load(&logins_hashed);
+    *cached = atomic_load(&logins_cached);
+}
 
 unsigned long sb_auth__hash_count(void)
 {
@@ -586,9 +593,11 @@ int sb_auth_check_password(const sb_auth *a, const char *user, const char *passw
         has_tag = cache_tag(a->cache, user, password, password_len, tag) == 0;
         if (has_tag && cache_has(a->cache, tag)) {
             OPENSSL_cleanse(tag, sizeof(tag));
+            atomic_fetch_add(&logins_cached, 1);
             return 0;
         }
     }
+    atomic_fetch_add(&logins_hashed, 1);
     ok = compute(e != NULL ? e : &a->dummy, password, password_len, got) == 0;
     ok = ok && CRYPTO_memcmp(got, e != NULL ? e->hash : a->dummy.hash, sizeof(got)) == 0;
     OPENSSL_cleanse(got, sizeof(got));

@@ -88,6 +88,11 @@ int sb_auth_has_acl(const sb_auth *a);
 int sb_auth_check_password(const sb_auth *a, const char *user, const char *password,
                            size_t password_len);
 
+/* Password checks since the process started: those hashed in full (a first
+ * login, a wrong password, an unknown user) and those the cache of verified
+ * logins answered. */
+void sb_auth_login_counts(unsigned long *hashed, unsigned long *cached);
+
 /* 1 if the client (user NULL: anonymous; client_id may be NULL) may access
  * topic with every bit of access (SB_ACL_READ, SB_ACL_WRITE), else 0. An
  * invalid topic is denied. 1 when a is NULL or has no ACL file. */
