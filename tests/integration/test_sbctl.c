@@ -198,6 +198,31 @@ static void test_exit_codes(void **state)
     out = expect(5, "sub timing out", NULL, "-e", ep, "sub", "orders", "--count", "1",
                  "--timeout", "200ms", NULL);
     free(out);
+
+    /* with --json, errors are JSON lines on stderr that name their code */
+    {
+        static const struct {
+            int exit;
+            const char *what, *endpoint_kind, *code;
+        } json_errors[] = {{1, "sub of no subscription", "open", "SB_ENOTFOUND"},
+                           {3, "nobody listening", "closed", "SB_ECONNREFUSED"}};
+        for (size_t i = 0; i < sizeof json_errors / sizeof json_errors[0]; i++) {
+            char *err = NULL;
+            json_t *o;
+            json_error_t jerr;
+            int open = strcmp(json_errors[i].endpoint_kind, "open") == 0;
+            free(expect(json_errors[i].exit, json_errors[i].what, &err, "-e", open ? ep : closed,
+                        open ? "sub" : "ping", open ? "nosuch" : "--json", open ? "--json" : NULL,
+                        NULL));
+            o = json_loads(err, JSON_DISABLE_EOF_CHECK, &jerr);
+            if (o == NULL || !json_is_string(json_object_get(o, "error")))
+                fail_msg("%s --json: stderr is not a JSON error line: %s", json_errors[i].what,
+                         err);
+            assert_string_equal(sbt_str(o, "code"), json_errors[i].code);
+            json_decref(o);
+            free(err);
+        }
+    }
     b->passed = 1;
 }
 

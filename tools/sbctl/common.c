@@ -9,15 +9,63 @@
 #include <string.h>
 #include <uv.h>
 
+static int json_errors;
+
+void sbctl_json_errors(int on)
+{
+    json_errors = on;
+}
+
+/* Prints message (with the error code's name, or NULL) as sbctl_errorf. */
+static void print_error(const char *code, const char *message)
+{
+    fflush(stdout);
+    if (json_errors) {
+        /* a message that is not UTF-8 (a file name) is sent as bytes */
+        json_t *o = json_pack("{s:s%}", "error", message, strlen(message));
+        char *text;
+        if (o != NULL && code != NULL)
+            json_object_set_new(o, "code", json_string(code));
+        text = o != NULL ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+        json_decref(o);
+        if (text != NULL) {
+            fprintf(stderr, "%s\n", text);
+            free(text);
+            return;
+        }
+    }
+    fprintf(stderr, "sbctl: %s\n", message);
+}
+
+static void verror(const char *code, const char *fmt, va_list ap)
+{
+    char small[1024], *big = NULL;
+    va_list again;
+    int n;
+    va_copy(again, ap);
+    n = vsnprintf(small, sizeof small, fmt, ap);
+    if (n >= (int)sizeof small && (big = malloc((size_t)n + 1)) != NULL)
+        vsnprintf(big, (size_t)n + 1, fmt, again);
+    va_end(again);
+    print_error(code, big != NULL ? big : small);
+    free(big);
+}
+
 void sbctl_errorf(const char *fmt, ...)
 {
     va_list ap;
-    fflush(stdout);
-    fputs("sbctl: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    verror(NULL, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+}
+
+static void errorf_code(const char *code, const char *fmt, ...) SB_PRINTF(2, 3);
+static void errorf_code(const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    verror(code, fmt, ap);
+    va_end(ap);
 }
 
 int sbctl_usage_error(const sbctl_cmd *cmd, const char *fmt, ...)
@@ -48,21 +96,21 @@ int sbctl_connect(sb_client **out, const sbctl_ctx *ctx, const char *endpoint)
     if (sb_client_connect(out, endpoint, &ctx->client, &err) == 0)
         return SBCTL_EXIT_OK;
     if (err.code == SB_EINVAL || err.code == SB_EPROTO) /* a pipe endpoint on POSIX, TLS */
-        sbctl_errorf("%s", err.msg);
+        errorf_code(sb_errname(err.code), "%s", err.msg);
     else
-        sbctl_errorf("%s (is the broker running? see --endpoint)", err.msg);
+        errorf_code(sb_errname(err.code), "%s (is the broker running? see --endpoint)", err.msg);
     return SBCTL_EXIT_CONN;
 }
 
 int sbctl_conn_failed(const char *what, const sb_error *err)
 {
-    sbctl_errorf("%s: %s", what, err->msg);
+    errorf_code(sb_errname(err->code), "%s: %s", what, err->msg);
     return SBCTL_EXIT_CONN;
 }
 
 int sbctl_broker_failed(const char *what, const sb_error *err)
 {
-    sbctl_errorf("%s: %s [%s]", what, err->msg, sb_errname(err->code));
+    errorf_code(sb_errname(err->code), "%s: %s [%s]", what, err->msg, sb_errname(err->code));
     return err->code == SB_EAUTH || err->code == SB_EACCES ? SBCTL_EXIT_DENIED : SBCTL_EXIT_ERROR;
 }
 

@@ -49,7 +49,8 @@ static void print_main_help(FILE *f)
             "                             certificate must name HOST\n"
             "      --cert FILE --key FILE tls: a client certificate and its key (PEM)\n"
             "      --json                 machine-readable output: JSON on stdout (every\n"
-            "                             command; errors stay text on stderr)\n"
+            "                             command), errors as {\"error\",\"code\"} lines on\n"
+            "                             stderr (usage errors stay text)\n"
             "      --progress             progress of long operations (pub --count, bench,\n"
             "                             dlq redrive/purge) on stderr also when it is not a\n"
             "                             terminal (on a terminal it is always shown)\n"
@@ -258,6 +259,7 @@ int main(int argc, char **argv)
             endpoints[ctx.nendpoints++] = ev->list[k];
     }
     ctx.json = global_json || (has_opt(cmd, "json") && sbctl_arg_flag(&a, "json"));
+    sbctl_json_errors(ctx.json);
     ctx.progress = global_progress || (has_opt(cmd, "progress") && sbctl_arg_flag(&a, "progress"));
     if (ctx.nendpoints == 0)
         endpoints[ctx.nendpoints++] = sb_client_default_endpoint();

@@ -75,6 +75,11 @@ extern const sbctl_cmd sbctl_cmd_check, sbctl_cmd_compact;
 /* Prints "sbctl: <message>\n" to stderr. */
 void sbctl_errorf(const char *fmt, ...) SB_PRINTF(1, 2);
 
+/* With on set (--json), sbctl_errorf and the failures below print one JSON
+ * object a line on stderr instead: {"error": MESSAGE} and, for an error
+ * the broker or the connection reported, "code" (e.g. "SB_ENOTFOUND"). */
+void sbctl_json_errors(int on);
+
 /* Prints "sbctl CMD: <message>" and a pointer to --help; returns SBCTL_EXIT_USAGE. */
 int sbctl_usage_error(const sbctl_cmd *cmd, const char *fmt, ...) SB_PRINTF(2, 3);
 
