@@ -70,6 +70,8 @@ typedef struct sb_http_snap {
     const char *version;
     int64_t uptime_ms;
     uint64_t published, refused, retained;
+    int has_logins; /* a password file: logins_hashed, logins_cached count */
+    uint64_t logins_hashed, logins_cached;
     uint64_t resident_bytes; /* the process's resident memory, 0 if unknown */
     int has_store;
     sb_store_stats store;

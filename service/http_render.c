@@ -325,6 +325,14 @@ void sb_http__render_metrics(sb_jsonw *w, const sb_http_snap *s, int per_queue)
     appendf(w, "switchboard_refused_total %llu\n", (unsigned long long)s->refused);
     family(w, "switchboard_retained_messages", "gauge", "Topics with a retained value.");
     appendf(w, "switchboard_retained_messages %llu\n", (unsigned long long)s->retained);
+    if (s->has_logins) {
+        family(w, "switchboard_logins_total", "counter",
+               "Password checks: hashed in full, or answered by the cache of verified logins.");
+        appendf(w, "switchboard_logins_total{check=\"hashed\"} %llu\n",
+                (unsigned long long)s->logins_hashed);
+        appendf(w, "switchboard_logins_total{check=\"cached\"} %llu\n",
+                (unsigned long long)s->logins_cached);
+    }
     route_metrics(w, s);
     if (per_queue)
         per_queue_metrics(w, s);

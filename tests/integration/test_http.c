@@ -161,11 +161,28 @@ static const char *linux_tool(const char *var, const char *package)
 #endif
 }
 
+/* promtool's check of a /metrics reply (Linux only). */
+static void promtool_check(sbt_broker *b, const http_reply *r)
+{
+    const char *promtool = linux_tool("SB_PROMTOOL", "prometheus (promtool)");
+    if (promtool != NULL) {
+        char path[SBT_PATH_MAX], cmd[3 * SBT_PATH_MAX];
+        char *out = NULL;
+        int rc;
+        sbt_path(path, sizeof path, b->dir, "metrics.txt");
+        sbt_write_file(path, r->body, r->body_len);
+        snprintf(cmd, sizeof cmd, "'%s' check metrics < '%s' 2>&1", promtool, path);
+        rc = run_shell(cmd, &out);
+        if (rc != 0)
+            fail_msg("promtool check metrics failed (exit %d):\n%s", rc, out);
+        free(out);
+    }
+}
+
 static void test_metrics(void **state)
 {
     sbt_broker *b = *state;
     http_reply r;
-    const char *promtool;
 
     sbt_broker_init(b, "http-metrics", 2);
     example_config(b);
@@ -184,6 +201,8 @@ static void test_metrics(void **state)
         strstr(r.body, "switchboard_store_commit_seconds_bucket{le=\"+Inf\"}") == NULL ||
         strstr(r.body, "process_resident_memory_bytes") == NULL)
         fail_msg("/metrics lacks the filled queue or a family:\n%s", r.body);
+    /* no password file: no login counts */
+    assert_null(strstr(r.body, "switchboard_logins_total"));
     /* every fsync'ed publish was a commit: the histogram counted them */
     {
         const char *c = strstr(r.body, "switchboard_store_commit_seconds_count ");
@@ -191,19 +210,42 @@ static void test_metrics(void **state)
         assert_true(atoll(c + strlen("switchboard_store_commit_seconds_count ")) >= 7);
     }
 
-    promtool = linux_tool("SB_PROMTOOL", "prometheus (promtool)");
-    if (promtool != NULL) {
-        char path[SBT_PATH_MAX], cmd[3 * SBT_PATH_MAX];
-        char *out = NULL;
-        int rc;
-        sbt_path(path, sizeof path, b->dir, "metrics.txt");
-        sbt_write_file(path, r.body, r.body_len);
-        snprintf(cmd, sizeof cmd, "'%s' check metrics < '%s' 2>&1", promtool, path);
-        rc = run_shell(cmd, &out);
-        if (rc != 0)
-            fail_msg("promtool check metrics failed (exit %d):\n%s", rc, out);
-        free(out);
-    }
+    promtool_check(b, &r);
+    reply_free(&r);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+/* With a password file, /metrics counts the password checks (stats'
+ * broker.logins). No client logs in here: both counts are 0. */
+static void test_login_metrics(void **state)
+{
+    sbt_broker *b = *state;
+    http_reply r;
+    char path[SBT_PATH_MAX];
+    /* "user" with password "pw", PBKDF2 (sbctl passwd --iterations 1000) */
+    static const char passwd[] = "user:$7$1000$WpWO6TMul5BNraLB$zvqy/bvZPsNyqurl4UD3V+1mSs14lH"
+                                 "BDEq+r0t6nTL78sLTU1Ee7UCPN84UFr4sz3sT339tqmpMCLM+CEENZIQ==\n";
+
+    sbt_broker_init(b, "http-logins", 2);
+    sbt_path(path, sizeof path, b->dir, "passwd");
+    sbt_write_file(path, passwd, sizeof passwd - 1);
+    sbt_broker_config(b, "broker:\n"
+                         "  data_dir: '{data}'\n"
+                         "  admin: { endpoint: 'off' }\n"
+                         "  auth: { password_file: '{dir}/passwd' }\n"
+                         "  http: { listen: '127.0.0.1:{port1}' }\n"
+                         "adapters:\n"
+                         "  - { name: clients, type: tcp, listen: '127.0.0.1:{port0}', "
+                         "protocol: jsonl }\n");
+    sbt_broker_start(b);
+    http_get(b->port[1], "/metrics", &r);
+    assert_int_equal(r.status, 200);
+    if (strstr(r.body, "# TYPE switchboard_logins_total counter\n") == NULL ||
+        strstr(r.body, "switchboard_logins_total{check=\"hashed\"} 0\n") == NULL ||
+        strstr(r.body, "switchboard_logins_total{check=\"cached\"} 0\n") == NULL)
+        fail_msg("/metrics lacks the login counts:\n%s", r.body);
+    promtool_check(b, &r);
     reply_free(&r);
     sbt_broker_stop(b);
     b->passed = 1;
@@ -480,6 +522,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_metrics, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_login_metrics, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_status_page, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_hostile, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_address_in_use, sbt_setup, sbt_teardown),
