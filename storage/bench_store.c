@@ -38,7 +38,7 @@ typedef struct bench {
     size_t window;
 } bench;
 
-static const uint32_t queue_id = 1;
+static uint32_t queue_id = 1;
 
 static void ack_done(sb_store_op *op, void *ctx)
 {

@@ -223,6 +223,10 @@ struct sb_store {
     int waiting; /* the thread sleeps until q_count >= wake_at */
     size_t wake_at;
     sb_store_op *done_head, *done_tail; /* executed, callbacks pending */
+    uint64_t submit_seq; /* seq of the last op submitted */
+    uint64_t taken_seq;  /* ops with a seq up to this were taken into a group */
+    uint64_t id_reserve; /* message ids to record as taken (sb_store_reserve_ids) */
+    uint64_t durable_msg_id; /* the id high-water mark as last committed */
     sb_store_stats stats;
     int test_fail_armed;
     long test_fail_after;
@@ -245,6 +249,8 @@ struct sb_store {
     uint64_t episode_failures;
     uint64_t group_msg_id; /* largest ids the current group wrote */
     uint32_t group_queue_id;
+    uint64_t group_reserve; /* sb_store_reserve_ids' wish when the group was taken */
+    uint64_t group_elided;  /* entries the group's publishes skipped (cancelled) */
     ack_range *acks; /* the group's acks not yet executed (acks_flush) */
     size_t ack_count, ack_cap;
     uint64_t ack_max_id; /* the largest last_id among them */
@@ -414,7 +420,7 @@ static int exec_publish(sb_store *s, sb_store_op *op)
     const char *key = op->u.publish.dedup_key;
     sqlite3_stmt *ins = s->st[ST_ENTRY_INSERT];
     unsigned char *hdr = NULL;
-    size_t hdr_len = 0, inserted = 0;
+    size_t hdr_len = 0;
     int rc = SQLITE_OK;
 
     if (m == NULL || (op->u.publish.queue_count > 0 && op->u.publish.queue_ids == NULL) ||
@@ -446,16 +452,18 @@ static int exec_publish(sb_store *s, sb_store_op *op)
     }
     for (size_t i = 0; i < op->u.publish.queue_count; i++) {
         uint32_t qid = op->u.publish.queue_ids[i];
+        if (qid == 0) { /* acknowledged before its group ran (sb_store_cancel) */
+            s->group_elided++;
+            continue;
+        }
         rc = bind_run(ins,
                       bind_args(ins, "iitbbiii", (int64_t)qid, (int64_t)m->id,
                                 m->topic != NULL ? m->topic : "",
                                 m->payload != NULL ? (const void *)m->payload : (const void *)"",
                                 m->payload_len, (const void *)hdr, hdr_len, m->created_ms,
                                 m->expires_ms, (int64_t)m->priority));
-        if (rc == SQLITE_OK && sqlite3_changes(s->db) == 1) {
-            inserted++;
+        if (rc == SQLITE_OK && sqlite3_changes(s->db) == 1)
             continue;
-        }
         /* Fail only this op: report, then delete what it inserted so far. */
         if (rc != SQLITE_OK) {
             if (!is_op_local(rc) || sqlite3_get_autocommit(s->db)) {
@@ -471,8 +479,9 @@ static int exec_publish(sb_store *s, sb_store_op *op)
                     (unsigned long long)m->id, (unsigned)qid);
         }
         rc = SQLITE_OK;
-        for (size_t j = 0; j < inserted && rc == SQLITE_OK; j++)
-            rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id);
+        for (size_t j = 0; j < i && rc == SQLITE_OK; j++)
+            if (op->u.publish.queue_ids[j] != 0)
+                rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id);
         if (rc != SQLITE_OK)
             rc = fail(s, rc, "publish: undo of a partial insert");
         goto out;
@@ -1102,12 +1111,15 @@ static int set_sync(sb_store *s, int level)
     return SQLITE_OK;
 }
 
-/* Persists the id high-water marks the group raised (one statement per group
- * at most, none for groups of acks). */
+/* Persists the id high-water marks the group raised, message ids reserved
+ * by sb_store_reserve_ids included (one statement per group at most, none
+ * for groups of acks once the reservation is on disk). */
 static int update_meta(sb_store *s)
 {
     sqlite3_stmt *st = s->st[ST_META_PUT];
     int rc;
+    if (s->group_reserve > s->group_msg_id)
+        s->group_msg_id = s->group_reserve;
     if (s->group_msg_id > s->hw_msg_id) {
         rc = bind_run(st, bind_args(st, "ti", "msg_id", (int64_t)s->group_msg_id));
         if (rc != SQLITE_OK)
@@ -1290,6 +1302,8 @@ static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, s
         bucket++;
     s->stats.commit_us[bucket]++;
     s->stats.commit_us_sum += took_us;
+    s->stats.elided += s->group_elided;
+    s->durable_msg_id = s->hw_msg_id;
     was_degraded = s->stats.degraded;
     s->stats.degraded = 0;
     list_concat(&s->done_head, &s->done_tail, head, tail);
@@ -1443,6 +1457,7 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
         want_sync |= op->sync != 0;
     s->group_msg_id = 0;
     s->group_queue_id = 0;
+    s->group_elided = 0;
     s->fail_rc = SQLITE_OK;
     s->fail_msg[0] = '\0';
     /* The setting is read when the transaction commits. */
@@ -1487,8 +1502,12 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
 static size_t take_ops(sb_store *s, sb_store_op **head, sb_store_op **tail, size_t max)
 {
     size_t n = 0;
+    if (s->q_tail != NULL && max > 0)
+        s->group_reserve = s->id_reserve;
     if (s->q_count <= max) {
         n = s->q_count;
+        if (s->q_tail != NULL)
+            s->taken_seq = s->q_tail->seq; /* from now on, sb_store_cancel refuses them */
         list_concat(head, tail, s->q_head, s->q_tail);
         s->q_head = s->q_tail = NULL;
         s->q_count = 0;
@@ -1498,6 +1517,7 @@ static size_t take_ops(sb_store *s, sb_store_op **head, sb_store_op **tail, size
         sb_store_op *op = s->q_head;
         s->q_head = op->next;
         list_append(head, tail, op);
+        s->taken_seq = op->seq;
         n++;
     }
     if (s->q_head == NULL)
@@ -1690,6 +1710,7 @@ int sb_store_submit(sb_store *s, sb_store_op *op)
         return SB_ESHUTDOWN;
     }
     op->status = 0;
+    op->seq = ++s->submit_seq;
     list_append(&s->q_head, &s->q_tail, op);
     s->q_count++;
     if (s->waiting && s->q_count >= s->wake_at) {
@@ -1698,6 +1719,31 @@ int sb_store_submit(sb_store *s, sb_store_op *op)
     }
     uv_mutex_unlock(&s->mu);
     return 0;
+}
+
+int sb_store_cancel(sb_store *s, sb_store_op *op, size_t index)
+{
+    int rc = SB_EBUSY;
+    if (op->type != SB_OP_PUBLISH || index >= op->u.publish.queue_count)
+        return SB_EINVAL;
+    uv_mutex_lock(&s->mu);
+    if (op->seq > s->taken_seq) {
+        op->u.publish.queue_ids[index] = 0;
+        rc = 0;
+    }
+    uv_mutex_unlock(&s->mu);
+    return rc;
+}
+
+uint64_t sb_store_reserve_ids(sb_store *s, uint64_t upto)
+{
+    uint64_t durable;
+    uv_mutex_lock(&s->mu);
+    if (upto > s->id_reserve)
+        s->id_reserve = upto;
+    durable = s->durable_msg_id;
+    uv_mutex_unlock(&s->mu);
+    return durable;
 }
 
 int sb_store_degraded(sb_store *s)
@@ -2091,6 +2137,7 @@ static int read_high_water(sb_store *s, sb_error *err)
     if (rc != SQLITE_OK)
         return db_error(s, rc, "reading id high-water marks", err);
     s->hw_msg_id = (uint64_t)msg_id;
+    s->durable_msg_id = s->hw_msg_id;
     s->hw_queue_id = (uint32_t)queue_id;
     return 0;
 }
