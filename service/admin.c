@@ -61,7 +61,7 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
                       : q->route != NULL ? "route"
                                          : "orphaned",
                       "depth", (json_int_t)sb_queue__total_depth(q), "bytes",
-                      (json_int_t)sb_queue__total_bytes(q), "pending", (json_int_t)q->pending,
+                      (json_int_t)sb_queue__total_bytes(q), "pending", (json_int_t)(q->pending - q->early),
                       "inflight", inflight, "consumers", consumers, "oldest_age_ms",
                       (json_int_t)(q->fifo.head != NULL ? now - q->fifo.head->msg->created_ms : 0),
                       "published", (json_int_t)q->published, "delivered", (json_int_t)q->delivered,
