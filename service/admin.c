@@ -93,6 +93,7 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
     json_object_set_new(store, "commits", json_integer((json_int_t)st.commits));
     json_object_set_new(store, "fsync_commits", json_integer((json_int_t)st.fsync_commits));
     json_object_set_new(store, "ops", json_integer((json_int_t)st.ops));
+    json_object_set_new(store, "elided", json_integer((json_int_t)st.elided));
     json_object_set_new(store, "failed_commits", json_integer((json_int_t)st.failed_commits));
     json_object_set_new(store, "max_batch", json_integer((json_int_t)st.max_batch_seen));
     json_object_set_new(store, "db_bytes", json_integer((json_int_t)st.db_bytes));
