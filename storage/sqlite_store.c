@@ -220,6 +220,7 @@ struct sb_store {
     int stopping;
     sb_store_op *q_head, *q_tail; /* submitted, not yet taken */
     size_t q_count;
+    size_t q_sync; /* of which with `sync` set */
     int waiting; /* the thread sleeps until q_count >= wake_at */
     size_t wake_at;
     sb_store_op *done_head, *done_tail; /* executed, callbacks pending */
@@ -447,9 +448,15 @@ static int exec_publish(sb_store *s, sb_store_op *op)
             return SQLITE_OK;
         }
     }
-    if (sb_message_headers_encode(m, &hdr, &hdr_len) != 0) {
-        op->status = SB_ENOMEM;
-        return SQLITE_OK;
+    {
+        /* every entry cancelled and no retained value: no row needs them */
+        int rows = op->u.publish.retain;
+        for (size_t i = 0; i < op->u.publish.queue_count && !rows; i++)
+            rows = op->u.publish.queue_ids[i] != 0;
+        if (rows && sb_message_headers_encode(m, &hdr, &hdr_len) != 0) {
+            op->status = SB_ENOMEM;
+            return SQLITE_OK;
+        }
     }
     for (size_t i = 0; i < op->u.publish.queue_count; i++) {
         uint32_t qid = op->u.publish.queue_ids[i];
@@ -1448,14 +1455,14 @@ static int probe_write(sb_store *s)
     return rc != SQLITE_OK ? fail(s, rc, "probe write") : SQLITE_OK;
 }
 
-static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t n)
+/* sync: an op of the group has `sync` set (counted as they were taken: a
+ * walk of the group here would touch every op once more, cold). */
+static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t n, int sync)
 {
-    int want_sync = head == NULL, rc;
+    int want_sync = head == NULL || sync, maint = 0, rc;
     sb_store_op *op;
     uint64_t began = uv_hrtime();
 
-    for (op = head; op != NULL; op = op->next)
-        want_sync |= op->sync != 0;
     s->group_msg_id = 0;
     s->group_queue_id = 0;
     s->group_elided = 0;
@@ -1470,6 +1477,7 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
     }
     for (op = head; op != NULL && rc == SQLITE_OK; op = op->next) {
         op->status = 0;
+        maint |= op->type == SB_OP_CHECK || op->type == SB_OP_COMPACT;
         if (op->type == SB_OP_ACK && ack_defer(s, op) == 0)
             continue;
         if (needs_acks_flushed(s, op))
@@ -1490,7 +1498,7 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
     }
     if (rc == SQLITE_OK) {
         uint64_t took_us = (uv_hrtime() - began) / 1000; /* the commit's, not check's */
-        for (op = head; op != NULL; op = op->next)
+        for (op = maint ? head : NULL; op != NULL; op = op->next)
             if (op->type == SB_OP_CHECK || op->type == SB_OP_COMPACT)
                 exec_maintenance(s, op);
         group_committed(s, head, tail, n, want_sync, took_us);
@@ -1499,8 +1507,9 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
     }
 }
 
-/* Moves up to max ops from the submission queue to the group. Under mu. */
-static size_t take_ops(sb_store *s, sb_store_op **head, sb_store_op **tail, size_t max)
+/* Moves up to max ops from the submission queue to the group; *sync is
+ * set if one of them has `sync`. Under mu. */
+static size_t take_ops(sb_store *s, sb_store_op **head, sb_store_op **tail, size_t max, int *sync)
 {
     size_t n = 0;
     if (s->q_tail != NULL && max > 0)
@@ -1509,6 +1518,8 @@ static size_t take_ops(sb_store *s, sb_store_op **head, sb_store_op **tail, size
         n = s->q_count;
         if (s->q_tail != NULL)
             s->taken_seq = s->q_tail->seq; /* from now on, sb_store_cancel refuses them */
+        *sync |= s->q_sync > 0;
+        s->q_sync = 0;
         list_concat(head, tail, s->q_head, s->q_tail);
         s->q_head = s->q_tail = NULL;
         s->q_count = 0;
@@ -1519,6 +1530,10 @@ static size_t take_ops(sb_store *s, sb_store_op **head, sb_store_op **tail, size
         s->q_head = op->next;
         list_append(head, tail, op);
         s->taken_seq = op->seq;
+        if (op->sync) {
+            *sync = 1;
+            s->q_sync--;
+        }
         n++;
     }
     if (s->q_head == NULL)
@@ -1535,7 +1550,7 @@ static void store_thread(void *arg)
     for (;;) {
         sb_store_op *head = NULL, *tail = NULL;
         size_t n = 0;
-        int probe = 0;
+        int probe = 0, sync = 0;
 
         uv_mutex_lock(&s->mu);
         for (;;) {
@@ -1580,9 +1595,11 @@ static void store_thread(void *arg)
             n = s->retry_count;
             s->retry_head = s->retry_tail = NULL;
             s->retry_count = 0;
+            for (sb_store_op *op = head; op != NULL; op = op->next)
+                sync |= op->sync != 0;
         }
         if (!s->retry_alone && n < max) {
-            n += take_ops(s, &head, &tail, max - n);
+            n += take_ops(s, &head, &tail, max - n, &sync);
             if (s->max_delay_us > 0 && n < max && !s->stopping) {
                 uint64_t deadline = uv_hrtime() + (uint64_t)s->max_delay_us * 1000;
                 for (;;) {
@@ -1593,7 +1610,7 @@ static void store_thread(void *arg)
                     s->wake_at = max - n;
                     (void)uv_cond_timedwait(&s->cond, &s->mu, deadline - now);
                     s->waiting = 0;
-                    n += take_ops(s, &head, &tail, max - n);
+                    n += take_ops(s, &head, &tail, max - n, &sync);
                 }
             }
         }
@@ -1607,7 +1624,7 @@ static void store_thread(void *arg)
             s->test_fail_armed = 0;
         }
         uv_mutex_unlock(&s->mu);
-        run_group(s, head, tail, n);
+        run_group(s, head, tail, n, sync);
     }
 }
 
@@ -1714,6 +1731,7 @@ int sb_store_submit(sb_store *s, sb_store_op *op)
     op->seq = ++s->submit_seq;
     list_append(&s->q_head, &s->q_tail, op);
     s->q_count++;
+    s->q_sync += op->sync != 0;
     if (s->waiting && s->q_count >= s->wake_at) {
         s->waiting = 0;
         uv_cond_signal(&s->cond);
@@ -1796,6 +1814,7 @@ void sb_store_stop(sb_store *s)
         }
         s->q_head = s->q_tail = NULL;
         s->q_count = 0;
+        s->q_sync = 0;
     }
     uv_cond_signal(&s->cond);
     uv_mutex_unlock(&s->mu);
