@@ -225,7 +225,7 @@ struct sb_store {
     size_t wake_at;
     sb_store_op *done_head, *done_tail; /* executed, callbacks pending */
     uint64_t submit_seq; /* seq of the last op submitted */
-    uint64_t taken_seq;  /* ops with a seq up to this were taken into a group */
+    uint64_t exec_seq;   /* publishes with a seq up to this began executing */
     uint64_t id_reserve; /* message ids to record as taken (sb_store_reserve_ids) */
     uint64_t durable_msg_id; /* the id high-water mark as last committed */
     sb_store_stats stats;
@@ -1053,6 +1053,13 @@ static int exec_op(sb_store *s, sb_store_op *op)
     int rc;
     switch (op->type) {
     case SB_OP_PUBLISH:
+        /* From here on sb_store_cancel refuses op, and what it cancelled
+         * before is seen (the mutex orders it). A publish waits in its
+         * group while the ops before it execute: an ack meanwhile still
+         * saves its row. */
+        uv_mutex_lock(&s->mu);
+        s->exec_seq = op->seq;
+        uv_mutex_unlock(&s->mu);
         return exec_publish(s, op);
     case SB_OP_ACK:
         rc = delete_range(s, op->u.ack.queue_id, op->u.ack.first_id, op->u.ack.last_id);
@@ -1516,8 +1523,6 @@ static size_t take_ops(sb_store *s, sb_store_op **head, sb_store_op **tail, size
         s->group_reserve = s->id_reserve;
     if (s->q_count <= max) {
         n = s->q_count;
-        if (s->q_tail != NULL)
-            s->taken_seq = s->q_tail->seq; /* from now on, sb_store_cancel refuses them */
         *sync |= s->q_sync > 0;
         s->q_sync = 0;
         list_concat(head, tail, s->q_head, s->q_tail);
@@ -1529,7 +1534,6 @@ static size_t take_ops(sb_store *s, sb_store_op **head, sb_store_op **tail, size
         sb_store_op *op = s->q_head;
         s->q_head = op->next;
         list_append(head, tail, op);
-        s->taken_seq = op->seq;
         if (op->sync) {
             *sync = 1;
             s->q_sync--;
@@ -1746,7 +1750,7 @@ int sb_store_cancel(sb_store *s, sb_store_op *op, size_t index)
     if (op->type != SB_OP_PUBLISH || index >= op->u.publish.queue_count)
         return SB_EINVAL;
     uv_mutex_lock(&s->mu);
-    if (op->seq > s->taken_seq) {
+    if (op->seq > s->exec_seq) {
         op->u.publish.queue_ids[index] = 0;
         rc = 0;
     }

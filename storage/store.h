@@ -330,11 +330,11 @@ int sb_store_start(sb_store *s, uv_loop_t *loop, sb_error *err);
  * in which case the callback is never called. */
 int sb_store_submit(sb_store *s, sb_store_op *op);
 
-/* Withdraws one entry of a PUBLISH op that was submitted and not yet taken
- * into a group: queue_ids[index] becomes 0, so the row is never written
+/* Withdraws one entry of a PUBLISH op that was submitted and that the store
+ * thread has not begun to execute: queue_ids[index] becomes 0, so the row is never written
  * (nor needs deleting), while the op still completes after the commit of
  * the group that runs it, as before. For an entry acknowledged before its
- * message was committed. Returns 0, or SB_EBUSY once the op's group began
+ * message was committed. Returns 0, or SB_EBUSY once the store began executing it
  * (the row is or will be written: delete it with an ACK as usual), and
  * SB_EINVAL for another kind of op or an index out of range. Loop thread
  * (or whoever owns op); thread-safe towards the store thread. */
