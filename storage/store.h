@@ -18,7 +18,9 @@
  * Message ids and queue ids are assigned by the caller (monotonic; the
  * maximums in use are returned by sb_store_max_ids at load). The store keeps
  * one row per (queue, message): a message fanned out to N queues is written
- * N times, which keeps acknowledgement a single-table delete.
+ * N times, which keeps acknowledgement a single-table delete. An entry
+ * acknowledged before the store began its publish is withdrawn from the op
+ * (sb_store_cancel) and never written.
  *
  * Failure: if a group's transaction fails (disk full, I/O error), it is rolled
  * back; PUBLISH and REDRIVE ops complete with SB_ENOSPC / SB_EIO and the store
@@ -278,7 +280,7 @@ typedef struct sb_store_stats {
      * cumulative), the last those above every bound; and the total */
     uint64_t commit_us[SB_STORE_LATENCY_BUCKETS];
     uint64_t commit_us_sum;
-    uint64_t elided; /* entries never written: cancelled before their group ran */
+    uint64_t elided; /* entries never written: cancelled before their publish ran */
 } sb_store_stats;
 
 /* Opens (creating if needed) the database, checks it is a Switchboard
