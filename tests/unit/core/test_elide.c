@@ -6,7 +6,8 @@
  * long commit, so what reaches the consumer meanwhile is deterministic.
  * Covers the row never written (the store's count of elided entries, and
  * nothing after a restart), the producer's acknowledgement still after
- * the commit, a message not acknowledged in time surviving a restart, a
+ * the commit, a message not acknowledged in time surviving a restart,
+ * message ids reserved before a consumer sees them early, a
  * message fanned out to two queues acknowledged by one, and a publish the
  * store refuses withdrawn from the queue and from a consumer's retries.
  */
@@ -120,6 +121,44 @@ static void test_unacked_before_commit_survives(void **state)
     core_check_all(f);
 }
 
+/* A consumer sees a message before its commit only when its id is already
+ * recorded as taken: the first publish after a start waits for its commit
+ * (and records ids far ahead), so an id a consumer saw is never reused
+ * after a crash; after a restart, new ids start past the reservation. */
+static void test_ids_reserved_before_early(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *sink;
+    sb_queue *q;
+    fake_pub p;
+    uint64_t first;
+
+    core_start(f, one_cfg);
+    sink = fake("sink");
+    q = core_queue(f, "r:sink");
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", "a", NULL, 0, NULL), 0);
+    assert_int_equal(q->early, 0); /* not handed to the queue before its commit */
+    assert_int_equal(q->depth, 0);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    first = p.msg_id;
+    CORE_WAIT(f, sink->log.count == 1);
+    fake_ack(&sink->log.recs[0]);
+
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", "b", NULL, 0, NULL), 0);
+    assert_int_equal(q->early, 1); /* its id is reserved now */
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    CORE_WAIT(f, sink->log.count == 2);
+    fake_ack(&sink->log.recs[1]);
+
+    core_stop(f);
+    core_start(f, one_cfg);
+    assert_true(f->b->last_msg_id > first + 1000);
+}
+
 static const char *const fan_cfg = "adapters:\n"
                                    "  - {name: src, type: exec, command: [fake]}\n"
                                    "  - {name: s1, type: exec, command: [fake], inflight: 8}\n"
@@ -214,6 +253,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_acked_before_commit_not_written, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_unacked_before_commit_survives, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_ids_reserved_before_early, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_fan_out_acked_by_one, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_withdrawn, core_setup, core_teardown),
