@@ -62,7 +62,7 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
                       : q->route != NULL ? "route"
                                          : "orphaned",
                       "depth", (json_int_t)sb_queue__total_depth(q), "bytes",
-                      (json_int_t)sb_queue__total_bytes(q), "pending", (json_int_t)q->pending,
+                      (json_int_t)sb_queue__total_bytes(q), "pending", (json_int_t)(q->pending - q->early),
                       "inflight", inflight, "consumers", consumers, "oldest_age_ms",
                       (json_int_t)(q->fifo.head != NULL ? now - q->fifo.head->msg->created_ms : 0),
                       "published", (json_int_t)q->published, "delivered", (json_int_t)q->delivered,
@@ -94,6 +94,7 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
     json_object_set_new(store, "commits", json_integer((json_int_t)st.commits));
     json_object_set_new(store, "fsync_commits", json_integer((json_int_t)st.fsync_commits));
     json_object_set_new(store, "ops", json_integer((json_int_t)st.ops));
+    json_object_set_new(store, "elided", json_integer((json_int_t)st.elided));
     json_object_set_new(store, "failed_commits", json_integer((json_int_t)st.failed_commits));
     json_object_set_new(store, "max_batch", json_integer((json_int_t)st.max_batch_seen));
     json_object_set_new(store, "db_bytes", json_integer((json_int_t)st.db_bytes));

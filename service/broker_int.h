@@ -41,6 +41,10 @@ typedef struct sb_pending {
     int done;
     int status;
     int duplicate; /* its dedup key was committed already: nothing appended */
+    /* Queues (bit i: queues[i], i < 64) that got the message before its
+     * commit, and their entries still linked (sb_entry.pending). */
+    uint64_t early_mask;
+    sb_entry *early;
     char why[320]; /* room for "store refused the message: " and the store's last error */
     sb_publish_cb cb;
     void *ctx;
@@ -84,6 +88,8 @@ struct sb_broker {
     uint64_t last_msg_id;
     uint32_t last_queue_id;
     uint64_t boot_msg_id;   /* last_msg_id at start: older stored entries may have been delivered */
+    uint64_t ids_asked;     /* message ids asked to be reserved (sb_store_reserve_ids) */
+    uint64_t ids_safe;      /* and reserved by a commit: may be delivered before their own */
     int64_t resident_bytes; /* the queues' windows (paging.c) */
     int64_t resident_peak;  /* their most since the heap was last trimmed */
     int64_t page_retry_ms;  /* wall clock ms: read again for queues whose page-in failed (0: none) */

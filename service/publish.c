@@ -37,6 +37,10 @@ static void on_flush(uv_idle_t *h)
         q->ack_next = NULL;
         q->ack_queued = 0;
         sb_queue__flush_acks(q);
+        if (q->dispatch_due) {
+            q->dispatch_due = 0;
+            sb_queue__dispatch(q);
+        }
     }
     sb_broker__drain_pending(b);
 }
@@ -57,6 +61,14 @@ void sb_broker__schedule_ack_flush(sb_broker *b, sb_queue *q)
         b->ack_flush = q;
     }
     sb_broker__arm_flush(b);
+}
+
+/* Rides on the ack flush list: a publish hands its message to a queue
+ * from inside an adapter's read, where a delivery must not re-enter it. */
+void sb_broker__schedule_dispatch(sb_broker *b, sb_queue *q)
+{
+    q->dispatch_due = 1;
+    sb_broker__schedule_ack_flush(b, q);
 }
 
 static void on_simple_op_done(sb_store_op *op, void *ctx)
@@ -226,17 +238,104 @@ static void pending_free(sb_pending *p)
     sb_free(p);
 }
 
+/* ---- entries appended before their commit ---- */
+
+/* Message ids a queue may see before their commit are reserved this far
+ * ahead (sb_store_reserve_ids), asked again when half are used, so that
+ * reserving never waits. */
+#define ID_RESERVE 65536
+
+/* 1 if id is recorded as taken by a commit: a consumer may see it before
+ * its message's own commit, as a crash cannot give it to another message. */
+static int id_reserved(sb_broker *b, uint64_t id)
+{
+    if (id + ID_RESERVE / 2 > b->ids_asked) {
+        b->ids_asked = id + ID_RESERVE;
+        b->ids_safe = sb_store_reserve_ids(b->store, b->ids_asked);
+    } else if (id > b->ids_safe) {
+        b->ids_safe = sb_store_reserve_ids(b->store, b->ids_asked);
+    }
+    return id <= b->ids_safe;
+}
+
+/* Appends p's message, submitted to the store, to the durable queues that
+ * can take it now, so that consumers get it while its group commits: one
+ * acknowledged before the store begins the publish costs no row
+ * (sb_broker__cancel_insert). The producer is still acknowledged after the
+ * commit. Not for a queue with earlier publishes still to be appended
+ * (order), nor when the message might stay in the store (paging), nor
+ * with a dedup key (the store may find a duplicate: nothing to deliver),
+ * nor for a retained value (a consumer that saw it and then subscribes
+ * elsewhere must find it retained, which it is only once committed). */
+static void append_early(sb_broker *b, sb_pending *p)
+{
+    int64_t size = (int64_t)sb_message_size(p->msg);
+    uint32_t slot = 0;
+
+    if (p->dedup_key != NULL || p->retain || !id_reserved(b, p->msg->id))
+        return;
+    for (size_t i = 0; i < p->queue_count && i < 64; i++) {
+        sb_queue *q = p->queues[i];
+        sb_entry *e;
+        if (q->durability == SB_DURABILITY_MEMORY)
+            continue;
+        slot++; /* its index in the op's queue_ids, plus one */
+        if (q->pending != q->early + 1 || !q->live || !sb_queue__fits_window(q, size))
+            continue;
+        e = p->spare;
+        p->spare = e->next;
+        sb_queue__append_entry(q, e, p->msg, 0);
+        e->pending = p;
+        e->pslot = slot - 1;
+        e->pnext = p->early;
+        p->early = e;
+        p->early_mask |= UINT64_C(1) << i;
+        q->early++;
+        q->pending_bytes -= size;
+        sb_broker__schedule_dispatch(b, q);
+    }
+}
+
+int sb_broker__cancel_insert(sb_entry *e)
+{
+    sb_pending *p = e->pending;
+    return p != NULL && sb_store_cancel(p->broker->store, &p->op, e->pslot) == 0;
+}
+
+void sb_broker__entry_gone(sb_entry *e)
+{
+    sb_entry **at = &e->pending->early;
+    while (*at != e)
+        at = &(*at)->pnext;
+    *at = e->pnext;
+    e->pnext = NULL;
+    e->pending = NULL;
+}
+
 static void complete(sb_broker *b, sb_pending *p)
 {
     /* Refused at commit (the store failed the group): counted like the
      * publishes refused before reaching the store. */
     if (p->status != 0 && p->status != SB_ESHUTDOWN)
         b->refused++;
+    while (p->early != NULL) {
+        sb_entry *e = p->early;
+        p->early = e->pnext;
+        e->pnext = NULL;
+        e->pending = NULL;
+        if (p->status != 0)
+            sb_queue__withdraw(e->queue, e);
+    }
     for (size_t i = 0; i < p->queue_count; i++) {
         sb_queue *q = p->queues[i];
+        int early = i < 64 && (p->early_mask >> i & 1);
         q->pending--;
-        q->pending_bytes -= (int64_t)sb_message_size(p->msg);
-        if (p->status == 0 && q->live && !p->duplicate && !sb_queue__stays_stored(q, p->msg)) {
+        if (early)
+            q->early--;
+        else
+            q->pending_bytes -= (int64_t)sb_message_size(p->msg);
+        if (p->status == 0 && q->live && !early && !p->duplicate &&
+            !sb_queue__stays_stored(q, p->msg)) {
             sb_entry *e = p->spare;
             p->spare = e->next;
             sb_queue__append_entry(q, e, p->msg, 0);
@@ -256,7 +355,8 @@ static void complete(sb_broker *b, sb_pending *p)
         for (size_t i = 0; i < p->queue_count; i++) {
             if (!p->queues[i]->live)
                 continue;
-            sb_queue__dispatch(p->queues[i]);
+            if (!(i < 64 && (p->early_mask >> i & 1)))
+                sb_queue__dispatch(p->queues[i]);
             /* what consumers did not take is trimmed to the limit */
             sb_queue__trim(p->queues[i]);
         }
@@ -389,7 +489,8 @@ static int check_limits(const sb_queue *q, const sb_message *msg, size_t *want, 
 {
     int64_t size = (int64_t)sb_message_size(msg);
     int64_t depth = sb_queue__total_depth(q);
-    int over_depth = q->max_depth > 0 && depth + q->pending + 1 > q->max_depth;
+    int64_t pending = q->pending - q->early; /* the early ones are in depth */
+    int over_depth = q->max_depth > 0 && depth + pending + 1 > q->max_depth;
     int over_bytes =
         q->max_bytes > 0 && sb_queue__total_bytes(q) + q->pending_bytes + size > q->max_bytes;
 
@@ -405,7 +506,7 @@ static int check_limits(const sb_queue *q, const sb_message *msg, size_t *want, 
     if (q->durability == SB_DURABILITY_MEMORY)
         *want = 1;
     else
-        *want = over_depth ? (size_t)(depth + q->pending + 1 - q->max_depth) : 1;
+        *want = over_depth ? (size_t)(depth + pending + 1 - q->max_depth) : 1;
     if (*want > 64)
         *want = 64;
     return 0;
@@ -576,6 +677,8 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
         p->status = SB_ESHUTDOWN;
         snprintf(p->why, sizeof(p->why), "broker is shutting down");
         sb_broker__arm_flush(b);
+    } else {
+        append_early(b, p);
     }
     return 0;
 

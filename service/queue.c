@@ -236,14 +236,19 @@ static void count_published(sb_queue *q)
     sb_rate__add(&q->in_rate, (int64_t)(uv_now(sb_broker_loop(q->broker)) / 1000), 1);
 }
 
+int sb_queue__fits_window(const sb_queue *q, int64_t size)
+{
+    return q->disk_depth == 0 && q->page_op == NULL && q->depth < sb_paging__window(q) &&
+           sb_paging__room(q, size);
+}
+
 int sb_queue__stays_stored(sb_queue *q, const sb_message *msg)
 {
     int64_t size;
     if (q->durability == SB_DURABILITY_MEMORY)
         return 0; /* nowhere else to be */
     size = (int64_t)sb_message_size(msg);
-    if (q->disk_depth == 0 && q->page_op == NULL && q->depth < sb_paging__window(q) &&
-        sb_paging__room(q, size))
+    if (sb_queue__fits_window(q, size))
         return 0;
     q->disk_depth++;
     q->disk_bytes += size;
@@ -310,6 +315,8 @@ static void drop_parts(sb_queue *q, sb_entry *e)
 static void free_entry(sb_entry *e)
 {
     sb_queue *q = e->queue;
+    if (e->pending != NULL)
+        sb_broker__entry_gone(e);
     if (e->expires_ms != 0 && --q->expiring == 0)
         sb_queue__watch_expiry(q);
     drop_parts(q, e);
@@ -367,6 +374,10 @@ static void settle(sb_queue *q, sb_entry *e, int persisted)
 {
     int at_head = q->fifo.head == e;
     finish(q, e);
+    /* Done before its message was written: no row to delete, and none to
+     * write if the store has not begun the publish yet. */
+    if (!persisted && (e->unstored || (e->pending != NULL && sb_broker__cancel_insert(e))))
+        persisted = 1;
     if (persisted) {
         e->persisted_done = 1;
     } else if (!at_head && q->durability != SB_DURABILITY_MEMORY) {
@@ -375,6 +386,17 @@ static void settle(sb_queue *q, sb_entry *e, int persisted)
         e->persisted_done = 1;
     }
     pop_done(q);
+}
+
+void sb_queue__withdraw(sb_queue *q, sb_entry *e)
+{
+    if (e->state == SB_ENTRY_DONE)
+        return; /* acknowledged already */
+    q->published--;
+    if (e->state == SB_ENTRY_LEASED)
+        e->unstored = 1;
+    else
+        settle(q, e, 1);
 }
 
 static int64_t backoff_for(const sb_queue *q, int attempts)
@@ -419,6 +441,10 @@ static void arm_timer(sb_queue *q)
 /* A failed attempt: retry after backoff, or dead-letter. */
 static void fail_entry(sb_queue *q, sb_entry *e, const char *reason, int count_attempt)
 {
+    if (e->unstored) {
+        settle(q, e, 1); /* its publish failed: nothing to retry */
+        return;
+    }
     if (count_attempt)
         e->attempts++;
     if (e->state == SB_ENTRY_LEASED)

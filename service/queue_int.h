@@ -41,6 +41,13 @@ struct sb_entry {
     sb_message **parts;
     size_t nparts, parts_sent, parts_acked;
     int parts_redelivery;    /* the entry was offered before its parts */
+    /* Appended before its message was committed (publish.c): the publish
+     * waiting for its commit, and this entry's index among its store op's
+     * queue ids (for sb_store_cancel); NULL once the publish completed. */
+    struct sb_pending *pending;
+    struct sb_entry *pnext; /* the pending publish's other such entries */
+    uint32_t pslot;
+    int unstored; /* its publish failed: dropped when done, never retried */
     sb_entry *next, *prev;   /* FIFO: all entries */
     sb_entry *snext, *sprev; /* the LEASED or RETRY list */
 };
@@ -88,7 +95,9 @@ struct sb_queue {
     int64_t depth;        /* entries not DONE */
     int64_t bytes;
     int64_t pending; /* publishes routed here, not yet committed */
+    int64_t early;   /* of which appended to the window already (not in pending_bytes) */
     int64_t pending_bytes;
+    int dispatch_due; /* dispatch from the broker's flush (sb_broker__schedule_dispatch) */
     sb_consumer *consumers;
     sb_consumer *rr; /* round-robin position */
     uv_timer_t timer;
@@ -149,6 +158,15 @@ void sb_queue__set_transform(sb_queue *q, struct sb_transform *t);
  * stored only when the queue pages (sb_queue__stays_stored). */
 int sb_queue__append(sb_queue *q, sb_message *msg, int attempts);
 
+/* 1 if a message of `size` bytes can go to q's window now: nothing of q
+ * waits in the store, its window and the broker's memory have room. */
+int sb_queue__fits_window(const sb_queue *q, int64_t size);
+
+/* e's publish failed after e was appended before the commit: e leaves the
+ * queue (one a consumer holds leaves when that consumer is done with it,
+ * whatever the outcome). */
+void sb_queue__withdraw(sb_queue *q, sb_entry *e);
+
 /* A committed message for q: 1 if it stays in the store only (counted;
  * the queue's window is full or entries wait in the store before it),
  * 0 if the caller appends it to the window. */
@@ -207,6 +225,14 @@ void sb_broker__watch_expiry(sb_queue *q, int on);
 void sb_broker__deadletter(sb_broker *b, sb_queue *q, sb_entry *e, const char *reason);
 void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t last);
 void sb_broker__schedule_ack_flush(sb_broker *b, sb_queue *q);
+/* Dispatches q from the broker's flush, once per loop turn. */
+void sb_broker__schedule_dispatch(sb_broker *b, sb_queue *q);
+/* e was appended before its message's commit and is now acknowledged: 1 if
+ * its row will never be written (the store had not begun the publish), 0
+ * if it must be deleted as usual. */
+int sb_broker__cancel_insert(sb_entry *e);
+/* e, appended before its message's commit, is freed first (publish.c). */
+void sb_broker__entry_gone(sb_entry *e);
 void sb_broker__store_attempts(sb_broker *b, sb_queue *q, sb_entry *e);
 void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c, int failed);
 

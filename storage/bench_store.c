@@ -1,12 +1,13 @@
 /*
  * bench_store: publish+ack throughput of the SQLite store.
  *
- *   bench_store [messages] [dir] [window]
+ *   bench_store [messages] [dir] [window] [payload bytes]
  *
  * For each durability class (fsync: every op has `sync`; batched: none) and
  * each acknowledgement style (one ACK op per message; one ACK op per loop
  * iteration covering every publish completed so far, as a consumer acking
- * in ranges does), publishes `messages` 100-byte messages to one queue with
+ * in ranges does), publishes `messages` messages (100-byte payloads unless
+ * told) to one queue with
  * at most `window` publishes in flight, acknowledges each once its publish
  * completed, and reports messages/s from the first submit to the last ack
  * completion, with the store's commit counters. The store runs with its
@@ -38,7 +39,7 @@ typedef struct bench {
     size_t window;
 } bench;
 
-static const uint32_t queue_id = 1;
+static uint32_t queue_id = 1;
 
 static void ack_done(sb_store_op *op, void *ctx)
 {
@@ -127,10 +128,11 @@ static double tv_secs(const uv_timeval_t *tv)
     return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
 }
 
-static int run_one(const char *dir, uint64_t total, size_t window, int sync, int ack_each)
+static int run_one(const char *dir, uint64_t total, size_t window, size_t size, int sync,
+                   int ack_each)
 {
     char path[1024];
-    unsigned char payload[100];
+    unsigned char *payload = malloc(size);
     sb_store_options opts = {0};
     sb_store_stats st;
     sb_store_op qop = {0};
@@ -167,7 +169,11 @@ static int run_one(const char *dir, uint64_t total, size_t window, int sync, int
     while (qdone == 0)
         uv_run(&loop, UV_RUN_ONCE);
 
-    memset(payload, 'x', sizeof(payload));
+    if (payload == NULL) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    memset(payload, 'x', size);
     b.loop = &loop;
     b.sync = sync;
     b.ack_each = ack_each;
@@ -176,7 +182,8 @@ static int run_one(const char *dir, uint64_t total, size_t window, int sync, int
     b.slots = calloc(window, sizeof(*b.slots));
     b.msgs = calloc(window, sizeof(*b.msgs));
     for (size_t i = 0; i < window; i++)
-        b.msgs[i] = sb_message_new("bench/topic", payload, sizeof(payload));
+        b.msgs[i] = sb_message_new("bench/topic", payload, size);
+    free(payload);
     uv_check_init(&loop, &b.check);
     b.check.data = &b;
     uv_check_start(&b.check, on_check);
@@ -221,14 +228,15 @@ int main(int argc, char **argv)
     uint64_t total = argc > 1 ? strtoull(argv[1], NULL, 10) : 1000000;
     const char *dir = argc > 2 ? argv[2] : ".";
     size_t window = argc > 3 ? (size_t)strtoull(argv[3], NULL, 10) : 4096;
+    size_t size = argc > 4 ? (size_t)strtoull(argv[4], NULL, 10) : 100;
     int rc = 0;
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (total == 0 || window == 0) {
-        fprintf(stderr, "usage: bench_store [messages] [dir] [window]\n");
+    if (total == 0 || window == 0 || size == 0) {
+        fprintf(stderr, "usage: bench_store [messages] [dir] [window] [payload bytes]\n");
         return 2;
     }
     for (int sync = 1; sync >= 0; sync--)
         for (int each = 1; each >= 0; each--)
-            rc |= run_one(dir, total, window, sync, each);
+            rc |= run_one(dir, total, window, size, sync, each);
     return rc;
 }

@@ -220,12 +220,18 @@ struct sb_store {
     int stopping;
     sb_store_op *q_head, *q_tail; /* submitted, not yet taken */
     size_t q_count;
+    size_t q_sync; /* of which with `sync` set */
     int waiting; /* the thread sleeps until q_count >= wake_at */
     size_t wake_at;
     sb_store_op *done_head, *done_tail; /* executed, callbacks pending */
+    uint64_t submit_seq; /* seq of the last op submitted */
+    uint64_t exec_seq;   /* publishes with a seq up to this began executing */
+    uint64_t id_reserve; /* message ids to record as taken (sb_store_reserve_ids) */
+    uint64_t durable_msg_id; /* the id high-water mark as last committed */
     sb_store_stats stats;
     int test_fail_armed;
     long test_fail_after;
+    int test_hold; /* sb_store_test_hold */
 
     /* Loop thread. */
     sb_store_op *deliver_head; /* being delivered; sb_store_stop finishes it */
@@ -245,6 +251,8 @@ struct sb_store {
     uint64_t episode_failures;
     uint64_t group_msg_id; /* largest ids the current group wrote */
     uint32_t group_queue_id;
+    uint64_t group_reserve; /* sb_store_reserve_ids' wish when the group was taken */
+    uint64_t group_elided;  /* entries the group's publishes skipped (cancelled) */
     ack_range *acks; /* the group's acks not yet executed (acks_flush) */
     size_t ack_count, ack_cap;
     uint64_t ack_max_id; /* the largest last_id among them */
@@ -414,7 +422,7 @@ static int exec_publish(sb_store *s, sb_store_op *op)
     const char *key = op->u.publish.dedup_key;
     sqlite3_stmt *ins = s->st[ST_ENTRY_INSERT];
     unsigned char *hdr = NULL;
-    size_t hdr_len = 0, inserted = 0;
+    size_t hdr_len = 0;
     int rc = SQLITE_OK;
 
     if (m == NULL || (op->u.publish.queue_count > 0 && op->u.publish.queue_ids == NULL) ||
@@ -440,22 +448,30 @@ static int exec_publish(sb_store *s, sb_store_op *op)
             return SQLITE_OK;
         }
     }
-    if (sb_message_headers_encode(m, &hdr, &hdr_len) != 0) {
-        op->status = SB_ENOMEM;
-        return SQLITE_OK;
+    {
+        /* every entry cancelled and no retained value: no row needs them */
+        int rows = op->u.publish.retain;
+        for (size_t i = 0; i < op->u.publish.queue_count && !rows; i++)
+            rows = op->u.publish.queue_ids[i] != 0;
+        if (rows && sb_message_headers_encode(m, &hdr, &hdr_len) != 0) {
+            op->status = SB_ENOMEM;
+            return SQLITE_OK;
+        }
     }
     for (size_t i = 0; i < op->u.publish.queue_count; i++) {
         uint32_t qid = op->u.publish.queue_ids[i];
+        if (qid == 0) { /* acknowledged before its group ran (sb_store_cancel) */
+            s->group_elided++;
+            continue;
+        }
         rc = bind_run(ins,
                       bind_args(ins, "iitbbiii", (int64_t)qid, (int64_t)m->id,
                                 m->topic != NULL ? m->topic : "",
                                 m->payload != NULL ? (const void *)m->payload : (const void *)"",
                                 m->payload_len, (const void *)hdr, hdr_len, m->created_ms,
                                 m->expires_ms, (int64_t)m->priority));
-        if (rc == SQLITE_OK && sqlite3_changes(s->db) == 1) {
-            inserted++;
+        if (rc == SQLITE_OK && sqlite3_changes(s->db) == 1)
             continue;
-        }
         /* Fail only this op: report, then delete what it inserted so far. */
         if (rc != SQLITE_OK) {
             if (!is_op_local(rc) || sqlite3_get_autocommit(s->db)) {
@@ -471,8 +487,9 @@ static int exec_publish(sb_store *s, sb_store_op *op)
                     (unsigned long long)m->id, (unsigned)qid);
         }
         rc = SQLITE_OK;
-        for (size_t j = 0; j < inserted && rc == SQLITE_OK; j++)
-            rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id);
+        for (size_t j = 0; j < i && rc == SQLITE_OK; j++)
+            if (op->u.publish.queue_ids[j] != 0)
+                rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id);
         if (rc != SQLITE_OK)
             rc = fail(s, rc, "publish: undo of a partial insert");
         goto out;
@@ -1036,6 +1053,13 @@ static int exec_op(sb_store *s, sb_store_op *op)
     int rc;
     switch (op->type) {
     case SB_OP_PUBLISH:
+        /* From here on sb_store_cancel refuses op, and what it cancelled
+         * before is seen (the mutex orders it). A publish waits in its
+         * group while the ops before it execute: an ack meanwhile still
+         * saves its row. */
+        uv_mutex_lock(&s->mu);
+        s->exec_seq = op->seq;
+        uv_mutex_unlock(&s->mu);
         return exec_publish(s, op);
     case SB_OP_ACK:
         rc = delete_range(s, op->u.ack.queue_id, op->u.ack.first_id, op->u.ack.last_id);
@@ -1102,12 +1126,15 @@ static int set_sync(sb_store *s, int level)
     return SQLITE_OK;
 }
 
-/* Persists the id high-water marks the group raised (one statement per group
- * at most, none for groups of acks). */
+/* Persists the id high-water marks the group raised, message ids reserved
+ * by sb_store_reserve_ids included (one statement per group at most, none
+ * for groups of acks once the reservation is on disk). */
 static int update_meta(sb_store *s)
 {
     sqlite3_stmt *st = s->st[ST_META_PUT];
     int rc;
+    if (s->group_reserve > s->group_msg_id)
+        s->group_msg_id = s->group_reserve;
     if (s->group_msg_id > s->hw_msg_id) {
         rc = bind_run(st, bind_args(st, "ti", "msg_id", (int64_t)s->group_msg_id));
         if (rc != SQLITE_OK)
@@ -1290,6 +1317,8 @@ static void group_committed(sb_store *s, sb_store_op *head, sb_store_op *tail, s
         bucket++;
     s->stats.commit_us[bucket]++;
     s->stats.commit_us_sum += took_us;
+    s->stats.elided += s->group_elided;
+    s->durable_msg_id = s->hw_msg_id;
     was_degraded = s->stats.degraded;
     s->stats.degraded = 0;
     list_concat(&s->done_head, &s->done_tail, head, tail);
@@ -1433,16 +1462,17 @@ static int probe_write(sb_store *s)
     return rc != SQLITE_OK ? fail(s, rc, "probe write") : SQLITE_OK;
 }
 
-static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t n)
+/* sync: an op of the group has `sync` set (counted as they were taken: a
+ * walk of the group here would touch every op once more, cold). */
+static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t n, int sync)
 {
-    int want_sync = head == NULL, rc;
+    int want_sync = head == NULL || sync, maint = 0, rc;
     sb_store_op *op;
     uint64_t began = uv_hrtime();
 
-    for (op = head; op != NULL; op = op->next)
-        want_sync |= op->sync != 0;
     s->group_msg_id = 0;
     s->group_queue_id = 0;
+    s->group_elided = 0;
     s->fail_rc = SQLITE_OK;
     s->fail_msg[0] = '\0';
     /* The setting is read when the transaction commits. */
@@ -1454,6 +1484,7 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
     }
     for (op = head; op != NULL && rc == SQLITE_OK; op = op->next) {
         op->status = 0;
+        maint |= op->type == SB_OP_CHECK || op->type == SB_OP_COMPACT;
         if (op->type == SB_OP_ACK && ack_defer(s, op) == 0)
             continue;
         if (needs_acks_flushed(s, op))
@@ -1474,7 +1505,7 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
     }
     if (rc == SQLITE_OK) {
         uint64_t took_us = (uv_hrtime() - began) / 1000; /* the commit's, not check's */
-        for (op = head; op != NULL; op = op->next)
+        for (op = maint ? head : NULL; op != NULL; op = op->next)
             if (op->type == SB_OP_CHECK || op->type == SB_OP_COMPACT)
                 exec_maintenance(s, op);
         group_committed(s, head, tail, n, want_sync, took_us);
@@ -1483,12 +1514,17 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
     }
 }
 
-/* Moves up to max ops from the submission queue to the group. Under mu. */
-static size_t take_ops(sb_store *s, sb_store_op **head, sb_store_op **tail, size_t max)
+/* Moves up to max ops from the submission queue to the group; *sync is
+ * set if one of them has `sync`. Under mu. */
+static size_t take_ops(sb_store *s, sb_store_op **head, sb_store_op **tail, size_t max, int *sync)
 {
     size_t n = 0;
+    if (s->q_tail != NULL && max > 0)
+        s->group_reserve = s->id_reserve;
     if (s->q_count <= max) {
         n = s->q_count;
+        *sync |= s->q_sync > 0;
+        s->q_sync = 0;
         list_concat(head, tail, s->q_head, s->q_tail);
         s->q_head = s->q_tail = NULL;
         s->q_count = 0;
@@ -1498,6 +1534,10 @@ static size_t take_ops(sb_store *s, sb_store_op **head, sb_store_op **tail, size
         sb_store_op *op = s->q_head;
         s->q_head = op->next;
         list_append(head, tail, op);
+        if (op->sync) {
+            *sync = 1;
+            s->q_sync--;
+        }
         n++;
     }
     if (s->q_head == NULL)
@@ -1514,7 +1554,7 @@ static void store_thread(void *arg)
     for (;;) {
         sb_store_op *head = NULL, *tail = NULL;
         size_t n = 0;
-        int probe = 0;
+        int probe = 0, sync = 0;
 
         uv_mutex_lock(&s->mu);
         for (;;) {
@@ -1525,7 +1565,7 @@ static void store_thread(void *arg)
                 (void)uv_cond_timedwait(&s->cond, &s->mu, s->retry_at - now);
                 continue;
             }
-            if (s->q_head != NULL)
+            if (s->q_head != NULL && (!s->test_hold || s->stopping))
                 break;
             if (s->stopping) {
                 uv_mutex_unlock(&s->mu);
@@ -1559,9 +1599,11 @@ static void store_thread(void *arg)
             n = s->retry_count;
             s->retry_head = s->retry_tail = NULL;
             s->retry_count = 0;
+            for (sb_store_op *op = head; op != NULL; op = op->next)
+                sync |= op->sync != 0;
         }
         if (!s->retry_alone && n < max) {
-            n += take_ops(s, &head, &tail, max - n);
+            n += take_ops(s, &head, &tail, max - n, &sync);
             if (s->max_delay_us > 0 && n < max && !s->stopping) {
                 uint64_t deadline = uv_hrtime() + (uint64_t)s->max_delay_us * 1000;
                 for (;;) {
@@ -1572,7 +1614,7 @@ static void store_thread(void *arg)
                     s->wake_at = max - n;
                     (void)uv_cond_timedwait(&s->cond, &s->mu, deadline - now);
                     s->waiting = 0;
-                    n += take_ops(s, &head, &tail, max - n);
+                    n += take_ops(s, &head, &tail, max - n, &sync);
                 }
             }
         }
@@ -1586,7 +1628,7 @@ static void store_thread(void *arg)
             s->test_fail_armed = 0;
         }
         uv_mutex_unlock(&s->mu);
-        run_group(s, head, tail, n);
+        run_group(s, head, tail, n, sync);
     }
 }
 
@@ -1690,14 +1732,41 @@ int sb_store_submit(sb_store *s, sb_store_op *op)
         return SB_ESHUTDOWN;
     }
     op->status = 0;
+    op->seq = ++s->submit_seq;
     list_append(&s->q_head, &s->q_tail, op);
     s->q_count++;
+    s->q_sync += op->sync != 0;
     if (s->waiting && s->q_count >= s->wake_at) {
         s->waiting = 0;
         uv_cond_signal(&s->cond);
     }
     uv_mutex_unlock(&s->mu);
     return 0;
+}
+
+int sb_store_cancel(sb_store *s, sb_store_op *op, size_t index)
+{
+    int rc = SB_EBUSY;
+    if (op->type != SB_OP_PUBLISH || index >= op->u.publish.queue_count)
+        return SB_EINVAL;
+    uv_mutex_lock(&s->mu);
+    if (op->seq > s->exec_seq) {
+        op->u.publish.queue_ids[index] = 0;
+        rc = 0;
+    }
+    uv_mutex_unlock(&s->mu);
+    return rc;
+}
+
+uint64_t sb_store_reserve_ids(sb_store *s, uint64_t upto)
+{
+    uint64_t durable;
+    uv_mutex_lock(&s->mu);
+    if (upto > s->id_reserve)
+        s->id_reserve = upto;
+    durable = s->durable_msg_id;
+    uv_mutex_unlock(&s->mu);
+    return durable;
 }
 
 int sb_store_degraded(sb_store *s)
@@ -1713,6 +1782,14 @@ void sb_store_get_stats(sb_store *s, sb_store_stats *out)
 {
     uv_mutex_lock(&s->mu);
     *out = s->stats;
+    uv_mutex_unlock(&s->mu);
+}
+
+void sb_store_test_hold(sb_store *s, int hold)
+{
+    uv_mutex_lock(&s->mu);
+    s->test_hold = hold;
+    uv_cond_signal(&s->cond);
     uv_mutex_unlock(&s->mu);
 }
 
@@ -1741,6 +1818,7 @@ void sb_store_stop(sb_store *s)
         }
         s->q_head = s->q_tail = NULL;
         s->q_count = 0;
+        s->q_sync = 0;
     }
     uv_cond_signal(&s->cond);
     uv_mutex_unlock(&s->mu);
@@ -2091,6 +2169,7 @@ static int read_high_water(sb_store *s, sb_error *err)
     if (rc != SQLITE_OK)
         return db_error(s, rc, "reading id high-water marks", err);
     s->hw_msg_id = (uint64_t)msg_id;
+    s->durable_msg_id = s->hw_msg_id;
     s->hw_queue_id = (uint32_t)queue_id;
     return 0;
 }

@@ -18,7 +18,9 @@
  * Message ids and queue ids are assigned by the caller (monotonic; the
  * maximums in use are returned by sb_store_max_ids at load). The store keeps
  * one row per (queue, message): a message fanned out to N queues is written
- * N times, which keeps acknowledgement a single-table delete.
+ * N times, which keeps acknowledgement a single-table delete. An entry
+ * acknowledged before the store began its publish is withdrawn from the op
+ * (sb_store_cancel) and never written.
  *
  * Failure: if a group's transaction fails (disk full, I/O error), it is rolled
  * back; PUBLISH and REDRIVE ops complete with SB_ENOSPC / SB_EIO and the store
@@ -146,10 +148,11 @@ struct sb_store_op {
     sb_store_cb cb; /* called on the loop thread; may free the op */
     void *ctx;
     sb_store_op *next; /* private to the store */
+    uint64_t seq;      /* private to the store: submission order */
     union {
         struct {
             sb_message *msg; /* caller keeps its reference */
-            const uint32_t *queue_ids;
+            uint32_t *queue_ids; /* an id of 0 is skipped (sb_store_cancel) */
             size_t queue_count;
             int retain;               /* also set msg as the topic's retained value */
             const char *dedup_key;    /* NULL: no dedup; else insert key */
@@ -277,6 +280,7 @@ typedef struct sb_store_stats {
      * cumulative), the last those above every bound; and the total */
     uint64_t commit_us[SB_STORE_LATENCY_BUCKETS];
     uint64_t commit_us_sum;
+    uint64_t elided; /* entries never written: cancelled before their publish ran */
 } sb_store_stats;
 
 /* Opens (creating if needed) the database, checks it is a Switchboard
@@ -289,7 +293,8 @@ typedef struct sb_store_stats {
 int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err);
 
 /* Largest message id and queue id in use (0 if none). These are high-water
- * marks kept in the database, so an id stays taken after its rows are gone.
+ * marks kept in the database, so an id stays taken after its rows are gone
+ * (and ids reserved with sb_store_reserve_ids count as taken).
  * Call before sb_store_start (SB_EINVAL after). */
 int sb_store_max_ids(sb_store *s, uint64_t *out_msg_id, uint32_t *out_queue_id, sb_error *err);
 
@@ -326,6 +331,24 @@ int sb_store_start(sb_store *s, uv_loop_t *loop, sb_error *err);
 /* Queues an op (thread-safe). Returns 0, or SB_ESHUTDOWN after stop began,
  * in which case the callback is never called. */
 int sb_store_submit(sb_store *s, sb_store_op *op);
+
+/* Withdraws one entry of a PUBLISH op that was submitted and that the store
+ * thread has not begun to execute: queue_ids[index] becomes 0, so the row is never written
+ * (nor needs deleting), while the op still completes after the commit of
+ * the group that runs it, as before. For an entry acknowledged before its
+ * message was committed. Returns 0, or SB_EBUSY once the store began executing it
+ * (the row is or will be written: delete it with an ACK as usual), and
+ * SB_EINVAL for another kind of op or an index out of range. Loop thread
+ * (or whoever owns op); thread-safe towards the store thread. */
+int sb_store_cancel(sb_store *s, sb_store_op *op, size_t index);
+
+/* Asks that message ids up to `upto` be recorded as taken with the next
+ * commit (the high-water mark sb_store_max_ids returns after a restart),
+ * and returns the largest id so recorded by a commit so far. The broker
+ * hands a message to a consumer before its commit only when its id is
+ * below that, so an id a consumer saw is never given to another message
+ * after a crash. Thread-safe. */
+uint64_t sb_store_reserve_ids(sb_store *s, uint64_t upto);
 
 /* 1 while the last commit failed (disk full, I/O error). */
 int sb_store_degraded(sb_store *s);

@@ -12,6 +12,12 @@
  * (injection is thread-local). */
 void sb_store_test_alloc_fail_after(sb_store *s, long n);
 
+/* While held (hold = 1), the store thread takes no new op into a group,
+ * as when it is busy with a long commit: submitted ops wait, and
+ * sb_store_cancel may withdraw their entries. hold = 0 lets it go on.
+ * sb_store_stop ends a hold. */
+void sb_store_test_hold(sb_store *s, int hold);
+
 /* Makes schema migrations call hook(step) before each of their steps (a
  * short text naming it, as error messages do: "committing", "queue 5
  * (name)", ...); a non-zero return fails the migration there, as an error

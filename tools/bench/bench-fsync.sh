@@ -187,4 +187,14 @@ echo "switchboard / gcproto per round: msgs/s $(ratios "${rate[switchboard]}" "$
 [ -n "${SWITCHBOARD_BASE:-}" ] &&
     echo "switchboard / base per round: msgs/s $(ratios "${rate[switchboard]}" "${rate[base]}")," \
         "CPU per message $(ratios "${cpu[switchboard]}" "${cpu[base]}")"
+# entries the broker never wrote: acknowledged before their commit began
+for name in "${names[@]}"; do
+    [ "$name" = gcproto ] && continue
+    "$sbctl" -e "unix:${sock_of[$name]}" stats --json 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)["store"]
+if "elided" in s:
+    print("%s: %d entries never written (acknowledged before their commit), %d store commits"
+          % (sys.argv[1], s["elided"], s["commits"]))' "$name" || true
+done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -129,6 +129,85 @@ int soak_jsonl_producer(int argc, char **argv)
     return 0;
 }
 
+/* ---- a live consumer ---- */
+
+/* Deliveries in flight to the consumer. */
+#define CONSUMER_WINDOW 256
+
+int soak_consumer(int argc, char **argv)
+{
+    const char *sub, *endpoint, *seenpath, *stop;
+    char line[256];
+    unsigned long long got = 0;
+    sb_client *c = NULL;
+    sb_client_options o;
+    sb_error err;
+    FILE *seen;
+
+    if (argc != 5) {
+        fprintf(stderr, "usage: sbsoak consumer SUB ENDPOINT SEENFILE STOPFILE\n");
+        return 2;
+    }
+    sub = argv[1];
+    endpoint = argv[2];
+    seenpath = argv[3];
+    stop = argv[4];
+    seen = fopen(seenpath, "ab");
+    if (seen == NULL) {
+        fprintf(stderr, "consumer %s: cannot open %s\n", sub, seenpath);
+        return 2;
+    }
+    sb_client_options_init(&o);
+    o.connect_timeout_ms = 2000;
+    while (!soak_file_exists(stop)) {
+        json_t *m;
+        const char *op, *payload;
+        int rc, n;
+        if (c == NULL) {
+            if (sb_client_connect(&c, endpoint, &o, &err) != 0) {
+                c = NULL;
+                uv_sleep(5); /* the broker is restarting: poll again */
+                continue;
+            }
+            n = snprintf(line, sizeof(line),
+                         "{\"op\":\"sub\",\"id\":1,\"sub\":\"%s\",\"window\":%d}", sub,
+                         CONSUMER_WINDOW);
+            if (sb_client_write_line(c, line, (size_t)n, &err) != 0 ||
+                sb_client_flush(c, &err) != 0)
+                goto broken;
+        }
+        rc = sb_client_read_json(c, &m, 200, &err);
+        if (rc == SB_ETIMEDOUT)
+            continue;
+        if (rc != 0)
+            goto broken;
+        op = json_string_value(json_object_get(m, "op"));
+        payload = json_string_value(json_object_get(m, "payload"));
+        if (op != NULL && strcmp(op, "msg") == 0 && payload != NULL) {
+            fprintf(seen, "%s\n", payload);
+            got++;
+            n = snprintf(line, sizeof(line), "{\"op\":\"ack\",\"sub\":\"%s\",\"msg_id\":%lld}",
+                         sub, (long long)json_integer_value(json_object_get(m, "msg_id")));
+            rc = sb_client_write_line(c, line, (size_t)n, &err);
+            /* what was seen is in the file before its acks leave */
+            if (rc == 0 && !sb_client_has_line(c)) {
+                fflush(seen);
+                rc = sb_client_flush(c, &err);
+            }
+        }
+        json_decref(m);
+        if (rc == 0)
+            continue;
+    broken:
+        sb_client_free(c);
+        c = NULL;
+    }
+    sb_client_free(c);
+    fclose(seen);
+    printf("consumer %s: %llu deliveries acknowledged\n", sub, got);
+    return 0;
+}
+
 /* ---- mqtt ---- */
 
 typedef struct pub_run {

@@ -5,7 +5,7 @@
  *
  *   sbsoak run [--duration 60s] [--kills 10] [--producers 2] [--mqtt N]
  *              [--switchboard PATH] [--mosquitto-pub PATH] [--dir DIR]
- *              [--seed N] [--no-early-kills] [--keep]
+ *              [--seed N] [--no-early-kills] [--consume] [--keep]
  *
  * It writes a config (a jsonl and an MQTT listener on free loopback ports,
  * an fsync and a batched route), starts `switchboard run` on a fresh data
@@ -15,12 +15,15 @@
  * kills the broker (SIGKILL; TerminateProcess on Windows) at random points,
  * `--kills` times, and after every other kill kills the restarted broker
  * once more within its first 100 ms (while it opens and loads the store),
- * then starts it again. At the end it stops the producers, drains both
- * routes' queues over jsonl and checks, per producer:
+ * then starts it again. With --consume, a consumer per queue acknowledges
+ * deliveries all along (soak.h). At the end it stops the producers (and
+ * consumers), drains both routes' queues over jsonl and checks, per
+ * producer:
  *
  *   - every sequence number the broker acknowledged was delivered at least
- *     once (batched ones too: a process kill must not lose them);
- *   - first deliveries come in increasing order (per queue).
+ *     once, to a consumer or in the drain (batched ones too: a process kill
+ *     must not lose them);
+ *   - first deliveries in the drain come in increasing order (per queue).
  *
  * It prints the figures and exits 0 if both held, 1 if not (naming the
  * first missing messages), 2 on a usage or setup error. The working
@@ -63,6 +66,13 @@ typedef struct child {
     int signal;
 } child;
 
+/* A live consumer of one queue (--consume). */
+typedef struct consumer {
+    const char *sub;
+    char seenpath[PATH_MAX_], logpath[PATH_MAX_];
+    child proc;
+} consumer;
+
 typedef struct producer {
     char id[16];
     int mqtt;
@@ -79,7 +89,7 @@ static struct {
     /* options */
     const char *switchboard, *mosquitto_pub, *dir_opt;
     int64_t duration_ms;
-    int kills, njsonl, nmqtt, early, keep;
+    int kills, njsonl, nmqtt, early, keep, consume;
     uint64_t seed;
     /* the run */
     uv_loop_t *loop;
@@ -89,6 +99,7 @@ static struct {
     child broker;
     producer prods[MAX_PRODUCERS];
     int nprods;
+    consumer cons[2]; /* soak-fsync, soak-batched */
     uint64_t rng;
     int starts, early_kills;
 } S;
@@ -108,9 +119,11 @@ static void usage(FILE *f)
             "  --dir DIR           work here (kept) instead of a new temporary directory\n"
             "  --seed N            repeat the kill points of an earlier run\n"
             "  --no-early-kills    do not also kill restarted brokers while they start\n"
+            "  --consume           a consumer per queue acknowledges deliveries all along\n"
             "  --keep              keep the temporary directory after a pass\n"
             "       sbsoak producer ...        (internal: a jsonl producer, see soak.h)\n"
-            "       sbsoak mqtt-producer ...   (internal: an MQTT producer)\n");
+            "       sbsoak mqtt-producer ...   (internal: an MQTT producer)\n"
+            "       sbsoak consumer ...        (internal: a live consumer)\n");
 }
 
 /* ---- small helpers ---- */
@@ -517,10 +530,34 @@ static producer *producer_of(const char *id, size_t len)
     return NULL;
 }
 
-/* Drains sub and checks it against the producers' acknowledgements.
- * Returns the number of problems (0: it held). */
-static unsigned long long drain_and_check(const char *sub, char cls)
+/* Marks what a live consumer of a queue saw (its seen file) as delivered;
+ * returns how many, or -1. */
+static long long read_seen(const consumer *cs)
 {
+    FILE *f = fopen(cs->seenpath, "rb");
+    char line[128];
+    long long n = 0;
+    if (f == NULL)
+        return -1;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        char *colon = strchr(line, ':');
+        producer *p = colon != NULL ? producer_of(line, (size_t)(colon - line)) : NULL;
+        unsigned long long seq = colon != NULL ? strtoull(colon + 1, NULL, 10) : 0;
+        if (p == NULL || seq < 1 || seq >= SOAK_MAX_SEQ)
+            continue;
+        p->seen[seq / 8] |= (unsigned char)(1u << (seq % 8));
+        n++;
+    }
+    fclose(f);
+    return n;
+}
+
+/* Drains sub and checks it against the producers' acknowledgements (and
+ * what cs, a live consumer of it, saw; NULL: none). Returns the number of
+ * problems (0: it held). */
+static unsigned long long drain_and_check(const char *sub, char cls, const consumer *cs)
+{
+    long long live = 0;
     sb_client *c = NULL, *stats = NULL;
     sb_client_options o;
     sb_error err;
@@ -535,6 +572,11 @@ static unsigned long long drain_and_check(const char *sub, char cls)
         S.prods[i].last_first = 0;
         if (S.prods[i].seen == NULL)
             return 1;
+    }
+    if (cs != NULL && (live = read_seen(cs)) < 0) {
+        fprintf(stderr, "sbsoak: cannot read %s\n", cs->seenpath);
+        problems++;
+        goto done;
     }
     if (sb_client_connect(&c, S.endpoint, &o, &err) != 0 ||
         sb_client_connect(&stats, S.endpoint, &o, &err) != 0) {
@@ -627,8 +669,11 @@ static unsigned long long drain_and_check(const char *sub, char cls)
         }
     }
     printf("%-13s %llu acknowledged, %llu delivered (%llu redelivered), %llu acknowledged "
-           "missing\n",
+           "missing",
            sub, acked, firsts, dups, missing);
+    if (cs != NULL)
+        printf("; %lld deliveries to the live consumer before the drain", live);
+    printf("\n");
     problems += missing;
 done:
     sb_client_free(c);
@@ -714,6 +759,9 @@ static int parse_args(int argc, char **argv)
             takes = 0;
         } else if (strcmp(a, "--keep") == 0) {
             S.keep = 1;
+            takes = 0;
+        } else if (strcmp(a, "--consume") == 0) {
+            S.consume = 1;
             takes = 0;
         } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
@@ -901,6 +949,25 @@ static int run(int argc, char **argv)
         }
     }
 
+    for (int i = 0; S.consume && i < 2; i++) {
+        consumer *cs = &S.cons[i];
+        char name[64];
+        cs->sub = i == 0 ? "soak-fsync" : "soak-batched";
+        snprintf(name, sizeof(name), "seen-%s.txt", cs->sub);
+        join(cs->seenpath, sizeof(cs->seenpath), S.dir, name);
+        snprintf(name, sizeof(name), "consumer-%s.log", cs->sub);
+        join(cs->logpath, sizeof(cs->logpath), S.dir, name);
+        remove(cs->seenpath);
+        {
+            char *cargv[] = {self, "consumer", (char *)cs->sub, S.endpoint, cs->seenpath, S.stop,
+                             NULL};
+            if (spawn(&cs->proc, cargv, cs->logpath) != 0) {
+                fprintf(stderr, "sbsoak: cannot start the consumer of %s\n", cs->sub);
+                goto out;
+            }
+        }
+    }
+
     t0 = now_ms();
     if (load_and_kill() != 0) {
         rc = 1;
@@ -936,10 +1003,20 @@ static int run(int argc, char **argv)
             problems++;
         }
     }
+    for (int i = 0; S.consume && i < 2; i++) {
+        consumer *cs = &S.cons[i];
+        if (!wait_exit(&cs->proc, PRODUCER_STOP_MS) || cs->proc.status != 0) {
+            fprintf(stderr, "sbsoak: the consumer of %s did not stop cleanly\n", cs->sub);
+            print_tail("consumer log", cs->logpath, 20);
+            rc = 1;
+            goto out;
+        }
+        release(&cs->proc);
+    }
     printf("load ran %.1f s; %d kills, %d more while starting; %d broker starts\n",
            (double)(now_ms() - t0) / 1000, S.kills, S.early_kills, S.starts);
-    problems += drain_and_check("soak-fsync", 'f');
-    problems += drain_and_check("soak-batched", 'b');
+    problems += drain_and_check("soak-fsync", 'f', S.consume ? &S.cons[0] : NULL);
+    problems += drain_and_check("soak-batched", 'b', S.consume ? &S.cons[1] : NULL);
     rc = problems == 0 ? 0 : 1;
     printf("result: %s\n", rc == 0 ? "PASS (nothing acknowledged was lost)" : "FAIL");
     if (rc != 0)
@@ -948,6 +1025,8 @@ static int run(int argc, char **argv)
 out:
     for (int i = 0; i < S.nprods; i++)
         release(&S.prods[i].proc);
+    for (int i = 0; i < 2; i++)
+        release(&S.cons[i].proc);
     if (S.broker.spawned) {
         uv_process_kill(&S.broker.h, SIGTERM);
         if (!wait_exit(&S.broker, 15000))
@@ -977,6 +1056,8 @@ int main(int argc, char **argv)
         return soak_jsonl_producer(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "mqtt-producer") == 0)
         return soak_mqtt_producer(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "consumer") == 0)
+        return soak_consumer(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "run") == 0)
         return run(argc, argv);
     usage(argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) ? stdout

@@ -12,6 +12,11 @@
  *   mqtt   runs `mosquitto_pub -q 1` once per message (PUBACK received:
  *          exit status 0) and appends the acknowledged numbers the same way.
  *
+ * With --consume, a jsonl consumer per queue acknowledges deliveries while
+ * the broker is killed, as a live subscriber would (so that entries the
+ * broker never wrote, acknowledged before their commit, are in the run);
+ * what it saw counts as delivered.
+ *
  * A producer stops when its stop file appears (after finishing what is in
  * flight, at most 10 s). Message k of producer ID carries the payload
  * "<ID>:<k>" (ID is p0, p1, ... for jsonl, m0, m1, ... for mqtt) and goes to
@@ -35,6 +40,12 @@ int soak_file_exists(const char *path);
 /* sbsoak producer ID ENDPOINT PREFIX MODE ACKFILE STOPFILE (argv[0] is
  * "producer"). Returns the exit status. */
 int soak_jsonl_producer(int argc, char **argv);
+
+/* sbsoak consumer SUB ENDPOINT SEENFILE STOPFILE: subscribes to SUB over
+ * jsonl (reconnecting while the broker restarts) and acknowledges every
+ * delivery, after appending its payload to SEENFILE; stops when STOPFILE
+ * appears. Returns the exit status. */
+int soak_consumer(int argc, char **argv);
 
 /* sbsoak mqtt-producer ID HOST PORT PREFIX ACKFILE STOPFILE MOSQUITTO_PUB.
  * Messages go to PREFIX/<ID>/f. Returns the exit status. */

@@ -42,7 +42,7 @@ static void submit(sb_store *s, sb_store_op *op, int *done)
 
 static void make_valid(const char *path)
 {
-    static const uint32_t queues[2] = {1, 2};
+    static uint32_t queues[2] = {1, 2};
     sb_store_options o = {0};
     sb_store_op ops[8];
     const sb_sub_filter audit_filter = {"orders/#", SB_QOS_NONE};

@@ -168,7 +168,7 @@ static sb_message *msg(uint64_t id, const char *topic, const char *payload)
     return m;
 }
 
-static void publish_op(sb_store_op *op, sb_message *m, const uint32_t *queues, size_t n)
+static void publish_op(sb_store_op *op, sb_message *m, uint32_t *queues, size_t n)
 {
     memset(op, 0, sizeof(*op));
     op->type = SB_OP_PUBLISH;
@@ -177,7 +177,7 @@ static void publish_op(sb_store_op *op, sb_message *m, const uint32_t *queues, s
     op->u.publish.queue_count = n;
 }
 
-static int publish(fx *f, uint64_t id, const char *payload, const uint32_t *queues, size_t n)
+static int publish(fx *f, uint64_t id, const char *payload, uint32_t *queues, size_t n)
 {
     sb_store_op op;
     sb_message *m = msg(id, "t/x", payload);
@@ -358,7 +358,7 @@ static int collect_dedup(void *ctx, const char *key, int64_t expires_ms)
 static void test_publish_reload(void **state)
 {
     fx *f = *state;
-    const uint32_t queues[3] = {1, 2, 3};
+    uint32_t queues[3] = {1, 2, 3};
     sb_store_op ops[50];
     sb_message *msgs[50];
     qlist ql = {0};
@@ -425,10 +425,117 @@ static void test_publish_reload(void **state)
         sb_message_unref(msgs[i]);
 }
 
+/* An entry acknowledged before its publish's group ran is never written:
+ * sb_store_cancel before the store thread took the op (here: before start)
+ * skips its row, while the message's other entries, its retained value and
+ * its dedup key are written and the op completes as usual. No ACK op is
+ * submitted, so a missing row can only be one never inserted. */
+static void test_cancel_before_group(void **state)
+{
+    fx *f = *state;
+    uint32_t q12[2] = {1, 2}, q1 = 1;
+    sb_store_op ops[2];
+    sb_message *m1 = msg(1, "t/x", "one"), *m2 = msg(2, "t/x", "two");
+    sb_store_stats st;
+    uint64_t ids[4];
+    rlist rl = {0};
+    dlist dl = {0};
+    sb_error err = {0};
+    loaded *l;
+    int done = 0;
+
+    open_with(f, 0, 0, 0);
+    publish_op(&ops[0], m1, q12, 2);
+    ops[0].u.publish.retain = 1;
+    ops[0].u.publish.dedup_key = "k=1";
+    publish_op(&ops[1], m2, &q1, 1);
+    for (int i = 0; i < 2; i++) {
+        ops[i].sync = 1;
+        ops[i].cb = count_cb;
+        ops[i].ctx = &done;
+        assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
+    }
+    assert_int_equal(sb_store_cancel(f->s, &ops[0], 0), 0); /* (1, m1) */
+    assert_int_equal(sb_store_cancel(f->s, &ops[1], 0), 0); /* (1, m2) */
+    assert_int_equal(sb_store_cancel(f->s, &ops[1], 1), SB_EINVAL);
+    start(f);
+    run_until(f, &done, 2);
+    assert_int_equal(ops[0].status, 0);
+    assert_int_equal(ops[1].status, 0);
+    sb_store_get_stats(f->s, &st);
+    assert_int_equal(st.elided, 2);
+    assert_true(st.fsync_commits >= 1);
+    /* once the group ran, the row is written: cancel refuses */
+    assert_int_equal(sb_store_cancel(f->s, &ops[0], 1), SB_EBUSY);
+
+    l = reload_entries(f);
+    assert_int_equal(ids_of(l, 1, ids, 4), 0);
+    assert_int_equal(ids_of(l, 2, ids, 4), 1);
+    assert_int_equal(ids[0], 1);
+    loaded_free(l);
+    assert_int_equal(sb_store_load_retained(f->s, collect_retained, &rl, &err), 0);
+    assert_int_equal(rl.n, 1);
+    assert_int_equal(rl.m[0]->id, 1);
+    rlist_free(&rl);
+    assert_int_equal(sb_store_load_dedup(f->s, collect_dedup, &dl, &err), 0);
+    assert_int_equal(dl.n, 1);
+    assert_string_equal(dl.key[0], "k=1");
+    {
+        uint64_t max_msg = 0;
+        assert_int_equal(sb_store_max_ids(f->s, &max_msg, NULL, NULL), 0);
+        assert_int_equal(max_msg, 2); /* ids of elided entries stay taken */
+    }
+    sb_message_unref(m1);
+    sb_message_unref(m2);
+}
+
+/* A publish already executed keeps its rows: an ack deletes them. */
+static void test_cancel_after_group(void **state)
+{
+    fx *f = *state;
+    uint32_t q1 = 1;
+    sb_store_op op;
+    sb_message *m = msg(1, "t/x", "one");
+    uint64_t ids[4];
+    loaded *l;
+
+    open_start(f);
+    publish_op(&op, m, &q1, 1);
+    assert_int_equal(do_op(f, &op), 0);
+    assert_int_equal(sb_store_cancel(f->s, &op, 0), SB_EBUSY);
+    assert_int_equal(q1, 1);
+    l = reload_entries(f);
+    assert_int_equal(ids_of(l, 1, ids, 4), 1);
+    loaded_free(l);
+    sb_message_unref(m);
+}
+
+/* Ids reserved with sb_store_reserve_ids are recorded with the next commit
+ * and stay taken after a restart. */
+static void test_reserve_ids(void **state)
+{
+    fx *f = *state;
+    uint32_t q1 = 1;
+    uint64_t max_msg = 0;
+
+    open_start(f);
+    assert_int_equal(sb_store_reserve_ids(f->s, 1000), 0); /* nothing committed yet */
+    assert_int_equal(publish(f, 1, "a", &q1, 1), 0);
+    assert_int_equal(sb_store_reserve_ids(f->s, 500), 1000);
+    shut(f);
+    open_with(f, 0, 0, 0);
+    assert_int_equal(sb_store_max_ids(f->s, &max_msg, NULL, NULL), 0);
+    assert_int_equal(max_msg, 1000);
+    start(f);
+    assert_int_equal(sb_store_reserve_ids(f->s, 2000), 1000);
+    assert_int_equal(ack(f, 1, 1, 1), 0); /* any group records it */
+    assert_int_equal(sb_store_reserve_ids(f->s, 0), 2000);
+}
+
 static void test_ack_ranges(void **state)
 {
     fx *f = *state;
-    const uint32_t q12[2] = {1, 2};
+    uint32_t q12[2] = {1, 2};
     uint64_t ids[16];
     loaded *l;
     open_start(f);
@@ -461,7 +568,7 @@ static void test_ack_ranges(void **state)
 static void test_attempts(void **state)
 {
     fx *f = *state;
-    const uint32_t q1 = 1;
+    uint32_t q1 = 1;
     sb_store_op op = {0};
     loaded *l;
     open_start(f);
@@ -508,7 +615,7 @@ static void dlq_list(fx *f, sb_store_op *op, const char *queue, int64_t after, i
 static void test_deadletter(void **state)
 {
     fx *f = *state;
-    const uint32_t q1 = 1;
+    uint32_t q1 = 1;
     sb_store_op op, list;
     sb_dead_letter redrive[2];
     uint64_t ids[8];
@@ -702,7 +809,7 @@ static void test_retained(void **state)
 
 static int publish_dedup(fx *f, uint64_t id, const char *key, int64_t expires)
 {
-    const uint32_t q1 = 1;
+    uint32_t q1 = 1;
     sb_store_op op;
     sb_message *m = msg(id, "t", "d");
     int rc;
@@ -717,7 +824,7 @@ static int publish_dedup(fx *f, uint64_t id, const char *key, int64_t expires)
 static void test_dedup(void **state)
 {
     fx *f = *state;
-    const uint32_t q1 = 1;
+    uint32_t q1 = 1;
     int64_t now = sb_now_ms();
     sb_store_op ops[2], op = {0};
     sb_message *m1, *m2;
@@ -775,7 +882,7 @@ static void test_dedup(void **state)
 static void test_queue_put_delete(void **state)
 {
     fx *f = *state;
-    const uint32_t q12[2] = {1, 2};
+    uint32_t q12[2] = {1, 2};
     sb_store_op ops[3];
     qlist ql = {0};
     sb_error err = {0};
@@ -836,7 +943,7 @@ static void test_queue_put_delete(void **state)
 static void test_publish_conflict(void **state)
 {
     fx *f = *state;
-    const uint32_t q1 = 1, q21[2] = {2, 1};
+    uint32_t q1 = 1, q21[2] = {2, 1};
     loaded *l;
     open_start(f);
     assert_int_equal(publish(f, 1, "first", &q1, 1), 0);
@@ -855,7 +962,7 @@ static void test_publish_conflict(void **state)
 static void test_drops(void **state)
 {
     fx *f = *state;
-    const uint32_t q1 = 1;
+    uint32_t q1 = 1;
     sb_store_op op;
     sb_store_entry_ref drops[2] = {{1, 1}, {1, 2}};
     sb_message *m;
@@ -882,7 +989,7 @@ static void test_drops(void **state)
 static void test_group_commit(void **state)
 {
     fx *f = *state;
-    const uint32_t q1 = 1;
+    uint32_t q1 = 1;
     sb_store_op *ops = calloc(MANY, sizeof(*ops));
     sb_message **ms = calloc(MANY, sizeof(*ms));
     sb_store_stats st0, st1, st2;
@@ -988,7 +1095,7 @@ static int is_healthy(fx *f)
 static void test_disk_full(void **state)
 {
     fx *f = *state;
-    const uint32_t q1 = 1;
+    uint32_t q1 = 1;
     char big[2048];
     sb_store_op pub, ackop;
     sb_store_stats st;
@@ -1058,7 +1165,7 @@ static void test_disk_full(void **state)
 static void test_io_error(void **state)
 {
     fx *f = *state;
-    const uint32_t q1 = 1;
+    uint32_t q1 = 1;
     sb_store_op pub, ackop;
     sb_message *m;
     loaded *l;
@@ -1805,7 +1912,7 @@ static void test_bad_schema(void **state)
 static void test_oom_open_load(void **state)
 {
     fx *f = *state;
-    const uint32_t q12[2] = {1, 2};
+    uint32_t q12[2] = {1, 2};
     sb_store_op op;
     sb_message *m;
     int succeeded = 0;
@@ -1862,7 +1969,7 @@ static void test_oom_open_load(void **state)
 static void test_oom_store_thread(void **state)
 {
     fx *f = *state;
-    const uint32_t q1 = 1;
+    uint32_t q1 = 1;
     sb_store_op op, list;
     sb_message *m;
     int list_ok = 0, publish_ok = 0;
@@ -1913,6 +2020,9 @@ int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_publish_reload, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_before_group, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_after_group, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reserve_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ack_ranges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_attempts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadletter, setup, teardown),

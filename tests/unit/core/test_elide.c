@@ -1,0 +1,264 @@
+/*
+ * Entries acknowledged before their message's commit, in-process: the
+ * broker hands a message to its queues' consumers while the store commits
+ * it, and an entry acknowledged before the store began the publish is
+ * never written. The store is held (sb_store_test_hold) to stand for a
+ * long commit, so what reaches the consumer meanwhile is deterministic.
+ * Covers the row never written (the store's count of elided entries, and
+ * nothing after a restart), the producer's acknowledgement still after
+ * the commit, a message not acknowledged in time surviving a restart,
+ * message ids reserved before a consumer sees them early, a
+ * message fanned out to two queues acknowledged by one, and a publish the
+ * store refuses withdrawn from the queue and from a consumer's retries.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "core_harness.h"
+#include "storage/store_test.h"
+
+static fake_adapter *fake(const char *name)
+{
+    fake_adapter *a = fake_get(name);
+    if (a == NULL)
+        fail_msg("no running fake adapter %s", name);
+    return a;
+}
+
+static uint64_t elided(core_fx *f)
+{
+    sb_store_stats st;
+    sb_store_get_stats(f->b->store, &st);
+    return st.elided;
+}
+
+static const char *const one_cfg = "adapters:\n"
+                                   "  - {name: src, type: exec, command: [fake]}\n"
+                                   "  - {name: sink, type: exec, command: [fake], inflight: 8}\n"
+                                   "routes:\n"
+                                   "  - {name: r, from: t/#, to: sink}\n";
+
+/* The first message after a start commits before anyone sees it (its id
+ * is not reserved yet); this one makes the next ids safe to show early. */
+static void warm_up(core_fx *f, fake_adapter *sink)
+{
+    size_t before = sink->log.count;
+    core_publish_ok(f, fake("src"), "t/warm", "warm", NULL);
+    CORE_WAIT(f, sink->log.count == before + 1);
+    fake_ack(&sink->log.recs[before]);
+}
+
+static void test_acked_before_commit_not_written(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *sink;
+    sb_queue *q;
+    fake_pub p;
+
+    core_start(f, one_cfg);
+    sink = fake("sink");
+    q = core_queue(f, "r:sink");
+    warm_up(f, sink);
+    assert_int_equal(elided(f), 0);
+
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", "a", NULL, 0, NULL), 0);
+    CORE_WAIT(f, sink->log.count == 2);
+    assert_string_equal(sink->log.recs[1].payload, "a");
+    fake_ack(&sink->log.recs[1]);
+    assert_int_equal(q->depth, 0);
+    core_check_all(f);
+    /* delivered and acknowledged, but not committed: the producer waits */
+    assert_int_equal(p.done, 0);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_int_equal(p.queues, 1);
+    assert_int_equal(elided(f), 1);
+    core_check_all(f);
+
+    core_stop(f);
+    core_start(f, one_cfg);
+    assert_int_equal(core_queue(f, "r:sink")->depth, 0);
+    assert_int_equal(fake("sink")->log.count, 0);
+}
+
+static void test_unacked_before_commit_survives(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *sink;
+    fake_pub pa, pb;
+
+    core_start(f, one_cfg);
+    sink = fake("sink");
+    warm_up(f, sink);
+
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&pa, f->b, fake("src"), "t/1", "a", NULL, 0, NULL), 0);
+    assert_int_equal(fake_publish(&pb, f->b, fake("src"), "t/1", "b", NULL, 0, NULL), 0);
+    CORE_WAIT(f, sink->log.count == 3);
+    fake_ack(&sink->log.recs[1]); /* a, before its commit; b stays held */
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &pa), 0);
+    assert_int_equal(core_pub_wait(f, &pb), 0);
+    assert_int_equal(elided(f), 1);
+    core_check_all(f);
+
+    /* b is held when the broker stops: it was written, and comes back */
+    core_stop(f);
+    core_start(f, one_cfg);
+    sink = fake("sink");
+    CORE_WAIT(f, sink->log.count == 1);
+    assert_string_equal(sink->log.recs[0].payload, "b");
+    assert_int_equal(sink->log.recs[0].redelivery, 1);
+    assert_int_equal(core_queue(f, "r:sink")->depth, 1);
+    fake_ack(&sink->log.recs[0]);
+    core_check_all(f);
+}
+
+/* A consumer sees a message before its commit only when its id is already
+ * recorded as taken: the first publish after a start waits for its commit
+ * (and records ids far ahead), so an id a consumer saw is never reused
+ * after a crash; after a restart, new ids start past the reservation. */
+static void test_ids_reserved_before_early(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *sink;
+    sb_queue *q;
+    fake_pub p;
+    uint64_t first;
+
+    core_start(f, one_cfg);
+    sink = fake("sink");
+    q = core_queue(f, "r:sink");
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", "a", NULL, 0, NULL), 0);
+    assert_int_equal(q->early, 0); /* not handed to the queue before its commit */
+    assert_int_equal(q->depth, 0);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    first = p.msg_id;
+    CORE_WAIT(f, sink->log.count == 1);
+    fake_ack(&sink->log.recs[0]);
+
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", "b", NULL, 0, NULL), 0);
+    assert_int_equal(q->early, 1); /* its id is reserved now */
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    CORE_WAIT(f, sink->log.count == 2);
+    fake_ack(&sink->log.recs[1]);
+
+    core_stop(f);
+    core_start(f, one_cfg);
+    assert_true(f->b->last_msg_id > first + 1000);
+}
+
+static const char *const fan_cfg = "adapters:\n"
+                                   "  - {name: src, type: exec, command: [fake]}\n"
+                                   "  - {name: s1, type: exec, command: [fake], inflight: 8}\n"
+                                   "  - {name: s2, type: exec, command: [fake], inflight: 8}\n"
+                                   "routes:\n"
+                                   "  - {name: r, from: t/#, to: [s1, s2]}\n";
+
+/* One entry of a fanned-out message is withdrawn, the other written. */
+static void test_fan_out_acked_by_one(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *s1, *s2;
+    fake_pub p;
+
+    core_start(f, fan_cfg);
+    s1 = fake("s1");
+    s2 = fake("s2");
+    core_publish_ok(f, fake("src"), "t/warm", "warm", NULL);
+    CORE_WAIT(f, s1->log.count == 1 && s2->log.count == 1);
+    fake_ack(&s1->log.recs[0]);
+    fake_ack(&s2->log.recs[0]);
+
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", "a", NULL, 0, NULL), 0);
+    CORE_WAIT(f, s1->log.count == 2 && s2->log.count == 2);
+    fake_ack(&s1->log.recs[1]);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_int_equal(p.queues, 2);
+    assert_int_equal(elided(f), 1);
+
+    core_stop(f);
+    core_start(f, fan_cfg);
+    s1 = fake("s1");
+    s2 = fake("s2");
+    CORE_WAIT(f, s2->log.count == 1);
+    assert_string_equal(s2->log.recs[0].payload, "a");
+    assert_int_equal(s1->log.count, 0);
+    assert_int_equal(core_queue(f, "r:s1")->depth, 0);
+    fake_ack(&s2->log.recs[0]);
+    core_check_all(f);
+}
+
+/* A publish whose group fails (the database size limit) leaves the queue
+ * even though a consumer got it: the producer was told it was refused, so
+ * neither the entry waiting for a consumer nor the one a consumer returns
+ * is delivered again. */
+static void test_refused_publish_withdrawn(void **state)
+{
+    static const char *const cfg = "adapters:\n"
+                                   "  - {name: src, type: exec, command: [fake]}\n"
+                                   "  - {name: sink, type: exec, command: [fake], inflight: 1}\n"
+                                   "routes:\n"
+                                   "  - {name: r, from: t/#, to: sink}\n";
+    core_fx *f = *state;
+    size_t big = 512 * 1024;
+    char *payload = malloc(big + 1);
+    fake_adapter *sink;
+    sb_queue *q;
+    fake_pub pa, pb;
+
+    assert_non_null(payload);
+    memset(payload, 'x', big);
+    payload[big] = '\0';
+    f->broker_extra = "  store: {max_db_bytes: 256KiB}\n";
+    core_start(f, cfg);
+    sink = fake("sink");
+    q = core_queue(f, "r:sink");
+    warm_up(f, sink);
+
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&pa, f->b, fake("src"), "t/1", payload, NULL, 0, NULL), 0);
+    assert_int_equal(fake_publish(&pb, f->b, fake("src"), "t/1", payload, NULL, 0, NULL), 0);
+    CORE_WAIT(f, sink->log.count == 2); /* a leased; b waits for room */
+    assert_int_equal(q->depth, 2);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &pa), SB_ENOSPC);
+    assert_int_equal(core_pub_wait(f, &pb), SB_ENOSPC);
+    assert_int_equal(q->depth, 1); /* b withdrawn; a with the consumer */
+    core_check_all(f);
+    fake_nack(&sink->log.recs[1], "no");
+    assert_int_equal(q->depth, 0);
+    assert_int_equal(sink->log.count, 2); /* neither comes back */
+    assert_int_equal(q->published, 1);
+    core_check_all(f);
+    free(payload);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_acked_before_commit_not_written, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_unacked_before_commit_survives, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_ids_reserved_before_early, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_fan_out_acked_by_one, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_publish_withdrawn, core_setup, core_teardown),
+    };
+    fake_register();
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
