@@ -35,6 +35,8 @@ typedef struct sb_broker_config {
     int queue_window;         /* store.queue_window: a queue's entries kept in memory,
                                  default 4096; the rest are read from the store */
     int64_t queue_memory;     /* store.queue_memory: all windows' bytes, default 64 MiB */
+    int deliver_before_commit; /* store.deliver_before_commit: consumers may get a message
+                                  while its group commits, default 1 (publish.c) */
     int log_level;            /* log.level: sb_log_level, default info */
     char *log_file;           /* log.file, default NULL */
     int log_stderr;           /* log.stderr, default 1 */

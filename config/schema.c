@@ -85,6 +85,10 @@ static const sb_config_key store_fields[] = {
      .def = 64 * 1024 * 1024,
      .min = 64 * 1024,
      .max = INT64_MAX},
+    {.key = "deliver_before_commit",
+     .kind = SB_KEY_BOOL,
+     .offset = B(deliver_before_commit),
+     .def = 1},
 };
 static const sb_config_table store_section = SB_CONFIG_TABLE(store_fields);
 

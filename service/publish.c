@@ -272,7 +272,8 @@ static void append_early(sb_broker *b, sb_pending *p)
     int64_t size = (int64_t)sb_message_size(p->msg);
     uint32_t slot = 0;
 
-    if (p->dedup_key != NULL || p->retain || !id_reserved(b, p->msg->id))
+    if (!b->cfg->broker.deliver_before_commit || p->dedup_key != NULL || p->retain ||
+        !id_reserved(b, p->msg->id))
         return;
     for (size_t i = 0; i < p->queue_count && i < 64; i++) {
         sb_queue *q = p->queues[i];

@@ -88,6 +88,36 @@ static void test_acked_before_commit_not_written(void **state)
     assert_int_equal(fake("sink")->log.count, 0);
 }
 
+/* broker.store.deliver_before_commit: false: nothing reaches a consumer
+ * before its commit, and every entry is written. */
+static void test_opt_out_waits_for_commit(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *sink;
+    fake_pub p;
+
+    f->broker_extra = "  store: {deliver_before_commit: false}\n";
+    core_start(f, one_cfg);
+    sink = fake("sink");
+    warm_up(f, sink);
+
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", "a", NULL, 0, NULL), 0);
+    /* early, it would be delivered in the next loop turns (see above) */
+    core_wait_begin(f, 300);
+    while (core_turn(f))
+        assert_int_equal(sink->log.count, 1);
+    assert_int_equal(p.done, 0);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    CORE_WAIT(f, sink->log.count == 2);
+    assert_string_equal(sink->log.recs[1].payload, "a");
+    fake_ack(&sink->log.recs[1]);
+    CORE_WAIT(f, core_queue(f, "r:sink")->depth == 0);
+    assert_int_equal(elided(f), 0);
+    core_check_all(f);
+}
+
 static void test_unacked_before_commit_survives(void **state)
 {
     core_fx *f = *state;
@@ -252,6 +282,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_acked_before_commit_not_written, core_setup,
                                         core_teardown),
+        cmocka_unit_test_setup_teardown(test_opt_out_waits_for_commit, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_unacked_before_commit_survives, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_ids_reserved_before_early, core_setup,
