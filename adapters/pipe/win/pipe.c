@@ -88,30 +88,44 @@ static void t_read(sb_conn *c, int on)
 static void on_flush_check(uv_check_t *h);
 static void on_flush_prepare(uv_prepare_t *h);
 
+/* The pipe adapters whose connections hold output. Whichever adapter's
+ * flush handle runs first writes for them all: what one adapter's writes
+ * cause on another's connections (a write that completes a raw delivery
+ * lets its queue hand the next message to a consumer on another pipe
+ * adapter) is then written in the same pass, before the loop polls, in
+ * whatever order the prepare handles run. Loop thread only: a process
+ * runs its pipe adapters on one loop, the broker's. */
+static pipe_adapter *dirty;
+
 /* The connection's protocol sent something: it waits in the connection's
- * buffer for the end of the loop turn (flush_held), with what else the
+ * buffer for the end of the loop turn (flush_all), with what else the
  * turn sends. */
 static int t_hold(sb_conn *c)
 {
     pipe_inst *inst = c->tdata;
     pipe_adapter *pa = inst->pa;
-    if (!inst->flush_queued) {
-        inst->flush_queued = 1;
-        inst->flush_next = NULL;
-        if (pa->flushq_tail != NULL)
-            pa->flushq_tail->flush_next = inst;
-        else
-            pa->flushq = inst;
-        pa->flushq_tail = inst;
-        uv_check_start(pa->flush_check, on_flush_check);
-        uv_prepare_start(pa->flush_prepare, on_flush_prepare);
+    if (inst->flush_queued)
+        return 1;
+    inst->flush_queued = 1;
+    inst->flush_next = NULL;
+    if (pa->flushq_tail != NULL)
+        pa->flushq_tail->flush_next = inst;
+    else
+        pa->flushq = inst;
+    pa->flushq_tail = inst;
+    if (!pa->dirty) {
+        pa->dirty = 1;
+        pa->dirty_next = dirty;
+        dirty = pa;
     }
+    uv_check_start(pa->flush_check, on_flush_check);
+    uv_prepare_start(pa->flush_prepare, on_flush_prepare);
     return 1;
 }
 
 /* Writes what every connection on pa->flushq holds; a write that completes
- * at once is reported here (an instance's completion may hold more output:
- * the queue is run until empty, so nothing waits through the next poll). */
+ * at once is reported here (its completion may hold more output: the
+ * queue is run until empty). */
 static void flush_held(pipe_adapter *pa)
 {
     pipe_inst *inst;
@@ -129,18 +143,46 @@ static void flush_held(pipe_adapter *pa)
             sb_pipe__on_write_done(inst);
         }
     }
-    uv_check_stop(pa->flush_check);
-    uv_prepare_stop(pa->flush_prepare);
+}
+
+/* Writes everything held, until nothing is (writing may make more). */
+static void flush_all(void)
+{
+    pipe_adapter *pa;
+    while ((pa = dirty) != NULL) {
+        dirty = pa->dirty_next;
+        pa->dirty = 0;
+        pa->dirty_next = NULL;
+        flush_held(pa);
+    }
+}
+
+/* Takes pa off the dirty list (it stops with nothing left to write). */
+static void undirty(pipe_adapter *pa)
+{
+    for (pipe_adapter **p = &dirty; *p != NULL; p = &(*p)->dirty_next)
+        if (*p == pa) {
+            *p = pa->dirty_next;
+            break;
+        }
+    pa->dirty = 0;
+    pa->dirty_next = NULL;
 }
 
 static void on_flush_check(uv_check_t *h)
 {
-    flush_held(h->data);
+    pipe_adapter *pa = h->data;
+    flush_all();
+    uv_check_stop(pa->flush_check);
+    uv_prepare_stop(pa->flush_prepare);
 }
 
 static void on_flush_prepare(uv_prepare_t *h)
 {
-    flush_held(h->data);
+    pipe_adapter *pa = h->data;
+    flush_all();
+    uv_check_stop(pa->flush_check);
+    uv_prepare_stop(pa->flush_prepare);
 }
 
 /* Called only from flush_held (through sb_conn_flush): pipe connections
@@ -462,6 +504,7 @@ static void free_handle(uv_handle_t *h)
 static void release_io(sb_stream *st)
 {
     pipe_adapter *pa = (pipe_adapter *)st->adapter;
+    undirty(pa);
     if (pa->flush_check != NULL) { /* nothing waits on them: every connection closed */
         uv_close((uv_handle_t *)pa->flush_check, free_handle);
         uv_close((uv_handle_t *)pa->flush_prepare, free_handle);

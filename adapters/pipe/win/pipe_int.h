@@ -28,10 +28,10 @@
  *           loop send a command, when it takes them.
  *   output  the loop issues WriteFile itself, once per loop turn: a
  *           connection holds what its protocol sends (sb_conn hold_output)
- *           until the end of the turn, when pa->flush (a check handle, and
- *           a prepare handle for what was sent before the loop polls)
- *           writes it all at once: one WriteFile for a batch of pubacks or
- *           deliveries, not a first one alone that wakes the peer for it.
+ *           until the end of the turn, when a check handle (and a prepare
+ *           handle, for what was sent before the loop polls) writes it all
+ *           at once: one WriteFile for a batch of pubacks or deliveries,
+ *           not a first one alone that wakes the peer for it.
  *           Handles are in FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode: a
  *           write that completes at once (the pipe's buffer had room:
  *           nearly always) posts no packet and is reported done right
@@ -177,6 +177,8 @@ struct pipe_adapter {
     uv_check_t *flush_check;     /* writes the output held in this loop turn */
     uv_prepare_t *flush_prepare; /* the same, for output held before the poll */
     pipe_inst *flushq, *flushq_tail;
+    int dirty; /* on the list of adapters holding output (pipe.c) */
+    pipe_adapter *dirty_next;
 };
 
 /* ---- pipe_sec.c ---- */
