@@ -172,7 +172,7 @@ struct pipe_adapter {
     char connect_why[300];   /* client: why the last connect failed */
     unsigned long io_serial; /* numbers the peers */
     /* ---- the loop's ---- */
-    sb_stream st;          /* connections, delivery, reconnect, stop accounting */
+    sb_stream st;                /* connections, delivery, reconnect, stop accounting */
     int stopped_io;              /* the thread reported its exit */
     uv_check_t *flush_check;     /* writes the output held in this loop turn */
     uv_prepare_t *flush_prepare; /* the same, for output held before the poll */
