@@ -309,7 +309,7 @@ void sb_conn_write_done(sb_conn *c, int status, const char *why)
     } else {
         start_write(c);
     }
-    if (c->close_after_write && !c->writing)
+    if (c->close_after_write && !c->writing && c->olen == 0)
         sb_conn_close(c, NULL);
     if (c->out_paused && c->olen < SB_CONN_MAX_OUTPUT / 2) {
         c->out_paused = 0;
@@ -329,6 +329,8 @@ static void start_write(sb_conn *c)
     size_t len;
     if (c->writing || c->olen == 0 || c->closing)
         return;
+    if (c->hold_output != NULL && !c->flushing && c->hold_output(c))
+        return; /* the transport calls sb_conn_flush later in this turn */
     /* Output that completes no delivery goes out at once if the transport
      * takes it all: no write request to complete later, which (libuv 1.44)
      * re-arms the socket with an epoll_ctl after every write, once per
@@ -405,11 +407,19 @@ int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t 
     }
     if (!c->writing)
         start_write(c);
-    else if (c->olen > SB_CONN_MAX_OUTPUT && !c->out_paused) {
+    /* (left in obuf: a write is in flight, or the transport holds it) */
+    if (c->olen > SB_CONN_MAX_OUTPUT && !c->out_paused) {
         c->out_paused = 1;
         update_reading(c);
     }
     return 0;
+}
+
+void sb_conn_flush(sb_conn *c)
+{
+    c->flushing = 1;
+    start_write(c);
+    c->flushing = 0;
 }
 
 int sb_conn_send(sb_conn *c, const void *data, size_t len, sb_delivery *d)

@@ -88,6 +88,14 @@ struct sb_conn {
      * (0 if none or on an error, which the next write then reports). */
     size_t (*try_write)(sb_conn *c, const char *buf, size_t len);
     uint64_t try_write_ms; /* loop time of the last try_write */
+    /* Optional (Windows named pipes): output could go to the transport now;
+     * returning 1 keeps it collecting in obuf, and the transport calls
+     * sb_conn_flush before the loop next waits. Everything sent in a loop
+     * turn then goes out in one write: a first reply written on its own
+     * would wake the peer for that one alone, and the rest would follow in
+     * a second write. */
+    int (*hold_output)(sb_conn *c);
+    int flushing; /* in sb_conn_flush: hold_output is not asked */
     /* The adapter-side owner that keeps the connection on its list (an
      * sb_stream, adapters/stream_core.h); on_closed takes it off. */
     void *owner;
@@ -149,6 +157,11 @@ void sb_conn_input_end(sb_conn *c, int err, const char *why);
 void sb_conn_input_eof(sb_conn *c);
 void sb_conn_write_done(sb_conn *c, int status, const char *why);
 void sb_conn_transport_closed(sb_conn *c);
+
+/* For transports that hold output (c->hold_output): hands everything
+ * collected so far to the transport's write, unless a write is in flight
+ * (its completion hands over the rest) or the connection is closing. */
+void sb_conn_flush(sb_conn *c);
 
 /* Queues bytes; d (may be NULL) is acked when they are written. Returns 0,
  * SB_ECLOSED (d is not taken), or SB_ENOMEM. */

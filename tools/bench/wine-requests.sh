@@ -21,7 +21,11 @@
 #   raw.pl   ipcbench pipe -w W              mem.ow   raw message pipe -> queue -> jsonl consumer
 #   raw.ow   ipcbench pipe -w 0
 #
-# Environment: SB_BENCH_WINDOW (64), SB_BENCH_KEEP=1 keeps the trace.
+# Environment: SB_BENCH_WINDOW (64), SB_BENCH_KEEP=1 keeps the trace,
+# SB_BENCH_DETAIL=1 also lists each case's requests per message by request
+# (select, read, write, remove_completion, ...) and broker thread (the
+# trace's thread id: the loop and the pipe I/O thread are told apart by
+# what they do; the loop's remove_completion is its GetQueuedCompletionStatusEx).
 set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$top/build/h-bench}
@@ -101,7 +105,7 @@ count() {
     case "$out" in *ok=1*) ;; *) echo "wine-requests.sh: $key failed: $out" >&2; exit 1 ;; esac
     # The broker's threads: their unix tids, then their ids in the trace.
     ls "/proc/$bpid/task" >"$tmp/tids"
-    awk -v a="$a" -v b="$b" -v key="$key" -v n="$n" '
+    awk -v a="$a" -v b="$b" -v key="$key" -v n="$n" -v detail="${SB_BENCH_DETAIL:-0}" '
         FNR == NR { tid[$1] = 1; next }
         / init_(first_)?thread\( / {
             if (match($0, /unix_tid=[0-9]+/)) {
@@ -115,8 +119,15 @@ count() {
             id = substr($1, 1, length($1) - 1)
             all++
             if (id in broker) bk++
+            req[(id in broker ? "broker thread " id : "clients") " " substr($2, 1, length($2) - 1)]++
         }
-        END { printf "%-8s %8d %9.1f %9.1f %9.1f\n", key, n, bk / n, (all - bk) / n, all / n }
+        END {
+            printf "%-8s %8d %9.1f %9.1f %9.1f\n", key, n, bk / n, (all - bk) / n, all / n
+            if (detail == 1)
+                for (r in req)
+                    if (req[r] / n >= 0.001)
+                        printf "    %-44s %9.3f\n", r, req[r] / n | "sort"
+        }
     ' "$tmp/tids" "$tmp/trace"
 }
 

@@ -85,39 +85,119 @@ static void t_read(sb_conn *c, int on)
         sb_pipe__post(pa, sb_pipe__on_input, inst);
 }
 
-static void on_writes_done(uv_idle_t *h)
-{
-    pipe_adapter *pa = h->data;
-    pipe_inst *list = pa->wdone;
-    pa->wdone = pa->wdone_tail = NULL;
-    uv_idle_stop(h);
-    while (list != NULL) {
-        pipe_inst *next = list->wdone_next;
-        list->wdone_next = NULL;
-        list->wdone_queued = 0;
-        sb_pipe__on_write_done(list);
-        list = next;
-    }
-}
+static void on_flush_check(uv_check_t *h);
+static void on_flush_prepare(uv_prepare_t *h);
 
-static int t_write(sb_conn *c, char *buf, size_t len)
+/* The pipe adapters whose connections hold output. Whichever adapter's
+ * flush handle runs first writes for them all: what one adapter's writes
+ * cause on another's connections (a write that completes a raw delivery
+ * lets its queue hand the next message to a consumer on another pipe
+ * adapter) is then written in the same pass, before the loop polls, in
+ * whatever order the prepare handles run. Loop thread only: a process
+ * runs its pipe adapters on one loop, the broker's. */
+static pipe_adapter *dirty;
+
+/* The connection's protocol sent something: it waits in the connection's
+ * buffer for the end of the loop turn (flush_all), with what else the
+ * turn sends. */
+static int t_hold(sb_conn *c)
 {
     pipe_inst *inst = c->tdata;
     pipe_adapter *pa = inst->pa;
+    if (inst->flush_queued)
+        return 1;
+    inst->flush_queued = 1;
+    inst->flush_next = NULL;
+    if (pa->flushq_tail != NULL)
+        pa->flushq_tail->flush_next = inst;
+    else
+        pa->flushq = inst;
+    pa->flushq_tail = inst;
+    if (!pa->dirty) {
+        pa->dirty = 1;
+        pa->dirty_next = dirty;
+        dirty = pa;
+    }
+    uv_check_start(pa->flush_check, on_flush_check);
+    uv_prepare_start(pa->flush_prepare, on_flush_prepare);
+    return 1;
+}
+
+/* Writes what every connection on pa->flushq holds; a write that completes
+ * at once is reported here (its completion may hold more output: the
+ * queue is run until empty). */
+static void flush_held(pipe_adapter *pa)
+{
+    pipe_inst *inst;
+    while ((inst = pa->flushq) != NULL) {
+        pa->flushq = inst->flush_next;
+        if (pa->flushq == NULL)
+            pa->flushq_tail = NULL;
+        inst->flush_next = NULL;
+        inst->flush_queued = 0;
+        if (inst->conn == NULL)
+            continue;
+        sb_conn_flush(inst->conn);
+        if (inst->wdone_now) {
+            inst->wdone_now = 0;
+            sb_pipe__on_write_done(inst);
+        }
+    }
+}
+
+/* Writes everything held, until nothing is (writing may make more). */
+static void flush_all(void)
+{
+    pipe_adapter *pa;
+    while ((pa = dirty) != NULL) {
+        dirty = pa->dirty_next;
+        pa->dirty = 0;
+        pa->dirty_next = NULL;
+        flush_held(pa);
+    }
+}
+
+/* Takes pa off the dirty list (it stops with nothing left to write). */
+static void undirty(pipe_adapter *pa)
+{
+    for (pipe_adapter **p = &dirty; *p != NULL; p = &(*p)->dirty_next)
+        if (*p == pa) {
+            *p = pa->dirty_next;
+            break;
+        }
+    pa->dirty = 0;
+    pa->dirty_next = NULL;
+}
+
+static void on_flush_check(uv_check_t *h)
+{
+    pipe_adapter *pa = h->data;
+    flush_all();
+    uv_check_stop(pa->flush_check);
+    uv_prepare_stop(pa->flush_prepare);
+}
+
+static void on_flush_prepare(uv_prepare_t *h)
+{
+    pipe_adapter *pa = h->data;
+    flush_all();
+    uv_check_stop(pa->flush_check);
+    uv_prepare_stop(pa->flush_prepare);
+}
+
+/* Called only from flush_held (through sb_conn_flush): pipe connections
+ * hold their output. */
+static int t_write(sb_conn *c, char *buf, size_t len)
+{
+    pipe_inst *inst = c->tdata;
     inst->wbuf = buf; /* now owned by the write (sb_pipe__write_on) */
     inst->wlen = len;
     inst->woff = 0;
     if (sb_pipe__write_on(inst) == 0)
         return 0; /* pending: the thread reports it done */
-    /* Done at once (or failed): reported later in this loop turn, not from
-     * inside the protocol's send. */
-    if (pa->wdone_tail != NULL)
-        pa->wdone_tail->wdone_next = inst;
-    else
-        pa->wdone = inst;
-    pa->wdone_tail = inst;
-    inst->wdone_queued = 1;
-    uv_idle_start(pa->wdone_idle, on_writes_done);
+    /* Done at once (or failed): flush_held reports it, once out of the
+     * connection's write call. */
+    inst->wdone_now = 1;
     return 0;
 }
 
@@ -188,35 +268,32 @@ void sb_pipe__on_write_done(void *arg)
     sb_conn_write_done(inst->conn, inst->wstatus, inst->wstatus != 0 ? inst->wwhy : NULL);
 }
 
-/* Takes inst off pa->wdone (it is closed before the idle callback ran). */
-static void unqueue_write_done(pipe_inst *inst)
+/* Takes inst off pa->flushq (it closed before its output was written). */
+static void unqueue_flush(pipe_inst *inst)
 {
     pipe_adapter *pa = inst->pa;
     pipe_inst *prev = NULL;
-    for (pipe_inst *i = pa->wdone; i != NULL; prev = i, i = i->wdone_next) {
+    for (pipe_inst *i = pa->flushq; i != NULL; prev = i, i = i->flush_next) {
         if (i != inst)
             continue;
         if (prev != NULL)
-            prev->wdone_next = i->wdone_next;
+            prev->flush_next = i->flush_next;
         else
-            pa->wdone = i->wdone_next;
-        if (pa->wdone_tail == i)
-            pa->wdone_tail = prev;
+            pa->flushq = i->flush_next;
+        if (pa->flushq_tail == i)
+            pa->flushq_tail = prev;
         break;
     }
-    inst->wdone_next = NULL;
-    inst->wdone_queued = 0;
+    inst->flush_next = NULL;
+    inst->flush_queued = 0;
 }
 
 void sb_pipe__on_closed(void *arg)
 {
     pipe_inst *inst = arg;
     sb_conn *c = inst->conn;
-    if (inst->wdone_queued) {
-        /* Its write completed before the close: reported first. */
-        unqueue_write_done(inst);
-        sb_pipe__on_write_done(inst);
-    }
+    if (inst->flush_queued)
+        unqueue_flush(inst); /* its output was dropped by the close */
     if (c != NULL) {
         c->tdata = NULL;
         sb_conn_transport_closed(c);
@@ -246,6 +323,7 @@ void sb_pipe__on_connected(void *arg)
         return;
     }
     inst->conn = c;
+    c->hold_output = t_hold;
     rc = sb_conn_start(c, &pa->base, pa->proto, &pipe_transport, inst, inst->peer);
     if (rc != 0) {
         /* The session did not open: nothing refers to c yet. */
@@ -346,10 +424,19 @@ static int pipe_start(sb_adapter *a, sb_error *err)
     if (uv_mutex_init(&pa->lock) != 0)
         return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: cannot make a lock", a->name);
     pa->lock_made = 1;
-    if ((pa->wdone_idle = sb_malloc(sizeof(*pa->wdone_idle))) == NULL)
+    pa->flush_check = sb_malloc(sizeof(*pa->flush_check));
+    pa->flush_prepare = sb_malloc(sizeof(*pa->flush_prepare));
+    if (pa->flush_check == NULL || pa->flush_prepare == NULL) {
+        sb_free(pa->flush_check);
+        sb_free(pa->flush_prepare);
+        pa->flush_check = NULL;
+        pa->flush_prepare = NULL;
         return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->name);
-    uv_idle_init(a->loop, pa->wdone_idle);
-    pa->wdone_idle->data = pa;
+    }
+    uv_check_init(a->loop, pa->flush_check);
+    pa->flush_check->data = pa;
+    uv_prepare_init(a->loop, pa->flush_prepare);
+    pa->flush_prepare->data = pa;
 
     sb_stream_init(&pa->st, a, pa->is_server, pa->display);
     pa->st.connect = start_connect;
@@ -417,9 +504,12 @@ static void free_handle(uv_handle_t *h)
 static void release_io(sb_stream *st)
 {
     pipe_adapter *pa = (pipe_adapter *)st->adapter;
-    if (pa->wdone_idle != NULL) { /* nothing waits on it: every connection closed */
-        uv_close((uv_handle_t *)pa->wdone_idle, free_handle);
-        pa->wdone_idle = NULL;
+    undirty(pa);
+    if (pa->flush_check != NULL) { /* nothing waits on them: every connection closed */
+        uv_close((uv_handle_t *)pa->flush_check, free_handle);
+        uv_close((uv_handle_t *)pa->flush_prepare, free_handle);
+        pa->flush_check = NULL;
+        pa->flush_prepare = NULL;
     }
     if (pa->thread_running) {
         uv_thread_join(&pa->thread);

@@ -26,12 +26,17 @@
  *           The thread stops reading once pa->ahead_bytes (or
  *           pa->ahead_messages) wait there ("stalled"); only then does the
  *           loop send a command, when it takes them.
- *   output  the loop issues WriteFile itself. Handles are in
- *           FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode: a write that completes
- *           at once (the pipe's buffer had room: nearly always) posts no
- *           packet, and the loop reports it done from an idle callback in
- *           the same loop turn (pa->wdone). A write that is pending completes
- *           on the thread, which writes the rest and reports it done.
+ *   output  the loop issues WriteFile itself, once per loop turn: a
+ *           connection holds what its protocol sends (sb_conn hold_output)
+ *           until the end of the turn, when a check handle (and a prepare
+ *           handle, for what was sent before the loop polls) writes it all
+ *           at once: one WriteFile for a batch of pubacks or deliveries,
+ *           not a first one alone that wakes the peer for it.
+ *           Handles are in FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode: a
+ *           write that completes at once (the pipe's buffer had room:
+ *           nearly always) posts no packet and is reported done right
+ *           there. A write that is pending completes on the thread, which
+ *           writes the rest and reports it done.
  * The same mode lets the thread handle reads that complete at once where it
  * issues them, without a packet.
  *
@@ -128,8 +133,9 @@ struct pipe_inst {
     int want_read;    /* the connection reads */
     int read_started; /* the first read command was sent */
     int end_reported; /* the end of input was passed on */
-    int wdone_queued; /* on pa->wdone: its write completed at once */
-    pipe_inst *wdone_next;
+    int flush_queued; /* on pa->flushq: holds output for the end of the turn */
+    int wdone_now;    /* the write issued by the flush completed at once */
+    pipe_inst *flush_next;
 };
 
 struct pipe_adapter {
@@ -166,10 +172,13 @@ struct pipe_adapter {
     char connect_why[300];   /* client: why the last connect failed */
     unsigned long io_serial; /* numbers the peers */
     /* ---- the loop's ---- */
-    sb_stream st;          /* connections, delivery, reconnect, stop accounting */
-    int stopped_io;        /* the thread reported its exit */
-    uv_idle_t *wdone_idle; /* runs the reports of writes that completed at once */
-    pipe_inst *wdone, *wdone_tail;
+    sb_stream st;                /* connections, delivery, reconnect, stop accounting */
+    int stopped_io;              /* the thread reported its exit */
+    uv_check_t *flush_check;     /* writes the output held in this loop turn */
+    uv_prepare_t *flush_prepare; /* the same, for output held before the poll */
+    pipe_inst *flushq, *flushq_tail;
+    int dirty; /* on the list of adapters holding output (pipe.c) */
+    pipe_adapter *dirty_next;
 };
 
 /* ---- pipe_sec.c ---- */

@@ -19,7 +19,8 @@
  *   delivery released (PUBREL) before a stop resumes with PUBREL, and an
  *   unacknowledged delivery comes again with DUP, on the other mechanism;
  * - a malformed packet (or one before CONNECT) closes only that connection;
- *   the other clients of both listeners are served on;
+ *   the other clients of both listeners are served on; a refused CONNECT
+ *   gets its CONNACK over the pipe before the broker closes it;
  * - a pipe client that vanishes has its will published (to a TCP
  *   subscriber); a client id is taken over across the mechanisms; an empty
  *   client id gets a generated one; a packet over max_message is refused
@@ -846,7 +847,7 @@ static void test_malformed_closes_only_that_connection(void **state)
     char path[128];
     sbt_conn *c = start(b, "mqtt-bad", path, sizeof(path));
     mq *good_pipe, *good_tcp, *bad, *pub;
-    sb_mqtt_packet r;
+    sb_mqtt_packet r, refused;
     uint16_t pid;
 
     good_pipe = mq_client_pipe(path, "good-pipe", 1, NULL);
@@ -876,6 +877,18 @@ static void test_malformed_closes_only_that_connection(void **state)
     mq_close(bad);
     sbt_broker_wait_log(b, "closing connection: malformed packet", 3, 5000);
     sbt_broker_wait_log(b, "closing connection: expected CONNECT first, got PINGREQ", 1, 5000);
+
+    /* A refused CONNECT (an empty client id without a clean session): its
+     * CONNACK is written before the pipe closes. */
+    bad = mq_open_pipe(path, "refused");
+    memset(&refused, 0, sizeof(refused));
+    refused.type = SB_MQTT_CONNECT;
+    refused.connect.keep_alive = 30;
+    mq_send(bad, &refused);
+    mq_expect(bad, &r, SB_MQTT_CONNACK, 0);
+    assert_int_equal(r.connack.return_code, SB_MQTT_CONNACK_ID_REJECTED);
+    assert_true(mq_wait_closed(bad, SBT_REPLY_MS));
+    mq_close(bad);
 
     /* The others are served on. */
     mq_ping(good_pipe);

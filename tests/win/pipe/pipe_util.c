@@ -196,6 +196,27 @@ static int read_once(pt_pipe *p, char *out, size_t cap, int timeout_ms, int *mor
     return (int)n;
 }
 
+void pt_read_begin(pt_pipe *p)
+{
+    DWORD e;
+    assert_true(p->len < sizeof(p->buf));
+    ResetEvent(p->rov.hEvent);
+    if (!ReadFile(p->h, p->buf + p->len, (DWORD)(sizeof(p->buf) - p->len), NULL, &p->rov) &&
+        (e = GetLastError()) != ERROR_IO_PENDING)
+        fail_msg("ReadFile: error %lu", (unsigned long)e);
+}
+
+int pt_read_end(pt_pipe *p, int timeout_ms)
+{
+    DWORD n = 0;
+    if (!wait_io(p, &p->rov, timeout_ms))
+        return -1;
+    if (!GetOverlappedResult(p->h, &p->rov, &n, FALSE))
+        return -2;
+    p->len += n;
+    return (int)n;
+}
+
 int pt_read_msg(pt_pipe *p, char *out, size_t cap, int timeout_ms, DWORD *err)
 {
     size_t len = 0;

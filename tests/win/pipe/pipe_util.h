@@ -54,6 +54,14 @@ int pt_read_msg(pt_pipe *p, char *out, size_t cap, int timeout_ms, DWORD *err);
 /* Byte mode: reads one '\n'-terminated line (without it); same returns. */
 int pt_read_line(pt_pipe *p, char *out, size_t cap, int timeout_ms);
 
+/* Byte mode: starts one ReadFile into p's line buffer (pt_read_line goes
+ * on from there), for pt_read_end to finish: a read already waiting when
+ * the other end writes gets the whole of that write (as much as fits). */
+void pt_read_begin(pt_pipe *p);
+/* Waits for it: the bytes it brought, or -1 on timeout, -2 if the pipe
+ * broke. */
+int pt_read_end(pt_pipe *p, int timeout_ms);
+
 /* Reads until the other end closes: 1 if it did within timeout_ms. */
 int pt_wait_closed(pt_pipe *p, int timeout_ms);
 

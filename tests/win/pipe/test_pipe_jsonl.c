@@ -4,6 +4,10 @@
  *
  * - a jsonl pipe adapter: ping, pub/puback (also pipelined: acks in order),
  *   sub/subscribed/msg/ack, checked against the TCP adapter's stats;
+ * - batches: the pubacks of the publishes one write carried come back in
+ *   one write (a read waiting for them gets more than the first), and a
+ *   burst far larger than a pipe read, cut into writes that split records,
+ *   gets every puback in order;
  * - the default admin endpoint \\.\pipe\switchboard-admin: `switchboard run`
  *   with no admin setting serves jsonl on it. (This test holds the ctest
  *   resource lock switchboard-admin-pipe; it is skipped if another program
@@ -12,6 +16,7 @@
 #include "tests/win/pipe/pipe_util.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char jsonl_config[] = "broker:\n"
@@ -28,7 +33,10 @@ static const char jsonl_config[] = "broker:\n"
                                    "    protocol: jsonl\n"
                                    "routes:\n"
                                    "  - name: jq\n"
-                                   "    from: j/#\n";
+                                   "    from: j/#\n"
+                                   "  - name: mq\n"
+                                   "    from: m/#\n"
+                                   "    durability: memory\n";
 
 static const char admin_config[] = "broker:\n"
                                    "  data_dir: '{data}'\n"
@@ -131,6 +139,81 @@ static void test_jsonl_pipe(void **state)
     b->passed = 1;
 }
 
+/* Appends a pub line (id, topic m/<t>, a payload of `size` bytes). */
+static size_t put_pub(char *out, size_t cap, int id, const char *t, int size)
+{
+    int n = snprintf(out, cap, "{\"op\":\"pub\",\"id\":%d,\"topic\":\"m/%s\",\"payload\":\"%d-", id,
+                     t, id);
+    assert_true(n > 0 && (size_t)n + (size_t)size + 4 < cap);
+    for (int i = 0; i < size; i++)
+        out[n++] = (char)('a' + i % 26);
+    n += snprintf(out + n, cap - (size_t)n, "\"}\n");
+    return (size_t)n;
+}
+
+static void expect_pubacks(pt_pipe *p, int first, int count)
+{
+    for (int i = 0; i < count; i++) {
+        json_t *r = next(p);
+        if (strcmp(op_of(r), "puback") != 0 || sbt_int(r, "id") != first + i)
+            fail_msg("expected the puback of %d, got %s id %d", first + i, op_of(r),
+                     (int)sbt_int(r, "id"));
+        json_decref(r);
+    }
+}
+
+static void test_jsonl_pipe_batches(void **state)
+{
+    enum { BATCH = 64, BURST = 3000, PIECE = 7777 };
+    sbt_broker *b = *state;
+    char name[64], path[128], *buf;
+    size_t len = 0, cap = (size_t)BURST * 200;
+    sbt_conn *c;
+    pt_pipe *p;
+    int lines = 0;
+
+    pt_name(name, sizeof(name), "jbatch");
+    pt_path(path, sizeof(path), name);
+    sbt_broker_init(b, "pipe-jsonl-batch", 1);
+    sbt_broker_set(b, 0, name);
+    sbt_broker_config(b, jsonl_config);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[0]);
+    p = pt_open_ok(path, 0);
+    buf = malloc(cap);
+    assert_non_null(buf);
+
+    /* One write of 64 publishes, with a read already waiting for the
+     * answers: it gets more than the first puback. */
+    for (int i = 0; i < BATCH; i++)
+        len += put_pub(buf + len, cap - len, 1 + i, "a", 100);
+    pt_read_begin(p);
+    pt_write_ok(p, buf, len);
+    assert_true(pt_read_end(p, SBT_REPLY_MS) > 0);
+    for (size_t i = 0; i < p->len; i++)
+        lines += p->buf[i] == '\n';
+    if (lines < 2)
+        fail_msg("the first read brought %d puback(s) of %d: the broker wrote the first alone",
+                 lines, BATCH);
+    expect_pubacks(p, 1, BATCH);
+
+    /* A burst of 3000 publishes (~400 KB, several pipe reads), written in
+     * pieces that cut records in two, before reading any answer. */
+    len = 0;
+    for (int i = 0; i < BURST; i++)
+        len += put_pub(buf + len, cap - len, 1000 + i, "b", 100 + i % 50);
+    for (size_t off = 0; off < len; off += PIECE)
+        pt_write_ok(p, buf + off, len - off < PIECE ? len - off : PIECE);
+    expect_pubacks(p, 1000, BURST);
+    assert_int_equal(sbt_queue_int(c, "mq", "depth"), BATCH + BURST);
+
+    free(buf);
+    pt_close(p);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 static void test_admin_default(void **state)
 {
     sbt_broker *b = *state;
@@ -168,6 +251,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_jsonl_pipe, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_jsonl_pipe_batches, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_admin_default, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();
