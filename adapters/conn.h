@@ -83,10 +83,11 @@ struct sb_conn {
      * directions: a failed write then only ends the output (output_failed),
      * and the input is still read to its end. */
     void (*on_input_eof)(sb_conn *c);
-    /* Optional (libuv streams): writes what it can of buf[0..len) now,
-     * without blocking and without keeping buf; returns the bytes written
-     * (0 if none or on an error, which the next write then reports). */
-    size_t (*try_write)(sb_conn *c, const char *buf, size_t len);
+    /* Optional (libuv streams): writes what it can of a[0..alen) followed
+     * by b[0..blen) (blen may be 0) now, in one system call, without
+     * blocking and without keeping either; returns the bytes written (0 if
+     * none or on an error, which the next write then reports). */
+    size_t (*try_write)(sb_conn *c, const void *a, size_t alen, const void *b, size_t blen);
     uint64_t try_write_ms; /* loop time of the last try_write */
     /* The adapter-side owner that keeps the connection on its list (an
      * sb_stream, adapters/stream_core.h); on_closed takes it off. */
