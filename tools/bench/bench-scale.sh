@@ -360,13 +360,25 @@ for n in $client_counts; do
     done
 done
 
-# median_of NAME N: the median run's line (see results) by msgs/s
+# median_of NAME N: a line like results' with the median of each column
+# over the runs (so CPU per message is the median of the runs' figures,
+# not that of the median-rate run), and state partial if any run was
 median_of() {
-    local rows k
-    rows=$(printf '%s' "${results[$1,$2]:-}" | grep . | sort -n)
-    k=$(printf '%s\n' "$rows" | grep -c .)
-    [ "$k" -gt 0 ] || return
-    printf '%s\n' "$rows" | sed -n "$(((k + 1) / 2))p"
+    local rows
+    rows=$(printf '%s' "${results[$1,$2]:-}" | grep .)
+    [ -n "$rows" ] || return
+    printf '%s\n' "$rows" | awk '
+        { k = NR; for (i = 1; i <= 7; i++) v[i, k] = $i; if ($8 != "ok") partial = 1 }
+        END {
+            for (i = 1; i <= 7; i++) {
+                for (a = 1; a <= k; a++) col[a] = v[i, a] + 0
+                for (a = 2; a <= k; a++)
+                    for (b = a; b > 1 && col[b - 1] > col[b]; b--) { t = col[b]; col[b] = col[b - 1]; col[b - 1] = t }
+                m = k % 2 ? col[(k + 1) / 2] : (col[k / 2] + col[k / 2 + 1]) / 2
+                printf (i == 1 ? "%.0f " : i == 3 ? "%.3f " : "%.2f "), m
+            }
+            print (partial ? "partial" : "ok")
+        }'
 }
 
 # ---- idle ----
@@ -461,7 +473,7 @@ if [ "$idle_clients" -gt 0 ]; then
     done
 fi
 if [ -n "${client_counts// /}" ]; then
-    echo "(median of $runs runs by msgs/s; cpu = broker CPU time per message delivered, user and"
+    echo "(medians of $runs runs, each column on its own; cpu = broker CPU time per message delivered, user and"
     echo " system its parts; rw = the broker's read and write system calls per message; gen = the"
     echo " generator's CPU; when the generator needs more CPU than the broker, and they share the"
     echo " machine's cores, msgs/s says more about the generator than about the broker)"
