@@ -273,8 +273,9 @@ setup_nats() {
     mkdir -p "$dir"
     # MQTT needs JetStream; max_ack_pending (default 1024) is NATS's
     # inflight window per subscription, as Mosquitto's above.
+    free_port >"$dir/client-port"
     cat >"$dir/nats.conf" <<EOF
-listen: 127.0.0.1:$(free_port)
+listen: 127.0.0.1:$(cat "$dir/client-port")
 server_name: bench
 jetstream {
   store_dir: "$dir/js"
@@ -328,6 +329,9 @@ start_broker() {
     pids+=("$started_pid")
     wait_ready "$started_pid" "$port"
     rc=$?
+    # NATS opens its client port after the MQTT one: wait for both, so the
+    # next broker's free port cannot be that one
+    [ $rc = 0 ] && [ "$name" = nats ] && { wait_ready "$started_pid" "$(cat "$dir/client-port")"; rc=$?; }
     [ $rc = 0 ] && return 0
     if [ $rc = 2 ]; then
         echo "$name: not accepting connections on 127.0.0.1:$port after 15 s" >&2

@@ -252,8 +252,9 @@ start_broker_once() {
     elif [ "$name" = nats ]; then
         # MQTT needs JetStream (sessions, QoS 1 messages and retained ones
         # live in its streams), and a client port of its own.
+        free_port >"$dir/client-port"
         cat >"$dir/nats.conf" <<EOF
-listen: 127.0.0.1:$(free_port)
+listen: 127.0.0.1:$(cat "$dir/client-port")
 server_name: bench
 max_connections: 100000
 jetstream {
@@ -285,7 +286,9 @@ EOF
     started_pid=$!
     started_port=$port
     pids+=("$started_pid")
-    if ! wait_ready "$started_pid" "$port"; then
+    # NATS opens its client port after the MQTT one: wait for both
+    if ! wait_ready "$started_pid" "$port" ||
+        { [ "$name" = nats ] && ! wait_ready "$started_pid" "$(cat "$dir/client-port")"; }; then
         echo "$name: failed to start; its log ($dir/broker.log):" >&2
         tail -n 20 "$dir/broker.log" | sed 's/^/  /' >&2
         stop_pid "$started_pid"
