@@ -17,10 +17,10 @@
 #
 # A run that ends with sessions lost or refused (a SUBACK that does not
 # grant QoS 1, a dropped connection, nothing delivered) or with a message
-# delivered twice is FAILED and gives
-# no figures; a broker that the --timeout stops before every message
-# arrived is reported PARTIAL with the rate of what arrived by then, and
-# ratios against it are marked so. Either makes the exit status 1.
+# delivered twice is FAILED and gives no figures; a broker that the
+# --timeout stops before every message arrived is reported PARTIAL with
+# the rate of what arrived by then, and ratios against it are marked so.
+# Either makes the exit status 1.
 #
 # NATS (Debian's nats-server 2.9) serves MQTT 3.1.1 on top of JetStream,
 # which must be enabled: each run gets its own store directory and a
