@@ -341,7 +341,7 @@ static void start_write(sb_conn *c)
         c->try_write_ms != uv_now(c->adapter->loop)) {
         size_t n;
         c->try_write_ms = uv_now(c->adapter->loop);
-        n = c->try_write(c, c->obuf, c->olen);
+        n = c->try_write(c, c->obuf, c->olen, NULL, 0);
         if (n == c->olen) {
             sb_free(c->obuf);
             c->obuf = NULL;
@@ -372,12 +372,42 @@ static void start_write(sb_conn *c)
     }
 }
 
+/* The first output of a loop turn on an idle connection, completing no
+ * delivery (start_write's case): written straight from the caller's
+ * pieces, so a packet to one of thousands of connections, each taking one
+ * at a time, is neither copied nor given a buffer that is freed right
+ * after. Returns the bytes written; the caller queues the rest. */
+static size_t send_direct(sb_conn *c, const void *a, size_t alen, const void *b, size_t blen,
+                          sb_delivery *d)
+{
+    if (d != NULL || c->writing || c->olen > 0 || c->try_write == NULL ||
+        c->try_write_ms == uv_now(c->adapter->loop))
+        return 0;
+    c->try_write_ms = uv_now(c->adapter->loop);
+    return c->try_write(c, a, alen, b, blen);
+}
+
 int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t blen,
                   sb_delivery *d)
 {
-    size_t need;
+    size_t need, sent;
     if (c->closing || c->output_failed)
         return SB_ECLOSED;
+    sent = send_direct(c, a, alen, b, blen, d);
+    if (sent == alen + blen) {
+        if (c->close_after_write)
+            sb_conn_close(c, NULL);
+        return 0;
+    }
+    /* what the transport did not take: b's share first goes from a */
+    if (sent >= alen) {
+        b = (const char *)b + (sent - alen);
+        blen -= sent - alen;
+        alen = 0;
+    } else {
+        a = (const char *)a + sent;
+        alen -= sent;
+    }
     need = c->olen + alen + blen;
     if (need > c->ocap) {
         /* small first: most writes are one small packet, and a 4 KiB

@@ -53,29 +53,45 @@ typedef struct sb_conn_transport {
 } sb_conn_transport;
 
 struct sb_conn {
+    /* Fields in the order packets use them: with thousands of connections
+     * each one's memory is out of cache by its next packet, so the first 64
+     * bytes hold what a write straight to an idle connection reads (see
+     * sb_conn_send2), the next 64 what input and queued output add. */
     sb_adapter *adapter;
-    const sb_protocol *proto;
     void *session;
-    const sb_conn_transport *transport_ops;
     void *tdata; /* the transport's own state */
-    char peer[128];
-    /* The user the transport authenticated (a TLS client certificate mapped
-     * to a name), or NULL; an sb_malloc string owned by the connection. */
-    char *user;
-    int refs;
+    /* Optional (libuv streams): writes what it can of a[0..alen) followed
+     * by b[0..blen) (blen may be 0) now, in one system call, without
+     * blocking and without keeping either; returns the bytes written (0 if
+     * none or on an error, which the next write then reports). */
+    size_t (*try_write)(sb_conn *c, const void *a, size_t alen, const void *b, size_t blen);
+    uint64_t try_write_ms; /* loop time of the last try_write */
+    size_t olen;           /* output not yet handed to the transport: obuf[0..olen) */
     int closing;
-    int paused;            /* reading stopped by the protocol */
-    int out_paused;        /* reading stopped because output is backed up */
-    int read_ended;        /* the peer finished sending */
-    int close_after_write; /* sb_conn_close_after_write: close once output is written */
+    int writing;           /* a write is in flight */
     int output_failed;     /* a write failed while the input goes on (see on_input_eof) */
-    /* output not yet handed to the transport */
+    int close_after_write; /* sb_conn_close_after_write: close once output is written */
+    const sb_protocol *proto;
+    const sb_conn_transport *transport_ops;
+    int refs;
+    int paused;     /* reading stopped by the protocol */
+    int out_paused; /* reading stopped because output is backed up */
+    int read_ended; /* the peer finished sending */
     char *obuf;
-    size_t olen, ocap;
-    sb_delivery *odel_head, *odel_tail;
+    size_t ocap;
+    sb_delivery *odel_head, *odel_tail; /* acked once obuf is written */
     /* the write in flight */
-    int writing;
     sb_delivery *wdel;
+    /* the listener's guard (NULL: none) and its bookkeeping */
+    sb_conn_guard *guard;
+    uint64_t frame_since;    /* the current frame's first byte arrived */
+    size_t partial;          /* bytes of that frame the protocol held */
+    unsigned identified : 1; /* sb_conn_identified was called */
+    unsigned waiting : 1;    /* on the waiting list */
+    unsigned framing : 1;    /* on the framing list */
+    sb_conn *wprev, *wnext;  /* the guard's waiting list */
+    sb_conn *fprev, *fnext;  /* the guard's framing list */
+    uint64_t since;          /* accepted (loop time, ms) */
     /* transport hooks */
     void (*on_closed)(sb_conn *c); /* closed; unlink from lists */
     /* The input ended while the output stays open (sb_conn_input_eof);
@@ -83,11 +99,6 @@ struct sb_conn {
      * directions: a failed write then only ends the output (output_failed),
      * and the input is still read to its end. */
     void (*on_input_eof)(sb_conn *c);
-    /* Optional (libuv streams): writes what it can of buf[0..len) now,
-     * without blocking and without keeping buf; returns the bytes written
-     * (0 if none or on an error, which the next write then reports). */
-    size_t (*try_write)(sb_conn *c, const char *buf, size_t len);
-    uint64_t try_write_ms; /* loop time of the last try_write */
     /* Optional (Windows named pipes): output could go to the transport now;
      * returning 1 keeps it collecting in obuf, and the transport calls
      * sb_conn_flush before the loop next waits. Everything sent in a loop
@@ -100,16 +111,10 @@ struct sb_conn {
      * sb_stream, adapters/stream_core.h); on_closed takes it off. */
     void *owner;
     sb_conn *next, *prev; /* the owner's list */
-    /* the listener's guard (NULL: none) and its bookkeeping */
-    sb_conn_guard *guard;
-    sb_conn *wprev, *wnext;  /* the guard's waiting list */
-    sb_conn *fprev, *fnext;  /* the guard's framing list */
-    uint64_t since;          /* accepted (loop time, ms) */
-    uint64_t frame_since;    /* the current frame's first byte arrived */
-    size_t partial;          /* bytes of that frame the protocol held */
-    unsigned identified : 1; /* sb_conn_identified was called */
-    unsigned waiting : 1;    /* on the waiting list */
-    unsigned framing : 1;    /* on the framing list */
+    /* The user the transport authenticated (a TLS client certificate mapped
+     * to a name), or NULL; an sb_malloc string owned by the connection. */
+    char *user;
+    char peer[128];
 };
 
 /* A listener's watch over its connections: idle_timeout closes those that

@@ -10,6 +10,7 @@
 #include "service/log.h"
 #include "service/topic.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -558,9 +559,24 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
         sb_message_add_header(msg, "source", opts->source) != 0)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
 
-    p = sb_calloc(1, sizeof(*p));
+    /* Zeroed but for what is written before it is read: the store op's
+     * union, sized by its largest member, beyond its publish part, and the
+     * reason text. A publish to one of thousands of queues finds this
+     * memory out of cache, and zeroing all 1.5 KiB of it cost more cache
+     * misses than the rest of the publish. */
+    p = sb_malloc(sizeof(*p));
     if (p == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
+    /* the three ranges below cover every field but those two */
+    _Static_assert(offsetof(sb_pending, op) == 0 &&
+                       offsetof(sb_pending, broker) == sizeof(sb_store_op) &&
+                       offsetof(sb_pending, cb) ==
+                           offsetof(sb_pending, why) + sizeof(((sb_pending *)NULL)->why),
+                   "sb_pending: op, then broker .. why, then cb .. the end");
+    memset(&p->op, 0, offsetof(sb_store_op, u) + sizeof(p->op.u.publish));
+    memset(&p->broker, 0, offsetof(sb_pending, why) - offsetof(sb_pending, broker));
+    p->why[0] = '\0';
+    memset(&p->cb, 0, sizeof(*p) - offsetof(sb_pending, cb));
     p->broker = b;
     p->cb = cb;
     p->ctx = ctx;

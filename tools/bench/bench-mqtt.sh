@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# bench-mqtt.sh: the same MQTT 3.1.1 load against Mosquitto and Switchboard,
-# side by side, on this machine. Linux only.
+# bench-mqtt.sh: the same MQTT 3.1.1 load against Mosquitto, NATS and
+# Switchboard, side by side, on this machine. Linux only.
 #
 #   tools/bench/bench-mqtt.sh [options]          throughput and latency table
 #   tools/bench/bench-mqtt.sh --kill9 [options]  acknowledged messages lost to kill -9
@@ -11,11 +11,20 @@
 # epoll loop writing a whole window in one send, so it is never the
 # bottleneck), as a second opinion. Each gets its own table.
 #
-# Throughput: both brokers run at once, on free loopback ports, each with a
+# Throughput: the brokers run at once, on free loopback ports, each with a
 # fresh data directory in a temporary directory; the runs alternate between
 # brokers and generators (so machine noise hits all alike) and the median of
 # --runs is reported, with the broker's CPU time per message (from /proc) and
 # a one-at-a-time run (--window 1, one producer) for latency.
+#
+# NATS (Debian's nats-server 2.9) serves MQTT 3.1.1 on top of JetStream,
+# enabled here with its own store directory (and a client port besides the
+# MQTT one). It has no QoS 2 (a QoS 2 PUBLISH closes the connection): with
+# --qos 2 it is left out, saying so. Persistent sessions, QoS 1 messages
+# and retained ones live in JetStream streams, whose file store syncs on
+# its own interval (2 minutes by default), not per message. A run it fails
+# (a refused connection or subscription, messages missing) is reported as
+# FAILED with the end of its log, never as figures.
 #
 # --kill9: per broker, a persistent-session (clean session 0) subscriber
 # subscribes and goes offline; the broker is restarted gracefully (so even a
@@ -36,14 +45,15 @@
 #   --runs R         throughput runs per broker, median reported (BENCH_RUNS, 3)
 #   --lat-count N    messages of the one-at-a-time run, 0 skips it (BENCH_LAT_COUNT, 5000)
 #   --k9-count N     messages published before kill -9 (BENCH_K9_COUNT, 10000)
-#   --only NAME      mosquitto or switchboard (BENCH_ONLY)
+#   --only "LIST"    some of mosquitto, nats, switchboard (BENCH_ONLY; all three)
 #   --generator G    mqttload, mqttbench or both (BENCH_GENERATOR, both; mqttbench
 #                    alone when mqttload was not built: no libmosquitto-dev)
 #   --keep           keep the temporary directory (configs, logs, outputs)
 # SB_BUILD_DIR: build directory holding service/switchboard,
 # tools/bench/mqttbench and tools/bench/mqttload (default build/release;
 # configured with the release preset and built when they are missing). MOSQUITTO: the Mosquitto binary
-# (default /usr/sbin/mosquitto).
+# (default /usr/sbin/mosquitto); NATS: the nats-server binary (default
+# /usr/sbin/nats-server).
 #
 # Only the processes this script starts are signalled, by their PIDs.
 set -u
@@ -51,6 +61,7 @@ set -u
 top=$(cd "$(dirname "$0")/../.." && pwd)
 build=${SB_BUILD_DIR:-$top/build/release}
 mosq_bin=${MOSQUITTO:-/usr/sbin/mosquitto}
+nats_bin=${NATS:-/usr/sbin/nats-server}
 count=${BENCH_COUNT:-200000}
 qos=${BENCH_QOS:-1}
 size=${BENCH_SIZE:-100}
@@ -92,7 +103,24 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-case $only in '' | mosquitto | switchboard) ;; *) echo "bench-mqtt.sh: --only mosquitto|switchboard" >&2; exit 2 ;; esac
+only=${only//,/ }
+for name in $only; do
+    case $name in mosquitto | nats | switchboard) ;; *) echo "bench-mqtt.sh: --only: some of mosquitto nats switchboard, not $name" >&2; exit 2 ;; esac
+done
+brokers=()
+for name in mosquitto nats switchboard; do
+    case " ${only:-mosquitto nats switchboard} " in *" $name "*) brokers+=("$name") ;; esac
+done
+wanted() {
+    case " ${brokers[*]} " in *" $1 "*) return 0 ;; esac
+    return 1
+}
+if wanted nats && [ "$qos" = 2 ] && [ "$mode" = table ]; then
+    echo "bench-mqtt.sh: note: nats left out: NATS's MQTT has no QoS 2" >&2
+    keep_brokers=()
+    for name in "${brokers[@]}"; do [ "$name" = nats ] || keep_brokers+=("$name"); done
+    brokers=("${keep_brokers[@]}")
+fi
 case $generator in both | mqttload | mqttbench) ;; *) echo "bench-mqtt.sh: --generator mqttload|mqttbench|both" >&2; exit 2 ;; esac
 
 sb_bin=$build/service/switchboard
@@ -122,8 +150,11 @@ if [ "$generator" != mqttbench ]; then
     fi
 fi
 [ "$generator" = mqttload ] || generators+=(mqttbench)
-if [ -z "$only" ] || [ "$only" = mosquitto ]; then
+if wanted mosquitto; then
     [ -x "$mosq_bin" ] || { echo "bench-mqtt.sh: $mosq_bin not found (apt-get install mosquitto, or set MOSQUITTO)" >&2; exit 1; }
+fi
+if wanted nats; then
+    [ -x "$nats_bin" ] || { echo "bench-mqtt.sh: $nats_bin not found (apt-get install nats-server, or set NATS)" >&2; exit 1; }
 fi
 
 tmp=$(mktemp -d /tmp/bench-mqtt.XXXXXX)
@@ -237,6 +268,25 @@ setup_mosquitto() {
     fi
 }
 
+setup_nats() {
+    local dir=$1 port=$2
+    mkdir -p "$dir"
+    # MQTT needs JetStream; max_ack_pending (default 1024) is NATS's
+    # inflight window per subscription, as Mosquitto's above.
+    free_port >"$dir/client-port"
+    cat >"$dir/nats.conf" <<EOF
+listen: 127.0.0.1:$(cat "$dir/client-port")
+server_name: bench
+jetstream {
+  store_dir: "$dir/js"
+}
+mqtt {
+  listen: 127.0.0.1:$port
+  max_ack_pending: 1000
+}
+EOF
+}
+
 setup_switchboard() {
     local dir=$1 port=$2
     mkdir -p "$dir"
@@ -260,6 +310,8 @@ start_broker() {
     local name=$1 dir=$2 port=$3 rc
     if [ "$name" = mosquitto ]; then
         "$mosq_bin" -c "$dir/mosquitto.conf" >>"$dir/broker.log" 2>&1 &
+    elif [ "$name" = nats ]; then
+        "$nats_bin" -c "$dir/nats.conf" >>"$dir/broker.log" 2>&1 &
     else
         if ! "$sb_bin" check-config "$dir/sb.yaml" >"$dir/check.log" 2>&1; then
             if grep -qi "mqtt\|protocol" "$dir/check.log"; then
@@ -277,6 +329,9 @@ start_broker() {
     pids+=("$started_pid")
     wait_ready "$started_pid" "$port"
     rc=$?
+    # NATS opens its client port after the MQTT one: wait for both, so the
+    # next broker's free port cannot be that one
+    [ $rc = 0 ] && [ "$name" = nats ] && { wait_ready "$started_pid" "$(cat "$dir/client-port")"; rc=$?; }
     [ $rc = 0 ] && return 0
     if [ $rc = 2 ]; then
         echo "$name: not accepting connections on 127.0.0.1:$port after 15 s" >&2
@@ -327,13 +382,11 @@ session_flag() {
 }
 
 echo "== bench-mqtt: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "   mosquitto: $("$mosq_bin" -h 2>/dev/null | head -n 1)"
+wanted mosquitto && echo "   mosquitto: $("$mosq_bin" -h 2>/dev/null | head -n 1)"
+wanted nats && echo "   nats: $("$nats_bin" --version 2>/dev/null | head -n 1) (JetStream, MQTT)"
 echo "   switchboard: $sb_bin"
 echo "   generators: ${generators[*]} ($build/tools/bench)"
 
-brokers=()
-[ -z "$only" ] || [ "$only" = mosquitto ] && brokers+=(mosquitto)
-[ -z "$only" ] || [ "$only" = switchboard ] && brokers+=(switchboard)
 
 # ---- kill -9 ----
 if [ "$mode" = kill9 ]; then
@@ -427,7 +480,7 @@ gen_bin() {
     [ "$1" = mqttload ] && echo "$load_bin" || echo "$bench_bin"
 }
 status=0
-declare -A results
+declare -A results failed
 for ((r = 1; r <= runs; r++)); do
     for gen in "${generators[@]}"; do
         for name in "${active[@]}"; do
@@ -448,11 +501,17 @@ for ((r = 1; r <= runs; r++)); do
             printf '   %-9s %-12s run %d: %s msgs/s, ack p50 %s us, p99 %s us; broker %s us CPU/msg, peak RSS %s MB; generator CPU %s s\n' \
                 "$gen" "$name" "$r" "$(field msgs_per_s "$line")" "$(field p50_us "$line")" \
                 "$(field p99_us "$line")" "$us" "${rss:-?}" "$(field gen_cpu_s "$line")"
-            if [ $rc != 0 ]; then
+            if [ $rc != 0 ] || [ -z "$line" ]; then
+                # refused, lost or duplicated messages: no figures from it
                 echo "   $gen $name run $r FAILED (exit $rc):"
                 grep -v '^RESULT' "$out" | sed 's/^/     /'
-                broker_gone "$name"
+                broker_gone "$name" || {
+                    echo "     the end of its log:"
+                    tail -n 5 "$tmp/$name/broker.log" | sed 's/^/       /'
+                }
+                failed[$gen/$name]=$((${failed[$gen/$name]:-0} + 1))
                 status=1
+                continue
             fi
             results[$gen/$name]+="$(field msgs_per_s "$line") $r $us ${rss:-?}"$'\n'
         done
@@ -491,7 +550,10 @@ for gen in "${generators[@]}"; do
     for name in "${active[@]}"; do
         # The median run by msgs/s; CPU per message: the median of all runs.
         n=$(printf '%s' "${results[$gen/$name]:-}" | grep -c .)
-        [ "$n" -gt 0 ] || continue
+        if [ "$n" = 0 ]; then
+            printf '%-12s FAILED (every run; see above)\n' "$name"
+            continue
+        fi
         mid=$(printf '%s' "${results[$gen/$name]}" | sort -n | sed -n "$(((n + 1) / 2))p")
         r=$(echo "$mid" | cut -d' ' -f2)
         line=$(grep '^RESULT' "$tmp/$name/$gen-run$r.txt")
@@ -503,14 +565,16 @@ for gen in "${generators[@]}"; do
             "$(field e2e_p50_us "$line")" "${median_cpu[$gen/$name]}" \
             "$(echo "$mid" | cut -d' ' -f4)" "$(field lost "$line")" \
             "$(field p50_us "${lat[$gen/$name]:-}")" "$(field p99_us "${lat[$gen/$name]:-}")"
+        [ -z "${failed[$gen/$name]:-}" ] || echo "             (${failed[$gen/$name]} of $runs runs FAILED)"
     done
-    if [ -n "${median[$gen/switchboard]:-}" ] && [ -n "${median[$gen/mosquitto]:-}" ]; then
-        awk -v s="${median[$gen/switchboard]}" -v m="${median[$gen/mosquitto]}" \
-            -v sc="${median_cpu[$gen/switchboard]}" -v mc="${median_cpu[$gen/mosquitto]}" \
-            'BEGIN { if (m > 0) printf "switchboard/mosquitto msgs/s: %.2f", s / m;
-                     if (sc > 0) printf "; broker CPU per message: 1/%.1f of mosquitto'"'"'s", mc / sc;
+    for peer in mosquitto nats; do
+        [ -n "${median[$gen/switchboard]:-}" ] && [ -n "${median[$gen/$peer]:-}" ] || continue
+        awk -v s="${median[$gen/switchboard]}" -v m="${median[$gen/$peer]}" -v peer="$peer" \
+            -v sc="${median_cpu[$gen/switchboard]}" -v mc="${median_cpu[$gen/$peer]}" \
+            'BEGIN { if (m > 0) printf "switchboard/%s msgs/s: %.2f", peer, s / m;
+                     if (sc > 0) printf "; broker CPU per message: 1/%.1f of %s'"'"'s", mc / sc, peer;
                      printf "\n" }'
-    fi
+    done
 done
 echo "(median of $runs runs by msgs/s, end to end: first PUBLISH to the last message received;"
 echo " ack = PUBLISH->PUBACK/PUBCOMP; e2e = PUBLISH->delivery; cpu = broker CPU time per message,"

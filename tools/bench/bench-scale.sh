@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# bench-scale.sh: many MQTT sessions against Mosquitto and Switchboard, side
-# by side, with tools/bench/mqttscale (libmosquitto, not the broker's codec).
-# Linux only.
+# bench-scale.sh: many MQTT sessions against Mosquitto, NATS and
+# Switchboard, side by side, with tools/bench/mqttscale (libmosquitto, not
+# the broker's codec). Linux only.
 #
 #   tools/bench/bench-scale.sh [options]
 #
@@ -9,9 +9,29 @@
 # QoS 1; one more publishes --count QoS 1 messages round-robin over the N
 # topics (--window unacknowledged); rate from the first PUBLISH to the last
 # delivery, every message delivered exactly once; broker CPU time per
-# message (/proc); for each N of --clients, the runs alternate between the
-# brokers and the median of --runs is reported. The 1-client figure is the
-# reference for CPU per message.
+# message (/proc), split into user and system time, and the broker's read
+# and write system calls per message; for each N of --clients, the runs
+# alternate between the brokers and the median of --runs is reported, with
+# the ratios Switchboard/Mosquitto and Switchboard/NATS. The 1-client
+# figure is the reference for CPU per message.
+#
+# A run that ends with sessions lost or refused (a SUBACK that does not
+# grant QoS 1, a dropped connection, nothing delivered) or with a message
+# delivered twice is FAILED and gives no figures; a broker that the
+# --timeout stops before every message arrived is reported PARTIAL with
+# the rate of what arrived by then, and ratios against it are marked so.
+# Either makes the exit status 1.
+#
+# NATS (Debian's nats-server 2.9) serves MQTT 3.1.1 on top of JetStream,
+# which must be enabled: each run gets its own store directory and a
+# client port besides the MQTT one. Its MQTT side has limits the others do
+# not: no QoS 2 (a QoS 2 subscription is granted QoS 1; a QoS 2 PUBLISH
+# closes the connection), sessions and retained messages kept in
+# JetStream streams, and each QoS 1 subscription is a JetStream consumer of
+# its own, so thousands of subscriptions cost it far more than thousands of
+# connections. Its inflight window (mqtt max_ack_pending) is set to 1000
+# like the others'. Its file store syncs on its own interval (2 minutes by
+# default), not per message; neither does Mosquitto's persistence.
 #
 # Idle: --idle-clients sessions subscribe and stay connected, silent but for
 # keep alive (--keepalive), for --idle-s seconds: the broker's CPU % over that time
@@ -19,8 +39,8 @@
 # before, divided by their number); then 10 publishes one at a time, each to
 # one of them, timed from PUBLISH to delivery.
 #
-# Every measurement starts fresh brokers on free loopback ports with fresh
-# data directories; RLIMIT_NOFILE is raised to the hard limit for them and
+# Every measurement starts a fresh broker on free loopback ports with a fresh
+# data directory; RLIMIT_NOFILE is raised to the hard limit for them and
 # for the generator (which forks workers: a libmosquitto client holds three
 # descriptors). With --bind-base the clients use source addresses
 # 127.0.0.2, .3, ... (--per-address each) for more than one address's ports.
@@ -38,13 +58,14 @@
 #   --per-address N   clients per source address (BENCH_PER_ADDRESS, 10000)
 #   --timeout S       a run's limit; a broker too slow is reported with what
 #                     arrived by then (BENCH_TIMEOUT, 120)
-#   --only NAME       mosquitto or switchboard (BENCH_ONLY)
+#   --only "LIST"     some of mosquitto, nats, switchboard (BENCH_ONLY; all three)
 #   --keep            keep the temporary directory (configs, logs, outputs)
 # SB_BUILD_DIR: build directory holding service/switchboard and
 # tools/bench/mqttscale (default build/release; configured with the release
 # preset and built when they are missing); SWITCHBOARD: another switchboard
 # binary to measure (an older build, say). MOSQUITTO: the Mosquitto binary
-# (default /usr/sbin/mosquitto).
+# (default /usr/sbin/mosquitto); NATS: the nats-server binary (default
+# /usr/sbin/nats-server).
 #
 # Only the processes this script starts are signalled, by their PIDs.
 set -u
@@ -52,6 +73,7 @@ set -u
 top=$(cd "$(dirname "$0")/../.." && pwd)
 build=${SB_BUILD_DIR:-$top/build/release}
 mosq_bin=${MOSQUITTO:-/usr/sbin/mosquitto}
+nats_bin=${NATS:-/usr/sbin/nats-server}
 client_counts=${BENCH_CLIENTS:-"1 2000 10000"}
 count=${BENCH_COUNT:-100000}
 window=${BENCH_WINDOW:-500}
@@ -90,7 +112,18 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-case $only in '' | mosquitto | switchboard) ;; *) echo "bench-scale.sh: --only mosquitto|switchboard" >&2; exit 2 ;; esac
+only=${only//,/ }
+for name in $only; do
+    case $name in mosquitto | nats | switchboard) ;; *) echo "bench-scale.sh: --only: some of mosquitto nats switchboard, not $name" >&2; exit 2 ;; esac
+done
+brokers=()
+for name in mosquitto nats switchboard; do
+    case " ${only:-mosquitto nats switchboard} " in *" $name "*) brokers+=("$name") ;; esac
+done
+wanted() {
+    case " ${brokers[*]} " in *" $1 "*) return 0 ;; esac
+    return 1
+}
 
 sb_bin=${SWITCHBOARD:-$build/service/switchboard}
 gen_bin=$build/tools/bench/mqttscale
@@ -104,8 +137,11 @@ if [ ! -x "$sb_bin" ] || [ ! -x "$gen_bin" ]; then
         exit 1
     }
 fi
-if [ -z "$only" ] || [ "$only" = mosquitto ]; then
+if wanted mosquitto; then
     [ -x "$mosq_bin" ] || { echo "bench-scale.sh: $mosq_bin not found (apt-get install mosquitto, or set MOSQUITTO)" >&2; exit 1; }
+fi
+if wanted nats; then
+    [ -x "$nats_bin" ] || { echo "bench-scale.sh: $nats_bin not found (apt-get install nats-server, or set NATS)" >&2; exit 1; }
 fi
 # Brokers and generator inherit this: as many descriptors as allowed.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null
@@ -213,6 +249,23 @@ start_broker_once() {
             chmod 711 "$tmp"
         fi
         "$mosq_bin" -c "$dir/mosquitto.conf" >>"$dir/broker.log" 2>&1 &
+    elif [ "$name" = nats ]; then
+        # MQTT needs JetStream (sessions, QoS 1 messages and retained ones
+        # live in its streams), and a client port of its own.
+        free_port >"$dir/client-port"
+        cat >"$dir/nats.conf" <<EOF
+listen: 127.0.0.1:$(cat "$dir/client-port")
+server_name: bench
+max_connections: 100000
+jetstream {
+  store_dir: "$dir/js"
+}
+mqtt {
+  listen: 127.0.0.1:$port
+  max_ack_pending: 1000
+}
+EOF
+        "$nats_bin" -c "$dir/nats.conf" >>"$dir/broker.log" 2>&1 &
     else
         cat >"$dir/sb.yaml" <<EOF
 broker:
@@ -233,7 +286,9 @@ EOF
     started_pid=$!
     started_port=$port
     pids+=("$started_pid")
-    if ! wait_ready "$started_pid" "$port"; then
+    # NATS opens its client port after the MQTT one: wait for both
+    if ! wait_ready "$started_pid" "$port" ||
+        { [ "$name" = nats ] && ! wait_ready "$started_pid" "$(cat "$dir/client-port")"; }; then
         echo "$name: failed to start; its log ($dir/broker.log):" >&2
         tail -n 20 "$dir/broker.log" | sed 's/^/  /' >&2
         stop_pid "$started_pid"
@@ -251,52 +306,82 @@ gen_common=(--size "$size" --timeout "$timeout" --per-address "$per_address")
 [ "$bind" = 1 ] && gen_common+=(--bind-base)
 
 echo "== bench-scale: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), descriptors $(ulimit -n)"
-echo "   mosquitto: $("$mosq_bin" -h 2>/dev/null | head -n 1)"
+wanted mosquitto && echo "   mosquitto: $("$mosq_bin" -h 2>/dev/null | head -n 1)"
+wanted nats && echo "   nats: $("$nats_bin" --version 2>/dev/null | head -n 1) (JetStream, MQTT)"
 echo "   switchboard: $sb_bin"
 echo "   generator: $gen_bin (libmosquitto $(dpkg-query -W -f='${Version}' libmosquitto1 2>/dev/null))"
 
-brokers=()
-[ -z "$only" ] || [ "$only" = mosquitto ] && brokers+=(mosquitto)
-[ -z "$only" ] || [ "$only" = switchboard ] && brokers+=(switchboard)
 status=0
 
 # ---- topics ----
-declare -A results
+# results[NAME,N]: one line per run that gave figures:
+#   msgs/s cpu_us e2e_p50 gen_us user_us sys_us rw_calls state
+# (state: ok, or partial when --timeout ended it first); failed[NAME,N]:
+# how many runs failed.
+declare -A results failed
 for n in $client_counts; do
     echo "== $n client(s), each on its own topic: $runs run(s) per broker, $count QoS 1 messages of $size B, window $window"
     for ((r = 1; r <= runs; r++)); do
         for name in "${brokers[@]}"; do
             dir=$tmp/$name-topics-$n-$r
-            start_broker "$name" "$dir" || { status=1; continue; }
+            if ! start_broker "$name" "$dir"; then
+                failed[$name,$n]=$((${failed[$name,$n]:-0} + 1))
+                status=1
+                continue
+            fi
             out=$dir/run.txt
             "$gen_bin" --port "$started_port" --clients "$n" --count "$count" --window "$window" \
                 --broker-pid "$started_pid" --id-prefix "scale$n" "${gen_common[@]}" >"$out" 2>&1
             rc=$?
             stop_pid "$started_pid"
             line=$(grep '^RESULT' "$out")
+            [ $rc = 0 ] || status=1
+            # Lost or refused sessions, or nothing delivered: the broker
+            # refused the load, and its figures would mean nothing.
+            if [ -z "$line" ] || [ "$(field failures "$line")" != 0 ] ||
+                [ "$(field received "$line")" = 0 ] || [ "$(field dup "$line")" != 0 ]; then
+                failed[$name,$n]=$((${failed[$name,$n]:-0} + 1))
+                printf '   %-12s run %d: FAILED: the broker refused the load or dropped sessions:\n' "$name" "$r"
+                grep -v '^RESULT' "$out" | sed 's/^/     /' | tail -n 5
+                echo "     its log ($dir/broker.log):"
+                tail -n 5 "$dir/broker.log" | sed 's/^/     /'
+                continue
+            fi
+            state=ok
+            [ "$(field complete "$line")" = 1 ] || state=partial
             gen_us=$(awk -v s="$(field gen_cpu_s "$line")" -v n="$(field received "$line")" \
                 'BEGIN { if (n > 0) printf "%.1f", s * 1e6 / n; else print "?" }')
-            printf '   %-12s run %d: %8s msgs/s, broker %6s us CPU/msg (generator %s), e2e p50 %s ms, RSS %s MB%s\n' \
+            printf '   %-12s run %d: %8s msgs/s, broker %6s us CPU/msg (user %s, system %s; %s reads+writes/msg; generator %s), e2e p50 %s ms, RSS %s MB%s\n' \
                 "$name" "$r" "$(field msgs_per_s "$line")" "$(field cpu_us_per_msg "$line")" \
+                "$(field user_us_per_msg "$line")" "$(field sys_us_per_msg "$line")" \
+                "$(field rw_calls_per_msg "$line")" \
                 "$gen_us" "$(field e2e_p50_ms "$line")" \
                 "$(awk -v k="$(field rss_kb "$line")" 'BEGIN { printf "%.1f", k / 1024 }')" \
-                "$([ "$(field complete "$line")" = 1 ] || echo "  INCOMPLETE: $(field received "$line") of $count received")"
-            if [ $rc != 0 ]; then
-                grep -v '^RESULT' "$out" | sed 's/^/     /' | tail -n 5
-                status=1
-            fi
-            results[$name,$n]+="$(field msgs_per_s "$line") $(field cpu_us_per_msg "$line") $(field e2e_p50_ms "$line") $gen_us"$'\n'
+                "$([ $state = ok ] || echo "  PARTIAL: $(field received "$line") of $count received$([ "$(field timed_out "$line")" = 1 ] && echo " within --timeout $timeout s")")"
+            results[$name,$n]+="$(field msgs_per_s "$line") $(field cpu_us_per_msg "$line") $(field e2e_p50_ms "$line") $gen_us $(field user_us_per_msg "$line") $(field sys_us_per_msg "$line") $(field rw_calls_per_msg "$line") $state"$'\n'
         done
     done
 done
 
-# median_of NAME N: "msgs/s cpu_us e2e_p50" of the median run by msgs/s
+# median_of NAME N: a line like results' with the median of each column
+# over the runs (so CPU per message is the median of the runs' figures,
+# not that of the median-rate run), and state partial if any run was
 median_of() {
-    local rows k
-    rows=$(printf '%s' "${results[$1,$2]:-}" | grep . | sort -n)
-    k=$(printf '%s\n' "$rows" | grep -c .)
-    [ "$k" -gt 0 ] || return
-    printf '%s\n' "$rows" | sed -n "$(((k + 1) / 2))p"
+    local rows
+    rows=$(printf '%s' "${results[$1,$2]:-}" | grep .)
+    [ -n "$rows" ] || return
+    printf '%s\n' "$rows" | awk '
+        { k = NR; for (i = 1; i <= 7; i++) v[i, k] = $i; if ($8 != "ok") partial = 1 }
+        END {
+            for (i = 1; i <= 7; i++) {
+                for (a = 1; a <= k; a++) col[a] = v[i, a] + 0
+                for (a = 2; a <= k; a++)
+                    for (b = a; b > 1 && col[b - 1] > col[b]; b--) { t = col[b]; col[b] = col[b - 1]; col[b - 1] = t }
+                m = k % 2 ? col[(k + 1) / 2] : (col[k / 2] + col[k / 2 + 1]) / 2
+                printf (i == 1 ? "%.0f " : i == 3 ? "%.3f " : "%.2f "), m
+            }
+            print (partial ? "partial" : "ok")
+        }'
 }
 
 # ---- idle ----
@@ -313,6 +398,12 @@ if [ "$idle_clients" -gt 0 ]; then
         rc=$?
         stop_pid "$started_pid"
         line=$(grep '^RESULT' "$out")
+        if [ -z "$line" ]; then
+            printf '   %-12s FAILED: the sessions did not all connect and subscribe:\n' "$name"
+            grep -v '^RESULT' "$out" | sed 's/^/     /' | tail -n 5
+            status=1
+            continue
+        fi
         idle[$name]=$line
         printf '   %-12s CPU %s %%, %s kB per session, probe p50 %s ms, max %s ms%s\n' "$name" \
             "$(field cpu_pct "$line")" "$(field kb_per_session "$line")" \
@@ -327,31 +418,47 @@ fi
 
 # ---- summary ----
 echo
-printf '%-8s %-12s %10s %11s %11s %11s\n' clients broker "msgs/s" "cpu us/msg" "e2e p50 ms" \
-    "gen us/msg"
+printf '%-8s %-12s %10s %11s %8s %8s %9s %11s %11s %s\n' clients broker "msgs/s" "cpu us/msg" \
+    "user" "system" "rw/msg" "e2e p50 ms" "gen us/msg" ""
 for n in $client_counts; do
     for name in "${brokers[@]}"; do
         m=$(median_of "$name" "$n")
-        [ -n "$m" ] || continue
+        note=
+        [ -n "${failed[$name,$n]:-}" ] && note="${failed[$name,$n]} of $runs runs FAILED"
+        if [ -z "$m" ]; then
+            printf '%-8s %-12s %s\n' "$n" "$name" "FAILED (every run; see above)"
+            continue
+        fi
         set -- $m
-        printf '%-8s %-12s %10s %11s %11s %11s\n' "$n" "$name" "$1" "$2" "$3" "$4"
+        [ "$8" = partial ] && note="PARTIAL (--timeout ended it)${note:+; $note}"
+        printf '%-8s %-12s %10s %11s %8s %8s %9s %11s %11s %s\n' "$n" "$name" "$1" "$2" "$5" "$6" \
+            "$7" "$3" "$4" "$note"
     done
 done
+n1=${client_counts%% *}
 for n in $client_counts; do
     s=$(median_of switchboard "$n")
-    m=$(median_of mosquitto "$n")
-    s1=$(median_of switchboard "${client_counts%% *}")
     [ -n "$s" ] || continue
     set -- $s
     sr=$1 sc=$2
-    if [ -n "$m" ]; then
+    for peer in mosquitto nats; do
+        wanted "$peer" || continue
+        m=$(median_of "$peer" "$n")
+        if [ -z "$m" ]; then
+            echo "$n clients: switchboard/$peer: none ($peer failed every run)"
+            continue
+        fi
         set -- $m
-        awk -v s="$sr" -v m="$1" -v n="$n" \
-            'BEGIN { if (m > 0) printf "%s clients: switchboard/mosquitto msgs/s %.2f\n", n, s / m }'
-    fi
-    if [ -n "$s1" ]; then
+        awk -v s="$sr" -v m="$1" -v sc="$sc" -v mc="$2" -v n="$n" -v peer="$peer" \
+            -v note="$([ "$8" = partial ] && echo " ($peer PARTIAL: its rate is that of what arrived within the limit)")" \
+            'BEGIN { if (m > 0) printf "%s clients: switchboard/%s msgs/s %.2f", n, peer, s / m;
+                     if (sc > 0) printf ", broker CPU per message 1/%.1f of %s'"'"'s", mc / sc, peer;
+                     printf "%s\n", note }'
+    done
+    s1=$(median_of switchboard "$n1")
+    if [ -n "$s1" ] && [ "$n" != "$n1" ]; then
         set -- $s1
-        awk -v c="$sc" -v c1="$2" -v n="$n" -v n1="${client_counts%% *}" \
+        awk -v c="$sc" -v c1="$2" -v n="$n" -v n1="$n1" \
             'BEGIN { if (c1 > 0) printf "%s clients: switchboard CPU per message %.2f x its %s-client figure\n", n, c / c1, n1 }'
     fi
 done
@@ -359,15 +466,19 @@ if [ "$idle_clients" -gt 0 ]; then
     printf '\n%-12s %8s %12s %14s %14s\n' "idle ($idle_clients)" "CPU %" "kB/session" "probe p50 ms" "probe max ms"
     for name in "${brokers[@]}"; do
         line=${idle[$name]:-}
-        [ -n "$line" ] || continue
+        if [ -z "$line" ]; then
+            printf '%-12s %s\n' "$name" "FAILED (see above)"
+            continue
+        fi
         printf '%-12s %8s %12s %14s %14s\n' "$name" "$(field cpu_pct "$line")" \
             "$(field kb_per_session "$line")" "$(field probe_p50_ms "$line")" \
             "$(field probe_max_ms "$line")"
     done
 fi
 if [ -n "${client_counts// /}" ]; then
-    echo "(median of $runs runs by msgs/s; cpu = broker CPU time per message delivered; gen = the"
-    echo " generator's; when the generator needs more CPU than the broker, and they share the"
+    echo "(medians of $runs runs, each column on its own; cpu = broker CPU time per message delivered, user and"
+    echo " system its parts; rw = the broker's read and write system calls per message; gen = the"
+    echo " generator's CPU; when the generator needs more CPU than the broker, and they share the"
     echo " machine's cores, msgs/s says more about the generator than about the broker)"
 fi
 [ "$idle_clients" -gt 0 ] &&

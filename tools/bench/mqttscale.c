@@ -30,10 +30,15 @@
  * With --broker-pid, the broker's CPU time (utime + stime, /proc/PID/stat)
  * and resident memory (VmRSS, /proc/PID/status) are read: before the
  * clients connect, once they are all subscribed, and around the measured
- * phase, giving memory per session, CPU per message and CPU % while idle.
+ * phase, giving memory per session, CPU per message (split into user and
+ * system time) and CPU % while idle; and its read and write system calls
+ * (syscr + syscw, /proc/PID/io) around the measured phase, per message.
  *
  * Output: a human summary, then one line
  *   RESULT mode=... clients=... msgs_per_s=... cpu_us_per_msg=... ...
+ * (topics mode: failures= counts sessions lost, refused or sent what they
+ * did not subscribe to; timed_out=1 when --timeout ended the run before
+ * every message arrived; complete=1 when every message arrived once).
  * Exit status 0 when every message arrived once (every probe, idle mode),
  * 1 otherwise or on a failure, 2 on bad usage.
  */
@@ -145,25 +150,63 @@ static void die(const char *fmt, ...)
 
 /* ---- the broker's CPU and memory ---- */
 
-static int64_t broker_cpu_ticks(void)
+/* The broker's CPU time so far, in clock ticks: user, system (-1 each if
+ * unknown). */
+typedef struct cpu_ticks {
+    int64_t user, sys;
+} cpu_ticks;
+
+static cpu_ticks broker_cpu(void)
 {
     char path[64], buf[2048], *p;
     unsigned long utime = 0, stime = 0;
+    cpu_ticks t = {-1, -1};
     FILE *f;
     size_t n;
     if (opt.broker_pid <= 0)
-        return -1;
+        return t;
     snprintf(path, sizeof path, "/proc/%d/stat", opt.broker_pid);
     if ((f = fopen(path, "r")) == NULL)
-        return -1;
+        return t;
     n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = '\0';
     /* fields after "pid (comm) ": state is 3rd; utime 14th, stime 15th */
     if ((p = strrchr(buf, ')')) == NULL ||
         sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2)
+        return t;
+    t.user = (int64_t)utime;
+    t.sys = (int64_t)stime;
+    return t;
+}
+
+static int64_t broker_cpu_ticks(void)
+{
+    cpu_ticks t = broker_cpu();
+    return t.user < 0 ? -1 : t.user + t.sys;
+}
+
+/* The broker's read and write system calls so far (syscr + syscw of
+ * /proc/PID/io, all its threads; readv/recvmsg and writev/sendmsg count
+ * too), -1 if unknown (another user's process). */
+static int64_t broker_rw_syscalls(void)
+{
+    char path[64], line[128];
+    long long v, total = 0;
+    int found = 0;
+    FILE *f;
+    if (opt.broker_pid <= 0)
         return -1;
-    return (int64_t)(utime + stime);
+    snprintf(path, sizeof path, "/proc/%d/io", opt.broker_pid);
+    if ((f = fopen(path, "r")) == NULL)
+        return -1;
+    while (fgets(line, sizeof line, f) != NULL)
+        if (sscanf(line, "syscr: %lld", &v) == 1 || sscanf(line, "syscw: %lld", &v) == 1) {
+            total += v;
+            found++;
+        }
+    fclose(f);
+    return found == 2 ? total : -1;
 }
 
 static long broker_rss_kb(void)
@@ -660,12 +703,16 @@ int main(int argc, char **argv)
         free(probe_us);
     } else {
         long sent = 0, received;
-        int64_t first_pub;
+        int64_t first_pub, sys0, sys1;
+        cpu_ticks split0, split1;
         struct rusage ru, ruc;
-        double gen_cpu, cpu_us;
+        double gen_cpu, cpu_us, user_us = -1.0, sys_us = -1.0, calls = -1.0;
+        int timed_out;
         uint32_t *lat;
         connect_publisher(deadline);
-        cpu0 = broker_cpu_ticks();
+        split0 = broker_cpu();
+        sys0 = broker_rw_syscalls();
+        cpu0 = split0.user < 0 ? -1 : split0.user + split0.sys;
         first_pub = now_ns();
         deadline = first_pub + (int64_t)(opt.timeout_s * 1e9);
         while ((sh->received < opt.count || (opt.qos > 0 && acked < opt.count)) &&
@@ -679,7 +726,10 @@ int main(int argc, char **argv)
             pump(sent < opt.count && (opt.qos == 0 || inflight < opt.window) ? 0 : 1);
             misc_all();
         }
-        cpu1 = broker_cpu_ticks();
+        timed_out = now_ns() >= deadline;
+        split1 = broker_cpu();
+        sys1 = broker_rw_syscalls();
+        cpu1 = split1.user < 0 ? -1 : split1.user + split1.sys;
         received = sh->received;
         t1 = sh->last_rx_ns > first_pub ? sh->last_rx_ns : now_ns();
         secs = (double)(t1 - first_pub) / 1e9;
@@ -697,6 +747,12 @@ int main(int argc, char **argv)
         cpu_us = cpu0 >= 0 && cpu1 >= 0 && received > 0
                      ? (double)(cpu1 - cpu0) / hz * 1e6 / (double)received
                      : -1.0;
+        if (cpu_us >= 0) {
+            user_us = (double)(split1.user - split0.user) / hz * 1e6 / (double)received;
+            sys_us = (double)(split1.sys - split0.sys) / hz * 1e6 / (double)received;
+        }
+        if (sys0 >= 0 && sys1 >= 0 && received > 0)
+            calls = (double)(sys1 - sys0) / (double)received;
         /* latencies of the messages that arrived */
         lat = malloc(((size_t)received + 1) * sizeof(*lat));
         if (lat == NULL)
@@ -710,15 +766,21 @@ int main(int argc, char **argv)
                received, opt.count, secs, received / secs, (long)sh->duplicates,
                received ? lat[received / 2] / 1000.0 : -1.0,
                received ? lat[received * 99 / 100] / 1000.0 : -1.0);
-        printf("broker: %.2f us CPU per message, RSS %ld kB with the sessions (%ld before); "
+        printf("broker: %.2f us CPU per message (user %.2f, system %.2f), %.2f read/write "
+               "system calls per message, RSS %ld kB with the sessions (%ld before); "
                "generator CPU %.2f s\n",
-               cpu_us, rss1, rss0, gen_cpu);
+               cpu_us, user_us, sys_us, calls, rss1, rss0, gen_cpu);
+        if (timed_out && received < opt.count)
+            printf("timed out: %ld of %ld messages arrived within --timeout %.0f s\n", received,
+                   opt.count, opt.timeout_s);
         printf("RESULT mode=topics clients=%d qos=%d count=%ld received=%ld dup=%ld "
                "msgs_per_s=%.0f e2e_p50_ms=%.3f e2e_p99_ms=%.3f cpu_us_per_msg=%.2f "
-               "rss_kb=%ld gen_cpu_s=%.2f complete=%d\n",
+               "user_us_per_msg=%.2f sys_us_per_msg=%.2f rw_calls_per_msg=%.2f "
+               "rss_kb=%ld gen_cpu_s=%.2f failures=%ld timed_out=%d complete=%d\n",
                opt.clients, opt.qos, opt.count, received, (long)sh->duplicates, received / secs,
                received ? lat[received / 2] / 1000.0 : -1.0,
-               received ? lat[received * 99 / 100] / 1000.0 : -1.0, cpu_us, rss1, gen_cpu,
+               received ? lat[received * 99 / 100] / 1000.0 : -1.0, cpu_us, user_us, sys_us,
+               calls, rss1, gen_cpu, (long)sh->failures, timed_out,
                received == opt.count && sh->duplicates == 0 && sh->failures == 0);
         if (received != opt.count || sh->duplicates != 0 || sh->failures != 0)
             status = 1;

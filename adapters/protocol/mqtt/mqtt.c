@@ -73,50 +73,55 @@ typedef struct pub_slot {
 } pub_slot;
 
 struct mqtt_session {
+    /* First what a delivery, a PUBACK and a PUBLISH read (the rest is for
+     * connecting and closing): with thousands of sessions each one's
+     * memory is out of cache by its next packet (see sb_conn). */
     sb_conn *conn;
     sb_broker *broker;
     int connected;     /* CONNACK 0 sent */
     int connecting;    /* the password check runs */
     int closed;        /* the transport closed */
-    int clean_end;     /* DISCONNECT received: no will */
-    int taken_over;    /* another connection took the client id */
-    int owner;         /* registered under client_id */
-    int pending;       /* callbacks outstanding (publishes, keys, auth) */
-    int read_paused;   /* by us: too many pending publishes */
+    int parsing;       /* in parse(): no re-entry */
     int consumer_busy; /* a delivery was refused: call sb_consumer_ready */
+    int got_connect;   /* the first packet was a CONNECT */
+    uint64_t last_rx;
+    /* input not yet parsed */
+    uint8_t *buf;
+    size_t len;
+    /* deliveries */
+    inflight *fl; /* open addressing by packet id, fl_cap a power of 2 */
+    size_t fl_cap, fl_count;
+    /* subscriptions (filter strings owned), mirrored in the session's
+     * definition */
+    sb_sub_filter *subs;
+    size_t sub_count;
+    size_t ring_count; /* of ring, below */
+    size_t max_packet, max_payload;
+    char *user;      /* who the client is (NULL: anonymous) */
     char *client_id;
+    sb_consumer consumer;
+    int attached;
+    /* inbound publishes awaiting their commit, oldest first */
+    pub_slot *ring; /* allocated by the first publish: most sessions only
+                       subscribe, and an idle one should cost little */
+    size_t ring_head, ring_cap;
+    size_t cap; /* of buf */
+    int clean_end;  /* DISCONNECT received: no will */
+    int taken_over; /* another connection took the client id */
+    int owner;      /* registered under client_id */
+    int pending;    /* callbacks outstanding (publishes, keys, auth) */
+    int read_paused; /* by us: too many pending publishes */
     char key_tag[24]; /* clean sessions: this connection's own QoS 2 keys */
     char *queue;      /* "mqtt/<client id>" */
-    char *user;       /* who the client is (NULL: anonymous) */
     int clean;
     uint16_t keep_alive;
     uv_timer_t *ka_timer;
-    uint64_t last_rx;
     /* will */
     int has_will;
     char *will_topic;
     unsigned char *will_payload;
     size_t will_len;
     int will_qos, will_retain;
-    /* input not yet parsed */
-    uint8_t *buf;
-    size_t len, cap;
-    size_t max_packet, max_payload;
-    /* subscriptions (filter strings owned), mirrored in the session's
-     * definition */
-    sb_sub_filter *subs;
-    size_t sub_count;
-    /* deliveries */
-    sb_consumer consumer;
-    int attached;
-    inflight *fl; /* open addressing by packet id, fl_cap a power of 2 */
-    size_t fl_cap, fl_count;
-    /* inbound publishes awaiting their commit, oldest first */
-    pub_slot *ring; /* allocated by the first publish: most sessions only
-                       subscribe, and an idle one should cost little */
-    size_t ring_head, ring_count, ring_cap;
-    int got_connect; /* the first packet was a CONNECT */
-    int parsing;     /* in parse(): no re-entry */
     char source[200];
     char who[200];
 };
