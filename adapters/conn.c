@@ -516,6 +516,12 @@ void sb_conn_close(sb_conn *c, const char *why)
     sb_delivery *pending;
     if (c->closing)
         return;
+    /* Output held for the end of the loop turn (hold_output) goes first: an
+     * error reply that explains the close, and the acks of commits that
+     * completed earlier in this turn, which the peer would otherwise never
+     * get and send again. */
+    if (c->hold_output != NULL && c->olen > 0 && !c->writing)
+        sb_conn_flush(c);
     c->closing = 1;
     guard_forget(c);
     if (why != NULL)

@@ -299,10 +299,25 @@ static void redrive_continue(admin_req *r, int64_t last)
         redrive_next(r, last);
 }
 
+/* Counts the rows going back to each target queue (delta +1) or arrived
+ * (-1): while a queue has some, no publish is appended to it before its
+ * commit, as it would overtake their older ids. */
+static void count_redriving(sb_broker *b, const sb_dead_letter *rows, size_t n, int delta)
+{
+    for (size_t i = 0; i < n; i++) {
+        sb_queue *q = rows[i].target_queue_id != 0
+                          ? sb_broker__queue_by_id(b, rows[i].target_queue_id)
+                          : NULL;
+        if (q != NULL)
+            q->redriving += delta;
+    }
+}
+
 static void on_redrive_done(sb_store_op *op, void *ctx)
 {
     admin_req *r = ctx;
     int64_t last = 0;
+    count_redriving(r->b, op->u.dlq_redrive.rows, op->u.dlq_redrive.row_count, -1);
     for (size_t i = 0; i < op->u.dlq_redrive.row_count; i++) {
         sb_dead_letter *d = &op->u.dlq_redrive.rows[i];
         last = d->dlq_id;
@@ -371,7 +386,9 @@ static void on_redrive_listed(sb_store_op *op, void *ctx)
     r->op.u.dlq_redrive.rows = rows;
     r->op.u.dlq_redrive.row_count = n;
     r->op.cb = on_redrive_done;
+    count_redriving(r->b, rows, n, 1);
     if (sb_store_submit(r->b->store, &r->op) != 0) {
+        count_redriving(r->b, rows, n, -1);
         sb_store_dlq_rows_free(rows, n);
         r->cb(r->ctx, SB_ESHUTDOWN, NULL, "broker is shutting down");
         admin_req_free(r);

@@ -133,7 +133,11 @@ void sb_broker__deadletter(sb_broker *b, sb_queue *q, sb_entry *e, const char *r
     op->type = SB_OP_DEADLETTER;
     op->u.deadletter.queue_id = q->id;
     op->u.deadletter.msg_id = e->msg->id;
-    op->u.deadletter.msg = sb_message_ref(e->msg);
+    /* Appended before its publish committed: the dead letter is copied
+     * from the row, which the publish writes first; if the store refuses
+     * the publish, there is no row and no dead letter (its producer was
+     * told, and sends again). */
+    op->u.deadletter.msg = e->pending != NULL ? NULL : sb_message_ref(e->msg);
     op->u.deadletter.queue_name = sb_strdup(q->name);
     op->u.deadletter.reason = sb_strdup(reason);
     op->u.deadletter.source = source;
@@ -282,7 +286,9 @@ static void append_early(sb_broker *b, sb_pending *p)
         if (q->durability == SB_DURABILITY_MEMORY)
             continue;
         slot++; /* its index in the op's queue_ids, plus one */
-        if (q->pending != q->early + 1 || !q->live || !sb_queue__fits_window(q, size))
+        /* a redriven dead letter in flight has an older id: it goes first */
+        if (q->pending != q->early + 1 || q->redriving != 0 || !q->live ||
+            !sb_queue__fits_window(q, size))
             continue;
         e = p->spare;
         p->spare = e->next;

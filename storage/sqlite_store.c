@@ -231,7 +231,8 @@ struct sb_store {
     sb_store_stats stats;
     int test_fail_armed;
     long test_fail_after;
-    int test_hold; /* sb_store_test_hold */
+    int test_hold;      /* sb_store_test_hold */
+    int test_hold_type; /* sb_store_test_hold_before */
 
     /* Loop thread. */
     sb_store_op *deliver_head; /* being delivered; sb_store_stop finishes it */
@@ -1565,7 +1566,8 @@ static void store_thread(void *arg)
                 (void)uv_cond_timedwait(&s->cond, &s->mu, s->retry_at - now);
                 continue;
             }
-            if (s->q_head != NULL && (!s->test_hold || s->stopping))
+            if (s->q_head != NULL &&
+                ((!s->test_hold && (int)s->q_head->type != s->test_hold_type) || s->stopping))
                 break;
             if (s->stopping) {
                 uv_mutex_unlock(&s->mu);
@@ -1782,6 +1784,14 @@ void sb_store_get_stats(sb_store *s, sb_store_stats *out)
 {
     uv_mutex_lock(&s->mu);
     *out = s->stats;
+    uv_mutex_unlock(&s->mu);
+}
+
+void sb_store_test_hold_before(sb_store *s, int op_type)
+{
+    uv_mutex_lock(&s->mu);
+    s->test_hold_type = op_type;
+    uv_cond_signal(&s->cond);
     uv_mutex_unlock(&s->mu);
 }
 

@@ -18,6 +18,11 @@ void sb_store_test_alloc_fail_after(sb_store *s, long n);
  * sb_store_stop ends a hold. */
 void sb_store_test_hold(sb_store *s, int hold);
 
+/* Holds the store thread as above while the next op to take is of type
+ * op_type (an sb_store_op_type; 0 ends it): what was submitted before it
+ * runs, and it waits with what follows. */
+void sb_store_test_hold_before(sb_store *s, int op_type);
+
 /* Makes schema migrations call hook(step) before each of their steps (a
  * short text naming it, as error messages do: "committing", "queue 5
  * (name)", ...); a non-zero return fails the migration there, as an error

@@ -23,6 +23,8 @@
 #include "core_harness.h"
 #include "storage/store_test.h"
 
+#include <jansson.h>
+
 static fake_adapter *fake(const char *name)
 {
     fake_adapter *a = fake_get(name);
@@ -277,6 +279,97 @@ static void test_refused_publish_withdrawn(void **state)
     free(payload);
 }
 
+
+static void on_redriven(void *ctx, int status, void *result, const char *why)
+{
+    int *done = ctx;
+    (void)why;
+    assert_int_equal(status, 0);
+    json_decref(result);
+    *done = 1;
+}
+
+static const char *const once_cfg = "adapters:\n"
+                                    "  - {name: src, type: exec, command: [fake]}\n"
+                                    "  - {name: sink, type: exec, command: [fake], inflight: 8}\n"
+                                    "routes:\n"
+                                    "  - {name: r, from: t/#, to: sink, retry: {max_attempts: 1}}\n";
+
+/* A dead letter on its way back has an older id than a publish made
+ * meanwhile: the publish must not overtake it by going to the queue before
+ * its commit (acks are deleted as id ranges, and paging reads ids upward). */
+static void test_redrive_not_overtaken(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *sink;
+    sb_queue *q;
+    fake_pub p;
+    sb_error err;
+    int done = 0;
+
+    core_start(f, once_cfg);
+    sink = fake("sink");
+    q = core_queue(f, "r:sink");
+    warm_up(f, sink);
+    core_publish_ok(f, fake("src"), "t/1", "dead", NULL);
+    CORE_WAIT(f, sink->log.count == 2);
+    fake_nack(&sink->log.recs[1], "no");
+    assert_int_equal(q->dead, 1);
+
+    sb_store_test_hold_before(f->b->store, SB_OP_DLQ_REDRIVE);
+    assert_int_equal(sb_broker_dlq_redrive(f->b, "r:sink", on_redriven, &done, &err), 0);
+    CORE_WAIT(f, q->redriving == 1);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", "new", NULL, 0, NULL), 0);
+    sb_store_test_hold_before(f->b->store, 0);
+    CORE_WAIT(f, done && sink->log.count == 4);
+    assert_string_equal(sink->log.recs[2].payload, "dead");
+    assert_string_equal(sink->log.recs[3].payload, "new");
+    assert_true(sink->log.recs[2].msg_id < sink->log.recs[3].msg_id);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    fake_ack(&sink->log.recs[2]);
+    fake_ack(&sink->log.recs[3]);
+    CORE_WAIT(f, q->depth == 0 && q->redriving == 0);
+    core_check_all(f);
+}
+
+/* A message dead-lettered while its publish waits for its commit is a dead
+ * letter only if the publish commits: refused, its producer sends it
+ * again, and a redrive must not deliver it a second time. */
+static void test_refused_publish_not_dead_lettered(void **state)
+{
+    static const char *const cfg = "adapters:\n"
+                                   "  - {name: src, type: exec, command: [fake]}\n"
+                                   "  - {name: sink, type: exec, command: [fake], inflight: 1}\n"
+                                   "routes:\n"
+                                   "  - {name: r, from: t/#, to: sink, retry: {max_attempts: 1}}\n";
+    core_fx *f = *state;
+    size_t big = 512 * 1024;
+    char *payload = malloc(big + 1);
+    fake_adapter *sink;
+    fake_pub pa;
+    json_t *dlq;
+
+    assert_non_null(payload);
+    memset(payload, 'x', big);
+    payload[big] = '\0';
+    f->broker_extra = "  store: {max_db_bytes: 256KiB}\n";
+    core_start(f, cfg);
+    sink = fake("sink");
+    warm_up(f, sink);
+
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&pa, f->b, fake("src"), "t/1", payload, NULL, 0, NULL), 0);
+    CORE_WAIT(f, sink->log.count == 2);
+    fake_nack(&sink->log.recs[1], "no"); /* dead-lettered before the commit */
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &pa), SB_ENOSPC);
+    dlq = core_dlq(f, "r:sink");
+    assert_int_equal(json_array_size(json_object_get(dlq, "items")), 0);
+    json_decref(dlq);
+    core_check_all(f);
+    free(payload);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -289,6 +382,9 @@ int main(void)
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_fan_out_acked_by_one, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_withdrawn, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_redrive_not_overtaken, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_publish_not_dead_lettered, core_setup,
+                                        core_teardown),
     };
     fake_register();
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -214,6 +214,52 @@ static void test_jsonl_pipe_batches(void **state)
     b->passed = 1;
 }
 
+/* A line longer than max_message gets an error reply, then the close: the
+ * reply, held for the end of the loop turn like all pipe output, is
+ * written before the connection closes. */
+static void test_jsonl_pipe_error_before_close(void **state)
+{
+    static const char config[] = "broker:\n"
+                                 "  data_dir: '{data}'\n"
+                                 "  admin: { endpoint: 'off' }\n"
+                                 "adapters:\n"
+                                 "  - name: clients\n"
+                                 "    type: tcp\n"
+                                 "    listen: 127.0.0.1:{port0}\n"
+                                 "    protocol: jsonl\n"
+                                 "  - name: local\n"
+                                 "    type: pipe\n"
+                                 "    path: '{v0}'\n"
+                                 "    protocol: jsonl\n"
+                                 "    max_message: 4KiB\n";
+    sbt_broker *b = *state;
+    enum { LONG = 80 * 1024 }; /* a line may hold 2 x max_message + 64 KiB */
+    char name[64], path[128], *line = malloc(LONG);
+    pt_pipe *p;
+    json_t *o;
+
+    assert_non_null(line);
+
+    pt_name(name, sizeof(name), "jlong");
+    pt_path(path, sizeof(path), name);
+    sbt_broker_init(b, "pipe-jsonl-long", 1);
+    sbt_broker_set(b, 0, name);
+    sbt_broker_config(b, config);
+    sbt_broker_start(b);
+    p = pt_open_ok(path, 0);
+    memset(line, 'x', LONG);
+    pt_write_ok(p, line, LONG);
+    free(line);
+    o = next(p);
+    assert_string_equal(op_of(o), "error");
+    assert_string_equal(json_string_value(json_object_get(o, "code")), "SB_ETOOBIG");
+    json_decref(o);
+    assert_true(pt_wait_closed(p, SBT_REPLY_MS));
+    pt_close(p);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
 static void test_admin_default(void **state)
 {
     sbt_broker *b = *state;
@@ -252,6 +298,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_jsonl_pipe, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_jsonl_pipe_batches, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_jsonl_pipe_error_before_close, sbt_setup,
+                                        sbt_teardown),
         cmocka_unit_test_setup_teardown(test_admin_default, sbt_setup, sbt_teardown),
     };
     sbt_apply_filter();
