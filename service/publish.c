@@ -76,6 +76,8 @@ static void on_simple_op_done(sb_store_op *op, void *ctx)
 {
     (void)ctx;
     if (op->type == SB_OP_DEADLETTER) {
+        if (op->u.deadletter.msg == NULL)
+            sb_free((char *)op->u.deadletter.source); /* a copy (sb_broker__deadletter) */
         sb_message_unref(op->u.deadletter.msg);
         sb_free((char *)op->u.deadletter.queue_name);
         sb_free((char *)op->u.deadletter.reason);
@@ -140,9 +142,12 @@ void sb_broker__deadletter(sb_broker *b, sb_queue *q, sb_entry *e, const char *r
     op->u.deadletter.msg = e->pending != NULL ? NULL : sb_message_ref(e->msg);
     op->u.deadletter.queue_name = sb_strdup(q->name);
     op->u.deadletter.reason = sb_strdup(reason);
-    op->u.deadletter.source = source;
+    /* points into the message's headers: a copy when the op holds none */
+    op->u.deadletter.source =
+        op->u.deadletter.msg != NULL || source == NULL ? source : sb_strdup(source);
     op->u.deadletter.attempts = e->attempts;
-    if (op->u.deadletter.queue_name == NULL || op->u.deadletter.reason == NULL) {
+    if (op->u.deadletter.queue_name == NULL || op->u.deadletter.reason == NULL ||
+        (source != NULL && op->u.deadletter.source == NULL)) {
         on_simple_op_done(op, b);
         goto oom;
     }

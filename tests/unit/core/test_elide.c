@@ -47,13 +47,16 @@ static const char *const one_cfg = "adapters:\n"
                                    "  - {name: r, from: t/#, to: sink}\n";
 
 /* The first message after a start commits before anyone sees it (its id
- * is not reserved yet); this one makes the next ids safe to show early. */
+ * is not reserved yet): it asks for ids to be reserved, which a later
+ * commit writes (its ack's, at the latest). Once that commit is done, the
+ * next ids are safe to show early. */
 static void warm_up(core_fx *f, fake_adapter *sink)
 {
     size_t before = sink->log.count;
     core_publish_ok(f, fake("src"), "t/warm", "warm", NULL);
     CORE_WAIT(f, sink->log.count == before + 1);
     fake_ack(&sink->log.recs[before]);
+    CORE_WAIT(f, sb_store_reserve_ids(f->b->store, 0) >= f->b->ids_asked);
 }
 
 static void test_acked_before_commit_not_written(void **state)
