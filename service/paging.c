@@ -9,11 +9,14 @@
  * an id above the queue's paged_to, so "the stored part" is always "the
  * entries after paged_to", in id (= delivery) order.
  *
- * While a consumer is attached and the window runs below half, the store
- * thread reads the next batch (SB_OP_PAGE_IN) and the loop appends it; the
- * loop never waits for SQLite. Without consumers nothing is read: TTL expiry
- * and drop-oldest act on the stored part in the store (SB_OP_TRIM), on its
- * head, without bringing payloads into memory.
+ * At start, once the broker listens, each queue's first window is read
+ * (while the budget lasts); then, while a consumer is attached and the
+ * window runs below half, the store thread reads the next batch
+ * (SB_OP_PAGE_IN) and the loop appends it; the loop never waits for SQLite.
+ * A page-in reserves the bytes it may read from the budget until it
+ * completes (page_reserved), so that several under way stay within it. Without consumers nothing is
+ * read: TTL expiry and drop-oldest act on the stored part in the store (SB_OP_TRIM), on its head,
+ * without bringing payloads into memory.
  *
  * Ops complete in submission order, which keeps the counts right:
  * - a drop submitted while a page-in is out deletes rows that page-in has
@@ -21,8 +24,7 @@
  *   it returns (page_skip);
  * - a page-in that read fewer rows than asked saw the whole stored part;
  *   what is stored now is what was committed after it left (ids above
- *   page_snap, counted in snap_depth), so the estimate of disk_bytes made
- *   after a restart becomes exact once the backlog was read through;
+ *   page_snap, counted in snap_depth);
  * - an expiry is not submitted while a page-in is out (it deletes rows at
  *   the same place); a page-in submitted after an expiry reads after it.
  * Ops carry the queue's id, not a pointer: a queue deleted meanwhile is not
@@ -53,6 +55,7 @@ typedef struct page_req {
     sb_store_op op;
     sb_broker *b;
     int64_t estimate; /* drop: the bytes subtracted when it was decided */
+    int64_t reserved; /* page-in: its share of the budget (b->page_reserved) */
 } page_req;
 
 int sb_paging__window(const sb_queue *q)
@@ -177,6 +180,7 @@ static void on_page_in(sb_store_op *op, void *ctx)
     sb_broker *b = r->b;
     sb_queue *q = sb_broker__queue_by_id(b, op->u.page_in.queue_id);
 
+    b->page_reserved -= r->reserved;
     if (q == NULL || q->page_op != op)
         goto out; /* deleted, or cleared, meanwhile */
     if (op->status != 0) {
@@ -195,70 +199,78 @@ out:
     sb_free(r);
 }
 
-/* Sets up a page-in of q's next stored entries (0: no room for any). */
-static int prepare(sb_queue *q, sb_store_op *op)
+/* The budget the windows have left, less what page-ins under way may read. */
+static int64_t room(const sb_broker *b)
+{
+    return b->cfg->broker.queue_memory - b->resident_bytes - b->page_reserved;
+}
+
+/* Sets up a page-in of q's next stored entries (0: no room for any). Its
+ * bytes are reserved until it completes, so that page-ins of several
+ * queues at once stay within the budget together. */
+static int prepare(sb_queue *q, page_req *r)
 {
     sb_broker *b = q->broker;
+    sb_store_op *op = &r->op;
     int limit = sb_paging__window(q) - (int)q->depth;
-    int64_t room = b->cfg->broker.queue_memory - b->resident_bytes;
-    if (room <= 0) /* over budget: only what keeps the queue moving */
+    int64_t left = room(b), mean = q->disk_bytes / q->disk_depth, want;
+    if (left <= 0) /* over budget: only what keeps the queue moving */
         limit = FLOOR_ROWS - (int)q->depth < limit ? FLOOR_ROWS - (int)q->depth : limit;
     if (limit <= 0)
         return 0;
+    want = (mean > 0 ? mean : 1) * limit;
+    r->reserved = left <= 0 ? 0 : want < left ? want : left;
     op->type = SB_OP_PAGE_IN;
     op->u.page_in.queue_id = q->id;
     op->u.page_in.after_id = q->paged_to;
     op->u.page_in.limit = limit;
-    op->u.page_in.max_bytes = room > 0 ? room : 0;
+    op->u.page_in.max_bytes = r->reserved; /* 0 (over budget): the floor's rows */
     q->page_op = op;
     q->page_snap = b->last_msg_id;
     q->page_skip = q->snap_depth = q->snap_bytes = 0;
+    b->page_reserved += r->reserved;
     return 1;
 }
 
-int sb_paging__load(sb_broker *b, sb_error *err)
-{
-    for (sb_queue *q = b->queues; q != NULL; q = q->next) {
-        sb_store_op op;
-        int rc;
-        if (q->disk_depth <= 0)
-            continue;
-        /* the others are read when a consumer comes */
-        if (b->resident_bytes + q->disk_bytes / q->disk_depth > b->cfg->broker.queue_memory)
-            continue;
-        memset(&op, 0, sizeof(op));
-        if (!prepare(q, &op))
-            continue;
-        rc = sb_store_read_page(b->store, &op, err);
-        if (rc != 0) {
-            q->page_op = NULL;
-            return rc;
-        }
-        take_rows(b, q, &op);
-        sb_store_page_rows_free(op.u.page_in.rows, op.u.page_in.row_count);
-    }
-    return 0;
-}
-
-void sb_paging__fill(sb_queue *q)
+/* Submits a page-in of q's next stored entries. */
+static void page_in(sb_queue *q)
 {
     sb_broker *b = q->broker;
     page_req *r;
 
-    if (q->disk_depth <= 0 || q->page_op != NULL || q->consumers == NULL || !q->live ||
-        b->stopping || b->store == NULL || q->depth > sb_paging__window(q) / 2 ||
-        b->page_retry_ms != 0 /* a read failed: housekeeping tries again */)
-        return;
     if ((r = new_req(b, SB_OP_PAGE_IN, on_page_in)) == NULL)
         return; /* tried again at the next dispatch */
-    if (!prepare(q, &r->op)) {
+    if (!prepare(q, r)) {
         sb_free(r);
         return;
     }
     if (sb_store_submit(b->store, &r->op) != 0) {
         q->page_op = NULL;
+        b->page_reserved -= r->reserved;
         sb_free(r);
     }
+}
+
+/* Whether q may read from the store now. */
+static int can_page_in(const sb_queue *q)
+{
+    const sb_broker *b = q->broker;
+    return q->disk_depth > 0 && q->page_op == NULL && q->live && !b->stopping && b->store != NULL &&
+           b->page_retry_ms == 0; /* a read failed: housekeeping tries again */
+}
+
+void sb_paging__start(sb_broker *b)
+{
+    for (sb_queue *q = b->queues; q != NULL; q = q->next)
+        /* the others are read when a consumer comes */
+        if (can_page_in(q) && room(b) >= q->disk_bytes / q->disk_depth)
+            page_in(q);
+}
+
+void sb_paging__fill(sb_queue *q)
+{
+    if (can_page_in(q) && q->consumers != NULL && q->depth <= sb_paging__window(q) / 2)
+        page_in(q);
 }
 
 /* ---- drop-oldest and expiry in the store ---- */

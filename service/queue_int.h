@@ -116,7 +116,7 @@ struct sb_queue {
     sb_queue *sys_next, *sys_prev;
 
     /* paging.c: entries only in the store, all with ids above paged_to */
-    int64_t disk_depth, disk_bytes; /* (disk_bytes is estimated after a restart) */
+    int64_t disk_depth, disk_bytes; /* as the store counts them (queue_counts) */
     uint64_t paged_to;              /* largest id that was in the window */
     struct sb_store_op *page_op;    /* a page-in being read, or NULL */
     int64_t page_skip;              /* entries the store dropped since page_op left */

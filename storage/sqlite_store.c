@@ -48,9 +48,9 @@
  * (cold, reading the file dominates). Larger databases get a check bounded by
  * what start-up reads anyway (bounded_check): the header, the schema, and
  * every table but the two that hold messages (entries, dlq), with their
- * indexes; the loaders then read the entries' index (the counts) and the
- * first windows. The rest of the pages are read as queues page, which
- * reports corruption; `sbctl check` runs the full check on demand. */
+ * indexes (queue_counts among them). The pages of the entries are read
+ * as queues page, which reports corruption (a row that does not decode is
+ * named and dead-lettered); `sbctl check` runs the full check on demand. */
 #define QUICK_CHECK_MAX_BYTES (64 * 1024 * 1024)
 #define LOAD_PROGRESS_ROWS 100000
 
@@ -89,6 +89,8 @@ enum stmt_id {
     ST_DLQ_PURGE_ALL,
     ST_DLQ_PURGE_QUEUE,
     ST_META_PUT,
+    ST_QCOUNT_ADD,
+    ST_QCOUNT_DELETE,
     ST_COUNT
 };
 
@@ -108,7 +110,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_ROLLBACK_TO] = "ROLLBACK TO op",
     [ST_ENTRY_INSERT] = "INSERT OR IGNORE INTO entries(queue_id, msg_id, topic, payload, headers,"
                         " created_ms, expires_ms, priority) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    [ST_ENTRY_DELETE] = "DELETE FROM entries WHERE queue_id = ?1 AND msg_id BETWEEN ?2 AND ?3",
+    [ST_ENTRY_DELETE] = "DELETE FROM entries WHERE queue_id = ?1 AND msg_id BETWEEN ?2 AND ?3"
+                        " RETURNING " SB_STORE__SIZE_SQL,
     [ST_ENTRY_ATTEMPTS] = "UPDATE entries SET attempts = ?3 WHERE queue_id = ?1 AND msg_id = ?2",
     [ST_RETAIN_SET] = "INSERT OR REPLACE INTO retained(topic, msg_id, payload, headers, created_ms,"
                       " expires_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
@@ -144,7 +147,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_DLQ_REDRIVE_COPY] =
         "INSERT OR IGNORE INTO entries(queue_id, msg_id, topic, payload, headers, created_ms,"
         " expires_ms, priority, attempts) SELECT ?1, ?2, coalesce(topic, ''), payload, headers,"
-        " created_ms, expires_ms, priority, 0 FROM dlq WHERE id = ?3",
+        " created_ms, expires_ms, priority, 0 FROM dlq WHERE id = ?3 RETURNING " SB_STORE__SIZE_SQL,
     [ST_DLQ_DELETE] = "DELETE FROM dlq WHERE id = ?1",
     [ST_DLQ_EXISTS] = "SELECT 1 FROM dlq WHERE id = ?1",
     /* the oldest ?2 (?3) rows up to ?1; a negative limit is none */
@@ -154,7 +157,19 @@ static const char *const stmt_sql[ST_COUNT] = {
                            " AND id <= ?1 ORDER BY id LIMIT ?3)",
     [ST_META_PUT] = "INSERT INTO meta(key, value) VALUES(?1, ?2)"
                     " ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+    [ST_QCOUNT_ADD] = "INSERT INTO queue_counts(queue_id, entries, bytes) VALUES(?1, ?2, ?3)"
+                      " ON CONFLICT(queue_id) DO UPDATE SET entries = entries + excluded.entries,"
+                      " bytes = bytes + excluded.bytes",
+    [ST_QCOUNT_DELETE] = "DELETE FROM queue_counts WHERE queue_id = ?1",
 };
+
+/* What the current group changed in a queue's stored entries, written to
+ * queue_counts before it commits (counts_flush). */
+typedef struct count_delta {
+    uint32_t queue_id;
+    int used;
+    int64_t entries, bytes;
+} count_delta;
 
 /* An ack deferred to the end of its group. */
 typedef struct ack_range {
@@ -168,11 +183,9 @@ typedef struct ack_range {
 #define VACUUM_STEP_PAGES 1024
 #define VACUUM_STEP_PAGES_SQL "1024"
 
-/* The statements of paging (SB_OP_PAGE_IN, SB_OP_TRIM, sb_store_load_counts),
- * kept apart from the hot path's. SIZE_SQL is sb_message_size of a row:
- * length() of a blob reads its header, not its content. */
-#define SIZE_SQL                                                                                   \
-    "(length(CAST(topic AS BLOB)) + coalesce(length(payload), 0) + coalesce(length(headers), 0))"
+/* The statements of paging (SB_OP_PAGE_IN, SB_OP_TRIM), kept apart from
+ * the hot path's. SIZE_SQL is sb_message_size of a row. */
+#define SIZE_SQL SB_STORE__SIZE_SQL
 
 enum page_stmt_id { PST_READ, PST_SCAN, PST_EXPIRE_COPY, PST_FREELIST, PST_VACUUM, PST_COUNT };
 
@@ -248,6 +261,9 @@ struct sb_store {
     ack_range *acks; /* the group's acks not yet executed (acks_flush) */
     size_t ack_count, ack_cap;
     uint64_t ack_max_id; /* the largest last_id among them */
+    count_delta *deltas; /* open addressing by queue id, delta_cap a power of 2 */
+    size_t delta_cap, delta_used;
+    size_t *delta_slots; /* the used slots, in the order first touched */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -367,12 +383,117 @@ static void note_msg_id(sb_store *s, uint64_t id)
         s->group_msg_id = id;
 }
 
+/* ---- per-queue counts ---------------------------------------------------- */
+
+static size_t delta_slot(const sb_store *s, uint32_t queue_id)
+{
+    size_t i = ((size_t)queue_id * 2654435761u) & (s->delta_cap - 1);
+    while (s->deltas[i].used && s->deltas[i].queue_id != queue_id)
+        i = (i + 1) & (s->delta_cap - 1);
+    return i;
+}
+
+/* Counts a change of the group in a queue's stored entries. Returns
+ * SQLITE_OK or SQLITE_NOMEM (which must fail the group: its counts would
+ * be wrong). */
+static int count_add(sb_store *s, uint32_t queue_id, int64_t entries, int64_t bytes)
+{
+    size_t i;
+    if (entries == 0 && bytes == 0)
+        return SQLITE_OK;
+    if (2 * (s->delta_used + 1) > s->delta_cap) {
+        size_t cap = s->delta_cap == 0 ? 64 : 2 * s->delta_cap;
+        count_delta *old = s->deltas;
+        count_delta *d = sb_calloc(cap, sizeof(*d));
+        size_t *slots = sb_malloc(cap / 2 * sizeof(*slots));
+        if (d == NULL || slots == NULL) {
+            sb_free(d);
+            sb_free(slots);
+            return SQLITE_NOMEM;
+        }
+        s->deltas = d;
+        s->delta_cap = cap;
+        for (size_t k = 0; k < s->delta_used; k++) {
+            size_t to = delta_slot(s, old[s->delta_slots[k]].queue_id);
+            s->deltas[to] = old[s->delta_slots[k]];
+            slots[k] = to;
+        }
+        sb_free(old);
+        sb_free(s->delta_slots);
+        s->delta_slots = slots;
+    }
+    i = delta_slot(s, queue_id);
+    if (!s->deltas[i].used) {
+        s->deltas[i].used = 1;
+        s->deltas[i].queue_id = queue_id;
+        s->deltas[i].entries = s->deltas[i].bytes = 0;
+        s->delta_slots[s->delta_used++] = i;
+    }
+    s->deltas[i].entries += entries;
+    s->deltas[i].bytes += bytes;
+    return SQLITE_OK;
+}
+
+/* Forgets the group's counts of a queue whose rows it deleted (its count
+ * row went with them). */
+static void count_forget(sb_store *s, uint32_t queue_id)
+{
+    size_t i;
+    if (s->delta_cap == 0)
+        return;
+    i = delta_slot(s, queue_id);
+    if (s->deltas[i].used)
+        s->deltas[i].entries = s->deltas[i].bytes = 0;
+}
+
+static void counts_reset(sb_store *s)
+{
+    for (size_t k = 0; k < s->delta_used; k++)
+        s->deltas[s->delta_slots[k]].used = 0;
+    s->delta_used = 0;
+}
+
+/* Writes the group's counts: one statement per queue it touched. */
+static int counts_flush(sb_store *s)
+{
+    sqlite3_stmt *st = s->st[ST_QCOUNT_ADD];
+    int rc = SQLITE_OK;
+    for (size_t k = 0; k < s->delta_used && rc == SQLITE_OK; k++) {
+        const count_delta *d = &s->deltas[s->delta_slots[k]];
+        if (d->entries != 0 || d->bytes != 0)
+            rc = bind_run(st, bind_args(st, "iii", (int64_t)d->queue_id, d->entries, d->bytes));
+    }
+    counts_reset(s);
+    return rc != SQLITE_OK ? fail(s, rc, "per-queue counts") : SQLITE_OK;
+}
+
+/* Steps a statement whose rows are the sizes of the entries it inserted
+ * or deleted (RETURNING SIZE_SQL), to its end: *out_rows, *out_bytes. */
+static int run_sizes(sqlite3_stmt *st, int bind_rc, int64_t *out_rows, int64_t *out_bytes)
+{
+    int rc = bind_rc;
+    *out_rows = *out_bytes = 0;
+    if (rc != SQLITE_OK)
+        return bind_run(st, rc);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        (*out_rows)++;
+        *out_bytes += sqlite3_column_int64(st, 0);
+    }
+    (void)sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 /* ---- ops ---------------------------------------------------------------- */
 
 static int delete_range(sb_store *s, uint32_t queue_id, uint64_t first, uint64_t last)
 {
     sqlite3_stmt *st = s->st[ST_ENTRY_DELETE];
-    return bind_run(st, bind_args(st, "iii", (int64_t)queue_id, (int64_t)first, (int64_t)last));
+    int64_t rows, bytes;
+    int rc = run_sizes(st, bind_args(st, "iii", (int64_t)queue_id, (int64_t)first, (int64_t)last),
+                       &rows, &bytes);
+    if (rc == SQLITE_OK && rows > 0)
+        rc = count_add(s, queue_id, -rows, -bytes);
+    return rc;
 }
 
 /* Sets or (empty payload) clears the retained value of m's topic. */
@@ -415,6 +536,7 @@ static int exec_publish(sb_store *s, sb_store_op *op)
     sqlite3_stmt *ins = s->st[ST_ENTRY_INSERT];
     unsigned char *hdr = NULL;
     size_t hdr_len = 0, inserted = 0;
+    int64_t size;
     int rc = SQLITE_OK;
 
     if (m == NULL || (op->u.publish.queue_count > 0 && op->u.publish.queue_ids == NULL) ||
@@ -444,6 +566,7 @@ static int exec_publish(sb_store *s, sb_store_op *op)
         op->status = SB_ENOMEM;
         return SQLITE_OK;
     }
+    size = (int64_t)((m->topic != NULL ? strlen(m->topic) : 0) + m->payload_len + hdr_len);
     for (size_t i = 0; i < op->u.publish.queue_count; i++) {
         uint32_t qid = op->u.publish.queue_ids[i];
         rc = bind_run(ins,
@@ -454,6 +577,10 @@ static int exec_publish(sb_store *s, sb_store_op *op)
                                 m->expires_ms, (int64_t)m->priority));
         if (rc == SQLITE_OK && sqlite3_changes(s->db) == 1) {
             inserted++;
+            if ((rc = count_add(s, qid, 1, size)) != SQLITE_OK) {
+                rc = fail(s, rc, "publish: counts");
+                goto out;
+            }
             continue;
         }
         /* Fail only this op: report, then delete what it inserted so far. */
@@ -620,6 +747,11 @@ static int exec_queue_delete(sb_store *s, sb_store_op *op)
     rc = bind_run(st, bind_args(st, "i", (int64_t)op->u.queue_delete.queue_id));
     if (rc != SQLITE_OK)
         return fail(s, rc, "queue delete: filters");
+    st = s->st[ST_QCOUNT_DELETE];
+    rc = bind_run(st, bind_args(st, "i", (int64_t)op->u.queue_delete.queue_id));
+    if (rc != SQLITE_OK)
+        return fail(s, rc, "queue delete: counts");
+    count_forget(s, op->u.queue_delete.queue_id);
     st = s->st[ST_QUEUE_DELETE];
     rc = bind_run(st, bind_args(st, "i", (int64_t)op->u.queue_delete.queue_id));
     return rc != SQLITE_OK ? fail(s, rc, "queue delete") : SQLITE_OK;
@@ -748,49 +880,80 @@ static int exec_dlq_list(sb_store *s, sb_store_op *op)
 
 static int exec_dlq_redrive(sb_store *s, sb_store_op *op)
 {
-    int rc = run(s->st[ST_SAVEPOINT]);
-    int status = 0;
-    if (rc != SQLITE_OK)
-        return fail(s, rc, "redrive: savepoint");
-    for (size_t i = 0; i < op->u.dlq_redrive.row_count && status == 0; i++) {
+    size_t n = op->u.dlq_redrive.row_count, i;
+    /* each row's size: counted once the op holds (not rolled back) */
+    int64_t *sizes = sb_calloc(n > 0 ? n : 1, sizeof(*sizes));
+    int rc, status = 0;
+    if (sizes == NULL) {
+        op->status = SB_ENOMEM;
+        return SQLITE_OK;
+    }
+    rc = run(s->st[ST_SAVEPOINT]);
+    if (rc != SQLITE_OK) {
+        rc = fail(s, rc, "redrive: savepoint");
+        goto out;
+    }
+    for (i = 0; i < n && status == 0; i++) {
         const sb_dead_letter *r = &op->u.dlq_redrive.rows[i];
         sqlite3_stmt *st = s->st[ST_DLQ_REDRIVE_COPY];
+        int64_t rows;
         if (r->target_queue_id == 0)
             continue; /* the caller leaves this one in the dead-letter table */
-        rc = bind_run(st, bind_args(st, "iii", (int64_t)r->target_queue_id, (int64_t)r->new_msg_id,
-                                    r->dlq_id));
+        rc = run_sizes(
+            st,
+            bind_args(st, "iii", (int64_t)r->target_queue_id, (int64_t)r->new_msg_id, r->dlq_id),
+            &rows, &sizes[i]);
         if (rc != SQLITE_OK) {
-            if (!is_op_local(rc) || sqlite3_get_autocommit(s->db))
-                return fail(s, rc, "redrive: insert");
+            if (!is_op_local(rc) || sqlite3_get_autocommit(s->db)) {
+                rc = fail(s, rc, "redrive: insert");
+                goto out;
+            }
             status = sb_store__error_from_sqlite(rc);
             break;
         }
-        if (sqlite3_changes(s->db) == 0) {
+        if (rows == 0) {
             /* Gone (purged or redriven already), or the new id is taken. */
             st = s->st[ST_DLQ_EXISTS];
             rc = bind_args(st, "i", r->dlq_id);
             if (rc == SQLITE_OK)
                 rc = sqlite3_step(st);
             (void)sqlite3_reset(st);
-            if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-                return fail(s, rc, "redrive: lookup");
+            if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+                rc = fail(s, rc, "redrive: lookup");
+                goto out;
+            }
             status = rc == SQLITE_ROW ? SB_EEXIST : SB_ENOTFOUND;
             break;
         }
         st = s->st[ST_DLQ_DELETE];
         rc = bind_run(st, bind_args(st, "i", r->dlq_id));
-        if (rc != SQLITE_OK)
-            return fail(s, rc, "redrive: delete");
+        if (rc != SQLITE_OK) {
+            rc = fail(s, rc, "redrive: delete");
+            goto out;
+        }
         note_msg_id(s, r->new_msg_id);
     }
     if (status != 0) {
         op->status = status;
         rc = run(s->st[ST_ROLLBACK_TO]);
-        if (rc != SQLITE_OK)
-            return fail(s, rc, "redrive: rollback to savepoint");
+        if (rc != SQLITE_OK) {
+            rc = fail(s, rc, "redrive: rollback to savepoint");
+            goto out;
+        }
     }
     rc = run(s->st[ST_RELEASE]);
-    return rc != SQLITE_OK ? fail(s, rc, "redrive: release") : SQLITE_OK;
+    if (rc != SQLITE_OK) {
+        rc = fail(s, rc, "redrive: release");
+        goto out;
+    }
+    for (i = 0; i < n && status == 0 && rc == SQLITE_OK; i++)
+        if (op->u.dlq_redrive.rows[i].target_queue_id != 0)
+            rc = count_add(s, op->u.dlq_redrive.rows[i].target_queue_id, 1, sizes[i]);
+    if (rc != SQLITE_OK)
+        rc = fail(s, rc, "redrive: counts");
+out:
+    sb_free(sizes);
+    return rc;
 }
 
 static int exec_dlq_purge(sb_store *s, sb_store_op *op)
@@ -1466,6 +1629,9 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
     s->ack_count = 0; /* a failed group: retried from its ops */
     s->ack_max_id = 0;
     if (rc == SQLITE_OK)
+        rc = counts_flush(s);
+    counts_reset(s); /* a failed group: counted again when retried */
+    if (rc == SQLITE_OK)
         rc = head != NULL ? update_meta(s) : probe_write(s);
     if (rc == SQLITE_OK) {
         rc = run(s->st[ST_COMMIT]);
@@ -1608,6 +1774,8 @@ static void store_free(sb_store *s)
         uv_mutex_destroy(&s->mu);
     }
     sb_free(s->acks);
+    sb_free(s->deltas);
+    sb_free(s->delta_slots);
     sb_free(s->path);
     sb_free(s);
 }
@@ -2381,61 +2549,18 @@ int sb_store_load_dedup(sb_store *s, sb_store_dedup_cb cb, void *ctx, sb_error *
     return load_finish(s, st, step_rc, rc, err);
 }
 
-int sb_store_read_page(sb_store *s, sb_store_op *op, sb_error *err)
-{
-    int rc;
-    if (s->started)
-        return sb_error_set(err, SB_EINVAL, 0, "database %s: pages are read before start", s->path);
-    op->status = 0;
-    op->u.page_in.rows = NULL;
-    op->u.page_in.row_count = 0;
-    rc = exec_page_in(s, op);
-    if (rc != SQLITE_OK)
-        return db_error(s, rc, "reading queued messages", err);
-    if (op->status == SB_ECORRUPT)
-        return sb_error_set(err, SB_ECORRUPT, 0,
-                            "database %s is corrupt: malformed headers in entries", s->path);
-    if (op->status != 0)
-        return sb_error_set(err, op->status, 0, "database %s: reading queued messages: %s", s->path,
-                            sb_strerror(op->status));
-    return 0;
-}
-
-/* Rows of a queue whose sizes are averaged for the estimate of its bytes. */
-#define COUNT_SAMPLE_ROWS 64
-
 int sb_store_load_counts(sb_store *s, sb_store_count_cb cb, void *ctx, sb_error *err)
 {
-    sqlite3_stmt *st, *sample;
+    sqlite3_stmt *st;
     int step_rc = SQLITE_DONE;
-    int rc = load_prepare(s, "SELECT queue_id, count(*) FROM entries GROUP BY queue_id", &st, err);
+    int rc = load_prepare(s,
+                          "SELECT queue_id, entries, bytes FROM queue_counts WHERE entries > 0"
+                          " ORDER BY queue_id",
+                          &st, err);
     if (rc != 0)
         return rc;
-    rc = load_prepare(s,
-                      "SELECT count(*), sum(size) FROM (SELECT " SIZE_SQL " AS size FROM entries"
-                      " WHERE queue_id = ?1 ORDER BY msg_id LIMIT ?2)",
-                      &sample, err);
-    if (rc != 0) {
-        (void)sqlite3_finalize(st);
-        return rc;
-    }
-    while (rc == 0 && (step_rc = sqlite3_step(st)) == SQLITE_ROW) {
-        int64_t qid = sqlite3_column_int64(st, 0), count = sqlite3_column_int64(st, 1);
-        int64_t n = 0, sum = 0;
-        int src = bind_args(sample, "ii", qid, (int64_t)COUNT_SAMPLE_ROWS);
-        if (src == SQLITE_OK)
-            src = sqlite3_step(sample);
-        if (src == SQLITE_ROW) {
-            n = sqlite3_column_int64(sample, 0);
-            sum = sqlite3_column_int64(sample, 1);
-        }
-        (void)sqlite3_reset(sample);
-        if (src != SQLITE_ROW) {
-            rc = db_error(s, src, "counting queued entries", err);
-            break;
-        }
-        rc = cb(ctx, (uint32_t)qid, count, n > 0 ? sum / n * count : 0);
-    }
-    (void)sqlite3_finalize(sample); /* repeats a step error, handled above */
+    while (rc == 0 && (step_rc = sqlite3_step(st)) == SQLITE_ROW)
+        rc = cb(ctx, (uint32_t)sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+                sqlite3_column_int64(st, 2));
     return load_finish(s, st, step_rc, rc, err);
 }

@@ -61,7 +61,7 @@
 #include "service/message.h"
 #include "service/topic.h"
 
-#define SB_STORE_SCHEMA_VERSION 2
+#define SB_STORE_SCHEMA_VERSION 3
 /* PRAGMA application_id of a Switchboard database: 'SBOX'. */
 #define SB_STORE_APPLICATION_ID 0x53424F58
 
@@ -308,15 +308,9 @@ int sb_store_load_retained(sb_store *s, sb_store_retained_cb cb, void *ctx, sb_e
 int sb_store_load_dedup(sb_store *s, sb_store_dedup_cb cb, void *ctx, sb_error *err);
 
 /* Paging loader: calls cb once per queue that has entries, with their
- * number and an estimate of their sb_message_size bytes (the mean of the
- * queue's oldest entries times the count), without reading the entries:
- * the count comes from the (queue_id, msg_id) index. The entries are then
- * read in windows with SB_OP_PAGE_IN. */
-/* Executes an SB_OP_PAGE_IN op at once, on the calling thread: the first
- * windows are read this way before sb_store_start. 0 (rows in op, to free
- * with sb_store_page_rows_free) or an error, in err. */
-int sb_store_read_page(sb_store *s, sb_store_op *op, sb_error *err);
-
+ * number and their sb_message_size bytes, as the store keeps them per group
+ * commit (a row per queue: independent of the backlog). The entries are
+ * then read in windows with SB_OP_PAGE_IN. */
 typedef int (*sb_store_count_cb)(void *ctx, uint32_t queue_id, int64_t count, int64_t bytes);
 int sb_store_load_counts(sb_store *s, sb_store_count_cb cb, void *ctx, sb_error *err);
 
