@@ -135,6 +135,103 @@ static void disk_clamp(sb_queue *q)
     }
 }
 
+/* ---- a stored entry that does not decode ---- */
+
+typedef struct bad_req {
+    sb_store_op op;
+    sb_broker *b;
+    char *queue_name, *reason;
+} bad_req;
+
+static void bad_req_free(bad_req *r)
+{
+    sb_free(r->queue_name);
+    sb_free(r->reason);
+    sb_free(r);
+}
+
+static void on_bad_deleted(sb_store_op *op, void *ctx)
+{
+    bad_req *r = ctx;
+    if (op->status != 0)
+        sb_errlog(r->queue_name, "cannot delete stored message %llu either: %s",
+                  (unsigned long long)op->u.ack.first_id, sb_strerror(op->status));
+    bad_req_free(r);
+}
+
+static void on_bad_dead(sb_store_op *op, void *ctx)
+{
+    bad_req *r = ctx;
+    sb_queue *q = sb_broker__queue_by_id(r->b, op->u.deadletter.queue_id);
+    uint64_t id = op->u.deadletter.msg_id;
+
+    if (op->status == 0) {
+        if (q != NULL) {
+            q->dead++;
+            sb_broker__queue_changed(q);
+        }
+    } else if (op->status != SB_ENOTFOUND) { /* not found: gone meanwhile */
+        /* It cannot even be dead-lettered: it goes, so the queue moves. */
+        sb_errlog(r->queue_name,
+                  "cannot move stored message %llu to the dead-letter queue (%s): "
+                  "deleting it",
+                  (unsigned long long)id, sb_strerror(op->status));
+        memset(&r->op, 0, sizeof(r->op));
+        r->op.type = SB_OP_ACK;
+        r->op.cb = on_bad_deleted;
+        r->op.ctx = r;
+        r->op.u.ack.queue_id = op->u.deadletter.queue_id;
+        r->op.u.ack.first_id = r->op.u.ack.last_id = id;
+        if (sb_store_submit(r->b->store, &r->op) == 0)
+            return; /* r is freed when it completes */
+    }
+    bad_req_free(r);
+}
+
+/* The entry after what a page-in read (op) does not decode: it leaves the
+ * stored part (paged_to passes it) and is moved to the dead-letter queue
+ * in the store, without its headers, so that the queue goes on. */
+static void move_aside(sb_broker *b, sb_queue *q, const sb_store_op *op)
+{
+    uint64_t id = op->u.page_in.bad_id;
+    bad_req *r;
+
+    q->paged_to = id;
+    q->disk_depth--;
+    q->disk_bytes -= op->u.page_in.bad_size;
+    disk_clamp(q);
+    sb_errlog(q->name,
+              "stored message %llu does not decode (%s): moving it to the dead-letter "
+              "queue without its headers",
+              (unsigned long long)id, op->u.page_in.bad_reason);
+    r = sb_calloc(1, sizeof(*r));
+    if (r != NULL) {
+        r->b = b;
+        r->queue_name = sb_strdup(q->name);
+        r->reason = sb_malloc(sizeof(op->u.page_in.bad_reason) + 64);
+    }
+    if (r == NULL || r->queue_name == NULL || r->reason == NULL) {
+        /* it stays in the store, after paged_to: read again after a restart */
+        sb_errlog(q->name, "out of memory dead-lettering stored message %llu; left in the store",
+                  (unsigned long long)id);
+        if (r != NULL)
+            bad_req_free(r);
+        return;
+    }
+    snprintf(r->reason, sizeof(op->u.page_in.bad_reason) + 64,
+             "corrupt in the store: %s (dead-lettered without them)", op->u.page_in.bad_reason);
+    r->op.type = SB_OP_DEADLETTER;
+    r->op.cb = on_bad_dead;
+    r->op.ctx = r;
+    r->op.u.deadletter.queue_id = q->id;
+    r->op.u.deadletter.msg_id = id;
+    r->op.u.deadletter.no_headers = 1;
+    r->op.u.deadletter.queue_name = r->queue_name;
+    r->op.u.deadletter.reason = r->reason;
+    if (sb_store_submit(b->store, &r->op) != 0)
+        bad_req_free(r); /* stopping: read again after the restart */
+}
+
 /* ---- page-in ---- */
 
 /* Appends what a page-in read (op, q's page_op) to q's window. */
@@ -167,6 +264,9 @@ static void take_rows(sb_broker *b, sb_queue *q, sb_store_op *op)
         q->disk_depth = q->snap_depth - beyond;
         q->disk_bytes = q->snap_bytes - beyond * mean;
     }
+    /* (a drop under way past the rows read removed it already) */
+    if (i == n && op->u.page_in.bad_id != 0 && q->page_skip <= (int64_t)n)
+        move_aside(b, q, op);
     q->page_skip = 0;
     disk_clamp(q);
     if (q->disk_depth == 0)

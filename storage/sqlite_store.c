@@ -75,6 +75,7 @@ enum stmt_id {
     ST_KEY_DELETE,
     ST_KEY_DELETE_PREFIX,
     ST_DEADLETTER_COPY,
+    ST_DEADLETTER_COPY_BARE,
     ST_DEADLETTER_PUT,
     ST_QUEUE_PUT,
     ST_QUEUE_FILTERS_DELETE,
@@ -126,6 +127,13 @@ static const char *const stmt_sql[ST_COUNT] = {
         " priority, dead_ms, reason, source, attempts)"
         " SELECT coalesce(?3, (SELECT name FROM queues WHERE id = ?1)), msg_id, topic, payload,"
         " headers, created_ms, expires_ms, priority, ?4, ?5, ?6, ?7"
+        " FROM entries WHERE queue_id = ?1 AND msg_id = ?2",
+    /* the same without the headers, which do not decode */
+    [ST_DEADLETTER_COPY_BARE] =
+        "INSERT INTO dlq(queue_name, msg_id, topic, payload, headers, created_ms, expires_ms,"
+        " priority, dead_ms, reason, source, attempts)"
+        " SELECT coalesce(?3, (SELECT name FROM queues WHERE id = ?1)), msg_id, topic, payload,"
+        " NULL, created_ms, expires_ms, priority, ?4, ?5, ?6, ?7"
         " FROM entries WHERE queue_id = ?1 AND msg_id = ?2",
     [ST_DEADLETTER_PUT] =
         "INSERT INTO dlq(queue_name, msg_id, topic, payload, headers, created_ms, expires_ms,"
@@ -663,7 +671,9 @@ static int exec_retain_put(sb_store *s, sb_store_op *op)
 static int exec_deadletter(sb_store *s, sb_store_op *op)
 {
     const sb_message *m = op->u.deadletter.msg;
-    sqlite3_stmt *st = s->st[m != NULL ? ST_DEADLETTER_PUT : ST_DEADLETTER_COPY];
+    sqlite3_stmt *st = s->st[m != NULL                     ? ST_DEADLETTER_PUT
+                             : op->u.deadletter.no_headers ? ST_DEADLETTER_COPY_BARE
+                                                           : ST_DEADLETTER_COPY];
     unsigned char *hdr = NULL;
     size_t hdr_len = 0;
     int rc;
@@ -1027,6 +1037,9 @@ static int exec_page_in(sb_store *s, sb_store_op *op)
     if (rc != SQLITE_OK)
         return op_error(s, op, bind_run(st, rc), "page-in");
     op->u.page_in.exhausted = 0;
+    op->u.page_in.bad_id = 0;
+    op->u.page_in.bad_size = 0;
+    op->u.page_in.bad_reason[0] = '\0';
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         int64_t size = sqlite3_column_int64(st, 8);
         if (max_bytes > 0 && count > 0 && bytes + size > max_bytes)
@@ -1042,6 +1055,17 @@ static int exec_page_in(sb_store *s, sb_store_op *op)
             cap = ncap;
         }
         status = message_from_row(&rows[count].msg, st, 0, 1, 2, 3, 4, 5, 6);
+        if (status == SB_ECORRUPT) {
+            /* The rows before it are returned; it is named, for the
+             * caller to move it aside (the queue must not stop at it). */
+            op->u.page_in.bad_id = (uint64_t)sqlite3_column_int64(st, 0);
+            op->u.page_in.bad_size = size;
+            snprintf(op->u.page_in.bad_reason, sizeof(op->u.page_in.bad_reason),
+                     "its headers (%d bytes) do not decode", sqlite3_column_bytes(st, 3));
+            status = 0;
+            rc = SQLITE_ROW;
+            break;
+        }
         if (status != 0)
             break;
         rows[count].attempts = sqlite3_column_int(st, 7);

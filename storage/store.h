@@ -40,7 +40,8 @@
  *                A redriven entry keeps the dead letter's topic, payload,
  *                headers, created, expiry and priority; attempts restart at 0
  *   DLQ_LIST     SB_ENOMEM (no rows returned)
- *   PAGE_IN      SB_ENOMEM, SB_ECORRUPT (a malformed row; no rows returned)
+ *   PAGE_IN      SB_ENOMEM (no rows returned); a row that does not decode is
+ *                not an error: it ends the rows and is named (bad_id)
  * ACK, QUEUE_DELETE, DLQ_PURGE, DEDUP_PRUNE, KEY_PUT, KEY_DELETE and TRIM only fail when
  * sb_store_stop gives up retrying them (SB_EIO / SB_ENOSPC). Callbacks come in submission order,
  * except that ops kept for a retry complete after the failed publishes that were submitted after
@@ -170,8 +171,11 @@ struct sb_store_op {
         struct {
             uint32_t queue_id;
             uint64_t msg_id;
-            sb_message *msg; /* always set: the dead letter is written from it
-                                (memory-class queues have no entry row) */
+            sb_message *msg; /* the dead letter is written from it (memory-class
+                                queues have no entry row); NULL: copied from
+                                the entry's row */
+            int no_headers;  /* copying: without the row's headers (they do not
+                                decode, SB_OP_PAGE_IN's bad_id) */
             const char *queue_name;
             const char *reason;
             const char *source;
@@ -220,6 +224,12 @@ struct sb_store_op {
             sb_store_entry *rows;
             size_t row_count;
             int exhausted; /* 1: no entry after these when it was read */
+            /* An entry that does not decode (its headers are malformed)
+             * stops the read: the rows before it are returned, and it is
+             * named here for the caller to move it aside (0: none). */
+            uint64_t bad_id;
+            int64_t bad_size;     /* its SIZE (topic, payload and header bytes) */
+            char bad_reason[96];  /* what is wrong with it */
         } page_in;
         struct {
             uint32_t queue_id;

@@ -1551,6 +1551,67 @@ static void test_counts(void **state)
     free(want);
 }
 
+/* A page-in stops at a row whose headers do not decode: the rows before
+ * it come back, and it is named with what is wrong, for the broker to
+ * move aside; a dead letter copied from it without its headers reads. */
+static void test_page_in_bad_row(void **state)
+{
+    fx *f = *state;
+    const uint32_t q1 = 1;
+    sb_store_op op, list;
+    sqlite3 *db;
+
+    open_start(f);
+    assert_int_equal(queue_put(f, 1, "one", "t/#", NULL), 0);
+    for (uint64_t i = 1; i <= 5; i++) {
+        sb_message *m = msg(i, "t/x", "body");
+        assert_int_equal(sb_message_add_header(m, "k", "v"), 0);
+        publish_op(&op, m, &q1, 1);
+        assert_int_equal(do_op(f, &op), 0);
+        sb_message_unref(m);
+    }
+    shut(f);
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE entries SET headers = x'6b6579' WHERE msg_id = 3",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+
+    open_start(f);
+    memset(&op, 0, sizeof(op));
+    op.type = SB_OP_PAGE_IN;
+    op.u.page_in.queue_id = 1;
+    op.u.page_in.limit = 10;
+    assert_int_equal(do_op(f, &op), 0);
+    assert_int_equal(op.u.page_in.row_count, 2);
+    assert_int_equal(op.u.page_in.rows[1].msg->id, 2);
+    assert_int_equal(op.u.page_in.exhausted, 0);
+    assert_int_equal(op.u.page_in.bad_id, 3);
+    assert_int_equal(op.u.page_in.bad_size, 3 + 4 + 3);
+    assert_string_equal(op.u.page_in.bad_reason, "its headers (3 bytes) do not decode");
+    sb_store_page_rows_free(op.u.page_in.rows, op.u.page_in.row_count);
+
+    deadletter_op(&op, 1, 3, "one", NULL);
+    op.u.deadletter.no_headers = 1;
+    assert_int_equal(do_op(f, &op), 0);
+    dlq_list(f, &list, NULL, 0, 0);
+    assert_int_equal(list.u.dlq_list.row_count, 1);
+    assert_int_equal(list.u.dlq_list.rows[0].msg->id, 3);
+    assert_int_equal(list.u.dlq_list.rows[0].msg->header_count, 0);
+    sb_store_dlq_rows_free(list.u.dlq_list.rows, list.u.dlq_list.row_count);
+
+    memset(&op, 0, sizeof(op));
+    op.type = SB_OP_PAGE_IN;
+    op.u.page_in.queue_id = 1;
+    op.u.page_in.after_id = 2;
+    op.u.page_in.limit = 10;
+    assert_int_equal(do_op(f, &op), 0);
+    assert_int_equal(op.u.page_in.row_count, 2); /* 4 and 5 */
+    assert_int_equal(op.u.page_in.bad_id, 0);
+    assert_int_equal(op.u.page_in.exhausted, 1);
+    sb_store_page_rows_free(op.u.page_in.rows, op.u.page_in.row_count);
+}
+
 /* Everything a version 1 database holds, as dump text. */
 static char *dump_v1(const char *path)
 {
@@ -2053,6 +2114,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_stop_before_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_in_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_counts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_page_in_bad_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_foreign, setup, teardown),
         cmocka_unit_test_setup_teardown(test_newer_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt, setup, teardown),
