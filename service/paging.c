@@ -11,8 +11,12 @@
  *
  * At start, once the broker listens, each queue's first window is read
  * (while the budget lasts); then, while a consumer is attached and the
- * window runs below half, the store thread reads the next batch
+ * window runs below half its target, the store thread reads the next batch
  * (SB_OP_PAGE_IN) and the loop appends it; the loop never waits for SQLite.
+ * The target is sized by the consumers (sb_paging__target): what they may
+ * hold in flight plus what they acknowledge in READ_AHEAD_MS at their
+ * measured rate, within queue_window. A slow consumer's queue keeps a few
+ * entries in memory, leaving the budget to those that drain fast.
  * A page-in reserves the bytes it may read from the budget until it
  * completes (page_reserved), so that several under way stay within it. Without consumers nothing is
  * read: TTL expiry and drop-oldest act on the stored part in the store (SB_OP_TRIM), on its head,
@@ -39,8 +43,11 @@
 #include <string.h>
 
 /* While the windows are over the memory budget, a queue with a consumer
- * still fills its window up to this many entries, so that it always moves. */
+ * still fills its window up to this many entries, so that it always moves;
+ * and a window holds at least this many ahead (sb_paging__target). */
 #define FLOOR_ROWS 16
+/* A window holds what its consumers take in this long, at their rate. */
+#define READ_AHEAD_MS 1000
 /* Stored entries an expiry looks at per housekeeping tick and queue. */
 #define EXPIRE_SCAN_ROWS 512
 /* Without a TTL, how often stored entries are looked at for their own expiry. */
@@ -61,6 +68,25 @@ typedef struct page_req {
 int sb_paging__window(const sb_queue *q)
 {
     return q->broker->cfg->broker.queue_window;
+}
+
+int sb_paging__target(int64_t credit, double rate, int window)
+{
+    double want = (double)credit + rate * READ_AHEAD_MS / 1000.0;
+    if (want < FLOOR_ROWS)
+        want = FLOOR_ROWS;
+    return want < (double)window ? (int)want : window;
+}
+
+/* q's target: its consumers' windows and their rate of acknowledgements. */
+static int queue_target(const sb_queue *q)
+{
+    int64_t credit = 0;
+    for (const sb_consumer *c = q->consumers; c != NULL; c = c->next)
+        credit += c->window;
+    return sb_paging__target(
+        credit, sb_rate__per_sec(&q->out_rate, (int64_t)(uv_now(&q->broker->loop) / 1000)),
+        sb_paging__window(q));
 }
 
 int sb_paging__room(const sb_queue *q, int64_t size)
@@ -305,14 +331,14 @@ static int64_t room(const sb_broker *b)
     return b->cfg->broker.queue_memory - b->resident_bytes - b->page_reserved;
 }
 
-/* Sets up a page-in of q's next stored entries (0: no room for any). Its
- * bytes are reserved until it completes, so that page-ins of several
- * queues at once stay within the budget together. */
-static int prepare(sb_queue *q, page_req *r)
+/* Sets up a page-in of q's next stored entries, up to `target` in the
+ * window (0: no room for any). Its bytes are reserved until it completes,
+ * so that page-ins of several queues at once stay within the budget. */
+static int prepare(sb_queue *q, page_req *r, int target)
 {
     sb_broker *b = q->broker;
     sb_store_op *op = &r->op;
-    int limit = sb_paging__window(q) - (int)q->depth;
+    int limit = target - (int)q->depth;
     int64_t left = room(b), mean = q->disk_bytes / q->disk_depth, want;
     if (left <= 0) /* over budget: only what keeps the queue moving */
         limit = FLOOR_ROWS - (int)q->depth < limit ? FLOOR_ROWS - (int)q->depth : limit;
@@ -332,15 +358,15 @@ static int prepare(sb_queue *q, page_req *r)
     return 1;
 }
 
-/* Submits a page-in of q's next stored entries. */
-static void page_in(sb_queue *q)
+/* Submits a page-in of q's next stored entries, up to target in the window. */
+static void page_in(sb_queue *q, int target)
 {
     sb_broker *b = q->broker;
     page_req *r;
 
     if ((r = new_req(b, SB_OP_PAGE_IN, on_page_in)) == NULL)
         return; /* tried again at the next dispatch */
-    if (!prepare(q, r)) {
+    if (!prepare(q, r, target)) {
         sb_free(r);
         return;
     }
@@ -364,13 +390,17 @@ void sb_paging__start(sb_broker *b)
     for (sb_queue *q = b->queues; q != NULL; q = q->next)
         /* the others are read when a consumer comes */
         if (can_page_in(q) && room(b) >= q->disk_bytes / q->disk_depth)
-            page_in(q);
+            page_in(q, queue_target(q)); /* no consumer yet: a few */
 }
 
 void sb_paging__fill(sb_queue *q)
 {
-    if (can_page_in(q) && q->consumers != NULL && q->depth <= sb_paging__window(q) / 2)
-        page_in(q);
+    int target;
+    if (!can_page_in(q) || q->consumers == NULL)
+        return;
+    target = queue_target(q);
+    if (q->depth <= target / 2)
+        page_in(q, target);
 }
 
 /* ---- drop-oldest and expiry in the store ---- */

@@ -221,6 +221,11 @@ int sb_paging__drop(sb_queue *q, int64_t n);
 void sb_paging__expire(sb_queue *q, int64_t now_ms);
 /* The window's limits: entries per queue, bytes for all queues. */
 int sb_paging__window(const sb_queue *q);
+/* How many entries a queue's window holds (in flight and ahead) while
+ * consumers whose windows add up to `credit` acknowledge `rate` a second:
+ * credit plus what they take in the read-ahead time, at least a floor, at
+ * most `window` (queue_window). The window is refilled below half of it. */
+int sb_paging__target(int64_t credit, double rate, int window);
 int sb_paging__room(const sb_queue *q, int64_t size);
 /* The window's bytes changed by delta (for the broker's budget). */
 void sb_paging__resident(sb_queue *q, int64_t delta);

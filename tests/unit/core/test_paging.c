@@ -5,7 +5,8 @@
  * at start and the rest as consumers take them, redelivery after a
  * restart, TTL expiry and drop-oldest of stored entries (acting in the
  * store, without a consumer), dead letters and their redrive, drops while
- * a read is under way, and the windows' memory budget.
+ * a read is under way, the windows' memory budget, and the read-ahead
+ * sized by the consumers.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -413,6 +414,53 @@ static void test_deadletter_and_redrive(void **state)
     core_check_all(f);
 }
 
+/* The read-ahead is sized by the consumers: their windows plus what they
+ * acknowledge in a second at their rate, at least a floor (16), at most
+ * queue_window. */
+static void test_read_ahead_sizing(void **state)
+{
+    (void)state;
+    assert_int_equal(sb_paging__target(0, 0.0, 4096), 16);    /* nobody yet */
+    assert_int_equal(sb_paging__target(0, 0.0, 4), 4);        /* a tiny window */
+    assert_int_equal(sb_paging__target(2, 3.5, 4096), 16);    /* slow */
+    assert_int_equal(sb_paging__target(100, 0.0, 4096), 100); /* credit, no rate yet */
+    assert_int_equal(sb_paging__target(100, 900.0, 4096), 1000);
+    assert_int_equal(sb_paging__target(1000, 20000.0, 4096), 4096); /* fast: all of it */
+    assert_int_equal(sb_paging__target(10000, 0.0, 4096), 4096);
+}
+
+/* A slow consumer's queue holds a few entries in memory, not its window:
+ * after a restart the first read is small, and it is refilled by little
+ * as the consumer takes them, in order. */
+static void test_slow_consumer_reads_little(void **state)
+{
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_queue *q;
+    int64_t most = 0;
+
+    f->broker_extra = "  store: {queue_window: 1000}\n";
+    core_start(f, cfg);
+    publish_n(f, "q/1", 1, 300);
+    assert_int_equal(core_queue(f, "q")->depth, 300); /* it fits: all in memory */
+    core_stop(f);
+
+    core_start(f, cfg);
+    q = core_queue(f, "q");
+    CORE_WAIT(f, q->depth == 16);
+    c = consumer(f, "q", 2, 0);
+    for (size_t i = 0; i < 300; i++) {
+        CORE_WAIT(f, c->log.count > i);
+        if (q->depth > most)
+            most = q->depth;
+        fake_ack(&c->log.recs[i]);
+    }
+    expect_run(&c->log, 0, 1, 300);
+    assert_true(most <= 16);
+    CORE_WAIT(f, q->depth == 0 && q->disk_depth == 0);
+    core_check_all(f);
+}
+
 /* All windows together stay within broker.store.queue_memory; a queue with
  * a consumer still moves when the budget is spent. */
 static void test_memory_budget(void **state)
@@ -544,6 +592,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drop_during_page_in, paging_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_deadletter_and_redrive, paging_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_memory_budget, paging_setup, core_teardown),
+        cmocka_unit_test(test_read_ahead_sizing),
+        cmocka_unit_test_setup_teardown(test_slow_consumer_reads_little, paging_setup,
+                                        core_teardown),
         cmocka_unit_test_setup_teardown(test_store_gives_space_back, paging_setup, core_teardown),
     };
     fake_register();
