@@ -344,7 +344,7 @@ static int prepare(sb_queue *q, page_req *r, int target)
         limit = FLOOR_ROWS - (int)q->depth < limit ? FLOOR_ROWS - (int)q->depth : limit;
     if (limit <= 0)
         return 0;
-    want = (mean > 0 ? mean : 1) * limit;
+    want = mean > 0 ? mean * limit : left; /* (no bytes counted: whatever is left) */
     r->reserved = left <= 0 ? 0 : want < left ? want : left;
     op->type = SB_OP_PAGE_IN;
     op->u.page_in.queue_id = q->id;
