@@ -96,8 +96,10 @@ struct sb_queue {
     int64_t timer_due; /* when it fires (loop ms), while armed */
     int dispatching;
 
-    /* in-order acks not yet sent to the store: [ack_first, ack_last] */
+    /* in-order acks not yet sent to the store: [ack_first, ack_last],
+     * ack_rows entries of ack_bytes in it */
     uint64_t ack_first, ack_last;
+    int64_t ack_rows, ack_bytes;
     int ack_queued; /* on the broker's flush list */
     sb_queue *ack_next;
 
@@ -205,7 +207,10 @@ void sb_broker__queue_changed(sb_queue *q);
 /* q has entries with an expiry time (on), or no longer (off). */
 void sb_broker__watch_expiry(sb_queue *q, int on);
 void sb_broker__deadletter(sb_broker *b, sb_queue *q, sb_entry *e, const char *reason);
-void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t last);
+/* Deletes q's entries [first, last] from the store: rows entries of
+ * `bytes` in all (sb_message_size), those of q still stored in the range. */
+void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t last, int64_t rows,
+                          int64_t bytes);
 void sb_broker__schedule_ack_flush(sb_broker *b, sb_queue *q);
 void sb_broker__store_attempts(sb_broker *b, sb_queue *q, sb_entry *e);
 void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c, int failed);

@@ -66,6 +66,7 @@ enum stmt_id {
     ST_ROLLBACK_TO,
     ST_ENTRY_INSERT,
     ST_ENTRY_DELETE,
+    ST_ENTRY_SIZES,
     ST_ENTRY_ATTEMPTS,
     ST_RETAIN_SET,
     ST_RETAIN_CLEAR,
@@ -111,8 +112,9 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_ROLLBACK_TO] = "ROLLBACK TO op",
     [ST_ENTRY_INSERT] = "INSERT OR IGNORE INTO entries(queue_id, msg_id, topic, payload, headers,"
                         " created_ms, expires_ms, priority) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    [ST_ENTRY_DELETE] = "DELETE FROM entries WHERE queue_id = ?1 AND msg_id BETWEEN ?2 AND ?3"
-                        " RETURNING " SB_STORE__SIZE_SQL,
+    [ST_ENTRY_DELETE] = "DELETE FROM entries WHERE queue_id = ?1 AND msg_id BETWEEN ?2 AND ?3",
+    [ST_ENTRY_SIZES] = "SELECT count(*), coalesce(sum(" SB_STORE__SIZE_SQL "), 0) FROM entries"
+                       " WHERE queue_id = ?1 AND msg_id BETWEEN ?2 AND ?3",
     [ST_ENTRY_ATTEMPTS] = "UPDATE entries SET attempts = ?3 WHERE queue_id = ?1 AND msg_id = ?2",
     [ST_RETAIN_SET] = "INSERT OR REPLACE INTO retained(topic, msg_id, payload, headers, created_ms,"
                       " expires_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
@@ -183,6 +185,7 @@ typedef struct count_delta {
 typedef struct ack_range {
     uint32_t queue_id;
     uint64_t first, last;
+    int64_t rows, bytes; /* as the op says (rows 0: not said) */
 } ack_range;
 /* Free pages an idle store returns to the file system per step (4 MiB of
  * 4 KiB pages), when at least that many are free and they are a quarter of
@@ -476,7 +479,7 @@ static int counts_flush(sb_store *s)
 }
 
 /* Steps a statement whose rows are the sizes of the entries it inserted
- * or deleted (RETURNING SIZE_SQL), to its end: *out_rows, *out_bytes. */
+ * (RETURNING SIZE_SQL), to its end: *out_rows, *out_bytes. */
 static int run_sizes(sqlite3_stmt *st, int bind_rc, int64_t *out_rows, int64_t *out_bytes)
 {
     int rc = bind_rc;
@@ -493,15 +496,41 @@ static int run_sizes(sqlite3_stmt *st, int bind_rc, int64_t *out_rows, int64_t *
 
 /* ---- ops ---------------------------------------------------------------- */
 
-static int delete_range(sb_store *s, uint32_t queue_id, uint64_t first, uint64_t last)
+/* Deletes a queue's entries [first, last] and counts what it deleted.
+ * rows > 0: the caller knows the entries it deletes there (rows of them,
+ * of `bytes` in all; the acks of the broker, which has them in memory):
+ * if the delete agrees on their number, the bytes are taken as they are,
+ * else in proportion. rows <= 0: they are counted by a read first (drops,
+ * rarer paths). RETURNING would count in one statement, but makes a
+ * delete about three times as costly. */
+static int delete_range(sb_store *s, uint32_t queue_id, uint64_t first, uint64_t last, int64_t rows,
+                        int64_t bytes)
 {
-    sqlite3_stmt *st = s->st[ST_ENTRY_DELETE];
-    int64_t rows, bytes;
-    int rc = run_sizes(st, bind_args(st, "iii", (int64_t)queue_id, (int64_t)first, (int64_t)last),
-                       &rows, &bytes);
-    if (rc == SQLITE_OK && rows > 0)
-        rc = count_add(s, queue_id, -rows, -bytes);
-    return rc;
+    sqlite3_stmt *st;
+    int64_t deleted;
+    int rc;
+    if (rows <= 0) {
+        st = s->st[ST_ENTRY_SIZES];
+        rc = bind_args(st, "iii", (int64_t)queue_id, (int64_t)first, (int64_t)last);
+        if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+            rows = sqlite3_column_int64(st, 0);
+            bytes = sqlite3_column_int64(st, 1);
+            rc = SQLITE_OK;
+        }
+        (void)sqlite3_reset(st);
+        if (rc != SQLITE_OK)
+            return rc;
+        if (rows == 0)
+            return SQLITE_OK; /* nothing to delete */
+    }
+    st = s->st[ST_ENTRY_DELETE];
+    rc = bind_run(st, bind_args(st, "iii", (int64_t)queue_id, (int64_t)first, (int64_t)last));
+    if (rc != SQLITE_OK)
+        return rc;
+    deleted = sqlite3_changes64(s->db);
+    if (deleted != rows)
+        bytes = rows > 0 ? bytes / rows * deleted : 0;
+    return count_add(s, queue_id, -deleted, -bytes);
 }
 
 /* Sets or (empty payload) clears the retained value of m's topic. */
@@ -563,7 +592,7 @@ static int exec_publish(sb_store *s, sb_store_op *op)
             op->status = SB_EDUPLICATE;
             for (size_t i = 0; i < op->u.publish.drop_count; i++) {
                 const sb_store_entry_ref *d = &op->u.publish.drops[i];
-                rc = delete_range(s, d->queue_id, d->msg_id, d->msg_id);
+                rc = delete_range(s, d->queue_id, d->msg_id, d->msg_id, 0, 0);
                 if (rc != SQLITE_OK)
                     return fail(s, rc, "publish: drop");
             }
@@ -607,7 +636,7 @@ static int exec_publish(sb_store *s, sb_store_op *op)
         }
         rc = SQLITE_OK;
         for (size_t j = 0; j < inserted && rc == SQLITE_OK; j++)
-            rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id);
+            rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id, 1, size);
         if (rc != SQLITE_OK)
             rc = fail(s, rc, "publish: undo of a partial insert");
         goto out;
@@ -617,7 +646,7 @@ static int exec_publish(sb_store *s, sb_store_op *op)
      * the entries were inserted. */
     for (size_t i = 0; i < op->u.publish.drop_count; i++) {
         const sb_store_entry_ref *d = &op->u.publish.drops[i];
-        rc = delete_range(s, d->queue_id, d->msg_id, d->msg_id);
+        rc = delete_range(s, d->queue_id, d->msg_id, d->msg_id, 0, 0);
         if (rc != SQLITE_OK) {
             rc = fail(s, rc, "publish: drop");
             goto out;
@@ -676,6 +705,7 @@ static int exec_deadletter(sb_store *s, sb_store_op *op)
                                                            : ST_DEADLETTER_COPY];
     unsigned char *hdr = NULL;
     size_t hdr_len = 0;
+    int64_t size = 0;
     int rc;
 
     if (m != NULL && sb_message_headers_encode(m, &hdr, &hdr_len) != 0) {
@@ -697,14 +727,17 @@ static int exec_deadletter(sb_store *s, sb_store_op *op)
                        (int64_t)op->u.deadletter.attempts);
     rc = bind_run(st, rc);
     sb_free(hdr);
+    if (m != NULL)
+        size = (int64_t)((m->topic != NULL ? strlen(m->topic) : 0) + m->payload_len + hdr_len);
     if (rc != SQLITE_OK)
         return op_error(s, op, rc, "dead-letter");
     if (sqlite3_changes(s->db) == 0) {
         op->status = SB_ENOTFOUND; /* only without msg: no entry to copy */
         return SQLITE_OK;
     }
+    /* from the message, the entry's size is known */
     rc = delete_range(s, op->u.deadletter.queue_id, op->u.deadletter.msg_id,
-                      op->u.deadletter.msg_id);
+                      op->u.deadletter.msg_id, m != NULL ? 1 : 0, size);
     return rc != SQLITE_OK ? fail(s, rc, "dead-letter: delete entry") : SQLITE_OK;
 }
 
@@ -1142,7 +1175,7 @@ static int exec_trim(sb_store *s, sb_store_op *op)
         if (rc != SQLITE_OK)
             return fail(s, rc, "trim: dead-letter");
     }
-    rc = delete_range(s, qid, after + 1, last);
+    rc = delete_range(s, qid, after + 1, last, removed, bytes);
     if (rc != SQLITE_OK)
         return fail(s, rc, "trim: delete");
     op->u.trim.removed = removed;
@@ -1173,6 +1206,8 @@ static int ack_defer(sb_store *s, const sb_store_op *op)
     s->acks[s->ack_count].queue_id = op->u.ack.queue_id;
     s->acks[s->ack_count].first = op->u.ack.first_id;
     s->acks[s->ack_count].last = op->u.ack.last_id;
+    s->acks[s->ack_count].rows = op->u.ack.rows;
+    s->acks[s->ack_count].bytes = op->u.ack.bytes;
     s->ack_count++;
     if (op->u.ack.last_id > s->ack_max_id)
         s->ack_max_id = op->u.ack.last_id;
@@ -1201,9 +1236,12 @@ static int acks_flush(sb_store *s)
         while (i < n && s->acks[i].queue_id == r.queue_id && s->acks[i].first <= r.last + 1) {
             if (s->acks[i].last > r.last)
                 r.last = s->acks[i].last;
+            /* one that does not say makes the range count by a read */
+            r.rows = r.rows > 0 && s->acks[i].rows > 0 ? r.rows + s->acks[i].rows : 0;
+            r.bytes += s->acks[i].bytes;
             i++;
         }
-        rc = delete_range(s, r.queue_id, r.first, r.last);
+        rc = delete_range(s, r.queue_id, r.first, r.last, r.rows, r.bytes);
     }
     return rc != SQLITE_OK ? fail(s, rc, "ack") : SQLITE_OK;
 }
@@ -1225,7 +1263,8 @@ static int exec_op(sb_store *s, sb_store_op *op)
     case SB_OP_PUBLISH:
         return exec_publish(s, op);
     case SB_OP_ACK:
-        rc = delete_range(s, op->u.ack.queue_id, op->u.ack.first_id, op->u.ack.last_id);
+        rc = delete_range(s, op->u.ack.queue_id, op->u.ack.first_id, op->u.ack.last_id,
+                          op->u.ack.rows, op->u.ack.bytes);
         return rc != SQLITE_OK ? fail(s, rc, "ack") : SQLITE_OK;
     case SB_OP_ATTEMPTS:
         st = s->st[ST_ENTRY_ATTEMPTS];

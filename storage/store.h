@@ -162,6 +162,11 @@ struct sb_store_op {
             uint32_t queue_id;
             uint64_t first_id, last_id; /* inclusive; caller guarantees every
                                            entry of the queue in range is done */
+            /* The entries it deletes, if the caller knows them (it has them
+             * in memory): how many, and their sb_message_size bytes. The
+             * store counts what it deletes per queue (queue_counts) with
+             * these; rows 0: it reads them first, which costs more. */
+            int64_t rows, bytes;
         } ack;
         struct {
             uint32_t queue_id;

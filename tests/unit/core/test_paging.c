@@ -21,6 +21,7 @@
 #include <sqlite3.h>
 
 #include "core_harness.h"
+#include "storage/schema_int.h"
 
 #define WINDOW "  store: {queue_window: 4}\n"
 
@@ -87,6 +88,35 @@ static void expect_run(const fake_log *l, size_t at, int from, int to)
         snprintf(want, sizeof want, "m%d", i);
         assert_string_equal(l->recs[at + (size_t)(i - from)].payload, want);
     }
+}
+
+/* Stops the broker and checks the counts the store kept per queue
+ * (queue_counts) against its entries, counted by SQL. */
+static void stop_and_check_counts(core_fx *f)
+{
+    static const char *const sql[2] = {
+        "SELECT coalesce(group_concat(x, ';'), '') FROM (SELECT queue_id || ':' || count(*) ||"
+        " ':' || sum(" SB_STORE__SIZE_SQL ") AS x FROM entries GROUP BY queue_id ORDER BY"
+        " queue_id)",
+        "SELECT coalesce(group_concat(x, ';'), '') FROM (SELECT queue_id || ':' || entries ||"
+        " ':' || bytes AS x FROM queue_counts WHERE entries != 0 OR bytes != 0 ORDER BY"
+        " queue_id)",
+    };
+    char path[1100], text[2][2048];
+    sqlite3 *db;
+
+    core_stop(f);
+    snprintf(path, sizeof path, "%s/switchboard.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    for (int i = 0; i < 2; i++) {
+        sqlite3_stmt *st;
+        assert_int_equal(sqlite3_prepare_v2(db, sql[i], -1, &st, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        snprintf(text[i], sizeof text[i], "%s", (const char *)sqlite3_column_text(st, 0));
+        sqlite3_finalize(st);
+    }
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    assert_string_equal(text[1], text[0]);
 }
 
 static int64_t stat_of(core_fx *f, const char *queue, const char *key)
@@ -160,6 +190,7 @@ static void test_order_across_window(void **state)
             fake_ack(&c->log.recs[i]);
     expect_run(&c->log, 22, 23, 45);
     core_check_all(f);
+    stop_and_check_counts(f);
 }
 
 /* A route made memory-only while its backlog is in the store stays durable
@@ -202,7 +233,7 @@ static void test_restart_reads_first_window(void **state)
     c = consumer(f, "q", 2, 0);
     CORE_WAIT(f, c->log.count == 2);
     fake_ack(&c->log.recs[0]); /* m1 done; m2 in flight at the stop */
-    core_stop(f);
+    stop_and_check_counts(f);
 
     core_start(f, cfg);
     q = core_queue(f, "q");
@@ -313,6 +344,7 @@ static void test_ttl_of_stored_entries(void **state)
     q = core_queue(f, "ttl");
     CORE_WAIT(f, q->depth == 0 && q->disk_depth == 0);
     CORE_WAIT(f, q->expired == 8);
+    stop_and_check_counts(f);
 }
 
 /* Drop-oldest drops the window's entries first, then stored ones, in the
@@ -339,6 +371,7 @@ static void test_drop_oldest_of_stored_entries(void **state)
     expect_run(&c->log, 0, 15, 20);
     assert_int_equal(q->disk_depth, 0);
     core_check_all(f);
+    stop_and_check_counts(f);
 }
 
 /* Drops decided while a read of the stored part is under way delete rows
@@ -377,6 +410,7 @@ static void test_drop_during_page_in(void **state)
     assert_string_equal(c->log.recs[c->log.count - 1].payload, "m46");
     assert_int_equal(c->log.count + q->dropped, 46);
     core_check_all(f);
+    stop_and_check_counts(f);
 }
 
 /* Stored entries that fail go to the DLQ like the others; a redrive puts
@@ -412,6 +446,7 @@ static void test_deadletter_and_redrive(void **state)
     CORE_WAIT(f, c->log.count == 10);
     expect_run(&c->log, 0, 1, 10);
     core_check_all(f);
+    stop_and_check_counts(f);
 }
 
 /* The read-ahead is sized by the consumers: their windows plus what they
