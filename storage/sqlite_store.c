@@ -193,6 +193,14 @@ typedef struct ack_range {
  * and returning them would only make the file grow back. */
 #define VACUUM_STEP_PAGES 1024
 #define VACUUM_STEP_PAGES_SQL "1024"
+/* A step moves pages still in use from the end of the file into free
+ * ones: while a backlog drains, that is its live data, and steps between
+ * groups slowed a drain several times over. So steps run back to back
+ * only once no op came for VACUUM_IDLE_NS; while ops come, a step may take
+ * at most a tenth of the store thread's time (the next waits nine times
+ * as long as it took). */
+#define VACUUM_IDLE_NS (1000ull * 1000 * 1000)
+#define VACUUM_REST_FACTOR 9
 
 /* The statements of paging (SB_OP_PAGE_IN, SB_OP_TRIM), kept apart from
  * the hot path's. SIZE_SQL is sb_message_size of a row. */
@@ -226,11 +234,13 @@ struct sb_store {
     int64_t max_db_bytes; /* 0: no limit */
     sqlite3_stmt *st[ST_COUNT];
     sqlite3_stmt *page_st[PST_COUNT];
-    int64_t free_pages;   /* at the last commit (store thread) */
-    int auto_vacuum;      /* PRAGMA auto_vacuum is INCREMENTAL */
-    int cur_sync;         /* PRAGMA synchronous last set: 1 NORMAL, 2 FULL */
-    uint64_t hw_msg_id;   /* id high-water marks as committed in meta */
-    uint32_t hw_queue_id; /* (store thread, or loop thread before start) */
+    int64_t free_pages;      /* at the last commit (store thread) */
+    uint64_t last_group_ns;  /* uv_hrtime() when the last group was taken */
+    uint64_t vacuum_next_ns; /* while ops come, no vacuum step before this */
+    int auto_vacuum;         /* PRAGMA auto_vacuum is INCREMENTAL */
+    int cur_sync;            /* PRAGMA synchronous last set: 1 NORMAL, 2 FULL */
+    uint64_t hw_msg_id;      /* id high-water marks as committed in meta */
+    uint32_t hw_queue_id;    /* (store thread, or loop thread before start) */
 
     uv_mutex_t mu;
     uv_cond_t cond;
@@ -1762,9 +1772,20 @@ static void store_thread(void *arg)
             }
             if (s->auto_vacuum && s->free_pages >= VACUUM_STEP_PAGES &&
                 s->free_pages * 4 >= s->stats.db_bytes / s->page_size && !s->stats.degraded) {
-                uv_mutex_unlock(&s->mu);
-                vacuum_step(s);
-                uv_mutex_lock(&s->mu);
+                uint64_t now = uv_hrtime(), at = s->last_group_ns + VACUUM_IDLE_NS;
+                if (s->vacuum_next_ns < at)
+                    at = s->vacuum_next_ns;
+                if (now >= at) {
+                    uv_mutex_unlock(&s->mu);
+                    vacuum_step(s);
+                    s->vacuum_next_ns = uv_hrtime() + VACUUM_REST_FACTOR * (uv_hrtime() - now);
+                    uv_mutex_lock(&s->mu);
+                    continue;
+                }
+                s->waiting = 1; /* a new op, or the time for a step */
+                s->wake_at = 1;
+                (void)uv_cond_timedwait(&s->cond, &s->mu, at - now);
+                s->waiting = 0;
                 continue;
             }
             s->waiting = 1;
@@ -1806,6 +1827,8 @@ static void store_thread(void *arg)
             }
         }
         s->retry_alone = 0;
+        if (head != NULL)
+            s->last_group_ns = uv_hrtime();
         if (head == NULL && !probe) {
             uv_mutex_unlock(&s->mu);
             continue;
