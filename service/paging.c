@@ -18,9 +18,12 @@
  * measured rate, within queue_window. A slow consumer's queue keeps a few
  * entries in memory, leaving the budget to those that drain fast.
  * A page-in reserves the bytes it may read from the budget until it
- * completes (page_reserved), so that several under way stay within it. Without consumers nothing is
- * read: TTL expiry and drop-oldest act on the stored part in the store (SB_OP_TRIM), on its head,
- * without bringing payloads into memory.
+ * completes (page_reserved), so that several under way stay within it.
+ * Without consumers nothing more is read: TTL expiry and drop-oldest act on
+ * the stored part in the store (SB_OP_TRIM), on its head, without bringing
+ * payloads into memory. A stored entry that does not decode is named by
+ * the page-in that meets it and moved to the dead-letter queue in the
+ * store (move_aside), so that its queue goes on.
  *
  * Ops complete in submission order, which keeps the counts right:
  * - a drop submitted while a page-in is out deletes rows that page-in has
