@@ -876,7 +876,6 @@ int sb_broker_start(sb_broker *b, sb_error *err)
     b->boot_msg_id = b->last_msg_id;
     if ((rc = sb_store_load_queues(b->store, load_queue, b, err)) != 0 ||
         (rc = sb_store_load_counts(b->store, load_count, &lc, err)) != 0 ||
-        (rc = sb_paging__load(b, err)) != 0 ||
         (rc = sb_store_load_retained(b->store, sb_broker__load_retained, b, err)) != 0 ||
         (rc = sb_store_load_dedup(b->store, sb_broker__load_dedup, b, err)) != 0)
         goto fail;
@@ -913,6 +912,7 @@ int sb_broker_start(sb_broker *b, sb_error *err)
     if ((rc = sb_http_start(&b->http, b, err)) != 0)
         goto fail;
     b->started = 1;
+    sb_paging__start(b);
     uv_timer_start(&b->housekeeping, on_housekeeping, SB_HOUSEKEEPING_MS, SB_HOUSEKEEPING_MS);
     sb_info(NULL, "Switchboard %s ready: %zu adapters, %zu routes, data in %s", SB_VERSION_STRING,
             b->cfg->adapter_count, b->cfg->route_count, b->cfg->broker.data_dir);

@@ -92,6 +92,7 @@ struct sb_broker {
     uint64_t ids_safe;      /* and reserved by a commit: may be delivered before their own */
     int64_t resident_bytes; /* the queues' windows (paging.c) */
     int64_t resident_peak;  /* their most since the heap was last trimmed */
+    int64_t page_reserved;  /* of the budget, what page-ins under way may read */
     int64_t page_retry_ms;  /* wall clock ms: read again for queues whose page-in failed (0: none) */
     uv_work_t trim_req;     /* giving memory back, off the loop */
     int trimming;
@@ -155,8 +156,9 @@ void sb_broker__forget_retained(sb_broker *b, const char *topic);
 sb_queue *sb_broker__find_queue(sb_broker *b, const char *name);
 
 /* paging.c: reads the first window of each queue with stored entries, while
- * the windows' memory budget lasts (before the store starts). */
-int sb_paging__load(sb_broker *b, sb_error *err);
+ * the windows' memory budget lasts, on the store thread (after start, so
+ * that the broker listens whatever the backlog). */
+void sb_paging__start(sb_broker *b);
 /* Once a second: gives memory back to the system after the windows shrank. */
 void sb_paging__housekeeping(sb_broker *b);
 

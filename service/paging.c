@@ -9,11 +9,21 @@
  * an id above the queue's paged_to, so "the stored part" is always "the
  * entries after paged_to", in id (= delivery) order.
  *
- * While a consumer is attached and the window runs below half, the store
- * thread reads the next batch (SB_OP_PAGE_IN) and the loop appends it; the
- * loop never waits for SQLite. Without consumers nothing is read: TTL expiry
- * and drop-oldest act on the stored part in the store (SB_OP_TRIM), on its
- * head, without bringing payloads into memory.
+ * At start, once the broker listens, each queue's first window is read
+ * (while the budget lasts); then, while a consumer is attached and the
+ * window runs below half its target, the store thread reads the next batch
+ * (SB_OP_PAGE_IN) and the loop appends it; the loop never waits for SQLite.
+ * The target is sized by the consumers (sb_paging__target): what they may
+ * hold in flight plus what they acknowledge in READ_AHEAD_MS at their
+ * measured rate, within queue_window. A slow consumer's queue keeps a few
+ * entries in memory, leaving the budget to those that drain fast.
+ * A page-in reserves the bytes it may read from the budget until it
+ * completes (page_reserved), so that several under way stay within it.
+ * Without consumers nothing more is read: TTL expiry and drop-oldest act on
+ * the stored part in the store (SB_OP_TRIM), on its head, without bringing
+ * payloads into memory. A stored entry that does not decode is named by
+ * the page-in that meets it and moved to the dead-letter queue in the
+ * store (move_aside), so that its queue goes on.
  *
  * Ops complete in submission order, which keeps the counts right:
  * - a drop submitted while a page-in is out deletes rows that page-in has
@@ -21,8 +31,7 @@
  *   it returns (page_skip);
  * - a page-in that read fewer rows than asked saw the whole stored part;
  *   what is stored now is what was committed after it left (ids above
- *   page_snap, counted in snap_depth), so the estimate of disk_bytes made
- *   after a restart becomes exact once the backlog was read through;
+ *   page_snap, counted in snap_depth);
  * - an expiry is not submitted while a page-in is out (it deletes rows at
  *   the same place); a page-in submitted after an expiry reads after it.
  * Ops carry the queue's id, not a pointer: a queue deleted meanwhile is not
@@ -37,8 +46,11 @@
 #include <string.h>
 
 /* While the windows are over the memory budget, a queue with a consumer
- * still fills its window up to this many entries, so that it always moves. */
+ * still fills its window up to this many entries, so that it always moves;
+ * and a window holds at least this many ahead (sb_paging__target). */
 #define FLOOR_ROWS 16
+/* A window holds what its consumers take in this long, at their rate. */
+#define READ_AHEAD_MS 1000
 /* Stored entries an expiry looks at per housekeeping tick and queue. */
 #define EXPIRE_SCAN_ROWS 512
 /* Without a TTL, how often stored entries are looked at for their own expiry. */
@@ -53,11 +65,31 @@ typedef struct page_req {
     sb_store_op op;
     sb_broker *b;
     int64_t estimate; /* drop: the bytes subtracted when it was decided */
+    int64_t reserved; /* page-in: its share of the budget (b->page_reserved) */
 } page_req;
 
 int sb_paging__window(const sb_queue *q)
 {
     return q->broker->cfg->broker.queue_window;
+}
+
+int sb_paging__target(int64_t credit, double rate, int window)
+{
+    double want = (double)credit + rate * READ_AHEAD_MS / 1000.0;
+    if (want < FLOOR_ROWS)
+        want = FLOOR_ROWS;
+    return want < (double)window ? (int)want : window;
+}
+
+/* q's target: its consumers' windows and their rate of acknowledgements. */
+static int queue_target(const sb_queue *q)
+{
+    int64_t credit = 0;
+    for (const sb_consumer *c = q->consumers; c != NULL; c = c->next)
+        credit += c->window;
+    return sb_paging__target(
+        credit, sb_rate__per_sec(&q->out_rate, (int64_t)(uv_now(&q->broker->loop) / 1000)),
+        sb_paging__window(q));
 }
 
 int sb_paging__room(const sb_queue *q, int64_t size)
@@ -132,6 +164,103 @@ static void disk_clamp(sb_queue *q)
     }
 }
 
+/* ---- a stored entry that does not decode ---- */
+
+typedef struct bad_req {
+    sb_store_op op;
+    sb_broker *b;
+    char *queue_name, *reason;
+} bad_req;
+
+static void bad_req_free(bad_req *r)
+{
+    sb_free(r->queue_name);
+    sb_free(r->reason);
+    sb_free(r);
+}
+
+static void on_bad_deleted(sb_store_op *op, void *ctx)
+{
+    bad_req *r = ctx;
+    if (op->status != 0)
+        sb_errlog(r->queue_name, "cannot delete stored message %llu either: %s",
+                  (unsigned long long)op->u.ack.first_id, sb_strerror(op->status));
+    bad_req_free(r);
+}
+
+static void on_bad_dead(sb_store_op *op, void *ctx)
+{
+    bad_req *r = ctx;
+    sb_queue *q = sb_broker__queue_by_id(r->b, op->u.deadletter.queue_id);
+    uint64_t id = op->u.deadletter.msg_id;
+
+    if (op->status == 0) {
+        if (q != NULL) {
+            q->dead++;
+            sb_broker__queue_changed(q);
+        }
+    } else if (op->status != SB_ENOTFOUND) { /* not found: gone meanwhile */
+        /* It cannot even be dead-lettered: it goes, so the queue moves. */
+        sb_errlog(r->queue_name,
+                  "cannot move stored message %llu to the dead-letter queue (%s): "
+                  "deleting it",
+                  (unsigned long long)id, sb_strerror(op->status));
+        memset(&r->op, 0, sizeof(r->op));
+        r->op.type = SB_OP_ACK;
+        r->op.cb = on_bad_deleted;
+        r->op.ctx = r;
+        r->op.u.ack.queue_id = op->u.deadletter.queue_id;
+        r->op.u.ack.first_id = r->op.u.ack.last_id = id;
+        if (sb_store_submit(r->b->store, &r->op) == 0)
+            return; /* r is freed when it completes */
+    }
+    bad_req_free(r);
+}
+
+/* The entry after what a page-in read (op) does not decode: it leaves the
+ * stored part (paged_to passes it) and is moved to the dead-letter queue
+ * in the store, without its headers, so that the queue goes on. */
+static void move_aside(sb_broker *b, sb_queue *q, const sb_store_op *op)
+{
+    uint64_t id = op->u.page_in.bad_id;
+    bad_req *r;
+
+    q->paged_to = id;
+    q->disk_depth--;
+    q->disk_bytes -= op->u.page_in.bad_size;
+    disk_clamp(q);
+    sb_errlog(q->name,
+              "stored message %llu does not decode (%s): moving it to the dead-letter "
+              "queue without its headers",
+              (unsigned long long)id, op->u.page_in.bad_reason);
+    r = sb_calloc(1, sizeof(*r));
+    if (r != NULL) {
+        r->b = b;
+        r->queue_name = sb_strdup(q->name);
+        r->reason = sb_malloc(sizeof(op->u.page_in.bad_reason) + 64);
+    }
+    if (r == NULL || r->queue_name == NULL || r->reason == NULL) {
+        /* it stays in the store, after paged_to: read again after a restart */
+        sb_errlog(q->name, "out of memory dead-lettering stored message %llu; left in the store",
+                  (unsigned long long)id);
+        if (r != NULL)
+            bad_req_free(r);
+        return;
+    }
+    snprintf(r->reason, sizeof(op->u.page_in.bad_reason) + 64,
+             "corrupt in the store: %s (dead-lettered without them)", op->u.page_in.bad_reason);
+    r->op.type = SB_OP_DEADLETTER;
+    r->op.cb = on_bad_dead;
+    r->op.ctx = r;
+    r->op.u.deadletter.queue_id = q->id;
+    r->op.u.deadletter.msg_id = id;
+    r->op.u.deadletter.no_headers = 1;
+    r->op.u.deadletter.queue_name = r->queue_name;
+    r->op.u.deadletter.reason = r->reason;
+    if (sb_store_submit(b->store, &r->op) != 0)
+        bad_req_free(r); /* stopping: read again after the restart */
+}
+
 /* ---- page-in ---- */
 
 /* Appends what a page-in read (op, q's page_op) to q's window. */
@@ -164,6 +293,9 @@ static void take_rows(sb_broker *b, sb_queue *q, sb_store_op *op)
         q->disk_depth = q->snap_depth - beyond;
         q->disk_bytes = q->snap_bytes - beyond * mean;
     }
+    /* (a drop under way past the rows read removed it already) */
+    if (i == n && op->u.page_in.bad_id != 0 && q->page_skip <= (int64_t)n)
+        move_aside(b, q, op);
     q->page_skip = 0;
     disk_clamp(q);
     if (q->disk_depth == 0)
@@ -177,6 +309,7 @@ static void on_page_in(sb_store_op *op, void *ctx)
     sb_broker *b = r->b;
     sb_queue *q = sb_broker__queue_by_id(b, op->u.page_in.queue_id);
 
+    b->page_reserved -= r->reserved;
     if (q == NULL || q->page_op != op)
         goto out; /* deleted, or cleared, meanwhile */
     if (op->status != 0) {
@@ -195,70 +328,82 @@ out:
     sb_free(r);
 }
 
-/* Sets up a page-in of q's next stored entries (0: no room for any). */
-static int prepare(sb_queue *q, sb_store_op *op)
+/* The budget the windows have left, less what page-ins under way may read. */
+static int64_t room(const sb_broker *b)
+{
+    return b->cfg->broker.queue_memory - b->resident_bytes - b->page_reserved;
+}
+
+/* Sets up a page-in of q's next stored entries, up to `target` in the
+ * window (0: no room for any). Its bytes are reserved until it completes,
+ * so that page-ins of several queues at once stay within the budget. */
+static int prepare(sb_queue *q, page_req *r, int target)
 {
     sb_broker *b = q->broker;
-    int limit = sb_paging__window(q) - (int)q->depth;
-    int64_t room = b->cfg->broker.queue_memory - b->resident_bytes;
-    if (room <= 0) /* over budget: only what keeps the queue moving */
+    sb_store_op *op = &r->op;
+    int limit = target - (int)q->depth;
+    int64_t left = room(b), mean = q->disk_bytes / q->disk_depth, want;
+    if (left <= 0) /* over budget: only what keeps the queue moving */
         limit = FLOOR_ROWS - (int)q->depth < limit ? FLOOR_ROWS - (int)q->depth : limit;
     if (limit <= 0)
         return 0;
+    want = mean > 0 ? mean * limit : left; /* (no bytes counted: whatever is left) */
+    r->reserved = left <= 0 ? 0 : want < left ? want : left;
     op->type = SB_OP_PAGE_IN;
     op->u.page_in.queue_id = q->id;
     op->u.page_in.after_id = q->paged_to;
     op->u.page_in.limit = limit;
-    op->u.page_in.max_bytes = room > 0 ? room : 0;
+    op->u.page_in.max_bytes = r->reserved; /* 0 (over budget): the floor's rows */
     q->page_op = op;
     q->page_snap = b->last_msg_id;
     q->page_skip = q->snap_depth = q->snap_bytes = 0;
+    b->page_reserved += r->reserved;
     return 1;
 }
 
-int sb_paging__load(sb_broker *b, sb_error *err)
-{
-    for (sb_queue *q = b->queues; q != NULL; q = q->next) {
-        sb_store_op op;
-        int rc;
-        if (q->disk_depth <= 0)
-            continue;
-        /* the others are read when a consumer comes */
-        if (b->resident_bytes + q->disk_bytes / q->disk_depth > b->cfg->broker.queue_memory)
-            continue;
-        memset(&op, 0, sizeof(op));
-        if (!prepare(q, &op))
-            continue;
-        rc = sb_store_read_page(b->store, &op, err);
-        if (rc != 0) {
-            q->page_op = NULL;
-            return rc;
-        }
-        take_rows(b, q, &op);
-        sb_store_page_rows_free(op.u.page_in.rows, op.u.page_in.row_count);
-    }
-    return 0;
-}
-
-void sb_paging__fill(sb_queue *q)
+/* Submits a page-in of q's next stored entries, up to target in the window. */
+static void page_in(sb_queue *q, int target)
 {
     sb_broker *b = q->broker;
     page_req *r;
 
-    if (q->disk_depth <= 0 || q->page_op != NULL || q->consumers == NULL || !q->live ||
-        b->stopping || b->store == NULL || q->depth > sb_paging__window(q) / 2 ||
-        b->page_retry_ms != 0 /* a read failed: housekeeping tries again */)
-        return;
     if ((r = new_req(b, SB_OP_PAGE_IN, on_page_in)) == NULL)
         return; /* tried again at the next dispatch */
-    if (!prepare(q, &r->op)) {
+    if (!prepare(q, r, target)) {
         sb_free(r);
         return;
     }
     if (sb_store_submit(b->store, &r->op) != 0) {
         q->page_op = NULL;
+        b->page_reserved -= r->reserved;
         sb_free(r);
     }
+}
+
+/* Whether q may read from the store now. */
+static int can_page_in(const sb_queue *q)
+{
+    const sb_broker *b = q->broker;
+    return q->disk_depth > 0 && q->page_op == NULL && q->live && !b->stopping && b->store != NULL &&
+           b->page_retry_ms == 0; /* a read failed: housekeeping tries again */
+}
+
+void sb_paging__start(sb_broker *b)
+{
+    for (sb_queue *q = b->queues; q != NULL; q = q->next)
+        /* the others are read when a consumer comes */
+        if (can_page_in(q) && room(b) >= q->disk_bytes / q->disk_depth)
+            page_in(q, queue_target(q)); /* no consumer yet: a few */
+}
+
+void sb_paging__fill(sb_queue *q)
+{
+    int target;
+    if (!can_page_in(q) || q->consumers == NULL)
+        return;
+    target = queue_target(q);
+    if (q->depth <= target / 2)
+        page_in(q, target);
 }
 
 /* ---- drop-oldest and expiry in the store ---- */

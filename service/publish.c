@@ -93,7 +93,8 @@ static void submit_simple(sb_broker *b, sb_store_op *op)
         on_simple_op_done(op, b);
 }
 
-void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t last)
+void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t last, int64_t rows,
+                          int64_t bytes)
 {
     sb_store_op *op = sb_calloc(1, sizeof(*op));
     if (op == NULL) {
@@ -105,6 +106,8 @@ void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t la
     op->u.ack.queue_id = q->id;
     op->u.ack.first_id = first;
     op->u.ack.last_id = last;
+    op->u.ack.rows = rows;
+    op->u.ack.bytes = bytes;
     submit_simple(b, op);
 }
 

@@ -124,8 +124,7 @@ sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const sb_su
  * they would wait for a restart). */
 static sb_durability durability_for(sb_queue *q, sb_durability want)
 {
-    if (want != SB_DURABILITY_MEMORY || q->disk_depth <= 0 ||
-        q->durability == SB_DURABILITY_MEMORY)
+    if (want != SB_DURABILITY_MEMORY || q->disk_depth <= 0 || q->durability == SB_DURABILITY_MEMORY)
         return want;
     sb_log(SB_LOG_WARN, q->name,
            "durability: memory is not applied while %lld messages wait in the store; the queue "
@@ -334,8 +333,11 @@ static void pop_done(sb_queue *q)
         if (durable && !e->persisted_done) {
             if (!q->ack_queued || q->ack_last == 0) {
                 q->ack_first = e->msg->id;
+                q->ack_rows = q->ack_bytes = 0;
             }
             q->ack_last = e->msg->id;
+            q->ack_rows++;
+            q->ack_bytes += (int64_t)sb_message_size(e->msg);
             sb_broker__schedule_ack_flush(q->broker, q);
         }
         free_entry(e);
@@ -345,8 +347,9 @@ static void pop_done(sb_queue *q)
 void sb_queue__flush_acks(sb_queue *q)
 {
     if (q->ack_last != 0)
-        sb_broker__store_ack(q->broker, q, q->ack_first, q->ack_last);
+        sb_broker__store_ack(q->broker, q, q->ack_first, q->ack_last, q->ack_rows, q->ack_bytes);
     q->ack_first = q->ack_last = 0;
+    q->ack_rows = q->ack_bytes = 0;
 }
 
 /* Marks e finished: it leaves every list but the FIFO (popped when at head). */
@@ -382,7 +385,8 @@ static void settle(sb_queue *q, sb_entry *e, int persisted)
         e->persisted_done = 1;
     } else if (!at_head && q->durability != SB_DURABILITY_MEMORY) {
         /* Out-of-order ack: delete this row now rather than wait for the head. */
-        sb_broker__store_ack(q->broker, q, e->msg->id, e->msg->id);
+        sb_broker__store_ack(q->broker, q, e->msg->id, e->msg->id, 1,
+                             (int64_t)sb_message_size(e->msg));
         e->persisted_done = 1;
     }
     pop_done(q);
@@ -885,7 +889,8 @@ void sb_queue__trim(sb_queue *q)
         q->dropped++;
         finish(q, e);
         if (behind_leased && q->durability != SB_DURABILITY_MEMORY) {
-            sb_broker__store_ack(q->broker, q, e->msg->id, e->msg->id);
+            sb_broker__store_ack(q->broker, q, e->msg->id, e->msg->id, 1,
+                                 (int64_t)sb_message_size(e->msg));
             e->persisted_done = 1;
         }
     }

@@ -106,8 +106,10 @@ struct sb_queue {
     int64_t timer_due; /* when it fires (loop ms), while armed */
     int dispatching;
 
-    /* in-order acks not yet sent to the store: [ack_first, ack_last] */
+    /* in-order acks not yet sent to the store: [ack_first, ack_last],
+     * ack_rows entries of ack_bytes in it */
     uint64_t ack_first, ack_last;
+    int64_t ack_rows, ack_bytes;
     int ack_queued; /* on the broker's flush list */
     sb_queue *ack_next;
 
@@ -126,7 +128,7 @@ struct sb_queue {
     sb_queue *sys_next, *sys_prev;
 
     /* paging.c: entries only in the store, all with ids above paged_to */
-    int64_t disk_depth, disk_bytes; /* (disk_bytes is estimated after a restart) */
+    int64_t disk_depth, disk_bytes; /* as the store counts them (queue_counts) */
     uint64_t paged_to;              /* largest id that was in the window */
     struct sb_store_op *page_op;    /* a page-in being read, or NULL */
     int64_t page_skip;              /* entries the store dropped since page_op left */
@@ -224,7 +226,10 @@ void sb_broker__queue_changed(sb_queue *q);
 /* q has entries with an expiry time (on), or no longer (off). */
 void sb_broker__watch_expiry(sb_queue *q, int on);
 void sb_broker__deadletter(sb_broker *b, sb_queue *q, sb_entry *e, const char *reason);
-void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t last);
+/* Deletes q's entries [first, last] from the store: rows entries of
+ * `bytes` in all (sb_message_size), those of q still stored in the range. */
+void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t last, int64_t rows,
+                          int64_t bytes);
 void sb_broker__schedule_ack_flush(sb_broker *b, sb_queue *q);
 /* Dispatches q from the broker's flush, once per loop turn. */
 void sb_broker__schedule_dispatch(sb_broker *b, sb_queue *q);
@@ -248,6 +253,11 @@ int sb_paging__drop(sb_queue *q, int64_t n);
 void sb_paging__expire(sb_queue *q, int64_t now_ms);
 /* The window's limits: entries per queue, bytes for all queues. */
 int sb_paging__window(const sb_queue *q);
+/* How many entries a queue's window holds (in flight and ahead) while
+ * consumers whose windows add up to `credit` acknowledge `rate` a second:
+ * credit plus what they take in the read-ahead time, at least a floor, at
+ * most `window` (queue_window). The window is refilled below half of it. */
+int sb_paging__target(int64_t credit, double rate, int window);
 int sb_paging__room(const sb_queue *q, int64_t size);
 /* The window's bytes changed by delta (for the broker's budget). */
 void sb_paging__resident(sb_queue *q, int64_t delta);

@@ -22,6 +22,14 @@
  *   MQTT filled with one QoS digit per filter and, on a line after them,
  *   "owner=<user>". The conversion is in C (convert_v2): splitting texts
  *   reads plainly there, and a row that does not convert can be named.
+ *
+ * Version 3: each queue's stored entries counted in the database.
+ * - queue_counts: per queue, its entries and their bytes (sb_message_size
+ *   of each), kept by the store in C with one statement per queue a group
+ *   commit touched (sqlite_store.c counts_flush), not by a trigger per row.
+ *   Start-up reads a row per queue instead of counting the (queue_id,
+ *   msg_id) index, which grows with the backlog. The conversion counts
+ *   every stored entry once (convert_v3, logged: it reads the backlog).
  */
 #include "storage/schema_int.h"
 
@@ -52,6 +60,7 @@ typedef struct migration {
 } migration;
 
 static int convert_v2(const mig_ctx *c, sb_error *err);
+static int convert_v3(const mig_ctx *c, sb_error *err);
 
 static const migration migrations[] = {
     {1,
@@ -80,6 +89,10 @@ static const migration migrations[] = {
      "CREATE TABLE queue_filters(queue_id INTEGER NOT NULL, pos INTEGER NOT NULL,"
      " filter TEXT NOT NULL, qos INTEGER, PRIMARY KEY(queue_id, pos)) WITHOUT ROWID;",
      convert_v2, "DROP TABLE queues; ALTER TABLE queues_v2 RENAME TO queues;"},
+    {3,
+     "CREATE TABLE queue_counts(queue_id INTEGER PRIMARY KEY, entries INTEGER NOT NULL,"
+     " bytes INTEGER NOT NULL);",
+     convert_v3, NULL},
 };
 
 #define MIGRATION_COUNT (sizeof(migrations) / sizeof(migrations[0]))
@@ -305,6 +318,49 @@ out:
     (void)sqlite3_finalize(ins_q);
     (void)sqlite3_finalize(ins_f);
     return status;
+}
+
+/* ---- version 3 ----------------------------------------------------------- */
+
+/* Reads one row of integers (NULL as 0) into out[0..n). */
+static int query_ints(const mig_ctx *c, const char *sql, int64_t *out, int n, const char *step,
+                      sb_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(c->db, sql, -1, &st, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        for (int i = 0; i < n; i++)
+            out[i] = sqlite3_column_int64(st, i);
+        rc = SQLITE_OK;
+    }
+    (void)sqlite3_finalize(st); /* repeats the step's error, in rc */
+    return rc != SQLITE_OK ? step_error(c, rc, step, err) : 0;
+}
+
+static int convert_v3(const mig_ctx *c, sb_error *err)
+{
+    int64_t size = 0, n[3] = {0, 0, 0};
+    int rc = query_ints(c, "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size",
+                        &size, 1, "reading the database size", err);
+    if (rc != 0)
+        return rc;
+    /* It reads every stored entry (their headers, not their payloads'
+     * overflow pages): say so before, it may take a while. */
+    sb_info(WHO,
+            "database %s: converting to schema version 3: counting each queue's stored messages "
+            "once (%lld MiB to read)",
+            c->path, (long long)(size >> 20));
+    rc = exec_step(c,
+                   "INSERT INTO queue_counts(queue_id, entries, bytes) SELECT queue_id, count(*),"
+                   " sum(" SB_STORE__SIZE_SQL ") FROM entries GROUP BY queue_id",
+                   "counting stored messages", err);
+    if (rc == 0)
+        rc = query_ints(c, "SELECT count(*), sum(entries), sum(bytes) FROM queue_counts", n, 3,
+                        "counting stored messages", err);
+    if (rc == 0)
+        sb_info(WHO, "database %s: %lld stored messages (%lld bytes) in %lld queues counted",
+                c->path, (long long)n[1], (long long)n[2], (long long)n[0]);
+    return rc;
 }
 
 /* ---- running them -------------------------------------------------------- */

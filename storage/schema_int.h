@@ -15,6 +15,12 @@
 
 #include "service/error.h"
 
+/* A stored entry's size as SQL, sb_message_size of its message: topic,
+ * payload and the encoded headers (key NUL value NUL each). length() of a
+ * blob reads its header, not its content. */
+#define SB_STORE__SIZE_SQL                                                                         \
+    "(length(CAST(topic AS BLOB)) + coalesce(length(payload), 0) + coalesce(length(headers), 0))"
+
 /* Maps a SQLite result code (primary or extended) to an SB_E* code. */
 int sb_store__error_from_sqlite(int rc);
 

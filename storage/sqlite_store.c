@@ -48,9 +48,9 @@
  * (cold, reading the file dominates). Larger databases get a check bounded by
  * what start-up reads anyway (bounded_check): the header, the schema, and
  * every table but the two that hold messages (entries, dlq), with their
- * indexes; the loaders then read the entries' index (the counts) and the
- * first windows. The rest of the pages are read as queues page, which
- * reports corruption; `sbctl check` runs the full check on demand. */
+ * indexes (queue_counts among them). The pages of the entries are read
+ * as queues page, which reports corruption (a row that does not decode is
+ * named and dead-lettered); `sbctl check` runs the full check on demand. */
 #define QUICK_CHECK_MAX_BYTES (64 * 1024 * 1024)
 #define LOAD_PROGRESS_ROWS 100000
 
@@ -66,6 +66,7 @@ enum stmt_id {
     ST_ROLLBACK_TO,
     ST_ENTRY_INSERT,
     ST_ENTRY_DELETE,
+    ST_ENTRY_SIZES,
     ST_ENTRY_ATTEMPTS,
     ST_RETAIN_SET,
     ST_RETAIN_CLEAR,
@@ -75,6 +76,7 @@ enum stmt_id {
     ST_KEY_DELETE,
     ST_KEY_DELETE_PREFIX,
     ST_DEADLETTER_COPY,
+    ST_DEADLETTER_COPY_BARE,
     ST_DEADLETTER_PUT,
     ST_QUEUE_PUT,
     ST_QUEUE_FILTERS_DELETE,
@@ -89,6 +91,8 @@ enum stmt_id {
     ST_DLQ_PURGE_ALL,
     ST_DLQ_PURGE_QUEUE,
     ST_META_PUT,
+    ST_QCOUNT_ADD,
+    ST_QCOUNT_DELETE,
     ST_COUNT
 };
 
@@ -109,6 +113,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_ENTRY_INSERT] = "INSERT OR IGNORE INTO entries(queue_id, msg_id, topic, payload, headers,"
                         " created_ms, expires_ms, priority) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     [ST_ENTRY_DELETE] = "DELETE FROM entries WHERE queue_id = ?1 AND msg_id BETWEEN ?2 AND ?3",
+    [ST_ENTRY_SIZES] = "SELECT count(*), coalesce(sum(" SB_STORE__SIZE_SQL "), 0) FROM entries"
+                       " WHERE queue_id = ?1 AND msg_id BETWEEN ?2 AND ?3",
     [ST_ENTRY_ATTEMPTS] = "UPDATE entries SET attempts = ?3 WHERE queue_id = ?1 AND msg_id = ?2",
     [ST_RETAIN_SET] = "INSERT OR REPLACE INTO retained(topic, msg_id, payload, headers, created_ms,"
                       " expires_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
@@ -123,6 +129,13 @@ static const char *const stmt_sql[ST_COUNT] = {
         " priority, dead_ms, reason, source, attempts)"
         " SELECT coalesce(?3, (SELECT name FROM queues WHERE id = ?1)), msg_id, topic, payload,"
         " headers, created_ms, expires_ms, priority, ?4, ?5, ?6, ?7"
+        " FROM entries WHERE queue_id = ?1 AND msg_id = ?2",
+    /* the same without the headers, which do not decode */
+    [ST_DEADLETTER_COPY_BARE] =
+        "INSERT INTO dlq(queue_name, msg_id, topic, payload, headers, created_ms, expires_ms,"
+        " priority, dead_ms, reason, source, attempts)"
+        " SELECT coalesce(?3, (SELECT name FROM queues WHERE id = ?1)), msg_id, topic, payload,"
+        " NULL, created_ms, expires_ms, priority, ?4, ?5, ?6, ?7"
         " FROM entries WHERE queue_id = ?1 AND msg_id = ?2",
     [ST_DEADLETTER_PUT] =
         "INSERT INTO dlq(queue_name, msg_id, topic, payload, headers, created_ms, expires_ms,"
@@ -144,7 +157,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_DLQ_REDRIVE_COPY] =
         "INSERT OR IGNORE INTO entries(queue_id, msg_id, topic, payload, headers, created_ms,"
         " expires_ms, priority, attempts) SELECT ?1, ?2, coalesce(topic, ''), payload, headers,"
-        " created_ms, expires_ms, priority, 0 FROM dlq WHERE id = ?3",
+        " created_ms, expires_ms, priority, 0 FROM dlq WHERE id = ?3 RETURNING " SB_STORE__SIZE_SQL,
     [ST_DLQ_DELETE] = "DELETE FROM dlq WHERE id = ?1",
     [ST_DLQ_EXISTS] = "SELECT 1 FROM dlq WHERE id = ?1",
     /* the oldest ?2 (?3) rows up to ?1; a negative limit is none */
@@ -154,12 +167,25 @@ static const char *const stmt_sql[ST_COUNT] = {
                            " AND id <= ?1 ORDER BY id LIMIT ?3)",
     [ST_META_PUT] = "INSERT INTO meta(key, value) VALUES(?1, ?2)"
                     " ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+    [ST_QCOUNT_ADD] = "INSERT INTO queue_counts(queue_id, entries, bytes) VALUES(?1, ?2, ?3)"
+                      " ON CONFLICT(queue_id) DO UPDATE SET entries = entries + excluded.entries,"
+                      " bytes = bytes + excluded.bytes",
+    [ST_QCOUNT_DELETE] = "DELETE FROM queue_counts WHERE queue_id = ?1",
 };
+
+/* What the current group changed in a queue's stored entries, written to
+ * queue_counts before it commits (counts_flush). */
+typedef struct count_delta {
+    uint32_t queue_id;
+    int used;
+    int64_t entries, bytes;
+} count_delta;
 
 /* An ack deferred to the end of its group. */
 typedef struct ack_range {
     uint32_t queue_id;
     uint64_t first, last;
+    int64_t rows, bytes; /* as the op says (rows 0: not said) */
 } ack_range;
 /* Free pages an idle store returns to the file system per step (4 MiB of
  * 4 KiB pages), when at least that many are free and they are a quarter of
@@ -167,12 +193,24 @@ typedef struct ack_range {
  * and returning them would only make the file grow back. */
 #define VACUUM_STEP_PAGES 1024
 #define VACUUM_STEP_PAGES_SQL "1024"
+/* A step moves pages still in use from the end of the file into free
+ * ones: while a backlog drains, that is its live data, and steps between
+ * groups slowed a drain several times over. So steps run back to back
+ * only once no op came for VACUUM_IDLE_NS; while ops come, a step may take
+ * at most a tenth of the store thread's time (the next waits nine times
+ * as long as it took), and none is taken when a VACUUM is due once idle
+ * (VACUUM_FULL_MAX_LIVE). */
+#define VACUUM_IDLE_NS (1000ull * 1000 * 1000)
+#define VACUUM_REST_FACTOR 9
+/* An idle store whose file is mostly free with at most this much in use (a
+ * drained backlog) is compacted with one VACUUM instead, in time for what
+ * is in use: an incremental step takes each free page off the freelist by
+ * a search of it, which returned about 2 MB/s of a drained 13 GB file. */
+#define VACUUM_FULL_MAX_LIVE (64 * 1024 * 1024)
 
-/* The statements of paging (SB_OP_PAGE_IN, SB_OP_TRIM, sb_store_load_counts),
- * kept apart from the hot path's. SIZE_SQL is sb_message_size of a row:
- * length() of a blob reads its header, not its content. */
-#define SIZE_SQL                                                                                   \
-    "(length(CAST(topic AS BLOB)) + coalesce(length(payload), 0) + coalesce(length(headers), 0))"
+/* The statements of paging (SB_OP_PAGE_IN, SB_OP_TRIM), kept apart from
+ * the hot path's. SIZE_SQL is sb_message_size of a row. */
+#define SIZE_SQL SB_STORE__SIZE_SQL
 
 enum page_stmt_id { PST_READ, PST_SCAN, PST_EXPIRE_COPY, PST_FREELIST, PST_VACUUM, PST_COUNT };
 
@@ -202,11 +240,13 @@ struct sb_store {
     int64_t max_db_bytes; /* 0: no limit */
     sqlite3_stmt *st[ST_COUNT];
     sqlite3_stmt *page_st[PST_COUNT];
-    int64_t free_pages;   /* at the last commit (store thread) */
-    int auto_vacuum;      /* PRAGMA auto_vacuum is INCREMENTAL */
-    int cur_sync;         /* PRAGMA synchronous last set: 1 NORMAL, 2 FULL */
-    uint64_t hw_msg_id;   /* id high-water marks as committed in meta */
-    uint32_t hw_queue_id; /* (store thread, or loop thread before start) */
+    int64_t free_pages;      /* at the last commit (store thread) */
+    uint64_t last_group_ns;  /* uv_hrtime() when the last group was taken */
+    uint64_t vacuum_next_ns; /* while ops come, no vacuum step before this */
+    int auto_vacuum;         /* PRAGMA auto_vacuum is INCREMENTAL */
+    int cur_sync;            /* PRAGMA synchronous last set: 1 NORMAL, 2 FULL */
+    uint64_t hw_msg_id;      /* id high-water marks as committed in meta */
+    uint32_t hw_queue_id;    /* (store thread, or loop thread before start) */
 
     uv_mutex_t mu;
     uv_cond_t cond;
@@ -257,6 +297,9 @@ struct sb_store {
     ack_range *acks; /* the group's acks not yet executed (acks_flush) */
     size_t ack_count, ack_cap;
     uint64_t ack_max_id; /* the largest last_id among them */
+    count_delta *deltas; /* open addressing by queue id, delta_cap a power of 2 */
+    size_t delta_cap, delta_used;
+    size_t *delta_slots; /* the used slots, in the order first touched */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -376,12 +419,143 @@ static void note_msg_id(sb_store *s, uint64_t id)
         s->group_msg_id = id;
 }
 
+/* ---- per-queue counts ---------------------------------------------------- */
+
+static size_t delta_slot(const sb_store *s, uint32_t queue_id)
+{
+    size_t i = ((size_t)queue_id * 2654435761u) & (s->delta_cap - 1);
+    while (s->deltas[i].used && s->deltas[i].queue_id != queue_id)
+        i = (i + 1) & (s->delta_cap - 1);
+    return i;
+}
+
+/* Counts a change of the group in a queue's stored entries. Returns
+ * SQLITE_OK or SQLITE_NOMEM (which must fail the group: its counts would
+ * be wrong). */
+static int count_add(sb_store *s, uint32_t queue_id, int64_t entries, int64_t bytes)
+{
+    size_t i;
+    if (entries == 0 && bytes == 0)
+        return SQLITE_OK;
+    if (2 * (s->delta_used + 1) > s->delta_cap) {
+        size_t cap = s->delta_cap == 0 ? 64 : 2 * s->delta_cap;
+        count_delta *old = s->deltas;
+        count_delta *d = sb_calloc(cap, sizeof(*d));
+        size_t *slots = sb_malloc(cap / 2 * sizeof(*slots));
+        if (d == NULL || slots == NULL) {
+            sb_free(d);
+            sb_free(slots);
+            return SQLITE_NOMEM;
+        }
+        s->deltas = d;
+        s->delta_cap = cap;
+        for (size_t k = 0; k < s->delta_used; k++) {
+            size_t to = delta_slot(s, old[s->delta_slots[k]].queue_id);
+            s->deltas[to] = old[s->delta_slots[k]];
+            slots[k] = to;
+        }
+        sb_free(old);
+        sb_free(s->delta_slots);
+        s->delta_slots = slots;
+    }
+    i = delta_slot(s, queue_id);
+    if (!s->deltas[i].used) {
+        s->deltas[i].used = 1;
+        s->deltas[i].queue_id = queue_id;
+        s->deltas[i].entries = s->deltas[i].bytes = 0;
+        s->delta_slots[s->delta_used++] = i;
+    }
+    s->deltas[i].entries += entries;
+    s->deltas[i].bytes += bytes;
+    return SQLITE_OK;
+}
+
+/* Forgets the group's counts of a queue whose rows it deleted (its count
+ * row went with them). */
+static void count_forget(sb_store *s, uint32_t queue_id)
+{
+    size_t i;
+    if (s->delta_cap == 0)
+        return;
+    i = delta_slot(s, queue_id);
+    if (s->deltas[i].used)
+        s->deltas[i].entries = s->deltas[i].bytes = 0;
+}
+
+static void counts_reset(sb_store *s)
+{
+    for (size_t k = 0; k < s->delta_used; k++)
+        s->deltas[s->delta_slots[k]].used = 0;
+    s->delta_used = 0;
+}
+
+/* Writes the group's counts: one statement per queue it touched. */
+static int counts_flush(sb_store *s)
+{
+    sqlite3_stmt *st = s->st[ST_QCOUNT_ADD];
+    int rc = SQLITE_OK;
+    for (size_t k = 0; k < s->delta_used && rc == SQLITE_OK; k++) {
+        const count_delta *d = &s->deltas[s->delta_slots[k]];
+        if (d->entries != 0 || d->bytes != 0)
+            rc = bind_run(st, bind_args(st, "iii", (int64_t)d->queue_id, d->entries, d->bytes));
+    }
+    counts_reset(s);
+    return rc != SQLITE_OK ? fail(s, rc, "per-queue counts") : SQLITE_OK;
+}
+
+/* Steps a statement whose rows are the sizes of the entries it inserted
+ * (RETURNING SIZE_SQL), to its end: *out_rows, *out_bytes. */
+static int run_sizes(sqlite3_stmt *st, int bind_rc, int64_t *out_rows, int64_t *out_bytes)
+{
+    int rc = bind_rc;
+    *out_rows = *out_bytes = 0;
+    if (rc != SQLITE_OK)
+        return bind_run(st, rc);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        (*out_rows)++;
+        *out_bytes += sqlite3_column_int64(st, 0);
+    }
+    (void)sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 /* ---- ops ---------------------------------------------------------------- */
 
-static int delete_range(sb_store *s, uint32_t queue_id, uint64_t first, uint64_t last)
+/* Deletes a queue's entries [first, last] and counts what it deleted.
+ * rows > 0: the caller knows the entries it deletes there (rows of them,
+ * of `bytes` in all; the acks of the broker, which has them in memory):
+ * if the delete agrees on their number, the bytes are taken as they are,
+ * else in proportion. rows <= 0: they are counted by a read first (drops,
+ * rarer paths). RETURNING would count in one statement, but makes a
+ * delete about three times as costly. */
+static int delete_range(sb_store *s, uint32_t queue_id, uint64_t first, uint64_t last, int64_t rows,
+                        int64_t bytes)
 {
-    sqlite3_stmt *st = s->st[ST_ENTRY_DELETE];
-    return bind_run(st, bind_args(st, "iii", (int64_t)queue_id, (int64_t)first, (int64_t)last));
+    sqlite3_stmt *st;
+    int64_t deleted;
+    int rc;
+    if (rows <= 0) {
+        st = s->st[ST_ENTRY_SIZES];
+        rc = bind_args(st, "iii", (int64_t)queue_id, (int64_t)first, (int64_t)last);
+        if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+            rows = sqlite3_column_int64(st, 0);
+            bytes = sqlite3_column_int64(st, 1);
+            rc = SQLITE_OK;
+        }
+        (void)sqlite3_reset(st);
+        if (rc != SQLITE_OK)
+            return rc;
+        if (rows == 0)
+            return SQLITE_OK; /* nothing to delete */
+    }
+    st = s->st[ST_ENTRY_DELETE];
+    rc = bind_run(st, bind_args(st, "iii", (int64_t)queue_id, (int64_t)first, (int64_t)last));
+    if (rc != SQLITE_OK)
+        return rc;
+    deleted = sqlite3_changes64(s->db);
+    if (deleted != rows)
+        bytes = rows > 0 ? bytes / rows * deleted : 0;
+    return count_add(s, queue_id, -deleted, -bytes);
 }
 
 /* Sets or (empty payload) clears the retained value of m's topic. */
@@ -424,6 +598,7 @@ static int exec_publish(sb_store *s, sb_store_op *op)
     sqlite3_stmt *ins = s->st[ST_ENTRY_INSERT];
     unsigned char *hdr = NULL;
     size_t hdr_len = 0;
+    int64_t size;
     int rc = SQLITE_OK;
 
     if (m == NULL || (op->u.publish.queue_count > 0 && op->u.publish.queue_ids == NULL) ||
@@ -442,7 +617,7 @@ static int exec_publish(sb_store *s, sb_store_op *op)
             op->status = SB_EDUPLICATE;
             for (size_t i = 0; i < op->u.publish.drop_count; i++) {
                 const sb_store_entry_ref *d = &op->u.publish.drops[i];
-                rc = delete_range(s, d->queue_id, d->msg_id, d->msg_id);
+                rc = delete_range(s, d->queue_id, d->msg_id, d->msg_id, 0, 0);
                 if (rc != SQLITE_OK)
                     return fail(s, rc, "publish: drop");
             }
@@ -459,6 +634,7 @@ static int exec_publish(sb_store *s, sb_store_op *op)
             return SQLITE_OK;
         }
     }
+    size = (int64_t)((m->topic != NULL ? strlen(m->topic) : 0) + m->payload_len + hdr_len);
     for (size_t i = 0; i < op->u.publish.queue_count; i++) {
         uint32_t qid = op->u.publish.queue_ids[i];
         if (qid == 0) { /* acknowledged before its group ran (sb_store_cancel) */
@@ -471,8 +647,13 @@ static int exec_publish(sb_store *s, sb_store_op *op)
                                 m->payload != NULL ? (const void *)m->payload : (const void *)"",
                                 m->payload_len, (const void *)hdr, hdr_len, m->created_ms,
                                 m->expires_ms, (int64_t)m->priority));
-        if (rc == SQLITE_OK && sqlite3_changes(s->db) == 1)
+        if (rc == SQLITE_OK && sqlite3_changes(s->db) == 1) {
+            if ((rc = count_add(s, qid, 1, size)) != SQLITE_OK) {
+                rc = fail(s, rc, "publish: counts");
+                goto out;
+            }
             continue;
+        }
         /* Fail only this op: report, then delete what it inserted so far. */
         if (rc != SQLITE_OK) {
             if (!is_op_local(rc) || sqlite3_get_autocommit(s->db)) {
@@ -488,9 +669,9 @@ static int exec_publish(sb_store *s, sb_store_op *op)
                     (unsigned long long)m->id, (unsigned)qid);
         }
         rc = SQLITE_OK;
-        for (size_t j = 0; j < i && rc == SQLITE_OK; j++)
+        for (size_t j = 0; j < i && rc == SQLITE_OK; j++) /* cancelled ones: 0 */
             if (op->u.publish.queue_ids[j] != 0)
-                rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id);
+                rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id, 1, size);
         if (rc != SQLITE_OK)
             rc = fail(s, rc, "publish: undo of a partial insert");
         goto out;
@@ -500,7 +681,7 @@ static int exec_publish(sb_store *s, sb_store_op *op)
      * the entries were inserted. */
     for (size_t i = 0; i < op->u.publish.drop_count; i++) {
         const sb_store_entry_ref *d = &op->u.publish.drops[i];
-        rc = delete_range(s, d->queue_id, d->msg_id, d->msg_id);
+        rc = delete_range(s, d->queue_id, d->msg_id, d->msg_id, 0, 0);
         if (rc != SQLITE_OK) {
             rc = fail(s, rc, "publish: drop");
             goto out;
@@ -554,9 +735,12 @@ static int exec_retain_put(sb_store *s, sb_store_op *op)
 static int exec_deadletter(sb_store *s, sb_store_op *op)
 {
     const sb_message *m = op->u.deadletter.msg;
-    sqlite3_stmt *st = s->st[m != NULL ? ST_DEADLETTER_PUT : ST_DEADLETTER_COPY];
+    sqlite3_stmt *st = s->st[m != NULL                     ? ST_DEADLETTER_PUT
+                             : op->u.deadletter.no_headers ? ST_DEADLETTER_COPY_BARE
+                                                           : ST_DEADLETTER_COPY];
     unsigned char *hdr = NULL;
     size_t hdr_len = 0;
+    int64_t size = 0;
     int rc;
 
     if (m != NULL && sb_message_headers_encode(m, &hdr, &hdr_len) != 0) {
@@ -578,14 +762,17 @@ static int exec_deadletter(sb_store *s, sb_store_op *op)
                        (int64_t)op->u.deadletter.attempts);
     rc = bind_run(st, rc);
     sb_free(hdr);
+    if (m != NULL)
+        size = (int64_t)((m->topic != NULL ? strlen(m->topic) : 0) + m->payload_len + hdr_len);
     if (rc != SQLITE_OK)
         return op_error(s, op, rc, "dead-letter");
     if (sqlite3_changes(s->db) == 0) {
         op->status = SB_ENOTFOUND; /* only without msg: no entry to copy */
         return SQLITE_OK;
     }
+    /* from the message, the entry's size is known */
     rc = delete_range(s, op->u.deadletter.queue_id, op->u.deadletter.msg_id,
-                      op->u.deadletter.msg_id);
+                      op->u.deadletter.msg_id, m != NULL ? 1 : 0, size);
     return rc != SQLITE_OK ? fail(s, rc, "dead-letter: delete entry") : SQLITE_OK;
 }
 
@@ -638,6 +825,11 @@ static int exec_queue_delete(sb_store *s, sb_store_op *op)
     rc = bind_run(st, bind_args(st, "i", (int64_t)op->u.queue_delete.queue_id));
     if (rc != SQLITE_OK)
         return fail(s, rc, "queue delete: filters");
+    st = s->st[ST_QCOUNT_DELETE];
+    rc = bind_run(st, bind_args(st, "i", (int64_t)op->u.queue_delete.queue_id));
+    if (rc != SQLITE_OK)
+        return fail(s, rc, "queue delete: counts");
+    count_forget(s, op->u.queue_delete.queue_id);
     st = s->st[ST_QUEUE_DELETE];
     rc = bind_run(st, bind_args(st, "i", (int64_t)op->u.queue_delete.queue_id));
     return rc != SQLITE_OK ? fail(s, rc, "queue delete") : SQLITE_OK;
@@ -766,49 +958,80 @@ static int exec_dlq_list(sb_store *s, sb_store_op *op)
 
 static int exec_dlq_redrive(sb_store *s, sb_store_op *op)
 {
-    int rc = run(s->st[ST_SAVEPOINT]);
-    int status = 0;
-    if (rc != SQLITE_OK)
-        return fail(s, rc, "redrive: savepoint");
-    for (size_t i = 0; i < op->u.dlq_redrive.row_count && status == 0; i++) {
+    size_t n = op->u.dlq_redrive.row_count, i;
+    /* each row's size: counted once the op holds (not rolled back) */
+    int64_t *sizes = sb_calloc(n > 0 ? n : 1, sizeof(*sizes));
+    int rc, status = 0;
+    if (sizes == NULL) {
+        op->status = SB_ENOMEM;
+        return SQLITE_OK;
+    }
+    rc = run(s->st[ST_SAVEPOINT]);
+    if (rc != SQLITE_OK) {
+        rc = fail(s, rc, "redrive: savepoint");
+        goto out;
+    }
+    for (i = 0; i < n && status == 0; i++) {
         const sb_dead_letter *r = &op->u.dlq_redrive.rows[i];
         sqlite3_stmt *st = s->st[ST_DLQ_REDRIVE_COPY];
+        int64_t rows;
         if (r->target_queue_id == 0)
             continue; /* the caller leaves this one in the dead-letter table */
-        rc = bind_run(st, bind_args(st, "iii", (int64_t)r->target_queue_id, (int64_t)r->new_msg_id,
-                                    r->dlq_id));
+        rc = run_sizes(
+            st,
+            bind_args(st, "iii", (int64_t)r->target_queue_id, (int64_t)r->new_msg_id, r->dlq_id),
+            &rows, &sizes[i]);
         if (rc != SQLITE_OK) {
-            if (!is_op_local(rc) || sqlite3_get_autocommit(s->db))
-                return fail(s, rc, "redrive: insert");
+            if (!is_op_local(rc) || sqlite3_get_autocommit(s->db)) {
+                rc = fail(s, rc, "redrive: insert");
+                goto out;
+            }
             status = sb_store__error_from_sqlite(rc);
             break;
         }
-        if (sqlite3_changes(s->db) == 0) {
+        if (rows == 0) {
             /* Gone (purged or redriven already), or the new id is taken. */
             st = s->st[ST_DLQ_EXISTS];
             rc = bind_args(st, "i", r->dlq_id);
             if (rc == SQLITE_OK)
                 rc = sqlite3_step(st);
             (void)sqlite3_reset(st);
-            if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-                return fail(s, rc, "redrive: lookup");
+            if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+                rc = fail(s, rc, "redrive: lookup");
+                goto out;
+            }
             status = rc == SQLITE_ROW ? SB_EEXIST : SB_ENOTFOUND;
             break;
         }
         st = s->st[ST_DLQ_DELETE];
         rc = bind_run(st, bind_args(st, "i", r->dlq_id));
-        if (rc != SQLITE_OK)
-            return fail(s, rc, "redrive: delete");
+        if (rc != SQLITE_OK) {
+            rc = fail(s, rc, "redrive: delete");
+            goto out;
+        }
         note_msg_id(s, r->new_msg_id);
     }
     if (status != 0) {
         op->status = status;
         rc = run(s->st[ST_ROLLBACK_TO]);
-        if (rc != SQLITE_OK)
-            return fail(s, rc, "redrive: rollback to savepoint");
+        if (rc != SQLITE_OK) {
+            rc = fail(s, rc, "redrive: rollback to savepoint");
+            goto out;
+        }
     }
     rc = run(s->st[ST_RELEASE]);
-    return rc != SQLITE_OK ? fail(s, rc, "redrive: release") : SQLITE_OK;
+    if (rc != SQLITE_OK) {
+        rc = fail(s, rc, "redrive: release");
+        goto out;
+    }
+    for (i = 0; i < n && status == 0 && rc == SQLITE_OK; i++)
+        if (op->u.dlq_redrive.rows[i].target_queue_id != 0)
+            rc = count_add(s, op->u.dlq_redrive.rows[i].target_queue_id, 1, sizes[i]);
+    if (rc != SQLITE_OK)
+        rc = fail(s, rc, "redrive: counts");
+out:
+    sb_free(sizes);
+    return rc;
 }
 
 static int exec_dlq_purge(sb_store *s, sb_store_op *op)
@@ -882,6 +1105,9 @@ static int exec_page_in(sb_store *s, sb_store_op *op)
     if (rc != SQLITE_OK)
         return op_error(s, op, bind_run(st, rc), "page-in");
     op->u.page_in.exhausted = 0;
+    op->u.page_in.bad_id = 0;
+    op->u.page_in.bad_size = 0;
+    op->u.page_in.bad_reason[0] = '\0';
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         int64_t size = sqlite3_column_int64(st, 8);
         if (max_bytes > 0 && count > 0 && bytes + size > max_bytes)
@@ -897,6 +1123,17 @@ static int exec_page_in(sb_store *s, sb_store_op *op)
             cap = ncap;
         }
         status = message_from_row(&rows[count].msg, st, 0, 1, 2, 3, 4, 5, 6);
+        if (status == SB_ECORRUPT) {
+            /* The rows before it are returned; it is named, for the
+             * caller to move it aside (the queue must not stop at it). */
+            op->u.page_in.bad_id = (uint64_t)sqlite3_column_int64(st, 0);
+            op->u.page_in.bad_size = size;
+            snprintf(op->u.page_in.bad_reason, sizeof(op->u.page_in.bad_reason),
+                     "its headers (%d bytes) do not decode", sqlite3_column_bytes(st, 3));
+            status = 0;
+            rc = SQLITE_ROW;
+            break;
+        }
         if (status != 0)
             break;
         rows[count].attempts = sqlite3_column_int(st, 7);
@@ -973,7 +1210,7 @@ static int exec_trim(sb_store *s, sb_store_op *op)
         if (rc != SQLITE_OK)
             return fail(s, rc, "trim: dead-letter");
     }
-    rc = delete_range(s, qid, after + 1, last);
+    rc = delete_range(s, qid, after + 1, last, removed, bytes);
     if (rc != SQLITE_OK)
         return fail(s, rc, "trim: delete");
     op->u.trim.removed = removed;
@@ -1004,6 +1241,8 @@ static int ack_defer(sb_store *s, const sb_store_op *op)
     s->acks[s->ack_count].queue_id = op->u.ack.queue_id;
     s->acks[s->ack_count].first = op->u.ack.first_id;
     s->acks[s->ack_count].last = op->u.ack.last_id;
+    s->acks[s->ack_count].rows = op->u.ack.rows;
+    s->acks[s->ack_count].bytes = op->u.ack.bytes;
     s->ack_count++;
     if (op->u.ack.last_id > s->ack_max_id)
         s->ack_max_id = op->u.ack.last_id;
@@ -1032,9 +1271,12 @@ static int acks_flush(sb_store *s)
         while (i < n && s->acks[i].queue_id == r.queue_id && s->acks[i].first <= r.last + 1) {
             if (s->acks[i].last > r.last)
                 r.last = s->acks[i].last;
+            /* one that does not say makes the range count by a read */
+            r.rows = r.rows > 0 && s->acks[i].rows > 0 ? r.rows + s->acks[i].rows : 0;
+            r.bytes += s->acks[i].bytes;
             i++;
         }
-        rc = delete_range(s, r.queue_id, r.first, r.last);
+        rc = delete_range(s, r.queue_id, r.first, r.last, r.rows, r.bytes);
     }
     return rc != SQLITE_OK ? fail(s, rc, "ack") : SQLITE_OK;
 }
@@ -1063,7 +1305,8 @@ static int exec_op(sb_store *s, sb_store_op *op)
         uv_mutex_unlock(&s->mu);
         return exec_publish(s, op);
     case SB_OP_ACK:
-        rc = delete_range(s, op->u.ack.queue_id, op->u.ack.first_id, op->u.ack.last_id);
+        rc = delete_range(s, op->u.ack.queue_id, op->u.ack.first_id, op->u.ack.last_id,
+                          op->u.ack.rows, op->u.ack.bytes);
         return rc != SQLITE_OK ? fail(s, rc, "ack") : SQLITE_OK;
     case SB_OP_ATTEMPTS:
         st = s->st[ST_ENTRY_ATTEMPTS];
@@ -1190,6 +1433,50 @@ static void vacuum_step(sb_store *s)
         s->stats.db_bytes = pages * s->page_size;
     s->stats.free_bytes = s->free_pages * s->page_size;
     uv_mutex_unlock(&s->mu);
+}
+
+/* Whether the idle store should compact with one VACUUM (see
+ * VACUUM_FULL_MAX_LIVE) rather than in steps. */
+static int vacuum_full_due(const sb_store *s, int64_t pages)
+{
+    return s->free_pages * 2 >= pages &&
+           (pages - s->free_pages) * s->page_size <= VACUUM_FULL_MAX_LIVE;
+}
+
+static void vacuum_full(sb_store *s, int64_t pages)
+{
+    int64_t before = pages * s->page_size, live = (pages - s->free_pages) * s->page_size;
+    uint64_t avail = 0;
+    uv_fs_t req;
+    int rc;
+
+    if (uv_fs_statfs(NULL, &req, s->path, NULL) == 0)
+        avail = ((const uv_statfs_t *)req.ptr)->f_bavail * ((const uv_statfs_t *)req.ptr)->f_bsize;
+    uv_fs_req_cleanup(&req);
+    if (avail < 2 * (uint64_t)live + 16 * 1024 * 1024) {
+        vacuum_step(s); /* no room for the copy: in steps */
+        return;
+    }
+    /* one transaction: a crash leaves the file as it was */
+    rc = sqlite3_exec(s->db, "VACUUM", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        sb_warn(WHO, "database %s: VACUUM failed: %s", s->path, sqlite3_errmsg(s->db));
+        s->free_pages = 0; /* not again until the next commit */
+        return;
+    }
+    read_freelist(s);
+    if (sqlite3_step(s->st[ST_PAGE_COUNT]) == SQLITE_ROW)
+        pages = sqlite3_column_int64(s->st[ST_PAGE_COUNT], 0);
+    (void)sqlite3_reset(s->st[ST_PAGE_COUNT]);
+    uv_mutex_lock(&s->mu);
+    s->stats.db_bytes = pages * s->page_size;
+    s->stats.free_bytes = s->free_pages * s->page_size;
+    uv_mutex_unlock(&s->mu);
+    sb_info(WHO,
+            "database %s: compacted from %lld to %lld MiB while idle (a VACUUM of what was in use)",
+            s->path, (long long)(before >> 20), (long long)((pages * s->page_size) >> 20));
 }
 
 /* CHECK and COMPACT, after their group committed. */
@@ -1498,6 +1785,9 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
     s->ack_count = 0; /* a failed group: retried from its ops */
     s->ack_max_id = 0;
     if (rc == SQLITE_OK)
+        rc = counts_flush(s);
+    counts_reset(s); /* a failed group: counted again when retried */
+    if (rc == SQLITE_OK)
         rc = head != NULL ? update_meta(s) : probe_write(s);
     if (rc == SQLITE_OK) {
         rc = run(s->st[ST_COMMIT]);
@@ -1575,9 +1865,25 @@ static void store_thread(void *arg)
             }
             if (s->auto_vacuum && s->free_pages >= VACUUM_STEP_PAGES &&
                 s->free_pages * 4 >= s->stats.db_bytes / s->page_size && !s->stats.degraded) {
-                uv_mutex_unlock(&s->mu);
-                vacuum_step(s);
-                uv_mutex_lock(&s->mu);
+                uint64_t now = uv_hrtime(), idle_at = s->last_group_ns + VACUUM_IDLE_NS, at;
+                int64_t pages = s->stats.db_bytes / s->page_size;
+                int full = vacuum_full_due(s, pages);
+                /* one VACUUM once idle beats steps meanwhile */
+                at = full || s->vacuum_next_ns > idle_at ? idle_at : s->vacuum_next_ns;
+                if (now >= at) {
+                    uv_mutex_unlock(&s->mu);
+                    if (full)
+                        vacuum_full(s, pages);
+                    else
+                        vacuum_step(s);
+                    s->vacuum_next_ns = uv_hrtime() + VACUUM_REST_FACTOR * (uv_hrtime() - now);
+                    uv_mutex_lock(&s->mu);
+                    continue;
+                }
+                s->waiting = 1; /* a new op, or the time for a step */
+                s->wake_at = 1;
+                (void)uv_cond_timedwait(&s->cond, &s->mu, at - now);
+                s->waiting = 0;
                 continue;
             }
             s->waiting = 1;
@@ -1621,6 +1927,8 @@ static void store_thread(void *arg)
             }
         }
         s->retry_alone = 0;
+        if (head != NULL)
+            s->last_group_ns = uv_hrtime();
         if (head == NULL && !probe) {
             uv_mutex_unlock(&s->mu);
             continue;
@@ -1652,6 +1960,8 @@ static void store_free(sb_store *s)
         uv_mutex_destroy(&s->mu);
     }
     sb_free(s->acks);
+    sb_free(s->deltas);
+    sb_free(s->delta_slots);
     sb_free(s->path);
     sb_free(s);
 }
@@ -2470,61 +2780,18 @@ int sb_store_load_dedup(sb_store *s, sb_store_dedup_cb cb, void *ctx, sb_error *
     return load_finish(s, st, step_rc, rc, err);
 }
 
-int sb_store_read_page(sb_store *s, sb_store_op *op, sb_error *err)
-{
-    int rc;
-    if (s->started)
-        return sb_error_set(err, SB_EINVAL, 0, "database %s: pages are read before start", s->path);
-    op->status = 0;
-    op->u.page_in.rows = NULL;
-    op->u.page_in.row_count = 0;
-    rc = exec_page_in(s, op);
-    if (rc != SQLITE_OK)
-        return db_error(s, rc, "reading queued messages", err);
-    if (op->status == SB_ECORRUPT)
-        return sb_error_set(err, SB_ECORRUPT, 0,
-                            "database %s is corrupt: malformed headers in entries", s->path);
-    if (op->status != 0)
-        return sb_error_set(err, op->status, 0, "database %s: reading queued messages: %s", s->path,
-                            sb_strerror(op->status));
-    return 0;
-}
-
-/* Rows of a queue whose sizes are averaged for the estimate of its bytes. */
-#define COUNT_SAMPLE_ROWS 64
-
 int sb_store_load_counts(sb_store *s, sb_store_count_cb cb, void *ctx, sb_error *err)
 {
-    sqlite3_stmt *st, *sample;
+    sqlite3_stmt *st;
     int step_rc = SQLITE_DONE;
-    int rc = load_prepare(s, "SELECT queue_id, count(*) FROM entries GROUP BY queue_id", &st, err);
+    int rc = load_prepare(s,
+                          "SELECT queue_id, entries, bytes FROM queue_counts WHERE entries > 0"
+                          " ORDER BY queue_id",
+                          &st, err);
     if (rc != 0)
         return rc;
-    rc = load_prepare(s,
-                      "SELECT count(*), sum(size) FROM (SELECT " SIZE_SQL " AS size FROM entries"
-                      " WHERE queue_id = ?1 ORDER BY msg_id LIMIT ?2)",
-                      &sample, err);
-    if (rc != 0) {
-        (void)sqlite3_finalize(st);
-        return rc;
-    }
-    while (rc == 0 && (step_rc = sqlite3_step(st)) == SQLITE_ROW) {
-        int64_t qid = sqlite3_column_int64(st, 0), count = sqlite3_column_int64(st, 1);
-        int64_t n = 0, sum = 0;
-        int src = bind_args(sample, "ii", qid, (int64_t)COUNT_SAMPLE_ROWS);
-        if (src == SQLITE_OK)
-            src = sqlite3_step(sample);
-        if (src == SQLITE_ROW) {
-            n = sqlite3_column_int64(sample, 0);
-            sum = sqlite3_column_int64(sample, 1);
-        }
-        (void)sqlite3_reset(sample);
-        if (src != SQLITE_ROW) {
-            rc = db_error(s, src, "counting queued entries", err);
-            break;
-        }
-        rc = cb(ctx, (uint32_t)qid, count, n > 0 ? sum / n * count : 0);
-    }
-    (void)sqlite3_finalize(sample); /* repeats a step error, handled above */
+    while (rc == 0 && (step_rc = sqlite3_step(st)) == SQLITE_ROW)
+        rc = cb(ctx, (uint32_t)sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+                sqlite3_column_int64(st, 2));
     return load_finish(s, st, step_rc, rc, err);
 }

@@ -42,7 +42,8 @@
  *                A redriven entry keeps the dead letter's topic, payload,
  *                headers, created, expiry and priority; attempts restart at 0
  *   DLQ_LIST     SB_ENOMEM (no rows returned)
- *   PAGE_IN      SB_ENOMEM, SB_ECORRUPT (a malformed row; no rows returned)
+ *   PAGE_IN      SB_ENOMEM (no rows returned); a row that does not decode is
+ *                not an error: it ends the rows and is named (bad_id)
  * ACK, QUEUE_DELETE, DLQ_PURGE, DEDUP_PRUNE, KEY_PUT, KEY_DELETE and TRIM only fail when
  * sb_store_stop gives up retrying them (SB_EIO / SB_ENOSPC). Callbacks come in submission order,
  * except that ops kept for a retry complete after the failed publishes that were submitted after
@@ -63,7 +64,7 @@
 #include "service/message.h"
 #include "service/topic.h"
 
-#define SB_STORE_SCHEMA_VERSION 2
+#define SB_STORE_SCHEMA_VERSION 3
 /* PRAGMA application_id of a Switchboard database: 'SBOX'. */
 #define SB_STORE_APPLICATION_ID 0x53424F58
 
@@ -164,6 +165,11 @@ struct sb_store_op {
             uint32_t queue_id;
             uint64_t first_id, last_id; /* inclusive; caller guarantees every
                                            entry of the queue in range is done */
+            /* The entries it deletes, if the caller knows them (it has them
+             * in memory): how many, and their sb_message_size bytes. The
+             * store counts what it deletes per queue (queue_counts) with
+             * these; rows 0: it reads them first, which costs more. */
+            int64_t rows, bytes;
         } ack;
         struct {
             uint32_t queue_id;
@@ -173,8 +179,11 @@ struct sb_store_op {
         struct {
             uint32_t queue_id;
             uint64_t msg_id;
-            sb_message *msg; /* always set: the dead letter is written from it
-                                (memory-class queues have no entry row) */
+            sb_message *msg; /* the dead letter is written from it (memory-class
+                                queues have no entry row); NULL: copied from
+                                the entry's row */
+            int no_headers;  /* copying: without the row's headers (they do not
+                                decode, SB_OP_PAGE_IN's bad_id) */
             const char *queue_name;
             const char *reason;
             const char *source;
@@ -223,6 +232,12 @@ struct sb_store_op {
             sb_store_entry *rows;
             size_t row_count;
             int exhausted; /* 1: no entry after these when it was read */
+            /* An entry that does not decode (its headers are malformed)
+             * stops the read: the rows before it are returned, and it is
+             * named here for the caller to move it aside (0: none). */
+            uint64_t bad_id;
+            int64_t bad_size;     /* its SIZE (topic, payload and header bytes) */
+            char bad_reason[96];  /* what is wrong with it */
         } page_in;
         struct {
             uint32_t queue_id;
@@ -313,15 +328,9 @@ int sb_store_load_retained(sb_store *s, sb_store_retained_cb cb, void *ctx, sb_e
 int sb_store_load_dedup(sb_store *s, sb_store_dedup_cb cb, void *ctx, sb_error *err);
 
 /* Paging loader: calls cb once per queue that has entries, with their
- * number and an estimate of their sb_message_size bytes (the mean of the
- * queue's oldest entries times the count), without reading the entries:
- * the count comes from the (queue_id, msg_id) index. The entries are then
- * read in windows with SB_OP_PAGE_IN. */
-/* Executes an SB_OP_PAGE_IN op at once, on the calling thread: the first
- * windows are read this way before sb_store_start. 0 (rows in op, to free
- * with sb_store_page_rows_free) or an error, in err. */
-int sb_store_read_page(sb_store *s, sb_store_op *op, sb_error *err);
-
+ * number and their sb_message_size bytes, as the store keeps them per group
+ * commit (a row per queue: independent of the backlog). The entries are
+ * then read in windows with SB_OP_PAGE_IN. */
 typedef int (*sb_store_count_cb)(void *ctx, uint32_t queue_id, int64_t count, int64_t bytes);
 int sb_store_load_counts(sb_store *s, sb_store_count_cb cb, void *ctx, sb_error *err);
 

@@ -16,7 +16,8 @@
  * (broker.store.queue_window), so nearly all of the backlog is only in the
  * store, and a consumer takes from both subscriptions during each round,
  * acknowledging most of what it gets: kills land while deliveries are read
- * back from the store and while some are in flight.
+ * back from the store and while some are in flight. It checks that the
+ * kills came while far more than the window was only in the store.
  *
  * At the end a consumer drains both subscriptions (one fsync, one batched)
  * and the test asserts, per subscription and producer:
@@ -235,7 +236,7 @@ static void kill_and_restart(sbt_broker *b, int paging)
     const char *seed_env = getenv("SBT_SEED");
     uint64_t seed = seed_env != NULL ? strtoull(seed_env, NULL, 10) : uv_hrtime();
     sbt_conn *stats;
-    int64_t t0 = sbt_now_ms();
+    int64_t t0 = sbt_now_ms(), most_stored = 0;
 
     rng = seed != 0 ? seed : 1;
     print_message("crash test seed: %llu (SBT_SEED=%llu repeats it)\n", (unsigned long long)seed,
@@ -278,6 +279,15 @@ static void kill_and_restart(sbt_broker *b, int paging)
                 print_file("producer log", producers[k].logpath);
                 fail_msg("producer %d exited early", k);
             }
+        if (paging) {
+            /* what is only in the store when the kill comes */
+            sbt_conn *c = sbt_connect(b->port[0]);
+            for (int i = 0; i < 2; i++) {
+                int64_t n = sbt_queue_int(c, subs[i].sub, "stored_depth");
+                most_stored = n > most_stored ? n : most_stored;
+            }
+            sbt_close(c);
+        }
         sbt_broker_kill(b);
         print_message("round %d: killed after %d ms\n", round, delay);
         if (round % 2 == 0) {
@@ -289,6 +299,13 @@ static void kill_and_restart(sbt_broker *b, int paging)
             print_message("round %d: killed again %d ms after its start\n", round, early);
         }
         sbt_broker_start(b);
+    }
+
+    if (paging) {
+        /* the kills came while the backlog was larger than the window */
+        print_message("at most %lld messages only in the store at a kill\n",
+                      (long long)most_stored);
+        assert_true(most_stored > 10 * 64);
     }
 
     /* Let the producers finish what is in flight, then stop them. */

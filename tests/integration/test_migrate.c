@@ -173,7 +173,7 @@ static void test_mqtt_sessions(void **state)
     int present = 0;
 
     start_on_golden(b);
-    sbt_broker_wait_log(b, "migrated from schema version 1 to 2", 1, SBT_REPLY_MS);
+    sbt_broker_wait_log(b, "migrated from schema version 1 to ", 1, SBT_REPLY_MS);
     c = sbt_connect(b->port[P_JSONL]);
     check_filters(c, "mqtt/golden-alice", "sensors/+/temp|orders/#|alerts/#");
     check_filters(c, "mqtt/golden-anon", "plant/#");
@@ -209,7 +209,7 @@ static void test_mqtt_sessions(void **state)
     expect_qos(anon, "plant/line1", "start", 1);
     sbt_mq_disconnect(anon);
 
-    /* The migrated store is a version 2 store now: all of it again. */
+    /* The migrated store is of the current version now: all of it again. */
     sbt_close(c);
     sbt_broker_stop(b);
     sbt_broker_mark_log(b);

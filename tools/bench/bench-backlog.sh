@@ -6,15 +6,19 @@
 #   tools/bench/bench-backlog.sh [options]
 #
 # One broker, --queues route queues (filters backlog/<i>/#, durability
-# batched); sbctl pub fills them round-robin with --count messages of --size
-# bytes in total, pipelined, while nobody consumes. Then:
+# batched); sbctl pub fills them one after the other with --count messages
+# of --size bytes in total, pipelined, while nobody consumes. Then:
 #   - resident memory (VmRSS, peak VmHWM) of the broker with the backlog;
-#   - the broker is stopped and started again on the same data directory:
-#     time from its start to the admin endpoint answering, and its memory;
+#   - the broker is stopped and started again on the same data directory
+#     (--restarts times): time from its start to the admin endpoint
+#     answering, and its memory;
 #   - sbctl sub drains every queue, checking that message ids only grow
 #     (nothing out of order) and that every message came (nothing lost);
-#   - memory and database size after the drain; the broker's own stats
-#     (sbctl stats: resident vs stored bytes).
+#   - memory and database size after the drain, and again once the idle
+#     store gave its free pages back (up to --settle seconds); the broker's
+#     own stats (sbctl stats: resident vs stored bytes).
+# The broker's VmRSS is also sampled every second throughout (the most of
+# each phase is printed), and the load average at each phase.
 # Each figure is printed as "name: value" lines, then one summary line.
 #
 # Options (environment variable, default):
@@ -23,6 +27,9 @@
 #   --queues Q     queues the messages are spread over (BENCH_QUEUES, 1)
 #   --store YAML   extra keys of broker.store, e.g. "queue_memory: 16MiB"
 #                  (BENCH_STORE, none: the defaults)
+#   --restarts N   restarts measured (BENCH_RESTARTS, 1)
+#   --settle S     after the drain, wait up to S seconds for the database
+#                  to shrink (BENCH_SETTLE, 300; 0: do not wait)
 #   --no-drain     stop after the restart (memory and time to listening only)
 #   --keep         keep the temporary directory (config, log, database)
 # SB_BUILD_DIR: build directory holding service/switchboard and tools/sbctl
@@ -38,6 +45,8 @@ count=${BENCH_COUNT:-2000000}
 size=${BENCH_SIZE:-1024}
 queues=${BENCH_QUEUES:-1}
 store=${BENCH_STORE:-}
+restarts=${BENCH_RESTARTS:-1}
+settle=${BENCH_SETTLE:-300}
 keep=0
 drain=1
 
@@ -51,6 +60,8 @@ while [ $# -gt 0 ]; do
     --size) size=$2; shift ;;
     --queues) queues=$2; shift ;;
     --store) store=$2; shift ;;
+    --restarts) restarts=$2; shift ;;
+    --settle) settle=$2; shift ;;
     --no-drain) drain=0 ;;
     --keep) keep=1 ;;
     -h | --help) usage; exit 0 ;;
@@ -70,10 +81,12 @@ if [ ! -x "$sb_bin" ] || [ ! -x "$ctl_bin" ]; then
     }
 fi
 
-tmp=$(mktemp -d /tmp/bench-backlog.XXXXXX)
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-backlog.XXXXXX")
 pid=
+sampler=
 
 cleanup() {
+    [ -n "$sampler" ] && kill "$sampler" 2>/dev/null
     [ -n "$pid" ] && stop_broker
     if [ "$keep" = 1 ]; then echo "kept $tmp"; else rm -rf "$tmp"; fi
 }
@@ -94,6 +107,7 @@ stop_broker() {
 }
 
 now_ms() { date +%s%3N; }
+load() { cut -d' ' -f1-3 /proc/loadavg; }
 status_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$pid/status"; }
 mb() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 1024 }'; }
 db_mb() { du -m --apparent-size "$tmp/data/switchboard.db" | awk '{ print $1 }'; }
@@ -124,10 +138,26 @@ start_broker() {
     listen_ms=$(($(now_ms) - t0))
 }
 
+# The broker's VmRSS (kB) once a second into $tmp/rss-<phase>, until the
+# next phase or the end; rss_max <phase> prints the most (MB).
+phase() {
+    [ -n "$sampler" ] && kill "$sampler" 2>/dev/null && wait "$sampler" 2>/dev/null
+    (
+        while kill -0 "$pid" 2>/dev/null; do
+            awk '$1 == "VmRSS:" { print $2 }' "/proc/$pid/status" 2>/dev/null
+            sleep 1
+        done
+    ) >>"$tmp/rss-$1" &
+    sampler=$!
+}
+rss_max() { mb "$(sort -n "$tmp/rss-$1" 2>/dev/null | tail -1)"; }
+
 head -c "$size" /dev/zero | tr '\0' 'x' >"$tmp/payload"
 start_broker
+phase fill
 echo "backlog: $count messages of $size bytes over $queues queue(s), store: ${store:-defaults}"
 echo "switchboard: $sb_bin"
+echo "load_before_fill: $(load)"
 t0=$(now_ms)
 per=$((count / queues))
 for q in $(seq 0 $((queues - 1))); do
@@ -139,20 +169,30 @@ fill_ms=$(($(now_ms) - t0))
 echo "fill_s: $(awk -v v="$fill_ms" 'BEGIN { printf "%.1f", v / 1000 }')"
 fill_rss=$(status_kb VmRSS)
 fill_hwm=$(status_kb VmHWM)
-echo "rss_with_backlog_mb: $(mb "$fill_rss") (peak $(mb "$fill_hwm"))"
+echo "rss_with_backlog_mb: $(mb "$fill_rss") (peak $(mb "$fill_hwm"), most sampled $(rss_max fill))"
+echo "load_after_fill: $(load)"
 stop_broker
 echo "db_with_backlog_mb: $(db_mb)"
 
-start_broker
-echo "restart_to_listening_ms: $listen_ms"
+all_listen=
+for r in $(seq "$restarts"); do
+    [ "$r" -gt 1 ] && stop_broker
+    start_broker
+    phase "restart$r"
+    all_listen="$all_listen${all_listen:+ }$listen_ms"
+    echo "restart_to_listening_ms: $listen_ms (load $(load))"
+done
+# the first windows are read after it listens: memory once they are in
+sleep 2
 start_rss=$(status_kb VmRSS)
 echo "rss_after_restart_mb: $(mb "$start_rss")"
 
 if [ "$drain" = 0 ]; then
     echo "summary: count=$count size=$size queues=$queues rss_backlog_mb=$(mb "$fill_rss")" \
-        "restart_ms=$listen_ms rss_restart_mb=$(mb "$start_rss")"
+        "restart_ms=${all_listen// /,} rss_restart_mb=$(mb "$start_rss")"
     exit 0
 fi
+phase drain
 t0=$(now_ms)
 for q in $(seq 0 $((queues - 1))); do
     n=$per
@@ -170,16 +210,41 @@ for q in $(seq 0 $((queues - 1))); do
             }' || { echo "bench-backlog.sh: queue $q: lost or out of order" >&2; keep=1; exit 1; }
 done
 drain_ms=$(($(now_ms) - t0))
-echo "drain_s: $(awk -v v="$drain_ms" 'BEGIN { printf "%.1f", v / 1000 }')"
+echo "drain_s: $(awk -v v="$drain_ms" 'BEGIN { printf "%.1f", v / 1000 }') (load $(load))"
 drain_hwm=$(status_kb VmHWM)
-echo "rss_peak_since_restart_mb: $(mb "$drain_hwm")"
+echo "rss_peak_since_restart_mb: $(mb "$drain_hwm") (most sampled while draining $(rss_max drain))"
 drained_rss=$(status_kb VmRSS)
 echo "rss_after_drain_mb: $(mb "$drained_rss")"
+store_db() { ctl stats --json 2>/dev/null | tr -d '\n ' | grep -o '"db_bytes":[0-9]*' | cut -d: -f2; }
+drained_db=$(store_db)
+echo "db_bytes_after_drain_mb: $((${drained_db:-0} >> 20))"
+phase settle
+t0=$(now_ms)
+settled_db=$drained_db
+if [ "$settle" -gt 0 ]; then
+    # until the store stopped shrinking for 30 s, or --settle seconds
+    last_change=$t0
+    while [ $(($(now_ms) - t0)) -lt $((settle * 1000)) ] &&
+        [ $(($(now_ms) - last_change)) -lt 30000 ]; do
+        sleep 5
+        db=$(store_db)
+        if [ -n "$db" ] && [ "$db" -lt "$settled_db" ]; then
+            settled_db=$db
+            last_change=$(now_ms)
+        fi
+    done
+fi
+settle_s=$(awk -v v="$(($(now_ms) - t0))" 'BEGIN { printf "%.0f", v / 1000 }')
+echo "db_bytes_settled_mb: $((${settled_db:-0} >> 20)) (after ${settle_s} s idle)"
+settled_rss=$(status_kb VmRSS)
+echo "rss_settled_mb: $(mb "$settled_rss") (most sampled meanwhile $(rss_max settle))"
 ctl stats --json >"$tmp/stats.json" 2>/dev/null &&
     echo "stats_store: $(tr -d '\n ' <"$tmp/stats.json" | grep -o '"store":{[^}]*}')"
 stop_broker
-echo "db_after_drain_mb: $(db_mb)"
+echo "db_file_after_stop_mb: $(db_mb)"
+echo "load_at_end: $(load)"
 echo "summary: count=$count size=$size queues=$queues fill_s=$(awk -v v="$fill_ms" 'BEGIN { printf "%.1f", v / 1000 }')" \
-    "rss_backlog_mb=$(mb "$fill_rss") restart_ms=$listen_ms rss_restart_mb=$(mb "$start_rss")" \
-    "drain_s=$(awk -v v="$drain_ms" 'BEGIN { printf "%.1f", v / 1000 }') rss_peak_mb=$(mb "$drain_hwm")" \
-    "rss_drained_mb=$(mb "$drained_rss")"
+    "rss_backlog_mb=$(mb "$fill_rss") rss_fill_peak_mb=$(mb "$fill_hwm") restart_ms=${all_listen// /,}" \
+    "rss_restart_mb=$(mb "$start_rss") drain_s=$(awk -v v="$drain_ms" 'BEGIN { printf "%.1f", v / 1000 }')" \
+    "rss_peak_mb=$(mb "$drain_hwm") rss_drained_mb=$(mb "$drained_rss") rss_settled_mb=$(mb "$settled_rss")" \
+    "db_settled_mb=$((${settled_db:-0} >> 20))"

@@ -147,6 +147,14 @@ static int try_start(core_fx *f, const char *body, sb_error *err)
     return 0;
 }
 
+static int first_windows_read(core_fx *f)
+{
+    for (const sb_queue *q = f->b->queues; q != NULL; q = q->next)
+        if (q->page_op != NULL)
+            return 0;
+    return 1;
+}
+
 void core_start(core_fx *f, const char *body)
 {
     sb_error err;
@@ -155,6 +163,9 @@ void core_start(core_fx *f, const char *body)
     rc = try_start(f, body, &err);
     if (rc != 0)
         fail_msg("broker does not start: %s (%s)", err.msg, sb_errname(rc));
+    /* The first windows are read after the start, on the store thread:
+     * what a restart brings back is there for the test's next step. */
+    CORE_WAIT(f, first_windows_read(f));
 }
 
 void core_stop(core_fx *f)

@@ -5,7 +5,8 @@
  * at start and the rest as consumers take them, redelivery after a
  * restart, TTL expiry and drop-oldest of stored entries (acting in the
  * store, without a consumer), dead letters and their redrive, drops while
- * a read is under way, and the windows' memory budget.
+ * a read is under way, the windows' memory budget, and the read-ahead
+ * sized by the consumers.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -20,6 +21,7 @@
 #include <sqlite3.h>
 
 #include "core_harness.h"
+#include "storage/schema_int.h"
 
 #define WINDOW "  store: {queue_window: 4}\n"
 
@@ -86,6 +88,35 @@ static void expect_run(const fake_log *l, size_t at, int from, int to)
         snprintf(want, sizeof want, "m%d", i);
         assert_string_equal(l->recs[at + (size_t)(i - from)].payload, want);
     }
+}
+
+/* Stops the broker and checks the counts the store kept per queue
+ * (queue_counts) against its entries, counted by SQL. */
+static void stop_and_check_counts(core_fx *f)
+{
+    static const char *const sql[2] = {
+        "SELECT coalesce(group_concat(x, ';'), '') FROM (SELECT queue_id || ':' || count(*) ||"
+        " ':' || sum(" SB_STORE__SIZE_SQL ") AS x FROM entries GROUP BY queue_id ORDER BY"
+        " queue_id)",
+        "SELECT coalesce(group_concat(x, ';'), '') FROM (SELECT queue_id || ':' || entries ||"
+        " ':' || bytes AS x FROM queue_counts WHERE entries != 0 OR bytes != 0 ORDER BY"
+        " queue_id)",
+    };
+    char path[1100], text[2][2048];
+    sqlite3 *db;
+
+    core_stop(f);
+    snprintf(path, sizeof path, "%s/switchboard.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    for (int i = 0; i < 2; i++) {
+        sqlite3_stmt *st;
+        assert_int_equal(sqlite3_prepare_v2(db, sql[i], -1, &st, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        snprintf(text[i], sizeof text[i], "%s", (const char *)sqlite3_column_text(st, 0));
+        sqlite3_finalize(st);
+    }
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    assert_string_equal(text[1], text[0]);
 }
 
 static int64_t stat_of(core_fx *f, const char *queue, const char *key)
@@ -159,6 +190,7 @@ static void test_order_across_window(void **state)
             fake_ack(&c->log.recs[i]);
     expect_run(&c->log, 22, 23, 45);
     core_check_all(f);
+    stop_and_check_counts(f);
 }
 
 /* A route made memory-only while its backlog is in the store stays durable
@@ -201,11 +233,13 @@ static void test_restart_reads_first_window(void **state)
     c = consumer(f, "q", 2, 0);
     CORE_WAIT(f, c->log.count == 2);
     fake_ack(&c->log.recs[0]); /* m1 done; m2 in flight at the stop */
-    core_stop(f);
+    stop_and_check_counts(f);
 
     core_start(f, cfg);
     q = core_queue(f, "q");
-    assert_int_equal(q->depth, 4);
+    /* counted at once; the first window read on the store thread after */
+    assert_int_equal(q->depth + q->disk_depth, 29);
+    CORE_WAIT(f, q->depth == 4);
     assert_int_equal(q->disk_depth, 25);
     assert_int_equal(stat_of(f, "q", "depth"), 29);
     core_check_all(f);
@@ -310,6 +344,7 @@ static void test_ttl_of_stored_entries(void **state)
     q = core_queue(f, "ttl");
     CORE_WAIT(f, q->depth == 0 && q->disk_depth == 0);
     CORE_WAIT(f, q->expired == 8);
+    stop_and_check_counts(f);
 }
 
 /* Drop-oldest drops the window's entries first, then stored ones, in the
@@ -336,6 +371,7 @@ static void test_drop_oldest_of_stored_entries(void **state)
     expect_run(&c->log, 0, 15, 20);
     assert_int_equal(q->disk_depth, 0);
     core_check_all(f);
+    stop_and_check_counts(f);
 }
 
 /* Drops decided while a read of the stored part is under way delete rows
@@ -374,6 +410,7 @@ static void test_drop_during_page_in(void **state)
     assert_string_equal(c->log.recs[c->log.count - 1].payload, "m46");
     assert_int_equal(c->log.count + q->dropped, 46);
     core_check_all(f);
+    stop_and_check_counts(f);
 }
 
 /* Stored entries that fail go to the DLQ like the others; a redrive puts
@@ -408,6 +445,54 @@ static void test_deadletter_and_redrive(void **state)
     c = consumer(f, "dead", 3, 1);
     CORE_WAIT(f, c->log.count == 10);
     expect_run(&c->log, 0, 1, 10);
+    core_check_all(f);
+    stop_and_check_counts(f);
+}
+
+/* The read-ahead is sized by the consumers: their windows plus what they
+ * acknowledge in a second at their rate, at least a floor (16), at most
+ * queue_window. */
+static void test_read_ahead_sizing(void **state)
+{
+    (void)state;
+    assert_int_equal(sb_paging__target(0, 0.0, 4096), 16);    /* nobody yet */
+    assert_int_equal(sb_paging__target(0, 0.0, 4), 4);        /* a tiny window */
+    assert_int_equal(sb_paging__target(2, 3.5, 4096), 16);    /* slow */
+    assert_int_equal(sb_paging__target(100, 0.0, 4096), 100); /* credit, no rate yet */
+    assert_int_equal(sb_paging__target(100, 900.0, 4096), 1000);
+    assert_int_equal(sb_paging__target(1000, 20000.0, 4096), 4096); /* fast: all of it */
+    assert_int_equal(sb_paging__target(10000, 0.0, 4096), 4096);
+}
+
+/* A slow consumer's queue holds a few entries in memory, not its window:
+ * after a restart the first read is small, and it is refilled by little
+ * as the consumer takes them, in order. */
+static void test_slow_consumer_reads_little(void **state)
+{
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_queue *q;
+    int64_t most = 0;
+
+    f->broker_extra = "  store: {queue_window: 1000}\n";
+    core_start(f, cfg);
+    publish_n(f, "q/1", 1, 300);
+    assert_int_equal(core_queue(f, "q")->depth, 300); /* it fits: all in memory */
+    core_stop(f);
+
+    core_start(f, cfg);
+    q = core_queue(f, "q");
+    CORE_WAIT(f, q->depth == 16);
+    c = consumer(f, "q", 2, 0);
+    for (size_t i = 0; i < 300; i++) {
+        CORE_WAIT(f, c->log.count > i);
+        if (q->depth > most)
+            most = q->depth;
+        fake_ack(&c->log.recs[i]);
+    }
+    expect_run(&c->log, 0, 1, 300);
+    assert_true(most <= 16);
+    CORE_WAIT(f, q->depth == 0 && q->disk_depth == 0);
     core_check_all(f);
 }
 
@@ -542,6 +627,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drop_during_page_in, paging_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_deadletter_and_redrive, paging_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_memory_budget, paging_setup, core_teardown),
+        cmocka_unit_test(test_read_ahead_sizing),
+        cmocka_unit_test_setup_teardown(test_slow_consumer_reads_little, paging_setup,
+                                        core_teardown),
         cmocka_unit_test_setup_teardown(test_store_gives_space_back, paging_setup, core_teardown),
     };
     fake_register();

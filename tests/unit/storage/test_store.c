@@ -19,6 +19,7 @@
 #include "service/error.h"
 #include "service/log.h"
 #include "service/message.h"
+#include "storage/schema_int.h"
 #include "storage/store.h"
 #include "storage/store_test.h"
 #include "vfs_shim.h"
@@ -1548,6 +1549,176 @@ static char *dump(const char *path, const char *sql)
     return out;
 }
 
+/* ---- per-queue counts (schema version 3) --------------------------------- */
+
+/* sb_store_load_counts as dump text: "queue|entries|bytes" lines. */
+static int collect_count(void *ctx, uint32_t queue_id, int64_t count, int64_t bytes)
+{
+    char *out = ctx;
+    size_t len = strlen(out);
+    snprintf(out + len, 4096 - len, "%u|%lld|%lld\n", (unsigned)queue_id, (long long)count,
+             (long long)bytes);
+    return 0;
+}
+
+/* What the entries table holds, counted by SQL (the store is closed). */
+static char *counted_by_sql(const char *path)
+{
+    return dump(path, "SELECT queue_id, count(*), sum(" SB_STORE__SIZE_SQL ") FROM entries"
+                      " GROUP BY queue_id ORDER BY queue_id");
+}
+
+/* The counts the store keeps per group commit match the entries through
+ * every op that adds or removes them, rolled-back redrives, failed
+ * publishes and a queue deleted in the group that filled it. */
+static void test_counts(void **state)
+{
+    fx *f = *state;
+    uint32_t both[2] = {1, 2}, q1 = 1, q3 = 3;
+    sb_store_op op, list, ops[2];
+    sb_dead_letter redrive[2];
+    char got[4096] = "";
+    char *want;
+    sb_error err;
+    int n = 0;
+
+    open_start(f);
+    assert_int_equal(queue_put(f, 1, "one", "t/#", NULL), 0);
+    assert_int_equal(queue_put(f, 2, "two", "t/#", NULL), 0);
+    assert_int_equal(queue_put(f, 3, "three", "t/#", NULL), 0);
+    for (uint64_t i = 1; i <= 8; i++) {
+        sb_message *m = msg(i, i % 2 ? "t/odd" : "t/even-topic", i % 3 ? "short" : "longer body");
+        assert_int_equal(sb_message_add_header(m, "source", "counts"), 0);
+        publish_op(&op, m, both, 2);
+        assert_int_equal(do_op(f, &op), 0);
+        sb_message_unref(m);
+    }
+    assert_int_equal(publish(f, 8, "again", both, 2), SB_EEXIST); /* nothing counted */
+    assert_int_equal(ack(f, 1, 1, 2), 0);
+    assert_int_equal(ack(f, 1, 2, 3), 0); /* 2 is gone already */
+    deadletter_op(&op, 2, 4, NULL, NULL);
+    assert_int_equal(do_op(f, &op), 0);
+    memset(&op, 0, sizeof(op));
+    op.type = SB_OP_TRIM;
+    op.u.trim.queue_id = 2;
+    op.u.trim.after_id = 4;
+    op.u.trim.limit = 2;
+    assert_int_equal(do_op(f, &op), 0);
+    assert_int_equal(op.u.trim.removed, 2);
+
+    /* A redrive that fails half-way (its second row is the first, gone by
+     * then) counts nothing; then one that holds. */
+    dlq_list(f, &list, NULL, 0, 0);
+    assert_int_equal(list.u.dlq_list.row_count, 1);
+    memset(redrive, 0, sizeof(redrive));
+    redrive[0].dlq_id = list.u.dlq_list.rows[0].dlq_id;
+    redrive[0].target_queue_id = 1;
+    redrive[0].new_msg_id = 20;
+    sb_store_dlq_rows_free(list.u.dlq_list.rows, list.u.dlq_list.row_count);
+    memset(&op, 0, sizeof(op));
+    op.type = SB_OP_DLQ_REDRIVE;
+    op.u.dlq_redrive.rows = redrive;
+    op.u.dlq_redrive.row_count = 2;
+    redrive[1] = redrive[0];
+    redrive[1].new_msg_id = 21;
+    assert_int_equal(do_op(f, &op), SB_ENOTFOUND);
+    op.u.dlq_redrive.row_count = 1;
+    assert_int_equal(do_op(f, &op), 0);
+
+    /* Filled and deleted in one group. */
+    memset(ops, 0, sizeof(ops));
+    {
+        sb_message *m = msg(30, "t/x", "gone");
+        publish_op(&ops[0], m, &q3, 1);
+        ops[1].type = SB_OP_QUEUE_DELETE;
+        ops[1].u.queue_delete.queue_id = q3;
+        for (int i = 0; i < 2; i++) {
+            ops[i].cb = count_cb;
+            ops[i].ctx = &n;
+            assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
+        }
+        run_until(f, &n, 2);
+        sb_message_unref(m);
+    }
+    assert_int_equal(publish(f, 31, "one more", &q1, 1), 0);
+    shut(f);
+
+    want = counted_by_sql(f->path);
+    open_with(f, 0, 0, 0);
+    assert_int_equal(sb_store_load_counts(f->s, collect_count, got, &err), 0);
+    assert_string_equal(got, want);
+    /* queue 1: 4..8, 20, 31; queue 2: 1..3, 7, 8 */
+    assert_non_null(strstr(want, "1|7|"));
+    assert_non_null(strstr(want, "2|5|"));
+    assert_null(strstr(want, "3|"));
+    free(want);
+    shut(f);
+    want = dump(f->path, "SELECT count(*) FROM queue_counts WHERE queue_id = 3");
+    assert_string_equal(want, "0\n");
+    free(want);
+}
+
+/* A page-in stops at a row whose headers do not decode: the rows before
+ * it come back, and it is named with what is wrong, for the broker to
+ * move aside; a dead letter copied from it without its headers reads. */
+static void test_page_in_bad_row(void **state)
+{
+    fx *f = *state;
+    uint32_t q1 = 1;
+    sb_store_op op, list;
+    sqlite3 *db;
+
+    open_start(f);
+    assert_int_equal(queue_put(f, 1, "one", "t/#", NULL), 0);
+    for (uint64_t i = 1; i <= 5; i++) {
+        sb_message *m = msg(i, "t/x", "body");
+        assert_int_equal(sb_message_add_header(m, "k", "v"), 0);
+        publish_op(&op, m, &q1, 1);
+        assert_int_equal(do_op(f, &op), 0);
+        sb_message_unref(m);
+    }
+    shut(f);
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE entries SET headers = x'6b6579' WHERE msg_id = 3",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+
+    open_start(f);
+    memset(&op, 0, sizeof(op));
+    op.type = SB_OP_PAGE_IN;
+    op.u.page_in.queue_id = 1;
+    op.u.page_in.limit = 10;
+    assert_int_equal(do_op(f, &op), 0);
+    assert_int_equal(op.u.page_in.row_count, 2);
+    assert_int_equal(op.u.page_in.rows[1].msg->id, 2);
+    assert_int_equal(op.u.page_in.exhausted, 0);
+    assert_int_equal(op.u.page_in.bad_id, 3);
+    assert_int_equal(op.u.page_in.bad_size, 3 + 4 + 3);
+    assert_string_equal(op.u.page_in.bad_reason, "its headers (3 bytes) do not decode");
+    sb_store_page_rows_free(op.u.page_in.rows, op.u.page_in.row_count);
+
+    deadletter_op(&op, 1, 3, "one", NULL);
+    op.u.deadletter.no_headers = 1;
+    assert_int_equal(do_op(f, &op), 0);
+    dlq_list(f, &list, NULL, 0, 0);
+    assert_int_equal(list.u.dlq_list.row_count, 1);
+    assert_int_equal(list.u.dlq_list.rows[0].msg->id, 3);
+    assert_int_equal(list.u.dlq_list.rows[0].msg->header_count, 0);
+    sb_store_dlq_rows_free(list.u.dlq_list.rows, list.u.dlq_list.row_count);
+
+    memset(&op, 0, sizeof(op));
+    op.type = SB_OP_PAGE_IN;
+    op.u.page_in.queue_id = 1;
+    op.u.page_in.after_id = 2;
+    op.u.page_in.limit = 10;
+    assert_int_equal(do_op(f, &op), 0);
+    assert_int_equal(op.u.page_in.row_count, 2); /* 4 and 5 */
+    assert_int_equal(op.u.page_in.bad_id, 0);
+    assert_int_equal(op.u.page_in.exhausted, 1);
+    sb_store_page_rows_free(op.u.page_in.rows, op.u.page_in.row_count);
+}
+
 /* Everything a version 1 database holds, as dump text. */
 static char *dump_v1(const char *path)
 {
@@ -1650,7 +1821,7 @@ static void test_migrate_golden(void **state)
         {2, 5, "plant/line1", "start"},
     };
     fx *f = *state;
-    char *before, *after;
+    char *before, *after, *counts_want, counts_got[4096] = "", migrating[96], migrated[96];
     qlist ql = {0};
     rlist rl = {0};
     dlist dl = {0};
@@ -1664,15 +1835,25 @@ static void test_migrate_golden(void **state)
     copy_golden(f, "v1-golden.db");
     before = dump_v1(f->path);
     assert_non_null(strstr(before, "\"meta\":\"012\\nowner=alice\"")); /* really version 1 */
+    counts_want = counted_by_sql(f->path);
 
     capture_start();
     open_with(f, 0, 0, 0);
     capture_stop();
-    if (strstr(captured.text, "schema version 1, migrating to version 2") == NULL ||
+    snprintf(migrating, sizeof(migrating), "schema version 1, migrating to version %d",
+             SB_STORE_SCHEMA_VERSION);
+    snprintf(migrated, sizeof(migrated), "migrated from schema version 1 to %d",
+             SB_STORE_SCHEMA_VERSION);
+    if (strstr(captured.text, migrating) == NULL ||
         strstr(captured.text, "6 queues, 9 filters as rows, 2 MQTT sessions (1 with an owner)") ==
             NULL ||
-        strstr(captured.text, "migrated from schema version 1 to 2") == NULL)
+        strstr(captured.text, "counting each queue's stored messages once") == NULL ||
+        strstr(captured.text, "8 stored messages (480 bytes) in 5 queues counted") == NULL ||
+        strstr(captured.text, migrated) == NULL)
         fail_msg("the migration's log:\n%s", captured.text);
+    assert_int_equal(sb_store_load_counts(f->s, collect_count, counts_got, &err), 0);
+    assert_string_equal(counts_got, counts_want);
+    free(counts_want);
 
     assert_int_equal(sb_store_load_queues(f->s, collect_queue, &ql, &err), 0);
     assert_int_equal(ql.n, 6);
@@ -1727,10 +1908,10 @@ static void test_migrate_golden(void **state)
     sb_store_dlq_rows_free(list.u.dlq_list.rows, list.u.dlq_list.row_count);
     shut(f);
 
-    /* Version 2 now, the old column and the meta text gone; opening again
-     * migrates nothing and changes nothing. */
+    /* The current version now, the old column and the meta text gone;
+     * opening again migrates nothing and changes nothing. */
     after = dump(f->path, "PRAGMA user_version");
-    assert_string_equal(after, "2\n");
+    assert_int_equal(atoi(after), SB_STORE_SCHEMA_VERSION);
     free(after);
     after = dump(f->path, "SELECT group_concat(name) FROM pragma_table_info('queues')");
     assert_string_equal(after, "id,name,settings,protocol,owner\n");
@@ -1765,7 +1946,7 @@ static int fail_step(const char *step)
 static void test_migrate_failure(void **state)
 {
     fx *f = *state;
-    char *before, *after;
+    char *before, *after, want[96];
     sb_error err;
     int rc;
 
@@ -1780,7 +1961,9 @@ static void test_migrate_failure(void **state)
             break;
         assert_int_equal(rc, SB_EIO);
         assert_non_null(strstr(err.msg, f->path));
-        if (strstr(err.msg, "schema migration from version 1 to 2 failed (") == NULL)
+        snprintf(want, sizeof(want), "schema migration from version 1 to %d failed (",
+                 SB_STORE_SCHEMA_VERSION);
+        if (strstr(err.msg, want) == NULL)
             fail_msg("step %d: %s", fail_at, err.msg);
         after = dump_v1(f->path);
         if (strcmp(before, after) != 0)
@@ -1789,10 +1972,11 @@ static void test_migrate_failure(void **state)
         free(after);
     }
     print_message("a failure at each of %d steps left version 1\n", fail_at);
-    /* begin, tables, 6 queues, finish, stamp, commit */
-    assert_int_equal(fail_at, 11);
+    /* begin, tables, 6 queues, finish, (version 3) table, counts, stamp,
+     * commit */
+    assert_int_equal(fail_at, 13);
     after = dump(f->path, "PRAGMA user_version");
-    assert_string_equal(after, "2\n");
+    assert_int_equal(atoi(after), SB_STORE_SCHEMA_VERSION);
     free(after);
     free(before);
 }
@@ -1897,7 +2081,7 @@ static void test_bad_schema(void **state)
     before = dump(f->path, "SELECT name FROM sqlite_master UNION ALL SELECT * FROM "
                            "pragma_user_version");
     assert_int_equal(open_err(f, &err), SB_ECORRUPT);
-    if (strstr(err.msg, "schema migration from version 1 to 2 failed") == NULL ||
+    if (strstr(err.msg, "schema migration from version 1 to ") == NULL ||
         strstr(err.msg, "queues") == NULL)
         fail_msg("%s", err.msg);
     after = dump(f->path, "SELECT name FROM sqlite_master UNION ALL SELECT * FROM "
@@ -2039,6 +2223,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_stop_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_before_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_in_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_counts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_page_in_bad_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_foreign, setup, teardown),
         cmocka_unit_test_setup_teardown(test_newer_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt, setup, teardown),
