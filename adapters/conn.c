@@ -381,7 +381,7 @@ static size_t send_direct(sb_conn *c, const void *a, size_t alen, const void *b,
                           sb_delivery *d)
 {
     if (d != NULL || c->writing || c->olen > 0 || c->try_write == NULL ||
-        c->try_write_ms == uv_now(c->adapter->loop))
+        c->hold_output != NULL || c->try_write_ms == uv_now(c->adapter->loop))
         return 0;
     c->try_write_ms = uv_now(c->adapter->loop);
     return c->try_write(c, a, alen, b, blen);
@@ -417,6 +417,11 @@ int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t 
         while (cap < need)
             cap *= 2;
         n = sb_realloc(c->obuf, cap);
+        if (n == NULL && sent > 0) {
+            /* part of the packet is on the wire: the stream cannot go on */
+            sb_conn_close(c, "out of memory for the rest of a packet");
+            return SB_ECLOSED;
+        }
         if (n == NULL)
             return SB_ENOMEM;
         c->obuf = n;

@@ -94,7 +94,9 @@ static int queue_target(const sb_queue *q)
 
 int sb_paging__room(const sb_queue *q, int64_t size)
 {
-    return q->broker->resident_bytes + size <= q->broker->cfg->broker.queue_memory;
+    /* page-ins under way hold their share (page_reserved) */
+    return q->broker->resident_bytes + q->broker->page_reserved + size <=
+           q->broker->cfg->broker.queue_memory;
 }
 
 void sb_paging__resident(sb_queue *q, int64_t delta)
@@ -116,6 +118,21 @@ static void trim_done(uv_work_t *req, int status)
     sb_broker *b = req->data;
     (void)status;
     b->trimming = 0;
+}
+
+/* A read of q's stored part met a damaged database page: said once, and
+ * that part is left alone (retrying would fail the same way); the queue's
+ * window, the other queues and new publishes go on. */
+static void stored_corrupt(sb_queue *q)
+{
+    if (q->stored_corrupt)
+        return;
+    q->stored_corrupt = 1;
+    sb_errlog(q->name,
+              "the database pages holding this queue's %lld stored messages are corrupt: they "
+              "are not read (`sbctl check` shows the damage; restore the data directory from a "
+              "backup to get them back)",
+              (long long)q->disk_depth);
 }
 
 /* After a failed page-in (out of memory, an I/O error), the queues that
@@ -191,7 +208,8 @@ static void on_bad_deleted(sb_store_op *op, void *ctx)
 static void on_bad_dead(sb_store_op *op, void *ctx)
 {
     bad_req *r = ctx;
-    sb_queue *q = sb_broker__queue_by_id(r->b, op->u.deadletter.queue_id);
+    uint32_t queue_id = op->u.deadletter.queue_id; /* op is r->op, reused below */
+    sb_queue *q = sb_broker__queue_by_id(r->b, queue_id);
     uint64_t id = op->u.deadletter.msg_id;
 
     if (op->status == 0) {
@@ -209,7 +227,7 @@ static void on_bad_dead(sb_store_op *op, void *ctx)
         r->op.type = SB_OP_ACK;
         r->op.cb = on_bad_deleted;
         r->op.ctx = r;
-        r->op.u.ack.queue_id = op->u.deadletter.queue_id;
+        r->op.u.ack.queue_id = queue_id;
         r->op.u.ack.first_id = r->op.u.ack.last_id = id;
         if (sb_store_submit(r->b->store, &r->op) == 0)
             return; /* r is freed when it completes */
@@ -225,10 +243,6 @@ static void move_aside(sb_broker *b, sb_queue *q, const sb_store_op *op)
     uint64_t id = op->u.page_in.bad_id;
     bad_req *r;
 
-    q->paged_to = id;
-    q->disk_depth--;
-    q->disk_bytes -= op->u.page_in.bad_size;
-    disk_clamp(q);
     sb_errlog(q->name,
               "stored message %llu does not decode (%s): moving it to the dead-letter "
               "queue without its headers",
@@ -240,7 +254,7 @@ static void move_aside(sb_broker *b, sb_queue *q, const sb_store_op *op)
         r->reason = sb_malloc(sizeof(op->u.page_in.bad_reason) + 64);
     }
     if (r == NULL || r->queue_name == NULL || r->reason == NULL) {
-        /* it stays in the store, after paged_to: read again after a restart */
+        /* it stays in the store, after paged_to: read again by the next page-in */
         sb_errlog(q->name, "out of memory dead-lettering stored message %llu; left in the store",
                   (unsigned long long)id);
         if (r != NULL)
@@ -257,8 +271,16 @@ static void move_aside(sb_broker *b, sb_queue *q, const sb_store_op *op)
     r->op.u.deadletter.no_headers = 1;
     r->op.u.deadletter.queue_name = r->queue_name;
     r->op.u.deadletter.reason = r->reason;
-    if (sb_store_submit(b->store, &r->op) != 0)
+    if (sb_store_submit(b->store, &r->op) != 0) {
         bad_req_free(r); /* stopping: read again after the restart */
+        return;
+    }
+    /* Only now does it leave the stored part: an ack range must never
+     * span a row that was neither dead-lettered nor deleted. */
+    q->paged_to = id;
+    q->disk_depth--;
+    q->disk_bytes -= op->u.page_in.bad_size;
+    disk_clamp(q);
 }
 
 /* ---- page-in ---- */
@@ -312,6 +334,12 @@ static void on_page_in(sb_store_op *op, void *ctx)
     b->page_reserved -= r->reserved;
     if (q == NULL || q->page_op != op)
         goto out; /* deleted, or cleared, meanwhile */
+    if (op->status == SB_ECORRUPT) {
+        stored_corrupt(q);
+        q->page_op = NULL;
+        q->page_skip = 0;
+        goto out;
+    }
     if (op->status != 0) {
         sb_errlog(q->name, "cannot read queued messages from the store: %s (trying again in %d s)",
                   sb_strerror(op->status), RETRY_MS / 1000);
@@ -385,6 +413,7 @@ static int can_page_in(const sb_queue *q)
 {
     const sb_broker *b = q->broker;
     return q->disk_depth > 0 && q->page_op == NULL && q->live && !b->stopping && b->store != NULL &&
+           !q->stored_corrupt &&
            b->page_retry_ms == 0; /* a read failed: housekeeping tries again */
 }
 
@@ -466,6 +495,10 @@ static void on_expired(sb_store_op *op, void *ctx)
     if (q == NULL || q->trim_op != op)
         goto out;
     q->trim_op = NULL;
+    if (op->status == SB_ECORRUPT) {
+        stored_corrupt(q);
+        goto out;
+    }
     if (op->status != 0) {
         sb_errlog(q->name, "cannot expire stored messages: %s", sb_strerror(op->status));
         q->disk_check_ms = now + RETRY_MS;
@@ -501,6 +534,7 @@ void sb_paging__expire(sb_queue *q, int64_t now_ms)
 
     /* With a consumer attached, entries are expired as they are read in. */
     if (q->disk_depth <= 0 || q->consumers != NULL || q->page_op != NULL || q->trim_op != NULL ||
+        q->stored_corrupt ||
         !q->live || b->stopping || b->store == NULL || now_ms < q->disk_check_ms ||
         (q->ttl_ms <= 0 && !q->disk_expiring))
         return;

@@ -52,6 +52,7 @@
  * as queues page, which reports corruption (a row that does not decode is
  * named and dead-lettered); `sbctl check` runs the full check on demand. */
 #define QUICK_CHECK_MAX_BYTES (64 * 1024 * 1024)
+static int64_t quick_check_max = QUICK_CHECK_MAX_BYTES; /* sb_store_test_quick_check_max */
 #define LOAD_PROGRESS_ROWS 100000
 
 enum stmt_id {
@@ -169,7 +170,10 @@ static const char *const stmt_sql[ST_COUNT] = {
                     " ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
     [ST_QCOUNT_ADD] = "INSERT INTO queue_counts(queue_id, entries, bytes) VALUES(?1, ?2, ?3)"
                       " ON CONFLICT(queue_id) DO UPDATE SET entries = entries + excluded.entries,"
-                      " bytes = bytes + excluded.bytes",
+                      /* bytes are estimated where a delete met fewer rows than it
+                       * was told: an empty queue starts them again from 0 */
+                      " bytes = CASE WHEN entries + excluded.entries <= 0 THEN 0"
+                      " ELSE max(bytes + excluded.bytes, 0) END",
     [ST_QCOUNT_DELETE] = "DELETE FROM queue_counts WHERE queue_id = ?1",
 };
 
@@ -285,6 +289,7 @@ struct sb_store {
     int retry_alone;   /* run the retried ops now, without new ones */
     uint64_t retry_at; /* uv_hrtime() of the next retry */
     int fail_rc;       /* SQLite code that failed the current group */
+    int read_corrupt;  /* an op of it read a damaged page (read_error) */
     char fail_msg[200];
     int degraded_logged;     /* "degraded" was logged, "recovered" not yet */
     int64_t degraded_log_ms; /* when a degraded line was last logged */
@@ -411,6 +416,22 @@ static int op_error(sb_store *s, sb_store_op *op, int rc, const char *what)
         return SQLITE_OK;
     }
     return fail(s, rc, what);
+}
+
+/* A read that met a damaged page fails its op alone (SB_ECORRUPT): one
+ * queue's stored part stops, not the store. SQLite will not commit the
+ * transaction after that, so the group fails, and group_failed completes
+ * this op and runs the others again at once (read_corrupt). Anything else
+ * as op_error. */
+static int read_error(sb_store *s, sb_store_op *op, int rc, const char *what)
+{
+    if ((rc & 0xff) == SQLITE_CORRUPT || (rc & 0xff) == SQLITE_NOTADB) {
+        op->status = SB_ECORRUPT;
+        s->read_corrupt = 1;
+        sb_warn(WHO, "database %s: %s failed: %s", s->path, what, sqlite3_errmsg(s->db));
+        return fail(s, rc, what);
+    }
+    return op_error(s, op, rc, what);
 }
 
 static void note_msg_id(sb_store *s, uint64_t id)
@@ -1103,7 +1124,7 @@ static int exec_page_in(sb_store *s, sb_store_op *op)
     rc = bind_args(st, "iii", (int64_t)op->u.page_in.queue_id, (int64_t)op->u.page_in.after_id,
                    (int64_t)limit);
     if (rc != SQLITE_OK)
-        return op_error(s, op, bind_run(st, rc), "page-in");
+        return read_error(s, op, bind_run(st, rc), "page-in");
     op->u.page_in.exhausted = 0;
     op->u.page_in.bad_id = 0;
     op->u.page_in.bad_size = 0;
@@ -1145,7 +1166,7 @@ static int exec_page_in(sb_store *s, sb_store_op *op)
     op->u.page_in.exhausted = rc == SQLITE_DONE && count < (size_t)limit;
     if (status == 0 && rc != SQLITE_DONE && rc != SQLITE_ROW) {
         sb_store_page_rows_free(rows, count);
-        return op_error(s, op, rc, "page-in");
+        return read_error(s, op, rc, "page-in");
     }
     if (status != 0) {
         sb_store_page_rows_free(rows, count);
@@ -1180,7 +1201,7 @@ static int exec_trim(sb_store *s, sb_store_op *op)
      * first, then removed by id range (no statement runs under the scan). */
     rc = bind_args(st, "iii", (int64_t)qid, (int64_t)after, (int64_t)limit);
     if (rc != SQLITE_OK)
-        return fail(s, bind_run(st, rc), "trim: scan");
+        return read_error(s, op, bind_run(st, rc), "trim: scan");
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (op->u.trim.expire) {
             int64_t exp = effective_expiry(sqlite3_column_int64(st, 1), sqlite3_column_int64(st, 2),
@@ -1196,7 +1217,7 @@ static int exec_trim(sb_store *s, sb_store_op *op)
     }
     (void)sqlite3_reset(st);
     if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-        return fail(s, rc, "trim: scan");
+        return read_error(s, op, rc, "trim: scan");
     if (removed == 0) {
         op->u.trim.next_expiry_ms = next;
         return SQLITE_OK;
@@ -1443,6 +1464,18 @@ static int vacuum_full_due(const sb_store *s, int64_t pages)
            (pages - s->free_pages) * s->page_size <= VACUUM_FULL_MAX_LIVE;
 }
 
+/* A VACUUM gives way to work that arrives (or a stop): interrupted, it
+ * rolls back, leaving the file as it was, and runs again once idle. */
+static int vacuum_yield(void *arg)
+{
+    sb_store *s = arg;
+    int busy;
+    uv_mutex_lock(&s->mu);
+    busy = s->q_head != NULL || s->stopping;
+    uv_mutex_unlock(&s->mu);
+    return busy;
+}
+
 static void vacuum_full(sb_store *s, int64_t pages)
 {
     int64_t before = pages * s->page_size, live = (pages - s->free_pages) * s->page_size;
@@ -1458,14 +1491,22 @@ static void vacuum_full(sb_store *s, int64_t pages)
         return;
     }
     /* one transaction: a crash leaves the file as it was */
+    sqlite3_progress_handler(s->db, 10000, vacuum_yield, s);
     rc = sqlite3_exec(s->db, "VACUUM", NULL, NULL, NULL);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    sqlite3_progress_handler(s->db, 0, NULL, NULL);
+    if (rc == SQLITE_INTERRUPT) {
+        sb_debug(WHO, "database %s: VACUUM gave way to new work", s->path);
+        return;
+    }
     if (rc != SQLITE_OK) {
         sb_warn(WHO, "database %s: VACUUM failed: %s", s->path, sqlite3_errmsg(s->db));
         s->free_pages = 0; /* not again until the next commit */
         return;
     }
+    rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    if (rc != SQLITE_OK)
+        sb_warn(WHO, "database %s: checkpoint after VACUUM failed: %s", s->path,
+                sqlite3_errmsg(s->db));
     read_freelist(s);
     if (sqlite3_step(s->st[ST_PAGE_COUNT]) == SQLITE_ROW)
         pages = sqlite3_column_int64(s->st[ST_PAGE_COUNT], 0);
@@ -1670,7 +1711,17 @@ static void group_failed(sb_store *s, sb_store_op *group)
 
     for (op = group; op != NULL; op = next) {
         next = op->next;
-        if (op->type == SB_OP_PUBLISH || op->type == SB_OP_DLQ_REDRIVE) {
+        if ((op->type == SB_OP_PAGE_IN || op->type == SB_OP_TRIM) && op->status == SB_ECORRUPT) {
+            if (op->type == SB_OP_PAGE_IN) {
+                sb_store_page_rows_free(op->u.page_in.rows, op->u.page_in.row_count);
+                op->u.page_in.rows = NULL;
+                op->u.page_in.row_count = 0;
+            }
+            list_append(&done_h, &done_t, op); /* it failed alone */
+            completed++;
+            continue;
+        }
+        if (!s->read_corrupt && (op->type == SB_OP_PUBLISH || op->type == SB_OP_DLQ_REDRIVE)) {
             op->status = status;
             list_append(&done_h, &done_t, op);
             completed++;
@@ -1706,6 +1757,18 @@ static void group_failed(sb_store *s, sb_store_op *group)
         s->retry_count = 0;
     }
     s->retry_at = uv_hrtime() + (s->retry_alone ? 0 : RETRY_DELAY_NS);
+    if (s->read_corrupt) {
+        /* nothing wrong with the store as such: the others go again now */
+        s->retry_alone = s->retry_head != NULL;
+        s->retry_at = uv_hrtime();
+        uv_mutex_lock(&s->mu);
+        s->stats.ops += completed;
+        list_concat(&s->done_head, &s->done_tail, done_h, done_t);
+        uv_mutex_unlock(&s->mu);
+        if (done_h != NULL)
+            wake_loop(s);
+        return;
+    }
 
     uv_mutex_lock(&s->mu);
     s->stats.failed_commits++;
@@ -1763,6 +1826,7 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
     s->group_elided = 0;
     s->fail_rc = SQLITE_OK;
     s->fail_msg[0] = '\0';
+    s->read_corrupt = 0;
     /* The setting is read when the transaction commits. */
     rc = set_sync(s, want_sync ? 2 : 1);
     if (rc == SQLITE_OK) {
@@ -1842,6 +1906,7 @@ static void store_thread(void *arg)
     sb_store *s = arg;
     size_t max = (size_t)s->max_batch;
 
+    s->last_group_ns = uv_hrtime(); /* idle counts from the start, not from boot */
     for (;;) {
         sb_store_op *head = NULL, *tail = NULL;
         size_t n = 0;
@@ -2095,6 +2160,11 @@ void sb_store_get_stats(sb_store *s, sb_store_stats *out)
     uv_mutex_lock(&s->mu);
     *out = s->stats;
     uv_mutex_unlock(&s->mu);
+}
+
+void sb_store_test_quick_check_max(int64_t bytes)
+{
+    quick_check_max = bytes;
 }
 
 void sb_store_test_hold_before(sb_store *s, int op_type)
@@ -2422,7 +2492,7 @@ static int open_db(sb_store *s, sb_error *err)
     rc = query(s, "PRAGMA page_count", &pages, NULL, 0);
     if (rc != SQLITE_OK)
         return db_error(s, rc, "PRAGMA page_count", err);
-    if (pages * s->page_size <= QUICK_CHECK_MAX_BYTES) {
+    if (pages * s->page_size <= quick_check_max) {
         rc = query(s, "PRAGMA quick_check(1)", NULL, text, sizeof(text));
         if (rc != SQLITE_OK)
             return db_error(s, rc, "PRAGMA quick_check", err);
@@ -2785,7 +2855,7 @@ int sb_store_load_counts(sb_store *s, sb_store_count_cb cb, void *ctx, sb_error 
     sqlite3_stmt *st;
     int step_rc = SQLITE_DONE;
     int rc = load_prepare(s,
-                          "SELECT queue_id, entries, bytes FROM queue_counts WHERE entries > 0"
+                          "SELECT queue_id, entries, max(bytes, 0) FROM queue_counts WHERE entries > 0"
                           " ORDER BY queue_id",
                           &st, err);
     if (rc != 0)

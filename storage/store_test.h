@@ -23,6 +23,11 @@ void sb_store_test_hold(sb_store *s, int hold);
  * runs, and it waits with what follows. */
 void sb_store_test_hold_before(sb_store *s, int op_type);
 
+/* Databases up to this size get the full PRAGMA quick_check at open,
+ * larger ones the bounded check (which leaves the entries out): a test
+ * sets 0 to open a small database as a large one. Process-wide. */
+void sb_store_test_quick_check_max(int64_t bytes);
+
 /* Makes schema migrations call hook(step) before each of their steps (a
  * short text naming it, as error messages do: "committing", "queue 5
  * (name)", ...); a non-zero return fails the migration there, as an error

@@ -1719,6 +1719,82 @@ static void test_page_in_bad_row(void **state)
     sb_store_page_rows_free(op.u.page_in.rows, op.u.page_in.row_count);
 }
 
+/* The first cell's left child of interior table page `root` in the file:
+ * the leftmost leaf below it (SQLite's file format, B-tree pages). */
+static uint32_t leftmost_child(FILE *fp, uint32_t root, uint32_t page_size)
+{
+    unsigned char page[65536];
+    unsigned off;
+    assert_true(page_size <= sizeof page);
+    assert_int_equal(fseek(fp, (long)(root - 1) * (long)page_size, SEEK_SET), 0);
+    assert_int_equal(fread(page, 1, page_size, fp), page_size);
+    assert_int_equal(page[0], 0x05); /* an interior table page */
+    off = (unsigned)page[12] << 8 | page[13];
+    return (uint32_t)page[off] << 24 | (uint32_t)page[off + 1] << 16 |
+           (uint32_t)page[off + 2] << 8 | page[off + 3];
+}
+
+/* A damaged page under a queue's stored entries fails the reads of them
+ * (SB_ECORRUPT) and nothing else: the store is not degraded, and a
+ * publish to another queue commits. Opened as a large database would be
+ * (no full check at open, which would refuse it). */
+static void test_page_in_corrupt_page(void **state)
+{
+    fx *f = *state;
+    uint32_t q1 = 1, q2 = 2, root, leaf;
+    int64_t page_size;
+    char payload[1001];
+    sb_store_op op;
+    sb_store_stats st;
+    sqlite3 *db;
+    sqlite3_stmt *stmt;
+    FILE *fp;
+    unsigned char junk[4096];
+
+    open_start(f);
+    assert_int_equal(queue_put(f, 1, "one", "t/#", NULL), 0);
+    assert_int_equal(queue_put(f, 2, "two", "u/#", NULL), 0);
+    memset(payload, 'p', sizeof payload - 1);
+    payload[sizeof payload - 1] = '\0';
+    for (uint64_t i = 1; i <= 50; i++)
+        assert_int_equal(publish(f, i, payload, &q1, 1), 0);
+    shut(f);
+
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT rootpage, (SELECT page_size FROM pragma_page_size)"
+                                        " FROM sqlite_master WHERE name = 'entries'",
+                                        -1, &stmt, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(stmt), SQLITE_ROW);
+    root = (uint32_t)sqlite3_column_int64(stmt, 0);
+    page_size = sqlite3_column_int64(stmt, 1);
+    sqlite3_finalize(stmt);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK); /* checkpoints the WAL */
+    fp = fopen(f->path, "r+b");
+    assert_non_null(fp);
+    leaf = leftmost_child(fp, root, (uint32_t)page_size);
+    memset(junk, 0xa5, sizeof junk);
+    assert_int_equal(fseek(fp, (long)(leaf - 1) * (long)page_size, SEEK_SET), 0);
+    assert_int_equal(fwrite(junk, 1, (size_t)page_size, fp), (size_t)page_size);
+    assert_int_equal(fclose(fp), 0);
+
+    sb_store_test_quick_check_max(0);
+    open_start(f);
+    sb_store_test_quick_check_max(64 * 1024 * 1024);
+    memset(&op, 0, sizeof(op));
+    op.type = SB_OP_PAGE_IN;
+    op.u.page_in.queue_id = 1;
+    op.u.page_in.limit = 10;
+    assert_int_equal(do_op(f, &op), SB_ECORRUPT);
+    sb_store_page_rows_free(op.u.page_in.rows, op.u.page_in.row_count);
+    sb_store_get_stats(f->s, &st);
+    assert_int_equal(st.degraded, 0);
+    assert_int_equal(publish(f, 51, "after", &q2, 1), 0);
+    sb_store_get_stats(f->s, &st);
+    assert_int_equal(st.degraded, 0);
+}
+
 /* Everything a version 1 database holds, as dump text. */
 static char *dump_v1(const char *path)
 {
@@ -2225,6 +2301,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_close_in_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_counts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_page_in_bad_row, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_page_in_corrupt_page, setup, teardown),
         cmocka_unit_test_setup_teardown(test_foreign, setup, teardown),
         cmocka_unit_test_setup_teardown(test_newer_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt, setup, teardown),
