@@ -103,18 +103,8 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-only=${only//,/ }
-for name in $only; do
-    case $name in mosquitto | nats | switchboard) ;; *) echo "bench-mqtt.sh: --only: some of mosquitto nats switchboard, not $name" >&2; exit 2 ;; esac
-done
-brokers=()
-for name in mosquitto nats switchboard; do
-    case " ${only:-mosquitto nats switchboard} " in *" $name "*) brokers+=("$name") ;; esac
-done
-wanted() {
-    case " ${brokers[*]} " in *" $1 "*) return 0 ;; esac
-    return 1
-}
+. "$top/tools/bench/brokers.sh"
+select_brokers bench-mqtt.sh "$only"
 if wanted nats && [ "$qos" = 2 ] && [ "$mode" = table ]; then
     echo "bench-mqtt.sh: note: nats left out: NATS's MQTT has no QoS 2" >&2
     keep_brokers=()

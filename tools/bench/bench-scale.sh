@@ -112,18 +112,8 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-only=${only//,/ }
-for name in $only; do
-    case $name in mosquitto | nats | switchboard) ;; *) echo "bench-scale.sh: --only: some of mosquitto nats switchboard, not $name" >&2; exit 2 ;; esac
-done
-brokers=()
-for name in mosquitto nats switchboard; do
-    case " ${only:-mosquitto nats switchboard} " in *" $name "*) brokers+=("$name") ;; esac
-done
-wanted() {
-    case " ${brokers[*]} " in *" $1 "*) return 0 ;; esac
-    return 1
-}
+. "$top/tools/bench/brokers.sh"
+select_brokers bench-scale.sh "$only"
 
 sb_bin=${SWITCHBOARD:-$build/service/switchboard}
 gen_bin=$build/tools/bench/mqttscale
