@@ -419,6 +419,27 @@ static void close_consumer(bench_run *r, bench_consumer *k, int del, int verbose
     k->c = NULL;
 }
 
+/* Why a run that recorded no failure still delivered fewer than
+ * --messages: the counts say which messages went where. */
+static void explain_shortfall(bench_result *res, const bench_opts *o)
+{
+    if (res->unrouted > 0)
+        snprintf(res->error, sizeof(res->error),
+                 "%lld of %lld messages delivered: %lld publishes matched no subscription "
+                 "(their puback said queues 0)",
+                 (long long)res->delivered, (long long)o->messages, (long long)res->unrouted);
+    else if (res->published < o->messages)
+        snprintf(res->error, sizeof(res->error),
+                 "%lld of %lld messages delivered: the broker acknowledged %lld publishes",
+                 (long long)res->delivered, (long long)o->messages, (long long)res->published);
+    else
+        snprintf(res->error, sizeof(res->error),
+                 "%lld of %lld messages delivered: %lld publishes acknowledged, %lld of those "
+                 "not delivered when the run ended",
+                 (long long)res->delivered, (long long)o->messages, (long long)res->published,
+                 (long long)(res->published - res->delivered));
+}
+
 static int run_one(bench_result *res, const bench_opts *o, const char *endpoint,
                    const char *durability)
 {
@@ -499,13 +520,20 @@ static int run_one(bench_result *res, const bench_opts *o, const char *endpoint,
     sbctl_progress_start(&pg, o->ctx);
     while (!atomic_load(&r.stop)) {
         unsigned long long now;
-        long long acked = atomic_load(&r.acked), delivered = atomic_load(&r.delivered);
-        long long state = acked * 3 + delivered * 7 + atomic_load(&r.pub_errors);
+        long long acked, delivered, state;
+        int done;
         uv_sleep(20);
         now = sbctl_now_ns();
-        if (atomic_load(&r.producers_done) == o->producers &&
-            delivered >= acked - atomic_load(&r.unrouted))
+        /* producers_done first, and the counts after it: once every
+         * producer is done, acked and unrouted are final. Counts read before
+         * the sleep would end the run with the publishes acknowledged during
+         * it still on their way to the consumers. */
+        done = atomic_load(&r.producers_done) == o->producers;
+        acked = atomic_load(&r.acked);
+        delivered = atomic_load(&r.delivered);
+        if (done && delivered >= acked - atomic_load(&r.unrouted))
             break;
+        state = acked * 3 + delivered * 7 + atomic_load(&r.pub_errors);
         if (state != seen_state) {
             seen_state = state;
             last_change = now;
@@ -569,8 +597,7 @@ finish:
     if (r.error[0] != '\0')
         snprintf(res->error, sizeof(res->error), "%s", r.error);
     else if (!res->ok)
-        snprintf(res->error, sizeof(res->error), "%lld of %lld messages delivered",
-                 (long long)res->delivered, (long long)o->messages);
+        explain_shortfall(res, o);
     if (r.error[0] != '\0')
         rc = r.failed_conn ? SBCTL_EXIT_CONN : SBCTL_EXIT_ERROR;
     else if (!res->ok)
