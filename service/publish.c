@@ -346,6 +346,8 @@ static void complete(sb_broker *b, sb_pending *p)
         sb_queue *q = p->queues[i];
         int early = i < 64 && (p->early_mask >> i & 1);
         q->pending--;
+        if (early && p->status != 0)
+            q->published--; /* counted when appended early; it never came in */
         if (early)
             q->early--;
         else

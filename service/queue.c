@@ -396,7 +396,6 @@ void sb_queue__withdraw(sb_queue *q, sb_entry *e)
 {
     if (e->state == SB_ENTRY_DONE)
         return; /* acknowledged already */
-    q->published--;
     if (e->state == SB_ENTRY_LEASED)
         e->unstored = 1;
     else
