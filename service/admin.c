@@ -128,12 +128,12 @@ void *sb_broker_stats_json_visible(sb_broker *b, sb_stats_visible_cb visible, vo
     json_object_set_new(broker, "queue_memory",
                         json_integer((json_int_t)b->cfg->broker.queue_memory));
     json_object_set_new(broker, "resident_bytes", json_integer((json_int_t)b->resident_bytes));
-    if (b->auth != NULL && sb_auth_has_passwords(b->auth)) {
+    {
         unsigned long hashed, cached;
-        sb_auth_login_counts(&hashed, &cached);
-        json_object_set_new(broker, "logins",
-                            json_pack("{s:I, s:I}", "hashed", (json_int_t)hashed, "cached",
-                                      (json_int_t)cached));
+        if (sb_auth_login_counts(b->auth, &hashed, &cached))
+            json_object_set_new(broker, "logins",
+                                json_pack("{s:I, s:I}", "hashed", (json_int_t)hashed, "cached",
+                                          (json_int_t)cached));
     }
     json_object_set_new(broker, "durability", classes);
     json_object_set_new(broker, "adapters", adapters);

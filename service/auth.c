@@ -526,10 +526,13 @@ static void cache_put(cred_cache *c, const unsigned char tag[CACHE_TAG_LEN])
 static atomic_ulong hash_count; /* for tests: sb_auth__hash_count */
 static atomic_ulong logins_hashed, logins_cached; /* sb_auth_login_counts */
 
-void sb_auth_login_counts(unsigned long *hashed, unsigned long *cached)
+int sb_auth_login_counts(const sb_auth *a, unsigned long *hashed, unsigned long *cached)
 {
+    if (!sb_auth_has_passwords(a))
+        return 0;
     *hashed = atomic_load(&logins_hashed);
     *cached = atomic_load(&logins_cached);
+    return 1;
 }
 
 unsigned long sb_auth__hash_count(void)

@@ -90,8 +90,9 @@ int sb_auth_check_password(const sb_auth *a, const char *user, const char *passw
 
 /* Password checks since the process started: those hashed in full (a first
  * login, a wrong password, an unknown user) and those the cache of verified
- * logins answered. */
-void sb_auth_login_counts(unsigned long *hashed, unsigned long *cached);
+ * logins answered. Returns 1 with them set, or 0 if a (may be NULL) has no
+ * password file. */
+int sb_auth_login_counts(const sb_auth *a, unsigned long *hashed, unsigned long *cached);
 
 /* 1 if the client (user NULL: anonymous; client_id may be NULL) may access
  * topic with every bit of access (SB_ACL_READ, SB_ACL_WRITE), else 0. An

@@ -124,12 +124,13 @@ sb_http_snap *sb_http__snap_take(sb_broker *b)
     s->published = b->published;
     s->refused = b->refused;
     s->retained = b->retained.count;
-    if (b->auth != NULL && sb_auth_has_passwords(b->auth)) {
+    {
         unsigned long hashed, cached;
-        sb_auth_login_counts(&hashed, &cached);
-        s->has_logins = 1;
-        s->logins_hashed = hashed;
-        s->logins_cached = cached;
+        s->has_logins = sb_auth_login_counts(b->auth, &hashed, &cached);
+        if (s->has_logins) {
+            s->logins_hashed = hashed;
+            s->logins_cached = cached;
+        }
     }
     if (uv_resident_set_memory(&rss) == 0)
         s->resident_bytes = rss;
