@@ -33,6 +33,7 @@
 set -u
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
+. "$top/tools/bench/brokers.sh"
 build=${SB_BUILD_DIR:-$top/build/release}
 mosq_bin=${MOSQUITTO:-/usr/sbin/mosquitto}
 count=${BENCH_COUNT:-200000}
@@ -81,14 +82,6 @@ stop_pid() {
     wait "$pid" 2>/dev/null
     for p in "${pids[@]}"; do [ "$p" = "$pid" ] || keep_pids+=("$p"); done
     pids=("${keep_pids[@]}")
-}
-
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-    done
 }
 
 wait_ready() {

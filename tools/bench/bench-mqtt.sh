@@ -197,18 +197,6 @@ kill9_pid() {
     forget_pid "$1"
 }
 
-# A port nobody listens on (refused on connect).
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-}
-
 # Polls until the port accepts connections (0), the process exits (1) or 15 s
 # pass (2).
 wait_ready() {
@@ -293,6 +281,8 @@ adapters:
     # Default 100000 per session, beyond which the oldest are dropped; no
     # limit, like Mosquitto's max_queued_messages above.
     max_queued: 0
+    # Default 64; 1000 like the peers' windows above.
+    inflight: 1000
 EOF
 }
 
@@ -376,7 +366,6 @@ wanted mosquitto && echo "   mosquitto: $("$mosq_bin" -h 2>/dev/null | head -n 1
 wanted nats && echo "   nats: $("$nats_bin" --version 2>/dev/null | head -n 1) (JetStream, MQTT)"
 echo "   switchboard: $sb_bin"
 echo "   generators: ${generators[*]} ($build/tools/bench)"
-
 
 # ---- kill -9 ----
 if [ "$mode" = kill9 ]; then
@@ -503,7 +492,9 @@ for ((r = 1; r <= runs; r++)); do
                 status=1
                 continue
             fi
-            results[$gen/$name]+="$(field msgs_per_s "$line") $r $us ${rss:-?}"$'\n'
+            # The generator's CPU per message, in microseconds.
+            gus=$(awk -v s="$(field gen_cpu_s "$line")" -v n="$count" 'BEGIN { printf "%.1f", s * 1e6 / n }')
+            results[$gen/$name]+="$(field msgs_per_s "$line") $r $us ${rss:-?} $gus"$'\n'
         done
     done
 done
@@ -528,15 +519,15 @@ if [ "$lat_count" -gt 0 ]; then
     done
 fi
 
-declare -A median median_cpu
+declare -A median median_cpu median_gen
 for gen in "${generators[@]}"; do
     echo
     case $gen in
     mqttload) echo "generator mqttload (libmosquitto $(pkg-config --modversion libmosquitto 2>/dev/null)):" ;;
     *) echo "generator mqttbench (the broker's MQTT codec):" ;;
     esac
-    printf '%-12s %9s %11s %11s %11s %10s %8s %6s %11s %11s\n' broker "msgs/s" "ack p50 us" \
-        "ack p99 us" "e2e p50 us" "cpu us/msg" "peak MB" "lost" "1x1 p50 us" "1x1 p99 us"
+    printf '%-12s %9s %11s %11s %11s %10s %10s %8s %6s %11s %11s\n' broker "msgs/s" "ack p50 us" \
+        "ack p99 us" "e2e p50 us" "cpu us/msg" "gen us/msg" "peak MB" "lost" "1x1 p50 us" "1x1 p99 us"
     for name in "${active[@]}"; do
         # The median run by msgs/s; CPU per message: the median of all runs.
         n=$(printf '%s' "${results[$gen/$name]:-}" | grep -c .)
@@ -550,9 +541,11 @@ for gen in "${generators[@]}"; do
         median[$gen/$name]=$(field msgs_per_s "$line")
         median_cpu[$gen/$name]=$(printf '%s' "${results[$gen/$name]}" | cut -d' ' -f3 | sort -g |
             sed -n "$(((n + 1) / 2))p")
-        printf '%-12s %9s %11s %11s %11s %10s %8s %6s %11s %11s\n' "$name" \
+        median_gen[$gen/$name]=$(printf '%s' "${results[$gen/$name]}" | cut -d' ' -f5 | sort -g |
+            sed -n "$(((n + 1) / 2))p")
+        printf '%-12s %9s %11s %11s %11s %10s %10s %8s %6s %11s %11s\n' "$name" \
             "$(field msgs_per_s "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" \
-            "$(field e2e_p50_us "$line")" "${median_cpu[$gen/$name]}" \
+            "$(field e2e_p50_us "$line")" "${median_cpu[$gen/$name]}" "${median_gen[$gen/$name]}" \
             "$(echo "$mid" | cut -d' ' -f4)" "$(field lost "$line")" \
             "$(field p50_us "${lat[$gen/$name]:-}")" "$(field p99_us "${lat[$gen/$name]:-}")"
         [ -z "${failed[$gen/$name]:-}" ] || echo "             (${failed[$gen/$name]} of $runs runs FAILED)"
@@ -564,10 +557,17 @@ for gen in "${generators[@]}"; do
             'BEGIN { if (m > 0) printf "switchboard/%s msgs/s: %.2f", peer, s / m;
                      if (sc > 0) printf "; broker CPU per message: 1/%.1f of %s'"'"'s", mc / sc, peer;
                      printf "\n" }'
+        # The generator shares the machine's CPUs with the broker: even a
+        # broker that cost nothing could not go faster than the CPUs the
+        # generator leaves it.
+        awk -v g="${median_gen[$gen/switchboard]}" -v m="${median[$gen/$peer]}" -v peer="$peer" \
+            -v cpus="$(nproc)" \
+            'BEGIN { if (g > 0 && m > 0) printf "  ceiling: the generator alone needs %.1f us CPU per message; on %d CPUs no broker can exceed %.0f msgs/s = %.2fx %s'"'"'s\n", g, cpus, cpus * 1e6 / g, cpus * 1e6 / g / m, peer }'
     done
 done
 echo "(median of $runs runs by msgs/s, end to end: first PUBLISH to the last message received;"
 echo " ack = PUBLISH->PUBACK/PUBCOMP; e2e = PUBLISH->delivery; cpu = broker CPU time per message,"
-echo " median of the runs; peak MB = broker's peak RSS so far; 1x1 = one producer, window 1)"
+echo " gen = the generator's, medians of the runs; peak MB = broker's peak RSS so far;"
+echo " 1x1 = one producer, window 1)"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 exit $status

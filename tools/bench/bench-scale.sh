@@ -178,21 +178,6 @@ stop_pid() {
     forget_pid "$pid"
 }
 
-# A port nobody listens on, below the ephemeral range: the thousands of
-# client sockets of a run (and their TIME_WAITs) take ports from that range,
-# where a broker started next could find its port in use.
-ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-free_port() {
-    local p
-    while :; do
-        p=$((10000 + (RANDOM * 32768 + RANDOM) % (ephemeral_low - 10000)))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-}
-
 wait_ready() {
     local pid=$1 port=$2 i
     for ((i = 0; i < 300; i++)); do
@@ -430,7 +415,7 @@ for n in $client_counts; do
     s=$(median_of switchboard "$n")
     [ -n "$s" ] || continue
     set -- $s
-    sr=$1 sc=$2
+    sr=$1 sc=$2 sg=$4
     for peer in mosquitto nats; do
         wanted "$peer" || continue
         m=$(median_of "$peer" "$n")
@@ -444,6 +429,10 @@ for n in $client_counts; do
             'BEGIN { if (m > 0) printf "%s clients: switchboard/%s msgs/s %.2f", n, peer, s / m;
                      if (sc > 0) printf ", broker CPU per message 1/%.1f of %s'"'"'s", mc / sc, peer;
                      printf "%s\n", note }'
+        # The generator shares the CPUs: even a broker that cost nothing
+        # could not go faster than the CPUs the generator leaves it.
+        awk -v g="$sg" -v m="$1" -v n="$n" -v peer="$peer" -v cpus="$(nproc)" \
+            'BEGIN { if (g > 0 && m > 0) printf "  ceiling: the generator alone needs %.1f us CPU per message; on %d CPUs no broker can exceed %.0f msgs/s = %.2fx %s'"'"'s\n", g, cpus, cpus * 1e6 / g, cpus * 1e6 / g / m, peer }'
     done
     s1=$(median_of switchboard "$n1")
     if [ -n "$s1" ] && [ "$n" != "$n1" ]; then
