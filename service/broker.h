@@ -151,6 +151,11 @@ void sb_delivery_done(sb_delivery *d, int status, const char *reason);
  * so an outage never dead-letters. Frees d. */
 void sb_delivery_return(sb_delivery *d, const char *reason);
 
+/* 1 if d's message was withdrawn: delivered before its commit, which the
+ * store then refused. It is never delivered again, whatever becomes of d,
+ * so protocol state kept for its redelivery can go. */
+int sb_delivery_withdrawn(const sb_delivery *d);
+
 /* Settings of a subscription created by a client (routes have theirs in
  * the config). */
 typedef struct sb_sub_settings {

@@ -392,6 +392,11 @@ static void settle(sb_queue *q, sb_entry *e, int persisted)
     pop_done(q);
 }
 
+int sb_delivery_withdrawn(const sb_delivery *d)
+{
+    return d->entry != NULL && d->entry->unstored;
+}
+
 void sb_queue__withdraw(sb_queue *q, sb_entry *e)
 {
     if (e->state == SB_ENTRY_DONE)
