@@ -401,10 +401,22 @@ void sb_queue__withdraw(sb_queue *q, sb_entry *e)
 {
     if (e->state == SB_ENTRY_DONE)
         return; /* acknowledged already */
-    if (e->state == SB_ENTRY_LEASED)
-        e->unstored = 1;
-    else
+    if (e->state != SB_ENTRY_LEASED) {
         settle(q, e, 1);
+        return;
+    }
+    e->unstored = 1;
+    if (e->parts != NULL && e->parts_sent < e->nparts) {
+        /* Fanned out: the parts not handed out yet go with it, and it is
+         * done once those in flight are. */
+        for (size_t i = e->parts_sent; i < e->nparts; i++)
+            sb_message_unref(e->parts[i]);
+        e->nparts = e->parts_sent;
+        if (q->fanning == e)
+            q->fanning = NULL;
+        if (e->parts_acked == e->nparts)
+            settle(q, e, 1);
+    }
 }
 
 static int64_t backoff_for(const sb_queue *q, int attempts)

@@ -9,7 +9,8 @@
  * the commit, a message not acknowledged in time surviving a restart,
  * message ids reserved before a consumer sees them early, a
  * message fanned out to two queues acknowledged by one, and a publish the
- * store refuses withdrawn from the queue and from a consumer's retries.
+ * store refuses withdrawn from the queue and from a consumer's retries,
+ * and with the parts a script split it into that are not handed out yet.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -283,6 +284,64 @@ static void test_refused_publish_withdrawn(void **state)
 }
 
 
+/* A message a script splits goes to the consumer a part at a time; when
+ * the store refuses its publish, the parts not handed out yet are
+ * withdrawn with it, and the part in flight ends it. */
+static void test_refused_fan_out_withdrawn(void **state)
+{
+    static const char *const split_lua = "function transform(msg)\n"
+                                         "  local out = {}\n"
+                                         "  for v in msg.payload:gmatch('[^;]+') do\n"
+                                         "    out[#out + 1] = { topic = msg.topic, payload = v }\n"
+                                         "  end\n"
+                                         "  return out\n"
+                                         "end\n";
+    core_fx *f = *state;
+    size_t part = 150 * 1024;
+    char *payload = malloc(3 * (part + 1)), cfg[1600], script[1100];
+    FILE *fp;
+    fake_adapter *sink;
+    sb_queue *q;
+    fake_pub p;
+
+    assert_non_null(payload);
+    for (int i = 0; i < 3; i++) {
+        memset(payload + i * (part + 1), 'a' + i, part);
+        payload[i * (part + 1) + part] = i < 2 ? ';' : '\0';
+    }
+    snprintf(script, sizeof script, "%s/split.lua", f->dir);
+    assert_non_null(fp = fopen(script, "w"));
+    fputs(split_lua, fp);
+    fclose(fp);
+    snprintf(cfg, sizeof cfg,
+             "adapters:\n"
+             "  - {name: src, type: exec, command: [fake]}\n"
+             "  - {name: sink, type: exec, command: [fake], inflight: 1}\n"
+             "routes:\n"
+             "  - {name: r, from: t/#, to: sink, transform: {lua: '%s'}}\n",
+             script);
+    f->broker_extra = "  store: {max_db_bytes: 256KiB}\n";
+    core_start(f, cfg);
+    sink = fake("sink");
+    q = core_queue(f, "r:sink");
+    warm_up(f, sink);
+
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", payload, NULL, 0, NULL), 0);
+    CORE_WAIT(f, sink->log.count == 2); /* the first part; two wait */
+    assert_int_equal(sink->log.recs[1].payload[0], 'a');
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
+    assert_int_equal(q->depth, 1); /* the part in flight */
+    core_check_all(f);
+    fake_ack(&sink->log.recs[1]);
+    assert_int_equal(q->depth, 0);
+    assert_null(q->fanning);
+    assert_int_equal(sink->log.count, 2); /* no other part went out */
+    core_check_all(f);
+    free(payload);
+}
+
 static void on_redriven(void *ctx, int status, void *result, const char *why)
 {
     int *done = ctx;
@@ -386,6 +445,7 @@ int main(void)
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_fan_out_acked_by_one, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_withdrawn, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_fan_out_withdrawn, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_redrive_not_overtaken, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_not_dead_lettered, core_setup,
                                         core_teardown),
