@@ -3,10 +3,11 @@
  * (broker.store.queue_window) so that a handful of messages crosses it.
  * Covers delivery order across the window boundary, the first window read
  * at start and the rest as consumers take them, redelivery after a
- * restart, TTL expiry and drop-oldest of stored entries (acting in the
- * store, without a consumer), dead letters and their redrive, drops while
- * a read is under way, the windows' memory budget, and the read-ahead
- * sized by the consumers.
+ * restart, a reload to memory-only deferred while messages are stored,
+ * TTL expiry and drop-oldest of stored entries (acting in the store,
+ * without a consumer), dead letters and their redrive, drops while a read
+ * is under way, the windows' memory budget, and the read-ahead sized by
+ * the consumers.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -218,6 +219,61 @@ static void test_memory_durability_keeps_backlog(void **state)
     expect_run(&c->log, 0, 1, 20);
     assert_int_equal(q->disk_depth, 0);
     core_check_all(f);
+}
+
+/* Stops the broker; the rows of its entries table. */
+static int stop_and_count_rows(core_fx *f)
+{
+    char path[1100];
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    int n;
+
+    core_stop(f);
+    snprintf(path, sizeof path, "%s/switchboard.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM entries", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    return n;
+}
+
+/* The same with its window in memory: a memory queue deletes no rows, so
+ * the window's messages would stay in the store once acknowledged (and
+ * come back after a restart). It turns memory-only when reloaded empty. */
+static void test_memory_durability_keeps_window(void **state)
+{
+    static const char *const mem_cfg = "routes:\n"
+                                       "  - {name: q, from: q/#, durability: memory}\n";
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_error err;
+    sb_queue *q;
+
+    core_start(f, cfg);
+    publish_n(f, "q/1", 1, 3);
+    q = core_queue(f, "q");
+    assert_int_equal(q->depth, 3);
+    assert_int_equal(q->disk_depth, 0);
+    assert_int_equal(core_reload(f, mem_cfg, &err), 0);
+    CORE_WAIT(f, core_queue(f, "q")->route != NULL &&
+                     core_queue(f, "q")->route->durability == SB_DURABILITY_MEMORY);
+    q = core_queue(f, "q");
+    assert_int_not_equal(q->durability, SB_DURABILITY_MEMORY);
+    c = consumer(f, "q", 3, 1);
+    CORE_WAIT(f, c->log.count == 3 && q->depth == 0);
+    expect_run(&c->log, 0, 1, 3);
+
+    assert_int_equal(core_reload(f, mem_cfg, &err), 0);
+    q = core_queue(f, "q");
+    assert_int_equal(q->durability, SB_DURABILITY_MEMORY);
+    publish_n(f, "q/1", 4, 4);
+    CORE_WAIT(f, c->log.count == 4 && q->depth == 0);
+    core_check_all(f);
+    assert_int_equal(stop_and_count_rows(f), 0);
 }
 
 /* A restart reads only the first window; the rest follows in order, and
@@ -616,6 +672,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_order_across_window, paging_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_memory_durability_keeps_backlog, paging_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_memory_durability_keeps_window, paging_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_purge_batches_stop_at_their_start, paging_setup,
                                         core_teardown),
