@@ -265,6 +265,10 @@ int sb_broker_key_put(sb_broker *b, const char *key, sb_key_cb cb, void *ctx);
 int sb_broker_key_exists(sb_broker *b, const char *key);
 /* Deletes key, or with prefix every key starting with it. */
 void sb_broker_key_delete(sb_broker *b, const char *key, int prefix);
+/* sb_broker_key_put for state kept for delivery d (its redelivery): if
+ * d's message was delivered before its commit and the store then refuses
+ * it, the key is deleted with it, whatever became of d meanwhile. */
+int sb_delivery_key_put(sb_broker *b, sb_delivery *d, const char *key, sb_key_cb cb, void *ctx);
 
 /* Named client sessions (MQTT client ids), so that a new connection with
  * the same name takes over: registers owner under name (NULL: removes the

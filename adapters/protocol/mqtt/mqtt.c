@@ -55,7 +55,6 @@
 #define QOS_HEADER "mqtt-qos"
 
 typedef struct mqtt_session mqtt_session;
-typedef struct rel_req rel_req;
 
 /* A QoS 1/2 delivery waiting for its acknowledgement, by packet id. */
 typedef struct inflight {
@@ -111,7 +110,6 @@ struct mqtt_session {
     int taken_over; /* another connection took the client id */
     int owner;      /* registered under client_id */
     int pending;    /* callbacks outstanding (publishes, keys, auth) */
-    rel_req *rels;  /* "rel" keys being committed */
     int read_paused; /* by us: too many pending publishes */
     char key_tag[24]; /* clean sessions: this connection's own QoS 2 keys */
     char *queue;      /* "mqtt/<client id>" */
@@ -488,27 +486,16 @@ static void finish_delivery(mqtt_session *s, inflight *e)
     consumer_ready(s);
 }
 
-struct rel_req {
+typedef struct rel_req {
     mqtt_session *s;
-    uint64_t msg_id;
     uint16_t pid;
-    int drop; /* its message was withdrawn and the client left: delete */
-    rel_req *next;
-};
+} rel_req;
 
 static void on_released(void *ctx, int status)
 {
-    rel_req *r = ctx, **at;
+    rel_req *r = ctx;
     mqtt_session *s = r->s;
-    char key[300];
     s->pending--;
-    for (at = &s->rels; *at != r; at = &(*at)->next)
-        ;
-    *at = r->next;
-    if (r->drop && status == 0) {
-        key_rel(key, sizeof key, s, r->msg_id);
-        sb_broker_key_delete(s->broker, key, 0);
-    }
     if (!s->closed) {
         if (status == 0)
             send_ack(s, SB_MQTT_PUBREL, r->pid);
@@ -530,6 +517,7 @@ static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
         return 0;
     case SB_MQTT_PUBREC: {
         rel_req *r;
+        int rc;
         if (e == NULL || e->qos != 2 || e->released) {
             /* unknown (already completed) or repeated: PUBREL lets the
              * client finish its side */
@@ -538,23 +526,22 @@ static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
         }
         e->released = 1;
         if (sb_delivery_withdrawn(e->d)) {
-            /* never sent again: nothing to record for a redelivery */
+            /* refused by the store: never sent again, nothing to record */
             send_ack(s, SB_MQTT_PUBREL, pk->packet_id);
             return 0;
         }
-        r = sb_calloc(1, sizeof(*r));
+        r = sb_malloc(sizeof(*r));
         if (r == NULL)
             return fail(s, "out of memory");
         r->s = s;
         r->pid = pk->packet_id;
-        r->msg_id = e->d->msg->id;
-        key_rel(key, sizeof key, s, r->msg_id);
-        if (sb_broker_key_put(s->broker, key, on_released, r) != 0) {
+        key_rel(key, sizeof key, s, e->d->msg->id);
+        /* deleted with the message if the store refuses it (delivered
+         * before its commit): no PUBCOMP would come for it then */
+        if ((rc = sb_delivery_key_put(s->broker, e->d, key, on_released, r)) != 0) {
             sb_free(r);
-            return fail(s, "cannot record QoS 2 state (broker stopping)");
+            return fail(s, "cannot record QoS 2 state: %s", sb_strerror(rc));
         }
-        r->next = s->rels;
-        s->rels = r;
         s->pending++;
         return 0;
     }
@@ -1321,33 +1308,11 @@ static void on_timer_closed(uv_handle_t *h)
     session_maybe_free(s);
 }
 
-/* The "rel" keys of deliveries withdrawn after their PUBREC: the queue
- * drops them when the client goes, so no PUBREL would ever delete them. */
-static void forget_withdrawn(mqtt_session *s)
-{
-    char key[300];
-    for (size_t i = 0; i < s->fl_cap; i++) {
-        const inflight *e = &s->fl[i];
-        rel_req *r = s->rels;
-        if (e->pid == 0 || e->qos != 2 || !e->released || !sb_delivery_withdrawn(e->d))
-            continue;
-        while (r != NULL && r->msg_id != e->d->msg->id)
-            r = r->next;
-        if (r != NULL) {
-            r->drop = 1; /* still being committed: deleted after */
-        } else {
-            key_rel(key, sizeof key, s, e->d->msg->id);
-            sb_broker_key_delete(s->broker, key, 0);
-        }
-    }
-}
-
 static void mqtt_closed(sb_conn *c)
 {
     mqtt_session *s = c->session;
     sb_error err;
     s->closed = 1;
-    forget_withdrawn(s);
     if (s->attached) {
         /* unacknowledged messages stay queued and go out again, with DUP,
          * when the client reconnects */

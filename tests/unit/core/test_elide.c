@@ -10,7 +10,8 @@
  * message ids reserved before a consumer sees them early, a
  * message fanned out to two queues acknowledged by one, and a publish the
  * store refuses withdrawn from the queue and from a consumer's retries,
- * and with the parts a script split it into that are not handed out yet.
+ * and with the parts a script split it into that are not handed out yet,
+ * and the protocol state kept for its delivery.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -342,6 +343,57 @@ static void test_refused_fan_out_withdrawn(void **state)
     free(payload);
 }
 
+static void on_key_put(void *ctx, int status)
+{
+    int *done = ctx;
+    assert_int_equal(status, 0);
+    *done = 1;
+}
+
+/* Protocol state recorded for an early delivery (an MQTT "rel" key at
+ * PUBREC) goes with its message when the store refuses it, also when the
+ * consumer had left before the refusal (its delivery back in the queue):
+ * no acknowledgement would ever delete it. */
+static void test_refused_publish_drops_keys(void **state)
+{
+    static const char *const key = "$test\nsub\nrel\n1";
+    core_fx *f = *state;
+    size_t big = 512 * 1024;
+    char *payload = malloc(big + 1);
+    fake_adapter *sink;
+    sb_delivery *d;
+    fake_pub p;
+    int put = 0;
+
+    assert_non_null(payload);
+    memset(payload, 'x', big);
+    payload[big] = '\0';
+    f->broker_extra = "  store: {max_db_bytes: 256KiB}\n";
+    core_start(f, one_cfg);
+    sink = fake("sink");
+    warm_up(f, sink);
+
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", payload, NULL, 0, NULL), 0);
+    CORE_WAIT(f, sink->log.count == 2);
+    d = sink->log.recs[1].d;
+    assert_int_equal(sb_delivery_key_put(f->b, d, key, on_key_put, &put), 0);
+    sink->log.recs[1].d = NULL;
+    fake_set_mode(sink, FAKE_BUSY); /* gone: takes nothing more */
+    sb_delivery_return(d, "the client left"); /* back in the queue */
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
+    CORE_WAIT(f, put);
+    assert_int_equal(core_queue(f, "r:sink")->depth, 0);
+    assert_int_equal(sink->log.count, 2);
+    core_check_all(f);
+
+    core_stop(f);
+    core_start(f, one_cfg);
+    assert_false(sb_broker_key_exists(f->b, key));
+    free(payload);
+}
+
 static void on_redriven(void *ctx, int status, void *result, const char *why)
 {
     int *done = ctx;
@@ -446,6 +498,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fan_out_acked_by_one, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_withdrawn, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_fan_out_withdrawn, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_publish_drops_keys, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_redrive_not_overtaken, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_not_dead_lettered, core_setup,
                                         core_teardown),
