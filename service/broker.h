@@ -151,6 +151,11 @@ void sb_delivery_done(sb_delivery *d, int status, const char *reason);
  * so an outage never dead-letters. Frees d. */
 void sb_delivery_return(sb_delivery *d, const char *reason);
 
+/* 1 if d's message was withdrawn: delivered before its commit, which the
+ * store then refused. It is never delivered again, whatever becomes of d,
+ * so protocol state kept for its redelivery can go. */
+int sb_delivery_withdrawn(const sb_delivery *d);
+
 /* Settings of a subscription created by a client (routes have theirs in
  * the config). */
 typedef struct sb_sub_settings {
@@ -260,6 +265,10 @@ int sb_broker_key_put(sb_broker *b, const char *key, sb_key_cb cb, void *ctx);
 int sb_broker_key_exists(sb_broker *b, const char *key);
 /* Deletes key, or with prefix every key starting with it. */
 void sb_broker_key_delete(sb_broker *b, const char *key, int prefix);
+/* sb_broker_key_put for state kept for delivery d (its redelivery): if
+ * d's message was delivered before its commit and the store then refuses
+ * it, the key is deleted with it, whatever became of d meanwhile. */
+int sb_delivery_key_put(sb_broker *b, sb_delivery *d, const char *key, sb_key_cb cb, void *ctx);
 
 /* Named client sessions (MQTT client ids), so that a new connection with
  * the same name takes over: registers owner under name (NULL: removes the

@@ -45,6 +45,9 @@ typedef struct sb_pending {
      * commit, and their entries still linked (sb_entry.pending). */
     uint64_t early_mask;
     sb_entry *early;
+    /* Protocol state of its early deliveries (sb_delivery_key_put),
+     * deleted if the store refuses the message. */
+    struct sb_pending_key *keys;
     char why[320]; /* room for "store refused the message: " and the store's last error */
     sb_publish_cb cb;
     void *ctx;

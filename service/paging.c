@@ -395,8 +395,13 @@ static void page_in(sb_queue *q, int target)
     sb_broker *b = q->broker;
     page_req *r;
 
-    if ((r = new_req(b, SB_OP_PAGE_IN, on_page_in)) == NULL)
-        return; /* tried again at the next dispatch */
+    if ((r = new_req(b, SB_OP_PAGE_IN, on_page_in)) == NULL) {
+        /* Housekeeping tries again: a queue whose window is empty may see
+         * no other event (no dispatch) to try at. */
+        if (b->page_retry_ms == 0)
+            b->page_retry_ms = sb_now_ms() + RETRY_MS;
+        return;
+    }
     if (!prepare(q, r, target)) {
         sb_free(r);
         return;

@@ -234,8 +234,19 @@ static int reserve_entries(sb_pending *p)
     return 0;
 }
 
+/* A key of protocol state recorded for an early delivery. */
+typedef struct sb_pending_key {
+    struct sb_pending_key *next;
+    char key[];
+} sb_pending_key;
+
 static void pending_free(sb_pending *p)
 {
+    while (p->keys != NULL) {
+        sb_pending_key *k = p->keys;
+        p->keys = k->next;
+        sb_free(k);
+    }
     while (p->spare != NULL) {
         sb_entry *e = p->spare;
         p->spare = e->next;
@@ -318,6 +329,25 @@ int sb_broker__cancel_insert(sb_entry *e)
     return p != NULL && sb_store_cancel(p->broker->store, &p->op, e->pslot) == 0;
 }
 
+int sb_delivery_key_put(sb_broker *b, sb_delivery *d, const char *key, sb_key_cb cb, void *ctx)
+{
+    sb_pending *p = d->entry != NULL ? d->entry->pending : NULL;
+    sb_pending_key *k;
+    int rc;
+    if (p == NULL)
+        return sb_broker_key_put(b, key, cb, ctx);
+    if ((k = sb_malloc(sizeof(*k) + strlen(key) + 1)) == NULL)
+        return SB_ENOMEM;
+    strcpy(k->key, key);
+    if ((rc = sb_broker_key_put(b, key, cb, ctx)) != 0) {
+        sb_free(k);
+        return rc;
+    }
+    k->next = p->keys;
+    p->keys = k;
+    return 0;
+}
+
 void sb_broker__entry_gone(sb_entry *e)
 {
     sb_entry **at = &e->pending->early;
@@ -342,6 +372,11 @@ static void complete(sb_broker *b, sb_pending *p)
         if (p->status != 0)
             sb_queue__withdraw(e->queue, e);
     }
+    /* (the store deletes after the put, submitted before; the put's own
+     * completion may still add the key to the map of keys, where it only
+     * names a message id never delivered again) */
+    for (sb_pending_key *k = p->keys; k != NULL && p->status != 0; k = k->next)
+        sb_broker_key_delete(b, k->key, 0);
     for (size_t i = 0; i < p->queue_count; i++) {
         sb_queue *q = p->queues[i];
         int early = i < 64 && (p->early_mask >> i & 1);

@@ -119,17 +119,21 @@ sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const sb_su
     return q;
 }
 
-/* The class a queue takes: one with entries waiting in the store stays
- * durable until they were read (a memory queue never reads the store, so
- * they would wait for a restart). */
+/* The class a queue takes: one with messages in the store stays durable
+ * until they were delivered. A memory queue neither reads nor deletes
+ * rows: those only in the store would wait for a restart, and those of its
+ * window (or of publishes on their way to it) would stay after their
+ * acknowledgement, to be delivered again after a restart. Nor would
+ * messages acknowledged to their producers as durable still be. */
 static sb_durability durability_for(sb_queue *q, sb_durability want)
 {
-    if (want != SB_DURABILITY_MEMORY || q->disk_depth <= 0 || q->durability == SB_DURABILITY_MEMORY)
+    int64_t stored = sb_queue__total_depth(q) + q->pending;
+    if (want != SB_DURABILITY_MEMORY || stored <= 0 || q->durability == SB_DURABILITY_MEMORY)
         return want;
     sb_log(SB_LOG_WARN, q->name,
-           "durability: memory is not applied while %lld messages wait in the store; the queue "
+           "durability: memory is not applied while %lld messages are stored; the queue "
            "stays durable (reload again once they were delivered)",
-           (long long)q->disk_depth);
+           (long long)stored);
     return q->durability;
 }
 
@@ -392,14 +396,31 @@ static void settle(sb_queue *q, sb_entry *e, int persisted)
     pop_done(q);
 }
 
+int sb_delivery_withdrawn(const sb_delivery *d)
+{
+    return d->entry != NULL && d->entry->unstored;
+}
+
 void sb_queue__withdraw(sb_queue *q, sb_entry *e)
 {
     if (e->state == SB_ENTRY_DONE)
         return; /* acknowledged already */
-    if (e->state == SB_ENTRY_LEASED)
-        e->unstored = 1;
-    else
+    if (e->state != SB_ENTRY_LEASED) {
         settle(q, e, 1);
+        return;
+    }
+    e->unstored = 1;
+    if (e->parts != NULL && e->parts_sent < e->nparts) {
+        /* Fanned out: the parts not handed out yet go with it, and it is
+         * done once those in flight are. */
+        for (size_t i = e->parts_sent; i < e->nparts; i++)
+            sb_message_unref(e->parts[i]);
+        e->nparts = e->parts_sent;
+        if (q->fanning == e)
+            q->fanning = NULL;
+        if (e->parts_acked == e->nparts)
+            settle(q, e, 1);
+    }
 }
 
 static int64_t backoff_for(const sb_queue *q, int attempts)

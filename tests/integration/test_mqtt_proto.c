@@ -5,11 +5,14 @@
  * connection), keep-alive, client-id takeover, `$` topics and overlapping
  * subscriptions, QoS 2 exactly-once for a PUBLISH sent again (on the same
  * connection, after a reconnect, after a SIGKILL of the broker) and the
- * outbound QoS 1/2 flows with their re-sends after a reconnect, max_queued
+ * outbound QoS 1/2 flows with their re-sends after a reconnect, no QoS 2
+ * state left by a message the store refused after delivering it, max_queued
  * and session_expiry. Each case
  * names the conformance statement it checks (MQTT-x.y.z-n).
  */
 #include "mqtt_util.h"
+
+#include <sqlite3.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -900,6 +903,92 @@ static void test_clean_session_qos2_ids_start_afresh(void **state)
     b->passed = 1;
 }
 
+/* The "rel" keys left in the store for client id: the QoS 2 state of
+ * deliveries whose PUBCOMP has not come. */
+static int rel_keys(sbt_broker *b, const char *id)
+{
+    char path[SBT_PATH_MAX], like[128];
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    int n;
+    sbt_path(path, sizeof(path), b->data_dir, "switchboard.db");
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    snprintf(like, sizeof(like), "$mqtt\n%s\nrel\n%%", id);
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "SELECT count(*) FROM dedup WHERE key LIKE ?", -1, &st, NULL),
+        SQLITE_OK);
+    sqlite3_bind_text(st, 1, like, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    return n;
+}
+
+/* A QoS 2 message goes to a persistent session before its commit, which
+ * the store then refuses (broker.store.max_db_bytes): the client's PUBREC
+ * is answered, and when it leaves before PUBCOMP the message is gone for
+ * good, and so must be its "rel" key, which no PUBCOMP will now delete. */
+static void test_refused_qos2_leaves_no_state(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    int port;
+    size_t big = 400 * 1024;
+    char *payload = malloc(big + 1);
+    sbt_mq_opts o;
+    sbt_mq *s;
+    sb_mqtt_packet pk;
+    json_t *r;
+    uint16_t pid;
+
+    assert_non_null(payload);
+    memset(payload, 'x', big);
+    payload[big] = '\0';
+    sbt_broker_set(b, 1, "  store: { max_db_bytes: 256KiB }\n");
+    c = sbt_mq_start(b, "mqtt-refused-qos2");
+    port = b->port[SBT_MQ_PORT_MQTT];
+    memset(&o, 0, sizeof(o));
+    o.id = "rel-sub";
+    o.clean = 0;
+    s = sbt_mq_client(port, &o, NULL);
+    sbt_mq_sub1(s, 1, "rel/#", 2);
+
+    /* Two messages through first: the first after a start commits before
+     * delivery and asks for message ids to be reserved; the second's
+     * puback comes after that reservation committed, so the next goes to
+     * the client early. */
+    for (int i = 0; i < 2; i++) {
+        r = sbt_call(c, "{s:s, s:s, s:s, s:{s:s}}", "op", "pub", "topic", "rel/warm", "payload",
+                     "warm", "headers", "mqtt-qos", "2");
+        sbt_expect_op(r, "puback");
+        json_decref(r);
+        pid = sbt_mq_expect_publish(s, "rel/warm", "warm", 2, 0, 0);
+        sbt_mq_ack(s, SB_MQTT_PUBREC, pid);
+        sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, pid);
+        sbt_mq_ack(s, SB_MQTT_PUBCOMP, pid);
+    }
+    sbt_wait_queue_int(c, "mqtt/rel-sub", "depth", 0, SBT_REPLY_MS);
+
+    sbt_send(c, "{s:s, s:s, s:s, s:{s:s}}", "op", "pub", "topic", "rel/big", "payload", payload,
+             "headers", "mqtt-qos", "2");
+    pid = sbt_mq_expect_publish(s, "rel/big", payload, 2, 0, 0);
+    sbt_mq_ack(s, SB_MQTT_PUBREC, pid);
+    sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, pid);
+    r = sbt_read(c, SBT_REPLY_MS);
+    assert_non_null(r);
+    sbt_expect_op(r, "error");
+    assert_string_equal(sbt_str(r, "code"), "SB_ENOSPC");
+    json_decref(r);
+    sbt_mq_close(s); /* no PUBCOMP */
+    sbt_wait_queue_int(c, "mqtt/rel-sub", "depth", 0, SBT_REPLY_MS);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    assert_int_equal(rel_keys(b, "rel-sub"), 0);
+    free(payload);
+    b->passed = 1;
+}
+
 /* Review findings: re-sent QoS 2 PUBLISHes racing their first copy must not
  * leave the subscriber's queue looking full; jsonl clients cannot take over
  * or delete an MQTT session's subscription; a filter with a line break (the
@@ -983,6 +1072,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_qos2_inbound_exactly_once, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_outbound_qos_flows, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_outbound_resend_after_kill, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_qos2_leaves_no_state, sbt_setup,
+                                        sbt_teardown),
         cmocka_unit_test_setup_teardown(test_max_queued_drops_oldest, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_session_expiry, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_backlog_then_disconnect, sbt_setup, sbt_teardown),

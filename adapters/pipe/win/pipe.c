@@ -92,10 +92,12 @@ static void on_flush_prepare(uv_prepare_t *h);
  * flush handle runs first writes for them all: what one adapter's writes
  * cause on another's connections (a write that completes a raw delivery
  * lets its queue hand the next message to a consumer on another pipe
- * adapter) is then written in the same pass, before the loop polls, in
- * whatever order the prepare handles run. Loop thread only: a process
- * runs its pipe adapters on one loop, the broker's. */
+ * adapter) is then written by the next pass (flush_all), whatever order
+ * the handles run in. Loop thread only: a process runs its pipe adapters
+ * on one loop, the broker's. */
 static pipe_adapter *dirty;
+/* Those a pass (flush_pass) has yet to write for. */
+static pipe_adapter *passing;
 
 /* The connection's protocol sent something: it waits in the connection's
  * buffer for the end of the loop turn (flush_all), with what else the
@@ -124,12 +126,16 @@ static int t_hold(sb_conn *c)
 }
 
 /* Writes what every connection on pa->flushq holds; a write that completes
- * at once is reported here (its completion may hold more output: the
- * queue is run until empty). */
+ * at once is reported here. Its completion may hold more output (a raw
+ * sink's next delivery): that waits for the next pass, so a consumer that
+ * reads as fast as it is written cannot keep the loop here for a whole
+ * window of writes. */
 static void flush_held(pipe_adapter *pa)
 {
-    pipe_inst *inst;
-    while ((inst = pa->flushq) != NULL) {
+    pipe_inst *inst, *last = pa->flushq_tail;
+    while (last != NULL && (inst = pa->flushq) != NULL) {
+        if (inst == last)
+            last = NULL; /* the pass ends with it */
         pa->flushq = inst->flush_next;
         if (pa->flushq == NULL)
             pa->flushq_tail = NULL;
@@ -145,16 +151,38 @@ static void flush_held(pipe_adapter *pa)
     }
 }
 
-/* Writes everything held, until nothing is (writing may make more). */
-static void flush_all(void)
+/* Writes what was held when it began; what writing holds makes the
+ * adapters dirty again, for the next pass. */
+static void flush_pass(void)
 {
     pipe_adapter *pa;
-    while ((pa = dirty) != NULL) {
-        dirty = pa->dirty_next;
+    passing = dirty;
+    dirty = NULL;
+    while ((pa = passing) != NULL) {
+        passing = pa->dirty_next;
         pa->dirty = 0;
         pa->dirty_next = NULL;
         flush_held(pa);
     }
+}
+
+/* Nothing to do: a post only ends the loop's wait. */
+static void wake(void *arg)
+{
+    (void)arg;
+}
+
+/* One pass. What it leaves is written by the next one, after the loop
+ * polled for other work: the adapters' handles stay started for it, and
+ * the loop is woken, or it could wait in its poll for an unrelated event.
+ * If it cannot be woken (out of memory), the passes run here until nothing
+ * is held. */
+static void flush_all(void)
+{
+    flush_pass();
+    if (dirty != NULL && sb_inbox_post(dirty->inbox, wake, NULL) != 0)
+        while (dirty != NULL)
+            flush_pass();
 }
 
 /* Takes pa off the dirty list (it stops with nothing left to write). */
@@ -165,24 +193,32 @@ static void undirty(pipe_adapter *pa)
             *p = pa->dirty_next;
             break;
         }
+    for (pipe_adapter **p = &passing; *p != NULL; p = &(*p)->dirty_next)
+        if (*p == pa) {
+            *p = pa->dirty_next;
+            break;
+        }
     pa->dirty = 0;
     pa->dirty_next = NULL;
 }
 
+static void flush_turn(pipe_adapter *pa)
+{
+    flush_all();
+    if (!pa->dirty) {
+        uv_check_stop(pa->flush_check);
+        uv_prepare_stop(pa->flush_prepare);
+    }
+}
+
 static void on_flush_check(uv_check_t *h)
 {
-    pipe_adapter *pa = h->data;
-    flush_all();
-    uv_check_stop(pa->flush_check);
-    uv_prepare_stop(pa->flush_prepare);
+    flush_turn(h->data);
 }
 
 static void on_flush_prepare(uv_prepare_t *h)
 {
-    pipe_adapter *pa = h->data;
-    flush_all();
-    uv_check_stop(pa->flush_check);
-    uv_prepare_stop(pa->flush_prepare);
+    flush_turn(h->data);
 }
 
 /* Called only from flush_held (through sb_conn_flush): pipe connections

@@ -517,6 +517,7 @@ static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
         return 0;
     case SB_MQTT_PUBREC: {
         rel_req *r;
+        int rc;
         if (e == NULL || e->qos != 2 || e->released) {
             /* unknown (already completed) or repeated: PUBREL lets the
              * client finish its side */
@@ -524,15 +525,22 @@ static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
             return 0;
         }
         e->released = 1;
+        if (sb_delivery_withdrawn(e->d)) {
+            /* refused by the store: never sent again, nothing to record */
+            send_ack(s, SB_MQTT_PUBREL, pk->packet_id);
+            return 0;
+        }
         r = sb_malloc(sizeof(*r));
         if (r == NULL)
             return fail(s, "out of memory");
         r->s = s;
         r->pid = pk->packet_id;
         key_rel(key, sizeof key, s, e->d->msg->id);
-        if (sb_broker_key_put(s->broker, key, on_released, r) != 0) {
+        /* deleted with the message if the store refuses it (delivered
+         * before its commit): no PUBCOMP would come for it then */
+        if ((rc = sb_delivery_key_put(s->broker, e->d, key, on_released, r)) != 0) {
             sb_free(r);
-            return fail(s, "cannot record QoS 2 state (broker stopping)");
+            return fail(s, "cannot record QoS 2 state: %s", sb_strerror(rc));
         }
         s->pending++;
         return 0;

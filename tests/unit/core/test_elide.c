@@ -9,7 +9,9 @@
  * the commit, a message not acknowledged in time surviving a restart,
  * message ids reserved before a consumer sees them early, a
  * message fanned out to two queues acknowledged by one, and a publish the
- * store refuses withdrawn from the queue and from a consumer's retries.
+ * store refuses withdrawn from the queue and from a consumer's retries,
+ * and with the parts a script split it into that are not handed out yet,
+ * and the protocol state kept for its delivery.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -283,6 +285,115 @@ static void test_refused_publish_withdrawn(void **state)
 }
 
 
+/* A message a script splits goes to the consumer a part at a time; when
+ * the store refuses its publish, the parts not handed out yet are
+ * withdrawn with it, and the part in flight ends it. */
+static void test_refused_fan_out_withdrawn(void **state)
+{
+    static const char *const split_lua = "function transform(msg)\n"
+                                         "  local out = {}\n"
+                                         "  for v in msg.payload:gmatch('[^;]+') do\n"
+                                         "    out[#out + 1] = { topic = msg.topic, payload = v }\n"
+                                         "  end\n"
+                                         "  return out\n"
+                                         "end\n";
+    core_fx *f = *state;
+    size_t part = 150 * 1024;
+    char *payload = malloc(3 * (part + 1)), cfg[1600], script[1100];
+    FILE *fp;
+    fake_adapter *sink;
+    sb_queue *q;
+    fake_pub p;
+
+    assert_non_null(payload);
+    for (int i = 0; i < 3; i++) {
+        memset(payload + i * (part + 1), 'a' + i, part);
+        payload[i * (part + 1) + part] = i < 2 ? ';' : '\0';
+    }
+    snprintf(script, sizeof script, "%s/split.lua", f->dir);
+    assert_non_null(fp = fopen(script, "w"));
+    fputs(split_lua, fp);
+    fclose(fp);
+    snprintf(cfg, sizeof cfg,
+             "adapters:\n"
+             "  - {name: src, type: exec, command: [fake]}\n"
+             "  - {name: sink, type: exec, command: [fake], inflight: 1}\n"
+             "routes:\n"
+             "  - {name: r, from: t/#, to: sink, transform: {lua: '%s'}}\n",
+             script);
+    f->broker_extra = "  store: {max_db_bytes: 256KiB}\n";
+    core_start(f, cfg);
+    sink = fake("sink");
+    q = core_queue(f, "r:sink");
+    warm_up(f, sink);
+
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", payload, NULL, 0, NULL), 0);
+    CORE_WAIT(f, sink->log.count == 2); /* the first part; two wait */
+    assert_int_equal(sink->log.recs[1].payload[0], 'a');
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
+    assert_int_equal(q->depth, 1); /* the part in flight */
+    core_check_all(f);
+    fake_ack(&sink->log.recs[1]);
+    assert_int_equal(q->depth, 0);
+    assert_null(q->fanning);
+    assert_int_equal(sink->log.count, 2); /* no other part went out */
+    core_check_all(f);
+    free(payload);
+}
+
+static void on_key_put(void *ctx, int status)
+{
+    int *done = ctx;
+    assert_int_equal(status, 0);
+    *done = 1;
+}
+
+/* Protocol state recorded for an early delivery (an MQTT "rel" key at
+ * PUBREC) goes with its message when the store refuses it, also when the
+ * consumer had left before the refusal (its delivery back in the queue):
+ * no acknowledgement would ever delete it. */
+static void test_refused_publish_drops_keys(void **state)
+{
+    static const char *const key = "$test\nsub\nrel\n1";
+    core_fx *f = *state;
+    size_t big = 512 * 1024;
+    char *payload = malloc(big + 1);
+    fake_adapter *sink;
+    sb_delivery *d;
+    fake_pub p;
+    int put = 0;
+
+    assert_non_null(payload);
+    memset(payload, 'x', big);
+    payload[big] = '\0';
+    f->broker_extra = "  store: {max_db_bytes: 256KiB}\n";
+    core_start(f, one_cfg);
+    sink = fake("sink");
+    warm_up(f, sink);
+
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", payload, NULL, 0, NULL), 0);
+    CORE_WAIT(f, sink->log.count == 2);
+    d = sink->log.recs[1].d;
+    assert_int_equal(sb_delivery_key_put(f->b, d, key, on_key_put, &put), 0);
+    sink->log.recs[1].d = NULL;
+    fake_set_mode(sink, FAKE_BUSY); /* gone: takes nothing more */
+    sb_delivery_return(d, "the client left"); /* back in the queue */
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
+    CORE_WAIT(f, put);
+    assert_int_equal(core_queue(f, "r:sink")->depth, 0);
+    assert_int_equal(sink->log.count, 2);
+    core_check_all(f);
+
+    core_stop(f);
+    core_start(f, one_cfg);
+    assert_false(sb_broker_key_exists(f->b, key));
+    free(payload);
+}
+
 static void on_redriven(void *ctx, int status, void *result, const char *why)
 {
     int *done = ctx;
@@ -386,6 +497,8 @@ int main(void)
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_fan_out_acked_by_one, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_withdrawn, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_fan_out_withdrawn, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_publish_drops_keys, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_redrive_not_overtaken, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_not_dead_lettered, core_setup,
                                         core_teardown),

@@ -3,10 +3,12 @@
  * (broker.store.queue_window) so that a handful of messages crosses it.
  * Covers delivery order across the window boundary, the first window read
  * at start and the rest as consumers take them, redelivery after a
- * restart, TTL expiry and drop-oldest of stored entries (acting in the
- * store, without a consumer), dead letters and their redrive, drops while
- * a read is under way, the windows' memory budget, and the read-ahead
- * sized by the consumers.
+ * restart, a reload to memory-only deferred while messages are stored,
+ * TTL expiry and drop-oldest of stored entries (acting in the store,
+ * without a consumer), dead letters and their redrive, drops while a read
+ * is under way, the windows' memory budget (page-ins' reservations counted
+ * by live publishes), a stored entry that does not decode, and the
+ * read-ahead sized by the consumers.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +23,8 @@
 #include <sqlite3.h>
 
 #include "core_harness.h"
+#include "service/alloc.h"
+#include "storage/store_test.h"
 #include "storage/schema_int.h"
 
 #define WINDOW "  store: {queue_window: 4}\n"
@@ -218,6 +222,238 @@ static void test_memory_durability_keeps_backlog(void **state)
     expect_run(&c->log, 0, 1, 20);
     assert_int_equal(q->disk_depth, 0);
     core_check_all(f);
+}
+
+/* Stops the broker (if it runs); the rows of its entries table. */
+static int stop_and_count_rows(core_fx *f)
+{
+    char path[1100];
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    int n;
+
+    if (f->b != NULL)
+        core_stop(f);
+    snprintf(path, sizeof path, "%s/switchboard.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM entries", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    return n;
+}
+
+/* The same with its window in memory: a memory queue deletes no rows, so
+ * the window's messages would stay in the store once acknowledged (and
+ * come back after a restart). It turns memory-only when reloaded empty. */
+static void test_memory_durability_keeps_window(void **state)
+{
+    static const char *const mem_cfg = "routes:\n"
+                                       "  - {name: q, from: q/#, durability: memory}\n";
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_error err;
+    sb_queue *q;
+
+    core_start(f, cfg);
+    publish_n(f, "q/1", 1, 3);
+    q = core_queue(f, "q");
+    assert_int_equal(q->depth, 3);
+    assert_int_equal(q->disk_depth, 0);
+    assert_int_equal(core_reload(f, mem_cfg, &err), 0);
+    CORE_WAIT(f, core_queue(f, "q")->route != NULL &&
+                     core_queue(f, "q")->route->durability == SB_DURABILITY_MEMORY);
+    q = core_queue(f, "q");
+    assert_int_not_equal(q->durability, SB_DURABILITY_MEMORY);
+    c = consumer(f, "q", 3, 1);
+    CORE_WAIT(f, c->log.count == 3 && q->depth == 0);
+    expect_run(&c->log, 0, 1, 3);
+
+    assert_int_equal(core_reload(f, mem_cfg, &err), 0);
+    q = core_queue(f, "q");
+    assert_int_equal(q->durability, SB_DURABILITY_MEMORY);
+    publish_n(f, "q/1", 4, 4);
+    CORE_WAIT(f, c->log.count == 4 && q->depth == 0);
+    core_check_all(f);
+    assert_int_equal(stop_and_count_rows(f), 0);
+}
+
+/* Page-ins reserve their bytes of the budget until they complete: a live
+ * publish committed meanwhile must count them, or the windows reach twice
+ * queue_memory once the page-in lands. */
+static void test_live_publish_counts_page_in(void **state)
+{
+    static const char *const two = "routes:\n"
+                                   "  - {name: a, from: a/#}\n"
+                                   "  - {name: b, from: b/#}\n";
+    core_fx *f = *state;
+    char payload[4097];
+    fake_pub p[16];
+    fake_consumer *c;
+    sb_queue *a, *b;
+    size_t held;
+
+    f->broker_extra = "  store: {queue_window: 1000, queue_memory: 64KiB}\n";
+    core_start(f, two);
+    a = core_queue(f, "a");
+    b = core_queue(f, "b");
+    memset(payload, 'x', 4096);
+    payload[4096] = '\0';
+    for (int i = 0; i < 40; i++)
+        core_publish_ok(f, NULL, "a/1", payload, NULL);
+    assert_true(a->disk_depth > 0);
+    c = consumer(f, "a", 64, 0);
+    CORE_WAIT(f, c->log.count == (size_t)a->depth);
+    held = c->log.count;
+
+    /* b's publishes wait in the store ahead of the page-in that a's
+     * emptied window asks for, so they commit while it is reserved */
+    sb_store_test_hold(f->b->store, 1);
+    for (int i = 0; i < 16; i++)
+        assert_int_equal(fake_publish(&p[i], f->b, NULL, "b/1", payload, NULL, 0, NULL), 0);
+    for (size_t i = 0; i < held; i++)
+        fake_ack(&c->log.recs[i]);
+    assert_non_null(a->page_op);
+    assert_true(f->b->page_reserved > 0);
+    sb_store_test_hold(f->b->store, 0);
+    for (int i = 0; i < 16; i++)
+        assert_int_equal(core_pub_wait(f, &p[i]), 0);
+    CORE_WAIT(f, a->page_op == NULL && c->log.count > held);
+    /* (a page-in reads by the store's sizes, which may pass the budget by
+     * less than a message; without the reservation counted, by as much
+     * as it reserved) */
+    if (f->b->resident_bytes > 64 * 1024 + 4096)
+        fail_msg("the windows hold %lld bytes, over queue_memory (65536)",
+                 (long long)f->b->resident_bytes);
+    assert_int_equal(b->depth + b->disk_depth, 16);
+    core_check_all(f);
+}
+
+/* Runs sql on the store (the broker stopped); asserts it changed n rows
+ * (n < 0: not checked). */
+static void store_exec(core_fx *f, const char *sql, int n)
+{
+    char path[1100];
+    sqlite3 *db;
+
+    snprintf(path, sizeof path, "%s/switchboard.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    if (n >= 0)
+        assert_int_equal(sqlite3_changes(db), n);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+/* A stored message that does not decode (its headers overwritten with 3
+ * bytes that are not "key NUL value NUL") and cannot be dead-lettered
+ * either (a trigger refuses it) is deleted: its own row, in its own queue,
+ * so that it is not read again after a restart. */
+static void test_undecodable_row_deleted(void **state)
+{
+    static const char *const one = "routes:\n"
+                                   "  - {name: q, from: q/#}\n";
+    core_fx *f = *state;
+    fake_consumer *c;
+    uint64_t bad;
+    char sql[160];
+    sb_queue *q;
+
+    core_start(f, one);
+    publish_n(f, "q/1", 1, 5);
+    bad = core_publish_ok(f, NULL, "q/1", "m6", NULL);
+    publish_n(f, "q/1", 7, 8);
+    core_stop(f);
+    snprintf(sql, sizeof sql, "UPDATE entries SET headers = x'6b6579' WHERE msg_id = %llu",
+             (unsigned long long)bad);
+    store_exec(f, sql, 1);
+    store_exec(f,
+               "CREATE TRIGGER refuse_dlq BEFORE INSERT ON dlq"
+               " BEGIN SELECT RAISE(ABORT, 'no dead letters here'); END",
+               -1);
+
+    core_start(f, one);
+    q = core_queue(f, "q");
+    c = consumer(f, "q", 2, 1);
+    CORE_WAIT(f, c->log.count == 7 && q->depth == 0 && q->disk_depth == 0);
+    expect_run(&c->log, 0, 1, 5);
+    expect_run(&c->log, 5, 7, 8);
+    assert_int_equal(q->dead, 0);
+    core_check_all(f);
+    assert_int_equal(stop_and_count_rows(f), 0);
+}
+
+/* One run of test_move_aside_out_of_memory: the k-th allocation on the
+ * loop thread after the page-in that meets the bad row was let go fails.
+ * Returns how many failed (0: the run made fewer allocations). */
+static long move_aside_run(long k)
+{
+    static const char *const one = "routes:\n"
+                                   "  - {name: q, from: q/#}\n";
+    void *state;
+    core_fx *f;
+    fake_consumer *c;
+    uint64_t bad;
+    char sql[160];
+    json_t *dlq;
+    sb_queue *q;
+    long failures;
+
+    core_setup(&state);
+    f = state;
+    f->broker_extra = WINDOW;
+    core_start(f, one);
+    publish_n(f, "q/1", 1, 5);
+    bad = core_publish_ok(f, NULL, "q/1", "m6", NULL);
+    publish_n(f, "q/1", 7, 8);
+    core_stop(f);
+    snprintf(sql, sizeof sql, "UPDATE entries SET headers = x'6b6579' WHERE msg_id = %llu",
+             (unsigned long long)bad);
+    store_exec(f, sql, 1);
+
+    core_start(f, one);
+    q = core_queue(f, "q");
+    CORE_WAIT(f, q->depth == 4 && q->page_op == NULL); /* m1..m4 */
+    sb_store_test_hold_before(f->b->store, SB_OP_PAGE_IN);
+    c = consumer(f, "q", 1, 1);
+    CORE_WAIT(f, c->log.count == 4 && q->page_op != NULL); /* m5 and the bad m6 */
+    sb_alloc_fail_once(k);
+    sb_store_test_hold_before(f->b->store, 0);
+    CORE_WAIT(f, q->page_op == NULL);
+    failures = sb_alloc_failures();
+    sb_alloc_fail_once(-1);
+
+    CORE_WAIT(f, c->log.count == 7 && q->depth == 0 && q->disk_depth == 0);
+    /* each once (a delivery out of memory is retried after the next) */
+    for (int i = 1; i <= 8; i++) {
+        char payload[8];
+        snprintf(payload, sizeof payload, "m%d", i);
+        assert_int_equal(fake_count(&c->log, payload), i == 6 ? 0 : 1);
+    }
+    CORE_WAIT(f, q->dead == 1);
+    dlq = core_dlq(f, "q");
+    assert_int_equal(json_array_size(json_object_get(dlq, "items")), 1);
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_array_get(json_object_get(dlq, "items"), 0), "msg_id")),
+                     (json_int_t)bad);
+    json_decref(dlq);
+    core_check_all(f);
+    core_teardown(&state);
+    return failures;
+}
+
+/* Out of memory while a stored message that does not decode is moved
+ * aside: it must stay in the stored part, to be read (and dead-lettered)
+ * again, never skipped so that the ack range around it deletes it
+ * unseen. Each allocation after the page-in fails in turn. */
+static void test_move_aside_out_of_memory(void **state)
+{
+    (void)state;
+    for (long k = 0; k < 64; k++)
+        if (move_aside_run(k) == 0)
+            return;
+    fail_msg("the page-in made more than 64 allocations");
 }
 
 /* A restart reads only the first window; the rest follows in order, and
@@ -617,6 +853,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_order_across_window, paging_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_memory_durability_keeps_backlog, paging_setup,
                                         core_teardown),
+        cmocka_unit_test_setup_teardown(test_memory_durability_keeps_window, paging_setup,
+                                        core_teardown),
         cmocka_unit_test_setup_teardown(test_purge_batches_stop_at_their_start, paging_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_restart_reads_first_window, paging_setup,
@@ -627,6 +865,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drop_during_page_in, paging_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_deadletter_and_redrive, paging_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_memory_budget, paging_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_live_publish_counts_page_in, paging_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_undecodable_row_deleted, paging_setup,
+                                        core_teardown),
+        cmocka_unit_test(test_move_aside_out_of_memory),
         cmocka_unit_test(test_read_ahead_sizing),
         cmocka_unit_test_setup_teardown(test_slow_consumer_reads_little, paging_setup,
                                         core_teardown),
