@@ -8,6 +8,7 @@
 #include "service/adapter.h"
 #include "service/broker.h"
 #include "service/map.h"
+#include "service/pool.h"
 #include "service/queue_int.h"
 #include "service/remote.h"
 #include "service/subindex.h"
@@ -130,6 +131,9 @@ struct sb_broker {
     int64_t last_sys_ms;
 
     uint64_t published, published_class[3], refused;
+
+    /* free lists of the structs made and freed per message (pool.h) */
+    sb_pool entry_pool, delivery_pool, pending_pool;
 };
 
 /* publish.c */
@@ -168,6 +172,8 @@ void sb_broker__expiry_update(sb_broker *b, sb_queue *q);
 void sb_broker__expiry_remove(sb_broker *b, sb_queue *q);
 
 /* broker.c */
+/* Gives the free lists' objects back (the windows shrank: paging.c). */
+void sb_broker__pools_drain(sb_broker *b);
 /* A sink adapter can take deliveries again (sb_adapter_sink_ready). */
 void sb_broker__adapter_ready(sb_broker *b, sb_adapter *a);
 

@@ -222,10 +222,10 @@ static void dedup_add(sb_broker *b, const char *key, int64_t expires)
 /* ---- pending publishes ---- */
 
 /* Allocates the entries p's queues will need (see sb_pending.spare). */
-static int reserve_entries(sb_pending *p)
+static int reserve_entries(sb_broker *b, sb_pending *p)
 {
     for (size_t i = 0; i < p->queue_count; i++) {
-        sb_entry *e = sb_malloc(sizeof(*e));
+        sb_entry *e = sb_broker__entry_get(b);
         if (e == NULL)
             return SB_ENOMEM;
         e->next = p->spare;
@@ -234,12 +234,17 @@ static int reserve_entries(sb_pending *p)
     return 0;
 }
 
-static void pending_free(sb_pending *p)
+/* Frees p; into b's free lists, or with sb_free when b is NULL (a batch of
+ * retained values never queued). */
+static void pending_free(sb_broker *b, sb_pending *p)
 {
     while (p->spare != NULL) {
         sb_entry *e = p->spare;
         p->spare = e->next;
-        sb_free(e);
+        if (b != NULL)
+            sb_broker__entry_put(b, e);
+        else
+            sb_free(e);
     }
     sb_message_unref(p->msg);
     if (p->queues != p->queues_inline)
@@ -248,7 +253,10 @@ static void pending_free(sb_pending *p)
         sb_free(p->queue_ids);
     sb_free(p->drops);
     sb_free(p->dedup_key);
-    sb_free(p);
+    if (b != NULL)
+        sb_pool_put(&b->pending_pool, p);
+    else
+        sb_free(p);
 }
 
 /* ---- entries appended before their commit ---- */
@@ -392,7 +400,7 @@ void sb_broker__drain_pending(sb_broker *b)
         if (b->pending_head == NULL)
             b->pending_tail = NULL;
         complete(b, p);
-        pending_free(p);
+        pending_free(b, p);
     }
 }
 
@@ -562,14 +570,14 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
     sb_pending *p;
     size_t cap = 0, ndurable = 0, drops = 0, want;
     int needs_store = 0, sync = 0, rc, retain = opts != NULL && opts->retain;
-    int64_t now = sb_now_ms();
+    int64_t now = 0; /* wall clock, read for a dedup key only */
 
     if (b->remote != NULL) /* a session agent: the service commits */
         return b->stopping ? sb_error_set(err, SB_ESHUTDOWN, 0, "the agent is stopping")
                            : b->remote->ops->publish(b->remote, msg, opts, cb, ctx, err);
     if (b->stopping)
         return sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
-    if (sb_topic_validate(msg->topic, strlen(msg->topic), &why) != 0)
+    if (sb_topic_validate(msg->topic, msg->topic_len, &why) != 0)
         return sb_error_set(err, SB_EINVAL, 0, "topic %s", why);
     if (opts != NULL && opts->source != NULL && sb_message_header(msg, "source") == NULL &&
         sb_message_add_header(msg, "source", opts->source) != 0)
@@ -580,7 +588,7 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
      * reason text. A publish to one of thousands of queues finds this
      * memory out of cache, and zeroing all 1.5 KiB of it cost more cache
      * misses than the rest of the publish. */
-    p = sb_malloc(sizeof(*p));
+    p = sb_pool_get(&b->pending_pool);
     if (p == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
     /* the three ranges below cover every field but those two */
@@ -601,6 +609,7 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
     cap = sizeof(p->queues_inline) / sizeof(p->queues_inline[0]);
 
     if (opts != NULL && opts->dedup_key != NULL) {
+        now = sb_now_ms();
         if (dedup_seen(b, opts->dedup_key, now)) {
             /* already committed: acknowledge, store nothing */
             p->msg = sb_message_ref(msg);
@@ -625,6 +634,8 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
             const char *v = sb_message_header(msg, q->dedup_header);
             if (v != NULL) {
                 size_t n = strlen(q->dedup_header) + strlen(v) + 2;
+                if (now == 0)
+                    now = sb_now_ms();
                 p->dedup_key = sb_malloc(n);
                 if (p->dedup_key == NULL) {
                     rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
@@ -673,7 +684,7 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
         goto fail;
     }
     if ((drops > 0 && (p->drops = sb_malloc(drops * sizeof(*p->drops))) == NULL) ||
-        reserve_entries(p) != 0) {
+        reserve_entries(b, p) != 0) {
         rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
         goto fail;
     }
@@ -717,7 +728,7 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
 
 fail:
     b->refused++;
-    pending_free(p);
+    pending_free(b, p);
     return rc;
 }
 
@@ -791,7 +802,7 @@ int sb_broker__retained_prepare(sb_broker *b, const sb_sub_filter *filters, size
         p->queue_ids = p->ids_inline;
         p->queue_count = 1;
         ps[out->count++] = p;
-        if (reserve_entries(p) != 0)
+        if (reserve_entries(b, p) != 0)
             goto oom;
         for (size_t h = 0; h < v->header_count; h++)
             if (sb_message_add_header(copy, v->headers[h].key, v->headers[h].value) != 0)
@@ -811,7 +822,7 @@ oom:
 void sb_broker__retained_discard(sb_retained_batch *batch)
 {
     for (size_t i = 0; i < batch->count; i++)
-        pending_free(batch->items[i]);
+        pending_free(NULL, batch->items[i]);
     sb_free(batch->items);
     batch->items = NULL;
     batch->count = 0;
