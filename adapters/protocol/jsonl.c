@@ -14,6 +14,7 @@
 #include "service/base64.h"
 #include "service/jsonw.h"
 #include "service/log.h"
+#include "service/pool.h"
 #include "service/topic.h"
 
 #include <jansson.h>
@@ -79,6 +80,17 @@ struct jsonl_session {
 
 /* ---- reply queue ---- */
 
+/* A reply slot per request, made and freed by the hundred per loop turn:
+ * the sessions of the loop's thread share a free list of them (pool.h),
+ * kept while one of them is open. */
+static _Thread_local sb_pool reply_pool;
+static _Thread_local size_t reply_pool_users;
+
+static void reply_free(reply *r)
+{
+    sb_pool_put(&reply_pool, r);
+}
+
 static void session_maybe_free(jsonl_session *s);
 
 static void flush_replies(jsonl_session *s)
@@ -92,15 +104,16 @@ static void flush_replies(jsonl_session *s)
             sb_conn_send(s->conn, r->line, r->len, NULL);
         json_decref(r->id);
         sb_free(r->line);
-        sb_free(r);
+        reply_free(r);
     }
 }
 
 static reply *reply_new(jsonl_session *s, json_t *id)
 {
-    reply *r = sb_calloc(1, sizeof(*r));
+    reply *r = sb_pool_get(&reply_pool);
     if (r == NULL)
         return NULL;
+    memset(r, 0, sizeof(*r));
     r->s = s;
     r->id = id != NULL ? json_incref(id) : NULL;
     if (s->rtail != NULL)
@@ -219,7 +232,7 @@ static void reply_set_out(reply *r)
         if (!s->closed)
             sb_conn_send(s->conn, w->buf, w->len, NULL);
         json_decref(r->id);
-        sb_free(r);
+        reply_free(r);
     } else {
         r->line = sb_malloc(w->len);
         if (r->line == NULL) {
@@ -1320,6 +1333,8 @@ static int jsonl_open(sb_conn *c)
     s->max = s->max_payload * 2 + 65536;
     snprintf(s->source, sizeof(s->source), "%s %s", c->adapter->name, c->peer);
     s->source_len = strlen(s->source);
+    if (reply_pool_users++ == 0)
+        sb_pool_init(&reply_pool, sizeof(reply), 1024);
     snprintf(s->who, sizeof(s->who), "%s %s", c->adapter->name, c->peer);
     sb_conn_ref(c);
     c->session = s;
@@ -1335,13 +1350,15 @@ static void session_maybe_free(jsonl_session *s)
         s->rhead = r->next;
         json_decref(r->id);
         sb_free(r->line);
-        sb_free(r);
+        reply_free(r);
     }
     sb_free(s->buf);
     sb_free(s->scratch);
     sb_jsonw_free(&s->out);
     sb_conn_unref(s->conn);
     sb_free(s);
+    if (--reply_pool_users == 0)
+        sb_pool_drain(&reply_pool);
 }
 
 static void jsonl_closed(sb_conn *c)
