@@ -100,6 +100,7 @@ int sb_broker_new(sb_broker **out, sb_config *cfg, sb_error *err)
     sb_pool_init(&b->entry_pool, sizeof(sb_entry), 1024);
     sb_pool_init(&b->delivery_pool, sizeof(sb_delivery), 1024);
     sb_pool_init(&b->pending_pool, sizeof(sb_pending), 1024);
+    sb_pool_init(&b->op_pool, sizeof(sb_store_op), 256);
     *out = b;
     return 0;
 }
@@ -129,6 +130,7 @@ void sb_broker__pools_drain(sb_broker *b)
     sb_pool_drain(&b->entry_pool);
     sb_pool_drain(&b->delivery_pool);
     sb_pool_drain(&b->pending_pool);
+    sb_pool_drain(&b->op_pool);
 }
 
 /* ---- queues ---- */

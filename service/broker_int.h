@@ -134,6 +134,7 @@ struct sb_broker {
 
     /* free lists of the structs made and freed per message (pool.h) */
     sb_pool entry_pool, delivery_pool, pending_pool;
+    sb_pool op_pool; /* acks, attempts and dead letters (publish.c) */
 };
 
 /* publish.c */

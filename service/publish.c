@@ -74,7 +74,7 @@ void sb_broker__schedule_dispatch(sb_broker *b, sb_queue *q)
 
 static void on_simple_op_done(sb_store_op *op, void *ctx)
 {
-    (void)ctx;
+    sb_broker *b = ctx;
     if (op->type == SB_OP_DEADLETTER) {
         if (op->u.deadletter.msg == NULL)
             sb_free((char *)op->u.deadletter.source); /* a copy (sb_broker__deadletter) */
@@ -82,7 +82,17 @@ static void on_simple_op_done(sb_store_op *op, void *ctx)
         sb_free((char *)op->u.deadletter.queue_name);
         sb_free((char *)op->u.deadletter.reason);
     }
-    sb_free(op);
+    sb_pool_put(&b->op_pool, op);
+}
+
+/* A zeroed op from the broker's free list: an out-of-order ack, say, is
+ * one op per message. NULL on out-of-memory. */
+static sb_store_op *simple_op_new(sb_broker *b)
+{
+    sb_store_op *op = sb_pool_get(&b->op_pool);
+    if (op != NULL)
+        memset(op, 0, sizeof(*op));
+    return op;
 }
 
 static void submit_simple(sb_broker *b, sb_store_op *op)
@@ -96,7 +106,7 @@ static void submit_simple(sb_broker *b, sb_store_op *op)
 void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t last, int64_t rows,
                           int64_t bytes)
 {
-    sb_store_op *op = sb_calloc(1, sizeof(*op));
+    sb_store_op *op = simple_op_new(b);
     if (op == NULL) {
         /* The rows stay; they are redelivered after a restart (at-least-once). */
         sb_errlog(q->name, "out of memory recording an acknowledgement");
@@ -113,7 +123,7 @@ void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t la
 
 void sb_broker__store_attempts(sb_broker *b, sb_queue *q, sb_entry *e)
 {
-    sb_store_op *op = sb_calloc(1, sizeof(*op));
+    sb_store_op *op = simple_op_new(b);
     if (op == NULL)
         return; /* the count is advisory; losing one update only allows a retry more */
     op->type = SB_OP_ATTEMPTS;
@@ -125,7 +135,7 @@ void sb_broker__store_attempts(sb_broker *b, sb_queue *q, sb_entry *e)
 
 void sb_broker__deadletter(sb_broker *b, sb_queue *q, sb_entry *e, const char *reason)
 {
-    sb_store_op *op = sb_calloc(1, sizeof(*op));
+    sb_store_op *op = simple_op_new(b);
     const char *source = sb_message_header(e->msg, "source");
 
     q->dead++;
