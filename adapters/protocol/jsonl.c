@@ -1270,10 +1270,52 @@ static void handle_json(jsonl_session *s, const char *line, size_t len)
     json_decref(req);
 }
 
+/* Handles the complete lines of buf[0..len); *used: the bytes up to the
+ * last newline handled. Returns 0 or SB_ETOOBIG (close). */
+static int handle_lines(jsonl_session *s, const char *buf, size_t len, size_t *used)
+{
+    size_t start = 0;
+    *used = 0;
+    for (;;) {
+        const char *nl = memchr(buf + start, '\n', len - start);
+        size_t n;
+        if (nl == NULL)
+            return 0;
+        n = (size_t)(nl - (buf + start));
+        if (n > s->max) {
+            reply_error(s, NULL, SB_ETOOBIG, "line longer than max_message; closing");
+            sb_log(SB_LOG_ERROR, s->conn->adapter->name,
+                   "peer %s: line longer than max_message %zu", s->conn->peer, s->max);
+            return SB_ETOOBIG;
+        }
+        if (n > 0 && buf[start + n - 1] == '\r')
+            n--;
+        if (n > 0)
+            handle_line(s, buf + start, n);
+        start = (size_t)(nl - buf) + 1;
+        *used = start;
+        if (s->closed || s->conn->closing)
+            return 0;
+    }
+}
+
 static int jsonl_data(sb_conn *c, const char *data, size_t len)
 {
     jsonl_session *s = c->session;
-    size_t start = 0;
+    size_t used;
+    int rc;
+    if (s->len == 0) {
+        /* no line begun: the lines are read where the transport put them,
+         * and only an unfinished last one is copied */
+        if ((rc = handle_lines(s, data, len, &used)) != 0)
+            return rc;
+        if (s->closed || c->closing)
+            return 0;
+        data += used;
+        len -= used;
+        if (len == 0)
+            return 0;
+    }
     if (s->len + len > s->cap) {
         size_t cap = s->cap == 0 ? 65536 : s->cap;
         char *n;
@@ -1287,28 +1329,12 @@ static int jsonl_data(sb_conn *c, const char *data, size_t len)
     }
     memcpy(s->buf + s->len, data, len);
     s->len += len;
-    for (;;) {
-        char *nl = memchr(s->buf + start, '\n', s->len - start);
-        size_t n;
-        if (nl == NULL)
-            break;
-        n = (size_t)(nl - (s->buf + start));
-        if (n > s->max) {
-            reply_error(s, NULL, SB_ETOOBIG, "line longer than max_message; closing");
-            sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: line longer than max_message %zu",
-                   c->peer, s->max);
-            return SB_ETOOBIG;
-        }
-        if (n > 0 && s->buf[start + n - 1] == '\r')
-            n--;
-        if (n > 0)
-            handle_line(s, s->buf + start, n);
-        start = (size_t)(nl - s->buf) + 1;
-        if (s->closed || c->closing)
-            return 0;
-    }
-    memmove(s->buf, s->buf + start, s->len - start);
-    s->len -= start;
+    if ((rc = handle_lines(s, s->buf, s->len, &used)) != 0)
+        return rc;
+    if (s->closed || c->closing)
+        return 0;
+    memmove(s->buf, s->buf + used, s->len - used);
+    s->len -= used;
     if (s->len > s->max + 2) {
         reply_error(s, NULL, SB_ETOOBIG, "line longer than max_message; closing");
         sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: line longer than max_message %zu", c->peer,
