@@ -46,7 +46,7 @@ typedef struct sb_pending {
      * commit, and their entries still linked (sb_entry.pending). */
     uint64_t early_mask;
     sb_entry *early;
-    char why[320]; /* room for "store refused the message: " and the store's last error */
+    char *why; /* why it was refused (sb_malloc'ed; NULL: none, or out of memory) */
     sb_publish_cb cb;
     void *ctx;
     struct sb_pending *next;

@@ -263,6 +263,7 @@ static void pending_free(sb_broker *b, sb_pending *p)
         sb_free(p->queue_ids);
     sb_free(p->drops);
     sb_free(p->dedup_key);
+    sb_free(p->why);
     if (b != NULL)
         sb_pool_put(&b->pending_pool, p);
     else
@@ -426,9 +427,11 @@ static void on_publish_committed(sb_store_op *op, void *ctx)
         /* The store's own account names the cause (the disk, or the size
          * limit max_db_bytes, which SQLite reports alike). */
         sb_store_stats st;
+        char why[320];
         sb_store_get_stats(p->broker->store, &st);
-        snprintf(p->why, sizeof(p->why), "store refused the message: %s",
+        snprintf(why, sizeof(why), "store refused the message: %s",
                  st.last_error[0] != '\0' ? st.last_error : sb_strerror(op->status));
+        p->why = sb_strdup(why); /* NULL: the producer gets the status's own text */
     }
     sb_broker__drain_pending(p->broker);
 }
@@ -594,23 +597,19 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
 
     /* Zeroed but for what is written before it is read: the store op's
-     * union, sized by its largest member, beyond its publish part, and the
-     * reason text. A publish to one of thousands of queues finds this
-     * memory out of cache, and zeroing all 1.5 KiB of it cost more cache
-     * misses than the rest of the publish. */
+     * union, sized by its largest member, beyond its publish part. A
+     * publish to one of thousands of queues finds this memory out of
+     * cache, and zeroing all of it cost more cache misses than the rest of
+     * the publish. */
     p = sb_pool_get(&b->pending_pool);
     if (p == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-    /* the three ranges below cover every field but those two */
+    /* the two ranges below cover every field but the op's union */
     _Static_assert(offsetof(sb_pending, op) == 0 &&
-                       offsetof(sb_pending, broker) == sizeof(sb_store_op) &&
-                       offsetof(sb_pending, cb) ==
-                           offsetof(sb_pending, why) + sizeof(((sb_pending *)NULL)->why),
-                   "sb_pending: op, then broker .. why, then cb .. the end");
+                       offsetof(sb_pending, broker) == sizeof(sb_store_op),
+                   "sb_pending: op, then broker .. the end");
     memset(&p->op, 0, offsetof(sb_store_op, u) + sizeof(p->op.u.publish));
-    memset(&p->broker, 0, offsetof(sb_pending, why) - offsetof(sb_pending, broker));
-    p->why[0] = '\0';
-    memset(&p->cb, 0, sizeof(*p) - offsetof(sb_pending, cb));
+    memset(&p->broker, 0, sizeof(*p) - offsetof(sb_pending, broker));
     p->broker = b;
     p->cb = cb;
     p->ctx = ctx;
@@ -729,7 +728,7 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
     if (sb_store_submit(b->store, &p->op) != 0) {
         p->done = 1;
         p->status = SB_ESHUTDOWN;
-        snprintf(p->why, sizeof(p->why), "broker is shutting down");
+        p->why = sb_strdup("broker is shutting down");
         sb_broker__arm_flush(b);
     } else {
         append_early(b, p);
