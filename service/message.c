@@ -74,8 +74,8 @@ sb_message *sb_message_new_owned(const char *topic, unsigned char *payload, size
 sb_message *sb_message_new_room(const char *topic, size_t tlen, const void *payload,
                                 size_t payload_len, size_t headers, size_t header_bytes)
 {
-    sb_message *m = message_alloc(topic != NULL ? topic : "", topic != NULL ? tlen : 0,
-                                  payload_len, headers, header_bytes);
+    sb_message *m = message_alloc(topic != NULL ? topic : "", topic != NULL ? tlen : 0, payload_len,
+                                  headers, header_bytes);
     if (m == NULL)
         return NULL;
     m->payload = (unsigned char *)m->topic + m->topic_len + 1;

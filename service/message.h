@@ -31,7 +31,7 @@ typedef struct sb_message {
     size_t size;        /* sb_message_size, kept as headers are added */
     /* private: what of the message's own block is left for headers
      * (sb_message_new_room), and whether parts live apart from it */
-    size_t header_slots; /* headers[] in the block, used or not (0: apart) */
+    size_t header_slots;   /* headers[] in the block, used or not (0: apart) */
     char *room, *room_end; /* free header text space; room_end ends the block */
     int payload_apart;     /* payload is its own allocation (sb_message_new_owned) */
 } sb_message;

@@ -334,7 +334,8 @@ static void pub_submit(jsonl_session *s, const pub_in *in, req_id *rid)
         unsigned char *bytes;
         size_t n;
         if (sb_base64_decode(in->payload_b64.p, in->payload_b64.n, &bytes, &n) != 0)
-            return reply_error(s, req_id_json(rid), SB_EINVAL, "pub: payload_b64 is not valid base64");
+            return reply_error(s, req_id_json(rid), SB_EINVAL,
+                               "pub: payload_b64 is not valid base64");
         m = sb_message_new_room(in->topic.p, in->topic.n, bytes, n, (size_t)in->hcount + 1,
                                 header_bytes);
         sb_free(bytes);
@@ -350,7 +351,8 @@ static void pub_submit(jsonl_session *s, const pub_in *in, req_id *rid)
         return reply_error(s, req_id_json(rid), SB_ENOMEM, "out of memory");
     if (m->payload_len > s->max_payload) {
         sb_message_unref(m);
-        return reply_error(s, req_id_json(rid), SB_ETOOBIG, "pub: payload larger than the adapter's max_message");
+        return reply_error(s, req_id_json(rid), SB_ETOOBIG,
+                           "pub: payload larger than the adapter's max_message");
     }
     for (int i = 0; i < in->hcount; i++)
         if (sb_message_add_header_n(m, in->hk[i].p, in->hk[i].n, in->hv[i].p, in->hv[i].n) != 0) {

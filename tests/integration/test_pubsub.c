@@ -918,11 +918,13 @@ static void test_lines_across_reads(void **state)
     sbt_broker *b = *state;
     sbt_conn *sub = start(b, "lines");
     sbt_tcp *t = sbt_tcp_connect(b->port[0], SBT_REPLY_MS);
-    static const char first[] = "{\"op\":\"pub\",\"id\":7,\"topic\":\"plain/a\",\"payload\":\"1\"}\n"
-                                "{\"op\":\"pub\",\"id\":\"s8\",\"topic\":\"plain/a\",\"payload\":\"2\"}\r\n"
-                                "{\"op\":\"pub\",\"id\":9,\"topic\":\"pla";
-    static const char rest[] = "in/a\",\"payload\":\"q\\\"\\n\\u0001\",\"headers\":{\"k\":\"v\\t\"}}\n"
-                               "{\"op\":\"pub\",\"id\":-10,\"topic\":\"plain/a\",\"payload\":\"4\"}\n";
+    static const char first[] =
+        "{\"op\":\"pub\",\"id\":7,\"topic\":\"plain/a\",\"payload\":\"1\"}\n"
+        "{\"op\":\"pub\",\"id\":\"s8\",\"topic\":\"plain/a\",\"payload\":\"2\"}\r\n"
+        "{\"op\":\"pub\",\"id\":9,\"topic\":\"pla";
+    static const char rest[] =
+        "in/a\",\"payload\":\"q\\\"\\n\\u0001\",\"headers\":{\"k\":\"v\\t\"}}\n"
+        "{\"op\":\"pub\",\"id\":-10,\"topic\":\"plain/a\",\"payload\":\"4\"}\n";
     static const char *const ids[] = {"7", "\"s8\"", "9", "-10"};
     char line[512];
     json_t *m;
@@ -953,9 +955,8 @@ static void test_lines_across_reads(void **state)
     assert_string_equal(sbt_str(m, "payload"), "q\"\n\001");
     assert_string_equal(json_string_value(json_object_get(json_object_get(m, "headers"), "k")),
                         "v\t");
-    assert_non_null(strstr(json_string_value(json_object_get(json_object_get(m, "headers"),
-                                                             "source")),
-                           "clients "));
+    assert_non_null(strstr(
+        json_string_value(json_object_get(json_object_get(m, "headers"), "source")), "clients "));
     json_decref(m);
     expect_msg(sub, "lines", "plain/a", "4", 1);
     sbt_tcp_close(t);

@@ -130,10 +130,8 @@ static void test_room_no_allocation(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_headers_round_trip),
-        cmocka_unit_test(test_refcount),
-        cmocka_unit_test(test_out_of_memory),
-        cmocka_unit_test(test_room),
+        cmocka_unit_test(test_headers_round_trip), cmocka_unit_test(test_refcount),
+        cmocka_unit_test(test_out_of_memory),      cmocka_unit_test(test_room),
         cmocka_unit_test(test_room_no_allocation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
