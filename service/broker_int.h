@@ -135,6 +135,7 @@ struct sb_broker {
     /* free lists of the structs made and freed per message (pool.h) */
     sb_pool entry_pool, delivery_pool, pending_pool;
     sb_pool op_pool; /* acks, attempts and dead letters (publish.c) */
+    uint64_t pools_published; /* `published` at the last housekeeping (paging.c) */
 };
 
 /* publish.c */
@@ -164,7 +165,8 @@ sb_queue *sb_broker__find_queue(sb_broker *b, const char *name);
  * the windows' memory budget lasts, on the store thread (after start, so
  * that the broker listens whatever the backlog). */
 void sb_paging__start(sb_broker *b);
-/* Once a second: gives memory back to the system after the windows shrank. */
+/* Once a second: gives memory back to the system after the windows shrank,
+ * and what the free lists keep once nothing was published for a tick. */
 void sb_paging__housekeeping(sb_broker *b);
 
 /* expiry.c: q may have started or stopped being able to expire (consumers,

@@ -151,6 +151,11 @@ static void retry_page_ins(sb_broker *b)
 void sb_paging__housekeeping(sb_broker *b)
 {
     retry_page_ins(b);
+    /* nothing published since the last tick: what the free lists keep for
+     * the next burst goes back */
+    if (b->published == b->pools_published)
+        sb_broker__pools_drain(b);
+    b->pools_published = b->published;
     if (b->trimming || b->resident_peak - b->resident_bytes < TRIM_AFTER_BYTES)
         return;
     b->resident_peak = b->resident_bytes;
