@@ -159,7 +159,31 @@ void sb_message_unref(sb_message *m)
         sb_free(m->headers);
     if (m->payload_apart)
         sb_free(m->payload);
+    sb_free(m->enc);
     sb_free(m);
+}
+
+const char *sb_message_encoded(sb_message *m, const void *tag, size_t *len, int *keep)
+{
+    *keep = 0;
+    if (m->enc_tag == NULL)
+        m->enc_tag = tag;
+    if (m->enc_tag != tag)
+        return NULL; /* another protocol's */
+    if (m->enc != NULL) {
+        *len = m->enc_len;
+        return m->enc;
+    }
+    *keep = ++m->enc_asked >= 2;
+    return NULL;
+}
+
+void sb_message_keep_encoded(sb_message *m, const void *tag, const char *data, size_t len)
+{
+    if (m->enc_tag != tag || m->enc != NULL || (m->enc = sb_malloc(len > 0 ? len : 1)) == NULL)
+        return;
+    memcpy(m->enc, data, len);
+    m->enc_len = len;
 }
 
 int sb_message_headers_encode(const sb_message *m, unsigned char **out, size_t *out_len)

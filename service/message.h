@@ -34,6 +34,12 @@ typedef struct sb_message {
     size_t header_slots;   /* headers[] in the block, used or not (0: apart) */
     char *room, *room_end; /* free header text space; room_end ends the block */
     int payload_apart;     /* payload is its own allocation (sb_message_new_owned) */
+    /* private: a protocol's encoding of what all deliveries of the message
+     * share (sb_message_encoded) */
+    const void *enc_tag;
+    char *enc;
+    size_t enc_len;
+    int enc_asked;
 } sb_message;
 
 /* Creates a message with copies of topic and payload, created now, refs = 1.
@@ -72,6 +78,20 @@ static inline size_t sb_message_size(const sb_message *m)
 {
     return m->size;
 }
+
+/* A protocol's encoding of the part of a delivery that is the same for
+ * every subscriber (fields, payload, headers), kept with the message so a
+ * message going to many subscriptions is encoded once. tag identifies the
+ * protocol (any address of its own). Returns the kept bytes (*len), or
+ * NULL with *keep = 1 when the caller should keep what it encodes now
+ * (sb_message_keep_encoded): from the second delivery asking, so that a
+ * message delivered once costs no copy. One protocol's encoding is kept
+ * per message (the first to ask). Loop thread only. */
+const char *sb_message_encoded(sb_message *m, const void *tag, size_t *len, int *keep);
+
+/* Keeps a copy of data[0..len) as tag's encoding of m; nothing happens on
+ * out-of-memory (the next delivery encodes again). */
+void sb_message_keep_encoded(sb_message *m, const void *tag, const char *data, size_t len);
 
 /* Serialises headers as "key\0value\0..." into a new buffer (*out, *out_len).
  * *out is NULL when there are no headers. Returns 0 or SB_ENOMEM. */

@@ -441,10 +441,20 @@ static void do_pub(jsonl_session *s, json_t *req, json_t *id)
 
 /* ---- subscriptions ---- */
 
-/* Writes a delivery as one "msg" line (without the newline). */
+/* Its address tags the part of "msg" lines kept with a message
+ * (sb_message_encoded). */
+static const char msg_tail_tag;
+
+/* Writes a delivery as one "msg" line (without the newline). What follows
+ * "attempt" is the same for every delivery of the message: kept with it
+ * from the second delivery, so a message fanned out to many subscriptions
+ * is escaped once. */
 static void message_line(sb_jsonw *w, const sb_delivery *d)
 {
-    const sb_message *m = d->msg;
+    sb_message *m = d->msg;
+    const char *tail;
+    size_t tail_len, at;
+    int keep;
     sb_jsonw_lit(w, "{\"op\":\"msg\",\"sub\":");
     sb_jsonw_str(w, d->sub, strlen(d->sub));
     sb_jsonw_lit(w, ",\"msg_id\":");
@@ -453,6 +463,11 @@ static void message_line(sb_jsonw *w, const sb_delivery *d)
     sb_jsonw_str(w, m->topic, m->topic_len);
     sb_jsonw_lit(w, ",\"attempt\":");
     sb_jsonw_int(w, d->attempt);
+    if ((tail = sb_message_encoded(m, &msg_tail_tag, &tail_len, &keep)) != NULL) {
+        sb_jsonw_raw(w, tail, tail_len);
+        return;
+    }
+    at = w->len;
     sb_jsonw_lit(w, ",\"created\":");
     sb_jsonw_int(w, m->created_ms);
     if (sb_json_plain_run((const char *)m->payload, m->payload_len) == m->payload_len ||
@@ -481,6 +496,8 @@ static void message_line(sb_jsonw *w, const sb_delivery *d)
         sb_jsonw_raw(w, "}", 1);
     }
     sb_jsonw_raw(w, "}", 1);
+    if (keep && !w->failed)
+        sb_message_keep_encoded(m, &msg_tail_tag, w->buf + at, w->len - at);
 }
 
 static int jsub_deliver(sb_consumer *c, sb_delivery *d)

@@ -916,7 +916,7 @@ static void test_sys_values_when_watched_and_changed(void **state)
 static void test_lines_across_reads(void **state)
 {
     sbt_broker *b = *state;
-    sbt_conn *sub = start(b, "lines");
+    sbt_conn *sub = start(b, "lines"), *fan = sbt_connect(b->port[0]);
     sbt_tcp *t = sbt_tcp_connect(b->port[0], SBT_REPLY_MS);
     static const char first[] =
         "{\"op\":\"pub\",\"id\":7,\"topic\":\"plain/a\",\"payload\":\"1\"}\n"
@@ -931,6 +931,8 @@ static void test_lines_across_reads(void **state)
 
     assert_non_null(t);
     sbt_sub(sub, "lines", "plain/#", 10);
+    sbt_sub(fan, "fan1", "plain/a", 10);
+    sbt_sub(fan, "fan2", "plain/#", 10);
     assert_int_equal(sbt_tcp_write(t, first, sizeof first - 1), 0);
     /* the first two are answered: the broker read the chunk, with the
      * start of the third, which it holds */
@@ -959,7 +961,24 @@ static void test_lines_across_reads(void **state)
         json_string_value(json_object_get(json_object_get(m, "headers"), "source")), "clients "));
     json_decref(m);
     expect_msg(sub, "lines", "plain/a", "4", 1);
+    /* the same messages to two more subscriptions: the part of the line
+     * after "attempt" is kept with the message from the second on */
+    for (int i = 0; i < 8; i++) {
+        json_t *x = sbt_next_msg(fan, SBT_REPLY_MS), *h = json_object_get(x, "headers");
+        const char *name = sbt_str(x, "sub");
+        assert_true(strcmp(name, "fan1") == 0 || strcmp(name, "fan2") == 0);
+        assert_int_equal(sbt_int(x, "attempt"), 1);
+        if (strcmp(sbt_str(x, "payload"), "q\"\n\001") == 0) {
+            assert_string_equal(json_string_value(json_object_get(h, "k")), "v\t");
+            assert_non_null(strstr(json_string_value(json_object_get(h, "source")), "clients "));
+        } else {
+            assert_int_equal(json_object_size(h), 1); /* the source only */
+        }
+        sbt_ack(fan, name, sbt_int(x, "msg_id"));
+        json_decref(x);
+    }
     sbt_tcp_close(t);
+    sbt_close(fan);
     sbt_close(sub);
 }
 

@@ -127,12 +127,45 @@ static void test_room_no_allocation(void **state)
     sb_message_unref(m);
 }
 
+/* A protocol's encoding is kept from the second delivery asking, for
+ * that protocol only; out of memory keeps nothing, and asking goes on. */
+static void test_encoded(void **state)
+{
+    static const char a, b;
+    sb_message *m = sb_message_new("t", "x", 1);
+    size_t len = 0;
+    int keep = -1;
+    (void)state;
+    assert_null(sb_message_encoded(m, &a, &len, &keep));
+    assert_int_equal(keep, 0); /* the first: not worth a copy */
+    assert_null(sb_message_encoded(m, &a, &len, &keep));
+    assert_int_equal(keep, 1);
+    sb_alloc_fail_after(0);
+    sb_message_keep_encoded(m, &a, "abc", 3);
+    sb_alloc_fail_after(-1);
+    assert_null(sb_message_encoded(m, &a, &len, &keep));
+    assert_int_equal(keep, 1);
+    sb_message_keep_encoded(m, &a, "abc", 3);
+    sb_message_keep_encoded(m, &a, "zzz", 3); /* kept already */
+    assert_non_null(sb_message_encoded(m, &a, &len, &keep));
+    assert_int_equal(len, 3);
+    assert_memory_equal(sb_message_encoded(m, &a, &len, &keep), "abc", 3);
+    assert_int_equal(keep, 0);
+    /* another protocol's: neither given nor kept */
+    assert_null(sb_message_encoded(m, &b, &len, &keep));
+    assert_null(sb_message_encoded(m, &b, &len, &keep));
+    assert_int_equal(keep, 0);
+    sb_message_keep_encoded(m, &b, "b", 1);
+    assert_memory_equal(sb_message_encoded(m, &a, &len, &keep), "abc", 3);
+    sb_message_unref(m); /* frees the kept copy (LSan) */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_headers_round_trip), cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_out_of_memory),      cmocka_unit_test(test_room),
-        cmocka_unit_test(test_room_no_allocation),
+        cmocka_unit_test(test_room_no_allocation), cmocka_unit_test(test_encoded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
