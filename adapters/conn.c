@@ -285,6 +285,10 @@ static void finish_deliveries(sb_delivery *d, int status, const char *why)
     }
 }
 
+/* A new output buffer starts at most this large (sb_conn.ohint): past it
+ * malloc maps and unmaps memory for each buffer. */
+#define CONN_HINT_MAX (64 * 1024)
+
 static void start_write(sb_conn *c);
 
 void sb_conn_write_done(sb_conn *c, int status, const char *why)
@@ -357,6 +361,7 @@ static void start_write(sb_conn *c)
     }
     buf = c->obuf;
     len = c->olen;
+    c->ohint = len < CONN_HINT_MAX ? len : CONN_HINT_MAX;
     c->wdel = c->odel_head;
     c->obuf = NULL;
     c->olen = c->ocap = 0;
@@ -411,8 +416,12 @@ int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t 
     need = c->olen + alen + blen;
     if (need > c->ocap) {
         /* small first: most writes are one small packet, and a 4 KiB
-         * block per write is what the allocator then spends its time on */
+         * block per write is what the allocator then spends its time on;
+         * but as large as the last write at once (not grown by doubling
+         * again, one copy each time, for every write of a busy stream) */
         size_t cap = c->ocap == 0 ? 512 : c->ocap;
+        while (c->ocap == 0 && cap < c->ohint)
+            cap *= 2;
         char *n;
         while (cap < need)
             cap *= 2;

@@ -79,6 +79,7 @@ struct sb_conn {
     int read_ended; /* the peer finished sending */
     char *obuf;
     size_t ocap;
+    size_t ohint; /* the last write's size (capped): a new obuf starts that large */
     sb_delivery *odel_head, *odel_tail; /* acked once obuf is written */
     /* the write in flight */
     sb_delivery *wdel;

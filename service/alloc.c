@@ -41,6 +41,11 @@ long sb_alloc_failures(void)
     return failures;
 }
 
+int sb_alloc__inject(void)
+{
+    return should_fail();
+}
+
 void *sb_malloc(size_t n)
 {
     if (should_fail())

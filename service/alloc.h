@@ -34,4 +34,9 @@ void sb_alloc_fail_once(long n);
  * allocations than asked to skip, so a failure loop is complete). */
 long sb_alloc_failures(void);
 
+/* For allocators layered on these (service/pool.h) that hand out memory
+ * without calling them: counts as one allocation for failure injection and
+ * returns 1 if that allocation is to fail. */
+int sb_alloc__inject(void);
+
 #endif

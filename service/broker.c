@@ -96,8 +96,41 @@ int sb_broker_new(sb_broker **out, sb_config *cfg, sb_error *err)
     b->housekeeping.data = b;
     uv_timer_init(&b->loop, &b->expiry_timer);
     b->expiry_timer.data = b;
+    /* enough for the publishes and deliveries of a few loop turns */
+    sb_pool_init(&b->entry_pool, sizeof(sb_entry), 1024);
+    sb_pool_init(&b->delivery_pool, sizeof(sb_delivery), 1024);
+    sb_pool_init(&b->pending_pool, sizeof(sb_pending), 1024);
+    sb_pool_init(&b->op_pool, sizeof(sb_store_op), 256);
     *out = b;
     return 0;
+}
+
+sb_entry *sb_broker__entry_get(sb_broker *b)
+{
+    return sb_pool_get(&b->entry_pool);
+}
+
+void sb_broker__entry_put(sb_broker *b, sb_entry *e)
+{
+    sb_pool_put(&b->entry_pool, e);
+}
+
+sb_delivery *sb_broker__delivery_get(sb_broker *b)
+{
+    return sb_pool_get(&b->delivery_pool);
+}
+
+void sb_broker__delivery_put(sb_broker *b, sb_delivery *d)
+{
+    sb_pool_put(&b->delivery_pool, d);
+}
+
+void sb_broker__pools_drain(sb_broker *b)
+{
+    sb_pool_drain(&b->entry_pool);
+    sb_pool_drain(&b->delivery_pool);
+    sb_pool_drain(&b->pending_pool);
+    sb_pool_drain(&b->op_pool);
 }
 
 /* ---- queues ---- */
@@ -1905,5 +1938,6 @@ void sb_broker_free(sb_broker *b)
     sb_map_clear(&b->sessions);
     uv_mutex_destroy(&b->request_lock);
     sb_config_free(b->cfg);
+    sb_broker__pools_drain(b);
     sb_free(b);
 }

@@ -8,6 +8,7 @@
 #include "service/adapter.h"
 #include "service/broker.h"
 #include "service/map.h"
+#include "service/pool.h"
 #include "service/queue_int.h"
 #include "service/remote.h"
 #include "service/subindex.h"
@@ -48,7 +49,7 @@ typedef struct sb_pending {
     /* Protocol state of its early deliveries (sb_delivery_key_put),
      * deleted if the store refuses the message. */
     struct sb_pending_key *keys;
-    char why[320]; /* room for "store refused the message: " and the store's last error */
+    char *why; /* why it was refused (sb_malloc'ed; NULL: none, or out of memory) */
     sb_publish_cb cb;
     void *ctx;
     struct sb_pending *next;
@@ -133,6 +134,11 @@ struct sb_broker {
     int64_t last_sys_ms;
 
     uint64_t published, published_class[3], refused;
+
+    /* free lists of the structs made and freed per message (pool.h) */
+    sb_pool entry_pool, delivery_pool, pending_pool;
+    sb_pool op_pool; /* acks, attempts and dead letters (publish.c) */
+    uint64_t pools_published; /* `published` at the last housekeeping (paging.c) */
 };
 
 /* publish.c */
@@ -162,7 +168,8 @@ sb_queue *sb_broker__find_queue(sb_broker *b, const char *name);
  * the windows' memory budget lasts, on the store thread (after start, so
  * that the broker listens whatever the backlog). */
 void sb_paging__start(sb_broker *b);
-/* Once a second: gives memory back to the system after the windows shrank. */
+/* Once a second: gives memory back to the system after the windows shrank,
+ * and what the free lists keep once nothing was published for a tick. */
 void sb_paging__housekeeping(sb_broker *b);
 
 /* expiry.c: q may have started or stopped being able to expire (consumers,
@@ -171,6 +178,8 @@ void sb_broker__expiry_update(sb_broker *b, sb_queue *q);
 void sb_broker__expiry_remove(sb_broker *b, sb_queue *q);
 
 /* broker.c */
+/* Gives the free lists' objects back (the windows shrank: paging.c). */
+void sb_broker__pools_drain(sb_broker *b);
 /* A sink adapter can take deliveries again (sb_adapter_sink_ready). */
 void sb_broker__adapter_ready(sb_broker *b, sb_adapter *a);
 

@@ -42,12 +42,22 @@ void sb_jsonw_lit(sb_jsonw *w, const char *s)
 void sb_jsonw_str(sb_jsonw *w, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
-    size_t need = len + 2;
+    size_t need = len + 2, plain = sb_json_plain_run(s, len);
     char *o;
+    if (plain == len) { /* the usual case: nothing to escape */
+        if (!reserve(w, need))
+            return;
+        o = w->buf + w->len;
+        *o = '"';
+        memcpy(o + 1, s, len);
+        o[len + 1] = '"';
+        w->len += need;
+        return;
+    }
     /* The exact size: reserving the worst case (every byte \u00XX) made
      * a payload of a few hundred bytes ask malloc for kilobytes, past its
      * per-thread cache, on every delivery. */
-    for (size_t i = 0; i < len; i++) {
+    for (size_t i = plain; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t')
             need += 1;

@@ -3,6 +3,7 @@
 #include "service/alloc.h"
 #include "service/error.h"
 
+#include <stdint.h>
 #include <string.h>
 #include <uv.h>
 
@@ -13,45 +14,82 @@ int64_t sb_now_ms(void)
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
-/* A message and its topic are one allocation, and sb_message_new puts the
- * payload copy in it too: a publish costs one malloc instead of three.
- * sb_message_unref frees topic and payload only when they point elsewhere. */
-static sb_message *message_alloc(const char *topic, size_t extra)
+/* A message is one allocation: the struct, room for the headers the
+ * publisher said it would add (sb_message_new_room), the topic, the payload
+ * copy (sb_message_new) and the headers' text. A publish so costs one
+ * malloc where it cost five (message, topic, payload, header array, each
+ * header). Parts added past that room are allocated apart, and
+ * sb_message_unref frees only those. */
+static sb_message *message_alloc(const char *topic, size_t tlen, size_t extra, size_t headers,
+                                 size_t header_bytes)
 {
-    size_t tlen = strlen(topic != NULL ? topic : "");
-    sb_message *m = sb_malloc(sizeof(*m) + tlen + 1 + extra);
+    size_t n = sizeof(sb_message) + tlen + 1;
+    sb_message *m;
+    if (headers > SIZE_MAX / 4 / sizeof(sb_header) || tlen > SIZE_MAX / 4)
+        return NULL;
+    n += headers * sizeof(sb_header);
+    if (extra > SIZE_MAX - n || header_bytes > SIZE_MAX - n - extra)
+        return NULL;
+    n += extra + header_bytes;
+    m = sb_malloc(n);
     if (m == NULL)
         return NULL;
     memset(m, 0, sizeof(*m));
-    m->topic = (char *)(m + 1);
-    memcpy(m->topic, topic != NULL ? topic : "", tlen + 1);
+    m->header_slots = headers;
+    m->headers = headers > 0 ? (sb_header *)(m + 1) : NULL;
+    m->topic = (char *)(m + 1) + headers * sizeof(sb_header);
+    if (tlen > 0)
+        memcpy(m->topic, topic, tlen);
+    m->topic[tlen] = '\0';
+    m->topic_len = tlen;
+    m->size = tlen;
+    m->room = m->topic + tlen + 1 + extra;
+    m->room_end = (char *)m + n;
     m->created_ms = sb_now_ms();
     m->refs = 1;
     return m;
 }
 
+/* Whether p lies in m's own block. */
+static int in_block(const sb_message *m, const void *p)
+{
+    return (uintptr_t)p >= (uintptr_t)m && (uintptr_t)p < (uintptr_t)m->room_end;
+}
+
 sb_message *sb_message_new_owned(const char *topic, unsigned char *payload, size_t payload_len)
 {
-    sb_message *m = message_alloc(topic, 0);
+    const char *t = topic != NULL ? topic : "";
+    sb_message *m = message_alloc(t, strlen(t), 0, 0, 0);
     if (m == NULL) {
         sb_free(payload);
         return NULL;
     }
     m->payload = payload;
     m->payload_len = payload_len;
+    m->payload_apart = 1;
+    m->size += payload_len;
+    return m;
+}
+
+sb_message *sb_message_new_room(const char *topic, size_t tlen, const void *payload,
+                                size_t payload_len, size_t headers, size_t header_bytes)
+{
+    sb_message *m = message_alloc(topic != NULL ? topic : "", topic != NULL ? tlen : 0, payload_len,
+                                  headers, header_bytes);
+    if (m == NULL)
+        return NULL;
+    m->payload = (unsigned char *)m->topic + m->topic_len + 1;
+    if (payload_len > 0)
+        memcpy(m->payload, payload, payload_len);
+    m->payload_len = payload_len;
+    m->size += payload_len;
     return m;
 }
 
 sb_message *sb_message_new(const char *topic, const void *payload, size_t payload_len)
 {
-    sb_message *m = message_alloc(topic, payload_len);
-    if (m == NULL)
-        return NULL;
-    m->payload = (unsigned char *)m->topic + strlen(m->topic) + 1;
-    if (payload_len > 0)
-        memcpy(m->payload, payload, payload_len);
-    m->payload_len = payload_len;
-    return m;
+    return sb_message_new_room(topic, topic != NULL ? strlen(topic) : 0, payload, payload_len, 0,
+                               0);
 }
 
 int sb_message_add_header(sb_message *m, const char *key, const char *value)
@@ -62,22 +100,37 @@ int sb_message_add_header(sb_message *m, const char *key, const char *value)
 int sb_message_add_header_n(sb_message *m, const char *key, size_t klen, const char *value,
                             size_t vlen)
 {
-    sb_header *h = sb_realloc(m->headers, (m->header_count + 1) * sizeof(*h));
+    size_t need = klen + 1 + vlen + 1;
     char *kv;
-    if (h == NULL)
+    if (m->header_count >= m->header_slots) {
+        /* past the block's slots: the array lives apart from now on */
+        sb_header *h;
+        if (m->headers != NULL && in_block(m, m->headers)) {
+            h = sb_malloc((m->header_count + 1) * sizeof(*h));
+            if (h != NULL)
+                memcpy(h, m->headers, m->header_count * sizeof(*h));
+        } else {
+            h = sb_realloc(m->headers, (m->header_count + 1) * sizeof(*h));
+        }
+        if (h == NULL)
+            return SB_ENOMEM;
+        m->headers = h;
+        m->header_slots = 0;
+    }
+    if ((size_t)(m->room_end - m->room) >= need) {
+        kv = m->room;
+        m->room += need;
+    } else if ((kv = sb_malloc(need)) == NULL) { /* key and value, freed through the key */
         return SB_ENOMEM;
-    m->headers = h;
-    /* key and value in one allocation (freed through the key) */
-    kv = sb_malloc(klen + 1 + vlen + 1);
-    if (kv == NULL)
-        return SB_ENOMEM;
+    }
     memcpy(kv, key, klen);
     kv[klen] = '\0';
     memcpy(kv + klen + 1, value, vlen);
     kv[klen + 1 + vlen] = '\0';
-    h[m->header_count].key = kv;
-    h[m->header_count].value = kv + klen + 1;
+    m->headers[m->header_count].key = kv;
+    m->headers[m->header_count].value = kv + klen + 1;
     m->header_count++;
+    m->size += klen + vlen + 2;
     return 0;
 }
 
@@ -100,21 +153,37 @@ void sb_message_unref(sb_message *m)
     if (m == NULL || --m->refs > 0)
         return;
     for (size_t i = 0; i < m->header_count; i++)
-        sb_free(m->headers[i].key); /* and the value (add_header_n) */
-    sb_free(m->headers);
-    if (m->topic != (char *)(m + 1))
-        sb_free(m->topic);
-    if (m->payload != (unsigned char *)(m + 1) + strlen(m->topic) + 1)
+        if (!in_block(m, m->headers[i].key))
+            sb_free(m->headers[i].key); /* and the value (add_header_n) */
+    if (m->headers != NULL && !in_block(m, m->headers))
+        sb_free(m->headers);
+    if (m->payload_apart)
         sb_free(m->payload);
+    sb_free(m->enc);
     sb_free(m);
 }
 
-size_t sb_message_size(const sb_message *m)
+const char *sb_message_encoded(sb_message *m, const void *tag, size_t *len, int *keep)
 {
-    size_t n = m->payload_len + strlen(m->topic);
-    for (size_t i = 0; i < m->header_count; i++)
-        n += strlen(m->headers[i].key) + strlen(m->headers[i].value) + 2;
-    return n;
+    *keep = 0;
+    if (m->enc_tag == NULL)
+        m->enc_tag = tag;
+    if (m->enc_tag != tag)
+        return NULL; /* another protocol's */
+    if (m->enc != NULL) {
+        *len = m->enc_len;
+        return m->enc;
+    }
+    *keep = ++m->enc_asked >= 2;
+    return NULL;
+}
+
+void sb_message_keep_encoded(sb_message *m, const void *tag, const char *data, size_t len)
+{
+    if (m->enc_tag != tag || m->enc != NULL || (m->enc = sb_malloc(len > 0 ? len : 1)) == NULL)
+        return;
+    memcpy(m->enc, data, len);
+    m->enc_len = len;
 }
 
 int sb_message_headers_encode(const sb_message *m, unsigned char **out, size_t *out_len)
@@ -125,8 +194,7 @@ int sb_message_headers_encode(const sb_message *m, unsigned char **out, size_t *
     *out_len = 0;
     if (m->header_count == 0)
         return 0;
-    for (size_t i = 0; i < m->header_count; i++)
-        n += strlen(m->headers[i].key) + strlen(m->headers[i].value) + 2;
+    n = m->size - m->topic_len - m->payload_len; /* keys and values, a NUL after each */
     buf = sb_malloc(n);
     if (buf == NULL)
         return SB_ENOMEM;

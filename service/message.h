@@ -27,11 +27,33 @@ typedef struct sb_message {
     int64_t expires_ms; /* 0 = never */
     int priority;       /* 0..9, informational for now */
     int refs;           /* owned by the loop thread once published */
+    size_t topic_len;   /* strlen(topic) */
+    size_t size;        /* sb_message_size, kept as headers are added */
+    /* private: what of the message's own block is left for headers
+     * (sb_message_new_room), and whether parts live apart from it */
+    size_t header_slots;   /* headers[] in the block, used or not (0: apart) */
+    char *room, *room_end; /* free header text space; room_end ends the block */
+    int payload_apart;     /* payload is its own allocation (sb_message_new_owned) */
+    /* private: a protocol's encoding of what all deliveries of the message
+     * share (sb_message_encoded) */
+    const void *enc_tag;
+    char *enc;
+    size_t enc_len;
+    int enc_asked;
 } sb_message;
 
 /* Creates a message with copies of topic and payload, created now, refs = 1.
  * Returns NULL on out-of-memory. */
 sb_message *sb_message_new(const char *topic, const void *payload, size_t payload_len);
+
+/* Like sb_message_new, for a topic of tlen bytes (no NUL among them), with
+ * room in the same allocation for `headers` headers whose keys and values
+ * take header_bytes in all, counting a NUL after each: what the caller
+ * knows it will add (sb_message_add_header*) then costs no allocation
+ * (more may be added; they are allocated as usual). Returns NULL on
+ * out-of-memory. */
+sb_message *sb_message_new_room(const char *topic, size_t tlen, const void *payload,
+                                size_t payload_len, size_t headers, size_t header_bytes);
 
 /* Like sb_message_new but takes ownership of the malloc'ed payload buffer
  * (allocated with sb_malloc). On failure the buffer is freed. */
@@ -50,8 +72,26 @@ const char *sb_message_header(const sb_message *m, const char *key);
 sb_message *sb_message_ref(sb_message *m);
 void sb_message_unref(sb_message *m);
 
-/* Bytes the message accounts for in queue limits (payload + topic + headers). */
-size_t sb_message_size(const sb_message *m);
+/* Bytes the message accounts for in queue limits (payload + topic + headers:
+ * each key and value with one byte more). */
+static inline size_t sb_message_size(const sb_message *m)
+{
+    return m->size;
+}
+
+/* A protocol's encoding of the part of a delivery that is the same for
+ * every subscriber (fields, payload, headers), kept with the message so a
+ * message going to many subscriptions is encoded once. tag identifies the
+ * protocol (any address of its own). Returns the kept bytes (*len), or
+ * NULL with *keep = 1 when the caller should keep what it encodes now
+ * (sb_message_keep_encoded): from the second delivery asking, so that a
+ * message delivered once costs no copy. One protocol's encoding is kept
+ * per message (the first to ask). Loop thread only. */
+const char *sb_message_encoded(sb_message *m, const void *tag, size_t *len, int *keep);
+
+/* Keeps a copy of data[0..len) as tag's encoding of m; nothing happens on
+ * out-of-memory (the next delivery encodes again). */
+void sb_message_keep_encoded(sb_message *m, const void *tag, const char *data, size_t len);
 
 /* Serialises headers as "key\0value\0..." into a new buffer (*out, *out_len).
  * *out is NULL when there are no headers. Returns 0 or SB_ENOMEM. */

@@ -151,9 +151,15 @@ static void retry_page_ins(sb_broker *b)
 void sb_paging__housekeeping(sb_broker *b)
 {
     retry_page_ins(b);
+    /* nothing published since the last tick: what the free lists keep for
+     * the next burst goes back */
+    if (b->published == b->pools_published)
+        sb_broker__pools_drain(b);
+    b->pools_published = b->published;
     if (b->trimming || b->resident_peak - b->resident_bytes < TRIM_AFTER_BYTES)
         return;
     b->resident_peak = b->resident_bytes;
+    sb_broker__pools_drain(b); /* what they kept goes back with the rest */
     b->trim_req.data = b;
     if (uv_queue_work(&b->loop, &b->trim_req, trim_work, trim_done) == 0)
         b->trimming = 1;
@@ -294,7 +300,7 @@ static void take_rows(sb_broker *b, sb_queue *q, sb_store_op *op)
     q->page_op = NULL;
     skip = q->page_skip < (int64_t)n ? (size_t)q->page_skip : n;
     for (i = skip; i < n; i++) {
-        sb_entry *e = sb_malloc(sizeof(*e));
+        sb_entry *e = sb_broker__entry_get(b);
         if (e == NULL) {
             sb_errlog(q->name, "out of memory reading queued messages; retried later");
             break; /* the rest stay stored, after paged_to */

@@ -74,7 +74,7 @@ void sb_broker__schedule_dispatch(sb_broker *b, sb_queue *q)
 
 static void on_simple_op_done(sb_store_op *op, void *ctx)
 {
-    (void)ctx;
+    sb_broker *b = ctx;
     if (op->type == SB_OP_DEADLETTER) {
         if (op->u.deadletter.msg == NULL)
             sb_free((char *)op->u.deadletter.source); /* a copy (sb_broker__deadletter) */
@@ -82,7 +82,17 @@ static void on_simple_op_done(sb_store_op *op, void *ctx)
         sb_free((char *)op->u.deadletter.queue_name);
         sb_free((char *)op->u.deadletter.reason);
     }
-    sb_free(op);
+    sb_pool_put(&b->op_pool, op);
+}
+
+/* A zeroed op from the broker's free list: an out-of-order ack, say, is
+ * one op per message. NULL on out-of-memory. */
+static sb_store_op *simple_op_new(sb_broker *b)
+{
+    sb_store_op *op = sb_pool_get(&b->op_pool);
+    if (op != NULL)
+        memset(op, 0, sizeof(*op));
+    return op;
 }
 
 static void submit_simple(sb_broker *b, sb_store_op *op)
@@ -96,7 +106,7 @@ static void submit_simple(sb_broker *b, sb_store_op *op)
 void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t last, int64_t rows,
                           int64_t bytes)
 {
-    sb_store_op *op = sb_calloc(1, sizeof(*op));
+    sb_store_op *op = simple_op_new(b);
     if (op == NULL) {
         /* The rows stay; they are redelivered after a restart (at-least-once). */
         sb_errlog(q->name, "out of memory recording an acknowledgement");
@@ -113,7 +123,7 @@ void sb_broker__store_ack(sb_broker *b, sb_queue *q, uint64_t first, uint64_t la
 
 void sb_broker__store_attempts(sb_broker *b, sb_queue *q, sb_entry *e)
 {
-    sb_store_op *op = sb_calloc(1, sizeof(*op));
+    sb_store_op *op = simple_op_new(b);
     if (op == NULL)
         return; /* the count is advisory; losing one update only allows a retry more */
     op->type = SB_OP_ATTEMPTS;
@@ -125,7 +135,7 @@ void sb_broker__store_attempts(sb_broker *b, sb_queue *q, sb_entry *e)
 
 void sb_broker__deadletter(sb_broker *b, sb_queue *q, sb_entry *e, const char *reason)
 {
-    sb_store_op *op = sb_calloc(1, sizeof(*op));
+    sb_store_op *op = simple_op_new(b);
     const char *source = sb_message_header(e->msg, "source");
 
     q->dead++;
@@ -222,10 +232,10 @@ static void dedup_add(sb_broker *b, const char *key, int64_t expires)
 /* ---- pending publishes ---- */
 
 /* Allocates the entries p's queues will need (see sb_pending.spare). */
-static int reserve_entries(sb_pending *p)
+static int reserve_entries(sb_broker *b, sb_pending *p)
 {
     for (size_t i = 0; i < p->queue_count; i++) {
-        sb_entry *e = sb_malloc(sizeof(*e));
+        sb_entry *e = sb_broker__entry_get(b);
         if (e == NULL)
             return SB_ENOMEM;
         e->next = p->spare;
@@ -240,7 +250,9 @@ typedef struct sb_pending_key {
     char key[];
 } sb_pending_key;
 
-static void pending_free(sb_pending *p)
+/* Frees p; into b's free lists, or with sb_free when b is NULL (a batch of
+ * retained values never queued). */
+static void pending_free(sb_broker *b, sb_pending *p)
 {
     while (p->keys != NULL) {
         sb_pending_key *k = p->keys;
@@ -250,7 +262,10 @@ static void pending_free(sb_pending *p)
     while (p->spare != NULL) {
         sb_entry *e = p->spare;
         p->spare = e->next;
-        sb_free(e);
+        if (b != NULL)
+            sb_broker__entry_put(b, e);
+        else
+            sb_free(e);
     }
     sb_message_unref(p->msg);
     if (p->queues != p->queues_inline)
@@ -259,7 +274,11 @@ static void pending_free(sb_pending *p)
         sb_free(p->queue_ids);
     sb_free(p->drops);
     sb_free(p->dedup_key);
-    sb_free(p);
+    sb_free(p->why);
+    if (b != NULL)
+        sb_pool_put(&b->pending_pool, p);
+    else
+        sb_free(p);
 }
 
 /* ---- entries appended before their commit ---- */
@@ -427,7 +446,7 @@ void sb_broker__drain_pending(sb_broker *b)
         if (b->pending_head == NULL)
             b->pending_tail = NULL;
         complete(b, p);
-        pending_free(p);
+        pending_free(b, p);
     }
 }
 
@@ -443,9 +462,11 @@ static void on_publish_committed(sb_store_op *op, void *ctx)
         /* The store's own account names the cause (the disk, or the size
          * limit max_db_bytes, which SQLite reports alike). */
         sb_store_stats st;
+        char why[320];
         sb_store_get_stats(p->broker->store, &st);
-        snprintf(p->why, sizeof(p->why), "store refused the message: %s",
+        snprintf(why, sizeof(why), "store refused the message: %s",
                  st.last_error[0] != '\0' ? st.last_error : sb_strerror(op->status));
+        p->why = sb_strdup(why); /* NULL: the producer gets the status's own text */
     }
     sb_broker__drain_pending(p->broker);
 }
@@ -597,37 +618,33 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
     sb_pending *p;
     size_t cap = 0, ndurable = 0, drops = 0, want;
     int needs_store = 0, sync = 0, rc, retain = opts != NULL && opts->retain;
-    int64_t now = sb_now_ms();
+    int64_t now = 0; /* wall clock, read for a dedup key only */
 
     if (b->remote != NULL) /* a session agent: the service commits */
         return b->stopping ? sb_error_set(err, SB_ESHUTDOWN, 0, "the agent is stopping")
                            : b->remote->ops->publish(b->remote, msg, opts, cb, ctx, err);
     if (b->stopping)
         return sb_error_set(err, SB_ESHUTDOWN, 0, "broker is shutting down");
-    if (sb_topic_validate(msg->topic, strlen(msg->topic), &why) != 0)
+    if (sb_topic_validate(msg->topic, msg->topic_len, &why) != 0)
         return sb_error_set(err, SB_EINVAL, 0, "topic %s", why);
     if (opts != NULL && opts->source != NULL && sb_message_header(msg, "source") == NULL &&
         sb_message_add_header(msg, "source", opts->source) != 0)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
 
     /* Zeroed but for what is written before it is read: the store op's
-     * union, sized by its largest member, beyond its publish part, and the
-     * reason text. A publish to one of thousands of queues finds this
-     * memory out of cache, and zeroing all 1.5 KiB of it cost more cache
-     * misses than the rest of the publish. */
-    p = sb_malloc(sizeof(*p));
+     * union, sized by its largest member, beyond its publish part. A
+     * publish to one of thousands of queues finds this memory out of
+     * cache, and zeroing all of it cost more cache misses than the rest of
+     * the publish. */
+    p = sb_pool_get(&b->pending_pool);
     if (p == NULL)
         return sb_error_set(err, SB_ENOMEM, 0, "out of memory");
-    /* the three ranges below cover every field but those two */
+    /* the two ranges below cover every field but the op's union */
     _Static_assert(offsetof(sb_pending, op) == 0 &&
-                       offsetof(sb_pending, broker) == sizeof(sb_store_op) &&
-                       offsetof(sb_pending, cb) ==
-                           offsetof(sb_pending, why) + sizeof(((sb_pending *)NULL)->why),
-                   "sb_pending: op, then broker .. why, then cb .. the end");
+                       offsetof(sb_pending, broker) == sizeof(sb_store_op),
+                   "sb_pending: op, then broker .. the end");
     memset(&p->op, 0, offsetof(sb_store_op, u) + sizeof(p->op.u.publish));
-    memset(&p->broker, 0, offsetof(sb_pending, why) - offsetof(sb_pending, broker));
-    p->why[0] = '\0';
-    memset(&p->cb, 0, sizeof(*p) - offsetof(sb_pending, cb));
+    memset(&p->broker, 0, sizeof(*p) - offsetof(sb_pending, broker));
     p->broker = b;
     p->cb = cb;
     p->ctx = ctx;
@@ -636,6 +653,7 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
     cap = sizeof(p->queues_inline) / sizeof(p->queues_inline[0]);
 
     if (opts != NULL && opts->dedup_key != NULL) {
+        now = sb_now_ms();
         if (dedup_seen(b, opts->dedup_key, now)) {
             /* already committed: acknowledge, store nothing */
             p->msg = sb_message_ref(msg);
@@ -660,6 +678,8 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
             const char *v = sb_message_header(msg, q->dedup_header);
             if (v != NULL) {
                 size_t n = strlen(q->dedup_header) + strlen(v) + 2;
+                if (now == 0)
+                    now = sb_now_ms();
                 p->dedup_key = sb_malloc(n);
                 if (p->dedup_key == NULL) {
                     rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
@@ -708,7 +728,7 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
         goto fail;
     }
     if ((drops > 0 && (p->drops = sb_malloc(drops * sizeof(*p->drops))) == NULL) ||
-        reserve_entries(p) != 0) {
+        reserve_entries(b, p) != 0) {
         rc = sb_error_set(err, SB_ENOMEM, 0, "out of memory");
         goto fail;
     }
@@ -743,7 +763,7 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
     if (sb_store_submit(b->store, &p->op) != 0) {
         p->done = 1;
         p->status = SB_ESHUTDOWN;
-        snprintf(p->why, sizeof(p->why), "broker is shutting down");
+        p->why = sb_strdup("broker is shutting down");
         sb_broker__arm_flush(b);
     } else {
         append_early(b, p);
@@ -752,7 +772,7 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
 
 fail:
     b->refused++;
-    pending_free(p);
+    pending_free(b, p);
     return rc;
 }
 
@@ -826,7 +846,7 @@ int sb_broker__retained_prepare(sb_broker *b, const sb_sub_filter *filters, size
         p->queue_ids = p->ids_inline;
         p->queue_count = 1;
         ps[out->count++] = p;
-        if (reserve_entries(p) != 0)
+        if (reserve_entries(b, p) != 0)
             goto oom;
         for (size_t h = 0; h < v->header_count; h++)
             if (sb_message_add_header(copy, v->headers[h].key, v->headers[h].value) != 0)
@@ -846,7 +866,7 @@ oom:
 void sb_broker__retained_discard(sb_retained_batch *batch)
 {
     for (size_t i = 0; i < batch->count; i++)
-        pending_free(batch->items[i]);
+        pending_free(NULL, batch->items[i]);
     sb_free(batch->items);
     batch->items = NULL;
     batch->count = 0;

@@ -207,7 +207,7 @@ int sb_queue__append(sb_queue *q, sb_message *msg, int attempts)
     sb_entry *e;
     if (sb_queue__stays_stored(q, msg))
         return 0;
-    e = sb_calloc(1, sizeof(*e));
+    e = sb_broker__entry_get(q->broker);
     if (e == NULL)
         return SB_ENOMEM;
     sb_queue__append_entry(q, e, msg, attempts);
@@ -324,7 +324,7 @@ static void free_entry(sb_entry *e)
         sb_queue__watch_expiry(q);
     drop_parts(q, e);
     sb_message_unref(e->msg);
-    sb_free(e);
+    sb_broker__entry_put(q->broker, e);
 }
 
 /* Removes finished entries from the head, extending the pending ack range. */
@@ -544,11 +544,30 @@ static void outstanding_remove(sb_consumer *c, sb_delivery *d)
     c->inflight--;
 }
 
-static void delivery_free(sb_delivery *d)
+static void delivery_free(sb_queue *q, sb_delivery *d)
 {
     if (d->shaped != NULL)
         sb_message_unref(d->shaped);
-    sb_free(d);
+    if (q != NULL)
+        sb_broker__delivery_put(q->broker, d);
+    else
+        sb_free(d); /* (a consumer with no queue holds none) */
+}
+
+/* A delivery of e to c, from the broker's free list; NULL on out-of-memory. */
+static sb_delivery *delivery_new(sb_queue *q, sb_entry *e, sb_consumer *c, sb_message *shaped)
+{
+    sb_delivery *d = sb_broker__delivery_get(q->broker);
+    if (d == NULL)
+        return NULL;
+    memset(d, 0, sizeof(*d));
+    d->shaped = shaped;
+    d->msg = shaped != NULL ? shaped : e->msg;
+    d->sub = q->name;
+    d->attempt = e->attempts + 1;
+    d->consumer = c;
+    d->entry = e;
+    return d;
 }
 
 static void entry_link(sb_entry *e, sb_delivery *d)
@@ -619,16 +638,10 @@ static int shape(sb_queue *q, sb_entry *e, sb_message ***out, size_t *count)
 static int offer_part(sb_queue *q, sb_consumer *c, int64_t now)
 {
     sb_entry *e = q->fanning;
-    sb_delivery *d = sb_calloc(1, sizeof(*d));
+    sb_delivery *d = delivery_new(q, e, c, e->parts[e->parts_sent]);
     if (d == NULL)
         return SB_ENOMEM;
-    d->shaped = e->parts[e->parts_sent];
-    d->msg = d->shaped;
-    d->sub = q->name;
-    d->attempt = e->attempts + 1;
     d->redelivery = e->parts_redelivery;
-    d->consumer = c;
-    d->entry = e;
     entry_link(e, d);
     outstanding_add(c, d);
     /* the lease runs from the last part handed out */
@@ -644,7 +657,7 @@ static int offer_part(sb_queue *q, sb_consumer *c, int64_t now)
         entry_unlink(e, d);
         outstanding_remove(c, d);
         d->shaped = NULL; /* still e's part */
-        sb_free(d);
+        delivery_free(q, d);
         c->busy = 1;
         return 1;
     }
@@ -713,20 +726,14 @@ void sb_queue__dispatch(sb_queue *q)
             shaped = msgs[0];
             sb_free(msgs);
         }
-        d = sb_calloc(1, sizeof(*d));
+        d = delivery_new(q, e, c, shaped);
         if (d == NULL) {
             if (shaped != NULL)
                 sb_message_unref(shaped);
             retry_soon(q, e, now);
             break;
         }
-        d->shaped = shaped;
-        d->msg = shaped != NULL ? shaped : e->msg;
-        d->sub = q->name;
-        d->attempt = e->attempts + 1;
         d->redelivery = e->offered || e->attempts > 0;
-        d->consumer = c;
-        d->entry = e;
         entry_link(e, d);
         e->state = SB_ENTRY_LEASED;
         e->deadline = now + q->lease_ms;
@@ -741,7 +748,7 @@ void sb_queue__dispatch(sb_queue *q)
             outstanding_remove(c, d);
             q->delivered--;
             entry_unlink(e, d);
-            delivery_free(d);
+            delivery_free(q, d);
             state_unlink(&q->leased, e);
             e->state = SB_ENTRY_RETRY;
             e->deadline = now;
@@ -769,7 +776,7 @@ void sb_delivery_done(sb_delivery *d, int status, const char *reason)
         sb_message_unref(d->msg); /* its own reference, taken when the lease expired */
     else
         entry_unlink(e, d);
-    delivery_free(d);
+    delivery_free(q, d);
     if (e != NULL) {
         if (status == 0) {
             if (e->nparts == 0 || ++e->parts_acked == e->nparts) {
@@ -802,7 +809,7 @@ void sb_delivery_return(sb_delivery *d, const char *reason)
         sb_message_unref(d->msg); /* its own reference, taken when the lease expired */
     else
         entry_unlink(e, d);
-    delivery_free(d);
+    delivery_free(q, d);
     if (e != NULL) {
         q->nacked++;
         abandon(q, e);
@@ -859,7 +866,7 @@ void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c, int failed)
         } else {
             sb_message_unref(d->msg); /* lease expired: the delivery's own reference */
         }
-        delivery_free(d);
+        delivery_free(q, d);
     }
     for (p = &q->consumers; *p != NULL; p = &(*p)->next)
         if (*p == c) {

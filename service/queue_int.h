@@ -224,6 +224,12 @@ double sb_rate__per_sec(const sb_rate *r, int64_t now_sec);
 /* q's depth or dead count changed (for its $SYS values): call when
  * !q->sys_dirty. */
 void sb_broker__queue_changed(sb_queue *q);
+/* Entries and deliveries come from the broker's free lists (pool.h):
+ * not zeroed; NULL on out-of-memory. _put takes NULL. */
+sb_entry *sb_broker__entry_get(sb_broker *b);
+void sb_broker__entry_put(sb_broker *b, sb_entry *e);
+sb_delivery *sb_broker__delivery_get(sb_broker *b);
+void sb_broker__delivery_put(sb_broker *b, sb_delivery *d);
 /* q has entries with an expiry time (on), or no longer (off). */
 void sb_broker__watch_expiry(sb_queue *q, int on);
 void sb_broker__deadletter(sb_broker *b, sb_queue *q, sb_entry *e, const char *reason);

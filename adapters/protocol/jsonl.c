@@ -14,6 +14,7 @@
 #include "service/base64.h"
 #include "service/jsonw.h"
 #include "service/log.h"
+#include "service/pool.h"
 #include "service/topic.h"
 
 #include <jansson.h>
@@ -38,7 +39,9 @@ typedef struct pub_in {
 typedef struct reply {
     struct reply *next;
     jsonl_session *s;
-    json_t *id; /* the request's id (new reference) or NULL */
+    json_t *id;     /* the request's id (new reference) or NULL */
+    int64_t id_num; /* or its integer id, when has_id_num (the fast path's) */
+    int has_id_num;
     char *line; /* ready when not NULL */
     size_t len;
     int orphan; /* the session closed before it was ready */
@@ -48,6 +51,7 @@ typedef struct jsub {
     sb_consumer consumer;
     jsonl_session *s;
     char *name;
+    size_t name_len;
     sb_delivery *out; /* outstanding deliveries (oldest first) */
     sb_delivery *out_tail;
     struct jsub *next;
@@ -65,6 +69,7 @@ struct jsonl_session {
     int closed;
     int agent_ready; /* an agent endpoint's connection whose hello was accepted */
     char source[200];
+    size_t source_len;
     char who[160];
     char *scratch; /* decoded strings of the fast path */
     size_t scratch_cap;
@@ -74,6 +79,17 @@ struct jsonl_session {
 };
 
 /* ---- reply queue ---- */
+
+/* A reply slot per request, made and freed by the hundred per loop turn:
+ * the sessions of the loop's thread share a free list of them (pool.h),
+ * kept while one of them is open. */
+static _Thread_local sb_pool reply_pool;
+static _Thread_local size_t reply_pool_users;
+
+static void reply_free(reply *r)
+{
+    sb_pool_put(&reply_pool, r);
+}
 
 static void session_maybe_free(jsonl_session *s);
 
@@ -88,15 +104,16 @@ static void flush_replies(jsonl_session *s)
             sb_conn_send(s->conn, r->line, r->len, NULL);
         json_decref(r->id);
         sb_free(r->line);
-        sb_free(r);
+        reply_free(r);
     }
 }
 
 static reply *reply_new(jsonl_session *s, json_t *id)
 {
-    reply *r = sb_calloc(1, sizeof(*r));
+    reply *r = sb_pool_get(&reply_pool);
     if (r == NULL)
         return NULL;
+    memset(r, 0, sizeof(*r));
     r->s = s;
     r->id = id != NULL ? json_incref(id) : NULL;
     if (s->rtail != NULL)
@@ -116,6 +133,8 @@ static void reply_set(reply *r, json_t *obj)
                         "out of memory");
     if (r->id != NULL && obj != NULL)
         json_object_set(obj, "id", r->id);
+    else if (r->has_id_num && obj != NULL)
+        json_object_set_new(obj, "id", json_integer(r->id_num));
     text = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
     json_decref(obj);
     if (text == NULL) {
@@ -153,9 +172,15 @@ static void reply_error(jsonl_session *s, json_t *id, int code, const char *msg)
 
 /* ---- publish ---- */
 
-/* Appends ,"id":<id> for a reply (ids are usually integers). */
-static void write_id(sb_jsonw *w, json_t *id)
+/* Appends ,"id":<id> for r (ids are usually integers). */
+static void write_id(sb_jsonw *w, const reply *r)
 {
+    json_t *id = r->id;
+    if (r->has_id_num) {
+        sb_jsonw_lit(w, ",\"id\":");
+        sb_jsonw_int(w, r->id_num);
+        return;
+    }
     if (id == NULL)
         return;
     sb_jsonw_lit(w, ",\"id\":");
@@ -207,7 +232,7 @@ static void reply_set_out(reply *r)
         if (!s->closed)
             sb_conn_send(s->conn, w->buf, w->len, NULL);
         json_decref(r->id);
-        sb_free(r);
+        reply_free(r);
     } else {
         r->line = sb_malloc(w->len);
         if (r->line == NULL) {
@@ -232,7 +257,7 @@ static void on_puback(void *ctx, int status, uint64_t msg_id, int queues, const 
         sb_jsonw_int(w, (int64_t)msg_id);
         sb_jsonw_lit(w, ",\"queues\":");
         sb_jsonw_int(w, queues);
-        write_id(w, r->id);
+        write_id(w, r);
         sb_jsonw_raw(w, "}", 1);
         reply_set_out(r);
     } else {
@@ -252,66 +277,93 @@ static int get_duration(json_t *v, int64_t *out)
     return SB_EINVAL;
 }
 
-static void pub_submit(jsonl_session *s, const pub_in *in, json_t *id)
+/* A request's id: its JSON value, or the fast path's integer, made a JSON
+ * value only if an error reply needs one (req_id_json). */
+typedef struct req_id {
+    json_t *json; /* borrowed from the request (the general path), or owned (the fast path) */
+    int64_t num;
+    int is_num;
+} req_id;
+
+static json_t *req_id_json(req_id *id)
 {
-    sb_publish_opts opts = {in->source != NULL ? in->source : s->source, in->retain, NULL};
-    char topic_buf[256], *topic;
+    if (id->is_num && id->json == NULL)
+        id->json = json_integer(id->num);
+    return id->json;
+}
+
+/* A reply slot for the request with id `rid`. */
+static reply *reply_new_for(jsonl_session *s, req_id *rid)
+{
+    reply *r = reply_new(s, rid->is_num ? NULL : rid->json);
+    if (r != NULL && rid->is_num) {
+        r->id_num = rid->num;
+        r->has_id_num = 1;
+    }
+    return r;
+}
+
+static void pub_submit(jsonl_session *s, const pub_in *in, req_id *rid)
+{
+    const char *source = in->source != NULL ? in->source : s->source;
+    sb_publish_opts opts = {source, in->retain, NULL};
+    size_t source_len = in->source != NULL ? strlen(in->source) : s->source_len;
+    size_t header_bytes = sizeof("source") + source_len + 1;
     sb_message *m;
     sb_error err;
     reply *r;
 
     if (!in->topic.set)
-        return reply_error(s, id, SB_EINVAL, "pub: \"topic\" (a string) is required");
+        return reply_error(s, req_id_json(rid), SB_EINVAL, "pub: \"topic\" (a string) is required");
     if (memchr(in->topic.p, '\0', in->topic.n) != NULL)
-        return reply_error(s, id, SB_EINVAL, "pub: topic contains a NUL character");
+        return reply_error(s, req_id_json(rid), SB_EINVAL, "pub: topic contains a NUL character");
     if (in->payload.set == in->payload_b64.set)
         return reply_error(
-            s, id, SB_EINVAL,
+            s, req_id_json(rid), SB_EINVAL,
             "pub: exactly one of \"payload\" or \"payload_b64\" (a string) is required");
     if (in->has_priority && (in->priority < 0 || in->priority > 9))
-        return reply_error(s, id, SB_EINVAL, "pub: \"priority\" must be 0..9");
-    topic = in->topic.n < sizeof(topic_buf) ? topic_buf : sb_malloc(in->topic.n + 1);
-    if (topic == NULL)
-        return reply_error(s, id, SB_ENOMEM, "out of memory");
-    memcpy(topic, in->topic.p, in->topic.n);
-    topic[in->topic.n] = '\0';
-    if (!sb_auth_allowed(sb_conn_acl(s->conn), s->conn->user, NULL, topic, SB_ACL_WRITE)) {
-        char msg[300];
-        snprintf(msg, sizeof msg, "pub: not authorized to publish to %.200s", topic);
-        if (topic != topic_buf)
-            sb_free(topic);
-        return reply_error(s, id, SB_EAUTH, msg);
-    }
+        return reply_error(s, req_id_json(rid), SB_EINVAL, "pub: \"priority\" must be 0..9");
+    /* one allocation for the message, its headers and the source header
+     * the broker adds */
+    for (int i = 0; i < in->hcount; i++)
+        header_bytes += in->hk[i].n + in->hv[i].n + 2;
     if (in->payload.set) {
-        m = sb_message_new(topic, in->payload.p, in->payload.n);
+        m = sb_message_new_room(in->topic.p, in->topic.n, in->payload.p, in->payload.n,
+                                (size_t)in->hcount + 1, header_bytes);
     } else {
         unsigned char *bytes;
         size_t n;
-        if (sb_base64_decode(in->payload_b64.p, in->payload_b64.n, &bytes, &n) != 0) {
-            if (topic != topic_buf)
-                sb_free(topic);
-            return reply_error(s, id, SB_EINVAL, "pub: payload_b64 is not valid base64");
-        }
-        m = sb_message_new_owned(topic, bytes, n);
+        if (sb_base64_decode(in->payload_b64.p, in->payload_b64.n, &bytes, &n) != 0)
+            return reply_error(s, req_id_json(rid), SB_EINVAL,
+                               "pub: payload_b64 is not valid base64");
+        m = sb_message_new_room(in->topic.p, in->topic.n, bytes, n, (size_t)in->hcount + 1,
+                                header_bytes);
+        sb_free(bytes);
     }
-    if (topic != topic_buf)
-        sb_free(topic);
+    if (m != NULL &&
+        !sb_auth_allowed(sb_conn_acl(s->conn), s->conn->user, NULL, m->topic, SB_ACL_WRITE)) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "pub: not authorized to publish to %.200s", m->topic);
+        sb_message_unref(m);
+        return reply_error(s, req_id_json(rid), SB_EAUTH, msg);
+    }
     if (m == NULL)
-        return reply_error(s, id, SB_ENOMEM, "out of memory");
+        return reply_error(s, req_id_json(rid), SB_ENOMEM, "out of memory");
     if (m->payload_len > s->max_payload) {
         sb_message_unref(m);
-        return reply_error(s, id, SB_ETOOBIG, "pub: payload larger than the adapter's max_message");
+        return reply_error(s, req_id_json(rid), SB_ETOOBIG,
+                           "pub: payload larger than the adapter's max_message");
     }
     for (int i = 0; i < in->hcount; i++)
         if (sb_message_add_header_n(m, in->hk[i].p, in->hk[i].n, in->hv[i].p, in->hv[i].n) != 0) {
             sb_message_unref(m);
-            return reply_error(s, id, SB_ENOMEM, "out of memory");
+            return reply_error(s, req_id_json(rid), SB_ENOMEM, "out of memory");
         }
     if (in->has_ttl) /* a TTL too long to add to the time is as long as it can be */
         m->expires_ms = in->ttl_ms > INT64_MAX - m->created_ms ? INT64_MAX
                                                                 : m->created_ms + in->ttl_ms;
     m->priority = (int)in->priority;
-    r = reply_new(s, id);
+    r = reply_new_for(s, rid);
     if (r == NULL) {
         sb_message_unref(m);
         return;
@@ -381,23 +433,41 @@ static void do_pub(jsonl_session *s, json_t *req, json_t *id)
     /* a session agent says which of its adapters (and peer) it comes from */
     if (s->conn->adapter->agent != NULL)
         in.source = json_string_value(json_object_get(req, "source"));
-    pub_submit(s, &in, id);
+    {
+        req_id rid = {id, 0, 0};
+        pub_submit(s, &in, &rid);
+    }
 }
 
 /* ---- subscriptions ---- */
 
-/* Writes a delivery as one "msg" line (without the newline). */
+/* Its address tags the part of "msg" lines kept with a message
+ * (sb_message_encoded). */
+static const char msg_tail_tag;
+
+/* Writes a delivery as one "msg" line (without the newline). What follows
+ * "attempt" is the same for every delivery of the message: kept with it
+ * from the second delivery, so a message fanned out to many subscriptions
+ * is escaped once. */
 static void message_line(sb_jsonw *w, const sb_delivery *d)
 {
-    const sb_message *m = d->msg;
+    sb_message *m = d->msg;
+    const char *tail;
+    size_t tail_len, at;
+    int keep;
     sb_jsonw_lit(w, "{\"op\":\"msg\",\"sub\":");
     sb_jsonw_str(w, d->sub, strlen(d->sub));
     sb_jsonw_lit(w, ",\"msg_id\":");
     sb_jsonw_int(w, (int64_t)m->id);
     sb_jsonw_lit(w, ",\"topic\":");
-    sb_jsonw_str(w, m->topic, strlen(m->topic));
+    sb_jsonw_str(w, m->topic, m->topic_len);
     sb_jsonw_lit(w, ",\"attempt\":");
     sb_jsonw_int(w, d->attempt);
+    if ((tail = sb_message_encoded(m, &msg_tail_tag, &tail_len, &keep)) != NULL) {
+        sb_jsonw_raw(w, tail, tail_len);
+        return;
+    }
+    at = w->len;
     sb_jsonw_lit(w, ",\"created\":");
     sb_jsonw_int(w, m->created_ms);
     if (sb_json_plain_run((const char *)m->payload, m->payload_len) == m->payload_len ||
@@ -426,6 +496,8 @@ static void message_line(sb_jsonw *w, const sb_delivery *d)
         sb_jsonw_raw(w, "}", 1);
     }
     sb_jsonw_raw(w, "}", 1);
+    if (keep && !w->failed)
+        sb_message_keep_encoded(m, &msg_tail_tag, w->buf + at, w->len - at);
 }
 
 static int jsub_deliver(sb_consumer *c, sb_delivery *d)
@@ -686,6 +758,7 @@ static void sub_attach(jsonl_session *s, json_t *req, json_t *id, const char *na
         sb_free(js);
         return reply_error(s, id, SB_ENOMEM, "out of memory");
     }
+    js->name_len = strlen(name);
     js->s = s;
     js->consumer.deliver = jsub_deliver;
     js->consumer.ctx = js;
@@ -749,7 +822,7 @@ static void ack_submit(jsonl_session *s, const jl_str *name, int64_t msg_id, int
     sb_delivery *d, *prev = NULL, *stale = NULL, *stale_prev = NULL;
 
     for (jsub *j = s->subs; j != NULL; j = j->next)
-        if (strlen(j->name) == name->n && memcmp(j->name, name->p, name->n) == 0) {
+        if (j->name_len == name->n && memcmp(j->name, name->p, name->n) == 0) {
             js = j;
             break;
         }
@@ -839,7 +912,7 @@ static void do_ack(jsonl_session *s, json_t *req, json_t *id, int ack)
 static int handle_fast(jsonl_session *s, const char *line, size_t len)
 {
     jl_req *q = &s->fast;
-    json_t *id = NULL;
+    req_id rid = {NULL, 0, 0}; /* an integer id stays one (no jansson value) */
     int is_pub, is_ack;
 
     if (len > s->scratch_cap) {
@@ -856,14 +929,16 @@ static int handle_fast(jsonl_session *s, const char *line, size_t len)
              (q->op.n == 4 && memcmp(q->op.p, "nack", 4) == 0);
     if (!is_pub && !is_ack)
         return 0;
-    if (q->has_id_num)
-        id = json_integer(q->id_num);
-    else if (q->id_str.set)
-        id = json_stringn(q->id_str.p, q->id_str.n);
+    if (q->has_id_num) {
+        rid.num = q->id_num;
+        rid.is_num = 1;
+    } else if (q->id_str.set) {
+        rid.json = json_stringn(q->id_str.p, q->id_str.n);
+    }
     if (is_pub) {
         pub_in *in = &s->fast_pub;
         if (q->sub.set || q->reason.set || q->has_msg_id) {
-            json_decref(id);
+            json_decref(rid.json);
             return 0; /* unusual keys for a pub: let the general path judge */
         }
         in->topic = q->topic;
@@ -878,7 +953,7 @@ static int handle_fast(jsonl_session *s, const char *line, size_t len)
         in->has_ttl = 0;
         if (q->has_ttl_num) {
             if (q->ttl_num < 0) {
-                json_decref(id);
+                json_decref(rid.json);
                 return 0;
             }
             in->has_ttl = 1;
@@ -886,28 +961,28 @@ static int handle_fast(jsonl_session *s, const char *line, size_t len)
         } else if (q->ttl_str.set) {
             char t[64];
             if (q->ttl_str.n >= sizeof(t)) {
-                json_decref(id);
+                json_decref(rid.json);
                 return 0;
             }
             memcpy(t, q->ttl_str.p, q->ttl_str.n);
             t[q->ttl_str.n] = '\0';
             if (sb_config_parse_duration(t, &in->ttl_ms) != 0) {
-                json_decref(id);
+                json_decref(rid.json);
                 return 0;
             }
             in->has_ttl = 1;
         }
         in->has_priority = q->has_priority;
         in->priority = q->priority;
-        pub_submit(s, in, id);
+        pub_submit(s, in, &rid);
     } else {
         if (!q->sub.set || !q->has_msg_id || q->topic.set || q->payload.set) {
-            json_decref(id);
+            json_decref(rid.json);
             return 0;
         }
-        ack_submit(s, &q->sub, q->msg_id, q->op.p[0] == 'a', &q->reason, id);
+        ack_submit(s, &q->sub, q->msg_id, q->op.p[0] == 'a', &q->reason, req_id_json(&rid));
     }
-    json_decref(id);
+    json_decref(rid.json);
     return 1;
 }
 
@@ -1214,10 +1289,52 @@ static void handle_json(jsonl_session *s, const char *line, size_t len)
     json_decref(req);
 }
 
+/* Handles the complete lines of buf[0..len); *used: the bytes up to the
+ * last newline handled. Returns 0 or SB_ETOOBIG (close). */
+static int handle_lines(jsonl_session *s, const char *buf, size_t len, size_t *used)
+{
+    size_t start = 0;
+    *used = 0;
+    for (;;) {
+        const char *nl = memchr(buf + start, '\n', len - start);
+        size_t n;
+        if (nl == NULL)
+            return 0;
+        n = (size_t)(nl - (buf + start));
+        if (n > s->max) {
+            reply_error(s, NULL, SB_ETOOBIG, "line longer than max_message; closing");
+            sb_log(SB_LOG_ERROR, s->conn->adapter->name,
+                   "peer %s: line longer than max_message %zu", s->conn->peer, s->max);
+            return SB_ETOOBIG;
+        }
+        if (n > 0 && buf[start + n - 1] == '\r')
+            n--;
+        if (n > 0)
+            handle_line(s, buf + start, n);
+        start = (size_t)(nl - buf) + 1;
+        *used = start;
+        if (s->closed || s->conn->closing)
+            return 0;
+    }
+}
+
 static int jsonl_data(sb_conn *c, const char *data, size_t len)
 {
     jsonl_session *s = c->session;
-    size_t start = 0;
+    size_t used;
+    int rc;
+    if (s->len == 0) {
+        /* no line begun: the lines are read where the transport put them,
+         * and only an unfinished last one is copied */
+        if ((rc = handle_lines(s, data, len, &used)) != 0)
+            return rc;
+        if (s->closed || c->closing)
+            return 0;
+        data += used;
+        len -= used;
+        if (len == 0)
+            return 0;
+    }
     if (s->len + len > s->cap) {
         size_t cap = s->cap == 0 ? 65536 : s->cap;
         char *n;
@@ -1231,28 +1348,12 @@ static int jsonl_data(sb_conn *c, const char *data, size_t len)
     }
     memcpy(s->buf + s->len, data, len);
     s->len += len;
-    for (;;) {
-        char *nl = memchr(s->buf + start, '\n', s->len - start);
-        size_t n;
-        if (nl == NULL)
-            break;
-        n = (size_t)(nl - (s->buf + start));
-        if (n > s->max) {
-            reply_error(s, NULL, SB_ETOOBIG, "line longer than max_message; closing");
-            sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: line longer than max_message %zu",
-                   c->peer, s->max);
-            return SB_ETOOBIG;
-        }
-        if (n > 0 && s->buf[start + n - 1] == '\r')
-            n--;
-        if (n > 0)
-            handle_line(s, s->buf + start, n);
-        start = (size_t)(nl - s->buf) + 1;
-        if (s->closed || c->closing)
-            return 0;
-    }
-    memmove(s->buf, s->buf + start, s->len - start);
-    s->len -= start;
+    if ((rc = handle_lines(s, s->buf, s->len, &used)) != 0)
+        return rc;
+    if (s->closed || c->closing)
+        return 0;
+    memmove(s->buf, s->buf + used, s->len - used);
+    s->len -= used;
     if (s->len > s->max + 2) {
         reply_error(s, NULL, SB_ETOOBIG, "line longer than max_message; closing");
         sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: line longer than max_message %zu", c->peer,
@@ -1276,6 +1377,9 @@ static int jsonl_open(sb_conn *c)
     /* A line carries JSON escaping and base64 around the payload. */
     s->max = s->max_payload * 2 + 65536;
     snprintf(s->source, sizeof(s->source), "%s %s", c->adapter->name, c->peer);
+    s->source_len = strlen(s->source);
+    if (reply_pool_users++ == 0)
+        sb_pool_init(&reply_pool, sizeof(reply), 1024);
     snprintf(s->who, sizeof(s->who), "%s %s", c->adapter->name, c->peer);
     sb_conn_ref(c);
     c->session = s;
@@ -1291,13 +1395,15 @@ static void session_maybe_free(jsonl_session *s)
         s->rhead = r->next;
         json_decref(r->id);
         sb_free(r->line);
-        sb_free(r);
+        reply_free(r);
     }
     sb_free(s->buf);
     sb_free(s->scratch);
     sb_jsonw_free(&s->out);
     sb_conn_unref(s->conn);
     sb_free(s);
+    if (--reply_pool_users == 0)
+        sb_pool_drain(&reply_pool);
 }
 
 static void jsonl_closed(sb_conn *c)

@@ -907,6 +907,81 @@ static void test_sys_values_when_watched_and_changed(void **state)
     b->passed = 1;
 }
 
+/* Requests as a pipelining client's writes cut them: several lines and the
+ * start of the next in one read (the lines are read where they arrived,
+ * the unfinished one is kept), its end with more lines in the next, ids
+ * given back as sent, and a delivery with characters to escape, whose
+ * headers (the publisher's and the source the broker adds) went into the
+ * message's own allocation. */
+static void test_lines_across_reads(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *sub = start(b, "lines"), *fan = sbt_connect(b->port[0]);
+    sbt_tcp *t = sbt_tcp_connect(b->port[0], SBT_REPLY_MS);
+    static const char first[] =
+        "{\"op\":\"pub\",\"id\":7,\"topic\":\"plain/a\",\"payload\":\"1\"}\n"
+        "{\"op\":\"pub\",\"id\":\"s8\",\"topic\":\"plain/a\",\"payload\":\"2\"}\r\n"
+        "{\"op\":\"pub\",\"id\":9,\"topic\":\"pla";
+    static const char rest[] =
+        "in/a\",\"payload\":\"q\\\"\\n\\u0001\",\"headers\":{\"k\":\"v\\t\"}}\n"
+        "{\"op\":\"pub\",\"id\":-10,\"topic\":\"plain/a\",\"payload\":\"4\"}\n";
+    static const char *const ids[] = {"7", "\"s8\"", "9", "-10"};
+    char line[512];
+    json_t *m;
+
+    assert_non_null(t);
+    sbt_sub(sub, "lines", "plain/#", 10);
+    sbt_sub(fan, "fan1", "plain/a", 10);
+    sbt_sub(fan, "fan2", "plain/#", 10);
+    assert_int_equal(sbt_tcp_write(t, first, sizeof first - 1), 0);
+    /* the first two are answered: the broker read the chunk, with the
+     * start of the third, which it holds */
+    for (int i = 0; i < 2; i++) {
+        char want[32];
+        assert_true(sbt_tcp_read_line(t, line, sizeof line, SBT_REPLY_MS) > 0);
+        snprintf(want, sizeof want, "\"id\":%s}", ids[i]);
+        assert_non_null(strstr(line, "\"op\":\"puback\""));
+        assert_non_null(strstr(line, want));
+    }
+    assert_int_equal(sbt_tcp_read_line(t, line, sizeof line, 200), -1);
+    assert_int_equal(sbt_tcp_write(t, rest, sizeof rest - 1), 0);
+    for (int i = 2; i < 4; i++) {
+        char want[32];
+        assert_true(sbt_tcp_read_line(t, line, sizeof line, SBT_REPLY_MS) > 0);
+        snprintf(want, sizeof want, "\"id\":%s}", ids[i]);
+        assert_non_null(strstr(line, want));
+    }
+    expect_msg(sub, "lines", "plain/a", "1", 1);
+    expect_msg(sub, "lines", "plain/a", "2", 1);
+    m = sbt_next_msg(sub, SBT_REPLY_MS);
+    assert_string_equal(sbt_str(m, "payload"), "q\"\n\001");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(m, "headers"), "k")),
+                        "v\t");
+    assert_non_null(strstr(
+        json_string_value(json_object_get(json_object_get(m, "headers"), "source")), "clients "));
+    json_decref(m);
+    expect_msg(sub, "lines", "plain/a", "4", 1);
+    /* the same messages to two more subscriptions: the part of the line
+     * after "attempt" is kept with the message from the second on */
+    for (int i = 0; i < 8; i++) {
+        json_t *x = sbt_next_msg(fan, SBT_REPLY_MS), *h = json_object_get(x, "headers");
+        const char *name = sbt_str(x, "sub");
+        assert_true(strcmp(name, "fan1") == 0 || strcmp(name, "fan2") == 0);
+        assert_int_equal(sbt_int(x, "attempt"), 1);
+        if (strcmp(sbt_str(x, "payload"), "q\"\n\001") == 0) {
+            assert_string_equal(json_string_value(json_object_get(h, "k")), "v\t");
+            assert_non_null(strstr(json_string_value(json_object_get(h, "source")), "clients "));
+        } else {
+            assert_int_equal(json_object_size(h), 1); /* the source only */
+        }
+        sbt_ack(fan, name, sbt_int(x, "msg_id"));
+        json_decref(x);
+    }
+    sbt_tcp_close(t);
+    sbt_close(fan);
+    sbt_close(sub);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -931,6 +1006,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_memory_queue_and_retained_across_restart, sbt_setup,
                                         sbt_teardown),
         cmocka_unit_test_setup_teardown(test_refusals_and_unsubscribe, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_lines_across_reads, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_sys_values_when_watched_and_changed, sbt_setup,
                                         sbt_teardown),
     };

@@ -673,7 +673,10 @@ static int handle_publish(mqtt_session *s, const sb_mqtt_packet *pk)
         ack_dropped(s, pk);
         goto done;
     }
-    m = sb_message_new(topic, p->payload.p, p->payload.n);
+    /* one allocation, with room for the QoS header and the source header
+     * the broker adds */
+    m = sb_message_new_room(topic, p->topic.n, p->payload.p, p->payload.n, 2,
+                            sizeof(QOS_HEADER) + 2 + sizeof("source") + strlen(s->source) + 1);
     if (m == NULL || (p->qos != 1 && sb_message_add_header(m, QOS_HEADER, p->qos ? "2" : "0")))
         goto nomem;
     if (p->qos == 2) {

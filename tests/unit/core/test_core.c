@@ -93,6 +93,35 @@ static void test_deliver_and_ack(void **state)
     assert_int_equal(fake("sink")->log.count, 0);
 }
 
+/* The structs made per message come back to the broker's free lists and
+ * are handed out again; once nothing was published for a housekeeping
+ * tick, the lists give them back. */
+static void test_free_lists_reused_and_drained(void **state)
+{
+    core_fx *f = *state;
+    fake_adapter *sink;
+    sb_broker *b;
+    size_t kept;
+
+    core_start(f, lease_cfg);
+    b = f->b;
+    sink = fake("sink");
+    for (int i = 0; i < 3; i++) {
+        core_publish_ok(f, fake("src"), "t/1", "x", NULL);
+        CORE_WAIT(f, sink->log.count == (size_t)i + 1);
+        fake_ack(&sink->log.recs[i]);
+    }
+    /* one of each is kept after the first message, and serves the next */
+    assert_true(b->pending_pool.count >= 1);
+    assert_true(b->entry_pool.count >= 1);
+    assert_true(b->delivery_pool.count >= 1);
+    kept = b->pending_pool.count + b->entry_pool.count + b->delivery_pool.count;
+    assert_true(kept <= 9);
+    core_check_all(f);
+    CORE_WAIT(f, b->pending_pool.count == 0 && b->entry_pool.count == 0 &&
+                     b->delivery_pool.count == 0 && b->op_pool.count == 0);
+}
+
 static int visible_none(void *ctx, const char *name, const sb_sub_filter *filters, size_t count)
 {
     (void)ctx;
@@ -981,6 +1010,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_deliver_and_ack, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_adapter_stats, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_free_lists_reused_and_drained, core_setup,
+                                        core_teardown),
         cmocka_unit_test_setup_teardown(test_lease_expiry_redelivers, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_lease_expiry_deadletters, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_restart_redelivers_unacked, core_setup, core_teardown),
