@@ -1521,13 +1521,26 @@ static void vacuum_full(sb_store *s, int64_t pages)
 }
 
 /* CHECK and COMPACT, after their group committed. */
+/* Sets op's maintenance report (NULL if there is no memory for it). */
+static void set_report(sb_store_op *op, const char *fmt, ...)
+{
+    char text[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    sb_free(op->u.maint.report);
+    op->u.maint.report = sb_strdup(text);
+}
+
 static void exec_maintenance(sb_store *s, sb_store_op *op)
 {
     sqlite3_stmt *st = NULL;
+    char found[1024];
     size_t len = 0;
     int rc;
 
-    op->u.maint.report[0] = '\0';
+    found[0] = '\0';
     if (op->type == SB_OP_CHECK) {
         rc = sqlite3_prepare_v2(s->db, "PRAGMA quick_check(20)", -1, &st, NULL);
         op->u.maint.ok = 1;
@@ -1539,18 +1552,19 @@ static void exec_maintenance(sb_store *s, sb_store_op *op)
             if (t == NULL || strcmp(t, "ok") == 0)
                 continue;
             op->u.maint.ok = 0;
-            if (len + 2 < sizeof(op->u.maint.report))
-                len += (size_t)snprintf(op->u.maint.report + len, sizeof(op->u.maint.report) - len,
-                                        "%s%s", len > 0 ? "; " : "", t);
+            if (len + 2 < sizeof(found))
+                len += (size_t)snprintf(found + len, sizeof(found) - len, "%s%s",
+                                        len > 0 ? "; " : "", t);
         }
         if (rc != SQLITE_DONE) {
             op->u.maint.ok = 0;
-            snprintf(op->u.maint.report, sizeof(op->u.maint.report), "%s (SQLite code %d)",
-                     sqlite3_errmsg(s->db), rc);
+            snprintf(found, sizeof(found), "%s (SQLite code %d)", sqlite3_errmsg(s->db), rc);
         }
         (void)sqlite3_finalize(st);
+        if (!op->u.maint.ok)
+            set_report(op, "%s", found);
         sb_log(op->u.maint.ok ? SB_LOG_INFO : SB_LOG_ERROR, WHO, "database %s: check: %s", s->path,
-               op->u.maint.ok ? "ok" : op->u.maint.report);
+               op->u.maint.ok ? "ok" : found);
         return;
     }
     {
@@ -1569,11 +1583,11 @@ static void exec_maintenance(sb_store *s, sb_store_op *op)
         /* VACUUM writes a copy, then the WAL holds the new pages */
         if (avail < 2 * (uint64_t)op->u.maint.before_bytes + 16 * 1024 * 1024) {
             op->status = SB_ENOSPC;
-            snprintf(op->u.maint.report, sizeof(op->u.maint.report),
-                     "not enough free disk space to compact %lld MiB (%llu MiB free, twice the "
-                     "database is needed)",
-                     (long long)(op->u.maint.before_bytes >> 20),
-                     (unsigned long long)(avail >> 20));
+            set_report(op,
+                       "not enough free disk space to compact %lld MiB (%llu MiB free, twice the "
+                       "database is needed)",
+                       (long long)(op->u.maint.before_bytes >> 20),
+                       (unsigned long long)(avail >> 20));
             return;
         }
         sb_info(WHO, "database %s: compacting %lld MiB (VACUUM; commits wait)", s->path,
@@ -1584,9 +1598,9 @@ static void exec_maintenance(sb_store *s, sb_store_op *op)
             rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
         if (rc != SQLITE_OK) {
             op->status = sb_store__error_from_sqlite(rc);
-            snprintf(op->u.maint.report, sizeof(op->u.maint.report), "VACUUM failed: %s",
-                     sqlite3_errmsg(s->db));
-            sb_errlog(WHO, "database %s: %s", s->path, op->u.maint.report);
+            snprintf(found, sizeof(found), "VACUUM failed: %s", sqlite3_errmsg(s->db));
+            set_report(op, "%s", found);
+            sb_errlog(WHO, "database %s: %s", s->path, found);
             return;
         }
         s->auto_vacuum = 1;
