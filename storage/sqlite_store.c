@@ -177,6 +177,33 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_QCOUNT_DELETE] = "DELETE FROM queue_counts WHERE queue_id = ?1",
 };
 
+/* Consecutive publishes of a group insert their entries with multi-row
+ * INSERTs of 2^k rows (k < INSERT_SIZES): stepping one statement per entry
+ * cost about as much as the insert itself. A plain INSERT, not OR IGNORE:
+ * an error aborts the statement whole, and its entries are inserted again
+ * one at a time, as exec_publish does, to find whose they were. */
+#define INSERT_SIZES 8
+#define INSERT_MAX_ROWS (1 << (INSERT_SIZES - 1))
+#define INSERT_SQL                                                                                 \
+    "INSERT INTO entries(queue_id, msg_id, topic, payload, headers, created_ms, expires_ms,"       \
+    " priority) VALUES"
+#define INSERT_ROW_SQL "(?,?,?,?,?,?,?,?)"
+#define INSERT_COLUMNS 8
+
+/* A publish of the run being inserted (insert_run). */
+typedef struct run_pub {
+    sb_store_op *op;
+    unsigned char *hdr; /* its encoded headers */
+    size_t hdr_len;
+    int64_t size; /* sb_message_size of its entries */
+} run_pub;
+
+/* An entry of the run: its publish (index in the run) and queue index. */
+typedef struct run_row {
+    uint32_t pub;
+    uint32_t queue;
+} run_row;
+
 /* What the current group changed in a queue's stored entries, written to
  * queue_counts before it commits (counts_flush). */
 typedef struct count_delta {
@@ -244,6 +271,7 @@ struct sb_store {
     int64_t max_db_bytes; /* 0: no limit */
     sqlite3_stmt *st[ST_COUNT];
     sqlite3_stmt *page_st[PST_COUNT];
+    sqlite3_stmt *insert_st[INSERT_SIZES]; /* [k]: inserts 2^k entries (insert_sql) */
     int64_t free_pages;      /* at the last commit (store thread) */
     uint64_t last_group_ns;  /* uv_hrtime() when the last group was taken */
     uint64_t vacuum_next_ns; /* while ops come, no vacuum step before this */
@@ -305,6 +333,8 @@ struct sb_store {
     count_delta *deltas; /* open addressing by queue id, delta_cap a power of 2 */
     size_t delta_cap, delta_used;
     size_t *delta_slots; /* the used slots, in the order first touched */
+    run_pub run_pubs[INSERT_MAX_ROWS]; /* insert_run's publishes and entries */
+    run_row run_rows[INSERT_MAX_ROWS];
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -612,11 +642,67 @@ static int dedup_lookup(sb_store *s, const char *key, int *out_dup)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* Inserts a publish's entries from its queue index `from` on (insert_run
+ * inserted those before it), one statement each. An error of its own
+ * fails the op alone (SQLITE_OK): its entries inserted so far are deleted.
+ * Cancelled entries are skipped, not counted (the caller counts them). */
+static int insert_entries(sb_store *s, sb_store_op *op, size_t from, const unsigned char *hdr,
+                          size_t hdr_len, int64_t size)
+{
+    const sb_message *m = op->u.publish.msg;
+    sqlite3_stmt *ins = s->st[ST_ENTRY_INSERT];
+    int rc;
+    for (size_t i = from; i < op->u.publish.queue_count; i++) {
+        uint32_t qid = op->u.publish.queue_ids[i];
+        if (qid == 0) /* acknowledged before its group ran (sb_store_cancel) */
+            continue;
+        rc = bind_run(ins,
+                      bind_args(ins, "iitbbiii", (int64_t)qid, (int64_t)m->id,
+                                m->topic != NULL ? m->topic : "",
+                                m->payload != NULL ? (const void *)m->payload : (const void *)"",
+                                m->payload_len, (const void *)hdr, hdr_len, m->created_ms,
+                                m->expires_ms, (int64_t)m->priority));
+        if (rc == SQLITE_OK && sqlite3_changes(s->db) == 1) {
+            if ((rc = count_add(s, qid, 1, size)) != SQLITE_OK)
+                return fail(s, rc, "publish: counts");
+            continue;
+        }
+        /* Fail only this op: report, then delete what it inserted so far. */
+        if (rc != SQLITE_OK) {
+            if (!is_op_local(rc) || sqlite3_get_autocommit(s->db))
+                return fail(s, rc, "publish: insert");
+            op->status = sb_store__error_from_sqlite(rc);
+            sb_warn(WHO, "database %s: publish of message %llu failed: %s", s->path,
+                    (unsigned long long)m->id, sqlite3_errmsg(s->db));
+        } else {
+            op->status = SB_EEXIST;
+            sb_warn(WHO, "database %s: message %llu is already in queue %u", s->path,
+                    (unsigned long long)m->id, (unsigned)qid);
+        }
+        rc = SQLITE_OK;
+        for (size_t j = 0; j < i && rc == SQLITE_OK; j++) /* cancelled ones: 0 */
+            if (op->u.publish.queue_ids[j] != 0)
+                rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id, 1, size);
+        return rc != SQLITE_OK ? fail(s, rc, "publish: undo of a partial insert") : SQLITE_OK;
+    }
+    return SQLITE_OK;
+}
+
+/* Whether a publish inserts entries and nothing else (no dedup key, drops
+ * or retained value), so that insert_run may take it. */
+static int is_plain_publish(const sb_store_op *op)
+{
+    return op->type == SB_OP_PUBLISH && op->u.publish.msg != NULL &&
+           op->u.publish.dedup_key == NULL && op->u.publish.drop_count == 0 &&
+           !op->u.publish.retain &&
+           (op->u.publish.queue_count == 0 || op->u.publish.queue_ids != NULL) &&
+           op->u.publish.queue_count <= INSERT_MAX_ROWS;
+}
+
 static int exec_publish(sb_store *s, sb_store_op *op)
 {
     const sb_message *m = op->u.publish.msg;
     const char *key = op->u.publish.dedup_key;
-    sqlite3_stmt *ins = s->st[ST_ENTRY_INSERT];
     unsigned char *hdr = NULL;
     size_t hdr_len = 0;
     int64_t size;
@@ -648,55 +734,21 @@ static int exec_publish(sb_store *s, sb_store_op *op)
     {
         /* every entry cancelled and no retained value: no row needs them */
         int rows = op->u.publish.retain;
-        for (size_t i = 0; i < op->u.publish.queue_count && !rows; i++)
-            rows = op->u.publish.queue_ids[i] != 0;
+        for (size_t i = 0; i < op->u.publish.queue_count; i++) {
+            if (op->u.publish.queue_ids[i] != 0)
+                rows = 1;
+            else /* acknowledged before its group ran (sb_store_cancel) */
+                s->group_elided++;
+        }
         if (rows && sb_message_headers_encode(m, &hdr, &hdr_len) != 0) {
             op->status = SB_ENOMEM;
             return SQLITE_OK;
         }
     }
     size = (int64_t)((m->topic != NULL ? strlen(m->topic) : 0) + m->payload_len + hdr_len);
-    for (size_t i = 0; i < op->u.publish.queue_count; i++) {
-        uint32_t qid = op->u.publish.queue_ids[i];
-        if (qid == 0) { /* acknowledged before its group ran (sb_store_cancel) */
-            s->group_elided++;
-            continue;
-        }
-        rc = bind_run(ins,
-                      bind_args(ins, "iitbbiii", (int64_t)qid, (int64_t)m->id,
-                                m->topic != NULL ? m->topic : "",
-                                m->payload != NULL ? (const void *)m->payload : (const void *)"",
-                                m->payload_len, (const void *)hdr, hdr_len, m->created_ms,
-                                m->expires_ms, (int64_t)m->priority));
-        if (rc == SQLITE_OK && sqlite3_changes(s->db) == 1) {
-            if ((rc = count_add(s, qid, 1, size)) != SQLITE_OK) {
-                rc = fail(s, rc, "publish: counts");
-                goto out;
-            }
-            continue;
-        }
-        /* Fail only this op: report, then delete what it inserted so far. */
-        if (rc != SQLITE_OK) {
-            if (!is_op_local(rc) || sqlite3_get_autocommit(s->db)) {
-                rc = fail(s, rc, "publish: insert");
-                goto out;
-            }
-            op->status = sb_store__error_from_sqlite(rc);
-            sb_warn(WHO, "database %s: publish of message %llu failed: %s", s->path,
-                    (unsigned long long)m->id, sqlite3_errmsg(s->db));
-        } else {
-            op->status = SB_EEXIST;
-            sb_warn(WHO, "database %s: message %llu is already in queue %u", s->path,
-                    (unsigned long long)m->id, (unsigned)qid);
-        }
-        rc = SQLITE_OK;
-        for (size_t j = 0; j < i && rc == SQLITE_OK; j++) /* cancelled ones: 0 */
-            if (op->u.publish.queue_ids[j] != 0)
-                rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id, 1, size);
-        if (rc != SQLITE_OK)
-            rc = fail(s, rc, "publish: undo of a partial insert");
+    rc = insert_entries(s, op, 0, hdr, hdr_len, size);
+    if (rc != SQLITE_OK || op->status != 0)
         goto out;
-    }
     /* Past this point an error fails the group: undoing drops and a replaced
      * retained value is not worth it for errors that cannot happen here once
      * the entries were inserted. */
@@ -726,6 +778,142 @@ static int exec_publish(sb_store *s, sb_store_op *op)
     note_msg_id(s, m->id);
 out:
     sb_free(hdr);
+    return rc;
+}
+
+static int needs_acks_flushed(const sb_store *s, const sb_store_op *op);
+
+/* Binds an entry as the row at parameter `base` of a multi-row insert. */
+static int bind_entry(sqlite3_stmt *st, int base, uint32_t queue_id, const sb_message *m,
+                      const unsigned char *hdr, size_t hdr_len)
+{
+    int rc = sqlite3_bind_int64(st, base, queue_id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, base + 1, (sqlite3_int64)m->id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(st, base + 2, m->topic != NULL ? m->topic : "", -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_blob64(st, base + 3, m->payload != NULL ? (const void *)m->payload : "",
+                                 (sqlite3_uint64)m->payload_len, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = hdr != NULL
+                 ? sqlite3_bind_blob64(st, base + 4, hdr, (sqlite3_uint64)hdr_len, SQLITE_STATIC)
+                 : sqlite3_bind_null(st, base + 4);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, base + 5, m->created_ms);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, base + 6, m->expires_ms);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, base + 7, m->priority);
+    return rc;
+}
+
+/* Inserts the entries of first (a plain publish, is_plain_publish) and of
+ * the plain publishes after it in the group, as few statements as
+ * possible (INSERT_SIZES); *io_op is left at the last publish taken. Each
+ * publish ends as exec_publish would end it. */
+static int insert_run(sb_store *s, sb_store_op **io_op)
+{
+    run_pub *pubs = s->run_pubs;
+    run_row *rows = s->run_rows;
+    size_t npub = 0, nrow = 0, done = 0, slots = 0;
+    sb_store_op *op = *io_op;
+    uint64_t seq = 0;
+    int rc = SQLITE_OK;
+
+    /* Queue ids are read only once the publishes are marked executing. */
+    for (;;) {
+        pubs[npub].op = op;
+        pubs[npub].hdr = NULL;
+        pubs[npub].hdr_len = 0;
+        npub++;
+        slots += op->u.publish.queue_count;
+        if (op->seq > seq) /* retried ops come first, older */
+            seq = op->seq;
+        if (npub == INSERT_MAX_ROWS || op->next == NULL || !is_plain_publish(op->next) ||
+            slots + op->next->u.publish.queue_count > INSERT_MAX_ROWS ||
+            needs_acks_flushed(s, op->next))
+            break;
+        op = op->next;
+        op->status = 0;
+    }
+    *io_op = op;
+    /* From here on sb_store_cancel refuses these publishes, and what it
+     * cancelled before is seen (the mutex orders it). */
+    uv_mutex_lock(&s->mu);
+    s->exec_seq = seq;
+    uv_mutex_unlock(&s->mu);
+
+    for (size_t p = 0; p < npub; p++) {
+        const sb_store_op *o = pubs[p].op;
+        const sb_message *m = o->u.publish.msg;
+        size_t first = nrow;
+        for (size_t i = 0; i < o->u.publish.queue_count; i++) {
+            if (o->u.publish.queue_ids[i] == 0) { /* acknowledged before its group ran */
+                s->group_elided++;
+                continue;
+            }
+            rows[nrow].pub = (uint32_t)p;
+            rows[nrow].queue = (uint32_t)i;
+            nrow++;
+        }
+        if (nrow > first && sb_message_headers_encode(m, &pubs[p].hdr, &pubs[p].hdr_len) != 0) {
+            pubs[p].op->status = SB_ENOMEM;
+            nrow = first;
+        }
+        pubs[p].size =
+            (int64_t)((m->topic != NULL ? strlen(m->topic) : 0) + m->payload_len + pubs[p].hdr_len);
+    }
+
+    while (done < nrow) {
+        int k = INSERT_SIZES - 1;
+        sqlite3_stmt *st;
+        while ((size_t)1 << k > nrow - done)
+            k--;
+        st = s->insert_st[k];
+        for (size_t r = 0; r < (size_t)1 << k && rc == SQLITE_OK; r++) {
+            const run_row *row = &rows[done + r];
+            const run_pub *pub = &pubs[row->pub];
+            rc = bind_entry(st, 1 + (int)r * INSERT_COLUMNS,
+                            pub->op->u.publish.queue_ids[row->queue], pub->op->u.publish.msg,
+                            pub->hdr, pub->hdr_len);
+        }
+        rc = bind_run(st, rc);
+        if (rc != SQLITE_OK)
+            break;
+        for (size_t r = 0; r < (size_t)1 << k && rc == SQLITE_OK; r++) {
+            const run_row *row = &rows[done + r];
+            rc = count_add(s, pubs[row->pub].op->u.publish.queue_ids[row->queue], 1,
+                           pubs[row->pub].size);
+        }
+        if (rc != SQLITE_OK) {
+            rc = fail(s, rc, "publish: counts");
+            goto out;
+        }
+        done += (size_t)1 << k;
+    }
+    if (rc != SQLITE_OK) {
+        /* The statement inserted nothing. Its entries and the rest go one
+         * at a time, which finds the publish at fault and fails it alone
+         * (a duplicate entry, a message too big), unless the error ended
+         * the transaction. */
+        const run_row *row = &rows[done];
+        if (sqlite3_get_autocommit(s->db)) {
+            rc = fail(s, rc, "publish: insert");
+            goto out;
+        }
+        rc = SQLITE_OK;
+        for (size_t p = row->pub; p < npub && rc == SQLITE_OK; p++)
+            if (pubs[p].op->status == 0)
+                rc = insert_entries(s, pubs[p].op, p == row->pub ? row->queue : 0, pubs[p].hdr,
+                                    pubs[p].hdr_len, pubs[p].size);
+    }
+out:
+    for (size_t p = 0; p < npub; p++) {
+        if (rc == SQLITE_OK && pubs[p].op->status == 0)
+            note_msg_id(s, pubs[p].op->u.publish.msg->id);
+        sb_free(pubs[p].hdr);
+    }
     return rc;
 }
 
@@ -1856,7 +2044,7 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
         if (needs_acks_flushed(s, op))
             rc = acks_flush(s);
         if (rc == SQLITE_OK)
-            rc = exec_op(s, op);
+            rc = is_plain_publish(op) ? insert_run(s, &op) : exec_op(s, op);
     }
     if (rc == SQLITE_OK && s->ack_count > 0)
         rc = acks_flush(s);
@@ -2029,6 +2217,8 @@ static void store_free(sb_store *s)
         (void)sqlite3_finalize(s->st[i]); /* reports the last step's error only */
     for (int i = 0; i < PST_COUNT; i++)
         (void)sqlite3_finalize(s->page_st[i]);
+    for (int i = 0; i < INSERT_SIZES; i++)
+        (void)sqlite3_finalize(s->insert_st[i]);
     if (s->db != NULL) {
         int rc = sqlite3_close(s->db);
         if (rc != SQLITE_OK)
@@ -2578,6 +2768,22 @@ static int read_high_water(sb_store *s, sb_error *err)
     return 0;
 }
 
+/* Prepares the insert of 2^k entries (INSERT_SIZES). */
+static int prepare_insert(sb_store *s, int k, sb_error *err)
+{
+    size_t rows = (size_t)1 << k, len = sizeof(INSERT_SQL) + rows * sizeof(INSERT_ROW_SQL);
+    char *sql = sb_malloc(len), *p;
+    int rc;
+    if (sql == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "database %s: out of memory", s->path);
+    p = sql + snprintf(sql, len, "%s", INSERT_SQL);
+    for (size_t r = 0; r < rows; r++)
+        p += snprintf(p, len - (size_t)(p - sql), "%s" INSERT_ROW_SQL, r > 0 ? "," : "");
+    rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->insert_st[k], NULL);
+    sb_free(sql);
+    return rc == SQLITE_OK ? 0 : db_error(s, rc, "preparing the inserts", err);
+}
+
 int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err)
 {
     sb_store *s;
@@ -2636,6 +2842,8 @@ int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err)
         if (src != SQLITE_OK)
             rc = db_error(s, src, "preparing the paging statements", err);
     }
+    for (int k = 0; k < INSERT_SIZES && rc == 0; k++)
+        rc = prepare_insert(s, k, err);
     if (rc != 0)
         goto fail;
     *out = s;
