@@ -193,8 +193,10 @@ static const char *const stmt_sql[ST_COUNT] = {
 /* A publish of the run being inserted (insert_run). */
 typedef struct run_pub {
     sb_store_op *op;
-    unsigned char *hdr; /* its encoded headers */
+    size_t rows;        /* its entries not cancelled */
+    unsigned char *hdr; /* its encoded headers (in run_hdrs) */
     size_t hdr_len;
+    int topic_len;
     int64_t size; /* sb_message_size of its entries */
 } run_pub;
 
@@ -335,6 +337,8 @@ struct sb_store {
     size_t *delta_slots; /* the used slots, in the order first touched */
     run_pub run_pubs[INSERT_MAX_ROWS]; /* insert_run's publishes and entries */
     run_row run_rows[INSERT_MAX_ROWS];
+    unsigned char *run_hdrs; /* and their encoded headers, one after another */
+    size_t run_hdrs_cap;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -784,21 +788,22 @@ out:
 static int needs_acks_flushed(const sb_store *s, const sb_store_op *op);
 
 /* Binds an entry as the row at parameter `base` of a multi-row insert. */
-static int bind_entry(sqlite3_stmt *st, int base, uint32_t queue_id, const sb_message *m,
-                      const unsigned char *hdr, size_t hdr_len)
+static int bind_entry(sqlite3_stmt *st, int base, uint32_t queue_id, const run_pub *pub)
 {
+    const sb_message *m = pub->op->u.publish.msg;
     int rc = sqlite3_bind_int64(st, base, queue_id);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(st, base + 1, (sqlite3_int64)m->id);
     if (rc == SQLITE_OK)
-        rc = sqlite3_bind_text(st, base + 2, m->topic != NULL ? m->topic : "", -1, SQLITE_STATIC);
+        rc = sqlite3_bind_text(st, base + 2, m->topic != NULL ? m->topic : "", pub->topic_len,
+                               SQLITE_STATIC);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_blob64(st, base + 3, m->payload != NULL ? (const void *)m->payload : "",
                                  (sqlite3_uint64)m->payload_len, SQLITE_STATIC);
     if (rc == SQLITE_OK)
-        rc = hdr != NULL
-                 ? sqlite3_bind_blob64(st, base + 4, hdr, (sqlite3_uint64)hdr_len, SQLITE_STATIC)
-                 : sqlite3_bind_null(st, base + 4);
+        rc = pub->hdr != NULL ? sqlite3_bind_blob64(st, base + 4, pub->hdr,
+                                                    (sqlite3_uint64)pub->hdr_len, SQLITE_STATIC)
+                              : sqlite3_bind_null(st, base + 4);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(st, base + 5, m->created_ms);
     if (rc == SQLITE_OK)
@@ -816,7 +821,7 @@ static int insert_run(sb_store *s, sb_store_op **io_op)
 {
     run_pub *pubs = s->run_pubs;
     run_row *rows = s->run_rows;
-    size_t npub = 0, nrow = 0, done = 0, slots = 0;
+    size_t npub = 0, nrow = 0, done = 0, slots = 0, hdr_bytes = 0;
     sb_store_op *op = *io_op;
     uint64_t seq = 0;
     int rc = SQLITE_OK;
@@ -847,22 +852,44 @@ static int insert_run(sb_store *s, sb_store_op **io_op)
     for (size_t p = 0; p < npub; p++) {
         const sb_store_op *o = pubs[p].op;
         const sb_message *m = o->u.publish.msg;
-        size_t first = nrow;
+        pubs[p].rows = 0;
         for (size_t i = 0; i < o->u.publish.queue_count; i++) {
-            if (o->u.publish.queue_ids[i] == 0) { /* acknowledged before its group ran */
+            if (o->u.publish.queue_ids[i] != 0)
+                pubs[p].rows++;
+            else /* acknowledged before its group ran */
                 s->group_elided++;
+        }
+        pubs[p].hdr_len = pubs[p].rows > 0 ? sb_message_headers_size(m) : 0;
+        hdr_bytes += pubs[p].hdr_len;
+        pubs[p].topic_len = m->topic != NULL ? (int)strlen(m->topic) : 0;
+        pubs[p].size = (int64_t)((size_t)pubs[p].topic_len + m->payload_len + pubs[p].hdr_len);
+    }
+    if (hdr_bytes > s->run_hdrs_cap) {
+        unsigned char *n = sb_realloc(s->run_hdrs, hdr_bytes);
+        if (n != NULL) {
+            s->run_hdrs = n;
+            s->run_hdrs_cap = hdr_bytes;
+        }
+    }
+    hdr_bytes = 0;
+    for (size_t p = 0; p < npub; p++) {
+        const sb_store_op *o = pubs[p].op;
+        if (hdr_bytes + pubs[p].hdr_len > s->run_hdrs_cap) { /* no memory for them */
+            pubs[p].op->status = SB_ENOMEM;
+            continue;
+        }
+        if (pubs[p].hdr_len > 0) {
+            pubs[p].hdr = s->run_hdrs + hdr_bytes;
+            sb_message_headers_write(o->u.publish.msg, pubs[p].hdr);
+            hdr_bytes += pubs[p].hdr_len;
+        }
+        for (size_t i = 0; i < o->u.publish.queue_count && pubs[p].rows > 0; i++) {
+            if (o->u.publish.queue_ids[i] == 0)
                 continue;
-            }
             rows[nrow].pub = (uint32_t)p;
             rows[nrow].queue = (uint32_t)i;
             nrow++;
         }
-        if (nrow > first && sb_message_headers_encode(m, &pubs[p].hdr, &pubs[p].hdr_len) != 0) {
-            pubs[p].op->status = SB_ENOMEM;
-            nrow = first;
-        }
-        pubs[p].size =
-            (int64_t)((m->topic != NULL ? strlen(m->topic) : 0) + m->payload_len + pubs[p].hdr_len);
     }
 
     while (done < nrow) {
@@ -875,8 +902,7 @@ static int insert_run(sb_store *s, sb_store_op **io_op)
             const run_row *row = &rows[done + r];
             const run_pub *pub = &pubs[row->pub];
             rc = bind_entry(st, 1 + (int)r * INSERT_COLUMNS,
-                            pub->op->u.publish.queue_ids[row->queue], pub->op->u.publish.msg,
-                            pub->hdr, pub->hdr_len);
+                            pub->op->u.publish.queue_ids[row->queue], pub);
         }
         rc = bind_run(st, rc);
         if (rc != SQLITE_OK)
@@ -909,11 +935,9 @@ static int insert_run(sb_store *s, sb_store_op **io_op)
                                     pubs[p].hdr_len, pubs[p].size);
     }
 out:
-    for (size_t p = 0; p < npub; p++) {
-        if (rc == SQLITE_OK && pubs[p].op->status == 0)
+    for (size_t p = 0; p < npub && rc == SQLITE_OK; p++)
+        if (pubs[p].op->status == 0)
             note_msg_id(s, pubs[p].op->u.publish.msg->id);
-        sb_free(pubs[p].hdr);
-    }
     return rc;
 }
 
@@ -2229,6 +2253,7 @@ static void store_free(sb_store *s)
         uv_mutex_destroy(&s->mu);
     }
     sb_free(s->acks);
+    sb_free(s->run_hdrs);
     sb_free(s->deltas);
     sb_free(s->delta_slots);
     sb_free(s->path);
