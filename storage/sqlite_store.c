@@ -273,7 +273,7 @@ struct sb_store {
     int64_t max_db_bytes; /* 0: no limit */
     sqlite3_stmt *st[ST_COUNT];
     sqlite3_stmt *page_st[PST_COUNT];
-    sqlite3_stmt *insert_st[INSERT_SIZES]; /* [k]: inserts 2^k entries (insert_sql) */
+    sqlite3_stmt *insert_st[INSERT_SIZES]; /* [k]: inserts 2^k entries (INSERT_SQL) */
     int64_t free_pages;      /* at the last commit (store thread) */
     uint64_t last_group_ns;  /* uv_hrtime() when the last group was taken */
     uint64_t vacuum_next_ns; /* while ops come, no vacuum step before this */
@@ -646,13 +646,39 @@ static int dedup_lookup(sb_store *s, const char *key, int *out_dup)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* Binds an entry of pub as the row whose first parameter is `base`. */
+static int bind_entry(sqlite3_stmt *st, int base, uint32_t queue_id, const run_pub *pub)
+{
+    const sb_message *m = pub->op->u.publish.msg;
+    int rc = sqlite3_bind_int64(st, base, queue_id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, base + 1, (sqlite3_int64)m->id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(st, base + 2, m->topic != NULL ? m->topic : "", pub->topic_len,
+                               SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_blob64(st, base + 3, m->payload != NULL ? (const void *)m->payload : "",
+                                 (sqlite3_uint64)m->payload_len, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = pub->hdr != NULL ? sqlite3_bind_blob64(st, base + 4, pub->hdr,
+                                                    (sqlite3_uint64)pub->hdr_len, SQLITE_STATIC)
+                              : sqlite3_bind_null(st, base + 4);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, base + 5, m->created_ms);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, base + 6, m->expires_ms);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, base + 7, m->priority);
+    return rc;
+}
+
 /* Inserts a publish's entries from its queue index `from` on (insert_run
  * inserted those before it), one statement each. An error of its own
  * fails the op alone (SQLITE_OK): its entries inserted so far are deleted.
  * Cancelled entries are skipped, not counted (the caller counts them). */
-static int insert_entries(sb_store *s, sb_store_op *op, size_t from, const unsigned char *hdr,
-                          size_t hdr_len, int64_t size)
+static int insert_entries(sb_store *s, const run_pub *pub, size_t from)
 {
+    sb_store_op *op = pub->op;
     const sb_message *m = op->u.publish.msg;
     sqlite3_stmt *ins = s->st[ST_ENTRY_INSERT];
     int rc;
@@ -660,14 +686,9 @@ static int insert_entries(sb_store *s, sb_store_op *op, size_t from, const unsig
         uint32_t qid = op->u.publish.queue_ids[i];
         if (qid == 0) /* acknowledged before its group ran (sb_store_cancel) */
             continue;
-        rc = bind_run(ins,
-                      bind_args(ins, "iitbbiii", (int64_t)qid, (int64_t)m->id,
-                                m->topic != NULL ? m->topic : "",
-                                m->payload != NULL ? (const void *)m->payload : (const void *)"",
-                                m->payload_len, (const void *)hdr, hdr_len, m->created_ms,
-                                m->expires_ms, (int64_t)m->priority));
+        rc = bind_run(ins, bind_entry(ins, 1, qid, pub));
         if (rc == SQLITE_OK && sqlite3_changes(s->db) == 1) {
-            if ((rc = count_add(s, qid, 1, size)) != SQLITE_OK)
+            if ((rc = count_add(s, qid, 1, pub->size)) != SQLITE_OK)
                 return fail(s, rc, "publish: counts");
             continue;
         }
@@ -686,7 +707,7 @@ static int insert_entries(sb_store *s, sb_store_op *op, size_t from, const unsig
         rc = SQLITE_OK;
         for (size_t j = 0; j < i && rc == SQLITE_OK; j++) /* cancelled ones: 0 */
             if (op->u.publish.queue_ids[j] != 0)
-                rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id, 1, size);
+                rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id, 1, pub->size);
         return rc != SQLITE_OK ? fail(s, rc, "publish: undo of a partial insert") : SQLITE_OK;
     }
     return SQLITE_OK;
@@ -709,7 +730,6 @@ static int exec_publish(sb_store *s, sb_store_op *op)
     const char *key = op->u.publish.dedup_key;
     unsigned char *hdr = NULL;
     size_t hdr_len = 0;
-    int64_t size;
     int rc = SQLITE_OK;
 
     if (m == NULL || (op->u.publish.queue_count > 0 && op->u.publish.queue_ids == NULL) ||
@@ -749,10 +769,14 @@ static int exec_publish(sb_store *s, sb_store_op *op)
             return SQLITE_OK;
         }
     }
-    size = (int64_t)((m->topic != NULL ? strlen(m->topic) : 0) + m->payload_len + hdr_len);
-    rc = insert_entries(s, op, 0, hdr, hdr_len, size);
-    if (rc != SQLITE_OK || op->status != 0)
-        goto out;
+    {
+        run_pub pub = {.op = op, .hdr = hdr, .hdr_len = hdr_len};
+        pub.topic_len = m->topic != NULL ? (int)strlen(m->topic) : 0;
+        pub.size = (int64_t)((size_t)pub.topic_len + m->payload_len + hdr_len);
+        rc = insert_entries(s, &pub, 0);
+        if (rc != SQLITE_OK || op->status != 0)
+            goto out;
+    }
     /* Past this point an error fails the group: undoing drops and a replaced
      * retained value is not worth it for errors that cannot happen here once
      * the entries were inserted. */
@@ -787,34 +811,8 @@ out:
 
 static int needs_acks_flushed(const sb_store *s, const sb_store_op *op);
 
-/* Binds an entry as the row at parameter `base` of a multi-row insert. */
-static int bind_entry(sqlite3_stmt *st, int base, uint32_t queue_id, const run_pub *pub)
-{
-    const sb_message *m = pub->op->u.publish.msg;
-    int rc = sqlite3_bind_int64(st, base, queue_id);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, base + 1, (sqlite3_int64)m->id);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_text(st, base + 2, m->topic != NULL ? m->topic : "", pub->topic_len,
-                               SQLITE_STATIC);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_blob64(st, base + 3, m->payload != NULL ? (const void *)m->payload : "",
-                                 (sqlite3_uint64)m->payload_len, SQLITE_STATIC);
-    if (rc == SQLITE_OK)
-        rc = pub->hdr != NULL ? sqlite3_bind_blob64(st, base + 4, pub->hdr,
-                                                    (sqlite3_uint64)pub->hdr_len, SQLITE_STATIC)
-                              : sqlite3_bind_null(st, base + 4);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, base + 5, m->created_ms);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, base + 6, m->expires_ms);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, base + 7, m->priority);
-    return rc;
-}
-
-/* Inserts the entries of first (a plain publish, is_plain_publish) and of
- * the plain publishes after it in the group, as few statements as
+/* Inserts the entries of *io_op (a plain publish, is_plain_publish) and of
+ * the plain publishes after it in the group, in as few statements as
  * possible (INSERT_SIZES); *io_op is left at the last publish taken. Each
  * publish ends as exec_publish would end it. */
 static int insert_run(sb_store *s, sb_store_op **io_op)
@@ -830,7 +828,6 @@ static int insert_run(sb_store *s, sb_store_op **io_op)
     for (;;) {
         pubs[npub].op = op;
         pubs[npub].hdr = NULL;
-        pubs[npub].hdr_len = 0;
         npub++;
         slots += op->u.publish.queue_count;
         if (op->seq > seq) /* retried ops come first, older */
@@ -931,8 +928,7 @@ static int insert_run(sb_store *s, sb_store_op **io_op)
         rc = SQLITE_OK;
         for (size_t p = row->pub; p < npub && rc == SQLITE_OK; p++)
             if (pubs[p].op->status == 0)
-                rc = insert_entries(s, pubs[p].op, p == row->pub ? row->queue : 0, pubs[p].hdr,
-                                    pubs[p].hdr_len, pubs[p].size);
+                rc = insert_entries(s, &pubs[p], p == row->pub ? row->queue : 0);
     }
 out:
     for (size_t p = 0; p < npub && rc == SQLITE_OK; p++)
