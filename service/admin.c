@@ -492,14 +492,17 @@ static void on_maintenance_done(sb_store_op *op, void *ctx)
     json_t *res = NULL;
     if (op->status == 0 && op->type == SB_OP_CHECK)
         res = json_pack("{s:b, s:s}", "ok", op->u.maint.ok, "report",
-                        op->u.maint.ok ? "ok" : op->u.maint.report);
+                        op->u.maint.ok               ? "ok"
+                        : op->u.maint.report != NULL ? op->u.maint.report
+                                                     : "damaged (no memory to say where)");
     else if (op->status == 0)
         res = json_pack("{s:I, s:I}", "before_bytes", (json_int_t)op->u.maint.before_bytes,
                         "after_bytes", (json_int_t)op->u.maint.after_bytes);
     r->cb(r->ctx, op->status, res,
-          op->status == 0                 ? NULL
-          : op->u.maint.report[0] != '\0' ? op->u.maint.report
-                                          : sb_strerror(op->status));
+          op->status == 0              ? NULL
+          : op->u.maint.report != NULL ? op->u.maint.report
+                                       : sb_strerror(op->status));
+    sb_free(op->u.maint.report);
     admin_req_free(r);
 }
 

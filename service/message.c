@@ -186,25 +186,38 @@ void sb_message_keep_encoded(sb_message *m, const void *tag, const char *data, s
     m->enc_len = len;
 }
 
+size_t sb_message_headers_size(const sb_message *m)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < m->header_count; i++)
+        n += strlen(m->headers[i].key) + strlen(m->headers[i].value) + 2;
+    return n;
+}
+
+void sb_message_headers_write(const sb_message *m, unsigned char *out)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < m->header_count; i++) {
+        size_t kl = strlen(m->headers[i].key) + 1, vl = strlen(m->headers[i].value) + 1;
+        memcpy(out + off, m->headers[i].key, kl);
+        off += kl;
+        memcpy(out + off, m->headers[i].value, vl);
+        off += vl;
+    }
+}
+
 int sb_message_headers_encode(const sb_message *m, unsigned char **out, size_t *out_len)
 {
-    size_t n = 0, off = 0;
+    size_t n = sb_message_headers_size(m);
     unsigned char *buf;
     *out = NULL;
     *out_len = 0;
-    if (m->header_count == 0)
+    if (n == 0)
         return 0;
-    n = m->size - m->topic_len - m->payload_len; /* keys and values, a NUL after each */
     buf = sb_malloc(n);
     if (buf == NULL)
         return SB_ENOMEM;
-    for (size_t i = 0; i < m->header_count; i++) {
-        size_t kl = strlen(m->headers[i].key) + 1, vl = strlen(m->headers[i].value) + 1;
-        memcpy(buf + off, m->headers[i].key, kl);
-        off += kl;
-        memcpy(buf + off, m->headers[i].value, vl);
-        off += vl;
-    }
+    sb_message_headers_write(m, buf);
     *out = buf;
     *out_len = n;
     return 0;

@@ -97,6 +97,11 @@ void sb_message_keep_encoded(sb_message *m, const void *tag, const char *data, s
  * *out is NULL when there are no headers. Returns 0 or SB_ENOMEM. */
 int sb_message_headers_encode(const sb_message *m, unsigned char **out, size_t *out_len);
 
+/* The same into a buffer of the caller: sb_message_headers_size bytes
+ * (0: no headers), written by sb_message_headers_write. */
+size_t sb_message_headers_size(const sb_message *m);
+void sb_message_headers_write(const sb_message *m, unsigned char *out);
+
 /* Parses an encoded header blob into m. Returns 0, SB_ENOMEM, or SB_ECORRUPT
  * if the blob is malformed. */
 int sb_message_headers_decode(sb_message *m, const unsigned char *blob, size_t len);

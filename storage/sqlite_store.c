@@ -177,6 +177,35 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_QCOUNT_DELETE] = "DELETE FROM queue_counts WHERE queue_id = ?1",
 };
 
+/* Consecutive publishes of a group insert their entries with multi-row
+ * INSERTs of 2^k rows (k < INSERT_SIZES): stepping one statement per entry
+ * cost about as much as the insert itself. A plain INSERT, not OR IGNORE:
+ * an error aborts the statement whole, and its entries are inserted again
+ * one at a time, as exec_publish does, to find whose they were. */
+#define INSERT_SIZES 8
+#define INSERT_MAX_ROWS (1 << (INSERT_SIZES - 1))
+#define INSERT_SQL                                                                                 \
+    "INSERT INTO entries(queue_id, msg_id, topic, payload, headers, created_ms, expires_ms,"       \
+    " priority) VALUES"
+#define INSERT_ROW_SQL "(?,?,?,?,?,?,?,?)"
+#define INSERT_COLUMNS 8
+
+/* A publish of the run being inserted (insert_run). */
+typedef struct run_pub {
+    sb_store_op *op;
+    size_t rows;        /* its entries not cancelled */
+    unsigned char *hdr; /* its encoded headers (in run_hdrs) */
+    size_t hdr_len;
+    int topic_len;
+    int64_t size; /* sb_message_size of its entries */
+} run_pub;
+
+/* An entry of the run: its publish (index in the run) and queue index. */
+typedef struct run_row {
+    uint32_t pub;
+    uint32_t queue;
+} run_row;
+
 /* What the current group changed in a queue's stored entries, written to
  * queue_counts before it commits (counts_flush). */
 typedef struct count_delta {
@@ -244,6 +273,7 @@ struct sb_store {
     int64_t max_db_bytes; /* 0: no limit */
     sqlite3_stmt *st[ST_COUNT];
     sqlite3_stmt *page_st[PST_COUNT];
+    sqlite3_stmt *insert_st[INSERT_SIZES]; /* [k]: inserts 2^k entries (INSERT_SQL) */
     int64_t free_pages;      /* at the last commit (store thread) */
     uint64_t last_group_ns;  /* uv_hrtime() when the last group was taken */
     uint64_t vacuum_next_ns; /* while ops come, no vacuum step before this */
@@ -305,6 +335,10 @@ struct sb_store {
     count_delta *deltas; /* open addressing by queue id, delta_cap a power of 2 */
     size_t delta_cap, delta_used;
     size_t *delta_slots; /* the used slots, in the order first touched */
+    run_pub run_pubs[INSERT_MAX_ROWS]; /* insert_run's publishes and entries */
+    run_row run_rows[INSERT_MAX_ROWS];
+    unsigned char *run_hdrs; /* and their encoded headers, one after another */
+    size_t run_hdrs_cap;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -612,14 +646,90 @@ static int dedup_lookup(sb_store *s, const char *key, int *out_dup)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* Binds an entry of pub as the row whose first parameter is `base`. */
+static int bind_entry(sqlite3_stmt *st, int base, uint32_t queue_id, const run_pub *pub)
+{
+    const sb_message *m = pub->op->u.publish.msg;
+    int rc = sqlite3_bind_int64(st, base, queue_id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, base + 1, (sqlite3_int64)m->id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(st, base + 2, m->topic != NULL ? m->topic : "", pub->topic_len,
+                               SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_blob64(st, base + 3, m->payload != NULL ? (const void *)m->payload : "",
+                                 (sqlite3_uint64)m->payload_len, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = pub->hdr != NULL ? sqlite3_bind_blob64(st, base + 4, pub->hdr,
+                                                    (sqlite3_uint64)pub->hdr_len, SQLITE_STATIC)
+                              : sqlite3_bind_null(st, base + 4);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, base + 5, m->created_ms);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, base + 6, m->expires_ms);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, base + 7, m->priority);
+    return rc;
+}
+
+/* Inserts a publish's entries from its queue index `from` on (insert_run
+ * inserted those before it), one statement each. An error of its own
+ * fails the op alone (SQLITE_OK): its entries inserted so far are deleted.
+ * Cancelled entries are skipped, not counted (the caller counts them). */
+static int insert_entries(sb_store *s, const run_pub *pub, size_t from)
+{
+    sb_store_op *op = pub->op;
+    const sb_message *m = op->u.publish.msg;
+    sqlite3_stmt *ins = s->st[ST_ENTRY_INSERT];
+    int rc;
+    for (size_t i = from; i < op->u.publish.queue_count; i++) {
+        uint32_t qid = op->u.publish.queue_ids[i];
+        if (qid == 0) /* acknowledged before its group ran (sb_store_cancel) */
+            continue;
+        rc = bind_run(ins, bind_entry(ins, 1, qid, pub));
+        if (rc == SQLITE_OK && sqlite3_changes(s->db) == 1) {
+            if ((rc = count_add(s, qid, 1, pub->size)) != SQLITE_OK)
+                return fail(s, rc, "publish: counts");
+            continue;
+        }
+        /* Fail only this op: report, then delete what it inserted so far. */
+        if (rc != SQLITE_OK) {
+            if (!is_op_local(rc) || sqlite3_get_autocommit(s->db))
+                return fail(s, rc, "publish: insert");
+            op->status = sb_store__error_from_sqlite(rc);
+            sb_warn(WHO, "database %s: publish of message %llu failed: %s", s->path,
+                    (unsigned long long)m->id, sqlite3_errmsg(s->db));
+        } else {
+            op->status = SB_EEXIST;
+            sb_warn(WHO, "database %s: message %llu is already in queue %u", s->path,
+                    (unsigned long long)m->id, (unsigned)qid);
+        }
+        rc = SQLITE_OK;
+        for (size_t j = 0; j < i && rc == SQLITE_OK; j++) /* cancelled ones: 0 */
+            if (op->u.publish.queue_ids[j] != 0)
+                rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id, 1, pub->size);
+        return rc != SQLITE_OK ? fail(s, rc, "publish: undo of a partial insert") : SQLITE_OK;
+    }
+    return SQLITE_OK;
+}
+
+/* Whether a publish inserts entries and nothing else (no dedup key, drops
+ * or retained value), so that insert_run may take it. */
+static int is_plain_publish(const sb_store_op *op)
+{
+    return op->type == SB_OP_PUBLISH && op->u.publish.msg != NULL &&
+           op->u.publish.dedup_key == NULL && op->u.publish.drop_count == 0 &&
+           !op->u.publish.retain &&
+           (op->u.publish.queue_count == 0 || op->u.publish.queue_ids != NULL) &&
+           op->u.publish.queue_count <= INSERT_MAX_ROWS;
+}
+
 static int exec_publish(sb_store *s, sb_store_op *op)
 {
     const sb_message *m = op->u.publish.msg;
     const char *key = op->u.publish.dedup_key;
-    sqlite3_stmt *ins = s->st[ST_ENTRY_INSERT];
     unsigned char *hdr = NULL;
     size_t hdr_len = 0;
-    int64_t size;
     int rc = SQLITE_OK;
 
     if (m == NULL || (op->u.publish.queue_count > 0 && op->u.publish.queue_ids == NULL) ||
@@ -648,54 +758,24 @@ static int exec_publish(sb_store *s, sb_store_op *op)
     {
         /* every entry cancelled and no retained value: no row needs them */
         int rows = op->u.publish.retain;
-        for (size_t i = 0; i < op->u.publish.queue_count && !rows; i++)
-            rows = op->u.publish.queue_ids[i] != 0;
+        for (size_t i = 0; i < op->u.publish.queue_count; i++) {
+            if (op->u.publish.queue_ids[i] != 0)
+                rows = 1;
+            else /* acknowledged before its group ran (sb_store_cancel) */
+                s->group_elided++;
+        }
         if (rows && sb_message_headers_encode(m, &hdr, &hdr_len) != 0) {
             op->status = SB_ENOMEM;
             return SQLITE_OK;
         }
     }
-    size = (int64_t)((m->topic != NULL ? strlen(m->topic) : 0) + m->payload_len + hdr_len);
-    for (size_t i = 0; i < op->u.publish.queue_count; i++) {
-        uint32_t qid = op->u.publish.queue_ids[i];
-        if (qid == 0) { /* acknowledged before its group ran (sb_store_cancel) */
-            s->group_elided++;
-            continue;
-        }
-        rc = bind_run(ins,
-                      bind_args(ins, "iitbbiii", (int64_t)qid, (int64_t)m->id,
-                                m->topic != NULL ? m->topic : "",
-                                m->payload != NULL ? (const void *)m->payload : (const void *)"",
-                                m->payload_len, (const void *)hdr, hdr_len, m->created_ms,
-                                m->expires_ms, (int64_t)m->priority));
-        if (rc == SQLITE_OK && sqlite3_changes(s->db) == 1) {
-            if ((rc = count_add(s, qid, 1, size)) != SQLITE_OK) {
-                rc = fail(s, rc, "publish: counts");
-                goto out;
-            }
-            continue;
-        }
-        /* Fail only this op: report, then delete what it inserted so far. */
-        if (rc != SQLITE_OK) {
-            if (!is_op_local(rc) || sqlite3_get_autocommit(s->db)) {
-                rc = fail(s, rc, "publish: insert");
-                goto out;
-            }
-            op->status = sb_store__error_from_sqlite(rc);
-            sb_warn(WHO, "database %s: publish of message %llu failed: %s", s->path,
-                    (unsigned long long)m->id, sqlite3_errmsg(s->db));
-        } else {
-            op->status = SB_EEXIST;
-            sb_warn(WHO, "database %s: message %llu is already in queue %u", s->path,
-                    (unsigned long long)m->id, (unsigned)qid);
-        }
-        rc = SQLITE_OK;
-        for (size_t j = 0; j < i && rc == SQLITE_OK; j++) /* cancelled ones: 0 */
-            if (op->u.publish.queue_ids[j] != 0)
-                rc = delete_range(s, op->u.publish.queue_ids[j], m->id, m->id, 1, size);
-        if (rc != SQLITE_OK)
-            rc = fail(s, rc, "publish: undo of a partial insert");
-        goto out;
+    {
+        run_pub pub = {.op = op, .hdr = hdr, .hdr_len = hdr_len};
+        pub.topic_len = m->topic != NULL ? (int)strlen(m->topic) : 0;
+        pub.size = (int64_t)((size_t)pub.topic_len + m->payload_len + hdr_len);
+        rc = insert_entries(s, &pub, 0);
+        if (rc != SQLITE_OK || op->status != 0)
+            goto out;
     }
     /* Past this point an error fails the group: undoing drops and a replaced
      * retained value is not worth it for errors that cannot happen here once
@@ -726,6 +806,134 @@ static int exec_publish(sb_store *s, sb_store_op *op)
     note_msg_id(s, m->id);
 out:
     sb_free(hdr);
+    return rc;
+}
+
+static int needs_acks_flushed(const sb_store *s, const sb_store_op *op);
+
+/* Inserts the entries of *io_op (a plain publish, is_plain_publish) and of
+ * the plain publishes after it in the group, in as few statements as
+ * possible (INSERT_SIZES); *io_op is left at the last publish taken. Each
+ * publish ends as exec_publish would end it. */
+static int insert_run(sb_store *s, sb_store_op **io_op)
+{
+    run_pub *pubs = s->run_pubs;
+    run_row *rows = s->run_rows;
+    size_t npub = 0, nrow = 0, done = 0, slots = 0, hdr_bytes = 0;
+    sb_store_op *op = *io_op;
+    uint64_t seq = 0;
+    int rc = SQLITE_OK;
+
+    /* Queue ids are read only once the publishes are marked executing. */
+    for (;;) {
+        pubs[npub].op = op;
+        pubs[npub].hdr = NULL;
+        npub++;
+        slots += op->u.publish.queue_count;
+        if (op->seq > seq) /* retried ops come first, older */
+            seq = op->seq;
+        if (npub == INSERT_MAX_ROWS || op->next == NULL || !is_plain_publish(op->next) ||
+            slots + op->next->u.publish.queue_count > INSERT_MAX_ROWS ||
+            needs_acks_flushed(s, op->next))
+            break;
+        op = op->next;
+        op->status = 0;
+    }
+    *io_op = op;
+    /* From here on sb_store_cancel refuses these publishes, and what it
+     * cancelled before is seen (the mutex orders it). */
+    uv_mutex_lock(&s->mu);
+    s->exec_seq = seq;
+    uv_mutex_unlock(&s->mu);
+
+    for (size_t p = 0; p < npub; p++) {
+        const sb_store_op *o = pubs[p].op;
+        const sb_message *m = o->u.publish.msg;
+        pubs[p].rows = 0;
+        for (size_t i = 0; i < o->u.publish.queue_count; i++) {
+            if (o->u.publish.queue_ids[i] != 0)
+                pubs[p].rows++;
+            else /* acknowledged before its group ran */
+                s->group_elided++;
+        }
+        pubs[p].hdr_len = pubs[p].rows > 0 ? sb_message_headers_size(m) : 0;
+        hdr_bytes += pubs[p].hdr_len;
+        pubs[p].topic_len = m->topic != NULL ? (int)strlen(m->topic) : 0;
+        pubs[p].size = (int64_t)((size_t)pubs[p].topic_len + m->payload_len + pubs[p].hdr_len);
+    }
+    if (hdr_bytes > s->run_hdrs_cap) {
+        unsigned char *n = sb_realloc(s->run_hdrs, hdr_bytes);
+        if (n != NULL) {
+            s->run_hdrs = n;
+            s->run_hdrs_cap = hdr_bytes;
+        }
+    }
+    hdr_bytes = 0;
+    for (size_t p = 0; p < npub; p++) {
+        const sb_store_op *o = pubs[p].op;
+        if (hdr_bytes + pubs[p].hdr_len > s->run_hdrs_cap) { /* no memory for them */
+            pubs[p].op->status = SB_ENOMEM;
+            continue;
+        }
+        if (pubs[p].hdr_len > 0) {
+            pubs[p].hdr = s->run_hdrs + hdr_bytes;
+            sb_message_headers_write(o->u.publish.msg, pubs[p].hdr);
+            hdr_bytes += pubs[p].hdr_len;
+        }
+        for (size_t i = 0; i < o->u.publish.queue_count && pubs[p].rows > 0; i++) {
+            if (o->u.publish.queue_ids[i] == 0)
+                continue;
+            rows[nrow].pub = (uint32_t)p;
+            rows[nrow].queue = (uint32_t)i;
+            nrow++;
+        }
+    }
+
+    while (done < nrow) {
+        int k = INSERT_SIZES - 1;
+        sqlite3_stmt *st;
+        while ((size_t)1 << k > nrow - done)
+            k--;
+        st = s->insert_st[k];
+        for (size_t r = 0; r < (size_t)1 << k && rc == SQLITE_OK; r++) {
+            const run_row *row = &rows[done + r];
+            const run_pub *pub = &pubs[row->pub];
+            rc = bind_entry(st, 1 + (int)r * INSERT_COLUMNS,
+                            pub->op->u.publish.queue_ids[row->queue], pub);
+        }
+        rc = bind_run(st, rc);
+        if (rc != SQLITE_OK)
+            break;
+        for (size_t r = 0; r < (size_t)1 << k && rc == SQLITE_OK; r++) {
+            const run_row *row = &rows[done + r];
+            rc = count_add(s, pubs[row->pub].op->u.publish.queue_ids[row->queue], 1,
+                           pubs[row->pub].size);
+        }
+        if (rc != SQLITE_OK) {
+            rc = fail(s, rc, "publish: counts");
+            goto out;
+        }
+        done += (size_t)1 << k;
+    }
+    if (rc != SQLITE_OK) {
+        /* The statement inserted nothing. Its entries and the rest go one
+         * at a time, which finds the publish at fault and fails it alone
+         * (a duplicate entry, a message too big), unless the error ended
+         * the transaction. */
+        const run_row *row = &rows[done];
+        if (sqlite3_get_autocommit(s->db)) {
+            rc = fail(s, rc, "publish: insert");
+            goto out;
+        }
+        rc = SQLITE_OK;
+        for (size_t p = row->pub; p < npub && rc == SQLITE_OK; p++)
+            if (pubs[p].op->status == 0)
+                rc = insert_entries(s, &pubs[p], p == row->pub ? row->queue : 0);
+    }
+out:
+    for (size_t p = 0; p < npub && rc == SQLITE_OK; p++)
+        if (pubs[p].op->status == 0)
+            note_msg_id(s, pubs[p].op->u.publish.msg->id);
     return rc;
 }
 
@@ -1521,13 +1729,26 @@ static void vacuum_full(sb_store *s, int64_t pages)
 }
 
 /* CHECK and COMPACT, after their group committed. */
+/* Sets op's maintenance report (NULL if there is no memory for it). */
+static void set_report(sb_store_op *op, const char *fmt, ...)
+{
+    char text[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    sb_free(op->u.maint.report);
+    op->u.maint.report = sb_strdup(text);
+}
+
 static void exec_maintenance(sb_store *s, sb_store_op *op)
 {
     sqlite3_stmt *st = NULL;
+    char found[1024];
     size_t len = 0;
     int rc;
 
-    op->u.maint.report[0] = '\0';
+    found[0] = '\0';
     if (op->type == SB_OP_CHECK) {
         rc = sqlite3_prepare_v2(s->db, "PRAGMA quick_check(20)", -1, &st, NULL);
         op->u.maint.ok = 1;
@@ -1539,18 +1760,19 @@ static void exec_maintenance(sb_store *s, sb_store_op *op)
             if (t == NULL || strcmp(t, "ok") == 0)
                 continue;
             op->u.maint.ok = 0;
-            if (len + 2 < sizeof(op->u.maint.report))
-                len += (size_t)snprintf(op->u.maint.report + len, sizeof(op->u.maint.report) - len,
-                                        "%s%s", len > 0 ? "; " : "", t);
+            if (len + 2 < sizeof(found))
+                len += (size_t)snprintf(found + len, sizeof(found) - len, "%s%s",
+                                        len > 0 ? "; " : "", t);
         }
         if (rc != SQLITE_DONE) {
             op->u.maint.ok = 0;
-            snprintf(op->u.maint.report, sizeof(op->u.maint.report), "%s (SQLite code %d)",
-                     sqlite3_errmsg(s->db), rc);
+            snprintf(found, sizeof(found), "%s (SQLite code %d)", sqlite3_errmsg(s->db), rc);
         }
         (void)sqlite3_finalize(st);
+        if (!op->u.maint.ok)
+            set_report(op, "%s", found);
         sb_log(op->u.maint.ok ? SB_LOG_INFO : SB_LOG_ERROR, WHO, "database %s: check: %s", s->path,
-               op->u.maint.ok ? "ok" : op->u.maint.report);
+               op->u.maint.ok ? "ok" : found);
         return;
     }
     {
@@ -1569,11 +1791,11 @@ static void exec_maintenance(sb_store *s, sb_store_op *op)
         /* VACUUM writes a copy, then the WAL holds the new pages */
         if (avail < 2 * (uint64_t)op->u.maint.before_bytes + 16 * 1024 * 1024) {
             op->status = SB_ENOSPC;
-            snprintf(op->u.maint.report, sizeof(op->u.maint.report),
-                     "not enough free disk space to compact %lld MiB (%llu MiB free, twice the "
-                     "database is needed)",
-                     (long long)(op->u.maint.before_bytes >> 20),
-                     (unsigned long long)(avail >> 20));
+            set_report(op,
+                       "not enough free disk space to compact %lld MiB (%llu MiB free, twice the "
+                       "database is needed)",
+                       (long long)(op->u.maint.before_bytes >> 20),
+                       (unsigned long long)(avail >> 20));
             return;
         }
         sb_info(WHO, "database %s: compacting %lld MiB (VACUUM; commits wait)", s->path,
@@ -1584,9 +1806,9 @@ static void exec_maintenance(sb_store *s, sb_store_op *op)
             rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
         if (rc != SQLITE_OK) {
             op->status = sb_store__error_from_sqlite(rc);
-            snprintf(op->u.maint.report, sizeof(op->u.maint.report), "VACUUM failed: %s",
-                     sqlite3_errmsg(s->db));
-            sb_errlog(WHO, "database %s: %s", s->path, op->u.maint.report);
+            snprintf(found, sizeof(found), "VACUUM failed: %s", sqlite3_errmsg(s->db));
+            set_report(op, "%s", found);
+            sb_errlog(WHO, "database %s: %s", s->path, found);
             return;
         }
         s->auto_vacuum = 1;
@@ -1842,7 +2064,7 @@ static void run_group(sb_store *s, sb_store_op *head, sb_store_op *tail, size_t 
         if (needs_acks_flushed(s, op))
             rc = acks_flush(s);
         if (rc == SQLITE_OK)
-            rc = exec_op(s, op);
+            rc = is_plain_publish(op) ? insert_run(s, &op) : exec_op(s, op);
     }
     if (rc == SQLITE_OK && s->ack_count > 0)
         rc = acks_flush(s);
@@ -2015,6 +2237,8 @@ static void store_free(sb_store *s)
         (void)sqlite3_finalize(s->st[i]); /* reports the last step's error only */
     for (int i = 0; i < PST_COUNT; i++)
         (void)sqlite3_finalize(s->page_st[i]);
+    for (int i = 0; i < INSERT_SIZES; i++)
+        (void)sqlite3_finalize(s->insert_st[i]);
     if (s->db != NULL) {
         int rc = sqlite3_close(s->db);
         if (rc != SQLITE_OK)
@@ -2025,6 +2249,7 @@ static void store_free(sb_store *s)
         uv_mutex_destroy(&s->mu);
     }
     sb_free(s->acks);
+    sb_free(s->run_hdrs);
     sb_free(s->deltas);
     sb_free(s->delta_slots);
     sb_free(s->path);
@@ -2564,6 +2789,22 @@ static int read_high_water(sb_store *s, sb_error *err)
     return 0;
 }
 
+/* Prepares the insert of 2^k entries (INSERT_SIZES). */
+static int prepare_insert(sb_store *s, int k, sb_error *err)
+{
+    size_t rows = (size_t)1 << k, len = sizeof(INSERT_SQL) + rows * sizeof(INSERT_ROW_SQL);
+    char *sql = sb_malloc(len), *p;
+    int rc;
+    if (sql == NULL)
+        return sb_error_set(err, SB_ENOMEM, 0, "database %s: out of memory", s->path);
+    p = sql + snprintf(sql, len, "%s", INSERT_SQL);
+    for (size_t r = 0; r < rows; r++)
+        p += snprintf(p, len - (size_t)(p - sql), "%s" INSERT_ROW_SQL, r > 0 ? "," : "");
+    rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->insert_st[k], NULL);
+    sb_free(sql);
+    return rc == SQLITE_OK ? 0 : db_error(s, rc, "preparing the inserts", err);
+}
+
 int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err)
 {
     sb_store *s;
@@ -2622,6 +2863,8 @@ int sb_store_open(sb_store **out, const sb_store_options *opts, sb_error *err)
         if (src != SQLITE_OK)
             rc = db_error(s, src, "preparing the paging statements", err);
     }
+    for (int k = 0; k < INSERT_SIZES && rc == 0; k++)
+        rc = prepare_insert(s, k, err);
     if (rc != 0)
         goto fail;
     *out = s;

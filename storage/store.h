@@ -264,8 +264,11 @@ struct sb_store_op {
              * transaction, holding the store thread for their duration
              * (commits wait). COMPACT refuses (SB_ENOSPC, nothing changed)
              * unless the disk has room for a second copy of the database. */
-            int ok;                            /* CHECK: 1 if quick_check found nothing */
-            char report[1024];                 /* CHECK: its first findings; COMPACT: why not */
+            int ok; /* CHECK: 1 if quick_check found nothing */
+            /* CHECK: its first findings; COMPACT: why not. NULL: none (or no
+             * memory for it). Owned by the op: sb_free it after the callback.
+             * A pointer, not a buffer: every op is as large as this union. */
+            char *report;
             int64_t before_bytes, after_bytes; /* COMPACT: the file's size */
         } maint;
     } u;

@@ -1572,6 +1572,59 @@ static char *counted_by_sql(const char *path)
                       " GROUP BY queue_id ORDER BY queue_id");
 }
 
+/* Publishes of one group insert their entries with multi-row statements.
+ * One of them meets an existing entry in a statement that began with
+ * another publish's entries: that publish alone fails, its entries
+ * inserted by the statement before are deleted, the others and the
+ * counts hold. 13 publishes to 3 queues are 39 entries (statements of
+ * 32, 4, 2 and 1): publish 10's entries are rows 30..32, across the
+ * first two. */
+static void test_publish_run_conflict(void **state)
+{
+    fx *f = *state;
+    uint32_t q1 = 1, q3 = 3, q123[13][3];
+    sb_store_op ops[13];
+    sb_message *ms[13];
+    char got[4096] = "", *want;
+    sb_error err;
+    loaded *l;
+    int done = 0;
+
+    open_start(f);
+    assert_int_equal(publish(f, 110, "first", &q3, 1), 0);
+    assert_int_equal(publish(f, 200, "unrelated", &q1, 1), 0);
+    sb_store_test_hold(f->s, 1);
+    for (int i = 0; i < 13; i++) {
+        for (int k = 0; k < 3; k++)
+            q123[i][k] = (uint32_t)k + 1;
+        ms[i] = msg(100 + (uint64_t)i, "t/x", i % 2 ? "odd" : "even body");
+        publish_op(&ops[i], ms[i], q123[i], 3);
+        ops[i].cb = count_cb;
+        ops[i].ctx = &done;
+        assert_int_equal(sb_store_submit(f->s, &ops[i]), 0);
+    }
+    sb_store_test_hold(f->s, 0);
+    run_until(f, &done, 13);
+    for (int i = 0; i < 13; i++) {
+        assert_int_equal(ops[i].status, i == 10 ? SB_EEXIST : 0);
+        sb_message_unref(ms[i]);
+    }
+    l = reload_entries(f);
+    assert_int_equal(l->n, 2 + 12 * 3);
+    for (size_t i = 0; i < l->n; i++)
+        if (l->e[i].m->id == 110) /* only the one there before */
+            assert_int_equal(l->e[i].queue_id, 3);
+    loaded_free(l);
+    shut(f);
+    want = counted_by_sql(f->path);
+    open_with(f, 0, 0, 0);
+    assert_int_equal(sb_store_load_counts(f->s, collect_count, got, &err), 0);
+    assert_string_equal(got, want);
+    assert_non_null(strstr(want, "1|13|"));
+    assert_non_null(strstr(want, "3|13|"));
+    free(want);
+}
+
 /* The counts the store keeps per group commit match the entries through
  * every op that adds or removes them, rolled-back redrives, failed
  * publishes and a queue deleted in the group that filled it. */
@@ -2294,6 +2347,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_dedup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_put_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_publish_conflict, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_publish_run_conflict, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_commit_delay, setup, teardown),
