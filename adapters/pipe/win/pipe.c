@@ -471,14 +471,14 @@ static int pipe_deliver(sb_adapter *a, sb_delivery *d)
 static unsigned pipe_caps_of(const sb_adapter_config *cfg)
 {
     if (SB_STREAM_CFG(cfg)->protocol != NULL && strcmp(SB_STREAM_CFG(cfg)->protocol, "mqtt") == 0)
-        return SB_CAP_SOURCE | SB_CAP_THREAD;
-    return SB_CAP_SOURCE | SB_CAP_SINK | SB_CAP_THREAD;
+        return SB_CAP_SOURCE;
+    return SB_CAP_SOURCE | SB_CAP_SINK;
 }
 
 const sb_adapter_type sb_adapter_pipe = {
     .version = SB_ADAPTER_VERSION,
     .name = "pipe",
-    .caps = SB_CAP_SOURCE | SB_CAP_SINK | SB_CAP_THREAD,
+    .caps = SB_CAP_SOURCE | SB_CAP_SINK,
     .caps_of = pipe_caps_of,
     .create = pipe_create,
     .start = pipe_start,
