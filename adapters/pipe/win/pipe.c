@@ -17,9 +17,9 @@
  * buffer; what the buffer holds and what the broker read ahead is lost if
  * the broker dies. So raw pipes get small buffers (pipe_buffer, default
  * 4 KiB; jsonl and MQTT, which acknowledge after the commit, 64 KiB) and
- * the I/O thread reads at most read_ahead messages ahead (message mode) or
- * one 64 KiB read (byte mode); `reply` answers each message once committed
- * (adapters/protocol/raw.c).
+ * the broker reads no further while the raw protocol holds read_ahead
+ * messages it has not committed; `reply` answers each message once
+ * committed (adapters/protocol/raw.c).
  *
  * An MQTT pipe is a source only (pipe_caps_of): its clients subscribe for
  * themselves, so it cannot be a route's destination.
@@ -31,9 +31,9 @@
  * connected, messages wait in their queue.
  *
  * libuv's pipes cannot be used: they are byte-mode only and take no
- * security descriptor. Connecting and reading run on a thread of the
- * adapter's own (pipe_io.c); this file is the loop side, including the
- * sb_conn transport, which issues writes itself (pipe_int.h says why).
+ * security descriptor. The pipe handles are still served on the loop's
+ * completion port (pipe_io.c; pipe_int.h says how and why); this file is
+ * the adapter and the sb_conn transport.
  */
 #include "adapters/stream_keys.h"
 #include "adapters/pipe/win/pipe_int.h"
@@ -46,43 +46,23 @@
 #include <stdio.h>
 #include <string.h>
 
-/* How long stop() waits for the thread to close every pipe handle, so that
- * the name is free when it returns (a reload restarts the adapter at once). */
-#define STOP_WAIT_MS 5000
 /* The pipe's buffer (pipe_buffer not set): raw, and jsonl / MQTT. */
 #define RAW_PIPE_BUFFER 4096
 #define STREAM_PIPE_BUFFER 65536
 
 /* ---- the transport under sb_conn ---- */
 
-/* Asks the thread to start reading, or to resume after it stalled. */
-static void post_read(pipe_inst *inst)
-{
-    sb_pipe__cmd(inst->pa, PIPE_KEY_READ, inst);
-}
-
 static void t_read(sb_conn *c, int on)
 {
     pipe_inst *inst = c->tdata;
-    pipe_adapter *pa = inst->pa;
-    int post;
-    inst->want_read = on;
-    if (!on)
-        return;
-    if (!inst->read_started) {
-        inst->read_started = 1;
-        post_read(inst);
+    if (!on) {
+        inst->want_read = 0;
         return;
     }
-    /* Input that came while paused: hand it over from the inbox, not from
-     * inside the protocol call that resumed reading. */
-    uv_mutex_lock(&pa->lock);
-    post = !inst->posted && (inst->ilen > 0 || (inst->end_pending && !inst->end_reported));
-    if (post)
-        inst->posted = 1;
-    uv_mutex_unlock(&pa->lock);
-    if (post)
-        sb_pipe__post(pa, sb_pipe__on_input, inst);
+    if (inst->want_read)
+        return;
+    inst->want_read = 1;
+    sb_pipe__read(inst);
 }
 
 static void on_flush_check(uv_check_t *h);
@@ -230,7 +210,7 @@ static int t_write(sb_conn *c, char *buf, size_t len)
     inst->wlen = len;
     inst->woff = 0;
     if (sb_pipe__write_on(inst) == 0)
-        return 0; /* pending: the thread reports it done */
+        return 0; /* pending: reported done when it completes */
     /* Done at once (or failed): flush_held reports it, once out of the
      * connection's write call. */
     inst->wdone_now = 1;
@@ -240,67 +220,13 @@ static int t_write(sb_conn *c, char *buf, size_t len)
 static void t_close(sb_conn *c)
 {
     pipe_inst *inst = c->tdata;
-    sb_pipe__cmd(inst->pa, PIPE_KEY_CLOSE, inst);
+    sb_pipe__close(inst);
 }
 
 static const sb_conn_transport pipe_transport = {t_read, t_write, t_close};
 
-/* Takes what the thread read, and then its end, while the connection reads.
- * A protocol that paused gets the rest, or the end of input, only when it
- * reads again (t_read): the end must not close the connection while the
- * protocol still holds frames it has not published. Nothing may be sent to
- * the thread for a connection being closed. */
-void sb_pipe__on_input(void *arg)
+void sb_pipe__on_write_done(pipe_inst *inst)
 {
-    pipe_inst *inst = arg;
-    pipe_adapter *pa = inst->pa;
-    sb_conn *c = inst->conn;
-    char *data = NULL;
-    size_t len = 0;
-    int resume = 0, end = 0;
-
-    uv_mutex_lock(&pa->lock);
-    inst->posted = 0;
-    if (c != NULL && !c->closing && inst->want_read) {
-        data = inst->ibuf; /* now owned here */
-        len = inst->ilen;
-        inst->ibuf = NULL;
-        inst->ilen = inst->icap = 0;
-        inst->imsgs = 0;
-        resume = inst->stalled;
-        inst->stalled = 0;
-        end = inst->end_pending && !inst->end_reported;
-    }
-    uv_mutex_unlock(&pa->lock);
-    if (c == NULL || c->closing || !inst->want_read)
-        return; /* t_read posts again when it reads */
-    if (resume)
-        post_read(inst);
-    if (inst->user != NULL && c->user == NULL) {
-        c->user = inst->user; /* now owned by the connection */
-        inst->user = NULL;
-    }
-    if (data != NULL) {
-        sb_conn_input(c, data, len);
-        sb_free(data);
-        if (c->closing || !inst->want_read)
-            end = 0; /* passed on when it reads again (or never) */
-    }
-    if (!end)
-        return;
-    inst->end_reported = 1;
-    if (inst->end_log) {
-        sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: %s; closing the connection", c->peer,
-               inst->end_why);
-        sb_conn_input_end(c, inst->end_err, NULL);
-    } else {
-        sb_conn_input_end(c, inst->end_err, inst->end_why);
-    }
-}
-
-void sb_pipe__on_write_done(void *arg)
-{
-    pipe_inst *inst = arg;
     sb_conn_write_done(inst->conn, inst->wstatus, inst->wstatus != 0 ? inst->wwhy : NULL);
 }
 
@@ -324,24 +250,24 @@ static void unqueue_flush(pipe_inst *inst)
     inst->flush_queued = 0;
 }
 
-void sb_pipe__on_closed(void *arg)
+void sb_pipe__on_freed(pipe_inst *inst)
 {
-    pipe_inst *inst = arg;
     sb_conn *c = inst->conn;
     if (inst->flush_queued)
         unqueue_flush(inst); /* its output was dropped by the close */
-    if (c != NULL) {
-        c->tdata = NULL;
-        sb_conn_transport_closed(c);
+    if (inst->wdone_now) { /* written at once by the flush in sb_conn_close */
+        inst->wdone_now = 0;
+        sb_pipe__on_write_done(inst);
     }
-    sb_pipe__inst_free(inst);
+    inst->conn = NULL;
+    c->tdata = NULL;
+    sb_conn_transport_closed(c);
 }
 
 /* ---- connections ---- */
 
-void sb_pipe__on_connected(void *arg)
+void sb_pipe__on_connected(pipe_inst *inst)
 {
-    pipe_inst *inst = arg;
     pipe_adapter *pa = inst->pa;
     sb_conn *c;
     int rc;
@@ -349,13 +275,13 @@ void sb_pipe__on_connected(void *arg)
     if (!pa->is_server)
         pa->st.connecting = 0;
     if (pa->base.stopping) {
-        sb_pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
+        sb_pipe__close(inst);
         return;
     }
     c = sb_stream_conn_new(&pa->st);
     if (c == NULL) {
         sb_log(SB_LOG_ERROR, pa->base.name, "peer %s: out of memory", inst->peer);
-        sb_pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
+        sb_pipe__close(inst);
         return;
     }
     inst->conn = c;
@@ -367,7 +293,7 @@ void sb_pipe__on_connected(void *arg)
                pa->proto->name, sb_strerror(rc));
         inst->conn = NULL;
         sb_free(c);
-        sb_pipe__cmd(pa, PIPE_KEY_CLOSE, inst);
+        sb_pipe__close(inst);
         if (!pa->is_server)
             sb_stream_retry(&pa->st);
         return;
@@ -385,12 +311,11 @@ static void start_connect(sb_stream *st)
 {
     pipe_adapter *pa = (pipe_adapter *)st->adapter;
     st->connecting = 1;
-    sb_pipe__cmd(pa, PIPE_KEY_CONNECT, NULL);
+    sb_pipe__connect(pa);
 }
 
-void sb_pipe__on_connect_failed(void *arg)
+void sb_pipe__on_connect_failed(pipe_adapter *pa)
 {
-    pipe_adapter *pa = arg;
     sb_stream_connect_failed(&pa->st, pa->connect_why);
 }
 
@@ -413,15 +338,10 @@ static int pipe_create(sb_adapter **out, const sb_adapter_config *cfg, sb_error 
      * the broker read ahead: both are lost if the broker dies, so raw
      * gets small ones (README: what a raw producer can rely on). jsonl and
      * MQTT acknowledge after the commit and keep the larger ones. */
-    if (pa->proto == &sb_protocol_raw) {
+    if (pa->proto == &sb_protocol_raw)
         pa->buffer = SB_STREAM_CFG(cfg)->pipe_buffer > 0 ? (DWORD)SB_STREAM_CFG(cfg)->pipe_buffer : RAW_PIPE_BUFFER;
-        pa->ahead_bytes = PIPE_READ_CHUNK;
-        pa->ahead_messages = pa->message ? (SB_STREAM_CFG(cfg)->read_ahead > 0 ? SB_STREAM_CFG(cfg)->read_ahead : 64) : 0;
-    } else {
+    else
         pa->buffer = SB_STREAM_CFG(cfg)->pipe_buffer > 0 ? (DWORD)SB_STREAM_CFG(cfg)->pipe_buffer : STREAM_PIPE_BUFFER;
-        pa->ahead_bytes = PIPE_READ_AHEAD;
-        pa->ahead_messages = 0;
-    }
     rc = sb_pipe__full_name(pa->is_server ? SB_STREAM_CFG(cfg)->path : SB_STREAM_CFG(cfg)->connect, pa->is_server, &pa->display,
                             &pa->wname, err);
     if (rc != 0) {
@@ -449,17 +369,6 @@ static int pipe_start(sb_adapter *a, sb_error *err)
     pipe_adapter *pa = (pipe_adapter *)a;
     int rc;
 
-    pa->handles_closed = CreateEventW(NULL, TRUE, FALSE, NULL);
-    if (pa->handles_closed == NULL)
-        return win_error(err, pa, "CreateEventW");
-    pa->port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 1);
-    if (pa->port == NULL)
-        return win_error(err, pa, "CreateIoCompletionPort");
-    if ((rc = sb_inbox_new(&pa->inbox, a->loop)) != 0)
-        return sb_error_set(err, rc, 0, "adapter %s: out of memory", a->name);
-    if (uv_mutex_init(&pa->lock) != 0)
-        return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: cannot make a lock", a->name);
-    pa->lock_made = 1;
     pa->flush_check = sb_malloc(sizeof(*pa->flush_check));
     pa->flush_prepare = sb_malloc(sizeof(*pa->flush_prepare));
     if (pa->flush_check == NULL || pa->flush_prepare == NULL) {
@@ -480,12 +389,18 @@ static int pipe_start(sb_adapter *a, sb_error *err)
     pa->st.finish = release_io;
     if (pa->is_server) {
         HANDLE h;
+        pipe_inst *first;
         sb_stream_open_guard(&pa->st);
         if ((rc = sb_pipe__security(&pa->sd, a->name, SB_STREAM_CFG(a->cfg)->security, err)) != 0)
             return rc;
         pa->sa.nLength = sizeof(pa->sa);
         pa->sa.lpSecurityDescriptor = pa->sd;
         pa->sa.bInheritHandle = FALSE;
+        pa->retry_timer = sb_malloc(sizeof(*pa->retry_timer));
+        if (pa->retry_timer == NULL)
+            return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->name);
+        uv_timer_init(a->loop, pa->retry_timer);
+        pa->retry_timer->data = pa;
         if ((rc = sb_pipe__guard(&pa->mutex, pa, err)) != 0)
             return rc;
         h = sb_pipe__create_instance(pa, 1);
@@ -502,33 +417,29 @@ static int pipe_start(sb_adapter *a, sb_error *err)
             CloseHandle(h);
             return rc;
         }
-        pa->first = sb_pipe__inst_new(pa, h);
-        if (pa->first == NULL) {
+        first = sb_pipe__inst_new(pa, h);
+        if (first == NULL) {
             CloseHandle(h);
             return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->name);
         }
         pa->open_handles = 1;
-    } else if ((rc = sb_stream_open_timer(&pa->st, err)) != 0) {
-        return rc;
-    }
-    if (uv_thread_create(&pa->thread, sb_pipe__thread, pa) != 0)
-        return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: cannot start its thread", a->name);
-    pa->thread_running = 1;
-    if (pa->is_server) {
+        sb_pipe__listen(first);
         sb_log(SB_LOG_INFO, a->name, "listening on %s (%s, %s mode)", pa->display, pa->proto->name,
                pa->message ? "message" : "byte");
     } else {
+        if ((rc = sb_stream_open_timer(&pa->st, err)) != 0)
+            return rc;
         sb_log(SB_LOG_INFO, a->name, "connecting to %s (%s)", pa->display, pa->proto->name);
         sb_stream_connect(&pa->st);
     }
     return 0;
 }
 
-/* The thread has not reported its exit yet. */
+/* Instances or thread-pool jobs are left. */
 static int io_running(sb_stream *st)
 {
     pipe_adapter *pa = (pipe_adapter *)st->adapter;
-    return pa->thread_running && !pa->stopped_io;
+    return pa->insts != NULL || pa->work_pending > 0;
 }
 
 static void free_handle(uv_handle_t *h)
@@ -536,7 +447,7 @@ static void free_handle(uv_handle_t *h)
     sb_free(h);
 }
 
-/* Everything closed: joins the thread and closes what it shared. */
+/* Everything closed: closes the flush handles. */
 static void release_io(sb_stream *st)
 {
     pipe_adapter *pa = (pipe_adapter *)st->adapter;
@@ -547,33 +458,14 @@ static void release_io(sb_stream *st)
         pa->flush_check = NULL;
         pa->flush_prepare = NULL;
     }
-    if (pa->thread_running) {
-        uv_thread_join(&pa->thread);
-        pa->thread_running = 0;
-    }
-    if (pa->first != NULL) { /* the thread never took it */
-        CloseHandle(pa->first->h);
-        sb_pipe__inst_free(pa->first);
-        pa->first = NULL;
-    }
-    if (pa->port != NULL) {
-        CloseHandle(pa->port);
-        pa->port = NULL;
-    }
-    if (pa->handles_closed != NULL) {
-        CloseHandle(pa->handles_closed);
-        pa->handles_closed = NULL;
-    }
-    if (pa->inbox != NULL) {
-        sb_inbox_close(pa->inbox);
-        pa->inbox = NULL;
+    if (pa->retry_timer != NULL) { /* stop never ran sb_pipe__stop_io */
+        uv_close((uv_handle_t *)pa->retry_timer, free_handle);
+        pa->retry_timer = NULL;
     }
 }
 
-void sb_pipe__on_stopped(void *arg)
+void sb_pipe__on_io_idle(pipe_adapter *pa)
 {
-    pipe_adapter *pa = arg;
-    pa->stopped_io = 1;
     sb_stream_maybe_stopped(&pa->st);
 }
 
@@ -586,12 +478,9 @@ static void pipe_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
         pa->st.finish = release_io;
     }
     sb_stream_stop(&pa->st, cb);
-    if (pa->thread_running) {
-        sb_pipe__cmd(pa, PIPE_KEY_STOP, NULL);
-        if (WaitForSingleObject(pa->handles_closed, STOP_WAIT_MS) != WAIT_OBJECT_0)
-            sb_log(SB_LOG_WARN, a->name, "%s: pipe instances still open after %d ms", pa->display,
-                   STOP_WAIT_MS);
-    }
+    /* Cancels and closes every pipe handle now: the name is free when stop
+     * returns (a reload restarts the adapter on it at once). */
+    sb_pipe__stop_io(pa);
     if (pa->mutex != NULL) {
         CloseHandle(pa->mutex);
         pa->mutex = NULL;
@@ -602,8 +491,6 @@ static void pipe_stop(sb_adapter *a, sb_adapter_stopped_cb cb)
 static void pipe_destroy(sb_adapter *a)
 {
     pipe_adapter *pa = (pipe_adapter *)a;
-    if (pa->lock_made)
-        uv_mutex_destroy(&pa->lock);
     if (pa->sd != NULL)
         LocalFree(pa->sd);
     sb_free(pa->display);
@@ -620,14 +507,14 @@ static int pipe_deliver(sb_adapter *a, sb_delivery *d)
 static unsigned pipe_caps_of(const sb_adapter_config *cfg)
 {
     if (SB_STREAM_CFG(cfg)->protocol != NULL && strcmp(SB_STREAM_CFG(cfg)->protocol, "mqtt") == 0)
-        return SB_CAP_SOURCE | SB_CAP_THREAD;
-    return SB_CAP_SOURCE | SB_CAP_SINK | SB_CAP_THREAD;
+        return SB_CAP_SOURCE;
+    return SB_CAP_SOURCE | SB_CAP_SINK;
 }
 
 const sb_adapter_type sb_adapter_pipe = {
     .version = SB_ADAPTER_VERSION,
     .name = "pipe",
-    .caps = SB_CAP_SOURCE | SB_CAP_SINK | SB_CAP_THREAD,
+    .caps = SB_CAP_SOURCE | SB_CAP_SINK,
     .caps_of = pipe_caps_of,
     .create = pipe_create,
     .start = pipe_start,

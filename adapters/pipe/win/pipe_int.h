@@ -1,140 +1,137 @@
 /*
  * Internal API of the Windows named-pipe adapter (`type: pipe`), shared by
  * its three files:
- *   pipe.c      the adapter on the loop thread: config, start/stop, the sink's
- *               round robin, the client's reconnect timer, and the
- *               sb_conn_transport the protocols (raw, jsonl, mqtt) run over;
- *   pipe_io.c   the I/O thread: one per adapter, overlapped I/O on an I/O
- *               completion port, serving every pipe instance of the adapter;
+ *   pipe.c      the adapter: config, start/stop, the sink's round robin, the
+ *               client's reconnect timer, and the sb_conn_transport the
+ *               protocols (raw, jsonl, mqtt) run over;
+ *   pipe_io.c   overlapped I/O on the pipe handles: listening, connecting,
+ *               reading, writing, closing;
  *   pipe_sec.c  names, the security descriptor and the squatting guard.
  *
- * Threads. The I/O thread never touches an sb_conn or the broker; the loop
- * thread touches a pipe handle only to write (below). The loop sends
- * commands to the thread as completion packets (sb_pipe__cmd: start or
- * resume reading, close, connect, stop); the thread reports back through the
- * adapter's sb_inbox (connected, input, write done, closed, connect failed,
- * stopped). Each instance carries one slot per kind of report, which is
- * enough because at most one write is in progress at a time and input is
- * handed over through a buffer under pa->lock (below).
+ * Everything runs on the loop thread, and the pipe handles complete on the
+ * loop's own I/O completion port (libuv's uv_loop_t iocp): a read that
+ * finds a client's data wakes the loop, which handles it at once, with no
+ * thread in between. Under Wine every wake-up of a thread, every packet
+ * and every I/O call is a round trip to the wineserver, and the pending
+ * read's completion is delivered to the thread that issued it: an I/O
+ * thread that read and then woke the loop with a packet cost two wake-ups
+ * per batch of input where this costs one (tools/bench/wine-requests.sh:
+ * the broker's requests per batch of 64 byte-mode jsonl messages fell
+ * from 27 to 17, per jsonl request/response from 24.6 to 15.1).
  *
- * Hand-offs are what a message costs: each is a wake-up of a thread, and
- * under Wine every wake-up, packet and I/O call is a wineserver round trip.
- * So there is at most one per batch, not per message, in each direction:
- *   input   the thread appends what it reads to inst->ibuf under pa->lock
- *           and, once nothing more can be read at once, posts "input" unless
- *           one is posted already; the loop takes everything in one go.
- *           The thread stops reading once pa->ahead_bytes (or
- *           pa->ahead_messages) wait there ("stalled"); only then does the
- *           loop send a command, when it takes them.
- *   output  the loop issues WriteFile itself, once per loop turn: a
- *           connection holds what its protocol sends (sb_conn hold_output)
- *           until the end of the turn, when a check handle (and a prepare
- *           handle, for what was sent before the loop polls) writes it all
- *           at once: one WriteFile for a batch of pubacks or deliveries,
- *           not a first one alone that wakes the peer for it.
- *           Handles are in FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode: a
- *           write that completes at once (the pipe's buffer had room:
- *           nearly always) posts no packet and is reported done right
- *           there. A write that is pending completes on the thread, which
- *           writes the rest and reports it done.
- * The same mode lets the thread handle reads that complete at once where it
- * issues them, without a packet.
+ * How a completion reaches us: each operation (pipe_op) is a uv_async_t
+ * whose own wake-up request's OVERLAPPED (async_req.u.io.overlapped, the
+ * one uv_async_send posts) is the OVERLAPPED of the ReadFile, WriteFile or
+ * ConnectNamedPipe. When the I/O completes, the kernel queues that
+ * OVERLAPPED on the loop's port, as uv_async_send would, and libuv calls
+ * the async's callback (on_op), which reads the result from the
+ * OVERLAPPED. While an operation is pending its async_sent is set, as after
+ * uv_async_send: libuv then lets a uv_close of the async finish only after
+ * the packet came (so its memory outlives the I/O). uv_async_send on the
+ * same async, when no I/O is pending on it, is a "kick": the operation
+ * continues in a later loop turn (a read that was paused or went on for
+ * long enough). This uses two of libuv's Windows internals that uv.h
+ * declares (uv_req_t's OVERLAPPED, uv_async_t's async_req and async_sent),
+ * the same from libuv 1.44 to 1.52; uv_async_send does exactly this.
  *
- * Lifetime of an instance: created by the thread (or by start() for the
- * first one); known to the loop from its "connected" report; a connection is
- * always closed by the loop (a "close" command, also after the thread
- * reported the end of input); the thread then cancels its I/O, closes or
- * recycles the handle and posts "closed" as the last thing it does with the
- * instance; the loop frees it. Instances the loop never heard of (listeners)
- * are freed by the thread. stop() waits (at most a few seconds, in practice
- * milliseconds) until the thread has closed every handle, so that the pipe
- * name and its guard are free when it returns: a reload restarts a changed
- * adapter on the same name at once.
+ * Handles are in FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode: an operation
+ * that does not return ERROR_IO_PENDING (done at once, ERROR_MORE_DATA, or
+ * failed: Wine reports a client that left with error 109 that way) posts no
+ * packet and is handled where it is issued.
+ *
+ * Output: a connection holds what its protocol sends (sb_conn hold_output)
+ * until the end of the loop turn, when a check handle (and a prepare
+ * handle, for what was sent before the loop polls) writes it all in one
+ * WriteFile: one for a batch of pubacks or deliveries, not a first one
+ * alone that wakes the peer for it.
+ *
+ * Input goes to the protocol as it is read. While the protocol is paused
+ * (backpressure), nothing more is read: what a read that was under way
+ * brought waits in rbuf until it reads again, and so does the end of input
+ * (the end must not close the connection while the protocol still holds
+ * frames it has not published).
+ *
+ * Blocking calls stay off the loop: a client's CreateFileW (which may wait
+ * for a busy server) and, with os_user, the look-up of a client's account
+ * run on libuv's thread pool.
+ *
+ * Lifetime of an instance: created for a listener (server) or a client
+ * connection; a connection is closed by the loop (t_close, also after the
+ * end of input was passed on): its I/O is cancelled, its handle closed or
+ * (the last instance of a server) disconnected and listening again, its
+ * three asyncs closed; when the last one closed the connection is told
+ * (sb_conn_transport_closed) and the instance freed. stop() cancels and
+ * closes every handle before it returns, so that the pipe name and its
+ * guard are free: a reload restarts a changed adapter on the same name at
+ * once.
  *
  * Message boundaries with `framing: message`: the raw protocol treats the
- * framing like `length` (a 4-byte big-endian length before each frame). The
- * thread turns each pipe message it reads into such a frame, and splits what
- * the connection writes (conn.c coalesces a loop turn's output into one
- * buffer) back into its frames, writing each as one pipe message.
+ * framing like `length` (a 4-byte big-endian length before each frame).
+ * Each pipe message read is passed on as such a frame (read into rbuf after
+ * 4 bytes left for the length), and what the connection writes (conn.c
+ * coalesces a loop turn's output into one buffer) is split back into its
+ * frames, each written as one pipe message.
  */
 #ifndef SB_PIPE_INT_H
 #define SB_PIPE_INT_H
 
 #include "adapters/conn.h"
 #include "adapters/stream_core.h"
-#include "service/inbox.h"
 
 #include <windows.h>
 
 /* Read size; a message-mode buffer grows beyond it for a larger message. */
 #define PIPE_READ_CHUNK 65536
-/* jsonl and MQTT: the I/O thread stops reading while this much input waits
- * for the loop (on top of the batch the loop is handling). Raw stops at one
- * read (PIPE_READ_CHUNK) or, in message mode, at read_ahead messages. */
-#define PIPE_READ_AHEAD (256 * 1024)
 
 typedef struct pipe_adapter pipe_adapter;
 typedef struct pipe_inst pipe_inst;
 
-/* Completion keys: I/O on a pipe handle, or a command from the loop (the
- * packet's OVERLAPPED pointer is then the instance, or NULL). */
-enum {
-    PIPE_KEY_IO = 1,
-    PIPE_KEY_READ, /* start reading, or resume after a stall */
-    PIPE_KEY_CLOSE,
-    PIPE_KEY_CONNECT,
-    PIPE_KEY_STOP
-};
-
+/* One overlapped operation; a.async_req.u.io.overlapped is its OVERLAPPED
+ * (see above). a.data is the pipe_op. */
 typedef struct pipe_op {
-    OVERLAPPED ov;
+    uv_async_t a;
     pipe_inst *inst;
-    int pending;
+    int pending; /* issued and not yet completed: its packet will come */
+    int kicked;  /* uv_async_send was called on it: continue, no I/O result */
+    DWORD done_err; /* connect: its result when it completed at once */
 } pipe_op;
 
 struct pipe_inst {
     pipe_adapter *pa;
-    /* ---- the I/O thread's ---- */
     HANDLE h;
-    pipe_op op_connect, op_read;
-    int connected;          /* a client is connected (server) / the connection is up (client) */
-    int known;              /* "connected" was posted: only the loop may end it */
-    int close_asked;        /* the loop's close command arrived */
-    int cancelled;          /* CancelIoEx was issued */
-    int started;            /* the loop asked for input */
-    int dead;               /* a listener that failed: to be closed */
-    char *rbuf;             /* the read in progress (message mode: the message) */
-    size_t rcap, rlen;      /* its capacity and the bytes read */
-    pipe_inst *prev, *next; /* the thread's list */
-    /* ---- input handed over, under pa->lock ---- */
-    char *ibuf; /* read, waiting for the loop to take it */
-    size_t ilen, icap;
-    int imsgs;       /* message mode: the messages in ibuf */
-    int posted;      /* an "input" report is queued on the inbox */
-    int stalled;     /* the thread stopped reading: ibuf is full */
-    int end_pending; /* input ended after what ibuf holds (end_* below say how) */
-    /* ---- the write in progress: the loop's until a WriteFile is pending,
-     * then the thread's until it reports the write done ---- */
-    pipe_op op_write;
+    pipe_op op_connect, op_read, op_write;
+    int ops_open;     /* asyncs not yet closed: the instance is freed at 0 */
+    int connected;    /* a client is connected (server) / the connection is up (client) */
+    int released;     /* the handle was let go and the asyncs are closing */
+    int close_asked;  /* t_close was called */
+    int listening;    /* counted in pa->listeners */
+    pipe_inst *prev, *next; /* pa->insts */
+    /* ---- reading ---- */
+    char *rbuf;       /* message mode: 4 bytes for the frame's length, then the message */
+    size_t rcap, rlen; /* capacity after those 4 bytes; the bytes read */
+    int rready;       /* rbuf holds input to pass on (byte mode: rlen bytes; message mode: a whole message) */
+    int want_read;    /* the connection reads */
+    int end_pending;  /* input ended after what rbuf holds (end_* say how) */
+    int end_reported; /* the end of input was passed on */
+    int end_err;      /* input end: 0 (orderly) or SB_E* */
+    char end_why[300];
+    int end_log;      /* input end: log end_why as an error (oversized message) */
+    int in_read;      /* in read_on (the protocol may resume reading from inside it) */
+    int who_busy;     /* os_user: the client's account is being looked up */
+    uv_work_t who_work;
+    int who_done;     /* os_user: looked up (or failed) */
+    char *user;       /* os_user: the client's account */
+    /* ---- the write in progress ---- */
     char *wbuf;        /* frames in message mode */
     size_t wlen, woff; /* woff: next byte to write */
     size_t wcur;       /* message mode: size of the pipe message in flight */
     int wstatus;       /* write done: 0 or SB_E* */
     char wwhy[300];
-    /* ---- reports to the loop (written by the thread before posting) ---- */
+    int wdone_now;     /* the write issued by the flush completed at once */
+    /* ---- the connection ---- */
     char peer[64];
-    char *user;   /* os_user: the client's account, found at its first data */
-    int who_done; /* os_user: looked up (or failed) */
-    int end_err;  /* input end: 0 (orderly) or SB_E* */
-    char end_why[300];
-    int end_log; /* input end: log end_why as an error (oversized message) */
-    /* ---- the loop's ---- */
     sb_conn *conn;
-    int want_read;    /* the connection reads */
-    int read_started; /* the first read command was sent */
-    int end_reported; /* the end of input was passed on */
     int flush_queued; /* on pa->flushq: holds output for the end of the turn */
-    int wdone_now;    /* the write issued by the flush completed at once */
     pipe_inst *flush_next;
 };
 
@@ -147,33 +144,23 @@ struct pipe_adapter {
     wchar_t *wname; /* the full pipe path */
     size_t max_message;
     int max_connections;
-    DWORD buffer;       /* the pipe's buffer, each direction (pipe_buffer) */
-    size_t ahead_bytes; /* the I/O thread reads no further while this much */
-    int ahead_messages; /* or (message mode) this many messages wait for the loop */
-    /* shared, set before the thread starts */
-    HANDLE port;
+    DWORD buffer; /* the pipe's buffer, each direction (pipe_buffer) */
     HANDLE mutex; /* the squatting guard (server) */
     SECURITY_ATTRIBUTES sa;
     PSECURITY_DESCRIPTOR sd; /* LocalFree */
-    sb_inbox *inbox;
-    uv_mutex_t lock; /* input handed over (pipe_inst) */
-    int lock_made;
-    HANDLE handles_closed; /* manual-reset event: the thread closed every handle */
-    uv_thread_t thread;
-    int thread_running;
-    pipe_inst *first; /* server: the first instance, made by start() */
-    /* ---- the I/O thread's ---- */
-    pipe_inst *insts;
-    int listeners, busy; /* listening / connected instances */
+    pipe_inst *insts;        /* every instance not yet freed */
+    int listeners, busy;     /* listening / connected instances */
     int open_handles;
     int stopping_io;
-    ULONGLONG retry_at; /* creating instances failed: not again before this tick */
+    uv_timer_t *retry_timer; /* creating instances failed: again after RETRY_MS */
+    int retry_armed;
     DWORD last_create_err;
     char connect_why[300];   /* client: why the last connect failed */
     unsigned long io_serial; /* numbers the peers */
-    /* ---- the loop's ---- */
+    int work_pending;        /* thread-pool jobs not yet done (connect, os_user) */
+    uv_work_t connect_work;
+    HANDLE connect_h;        /* the connect job's result */
     sb_stream st;                /* connections, delivery, reconnect, stop accounting */
-    int stopped_io;              /* the thread reported its exit */
     uv_check_t *flush_check;     /* writes the output held in this loop turn */
     uv_prepare_t *flush_prepare; /* the same, for output held before the poll */
     pipe_inst *flushq, *flushq_tail;
@@ -202,50 +189,56 @@ int sb_pipe__guard(HANDLE *out, const pipe_adapter *pa, sb_error *err);
 
 /* The account of the client of server pipe h, as "DOMAIN\name" (the SID
  * when it has no name), or NULL (it cannot be identified, e.g. it
- * connected anonymously). Call on the I/O thread after the client's first
- * data arrived (Windows lets a server impersonate only then). sb_free it. */
+ * connected anonymously). Call after the client's first data arrived
+ * (Windows lets a server impersonate only then), off the loop (it
+ * impersonates the client on the calling thread, and the look-up may take
+ * long). sb_free it. */
 char *sb_pipe__client_user(HANDLE h);
 
 /* Creates one server instance (FILE_FLAG_FIRST_PIPE_INSTANCE when `first`).
  * Returns the handle or INVALID_HANDLE_VALUE (GetLastError() says why). */
 HANDLE sb_pipe__create_instance(const pipe_adapter *pa, int first);
 
-/* Associates handle h with the adapter's completion port, in
+/* ---- pipe_io.c ---- */
+
+/* Associates handle h with the loop's completion port, in
  * FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode. Returns 0, or -1 with
  * GetLastError() saying why. */
 int sb_pipe__attach(const pipe_adapter *pa, HANDLE h);
 
-/* ---- pipe_io.c ---- */
-
-/* The I/O thread (uv_thread_create entry; arg: the adapter). */
-void sb_pipe__thread(void *arg);
-
-/* Loop -> thread: queues a command packet; retries on a transient failure. */
-void sb_pipe__cmd(pipe_adapter *pa, int key, pipe_inst *inst);
-
-/* Allocates an instance around handle h (may be INVALID_HANDLE_VALUE). */
+/* Allocates an instance around handle h (its asyncs on the loop) and puts
+ * it on pa->insts. NULL: out of memory. */
 pipe_inst *sb_pipe__inst_new(pipe_adapter *pa, HANDLE h);
 
-/* Frees an instance's memory (not its handle). */
-void sb_pipe__inst_free(pipe_inst *inst);
+/* Server: starts listening on inst (a new instance), and keeps listeners
+ * within max_connections after that. */
+void sb_pipe__listen(pipe_inst *inst);
+
+/* Client: starts connecting (on the thread pool); reports with
+ * sb_pipe__on_connected or sb_pipe__on_connect_failed. */
+void sb_pipe__connect(pipe_adapter *pa);
+
+/* Starts or resumes reading (inst->want_read is set). */
+void sb_pipe__read(pipe_inst *inst);
 
 /* Writes inst->wbuf from inst->woff on (message mode: frame by frame, one
  * pipe message each) until a WriteFile is pending: returns 0, and the write
- * goes on when it completes, on the I/O thread. Or everything is written,
- * or a write failed: returns 1 with inst->wstatus and inst->wwhy set and
- * wbuf freed. Called by the loop (t_write) and by the thread. */
+ * goes on when it completes. Or everything is written, or a write failed:
+ * returns 1 with inst->wstatus and inst->wwhy set and wbuf freed. */
 int sb_pipe__write_on(pipe_inst *inst);
 
-/* ---- pipe.c: reports from the thread, run on the loop thread ---- */
-void sb_pipe__on_connected(void *inst);
-void sb_pipe__on_input(void *inst); /* input, or its end, in inst->ibuf / end_pending */
-void sb_pipe__on_write_done(void *inst);
-void sb_pipe__on_closed(void *inst);
-void sb_pipe__on_connect_failed(void *pa);
-void sb_pipe__on_stopped(void *pa);
+/* Closes inst: cancels its I/O, lets go of its handle, closes its asyncs;
+ * when the last one closed, the connection (if any) is told and inst freed. */
+void sb_pipe__close(pipe_inst *inst);
 
-/* Thread -> loop: posts fn(arg) to the adapter's inbox; retries while out of
- * memory (a report must not be lost: the loop waits for it). */
-void sb_pipe__post(pipe_adapter *pa, sb_inbox_fn fn, void *arg);
+/* Stop: closes every instance. */
+void sb_pipe__stop_io(pipe_adapter *pa);
+
+/* ---- pipe.c: events, on the loop thread ---- */
+void sb_pipe__on_connected(pipe_inst *inst);
+void sb_pipe__on_write_done(pipe_inst *inst);
+void sb_pipe__on_freed(pipe_inst *inst); /* before inst is freed (a connection's) */
+void sb_pipe__on_connect_failed(pipe_adapter *pa);
+void sb_pipe__on_io_idle(pipe_adapter *pa); /* stopping and nothing is left */
 
 #endif

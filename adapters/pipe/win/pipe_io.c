@@ -1,8 +1,7 @@
 /*
- * The named-pipe I/O thread: one per adapter, blocked in
- * GetQueuedCompletionStatus on the adapter's completion port, where both
- * the overlapped I/O of every pipe instance and the loop's commands arrive
- * (see pipe_int.h for who owns what).
+ * Named-pipe I/O, on the loop thread: overlapped operations on the pipe
+ * handles, completing on the loop's own completion port (see pipe_int.h
+ * for how a completion reaches on_op).
  *
  * Server: it keeps up to LISTEN_BACKLOG instances waiting in
  * ConnectNamedPipe while fewer than max_connections clients are connected
@@ -11,24 +10,15 @@
  * disconnected and listens again, so the pipe name never disappears while
  * the adapter runs (nobody can take it over in between).
  *
- * Reading: the thread reads ahead and hands the loop what it read through
- * inst->ibuf, under pa->lock, with one report per batch, not per message
- * (each report is a wake-up of the loop; see pipe_int.h). While
- * pa->ahead_bytes bytes (or, in message mode with raw, pa->ahead_messages
- * messages) wait there, reading stops until the loop takes them: a
- * connection the protocol paused holds back its writer. The end of input is
- * passed on after the last data. In message mode each message is appended
- * as a length-prefixed frame; a message larger than the buffer completes
- * with ERROR_MORE_DATA, and the rest is read into a larger buffer
- * (PeekNamedPipe tells the size) unless the whole exceeds max_message,
- * which ends the connection after the messages before it.
- *
- * Handles are in FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode: an operation
- * that does not return ERROR_IO_PENDING (done at once, ERROR_MORE_DATA, or
- * failed: Wine reports a client that left with error 109 that way) posts no
- * completion and is handled where it is issued. Writing is the loop's
- * (sb_pipe__write_on); the thread goes on with a write only after a
- * WriteFile was pending.
+ * Reading: while the connection reads, one ReadFile is outstanding; what it
+ * brings goes to the protocol at once, and reads that complete at once
+ * (more was waiting) are handled right there, up to READS_PER_TURN in a row
+ * before the rest waits for a later loop turn. In message mode each
+ * message is passed on as a length-prefixed frame; a message larger than
+ * the buffer completes with ERROR_MORE_DATA, and the rest is read into a
+ * larger buffer (PeekNamedPipe tells the size) unless the whole exceeds
+ * max_message, which ends the connection after the messages before it.
+ * The end of input is passed on after the last data.
  */
 #include "adapters/pipe/win/pipe_int.h"
 #include "service/alloc.h"
@@ -47,50 +37,32 @@
 #define BUSY_WAIT_MS 250
 /* The largest single WriteFile in byte mode. */
 #define WRITE_MAX (1u << 30)
+/* Reads that complete at once handled in a row; then the connection goes
+ * on in a later loop turn, after the others. */
+#define READS_PER_TURN 32
+/* Room before the data in rbuf for a message's frame length. */
+#define FRAME_HDR 4
 
-void sb_pipe__post(pipe_adapter *pa, sb_inbox_fn fn, void *arg)
-{
-    while (sb_inbox_post(pa->inbox, fn, arg) == SB_ENOMEM)
-        Sleep(10);
-}
+/* The OVERLAPPED of an operation: its async's wake-up request's. */
+#define OP_OV(op) (&(op)->a.async_req.u.io.overlapped)
 
-void sb_pipe__cmd(pipe_adapter *pa, int key, pipe_inst *inst)
-{
-    /* Fails only when the kernel is short of memory: try again. */
-    while (!PostQueuedCompletionStatus(pa->port, 0, (ULONG_PTR)key, (OVERLAPPED *)inst))
-        Sleep(10);
-}
+static void on_op(uv_async_t *a);
+static void on_op_closed(uv_handle_t *h);
+static void read_on(pipe_inst *inst);
+static void top_up(pipe_adapter *pa);
 
-pipe_inst *sb_pipe__inst_new(pipe_adapter *pa, HANDLE h)
+static void win_text(DWORD code, char *out, size_t n)
 {
-    pipe_inst *inst = sb_calloc(1, sizeof(*inst));
-    if (inst == NULL)
-        return NULL;
-    inst->pa = pa;
-    inst->h = h;
-    inst->op_connect.inst = inst;
-    inst->op_read.inst = inst;
-    inst->op_write.inst = inst;
-    return inst;
-}
-
-void sb_pipe__inst_free(pipe_inst *inst)
-{
-    if (inst == NULL)
-        return;
-    sb_free(inst->rbuf);
-    sb_free(inst->ibuf);
-    sb_free(inst->wbuf);
-    sb_free(inst->user);
-    sb_free(inst);
+    sb_win_strerror(code, out, n);
 }
 
 int sb_pipe__attach(const pipe_adapter *pa, HANDLE h)
 {
     /* Without a packet for what completes at once, a read that finds data
      * and a write that fits in the pipe's buffer (nearly all of them) cost
-     * no wake-up of the I/O thread. */
-    if (CreateIoCompletionPort(h, pa->port, PIPE_KEY_IO, 0) == NULL ||
+     * no wake-up. The key is not used: libuv finds the operation from its
+     * OVERLAPPED. */
+    if (CreateIoCompletionPort(h, pa->base.loop->iocp, 0, 0) == NULL ||
         !SetFileCompletionNotificationModes(h, FILE_SKIP_COMPLETION_PORT_ON_SUCCESS))
         return -1;
     return 0;
@@ -116,65 +88,133 @@ static void unlink_inst(pipe_adapter *pa, pipe_inst *inst)
     inst->prev = inst->next = NULL;
 }
 
-static void win_text(DWORD code, char *out, size_t n)
+static void op_init(pipe_inst *inst, pipe_op *op)
 {
-    sb_win_strerror(code, out, n);
+    uv_async_init(inst->pa->base.loop, &op->a, on_op); /* cannot fail on Windows */
+    op->a.data = op;
+    op->inst = inst;
+    inst->ops_open++;
 }
 
-static void start_op(pipe_op *op)
+pipe_inst *sb_pipe__inst_new(pipe_adapter *pa, HANDLE h)
 {
-    memset(&op->ov, 0, sizeof(op->ov));
+    pipe_inst *inst = sb_calloc(1, sizeof(*inst));
+    if (inst == NULL)
+        return NULL;
+    inst->pa = pa;
+    inst->h = h;
+    op_init(inst, &inst->op_connect);
+    op_init(inst, &inst->op_read);
+    op_init(inst, &inst->op_write);
+    link_inst(pa, inst);
+    return inst;
+}
+
+static void inst_free(pipe_inst *inst)
+{
+    sb_free(inst->rbuf);
+    sb_free(inst->wbuf);
+    sb_free(inst->user);
+    sb_free(inst);
+}
+
+/* Stopping, and nothing is left: the adapter may report stopped. */
+static void maybe_idle(pipe_adapter *pa)
+{
+    if (pa->stopping_io && pa->insts == NULL && pa->work_pending == 0)
+        sb_pipe__on_io_idle(pa);
+}
+
+/* Before an overlapped call on op. */
+static OVERLAPPED *op_start(pipe_op *op)
+{
+    OVERLAPPED *ov = OP_OV(op);
+    memset(ov, 0, sizeof(*ov));
+    return ov;
+}
+
+/* The call returned ERROR_IO_PENDING: its packet will come. async_sent
+ * set, as after uv_async_send: libuv closes the async only after it. */
+static void op_pending(pipe_op *op)
+{
     op->pending = 1;
+    op->a.async_sent = 1;
+}
+
+/* Continues op in a later loop turn (no I/O may be pending on it). */
+static void kick(pipe_op *op)
+{
+    if (op->pending || op->kicked || op->inst->released)
+        return;
+    op->kicked = 1;
+    uv_async_send(&op->a);
+}
+
+/* Closes the asyncs that wait for no packet; the others close when it
+ * comes (on_op). */
+static void close_idle_ops(pipe_inst *inst)
+{
+    pipe_op *ops[3] = {&inst->op_connect, &inst->op_read, &inst->op_write};
+    for (int i = 0; i < 3; i++)
+        if (!ops[i]->pending && !ops[i]->kicked && !uv_is_closing((uv_handle_t *)&ops[i]->a))
+            uv_close((uv_handle_t *)&ops[i]->a, on_op_closed);
+}
+
+static void on_op_closed(uv_handle_t *h)
+{
+    pipe_op *op = h->data;
+    pipe_inst *inst = op->inst;
+    pipe_adapter *pa = inst->pa;
+    if (--inst->ops_open > 0)
+        return;
+    unlink_inst(pa, inst);
+    if (inst->conn != NULL)
+        sb_pipe__on_freed(inst);
+    inst_free(inst);
+    maybe_idle(pa);
 }
 
 /* After a failure, instances are created again RETRY_MS later (top_up). */
+static void on_retry(uv_timer_t *t)
+{
+    pipe_adapter *pa = t->data;
+    pa->retry_armed = 0;
+    top_up(pa);
+}
+
 static void pause_creating(pipe_adapter *pa)
 {
-    pa->retry_at = GetTickCount64() + RETRY_MS;
-}
-
-/* ---- reports ---- */
-
-/* The write in progress ended (inst->wstatus says how): the thread tells
- * the loop. */
-static void report_write(pipe_inst *inst)
-{
-    sb_pipe__post(inst->pa, sb_pipe__on_write_done, inst);
-}
-
-/* Marks an "input" report queued unless one is. Call under pa->lock;
- * returns whether the caller must post it (once it unlocked). */
-static int want_report(pipe_inst *inst)
-{
-    if (inst->posted)
-        return 0;
-    inst->posted = 1;
-    return 1;
+    if (pa->retry_armed || pa->retry_timer == NULL || pa->stopping_io)
+        return;
+    pa->retry_armed = 1;
+    uv_timer_start(pa->retry_timer, on_retry, RETRY_MS, 0);
 }
 
 /* ---- connecting (server) ---- */
 
-static void on_client(pipe_inst *inst, DWORD err);
-
 static void start_listen(pipe_inst *inst)
 {
     pipe_adapter *pa = inst->pa;
-    DWORD err;
-    start_op(&inst->op_connect);
+    pipe_op *op = &inst->op_connect;
+    DWORD err = 0;
     pa->listeners++;
-    if (ConnectNamedPipe(inst->h, &inst->op_connect.ov)) {
-        inst->op_connect.pending = 0; /* done at once: no packet */
-        on_client(inst, 0);
-        return;
+    inst->listening = 1;
+    if (!ConnectNamedPipe(inst->h, op_start(op))) {
+        err = GetLastError();
+        if (err == ERROR_IO_PENDING) {
+            op_pending(op);
+            return;
+        }
+        /* A client came before the call (ERROR_PIPE_CONNECTED), or came
+         * and left already (ERROR_NO_DATA: what it wrote can still be
+         * read, so it is a connection too), or a failure. */
+        if (err == ERROR_PIPE_CONNECTED || err == ERROR_NO_DATA)
+            err = 0;
     }
-    err = GetLastError();
-    if (err == ERROR_IO_PENDING)
-        return;
-    /* No packet for these either: a client came before the call
-     * (ERROR_PIPE_CONNECTED), or came and left already (ERROR_NO_DATA: what
-     * it wrote can still be read, so it is a connection too), or a failure. */
-    inst->op_connect.pending = 0;
-    on_client(inst, err == ERROR_PIPE_CONNECTED || err == ERROR_NO_DATA ? 0 : err);
+    /* Done at once (no packet comes): handled in a later turn, not inside
+     * whatever made the instance. */
+    op->done_err = err;
+    kick(op);
 }
 
 static void on_client(pipe_inst *inst, DWORD err)
@@ -182,6 +222,7 @@ static void on_client(pipe_inst *inst, DWORD err)
     pipe_adapter *pa = inst->pa;
     ULONG pid = 0;
     pa->listeners--;
+    inst->listening = 0;
     if (err != 0 || pa->stopping_io) {
         if (err != 0 && err != ERROR_OPERATION_ABORTED) {
             char text[256];
@@ -189,7 +230,8 @@ static void on_client(pipe_inst *inst, DWORD err)
             sb_log(SB_LOG_WARN, pa->base.name, "ConnectNamedPipe on %s: %s", pa->display, text);
             pause_creating(pa); /* replace it after a pause, not in a tight loop */
         }
-        inst->dead = 1;
+        sb_pipe__close(inst);
+        top_up(pa);
         return;
     }
     inst->connected = 1;
@@ -199,16 +241,15 @@ static void on_client(pipe_inst *inst, DWORD err)
         snprintf(inst->peer, sizeof(inst->peer), "pid%lu#%lu", (unsigned long)pid, pa->io_serial);
     else
         snprintf(inst->peer, sizeof(inst->peer), "pipe#%lu", pa->io_serial);
-    inst->known = 1;
-    sb_pipe__post(pa, sb_pipe__on_connected, inst);
+    top_up(pa); /* the next client finds an instance listening */
+    sb_pipe__on_connected(inst);
 }
 
 /* Keeps LISTEN_BACKLOG instances listening within max_connections. */
 static void top_up(pipe_adapter *pa)
 {
-    if (pa->retry_at != 0 && GetTickCount64() < pa->retry_at)
+    if (pa->retry_armed)
         return;
-    pa->retry_at = 0;
     while (!pa->stopping_io && pa->listeners < LISTEN_BACKLOG &&
            pa->listeners + pa->busy < pa->max_connections) {
         HANDLE h = sb_pipe__create_instance(pa, pa->open_handles == 0);
@@ -243,28 +284,28 @@ static void top_up(pipe_adapter *pa)
             return;
         }
         pa->open_handles++;
-        link_inst(pa, inst);
         start_listen(inst);
     }
 }
 
+void sb_pipe__listen(pipe_inst *inst)
+{
+    start_listen(inst);
+    top_up(inst->pa);
+}
+
 /* ---- connecting (client) ---- */
 
-static void do_connect(pipe_adapter *pa)
+/* On the thread pool: CreateFileW may wait for a busy server's instance.
+ * Only pa->connect_h and pa->connect_why are written here. */
+static void connect_work(uv_work_t *w)
 {
+    pipe_adapter *pa = w->data;
     DWORD flags = FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION;
-    DWORD err = 0;
     char text[256];
-    pipe_inst *inst;
     HANDLE h;
 
-    if (pa->stopping_io)
-        return;
-    if (pa->insts != NULL) { /* cannot happen: the loop connects once the last one closed */
-        snprintf(pa->connect_why, sizeof(pa->connect_why), "the last connection is still open");
-        sb_pipe__post(pa, sb_pipe__on_connect_failed, pa);
-        return;
-    }
+    pa->connect_h = INVALID_HANDLE_VALUE;
     h = CreateFileW(pa->wname, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING, flags, NULL);
     /* Every instance busy: wait a little for one (a stop waits that long). */
     if (h == INVALID_HANDLE_VALUE && GetLastError() == ERROR_PIPE_BUSY &&
@@ -272,69 +313,100 @@ static void do_connect(pipe_adapter *pa)
         h = CreateFileW(pa->wname, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING, flags,
                         NULL);
     if (h == INVALID_HANDLE_VALUE) {
-        err = GetLastError();
-        win_text(err, text, sizeof(text));
+        win_text(GetLastError(), text, sizeof(text));
         snprintf(pa->connect_why, sizeof(pa->connect_why), "CreateFileW: %s", text);
-        sb_pipe__post(pa, sb_pipe__on_connect_failed, pa);
         return;
     }
     if (pa->message) {
         DWORD mode = PIPE_READMODE_MESSAGE;
         if (!SetNamedPipeHandleState(h, &mode, NULL, NULL)) {
-            err = GetLastError();
-            win_text(err, text, sizeof(text));
+            win_text(GetLastError(), text, sizeof(text));
             snprintf(pa->connect_why, sizeof(pa->connect_why),
                      "framing message needs a message-mode pipe: SetNamedPipeHandleState: %s",
                      text);
             CloseHandle(h);
-            sb_pipe__post(pa, sb_pipe__on_connect_failed, pa);
             return;
         }
     }
+    pa->connect_h = h;
+}
+
+static void connect_done(uv_work_t *w, int status)
+{
+    pipe_adapter *pa = w->data;
+    HANDLE h = pa->connect_h;
+    pipe_inst *inst;
+    char text[256];
+
+    pa->work_pending--;
+    pa->connect_h = INVALID_HANDLE_VALUE;
+    if (status != 0 && h == INVALID_HANDLE_VALUE)
+        snprintf(pa->connect_why, sizeof(pa->connect_why), "the connect job did not run: %s",
+                 uv_strerror(status));
+    if (pa->stopping_io) {
+        if (h != INVALID_HANDLE_VALUE)
+            CloseHandle(h);
+        maybe_idle(pa);
+        return;
+    }
+    if (h == INVALID_HANDLE_VALUE) {
+        sb_pipe__on_connect_failed(pa);
+        return;
+    }
     if (sb_pipe__attach(pa, h) != 0 || (inst = sb_pipe__inst_new(pa, h)) == NULL) {
-        err = GetLastError();
-        win_text(err, text, sizeof(text));
+        win_text(GetLastError(), text, sizeof(text));
         snprintf(pa->connect_why, sizeof(pa->connect_why), "cannot set up the connection: %s",
                  text);
         CloseHandle(h);
-        sb_pipe__post(pa, sb_pipe__on_connect_failed, pa);
+        sb_pipe__on_connect_failed(pa);
         return;
     }
     pa->open_handles++;
-    link_inst(pa, inst);
     inst->connected = 1;
-    inst->known = 1;
     snprintf(inst->peer, sizeof(inst->peer), "%s", pa->display);
-    sb_pipe__post(pa, sb_pipe__on_connected, inst);
+    sb_pipe__on_connected(inst);
+}
+
+void sb_pipe__connect(pipe_adapter *pa)
+{
+    int rc;
+    if (pa->stopping_io)
+        return;
+    if (pa->insts != NULL) { /* cannot happen: the loop connects once the last one closed */
+        snprintf(pa->connect_why, sizeof(pa->connect_why), "the last connection is still open");
+        sb_pipe__on_connect_failed(pa);
+        return;
+    }
+    pa->connect_work.data = pa;
+    rc = uv_queue_work(pa->base.loop, &pa->connect_work, connect_work, connect_done);
+    if (rc != 0) {
+        snprintf(pa->connect_why, sizeof(pa->connect_why), "cannot start connecting: %s",
+                 uv_strerror(rc));
+        sb_pipe__on_connect_failed(pa);
+        return;
+    }
+    pa->work_pending++;
 }
 
 /* ---- reading ---- */
 
 /* Input ends after what was read so far: err 0 for an orderly end, else an
- * SB_E* code and why (logged as an error by the loop if log_as_error). */
+ * SB_E* code and why (logged as an error if log_as_error). Passed on by
+ * read_on once the connection reads. */
 static void end_input(pipe_inst *inst, int err, const char *why, int log_as_error)
 {
-    pipe_adapter *pa = inst->pa;
-    int post;
-    if (inst->end_pending)
+    if (inst->end_pending || inst->end_reported)
         return;
     inst->end_err = err;
     inst->end_log = log_as_error;
     snprintf(inst->end_why, sizeof(inst->end_why), "%s", why != NULL ? why : "");
-    uv_mutex_lock(&pa->lock);
     inst->end_pending = 1;
-    post = want_report(inst);
-    uv_mutex_unlock(&pa->lock);
-    if (post)
-        sb_pipe__post(pa, sb_pipe__on_input, inst);
 }
 
 static void read_failed(pipe_inst *inst, DWORD err)
 {
     pipe_adapter *pa = inst->pa;
     char text[256], why[300];
-    if (inst->close_asked || pa->stopping_io)
-        return;
     if (err == ERROR_BROKEN_PIPE || err == ERROR_PIPE_NOT_CONNECTED || err == ERROR_NO_DATA) {
         end_input(inst, 0, NULL, 0); /* the other end closed */
         return;
@@ -349,10 +421,11 @@ static void read_failed(pipe_inst *inst, DWORD err)
 static int start_read(pipe_inst *inst, DWORD *bytes, DWORD *err)
 {
     pipe_adapter *pa = inst->pa;
+    OVERLAPPED *ov;
     if (inst->rbuf == NULL) {
         size_t cap =
             pa->message && pa->max_message + 1 < READ_CHUNK ? pa->max_message + 1 : READ_CHUNK;
-        inst->rbuf = sb_malloc(cap);
+        inst->rbuf = sb_malloc(FRAME_HDR + cap);
         if (inst->rbuf == NULL) {
             end_input(inst, SB_ENOMEM, "out of memory", 0);
             return 0;
@@ -360,13 +433,15 @@ static int start_read(pipe_inst *inst, DWORD *bytes, DWORD *err)
         inst->rcap = cap;
         inst->rlen = 0;
     }
-    start_op(&inst->op_read);
+    ov = op_start(&inst->op_read);
     *err = 0;
-    if (!ReadFile(inst->h, inst->rbuf + inst->rlen, (DWORD)(inst->rcap - inst->rlen), NULL,
-                  &inst->op_read.ov)) {
+    if (!ReadFile(inst->h, inst->rbuf + FRAME_HDR + inst->rlen, (DWORD)(inst->rcap - inst->rlen),
+                  NULL, ov)) {
         *err = GetLastError();
-        if (*err == ERROR_IO_PENDING)
+        if (*err == ERROR_IO_PENDING) {
+            op_pending(&inst->op_read);
             return 0;
+        }
     }
     /* Done, ERROR_MORE_DATA (a warning: the part read is in the buffer) or
      * failed: no packet comes for any of these. In the skip mode a packet
@@ -375,52 +450,8 @@ static int start_read(pipe_inst *inst, DWORD *bytes, DWORD *err)
      * a warning, not an error, and libuv relies on the same for a UDP
      * datagram truncated at once); ERROR_MORE_DATA at once only happens for
      * a message larger than the 64 KiB buffer. */
-    inst->op_read.pending = 0;
-    *bytes = *err == 0 || *err == ERROR_MORE_DATA ? (DWORD)inst->op_read.ov.InternalHigh : 0;
+    *bytes = *err == 0 || *err == ERROR_MORE_DATA ? (DWORD)ov->InternalHigh : 0;
     return 1;
-}
-
-static void on_read_done(pipe_inst *inst, DWORD bytes, DWORD err);
-
-/* Tells the loop about input waiting in ibuf, unless it was told already. */
-static void hand_over(pipe_inst *inst)
-{
-    pipe_adapter *pa = inst->pa;
-    int post;
-    uv_mutex_lock(&pa->lock);
-    post = inst->ilen > 0 && want_report(inst);
-    uv_mutex_unlock(&pa->lock);
-    if (post)
-        sb_pipe__post(pa, sb_pipe__on_input, inst);
-}
-
-/* Reads on while the loop wants input and not too much waits for it (a
- * message in progress is always read to its end); reads that complete at
- * once are handled here, one after the other. What was read goes to the
- * loop once no more is to be had at once: one report for all the messages
- * a producer wrote ahead, not one for the first and one for the rest. */
-static void read_on(pipe_inst *inst)
-{
-    pipe_adapter *pa = inst->pa;
-    for (;;) {
-        DWORD bytes, err;
-        int full;
-        if (!inst->started || inst->end_pending || inst->close_asked || inst->cancelled ||
-            pa->stopping_io || inst->h == INVALID_HANDLE_VALUE || inst->op_read.pending)
-            break;
-        uv_mutex_lock(&pa->lock);
-        full = inst->ilen >= pa->ahead_bytes ||
-               (pa->ahead_messages > 0 && inst->imsgs >= pa->ahead_messages);
-        if (full && inst->rlen == 0)
-            inst->stalled = 1; /* the loop resumes us when it takes them */
-        uv_mutex_unlock(&pa->lock);
-        if (full && inst->rlen == 0)
-            break;
-        if (!start_read(inst, &bytes, &err))
-            break;
-        on_read_done(inst, bytes, err);
-    }
-    hand_over(inst);
 }
 
 static void too_big(pipe_inst *inst, size_t size, int at_least)
@@ -450,7 +481,7 @@ static int grow_for_more(pipe_inst *inst)
         cap = total;
     else if ((cap = inst->rlen * 2) > pa->max_message + 1)
         cap = pa->max_message + 1;
-    n = sb_realloc(inst->rbuf, cap);
+    n = sb_realloc(inst->rbuf, FRAME_HDR + cap);
     if (n == NULL) {
         end_input(inst, SB_ENOMEM, "out of memory", 0);
         return -1;
@@ -460,63 +491,36 @@ static int grow_for_more(pipe_inst *inst)
     return 0;
 }
 
-/* Appends the data read (message mode: as one length-prefixed frame) to
- * what waits for the loop (read_on hands it over). */
-static int append_input(pipe_inst *inst)
+static void who_work(uv_work_t *w)
 {
+    pipe_inst *inst = w->data;
+    inst->user = sb_pipe__client_user(inst->h);
+}
+
+static void who_looked_up(uv_work_t *w, int status)
+{
+    pipe_inst *inst = w->data;
     pipe_adapter *pa = inst->pa;
-    size_t hdr = pa->message ? 4 : 0, need;
-    uv_mutex_lock(&pa->lock);
-    need = inst->ilen + hdr + inst->rlen;
-    if (need > inst->icap) {
-        size_t cap = inst->icap == 0 ? READ_CHUNK : inst->icap;
-        char *n;
-        while (cap < need)
-            cap *= 2;
-        n = sb_realloc(inst->ibuf, cap);
-        if (n == NULL) {
-            uv_mutex_unlock(&pa->lock);
-            end_input(inst, SB_ENOMEM, "out of memory", 0);
-            return -1;
-        }
-        inst->ibuf = n;
-        inst->icap = cap;
-    }
-    if (pa->message) {
-        unsigned char *u = (unsigned char *)inst->ibuf + inst->ilen;
-        u[0] = (unsigned char)(inst->rlen >> 24);
-        u[1] = (unsigned char)(inst->rlen >> 16);
-        u[2] = (unsigned char)(inst->rlen >> 8);
-        u[3] = (unsigned char)inst->rlen;
-    }
-    memcpy(inst->ibuf + inst->ilen + hdr, inst->rbuf, inst->rlen);
-    inst->ilen = need;
-    inst->imsgs++;
-    uv_mutex_unlock(&pa->lock);
-    inst->rlen = 0;
-    if (inst->rcap > READ_CHUNK) {
-        /* Do not keep a large message's buffer for every small one after it. */
-        sb_free(inst->rbuf);
-        inst->rbuf = NULL;
-        inst->rcap = 0;
-    }
-    return 0;
+    (void)status;
+    pa->work_pending--;
+    inst->who_busy = 0;
+    if (inst->close_asked)
+        sb_pipe__close(inst); /* it waited for the look-up to let go of the handle */
+    else
+        read_on(inst);
+    maybe_idle(pa);
 }
 
 /* A read completed (from the port, or at once): takes its data. The caller
- * reads on (read_on). */
+ * goes on (read_on). */
 static void on_read_done(pipe_inst *inst, DWORD bytes, DWORD err)
 {
     pipe_adapter *pa = inst->pa;
 
-    if (inst->close_asked || pa->stopping_io || inst->cancelled) {
-        inst->rlen = 0;
-        return; /* closing: what came is dropped */
-    }
     if (err == 0 || err == ERROR_MORE_DATA)
         inst->rlen += bytes;
     if (err == ERROR_MORE_DATA && pa->message) {
-        grow_for_more(inst); /* read_on reads the rest (rlen > 0) */
+        grow_for_more(inst); /* read_on reads the rest */
         return;
     }
     if (err != 0) {
@@ -529,13 +533,104 @@ static void on_read_done(pipe_inst *inst, DWORD bytes, DWORD err)
         too_big(inst, inst->rlen, 0);
         return;
     }
+    inst->rready = 1;
     if (pa->base.os_user && !inst->who_done) {
-        /* Before the first input reaches the loop: every request is
-         * checked against this account. */
+        /* Before the first input reaches the protocol: every request is
+         * checked against this account. Windows lets a server impersonate
+         * its client only once it read the client's data. The look-up may
+         * ask a domain controller: on the thread pool. */
         inst->who_done = 1;
-        inst->user = sb_pipe__client_user(inst->h);
+        inst->who_work.data = inst;
+        if (uv_queue_work(pa->base.loop, &inst->who_work, who_work, who_looked_up) == 0) {
+            inst->who_busy = 1;
+            pa->work_pending++;
+        } else {
+            inst->user = sb_pipe__client_user(inst->h);
+        }
     }
-    append_input(inst);
+}
+
+/* Passes on what rbuf holds, or else the end of input. Returns 1 if the
+ * connection may read on. */
+static int pass_on(pipe_inst *inst)
+{
+    pipe_adapter *pa = inst->pa;
+    sb_conn *c = inst->conn;
+    if (inst->user != NULL && c->user == NULL) {
+        c->user = inst->user; /* now owned by the connection */
+        inst->user = NULL;
+    }
+    if (inst->rready) {
+        char *p = inst->rbuf + FRAME_HDR;
+        size_t len = inst->rlen;
+        if (pa->message) {
+            unsigned char *u = (unsigned char *)inst->rbuf;
+            u[0] = (unsigned char)(len >> 24);
+            u[1] = (unsigned char)(len >> 16);
+            u[2] = (unsigned char)(len >> 8);
+            u[3] = (unsigned char)len;
+            p = inst->rbuf;
+            len += FRAME_HDR;
+        }
+        inst->rready = 0;
+        inst->rlen = 0;
+        sb_conn_input(c, p, len);
+        if (inst->rcap > READ_CHUNK) {
+            /* Do not keep a large message's buffer for every small one after it. */
+            sb_free(inst->rbuf);
+            inst->rbuf = NULL;
+            inst->rcap = 0;
+        }
+        return !c->closing && inst->want_read && !inst->close_asked;
+    }
+    inst->end_pending = 0;
+    inst->end_reported = 1;
+    if (inst->end_log) {
+        sb_log(SB_LOG_ERROR, c->adapter->name, "peer %s: %s; closing the connection", c->peer,
+               inst->end_why);
+        sb_conn_input_end(c, inst->end_err, NULL);
+    } else {
+        sb_conn_input_end(c, inst->end_err, inst->end_why);
+    }
+    return 0;
+}
+
+/* Passes on what was read, and reads on, while the connection reads; reads
+ * that complete at once are handled here, one after the other, up to
+ * READS_PER_TURN (then a kick goes on in a later turn). */
+static void read_on(pipe_inst *inst)
+{
+    if (inst->in_read)
+        return; /* the protocol resumed reading from inside pass_on: the loop below goes on */
+    inst->in_read = 1;
+    for (int n = 0;; n++) {
+        DWORD bytes, err;
+        if (inst->released || inst->close_asked || inst->conn == NULL || inst->conn->closing ||
+            !inst->want_read || inst->who_busy)
+            break;
+        if (inst->rready || inst->end_pending) {
+            if (!pass_on(inst))
+                break;
+            continue;
+        }
+        if (inst->end_reported || inst->op_read.pending || inst->op_read.kicked)
+            break;
+        if (n >= READS_PER_TURN) {
+            kick(&inst->op_read);
+            break;
+        }
+        if (!start_read(inst, &bytes, &err))
+            continue; /* pending (the loop ends above), or the end of input is to be passed on */
+        on_read_done(inst, bytes, err);
+    }
+    inst->in_read = 0;
+}
+
+void sb_pipe__read(pipe_inst *inst)
+{
+    if (inst->in_read)
+        return; /* read_on goes on */
+    kick(&inst->op_read); /* not from inside the protocol call that resumed reading */
 }
 
 /* ---- writing ---- */
@@ -586,6 +681,7 @@ int sb_pipe__write_on(pipe_inst *inst)
     pipe_adapter *pa = inst->pa;
     for (;;) {
         const char *p;
+        OVERLAPPED *ov;
         DWORD n, err;
         if (inst->woff == inst->wlen) {
             write_end(inst, 0, NULL);
@@ -607,18 +703,18 @@ int sb_pipe__write_on(pipe_inst *inst)
             n = (DWORD)(rest > WRITE_MAX ? WRITE_MAX : rest);
         }
         inst->wcur = n;
-        start_op(&inst->op_write);
-        if (!WriteFile(inst->h, p, n, NULL, &inst->op_write.ov)) {
+        ov = op_start(&inst->op_write);
+        if (!WriteFile(inst->h, p, n, NULL, ov)) {
             err = GetLastError();
-            if (err == ERROR_IO_PENDING)
-                return 0; /* the thread goes on when it completes */
-            inst->op_write.pending = 0;
+            if (err == ERROR_IO_PENDING) {
+                op_pending(&inst->op_write);
+                return 0; /* goes on when it completes (on_op) */
+            }
             write_failed(inst, err);
             return 1;
         }
         /* Done at once: no packet comes. */
-        inst->op_write.pending = 0;
-        if (write_advance(inst, (DWORD)inst->op_write.ov.InternalHigh) != 0)
+        if (write_advance(inst, (DWORD)ov->InternalHigh) != 0)
             return 1;
     }
 malformed:
@@ -629,48 +725,72 @@ malformed:
     return 1;
 }
 
-/* A pending write completed: the thread writes the rest. */
+/* A pending write completed: writes the rest, or reports it done. */
 static void on_write_done(pipe_inst *inst, DWORD bytes, DWORD err)
 {
-    pipe_adapter *pa = inst->pa;
-    if (err != 0) {
+    if (err != 0)
         write_failed(inst, err);
-    } else if (write_advance(inst, bytes) != 0) {
-        /* ended */
-    } else if (inst->woff < inst->wlen && (inst->close_asked || pa->stopping_io ||
-                                           inst->cancelled || inst->h == INVALID_HANDLE_VALUE)) {
-        write_end(inst, SB_ECLOSED, "connection closed before the write");
-    } else if (sb_pipe__write_on(inst) == 0) {
+    else if (write_advance(inst, bytes) != 0)
+        ; /* ended */
+    else if (sb_pipe__write_on(inst) == 0)
         return; /* pending again */
-    }
-    report_write(inst);
+    sb_pipe__on_write_done(inst);
 }
 
-/* ---- commands ---- */
+/* ---- completions ---- */
 
-/* The loop starts reading, or took input after the thread stalled. */
-static void cmd_read(pipe_inst *inst)
+static void on_op(uv_async_t *a)
 {
-    inst->started = 1;
-    read_on(inst);
+    pipe_op *op = a->data;
+    pipe_inst *inst = op->inst;
+    int was_pending = op->pending;
+    DWORD bytes = 0, err = 0;
+
+    op->pending = 0;
+    op->kicked = 0;
+    if (inst->released) {
+        /* Closing: what came is dropped; a write in flight still ends (the
+         * connection holds a reference for it). */
+        if (op == &inst->op_write && was_pending && inst->wbuf != NULL) {
+            write_end(inst, SB_ECLOSED, "connection closed before the write completed");
+            sb_pipe__on_write_done(inst);
+        }
+        if (!uv_is_closing((uv_handle_t *)&op->a))
+            uv_close((uv_handle_t *)&op->a, on_op_closed);
+        return;
+    }
+    if (was_pending && !GetOverlappedResult(inst->h, OP_OV(op), &bytes, FALSE))
+        err = GetLastError();
+    if (op == &inst->op_connect) {
+        on_client(inst, was_pending ? err : op->done_err);
+    } else if (op == &inst->op_read) {
+        if (was_pending)
+            on_read_done(inst, bytes, err);
+        read_on(inst);
+    } else if (was_pending) {
+        on_write_done(inst, bytes, err);
+    }
 }
+
+/* ---- closing ---- */
 
 /* Lets go of an instance's handle: closes it, or, when it was a connection
- * and nothing else listens, disconnects it and listens again on it. */
+ * and nothing else listens, disconnects it and listens again on it (a new
+ * instance; this one's cancelled operations still complete on their own). */
 static void release_handle(pipe_inst *inst)
 {
     pipe_adapter *pa = inst->pa;
     HANDLE h = inst->h;
+    int was_connection = inst->connected;
     inst->h = INVALID_HANDLE_VALUE;
     if (inst->connected) {
         inst->connected = 0;
         pa->busy--;
     }
-    if (pa->is_server && inst->known && !pa->stopping_io && pa->listeners == 0 &&
+    if (pa->is_server && was_connection && !pa->stopping_io && pa->listeners == 0 &&
         DisconnectNamedPipe(h)) {
         pipe_inst *n = sb_pipe__inst_new(pa, h);
         if (n != NULL) {
-            link_inst(pa, n);
             start_listen(n);
             return;
         }
@@ -679,123 +799,43 @@ static void release_handle(pipe_inst *inst)
     pa->open_handles--;
 }
 
-static int any_pending(const pipe_inst *inst)
-{
-    return inst->op_connect.pending || inst->op_read.pending || inst->op_write.pending;
-}
-
-/* Moves an instance towards its end once it is to close: cancels its I/O,
- * then releases the handle, then (once the loop asked, for a connection)
- * reports it closed. May free inst. */
-static void settle(pipe_inst *inst)
+void sb_pipe__close(pipe_inst *inst)
 {
     pipe_adapter *pa = inst->pa;
-    int closing =
-        inst->known ? inst->close_asked || pa->stopping_io : inst->dead || pa->stopping_io;
-    if (!closing)
-        return;
-    if (any_pending(inst)) {
-        if (!inst->cancelled && inst->h != INVALID_HANDLE_VALUE) {
-            inst->cancelled = 1;
-            CancelIoEx(inst->h, NULL);
-        }
-        return;
+    inst->close_asked = 1;
+    if (inst->released || inst->who_busy)
+        return; /* who_looked_up comes back here once the look-up let go of the handle */
+    inst->released = 1;
+    if (inst->listening) {
+        inst->listening = 0;
+        pa->listeners--;
     }
-    if (inst->h != INVALID_HANDLE_VALUE)
+    if (inst->h != INVALID_HANDLE_VALUE) {
+        if (inst->op_connect.pending || inst->op_read.pending || inst->op_write.pending)
+            CancelIoEx(inst->h, NULL);
         release_handle(inst);
-    if (inst->known && !inst->close_asked)
-        return; /* the loop has not heard of the end yet: it will ask */
-    unlink_inst(pa, inst);
-    if (inst->known)
-        sb_pipe__post(pa, sb_pipe__on_closed, inst); /* the loop frees it */
-    else
-        sb_pipe__inst_free(inst);
+    }
+    close_idle_ops(inst);
 }
 
-static void do_stop(pipe_adapter *pa)
+static void free_handle(uv_handle_t *h)
+{
+    sb_free(h);
+}
+
+void sb_pipe__stop_io(pipe_adapter *pa)
 {
     pa->stopping_io = 1;
+    if (pa->retry_timer != NULL) {
+        uv_close((uv_handle_t *)pa->retry_timer, free_handle);
+        pa->retry_timer = NULL;
+    }
     for (pipe_inst *inst = pa->insts, *next; inst != NULL; inst = next) {
         next = inst->next;
-        settle(inst);
+        if (inst->conn != NULL && !inst->conn->closing)
+            sb_conn_close(inst->conn, NULL); /* comes back through t_close */
+        else
+            sb_pipe__close(inst);
     }
-}
-
-static void on_io(pipe_op *op, DWORD bytes, DWORD err)
-{
-    pipe_inst *inst = op->inst;
-    op->pending = 0;
-    if (op == &inst->op_connect)
-        on_client(inst, err);
-    else if (op == &inst->op_read) {
-        on_read_done(inst, bytes, err);
-        read_on(inst);
-    } else
-        on_write_done(inst, bytes, err);
-    settle(inst);
-}
-
-void sb_pipe__thread(void *arg)
-{
-    pipe_adapter *pa = arg;
-
-    if (pa->first != NULL) {
-        pipe_inst *first = pa->first;
-        pa->first = NULL;
-        link_inst(pa, first);
-        start_listen(first);
-        settle(first);
-    }
-    for (;;) {
-        DWORD bytes = 0, err = 0;
-        ULONG_PTR key = 0;
-        OVERLAPPED *ov = NULL;
-        DWORD timeout = INFINITE;
-        BOOL ok;
-        if (pa->retry_at != 0 && !pa->stopping_io) {
-            ULONGLONG now = GetTickCount64();
-            timeout = now < pa->retry_at ? (DWORD)(pa->retry_at - now) : 0;
-        }
-        ok = GetQueuedCompletionStatus(pa->port, &bytes, &key, &ov, timeout);
-        if (!ok)
-            err = GetLastError();
-        if (!ok && ov == NULL) {
-            if (err != WAIT_TIMEOUT) {
-                char text[256];
-                win_text(err, text, sizeof(text));
-                sb_log(SB_LOG_ERROR, pa->base.name, "GetQueuedCompletionStatus: %s", text);
-                Sleep(100);
-            }
-        } else {
-            pipe_inst *inst = (pipe_inst *)ov;
-            switch ((int)key) {
-            case PIPE_KEY_IO:
-                on_io(CONTAINING_RECORD(ov, pipe_op, ov), bytes, err);
-                break;
-            case PIPE_KEY_READ:
-                cmd_read(inst);
-                settle(inst);
-                break;
-            case PIPE_KEY_CLOSE:
-                inst->close_asked = 1;
-                settle(inst);
-                break;
-            case PIPE_KEY_CONNECT:
-                do_connect(pa);
-                break;
-            case PIPE_KEY_STOP:
-                do_stop(pa);
-                break;
-            default:
-                break;
-            }
-        }
-        if (pa->is_server)
-            top_up(pa);
-        if (pa->stopping_io && pa->open_handles == 0)
-            SetEvent(pa->handles_closed);
-        if (pa->stopping_io && pa->insts == NULL)
-            break;
-    }
-    sb_pipe__post(pa, sb_pipe__on_stopped, pa);
+    maybe_idle(pa);
 }

@@ -7,7 +7,8 @@
  *   bytes, an empty message, messages larger than the 64 KiB read size);
  *   a message over max_message closes that client with a logged error while
  *   the others are served on; clients that connect, write and leave at once
- *   lose nothing;
+ *   lose nothing, nor does a burst many times read_ahead written as fast
+ *   as the pipe takes it;
  * - source, byte mode: line and length framings across split writes;
  *   max_connections holds further clients off (ERROR_PIPE_BUSY) until one
  *   leaves;
@@ -198,6 +199,35 @@ static void test_short_lived_clients(void **state)
         seen[k] = 1;
         sbt_ack(c, "rx", sbt_int(m, "msg_id"));
         json_decref(m);
+    }
+    sbt_close(c);
+    b->passed = 1;
+}
+
+/* A burst many times read_ahead, and more messages than the broker reads
+ * in a row, written as fast as the pipe takes them by a client that leaves
+ * right after: the broker reads on in later loop turns, pauses and resumes
+ * with the raw protocol's read-ahead, passes the end of input on only
+ * after the last message, and loses nothing. */
+static void test_source_burst(void **state)
+{
+    sbt_broker *b = *state;
+    enum { BURST = 300 };
+    names n;
+    sbt_conn *c = start_broker(b, "burst", source_config, &n, 4);
+    pt_pipe *p = pt_open_ok(n.path[0], 1);
+
+    for (int i = 0; i < BURST; i++) {
+        char payload[16];
+        snprintf(payload, sizeof(payload), "b%d", i);
+        pt_write_ok(p, payload, strlen(payload));
+    }
+    pt_close(p);
+    sbt_sub(c, "rx", NULL, 100);
+    for (int i = 0; i < BURST; i++) {
+        char payload[16];
+        snprintf(payload, sizeof(payload), "b%d", i);
+        expect_msg(c, "rx", "pipe/msg", payload, 0);
     }
     sbt_close(c);
     b->passed = 1;
@@ -511,6 +541,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_source_message, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_short_lived_clients, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_source_burst, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_source_oversized, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_source_bytes, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_max_connections, sbt_setup, sbt_teardown),
