@@ -67,6 +67,7 @@ static void t_read(sb_conn *c, int on)
 
 static void on_flush_check(uv_check_t *h);
 static void on_flush_prepare(uv_prepare_t *h);
+static void on_flush_idle(uv_idle_t *h);
 
 /* The pipe adapters whose connections hold output. Whichever adapter's
  * flush handle runs first writes for them all: what one adapter's writes
@@ -146,23 +147,14 @@ static void flush_pass(void)
     }
 }
 
-/* Nothing to do: a post only ends the loop's wait. */
-static void wake(void *arg)
-{
-    (void)arg;
-}
-
 /* One pass. What it leaves is written by the next one, after the loop
  * polled for other work: the adapters' handles stay started for it, and
- * the loop is woken, or it could wait in its poll for an unrelated event.
- * If it cannot be woken (out of memory), the passes run here until nothing
- * is held. */
+ * their idle handles keep that poll from waiting for an unrelated event. */
 static void flush_all(void)
 {
     flush_pass();
-    if (dirty != NULL && sb_inbox_post(dirty->inbox, wake, NULL) != 0)
-        while (dirty != NULL)
-            flush_pass();
+    for (pipe_adapter *pa = dirty; pa != NULL; pa = pa->dirty_next)
+        uv_idle_start(pa->flush_idle, on_flush_idle);
 }
 
 /* Takes pa off the dirty list (it stops with nothing left to write). */
@@ -188,6 +180,7 @@ static void flush_turn(pipe_adapter *pa)
     if (!pa->dirty) {
         uv_check_stop(pa->flush_check);
         uv_prepare_stop(pa->flush_prepare);
+        uv_idle_stop(pa->flush_idle);
     }
 }
 
@@ -197,6 +190,11 @@ static void on_flush_check(uv_check_t *h)
 }
 
 static void on_flush_prepare(uv_prepare_t *h)
+{
+    flush_turn(h->data);
+}
+
+static void on_flush_idle(uv_idle_t *h)
 {
     flush_turn(h->data);
 }
@@ -371,17 +369,22 @@ static int pipe_start(sb_adapter *a, sb_error *err)
 
     pa->flush_check = sb_malloc(sizeof(*pa->flush_check));
     pa->flush_prepare = sb_malloc(sizeof(*pa->flush_prepare));
-    if (pa->flush_check == NULL || pa->flush_prepare == NULL) {
+    pa->flush_idle = sb_malloc(sizeof(*pa->flush_idle));
+    if (pa->flush_check == NULL || pa->flush_prepare == NULL || pa->flush_idle == NULL) {
         sb_free(pa->flush_check);
         sb_free(pa->flush_prepare);
+        sb_free(pa->flush_idle);
         pa->flush_check = NULL;
         pa->flush_prepare = NULL;
+        pa->flush_idle = NULL;
         return sb_error_set(err, SB_ENOMEM, 0, "adapter %s: out of memory", a->name);
     }
     uv_check_init(a->loop, pa->flush_check);
     pa->flush_check->data = pa;
     uv_prepare_init(a->loop, pa->flush_prepare);
     pa->flush_prepare->data = pa;
+    uv_idle_init(a->loop, pa->flush_idle);
+    pa->flush_idle->data = pa;
 
     sb_stream_init(&pa->st, a, pa->is_server, pa->display);
     pa->st.connect = start_connect;
@@ -455,8 +458,10 @@ static void release_io(sb_stream *st)
     if (pa->flush_check != NULL) { /* nothing waits on them: every connection closed */
         uv_close((uv_handle_t *)pa->flush_check, free_handle);
         uv_close((uv_handle_t *)pa->flush_prepare, free_handle);
+        uv_close((uv_handle_t *)pa->flush_idle, free_handle);
         pa->flush_check = NULL;
         pa->flush_prepare = NULL;
+        pa->flush_idle = NULL;
     }
     if (pa->retry_timer != NULL) { /* stop never ran sb_pipe__stop_io */
         uv_close((uv_handle_t *)pa->retry_timer, free_handle);

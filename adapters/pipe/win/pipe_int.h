@@ -163,6 +163,7 @@ struct pipe_adapter {
     sb_stream st;                /* connections, delivery, reconnect, stop accounting */
     uv_check_t *flush_check;     /* writes the output held in this loop turn */
     uv_prepare_t *flush_prepare; /* the same, for output held before the poll */
+    uv_idle_t *flush_idle;       /* keeps the poll from waiting while output is left */
     pipe_inst *flushq, *flushq_tail;
     int dirty; /* on the list of adapters holding output (pipe.c) */
     pipe_adapter *dirty_next;
