@@ -100,8 +100,13 @@ int sb_message_add_header(sb_message *m, const char *key, const char *value)
 int sb_message_add_header_n(sb_message *m, const char *key, size_t klen, const char *value,
                             size_t vlen)
 {
-    size_t need = klen + 1 + vlen + 1;
+    size_t need;
     char *kv;
+    /* Keys and values are C strings wherever they go (the store's encoding,
+     * every protocol): a NUL ends them here too, so m->size stays true. */
+    klen = strnlen(key, klen);
+    vlen = strnlen(value, vlen);
+    need = klen + 1 + vlen + 1;
     if (m->header_count >= m->header_slots) {
         /* past the block's slots: the array lives apart from now on */
         sb_header *h;

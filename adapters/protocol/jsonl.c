@@ -411,6 +411,9 @@ static void do_pub(jsonl_session *s, json_t *req, json_t *id)
         {
             if (!json_is_string(val))
                 return reply_error(s, id, SB_EINVAL, "pub: header values must be strings");
+            if (memchr(json_string_value(val), '\0', json_string_length(val)) != NULL)
+                return reply_error(s, id, SB_EINVAL,
+                                   "pub: header values may not contain U+0000 (\\u0000)");
             if (in.hcount == PUB_MAX_HEADERS)
                 return reply_error(s, id, SB_EINVAL, "pub: more than 64 headers");
             in.hk[in.hcount].p = key;

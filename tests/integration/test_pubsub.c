@@ -723,6 +723,10 @@ static void test_refusals_and_unsubscribe(void **state)
     sbt_expect_error(sbt_call(c, "{s:s, s:s, s:s}", "op", "pub", "topic", "a/+/b", "payload", "x"),
                      "SB_EINVAL");
     sbt_expect_error(sbt_call(c, "{s:s, s:s}", "op", "pub", "topic", "a/b"), "SB_EINVAL");
+    /* Header values are C strings in the store: a NUL in one is refused. */
+    sbt_expect_error(sbt_call(c, "{s:s, s:s, s:s, s:{s:s#}}", "op", "pub", "topic", "orders/x",
+                              "payload", "x", "headers", "k", "a\0bcdefgh", 9),
+                     "SB_EINVAL");
     sbt_expect_error(sbt_call(c, "{s:s, s:s, s:s}", "op", "frobnicate", "topic", "a", "x", "y"),
                      "SB_EPROTO");
     sbt_expect_error(sbt_call(c, "{s:s, s:s, s:s}", "op", "sub", "sub", "bad", "filter", "a/#/b"),

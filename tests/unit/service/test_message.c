@@ -35,6 +35,29 @@ static void test_headers_round_trip(void **state)
     sb_message_unref(m);
 }
 
+/* A key or value given with a NUL inside ends there, as a C string does
+ * everywhere else: the message's size and its encoding agree. */
+static void test_header_with_nul(void **state)
+{
+    sb_message *m = sb_message_new("t/1", "abc", 3), *back;
+    unsigned char *blob;
+    size_t len, before;
+    (void)state;
+    assert_non_null(m);
+    before = sb_message_size(m);
+    assert_int_equal(sb_message_add_header_n(m, "k\0x", 3, "a\0bcdefgh", 9), 0);
+    assert_string_equal(sb_message_header(m, "k"), "a");
+    assert_int_equal(sb_message_size(m), before + 4);
+    assert_int_equal(sb_message_headers_encode(m, &blob, &len), 0);
+    assert_int_equal(len, 4);
+    back = sb_message_new("t/1", "", 0);
+    assert_int_equal(sb_message_headers_decode(back, blob, len), 0);
+    assert_string_equal(sb_message_header(back, "k"), "a");
+    sb_free(blob);
+    sb_message_unref(back);
+    sb_message_unref(m);
+}
+
 static void test_refcount(void **state)
 {
     sb_message *m = sb_message_new("t", "x", 1);
@@ -163,7 +186,8 @@ static void test_encoded(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_headers_round_trip), cmocka_unit_test(test_refcount),
+        cmocka_unit_test(test_headers_round_trip), cmocka_unit_test(test_header_with_nul),
+        cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_out_of_memory),      cmocka_unit_test(test_room),
         cmocka_unit_test(test_room_no_allocation), cmocka_unit_test(test_encoded),
     };
