@@ -14,7 +14,8 @@
  * Errors come in two kinds. An error that concerns one op's data (a duplicate
  * entry, a value too big, a row not found) sets that op's status and the group
  * goes on; a publish undoes its own partial inserts with deletes instead of a
- * savepoint per op, which would copy every touched page into a sub-journal.
+ * savepoint per op, which would copy every touched page into a sub-journal
+ * (a multi-row insert keeps a small one: insert_run).
  * Any other error (disk full, I/O, corruption, out of memory inside SQLite, a
  * failed COMMIT) rolls the whole group back: PUBLISH and DLQ_REDRIVE ops
  * complete with SB_ENOSPC (SQLITE_FULL) or SB_EIO, the others are retried,
@@ -181,9 +182,13 @@ static const char *const stmt_sql[ST_COUNT] = {
  * INSERTs of 2^k rows (k < INSERT_SIZES): stepping one statement per entry
  * cost about as much as the insert itself. A plain INSERT, not OR IGNORE:
  * an error aborts the statement whole, and its entries are inserted again
- * one at a time, as exec_publish does, to find whose they were. */
+ * one at a time, as exec_publish does, to find whose they were. Such a
+ * statement keeps a statement journal (the pages it changes, so it can
+ * abort whole); a run stops at INSERT_MAX_BYTES of messages, so that the
+ * journal stays within SQLite's 64 KiB kept in memory. */
 #define INSERT_SIZES 8
 #define INSERT_MAX_ROWS (1 << (INSERT_SIZES - 1))
+#define INSERT_MAX_BYTES (32 * 1024)
 #define INSERT_SQL                                                                                 \
     "INSERT INTO entries(queue_id, msg_id, topic, payload, headers, created_ms, expires_ms,"       \
     " priority) VALUES"
@@ -815,11 +820,17 @@ static int needs_acks_flushed(const sb_store *s, const sb_store_op *op);
  * the plain publishes after it in the group, in as few statements as
  * possible (INSERT_SIZES); *io_op is left at the last publish taken. Each
  * publish ends as exec_publish would end it. */
+/* What a publish's entries add to a run (INSERT_MAX_BYTES). */
+static size_t run_bytes(const sb_store_op *op)
+{
+    return sb_message_size(op->u.publish.msg) * op->u.publish.queue_count;
+}
+
 static int insert_run(sb_store *s, sb_store_op **io_op)
 {
     run_pub *pubs = s->run_pubs;
     run_row *rows = s->run_rows;
-    size_t npub = 0, nrow = 0, done = 0, slots = 0, hdr_bytes = 0;
+    size_t npub = 0, nrow = 0, done = 0, slots = 0, hdr_bytes = 0, bytes = 0;
     sb_store_op *op = *io_op;
     uint64_t seq = 0;
     int rc = SQLITE_OK;
@@ -830,11 +841,12 @@ static int insert_run(sb_store *s, sb_store_op **io_op)
         pubs[npub].hdr = NULL;
         npub++;
         slots += op->u.publish.queue_count;
+        bytes += run_bytes(op);
         if (op->seq > seq) /* retried ops come first, older */
             seq = op->seq;
         if (npub == INSERT_MAX_ROWS || op->next == NULL || !is_plain_publish(op->next) ||
             slots + op->next->u.publish.queue_count > INSERT_MAX_ROWS ||
-            needs_acks_flushed(s, op->next))
+            bytes + run_bytes(op->next) > INSERT_MAX_BYTES || needs_acks_flushed(s, op->next))
             break;
         op = op->next;
         op->status = 0;
