@@ -3,6 +3,7 @@
 #include "service/alloc.h"
 #include "service/error.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 #include <uv.h>
@@ -147,6 +148,9 @@ const char *sb_message_header(const sb_message *m, const char *key)
     return NULL;
 }
 
+/* What every message's kept encoding holds (SB_MESSAGE_ENCODED_MAX). */
+static atomic_size_t encoded_bytes;
+
 sb_message *sb_message_ref(sb_message *m)
 {
     m->refs++;
@@ -164,7 +168,10 @@ void sb_message_unref(sb_message *m)
         sb_free(m->headers);
     if (m->payload_apart)
         sb_free(m->payload);
-    sb_free(m->enc);
+    if (m->enc != NULL) {
+        atomic_fetch_sub(&encoded_bytes, m->enc_len);
+        sb_free(m->enc);
+    }
     sb_free(m);
 }
 
@@ -185,10 +192,18 @@ const char *sb_message_encoded(sb_message *m, const void *tag, size_t *len, int 
 
 void sb_message_keep_encoded(sb_message *m, const void *tag, const char *data, size_t len)
 {
-    if (m->enc_tag != tag || m->enc != NULL || (m->enc = sb_malloc(len > 0 ? len : 1)) == NULL)
+    if (m->enc_tag != tag || m->enc != NULL ||
+        atomic_load(&encoded_bytes) + len > SB_MESSAGE_ENCODED_MAX ||
+        (m->enc = sb_malloc(len > 0 ? len : 1)) == NULL)
         return;
     memcpy(m->enc, data, len);
     m->enc_len = len;
+    atomic_fetch_add(&encoded_bytes, len);
+}
+
+size_t sb_message_encoded_bytes(void)
+{
+    return atomic_load(&encoded_bytes);
 }
 
 size_t sb_message_headers_size(const sb_message *m)

@@ -90,8 +90,16 @@ static inline size_t sb_message_size(const sb_message *m)
 const char *sb_message_encoded(sb_message *m, const void *tag, size_t *len, int *keep);
 
 /* Keeps a copy of data[0..len) as tag's encoding of m; nothing happens on
- * out-of-memory (the next delivery encodes again). */
+ * out-of-memory, or when the kept encodings of all messages would pass
+ * SB_MESSAGE_ENCODED_MAX (the next delivery encodes again). The queues'
+ * memory budgets do not see these copies, so their sum is bounded here:
+ * a message can wait long in a queue (an offline subscriber) with its
+ * copy, up to 6 times its payload when every byte needs escaping. */
+#define SB_MESSAGE_ENCODED_MAX ((size_t)16 << 20)
 void sb_message_keep_encoded(sb_message *m, const void *tag, const char *data, size_t len);
+
+/* The bytes the kept encodings hold now. */
+size_t sb_message_encoded_bytes(void);
 
 /* Serialises headers as "key\0value\0..." into a new buffer (*out, *out_len).
  * *out is NULL when there are no headers. Returns 0 or SB_ENOMEM. */

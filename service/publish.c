@@ -436,7 +436,9 @@ static void complete(sb_broker *b, sb_pending *p)
     if (p->cb != NULL)
         p->cb(p->ctx, p->status, p->status == 0 ? p->msg->id : 0,
               p->duplicate ? 0 : (int)p->queue_count,
-              p->status == 0 ? NULL : p->why != NULL ? p->why : sb_strerror(p->status));
+              p->status == 0   ? NULL
+              : p->why != NULL ? p->why
+                               : sb_strerror(p->status));
 }
 
 void sb_broker__drain_pending(sb_broker *b)

@@ -360,8 +360,8 @@ static void pub_submit(jsonl_session *s, const pub_in *in, req_id *rid)
             return reply_error(s, req_id_json(rid), SB_ENOMEM, "out of memory");
         }
     if (in->has_ttl) /* a TTL too long to add to the time is as long as it can be */
-        m->expires_ms = in->ttl_ms > INT64_MAX - m->created_ms ? INT64_MAX
-                                                                : m->created_ms + in->ttl_ms;
+        m->expires_ms =
+            in->ttl_ms > INT64_MAX - m->created_ms ? INT64_MAX : m->created_ms + in->ttl_ms;
     m->priority = (int)in->priority;
     r = reply_new_for(s, rid);
     if (r == NULL) {
@@ -1375,8 +1375,9 @@ static int jsonl_open(sb_conn *c)
     if (s == NULL)
         return SB_ENOMEM;
     s->conn = c;
-    s->max_payload =
-        SB_STREAM_CFG(c->adapter->cfg)->max_message > 0 ? (size_t)SB_STREAM_CFG(c->adapter->cfg)->max_message : 1048576;
+    s->max_payload = SB_STREAM_CFG(c->adapter->cfg)->max_message > 0
+                         ? (size_t)SB_STREAM_CFG(c->adapter->cfg)->max_message
+                         : 1048576;
     /* A line carries JSON escaping and base64 around the payload. */
     s->max = s->max_payload * 2 + 65536;
     snprintf(s->source, sizeof(s->source), "%s %s", c->adapter->name, c->peer);

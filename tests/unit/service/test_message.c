@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -183,13 +184,47 @@ static void test_encoded(void **state)
     sb_message_unref(m); /* frees the kept copy (LSan) */
 }
 
+/* The kept copies of all messages stay within SB_MESSAGE_ENCODED_MAX. */
+static void test_encoded_bounded(void **state)
+{
+    static const char a;
+    sb_message *m = sb_message_new("t", "x", 1), *n = sb_message_new("t", "y", 1);
+    size_t len = 0, big = SB_MESSAGE_ENCODED_MAX - 10;
+    char *data = calloc(1, big);
+    int keep = 0;
+    (void)state;
+    assert_non_null(data);
+    assert_int_equal(sb_message_encoded_bytes(), 0);
+    for (int i = 0; i < 2; i++) {
+        assert_null(sb_message_encoded(m, &a, &len, &keep));
+        assert_null(sb_message_encoded(n, &a, &len, &keep));
+    }
+    sb_message_keep_encoded(m, &a, data, big);
+    assert_int_equal(sb_message_encoded_bytes(), big);
+    sb_message_keep_encoded(n, &a, "0123456789abc", 13); /* past the bound: not kept */
+    assert_null(sb_message_encoded(n, &a, &len, &keep));
+    assert_int_equal(keep, 1);
+    sb_message_keep_encoded(n, &a, "0123456789", 10); /* up to it: kept */
+    assert_non_null(sb_message_encoded(n, &a, &len, &keep));
+    assert_int_equal(sb_message_encoded_bytes(), SB_MESSAGE_ENCODED_MAX);
+    sb_message_unref(m);
+    assert_int_equal(sb_message_encoded_bytes(), 10);
+    sb_message_unref(n);
+    assert_int_equal(sb_message_encoded_bytes(), 0);
+    free(data);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_headers_round_trip), cmocka_unit_test(test_header_with_nul),
+        cmocka_unit_test(test_headers_round_trip),
+        cmocka_unit_test(test_header_with_nul),
         cmocka_unit_test(test_refcount),
-        cmocka_unit_test(test_out_of_memory),      cmocka_unit_test(test_room),
-        cmocka_unit_test(test_room_no_allocation), cmocka_unit_test(test_encoded),
+        cmocka_unit_test(test_out_of_memory),
+        cmocka_unit_test(test_room),
+        cmocka_unit_test(test_room_no_allocation),
+        cmocka_unit_test(test_encoded),
+        cmocka_unit_test(test_encoded_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
