@@ -398,7 +398,7 @@ static void settle(sb_queue *q, sb_entry *e, int persisted)
 
 int sb_delivery_withdrawn(const sb_delivery *d)
 {
-    return d->entry != NULL && d->entry->unstored;
+    return d->entry != NULL ? d->entry->unstored : d->withdrawn;
 }
 
 void sb_queue__withdraw(sb_queue *q, sb_entry *e)
@@ -546,6 +546,8 @@ static void outstanding_remove(sb_consumer *c, sb_delivery *d)
 
 static void delivery_free(sb_queue *q, sb_delivery *d)
 {
+    if (d->pending != NULL)
+        sb_broker__orphan_gone(d);
     if (d->shaped != NULL)
         sb_message_unref(d->shaped);
     if (q != NULL)
@@ -598,6 +600,11 @@ static void abandon(sb_queue *q, sb_entry *e)
         d->enext = NULL;
         sb_message_ref(d->msg);
         d->entry = NULL;
+        /* what sb_delivery_withdrawn says of it must still hold */
+        if (e->pending != NULL)
+            sb_broker__orphan(e, d);
+        else
+            d->withdrawn = e->unstored;
     }
     drop_parts(q, e);
 }

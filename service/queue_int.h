@@ -246,6 +246,11 @@ void sb_broker__schedule_dispatch(sb_broker *b, sb_queue *q);
 int sb_broker__cancel_insert(sb_entry *e);
 /* e, appended before its message's commit, is freed first (publish.c). */
 void sb_broker__entry_gone(sb_entry *e);
+/* d, a delivery of e (appended before its message's commit), loses its
+ * entry (abandon): it learns the commit's outcome directly (publish.c). */
+void sb_broker__orphan(sb_entry *e, sb_delivery *d);
+/* d, orphaned before the commit, is freed first. */
+void sb_broker__orphan_gone(sb_delivery *d);
 void sb_broker__store_attempts(sb_broker *b, sb_queue *q, sb_entry *e);
 void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c, int failed);
 
