@@ -273,7 +273,8 @@ void sb_broker_key_delete(sb_broker *b, const char *key, int prefix);
 int sb_delivery_key_put(sb_broker *b, sb_delivery *d, const char *key, sb_key_cb cb, void *ctx);
 /* Keys (count of them, copied) to put only if d's message was delivered
  * before its commit and the store then refuses it: state a client needs
- * after that, e.g. a QoS 2 PUBREL still owed. Nothing if d's message is
+ * after that, e.g. a QoS 2 PUBREL still owed. They are put in the order
+ * given (one can mark that the others exist). Nothing if d's message is
  * committed already. 0 or SB_ENOMEM. */
 int sb_delivery_keys_if_refused(sb_broker *b, sb_delivery *d, const char *const *keys,
                                 size_t count);

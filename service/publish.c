@@ -417,7 +417,8 @@ int sb_delivery_keys_if_refused(sb_broker *b, sb_delivery *d, const char *const 
                                 size_t count)
 {
     sb_pending *p = pending_of(d);
-    for (size_t i = 0; p != NULL && i < count; i++) {
+    /* prepended last first: put in the order given */
+    for (size_t i = count; p != NULL && i-- > 0;) {
         sb_pending_key *k = pending_key_new(b, keys[i]);
         if (k == NULL)
             return SB_ENOMEM;
