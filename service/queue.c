@@ -122,12 +122,13 @@ sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const sb_su
 /* The class a queue takes: one with messages in the store stays durable
  * until they were delivered. A memory queue neither reads nor deletes
  * rows: those only in the store would wait for a restart, and those of its
- * window (or of publishes on their way to it) would stay after their
- * acknowledgement, to be delivered again after a restart. Nor would
+ * window (or of publishes and redriven dead letters on their way to it)
+ * would stay after their acknowledgement, to be delivered again after a
+ * restart. Nor would
  * messages acknowledged to their producers as durable still be. */
 static sb_durability durability_for(sb_queue *q, sb_durability want)
 {
-    int64_t stored = sb_queue__total_depth(q) + q->pending;
+    int64_t stored = sb_queue__total_depth(q) + q->pending + q->redriving;
     if (want != SB_DURABILITY_MEMORY || stored <= 0 || q->durability == SB_DURABILITY_MEMORY)
         return want;
     sb_log(SB_LOG_WARN, q->name,

@@ -280,6 +280,45 @@ static void test_memory_durability_keeps_window(void **state)
     assert_int_equal(stop_and_count_rows(f), 0);
 }
 
+/* A dead letter on its way back into an empty queue is a stored message
+ * too: a reload to memory-only meanwhile must wait, or the redriven row,
+ * appended to a memory queue, stays after its acknowledgement (and comes
+ * back after a restart). */
+static void test_memory_durability_waits_for_redrive(void **state)
+{
+    static const char *const mem_cfg = "routes:\n"
+                                       "  - name: dead\n"
+                                       "    from: x/#\n"
+                                       "    durability: memory\n"
+                                       "    retry: {max_attempts: 1, backoff: 10ms}\n";
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_error err;
+    sb_queue *q;
+    int done = 0;
+
+    core_start(f, cfg);
+    q = core_queue(f, "dead");
+    publish_n(f, "x/1", 1, 1);
+    c = consumer(f, "dead", 1, 0);
+    CORE_WAIT(f, c->log.count == 1);
+    fake_nack(&c->log.recs[0], "poison");
+    CORE_WAIT(f, q->dead == 1 && q->depth == 0 && q->disk_depth == 0);
+    c->log.mode = FAKE_ACK;
+
+    sb_store_test_hold_before(f->b->store, SB_OP_DLQ_REDRIVE);
+    assert_int_equal(sb_broker_dlq_redrive(f->b, "dead", on_admin_done, &done, &err), 0);
+    CORE_WAIT(f, q->redriving == 1);
+    assert_int_equal(core_reload(f, mem_cfg, &err), 0);
+    q = core_queue(f, "dead");
+    assert_int_not_equal(q->durability, SB_DURABILITY_MEMORY);
+    sb_store_test_hold_before(f->b->store, 0);
+    CORE_WAIT(f, done && c->log.count == 2 && q->depth == 0 && q->redriving == 0);
+    assert_string_equal(c->log.recs[1].payload, "m1");
+    core_check_all(f);
+    assert_int_equal(stop_and_count_rows(f), 0);
+}
+
 /* Page-ins reserve their bytes of the budget until they complete: a live
  * publish committed meanwhile must count them, or the windows reach twice
  * queue_memory once the page-in lands. */
@@ -854,6 +893,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_memory_durability_keeps_backlog, paging_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_memory_durability_keeps_window, paging_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_memory_durability_waits_for_redrive, paging_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_purge_batches_stop_at_their_start, paging_setup,
                                         core_teardown),
