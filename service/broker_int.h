@@ -103,6 +103,7 @@ struct sb_broker {
     int64_t resident_peak;  /* their most since the heap was last trimmed */
     int64_t page_reserved;  /* of the budget, what page-ins under way may read */
     int64_t page_retry_ms;  /* wall clock ms: read again for queues whose page-in failed (0: none) */
+    int page_nomem;         /* some queue's page-in found no memory (sb_queue.page_nomem) */
     uv_work_t trim_req;     /* giving memory back, off the loop */
     int trimming;
 
