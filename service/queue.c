@@ -124,8 +124,8 @@ sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const sb_su
  * rows: those only in the store would wait for a restart, and those of its
  * window (or of publishes and redriven dead letters on their way to it)
  * would stay after their acknowledgement, to be delivered again after a
- * restart. Nor would
- * messages acknowledged to their producers as durable still be. */
+ * restart. Nor would messages acknowledged to their producers as durable
+ * still be. */
 static sb_durability durability_for(sb_queue *q, sb_durability want)
 {
     int64_t stored = sb_queue__total_depth(q) + q->pending + q->redriving;
