@@ -254,8 +254,8 @@ typedef struct sb_pending_key {
     sb_broker *broker;
     sb_key_cb cb; /* the put's caller */
     void *ctx;
-    int refs;     /* the pending publish, the put in flight */
-    int refused;  /* the store refused the message */
+    int refs;       /* the pending publish, the put in flight */
+    int refused;    /* the store refused the message */
     int if_refused; /* put only if the store refuses the message */
     char key[];
 } sb_pending_key;
@@ -413,8 +413,7 @@ int sb_delivery_key_put(sb_broker *b, sb_delivery *d, const char *key, sb_key_cb
     return 0;
 }
 
-int sb_delivery_keys_if_refused(sb_broker *b, sb_delivery *d, const char *const *keys,
-                                size_t count)
+int sb_delivery_keys_if_refused(sb_broker *b, sb_delivery *d, const char *const *keys, size_t count)
 {
     sb_pending *p = pending_of(d);
     /* prepended last first: put in the order given */
@@ -488,8 +487,7 @@ static void complete(sb_broker *b, sb_pending *p)
         if (!k->if_refused)
             sb_broker_key_delete(b, k->key, 0);
         else if (sb_broker_key_put(b, k->key, NULL, NULL) != 0)
-            sb_errlog(NULL, "cannot record protocol state %s (out of memory or stopping)",
-                      k->key);
+            sb_errlog(NULL, "cannot record protocol state %s (out of memory or stopping)", k->key);
     }
     for (size_t i = 0; i < p->queue_count; i++) {
         sb_queue *q = p->queues[i];

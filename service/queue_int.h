@@ -132,7 +132,7 @@ struct sb_queue {
     int64_t disk_depth, disk_bytes; /* as the store counts them (queue_counts) */
     uint64_t paged_to;              /* largest id that was in the window */
     struct sb_store_op *page_op;    /* a page-in being read, or NULL */
-    int page_nomem; /* a page-in found no memory: housekeeping tries it again */
+    int page_nomem;                 /* a page-in found no memory: housekeeping tries it again */
     int64_t page_skip;              /* entries the store dropped since page_op left */
     uint64_t page_snap;             /* broker's last message id when page_op left */
     int64_t snap_depth, snap_bytes; /* entries stored since then, ids above page_snap */

@@ -1088,8 +1088,8 @@ static void test_refused_qos2_pubrel_owed(void **state)
     sbt_mq_close(s);
     s = sbt_mq_client(port, &o, &sp);
     assert_int_equal(sp, 1);
-    r = sbt_call(c, "{s:s, s:s, s:s, s:{s:s}}", "op", "pub", "topic", "rel/last", "payload",
-                 "last", "headers", "mqtt-qos", "2");
+    r = sbt_call(c, "{s:s, s:s, s:s, s:{s:s}}", "op", "pub", "topic", "rel/last", "payload", "last",
+                 "headers", "mqtt-qos", "2");
     sbt_expect_op(r, "puback");
     json_decref(r);
     pid = sbt_mq_expect_publish(s, "rel/last", "last", 2, 0, 0); /* no PUBREL before it */
