@@ -1277,6 +1277,33 @@ int sb_broker_key_exists(sb_broker *b, const char *key)
     return sb_map_get(&b->dedup, key) != NULL;
 }
 
+void sb_broker__key_forget(sb_broker *b, const char *key)
+{
+    sb_free(sb_map_remove(&b->dedup, key));
+}
+
+typedef struct key_walk {
+    const char *prefix;
+    size_t len;
+    void (*cb)(const char *key, void *ctx);
+    void *ctx;
+} key_walk;
+
+static void walk_prefixed(const char *key, void *value, void *ctx)
+{
+    key_walk *w = ctx;
+    (void)value;
+    if (strncmp(key, w->prefix, w->len) == 0)
+        w->cb(key, w->ctx);
+}
+
+void sb_broker_key_each(sb_broker *b, const char *prefix, void (*cb)(const char *key, void *ctx),
+                        void *ctx)
+{
+    key_walk w = {prefix, strlen(prefix), cb, ctx};
+    sb_map_each(&b->dedup, walk_prefixed, &w);
+}
+
 static void collect_prefixed(const char *key, void *value, void *ctx)
 {
     void **state = ctx;

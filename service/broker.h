@@ -121,6 +121,8 @@ struct sb_delivery {
     sb_delivery *enext;         /* private: the entry's other deliveries in flight */
     sb_delivery *next;          /* free for the consumer's own lists */
     sb_delivery *onext, *oprev; /* private: the consumer's outstanding list */
+    struct sb_pending *pending; /* private: without entry, its publish still to commit */
+    int withdrawn;              /* private: without entry, its publish was refused */
 };
 
 struct sb_consumer {
@@ -269,6 +271,17 @@ void sb_broker_key_delete(sb_broker *b, const char *key, int prefix);
  * d's message was delivered before its commit and the store then refuses
  * it, the key is deleted with it, whatever became of d meanwhile. */
 int sb_delivery_key_put(sb_broker *b, sb_delivery *d, const char *key, sb_key_cb cb, void *ctx);
+/* Keys (count of them, copied) to put only if d's message was delivered
+ * before its commit and the store then refuses it: state a client needs
+ * after that, e.g. a QoS 2 PUBREL still owed. They are put in the order
+ * given (one can mark that the others exist). Nothing if d's message is
+ * committed already. 0 or SB_ENOMEM. */
+int sb_delivery_keys_if_refused(sb_broker *b, sb_delivery *d, const char *const *keys,
+                                size_t count);
+/* Calls cb for each key starting with prefix (an sb_broker_key_put
+ * committed, not deleted since). Walks every key: for rare state. */
+void sb_broker_key_each(sb_broker *b, const char *prefix, void (*cb)(const char *key, void *ctx),
+                        void *ctx);
 
 /* Named client sessions (MQTT client ids), so that a new connection with
  * the same name takes over: registers owner under name (NULL: removes the

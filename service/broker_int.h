@@ -46,9 +46,14 @@ typedef struct sb_pending {
      * commit, and their entries still linked (sb_entry.pending). */
     uint64_t early_mask;
     sb_entry *early;
-    /* Protocol state of its early deliveries (sb_delivery_key_put),
-     * deleted if the store refuses the message. */
+    /* Protocol state of its early deliveries (sb_delivery_key_put,
+     * sb_delivery_keys_if_refused), deleted or put if the store refuses
+     * the message. */
     struct sb_pending_key *keys;
+    /* Early deliveries whose entry let them go (abandoned: a lease ended,
+     * a part failed) before the commit, chained by enext: told the
+     * outcome (sb_delivery.withdrawn). */
+    sb_delivery *orphans;
     char *why; /* why it was refused (sb_malloc'ed; NULL: none, or out of memory) */
     sb_publish_cb cb;
     void *ctx;
@@ -98,6 +103,7 @@ struct sb_broker {
     int64_t resident_peak;  /* their most since the heap was last trimmed */
     int64_t page_reserved;  /* of the budget, what page-ins under way may read */
     int64_t page_retry_ms;  /* wall clock ms: read again for queues whose page-in failed (0: none) */
+    int page_nomem;         /* some queue's page-in found no memory (sb_queue.page_nomem) */
     uv_work_t trim_req;     /* giving memory back, off the loop */
     int trimming;
 
@@ -144,6 +150,8 @@ struct sb_broker {
 /* publish.c */
 int sb_broker__load_retained(void *ctx, sb_message *msg);
 int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
+/* Removes key from the map of keys only (its store delete is on its way). */
+void sb_broker__key_forget(sb_broker *b, const char *key);
 void sb_broker__drain_pending(sb_broker *b);
 void sb_broker__arm_flush(sb_broker *b);
 int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const sb_sub_filter *filters,

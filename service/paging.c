@@ -135,17 +135,26 @@ static void stored_corrupt(sb_queue *q)
               (long long)q->disk_depth);
 }
 
-/* After a failed page-in (out of memory, an I/O error), the queues that
- * wait for their stored entries are offered them again (a scan, only
- * then). */
+/* After a failed page-in, the queues that wait for their stored entries
+ * are offered them again (a scan, only then): after a read error
+ * (RETRY_MS later, every queue: the store is in trouble), and at the next
+ * tick those that found no memory (only them: a queue whose window is
+ * empty may see no other event to try at). */
 static void retry_page_ins(sb_broker *b)
 {
-    if (b->page_retry_ms == 0 || sb_now_ms() < b->page_retry_ms)
+    int errors = b->page_retry_ms != 0 && sb_now_ms() >= b->page_retry_ms;
+    int nomem = b->page_nomem;
+    if (!errors && !nomem)
         return;
-    b->page_retry_ms = 0;
-    for (sb_queue *q = b->queues; q != NULL; q = q->next)
-        if (q->disk_depth > 0 && q->page_op == NULL && q->consumers != NULL)
+    if (errors)
+        b->page_retry_ms = 0;
+    b->page_nomem = 0;
+    for (sb_queue *q = b->queues; q != NULL; q = q->next) {
+        int again = errors || q->page_nomem;
+        q->page_nomem = 0;
+        if (again && q->disk_depth > 0 && q->page_op == NULL && q->consumers != NULL)
             sb_queue__dispatch(q);
+    }
 }
 
 void sb_paging__housekeeping(sb_broker *b)
@@ -402,10 +411,10 @@ static void page_in(sb_queue *q, int target)
     page_req *r;
 
     if ((r = new_req(b, SB_OP_PAGE_IN, on_page_in)) == NULL) {
-        /* Housekeeping tries again: a queue whose window is empty may see
-         * no other event (no dispatch) to try at. */
-        if (b->page_retry_ms == 0)
-            b->page_retry_ms = sb_now_ms() + RETRY_MS;
+        /* Tried again at its next dispatch, or at the next housekeeping
+         * tick: a queue whose window is empty may see no other event. */
+        q->page_nomem = 1;
+        b->page_nomem = 1;
         return;
     }
     if (!prepare(q, r, target)) {

@@ -244,11 +244,27 @@ static int reserve_entries(sb_broker *b, sb_pending *p)
     return 0;
 }
 
-/* A key of protocol state recorded for an early delivery. */
+/* Protocol state of an early delivery: a key put now and deleted if the
+ * store refuses the message, or one put only then (sb_delivery_key_put,
+ * sb_delivery_keys_if_refused). Shared by the pending publish and a put
+ * still in flight, whose completion would otherwise add a key the refusal
+ * deleted back to the map of keys. */
 typedef struct sb_pending_key {
     struct sb_pending_key *next;
+    sb_broker *broker;
+    sb_key_cb cb; /* the put's caller */
+    void *ctx;
+    int refs;       /* the pending publish, the put in flight */
+    int refused;    /* the store refused the message */
+    int if_refused; /* put only if the store refuses the message */
     char key[];
 } sb_pending_key;
+
+static void pending_key_unref(sb_pending_key *k)
+{
+    if (--k->refs == 0)
+        sb_free(k);
+}
 
 /* Frees p; into b's free lists, or with sb_free when b is NULL (a batch of
  * retained values never queued). */
@@ -257,7 +273,7 @@ static void pending_free(sb_broker *b, sb_pending *p)
     while (p->keys != NULL) {
         sb_pending_key *k = p->keys;
         p->keys = k->next;
-        sb_free(k);
+        pending_key_unref(k);
     }
     while (p->spare != NULL) {
         sb_entry *e = p->spare;
@@ -348,23 +364,87 @@ int sb_broker__cancel_insert(sb_entry *e)
     return p != NULL && sb_store_cancel(p->broker->store, &p->op, e->pslot) == 0;
 }
 
+/* The pending publish of d's message, or NULL once it completed. */
+static sb_pending *pending_of(const sb_delivery *d)
+{
+    return d->entry != NULL ? d->entry->pending : d->pending;
+}
+
+static sb_pending_key *pending_key_new(sb_broker *b, const char *key)
+{
+    sb_pending_key *k = sb_calloc(1, sizeof(*k) + strlen(key) + 1);
+    if (k != NULL) {
+        k->broker = b;
+        strcpy(k->key, key);
+    }
+    return k;
+}
+
+static void on_pending_key_put(void *ctx, int status)
+{
+    sb_pending_key *k = ctx;
+    /* The refusal came first and deleted the key, which the put (submitted
+     * before the delete) has just added to the map again: not there. */
+    if (k->refused && status == 0)
+        sb_broker__key_forget(k->broker, k->key);
+    if (k->cb != NULL)
+        k->cb(k->ctx, status);
+    pending_key_unref(k);
+}
+
 int sb_delivery_key_put(sb_broker *b, sb_delivery *d, const char *key, sb_key_cb cb, void *ctx)
 {
-    sb_pending *p = d->entry != NULL ? d->entry->pending : NULL;
+    sb_pending *p = pending_of(d);
     sb_pending_key *k;
     int rc;
     if (p == NULL)
         return sb_broker_key_put(b, key, cb, ctx);
-    if ((k = sb_malloc(sizeof(*k) + strlen(key) + 1)) == NULL)
+    if ((k = pending_key_new(b, key)) == NULL)
         return SB_ENOMEM;
-    strcpy(k->key, key);
-    if ((rc = sb_broker_key_put(b, key, cb, ctx)) != 0) {
+    k->cb = cb;
+    k->ctx = ctx;
+    if ((rc = sb_broker_key_put(b, key, on_pending_key_put, k)) != 0) {
         sb_free(k);
         return rc;
     }
+    k->refs = 2;
     k->next = p->keys;
     p->keys = k;
     return 0;
+}
+
+int sb_delivery_keys_if_refused(sb_broker *b, sb_delivery *d, const char *const *keys, size_t count)
+{
+    sb_pending *p = pending_of(d);
+    /* prepended last first: put in the order given */
+    for (size_t i = count; p != NULL && i-- > 0;) {
+        sb_pending_key *k = pending_key_new(b, keys[i]);
+        if (k == NULL)
+            return SB_ENOMEM;
+        k->if_refused = 1;
+        k->refs = 1;
+        k->next = p->keys;
+        p->keys = k;
+    }
+    return 0;
+}
+
+void sb_broker__orphan(sb_entry *e, sb_delivery *d)
+{
+    sb_pending *p = e->pending;
+    d->pending = p;
+    d->enext = p->orphans;
+    p->orphans = d;
+}
+
+void sb_broker__orphan_gone(sb_delivery *d)
+{
+    sb_delivery **at = &d->pending->orphans;
+    while (*at != d)
+        at = &(*at)->enext;
+    *at = d->enext;
+    d->enext = NULL;
+    d->pending = NULL;
 }
 
 void sb_broker__entry_gone(sb_entry *e)
@@ -391,11 +471,24 @@ static void complete(sb_broker *b, sb_pending *p)
         if (p->status != 0)
             sb_queue__withdraw(e->queue, e);
     }
-    /* (the store deletes after the put, submitted before; the put's own
-     * completion may still add the key to the map of keys, where it only
-     * names a message id never delivered again) */
-    for (sb_pending_key *k = p->keys; k != NULL && p->status != 0; k = k->next)
-        sb_broker_key_delete(b, k->key, 0);
+    /* Deliveries whose entry went (its lease ended) before the commit
+     * still answer sb_delivery_withdrawn. */
+    while (p->orphans != NULL) {
+        sb_delivery *d = p->orphans;
+        p->orphans = d->enext;
+        d->enext = NULL;
+        d->pending = NULL;
+        d->withdrawn = p->status != 0;
+    }
+    /* (the store deletes after a put submitted before; on_pending_key_put
+     * keeps that put's completion from adding the key to the map again) */
+    for (sb_pending_key *k = p->keys; k != NULL && p->status != 0; k = k->next) {
+        k->refused = 1;
+        if (!k->if_refused)
+            sb_broker_key_delete(b, k->key, 0);
+        else if (sb_broker_key_put(b, k->key, NULL, NULL) != 0)
+            sb_errlog(NULL, "cannot record protocol state %s (out of memory or stopping)", k->key);
+    }
     for (size_t i = 0; i < p->queue_count; i++) {
         sb_queue *q = p->queues[i];
         int early = i < 64 && (p->early_mask >> i & 1);

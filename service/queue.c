@@ -122,12 +122,13 @@ sb_queue *sb_queue__new(sb_broker *b, uint32_t id, const char *name, const sb_su
 /* The class a queue takes: one with messages in the store stays durable
  * until they were delivered. A memory queue neither reads nor deletes
  * rows: those only in the store would wait for a restart, and those of its
- * window (or of publishes on their way to it) would stay after their
- * acknowledgement, to be delivered again after a restart. Nor would
- * messages acknowledged to their producers as durable still be. */
+ * window (or of publishes and redriven dead letters on their way to it)
+ * would stay after their acknowledgement, to be delivered again after a
+ * restart. Nor would messages acknowledged to their producers as durable
+ * still be. */
 static sb_durability durability_for(sb_queue *q, sb_durability want)
 {
-    int64_t stored = sb_queue__total_depth(q) + q->pending;
+    int64_t stored = sb_queue__total_depth(q) + q->pending + q->redriving;
     if (want != SB_DURABILITY_MEMORY || stored <= 0 || q->durability == SB_DURABILITY_MEMORY)
         return want;
     sb_log(SB_LOG_WARN, q->name,
@@ -398,7 +399,7 @@ static void settle(sb_queue *q, sb_entry *e, int persisted)
 
 int sb_delivery_withdrawn(const sb_delivery *d)
 {
-    return d->entry != NULL && d->entry->unstored;
+    return d->entry != NULL ? d->entry->unstored : d->withdrawn;
 }
 
 void sb_queue__withdraw(sb_queue *q, sb_entry *e)
@@ -546,6 +547,8 @@ static void outstanding_remove(sb_consumer *c, sb_delivery *d)
 
 static void delivery_free(sb_queue *q, sb_delivery *d)
 {
+    if (d->pending != NULL)
+        sb_broker__orphan_gone(d);
     if (d->shaped != NULL)
         sb_message_unref(d->shaped);
     if (q != NULL)
@@ -598,6 +601,11 @@ static void abandon(sb_queue *q, sb_entry *e)
         d->enext = NULL;
         sb_message_ref(d->msg);
         d->entry = NULL;
+        /* what sb_delivery_withdrawn says of it must still hold */
+        if (e->pending != NULL)
+            sb_broker__orphan(e, d);
+        else
+            d->withdrawn = e->unstored;
     }
     drop_parts(q, e);
 }

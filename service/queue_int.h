@@ -132,6 +132,7 @@ struct sb_queue {
     int64_t disk_depth, disk_bytes; /* as the store counts them (queue_counts) */
     uint64_t paged_to;              /* largest id that was in the window */
     struct sb_store_op *page_op;    /* a page-in being read, or NULL */
+    int page_nomem;                 /* a page-in found no memory: housekeeping tries it again */
     int64_t page_skip;              /* entries the store dropped since page_op left */
     uint64_t page_snap;             /* broker's last message id when page_op left */
     int64_t snap_depth, snap_bytes; /* entries stored since then, ids above page_snap */
@@ -246,6 +247,11 @@ void sb_broker__schedule_dispatch(sb_broker *b, sb_queue *q);
 int sb_broker__cancel_insert(sb_entry *e);
 /* e, appended before its message's commit, is freed first (publish.c). */
 void sb_broker__entry_gone(sb_entry *e);
+/* d, a delivery of e (appended before its message's commit), loses its
+ * entry (abandon): it learns the commit's outcome directly (publish.c). */
+void sb_broker__orphan(sb_entry *e, sb_delivery *d);
+/* d, orphaned before the commit, is freed first. */
+void sb_broker__orphan_gone(sb_delivery *d);
 void sb_broker__store_attempts(sb_broker *b, sb_queue *q, sb_entry *e);
 void sb_queue__detach_consumer(sb_queue *q, sb_consumer *c, int failed);
 

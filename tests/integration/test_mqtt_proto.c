@@ -903,9 +903,9 @@ static void test_clean_session_qos2_ids_start_afresh(void **state)
     b->passed = 1;
 }
 
-/* The "rel" keys left in the store for client id: the QoS 2 state of
- * deliveries whose PUBCOMP has not come. */
-static int rel_keys(sbt_broker *b, const char *id)
+/* The keys of a kind ("rel", "owed") left in the store for client id:
+ * QoS 2 state of deliveries whose PUBCOMP has not come. */
+static int state_keys(sbt_broker *b, const char *id, const char *kind)
 {
     char path[SBT_PATH_MAX], like[128];
     sqlite3 *db;
@@ -913,7 +913,7 @@ static int rel_keys(sbt_broker *b, const char *id)
     int n;
     sbt_path(path, sizeof(path), b->data_dir, "switchboard.db");
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    snprintf(like, sizeof(like), "$mqtt\n%s\nrel\n%%", id);
+    snprintf(like, sizeof(like), "$mqtt\n%s\n%s%%", id, kind);
     assert_int_equal(
         sqlite3_prepare_v2(db, "SELECT count(*) FROM dedup WHERE key LIKE ?", -1, &st, NULL),
         SQLITE_OK);
@@ -923,6 +923,52 @@ static int rel_keys(sbt_broker *b, const char *id)
     sqlite3_finalize(st);
     assert_int_equal(sqlite3_close(db), SQLITE_OK);
     return n;
+}
+
+/* Two QoS 2 messages through to s (subscribed to rel/#) first: the first
+ * after a start commits before delivery and asks for message ids to be
+ * reserved; the second's puback comes after that reservation committed,
+ * so the next goes to the client early. */
+static void warm_early_qos2(sbt_conn *c, sbt_mq *s)
+{
+    sb_mqtt_packet pk;
+    json_t *r;
+    uint16_t pid;
+    for (int i = 0; i < 2; i++) {
+        r = sbt_call(c, "{s:s, s:s, s:s, s:{s:s}}", "op", "pub", "topic", "rel/warm", "payload",
+                     "warm", "headers", "mqtt-qos", "2");
+        sbt_expect_op(r, "puback");
+        json_decref(r);
+        pid = sbt_mq_expect_publish(s, "rel/warm", "warm", 2, 0, 0);
+        sbt_mq_ack(s, SB_MQTT_PUBREC, pid);
+        sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, pid);
+        sbt_mq_ack(s, SB_MQTT_PUBCOMP, pid);
+    }
+}
+
+/* Publishes payload on topic at QoS 2 through c, expecting the store to
+ * refuse it (too big for broker.store.max_db_bytes); s gets it before
+ * that (early). Returns its packet id; with pubrec, s answers PUBREC and
+ * gets PUBREL before the refusal is read. */
+static uint16_t publish_refused(sbt_conn *c, sbt_mq *s, const char *topic, const char *payload,
+                                int pubrec)
+{
+    sb_mqtt_packet pk;
+    json_t *r;
+    uint16_t pid;
+    sbt_send(c, "{s:s, s:s, s:s, s:{s:s}}", "op", "pub", "topic", topic, "payload", payload,
+             "headers", "mqtt-qos", "2");
+    pid = sbt_mq_expect_publish(s, topic, payload, 2, 0, 0);
+    if (pubrec) {
+        sbt_mq_ack(s, SB_MQTT_PUBREC, pid);
+        sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, pid);
+    }
+    r = sbt_read(c, SBT_REPLY_MS);
+    assert_non_null(r);
+    sbt_expect_op(r, "error");
+    assert_string_equal(sbt_str(r, "code"), "SB_ENOSPC");
+    json_decref(r);
+    return pid;
 }
 
 /* A QoS 2 message goes to a persistent session before its commit, which
@@ -938,9 +984,6 @@ static void test_refused_qos2_leaves_no_state(void **state)
     char *payload = malloc(big + 1);
     sbt_mq_opts o;
     sbt_mq *s;
-    sb_mqtt_packet pk;
-    json_t *r;
-    uint16_t pid;
 
     assert_non_null(payload);
     memset(payload, 'x', big);
@@ -953,38 +996,112 @@ static void test_refused_qos2_leaves_no_state(void **state)
     o.clean = 0;
     s = sbt_mq_client(port, &o, NULL);
     sbt_mq_sub1(s, 1, "rel/#", 2);
-
-    /* Two messages through first: the first after a start commits before
-     * delivery and asks for message ids to be reserved; the second's
-     * puback comes after that reservation committed, so the next goes to
-     * the client early. */
-    for (int i = 0; i < 2; i++) {
-        r = sbt_call(c, "{s:s, s:s, s:s, s:{s:s}}", "op", "pub", "topic", "rel/warm", "payload",
-                     "warm", "headers", "mqtt-qos", "2");
-        sbt_expect_op(r, "puback");
-        json_decref(r);
-        pid = sbt_mq_expect_publish(s, "rel/warm", "warm", 2, 0, 0);
-        sbt_mq_ack(s, SB_MQTT_PUBREC, pid);
-        sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, pid);
-        sbt_mq_ack(s, SB_MQTT_PUBCOMP, pid);
-    }
+    warm_early_qos2(c, s);
     sbt_wait_queue_int(c, "mqtt/rel-sub", "depth", 0, SBT_REPLY_MS);
-
-    sbt_send(c, "{s:s, s:s, s:s, s:{s:s}}", "op", "pub", "topic", "rel/big", "payload", payload,
-             "headers", "mqtt-qos", "2");
-    pid = sbt_mq_expect_publish(s, "rel/big", payload, 2, 0, 0);
-    sbt_mq_ack(s, SB_MQTT_PUBREC, pid);
-    sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, pid);
-    r = sbt_read(c, SBT_REPLY_MS);
-    assert_non_null(r);
-    sbt_expect_op(r, "error");
-    assert_string_equal(sbt_str(r, "code"), "SB_ENOSPC");
-    json_decref(r);
+    publish_refused(c, s, "rel/big", payload, 1);
     sbt_mq_close(s); /* no PUBCOMP */
     sbt_wait_queue_int(c, "mqtt/rel-sub", "depth", 0, SBT_REPLY_MS);
     sbt_close(c);
     sbt_broker_stop(b);
-    assert_int_equal(rel_keys(b, "rel-sub"), 0);
+    assert_int_equal(state_keys(b, "rel-sub", "rel\n"), 0);
+    free(payload);
+    b->passed = 1;
+}
+
+/* A QoS 2 message the store refuses after it went to a persistent
+ * session (before its commit) is never delivered again, yet the client
+ * holds its packet id until a PUBREL comes ("PUBREC sent", MQTT-4.3.3-2):
+ * without it, a new message reusing the id (65535 later) would be taken
+ * for that one and dropped. The PUBREL comes after a reconnect, after a
+ * restart too, whether the PUBREC came before the refusal (A), after it
+ * (C) or never reached the broker (B: lost on the way), until PUBCOMP. */
+static void test_refused_qos2_pubrel_owed(void **state)
+{
+    static const char *const topics[3] = {"rel/a", "rel/b", "rel/c"};
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    int port, sp = 0, got[3] = {0, 0, 0}, left = 3;
+    size_t big = 400 * 1024;
+    char *payload = malloc(big + 1);
+    sbt_mq_opts o;
+    sbt_mq *s;
+    sb_mqtt_packet pk;
+    json_t *r;
+    uint16_t pids[3], pid;
+
+    assert_non_null(payload);
+    memset(payload, 'x', big);
+    payload[big] = '\0';
+    sbt_broker_set(b, 1, "  store: { max_db_bytes: 256KiB }\n");
+    c = sbt_mq_start(b, "mqtt-refused-owed");
+    port = b->port[SBT_MQ_PORT_MQTT];
+    memset(&o, 0, sizeof(o));
+    o.id = "owed-sub";
+    o.clean = 0;
+    s = sbt_mq_client(port, &o, NULL);
+    sbt_mq_sub1(s, 1, "rel/#", 2);
+    warm_early_qos2(c, s);
+    sbt_wait_queue_int(c, "mqtt/owed-sub", "depth", 0, SBT_REPLY_MS);
+    pids[0] = publish_refused(c, s, topics[0], payload, 1);
+    pids[1] = publish_refused(c, s, topics[1], payload, 0);
+    pids[2] = publish_refused(c, s, topics[2], payload, 0);
+    sbt_mq_ack(s, SB_MQTT_PUBREC, pids[2]); /* after the refusal */
+    sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, pids[2]);
+    sbt_mq_close(s); /* no PUBCOMP */
+    sbt_wait_queue_int(c, "mqtt/owed-sub", "depth", 0, SBT_REPLY_MS);
+    sbt_close(c);
+    /* (stopped, not killed: a PUBREL owed is recorded at the refusal, in
+     * the store's retries after it, and a kill may come before that as
+     * before any write) */
+    sbt_broker_stop(b);
+    sbt_broker_start(b);
+    c = sbt_connect(b->port[SBT_MQ_PORT_JSONL]);
+
+    s = sbt_mq_client(port, &o, &sp);
+    assert_int_equal(sp, 1);
+    while (left > 0) {
+        int i;
+        if (sbt_mq_next(s, &pk, SBT_REPLY_MS) != 0)
+            fail_msg("after the restart: %d PUBREL(s) of ids %u, %u, %u missing", left, pids[0],
+                     pids[1], pids[2]);
+        for (i = 0; i < 3 && (pk.type != SB_MQTT_PUBREL || pk.packet_id != pids[i]); i++)
+            ;
+        if (i == 3 || got[i]++ > 0)
+            fail_msg("after the restart the broker sent %s (packet id %u) where the PUBRELs of "
+                     "ids %u, %u, %u were due",
+                     sb_mqtt_type_name(pk.type), pk.packet_id, pids[0], pids[1], pids[2]);
+        left--;
+    }
+    for (int i = 0; i < 3; i++)
+        sbt_mq_ack(s, SB_MQTT_PUBCOMP, pids[i]);
+
+    /* the session goes on; once completed, a reconnect owes nothing */
+    r = sbt_call(c, "{s:s, s:s, s:s, s:{s:s}}", "op", "pub", "topic", "rel/after", "payload",
+                 "after", "headers", "mqtt-qos", "2");
+    sbt_expect_op(r, "puback");
+    json_decref(r);
+    pid = sbt_mq_expect_publish(s, "rel/after", "after", 2, 0, 0);
+    sbt_mq_ack(s, SB_MQTT_PUBREC, pid);
+    sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, pid);
+    sbt_mq_ack(s, SB_MQTT_PUBCOMP, pid);
+    sbt_wait_queue_int(c, "mqtt/owed-sub", "depth", 0, SBT_REPLY_MS);
+    sbt_mq_close(s);
+    s = sbt_mq_client(port, &o, &sp);
+    assert_int_equal(sp, 1);
+    r = sbt_call(c, "{s:s, s:s, s:s, s:{s:s}}", "op", "pub", "topic", "rel/last", "payload", "last",
+                 "headers", "mqtt-qos", "2");
+    sbt_expect_op(r, "puback");
+    json_decref(r);
+    pid = sbt_mq_expect_publish(s, "rel/last", "last", 2, 0, 0); /* no PUBREL before it */
+    sbt_mq_ack(s, SB_MQTT_PUBREC, pid);
+    sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, pid);
+    sbt_mq_ack(s, SB_MQTT_PUBCOMP, pid);
+    sbt_wait_queue_int(c, "mqtt/owed-sub", "depth", 0, SBT_REPLY_MS);
+    sbt_mq_disconnect(s);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    assert_int_equal(state_keys(b, "owed-sub", "owed"), 0);
+    assert_int_equal(state_keys(b, "owed-sub", "rel\n"), 0);
     free(payload);
     b->passed = 1;
 }
@@ -1074,6 +1191,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_outbound_resend_after_kill, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_refused_qos2_leaves_no_state, sbt_setup,
                                         sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_qos2_pubrel_owed, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_max_queued_drops_oldest, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_session_expiry, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_backlog_then_disconnect, sbt_setup, sbt_teardown),

@@ -27,7 +27,12 @@
  * redelivery after a reconnect or a restart carries its original id (with
  * DUP). A QoS 2 delivery stays in the queue until PUBCOMP; at PUBREC a key
  * "$mqtt\n<id>\nrel\n<message id>" is committed before PUBREL is sent, so a
- * redelivery after a restart sends PUBREL, never the message again.
+ * redelivery after a restart sends PUBREL, never the message again. A
+ * message delivered before its commit that the store then refuses is
+ * never redelivered: for a persistent session the refusal puts
+ * "$mqtt\n<id>\nowed\n<packet id>" (then the mark "$mqtt\n<id>\nowed"),
+ * so a resume sends PUBREL for that id, which the client may hold, until
+ * PUBCOMP. A committed message costs no store operation for this.
  */
 #include "adapters/stream_keys.h"
 #include "adapters/conn.h"
@@ -40,6 +45,7 @@
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* How long a new connection may take to send CONNECT. */
@@ -166,6 +172,21 @@ static void key_in(char *out, size_t n, const mqtt_session *s, uint16_t pid)
 static void key_rel(char *out, size_t n, const mqtt_session *s, uint64_t msg_id)
 {
     snprintf(out, n, "$mqtt\n%s\nrel\n%" PRIu64, s->client_id, msg_id);
+}
+
+/* A PUBREL owed for packet id pid whatever becomes of the message: the
+ * store refused it after it went out (before its commit), so no
+ * redelivery will find its "rel" key, and the client may hold the id
+ * until a PUBREL comes. Put only then, each with the session's mark. */
+static void key_owed(char *out, size_t n, const mqtt_session *s, uint16_t pid)
+{
+    snprintf(out, n, "$mqtt\n%s\nowed\n%u", s->client_id, (unsigned)pid);
+}
+
+/* Put after key_owed: the session has (or had) PUBRELs owed. */
+static void key_owed_mark(char *out, size_t n, const mqtt_session *s)
+{
+    snprintf(out, n, "$mqtt\n%s\nowed", s->client_id);
 }
 
 static void key_prefix(char *out, size_t n, const char *client_id)
@@ -458,6 +479,22 @@ static int on_deliver(sb_consumer *c, sb_delivery *d)
     e->d = d;
     e->qos = (uint8_t)qos;
     e->released = 0;
+    if (qos == 2 && !s->clean) {
+        /* The client may PUBREC it and leave, or its PUBREC may be lost:
+         * if the store then refuses the message (it went out before its
+         * commit), the PUBREL it is owed must still come after a
+         * reconnect, even a restart. Costs nothing once committed. */
+        char mark[300];
+        const char *owed[2] = {key, mark};
+        key_owed(key, sizeof key, s, pid);
+        key_owed_mark(mark, sizeof mark, s);
+        if (sb_delivery_keys_if_refused(s->broker, d, owed, 2) != 0) {
+            fl_remove(s, e);
+            s->consumer_busy = 1;
+            fail(s, "out of memory");
+            return SB_EBUSY;
+        }
+    }
     if (qos == 2 && d->redelivery) {
         key_rel(key, sizeof key, s, m->id);
         if (sb_broker_key_exists(s->broker, key)) {
@@ -525,8 +562,9 @@ static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
             return 0;
         }
         e->released = 1;
-        if (sb_delivery_withdrawn(e->d)) {
-            /* refused by the store: never sent again, nothing to record */
+        if (sb_delivery_withdrawn(e->d) && s->clean) {
+            /* refused by the store: never sent again, and the client
+             * forgets the id with its clean session */
             send_ack(s, SB_MQTT_PUBREL, pk->packet_id);
             return 0;
         }
@@ -535,6 +573,22 @@ static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
             return fail(s, "out of memory");
         r->s = s;
         r->pid = pk->packet_id;
+        if (sb_delivery_withdrawn(e->d)) {
+            /* Refused by the store: never sent again, so its "rel" key
+             * would not bring the PUBREL back after a reconnect; the
+             * PUBREL owed does (put at the refusal: again, in order, to
+             * send PUBREL once it is committed). */
+            char mark[300];
+            key_owed(key, sizeof key, s, pk->packet_id);
+            key_owed_mark(mark, sizeof mark, s);
+            if ((rc = sb_broker_key_put(s->broker, key, NULL, NULL)) != 0 ||
+                (rc = sb_broker_key_put(s->broker, mark, on_released, r)) != 0) {
+                sb_free(r);
+                return fail(s, "cannot record QoS 2 state: %s", sb_strerror(rc));
+            }
+            s->pending++;
+            return 0;
+        }
         key_rel(key, sizeof key, s, e->d->msg->id);
         /* deleted with the message if the store refuses it (delivered
          * before its commit): no PUBCOMP would come for it then */
@@ -546,11 +600,22 @@ static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
         return 0;
     }
     case SB_MQTT_PUBCOMP:
-        if (e != NULL && e->qos == 2) {
+        if (e != NULL && e->qos == 2 && e->d == NULL) {
+            /* a PUBREL owed from before the reconnect (resend_owed) */
+            fl_remove(s, e);
+            key_owed(key, sizeof key, s, pk->packet_id);
+            sb_broker_key_delete(s->broker, key, 0);
+            consumer_ready(s);
+        } else if (e != NULL && e->qos == 2) {
             uint64_t id = e->d->msg->id;
+            int owed = !s->clean && sb_delivery_withdrawn(e->d);
             finish_delivery(s, e);
             key_rel(key, sizeof key, s, id);
             sb_broker_key_delete(s->broker, key, 0);
+            if (owed) {
+                key_owed(key, sizeof key, s, pk->packet_id);
+                sb_broker_key_delete(s->broker, key, 0);
+            }
         }
         return 0;
     default:
@@ -880,6 +945,53 @@ static int define_empty(mqtt_session *s, const sb_sub_settings *st, sb_error *er
     return sb_broker_sub_define(s->broker, s->queue, &def, st, NULL, 0, err);
 }
 
+typedef struct owed_walk {
+    mqtt_session *s;
+    size_t found;
+    int nomem;
+} owed_walk;
+
+static void owed_found(const char *key, void *ctx)
+{
+    owed_walk *w = ctx;
+    const char *at = strrchr(key, '\n');
+    char *end;
+    unsigned long pid = strtoul(at + 1, &end, 10);
+    inflight *e;
+    if (*end != '\0' || pid == 0 || pid > 65535)
+        return;
+    w->found++;
+    if (fl_find(w->s, (uint16_t)pid) != NULL)
+        return;
+    if ((e = fl_insert(w->s, (uint16_t)pid)) == NULL) {
+        w->nomem = 1;
+        return;
+    }
+    e->d = NULL; /* no delivery: the PUBREL only */
+    e->qos = 2;
+    e->released = 1;
+    send_ack(w->s, SB_MQTT_PUBREL, (uint16_t)pid);
+}
+
+/* A resumed session first gets the PUBRELs owed for messages the store
+ * refused after they went out (key_owed), each holding its packet id until
+ * PUBCOMP: a new message must not take an id the client still holds. */
+static int resend_owed(mqtt_session *s)
+{
+    char mark[300], prefix[310];
+    owed_walk w = {s, 0, 0};
+    key_owed_mark(mark, sizeof mark, s);
+    if (!sb_broker_key_exists(s->broker, mark))
+        return 0; /* the common case: no walk over every key */
+    snprintf(prefix, sizeof prefix, "%s\n", mark);
+    sb_broker_key_each(s->broker, prefix, owed_found, &w);
+    if (w.nomem)
+        return fail(s, "out of memory");
+    if (w.found == 0)
+        sb_broker_key_delete(s->broker, mark, 0); /* all completed */
+    return 0;
+}
+
 static int connect_finish(mqtt_session *s, const char *user)
 {
     const sb_adapter_config *cfg = s->conn->adapter->cfg;
@@ -961,6 +1073,8 @@ static int connect_finish(mqtt_session *s, const char *user)
         send_bytes(s, ack, n);
     s->connected = 1;
     sb_conn_identified(s->conn);
+    if (present && resend_owed(s) != 0)
+        return 0; /* closing */
     s->consumer.deliver = on_deliver;
     s->consumer.ctx = s;
     s->consumer.name = s->who;

@@ -384,6 +384,8 @@ static void test_refused_publish_drops_keys(void **state)
     sb_store_test_hold(f->b->store, 0);
     assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
     CORE_WAIT(f, put);
+    /* the put completed after the refusal deleted the key */
+    assert_false(sb_broker_key_exists(f->b, key));
     assert_int_equal(core_queue(f, "r:sink")->depth, 0);
     assert_int_equal(sink->log.count, 2);
     core_check_all(f);
@@ -391,6 +393,66 @@ static void test_refused_publish_drops_keys(void **state)
     core_stop(f);
     core_start(f, one_cfg);
     assert_false(sb_broker_key_exists(f->b, key));
+    free(payload);
+}
+
+static const char *const lease_cfg = "adapters:\n"
+                                     "  - {name: src, type: exec, command: [fake]}\n"
+                                     "  - {name: sink, type: exec, command: [fake], inflight: 8}\n"
+                                     "routes:\n"
+                                     "  - name: r\n"
+                                     "    from: t/#\n"
+                                     "    to: sink\n"
+                                     "    lease: 50ms\n";
+
+/* A delivery whose lease ends before its message's commit has no entry
+ * any more, yet still is the message's: when the store then refuses it,
+ * it says so (a late PUBREC records nothing for it), its key goes and the
+ * key to put on a refusal (a PUBREL owed) is put. */
+static void test_refused_after_lease_ended(void **state)
+{
+    static const char *const rel = "$test\nsub\nrel\n1";
+    static const char *const owed[] = {"$test\nsub\nowed\n1", "$test\nsub\nowed"};
+    core_fx *f = *state;
+    size_t big = 512 * 1024;
+    char *payload = malloc(big + 1);
+    fake_adapter *sink;
+    sb_delivery *d;
+    fake_pub p;
+    int put = 0;
+
+    assert_non_null(payload);
+    memset(payload, 'x', big);
+    payload[big] = '\0';
+    f->broker_extra = "  store: {max_db_bytes: 256KiB}\n";
+    core_start(f, lease_cfg);
+    sink = fake("sink");
+    warm_up(f, sink);
+
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", payload, NULL, 0, NULL), 0);
+    CORE_WAIT(f, sink->log.count == 2);
+    d = sink->log.recs[1].d;
+    assert_int_equal(sb_delivery_keys_if_refused(f->b, d, owed, 2), 0);
+    fake_set_mode(sink, FAKE_BUSY); /* takes no redelivery */
+    CORE_WAIT(f, d->entry == NULL); /* the lease ended */
+    assert_false(sb_delivery_withdrawn(d));
+    assert_int_equal(sb_delivery_key_put(f->b, d, rel, on_key_put, &put), 0);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
+    assert_true(sb_delivery_withdrawn(d));
+    CORE_WAIT(f, put && sb_broker_key_exists(f->b, owed[0]));
+    assert_false(sb_broker_key_exists(f->b, rel));
+    assert_true(sb_broker_key_exists(f->b, owed[1]));
+    sink->log.recs[1].d = NULL;
+    sb_delivery_done(d, 0, NULL);
+    CORE_WAIT(f, core_queue(f, "r:sink")->depth == 0);
+    core_check_all(f);
+
+    core_stop(f);
+    core_start(f, lease_cfg);
+    assert_false(sb_broker_key_exists(f->b, rel));
+    assert_true(sb_broker_key_exists(f->b, owed[0]));
     free(payload);
 }
 
@@ -499,6 +561,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refused_publish_withdrawn, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_fan_out_withdrawn, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_drops_keys, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_after_lease_ended, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_redrive_not_overtaken, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_not_dead_lettered, core_setup,
                                         core_teardown),

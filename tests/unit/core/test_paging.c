@@ -3,7 +3,8 @@
  * (broker.store.queue_window) so that a handful of messages crosses it.
  * Covers delivery order across the window boundary, the first window read
  * at start and the rest as consumers take them, redelivery after a
- * restart, a reload to memory-only deferred while messages are stored,
+ * restart, a reload to memory-only deferred while messages are stored
+ * (or redriven), a page-in out of memory delaying only its own queue,
  * TTL expiry and drop-oldest of stored entries (acting in the store,
  * without a consumer), dead letters and their redrive, drops while a read
  * is under way, the windows' memory budget (page-ins' reservations counted
@@ -280,6 +281,45 @@ static void test_memory_durability_keeps_window(void **state)
     assert_int_equal(stop_and_count_rows(f), 0);
 }
 
+/* A dead letter on its way back into an empty queue is a stored message
+ * too: a reload to memory-only meanwhile must wait, or the redriven row,
+ * appended to a memory queue, stays after its acknowledgement (and comes
+ * back after a restart). */
+static void test_memory_durability_waits_for_redrive(void **state)
+{
+    static const char *const mem_cfg = "routes:\n"
+                                       "  - name: dead\n"
+                                       "    from: x/#\n"
+                                       "    durability: memory\n"
+                                       "    retry: {max_attempts: 1, backoff: 10ms}\n";
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_error err;
+    sb_queue *q;
+    int done = 0;
+
+    core_start(f, cfg);
+    q = core_queue(f, "dead");
+    publish_n(f, "x/1", 1, 1);
+    c = consumer(f, "dead", 1, 0);
+    CORE_WAIT(f, c->log.count == 1);
+    fake_nack(&c->log.recs[0], "poison");
+    CORE_WAIT(f, q->dead == 1 && q->depth == 0 && q->disk_depth == 0);
+    c->log.mode = FAKE_ACK;
+
+    sb_store_test_hold_before(f->b->store, SB_OP_DLQ_REDRIVE);
+    assert_int_equal(sb_broker_dlq_redrive(f->b, "dead", on_admin_done, &done, &err), 0);
+    CORE_WAIT(f, q->redriving == 1);
+    assert_int_equal(core_reload(f, mem_cfg, &err), 0);
+    q = core_queue(f, "dead");
+    assert_int_not_equal(q->durability, SB_DURABILITY_MEMORY);
+    sb_store_test_hold_before(f->b->store, 0);
+    CORE_WAIT(f, done && c->log.count == 2 && q->depth == 0 && q->redriving == 0);
+    assert_string_equal(c->log.recs[1].payload, "m1");
+    core_check_all(f);
+    assert_int_equal(stop_and_count_rows(f), 0);
+}
+
 /* Page-ins reserve their bytes of the budget until they complete: a live
  * publish committed meanwhile must count them, or the windows reach twice
  * queue_memory once the page-in lands. */
@@ -454,6 +494,90 @@ static void test_move_aside_out_of_memory(void **state)
         if (move_aside_run(k) == 0)
             return;
     fail_msg("the page-in made more than 64 allocations");
+}
+
+/* One run of test_page_in_out_of_memory_one_queue: the k-th allocation
+ * after a's consumer acknowledges what empties its window fails. Returns
+ * 1 if that failed a's page-in, 0 if not, -1 if the run made fewer
+ * allocations. */
+static int one_queue_run(long k)
+{
+    static const char *const two = "routes:\n"
+                                   "  - {name: a, from: a/#}\n"
+                                   "  - {name: b, from: b/#}\n";
+    void *state;
+    core_fx *f;
+    fake_consumer *ca, *cb;
+    sb_queue *a, *b;
+    long failures;
+    size_t na, nb;
+    int hit;
+
+    core_setup(&state);
+    f = state;
+    f->broker_extra = WINDOW;
+    core_start(f, two);
+    publish_n(f, "a/1", 1, 10);
+    publish_n(f, "b/1", 1, 10);
+    a = core_queue(f, "a");
+    b = core_queue(f, "b");
+    ca = consumer(f, "a", 2, 0);
+    cb = consumer(f, "b", 2, 0);
+    CORE_WAIT(f, ca->log.count == 2 && cb->log.count == 2);
+    assert_true(a->disk_depth > 0 && b->disk_depth > 0);
+
+    fake_ack(&ca->log.recs[0]);
+    sb_alloc_fail_once(k);
+    fake_ack(&ca->log.recs[1]); /* a's window falls to half: a page-in */
+    failures = sb_alloc_failures();
+    sb_alloc_fail_once(-1);
+    hit = failures == 1 && a->page_op == NULL && a->disk_depth > 0;
+    if (failures == 0) {
+        core_teardown(&state);
+        return -1;
+    }
+    if (hit) {
+        /* b reads as usual: a's failure is a's */
+        fake_ack(&cb->log.recs[0]);
+        fake_ack(&cb->log.recs[1]);
+        assert_non_null(b->page_op);
+    }
+    /* the rest as it comes, and what is held now */
+    na = ca->log.count;
+    nb = cb->log.count;
+    ca->log.mode = cb->log.mode = FAKE_ACK;
+    for (size_t i = 2; i < na; i++)
+        fake_ack(&ca->log.recs[i]);
+    for (size_t i = hit ? 2 : 0; i < nb; i++)
+        fake_ack(&cb->log.recs[i]);
+    /* a's page-in is tried again by the next housekeeping tick */
+    CORE_WAIT(f, a->depth == 0 && a->disk_depth == 0 && b->depth == 0 && b->disk_depth == 0);
+    for (int i = 1; i <= 10; i++) {
+        char payload[8];
+        snprintf(payload, sizeof payload, "m%d", i);
+        assert_true(fake_count(&ca->log, payload) >= 1);
+        assert_true(fake_count(&cb->log, payload) >= 1);
+    }
+    core_check_all(f);
+    core_teardown(&state);
+    return hit;
+}
+
+/* A page-in that finds no memory delays that queue's reads only (until
+ * the next housekeeping tick at most), not every queue's. Each allocation
+ * after the acknowledgement fails in turn; one of them is the page-in's. */
+static void test_page_in_out_of_memory_one_queue(void **state)
+{
+    int hits = 0, rc;
+    (void)state;
+    for (long k = 0; k < 64; k++) {
+        if ((rc = one_queue_run(k)) < 0) {
+            assert_int_equal(hits, 1);
+            return;
+        }
+        hits += rc;
+    }
+    fail_msg("the acknowledgement made more than 64 allocations");
 }
 
 /* A restart reads only the first window; the rest follows in order, and
@@ -855,6 +979,8 @@ int main(void)
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_memory_durability_keeps_window, paging_setup,
                                         core_teardown),
+        cmocka_unit_test_setup_teardown(test_memory_durability_waits_for_redrive, paging_setup,
+                                        core_teardown),
         cmocka_unit_test_setup_teardown(test_purge_batches_stop_at_their_start, paging_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_restart_reads_first_window, paging_setup,
@@ -870,6 +996,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_undecodable_row_deleted, paging_setup,
                                         core_teardown),
         cmocka_unit_test(test_move_aside_out_of_memory),
+        cmocka_unit_test(test_page_in_out_of_memory_one_queue),
         cmocka_unit_test(test_read_ahead_sizing),
         cmocka_unit_test_setup_teardown(test_slow_consumer_reads_little, paging_setup,
                                         core_teardown),
