@@ -817,10 +817,21 @@ static int start_admin(sb_broker *b, sb_error *err)
     {
         /* sbctl may connect before it has a request (no idle_timeout), but
          * sends each one whole */
-        const char *const keys[] = {"path",         path,  "protocol",      "jsonl",
-                                    "max_message",  "16MiB", "max_connections", "64",
-                                    "idle_timeout", "0",     "frame_timeout", "30s",
-                                    "security",     security, NULL};
+        const char *const keys[] = {"path",
+                                    path,
+                                    "protocol",
+                                    "jsonl",
+                                    "max_message",
+                                    "16MiB",
+                                    "max_connections",
+                                    "64",
+                                    "idle_timeout",
+                                    "0",
+                                    "frame_timeout",
+                                    "30s",
+                                    "security",
+                                    security,
+                                    NULL};
         rc = sb_adapter_config_build(&cfg, "admin", "pipe", keys, err);
     }
     sb_free(security);
@@ -1219,20 +1230,29 @@ typedef struct key_op {
     char *key;
     sb_key_cb cb;
     void *ctx;
+    int known; /* a put whose key is in the map already (sb_broker__key_put_known) */
 } key_op;
+
+static void key_remember(sb_broker *b, const char *key)
+{
+    int64_t *exp = sb_malloc(sizeof(*exp));
+    void *old = NULL;
+    if (exp != NULL) {
+        *exp = 0;
+        if (sb_map_put(&b->dedup, key, exp, &old) != 0)
+            sb_free(exp);
+        sb_free(old);
+    }
+}
 
 static void on_key_done(sb_store_op *op, void *ctx)
 {
     key_op *k = ctx;
-    if (op->status == 0 && op->type == SB_OP_KEY_PUT) {
-        int64_t *exp = sb_malloc(sizeof(*exp));
-        void *old = NULL;
-        if (exp != NULL) {
-            *exp = 0;
-            if (sb_map_put(&k->b->dedup, k->key, exp, &old) != 0)
-                sb_free(exp);
-            sb_free(old);
-        }
+    if (op->type == SB_OP_KEY_PUT && k->known) {
+        if (op->status != 0)
+            sb_broker__key_forget(k->b, k->key);
+    } else if (op->status == 0 && op->type == SB_OP_KEY_PUT) {
+        key_remember(k->b, k->key);
     }
     if (k->cb != NULL)
         k->cb(k->ctx, op->status);
@@ -1241,13 +1261,14 @@ static void on_key_done(sb_store_op *op, void *ctx)
 }
 
 static int key_submit(sb_broker *b, sb_store_op_type type, const char *key, int prefix,
-                      sb_key_cb cb, void *ctx)
+                      sb_key_cb cb, void *ctx, int known)
 {
     key_op *k = sb_calloc(1, sizeof(*k));
     if (k == NULL || (k->key = sb_strdup(key)) == NULL) {
         sb_free(k);
         return SB_ENOMEM;
     }
+    k->known = known;
     k->b = b;
     k->cb = cb;
     k->ctx = ctx;
@@ -1269,7 +1290,17 @@ int sb_broker_key_put(sb_broker *b, const char *key, sb_key_cb cb, void *ctx)
 {
     if (b->store == NULL)
         return SB_ESHUTDOWN; /* a session agent keeps no protocol state */
-    return key_submit(b, SB_OP_KEY_PUT, key, 0, cb, ctx);
+    return key_submit(b, SB_OP_KEY_PUT, key, 0, cb, ctx, 0);
+}
+
+int sb_broker__key_put_known(sb_broker *b, const char *key)
+{
+    int rc;
+    if (b->store == NULL)
+        return SB_ESHUTDOWN;
+    if ((rc = key_submit(b, SB_OP_KEY_PUT, key, 0, NULL, NULL, 1)) == 0)
+        key_remember(b, key);
+    return rc;
 }
 
 int sb_broker_key_exists(sb_broker *b, const char *key)
@@ -1336,7 +1367,7 @@ void sb_broker_key_delete(sb_broker *b, const char *key, int prefix)
     } else {
         sb_free(sb_map_remove(&b->dedup, key));
     }
-    if (key_submit(b, SB_OP_KEY_DELETE, key, prefix, NULL, NULL) != 0)
+    if (key_submit(b, SB_OP_KEY_DELETE, key, prefix, NULL, NULL, 0) != 0)
         sb_errlog(NULL, "cannot delete protocol state %s (out of memory or stopping)", key);
 }
 

@@ -102,9 +102,9 @@ struct sb_broker {
     int64_t resident_bytes; /* the queues' windows (paging.c) */
     int64_t resident_peak;  /* their most since the heap was last trimmed */
     int64_t page_reserved;  /* of the budget, what page-ins under way may read */
-    int64_t page_retry_ms;  /* wall clock ms: read again for queues whose page-in failed (0: none) */
-    int page_nomem;         /* some queue's page-in found no memory (sb_queue.page_nomem) */
-    uv_work_t trim_req;     /* giving memory back, off the loop */
+    int64_t page_retry_ms; /* wall clock ms: read again for queues whose page-in failed (0: none) */
+    int page_nomem;        /* some queue's page-in found no memory (sb_queue.page_nomem) */
+    uv_work_t trim_req;    /* giving memory back, off the loop */
     int trimming;
 
     sb_adapter *adapters;
@@ -143,7 +143,7 @@ struct sb_broker {
 
     /* free lists of the structs made and freed per message (pool.h) */
     sb_pool entry_pool, delivery_pool, pending_pool;
-    sb_pool op_pool; /* acks, attempts and dead letters (publish.c) */
+    sb_pool op_pool;          /* acks, attempts and dead letters (publish.c) */
     uint64_t pools_published; /* `published` at the last housekeeping (paging.c) */
 };
 
@@ -152,6 +152,10 @@ int sb_broker__load_retained(void *ctx, sb_message *msg);
 int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
 /* Removes key from the map of keys only (its store delete is on its way). */
 void sb_broker__key_forget(sb_broker *b, const char *key);
+/* Puts key in the map of keys at once and in the store: a delete that
+ * comes before the put's commit is not undone by it (a put whose key may
+ * be deleted while it commits). Forgotten again if the store fails it. */
+int sb_broker__key_put_known(sb_broker *b, const char *key);
 void sb_broker__drain_pending(sb_broker *b);
 void sb_broker__arm_flush(sb_broker *b);
 int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const sb_sub_filter *filters,

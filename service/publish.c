@@ -486,7 +486,7 @@ static void complete(sb_broker *b, sb_pending *p)
         k->refused = 1;
         if (!k->if_refused)
             sb_broker_key_delete(b, k->key, 0);
-        else if (sb_broker_key_put(b, k->key, NULL, NULL) != 0)
+        else if (sb_broker__key_put_known(b, k->key) != 0)
             sb_errlog(NULL, "cannot record protocol state %s (out of memory or stopping)", k->key);
     }
     for (size_t i = 0; i < p->queue_count; i++) {

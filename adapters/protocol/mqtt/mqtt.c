@@ -103,7 +103,7 @@ struct mqtt_session {
     size_t sub_count;
     size_t ring_count; /* of ring, below */
     size_t max_packet, max_payload;
-    char *user;      /* who the client is (NULL: anonymous) */
+    char *user; /* who the client is (NULL: anonymous) */
     char *client_id;
     sb_consumer consumer;
     int attached;
@@ -111,12 +111,12 @@ struct mqtt_session {
     pub_slot *ring; /* allocated by the first publish: most sessions only
                        subscribe, and an idle one should cost little */
     size_t ring_head, ring_cap;
-    size_t cap; /* of buf */
-    int clean_end;  /* DISCONNECT received: no will */
-    int taken_over; /* another connection took the client id */
-    int owner;      /* registered under client_id */
-    int pending;    /* callbacks outstanding (publishes, keys, auth) */
-    int read_paused; /* by us: too many pending publishes */
+    size_t cap;       /* of buf */
+    int clean_end;    /* DISCONNECT received: no will */
+    int taken_over;   /* another connection took the client id */
+    int owner;        /* registered under client_id */
+    int pending;      /* callbacks outstanding (publishes, keys, auth) */
+    int read_paused;  /* by us: too many pending publishes */
     char key_tag[24]; /* clean sessions: this connection's own QoS 2 keys */
     char *queue;      /* "mqtt/<client id>" */
     int clean;
@@ -485,7 +485,7 @@ static int on_deliver(sb_consumer *c, sb_delivery *d)
          * commit), the PUBREL it is owed must still come after a
          * reconnect, even a restart. Costs nothing once committed. */
         char mark[300];
-        const char *owed[2] = {key, mark};
+        const char *owed[2] = {mark, key}; /* the mark first: no key without it */
         key_owed(key, sizeof key, s, pid);
         key_owed_mark(mark, sizeof mark, s);
         if (sb_delivery_keys_if_refused(s->broker, d, owed, 2) != 0) {
@@ -581,8 +581,8 @@ static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
             char mark[300];
             key_owed(key, sizeof key, s, pk->packet_id);
             key_owed_mark(mark, sizeof mark, s);
-            if ((rc = sb_broker_key_put(s->broker, key, NULL, NULL)) != 0 ||
-                (rc = sb_broker_key_put(s->broker, mark, on_released, r)) != 0) {
+            if ((rc = sb_broker_key_put(s->broker, mark, NULL, NULL)) != 0 ||
+                (rc = sb_broker_key_put(s->broker, key, on_released, r)) != 0) {
                 sb_free(r);
                 return fail(s, "cannot record QoS 2 state: %s", sb_strerror(rc));
             }
@@ -1066,7 +1066,8 @@ static int connect_finish(mqtt_session *s, const char *user)
             return refuse(s, SB_MQTT_CONNACK_UNAVAILABLE, err.msg);
     }
     /* The absence allowed is that of the listener the client last used. */
-    if (!s->clean && sb_broker_sub_set_expiry(b, s->queue, SB_STREAM_CFG(cfg)->session_expiry_ms, &err) != 0)
+    if (!s->clean &&
+        sb_broker_sub_set_expiry(b, s->queue, SB_STREAM_CFG(cfg)->session_expiry_ms, &err) != 0)
         sb_log(SB_LOG_WARN, s->conn->adapter->name, "%s: cannot set the session's expiry: %s",
                s->who, err.msg);
     if (sb_mqtt_encode_connack(ack, sizeof ack, &n, present, SB_MQTT_CONNACK_ACCEPTED) == 0)

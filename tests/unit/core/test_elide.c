@@ -284,7 +284,6 @@ static void test_refused_publish_withdrawn(void **state)
     free(payload);
 }
 
-
 /* A message a script splits goes to the consumer a part at a time; when
  * the store refuses its publish, the parts not handed out yet are
  * withdrawn with it, and the part in flight ends it. */
@@ -379,7 +378,7 @@ static void test_refused_publish_drops_keys(void **state)
     d = sink->log.recs[1].d;
     assert_int_equal(sb_delivery_key_put(f->b, d, key, on_key_put, &put), 0);
     sink->log.recs[1].d = NULL;
-    fake_set_mode(sink, FAKE_BUSY); /* gone: takes nothing more */
+    fake_set_mode(sink, FAKE_BUSY);           /* gone: takes nothing more */
     sb_delivery_return(d, "the client left"); /* back in the queue */
     sb_store_test_hold(f->b->store, 0);
     assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
@@ -393,6 +392,54 @@ static void test_refused_publish_drops_keys(void **state)
     core_stop(f);
     core_start(f, one_cfg);
     assert_false(sb_broker_key_exists(f->b, key));
+    free(payload);
+}
+
+/* A key put because the store refused its message (an MQTT PUBREL owed)
+ * and deleted before that put commits (the client's PUBCOMP came first)
+ * stays deleted: the put's completion does not bring it back. */
+static void test_owed_key_deleted_before_its_put(void **state)
+{
+    static const char *const owed[1] = {"$test\nsub\nowed\n1"};
+    core_fx *f = *state;
+    size_t big = 512 * 1024;
+    char *payload = malloc(big + 1);
+    fake_adapter *sink;
+    sb_delivery *d;
+    fake_pub p;
+    int put = 0;
+
+    assert_non_null(payload);
+    memset(payload, 'x', big);
+    payload[big] = '\0';
+    f->broker_extra = "  store: {max_db_bytes: 256KiB}\n";
+    core_start(f, one_cfg);
+    sink = fake("sink");
+    warm_up(f, sink);
+
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", payload, NULL, 0, NULL), 0);
+    CORE_WAIT(f, sink->log.count == 2);
+    d = sink->log.recs[1].d;
+    assert_int_equal(sb_delivery_keys_if_refused(f->b, d, owed, 1), 0);
+    sb_store_test_hold_before(f->b->store, SB_OP_KEY_PUT); /* the owed put waits */
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
+    assert_true(sb_broker_key_exists(f->b, owed[0]));
+    sb_broker_key_delete(f->b, owed[0], 0); /* the PUBCOMP */
+    assert_false(sb_broker_key_exists(f->b, owed[0]));
+    /* a later put completes after both */
+    assert_int_equal(sb_broker_key_put(f->b, "$test\nsub\nlater", on_key_put, &put), 0);
+    sb_store_test_hold_before(f->b->store, 0);
+    CORE_WAIT(f, put);
+    assert_false(sb_broker_key_exists(f->b, owed[0]));
+    sink->log.recs[1].d = NULL;
+    sb_delivery_done(d, 0, NULL);
+    core_check_all(f);
+
+    core_stop(f);
+    core_start(f, one_cfg);
+    assert_false(sb_broker_key_exists(f->b, owed[0]));
     free(payload);
 }
 
@@ -441,9 +488,8 @@ static void test_refused_after_lease_ended(void **state)
     sb_store_test_hold(f->b->store, 0);
     assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
     assert_true(sb_delivery_withdrawn(d));
-    CORE_WAIT(f, put && sb_broker_key_exists(f->b, owed[0]));
+    CORE_WAIT(f, put && sb_broker_key_exists(f->b, owed[0]) && sb_broker_key_exists(f->b, owed[1]));
     assert_false(sb_broker_key_exists(f->b, rel));
-    assert_true(sb_broker_key_exists(f->b, owed[1]));
     sink->log.recs[1].d = NULL;
     sb_delivery_done(d, 0, NULL);
     CORE_WAIT(f, core_queue(f, "r:sink")->depth == 0);
@@ -465,11 +511,12 @@ static void on_redriven(void *ctx, int status, void *result, const char *why)
     *done = 1;
 }
 
-static const char *const once_cfg = "adapters:\n"
-                                    "  - {name: src, type: exec, command: [fake]}\n"
-                                    "  - {name: sink, type: exec, command: [fake], inflight: 8}\n"
-                                    "routes:\n"
-                                    "  - {name: r, from: t/#, to: sink, retry: {max_attempts: 1}}\n";
+static const char *const once_cfg =
+    "adapters:\n"
+    "  - {name: src, type: exec, command: [fake]}\n"
+    "  - {name: sink, type: exec, command: [fake], inflight: 8}\n"
+    "routes:\n"
+    "  - {name: r, from: t/#, to: sink, retry: {max_attempts: 1}}\n";
 
 /* A dead letter on its way back has an older id than a publish made
  * meanwhile: the publish must not overtake it by going to the queue before
@@ -555,12 +602,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_opt_out_waits_for_commit, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_unacked_before_commit_survives, core_setup,
                                         core_teardown),
-        cmocka_unit_test_setup_teardown(test_ids_reserved_before_early, core_setup,
-                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_ids_reserved_before_early, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_fan_out_acked_by_one, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_withdrawn, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_fan_out_withdrawn, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_drops_keys, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_owed_key_deleted_before_its_put, core_setup,
+                                        core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_after_lease_ended, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_redrive_not_overtaken, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_not_dead_lettered, core_setup,
