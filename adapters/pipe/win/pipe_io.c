@@ -883,5 +883,6 @@ void sb_pipe__stop_io(pipe_adapter *pa)
         else
             sb_pipe__close(inst);
     }
-    maybe_idle(pa);
+    /* No maybe_idle here: that could report the adapter stopped, which
+     * frees it, while pipe_stop still uses it; pipe_stop checks last. */
 }
