@@ -401,7 +401,8 @@ void sb_pipe__connect(pipe_adapter *pa)
     }
     job = sb_calloc(1, sizeof(*job));
     if (job == NULL) {
-        snprintf(pa->connect_why, sizeof(pa->connect_why), "cannot start connecting: out of memory");
+        snprintf(pa->connect_why, sizeof(pa->connect_why),
+                 "cannot start connecting: out of memory");
         sb_pipe__on_connect_failed(pa);
         return;
     }

@@ -182,7 +182,8 @@ static void on_connect_timer(uv_timer_t *t)
         finish(x);
         return;
     }
-    if (GetOverlappedResult(x->server, &x->ov, &n, FALSE) || GetLastError() == ERROR_PIPE_CONNECTED) {
+    if (GetOverlappedResult(x->server, &x->ov, &n, FALSE) ||
+        GetLastError() == ERROR_PIPE_CONNECTED) {
         x->connected = 1;
         finish(x);
     }
@@ -202,9 +203,9 @@ static void test_connect_with_pool_taken(void **state)
     path[sizeof(path) / sizeof(path[0]) - 1] = L'\0';
 
     /* The other program's pipe, waiting for the broker. */
-    x.server = CreateNamedPipeW(path, PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED,
-                                PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT, 1, 4096, 4096, 0,
-                                NULL);
+    x.server =
+        CreateNamedPipeW(path, PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED,
+                         PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT, 1, 4096, 4096, 0, NULL);
     assert_true(x.server != INVALID_HANDLE_VALUE);
     x.ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
     assert_non_null(x.ov.hEvent);
