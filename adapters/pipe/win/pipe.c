@@ -438,7 +438,7 @@ static int pipe_start(sb_adapter *a, sb_error *err)
     return 0;
 }
 
-/* Instances or thread-pool jobs are left. */
+/* Instances or off-loop jobs (a connect attempt, an account look-up) are left. */
 static int io_running(sb_stream *st)
 {
     pipe_adapter *pa = (pipe_adapter *)st->adapter;

@@ -51,9 +51,17 @@
  * (the end must not close the connection while the protocol still holds
  * frames it has not published).
  *
- * Blocking calls stay off the loop: a client's CreateFileW (which may wait
- * for a busy server) and, with os_user, the look-up of a client's account
- * run on libuv's thread pool.
+ * Blocking calls stay off the loop. A client's connect attempt
+ * (CreateFileW, WaitNamedPipeW: a busy server, or \\HOST\pipe\NAME, which
+ * can wait for the SMB timeout, tens of seconds, on every reconnect) runs
+ * on a thread of its own, not on libuv's thread pool: four such waits
+ * would stall everything else queued there (reload preparation, paging,
+ * MQTT authentication, file system calls, getaddrinfo). With os_user, the
+ * loop takes the client's token itself (impersonate, open the thread's
+ * token, revert: local calls), and the account look-up (LookupAccountSidW,
+ * which may ask a domain controller) runs on the thread pool with the
+ * token alone: it never touches the pipe handle, so closing it (stop,
+ * reload) does not wait for the look-up.
  *
  * Lifetime of an instance: created for a listener (server) or a client
  * connection; a connection is closed by the loop (t_close, also after the
@@ -117,8 +125,10 @@ struct pipe_inst {
     char end_why[300];
     int end_log;      /* input end: log end_why as an error (oversized message) */
     int in_read;      /* in read_on (the protocol may resume reading from inside it) */
-    int who_busy;     /* os_user: the client's account is being looked up */
+    int who_busy;     /* os_user: the client's account is being looked up (input waits;
+                       * a released instance is freed by who_looked_up) */
     uv_work_t who_work;
+    HANDLE who_token; /* os_user: the client's token, for the look-up (which closes it) */
     int who_done;     /* os_user: looked up (or failed) */
     char *user;       /* os_user: the client's account */
     /* ---- the write in progress ---- */
@@ -157,9 +167,7 @@ struct pipe_adapter {
     DWORD last_create_err;
     char connect_why[300];   /* client: why the last connect failed */
     unsigned long io_serial; /* numbers the peers */
-    int work_pending;        /* thread-pool jobs not yet done (connect, os_user) */
-    uv_work_t connect_work;
-    HANDLE connect_h;        /* the connect job's result */
+    int work_pending;        /* off-loop jobs not yet reported (connect thread, os_user) */
     sb_stream st;                /* connections, delivery, reconnect, stop accounting */
     uv_check_t *flush_check;     /* writes the output held in this loop turn */
     uv_prepare_t *flush_prepare; /* the same, for output held before the poll */
@@ -188,13 +196,17 @@ int sb_pipe__security(PSECURITY_DESCRIPTOR *out, const char *adapter, const char
  * mutex, or SB_EADDRINUSE / SB_EIO with err naming the adapter and the pipe. */
 int sb_pipe__guard(HANDLE *out, const pipe_adapter *pa, sb_error *err);
 
-/* The account of the client of server pipe h, as "DOMAIN\name" (the SID
- * when it has no name), or NULL (it cannot be identified, e.g. it
- * connected anonymously). Call after the client's first data arrived
- * (Windows lets a server impersonate only then), off the loop (it
- * impersonates the client on the calling thread, and the look-up may take
- * long). sb_free it. */
-char *sb_pipe__client_user(HANDLE h);
+/* The token of the client of server pipe h (TOKEN_QUERY), or NULL (it
+ * cannot be identified, e.g. it connected anonymously). Call after the
+ * client's first data arrived (Windows lets a server impersonate only
+ * then); it impersonates the client on the calling thread for three local
+ * calls and reverts (or aborts the process if it cannot). */
+HANDLE sb_pipe__client_token(HANDLE h);
+
+/* The account of a token, as "DOMAIN\name" (the SID when it has no name),
+ * or NULL; closes the token. May take long (LookupAccountSidW may ask a
+ * domain controller): off the loop. sb_free it. */
+char *sb_pipe__token_user(HANDLE token);
 
 /* Creates one server instance (FILE_FLAG_FIRST_PIPE_INSTANCE when `first`).
  * Returns the handle or INVALID_HANDLE_VALUE (GetLastError() says why). */
@@ -215,7 +227,7 @@ pipe_inst *sb_pipe__inst_new(pipe_adapter *pa, HANDLE h);
  * within max_connections after that. */
 void sb_pipe__listen(pipe_inst *inst);
 
-/* Client: starts connecting (on the thread pool); reports with
+/* Client: starts connecting (on a thread of its own); reports with
  * sb_pipe__on_connected or sb_pipe__on_connect_failed. */
 void sb_pipe__connect(pipe_adapter *pa);
 

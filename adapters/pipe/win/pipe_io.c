@@ -170,7 +170,8 @@ static void on_op_closed(uv_handle_t *h)
     unlink_inst(pa, inst);
     if (inst->conn != NULL)
         sb_pipe__on_freed(inst);
-    inst_free(inst);
+    if (!inst->who_busy) /* else the look-up still writes inst->user: who_looked_up frees it */
+        inst_free(inst);
     maybe_idle(pa);
 }
 
@@ -296,16 +297,31 @@ void sb_pipe__listen(pipe_inst *inst)
 
 /* ---- connecting (client) ---- */
 
-/* On the thread pool: CreateFileW may wait for a busy server's instance.
- * Only pa->connect_h and pa->connect_why are written here. */
-static void connect_work(uv_work_t *w)
+/* A connect attempt. It runs on a thread of its own, not on libuv's
+ * thread pool: CreateFileW may wait for a busy server's instance, and on
+ * \\HOST\pipe\NAME for the SMB timeout (tens of seconds, on every
+ * reconnect); on the pool a few such clients would stall every other job
+ * there (reload preparation, paging, MQTT authentication, uv_fs,
+ * getaddrinfo). The thread reads only pa's settings (wname, message, which
+ * do not change; pa outlives the job: a stop waits for it, work_pending),
+ * writes only the job's h and why, and posts `done` as its last act; the
+ * loop joins it there (it is exiting) and frees the job when `done` closed. */
+typedef struct connect_job {
+    uv_async_t done;
+    uv_thread_t tid;
+    pipe_adapter *pa;
+    HANDLE h;
+    char why[300];
+} connect_job;
+
+static void connect_thread(void *arg)
 {
-    pipe_adapter *pa = w->data;
+    connect_job *job = arg;
+    const pipe_adapter *pa = job->pa;
     DWORD flags = FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION;
     char text[256];
     HANDLE h;
 
-    pa->connect_h = INVALID_HANDLE_VALUE;
     h = CreateFileW(pa->wname, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING, flags, NULL);
     /* Every instance busy: wait a little for one (a stop waits that long). */
     if (h == INVALID_HANDLE_VALUE && GetLastError() == ERROR_PIPE_BUSY &&
@@ -314,35 +330,40 @@ static void connect_work(uv_work_t *w)
                         NULL);
     if (h == INVALID_HANDLE_VALUE) {
         win_text(GetLastError(), text, sizeof(text));
-        snprintf(pa->connect_why, sizeof(pa->connect_why), "CreateFileW: %s", text);
-        return;
-    }
-    if (pa->message) {
+        snprintf(job->why, sizeof(job->why), "CreateFileW: %s", text);
+    } else if (pa->message) {
         DWORD mode = PIPE_READMODE_MESSAGE;
         if (!SetNamedPipeHandleState(h, &mode, NULL, NULL)) {
             win_text(GetLastError(), text, sizeof(text));
-            snprintf(pa->connect_why, sizeof(pa->connect_why),
+            snprintf(job->why, sizeof(job->why),
                      "framing message needs a message-mode pipe: SetNamedPipeHandleState: %s",
                      text);
             CloseHandle(h);
-            return;
+            h = INVALID_HANDLE_VALUE;
         }
     }
-    pa->connect_h = h;
+    job->h = h;
+    uv_async_send(&job->done); /* the last touch: the loop may join and free the job now */
 }
 
-static void connect_done(uv_work_t *w, int status)
+static void connect_job_free(uv_handle_t *h)
 {
-    pipe_adapter *pa = w->data;
-    HANDLE h = pa->connect_h;
+    sb_free(h->data);
+}
+
+static void connect_done(uv_async_t *a)
+{
+    connect_job *job = a->data;
+    pipe_adapter *pa = job->pa;
+    HANDLE h = job->h;
     pipe_inst *inst;
     char text[256];
 
+    uv_thread_join(&job->tid); /* it posted `done` as it returned: no wait */
+    if (h == INVALID_HANDLE_VALUE)
+        snprintf(pa->connect_why, sizeof(pa->connect_why), "%s", job->why);
+    uv_close((uv_handle_t *)&job->done, connect_job_free);
     pa->work_pending--;
-    pa->connect_h = INVALID_HANDLE_VALUE;
-    if (status != 0 && h == INVALID_HANDLE_VALUE)
-        snprintf(pa->connect_why, sizeof(pa->connect_why), "the connect job did not run: %s",
-                 uv_strerror(status));
     if (pa->stopping_io) {
         if (h != INVALID_HANDLE_VALUE)
             CloseHandle(h);
@@ -369,6 +390,7 @@ static void connect_done(uv_work_t *w, int status)
 
 void sb_pipe__connect(pipe_adapter *pa)
 {
+    connect_job *job;
     int rc;
     if (pa->stopping_io)
         return;
@@ -377,9 +399,20 @@ void sb_pipe__connect(pipe_adapter *pa)
         sb_pipe__on_connect_failed(pa);
         return;
     }
-    pa->connect_work.data = pa;
-    rc = uv_queue_work(pa->base.loop, &pa->connect_work, connect_work, connect_done);
+    job = sb_calloc(1, sizeof(*job));
+    if (job == NULL) {
+        snprintf(pa->connect_why, sizeof(pa->connect_why),
+                 "cannot start connecting: out of memory");
+        sb_pipe__on_connect_failed(pa);
+        return;
+    }
+    job->pa = pa;
+    job->h = INVALID_HANDLE_VALUE;
+    uv_async_init(pa->base.loop, &job->done, connect_done); /* cannot fail on Windows */
+    job->done.data = job;
+    rc = uv_thread_create(&job->tid, connect_thread, job);
     if (rc != 0) {
+        uv_close((uv_handle_t *)&job->done, connect_job_free);
         snprintf(pa->connect_why, sizeof(pa->connect_why), "cannot start connecting: %s",
                  uv_strerror(rc));
         sb_pipe__on_connect_failed(pa);
@@ -491,10 +524,14 @@ static int grow_for_more(pipe_inst *inst)
     return 0;
 }
 
+/* On the thread pool: only inst->who_token (closed here) and inst->user
+ * are touched, never the pipe handle. */
 static void who_work(uv_work_t *w)
 {
     pipe_inst *inst = w->data;
-    inst->user = sb_pipe__client_user(inst->h);
+    HANDLE token = inst->who_token;
+    inst->who_token = NULL;
+    inst->user = sb_pipe__token_user(token);
 }
 
 static void who_looked_up(uv_work_t *w, int status)
@@ -504,10 +541,14 @@ static void who_looked_up(uv_work_t *w, int status)
     (void)status;
     pa->work_pending--;
     inst->who_busy = 0;
-    if (inst->close_asked)
-        sb_pipe__close(inst); /* it waited for the look-up to let go of the handle */
-    else
+    if (inst->who_token != NULL) { /* the job did not run */
+        CloseHandle(inst->who_token);
+        inst->who_token = NULL;
+    }
+    if (!inst->released)
         read_on(inst);
+    else if (inst->ops_open == 0) /* closed meanwhile: on_op_closed left it to us */
+        inst_free(inst);
     maybe_idle(pa);
 }
 
@@ -537,15 +578,21 @@ static void on_read_done(pipe_inst *inst, DWORD bytes, DWORD err)
     if (pa->base.os_user && !inst->who_done) {
         /* Before the first input reaches the protocol: every request is
          * checked against this account. Windows lets a server impersonate
-         * its client only once it read the client's data. The look-up may
-         * ask a domain controller: on the thread pool. */
+         * its client only once it read the client's data. Taking the token
+         * is local and quick: here. The look-up may ask a domain
+         * controller: on the thread pool, with the token alone (a close
+         * need not wait for it; the input waits, who_busy). */
         inst->who_done = 1;
+        inst->who_token = sb_pipe__client_token(inst->h);
         inst->who_work.data = inst;
-        if (uv_queue_work(pa->base.loop, &inst->who_work, who_work, who_looked_up) == 0) {
+        if (inst->who_token == NULL)
+            ; /* anonymous: the connection has no user */
+        else if (uv_queue_work(pa->base.loop, &inst->who_work, who_work, who_looked_up) == 0) {
             inst->who_busy = 1;
             pa->work_pending++;
         } else {
-            inst->user = sb_pipe__client_user(inst->h);
+            inst->user = sb_pipe__token_user(inst->who_token);
+            inst->who_token = NULL;
         }
     }
 }
@@ -803,8 +850,8 @@ void sb_pipe__close(pipe_inst *inst)
 {
     pipe_adapter *pa = inst->pa;
     inst->close_asked = 1;
-    if (inst->released || inst->who_busy)
-        return; /* who_looked_up comes back here once the look-up let go of the handle */
+    if (inst->released)
+        return;
     inst->released = 1;
     if (inst->listening) {
         inst->listening = 0;
@@ -837,5 +884,6 @@ void sb_pipe__stop_io(pipe_adapter *pa)
         else
             sb_pipe__close(inst);
     }
-    maybe_idle(pa);
+    /* No maybe_idle here: that could report the adapter stopped, which
+     * frees it, while pipe_stop still uses it; pipe_stop checks last. */
 }

@@ -219,15 +219,9 @@ HANDLE sb_pipe__create_instance(const pipe_adapter *pa, int first)
                             (SECURITY_ATTRIBUTES *)&pa->sa);
 }
 
-char *sb_pipe__client_user(HANDLE h)
+HANDLE sb_pipe__client_token(HANDLE h)
 {
     HANDLE token = NULL;
-    BYTE buf[SECURITY_MAX_SID_SIZE + sizeof(TOKEN_USER)];
-    DWORD len = 0, name_len = 256, dom_len = 256;
-    wchar_t name[256], dom[256], both[520], *sid_text = NULL;
-    SID_NAME_USE use;
-    PSID sid;
-    char *out = NULL;
 
     if (!ImpersonateNamedPipeClient(h))
         return NULL;
@@ -240,8 +234,18 @@ char *sb_pipe__client_user(HANDLE h)
         sb_log(SB_LOG_ERROR, "pipe", "RevertToSelf failed after identifying a client: %s", text);
         abort();
     }
-    if (token == NULL)
-        return NULL;
+    return token;
+}
+
+char *sb_pipe__token_user(HANDLE token)
+{
+    BYTE buf[SECURITY_MAX_SID_SIZE + sizeof(TOKEN_USER)];
+    DWORD len = 0, name_len = 256, dom_len = 256;
+    wchar_t name[256], dom[256], both[520], *sid_text = NULL;
+    SID_NAME_USE use;
+    PSID sid;
+    char *out = NULL;
+
     if (GetTokenInformation(token, TokenUser, buf, sizeof buf, &len)) {
         sid = ((TOKEN_USER *)buf)->User.Sid;
         if (LookupAccountSidW(NULL, sid, name, &name_len, dom, &dom_len, &use)) {
