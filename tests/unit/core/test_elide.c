@@ -353,29 +353,38 @@ static void on_key_put(void *ctx, int status)
  * PUBREC) goes with its message when the store refuses it, also when the
  * consumer had left before the refusal (its delivery back in the queue):
  * no acknowledgement would ever delete it. */
-static void test_refused_publish_drops_keys(void **state)
+/* Starts a broker whose store will refuse the next publish (too big for
+ * max_db_bytes), holds the store, publishes it (p), and returns its early
+ * delivery to the sink; the store stays held. *payload: free it at the end. */
+static sb_delivery *deliver_refused_early(core_fx *f, fake_pub *p, char **payload)
 {
-    static const char *const key = "$test\nsub\nrel\n1";
-    core_fx *f = *state;
     size_t big = 512 * 1024;
-    char *payload = malloc(big + 1);
     fake_adapter *sink;
-    sb_delivery *d;
-    fake_pub p;
-    int put = 0;
 
-    assert_non_null(payload);
-    memset(payload, 'x', big);
-    payload[big] = '\0';
+    *payload = malloc(big + 1);
+    assert_non_null(*payload);
+    memset(*payload, 'x', big);
+    (*payload)[big] = '\0';
     f->broker_extra = "  store: {max_db_bytes: 256KiB}\n";
     core_start(f, one_cfg);
     sink = fake("sink");
     warm_up(f, sink);
-
     sb_store_test_hold(f->b->store, 1);
-    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", payload, NULL, 0, NULL), 0);
+    assert_int_equal(fake_publish(p, f->b, fake("src"), "t/1", *payload, NULL, 0, NULL), 0);
     CORE_WAIT(f, sink->log.count == 2);
-    d = sink->log.recs[1].d;
+    return sink->log.recs[1].d;
+}
+
+static void test_refused_publish_drops_keys(void **state)
+{
+    static const char *const key = "$test\nsub\nrel\n1";
+    core_fx *f = *state;
+    char *payload;
+    fake_pub p;
+    sb_delivery *d = deliver_refused_early(f, &p, &payload);
+    fake_adapter *sink = fake("sink");
+    int put = 0;
+
     assert_int_equal(sb_delivery_key_put(f->b, d, key, on_key_put, &put), 0);
     sink->log.recs[1].d = NULL;
     fake_set_mode(sink, FAKE_BUSY);           /* gone: takes nothing more */
@@ -402,25 +411,12 @@ static void test_owed_key_deleted_before_its_put(void **state)
 {
     static const char *const owed[1] = {"$test\nsub\nowed\n1"};
     core_fx *f = *state;
-    size_t big = 512 * 1024;
-    char *payload = malloc(big + 1);
-    fake_adapter *sink;
-    sb_delivery *d;
+    char *payload;
     fake_pub p;
+    sb_delivery *d = deliver_refused_early(f, &p, &payload);
+    fake_adapter *sink = fake("sink");
     int put = 0;
 
-    assert_non_null(payload);
-    memset(payload, 'x', big);
-    payload[big] = '\0';
-    f->broker_extra = "  store: {max_db_bytes: 256KiB}\n";
-    core_start(f, one_cfg);
-    sink = fake("sink");
-    warm_up(f, sink);
-
-    sb_store_test_hold(f->b->store, 1);
-    assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", payload, NULL, 0, NULL), 0);
-    CORE_WAIT(f, sink->log.count == 2);
-    d = sink->log.recs[1].d;
     assert_int_equal(sb_delivery_keys_if_refused(f->b, d, owed, 1), 0);
     sb_store_test_hold_before(f->b->store, SB_OP_KEY_PUT); /* the owed put waits */
     sb_store_test_hold(f->b->store, 0);
