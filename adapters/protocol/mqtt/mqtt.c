@@ -430,6 +430,24 @@ static int send_publish(mqtt_session *s, const sb_message *m, int qos, int dup, 
     return rc;
 }
 
+/* The client may PUBREC a QoS 2 delivery sent (or released) to it and
+ * leave, or its PUBREC may be lost: if the store then refuses the message
+ * (it went out before its commit), the PUBREL it is owed must still come
+ * after a reconnect, even a restart. Recorded only once the packet went
+ * out; costs nothing once the message is committed. Out of memory, the
+ * session ends (its deliveries go back to their queue). */
+static void owe_pubrel(mqtt_session *s, sb_delivery *d, uint16_t pid)
+{
+    char key[300], mark[300];
+    const char *owed[2] = {mark, key}; /* the mark first: no key without it */
+    if (s->clean)
+        return;
+    key_owed(key, sizeof key, s, pid);
+    key_owed_mark(mark, sizeof mark, s);
+    if (sb_delivery_keys_if_refused(s->broker, d, owed, 2) != 0)
+        fail(s, "out of memory");
+}
+
 static int on_deliver(sb_consumer *c, sb_delivery *d)
 {
     mqtt_session *s = c->ctx;
@@ -479,27 +497,12 @@ static int on_deliver(sb_consumer *c, sb_delivery *d)
     e->d = d;
     e->qos = (uint8_t)qos;
     e->released = 0;
-    if (qos == 2 && !s->clean) {
-        /* The client may PUBREC it and leave, or its PUBREC may be lost:
-         * if the store then refuses the message (it went out before its
-         * commit), the PUBREL it is owed must still come after a
-         * reconnect, even a restart. Costs nothing once committed. */
-        char mark[300];
-        const char *owed[2] = {mark, key}; /* the mark first: no key without it */
-        key_owed(key, sizeof key, s, pid);
-        key_owed_mark(mark, sizeof mark, s);
-        if (sb_delivery_keys_if_refused(s->broker, d, owed, 2) != 0) {
-            fl_remove(s, e);
-            s->consumer_busy = 1;
-            fail(s, "out of memory");
-            return SB_EBUSY;
-        }
-    }
     if (qos == 2 && d->redelivery) {
         key_rel(key, sizeof key, s, m->id);
         if (sb_broker_key_exists(s->broker, key)) {
             e->released = 1;
             send_ack(s, SB_MQTT_PUBREL, pid);
+            owe_pubrel(s, d, pid);
             return 0;
         }
     }
@@ -512,6 +515,8 @@ static int on_deliver(sb_consumer *c, sb_delivery *d)
         s->consumer_busy = 1;
         return SB_EBUSY;
     }
+    if (qos == 2)
+        owe_pubrel(s, d, pid);
     return 0;
 }
 
