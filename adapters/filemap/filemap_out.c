@@ -170,24 +170,14 @@ static void on_poke(void *arg)
     look(a);
 }
 
-/* Bytes of m's headers as "key\0value\0" pairs. */
-static size_t headers_size(const sb_message *m)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < m->header_count; i++)
-        n += strlen(m->headers[i].key) + strlen(m->headers[i].value) + 2;
-    return n;
-}
-
 int sb_fm__out_deliver(fm_adapter *a, sb_delivery *d)
 {
     const sb_message *m = d->msg;
-    size_t topic_len = strlen(m->topic), hl = headers_size(m), o;
+    size_t topic_len = strlen(m->topic), hl = sb_message_headers_size(m);
     uint64_t need = sbr_record_size(topic_len, hl, m->payload_len);
     char reason[300];
     sb_ring_rec *rec;
     fm_out *out;
-    char *hp;
 
     if (sbr_load32(&a->quarantined))
         return SB_EBUSY; /* the queue keeps them */
@@ -232,14 +222,7 @@ int sb_fm__out_deliver(fm_adapter *a, sb_delivery *d)
     rec->headers_len = (uint32_t)hl;
     rec->payload_len = (uint32_t)m->payload_len;
     memcpy(sbr_rec_topic(rec), m->topic, topic_len);
-    hp = sbr_rec_headers(rec);
-    o = 0;
-    for (size_t i = 0; i < m->header_count; i++) {
-        size_t k = strlen(m->headers[i].key) + 1, v = strlen(m->headers[i].value) + 1;
-        memcpy(hp + o, m->headers[i].key, k);
-        memcpy(hp + o + k, m->headers[i].value, v);
-        o += k + v;
-    }
+    sb_message_headers_write(m, (unsigned char *)sbr_rec_headers(rec));
     if (m->payload_len > 0)
         memcpy(sbr_rec_payload(rec), m->payload, m->payload_len);
     sbr_store64(&a->h->reserve, a->out_reserve); /* the consumer may read it */
