@@ -1335,35 +1335,32 @@ void sb_broker_key_each(sb_broker *b, const char *prefix, void (*cb)(const char 
     sb_map_each(&b->dedup, walk_prefixed, &w);
 }
 
-static void collect_prefixed(const char *key, void *value, void *ctx)
+typedef struct key_list {
+    char **keys;
+    size_t n;
+} key_list;
+
+static void collect_key(const char *key, void *ctx)
 {
-    void **state = ctx;
-    const char *prefix = state[0];
-    char ***keys = state[1];
-    size_t *n = state[2];
-    (void)value;
-    if (strncmp(key, prefix, strlen(prefix)) == 0) {
-        char **k = sb_realloc(*keys, (*n + 1) * sizeof(**keys));
-        if (k == NULL)
-            return;
-        *keys = k;
-        if ((k[*n] = sb_strdup(key)) != NULL)
-            (*n)++;
-    }
+    key_list *l = ctx;
+    char **k = sb_realloc(l->keys, (l->n + 1) * sizeof(*k));
+    if (k == NULL)
+        return;
+    l->keys = k;
+    if ((k[l->n] = sb_strdup(key)) != NULL)
+        l->n++;
 }
 
 void sb_broker_key_delete(sb_broker *b, const char *key, int prefix)
 {
     if (prefix) {
-        char **keys = NULL;
-        size_t n = 0;
-        void *state[3] = {(void *)key, &keys, &n};
-        sb_map_each(&b->dedup, collect_prefixed, state);
-        for (size_t i = 0; i < n; i++) {
-            sb_free(sb_map_remove(&b->dedup, keys[i]));
-            sb_free(keys[i]);
+        key_list l = {NULL, 0};
+        sb_broker_key_each(b, key, collect_key, &l); /* not removed while walked */
+        for (size_t i = 0; i < l.n; i++) {
+            sb_free(sb_map_remove(&b->dedup, l.keys[i]));
+            sb_free(l.keys[i]);
         }
-        sb_free(keys);
+        sb_free(l.keys);
     } else {
         sb_free(sb_map_remove(&b->dedup, key));
     }
