@@ -182,16 +182,18 @@ static void grow(sbt_mq *m, size_t need)
     }
 }
 
-/* Reads one whole packet's bytes into m->buf; returns its length, -1 on
- * timeout, -2 at EOF. */
+/* Reads one whole packet's bytes into m->buf; returns its length, -1 if
+ * none began within timeout_ms, -2 at EOF. One that began has
+ * SBT_REPLY_MS to arrive whole. */
 static long read_packet(sbt_mq *m, int timeout_ms)
 {
-    int64_t deadline = sbt_now_ms() + timeout_ms;
+    int64_t deadline;
     uint8_t hdr[SB_MQTT_MAX_HEADER];
     size_t n = 1, remaining = 0;
     int rc = sbt_tcp_read_exact(m->t, hdr, 1, timeout_ms);
     if (rc < 0)
         return rc;
+    deadline = sbt_now_ms() + SBT_REPLY_MS;
     for (int shift = 0;; shift += 7) {
         int left = (int)(deadline - sbt_now_ms());
         rc = sbt_tcp_read_exact(m->t, hdr + n, 1, left > 0 ? left : 1);
