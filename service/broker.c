@@ -1224,13 +1224,25 @@ int sb_broker_sub_get(sb_broker *b, const char *name, sb_sub_def *out)
 
 /* ---- protocol state: keys and sessions ---- */
 
+/* A key op's effect on the map of keys is decided by order, not by when
+ * its commit completes: the store runs ops in the order submitted, so a
+ * put whose completion comes after a later delete (or put) of its key must
+ * change nothing. Each op takes a number from b->key_seq; a key with puts
+ * in flight has a key_flight (b->key_flights) holding the number of the
+ * last op on it, and a put's completion acts only if that is its own. */
+typedef struct key_flight {
+    uint64_t last; /* the number of the last op on the key */
+    unsigned puts; /* in flight; the key_flight goes with the last */
+} key_flight;
+
 typedef struct key_op {
     sb_store_op op;
     sb_broker *b;
     char *key;
     sb_key_cb cb;
     void *ctx;
-    int known; /* a put whose key is in the map already (sb_broker__key_put_known) */
+    uint64_t seq;
+    int early; /* in the map from the put on (sb_broker__key_put_known) */
 } key_op;
 
 static void key_remember(sb_broker *b, const char *key)
@@ -1245,14 +1257,40 @@ static void key_remember(sb_broker *b, const char *key)
     }
 }
 
+static void supersede_prefixed(const char *key, void *value, void *ctx)
+{
+    void **state = ctx;
+    sb_broker *b = state[0];
+    const char *prefix = state[1];
+    if (strncmp(key, prefix, strlen(prefix)) == 0)
+        ((key_flight *)value)->last = ++b->key_seq;
+}
+
+/* A delete of key (or of every key starting with it): puts in flight for
+ * it are no longer the last op on their key. Walks the keys with puts in
+ * flight for a prefix: few (they wait for their commit), and rare. */
+static void key_supersede(sb_broker *b, const char *key, int prefix)
+{
+    key_flight *f;
+    if (prefix) {
+        void *state[2] = {b, (void *)key};
+        sb_map_each(&b->key_flights, supersede_prefixed, state);
+    } else if ((f = sb_map_get(&b->key_flights, key)) != NULL) {
+        f->last = ++b->key_seq;
+    }
+}
+
 static void on_key_done(sb_store_op *op, void *ctx)
 {
     key_op *k = ctx;
-    if (op->type == SB_OP_KEY_PUT && k->known) {
-        if (op->status != 0)
-            sb_broker__key_forget(k->b, k->key);
-    } else if (op->status == 0 && op->type == SB_OP_KEY_PUT) {
-        key_remember(k->b, k->key);
+    if (op->type == SB_OP_KEY_PUT) {
+        key_flight *f = sb_map_get(&k->b->key_flights, k->key);
+        if (f->last == k->seq && op->status == 0)
+            key_remember(k->b, k->key);
+        else if (f->last == k->seq && k->early)
+            sb_broker__key_forget(k->b, k->key); /* the store failed it */
+        if (--f->puts == 0)
+            sb_free(sb_map_remove(&k->b->key_flights, k->key));
     }
     if (k->cb != NULL)
         k->cb(k->ctx, op->status);
@@ -1261,14 +1299,22 @@ static void on_key_done(sb_store_op *op, void *ctx)
 }
 
 static int key_submit(sb_broker *b, sb_store_op_type type, const char *key, int prefix,
-                      sb_key_cb cb, void *ctx, int known)
+                      sb_key_cb cb, void *ctx, int early)
 {
     key_op *k = sb_calloc(1, sizeof(*k));
-    if (k == NULL || (k->key = sb_strdup(key)) == NULL) {
-        sb_free(k);
-        return SB_ENOMEM;
+    key_flight *f = NULL;
+    uint64_t prev = 0;
+    if (k == NULL || (k->key = sb_strdup(key)) == NULL)
+        goto nomem;
+    if (type == SB_OP_KEY_PUT && (f = sb_map_get(&b->key_flights, key)) == NULL) {
+        if ((f = sb_calloc(1, sizeof(*f))) == NULL)
+            goto nomem;
+        if (sb_map_put(&b->key_flights, key, f, NULL) != 0) {
+            sb_free(f);
+            goto nomem;
+        }
     }
-    k->known = known;
+    k->early = early;
     k->b = b;
     k->cb = cb;
     k->ctx = ctx;
@@ -1278,12 +1324,26 @@ static int key_submit(sb_broker *b, sb_store_op_type type, const char *key, int 
     k->op.ctx = k;
     k->op.u.key.key = k->key;
     k->op.u.key.prefix = prefix;
+    if (f != NULL) {
+        prev = f->last;
+        f->last = k->seq = ++b->key_seq;
+        f->puts++;
+    }
     if (sb_store_submit(b->store, &k->op) != 0) {
+        if (f != NULL && --f->puts == 0)
+            sb_free(sb_map_remove(&b->key_flights, key));
+        else if (f != NULL)
+            f->last = prev; /* never submitted: not an op on the key */
         sb_free(k->key);
         sb_free(k);
         return SB_ESHUTDOWN;
     }
     return 0;
+nomem:
+    if (k != NULL)
+        sb_free(k->key);
+    sb_free(k);
+    return SB_ENOMEM;
 }
 
 int sb_broker_key_put(sb_broker *b, const char *key, sb_key_cb cb, void *ctx)
@@ -1364,6 +1424,7 @@ void sb_broker_key_delete(sb_broker *b, const char *key, int prefix)
     } else {
         sb_free(sb_map_remove(&b->dedup, key));
     }
+    key_supersede(b, key, prefix);
     if (key_submit(b, SB_OP_KEY_DELETE, key, prefix, NULL, NULL, 0) != 0)
         sb_errlog(NULL, "cannot delete protocol state %s (out of memory or stopping)", key);
 }
@@ -1987,6 +2048,8 @@ void sb_broker_free(sb_broker *b)
     sb_subindex_clear(&b->retained_topics);
     sb_map_each(&b->dedup, free_dedup, NULL);
     sb_map_clear(&b->dedup);
+    sb_map_each(&b->key_flights, free_dedup, NULL);
+    sb_map_clear(&b->key_flights);
     sb_map_clear(&b->queues_by_name);
     sb_map_clear(&b->queues_by_id);
     sb_subindex_clear(&b->routing);

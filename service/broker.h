@@ -261,7 +261,10 @@ const struct sb_auth *sb_broker_auth(sb_broker *b);
 
 /* Keys a protocol keeps in the store across restarts (MQTT: QoS 2 messages
  * released but not completed). put calls cb(ctx, status) once the key is
- * committed (fsync); returns 0 or SB_ESHUTDOWN / SB_ENOMEM (cb not called). */
+ * committed (fsync); returns 0 or SB_ESHUTDOWN / SB_ENOMEM (cb not called).
+ * A key exists once its put committed, unless a delete (or another put) of
+ * it was called after that put: the last op called wins, whenever the
+ * commits complete. */
 typedef void (*sb_key_cb)(void *ctx, int status);
 int sb_broker_key_put(sb_broker *b, const char *key, sb_key_cb cb, void *ctx);
 int sb_broker_key_exists(sb_broker *b, const char *key);

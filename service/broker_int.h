@@ -118,6 +118,8 @@ struct sb_broker {
     sb_subindex retained_topics;  /* the same, for filters (sb_subindex_match_filter) */
     uint64_t retained_gen;        /* per lookup: a value is taken once (sb_retained.gen) */
     sb_map dedup;                 /* key -> int64_t* expiry (0: never) */
+    sb_map key_flights;           /* protocol key -> its puts in flight (broker.c) */
+    uint64_t key_seq;             /* numbers the protocol key ops (broker.c) */
     sb_map sessions;              /* client session name -> its owner (sb_broker_session_swap) */
     struct sb_auth *auth;         /* broker.auth, or NULL */
     struct sb_auth_old *old_auth; /* replaced by reloads; freed with the broker */
@@ -152,9 +154,9 @@ int sb_broker__load_retained(void *ctx, sb_message *msg);
 int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
 /* Removes key from the map of keys only (its store delete is on its way). */
 void sb_broker__key_forget(sb_broker *b, const char *key);
-/* Puts key in the map of keys at once and in the store: a delete that
- * comes before the put's commit is not undone by it (a put whose key may
- * be deleted while it commits). Forgotten again if the store fails it. */
+/* Puts key in the map of keys at once and in the store (state a client
+ * needs from now on, e.g. a PUBREL owed); forgotten again if the store
+ * fails it, unless another op on the key came since. */
 int sb_broker__key_put_known(sb_broker *b, const char *key);
 void sb_broker__drain_pending(sb_broker *b);
 void sb_broker__arm_flush(sb_broker *b);

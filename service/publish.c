@@ -246,25 +246,12 @@ static int reserve_entries(sb_broker *b, sb_pending *p)
 
 /* Protocol state of an early delivery: a key put now and deleted if the
  * store refuses the message, or one put only then (sb_delivery_key_put,
- * sb_delivery_keys_if_refused). Shared by the pending publish and a put
- * still in flight, whose completion would otherwise add a key the refusal
- * deleted back to the map of keys. */
+ * sb_delivery_keys_if_refused). */
 typedef struct sb_pending_key {
     struct sb_pending_key *next;
-    sb_broker *broker;
-    sb_key_cb cb; /* the put's caller */
-    void *ctx;
-    int refs;       /* the pending publish, the put in flight */
-    int refused;    /* the store refused the message */
     int if_refused; /* put only if the store refuses the message */
     char key[];
 } sb_pending_key;
-
-static void pending_key_unref(sb_pending_key *k)
-{
-    if (--k->refs == 0)
-        sb_free(k);
-}
 
 /* Frees p; into b's free lists, or with sb_free when b is NULL (a batch of
  * retained values never queued). */
@@ -273,7 +260,7 @@ static void pending_free(sb_broker *b, sb_pending *p)
     while (p->keys != NULL) {
         sb_pending_key *k = p->keys;
         p->keys = k->next;
-        pending_key_unref(k);
+        sb_free(k);
     }
     while (p->spare != NULL) {
         sb_entry *e = p->spare;
@@ -370,26 +357,12 @@ static sb_pending *pending_of(const sb_delivery *d)
     return d->entry != NULL ? d->entry->pending : d->pending;
 }
 
-static sb_pending_key *pending_key_new(sb_broker *b, const char *key)
+static sb_pending_key *pending_key_new(const char *key)
 {
     sb_pending_key *k = sb_calloc(1, sizeof(*k) + strlen(key) + 1);
-    if (k != NULL) {
-        k->broker = b;
+    if (k != NULL)
         strcpy(k->key, key);
-    }
     return k;
-}
-
-static void on_pending_key_put(void *ctx, int status)
-{
-    sb_pending_key *k = ctx;
-    /* The refusal came first and deleted the key, which the put (submitted
-     * before the delete) has just added to the map again: not there. */
-    if (k->refused && status == 0)
-        sb_broker__key_forget(k->broker, k->key);
-    if (k->cb != NULL)
-        k->cb(k->ctx, status);
-    pending_key_unref(k);
 }
 
 int sb_delivery_key_put(sb_broker *b, sb_delivery *d, const char *key, sb_key_cb cb, void *ctx)
@@ -399,15 +372,12 @@ int sb_delivery_key_put(sb_broker *b, sb_delivery *d, const char *key, sb_key_cb
     int rc;
     if (p == NULL)
         return sb_broker_key_put(b, key, cb, ctx);
-    if ((k = pending_key_new(b, key)) == NULL)
+    if ((k = pending_key_new(key)) == NULL)
         return SB_ENOMEM;
-    k->cb = cb;
-    k->ctx = ctx;
-    if ((rc = sb_broker_key_put(b, key, on_pending_key_put, k)) != 0) {
+    if ((rc = sb_broker_key_put(b, key, cb, ctx)) != 0) {
         sb_free(k);
         return rc;
     }
-    k->refs = 2;
     k->next = p->keys;
     p->keys = k;
     return 0;
@@ -418,11 +388,10 @@ int sb_delivery_keys_if_refused(sb_broker *b, sb_delivery *d, const char *const 
     sb_pending *p = pending_of(d);
     /* prepended last first: put in the order given */
     for (size_t i = count; p != NULL && i-- > 0;) {
-        sb_pending_key *k = pending_key_new(b, keys[i]);
+        sb_pending_key *k = pending_key_new(keys[i]);
         if (k == NULL)
             return SB_ENOMEM;
         k->if_refused = 1;
-        k->refs = 1;
         k->next = p->keys;
         p->keys = k;
     }
@@ -480,10 +449,8 @@ static void complete(sb_broker *b, sb_pending *p)
         d->pending = NULL;
         d->withdrawn = p->status != 0;
     }
-    /* (the store deletes after a put submitted before; on_pending_key_put
-     * keeps that put's completion from adding the key to the map again) */
+    /* (a put still in flight adds nothing once its key is deleted) */
     for (sb_pending_key *k = p->keys; k != NULL && p->status != 0; k = k->next) {
-        k->refused = 1;
         if (!k->if_refused)
             sb_broker_key_delete(b, k->key, 0);
         else if (sb_broker__key_put_known(b, k->key) != 0)

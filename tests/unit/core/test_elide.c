@@ -439,6 +439,48 @@ static void test_owed_key_deleted_before_its_put(void **state)
     free(payload);
 }
 
+/* Counts the completions of key puts (any status). */
+static void on_key_counted(void *ctx, int status)
+{
+    (void)status;
+    (*(int *)ctx)++;
+}
+
+/* A key put whose key is deleted (alone, or with a prefix) before the put
+ * commits stays deleted, in the map as in the store; a put after the
+ * delete wins over both: the map follows the order of the ops, not the
+ * order their commits complete in (an MQTT client that completes, or a
+ * clean session that ends, while its QoS 2 state is being recorded). */
+static void test_key_deleted_before_its_put(void **state)
+{
+    core_fx *f = *state;
+    int done = 0;
+
+    core_start(f, one_cfg);
+    sb_store_test_hold_before(f->b->store, SB_OP_KEY_PUT); /* the puts wait */
+    assert_int_equal(sb_broker_key_put(f->b, "$test\nc1\nrel\n1", on_key_counted, &done), 0);
+    assert_int_equal(sb_broker_key_put(f->b, "$test\nc2\nrel\n1", on_key_counted, &done), 0);
+    assert_int_equal(sb_broker_key_put(f->b, "$test\nc2\nrel\n2", on_key_counted, &done), 0);
+    assert_int_equal(sb_broker_key_put(f->b, "$test\nc3\nrel\n1", on_key_counted, &done), 0);
+    sb_broker_key_delete(f->b, "$test\nc1\nrel\n1", 0); /* the PUBCOMP */
+    sb_broker_key_delete(f->b, "$test\nc2\n", 1);        /* the session ends */
+    sb_broker_key_delete(f->b, "$test\nc3\nrel\n1", 0);
+    assert_int_equal(sb_broker_key_put(f->b, "$test\nc3\nrel\n1", on_key_counted, &done), 0);
+    sb_store_test_hold_before(f->b->store, 0);
+    CORE_WAIT(f, done == 5);
+    assert_false(sb_broker_key_exists(f->b, "$test\nc1\nrel\n1"));
+    assert_false(sb_broker_key_exists(f->b, "$test\nc2\nrel\n1"));
+    assert_false(sb_broker_key_exists(f->b, "$test\nc2\nrel\n2"));
+    assert_true(sb_broker_key_exists(f->b, "$test\nc3\nrel\n1"));
+    core_check_all(f);
+
+    core_stop(f);
+    core_start(f, one_cfg);
+    assert_false(sb_broker_key_exists(f->b, "$test\nc1\nrel\n1"));
+    assert_false(sb_broker_key_exists(f->b, "$test\nc2\nrel\n1"));
+    assert_true(sb_broker_key_exists(f->b, "$test\nc3\nrel\n1"));
+}
+
 static const char *const lease_cfg = "adapters:\n"
                                      "  - {name: src, type: exec, command: [fake]}\n"
                                      "  - {name: sink, type: exec, command: [fake], inflight: 8}\n"
@@ -603,6 +645,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refused_publish_withdrawn, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_fan_out_withdrawn, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_drops_keys, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_key_deleted_before_its_put, core_setup,
+                                        core_teardown),
         cmocka_unit_test_setup_teardown(test_owed_key_deleted_before_its_put, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_after_lease_ended, core_setup, core_teardown),
