@@ -1046,21 +1046,24 @@ static void test_refused_qos2_leaves_no_state(void **state)
  * holds its packet id until a PUBREL comes ("PUBREC sent", MQTT-4.3.3-2):
  * without it, a new message reusing the id (65535 later) would be taken
  * for that one and dropped. The PUBREL comes after a reconnect, after a
- * restart too, whether the PUBREC came before the refusal (A), after it
- * (C) or never reached the broker (B: lost on the way), until PUBCOMP. */
+ * restart too, whether the PUBREC came before the refusal (the first),
+ * after it (the last) or never reached the broker (the others: lost on
+ * the way), until PUBCOMP; in the order of their packet ids' PUBLISHes,
+ * as their PUBRECs came (MQTT-4.6.0-3). */
+#define OWED 6
 static void test_refused_qos2_pubrel_owed(void **state)
 {
-    static const char *const topics[3] = {"rel/a", "rel/b", "rel/c"};
+    static const char *const topics[OWED] = {"rel/a", "rel/b", "rel/c", "rel/d", "rel/e", "rel/f"};
     sbt_broker *b = *state;
     sbt_conn *c;
-    int port, sp = 0, got[3] = {0, 0, 0}, left = 3;
+    int port, sp = 0;
     size_t big = 400 * 1024;
     char *payload = malloc(big + 1);
     sbt_mq_opts o;
     sbt_mq *s;
     sb_mqtt_packet pk;
     json_t *r;
-    uint16_t pids[3], pid;
+    uint16_t pids[OWED], pid;
 
     assert_non_null(payload);
     memset(payload, 'x', big);
@@ -1075,11 +1078,10 @@ static void test_refused_qos2_pubrel_owed(void **state)
     sbt_mq_sub1(s, 1, "rel/#", 2);
     warm_early_qos2(c, s);
     sbt_wait_queue_int(c, "mqtt/owed-sub", "depth", 0, SBT_REPLY_MS);
-    pids[0] = publish_refused(c, s, topics[0], payload, 1);
-    pids[1] = publish_refused(c, s, topics[1], payload, 0);
-    pids[2] = publish_refused(c, s, topics[2], payload, 0);
-    sbt_mq_ack(s, SB_MQTT_PUBREC, pids[2]); /* after the refusal */
-    sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, pids[2]);
+    for (int i = 0; i < OWED; i++)
+        pids[i] = publish_refused(c, s, topics[i], payload, i == 0);
+    sbt_mq_ack(s, SB_MQTT_PUBREC, pids[OWED - 1]); /* after the refusal */
+    sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, pids[OWED - 1]);
     sbt_mq_close(s); /* no PUBCOMP */
     sbt_wait_queue_int(c, "mqtt/owed-sub", "depth", 0, SBT_REPLY_MS);
     sbt_close(c);
@@ -1092,20 +1094,16 @@ static void test_refused_qos2_pubrel_owed(void **state)
 
     s = sbt_mq_client(port, &o, &sp);
     assert_int_equal(sp, 1);
-    while (left > 0) {
-        int i;
+    for (int i = 0; i < OWED; i++) {
         if (sbt_mq_next(s, &pk, SBT_REPLY_MS) != 0)
-            fail_msg("after the restart: %d PUBREL(s) of ids %u, %u, %u missing", left, pids[0],
-                     pids[1], pids[2]);
-        for (i = 0; i < 3 && (pk.type != SB_MQTT_PUBREL || pk.packet_id != pids[i]); i++)
-            ;
-        if (i == 3 || got[i]++ > 0)
-            fail_msg("after the restart the broker sent %s (packet id %u) where the PUBRELs of "
-                     "ids %u, %u, %u were due",
-                     sb_mqtt_type_name(pk.type), pk.packet_id, pids[0], pids[1], pids[2]);
-        left--;
+            fail_msg("after the restart: the PUBREL of id %u (%d of %d) missing", pids[i], i + 1,
+                     OWED);
+        if (pk.type != SB_MQTT_PUBREL || pk.packet_id != pids[i])
+            fail_msg("after the restart the broker sent %s (packet id %u) where the PUBREL of id "
+                     "%u (%d of %d, in their PUBLISHes' order) was due",
+                     sb_mqtt_type_name(pk.type), pk.packet_id, pids[i], i + 1, OWED);
     }
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < OWED; i++)
         sbt_mq_ack(s, SB_MQTT_PUBCOMP, pids[i]);
 
     /* the session goes on; once completed, a reconnect owes nothing */
