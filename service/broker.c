@@ -1245,16 +1245,29 @@ typedef struct key_op {
     int early; /* in the map from the put on (sb_broker__key_put_known) */
 } key_op;
 
-static void key_remember(sb_broker *b, const char *key)
+int sb_broker__key_add(sb_broker *b, const char *key, int64_t expires_ms)
 {
     int64_t *exp = sb_malloc(sizeof(*exp));
     void *old = NULL;
-    if (exp != NULL) {
-        *exp = 0;
-        if (sb_map_put(&b->dedup, key, exp, &old) != 0)
-            sb_free(exp);
-        sb_free(old);
+    if (exp == NULL || (expires_ms == 0 && sb_keyset_add(&b->key_index, key) != 0))
+        goto nomem;
+    *exp = expires_ms;
+    if (sb_map_put(&b->dedup, key, exp, &old) != 0) {
+        if (expires_ms == 0 && !sb_map_get(&b->dedup, key))
+            sb_keyset_remove(&b->key_index, key);
+        goto nomem;
     }
+    sb_free(old);
+    return 0;
+nomem:
+    sb_free(exp);
+    return SB_ENOMEM;
+}
+
+static void key_remember(sb_broker *b, const char *key)
+{
+    if (sb_broker__key_add(b, key, 0) != 0)
+        sb_errlog(NULL, "out of memory keeping protocol state %s", key);
 }
 
 static void supersede_prefixed(const char *key, void *value, void *ctx)
@@ -1370,29 +1383,14 @@ int sb_broker_key_exists(sb_broker *b, const char *key)
 
 void sb_broker__key_forget(sb_broker *b, const char *key)
 {
+    sb_keyset_remove(&b->key_index, key);
     sb_free(sb_map_remove(&b->dedup, key));
-}
-
-typedef struct key_walk {
-    const char *prefix;
-    size_t len;
-    void (*cb)(const char *key, void *ctx);
-    void *ctx;
-} key_walk;
-
-static void walk_prefixed(const char *key, void *value, void *ctx)
-{
-    key_walk *w = ctx;
-    (void)value;
-    if (strncmp(key, w->prefix, w->len) == 0)
-        w->cb(key, w->ctx);
 }
 
 void sb_broker_key_each(sb_broker *b, const char *prefix, void (*cb)(const char *key, void *ctx),
                         void *ctx)
 {
-    key_walk w = {prefix, strlen(prefix), cb, ctx};
-    sb_map_each(&b->dedup, walk_prefixed, &w);
+    sb_keyset_each(&b->key_index, prefix, cb, ctx);
 }
 
 typedef struct key_list {
@@ -1417,12 +1415,12 @@ void sb_broker_key_delete(sb_broker *b, const char *key, int prefix)
         key_list l = {NULL, 0};
         sb_broker_key_each(b, key, collect_key, &l); /* not removed while walked */
         for (size_t i = 0; i < l.n; i++) {
-            sb_free(sb_map_remove(&b->dedup, l.keys[i]));
+            sb_broker__key_forget(b, l.keys[i]);
             sb_free(l.keys[i]);
         }
         sb_free(l.keys);
     } else {
-        sb_free(sb_map_remove(&b->dedup, key));
+        sb_broker__key_forget(b, key);
     }
     key_supersede(b, key, prefix);
     if (key_submit(b, SB_OP_KEY_DELETE, key, prefix, NULL, NULL, 0) != 0)
@@ -1993,6 +1991,7 @@ static void on_housekeeping(uv_timer_t *t)
         sb_map_each(&b->dedup, collect_expired_dedup, state);
         for (size_t i = 0; i < n; i++) {
             sb_free(sb_map_remove(&b->dedup, keys[i]));
+            sb_keyset_remove(&b->key_index, keys[i]); /* (a protocol key's name reused) */
             sb_free(keys[i]);
         }
         sb_free(keys);
@@ -2050,6 +2049,7 @@ void sb_broker_free(sb_broker *b)
     sb_map_clear(&b->dedup);
     sb_map_each(&b->key_flights, free_dedup, NULL);
     sb_map_clear(&b->key_flights);
+    sb_keyset_clear(&b->key_index);
     sb_map_clear(&b->queues_by_name);
     sb_map_clear(&b->queues_by_id);
     sb_subindex_clear(&b->routing);

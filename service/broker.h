@@ -282,7 +282,8 @@ int sb_delivery_key_put(sb_broker *b, sb_delivery *d, const char *key, sb_key_cb
 int sb_delivery_keys_if_refused(sb_broker *b, sb_delivery *d, const char *const *keys,
                                 size_t count);
 /* Calls cb for each key starting with prefix (an sb_broker_key_put
- * committed, not deleted since). Walks every key: for rare state. */
+ * committed, not deleted since), in byte order; costs the keys found, not
+ * all keys (an index). cb may not put or delete keys. */
 void sb_broker_key_each(sb_broker *b, const char *prefix, void (*cb)(const char *key, void *ctx),
                         void *ctx);
 

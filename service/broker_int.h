@@ -7,6 +7,7 @@
 
 #include "service/adapter.h"
 #include "service/broker.h"
+#include "service/keyset.h"
 #include "service/map.h"
 #include "service/pool.h"
 #include "service/queue_int.h"
@@ -118,6 +119,7 @@ struct sb_broker {
     sb_subindex retained_topics;  /* the same, for filters (sb_subindex_match_filter) */
     uint64_t retained_gen;        /* per lookup: a value is taken once (sb_retained.gen) */
     sb_map dedup;                 /* key -> int64_t* expiry (0: never) */
+    sb_keyset key_index;          /* the keys of dedup that never expire, in order */
     sb_map key_flights;           /* protocol key -> its puts in flight (broker.c) */
     uint64_t key_seq;             /* numbers the protocol key ops (broker.c) */
     sb_map sessions;              /* client session name -> its owner (sb_broker_session_swap) */
@@ -152,6 +154,10 @@ struct sb_broker {
 /* publish.c */
 int sb_broker__load_retained(void *ctx, sb_message *msg);
 int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
+/* Sets key in the map of keys (dedup) with its expiry (0: a protocol key,
+ * which never expires and is indexed for sb_broker_key_each); 0 or
+ * SB_ENOMEM (then the map is as before, but for a key that was there). */
+int sb_broker__key_add(sb_broker *b, const char *key, int64_t expires_ms);
 /* Removes key from the map of keys only (its store delete is on its way). */
 void sb_broker__key_forget(sb_broker *b, const char *key);
 /* Puts key in the map of keys at once and in the store (state a client

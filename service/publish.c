@@ -219,14 +219,8 @@ static int dedup_seen(sb_broker *b, const char *key, int64_t now)
 
 static void dedup_add(sb_broker *b, const char *key, int64_t expires)
 {
-    int64_t *exp = sb_malloc(sizeof(*exp));
-    void *old = NULL;
-    if (exp == NULL)
-        return;
-    *exp = expires;
-    if (sb_map_put(&b->dedup, key, exp, &old) != 0)
-        sb_free(exp);
-    sb_free(old);
+    if (sb_broker__key_add(b, key, expires) != 0)
+        sb_errlog(NULL, "out of memory keeping the key %s", key);
 }
 
 /* ---- pending publishes ---- */
@@ -993,6 +987,5 @@ int sb_broker__load_retained(void *ctx, sb_message *msg)
 
 int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms)
 {
-    dedup_add(ctx, key, expires_ms);
-    return 0;
+    return sb_broker__key_add(ctx, key, expires_ms);
 }

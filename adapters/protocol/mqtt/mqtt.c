@@ -1024,7 +1024,7 @@ static int resend_owed(mqtt_session *s)
     owed_list l = {NULL, 0, 0, 0};
     key_owed_mark(mark, sizeof mark, s);
     if (!sb_broker_key_exists(s->broker, mark))
-        return 0; /* the common case: no walk over every key */
+        return 0; /* the common case */
     snprintf(prefix, sizeof prefix, "%s\n", mark);
     sb_broker_key_each(s->broker, prefix, owed_collect, &l);
     if (l.nomem) {

@@ -481,6 +481,80 @@ static void test_dedup_drops_duplicates(void **state)
     core_check_all(f);
 }
 
+typedef struct keys_seen {
+    char keys[16][40];
+    size_t n;
+} keys_seen;
+
+static void key_seen(const char *key, void *ctx)
+{
+    keys_seen *k = ctx;
+    assert_true(k->n < 16);
+    snprintf(k->keys[k->n++], sizeof k->keys[0], "%s", key);
+}
+
+static keys_seen keys_of(core_fx *f, const char *prefix)
+{
+    keys_seen k;
+    k.n = 0;
+    sb_broker_key_each(f->b, prefix, key_seen, &k);
+    return k;
+}
+
+static void on_put_counted(void *ctx, int status)
+{
+    assert_int_equal(status, 0);
+    (*(int *)ctx)++;
+}
+
+/* sb_broker_key_each finds a client's keys (put, or a protocol's publish
+ * key) in byte order, before and after a restart, and no one else's nor
+ * a dedup key: an index, not a walk over every key (a resumed MQTT session
+ * finds what it is owed, in order, whatever other clients keep). */
+static void test_keys_by_prefix(void **state)
+{
+    static const char *const keys[] = {"c/1/owed/30", "c/2/owed/10", "c/1/owed/10", "c/1/rel/5",
+                                       "c/10/owed/1", "c/1/owed/20", "c/1/owed"};
+    core_fx *f = *state;
+    const char *const id[] = {"id", "1", NULL};
+    fake_pub p;
+    keys_seen k;
+    int done = 0;
+
+    core_start(f, dedup_cfg);
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        assert_int_equal(sb_broker_key_put(f->b, keys[i], on_put_counted, &done), 0);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/2", "q2", NULL, 0, "c/1/in/7"), 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    core_publish_ok(f, fake("src"), "t/1", "with a dedup key", id);
+    CORE_WAIT(f, done == (int)(sizeof keys / sizeof keys[0]));
+    for (int restarted = 0; restarted < 2; restarted++) {
+        k = keys_of(f, "c/1/owed/");
+        assert_int_equal(k.n, 3);
+        assert_string_equal(k.keys[0], "c/1/owed/10");
+        assert_string_equal(k.keys[1], "c/1/owed/20");
+        assert_string_equal(k.keys[2], "c/1/owed/30");
+        k = keys_of(f, "c/1/");
+        assert_int_equal(k.n, 6);
+        assert_string_equal(k.keys[0], "c/1/in/7");
+        assert_string_equal(k.keys[1], "c/1/owed");
+        assert_string_equal(k.keys[5], "c/1/rel/5");
+        k = keys_of(f, "c/");
+        assert_int_equal(k.n, 8);
+        k = keys_of(f, "c/3/");
+        assert_int_equal(k.n, 0);
+        core_stop(f);
+        core_start(f, dedup_cfg);
+    }
+    sb_broker_key_delete(f->b, "c/1/owed/20", 0);
+    sb_broker_key_delete(f->b, "c/1/", 1);
+    k = keys_of(f, "c/");
+    assert_int_equal(k.n, 2);
+    assert_string_equal(k.keys[0], "c/10/owed/1");
+    assert_string_equal(k.keys[1], "c/2/owed/10");
+    core_check_all(f);
+}
+
 static void test_dedup_window_ends(void **state)
 {
     static const char *const cfg = "adapters:\n"
@@ -1020,6 +1094,7 @@ int main(void)
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_deadletter_redrive, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_dedup_drops_duplicates, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_keys_by_prefix, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_dedup_window_ends, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_overflow_reject, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_overflow_drop_oldest, core_setup, core_teardown),
