@@ -404,9 +404,18 @@ static void test_refused_publish_drops_keys(void **state)
     free(payload);
 }
 
+static void count_key(const char *key, void *ctx)
+{
+    (void)key;
+    (*(int *)ctx)++;
+}
+
 /* A key put because the store refused its message (an MQTT PUBREL owed)
- * and deleted before that put commits (the client's PUBCOMP came first)
- * stays deleted: the put's completion does not bring it back. */
+ * is there from the refusal on, also for a walk over its prefix (an MQTT
+ * session resumed before that put commits, which may take long when the
+ * disk is full, gets its PUBREL); deleted before the put commits (the
+ * client's PUBCOMP came first), it stays deleted: the put's completion
+ * does not bring it back. */
 static void test_owed_key_deleted_before_its_put(void **state)
 {
     static const char *const owed[1] = {"$test\nsub\nowed\n1"};
@@ -415,13 +424,15 @@ static void test_owed_key_deleted_before_its_put(void **state)
     fake_pub p;
     sb_delivery *d = deliver_refused_early(f, &p, &payload);
     fake_adapter *sink = fake("sink");
-    int put = 0;
+    int put = 0, found = 0;
 
     assert_int_equal(sb_delivery_keys_if_refused(f->b, d, owed, 1), 0);
     sb_store_test_hold_before(f->b->store, SB_OP_KEY_PUT); /* the owed put waits */
     sb_store_test_hold(f->b->store, 0);
     assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
     assert_true(sb_broker_key_exists(f->b, owed[0]));
+    sb_broker_key_each(f->b, "$test\nsub\nowed\n", count_key, &found); /* the resume */
+    assert_int_equal(found, 1);
     sb_broker_key_delete(f->b, owed[0], 0); /* the PUBCOMP */
     assert_false(sb_broker_key_exists(f->b, owed[0]));
     /* a later put completes after both */
