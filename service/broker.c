@@ -1227,13 +1227,42 @@ int sb_broker_sub_get(sb_broker *b, const char *name, sb_sub_def *out)
 /* A key op's effect on the map of keys is decided by order, not by when
  * its commit completes: the store runs ops in the order submitted, so a
  * put whose completion comes after a later delete (or put) of its key must
- * change nothing. Each op takes a number from b->key_seq; a key with puts
+ * change nothing. Each put takes a number from b->key_seq; a key with puts
  * in flight has a key_flight (b->key_flights) holding the number of the
- * last op on it, and a put's completion acts only if that is its own. */
+ * last op on it (a delete takes one too), and a put's completion acts only
+ * if that is its own. A publish's protocol key is such a put. */
 typedef struct key_flight {
     uint64_t last; /* the number of the last op on the key */
     unsigned puts; /* in flight; the key_flight goes with the last */
 } key_flight;
+
+uint64_t sb_broker__key_put_begin(sb_broker *b, const char *key)
+{
+    key_flight *f = sb_map_get(&b->key_flights, key);
+    if (f == NULL) {
+        if ((f = sb_calloc(1, sizeof(*f))) == NULL)
+            return 0;
+        if (sb_map_put(&b->key_flights, key, f, NULL) != 0) {
+            sb_free(f);
+            return 0;
+        }
+    }
+    f->puts++;
+    return f->last = ++b->key_seq;
+}
+
+int sb_broker__key_put_end(sb_broker *b, const char *key, uint64_t seq)
+{
+    key_flight *f;
+    int last;
+    if (seq == 0)
+        return 1; /* not numbered (out of memory): as before there were numbers */
+    f = sb_map_get(&b->key_flights, key);
+    last = f->last == seq;
+    if (--f->puts == 0)
+        sb_free(sb_map_remove(&b->key_flights, key));
+    return last;
+}
 
 typedef struct key_op {
     sb_store_op op;
@@ -1241,8 +1270,8 @@ typedef struct key_op {
     char *key;
     sb_key_cb cb;
     void *ctx;
-    uint64_t seq;
-    int early; /* in the map from the put on (sb_broker__key_put_known) */
+    uint64_t seq; /* sb_broker__key_put_begin */
+    int early;    /* in the map from the put on (sb_broker__key_put_known) */
 } key_op;
 
 int sb_broker__key_add(sb_broker *b, const char *key, int64_t expires_ms)
@@ -1296,14 +1325,11 @@ static void key_supersede(sb_broker *b, const char *key, int prefix)
 static void on_key_done(sb_store_op *op, void *ctx)
 {
     key_op *k = ctx;
-    if (op->type == SB_OP_KEY_PUT) {
-        key_flight *f = sb_map_get(&k->b->key_flights, k->key);
-        if (f->last == k->seq && op->status == 0)
+    if (op->type == SB_OP_KEY_PUT && sb_broker__key_put_end(k->b, k->key, k->seq)) {
+        if (op->status == 0)
             key_remember(k->b, k->key);
-        else if (f->last == k->seq && k->early)
+        else if (k->early)
             sb_broker__key_forget(k->b, k->key); /* the store failed it */
-        if (--f->puts == 0)
-            sb_free(sb_map_remove(&k->b->key_flights, k->key));
     }
     if (k->cb != NULL)
         k->cb(k->ctx, op->status);
@@ -1315,17 +1341,9 @@ static int key_submit(sb_broker *b, sb_store_op_type type, const char *key, int 
                       sb_key_cb cb, void *ctx, int early)
 {
     key_op *k = sb_calloc(1, sizeof(*k));
-    key_flight *f = NULL;
-    uint64_t prev = 0;
-    if (k == NULL || (k->key = sb_strdup(key)) == NULL)
-        goto nomem;
-    if (type == SB_OP_KEY_PUT && (f = sb_map_get(&b->key_flights, key)) == NULL) {
-        if ((f = sb_calloc(1, sizeof(*f))) == NULL)
-            goto nomem;
-        if (sb_map_put(&b->key_flights, key, f, NULL) != 0) {
-            sb_free(f);
-            goto nomem;
-        }
+    if (k == NULL || (k->key = sb_strdup(key)) == NULL) {
+        sb_free(k);
+        return SB_ENOMEM;
     }
     k->early = early;
     k->b = b;
@@ -1337,26 +1355,15 @@ static int key_submit(sb_broker *b, sb_store_op_type type, const char *key, int 
     k->op.ctx = k;
     k->op.u.key.key = k->key;
     k->op.u.key.prefix = prefix;
-    if (f != NULL) {
-        prev = f->last;
-        f->last = k->seq = ++b->key_seq;
-        f->puts++;
-    }
     if (sb_store_submit(b->store, &k->op) != 0) {
-        if (f != NULL && --f->puts == 0)
-            sb_free(sb_map_remove(&b->key_flights, key));
-        else if (f != NULL)
-            f->last = prev; /* never submitted: not an op on the key */
         sb_free(k->key);
         sb_free(k);
         return SB_ESHUTDOWN;
     }
+    /* (its completion runs on this thread, later) */
+    if (type == SB_OP_KEY_PUT)
+        k->seq = sb_broker__key_put_begin(b, key);
     return 0;
-nomem:
-    if (k != NULL)
-        sb_free(k->key);
-    sb_free(k);
-    return SB_ENOMEM;
 }
 
 int sb_broker_key_put(sb_broker *b, const char *key, sb_key_cb cb, void *ctx)

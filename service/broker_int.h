@@ -39,6 +39,7 @@ typedef struct sb_pending {
     int retain;
     char *dedup_key;
     int64_t dedup_expires_ms;
+    uint64_t key_seq; /* a protocol key's put (sb_broker__key_put_begin) */
     int durability_mask; /* bit per sb_durability of the queues */
     int done;
     int status;
@@ -154,6 +155,12 @@ struct sb_broker {
 /* publish.c */
 int sb_broker__load_retained(void *ctx, sb_message *msg);
 int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
+/* Numbers a put of key just submitted to the store (a key op, or a
+ * publish's protocol key) as the last op on key; 0 out of memory. */
+uint64_t sb_broker__key_put_begin(sb_broker *b, const char *key);
+/* That put completed: 1 if it is still the last op on key, so that its
+ * outcome may change the map of keys (1 also for seq 0), else 0. */
+int sb_broker__key_put_end(sb_broker *b, const char *key, uint64_t seq);
 /* Sets key in the map of keys (dedup) with its expiry (0: a protocol key,
  * which never expires and is indexed for sb_broker_key_each); 0 or
  * SB_ENOMEM (then the map is as before, but for a key that was there). */

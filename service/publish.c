@@ -422,6 +422,7 @@ void sb_broker__entry_gone(sb_entry *e)
 
 static void complete(sb_broker *b, sb_pending *p)
 {
+    int last;
     /* Refused at commit (the store failed the group): counted like the
      * publishes refused before reaching the store. */
     if (p->status != 0 && p->status != SB_ESHUTDOWN)
@@ -469,10 +470,12 @@ static void complete(sb_broker *b, sb_pending *p)
         if (!q->live && q->pending == 0)
             sb_queue__close(q); /* deferred close of a deleted queue */
     }
+    /* a protocol key deleted since (its session ended) is not brought back */
+    last = p->key_seq == 0 || sb_broker__key_put_end(b, p->dedup_key, p->key_seq);
     if (p->status == 0 && !p->duplicate) {
         if (p->retain)
             retain_set(b, p->msg);
-        if (p->dedup_key != NULL)
+        if (p->dedup_key != NULL && last)
             dedup_add(b, p->dedup_key, p->dedup_expires_ms);
         b->published++;
         for (int c = 0; c < 3; c++)
@@ -823,6 +826,8 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
         p->why = sb_strdup("broker is shutting down");
         sb_broker__arm_flush(b);
     } else {
+        if (opts != NULL && opts->dedup_key != NULL)
+            p->key_seq = sb_broker__key_put_begin(b, p->dedup_key);
         append_early(b, p);
     }
     return 0;

@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "core_harness.h"
+#include "storage/store_test.h"
 
 static fake_adapter *fake(const char *name)
 {
@@ -553,6 +554,36 @@ static void test_keys_by_prefix(void **state)
     assert_string_equal(k.keys[0], "c/10/owed/1");
     assert_string_equal(k.keys[1], "c/2/owed/10");
     core_check_all(f);
+}
+
+/* A protocol's publish key (an MQTT client's QoS 2 packet id) whose
+ * client's keys are deleted before the publish commits (a clean session
+ * ended, or reconnected) is not kept by that commit: not in the map, as
+ * not in the store. A key put after the delete is kept. */
+static void test_publish_key_deleted_before_commit(void **state)
+{
+    core_fx *f = *state;
+    fake_pub p, p2;
+    int done = 0;
+
+    core_start(f, dedup_cfg);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/2", "q2", NULL, 0, "c/7/a/in/1"), 0);
+    assert_int_equal(fake_publish(&p2, f->b, NULL, "t/2", "q2", NULL, 0, "c/8/a/in/1"), 0);
+    sb_broker_key_delete(f->b, "c/7/", 1); /* the session ends */
+    assert_int_equal(sb_broker_key_put(f->b, "c/7/rel/1", on_put_counted, &done), 0);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_int_equal(core_pub_wait(f, &p2), 0);
+    CORE_WAIT(f, done == 1);
+    for (int restarted = 0; restarted < 2; restarted++) {
+        assert_false(sb_broker_key_exists(f->b, "c/7/a/in/1"));
+        assert_true(sb_broker_key_exists(f->b, "c/8/a/in/1"));
+        assert_true(sb_broker_key_exists(f->b, "c/7/rel/1"));
+        core_check_all(f);
+        core_stop(f);
+        core_start(f, dedup_cfg);
+    }
 }
 
 static void test_dedup_window_ends(void **state)
@@ -1095,6 +1126,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_deadletter_redrive, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_dedup_drops_duplicates, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_keys_by_prefix, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_publish_key_deleted_before_commit, core_setup,
+                                        core_teardown),
         cmocka_unit_test_setup_teardown(test_dedup_window_ends, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_overflow_reject, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_overflow_drop_oldest, core_setup, core_teardown),
