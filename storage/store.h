@@ -340,8 +340,9 @@ int sb_store_load_counts(sb_store *s, sb_store_count_cb cb, void *ctx, sb_error 
 /* Starts the store thread; completions are delivered on `loop`. */
 int sb_store_start(sb_store *s, uv_loop_t *loop, sb_error *err);
 
-/* Queues an op (thread-safe). Returns 0, or SB_ESHUTDOWN after stop began,
- * in which case the callback is never called. */
+/* Queues an op (thread-safe). Returns 0, or SB_ESHUTDOWN after stop began
+ * (but from a callback sb_store_stop delivers: see there), in which case
+ * the callback is never called. */
 int sb_store_submit(sb_store *s, sb_store_op *op);
 
 /* Withdraws one entry of a PUBLISH op that was submitted and that the store
@@ -369,7 +370,10 @@ int sb_store_degraded(sb_store *s);
 void sb_store_get_stats(sb_store *s, sb_store_stats *out);
 
 /* Executes everything queued, stops the thread, and delivers remaining
- * callbacks (runs the loop's pending completions itself if needed). Must be
+ * callbacks (runs the loop's pending completions itself if needed). What
+ * those callbacks submit is executed too (on this thread), and so on until
+ * they submit nothing: the consequences of the last commits (e.g. the
+ * protocol keys a refused publish deletes or puts) are not lost. Must be
  * called from the loop thread. */
 void sb_store_stop(sb_store *s);
 

@@ -492,6 +492,32 @@ static void test_key_deleted_before_its_put(void **state)
     assert_true(sb_broker_key_exists(f->b, "$test\nc3\nrel\n1"));
 }
 
+/* A graceful stop whose final drain completes a refused early publish
+ * still records what the refusal leaves: its PUBREL owed is put (the
+ * client gets it after the restart) and its rel key deleted (nothing else
+ * would delete it). */
+static void test_refused_in_stop_drain(void **state)
+{
+    static const char *const rel = "$test\nsub\nrel\n1";
+    static const char *const owed[] = {"$test\nsub\nowed", "$test\nsub\nowed\n1"};
+    core_fx *f = *state;
+    char *payload;
+    fake_pub p;
+    sb_delivery *d = deliver_refused_early(f, &p, &payload); /* the store held */
+    int put = 0;
+
+    assert_int_equal(sb_delivery_keys_if_refused(f->b, d, owed, 2), 0);
+    assert_int_equal(sb_delivery_key_put(f->b, d, rel, on_key_put, &put), 0);
+    core_stop(f); /* the publish and the put run in the stop's drain */
+    assert_true(put);
+    assert_int_equal(p.status, SB_ENOSPC);
+    core_start(f, one_cfg);
+    assert_false(sb_broker_key_exists(f->b, rel));
+    assert_true(sb_broker_key_exists(f->b, owed[0]));
+    assert_true(sb_broker_key_exists(f->b, owed[1]));
+    free(payload);
+}
+
 static const char *const lease_cfg = "adapters:\n"
                                      "  - {name: src, type: exec, command: [fake]}\n"
                                      "  - {name: sink, type: exec, command: [fake], inflight: 8}\n"
@@ -661,6 +687,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_owed_key_deleted_before_its_put, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_after_lease_ended, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_in_stop_drain, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_redrive_not_overtaken, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_not_dead_lettered, core_setup,
                                         core_teardown),
