@@ -39,7 +39,7 @@ typedef struct sb_pending {
     int retain;
     char *dedup_key;
     int64_t dedup_expires_ms;
-    uint64_t key_seq; /* a protocol key's put (sb_broker__key_put_begin) */
+    uint64_t key_seq;    /* a protocol key's put (sb_broker__key_put_begin) */
     int durability_mask; /* bit per sb_durability of the queues */
     int done;
     int status;

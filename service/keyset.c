@@ -50,8 +50,7 @@ static const char *nearest(const sb_keyset *s, const uint8_t *key, size_t len)
 
 int sb_keyset_has(const sb_keyset *s, const char *key)
 {
-    return s->root != NULL &&
-           strcmp(nearest(s, (const uint8_t *)key, strlen(key)), key) == 0;
+    return s->root != NULL && strcmp(nearest(s, (const uint8_t *)key, strlen(key)), key) == 0;
 }
 
 int sb_keyset_add(sb_keyset *s, const char *key)
@@ -78,7 +77,7 @@ int sb_keyset_add(sb_keyset *s, const char *key)
     for (byte = 0; byte < len && near[byte] == k[byte]; byte++)
         ;
     if (byte == len && near[byte] == 0)
-        return 0; /* there already */
+        return 0;                            /* there already */
     bits = (uint32_t)(near[byte] ^ k[byte]); /* (k[len] is its NUL) */
     bits |= bits >> 1;
     bits |= bits >> 2;
@@ -149,8 +148,8 @@ static void walk(void *p, void (*fn)(const char *key, void *ctx), void *ctx)
     fn(p, ctx);
 }
 
-void sb_keyset_each(const sb_keyset *s, const char *prefix,
-                    void (*fn)(const char *key, void *ctx), void *ctx)
+void sb_keyset_each(const sb_keyset *s, const char *prefix, void (*fn)(const char *key, void *ctx),
+                    void *ctx)
 {
     const uint8_t *k = (const uint8_t *)prefix;
     size_t len = strlen(prefix);

@@ -28,8 +28,8 @@ int sb_keyset_has(const sb_keyset *s, const char *key);
 
 /* Calls fn for each key starting with prefix, in byte order; fn may not
  * change s. */
-void sb_keyset_each(const sb_keyset *s, const char *prefix,
-                    void (*fn)(const char *key, void *ctx), void *ctx);
+void sb_keyset_each(const sb_keyset *s, const char *prefix, void (*fn)(const char *key, void *ctx),
+                    void *ctx);
 
 /* Removes every key. */
 void sb_keyset_clear(sb_keyset *s);

@@ -474,7 +474,7 @@ static void test_key_deleted_before_its_put(void **state)
     assert_int_equal(sb_broker_key_put(f->b, "$test\nc2\nrel\n2", on_key_counted, &done), 0);
     assert_int_equal(sb_broker_key_put(f->b, "$test\nc3\nrel\n1", on_key_counted, &done), 0);
     sb_broker_key_delete(f->b, "$test\nc1\nrel\n1", 0); /* the PUBCOMP */
-    sb_broker_key_delete(f->b, "$test\nc2\n", 1);        /* the session ends */
+    sb_broker_key_delete(f->b, "$test\nc2\n", 1);       /* the session ends */
     sb_broker_key_delete(f->b, "$test\nc3\nrel\n1", 0);
     assert_int_equal(sb_broker_key_put(f->b, "$test\nc3\nrel\n1", on_key_counted, &done), 0);
     sb_store_test_hold_before(f->b->store, 0);
@@ -682,8 +682,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refused_publish_withdrawn, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_fan_out_withdrawn, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_drops_keys, core_setup, core_teardown),
-        cmocka_unit_test_setup_teardown(test_key_deleted_before_its_put, core_setup,
-                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_key_deleted_before_its_put, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_owed_key_deleted_before_its_put, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_after_lease_ended, core_setup, core_teardown),

@@ -77,11 +77,16 @@ static void test_add_remove(void **state)
 static void test_prefix_walk(void **state)
 {
     static const char *const keys[] = {
-        "$mqtt\nc2\nowed\n00000000000000000009", "$mqtt\nc1\nrel\n5",
-        "$mqtt\nc1\nowed\n00000000000000000012", "$mqtt\nc10\nowed\n00000000000000000001",
-        "$mqtt\nc1\nowed",                        "$mqtt\nc1\nowed\n00000000000000000003",
-        "$bridge:b\nin\n1",                       "$mqtt\nc1\nowed\n00000000000000000100",
-        "$mqtt\nc1\nin\n7",                       "$mqtt\nc1\nowed\n00000000000000000011",
+        "$mqtt\nc2\nowed\n00000000000000000009",
+        "$mqtt\nc1\nrel\n5",
+        "$mqtt\nc1\nowed\n00000000000000000012",
+        "$mqtt\nc10\nowed\n00000000000000000001",
+        "$mqtt\nc1\nowed",
+        "$mqtt\nc1\nowed\n00000000000000000003",
+        "$bridge:b\nin\n1",
+        "$mqtt\nc1\nowed\n00000000000000000100",
+        "$mqtt\nc1\nin\n7",
+        "$mqtt\nc1\nowed\n00000000000000000011",
     };
     sb_keyset ks = {0};
     seen s;
