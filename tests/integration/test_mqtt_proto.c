@@ -1148,6 +1148,56 @@ static void test_refused_qos2_pubrel_owed(void **state)
     b->passed = 1;
 }
 
+/* A PUBREL owed as an earlier version recorded it (the key names the
+ * packet id, not the message id) still comes on resume, before those of
+ * the current form, and its PUBCOMP deletes it. */
+static void test_owed_pubrel_of_old_form(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    int port, sp = 0;
+    char path[SBT_PATH_MAX];
+    sqlite3 *db;
+    sbt_mq_opts o;
+    sbt_mq *s;
+    sb_mqtt_packet pk;
+
+    c = sbt_mq_start(b, "mqtt-owed-old");
+    port = b->port[SBT_MQ_PORT_MQTT];
+    memset(&o, 0, sizeof(o));
+    o.id = "old-sub";
+    o.clean = 0;
+    s = sbt_mq_client(port, &o, NULL);
+    sbt_mq_sub1(s, 1, "old/#", 2);
+    sbt_mq_disconnect(s);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    sbt_path(path, sizeof(path), b->data_dir, "switchboard.db");
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "INSERT INTO dedup(key, expires_ms) VALUES"
+                                  " ('$mqtt' || char(10) || 'old-sub' || char(10) || 'owed', 0),"
+                                  " ('$mqtt' || char(10) || 'old-sub' || char(10) || 'owed' ||"
+                                  "  char(10) || '00000000000000000041', 0),"
+                                  " ('$mqtt' || char(10) || 'old-sub' || char(10) || 'owed' ||"
+                                  "  char(10) || '7', 0)",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    sbt_broker_start(b);
+
+    s = sbt_mq_client(port, &o, &sp);
+    assert_int_equal(sp, 1);
+    sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, 7);
+    sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, 42); /* message 41 */
+    sbt_mq_ack(s, SB_MQTT_PUBCOMP, 7);
+    sbt_mq_ack(s, SB_MQTT_PUBCOMP, 42);
+    sbt_mq_disconnect(s);
+    sbt_broker_stop(b);
+    assert_int_equal(state_keys(b, "old-sub", "owed\n"), 0);
+    b->passed = 1;
+}
+
 /* Review findings: re-sent QoS 2 PUBLISHes racing their first copy must not
  * leave the subscriber's queue looking full; jsonl clients cannot take over
  * or delete an MQTT session's subscription; a filter with a line break (the
@@ -1233,6 +1283,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_outbound_resend_after_kill, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_refused_qos2_leaves_no_state, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_refused_qos2_pubrel_owed, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_owed_pubrel_of_old_form, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_max_queued_drops_oldest, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_session_expiry, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_backlog_then_disconnect, sbt_setup, sbt_teardown),
