@@ -1256,7 +1256,7 @@ int sb_broker__key_put_end(sb_broker *b, const char *key, uint64_t seq)
     key_flight *f;
     int last;
     if (seq == 0)
-        return 1; /* not numbered (out of memory): as before there were numbers */
+        return 1; /* not numbered (out of memory at its put): it acts regardless */
     f = sb_map_get(&b->key_flights, key);
     last = f->last == seq;
     if (--f->puts == 0)

@@ -1016,8 +1016,9 @@ static int owed_cmp(const void *a, const void *b)
 /* A resumed session first gets the PUBRELs owed for messages the store
  * refused after they went out (key_owed), each holding its packet id until
  * PUBCOMP: a new message must not take an id the client still holds. They
- * go in the order their packet ids were given, as the PUBRECs came
- * (MQTT-4.6.0-3). */
+ * go in the order of their messages' ids: that of their PUBLISHes, which a
+ * client answers with PUBRECs in the same order (MQTT-4.6.0-2), as
+ * MQTT-4.6.0-3 wants of re-sent PUBRELs. */
 static int resend_owed(mqtt_session *s)
 {
     char mark[300], prefix[310];
