@@ -23,15 +23,30 @@ import sys
 import tempfile
 import time
 
+import winerun
+
 DEADLINE_S = 60
 SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def fail(msg, log=None):
-    if log is not None and os.path.exists(log):
-        with open(log, encoding="utf-8", errors="replace") as f:
-            sys.stderr.write("----- broker log -----\n" + f.read() + "----- end -----\n")
+    if log is not None:
+        # the relay's own log (SB_COM_LOG, set in main) sits beside the broker's
+        for name, path in (("broker log", log),
+                           ("relay log", os.path.join(os.path.dirname(log), "relay.log"))):
+            if os.path.exists(path):
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    sys.stderr.write("----- %s -----\n%s----- end -----\n" % (name, f.read()))
     sys.exit("test-com-interop: FAIL: " + msg)
+
+
+def run_script(wine, args, log):
+    """Runs a script under cscript; a hang fails with what it printed."""
+    try:
+        return winerun.run([wine, "cscript", "//nologo"] + args, DEADLINE_S * 2)
+    except subprocess.TimeoutExpired as e:
+        fail("%s did not exit within %d s; stdout %r, stderr %r"
+             % (args[0], DEADLINE_S * 2, e.stdout, e.stderr), log)
 
 
 def free_port():
@@ -79,6 +94,7 @@ def main():
             fail(f + " is missing")
     tmp = tempfile.mkdtemp(prefix="sb-cominterop-")
     log = os.path.join(tmp, "broker.log")
+    os.environ["SB_COM_LOG"] = winepath(os.path.join(tmp, "relay.log"))
     endpoint = "sbi-com-%d" % os.getpid()
     port, mport = free_port(), free_port()
     cfg = os.path.join(tmp, "switchboard.yaml")
@@ -93,8 +109,7 @@ def main():
                 "routes:\n"
                 "  - { name: from-linux, from: linux/# }\n"
                 % (winepath(os.path.join(tmp, "data")), port, mport, endpoint))
-    reg = subprocess.run([wine, exe, "com", "register", "--endpoint", endpoint],
-                         capture_output=True, timeout=DEADLINE_S)
+    reg = winerun.run([wine, exe, "com", "register", "--endpoint", endpoint], DEADLINE_S)
     if reg.returncode != 0:
         fail("com register: %r %r" % (reg.stdout, reg.stderr))
     broker = events = None
@@ -112,10 +127,8 @@ def main():
                                               "-E"], capture_output=True, timeout=DEADLINE_S)
         if out.returncode != 0:
             fail("mosquitto_sub -E: exit %d, %r" % (out.returncode, out.stderr), log)
-        out = subprocess.run([wine, "cscript", "//nologo",
-                              winepath(os.path.join(SRC, "tests", "win", "com", "pub.vbs")),
-                              "vbs/orders", "from VBScript", "2"],
-                             capture_output=True, timeout=DEADLINE_S * 2)
+        out = run_script(wine, [winepath(os.path.join(SRC, "tests", "win", "com", "pub.vbs")),
+                                "vbs/orders", "from VBScript", "2"], log)
         if out.returncode != 0 or out.stdout.count(b"ID ") != 3:
             fail("pub.vbs: exit %d, stdout %r" % (out.returncode, out.stdout), log)
         out = subprocess.run([msub] + mqtt + ["-i", "sbi-linux", "-c", "-q", "1", "-t", "vbs/#",
@@ -131,10 +144,8 @@ def main():
                              capture_output=True, timeout=DEADLINE_S)
         if out.returncode != 0:
             fail("mosquitto_pub: exit %d, %r" % (out.returncode, out.stderr), log)
-        out = subprocess.run([wine, "cscript", "//nologo",
-                              winepath(os.path.join(SRC, "tests", "win", "com", "pull.vbs")),
-                              "from-linux", "1", "20000"],
-                             capture_output=True, timeout=DEADLINE_S * 2)
+        out = run_script(wine, [winepath(os.path.join(SRC, "tests", "win", "com", "pull.vbs")),
+                                "from-linux", "1", "20000"], log)
         if out.returncode != 0 or b"MSG linux/vbs from Linux " not in out.stdout:
             fail("pull.vbs: exit %d, stdout %r" % (out.returncode, out.stdout), log)
 
@@ -166,7 +177,7 @@ def main():
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        subprocess.run([wine, exe, "com", "unregister"], capture_output=True, timeout=DEADLINE_S)
+        winerun.run([wine, exe, "com", "unregister"], DEADLINE_S)
         if ok:
             shutil.rmtree(tmp, ignore_errors=True)
         else:

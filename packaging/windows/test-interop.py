@@ -34,6 +34,8 @@ import time
 import urllib.error
 import urllib.request
 
+import winerun
+
 DEADLINE_S = 30
 
 
@@ -180,8 +182,7 @@ def dde(build, wine, tmp):
             fail("mosquitto_pub: exit %d, stderr %r" % (out.returncode, out.stderr), log)
         deadline = time.monotonic() + DEADLINE_S
         while True:
-            out = subprocess.run([wine, cli_exe, tag + "X", "Line1", "request", "Target"],
-                                 capture_output=True, timeout=60)
+            out = winerun.run([wine, cli_exe, tag + "X", "Line1", "request", "Target"], 60)
             if b"DATA 4772fcdf65" in out.stdout:  # CF_TEXT, code page 1252
                 break
             if time.monotonic() > deadline:
@@ -237,8 +238,8 @@ def rpc(build, wine, tmp):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + DEADLINE_S
         while sub.poll() is None:
-            out = subprocess.run([wine, client, endpoint, "pub", "rpc/windows",
-                                  "from RPC \u00e9"], capture_output=True, timeout=60)
+            out = winerun.run([wine, client, endpoint, "pub", "rpc/windows", "from RPC \u00e9"],
+                              60)
             if out.returncode != 0:
                 fail("rpc_client pub: exit %d, %r" % (out.returncode, out.stdout), log)
             if time.monotonic() > deadline:
@@ -257,8 +258,7 @@ def rpc(build, wine, tmp):
                              capture_output=True, timeout=DEADLINE_S)
         if out.returncode != 0:
             fail("mosquitto_pub: exit %d, stderr %r" % (out.returncode, out.stderr), log)
-        out = subprocess.run([wine, client, endpoint, "pull", "fromlinux", "-", "1"],
-                             capture_output=True, timeout=60)
+        out = winerun.run([wine, client, endpoint, "pull", "fromlinux", "-", "1"], 60)
         if out.returncode != 0 or \
                 " 1 linux/x from Linux \u00e9\n".encode() not in out.stdout or \
                 b"done" not in out.stdout:
@@ -359,17 +359,15 @@ def main():
         r = c.call(op="pub", topic="interop/linux", payload="from Linux \u00e9")
         if r.get("op") != "puback" or r.get("queues") != 1:
             fail("publish from Linux: %r" % r, log)
-        out = subprocess.run([wine, sbctl, "-e", "tcp:127.0.0.1:%d" % port, "sub", "interop",
-                              "--count", "1", "--timeout", "20s"],
-                             capture_output=True, timeout=60)
+        out = winerun.run([wine, sbctl, "-e", "tcp:127.0.0.1:%d" % port, "sub", "interop",
+                           "--count", "1", "--timeout", "20s"], 60)
         if out.returncode != 0 or out.stdout != "interop/linux\tfrom Linux \u00e9\n".encode():
             fail("sbctl.exe sub: exit %d, stdout %r, stderr %r" %
                  (out.returncode, out.stdout, out.stderr), log)
 
         # Windows publishes, Linux receives and acknowledges.
-        out = subprocess.run([wine, sbctl, "-e", "tcp:127.0.0.1:%d" % port, "pub",
-                              "interop/windows", "from Windows"],
-                             capture_output=True, timeout=60)
+        out = winerun.run([wine, sbctl, "-e", "tcp:127.0.0.1:%d" % port, "pub",
+                           "interop/windows", "from Windows"], 60)
         if out.returncode != 0:
             fail("sbctl.exe pub: exit %d, stderr %r" % (out.returncode, out.stderr), log)
         r = c.call(op="sub", sub="interop", window=10)

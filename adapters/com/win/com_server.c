@@ -29,6 +29,11 @@
 
 /* A relay COM started but nobody uses: gone after this. */
 #define START_IDLE_MS 60000
+/* A relay whose last object went stays this long before it revokes its
+ * class and exits, taking back a client that creates one meanwhile: Wine
+ * still hands it new clients (see cf_create), and one that leaves at once
+ * fails the create of a client that came just then (RPC_S_CALL_FAILED). */
+#define LINGER_MS 2000
 
 typedef struct watch {
     DWORD pid;
@@ -43,7 +48,14 @@ static struct {
     watch *watches;
     int reap_asked;
     HANDLE exit_ev;
+    /* The process's life (guarded by life, taken after cs if both): COM's
+     * server reference count mirrored in refs, stopping once it fell to 0,
+     * revoking once the main thread began to leave. */
+    CRITICAL_SECTION life;
+    ULONG refs;
     LONG stopping;
+    ULONGLONG stopped_at; /* when refs fell to 0 */
+    int revoking;
     LONG created; /* objects ever created */
     sb_com_link *link;
     sb_com_pool *pool;
@@ -161,9 +173,19 @@ static void drop_server_ref(sb_com_obj *o)
         sb_com__server_release();
 }
 
+static ULONG server_addref(void)
+{
+    ULONG n;
+    EnterCriticalSection(&srv.life);
+    n = CoAddRefServerProcess();
+    srv.refs = n;
+    LeaveCriticalSection(&srv.life);
+    return n;
+}
+
 void sb_com__server_track(sb_com_obj *o)
 {
-    ULONG n = CoAddRefServerProcess();
+    ULONG n = server_addref();
     o->server_ref = 1;
     sb_com__log("server references: %lu (a new object)", (unsigned long)n);
     EnterCriticalSection(&srv.cs);
@@ -289,18 +311,35 @@ static ULONG WINAPI cf_release(IClassFactory *cf)
 
 static HRESULT WINAPI cf_create(IClassFactory *cf, IUnknown *outer, REFIID iid, void **out)
 {
+    HRESULT hr;
     *out = NULL;
     if (outer != NULL)
         return CLASS_E_NOAGGREGATION;
-    if (srv.stopping)
+    EnterCriticalSection(&srv.life);
+    if (srv.revoking) {
+        LeaveCriticalSection(&srv.life);
         return CO_E_SERVER_STOPPING;
-    return sb_com__broker_new(sb_com__caller_pid(), iid, out);
+    }
+    if (srv.stopping) {
+        /* Wine's CoReleaseServerProcess does not suspend the class objects
+         * at 0 (a FIXME in its combase), so creates still come to a relay
+         * whose last object went, where Windows would start another relay.
+         * Until the main thread leaves, this one takes the client back. */
+        InterlockedExchange(&srv.stopping, 0);
+        ResetEvent(srv.exit_ev);
+        sb_com__log("a create while stopping: serving on");
+    }
+    srv.refs = CoAddRefServerProcess(); /* held while the object is made */
+    LeaveCriticalSection(&srv.life);
+    hr = sb_com__broker_new(sb_com__caller_pid(), iid, out);
+    sb_com__server_release();
+    return hr;
 }
 
 static HRESULT WINAPI cf_lock(IClassFactory *cf, BOOL lock)
 {
     if (lock)
-        CoAddRefServerProcess();
+        server_addref();
     else
         sb_com__server_release();
     return S_OK;
@@ -311,12 +350,41 @@ static IClassFactory factory = {(IClassFactoryVtbl *)&cf_vtbl};
 
 void sb_com__server_release(void)
 {
-    ULONG n = CoReleaseServerProcess();
-    sb_com__log("server references: %lu", (unsigned long)n);
+    ULONG n;
+    EnterCriticalSection(&srv.life);
+    n = CoReleaseServerProcess();
+    srv.refs = n;
     if (n == 0) {
-        /* COM suspended the class object: no new client can come. */
+        /* COM suspended the class object (Windows): the relay leaves. */
         InterlockedExchange(&srv.stopping, 1);
+        srv.stopped_at = GetTickCount64();
         SetEvent(srv.exit_ev);
+    }
+    LeaveCriticalSection(&srv.life);
+    sb_com__log("server references: %lu", (unsigned long)n);
+}
+
+/* 1 once the relay leaves: its last object went LINGER_MS ago (and no
+ * create took it back), or nobody created one within START_IDLE_MS. */
+static int leaving(DWORD waited)
+{
+    for (;;) {
+        ULONGLONG now = GetTickCount64();
+        DWORD left = 0;
+        EnterCriticalSection(&srv.life);
+        if (waited == WAIT_TIMEOUT && srv.refs == 0) {
+            InterlockedExchange(&srv.stopping, 1);
+            srv.stopped_at = now - LINGER_MS;
+        }
+        if (srv.stopping && now < srv.stopped_at + LINGER_MS)
+            left = (DWORD)(srv.stopped_at + LINGER_MS - now);
+        else if (srv.stopping)
+            srv.revoking = 1;
+        LeaveCriticalSection(&srv.life);
+        if (left == 0)
+            return srv.revoking;
+        Sleep(left);
+        waited = WAIT_OBJECT_0;
     }
 }
 
@@ -357,6 +425,7 @@ int sb_com_server_run(const char *endpoint)
     int rc = 1;
 
     InitializeCriticalSection(&srv.cs);
+    InitializeCriticalSection(&srv.life);
     srv.endpoint = endpoint;
     srv.exit_ev = CreateEventW(NULL, TRUE, FALSE, NULL);
     hr = CoInitializeEx(NULL, COINIT_MULTITHREADED);
@@ -393,13 +462,8 @@ int sb_com_server_run(const char *endpoint)
         goto out;
     }
     /* Until the last object goes; a relay nobody used does not linger. */
-    while (WaitForSingleObject(srv.exit_ev, srv.created == 0 ? START_IDLE_MS : INFINITE) ==
-           WAIT_TIMEOUT) {
-        if (srv.created == 0) {
-            InterlockedExchange(&srv.stopping, 1);
-            break;
-        }
-    }
+    while (!leaving(WaitForSingleObject(srv.exit_ev, srv.created == 0 ? START_IDLE_MS : INFINITE)))
+        ;
     rc = 0;
     sb_com__log("exiting");
 out:

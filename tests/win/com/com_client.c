@@ -5,6 +5,8 @@
  * follow a client that never ends (a hung event handler) or is killed.
  *
  *   com_client pub TOPIC PAYLOAD [N]        vtable Publish, N times: "ID n"
+ *   com_client renew TOPIC N                N times: create the object, Publish once,
+ *                                           release it: "ID n"
  *   com_client pubseq TOPIC N DEADLINE_MS   payloads k-0..k-(N-1), each retried
  *                                           until it gets an id: "OK i id"
  *   com_client disp-pub TOPIC PAYLOAD       IDispatch::Invoke: "ID n" / "EXC scode desc"
@@ -145,6 +147,28 @@ static int cmd_pub(const char *topic, const char *payload, int n)
     return 0;
 }
 
+/* Each object the only one: its release lets the relay go, and the next
+ * create comes while it may be stopping. */
+static int cmd_renew(const char *topic, int n)
+{
+    BSTR t = bstr(topic);
+    VARIANT p, h;
+    var_str(&p, "renewed");
+    var_missing(&h);
+    for (int i = 0; i < n; i++) {
+        IBroker *b = create(&CLSID_Broker);
+        double id = 0;
+        HRESULT hr = IBroker_Publish(b, t, p, h, &id);
+        if (FAILED(hr))
+            fail("Publish", hr);
+        out("ID %.0f\n", id);
+        IBroker_Release(b);
+    }
+    VariantClear(&p);
+    SysFreeString(t);
+    return 0;
+}
+
 static int cmd_pubseq(const char *topic, int n, int deadline_ms)
 {
     IBroker *b = create(&CLSID_Broker);
@@ -196,8 +220,7 @@ static HRESULT call(IDispatch *d, const wchar_t *name, WORD flags, VARIANT *args
     for (UINT i = 0; i < n; i++)
         rev[i] = args[n - 1 - i]; /* Invoke takes them last first */
     memset(ei, 0, sizeof *ei);
-    return IDispatch_Invoke(d, id, &IID_NULL, LOCALE_USER_DEFAULT, flags, &dp, result, ei,
-                            &argerr);
+    return IDispatch_Invoke(d, id, &IID_NULL, LOCALE_USER_DEFAULT, flags, &dp, result, ei, &argerr);
 }
 
 static void print_exc(const char *what, HRESULT hr, EXCEPINFO *ei)
@@ -263,8 +286,8 @@ static void print_payload(const char *what, IMessage *m)
     IMessage_get_Payload(m, &p);
     IMessage_get_Id(m, &id);
     IMessage_get_Attempt(m, &attempt);
-    out("%s %s %s %.0f %ld\n", what, utf8(topic), V_VT(&p) == VT_BSTR ? utf8(V_BSTR(&p)) : "(bytes)",
-        id, attempt);
+    out("%s %s %s %.0f %ld\n", what, utf8(topic),
+        V_VT(&p) == VT_BSTR ? utf8(V_BSTR(&p)) : "(bytes)", id, attempt);
     SysFreeString(topic);
     VariantClear(&p);
 }
@@ -382,8 +405,8 @@ static HRESULT WINAPI sink_ids(IDispatch *i, REFIID r, LPOLESTR *n, UINT c, LCID
     return E_NOTIMPL;
 }
 
-static HRESULT WINAPI sink_invoke(IDispatch *i, DISPID id, REFIID r, LCID l, WORD f,
-                                  DISPPARAMS *p, VARIANT *res, EXCEPINFO *ei, UINT *ae)
+static HRESULT WINAPI sink_invoke(IDispatch *i, DISPID id, REFIID r, LCID l, WORD f, DISPPARAMS *p,
+                                  VARIANT *res, EXCEPINFO *ei, UINT *ae)
 {
     long attempt;
     double mid;
@@ -452,8 +475,7 @@ static int cmd_events(const char *name, const char *filter, int count, const cha
     }
     if (timeout_ms > 0 && FAILED(hr = ISubscription_put_EventTimeout(s, timeout_ms)))
         fail("EventTimeout", hr);
-    if (FAILED(hr = ISubscription_QueryInterface(s, &IID_IConnectionPointContainer,
-                                                 (void **)&cpc)))
+    if (FAILED(hr = ISubscription_QueryInterface(s, &IID_IConnectionPointContainer, (void **)&cpc)))
         fail("QueryInterface(IConnectionPointContainer)", hr);
     if (FAILED(hr = IConnectionPointContainer_FindConnectionPoint(cpc, &DIID__ISubscriptionEvents,
                                                                   &cp)))
@@ -680,6 +702,8 @@ int main(int argc, char **argv)
     CoInitializeEx(NULL, COINIT_APARTMENTTHREADED);
     if (strcmp(cmd, "pub") == 0 && argc >= 4)
         rc = cmd_pub(argv[2], argv[3], argc > 4 ? atoi(argv[4]) : 1);
+    else if (strcmp(cmd, "renew") == 0 && argc == 4)
+        rc = cmd_renew(argv[2], atoi(argv[3]));
     else if (strcmp(cmd, "pubseq") == 0 && argc == 5)
         rc = cmd_pubseq(argv[2], atoi(argv[3]), atoi(argv[4]));
     else if (strcmp(cmd, "disp-pub") == 0 && argc == 4)

@@ -8,7 +8,8 @@
  * endpoint of the tests' own, and removed at the end).
  *
  * - Publish through the vtable and through IDispatch reaches a jsonl
- *   subscriber; jsonl publishes reach Pull, Wait and OnMessage events;
+ *   subscriber; a create while the relay stops (its last object just
+ *   released) works; jsonl publishes reach Pull, Wait and OnMessage events;
  * - a handler that raises an error: the message comes again (attempt 2);
  *   one that never returns: after EventTimeout the message goes to another
  *   consumer; a client that dies holding a message: it comes back at once
@@ -116,8 +117,8 @@ static char *wait_output(sbt_broker *b, const char *name, const char *needle, in
         if (s != NULL && sbt_count(s, needle) >= count)
             return s;
         if (sbt_now_ms() > deadline)
-            fail_msg("%s did not show \"%s\" %d time(s) within %d ms:\n%s", name, needle, count,
-                     ms, s != NULL ? s : "(missing)");
+            fail_msg("%s did not show \"%s\" %d time(s) within %d ms:\n%s", name, needle, count, ms,
+                     s != NULL ? s : "(missing)");
         free(s);
         sbt_poll_pause(20);
     }
@@ -215,6 +216,24 @@ static void test_publish(void **state)
     free(out);
 
     sbt_close(c);
+    sbt_broker_stop(b);
+    b->passed = 1;
+}
+
+/* A client that creates Switchboard.Broker as soon as the previous one
+ * released the relay's last object gets a working object every time,
+ * although that relay may be stopping: Windows starts another relay, and
+ * on Wine the stopping one takes the client back. */
+static void test_create_while_relay_stops(void **state)
+{
+    sbt_broker *b = *state;
+    char *out = NULL;
+
+    start(b, "com-renew", "fsync", NULL);
+    if (client(&out, "renew", "orders/renew", "30", NULL, NULL, NULL) != 0 ||
+        sbt_count(out, "ID ") != 30)
+        fail_msg("com_client renew: %s", out);
+    free(out);
     sbt_broker_stop(b);
     b->passed = 1;
 }
@@ -479,8 +498,7 @@ static void test_acl_user(void **state)
 /* ---- VBScript ---- */
 
 /* cscript //nologo SCRIPT args...: its exit code and output. */
-static int cscript(char **out, const char *script, const char *a1, const char *a2,
-                   const char *a3)
+static int cscript(char **out, const char *script, const char *a1, const char *a2, const char *a3)
 {
     char src[SBT_PATH_MAX], full[SBT_PATH_MAX];
     char *argv[] = {"cscript.exe", "//nologo", full, (char *)a1, (char *)a2, (char *)a3, NULL};
@@ -513,9 +531,9 @@ static void test_vbscript(void **state)
         m = sbt_next_msg(c, WAIT_MS);
         assert_string_equal(sbt_str(m, "topic"), "orders/vbs");
         assert_non_null(strstr(sbt_str(m, "payload"), "from VBScript"));
-        assert_string_equal(json_string_value(json_object_get(json_object_get(m, "headers"),
-                                                              "content-type")),
-                            "text/plain");
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(m, "headers"), "content-type")),
+            "text/plain");
         sbt_ack(c, "audit", sbt_int(m, "msg_id"));
         json_decref(m);
     }
@@ -549,6 +567,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_publish, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_create_while_relay_stops, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_pull_and_events, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_hung_and_dead_clients, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, sbt_setup, sbt_teardown),
