@@ -472,11 +472,13 @@ static void complete(sb_broker *b, sb_pending *p)
     }
     /* a protocol key deleted since (its session ended) is not brought back */
     last = p->key_seq == 0 || sb_broker__key_put_end(b, p->dedup_key, p->key_seq);
+    /* A duplicate too: the store has its key (a resend submitted before
+     * the first copy committed may be the last op on it). */
+    if (p->status == 0 && p->dedup_key != NULL && last)
+        dedup_add(b, p->dedup_key, p->dedup_expires_ms);
     if (p->status == 0 && !p->duplicate) {
         if (p->retain)
             retain_set(b, p->msg);
-        if (p->dedup_key != NULL && last)
-            dedup_add(b, p->dedup_key, p->dedup_expires_ms);
         b->published++;
         for (int c = 0; c < 3; c++)
             if (p->durability_mask & (1 << c))

@@ -782,8 +782,9 @@ static int handle_pubrel(mqtt_session *s, uint16_t pid)
 {
     char key[300];
     key_in(key, sizeof key, s, pid);
-    if (sb_broker_key_exists(s->broker, key))
-        sb_broker_key_delete(s->broker, key, 0);
+    /* whether or not the map has it yet: a resend of the PUBLISH still in
+     * flight may put it after this PUBREL's PUBCOMP frees the packet id */
+    sb_broker_key_delete(s->broker, key, 0);
     send_ack(s, SB_MQTT_PUBCOMP, pid);
     return 0;
 }

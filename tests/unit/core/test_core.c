@@ -586,6 +586,33 @@ static void test_publish_key_deleted_before_commit(void **state)
     }
 }
 
+/* An MQTT client re-sends a QoS 2 PUBLISH (DUP, after a fast reconnect)
+ * before its first copy commits: the resend is submitted too, and the
+ * store finds it a duplicate. The key is in the map as in the store, so
+ * the PUBREL deletes it and the next PUBLISH with that packet id is a new
+ * message, not a duplicate dropped until a restart. */
+static void test_publish_key_resent_before_commit(void **state)
+{
+    core_fx *f = *state;
+    fake_pub p, p2;
+
+    core_start(f, dedup_cfg);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/2", "q2", NULL, 0, "c/7/in/5"), 0);
+    assert_int_equal(fake_publish(&p2, f->b, NULL, "t/2", "q2", NULL, 0, "c/7/in/5"), 0);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_int_equal(core_pub_wait(f, &p2), 0);
+    assert_int_equal(p.queues, 1);
+    assert_int_equal(p2.queues, 0);
+    assert_true(sb_broker_key_exists(f->b, "c/7/in/5"));
+    sb_broker_key_delete(f->b, "c/7/in/5", 0); /* the PUBREL */
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/2", "q2 new", NULL, 0, "c/7/in/5"), 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_int_equal(p.queues, 1);
+    core_check_all(f);
+}
+
 static void test_dedup_window_ends(void **state)
 {
     static const char *const cfg = "adapters:\n"
@@ -1127,6 +1154,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dedup_drops_duplicates, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_keys_by_prefix, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_publish_key_deleted_before_commit, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_publish_key_resent_before_commit, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_dedup_window_ends, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_overflow_reject, core_setup, core_teardown),
