@@ -2345,12 +2345,21 @@ int sb_store_start(sb_store *s, uv_loop_t *loop, sb_error *err)
     return 0;
 }
 
+/* What sb_store_stop's last callbacks may still submit: the protocol
+ * state their publishes' completions owe (keys put and deleted), short
+ * ops; not an admin request's next step (a redrive's, one page after
+ * another), which a stop ends. */
+static int drain_runs(const sb_store_op *op)
+{
+    return op->type == SB_OP_KEY_PUT || op->type == SB_OP_KEY_DELETE;
+}
+
 int sb_store_submit(sb_store *s, sb_store_op *op)
 {
     if (s == NULL || op == NULL)
         return SB_EINVAL;
     uv_mutex_lock(&s->mu);
-    if (s->stopping && !s->draining) {
+    if (s->stopping && !(s->draining && drain_runs(op))) {
         uv_mutex_unlock(&s->mu);
         return SB_ESHUTDOWN;
     }
@@ -2438,11 +2447,11 @@ void sb_store_test_alloc_fail_after(sb_store *s, long n)
 }
 
 /* After the store thread ended: delivers its last completions, and runs
- * what they submit on this thread, until they submit nothing more. The
- * last publishes' completions record their consequences (a refused early
- * delivery's protocol state: the keys it deletes and those it puts), which
- * a graceful stop must not lose. Retries give up as the thread's do when
- * stopping. */
+ * the key ops they submit (drain_runs) on this thread, until they submit
+ * nothing more. The last publishes' completions record their consequences
+ * (a refused early delivery's protocol state: the keys it deletes and
+ * those it puts), which a graceful stop must not lose. Retries give up as
+ * the thread's do when stopping. */
 static void drain_rest(sb_store *s)
 {
     s->delivering++; /* a callback's sb_store_close leaves s to sb_store_stop */

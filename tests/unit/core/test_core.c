@@ -419,6 +419,50 @@ static void test_deadletter_redrive(void **state)
     json_decref(dlq);
 }
 
+static void on_admin_status(void *ctx, int status, void *result, const char *why)
+{
+    (void)why;
+    json_decref(result);
+    *(int *)ctx = status;
+}
+
+/* A stop while a redrive goes on ends it: what the stop's last
+ * completions submit is only the protocol state they owe, not the
+ * redrive's next step (on a large dead-letter queue, minutes of it on the
+ * loop thread while the service manager waits for the stop). The dead
+ * letters stay for the next redrive. */
+static void test_stop_ends_redrive(void **state)
+{
+    static const char *const cfg = "adapters:\n"
+                                   "  - {name: sink, type: exec, command: [fake]}\n"
+                                   "routes:\n"
+                                   "  - name: r\n"
+                                   "    from: t/#\n"
+                                   "    to: sink\n"
+                                   "    retry: {max_attempts: 1}\n";
+    core_fx *f = *state;
+    fake_adapter *sink;
+    sb_error err;
+    json_t *dlq;
+    int status = -1;
+
+    core_start(f, cfg);
+    sink = fake("sink");
+    core_publish_ok(f, NULL, "t/1", "poison", NULL);
+    CORE_WAIT(f, sink->log.count == 1);
+    fake_nack(&sink->log.recs[0], "rejected");
+    assert_int_equal(core_queue(f, "r:sink")->dead, 1);
+
+    sb_store_test_hold(f->b->store, 1); /* its first step is listed in the stop */
+    assert_int_equal(sb_broker_dlq_redrive(f->b, "r:sink", on_admin_status, &status, &err), 0);
+    core_stop(f);
+    assert_int_equal(status, SB_ESHUTDOWN);
+    core_start(f, cfg);
+    dlq = core_dlq(f, "r:sink");
+    assert_int_equal(dlq_count(dlq), 1);
+    json_decref(dlq);
+}
+
 /* ---- dedup ------------------------------------------------------------------ */
 
 static const char *const dedup_cfg = "adapters:\n"
@@ -1151,6 +1195,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_nack_backoff_then_deadletter, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_deadletter_redrive, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_stop_ends_redrive, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_dedup_drops_duplicates, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_keys_by_prefix, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_publish_key_deleted_before_commit, core_setup,
