@@ -2454,7 +2454,6 @@ void sb_store_test_alloc_fail_after(sb_store *s, long n)
  * the thread's do when stopping. */
 static void drain_rest(sb_store *s)
 {
-    s->delivering++; /* a callback's sb_store_close leaves s to sb_store_stop */
     uv_mutex_lock(&s->mu);
     s->draining = 1;
     uv_mutex_unlock(&s->mu);
@@ -2475,7 +2474,6 @@ static void drain_rest(sb_store *s)
             break;
         run_group(s, head, tail, n, sync);
     }
-    s->delivering--;
 }
 
 void sb_store_stop(sb_store *s)
@@ -2484,6 +2482,7 @@ void sb_store_stop(sb_store *s)
     if (s == NULL || s->stopped)
         return;
     s->stopped = 1;
+    s->delivering++; /* a callback's sb_store_close leaves s to us */
     uv_mutex_lock(&s->mu);
     s->stopping = 1;
     if (!s->started) {
@@ -2516,7 +2515,7 @@ void sb_store_stop(sb_store *s)
         uv_close((uv_handle_t *)s->async, on_async_closed);
         s->async = NULL;
     }
-    if (s->delivering == 0 && s->free_pending)
+    if (--s->delivering == 0 && s->free_pending)
         store_free(s); /* closed by a callback of the drain */
 }
 
@@ -2524,8 +2523,9 @@ void sb_store_close(sb_store *s)
 {
     if (s == NULL)
         return;
+    s->delivering++; /* a callback of the stop's drain may close s too */
     sb_store_stop(s);
-    if (s->delivering > 0) {
+    if (--s->delivering > 0) {
         s->free_pending = 1;
         return;
     }
