@@ -64,7 +64,7 @@
 #include "service/message.h"
 #include "service/topic.h"
 
-#define SB_STORE_SCHEMA_VERSION 3
+#define SB_STORE_SCHEMA_VERSION 4
 /* PRAGMA application_id of a Switchboard database: 'SBOX'. */
 #define SB_STORE_APPLICATION_ID 0x53424F58
 

@@ -1149,8 +1149,11 @@ static void test_refused_qos2_pubrel_owed(void **state)
 }
 
 /* A PUBREL owed as an earlier version recorded it (the key names the
- * packet id, not the message id) still comes on resume, before those of
- * the current form, and its PUBCOMP deletes it. */
+ * packet id, not the message id, in a database of schema version 3)
+ * still comes on resume, before those of the current form, and its
+ * PUBCOMP deletes it. The database is of version 4 from then on: a
+ * broker of version 3, which would take the new keys for packet ids,
+ * refuses it. */
 static void test_owed_pubrel_of_old_form(void **state)
 {
     sbt_broker *b = *state;
@@ -1175,6 +1178,7 @@ static void test_owed_pubrel_of_old_form(void **state)
     sbt_path(path, sizeof(path), b->data_dir, "switchboard.db");
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db,
+                                  "PRAGMA user_version = 3;"
                                   "INSERT INTO dedup(key, expires_ms) VALUES"
                                   " ('$mqtt' || char(10) || 'old-sub' || char(10) || 'owed', 0),"
                                   " ('$mqtt' || char(10) || 'old-sub' || char(10) || 'owed' ||"
@@ -1185,6 +1189,7 @@ static void test_owed_pubrel_of_old_form(void **state)
                      SQLITE_OK);
     assert_int_equal(sqlite3_close(db), SQLITE_OK);
     sbt_broker_start(b);
+    sbt_broker_wait_log(b, "migrated from schema version 3 to 4", 1, SBT_REPLY_MS);
 
     s = sbt_mq_client(port, &o, &sp);
     assert_int_equal(sp, 1);

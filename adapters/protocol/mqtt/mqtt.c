@@ -30,9 +30,11 @@
  * redelivery after a restart sends PUBREL, never the message again. A
  * message delivered before its commit that the store then refuses is
  * never redelivered: for a persistent session the refusal puts
- * "$mqtt\n<id>\nowed\n<packet id>" (then the mark "$mqtt\n<id>\nowed"),
- * so a resume sends PUBREL for that id, which the client may hold, until
- * PUBCOMP. A committed message costs no store operation for this.
+ * "$mqtt\n<id>\nowed\n<message id>" (20 digits; then the mark
+ * "$mqtt\n<id>\nowed"), so a resume sends PUBREL for its packet id, which
+ * the client may hold, until PUBCOMP (in the order of the PUBLISHes; keys
+ * naming the packet id, as schema version 3 wrote them, are read too).
+ * A committed message costs no store operation for this.
  */
 #include "adapters/stream_keys.h"
 #include "adapters/conn.h"
