@@ -1230,9 +1230,13 @@ int sb_broker_sub_get(sb_broker *b, const char *name, sb_sub_def *out)
  * change nothing. Each put takes a number from b->key_seq; a key with puts
  * in flight has a key_flight (b->key_flights) holding the number of the
  * last op on it (a delete takes one too), and a put's completion acts only
- * if that is its own. A publish's protocol key is such a put. */
+ * if that is its own. A publish's protocol key is such a put. A last put
+ * that failed (only while stopping) leaves the key as the puts before it
+ * since the last delete left it in the store. */
 typedef struct key_flight {
     uint64_t last; /* the number of the last op on the key */
+    uint64_t cut;  /* the number of the last delete */
+    int stored;    /* a put numbered after cut committed */
     unsigned puts; /* in flight; the key_flight goes with the last */
 } key_flight;
 
@@ -1251,13 +1255,17 @@ uint64_t sb_broker__key_put_begin(sb_broker *b, const char *key)
     return f->last = ++b->key_seq;
 }
 
-int sb_broker__key_put_end(sb_broker *b, const char *key, uint64_t seq)
+int sb_broker__key_put_end(sb_broker *b, const char *key, uint64_t seq, int ok, int *stored)
 {
     key_flight *f;
     int last;
+    *stored = ok;
     if (seq == 0)
         return 1; /* not numbered (out of memory at its put): it acts regardless */
     f = sb_map_get(&b->key_flights, key);
+    if (ok && seq > f->cut)
+        f->stored = 1;
+    *stored = f->stored;
     last = f->last == seq;
     if (--f->puts == 0)
         sb_free(sb_map_remove(&b->key_flights, key));
@@ -1271,7 +1279,6 @@ typedef struct key_op {
     sb_key_cb cb;
     void *ctx;
     uint64_t seq; /* sb_broker__key_put_begin */
-    int early;    /* in the map from the put on (sb_broker__key_put_known) */
 } key_op;
 
 int sb_broker__key_add(sb_broker *b, const char *key, int64_t expires_ms)
@@ -1304,8 +1311,11 @@ static void supersede_prefixed(const char *key, void *value, void *ctx)
     void **state = ctx;
     sb_broker *b = state[0];
     const char *prefix = state[1];
-    if (strncmp(key, prefix, strlen(prefix)) == 0)
-        ((key_flight *)value)->last = ++b->key_seq;
+    key_flight *f = value;
+    if (strncmp(key, prefix, strlen(prefix)) == 0) {
+        f->last = f->cut = ++b->key_seq;
+        f->stored = 0;
+    }
 }
 
 /* A delete of key (or of every key starting with it): puts in flight for
@@ -1318,18 +1328,21 @@ static void key_supersede(sb_broker *b, const char *key, int prefix)
         void *state[2] = {b, (void *)key};
         sb_map_each(&b->key_flights, supersede_prefixed, state);
     } else if ((f = sb_map_get(&b->key_flights, key)) != NULL) {
-        f->last = ++b->key_seq;
+        f->last = f->cut = ++b->key_seq;
+        f->stored = 0;
     }
 }
 
 static void on_key_done(sb_store_op *op, void *ctx)
 {
     key_op *k = ctx;
-    if (op->type == SB_OP_KEY_PUT && sb_broker__key_put_end(k->b, k->key, k->seq)) {
-        if (op->status == 0)
+    int stored;
+    if (op->type == SB_OP_KEY_PUT &&
+        sb_broker__key_put_end(k->b, k->key, k->seq, op->status == 0, &stored)) {
+        if (stored)
             key_remember(k->b, k->key);
-        else if (k->early)
-            sb_broker__key_forget(k->b, k->key); /* the store failed it */
+        else
+            sb_broker__key_forget(k->b, k->key); /* the store failed it (and those before) */
     }
     if (k->cb != NULL)
         k->cb(k->ctx, op->status);
@@ -1338,14 +1351,13 @@ static void on_key_done(sb_store_op *op, void *ctx)
 }
 
 static int key_submit(sb_broker *b, sb_store_op_type type, const char *key, int prefix,
-                      sb_key_cb cb, void *ctx, int early)
+                      sb_key_cb cb, void *ctx)
 {
     key_op *k = sb_calloc(1, sizeof(*k));
     if (k == NULL || (k->key = sb_strdup(key)) == NULL) {
         sb_free(k);
         return SB_ENOMEM;
     }
-    k->early = early;
     k->b = b;
     k->cb = cb;
     k->ctx = ctx;
@@ -1370,7 +1382,7 @@ int sb_broker_key_put(sb_broker *b, const char *key, sb_key_cb cb, void *ctx)
 {
     if (b->store == NULL)
         return SB_ESHUTDOWN; /* a session agent keeps no protocol state */
-    return key_submit(b, SB_OP_KEY_PUT, key, 0, cb, ctx, 0);
+    return key_submit(b, SB_OP_KEY_PUT, key, 0, cb, ctx);
 }
 
 int sb_broker__key_put_known(sb_broker *b, const char *key)
@@ -1378,7 +1390,7 @@ int sb_broker__key_put_known(sb_broker *b, const char *key)
     int rc;
     if (b->store == NULL)
         return SB_ESHUTDOWN;
-    if ((rc = key_submit(b, SB_OP_KEY_PUT, key, 0, NULL, NULL, 1)) == 0)
+    if ((rc = key_submit(b, SB_OP_KEY_PUT, key, 0, NULL, NULL)) == 0)
         key_remember(b, key);
     return rc;
 }
@@ -1430,7 +1442,7 @@ void sb_broker_key_delete(sb_broker *b, const char *key, int prefix)
         sb_broker__key_forget(b, key);
     }
     key_supersede(b, key, prefix);
-    if (key_submit(b, SB_OP_KEY_DELETE, key, prefix, NULL, NULL, 0) != 0)
+    if (key_submit(b, SB_OP_KEY_DELETE, key, prefix, NULL, NULL) != 0)
         sb_errlog(NULL, "cannot delete protocol state %s (out of memory or stopping)", key);
 }
 

@@ -158,9 +158,11 @@ int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
 /* Numbers a put of key just submitted to the store (a key op, or a
  * publish's protocol key) as the last op on key; 0 out of memory. */
 uint64_t sb_broker__key_put_begin(sb_broker *b, const char *key);
-/* That put completed: 1 if it is still the last op on key, so that its
- * outcome may change the map of keys (1 also for seq 0), else 0. */
-int sb_broker__key_put_end(sb_broker *b, const char *key, uint64_t seq);
+/* That put completed (ok: committed): 1 if it is still the last op on
+ * key, so that its outcome may change the map of keys (1 also for seq 0),
+ * else 0. *stored: whether the store now has key (this put, or one before
+ * it since the last delete, committed). */
+int sb_broker__key_put_end(sb_broker *b, const char *key, uint64_t seq, int ok, int *stored);
 /* Sets key in the map of keys (dedup) with its expiry (0: a protocol key,
  * which never expires and is indexed for sb_broker_key_each); 0 or
  * SB_ENOMEM (then the map is as before, but for a key that was there). */

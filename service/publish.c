@@ -422,7 +422,7 @@ void sb_broker__entry_gone(sb_entry *e)
 
 static void complete(sb_broker *b, sb_pending *p)
 {
-    int last;
+    int last = 0, stored = 0;
     /* Refused at commit (the store failed the group): counted like the
      * publishes refused before reaching the store. */
     if (p->status != 0 && p->status != SB_ESHUTDOWN)
@@ -471,10 +471,11 @@ static void complete(sb_broker *b, sb_pending *p)
             sb_queue__close(q); /* deferred close of a deleted queue */
     }
     /* a protocol key deleted since (its session ended) is not brought back */
-    last = p->key_seq == 0 || sb_broker__key_put_end(b, p->dedup_key, p->key_seq);
+    if (p->dedup_key != NULL)
+        last = sb_broker__key_put_end(b, p->dedup_key, p->key_seq, p->status == 0, &stored);
     /* A duplicate too: the store has its key (a resend submitted before
      * the first copy committed may be the last op on it). */
-    if (p->status == 0 && p->dedup_key != NULL && last)
+    if (last && stored)
         dedup_add(b, p->dedup_key, p->dedup_expires_ms);
     if (p->status == 0 && !p->duplicate) {
         if (p->retain)

@@ -657,6 +657,47 @@ static void test_publish_key_resent_before_commit(void **state)
     core_check_all(f);
 }
 
+typedef struct put_check {
+    sb_broker *b;
+    const char *key;
+    int status;
+    int exists; /* the key in the map when the put completed */
+} put_check;
+
+static void on_put_checked(void *ctx, int status)
+{
+    put_check *c = ctx;
+    c->status = status;
+    c->exists = sb_broker_key_exists(c->b, c->key);
+}
+
+/* A key put at once (a PUBREL owed) and put again, both failed by the
+ * store (a stop gives up on them while the disk is full): the key is not
+ * in the map, as not in the store, once the last of them completes. */
+static void test_failed_puts_forget_known_key(void **state)
+{
+    core_fx *f = *state;
+    char key[6000];
+    put_check c = {NULL, key, 0, -1};
+
+    /* a key too long for a page: its put needs pages the store has not */
+    snprintf(key, sizeof key, "c/9/owed/%05990d", 1);
+    core_start(f, dedup_cfg);
+    core_stop(f);
+    f->broker_extra = "  store: {max_db_bytes: 4KiB}\n"; /* no more than it has */
+    core_start(f, dedup_cfg);
+    c.b = f->b;
+    assert_int_equal(sb_broker__key_put_known(f->b, key), 0);
+    assert_true(sb_broker_key_exists(f->b, key));
+    assert_int_equal(sb_broker_key_put(f->b, key, on_put_checked, &c), 0);
+    core_stop(f); /* which gives up on the puts */
+    assert_int_equal(c.status, SB_ENOSPC);
+    assert_false(c.exists);
+    f->broker_extra = NULL;
+    core_start(f, dedup_cfg);
+    assert_false(sb_broker_key_exists(f->b, key));
+}
+
 static void test_dedup_window_ends(void **state)
 {
     static const char *const cfg = "adapters:\n"
@@ -1201,6 +1242,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_publish_key_deleted_before_commit, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_publish_key_resent_before_commit, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_failed_puts_forget_known_key, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_dedup_window_ends, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_overflow_reject, core_setup, core_teardown),
