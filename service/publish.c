@@ -470,11 +470,13 @@ static void complete(sb_broker *b, sb_pending *p)
         if (!q->live && q->pending == 0)
             sb_queue__close(q); /* deferred close of a deleted queue */
     }
-    /* a protocol key deleted since (its session ended) is not brought back */
+    /* A protocol key deleted since (its session ended) is not brought
+     * back. A duplicate's is in the store (a resend submitted before the
+     * first copy committed may be the last op on it); a dedup window
+     * stays as its first copy set it. */
+    stored = p->status == 0 && (p->key_seq != 0 || !p->duplicate);
     if (p->dedup_key != NULL)
-        last = sb_broker__key_put_end(b, p->dedup_key, p->key_seq, p->status == 0, &stored);
-    /* A duplicate too: the store has its key (a resend submitted before
-     * the first copy committed may be the last op on it). */
+        last = sb_broker__key_put_end(b, p->dedup_key, p->key_seq, stored, &stored);
     if (last && stored)
         dedup_add(b, p->dedup_key, p->dedup_expires_ms);
     if (p->status == 0 && !p->duplicate) {
