@@ -1224,35 +1224,125 @@ int sb_broker_sub_get(sb_broker *b, const char *name, sb_sub_def *out)
 
 /* ---- protocol state: keys and sessions ---- */
 
+/* A key op's effect on the map of keys is decided by order, not by when
+ * its commit completes: the store runs ops in the order submitted, so a
+ * put whose completion comes after a later delete (or put) of its key must
+ * change nothing. Each put takes a number from b->key_seq; a key with puts
+ * in flight has a key_flight (b->key_flights) holding the number of the
+ * last op on it (a delete takes one too), and a put's completion acts only
+ * if that is its own. A publish's protocol key is such a put. A last put
+ * that failed (only while stopping) leaves the key as the puts before it
+ * since the last delete left it in the store. */
+typedef struct key_flight {
+    uint64_t last; /* the number of the last op on the key */
+    uint64_t cut;  /* the number of the last delete */
+    int stored;    /* a put numbered after cut committed */
+    unsigned puts; /* in flight; the key_flight goes with the last */
+} key_flight;
+
+uint64_t sb_broker__key_put_begin(sb_broker *b, const char *key)
+{
+    key_flight *f = sb_map_get(&b->key_flights, key);
+    if (f == NULL) {
+        if ((f = sb_calloc(1, sizeof(*f))) == NULL)
+            return 0;
+        if (sb_map_put(&b->key_flights, key, f, NULL) != 0) {
+            sb_free(f);
+            return 0;
+        }
+    }
+    f->puts++;
+    return f->last = ++b->key_seq;
+}
+
+int sb_broker__key_put_end(sb_broker *b, const char *key, uint64_t seq, int ok, int *stored)
+{
+    key_flight *f;
+    int last;
+    *stored = ok;
+    if (seq == 0)
+        return 1; /* not numbered (out of memory at its put): it acts regardless */
+    f = sb_map_get(&b->key_flights, key);
+    if (ok && seq > f->cut)
+        f->stored = 1;
+    *stored = f->stored;
+    last = f->last == seq;
+    if (--f->puts == 0)
+        sb_free(sb_map_remove(&b->key_flights, key));
+    return last;
+}
+
 typedef struct key_op {
     sb_store_op op;
     sb_broker *b;
     char *key;
     sb_key_cb cb;
     void *ctx;
-    int known; /* a put whose key is in the map already (sb_broker__key_put_known) */
+    uint64_t seq; /* sb_broker__key_put_begin */
 } key_op;
 
-static void key_remember(sb_broker *b, const char *key)
+int sb_broker__key_add(sb_broker *b, const char *key, int64_t expires_ms)
 {
     int64_t *exp = sb_malloc(sizeof(*exp));
     void *old = NULL;
-    if (exp != NULL) {
-        *exp = 0;
-        if (sb_map_put(&b->dedup, key, exp, &old) != 0)
-            sb_free(exp);
-        sb_free(old);
+    if (exp == NULL || (expires_ms == 0 && sb_keyset_add(&b->key_index, key) != 0))
+        goto nomem;
+    *exp = expires_ms;
+    if (sb_map_put(&b->dedup, key, exp, &old) != 0) {
+        if (expires_ms == 0 && !sb_map_get(&b->dedup, key))
+            sb_keyset_remove(&b->key_index, key);
+        goto nomem;
+    }
+    sb_free(old);
+    return 0;
+nomem:
+    sb_free(exp);
+    return SB_ENOMEM;
+}
+
+static void key_remember(sb_broker *b, const char *key)
+{
+    if (sb_broker__key_add(b, key, 0) != 0)
+        sb_errlog(NULL, "out of memory keeping protocol state %s", key);
+}
+
+static void supersede_prefixed(const char *key, void *value, void *ctx)
+{
+    void **state = ctx;
+    sb_broker *b = state[0];
+    const char *prefix = state[1];
+    key_flight *f = value;
+    if (strncmp(key, prefix, strlen(prefix)) == 0) {
+        f->last = f->cut = ++b->key_seq;
+        f->stored = 0;
+    }
+}
+
+/* A delete of key (or of every key starting with it): puts in flight for
+ * it are no longer the last op on their key. Walks the keys with puts in
+ * flight for a prefix: few (they wait for their commit), and rare. */
+static void key_supersede(sb_broker *b, const char *key, int prefix)
+{
+    key_flight *f;
+    if (prefix) {
+        void *state[2] = {b, (void *)key};
+        sb_map_each(&b->key_flights, supersede_prefixed, state);
+    } else if ((f = sb_map_get(&b->key_flights, key)) != NULL) {
+        f->last = f->cut = ++b->key_seq;
+        f->stored = 0;
     }
 }
 
 static void on_key_done(sb_store_op *op, void *ctx)
 {
     key_op *k = ctx;
-    if (op->type == SB_OP_KEY_PUT && k->known) {
-        if (op->status != 0)
-            sb_broker__key_forget(k->b, k->key);
-    } else if (op->status == 0 && op->type == SB_OP_KEY_PUT) {
-        key_remember(k->b, k->key);
+    int stored;
+    if (op->type == SB_OP_KEY_PUT &&
+        sb_broker__key_put_end(k->b, k->key, k->seq, op->status == 0, &stored)) {
+        if (stored)
+            key_remember(k->b, k->key);
+        else
+            sb_broker__key_forget(k->b, k->key); /* the store failed it (and those before) */
     }
     if (k->cb != NULL)
         k->cb(k->ctx, op->status);
@@ -1261,14 +1351,13 @@ static void on_key_done(sb_store_op *op, void *ctx)
 }
 
 static int key_submit(sb_broker *b, sb_store_op_type type, const char *key, int prefix,
-                      sb_key_cb cb, void *ctx, int known)
+                      sb_key_cb cb, void *ctx)
 {
     key_op *k = sb_calloc(1, sizeof(*k));
     if (k == NULL || (k->key = sb_strdup(key)) == NULL) {
         sb_free(k);
         return SB_ENOMEM;
     }
-    k->known = known;
     k->b = b;
     k->cb = cb;
     k->ctx = ctx;
@@ -1283,6 +1372,9 @@ static int key_submit(sb_broker *b, sb_store_op_type type, const char *key, int 
         sb_free(k);
         return SB_ESHUTDOWN;
     }
+    /* (its completion runs on this thread, later) */
+    if (type == SB_OP_KEY_PUT)
+        k->seq = sb_broker__key_put_begin(b, key);
     return 0;
 }
 
@@ -1290,7 +1382,7 @@ int sb_broker_key_put(sb_broker *b, const char *key, sb_key_cb cb, void *ctx)
 {
     if (b->store == NULL)
         return SB_ESHUTDOWN; /* a session agent keeps no protocol state */
-    return key_submit(b, SB_OP_KEY_PUT, key, 0, cb, ctx, 0);
+    return key_submit(b, SB_OP_KEY_PUT, key, 0, cb, ctx);
 }
 
 int sb_broker__key_put_known(sb_broker *b, const char *key)
@@ -1298,7 +1390,7 @@ int sb_broker__key_put_known(sb_broker *b, const char *key)
     int rc;
     if (b->store == NULL)
         return SB_ESHUTDOWN;
-    if ((rc = key_submit(b, SB_OP_KEY_PUT, key, 0, NULL, NULL, 1)) == 0)
+    if ((rc = key_submit(b, SB_OP_KEY_PUT, key, 0, NULL, NULL)) == 0)
         key_remember(b, key);
     return rc;
 }
@@ -1310,29 +1402,14 @@ int sb_broker_key_exists(sb_broker *b, const char *key)
 
 void sb_broker__key_forget(sb_broker *b, const char *key)
 {
+    sb_keyset_remove(&b->key_index, key);
     sb_free(sb_map_remove(&b->dedup, key));
-}
-
-typedef struct key_walk {
-    const char *prefix;
-    size_t len;
-    void (*cb)(const char *key, void *ctx);
-    void *ctx;
-} key_walk;
-
-static void walk_prefixed(const char *key, void *value, void *ctx)
-{
-    key_walk *w = ctx;
-    (void)value;
-    if (strncmp(key, w->prefix, w->len) == 0)
-        w->cb(key, w->ctx);
 }
 
 void sb_broker_key_each(sb_broker *b, const char *prefix, void (*cb)(const char *key, void *ctx),
                         void *ctx)
 {
-    key_walk w = {prefix, strlen(prefix), cb, ctx};
-    sb_map_each(&b->dedup, walk_prefixed, &w);
+    sb_keyset_each(&b->key_index, prefix, cb, ctx);
 }
 
 typedef struct key_list {
@@ -1357,14 +1434,15 @@ void sb_broker_key_delete(sb_broker *b, const char *key, int prefix)
         key_list l = {NULL, 0};
         sb_broker_key_each(b, key, collect_key, &l); /* not removed while walked */
         for (size_t i = 0; i < l.n; i++) {
-            sb_free(sb_map_remove(&b->dedup, l.keys[i]));
+            sb_broker__key_forget(b, l.keys[i]);
             sb_free(l.keys[i]);
         }
         sb_free(l.keys);
     } else {
-        sb_free(sb_map_remove(&b->dedup, key));
+        sb_broker__key_forget(b, key);
     }
-    if (key_submit(b, SB_OP_KEY_DELETE, key, prefix, NULL, NULL, 0) != 0)
+    key_supersede(b, key, prefix);
+    if (key_submit(b, SB_OP_KEY_DELETE, key, prefix, NULL, NULL) != 0)
         sb_errlog(NULL, "cannot delete protocol state %s (out of memory or stopping)", key);
 }
 
@@ -1932,6 +2010,7 @@ static void on_housekeeping(uv_timer_t *t)
         sb_map_each(&b->dedup, collect_expired_dedup, state);
         for (size_t i = 0; i < n; i++) {
             sb_free(sb_map_remove(&b->dedup, keys[i]));
+            sb_keyset_remove(&b->key_index, keys[i]); /* (a protocol key's name reused) */
             sb_free(keys[i]);
         }
         sb_free(keys);
@@ -1987,6 +2066,9 @@ void sb_broker_free(sb_broker *b)
     sb_subindex_clear(&b->retained_topics);
     sb_map_each(&b->dedup, free_dedup, NULL);
     sb_map_clear(&b->dedup);
+    sb_map_each(&b->key_flights, free_dedup, NULL);
+    sb_map_clear(&b->key_flights);
+    sb_keyset_clear(&b->key_index);
     sb_map_clear(&b->queues_by_name);
     sb_map_clear(&b->queues_by_id);
     sb_subindex_clear(&b->routing);

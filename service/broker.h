@@ -261,7 +261,10 @@ const struct sb_auth *sb_broker_auth(sb_broker *b);
 
 /* Keys a protocol keeps in the store across restarts (MQTT: QoS 2 messages
  * released but not completed). put calls cb(ctx, status) once the key is
- * committed (fsync); returns 0 or SB_ESHUTDOWN / SB_ENOMEM (cb not called). */
+ * committed (fsync); returns 0 or SB_ESHUTDOWN / SB_ENOMEM (cb not called).
+ * A key exists once its put committed, unless a delete (or another put) of
+ * it was called after that put: the last op called wins, whenever the
+ * commits complete. */
 typedef void (*sb_key_cb)(void *ctx, int status);
 int sb_broker_key_put(sb_broker *b, const char *key, sb_key_cb cb, void *ctx);
 int sb_broker_key_exists(sb_broker *b, const char *key);
@@ -279,7 +282,8 @@ int sb_delivery_key_put(sb_broker *b, sb_delivery *d, const char *key, sb_key_cb
 int sb_delivery_keys_if_refused(sb_broker *b, sb_delivery *d, const char *const *keys,
                                 size_t count);
 /* Calls cb for each key starting with prefix (an sb_broker_key_put
- * committed, not deleted since). Walks every key: for rare state. */
+ * committed, not deleted since), in byte order; costs the keys found, not
+ * all keys (an index). cb may not put or delete keys. */
 void sb_broker_key_each(sb_broker *b, const char *prefix, void (*cb)(const char *key, void *ctx),
                         void *ctx);
 

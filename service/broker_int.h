@@ -7,6 +7,7 @@
 
 #include "service/adapter.h"
 #include "service/broker.h"
+#include "service/keyset.h"
 #include "service/map.h"
 #include "service/pool.h"
 #include "service/queue_int.h"
@@ -38,6 +39,7 @@ typedef struct sb_pending {
     int retain;
     char *dedup_key;
     int64_t dedup_expires_ms;
+    uint64_t key_seq;    /* a protocol key's put (sb_broker__key_put_begin) */
     int durability_mask; /* bit per sb_durability of the queues */
     int done;
     int status;
@@ -118,6 +120,9 @@ struct sb_broker {
     sb_subindex retained_topics;  /* the same, for filters (sb_subindex_match_filter) */
     uint64_t retained_gen;        /* per lookup: a value is taken once (sb_retained.gen) */
     sb_map dedup;                 /* key -> int64_t* expiry (0: never) */
+    sb_keyset key_index;          /* the keys of dedup that never expire, in order */
+    sb_map key_flights;           /* protocol key -> its puts in flight (broker.c) */
+    uint64_t key_seq;             /* numbers the protocol key ops (broker.c) */
     sb_map sessions;              /* client session name -> its owner (sb_broker_session_swap) */
     struct sb_auth *auth;         /* broker.auth, or NULL */
     struct sb_auth_old *old_auth; /* replaced by reloads; freed with the broker */
@@ -150,11 +155,23 @@ struct sb_broker {
 /* publish.c */
 int sb_broker__load_retained(void *ctx, sb_message *msg);
 int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms);
+/* Numbers a put of key just submitted to the store (a key op, or a
+ * publish's protocol key) as the last op on key; 0 out of memory. */
+uint64_t sb_broker__key_put_begin(sb_broker *b, const char *key);
+/* That put completed (ok: committed): 1 if it is still the last op on
+ * key, so that its outcome may change the map of keys (1 also for seq 0),
+ * else 0. *stored: whether the store now has key (this put, or one before
+ * it since the last delete, committed). */
+int sb_broker__key_put_end(sb_broker *b, const char *key, uint64_t seq, int ok, int *stored);
+/* Sets key in the map of keys (dedup) with its expiry (0: a protocol key,
+ * which never expires and is indexed for sb_broker_key_each); 0 or
+ * SB_ENOMEM (then the map is as before, but for a key that was there). */
+int sb_broker__key_add(sb_broker *b, const char *key, int64_t expires_ms);
 /* Removes key from the map of keys only (its store delete is on its way). */
 void sb_broker__key_forget(sb_broker *b, const char *key);
-/* Puts key in the map of keys at once and in the store: a delete that
- * comes before the put's commit is not undone by it (a put whose key may
- * be deleted while it commits). Forgotten again if the store fails it. */
+/* Puts key in the map of keys at once and in the store (state a client
+ * needs from now on, e.g. a PUBREL owed); forgotten again if the store
+ * fails it, unless another op on the key came since. */
 int sb_broker__key_put_known(sb_broker *b, const char *key);
 void sb_broker__drain_pending(sb_broker *b);
 void sb_broker__arm_flush(sb_broker *b);

@@ -219,14 +219,8 @@ static int dedup_seen(sb_broker *b, const char *key, int64_t now)
 
 static void dedup_add(sb_broker *b, const char *key, int64_t expires)
 {
-    int64_t *exp = sb_malloc(sizeof(*exp));
-    void *old = NULL;
-    if (exp == NULL)
-        return;
-    *exp = expires;
-    if (sb_map_put(&b->dedup, key, exp, &old) != 0)
-        sb_free(exp);
-    sb_free(old);
+    if (sb_broker__key_add(b, key, expires) != 0)
+        sb_errlog(NULL, "out of memory keeping the key %s", key);
 }
 
 /* ---- pending publishes ---- */
@@ -246,25 +240,12 @@ static int reserve_entries(sb_broker *b, sb_pending *p)
 
 /* Protocol state of an early delivery: a key put now and deleted if the
  * store refuses the message, or one put only then (sb_delivery_key_put,
- * sb_delivery_keys_if_refused). Shared by the pending publish and a put
- * still in flight, whose completion would otherwise add a key the refusal
- * deleted back to the map of keys. */
+ * sb_delivery_keys_if_refused). */
 typedef struct sb_pending_key {
     struct sb_pending_key *next;
-    sb_broker *broker;
-    sb_key_cb cb; /* the put's caller */
-    void *ctx;
-    int refs;       /* the pending publish, the put in flight */
-    int refused;    /* the store refused the message */
     int if_refused; /* put only if the store refuses the message */
     char key[];
 } sb_pending_key;
-
-static void pending_key_unref(sb_pending_key *k)
-{
-    if (--k->refs == 0)
-        sb_free(k);
-}
 
 /* Frees p; into b's free lists, or with sb_free when b is NULL (a batch of
  * retained values never queued). */
@@ -273,7 +254,7 @@ static void pending_free(sb_broker *b, sb_pending *p)
     while (p->keys != NULL) {
         sb_pending_key *k = p->keys;
         p->keys = k->next;
-        pending_key_unref(k);
+        sb_free(k);
     }
     while (p->spare != NULL) {
         sb_entry *e = p->spare;
@@ -370,26 +351,12 @@ static sb_pending *pending_of(const sb_delivery *d)
     return d->entry != NULL ? d->entry->pending : d->pending;
 }
 
-static sb_pending_key *pending_key_new(sb_broker *b, const char *key)
+static sb_pending_key *pending_key_new(const char *key)
 {
     sb_pending_key *k = sb_calloc(1, sizeof(*k) + strlen(key) + 1);
-    if (k != NULL) {
-        k->broker = b;
+    if (k != NULL)
         strcpy(k->key, key);
-    }
     return k;
-}
-
-static void on_pending_key_put(void *ctx, int status)
-{
-    sb_pending_key *k = ctx;
-    /* The refusal came first and deleted the key, which the put (submitted
-     * before the delete) has just added to the map again: not there. */
-    if (k->refused && status == 0)
-        sb_broker__key_forget(k->broker, k->key);
-    if (k->cb != NULL)
-        k->cb(k->ctx, status);
-    pending_key_unref(k);
 }
 
 int sb_delivery_key_put(sb_broker *b, sb_delivery *d, const char *key, sb_key_cb cb, void *ctx)
@@ -399,15 +366,12 @@ int sb_delivery_key_put(sb_broker *b, sb_delivery *d, const char *key, sb_key_cb
     int rc;
     if (p == NULL)
         return sb_broker_key_put(b, key, cb, ctx);
-    if ((k = pending_key_new(b, key)) == NULL)
+    if ((k = pending_key_new(key)) == NULL)
         return SB_ENOMEM;
-    k->cb = cb;
-    k->ctx = ctx;
-    if ((rc = sb_broker_key_put(b, key, on_pending_key_put, k)) != 0) {
+    if ((rc = sb_broker_key_put(b, key, cb, ctx)) != 0) {
         sb_free(k);
         return rc;
     }
-    k->refs = 2;
     k->next = p->keys;
     p->keys = k;
     return 0;
@@ -418,11 +382,10 @@ int sb_delivery_keys_if_refused(sb_broker *b, sb_delivery *d, const char *const 
     sb_pending *p = pending_of(d);
     /* prepended last first: put in the order given */
     for (size_t i = count; p != NULL && i-- > 0;) {
-        sb_pending_key *k = pending_key_new(b, keys[i]);
+        sb_pending_key *k = pending_key_new(keys[i]);
         if (k == NULL)
             return SB_ENOMEM;
         k->if_refused = 1;
-        k->refs = 1;
         k->next = p->keys;
         p->keys = k;
     }
@@ -459,6 +422,7 @@ void sb_broker__entry_gone(sb_entry *e)
 
 static void complete(sb_broker *b, sb_pending *p)
 {
+    int last = 0, stored = 0;
     /* Refused at commit (the store failed the group): counted like the
      * publishes refused before reaching the store. */
     if (p->status != 0 && p->status != SB_ESHUTDOWN)
@@ -480,10 +444,8 @@ static void complete(sb_broker *b, sb_pending *p)
         d->pending = NULL;
         d->withdrawn = p->status != 0;
     }
-    /* (the store deletes after a put submitted before; on_pending_key_put
-     * keeps that put's completion from adding the key to the map again) */
+    /* (a put still in flight adds nothing once its key is deleted) */
     for (sb_pending_key *k = p->keys; k != NULL && p->status != 0; k = k->next) {
-        k->refused = 1;
         if (!k->if_refused)
             sb_broker_key_delete(b, k->key, 0);
         else if (sb_broker__key_put_known(b, k->key) != 0)
@@ -508,11 +470,18 @@ static void complete(sb_broker *b, sb_pending *p)
         if (!q->live && q->pending == 0)
             sb_queue__close(q); /* deferred close of a deleted queue */
     }
+    /* A protocol key deleted since (its session ended) is not brought
+     * back. A duplicate's is in the store (a resend submitted before the
+     * first copy committed may be the last op on it); a dedup window
+     * stays as its first copy set it. */
+    stored = p->status == 0 && (p->key_seq != 0 || !p->duplicate);
+    if (p->dedup_key != NULL)
+        last = sb_broker__key_put_end(b, p->dedup_key, p->key_seq, stored, &stored);
+    if (last && stored)
+        dedup_add(b, p->dedup_key, p->dedup_expires_ms);
     if (p->status == 0 && !p->duplicate) {
         if (p->retain)
             retain_set(b, p->msg);
-        if (p->dedup_key != NULL)
-            dedup_add(b, p->dedup_key, p->dedup_expires_ms);
         b->published++;
         for (int c = 0; c < 3; c++)
             if (p->durability_mask & (1 << c))
@@ -862,6 +831,8 @@ int sb_broker_publish(sb_broker *b, sb_message *msg, const sb_publish_opts *opts
         p->why = sb_strdup("broker is shutting down");
         sb_broker__arm_flush(b);
     } else {
+        if (opts != NULL && opts->dedup_key != NULL)
+            p->key_seq = sb_broker__key_put_begin(b, p->dedup_key);
         append_early(b, p);
     }
     return 0;
@@ -1026,6 +997,5 @@ int sb_broker__load_retained(void *ctx, sb_message *msg)
 
 int sb_broker__load_dedup(void *ctx, const char *key, int64_t expires_ms)
 {
-    dedup_add(ctx, key, expires_ms);
-    return 0;
+    return sb_broker__key_add(ctx, key, expires_ms);
 }

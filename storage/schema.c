@@ -30,6 +30,13 @@
  *   Start-up reads a row per queue instead of counting the (queue_id,
  *   msg_id) index, which grows with the backlog. The conversion counts
  *   every stored entry once (convert_v3, logged: it reads the backlog).
+ *
+ * Version 4: no table changes; a protocol key's form. The MQTT adapter's
+ * key for a PUBREL owed, "$mqtt\n<client>\nowed\n<id>", names the
+ * message's id in 20 digits instead of its packet id. This broker reads
+ * both forms; one of version 3 would take the new id for a packet id (a
+ * wrong PUBREL on every resume, the key never deleted), so it must refuse
+ * a database this one wrote, as it does one of a newer version.
  */
 #include "storage/schema_int.h"
 
@@ -52,7 +59,7 @@ typedef struct mig_ctx {
 
 typedef struct migration {
     int version;
-    const char *sql; /* run first */
+    const char *sql; /* run first, if not NULL */
     /* then this, if not NULL and the database had data (version > 0):
      * returns 0 or an SB_E* code with err set */
     int (*convert)(const mig_ctx *c, sb_error *err);
@@ -93,6 +100,7 @@ static const migration migrations[] = {
      "CREATE TABLE queue_counts(queue_id INTEGER PRIMARY KEY, entries INTEGER NOT NULL,"
      " bytes INTEGER NOT NULL);",
      convert_v3, NULL},
+    {4, NULL, NULL, NULL},
 };
 
 #define MIGRATION_COUNT (sizeof(migrations) / sizeof(migrations[0]))
@@ -397,7 +405,7 @@ int sb_store__schema_migrate(sqlite3 *db, const char *path, int from_version, sb
         if (m->version <= from_version)
             continue;
         snprintf(step, sizeof(step), "creating the tables of version %d", m->version);
-        rc = exec_step(&c, m->sql, step, err);
+        rc = m->sql != NULL ? exec_step(&c, m->sql, step, err) : 0;
         /* a new database has no rows to convert */
         if (rc == 0 && m->convert != NULL && from_version > 0)
             rc = m->convert(&c, err);

@@ -297,6 +297,7 @@ struct sb_store {
 
     /* Under mu. */
     int stopping;
+    int draining; /* stopping, yet the final callbacks may submit (drain_rest) */
     sb_store_op *q_head, *q_tail; /* submitted, not yet taken */
     size_t q_count;
     size_t q_sync; /* of which with `sync` set */
@@ -2135,6 +2136,22 @@ static size_t take_ops(sb_store *s, sb_store_op **head, sb_store_op **tail, size
     return n;
 }
 
+/* Takes the ops kept for a retry, which go first in the next group.
+ * Under mu. */
+static size_t take_retried(sb_store *s, sb_store_op **head, sb_store_op **tail, int *sync)
+{
+    size_t n = s->retry_count;
+    if (s->retry_head == NULL)
+        return 0;
+    *head = s->retry_head;
+    *tail = s->retry_tail;
+    s->retry_head = s->retry_tail = NULL;
+    s->retry_count = 0;
+    for (sb_store_op *op = *head; op != NULL; op = op->next)
+        *sync |= op->sync != 0;
+    return n;
+}
+
 static void store_thread(void *arg)
 {
     sb_store *s = arg;
@@ -2200,15 +2217,7 @@ static void store_thread(void *arg)
             }
             s->waiting = 0;
         }
-        if (s->retry_head != NULL) {
-            head = s->retry_head;
-            tail = s->retry_tail;
-            n = s->retry_count;
-            s->retry_head = s->retry_tail = NULL;
-            s->retry_count = 0;
-            for (sb_store_op *op = head; op != NULL; op = op->next)
-                sync |= op->sync != 0;
-        }
+        n = take_retried(s, &head, &tail, &sync);
         if (!s->retry_alone && n < max) {
             n += take_ops(s, &head, &tail, max - n, &sync);
             if (s->max_delay_us > 0 && n < max && !s->stopping) {
@@ -2336,12 +2345,21 @@ int sb_store_start(sb_store *s, uv_loop_t *loop, sb_error *err)
     return 0;
 }
 
+/* What sb_store_stop's last callbacks may still submit: the protocol
+ * state their publishes' completions owe (keys put and deleted), short
+ * ops; not an admin request's next step (a redrive's, one page after
+ * another), which a stop ends. */
+static int drain_runs(const sb_store_op *op)
+{
+    return op->type == SB_OP_KEY_PUT || op->type == SB_OP_KEY_DELETE;
+}
+
 int sb_store_submit(sb_store *s, sb_store_op *op)
 {
     if (s == NULL || op == NULL)
         return SB_EINVAL;
     uv_mutex_lock(&s->mu);
-    if (s->stopping) {
+    if (s->stopping && !(s->draining && drain_runs(op))) {
         uv_mutex_unlock(&s->mu);
         return SB_ESHUTDOWN;
     }
@@ -2428,11 +2446,43 @@ void sb_store_test_alloc_fail_after(sb_store *s, long n)
     uv_mutex_unlock(&s->mu);
 }
 
+/* After the store thread ended: delivers its last completions, and runs
+ * the key ops they submit (drain_runs) on this thread, until they submit
+ * nothing more. The last publishes' completions record their consequences
+ * (a refused early delivery's protocol state: the keys it deletes and
+ * those it puts), which a graceful stop must not lose. Retries give up as
+ * the thread's do when stopping. */
+static void drain_rest(sb_store *s)
+{
+    uv_mutex_lock(&s->mu);
+    s->draining = 1;
+    uv_mutex_unlock(&s->mu);
+    for (;;) {
+        sb_store_op *head = NULL, *tail = NULL;
+        size_t n;
+        int sync = 0;
+        deliver(s);
+        uv_mutex_lock(&s->mu);
+        n = take_retried(s, &head, &tail, &sync);
+        if (!s->retry_alone)
+            n += take_ops(s, &head, &tail, (size_t)s->max_batch, &sync);
+        s->retry_alone = 0;
+        if (head == NULL)
+            s->draining = 0;
+        uv_mutex_unlock(&s->mu);
+        if (head == NULL)
+            break;
+        run_group(s, head, tail, n, sync);
+    }
+}
+
 void sb_store_stop(sb_store *s)
 {
+    int joined = 0;
     if (s == NULL || s->stopped)
         return;
     s->stopped = 1;
+    s->delivering++; /* a callback's sb_store_close leaves s to us */
     uv_mutex_lock(&s->mu);
     s->stopping = 1;
     if (!s->started) {
@@ -2453,21 +2503,29 @@ void sb_store_stop(sb_store *s)
         int rc = uv_thread_join(&s->thread);
         if (rc != 0)
             sb_errlog(WHO, "database %s: joining the store thread: %s", s->path, uv_strerror(rc));
+        joined = rc == 0;
     }
-    /* The thread is gone: run the completions it posted ourselves. */
-    deliver(s);
+    /* The thread is gone: run the completions it posted ourselves, and
+     * what they submit. */
+    if (joined)
+        drain_rest(s);
+    else
+        deliver(s);
     if (s->async != NULL) {
         uv_close((uv_handle_t *)s->async, on_async_closed);
         s->async = NULL;
     }
+    if (--s->delivering == 0 && s->free_pending)
+        store_free(s); /* closed by a callback of the drain */
 }
 
 void sb_store_close(sb_store *s)
 {
     if (s == NULL)
         return;
+    s->delivering++; /* a callback of the stop's drain may close s too */
     sb_store_stop(s);
-    if (s->delivering > 0) {
+    if (--s->delivering > 0) {
         s->free_pending = 1;
         return;
     }

@@ -64,7 +64,7 @@
 #include "service/message.h"
 #include "service/topic.h"
 
-#define SB_STORE_SCHEMA_VERSION 3
+#define SB_STORE_SCHEMA_VERSION 4
 /* PRAGMA application_id of a Switchboard database: 'SBOX'. */
 #define SB_STORE_APPLICATION_ID 0x53424F58
 
@@ -340,8 +340,9 @@ int sb_store_load_counts(sb_store *s, sb_store_count_cb cb, void *ctx, sb_error 
 /* Starts the store thread; completions are delivered on `loop`. */
 int sb_store_start(sb_store *s, uv_loop_t *loop, sb_error *err);
 
-/* Queues an op (thread-safe). Returns 0, or SB_ESHUTDOWN after stop began,
- * in which case the callback is never called. */
+/* Queues an op (thread-safe). Returns 0, or SB_ESHUTDOWN after stop began
+ * (but from a callback sb_store_stop delivers: see there), in which case
+ * the callback is never called. */
 int sb_store_submit(sb_store *s, sb_store_op *op);
 
 /* Withdraws one entry of a PUBLISH op that was submitted and that the store
@@ -369,8 +370,12 @@ int sb_store_degraded(sb_store *s);
 void sb_store_get_stats(sb_store *s, sb_store_stats *out);
 
 /* Executes everything queued, stops the thread, and delivers remaining
- * callbacks (runs the loop's pending completions itself if needed). Must be
- * called from the loop thread. */
+ * callbacks (runs the loop's pending completions itself if needed). The
+ * KEY_PUT and KEY_DELETE ops those callbacks submit are executed too (on
+ * this thread), and so on until they submit none: the consequences of the
+ * last commits (the protocol keys a refused publish deletes or puts) are
+ * not lost. Any other op they submit gets SB_ESHUTDOWN (an admin request's
+ * next step: a stop ends it). Must be called from the loop thread. */
 void sb_store_stop(sb_store *s);
 
 /* Closes the database and frees the store (stopping it first if needed).

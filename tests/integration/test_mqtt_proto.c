@@ -1041,26 +1041,43 @@ static void test_refused_qos2_leaves_no_state(void **state)
     b->passed = 1;
 }
 
+/* The next packets on s are the PUBRELs of pids[0..OWED), in that order. */
+#define OWED 6
+static void expect_owed(sbt_mq *s, const uint16_t *pids, const char *when)
+{
+    sb_mqtt_packet pk;
+    for (int i = 0; i < OWED; i++) {
+        if (sbt_mq_next(s, &pk, SBT_REPLY_MS) != 0)
+            fail_msg("%s: the PUBREL of id %u (%d of %d) missing", when, pids[i], i + 1, OWED);
+        if (pk.type != SB_MQTT_PUBREL || pk.packet_id != pids[i])
+            fail_msg("%s the broker sent %s (packet id %u) where the PUBREL of id %u (%d of %d, "
+                     "in their PUBLISHes' order) was due",
+                     when, sb_mqtt_type_name(pk.type), pk.packet_id, pids[i], i + 1, OWED);
+    }
+}
+
 /* A QoS 2 message the store refuses after it went to a persistent
  * session (before its commit) is never delivered again, yet the client
  * holds its packet id until a PUBREL comes ("PUBREC sent", MQTT-4.3.3-2):
  * without it, a new message reusing the id (65535 later) would be taken
  * for that one and dropped. The PUBREL comes after a reconnect, after a
- * restart too, whether the PUBREC came before the refusal (A), after it
- * (C) or never reached the broker (B: lost on the way), until PUBCOMP. */
+ * restart too, whether the PUBREC came before the refusal (the first),
+ * after it (the last) or never reached the broker (the others: lost on
+ * the way), until PUBCOMP; in the order of their packet ids' PUBLISHes,
+ * as their PUBRECs came (MQTT-4.6.0-3). */
 static void test_refused_qos2_pubrel_owed(void **state)
 {
-    static const char *const topics[3] = {"rel/a", "rel/b", "rel/c"};
+    static const char *const topics[OWED] = {"rel/a", "rel/b", "rel/c", "rel/d", "rel/e", "rel/f"};
     sbt_broker *b = *state;
     sbt_conn *c;
-    int port, sp = 0, got[3] = {0, 0, 0}, left = 3;
+    int port, sp = 0;
     size_t big = 400 * 1024;
     char *payload = malloc(big + 1);
     sbt_mq_opts o;
     sbt_mq *s;
     sb_mqtt_packet pk;
     json_t *r;
-    uint16_t pids[3], pid;
+    uint16_t pids[OWED], pid;
 
     assert_non_null(payload);
     memset(payload, 'x', big);
@@ -1075,13 +1092,17 @@ static void test_refused_qos2_pubrel_owed(void **state)
     sbt_mq_sub1(s, 1, "rel/#", 2);
     warm_early_qos2(c, s);
     sbt_wait_queue_int(c, "mqtt/owed-sub", "depth", 0, SBT_REPLY_MS);
-    pids[0] = publish_refused(c, s, topics[0], payload, 1);
-    pids[1] = publish_refused(c, s, topics[1], payload, 0);
-    pids[2] = publish_refused(c, s, topics[2], payload, 0);
-    sbt_mq_ack(s, SB_MQTT_PUBREC, pids[2]); /* after the refusal */
-    sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, pids[2]);
+    for (int i = 0; i < OWED; i++)
+        pids[i] = publish_refused(c, s, topics[i], payload, i == 0);
+    sbt_mq_ack(s, SB_MQTT_PUBREC, pids[OWED - 1]); /* after the refusal */
+    sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, pids[OWED - 1]);
     sbt_mq_close(s); /* no PUBCOMP */
     sbt_wait_queue_int(c, "mqtt/owed-sub", "depth", 0, SBT_REPLY_MS);
+    /* at once, while the store may still be recording what is owed */
+    s = sbt_mq_client(port, &o, &sp);
+    assert_int_equal(sp, 1);
+    expect_owed(s, pids, "after a reconnect");
+    sbt_mq_close(s); /* no PUBCOMP */
     sbt_close(c);
     /* (stopped, not killed: a PUBREL owed is recorded at the refusal, in
      * the store's retries after it, and a kill may come before that as
@@ -1092,20 +1113,8 @@ static void test_refused_qos2_pubrel_owed(void **state)
 
     s = sbt_mq_client(port, &o, &sp);
     assert_int_equal(sp, 1);
-    while (left > 0) {
-        int i;
-        if (sbt_mq_next(s, &pk, SBT_REPLY_MS) != 0)
-            fail_msg("after the restart: %d PUBREL(s) of ids %u, %u, %u missing", left, pids[0],
-                     pids[1], pids[2]);
-        for (i = 0; i < 3 && (pk.type != SB_MQTT_PUBREL || pk.packet_id != pids[i]); i++)
-            ;
-        if (i == 3 || got[i]++ > 0)
-            fail_msg("after the restart the broker sent %s (packet id %u) where the PUBRELs of "
-                     "ids %u, %u, %u were due",
-                     sb_mqtt_type_name(pk.type), pk.packet_id, pids[0], pids[1], pids[2]);
-        left--;
-    }
-    for (int i = 0; i < 3; i++)
+    expect_owed(s, pids, "after the restart");
+    for (int i = 0; i < OWED; i++)
         sbt_mq_ack(s, SB_MQTT_PUBCOMP, pids[i]);
 
     /* the session goes on; once completed, a reconnect owes nothing */
@@ -1136,6 +1145,61 @@ static void test_refused_qos2_pubrel_owed(void **state)
     assert_int_equal(state_keys(b, "owed-sub", "owed"), 0);
     assert_int_equal(state_keys(b, "owed-sub", "rel\n"), 0);
     free(payload);
+    b->passed = 1;
+}
+
+/* A PUBREL owed as an earlier version recorded it (the key names the
+ * packet id, not the message id, in a database of schema version 3)
+ * still comes on resume, before those of the current form, and its
+ * PUBCOMP deletes it. The database is of version 4 from then on: a
+ * broker of version 3, which would take the new keys for packet ids,
+ * refuses it. */
+static void test_owed_pubrel_of_old_form(void **state)
+{
+    sbt_broker *b = *state;
+    sbt_conn *c;
+    int port, sp = 0;
+    char path[SBT_PATH_MAX];
+    sqlite3 *db;
+    sbt_mq_opts o;
+    sbt_mq *s;
+    sb_mqtt_packet pk;
+
+    c = sbt_mq_start(b, "mqtt-owed-old");
+    port = b->port[SBT_MQ_PORT_MQTT];
+    memset(&o, 0, sizeof(o));
+    o.id = "old-sub";
+    o.clean = 0;
+    s = sbt_mq_client(port, &o, NULL);
+    sbt_mq_sub1(s, 1, "old/#", 2);
+    sbt_mq_disconnect(s);
+    sbt_close(c);
+    sbt_broker_stop(b);
+    sbt_path(path, sizeof(path), b->data_dir, "switchboard.db");
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "PRAGMA user_version = 3;"
+                                  "INSERT INTO dedup(key, expires_ms) VALUES"
+                                  " ('$mqtt' || char(10) || 'old-sub' || char(10) || 'owed', 0),"
+                                  " ('$mqtt' || char(10) || 'old-sub' || char(10) || 'owed' ||"
+                                  "  char(10) || '00000000000000000041', 0),"
+                                  " ('$mqtt' || char(10) || 'old-sub' || char(10) || 'owed' ||"
+                                  "  char(10) || '7', 0)",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    sbt_broker_start(b);
+    sbt_broker_wait_log(b, "migrated from schema version 3 to 4", 1, SBT_REPLY_MS);
+
+    s = sbt_mq_client(port, &o, &sp);
+    assert_int_equal(sp, 1);
+    sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, 7);
+    sbt_mq_expect(s, &pk, SB_MQTT_PUBREL, 42); /* message 41 */
+    sbt_mq_ack(s, SB_MQTT_PUBCOMP, 7);
+    sbt_mq_ack(s, SB_MQTT_PUBCOMP, 42);
+    sbt_mq_disconnect(s);
+    sbt_broker_stop(b);
+    assert_int_equal(state_keys(b, "old-sub", "owed\n"), 0);
     b->passed = 1;
 }
 
@@ -1224,6 +1288,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_outbound_resend_after_kill, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_refused_qos2_leaves_no_state, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_refused_qos2_pubrel_owed, sbt_setup, sbt_teardown),
+        cmocka_unit_test_setup_teardown(test_owed_pubrel_of_old_form, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_max_queued_drops_oldest, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_session_expiry, sbt_setup, sbt_teardown),
         cmocka_unit_test_setup_teardown(test_backlog_then_disconnect, sbt_setup, sbt_teardown),

@@ -30,9 +30,11 @@
  * redelivery after a restart sends PUBREL, never the message again. A
  * message delivered before its commit that the store then refuses is
  * never redelivered: for a persistent session the refusal puts
- * "$mqtt\n<id>\nowed\n<packet id>" (then the mark "$mqtt\n<id>\nowed"),
- * so a resume sends PUBREL for that id, which the client may hold, until
- * PUBCOMP. A committed message costs no store operation for this.
+ * "$mqtt\n<id>\nowed\n<message id>" (20 digits; then the mark
+ * "$mqtt\n<id>\nowed"), so a resume sends PUBREL for its packet id, which
+ * the client may hold, until PUBCOMP (in the order of the PUBLISHes; keys
+ * naming the packet id, as schema version 3 wrote them, are read too).
+ * A committed message costs no store operation for this.
  */
 #include "adapters/stream_keys.h"
 #include "adapters/conn.h"
@@ -143,6 +145,7 @@ typedef struct auth_work {
 } auth_work;
 
 static void session_maybe_free(mqtt_session *s);
+static void owed_complete(mqtt_session *s, uint16_t pid);
 static int process_input(mqtt_session *s);
 
 /* ---- small helpers ---- */
@@ -174,13 +177,15 @@ static void key_rel(char *out, size_t n, const mqtt_session *s, uint64_t msg_id)
     snprintf(out, n, "$mqtt\n%s\nrel\n%" PRIu64, s->client_id, msg_id);
 }
 
-/* A PUBREL owed for packet id pid whatever becomes of the message: the
- * store refused it after it went out (before its commit), so no
- * redelivery will find its "rel" key, and the client may hold the id
- * until a PUBREL comes. Put only then, each with the session's mark. */
-static void key_owed(char *out, size_t n, const mqtt_session *s, uint16_t pid)
+/* A PUBREL owed for message msg_id (packet id pid_of(msg_id)) whatever
+ * becomes of it: the store refused it after it went out (before its
+ * commit), so no redelivery will find its "rel" key, and the client may
+ * hold the id until a PUBREL comes. Put only then, each with the
+ * session's mark. The id has 20 digits, so that the keys sort in the
+ * order the packet ids were given (owed_parse reads older keys too). */
+static void key_owed(char *out, size_t n, const mqtt_session *s, uint64_t msg_id)
 {
-    snprintf(out, n, "$mqtt\n%s\nowed\n%u", s->client_id, (unsigned)pid);
+    snprintf(out, n, "$mqtt\n%s\nowed\n%020" PRIu64, s->client_id, msg_id);
 }
 
 /* Put after key_owed: the session has (or had) PUBRELs owed. */
@@ -436,13 +441,13 @@ static int send_publish(mqtt_session *s, const sb_message *m, int qos, int dup, 
  * after a reconnect, even a restart. Recorded only once the packet went
  * out; costs nothing once the message is committed. Out of memory, the
  * session ends (its deliveries go back to their queue). */
-static void owe_pubrel(mqtt_session *s, sb_delivery *d, uint16_t pid)
+static void owe_pubrel(mqtt_session *s, sb_delivery *d)
 {
     char key[300], mark[300];
     const char *owed[2] = {mark, key}; /* the mark first: no key without it */
     if (s->clean)
         return;
-    key_owed(key, sizeof key, s, pid);
+    key_owed(key, sizeof key, s, d->msg->id);
     key_owed_mark(mark, sizeof mark, s);
     if (sb_delivery_keys_if_refused(s->broker, d, owed, 2) != 0)
         fail(s, "out of memory");
@@ -502,7 +507,7 @@ static int on_deliver(sb_consumer *c, sb_delivery *d)
         if (sb_broker_key_exists(s->broker, key)) {
             e->released = 1;
             send_ack(s, SB_MQTT_PUBREL, pid);
-            owe_pubrel(s, d, pid);
+            owe_pubrel(s, d);
             return 0;
         }
     }
@@ -516,7 +521,7 @@ static int on_deliver(sb_consumer *c, sb_delivery *d)
         return SB_EBUSY;
     }
     if (qos == 2)
-        owe_pubrel(s, d, pid);
+        owe_pubrel(s, d);
     return 0;
 }
 
@@ -584,7 +589,7 @@ static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
              * PUBREL owed does (put at the refusal: again, in order, to
              * send PUBREL once it is committed). */
             char mark[300];
-            key_owed(key, sizeof key, s, pk->packet_id);
+            key_owed(key, sizeof key, s, e->d->msg->id);
             key_owed_mark(mark, sizeof mark, s);
             if ((rc = sb_broker_key_put(s->broker, mark, NULL, NULL)) != 0 ||
                 (rc = sb_broker_key_put(s->broker, key, on_released, r)) != 0) {
@@ -608,8 +613,7 @@ static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
         if (e != NULL && e->qos == 2 && e->d == NULL) {
             /* a PUBREL owed from before the reconnect (resend_owed) */
             fl_remove(s, e);
-            key_owed(key, sizeof key, s, pk->packet_id);
-            sb_broker_key_delete(s->broker, key, 0);
+            owed_complete(s, pk->packet_id);
             consumer_ready(s);
         } else if (e != NULL && e->qos == 2) {
             uint64_t id = e->d->msg->id;
@@ -618,7 +622,7 @@ static int handle_ack(mqtt_session *s, const sb_mqtt_packet *pk)
             key_rel(key, sizeof key, s, id);
             sb_broker_key_delete(s->broker, key, 0);
             if (owed) {
-                key_owed(key, sizeof key, s, pk->packet_id);
+                key_owed(key, sizeof key, s, id);
                 sb_broker_key_delete(s->broker, key, 0);
             }
         }
@@ -780,8 +784,9 @@ static int handle_pubrel(mqtt_session *s, uint16_t pid)
 {
     char key[300];
     key_in(key, sizeof key, s, pid);
-    if (sb_broker_key_exists(s->broker, key))
-        sb_broker_key_delete(s->broker, key, 0);
+    /* whether or not the map has it yet: a resend of the PUBLISH still in
+     * flight may put it after this PUBREL's PUBCOMP frees the packet id */
+    sb_broker_key_delete(s->broker, key, 0);
     send_ack(s, SB_MQTT_PUBCOMP, pid);
     return 0;
 }
@@ -950,51 +955,132 @@ static int define_empty(mqtt_session *s, const sb_sub_settings *st, sb_error *er
     return sb_broker_sub_define(s->broker, s->queue, &def, st, NULL, 0, err);
 }
 
-typedef struct owed_walk {
-    mqtt_session *s;
-    size_t found;
-    int nomem;
-} owed_walk;
+/* A PUBREL owed (key_owed) as read back from its key. */
+typedef struct owed {
+    uint64_t id;  /* its message's id; 0: a key that has the packet id only */
+    uint16_t pid; /* and its packet id */
+} owed;
 
-static void owed_found(const char *key, void *ctx)
+/* Reads an owed key (written by key_owed, or with the packet id alone by
+ * earlier versions); 0, or -1 for a key of neither form. */
+static int owed_parse(const char *key, owed *out)
 {
-    owed_walk *w = ctx;
-    const char *at = strrchr(key, '\n');
+    const char *at = strrchr(key, '\n') + 1;
     char *end;
-    unsigned long pid = strtoul(at + 1, &end, 10);
-    inflight *e;
-    if (*end != '\0' || pid == 0 || pid > 65535)
-        return;
-    w->found++;
-    if (fl_find(w->s, (uint16_t)pid) != NULL)
-        return;
-    if ((e = fl_insert(w->s, (uint16_t)pid)) == NULL) {
-        w->nomem = 1;
-        return;
+    unsigned long long v;
+    if (*at < '0' || *at > '9')
+        return -1;
+    v = strtoull(at, &end, 10);
+    if (*end != '\0')
+        return -1;
+    if (end - at == 20) {
+        out->id = v;
+        out->pid = pid_of(v);
+    } else if (v > 0 && v <= 65535) {
+        out->id = 0;
+        out->pid = (uint16_t)v;
+    } else {
+        return -1;
     }
-    e->d = NULL; /* no delivery: the PUBREL only */
-    e->qos = 2;
-    e->released = 1;
-    send_ack(w->s, SB_MQTT_PUBREL, (uint16_t)pid);
+    return 0;
+}
+
+typedef struct owed_list {
+    owed *v;
+    size_t n, cap;
+    int nomem;
+} owed_list;
+
+static void owed_collect(const char *key, void *ctx)
+{
+    owed_list *l = ctx;
+    owed o;
+    if (owed_parse(key, &o) != 0)
+        return;
+    if (l->n == l->cap) {
+        size_t cap = l->cap == 0 ? 8 : l->cap * 2;
+        owed *v = sb_realloc(l->v, cap * sizeof(*v));
+        if (v == NULL) {
+            l->nomem = 1;
+            return;
+        }
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = o;
+}
+
+static int owed_cmp(const void *a, const void *b)
+{
+    const owed *x = a, *y = b;
+    return x->id < y->id ? -1 : x->id > y->id;
 }
 
 /* A resumed session first gets the PUBRELs owed for messages the store
  * refused after they went out (key_owed), each holding its packet id until
- * PUBCOMP: a new message must not take an id the client still holds. */
+ * PUBCOMP: a new message must not take an id the client still holds. They
+ * go in the order of their messages' ids: that of their PUBLISHes, which a
+ * client answers with PUBRECs in the same order (MQTT-4.6.0-2), as
+ * MQTT-4.6.0-3 wants of re-sent PUBRELs. */
 static int resend_owed(mqtt_session *s)
 {
     char mark[300], prefix[310];
-    owed_walk w = {s, 0, 0};
+    owed_list l = {NULL, 0, 0, 0};
     key_owed_mark(mark, sizeof mark, s);
     if (!sb_broker_key_exists(s->broker, mark))
-        return 0; /* the common case: no walk over every key */
+        return 0; /* the common case */
     snprintf(prefix, sizeof prefix, "%s\n", mark);
-    sb_broker_key_each(s->broker, prefix, owed_found, &w);
-    if (w.nomem)
+    sb_broker_key_each(s->broker, prefix, owed_collect, &l);
+    if (l.nomem) {
+        sb_free(l.v);
         return fail(s, "out of memory");
-    if (w.found == 0)
+    }
+    if (l.n > 1)
+        qsort(l.v, l.n, sizeof(*l.v), owed_cmp);
+    for (size_t i = 0; i < l.n; i++) {
+        inflight *e;
+        if (fl_find(s, l.v[i].pid) != NULL)
+            continue;
+        if ((e = fl_insert(s, l.v[i].pid)) == NULL) {
+            sb_free(l.v);
+            return fail(s, "out of memory");
+        }
+        e->d = NULL; /* no delivery: the PUBREL only */
+        e->qos = 2;
+        e->released = 1;
+        send_ack(s, SB_MQTT_PUBREL, l.v[i].pid);
+    }
+    if (l.n == 0)
         sb_broker_key_delete(s->broker, mark, 0); /* all completed */
+    sb_free(l.v);
     return 0;
+}
+
+typedef struct owed_find {
+    uint16_t pid;
+    char key[300];
+} owed_find;
+
+static void owed_match(const char *key, void *ctx)
+{
+    owed_find *w = ctx;
+    owed o;
+    if (owed_parse(key, &o) == 0 && o.pid == w->pid)
+        snprintf(w->key, sizeof w->key, "%s", key);
+}
+
+/* PUBCOMP for a PUBREL resend_owed sent: deletes its key. */
+static void owed_complete(mqtt_session *s, uint16_t pid)
+{
+    char mark[300], prefix[310];
+    owed_find w;
+    w.pid = pid;
+    w.key[0] = '\0';
+    key_owed_mark(mark, sizeof mark, s);
+    snprintf(prefix, sizeof prefix, "%s\n", mark);
+    sb_broker_key_each(s->broker, prefix, owed_match, &w);
+    if (w.key[0] != '\0')
+        sb_broker_key_delete(s->broker, w.key, 0);
 }
 
 static int connect_finish(mqtt_session *s, const char *user)

@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "core_harness.h"
+#include "storage/store_test.h"
 
 static fake_adapter *fake(const char *name)
 {
@@ -418,6 +419,50 @@ static void test_deadletter_redrive(void **state)
     json_decref(dlq);
 }
 
+static void on_admin_status(void *ctx, int status, void *result, const char *why)
+{
+    (void)why;
+    json_decref(result);
+    *(int *)ctx = status;
+}
+
+/* A stop while a redrive goes on ends it: what the stop's last
+ * completions submit is only the protocol state they owe, not the
+ * redrive's next step (on a large dead-letter queue, minutes of it on the
+ * loop thread while the service manager waits for the stop). The dead
+ * letters stay for the next redrive. */
+static void test_stop_ends_redrive(void **state)
+{
+    static const char *const cfg = "adapters:\n"
+                                   "  - {name: sink, type: exec, command: [fake]}\n"
+                                   "routes:\n"
+                                   "  - name: r\n"
+                                   "    from: t/#\n"
+                                   "    to: sink\n"
+                                   "    retry: {max_attempts: 1}\n";
+    core_fx *f = *state;
+    fake_adapter *sink;
+    sb_error err;
+    json_t *dlq;
+    int status = -1;
+
+    core_start(f, cfg);
+    sink = fake("sink");
+    core_publish_ok(f, NULL, "t/1", "poison", NULL);
+    CORE_WAIT(f, sink->log.count == 1);
+    fake_nack(&sink->log.recs[0], "rejected");
+    assert_int_equal(core_queue(f, "r:sink")->dead, 1);
+
+    sb_store_test_hold(f->b->store, 1); /* its first step is listed in the stop */
+    assert_int_equal(sb_broker_dlq_redrive(f->b, "r:sink", on_admin_status, &status, &err), 0);
+    core_stop(f);
+    assert_int_equal(status, SB_ESHUTDOWN);
+    core_start(f, cfg);
+    dlq = core_dlq(f, "r:sink");
+    assert_int_equal(dlq_count(dlq), 1);
+    json_decref(dlq);
+}
+
 /* ---- dedup ------------------------------------------------------------------ */
 
 static const char *const dedup_cfg = "adapters:\n"
@@ -479,6 +524,178 @@ static void test_dedup_drops_duplicates(void **state)
     CORE_WAIT(f, sink->log.count == 3);
     assert_string_equal(sink->log.recs[2].payload, "q2 new");
     core_check_all(f);
+}
+
+typedef struct keys_seen {
+    char keys[16][40];
+    size_t n;
+} keys_seen;
+
+static void key_seen(const char *key, void *ctx)
+{
+    keys_seen *k = ctx;
+    assert_true(k->n < 16);
+    snprintf(k->keys[k->n++], sizeof k->keys[0], "%s", key);
+}
+
+static keys_seen keys_of(core_fx *f, const char *prefix)
+{
+    keys_seen k;
+    k.n = 0;
+    sb_broker_key_each(f->b, prefix, key_seen, &k);
+    return k;
+}
+
+static void on_put_counted(void *ctx, int status)
+{
+    assert_int_equal(status, 0);
+    (*(int *)ctx)++;
+}
+
+/* sb_broker_key_each finds a client's keys (put, or a protocol's publish
+ * key) in byte order, before and after a restart, and no one else's nor
+ * a dedup key: an index, not a walk over every key (a resumed MQTT session
+ * finds what it is owed, in order, whatever other clients keep). */
+static void test_keys_by_prefix(void **state)
+{
+    static const char *const keys[] = {"c/1/owed/30", "c/2/owed/10", "c/1/owed/10", "c/1/rel/5",
+                                       "c/10/owed/1", "c/1/owed/20", "c/1/owed"};
+    core_fx *f = *state;
+    const char *const id[] = {"id", "1", NULL};
+    fake_pub p;
+    keys_seen k;
+    int done = 0;
+
+    core_start(f, dedup_cfg);
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        assert_int_equal(sb_broker_key_put(f->b, keys[i], on_put_counted, &done), 0);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/2", "q2", NULL, 0, "c/1/in/7"), 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    core_publish_ok(f, fake("src"), "t/1", "with a dedup key", id);
+    CORE_WAIT(f, done == (int)(sizeof keys / sizeof keys[0]));
+    for (int restarted = 0; restarted < 2; restarted++) {
+        k = keys_of(f, "c/1/owed/");
+        assert_int_equal(k.n, 3);
+        assert_string_equal(k.keys[0], "c/1/owed/10");
+        assert_string_equal(k.keys[1], "c/1/owed/20");
+        assert_string_equal(k.keys[2], "c/1/owed/30");
+        k = keys_of(f, "c/1/");
+        assert_int_equal(k.n, 6);
+        assert_string_equal(k.keys[0], "c/1/in/7");
+        assert_string_equal(k.keys[1], "c/1/owed");
+        assert_string_equal(k.keys[5], "c/1/rel/5");
+        k = keys_of(f, "c/");
+        assert_int_equal(k.n, 8);
+        k = keys_of(f, "c/3/");
+        assert_int_equal(k.n, 0);
+        core_stop(f);
+        core_start(f, dedup_cfg);
+    }
+    sb_broker_key_delete(f->b, "c/1/owed/20", 0);
+    sb_broker_key_delete(f->b, "c/1/", 1);
+    k = keys_of(f, "c/");
+    assert_int_equal(k.n, 2);
+    assert_string_equal(k.keys[0], "c/10/owed/1");
+    assert_string_equal(k.keys[1], "c/2/owed/10");
+    core_check_all(f);
+}
+
+/* A protocol's publish key (an MQTT client's QoS 2 packet id) whose
+ * client's keys are deleted before the publish commits (a clean session
+ * ended, or reconnected) is not kept by that commit: not in the map, as
+ * not in the store. A key put after the delete is kept. */
+static void test_publish_key_deleted_before_commit(void **state)
+{
+    core_fx *f = *state;
+    fake_pub p, p2;
+    int done = 0;
+
+    core_start(f, dedup_cfg);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/2", "q2", NULL, 0, "c/7/a/in/1"), 0);
+    assert_int_equal(fake_publish(&p2, f->b, NULL, "t/2", "q2", NULL, 0, "c/8/a/in/1"), 0);
+    sb_broker_key_delete(f->b, "c/7/", 1); /* the session ends */
+    assert_int_equal(sb_broker_key_put(f->b, "c/7/rel/1", on_put_counted, &done), 0);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_int_equal(core_pub_wait(f, &p2), 0);
+    CORE_WAIT(f, done == 1);
+    for (int restarted = 0; restarted < 2; restarted++) {
+        assert_false(sb_broker_key_exists(f->b, "c/7/a/in/1"));
+        assert_true(sb_broker_key_exists(f->b, "c/8/a/in/1"));
+        assert_true(sb_broker_key_exists(f->b, "c/7/rel/1"));
+        core_check_all(f);
+        core_stop(f);
+        core_start(f, dedup_cfg);
+    }
+}
+
+/* An MQTT client re-sends a QoS 2 PUBLISH (DUP, after a fast reconnect)
+ * before its first copy commits: the resend is submitted too, and the
+ * store finds it a duplicate. The key is in the map as in the store, so
+ * the PUBREL deletes it and the next PUBLISH with that packet id is a new
+ * message, not a duplicate dropped until a restart. */
+static void test_publish_key_resent_before_commit(void **state)
+{
+    core_fx *f = *state;
+    fake_pub p, p2;
+
+    core_start(f, dedup_cfg);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/2", "q2", NULL, 0, "c/7/in/5"), 0);
+    assert_int_equal(fake_publish(&p2, f->b, NULL, "t/2", "q2", NULL, 0, "c/7/in/5"), 0);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_int_equal(core_pub_wait(f, &p2), 0);
+    assert_int_equal(p.queues, 1);
+    assert_int_equal(p2.queues, 0);
+    assert_true(sb_broker_key_exists(f->b, "c/7/in/5"));
+    sb_broker_key_delete(f->b, "c/7/in/5", 0); /* the PUBREL */
+    assert_int_equal(fake_publish(&p, f->b, NULL, "t/2", "q2 new", NULL, 0, "c/7/in/5"), 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_int_equal(p.queues, 1);
+    core_check_all(f);
+}
+
+typedef struct put_check {
+    sb_broker *b;
+    const char *key;
+    int status;
+    int exists; /* the key in the map when the put completed */
+} put_check;
+
+static void on_put_checked(void *ctx, int status)
+{
+    put_check *c = ctx;
+    c->status = status;
+    c->exists = sb_broker_key_exists(c->b, c->key);
+}
+
+/* A key put at once (a PUBREL owed) and put again, both failed by the
+ * store (a stop gives up on them while the disk is full): the key is not
+ * in the map, as not in the store, once the last of them completes. */
+static void test_failed_puts_forget_known_key(void **state)
+{
+    core_fx *f = *state;
+    char key[6000];
+    put_check c = {NULL, key, 0, -1};
+
+    /* a key too long for a page: its put needs pages the store has not */
+    snprintf(key, sizeof key, "c/9/owed/%05990d", 1);
+    core_start(f, dedup_cfg);
+    core_stop(f);
+    f->broker_extra = "  store: {max_db_bytes: 4KiB}\n"; /* no more than it has */
+    core_start(f, dedup_cfg);
+    c.b = f->b;
+    assert_int_equal(sb_broker__key_put_known(f->b, key), 0);
+    assert_true(sb_broker_key_exists(f->b, key));
+    assert_int_equal(sb_broker_key_put(f->b, key, on_put_checked, &c), 0);
+    core_stop(f); /* which gives up on the puts */
+    assert_int_equal(c.status, SB_ENOSPC);
+    assert_false(c.exists);
+    f->broker_extra = NULL;
+    core_start(f, dedup_cfg);
+    assert_false(sb_broker_key_exists(f->b, key));
 }
 
 static void test_dedup_window_ends(void **state)
@@ -1019,7 +1236,15 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_nack_backoff_then_deadletter, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_deadletter_redrive, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_stop_ends_redrive, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_dedup_drops_duplicates, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_keys_by_prefix, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_publish_key_deleted_before_commit, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_publish_key_resent_before_commit, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_failed_puts_forget_known_key, core_setup,
+                                        core_teardown),
         cmocka_unit_test_setup_teardown(test_dedup_window_ends, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_overflow_reject, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_overflow_drop_oldest, core_setup, core_teardown),

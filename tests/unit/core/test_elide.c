@@ -404,9 +404,18 @@ static void test_refused_publish_drops_keys(void **state)
     free(payload);
 }
 
+static void count_key(const char *key, void *ctx)
+{
+    (void)key;
+    (*(int *)ctx)++;
+}
+
 /* A key put because the store refused its message (an MQTT PUBREL owed)
- * and deleted before that put commits (the client's PUBCOMP came first)
- * stays deleted: the put's completion does not bring it back. */
+ * is there from the refusal on, also for a walk over its prefix (an MQTT
+ * session resumed before that put commits, which may take long when the
+ * disk is full, gets its PUBREL); deleted before the put commits (the
+ * client's PUBCOMP came first), it stays deleted: the put's completion
+ * does not bring it back. */
 static void test_owed_key_deleted_before_its_put(void **state)
 {
     static const char *const owed[1] = {"$test\nsub\nowed\n1"};
@@ -415,13 +424,15 @@ static void test_owed_key_deleted_before_its_put(void **state)
     fake_pub p;
     sb_delivery *d = deliver_refused_early(f, &p, &payload);
     fake_adapter *sink = fake("sink");
-    int put = 0;
+    int put = 0, found = 0;
 
     assert_int_equal(sb_delivery_keys_if_refused(f->b, d, owed, 1), 0);
     sb_store_test_hold_before(f->b->store, SB_OP_KEY_PUT); /* the owed put waits */
     sb_store_test_hold(f->b->store, 0);
     assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
     assert_true(sb_broker_key_exists(f->b, owed[0]));
+    sb_broker_key_each(f->b, "$test\nsub\nowed\n", count_key, &found); /* the resume */
+    assert_int_equal(found, 1);
     sb_broker_key_delete(f->b, owed[0], 0); /* the PUBCOMP */
     assert_false(sb_broker_key_exists(f->b, owed[0]));
     /* a later put completes after both */
@@ -436,6 +447,74 @@ static void test_owed_key_deleted_before_its_put(void **state)
     core_stop(f);
     core_start(f, one_cfg);
     assert_false(sb_broker_key_exists(f->b, owed[0]));
+    free(payload);
+}
+
+/* Counts the completions of key puts (any status). */
+static void on_key_counted(void *ctx, int status)
+{
+    (void)status;
+    (*(int *)ctx)++;
+}
+
+/* A key put whose key is deleted (alone, or with a prefix) before the put
+ * commits stays deleted, in the map as in the store; a put after the
+ * delete wins over both: the map follows the order of the ops, not the
+ * order their commits complete in (an MQTT client that completes, or a
+ * clean session that ends, while its QoS 2 state is being recorded). */
+static void test_key_deleted_before_its_put(void **state)
+{
+    core_fx *f = *state;
+    int done = 0;
+
+    core_start(f, one_cfg);
+    sb_store_test_hold_before(f->b->store, SB_OP_KEY_PUT); /* the puts wait */
+    assert_int_equal(sb_broker_key_put(f->b, "$test\nc1\nrel\n1", on_key_counted, &done), 0);
+    assert_int_equal(sb_broker_key_put(f->b, "$test\nc2\nrel\n1", on_key_counted, &done), 0);
+    assert_int_equal(sb_broker_key_put(f->b, "$test\nc2\nrel\n2", on_key_counted, &done), 0);
+    assert_int_equal(sb_broker_key_put(f->b, "$test\nc3\nrel\n1", on_key_counted, &done), 0);
+    sb_broker_key_delete(f->b, "$test\nc1\nrel\n1", 0); /* the PUBCOMP */
+    sb_broker_key_delete(f->b, "$test\nc2\n", 1);       /* the session ends */
+    sb_broker_key_delete(f->b, "$test\nc3\nrel\n1", 0);
+    assert_int_equal(sb_broker_key_put(f->b, "$test\nc3\nrel\n1", on_key_counted, &done), 0);
+    sb_store_test_hold_before(f->b->store, 0);
+    CORE_WAIT(f, done == 5);
+    assert_false(sb_broker_key_exists(f->b, "$test\nc1\nrel\n1"));
+    assert_false(sb_broker_key_exists(f->b, "$test\nc2\nrel\n1"));
+    assert_false(sb_broker_key_exists(f->b, "$test\nc2\nrel\n2"));
+    assert_true(sb_broker_key_exists(f->b, "$test\nc3\nrel\n1"));
+    core_check_all(f);
+
+    core_stop(f);
+    core_start(f, one_cfg);
+    assert_false(sb_broker_key_exists(f->b, "$test\nc1\nrel\n1"));
+    assert_false(sb_broker_key_exists(f->b, "$test\nc2\nrel\n1"));
+    assert_true(sb_broker_key_exists(f->b, "$test\nc3\nrel\n1"));
+}
+
+/* A graceful stop whose final drain completes a refused early publish
+ * still records what the refusal leaves: its PUBREL owed is put (the
+ * client gets it after the restart) and its rel key deleted (nothing else
+ * would delete it). */
+static void test_refused_in_stop_drain(void **state)
+{
+    static const char *const rel = "$test\nsub\nrel\n1";
+    static const char *const owed[] = {"$test\nsub\nowed", "$test\nsub\nowed\n1"};
+    core_fx *f = *state;
+    char *payload;
+    fake_pub p;
+    sb_delivery *d = deliver_refused_early(f, &p, &payload); /* the store held */
+    int put = 0;
+
+    assert_int_equal(sb_delivery_keys_if_refused(f->b, d, owed, 2), 0);
+    assert_int_equal(sb_delivery_key_put(f->b, d, rel, on_key_put, &put), 0);
+    core_stop(f); /* the publish and the put run in the stop's drain */
+    assert_true(put);
+    assert_int_equal(p.status, SB_ENOSPC);
+    core_start(f, one_cfg);
+    assert_false(sb_broker_key_exists(f->b, rel));
+    assert_true(sb_broker_key_exists(f->b, owed[0]));
+    assert_true(sb_broker_key_exists(f->b, owed[1]));
     free(payload);
 }
 
@@ -603,9 +682,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refused_publish_withdrawn, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_fan_out_withdrawn, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_drops_keys, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_key_deleted_before_its_put, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_owed_key_deleted_before_its_put, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_after_lease_ended, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_in_stop_drain, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_redrive_not_overtaken, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_refused_publish_not_dead_lettered, core_setup,
                                         core_teardown),

@@ -1315,6 +1315,24 @@ static void test_close_in_callback(void **state)
     assert_int_equal(done, 2); /* the later callbacks ran during close */
 }
 
+/* sb_store_close whose stop delivers the last callbacks itself, one of
+ * which closes the store too: freed once (ASan sees a second free). */
+static void test_close_in_close_drain(void **state)
+{
+    fx *f = *state;
+    sb_store_op op = {0};
+    sb_store *s;
+    open_start(f);
+    s = f->s;
+    op.type = SB_OP_ACK;
+    op.cb = close_cb;
+    op.ctx = f;
+    assert_int_equal(sb_store_submit(s, &op), 0);
+    sb_store_close(s); /* the op completes in its stop's drain */
+    assert_null(f->s);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+}
+
 /* ---- refusals ----------------------------------------------------------- */
 
 static int open_err(fx *f, sb_error *err)
@@ -2357,6 +2375,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_stop_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_before_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_in_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_in_close_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_counts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_page_in_bad_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_page_in_corrupt_page, setup, teardown),
