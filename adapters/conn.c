@@ -335,17 +335,13 @@ static void start_write(sb_conn *c)
         return;
     if (c->hold_output != NULL && !c->flushing && c->hold_output(c))
         return; /* the transport calls sb_conn_flush later in this turn */
-    /* Output that completes no delivery goes out at once if the transport
-     * takes it all: no write request to complete later, which (libuv 1.44)
-     * re-arms the socket with an epoll_ctl after every write, once per
-     * message with thousands of connections taking one each. Once per loop
-     * turn (as far as the loop's clock tells): what follows in the same
-     * turn waits for a write request and goes out with it in one write. */
-    if (c->odel_head == NULL && c->try_write != NULL &&
-        c->try_write_ms != uv_now(c->adapter->loop)) {
-        size_t n;
-        c->try_write_ms = uv_now(c->adapter->loop);
-        n = c->try_write(c, c->obuf, c->olen, NULL, 0);
+    /* Held output that completes no delivery goes out at once if the
+     * transport takes it all: no write request to complete later, which
+     * (libuv 1.44) re-arms the socket with an epoll_ctl after every write,
+     * once per message with thousands of connections taking one each. The
+     * owner flushes once per loop turn, so this is one write per turn. */
+    if (c->flushing && c->odel_head == NULL && c->try_write != NULL) {
+        size_t n = c->try_write(c, c->obuf, c->olen, NULL, 0);
         if (n == c->olen) {
             sb_free(c->obuf);
             c->obuf = NULL;
@@ -377,42 +373,12 @@ static void start_write(sb_conn *c)
     }
 }
 
-/* The first output of a loop turn on an idle connection, completing no
- * delivery (start_write's case): written straight from the caller's
- * pieces, so a packet to one of thousands of connections, each taking one
- * at a time, is neither copied nor given a buffer that is freed right
- * after. Returns the bytes written; the caller queues the rest. */
-static size_t send_direct(sb_conn *c, const void *a, size_t alen, const void *b, size_t blen,
-                          sb_delivery *d)
-{
-    if (d != NULL || c->writing || c->olen > 0 || c->try_write == NULL ||
-        c->hold_output != NULL || c->try_write_ms == uv_now(c->adapter->loop))
-        return 0;
-    c->try_write_ms = uv_now(c->adapter->loop);
-    return c->try_write(c, a, alen, b, blen);
-}
-
 int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t blen,
                   sb_delivery *d)
 {
-    size_t need, sent;
+    size_t need;
     if (c->closing || c->output_failed)
         return SB_ECLOSED;
-    sent = send_direct(c, a, alen, b, blen, d);
-    if (sent == alen + blen) {
-        if (c->close_after_write)
-            sb_conn_close(c, NULL);
-        return 0;
-    }
-    /* what the transport did not take: b's share first goes from a */
-    if (sent >= alen) {
-        b = (const char *)b + (sent - alen);
-        blen -= sent - alen;
-        alen = 0;
-    } else {
-        a = (const char *)a + sent;
-        alen -= sent;
-    }
     need = c->olen + alen + blen;
     if (need > c->ocap) {
         /* small first: most writes are one small packet, and a 4 KiB
@@ -426,11 +392,6 @@ int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t 
         while (cap < need)
             cap *= 2;
         n = sb_realloc(c->obuf, cap);
-        if (n == NULL && sent > 0) {
-            /* part of the packet is on the wire: the stream cannot go on */
-            sb_conn_close(c, "out of memory for the rest of a packet");
-            return SB_ECLOSED;
-        }
         if (n == NULL)
             return SB_ENOMEM;
         c->obuf = n;
