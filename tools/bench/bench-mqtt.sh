@@ -48,6 +48,11 @@
 #   --only "LIST"    some of mosquitto, nats, switchboard (BENCH_ONLY; all three)
 #   --generator G    mqttload, mqttbench or both (BENCH_GENERATOR, both; mqttbench
 #                    alone when mqttload was not built: no libmosquitto-dev)
+#   --floor          also run tools/bench/mqttfloor, the raw mechanism (one
+#                    epoll loop that acknowledges and forwards each PUBLISH,
+#                    one read and one write per connection per wake-up,
+#                    nothing stored), as a broker named floor: the floor of
+#                    the brokers' CPU per message under this load (BENCH_FLOOR=1)
 #   --keep           keep the temporary directory (configs, logs, outputs)
 # SB_BUILD_DIR: build directory holding service/switchboard,
 # tools/bench/mqttbench and tools/bench/mqttload (default build/release;
@@ -74,6 +79,7 @@ lat_count=${BENCH_LAT_COUNT:-5000}
 k9_count=${BENCH_K9_COUNT:-10000}
 only=${BENCH_ONLY:-}
 generator=${BENCH_GENERATOR:-both}
+floor=${BENCH_FLOOR:-0}
 timeout=${BENCH_TIMEOUT:-30}
 mode=table
 keep=0
@@ -97,6 +103,7 @@ while [ $# -gt 0 ]; do
     --k9-count) k9_count=$2; shift ;;
     --only) only=$2; shift ;;
     --generator) generator=$2; shift ;;
+    --floor) floor=1 ;;
     --keep) keep=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench-mqtt.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -116,12 +123,13 @@ case $generator in both | mqttload | mqttbench) ;; *) echo "bench-mqtt.sh: --gen
 sb_bin=$build/service/switchboard
 bench_bin=$build/tools/bench/mqttbench
 load_bin=$build/tools/bench/mqttload
+floor_bin=$build/tools/bench/mqttfloor
 
 # ---- build ----
-if [ ! -x "$sb_bin" ] || [ ! -x "$bench_bin" ] || [ ! -x "$load_bin" ]; then
-    echo "== building switchboard, mqttbench and mqttload in $build (release preset)"
+if [ ! -x "$sb_bin" ] || [ ! -x "$bench_bin" ] || [ ! -x "$load_bin" ] || [ ! -x "$floor_bin" ]; then
+    echo "== building switchboard, mqttbench, mqttfloor and mqttload in $build (release preset)"
     (cd "$top" && cmake --preset release -B "$build" >/dev/null &&
-        cmake --build "$build" --target switchboard mqttbench) || {
+        cmake --build "$build" --target switchboard mqttbench mqttfloor) || {
         echo "bench-mqtt.sh: build failed" >&2
         exit 1
     }
@@ -265,6 +273,10 @@ mqtt {
 EOF
 }
 
+setup_floor() {
+    mkdir -p "$1"
+}
+
 setup_switchboard() {
     local dir=$1 port=$2
     mkdir -p "$dir"
@@ -292,6 +304,8 @@ start_broker() {
         "$mosq_bin" -c "$dir/mosquitto.conf" >>"$dir/broker.log" 2>&1 &
     elif [ "$name" = nats ]; then
         "$nats_bin" -c "$dir/nats.conf" >>"$dir/broker.log" 2>&1 &
+    elif [ "$name" = floor ]; then
+        "$floor_bin" "$port" >>"$dir/broker.log" 2>&1 &
     else
         if ! "$sb_bin" check-config "$dir/sb.yaml" >"$dir/check.log" 2>&1; then
             if grep -qi "mqtt\|protocol" "$dir/check.log"; then
@@ -432,7 +446,9 @@ fi
 # ---- throughput and latency ----
 declare -A port_of pid_of
 active=()
-for name in "${brokers[@]}"; do
+measured=("${brokers[@]}")
+[ "$floor" = 1 ] && measured+=(floor)
+for name in "${measured[@]}"; do
     dir=$tmp/$name
     port=$(free_port)
     "setup_$name" "$dir" "$port"
@@ -564,6 +580,18 @@ for gen in "${generators[@]}"; do
             -v cpus="$(nproc)" \
             'BEGIN { if (g > 0 && m > 0) printf "  ceiling: the generator alone needs %.1f us CPU per message; on %d CPUs no broker can exceed %.0f msgs/s = %.2fx %s'"'"'s\n", g, cpus, cpus * 1e6 / g, cpus * 1e6 / g / m, peer }'
     done
+    # The raw mechanism's CPU per message, against each broker's: what a
+    # broker could at best be, and what that would be of Mosquitto's.
+    if [ -n "${median_cpu[$gen/floor]:-}" ]; then
+        for name in "${active[@]}"; do
+            [ "$name" != floor ] && [ -n "${median_cpu[$gen/$name]:-}" ] || continue
+            awk -v f="${median_cpu[$gen/floor]}" -v c="${median_cpu[$gen/$name]}" -v name="$name" \
+                -v m="${median_cpu[$gen/mosquitto]:-}" \
+                'BEGIN { if (f > 0) printf "floor: %.1f us CPU per message; %s %.2fx the floor", f, name, c / f;
+                         if (f > 0 && m > 0 && name == "mosquitto") printf " (the floor is 1/%.1f of it)", m / f;
+                         printf "\n" }'
+        done
+    fi
 done
 echo "(median of $runs runs by msgs/s, end to end: first PUBLISH to the last message received;"
 echo " ack = PUBLISH->PUBACK/PUBCOMP; e2e = PUBLISH->delivery; cpu = broker CPU time per message,"
