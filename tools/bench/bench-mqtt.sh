@@ -53,6 +53,10 @@
 #                    one read and one write per connection per wake-up,
 #                    nothing stored), as a broker named floor: the floor of
 #                    the brokers' CPU per message under this load (BENCH_FLOOR=1)
+#   --threads        after each run, each broker thread's user and system CPU
+#                    per message, and (with perf) the process's system calls,
+#                    reads, writes, epoll_waits and context switches per
+#                    message (BENCH_THREADS=1)
 #   --keep           keep the temporary directory (configs, logs, outputs)
 # SB_BUILD_DIR: build directory holding service/switchboard,
 # tools/bench/mqttbench and tools/bench/mqttload (default build/release;
@@ -80,6 +84,7 @@ k9_count=${BENCH_K9_COUNT:-10000}
 only=${BENCH_ONLY:-}
 generator=${BENCH_GENERATOR:-both}
 floor=${BENCH_FLOOR:-0}
+threads=${BENCH_THREADS:-0}
 timeout=${BENCH_TIMEOUT:-30}
 mode=table
 keep=0
@@ -104,6 +109,7 @@ while [ $# -gt 0 ]; do
     --only) only=$2; shift ;;
     --generator) generator=$2; shift ;;
     --floor) floor=1 ;;
+    --threads) threads=1 ;;
     --keep) keep=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench-mqtt.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -217,6 +223,30 @@ wait_ready() {
         sleep 0.05
     done
     return 2
+}
+
+# thread_ticks PID: "tid name utime stime" per thread (USER_HZ ticks).
+thread_ticks() {
+    local t st rest
+    for t in /proc/"$1"/task/*; do
+        st=$(cat "$t/stat" 2>/dev/null) || continue
+        rest=${st##*) }
+        st=${st#*(}
+        st=${st%%)*}
+        echo "${t##*/} ${st// /_} $(echo "$rest" | awk '{print $12, $13}')"
+    done
+}
+
+# thread_report BEFORE AFTER PERF_OUT: --threads' lines for one run.
+thread_report() {
+    join <(sort "$1") <(sort "$2") | awk -v hz="$(getconf CLK_TCK)" -v n="$count" '
+        { u = ($6 - $3) / hz * 1e6 / n; s = ($7 - $4) / hz * 1e6 / n
+          if (u + s > 0) printf "     thread %s (%s): user %.2f, system %.2f us/msg\n", $1, $2, u, s }'
+    [ -s "$3" ] && awk -F, -v n="$count" '$1 + 0 > 0 { ev[$3] += $1 }
+        END { printf "     per message: system calls %.2f (read %.2f, write+writev %.2f, epoll_wait %.2f), context switches %.2f\n",
+              ev["raw_syscalls:sys_enter"] / n, ev["syscalls:sys_enter_read"] / n,
+              (ev["syscalls:sys_enter_write"] + ev["syscalls:sys_enter_writev"]) / n,
+              ev["syscalls:sys_enter_epoll_wait"] / n, ev["context-switches"] / n }' "$3"
 }
 
 cpu_ticks() {
@@ -482,12 +512,29 @@ for ((r = 1; r <= runs; r++)); do
             out=$tmp/$name/$gen-run$r.txt
             kill -0 "${pid_of[$name]}" 2>/dev/null || continue
             before=$(cpu_ticks "${pid_of[$name]}")
+            perf_pid=
+            if [ "$threads" = 1 ]; then
+                thread_ticks "${pid_of[$name]}" >"$tmp/threads-before"
+                : >"$tmp/perf.txt"
+                if command -v perf >/dev/null 2>&1; then
+                    perf stat -x, -o "$tmp/perf.txt" -p "${pid_of[$name]}" -e \
+                        raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,context-switches \
+                        2>/dev/null &
+                    perf_pid=$!
+                    sleep 0.3 # (attached)
+                fi
+            fi
             "$(gen_bin "$gen")" --port "${port_of[$name]}" --qos "$qos" --count "$count" \
                 --size "$size" --producers "$producers" --consumers "$consumers" \
                 --window "$window" "$(session_flag)" --id-prefix bench --timeout "$timeout" \
                 >"$out" 2>&1
             rc=$?
             after=$(cpu_ticks "${pid_of[$name]}")
+            if [ -n "$perf_pid" ]; then
+                kill -INT "$perf_pid" 2>/dev/null
+                wait "$perf_pid" 2>/dev/null
+            fi
+            [ "$threads" = 1 ] && thread_ticks "${pid_of[$name]}" >"$tmp/threads-after"
             line=$(grep '^RESULT' "$out")
             # Broker CPU per message, in microseconds (USER_HZ ticks).
             us=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$count" \
@@ -496,6 +543,7 @@ for ((r = 1; r <= runs; r++)); do
             printf '   %-9s %-12s run %d: %s msgs/s, ack p50 %s us, p99 %s us; broker %s us CPU/msg, peak RSS %s MB; generator CPU %s s\n' \
                 "$gen" "$name" "$r" "$(field msgs_per_s "$line")" "$(field p50_us "$line")" \
                 "$(field p99_us "$line")" "$us" "${rss:-?}" "$(field gen_cpu_s "$line")"
+            [ "$threads" = 1 ] && thread_report "$tmp/threads-before" "$tmp/threads-after" "$tmp/perf.txt"
             if [ $rc != 0 ] || [ -z "$line" ]; then
                 # refused, lost or duplicated messages: no figures from it
                 echo "   $gen $name run $r FAILED (exit $rc):"
