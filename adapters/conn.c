@@ -341,7 +341,7 @@ static void start_write(sb_conn *c)
      * once per message with thousands of connections taking one each. The
      * owner flushes once per loop turn, so this is one write per turn. */
     if (c->flushing && c->odel_head == NULL && c->try_write != NULL) {
-        size_t n = c->try_write(c, c->obuf, c->olen, NULL, 0);
+        size_t n = c->try_write(c, c->obuf, c->olen);
         if (n == c->olen) {
             sb_free(c->obuf);
             c->obuf = NULL;

@@ -60,11 +60,11 @@ struct sb_conn {
     sb_adapter *adapter;
     void *session;
     void *tdata; /* the transport's own state */
-    /* Optional (libuv streams): writes what it can of a[0..alen) followed
-     * by b[0..blen) (blen may be 0) now, in one system call, without
-     * blocking and without keeping either; returns the bytes written (0 if
-     * none or on an error, which the next write then reports). */
-    size_t (*try_write)(sb_conn *c, const void *a, size_t alen, const void *b, size_t blen);
+    /* Optional (libuv streams): writes what it can of buf[0..len) now, in
+     * one system call, without blocking and without keeping it; returns
+     * the bytes written (0 if none or on an error, which the next write
+     * then reports). */
+    size_t (*try_write)(sb_conn *c, const void *buf, size_t len);
     size_t olen;           /* output not yet handed to the transport: obuf[0..olen) */
     int closing;
     int writing;           /* a write is in flight */

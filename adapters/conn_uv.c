@@ -100,14 +100,14 @@ static int uv_t_write(sb_conn *c, char *buf, size_t len)
     return 0;
 }
 
-static size_t uv_t_try_write(sb_conn *c, const void *a, size_t alen, const void *b, size_t blen)
+static size_t uv_t_try_write(sb_conn *c, const void *buf, size_t len)
 {
     uv_transport *t = c->tdata;
-    uv_buf_t bufs[2] = {uv_buf_init((char *)a, (unsigned)alen), uv_buf_init((char *)b, (unsigned)blen)};
+    uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
     int n;
     if (t->out == NULL)
         return 0;
-    n = uv_try_write(t->out, bufs, blen > 0 ? 2 : 1);
+    n = uv_try_write(t->out, &b, 1);
     return n > 0 ? (size_t)n : 0;
 }
 
