@@ -495,8 +495,18 @@ void sb_conn_close(sb_conn *c, const char *why)
      * error reply that explains the close, and the acks of commits that
      * completed earlier in this turn, which the peer would otherwise never
      * get and send again. */
-    if (c->hold_output != NULL && c->olen > 0 && !c->writing)
+    if (c->hold_output != NULL && c->olen > 0 && !c->writing) {
         sb_conn_flush(c);
+        if (c->closing) {
+            /* The flush closed it: it wrote all that a close_after_write
+             * waited for, or the write failed. Closing again would close
+             * the transport twice. */
+            if (why != NULL)
+                sb_log(SB_LOG_WARN, c->adapter->name, "peer %s: closing connection: %s",
+                       c->peer, why);
+            return;
+        }
+    }
     c->closing = 1;
     guard_forget(c);
     if (why != NULL)

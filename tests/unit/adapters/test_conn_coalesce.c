@@ -218,12 +218,52 @@ static void test_stop_writes_what_was_held(void **state)
     close(f.peer);
 }
 
+/* An MQTT DISCONNECT's close_after_write waits for the held output (the
+ * ack before it); the stop of a reload or shutdown then comes in the same
+ * turn, and its close writes what was held, which ends the connection
+ * once: no second close of the transport. */
+static void test_close_after_write_then_stop(void **state)
+{
+    unsigned char ack[4] = {0x40, 2, 0, 7}, got[16];
+    fixture f;
+    (void)state;
+
+    setup(&f, SOCK_SEQPACKET);
+    assert_int_equal(sb_conn_send(f.c, ack, 4, NULL), 0);
+    sb_conn_close_after_write(f.c, NULL); /* held: waits for the flush */
+    stop(&f);
+    assert_int_equal(read(f.peer, got, sizeof got), 4);
+    assert_memory_equal(got, ack, 4);
+    close(f.peer);
+}
+
+/* The same with a close in that turn (an MQTT takeover by a client that
+ * reconnects with the same id). */
+static void test_close_after_write_then_close(void **state)
+{
+    unsigned char ack[4] = {0x40, 2, 0, 7}, got[16];
+    fixture f;
+    (void)state;
+
+    setup(&f, SOCK_SEQPACKET);
+    assert_int_equal(sb_conn_send(f.c, ack, 4, NULL), 0);
+    sb_conn_close_after_write(f.c, NULL);
+    sb_conn_close(f.c, "taken over");
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+    assert_int_equal(read(f.peer, got, sizeof got), 4);
+    assert_memory_equal(got, ack, 4);
+    assert_int_equal(read(f.peer, got, sizeof got), 0); /* closed */
+    teardown(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_write_per_turn),
         cmocka_unit_test(test_larger_than_the_socket_takes),
         cmocka_unit_test(test_stop_writes_what_was_held),
+        cmocka_unit_test(test_close_after_write_then_stop),
+        cmocka_unit_test(test_close_after_write_then_close),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
