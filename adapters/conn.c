@@ -291,6 +291,23 @@ static void finish_deliveries(sb_delivery *d, int status, const char *why)
 
 static void start_write(sb_conn *c);
 
+/* Reading stopped because output backed up (out_paused) starts again
+ * once the output is under half the limit. */
+static void resume_output(sb_conn *c)
+{
+    if (!c->out_paused || c->olen >= SB_CONN_MAX_OUTPUT / 2)
+        return;
+    c->out_paused = 0;
+    update_reading(c);
+    if (c->proto->drained != NULL)
+        c->proto->drained(c);
+    /* A sink refused deliveries while this output was backed up: its
+     * bindings wait for this to offer them again. (None outside a broker:
+     * the unit tests.) */
+    if (c->adapter->broker != NULL)
+        sb_adapter_sink_ready(c->adapter);
+}
+
 void sb_conn_write_done(sb_conn *c, int status, const char *why)
 {
     sb_delivery *done = c->wdel;
@@ -315,15 +332,7 @@ void sb_conn_write_done(sb_conn *c, int status, const char *why)
     }
     if (c->close_after_write && !c->writing && c->olen == 0)
         sb_conn_close(c, NULL);
-    if (c->out_paused && c->olen < SB_CONN_MAX_OUTPUT / 2) {
-        c->out_paused = 0;
-        update_reading(c);
-        if (c->proto->drained != NULL)
-            c->proto->drained(c);
-        /* A sink refused deliveries while this output was backed up: its
-         * bindings wait for this to offer them again. */
-        sb_adapter_sink_ready(c->adapter);
-    }
+    resume_output(c);
     sb_conn_unref(c);
 }
 
@@ -420,11 +429,21 @@ int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t 
     return 0;
 }
 
-void sb_conn_flush(sb_conn *c)
+static void write_held(sb_conn *c)
 {
     c->flushing = 1;
     start_write(c);
     c->flushing = 0;
+}
+
+void sb_conn_flush(sb_conn *c)
+{
+    write_held(c);
+    /* The transport took it all at once: no write completes later to
+     * resume what this output paused (sb_conn_write_done does when one
+     * does). */
+    if (!c->writing && !c->closing)
+        resume_output(c);
 }
 
 int sb_conn_send(sb_conn *c, const void *data, size_t len, sb_delivery *d)
@@ -496,7 +515,7 @@ void sb_conn_close(sb_conn *c, const char *why)
      * completed earlier in this turn, which the peer would otherwise never
      * get and send again. */
     if (c->hold_output != NULL && c->olen > 0 && !c->writing) {
-        sb_conn_flush(c);
+        write_held(c);
         if (c->closing) {
             /* The flush closed it: it wrote all that a close_after_write
              * waited for, or the write failed. Closing again would close

@@ -167,7 +167,9 @@ void sb_conn_transport_closed(sb_conn *c);
 
 /* For transports that hold output (c->hold_output): hands everything
  * collected so far to the transport's write, unless a write is in flight
- * (its completion hands over the rest) or the connection is closing. */
+ * (its completion hands over the rest) or the connection is closing. If
+ * the transport took it all at once, reading stopped on backed-up output
+ * (out_paused) starts again here: no write completes later to do it. */
 void sb_conn_flush(sb_conn *c);
 
 /* Queues bytes; d (may be NULL) is acked when they are written. Returns 0,
