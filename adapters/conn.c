@@ -339,7 +339,7 @@ void sb_conn_write_done(sb_conn *c, int status, const char *why)
 static void start_write(sb_conn *c)
 {
     char *buf;
-    size_t len;
+    size_t off = 0, len;
     if (c->writing || c->olen == 0 || c->closing)
         return;
     if (c->hold_output != NULL && !c->flushing && c->hold_output(c))
@@ -350,22 +350,23 @@ static void start_write(sb_conn *c)
      * once per message with thousands of connections taking one each. The
      * owner flushes once per loop turn, so this is one write per turn. */
     if (c->flushing && c->odel_head == NULL && c->try_write != NULL) {
-        size_t n = c->try_write(c, c->obuf, c->olen);
-        if (n == c->olen) {
-            sb_free(c->obuf);
-            c->obuf = NULL;
-            c->olen = c->ocap = 0;
+        off = c->try_write(c, c->obuf, c->olen);
+        if (off == c->olen) {
+            /* the next turn's output goes to the same buffer, unless it
+             * grew past what a new one starts with */
+            if (c->ocap > CONN_HINT_MAX) {
+                sb_free(c->obuf);
+                c->obuf = NULL;
+                c->ocap = 0;
+            }
+            c->olen = 0;
             if (c->close_after_write)
                 sb_conn_close(c, NULL);
             return;
         }
-        if (n > 0) {
-            memmove(c->obuf, c->obuf + n, c->olen - n);
-            c->olen -= n;
-        }
     }
     buf = c->obuf;
-    len = c->olen;
+    len = c->olen - off; /* the write goes on from where try_write ended */
     c->ohint = len < CONN_HINT_MAX ? len : CONN_HINT_MAX;
     c->wdel = c->odel_head;
     c->obuf = NULL;
@@ -373,7 +374,7 @@ static void start_write(sb_conn *c)
     c->odel_head = c->odel_tail = NULL;
     c->writing = 1;
     sb_conn_ref(c);
-    if (c->transport_ops->write(c, buf, len) != 0) {
+    if (c->transport_ops->write(c, buf, off, len) != 0) {
         c->writing = 0;
         finish_deliveries(c->wdel, SB_ECLOSED, "write failed");
         c->wdel = NULL;

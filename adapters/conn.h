@@ -44,10 +44,11 @@ typedef struct sb_protocol {
 typedef struct sb_conn_transport {
     /* Starts (on = 1) or stops delivering input through sb_conn_input. */
     void (*read)(sb_conn *c, int on);
-    /* Writes buf[0..len) (takes ownership of buf, an sb_malloc block);
-     * returns 0 and later calls sb_conn_write_done exactly once, or an error
-     * (then it has freed buf and will not call back). */
-    int (*write)(sb_conn *c, char *buf, size_t len);
+    /* Writes buf[off..off+len) (takes ownership of buf, an sb_malloc
+     * block); returns 0 and later calls sb_conn_write_done exactly once, or
+     * an error (then it has freed buf and will not call back). off is 0
+     * but after a try_write that took part of buf. */
+    int (*write)(sb_conn *c, char *buf, size_t off, size_t len);
     /* Closes; calls sb_conn_transport_closed once nothing refers to c. */
     void (*close)(sb_conn *c);
 } sb_conn_transport;

@@ -323,6 +323,30 @@ static void test_reading_resumes_when_the_flush_writes_all(void **state)
     sb_free(got);
 }
 
+/* A turn's output that the socket takes at once leaves its buffer for the
+ * next turn's: no allocation per turn of a busy connection. */
+static void test_next_turn_reuses_the_buffer(void **state)
+{
+    unsigned char ack[4] = {0x40, 2, 0, 7}, got[16];
+    char *buf;
+    fixture f;
+    (void)state;
+
+    setup(&f, SOCK_SEQPACKET);
+    assert_int_equal(sb_conn_send(f.c, ack, 4, NULL), 0);
+    buf = f.c->obuf;
+    assert_non_null(buf);
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+    assert_int_equal(read(f.peer, got, sizeof got), 4);
+    assert_int_equal(f.c->olen, 0);
+    assert_ptr_equal(f.c->obuf, buf);
+    assert_int_equal(sb_conn_send(f.c, ack, 4, NULL), 0);
+    assert_ptr_equal(f.c->obuf, buf);
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+    assert_int_equal(read(f.peer, got, sizeof got), 4);
+    teardown(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -332,6 +356,7 @@ int main(void)
         cmocka_unit_test(test_close_after_write_then_stop),
         cmocka_unit_test(test_close_after_write_then_close),
         cmocka_unit_test(test_reading_resumes_when_the_flush_writes_all),
+        cmocka_unit_test(test_next_turn_reuses_the_buffer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
