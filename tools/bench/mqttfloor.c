@@ -10,7 +10,10 @@
  * calls a broker over plain sockets can make for this load, with perfect
  * coalescing and nothing else to do.
  *
- *   mqttfloor PORT      listens on 127.0.0.1:PORT until SIGTERM or SIGINT
+ *   mqttfloor PORT [NAP_US]
+ *       listens on 127.0.0.1:PORT until SIGTERM or SIGINT; with NAP_US,
+ *       sleeps that many microseconds after each wake-up that had events,
+ *       so that more arrive per wake-up (bench-mqtt.sh passes none)
  *
  * Not a broker: no flow control, no QoS 2 state, no retained messages, no
  * persistence; it serves one benchmark, whose CPU per message it sets the
@@ -30,21 +33,21 @@
 #include <unistd.h>
 
 #define READ_SIZE 65536
-#define MAX_CONNS 1024
 
 typedef struct conn {
     int fd;
-    int subscriber;
-    int dirty; /* on the dirty list */
+    int subscriber; /* on the subscriber list */
+    int dirty;      /* on the dirty list */
     int out_armed;
     uint16_t next_pid;
     uint8_t *in, *out;
     size_t inlen, incap, outlen, outcap;
     struct conn *dirty_next;
+    struct conn *sub_prev, *sub_next;
 } conn;
 
-static conn *conns[MAX_CONNS];
-static conn *dirty;
+static conn *subs;  /* the connections that subscribed */
+static conn *dirty; /* with output to write, or closed: freed from here */
 static int ep;
 static volatile sig_atomic_t stop;
 
@@ -93,15 +96,25 @@ static void ack(conn *c, uint8_t type, uint16_t pid)
     out_put(c, p, 4);
 }
 
+/* Closes c; the dirty list frees it, after this wake-up's events (which
+ * may still refer to it). */
 static void close_conn(conn *c)
 {
-    conns[c->fd] = NULL;
+    if (c->subscriber) {
+        if (c->sub_prev != NULL)
+            c->sub_prev->sub_next = c->sub_next;
+        else
+            subs = c->sub_next;
+        if (c->sub_next != NULL)
+            c->sub_next->sub_prev = c->sub_prev;
+        c->subscriber = 0;
+    }
     close(c->fd);
-    c->fd = -1; /* freed once off the dirty list */
+    c->fd = -1;
     if (!c->dirty) {
-        free(c->in);
-        free(c->out);
-        free(c);
+        c->dirty = 1;
+        c->dirty_next = dirty;
+        dirty = c;
     }
 }
 
@@ -159,9 +172,8 @@ static int packet(conn *c, uint8_t t, const uint8_t *b, size_t n)
             ack(c, 0x40, pid);
         else if (qos == 2)
             ack(c, 0x50, pid);
-        for (int fd = 0; fd < MAX_CONNS; fd++)
-            if (conns[fd] != NULL && conns[fd]->subscriber)
-                forward(conns[fd], b + 2, tlen, b + off, n - off);
+        for (conn *s = subs; s != NULL; s = s->sub_next)
+            forward(s, b + 2, tlen, b + off, n - off);
         return 0;
     }
     case 6: /* PUBREL */
@@ -170,20 +182,34 @@ static int packet(conn *c, uint8_t t, const uint8_t *b, size_t n)
         ack(c, 0x70, (uint16_t)(b[0] << 8 | b[1]));
         return 0;
     case 8: { /* SUBSCRIBE: grant QoS 1 to every filter */
-        uint8_t p[4 + 256];
-        size_t pos = 2, k = 0;
+        uint8_t h[8], one = 1;
+        size_t pos = 2, k = 0, rem, hn = 0;
         if (n < 2)
             return -1;
-        while (pos + 2 <= n && k < 256) {
+        while (pos + 2 <= n) {
             pos += 2 + ((size_t)b[pos] << 8 | b[pos + 1]) + 1;
-            p[4 + k++] = 1;
+            k++;
         }
-        p[0] = 0x90;
-        p[1] = (uint8_t)(2 + k);
-        p[2] = b[0];
-        p[3] = b[1];
-        out_put(c, p, 4 + k);
-        c->subscriber = 1;
+        h[hn++] = 0x90;
+        rem = 2 + k;
+        do {
+            uint8_t d = rem & 0x7f;
+            rem >>= 7;
+            h[hn++] = (uint8_t)(d | (rem ? 0x80 : 0));
+        } while (rem);
+        h[hn++] = b[0];
+        h[hn++] = b[1];
+        out_put(c, h, hn);
+        while (k-- > 0)
+            out_put(c, &one, 1);
+        if (!c->subscriber) {
+            c->subscriber = 1;
+            c->sub_prev = NULL;
+            c->sub_next = subs;
+            if (subs != NULL)
+                subs->sub_prev = c;
+            subs = c;
+        }
         return 0;
     }
     case 12: { /* PINGREQ */
@@ -288,13 +314,13 @@ int main(int argc, char **argv)
                 int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
                 if (fd < 0)
                     continue;
-                if (fd >= MAX_CONNS || (c = calloc(1, sizeof *c)) == NULL) {
+                if ((c = calloc(1, sizeof *c)) == NULL) {
+                    fprintf(stderr, "mqttfloor: out of memory for a connection\n");
                     close(fd);
                     continue;
                 }
                 setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
                 c->fd = fd;
-                conns[fd] = c;
                 struct epoll_event cev = {.events = EPOLLIN, .data.ptr = c};
                 epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev);
                 continue;
