@@ -55,8 +55,9 @@
 #                    the brokers' CPU per message under this load (BENCH_FLOOR=1)
 #   --threads        after each run, each broker thread's user and system CPU
 #                    per message, and (with perf) the process's system calls,
-#                    reads, writes, epoll_waits and context switches per
-#                    message (BENCH_THREADS=1)
+#                    reads (read, recvfrom), writes (write, writev, sendto,
+#                    sendmsg), epoll waits (epoll_wait, epoll_pwait: Go's
+#                    NATS) and context switches per message (BENCH_THREADS=1)
 #   --keep           keep the temporary directory (configs, logs, outputs)
 # SB_BUILD_DIR: build directory holding service/switchboard,
 # tools/bench/mqttbench and tools/bench/mqttload (default build/release;
@@ -132,7 +133,8 @@ load_bin=$build/tools/bench/mqttload
 floor_bin=$build/tools/bench/mqttfloor
 
 # ---- build ----
-if [ ! -x "$sb_bin" ] || [ ! -x "$bench_bin" ] || [ ! -x "$load_bin" ] || [ ! -x "$floor_bin" ]; then
+if [ ! -x "$sb_bin" ] || [ ! -x "$bench_bin" ] || [ ! -x "$load_bin" ] ||
+    { [ "$floor" = 1 ] && [ ! -x "$floor_bin" ]; }; then
     echo "== building switchboard, mqttbench, mqttfloor and mqttload in $build (release preset)"
     (cd "$top" && cmake --preset release -B "$build" >/dev/null &&
         cmake --build "$build" --target switchboard mqttbench mqttfloor) || {
@@ -239,14 +241,16 @@ thread_ticks() {
 
 # thread_report BEFORE AFTER PERF_OUT: --threads' lines for one run.
 thread_report() {
-    join <(sort "$1") <(sort "$2") | awk -v hz="$(getconf CLK_TCK)" -v n="$count" '
+    LC_ALL=C join <(LC_ALL=C sort "$1") <(LC_ALL=C sort "$2") | awk -v hz="$(getconf CLK_TCK)" -v n="$count" '
         { u = ($6 - $3) / hz * 1e6 / n; s = ($7 - $4) / hz * 1e6 / n
           if (u + s > 0) printf "     thread %s (%s): user %.2f, system %.2f us/msg\n", $1, $2, u, s }'
     [ -s "$3" ] && awk -F, -v n="$count" '$1 + 0 > 0 { ev[$3] += $1 }
-        END { printf "     per message: system calls %.2f (read %.2f, write+writev %.2f, epoll_wait %.2f), context switches %.2f\n",
-              ev["raw_syscalls:sys_enter"] / n, ev["syscalls:sys_enter_read"] / n,
-              (ev["syscalls:sys_enter_write"] + ev["syscalls:sys_enter_writev"]) / n,
-              ev["syscalls:sys_enter_epoll_wait"] / n, ev["context-switches"] / n }' "$3"
+        END { rd = ev["syscalls:sys_enter_read"] + ev["syscalls:sys_enter_recvfrom"]
+              wr = ev["syscalls:sys_enter_write"] + ev["syscalls:sys_enter_writev"]
+              wr += ev["syscalls:sys_enter_sendto"] + ev["syscalls:sys_enter_sendmsg"]
+              ep = ev["syscalls:sys_enter_epoll_wait"] + ev["syscalls:sys_enter_epoll_pwait"]
+              printf "     per message: system calls %.2f (read+recvfrom %.2f, write+writev+sendto+sendmsg %.2f, epoll_wait+epoll_pwait %.2f), context switches %.2f\n",
+              ev["raw_syscalls:sys_enter"] / n, rd / n, wr / n, ep / n, ev["context-switches"] / n }' "$3"
 }
 
 cpu_ticks() {
@@ -518,7 +522,7 @@ for ((r = 1; r <= runs; r++)); do
                 : >"$tmp/perf.txt"
                 if command -v perf >/dev/null 2>&1; then
                     perf stat -x, -o "$tmp/perf.txt" -p "${pid_of[$name]}" -e \
-                        raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,context-switches \
+                        raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,context-switches \
                         2>/dev/null &
                     perf_pid=$!
                     sleep 0.3 # (attached)
