@@ -112,7 +112,15 @@ static void on_flush_prepare(uv_prepare_t *h)
 /* c->hold_output of a stream connection: the transports that can write
  * at once (try_write) hold their output for the end of the loop turn.
  * (The stopping adapter's connections write at once: stop closes the
- * handles that flush.) */
+ * handles that flush.)
+ *
+ * The turn ends late when very many connections are ready: libuv (Linux)
+ * takes 1024 events per epoll_wait and, when it got all 1024, polls again
+ * at once, up to 48 times, before the check phase. With more than 1024
+ * ready connections the output of the whole batch waits for it: later
+ * replies (latency) and all of it held at once (peak memory). A
+ * connection past SB_CONN_MAX_OUTPUT stops reading (conn.c), which bounds
+ * what one holds. */
 static int stream_hold(sb_conn *c)
 {
     sb_stream *st = c->owner;
