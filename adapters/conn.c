@@ -291,6 +291,23 @@ static void finish_deliveries(sb_delivery *d, int status, const char *why)
 
 static void start_write(sb_conn *c);
 
+/* Reading stopped because output backed up (out_paused) starts again
+ * once the output is under half the limit. */
+static void resume_output(sb_conn *c)
+{
+    if (!c->out_paused || c->olen >= SB_CONN_MAX_OUTPUT / 2)
+        return;
+    c->out_paused = 0;
+    update_reading(c);
+    if (c->proto->drained != NULL)
+        c->proto->drained(c);
+    /* A sink refused deliveries while this output was backed up: its
+     * bindings wait for this to offer them again. (None outside a broker:
+     * the unit tests.) */
+    if (c->adapter->broker != NULL)
+        sb_adapter_sink_ready(c->adapter);
+}
+
 void sb_conn_write_done(sb_conn *c, int status, const char *why)
 {
     sb_delivery *done = c->wdel;
@@ -315,52 +332,41 @@ void sb_conn_write_done(sb_conn *c, int status, const char *why)
     }
     if (c->close_after_write && !c->writing && c->olen == 0)
         sb_conn_close(c, NULL);
-    if (c->out_paused && c->olen < SB_CONN_MAX_OUTPUT / 2) {
-        c->out_paused = 0;
-        update_reading(c);
-        if (c->proto->drained != NULL)
-            c->proto->drained(c);
-        /* A sink refused deliveries while this output was backed up: its
-         * bindings wait for this to offer them again. */
-        sb_adapter_sink_ready(c->adapter);
-    }
+    resume_output(c);
     sb_conn_unref(c);
 }
 
 static void start_write(sb_conn *c)
 {
     char *buf;
-    size_t len;
+    size_t off = 0, len;
     if (c->writing || c->olen == 0 || c->closing)
         return;
     if (c->hold_output != NULL && !c->flushing && c->hold_output(c))
         return; /* the transport calls sb_conn_flush later in this turn */
-    /* Output that completes no delivery goes out at once if the transport
-     * takes it all: no write request to complete later, which (libuv 1.44)
-     * re-arms the socket with an epoll_ctl after every write, once per
-     * message with thousands of connections taking one each. Once per loop
-     * turn (as far as the loop's clock tells): what follows in the same
-     * turn waits for a write request and goes out with it in one write. */
-    if (c->odel_head == NULL && c->try_write != NULL &&
-        c->try_write_ms != uv_now(c->adapter->loop)) {
-        size_t n;
-        c->try_write_ms = uv_now(c->adapter->loop);
-        n = c->try_write(c, c->obuf, c->olen, NULL, 0);
-        if (n == c->olen) {
-            sb_free(c->obuf);
-            c->obuf = NULL;
-            c->olen = c->ocap = 0;
+    /* Held output that completes no delivery goes out at once if the
+     * transport takes it all: no write request to complete later, which
+     * (libuv 1.44) re-arms the socket with an epoll_ctl after every write,
+     * once per message with thousands of connections taking one each. The
+     * owner flushes once per loop turn, so this is one write per turn. */
+    if (c->flushing && c->odel_head == NULL && c->try_write != NULL) {
+        off = c->try_write(c, c->obuf, c->olen);
+        if (off == c->olen) {
+            /* the next turn's output goes to the same buffer, unless it
+             * grew past what a new one starts with */
+            if (c->ocap > CONN_HINT_MAX) {
+                sb_free(c->obuf);
+                c->obuf = NULL;
+                c->ocap = 0;
+            }
+            c->olen = 0;
             if (c->close_after_write)
                 sb_conn_close(c, NULL);
             return;
         }
-        if (n > 0) {
-            memmove(c->obuf, c->obuf + n, c->olen - n);
-            c->olen -= n;
-        }
     }
     buf = c->obuf;
-    len = c->olen;
+    len = c->olen - off; /* the write goes on from where try_write ended */
     c->ohint = len < CONN_HINT_MAX ? len : CONN_HINT_MAX;
     c->wdel = c->odel_head;
     c->obuf = NULL;
@@ -368,7 +374,7 @@ static void start_write(sb_conn *c)
     c->odel_head = c->odel_tail = NULL;
     c->writing = 1;
     sb_conn_ref(c);
-    if (c->transport_ops->write(c, buf, len) != 0) {
+    if (c->transport_ops->write(c, buf, off, len) != 0) {
         c->writing = 0;
         finish_deliveries(c->wdel, SB_ECLOSED, "write failed");
         c->wdel = NULL;
@@ -377,42 +383,12 @@ static void start_write(sb_conn *c)
     }
 }
 
-/* The first output of a loop turn on an idle connection, completing no
- * delivery (start_write's case): written straight from the caller's
- * pieces, so a packet to one of thousands of connections, each taking one
- * at a time, is neither copied nor given a buffer that is freed right
- * after. Returns the bytes written; the caller queues the rest. */
-static size_t send_direct(sb_conn *c, const void *a, size_t alen, const void *b, size_t blen,
-                          sb_delivery *d)
-{
-    if (d != NULL || c->writing || c->olen > 0 || c->try_write == NULL ||
-        c->hold_output != NULL || c->try_write_ms == uv_now(c->adapter->loop))
-        return 0;
-    c->try_write_ms = uv_now(c->adapter->loop);
-    return c->try_write(c, a, alen, b, blen);
-}
-
 int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t blen,
                   sb_delivery *d)
 {
-    size_t need, sent;
+    size_t need;
     if (c->closing || c->output_failed)
         return SB_ECLOSED;
-    sent = send_direct(c, a, alen, b, blen, d);
-    if (sent == alen + blen) {
-        if (c->close_after_write)
-            sb_conn_close(c, NULL);
-        return 0;
-    }
-    /* what the transport did not take: b's share first goes from a */
-    if (sent >= alen) {
-        b = (const char *)b + (sent - alen);
-        blen -= sent - alen;
-        alen = 0;
-    } else {
-        a = (const char *)a + sent;
-        alen -= sent;
-    }
     need = c->olen + alen + blen;
     if (need > c->ocap) {
         /* small first: most writes are one small packet, and a 4 KiB
@@ -426,11 +402,6 @@ int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t 
         while (cap < need)
             cap *= 2;
         n = sb_realloc(c->obuf, cap);
-        if (n == NULL && sent > 0) {
-            /* part of the packet is on the wire: the stream cannot go on */
-            sb_conn_close(c, "out of memory for the rest of a packet");
-            return SB_ECLOSED;
-        }
         if (n == NULL)
             return SB_ENOMEM;
         c->obuf = n;
@@ -459,11 +430,21 @@ int sb_conn_send2(sb_conn *c, const void *a, size_t alen, const void *b, size_t 
     return 0;
 }
 
-void sb_conn_flush(sb_conn *c)
+static void write_held(sb_conn *c)
 {
     c->flushing = 1;
     start_write(c);
     c->flushing = 0;
+}
+
+void sb_conn_flush(sb_conn *c)
+{
+    write_held(c);
+    /* The transport took it all at once: no write completes later to
+     * resume what this output paused (sb_conn_write_done does when one
+     * does). */
+    if (!c->writing && !c->closing)
+        resume_output(c);
 }
 
 int sb_conn_send(sb_conn *c, const void *data, size_t len, sb_delivery *d)
@@ -534,8 +515,18 @@ void sb_conn_close(sb_conn *c, const char *why)
      * error reply that explains the close, and the acks of commits that
      * completed earlier in this turn, which the peer would otherwise never
      * get and send again. */
-    if (c->hold_output != NULL && c->olen > 0 && !c->writing)
-        sb_conn_flush(c);
+    if (c->hold_output != NULL && c->olen > 0 && !c->writing) {
+        write_held(c);
+        if (c->closing) {
+            /* The flush closed it: it wrote all that a close_after_write
+             * waited for, or the write failed. Closing again would close
+             * the transport twice. */
+            if (why != NULL)
+                sb_log(SB_LOG_WARN, c->adapter->name, "peer %s: closing connection: %s",
+                       c->peer, why);
+            return;
+        }
+    }
     c->closing = 1;
     guard_forget(c);
     if (why != NULL)

@@ -44,10 +44,11 @@ typedef struct sb_protocol {
 typedef struct sb_conn_transport {
     /* Starts (on = 1) or stops delivering input through sb_conn_input. */
     void (*read)(sb_conn *c, int on);
-    /* Writes buf[0..len) (takes ownership of buf, an sb_malloc block);
-     * returns 0 and later calls sb_conn_write_done exactly once, or an error
-     * (then it has freed buf and will not call back). */
-    int (*write)(sb_conn *c, char *buf, size_t len);
+    /* Writes buf[off..off+len) (takes ownership of buf, an sb_malloc
+     * block); returns 0 and later calls sb_conn_write_done exactly once, or
+     * an error (then it has freed buf and will not call back). off is 0
+     * but after a try_write that took part of buf. */
+    int (*write)(sb_conn *c, char *buf, size_t off, size_t len);
     /* Closes; calls sb_conn_transport_closed once nothing refers to c. */
     void (*close)(sb_conn *c);
 } sb_conn_transport;
@@ -55,17 +56,16 @@ typedef struct sb_conn_transport {
 struct sb_conn {
     /* Fields in the order packets use them: with thousands of connections
      * each one's memory is out of cache by its next packet, so the first 64
-     * bytes hold what a write straight to an idle connection reads (see
-     * sb_conn_send2), the next 64 what input and queued output add. */
+     * bytes hold what queueing output on an idle connection reads (see
+     * sb_conn_send2), the next 64 what input and writing it add. */
     sb_adapter *adapter;
     void *session;
     void *tdata; /* the transport's own state */
-    /* Optional (libuv streams): writes what it can of a[0..alen) followed
-     * by b[0..blen) (blen may be 0) now, in one system call, without
-     * blocking and without keeping either; returns the bytes written (0 if
-     * none or on an error, which the next write then reports). */
-    size_t (*try_write)(sb_conn *c, const void *a, size_t alen, const void *b, size_t blen);
-    uint64_t try_write_ms; /* loop time of the last try_write */
+    /* Optional (libuv streams): writes what it can of buf[0..len) now, in
+     * one system call, without blocking and without keeping it; returns
+     * the bytes written (0 if none or on an error, which the next write
+     * then reports). */
+    size_t (*try_write)(sb_conn *c, const void *buf, size_t len);
     size_t olen;           /* output not yet handed to the transport: obuf[0..olen) */
     int closing;
     int writing;           /* a write is in flight */
@@ -100,14 +100,16 @@ struct sb_conn {
      * directions: a failed write then only ends the output (output_failed),
      * and the input is still read to its end. */
     void (*on_input_eof)(sb_conn *c);
-    /* Optional (Windows named pipes): output could go to the transport now;
-     * returning 1 keeps it collecting in obuf, and the transport calls
-     * sb_conn_flush before the loop next waits. Everything sent in a loop
-     * turn then goes out in one write: a first reply written on its own
-     * would wake the peer for that one alone, and the rest would follow in
-     * a second write. */
+    /* Optional (the stream adapters' connections, stream_core.c; Windows
+     * named pipes): output could go to the transport now; returning 1 keeps
+     * it collecting in obuf, and the owner calls sb_conn_flush before the
+     * loop next waits. Everything sent in a loop turn then goes out in one
+     * write: a first reply written on its own would wake the peer for that
+     * one alone, and the rest would follow in a second write. */
     int (*hold_output)(sb_conn *c);
     int flushing; /* in sb_conn_flush: hold_output is not asked */
+    sb_conn *flush_next; /* the owner's list of connections holding output */
+    int flush_queued;    /* on that list (which holds a reference) */
     /* The adapter-side owner that keeps the connection on its list (an
      * sb_stream, adapters/stream_core.h); on_closed takes it off. */
     void *owner;
@@ -166,7 +168,9 @@ void sb_conn_transport_closed(sb_conn *c);
 
 /* For transports that hold output (c->hold_output): hands everything
  * collected so far to the transport's write, unless a write is in flight
- * (its completion hands over the rest) or the connection is closing. */
+ * (its completion hands over the rest) or the connection is closing. If
+ * the transport took it all at once, reading stopped on backed-up output
+ * (out_paused) starts again here: no write completes later to do it. */
 void sb_conn_flush(sb_conn *c);
 
 /* Queues bytes; d (may be NULL) is acked when they are written. Returns 0,

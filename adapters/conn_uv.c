@@ -80,11 +80,11 @@ static void on_write(uv_write_t *req, int status)
     sb_conn_write_done(c, status == 0 ? 0 : SB_ECLOSED, status == 0 ? NULL : uv_strerror(status));
 }
 
-static int uv_t_write(sb_conn *c, char *buf, size_t len)
+static int uv_t_write(sb_conn *c, char *buf, size_t off, size_t len)
 {
     uv_transport *t = c->tdata;
     uv_write_req *w = sb_malloc(sizeof(*w));
-    uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+    uv_buf_t b = uv_buf_init(buf + off, (unsigned)len);
     if (w == NULL || t->out == NULL) {
         sb_free(w);
         sb_free(buf);
@@ -100,14 +100,14 @@ static int uv_t_write(sb_conn *c, char *buf, size_t len)
     return 0;
 }
 
-static size_t uv_t_try_write(sb_conn *c, const void *a, size_t alen, const void *b, size_t blen)
+static size_t uv_t_try_write(sb_conn *c, const void *buf, size_t len)
 {
     uv_transport *t = c->tdata;
-    uv_buf_t bufs[2] = {uv_buf_init((char *)a, (unsigned)alen), uv_buf_init((char *)b, (unsigned)blen)};
+    uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
     int n;
     if (t->out == NULL)
         return 0;
-    n = uv_try_write(t->out, bufs, blen > 0 ? 2 : 1);
+    n = uv_try_write(t->out, &b, 1);
     return n > 0 ? (size_t)n : 0;
 }
 
@@ -157,9 +157,10 @@ static void uv_t_gone_read(sb_conn *c, int on)
     (void)on;
 }
 
-static int uv_t_gone_write(sb_conn *c, char *buf, size_t len)
+static int uv_t_gone_write(sb_conn *c, char *buf, size_t off, size_t len)
 {
     (void)c;
+    (void)off;
     (void)len;
     sb_free(buf);
     return SB_ECLOSED;

@@ -77,12 +77,82 @@ void sb_stream_link_lost(sb_stream *st)
     sb_stream_retry(st);
 }
 
+/* ---- output coalescing ---- */
+
+/* Writes what the connections held when it began; what a write's
+ * completion sends meanwhile waits for the next flush. */
+static void flush_held(sb_stream *st)
+{
+    sb_conn *c = st->flushq;
+    st->flushq = NULL;
+    while (c != NULL) {
+        sb_conn *next = c->flush_next;
+        c->flush_next = NULL;
+        c->flush_queued = 0;
+        sb_conn_flush(c);
+        sb_conn_unref(c);
+        c = next;
+    }
+    if (st->flushq == NULL && st->flush_state == 1) {
+        uv_check_stop(&st->flush_check);
+        uv_prepare_stop(&st->flush_prepare);
+    }
+}
+
+static void on_flush_check(uv_check_t *h)
+{
+    flush_held(h->data);
+}
+
+static void on_flush_prepare(uv_prepare_t *h)
+{
+    flush_held(h->data);
+}
+
+/* c->hold_output of a stream connection: the transports that can write
+ * at once (try_write) hold their output for the end of the loop turn.
+ * (The stopping adapter's connections write at once: stop closes the
+ * handles that flush.)
+ *
+ * The turn ends late when very many connections are ready: libuv (Linux)
+ * takes 1024 events per epoll_wait and, when it got all 1024, polls again
+ * at once, up to 48 times, before the check phase. With more than 1024
+ * ready connections the output of the whole batch waits for it: later
+ * replies (latency) and all of it held at once (peak memory). A
+ * connection past SB_CONN_MAX_OUTPUT stops reading (conn.c), which bounds
+ * what one holds. */
+static int stream_hold(sb_conn *c)
+{
+    sb_stream *st = c->owner;
+    if (c->try_write == NULL || st->adapter->stopping)
+        return 0;
+    if (st->flush_state == 0) {
+        uv_check_init(st->adapter->loop, &st->flush_check);
+        uv_prepare_init(st->adapter->loop, &st->flush_prepare);
+        st->flush_check.data = st->flush_prepare.data = st;
+        st->flush_state = 1;
+        st->pending += 2;
+    }
+    if (st->flush_state != 1)
+        return 0;
+    if (!c->flush_queued) {
+        c->flush_queued = 1;
+        sb_conn_ref(c);
+        c->flush_next = st->flushq;
+        st->flushq = c;
+        uv_check_start(&st->flush_check, on_flush_check);
+        uv_prepare_start(&st->flush_prepare, on_flush_prepare);
+    }
+    return 1;
+}
+
 sb_conn *sb_stream_conn_new(sb_stream *st)
 {
     sb_conn *c = sb_calloc(1, sizeof(*c));
     if (c != NULL) {
         c->owner = st;
         c->on_closed = on_conn_closed;
+        c->hold_output = stream_hold; /* (Windows pipes set their own) */
     }
     return c;
 }
@@ -225,6 +295,11 @@ static void on_guard_closed(uv_handle_t *h)
     sb_stream_maybe_stopped(st);
 }
 
+static void on_flush_closed(uv_handle_t *h)
+{
+    sb_stream_release(h->data);
+}
+
 void sb_stream_stop(sb_stream *st, sb_adapter_stopped_cb cb)
 {
     st->stopped_cb = cb;
@@ -233,7 +308,13 @@ void sb_stream_stop(sb_stream *st, sb_adapter_stopped_cb cb)
         st->timer = NULL;
     }
     for (sb_conn *c = st->conns; c != NULL; c = c->next)
-        sb_conn_close(c, NULL);
+        sb_conn_close(c, NULL); /* (writes what it held first) */
+    if (st->flush_state == 1) {
+        flush_held(st);
+        st->flush_state = 2;
+        uv_close((uv_handle_t *)&st->flush_check, on_flush_closed);
+        uv_close((uv_handle_t *)&st->flush_prepare, on_flush_closed);
+    }
     if (st->guard_state == 1) {
         st->guard_state = 2;
         sb_conn_guard_close(&st->guard, on_guard_closed);

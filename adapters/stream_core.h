@@ -12,6 +12,10 @@
  *   - reconnect: a client dials again after a failure or a disconnect, with
  *     exponential backoff, and logs each change of its link's state once
  *     (further failed attempts of the same kind at debug level);
+ *   - output coalescing: what a connection sends during a loop turn is
+ *     held and written in one write per connection at the end of the turn
+ *     (after the I/O callbacks, and before the loop next waits), however
+ *     many packets (acks a group commit released, deliveries) it carries;
  *   - stop accounting: stop closes the timer, the guard and the
  *     connections; the adapter's stopped callback runs once all of them and
  *     the owner's own handles (counted in `pending`) are closed.
@@ -53,6 +57,13 @@ struct sb_stream {
     /* Optional: a connection closed and left the list; replaces the
      * default (log it; a client reconnects). */
     void (*closed)(sb_stream *st, sb_conn *c);
+    /* output coalescing: connections holding output (each with a
+     * reference), flushed after the loop's I/O callbacks (check) and
+     * before it waits (prepare: what timers and deferred callbacks sent) */
+    sb_conn *flushq;
+    uv_check_t flush_check;
+    uv_prepare_t flush_prepare;
+    int flush_state; /* 0: not opened, 1: open, 2: closing */
     /* stop accounting: the owner's handles not yet closed */
     int pending;
     /* Optional: 1 while the owner still has work before it may report

@@ -797,7 +797,7 @@ static void tls_read(sb_conn *c, int on)
     set_reading(t, on);
 }
 
-static int tls_write(sb_conn *c, char *buf, size_t len)
+static int tls_write(sb_conn *c, char *buf, size_t off, size_t len)
 {
     tls_conn *t = c->tdata;
     if (t->closing || t->fatal || t->out != NULL || len == 0) {
@@ -807,8 +807,8 @@ static int tls_write(sb_conn *c, char *buf, size_t len)
         return SB_ECLOSED;
     }
     t->out = buf;
-    t->out_len = len;
-    t->out_off = 0;
+    t->out_len = off + len;
+    t->out_off = off;
     if (!t->writing)
         pump(t);
     return 0;

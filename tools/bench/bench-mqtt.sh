@@ -48,6 +48,16 @@
 #   --only "LIST"    some of mosquitto, nats, switchboard (BENCH_ONLY; all three)
 #   --generator G    mqttload, mqttbench or both (BENCH_GENERATOR, both; mqttbench
 #                    alone when mqttload was not built: no libmosquitto-dev)
+#   --floor          also run tools/bench/mqttfloor, the raw mechanism (one
+#                    epoll loop that acknowledges and forwards each PUBLISH,
+#                    one read and one write per connection per wake-up,
+#                    nothing stored), as a broker named floor: the floor of
+#                    the brokers' CPU per message under this load (BENCH_FLOOR=1)
+#   --threads        after each run, each broker thread's user and system CPU
+#                    per message, and (with perf) the process's system calls,
+#                    reads (read, recvfrom), writes (write, writev, sendto,
+#                    sendmsg), epoll waits (epoll_wait, epoll_pwait: Go's
+#                    NATS) and context switches per message (BENCH_THREADS=1)
 #   --keep           keep the temporary directory (configs, logs, outputs)
 # SB_BUILD_DIR: build directory holding service/switchboard,
 # tools/bench/mqttbench and tools/bench/mqttload (default build/release;
@@ -74,6 +84,8 @@ lat_count=${BENCH_LAT_COUNT:-5000}
 k9_count=${BENCH_K9_COUNT:-10000}
 only=${BENCH_ONLY:-}
 generator=${BENCH_GENERATOR:-both}
+floor=${BENCH_FLOOR:-0}
+threads=${BENCH_THREADS:-0}
 timeout=${BENCH_TIMEOUT:-30}
 mode=table
 keep=0
@@ -97,6 +109,8 @@ while [ $# -gt 0 ]; do
     --k9-count) k9_count=$2; shift ;;
     --only) only=$2; shift ;;
     --generator) generator=$2; shift ;;
+    --floor) floor=1 ;;
+    --threads) threads=1 ;;
     --keep) keep=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench-mqtt.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -116,12 +130,14 @@ case $generator in both | mqttload | mqttbench) ;; *) echo "bench-mqtt.sh: --gen
 sb_bin=$build/service/switchboard
 bench_bin=$build/tools/bench/mqttbench
 load_bin=$build/tools/bench/mqttload
+floor_bin=$build/tools/bench/mqttfloor
 
 # ---- build ----
-if [ ! -x "$sb_bin" ] || [ ! -x "$bench_bin" ] || [ ! -x "$load_bin" ]; then
-    echo "== building switchboard, mqttbench and mqttload in $build (release preset)"
+if [ ! -x "$sb_bin" ] || [ ! -x "$bench_bin" ] || [ ! -x "$load_bin" ] ||
+    { [ "$floor" = 1 ] && [ ! -x "$floor_bin" ]; }; then
+    echo "== building switchboard, mqttbench, mqttfloor and mqttload in $build (release preset)"
     (cd "$top" && cmake --preset release -B "$build" >/dev/null &&
-        cmake --build "$build" --target switchboard mqttbench) || {
+        cmake --build "$build" --target switchboard mqttbench mqttfloor) || {
         echo "bench-mqtt.sh: build failed" >&2
         exit 1
     }
@@ -211,6 +227,32 @@ wait_ready() {
     return 2
 }
 
+# thread_ticks PID: "tid name utime stime" per thread (USER_HZ ticks).
+thread_ticks() {
+    local t st rest
+    for t in /proc/"$1"/task/*; do
+        st=$(cat "$t/stat" 2>/dev/null) || continue
+        rest=${st##*) }
+        st=${st#*(}
+        st=${st%%)*}
+        echo "${t##*/} ${st// /_} $(echo "$rest" | awk '{print $12, $13}')"
+    done
+}
+
+# thread_report BEFORE AFTER PERF_OUT: --threads' lines for one run.
+thread_report() {
+    LC_ALL=C join <(LC_ALL=C sort "$1") <(LC_ALL=C sort "$2") | awk -v hz="$(getconf CLK_TCK)" -v n="$count" '
+        { u = ($6 - $3) / hz * 1e6 / n; s = ($7 - $4) / hz * 1e6 / n
+          if (u + s > 0) printf "     thread %s (%s): user %.2f, system %.2f us/msg\n", $1, $2, u, s }'
+    [ -s "$3" ] && awk -F, -v n="$count" '$1 + 0 > 0 { ev[$3] += $1 }
+        END { rd = ev["syscalls:sys_enter_read"] + ev["syscalls:sys_enter_recvfrom"]
+              wr = ev["syscalls:sys_enter_write"] + ev["syscalls:sys_enter_writev"]
+              wr += ev["syscalls:sys_enter_sendto"] + ev["syscalls:sys_enter_sendmsg"]
+              ep = ev["syscalls:sys_enter_epoll_wait"] + ev["syscalls:sys_enter_epoll_pwait"]
+              printf "     per message: system calls %.2f (read+recvfrom %.2f, write+writev+sendto+sendmsg %.2f, epoll_wait+epoll_pwait %.2f), context switches %.2f\n",
+              ev["raw_syscalls:sys_enter"] / n, rd / n, wr / n, ep / n, ev["context-switches"] / n }' "$3"
+}
+
 cpu_ticks() {
     # utime + stime of every thread; fields after "pid (comm) ".
     sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}'
@@ -265,6 +307,10 @@ mqtt {
 EOF
 }
 
+setup_floor() {
+    mkdir -p "$1"
+}
+
 setup_switchboard() {
     local dir=$1 port=$2
     mkdir -p "$dir"
@@ -292,6 +338,8 @@ start_broker() {
         "$mosq_bin" -c "$dir/mosquitto.conf" >>"$dir/broker.log" 2>&1 &
     elif [ "$name" = nats ]; then
         "$nats_bin" -c "$dir/nats.conf" >>"$dir/broker.log" 2>&1 &
+    elif [ "$name" = floor ]; then
+        "$floor_bin" "$port" >>"$dir/broker.log" 2>&1 &
     else
         if ! "$sb_bin" check-config "$dir/sb.yaml" >"$dir/check.log" 2>&1; then
             if grep -qi "mqtt\|protocol" "$dir/check.log"; then
@@ -432,7 +480,9 @@ fi
 # ---- throughput and latency ----
 declare -A port_of pid_of
 active=()
-for name in "${brokers[@]}"; do
+measured=("${brokers[@]}")
+[ "$floor" = 1 ] && measured+=(floor)
+for name in "${measured[@]}"; do
     dir=$tmp/$name
     port=$(free_port)
     "setup_$name" "$dir" "$port"
@@ -466,12 +516,29 @@ for ((r = 1; r <= runs; r++)); do
             out=$tmp/$name/$gen-run$r.txt
             kill -0 "${pid_of[$name]}" 2>/dev/null || continue
             before=$(cpu_ticks "${pid_of[$name]}")
+            perf_pid=
+            if [ "$threads" = 1 ]; then
+                thread_ticks "${pid_of[$name]}" >"$tmp/threads-before"
+                : >"$tmp/perf.txt"
+                if command -v perf >/dev/null 2>&1; then
+                    perf stat -x, -o "$tmp/perf.txt" -p "${pid_of[$name]}" -e \
+                        raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,context-switches \
+                        2>/dev/null &
+                    perf_pid=$!
+                    sleep 0.3 # (attached)
+                fi
+            fi
             "$(gen_bin "$gen")" --port "${port_of[$name]}" --qos "$qos" --count "$count" \
                 --size "$size" --producers "$producers" --consumers "$consumers" \
                 --window "$window" "$(session_flag)" --id-prefix bench --timeout "$timeout" \
                 >"$out" 2>&1
             rc=$?
             after=$(cpu_ticks "${pid_of[$name]}")
+            if [ -n "$perf_pid" ]; then
+                kill -INT "$perf_pid" 2>/dev/null
+                wait "$perf_pid" 2>/dev/null
+            fi
+            [ "$threads" = 1 ] && thread_ticks "${pid_of[$name]}" >"$tmp/threads-after"
             line=$(grep '^RESULT' "$out")
             # Broker CPU per message, in microseconds (USER_HZ ticks).
             us=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$count" \
@@ -480,6 +547,7 @@ for ((r = 1; r <= runs; r++)); do
             printf '   %-9s %-12s run %d: %s msgs/s, ack p50 %s us, p99 %s us; broker %s us CPU/msg, peak RSS %s MB; generator CPU %s s\n' \
                 "$gen" "$name" "$r" "$(field msgs_per_s "$line")" "$(field p50_us "$line")" \
                 "$(field p99_us "$line")" "$us" "${rss:-?}" "$(field gen_cpu_s "$line")"
+            [ "$threads" = 1 ] && thread_report "$tmp/threads-before" "$tmp/threads-after" "$tmp/perf.txt"
             if [ $rc != 0 ] || [ -z "$line" ]; then
                 # refused, lost or duplicated messages: no figures from it
                 echo "   $gen $name run $r FAILED (exit $rc):"
@@ -564,6 +632,18 @@ for gen in "${generators[@]}"; do
             -v cpus="$(nproc)" \
             'BEGIN { if (g > 0 && m > 0) printf "  ceiling: the generator alone needs %.1f us CPU per message; on %d CPUs no broker can exceed %.0f msgs/s = %.2fx %s'"'"'s\n", g, cpus, cpus * 1e6 / g, cpus * 1e6 / g / m, peer }'
     done
+    # The raw mechanism's CPU per message, against each broker's: what a
+    # broker could at best be, and what that would be of Mosquitto's.
+    if [ -n "${median_cpu[$gen/floor]:-}" ]; then
+        for name in "${active[@]}"; do
+            [ "$name" != floor ] && [ -n "${median_cpu[$gen/$name]:-}" ] || continue
+            awk -v f="${median_cpu[$gen/floor]}" -v c="${median_cpu[$gen/$name]}" -v name="$name" \
+                -v m="${median_cpu[$gen/mosquitto]:-}" \
+                'BEGIN { if (f > 0) printf "floor: %.1f us CPU per message; %s %.2fx the floor", f, name, c / f;
+                         if (f > 0 && m > 0 && name == "mosquitto") printf " (the floor is 1/%.1f of it)", m / f;
+                         printf "\n" }'
+        done
+    fi
 done
 echo "(median of $runs runs by msgs/s, end to end: first PUBLISH to the last message received;"
 echo " ack = PUBLISH->PUBACK/PUBCOMP; e2e = PUBLISH->delivery; cpu = broker CPU time per message,"

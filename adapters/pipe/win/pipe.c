@@ -201,12 +201,12 @@ static void on_flush_idle(uv_idle_t *h)
 
 /* Called only from flush_held (through sb_conn_flush): pipe connections
  * hold their output. */
-static int t_write(sb_conn *c, char *buf, size_t len)
+static int t_write(sb_conn *c, char *buf, size_t off, size_t len)
 {
     pipe_inst *inst = c->tdata;
     inst->wbuf = buf; /* now owned by the write (sb_pipe__write_on) */
-    inst->wlen = len;
-    inst->woff = 0;
+    inst->wlen = off + len;
+    inst->woff = off; /* (0: pipes have no try_write) */
     if (sb_pipe__write_on(inst) == 0)
         return 0; /* pending: reported done when it completes */
     /* Done at once (or failed): flush_held reports it, once out of the
