@@ -161,7 +161,7 @@ function med(a, n,    i, j, t) {
 { if (!($1 in k)) { order[++keys] = $1; k[$1] = 0 }
   i = ++k[$1]; msgs[$1] = $2; bk[$1, i] = $3; cl[$1, i] = $4; al[$1, i] = $5 }
 END {
-    printf "%-8s %8s %17s %9s %9s   (median of %d runs)\n", "CASE", "MESSAGES", "BROKER [min-max]", "CLIENTS", "ALL", runs
+    printf "%-8s %8s %19s %9s %9s   (median of %d runs)\n", "CASE", "MESSAGES", "BROKER [min-max]", "CLIENTS", "ALL", runs
     for (o = 1; o <= keys; o++) {
         key = order[o]; n = k[key]; lo = 1e9; hi = 0
         for (i = 1; i <= n; i++) {
@@ -169,7 +169,7 @@ END {
             if (b[i] < lo) lo = b[i]
             if (b[i] > hi) hi = b[i]
         }
-        printf "%-8s %8d %5.1f [%4.1f-%4.1f] %9.1f %9.1f\n", key, msgs[key], med(b, n), lo, hi, med(c, n), med(a, n)
+        printf "%-8s %8d %5.2f [%4.2f-%4.2f] %9.2f %9.2f\n", key, msgs[key], med(b, n), lo, hi, med(c, n), med(a, n)
     }
 }' "$tmp/results"
 echo "(wineserver requests per message; replies, wake-ups and signals not counted)"
