@@ -235,6 +235,7 @@ void sb_pipe__flush_soon(pipe_adapter *pa)
 static int t_write(sb_conn *c, char *buf, size_t len)
 {
     pipe_inst *inst = c->tdata;
+    inst->answered = 1;
     inst->wbuf = buf; /* now owned by the write (sb_pipe__write_on) */
     inst->wlen = len;
     inst->woff = 0;

@@ -47,9 +47,12 @@
  *
  * Replies before everything else: a connection whose read completed from
  * the port (its pipe had been empty: the peer sent a request and waits)
- * has its output written first, and its next read, which will most likely
- * be pending, is issued only after the turn's writes (by the prepare
- * handle, after the core's own flush made the replies). Under Wine every
+ * has its output written first, and, if it is a peer that gets answers
+ * (the connection wrote to it before), its next read, which will most
+ * likely be pending, is issued only after the turn's writes (by the
+ * prepare handle, after the core's own flush made the replies). A peer
+ * that only writes (a raw producer) is read on at once, so a burst is
+ * read in one batch. Under Wine every
  * WriteFile and every ReadFile costs one or two wineserver round trips;
  * a read or a delivery to another connection issued before the reply
  * delays the peer's next request by that much (wine-requests.sh: broker
@@ -139,6 +142,7 @@ struct pipe_inst {
     int woke;         /* input came from the port this turn (the pipe had been empty): the
                        * next read is issued after the turn's output (read_on) */
     int read_deferred; /* on the list of reads issued after the turn's output (pipe_io.c) */
+    int answered;     /* the connection wrote to its peer (a peer that gets answers) */
     pipe_inst *defer_next;
     int who_busy;     /* os_user: the client's account is being looked up (input waits;
                        * a released instance is freed by who_looked_up) */

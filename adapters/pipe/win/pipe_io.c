@@ -720,13 +720,15 @@ static void read_on(pipe_inst *inst)
             kick(&inst->op_read);
             break;
         }
-        if (inst->woke) {
-            /* Woken by this input: the pipe had been empty, and the peer
-             * probably waits for the reply (the core makes it later in this
-             * turn). The next read, likely pending, is issued after the
-             * turn's output is written (the flush, before the loop polls
-             * again), not before it, where it would delay the reply by a
-             * wineserver round trip under Wine. */
+        if (inst->woke && inst->answered) {
+            /* Woken by this input (the pipe had been empty) from a peer
+             * that gets answers: it probably waits for the reply, which
+             * the core makes later in this turn. The next read, likely
+             * pending, is issued after the turn's output is written (the
+             * flush, before the loop polls again), not before it, where
+             * it would delay the reply by a wineserver round trip under
+             * Wine. Not for a peer that only writes (a raw producer):
+             * its messages are read on at once, in one batch, as before. */
             defer_read(inst);
             break;
         }
