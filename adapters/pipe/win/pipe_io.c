@@ -18,7 +18,10 @@
  * the buffer completes with ERROR_MORE_DATA, and the rest is read into a
  * larger buffer (PeekNamedPipe tells the size) unless the whole exceeds
  * max_message, which ends the connection after the messages before it.
- * The end of input is passed on after the last data.
+ * The end of input is passed on after the last data. A read that came
+ * from the port, on a connection the broker answers, is followed by the
+ * next one only after the loop turn's output was written (pipe_int.h:
+ * replies before everything else).
  */
 #include "adapters/pipe/win/pipe_int.h"
 #include "service/alloc.h"
@@ -642,9 +645,6 @@ static int pass_on(pipe_inst *inst)
     return 0;
 }
 
-/* Passes on what was read, and reads on, while the connection reads; reads
- * that complete at once are handled here, one after the other, up to
- * READS_PER_TURN (then a kick goes on in a later turn). */
 /* Reads put off until the turn's output was written (read_on), and those
  * sb_pipe__read_deferred has yet to issue. Loop thread only. */
 static pipe_inst *deferred, *issuing;
@@ -699,6 +699,9 @@ void sb_pipe__read_deferred(void)
     }
 }
 
+/* Passes on what was read, and reads on, while the connection reads; reads
+ * that complete at once are handled here, one after the other, up to
+ * READS_PER_TURN (then a kick goes on in a later turn). */
 static void read_on(pipe_inst *inst)
 {
     if (inst->in_read)
