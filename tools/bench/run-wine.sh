@@ -9,11 +9,15 @@
 # packaging/windows/wine-prefix.sh if missing). In one Wine session it
 # starts the broker with a generated config in a temp dir (data there too),
 # waits until it answers a jsonl ping, runs every case SB_BENCH_REPEAT times
-# (default 3, the cases interleaved so that load from other work on the
-# machine hits them alike; a short warm-up first), stops the broker and the
-# session, and prints the median msgs/s per case and the ratio through
-# Switchboard / raw, taken per round (both sides under the same load) and
-# reported as the median with its [min-max] over the rounds:
+# (default 3, 7 with SB_BENCH_ONLY=pipe; the cases interleaved so that load
+# from other work on the machine hits them alike; a short warm-up first),
+# stops the broker and the session, and prints the median msgs/s per case
+# and the ratio through Switchboard / raw, taken per round (both sides
+# under the same load) and reported as the median with its [min-max] over
+# the rounds. Each pipe case runs between two runs of its raw case, and is
+# compared with their mean; the second raw run / the first is printed too:
+# how far the raw mechanism alone moves between two runs a few seconds
+# apart, the noise floor of every ratio:
 #
 #   mechanism                   raw (ipcbench)      through Switchboard
 #   pipe msg req/resp W=1       pipe -w 1           jsonl pub awaiting its puback -> queue -> jsonl consumer
@@ -31,7 +35,7 @@
 #
 # Also printed: CPU time of the broker process and of this prefix's
 # wineserver per message (from /proc), and the load average before and
-# after. Environment: SB_BENCH_REPEAT (3), SB_BENCH_WINDOW (64),
+# after. Environment: SB_BENCH_REPEAT (3; 7 for pipes alone), SB_BENCH_WINDOW (64),
 # SB_BENCH_SIZE (100), SB_BENCH_SCALE (1: multiplies every message count),
 # SB_BENCH_ONLY=pipe runs the named-pipe cases alone (no mailslots),
 # SB_BENCH_KEEP=1 keeps the temp dir (config, broker log, raw results).
@@ -51,11 +55,11 @@ for f in "$sb" "$ipc"; do
         exit 2
     fi
 done
-REPEAT=${SB_BENCH_REPEAT:-3}
+ONLY=${SB_BENCH_ONLY:-}
+if [ "$ONLY" = pipe ]; then REPEAT=${SB_BENCH_REPEAT:-7}; else REPEAT=${SB_BENCH_REPEAT:-3}; fi
 WINDOW=${SB_BENCH_WINDOW:-64}
 SIZE=${SB_BENCH_SIZE:-100}
 SCALE=${SB_BENCH_SCALE:-1}
-ONLY=${SB_BENCH_ONLY:-}
 slots() { [ "$ONLY" != pipe ]; }
 
 . "$top/tools/bench/wine-env.sh"
@@ -179,18 +183,24 @@ slots && run_case memory.slot2 1000 broker --in "slot:$tag-slot2-memory" --out "
 r=1
 while [ $r -le "$REPEAT" ]; do
     echo "round $r/$REPEAT (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-    # Each raw case right before the cases it is compared with: the load
-    # from other work changes by the minute on a shared machine.
+    # Each pipe case between two runs of the raw case it is compared with
+    # (the ratio takes their mean; their own ratio, raw2/raw, shows how
+    # much the raw mechanism alone varies from one run to the next): the
+    # load from other work changes by the minute on a shared machine.
     run_case raw.rr 3000 pipe -w 1
     run_case memory.rr 1000 broker --in "pub:$j:bench/memory/q/pub" -w 1 --out "jsonl:$j:q-memory"
     run_case fsync.rr 500 broker --in "pub:$j:bench/fsync/q/pub" -w 1 --out "jsonl:$j:q-fsync"
+    run_case raw.rr2 3000 pipe -w 1
     run_case raw.plb 100000 pipe -w "$WINDOW" --bytes
     run_case memory.pl 10000 broker --in "pub:$j:bench/memory/q/pub" -w "$WINDOW" --out "jsonl:$j:q-memory"
     run_case fsync.pl 5000 broker --in "pub:$j:bench/fsync/q/pub" -w "$WINDOW" --out "jsonl:$j:q-fsync"
+    run_case raw.plb2 100000 pipe -w "$WINDOW" --bytes
     run_case raw.pl 10000 pipe -w "$WINDOW"
     run_case raw.ow 10000 pipe -w 0
     run_case memory.ow 5000 broker --in "rawpipe:$tag-raw-memory" --out "jsonl:$j:q-memory"
     run_case fsync.ow 2500 broker --in "rawpipe:$tag-raw-fsync" --out "jsonl:$j:q-fsync"
+    run_case raw.ow2 10000 pipe -w 0
+    run_case raw.pl2 10000 pipe -w "$WINDOW"
     if slots; then
         run_case raw.slot 20000 slot
         for d in memory fsync; do
@@ -221,23 +231,60 @@ function median(key,    n, r, v) {
     for (r = 1; r <= rounds; r++) if ((r, key) in val) v[++n] = val[r, key]
     return med(v, n)
 }
-# Median of the per-round ratios sb/raw, with their range in lo/hi.
-function ratio(sb, raw,    n, r, v, m) {
+# The raw rate the runs of a round are compared with: the mean of the runs
+# before and after them (raw and raw2) where both ran.
+function rawref(r, raw) {
+    if (val[r, raw] > 0 && val[r, raw "2"] > 0) return (val[r, raw] + val[r, raw "2"]) / 2
+    return val[r, raw]
+}
+# Median of the per-round ratios a/b (b a raw case: rawref), with their
+# range in lo/hi; self=1: a is raw2 and b is raw, the raw case against
+# itself.
+function ratio(a, b, self,    n, r, v, m, x, y) {
     n = 0; lo = 1e9; hi = 0
-    for (r = 1; r <= rounds; r++)
-        if (val[r, sb] > 0 && val[r, raw] > 0) {
-            v[++n] = val[r, sb] / val[r, raw]
+    for (r = 1; r <= rounds; r++) {
+        x = val[r, a]; y = self ? val[r, b] : rawref(r, b)
+        if (x > 0 && y > 0) {
+            v[++n] = x / y
             if (v[n] < lo) lo = v[n]
             if (v[n] > hi) hi = v[n]
         }
+    }
     if (n == 0) return "-"
     m = med(v, n)
     return sprintf("%.0f%% [%.0f-%.0f]", 100 * m, 100 * lo, 100 * hi)
+}
+# Median and [min-max] of the rates of a case over the rounds.
+function spread(key,    n, r, v, a, b) {
+    n = 0; a = 1e18; b = 0
+    for (r = 1; r <= rounds; r++)
+        if (val[r, key] > 0) {
+            v[++n] = val[r, key]
+            if (v[n] < a) a = v[n]
+            if (v[n] > b) b = v[n]
+        }
+    if (n == 0) return "-"
+    return sprintf("%.0f [%.0f-%.0f]", med(v, n), a, b)
 }
 function cpu(key, col,    r, s, m) {
     s = 0; m = 0
     for (r = 1; r <= rounds; r++) if ((r, key) in val) { s += tk[r, key, col]; m += nn[r, key] }
     return m > 0 ? s * 10000 / m : 0   # ticks of 10 ms -> us per message
+}
+# Median of the per-round reference rates of a raw case (rawref).
+function rawmedian(key,    n, r, v) {
+    n = 0
+    for (r = 1; r <= rounds; r++) if (rawref(r, key) > 0) v[++n] = rawref(r, key)
+    return med(v, n)
+}
+# CPU of the wineserver, over both runs of a raw case.
+function cpu2(key,    r, s, m) {
+    s = 0; m = 0
+    for (r = 1; r <= rounds; r++) {
+        if ((r, key) in val) { s += tk[r, key, 2]; m += nn[r, key] }
+        if ((r, key "2") in val) { s += tk[r, key "2", 2]; m += nn[r, key "2"] }
+    }
+    return m > 0 ? s * 10000 / m : 0
 }
 function fmt(x) { return x < 0 ? "-" : sprintf("%.0f", x) }
 $1 > 0 {
@@ -255,13 +302,20 @@ END {
     row[7] = "mailslot -> mailslot";              raw[7] = "raw.slot"; sw[7] = "slot2"
     printf "%-26s %8s %9s %-15s %9s %-15s\n", "MECHANISM", "RAW", "SB MEMORY", "RATIO", "SB FSYNC", "RATIO"
     for (i = 1; i <= rows; i++)
-        printf "%-26s %8s %9s %-15s %9s %-15s\n", row[i], fmt(median(raw[i])),
-            fmt(median("memory." sw[i])), ratio("memory." sw[i], raw[i]),
-            fmt(median("fsync." sw[i])), ratio("fsync." sw[i], raw[i])
+        printf "%-26s %8s %9s %-15s %9s %-15s\n", row[i], fmt(rawmedian(raw[i])),
+            fmt(median("memory." sw[i])), ratio("memory." sw[i], raw[i], 0),
+            fmt(median("fsync." sw[i])), ratio("fsync." sw[i], raw[i], 0)
+    printf "\nThe raw pipe cases alone (each ran before and after the cases compared with it;\n"
+    printf "RATIO above divides by their mean): rate median [min-max] over the rounds, and the\n"
+    printf "second run / the first, the noise floor of each ratio\n"
+    printf "%-26s %-26s %-26s %-15s\n", "MECHANISM", "RAW (first)", "RAW (second)", "SECOND/FIRST"
+    for (i = 1; i <= 4; i++)
+        printf "%-26s %-26s %-26s %-15s\n", row[i], spread(raw[i]), spread(raw[i] "2"),
+            ratio(raw[i] "2", raw[i], 1)
     printf "\nCPU per message (us, all rounds): broker process / this prefix'"'"'s wineserver\n"
     printf "%-26s %15s %16s %16s\n", "MECHANISM", "RAW wineserver", "MEMORY bkr/wsrv", "FSYNC bkr/wsrv"
     for (i = 1; i <= rows; i++)
-        printf "%-26s %15s %16s %16s\n", row[i], sprintf("%.0f", cpu(raw[i], 2)),
+        printf "%-26s %15s %16s %16s\n", row[i], sprintf("%.0f", i <= 4 ? cpu2(raw[i]) : cpu(raw[i], 2)),
             sprintf("%.0f / %.0f", cpu("memory." sw[i], 1), cpu("memory." sw[i], 2)),
             sprintf("%.0f / %.0f", cpu("fsync." sw[i], 1), cpu("fsync." sw[i], 2))
 }' "$tmp/results"

@@ -21,7 +21,12 @@
 #   raw.pl   ipcbench pipe -w W              mem.ow   raw message pipe -> queue -> jsonl consumer
 #   raw.ow   ipcbench pipe -w 0
 #
-# Environment: SB_BENCH_WINDOW (64), SB_BENCH_KEEP=1 keeps the trace,
+# The counts move by about one request per message from run to run (a
+# completion that arrives while the loop runs costs a signal and more
+# requests than one that finds it waiting): each case runs SB_BENCH_REPEAT
+# times (3) and the medians are printed, with the broker's range.
+#
+# Environment: SB_BENCH_WINDOW (64), SB_BENCH_REPEAT (3), SB_BENCH_KEEP=1 keeps the trace,
 # SB_BENCH_DETAIL=1 also lists each case's requests per message by request
 # (select, read, write, remove_completion, ...) and broker thread (the
 # trace's thread id: the loop and the pipe I/O thread are told apart by
@@ -39,6 +44,7 @@ for f in "$sb" "$ipc"; do
     fi
 done
 WINDOW=${SB_BENCH_WINDOW:-64}
+REPEAT=${SB_BENCH_REPEAT:-3}
 . "$top/tools/bench/wine-env.sh"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/sb-winereq.XXXXXX")
@@ -105,7 +111,8 @@ count() {
     case "$out" in *ok=1*) ;; *) echo "wine-requests.sh: $key failed: $out" >&2; exit 1 ;; esac
     # The broker's threads: their unix tids, then their ids in the trace.
     ls "/proc/$bpid/task" >"$tmp/tids"
-    awk -v a="$a" -v b="$b" -v key="$key" -v n="$n" -v detail="${SB_BENCH_DETAIL:-0}" '
+    awk -v a="$a" -v b="$b" -v key="$key" -v n="$n" -v detail="${SB_BENCH_DETAIL:-0}" \
+        -v results="$tmp/results" '
         FNR == NR { tid[$1] = 1; next }
         / init_(first_)?thread\( / {
             if (match($0, /unix_tid=[0-9]+/)) {
@@ -122,7 +129,7 @@ count() {
             req[(id in broker ? "broker thread " id : "clients") " " substr($2, 1, length($2) - 1)]++
         }
         END {
-            printf "%-8s %8d %9.1f %9.1f %9.1f\n", key, n, bk / n, (all - bk) / n, all / n
+            printf "%s %d %.2f %.2f %.2f\n", key, n, bk / n, (all - bk) / n, all / n >>results
             if (detail == 1)
                 for (r in req)
                     if (req[r] / n >= 0.001)
@@ -132,13 +139,37 @@ count() {
 }
 
 j=$tag-jsonl
-count warm 200 broker --in "pub:$j:bench/memory/q/pub" -w 1 --out "jsonl:$j:q-memory" >/dev/null
-printf '%-8s %8s %9s %9s %9s\n' CASE MESSAGES BROKER CLIENTS ALL
-count raw.rr 1000 pipe -w 1
-count raw.plb 20000 pipe -w "$WINDOW" --bytes
-count raw.pl 2000 pipe -w "$WINDOW"
-count raw.ow 5000 pipe -w 0
-count mem.rr 1000 broker --in "pub:$j:bench/memory/q/pub" -w 1 --out "jsonl:$j:q-memory"
-count mem.pl 10000 broker --in "pub:$j:bench/memory/q/pub" -w "$WINDOW" --out "jsonl:$j:q-memory"
-count mem.ow 2000 broker --in "rawpipe:$tag-raw-memory" --out "jsonl:$j:q-memory"
+count warm 200 broker --in "pub:$j:bench/memory/q/pub" -w 1 --out "jsonl:$j:q-memory"
+: >"$tmp/results"
+r=1
+while [ $r -le "$REPEAT" ]; do
+    count raw.rr 1000 pipe -w 1
+    count raw.plb 20000 pipe -w "$WINDOW" --bytes
+    count raw.pl 2000 pipe -w "$WINDOW"
+    count raw.ow 5000 pipe -w 0
+    count mem.rr 1000 broker --in "pub:$j:bench/memory/q/pub" -w 1 --out "jsonl:$j:q-memory"
+    count mem.pl 10000 broker --in "pub:$j:bench/memory/q/pub" -w "$WINDOW" --out "jsonl:$j:q-memory"
+    count mem.ow 2000 broker --in "rawpipe:$tag-raw-memory" --out "jsonl:$j:q-memory"
+    r=$((r + 1))
+done
+# Medians over the runs; the range of the broker's.
+awk -v runs="$REPEAT" '
+function med(a, n,    i, j, t) {
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+{ if (!($1 in k)) { order[++keys] = $1; k[$1] = 0 }
+  i = ++k[$1]; msgs[$1] = $2; bk[$1, i] = $3; cl[$1, i] = $4; al[$1, i] = $5 }
+END {
+    printf "%-8s %8s %19s %9s %9s   (median of %d runs)\n", "CASE", "MESSAGES", "BROKER [min-max]", "CLIENTS", "ALL", runs
+    for (o = 1; o <= keys; o++) {
+        key = order[o]; n = k[key]; lo = 1e9; hi = 0
+        for (i = 1; i <= n; i++) {
+            b[i] = bk[key, i]; c[i] = cl[key, i]; a[i] = al[key, i]
+            if (b[i] < lo) lo = b[i]
+            if (b[i] > hi) hi = b[i]
+        }
+        printf "%-8s %8d %5.2f [%4.2f-%4.2f] %9.2f %9.2f\n", key, msgs[key], med(b, n), lo, hi, med(c, n), med(a, n)
+    }
+}' "$tmp/results"
 echo "(wineserver requests per message; replies, wake-ups and signals not counted)"

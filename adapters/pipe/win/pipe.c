@@ -67,6 +67,7 @@ static void t_read(sb_conn *c, int on)
 
 static void on_flush_check(uv_check_t *h);
 static void on_flush_prepare(uv_prepare_t *h);
+static void undirty(pipe_adapter *pa);
 static void on_flush_idle(uv_idle_t *h);
 
 /* The pipe adapters whose connections hold output. Whichever adapter's
@@ -79,6 +80,7 @@ static void on_flush_idle(uv_idle_t *h);
 static pipe_adapter *dirty;
 /* Those a pass (flush_pass) has yet to write for. */
 static pipe_adapter *passing;
+static int in_pass; /* flush_pass runs */
 
 /* The connection's protocol sent something: it waits in the connection's
  * buffer for the end of the loop turn (flush_all), with what else the
@@ -90,12 +92,26 @@ static int t_hold(sb_conn *c)
     if (inst->flush_queued)
         return 1;
     inst->flush_queued = 1;
-    inst->flush_next = NULL;
-    if (pa->flushq_tail != NULL)
-        pa->flushq_tail->flush_next = inst;
-    else
+    if (inst->woke && !in_pass) {
+        /* The peer sent input this turn, after its pipe had been empty:
+         * it waits for this (a puback, held after the deliveries its
+         * message made to others). Written first: under Wine each write
+         * before it delays it by two wineserver round trips. Not while a
+         * pass writes (what it holds waits for the next pass, flush_held). */
+        inst->flush_next = pa->flushq;
         pa->flushq = inst;
-    pa->flushq_tail = inst;
+        if (pa->flushq_tail == NULL)
+            pa->flushq_tail = inst;
+        if (pa->dirty && dirty != pa)
+            undirty(pa);
+    } else {
+        inst->flush_next = NULL;
+        if (pa->flushq_tail != NULL)
+            pa->flushq_tail->flush_next = inst;
+        else
+            pa->flushq = inst;
+        pa->flushq_tail = inst;
+    }
     if (!pa->dirty) {
         pa->dirty = 1;
         pa->dirty_next = dirty;
@@ -139,20 +155,24 @@ static void flush_pass(void)
     pipe_adapter *pa;
     passing = dirty;
     dirty = NULL;
+    in_pass = 1;
     while ((pa = passing) != NULL) {
         passing = pa->dirty_next;
         pa->dirty = 0;
         pa->dirty_next = NULL;
         flush_held(pa);
     }
+    in_pass = 0;
 }
 
 /* One pass. What it leaves is written by the next one, after the loop
  * polled for other work: the adapters' handles stay started for it, and
  * their idle handles keep that poll from waiting for an unrelated event. */
-static void flush_all(void)
+static void flush_all(int reads)
 {
     flush_pass();
+    if (reads)
+        sb_pipe__read_deferred(); /* what they bring is written by the next pass */
     for (pipe_adapter *pa = dirty; pa != NULL; pa = pa->dirty_next)
         uv_idle_start(pa->flush_idle, on_flush_idle);
 }
@@ -174,10 +194,10 @@ static void undirty(pipe_adapter *pa)
     pa->dirty_next = NULL;
 }
 
-static void flush_turn(pipe_adapter *pa)
+static void flush_turn(pipe_adapter *pa, int reads)
 {
-    flush_all();
-    if (!pa->dirty) {
+    flush_all(reads);
+    if (!pa->dirty && !sb_pipe__reads_deferred()) {
         uv_check_stop(pa->flush_check);
         uv_prepare_stop(pa->flush_prepare);
         uv_idle_stop(pa->flush_idle);
@@ -186,17 +206,28 @@ static void flush_turn(pipe_adapter *pa)
 
 static void on_flush_check(uv_check_t *h)
 {
-    flush_turn(h->data);
+    flush_turn(h->data, 0);
 }
 
+/* The deferred reads (pipe_io.c read_on) are issued here: the core's
+ * flush (service/publish.c, an idle handle) made the replies by then, and
+ * nothing else runs before the loop polls. */
 static void on_flush_prepare(uv_prepare_t *h)
 {
-    flush_turn(h->data);
+    flush_turn(h->data, 1);
 }
 
 static void on_flush_idle(uv_idle_t *h)
 {
-    flush_turn(h->data);
+    flush_turn(h->data, 0);
+}
+
+void sb_pipe__flush_soon(pipe_adapter *pa)
+{
+    if (pa->flush_check == NULL)
+        return; /* stopped: nothing of it is read any more */
+    uv_check_start(pa->flush_check, on_flush_check);
+    uv_prepare_start(pa->flush_prepare, on_flush_prepare);
 }
 
 /* Called only from flush_held (through sb_conn_flush): pipe connections
@@ -204,6 +235,7 @@ static void on_flush_idle(uv_idle_t *h)
 static int t_write(sb_conn *c, char *buf, size_t off, size_t len)
 {
     pipe_inst *inst = c->tdata;
+    inst->answered = 1;
     inst->wbuf = buf; /* now owned by the write (sb_pipe__write_on) */
     inst->wlen = off + len;
     inst->woff = off; /* (0: pipes have no try_write) */

@@ -45,6 +45,20 @@
  * WriteFile: one for a batch of pubacks or deliveries, not a first one
  * alone that wakes the peer for it.
  *
+ * Replies before everything else: a connection whose read completed from
+ * the port (its pipe had been empty: the peer sent a request and waits)
+ * has its output written first, and, if it is a peer that gets answers
+ * (the connection wrote to it before), its next read, which will most
+ * likely be pending, is issued only after the turn's writes (by the
+ * prepare handle, after the core's own flush made the replies). A peer
+ * that only writes (a raw producer) is read on at once, so a burst is
+ * read in one batch. Under Wine every
+ * WriteFile and every ReadFile costs one or two wineserver round trips;
+ * a read or a delivery to another connection issued before the reply
+ * delays the peer's next request by that much (wine-requests.sh: broker
+ * requests per jsonl request/response 15.1-16.4 -> 13.4-14.3). On Windows
+ * the order changes nothing else: data waits in the pipe until read.
+ *
  * Input goes to the protocol as it is read. While the protocol is paused
  * (backpressure), nothing more is read: what a read that was under way
  * brought waits in rbuf until it reads again, and so does the end of input
@@ -125,6 +139,11 @@ struct pipe_inst {
     char end_why[300];
     int end_log;      /* input end: log end_why as an error (oversized message) */
     int in_read;      /* in read_on (the protocol may resume reading from inside it) */
+    int woke;         /* input came from the port this turn (the pipe had been empty): the
+                       * next read is issued after the turn's output (read_on) */
+    int read_deferred; /* on the list of reads issued after the turn's output (pipe_io.c) */
+    int answered;     /* the connection wrote to its peer (a peer that gets answers) */
+    pipe_inst *defer_next;
     int who_busy;     /* os_user: the client's account is being looked up (input waits;
                        * a released instance is freed by who_looked_up) */
     uv_work_t who_work;
@@ -247,7 +266,13 @@ void sb_pipe__close(pipe_inst *inst);
 /* Stop: closes every instance. */
 void sb_pipe__stop_io(pipe_adapter *pa);
 
+/* Issues the reads that were put off until the loop turn's output was
+ * written (read_on). Called by the flush after each pass. */
+void sb_pipe__read_deferred(void);
+int sb_pipe__reads_deferred(void); /* some are */
+
 /* ---- pipe.c: events, on the loop thread ---- */
+void sb_pipe__flush_soon(pipe_adapter *pa); /* runs the flush before the loop next polls */
 void sb_pipe__on_connected(pipe_inst *inst);
 void sb_pipe__on_write_done(pipe_inst *inst);
 void sb_pipe__on_freed(pipe_inst *inst); /* before inst is freed (a connection's) */

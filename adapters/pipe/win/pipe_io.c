@@ -18,7 +18,10 @@
  * the buffer completes with ERROR_MORE_DATA, and the rest is read into a
  * larger buffer (PeekNamedPipe tells the size) unless the whole exceeds
  * max_message, which ends the connection after the messages before it.
- * The end of input is passed on after the last data.
+ * The end of input is passed on after the last data. A read that came
+ * from the port, on a connection the broker answers, is followed by the
+ * next one only after the loop turn's output was written (pipe_int.h:
+ * replies before everything else).
  */
 #include "adapters/pipe/win/pipe_int.h"
 #include "service/alloc.h"
@@ -642,6 +645,60 @@ static int pass_on(pipe_inst *inst)
     return 0;
 }
 
+/* Reads put off until the turn's output was written (read_on), and those
+ * sb_pipe__read_deferred has yet to issue. Loop thread only. */
+static pipe_inst *deferred, *issuing;
+
+static void defer_read(pipe_inst *inst)
+{
+    if (inst->read_deferred)
+        return;
+    inst->read_deferred = 1;
+    inst->defer_next = deferred;
+    deferred = inst;
+    sb_pipe__flush_soon(inst->pa);
+}
+
+int sb_pipe__reads_deferred(void)
+{
+    return deferred != NULL;
+}
+
+static void unlink_deferred(pipe_inst **list, pipe_inst *inst)
+{
+    for (pipe_inst **p = list; *p != NULL; p = &(*p)->defer_next)
+        if (*p == inst) {
+            *p = inst->defer_next;
+            return;
+        }
+}
+
+/* inst closes: off the lists (its memory goes when its asyncs closed). */
+static void undefer_read(pipe_inst *inst)
+{
+    if (!inst->read_deferred)
+        return;
+    unlink_deferred(&deferred, inst);
+    unlink_deferred(&issuing, inst);
+    inst->read_deferred = 0;
+    inst->defer_next = NULL;
+}
+
+void sb_pipe__read_deferred(void)
+{
+    pipe_inst *inst;
+    /* What these reads put off again waits for the next flush. */
+    issuing = deferred;
+    deferred = NULL;
+    while ((inst = issuing) != NULL) {
+        issuing = inst->defer_next;
+        inst->defer_next = NULL;
+        inst->read_deferred = 0;
+        inst->woke = 0;
+        read_on(inst);
+    }
+}
+
 /* Passes on what was read, and reads on, while the connection reads; reads
  * that complete at once are handled here, one after the other, up to
  * READS_PER_TURN (then a kick goes on in a later turn). */
@@ -664,6 +721,18 @@ static void read_on(pipe_inst *inst)
             break;
         if (n >= READS_PER_TURN) {
             kick(&inst->op_read);
+            break;
+        }
+        if (inst->woke && inst->answered) {
+            /* Woken by this input (the pipe had been empty) from a peer
+             * that gets answers: it probably waits for the reply, which
+             * the core makes later in this turn. The next read, likely
+             * pending, is issued after the turn's output is written (the
+             * flush, before the loop polls again), not before it, where
+             * it would delay the reply by a wineserver round trip under
+             * Wine. Not for a peer that only writes (a raw producer):
+             * its messages are read on at once, in one batch, as before. */
+            defer_read(inst);
             break;
         }
         if (!start_read(inst, &bytes, &err))
@@ -811,8 +880,10 @@ static void on_op(uv_async_t *a)
     if (op == &inst->op_connect) {
         on_client(inst, was_pending ? err : op->done_err);
     } else if (op == &inst->op_read) {
-        if (was_pending)
+        if (was_pending) {
+            inst->woke = 1;
             on_read_done(inst, bytes, err);
+        }
         read_on(inst);
     } else if (was_pending) {
         on_write_done(inst, bytes, err);
@@ -850,6 +921,7 @@ void sb_pipe__close(pipe_inst *inst)
 {
     pipe_adapter *pa = inst->pa;
     inst->close_asked = 1;
+    undefer_read(inst);
     if (inst->released)
         return;
     inst->released = 1;
