@@ -352,14 +352,11 @@ static void start_write(sb_conn *c)
     if (c->flushing && c->odel_head == NULL && c->try_write != NULL) {
         off = c->try_write(c, c->obuf, c->olen);
         if (off == c->olen) {
-            /* the next turn's output goes to the same buffer, unless it
-             * grew past what a new one starts with */
-            if (c->ocap > CONN_HINT_MAX) {
-                sb_free(c->obuf);
-                c->obuf = NULL;
-                c->ocap = 0;
-            }
-            c->olen = 0;
+            /* not kept for the next turn: an idle connection (most of
+             * 10,000 sessions) holds no buffer */
+            sb_free(c->obuf);
+            c->obuf = NULL;
+            c->olen = c->ocap = 0;
             if (c->close_after_write)
                 sb_conn_close(c, NULL);
             return;
