@@ -101,15 +101,41 @@ static void var_long(VARIANT *v, long n)
     V_I4(v) = n;
 }
 
+/* 1 if hr says that the activation reached a relay on its way out: its
+ * last client had just released its objects. Wine does not suspend a
+ * class object when the server's count drops to zero
+ * (CoReleaseServerProcess), so it can still hand the exiting relay's
+ * class factory to a new client; Windows' COM does suspend it, and
+ * retries an activation refused with CO_E_SERVER_STOPPING with a new
+ * server itself. */
+static int relay_was_leaving(HRESULT hr)
+{
+    return hr == CO_E_SERVER_STOPPING || hr == HRESULT_FROM_WIN32(RPC_S_SERVER_UNAVAILABLE) ||
+           hr == HRESULT_FROM_WIN32(RPC_S_CALL_FAILED) || hr == RPC_E_DISCONNECTED ||
+           hr == RPC_E_SERVER_DIED || hr == RPC_E_SERVER_DIED_DNE;
+}
+
+/* CoCreateInstance, tried again (as Windows' COM would) while it reaches
+ * a relay that is exiting, for up to CREATE_RETRY_MS. */
+#define CREATE_RETRY_MS 30000
+
 static IBroker *create(REFCLSID clsid)
 {
-    IBroker *b = NULL;
-    HRESULT hr = CoCreateInstance(clsid, NULL, CLSCTX_LOCAL_SERVER, &IID_IBroker, (void **)&b);
-    if (FAILED(hr)) {
-        out("FAIL CoCreateInstance 0x%08lx\n", (unsigned long)hr);
-        exit(2);
+    ULONGLONG end = GetTickCount64() + CREATE_RETRY_MS;
+    for (;;) {
+        IBroker *b = NULL;
+        HRESULT hr =
+            CoCreateInstance(clsid, NULL, CLSCTX_LOCAL_SERVER, &IID_IBroker, (void **)&b);
+        if (SUCCEEDED(hr))
+            return b;
+        if (!relay_was_leaving(hr) || GetTickCount64() > end) {
+            out("FAIL CoCreateInstance 0x%08lx\n", (unsigned long)hr);
+            exit(2);
+        }
+        fprintf(stderr, "com_client: CoCreateInstance 0x%08lx (the relay was exiting): again\n",
+                (unsigned long)hr);
+        Sleep(20); /* a client's pause before it tries again */
     }
-    return b;
 }
 
 static char *utf8(BSTR b)
