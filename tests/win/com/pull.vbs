@@ -46,9 +46,9 @@ Sub Take(msg)
 End Sub
 
 ' CreateObject("Switchboard.Broker"), or Nothing with createErr saying why.
-' Tried again while it reaches a relay on its way out (its last client had
-' just released it): Wine, unlike Windows' COM, neither suspends the class
-' object then nor retries with a new server. For 30 s at most.
+' Tried again while it meets another relay than the one that will serve it
+' (one on its way out, or one launched at the same time): Wine's COM,
+' unlike Windows', lets that happen (see com_client.c). For 30 s at most.
 Function NewBroker()
     On Error Resume Next
     Dim t0, o
@@ -63,7 +63,7 @@ Function NewBroker()
         End If
         createErr = Hex(Err.Number) & " " & Err.Description
         Select Case Hex(Err.Number)
-            Case "80080008", "800706BA", "800706BE", "80010108", "80010007", "80010012"
+            Case "80080008", "800706BA", "800706BE", "80010108", "80010007", "80010012", "800706B5", "80004002"
             Case Else
                 Exit Do
         End Select
