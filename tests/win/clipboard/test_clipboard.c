@@ -220,6 +220,9 @@ static void test_in(void **state)
     sbt_ack(c, "rx", sbt_int(m, "msg_id"));
     json_decref(m);
     sbt_proc_release(&setter);
+    /* counted once the store committed it, which can be after the
+     * subscriber got it (broker.store.deliver_before_commit) */
+    wait_stat(c, "clip", "published", 3);
     assert_int_equal(adapter_stat(c, "clip", "published"), 3);
 
     sbt_close(c);
