@@ -63,11 +63,20 @@ void sbt_mqtt_tcp_publish(sbt_tcp *t, const char *topic, const char *payload, in
 
 void sbt_mqtt_tcp_read_publish(sbt_tcp *t, char *topic, size_t tn, char *payload, size_t pn)
 {
+    assert_int_equal(sbt_mqtt_tcp_next_publish(t, topic, tn, payload, pn, WAIT_MS), 0);
+}
+
+int sbt_mqtt_tcp_next_publish(sbt_tcp *t, char *topic, size_t tn, char *payload, size_t pn,
+                              int timeout_ms)
+{
     uint8_t buf[4096];
     size_t len = 0, rem = 0, used;
-    int shift = 0;
+    int shift = 0, rc;
     sb_mqtt_packet p;
-    assert_int_equal(sbt_tcp_read_exact(t, buf, 1, WAIT_MS), 1);
+    rc = sbt_tcp_read_exact(t, buf, 1, timeout_ms);
+    if (rc == -1)
+        return -1;
+    assert_int_equal(rc, 1);
     len = 1;
     do {
         assert_true(len < 5); /* at most four length bytes */
@@ -81,4 +90,5 @@ void sbt_mqtt_tcp_read_publish(sbt_tcp *t, char *topic, size_t tn, char *payload
     assert_int_equal(p.type, SB_MQTT_PUBLISH);
     snprintf(topic, tn, "%.*s", (int)p.publish.topic.n, p.publish.topic.p);
     snprintf(payload, pn, "%.*s", (int)p.publish.payload.n, (const char *)p.publish.payload.p);
+    return 0;
 }

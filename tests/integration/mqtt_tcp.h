@@ -24,4 +24,9 @@ void sbt_mqtt_tcp_publish(sbt_tcp *t, const char *topic, const char *payload, in
  * (NUL-terminated, truncated to tn and pn). */
 void sbt_mqtt_tcp_read_publish(sbt_tcp *t, char *topic, size_t tn, char *payload, size_t pn);
 
+/* As sbt_mqtt_tcp_read_publish, but returns -1 if no packet began within
+ * timeout_ms (0 when it read a PUBLISH). */
+int sbt_mqtt_tcp_next_publish(sbt_tcp *t, char *topic, size_t tn, char *payload, size_t pn,
+                              int timeout_ms);
+
 #endif

@@ -217,6 +217,8 @@ static void test_fan_out_acked_by_one(void **state)
     CORE_WAIT(f, s1->log.count == 1 && s2->log.count == 1);
     fake_ack(&s1->log.recs[0]);
     fake_ack(&s2->log.recs[0]);
+    /* as warm_up: t/1 is shown early only once the reservation is on disk */
+    CORE_WAIT(f, sb_store_reserve_ids(f->b->store, 0) >= f->b->ids_asked);
 
     sb_store_test_hold(f->b->store, 1);
     assert_int_equal(fake_publish(&p, f->b, fake("src"), "t/1", "a", NULL, 0, NULL), 0);

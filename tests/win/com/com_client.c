@@ -103,15 +103,49 @@ static void var_long(VARIANT *v, long n)
     V_I4(v) = n;
 }
 
+/* 1 if hr says that the activation met another relay than the one that
+ * will serve it. Wine's COM differs from Windows' here:
+ * - it does not suspend a class object when the server's count drops to
+ *   zero (CoReleaseServerProcess), so a new client can still be handed
+ *   the class factory of a relay on its way out: CO_E_SERVER_STOPPING,
+ *   or an RPC error once that relay is gone;
+ * - the client, not a service, launches the server, and a class has one
+ *   registration pipe: of two relays launched at once (or one launched
+ *   while the previous one still holds the pipe), one cannot register
+ *   and exits, and its client gets E_NOINTERFACE ("server failed to
+ *   start") although the other relay serves. RPC_S_UNKNOWN_IF: a relay
+ *   reached while it unregisters its interfaces.
+ * Windows' COM launches one server per activation and retries one
+ * refused with CO_E_SERVER_STOPPING with a new server itself. */
+static int met_another_relay(HRESULT hr)
+{
+    return hr == CO_E_SERVER_STOPPING || hr == HRESULT_FROM_WIN32(RPC_S_SERVER_UNAVAILABLE) ||
+           hr == HRESULT_FROM_WIN32(RPC_S_CALL_FAILED) ||
+           hr == HRESULT_FROM_WIN32(RPC_S_UNKNOWN_IF) || hr == RPC_E_DISCONNECTED ||
+           hr == RPC_E_SERVER_DIED || hr == RPC_E_SERVER_DIED_DNE || hr == E_NOINTERFACE;
+}
+
+/* CoCreateInstance, tried again (as Windows' COM would) while it meets
+ * another relay, for up to CREATE_RETRY_MS. */
+#define CREATE_RETRY_MS 30000
+
 static IBroker *create(REFCLSID clsid)
 {
-    IBroker *b = NULL;
-    HRESULT hr = CoCreateInstance(clsid, NULL, CLSCTX_LOCAL_SERVER, &IID_IBroker, (void **)&b);
-    if (FAILED(hr)) {
-        out("FAIL CoCreateInstance 0x%08lx\n", (unsigned long)hr);
-        exit(2);
+    ULONGLONG end = GetTickCount64() + CREATE_RETRY_MS;
+    for (;;) {
+        IBroker *b = NULL;
+        HRESULT hr =
+            CoCreateInstance(clsid, NULL, CLSCTX_LOCAL_SERVER, &IID_IBroker, (void **)&b);
+        if (SUCCEEDED(hr))
+            return b;
+        if (!met_another_relay(hr) || GetTickCount64() > end) {
+            out("FAIL CoCreateInstance 0x%08lx\n", (unsigned long)hr);
+            exit(2);
+        }
+        fprintf(stderr, "com_client: CoCreateInstance 0x%08lx (another relay): again\n",
+                (unsigned long)hr);
+        Sleep(20); /* a client's pause before it tries again */
     }
-    return b;
 }
 
 static char *utf8(BSTR b)

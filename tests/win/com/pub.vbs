@@ -13,8 +13,9 @@ payload = WScript.Arguments(1)
 count = 1
 If WScript.Arguments.Count > 2 Then count = CLng(WScript.Arguments(2))
 
-Set b = CreateObject("Switchboard.Broker")
-If Err.Number <> 0 Then WScript.Echo "FAIL CreateObject " & Hex(Err.Number) & " " & Err.Description : WScript.Quit 2
+Dim createErr
+Set b = NewBroker()
+If b Is Nothing Then WScript.Echo "FAIL CreateObject " & createErr : WScript.Quit 2
 
 For i = 1 To count
     id = b.Publish(topic, payload, Array("content-type", "text/plain", "sent-by", "pub.vbs"))
@@ -37,3 +38,29 @@ id = b.Publish(topic, payload & " (dictionary)", h)
 If Err.Number <> 0 Then WScript.Echo "FAIL Publish with a Dictionary " & Hex(Err.Number) & " " & Err.Description : WScript.Quit 6
 WScript.Echo "ID " & id
 WScript.Quit 0
+
+' CreateObject("Switchboard.Broker"), or Nothing with createErr saying why.
+' Tried again while it meets another relay than the one that will serve it
+' (one on its way out, or one launched at the same time): Wine's COM,
+' unlike Windows', lets that happen (see com_client.c). For 30 s at most.
+Function NewBroker()
+    On Error Resume Next
+    Dim t0, o
+    t0 = Timer
+    Do
+        Err.Clear
+        Set o = Nothing
+        Set o = CreateObject("Switchboard.Broker")
+        If Err.Number = 0 Then
+            Set NewBroker = o
+            Exit Function
+        End If
+        createErr = Hex(Err.Number) & " " & Err.Description
+        Select Case Hex(Err.Number)
+            Case "80080008", "800706BA", "800706BE", "80010108", "80010007", "80010012", "800706B5", "80004002"
+            Case Else
+                Exit Do
+        End Select
+    Loop While Abs(Timer - t0) < 30
+    Set NewBroker = Nothing
+End Function

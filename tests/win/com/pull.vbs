@@ -12,8 +12,9 @@ name = WScript.Arguments(0)
 count = CLng(WScript.Arguments(1))
 waitMs = CLng(WScript.Arguments(2))
 
-Set b = CreateObject("Switchboard.Broker")
-If Err.Number <> 0 Then WScript.Echo "FAIL CreateObject " & Hex(Err.Number) & " " & Err.Description : WScript.Quit 2
+Dim createErr
+Set b = NewBroker()
+If b Is Nothing Then WScript.Echo "FAIL CreateObject " & createErr : WScript.Quit 2
 Set s = b.Subscribe(name)
 If Err.Number <> 0 Then WScript.Echo "FAIL Subscribe " & Hex(Err.Number) & " " & Err.Description : WScript.Quit 3
 s.Buffer = 10
@@ -43,3 +44,29 @@ Sub Take(msg)
     If Err.Number <> 0 Then WScript.Echo "FAIL Ack " & Hex(Err.Number) & " " & Err.Description : WScript.Quit 8
     got = got + 1
 End Sub
+
+' CreateObject("Switchboard.Broker"), or Nothing with createErr saying why.
+' Tried again while it meets another relay than the one that will serve it
+' (one on its way out, or one launched at the same time): Wine's COM,
+' unlike Windows', lets that happen (see com_client.c). For 30 s at most.
+Function NewBroker()
+    On Error Resume Next
+    Dim t0, o
+    t0 = Timer
+    Do
+        Err.Clear
+        Set o = Nothing
+        Set o = CreateObject("Switchboard.Broker")
+        If Err.Number = 0 Then
+            Set NewBroker = o
+            Exit Function
+        End If
+        createErr = Hex(Err.Number) & " " & Err.Description
+        Select Case Hex(Err.Number)
+            Case "80080008", "800706BA", "800706BE", "80010108", "80010007", "80010012", "800706B5", "80004002"
+            Case Else
+                Exit Do
+        End Select
+    Loop While Abs(Timer - t0) < 30
+    Set NewBroker = Nothing
+End Function
