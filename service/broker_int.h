@@ -57,6 +57,13 @@ typedef struct sb_pending {
      * outcome (sb_delivery.withdrawn). */
     sb_delivery *orphans;
     char *why; /* why it was refused (sb_malloc'ed; NULL: none, or out of memory) */
+    /* A retained publish in flight when a subscription matching it was
+     * made gets to it by a copy queued then, after the retained values
+     * (sb_broker__retained_prepare): the copy waits for the publish
+     * (leader) and goes, or not, with it. Chained by follow_next from the
+     * publish's followers; leader is NULL once the publish completed. */
+    struct sb_pending *leader, *followers, *follow_next;
+    int follower; /* such a copy: not counted as refused if it goes */
     sb_publish_cb cb;
     void *ctx;
     struct sb_pending *next;

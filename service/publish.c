@@ -420,13 +420,39 @@ void sb_broker__entry_gone(sb_entry *e)
     e->pending = NULL;
 }
 
+/* Lets f, a copy of a retained publish for a subscription made while it
+ * was in flight, go on as the publish went: to its queue once committed in
+ * turn (a durable queue's copy is submitted only now, so that the store
+ * never keeps a copy of a refused message), or nowhere. */
+static void follower_release(sb_broker *b, sb_pending *f, int committed, int status)
+{
+    f->leader = NULL;
+    if (!committed) {
+        f->done = 1;
+        f->status = status != 0 ? status : SB_EDUPLICATE;
+    } else if (f->op.type != SB_OP_PUBLISH) {
+        f->done = 1; /* a memory queue's */
+    } else if (sb_store_submit(b->store, &f->op) != 0) {
+        f->done = 1;
+        f->status = SB_ESHUTDOWN;
+    }
+}
+
 static void complete(sb_broker *b, sb_pending *p)
 {
     int last = 0, stored = 0;
     /* Refused at commit (the store failed the group): counted like the
      * publishes refused before reaching the store. */
-    if (p->status != 0 && p->status != SB_ESHUTDOWN)
+    if (p->status != 0 && p->status != SB_ESHUTDOWN && !p->follower)
         b->refused++;
+    /* (after p in the pending list: completed after it, in this drain if
+     * they are done now) */
+    while (p->followers != NULL) {
+        sb_pending *f = p->followers;
+        p->followers = f->follow_next;
+        f->follow_next = NULL;
+        follower_release(b, f, p->status == 0 && !p->duplicate, p->status);
+    }
     while (p->early != NULL) {
         sb_entry *e = p->early;
         p->early = e->pnext;
@@ -880,11 +906,25 @@ static int by_id(const void *a, const void *b)
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* The retained publishes in flight (routed, not completed) that filters
+ * match, in the pending list's order (their ids'). */
+static int pending_retained(const sb_pending *p, const sb_sub_filter *filters, size_t count)
+{
+    return p->retain && sb_topic_match_any(filters, count, p->msg->topic);
+}
+
+/* Then come copies of the retained publishes in flight that the filters
+ * match: they were routed before the subscription existed, and its
+ * retained value is the older one until they commit. Each copy goes to the
+ * subscription as the publish goes (as if it had subscribed just before
+ * the publish: a normal message, the empty one that clears a value too),
+ * and nowhere if the store refuses the publish (see complete()). */
 int sb_broker__retained_prepare(sb_broker *b, const sb_sub_filter *filters, size_t count,
                                 sb_retained_batch *out)
 {
     retained_match m = {++b->retained_gen, NULL, 0, 0, 0};
-    sb_pending **ps = NULL;
+    sb_pending **ps = NULL, *lead = b->pending_head;
+    size_t inflight = 0;
 
     out->items = NULL;
     out->count = 0;
@@ -893,17 +933,25 @@ int sb_broker__retained_prepare(sb_broker *b, const sb_sub_filter *filters, size
                                  collect_retained, &m);
     if (m.failed)
         goto oom;
-    if (m.count == 0)
+    for (const sb_pending *p = b->pending_head; p != NULL; p = p->next)
+        inflight += pending_retained(p, filters, count);
+    if (m.count + inflight == 0)
         return 0;
     if (m.count > 1)
         qsort(m.items, m.count, sizeof(*m.items), by_id);
-    if ((ps = sb_calloc(m.count, sizeof(*ps))) == NULL)
+    if ((ps = sb_calloc(m.count + inflight, sizeof(*ps))) == NULL)
         goto oom;
     out->items = ps;
-    for (size_t i = 0; i < m.count; i++) {
-        const sb_message *v = m.items[i];
-        sb_message *copy = sb_message_new(v->topic, v->payload, v->payload_len);
-        sb_pending *p = copy != NULL ? sb_calloc(1, sizeof(*p)) : NULL;
+    for (size_t i = 0; i < m.count + inflight; i++) {
+        const sb_message *v;
+        sb_message *copy;
+        sb_pending *p;
+        if (i >= m.count)
+            while (!pending_retained(lead, filters, count))
+                lead = lead->next;
+        v = i < m.count ? m.items[i] : lead->msg;
+        copy = sb_message_new(v->topic, v->payload, v->payload_len);
+        p = copy != NULL ? sb_calloc(1, sizeof(*p)) : NULL;
         if (p == NULL) {
             sb_message_unref(copy);
             goto oom;
@@ -918,9 +966,14 @@ int sb_broker__retained_prepare(sb_broker *b, const sb_sub_filter *filters, size
         for (size_t h = 0; h < v->header_count; h++)
             if (sb_message_add_header(copy, v->headers[h].key, v->headers[h].value) != 0)
                 goto oom;
-        if (sb_message_add_header(copy, "retained", "true") != 0)
-            goto oom;
         copy->created_ms = v->created_ms;
+        if (i >= m.count) {
+            p->leader = lead;
+            p->follower = 1;
+            lead = lead->next;
+        } else if (sb_message_add_header(copy, "retained", "true") != 0) {
+            goto oom;
+        }
     }
     sb_free(m.items);
     return 0;
@@ -939,11 +992,24 @@ void sb_broker__retained_discard(sb_retained_batch *batch)
     batch->count = 0;
 }
 
+/* 1 if the publish p was routed to q. */
+static int routed_to(const sb_pending *p, const sb_queue *q)
+{
+    for (size_t i = 0; i < p->queue_count; i++)
+        if (p->queues[i] == q)
+            return 1;
+    return 0;
+}
+
 void sb_broker__retained_queue(sb_broker *b, sb_queue *q, sb_retained_batch *batch)
 {
     for (size_t i = 0; i < batch->count; i++) {
         sb_pending *p = batch->items[i];
         sb_message *copy = p->msg;
+        if (p->leader != NULL && routed_to(p->leader, q)) {
+            pending_free(NULL, p); /* q had a filter for it already */
+            continue;
+        }
         /* A retained copy gets a new id so the queue stays in id order. */
         copy->id = ++b->last_msg_id;
         p->broker = b;
@@ -953,9 +1019,15 @@ void sb_broker__retained_queue(sb_broker *b, sb_queue *q, sb_retained_batch *bat
         q->pending++;
         q->pending_bytes += (int64_t)sb_message_size(copy);
         pending_push(b, p);
+        if (p->leader != NULL) { /* goes on when its publish completes */
+            p->follow_next = p->leader->followers;
+            p->leader->followers = p;
+        }
         if (q->durability == SB_DURABILITY_MEMORY) {
-            p->done = 1;
-            sb_broker__arm_flush(b);
+            if (p->leader == NULL) {
+                p->done = 1;
+                sb_broker__arm_flush(b);
+            }
             continue;
         }
         p->op.type = SB_OP_PUBLISH;
@@ -965,7 +1037,7 @@ void sb_broker__retained_queue(sb_broker *b, sb_queue *q, sb_retained_batch *bat
         p->op.u.publish.msg = copy;
         p->op.u.publish.queue_ids = p->queue_ids;
         p->op.u.publish.queue_count = 1;
-        if (sb_store_submit(b->store, &p->op) != 0) {
+        if (p->leader == NULL && sb_store_submit(b->store, &p->op) != 0) {
             p->done = 1;
             p->status = SB_ESHUTDOWN;
             sb_broker__arm_flush(b);

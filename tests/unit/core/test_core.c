@@ -1055,6 +1055,136 @@ static void test_retained_values(void **state)
     core_check_all(f);
 }
 
+/* Settings of an MQTT clean session's subscription: in memory, not saved. */
+static const sb_sub_settings *memory_sub(sb_sub_settings *s)
+{
+    sb_sub_settings_default(s);
+    s->durability = SB_DURABILITY_MEMORY;
+    s->transient = 1;
+    return s;
+}
+
+/* Checks that c got exactly the payloads in want (NULL-terminated), in id
+ * order, the first as the retained value and the others as messages. */
+static void got_in_order(const fake_consumer *c, const char *const *want)
+{
+    size_t n = 0;
+    while (want[n] != NULL)
+        n++;
+    assert_int_equal(c->log.count, n);
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(c->log.recs[i].payload, want[i]);
+        if (i == 0)
+            assert_string_equal(c->log.recs[i].retained, "true");
+        else
+            assert_null(c->log.recs[i].retained);
+        if (i > 0)
+            assert_true(c->log.recs[i - 1].msg_id < c->log.recs[i].msg_id);
+    }
+}
+
+/* A retained publish routed before a subscription was made and committed
+ * after (a subscribe during the commit) reaches it once, after the older
+ * retained value it got at subscribe and before what was routed to it
+ * since; into a durable subscription for good (over a restart). */
+static void test_retained_in_flight_at_subscribe(void **state)
+{
+    static const char *const want[] = {"1", "2", "3", NULL};
+    core_fx *f = *state;
+    fake_consumer *durable, *memory;
+    sb_sub_settings mem;
+    fake_pub p2, p3;
+    sb_error err;
+
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p2, f->b, NULL, "sensors/a", "2", NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", NULL, &err) != 0 ||
+        sb_broker_subscribe(f->b, "late-mem", "sensors/a", memory_sub(&mem), &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    /* routed to them at once */
+    assert_int_equal(fake_publish(&p3, f->b, NULL, "sensors/a", "3", NULL, 0, NULL), 0);
+    durable = core_attach(f, "late", 16);
+    memory = core_attach(f, "late-mem", 16);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p2), 0);
+    assert_int_equal(core_pub_wait(f, &p3), 0);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0 && core_queue(f, "late-mem")->pending == 0 &&
+                     durable->log.count >= 3 && memory->log.count >= 3);
+    got_in_order(durable, want);
+    got_in_order(memory, want);
+    core_check_all(f);
+
+    core_stop(f);
+    core_start(f, retain_cfg);
+    durable = core_attach(f, "late", 16);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0 && durable->log.count >= 3);
+    assert_int_equal(durable->log.count, 3);
+    for (size_t i = 0; i < 3; i++)
+        assert_string_equal(durable->log.recs[i].payload, want[i]);
+    core_check_all(f);
+}
+
+/* The same with the empty payload that clears the value: the subscriber
+ * is told of the clear after the value it got at subscribe, and a later
+ * subscriber gets nothing. */
+static void test_retained_clear_in_flight_at_subscribe(void **state)
+{
+    static const char *const want[] = {"1", "", NULL};
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_sub_settings mem;
+    fake_pub p;
+    sb_error err;
+
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "sensors/a", "", NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", memory_sub(&mem), &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    c = core_attach(f, "late", 16);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0 && c->log.count >= 2);
+    got_in_order(c, want);
+    c = late_joiner(f, "later", "sensors/#", 0);
+    core_check_all(f);
+}
+
+/* A retained publish the store refuses does not reach a subscription made
+ * while it was in flight: that one keeps the older retained value. */
+static void test_retained_refused_in_flight_at_subscribe(void **state)
+{
+    static const char *const want[] = {"1", NULL};
+    size_t big = 512 * 1024;
+    char *payload = malloc(big + 1);
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_sub_settings mem;
+    fake_pub p;
+    sb_error err;
+
+    assert_non_null(payload);
+    memset(payload, 'x', big);
+    payload[big] = '\0';
+    f->broker_extra = "  store: {max_db_bytes: 256KiB}\n";
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "sensors/a", payload, NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", memory_sub(&mem), &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    c = core_attach(f, "late", 16);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0 && c->log.count >= 1);
+    got_in_order(c, want);
+    core_check_all(f);
+    free(payload);
+}
+
 /* ---- reload ----------------------------------------------------------------------- */
 
 static const char *const reload_a = "adapters:\n"
@@ -1255,6 +1385,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ttl_expires_without_consumer, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_retained_values, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_in_flight_at_subscribe, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_clear_in_flight_at_subscribe, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_refused_in_flight_at_subscribe, core_setup,
+                                        core_teardown),
         cmocka_unit_test_setup_teardown(test_reload_keeps_queues, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_reload_retires_binding, core_setup, core_teardown),
     };
