@@ -187,7 +187,9 @@ int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const sb_sub_filter *
 /* The same in two steps, so that a subscription is made all or nothing:
  * _prepare allocates copies of the retained values matching filters (0 or
  * SB_ENOMEM, then out is empty); _queue queues them into q and cannot fail;
- * _discard frees what was prepared instead. */
+ * _discard frees what was prepared instead. Nothing may complete a publish
+ * in between (no loop turn): the batch points to the retained publishes in
+ * flight it copies (sb_pending.leader). */
 typedef struct sb_retained_batch {
     sb_pending **items;
     size_t count;
