@@ -61,9 +61,12 @@ typedef struct sb_pending {
      * made gets to it by a copy queued then, after the retained values
      * (sb_broker__retained_prepare): the copy waits for the publish
      * (leader) and goes, or not, with it. Chained by follow_next from the
-     * publish's followers; leader is NULL once the publish completed. */
+     * publish's followers; leader is NULL once the publish completed. A
+     * durable copy is submitted at once (the store's op order is the
+     * pending list's); if the publish does not commit, the copy is
+     * withdrawn at its own completion and its row, if stored, deleted. */
     struct sb_pending *leader, *followers, *follow_next;
-    int follower; /* such a copy: not counted as refused if it goes */
+    int lead_failed; /* such a copy whose publish did not commit */
     sb_publish_cb cb;
     void *ctx;
     struct sb_pending *next;
@@ -135,6 +138,7 @@ struct sb_broker {
     struct sb_auth_old *old_auth; /* replaced by reloads; freed with the broker */
 
     sb_pending *pending_head, *pending_tail;
+    size_t retained_inflight; /* retained publishes in the pending list */
     sb_queue *ack_flush; /* queues with acks to send */
     uv_idle_t flush_idle;
     int flush_armed;

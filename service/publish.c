@@ -421,21 +421,15 @@ void sb_broker__entry_gone(sb_entry *e)
 }
 
 /* Lets f, a copy of a retained publish for a subscription made while it
- * was in flight, go on as the publish went: to its queue once committed in
- * turn (a durable queue's copy is submitted only now, so that the store
- * never keeps a copy of a refused message), or nowhere. */
-static void follower_release(sb_broker *b, sb_pending *f, int committed, int status)
+ * was in flight, go on as the publish went: to its queue once committed
+ * in turn, or nowhere (a durable copy's op was submitted with the copy, in
+ * order; complete() withdraws it then). */
+static void follower_release(sb_pending *f, int committed)
 {
     f->leader = NULL;
-    if (!committed) {
-        f->done = 1;
-        f->status = status != 0 ? status : SB_EDUPLICATE;
-    } else if (f->op.type != SB_OP_PUBLISH) {
+    f->lead_failed = !committed;
+    if (f->op.type != SB_OP_PUBLISH)
         f->done = 1; /* a memory queue's */
-    } else if (sb_store_submit(b->store, &f->op) != 0) {
-        f->done = 1;
-        f->status = SB_ESHUTDOWN;
-    }
 }
 
 static void complete(sb_broker *b, sb_pending *p)
@@ -443,15 +437,25 @@ static void complete(sb_broker *b, sb_pending *p)
     int last = 0, stored = 0;
     /* Refused at commit (the store failed the group): counted like the
      * publishes refused before reaching the store. */
-    if (p->status != 0 && p->status != SB_ESHUTDOWN && !p->follower)
+    if (p->status != 0 && p->status != SB_ESHUTDOWN)
         b->refused++;
+    if (p->retain)
+        b->retained_inflight--;
+    if (p->lead_failed) {
+        /* a copy whose publish did not commit: never delivered, and its
+         * row goes (ordered after the copy's own op, now completed) */
+        if (p->status == 0 && p->op.type == SB_OP_PUBLISH)
+            sb_broker__store_ack(b, p->queues[0], p->msg->id, p->msg->id, 1,
+                                 (int64_t)sb_message_size(p->msg));
+        p->status = SB_EDUPLICATE;
+    }
     /* (after p in the pending list: completed after it, in this drain if
      * they are done now) */
     while (p->followers != NULL) {
         sb_pending *f = p->followers;
         p->followers = f->follow_next;
         f->follow_next = NULL;
-        follower_release(b, f, p->status == 0 && !p->duplicate, p->status);
+        follower_release(f, p->status == 0 && !p->duplicate);
     }
     while (p->early != NULL) {
         sb_entry *e = p->early;
@@ -569,6 +573,8 @@ static void pending_push(sb_broker *b, sb_pending *p)
     else
         b->pending_head = p;
     b->pending_tail = p;
+    if (p->retain)
+        b->retained_inflight++;
 }
 
 /* Doubles the room of p's queue arrays (cap entries now). */
@@ -933,7 +939,7 @@ int sb_broker__retained_prepare(sb_broker *b, const sb_sub_filter *filters, size
                                  collect_retained, &m);
     if (m.failed)
         goto oom;
-    for (const sb_pending *p = b->pending_head; p != NULL; p = p->next)
+    for (const sb_pending *p = b->pending_head; p != NULL && b->retained_inflight > 0; p = p->next)
         inflight += pending_retained(p, filters, count);
     if (m.count + inflight == 0)
         return 0;
@@ -969,7 +975,8 @@ int sb_broker__retained_prepare(sb_broker *b, const sb_sub_filter *filters, size
         copy->created_ms = v->created_ms;
         if (i >= m.count) {
             p->leader = lead;
-            p->follower = 1;
+            copy->expires_ms = v->expires_ms;
+            copy->priority = v->priority;
             lead = lead->next;
         } else if (sb_message_add_header(copy, "retained", "true") != 0) {
             goto oom;
@@ -992,13 +999,20 @@ void sb_broker__retained_discard(sb_retained_batch *batch)
     batch->count = 0;
 }
 
-/* 1 if the publish p was routed to q. */
-static int routed_to(const sb_pending *p, const sb_queue *q)
+/* 1 if q is to get a copy of p, a retained publish in flight: one of its
+ * filters matches (not only the filter a retained lookup was made for),
+ * and it was not routed to q nor copied to it already. */
+static int copy_wanted(const sb_pending *p, const sb_queue *q)
 {
+    if (!sb_topic_match_any(q->filters, q->filter_count, p->msg->topic))
+        return 0;
     for (size_t i = 0; i < p->queue_count; i++)
         if (p->queues[i] == q)
-            return 1;
-    return 0;
+            return 0;
+    for (const sb_pending *f = p->followers; f != NULL; f = f->follow_next)
+        if (f->queues[0] == q)
+            return 0;
+    return 1;
 }
 
 void sb_broker__retained_queue(sb_broker *b, sb_queue *q, sb_retained_batch *batch)
@@ -1006,8 +1020,8 @@ void sb_broker__retained_queue(sb_broker *b, sb_queue *q, sb_retained_batch *bat
     for (size_t i = 0; i < batch->count; i++) {
         sb_pending *p = batch->items[i];
         sb_message *copy = p->msg;
-        if (p->leader != NULL && routed_to(p->leader, q)) {
-            pending_free(NULL, p); /* q had a filter for it already */
+        if (p->leader != NULL && !copy_wanted(p->leader, q)) {
+            pending_free(NULL, p);
             continue;
         }
         /* A retained copy gets a new id so the queue stays in id order. */
@@ -1037,7 +1051,7 @@ void sb_broker__retained_queue(sb_broker *b, sb_queue *q, sb_retained_batch *bat
         p->op.u.publish.msg = copy;
         p->op.u.publish.queue_ids = p->queue_ids;
         p->op.u.publish.queue_count = 1;
-        if (p->leader == NULL && sb_store_submit(b->store, &p->op) != 0) {
+        if (sb_store_submit(b->store, &p->op) != 0) {
             p->done = 1;
             p->status = SB_ESHUTDOWN;
             sb_broker__arm_flush(b);

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <cmocka.h>
 #include <jansson.h>
+#include <sqlite3.h>
 
 #include "core_harness.h"
 #include "storage/store_test.h"
@@ -1100,6 +1101,7 @@ static void test_retained_in_flight_at_subscribe(void **state)
     core_publish_ok(f, NULL, "sensors/a", "1", NULL);
     sb_store_test_hold(f->b->store, 1);
     assert_int_equal(fake_publish(&p2, f->b, NULL, "sensors/a", "2", NULL, 0, NULL), 0);
+    assert_int_equal(f->b->retained_inflight, 1); /* what a subscribe looks for */
     if (sb_broker_subscribe(f->b, "late", "sensors/#", NULL, &err) != 0 ||
         sb_broker_subscribe(f->b, "late-mem", "sensors/a", memory_sub(&mem), &err) != 0)
         fail_msg("subscribe: %s", err.msg);
@@ -1114,6 +1116,7 @@ static void test_retained_in_flight_at_subscribe(void **state)
                      durable->log.count >= 3 && memory->log.count >= 3);
     got_in_order(durable, want);
     got_in_order(memory, want);
+    assert_int_equal(f->b->retained_inflight, 0);
     core_check_all(f);
 
     core_stop(f);
@@ -1183,6 +1186,188 @@ static void test_retained_refused_in_flight_at_subscribe(void **state)
     got_in_order(c, want);
     core_check_all(f);
     free(payload);
+}
+
+/* After a stop: the number sql counts in f's store. */
+static int64_t db_count(core_fx *f, const char *sql)
+{
+    char path[1100];
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    int64_t n;
+    snprintf(path, sizeof path, "%s/switchboard.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    return n;
+}
+
+/* The refused publish into a durable subscription made while it was in
+ * flight: never delivered, nothing of it in the store after a restart. */
+static void test_retained_refused_durable_in_flight(void **state)
+{
+    size_t big = 512 * 1024;
+    char *payload = malloc(big + 1);
+    core_fx *f = *state;
+    fake_consumer *c;
+    fake_pub p;
+    sb_error err;
+
+    assert_non_null(payload);
+    memset(payload, 'x', big);
+    payload[big] = '\0';
+    f->broker_extra = "  store: {max_db_bytes: 256KiB}\n";
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "sensors/a", payload, NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", NULL, &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    c = core_attach(f, "late", 16);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
+    CORE_WAIT(f, f->b->pending_head == NULL && core_queue(f, "late")->pending == 0);
+    for (size_t i = 0; i < c->log.count; i++)
+        assert_true(strlen(c->log.recs[i].payload) < big);
+    core_check_all(f);
+    core_stop(f);
+    assert_int_equal(db_count(f, "SELECT count(*) FROM entries WHERE length(payload) >= 1000"),
+                     0);
+    core_start(f, retain_cfg);
+    c = core_attach(f, "late", 16);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0);
+    for (size_t i = 0; i < c->log.count; i++)
+        assert_true(strlen(c->log.recs[i].payload) < big);
+    core_check_all(f);
+    free(payload);
+}
+
+/* A retained publish that turns out a duplicate (a resend of one in
+ * flight) is not copied into a durable subscription made meanwhile: it
+ * gets the first copy only, and no row of the resend stays. */
+static void test_retained_duplicate_durable_in_flight(void **state)
+{
+    static const char *const want[] = {"1", "2", NULL};
+    core_fx *f = *state;
+    fake_consumer *c;
+    fake_pub p1, p2;
+    sb_error err;
+
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p1, f->b, NULL, "sensors/a", "2", NULL, 0, "k1"), 0);
+    assert_int_equal(fake_publish(&p2, f->b, NULL, "sensors/a", "2", NULL, 0, "k1"), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", NULL, &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    c = core_attach(f, "late", 16);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p1), 0);
+    assert_int_equal(core_pub_wait(f, &p2), 0);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0 && c->log.count >= 2);
+    got_in_order(c, want);
+    core_check_all(f);
+    core_stop(f);
+    assert_int_equal(db_count(f, "SELECT count(*) FROM entries WHERE queue_id ="
+                                 " (SELECT id FROM queues WHERE name = 'late')"),
+                     2);
+    core_start(f, retain_cfg);
+    c = core_attach(f, "late", 16);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0 && c->log.count >= 2);
+    assert_int_equal(c->log.count, 2);
+    core_check_all(f);
+}
+
+/* A durable subscription deleted while a retained publish copied into it
+ * is in flight leaves no row behind. */
+static void test_retained_in_flight_queue_deleted(void **state)
+{
+    core_fx *f = *state;
+    fake_pub p;
+    sb_error err;
+
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "sensors/a", "2", NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", NULL, &err) != 0 ||
+        sb_broker_unsubscribe(f->b, "late", &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    CORE_WAIT(f, f->b->pending_head == NULL);
+    core_check_all(f);
+    core_stop(f);
+    /* (those of the route's queue, and no other) */
+    assert_int_equal(db_count(f, "SELECT count(*) FROM entries WHERE queue_id NOT IN"
+                                 " (SELECT id FROM queues)"),
+                     0);
+    assert_int_equal(db_count(f, "SELECT count(*) FROM queue_counts WHERE entries != 0 AND"
+                                 " queue_id NOT IN (SELECT id FROM queues)"),
+                     0);
+}
+
+/* A stop while a copy waits for its publish: the durable subscriber has
+ * the publish after the restart. */
+static void test_retained_in_flight_at_stop(void **state)
+{
+    static const char *const want[] = {"1", "2", NULL};
+    core_fx *f = *state;
+    fake_consumer *c;
+    fake_pub p;
+    sb_error err;
+
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "sensors/a", "2", NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", NULL, &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    core_stop(f); /* which ends the hold: the publish commits */
+    core_start(f, retain_cfg);
+    c = core_attach(f, "late", 16);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0 && c->log.count >= 2);
+    assert_int_equal(c->log.count, 2);
+    for (size_t i = 0; i < 2; i++)
+        assert_string_equal(c->log.recs[i].payload, want[i]);
+    core_check_all(f);
+}
+
+/* Subscribing twice while a retained publish is in flight, or adding a
+ * retained lookup for a filter the subscription lacks, copies it once and
+ * only where a filter of the subscription matches. */
+static void test_retained_in_flight_copied_once(void **state)
+{
+    static const char *const want[] = {"1", "2", NULL};
+    core_fx *f = *state;
+    fake_consumer *c, *other;
+    sb_sub_settings mem;
+    fake_pub p;
+    sb_error err;
+
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "sensors/a", "2", NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", memory_sub(&mem), &err) != 0 ||
+        sb_broker_subscribe(f->b, "late", "sensors/#", memory_sub(&mem), &err) != 0 ||
+        sb_broker_subscribe(f->b, "other", "other/#", memory_sub(&mem), &err) != 0 ||
+        sb_broker_sub_add_retained(f->b, "other", "sensors/#", &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    c = core_attach(f, "late", 16);
+    other = core_attach(f, "other", 16);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    CORE_WAIT(f, f->b->pending_head == NULL && core_queue(f, "late")->pending == 0 &&
+                     c->log.count >= 2);
+    got_in_order(c, want);
+    /* the retained value it asked for, not the publish it is not subscribed to */
+    assert_int_equal(other->log.count, 1);
+    assert_string_equal(other->log.recs[0].payload, "1");
+    core_check_all(f);
 }
 
 /* ---- reload ----------------------------------------------------------------------- */
@@ -1390,6 +1575,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_retained_clear_in_flight_at_subscribe, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_retained_refused_in_flight_at_subscribe, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_refused_durable_in_flight, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_duplicate_durable_in_flight, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_in_flight_queue_deleted, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_in_flight_at_stop, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_in_flight_copied_once, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_reload_keeps_queues, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_reload_retires_binding, core_setup, core_teardown),
