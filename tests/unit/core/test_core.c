@@ -1370,6 +1370,34 @@ static void test_retained_in_flight_copied_once(void **state)
     core_check_all(f);
 }
 
+/* The copy of a retained publish in flight keeps its expiry and priority. */
+static void test_retained_in_flight_copy_keeps_expiry(void **state)
+{
+    core_fx *f = *state;
+    sb_message *m, *copy;
+    sb_sub_settings mem;
+    fake_pub p;
+    sb_error err;
+
+    core_start(f, retain_cfg);
+    sb_store_test_hold(f->b->store, 1);
+    m = fake_message("sensors/a", "2", NULL);
+    m->expires_ms = sb_now_ms() + 3600 * 1000;
+    m->priority = 7;
+    assert_int_equal(fake_publish_msg(&p, f->b, NULL, m, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", memory_sub(&mem), &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    copy = sb_message_ref(f->b->pending_tail->msg);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_ptr_not_equal(copy, m);
+    assert_int_equal(copy->expires_ms, m->expires_ms);
+    assert_int_equal(copy->priority, 7);
+    sb_message_unref(copy);
+    sb_message_unref(m);
+    core_check_all(f);
+}
+
 /* ---- reload ----------------------------------------------------------------------- */
 
 static const char *const reload_a = "adapters:\n"
@@ -1585,6 +1613,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_retained_in_flight_at_stop, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_retained_in_flight_copied_once, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_in_flight_copy_keeps_expiry, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_reload_keeps_queues, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_reload_retires_binding, core_setup, core_teardown),
