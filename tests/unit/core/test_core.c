@@ -1398,6 +1398,67 @@ static void test_retained_in_flight_copy_keeps_expiry(void **state)
     core_check_all(f);
 }
 
+/* A subscription whose retained values overflow its window (the rest
+ * stays on disk, paged in) and that is made while a retained publish L is
+ * in flight, then gets live messages: it gets the values, L, then the live
+ * ones, each once and in order (L's copy is stored in its turn). */
+static void test_retained_in_flight_paged(void **state)
+{
+    core_fx *f = *state;
+    fake_consumer *c;
+    fake_pub l, live[4];
+    char topic[32], payload[32];
+    sb_error err;
+
+    f->broker_extra = "  store: {queue_window: 4}\n";
+    core_start(f, retain_cfg);
+    for (int i = 0; i < 10; i++) {
+        snprintf(topic, sizeof topic, "sensors/%d", i);
+        snprintf(payload, sizeof payload, "v%d", i);
+        core_publish_ok(f, NULL, topic, payload, NULL);
+    }
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&l, f->b, NULL, "sensors/a", "L", NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", NULL, &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    for (int i = 0; i < 4; i++) {
+        snprintf(payload, sizeof payload, "p%d", i);
+        assert_int_equal(fake_publish(&live[i], f->b, NULL, "sensors/b", payload, NULL, 0, NULL),
+                         0);
+    }
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &l), 0);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(core_pub_wait(f, &live[i]), 0);
+    /* one that acknowledges: the window pages in the rest as it goes */
+    c = malloc(sizeof(*c));
+    assert_non_null(c);
+    fake_consumer_init(c, sb_broker_loop(f->b), "late", 2);
+    c->log.mode = FAKE_ACK;
+    f->consumers[f->consumer_count++] = c;
+    if (sb_broker_attach(f->b, "late", &c->c, &err) != 0)
+        fail_msg("attach: %s", err.msg);
+    CORE_WAIT(f, c->log.count >= 15 && core_queue(f, "late")->pending == 0);
+    CORE_WAIT(f, f->b->pending_head == NULL);
+    assert_int_equal(c->log.count, 15);
+    for (size_t i = 0; i < 15; i++) {
+        if (i < 10)
+            snprintf(payload, sizeof payload, "v%zu", i);
+        else if (i == 10)
+            snprintf(payload, sizeof payload, "L");
+        else
+            snprintf(payload, sizeof payload, "p%zu", i - 11);
+        assert_string_equal(c->log.recs[i].payload, payload);
+        if (i > 0)
+            assert_true(c->log.recs[i - 1].msg_id < c->log.recs[i].msg_id);
+    }
+    core_check_all(f);
+    core_stop(f); /* all acknowledged: no row of it stays */
+    assert_int_equal(db_count(f, "SELECT count(*) FROM entries WHERE queue_id ="
+                                 " (SELECT id FROM queues WHERE name = 'late')"),
+                     0);
+}
+
 /* ---- reload ----------------------------------------------------------------------- */
 
 static const char *const reload_a = "adapters:\n"
@@ -1616,6 +1677,7 @@ int main(void)
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_retained_in_flight_copy_keeps_expiry, core_setup,
                                         core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_in_flight_paged, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_reload_keeps_queues, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_reload_retires_binding, core_setup, core_teardown),
     };
