@@ -57,6 +57,16 @@ typedef struct sb_pending {
      * outcome (sb_delivery.withdrawn). */
     sb_delivery *orphans;
     char *why; /* why it was refused (sb_malloc'ed; NULL: none, or out of memory) */
+    /* A retained publish in flight when a subscription matching it was
+     * made gets to it by a copy queued then, after the retained values
+     * (sb_broker__retained_prepare): the copy waits for the publish
+     * (leader) and goes, or not, with it. Chained by follow_next from the
+     * publish's followers; leader is NULL once the publish completed. A
+     * durable copy is submitted at once (the store's op order is the
+     * pending list's); if the publish does not commit, the copy is
+     * withdrawn at its own completion and its row, if stored, deleted. */
+    struct sb_pending *leader, *followers, *follow_next;
+    int lead_failed; /* such a copy whose publish did not commit */
     sb_publish_cb cb;
     void *ctx;
     struct sb_pending *next;
@@ -128,6 +138,7 @@ struct sb_broker {
     struct sb_auth_old *old_auth; /* replaced by reloads; freed with the broker */
 
     sb_pending *pending_head, *pending_tail;
+    size_t retained_inflight; /* retained publishes in the pending list */
     sb_queue *ack_flush; /* queues with acks to send */
     uv_idle_t flush_idle;
     int flush_armed;
@@ -180,7 +191,9 @@ int sb_broker__enqueue_retained(sb_broker *b, sb_queue *q, const sb_sub_filter *
 /* The same in two steps, so that a subscription is made all or nothing:
  * _prepare allocates copies of the retained values matching filters (0 or
  * SB_ENOMEM, then out is empty); _queue queues them into q and cannot fail;
- * _discard frees what was prepared instead. */
+ * _discard frees what was prepared instead. Nothing may complete a publish
+ * in between (no loop turn): the batch points to the retained publishes in
+ * flight it copies (sb_pending.leader). */
 typedef struct sb_retained_batch {
     sb_pending **items;
     size_t count;

@@ -420,6 +420,18 @@ void sb_broker__entry_gone(sb_entry *e)
     e->pending = NULL;
 }
 
+/* Lets f, a copy of a retained publish for a subscription made while it
+ * was in flight, go on as the publish went: to its queue once committed
+ * in turn, or nowhere (a durable copy's op was submitted with the copy, in
+ * order; complete() withdraws it then). */
+static void follower_release(sb_pending *f, int committed)
+{
+    f->leader = NULL;
+    f->lead_failed = !committed;
+    if (f->op.type != SB_OP_PUBLISH)
+        f->done = 1; /* a memory queue's */
+}
+
 static void complete(sb_broker *b, sb_pending *p)
 {
     int last = 0, stored = 0;
@@ -427,6 +439,24 @@ static void complete(sb_broker *b, sb_pending *p)
      * publishes refused before reaching the store. */
     if (p->status != 0 && p->status != SB_ESHUTDOWN)
         b->refused++;
+    if (p->retain)
+        b->retained_inflight--;
+    if (p->lead_failed) {
+        /* a copy whose publish did not commit: never delivered, and its
+         * row goes (ordered after the copy's own op, now completed) */
+        if (p->status == 0 && p->op.type == SB_OP_PUBLISH)
+            sb_broker__store_ack(b, p->queues[0], p->msg->id, p->msg->id, 1,
+                                 (int64_t)sb_message_size(p->msg));
+        p->status = SB_EDUPLICATE;
+    }
+    /* (after p in the pending list: completed after it, in this drain if
+     * they are done now) */
+    while (p->followers != NULL) {
+        sb_pending *f = p->followers;
+        p->followers = f->follow_next;
+        f->follow_next = NULL;
+        follower_release(f, p->status == 0 && !p->duplicate);
+    }
     while (p->early != NULL) {
         sb_entry *e = p->early;
         p->early = e->pnext;
@@ -543,6 +573,8 @@ static void pending_push(sb_broker *b, sb_pending *p)
     else
         b->pending_head = p;
     b->pending_tail = p;
+    if (p->retain)
+        b->retained_inflight++;
 }
 
 /* Doubles the room of p's queue arrays (cap entries now). */
@@ -880,11 +912,25 @@ static int by_id(const void *a, const void *b)
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* The retained publishes in flight (routed, not completed) that filters
+ * match, in the pending list's order (their ids'). */
+static int pending_retained(const sb_pending *p, const sb_sub_filter *filters, size_t count)
+{
+    return p->retain && sb_topic_match_any(filters, count, p->msg->topic);
+}
+
+/* Then come copies of the retained publishes in flight that the filters
+ * match: they were routed before the subscription existed, and its
+ * retained value is the older one until they commit. Each copy goes to the
+ * subscription as the publish goes (as if it had subscribed just before
+ * the publish: a normal message, the empty one that clears a value too),
+ * and nowhere if the store refuses the publish (see complete()). */
 int sb_broker__retained_prepare(sb_broker *b, const sb_sub_filter *filters, size_t count,
                                 sb_retained_batch *out)
 {
     retained_match m = {++b->retained_gen, NULL, 0, 0, 0};
-    sb_pending **ps = NULL;
+    sb_pending **ps = NULL, *lead = b->pending_head;
+    size_t inflight = 0;
 
     out->items = NULL;
     out->count = 0;
@@ -893,17 +939,25 @@ int sb_broker__retained_prepare(sb_broker *b, const sb_sub_filter *filters, size
                                  collect_retained, &m);
     if (m.failed)
         goto oom;
-    if (m.count == 0)
+    for (const sb_pending *p = b->pending_head; p != NULL && b->retained_inflight > 0; p = p->next)
+        inflight += pending_retained(p, filters, count);
+    if (m.count + inflight == 0)
         return 0;
     if (m.count > 1)
         qsort(m.items, m.count, sizeof(*m.items), by_id);
-    if ((ps = sb_calloc(m.count, sizeof(*ps))) == NULL)
+    if ((ps = sb_calloc(m.count + inflight, sizeof(*ps))) == NULL)
         goto oom;
     out->items = ps;
-    for (size_t i = 0; i < m.count; i++) {
-        const sb_message *v = m.items[i];
-        sb_message *copy = sb_message_new(v->topic, v->payload, v->payload_len);
-        sb_pending *p = copy != NULL ? sb_calloc(1, sizeof(*p)) : NULL;
+    for (size_t i = 0; i < m.count + inflight; i++) {
+        const sb_message *v;
+        sb_message *copy;
+        sb_pending *p;
+        if (i >= m.count)
+            while (!pending_retained(lead, filters, count))
+                lead = lead->next;
+        v = i < m.count ? m.items[i] : lead->msg;
+        copy = sb_message_new(v->topic, v->payload, v->payload_len);
+        p = copy != NULL ? sb_calloc(1, sizeof(*p)) : NULL;
         if (p == NULL) {
             sb_message_unref(copy);
             goto oom;
@@ -918,9 +972,15 @@ int sb_broker__retained_prepare(sb_broker *b, const sb_sub_filter *filters, size
         for (size_t h = 0; h < v->header_count; h++)
             if (sb_message_add_header(copy, v->headers[h].key, v->headers[h].value) != 0)
                 goto oom;
-        if (sb_message_add_header(copy, "retained", "true") != 0)
-            goto oom;
         copy->created_ms = v->created_ms;
+        if (i >= m.count) {
+            p->leader = lead;
+            copy->expires_ms = v->expires_ms;
+            copy->priority = v->priority;
+            lead = lead->next;
+        } else if (sb_message_add_header(copy, "retained", "true") != 0) {
+            goto oom;
+        }
     }
     sb_free(m.items);
     return 0;
@@ -939,11 +999,31 @@ void sb_broker__retained_discard(sb_retained_batch *batch)
     batch->count = 0;
 }
 
+/* 1 if q is to get a copy of p, a retained publish in flight: one of its
+ * filters matches (not only the filter a retained lookup was made for),
+ * and it was not routed to q nor copied to it already. */
+static int copy_wanted(const sb_pending *p, const sb_queue *q)
+{
+    if (!sb_topic_match_any(q->filters, q->filter_count, p->msg->topic))
+        return 0;
+    for (size_t i = 0; i < p->queue_count; i++)
+        if (p->queues[i] == q)
+            return 0;
+    for (const sb_pending *f = p->followers; f != NULL; f = f->follow_next)
+        if (f->queues[0] == q)
+            return 0;
+    return 1;
+}
+
 void sb_broker__retained_queue(sb_broker *b, sb_queue *q, sb_retained_batch *batch)
 {
     for (size_t i = 0; i < batch->count; i++) {
         sb_pending *p = batch->items[i];
         sb_message *copy = p->msg;
+        if (p->leader != NULL && !copy_wanted(p->leader, q)) {
+            pending_free(NULL, p);
+            continue;
+        }
         /* A retained copy gets a new id so the queue stays in id order. */
         copy->id = ++b->last_msg_id;
         p->broker = b;
@@ -953,9 +1033,15 @@ void sb_broker__retained_queue(sb_broker *b, sb_queue *q, sb_retained_batch *bat
         q->pending++;
         q->pending_bytes += (int64_t)sb_message_size(copy);
         pending_push(b, p);
+        if (p->leader != NULL) { /* goes on when its publish completes */
+            p->follow_next = p->leader->followers;
+            p->leader->followers = p;
+        }
         if (q->durability == SB_DURABILITY_MEMORY) {
-            p->done = 1;
-            sb_broker__arm_flush(b);
+            if (p->leader == NULL) {
+                p->done = 1;
+                sb_broker__arm_flush(b);
+            }
             continue;
         }
         p->op.type = SB_OP_PUBLISH;

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <cmocka.h>
 #include <jansson.h>
+#include <sqlite3.h>
 
 #include "core_harness.h"
 #include "storage/store_test.h"
@@ -1055,6 +1056,409 @@ static void test_retained_values(void **state)
     core_check_all(f);
 }
 
+/* Settings of an MQTT clean session's subscription: in memory, not saved. */
+static const sb_sub_settings *memory_sub(sb_sub_settings *s)
+{
+    sb_sub_settings_default(s);
+    s->durability = SB_DURABILITY_MEMORY;
+    s->transient = 1;
+    return s;
+}
+
+/* Checks that c got exactly the payloads in want (NULL-terminated), in id
+ * order, the first as the retained value and the others as messages. */
+static void got_in_order(const fake_consumer *c, const char *const *want)
+{
+    size_t n = 0;
+    while (want[n] != NULL)
+        n++;
+    assert_int_equal(c->log.count, n);
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(c->log.recs[i].payload, want[i]);
+        if (i == 0)
+            assert_string_equal(c->log.recs[i].retained, "true");
+        else
+            assert_null(c->log.recs[i].retained);
+        if (i > 0)
+            assert_true(c->log.recs[i - 1].msg_id < c->log.recs[i].msg_id);
+    }
+}
+
+/* A retained publish routed before a subscription was made and committed
+ * after (a subscribe during the commit) reaches it once, after the older
+ * retained value it got at subscribe and before what was routed to it
+ * since; into a durable subscription for good (over a restart). */
+static void test_retained_in_flight_at_subscribe(void **state)
+{
+    static const char *const want[] = {"1", "2", "3", NULL};
+    core_fx *f = *state;
+    fake_consumer *durable, *memory;
+    sb_sub_settings mem;
+    fake_pub p2, p3;
+    sb_error err;
+
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p2, f->b, NULL, "sensors/a", "2", NULL, 0, NULL), 0);
+    assert_int_equal(f->b->retained_inflight, 1); /* what a subscribe looks for */
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", NULL, &err) != 0 ||
+        sb_broker_subscribe(f->b, "late-mem", "sensors/a", memory_sub(&mem), &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    /* routed to them at once */
+    assert_int_equal(fake_publish(&p3, f->b, NULL, "sensors/a", "3", NULL, 0, NULL), 0);
+    durable = core_attach(f, "late", 16);
+    memory = core_attach(f, "late-mem", 16);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p2), 0);
+    assert_int_equal(core_pub_wait(f, &p3), 0);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0 && core_queue(f, "late-mem")->pending == 0 &&
+                     durable->log.count >= 3 && memory->log.count >= 3);
+    got_in_order(durable, want);
+    got_in_order(memory, want);
+    assert_int_equal(f->b->retained_inflight, 0);
+    core_check_all(f);
+
+    core_stop(f);
+    core_start(f, retain_cfg);
+    durable = core_attach(f, "late", 16);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0 && durable->log.count >= 3);
+    assert_int_equal(durable->log.count, 3);
+    for (size_t i = 0; i < 3; i++)
+        assert_string_equal(durable->log.recs[i].payload, want[i]);
+    core_check_all(f);
+}
+
+/* The same with the empty payload that clears the value: the subscriber
+ * is told of the clear after the value it got at subscribe, and a later
+ * subscriber gets nothing. */
+static void test_retained_clear_in_flight_at_subscribe(void **state)
+{
+    static const char *const want[] = {"1", "", NULL};
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_sub_settings mem;
+    fake_pub p;
+    sb_error err;
+
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "sensors/a", "", NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", memory_sub(&mem), &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    c = core_attach(f, "late", 16);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0 && c->log.count >= 2);
+    got_in_order(c, want);
+    c = late_joiner(f, "later", "sensors/#", 0);
+    core_check_all(f);
+}
+
+/* A retained publish the store refuses does not reach a subscription made
+ * while it was in flight: that one keeps the older retained value. */
+static void test_retained_refused_in_flight_at_subscribe(void **state)
+{
+    static const char *const want[] = {"1", NULL};
+    size_t big = 512 * 1024;
+    char *payload = malloc(big + 1);
+    core_fx *f = *state;
+    fake_consumer *c;
+    sb_sub_settings mem;
+    fake_pub p;
+    sb_error err;
+
+    assert_non_null(payload);
+    memset(payload, 'x', big);
+    payload[big] = '\0';
+    f->broker_extra = "  store: {max_db_bytes: 256KiB}\n";
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "sensors/a", payload, NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", memory_sub(&mem), &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    c = core_attach(f, "late", 16);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0 && c->log.count >= 1);
+    got_in_order(c, want);
+    core_check_all(f);
+    free(payload);
+}
+
+/* After a stop: the number sql counts in f's store. */
+static int64_t db_count(core_fx *f, const char *sql)
+{
+    char path[1100];
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    int64_t n;
+    snprintf(path, sizeof path, "%s/switchboard.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    return n;
+}
+
+/* The refused publish into a durable subscription made while it was in
+ * flight: never delivered, nothing of it in the store after a restart. */
+static void test_retained_refused_durable_in_flight(void **state)
+{
+    size_t big = 512 * 1024;
+    char *payload = malloc(big + 1);
+    core_fx *f = *state;
+    fake_consumer *c;
+    fake_pub p;
+    sb_error err;
+
+    assert_non_null(payload);
+    memset(payload, 'x', big);
+    payload[big] = '\0';
+    f->broker_extra = "  store: {max_db_bytes: 256KiB}\n";
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "sensors/a", payload, NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", NULL, &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    c = core_attach(f, "late", 16);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), SB_ENOSPC);
+    CORE_WAIT(f, f->b->pending_head == NULL && core_queue(f, "late")->pending == 0);
+    for (size_t i = 0; i < c->log.count; i++)
+        assert_true(strlen(c->log.recs[i].payload) < big);
+    core_check_all(f);
+    core_stop(f);
+    assert_int_equal(db_count(f, "SELECT count(*) FROM entries WHERE length(payload) >= 1000"),
+                     0);
+    core_start(f, retain_cfg);
+    c = core_attach(f, "late", 16);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0);
+    for (size_t i = 0; i < c->log.count; i++)
+        assert_true(strlen(c->log.recs[i].payload) < big);
+    core_check_all(f);
+    free(payload);
+}
+
+/* A retained publish that turns out a duplicate (a resend of one in
+ * flight) is not copied into a durable subscription made meanwhile: it
+ * gets the first copy only, and no row of the resend stays. */
+static void test_retained_duplicate_durable_in_flight(void **state)
+{
+    static const char *const want[] = {"1", "2", NULL};
+    core_fx *f = *state;
+    fake_consumer *c;
+    fake_pub p1, p2;
+    sb_error err;
+
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p1, f->b, NULL, "sensors/a", "2", NULL, 0, "k1"), 0);
+    assert_int_equal(fake_publish(&p2, f->b, NULL, "sensors/a", "2", NULL, 0, "k1"), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", NULL, &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    c = core_attach(f, "late", 16);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p1), 0);
+    assert_int_equal(core_pub_wait(f, &p2), 0);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0 && c->log.count >= 2);
+    got_in_order(c, want);
+    core_check_all(f);
+    core_stop(f);
+    assert_int_equal(db_count(f, "SELECT count(*) FROM entries WHERE queue_id ="
+                                 " (SELECT id FROM queues WHERE name = 'late')"),
+                     2);
+    core_start(f, retain_cfg);
+    c = core_attach(f, "late", 16);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0 && c->log.count >= 2);
+    assert_int_equal(c->log.count, 2);
+    core_check_all(f);
+}
+
+/* A durable subscription deleted while a retained publish copied into it
+ * is in flight leaves no row behind. */
+static void test_retained_in_flight_queue_deleted(void **state)
+{
+    core_fx *f = *state;
+    fake_pub p;
+    sb_error err;
+
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "sensors/a", "2", NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", NULL, &err) != 0 ||
+        sb_broker_unsubscribe(f->b, "late", &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    CORE_WAIT(f, f->b->pending_head == NULL);
+    core_check_all(f);
+    core_stop(f);
+    /* (those of the route's queue, and no other) */
+    assert_int_equal(db_count(f, "SELECT count(*) FROM entries WHERE queue_id NOT IN"
+                                 " (SELECT id FROM queues)"),
+                     0);
+    assert_int_equal(db_count(f, "SELECT count(*) FROM queue_counts WHERE entries != 0 AND"
+                                 " queue_id NOT IN (SELECT id FROM queues)"),
+                     0);
+}
+
+/* A stop while a copy waits for its publish: the durable subscriber has
+ * the publish after the restart. */
+static void test_retained_in_flight_at_stop(void **state)
+{
+    static const char *const want[] = {"1", "2", NULL};
+    core_fx *f = *state;
+    fake_consumer *c;
+    fake_pub p;
+    sb_error err;
+
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "sensors/a", "2", NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", NULL, &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    core_stop(f); /* which ends the hold: the publish commits */
+    core_start(f, retain_cfg);
+    c = core_attach(f, "late", 16);
+    CORE_WAIT(f, core_queue(f, "late")->pending == 0 && c->log.count >= 2);
+    assert_int_equal(c->log.count, 2);
+    for (size_t i = 0; i < 2; i++)
+        assert_string_equal(c->log.recs[i].payload, want[i]);
+    core_check_all(f);
+}
+
+/* Subscribing twice while a retained publish is in flight, or adding a
+ * retained lookup for a filter the subscription lacks, copies it once and
+ * only where a filter of the subscription matches. */
+static void test_retained_in_flight_copied_once(void **state)
+{
+    static const char *const want[] = {"1", "2", NULL};
+    core_fx *f = *state;
+    fake_consumer *c, *other;
+    sb_sub_settings mem;
+    fake_pub p;
+    sb_error err;
+
+    core_start(f, retain_cfg);
+    core_publish_ok(f, NULL, "sensors/a", "1", NULL);
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&p, f->b, NULL, "sensors/a", "2", NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", memory_sub(&mem), &err) != 0 ||
+        sb_broker_subscribe(f->b, "late", "sensors/#", memory_sub(&mem), &err) != 0 ||
+        sb_broker_subscribe(f->b, "other", "other/#", memory_sub(&mem), &err) != 0 ||
+        sb_broker_sub_add_retained(f->b, "other", "sensors/#", &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    c = core_attach(f, "late", 16);
+    other = core_attach(f, "other", 16);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    CORE_WAIT(f, f->b->pending_head == NULL && core_queue(f, "late")->pending == 0 &&
+                     c->log.count >= 2);
+    got_in_order(c, want);
+    /* the retained value it asked for, not the publish it is not subscribed to */
+    assert_int_equal(other->log.count, 1);
+    assert_string_equal(other->log.recs[0].payload, "1");
+    core_check_all(f);
+}
+
+/* The copy of a retained publish in flight keeps its expiry and priority. */
+static void test_retained_in_flight_copy_keeps_expiry(void **state)
+{
+    core_fx *f = *state;
+    sb_message *m, *copy;
+    sb_sub_settings mem;
+    fake_pub p;
+    sb_error err;
+
+    core_start(f, retain_cfg);
+    sb_store_test_hold(f->b->store, 1);
+    m = fake_message("sensors/a", "2", NULL);
+    m->expires_ms = sb_now_ms() + 3600 * 1000;
+    m->priority = 7;
+    assert_int_equal(fake_publish_msg(&p, f->b, NULL, m, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", memory_sub(&mem), &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    copy = sb_message_ref(f->b->pending_tail->msg);
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &p), 0);
+    assert_ptr_not_equal(copy, m);
+    assert_int_equal(copy->expires_ms, m->expires_ms);
+    assert_int_equal(copy->priority, 7);
+    sb_message_unref(copy);
+    sb_message_unref(m);
+    core_check_all(f);
+}
+
+/* A subscription whose retained values overflow its window (the rest
+ * stays on disk, paged in) and that is made while a retained publish L is
+ * in flight, then gets live messages: it gets the values, L, then the live
+ * ones, each once and in order (L's copy is stored in its turn). */
+static void test_retained_in_flight_paged(void **state)
+{
+    core_fx *f = *state;
+    fake_consumer *c;
+    fake_pub l, live[4];
+    char topic[32], payload[32];
+    sb_error err;
+
+    f->broker_extra = "  store: {queue_window: 4}\n";
+    core_start(f, retain_cfg);
+    for (int i = 0; i < 10; i++) {
+        snprintf(topic, sizeof topic, "sensors/%d", i);
+        snprintf(payload, sizeof payload, "v%d", i);
+        core_publish_ok(f, NULL, topic, payload, NULL);
+    }
+    sb_store_test_hold(f->b->store, 1);
+    assert_int_equal(fake_publish(&l, f->b, NULL, "sensors/a", "L", NULL, 0, NULL), 0);
+    if (sb_broker_subscribe(f->b, "late", "sensors/#", NULL, &err) != 0)
+        fail_msg("subscribe: %s", err.msg);
+    for (int i = 0; i < 4; i++) {
+        snprintf(payload, sizeof payload, "p%d", i);
+        assert_int_equal(fake_publish(&live[i], f->b, NULL, "sensors/b", payload, NULL, 0, NULL),
+                         0);
+    }
+    sb_store_test_hold(f->b->store, 0);
+    assert_int_equal(core_pub_wait(f, &l), 0);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(core_pub_wait(f, &live[i]), 0);
+    /* one that acknowledges: the window pages in the rest as it goes */
+    c = malloc(sizeof(*c));
+    assert_non_null(c);
+    fake_consumer_init(c, sb_broker_loop(f->b), "late", 2);
+    c->log.mode = FAKE_ACK;
+    f->consumers[f->consumer_count++] = c;
+    if (sb_broker_attach(f->b, "late", &c->c, &err) != 0)
+        fail_msg("attach: %s", err.msg);
+    CORE_WAIT(f, c->log.count >= 15 && core_queue(f, "late")->pending == 0);
+    CORE_WAIT(f, f->b->pending_head == NULL);
+    assert_int_equal(c->log.count, 15);
+    for (size_t i = 0; i < 15; i++) {
+        if (i < 10)
+            snprintf(payload, sizeof payload, "v%zu", i);
+        else if (i == 10)
+            snprintf(payload, sizeof payload, "L");
+        else
+            snprintf(payload, sizeof payload, "p%zu", i - 11);
+        assert_string_equal(c->log.recs[i].payload, payload);
+        if (i > 0)
+            assert_true(c->log.recs[i - 1].msg_id < c->log.recs[i].msg_id);
+    }
+    core_check_all(f);
+    core_stop(f); /* all acknowledged: no row of it stays */
+    assert_int_equal(db_count(f, "SELECT count(*) FROM entries WHERE queue_id ="
+                                 " (SELECT id FROM queues WHERE name = 'late')"),
+                     0);
+}
+
 /* ---- reload ----------------------------------------------------------------------- */
 
 static const char *const reload_a = "adapters:\n"
@@ -1255,6 +1659,25 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ttl_expires_without_consumer, core_setup,
                                         core_teardown),
         cmocka_unit_test_setup_teardown(test_retained_values, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_in_flight_at_subscribe, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_clear_in_flight_at_subscribe, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_refused_in_flight_at_subscribe, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_refused_durable_in_flight, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_duplicate_durable_in_flight, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_in_flight_queue_deleted, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_in_flight_at_stop, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_in_flight_copied_once, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_in_flight_copy_keeps_expiry, core_setup,
+                                        core_teardown),
+        cmocka_unit_test_setup_teardown(test_retained_in_flight_paged, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_reload_keeps_queues, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_reload_retires_binding, core_setup, core_teardown),
     };

@@ -19,6 +19,7 @@
 
 #include "core_harness.h"
 #include "service/alloc.h"
+#include "storage/store_test.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define CORE_LSAN 1
@@ -410,6 +411,69 @@ static void test_oom_sub_define(void **state)
     oom_subscribe(*state, do_sub_define, 1);
 }
 
+/* The payload of e's message is text. */
+static int payload_is(const sb_entry *e, const char *text)
+{
+    return e != NULL && e->msg->payload_len == strlen(text) &&
+           memcmp(e->msg->payload, text, e->msg->payload_len) == 0;
+}
+
+/* A subscription made while a retained publish commits, failing at each
+ * allocation in turn: refused, it leaves nothing behind and the publish
+ * goes on alone; made, it holds the older value, then the publish. */
+static void test_oom_subscribe_in_flight(void **state)
+{
+    core_fx *f = *state;
+    char name[32], older[32], newer[32];
+    long runs = 0;
+    sb_error err;
+    fake_pub p;
+
+    core_start(f, sub_cfg);
+    core_publish_ok(f, NULL, "r/9", "v0", NULL);
+    for (long n = 0;; n++) {
+        long failures;
+        sb_queue *q;
+        int rc;
+        if (n == MAX_RUNS)
+            fail_msg("subscribe still meets injected failures after %d runs", MAX_RUNS);
+        snprintf(name, sizeof(name), "s%ld", n);
+        snprintf(older, sizeof(older), "v%ld", n);
+        snprintf(newer, sizeof(newer), "v%ld", n + 1);
+        sb_store_test_hold(f->b->store, 1);
+        assert_int_equal(fake_publish(&p, f->b, NULL, "r/9", newer, NULL, 0, NULL), 0);
+        sb_error_clear(&err);
+        sb_alloc_fail_once(n);
+        rc = sb_broker_subscribe(f->b, name, "r/9", NULL, &err);
+        failures = sb_alloc_failures();
+        sb_alloc_fail_once(-1);
+        sb_store_test_hold(f->b->store, 0);
+        assert_int_equal(core_pub_wait(f, &p), 0);
+        if (rc == 0) {
+            CORE_WAIT(f, core_queue(f, name)->pending == 0);
+            q = core_queue(f, name);
+            assert_int_equal(q->depth, 2);
+            if (!payload_is(q->fifo.head, older) || !payload_is(q->fifo.head->next, newer))
+                fail_msg("run %ld: %s lacks %s then %s", n, name, older, newer);
+        } else {
+            if (rc != SB_ENOMEM)
+                fail_msg("run %ld: returned %s (%s)", n, sb_errname(rc), err.msg);
+            if (core_queue(f, name) != NULL)
+                fail_msg("run %ld: refused subscription %s exists", n, name);
+        }
+        core_check_all(f);
+        runs = n + 1;
+        if (failures == 0) {
+            assert_int_equal(rc, 0);
+            break;
+        }
+    }
+    print_message("subscribe in flight: %ld runs\n", runs);
+    assert_true(runs > 5);
+    core_stop(f);
+    check_no_leaks();
+}
+
 /* ---- redefining a session ------------------------------------------------- */
 
 /* 1 if a publish to topic reaches the subscription `name`. */
@@ -495,6 +559,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_oom_publish, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_oom_subscribe, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_oom_sub_define, core_setup, core_teardown),
+        cmocka_unit_test_setup_teardown(test_oom_subscribe_in_flight, core_setup, core_teardown),
         cmocka_unit_test_setup_teardown(test_oom_sub_redefine, core_setup, core_teardown),
     };
     return cmocka_run_group_tests_name("core_oom", tests, NULL, NULL);
