@@ -67,6 +67,7 @@ typedef struct sb_pending {
      * withdrawn at its own completion and its row, if stored, deleted. */
     struct sb_pending *leader, *followers, *follow_next;
     int lead_failed; /* such a copy whose publish did not commit */
+    int row_waits;   /* a durable such copy, counted in its queue's copy_rows */
     sb_publish_cb cb;
     void *ctx;
     struct sb_pending *next;

@@ -432,8 +432,8 @@ static void page_in(sb_queue *q, int target)
 static int can_page_in(const sb_queue *q)
 {
     const sb_broker *b = q->broker;
-    return q->disk_depth > 0 && q->page_op == NULL && q->live && !b->stopping && b->store != NULL &&
-           !q->stored_corrupt &&
+    return q->disk_depth > 0 && q->page_op == NULL && q->copy_rows == 0 && q->live &&
+           !b->stopping && b->store != NULL && !q->stored_corrupt &&
            b->page_retry_ms == 0; /* a read failed: housekeeping tries again */
 }
 
@@ -554,9 +554,8 @@ void sb_paging__expire(sb_queue *q, int64_t now_ms)
 
     /* With a consumer attached, entries are expired as they are read in. */
     if (q->disk_depth <= 0 || q->consumers != NULL || q->page_op != NULL || q->trim_op != NULL ||
-        q->stored_corrupt ||
-        !q->live || b->stopping || b->store == NULL || now_ms < q->disk_check_ms ||
-        (q->ttl_ms <= 0 && !q->disk_expiring))
+        q->copy_rows > 0 || q->stored_corrupt || !q->live || b->stopping || b->store == NULL ||
+        now_ms < q->disk_check_ms || (q->ttl_ms <= 0 && !q->disk_expiring))
         return;
     if ((r = new_req(b, SB_OP_TRIM, on_expired)) == NULL ||
         (r->op.u.trim.queue_name = sb_strdup(q->name)) == NULL) {

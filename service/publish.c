@@ -449,6 +449,10 @@ static void complete(sb_broker *b, sb_pending *p)
                                  (int64_t)sb_message_size(p->msg));
         p->status = SB_EDUPLICATE;
     }
+    /* its row's delete, if any, is submitted: reads of the stored part
+     * may go on (a dispatch fills the window) */
+    if (p->row_waits && --p->queues[0]->copy_rows == 0 && p->queues[0]->live)
+        sb_broker__schedule_dispatch(b, p->queues[0]);
     /* (after p in the pending list: completed after it, in this drain if
      * they are done now) */
     while (p->followers != NULL) {
@@ -1055,6 +1059,9 @@ void sb_broker__retained_queue(sb_broker *b, sb_queue *q, sb_retained_batch *bat
             p->done = 1;
             p->status = SB_ESHUTDOWN;
             sb_broker__arm_flush(b);
+        } else if (p->leader != NULL) {
+            p->row_waits = 1;
+            q->copy_rows++;
         }
     }
     sb_free(batch->items); /* the pendings are now owned by b */

@@ -97,6 +97,10 @@ struct sb_queue {
     int64_t pending; /* publishes routed here, not yet committed */
     int64_t early;   /* of which appended to the window already (not in pending_bytes) */
     int64_t redriving; /* dead letters on their way back (admin.c): their ids are older */
+    /* Durable retained copies whose row may yet be withdrawn (publish.c,
+     * sb_pending.leader): no page-in or expiry reads the stored part
+     * meanwhile, which could take such a row before its delete. */
+    int copy_rows;
     int stored_corrupt; /* a read of its stored part met a damaged page: not read again */
     int64_t pending_bytes;
     int dispatch_due; /* dispatch from the broker's flush (sb_broker__schedule_dispatch) */

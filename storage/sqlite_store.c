@@ -2346,12 +2346,13 @@ int sb_store_start(sb_store *s, uv_loop_t *loop, sb_error *err)
 }
 
 /* What sb_store_stop's last callbacks may still submit: the protocol
- * state their publishes' completions owe (keys put and deleted), short
- * ops; not an admin request's next step (a redrive's, one page after
- * another), which a stop ends. */
+ * state their publishes' completions owe (keys put and deleted) and the
+ * rows they withdraw (a retained copy whose publish did not commit),
+ * short ops; not an admin request's next step (a redrive's, one page
+ * after another), which a stop ends. */
 static int drain_runs(const sb_store_op *op)
 {
-    return op->type == SB_OP_KEY_PUT || op->type == SB_OP_KEY_DELETE;
+    return op->type == SB_OP_KEY_PUT || op->type == SB_OP_KEY_DELETE || op->type == SB_OP_ACK;
 }
 
 int sb_store_submit(sb_store *s, sb_store_op *op)

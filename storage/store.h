@@ -371,10 +371,10 @@ void sb_store_get_stats(sb_store *s, sb_store_stats *out);
 
 /* Executes everything queued, stops the thread, and delivers remaining
  * callbacks (runs the loop's pending completions itself if needed). The
- * KEY_PUT and KEY_DELETE ops those callbacks submit are executed too (on
- * this thread), and so on until they submit none: the consequences of the
- * last commits (the protocol keys a refused publish deletes or puts) are
- * not lost. Any other op they submit gets SB_ESHUTDOWN (an admin request's
+ * KEY_PUT, KEY_DELETE and ACK ops those callbacks submit are executed too
+ * (on this thread), and so on until they submit none: the consequences of
+ * the last commits (the protocol keys a refused publish deletes or puts,
+ * the row of a retained copy whose publish was refused) are not lost. Any other op they submit gets SB_ESHUTDOWN (an admin request's
  * next step: a stop ends it). Must be called from the loop thread. */
 void sb_store_stop(sb_store *s);
 
