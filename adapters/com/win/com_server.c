@@ -53,7 +53,7 @@ static struct {
      * revoking once the main thread began to leave. */
     CRITICAL_SECTION life;
     ULONG refs;
-    LONG stopping;
+    int stopping;
     ULONGLONG stopped_at; /* when refs fell to 0 */
     int revoking;
     LONG created; /* objects ever created */
@@ -325,7 +325,7 @@ static HRESULT WINAPI cf_create(IClassFactory *cf, IUnknown *outer, REFIID iid, 
          * at 0 (a FIXME in its combase), so creates still come to a relay
          * whose last object went, where Windows would start another relay.
          * Until the main thread leaves, this one takes the client back. */
-        InterlockedExchange(&srv.stopping, 0);
+        srv.stopping = 0;
         ResetEvent(srv.exit_ev);
         sb_com__log("a create while stopping: serving on");
     }
@@ -356,7 +356,7 @@ void sb_com__server_release(void)
     srv.refs = n;
     if (n == 0) {
         /* COM suspended the class object (Windows): the relay leaves. */
-        InterlockedExchange(&srv.stopping, 1);
+        srv.stopping = 1;
         srv.stopped_at = GetTickCount64();
         SetEvent(srv.exit_ev);
     }
@@ -373,7 +373,7 @@ static int leaving(DWORD waited)
         DWORD left = 0;
         EnterCriticalSection(&srv.life);
         if (waited == WAIT_TIMEOUT && srv.refs == 0) {
-            InterlockedExchange(&srv.stopping, 1);
+            srv.stopping = 1;
             srv.stopped_at = now - LINGER_MS;
         }
         if (srv.stopping && now < srv.stopped_at + LINGER_MS)
